@@ -1,0 +1,532 @@
+//! Node configuration: a TOML file layered with `BACKFLOW_<SECTION>__<KEY>`
+//! environment variables.
+//!
+//! Every setting has a default, so `backflow serve` runs with no file at all
+//! (on the embedded broker). Unknown keys and bad values are errors that name
+//! the key and where it came from (the file or the environment variable), e.g.
+//!
+//! ```text
+//! invalid configuration: kafka.partitions in /etc/backflow/node.toml: invalid digit found in string
+//! ```
+//!
+//! Example file:
+//!
+//! ```toml
+//! [node]
+//! code = "330100"          # GB/T 2260 administrative division code of this node
+//! name = "Hangzhou"
+//!
+//! [kafka]
+//! brokers = "kafka-1:9092,kafka-2:9092"   # absent: embedded in-memory broker
+//! partitions = 6
+//!
+//! [http]
+//! listen = "0.0.0.0:8480"
+//!
+//! [log]
+//! format = "json"          # or "human"
+//! level = "info,backflow=debug"
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "BACKFLOW";
+/// Separator between section and key in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity of this node (a level of government).
+    pub node: NodeConfig,
+    /// Kafka connection and topic defaults.
+    pub kafka: KafkaConfig,
+    /// HTTP server for health, metrics and (later) the control plane.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Process lifecycle.
+    pub runtime: RuntimeConfig,
+}
+
+/// Identity of this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Administrative division code (GB/T 2260, six digits), e.g. `330100`.
+    pub code: DivisionCode,
+    /// Human-readable name shown on dashboards.
+    pub name: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            code: DivisionCode::parse("330000").expect("valid default code"),
+            name: "backflow demo node".to_owned(),
+        }
+    }
+}
+
+/// A GB/T 2260 administrative division code: six ASCII digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DivisionCode(String);
+
+impl DivisionCode {
+    /// Parses a six-digit code.
+    pub fn parse(code: &str) -> Result<Self, String> {
+        if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(code.to_owned()))
+        } else {
+            Err(format!(
+                "{code:?} is not a GB/T 2260 administrative division code: expected six digits such as \"330100\""
+            ))
+        }
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Jurisdiction prefix: the code without trailing "00" pairs
+    /// (`330100` → `3301`, `330000` → `33`, `330106` → `330106`).
+    pub fn jurisdiction_prefix(&self) -> &str {
+        let mut s = self.0.as_str();
+        while s.len() > 2 && s.ends_with("00") {
+            s = &s[..s.len() - 2];
+        }
+        s
+    }
+}
+
+impl TryFrom<String> for DivisionCode {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<DivisionCode> for String {
+    fn from(value: DivisionCode) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for DivisionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Absent: an embedded in-memory
+    /// broker is started (for trying backflow, never for production).
+    pub brokers: Option<String>,
+    /// Client id reported to the brokers.
+    pub client_id: String,
+    /// Partitions of topics backflow creates.
+    pub partitions: i32,
+    /// Replication factor of topics backflow creates.
+    pub replication_factor: i32,
+    /// Timeout of admin and metadata requests, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka properties passed to every client (e.g.
+    /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            client_id: "backflow".to_owned(),
+            partitions: 3,
+            replication_factor: 1,
+            request_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP server listens on (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,backflow=debug`; `RUST_LOG`
+    /// overrides it when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Process lifecycle settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// How long a graceful shutdown may take before the process gives up
+    /// waiting for its tasks, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// Interval between Kafka reachability checks behind `/readyz`, in
+    /// milliseconds.
+    pub readiness_interval_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout_ms: 10_000,
+            readiness_interval_ms: 5_000,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file given does not exist or cannot be read.
+    #[error("cannot read configuration file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    /// The file is not valid TOML.
+    #[error("configuration file {path} is not valid TOML: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    /// A key that backflow does not know.
+    #[error("invalid configuration: unknown key `{key}` in {origin}; {hint}")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        hint: String,
+    },
+    /// A key with a value of the wrong type or outside its range.
+    #[error("invalid configuration: {key} in {origin}: {reason}")]
+    BadValue {
+        key: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, when it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::UnknownKey { key, .. } | ConfigError::BadValue { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from an optional TOML file and the process
+    /// environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && k.contains(ENV_SEPARATOR))
+            .collect();
+
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            // Parse once here so syntax errors carry the file name and line.
+            toml_check(&text).map_err(|reason| ConfigError::Syntax {
+                path: path.to_owned(),
+                reason,
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true)
+                .source(Some(env.clone().into_iter().collect())),
+        );
+        let merged = builder.build().map_err(|e| ConfigError::BadValue {
+            key: "?".to_owned(),
+            origin: origin_name(file, &env, ""),
+            reason: e.to_string(),
+        })?;
+
+        serde_path_to_error::deserialize::<_, Config>(merged).map_err(|err| {
+            let key = err.path().to_string();
+            let reason = err.inner().to_string();
+            classify(key, reason, file, &env)
+        })
+    }
+}
+
+fn toml_check(text: &str) -> Result<(), String> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Turns a serde error at `key` into a [`ConfigError`] naming the key and
+/// where its value came from.
+fn classify(
+    key: String,
+    reason: String,
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> ConfigError {
+    if let Some(rest) = reason.strip_prefix("unknown field `") {
+        // serde_path_to_error's path already ends with the unknown field.
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected = expected.split(" for key `").next().unwrap_or_default();
+        let full_key = if key.is_empty() || key == "." {
+            field.to_owned()
+        } else {
+            key
+        };
+        let known = expected
+            .trim_start_matches(',')
+            .trim()
+            .trim_start_matches("expected ")
+            .trim_start_matches("one of ")
+            .to_owned();
+        let hint = if known.is_empty() {
+            "remove it".to_owned()
+        } else {
+            format!("remove it or use one of: {known}")
+        };
+        return ConfigError::UnknownKey {
+            origin: origin_name(file, env, &full_key),
+            key: full_key,
+            hint,
+        };
+    }
+    // config's own errors already say "for key `x`"; keep only the cause.
+    let reason = match reason.split_once(" for key `") {
+        Some((cause, _)) => cause.to_owned(),
+        None => reason,
+    };
+    ConfigError::BadValue {
+        origin: origin_name(file, env, &key),
+        key,
+        reason,
+    }
+}
+
+/// Names where a key's value came from: its environment variable when one is
+/// set, otherwise the file.
+fn origin_name(file: Option<&Path>, env: &BTreeMap<String, String>, key: &str) -> String {
+    let var = env_var_name(key);
+    if !key.is_empty() && env.keys().any(|k| k.eq_ignore_ascii_case(&var)) {
+        return format!("environment variable {var}");
+    }
+    match file {
+        Some(path) => path.display().to_string(),
+        None => "the environment".to_owned(),
+    }
+}
+
+/// The environment variable that sets a dotted key: `kafka.brokers` →
+/// `BACKFLOW_KAFKA__BROKERS`.
+pub fn env_var_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}_{}",
+        key.split('.')
+            .map(str::to_uppercase)
+            .collect::<Vec<_>>()
+            .join(ENV_SEPARATOR)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn config_defaults_need_no_file() {
+        let cfg = Config::load_with_env(None, no_env()).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert!(
+            cfg.kafka.brokers.is_none(),
+            "default is the embedded broker"
+        );
+    }
+
+    #[test]
+    fn config_file_values_are_read() {
+        let f = file(
+            "[node]\ncode = \"330106\"\nname = \"Xihu\"\n[kafka]\nbrokers = \"127.0.0.1:9092\"\npartitions = 6\n[kafka.properties]\n\"security.protocol\" = \"plaintext\"\n",
+        );
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.node.code.as_str(), "330106");
+        assert_eq!(cfg.kafka.brokers.as_deref(), Some("127.0.0.1:9092"));
+        assert_eq!(cfg.kafka.partitions, 6);
+        assert_eq!(cfg.kafka.properties["security.protocol"], "plaintext");
+    }
+
+    #[test]
+    fn config_environment_overrides_file() {
+        let f = file("[kafka]\nbrokers = \"a:9092\"\npartitions = 6\n");
+        let env = vec![
+            ("BACKFLOW_KAFKA__BROKERS".to_owned(), "b:9092".to_owned()),
+            (
+                "BACKFLOW_HTTP__LISTEN".to_owned(),
+                "0.0.0.0:9999".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let cfg = Config::load_with_env(Some(f.path()), env).unwrap();
+        assert_eq!(cfg.kafka.brokers.as_deref(), Some("b:9092"));
+        assert_eq!(cfg.kafka.partitions, 6);
+        assert_eq!(cfg.http.listen, "0.0.0.0:9999".parse().unwrap());
+    }
+
+    #[test]
+    fn config_unknown_key_in_file_names_key_and_file() {
+        let f = file("[kafka]\nbrokerz = \"a:9092\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("kafka.brokerz"), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("kafka.brokerz"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(msg.contains("brokers"), "suggests the known keys: {msg}");
+    }
+
+    #[test]
+    fn config_unknown_section_names_key() {
+        let f = file("[kafak]\nbrokers = \"a:9092\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("kafak"), "{err}");
+    }
+
+    #[test]
+    fn config_bad_value_in_file_names_key_and_file() {
+        let f = file("[kafka]\npartitions = \"many\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("kafka.partitions"), "{err}");
+        assert!(
+            err.to_string().contains(&f.path().display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_bad_value_in_environment_names_variable() {
+        let env = vec![(
+            "BACKFLOW_HTTP__LISTEN".to_owned(),
+            "not-an-address".to_owned(),
+        )];
+        let err = Config::load_with_env(None, env).unwrap_err();
+        assert_eq!(err.key(), Some("http.listen"), "{err}");
+        assert!(err.to_string().contains("BACKFLOW_HTTP__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn config_unknown_key_in_environment_names_variable() {
+        let env = vec![("BACKFLOW_KAFKA__BROKERZ".to_owned(), "a:9092".to_owned())];
+        let err = Config::load_with_env(None, env).unwrap_err();
+        assert_eq!(err.key(), Some("kafka.brokerz"), "{err}");
+        assert!(err.to_string().contains("BACKFLOW_KAFKA__BROKERZ"), "{err}");
+    }
+
+    #[test]
+    fn config_bad_division_code_says_what_is_expected() {
+        let f = file("[node]\ncode = \"3301\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("node.code"), "{err}");
+        assert!(err.to_string().contains("six digits"), "{err}");
+    }
+
+    #[test]
+    fn config_syntax_error_names_file() {
+        let f = file("[kafka\nbrokers = 1\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+        assert!(err.to_string().contains(&f.path().display().to_string()));
+    }
+
+    #[test]
+    fn division_code_jurisdiction_prefix_drops_trailing_zero_pairs() {
+        let p = |c: &str| {
+            DivisionCode::parse(c)
+                .unwrap()
+                .jurisdiction_prefix()
+                .to_owned()
+        };
+        assert_eq!(p("330000"), "33");
+        assert_eq!(p("330100"), "3301");
+        assert_eq!(p("330106"), "330106");
+        assert_eq!(p("330010"), "330010");
+    }
+
+    #[test]
+    fn env_var_name_maps_sections() {
+        assert_eq!(env_var_name("kafka.brokers"), "BACKFLOW_KAFKA__BROKERS");
+    }
+}

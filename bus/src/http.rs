@@ -1,0 +1,135 @@
+//! The node's HTTP server: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! `/healthz` answers 200 while the process serves requests (liveness).
+//! `/readyz` answers 200 only when every readiness check passes (Kafka
+//! reachable, internal topics present), else 503 with the failing checks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// The state of one readiness check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckState {
+    /// Not run yet.
+    Pending,
+    /// Passed.
+    Ok,
+    /// Failed, with the reason an operator can act on.
+    Failing(String),
+}
+
+/// Named readiness checks, updated by the tasks that own them.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    checks: Arc<RwLock<BTreeMap<&'static str, CheckState>>>,
+}
+
+impl Readiness {
+    /// Declares a check; the node is not ready until it passes.
+    pub fn register(&self, name: &'static str) {
+        self.set(name, CheckState::Pending);
+    }
+
+    /// Records a check's latest outcome.
+    pub fn set(&self, name: &'static str, state: CheckState) {
+        self.checks
+            .write()
+            .expect("readiness lock not poisoned")
+            .insert(name, state);
+    }
+
+    /// True when every declared check passed.
+    pub fn is_ready(&self) -> bool {
+        self.checks
+            .read()
+            .expect("readiness lock not poisoned")
+            .values()
+            .all(|s| *s == CheckState::Ok)
+    }
+
+    fn snapshot(&self) -> BTreeMap<&'static str, CheckState> {
+        self.checks
+            .read()
+            .expect("readiness lock not poisoned")
+            .clone()
+    }
+}
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Metrics rendered at `/metrics`.
+    pub metrics: Metrics,
+    /// Checks behind `/readyz`.
+    pub readiness: Readiness,
+}
+
+/// The router with the operational endpoints.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let checks = state.readiness.snapshot();
+    let ready = !checks.is_empty() && checks.values().all(|s| *s == CheckState::Ok);
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, s)| {
+            let v = match s {
+                CheckState::Pending => json!({ "status": "pending" }),
+                CheckState::Ok => json!({ "status": "ok" }),
+                CheckState::Failing(reason) => json!({ "status": "failing", "reason": reason }),
+            };
+            (name.to_owned(), v)
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if ready { "ready" } else { "not_ready" };
+    (status, Json(json!({ "status": word, "checks": body }))).into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled; in-flight
+/// requests finish first.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,185 @@
+//! A group consumer whose offsets move only when the caller says so.
+//!
+//! `enable.auto.offset.store=false`: receiving a record stores nothing. The
+//! caller calls [`Consumer::store`] once the next stage has durably taken the
+//! record (a sink committed it, a share topic acknowledged it); only stored
+//! offsets are committed, in the background every `auto.commit.interval.ms`
+//! and on [`Consumer::commit`] / [`Consumer::close`]. A crash therefore replays
+//! from the last stored offset: at-least-once, never a gap.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Headers, Message};
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+
+use super::{KafkaError, KafkaSettings};
+use crate::metrics::Metrics;
+use crate::topics::TopicKind;
+
+/// A record taken from Kafka, owned so it can cross tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Topic it came from.
+    pub topic: String,
+    /// Partition it came from.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` for a tombstone.
+    pub payload: Option<Vec<u8>>,
+    /// Headers in the order they were sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Broker or producer timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ConsumedRecord {
+    /// The first header with this name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A consumer-group member reading a set of topics.
+pub struct Consumer {
+    inner: StreamConsumer,
+    metrics: Option<Metrics>,
+}
+
+impl Consumer {
+    /// Joins `group_id` and subscribes to `topics`. A group with no
+    /// committed offset starts at the earliest record.
+    pub fn new(
+        settings: &KafkaSettings,
+        group_id: &str,
+        topics: &[&str],
+        metrics: Option<Metrics>,
+    ) -> Result<Self, KafkaError> {
+        let mut cfg = settings.client_config();
+        cfg.set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000");
+        for (k, v) in &settings.properties {
+            cfg.set(k, v);
+        }
+        let inner: StreamConsumer = cfg.create().map_err(|source| KafkaError::Client {
+            client: "consumer",
+            source,
+        })?;
+        inner.subscribe(topics).map_err(KafkaError::Consume)?;
+        Ok(Self { inner, metrics })
+    }
+
+    /// Waits for the next record.
+    pub async fn recv(&self) -> Result<ConsumedRecord, KafkaError> {
+        let msg = self.inner.recv().await.map_err(KafkaError::Consume)?;
+        let headers = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let record = ConsumedRecord {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: msg.timestamp().to_millis(),
+        };
+        if let Some(m) = &self.metrics {
+            m.kafka_consumed
+                .with_label_values(&[TopicKind::of(&record.topic).label()])
+                .inc();
+        }
+        Ok(record)
+    }
+
+    /// Marks a record as safely taken by the next stage: the group resumes
+    /// after it once the offset is committed.
+    pub fn store(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
+        // rd_kafka_offset_store commits `offset + 1`, the next record to read.
+        self.inner
+            .store_offset(topic, partition, offset)
+            .map_err(|source| KafkaError::StoreOffset {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                source,
+            })?;
+        if let Some(m) = &self.metrics {
+            m.kafka_offsets_stored.inc();
+        }
+        Ok(())
+    }
+
+    /// [`Consumer::store`] for a record.
+    pub fn store_record(&self, record: &ConsumedRecord) -> Result<(), KafkaError> {
+        self.store(&record.topic, record.partition, record.offset)
+    }
+
+    /// Commits the stored offsets now and waits for the broker's answer
+    /// (blocks the calling thread for one round trip).
+    pub fn commit(&self) -> Result<(), KafkaError> {
+        match self.inner.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // Nothing stored since the last commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(KafkaError::Commit(e)),
+        }
+    }
+
+    /// Offsets the group has committed for these partitions (`None` where
+    /// nothing is committed yet).
+    pub fn committed(
+        &self,
+        partitions: &[(&str, i32)],
+        timeout: Duration,
+    ) -> Result<Vec<Option<i64>>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition(t, *p);
+        }
+        let got = self
+            .inner
+            .committed_offsets(tpl, timeout)
+            .map_err(KafkaError::Commit)?;
+        Ok(partitions
+            .iter()
+            .map(
+                |(t, p)| match got.find_partition(t, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                },
+            )
+            .collect())
+    }
+
+    /// Commits what was stored and leaves the group.
+    pub fn close(self) -> Result<(), KafkaError> {
+        let result = self.commit();
+        self.inner.unsubscribe();
+        result
+    }
+}

@@ -1,0 +1,152 @@
+//! Kafka I/O on rdkafka: an idempotent publisher with back-pressure, a
+//! consumer whose offsets are stored only when the caller says a record is
+//! safe, topic administration, and the embedded in-memory broker.
+
+mod admin;
+mod consumer;
+mod embedded;
+mod publisher;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+
+pub use admin::{TopicAdmin, TopicSpec};
+pub use consumer::{ConsumedRecord, Consumer};
+pub use embedded::{EmbeddedAdmin, EmbeddedBroker};
+pub use publisher::{Delivered, Delivery, OutgoingRecord, Publisher};
+
+use crate::config::KafkaConfig;
+
+/// An error talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// A client could not be created (bad property, unreachable bootstrap
+    /// list syntax).
+    #[error("cannot create Kafka {client} client: {source}")]
+    Client {
+        client: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The broker refused or did not acknowledge a record.
+    #[error("Kafka did not acknowledge the record for topic {topic}: {source}")]
+    Delivery {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A delivery report was lost because the producer was dropped.
+    #[error("the producer was closed before Kafka acknowledged the record for topic {topic}")]
+    ProducerClosed { topic: String },
+    /// Receiving from a consumer failed.
+    #[error("consuming from Kafka failed: {0}")]
+    Consume(#[source] rdkafka::error::KafkaError),
+    /// Storing or committing offsets failed.
+    #[error("storing the consumed offset of {topic}[{partition}]@{offset} failed: {source}")]
+    StoreOffset {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Committing stored offsets failed.
+    #[error("committing consumer offsets failed: {0}")]
+    Commit(#[source] rdkafka::error::KafkaError),
+    /// Creating or describing topics failed.
+    #[error("topic administration failed for {topic}: {reason}")]
+    Admin { topic: String, reason: String },
+    /// The brokers did not answer a metadata request in time.
+    #[error("Kafka brokers at {bootstrap} did not answer: {source}")]
+    Unreachable {
+        bootstrap: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The embedded broker could not be started.
+    #[error("cannot start the embedded Kafka broker: {0}")]
+    Embedded(String),
+}
+
+/// Connection settings shared by every client of one node.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma separated.
+    pub bootstrap: String,
+    /// Client id reported to the brokers.
+    pub client_id: String,
+    /// Timeout of admin and metadata requests.
+    pub request_timeout: Duration,
+    /// Extra librdkafka properties (security settings and the like).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    /// Settings for a bootstrap list with defaults for everything else.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            client_id: "backflow".to_owned(),
+            request_timeout: Duration::from_secs(10),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// Settings from the node configuration and the resolved bootstrap list
+    /// (the configured brokers or the embedded broker's address).
+    pub fn from_config(config: &KafkaConfig, bootstrap: &str) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            client_id: config.client_id.clone(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            properties: config.properties.clone(),
+        }
+    }
+
+    /// A librdkafka client configuration with the common settings applied.
+    /// Properties given by the user come last, so they win.
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", &self.client_id)
+            // librdkafka logs through the log crate otherwise; keep its
+            // internal errors visible but not noisy.
+            .set("log_level", "4");
+        for (k, v) in &self.properties {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+}
+
+/// The version of the linked librdkafka, e.g. `2.12.1`.
+pub fn librdkafka_version() -> String {
+    rdkafka::util::get_rdkafka_version().1
+}
+
+/// Asks the brokers for cluster metadata; used by readiness checks.
+pub async fn check_reachable(settings: &KafkaSettings) -> Result<usize, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer =
+            settings
+                .client_config()
+                .create()
+                .map_err(|source| KafkaError::Client {
+                    client: "metadata",
+                    source,
+                })?;
+        let md = consumer
+            .fetch_metadata(None, settings.request_timeout)
+            .map_err(|source| KafkaError::Unreachable {
+                bootstrap: settings.bootstrap.clone(),
+                source,
+            })?;
+        Ok(md.brokers().len())
+    })
+    .await
+    .expect("metadata task does not panic")
+}

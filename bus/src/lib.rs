@@ -1,0 +1,22 @@
+//! backflow node: Kafka I/O, runtime, configuration, metrics and HTTP.
+//!
+//! Data flows source → raw topic → distributor → share topic → sink; this
+//! crate owns everything between the connectors and Kafka. The parts so far:
+//!
+//! - [`config`]: TOML + environment configuration with errors naming the key.
+//! - [`kafka`]: idempotent publisher with back-pressure, consumer with
+//!   caller-stored offsets, topic administration, embedded broker.
+//! - [`node`]: the runtime behind `backflow serve`.
+//! - [`http`], [`metrics`], [`telemetry`]: operational surface.
+//! - [`topics`]: topic names as DESIGN.md fixes them.
+
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod node;
+pub mod telemetry;
+pub mod topics;
+
+/// backflow's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,145 @@
+//! Prometheus metrics of a node process.
+//!
+//! Names follow `backflow_<part>_<what>_<unit>`; `_total` only on counters;
+//! labels come from bounded sets (topic kinds, outcomes), never row values or
+//! error text.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the node exposes, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Records acknowledged by Kafka, by topic kind.
+    pub kafka_produced: IntCounterVec,
+    /// Records Kafka refused or that timed out, by topic kind.
+    pub kafka_produce_errors: IntCounterVec,
+    /// Times a send waited because the producer queue was full.
+    pub kafka_produce_queue_full: IntCounter,
+    /// Time from enqueue to broker acknowledgement.
+    pub kafka_produce_ack_seconds: Histogram,
+    /// Records handed to callers by consumers, by topic kind.
+    pub kafka_consumed: IntCounterVec,
+    /// Offsets stored for commit after the caller said the record was safe.
+    pub kafka_offsets_stored: IntCounter,
+    /// 1 while the last broker reachability check succeeded.
+    pub kafka_broker_reachable: IntGauge,
+    /// Constant 1 labelled with the version and librdkafka version.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics, plus process metrics on Linux.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let kinds = &["kind"];
+        let m = Self {
+            kafka_produced: IntCounterVec::new(
+                Opts::new(
+                    "backflow_kafka_produced_records_total",
+                    "Records acknowledged by Kafka, by topic kind (raw, share, dlq, internal, other).",
+                ),
+                kinds,
+            )
+            .expect("valid metric"),
+            kafka_produce_errors: IntCounterVec::new(
+                Opts::new(
+                    "backflow_kafka_produce_errors_total",
+                    "Records Kafka refused or that were not acknowledged in time, by topic kind.",
+                ),
+                kinds,
+            )
+            .expect("valid metric"),
+            kafka_produce_queue_full: IntCounter::new(
+                "backflow_kafka_produce_queue_full_total",
+                "Times a send waited because the producer queue was full (back-pressure).",
+            )
+            .expect("valid metric"),
+            kafka_produce_ack_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "backflow_kafka_produce_ack_seconds",
+                    "Time from enqueueing a record to Kafka's acknowledgement.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .expect("valid metric"),
+            kafka_consumed: IntCounterVec::new(
+                Opts::new(
+                    "backflow_kafka_consumed_records_total",
+                    "Records received from Kafka and handed to the next stage, by topic kind.",
+                ),
+                kinds,
+            )
+            .expect("valid metric"),
+            kafka_offsets_stored: IntCounter::new(
+                "backflow_kafka_offsets_stored_total",
+                "Consumer offsets stored for commit after the next stage took the record.",
+            )
+            .expect("valid metric"),
+            kafka_broker_reachable: IntGauge::new(
+                "backflow_kafka_broker_reachable",
+                "1 when the last Kafka metadata request succeeded, else 0.",
+            )
+            .expect("valid metric"),
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "backflow_build_info",
+                    "Constant 1, labelled with the backflow and librdkafka versions.",
+                ),
+                &["version", "librdkafka"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.kafka_produced.clone()))
+            .expect("unique");
+        r.register(Box::new(m.kafka_produce_errors.clone()))
+            .expect("unique");
+        r.register(Box::new(m.kafka_produce_queue_full.clone()))
+            .expect("unique");
+        r.register(Box::new(m.kafka_produce_ack_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.kafka_consumed.clone()))
+            .expect("unique");
+        r.register(Box::new(m.kafka_offsets_stored.clone()))
+            .expect("unique");
+        r.register(Box::new(m.kafka_broker_reachable.clone()))
+            .expect("unique");
+        r.register(Box::new(m.build_info.clone())).expect("unique");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique");
+        m.build_info
+            .with_label_values(&[crate::VERSION, &crate::kafka::librdkafka_version()])
+            .set(1);
+        m
+    }
+
+    /// The registry, for components that register their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// All metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(buf).expect("prometheus text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

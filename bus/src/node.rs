@@ -1,0 +1,221 @@
+//! The node runtime: what `backflow serve` runs.
+//!
+//! Starts (or connects to) Kafka, makes sure the internal topics exist,
+//! serves `/metrics`, `/healthz` and `/readyz`, keeps a Kafka reachability
+//! check behind `/readyz`, and shuts down within `runtime.shutdown_timeout_ms`
+//! once the shutdown token is cancelled (SIGINT/SIGTERM in the binary).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{self, CheckState, HttpState, Readiness};
+use crate::kafka::{self, EmbeddedBroker, KafkaError, KafkaSettings, TopicAdmin, TopicSpec};
+use crate::metrics::Metrics;
+use crate::topics;
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr} (http.listen): {source}; is another process using it? set BACKFLOW_HTTP__LISTEN or http.listen to a free address")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Kafka could not be set up.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+    /// Tasks did not finish within the shutdown timeout.
+    #[error("shutdown did not finish within {0:?} (runtime.shutdown_timeout_ms); some tasks were abandoned")]
+    ShutdownTimeout(Duration),
+}
+
+/// Readiness check: the brokers answer metadata requests.
+const CHECK_KAFKA: &str = "kafka";
+/// Readiness check: the internal topics exist.
+const CHECK_TOPICS: &str = "internal_topics";
+
+/// A started node: its resolved addresses, for callers and tests.
+pub struct Running {
+    /// Where the HTTP server listens.
+    pub http_addr: SocketAddr,
+    /// The Kafka bootstrap list in use.
+    pub bootstrap: String,
+    /// Whether that is the embedded in-memory broker.
+    pub embedded: bool,
+}
+
+/// Runs a node until `shutdown` is cancelled. `on_started` is called once
+/// the HTTP server listens.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_started: impl FnOnce(&Running),
+) -> Result<(), NodeError> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    readiness.register(CHECK_KAFKA);
+    readiness.register(CHECK_TOPICS);
+
+    // Kafka: the configured cluster, or the embedded broker.
+    let embedded = match &config.kafka.brokers {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start()?),
+    };
+    let bootstrap = match (&config.kafka.brokers, &embedded) {
+        (Some(b), _) => b.clone(),
+        (None, Some(e)) => e.bootstrap_servers().to_owned(),
+        (None, None) => unreachable!("embedded broker started above"),
+    };
+    if embedded.is_some() {
+        tracing::warn!(
+            bootstrap = %bootstrap,
+            "NO KAFKA CONFIGURED: running on an embedded in-memory broker. Data is lost when \
+             this process stops. This is for trying backflow only; set kafka.brokers \
+             (BACKFLOW_KAFKA__BROKERS) for real use."
+        );
+    }
+    let settings = KafkaSettings::from_config(&config.kafka, &bootstrap);
+
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(NodeError::Http)?;
+
+    let tracker = TaskTracker::new();
+
+    // Internal topics, retried until they exist or the node stops.
+    {
+        let settings = settings.clone();
+        let readiness = readiness.clone();
+        let shutdown = shutdown.clone();
+        let embedded_admin = embedded.as_ref().map(EmbeddedBroker::admin);
+        let (partitions, rf) = (config.kafka.partitions, config.kafka.replication_factor);
+        tracker.spawn(async move {
+            let specs = [
+                TopicSpec::compacted(topics::CATALOG, 1, rf),
+                TopicSpec::compacted(topics::OFFSETS, partitions, rf),
+                TopicSpec::retained(topics::AUDIT, 1, rf),
+            ];
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let admin = match &embedded_admin {
+                    Some(a) => Ok(TopicAdmin::Embedded(a.clone())),
+                    None => TopicAdmin::new(&settings),
+                };
+                let attempt = async {
+                    match admin {
+                        Ok(admin) => admin.ensure(&specs).await,
+                        Err(e) => Err(e),
+                    }
+                };
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    outcome = attempt => outcome,
+                };
+                match outcome {
+                    Ok(created) => {
+                        if !created.is_empty() {
+                            tracing::info!(topics = ?created, "created internal topics");
+                        }
+                        readiness.set(CHECK_TOPICS, CheckState::Ok);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot create internal topics yet");
+                        readiness.set(CHECK_TOPICS, CheckState::Failing(e.to_string()));
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    // Kafka reachability behind /readyz and the broker gauge.
+    {
+        let settings = settings.clone();
+        let readiness = readiness.clone();
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        let interval = Duration::from_millis(config.runtime.readiness_interval_ms.max(100));
+        tracker.spawn(async move {
+            let mut was_ok = None;
+            loop {
+                let state = match kafka::check_reachable(&settings).await {
+                    Ok(_) => CheckState::Ok,
+                    Err(e) => CheckState::Failing(e.to_string()),
+                };
+                let ok = state == CheckState::Ok;
+                metrics.kafka_broker_reachable.set(i64::from(ok));
+                if was_ok != Some(ok) {
+                    match &state {
+                        CheckState::Failing(reason) => {
+                            tracing::warn!(%reason, "Kafka is not reachable")
+                        }
+                        _ => tracing::info!("Kafka is reachable"),
+                    }
+                    was_ok = Some(ok);
+                }
+                readiness.set(CHECK_KAFKA, state);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+    }
+
+    let router = http::router(HttpState {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+    });
+    let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
+    tracker.close();
+
+    let running = Running {
+        http_addr,
+        bootstrap: bootstrap.clone(),
+        embedded: embedded.is_some(),
+    };
+    tracing::info!(
+        node = %config.node.code,
+        name = %config.node.name,
+        http = %http_addr,
+        kafka = %bootstrap,
+        embedded = running.embedded,
+        version = crate::VERSION,
+        "backflow node started"
+    );
+    on_started(&running);
+
+    shutdown.cancelled().await;
+    let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
+    tracing::info!(?timeout, "shutting down");
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        return Err(NodeError::ShutdownTimeout(timeout));
+    }
+    drop(embedded);
+    match http_task.await {
+        Ok(Err(e)) => Err(NodeError::Http(e)),
+        _ => {
+            tracing::info!("shutdown complete");
+            Ok(())
+        }
+    }
+}

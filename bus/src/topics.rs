@@ -1,0 +1,85 @@
+//! Topic names, as DESIGN.md fixes them.
+//!
+//! raw `backflow.raw.<dataset>`; share `backflow.share.<subscriber-node>.<dataset>`;
+//! dead letters `backflow.dlq.<feed>`; internal state `backflow._catalog`,
+//! `backflow._audit`, `backflow._offsets`.
+
+/// Catalog of datasets, feeds and subscriptions (compacted).
+pub const CATALOG: &str = "backflow._catalog";
+/// Hash-chained audit records.
+pub const AUDIT: &str = "backflow._audit";
+/// Source positions confirmed after Kafka acknowledged (compacted).
+pub const OFFSETS: &str = "backflow._offsets";
+
+/// The raw topic a dataset's source feed publishes to.
+pub fn raw(dataset: &str) -> String {
+    format!("backflow.raw.{dataset}")
+}
+
+/// The share topic a node re-shares a dataset to, for one subscriber node.
+pub fn share(subscriber_node: &str, dataset: &str) -> String {
+    format!("backflow.share.{subscriber_node}.{dataset}")
+}
+
+/// The dead-letter topic of a feed or subscription.
+pub fn dlq(feed: &str) -> String {
+    format!("backflow.dlq.{feed}")
+}
+
+/// What a topic is for; a bounded label for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicKind {
+    Raw,
+    Share,
+    DeadLetter,
+    Internal,
+    Other,
+}
+
+impl TopicKind {
+    /// Classifies a topic by its name.
+    pub fn of(topic: &str) -> Self {
+        if topic.starts_with("backflow.raw.") {
+            TopicKind::Raw
+        } else if topic.starts_with("backflow.share.") {
+            TopicKind::Share
+        } else if topic.starts_with("backflow.dlq.") {
+            TopicKind::DeadLetter
+        } else if topic.starts_with("backflow._") {
+            TopicKind::Internal
+        } else {
+            TopicKind::Other
+        }
+    }
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TopicKind::Raw => "raw",
+            TopicKind::Share => "share",
+            TopicKind::DeadLetter => "dlq",
+            TopicKind::Internal => "internal",
+            TopicKind::Other => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_follow_design_names() {
+        assert_eq!(raw("gongan.population"), "backflow.raw.gongan.population");
+        assert_eq!(
+            share("330106", "gongan.population"),
+            "backflow.share.330106.gongan.population"
+        );
+        assert_eq!(dlq("gongan-pg"), "backflow.dlq.gongan-pg");
+        assert_eq!(TopicKind::of(&raw("a.b")), TopicKind::Raw);
+        assert_eq!(TopicKind::of(&share("330106", "a.b")), TopicKind::Share);
+        assert_eq!(TopicKind::of(&dlq("f")), TopicKind::DeadLetter);
+        assert_eq!(TopicKind::of(OFFSETS), TopicKind::Internal);
+        assert_eq!(TopicKind::of("orders"), TopicKind::Other);
+    }
+}

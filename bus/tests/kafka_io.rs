@@ -1,0 +1,238 @@
+//! Kafka I/O against a real Kafka-protocol broker (tansu, started by
+//! `scripts/services.sh up` on 127.0.0.1:9092; override with
+//! BACKFLOW_TEST_KAFKA), plus the embedded broker.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backflow::kafka::{
+    ConsumedRecord, Consumer, EmbeddedBroker, KafkaSettings, OutgoingRecord, Publisher, TopicAdmin,
+    TopicSpec,
+};
+use backflow::metrics::Metrics;
+
+fn broker() -> String {
+    std::env::var("BACKFLOW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// A name no other test run used.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+async fn real_broker() -> KafkaSettings {
+    let settings = KafkaSettings::new(broker());
+    if let Err(e) = backflow::kafka::check_reachable(&settings).await {
+        panic!(
+            "no Kafka broker at {}: {e}. Start one with `scripts/services.sh up`.",
+            broker()
+        );
+    }
+    settings
+}
+
+async fn create(settings: &KafkaSettings, topic: &str, partitions: i32) {
+    let admin = TopicAdmin::new(settings).unwrap();
+    let created = admin
+        .ensure(&[TopicSpec::compacted(topic, partitions, 1)])
+        .await
+        .unwrap();
+    assert_eq!(created, vec![topic.to_owned()]);
+}
+
+/// Receives `n` records or fails at the deadline.
+async fn receive(consumer: &Consumer, n: usize, deadline: Duration) -> Vec<ConsumedRecord> {
+    let until = Instant::now() + deadline;
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(r) => got.push(r.expect("consume")),
+            Err(_) => panic!("received {} of {n} records within {deadline:?}", got.len()),
+        }
+    }
+    got
+}
+
+fn seq_of(r: &ConsumedRecord) -> (String, u32) {
+    let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+    let value = String::from_utf8(r.payload.clone().unwrap()).unwrap();
+    let seq = value.rsplit(':').next().unwrap().parse().unwrap();
+    (key, seq)
+}
+
+/// Publishes `keys × per_key` records, pipelined, and waits for every ack.
+async fn publish(publisher: &Publisher, topic: &str, keys: u32, per_key: u32) {
+    let mut pending = VecDeque::new();
+    for seq in 0..per_key {
+        for k in 0..keys {
+            let key = format!("330106-{k:04}");
+            let value = format!("{key}:{seq}");
+            let headers: &[(&str, &[u8])] = &[("backflow.origin", b"330000/test")];
+            let record = OutgoingRecord {
+                topic,
+                key: Some(key.as_bytes()),
+                payload: Some(value.as_bytes()),
+                headers,
+            };
+            pending.push_back(publisher.enqueue(record).await.expect("enqueue"));
+            // Bound what is outstanding, as a source connector does.
+            if pending.len() >= 5_000 {
+                pending.pop_front().unwrap().await.expect("delivered");
+            }
+        }
+    }
+    for d in pending {
+        d.await.expect("delivered");
+    }
+}
+
+#[tokio::test]
+async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
+    let settings = real_broker().await;
+    let topic = unique("backflow.test.order");
+    create(&settings, &topic, 3).await;
+    let metrics = Metrics::new();
+    let publisher = Publisher::new(&settings, Some(metrics.clone())).unwrap();
+
+    let (keys, per_key) = (100u32, 100u32);
+    let started = Instant::now();
+    publish(&publisher, &topic, keys, per_key).await;
+    let produce = started.elapsed();
+    let total = (keys * per_key) as usize;
+    assert_eq!(
+        metrics.kafka_produced.with_label_values(&["other"]).get(),
+        total as u64,
+        "every record acknowledged exactly once"
+    );
+
+    let consumer = Consumer::new(&settings, &unique("order-group"), &[&topic], None).unwrap();
+    let started = Instant::now();
+    let got = receive(&consumer, total, Duration::from_secs(120)).await;
+    let consume = started.elapsed();
+    eprintln!("{total} records: produced+acked in {produce:?}, consumed in {consume:?}");
+
+    let mut by_key: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in &got {
+        assert_eq!(r.header("backflow.origin"), Some(&b"330000/test"[..]));
+        let (k, s) = seq_of(r);
+        by_key.entry(k).or_default().push(s);
+    }
+    assert_eq!(by_key.len(), keys as usize, "every key arrived");
+    let expected: Vec<u32> = (0..per_key).collect();
+    for (k, seqs) in by_key {
+        assert_eq!(seqs, expected, "key {k}: all records, in the order sent");
+    }
+    // Nothing more than what was sent.
+    let extra = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
+    assert!(
+        extra.is_err(),
+        "no duplicates beyond the {total} records sent"
+    );
+}
+
+#[tokio::test]
+async fn consumer_restarted_resumes_right_after_last_stored_offset() {
+    let settings = real_broker().await;
+    let topic = unique("backflow.test.resume");
+    create(&settings, &topic, 1).await;
+    let publisher = Publisher::new(&settings, None).unwrap();
+    publish(&publisher, &topic, 1, 100).await;
+    let group = unique("resume-group");
+
+    // First run: read 60 records but store only the first 40, as if the next
+    // stage had durably taken only those when the process stopped.
+    {
+        let consumer = Consumer::new(&settings, &group, &[&topic], None).unwrap();
+        let got = receive(&consumer, 60, Duration::from_secs(60)).await;
+        for r in &got[..40] {
+            consumer.store_record(r).unwrap();
+        }
+        assert_eq!(got[39].offset, 39);
+        consumer.close().unwrap();
+    }
+
+    // Second run: the group resumes at offset 40, neither skipping the 20
+    // unstored records nor repeating stored ones.
+    let consumer = Consumer::new(&settings, &group, &[&topic], None).unwrap();
+    let got = receive(&consumer, 60, Duration::from_secs(60)).await;
+    let seqs: Vec<u32> = got.iter().map(|r| seq_of(r).1).collect();
+    assert_eq!(seqs, (40..100).collect::<Vec<_>>());
+    assert_eq!(got[0].offset, 40);
+    assert_eq!(
+        consumer
+            .committed(&[(&topic, 0)], Duration::from_secs(10))
+            .unwrap(),
+        vec![Some(40)]
+    );
+}
+
+#[tokio::test]
+async fn topic_admin_creates_once_and_tolerates_existing_topics() {
+    let settings = real_broker().await;
+    let topic = unique("backflow.test.admin");
+    let admin = TopicAdmin::new(&settings).unwrap();
+    let spec = [TopicSpec::compacted(&topic, 2, 1)];
+    assert_eq!(admin.ensure(&spec).await.unwrap(), vec![topic.clone()]);
+    assert!(admin.ensure(&spec).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn publisher_reports_tombstones_and_consumer_sees_them() {
+    let settings = real_broker().await;
+    let topic = unique("backflow.test.tombstone");
+    create(&settings, &topic, 1).await;
+    let publisher = Publisher::new(&settings, None).unwrap();
+    publisher
+        .send(OutgoingRecord::new(&topic, b"k1", b"v1"))
+        .await
+        .unwrap();
+    let d = publisher
+        .send(OutgoingRecord {
+            topic: &topic,
+            key: Some(b"k1"),
+            payload: None,
+            headers: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.offset, 1);
+    let consumer = Consumer::new(&settings, &unique("tomb-group"), &[&topic], None).unwrap();
+    let got = receive(&consumer, 2, Duration::from_secs(60)).await;
+    assert_eq!(got[0].payload.as_deref(), Some(&b"v1"[..]));
+    assert_eq!(got[1].key.as_deref(), Some(&b"k1"[..]));
+    assert_eq!(got[1].payload, None, "a tombstone has no value");
+}
+
+#[tokio::test]
+async fn embedded_broker_serves_publisher_and_consumer_group() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let settings = KafkaSettings::new(broker.bootstrap_servers());
+    let topic = "backflow.raw.gongan.population";
+    let created = TopicAdmin::Embedded(broker.admin())
+        .ensure(&[TopicSpec::compacted(topic, 2, 1)])
+        .await
+        .unwrap();
+    assert_eq!(created, vec![topic.to_owned()]);
+    let metrics = Metrics::new();
+    let publisher = Publisher::new(&settings, Some(metrics.clone())).unwrap();
+    publish(&publisher, topic, 10, 20).await;
+    assert_eq!(
+        metrics.kafka_produced.with_label_values(&["raw"]).get(),
+        200
+    );
+    let consumer = Consumer::new(&settings, "embedded-group", &[topic], None).unwrap();
+    let got = receive(&consumer, 200, Duration::from_secs(60)).await;
+    let mut by_key: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in &got {
+        let (k, s) = seq_of(r);
+        by_key.entry(k).or_default().push(s);
+    }
+    for seqs in by_key.values() {
+        assert_eq!(*seqs, (0..20).collect::<Vec<_>>());
+    }
+}
