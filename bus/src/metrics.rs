@@ -117,6 +117,14 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("unique");
+        // Series exist at zero from the start, so rates and alerts work before
+        // the first record.
+        for kind in crate::topics::TopicKind::ALL {
+            let k = [kind.label()];
+            m.kafka_produced.with_label_values(&k);
+            m.kafka_produce_errors.with_label_values(&k);
+            m.kafka_consumed.with_label_values(&k);
+        }
         m.build_info
             .with_label_values(&[crate::VERSION, &crate::kafka::librdkafka_version()])
             .set(1);

@@ -37,6 +37,15 @@ pub enum TopicKind {
 }
 
 impl TopicKind {
+    /// Every kind, for initialising labelled metrics at zero.
+    pub const ALL: [TopicKind; 5] = [
+        TopicKind::Raw,
+        TopicKind::Share,
+        TopicKind::DeadLetter,
+        TopicKind::Internal,
+        TopicKind::Other,
+    ];
+
     /// Classifies a topic by its name.
     pub fn of(topic: &str) -> Self {
         if topic.starts_with("backflow.raw.") {

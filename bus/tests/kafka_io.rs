@@ -236,3 +236,40 @@ async fn embedded_broker_serves_publisher_and_consumer_group() {
         assert_eq!(*seqs, (0..20).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test]
+async fn publisher_waits_on_full_queue_instead_of_dropping() {
+    let settings = real_broker().await;
+    let topic = unique("backflow.test.backpressure");
+    create(&settings, &topic, 1).await;
+    // A queue of 20 records forces the publisher to wait for room.
+    let mut small = settings.clone();
+    small
+        .properties
+        .insert("queue.buffering.max.messages".into(), "20".into());
+    let metrics = Metrics::new();
+    let publisher = Publisher::new(&small, Some(metrics.clone())).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..2_000u32 {
+        let value = format!("k:{i}");
+        pending.push(
+            publisher
+                .enqueue(OutgoingRecord::new(&topic, b"k", value.as_bytes()))
+                .await
+                .expect("enqueue waits instead of failing"),
+        );
+    }
+    let mut offsets = Vec::new();
+    for d in pending {
+        offsets.push(d.await.expect("delivered").offset);
+    }
+    assert_eq!(
+        offsets,
+        (0..2_000).collect::<Vec<i64>>(),
+        "all delivered, in order"
+    );
+    assert!(
+        metrics.kafka_produce_queue_full.get() > 0,
+        "the queue did fill up, so back-pressure was exercised"
+    );
+}

@@ -126,8 +126,25 @@ pub fn librdkafka_version() -> String {
     rdkafka::util::get_rdkafka_version().1
 }
 
-/// Asks the brokers for cluster metadata; used by readiness checks.
+/// Names of the topics the cluster has.
+pub async fn topic_names(settings: &KafkaSettings) -> Result<Vec<String>, KafkaError> {
+    with_metadata(settings, |md| {
+        md.topics().iter().map(|t| t.name().to_owned()).collect()
+    })
+    .await
+}
+
+/// Asks the brokers for cluster metadata; used by readiness checks. Returns
+/// the number of brokers.
 pub async fn check_reachable(settings: &KafkaSettings) -> Result<usize, KafkaError> {
+    with_metadata(settings, |md| md.brokers().len()).await
+}
+
+/// Fetches cluster metadata on a blocking thread and reads it with `read`.
+async fn with_metadata<T: Send + 'static>(
+    settings: &KafkaSettings,
+    read: impl FnOnce(&rdkafka::metadata::Metadata) -> T + Send + 'static,
+) -> Result<T, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let settings = settings.clone();
     tokio::task::spawn_blocking(move || {
@@ -145,7 +162,7 @@ pub async fn check_reachable(settings: &KafkaSettings) -> Result<usize, KafkaErr
                 bootstrap: settings.bootstrap.clone(),
                 source,
             })?;
-        Ok(md.brokers().len())
+        Ok(read(&md))
     })
     .await
     .expect("metadata task does not panic")

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Starts the real services backflow's tests and local development use:
+#   PostgreSQL 15 with wal_level=logical            127.0.0.1:5432 (trust auth)
+#   MariaDB with a ROW/FULL binlog and server_id=1  127.0.0.1:3306 (root, no password)
+#   tansu 0.6.0, a Kafka-protocol broker            127.0.0.1:9092
+#
+# Usage: scripts/services.sh up|down|status
+#   up      install what is missing, (re)configure, start, wait until each answers
+#   down    stop the broker this script started (the databases keep running)
+#   status  one line per service; exits non-zero if one is not ok
+#
+# Idempotent: a second `up` changes nothing and returns in about a second.
+# Settings (environment):
+#   BACKFLOW_CACHE         where the tansu binary is cached (default ~/.cache/backflow)
+#   BACKFLOW_SERVICES_DIR  broker data, logs and pid (default <repo>/.services)
+#   BACKFLOW_KAFKA_PORT    broker port (default 9092)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${BACKFLOW_CACHE:-$HOME/.cache/backflow}
+STATE=${BACKFLOW_SERVICES_DIR:-$ROOT/.services}
+KAFKA_PORT=${BACKFLOW_KAFKA_PORT:-9092}
+TANSU_VERSION=0.6.0
+TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
+
+# wait_until DESCRIPTION SECONDS COMMAND...: retry COMMAND until it succeeds.
+wait_until() {
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.5
+  done
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+apt_install() {
+  log "installing $* from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ! -f "$STATE/.apt-updated" ]; then
+    apt-get update -qq
+    mkdir -p "$STATE" && touch "$STATE/.apt-updated"
+  fi
+  apt-get install -y -qq "$@" >/dev/null
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n1; }
+pg_tcp() { psql -h 127.0.0.1 -U postgres -d postgres -XAtq "$@"; }
+pg_local() { su postgres -c "psql -d postgres -XAtq $(printf '%q ' "$@")"; }
+
+postgres_up() {
+  if ! command -v pg_ctlcluster >/dev/null || [ -z "$(pg_version)" ]; then
+    apt_install postgresql postgresql-client
+  fi
+  local ver; ver=$(pg_version)
+  local conf=/etc/postgresql/$ver/main
+  if ! pg_ctlcluster "$ver" main status >/dev/null 2>&1; then
+    log "starting PostgreSQL $ver"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+  fi
+  wait_until "PostgreSQL" 60 pg_local -c 'select 1' \
+    || die "PostgreSQL $ver did not start; see /var/log/postgresql/postgresql-$ver-main.log"
+
+  # Tests connect over TCP as postgres without a password.
+  if ! pg_tcp -c 'select 1' >/dev/null 2>&1; then
+    log "allowing trust auth on 127.0.0.1 for local tests ($conf/pg_hba.conf)"
+    sed -i '1i host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust' "$conf/pg_hba.conf"
+    pg_local -c 'select pg_reload_conf()' >/dev/null
+  fi
+  if ! grep -qE '^host\s+replication\s+all\s+127\.0\.0\.1/32\s+trust' "$conf/pg_hba.conf"; then
+    sed -i '1i host replication all 127.0.0.1/32 trust' "$conf/pg_hba.conf"
+    pg_local -c 'select pg_reload_conf()' >/dev/null
+  fi
+
+  local restart=0
+  [ "$(pg_tcp -c 'show wal_level')" = logical ] || restart=1
+  [ "$(pg_tcp -c 'show max_replication_slots')" -ge 16 ] || restart=1
+  [ "$(pg_tcp -c 'show max_wal_senders')" -ge 16 ] || restart=1
+  if [ $restart = 1 ]; then
+    log "setting wal_level=logical, max_replication_slots=16, max_wal_senders=16 and restarting PostgreSQL"
+    pg_tcp -c 'ALTER SYSTEM SET wal_level = logical' \
+      -c 'ALTER SYSTEM SET max_replication_slots = 16' \
+      -c 'ALTER SYSTEM SET max_wal_senders = 16' >/dev/null
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main restart
+    wait_until "PostgreSQL" 60 pg_tcp -c 'select 1' || die "PostgreSQL did not come back after restart"
+  fi
+  for db in test root; do
+    [ "$(pg_tcp -c "select 1 from pg_database where datname = '$db'")" = 1 ] \
+      || pg_tcp -c "create database $db" >/dev/null
+  done
+}
+
+postgres_status() {
+  local wal
+  if wal=$(pg_tcp -c 'show wal_level' 2>/dev/null) && [ "$wal" = logical ]; then
+    echo "postgres  ok    127.0.0.1:5432  $(pg_tcp -c 'show server_version' | cut -d' ' -f1) wal_level=$wal"
+  else
+    echo "postgres  DOWN  127.0.0.1:5432  ${wal:+wal_level=$wal (needs logical)}"
+    return 1
+  fi
+}
+
+# ------------------------------------------------------------------- MariaDB
+MARIADB_CNF=/etc/mysql/mariadb.conf.d/90-backflow.cnf
+my_tcp() { mariadb -uroot -h127.0.0.1 -P3306 -N -B "$@"; }
+my_binlog() { my_tcp -e 'select @@log_bin, @@binlog_format, @@binlog_row_image, @@server_id' | tr '\t' ' '; }
+
+mariadb_start() {
+  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  wait_until "MariaDB" 60 mariadb -uroot -N -e 'select 1' \
+    || die "MariaDB did not start; see /var/log/mysql/error.log or journal"
+}
+
+mariadb_up() {
+  if ! command -v mariadbd >/dev/null; then
+    apt_install mariadb-server mariadb-client
+  fi
+  mkdir -p "$(dirname "$MARIADB_CNF")"
+  local want; want=$(cat <<'EOF'
+# Written by backflow's scripts/services.sh: the binlog the mysql source needs.
+[mariadbd]
+log_bin           = mysql-bin
+binlog_format     = ROW
+binlog_row_image  = FULL
+server_id         = 1
+bind_address      = 127.0.0.1
+EOF
+)
+  if [ ! -f "$MARIADB_CNF" ] || [ "$(cat "$MARIADB_CNF")" != "$want" ]; then
+    printf '%s\n' "$want" >"$MARIADB_CNF"
+  fi
+  # Some images ship a my.cnf that does not read mariadb.conf.d.
+  if [ -f /etc/mysql/my.cnf ] && ! grep -qE '^!includedir\s+/etc/mysql/mariadb.conf.d' /etc/mysql/my.cnf; then
+    printf '\n!includedir /etc/mysql/mariadb.conf.d/\n' >>/etc/mysql/my.cnf
+  fi
+  if ! mariadb -uroot -N -e 'select 1' >/dev/null 2>&1; then
+    log "starting MariaDB"
+    mariadb_start
+  fi
+  # Tests connect over TCP as root without a password.
+  if ! my_tcp -e 'select 1' >/dev/null 2>&1; then
+    log "allowing root without password over TCP for local tests"
+    mariadb -uroot -e "ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket"
+  fi
+  if [ "$(my_binlog)" != "1 ROW FULL 1" ]; then
+    log "enabling the ROW/FULL binlog ($MARIADB_CNF) and restarting MariaDB"
+    mariadb-admin -uroot shutdown
+    wait_until "MariaDB to stop" 60 bash -c '! pgrep -x mariadbd'
+    mariadb_start
+    [ "$(my_binlog)" = "1 ROW FULL 1" ] || die "MariaDB binlog settings not applied: $(my_binlog)"
+  fi
+  my_tcp -e 'create database if not exists test'
+}
+
+mariadb_status() {
+  local b
+  if b=$(my_binlog 2>/dev/null) && [ "$b" = "1 ROW FULL 1" ]; then
+    echo "mariadb   ok    127.0.0.1:3306  $(my_tcp -e 'select version()' | cut -d- -f1) log_bin=ON binlog_format=ROW binlog_row_image=FULL server_id=1"
+  else
+    echo "mariadb   DOWN  127.0.0.1:3306  ${b:+log_bin/format/image/server_id=$b}"
+    return 1
+  fi
+}
+
+# --------------------------------------------------------------------- tansu
+tansu_pid() { cat "$STATE/tansu/tansu.pid" 2>/dev/null || true; }
+tansu_running() { local p; p=$(tansu_pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+tansu_build() {
+  [ -x "$TANSU" ] && return
+  if pgrep -f "cargo install tansu" >/dev/null; then
+    log "a tansu build is already running; waiting for it"
+    wait_until "tansu build" 2400 bash -c '! pgrep -f "cargo install tansu"' || die "tansu build did not finish"
+    [ -x "$TANSU" ] && return
+  fi
+  log "building tansu $TANSU_VERSION into $CACHE (once; 11-15 minutes on 2 cores)"
+  mkdir -p "$CACHE"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
+    --root "$CACHE/tansu-$TANSU_VERSION" --quiet
+  [ -x "$TANSU" ] || die "tansu build finished without $TANSU"
+}
+
+tansu_up() {
+  tansu_build
+  if tansu_running && port_open "$KAFKA_PORT"; then return; fi
+  if port_open "$KAFKA_PORT"; then
+    # Another checkout's broker (or one started by hand): use it.
+    log "a broker already listens on 127.0.0.1:$KAFKA_PORT; using it (set BACKFLOW_KAFKA_PORT for a separate one)"
+    return
+  fi
+  mkdir -p "$STATE/tansu"
+  log "starting tansu on 127.0.0.1:$KAFKA_PORT"
+  # sqlite storage, not memory://: tansu 0.6.0's memory engine never answers a
+  # fetch that starts inside a record batch, so a consumer group resuming from
+  # a committed offset in the middle of a batch stalls. sqlite serves it.
+  # Topics are created by backflow through the admin API (or `tansu topic create`).
+  (cd "$STATE/tansu" || exit 1
+    setsid "$TANSU" broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine "sqlite://tansu.db" \
+    >>tansu.log 2>&1 </dev/null &
+    echo $! >tansu.pid)
+  wait_until "tansu" 30 port_open "$KAFKA_PORT" \
+    || { tail -n 20 "$STATE/tansu/tansu.log" >&2; die "tansu did not listen on $KAFKA_PORT"; }
+}
+
+tansu_down() {
+  local p; p=$(tansu_pid)
+  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+    kill "$p"
+    wait_until "tansu to stop" 20 bash -c "! kill -0 $p" || kill -9 "$p"
+    log "stopped tansu (pid $p)"
+  fi
+  rm -f "$STATE/tansu/tansu.pid"
+}
+
+tansu_status() {
+  if tansu_running && port_open "$KAFKA_PORT"; then
+    echo "kafka     ok    127.0.0.1:$KAFKA_PORT  tansu $TANSU_VERSION (sqlite storage in $STATE/tansu)"
+  elif port_open "$KAFKA_PORT"; then
+    echo "kafka     ok    127.0.0.1:$KAFKA_PORT  (a broker not started by this script)"
+  else
+    echo "kafka     DOWN  127.0.0.1:$KAFKA_PORT"
+    return 1
+  fi
+}
+
+status() {
+  local rc=0
+  postgres_status || rc=1
+  mariadb_status || rc=1
+  tansu_status || rc=1
+  return $rc
+}
+
+case "${1:-}" in
+  up)
+    postgres_up
+    mariadb_up
+    tansu_up
+    status
+    ;;
+  down)
+    tansu_down
+    log "PostgreSQL and MariaDB are machine services and keep running"
+    ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

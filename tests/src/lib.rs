@@ -1,0 +1,176 @@
+//! Harness for end-to-end tests: runs the real `backflow` binary as a user
+//! would and talks to it over HTTP.
+//!
+//! The binary is found at `$BACKFLOW_BIN`, or next to the test executable's
+//! target directory (`target/debug/backflow`); `scripts/test.sh` builds it
+//! before running the tests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+
+/// The Kafka broker the test services run (`scripts/services.sh up`).
+pub fn test_kafka() -> String {
+    std::env::var("BACKFLOW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// Path of the `backflow` binary under test.
+pub fn backflow_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BACKFLOW_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/debug/deps/<test-exe> → target/debug/backflow
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join("backflow");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p backflow --bin backflow` or set BACKFLOW_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A `backflow` command with a clean environment for backflow's variables.
+pub fn backflow() -> Command {
+    let mut cmd = Command::new(backflow_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BACKFLOW_") && k != "BACKFLOW_BIN" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// A running `backflow serve` process, killed when dropped.
+pub struct Node {
+    child: Child,
+    /// Base URL of its HTTP server, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts `backflow serve` with these environment variables and an HTTP
+    /// port chosen by the OS; returns once it printed its address.
+    pub fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("backflow-e2e-").tempdir()?;
+        let stdout_path = dir.path().join("stdout");
+        let stderr_path = dir.path().join("stderr");
+        let mut cmd = backflow();
+        cmd.arg("serve")
+            .env("BACKFLOW_HTTP__LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path)?)
+            .stderr(std::fs::File::create(&stderr_path)?);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawn backflow serve")?;
+        let mut node = Node {
+            child,
+            url: String::new(),
+            stderr_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+            if let Some(addr) = out
+                .lines()
+                .find_map(|l| l.strip_prefix("backflow listening on "))
+            {
+                node.url = addr.trim().to_owned();
+                return Ok(node);
+            }
+            if let Some(status) = node.child.try_wait()? {
+                bail!(
+                    "backflow serve exited with {status} before listening:\n{}",
+                    node.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "backflow serve did not listen within 30s:\n{}",
+                    node.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the process logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) to the process.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `deadline`.
+    pub fn wait(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > until {
+                return Err(anyhow!("process still running after {deadline:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GETs a path; returns the status code and body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let resp = reqwest::get(format!("{}{path}", self.url)).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+
+    /// Polls `path` until it answers `status` or the deadline passes;
+    /// returns the last body.
+    pub async fn wait_for_status(
+        &self,
+        path: &str,
+        status: u16,
+        deadline: Duration,
+    ) -> anyhow::Result<String> {
+        let until = Instant::now() + deadline;
+        let mut last = None;
+        while Instant::now() < until {
+            match self.get(path).await {
+                Ok((s, body)) if s == status => return Ok(body),
+                other => last = Some(other),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "{path} did not answer {status} within {deadline:?}; last: {last:?}\nlogs:\n{}",
+            self.stderr()
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
