@@ -7,6 +7,7 @@
 //! - [`kafka`]: idempotent publisher with back-pressure, consumer with
 //!   caller-stored offsets, topic administration, embedded broker.
 //! - [`node`]: the runtime behind `backflow serve`.
+//! - [`registry`]: the Confluent-compatible schema registry, stored in Kafka.
 //! - [`http`], [`metrics`], [`telemetry`]: operational surface.
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
@@ -15,6 +16,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod node;
+pub mod registry;
 pub mod telemetry;
 pub mod topics;
 

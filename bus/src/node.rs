@@ -14,8 +14,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::{self, CheckState, HttpState, Readiness};
-use crate::kafka::{self, EmbeddedBroker, KafkaError, KafkaSettings, TopicAdmin, TopicSpec};
+use crate::kafka::{
+    self, EmbeddedBroker, KafkaError, KafkaSettings, Publisher, TopicAdmin, TopicSpec,
+};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::topics;
 
 /// Why a node could not run.
@@ -43,6 +46,8 @@ pub enum NodeError {
 const CHECK_KAFKA: &str = "kafka";
 /// Readiness check: the internal topics exist.
 const CHECK_TOPICS: &str = "internal_topics";
+/// Readiness check: the schema registry replayed `backflow._schemas`.
+const CHECK_REGISTRY: &str = "schema_registry";
 
 /// A started node: its resolved addresses, for callers and tests.
 pub struct Running {
@@ -65,6 +70,7 @@ pub async fn run(
     let readiness = Readiness::default();
     readiness.register(CHECK_KAFKA);
     readiness.register(CHECK_TOPICS);
+    readiness.register(CHECK_REGISTRY);
 
     // Kafka: the configured cluster, or the embedded broker.
     let embedded = match &config.kafka.brokers {
@@ -96,18 +102,36 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
 
+    let publisher = Publisher::new(&settings, Some(metrics.clone()))?;
+    let proposer = format!(
+        "{}-{}-{}",
+        config.node.code,
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
+    );
+    let (registry, follower) =
+        Registry::start(&settings, publisher.clone(), proposer, shutdown.clone())?;
+    tracker.spawn(async move {
+        let _ = follower.await;
+    });
+
     // Internal topics, retried until they exist or the node stops.
     {
         let settings = settings.clone();
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
         let embedded_admin = embedded.as_ref().map(EmbeddedBroker::admin);
+        let registry = registry.clone();
         let (partitions, rf) = (config.kafka.partitions, config.kafka.replication_factor);
         tracker.spawn(async move {
             let specs = [
                 TopicSpec::compacted(topics::CATALOG, 1, rf),
                 TopicSpec::compacted(topics::OFFSETS, partitions, rf),
                 TopicSpec::retained(topics::AUDIT, 1, rf),
+                TopicSpec::compacted(topics::SCHEMAS, 1, rf),
             ];
             let mut backoff = Duration::from_millis(200);
             loop {
@@ -131,7 +155,20 @@ pub async fn run(
                             tracing::info!(topics = ?created, "created internal topics");
                         }
                         readiness.set(CHECK_TOPICS, CheckState::Ok);
-                        return;
+                        loop {
+                            match registry.caught_up().await {
+                                Ok(()) => {
+                                    readiness.set(CHECK_REGISTRY, CheckState::Ok);
+                                    return;
+                                }
+                                Err(e) => readiness
+                                    .set(CHECK_REGISTRY, CheckState::Failing(e.to_string())),
+                            }
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "cannot create internal topics yet");
@@ -184,7 +221,8 @@ pub async fn run(
     let router = http::router(HttpState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-    });
+    })
+    .merge(crate::registry::router(registry));
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
     tracker.close();
 

@@ -8,6 +8,8 @@
 pub const CATALOG: &str = "backflow._catalog";
 /// Hash-chained audit records.
 pub const AUDIT: &str = "backflow._audit";
+/// Schema registry log (compacted, one partition; see `registry`).
+pub const SCHEMAS: &str = "backflow._schemas";
 /// Source positions confirmed after Kafka acknowledged (compacted).
 pub const OFFSETS: &str = "backflow._offsets";
 

@@ -83,6 +83,38 @@ impl Consumer {
         Ok(Self { inner, metrics })
     }
 
+    /// Reads one partition from its first record without a consumer group
+    /// (no offsets are committed): for state topics every process replays
+    /// in full, such as `backflow._schemas`.
+    pub fn replay(
+        settings: &KafkaSettings,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Self, KafkaError> {
+        let mut cfg = settings.client_config();
+        // librdkafka wants a group id even for manual assignment; nothing is
+        // committed under it.
+        cfg.set("group.id", format!("{}-replay", settings.client_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &settings.properties {
+            cfg.set(k, v);
+        }
+        let inner: StreamConsumer = cfg.create().map_err(|source| KafkaError::Client {
+            client: "consumer",
+            source,
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(KafkaError::Consume)?;
+        inner.assign(&tpl).map_err(KafkaError::Consume)?;
+        Ok(Self {
+            inner,
+            metrics: None,
+        })
+    }
+
     /// Waits for the next record.
     pub async fn recv(&self) -> Result<ConsumedRecord, KafkaError> {
         let msg = self.inner.recv().await.map_err(KafkaError::Consume)?;

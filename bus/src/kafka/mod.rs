@@ -126,6 +126,42 @@ pub fn librdkafka_version() -> String {
     rdkafka::util::get_rdkafka_version().1
 }
 
+/// Asks partitions for their high watermark (the offset the next record
+/// gets). Cheap to clone.
+#[derive(Clone)]
+pub struct Watermarks {
+    client: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
+    timeout: Duration,
+}
+
+impl Watermarks {
+    /// Connects a metadata client.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let client = settings
+            .client_config()
+            .create()
+            .map_err(|source| KafkaError::Client {
+                client: "metadata",
+                source,
+            })?;
+        Ok(Self {
+            client: std::sync::Arc::new(client),
+            timeout: settings.request_timeout,
+        })
+    }
+
+    /// The high watermark of one partition.
+    pub async fn high(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        use rdkafka::consumer::Consumer as _;
+        let (client, timeout, t) = (self.client.clone(), self.timeout, topic.to_owned());
+        tokio::task::spawn_blocking(move || client.fetch_watermarks(&t, partition, timeout))
+            .await
+            .expect("watermark task does not panic")
+            .map(|(_, high)| high)
+            .map_err(KafkaError::Consume)
+    }
+}
+
 /// Names of the topics the cluster has.
 pub async fn topic_names(settings: &KafkaSettings) -> Result<Vec<String>, KafkaError> {
     with_metadata(settings, |md| {

@@ -1,0 +1,368 @@
+//! The Confluent Schema Registry REST API over [`Registry`].
+//!
+//! Responses use `application/vnd.schemaregistry.v1+json`; errors are
+//! `{"error_code": 40401, "message": "..."}` with Confluent's codes.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Level, Registry, RegistryError, VersionSel};
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// The registry's routes, to merge into the node's router.
+pub fn router(registry: Registry) -> Router {
+    Router::new()
+        .route("/subjects", get(list_subjects))
+        .route("/subjects/{subject}", post(lookup).delete(delete_subject))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
+        .route("/schemas/ids/{id}", get(get_schema))
+        .route("/schemas/ids/{id}/versions", get(get_schema_versions))
+        .route("/schemas/types", get(schema_types))
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_compatibility),
+        )
+        .route("/config", get(get_global_config).put(put_global_config))
+        .route(
+            "/config/{subject}",
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
+        )
+        .with_state(registry)
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok(body: Value) -> Response {
+    reply(StatusCode::OK, body)
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        reply(
+            status,
+            json!({ "error_code": self.code, "message": self.message }),
+        )
+    }
+}
+
+type ApiResult = Result<Response, RegistryError>;
+
+/// Parses a JSON body, answering Confluent-style when it is not JSON.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        RegistryError::new(
+            400,
+            400,
+            format!(
+                "Unrecognized request body: {e}; expected JSON such as {{\"schema\": \"...\"}}"
+            ),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct SchemaBody {
+    schema: String,
+    #[serde(rename = "schemaType", default)]
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Value>,
+}
+
+impl SchemaBody {
+    fn parse(bytes: &Bytes) -> Result<apache_avro::Schema, RegistryError> {
+        let b: SchemaBody = body(bytes)?;
+        if let Some(t) = b.schema_type.as_deref() {
+            if !t.eq_ignore_ascii_case("AVRO") {
+                return Err(RegistryError::invalid_schema(format!(
+                    "schemaType {t} is not supported; backflow's registry serves AVRO schemas"
+                )));
+            }
+        }
+        if !b.references.is_empty() {
+            return Err(RegistryError::invalid_schema(
+                "schema references are not supported; inline the referenced types",
+            ));
+        }
+        Registry::parse(&b.schema)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Flags {
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    permanent: bool,
+    #[serde(default)]
+    verbose: bool,
+    #[serde(default, rename = "defaultToGlobal")]
+    default_to_global: bool,
+}
+
+fn version_sel(subject: &str, v: &str) -> Result<VersionSel, RegistryError> {
+    if v == "latest" || v == "-1" {
+        return Ok(VersionSel::Latest);
+    }
+    match v.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(VersionSel::Number(n)),
+        _ => Err(RegistryError::new(
+            422,
+            42202,
+            format!("The specified version '{v}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\" (subject '{subject}')"),
+        )),
+    }
+}
+
+fn schema_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::String(text.to_owned()))
+}
+
+async fn list_subjects(State(r): State<Registry>, Query(f): Query<Flags>) -> ApiResult {
+    Ok(ok(json!(r.state().await.subjects(f.deleted))))
+}
+
+async fn list_versions(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    Query(f): Query<Flags>,
+) -> ApiResult {
+    let versions = r
+        .state()
+        .await
+        .versions(&subject, f.deleted)
+        .map_err(|_| RegistryError::subject_not_found(&subject))?;
+    Ok(ok(json!(versions)))
+}
+
+async fn register(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    let schema = SchemaBody::parse(&bytes)?;
+    let id = r.register(&subject, &schema).await?;
+    Ok(ok(json!({ "id": id })))
+}
+
+async fn lookup(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    Query(f): Query<Flags>,
+    bytes: Bytes,
+) -> ApiResult {
+    let schema = SchemaBody::parse(&bytes)?;
+    let text = super::state::normalize(&schema);
+    let st = r.state().await;
+    let versions = st
+        .versions(&subject, f.deleted)
+        .map_err(|_| RegistryError::subject_not_found(&subject))?;
+    let id = st
+        .id_of(&text)
+        .ok_or_else(RegistryError::schema_not_found)?;
+    for v in versions.into_iter().rev() {
+        if let Ok((_, entry)) = st.version(&subject, VersionSel::Number(v), f.deleted) {
+            if entry.id == id {
+                return Ok(ok(json!({
+                    "subject": subject,
+                    "id": id,
+                    "version": v,
+                    "schema": entry.text,
+                })));
+            }
+        }
+    }
+    Err(RegistryError::schema_not_found())
+}
+
+async fn get_version(
+    State(r): State<Registry>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(f): Query<Flags>,
+) -> ApiResult {
+    let sel = version_sel(&subject, &version)?;
+    let st = r.state().await;
+    let (v, entry) = st
+        .version(&subject, sel, f.deleted)
+        .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
+    Ok(ok(json!({
+        "subject": subject,
+        "id": entry.id,
+        "version": v,
+        "schema": entry.text,
+    })))
+}
+
+async fn get_version_schema(
+    State(r): State<Registry>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(f): Query<Flags>,
+) -> ApiResult {
+    let sel = version_sel(&subject, &version)?;
+    let st = r.state().await;
+    let (_, entry) = st
+        .version(&subject, sel, f.deleted)
+        .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
+    Ok(ok(schema_json(&entry.text)))
+}
+
+async fn delete_version(
+    State(r): State<Registry>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(f): Query<Flags>,
+) -> ApiResult {
+    let sel = version_sel(&subject, &version)?;
+    let v = r.delete_version(&subject, sel, f.permanent).await?;
+    Ok(ok(json!(v)))
+}
+
+async fn delete_subject(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    Query(f): Query<Flags>,
+) -> ApiResult {
+    Ok(ok(json!(r.delete_subject(&subject, f.permanent).await?)))
+}
+
+fn parse_id(id: &str) -> Result<u32, RegistryError> {
+    id.parse().map_err(|_| RegistryError::schema_not_found())
+}
+
+async fn get_schema(State(r): State<Registry>, Path(id): Path<String>) -> ApiResult {
+    let st = r.state().await;
+    let entry = st
+        .schema(parse_id(&id)?)
+        .ok_or_else(RegistryError::schema_not_found)?;
+    Ok(ok(json!({ "schema": entry.text })))
+}
+
+async fn get_schema_versions(State(r): State<Registry>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let st = r.state().await;
+    st.schema(id).ok_or_else(RegistryError::schema_not_found)?;
+    let usages: Vec<Value> = st
+        .usages(id)
+        .into_iter()
+        .map(|(subject, version)| json!({ "subject": subject, "version": version }))
+        .collect();
+    Ok(ok(json!(usages)))
+}
+
+async fn schema_types() -> ApiResult {
+    Ok(ok(json!(["AVRO"])))
+}
+
+async fn check_compatibility(
+    State(r): State<Registry>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(f): Query<Flags>,
+    bytes: Bytes,
+) -> ApiResult {
+    let sel = version_sel(&subject, &version)?;
+    let schema = SchemaBody::parse(&bytes)?;
+    let st = r.state().await;
+    let level = st.level(Some(&subject));
+    let (v, entry) = st
+        .version(&subject, sel, false)
+        .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
+    // Against one version: the transitive levels reduce to the plain ones.
+    let reasons = super::compat::check(level, &schema, &[(v, entry.schema.as_ref())]);
+    let mut out = json!({ "is_compatible": reasons.is_empty() });
+    if f.verbose {
+        out["messages"] = json!(reasons);
+    }
+    Ok(ok(out))
+}
+
+#[derive(Deserialize)]
+struct ConfigBody {
+    compatibility: String,
+}
+
+fn parse_level(bytes: &Bytes) -> Result<Level, RegistryError> {
+    let b: ConfigBody = body(bytes)?;
+    b.compatibility.parse().map_err(|e: String| {
+        RegistryError::new(422, 42203, format!("Invalid compatibility level: {e}"))
+    })
+}
+
+async fn get_global_config(State(r): State<Registry>) -> ApiResult {
+    Ok(ok(
+        json!({ "compatibilityLevel": r.state().await.level(None) }),
+    ))
+}
+
+async fn put_global_config(State(r): State<Registry>, bytes: Bytes) -> ApiResult {
+    let level = parse_level(&bytes)?;
+    r.set_level(None, Some(level)).await?;
+    Ok(ok(json!({ "compatibility": level })))
+}
+
+async fn get_subject_config(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    Query(f): Query<Flags>,
+) -> ApiResult {
+    let st = r.state().await;
+    match st.subject_level(&subject) {
+        Some(level) => Ok(ok(json!({ "compatibilityLevel": level }))),
+        None if f.default_to_global => Ok(ok(json!({ "compatibilityLevel": st.level(None) }))),
+        None => Err(RegistryError::new(
+            404,
+            40408,
+            format!("Subject '{subject}' does not have subject-level compatibility configured"),
+        )),
+    }
+}
+
+async fn put_subject_config(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    let level = parse_level(&bytes)?;
+    r.set_level(Some(&subject), Some(level)).await?;
+    Ok(ok(json!({ "compatibility": level })))
+}
+
+async fn delete_subject_config(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+) -> ApiResult {
+    let previous = r
+        .state()
+        .await
+        .subject_level(&subject)
+        .ok_or_else(|| RegistryError::subject_not_found(&subject))?;
+    r.set_level(Some(&subject), None).await?;
+    Ok(ok(json!({ "compatibilityLevel": previous })))
+}
