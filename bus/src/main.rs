@@ -1,11 +1,12 @@
 //! The `backflow` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use backflow::config::Config;
+use backflow_schemas::registry_client::RegistryClient;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,51 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Talk to a Confluent-compatible schema registry (a backflow node's, or
+    /// any other).
+    Schemas {
+        /// Registry base URL.
+        #[arg(
+            long,
+            env = "BACKFLOW_REGISTRY_URL",
+            default_value = "http://127.0.0.1:8480",
+            global = true
+        )]
+        registry: String,
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Register an Avro schema file under a subject; prints its id.
+    Register {
+        /// Subject, e.g. backflow.raw.gongan.population-value.
+        subject: String,
+        /// Avro schema file (.avsc).
+        file: PathBuf,
+    },
+    /// Print a version of a subject (latest by default), or a schema by id.
+    Get {
+        /// Subject to read; omit with --id.
+        #[arg(required_unless_present = "id")]
+        subject: Option<String>,
+        /// Version number (default: latest).
+        #[arg(long, conflicts_with = "id")]
+        version: Option<u32>,
+        /// A global schema id instead of a subject.
+        #[arg(long)]
+        id: Option<u32>,
+    },
+    /// Check whether a schema file may be registered as the subject's next
+    /// version under its compatibility level; exits 1 when it may not.
+    Check {
+        /// Subject.
+        subject: String,
+        /// Avro schema file (.avsc).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +134,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Schemas { registry, command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(schemas(registry, command))
+        }
         Command::Serve => {
             let config = load(&cli)?;
             backflow::telemetry::init(&config.log);
@@ -103,6 +156,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn read_schema(file: &Path) -> anyhow::Result<apache_avro::Schema> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read schema file {}", file.display()))?;
+    apache_avro::Schema::parse_str(&text)
+        .with_context(|| format!("{} is not a valid Avro schema", file.display()))
+}
+
+async fn schemas(registry: &str, command: &SchemasCommand) -> anyhow::Result<()> {
+    let client = RegistryClient::new(registry)?;
+    match command {
+        SchemasCommand::Register { subject, file } => {
+            let id = client.register(subject, &read_schema(file)?).await?;
+            println!("{id}");
+        }
+        SchemasCommand::Get { id: Some(id), .. } => {
+            let schema = client.fetch_schema(*id).await?;
+            println!("{}", serde_json::to_string_pretty(schema.as_ref())?);
+        }
+        SchemasCommand::Get {
+            subject, version, ..
+        } => {
+            let subject = subject
+                .as_deref()
+                .expect("clap requires a subject without --id");
+            let v = client.version(subject, *version).await?;
+            let schema: serde_json::Value =
+                serde_json::from_str(&v.schema).unwrap_or(serde_json::Value::String(v.schema));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "subject": v.subject,
+                    "version": v.version,
+                    "id": v.id,
+                    "schema": schema,
+                }))?
+            );
+        }
+        SchemasCommand::Check { subject, file } => {
+            let report = match client.check(subject, &read_schema(file)?).await {
+                // A subject without versions accepts any valid schema.
+                Err(e) if e.code() == Some(40401) => {
+                    println!("compatible (subject {subject} has no versions yet)");
+                    return Ok(());
+                }
+                other => other?,
+            };
+            if report.is_compatible {
+                println!("compatible");
+            } else {
+                println!("incompatible:");
+                for m in &report.messages {
+                    println!("  - {m}");
+                }
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -1,1 +1,17 @@
-//! connectors
+//! backflow's connectors: sources that capture database changes and sinks
+//! that apply them. Connectors know nothing about Kafka: a [`Source`] yields
+//! change events with positions and accepts acknowledgements; a [`Sink`]
+//! applies batches and reports what it committed. The `backflow` crate wires
+//! them to Kafka, so every connector is testable with a database alone.
+//!
+//! Errors carry an [`ErrorKind`] that decides what the runtime does:
+//! transient errors are retried with backoff, definite ones stop the
+//! connector (or, for one bad record, send it to the dead-letter topic).
+
+mod error;
+mod sink;
+mod source;
+
+pub use error::{ConnectorError, ErrorKind};
+pub use sink::{Applied, Sink, SinkBatch, SinkRecord, TopicOffset};
+pub use source::{Position, Source, SourceBatch, SourceRecord};

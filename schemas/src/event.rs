@@ -1,0 +1,131 @@
+//! Change events: the Debezium-compatible envelope.
+
+use crate::datum::Row;
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Inserted (`c`).
+    Create,
+    /// Updated (`u`).
+    Update,
+    /// Deleted (`d`).
+    Delete,
+    /// Read by a snapshot (`r`).
+    Read,
+}
+
+impl Op {
+    /// The envelope code: `c`, `u`, `d` or `r`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+        }
+    }
+
+    /// Parses an envelope code.
+    pub fn from_code(code: &str) -> Option<Op> {
+        match code {
+            "c" => Some(Op::Create),
+            "u" => Some(Op::Update),
+            "d" => Some(Op::Delete),
+            "r" => Some(Op::Read),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an event comes from a snapshot (Debezium's `source.snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Snapshot {
+    /// Streamed from the change log.
+    #[default]
+    False,
+    /// Read by the initial snapshot.
+    True,
+    /// The snapshot's last event.
+    Last,
+}
+
+impl Snapshot {
+    /// The envelope text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Snapshot::False => "false",
+            Snapshot::True => "true",
+            Snapshot::Last => "last",
+        }
+    }
+
+    /// Parses the envelope text.
+    pub fn parse(s: &str) -> Option<Snapshot> {
+        match s {
+            "false" => Some(Snapshot::False),
+            "true" => Some(Snapshot::True),
+            "last" => Some(Snapshot::Last),
+            _ => None,
+        }
+    }
+}
+
+/// Where an event came from (`source` in the envelope).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct SourceInfo {
+    /// backflow version that captured it.
+    pub version: String,
+    /// Connector kind: `postgres`, `mysql`, `poll`.
+    pub connector: String,
+    /// Feed name.
+    pub name: String,
+    /// Administrative division code of the node that captured it.
+    pub node: String,
+    /// Source commit time, milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// Snapshot flag.
+    pub snapshot: Snapshot,
+    /// Database name.
+    pub db: String,
+    /// Database schema, where the database has them.
+    pub schema: Option<String>,
+    /// Table name.
+    pub table: String,
+    /// Position in the source's log: LSN, binlog `file:pos` or GTID, poll
+    /// watermark.
+    pub position: String,
+    /// Source transaction id.
+    pub txid: Option<String>,
+}
+
+/// Transaction metadata (`transaction` in the envelope).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TransactionInfo {
+    /// Transaction id.
+    pub id: String,
+    /// Position of the event among all events of the transaction (1-based).
+    pub total_order: i64,
+    /// Position among the transaction's events of this table (1-based).
+    pub data_collection_order: i64,
+}
+
+/// One row change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// Primary key of the row (the Kafka key).
+    pub key: Row,
+    /// Row before the change (updates and deletes; full with REPLICA
+    /// IDENTITY FULL / binlog_row_image=FULL).
+    pub before: Option<Row>,
+    /// Row after the change (inserts, updates, snapshot reads).
+    pub after: Option<Row>,
+    /// Provenance.
+    pub source: SourceInfo,
+    /// What happened.
+    pub op: Op,
+    /// When backflow processed it, milliseconds since the epoch.
+    pub ts_ms: Option<i64>,
+    /// Transaction metadata, when the source provides it.
+    pub transaction: Option<TransactionInfo>,
+}

@@ -1,0 +1,231 @@
+//! Table descriptions: what a source captures and a sink creates.
+
+use crate::datum::{Datum, Row};
+use crate::types::SqlType;
+use crate::SchemaError;
+
+/// One column.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ColumnDesc {
+    /// Column name; a valid Avro name (`[A-Za-z_][A-Za-z0-9_]*`).
+    pub name: String,
+    /// Its SQL type.
+    pub sql_type: SqlType,
+    /// Whether it may hold NULL.
+    pub nullable: bool,
+}
+
+impl ColumnDesc {
+    /// A column.
+    pub fn new(name: impl Into<String>, sql_type: SqlType, nullable: bool) -> Self {
+        Self {
+            name: name.into(),
+            sql_type,
+            nullable,
+        }
+    }
+}
+
+/// A captured table and the dataset it feeds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableDesc {
+    /// Dataset id, `<department>.<name>` (e.g. `gongan.population`).
+    pub dataset: String,
+    /// Database schema (`public`); the database name on MySQL.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Columns in table order.
+    pub columns: Vec<ColumnDesc>,
+    /// Primary-key column names, in key order.
+    pub primary_key: Vec<String>,
+}
+
+/// Whether `name` is a valid Avro name.
+pub(crate) fn is_avro_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl TableDesc {
+    /// `schema.name`, for messages.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Checks that the description can be turned into Avro schemas: names
+    /// are valid, unique, and the primary key exists and is non-null.
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        let table = self.qualified_name();
+        let invalid = |reason: String| SchemaError::InvalidTable {
+            table: table.clone(),
+            reason,
+        };
+        if self.dataset.is_empty()
+            || !self.dataset.split('.').all(is_avro_name)
+            || !self.dataset.contains('.')
+        {
+            return Err(invalid(format!(
+                "dataset id {:?} must look like <department>.<name>, each part [A-Za-z_][A-Za-z0-9_]*",
+                self.dataset
+            )));
+        }
+        if self.columns.is_empty() {
+            return Err(invalid("it has no columns".into()));
+        }
+        for (i, c) in self.columns.iter().enumerate() {
+            if !is_avro_name(&c.name) {
+                return Err(invalid(format!(
+                    "column {:?} is not a valid Avro name ([A-Za-z_][A-Za-z0-9_]*); rename it or map it to another name in the feed",
+                    c.name
+                )));
+            }
+            if self.columns[..i].iter().any(|o| o.name == c.name) {
+                return Err(invalid(format!("column {:?} appears twice", c.name)));
+            }
+        }
+        if self.primary_key.is_empty() {
+            return Err(invalid(
+                "it has no primary key; backflow keys every event by primary key (add one, or declare the key columns in the feed)".into(),
+            ));
+        }
+        for k in &self.primary_key {
+            match self.column(k) {
+                None => return Err(invalid(format!("primary-key column {k:?} is not a column"))),
+                Some((_, c)) if c.nullable => {
+                    return Err(invalid(format!("primary-key column {k:?} is nullable")))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The column with this name and its index.
+    pub fn column(&self, name: &str) -> Option<(usize, &ColumnDesc)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
+    }
+
+    /// The key columns, in key order.
+    pub fn key_columns(&self) -> Vec<&ColumnDesc> {
+        self.primary_key
+            .iter()
+            .filter_map(|k| self.column(k).map(|(_, c)| c))
+            .collect()
+    }
+
+    /// The key of a full row.
+    pub fn key_of(&self, row: &Row) -> Row {
+        Row(self
+            .primary_key
+            .iter()
+            .filter_map(|k| self.column(k).and_then(|(i, _)| row.0.get(i).cloned()))
+            .collect())
+    }
+
+    /// Checks a full row against the columns.
+    pub fn check_row(&self, row: &Row) -> Result<(), SchemaError> {
+        check_values(self, self.columns.iter(), row)
+    }
+
+    /// Checks a key row against the key columns.
+    pub fn check_key(&self, key: &Row) -> Result<(), SchemaError> {
+        check_values(self, self.key_columns().into_iter(), key)
+    }
+}
+
+fn check_values<'a>(
+    table: &TableDesc,
+    columns: impl ExactSizeIterator<Item = &'a ColumnDesc>,
+    row: &Row,
+) -> Result<(), SchemaError> {
+    if columns.len() != row.0.len() {
+        return Err(SchemaError::BadRow {
+            table: table.qualified_name(),
+            column: String::new(),
+            reason: format!("{} values for {} columns", row.0.len(), columns.len()),
+        });
+    }
+    for (c, d) in columns.zip(&row.0) {
+        check_datum(c, d).map_err(|reason| SchemaError::BadRow {
+            table: table.qualified_name(),
+            column: c.name.clone(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether a value fits a column; the reason when not (never the value).
+fn check_datum(c: &ColumnDesc, d: &Datum) -> Result<(), String> {
+    let ok = match (&c.sql_type, d) {
+        (_, Datum::Null) => {
+            return if c.nullable {
+                Ok(())
+            } else {
+                Err("NULL in a NOT NULL column".into())
+            }
+        }
+        (SqlType::SmallInt, Datum::Int(v)) => i16::try_from(*v).is_ok(),
+        (SqlType::Int, Datum::Int(_)) | (SqlType::BigInt, Datum::Long(_)) => true,
+        (
+            SqlType::Decimal {
+                precision: Some(p),
+                scale,
+            },
+            Datum::Decimal(v),
+        ) => {
+            if v.scale != scale.unwrap_or(0) {
+                return Err(format!(
+                    "decimal of scale {} for a column of scale {}",
+                    v.scale,
+                    scale.unwrap_or(0)
+                ));
+            }
+            if v.digits() > *p {
+                return Err(format!("{} digits exceed precision {p}", v.digits()));
+            }
+            true
+        }
+        (
+            SqlType::Decimal {
+                precision: None, ..
+            },
+            Datum::Text(_),
+        ) => true,
+        (SqlType::Real, Datum::Float(_))
+        | (SqlType::Double, Datum::Double(_))
+        | (SqlType::Boolean, Datum::Bool(_))
+        | (SqlType::Text, Datum::Text(_))
+        | (SqlType::Bytes, Datum::Bytes(_))
+        | (SqlType::Date, Datum::Date(_))
+        | (SqlType::Time, Datum::Time(_))
+        | (SqlType::Timestamp, Datum::Timestamp(_))
+        | (SqlType::TimestampTz, Datum::TimestampTz(_))
+        | (SqlType::Uuid, Datum::Uuid(_))
+        | (SqlType::Json, Datum::Json(_)) => true,
+        (SqlType::Varchar { len } | SqlType::Char { len }, Datum::Text(s)) => {
+            if let Some(n) = len {
+                let chars = s.chars().count();
+                if chars > *n as usize {
+                    return Err(format!("{chars} characters exceed length {n}"));
+                }
+            }
+            true
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "a {} value does not fit type {}",
+            d.kind(),
+            c.sql_type
+        ))
+    }
+}

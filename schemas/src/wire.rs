@@ -1,0 +1,147 @@
+//! The Confluent wire format: magic byte 0, the schema id as 4 bytes
+//! big-endian, then the Avro binary datum.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+
+/// The first byte of every Confluent-framed payload.
+pub const MAGIC: u8 = 0;
+/// Magic byte plus schema id.
+pub const HEADER_LEN: usize = 5;
+
+/// A payload that is not a usable Confluent-framed Avro record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The first byte is not 0.
+    #[error("payload starts with byte {found:#04x}, not the Confluent magic byte 0: the producer does not use the Confluent wire format{hint}", hint = magic_hint(*found))]
+    WrongMagic {
+        /// The byte found.
+        found: u8,
+    },
+    /// Shorter than the 5-byte header.
+    #[error("payload of {len} bytes is shorter than the 5-byte Confluent header (magic byte + schema id): truncated or not Confluent-framed")]
+    Truncated {
+        /// Its length.
+        len: usize,
+    },
+    /// The schema id is not known to the registry.
+    #[error("schema id {id} is not registered: the record was written with a schema this registry does not have (wrong registry URL, or the schema was deleted)")]
+    UnknownSchemaId {
+        /// The id.
+        id: u32,
+    },
+    /// The Avro body does not decode with its schema.
+    #[error("Avro body does not match schema {id}: {reason}")]
+    Body {
+        /// The schema id.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn magic_hint(b: u8) -> &'static str {
+    match b {
+        b'{' | b'[' => " (it looks like JSON)",
+        b'"' => " (it looks like a JSON string)",
+        _ => "",
+    }
+}
+
+/// Frames an Avro datum: `[0, id (4 bytes big-endian), datum...]`.
+pub fn frame(schema_id: u32, avro: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + avro.len());
+    out.push(MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(avro);
+    out
+}
+
+/// Splits a framed payload into its schema id and Avro datum.
+pub fn unframe(payload: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    match payload.first() {
+        None => return Err(WireError::Truncated { len: 0 }),
+        Some(&b) if b != MAGIC => return Err(WireError::WrongMagic { found: b }),
+        _ => {}
+    }
+    if payload.len() < HEADER_LEN {
+        return Err(WireError::Truncated { len: payload.len() });
+    }
+    let id = u32::from_be_bytes(payload[1..HEADER_LEN].try_into().expect("4 bytes"));
+    Ok((id, &payload[HEADER_LEN..]))
+}
+
+/// Finds schemas by their registry id.
+pub trait SchemaLookup {
+    /// The schema with this id, if known.
+    fn schema_by_id(&self, id: u32) -> Option<Arc<Schema>>;
+}
+
+/// An in-memory, thread-safe id → schema map. Registering the same schema
+/// (by canonical form) twice returns the same id.
+#[derive(Debug, Default)]
+pub struct SchemaCache {
+    inner: RwLock<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    by_id: HashMap<u32, Arc<Schema>>,
+    by_form: HashMap<String, u32>,
+}
+
+impl SchemaCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a schema under the next free id, or returns the id it has.
+    pub fn register(&self, schema: &Schema) -> u32 {
+        let form = serde_json::to_string(schema).expect("an Avro schema serializes");
+        let mut inner = self.inner.write().expect("lock");
+        if let Some(id) = inner.by_form.get(&form) {
+            return *id;
+        }
+        let id = inner.by_id.keys().max().map_or(1, |m| m + 1);
+        inner.by_id.insert(id, Arc::new(schema.clone()));
+        inner.by_form.insert(form, id);
+        id
+    }
+
+    /// Adds a schema under an id a registry assigned.
+    pub fn insert(&self, id: u32, schema: Arc<Schema>) {
+        let form = serde_json::to_string(schema.as_ref()).expect("an Avro schema serializes");
+        let mut inner = self.inner.write().expect("lock");
+        inner.by_form.insert(form, id);
+        inner.by_id.insert(id, schema);
+    }
+}
+
+impl SchemaLookup for SchemaCache {
+    fn schema_by_id(&self, id: u32) -> Option<Arc<Schema>> {
+        self.inner.read().expect("lock").by_id.get(&id).cloned()
+    }
+}
+
+/// Decodes a framed payload with the schema its id names.
+pub fn decode_framed(payload: &[u8], lookup: &dyn SchemaLookup) -> Result<(u32, Value), WireError> {
+    let (id, mut body) = unframe(payload)?;
+    let schema = lookup
+        .schema_by_id(id)
+        .ok_or(WireError::UnknownSchemaId { id })?;
+    let value = crate::avro_read(&schema, &mut body).map_err(|e| WireError::Body {
+        id,
+        reason: e.to_string(),
+    })?;
+    if !body.is_empty() {
+        return Err(WireError::Body {
+            id,
+            reason: format!("{} bytes left over after the record", body.len()),
+        });
+    }
+    Ok((id, value))
+}
