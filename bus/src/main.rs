@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// backflow: real-time sharing of government data down the administrative
 /// hierarchy (province → city → district) over Kafka.
 #[derive(Debug, Parser)]
-#[command(name = "backflow", version, propagate_version = true)]
+#[command(name = "backflow", version)]
 struct Cli {
     /// Configuration file (TOML). Every key can also be set with an
     /// environment variable BACKFLOW_<SECTION>__<KEY>, e.g.
@@ -252,5 +252,16 @@ async fn watch_signals(shutdown: CancellationToken) {
             tracing::warn!("second signal, exiting now");
             std::process::exit(130);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }
