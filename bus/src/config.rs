@@ -54,6 +54,74 @@ pub struct Config {
     pub log: LogConfig,
     /// Process lifecycle.
     pub runtime: RuntimeConfig,
+    /// Change feeds this node runs (`[[feeds]]`, each with a `type`).
+    pub feeds: Vec<FeedConfig>,
+}
+
+/// A change feed: a source connector and the datasets it fills.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FeedConfig {
+    /// PostgreSQL logical replication (see `backflow_connectors::postgres`).
+    Postgres(backflow_connectors::postgres::PostgresSourceConfig),
+}
+
+impl<'de> Deserialize<'de> for FeedConfig {
+    /// Dispatches on `type`, then reads the connector's settings so that an
+    /// error names the setting (`snapshot: unknown variant ...`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let kind = v
+            .as_object_mut()
+            .and_then(|o| o.remove("type"))
+            .ok_or_else(|| D::Error::custom("missing `type` (one of: postgres)"))?;
+        let at = |e: serde_path_to_error::Error<serde_json::Error>| {
+            D::Error::custom(format!("{}: {}", e.path(), e.inner()))
+        };
+        match kind.as_str() {
+            Some("postgres") => serde_path_to_error::deserialize(v)
+                .map(FeedConfig::Postgres)
+                .map_err(at),
+            _ => Err(D::Error::custom(format!(
+                "unknown feed type {kind}; supported: postgres"
+            ))),
+        }
+    }
+}
+
+impl FeedConfig {
+    /// The feed's name.
+    pub fn name(&self) -> &str {
+        match self {
+            FeedConfig::Postgres(c) => &c.name,
+        }
+    }
+
+    /// Resolves the password from `password_env` / `password_file`.
+    /// `index` is the feed's position in `feeds`, for the error message.
+    pub fn resolve_secrets(&mut self, index: usize) -> Result<(), ConfigError> {
+        match self {
+            FeedConfig::Postgres(c) => {
+                if let Some(var) = &c.password_env {
+                    c.password = Some(std::env::var(var).map_err(|_| ConfigError::BadValue {
+                        key: format!("feeds[{index}].password_env"),
+                        origin: format!("feed {}", c.name),
+                        reason: format!("environment variable {var} is not set"),
+                    })?);
+                } else if let Some(file) = &c.password_file {
+                    let text =
+                        std::fs::read_to_string(file).map_err(|e| ConfigError::BadValue {
+                            key: format!("feeds[{index}].password_file"),
+                            origin: format!("feed {}", c.name),
+                            reason: format!("cannot read {file}: {e}"),
+                        })?;
+                    c.password = Some(text.trim_end_matches(['\n', '\r']).to_owned());
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Identity of this node.
@@ -306,11 +374,25 @@ impl Config {
             reason: e.to_string(),
         })?;
 
-        serde_path_to_error::deserialize::<_, Config>(merged).map_err(|err| {
+        let mut config = serde_path_to_error::deserialize::<_, Config>(merged).map_err(|err| {
             let key = err.path().to_string();
             let reason = err.inner().to_string();
             classify(key, reason, file, &env)
-        })
+        })?;
+        for (i, feed) in config.feeds.iter_mut().enumerate() {
+            feed.resolve_secrets(i)?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, feed) in config.feeds.iter().enumerate() {
+            if !names.insert(feed.name().to_owned()) {
+                return Err(ConfigError::BadValue {
+                    key: format!("feeds[{i}].name"),
+                    origin: origin_name(file, &env, ""),
+                    reason: format!("feed name {:?} is used twice", feed.name()),
+                });
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -501,6 +583,22 @@ mod tests {
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
         assert_eq!(err.key(), Some("node.code"), "{err}");
         assert!(err.to_string().contains("six digits"), "{err}");
+    }
+
+    #[test]
+    fn config_reads_postgres_feeds_and_names_bad_feed_keys() {
+        let f = file(
+            "[[feeds]]\ntype = \"postgres\"\nname = \"gongan-pg\"\nuser = \"backflow\"\ndatabase = \"gongan\"\ntables = [{ table = \"public.population\", dataset = \"gongan.population\" }]\n",
+        );
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.feeds.len(), 1);
+        assert_eq!(cfg.feeds[0].name(), "gongan-pg");
+        let f = file("[[feeds]]\ntype = \"postgres\"\nname = \"x\"\nuser = \"u\"\ndatabase = \"d\"\ntables = []\nsnapshot = \"sometimes\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert!(err.to_string().contains("snapshot"), "{err}");
+        let f = file("[[feeds]]\ntype = \"oracle\"\nname = \"x\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert!(err.to_string().contains("oracle"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
 pub mod config;
+pub mod feed;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

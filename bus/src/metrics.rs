@@ -29,6 +29,12 @@ pub struct Metrics {
     pub kafka_broker_reachable: IntGauge,
     /// Constant 1 labelled with the version and librdkafka version.
     pub build_info: IntGaugeVec,
+    /// Change events a feed published, by feed and op.
+    pub source_events: IntCounterVec,
+    /// Changes a feed sent to its dead-letter topic, by feed.
+    pub source_rejected: IntCounterVec,
+    /// Feed restarts after an error, by feed.
+    pub source_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -94,6 +100,30 @@ impl Metrics {
                 &["version", "librdkafka"],
             )
             .expect("valid metric"),
+            source_events: IntCounterVec::new(
+                Opts::new(
+                    "backflow_source_events_total",
+                    "Change events a feed published to its raw topics, by feed and op (c, u, d, r).",
+                ),
+                &["feed", "op"],
+            )
+            .expect("valid metric"),
+            source_rejected: IntCounterVec::new(
+                Opts::new(
+                    "backflow_source_dead_letters_total",
+                    "Changes a feed could not read or encode and sent to its dead-letter topic.",
+                ),
+                &["feed"],
+            )
+            .expect("valid metric"),
+            source_restarts: IntCounterVec::new(
+                Opts::new(
+                    "backflow_source_restarts_total",
+                    "Times a feed was restarted after an error.",
+                ),
+                &["feed"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -112,6 +142,12 @@ impl Metrics {
         r.register(Box::new(m.kafka_broker_reachable.clone()))
             .expect("unique");
         r.register(Box::new(m.build_info.clone())).expect("unique");
+        r.register(Box::new(m.source_events.clone()))
+            .expect("unique");
+        r.register(Box::new(m.source_rejected.clone()))
+            .expect("unique");
+        r.register(Box::new(m.source_restarts.clone()))
+            .expect("unique");
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

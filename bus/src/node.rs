@@ -12,7 +12,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::config::{Config, FeedConfig};
+use crate::feed::FeedContext;
 use crate::http::{self, CheckState, HttpState, Readiness};
 use crate::kafka::{
     self, EmbeddedBroker, KafkaError, KafkaSettings, Publisher, TopicAdmin, TopicSpec,
@@ -48,6 +51,39 @@ const CHECK_KAFKA: &str = "kafka";
 const CHECK_TOPICS: &str = "internal_topics";
 /// Readiness check: the schema registry replayed `backflow._schemas`.
 const CHECK_REGISTRY: &str = "schema_registry";
+
+/// Runs a feed, restarting it with backoff after errors, until shutdown.
+async fn supervise(feed: FeedConfig, ctx: FeedContext, shutdown: CancellationToken) {
+    let name = feed.name().to_owned();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let source: Box<dyn backflow_connectors::Source> = match &feed {
+            FeedConfig::Postgres(c) => Box::new(
+                backflow_connectors::postgres::PostgresSource::new(c.clone(), ctx.node.clone()),
+            ),
+        };
+        match crate::feed::run(&name, source, ctx.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                ctx.metrics
+                    .source_restarts
+                    .with_label_values(&[&name])
+                    .inc();
+                let kind = if e.is_transient() {
+                    "transient"
+                } else {
+                    "needs a fix"
+                };
+                tracing::error!(feed = %name, error = %e, kind, retry_in = ?backoff, "feed failed");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
 
 /// A started node: its resolved addresses, for callers and tests.
 pub struct Running {
@@ -125,6 +161,11 @@ pub async fn run(
         let shutdown = shutdown.clone();
         let embedded_admin = embedded.as_ref().map(EmbeddedBroker::admin);
         let registry = registry.clone();
+        let feeds = config.feeds.clone();
+        let node_code = config.node.code.to_string();
+        let publisher = publisher.clone();
+        let metrics = metrics.clone();
+        let feed_tracker = tracker.clone();
         let (partitions, rf) = (config.kafka.partitions, config.kafka.replication_factor);
         tracker.spawn(async move {
             let specs = [
@@ -159,6 +200,27 @@ pub async fn run(
                             match registry.caught_up().await {
                                 Ok(()) => {
                                     readiness.set(CHECK_REGISTRY, CheckState::Ok);
+                                    let ctx = FeedContext {
+                                        node: node_code,
+                                        publisher,
+                                        registry,
+                                        admin: Arc::new(match &embedded_admin {
+                                            Some(a) => TopicAdmin::Embedded(a.clone()),
+                                            None => match TopicAdmin::new(&settings) {
+                                                Ok(a) => a,
+                                                Err(e) => {
+                                                    tracing::error!(error = %e, "cannot start feeds");
+                                                    return;
+                                                }
+                                            },
+                                        }),
+                                        partitions,
+                                        replication_factor: rf,
+                                        metrics,
+                                    };
+                                    for feed in feeds {
+                                        feed_tracker.spawn(supervise(feed, ctx.clone(), shutdown.clone()));
+                                    }
                                     return;
                                 }
                                 Err(e) => readiness

@@ -9,9 +9,11 @@
 //! connector (or, for one bad record, send it to the dead-letter topic).
 
 mod error;
+pub mod postgres;
 mod sink;
 mod source;
+pub mod text;
 
 pub use error::{ConnectorError, ErrorKind};
 pub use sink::{Applied, Sink, SinkBatch, SinkRecord, TopicOffset};
-pub use source::{Position, Source, SourceBatch, SourceRecord};
+pub use source::{Position, RejectedRecord, Source, SourceBatch, SourceRecord};

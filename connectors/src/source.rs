@@ -24,18 +24,36 @@ pub struct SourceRecord {
     pub position: Position,
 }
 
+/// A change the source captured but could not turn into an event (a value
+/// that does not convert); it goes to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct RejectedRecord {
+    /// `schema.table` it came from.
+    pub table: String,
+    /// Its position.
+    pub position: Position,
+    /// Why (never the value).
+    pub reason: String,
+}
+
 /// What a source yields at a time, in commit order.
 #[derive(Debug, Clone, Default)]
 pub struct SourceBatch {
     /// Changes in order; per key, in commit order.
     pub records: Vec<SourceRecord>,
+    /// Changes that could not be read, for the dead-letter topic.
+    pub rejected: Vec<RejectedRecord>,
+    /// Set when the batch ends at a transaction boundary: once every
+    /// record up to here (this batch and all before it) is in Kafka, the
+    /// runtime acknowledges this position. Never set mid-transaction.
+    pub checkpoint: Option<Position>,
 }
 
 /// A database change capture.
 ///
-/// Contract: the runtime publishes every record of a batch to Kafka, waits
-/// for every acknowledgement, then calls [`Source::acknowledge`] with the
-/// position of the last one. Only then may the source let the database
+/// Contract: the runtime publishes every record to Kafka and, once every
+/// record before a batch's [`SourceBatch::checkpoint`] is acknowledged by
+/// Kafka, calls [`Source::acknowledge`] with that checkpoint. Only then may the source let the database
 /// discard history up to that position (advance the replication slot, purge
 /// the binlog). After a crash the source resumes from the last acknowledged
 /// position, so no acknowledged change is lost and at most the

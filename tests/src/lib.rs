@@ -16,6 +16,54 @@ pub fn test_kafka() -> String {
     std::env::var("BACKFLOW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
+/// A fresh PostgreSQL database on the test server (127.0.0.1:5432, user
+/// postgres, trust auth), dropped with its replication slots by [`drop_pg_database`].
+pub async fn create_pg_database(name: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let admin = pg_connect("postgres").await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    pg_connect(name).await
+}
+
+/// Connects to a database on the test server.
+pub async fn pg_connect(db: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port=5432 user=postgres dbname={db}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .context("connect to PostgreSQL on 127.0.0.1:5432 (start it with scripts/services.sh up)")?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Drops a test database and the replication slots on it.
+pub async fn drop_pg_database(name: &str) -> anyhow::Result<()> {
+    let admin = pg_connect("postgres").await?;
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}' AND NOT active"
+        ))
+        .await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    Ok(())
+}
+
+/// A unique lower-case name for test objects.
+pub fn unique_name(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000)
+}
+
 /// Path of the `backflow` binary under test.
 pub fn backflow_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BACKFLOW_BIN") {
@@ -109,6 +157,19 @@ impl Node {
     /// Everything the process logged so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Starts `backflow serve --config <file>` with `config` as the file's
+    /// content.
+    pub fn start_with_config(config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let file = tempfile::Builder::new().suffix(".toml").tempfile()?;
+        std::fs::write(file.path(), config)?;
+        let (file, path) = file.keep()?;
+        drop(file);
+        let path = path.display().to_string();
+        let mut all: Vec<(&str, &str)> = env.to_vec();
+        all.push(("BACKFLOW_CONFIG", &path));
+        Node::start(&all)
     }
 
     /// Sends a signal (`TERM`, `INT`, `KILL`) to the process.

@@ -71,6 +71,9 @@ impl Consumer {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "6000")
+            // Pick up topics created after subscribing (share topics appear as
+            // subscriptions are approved) within seconds, not minutes.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("heartbeat.interval.ms", "1000");
         for (k, v) in &settings.properties {
             cfg.set(k, v);

@@ -1,0 +1,320 @@
+//! Runs a source connector into its datasets' raw topics.
+//!
+//! source → encode (schemas registered in the node's registry) → raw topic
+//! `backflow.raw.<dataset>`, keyed by primary key, Confluent-framed Avro,
+//! with provenance headers. Kafka's acknowledgements are awaited in order
+//! by a separate task; a source checkpoint is acknowledged to the source
+//! only once every record before it was acknowledged, so the database's
+//! history (the replication slot) is released only for data Kafka holds.
+//! Records the source could not read go to `backflow.dlq.<feed>` with the
+//! reason; the feed goes on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backflow_connectors::{ConnectorError, Position, Source, SourceRecord};
+use backflow_schemas::registry_client::subject_for;
+use backflow_schemas::{frame, TableCodec, TableDesc};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::{Delivery, KafkaError, OutgoingRecord, Publisher, TopicAdmin, TopicSpec};
+use crate::metrics::Metrics;
+use crate::registry::{Registry, RegistryError};
+use crate::topics;
+
+/// Header: `<node>/<feed>` that captured the change.
+pub const HEADER_ORIGIN: &str = "backflow.origin";
+/// Header: source commit time in ms, kept across hops.
+pub const HEADER_ORIGIN_TS: &str = "backflow.origin_ts";
+/// Header: comma-separated nodes the record passed.
+pub const HEADER_HOPS: &str = "backflow.hops";
+/// Header on dead letters: why the record was refused.
+pub const HEADER_DLQ_REASON: &str = "backflow.dlq.reason";
+
+/// Why a feed stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The connector failed.
+    #[error(transparent)]
+    Source(#[from] ConnectorError),
+    /// Kafka refused or lost a record.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A schema could not be registered (e.g. incompatible change).
+    #[error("schema registration for {table} failed: {source}")]
+    Schema {
+        table: String,
+        #[source]
+        source: RegistryError,
+    },
+    /// The table cannot be encoded.
+    #[error("{0}")]
+    Encode(String),
+}
+
+impl FeedError {
+    /// Whether restarting the feed may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FeedError::Source(e) => e.is_transient(),
+            FeedError::Kafka(_) => true,
+            FeedError::Schema { source, .. } => source.code >= 50000,
+            FeedError::Encode(_) => false,
+        }
+    }
+}
+
+/// What a feed needs from the node.
+#[derive(Clone)]
+pub struct FeedContext {
+    /// This node's division code.
+    pub node: String,
+    /// Publisher to the node's Kafka.
+    pub publisher: Publisher,
+    /// The node's schema registry.
+    pub registry: Registry,
+    /// Topic administration.
+    pub admin: Arc<TopicAdmin>,
+    /// Partitions of created topics.
+    pub partitions: i32,
+    /// Replication factor of created topics.
+    pub replication_factor: i32,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+struct Encoder {
+    desc: Arc<TableDesc>,
+    codec: TableCodec,
+    topic: String,
+    key_id: u32,
+    value_id: u32,
+}
+
+enum Pending {
+    Record(Delivery),
+    Checkpoint(Position),
+}
+
+/// Runs one feed until `shutdown` or an error.
+pub async fn run(
+    name: &str,
+    mut source: Box<dyn Source>,
+    ctx: FeedContext,
+    shutdown: CancellationToken,
+) -> Result<(), FeedError> {
+    let tables = source.start(None).await?;
+    let dlq = topics::dlq(name);
+    let mut specs: Vec<TopicSpec> = tables
+        .iter()
+        .map(|t| {
+            TopicSpec::compacted(
+                topics::raw(&t.dataset),
+                ctx.partitions,
+                ctx.replication_factor,
+            )
+        })
+        .collect();
+    specs.push(TopicSpec::retained(&dlq, 1, ctx.replication_factor));
+    ctx.admin.ensure(&specs).await?;
+    tracing::info!(feed = name, tables = tables.len(), "feed started");
+
+    // In-order acknowledgement tracking.
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(50_000);
+    let (acked_tx, mut acked_rx) = watch::channel::<Option<Position>>(None);
+    let (fail_tx, mut fail_rx) = watch::channel::<Option<String>>(None);
+    let acker = tokio::spawn(async move {
+        while let Some(p) = pending_rx.recv().await {
+            match p {
+                Pending::Record(d) => {
+                    if let Err(e) = d.await {
+                        let _ = fail_tx.send(Some(e.to_string()));
+                        return;
+                    }
+                }
+                Pending::Checkpoint(pos) => {
+                    let _ = acked_tx.send(Some(pos));
+                }
+            }
+        }
+    });
+
+    let origin = format!("{}/{name}", ctx.node);
+    let mut encoders: HashMap<String, Encoder> = HashMap::new();
+    let events = ctx.metrics.source_events.clone();
+    let result = loop {
+        let acked = if acked_rx.has_changed().unwrap_or(false) {
+            acked_rx.borrow_and_update().clone()
+        } else {
+            None
+        };
+        if let Some(pos) = acked {
+            source.acknowledge(&pos).await?;
+        }
+        let failed = fail_rx.borrow_and_update().clone();
+        if let Some(reason) = failed {
+            break Err(FeedError::Encode(format!(
+                "Kafka did not acknowledge a record; restarting from the last acknowledged position: {reason}"
+            )));
+        }
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = fail_rx.changed() => continue,
+            b = source.next_batch(500) => b?,
+        };
+        let mut dead: Vec<(String, String, String)> = batch
+            .rejected
+            .iter()
+            .map(|r| (r.table.clone(), r.position.0.clone(), r.reason.clone()))
+            .collect();
+        for record in &batch.records {
+            let enc = encoder(&mut encoders, &record.table, &ctx).await?;
+            let (key, value) = match encode(enc, record) {
+                Ok(kv) => kv,
+                Err(e) => {
+                    dead.push((
+                        record.table.qualified_name(),
+                        record.position.0.clone(),
+                        e.to_string(),
+                    ));
+                    continue;
+                }
+            };
+            let ts = record.event.source.ts_ms.to_string();
+            let headers: [(&str, &[u8]); 3] = [
+                (HEADER_ORIGIN, origin.as_bytes()),
+                (HEADER_ORIGIN_TS, ts.as_bytes()),
+                (HEADER_HOPS, ctx.node.as_bytes()),
+            ];
+            let delivery = ctx
+                .publisher
+                .enqueue(OutgoingRecord {
+                    topic: &enc.topic,
+                    key: Some(&key),
+                    payload: Some(&value),
+                    headers: &headers,
+                })
+                .await?;
+            events
+                .with_label_values(&[name, record.event.op.code()])
+                .inc();
+            if pending_tx.send(Pending::Record(delivery)).await.is_err() {
+                break;
+            }
+            if record.event.op == backflow_schemas::Op::Delete {
+                // A tombstone after the delete lets compaction drop the key.
+                let tombstone = ctx
+                    .publisher
+                    .enqueue(OutgoingRecord {
+                        topic: &enc.topic,
+                        key: Some(&key),
+                        payload: None,
+                        headers: &headers,
+                    })
+                    .await?;
+                if pending_tx.send(Pending::Record(tombstone)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        for (table, position, reason) in &dead {
+            tracing::warn!(feed = name, table = %table, position = %position, reason = %reason, "change sent to the dead-letter topic");
+            let body = serde_json::json!({
+                "feed": name,
+                "table": table,
+                "position": position,
+                "reason": reason,
+            })
+            .to_string();
+            let headers: [(&str, &[u8]); 2] = [
+                (HEADER_ORIGIN, origin.as_bytes()),
+                (HEADER_DLQ_REASON, reason.as_bytes()),
+            ];
+            let d = ctx
+                .publisher
+                .enqueue(OutgoingRecord {
+                    topic: &dlq,
+                    key: Some(table.as_bytes()),
+                    payload: Some(body.as_bytes()),
+                    headers: &headers,
+                })
+                .await?;
+            ctx.metrics.source_rejected.with_label_values(&[name]).inc();
+            let _ = pending_tx.send(Pending::Record(d)).await;
+        }
+        if let Some(cp) = batch.checkpoint {
+            let _ = pending_tx.send(Pending::Checkpoint(cp)).await;
+        }
+    };
+
+    // Drain: wait (bounded) for what was handed to Kafka, acknowledge it.
+    drop(pending_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(10), acker).await;
+    let last = acked_rx.borrow().clone();
+    if let Some(pos) = last {
+        let _ = source.acknowledge(&pos).await;
+    }
+    // Give the connector a moment to report the position to the database.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _ = source.shutdown().await;
+    if let Err(e) = &result {
+        tracing::error!(feed = name, error = %e, "feed stopped");
+    } else {
+        tracing::info!(feed = name, "feed stopped");
+    }
+    result
+}
+
+async fn encoder<'a>(
+    encoders: &'a mut HashMap<String, Encoder>,
+    table: &Arc<TableDesc>,
+    ctx: &FeedContext,
+) -> Result<&'a Encoder, FeedError> {
+    let name = table.qualified_name();
+    let fresh = encoders.get(&name).is_none_or(|e| e.desc != *table);
+    if fresh {
+        let codec = TableCodec::new(table.as_ref().clone())
+            .map_err(|e| FeedError::Encode(e.to_string()))?;
+        let topic = topics::raw(&table.dataset);
+        let reg = |source| FeedError::Schema {
+            table: name.clone(),
+            source,
+        };
+        let key_id = ctx
+            .registry
+            .register(&subject_for(&topic, true), codec.key_schema())
+            .await
+            .map_err(reg)?;
+        let value_id = ctx
+            .registry
+            .register(&subject_for(&topic, false), codec.value_schema())
+            .await
+            .map_err(reg)?;
+        tracing::info!(table = %name, topic = %topic, key_id, value_id, "schemas registered");
+        encoders.insert(
+            name.clone(),
+            Encoder {
+                desc: table.clone(),
+                codec,
+                topic,
+                key_id,
+                value_id,
+            },
+        );
+    }
+    Ok(&encoders[&name])
+}
+
+fn encode(enc: &Encoder, record: &SourceRecord) -> Result<(Vec<u8>, Vec<u8>), FeedError> {
+    let key = enc
+        .codec
+        .encode_key(&record.event.key)
+        .map_err(|e| FeedError::Encode(e.to_string()))?;
+    let value = enc
+        .codec
+        .encode_value(&record.event)
+        .map_err(|e| FeedError::Encode(e.to_string()))?;
+    Ok((frame(enc.key_id, &key), frame(enc.value_id, &value)))
+}

@@ -1,0 +1,247 @@
+//! Server prerequisites and table descriptions, read from the catalog.
+//! Every failed check says what to change.
+
+use backflow_schemas::{ColumnDesc, SqlType, TableDesc};
+use tokio_postgres::Client;
+
+use super::{ReplicaIdentityMode, TableConfig};
+use crate::ConnectorError;
+
+/// Quotes an identifier for SQL.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A SQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn sql_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
+    let definite = e.as_db_error().is_some();
+    let msg = format!("PostgreSQL: {what}: {e}");
+    if definite {
+        ConnectorError::definite(msg).with_source(e)
+    } else {
+        ConnectorError::transient(msg).with_source(e)
+    }
+}
+
+/// `wal_level` must be `logical`.
+pub async fn check_wal_level(client: &Client) -> Result<(), ConnectorError> {
+    let row = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(|e| sql_err("reading wal_level", e))?;
+    let level: String = row.get(0);
+    if level != "logical" {
+        return Err(ConnectorError::definite(format!(
+            "PostgreSQL wal_level is '{level}', but logical replication needs 'logical': run \
+             ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+        )));
+    }
+    Ok(())
+}
+
+/// Describes a table from the catalog; checks it has a primary key and
+/// that every column type maps.
+pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc, ConnectorError> {
+    let (schema, name) = table.split();
+    let qualified = format!("{schema}.{name}");
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| sql_err(&format!("describing {qualified}"), e))?;
+    if rows.is_empty() {
+        return Err(ConnectorError::definite(format!(
+            "table {qualified} does not exist (or this user cannot see it): check the feed's tables and GRANT SELECT ON {qualified}"
+        )));
+    }
+    let mut columns = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let col: String = r.get(0);
+        let type_name: String = r.get(1);
+        let not_null: bool = r.get(2);
+        let sql_type = SqlType::parse(&type_name).map_err(|_| {
+            ConnectorError::definite(format!(
+                "table {qualified}, column {col}: type {type_name} cannot be shared yet; \
+                 leave the column out with a view, or cast it in the source"
+            ))
+        })?;
+        columns.push(ColumnDesc::new(col, sql_type, !not_null));
+    }
+    let pk_rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = format('%I.%I', $1::text, $2::text)::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| sql_err(&format!("reading the primary key of {qualified}"), e))?;
+    let primary_key: Vec<String> = pk_rows.iter().map(|r| r.get(0)).collect();
+    if primary_key.is_empty() {
+        return Err(ConnectorError::definite(format!(
+            "table {qualified} has no primary key; backflow keys every change by primary key: \
+             ALTER TABLE {qualified} ADD PRIMARY KEY (...)"
+        )));
+    }
+    let desc = TableDesc {
+        dataset: table.dataset.clone(),
+        schema: schema.to_owned(),
+        name: name.to_owned(),
+        columns,
+        primary_key,
+    };
+    desc.validate()
+        .map_err(|e| ConnectorError::definite(e.to_string()))?;
+    Ok(desc)
+}
+
+/// Makes sure the table logs full before-images (`REPLICA IDENTITY FULL`).
+pub async fn ensure_replica_identity(
+    client: &Client,
+    table: &TableDesc,
+    mode: ReplicaIdentityMode,
+) -> Result<(), ConnectorError> {
+    let qualified = format!("{}.{}", ident(&table.schema), ident(&table.name));
+    let row = client
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = format('%I.%I', $1::text, $2::text)::regclass",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| sql_err("reading the replica identity", e))?;
+    let current: String = row.get(0);
+    if current == "f" {
+        return Ok(());
+    }
+    match mode {
+        ReplicaIdentityMode::Require => Err(ConnectorError::definite(format!(
+            "table {} does not log full before-images (REPLICA IDENTITY is '{current}'); \
+             the distributor needs them to compute retractions: run \
+             ALTER TABLE {qualified} REPLICA IDENTITY FULL (or set replica_identity = \"set\")",
+            table.qualified_name()
+        ))),
+        ReplicaIdentityMode::Set => {
+            client
+                .batch_execute(&format!("ALTER TABLE {qualified} REPLICA IDENTITY FULL"))
+                .await
+                .map_err(|e| {
+                    sql_err(
+                        &format!(
+                            "setting REPLICA IDENTITY FULL on {} (the feed's user must own the table, or an owner runs it)",
+                            table.qualified_name()
+                        ),
+                        e,
+                    )
+                })?;
+            tracing::info!(table = %table.qualified_name(), "set REPLICA IDENTITY FULL");
+            Ok(())
+        }
+    }
+}
+
+/// Creates the publication for the tables, or adds missing tables to it.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableDesc],
+) -> Result<(), ConnectorError> {
+    let list: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
+        .collect();
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| sql_err("reading publications", e))?
+        .is_some();
+    let hint =
+        "the feed's user needs CREATE on the database (or create the publication as its owner)";
+    if !exists {
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                ident(publication),
+                list.join(", ")
+            ))
+            .await
+            .map_err(|e| sql_err(&format!("creating publication {publication} ({hint})"), e))?;
+        tracing::info!(publication, "created publication");
+        return Ok(());
+    }
+    for (t, q) in tables.iter().zip(&list) {
+        let member = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&publication, &t.schema, &t.name],
+            )
+            .await
+            .map_err(|e| sql_err("reading publication tables", e))?
+            .is_some();
+        if !member {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} ADD TABLE {q}",
+                    ident(publication)
+                ))
+                .await
+                .map_err(|e| {
+                    sql_err(
+                        &format!("adding {q} to publication {publication} ({hint})"),
+                        e,
+                    )
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the replication slot exists; an invalidated slot is an error
+/// with the way out.
+pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, ConnectorError> {
+    let row = client
+        .query_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| sql_err("reading replication slots", e))?;
+    match row {
+        None => Ok(false),
+        Some(r) => {
+            let status: Option<String> = r.get(0);
+            if status.as_deref() == Some("lost") {
+                return Err(ConnectorError::definite(format!(
+                    "replication slot {slot} was invalidated (the WAL it needed is gone); changes were missed: \
+                     drop it (SELECT pg_drop_replication_slot('{slot}')) and restart the feed with a new snapshot"
+                )));
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Estimated row count, for snapshot progress.
+pub async fn estimated_rows(client: &Client, table: &TableDesc) -> u64 {
+    client
+        .query_one(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = format('%I.%I', $1::text, $2::text)::regclass",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .unwrap_or(0)
+}

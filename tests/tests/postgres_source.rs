@@ -1,0 +1,332 @@
+//! The PostgreSQL feed end to end: a real PostgreSQL (wal_level=logical),
+//! the real binary, the real broker. The raw topic, compacted by key, must
+//! equal the table.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use backflow::kafka::{ConsumedRecord, Consumer, KafkaSettings};
+use backflow_connectors::text;
+use backflow_e2e::{
+    create_pg_database, drop_pg_database, pg_connect, test_kafka, unique_name, Node,
+};
+use backflow_schemas::{unframe, ColumnDesc, Op, Row, SqlType, TableCodec, TableDesc};
+
+const READY: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    db: String,
+    dataset: String,
+    feed: String,
+}
+
+impl Fixture {
+    fn topic(&self) -> String {
+        format!("backflow.raw.{}", self.dataset)
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{}\" }}]\n",
+            test_kafka(),
+            self.feed,
+            self.db,
+            self.dataset
+        )
+    }
+
+    fn desc(&self) -> TableDesc {
+        TableDesc {
+            dataset: self.dataset.clone(),
+            schema: "public".into(),
+            name: "people".into(),
+            columns: vec![
+                ColumnDesc::new("id", SqlType::BigInt, false),
+                ColumnDesc::new("name", SqlType::Varchar { len: Some(64) }, false),
+                ColumnDesc::new("region_code", SqlType::Char { len: Some(6) }, false),
+                ColumnDesc::new(
+                    "income",
+                    SqlType::Decimal {
+                        precision: Some(12),
+                        scale: Some(2),
+                    },
+                    true,
+                ),
+                ColumnDesc::new("birth", SqlType::Date, true),
+                ColumnDesc::new("updated_at", SqlType::TimestampTz, false),
+                ColumnDesc::new("note", SqlType::Text, true),
+            ],
+            primary_key: vec!["id".into()],
+        }
+    }
+}
+
+async fn setup(rows: i64) -> Fixture {
+    let db = unique_name("bf_pg");
+    let client = create_pg_database(&db).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE people (
+                id bigint PRIMARY KEY,
+                name varchar(64) NOT NULL,
+                region_code char(6) NOT NULL,
+                income numeric(12,2),
+                birth date,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                note text);
+             INSERT INTO people (id, name, region_code, income, birth, note)
+             SELECT g, '居民' || g, CASE WHEN g % 2 = 0 THEN '330106' ELSE '330102' END,
+                    (g * 1.25)::numeric(12,2), DATE '1970-01-01' + (g % 20000),
+                    CASE WHEN g % 3 = 0 THEN NULL ELSE repeat('备注', g % 5) END
+             FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+    Fixture {
+        dataset: format!("t{}.people", &db[6..]),
+        feed: db.replace('_', "-"),
+        db,
+    }
+}
+
+/// The table's rows, read directly.
+async fn table_state(f: &Fixture) -> BTreeMap<i64, Row> {
+    let client = pg_connect(&f.db).await.unwrap();
+    let desc = f.desc();
+    let cols: Vec<String> = desc
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", c.name))
+        .collect();
+    let rows = client
+        .query(&format!("SELECT {} FROM people", cols.join(", ")), &[])
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let row = Row(desc
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match r.get::<_, Option<String>>(i) {
+                    None => backflow_schemas::Datum::Null,
+                    Some(t) => text::parse(&c.sql_type, &t).unwrap(),
+                })
+                .collect());
+            let id = match &row.0[0] {
+                backflow_schemas::Datum::Long(v) => *v,
+                other => panic!("{other:?}"),
+            };
+            (id, row)
+        })
+        .collect()
+}
+
+/// Reads the raw topic and folds it by key.
+struct TopicView {
+    consumer: Consumer,
+    codec: TableCodec,
+    state: BTreeMap<i64, Row>,
+    ops: BTreeMap<&'static str, usize>,
+    records: usize,
+}
+
+impl TopicView {
+    fn new(f: &Fixture) -> Self {
+        let settings = KafkaSettings::new(test_kafka());
+        let consumer = Consumer::new(&settings, &unique_name("view"), &[&f.topic()], None).unwrap();
+        Self {
+            consumer,
+            codec: TableCodec::new(f.desc()).unwrap(),
+            state: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            records: 0,
+        }
+    }
+
+    fn apply(&mut self, r: ConsumedRecord) {
+        self.records += 1;
+        let (_, key) = unframe(r.key.as_deref().unwrap()).unwrap();
+        let key = self.codec.decode_key(key).unwrap();
+        let id = match key.0[0] {
+            backflow_schemas::Datum::Long(v) => v,
+            _ => panic!("bad key"),
+        };
+        let Some(payload) = r.payload.as_deref() else {
+            self.state.remove(&id);
+            *self.ops.entry("tombstone").or_default() += 1;
+            return;
+        };
+        let (_, body) = unframe(payload).unwrap();
+        let event = self.codec.decode_value(key, body).unwrap();
+        assert!(r.header("backflow.origin_ts").is_some());
+        *self.ops.entry(event.op.code()).or_default() += 1;
+        match event.op {
+            Op::Delete => {
+                assert!(
+                    event.before.is_some(),
+                    "deletes carry the full before-image"
+                );
+                self.state.remove(&id);
+            }
+            Op::Update => {
+                assert!(
+                    event.before.is_some(),
+                    "updates carry the full before-image"
+                );
+                self.state.insert(id, event.after.unwrap());
+            }
+            _ => {
+                self.state.insert(id, event.after.unwrap());
+            }
+        }
+    }
+
+    /// Reads until the folded topic equals `want`, or fails at the deadline.
+    async fn until_equal(&mut self, want: &BTreeMap<i64, Row>, deadline: Duration, node: &Node) {
+        let until = Instant::now() + deadline;
+        while &self.state != want {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let missing = want.keys().filter(|k| !self.state.contains_key(k)).count();
+                let extra = self.state.keys().filter(|k| !want.contains_key(k)).count();
+                let differ = want
+                    .iter()
+                    .filter(|(k, v)| self.state.get(k).is_some_and(|s| s != *v))
+                    .count();
+                panic!(
+                    "topic never matched the table: {} records read, {missing} keys missing, {extra} extra, {differ} differ; ops {:?}\nnode log:\n{}",
+                    self.records, self.ops, node.stderr()
+                );
+            }
+            match tokio::time::timeout(left.min(Duration::from_secs(1)), self.consumer.recv()).await
+            {
+                Ok(Ok(r)) => self.apply(r),
+                // The feed creates its topic when it starts.
+                Ok(Err(e)) if e.to_string().contains("UnknownTopicOrPartition") => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Ok(Err(e)) => panic!("consuming the raw topic: {e}"),
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+async fn change_rows(f: &Fixture, base: i64) {
+    let c = pg_connect(&f.db).await.unwrap();
+    c.batch_execute(&format!(
+        "UPDATE people SET income = income + 1, note = '改' WHERE id % 97 = 0;
+         DELETE FROM people WHERE id % 101 = 0;
+         INSERT INTO people (id, name, region_code, income) SELECT {base} + g, '新' || g, '330106', NULL FROM generate_series(1, 100) g;
+         BEGIN; UPDATE people SET region_code = '330102' WHERE id = 2; UPDATE people SET region_code = '330108' WHERE id = 2; COMMIT;
+         UPDATE people SET id = id + 5000000 WHERE id = 4;"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_feed_snapshot_then_stream_equals_table() {
+    let f = setup(3_000).await;
+    let node = Node::start_with_config(&f.config(), &[]).unwrap();
+    node.wait_for_status("/readyz", 200, READY).await.unwrap();
+    // Changes race the snapshot: they must be neither lost nor doubled in effect.
+    change_rows(&f, 1_000_000).await;
+    let mut view = TopicView::new(&f);
+    let want = table_state(&f).await;
+    view.until_equal(&want, Duration::from_secs(180), &node)
+        .await;
+    assert!(
+        view.ops["r"] >= 3_000,
+        "snapshot rows as op r: {:?}",
+        view.ops
+    );
+    assert!(
+        view.ops.get("c").copied().unwrap_or(0) >= 100,
+        "{:?}",
+        view.ops
+    );
+    assert!(
+        view.ops.get("u").copied().unwrap_or(0) >= 2,
+        "{:?}",
+        view.ops
+    );
+    // 3000/101 deletes plus the primary-key change, each followed by a tombstone.
+    assert!(
+        view.ops.get("d").copied().unwrap_or(0) > 3_000 / 101,
+        "{:?}",
+        view.ops
+    );
+    assert_eq!(view.ops.get("d"), view.ops.get("tombstone"));
+    assert!(
+        !view.state.contains_key(&4) && view.state.contains_key(&5_000_004),
+        "primary-key change is delete + create"
+    );
+
+    // Streaming after the snapshot.
+    change_rows(&f, 2_000_000).await;
+    let want = table_state(&f).await;
+    view.until_equal(&want, Duration::from_secs(60), &node)
+        .await;
+    let (_, metrics) = node.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "backflow_source_events_total{{feed=\"{}\",op=\"r\"}}",
+            f.feed
+        )),
+        "{metrics}"
+    );
+    drop(node);
+    drop_pg_database(&f.db).await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_feed_killed_and_restarted_loses_nothing() {
+    let f = setup(2_000).await;
+    let mut view = TopicView::new(&f);
+    {
+        let mut node = Node::start_with_config(&f.config(), &[]).unwrap();
+        node.wait_for_status("/readyz", 200, READY).await.unwrap();
+        change_rows(&f, 1_000_000).await;
+        let want = table_state(&f).await;
+        view.until_equal(&want, Duration::from_secs(120), &node)
+            .await;
+        // More changes, then kill -9 while they stream.
+        change_rows(&f, 2_000_000).await;
+        node.signal("KILL").unwrap();
+        node.wait(Duration::from_secs(10)).unwrap();
+    }
+    // Changes while the feed is down.
+    change_rows(&f, 3_000_000).await;
+    let node = Node::start_with_config(&f.config(), &[]).unwrap();
+    node.wait_for_status("/readyz", 200, READY).await.unwrap();
+    change_rows(&f, 4_000_000).await;
+    let want = table_state(&f).await;
+    view.until_equal(&want, Duration::from_secs(120), &node)
+        .await;
+    drop(node);
+    drop_pg_database(&f.db).await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_feed_without_primary_key_says_how_to_fix_it() {
+    let f = setup(1).await;
+    let c = pg_connect(&f.db).await.unwrap();
+    c.batch_execute("ALTER TABLE people DROP CONSTRAINT people_pkey")
+        .await
+        .unwrap();
+    let node = Node::start_with_config(&f.config(), &[]).unwrap();
+    let until = Instant::now() + READY;
+    while !node.stderr().contains("has no primary key") {
+        assert!(Instant::now() < until, "no clear error:\n{}", node.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        node.stderr().contains("ADD PRIMARY KEY"),
+        "{}",
+        node.stderr()
+    );
+    drop(node);
+    drop_pg_database(&f.db).await.unwrap();
+}
