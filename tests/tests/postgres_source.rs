@@ -330,3 +330,71 @@ async fn postgres_feed_without_primary_key_says_how_to_fix_it() {
     drop(node);
     drop_pg_database(&f.db).await.unwrap();
 }
+
+#[tokio::test]
+async fn postgres_feed_sends_unreadable_change_to_dead_letter_topic_and_goes_on() {
+    let f = setup(10).await;
+    let node = Node::start_with_config(&f.config(), &[]).unwrap();
+    node.wait_for_status("/readyz", 200, READY).await.unwrap();
+    let c = pg_connect(&f.db).await.unwrap();
+    // NaN fits PostgreSQL's numeric but no Avro decimal: the change cannot be shared.
+    c.batch_execute(
+        "INSERT INTO people (id, name, region_code, income) VALUES (100, 'nan', '330106', 'NaN');
+         INSERT INTO people (id, name, region_code, income) VALUES (101, 'ok', '330106', 1);",
+    )
+    .await
+    .unwrap();
+    let settings = KafkaSettings::new(test_kafka());
+    let dlq = Consumer::new(
+        &settings,
+        &unique_name("dlq"),
+        &[&format!("backflow.dlq.{}", f.feed)],
+        None,
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    let dead = loop {
+        assert!(
+            Instant::now() < until,
+            "nothing in the dead-letter topic:\n{}",
+            node.stderr()
+        );
+        match tokio::time::timeout(Duration::from_secs(1), dlq.recv()).await {
+            Ok(Ok(r)) => break r,
+            _ => continue,
+        }
+    };
+    let reason = String::from_utf8(dead.header("backflow.dlq.reason").unwrap().to_vec()).unwrap();
+    assert!(reason.contains("income"), "{reason}");
+    let body: serde_json::Value = serde_json::from_slice(dead.payload.as_deref().unwrap()).unwrap();
+    assert_eq!(body["table"], "public.people");
+    assert!(
+        !String::from_utf8_lossy(dead.payload.as_deref().unwrap()).contains("nan"),
+        "no row values in dead letters"
+    );
+    // The feed went on: the next change arrives.
+    let mut view = TopicView::new(&f);
+    let until = Instant::now() + Duration::from_secs(60);
+    while !view.state.contains_key(&101) {
+        assert!(
+            Instant::now() < until,
+            "feed stopped after the bad change:\n{}",
+            node.stderr()
+        );
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), view.consumer.recv()).await
+        {
+            view.apply(r);
+        }
+    }
+    assert!(!view.state.contains_key(&100));
+    let (_, metrics) = node.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "backflow_source_dead_letters_total{{feed=\"{}\"}} 1",
+            f.feed
+        )),
+        "{metrics}"
+    );
+    drop(node);
+    drop_pg_database(&f.db).await.unwrap();
+}
