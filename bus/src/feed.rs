@@ -9,9 +9,9 @@
 //! Records the source could not read go to `backflow.dlq.<feed>` with the
 //! reason; the feed goes on.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backflow_connectors::{ConnectorError, Position, Source, SourceRecord};
 use backflow_schemas::registry_client::subject_for;
@@ -66,6 +66,9 @@ impl FeedError {
     }
 }
 
+/// How often an acknowledged position is recorded in `backflow._offsets`.
+const SAVE_EVERY: Duration = Duration::from_secs(5);
+
 /// What a feed needs from the node.
 #[derive(Clone)]
 pub struct FeedContext {
@@ -73,6 +76,8 @@ pub struct FeedContext {
     pub node: String,
     /// Publisher to the node's Kafka.
     pub publisher: Publisher,
+    /// Connection settings, for reading stored positions.
+    pub settings: crate::kafka::KafkaSettings,
     /// The node's schema registry.
     pub registry: Registry,
     /// Topic administration.
@@ -94,8 +99,16 @@ struct Encoder {
 }
 
 enum Pending {
+    /// A record handed to Kafka.
     Record(Delivery),
     Checkpoint(Position),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// Runs one feed until `shutdown` or an error.
@@ -105,7 +118,11 @@ pub async fn run(
     ctx: FeedContext,
     shutdown: CancellationToken,
 ) -> Result<(), FeedError> {
-    let tables = source.start(None).await?;
+    let resume = crate::offsets::load(&ctx.settings, name).await?;
+    if let Some(p) = &resume {
+        tracing::info!(feed = name, position = %p.0, "resuming from the last acknowledged position");
+    }
+    let tables = source.start(resume).await?;
     let dlq = topics::dlq(name);
     let mut specs: Vec<TopicSpec> = tables
         .iter()
@@ -125,6 +142,19 @@ pub async fn run(
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(50_000);
     let (acked_tx, mut acked_rx) = watch::channel::<Option<Position>>(None);
     let (fail_tx, mut fail_rx) = watch::channel::<Option<String>>(None);
+    // Commit times of changes handed to Kafka and not yet acknowledged,
+    // oldest first: the source lag is the age of the oldest one.
+    let in_flight: Arc<Mutex<VecDeque<i64>>> = Arc::default();
+    let lag = ctx.metrics.source_lag_seconds.with_label_values(&[name]);
+    let acked_in_flight = in_flight.clone();
+    let gauge_in_flight = in_flight.clone();
+    let lag_task = tokio::spawn(async move {
+        loop {
+            let oldest = gauge_in_flight.lock().expect("lock").front().copied();
+            lag.set(oldest.map_or(0.0, |ms| ((now_ms() - ms).max(0) as f64) / 1000.0));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let acker = tokio::spawn(async move {
         while let Some(p) = pending_rx.recv().await {
             match p {
@@ -133,6 +163,7 @@ pub async fn run(
                         let _ = fail_tx.send(Some(e.to_string()));
                         return;
                     }
+                    acked_in_flight.lock().expect("lock").pop_front();
                 }
                 Pending::Checkpoint(pos) => {
                     let _ = acked_tx.send(Some(pos));
@@ -142,6 +173,7 @@ pub async fn run(
     });
 
     let origin = format!("{}/{name}", ctx.node);
+    let mut last_saved: Option<std::time::Instant> = None;
     let mut encoders: HashMap<String, Encoder> = HashMap::new();
     let events = ctx.metrics.source_events.clone();
     let result = loop {
@@ -152,6 +184,12 @@ pub async fn run(
         };
         if let Some(pos) = acked {
             source.acknowledge(&pos).await?;
+            // Recorded at most every few seconds: a restart resumes from
+            // the slot anyway; this tells the source its snapshot finished.
+            if last_saved.is_none_or(|t: std::time::Instant| t.elapsed() >= SAVE_EVERY) {
+                crate::offsets::save(&ctx.publisher, name, &pos).await?;
+                last_saved = Some(std::time::Instant::now());
+            }
         }
         let failed = fail_rx.borrow_and_update().clone();
         if let Some(reason) = failed {
@@ -159,6 +197,9 @@ pub async fn run(
                 "Kafka did not acknowledge a record; restarting from the last acknowledged position: {reason}"
             )));
         }
+        // next_batch is not cancelled except to stop: a half-read batch
+        // would be lost. Cancelling on failure or shutdown is safe because
+        // nothing after it gets acknowledged.
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = fail_rx.changed() => continue,
@@ -200,6 +241,8 @@ pub async fn run(
             events
                 .with_label_values(&[name, record.event.op.code()])
                 .inc();
+            let commit_ms = record.event.source.ts_ms;
+            in_flight.lock().expect("lock").push_back(commit_ms);
             if pending_tx.send(Pending::Record(delivery)).await.is_err() {
                 break;
             }
@@ -214,6 +257,7 @@ pub async fn run(
                         headers: &headers,
                     })
                     .await?;
+                in_flight.lock().expect("lock").push_back(commit_ms);
                 if pending_tx.send(Pending::Record(tombstone)).await.is_err() {
                     break;
                 }
@@ -242,6 +286,7 @@ pub async fn run(
                 })
                 .await?;
             ctx.metrics.source_rejected.with_label_values(&[name]).inc();
+            in_flight.lock().expect("lock").push_back(now_ms());
             let _ = pending_tx.send(Pending::Record(d)).await;
         }
         if let Some(cp) = batch.checkpoint {
@@ -250,11 +295,13 @@ pub async fn run(
     };
 
     // Drain: wait (bounded) for what was handed to Kafka, acknowledge it.
+    lag_task.abort();
     drop(pending_tx);
     let _ = tokio::time::timeout(Duration::from_secs(10), acker).await;
     let last = acked_rx.borrow().clone();
     if let Some(pos) = last {
         let _ = source.acknowledge(&pos).await;
+        let _ = crate::offsets::save(&ctx.publisher, name, &pos).await;
     }
     // Give the connector a moment to report the position to the database.
     tokio::time::sleep(Duration::from_millis(1100)).await;

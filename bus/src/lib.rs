@@ -17,6 +17,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod node;
+pub mod offsets;
 pub mod registry;
 pub mod telemetry;
 pub mod topics;

@@ -5,8 +5,8 @@
 //! error text.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the node exposes, registered in one registry.
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub source_rejected: IntCounterVec,
     /// Feed restarts after an error, by feed.
     pub source_restarts: IntCounterVec,
+    /// Age of the oldest captured change not yet acknowledged by Kafka.
+    pub source_lag_seconds: GaugeVec,
 }
 
 impl Metrics {
@@ -124,6 +126,14 @@ impl Metrics {
                 &["feed"],
             )
             .expect("valid metric"),
+            source_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "backflow_source_lag_seconds",
+                    "Now minus the source commit time of the oldest change a feed handed to Kafka and Kafka has not acknowledged yet; 0 when caught up.",
+                ),
+                &["feed"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -147,6 +157,8 @@ impl Metrics {
         r.register(Box::new(m.source_rejected.clone()))
             .expect("unique");
         r.register(Box::new(m.source_restarts.clone()))
+            .expect("unique");
+        r.register(Box::new(m.source_lag_seconds.clone()))
             .expect("unique");
         #[cfg(target_os = "linux")]
         r.register(Box::new(

@@ -203,6 +203,7 @@ pub async fn run(
                                     let ctx = FeedContext {
                                         node: node_code,
                                         publisher,
+                                        settings: settings.clone(),
                                         registry,
                                         admin: Arc::new(match &embedded_admin {
                                             Some(a) => TopicAdmin::Embedded(a.clone()),

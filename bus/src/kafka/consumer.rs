@@ -94,6 +94,15 @@ impl Consumer {
         topic: &str,
         partition: i32,
     ) -> Result<Self, KafkaError> {
+        Self::replay_partitions(settings, topic, &[partition])
+    }
+
+    /// [`Consumer::replay`] over several partitions of one topic.
+    pub fn replay_partitions(
+        settings: &KafkaSettings,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Self, KafkaError> {
         let mut cfg = settings.client_config();
         // librdkafka wants a group id even for manual assignment; nothing is
         // committed under it.
@@ -109,8 +118,10 @@ impl Consumer {
             source,
         })?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning)
-            .map_err(KafkaError::Consume)?;
+        for p in partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .map_err(KafkaError::Consume)?;
+        }
         inner.assign(&tpl).map_err(KafkaError::Consume)?;
         Ok(Self {
             inner,

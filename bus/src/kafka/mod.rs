@@ -170,6 +170,18 @@ pub async fn topic_names(settings: &KafkaSettings) -> Result<Vec<String>, KafkaE
     .await
 }
 
+/// The number of partitions of a topic (0 when it does not exist).
+pub async fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<usize, KafkaError> {
+    let topic = topic.to_owned();
+    with_metadata(settings, move |md| {
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len())
+    })
+    .await
+}
+
 /// Asks the brokers for cluster metadata; used by readiness checks. Returns
 /// the number of brokers.
 pub async fn check_reachable(settings: &KafkaSettings) -> Result<usize, KafkaError> {

@@ -29,10 +29,12 @@
 //! consistent point: no change is missed and none is read twice. The slot's
 //! confirmed position advances only when the runtime acknowledges a
 //! checkpoint (after Kafka acknowledged everything before it), so after a
-//! crash streaming resumes from the last acknowledged transaction. A crash
-//! during the initial snapshot re-reads it on restart (the slot exists then,
-//! so the second read is not in the slot's snapshot: changes between the two
-//! may be delivered twice, never lost).
+//! crash streaming resumes from the last acknowledged transaction. The
+//! runtime passes the last acknowledged checkpoint to [`Source::start`]; when
+//! the slot exists but there is none, the previous run died before its
+//! snapshot was safely in Kafka, and the snapshot is read again (no longer in
+//! the slot's snapshot: changes between the two may be delivered twice, none
+//! is lost).
 //!
 //! # Metrics
 //! The runtime counts events by op, snapshot rows and errors by kind from
@@ -637,7 +639,7 @@ fn build_row(desc: &TableDesc, cells: &[Cell], old: Option<&[Cell]>) -> Result<R
 impl Source for PostgresSource {
     async fn start(
         &mut self,
-        _position: Option<Position>,
+        position: Option<Position>,
     ) -> Result<Vec<Arc<TableDesc>>, ConnectorError> {
         let sql = self.connect_sql().await?;
         catalog::check_wal_level(&sql).await?;
@@ -695,7 +697,16 @@ impl Source for PostgresSource {
             if self.config.snapshot != SnapshotMode::Never {
                 snapshot_from = Some((name, lsn));
             }
-        } else if self.config.snapshot == SnapshotMode::Always {
+        } else if self.config.snapshot == SnapshotMode::Always
+            || (self.config.snapshot == SnapshotMode::Initial && position.is_none())
+        {
+            // `always`, or the slot exists but no checkpoint was ever
+            // acknowledged: the previous run stopped before its snapshot was
+            // safely in Kafka, so read it again (changes made since may be
+            // delivered twice, none is lost).
+            if position.is_none() && self.config.snapshot == SnapshotMode::Initial {
+                tracing::warn!(feed = %self.config.name, "the previous snapshot did not finish; taking it again");
+            }
             snapshot_from = Some((None, Lsn::from_u64(0)));
         }
 

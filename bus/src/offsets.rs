@@ -1,0 +1,94 @@
+//! Source positions in `backflow._offsets` (compacted, keyed by feed): the
+//! last checkpoint a feed acknowledged, i.e. whose every change Kafka holds.
+//! A restarted feed hands it to its source, which resumes from it (and
+//! knows its initial snapshot finished).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use backflow_connectors::Position;
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::{
+    self, Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks,
+};
+use crate::topics;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    feed: String,
+    position: String,
+    ts_ms: i64,
+}
+
+fn key(feed: &str) -> String {
+    format!("feed:{feed}")
+}
+
+/// Records a feed's acknowledged position and waits for Kafka to have it.
+pub async fn save(
+    publisher: &Publisher,
+    feed: &str,
+    position: &Position,
+) -> Result<(), KafkaError> {
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let value = serde_json::to_vec(&Stored {
+        feed: feed.to_owned(),
+        position: position.0.clone(),
+        ts_ms,
+    })
+    .expect("serializes");
+    let k = key(feed);
+    publisher
+        .send(OutgoingRecord::new(topics::OFFSETS, k.as_bytes(), &value))
+        .await
+        .map(|_| ())
+}
+
+/// The last position recorded for a feed, read from the whole topic.
+pub async fn load(settings: &KafkaSettings, feed: &str) -> Result<Option<Position>, KafkaError> {
+    let partitions = kafka::partition_count(settings, topics::OFFSETS).await?;
+    if partitions == 0 {
+        return Ok(None);
+    }
+    let watermarks = Watermarks::new(settings)?;
+    let mut ends = HashMap::new();
+    for p in 0..partitions as i32 {
+        let high = watermarks.high(topics::OFFSETS, p).await?;
+        if high > 0 {
+            ends.insert(p, high - 1);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(None);
+    }
+    let parts: Vec<i32> = ends.keys().copied().collect();
+    let consumer = Consumer::replay_partitions(settings, topics::OFFSETS, &parts)?;
+    let wanted = key(feed);
+    let mut found = None;
+    let deadline =
+        tokio::time::Instant::now() + settings.request_timeout.max(Duration::from_secs(10)) * 3;
+    while !ends.is_empty() {
+        let r = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| KafkaError::Admin {
+                topic: topics::OFFSETS.into(),
+                reason: "reading stored positions timed out".into(),
+            })??;
+        if ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {
+            ends.remove(&r.partition);
+        }
+        if r.key.as_deref() == Some(wanted.as_bytes()) {
+            found = match r.payload {
+                None => None,
+                Some(v) => serde_json::from_slice::<Stored>(&v)
+                    .ok()
+                    .map(|s| Position(s.position)),
+            };
+        }
+    }
+    Ok(found)
+}
