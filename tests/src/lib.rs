@@ -11,15 +11,112 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
-/// The Kafka broker the test services run (`scripts/services.sh up`).
-pub fn test_kafka() -> String {
-    std::env::var("BACKFLOW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+/// A tansu broker of the test's own, with sqlite storage in a temporary
+/// directory, stopped when dropped. Each test gets a fresh broker: tests do
+/// not see each other's topics or groups, and a broker never accumulates
+/// the data of a whole test run (tansu 0.6's sqlite engine slows down badly
+/// as it grows). Uses the binary `scripts/services.sh up` builds and caches.
+pub struct TestBroker {
+    child: Child,
+    bootstrap: String,
+    dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    /// Starts a broker on a free local port and waits until it listens.
+    pub fn start() -> Self {
+        let bin = std::env::var_os("BACKFLOW_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
+                let cache = std::env::var_os("BACKFLOW_CACHE")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| home.join(".cache/backflow"));
+                cache.join("tansu-0.6.0/bin/tansu")
+            });
+        assert!(
+            bin.exists(),
+            "tansu not found at {}: run scripts/services.sh up (it builds and caches it)",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("backflow-tansu-")
+            .tempdir()
+            .expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        let broker = Self {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+            dir,
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&broker.bootstrap).is_err() {
+            assert!(
+                Instant::now() < until,
+                "tansu did not listen on {}: {}",
+                broker.bootstrap,
+                std::fs::read_to_string(broker.dir.path().join("tansu.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    /// `host:port` for clients.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A fresh PostgreSQL database on the test server (127.0.0.1:5432, user
 /// postgres, trust auth), dropped with its replication slots by [`drop_pg_database`].
 pub async fn create_pg_database(name: &str) -> anyhow::Result<tokio_postgres::Client> {
     let admin = pg_connect("postgres").await?;
+    // Databases and slots left by test processes that died (a failed test
+    // does not clean up): they would fill max_replication_slots.
+    let leftovers = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname ~ '^bf_[a-z]+_[0-9]+'",
+            &[],
+        )
+        .await?;
+    for row in leftovers {
+        let db: String = row.get(0);
+        let pid = db.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = drop_pg_database(&db).await;
+        }
+    }
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await?;

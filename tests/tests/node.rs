@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use backflow::kafka::KafkaSettings;
-use backflow_e2e::{backflow, test_kafka, Node};
+use backflow_e2e::{backflow, Node, TestBroker};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -61,7 +61,8 @@ async fn node_metrics_are_prometheus_text_with_backflow_names() {
 
 #[tokio::test]
 async fn node_with_real_broker_creates_internal_topics() {
-    let brokers = test_kafka();
+    let broker = TestBroker::start();
+    let brokers = broker.bootstrap().to_owned();
     let node = Node::start(&[("BACKFLOW_KAFKA__BROKERS", &brokers)]).unwrap();
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     assert!(!node.stderr().contains("NO KAFKA CONFIGURED"));

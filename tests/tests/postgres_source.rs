@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use backflow::kafka::{ConsumedRecord, Consumer, KafkaSettings};
 use backflow_connectors::text;
 use backflow_e2e::{
-    create_pg_database, drop_pg_database, pg_connect, test_kafka, unique_name, Node,
+    create_pg_database, drop_pg_database, pg_connect, unique_name, Node, TestBroker,
 };
 use backflow_schemas::{unframe, ColumnDesc, Op, Row, SqlType, TableCodec, TableDesc};
 
 const READY: Duration = Duration::from_secs(30);
 
 struct Fixture {
+    broker: TestBroker,
     db: String,
     dataset: String,
     feed: String,
@@ -28,7 +29,7 @@ impl Fixture {
     fn config(&self) -> String {
         format!(
             "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{}\" }}]\n",
-            test_kafka(),
+            self.broker.bootstrap(),
             self.feed,
             self.db,
             self.dataset
@@ -83,6 +84,7 @@ async fn setup(rows: i64) -> Fixture {
         .await
         .unwrap();
     Fixture {
+        broker: TestBroker::start(),
         dataset: format!("t{}.people", &db[6..]),
         feed: db.replace('_', "-"),
         db,
@@ -133,7 +135,7 @@ struct TopicView {
 
 impl TopicView {
     fn new(f: &Fixture) -> Self {
-        let settings = KafkaSettings::new(test_kafka());
+        let settings = KafkaSettings::new(f.broker.bootstrap());
         let consumer = Consumer::new(&settings, &unique_name("view"), &[&f.topic()], None).unwrap();
         Self {
             consumer,
@@ -360,7 +362,7 @@ async fn postgres_feed_sends_unreadable_change_to_dead_letter_topic_and_goes_on(
     )
     .await
     .unwrap();
-    let settings = KafkaSettings::new(test_kafka());
+    let settings = KafkaSettings::new(f.broker.bootstrap());
     let dlq = Consumer::new(
         &settings,
         &unique_name("dlq"),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use backflow_e2e::{test_kafka, Node};
+use backflow_e2e::{Node, TestBroker};
 use serde_json::{json, Value as Json};
 
 const READY: Duration = Duration::from_secs(30);
@@ -72,7 +72,8 @@ async fn id_of(url: &str, subject: &str, schema: &str) -> u64 {
 
 #[tokio::test]
 async fn registry_ids_survive_node_restart() {
-    let kafka = test_kafka();
+    let broker = TestBroker::start();
+    let kafka = broker.bootstrap().to_owned();
     let env = [("BACKFLOW_KAFKA__BROKERS", kafka.as_str())];
     let subject = unique("restart-value");
     let mut ids = Vec::new();
@@ -114,7 +115,8 @@ async fn registry_ids_survive_node_restart() {
 
 #[tokio::test]
 async fn registry_two_nodes_on_one_broker_agree_on_ids() {
-    let kafka = test_kafka();
+    let broker = TestBroker::start();
+    let kafka = broker.bootstrap().to_owned();
     let env = [("BACKFLOW_KAFKA__BROKERS", kafka.as_str())];
     let a = Node::start(&env).unwrap();
     let b = Node::start(&env).unwrap();

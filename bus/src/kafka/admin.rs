@@ -57,13 +57,7 @@ pub enum TopicAdmin {
 impl TopicAdmin {
     /// Connects an admin client to a real cluster.
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let client = settings
-            .client_config()
-            .create()
-            .map_err(|source| KafkaError::Client {
-                client: "admin",
-                source,
-            })?;
+        let client = settings.create("admin", |_| {})?;
         let options = AdminOptions::new()
             .request_timeout(Some(settings.request_timeout))
             .operation_timeout(Some(settings.request_timeout));

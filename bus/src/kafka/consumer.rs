@@ -63,24 +63,18 @@ impl Consumer {
         topics: &[&str],
         metrics: Option<Metrics>,
     ) -> Result<Self, KafkaError> {
-        let mut cfg = settings.client_config();
-        cfg.set("group.id", group_id)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "6000")
-            // Pick up topics created after subscribing (share topics appear as
-            // subscriptions are approved) within seconds, not minutes.
-            .set("topic.metadata.refresh.interval.ms", "5000")
-            .set("heartbeat.interval.ms", "1000");
-        for (k, v) in &settings.properties {
-            cfg.set(k, v);
-        }
-        let inner: StreamConsumer = cfg.create().map_err(|source| KafkaError::Client {
-            client: "consumer",
-            source,
+        let inner: StreamConsumer = settings.create("consumer", |cfg| {
+            cfg.set("group.id", group_id)
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.commit.interval.ms", "1000")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "false")
+                .set("session.timeout.ms", "6000")
+                // Pick up topics created after subscribing (share topics appear as
+                // subscriptions are approved) within seconds, not minutes.
+                .set("topic.metadata.refresh.interval.ms", "5000")
+                .set("heartbeat.interval.ms", "1000");
         })?;
         inner.subscribe(topics).map_err(KafkaError::Consume)?;
         Ok(Self { inner, metrics })
@@ -103,19 +97,13 @@ impl Consumer {
         topic: &str,
         partitions: &[i32],
     ) -> Result<Self, KafkaError> {
-        let mut cfg = settings.client_config();
         // librdkafka wants a group id even for manual assignment; nothing is
         // committed under it.
-        cfg.set("group.id", format!("{}-replay", settings.client_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
-        for (k, v) in &settings.properties {
-            cfg.set(k, v);
-        }
-        let inner: StreamConsumer = cfg.create().map_err(|source| KafkaError::Client {
-            client: "consumer",
-            source,
+        let inner: StreamConsumer = settings.create("consumer", |cfg| {
+            cfg.set("group.id", format!("{}-replay", settings.client_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false");
         })?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {

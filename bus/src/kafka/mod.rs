@@ -105,19 +105,25 @@ impl KafkaSettings {
         }
     }
 
-    /// A librdkafka client configuration with the common settings applied.
-    /// Properties given by the user come last, so they win.
-    pub(crate) fn client_config(&self) -> ClientConfig {
+    /// Creates a librdkafka client of kind `client` (named in errors): the
+    /// common settings, then the client's own (`tune`), then the user's
+    /// properties, which win.
+    pub(crate) fn create<C: rdkafka::config::FromClientConfig>(
+        &self,
+        client: &'static str,
+        tune: impl FnOnce(&mut ClientConfig),
+    ) -> Result<C, KafkaError> {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap)
             .set("client.id", &self.client_id)
-            // librdkafka logs through the log crate otherwise; keep its
-            // internal errors visible but not noisy.
+            // Keep librdkafka's own errors visible but not noisy.
             .set("log_level", "4");
+        tune(&mut cfg);
         for (k, v) in &self.properties {
             cfg.set(k, v);
         }
-        cfg
+        cfg.create()
+            .map_err(|source| KafkaError::Client { client, source })
     }
 }
 
@@ -137,13 +143,7 @@ pub struct Watermarks {
 impl Watermarks {
     /// Connects a metadata client.
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let client = settings
-            .client_config()
-            .create()
-            .map_err(|source| KafkaError::Client {
-                client: "metadata",
-                source,
-            })?;
+        let client: rdkafka::consumer::BaseConsumer = settings.create("metadata", |_| {})?;
         Ok(Self {
             client: std::sync::Arc::new(client),
             timeout: settings.request_timeout,
@@ -196,14 +196,7 @@ async fn with_metadata<T: Send + 'static>(
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let settings = settings.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer =
-            settings
-                .client_config()
-                .create()
-                .map_err(|source| KafkaError::Client {
-                    client: "metadata",
-                    source,
-                })?;
+        let consumer: BaseConsumer = settings.create("metadata", |_| {})?;
         let md = consumer
             .fetch_metadata(None, settings.request_timeout)
             .map_err(|source| KafkaError::Unreachable {

@@ -118,19 +118,13 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 impl Publisher {
     /// Creates an idempotent producer (`acks=all`).
     pub fn new(settings: &KafkaSettings, metrics: Option<Metrics>) -> Result<Self, KafkaError> {
-        let mut cfg = settings.client_config();
-        cfg.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            // Retry transient broker errors for up to two minutes before a
-            // delivery is reported as failed to the caller.
-            .set("message.timeout.ms", "120000");
-        for (k, v) in &settings.properties {
-            cfg.set(k, v);
-        }
-        let producer: FutureProducer = cfg.create().map_err(|source| KafkaError::Client {
-            client: "producer",
-            source,
+        let producer: FutureProducer = settings.create("producer", |cfg| {
+            cfg.set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                // Retry transient broker errors for up to two minutes before a
+                // delivery is reported as failed to the caller.
+                .set("message.timeout.ms", "120000");
         })?;
         Ok(Self { producer, metrics })
     }

@@ -1,6 +1,5 @@
-//! Kafka I/O against a real Kafka-protocol broker (tansu, started by
-//! `scripts/services.sh up` on 127.0.0.1:9092; override with
-//! BACKFLOW_TEST_KAFKA), plus the embedded broker.
+//! Kafka I/O against a real Kafka-protocol broker (a tansu of each test's
+//! own), plus the embedded broker.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,10 +9,7 @@ use backflow::kafka::{
     TopicSpec,
 };
 use backflow::metrics::Metrics;
-
-fn broker() -> String {
-    std::env::var("BACKFLOW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
-}
+use backflow_e2e::TestBroker;
 
 /// A name no other test run used.
 fn unique(prefix: &str) -> String {
@@ -22,17 +18,6 @@ fn unique(prefix: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-async fn real_broker() -> KafkaSettings {
-    let settings = KafkaSettings::new(broker());
-    if let Err(e) = backflow::kafka::check_reachable(&settings).await {
-        panic!(
-            "no Kafka broker at {}: {e}. Start one with `scripts/services.sh up`.",
-            broker()
-        );
-    }
-    settings
 }
 
 async fn create(settings: &KafkaSettings, topic: &str, partitions: i32) {
@@ -93,7 +78,8 @@ async fn publish(publisher: &Publisher, topic: &str, keys: u32, per_key: u32) {
 
 #[tokio::test]
 async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
-    let settings = real_broker().await;
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
     let topic = unique("backflow.test.order");
     create(&settings, &topic, 3).await;
     let metrics = Metrics::new();
@@ -137,7 +123,8 @@ async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
 
 #[tokio::test]
 async fn consumer_restarted_resumes_right_after_last_stored_offset() {
-    let settings = real_broker().await;
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
     let topic = unique("backflow.test.resume");
     create(&settings, &topic, 1).await;
     let publisher = Publisher::new(&settings, None).unwrap();
@@ -173,7 +160,8 @@ async fn consumer_restarted_resumes_right_after_last_stored_offset() {
 
 #[tokio::test]
 async fn topic_admin_creates_once_and_tolerates_existing_topics() {
-    let settings = real_broker().await;
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
     let topic = unique("backflow.test.admin");
     let admin = TopicAdmin::new(&settings).unwrap();
     let spec = [TopicSpec::compacted(&topic, 2, 1)];
@@ -183,7 +171,8 @@ async fn topic_admin_creates_once_and_tolerates_existing_topics() {
 
 #[tokio::test]
 async fn publisher_reports_tombstones_and_consumer_sees_them() {
-    let settings = real_broker().await;
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
     let topic = unique("backflow.test.tombstone");
     create(&settings, &topic, 1).await;
     let publisher = Publisher::new(&settings, None).unwrap();
@@ -239,7 +228,8 @@ async fn embedded_broker_serves_publisher_and_consumer_group() {
 
 #[tokio::test]
 async fn publisher_waits_on_full_queue_instead_of_dropping() {
-    let settings = real_broker().await;
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
     let topic = unique("backflow.test.backpressure");
     create(&settings, &topic, 1).await;
     // A queue of 20 records forces the publisher to wait for room.
