@@ -25,6 +25,17 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker on a free local port and waits until it listens.
     pub fn start() -> Self {
+        Self::start_with("sqlite://tansu.db")
+    }
+
+    /// Like [`TestBroker::start`] with in-memory storage: fastest, for
+    /// benchmarks (tansu 0.6 cannot serve a fetch that starts inside a
+    /// record batch from memory storage, so resuming consumers stall on it).
+    pub fn start_in_memory() -> Self {
+        Self::start_with("memory://tansu/")
+    }
+
+    fn start_with(storage: &str) -> Self {
         let bin = std::env::var_os("BACKFLOW_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -59,7 +70,7 @@ impl TestBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", storage])
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -166,19 +177,20 @@ pub fn backflow_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BACKFLOW_BIN") {
         return PathBuf::from(p);
     }
-    // target/debug/deps/<test-exe> → target/debug/backflow
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join("backflow");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first with `cargo build -p backflow --bin backflow` or set BACKFLOW_BIN",
-        bin.display()
-    );
-    bin
+    // Tests run from target/<profile>/deps, tools from target/<profile>.
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable has a directory");
+    let candidates = [dir.join("backflow"), dir.join("../backflow")];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not found: build it first with `cargo build -p backflow --bin backflow` or set BACKFLOW_BIN",
+                candidates[1].display()
+            )
+        })
 }
 
 /// A `backflow` command with a clean environment for backflow's variables.
@@ -249,6 +261,11 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process logged so far.

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# PostgreSQL feed benchmark: rows/s from WAL into Kafka vs pg_recvlogical,
+# and peak RSS. Usage: scripts/bench-pg-source.sh [ROWS] (default 200000).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/services.sh up >/dev/null
+cargo build --release -p backflow --bin backflow -p backflow-e2e --bin bench_pg_source
+exec target/release/bench_pg_source "$@"
