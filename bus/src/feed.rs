@@ -52,6 +52,12 @@ pub enum FeedError {
     /// The table cannot be encoded.
     #[error("{0}")]
     Encode(String),
+    /// Kafka did not acknowledge a record; the feed restarts from the last
+    /// acknowledged position.
+    #[error(
+        "Kafka did not acknowledge a record; restarting from the last acknowledged position: {0}"
+    )]
+    Unacknowledged(String),
 }
 
 impl FeedError {
@@ -62,6 +68,7 @@ impl FeedError {
             FeedError::Kafka(_) => true,
             FeedError::Schema { source, .. } => source.code >= 50000,
             FeedError::Encode(_) => false,
+            FeedError::Unacknowledged(_) => true,
         }
     }
 }
@@ -193,9 +200,7 @@ pub async fn run(
         }
         let failed = fail_rx.borrow_and_update().clone();
         if let Some(reason) = failed {
-            break Err(FeedError::Encode(format!(
-                "Kafka did not acknowledge a record; restarting from the last acknowledged position: {reason}"
-            )));
+            break Err(FeedError::Unacknowledged(reason));
         }
         // next_batch is not cancelled except to stop: a half-read batch
         // would be lost. Cancelling on failure or shutdown is safe because
