@@ -73,6 +73,9 @@ impl FeedError {
     }
 }
 
+/// Most changes asked of a source at a time.
+const BATCH_RECORDS: usize = 2_000;
+
 /// How often an acknowledged position is recorded in `backflow._offsets`.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -208,7 +211,7 @@ pub async fn run(
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = fail_rx.changed() => continue,
-            b = source.next_batch(500) => b?,
+            b = source.next_batch(BATCH_RECORDS) => b?,
         };
         let mut dead: Vec<(String, String, String)> = batch
             .rejected

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use num_bigint::BigInt;
 use serde_json::{json, Value as Json};
@@ -71,11 +73,48 @@ pub fn value_schema_json(table: &TableDesc) -> Json {
 }
 
 /// Encodes and decodes one table's keys and change events.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TableCodec {
     table: Arc<TableDesc>,
     key_schema: Arc<Schema>,
     value_schema: Arc<Schema>,
+    io: Arc<Prepared>,
+}
+
+impl std::fmt::Debug for TableCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableCodec")
+            .field("table", &self.table.qualified_name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writers and readers with their schemas resolved once, not per record.
+/// They borrow their schemas for `'static`: each codec leaks one copy of its
+/// two schemas, which is bounded by the number of table versions a process
+/// sees (a handful per table), in exchange for not resolving the envelope
+/// schema on every event.
+struct Prepared {
+    key_writer: GenericDatumWriter<'static>,
+    value_writer: GenericDatumWriter<'static>,
+    key_reader: GenericDatumReader<'static>,
+    value_reader: GenericDatumReader<'static>,
+}
+
+impl Prepared {
+    fn new(key: &Schema, value: &Schema) -> apache_avro::AvroResult<Self> {
+        let key: &'static Schema = Box::leak(Box::new(key.clone()));
+        let value: &'static Schema = Box::leak(Box::new(value.clone()));
+        Ok(Self {
+            // Rows are checked against the table before encoding and the
+            // envelope is built by this module, so Avro's own validation
+            // pass would only repeat that work.
+            key_writer: GenericDatumWriter::builder(key).validate(false).build()?,
+            value_writer: GenericDatumWriter::builder(value).validate(false).build()?,
+            key_reader: GenericDatumReader::builder(key).build()?,
+            value_reader: GenericDatumReader::builder(value).build()?,
+        })
+    }
 }
 
 impl TableCodec {
@@ -90,10 +129,15 @@ impl TableCodec {
         };
         let key_schema = Arc::new(parse(key_schema_json(&table))?);
         let value_schema = Arc::new(parse(value_schema_json(&table))?);
+        let io = Prepared::new(&key_schema, &value_schema).map_err(|e| SchemaError::Avro {
+            table: table.qualified_name(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             table: Arc::new(table),
             key_schema,
             value_schema,
+            io: Arc::new(io),
         })
     }
 
@@ -130,7 +174,10 @@ impl TableCodec {
     pub fn encode_key(&self, key: &Row) -> Result<Vec<u8>, SchemaError> {
         self.table.check_key(key)?;
         let value = record(self.table.key_columns().into_iter(), key);
-        crate::avro_write(&self.key_schema, value).map_err(|e| self.err_encode(e))
+        self.io
+            .key_writer
+            .write_value_to_vec(value)
+            .map_err(|e| self.err_encode(e))
     }
 
     /// Encodes a change event's value (raw Avro datum, no framing).
@@ -164,12 +211,15 @@ impl TableCodec {
                 })),
             ),
         ]);
-        crate::avro_write(&self.value_schema, value).map_err(|e| self.err_encode(e))
+        self.io
+            .value_writer
+            .write_value_to_vec(value)
+            .map_err(|e| self.err_encode(e))
     }
 
     /// Decodes a key row.
     pub fn decode_key(&self, bytes: &[u8]) -> Result<Row, SchemaError> {
-        let v = self.read(&self.key_schema, bytes)?;
+        let v = self.read(&self.io.key_reader, bytes)?;
         let fields = into_record(v).map_err(|e| self.err_decode(e))?;
         let cols = self.table.key_columns();
         row_from(cols.into_iter(), fields).map_err(|e| self.err_decode(e))
@@ -177,13 +227,15 @@ impl TableCodec {
 
     /// Decodes a change event's value; `key` is the decoded Kafka key.
     pub fn decode_value(&self, key: Row, bytes: &[u8]) -> Result<ChangeEvent, SchemaError> {
-        let v = self.read(&self.value_schema, bytes)?;
+        let v = self.read(&self.io.value_reader, bytes)?;
         self.event_from(key, v).map_err(|e| self.err_decode(e))
     }
 
-    fn read(&self, schema: &Schema, bytes: &[u8]) -> Result<Value, SchemaError> {
+    fn read(&self, with: &GenericDatumReader<'static>, bytes: &[u8]) -> Result<Value, SchemaError> {
         let mut reader = bytes;
-        let v = crate::avro_read(schema, &mut reader).map_err(|e| self.err_decode(e))?;
+        let v = with
+            .read_value(&mut reader)
+            .map_err(|e| self.err_decode(e))?;
         if !reader.is_empty() {
             return Err(
                 self.err_decode(format!("{} bytes left over after the record", reader.len()))

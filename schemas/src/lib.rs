@@ -28,16 +28,6 @@ pub use table::{ColumnDesc, TableDesc};
 pub use types::SqlType;
 pub use wire::{decode_framed, frame, unframe, SchemaCache, SchemaLookup, WireError};
 
-/// Writes one Avro binary datum (no container, no framing).
-pub(crate) fn avro_write(
-    schema: &apache_avro::Schema,
-    value: apache_avro::types::Value,
-) -> apache_avro::AvroResult<Vec<u8>> {
-    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-        .build()?
-        .write_value_to_vec(value)
-}
-
 /// Reads one Avro binary datum written with `schema`.
 pub(crate) fn avro_read(
     schema: &apache_avro::Schema,
