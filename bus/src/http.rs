@@ -49,15 +49,6 @@ impl Readiness {
             .insert(name, state);
     }
 
-    /// True when every declared check passed.
-    pub fn is_ready(&self) -> bool {
-        self.checks
-            .read()
-            .expect("readiness lock not poisoned")
-            .values()
-            .all(|s| *s == CheckState::Ok)
-    }
-
     fn snapshot(&self) -> BTreeMap<&'static str, CheckState> {
         self.checks
             .read()

@@ -2,23 +2,14 @@
 //! own), plus the embedded broker.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backflow::kafka::{
     ConsumedRecord, Consumer, EmbeddedBroker, KafkaSettings, OutgoingRecord, Publisher, TopicAdmin,
     TopicSpec,
 };
 use backflow::metrics::Metrics;
-use backflow_e2e::TestBroker;
-
-/// A name no other test run used.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+use backflow_e2e::{unique_name, TestBroker};
 
 async fn create(settings: &KafkaSettings, topic: &str, partitions: i32) {
     let admin = TopicAdmin::new(settings).unwrap();
@@ -80,7 +71,7 @@ async fn publish(publisher: &Publisher, topic: &str, keys: u32, per_key: u32) {
 async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
-    let topic = unique("backflow.test.order");
+    let topic = unique_name("backflow.test.order");
     create(&settings, &topic, 3).await;
     let metrics = Metrics::new();
     let publisher = Publisher::new(&settings, Some(metrics.clone())).unwrap();
@@ -96,7 +87,7 @@ async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
         "every record acknowledged exactly once"
     );
 
-    let consumer = Consumer::new(&settings, &unique("order-group"), &[&topic], None).unwrap();
+    let consumer = Consumer::new(&settings, &unique_name("order-group"), &[&topic], None).unwrap();
     let started = Instant::now();
     let got = receive(&consumer, total, Duration::from_secs(120)).await;
     let consume = started.elapsed();
@@ -125,11 +116,11 @@ async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
 async fn consumer_restarted_resumes_right_after_last_stored_offset() {
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
-    let topic = unique("backflow.test.resume");
+    let topic = unique_name("backflow.test.resume");
     create(&settings, &topic, 1).await;
     let publisher = Publisher::new(&settings, None).unwrap();
     publish(&publisher, &topic, 1, 100).await;
-    let group = unique("resume-group");
+    let group = unique_name("resume-group");
 
     // First run: read 60 records but store only the first 40, as if the next
     // stage had durably taken only those when the process stopped.
@@ -162,7 +153,7 @@ async fn consumer_restarted_resumes_right_after_last_stored_offset() {
 async fn topic_admin_creates_once_and_tolerates_existing_topics() {
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
-    let topic = unique("backflow.test.admin");
+    let topic = unique_name("backflow.test.admin");
     let admin = TopicAdmin::new(&settings).unwrap();
     let spec = [TopicSpec::compacted(&topic, 2, 1)];
     assert_eq!(admin.ensure(&spec).await.unwrap(), vec![topic.clone()]);
@@ -173,7 +164,7 @@ async fn topic_admin_creates_once_and_tolerates_existing_topics() {
 async fn publisher_reports_tombstones_and_consumer_sees_them() {
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
-    let topic = unique("backflow.test.tombstone");
+    let topic = unique_name("backflow.test.tombstone");
     create(&settings, &topic, 1).await;
     let publisher = Publisher::new(&settings, None).unwrap();
     publisher
@@ -190,7 +181,7 @@ async fn publisher_reports_tombstones_and_consumer_sees_them() {
         .await
         .unwrap();
     assert_eq!(d.offset, 1);
-    let consumer = Consumer::new(&settings, &unique("tomb-group"), &[&topic], None).unwrap();
+    let consumer = Consumer::new(&settings, &unique_name("tomb-group"), &[&topic], None).unwrap();
     let got = receive(&consumer, 2, Duration::from_secs(60)).await;
     assert_eq!(got[0].payload.as_deref(), Some(&b"v1"[..]));
     assert_eq!(got[1].key.as_deref(), Some(&b"k1"[..]));
@@ -230,7 +221,7 @@ async fn embedded_broker_serves_publisher_and_consumer_group() {
 async fn publisher_waits_on_full_queue_instead_of_dropping() {
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
-    let topic = unique("backflow.test.backpressure");
+    let topic = unique_name("backflow.test.backpressure");
     create(&settings, &topic, 1).await;
     // A queue of 20 records forces the publisher to wait for room.
     let mut small = settings.clone();

@@ -1,23 +1,15 @@
 //! The schema registry a node serves, as Confluent clients use it.
 
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use backflow_e2e::{Node, TestBroker};
+use backflow_e2e::{unique_name, Node, TestBroker};
 use serde_json::{json, Value as Json};
 
 const READY: Duration = Duration::from_secs(30);
 const CT: &str = "application/vnd.schemaregistry.v1+json";
-
-fn unique(prefix: &str) -> String {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{n}", std::process::id())
-}
 
 /// A record schema with `n` extra optional fields (each one a compatible
 /// evolution of the previous).
@@ -75,7 +67,7 @@ async fn registry_ids_survive_node_restart() {
     let broker = TestBroker::start();
     let kafka = broker.bootstrap().to_owned();
     let env = [("BACKFLOW_KAFKA__BROKERS", kafka.as_str())];
-    let subject = unique("restart-value");
+    let subject = unique_name("restart-value");
     let mut ids = Vec::new();
     {
         let mut node = Node::start(&env).unwrap();
@@ -122,7 +114,7 @@ async fn registry_two_nodes_on_one_broker_agree_on_ids() {
     let b = Node::start(&env).unwrap();
     a.wait_for_status("/readyz", 200, READY).await.unwrap();
     b.wait_for_status("/readyz", 200, READY).await.unwrap();
-    let run = unique("agree");
+    let run = unique_name("agree");
     // Both nodes register at the same time: distinct schemas under distinct
     // subjects, and one schema shared by both under one subject.
     let shared_subject = format!("{run}-shared-value");

@@ -204,21 +204,32 @@ async fn lookup(
     Err(RegistryError::schema_not_found())
 }
 
+/// The version a request names: `(version, id, schema text)`.
+async fn find_version(
+    r: &Registry,
+    subject: &str,
+    version: &str,
+    deleted: bool,
+) -> Result<(u32, u32, String), RegistryError> {
+    let sel = version_sel(subject, version)?;
+    let st = r.state().await;
+    let (v, entry) = st
+        .version(subject, sel, deleted)
+        .map_err(|m| RegistryError::lookup(m, subject, version))?;
+    Ok((v, entry.id, entry.text.clone()))
+}
+
 async fn get_version(
     State(r): State<Registry>,
     Path((subject, version)): Path<(String, String)>,
     Query(f): Query<Flags>,
 ) -> ApiResult {
-    let sel = version_sel(&subject, &version)?;
-    let st = r.state().await;
-    let (v, entry) = st
-        .version(&subject, sel, f.deleted)
-        .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
+    let (v, id, text) = find_version(&r, &subject, &version, f.deleted).await?;
     Ok(ok(json!({
         "subject": subject,
-        "id": entry.id,
+        "id": id,
         "version": v,
-        "schema": entry.text,
+        "schema": text,
     })))
 }
 
@@ -227,12 +238,8 @@ async fn get_version_schema(
     Path((subject, version)): Path<(String, String)>,
     Query(f): Query<Flags>,
 ) -> ApiResult {
-    let sel = version_sel(&subject, &version)?;
-    let st = r.state().await;
-    let (_, entry) = st
-        .version(&subject, sel, f.deleted)
-        .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
-    Ok(ok(schema_json(&entry.text)))
+    let (_, _, text) = find_version(&r, &subject, &version, f.deleted).await?;
+    Ok(ok(schema_json(&text)))
 }
 
 async fn delete_version(
