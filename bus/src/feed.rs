@@ -101,7 +101,8 @@ pub struct FeedContext {
 }
 
 struct Encoder {
-    desc: Arc<TableDesc>,
+    /// Held so the description's address, the map key, is not reused.
+    _table: Arc<TableDesc>,
     codec: TableCodec,
     topic: String,
     key_id: u32,
@@ -184,7 +185,7 @@ pub async fn run(
 
     let origin = format!("{}/{name}", ctx.node);
     let mut last_saved: Option<std::time::Instant> = None;
-    let mut encoders: HashMap<String, Encoder> = HashMap::new();
+    let mut encoders: HashMap<usize, Encoder> = HashMap::new();
     let events = ctx.metrics.source_events.clone();
     let result = loop {
         let acked = if acked_rx.has_changed().unwrap_or(false) {
@@ -323,13 +324,17 @@ pub async fn run(
 }
 
 async fn encoder<'a>(
-    encoders: &'a mut HashMap<String, Encoder>,
+    encoders: &'a mut HashMap<usize, Encoder>,
     table: &Arc<TableDesc>,
     ctx: &FeedContext,
 ) -> Result<&'a Encoder, FeedError> {
-    let name = table.qualified_name();
-    let fresh = encoders.get(&name).is_none_or(|e| e.desc != *table);
-    if fresh {
+    // Keyed by the description's allocation: a source hands out one Arc per
+    // table version, and the map keeps it alive, so the address is never
+    // reused while its entry exists. No allocation or deep comparison per
+    // record.
+    let id = Arc::as_ptr(table) as usize;
+    if let std::collections::hash_map::Entry::Vacant(slot) = encoders.entry(id) {
+        let name = table.qualified_name();
         let codec = TableCodec::new(table.as_ref().clone())
             .map_err(|e| FeedError::Encode(e.to_string()))?;
         let topic = topics::raw(&table.dataset);
@@ -348,18 +353,15 @@ async fn encoder<'a>(
             .await
             .map_err(reg)?;
         tracing::info!(table = %name, topic = %topic, key_id, value_id, "schemas registered");
-        encoders.insert(
-            name.clone(),
-            Encoder {
-                desc: table.clone(),
-                codec,
-                topic,
-                key_id,
-                value_id,
-            },
-        );
+        slot.insert(Encoder {
+            _table: table.clone(),
+            codec,
+            topic,
+            key_id,
+            value_id,
+        });
     }
-    Ok(&encoders[&name])
+    Ok(&encoders[&id])
 }
 
 fn encode(enc: &Encoder, record: &SourceRecord) -> Result<(Vec<u8>, Vec<u8>), FeedError> {
