@@ -56,6 +56,202 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Change feeds this node runs (`[[feeds]]`, each with a `type`).
     pub feeds: Vec<FeedConfig>,
+    /// Subscriptions this process applies to its own database
+    /// (`[[subscriptions]]`; run by `backflow subscribe` and `backflow serve`).
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// A subscription: share topics of an upper node applied to a database.
+///
+/// ```toml
+/// [[subscriptions]]
+/// name = "330106-population"
+/// [subscriptions.upstream]
+/// brokers = "city-kafka:9092"
+/// registry_url = "http://city-backflow:8480"
+/// properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "SCRAM-SHA-512", "sasl.username" = "330106" }
+/// properties_env = { "sasl.password" = "CITY_KAFKA_PASSWORD" }
+/// [subscriptions.sink]
+/// type = "postgres"            # or "mysql", "sqlite"
+/// user = "district"
+/// database = "district"
+/// password_env = "DISTRICT_PG_PASSWORD"
+/// [[subscriptions.tables]]
+/// topic = "backflow.share.330106.gongan.population"
+/// table = "population"         # default: the dataset with '.' → '_'
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Name; keys the offsets stored in the sink and names the dead-letter
+    /// topic `backflow.dlq.<name>`.
+    pub name: String,
+    /// The upper node's Kafka and schema registry.
+    pub upstream: UpstreamConfig,
+    /// The database the rows go to.
+    pub sink: SinkConfig,
+    /// Topics to apply and the tables they go to.
+    pub tables: Vec<TableMapping>,
+    /// Most records applied in one transaction.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest a record waits for its batch to fill, in milliseconds.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Dead-letter topic on the upstream cluster (default `backflow.dlq.<name>`).
+    #[serde(default)]
+    pub dlq_topic: Option<String>,
+}
+
+fn default_batch_size() -> usize {
+    5_000
+}
+fn default_flush_interval_ms() -> u64 {
+    200
+}
+
+/// Where a subscription reads from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The upper node's Kafka bootstrap servers.
+    pub brokers: String,
+    /// The upper node's schema registry, e.g. `http://city-backflow:8480`.
+    pub registry_url: String,
+    /// librdkafka properties for the upstream cluster (security settings).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables
+    /// (property → variable), for credentials.
+    #[serde(default)]
+    pub properties_env: BTreeMap<String, String>,
+}
+
+/// One topic and the table it fills.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// Topic (a share topic `backflow.share.<node>.<dataset>`, or a raw one).
+    pub topic: String,
+    /// Target table (default: the topic's dataset with '.' replaced by '_').
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+/// A subscription's database.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// PostgreSQL.
+    Postgres(backflow_connectors::sink::postgres::PostgresSinkConfig),
+    /// MySQL or MariaDB.
+    Mysql(backflow_connectors::sink::mysql::MysqlSinkConfig),
+    /// A SQLite file.
+    Sqlite(backflow_connectors::sink::sqlite::SqliteSinkConfig),
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    /// Dispatches on `type`, so that an error names the setting.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let kind = v
+            .as_object_mut()
+            .and_then(|o| o.remove("type"))
+            .ok_or_else(|| D::Error::custom("missing `type` (one of: postgres, mysql, sqlite)"))?;
+        let at = |e: serde_path_to_error::Error<serde_json::Error>| {
+            D::Error::custom(format!("{}: {}", e.path(), e.inner()))
+        };
+        match kind.as_str() {
+            Some("postgres") => serde_path_to_error::deserialize(v)
+                .map(SinkConfig::Postgres)
+                .map_err(at),
+            Some("mysql") | Some("mariadb") => serde_path_to_error::deserialize(v)
+                .map(SinkConfig::Mysql)
+                .map_err(at),
+            Some("sqlite") => serde_path_to_error::deserialize(v)
+                .map(SinkConfig::Sqlite)
+                .map_err(at),
+            _ => Err(D::Error::custom(format!(
+                "unknown sink type {kind}; supported: postgres, mysql, sqlite"
+            ))),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The schema (PostgreSQL) or database (MySQL) tables go to; SQLite has
+    /// one namespace.
+    pub fn namespace(&self) -> &str {
+        match self {
+            SinkConfig::Postgres(c) => &c.schema,
+            SinkConfig::Mysql(c) => &c.database,
+            SinkConfig::Sqlite(_) => "main",
+        }
+    }
+}
+
+impl SubscriptionConfig {
+    /// Resolves passwords and `upstream.properties_env`; `index` is the
+    /// subscription's position, for error messages.
+    pub fn resolve_secrets(&mut self, index: usize) -> Result<(), ConfigError> {
+        let origin = format!("subscription {}", self.name);
+        for (prop, var) in &self.upstream.properties_env {
+            let value = std::env::var(var).map_err(|_| ConfigError::BadValue {
+                key: format!("subscriptions[{index}].upstream.properties_env.{prop}"),
+                origin: origin.clone(),
+                reason: format!("environment variable {var} is not set"),
+            })?;
+            self.upstream.properties.insert(prop.clone(), value);
+        }
+        let (password, env, file) = match &mut self.sink {
+            SinkConfig::Postgres(c) => (&mut c.password, &c.password_env, &c.password_file),
+            SinkConfig::Mysql(c) => (&mut c.password, &c.password_env, &c.password_file),
+            SinkConfig::Sqlite(_) => return Ok(()),
+        };
+        *password = resolve_password(
+            env.as_deref(),
+            file.as_deref(),
+            &format!("subscriptions[{index}].sink"),
+            &origin,
+        )?;
+        Ok(())
+    }
+
+    /// The dead-letter topic.
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| crate::topics::dlq(&self.name))
+    }
+}
+
+/// Reads a password from an environment variable or a file (first line
+/// ending stripped); `key` prefixes the setting named in errors.
+fn resolve_password(
+    env: Option<&str>,
+    file: Option<&str>,
+    key: &str,
+    origin: &str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| ConfigError::BadValue {
+                key: format!("{key}.password_env"),
+                origin: origin.to_owned(),
+                reason: format!("environment variable {var} is not set"),
+            });
+    }
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::BadValue {
+            key: format!("{key}.password_file"),
+            origin: origin.to_owned(),
+            reason: format!("cannot read {file}: {e}"),
+        })?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(None)
 }
 
 /// A change feed: a source connector and the datasets it fills.
@@ -103,21 +299,12 @@ impl FeedConfig {
     pub fn resolve_secrets(&mut self, index: usize) -> Result<(), ConfigError> {
         match self {
             FeedConfig::Postgres(c) => {
-                if let Some(var) = &c.password_env {
-                    c.password = Some(std::env::var(var).map_err(|_| ConfigError::BadValue {
-                        key: format!("feeds[{index}].password_env"),
-                        origin: format!("feed {}", c.name),
-                        reason: format!("environment variable {var} is not set"),
-                    })?);
-                } else if let Some(file) = &c.password_file {
-                    let text =
-                        std::fs::read_to_string(file).map_err(|e| ConfigError::BadValue {
-                            key: format!("feeds[{index}].password_file"),
-                            origin: format!("feed {}", c.name),
-                            reason: format!("cannot read {file}: {e}"),
-                        })?;
-                    c.password = Some(text.trim_end_matches(['\n', '\r']).to_owned());
-                }
+                c.password = resolve_password(
+                    c.password_env.as_deref(),
+                    c.password_file.as_deref(),
+                    &format!("feeds[{index}]"),
+                    &format!("feed {}", c.name),
+                )?;
                 Ok(())
             }
         }
@@ -382,6 +569,26 @@ impl Config {
         for (i, feed) in config.feeds.iter_mut().enumerate() {
             feed.resolve_secrets(i)?;
         }
+        for (i, sub) in config.subscriptions.iter_mut().enumerate() {
+            sub.resolve_secrets(i)?;
+        }
+        let mut subs = std::collections::BTreeSet::new();
+        for (i, sub) in config.subscriptions.iter().enumerate() {
+            let bad = |key: &str, reason: String| ConfigError::BadValue {
+                key: format!("subscriptions[{i}].{key}"),
+                origin: origin_name(file, &env, ""),
+                reason,
+            };
+            if !subs.insert(sub.name.clone()) {
+                return Err(bad("name", format!("subscription name {:?} is used twice", sub.name)));
+            }
+            if sub.tables.is_empty() {
+                return Err(bad("tables", "no topics: add [[subscriptions.tables]] entries with a topic".to_owned()));
+            }
+            if sub.batch_size == 0 {
+                return Err(bad("batch_size", "must be at least 1".to_owned()));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, feed) in config.feeds.iter().enumerate() {
             if !names.insert(feed.name().to_owned()) {
@@ -599,6 +806,27 @@ mod tests {
         let f = file("[[feeds]]\ntype = \"oracle\"\nname = \"x\"\n");
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
         assert!(err.to_string().contains("oracle"), "{err}");
+    }
+
+    #[test]
+    fn config_reads_subscriptions_and_names_bad_sink_keys() {
+        let f = file(
+            "[[subscriptions]]\nname = \"d\"\nupstream = { brokers = \"k:9092\", registry_url = \"http://r:8480\" }\nsink = { type = \"sqlite\", path = \"/tmp/d.db\" }\ntables = [{ topic = \"backflow.share.330106.gongan.population\" }]\n",
+        );
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.subscriptions.len(), 1);
+        assert_eq!(cfg.subscriptions[0].batch_size, 5_000);
+        assert_eq!(cfg.subscriptions[0].dlq_topic(), "backflow.dlq.d");
+        let f = file(
+            "[[subscriptions]]\nname = \"d\"\nupstream = { brokers = \"k:9092\", registry_url = \"http://r:8480\" }\nsink = { type = \"mysql\", user = \"u\", database = \"x\", prot = 1 }\ntables = [{ topic = \"t\" }]\n",
+        );
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+        let f = file(
+            "[[subscriptions]]\nname = \"d\"\nupstream = { brokers = \"k:9092\", registry_url = \"http://r:8480\" }\nsink = { type = \"sqlite\", path = \"/tmp/d.db\" }\ntables = []\n",
+        );
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("subscriptions[0].tables"), "{err}");
     }
 
     #[test]

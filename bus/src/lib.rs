@@ -8,6 +8,8 @@
 //!   caller-stored offsets, topic administration, embedded broker.
 //! - [`node`]: the runtime behind `backflow serve`.
 //! - [`registry`]: the Confluent-compatible schema registry, stored in Kafka.
+//! - [`feed`]: source connectors into raw topics; [`subscribe`]: share
+//!   topics into a subscriber's database.
 //! - [`http`], [`metrics`], [`telemetry`]: operational surface.
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
@@ -19,6 +21,7 @@ pub mod metrics;
 pub mod node;
 pub mod offsets;
 pub mod registry;
+pub mod subscribe;
 pub mod telemetry;
 pub mod topics;
 

@@ -37,6 +37,12 @@ enum Command {
     /// topics, /metrics, /healthz and /readyz. Stops gracefully on SIGINT or
     /// SIGTERM.
     Serve,
+    /// Apply share topics of an upper node to this node's database: runs the
+    /// [[subscriptions]] of the configuration (upstream Kafka and registry,
+    /// sink database, topic → table mapping) with /metrics, /healthz and
+    /// /readyz. Offsets are stored in the sink database with the rows, so a
+    /// restart resumes exactly. Stops gracefully on SIGINT or SIGTERM.
+    Subscribe,
     /// Print the backflow version and the linked librdkafka version.
     Version,
     /// Configuration tools.
@@ -131,6 +137,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for v in config.kafka.properties.values_mut() {
                 *v = "<redacted>".to_owned();
             }
+            for sub in &mut config.subscriptions {
+                for v in sub.upstream.properties.values_mut() {
+                    *v = "<redacted>".to_owned();
+                }
+            }
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
@@ -140,6 +151,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(schemas(registry, command))
+        }
+        Command::Subscribe => {
+            let config = load(&cli)?;
+            if config.subscriptions.is_empty() {
+                anyhow::bail!(
+                    "no subscriptions configured: add a [[subscriptions]] section (upstream, sink, tables) to the file given with --config"
+                );
+            }
+            backflow::telemetry::init(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("backflow")
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(watch_signals(shutdown.clone()));
+                backflow::subscribe::run_process(config, shutdown, |addr| {
+                    println!("backflow listening on http://{addr}");
+                })
+                .await
+            })?;
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            Ok(())
         }
         Command::Serve => {
             let config = load(&cli)?;

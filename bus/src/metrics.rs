@@ -5,8 +5,8 @@
 //! error text.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the node exposes, registered in one registry.
@@ -37,6 +37,22 @@ pub struct Metrics {
     pub source_restarts: IntCounterVec,
     /// Age of the oldest captured change not yet acknowledged by Kafka.
     pub source_lag_seconds: GaugeVec,
+    /// Records a subscription applied, by subscription and outcome
+    /// (`upsert`, `delete`, `skip`: no effect because superseded or older).
+    pub subscribe_rows: IntCounterVec,
+    /// Batches (database transactions) a subscription committed.
+    pub subscribe_batches: IntCounterVec,
+    /// Time to apply one batch, including the commit.
+    pub subscribe_apply_seconds: HistogramVec,
+    /// Records in the subscribed partitions not applied yet.
+    pub subscribe_lag_messages: IntGaugeVec,
+    /// Now minus the origin commit time of the last applied record; 0 when
+    /// nothing is waiting.
+    pub subscribe_lag_seconds: GaugeVec,
+    /// Records a subscription sent to its dead-letter topic.
+    pub subscribe_dead_letters: IntCounterVec,
+    /// Subscription errors by kind (`transient`, `definite`, `bad_record`).
+    pub subscribe_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,6 +150,65 @@ impl Metrics {
                 &["feed"],
             )
             .expect("valid metric"),
+            subscribe_rows: IntCounterVec::new(
+                Opts::new(
+                    "backflow_subscribe_rows_total",
+                    "Records a subscription applied to its database, by outcome: upsert, delete, or skip (superseded in its batch or older than the stored row).",
+                ),
+                &["subscription", "outcome"],
+            )
+            .expect("valid metric"),
+            subscribe_batches: IntCounterVec::new(
+                Opts::new(
+                    "backflow_subscribe_batches_total",
+                    "Batches a subscription committed to its database (one transaction each).",
+                ),
+                &["subscription"],
+            )
+            .expect("valid metric"),
+            subscribe_apply_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "backflow_subscribe_apply_seconds",
+                    "Time to apply and commit one batch to the subscription's database.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["subscription"],
+            )
+            .expect("valid metric"),
+            subscribe_lag_messages: IntGaugeVec::new(
+                Opts::new(
+                    "backflow_subscribe_lag_messages",
+                    "Records in a subscription's partitions not applied yet (high watermark minus next offset).",
+                ),
+                &["subscription"],
+            )
+            .expect("valid metric"),
+            subscribe_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "backflow_subscribe_lag_seconds",
+                    "Now minus the origin commit time (backflow.origin_ts) of the last record applied; 0 when nothing is waiting.",
+                ),
+                &["subscription"],
+            )
+            .expect("valid metric"),
+            subscribe_dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "backflow_subscribe_dead_letters_total",
+                    "Records a subscription could not decode or its database refused, sent to its dead-letter topic.",
+                ),
+                &["subscription"],
+            )
+            .expect("valid metric"),
+            subscribe_errors: IntCounterVec::new(
+                Opts::new(
+                    "backflow_subscribe_errors_total",
+                    "Subscription errors by kind: transient (retried), definite (needs a fix), bad_record (dead-lettered).",
+                ),
+                &["subscription", "kind"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -159,6 +234,20 @@ impl Metrics {
         r.register(Box::new(m.source_restarts.clone()))
             .expect("unique");
         r.register(Box::new(m.source_lag_seconds.clone()))
+            .expect("unique");
+        for c in [
+            &m.subscribe_rows,
+            &m.subscribe_batches,
+            &m.subscribe_dead_letters,
+            &m.subscribe_errors,
+        ] {
+            r.register(Box::new(c.clone())).expect("unique");
+        }
+        r.register(Box::new(m.subscribe_apply_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.subscribe_lag_messages.clone()))
+            .expect("unique");
+        r.register(Box::new(m.subscribe_lag_seconds.clone()))
             .expect("unique");
         #[cfg(target_os = "linux")]
         r.register(Box::new(

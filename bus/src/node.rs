@@ -281,6 +281,20 @@ pub async fn run(
         });
     }
 
+    // Subscriptions to upper nodes, applied to this node's databases.
+    let health = crate::subscribe::SubscriptionHealth::new(readiness.clone());
+    for sub in config.subscriptions.clone() {
+        tracker.spawn(crate::subscribe::supervise(
+            sub,
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if config.subscriptions.is_empty() {
+        readiness.set(crate::subscribe::CHECK_SUBSCRIPTIONS, CheckState::Ok);
+    }
+
     let router = http::router(HttpState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),

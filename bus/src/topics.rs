@@ -28,6 +28,18 @@ pub fn dlq(feed: &str) -> String {
     format!("backflow.dlq.{feed}")
 }
 
+/// The dataset a raw or share topic carries (`None` for other topics).
+pub fn dataset_of(topic: &str) -> Option<&str> {
+    if let Some(d) = topic.strip_prefix("backflow.raw.") {
+        return Some(d).filter(|d| !d.is_empty());
+    }
+    topic
+        .strip_prefix("backflow.share.")
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+}
+
 /// What a topic is for; a bounded label for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicKind {
@@ -92,5 +104,16 @@ mod tests {
         assert_eq!(TopicKind::of(&dlq("f")), TopicKind::DeadLetter);
         assert_eq!(TopicKind::of(OFFSETS), TopicKind::Internal);
         assert_eq!(TopicKind::of("orders"), TopicKind::Other);
+    }
+
+    #[test]
+    fn dataset_of_raw_and_share_topics() {
+        assert_eq!(dataset_of(&raw("gongan.population")), Some("gongan.population"));
+        assert_eq!(
+            dataset_of(&share("330106", "gongan.population")),
+            Some("gongan.population")
+        );
+        assert_eq!(dataset_of("orders"), None);
+        assert_eq!(dataset_of("backflow.share.330106"), None);
     }
 }

@@ -10,10 +10,10 @@
 
 mod error;
 pub mod postgres;
-mod sink;
+pub mod sink;
 mod source;
 pub mod text;
 
 pub use error::{ConnectorError, ErrorKind};
-pub use sink::{Applied, Sink, SinkBatch, SinkRecord, TopicOffset};
+pub use sink::{row_version, Applied, Sink, SinkBatch, SinkRecord, TopicOffset};
 pub use source::{Position, RejectedRecord, Source, SourceBatch, SourceRecord};

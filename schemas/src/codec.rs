@@ -244,6 +244,12 @@ impl TableCodec {
         Ok(v)
     }
 
+    /// Converts a decoded key record into a key row.
+    pub fn key_from(&self, value: Value) -> Result<Row, String> {
+        let fields = into_record(value)?;
+        row_from(self.table.key_columns().into_iter(), fields)
+    }
+
     /// Converts a decoded envelope into a [`ChangeEvent`].
     pub fn event_from(&self, key: Row, value: Value) -> Result<ChangeEvent, String> {
         let mut f = into_record(value)?;

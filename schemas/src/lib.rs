@@ -16,6 +16,7 @@ pub mod codec;
 pub mod datum;
 pub mod event;
 pub mod examples;
+pub mod recover;
 pub mod registry_client;
 pub mod table;
 pub mod types;
@@ -26,7 +27,10 @@ pub use datum::{Datum, Decimal, Row};
 pub use event::{ChangeEvent, Op, Snapshot, SourceInfo, TransactionInfo};
 pub use table::{ColumnDesc, TableDesc};
 pub use types::SqlType;
-pub use wire::{decode_framed, frame, unframe, SchemaCache, SchemaLookup, WireError};
+pub use recover::{key_table_from_schema, table_from_schemas, TableTarget};
+pub use wire::{
+    decode_framed, frame, unframe, FramedReaders, SchemaCache, SchemaLookup, WireError,
+};
 
 /// Reads one Avro binary datum written with `schema`.
 pub(crate) fn avro_read(

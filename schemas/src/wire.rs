@@ -145,3 +145,69 @@ pub fn decode_framed(payload: &[u8], lookup: &dyn SchemaLookup) -> Result<(u32, 
     }
     Ok((id, value))
 }
+
+/// Decoders of framed payloads, one per schema id, each with its writer
+/// schema resolved once (not per record as [`decode_framed`] does). Meant for
+/// the hot path of a consumer; schemas are fetched by the caller and handed
+/// in with [`FramedReaders::add`].
+#[derive(Default)]
+pub struct FramedReaders {
+    readers: HashMap<u32, apache_avro::reader::datum::GenericDatumReader<'static>>,
+}
+
+impl std::fmt::Debug for FramedReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedReaders")
+            .field("ids", &self.readers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl FramedReaders {
+    /// No readers yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a reader for `id` exists.
+    pub fn has(&self, id: u32) -> bool {
+        self.readers.contains_key(&id)
+    }
+
+    /// Adds the reader of schema `id`. The schema is leaked: one copy per
+    /// schema id the process sees, which is bounded by the registry's size.
+    pub fn add(&mut self, id: u32, schema: &Schema) -> Result<(), WireError> {
+        if self.readers.contains_key(&id) {
+            return Ok(());
+        }
+        let schema: &'static Schema = Box::leak(Box::new(schema.clone()));
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+            .build()
+            .map_err(|e| WireError::Body {
+                id,
+                reason: e.to_string(),
+            })?;
+        self.readers.insert(id, reader);
+        Ok(())
+    }
+
+    /// Decodes a framed payload whose schema was added.
+    pub fn decode(&self, payload: &[u8]) -> Result<(u32, Value), WireError> {
+        let (id, mut body) = unframe(payload)?;
+        let reader = self
+            .readers
+            .get(&id)
+            .ok_or(WireError::UnknownSchemaId { id })?;
+        let value = reader.read_value(&mut body).map_err(|e| WireError::Body {
+            id,
+            reason: e.to_string(),
+        })?;
+        if !body.is_empty() {
+            return Err(WireError::Body {
+                id,
+                reason: format!("{} bytes left over after the record", body.len()),
+            });
+        }
+        Ok((id, value))
+    }
+}

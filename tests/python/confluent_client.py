@@ -1,9 +1,18 @@
 """Confluent's own Python client against backflow's schema registry.
 
-serialize URL TOPIC      registers the test schema (auto.register.schemas)
-                         and prints the Confluent-framed bytes of a record, hex
-deserialize URL TOPIC HEX  decodes framed bytes written by backflow and prints
-                         the record as JSON
+Run with the virtualenv scripts/python-env.sh prepares; no Kafka is needed,
+only the registry (the serializers are called directly with a
+SerializationContext).
+
+  confluent_client.py URL serialize TOPIC
+      AvroSerializer with auto.register.schemas registers the Resident schema
+      under TOPIC-value and frames a record; prints the framed bytes as hex.
+  confluent_client.py URL deserialize TOPIC HEX
+      AvroDeserializer decodes Confluent-framed bytes (written by backflow),
+      fetching the writer schema by the id in the frame; prints the record as
+      JSON.
+
+Errors go to stderr with a non-zero exit; stdout holds only the result.
 """
 import json
 import sys
@@ -12,7 +21,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-SCHEMA = json.dumps({
+RESIDENT = json.dumps({
     "type": "record",
     "name": "Resident",
     "namespace": "backflow.test",
@@ -21,23 +30,41 @@ SCHEMA = json.dumps({
         {"name": "name", "type": "string"},
         {"name": "region_code", "type": "string"},
         {"name": "income", "type": ["null", "double"], "default": None},
+        {"name": "tags", "type": {"type": "array", "items": "string"}},
     ],
 })
 
+RECORD = {
+    "id": 1,
+    "name": "杭州市西湖区",
+    "region_code": "330106",
+    "income": 1234.5,
+    "tags": ["回流", "district"],
+}
+
 
 def main():
-    mode, url, topic = sys.argv[1:4]
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    url, mode, topic = sys.argv[1:4]
     client = SchemaRegistryClient({"url": url})
     ctx = SerializationContext(topic, MessageField.VALUE)
     if mode == "serialize":
-        ser = AvroSerializer(client, SCHEMA, conf={"auto.register.schemas": True})
-        record = {"id": 1, "name": "杭州市西湖区", "region_code": "330106", "income": 1234.5}
-        print(ser(record, ctx).hex())
+        ser = AvroSerializer(client, RESIDENT, conf={"auto.register.schemas": True})
+        framed = ser(RECORD, ctx)
+        # A second record goes through the client's cache: same id.
+        again = ser(dict(RECORD, id=2), ctx)
+        if again[:5] != framed[:5]:
+            sys.exit(f"second record framed with another id: {again[:5].hex()} vs {framed[:5].hex()}")
+        print(framed.hex())
     elif mode == "deserialize":
+        if len(sys.argv) != 5:
+            sys.exit(__doc__)
         de = AvroDeserializer(client)
-        print(json.dumps(de(bytes.fromhex(sys.argv[4]), ctx), ensure_ascii=False))
+        record = de(bytes.fromhex(sys.argv[4]), ctx)
+        print(json.dumps(record, ensure_ascii=False, sort_keys=True))
     else:
-        sys.exit(f"unknown mode {mode}")
+        sys.exit(f"unknown mode {mode!r}\n{__doc__}")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,11 @@ impl Consumer {
             cfg.set("group.id", format!("{}-replay", settings.client_id))
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "false");
+                .set("enable.partition.eof", "false")
+                // Replayed topics are small and read-your-write sensitive (a
+                // registry write waits to read its own record back): do not
+                // let the broker hold an empty fetch for the default 500 ms.
+                .set("fetch.wait.max.ms", "100");
         })?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
@@ -115,6 +119,33 @@ impl Consumer {
             inner,
             metrics: None,
         })
+    }
+
+    /// Reads the given partitions from the given offsets (`None`: from the
+    /// first record) without joining a group: for consumers whose offsets
+    /// live elsewhere, such as a sink that stores them with its rows.
+    pub fn assigned(
+        settings: &KafkaSettings,
+        client_group: &str,
+        start: &[(String, i32, Option<i64>)],
+        metrics: Option<Metrics>,
+    ) -> Result<Self, KafkaError> {
+        let inner: StreamConsumer = settings.create("consumer", |cfg| {
+            cfg.set("group.id", client_group)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "100");
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in start {
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *partition, offset)
+                .map_err(KafkaError::Consume)?;
+        }
+        inner.assign(&tpl).map_err(KafkaError::Consume)?;
+        Ok(Self { inner, metrics })
     }
 
     /// Waits for the next record.

@@ -38,6 +38,10 @@ pub fn router(registry: Registry) -> Router {
         .route("/schemas/ids/{id}/versions", get(get_schema_versions))
         .route("/schemas/types", get(schema_types))
         .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_compatibility_all),
+        )
+        .route(
             "/compatibility/subjects/{subject}/versions/{version}",
             post(check_compatibility),
         )
@@ -134,7 +138,7 @@ fn version_sel(subject: &str, v: &str) -> Result<VersionSel, RegistryError> {
         return Ok(VersionSel::Latest);
     }
     match v.parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(VersionSel::Number(n)),
+        Ok(n) if (1..=i32::MAX as u32).contains(&n) => Ok(VersionSel::Number(n)),
         _ => Err(RegistryError::new(
             422,
             42202,
@@ -303,6 +307,28 @@ async fn check_compatibility(
         .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
     // Against one version: the transitive levels reduce to the plain ones.
     let reasons = super::compat::check(level, &schema, &[(v, entry.schema.as_ref())]);
+    let mut out = json!({ "is_compatible": reasons.is_empty() });
+    if f.verbose {
+        out["messages"] = json!(reasons);
+    }
+    Ok(ok(out))
+}
+
+/// Checks a schema against every live version of the subject, as a
+/// registration would (an unknown subject is compatible: it has no history).
+async fn check_compatibility_all(
+    State(r): State<Registry>,
+    Path(subject): Path<String>,
+    Query(f): Query<Flags>,
+    bytes: Bytes,
+) -> ApiResult {
+    let schema = SchemaBody::parse(&bytes)?;
+    let st = r.state().await;
+    let level = st.level(Some(&subject));
+    let history = st.history(&subject);
+    let refs: Vec<(u32, &apache_avro::Schema)> =
+        history.iter().map(|(v, s)| (*v, s.as_ref())).collect();
+    let reasons = super::compat::check(level, &schema, &refs);
     let mut out = json!({ "is_compatible": reasons.is_empty() });
     if f.verbose {
         out["messages"] = json!(reasons);

@@ -43,7 +43,7 @@ use crate::kafka::{Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publishe
 use crate::topics;
 
 /// How many times a write retries after losing a race to another node.
-const MAX_ATTEMPTS: usize = 5;
+const MAX_ATTEMPTS: u32 = 12;
 
 /// An error the registry API reports, with Confluent's error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,7 +195,15 @@ impl Registry {
     pub async fn register(&self, subject: &str, schema: &Schema) -> Result<u32, RegistryError> {
         let text = state::normalize(schema);
         let _writing = self.inner.writer.lock().await;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                // Two nodes that lost to each other would otherwise propose
+                // the same next id again in lockstep: back off a random,
+                // growing while so one of them gets ahead.
+                let ceiling = 20u64 << attempt.min(6);
+                let pause = rand_below(ceiling);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
             self.caught_up().await?;
             let (version, id) = {
                 let st = self.state().await;
@@ -240,7 +248,7 @@ impl Registry {
         Err(RegistryError::new(
             500,
             50001,
-            format!("could not register a schema under '{subject}' after {MAX_ATTEMPTS} attempts: other nodes kept writing the same subject"),
+            format!("could not register a schema under '{subject}': {MAX_ATTEMPTS} proposals in a row lost to concurrent registrations on other nodes (each took the schema id or version this node proposed); retry the request"),
         ))
     }
 
@@ -259,8 +267,10 @@ impl Registry {
         };
         let version = {
             let st = self.state().await;
+            // Soft-deleted versions are looked up too, so that deleting one
+            // again says so (40406) instead of "not found".
             let (version, _) = st
-                .version(subject, sel, permanent)
+                .version(subject, sel, true)
                 .map_err(|m| RegistryError::lookup(m, subject, &label))?;
             if permanent && st.is_soft_deleted(subject, version) == Some(false) {
                 return Err(RegistryError::new(
@@ -342,6 +352,19 @@ impl Registry {
         })
         .await
     }
+}
+
+/// A random number below `n` (n > 0), good enough for retry jitter.
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() % n
 }
 
 /// Applies `backflow._schemas` records as they arrive.

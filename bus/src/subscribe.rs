@@ -1,0 +1,801 @@
+//! Subscriptions: share topics of an upper node applied to a database.
+//!
+//! upper node's Kafka → decode (schemas from the upper node's registry) →
+//! batch → sink transaction (rows + offsets together) → next batch.
+//!
+//! Offsets live in the sink database, written in the same transaction as
+//! the rows, and the consumer starts from them (it joins no consumer group):
+//! a crash at any point replays at most the uncommitted batch, and the
+//! sink's version guard makes that replay change nothing. Records that do
+//! not decode, or that the database refuses, go to the dead-letter topic on
+//! the upstream cluster (acknowledged before the offset that covers them is
+//! committed) and the subscription goes on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use apache_avro::Schema;
+use backflow_connectors::sink::mysql::MysqlSink;
+use backflow_connectors::sink::postgres::PostgresSink;
+use backflow_connectors::sink::sqlite::SqliteSink;
+use backflow_connectors::{ConnectorError, ErrorKind, Sink, SinkBatch, SinkRecord, TopicOffset};
+use backflow_schemas::registry_client::{RegistryClient, RegistryClientError};
+use backflow_schemas::{
+    key_table_from_schema, table_from_schemas, unframe, FramedReaders, TableCodec, TableDesc,
+    TableTarget,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SinkConfig, SubscriptionConfig};
+use crate::feed::{HEADER_DLQ_REASON, HEADER_ORIGIN_TS};
+use crate::http::{CheckState, Readiness};
+use crate::kafka::{
+    ConsumedRecord, Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, TopicAdmin,
+    TopicSpec, Watermarks,
+};
+use crate::metrics::Metrics;
+
+/// Header on dead letters: the topic the record came from.
+pub const HEADER_DLQ_TOPIC: &str = "backflow.dlq.topic";
+/// Header on dead letters: its partition.
+pub const HEADER_DLQ_PARTITION: &str = "backflow.dlq.partition";
+/// Header on dead letters: its offset.
+pub const HEADER_DLQ_OFFSET: &str = "backflow.dlq.offset";
+
+/// Readiness check covering every subscription of the process.
+pub const CHECK_SUBSCRIPTIONS: &str = "subscriptions";
+
+/// How often lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+/// How often the subscribed topics are checked for new partitions (and
+/// topics that did not exist yet).
+const TOPICS_EVERY: Duration = Duration::from_secs(15);
+
+/// Why a subscription stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The database failed or refused.
+    #[error(transparent)]
+    Sink(#[from] ConnectorError),
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The schema registry could not be asked.
+    #[error("{0}")]
+    Registry(#[from] RegistryClientError),
+}
+
+impl SubscribeError {
+    /// Whether restarting may help without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SubscribeError::Sink(e) => e.kind != ErrorKind::Definite,
+            SubscribeError::Kafka(_) => true,
+            SubscribeError::Registry(e) => e.code().is_none_or(|c| c >= 50000),
+        }
+    }
+
+    fn kind_label(&self) -> &'static str {
+        if self.is_transient() {
+            "transient"
+        } else {
+            "definite"
+        }
+    }
+}
+
+/// How a run ended without an error.
+enum Stop {
+    /// The process is shutting down.
+    Shutdown,
+    /// Topics or partitions appeared: start again with them assigned.
+    Reassign,
+}
+
+/// Shared state of the `subscriptions` readiness check.
+#[derive(Clone, Default)]
+pub struct SubscriptionHealth {
+    readiness: Readiness,
+    failing: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl SubscriptionHealth {
+    /// Registers the check with `readiness`.
+    pub fn new(readiness: Readiness) -> Self {
+        readiness.register(CHECK_SUBSCRIPTIONS);
+        Self {
+            readiness,
+            failing: Arc::default(),
+        }
+    }
+
+    fn set(&self, name: &str, failure: Option<String>) {
+        let mut failing = self.failing.lock().expect("health lock");
+        match failure {
+            Some(reason) => failing.insert(name.to_owned(), reason),
+            None => failing.remove(name),
+        };
+        let state = if failing.is_empty() {
+            CheckState::Ok
+        } else {
+            CheckState::Failing(
+                failing
+                    .iter()
+                    .map(|(n, r)| format!("subscription {n}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        };
+        self.readiness.set(CHECK_SUBSCRIPTIONS, state);
+    }
+}
+
+/// Runs a subscription until shutdown, restarting it with backoff after
+/// errors (it resumes from the offsets its database holds).
+pub async fn supervise(
+    config: SubscriptionConfig,
+    metrics: Metrics,
+    health: SubscriptionHealth,
+    shutdown: CancellationToken,
+) {
+    let name = config.name.clone();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut run = Run::new(&config, &metrics, &health);
+        let outcome = run.run(&shutdown).await;
+        run.close().await;
+        match outcome {
+            Ok(Stop::Shutdown) => return,
+            Ok(Stop::Reassign) => {
+                tracing::info!(subscription = %name, "subscribed topics changed; reassigning partitions");
+                continue;
+            }
+            Err(e) => {
+                metrics
+                    .subscribe_errors
+                    .with_label_values(&[&name, e.kind_label()])
+                    .inc();
+                health.set(&name, Some(e.to_string()));
+                let kind = if e.is_transient() {
+                    "transient"
+                } else {
+                    "needs a fix"
+                };
+                tracing::error!(subscription = %name, error = %e, kind, retry_in = ?backoff, "subscription failed");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// A consumed record, decoded, with its bytes kept for the dead-letter
+/// topic in case the database refuses it.
+struct Pending {
+    record: SinkRecord,
+    raw: ConsumedRecord,
+}
+
+/// One run of a subscription, from the stored offsets to an error or stop.
+struct Run<'a> {
+    config: &'a SubscriptionConfig,
+    metrics: &'a Metrics,
+    health: &'a SubscriptionHealth,
+    settings: KafkaSettings,
+    sink: Box<dyn Sink>,
+    decoder: Decoder,
+    dlq: Option<Publisher>,
+    dlq_ready: bool,
+    pending: Vec<Pending>,
+    /// Last consumed offset per partition since the last commit.
+    consumed: HashMap<(String, i32), i64>,
+    /// Next offset to apply per assigned partition.
+    next: HashMap<(String, i32), i64>,
+    batch_started: Option<Instant>,
+    last_origin_ms: Option<i64>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        config: &'a SubscriptionConfig,
+        metrics: &'a Metrics,
+        health: &'a SubscriptionHealth,
+    ) -> Self {
+        let name = config.name.clone();
+        let sink: Box<dyn Sink> = match &config.sink {
+            SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c.clone(), name)),
+            SinkConfig::Mysql(c) => Box::new(MysqlSink::new(c.clone(), name)),
+            SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c.clone(), name)),
+        };
+        let mut settings = KafkaSettings::new(config.upstream.brokers.clone());
+        settings.client_id = format!("backflow-subscribe-{}", config.name);
+        settings.properties = config.upstream.properties.clone();
+        let targets = config
+            .tables
+            .iter()
+            .map(|m| {
+                let dataset = crate::topics::dataset_of(&m.topic)
+                    .unwrap_or(&m.topic)
+                    .to_owned();
+                let name = m.table.clone().unwrap_or_else(|| {
+                    dataset
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect()
+                });
+                (
+                    m.topic.clone(),
+                    TableTarget {
+                        dataset,
+                        schema: config.sink.namespace().to_owned(),
+                        name,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            config,
+            metrics,
+            health,
+            settings,
+            sink,
+            decoder: Decoder::new(&config.upstream.registry_url, targets),
+            dlq: None,
+            dlq_ready: false,
+            pending: Vec::new(),
+            consumed: HashMap::new(),
+            next: HashMap::new(),
+            batch_started: None,
+            last_origin_ms: None,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn close(&mut self) {
+        if let Err(e) = self.sink.shutdown().await {
+            tracing::debug!(subscription = %self.name(), error = %e, "closing the sink failed");
+        }
+    }
+
+    /// The partitions of the subscribed topics (topics that do not exist
+    /// yet have none).
+    async fn partitions(&mut self) -> Result<Vec<(String, i32)>, SubscribeError> {
+        let mut out = Vec::new();
+        for m in &self.config.tables {
+            let n = crate::kafka::partition_count(&self.settings, &m.topic).await?;
+            out.extend((0..n as i32).map(|p| (m.topic.clone(), p)));
+        }
+        Ok(out)
+    }
+
+    async fn run(&mut self, shutdown: &CancellationToken) -> Result<Stop, SubscribeError> {
+        self.decoder.check_registry()?;
+        let stored: HashMap<(String, i32), i64> = self
+            .sink
+            .committed_offsets()
+            .await?
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), o.offset))
+            .collect();
+        let mut assigned = self.partitions().await?;
+        while assigned.is_empty() {
+            self.health.set(
+                self.name(),
+                Some("none of the subscribed topics exists yet (is the subscription approved?)".to_owned()),
+            );
+            tracing::warn!(subscription = %self.name(), topics = ?self.config.tables.iter().map(|m| &m.topic).collect::<Vec<_>>(), "none of the subscribed topics exists yet; waiting");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
+                _ = tokio::time::sleep(TOPICS_EVERY) => {}
+            }
+            assigned = self.partitions().await?;
+        }
+        let missing: Vec<&str> = self
+            .config
+            .tables
+            .iter()
+            .filter(|m| !assigned.iter().any(|(t, _)| t == &m.topic))
+            .map(|m| m.topic.as_str())
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(subscription = %self.name(), topics = ?missing, "some subscribed topics do not exist yet; they are picked up when they appear");
+        }
+        let start: Vec<(String, i32, Option<i64>)> = assigned
+            .iter()
+            .map(|(t, p)| (t.clone(), *p, stored.get(&(t.clone(), *p)).map(|o| o + 1)))
+            .collect();
+        for (t, p, next) in &start {
+            self.next.insert((t.clone(), *p), next.unwrap_or(0));
+        }
+        let consumer = Consumer::assigned(
+            &self.settings,
+            &self.settings.client_id,
+            &start,
+            Some(self.metrics.clone()),
+        )?;
+        let watermarks = Watermarks::new(&self.settings)?;
+        tracing::info!(
+            subscription = %self.name(),
+            partitions = start.len(),
+            resumed = stored.len(),
+            "subscription started"
+        );
+        self.health.set(self.name(), None);
+        let flush_every = Duration::from_millis(self.config.flush_interval_ms.max(1));
+        let mut lag_tick = tokio::time::interval(LAG_EVERY);
+        let mut topics_tick = tokio::time::interval(TOPICS_EVERY);
+        topics_tick.tick().await;
+        loop {
+            let deadline = self
+                .batch_started
+                .map(|t| tokio::time::Instant::from_std(t + flush_every));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.flush().await?;
+                    return Ok(Stop::Shutdown);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    self.flush().await?;
+                }
+                record = consumer.recv() => {
+                    self.take(record?).await?;
+                    if self.pending.len() >= self.config.batch_size {
+                        self.flush().await?;
+                    }
+                }
+                _ = lag_tick.tick() => self.measure_lag(&watermarks).await,
+                _ = topics_tick.tick() => {
+                    let now = self.partitions().await?;
+                    if now.iter().any(|tp| !assigned.contains(tp)) {
+                        self.flush().await?;
+                        return Ok(Stop::Reassign);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes a record into the pending batch, or dead-letters it.
+    async fn take(&mut self, raw: ConsumedRecord) -> Result<(), SubscribeError> {
+        self.consumed
+            .insert((raw.topic.clone(), raw.partition), raw.offset);
+        if self.batch_started.is_none() {
+            self.batch_started = Some(Instant::now());
+        }
+        match self.decoder.decode(&raw).await? {
+            Ok(record) => self.pending.push(Pending { record, raw }),
+            Err(reason) => self.dead_letter(&raw, &reason).await?,
+        }
+        Ok(())
+    }
+
+    /// Sends a record to the dead-letter topic and waits for Kafka's
+    /// acknowledgement.
+    async fn dead_letter(&mut self, raw: &ConsumedRecord, reason: &str) -> Result<(), SubscribeError> {
+        let topic = self.config.dlq_topic();
+        if self.dlq.is_none() {
+            self.dlq = Some(Publisher::new(&self.settings, Some(self.metrics.clone()))?);
+        }
+        if !self.dlq_ready {
+            // Best effort: the upstream cluster may create it on first write
+            // or the operator may have created it; the send says if not.
+            match TopicAdmin::new(&self.settings) {
+                Ok(admin) => {
+                    if let Err(e) = admin.ensure(&[TopicSpec::retained(topic.clone(), 1, 1)]).await {
+                        tracing::warn!(subscription = %self.name(), topic = %topic, error = %e, "cannot create the dead-letter topic; writing to it anyway");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "no admin client for the dead-letter topic"),
+            }
+            self.dlq_ready = true;
+        }
+        let partition = raw.partition.to_string();
+        let offset = raw.offset.to_string();
+        let mut headers: Vec<(&str, &[u8])> = raw
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        headers.push((HEADER_DLQ_REASON, reason.as_bytes()));
+        headers.push((HEADER_DLQ_TOPIC, raw.topic.as_bytes()));
+        headers.push((HEADER_DLQ_PARTITION, partition.as_bytes()));
+        headers.push((HEADER_DLQ_OFFSET, offset.as_bytes()));
+        let record = OutgoingRecord {
+            topic: &topic,
+            key: raw.key.as_deref(),
+            payload: raw.payload.as_deref(),
+            headers: &headers,
+        };
+        self.dlq.as_ref().expect("created above").send(record).await?;
+        self.metrics
+            .subscribe_dead_letters
+            .with_label_values(&[self.name()])
+            .inc();
+        self.metrics
+            .subscribe_errors
+            .with_label_values(&[self.name(), "bad_record"])
+            .inc();
+        tracing::warn!(
+            subscription = %self.name(),
+            topic = %raw.topic,
+            partition = raw.partition,
+            offset = raw.offset,
+            %reason,
+            dlq = %topic,
+            "record sent to the dead-letter topic"
+        );
+        Ok(())
+    }
+
+    /// Applies the pending batch with its offsets in one transaction.
+    async fn flush(&mut self) -> Result<(), SubscribeError> {
+        if self.consumed.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut offsets: Vec<TopicOffset> = self
+            .consumed
+            .iter()
+            .map(|((topic, partition), offset)| TopicOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect();
+        offsets.sort();
+        let last_origin = pending.iter().rev().find_map(|p| origin_ms(&p.raw));
+        let batch = SinkBatch {
+            records: pending.iter().map(|p| p.record.clone()).collect(),
+            offsets: offsets.clone(),
+        };
+        let started = Instant::now();
+        match self.sink.apply_batch(&batch).await {
+            Ok(applied) => self.count(&applied, started),
+            Err(e) if e.kind == ErrorKind::BadRecord => {
+                tracing::info!(subscription = %self.name(), records = pending.len(), error = %e, "the database refused a record of the batch; applying one by one to find it");
+                self.isolate(pending, offsets).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for o in &batch.offsets {
+            self.next
+                .insert((o.topic.clone(), o.partition), o.offset + 1);
+        }
+        self.consumed.clear();
+        self.batch_started = None;
+        if let Some(ms) = last_origin {
+            self.last_origin_ms = Some(ms);
+            self.metrics
+                .subscribe_lag_seconds
+                .with_label_values(&[self.name()])
+                .set(((now_ms() - ms).max(0)) as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    /// Applies records one per transaction, dead-lettering those the
+    /// database refuses, then stores the batch's offsets.
+    async fn isolate(
+        &mut self,
+        pending: Vec<Pending>,
+        offsets: Vec<TopicOffset>,
+    ) -> Result<(), SubscribeError> {
+        for p in pending {
+            let one = SinkBatch {
+                records: vec![p.record.clone()],
+                offsets: vec![p.record.from.clone()],
+            };
+            let started = Instant::now();
+            match self.sink.apply_batch(&one).await {
+                Ok(applied) => self.count(&applied, started),
+                Err(e) if e.kind == ErrorKind::BadRecord => {
+                    self.dead_letter(&p.raw, &e.message).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let started = Instant::now();
+        let applied = self
+            .sink
+            .apply_batch(&SinkBatch {
+                records: Vec::new(),
+                offsets,
+            })
+            .await?;
+        self.count(&applied, started);
+        Ok(())
+    }
+
+    fn count(&self, applied: &backflow_connectors::Applied, started: Instant) {
+        let name = self.name();
+        let m = self.metrics;
+        m.subscribe_apply_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        m.subscribe_batches.with_label_values(&[name]).inc();
+        m.subscribe_rows
+            .with_label_values(&[name, "upsert"])
+            .inc_by(applied.upserted);
+        m.subscribe_rows
+            .with_label_values(&[name, "delete"])
+            .inc_by(applied.deleted);
+        m.subscribe_rows
+            .with_label_values(&[name, "skip"])
+            .inc_by(applied.skipped);
+    }
+
+    /// Records waiting in the assigned partitions; lag in seconds drops to
+    /// 0 when none are.
+    async fn measure_lag(&mut self, watermarks: &Watermarks) {
+        let mut waiting = 0i64;
+        for ((topic, partition), next) in &self.next {
+            match watermarks.high(topic, *partition).await {
+                Ok(high) => waiting += (high - next).max(0),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read a high watermark");
+                    return;
+                }
+            }
+        }
+        let name = self.name();
+        self.metrics
+            .subscribe_lag_messages
+            .with_label_values(&[name])
+            .set(waiting);
+        let seconds = self.metrics.subscribe_lag_seconds.with_label_values(&[name]);
+        if waiting == 0 && self.pending.is_empty() {
+            seconds.set(0.0);
+        } else if let Some(ms) = self.last_origin_ms {
+            seconds.set(((now_ms() - ms).max(0)) as f64 / 1000.0);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn origin_ms(raw: &ConsumedRecord) -> Option<i64> {
+    std::str::from_utf8(raw.header(HEADER_ORIGIN_TS)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Turns framed records into sink records, with schemas from the upstream
+/// registry and table descriptions recovered from them.
+struct Decoder {
+    registry: Result<RegistryClient, RegistryClientError>,
+    readers: FramedReaders,
+    schemas: HashMap<u32, Arc<Schema>>,
+    targets: HashMap<String, TableTarget>,
+    /// (topic, key schema id, value schema id) → table and codec.
+    tables: HashMap<(String, u32, u32), (Arc<TableDesc>, TableCodec)>,
+    /// (topic, key schema id) → key-only table, for tombstones.
+    keys: HashMap<(String, u32), (Arc<TableDesc>, TableCodec)>,
+}
+
+impl Decoder {
+    fn new(registry_url: &str, targets: HashMap<String, TableTarget>) -> Self {
+        Self {
+            registry: RegistryClient::new(registry_url),
+            readers: FramedReaders::new(),
+            schemas: HashMap::new(),
+            targets,
+            tables: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn check_registry(&self) -> Result<(), SubscribeError> {
+        match &self.registry {
+            Ok(_) => Ok(()),
+            Err(e) => Err(SubscribeError::Registry(RegistryClientError::Refused {
+                what: "the configured registry_url".to_owned(),
+                code: 42200,
+                message: e.to_string(),
+            })),
+        }
+    }
+
+    /// The schema with this id: `Ok(None)` when the registry does not have
+    /// it (the record is bad), `Err` when the registry cannot be asked (the
+    /// subscription retries).
+    async fn schema(&mut self, id: u32) -> Result<Option<Arc<Schema>>, SubscribeError> {
+        if let Some(s) = self.schemas.get(&id) {
+            return Ok(Some(s.clone()));
+        }
+        let registry = self.registry.as_ref().map_err(|e| {
+            SubscribeError::Registry(RegistryClientError::Unreachable {
+                url: String::new(),
+                reason: e.to_string(),
+            })
+        })?;
+        match registry.fetch_schema(id).await {
+            Ok(s) => {
+                self.readers
+                    .add(id, &s)
+                    .map_err(|e| ConnectorError::definite(e.to_string()))?;
+                self.schemas.insert(id, s.clone());
+                Ok(Some(s))
+            }
+            Err(e) if matches!(e.code(), Some(c) if c / 100 == 404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `Ok(Ok(record))`, or `Ok(Err(reason))` for a record to dead-letter.
+    async fn decode(
+        &mut self,
+        raw: &ConsumedRecord,
+    ) -> Result<Result<SinkRecord, String>, SubscribeError> {
+        let Some(target) = self.targets.get(&raw.topic).cloned() else {
+            return Ok(Err(format!("topic {} is not mapped to a table", raw.topic)));
+        };
+        let Some(key_bytes) = raw.key.as_deref() else {
+            return Ok(Err("record has no key: share topics are keyed by primary key".to_owned()));
+        };
+        let key_id = match unframe(key_bytes) {
+            Ok((id, _)) => id,
+            Err(e) => return Ok(Err(format!("key: {e}"))),
+        };
+        let Some(key_schema) = self.schema(key_id).await? else {
+            return Ok(Err(format!("key schema id {key_id} is not in the upstream registry")));
+        };
+        let key_value = match self.readers.decode(key_bytes) {
+            Ok((_, v)) => v,
+            Err(e) => return Ok(Err(format!("key: {e}"))),
+        };
+        let from = TopicOffset {
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            offset: raw.offset,
+        };
+        let Some(payload) = raw.payload.as_deref() else {
+            // A tombstone: delete by key.
+            let slot = (raw.topic.clone(), key_id);
+            if !self.keys.contains_key(&slot) {
+                let made = key_table_from_schema(&key_schema, &target)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| {
+                        TableCodec::new(d)
+                            .map(|c| (c.table().clone(), c))
+                            .map_err(|e| e.to_string())
+                    });
+                match made {
+                    Ok(t) => self.keys.insert(slot.clone(), t),
+                    Err(e) => return Ok(Err(e)),
+                };
+            }
+            let (table, codec) = &self.keys[&slot];
+            return Ok(match codec.key_from(key_value) {
+                Ok(key) => Ok(SinkRecord {
+                    from,
+                    table: self.latest_table(&raw.topic, key_id).unwrap_or_else(|| table.clone()),
+                    key,
+                    event: None,
+                }),
+                Err(e) => Err(format!("key: {e}")),
+            });
+        };
+        let value_id = match unframe(payload) {
+            Ok((id, _)) => id,
+            Err(e) => return Ok(Err(format!("value: {e}"))),
+        };
+        let Some(value_schema) = self.schema(value_id).await? else {
+            return Ok(Err(format!("value schema id {value_id} is not in the upstream registry")));
+        };
+        let slot = (raw.topic.clone(), key_id, value_id);
+        if !self.tables.contains_key(&slot) {
+            let made = table_from_schemas(&key_schema, &value_schema, &target)
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    TableCodec::new(d)
+                        .map(|c| (c.table().clone(), c))
+                        .map_err(|e| e.to_string())
+                });
+            match made {
+                Ok(t) => self.tables.insert(slot.clone(), t),
+                Err(e) => return Ok(Err(e)),
+            };
+        }
+        let value = match self.readers.decode(payload) {
+            Ok((_, v)) => v,
+            Err(e) => return Ok(Err(format!("value: {e}"))),
+        };
+        let (table, codec) = &self.tables[&slot];
+        let key = match codec.key_from(key_value) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(format!("key: {e}"))),
+        };
+        Ok(match codec.event_from(key.clone(), value) {
+            Ok(event) => Ok(SinkRecord {
+                from,
+                table: table.clone(),
+                key,
+                event: Some(event),
+            }),
+            Err(e) => Err(format!("value: {e}")),
+        })
+    }
+
+    /// The full table last decoded for a topic with this key schema, so a
+    /// tombstone goes to the same table description as the rows.
+    fn latest_table(&self, topic: &str, key_id: u32) -> Option<Arc<TableDesc>> {
+        self.tables
+            .iter()
+            .filter(|((t, k, _), _)| t == topic && *k == key_id)
+            .max_by_key(|((_, _, v), _)| *v)
+            .map(|(_, (table, _))| table.clone())
+    }
+}
+
+/// Runs the subscriptions of `config` with an HTTP server for `/metrics`,
+/// `/healthz` and `/readyz`, until `shutdown` is cancelled.
+pub async fn run_process(
+    config: crate::config::Config,
+    shutdown: CancellationToken,
+    on_started: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), crate::node::NodeError> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let health = SubscriptionHealth::new(readiness.clone());
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| crate::node::NodeError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| crate::node::NodeError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let tracker = tokio_util::task::TaskTracker::new();
+    for sub in config.subscriptions.clone() {
+        tracker.spawn(supervise(
+            sub,
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let router = crate::http::router(crate::http::HttpState {
+        metrics: metrics.clone(),
+        readiness,
+    });
+    let http_task = tracker.spawn(crate::http::serve(listener, router, shutdown.clone()));
+    tracker.close();
+    tracing::info!(
+        http = %addr,
+        subscriptions = config.subscriptions.len(),
+        version = crate::VERSION,
+        "backflow subscriber started"
+    );
+    on_started(addr);
+    shutdown.cancelled().await;
+    let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
+    tracing::info!(?timeout, "shutting down");
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        return Err(crate::node::NodeError::ShutdownTimeout(timeout));
+    }
+    match http_task.await {
+        Ok(Err(e)) => Err(crate::node::NodeError::Http(e)),
+        _ => {
+            tracing::info!("shutdown complete");
+            Ok(())
+        }
+    }
+}

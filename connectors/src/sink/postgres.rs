@@ -1,0 +1,538 @@
+//! The PostgreSQL sink: multi-row upserts through `unnest` of text arrays,
+//! one transaction per batch, offsets in `<schema>._backflow_offsets`.
+//!
+//! Values travel as text and are cast to the column's own type by the
+//! server, so a value the column cannot hold (too long for a `varchar(n)`,
+//! out of range) is refused by PostgreSQL, never truncated here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backflow_schemas::{ColumnDesc, Row, SqlType, TableDesc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::values::pg_text;
+use super::{
+    plan, quote, reconcile, redact, Applied, ExistingColumn, ExistingTable, Sink, SinkBatch, TablePlan,
+    TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
+};
+use crate::ConnectorError;
+
+/// Where a PostgreSQL sink writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Host name or address.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// User (needs CREATE on the schema to create tables, or existing
+    /// tables with INSERT/UPDATE/DELETE).
+    pub user: String,
+    /// Password, resolved by the runtime from `password_env` or
+    /// `password_file`; never logged.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Database.
+    pub database: String,
+    /// Schema tables are written to (created if absent).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_schema() -> String {
+    "public".into()
+}
+
+/// The column type the sink creates for a SQL type.
+pub fn ddl_type(c: &ColumnDesc, _is_key: bool) -> String {
+    match c.sql_type {
+        SqlType::Char { len: None } => "bpchar".to_owned(),
+        SqlType::Json => "jsonb".to_owned(),
+        SqlType::TimestampTz => "timestamp with time zone".to_owned(),
+        t => t.to_string(),
+    }
+}
+
+/// A table ready to be written: its columns' server-side types.
+struct Ready {
+    /// Type name per column of the description (for the casts).
+    types: Vec<String>,
+    upsert: Option<Statement>,
+    delete: Option<Statement>,
+}
+
+/// The PostgreSQL sink of one subscription.
+pub struct PostgresSink {
+    config: PostgresSinkConfig,
+    subscription: String,
+    client: Option<Client>,
+    /// Tables made ready, by description (the `Arc` keeps its address).
+    ready: HashMap<usize, (Arc<TableDesc>, Ready)>,
+}
+
+impl PostgresSink {
+    /// A sink for subscription `subscription` (the offsets are stored under
+    /// that name, so several subscriptions can share a database).
+    pub fn new(config: PostgresSinkConfig, subscription: impl Into<String>) -> Self {
+        Self {
+            config,
+            subscription: subscription.into(),
+            client: None,
+            ready: HashMap::new(),
+        }
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "PostgreSQL at {}:{} (database {}, user {})",
+            self.config.host, self.config.port, self.config.database, self.config.user
+        )
+    }
+
+    async fn client(&mut self) -> Result<&Client, ConnectorError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(self.client.as_ref().expect("checked"));
+        }
+        self.ready.clear();
+        let c = &self.config;
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&c.host)
+            .port(c.port)
+            .user(&c.user)
+            .dbname(&c.database)
+            .application_name("backflow-sink")
+            .options("-c TimeZone=UTC");
+        if let Some(p) = &c.password {
+            pg.password(p);
+        }
+        let (client, conn) = pg.connect(NoTls).await.map_err(|e| {
+            ConnectorError::transient(format!("cannot connect to {}: {e}", self.target()))
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "PostgreSQL sink connection ended");
+            }
+        });
+        let offsets = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.{table} (
+                 subscription text NOT NULL,
+                 topic text NOT NULL,
+                 \"partition\" integer NOT NULL,
+                 \"offset\" bigint NOT NULL,
+                 updated_at timestamp with time zone NOT NULL DEFAULT now(),
+                 PRIMARY KEY (subscription, topic, \"partition\"))",
+            schema = quote('"', &c.schema),
+            table = quote('"', OFFSETS_TABLE)
+        );
+        client
+            .batch_execute(&offsets)
+            .await
+            .map_err(|e| pg_error(e, &format!("creating {}.{OFFSETS_TABLE}", c.schema)))?;
+        self.client = Some(client);
+        Ok(self.client.as_ref().expect("just set"))
+    }
+
+    fn qualified(&self, desc: &TableDesc) -> String {
+        format!("{}.{}", quote('"', &desc.schema), quote('"', &desc.name))
+    }
+
+    async fn existing(&mut self, desc: &TableDesc) -> Result<Option<ExistingTable>, ConnectorError> {
+        let what = format!("reading the catalog of {}", desc.qualified_name());
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, a.atthasdef
+                   FROM pg_attribute a
+                   JOIN pg_class c ON c.oid = a.attrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                    AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&desc.schema, &desc.name],
+            )
+            .await
+            .map_err(|e| pg_error(e, &what))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let key = client
+            .query(
+                "SELECT a.attname::text
+                   FROM pg_index i
+                   JOIN pg_class c ON c.oid = i.indrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+                  WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary",
+                &[&desc.schema, &desc.name],
+            )
+            .await
+            .map_err(|e| pg_error(e, &what))?;
+        Ok(Some(ExistingTable {
+            columns: rows
+                .iter()
+                .map(|r| ExistingColumn {
+                    name: r.get(0),
+                    type_name: r.get(1),
+                    nullable: r.get(2),
+                    has_default: r.get(3),
+                })
+                .collect(),
+            primary_key: key.iter().map(|r| r.get(0)).collect(),
+        }))
+    }
+
+    /// Creates or extends the table for `desc`; `None` when the table does
+    /// not exist and `create` is false (deletes of a table never written).
+    async fn ready(
+        &mut self,
+        desc: &Arc<TableDesc>,
+        create: bool,
+    ) -> Result<Option<usize>, ConnectorError> {
+        let id = Arc::as_ptr(desc) as usize;
+        if self.ready.contains_key(&id) {
+            return Ok(Some(id));
+        }
+        let table = self.qualified(desc);
+        let existing = match self.existing(desc).await? {
+            Some(e) => e,
+            None if !create => return Ok(None),
+            None => {
+                let mut cols: Vec<String> = desc
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        let key = desc.primary_key.contains(&c.name);
+                        format!(
+                            "{} {}{}",
+                            quote('"', &c.name),
+                            ddl_type(c, key),
+                            if c.nullable { "" } else { " NOT NULL" }
+                        )
+                    })
+                    .collect();
+                cols.push(format!("{} text COLLATE \"C\"", quote('"', POSITION_COLUMN)));
+                let key: Vec<String> = desc.primary_key.iter().map(|k| quote('"', k)).collect();
+                let ddl = format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({}))",
+                    quote('"', &desc.schema),
+                    cols.join(", "),
+                    key.join(", ")
+                );
+                self.client()
+                    .await?
+                    .batch_execute(&ddl)
+                    .await
+                    .map_err(|e| pg_error(e, &format!("creating table {}", desc.qualified_name())))?;
+                tracing::info!(table = %desc.qualified_name(), dataset = %desc.dataset, "created sink table");
+                self.existing(desc).await?.ok_or_else(|| {
+                    ConnectorError::transient(format!("table {} vanished after creation", desc.qualified_name()))
+                })?
+            }
+        };
+        let existing = if create {
+            let fix = reconcile(desc, &existing, ddl_type)?;
+            let mut alter: Vec<String> = fix
+                .add
+                .iter()
+                .map(|c| format!("ADD COLUMN IF NOT EXISTS {} {}", quote('"', &c.name), ddl_type(c, false)))
+                .collect();
+            if fix.add_position {
+                alter.push(format!("ADD COLUMN IF NOT EXISTS {} text COLLATE \"C\"", quote('"', POSITION_COLUMN)));
+            }
+            if alter.is_empty() {
+                existing
+            } else {
+                self.client()
+                    .await?
+                    .batch_execute(&format!("ALTER TABLE {table} {}", alter.join(", ")))
+                    .await
+                    .map_err(|e| pg_error(e, &format!("adding columns to {}", desc.qualified_name())))?;
+                tracing::info!(table = %desc.qualified_name(), added = fix.add.len(), "extended sink table");
+                self.existing(desc).await?.ok_or_else(|| {
+                    ConnectorError::transient(format!("table {} vanished", desc.qualified_name()))
+                })?
+            }
+        } else {
+            existing
+        };
+        let types = desc
+            .columns
+            .iter()
+            .map(|c| {
+                existing
+                    .columns
+                    .iter()
+                    .find(|e| e.name == c.name)
+                    .map(|e| e.type_name.clone())
+                    .ok_or_else(|| {
+                        ConnectorError::definite(format!(
+                            "table {} has no column {}: add it or drop the table and backflow creates it",
+                            desc.qualified_name(),
+                            c.name
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !existing.columns.iter().any(|e| e.name == POSITION_COLUMN) {
+            return Err(ConnectorError::definite(format!(
+                "table {} has no {POSITION_COLUMN} column: it was not created by backflow; let backflow write to it once with its full dataset so the column is added",
+                desc.qualified_name()
+            )));
+        }
+        self.ready.insert(
+            id,
+            (
+                desc.clone(),
+                Ready {
+                    types,
+                    upsert: None,
+                    delete: None,
+                },
+            ),
+        );
+        Ok(Some(id))
+    }
+
+    async fn statements(&mut self, id: usize) -> Result<(Statement, Statement), ConnectorError> {
+        let (desc, ready) = &self.ready[&id];
+        if let (Some(u), Some(d)) = (&ready.upsert, &ready.delete) {
+            return Ok((u.clone(), d.clone()));
+        }
+        let desc = desc.clone();
+        let types = ready.types.clone();
+        let table = self.qualified(&desc);
+        let n = desc.columns.len();
+        let names: Vec<String> = desc.columns.iter().map(|c| quote('"', &c.name)).collect();
+        let arrays: Vec<String> = (1..=n + 1).map(|i| format!("${i}::text[]")).collect();
+        let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = (0..n).map(|i| format!("u.c{i}::{}", types[i])).collect();
+        let pos = quote('"', POSITION_COLUMN);
+        let mut set: Vec<String> = desc
+            .columns
+            .iter()
+            .filter(|c| !desc.primary_key.contains(&c.name))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote('"', &c.name)))
+            .collect();
+        set.push(format!("{pos} = EXCLUDED.{pos}"));
+        let key: Vec<String> = desc.primary_key.iter().map(|k| quote('"', k)).collect();
+        let upsert = format!(
+            "INSERT INTO {table} AS t ({cols}, {pos}) \
+             SELECT {casts}, u.v FROM unnest({arrays}) AS u({aliases}, v) \
+             ON CONFLICT ({key}) DO UPDATE SET {set} \
+             WHERE t.{pos} IS NULL OR t.{pos} <= EXCLUDED.{pos}",
+            cols = names.join(", "),
+            casts = casts.join(", "),
+            arrays = arrays.join(", "),
+            aliases = aliases.join(", "),
+            key = key.join(", "),
+            set = set.join(", "),
+        );
+        let key_idx: Vec<usize> = desc
+            .primary_key
+            .iter()
+            .map(|k| desc.column(k).map(|(i, _)| i).expect("validated key"))
+            .collect();
+        let k = key_idx.len();
+        let del_arrays: Vec<String> = (1..=k + 1).map(|i| format!("${i}::text[]")).collect();
+        let del_aliases: Vec<String> = (0..k).map(|i| format!("k{i}")).collect();
+        let del_match: Vec<String> = key_idx
+            .iter()
+            .enumerate()
+            .map(|(j, i)| format!("t.{} = d.k{j}::{}", names[*i], types[*i]))
+            .collect();
+        let delete = format!(
+            "DELETE FROM {table} AS t USING unnest({arrays}) AS d({aliases}, v) \
+             WHERE {matches} AND (d.v IS NULL OR t.{pos} IS NULL OR t.{pos} <= d.v)",
+            arrays = del_arrays.join(", "),
+            aliases = del_aliases.join(", "),
+            matches = del_match.join(" AND "),
+        );
+        let what = format!("preparing statements for {}", desc.qualified_name());
+        let client = self.client().await?;
+        let u = client.prepare(&upsert).await.map_err(|e| pg_error(e, &what))?;
+        let d = client.prepare(&delete).await.map_err(|e| pg_error(e, &what))?;
+        let ready = &mut self.ready.get_mut(&id).expect("ready").1;
+        ready.upsert = Some(u.clone());
+        ready.delete = Some(d.clone());
+        Ok((u, d))
+    }
+}
+
+/// Per-column text arrays of rows, plus their versions as the last array.
+fn columns_of<'a>(
+    width: usize,
+    rows: impl Iterator<Item = (&'a Row, Option<&'a str>)>,
+) -> Vec<Vec<Option<String>>> {
+    let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); width + 1];
+    for (row, version) in rows {
+        for (i, d) in row.0.iter().enumerate() {
+            cols[i].push(pg_text(d));
+        }
+        cols[width].push(version.map(str::to_owned));
+    }
+    cols
+}
+
+/// Classifies a PostgreSQL error: a value the table refuses is one bad
+/// record; lost connections and conflicts are transient; the rest (missing
+/// privilege, schema drift) needs someone to act.
+fn pg_error(e: tokio_postgres::Error, what: &str) -> ConnectorError {
+    let msg = match e.as_db_error() {
+        Some(db) => format!(
+            "PostgreSQL refused {what}: {} (SQLSTATE {}){}",
+            redact(db.message(), '"'),
+            db.code().code(),
+            db.column().map(|c| format!(", column {c}")).unwrap_or_default()
+        ),
+        None => format!("PostgreSQL failed while {what}: {e}"),
+    };
+    let Some(code) = e.code() else {
+        return ConnectorError::transient(msg).with_source(e);
+    };
+    let class = &code.code()[..2];
+    let err = if class == "22" || class == "23" {
+        ConnectorError::bad_record(msg)
+    } else if matches!(class, "08" | "40" | "53" | "57" | "55")
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+    {
+        ConnectorError::transient(msg)
+    } else {
+        ConnectorError::definite(msg)
+    };
+    err.with_source(e)
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    async fn committed_offsets(&mut self) -> Result<Vec<TopicOffset>, ConnectorError> {
+        let sql = format!(
+            "SELECT topic, \"partition\", \"offset\" FROM {}.{} WHERE subscription = $1 ORDER BY 1, 2",
+            quote('"', &self.config.schema),
+            quote('"', OFFSETS_TABLE)
+        );
+        let sub = self.subscription.clone();
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&sub])
+            .await
+            .map_err(|e| pg_error(e, "reading the stored offsets"))?;
+        Ok(rows
+            .iter()
+            .map(|r| TopicOffset {
+                topic: r.get(0),
+                partition: r.get(1),
+                offset: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn apply_batch(&mut self, batch: &SinkBatch) -> Result<Applied, ConnectorError> {
+        let (plans, superseded) = plan(batch)?;
+        let mut applied = Applied {
+            skipped: superseded,
+            offsets: batch.offsets.clone(),
+            ..Applied::default()
+        };
+        // Tables first (DDL commits on its own), then the data.
+        let mut work: Vec<(&TablePlan, usize, Statement, Statement)> = Vec::new();
+        for p in &plans {
+            match self.ready(&p.table, !p.upserts.is_empty()).await? {
+                Some(id) => {
+                    let (u, d) = self.statements(id).await?;
+                    work.push((p, id, u, d));
+                }
+                None => applied.skipped += p.deletes.len() as u64,
+            }
+        }
+        let offsets_sql = format!(
+            "INSERT INTO {}.{} (subscription, topic, \"partition\", \"offset\", updated_at) \
+             VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (subscription, topic, \"partition\") DO UPDATE \
+             SET \"offset\" = EXCLUDED.\"offset\", updated_at = EXCLUDED.updated_at",
+            quote('"', &self.config.schema),
+            quote('"', OFFSETS_TABLE)
+        );
+        let sub = self.subscription.clone();
+        let client = self.client.as_mut().ok_or_else(|| ConnectorError::transient("connection lost"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| pg_error(e, "starting a transaction"))?;
+        for (p, _, upsert, delete) in &work {
+            let table = p.table.qualified_name();
+            if !p.deletes.is_empty() {
+                let key_idx: Vec<usize> = p
+                    .table
+                    .primary_key
+                    .iter()
+                    .map(|k| p.table.column(k).map(|(i, _)| i).expect("validated key"))
+                    .collect();
+                let cols = columns_of(
+                    key_idx.len(),
+                    p.deletes.iter().map(|(k, v)| (*k, v.as_deref())),
+                );
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    cols.iter().map(|c| c as _).collect();
+                let n = tx
+                    .execute(delete, &params)
+                    .await
+                    .map_err(|e| pg_error(e, &format!("deleting rows of {table}")))?;
+                applied.deleted += n;
+                applied.skipped += p.deletes.len() as u64 - n.min(p.deletes.len() as u64);
+            }
+            if !p.upserts.is_empty() {
+                let cols = columns_of(
+                    p.table.columns.len(),
+                    p.upserts.iter().map(|(r, v)| (*r, Some(v.as_str()))),
+                );
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    cols.iter().map(|c| c as _).collect();
+                let n = tx
+                    .execute(upsert, &params)
+                    .await
+                    .map_err(|e| pg_error(e, &format!("writing rows of {table}")))?;
+                applied.upserted += n;
+                applied.skipped += p.upserts.len() as u64 - n.min(p.upserts.len() as u64);
+            }
+        }
+        let store = tx
+            .prepare(&offsets_sql)
+            .await
+            .map_err(|e| pg_error(e, "storing offsets"))?;
+        for o in &batch.offsets {
+            tx.execute(&store, &[&sub, &o.topic, &o.partition, &o.offset])
+                .await
+                .map_err(|e| pg_error(e, "storing offsets"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| pg_error(e, "committing a batch"))?;
+        Ok(applied)
+    }
+
+    async fn shutdown(&mut self) -> Result<(), ConnectorError> {
+        self.ready.clear();
+        self.client = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Column values rendered for sink databases.
+
+use backflow_schemas::Datum;
+
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
+/// civil_from_days, the inverse of [`crate::text::days_from_civil`]).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Splits microseconds since the epoch into days and microseconds of day.
+pub(crate) fn split_micros(micros: i64) -> (i64, i64) {
+    (
+        micros.div_euclid(MICROS_PER_DAY),
+        micros.rem_euclid(MICROS_PER_DAY),
+    )
+}
+
+/// `YYYY-MM-DD` (years before 1 as PostgreSQL's `... BC`).
+pub(crate) fn date_text(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    if y >= 1 {
+        format!("{y:04}-{m:02}-{d:02}")
+    } else {
+        format!("{:04}-{m:02}-{d:02} BC", 1 - y)
+    }
+}
+
+/// (hour, minute, second, microsecond) of microseconds since midnight.
+pub(crate) fn hms(micros: i64) -> (u32, u32, u32, u32) {
+    let secs = micros.div_euclid(1_000_000);
+    (
+        (secs / 3600) as u32,
+        (secs / 60 % 60) as u32,
+        (secs % 60) as u32,
+        micros.rem_euclid(1_000_000) as u32,
+    )
+}
+
+/// `HH:MM:SS.ffffff`.
+pub(crate) fn time_text(micros: i64) -> String {
+    let (h, m, s, us) = hms(micros);
+    format!("{h:02}:{m:02}:{s:02}.{us:06}")
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` (BC dates keep the era at the end).
+pub(crate) fn timestamp_text(micros: i64) -> String {
+    let (days, of_day) = split_micros(micros);
+    let date = date_text(days);
+    match date.strip_suffix(" BC") {
+        Some(d) => format!("{d} {} BC", time_text(of_day)),
+        None => format!("{date} {}", time_text(of_day)),
+    }
+}
+
+/// ISO 8601 UTC, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub(crate) fn timestamp_tz_iso(micros: i64) -> String {
+    let (days, of_day) = split_micros(micros);
+    format!("{}T{}Z", date_text(days), time_text(of_day))
+}
+
+/// Shortest text that reads back as the same float; PostgreSQL's spellings
+/// of the special values.
+fn float_text(v: f64, shortest: String) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
+    } else {
+        shortest
+    }
+}
+
+/// PostgreSQL's text input form of a value (`None` for NULL); cast to the
+/// column's type on the server.
+pub(crate) fn pg_text(d: &Datum) -> Option<String> {
+    Some(match d {
+        Datum::Null => return None,
+        Datum::Bool(b) => if *b { "t" } else { "f" }.to_owned(),
+        Datum::Int(v) => v.to_string(),
+        Datum::Long(v) => v.to_string(),
+        Datum::Float(v) => float_text(f64::from(*v), v.to_string()),
+        Datum::Double(v) => float_text(*v, v.to_string()),
+        Datum::Decimal(v) => v.to_string(),
+        Datum::Text(s) | Datum::Json(s) => s.clone(),
+        Datum::Bytes(b) => {
+            let mut out = String::with_capacity(2 + 2 * b.len());
+            out.push_str("\\x");
+            for byte in b {
+                out.push_str(&format!("{byte:02x}"));
+            }
+            out
+        }
+        Datum::Date(v) => date_text(i64::from(*v)),
+        Datum::Time(v) => time_text(*v),
+        Datum::Timestamp(v) => timestamp_text(*v),
+        Datum::TimestampTz(v) => format!("{}+00", timestamp_text(*v)),
+        Datum::Uuid(u) => u.hyphenated().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::days_from_civil;
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in [-719_162i64, -1, 0, 1, 11_016, 19_782, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(date_text(0), "1970-01-01");
+        assert_eq!(date_text(-719_163), "0001-12-31 BC");
+        assert_eq!(time_text(3_723_000_004), "01:02:03.000004");
+        assert_eq!(timestamp_text(-1), "1969-12-31 23:59:59.999999");
+        assert_eq!(timestamp_tz_iso(0), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn postgres_text_forms() {
+        assert_eq!(pg_text(&Datum::Bytes(vec![0, 255])).unwrap(), "\\x00ff");
+        assert_eq!(pg_text(&Datum::Double(f64::NEG_INFINITY)).unwrap(), "-Infinity");
+        assert_eq!(pg_text(&Datum::Double(0.1)).unwrap(), "0.1");
+        assert_eq!(pg_text(&Datum::Null), None);
+    }
+}
