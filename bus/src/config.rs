@@ -580,10 +580,16 @@ impl Config {
                 reason,
             };
             if !subs.insert(sub.name.clone()) {
-                return Err(bad("name", format!("subscription name {:?} is used twice", sub.name)));
+                return Err(bad(
+                    "name",
+                    format!("subscription name {:?} is used twice", sub.name),
+                ));
             }
             if sub.tables.is_empty() {
-                return Err(bad("tables", "no topics: add [[subscriptions.tables]] entries with a topic".to_owned()));
+                return Err(bad(
+                    "tables",
+                    "no topics: add [[subscriptions.tables]] entries with a topic".to_owned(),
+                ));
             }
             if sub.batch_size == 0 {
                 return Err(bad("batch_size", "must be at least 1".to_owned()));

@@ -288,7 +288,10 @@ impl<'a> Run<'a> {
         while assigned.is_empty() {
             self.health.set(
                 self.name(),
-                Some("none of the subscribed topics exists yet (is the subscription approved?)".to_owned()),
+                Some(
+                    "none of the subscribed topics exists yet (is the subscription approved?)"
+                        .to_owned(),
+                ),
             );
             tracing::warn!(subscription = %self.name(), topics = ?self.config.tables.iter().map(|m| &m.topic).collect::<Vec<_>>(), "none of the subscribed topics exists yet; waiting");
             tokio::select! {
@@ -379,7 +382,11 @@ impl<'a> Run<'a> {
 
     /// Sends a record to the dead-letter topic and waits for Kafka's
     /// acknowledgement.
-    async fn dead_letter(&mut self, raw: &ConsumedRecord, reason: &str) -> Result<(), SubscribeError> {
+    async fn dead_letter(
+        &mut self,
+        raw: &ConsumedRecord,
+        reason: &str,
+    ) -> Result<(), SubscribeError> {
         let topic = self.config.dlq_topic();
         if self.dlq.is_none() {
             self.dlq = Some(Publisher::new(&self.settings, Some(self.metrics.clone()))?);
@@ -389,7 +396,10 @@ impl<'a> Run<'a> {
             // or the operator may have created it; the send says if not.
             match TopicAdmin::new(&self.settings) {
                 Ok(admin) => {
-                    if let Err(e) = admin.ensure(&[TopicSpec::retained(topic.clone(), 1, 1)]).await {
+                    if let Err(e) = admin
+                        .ensure(&[TopicSpec::retained(topic.clone(), 1, 1)])
+                        .await
+                    {
                         tracing::warn!(subscription = %self.name(), topic = %topic, error = %e, "cannot create the dead-letter topic; writing to it anyway");
                     }
                 }
@@ -414,7 +424,11 @@ impl<'a> Run<'a> {
             payload: raw.payload.as_deref(),
             headers: &headers,
         };
-        self.dlq.as_ref().expect("created above").send(record).await?;
+        self.dlq
+            .as_ref()
+            .expect("created above")
+            .send(record)
+            .await?;
         self.metrics
             .subscribe_dead_letters
             .with_label_values(&[self.name()])
@@ -550,7 +564,10 @@ impl<'a> Run<'a> {
             .subscribe_lag_messages
             .with_label_values(&[name])
             .set(waiting);
-        let seconds = self.metrics.subscribe_lag_seconds.with_label_values(&[name]);
+        let seconds = self
+            .metrics
+            .subscribe_lag_seconds
+            .with_label_values(&[name]);
         if waiting == 0 && self.pending.is_empty() {
             seconds.set(0.0);
         } else if let Some(ms) = self.last_origin_ms {
@@ -644,14 +661,18 @@ impl Decoder {
             return Ok(Err(format!("topic {} is not mapped to a table", raw.topic)));
         };
         let Some(key_bytes) = raw.key.as_deref() else {
-            return Ok(Err("record has no key: share topics are keyed by primary key".to_owned()));
+            return Ok(Err(
+                "record has no key: share topics are keyed by primary key".to_owned(),
+            ));
         };
         let key_id = match unframe(key_bytes) {
             Ok((id, _)) => id,
             Err(e) => return Ok(Err(format!("key: {e}"))),
         };
         let Some(key_schema) = self.schema(key_id).await? else {
-            return Ok(Err(format!("key schema id {key_id} is not in the upstream registry")));
+            return Ok(Err(format!(
+                "key schema id {key_id} is not in the upstream registry"
+            )));
         };
         let key_value = match self.readers.decode(key_bytes) {
             Ok((_, v)) => v,
@@ -682,7 +703,9 @@ impl Decoder {
             return Ok(match codec.key_from(key_value) {
                 Ok(key) => Ok(SinkRecord {
                     from,
-                    table: self.latest_table(&raw.topic, key_id).unwrap_or_else(|| table.clone()),
+                    table: self
+                        .latest_table(&raw.topic, key_id)
+                        .unwrap_or_else(|| table.clone()),
                     key,
                     event: None,
                 }),
@@ -694,7 +717,9 @@ impl Decoder {
             Err(e) => return Ok(Err(format!("value: {e}"))),
         };
         let Some(value_schema) = self.schema(value_id).await? else {
-            return Ok(Err(format!("value schema id {value_id} is not in the upstream registry")));
+            return Ok(Err(format!(
+                "value schema id {value_id} is not in the upstream registry"
+            )));
         };
         let slot = (raw.topic.clone(), key_id, value_id);
         if !self.tables.contains_key(&slot) {

@@ -108,7 +108,10 @@ mod tests {
 
     #[test]
     fn dataset_of_raw_and_share_topics() {
-        assert_eq!(dataset_of(&raw("gongan.population")), Some("gongan.population"));
+        assert_eq!(
+            dataset_of(&raw("gongan.population")),
+            Some("gongan.population")
+        );
         assert_eq!(
             dataset_of(&share("330106", "gongan.population")),
             Some("gongan.population")

@@ -113,8 +113,7 @@ fn column(field: &apache_avro::schema::RecordField) -> Result<ColumnDesc, String
     let (nullable, inner) = match &field.schema {
         Schema::Union(u) => {
             let variants = u.variants();
-            let non_null: Vec<&Schema> =
-                variants.iter().filter(|v| **v != Schema::Null).collect();
+            let non_null: Vec<&Schema> = variants.iter().filter(|v| **v != Schema::Null).collect();
             if non_null.len() != 1 {
                 return Err("a union other than [\"null\", T] has no SQL column type".to_owned());
             }
@@ -189,12 +188,18 @@ mod tests {
         .unwrap();
         assert_eq!(got.columns, original.columns);
         assert_eq!(got.primary_key, original.primary_key);
-        assert_eq!((got.schema.as_str(), got.name.as_str()), ("district", "population"));
+        assert_eq!(
+            (got.schema.as_str(), got.name.as_str()),
+            ("district", "population")
+        );
     }
 
     #[test]
     fn foreign_schemas_are_inferred_and_bad_ones_named() {
-        let key = Schema::parse_str(r#"{"type":"record","name":"K","fields":[{"name":"id","type":"long"}]}"#).unwrap();
+        let key = Schema::parse_str(
+            r#"{"type":"record","name":"K","fields":[{"name":"id","type":"long"}]}"#,
+        )
+        .unwrap();
         let value = Schema::parse_str(
             r#"{"type":"record","name":"E","fields":[
                 {"name":"before","type":["null",{"type":"record","name":"V","fields":[
@@ -226,10 +231,17 @@ mod tests {
                 {"name":"id","type":"long"},{"name":"tags","type":{"type":"array","items":"string"}}]}]}]}"#,
         )
         .unwrap();
-        let err = table_from_schemas(&key, &bad, &target()).unwrap_err().to_string();
+        let err = table_from_schemas(&key, &bad, &target())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("field tags") && err.contains("array"), "{err}");
-        let not_envelope = Schema::parse_str(r#"{"type":"record","name":"X","fields":[{"name":"id","type":"long"}]}"#).unwrap();
-        let err = table_from_schemas(&key, &not_envelope, &target()).unwrap_err().to_string();
+        let not_envelope = Schema::parse_str(
+            r#"{"type":"record","name":"X","fields":[{"name":"id","type":"long"}]}"#,
+        )
+        .unwrap();
+        let err = table_from_schemas(&key, &not_envelope, &target())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a change-event envelope"), "{err}");
     }
 }

@@ -5,6 +5,8 @@
 //! target directory (`target/debug/backflow`); `scripts/test.sh` builds it
 //! before running the tests.
 
+pub mod sinks;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -218,11 +220,29 @@ impl Node {
     /// Starts `backflow serve` with these environment variables and an HTTP
     /// port chosen by the OS; returns once it printed its address.
     pub fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_command("serve", env)
+    }
+
+    /// Starts `backflow subscribe --config <file>` with `config` as the
+    /// file's content.
+    pub fn subscribe_with_config(config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let file = tempfile::Builder::new().suffix(".toml").tempfile()?;
+        std::fs::write(file.path(), config)?;
+        let (file, path) = file.keep()?;
+        drop(file);
+        let path = path.display().to_string();
+        let mut all: Vec<(&str, &str)> = env.to_vec();
+        all.push(("BACKFLOW_CONFIG", &path));
+        Self::start_command("subscribe", &all)
+    }
+
+    /// Starts `backflow <command>` (serve or subscribe).
+    fn start_command(command: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("backflow-e2e-").tempdir()?;
         let stdout_path = dir.path().join("stdout");
         let stderr_path = dir.path().join("stderr");
         let mut cmd = backflow();
-        cmd.arg("serve")
+        cmd.arg(command)
             .env("BACKFLOW_HTTP__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
@@ -230,7 +250,9 @@ impl Node {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().context("spawn backflow serve")?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn backflow {command}"))?;
         let mut node = Node {
             child,
             url: String::new(),
@@ -249,13 +271,13 @@ impl Node {
             }
             if let Some(status) = node.child.try_wait()? {
                 bail!(
-                    "backflow serve exited with {status} before listening:\n{}",
+                    "backflow {command} exited with {status} before listening:\n{}",
                     node.stderr()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "backflow serve did not listen within 30s:\n{}",
+                    "backflow {command} did not listen within 30s:\n{}",
                     node.stderr()
                 );
             }

@@ -16,7 +16,7 @@
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
-mod values;
+pub mod values;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -201,7 +201,12 @@ fn net_change(r: &SinkRecord) -> Result<NetChange<'_>, ConnectorError> {
             version: None,
         });
     };
-    let at = || format!("{} partition {} offset {}", r.from.topic, r.from.partition, r.from.offset);
+    let at = || {
+        format!(
+            "{} partition {} offset {}",
+            r.from.topic, r.from.partition, r.from.offset
+        )
+    };
     match event.op {
         Op::Create | Op::Read | Op::Update => {
             let row = event.after.as_ref().ok_or_else(|| {
@@ -330,13 +335,34 @@ pub(crate) fn reconcile(
             )));
         };
         let wanted = ddl_type(c, is_key);
-        let same_kind = match (
+        let (parsed_wanted, parsed_have) = (
             backflow_schemas::SqlType::parse(&wanted),
             backflow_schemas::SqlType::parse(&e.type_name),
-        ) {
-            (Ok(w), Ok(h)) => kind(w) == kind(h),
+        );
+        let same_kind = match (&parsed_wanted, &parsed_have) {
+            (Ok(w), Ok(h)) => kind(*w) == kind(*h),
             _ => wanted.eq_ignore_ascii_case(&e.type_name),
         };
+        // Decimals with fewer fraction or integer digits than the dataset's
+        // would be rounded (or refused) by the database: say so now.
+        if let (
+            Ok(SqlType::Decimal {
+                precision: Some(wp),
+                scale: Some(ws),
+            }),
+            Ok(SqlType::Decimal {
+                precision: Some(hp),
+                scale: Some(hs),
+            }),
+        ) = (&parsed_wanted, &parsed_have)
+        {
+            if ws > hs || wp - ws > hp - hs {
+                return Err(ConnectorError::definite(format!(
+                    "table {table}, column {}: the table has type {} but dataset {} sends {} values, which it would round or refuse: widen the column (ALTER TABLE ... to at least {wanted}) or drop the table and backflow creates it",
+                    c.name, e.type_name, desc.dataset, c.sql_type
+                )));
+            }
+        }
         if !same_kind {
             return Err(ConnectorError::definite(format!(
                 "table {table}, column {}: the table has type {} but dataset {} sends {} values (stored as {wanted}): change the column's type or drop the table and backflow creates it",
@@ -391,7 +417,14 @@ fn kind(t: SqlType) -> u8 {
 /// `relation`, `constraint`, `type`, `schema` or `database` are kept.
 pub(crate) fn redact(message: &str, q: char) -> String {
     const NAMES: [&str; 8] = [
-        "column", "table", "key", "relation", "constraint", "type", "schema", "database",
+        "column",
+        "table",
+        "key",
+        "relation",
+        "constraint",
+        "type",
+        "schema",
+        "database",
     ];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -495,8 +528,16 @@ mod tests {
         assert_eq!(
             batch.offsets,
             vec![
-                TopicOffset { topic: "tp".into(), partition: 0, offset: 4 },
-                TopicOffset { topic: "tp".into(), partition: 1, offset: 5 },
+                TopicOffset {
+                    topic: "tp".into(),
+                    partition: 0,
+                    offset: 4
+                },
+                TopicOffset {
+                    topic: "tp".into(),
+                    partition: 1,
+                    offset: 5
+                },
             ]
         );
         let (plans, superseded) = plan(&batch).unwrap();
@@ -521,7 +562,9 @@ mod tests {
     #[test]
     fn versions_order_changes_inside_a_transaction_after_the_snapshot() {
         let t = table();
-        let mut a = rec(&t, 0, 1, Some(Op::Update), "00000000/0A000000").event.unwrap();
+        let mut a = rec(&t, 0, 1, Some(Op::Update), "00000000/0A000000")
+            .event
+            .unwrap();
         let snapshot = row_version(&a);
         a.transaction = Some(TransactionInfo {
             id: "7".into(),
@@ -531,7 +574,10 @@ mod tests {
         let second = row_version(&a);
         a.transaction.as_mut().unwrap().total_order = 10;
         let tenth = row_version(&a);
-        assert!(snapshot < second && second < tenth, "{snapshot} {second} {tenth}");
+        assert!(
+            snapshot < second && second < tenth,
+            "{snapshot} {second} {tenth}"
+        );
     }
 
     #[test]
@@ -573,7 +619,11 @@ mod tests {
             primary_key: vec!["id".into()],
         };
         let e = reconcile(&t, &wrong_type, ddl).unwrap_err();
-        assert!(e.message.contains("column v") && e.message.contains("integer"), "{}", e.message);
+        assert!(
+            e.message.contains("column v") && e.message.contains("integer"),
+            "{}",
+            e.message
+        );
 
         let wrong_key = ExistingTable {
             columns: vec![col("id", "bigint", false)],

@@ -95,7 +95,12 @@ pub fn ddl_type(c: &ColumnDesc, is_key: bool, mariadb: bool) -> String {
             format!("VARCHAR({n})")
         }
         SqlType::Text | SqlType::Varchar { .. } | SqlType::Char { .. } => text(is_key),
-        SqlType::Bytes => if is_key { "VARBINARY(3072)" } else { "LONGBLOB" }.into(),
+        SqlType::Bytes => if is_key {
+            "VARBINARY(3072)"
+        } else {
+            "LONGBLOB"
+        }
+        .into(),
         SqlType::Date => "DATE".into(),
         SqlType::Time => "TIME(6)".into(),
         SqlType::Timestamp | SqlType::TimestampTz => "DATETIME(6)".into(),
@@ -172,7 +177,10 @@ impl MysqlSink {
             .query_first("SELECT VERSION()")
             .await
             .map_err(|e| my_error(e, "reading the server version"))?;
-        self.mariadb = version.unwrap_or_default().to_ascii_lowercase().contains("mariadb");
+        self.mariadb = version
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .contains("mariadb");
         let collations: Vec<String> = conn
             .query("SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin')")
             .await
@@ -216,7 +224,10 @@ impl MysqlSink {
         format!("{}.{}", quote('`', &desc.schema), quote('`', &desc.name))
     }
 
-    async fn existing(&mut self, desc: &TableDesc) -> Result<Option<ExistingTable>, ConnectorError> {
+    async fn existing(
+        &mut self,
+        desc: &TableDesc,
+    ) -> Result<Option<ExistingTable>, ConnectorError> {
         let what = format!("reading the catalog of {}", desc.qualified_name());
         let conn = self.conn().await?;
         let cols: Vec<(String, String, String, Option<String>, String)> = conn
@@ -243,13 +254,15 @@ impl MysqlSink {
         Ok(Some(ExistingTable {
             columns: cols
                 .into_iter()
-                .map(|(name, type_name, nullable, default, extra)| ExistingColumn {
-                    name,
-                    type_name,
-                    nullable: nullable == "YES",
-                    has_default: default.is_some_and(|d| d != "NULL")
-                        || extra.to_ascii_lowercase().contains("auto_increment"),
-                })
+                .map(
+                    |(name, type_name, nullable, default, extra)| ExistingColumn {
+                        name,
+                        type_name,
+                        nullable: nullable == "YES",
+                        has_default: default.is_some_and(|d| d != "NULL")
+                            || extra.to_ascii_lowercase().contains("auto_increment"),
+                    },
+                )
                 .collect(),
             primary_key: key,
         }))
@@ -300,12 +313,15 @@ impl MysqlSink {
                 ))
                 .await
                 .map_err(|e| my_error(e, &format!("creating database {}", desc.schema)))?;
-                conn.query_drop(ddl)
-                    .await
-                    .map_err(|e| my_error(e, &format!("creating table {}", desc.qualified_name())))?;
+                conn.query_drop(ddl).await.map_err(|e| {
+                    my_error(e, &format!("creating table {}", desc.qualified_name()))
+                })?;
                 tracing::info!(table = %desc.qualified_name(), dataset = %desc.dataset, "created sink table");
                 self.existing(desc).await?.ok_or_else(|| {
-                    ConnectorError::transient(format!("table {} vanished after creation", desc.qualified_name()))
+                    ConnectorError::transient(format!(
+                        "table {} vanished after creation",
+                        desc.qualified_name()
+                    ))
                 })?
             }
         };
@@ -319,7 +335,9 @@ impl MysqlSink {
                         "ADD COLUMN {} {} NULL{}",
                         quote('`', &c.name),
                         ddl_type(c, false, mariadb),
-                        column_check(c, mariadb).map(|c| format!(" {c}")).unwrap_or_default()
+                        column_check(c, mariadb)
+                            .map(|c| format!(" {c}"))
+                            .unwrap_or_default()
                     )
                 })
                 .collect();
@@ -334,7 +352,9 @@ impl MysqlSink {
                     .await?
                     .query_drop(format!("ALTER TABLE {table} {}", alter.join(", ")))
                     .await
-                    .map_err(|e| my_error(e, &format!("adding columns to {}", desc.qualified_name())))?;
+                    .map_err(|e| {
+                        my_error(e, &format!("adding columns to {}", desc.qualified_name()))
+                    })?;
                 tracing::info!(table = %desc.qualified_name(), added = fix.add.len(), "extended sink table");
             }
         } else if !existing
@@ -406,7 +426,9 @@ impl MysqlSink {
                 let sql = format!("DELETE FROM {table} WHERE {}", terms.join(" OR "));
                 tx.exec_drop(sql, Params::Positional(params))
                     .await
-                    .map_err(|e| my_error(e, &format!("deleting rows of {}", desc.qualified_name())))?;
+                    .map_err(|e| {
+                        my_error(e, &format!("deleting rows of {}", desc.qualified_name()))
+                    })?;
                 let n = tx.affected_rows();
                 applied.deleted += n;
                 applied.skipped += chunk.len() as u64 - n.min(chunk.len() as u64);
@@ -440,7 +462,9 @@ impl MysqlSink {
                 );
                 tx.exec_drop(sql, Params::Positional(params))
                     .await
-                    .map_err(|e| my_error(e, &format!("writing rows of {}", desc.qualified_name())))?;
+                    .map_err(|e| {
+                        my_error(e, &format!("writing rows of {}", desc.qualified_name()))
+                    })?;
                 // MySQL counts an insert 1, a changed row 2, an unchanged 0:
                 // the net rows written are what the plan holds.
                 applied.upserted += chunk.len() as u64;
@@ -464,9 +488,7 @@ impl MysqlSink {
 /// A value bound for a column; values MySQL has no way to hold exactly are
 /// refused here with the reason.
 fn my_value(c: &ColumnDesc, d: &Datum) -> Result<Value, ConnectorError> {
-    let refuse = |why: &str| {
-        ConnectorError::bad_record(format!("column {}: {why}", c.name))
-    };
+    let refuse = |why: &str| ConnectorError::bad_record(format!("column {}: {why}", c.name));
     Ok(match d {
         Datum::Null => Value::NULL,
         Datum::Bool(b) => Value::Int(i64::from(*b)),

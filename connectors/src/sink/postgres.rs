@@ -16,8 +16,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::values::pg_text;
 use super::{
-    plan, quote, reconcile, redact, Applied, ExistingColumn, ExistingTable, Sink, SinkBatch, TablePlan,
-    TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
+    plan, quote, reconcile, redact, Applied, ExistingColumn, ExistingTable, Sink, SinkBatch,
+    TablePlan, TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
 };
 use crate::ConnectorError;
 
@@ -155,12 +155,20 @@ impl PostgresSink {
         format!("{}.{}", quote('"', &desc.schema), quote('"', &desc.name))
     }
 
-    async fn existing(&mut self, desc: &TableDesc) -> Result<Option<ExistingTable>, ConnectorError> {
+    /// The table as the catalog has it, and each column's type without its
+    /// modifier (`character varying`, `numeric`, `bpchar`) for casts: an
+    /// explicit cast to `varchar(n)` truncates silently, while the
+    /// assignment to the column refuses a value that does not fit.
+    async fn existing(
+        &mut self,
+        desc: &TableDesc,
+    ) -> Result<Option<(ExistingTable, HashMap<String, String>)>, ConnectorError> {
         let what = format!("reading the catalog of {}", desc.qualified_name());
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, a.atthasdef
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, a.atthasdef,
+                        format_type(a.atttypid, NULL)
                    FROM pg_attribute a
                    JOIN pg_class c ON c.oid = a.attrelid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -186,18 +194,22 @@ impl PostgresSink {
             )
             .await
             .map_err(|e| pg_error(e, &what))?;
-        Ok(Some(ExistingTable {
-            columns: rows
-                .iter()
-                .map(|r| ExistingColumn {
-                    name: r.get(0),
-                    type_name: r.get(1),
-                    nullable: r.get(2),
-                    has_default: r.get(3),
-                })
-                .collect(),
-            primary_key: key.iter().map(|r| r.get(0)).collect(),
-        }))
+        let casts = rows.iter().map(|r| (r.get(0), r.get(4))).collect();
+        Ok(Some((
+            ExistingTable {
+                columns: rows
+                    .iter()
+                    .map(|r| ExistingColumn {
+                        name: r.get(0),
+                        type_name: r.get(1),
+                        nullable: r.get(2),
+                        has_default: r.get(3),
+                    })
+                    .collect(),
+                primary_key: key.iter().map(|r| r.get(0)).collect(),
+            },
+            casts,
+        )))
     }
 
     /// Creates or extends the table for `desc`; `None` when the table does
@@ -212,7 +224,7 @@ impl PostgresSink {
             return Ok(Some(id));
         }
         let table = self.qualified(desc);
-        let existing = match self.existing(desc).await? {
+        let (existing, mut casts) = match self.existing(desc).await? {
             Some(e) => e,
             None if !create => return Ok(None),
             None => {
@@ -229,7 +241,10 @@ impl PostgresSink {
                         )
                     })
                     .collect();
-                cols.push(format!("{} text COLLATE \"C\"", quote('"', POSITION_COLUMN)));
+                cols.push(format!(
+                    "{} text COLLATE \"C\"",
+                    quote('"', POSITION_COLUMN)
+                ));
                 let key: Vec<String> = desc.primary_key.iter().map(|k| quote('"', k)).collect();
                 let ddl = format!(
                     "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({}))",
@@ -241,48 +256,57 @@ impl PostgresSink {
                     .await?
                     .batch_execute(&ddl)
                     .await
-                    .map_err(|e| pg_error(e, &format!("creating table {}", desc.qualified_name())))?;
+                    .map_err(|e| {
+                        pg_error(e, &format!("creating table {}", desc.qualified_name()))
+                    })?;
                 tracing::info!(table = %desc.qualified_name(), dataset = %desc.dataset, "created sink table");
                 self.existing(desc).await?.ok_or_else(|| {
-                    ConnectorError::transient(format!("table {} vanished after creation", desc.qualified_name()))
+                    ConnectorError::transient(format!(
+                        "table {} vanished after creation",
+                        desc.qualified_name()
+                    ))
                 })?
             }
         };
-        let existing = if create {
+        if create {
             let fix = reconcile(desc, &existing, ddl_type)?;
             let mut alter: Vec<String> = fix
                 .add
                 .iter()
-                .map(|c| format!("ADD COLUMN IF NOT EXISTS {} {}", quote('"', &c.name), ddl_type(c, false)))
+                .map(|c| {
+                    format!(
+                        "ADD COLUMN IF NOT EXISTS {} {}",
+                        quote('"', &c.name),
+                        ddl_type(c, false)
+                    )
+                })
                 .collect();
             if fix.add_position {
-                alter.push(format!("ADD COLUMN IF NOT EXISTS {} text COLLATE \"C\"", quote('"', POSITION_COLUMN)));
+                alter.push(format!(
+                    "ADD COLUMN IF NOT EXISTS {} text COLLATE \"C\"",
+                    quote('"', POSITION_COLUMN)
+                ));
             }
-            if alter.is_empty() {
-                existing
-            } else {
+            if !alter.is_empty() {
                 self.client()
                     .await?
                     .batch_execute(&format!("ALTER TABLE {table} {}", alter.join(", ")))
                     .await
-                    .map_err(|e| pg_error(e, &format!("adding columns to {}", desc.qualified_name())))?;
+                    .map_err(|e| {
+                        pg_error(e, &format!("adding columns to {}", desc.qualified_name()))
+                    })?;
                 tracing::info!(table = %desc.qualified_name(), added = fix.add.len(), "extended sink table");
-                self.existing(desc).await?.ok_or_else(|| {
+                (_, casts) = self.existing(desc).await?.ok_or_else(|| {
                     ConnectorError::transient(format!("table {} vanished", desc.qualified_name()))
-                })?
+                })?;
             }
-        } else {
-            existing
-        };
+        }
         let types = desc
             .columns
             .iter()
             .map(|c| {
-                existing
-                    .columns
-                    .iter()
-                    .find(|e| e.name == c.name)
-                    .map(|e| e.type_name.clone())
+                casts
+                    .remove(&c.name)
                     .ok_or_else(|| {
                         ConnectorError::definite(format!(
                             "table {} has no column {}: add it or drop the table and backflow creates it",
@@ -292,7 +316,7 @@ impl PostgresSink {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if !existing.columns.iter().any(|e| e.name == POSITION_COLUMN) {
+        if !casts.contains_key(POSITION_COLUMN) {
             return Err(ConnectorError::definite(format!(
                 "table {} has no {POSITION_COLUMN} column: it was not created by backflow; let backflow write to it once with its full dataset so the column is added",
                 desc.qualified_name()
@@ -368,8 +392,14 @@ impl PostgresSink {
         );
         let what = format!("preparing statements for {}", desc.qualified_name());
         let client = self.client().await?;
-        let u = client.prepare(&upsert).await.map_err(|e| pg_error(e, &what))?;
-        let d = client.prepare(&delete).await.map_err(|e| pg_error(e, &what))?;
+        let u = client
+            .prepare(&upsert)
+            .await
+            .map_err(|e| pg_error(e, &what))?;
+        let d = client
+            .prepare(&delete)
+            .await
+            .map_err(|e| pg_error(e, &what))?;
         let ready = &mut self.ready.get_mut(&id).expect("ready").1;
         ready.upsert = Some(u.clone());
         ready.delete = Some(d.clone());
@@ -401,7 +431,9 @@ fn pg_error(e: tokio_postgres::Error, what: &str) -> ConnectorError {
             "PostgreSQL refused {what}: {} (SQLSTATE {}){}",
             redact(db.message(), '"'),
             db.code().code(),
-            db.column().map(|c| format!(", column {c}")).unwrap_or_default()
+            db.column()
+                .map(|c| format!(", column {c}"))
+                .unwrap_or_default()
         ),
         None => format!("PostgreSQL failed while {what}: {e}"),
     };
@@ -473,7 +505,10 @@ impl Sink for PostgresSink {
             quote('"', OFFSETS_TABLE)
         );
         let sub = self.subscription.clone();
-        let client = self.client.as_mut().ok_or_else(|| ConnectorError::transient("connection lost"))?;
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| ConnectorError::transient("connection lost"))?;
         let tx = client
             .transaction()
             .await

@@ -82,7 +82,10 @@ impl SqliteSink {
             let what = format!("opening SQLite database {}", path.display());
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    ConnectorError::definite(format!("{what}: cannot create {}: {e}", dir.display()))
+                    ConnectorError::definite(format!(
+                        "{what}: cannot create {}: {e}",
+                        dir.display()
+                    ))
                 })?;
             }
             let conn = Connection::open(path).map_err(|e| lite_error(e, &what))?;
@@ -130,12 +133,14 @@ impl SqliteSink {
         Ok(Some(ExistingTable {
             columns: rows
                 .into_iter()
-                .map(|(name, type_name, notnull, has_default, _)| ExistingColumn {
-                    name,
-                    type_name,
-                    nullable: !notnull,
-                    has_default,
-                })
+                .map(
+                    |(name, type_name, notnull, has_default, _)| ExistingColumn {
+                        name,
+                        type_name,
+                        nullable: !notnull,
+                        has_default,
+                    },
+                )
                 .collect(),
             primary_key: key.into_iter().map(|(_, n)| n).collect(),
         }))
@@ -176,7 +181,10 @@ impl SqliteSink {
                     .map_err(|e| lite_error(e, &format!("creating table {}", desc.name)))?;
                 tracing::info!(table = %desc.name, dataset = %desc.dataset, "created sink table");
                 self.existing(desc)?.ok_or_else(|| {
-                    ConnectorError::transient(format!("table {} vanished after creation", desc.name))
+                    ConnectorError::transient(format!(
+                        "table {} vanished after creation",
+                        desc.name
+                    ))
                 })?
             }
         };
@@ -263,7 +271,9 @@ impl SqliteSink {
                     params.push(lite_value(&desc.columns[*i], &key.0[j])?);
                 }
                 params.push(version.clone().map_or(Value::Null, Value::Text));
-                let mut stmt = tx.prepare_cached(&delete).map_err(|e| lite_error(e, &what))?;
+                let mut stmt = tx
+                    .prepare_cached(&delete)
+                    .map_err(|e| lite_error(e, &what))?;
                 let n = stmt
                     .execute(params_from_iter(params))
                     .map_err(|e| lite_error(e, &what))?;
@@ -290,7 +300,9 @@ impl SqliteSink {
                 key.join(", "),
                 set.join(", ")
             );
-            let mut stmt = tx.prepare_cached(&upsert).map_err(|e| lite_error(e, &what))?;
+            let mut stmt = tx
+                .prepare_cached(&upsert)
+                .map_err(|e| lite_error(e, &what))?;
             for (row, version) in &p.upserts {
                 let mut params: Vec<Value> = Vec::with_capacity(names.len() + 1);
                 for (c, d) in desc.columns.iter().zip(&row.0) {
@@ -407,7 +419,8 @@ impl Sink for SqliteSink {
     async fn shutdown(&mut self) -> Result<(), ConnectorError> {
         self.ready.clear();
         if let Some(conn) = self.conn.take() {
-            conn.close().map_err(|(_, e)| lite_error(e, "closing the database"))?;
+            conn.close()
+                .map_err(|(_, e)| lite_error(e, "closing the database"))?;
         }
         Ok(())
     }

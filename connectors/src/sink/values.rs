@@ -4,7 +4,7 @@ use backflow_schemas::Datum;
 
 /// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
 /// civil_from_days, the inverse of [`crate::text::days_from_civil`]).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
     let doe = z - era * 146_097;
@@ -20,7 +20,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Splits microseconds since the epoch into days and microseconds of day.
-pub(crate) fn split_micros(micros: i64) -> (i64, i64) {
+pub fn split_micros(micros: i64) -> (i64, i64) {
     (
         micros.div_euclid(MICROS_PER_DAY),
         micros.rem_euclid(MICROS_PER_DAY),
@@ -28,7 +28,7 @@ pub(crate) fn split_micros(micros: i64) -> (i64, i64) {
 }
 
 /// `YYYY-MM-DD` (years before 1 as PostgreSQL's `... BC`).
-pub(crate) fn date_text(days: i64) -> String {
+pub fn date_text(days: i64) -> String {
     let (y, m, d) = civil_from_days(days);
     if y >= 1 {
         format!("{y:04}-{m:02}-{d:02}")
@@ -38,7 +38,7 @@ pub(crate) fn date_text(days: i64) -> String {
 }
 
 /// (hour, minute, second, microsecond) of microseconds since midnight.
-pub(crate) fn hms(micros: i64) -> (u32, u32, u32, u32) {
+pub fn hms(micros: i64) -> (u32, u32, u32, u32) {
     let secs = micros.div_euclid(1_000_000);
     (
         (secs / 3600) as u32,
@@ -49,13 +49,13 @@ pub(crate) fn hms(micros: i64) -> (u32, u32, u32, u32) {
 }
 
 /// `HH:MM:SS.ffffff`.
-pub(crate) fn time_text(micros: i64) -> String {
+pub fn time_text(micros: i64) -> String {
     let (h, m, s, us) = hms(micros);
     format!("{h:02}:{m:02}:{s:02}.{us:06}")
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` (BC dates keep the era at the end).
-pub(crate) fn timestamp_text(micros: i64) -> String {
+pub fn timestamp_text(micros: i64) -> String {
     let (days, of_day) = split_micros(micros);
     let date = date_text(days);
     match date.strip_suffix(" BC") {
@@ -65,7 +65,7 @@ pub(crate) fn timestamp_text(micros: i64) -> String {
 }
 
 /// ISO 8601 UTC, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-pub(crate) fn timestamp_tz_iso(micros: i64) -> String {
+pub fn timestamp_tz_iso(micros: i64) -> String {
     let (days, of_day) = split_micros(micros);
     format!("{}T{}Z", date_text(days), time_text(of_day))
 }
@@ -84,7 +84,7 @@ fn float_text(v: f64, shortest: String) -> String {
 
 /// PostgreSQL's text input form of a value (`None` for NULL); cast to the
 /// column's type on the server.
-pub(crate) fn pg_text(d: &Datum) -> Option<String> {
+pub fn pg_text(d: &Datum) -> Option<String> {
     Some(match d {
         Datum::Null => return None,
         Datum::Bool(b) => if *b { "t" } else { "f" }.to_owned(),
@@ -131,7 +131,10 @@ mod tests {
     #[test]
     fn postgres_text_forms() {
         assert_eq!(pg_text(&Datum::Bytes(vec![0, 255])).unwrap(), "\\x00ff");
-        assert_eq!(pg_text(&Datum::Double(f64::NEG_INFINITY)).unwrap(), "-Infinity");
+        assert_eq!(
+            pg_text(&Datum::Double(f64::NEG_INFINITY)).unwrap(),
+            "-Infinity"
+        );
         assert_eq!(pg_text(&Datum::Double(0.1)).unwrap(), "0.1");
         assert_eq!(pg_text(&Datum::Null), None);
     }
