@@ -201,7 +201,10 @@ impl SinkDb {
             (Backend::Sqlite, Kind::TimestampTz) => {
                 format!("replace(replace({c}, 'T', ' '), 'Z', '')")
             }
-            (Backend::Sqlite, Kind::Bytes) => format!("lower(hex({c}))"),
+            // hex(NULL) is '' in SQLite.
+            (Backend::Sqlite, Kind::Bytes) => {
+                format!("CASE WHEN {c} IS NULL THEN NULL ELSE lower(hex({c})) END")
+            }
             (Backend::Sqlite, _) => format!("CAST({c} AS TEXT)"),
         }
     }

@@ -1,0 +1,337 @@
+//! `backflow subscribe` end to end: a department's PostgreSQL table feeds a
+//! raw topic through a real node; three subscriber processes apply it to
+//! PostgreSQL, MariaDB and SQLite. Each sink table must equal the source,
+//! also after the subscribers are killed with SIGKILL in the middle of a
+//! stream of changes; a poison record goes to the dead-letter topic with its
+//! reason and the records after it are applied.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use backflow::kafka::{Consumer, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
+use backflow_e2e::sinks::{Backend, Kind, SinkDb};
+use backflow_e2e::{pg_connect, unique_name, Node, TestBroker};
+
+const READ: [(&str, Kind); 8] = [
+    ("name", Kind::Text),
+    ("amount", Kind::Decimal),
+    ("at", Kind::TimestampTz),
+    ("born", Kind::Date),
+    ("flag", Kind::Bool),
+    ("data", Kind::Bytes),
+    ("note", Kind::Text),
+    ("score", Kind::Double),
+];
+
+type Table = BTreeMap<i64, Vec<Option<String>>>;
+
+struct Pipeline {
+    broker: TestBroker,
+    source: SinkDb,
+    dataset: String,
+    node: Node,
+}
+
+impl Pipeline {
+    fn topic(&self) -> String {
+        format!("backflow.raw.{}", self.dataset)
+    }
+
+    async fn source_rows(&self) -> Table {
+        self.source
+            .rows("people", "id", &READ)
+            .await
+            .unwrap()
+            .expect("source table")
+    }
+
+    fn subscriber_config(&self, name: &str, sink: &SinkDb) -> String {
+        format!(
+            "[[subscriptions]]\nname = \"{name}\"\nbatch_size = 500\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"{}\", table = \"people\" }}]\n",
+            self.broker.bootstrap(),
+            self.node.url,
+            sink.sink_toml(),
+            self.topic()
+        )
+    }
+}
+
+async fn pipeline(rows: i64) -> Pipeline {
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    let client = pg_connect(&source.name).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE people (
+                id bigint PRIMARY KEY,
+                name varchar(40) NOT NULL,
+                amount numeric(20,6),
+                at timestamptz,
+                born date,
+                flag boolean,
+                data bytea,
+                note text,
+                score double precision);
+             INSERT INTO people
+             SELECT g, '居民' || g || ' é😀', g * 1000.000007, TIMESTAMPTZ '2023-11-14 22:13:20.123456+00' + g * interval '1.000001 second',
+                    DATE '1997-05-19' + g, g % 2 = 0, decode(lpad(to_hex(g % 256), 2, '0') || '00ff', 'hex'),
+                    CASE WHEN g % 3 = 0 THEN NULL ELSE 'note ' || g END, g + 0.25
+             FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+    let broker = TestBroker::start();
+    let dataset = format!("t{}.people", &source.name[8..]);
+    let feed = source.name.replace('_', "-");
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
+        broker.bootstrap(),
+        source.name,
+    );
+    let node = Node::start_with_config(&config, &[]).unwrap();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    Pipeline {
+        broker,
+        source,
+        dataset,
+        node,
+    }
+}
+
+/// Waits until the sink table equals `want`.
+async fn until_equal(sink: &SinkDb, want: &Table, deadline: Duration, subscriber: &Node) {
+    let until = Instant::now() + deadline;
+    loop {
+        let got = sink.rows("people", "id", &READ).await.unwrap();
+        if got.as_ref() == Some(want) {
+            return;
+        }
+        if Instant::now() > until {
+            let got = got.unwrap_or_default();
+            let missing = want.keys().filter(|k| !got.contains_key(k)).count();
+            let extra = got.keys().filter(|k| !want.contains_key(k)).count();
+            let differ: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(k).is_some_and(|g| g != *v))
+                .take(2)
+                .map(|(k, v)| (k, v, &got[k]))
+                .collect();
+            panic!(
+                "{:?} sink never matched the source: {missing} rows missing, {extra} extra, differing e.g. {differ:?}\nsubscriber log:\n{}",
+                sink.backend,
+                subscriber.stderr()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Source changes in many small transactions: updates, deletes, inserts,
+/// one primary-key change. (Kept to a few hundred records: tansu's SQLite
+/// engine slows down badly as a broker accumulates records.)
+async fn churn(p: &Pipeline, round: i64) {
+    let client = pg_connect(&p.source.name).await.unwrap();
+    for i in 0..40 {
+        let base = round * 1000 + i * 10;
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 UPDATE people SET name = 'r{round}-' || id, amount = amount + 0.000001, note = NULL WHERE id % 200 = {i};
+                 DELETE FROM people WHERE id = {del};
+                 INSERT INTO people (id, name, amount, at, flag) VALUES ({ins}, '新{ins}', 1.5, now(), true)
+                   ON CONFLICT (id) DO NOTHING;
+                 COMMIT;",
+                del = 3 + i * 7 + round,
+                ins = 100_000 + base,
+            ))
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute(&format!(
+            "UPDATE people SET id = id + 500000 WHERE id = {}",
+            11 + round
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_three_databases_equal_the_source_across_kill_9() {
+    let p = pipeline(2_000).await;
+    let sinks = [
+        SinkDb::create(Backend::Postgres).await.unwrap(),
+        SinkDb::create(Backend::Mariadb).await.unwrap(),
+        SinkDb::create(Backend::Sqlite).await.unwrap(),
+    ];
+    let names: Vec<String> = sinks
+        .iter()
+        .map(|s| unique_name(&format!("{:?}", s.backend).to_lowercase()))
+        .collect();
+    let configs: Vec<String> = sinks
+        .iter()
+        .zip(&names)
+        .map(|(s, n)| p.subscriber_config(n, s))
+        .collect();
+    let mut subscribers: Vec<Node> = configs
+        .iter()
+        .map(|c| Node::subscribe_with_config(c, &[]).unwrap())
+        .collect();
+
+    // Snapshot, then changes while the subscribers run.
+    churn(&p, 1).await;
+    let want = p.source_rows().await;
+    for (sink, sub) in sinks.iter().zip(&subscribers) {
+        until_equal(sink, &want, Duration::from_secs(120), sub).await;
+    }
+    let (status, metrics) = subscribers[0].get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!(
+            "backflow_subscribe_rows_total{{outcome=\"upsert\",subscription=\"{}\"}}",
+            names[0]
+        )),
+        "{metrics}"
+    );
+    let (status, _) = subscribers[0].get("/readyz").await.unwrap();
+    assert_eq!(status, 200);
+
+    // SIGKILL every subscriber in the middle of a stream of changes, then
+    // restart them: no change lost, none applied twice in effect.
+    let churning = {
+        let source = p.source.name.clone();
+        tokio::spawn(async move {
+            let client = pg_connect(&source).await.unwrap();
+            for i in 0..100 {
+                client
+                    .batch_execute(&format!(
+                        "UPDATE people SET score = score + 1, name = 'k{i}-' || id WHERE id % 400 = {}",
+                        i % 400
+                    ))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for s in &mut subscribers {
+        s.signal("KILL").unwrap();
+        s.wait(Duration::from_secs(10)).unwrap();
+    }
+    churning.await.unwrap();
+    churn(&p, 2).await;
+    let mut subscribers: Vec<Node> = configs
+        .iter()
+        .map(|c| Node::subscribe_with_config(c, &[]).unwrap())
+        .collect();
+    let want = p.source_rows().await;
+    for (sink, sub) in sinks.iter().zip(&subscribers) {
+        until_equal(sink, &want, Duration::from_secs(120), sub).await;
+    }
+
+    // Offsets stored with the rows: each partition's last applied offset is
+    // its last record once caught up.
+    let settings = KafkaSettings::new(p.broker.bootstrap());
+    let partitions = backflow::kafka::partition_count(&settings, &p.topic())
+        .await
+        .unwrap();
+    let watermarks = Watermarks::new(&settings).unwrap();
+    let mut highs = BTreeMap::new();
+    for part in 0..partitions as i32 {
+        highs.insert(part, watermarks.high(&p.topic(), part).await.unwrap());
+    }
+    for (sink, name) in sinks.iter().zip(&names) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stored = sink.offsets().await.unwrap();
+            let ok = highs.iter().filter(|(_, h)| **h > 0).all(|(part, high)| {
+                stored.get(&(name.clone(), p.topic(), *part)) == Some(&(high - 1))
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?}: offsets {stored:?}, high watermarks {highs:?}",
+                sink.backend
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // A poison record: the dead-letter topic gets it with the reason, and
+    // the changes after it are applied.
+    let publisher = Publisher::new(&settings, None).unwrap();
+    let key = [0u8, 0, 0, 0, 1, 2];
+    publisher
+        .send(OutgoingRecord::new(
+            &p.topic(),
+            &key,
+            b"{\"not\": \"avro\"}",
+        ))
+        .await
+        .unwrap();
+    pg_connect(&p.source.name)
+        .await
+        .unwrap()
+        .batch_execute("UPDATE people SET note = 'after the poison' WHERE id = 1")
+        .await
+        .unwrap();
+    let want = p.source_rows().await;
+    for (sink, sub) in sinks.iter().zip(&subscribers) {
+        until_equal(sink, &want, Duration::from_secs(60), sub).await;
+    }
+    for name in &names {
+        let dlq = Consumer::replay(&settings, &format!("backflow.dlq.{name}"), 0).unwrap();
+        let record = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+            .await
+            .expect("a dead letter within 30 s")
+            .unwrap();
+        assert_eq!(record.payload.as_deref(), Some(&b"{\"not\": \"avro\"}"[..]));
+        let reason =
+            String::from_utf8_lossy(record.header("backflow.dlq.reason").unwrap()).to_string();
+        assert!(
+            reason.contains("magic byte") || reason.contains("JSON"),
+            "{reason}"
+        );
+        assert_eq!(
+            record.header("backflow.dlq.topic"),
+            Some(p.topic().as_bytes())
+        );
+        assert!(record.header("backflow.dlq.offset").is_some());
+    }
+    let (_, metrics) = subscribers[2].get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "backflow_subscribe_dead_letters_total{{subscription=\"{}\"}} 1",
+            names[2]
+        )),
+        "{metrics}"
+    );
+
+    for s in &mut subscribers {
+        s.signal("TERM").unwrap();
+        assert!(
+            s.wait(Duration::from_secs(20)).unwrap().success(),
+            "{}",
+            s.stderr()
+        );
+    }
+    for s in &sinks {
+        s.drop_db().await.unwrap();
+    }
+    let Pipeline { node, source, .. } = p;
+    drop(node);
+    // The walsender of the killed node lets go of the slot shortly after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    source.drop_db().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_without_subscriptions_says_what_to_add() {
+    let out = backflow_e2e::backflow().arg("subscribe").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[[subscriptions]]"), "{err}");
+}
