@@ -335,3 +335,51 @@ async fn subscribe_without_subscriptions_says_what_to_add() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[[subscriptions]]"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_sink_database_refuses_goes_to_the_dead_letter_topic_and_the_rest_applies() {
+    let p = pipeline(30).await;
+    let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
+    // The district's own table, with a rule of its own that row 13 breaks.
+    rusqlite::Connection::open(&sink.path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE people (id INTEGER PRIMARY KEY CHECK (id <> 13), name TEXT NOT NULL, amount TEXT,
+                 at TEXT, born TEXT, flag INTEGER, data BLOB, note TEXT, score REAL)",
+        )
+        .unwrap();
+    let name = unique_name("refused");
+    let mut sub = Node::subscribe_with_config(&p.subscriber_config(&name, &sink), &[]).unwrap();
+    let mut want = p.source_rows().await;
+    want.remove(&13);
+    until_equal(&sink, &want, Duration::from_secs(60), &sub).await;
+
+    let settings = KafkaSettings::new(p.broker.bootstrap());
+    let dlq = Consumer::replay(&settings, &format!("backflow.dlq.{name}"), 0).unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+        .await
+        .expect("a dead letter within 30 s")
+        .unwrap();
+    let reason = String::from_utf8_lossy(record.header("backflow.dlq.reason").unwrap()).to_string();
+    assert!(reason.contains("CHECK constraint"), "{reason}");
+    assert!(record.payload.is_some(), "the original record is kept");
+    // Its offset is stored, so a restart does not refuse it again.
+    let stored = sink.offsets().await.unwrap();
+    let offset: i64 = String::from_utf8_lossy(record.header("backflow.dlq.offset").unwrap())
+        .parse()
+        .unwrap();
+    let partition: i32 = String::from_utf8_lossy(record.header("backflow.dlq.partition").unwrap())
+        .parse()
+        .unwrap();
+    assert!(
+        stored[&(name.clone(), p.topic(), partition)] >= offset,
+        "{stored:?}"
+    );
+
+    sub.signal("TERM").unwrap();
+    assert!(sub.wait(Duration::from_secs(20)).unwrap().success());
+    let Pipeline { node, source, .. } = p;
+    drop(node);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    source.drop_db().await.unwrap();
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use backflow_schemas::{ColumnDesc, Datum, SqlType, TableDesc};
 use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params_from_iter, Connection, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 use super::values::{date_text, time_text, timestamp_text, timestamp_tz_iso};
@@ -424,17 +424,4 @@ impl Sink for SqliteSink {
         }
         Ok(())
     }
-}
-
-/// Whether `path` holds a table `name` (for tools and tests).
-pub fn table_exists(path: &std::path::Path, name: &str) -> Result<bool, ConnectorError> {
-    let conn = Connection::open(path).map_err(|e| lite_error(e, "opening the database"))?;
-    conn.query_row(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|r| r.is_some())
-    .map_err(|e| lite_error(e, "reading the catalog"))
 }
