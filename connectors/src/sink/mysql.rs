@@ -154,9 +154,13 @@ impl MysqlSink {
     }
 
     async fn conn(&mut self) -> Result<&mut Conn, ConnectorError> {
-        if self.conn.is_some() {
-            return Ok(self.conn.as_mut().expect("checked"));
+        if self.conn.is_none() {
+            self.connect().await?;
         }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    async fn connect(&mut self) -> Result<(), ConnectorError> {
         self.ready.clear();
         let c = &self.config;
         let opts = OptsBuilder::default()
@@ -210,7 +214,7 @@ impl MysqlSink {
         .await
         .map_err(|e| my_error(e, &format!("creating {}.{OFFSETS_TABLE}", c.database)))?;
         self.conn = Some(conn);
-        Ok(self.conn.as_mut().expect("just set"))
+        Ok(())
     }
 
     /// Drops the connection after an error that may have broken it.
