@@ -59,6 +59,79 @@ pub struct Config {
     /// Subscriptions this process applies to its own database
     /// (`[[subscriptions]]`; run by `backflow subscribe` and `backflow serve`).
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Active shares this node's distributor delivers (`[[shares]]`): which
+    /// rows and fields of a dataset a lower node receives.
+    pub shares: Vec<ShareConfig>,
+}
+
+/// An active share of a dataset with one subscriber node, declared in the
+/// configuration file (the control plane will manage these in
+/// `backflow._catalog`).
+///
+/// ```toml
+/// [[shares]]
+/// subscriber = "330106"
+/// dataset = "gongan.population"
+/// region_column = "region_code"      # rows whose code starts with 330106
+/// fields = { id = "plain", name = "masked:name", id_number = "masked:keep(6,4)", phone = "hashed", region_code = "plain" }
+/// predicates = [{ column = "status", op = "=", value = "active" }]
+/// secret_env = "SHARE_330106_SECRET" # HMAC key of hashed fields
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    /// The subscriber node's division code.
+    pub subscriber: DivisionCode,
+    /// Dataset id.
+    pub dataset: String,
+    /// Column with each row's division code; absent: no jurisdiction filter.
+    #[serde(default)]
+    pub region_column: Option<String>,
+    /// Granted fields and their rule: `plain`, `hashed`,
+    /// `masked:keep(FIRST,LAST)`, `masked:name`, `masked:fixed(TEXT)`.
+    pub fields: BTreeMap<String, String>,
+    /// Extra row conditions.
+    #[serde(default)]
+    pub predicates: Vec<crate::distributor::policy::Predicate>,
+    /// Environment variable holding the HMAC key of hashed fields.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The key, resolved from `secret_env`; never logged.
+    #[serde(skip)]
+    pub secret: Option<String>,
+    /// Policy version, sent with every record in `backflow.policy`.
+    #[serde(default = "default_policy_version")]
+    pub version: u32,
+}
+
+fn default_policy_version() -> u32 {
+    1
+}
+
+impl ShareConfig {
+    /// The policy this share applies.
+    pub fn policy(&self) -> Result<crate::distributor::policy::SharePolicy, String> {
+        use crate::distributor::policy::{FieldRule, SharePolicy};
+        let fields = self
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                FieldRule::parse(v)
+                    .map(|r| (k.clone(), r))
+                    .map_err(|e| format!("fields.{k}: {e}"))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        Ok(SharePolicy {
+            subscriber: self.subscriber.to_string(),
+            dataset: self.dataset.clone(),
+            region_column: self.region_column.clone(),
+            prefix: self.subscriber.jurisdiction_prefix().to_owned(),
+            predicates: self.predicates.clone(),
+            fields,
+            secret: self.secret.clone().unwrap_or_default().into_bytes(),
+            version: self.version,
+        })
+    }
 }
 
 /// A subscription: share topics of an upper node applied to a database.
@@ -595,6 +668,45 @@ impl Config {
                 return Err(bad("batch_size", "must be at least 1".to_owned()));
             }
         }
+        let mut shares = std::collections::BTreeSet::new();
+        for (i, share) in config.shares.iter_mut().enumerate() {
+            let bad = |key: &str, reason: String| ConfigError::BadValue {
+                key: format!("shares[{i}].{key}"),
+                origin: origin_name(file, &env, ""),
+                reason,
+            };
+            if !shares.insert((share.subscriber.to_string(), share.dataset.clone())) {
+                return Err(bad(
+                    "dataset",
+                    format!(
+                        "dataset {} is shared with {} twice",
+                        share.dataset, share.subscriber
+                    ),
+                ));
+            }
+            if let Some(var) = &share.secret_env {
+                share.secret = Some(std::env::var(var).map_err(|_| {
+                    bad(
+                        "secret_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                })?);
+            }
+            let policy = share.policy().map_err(|e| {
+                let (key, reason) = e.split_once(": ").unwrap_or(("fields", e.as_str()));
+                bad(key, reason.to_owned())
+            })?;
+            let hashed = policy
+                .fields
+                .values()
+                .any(|r| *r == crate::distributor::policy::FieldRule::Hashed);
+            if hashed && share.secret.as_deref().unwrap_or("").len() < 16 {
+                return Err(bad(
+                    "secret_env",
+                    "hashed fields need a secret of at least 16 bytes: set secret_env to a variable holding it (each subscription its own)".to_owned(),
+                ));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, feed) in config.feeds.iter().enumerate() {
             if !names.insert(feed.name().to_owned()) {
@@ -833,6 +945,27 @@ mod tests {
         );
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
         assert_eq!(err.key(), Some("subscriptions[0].tables"), "{err}");
+    }
+
+    #[test]
+    fn config_reads_shares_and_names_bad_rules() {
+        let share = "[[shares]]\nsubscriber = \"330106\"\ndataset = \"gongan.population\"\nregion_column = \"region_code\"\n";
+        let f = file(&format!(
+            "{share}fields = {{ id = \"plain\", id_number = \"masked:keep(6,4)\" }}\n"
+        ));
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        let policy = cfg.shares[0].policy().unwrap();
+        assert_eq!(policy.prefix, "330106");
+        let f = file(&format!(
+            "{share}fields = {{ id = \"plain\", id_number = \"masked:keep(6)\" }}\n"
+        ));
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("shares[0].fields.id_number"), "{err}");
+        let f = file(&format!(
+            "{share}fields = {{ id = \"plain\", phone = \"hashed\" }}\n"
+        ));
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("shares[0].secret_env"), "{err}");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //!   caller-stored offsets, topic administration, embedded broker.
 //! - [`node`]: the runtime behind `backflow serve`.
 //! - [`registry`]: the Confluent-compatible schema registry, stored in Kafka.
-//! - [`feed`]: source connectors into raw topics; [`subscribe`]: share
-//!   topics into a subscriber's database.
+//! - [`feed`]: source connectors into raw topics; [`distributor`]: raw
+//!   topics into each subscriber's share topic, filtered and masked;
+//!   [`subscribe`]: share topics into a subscriber's database.
 //! - [`http`], [`metrics`], [`telemetry`]: operational surface.
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
 pub mod config;
+pub mod distributor;
 pub mod feed;
 pub mod http;
 pub mod kafka;

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub subscribe_dead_letters: IntCounterVec,
     /// Subscription errors by kind (`transient`, `definite`, `bad_record`).
     pub subscribe_errors: IntCounterVec,
+    /// Records the distributor produced to share topics, by subscriber node
+    /// and op.
+    pub distributor_records: IntCounterVec,
+    /// Distributor restarts after an error.
+    pub distributor_restarts: IntCounter,
 }
 
 impl Metrics {
@@ -209,6 +214,19 @@ impl Metrics {
                 &["subscription", "kind"],
             )
             .expect("valid metric"),
+            distributor_records: IntCounterVec::new(
+                Opts::new(
+                    "backflow_distributor_records_total",
+                    "Change events the distributor produced to share topics, by subscriber node and op (a row leaving a jurisdiction is a d for it).",
+                ),
+                &["subscriber", "op"],
+            )
+            .expect("valid metric"),
+            distributor_restarts: IntCounter::new(
+                "backflow_distributor_restarts_total",
+                "Times the distributor was restarted after an error.",
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -240,10 +258,13 @@ impl Metrics {
             &m.subscribe_batches,
             &m.subscribe_dead_letters,
             &m.subscribe_errors,
+            &m.distributor_records,
         ] {
             r.register(Box::new(c.clone())).expect("unique");
         }
         r.register(Box::new(m.subscribe_apply_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.distributor_restarts.clone()))
             .expect("unique");
         r.register(Box::new(m.subscribe_lag_messages.clone()))
             .expect("unique");

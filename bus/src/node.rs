@@ -85,6 +85,29 @@ async fn supervise(feed: FeedConfig, ctx: FeedContext, shutdown: CancellationTok
     }
 }
 
+/// Runs the distributor, restarting it with backoff after errors.
+async fn supervise_distributor(
+    shares: Vec<crate::config::ShareConfig>,
+    ctx: FeedContext,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match crate::distributor::run(&shares, &ctx, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                ctx.metrics.distributor_restarts.inc();
+                tracing::error!(error = %e, retry_in = ?backoff, "distributor failed");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
 /// A started node: its resolved addresses, for callers and tests.
 pub struct Running {
     /// Where the HTTP server listens.
@@ -162,6 +185,7 @@ pub async fn run(
         let embedded_admin = embedded.as_ref().map(EmbeddedBroker::admin);
         let registry = registry.clone();
         let feeds = config.feeds.clone();
+        let shares = config.shares.clone();
         let node_code = config.node.code.to_string();
         let publisher = publisher.clone();
         let metrics = metrics.clone();
@@ -221,6 +245,9 @@ pub async fn run(
                                     };
                                     for feed in feeds {
                                         feed_tracker.spawn(supervise(feed, ctx.clone(), shutdown.clone()));
+                                    }
+                                    if !shares.is_empty() {
+                                        feed_tracker.spawn(supervise_distributor(shares, ctx.clone(), shutdown.clone()));
                                     }
                                     return;
                                 }

@@ -1,0 +1,363 @@
+//! The distributor: reads each raw topic once and writes every active
+//! share's version of each change to `backflow.share.<subscriber>.<dataset>`.
+//!
+//! raw record → decode (the node's registry) → for each share of the
+//! dataset: row filter with both images (a row leaving a subscriber's
+//! jurisdiction becomes a delete for it), field policy (absent, masked,
+//! hashed) → encode with the share's own schema (derived from the policy
+//! and registered under the share topic's subjects) → share topic, with
+//! `backflow.origin` and `backflow.origin_ts` kept, this node appended to
+//! `backflow.hops`, and `backflow.policy` set. A delete is followed by a
+//! tombstone, as on raw topics.
+//!
+//! The raw topic's offsets are stored only after Kafka acknowledged every
+//! share record produced from the records before them: a crash replays, and
+//! the subscribers' version guard makes the replay harmless.
+
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use backflow_schemas::registry_client::subject_for;
+use backflow_schemas::{
+    frame, table_from_schemas, unframe, FramedReaders, Op, TableCodec, TableDesc, TableTarget,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ShareConfig;
+use crate::feed::{FeedContext, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
+use crate::kafka::{ConsumedRecord, Consumer, Delivery, KafkaError, OutgoingRecord, TopicSpec};
+use crate::registry::RegistryError;
+use crate::topics;
+use policy::{SharePolicy, ShareTable};
+
+/// Header: the version of the share policy a record was produced under.
+pub const HEADER_POLICY: &str = "backflow.policy";
+
+/// Most raw records handled between two offset stores.
+const BATCH: usize = 1_000;
+/// Longest a batch waits to fill.
+const LINGER: Duration = Duration::from_millis(20);
+
+/// Why the distributor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DistributorError {
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A share schema could not be registered.
+    #[error("registering the schema of {topic} failed: {source}")]
+    Schema {
+        topic: String,
+        #[source]
+        source: RegistryError,
+    },
+}
+
+/// One share, ready to run.
+struct Share {
+    policy: SharePolicy,
+    topic: String,
+}
+
+/// A share's table for one source table version.
+struct ShareCodec {
+    table: ShareTable,
+    codec: TableCodec,
+    key_id: u32,
+    value_id: u32,
+}
+
+/// A source table version and its shares' versions.
+struct Version {
+    codec: TableCodec,
+    /// Per share of the dataset (same order); `None` when the policy does
+    /// not fit the table (logged once).
+    shares: Vec<Option<ShareCodec>>,
+}
+
+/// Runs the distributor for `shares` until shutdown or an error.
+pub async fn run(
+    shares: &[ShareConfig],
+    ctx: &FeedContext,
+    shutdown: &CancellationToken,
+) -> Result<(), DistributorError> {
+    let mut by_dataset: HashMap<String, Vec<Share>> = HashMap::new();
+    for s in shares {
+        let policy = s
+            .policy()
+            .expect("validated when the configuration was loaded");
+        by_dataset
+            .entry(s.dataset.clone())
+            .or_default()
+            .push(Share {
+                topic: topics::share(s.subscriber.as_str(), &s.dataset),
+                policy,
+            });
+    }
+    let mut specs: Vec<TopicSpec> = Vec::new();
+    for (dataset, list) in &by_dataset {
+        // The raw topic too, so the distributor can subscribe before the
+        // feed first runs.
+        specs.push(TopicSpec::compacted(
+            topics::raw(dataset),
+            ctx.partitions,
+            ctx.replication_factor,
+        ));
+        for s in list {
+            specs.push(TopicSpec::compacted(
+                s.topic.clone(),
+                ctx.partitions,
+                ctx.replication_factor,
+            ));
+        }
+    }
+    ctx.admin.ensure(&specs).await?;
+    let raw: Vec<String> = by_dataset.keys().map(|d| topics::raw(d)).collect();
+    let raw_refs: Vec<&str> = raw.iter().map(String::as_str).collect();
+    let consumer = Consumer::new(
+        &ctx.settings,
+        &format!("backflow-distributor-{}", ctx.node),
+        &raw_refs,
+        Some(ctx.metrics.clone()),
+    )?;
+    tracing::info!(
+        datasets = by_dataset.len(),
+        shares = shares.len(),
+        "distributor started"
+    );
+    let mut readers = FramedReaders::new();
+    let mut versions: HashMap<(u32, u32), Version> = HashMap::new();
+    loop {
+        // A batch: the first record waits as long as it takes, the rest
+        // only as long as LINGER.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = consumer.recv() => r?,
+        };
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(until, consumer.recv()).await {
+                Ok(r) => batch.push(r?),
+                Err(_) => break,
+            }
+        }
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        for record in &batch {
+            let Some(dataset) = topics::dataset_of(&record.topic) else {
+                continue;
+            };
+            let Some(list) = by_dataset.get(dataset) else {
+                continue;
+            };
+            distribute(
+                record,
+                dataset,
+                list,
+                ctx,
+                &mut readers,
+                &mut versions,
+                &mut deliveries,
+            )
+            .await?;
+        }
+        for d in deliveries {
+            d.await?;
+        }
+        for record in &batch {
+            consumer.store_record(record)?;
+        }
+    }
+    let _ = consumer.commit();
+    tracing::info!("distributor stopped");
+    Ok(())
+}
+
+/// Hands one raw record's share records to Kafka.
+async fn distribute(
+    record: &ConsumedRecord,
+    dataset: &str,
+    shares: &[Share],
+    ctx: &FeedContext,
+    readers: &mut FramedReaders,
+    versions: &mut HashMap<(u32, u32), Version>,
+    out: &mut Vec<Delivery>,
+) -> Result<(), DistributorError> {
+    // Raw tombstones are not forwarded: each share's own delete is
+    // followed by its own tombstone.
+    let (Some(key_bytes), Some(payload)) = (record.key.as_deref(), record.payload.as_deref())
+    else {
+        return Ok(());
+    };
+    let skip = |why: String| {
+        tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, reason = %why, "raw record not distributed");
+        Ok(())
+    };
+    let (key_id, value_id) = match (unframe(key_bytes), unframe(payload)) {
+        (Ok((k, _)), Ok((v, _))) => (k, v),
+        _ => return skip("not Confluent-framed".to_owned()),
+    };
+    if !versions.contains_key(&(key_id, value_id)) {
+        let (Some(key_schema), Some(value_schema)) =
+            (schema(ctx, key_id).await, schema(ctx, value_id).await)
+        else {
+            return skip(format!(
+                "schema {key_id} or {value_id} is not in this node's registry"
+            ));
+        };
+        readers.add(key_id, &key_schema).ok();
+        readers.add(value_id, &value_schema).ok();
+        let (department, name) = dataset.split_once('.').unwrap_or(("", dataset));
+        let target = TableTarget {
+            dataset: dataset.to_owned(),
+            schema: department.to_owned(),
+            name: name.to_owned(),
+        };
+        let source = match table_from_schemas(&key_schema, &value_schema, &target)
+            .and_then(TableCodec::new)
+        {
+            Ok(c) => c,
+            Err(e) => return skip(e.to_string()),
+        };
+        let mut list = Vec::new();
+        for s in shares {
+            list.push(match s.policy.share_table(source.table()) {
+                Ok(table) => Some(share_codec(table, &s.topic, ctx).await?),
+                Err(reason) => {
+                    tracing::error!(subscriber = %s.policy.subscriber, dataset, %reason, "share policy does not fit the dataset; nothing is delivered to this subscriber until it is fixed");
+                    None
+                }
+            });
+        }
+        versions.insert(
+            (key_id, value_id),
+            Version {
+                codec: source,
+                shares: list,
+            },
+        );
+    }
+    let version = &versions[&(key_id, value_id)];
+    let decoded = readers
+        .decode(key_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|(_, k)| version.codec.key_from(k))
+        .and_then(|key| {
+            let (_, v) = readers.decode(payload).map_err(|e| e.to_string())?;
+            version.codec.event_from(key, v)
+        });
+    let event = match decoded {
+        Ok(e) => e,
+        Err(why) => return skip(why),
+    };
+    let hops = match record.header(HEADER_HOPS) {
+        Some(h) if !h.is_empty() => format!("{},{}", String::from_utf8_lossy(h), ctx.node),
+        _ => ctx.node.clone(),
+    };
+    let origin = record.header(HEADER_ORIGIN).unwrap_or_default();
+    let origin_ts = record.header(HEADER_ORIGIN_TS).unwrap_or_default();
+    for (s, codec) in shares.iter().zip(&version.shares) {
+        let Some(sc) = codec else { continue };
+        let Some(shared) = s.policy.share_event(&sc.table, &event) else {
+            continue;
+        };
+        let encoded = sc
+            .codec
+            .encode_key(&shared.key)
+            .and_then(|k| sc.codec.encode_value(&shared).map(|v| (k, v)));
+        let (key, value) = match encoded {
+            Ok(kv) => kv,
+            Err(e) => {
+                tracing::warn!(subscriber = %s.policy.subscriber, reason = %e, "share record not encodable; skipped");
+                continue;
+            }
+        };
+        let (key, value) = (frame(sc.key_id, &key), frame(sc.value_id, &value));
+        let policy = s.policy.version.to_string();
+        let headers: [(&str, &[u8]); 4] = [
+            (HEADER_ORIGIN, origin),
+            (HEADER_ORIGIN_TS, origin_ts),
+            (HEADER_HOPS, hops.as_bytes()),
+            (HEADER_POLICY, policy.as_bytes()),
+        ];
+        out.push(
+            ctx.publisher
+                .enqueue(OutgoingRecord {
+                    topic: &s.topic,
+                    key: Some(&key),
+                    payload: Some(&value),
+                    headers: &headers,
+                })
+                .await?,
+        );
+        if shared.op == Op::Delete {
+            out.push(
+                ctx.publisher
+                    .enqueue(OutgoingRecord {
+                        topic: &s.topic,
+                        key: Some(&key),
+                        payload: None,
+                        headers: &headers,
+                    })
+                    .await?,
+            );
+        }
+        ctx.metrics
+            .distributor_records
+            .with_label_values(&[&s.policy.subscriber, shared.op.code()])
+            .inc();
+    }
+    Ok(())
+}
+
+/// A schema of the node's registry, waiting once for the registry to catch
+/// up when the id is not known yet.
+async fn schema(ctx: &FeedContext, id: u32) -> Option<Arc<Schema>> {
+    if let Some(e) = ctx.registry.state().await.schema(id) {
+        return Some(e.schema.clone());
+    }
+    let _ = ctx.registry.caught_up().await;
+    ctx.registry
+        .state()
+        .await
+        .schema(id)
+        .map(|e| e.schema.clone())
+}
+
+/// Registers a share table's schemas under its topic's subjects.
+async fn share_codec(
+    table: ShareTable,
+    topic: &str,
+    ctx: &FeedContext,
+) -> Result<ShareCodec, DistributorError> {
+    let desc: TableDesc = table.desc.clone();
+    let codec = TableCodec::new(desc).map_err(|e| DistributorError::Schema {
+        topic: topic.to_owned(),
+        source: RegistryError::invalid_schema(e),
+    })?;
+    let reg = |source| DistributorError::Schema {
+        topic: topic.to_owned(),
+        source,
+    };
+    let key_id = ctx
+        .registry
+        .register(&subject_for(topic, true), codec.key_schema())
+        .await
+        .map_err(reg)?;
+    let value_id = ctx
+        .registry
+        .register(&subject_for(topic, false), codec.value_schema())
+        .await
+        .map_err(reg)?;
+    tracing::info!(topic, key_id, value_id, "share schemas registered");
+    Ok(ShareCodec {
+        table,
+        codec,
+        key_id,
+        value_id,
+    })
+}

@@ -1,0 +1,584 @@
+//! Share policies: which rows and which fields of a dataset one subscriber
+//! node receives, and how a change event becomes that subscriber's event.
+//!
+//! Rows: the region column must start with the subscriber's jurisdiction
+//! prefix (330106 → "330106", 330100 → "3301"), and every extra predicate
+//! must hold. Using both images of an update, a row that leaves the
+//! subscriber's view becomes a delete for it and a row that enters becomes
+//! an insert, so each subscriber's table stays exactly its share.
+//!
+//! Fields: `plain`, `masked` (a string: keep first/last characters, keep the
+//! first character of a name, or a fixed text), `hashed` (HMAC-SHA256 under
+//! the subscription's secret, hex: the same value always maps to the same
+//! pseudonym, unlinkable across subscriptions), or absent. The share table
+//! has only the granted columns; masked and hashed columns are text.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use backflow_connectors::sink::values::pg_text;
+use backflow_schemas::{ChangeEvent, ColumnDesc, Datum, Op, Row, SqlType, TableDesc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// How a masked field is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mask {
+    /// Keep the first `first` and last `last` characters, `*` for the rest
+    /// (`keep(6,4)`: `330106199001011234` → `330106********1234`).
+    Keep { first: usize, last: usize },
+    /// Keep the first character, `*` for each other one (`张三丰` → `张**`).
+    Name,
+    /// Replace with a fixed text.
+    Fixed(String),
+}
+
+/// What a granted field carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldRule {
+    /// The value as is.
+    Plain,
+    /// A masked string.
+    Masked(Mask),
+    /// HMAC-SHA256 of the value's text under the subscription's secret, hex.
+    Hashed,
+}
+
+impl FieldRule {
+    /// Parses `plain`, `hashed`, `masked:keep(F,L)`, `masked:name`,
+    /// `masked:fixed(TEXT)`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let bad = || {
+            format!("{text:?} is not a field rule: use plain, hashed, masked:keep(FIRST,LAST), masked:name or masked:fixed(TEXT)")
+        };
+        Ok(match t {
+            "plain" => FieldRule::Plain,
+            "hashed" | "hash" => FieldRule::Hashed,
+            "masked:name" => FieldRule::Masked(Mask::Name),
+            _ => {
+                let rest = t.strip_prefix("masked:").ok_or_else(bad)?;
+                if let Some(args) = rest.strip_prefix("keep(").and_then(|r| r.strip_suffix(')')) {
+                    let (f, l) = args.split_once(',').ok_or_else(bad)?;
+                    FieldRule::Masked(Mask::Keep {
+                        first: f.trim().parse().map_err(|_| bad())?,
+                        last: l.trim().parse().map_err(|_| bad())?,
+                    })
+                } else if let Some(fixed) = rest
+                    .strip_prefix("fixed(")
+                    .and_then(|r| r.strip_suffix(')'))
+                {
+                    FieldRule::Masked(Mask::Fixed(fixed.to_owned()))
+                } else {
+                    return Err(bad());
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Display for FieldRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldRule::Plain => f.write_str("plain"),
+            FieldRule::Hashed => f.write_str("hashed"),
+            FieldRule::Masked(Mask::Keep { first, last }) => {
+                write!(f, "masked:keep({first},{last})")
+            }
+            FieldRule::Masked(Mask::Name) => f.write_str("masked:name"),
+            FieldRule::Masked(Mask::Fixed(t)) => write!(f, "masked:fixed({t})"),
+        }
+    }
+}
+
+/// A condition on one column, compared on the value's text form (numbers
+/// numerically).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Predicate {
+    /// Column name.
+    pub column: String,
+    /// `=`, `!=`, `in`, `prefix`, `>=`, `<=`, `>`, `<`.
+    pub op: String,
+    /// The value (for `in`, values separated by commas).
+    pub value: String,
+}
+
+impl Predicate {
+    fn check(&self) -> Result<(), String> {
+        match self.op.as_str() {
+            "=" | "!=" | "in" | "prefix" | ">=" | "<=" | ">" | "<" => Ok(()),
+            other => Err(format!(
+                "predicate on {}: unknown op {other:?} (use =, !=, in, prefix, >=, <=, >, <)",
+                self.column
+            )),
+        }
+    }
+
+    fn holds(&self, d: &Datum) -> bool {
+        let Some(text) = pg_text(d) else {
+            return self.op == "!=";
+        };
+        let numeric = matches!(
+            d,
+            Datum::Int(_) | Datum::Long(_) | Datum::Float(_) | Datum::Double(_) | Datum::Decimal(_)
+        );
+        let cmp = |other: &str| -> Option<std::cmp::Ordering> {
+            if numeric {
+                text.parse::<f64>()
+                    .ok()?
+                    .partial_cmp(&other.trim().parse::<f64>().ok()?)
+            } else {
+                Some(text.as_str().cmp(other))
+            }
+        };
+        use std::cmp::Ordering::*;
+        match self.op.as_str() {
+            "=" => cmp(&self.value) == Some(Equal),
+            "!=" => cmp(&self.value) != Some(Equal),
+            "in" => self.value.split(',').any(|v| cmp(v.trim()) == Some(Equal)),
+            "prefix" => text.starts_with(&self.value),
+            ">=" => matches!(cmp(&self.value), Some(Greater | Equal)),
+            "<=" => matches!(cmp(&self.value), Some(Less | Equal)),
+            ">" => cmp(&self.value) == Some(Greater),
+            "<" => cmp(&self.value) == Some(Less),
+            _ => false,
+        }
+    }
+}
+
+/// One subscriber's share of one dataset, ready to apply.
+#[derive(Clone)]
+pub struct SharePolicy {
+    /// Subscriber node code.
+    pub subscriber: String,
+    /// Dataset id.
+    pub dataset: String,
+    /// Column holding the administrative division code of each row.
+    pub region_column: Option<String>,
+    /// Required prefix of the region column (the subscriber's jurisdiction).
+    pub prefix: String,
+    /// Extra row conditions.
+    pub predicates: Vec<Predicate>,
+    /// Granted fields; others are absent.
+    pub fields: BTreeMap<String, FieldRule>,
+    /// HMAC key of hashed fields.
+    pub secret: Vec<u8>,
+    /// Policy version, sent in `backflow.policy`.
+    pub version: u32,
+}
+
+impl fmt::Debug for SharePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharePolicy")
+            .field("subscriber", &self.subscriber)
+            .field("dataset", &self.dataset)
+            .field("prefix", &self.prefix)
+            .field("fields", &self.fields.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subscriber's view of a table: its columns and where they come from.
+#[derive(Debug, Clone)]
+pub struct ShareTable {
+    /// The share topic's table description.
+    pub desc: TableDesc,
+    /// Per share column: the source column index and its rule.
+    sources: Vec<(usize, FieldRule)>,
+    /// Per share key column: index into the share columns.
+    key: Vec<usize>,
+    region: Option<usize>,
+    predicates: Vec<(usize, Predicate)>,
+}
+
+impl SharePolicy {
+    /// The share table of `source` under this policy, or why the policy
+    /// cannot apply to it (a field or the region column it names does not
+    /// exist, a key column is not granted, ...).
+    pub fn share_table(&self, source: &TableDesc) -> Result<ShareTable, String> {
+        let find = |name: &str| -> Result<usize, String> {
+            source
+                .column(name)
+                .map(|(i, _)| i)
+                .ok_or_else(|| format!("dataset {} has no column {name}", self.dataset))
+        };
+        for name in self.fields.keys() {
+            find(name)?;
+        }
+        for p in &self.predicates {
+            p.check()?;
+        }
+        let mut columns = Vec::new();
+        let mut sources = Vec::new();
+        for (i, c) in source.columns.iter().enumerate() {
+            let Some(rule) = self.fields.get(&c.name) else {
+                continue;
+            };
+            let is_key = source.primary_key.contains(&c.name);
+            let sql_type = match rule {
+                FieldRule::Plain => c.sql_type,
+                FieldRule::Masked(_) if is_key => {
+                    return Err(format!(
+                        "key column {} cannot be masked (masked values are not unique); grant it plain or hashed",
+                        c.name
+                    ))
+                }
+                FieldRule::Masked(_) | FieldRule::Hashed => SqlType::Text,
+            };
+            columns.push(ColumnDesc::new(c.name.clone(), sql_type, c.nullable));
+            sources.push((i, rule.clone()));
+        }
+        let missing: Vec<&str> = source
+            .primary_key
+            .iter()
+            .filter(|k| !self.fields.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "key column(s) {} must be granted (plain or hashed): subscribers apply changes by key",
+                missing.join(", ")
+            ));
+        }
+        let desc = TableDesc {
+            dataset: source.dataset.clone(),
+            schema: source.schema.clone(),
+            name: source.name.clone(),
+            columns,
+            primary_key: source.primary_key.clone(),
+        };
+        let key = desc
+            .primary_key
+            .iter()
+            .map(|k| desc.column(k).map(|(i, _)| i).expect("granted key"))
+            .collect();
+        let region = self.region_column.as_deref().map(find).transpose()?;
+        let predicates = self
+            .predicates
+            .iter()
+            .map(|p| Ok((find(&p.column)?, p.clone())))
+            .collect::<Result<_, String>>()?;
+        Ok(ShareTable {
+            desc,
+            sources,
+            key,
+            region,
+            predicates,
+        })
+    }
+
+    /// Whether a source row is in this subscriber's share.
+    pub fn matches(&self, t: &ShareTable, row: &Row) -> bool {
+        if let Some(i) = t.region {
+            match row.0.get(i).and_then(pg_text) {
+                Some(code) if code.starts_with(&self.prefix) => {}
+                _ => return false,
+            }
+        }
+        t.predicates
+            .iter()
+            .all(|(i, p)| row.0.get(*i).is_some_and(|d| p.holds(d)))
+    }
+
+    /// The subscriber's row: granted fields, masked and hashed as granted.
+    pub fn project(&self, t: &ShareTable, row: &Row) -> Row {
+        Row(t
+            .sources
+            .iter()
+            .map(|(i, rule)| self.apply(rule, &row.0[*i]))
+            .collect())
+    }
+
+    fn apply(&self, rule: &FieldRule, d: &Datum) -> Datum {
+        if matches!(d, Datum::Null) || *rule == FieldRule::Plain {
+            return d.clone();
+        }
+        let text = pg_text(d).unwrap_or_default();
+        match rule {
+            FieldRule::Plain => unreachable!("handled above"),
+            FieldRule::Hashed => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret)
+                    .expect("HMAC takes keys of any length");
+                mac.update(text.as_bytes());
+                let out = mac.finalize().into_bytes();
+                Datum::Text(out.iter().map(|b| format!("{b:02x}")).collect())
+            }
+            FieldRule::Masked(mask) => Datum::Text(apply_mask(mask, &text)),
+        }
+    }
+
+    /// This subscriber's version of a change, or `None` when the change
+    /// does not concern it. An update that moves a row out of its share is
+    /// a delete for it, one that moves a row in is an insert.
+    pub fn share_event(&self, t: &ShareTable, ev: &ChangeEvent) -> Option<ChangeEvent> {
+        let before = ev.before.as_ref().filter(|r| self.matches(t, r));
+        let after = ev.after.as_ref().filter(|r| self.matches(t, r));
+        let (op, before, after) = match (ev.op, before, after) {
+            (Op::Create | Op::Read, _, Some(a)) => (ev.op, None, Some(a)),
+            (Op::Update, Some(b), Some(a)) => (Op::Update, Some(b), Some(a)),
+            (Op::Update, Some(b), None) => (Op::Delete, Some(b), None),
+            (Op::Update, None, Some(a)) => (Op::Create, None, Some(a)),
+            (Op::Delete, Some(b), _) => (Op::Delete, Some(b), None),
+            _ => return None,
+        };
+        let before = before.map(|r| self.project(t, r));
+        let after = after.map(|r| self.project(t, r));
+        let image = after.as_ref().or(before.as_ref())?;
+        let key = Row(t.key.iter().map(|i| image.0[*i].clone()).collect());
+        Some(ChangeEvent {
+            key,
+            before,
+            after,
+            source: ev.source.clone(),
+            op,
+            ts_ms: ev.ts_ms,
+            transaction: ev.transaction.clone(),
+        })
+    }
+
+    /// The subscriber's key for a source key (for tombstones).
+    pub fn share_key(&self, t: &ShareTable, source: &TableDesc, key: &Row) -> Row {
+        Row(t
+            .key
+            .iter()
+            .map(|i| {
+                let (src, rule) = &t.sources[*i];
+                let name = &source.columns[*src].name;
+                let at = source
+                    .primary_key
+                    .iter()
+                    .position(|k| k == name)
+                    .expect("share keys are source keys");
+                self.apply(rule, &key.0[at])
+            })
+            .collect())
+    }
+}
+
+fn apply_mask(mask: &Mask, text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    match mask {
+        Mask::Fixed(t) => t.clone(),
+        Mask::Name => chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 0 { *c } else { '*' })
+            .collect(),
+        Mask::Keep { first, last } => {
+            let n = chars.len();
+            if first + last >= n {
+                // Too short to hide anything while keeping both ends: hide all.
+                return "*".repeat(n);
+            }
+            chars
+                .iter()
+                .enumerate()
+                .map(|(i, c)| if i < *first || i >= n - last { *c } else { '*' })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backflow_schemas::SourceInfo;
+
+    fn source() -> TableDesc {
+        TableDesc {
+            dataset: "gongan.population".into(),
+            schema: "public".into(),
+            name: "population".into(),
+            columns: vec![
+                ColumnDesc::new("id", SqlType::BigInt, false),
+                ColumnDesc::new("name", SqlType::Varchar { len: Some(64) }, false),
+                ColumnDesc::new("id_number", SqlType::Char { len: Some(18) }, false),
+                ColumnDesc::new("phone", SqlType::Varchar { len: Some(20) }, true),
+                ColumnDesc::new("region_code", SqlType::Char { len: Some(6) }, false),
+                ColumnDesc::new(
+                    "income",
+                    SqlType::Decimal {
+                        precision: Some(12),
+                        scale: Some(2),
+                    },
+                    true,
+                ),
+            ],
+            primary_key: vec!["id".into()],
+        }
+    }
+
+    fn policy(subscriber: &str, prefix: &str) -> SharePolicy {
+        SharePolicy {
+            subscriber: subscriber.into(),
+            dataset: "gongan.population".into(),
+            region_column: Some("region_code".into()),
+            prefix: prefix.into(),
+            predicates: vec![],
+            fields: BTreeMap::from([
+                ("id".into(), FieldRule::Plain),
+                ("name".into(), FieldRule::parse("masked:name").unwrap()),
+                (
+                    "id_number".into(),
+                    FieldRule::parse("masked:keep(6,4)").unwrap(),
+                ),
+                ("phone".into(), FieldRule::Hashed),
+                ("region_code".into(), FieldRule::Plain),
+            ]),
+            secret: format!("secret-{subscriber}").into_bytes(),
+            version: 1,
+        }
+    }
+
+    fn person(id: i64, region: &str) -> Row {
+        Row(vec![
+            Datum::Long(id),
+            Datum::Text("张三丰".into()),
+            Datum::Text("330106199001011234".into()),
+            Datum::Text("13800001111".into()),
+            Datum::Text(region.into()),
+            Datum::Null,
+        ])
+    }
+
+    fn event(op: Op, before: Option<Row>, after: Option<Row>) -> ChangeEvent {
+        ChangeEvent {
+            key: Row(vec![Datum::Long(1)]),
+            before,
+            after,
+            source: SourceInfo::default(),
+            op,
+            ts_ms: None,
+            transaction: None,
+        }
+    }
+
+    #[test]
+    fn share_table_has_granted_fields_only_masked_ones_as_text() {
+        let t = policy("330106", "330106").share_table(&source()).unwrap();
+        let names: Vec<&str> = t.desc.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "name", "id_number", "phone", "region_code"]);
+        assert_eq!(t.desc.columns[2].sql_type, SqlType::Text);
+        let mut p = policy("330106", "330106");
+        p.fields.remove("id");
+        assert!(p.share_table(&source()).unwrap_err().contains("key column"));
+        p.fields
+            .insert("id".into(), FieldRule::parse("masked:keep(1,1)").unwrap());
+        assert!(p
+            .share_table(&source())
+            .unwrap_err()
+            .contains("cannot be masked"));
+        p.fields.insert("nope".into(), FieldRule::Plain);
+        assert!(p
+            .share_table(&source())
+            .unwrap_err()
+            .contains("no column nope"));
+    }
+
+    #[test]
+    fn masks_and_hashes() {
+        let p = policy("330106", "330106");
+        let t = p.share_table(&source()).unwrap();
+        let row = p.project(&t, &person(1, "330106"));
+        assert_eq!(row.0[1], Datum::Text("张**".into()));
+        assert_eq!(row.0[2], Datum::Text("330106********1234".into()));
+        let Datum::Text(h) = &row.0[3] else { panic!() };
+        assert_eq!(h.len(), 64);
+        assert_eq!(
+            p.project(&t, &person(2, "330106")).0[3],
+            row.0[3],
+            "same value, same pseudonym"
+        );
+        let other = policy("330108", "330108");
+        let t2 = other.share_table(&source()).unwrap();
+        assert_ne!(
+            other.project(&t2, &person(1, "330108")).0[3],
+            row.0[3],
+            "unlinkable across subscriptions"
+        );
+        assert_eq!(
+            apply_mask(&Mask::Keep { first: 6, last: 4 }, "1234"),
+            "****"
+        );
+        assert_eq!(
+            FieldRule::parse("masked:fixed(***)").unwrap().to_string(),
+            "masked:fixed(***)"
+        );
+        assert!(FieldRule::parse("masked:keep(6)").is_err());
+    }
+
+    #[test]
+    fn moving_between_jurisdictions_is_a_delete_for_one_and_an_insert_for_the_other() {
+        let xihu = policy("330106", "330106");
+        let binjiang = policy("330108", "330108");
+        let (tx, tb) = (
+            xihu.share_table(&source()).unwrap(),
+            binjiang.share_table(&source()).unwrap(),
+        );
+        let moved = event(
+            Op::Update,
+            Some(person(1, "330106")),
+            Some(person(1, "330108")),
+        );
+        let for_xihu = xihu.share_event(&tx, &moved).unwrap();
+        assert_eq!(for_xihu.op, Op::Delete);
+        assert!(for_xihu.after.is_none());
+        assert_eq!(for_xihu.key, Row(vec![Datum::Long(1)]));
+        let for_binjiang = binjiang.share_event(&tb, &moved).unwrap();
+        assert_eq!(for_binjiang.op, Op::Create);
+        assert_eq!(
+            for_binjiang.after.as_ref().unwrap().0[4],
+            Datum::Text("330108".into())
+        );
+        // Neither image in the share: nothing.
+        let elsewhere = event(
+            Op::Update,
+            Some(person(1, "330102")),
+            Some(person(1, "330102")),
+        );
+        assert!(xihu.share_event(&tx, &elsewhere).is_none());
+        // The city (prefix 3301) sees both.
+        let city = policy("330100", "3301");
+        let tc = city.share_table(&source()).unwrap();
+        assert_eq!(city.share_event(&tc, &moved).unwrap().op, Op::Update);
+        assert_eq!(
+            city.share_event(&tc, &event(Op::Delete, Some(person(1, "330108")), None))
+                .unwrap()
+                .op,
+            Op::Delete
+        );
+    }
+
+    #[test]
+    fn predicates_narrow_the_rows() {
+        let mut p = policy("330106", "330106");
+        p.fields.insert("income".into(), FieldRule::Plain);
+        p.predicates = vec![Predicate {
+            column: "income".into(),
+            op: ">=".into(),
+            value: "100".into(),
+        }];
+        let t = p.share_table(&source()).unwrap();
+        let mut rich = person(1, "330106");
+        rich.0[5] = Datum::Decimal(backflow_schemas::Decimal::parse("250.00", 2).unwrap());
+        assert!(p.matches(&t, &rich));
+        rich.0[5] = Datum::Decimal(backflow_schemas::Decimal::parse("99.99", 2).unwrap());
+        assert!(!p.matches(&t, &rich));
+        assert!(
+            !p.matches(&t, &person(1, "330106")),
+            "NULL fails a comparison"
+        );
+        p.predicates = vec![Predicate {
+            column: "region_code".into(),
+            op: "in".into(),
+            value: "330106, 330108".into(),
+        }];
+        let t = p.share_table(&source()).unwrap();
+        assert!(p.matches(&t, &person(1, "330106")));
+        p.predicates[0].op = "like".into();
+        assert!(p.share_table(&source()).unwrap_err().contains("unknown op"));
+    }
+}
