@@ -14,6 +14,7 @@
 //! - [`http`], [`metrics`], [`telemetry`]: operational surface.
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
+pub mod audit;
 pub mod config;
 pub mod distributor;
 pub mod feed;

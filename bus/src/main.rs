@@ -45,6 +45,9 @@ enum Command {
     Subscribe,
     /// Print the backflow version and the linked librdkafka version.
     Version,
+    /// The audit trail in backflow._audit (needs kafka.brokers).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -96,6 +99,14 @@ enum SchemasCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Replay backflow._audit and check every node's hash chain; names the
+    /// first record that was altered, inserted or is missing, and exits 1
+    /// if there is one.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Check the configuration (file plus environment) and report the first
     /// problem, naming the key.
@@ -126,6 +137,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("backflow {}", backflow::VERSION);
             println!("librdkafka {}", backflow::kafka::librdkafka_version());
             Ok(())
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let config = load(&cli)?;
+            let Some(brokers) = config.kafka.brokers.clone() else {
+                anyhow::bail!("kafka.brokers is not set: the audit trail lives in the cluster's backflow._audit topic; set it in the file or with BACKFLOW_KAFKA__BROKERS");
+            };
+            let settings = backflow::kafka::KafkaSettings::from_config(&config.kafka, &brokers);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(backflow::audit::verify(&settings))?;
+            for (node, n) in &report.records {
+                println!("chain {node}: {n} records");
+            }
+            if report.problems.is_empty() {
+                println!("audit trail intact");
+                Ok(())
+            } else {
+                for (_, p) in &report.problems {
+                    println!("TAMPERED: {p}");
+                }
+                std::process::exit(1);
+            }
         }
         Command::Config(ConfigCommand::Check) => {
             load(&cli)?;

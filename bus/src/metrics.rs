@@ -9,9 +9,20 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Every metric the node exposes, registered in one registry.
+/// Every metric the node exposes, registered in one registry. Cheap to
+/// clone (one shared allocation); fields are reached through `Deref`.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<MetricsInner>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricsInner;
+    fn deref(&self) -> &MetricsInner {
+        &self.0
+    }
+}
+
+/// The metrics themselves.
+pub struct MetricsInner {
     registry: Registry,
     /// Records acknowledged by Kafka, by topic kind.
     pub kafka_produced: IntCounterVec,
@@ -65,7 +76,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let kinds = &["kind"];
-        let m = Self {
+        let m = MetricsInner {
             kafka_produced: IntCounterVec::new(
                 Opts::new(
                     "backflow_kafka_produced_records_total",
@@ -286,7 +297,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[crate::VERSION, &crate::kafka::librdkafka_version()])
             .set(1);
-        m
+        Self(std::sync::Arc::new(m))
     }
 
     /// The registry, for components that register their own metrics.

@@ -211,6 +211,76 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
         "{metrics}"
     );
 
+    // Every batch delivered is on the audit trail, and the chain verifies.
+    let verify = || {
+        backflow_e2e::backflow()
+            .args(["audit", "verify"])
+            .env("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("audit trail intact") && stdout.contains("chain 330100"),
+        "{stdout}"
+    );
+    // A forged record: right sequence and previous hash, content changed.
+    let settings = backflow::kafka::KafkaSettings::new(broker.bootstrap());
+    let high = backflow::kafka::Watermarks::new(&settings)
+        .unwrap()
+        .high("backflow._audit", 0)
+        .await
+        .unwrap();
+    let audit = backflow::kafka::Consumer::replay(&settings, "backflow._audit", 0).unwrap();
+    let mut last = None;
+    let mut deliveries = 0;
+    while last
+        .as_ref()
+        .is_none_or(|r: &backflow::kafka::ConsumedRecord| r.offset < high - 1)
+    {
+        let r = audit.recv().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+        if v["kind"] == "delivery" {
+            deliveries += 1;
+            assert!(
+                v["details"]["sha256"]
+                    .as_str()
+                    .is_some_and(|s| s.len() == 64),
+                "{v}"
+            );
+        }
+        last = Some(r);
+    }
+    assert!(deliveries >= 2, "deliveries to both districts are audited");
+    let last = last.unwrap();
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(last.payload.as_deref().unwrap()).unwrap();
+    forged["prev"] = forged["hash"].clone();
+    forged["seq"] = (forged["seq"].as_u64().unwrap() + 1).into();
+    forged["details"] = serde_json::json!({"share_topic": "backflow.share.330106.x", "records": 0});
+    backflow::kafka::Publisher::new(&settings, None)
+        .unwrap()
+        .send(backflow::kafka::OutgoingRecord::new(
+            "backflow._audit",
+            b"330100",
+            forged.to_string().as_bytes(),
+        ))
+        .await
+        .unwrap();
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("offset {high}")) && stdout.contains("altered"),
+        "names the forged record: {stdout}"
+    );
+
     for (_, sink, mut sub) in districts {
         sub.signal("TERM").unwrap();
         assert!(sub.wait(Duration::from_secs(20)).unwrap().success());

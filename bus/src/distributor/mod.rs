@@ -16,7 +16,7 @@
 
 pub mod policy;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use backflow_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Auditor;
 use crate::config::ShareConfig;
 use crate::feed::{FeedContext, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::kafka::{ConsumedRecord, Consumer, Delivery, KafkaError, OutgoingRecord, TopicSpec};
@@ -48,6 +49,9 @@ pub enum DistributorError {
     /// Kafka failed.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The audit trail could not be written.
+    #[error("writing the audit trail failed: {0}")]
+    Audit(#[source] KafkaError),
     /// A share schema could not be registered.
     #[error("registering the schema of {topic} failed: {source}")]
     Schema {
@@ -124,6 +128,27 @@ pub async fn run(
         &raw_refs,
         Some(ctx.metrics.clone()),
     )?;
+    // The distributor is, for now, the node's only audit writer.
+    let auditor = Auditor::start(&ctx.settings, ctx.publisher.clone(), &ctx.node)
+        .await
+        .map_err(DistributorError::Audit)?;
+    for s in shares {
+        auditor
+            .append(
+                "decision",
+                serde_json::json!({
+                    "action": "share active (node configuration)",
+                    "subscriber": s.subscriber.as_str(),
+                    "dataset": s.dataset,
+                    "region_column": s.region_column,
+                    "fields": s.fields,
+                    "predicates": s.predicates,
+                    "policy_version": s.version,
+                }),
+            )
+            .await
+            .map_err(DistributorError::Audit)?;
+    }
     tracing::info!(
         datasets = by_dataset.len(),
         shares = shares.len(),
@@ -147,12 +172,17 @@ pub async fn run(
             }
         }
         let mut deliveries: Vec<Delivery> = Vec::new();
+        let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
         for record in &batch {
             let Some(dataset) = topics::dataset_of(&record.topic) else {
                 continue;
             };
             let Some(list) = by_dataset.get(dataset) else {
                 continue;
+            };
+            let mut out = Out {
+                deliveries: &mut deliveries,
+                tallies: &mut tallies,
             };
             distribute(
                 record,
@@ -161,19 +191,82 @@ pub async fn run(
                 ctx,
                 &mut readers,
                 &mut versions,
-                &mut deliveries,
+                &mut out,
             )
             .await?;
         }
         for d in deliveries {
             d.await?;
         }
+        audit_batch(&auditor, &batch, tallies).await?;
         for record in &batch {
             consumer.store_record(record)?;
         }
     }
     let _ = consumer.commit();
     tracing::info!("distributor stopped");
+    Ok(())
+}
+
+/// What one batch delivered to one share topic, for the audit trail.
+struct Tally {
+    records: u64,
+    checksum: sha2::Sha256,
+    policy_version: u32,
+}
+
+/// Where [`distribute`] puts its work.
+struct Out<'a> {
+    deliveries: &'a mut Vec<Delivery>,
+    tallies: &'a mut BTreeMap<String, Tally>,
+}
+
+/// One audit record per share topic the batch delivered to: how many
+/// records, the raw offsets they came from, a checksum of what was sent.
+async fn audit_batch(
+    auditor: &Auditor,
+    batch: &[ConsumedRecord],
+    tallies: BTreeMap<String, Tally>,
+) -> Result<(), DistributorError> {
+    use sha2::Digest;
+    if tallies.is_empty() {
+        return Ok(());
+    }
+    let mut raw: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    for r in batch {
+        let e = raw
+            .entry((r.topic.clone(), r.partition))
+            .or_insert((r.offset, r.offset));
+        e.0 = e.0.min(r.offset);
+        e.1 = e.1.max(r.offset);
+    }
+    let raw: Vec<serde_json::Value> = raw
+        .into_iter()
+        .map(|((topic, partition), (first, last))| {
+            serde_json::json!({"topic": topic, "partition": partition, "first_offset": first, "last_offset": last})
+        })
+        .collect();
+    for (topic, t) in tallies {
+        let sum: String = t
+            .checksum
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        auditor
+            .append(
+                "delivery",
+                serde_json::json!({
+                    "share_topic": topic,
+                    "records": t.records,
+                    "raw": raw,
+                    "sha256": sum,
+                    "policy_version": t.policy_version,
+                }),
+            )
+            .await
+            .map_err(DistributorError::Audit)?;
+    }
     Ok(())
 }
 
@@ -185,8 +278,9 @@ async fn distribute(
     ctx: &FeedContext,
     readers: &mut FramedReaders,
     versions: &mut HashMap<(u32, u32), Version>,
-    out: &mut Vec<Delivery>,
+    out: &mut Out<'_>,
 ) -> Result<(), DistributorError> {
+    use sha2::Digest;
     // Raw tombstones are not forwarded: each share's own delete is
     // followed by its own tombstone.
     let (Some(key_bytes), Some(payload)) = (record.key.as_deref(), record.payload.as_deref())
@@ -201,7 +295,7 @@ async fn distribute(
         (Ok((k, _)), Ok((v, _))) => (k, v),
         _ => return skip("not Confluent-framed".to_owned()),
     };
-    if !versions.contains_key(&(key_id, value_id)) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = versions.entry((key_id, value_id)) {
         let (Some(key_schema), Some(value_schema)) =
             (schema(ctx, key_id).await, schema(ctx, value_id).await)
         else {
@@ -233,13 +327,10 @@ async fn distribute(
                 }
             });
         }
-        versions.insert(
-            (key_id, value_id),
-            Version {
-                codec: source,
-                shares: list,
-            },
-        );
+        slot.insert(Version {
+            codec: source,
+            shares: list,
+        });
     }
     let version = &versions[&(key_id, value_id)];
     let decoded = readers
@@ -284,7 +375,15 @@ async fn distribute(
             (HEADER_HOPS, hops.as_bytes()),
             (HEADER_POLICY, policy.as_bytes()),
         ];
-        out.push(
+        let tally = out.tallies.entry(s.topic.clone()).or_insert_with(|| Tally {
+            records: 0,
+            checksum: sha2::Sha256::new(),
+            policy_version: s.policy.version,
+        });
+        tally.records += 1;
+        tally.checksum.update(&key);
+        tally.checksum.update(&value);
+        out.deliveries.push(
             ctx.publisher
                 .enqueue(OutgoingRecord {
                     topic: &s.topic,
@@ -295,7 +394,7 @@ async fn distribute(
                 .await?,
         );
         if shared.op == Op::Delete {
-            out.push(
+            out.deliveries.push(
                 ctx.publisher
                     .enqueue(OutgoingRecord {
                         topic: &s.topic,
