@@ -1,0 +1,207 @@
+//! Benchmark of the distributor: raw events per second in, with 1, 10 and
+//! 100 active shares of one dataset (each event matching half of them),
+//! next to a plain consumer reading the same raw topic as the limit.
+//! Prints figures; asserts nothing.
+//!
+//! Run with `scripts/bench-distributor.sh [EVENTS]` (release build). Each
+//! case runs on a fresh tansu broker (memory storage) on this machine: the
+//! broker, the node and this program share the cores.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backflow::kafka::{Consumer, KafkaSettings, OutgoingRecord, Publisher};
+use backflow_e2e::{Node, TestBroker};
+use backflow_schemas::registry_client::{subject_for, RegistryClient};
+use backflow_schemas::{
+    frame, ChangeEvent, ColumnDesc, Datum, Decimal, Op, Row, SourceInfo, SqlType, TableCodec,
+    TableDesc, TransactionInfo,
+};
+
+const DATASET: &str = "bench.people";
+
+fn table() -> TableDesc {
+    TableDesc {
+        dataset: DATASET.into(),
+        schema: "public".into(),
+        name: "people".into(),
+        columns: vec![
+            ColumnDesc::new("id", SqlType::BigInt, false),
+            ColumnDesc::new("name", SqlType::Varchar { len: Some(64) }, false),
+            ColumnDesc::new("id_number", SqlType::Char { len: Some(18) }, false),
+            ColumnDesc::new("phone", SqlType::Varchar { len: Some(20) }, true),
+            ColumnDesc::new("region_code", SqlType::Char { len: Some(6) }, false),
+            ColumnDesc::new(
+                "income",
+                SqlType::Decimal {
+                    precision: Some(12),
+                    scale: Some(2),
+                },
+                true,
+            ),
+            ColumnDesc::new("flag", SqlType::Boolean, false),
+        ],
+        primary_key: vec!["id".into()],
+    }
+}
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn fill(broker: &TestBroker, events: i64) -> anyhow::Result<()> {
+    // A node only for its registry.
+    let node = Node::start(&[("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())])?;
+    node.wait_for_status("/readyz", 200, Duration::from_secs(30))
+        .await?;
+    let codec = TableCodec::new(table())?;
+    let registry = RegistryClient::new(&node.url)?;
+    let topic = format!("backflow.raw.{DATASET}");
+    let key_id = registry
+        .register(&subject_for(&topic, true), codec.key_schema())
+        .await?;
+    let value_id = registry
+        .register(&subject_for(&topic, false), codec.value_schema())
+        .await?;
+    let publisher = Arc::new(Publisher::new(
+        &KafkaSettings::new(broker.bootstrap()),
+        None,
+    )?);
+    let mut pending = Vec::new();
+    for id in 0..events {
+        let row = Row(vec![
+            Datum::Long(id),
+            Datum::Text(format!("居民{id}")),
+            Datum::Text(format!("330106199001{:06}", id % 1_000_000)),
+            Datum::Text(format!("1380000{:04}", id % 10_000)),
+            Datum::Text("330106".into()),
+            Datum::Decimal(Decimal::parse(&format!("{}.50", id % 100_000), 2)?),
+            Datum::Bool(id % 2 == 0),
+        ]);
+        let event = ChangeEvent {
+            key: Row(vec![Datum::Long(id)]),
+            before: None,
+            after: Some(row),
+            source: SourceInfo {
+                position: format!("{:016X}", id),
+                ts_ms: 1_700_000_000_000,
+                ..SourceInfo::default()
+            },
+            op: Op::Create,
+            ts_ms: None,
+            transaction: Some(TransactionInfo {
+                id: id.to_string(),
+                total_order: 1,
+                data_collection_order: 1,
+            }),
+        };
+        let key = frame(key_id, &codec.encode_key(&event.key)?);
+        let value = frame(value_id, &codec.encode_value(&event)?);
+        pending.push(
+            publisher
+                .enqueue(OutgoingRecord {
+                    topic: &topic,
+                    key: Some(&key),
+                    payload: Some(&value),
+                    headers: &[("backflow.origin_ts", b"1700000000000")],
+                })
+                .await?,
+        );
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                d.await?;
+            }
+        }
+    }
+    for d in pending {
+        d.await?;
+    }
+    Ok(())
+}
+
+/// Events/s a plain consumer reads the raw topic at.
+async fn raw_rate(broker: &TestBroker, events: i64) -> anyhow::Result<f64> {
+    let settings = KafkaSettings::new(broker.bootstrap());
+    let topic = format!("backflow.raw.{DATASET}");
+    let parts = backflow::kafka::partition_count(&settings, &topic).await? as i32;
+    let consumer = Consumer::replay_partitions(&settings, &topic, &(0..parts).collect::<Vec<_>>())?;
+    let started = Instant::now();
+    for _ in 0..events {
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
+    }
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let events: i64 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    println!("distributor benchmark: one dataset, each event matching half of the shares (7 columns: masked, hashed and plain fields)");
+    for shares in [1usize, 10, 100] {
+        // 100 shares write 50 records per event: fewer events keep the
+        // broker's memory in bounds.
+        let n = if shares >= 100 { events / 5 } else { events };
+        let broker = TestBroker::start_in_memory();
+        fill(&broker, n).await?;
+        let limit = raw_rate(&broker, n).await?;
+        let mut config = format!(
+            "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n",
+            broker.bootstrap()
+        );
+        for i in 0..shares {
+            config.push_str(&format!(
+                "\n[[shares]]\nsubscriber = \"{:06}\"\ndataset = \"{DATASET}\"\nfields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\", flag = \"plain\" }}\npredicates = [{{ column = \"flag\", op = \"=\", value = \"{}\" }}]\nsecret_env = \"BENCH_SECRET\"\n",
+                331_000 + i,
+                if i % 2 == 0 { "t" } else { "f" }
+            ));
+        }
+        let expected = (0..shares)
+            .map(|i| {
+                if shares == 1 || i % 2 == 0 {
+                    n / 2 + n % 2
+                } else {
+                    n / 2
+                }
+            })
+            .sum::<i64>() as f64;
+        let node =
+            Node::start_with_config(&config, &[("BENCH_SECRET", "bench-secret-0123456789")])?;
+        let mut first: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let done = loop {
+            let (_, m) = node.get("/metrics").await?;
+            let produced = metric(&m, "backflow_distributor_records_total");
+            if produced > 0.0 && first.is_none() {
+                first = Some(Instant::now());
+            }
+            if produced >= expected {
+                break Instant::now();
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "distributor did not finish: {produced} of {expected} share records\n{}",
+                    node.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let secs = done
+            .duration_since(first.unwrap_or(done))
+            .as_secs_f64()
+            .max(0.001);
+        let rate = n as f64 / secs;
+        println!(
+            "{shares:>3} shares: {n:>7} events in {secs:>6.2} s = {rate:>8.0} events/s in, {:>8.0} share records/s out | plain consumer {limit:>8.0} events/s | ratio {:.2}",
+            expected / secs,
+            rate / limit
+        );
+    }
+    Ok(())
+}
