@@ -67,10 +67,11 @@ async fn fill(broker: &TestBroker, events: i64) -> anyhow::Result<()> {
     let value_id = registry
         .register(&subject_for(&topic, false), codec.value_schema())
         .await?;
-    let publisher = Arc::new(Publisher::new(
-        &KafkaSettings::new(broker.bootstrap()),
-        None,
-    )?);
+    let settings = KafkaSettings::new(broker.bootstrap());
+    backflow::kafka::TopicAdmin::new(&settings)?
+        .ensure(&[backflow::kafka::TopicSpec::compacted(topic.clone(), 3, 1)])
+        .await?;
+    let publisher = Arc::new(Publisher::new(&settings, None)?);
     let mut pending = Vec::new();
     for id in 0..events {
         let row = Row(vec![
