@@ -30,9 +30,10 @@ pub struct Auditor {
 struct Inner {
     node: String,
     publisher: Publisher,
-    /// (next sequence number, last hash); held across a send so records
-    /// reach the topic in chain order.
-    chain: Mutex<(u64, String)>,
+    settings: KafkaSettings,
+    /// (next sequence number, last hash), read from the topic on first
+    /// use; held across a send so records reach the topic in chain order.
+    chain: Mutex<Option<(u64, String)>>,
 }
 
 /// The hash of a record body (everything but `hash`) after `prev`.
@@ -76,12 +77,21 @@ async fn read_all(
 }
 
 impl Auditor {
-    /// Continues `node`'s chain from the audit topic's end.
-    pub async fn start(
-        settings: &KafkaSettings,
-        publisher: Publisher,
-        node: &str,
-    ) -> Result<Self, KafkaError> {
+    /// An auditor continuing `node`'s chain; the chain's end is read from
+    /// the topic on the first append. One per node process: two writers of
+    /// one chain would fork it.
+    pub fn new(settings: &KafkaSettings, publisher: Publisher, node: &str) -> Self {
+        Self {
+            inner: std::sync::Arc::new(Inner {
+                node: node.to_owned(),
+                publisher,
+                settings: settings.clone(),
+                chain: Mutex::new(None),
+            }),
+        }
+    }
+
+    async fn chain_end(settings: &KafkaSettings, node: &str) -> Result<(u64, String), KafkaError> {
         let mut next = (0u64, GENESIS.to_owned());
         for (_, key, payload) in read_all(settings).await? {
             if key.as_deref() != Some(node.as_bytes()) {
@@ -94,20 +104,17 @@ impl Auditor {
             }
         }
         tracing::info!(node, next_seq = next.0, "audit chain continues");
-        Ok(Self {
-            inner: std::sync::Arc::new(Inner {
-                node: node.to_owned(),
-                publisher,
-                chain: Mutex::new(next),
-            }),
-        })
+        Ok(next)
     }
 
     /// Appends a record of `kind` (`decision`, `delivery`) and waits for
     /// Kafka's acknowledgement. `details` must not hold row values.
     pub async fn append(&self, kind: &str, details: Value) -> Result<u64, KafkaError> {
         let mut chain = self.inner.chain.lock().await;
-        let (seq, prev) = chain.clone();
+        if chain.is_none() {
+            *chain = Some(Self::chain_end(&self.inner.settings, &self.inner.node).await?);
+        }
+        let (seq, prev) = chain.clone().expect("loaded above");
         let mut record = json!({
             "node": self.inner.node,
             "seq": seq,
@@ -127,7 +134,7 @@ impl Auditor {
                 payload.as_bytes(),
             ))
             .await?;
-        *chain = (seq + 1, hash);
+        *chain = Some((seq + 1, hash));
         Ok(seq)
     }
 }

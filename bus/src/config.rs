@@ -62,6 +62,32 @@ pub struct Config {
     /// Active shares this node's distributor delivers (`[[shares]]`): which
     /// rows and fields of a dataset a lower node receives.
     pub shares: Vec<ShareConfig>,
+    /// Who may use the control-plane API.
+    pub auth: AuthConfig,
+}
+
+/// Bearer tokens of the control-plane API.
+///
+/// ```toml
+/// [[auth.tokens]]
+/// principal = "owner:gongan"        # admin | owner:<department> | subscriber:<node>
+/// sha256 = "9f86d0..."              # echo -n "$TOKEN" | sha256sum
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Tokens, by their SHA-256; with none, every API call is refused.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// `admin`, `owner:<department>` or `subscriber:<node>`.
+    pub principal: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
 }
 
 /// An active share of a dataset with one subscriber node, declared in the
@@ -666,6 +692,17 @@ impl Config {
             }
             if sub.batch_size == 0 {
                 return Err(bad("batch_size", "must be at least 1".to_owned()));
+            }
+        }
+        for (i, t) in config.auth.tokens.iter().enumerate() {
+            let bad = |key: &str, reason: String| ConfigError::BadValue {
+                key: format!("auth.tokens[{i}].{key}"),
+                origin: origin_name(file, &env, ""),
+                reason,
+            };
+            crate::api::Principal::parse(&t.principal).map_err(|e| bad("principal", e))?;
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad("sha256", "not a hex SHA-256 (64 hex digits): use the output of `echo -n \"$TOKEN\" | sha256sum`".to_owned()));
             }
         }
         let mut shares = std::collections::BTreeSet::new();

@@ -14,7 +14,9 @@
 //! - [`http`], [`metrics`], [`telemetry`]: operational surface.
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
+pub mod api;
 pub mod audit;
+pub mod catalog;
 pub mod config;
 pub mod distributor;
 pub mod feed;

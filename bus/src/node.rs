@@ -85,29 +85,6 @@ async fn supervise(feed: FeedConfig, ctx: FeedContext, shutdown: CancellationTok
     }
 }
 
-/// Runs the distributor, restarting it with backoff after errors.
-async fn supervise_distributor(
-    shares: Vec<crate::config::ShareConfig>,
-    ctx: FeedContext,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        match crate::distributor::run(&shares, &ctx, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                ctx.metrics.distributor_restarts.inc();
-                tracing::error!(error = %e, retry_in = ?backoff, "distributor failed");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
-    }
-}
-
 /// A started node: its resolved addresses, for callers and tests.
 pub struct Running {
     /// Where the HTTP server listens.
@@ -176,6 +153,28 @@ pub async fn run(
     tracker.spawn(async move {
         let _ = follower.await;
     });
+    let (catalog, catalog_follower) =
+        crate::catalog::Catalog::start(&settings, publisher.clone(), shutdown.clone())?;
+    tracker.spawn(async move {
+        let _ = catalog_follower.await;
+    });
+    let auditor =
+        crate::audit::Auditor::new(&settings, publisher.clone(), config.node.code.as_str());
+    // Subscriptions past their validity end within seconds.
+    {
+        let (catalog, auditor, shutdown) = (catalog.clone(), auditor.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                if let Err(e) = crate::api::expire(&catalog, &auditor).await {
+                    tracing::debug!(error = %e, "expiry check failed");
+                }
+            }
+        });
+    }
 
     // Internal topics, retried until they exist or the node stops.
     {
@@ -186,6 +185,7 @@ pub async fn run(
         let registry = registry.clone();
         let feeds = config.feeds.clone();
         let shares = config.shares.clone();
+        let (catalog_d, auditor_d) = (catalog.clone(), auditor.clone());
         let node_code = config.node.code.to_string();
         let publisher = publisher.clone();
         let metrics = metrics.clone();
@@ -246,9 +246,13 @@ pub async fn run(
                                     for feed in feeds {
                                         feed_tracker.spawn(supervise(feed, ctx.clone(), shutdown.clone()));
                                     }
-                                    if !shares.is_empty() {
-                                        feed_tracker.spawn(supervise_distributor(shares, ctx.clone(), shutdown.clone()));
-                                    }
+                                    feed_tracker.spawn(crate::distributor::supervise(
+                                        shares,
+                                        catalog_d,
+                                        auditor_d,
+                                        ctx.clone(),
+                                        shutdown.clone(),
+                                    ));
                                     return;
                                 }
                                 Err(e) => readiness
@@ -326,7 +330,12 @@ pub async fn run(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     })
-    .merge(crate::registry::router(registry));
+    .merge(crate::registry::router(registry))
+    .merge(crate::api::router(crate::api::ApiState::new(
+        catalog,
+        auditor,
+        &config.auth.tokens,
+    )));
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
     tracker.close();
 

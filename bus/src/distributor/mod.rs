@@ -28,6 +28,7 @@ use backflow_schemas::{
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Auditor;
+use crate::catalog::{Catalog, Subscription, SubscriptionState};
 use crate::config::ShareConfig;
 use crate::feed::{FeedContext, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::kafka::{ConsumedRecord, Consumer, Delivery, KafkaError, OutgoingRecord, TopicSpec};
@@ -87,21 +88,10 @@ struct Version {
 pub async fn run(
     shares: &[ShareConfig],
     ctx: &FeedContext,
+    auditor: &Auditor,
     shutdown: &CancellationToken,
 ) -> Result<(), DistributorError> {
-    let mut by_dataset: HashMap<String, Vec<Share>> = HashMap::new();
-    for s in shares {
-        let policy = s
-            .policy()
-            .expect("validated when the configuration was loaded");
-        by_dataset
-            .entry(s.dataset.clone())
-            .or_default()
-            .push(Share {
-                topic: topics::share(s.subscriber.as_str(), &s.dataset),
-                policy,
-            });
-    }
+    let by_dataset = group(shares);
     let mut specs: Vec<TopicSpec> = Vec::new();
     for (dataset, list) in &by_dataset {
         // The raw topic too, so the distributor can subscribe before the
@@ -124,31 +114,10 @@ pub async fn run(
     let raw_refs: Vec<&str> = raw.iter().map(String::as_str).collect();
     let consumer = Consumer::new(
         &ctx.settings,
-        &format!("backflow-distributor-{}", ctx.node),
+        &group_id(&ctx.node),
         &raw_refs,
         Some(ctx.metrics.clone()),
     )?;
-    // The distributor is, for now, the node's only audit writer.
-    let auditor = Auditor::start(&ctx.settings, ctx.publisher.clone(), &ctx.node)
-        .await
-        .map_err(DistributorError::Audit)?;
-    for s in shares {
-        auditor
-            .append(
-                "decision",
-                serde_json::json!({
-                    "action": "share active (node configuration)",
-                    "subscriber": s.subscriber.as_str(),
-                    "dataset": s.dataset,
-                    "region_column": s.region_column,
-                    "fields": s.fields,
-                    "predicates": s.predicates,
-                    "policy_version": s.version,
-                }),
-            )
-            .await
-            .map_err(DistributorError::Audit)?;
-    }
     tracing::info!(
         datasets = by_dataset.len(),
         shares = shares.len(),
@@ -198,7 +167,7 @@ pub async fn run(
         for d in deliveries {
             d.await?;
         }
-        audit_batch(&auditor, &batch, tallies).await?;
+        audit_batch(auditor, &batch, tallies).await?;
         for record in &batch {
             consumer.store_record(record)?;
         }
@@ -206,6 +175,103 @@ pub async fn run(
     let _ = consumer.commit();
     tracing::info!("distributor stopped");
     Ok(())
+}
+
+/// The consumer group of this node's distributor.
+pub fn group_id(node: &str) -> String {
+    format!("backflow-distributor-{node}")
+}
+
+fn group(shares: &[ShareConfig]) -> HashMap<String, Vec<Share>> {
+    let mut by_dataset: HashMap<String, Vec<Share>> = HashMap::new();
+    for s in shares {
+        let policy = match s.policy() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(subscriber = %s.subscriber, dataset = %s.dataset, error = %e, "share policy unusable; skipped");
+                continue;
+            }
+        };
+        by_dataset
+            .entry(s.dataset.clone())
+            .or_default()
+            .push(Share {
+                topic: topics::share(s.subscriber.as_str(), &s.dataset),
+                policy,
+            });
+    }
+    by_dataset
+}
+
+/// Delivers a newly active share's current state: the raw topic from its
+/// beginning up to (not including) `until` per partition, the positions
+/// the main distributor continues from, so the share topic gets the
+/// history first and then the live changes, in order per key.
+pub async fn backfill(
+    share: &ShareConfig,
+    until: &[((String, i32), i64)],
+    ctx: &FeedContext,
+    auditor: &Auditor,
+    shutdown: &CancellationToken,
+) -> Result<u64, DistributorError> {
+    let by_dataset = group(std::slice::from_ref(share));
+    let Some(list) = by_dataset.get(&share.dataset) else {
+        return Ok(0);
+    };
+    let todo: Vec<&((String, i32), i64)> = until.iter().filter(|(_, end)| *end > 0).collect();
+    if todo.is_empty() {
+        return Ok(0);
+    }
+    let topic = topics::raw(&share.dataset);
+    let partitions: Vec<i32> = todo.iter().map(|((_, p), _)| *p).collect();
+    let consumer = Consumer::replay_partitions(&ctx.settings, &topic, &partitions)?;
+    let mut remaining: HashMap<i32, i64> = todo.iter().map(|((_, p), end)| (*p, *end)).collect();
+    let mut readers = FramedReaders::new();
+    let mut versions: HashMap<(u32, u32), Version> = HashMap::new();
+    let mut total = 0u64;
+    while !remaining.is_empty() {
+        let mut batch = Vec::new();
+        while batch.len() < BATCH && !remaining.is_empty() {
+            let r = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(total),
+                r = consumer.recv() => r?,
+            };
+            let Some(end) = remaining.get(&r.partition).copied() else {
+                continue;
+            };
+            if r.offset + 1 >= end {
+                remaining.remove(&r.partition);
+            }
+            if r.offset < end {
+                batch.push(r);
+            }
+        }
+        let mut deliveries = Vec::new();
+        let mut tallies = BTreeMap::new();
+        for record in &batch {
+            let mut out = Out {
+                deliveries: &mut deliveries,
+                tallies: &mut tallies,
+            };
+            distribute(
+                record,
+                &share.dataset,
+                list,
+                ctx,
+                &mut readers,
+                &mut versions,
+                &mut out,
+            )
+            .await?;
+        }
+        for d in deliveries {
+            d.await?;
+        }
+        total += tallies.values().map(|t| t.records).sum::<u64>();
+        audit_batch(auditor, &batch, tallies).await?;
+    }
+    tracing::info!(subscriber = %share.subscriber, dataset = %share.dataset, records = total, "backfill finished");
+    Ok(total)
 }
 
 /// What one batch delivered to one share topic, for the audit trail.
@@ -459,4 +525,180 @@ async fn share_codec(
         key_id,
         value_id,
     })
+}
+
+/// The shares in force: the configuration's, and the catalog's active
+/// subscriptions; plus the active subscriptions still to backfill.
+async fn current(
+    config_shares: &[ShareConfig],
+    catalog: &Catalog,
+) -> (Vec<ShareConfig>, Vec<(ShareConfig, Subscription)>) {
+    let mut shares = config_shares.to_vec();
+    let mut backfill = Vec::new();
+    let st = catalog.state().await;
+    for sub in st.subscriptions.values() {
+        if sub.state != SubscriptionState::Active {
+            continue;
+        }
+        let Some(dataset) = st.datasets.get(&sub.dataset) else {
+            continue;
+        };
+        let Ok(subscriber) = crate::config::DivisionCode::parse(&sub.subscriber) else {
+            continue;
+        };
+        let share = ShareConfig {
+            subscriber,
+            dataset: sub.dataset.clone(),
+            region_column: dataset.region_column.clone(),
+            fields: sub.granted.clone(),
+            predicates: Vec::new(),
+            secret_env: None,
+            secret: Some(sub.secret.clone()),
+            version: sub.policy_version,
+        };
+        if !sub.backfilled {
+            backfill.push((share.clone(), sub.clone()));
+        }
+        shares.push(share);
+    }
+    (shares, backfill)
+}
+
+/// What identifies a set of shares: restart the distributor when it changes.
+fn signature(shares: &[ShareConfig]) -> Vec<String> {
+    let mut sig: Vec<String> = shares
+        .iter()
+        .map(|s| {
+            format!(
+                "{}|{}|{}|{:?}|{:?}",
+                s.subscriber, s.dataset, s.version, s.fields, s.region_column
+            )
+        })
+        .collect();
+    sig.sort();
+    sig
+}
+
+/// Runs the distributor for the configured shares and the catalog's active
+/// subscriptions: restarts it when they change (a revocation stops delivery
+/// within moments), backfills each newly active subscription from the raw
+/// topic first, and restarts with backoff after errors.
+///
+/// While a backfill runs, the other shares wait: the backfill covers the raw
+/// topic up to where the distributor's group stands, so each share topic
+/// gets every key's history in order.
+pub async fn supervise(
+    config_shares: Vec<ShareConfig>,
+    catalog: Catalog,
+    auditor: Auditor,
+    ctx: FeedContext,
+    shutdown: CancellationToken,
+) {
+    for s in &config_shares {
+        let decision = serde_json::json!({
+            "action": "share active (node configuration)",
+            "subscriber": s.subscriber.as_str(),
+            "dataset": s.dataset,
+            "region_column": s.region_column,
+            "fields": s.fields,
+            "predicates": s.predicates,
+            "policy_version": s.version,
+            "by": "configuration",
+        });
+        if let Err(e) = auditor.append("decision", decision).await {
+            tracing::error!(error = %e, "cannot write the audit trail");
+        }
+    }
+    let mut changes = catalog.changes();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let _ = catalog.caught_up().await;
+        let (shares, to_backfill) = current(&config_shares, &catalog).await;
+        let mut failed = false;
+        for (share, mut sub) in to_backfill {
+            let raw = topics::raw(&share.dataset);
+            let outcome = async {
+                let n = crate::kafka::partition_count(&ctx.settings, &raw).await?;
+                let parts: Vec<(String, i32)> = (0..n as i32).map(|p| (raw.clone(), p)).collect();
+                let committed =
+                    crate::kafka::group_committed(&ctx.settings, &group_id(&ctx.node), &parts)
+                        .await?;
+                let until: Vec<((String, i32), i64)> = parts
+                    .into_iter()
+                    .zip(committed)
+                    .map(|(tp, o)| (tp, o.unwrap_or(0)))
+                    .collect();
+                backfill(&share, &until, &ctx, &auditor, &shutdown).await
+            }
+            .await;
+            match outcome {
+                Ok(records) => {
+                    tracing::info!(subscription = %sub.id, records, "subscription backfilled");
+                    sub.backfilled = true;
+                    if let Err(e) = catalog
+                        .put(crate::catalog::CatalogRecord::Subscription(sub))
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot record the backfill in the catalog");
+                        failed = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %sub.id, error = %e, "backfill failed");
+                    failed = true;
+                }
+            }
+        }
+        if !failed && !shares.is_empty() {
+            let sig = signature(&shares);
+            let child = shutdown.child_token();
+            let run_fut = run(&shares, &ctx, &auditor, &child);
+            tokio::pin!(run_fut);
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut run_fut => break r,
+                    c = changes.changed() => {
+                        if c.is_err() {
+                            child.cancel();
+                            continue;
+                        }
+                        let _ = catalog.caught_up().await;
+                        let (now, pending) = current(&config_shares, &catalog).await;
+                        if signature(&now) != sig || !pending.is_empty() {
+                            tracing::info!("shares changed; restarting the distributor");
+                            child.cancel();
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) if shutdown.is_cancelled() => return,
+                Ok(()) => {
+                    backoff = Duration::from_secs(1);
+                    continue;
+                }
+                Err(e) => {
+                    ctx.metrics.distributor_restarts.inc();
+                    tracing::error!(error = %e, retry_in = ?backoff, "distributor failed");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        } else {
+            // Nothing to deliver yet: wait for the catalog to change.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => {}
+            }
+        }
+    }
 }

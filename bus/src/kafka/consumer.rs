@@ -48,6 +48,43 @@ impl ConsumedRecord {
     }
 }
 
+/// The offsets a consumer group has committed (the next record it reads)
+/// for these partitions, asked without joining the group; `None` where
+/// nothing is committed.
+pub async fn group_committed(
+    settings: &KafkaSettings,
+    group: &str,
+    partitions: &[(String, i32)],
+) -> Result<Vec<Option<i64>>, KafkaError> {
+    let settings = settings.clone();
+    let group = group.to_owned();
+    let partitions = partitions.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer = settings.create("consumer", |cfg| {
+            cfg.set("group.id", &group)
+                .set("enable.auto.commit", "false");
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &partitions {
+            tpl.add_partition(t, *p);
+        }
+        let got = c
+            .committed_offsets(tpl, settings.request_timeout)
+            .map_err(KafkaError::Commit)?;
+        Ok(partitions
+            .iter()
+            .map(
+                |(t, p)| match got.find_partition(t, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                },
+            )
+            .collect())
+    })
+    .await
+    .expect("offset query does not panic")
+}
+
 /// A consumer-group member reading a set of topics.
 pub struct Consumer {
     inner: StreamConsumer,

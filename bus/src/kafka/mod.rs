@@ -13,7 +13,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 
 pub use admin::{TopicAdmin, TopicSpec};
-pub use consumer::{ConsumedRecord, Consumer};
+pub use consumer::{group_committed, ConsumedRecord, Consumer};
 pub use embedded::{EmbeddedAdmin, EmbeddedBroker};
 pub use publisher::{Delivered, Delivery, OutgoingRecord, Publisher};
 

@@ -1,0 +1,517 @@
+//! The control plane's HTTP API (JSON under `/api`), behind bearer tokens.
+//!
+//! Principals: `admin` (the node's operator), `owner:<department>` (datasets
+//! `<department>.*`), `subscriber:<node>` (requests for itself only).
+//! Tokens are configured by their SHA-256 (`[[auth.tokens]]`), never stored
+//! in clear. No token: 401; a token without the right: 403 with the reason.
+//!
+//! | method | path | who |
+//! | --- | --- | --- |
+//! | PUT | /api/datasets/{id} | admin, owner of the department |
+//! | GET | /api/datasets | anyone with a token |
+//! | POST | /api/subscriptions | admin, the subscriber itself |
+//! | GET | /api/subscriptions | admin (all), owner (its datasets'), subscriber (its own) |
+//! | POST | /api/subscriptions/{id}/approve, /reject, /revoke | admin, owner of the dataset |
+//!
+//! A subscription id is `<subscriber>:<dataset>`. Every decision goes to the
+//! audit trail.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::audit::Auditor;
+use crate::catalog::{
+    now_ms, random_secret, Catalog, CatalogRecord, Dataset, SharingClass, Subscription,
+    SubscriptionState,
+};
+use crate::config::TokenConfig;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The node's operator.
+    Admin,
+    /// An owner department.
+    Owner(String),
+    /// A subscriber node.
+    Subscriber(String),
+}
+
+impl Principal {
+    /// Parses `admin`, `owner:<department>`, `subscriber:<node>`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "admin" => Ok(Principal::Admin),
+            Some(("owner", d)) if !d.is_empty() => Ok(Principal::Owner(d.to_owned())),
+            Some(("subscriber", n)) if n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(Principal::Subscriber(n.to_owned()))
+            }
+            _ => Err(format!(
+                "{s:?} is not a principal: use admin, owner:<department> or subscriber:<six-digit node code>"
+            )),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Principal::Admin => "admin".to_owned(),
+            Principal::Owner(d) => format!("owner:{d}"),
+            Principal::Subscriber(n) => format!("subscriber:{n}"),
+        }
+    }
+
+    fn owns(&self, dataset: &str) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::Owner(d) => dataset.split_once('.').is_some_and(|(dept, _)| dept == d),
+            Principal::Subscriber(_) => false,
+        }
+    }
+}
+
+/// The hex SHA-256 of a token, as `[[auth.tokens]]` holds it.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    catalog: Catalog,
+    auditor: Auditor,
+    tokens: Arc<HashMap<String, Principal>>,
+}
+
+impl ApiState {
+    /// State for the API; tokens were validated with the configuration.
+    pub fn new(catalog: Catalog, auditor: Auditor, tokens: &[TokenConfig]) -> Self {
+        let tokens = tokens
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t.sha256.to_ascii_lowercase(),
+                    Principal::parse(&t.principal).ok()?,
+                ))
+            })
+            .collect();
+        Self {
+            catalog,
+            auditor,
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+/// An API error: status and a reason the caller can act on.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.0 {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+            _ => "error",
+        };
+        (self.0, Json(json!({"error": kind, "reason": self.1}))).into_response()
+    }
+}
+
+fn forbidden(reason: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::FORBIDDEN, reason.into())
+}
+
+fn invalid(reason: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::UNPROCESSABLE_ENTITY, reason.into())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the catalog could not be written (Kafka): {e}"),
+    )
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "no bearer token: send Authorization: Bearer <token>".to_owned(),
+            )
+        })?;
+    state
+        .tokens
+        .get(&token_hash(token.trim()))
+        .cloned()
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".to_owned()))
+}
+
+/// The API routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/datasets", get(list_datasets))
+        .route("/api/datasets/{id}", put(put_dataset))
+        .route(
+            "/api/subscriptions",
+            get(list_subscriptions).post(request_subscription),
+        )
+        .route("/api/subscriptions/{id}/{action}", post(decide))
+        .with_state(state)
+}
+
+/// A subscription as the API shows it (no secret).
+fn view(s: &Subscription) -> Value {
+    let mut v = serde_json::to_value(s).expect("subscriptions serialize");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("secret");
+    }
+    v
+}
+
+async fn audit(state: &ApiState, who: &Principal, details: Value) -> Result<(), ApiError> {
+    let mut details = details;
+    details["by"] = Value::String(who.name());
+    state
+        .auditor
+        .append("decision", details)
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
+async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    principal(&state, &headers)?;
+    let st = state.catalog.state().await;
+    Ok(Json(json!(st.datasets.values().collect::<Vec<_>>())).into_response())
+}
+
+async fn put_dataset(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(mut body): Json<Value>,
+) -> ApiResult {
+    let who = principal(&state, &headers)?;
+    if !who.owns(&id) {
+        return Err(forbidden(format!(
+            "{} cannot register dataset {id}: only its owner department or an admin can",
+            who.name()
+        )));
+    }
+    body["id"] = Value::String(id.clone());
+    let dataset: Dataset = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
+    dataset.validate().map_err(invalid)?;
+    state
+        .catalog
+        .put(CatalogRecord::Dataset(dataset.clone()))
+        .await
+        .map_err(unavailable)?;
+    audit(
+        &state,
+        &who,
+        json!({"action": "dataset registered", "dataset": id, "sharing": dataset.sharing}),
+    )
+    .await?;
+    Ok((StatusCode::OK, Json(json!(dataset))).into_response())
+}
+
+async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    let who = principal(&state, &headers)?;
+    let st = state.catalog.state().await;
+    let visible: Vec<Value> = st
+        .subscriptions
+        .values()
+        .filter(|s| match &who {
+            Principal::Admin => true,
+            Principal::Owner(_) => who.owns(&s.dataset),
+            Principal::Subscriber(n) => &s.subscriber == n,
+        })
+        .map(view)
+        .collect();
+    Ok(Json(json!(visible)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestBody {
+    subscriber: String,
+    dataset: String,
+    purpose: String,
+    fields: Vec<String>,
+    #[serde(default)]
+    valid_days: Option<u32>,
+}
+
+async fn request_subscription(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<RequestBody>,
+) -> ApiResult {
+    let who = principal(&state, &headers)?;
+    match &who {
+        Principal::Admin => {}
+        Principal::Subscriber(n) if *n == body.subscriber => {}
+        _ => {
+            return Err(forbidden(format!(
+                "{} cannot request on behalf of node {}: a subscriber requests for itself",
+                who.name(),
+                body.subscriber
+            )))
+        }
+    }
+    crate::config::DivisionCode::parse(&body.subscriber).map_err(invalid)?;
+    if body.purpose.trim().is_empty() {
+        return Err(invalid(
+            "purpose is required: say what the data is needed for",
+        ));
+    }
+    let dataset = state
+        .catalog
+        .state()
+        .await
+        .datasets
+        .get(&body.dataset)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no dataset {}", body.dataset),
+            )
+        })?;
+    let unknown: Vec<&str> = body
+        .fields
+        .iter()
+        .filter(|f| !dataset.fields.contains_key(*f))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() || body.fields.is_empty() {
+        return Err(invalid(format!(
+            "requested fields {:?} are not shared by {} (it shares: {})",
+            unknown,
+            dataset.id,
+            dataset
+                .fields
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let id = format!("{}:{}", body.subscriber, body.dataset);
+    let (state_now, granted) = match dataset.sharing {
+        SharingClass::NotShared => {
+            let reason = dataset
+                .not_shared_reason
+                .clone()
+                .unwrap_or_else(|| "the owner does not share this dataset".to_owned());
+            audit(
+                &state,
+                &who,
+                json!({"action": "subscription refused", "subscription": id, "reason": reason}),
+            )
+            .await?;
+            return Err(forbidden(format!(
+                "dataset {} is not shared: {reason}",
+                dataset.id
+            )));
+        }
+        SharingClass::Unconditional => (SubscriptionState::Active, grants(&dataset, &body.fields)),
+        SharingClass::Conditional => (SubscriptionState::Pending, BTreeMap::new()),
+    };
+    let sub = Subscription {
+        id: id.clone(),
+        subscriber: body.subscriber,
+        dataset: body.dataset,
+        purpose: body.purpose,
+        requested: body.fields,
+        granted,
+        valid_until_ms: body
+            .valid_days
+            .map(|d| now_ms() + i64::from(d) * 86_400_000),
+        policy_version: u32::from(state_now == SubscriptionState::Active),
+        state: state_now,
+        secret: random_secret(),
+        updated_ms: now_ms(),
+        backfilled: false,
+    };
+    state
+        .catalog
+        .put(CatalogRecord::Subscription(sub.clone()))
+        .await
+        .map_err(unavailable)?;
+    audit(&state, &who, json!({"action": "subscription requested", "subscription": id, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
+    Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
+}
+
+fn grants(dataset: &Dataset, fields: &[String]) -> BTreeMap<String, String> {
+    fields
+        .iter()
+        .filter_map(|f| Some((f.clone(), dataset.rule(f)?)))
+        .collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    #[serde(default)]
+    reason: Option<String>,
+    /// Approve: narrow the granted fields to these.
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+}
+
+async fn decide(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Option<Json<DecisionBody>>,
+) -> ApiResult {
+    let who = principal(&state, &headers)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let (mut sub, dataset) = {
+        let st = state.catalog.state().await;
+        let sub = st
+            .subscriptions
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no subscription {id}")))?;
+        let dataset = st.datasets.get(&sub.dataset).cloned();
+        (sub, dataset)
+    };
+    if !who.owns(&sub.dataset) {
+        return Err(forbidden(format!(
+            "{} cannot {action} subscription {id}: only the owner of {} or an admin can",
+            who.name(),
+            sub.dataset
+        )));
+    }
+    let dataset = dataset.ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("dataset {} is gone", sub.dataset),
+        )
+    })?;
+    let reason = body.reason.clone().unwrap_or_default();
+    match (action.as_str(), &sub.state) {
+        ("approve", SubscriptionState::Pending) => {
+            let fields = body.fields.clone().unwrap_or_else(|| sub.requested.clone());
+            if let Some(extra) = fields.iter().find(|f| !sub.requested.contains(f)) {
+                return Err(invalid(format!(
+                    "field {extra} was not requested: approval may only narrow the request"
+                )));
+            }
+            sub.granted = grants(&dataset, &fields);
+            sub.state = SubscriptionState::Active;
+            sub.policy_version += 1;
+            sub.backfilled = false;
+        }
+        ("reject", SubscriptionState::Pending) => {
+            if reason.trim().is_empty() {
+                return Err(invalid("a rejection needs a reason"));
+            }
+            sub.state = SubscriptionState::Rejected {
+                reason: reason.clone(),
+            };
+        }
+        ("revoke", SubscriptionState::Active | SubscriptionState::Pending) => {
+            sub.state = SubscriptionState::Revoked {
+                reason: if reason.is_empty() {
+                    "revoked by the owner".to_owned()
+                } else {
+                    reason.clone()
+                },
+            };
+        }
+        ("approve" | "reject" | "revoke", other) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "subscription {id} is {}: cannot {action} it",
+                    serde_json::to_value(other)
+                        .map(|v| v["state"].clone())
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+        _ => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {action}: use approve, reject or revoke"),
+            ))
+        }
+    }
+    sub.updated_ms = now_ms();
+    state
+        .catalog
+        .put(CatalogRecord::Subscription(sub.clone()))
+        .await
+        .map_err(unavailable)?;
+    audit(&state, &who, json!({"action": format!("subscription {action}d"), "subscription": id, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
+    Ok(Json(view(&sub)).into_response())
+}
+
+/// Marks active subscriptions past their validity as expired.
+pub async fn expire(catalog: &Catalog, auditor: &Auditor) -> Result<(), crate::kafka::KafkaError> {
+    let now = now_ms();
+    let due: Vec<Subscription> = catalog
+        .state()
+        .await
+        .subscriptions
+        .values()
+        .filter(|s| {
+            s.state == SubscriptionState::Active && s.valid_until_ms.is_some_and(|t| t <= now)
+        })
+        .cloned()
+        .collect();
+    for mut s in due {
+        s.state = SubscriptionState::Expired;
+        s.updated_ms = now;
+        catalog.put(CatalogRecord::Subscription(s.clone())).await?;
+        auditor
+            .append(
+                "decision",
+                json!({"action": "subscription expired", "subscription": s.id, "by": "system"}),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_parse_and_own_their_datasets() {
+        assert_eq!(Principal::parse("admin").unwrap(), Principal::Admin);
+        let owner = Principal::parse("owner:gongan").unwrap();
+        assert!(owner.owns("gongan.population"));
+        assert!(!owner.owns("minzheng.marriage"));
+        assert!(!Principal::parse("subscriber:330106")
+            .unwrap()
+            .owns("gongan.population"));
+        assert!(Principal::parse("subscriber:3301").is_err());
+        assert!(Principal::parse("root").is_err());
+        assert_eq!(token_hash("abc").len(), 64);
+    }
+}

@@ -1,0 +1,324 @@
+//! The catalog: datasets registered by owner departments and subscriptions
+//! requested by lower nodes, with their decisions.
+//!
+//! State lives in the compacted topic `backflow._catalog`, one record per
+//! dataset (`dataset:<id>`) and per subscription (`subscription:<id>`), the
+//! latest record of a key being the current state; every node process
+//! replays it at start and follows it, so the catalog survives restarts and
+//! needs nothing but Kafka. A write waits until this process has applied
+//! it, so a reader right after sees it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::{Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
+use crate::topics;
+
+/// How a dataset may be shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharingClass {
+    /// Any lower node may subscribe; active at once.
+    Unconditional,
+    /// The owner approves each subscription.
+    Conditional,
+    /// Not shared; requests are refused with the dataset's reason.
+    NotShared,
+}
+
+/// How sensitive a field is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sensitivity {
+    /// Anyone it is shared with may see it.
+    #[default]
+    Public,
+    /// Shared as its rule says.
+    Internal,
+    /// Shared only masked or hashed.
+    Sensitive,
+}
+
+/// A field of a dataset and how it is shared by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Sensitivity.
+    #[serde(default)]
+    pub sensitivity: Sensitivity,
+    /// The rule subscribers get (`plain`, `hashed`, `masked:...`); default
+    /// `plain` for public and internal fields, required for sensitive ones.
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+/// A dataset registered by its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    /// `<department>.<name>`.
+    pub id: String,
+    /// What it holds.
+    #[serde(default)]
+    pub description: String,
+    /// Sharing class.
+    pub sharing: SharingClass,
+    /// Why it is not shared (shown to refused requesters).
+    #[serde(default)]
+    pub not_shared_reason: Option<String>,
+    /// Column with each row's division code (jurisdiction filter).
+    #[serde(default)]
+    pub region_column: Option<String>,
+    /// Fields that may be shared, with their default rule.
+    pub fields: BTreeMap<String, FieldSpec>,
+}
+
+impl Dataset {
+    /// The owning department (`gongan` of `gongan.population`).
+    pub fn owner(&self) -> &str {
+        self.id.split_once('.').map_or(self.id.as_str(), |(d, _)| d)
+    }
+
+    /// The rule a field is shared under.
+    pub fn rule(&self, field: &str) -> Option<String> {
+        let spec = self.fields.get(field)?;
+        Some(spec.rule.clone().unwrap_or_else(|| "plain".to_owned()))
+    }
+
+    /// Checks the dataset's own consistency.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.id.contains('.') || self.id.starts_with('.') || self.id.ends_with('.') {
+            return Err(format!(
+                "dataset id {:?} must be <department>.<name>",
+                self.id
+            ));
+        }
+        if self.fields.is_empty() {
+            return Err("a dataset needs at least one field".to_owned());
+        }
+        for (name, spec) in &self.fields {
+            let rule = spec.rule.as_deref().unwrap_or("plain");
+            crate::distributor::policy::FieldRule::parse(rule)
+                .map_err(|e| format!("fields.{name}.rule: {e}"))?;
+            if spec.sensitivity == Sensitivity::Sensitive && rule == "plain" {
+                return Err(format!(
+                    "fields.{name}: a sensitive field needs a masked or hashed rule"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a subscription is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SubscriptionState {
+    /// Waiting for the owner.
+    Pending,
+    /// Delivering.
+    Active,
+    /// Refused by the owner or by the dataset's class.
+    Rejected { reason: String },
+    /// Ended by the owner.
+    Revoked { reason: String },
+    /// Past its validity.
+    Expired,
+}
+
+/// A lower node's subscription to a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `<subscriber>/<dataset>`.
+    pub id: String,
+    /// Subscriber node code.
+    pub subscriber: String,
+    /// Dataset id.
+    pub dataset: String,
+    /// Why the data is needed.
+    pub purpose: String,
+    /// Fields requested.
+    pub requested: Vec<String>,
+    /// Fields granted with their rules (set when active).
+    pub granted: BTreeMap<String, String>,
+    /// End of validity, ms since the epoch.
+    pub valid_until_ms: Option<i64>,
+    /// State.
+    #[serde(flatten)]
+    pub state: SubscriptionState,
+    /// Policy version; grows with every change of the granted fields.
+    pub policy_version: u32,
+    /// HMAC key of hashed fields (hex); never shown by the API.
+    pub secret: String,
+    /// Last change, ms since the epoch.
+    pub updated_ms: i64,
+    /// Whether the distributor has delivered the dataset's current state
+    /// to the share topic since the subscription became active.
+    #[serde(default)]
+    pub backfilled: bool,
+}
+
+/// One catalog record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CatalogRecord {
+    /// A dataset's current definition.
+    Dataset(Dataset),
+    /// A subscription's current state.
+    Subscription(Subscription),
+}
+
+/// The catalog's current state.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogState {
+    /// Datasets by id.
+    pub datasets: BTreeMap<String, Dataset>,
+    /// Subscriptions by id.
+    pub subscriptions: BTreeMap<String, Subscription>,
+}
+
+impl CatalogState {
+    fn apply(&mut self, r: CatalogRecord) {
+        match r {
+            CatalogRecord::Dataset(d) => {
+                self.datasets.insert(d.id.clone(), d);
+            }
+            CatalogRecord::Subscription(s) => {
+                self.subscriptions.insert(s.id.clone(), s);
+            }
+        }
+    }
+}
+
+/// The catalog of a node. Cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: RwLock<CatalogState>,
+    applied: watch::Sender<i64>,
+    /// Bumped after every applied record: the distributor restarts on it.
+    changed: watch::Sender<u64>,
+    publisher: Publisher,
+    watermarks: Watermarks,
+    writer: tokio::sync::Mutex<()>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// 32 random bytes, hex (an HMAC key per subscription).
+pub(crate) fn random_secret() -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("/dev/urandom is readable");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Catalog {
+    /// Starts following `backflow._catalog` (which must exist).
+    pub fn start(
+        settings: &KafkaSettings,
+        publisher: Publisher,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
+        let consumer = Consumer::replay(settings, topics::CATALOG, 0)?;
+        let inner = Arc::new(Inner {
+            state: RwLock::new(CatalogState::default()),
+            applied: watch::channel(-1).0,
+            changed: watch::channel(0).0,
+            publisher,
+            watermarks: Watermarks::new(settings)?,
+            writer: tokio::sync::Mutex::new(()),
+        });
+        let follower = tokio::spawn(follow(inner.clone(), consumer, shutdown));
+        Ok((Self { inner }, follower))
+    }
+
+    /// The current state.
+    pub async fn state(&self) -> tokio::sync::RwLockReadGuard<'_, CatalogState> {
+        self.inner.state.read().await
+    }
+
+    /// Changes whenever a record was applied.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Waits until everything written before the call is applied.
+    pub async fn caught_up(&self) -> Result<(), KafkaError> {
+        let high = self.inner.watermarks.high(topics::CATALOG, 0).await?;
+        self.wait_applied(high - 1).await
+    }
+
+    async fn wait_applied(&self, offset: i64) -> Result<(), KafkaError> {
+        let mut rx = self.inner.applied.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|a| *a >= offset))
+            .await
+            .map_err(|_| KafkaError::Admin {
+                topic: topics::CATALOG.to_owned(),
+                reason: "not applied within 30 s".to_owned(),
+            })?
+            .map_err(|_| KafkaError::Admin {
+                topic: topics::CATALOG.to_owned(),
+                reason: "the catalog follower stopped".to_owned(),
+            })?;
+        Ok(())
+    }
+
+    /// Writes a record and waits until it is applied here.
+    pub async fn put(&self, record: CatalogRecord) -> Result<(), KafkaError> {
+        let _w = self.inner.writer.lock().await;
+        let key = match &record {
+            CatalogRecord::Dataset(d) => format!("dataset:{}", d.id),
+            CatalogRecord::Subscription(s) => format!("subscription:{}", s.id),
+        };
+        let value = serde_json::to_vec(&record).expect("catalog records serialize");
+        let delivered = self
+            .inner
+            .publisher
+            .send(OutgoingRecord::new(topics::CATALOG, key.as_bytes(), &value))
+            .await?;
+        self.wait_applied(delivered.offset).await
+    }
+}
+
+async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationToken) {
+    loop {
+        let record = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = consumer.recv() => r,
+        };
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading backflow._catalog failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Some(payload) = &record.payload {
+            match serde_json::from_slice::<CatalogRecord>(payload) {
+                Ok(r) => inner.state.write().await.apply(r),
+                Err(e) => {
+                    tracing::warn!(offset = record.offset, error = %e, "skipping unreadable catalog record")
+                }
+            }
+            inner.changed.send_modify(|n| *n += 1);
+        }
+        inner.applied.send_replace(record.offset);
+    }
+}
