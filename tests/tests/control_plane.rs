@@ -1,0 +1,310 @@
+//! The control plane end to end: an owner registers a conditional dataset,
+//! a district requests it, nothing flows until the owner approves; after
+//! approval the district's database gets its rows (backfilled) and new
+//! changes; after revocation nothing new arrives. A not-shared dataset is
+//! refused with its reason; tokens only do what their principal may.
+
+use std::time::{Duration, Instant};
+
+use backflow_e2e::sinks::{Backend, Kind, SinkDb};
+use backflow_e2e::{pg_connect, unique_name, Node, TestBroker};
+use serde_json::{json, Value};
+
+fn sha256(token: &str) -> String {
+    backflow::api::token_hash(token)
+}
+
+async fn call(
+    node: &Node,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", node.url);
+    let mut req = match method {
+        "GET" => client.get(&url),
+        "PUT" => client.put(&url),
+        _ => client.post(&url),
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+const READ: [(&str, Kind); 2] = [("name", Kind::Text), ("region_code", Kind::Text)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_dataset_flows_only_between_approval_and_revocation() {
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    pg_connect(&source.name)
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE people (id bigint PRIMARY KEY, name varchar(32) NOT NULL,
+                id_number char(18) NOT NULL, region_code char(6) NOT NULL);
+             INSERT INTO people SELECT g, '张三' || g, '33010619900101' || lpad(g::text, 4, '0'),
+                 CASE WHEN g % 2 = 0 THEN '330106' ELSE '330108' END FROM generate_series(1, 40) g;",
+        )
+        .await
+        .unwrap();
+    let broker = TestBroker::start();
+    let department = format!("t{}", &source.name[8..]);
+    let dataset = format!("{department}.people");
+    let (admin, owner, xihu, binjiang) = (
+        "admin-token-1",
+        "owner-token-1",
+        "xihu-token-1",
+        "binjiang-token-1",
+    );
+    let config = format!(
+        "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n\n\
+         [[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n[[auth.tokens]]\nprincipal = \"owner:{department}\"\nsha256 = \"{}\"\n\
+         [[auth.tokens]]\nprincipal = \"subscriber:330106\"\nsha256 = \"{}\"\n[[auth.tokens]]\nprincipal = \"subscriber:330108\"\nsha256 = \"{}\"\n",
+        broker.bootstrap(),
+        source.name.replace('_', "-"),
+        source.name,
+        sha256(admin),
+        sha256(owner),
+        sha256(xihu),
+        sha256(binjiang),
+    );
+    let node = Node::start_with_config(&config, &[]).unwrap();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // Nothing without a token; an unknown token is not a token.
+    assert_eq!(call(&node, "GET", "/api/datasets", None, None).await.0, 401);
+    assert_eq!(
+        call(&node, "GET", "/api/datasets", Some("guess"), None)
+            .await
+            .0,
+        401
+    );
+
+    let definition = json!({
+        "description": "residents of the city",
+        "sharing": "conditional",
+        "region_column": "region_code",
+        "fields": {
+            "id": {},
+            "name": {"sensitivity": "sensitive", "rule": "masked:name"},
+            "id_number": {"sensitivity": "sensitive", "rule": "masked:keep(6,4)"},
+            "region_code": {}
+        }
+    });
+    let (status, body) = call(
+        &node,
+        "PUT",
+        &format!("/api/datasets/{dataset}"),
+        Some(xihu),
+        Some(definition.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "a subscriber cannot register datasets: {body}");
+    let (status, body) = call(
+        &node,
+        "PUT",
+        &format!("/api/datasets/{dataset}"),
+        Some(owner),
+        Some(definition),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let request = |subscriber: &str| json!({"subscriber": subscriber, "dataset": dataset, "purpose": "resident services", "fields": ["id", "name", "id_number", "region_code"], "valid_days": 30});
+    let (status, body) = call(
+        &node,
+        "POST",
+        "/api/subscriptions",
+        Some(xihu),
+        Some(request("330108")),
+    )
+    .await;
+    assert_eq!(status, 403, "no requests on another node's behalf: {body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("330108"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &node,
+        "POST",
+        "/api/subscriptions",
+        Some(xihu),
+        Some(request("330106")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "pending");
+    assert!(body.get("secret").is_none(), "the HMAC key is never shown");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &node,
+        "POST",
+        "/api/subscriptions",
+        Some(binjiang),
+        Some(request("330108")),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, mine) = call(&node, "GET", "/api/subscriptions", Some(xihu), None).await;
+    assert_eq!(
+        mine.as_array().unwrap().len(),
+        1,
+        "a subscriber sees only its own: {mine}"
+    );
+    let (status, _) = call(
+        &node,
+        "POST",
+        &format!("/api/subscriptions/{id}/approve"),
+        Some(xihu),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 403, "a subscriber cannot approve");
+
+    // The district's subscriber runs, but nothing flows while pending.
+    let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
+    let sub_config = format!(
+        "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+        unique_name("xihu"),
+        broker.bootstrap(),
+        node.url,
+        sink.sink_toml(),
+    );
+    let mut sub = Node::subscribe_with_config(&sub_config, &[]).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        sink.rows("people", "id", &READ).await.unwrap().is_none(),
+        "nothing before approval"
+    );
+
+    // Approved with the identity number left out: the rows of 330106 arrive.
+    let (status, body) = call(
+        &node,
+        "POST",
+        &format!("/api/subscriptions/{id}/approve"),
+        Some(owner),
+        Some(json!({"fields": ["id", "name", "region_code"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "active");
+    let wait_for = |want: usize, name_of_2: &'static str| {
+        let sink = &sink;
+        let sub = &sub;
+        async move {
+            let until = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(rows) = sink.rows("people", "id", &READ).await.unwrap() {
+                    if rows.len() == want
+                        && rows.get(&2).and_then(|r| r[0].as_deref()) == Some(name_of_2)
+                    {
+                        return rows;
+                    }
+                    assert!(
+                        Instant::now() < until,
+                        "{} rows, row 2 {:?}\n{}",
+                        rows.len(),
+                        rows.get(&2),
+                        sub.stderr()
+                    );
+                } else {
+                    assert!(Instant::now() < until, "no table\n{}", sub.stderr());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let rows = wait_for(20, "张**").await;
+    assert!(
+        rows.values().all(|r| r[1].as_deref() == Some("330106")),
+        "only 330106's rows"
+    );
+    let cols = sink.columns("people").await.unwrap();
+    assert!(
+        !cols.iter().any(|c| c == "id_number"),
+        "narrowed at approval: {cols:?}"
+    );
+
+    // Live changes flow while active.
+    let db = pg_connect(&source.name).await.unwrap();
+    db.batch_execute("UPDATE people SET name = '李四' WHERE id = 2")
+        .await
+        .unwrap();
+    wait_for(20, "李*").await;
+
+    // Revoked: nothing new arrives.
+    let (status, body) = call(
+        &node,
+        "POST",
+        &format!("/api/subscriptions/{id}/revoke"),
+        Some(owner),
+        Some(json!({"reason": "purpose fulfilled"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "revoked");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    db.batch_execute("UPDATE people SET name = '王五' WHERE id = 2")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let rows = sink.rows("people", "id", &READ).await.unwrap().unwrap();
+    assert_eq!(
+        rows[&2][0].as_deref(),
+        Some("李*"),
+        "no delivery after revocation"
+    );
+
+    // A dataset that is not shared is refused with its reason.
+    let secret = json!({"sharing": "not_shared", "not_shared_reason": "protected by the household register law", "fields": {"id": {}}});
+    let (status, _) = call(
+        &node,
+        "PUT",
+        &format!("/api/datasets/{department}.register"),
+        Some(admin),
+        Some(secret),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call(&node, "POST", "/api/subscriptions", Some(xihu), Some(json!({"subscriber": "330106", "dataset": format!("{department}.register"), "purpose": "x", "fields": ["id"]}))).await;
+    assert_eq!(status, 403);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("household register law"),
+        "{body}"
+    );
+
+    // Every decision is on the audit trail, and it verifies.
+    let out = backflow_e2e::backflow()
+        .args(["audit", "verify"])
+        .env("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("audit trail intact"),
+        "{stdout}"
+    );
+
+    sub.signal("TERM").unwrap();
+    assert!(sub.wait(Duration::from_secs(20)).unwrap().success());
+    drop(node);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    source.drop_db().await.unwrap();
+}
