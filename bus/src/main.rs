@@ -45,6 +45,21 @@ enum Command {
     Subscribe,
     /// Print the backflow version and the linked librdkafka version.
     Version,
+    /// Datasets in a node's catalog (control-plane API; see docs/api.md).
+    Datasets {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
+    /// Subscriptions: request, list, approve, reject, revoke (control-plane
+    /// API; see docs/api.md).
+    Subscriptions {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: SubscriptionsCommand,
+    },
     /// The audit trail in backflow._audit (needs kafka.brokers).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -98,6 +113,83 @@ enum SchemasCommand {
     },
 }
 
+/// Where the control-plane API is and who calls it.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The node's base URL.
+    #[arg(
+        long,
+        env = "BACKFLOW_URL",
+        default_value = "http://127.0.0.1:8480",
+        global = true
+    )]
+    url: String,
+    /// Bearer token (its SHA-256 must be in the node's [[auth.tokens]]).
+    #[arg(long, env = "BACKFLOW_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetsCommand {
+    /// List the datasets.
+    List,
+    /// Register or update a dataset from a JSON file (docs/api.md).
+    Put {
+        /// Dataset id, <department>.<name>.
+        id: String,
+        /// JSON definition.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriptionsCommand {
+    /// List the subscriptions the token may see.
+    List,
+    /// Request a subscription.
+    Request {
+        /// Subscriber node code.
+        #[arg(long)]
+        subscriber: String,
+        /// Dataset id.
+        #[arg(long)]
+        dataset: String,
+        /// What the data is needed for.
+        #[arg(long)]
+        purpose: String,
+        /// Fields needed, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        fields: Vec<String>,
+        /// Validity in days.
+        #[arg(long)]
+        valid_days: Option<u32>,
+    },
+    /// Approve a pending subscription, optionally narrowing its fields.
+    Approve {
+        /// Subscription id, <subscriber>:<dataset>.
+        id: String,
+        /// Fields granted (default: those requested), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        fields: Option<Vec<String>>,
+    },
+    /// Reject a pending subscription.
+    Reject {
+        /// Subscription id.
+        id: String,
+        /// Why (shown to the requester).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoke an active subscription; delivery stops within seconds.
+    Revoke {
+        /// Subscription id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "revoked by the owner")]
+        reason: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Replay backflow._audit and check every node's hash chain; names the
@@ -137,6 +229,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("backflow {}", backflow::VERSION);
             println!("librdkafka {}", backflow::kafka::librdkafka_version());
             Ok(())
+        }
+        Command::Datasets { api, command } => {
+            let (method, path, body) = match command {
+                DatasetsCommand::List => ("GET", "/api/datasets".to_owned(), None),
+                DatasetsCommand::Put { id, file } => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let body: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", file.display()))?;
+                    ("PUT", format!("/api/datasets/{id}"), Some(body))
+                }
+            };
+            api_call(api, method, &path, body)
+        }
+        Command::Subscriptions { api, command } => {
+            let (path, body) = match command {
+                SubscriptionsCommand::List => {
+                    return api_call(api, "GET", "/api/subscriptions", None)
+                }
+                SubscriptionsCommand::Request {
+                    subscriber,
+                    dataset,
+                    purpose,
+                    fields,
+                    valid_days,
+                } => (
+                    "/api/subscriptions".to_owned(),
+                    serde_json::json!({"subscriber": subscriber, "dataset": dataset, "purpose": purpose, "fields": fields, "valid_days": valid_days}),
+                ),
+                SubscriptionsCommand::Approve { id, fields } => (
+                    format!("/api/subscriptions/{id}/approve"),
+                    serde_json::json!({"fields": fields}),
+                ),
+                SubscriptionsCommand::Reject { id, reason } => (
+                    format!("/api/subscriptions/{id}/reject"),
+                    serde_json::json!({"reason": reason}),
+                ),
+                SubscriptionsCommand::Revoke { id, reason } => (
+                    format!("/api/subscriptions/{id}/revoke"),
+                    serde_json::json!({"reason": reason}),
+                ),
+            };
+            api_call(api, "POST", &path, Some(body))
         }
         Command::Audit(AuditCommand::Verify) => {
             let config = load(&cli)?;
@@ -227,6 +362,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Calls the control-plane API and prints the answer; an error answer
+/// exits 1 with its reason.
+fn api_call(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{}{path}", api.url.trim_end_matches('/'));
+        let mut req = match method {
+            "GET" => client.get(&url),
+            "PUT" => client.put(&url),
+            _ => client.post(&url),
+        };
+        if let Some(t) = &api.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", api.url))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let value: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        if status.is_success() {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        } else {
+            let reason = value["reason"].as_str().unwrap_or("(no reason given)");
+            eprintln!("error: {status}: {reason}");
+            std::process::exit(1);
+        }
+    })
 }
 
 fn read_schema(file: &Path) -> anyhow::Result<apache_avro::Schema> {
