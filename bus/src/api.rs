@@ -11,7 +11,9 @@
 //! | GET | /api/datasets | anyone with a token |
 //! | POST | /api/subscriptions | admin, the subscriber itself |
 //! | GET | /api/subscriptions | admin (all), owner (its datasets'), subscriber (its own) |
-//! | POST | /api/subscriptions/{id}/approve, /reject, /revoke | admin, owner of the dataset |
+//! | GET | /api/node | anyone with a token |
+//! | GET | /api/subscriptions/{id} | admin, owner of the dataset, the subscriber |
+//! | POST | /api/subscriptions/{id}/approve, /reject, /revoke, /narrow | admin, owner of the dataset |
 //!
 //! A subscription id is `<subscriber>:<dataset>`. Every decision goes to the
 //! audit trail.
@@ -92,11 +94,17 @@ pub struct ApiState {
     catalog: Catalog,
     auditor: Auditor,
     tokens: Arc<HashMap<String, Principal>>,
+    node: Arc<crate::config::NodeConfig>,
 }
 
 impl ApiState {
     /// State for the API; tokens were validated with the configuration.
-    pub fn new(catalog: Catalog, auditor: Auditor, tokens: &[TokenConfig]) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        auditor: Auditor,
+        tokens: &[TokenConfig],
+        node: crate::config::NodeConfig,
+    ) -> Self {
         let tokens = tokens
             .iter()
             .filter_map(|t| {
@@ -110,6 +118,7 @@ impl ApiState {
             catalog,
             auditor,
             tokens: Arc::new(tokens),
+            node: Arc::new(node),
         }
     }
 }
@@ -175,6 +184,8 @@ pub fn router(state: ApiState) -> Router {
             "/api/subscriptions",
             get(list_subscriptions).post(request_subscription),
         )
+        .route("/api/node", get(node_info))
+        .route("/api/subscriptions/{id}", get(get_subscription))
         .route("/api/subscriptions/{id}/{action}", post(decide))
         .with_state(state)
 }
@@ -197,6 +208,54 @@ async fn audit(state: &ApiState, who: &Principal, details: Value) -> Result<(), 
         .await
         .map(|_| ())
         .map_err(unavailable)
+}
+
+/// This node's identity, its parent, and the child nodes it shares with.
+async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    principal(&state, &headers)?;
+    let st = state.catalog.state().await;
+    let mut children: Vec<&str> = st
+        .subscriptions
+        .values()
+        .filter(|s| s.state == SubscriptionState::Active)
+        .map(|s| s.subscriber.as_str())
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    Ok(Json(json!({
+        "code": state.node.code.as_str(),
+        "name": state.node.name,
+        "jurisdiction_prefix": state.node.code.jurisdiction_prefix(),
+        "parent": state.node.parent.as_ref().map(|p| p.as_str()),
+        "children": children,
+    }))
+    .into_response())
+}
+
+async fn get_subscription(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let who = principal(&state, &headers)?;
+    let st = state.catalog.state().await;
+    let sub = st
+        .subscriptions
+        .get(&id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no subscription {id}")))?;
+    let allowed = match &who {
+        Principal::Subscriber(n) => &sub.subscriber == n,
+        _ => who.owns(&sub.dataset),
+    };
+    if !allowed {
+        return Err(forbidden(format!(
+            "{} cannot read subscription {id}: it belongs to node {} and dataset {}",
+            who.name(),
+            sub.subscriber,
+            sub.dataset
+        )));
+    }
+    Ok(Json(view(sub)).into_response())
 }
 
 async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
@@ -425,6 +484,19 @@ async fn decide(
             sub.policy_version += 1;
             sub.backfilled = false;
         }
+        ("narrow", SubscriptionState::Active) => {
+            let fields = body
+                .fields
+                .clone()
+                .ok_or_else(|| invalid("narrow needs the fields to keep"))?;
+            if let Some(extra) = fields.iter().find(|f| !sub.granted.contains_key(*f)) {
+                return Err(invalid(format!(
+                    "field {extra} is not granted: narrowing may only remove fields"
+                )));
+            }
+            sub.granted.retain(|k, _| fields.contains(k));
+            sub.policy_version += 1;
+        }
         ("reject", SubscriptionState::Pending) => {
             if reason.trim().is_empty() {
                 return Err(invalid("a rejection needs a reason"));
@@ -442,7 +514,7 @@ async fn decide(
                 },
             };
         }
-        ("approve" | "reject" | "revoke", other) => {
+        ("approve" | "reject" | "revoke" | "narrow", other) => {
             return Err(ApiError(
                 StatusCode::CONFLICT,
                 format!(
@@ -456,7 +528,7 @@ async fn decide(
         _ => {
             return Err(ApiError(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {action}: use approve, reject or revoke"),
+                format!("unknown action {action}: use approve, reject, revoke or narrow"),
             ))
         }
     }
@@ -466,7 +538,13 @@ async fn decide(
         .put(CatalogRecord::Subscription(sub.clone()))
         .await
         .map_err(unavailable)?;
-    audit(&state, &who, json!({"action": format!("subscription {action}d"), "subscription": id, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
+    let done = match action.as_str() {
+        "approve" => "approved",
+        "reject" => "rejected",
+        "revoke" => "revoked",
+        _ => "narrowed",
+    };
+    audit(&state, &who, json!({"action": format!("subscription {done}"), "subscription": id, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
     Ok(Json(view(&sub)).into_response())
 }
 

@@ -418,6 +418,8 @@ pub struct NodeConfig {
     pub code: DivisionCode,
     /// Human-readable name shown on dashboards.
     pub name: String,
+    /// The upper node's division code (none at the top level).
+    pub parent: Option<DivisionCode>,
 }
 
 impl Default for NodeConfig {
@@ -425,6 +427,7 @@ impl Default for NodeConfig {
         Self {
             code: DivisionCode::parse("330000").expect("valid default code"),
             name: "backflow demo node".to_owned(),
+            parent: None,
         }
     }
 }

@@ -335,6 +335,7 @@ pub async fn run(
         catalog,
         auditor,
         &config.auth.tokens,
+        config.node.clone(),
     )));
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
     tracker.close();

@@ -246,6 +246,64 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         .unwrap();
     wait_for(20, "李*").await;
 
+    // Only the subscriber itself (or the owner) reads a subscription.
+    assert_eq!(
+        call(
+            &node,
+            "GET",
+            &format!("/api/subscriptions/{id}"),
+            Some(binjiang),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &node,
+            "GET",
+            &format!("/api/subscriptions/{id}"),
+            Some(xihu),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, info) = call(&node, "GET", "/api/node", Some(xihu), None).await;
+    assert_eq!(info["code"], "330100");
+    assert_eq!(info["children"], json!(["330106"]), "{info}");
+
+    // Narrowed to id and region: the next rows arrive without a name.
+    let (status, body) = call(
+        &node,
+        "POST",
+        &format!("/api/subscriptions/{id}/narrow"),
+        Some(owner),
+        Some(json!({"fields": ["id", "region_code"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policy_version"], 2, "approved 1, narrowed 2: {body}");
+    db.batch_execute("INSERT INTO people VALUES (42, '赵六', '330106199001010042', '330106')")
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = sink.rows("people", "id", &READ).await.unwrap().unwrap();
+        if let Some(r) = rows.get(&42) {
+            assert_eq!(r[0], None, "name no longer shared");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "row 42 never arrived\n{}",
+            sub.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     // Revoked: nothing new arrives.
     let (status, body) = call(
         &node,

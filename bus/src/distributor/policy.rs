@@ -11,7 +11,9 @@
 //! first character of a name, or a fixed text), `hashed` (HMAC-SHA256 under
 //! the subscription's secret, hex: the same value always maps to the same
 //! pseudonym, unlinkable across subscriptions), or absent. The share table
-//! has only the granted columns; masked and hashed columns are text.
+//! has only the granted columns; masked and hashed columns are text, and
+//! every non-key column is nullable (a later, narrower policy stops sending
+//! some; the subscriber's existing rows and table must still take rows).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -228,7 +230,14 @@ impl SharePolicy {
                 }
                 FieldRule::Masked(_) | FieldRule::Hashed => SqlType::Text,
             };
-            columns.push(ColumnDesc::new(c.name.clone(), sql_type, c.nullable));
+            // Non-key columns are nullable in every share: grants change
+            // over time, and a column a narrowed policy stops sending must
+            // not make the subscriber's rows impossible to insert.
+            columns.push(ColumnDesc::new(
+                c.name.clone(),
+                sql_type,
+                c.nullable || !is_key,
+            ));
             sources.push((i, rule.clone()));
         }
         let missing: Vec<&str> = source
