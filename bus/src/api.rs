@@ -12,6 +12,9 @@
 //! | POST | /api/subscriptions | admin, the subscriber itself |
 //! | GET | /api/subscriptions | admin (all), owner (its datasets'), subscriber (its own) |
 //! | GET | /api/node | anyone with a token |
+//! | GET | /api/feeds | admin, owners |
+//! | PUT, DELETE | /api/feeds/{name} | admin, owner of every dataset the feed fills |
+//! | POST | /api/feeds/{name}/pause, /resume, /restart | same |
 //! | GET | /api/subscriptions/{id} | admin, owner of the dataset, the subscriber |
 //! | POST | /api/subscriptions/{id}/approve, /reject, /revoke, /narrow | admin, owner of the dataset |
 //!
@@ -95,6 +98,7 @@ pub struct ApiState {
     auditor: Auditor,
     tokens: Arc<HashMap<String, Principal>>,
     node: Arc<crate::config::NodeConfig>,
+    feeds: crate::feeds::FeedStatuses,
 }
 
 impl ApiState {
@@ -104,6 +108,7 @@ impl ApiState {
         auditor: Auditor,
         tokens: &[TokenConfig],
         node: crate::config::NodeConfig,
+        feeds: crate::feeds::FeedStatuses,
     ) -> Self {
         let tokens = tokens
             .iter()
@@ -119,6 +124,7 @@ impl ApiState {
             auditor,
             tokens: Arc::new(tokens),
             node: Arc::new(node),
+            feeds,
         }
     }
 }
@@ -185,6 +191,9 @@ pub fn router(state: ApiState) -> Router {
             get(list_subscriptions).post(request_subscription),
         )
         .route("/api/node", get(node_info))
+        .route("/api/feeds", get(list_feeds))
+        .route("/api/feeds/{name}", put(put_feed).delete(delete_feed))
+        .route("/api/feeds/{name}/{action}", post(feed_action))
         .route("/api/subscriptions/{id}", get(get_subscription))
         .route("/api/subscriptions/{id}/{action}", post(decide))
         .with_state(state)
@@ -208,6 +217,162 @@ async fn audit(state: &ApiState, who: &Principal, details: Value) -> Result<(), 
         .await
         .map(|_| ())
         .map_err(unavailable)
+}
+
+/// Whether `who` may manage a feed filling these datasets.
+fn may_manage_feed(who: &Principal, feed: &crate::config::FeedConfig) -> Result<(), ApiError> {
+    let crate::config::FeedConfig::Postgres(c) = feed;
+    match c.tables.iter().find(|t| !who.owns(&t.dataset)) {
+        None => Ok(()),
+        Some(t) => Err(forbidden(format!(
+            "{} cannot manage a feed into dataset {}: only its owner department or an admin can",
+            who.name(),
+            t.dataset
+        ))),
+    }
+}
+
+async fn list_feeds(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    let who = principal(&state, &headers)?;
+    if matches!(who, Principal::Subscriber(_)) {
+        return Err(forbidden("feeds are managed by owners and admins"));
+    }
+    let statuses = state.feeds.snapshot();
+    let st = state.catalog.state().await;
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for (name, status) in &statuses {
+        out.insert(name.clone(), json!({"name": name, "status": status}));
+    }
+    for f in st.feeds.values().filter(|f| !f.deleted) {
+        let entry = out
+            .entry(f.name.clone())
+            .or_insert_with(|| json!({"name": f.name}));
+        entry["config"] = f.config.clone();
+        entry["paused"] = json!(f.paused);
+    }
+    Ok(Json(json!(out.into_values().collect::<Vec<_>>())).into_response())
+}
+
+async fn put_feed(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(config): Json<Value>,
+) -> ApiResult {
+    let who = principal(&state, &headers)?;
+    if state.feeds.is_config(&name) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("feed {name} is declared in the node's configuration file; change it there"),
+        ));
+    }
+    if config.get("password").is_some() {
+        return Err(invalid(
+            "password: not accepted through the API; give password_env or password_file, resolved on the node",
+        ));
+    }
+    let mut record = crate::catalog::FeedRecord {
+        name: name.clone(),
+        config,
+        paused: false,
+        restarts: 0,
+        deleted: false,
+        updated_ms: now_ms(),
+    };
+    let feed = record.parse().map_err(invalid)?;
+    may_manage_feed(&who, &feed)?;
+    if let Some(old) = state.catalog.state().await.feeds.get(&name) {
+        if !old.deleted {
+            record.paused = old.paused;
+            record.restarts = old.restarts;
+        }
+    }
+    state
+        .catalog
+        .put(CatalogRecord::Feed(record.clone()))
+        .await
+        .map_err(unavailable)?;
+    audit(
+        &state,
+        &who,
+        json!({"action": "feed registered", "feed": name}),
+    )
+    .await?;
+    Ok(
+        Json(json!({"name": name, "config": record.config, "paused": record.paused}))
+            .into_response(),
+    )
+}
+
+async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: &str) -> ApiResult {
+    let who = principal(state, headers)?;
+    let mut record = state
+        .catalog
+        .state()
+        .await
+        .feeds
+        .get(name)
+        .filter(|f| !f.deleted)
+        .cloned()
+        .ok_or_else(|| {
+            let hint = if state.feeds.is_config(name) {
+                " through the API: it is declared in the configuration file"
+            } else {
+                ""
+            };
+            ApiError(StatusCode::NOT_FOUND, format!("no feed {name}{hint}"))
+        })?;
+    may_manage_feed(&who, &record.parse().map_err(invalid)?)?;
+    match action {
+        "pause" => record.paused = true,
+        "resume" => record.paused = false,
+        "restart" => record.restarts += 1,
+        "delete" => record.deleted = true,
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other}: use pause, resume or restart"),
+            ))
+        }
+    }
+    record.updated_ms = now_ms();
+    state
+        .catalog
+        .put(CatalogRecord::Feed(record.clone()))
+        .await
+        .map_err(unavailable)?;
+    audit(
+        state,
+        &who,
+        json!({"action": format!("feed {action}"), "feed": name}),
+    )
+    .await?;
+    Ok(
+        Json(json!({"name": name, "paused": record.paused, "deleted": record.deleted}))
+            .into_response(),
+    )
+}
+
+async fn feed_action(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult {
+    if action == "delete" {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "use DELETE /api/feeds/{name}".to_owned(),
+        ));
+    }
+    feed_change(&state, &headers, &name, &action).await
+}
+
+async fn delete_feed(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    feed_change(&state, &headers, &name, "delete").await
 }
 
 /// This node's identity, its parent, and the child nodes it shares with.

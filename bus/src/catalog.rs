@@ -163,6 +163,50 @@ pub struct Subscription {
     pub backfilled: bool,
 }
 
+/// A feed registered through the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedRecord {
+    /// Feed name.
+    pub name: String,
+    /// The feed's settings as in a `[[feeds]]` entry (with `type`; the
+    /// password only by reference: `password_env` / `password_file`).
+    pub config: serde_json::Value,
+    /// Stopped on request until resumed.
+    pub paused: bool,
+    /// Bumped by each restart request.
+    pub restarts: u64,
+    /// Removed.
+    pub deleted: bool,
+    /// Last change, ms since the epoch.
+    pub updated_ms: i64,
+}
+
+impl FeedRecord {
+    /// The feed's configuration, or what is wrong with it (naming the key).
+    pub fn parse(&self) -> Result<crate::config::FeedConfig, String> {
+        let mut v = self.config.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "name".to_owned(),
+                serde_json::Value::String(self.name.clone()),
+            );
+        }
+        serde_path_to_error::deserialize::<_, crate::config::FeedConfig>(v).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." || path.is_empty() {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })
+    }
+
+    /// Changes when the feed must be restarted.
+    pub fn signature(&self) -> String {
+        format!("{}|{}", self.config, self.restarts)
+    }
+}
+
 /// One catalog record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -171,6 +215,8 @@ pub enum CatalogRecord {
     Dataset(Dataset),
     /// A subscription's current state.
     Subscription(Subscription),
+    /// A feed registered through the API.
+    Feed(FeedRecord),
 }
 
 /// The catalog's current state.
@@ -180,6 +226,8 @@ pub struct CatalogState {
     pub datasets: BTreeMap<String, Dataset>,
     /// Subscriptions by id.
     pub subscriptions: BTreeMap<String, Subscription>,
+    /// Feeds registered through the API, by name.
+    pub feeds: BTreeMap<String, FeedRecord>,
 }
 
 impl CatalogState {
@@ -190,6 +238,9 @@ impl CatalogState {
             }
             CatalogRecord::Subscription(s) => {
                 self.subscriptions.insert(s.id.clone(), s);
+            }
+            CatalogRecord::Feed(f) => {
+                self.feeds.insert(f.name.clone(), f);
             }
         }
     }
@@ -285,6 +336,7 @@ impl Catalog {
         let key = match &record {
             CatalogRecord::Dataset(d) => format!("dataset:{}", d.id),
             CatalogRecord::Subscription(s) => format!("subscription:{}", s.id),
+            CatalogRecord::Feed(f) => format!("feed:{}", f.name),
         };
         let value = serde_json::to_vec(&record).expect("catalog records serialize");
         let delivered = self

@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod config;
 pub mod distributor;
 pub mod feed;
+pub mod feeds;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

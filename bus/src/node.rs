@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use std::sync::Arc;
 
-use crate::config::{Config, FeedConfig};
+use crate::config::Config;
 use crate::feed::FeedContext;
 use crate::http::{self, CheckState, HttpState, Readiness};
 use crate::kafka::{
@@ -51,39 +51,6 @@ const CHECK_KAFKA: &str = "kafka";
 const CHECK_TOPICS: &str = "internal_topics";
 /// Readiness check: the schema registry replayed `backflow._schemas`.
 const CHECK_REGISTRY: &str = "schema_registry";
-
-/// Runs a feed, restarting it with backoff after errors, until shutdown.
-async fn supervise(feed: FeedConfig, ctx: FeedContext, shutdown: CancellationToken) {
-    let name = feed.name().to_owned();
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let source: Box<dyn backflow_connectors::Source> = match &feed {
-            FeedConfig::Postgres(c) => Box::new(
-                backflow_connectors::postgres::PostgresSource::new(c.clone(), ctx.node.clone()),
-            ),
-        };
-        match crate::feed::run(&name, source, ctx.clone(), shutdown.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                ctx.metrics
-                    .source_restarts
-                    .with_label_values(&[&name])
-                    .inc();
-                let kind = if e.is_transient() {
-                    "transient"
-                } else {
-                    "needs a fix"
-                };
-                tracing::error!(feed = %name, error = %e, kind, retry_in = ?backoff, "feed failed");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
-    }
-}
 
 /// A started node: its resolved addresses, for callers and tests.
 pub struct Running {
@@ -160,6 +127,7 @@ pub async fn run(
     });
     let auditor =
         crate::audit::Auditor::new(&settings, publisher.clone(), config.node.code.as_str());
+    let feed_statuses = crate::feeds::FeedStatuses::default();
     // Subscriptions past their validity end within seconds.
     {
         let (catalog, auditor, shutdown) = (catalog.clone(), auditor.clone(), shutdown.clone());
@@ -186,6 +154,7 @@ pub async fn run(
         let feeds = config.feeds.clone();
         let shares = config.shares.clone();
         let (catalog_d, auditor_d) = (catalog.clone(), auditor.clone());
+        let (catalog_f, statuses_f) = (catalog.clone(), feed_statuses.clone());
         let node_code = config.node.code.to_string();
         let publisher = publisher.clone();
         let metrics = metrics.clone();
@@ -243,9 +212,13 @@ pub async fn run(
                                         replication_factor: rf,
                                         metrics,
                                     };
-                                    for feed in feeds {
-                                        feed_tracker.spawn(supervise(feed, ctx.clone(), shutdown.clone()));
-                                    }
+                                    feed_tracker.spawn(crate::feeds::manage(
+                                        feeds,
+                                        catalog_f,
+                                        ctx.clone(),
+                                        statuses_f,
+                                        shutdown.clone(),
+                                    ));
                                     feed_tracker.spawn(crate::distributor::supervise(
                                         shares,
                                         catalog_d,
@@ -336,6 +309,7 @@ pub async fn run(
         auditor,
         &config.auth.tokens,
         config.node.clone(),
+        feed_statuses,
     )));
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
     tracker.close();

@@ -1,0 +1,255 @@
+//! Running feeds, as Kafka Connect runs connectors: feeds declared in the
+//! configuration file run for the life of the process; feeds registered
+//! through the API (`backflow._catalog`) are started, paused, resumed,
+//! restarted and removed at runtime, without restarting the process. Each
+//! feed reports RUNNING, PAUSED or FAILED (with the error) at `/api/feeds`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::FeedConfig;
+use crate::feed::FeedContext;
+
+/// What a feed is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeedStatus {
+    /// `STARTING`, `RUNNING`, `PAUSED` or `FAILED`.
+    pub state: &'static str,
+    /// The last error, when FAILED (what happened and how to fix it).
+    pub error: Option<String>,
+    /// `config` (declared in the file) or `api`.
+    pub origin: &'static str,
+    /// Restarts after errors since the feed was started.
+    pub failures: u64,
+}
+
+/// Statuses of every feed of the process. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct FeedStatuses(Arc<Mutex<BTreeMap<String, FeedStatus>>>);
+
+impl FeedStatuses {
+    fn set(&self, name: &str, f: impl FnOnce(&mut FeedStatus)) {
+        let mut map = self.0.lock().expect("status lock");
+        if let Some(s) = map.get_mut(name) {
+            f(s);
+        }
+    }
+
+    fn insert(&self, name: &str, status: FeedStatus) {
+        self.0
+            .lock()
+            .expect("status lock")
+            .insert(name.to_owned(), status);
+    }
+
+    fn remove(&self, name: &str) {
+        self.0.lock().expect("status lock").remove(name);
+    }
+
+    /// A copy of every status.
+    pub fn snapshot(&self) -> BTreeMap<String, FeedStatus> {
+        self.0.lock().expect("status lock").clone()
+    }
+
+    /// Whether a feed of this name is declared in the configuration file.
+    pub fn is_config(&self, name: &str) -> bool {
+        self.snapshot()
+            .get(name)
+            .is_some_and(|s| s.origin == "config")
+    }
+}
+
+/// Runs a feed, restarting it with backoff after errors, until `stop`.
+async fn supervise(
+    feed: FeedConfig,
+    ctx: FeedContext,
+    statuses: FeedStatuses,
+    stop: CancellationToken,
+) {
+    let name = feed.name().to_owned();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let source: Box<dyn backflow_connectors::Source> = match &feed {
+            FeedConfig::Postgres(c) => Box::new(
+                backflow_connectors::postgres::PostgresSource::new(c.clone(), ctx.node.clone()),
+            ),
+        };
+        statuses.set(&name, |s| {
+            if s.error.is_none() {
+                s.state = "RUNNING";
+            }
+        });
+        let run = crate::feed::run(&name, source, ctx.clone(), stop.clone());
+        tokio::pin!(run);
+        // A feed that stays up for a while is RUNNING again.
+        let outcome = tokio::select! {
+            r = &mut run => r,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                statuses.set(&name, |s| { s.state = "RUNNING"; s.error = None; });
+                run.await
+            }
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                ctx.metrics
+                    .source_restarts
+                    .with_label_values(&[&name])
+                    .inc();
+                let kind = if e.is_transient() {
+                    "transient"
+                } else {
+                    "needs a fix"
+                };
+                tracing::error!(feed = %name, error = %e, kind, retry_in = ?backoff, "feed failed");
+                statuses.set(&name, |s| {
+                    s.state = "FAILED";
+                    s.error = Some(e.to_string());
+                    s.failures += 1;
+                });
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+struct Running {
+    signature: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the configured feeds, and the catalog's feeds as they come, change
+/// and go, until shutdown.
+pub async fn manage(
+    config_feeds: Vec<FeedConfig>,
+    catalog: Catalog,
+    ctx: FeedContext,
+    statuses: FeedStatuses,
+    shutdown: CancellationToken,
+) {
+    let mut tasks = Vec::new();
+    for feed in config_feeds {
+        statuses.insert(
+            feed.name(),
+            FeedStatus {
+                state: "STARTING",
+                error: None,
+                origin: "config",
+                failures: 0,
+            },
+        );
+        tasks.push(tokio::spawn(supervise(
+            feed,
+            ctx.clone(),
+            statuses.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let mut changes = catalog.changes();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    loop {
+        let _ = catalog.caught_up().await;
+        let desired: Vec<crate::catalog::FeedRecord> = catalog
+            .state()
+            .await
+            .feeds
+            .values()
+            .filter(|f| !f.deleted && !statuses.is_config(&f.name))
+            .cloned()
+            .collect();
+        // Stop what is gone, paused or changed.
+        let keep: HashMap<&str, String> = desired
+            .iter()
+            .filter(|f| !f.paused)
+            .map(|f| (f.name.as_str(), f.signature()))
+            .collect();
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(name, r)| keep.get(name.as_str()) != Some(&r.signature))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            let r = running.remove(&name).expect("listed above");
+            r.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(15), r.task).await;
+            tracing::info!(feed = %name, "feed stopped");
+            statuses.remove(&name);
+        }
+        // Feeds that never started (bad settings) and are now gone.
+        for (name, status) in statuses.snapshot() {
+            if status.origin == "api" && !desired.iter().any(|f| f.name == name) {
+                statuses.remove(&name);
+            }
+        }
+        for f in &desired {
+            if f.paused {
+                statuses.insert(
+                    &f.name,
+                    FeedStatus {
+                        state: "PAUSED",
+                        error: None,
+                        origin: "api",
+                        failures: 0,
+                    },
+                );
+                continue;
+            }
+            if running.contains_key(&f.name) {
+                continue;
+            }
+            let mut status = FeedStatus {
+                state: "STARTING",
+                error: None,
+                origin: "api",
+                failures: 0,
+            };
+            let feed = f.parse().and_then(|mut feed| {
+                feed.resolve_secrets(0)
+                    .map_err(|e| e.to_string().replace("feeds[0].", ""))?;
+                Ok(feed)
+            });
+            match feed {
+                Ok(feed) => {
+                    statuses.insert(&f.name, status);
+                    let stop = shutdown.child_token();
+                    let task =
+                        tokio::spawn(supervise(feed, ctx.clone(), statuses.clone(), stop.clone()));
+                    tracing::info!(feed = %f.name, "feed started");
+                    running.insert(
+                        f.name.clone(),
+                        Running {
+                            signature: f.signature(),
+                            stop,
+                            task,
+                        },
+                    );
+                }
+                Err(e) => {
+                    status.state = "FAILED";
+                    status.error = Some(e);
+                    statuses.insert(&f.name, status);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = changes.changed() => if c.is_err() { break },
+        }
+    }
+    for (_, r) in running {
+        let _ = r.task.await;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
