@@ -125,6 +125,10 @@ pub async fn run(
     );
     let mut readers = FramedReaders::new();
     let mut versions: HashMap<(u32, u32), Version> = HashMap::new();
+    // The previous batch: its share records are still being acknowledged
+    // while the next batch is processed; its offsets are stored once they
+    // all are.
+    let mut previous: Option<InFlight> = None;
     loop {
         // A batch: the first record waits as long as it takes, the rest
         // only as long as LINGER.
@@ -164,13 +168,17 @@ pub async fn run(
             )
             .await?;
         }
-        for d in deliveries {
-            d.await?;
+        if let Some(done) = previous.take() {
+            done.settle(auditor, &consumer).await?;
         }
-        audit_batch(auditor, &batch, tallies).await?;
-        for record in &batch {
-            consumer.store_record(record)?;
-        }
+        previous = Some(InFlight {
+            deliveries,
+            batch,
+            tallies,
+        });
+    }
+    if let Some(done) = previous.take() {
+        done.settle(auditor, &consumer).await?;
     }
     let _ = consumer.commit();
     tracing::info!("distributor stopped");
@@ -272,6 +280,27 @@ pub async fn backfill(
     }
     tracing::info!(subscriber = %share.subscriber, dataset = %share.dataset, records = total, "backfill finished");
     Ok(total)
+}
+
+/// A processed batch whose share records are on their way to Kafka.
+struct InFlight {
+    deliveries: Vec<Delivery>,
+    batch: Vec<ConsumedRecord>,
+    tallies: BTreeMap<String, Tally>,
+}
+
+impl InFlight {
+    /// Waits for every acknowledgement, audits, stores the raw offsets.
+    async fn settle(self, auditor: &Auditor, consumer: &Consumer) -> Result<(), DistributorError> {
+        for d in self.deliveries {
+            d.await?;
+        }
+        audit_batch(auditor, &self.batch, self.tallies).await?;
+        for record in &self.batch {
+            consumer.store_record(record)?;
+        }
+        Ok(())
+    }
 }
 
 /// What one batch delivered to one share topic, for the audit trail.
