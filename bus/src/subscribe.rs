@@ -687,14 +687,7 @@ impl Decoder {
             // A tombstone: delete by key.
             let slot = (raw.topic.clone(), key_id);
             if !self.keys.contains_key(&slot) {
-                let made = key_table_from_schema(&key_schema, &target)
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| {
-                        TableCodec::new(d)
-                            .map(|c| (c.table().clone(), c))
-                            .map_err(|e| e.to_string())
-                    });
-                match made {
+                match with_codec(key_table_from_schema(&key_schema, &target)) {
                     Ok(t) => self.keys.insert(slot.clone(), t),
                     Err(e) => return Ok(Err(e)),
                 };
@@ -723,14 +716,7 @@ impl Decoder {
         };
         let slot = (raw.topic.clone(), key_id, value_id);
         if !self.tables.contains_key(&slot) {
-            let made = table_from_schemas(&key_schema, &value_schema, &target)
-                .map_err(|e| e.to_string())
-                .and_then(|d| {
-                    TableCodec::new(d)
-                        .map(|c| (c.table().clone(), c))
-                        .map_err(|e| e.to_string())
-                });
-            match made {
+            match with_codec(table_from_schemas(&key_schema, &value_schema, &target)) {
                 Ok(t) => self.tables.insert(slot.clone(), t),
                 Err(e) => return Ok(Err(e)),
             };
@@ -764,6 +750,15 @@ impl Decoder {
             .max_by_key(|((_, _, v), _)| *v)
             .map(|(_, (table, _))| table.clone())
     }
+}
+
+/// A recovered table with its codec, or why there is none.
+fn with_codec(
+    desc: Result<TableDesc, backflow_schemas::SchemaError>,
+) -> Result<(Arc<TableDesc>, TableCodec), String> {
+    desc.and_then(TableCodec::new)
+        .map(|c| (c.table().clone(), c))
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the subscriptions of `config` with an HTTP server for `/metrics`,

@@ -127,6 +127,17 @@ impl SchemaLookup for SchemaCache {
     }
 }
 
+/// The decoded value if the body was read to its end.
+fn whole(id: u32, rest: &[u8], value: Value) -> Result<(u32, Value), WireError> {
+    if !rest.is_empty() {
+        return Err(WireError::Body {
+            id,
+            reason: format!("{} bytes left over after the record", rest.len()),
+        });
+    }
+    Ok((id, value))
+}
+
 /// Decodes a framed payload with the schema its id names.
 pub fn decode_framed(payload: &[u8], lookup: &dyn SchemaLookup) -> Result<(u32, Value), WireError> {
     let (id, mut body) = unframe(payload)?;
@@ -137,13 +148,7 @@ pub fn decode_framed(payload: &[u8], lookup: &dyn SchemaLookup) -> Result<(u32, 
         id,
         reason: e.to_string(),
     })?;
-    if !body.is_empty() {
-        return Err(WireError::Body {
-            id,
-            reason: format!("{} bytes left over after the record", body.len()),
-        });
-    }
-    Ok((id, value))
+    whole(id, body, value)
 }
 
 /// Decoders of framed payloads, one per schema id, each with its writer
@@ -202,12 +207,6 @@ impl FramedReaders {
             id,
             reason: e.to_string(),
         })?;
-        if !body.is_empty() {
-            return Err(WireError::Body {
-                id,
-                reason: format!("{} bytes left over after the record", body.len()),
-            });
-        }
-        Ok((id, value))
+        whole(id, body, value)
     }
 }

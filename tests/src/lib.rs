@@ -226,6 +226,12 @@ impl Node {
     /// Starts `backflow subscribe --config <file>` with `config` as the
     /// file's content.
     pub fn subscribe_with_config(config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with_file("subscribe", config, env)
+    }
+
+    /// Starts `backflow <command>` with `config` written to a file named by
+    /// BACKFLOW_CONFIG.
+    fn start_with_file(command: &str, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let file = tempfile::Builder::new().suffix(".toml").tempfile()?;
         std::fs::write(file.path(), config)?;
         let (file, path) = file.keep()?;
@@ -233,7 +239,7 @@ impl Node {
         let path = path.display().to_string();
         let mut all: Vec<(&str, &str)> = env.to_vec();
         all.push(("BACKFLOW_CONFIG", &path));
-        Self::start_command("subscribe", &all)
+        Self::start_command(command, &all)
     }
 
     /// Starts `backflow <command>` (serve or subscribe).
@@ -298,14 +304,7 @@ impl Node {
     /// Starts `backflow serve --config <file>` with `config` as the file's
     /// content.
     pub fn start_with_config(config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let file = tempfile::Builder::new().suffix(".toml").tempfile()?;
-        std::fs::write(file.path(), config)?;
-        let (file, path) = file.keep()?;
-        drop(file);
-        let path = path.display().to_string();
-        let mut all: Vec<(&str, &str)> = env.to_vec();
-        all.push(("BACKFLOW_CONFIG", &path));
-        Node::start(&all)
+        Self::start_with_file("serve", config, env)
     }
 
     /// Sends a signal (`TERM`, `INT`, `KILL`) to the process.
