@@ -173,6 +173,25 @@ impl TableCodec {
     /// Encodes a key row (raw Avro datum, no framing).
     pub fn encode_key(&self, key: &Row) -> Result<Vec<u8>, SchemaError> {
         self.table.check_key(key)?;
+        let mut out = Vec::with_capacity(16);
+        crate::binary::row(&mut out, self.table.key_columns().into_iter(), key);
+        Ok(out)
+    }
+
+    /// Encodes a change event's value (raw Avro datum, no framing).
+    pub fn encode_value(&self, event: &ChangeEvent) -> Result<Vec<u8>, SchemaError> {
+        for r in [&event.before, &event.after].into_iter().flatten() {
+            self.table.check_row(r)?;
+        }
+        let mut out = Vec::with_capacity(256);
+        crate::binary::envelope(&mut out, &self.table.columns, event);
+        Ok(out)
+    }
+
+    /// [`TableCodec::encode_key`] through Avro's generic encoder: the
+    /// reference the direct encoder is checked against (slower).
+    pub fn encode_key_generic(&self, key: &Row) -> Result<Vec<u8>, SchemaError> {
+        self.table.check_key(key)?;
         let value = record(self.table.key_columns().into_iter(), key);
         self.io
             .key_writer
@@ -180,8 +199,9 @@ impl TableCodec {
             .map_err(|e| self.err_encode(e))
     }
 
-    /// Encodes a change event's value (raw Avro datum, no framing).
-    pub fn encode_value(&self, event: &ChangeEvent) -> Result<Vec<u8>, SchemaError> {
+    /// [`TableCodec::encode_value`] through Avro's generic encoder: the
+    /// reference the direct encoder is checked against (slower).
+    pub fn encode_value_generic(&self, event: &ChangeEvent) -> Result<Vec<u8>, SchemaError> {
         let image = |row: &Option<Row>| -> Result<Value, SchemaError> {
             Ok(match row {
                 None => Value::Union(0, Box::new(Value::Null)),

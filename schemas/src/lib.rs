@@ -12,6 +12,7 @@
 //!
 //! The fixed parts of the envelope are `.avsc` files in `schemas/avro/`.
 
+mod binary;
 pub mod codec;
 pub mod datum;
 pub mod event;

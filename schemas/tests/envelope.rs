@@ -206,6 +206,13 @@ fn envelope_round_trips_every_type_for_every_op() {
                 };
                 let key_bytes = codec.encode_key(&event.key).unwrap();
                 let value_bytes = codec.encode_value(&event).unwrap();
+                // The direct encoder writes what Avro's own encoder writes.
+                assert_eq!(key_bytes, codec.encode_key_generic(&event.key).unwrap());
+                assert_eq!(
+                    value_bytes,
+                    codec.encode_value_generic(&event).unwrap(),
+                    "op {op:?}, row {i}, null twins {null_twins}"
+                );
                 let key_back = codec.decode_key(&key_bytes).unwrap();
                 assert_eq!(key_back, event.key);
                 let back = codec.decode_value(key_back, &value_bytes).unwrap();

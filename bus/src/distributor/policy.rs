@@ -194,6 +194,8 @@ pub struct ShareTable {
     key: Vec<usize>,
     region: Option<usize>,
     predicates: Vec<(usize, Predicate)>,
+    /// The subscription's HMAC key, set up once.
+    mac: Hmac<Sha256>,
 }
 
 impl SharePolicy {
@@ -276,6 +278,8 @@ impl SharePolicy {
             key,
             region,
             predicates,
+            mac: Hmac::<Sha256>::new_from_slice(&self.secret)
+                .expect("HMAC takes keys of any length"),
         })
     }
 
@@ -297,26 +301,8 @@ impl SharePolicy {
         Row(t
             .sources
             .iter()
-            .map(|(i, rule)| self.apply(rule, &row.0[*i]))
+            .map(|(i, rule)| apply(&t.mac, rule, &row.0[*i]))
             .collect())
-    }
-
-    fn apply(&self, rule: &FieldRule, d: &Datum) -> Datum {
-        if matches!(d, Datum::Null) || *rule == FieldRule::Plain {
-            return d.clone();
-        }
-        let text = pg_text(d).unwrap_or_default();
-        match rule {
-            FieldRule::Plain => unreachable!("handled above"),
-            FieldRule::Hashed => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret)
-                    .expect("HMAC takes keys of any length");
-                mac.update(text.as_bytes());
-                let out = mac.finalize().into_bytes();
-                Datum::Text(out.iter().map(|b| format!("{b:02x}")).collect())
-            }
-            FieldRule::Masked(mask) => Datum::Text(apply_mask(mask, &text)),
-        }
     }
 
     /// This subscriber's version of a change, or `None` when the change
@@ -361,10 +347,38 @@ impl SharePolicy {
                     .iter()
                     .position(|k| k == name)
                     .expect("share keys are source keys");
-                self.apply(rule, &key.0[at])
+                apply(&t.mac, rule, &key.0[at])
             })
             .collect())
     }
+}
+
+/// A field's value under its rule.
+fn apply(mac: &Hmac<Sha256>, rule: &FieldRule, d: &Datum) -> Datum {
+    if matches!(d, Datum::Null) || *rule == FieldRule::Plain {
+        return d.clone();
+    }
+    let text = pg_text(d).unwrap_or_default();
+    match rule {
+        FieldRule::Plain => unreachable!("handled above"),
+        FieldRule::Hashed => {
+            let mut mac = mac.clone();
+            mac.update(text.as_bytes());
+            Datum::Text(hex(&mac.finalize().into_bytes()))
+        }
+        FieldRule::Masked(mask) => Datum::Text(apply_mask(mask, &text)),
+    }
+}
+
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 fn apply_mask(mask: &Mask, text: &str) -> String {

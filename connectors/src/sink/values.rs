@@ -95,10 +95,12 @@ pub fn pg_text(d: &Datum) -> Option<String> {
         Datum::Decimal(v) => v.to_string(),
         Datum::Text(s) | Datum::Json(s) => s.clone(),
         Datum::Bytes(b) => {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
             let mut out = String::with_capacity(2 + 2 * b.len());
             out.push_str("\\x");
             for byte in b {
-                out.push_str(&format!("{byte:02x}"));
+                out.push(DIGITS[usize::from(byte >> 4)] as char);
+                out.push(DIGITS[usize::from(byte & 15)] as char);
             }
             out
         }

@@ -45,6 +45,36 @@ fn table() -> TableDesc {
     }
 }
 
+fn event(id: i64) -> anyhow::Result<ChangeEvent> {
+    let row = Row(vec![
+        Datum::Long(id),
+        Datum::Text(format!("居民{id}")),
+        Datum::Text(format!("330106199001{:06}", id % 1_000_000)),
+        Datum::Text(format!("1380000{:04}", id % 10_000)),
+        Datum::Text("330106".into()),
+        Datum::Decimal(Decimal::parse(&format!("{}.50", id % 100_000), 2)?),
+        Datum::Bool(id % 2 == 0),
+    ]);
+    let event = ChangeEvent {
+        key: Row(vec![Datum::Long(id)]),
+        before: None,
+        after: Some(row),
+        source: SourceInfo {
+            position: format!("{:016X}", id),
+            ts_ms: 1_700_000_000_000,
+            ..SourceInfo::default()
+        },
+        op: Op::Create,
+        ts_ms: None,
+        transaction: Some(TransactionInfo {
+            id: id.to_string(),
+            total_order: 1,
+            data_collection_order: 1,
+        }),
+    };
+    Ok(event)
+}
+
 fn metric(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
@@ -74,32 +104,7 @@ async fn fill(broker: &TestBroker, events: i64) -> anyhow::Result<()> {
     let publisher = Arc::new(Publisher::new(&settings, None)?);
     let mut pending = Vec::new();
     for id in 0..events {
-        let row = Row(vec![
-            Datum::Long(id),
-            Datum::Text(format!("居民{id}")),
-            Datum::Text(format!("330106199001{:06}", id % 1_000_000)),
-            Datum::Text(format!("1380000{:04}", id % 10_000)),
-            Datum::Text("330106".into()),
-            Datum::Decimal(Decimal::parse(&format!("{}.50", id % 100_000), 2)?),
-            Datum::Bool(id % 2 == 0),
-        ]);
-        let event = ChangeEvent {
-            key: Row(vec![Datum::Long(id)]),
-            before: None,
-            after: Some(row),
-            source: SourceInfo {
-                position: format!("{:016X}", id),
-                ts_ms: 1_700_000_000_000,
-                ..SourceInfo::default()
-            },
-            op: Op::Create,
-            ts_ms: None,
-            transaction: Some(TransactionInfo {
-                id: id.to_string(),
-                total_order: 1,
-                data_collection_order: 1,
-            }),
-        };
+        let event = event(id)?;
         let key = frame(key_id, &codec.encode_key(&event.key)?);
         let value = frame(value_id, &codec.encode_value(&event)?);
         pending.push(
@@ -124,6 +129,67 @@ async fn fill(broker: &TestBroker, events: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The distributor's own work per share record on one thread, without
+/// Kafka: row filter, field policy (mask, HMAC), Avro encoding, framing.
+fn cpu_only(events: i64) -> anyhow::Result<()> {
+    use backflow::distributor::policy::{FieldRule, Predicate, SharePolicy};
+    let source = table();
+    let shares: Vec<(
+        SharePolicy,
+        backflow::distributor::policy::ShareTable,
+        TableCodec,
+    )> = (0..10)
+        .map(|i| {
+            let policy = SharePolicy {
+                subscriber: format!("{:06}", 331_000 + i),
+                dataset: DATASET.into(),
+                region_column: None,
+                prefix: String::new(),
+                predicates: vec![Predicate {
+                    column: "flag".into(),
+                    op: "=".into(),
+                    value: if i % 2 == 0 { "t" } else { "f" }.into(),
+                }],
+                fields: [
+                    ("id", "plain"),
+                    ("name", "masked:name"),
+                    ("id_number", "masked:keep(6,4)"),
+                    ("phone", "hashed"),
+                    ("region_code", "plain"),
+                    ("flag", "plain"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), FieldRule::parse(v).unwrap()))
+                .collect(),
+                secret: b"bench-secret-0123456789".to_vec(),
+                version: 1,
+            };
+            let t = policy.share_table(&source).unwrap();
+            let codec = TableCodec::new(t.desc.clone()).unwrap();
+            (policy, t, codec)
+        })
+        .collect();
+    let input: Vec<ChangeEvent> = (0..events).map(event).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let mut out = 0u64;
+    for e in &input {
+        for (policy, t, codec) in &shares {
+            if let Some(shared) = policy.share_event(t, e) {
+                let key = frame(1, &codec.encode_key(&shared.key)?);
+                let value = frame(2, &codec.encode_value(&shared)?);
+                out += (key.len() + value.len() > 0) as u64;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "without Kafka, one thread, 10 shares: {:.0} events/s in, {:.0} share records/s out",
+        events as f64 / secs,
+        out as f64 / secs
+    );
+    Ok(())
+}
+
 /// Events/s a plain consumer reads the raw topic at.
 async fn raw_rate(broker: &TestBroker, events: i64) -> anyhow::Result<f64> {
     let settings = KafkaSettings::new(broker.bootstrap());
@@ -145,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(100_000);
     println!("distributor benchmark: one dataset, each event matching half of the shares (7 columns: masked, hashed and plain fields)");
+    cpu_only(events)?;
     for shares in [1usize, 10, 100] {
         // 100 shares write 50 records per event: fewer events keep the
         // broker's memory in bounds.
