@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # PostgreSQL feed benchmark: rows/s from WAL into Kafka vs pg_recvlogical,
-# and peak RSS. Usage: scripts/bench-pg-source.sh [ROWS] (default 200000).
+# and peak RSS, for inserts and updates in 10-row transactions and for one
+# large transaction.
+# Usage: scripts/bench-pg-source.sh [INSERTS [UPDATES [BIG]]]
+#        (defaults 1000000 200000 1000000).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh up >/dev/null

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -99,6 +99,7 @@ pub struct ApiState {
     tokens: Arc<HashMap<String, Principal>>,
     node: Arc<crate::config::NodeConfig>,
     feeds: crate::feeds::FeedStatuses,
+    publisher: crate::kafka::Publisher,
 }
 
 impl ApiState {
@@ -109,6 +110,7 @@ impl ApiState {
         tokens: &[TokenConfig],
         node: crate::config::NodeConfig,
         feeds: crate::feeds::FeedStatuses,
+        publisher: crate::kafka::Publisher,
     ) -> Self {
         let tokens = tokens
             .iter()
@@ -125,6 +127,7 @@ impl ApiState {
             tokens: Arc::new(tokens),
             node: Arc::new(node),
             feeds,
+            publisher,
         }
     }
 }
@@ -353,10 +356,18 @@ async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: 
     )
 }
 
+#[derive(Deserialize)]
+struct FeedActionQuery {
+    /// With `restart`: drop the slot and forget the position first.
+    #[serde(default)]
+    resnapshot: bool,
+}
+
 async fn feed_action(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
+    Query(query): Query<FeedActionQuery>,
 ) -> ApiResult {
     if action == "delete" {
         return Err(ApiError(
@@ -364,7 +375,86 @@ async fn feed_action(
             "use DELETE /api/feeds/{name}".to_owned(),
         ));
     }
+    if query.resnapshot {
+        if action != "restart" {
+            return Err(invalid("resnapshot: only with /restart"));
+        }
+        return restart_with_resnapshot(&state, &headers, &name).await;
+    }
     feed_change(&state, &headers, &name, &action).await
+}
+
+/// Stops the feed, drops its slot and forgets its position, then starts it
+/// again (unless it was paused): it reads its tables again, then streams.
+async fn restart_with_resnapshot(state: &ApiState, headers: &HeaderMap, name: &str) -> ApiResult {
+    let who = principal(state, headers)?;
+    let record = state
+        .catalog
+        .state()
+        .await
+        .feeds
+        .get(name)
+        .filter(|f| !f.deleted)
+        .cloned()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no feed {name}")))?;
+    let feed = record.parse().map_err(invalid)?;
+    may_manage_feed(&who, &feed)?;
+    let feed = {
+        let mut f = feed;
+        f.resolve_secrets(0)
+            .map_err(|e| invalid(e.to_string().replace("feeds[0].", "")))?;
+        f
+    };
+    let was_paused = record.paused;
+    let mut stopping = record.clone();
+    stopping.paused = true;
+    stopping.updated_ms = now_ms();
+    state
+        .catalog
+        .put(CatalogRecord::Feed(stopping.clone()))
+        .await
+        .map_err(unavailable)?;
+    // The runtime stops the feed and lets go of the slot within seconds.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let outcome = loop {
+        let stopped = state
+            .feeds
+            .snapshot()
+            .get(name)
+            .is_none_or(|s| s.state == "PAUSED");
+        if stopped {
+            match crate::feeds::resnapshot(&feed, &state.publisher).await {
+                Ok(_) => break Ok(()),
+                Err(e) if std::time::Instant::now() >= until => break Err(e.to_string()),
+                Err(_) => {}
+            }
+        } else if std::time::Instant::now() >= until {
+            break Err("the feed did not stop within 30 s".to_owned());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let mut restarted = stopping;
+    restarted.paused = was_paused;
+    restarted.restarts += 1;
+    restarted.updated_ms = now_ms();
+    state
+        .catalog
+        .put(CatalogRecord::Feed(restarted.clone()))
+        .await
+        .map_err(unavailable)?;
+    if let Err(reason) = outcome {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("feed {name} restarted without a new snapshot: {reason}"),
+        ));
+    }
+    audit(
+        state,
+        &who,
+        json!({"action": "feed restart with a new snapshot", "feed": name}),
+    )
+    .await?;
+    Ok(Json(json!({"name": name, "paused": restarted.paused, "resnapshot": true})).into_response())
 }
 
 async fn delete_feed(

@@ -157,12 +157,17 @@ pub async fn run(
     // oldest first: the source lag is the age of the oldest one.
     let in_flight: Arc<Mutex<VecDeque<i64>>> = Arc::default();
     let lag = ctx.metrics.source_lag_seconds.with_label_values(&[name]);
+    let lag_bytes = ctx.metrics.source_lag_bytes.with_label_values(&[name]);
+    let gauges = source.gauges();
     let acked_in_flight = in_flight.clone();
     let gauge_in_flight = in_flight.clone();
     let lag_task = tokio::spawn(async move {
         loop {
             let oldest = gauge_in_flight.lock().expect("lock").front().copied();
             lag.set(oldest.map_or(0.0, |ms| ((now_ms() - ms).max(0) as f64) / 1000.0));
+            if let Some(g) = &gauges {
+                lag_bytes.set(g.backlog_bytes.load(std::sync::atomic::Ordering::Relaxed));
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

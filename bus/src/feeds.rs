@@ -11,12 +11,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use backflow_connectors::SourceGauges;
+
 use crate::catalog::Catalog;
 use crate::config::FeedConfig;
 use crate::feed::FeedContext;
 
 /// What a feed is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeedStatus {
     /// `STARTING`, `RUNNING`, `PAUSED` or `FAILED`.
     pub state: &'static str,
@@ -26,34 +28,59 @@ pub struct FeedStatus {
     pub origin: &'static str,
     /// Restarts after errors since the feed was started.
     pub failures: u64,
+    /// The initial snapshot's progress while one is read (rows done,
+    /// estimated, rows/s, ETA).
+    pub snapshot: Option<backflow_connectors::SnapshotStatus>,
 }
 
 /// Statuses of every feed of the process. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct FeedStatuses(Arc<Mutex<BTreeMap<String, FeedStatus>>>);
+pub struct FeedStatuses {
+    statuses: Arc<Mutex<BTreeMap<String, FeedStatus>>>,
+    /// The running sources' live figures, by feed.
+    gauges: Arc<Mutex<HashMap<String, Arc<SourceGauges>>>>,
+}
 
 impl FeedStatuses {
+    fn set_gauges(&self, name: &str, gauges: Option<Arc<SourceGauges>>) {
+        let mut map = self.gauges.lock().expect("gauges lock");
+        match gauges {
+            Some(g) => map.insert(name.to_owned(), g),
+            None => map.remove(name),
+        };
+    }
+
     fn set(&self, name: &str, f: impl FnOnce(&mut FeedStatus)) {
-        let mut map = self.0.lock().expect("status lock");
+        let mut map = self.statuses.lock().expect("status lock");
         if let Some(s) = map.get_mut(name) {
             f(s);
         }
     }
 
     fn insert(&self, name: &str, status: FeedStatus) {
-        self.0
+        self.statuses
             .lock()
             .expect("status lock")
             .insert(name.to_owned(), status);
     }
 
     fn remove(&self, name: &str) {
-        self.0.lock().expect("status lock").remove(name);
+        self.statuses.lock().expect("status lock").remove(name);
+        self.set_gauges(name, None);
     }
 
-    /// A copy of every status.
+    /// A copy of every status, with snapshot progress as of now.
     pub fn snapshot(&self) -> BTreeMap<String, FeedStatus> {
-        self.0.lock().expect("status lock").clone()
+        let mut all = self.statuses.lock().expect("status lock").clone();
+        let gauges = self.gauges.lock().expect("gauges lock");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        for (name, status) in &mut all {
+            status.snapshot = gauges.get(name).and_then(|g| g.snapshot(now));
+        }
+        all
     }
 
     /// Whether a feed of this name is declared in the configuration file.
@@ -62,6 +89,36 @@ impl FeedStatuses {
             .get(name)
             .is_some_and(|s| s.origin == "config")
     }
+}
+
+/// Why a feed could not be reset for a new snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum ResnapshotError {
+    /// The replication slot could not be dropped.
+    #[error(transparent)]
+    Slot(#[from] backflow_connectors::ConnectorError),
+    /// The recorded position could not be forgotten.
+    #[error("forgetting the recorded position: {0}")]
+    Kafka(#[from] crate::kafka::KafkaError),
+}
+
+/// Makes a feed's next start a first start: drops its replication slot and
+/// forgets its recorded position, so it reads its tables again, then
+/// streams. The feed must not be running. Returns whether a slot existed.
+pub async fn resnapshot(
+    feed: &FeedConfig,
+    publisher: &crate::kafka::Publisher,
+) -> Result<bool, ResnapshotError> {
+    let dropped = match feed {
+        FeedConfig::Postgres(c) => backflow_connectors::postgres::drop_slot(c).await?,
+    };
+    crate::offsets::clear(publisher, feed.name()).await?;
+    tracing::warn!(
+        feed = %feed.name(),
+        slot_dropped = dropped,
+        "re-snapshot requested: the feed reads its tables again, then streams"
+    );
+    Ok(dropped)
 }
 
 /// Runs a feed, restarting it with backoff after errors, until `stop`.
@@ -79,6 +136,7 @@ async fn supervise(
                 backflow_connectors::postgres::PostgresSource::new(c.clone(), ctx.node.clone()),
             ),
         };
+        statuses.set_gauges(&name, source.gauges());
         statuses.set(&name, |s| {
             if s.error.is_none() {
                 s.state = "RUNNING";
@@ -128,11 +186,11 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Runs the configured feeds, and the catalog's feeds as they come, change
-/// and go, until shutdown.
+/// Runs the configured feeds, and the catalog's feeds (when given) as they
+/// come, change and go, until shutdown.
 pub async fn manage(
     config_feeds: Vec<FeedConfig>,
-    catalog: Catalog,
+    catalog: Option<Catalog>,
     ctx: FeedContext,
     statuses: FeedStatuses,
     shutdown: CancellationToken,
@@ -146,6 +204,7 @@ pub async fn manage(
                 error: None,
                 origin: "config",
                 failures: 0,
+                snapshot: None,
             },
         );
         tasks.push(tokio::spawn(supervise(
@@ -155,6 +214,13 @@ pub async fn manage(
             shutdown.clone(),
         )));
     }
+    let Some(catalog) = catalog else {
+        // Configured feeds only (`backflow source`).
+        for t in tasks {
+            let _ = t.await;
+        }
+        return;
+    };
     let mut changes = catalog.changes();
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
@@ -200,6 +266,7 @@ pub async fn manage(
                         error: None,
                         origin: "api",
                         failures: 0,
+                        snapshot: None,
                     },
                 );
                 continue;
@@ -212,6 +279,7 @@ pub async fn manage(
                 error: None,
                 origin: "api",
                 failures: 0,
+                snapshot: None,
             };
             let feed = f.parse().and_then(|mut feed| {
                 feed.resolve_secrets(0)

@@ -43,6 +43,23 @@ enum Command {
     /// /readyz. Offsets are stored in the sink database with the rows, so a
     /// restart resumes exactly. Stops gracefully on SIGINT or SIGTERM.
     Subscribe,
+    /// Run only the change feeds of the configuration ([[feeds]]): each
+    /// captures its tables (initial snapshot, then the change stream) and
+    /// publishes to backflow.raw.<dataset> on the configured Kafka, with
+    /// /metrics, /healthz and /readyz. The node process (`serve`)
+    /// distributes. Stops gracefully on SIGINT or SIGTERM.
+    Source {
+        /// Run only this feed (repeatable; default: every feed of the file).
+        #[arg(long = "feed", value_name = "NAME")]
+        feeds: Vec<String>,
+        /// Before starting, drop the feed's replication slot and forget its
+        /// recorded position, so it reads its tables again and then
+        /// streams: the way out when the slot was lost or invalidated.
+        /// Needs --feed; rows deleted while the feed was down stay in the
+        /// raw topic.
+        #[arg(long, requires = "feeds")]
+        resnapshot: bool,
+    },
     /// Print the backflow version and the linked librdkafka version.
     Version,
     /// Datasets in a node's catalog (control-plane API; see docs/api.md).
@@ -341,6 +358,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::spawn(watch_signals(shutdown.clone()));
                 backflow::subscribe::run_process(config, shutdown, |addr| {
                     println!("backflow listening on http://{addr}");
+                })
+                .await
+            })?;
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            Ok(())
+        }
+        Command::Source { feeds, resnapshot } => {
+            let mut config = load(&cli)?;
+            if config.feeds.is_empty() {
+                anyhow::bail!(
+                    "no feeds configured: add a [[feeds]] section (type, connection, tables) to the file given with --config"
+                );
+            }
+            let known: Vec<String> = config.feeds.iter().map(|f| f.name().to_owned()).collect();
+            if let Some(unknown) = feeds.iter().find(|f| !known.contains(f)) {
+                anyhow::bail!(
+                    "--feed {unknown}: no such feed in the configuration; feeds: {}",
+                    known.join(", ")
+                );
+            }
+            if !feeds.is_empty() {
+                config.feeds.retain(|f| feeds.iter().any(|n| n == f.name()));
+            }
+            let role = backflow::node::Role::Source {
+                resnapshot: if *resnapshot {
+                    feeds.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            backflow::telemetry::init(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("backflow")
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(watch_signals(shutdown.clone()));
+                backflow::node::run_as(role, config, shutdown, |running| {
+                    println!("backflow listening on http://{}", running.http_addr);
                 })
                 .await
             })?;

@@ -48,6 +48,8 @@ pub struct MetricsInner {
     pub source_restarts: IntCounterVec,
     /// Age of the oldest captured change not yet acknowledged by Kafka.
     pub source_lag_seconds: GaugeVec,
+    /// backflow_source_lag_bytes{feed}
+    pub source_lag_bytes: IntGaugeVec,
     /// Records a subscription applied, by subscription and outcome
     /// (`upsert`, `delete`, `skip`: no effect because superseded or older).
     pub subscribe_rows: IntCounterVec,
@@ -166,6 +168,14 @@ impl Metrics {
                 &["feed"],
             )
             .expect("valid metric"),
+            source_lag_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "backflow_source_lag_bytes",
+                    "Change history the source database keeps for a feed because the feed has not confirmed it yet (PostgreSQL: pg_current_wal_lsn() - confirmed_flush_lsn of its slot); -1 while unknown.",
+                ),
+                &["feed"],
+            )
+            .expect("valid metric"),
             subscribe_rows: IntCounterVec::new(
                 Opts::new(
                     "backflow_subscribe_rows_total",
@@ -263,6 +273,8 @@ impl Metrics {
         r.register(Box::new(m.source_restarts.clone()))
             .expect("unique");
         r.register(Box::new(m.source_lag_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.source_lag_bytes.clone()))
             .expect("unique");
         for c in [
             &m.subscribe_rows,

@@ -40,6 +40,9 @@ pub enum NodeError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    /// `--resnapshot` could not reset a feed.
+    #[error("cannot take a new snapshot of feed {feed}: {reason}")]
+    Resnapshot { feed: String, reason: String },
     /// Tasks did not finish within the shutdown timeout.
     #[error("shutdown did not finish within {0:?} (runtime.shutdown_timeout_ms); some tasks were abandoned")]
     ShutdownTimeout(Duration),
@@ -51,6 +54,22 @@ const CHECK_KAFKA: &str = "kafka";
 const CHECK_TOPICS: &str = "internal_topics";
 /// Readiness check: the schema registry replayed `backflow._schemas`.
 const CHECK_REGISTRY: &str = "schema_registry";
+
+/// What a process runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Everything: feeds (configured and registered through the API),
+    /// distributor, control-plane API, subscriptions (`backflow serve`).
+    #[default]
+    Node,
+    /// Only the configured feeds (`backflow source`), publishing to the
+    /// raw topics; the node process distributes.
+    Source {
+        /// Feeds to take a new snapshot of before they start: their
+        /// replication slots are dropped and their positions forgotten.
+        resnapshot: Vec<String>,
+    },
+}
 
 /// A started node: its resolved addresses, for callers and tests.
 pub struct Running {
@@ -69,6 +88,17 @@ pub async fn run(
     shutdown: CancellationToken,
     on_started: impl FnOnce(&Running),
 ) -> Result<(), NodeError> {
+    run_as(Role::Node, config, shutdown, on_started).await
+}
+
+/// Runs the parts of a node `role` selects until `shutdown` is cancelled.
+pub async fn run_as(
+    role: Role,
+    config: Config,
+    shutdown: CancellationToken,
+    on_started: impl FnOnce(&Running),
+) -> Result<(), NodeError> {
+    let is_node = role == Role::Node;
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     readiness.register(CHECK_KAFKA);
@@ -106,6 +136,19 @@ pub async fn run(
     let tracker = TaskTracker::new();
 
     let publisher = Publisher::new(&settings, Some(metrics.clone()))?;
+    if let Role::Source { resnapshot } = &role {
+        for name in resnapshot {
+            let Some(feed) = config.feeds.iter().find(|f| f.name() == name) else {
+                continue;
+            };
+            crate::feeds::resnapshot(feed, &publisher)
+                .await
+                .map_err(|e| NodeError::Resnapshot {
+                    feed: name.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+    }
     let proposer = format!(
         "{}-{}-{}",
         config.node.code,
@@ -129,7 +172,7 @@ pub async fn run(
         crate::audit::Auditor::new(&settings, publisher.clone(), config.node.code.as_str());
     let feed_statuses = crate::feeds::FeedStatuses::default();
     // Subscriptions past their validity end within seconds.
-    {
+    if is_node {
         let (catalog, auditor, shutdown) = (catalog.clone(), auditor.clone(), shutdown.clone());
         tracker.spawn(async move {
             loop {
@@ -214,11 +257,14 @@ pub async fn run(
                                     };
                                     feed_tracker.spawn(crate::feeds::manage(
                                         feeds,
-                                        catalog_f,
+                                        is_node.then_some(catalog_f),
                                         ctx.clone(),
                                         statuses_f,
                                         shutdown.clone(),
                                     ));
+                                    if !is_node {
+                                        return;
+                                    }
                                     feed_tracker.spawn(crate::distributor::supervise(
                                         shares,
                                         catalog_d,
@@ -287,7 +333,12 @@ pub async fn run(
 
     // Subscriptions to upper nodes, applied to this node's databases.
     let health = crate::subscribe::SubscriptionHealth::new(readiness.clone());
-    for sub in config.subscriptions.clone() {
+    let subscriptions = if is_node {
+        config.subscriptions.clone()
+    } else {
+        Vec::new()
+    };
+    for sub in subscriptions.clone() {
         tracker.spawn(crate::subscribe::supervise(
             sub,
             metrics.clone(),
@@ -295,22 +346,25 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    if config.subscriptions.is_empty() {
+    if subscriptions.is_empty() {
         readiness.set(crate::subscribe::CHECK_SUBSCRIPTIONS, CheckState::Ok);
     }
 
-    let router = http::router(HttpState {
+    let mut router = http::router(HttpState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     })
-    .merge(crate::registry::router(registry))
-    .merge(crate::api::router(crate::api::ApiState::new(
-        catalog,
-        auditor,
-        &config.auth.tokens,
-        config.node.clone(),
-        feed_statuses,
-    )));
+    .merge(crate::registry::router(registry));
+    if is_node {
+        router = router.merge(crate::api::router(crate::api::ApiState::new(
+            catalog,
+            auditor,
+            &config.auth.tokens,
+            config.node.clone(),
+            feed_statuses,
+            publisher.clone(),
+        )));
+    }
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
     tracker.close();
 
@@ -326,6 +380,7 @@ pub async fn run(
         kafka = %bootstrap,
         embedded = running.embedded,
         version = crate::VERSION,
+        role = if is_node { "node" } else { "source" },
         "backflow node started"
     );
     on_started(&running);

@@ -48,6 +48,20 @@ pub async fn save(
         .map(|_| ())
 }
 
+/// Forgets a feed's position (a tombstone): its next start is a first start.
+pub async fn clear(publisher: &Publisher, feed: &str) -> Result<(), KafkaError> {
+    let k = key(feed);
+    publisher
+        .send(OutgoingRecord {
+            topic: topics::OFFSETS,
+            key: Some(k.as_bytes()),
+            payload: None,
+            headers: &[],
+        })
+        .await
+        .map(|_| ())
+}
+
 /// The last position recorded for a feed, read from the whole topic.
 pub async fn load(settings: &KafkaSettings, feed: &str) -> Result<Option<Position>, KafkaError> {
     let partitions = kafka::partition_count(settings, topics::OFFSETS).await?;

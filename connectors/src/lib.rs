@@ -16,4 +16,6 @@ pub mod text;
 
 pub use error::{ConnectorError, ErrorKind};
 pub use sink::{row_version, Applied, Sink, SinkBatch, SinkRecord, TopicOffset};
-pub use source::{Position, RejectedRecord, Source, SourceBatch, SourceRecord};
+pub use source::{
+    Position, RejectedRecord, SnapshotStatus, Source, SourceBatch, SourceGauges, SourceRecord,
+};

@@ -97,7 +97,7 @@ async fn postgres_source_snapshot_reads_every_row_once_then_streams() {
             );
             last_flag = Some(r.event.source.snapshot);
         }
-        if let Some(cp) = batch.checkpoint {
+        if let Some(cp) = batch.checkpoint.filter(|cp| !cp.0.starts_with("snapshot:")) {
             break cp;
         }
     };
@@ -165,7 +165,10 @@ async fn postgres_source_crashed_mid_snapshot_takes_it_again() {
         source.start(None).await.unwrap();
         let batch = source.next_batch(500).await.unwrap();
         assert_eq!(batch.records.len(), 500);
-        assert!(batch.checkpoint.is_none());
+        assert!(
+            batch.checkpoint.is_some(),
+            "a snapshot chunk is a checkpoint"
+        );
     }
     c.batch_execute("UPDATE items SET label = 'moved on' WHERE id = 2999")
         .await
@@ -180,7 +183,10 @@ async fn postgres_source_crashed_mid_snapshot_takes_it_again() {
                 seen.insert(id_of(&r.event.key));
             }
         }
-        if batch.checkpoint.is_some() {
+        if batch
+            .checkpoint
+            .is_some_and(|cp| !cp.0.starts_with("snapshot:"))
+        {
             break;
         }
     }
@@ -215,7 +221,10 @@ async fn postgres_source_reads_every_type_exactly() {
         let batch = source.next_batch(100).await.unwrap();
         assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
         records.extend(batch.records);
-        if batch.checkpoint.is_some() {
+        if batch
+            .checkpoint
+            .is_some_and(|cp| !cp.0.starts_with("snapshot:"))
+        {
             break;
         }
     }
@@ -277,4 +286,348 @@ async fn postgres_source_reads_every_type_exactly() {
     );
     assert_eq!(r.event.before.as_ref().unwrap().0[2], Datum::Int(i32::MIN));
     source.shutdown().await.unwrap();
+}
+
+/// Reads snapshot batches until the snapshot's final checkpoint (an LSN);
+/// returns the ids read and that checkpoint.
+async fn read_snapshot(source: &mut PostgresSource) -> (Vec<i64>, backflow_connectors::Position) {
+    let mut ids = Vec::new();
+    loop {
+        let batch = source.next_batch(500).await.unwrap();
+        for r in &batch.records {
+            assert_eq!(r.event.op, Op::Read);
+            ids.push(id_of(&r.event.key));
+        }
+        if let Some(cp) = batch.checkpoint {
+            if !cp.0.starts_with("snapshot:") {
+                return (ids, cp);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_source_crashed_mid_snapshot_resumes_after_last_acknowledged_chunk() {
+    let db = format!("bf_resume_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = connect(&db).await;
+    c.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
+         INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 3000) g;",
+    )
+    .await
+    .unwrap();
+    let mut cfg = config(&db);
+    cfg.snapshot_chunk_rows = 500;
+    let (acked, consistent_point) = {
+        // Two chunks read and acknowledged, a third read but not
+        // acknowledged, then the process dies.
+        let mut source = PostgresSource::new(cfg.clone(), "330000");
+        source.start(None).await.unwrap();
+        let first = source.next_batch(500).await.unwrap();
+        let second = source.next_batch(500).await.unwrap();
+        let third = source.next_batch(500).await.unwrap();
+        assert_eq!(third.records.len(), 500);
+        let cp = second.checkpoint.expect("every chunk is a checkpoint");
+        source.acknowledge(&cp).await.unwrap();
+        let point = first.records[0].position.clone();
+        assert!(
+            second.records.iter().all(|r| r.position == point),
+            "snapshot rows share the slot's consistent point"
+        );
+        (cp, point)
+    };
+    // Changes while the feed is down: one in a chunk already delivered,
+    // one in a chunk still to read, one new row.
+    c.batch_execute(
+        "UPDATE items SET label = 'moved on' WHERE id = 10;
+         UPDATE items SET label = 'moved on' WHERE id = 2999;
+         INSERT INTO items VALUES (5000, 'new', 1);",
+    )
+    .await
+    .unwrap();
+    let mut source = PostgresSource::new(cfg, "330000");
+    source.start(Some(acked)).await.unwrap();
+    let (ids, done) = read_snapshot(&mut source).await;
+    assert!(
+        ids.iter().all(|id| *id > 1000),
+        "the chunks Kafka holds are not read again"
+    );
+    let mut expected: Vec<i64> = (1001..=3000).collect();
+    expected.push(5000);
+    assert_eq!(ids, expected, "the rest of the table, once, in key order");
+    source.acknowledge(&done).await.unwrap();
+    // The stream still delivers every change since the slot's consistent
+    // point, newer than the snapshot rows, so sinks apply them last.
+    let mut changed = BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while changed.len() < 3 {
+            let b = source.next_batch(500).await.unwrap();
+            for r in &b.records {
+                assert!(r.position > consistent_point, "{:?}", r.position);
+                changed.insert(id_of(&r.event.key));
+            }
+        }
+    })
+    .await
+    .expect("changes made while the feed was down are streamed");
+    assert_eq!(changed, BTreeSet::from([10, 2999, 5000]));
+    source.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_source_lost_slot_after_streaming_names_the_way_out() {
+    let db = format!("bf_lost_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = connect(&db).await;
+    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2)); INSERT INTO items VALUES (1, 'a', 1);")
+        .await
+        .unwrap();
+    let mut source = PostgresSource::new(config(&db), "330000");
+    source.start(None).await.unwrap();
+    let (_, position) = read_snapshot(&mut source).await;
+    source.acknowledge(&position).await.unwrap();
+    source.shutdown().await.unwrap();
+    drop(source);
+    let cfg = config(&db);
+    // The slot goes (dropped by someone, or invalidated and removed).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match backflow_connectors::postgres::drop_slot(&cfg).await {
+            Ok(dropped) => {
+                assert!(dropped, "the feed's slot existed");
+                break;
+            }
+            // Still held by the walsender of the stopped feed.
+            Err(e) => assert!(std::time::Instant::now() < until, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut source = PostgresSource::new(cfg.clone(), "330000");
+    let err = source.start(Some(position)).await.expect_err("refused");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(err.to_string().contains("--resnapshot"), "{err}");
+    // The way out: forget the position; a first start snapshots again.
+    let mut source = PostgresSource::new(cfg, "330000");
+    source.start(None).await.unwrap();
+    let (ids, _) = read_snapshot(&mut source).await;
+    assert_eq!(ids, vec![1]);
+    source.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_source_user_without_replication_says_how_to_fix_it() {
+    let db = format!("bf_norepl_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = connect(&db).await;
+    let role = format!("bf_norepl_{}", std::process::id());
+    let _ = c
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await;
+    c.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOREPLICATION;
+         CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
+         GRANT SELECT ON items TO {role};"
+    ))
+    .await
+    .unwrap();
+    let mut cfg = config(&db);
+    cfg.user = role.clone();
+    let err = PostgresSource::new(cfg, "330000")
+        .start(None)
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains(&format!("ALTER ROLE \"{role}\" REPLICATION")),
+        "{err}"
+    );
+
+    // With REPLICATION but neither ownership of the table nor CREATE on the
+    // database, the publication cannot be created: the error says so.
+    c.batch_execute(&format!(
+        "ALTER ROLE {role} REPLICATION; ALTER TABLE items REPLICA IDENTITY FULL; REVOKE CREATE ON DATABASE {db} FROM PUBLIC"
+    ))
+    .await
+    .unwrap();
+    let mut cfg = config(&db);
+    cfg.user = role.clone();
+    cfg.replica_identity = backflow_connectors::postgres::ReplicaIdentityMode::Require;
+    let err = PostgresSource::new(cfg, "330000")
+        .start(None)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("creating publication"), "{err}");
+    assert!(
+        err.to_string().contains("needs CREATE on the database"),
+        "{err}"
+    );
+    c.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_source_wal_level_replica_says_how_to_fix_it() {
+    // A second PostgreSQL cluster of our own, with wal_level=replica.
+    let cluster = TempCluster::start("replica");
+    let (c, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            cluster.port
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2))",
+    )
+    .await
+    .unwrap();
+    let mut cfg = config("postgres");
+    cfg.port = cluster.port;
+    let err = PostgresSource::new(cfg, "330000")
+        .start(None)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("wal_level is 'replica'"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("ALTER SYSTEM SET wal_level = logical"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_source_idle_tables_let_the_slot_advance_while_the_database_is_busy() {
+    let db = format!("bf_idle_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = connect(&db).await;
+    c.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
+         CREATE TABLE busy (id bigint PRIMARY KEY, payload text);",
+    )
+    .await
+    .unwrap();
+    let mut source = PostgresSource::new(config(&db), "330000");
+    source.start(None).await.unwrap();
+    let gauges = source.gauges().expect("PostgreSQL reports its backlog");
+    let (_, position) = read_snapshot(&mut source).await;
+    source.acknowledge(&position).await.unwrap();
+    // Lots of WAL from a table the feed does not capture.
+    c.batch_execute(
+        "INSERT INTO busy SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+         UPDATE busy SET payload = repeat('y', 200);",
+    )
+    .await
+    .unwrap();
+    let written: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let slot = format!("backflow_{db}");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // The feed yields checkpoints without records and acknowledges them,
+        // as the runtime does once Kafka holds everything before them.
+        if let Ok(batch) =
+            tokio::time::timeout(Duration::from_secs(1), source.next_batch(500)).await
+        {
+            let batch = batch.unwrap();
+            assert!(batch.records.is_empty(), "nothing captured changed");
+            if let Some(cp) = batch.checkpoint {
+                source.acknowledge(&cp).await.unwrap();
+            }
+        }
+        let passed: bool = c
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&written, &slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let bytes = gauges
+            .backlog_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if passed && (0..1_000_000).contains(&bytes) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "slot did not advance past {written} (backlog {bytes} bytes)"
+        );
+    }
+    source.shutdown().await.unwrap();
+}
+
+/// A throwaway PostgreSQL cluster on a free port (initdb in a temporary
+/// directory, run as the postgres user), stopped when dropped.
+struct TempCluster {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl TempCluster {
+    fn start(wal_level: &str) -> Self {
+        let version = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+            .expect("a PostgreSQL version");
+        let bin = std::path::PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("bf-pg-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let as_postgres = |args: &str| {
+            let status = std::process::Command::new("su")
+                .args(["postgres", "-s", "/bin/sh", "-c", args])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{args}");
+        };
+        std::process::Command::new("chown")
+            .args(["postgres:postgres", &dir.display().to_string()])
+            .status()
+            .unwrap();
+        as_postgres(&format!(
+            "{}/initdb -D {}/data -U postgres -A trust >/dev/null",
+            bin.display(),
+            dir.display()
+        ));
+        as_postgres(&format!(
+            "{}/pg_ctl -D {d}/data -l {d}/log -w -o \"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={d} -c wal_level={wal_level}\" start >/dev/null",
+            bin.display(),
+            d = dir.display()
+        ));
+        Self { dir, bin, port }
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("su")
+            .args([
+                "postgres",
+                "-s",
+                "/bin/sh",
+                "-c",
+                &format!(
+                    "{}/pg_ctl -D {}/data -m immediate stop >/dev/null",
+                    self.bin.display(),
+                    self.dir.display()
+                ),
+            ])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -220,18 +220,32 @@ impl Node {
     /// Starts `backflow serve` with these environment variables and an HTTP
     /// port chosen by the OS; returns once it printed its address.
     pub fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::start_command("serve", env)
+        Self::start_command(&["serve"], env)
     }
 
     /// Starts `backflow subscribe --config <file>` with `config` as the
     /// file's content.
     pub fn subscribe_with_config(config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::start_with_file("subscribe", config, env)
+        Self::start_with_file(&["subscribe"], config, env)
+    }
+
+    /// Starts `backflow <args...>` (e.g. `["source", "--feed", "f"]`) with
+    /// `config` written to a file named by BACKFLOW_CONFIG.
+    pub fn run_with_config(
+        args: &[&str],
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_with_file(args, config, env)
     }
 
     /// Starts `backflow <command>` with `config` written to a file named by
     /// BACKFLOW_CONFIG.
-    fn start_with_file(command: &str, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    fn start_with_file(
+        command: &[&str],
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let file = tempfile::Builder::new().suffix(".toml").tempfile()?;
         std::fs::write(file.path(), config)?;
         let (file, path) = file.keep()?;
@@ -242,13 +256,13 @@ impl Node {
         Self::start_command(command, &all)
     }
 
-    /// Starts `backflow <command>` (serve or subscribe).
-    fn start_command(command: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    /// Starts `backflow <command...>` (serve, subscribe, source).
+    fn start_command(command: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("backflow-e2e-").tempdir()?;
         let stdout_path = dir.path().join("stdout");
         let stderr_path = dir.path().join("stderr");
         let mut cmd = backflow();
-        cmd.arg(command)
+        cmd.args(command)
             .env("BACKFLOW_HTTP__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
@@ -258,7 +272,7 @@ impl Node {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawn backflow {command}"))?;
+            .with_context(|| format!("spawn backflow {command:?}"))?;
         let mut node = Node {
             child,
             url: String::new(),
@@ -277,13 +291,13 @@ impl Node {
             }
             if let Some(status) = node.child.try_wait()? {
                 bail!(
-                    "backflow {command} exited with {status} before listening:\n{}",
+                    "backflow {command:?} exited with {status} before listening:\n{}",
                     node.stderr()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "backflow {command} did not listen within 30s:\n{}",
+                    "backflow {command:?} did not listen within 30s:\n{}",
                     node.stderr()
                 );
             }
@@ -304,7 +318,7 @@ impl Node {
     /// Starts `backflow serve --config <file>` with `config` as the file's
     /// content.
     pub fn start_with_config(config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::start_with_file("serve", config, env)
+        Self::start_with_file(&["serve"], config, env)
     }
 
     /// Sends a signal (`TERM`, `INT`, `KILL`) to the process.

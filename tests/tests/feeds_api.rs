@@ -1,8 +1,9 @@
 //! Feeds registered through the control-plane API run without restarting
 //! the node: register, RUNNING with its rows in the raw topic, pause (no
 //! new changes published), resume (they arrive), a bad definition is
-//! refused naming the key, a missing password variable is FAILED with the
-//! variable named, delete stops it.
+//! refused naming the key, a lost replication slot is FAILED with the way
+//! out and restart?resnapshot=true takes it, a missing password variable is
+//! FAILED with the variable named, delete stops it.
 
 use std::time::{Duration, Instant};
 
@@ -217,6 +218,92 @@ async fn feeds_are_registered_paused_resumed_and_removed_at_runtime() {
         keys.insert(r.key.unwrap());
     }
     assert_eq!(keys.len(), 60);
+
+    // The slot is lost while the feed is paused: resumed, it cannot go on
+    // and says how to get out; restart?resnapshot=true reads the table again.
+    let (status, _) = call(
+        &node,
+        "POST",
+        &format!("/api/feeds/{name}/pause"),
+        owner,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let slot = format!("backflow_{}", name.replace('-', "_"));
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dropped = db
+            .query_opt(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if dropped.is_some() {
+            break;
+        }
+        assert!(Instant::now() < until, "slot {slot} never released");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = call(
+        &node,
+        "POST",
+        &format!("/api/feeds/{name}/resume"),
+        owner,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (state, error) = feed_state(&node, owner, &name).await;
+        if state == "FAILED" {
+            assert!(error.contains("does not exist"), "{error}");
+            assert!(error.contains("resnapshot=true"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < until, "{state} {error}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = records(&settings, &topic).await;
+    let (status, body) = call(
+        &node,
+        "POST",
+        &format!("/api/feeds/{name}/restart?resnapshot=true"),
+        "other-owner",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "only the owner: {body}");
+    let (status, body) = call(
+        &node,
+        "POST",
+        &format!("/api/feeds/{name}/restart?resnapshot=true"),
+        owner,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let until = Instant::now() + Duration::from_secs(60);
+    while records(&settings, &topic).await < before + 60 {
+        assert!(
+            Instant::now() < until,
+            "no new snapshot: {:?}\n{}",
+            feed_state(&node, owner, &name).await,
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    db.batch_execute("UPDATE items SET label = 'after resnapshot' WHERE id = 1")
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while records(&settings, &topic).await < before + 61 {
+        assert!(Instant::now() < until, "streaming did not resume");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(feed_state(&node, owner, &name).await.0, "RUNNING");
 
     // A definition whose password variable is not set: FAILED, naming it.
     let mut needs_password = definition.clone();

@@ -2,6 +2,7 @@
 //! Every failed check says what to change.
 
 use backflow_schemas::{ColumnDesc, SqlType, TableDesc};
+use pgwire_replication::Lsn;
 use tokio_postgres::Client;
 
 use super::{ReplicaIdentityMode, TableConfig};
@@ -209,9 +210,32 @@ pub async fn ensure_publication(
     Ok(())
 }
 
+/// The feed's user may open replication connections (`REPLICATION` or
+/// superuser).
+pub async fn check_replication_privilege(
+    client: &Client,
+    user: &str,
+) -> Result<(), ConnectorError> {
+    let row = client
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| sql_err("reading the user's privileges", e))?;
+    if !row.get::<_, bool>(0) {
+        return Err(ConnectorError::definite(format!(
+            "PostgreSQL user {user} may not stream changes: logical replication needs the \
+             REPLICATION attribute; run ALTER ROLE {} REPLICATION (as a superuser)",
+            ident(user)
+        )));
+    }
+    Ok(())
+}
+
 /// Whether the replication slot exists; an invalidated slot is an error
 /// with the way out.
-pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, ConnectorError> {
+pub async fn slot_exists(client: &Client, slot: &str, feed: &str) -> Result<bool, ConnectorError> {
     let row = client
         .query_opt(
             "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
@@ -225,13 +249,66 @@ pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, ConnectorE
             let status: Option<String> = r.get(0);
             if status.as_deref() == Some("lost") {
                 return Err(ConnectorError::definite(format!(
-                    "replication slot {slot} was invalidated (the WAL it needed is gone); changes were missed: \
-                     drop it (SELECT pg_drop_replication_slot('{slot}')) and restart the feed with a new snapshot"
+                    "replication slot {slot} was invalidated (the WAL it needed is gone, see \
+                     max_slot_wal_keep_size); changes were missed, so the feed cannot resume. \
+                     Take a new snapshot: `backflow source --config FILE --feed {feed} --resnapshot` \
+                     (or POST /api/feeds/{feed}/restart?resnapshot=true)"
                 )));
             }
             Ok(true)
         }
     }
+}
+
+/// The slot's confirmed position: the stream goes on after it.
+pub async fn slot_confirmed_lsn(client: &Client, slot: &str) -> Result<Lsn, ConnectorError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(confirmed_flush_lsn, restart_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| sql_err("reading the slot's position", e))?;
+    let text: String = row.get(0);
+    Lsn::parse(&text)
+        .map_err(|_| ConnectorError::definite(format!("slot {slot} has a bad position {text}")))
+}
+
+/// WAL the server keeps for the slot beyond what the feed confirmed.
+pub async fn slot_backlog_bytes(client: &Client, slot: &str) -> Result<i64, ConnectorError> {
+    let row = client
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| sql_err("reading the slot's backlog", e))?;
+    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(-1))
+}
+
+/// Drops the slot if it exists; refuses while a feed streams from it.
+pub async fn drop_slot(client: &Client, slot: &str, feed: &str) -> Result<bool, ConnectorError> {
+    let row = client
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| sql_err("reading replication slots", e))?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    if let Some(pid) = row.get::<_, Option<i32>>(0) {
+        return Err(ConnectorError::definite(format!(
+            "replication slot {slot} is in use by PostgreSQL backend {pid}: stop the process running feed {feed} first"
+        )));
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(|e| sql_err(&format!("dropping replication slot {slot}"), e))?;
+    tracing::info!(feed, slot, "dropped replication slot for a new snapshot");
+    Ok(true)
 }
 
 /// Estimated row count, for snapshot progress.

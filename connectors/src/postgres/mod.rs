@@ -30,20 +30,39 @@
 //! confirmed position advances only when the runtime acknowledges a
 //! checkpoint (after Kafka acknowledged everything before it), so after a
 //! crash streaming resumes from the last acknowledged transaction. The
-//! runtime passes the last acknowledged checkpoint to [`Source::start`]; when
-//! the slot exists but there is none, the previous run died before its
-//! snapshot was safely in Kafka, and the snapshot is read again (no longer in
-//! the slot's snapshot: changes between the two may be delivered twice, none
-//! is lost).
+//! runtime passes the last acknowledged checkpoint to [`Source::start`].
+//!
+//! Every snapshot chunk is a checkpoint too (`snapshot:{...}`: the tables
+//! done and the last key read). A feed killed mid-snapshot resumes after its
+//! last acknowledged chunk; the rows it still reads are read as they are
+//! then (the exported snapshot died with the connection) but keep the
+//! slot's consistent point as their position, and the stream replays every
+//! change since that point after them, so the last version of each row
+//! wins. When the slot exists but nothing was ever acknowledged, the
+//! snapshot is read again from the start.
+//!
+//! A slot that is missing although the feed recorded a position, or that the
+//! server invalidated, is an error: changes may be gone. The way out is
+//! `backflow source --feed NAME --resnapshot` ([`drop_slot`] plus
+//! forgetting the position), which reads the tables again; keys deleted
+//! while no slot existed stay in the raw topic.
+//!
+//! # Source lag
+//! [`Source::backlog_bytes`] reports `pg_current_wal_lsn() -
+//! confirmed_flush_lsn` of the slot. Keepalives outside transactions are
+//! checkpoints, so while captured tables are idle and the database is busy
+//! the slot still advances and the server does not keep WAL for the feed.
 //!
 //! # Metrics
-//! The runtime counts events by op, snapshot rows and errors by kind from
-//! what this source yields.
+//! The runtime counts events by op (`r` = snapshot rows), dead letters and
+//! restarts from what this source yields, and exports the backlog as
+//! `backflow_source_lag_bytes`.
 
 mod catalog;
 pub mod pgoutput;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +76,9 @@ use tokio_postgres::{Client, NoTls};
 
 use self::catalog::ident;
 use self::pgoutput::{Cell, Message};
-use crate::{ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceRecord};
+use crate::{
+    ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceGauges, SourceRecord,
+};
 
 /// What to do about the initial snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +219,58 @@ fn parse_position(p: &Position) -> Result<Lsn, ConnectorError> {
     Lsn::parse(&p.0).map_err(|_| ConnectorError::definite(format!("{:?} is not an LSN", p.0)))
 }
 
+/// Prefix of a checkpoint taken inside the initial snapshot.
+const SNAPSHOT_PREFIX: &str = "snapshot:";
+
+/// How far the initial snapshot got: the checkpoint of each finished chunk.
+/// A feed restarted with one reads the rest of the snapshot (tables not in
+/// `done`, the current table after `after`) instead of starting over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SnapshotProgress {
+    /// The slot's consistent point: the position of every snapshot row.
+    lsn: String,
+    /// Tables (`schema.table`) read completely.
+    done: Vec<String>,
+    /// The table being read and the last primary key read (text form).
+    current: Option<(String, Vec<String>)>,
+}
+
+impl SnapshotProgress {
+    fn position(&self) -> Position {
+        Position(format!(
+            "{SNAPSHOT_PREFIX}{}",
+            serde_json::to_string(self).expect("serializes")
+        ))
+    }
+}
+
+/// What a stored checkpoint says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resume {
+    /// First start: nothing was ever acknowledged.
+    Nothing,
+    /// The snapshot was under way.
+    Snapshot(SnapshotProgress),
+    /// Streaming: every change up to this LSN is in Kafka.
+    Stream(Lsn),
+}
+
+impl Resume {
+    fn parse(position: Option<&Position>) -> Result<Self, ConnectorError> {
+        let Some(p) = position else {
+            return Ok(Resume::Nothing);
+        };
+        match p.0.strip_prefix(SNAPSHOT_PREFIX) {
+            Some(json) => serde_json::from_str(json).map(Resume::Snapshot).map_err(|e| {
+                ConnectorError::definite(format!(
+                    "the stored snapshot checkpoint cannot be read ({e}); take a new snapshot with `backflow source --resnapshot`"
+                ))
+            }),
+            None => parse_position(p).map(Resume::Stream),
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -215,6 +288,8 @@ struct SnapshotRead {
     tables: VecDeque<Arc<TableDesc>>,
     /// Last key read of the current table (text form).
     after: Option<Vec<String>>,
+    /// Tables read completely (`schema.table`).
+    done: Vec<String>,
     position: Position,
     started: Instant,
     rows: u64,
@@ -233,8 +308,12 @@ struct Tx {
 pub struct PostgresSource {
     config: PostgresSourceConfig,
     node: String,
-    sql: Option<Client>,
+    sql: Option<Arc<Client>>,
     tables: HashMap<(String, String), Captured>,
+    /// Backlog (refreshed every few seconds by `backlog_task`) and snapshot
+    /// progress.
+    gauges: Arc<SourceGauges>,
+    backlog_task: Option<tokio::task::JoinHandle<()>>,
     relations: HashMap<u32, (String, String, Vec<String>)>,
     repl: Option<ReplicationClient>,
     snapshot: Option<SnapshotRead>,
@@ -249,6 +328,8 @@ impl PostgresSource {
             node: node.into(),
             sql: None,
             tables: HashMap::new(),
+            gauges: Arc::default(),
+            backlog_task: None,
             relations: HashMap::new(),
             repl: None,
             snapshot: None,
@@ -335,6 +416,7 @@ impl PostgresSource {
                 .batch_execute("COMMIT")
                 .await
                 .map_err(|e| ConnectorError::transient(format!("ending the snapshot: {e}")))?;
+            self.gauges.snapshot_running.store(false, Ordering::Relaxed);
             tracing::info!(
                 feed = %self.config.name,
                 rows = snap.rows,
@@ -394,6 +476,7 @@ impl PostgresSource {
         if rows.len() < limit {
             snap.tables.pop_front();
             snap.after = None;
+            snap.done.push(desc.qualified_name());
         } else if let Some(last) = rows.last() {
             snap.after = Some(
                 key_idx
@@ -403,6 +486,9 @@ impl PostgresSource {
             );
         }
         snap.rows += rows.len() as u64;
+        self.gauges
+            .snapshot_rows
+            .store(snap.rows, Ordering::Relaxed);
         if snap.last_log.elapsed() >= Duration::from_secs(5) {
             snap.last_log = Instant::now();
             let secs = snap.started.elapsed().as_secs_f64().max(0.001);
@@ -419,7 +505,22 @@ impl PostgresSource {
         }
         let position = snap.position.clone();
         let ts = now_ms();
-        let mut batch = SourceBatch::default();
+        let mut batch = SourceBatch {
+            // Once Kafka holds this chunk (and all before it), a restart
+            // goes on from the next one.
+            checkpoint: Some(
+                SnapshotProgress {
+                    lsn: position.0.clone(),
+                    done: snap.done.clone(),
+                    current: snap
+                        .after
+                        .clone()
+                        .map(|after| (desc.qualified_name(), after)),
+                }
+                .position(),
+            ),
+            ..SourceBatch::default()
+        };
         for r in rows {
             let cells: Vec<Cell> = (0..desc.columns.len())
                 .map(|i| match r.get::<_, Option<String>>(i) {
@@ -641,32 +742,53 @@ impl Source for PostgresSource {
         &mut self,
         position: Option<Position>,
     ) -> Result<Vec<Arc<TableDesc>>, ConnectorError> {
+        let resume = Resume::parse(position.as_ref())?;
         let sql = self.connect_sql().await?;
         catalog::check_wal_level(&sql).await?;
+        catalog::check_replication_privilege(&sql, &self.config.user).await?;
+        // In configuration order, so a resumed snapshot reads the same
+        // tables in the same order.
         let mut descs = Vec::new();
         for t in &self.config.tables {
             let desc = catalog::describe(&sql, t).await?;
             catalog::ensure_replica_identity(&sql, &desc, self.config.replica_identity).await?;
+            let desc = Arc::new(desc);
             descs.push(desc.clone());
             self.tables.insert(
                 (desc.schema.clone(), desc.name.clone()),
                 Captured {
-                    desc: Arc::new(desc),
+                    desc,
                     config: t.clone(),
                 },
             );
         }
         let publication = self.config.publication();
-        catalog::ensure_publication(&sql, &publication, &descs).await?;
+        let plain: Vec<TableDesc> = descs.iter().map(|d| d.as_ref().clone()).collect();
+        catalog::ensure_publication(&sql, &publication, &plain).await?;
         let slot = self.config.slot();
-        let exists = catalog::slot_exists(&sql, &slot).await?;
+        let exists = catalog::slot_exists(&sql, &slot, &self.config.name).await?;
+        if !exists && resume != Resume::Nothing {
+            let reached = match &resume {
+                Resume::Stream(lsn) => format!("had streamed up to {}", lsn_position(*lsn).0),
+                _ => "was reading its initial snapshot".to_owned(),
+            };
+            return Err(ConnectorError::definite(format!(
+                "replication slot {slot} does not exist, but feed {} {reached}: \
+                 the changes since then may be gone from the WAL, so the feed cannot resume. \
+                 Take a new snapshot: `backflow source --config FILE --feed {} --resnapshot` \
+                 (or POST /api/feeds/{}/restart?resnapshot=true); it creates the slot again and \
+                 re-reads the tables",
+                self.config.name, self.config.name, self.config.name,
+            )));
+        }
 
         let mut repl = ReplicationClient::connect_gated(self.repl_config())
             .await
             .map_err(|e| {
                 ConnectorError::transient(format!("replication connection failed: {e}"))
             })?;
-        let mut snapshot_from: Option<(Option<String>, Lsn)> = None;
+        // (exported snapshot, consistent point, progress to go on from)
+        let mut snapshot_from: Option<(Option<String>, Lsn, Option<SnapshotProgress>)> = None;
         if !exists {
             let rows = repl
                 .simple_query(&format!(
@@ -695,22 +817,43 @@ impl Source for PostgresSource {
                 .map_err(|_| ConnectorError::definite(format!("bad consistent point {point}")))?;
             tracing::info!(feed = %self.config.name, slot = %slot, consistent_point = %point, "created replication slot");
             if self.config.snapshot != SnapshotMode::Never {
-                snapshot_from = Some((name, lsn));
+                snapshot_from = Some((name, lsn, None));
             }
-        } else if self.config.snapshot == SnapshotMode::Always
-            || (self.config.snapshot == SnapshotMode::Initial && position.is_none())
-        {
-            // `always`, or the slot exists but no checkpoint was ever
-            // acknowledged: the previous run stopped before its snapshot was
-            // safely in Kafka, so read it again (changes made since may be
-            // delivered twice, none is lost).
-            if position.is_none() && self.config.snapshot == SnapshotMode::Initial {
-                tracing::warn!(feed = %self.config.name, "the previous snapshot did not finish; taking it again");
+        } else {
+            match resume {
+                // The snapshot was under way: read what is left of it.
+                Resume::Snapshot(progress) => {
+                    let lsn = Lsn::parse(&progress.lsn).map_err(|_| {
+                        ConnectorError::definite(format!(
+                            "stored snapshot checkpoint has a bad position {:?}; take a new snapshot with --resnapshot",
+                            progress.lsn
+                        ))
+                    })?;
+                    tracing::info!(
+                        feed = %self.config.name,
+                        tables_done = progress.done.len(),
+                        table = progress.current.as_ref().map(|c| c.0.as_str()).unwrap_or("(next)"),
+                        "resuming the snapshot after its last finished chunk"
+                    );
+                    snapshot_from = Some((None, lsn, Some(progress)));
+                }
+                // The slot exists but nothing was ever acknowledged: the
+                // previous run stopped before its first chunk was safely in
+                // Kafka, so read it again.
+                Resume::Nothing if self.config.snapshot != SnapshotMode::Never => {
+                    tracing::warn!(feed = %self.config.name, "the previous snapshot did not finish; taking it again");
+                    snapshot_from =
+                        Some((None, catalog::slot_confirmed_lsn(&sql, &slot).await?, None));
+                }
+                Resume::Stream(_) if self.config.snapshot == SnapshotMode::Always => {
+                    snapshot_from =
+                        Some((None, catalog::slot_confirmed_lsn(&sql, &slot).await?, None));
+                }
+                _ => {}
             }
-            snapshot_from = Some((None, Lsn::from_u64(0)));
         }
 
-        if let Some((exported, lsn)) = snapshot_from {
+        if let Some((exported, lsn, progress)) = snapshot_from {
             let client = self.connect_sql().await?;
             client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -727,26 +870,39 @@ impl Source for PostgresSource {
                         ConnectorError::transient(format!("importing the slot's snapshot: {e}"))
                     })?;
             }
-            let lsn = if lsn.is_zero() {
-                let r = client
-                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                    .await
-                    .map_err(|e| ConnectorError::transient(e.to_string()))?;
-                Lsn::parse(&r.get::<_, String>(0)).unwrap_or(lsn)
-            } else {
-                lsn
+            // Outside the slot's exported snapshot (a resumed or repeated
+            // snapshot), rows are read as they are now but keep the slot's
+            // confirmed position: every change the stream replays after
+            // them is newer, so sinks apply it, and the last one wins.
+            let (done, mut after) = match &progress {
+                Some(p) => (p.done.clone(), p.current.clone()),
+                None => (Vec::new(), None),
             };
+            let tables: VecDeque<Arc<TableDesc>> = descs
+                .iter()
+                .filter(|d| !done.contains(&d.qualified_name()))
+                .cloned()
+                .collect();
+            if after.as_ref().is_some_and(|(t, _)| {
+                tables.front().map(|d| d.qualified_name()).as_ref() != Some(t)
+            }) {
+                after = None;
+            }
             let mut estimate = 0;
-            for d in &descs {
+            for d in &tables {
                 estimate += catalog::estimated_rows(&sql, d).await;
             }
-            let tables: VecDeque<Arc<TableDesc>> =
-                self.tables.values().map(|c| c.desc.clone()).collect();
             tracing::info!(feed = %self.config.name, tables = tables.len(), rows_estimated = estimate, "starting snapshot");
+            let g = &self.gauges;
+            g.snapshot_rows.store(0, Ordering::Relaxed);
+            g.snapshot_rows_estimated.store(estimate, Ordering::Relaxed);
+            g.snapshot_started_ms.store(now_ms(), Ordering::Relaxed);
+            g.snapshot_running.store(true, Ordering::Relaxed);
             self.snapshot = Some(SnapshotRead {
                 client,
                 tables,
-                after: None,
+                after: after.map(|(_, key)| key),
+                done,
                 position: lsn_position(lsn),
                 started: Instant::now(),
                 rows: 0,
@@ -760,8 +916,14 @@ impl Source for PostgresSource {
             .await
             .map_err(|e| ConnectorError::transient(format!("START_REPLICATION failed: {e}")))?;
         self.repl = Some(repl);
+        let sql = Arc::new(sql);
+        self.backlog_task = Some(tokio::spawn(watch_backlog(
+            sql.clone(),
+            slot,
+            self.gauges.clone(),
+        )));
         self.sql = Some(sql);
-        Ok(self.tables.values().map(|c| c.desc.clone()).collect())
+        Ok(descs)
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<SourceBatch, ConnectorError> {
@@ -836,6 +998,11 @@ impl Source for PostgresSource {
     }
 
     async fn acknowledge(&mut self, position: &Position) -> Result<(), ConnectorError> {
+        if position.0.starts_with(SNAPSHOT_PREFIX) {
+            // A snapshot chunk: the slot stays where it is until the whole
+            // snapshot is in Kafka.
+            return Ok(());
+        }
         let lsn = parse_position(position)?;
         if let Some(repl) = &self.repl {
             repl.update_applied_lsn(lsn);
@@ -848,6 +1015,40 @@ impl Source for PostgresSource {
             let _ = repl.shutdown().await;
         }
         self.sql = None;
+        if let Some(t) = self.backlog_task.take() {
+            t.abort();
+        }
         Ok(())
     }
+
+    fn gauges(&self) -> Option<Arc<SourceGauges>> {
+        Some(self.gauges.clone())
+    }
+}
+
+impl Drop for PostgresSource {
+    fn drop(&mut self) {
+        if let Some(t) = self.backlog_task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Refreshes the slot's backlog (WAL the database keeps for this feed) every
+/// few seconds.
+async fn watch_backlog(sql: Arc<Client>, slot: String, gauges: Arc<SourceGauges>) {
+    loop {
+        let bytes = catalog::slot_backlog_bytes(&sql, &slot).await.unwrap_or(-1);
+        gauges.backlog_bytes.store(bytes, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Drops the feed's replication slot, so that its next start creates it
+/// again and takes a new snapshot (`--resnapshot`). Returns whether there
+/// was one. Fails if a running feed holds it.
+pub async fn drop_slot(config: &PostgresSourceConfig) -> Result<bool, ConnectorError> {
+    let source = PostgresSource::new(config.clone(), "");
+    let sql = source.connect_sql().await?;
+    catalog::drop_slot(&sql, &config.slot(), &config.name).await
 }

@@ -2,8 +2,18 @@
 //! Kafka, against `pg_recvlogical` decoding the same WAL to /dev/null, and
 //! the feed process's peak memory. Prints figures; asserts nothing.
 //!
-//! Run with `scripts/bench-pg-source.sh [ROWS]` (release build). Needs the
-//! services of `scripts/services.sh up`.
+//! Three workloads on a 9-column table, each written while the feed is
+//! stopped and then read by a fresh feed process (timed from its start
+//! until Kafka acknowledged every row) and by `pg_recvlogical` (pgoutput,
+//! the same WAL range):
+//! 1. INSERTS rows in 10-row transactions,
+//! 2. UPDATES rows updated in 10-row transactions,
+//! 3. BIG rows inserted in one transaction (peak RSS shows that a large
+//!    transaction streams through bounded memory).
+//!
+//! Run with `scripts/bench-pg-source.sh [INSERTS [UPDATES [BIG]]]` (release
+//! build; defaults 1000000 200000 1000000). Needs the services of
+//! `scripts/services.sh up`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,11 +46,14 @@ fn counter(metrics: &str, name: &str, filter: &str) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rows: i64 = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(200_000);
+    let arg = |i: usize, default: i64| -> anyhow::Result<i64> {
+        Ok(std::env::args()
+            .nth(i)
+            .map(|a| a.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let (inserts, updates, big) = (arg(1, 1_000_000)?, arg(2, 200_000)?, arg(3, 1_000_000)?);
     let db = unique_name("bf_bench");
     let client = create_pg_database(&db).await?;
     client
@@ -62,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         "[kafka]\nbrokers = \"{}\"\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\nsnapshot = \"never\"\ntables = [{{ table = \"public.t\", dataset = \"bench.t\" }}]\n",
         broker.bootstrap()
     );
-    // First start creates the slot; stop, then write the workload.
+    // First start creates the slot; stop, then write each workload.
     {
         let mut node = Node::start_with_config(&config, &[])?;
         let until = Instant::now() + Duration::from_secs(60);
@@ -76,85 +89,145 @@ async fn main() -> anyhow::Result<()> {
         node.signal("TERM")?;
         node.wait(Duration::from_secs(30))?;
     }
-    let started = Instant::now();
-    let mut id = 0;
-    while id < rows {
-        client
-            .batch_execute(&format!(
-                "BEGIN; INSERT INTO t (id, name, region_code, income, birth, note, score)
-                 SELECT g, '居民' || g, '330106', g * 0.01, DATE '1990-01-01' + (g % 9000), 'note ' || g, g * 1.5
-                 FROM generate_series({}, {}) g; COMMIT;",
-                id + 1,
-                (id + TX_ROWS).min(rows)
-            ))
-            .await?;
-        id += TX_ROWS;
-    }
-    let workload = started.elapsed();
-    let end_lsn: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
-
-    // backflow: from process start until every row is acknowledged by Kafka.
-    let started = Instant::now();
-    let node = Node::start_with_config(&config, &[])?;
-    let until = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
-        let published = counter(&metrics, "backflow_source_events_total", "op=\"c\"");
-        let lag = counter(&metrics, "backflow_source_lag_seconds", &feed);
-        if published >= rows as f64 && lag == 0.0 {
-            break;
+    let insert_row = |from: i64, to: i64| {
+        format!(
+            "INSERT INTO t (id, name, region_code, income, birth, note, score)
+             SELECT g, '居民' || g, '330106', g * 0.01, DATE '1990-01-01' + (g % 9000), 'note ' || g, g * 1.5
+             FROM generate_series({from}, {to}) g;"
+        )
+    };
+    // Many 10-row transactions per round trip; each one its own commit.
+    let small_transactions = |rows: i64, statement: &dyn Fn(i64, i64) -> String| {
+        let mut batches = Vec::new();
+        let mut id = 0;
+        while id < rows {
+            let mut sql = String::new();
+            for _ in 0..100 {
+                if id >= rows {
+                    break;
+                }
+                sql.push_str(&format!(
+                    "BEGIN; {} COMMIT;",
+                    statement(id + 1, (id + TX_ROWS).min(rows))
+                ));
+                id += TX_ROWS;
+            }
+            batches.push(sql);
         }
-        if Instant::now() > until {
-            bail!(
-                "only {published} of {rows} rows published:\n{}",
-                node.stderr()
+        batches
+    };
+
+    let mut results = Vec::new();
+    let workloads: Vec<(String, i64, &str, Vec<String>)> = vec![
+        (
+            format!("{inserts} inserts, {TX_ROWS}-row transactions"),
+            inserts,
+            "c",
+            small_transactions(inserts, &insert_row),
+        ),
+        (
+            format!("{updates} updates, {TX_ROWS}-row transactions"),
+            updates,
+            "u",
+            small_transactions(updates.min(inserts), &|from, to| {
+                format!("UPDATE t SET income = income + 1, note = 'changed' WHERE id BETWEEN {from} AND {to};")
+            }),
+        ),
+        (
+            format!("{big} inserts in one transaction"),
+            big,
+            "c",
+            vec![format!(
+                "BEGIN; {} COMMIT;",
+                insert_row(inserts + 1, inserts + big)
+            )],
+        ),
+    ];
+    for (name, rows, op, sql) in workloads {
+        let started = Instant::now();
+        for s in &sql {
+            client.batch_execute(s).await?;
+        }
+        let written = started.elapsed().as_secs_f64();
+        let end_lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+
+        // backflow: from process start until every row is acknowledged by Kafka.
+        let started = Instant::now();
+        let node = Node::start_with_config(&config, &[])?;
+        let until = Instant::now() + Duration::from_secs(1800);
+        loop {
+            let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
+            let published = counter(
+                &metrics,
+                "backflow_source_events_total",
+                &format!("op=\"{op}\""),
             );
+            let lag = counter(&metrics, "backflow_source_lag_seconds", &feed);
+            if published >= rows as f64 && lag == 0.0 {
+                break;
+            }
+            if Instant::now() > until {
+                bail!(
+                    "only {published} of {rows} rows published:\n{}",
+                    node.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let backflow_secs = started.elapsed().as_secs_f64();
-    let rss = peak_rss_mb(node.pid());
-    drop(node);
+        let ours_secs = started.elapsed().as_secs_f64();
+        let rss = peak_rss_mb(node.pid());
+        node.signal("TERM")?;
+        let mut node = node;
+        node.wait(Duration::from_secs(30))?;
 
-    // pg_recvlogical: the same WAL, decoded by the server the same way, to /dev/null.
-    let started = Instant::now();
-    let status = Command::new("pg_recvlogical")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db])
-        .args([
-            "--slot",
-            &format!("bench_recv_{db}"),
-            "--start",
-            "-E",
-            &end_lsn,
-        ])
-        .args([
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=bench_pub",
-            "-f",
-            "/dev/null",
-        ])
-        .status()
-        .context("run pg_recvlogical (Debian package postgresql-client)")?;
-    let recv_secs = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("pg_recvlogical failed: {status}");
+        // pg_recvlogical: the same WAL, decoded by the server the same way, to /dev/null.
+        let started = Instant::now();
+        let status = Command::new("pg_recvlogical")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db])
+            .args([
+                "--slot",
+                &format!("bench_recv_{db}"),
+                "--start",
+                "-E",
+                &end_lsn,
+            ])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=bench_pub",
+                "-f",
+                "/dev/null",
+            ])
+            .status()
+            .context("run pg_recvlogical (Debian package postgresql-client)")?;
+        let recv_secs = started.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("pg_recvlogical failed: {status}");
+        }
+        let ours = rows as f64 / ours_secs;
+        let theirs = rows as f64 / recv_secs;
+        println!("{name} (written in {written:.1} s):");
+        println!("  backflow (WAL -> Avro -> tansu memory broker, acked): {ours_secs:.2} s, {ours:.0} rows/s (includes process start)");
+        println!("  pg_recvlogical (WAL -> /dev/null): {recv_secs:.2} s, {theirs:.0} rows/s");
+        println!(
+            "  ratio {:.2}, backflow peak RSS {rss:.0} MB",
+            ours / theirs
+        );
+        results.push((name, ours, theirs, rss));
     }
     drop_pg_database(&db).await?;
-
-    let ours = rows as f64 / backflow_secs;
-    let theirs = rows as f64 / recv_secs;
-    println!(
-        "workload: {rows} rows inserted in {TX_ROWS}-row transactions in {:.1} s",
-        workload.as_secs_f64()
-    );
-    println!("backflow (WAL -> Avro -> tansu memory broker, acked): {backflow_secs:.2} s, {ours:.0} rows/s (includes process start)");
-    println!("pg_recvlogical (WAL -> /dev/null): {recv_secs:.2} s, {theirs:.0} rows/s");
-    println!("ratio backflow / pg_recvlogical: {:.2}", ours / theirs);
-    println!("backflow peak RSS: {rss:.0} MB");
+    println!();
+    println!("| workload | backflow rows/s | pg_recvlogical rows/s | ratio | peak RSS MB |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, ours, theirs, rss) in results {
+        println!(
+            "| {name} | {ours:.0} | {theirs:.0} | {:.2} | {rss:.0} |",
+            ours / theirs
+        );
+    }
     Ok(())
 }
