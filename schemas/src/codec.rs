@@ -29,7 +29,16 @@ fn field_json(c: &ColumnDesc) -> Json {
     if c.nullable {
         json!({"name": c.name, "type": ["null", avro], "default": null, SQL_TYPE_ATTRIBUTE: c.sql_type.to_string()})
     } else {
-        json!({"name": c.name, "type": avro, SQL_TYPE_ATTRIBUTE: c.sql_type.to_string()})
+        let mut field =
+            json!({"name": c.name, "type": avro, SQL_TYPE_ATTRIBUTE: c.sql_type.to_string()});
+        if let Some(default) = c
+            .avro_default
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<Json>(d).ok())
+        {
+            field["default"] = default;
+        }
+        field
     }
 }
 

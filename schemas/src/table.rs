@@ -13,6 +13,10 @@ pub struct ColumnDesc {
     pub sql_type: SqlType,
     /// Whether it may hold NULL.
     pub nullable: bool,
+    /// The column's constant default as an Avro JSON default (e.g. `7`,
+    /// `"active"`), for a NOT NULL column: readers of older records fill
+    /// it in, so adding such a column is a compatible schema change.
+    pub avro_default: Option<String>,
 }
 
 impl ColumnDesc {
@@ -22,7 +26,26 @@ impl ColumnDesc {
             name: name.into(),
             sql_type,
             nullable,
+            avro_default: None,
         }
+    }
+
+    /// The same column with the default value `datum` (ignored when it has
+    /// no Avro JSON form here: decimals, bytes, NULL).
+    pub fn with_default(mut self, datum: &Datum) -> Self {
+        self.avro_default = match datum {
+            Datum::Bool(b) => Some(b.to_string()),
+            Datum::Int(v) | Datum::Date(v) => Some(v.to_string()),
+            Datum::Long(v) | Datum::Time(v) | Datum::Timestamp(v) | Datum::TimestampTz(v) => {
+                Some(v.to_string())
+            }
+            Datum::Float(v) if v.is_finite() => Some(serde_json::json!(v).to_string()),
+            Datum::Double(v) if v.is_finite() => Some(serde_json::json!(v).to_string()),
+            Datum::Text(t) | Datum::Json(t) => Some(serde_json::json!(t).to_string()),
+            Datum::Uuid(u) => Some(serde_json::json!(u.to_string()).to_string()),
+            _ => None,
+        };
+        self
     }
 }
 

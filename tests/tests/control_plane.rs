@@ -1,7 +1,8 @@
 //! The control plane end to end: an owner registers a conditional dataset,
 //! a district requests it, nothing flows until the owner approves; after
 //! approval the district's database gets its rows (backfilled) and new
-//! changes; after revocation nothing new arrives. A not-shared dataset is
+//! changes; a second district's backfill runs without pausing the first;
+//! after revocation nothing new arrives. A not-shared dataset is
 //! refused with its reason; tokens only do what their principal may.
 
 use std::time::{Duration, Instant};
@@ -41,6 +42,38 @@ async fn call(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// Distinct keys in a topic, read from its beginning to its end.
+async fn distinct_keys(settings: &backflow::kafka::KafkaSettings, topic: &str) -> usize {
+    let Ok(n) = backflow::kafka::partition_count(settings, topic).await else {
+        return 0;
+    };
+    let w = backflow::kafka::Watermarks::new(settings).unwrap();
+    let mut ends = std::collections::HashMap::new();
+    for p in 0..n as i32 {
+        let high = w.high(topic, p).await.unwrap_or(0);
+        if high > 0 {
+            ends.insert(p, high - 1);
+        }
+    }
+    if ends.is_empty() {
+        return 0;
+    }
+    let parts: Vec<i32> = ends.keys().copied().collect();
+    let consumer = backflow::kafka::Consumer::replay_partitions(settings, topic, &parts).unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    while !ends.is_empty() {
+        let r = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {
+            ends.remove(&r.partition);
+        }
+        keys.insert(r.key.unwrap_or_default());
+    }
+    keys.len()
 }
 
 const READ: [(&str, Kind); 2] = [("name", Kind::Text), ("region_code", Kind::Text)];
@@ -246,6 +279,49 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         .unwrap();
     wait_for(20, "李*").await;
 
+    // A second district approved while the first one's share runs: its
+    // backfill goes on beside the distributor, which then takes it over
+    // without a restart; the first district keeps receiving meanwhile.
+    let restarts_before = node.stderr().matches("restarting the distributor").count();
+    let (status, body) = call(
+        &node,
+        "POST",
+        &format!("/api/subscriptions/330108:{dataset}/approve"),
+        Some(owner),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    db.batch_execute("UPDATE people SET name = '钱七' WHERE id = 2")
+        .await
+        .unwrap();
+    wait_for(20, "钱*").await;
+    let settings = backflow::kafka::KafkaSettings::new(broker.bootstrap());
+    let share_108 = format!("backflow.share.330108.{dataset}");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = distinct_keys(&settings, &share_108).await;
+        if keys == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "330108 has {keys} of its 20 rows\n{}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = node.stderr();
+    assert!(
+        log.contains("backfilled share joined the running distributor"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("restarting the distributor").count(),
+        restarts_before,
+        "other subscriptions never paused for the backfill"
+    );
+
     // Only the subscriber itself (or the owner) reads a subscription.
     assert_eq!(
         call(
@@ -273,7 +349,7 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     );
     let (_, info) = call(&node, "GET", "/api/node", Some(xihu), None).await;
     assert_eq!(info["code"], "330100");
-    assert_eq!(info["children"], json!(["330106"]), "{info}");
+    assert_eq!(info["children"], json!(["330106", "330108"]), "{info}");
 
     // Narrowed to id and region: the next rows arrive without a name.
     let (status, body) = call(
@@ -323,7 +399,7 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     let rows = sink.rows("people", "id", &READ).await.unwrap().unwrap();
     assert_eq!(
         rows[&2][0].as_deref(),
-        Some("李*"),
+        Some("钱*"),
         "no delivery after revocation"
     );
 

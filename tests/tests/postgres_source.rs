@@ -578,3 +578,77 @@ async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lo
     drop(source);
     drop_pg_database(&f.db).await.unwrap();
 }
+
+#[tokio::test]
+async fn postgres_feed_add_column_not_null_with_default_registers_a_compatible_version() {
+    let f = setup(20).await;
+    let node = Node::start_with_config(&f.config(), &[]).unwrap();
+    node.wait_for_status("/readyz", 200, READY).await.unwrap();
+    let mut view = TopicView::new(&f);
+    view.until_equal(&table_state(&f).await, Duration::from_secs(60), &node)
+        .await;
+    let c = pg_connect(&f.db).await.unwrap();
+    c.batch_execute(
+        "ALTER TABLE people ADD COLUMN level integer NOT NULL DEFAULT 3;
+         UPDATE people SET level = 5 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    // The registry (BACKWARD by default) accepted a second version whose
+    // new field carries the column's default; the feed kept going.
+    let subject = format!("{}-value", f.topic());
+    let until = Instant::now() + Duration::from_secs(60);
+    let latest = loop {
+        let (status, body) = node
+            .get(&format!("/subjects/{subject}/versions/latest"))
+            .await
+            .unwrap();
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["version"] == 2 {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no second schema version ({status}): {body}\n{}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let schema: serde_json::Value =
+        serde_json::from_str(latest["schema"].as_str().unwrap()).unwrap();
+    let value = schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "before")
+        .unwrap()["type"][1]
+        .clone();
+    let level = value["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "level")
+        .cloned()
+        .expect("level in the new version");
+    assert_eq!(level["type"], "int");
+    assert_eq!(level["default"], 3);
+    // The update was published under the new version.
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut newest = None;
+    while newest.is_none() {
+        assert!(Instant::now() < until, "update not published");
+        if let Ok(Ok(r)) =
+            tokio::time::timeout(Duration::from_millis(500), view.consumer.recv()).await
+        {
+            let (id, _) = unframe(r.payload.as_deref().unwrap()).unwrap();
+            if id == latest["id"].as_u64().unwrap() as u32 {
+                newest = Some(r);
+            }
+        }
+    }
+    assert!(!node.stderr().contains("feed failed"), "{}", node.stderr());
+    drop(node);
+    drop_pg_database(&f.db).await.unwrap();
+}

@@ -66,6 +66,32 @@ pub enum DistributorError {
 struct Share {
     policy: SharePolicy,
     topic: String,
+    /// For a share that joined a running distributor after its backfill:
+    /// per raw partition, the first offset delivered here (the backfill
+    /// delivered everything before it).
+    from: Option<HashMap<i32, i64>>,
+}
+
+/// A backfilled share asking the running distributor to take it over.
+pub struct JoinRequest {
+    share: ShareConfig,
+    /// Per raw partition, the offset the backfill delivered up to
+    /// (exclusive).
+    from: HashMap<i32, i64>,
+    reply: tokio::sync::oneshot::Sender<JoinReply>,
+}
+
+/// The running distributor's answer to a [`JoinRequest`].
+#[derive(Debug)]
+enum JoinReply {
+    /// From now on the distributor delivers offsets at and after `from`.
+    Joined,
+    /// The distributor is already past the backfill on some partitions:
+    /// its positions, which the backfill must reach first.
+    Behind(HashMap<i32, i64>),
+    /// The running distributor does not read the dataset (or none runs):
+    /// backfill up to its committed offsets and restart it with the share.
+    NotConsumed,
 }
 
 /// A share's table for one source table version.
@@ -89,9 +115,10 @@ pub async fn run(
     shares: &[ShareConfig],
     ctx: &FeedContext,
     auditor: &Auditor,
+    joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
     shutdown: &CancellationToken,
 ) -> Result<(), DistributorError> {
-    let by_dataset = group(shares);
+    let mut by_dataset = group(shares);
     let mut specs: Vec<TopicSpec> = Vec::new();
     for (dataset, list) in &by_dataset {
         // The raw topic too, so the distributor can subscribe before the
@@ -112,6 +139,18 @@ pub async fn run(
     ctx.admin.ensure(&specs).await?;
     let raw: Vec<String> = by_dataset.keys().map(|d| topics::raw(d)).collect();
     let raw_refs: Vec<&str> = raw.iter().map(String::as_str).collect();
+    // Where this run starts on each raw partition: the group's committed
+    // offsets (the beginning when none). Then the next offset to distribute.
+    let mut position: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in &raw {
+        let n = crate::kafka::partition_count(&ctx.settings, topic).await?;
+        let parts: Vec<(String, i32)> = (0..n as i32).map(|p| (topic.clone(), p)).collect();
+        let committed =
+            crate::kafka::group_committed(&ctx.settings, &group_id(&ctx.node), &parts).await?;
+        for (tp, o) in parts.into_iter().zip(committed) {
+            position.insert(tp, o.unwrap_or(0));
+        }
+    }
     let consumer = Consumer::new(
         &ctx.settings,
         &group_id(&ctx.node),
@@ -134,6 +173,10 @@ pub async fn run(
         // only as long as LINGER.
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(join) = joins.recv() => {
+                take_join(join, &mut by_dataset, &mut versions, &position);
+                continue;
+            }
             r = consumer.recv() => r?,
         };
         let mut batch = vec![first];
@@ -167,6 +210,10 @@ pub async fn run(
                 &mut out,
             )
             .await?;
+            position.insert((record.topic.clone(), record.partition), record.offset + 1);
+        }
+        while let Ok(join) = joins.try_recv() {
+            take_join(join, &mut by_dataset, &mut versions, &position);
         }
         if let Some(done) = previous.take() {
             done.settle(auditor, &consumer).await?;
@@ -206,80 +253,262 @@ fn group(shares: &[ShareConfig]) -> HashMap<String, Vec<Share>> {
             .push(Share {
                 topic: topics::share(s.subscriber.as_str(), &s.dataset),
                 policy,
+                from: None,
             });
     }
     by_dataset
 }
 
-/// Delivers a newly active share's current state: the raw topic from its
-/// beginning up to (not including) `until` per partition, the positions
-/// the main distributor continues from, so the share topic gets the
-/// history first and then the live changes, in order per key.
-pub async fn backfill(
+/// Answers a share's request to join this run: it joins when this run has
+/// not gone past the offsets its backfill delivered up to, on any partition.
+fn take_join(
+    join: JoinRequest,
+    by_dataset: &mut HashMap<String, Vec<Share>>,
+    versions: &mut HashMap<(u32, u32), Version>,
+    position: &HashMap<(String, i32), i64>,
+) {
+    let JoinRequest { share, from, reply } = join;
+    let Some(list) = by_dataset.get_mut(&share.dataset) else {
+        let _ = reply.send(JoinReply::NotConsumed);
+        return;
+    };
+    let raw = topics::raw(&share.dataset);
+    let ahead: HashMap<i32, i64> = position
+        .iter()
+        .filter(|((t, p), at)| *t == raw && **at > from.get(p).copied().unwrap_or(0))
+        .map(|((_, p), at)| (*p, *at))
+        .collect();
+    if !ahead.is_empty() {
+        let _ = reply.send(JoinReply::Behind(ahead));
+        return;
+    }
+    let policy = match share.policy() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(subscriber = %share.subscriber, dataset = %share.dataset, error = %e, "share policy unusable");
+            let _ = reply.send(JoinReply::NotConsumed);
+            return;
+        }
+    };
+    list.push(Share {
+        topic: topics::share(share.subscriber.as_str(), &share.dataset),
+        policy,
+        from: Some(from),
+    });
+    // Cached versions hold one codec per share of the list.
+    versions.clear();
+    tracing::info!(subscriber = %share.subscriber, dataset = %share.dataset, "backfilled share joined the running distributor");
+    let _ = reply.send(JoinReply::Joined);
+}
+
+/// How a backfill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backfilled {
+    /// The running distributor took the share over where the backfill
+    /// stopped; nothing else was interrupted.
+    Joined,
+    /// Delivered up to the distributor group's committed offsets; the
+    /// distributor must restart with the share to go on from there.
+    UpToCommitted,
+}
+
+/// Delivers a newly active share's current state while the running
+/// distributor goes on for the other shares: reads the raw topic from its
+/// beginning up to its end, then asks the running distributor to take the
+/// share over from there (`joins`); when the distributor is ahead, reads on
+/// to where it stands and asks again. When no running distributor reads the
+/// dataset (`consumed` false, or the distributor says so), it delivers up
+/// to the group's committed offsets instead, where the distributor will
+/// start with the share.
+/// Returns the records delivered and how it ended.
+pub async fn backfill_and_join(
     share: &ShareConfig,
-    until: &[((String, i32), i64)],
     ctx: &FeedContext,
     auditor: &Auditor,
+    joins: &tokio::sync::mpsc::Sender<JoinRequest>,
+    consumed: bool,
     shutdown: &CancellationToken,
-) -> Result<u64, DistributorError> {
+) -> Result<(u64, Backfilled), DistributorError> {
+    let topic = topics::raw(&share.dataset);
     let by_dataset = group(std::slice::from_ref(share));
     let Some(list) = by_dataset.get(&share.dataset) else {
-        return Ok(0);
+        return Ok((0, Backfilled::UpToCommitted));
     };
-    let todo: Vec<&((String, i32), i64)> = until.iter().filter(|(_, end)| *end > 0).collect();
-    if todo.is_empty() {
-        return Ok(0);
+    ctx.admin
+        .ensure(&[
+            TopicSpec::compacted(&topic, ctx.partitions, ctx.replication_factor),
+            TopicSpec::compacted(
+                topics::share(share.subscriber.as_str(), &share.dataset),
+                ctx.partitions,
+                ctx.replication_factor,
+            ),
+        ])
+        .await?;
+    let n = crate::kafka::partition_count(&ctx.settings, &topic).await? as i32;
+    let partitions: Vec<i32> = (0..n).collect();
+    let watermarks = crate::kafka::Watermarks::new(&ctx.settings)?;
+    let mut target: HashMap<i32, i64> = HashMap::new();
+    for p in &partitions {
+        target.insert(*p, watermarks.high(&topic, *p).await?);
     }
-    let topic = topics::raw(&share.dataset);
-    let partitions: Vec<i32> = todo.iter().map(|((_, p), _)| *p).collect();
-    let consumer = Consumer::replay_partitions(&ctx.settings, &topic, &partitions)?;
-    let mut remaining: HashMap<i32, i64> = todo.iter().map(|((_, p), end)| (*p, *end)).collect();
-    let mut readers = FramedReaders::new();
-    let mut versions: HashMap<(u32, u32), Version> = HashMap::new();
-    let mut total = 0u64;
-    while !remaining.is_empty() {
-        let mut batch = Vec::new();
-        while batch.len() < BATCH && !remaining.is_empty() {
-            let r = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(total),
-                r = consumer.recv() => r?,
-            };
-            let Some(end) = remaining.get(&r.partition).copied() else {
-                continue;
-            };
-            if r.offset + 1 >= end {
-                remaining.remove(&r.partition);
+    let mut reader = BackfillReader::new(share, list, ctx, &partitions)?;
+    let mut joining = consumed;
+    loop {
+        if joining {
+            reader.deliver_until(&target, auditor, shutdown).await?;
+        }
+        if shutdown.is_cancelled() {
+            return Ok((reader.total, Backfilled::UpToCommitted));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Where the backfill stands: at least the target, more where it
+        // read ahead.
+        let from: HashMap<i32, i64> = partitions
+            .iter()
+            .map(|p| (*p, reader.next(*p).max(target.get(p).copied().unwrap_or(0))))
+            .collect();
+        let request = JoinRequest {
+            share: share.clone(),
+            from,
+            reply: tx,
+        };
+        let reply = if !joining {
+            JoinReply::NotConsumed
+        } else {
+            match joins.send(request).await {
+                Ok(()) => rx.await.unwrap_or(JoinReply::NotConsumed),
+                Err(_) => JoinReply::NotConsumed,
             }
-            if r.offset < end {
+        };
+        joining = true;
+        match reply {
+            JoinReply::Joined => return Ok((reader.total, Backfilled::Joined)),
+            JoinReply::Behind(ahead) => {
+                for (p, at) in ahead {
+                    let t = target.entry(p).or_insert(0);
+                    *t = (*t).max(at);
+                }
+            }
+            JoinReply::NotConsumed => {
+                let parts: Vec<(String, i32)> =
+                    partitions.iter().map(|p| (topic.clone(), *p)).collect();
+                let committed =
+                    crate::kafka::group_committed(&ctx.settings, &group_id(&ctx.node), &parts)
+                        .await?;
+                // The distributor resumes from its committed offsets:
+                // deliver exactly up to them.
+                let until: HashMap<i32, i64> = partitions
+                    .iter()
+                    .zip(committed)
+                    .map(|(p, o)| (*p, o.unwrap_or(0)))
+                    .collect();
+                if until.iter().any(|(p, o)| reader.next(*p) > *o) {
+                    // Already delivered past them: a fresh reader from the
+                    // beginning keeps each key's history in order.
+                    reader = BackfillReader::new(share, list, ctx, &partitions)?;
+                }
+                reader.deliver_until(&until, auditor, shutdown).await?;
+                return Ok((reader.total, Backfilled::UpToCommitted));
+            }
+        }
+    }
+}
+
+/// Reads a raw topic from its beginning for one share, delivering as it
+/// goes.
+struct BackfillReader<'a> {
+    share: &'a ShareConfig,
+    list: &'a [Share],
+    ctx: &'a FeedContext,
+    consumer: Consumer,
+    /// Next offset per partition.
+    next: HashMap<i32, i64>,
+    readers: FramedReaders,
+    versions: HashMap<(u32, u32), Version>,
+    total: u64,
+}
+
+impl<'a> BackfillReader<'a> {
+    fn new(
+        share: &'a ShareConfig,
+        list: &'a [Share],
+        ctx: &'a FeedContext,
+        partitions: &[i32],
+    ) -> Result<Self, DistributorError> {
+        let topic = topics::raw(&share.dataset);
+        Ok(Self {
+            share,
+            list,
+            ctx,
+            consumer: Consumer::replay_partitions(&ctx.settings, &topic, partitions)?,
+            next: partitions.iter().map(|p| (*p, 0)).collect(),
+            readers: FramedReaders::new(),
+            versions: HashMap::new(),
+            total: 0,
+        })
+    }
+
+    fn next(&self, partition: i32) -> i64 {
+        self.next.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Delivers every record before `until` (per partition) not delivered
+    /// yet, waits for Kafka's acknowledgements, audits each batch.
+    async fn deliver_until(
+        &mut self,
+        until: &HashMap<i32, i64>,
+        auditor: &Auditor,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DistributorError> {
+        let mut remaining: HashMap<i32, i64> = until
+            .iter()
+            .filter(|(p, end)| self.next(**p) < **end)
+            .map(|(p, end)| (*p, *end))
+            .collect();
+        while !remaining.is_empty() {
+            let mut batch = Vec::new();
+            while batch.len() < BATCH && !remaining.is_empty() {
+                let r = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    r = self.consumer.recv() => r?,
+                };
+                self.next.insert(r.partition, r.offset + 1);
+                let Some(end) = remaining.get(&r.partition).copied() else {
+                    // Read ahead of this round's target: kept for the next.
+                    batch.push(r);
+                    continue;
+                };
+                if r.offset + 1 >= end {
+                    remaining.remove(&r.partition);
+                }
                 batch.push(r);
             }
+            let mut deliveries = Vec::new();
+            let mut tallies = BTreeMap::new();
+            for record in &batch {
+                let mut out = Out {
+                    deliveries: &mut deliveries,
+                    tallies: &mut tallies,
+                };
+                distribute(
+                    record,
+                    &self.share.dataset,
+                    self.list,
+                    self.ctx,
+                    &mut self.readers,
+                    &mut self.versions,
+                    &mut out,
+                )
+                .await?;
+            }
+            for d in deliveries {
+                d.await?;
+            }
+            self.total += tallies.values().map(|t| t.records).sum::<u64>();
+            audit_batch(auditor, &batch, tallies).await?;
         }
-        let mut deliveries = Vec::new();
-        let mut tallies = BTreeMap::new();
-        for record in &batch {
-            let mut out = Out {
-                deliveries: &mut deliveries,
-                tallies: &mut tallies,
-            };
-            distribute(
-                record,
-                &share.dataset,
-                list,
-                ctx,
-                &mut readers,
-                &mut versions,
-                &mut out,
-            )
-            .await?;
-        }
-        for d in deliveries {
-            d.await?;
-        }
-        total += tallies.values().map(|t| t.records).sum::<u64>();
-        audit_batch(auditor, &batch, tallies).await?;
+        Ok(())
     }
-    tracing::info!(subscriber = %share.subscriber, dataset = %share.dataset, records = total, "backfill finished");
-    Ok(total)
 }
 
 /// A processed batch whose share records are on their way to Kafka.
@@ -448,6 +677,13 @@ async fn distribute(
     let origin_ts = record.header(HEADER_ORIGIN_TS).unwrap_or_default();
     for (s, codec) in shares.iter().zip(&version.shares) {
         let Some(sc) = codec else { continue };
+        if s.from
+            .as_ref()
+            .is_some_and(|from| record.offset < from.get(&record.partition).copied().unwrap_or(0))
+        {
+            // Delivered by the share's backfill.
+            continue;
+        }
         let Some(shared) = s.policy.share_event(&sc.table, &event) else {
             continue;
         };
@@ -557,7 +793,8 @@ async fn share_codec(
 }
 
 /// The shares in force: the configuration's, and the catalog's active
-/// subscriptions; plus the active subscriptions still to backfill.
+/// subscriptions already backfilled; and the active subscriptions still to
+/// backfill.
 async fn current(
     config_shares: &[ShareConfig],
     catalog: &Catalog,
@@ -585,10 +822,11 @@ async fn current(
             secret: Some(sub.secret.clone()),
             version: sub.policy_version,
         };
-        if !sub.backfilled {
-            backfill.push((share.clone(), sub.clone()));
+        if sub.backfilled {
+            shares.push(share);
+        } else {
+            backfill.push((share, sub.clone()));
         }
-        shares.push(share);
     }
     (shares, backfill)
 }
@@ -608,14 +846,143 @@ fn signature(shares: &[ShareConfig]) -> Vec<String> {
     sig
 }
 
+/// Whether two shares are the same subscriber's share of the same dataset.
+fn same_share(a: &ShareConfig, b: &ShareConfig) -> bool {
+    a.subscriber == b.subscriber && a.dataset == b.dataset
+}
+
+/// A backfill under way, for one subscription.
+struct BackfillTask {
+    subscription: Subscription,
+    share: ShareConfig,
+    abort: tokio::task::AbortHandle,
+}
+
+/// Backfills under way and shares that joined the running distributor.
+struct Backfills {
+    tasks: tokio::task::JoinSet<(String, u64, Backfilled)>,
+    running: HashMap<String, BackfillTask>,
+    /// Shares that joined the running distributor and whose subscription
+    /// may not be marked backfilled in the catalog yet: every run includes
+    /// them, so none misses what the backfill did not deliver.
+    joined: Vec<ShareConfig>,
+    joins: tokio::sync::mpsc::Sender<JoinRequest>,
+}
+
+impl Backfills {
+    /// Starts backfills for newly active subscriptions; stops those whose
+    /// subscription is no longer active.
+    fn follow(
+        &mut self,
+        pending: &[(ShareConfig, Subscription)],
+        consumed: &[ShareConfig],
+        ctx: &FeedContext,
+        auditor: &Auditor,
+        shutdown: &CancellationToken,
+    ) {
+        self.running.retain(|id, t| {
+            let keep = pending
+                .iter()
+                .any(|(_, s)| s.id == *id && s.policy_version == t.subscription.policy_version);
+            if !keep {
+                t.abort.abort();
+                tracing::info!(subscription = %id, "backfill stopped: the subscription changed");
+            }
+            keep
+        });
+        self.joined
+            .retain(|j| pending.iter().any(|(s, _)| same_share(s, j)));
+        for (share, sub) in pending {
+            if self.running.contains_key(&sub.id)
+                || self.joined.iter().any(|j| same_share(j, share))
+            {
+                continue;
+            }
+            let reads_dataset = consumed.iter().any(|c| c.dataset == share.dataset);
+            let (share_t, ctx, auditor, joins, shutdown, id) = (
+                share.clone(),
+                ctx.clone(),
+                auditor.clone(),
+                self.joins.clone(),
+                shutdown.clone(),
+                sub.id.clone(),
+            );
+            tracing::info!(subscription = %sub.id, "backfilling while the distributor goes on");
+            let abort = self.tasks.spawn(async move {
+                let mut backoff = Duration::from_secs(1);
+                loop {
+                    match backfill_and_join(&share_t, &ctx, &auditor, &joins, reads_dataset, &shutdown)
+                        .await
+                    {
+                        Ok((records, how)) => return (id, records, how),
+                        Err(e) => {
+                            ctx.metrics.distributor_restarts.inc();
+                            tracing::error!(subscription = %id, error = %e, retry_in = ?backoff, "backfill failed");
+                        }
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return (id, 0, Backfilled::UpToCommitted),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            });
+            self.running.insert(
+                sub.id.clone(),
+                BackfillTask {
+                    subscription: sub.clone(),
+                    share: share.clone(),
+                    abort,
+                },
+            );
+        }
+    }
+
+    /// Records a finished backfill: the share joined (kept in every run
+    /// from now on) or needs a restart; the catalog marks it backfilled.
+    async fn finished(&mut self, id: String, records: u64, how: Backfilled, catalog: &Catalog) {
+        let Some(task) = self.running.remove(&id) else {
+            return;
+        };
+        tracing::info!(subscription = %id, records, how = ?how, "subscription backfilled");
+        if how == Backfilled::Joined {
+            self.joined.push(task.share);
+        }
+        // The subscription as it is now (it may have changed meanwhile).
+        let current = catalog.state().await.subscriptions.get(&id).cloned();
+        if let Some(mut sub) = current.filter(|s| s.state == SubscriptionState::Active) {
+            sub.backfilled = true;
+            if let Err(e) = catalog
+                .put(crate::catalog::CatalogRecord::Subscription(sub))
+                .await
+            {
+                tracing::error!(subscription = %id, error = %e, "cannot record the backfill in the catalog");
+            }
+        }
+    }
+
+    /// The shares a run delivers: those in force plus those that joined.
+    fn with_joined(&self, shares: &[ShareConfig]) -> Vec<ShareConfig> {
+        let mut all = shares.to_vec();
+        for j in &self.joined {
+            if !all.iter().any(|s| same_share(s, j)) {
+                all.push(j.clone());
+            }
+        }
+        all
+    }
+}
+
 /// Runs the distributor for the configured shares and the catalog's active
 /// subscriptions: restarts it when they change (a revocation stops delivery
 /// within moments), backfills each newly active subscription from the raw
-/// topic first, and restarts with backoff after errors.
+/// topic, and restarts with backoff after errors.
 ///
-/// While a backfill runs, the other shares wait: the backfill covers the raw
-/// topic up to where the distributor's group stands, so each share topic
-/// gets every key's history in order.
+/// A backfill runs beside the distributor, which goes on delivering to the
+/// other shares: once the backfill has read the raw topic up to where the
+/// distributor stands, the distributor takes the new share over from that
+/// offset ([`backfill_and_join`]), so the share topic gets each key's
+/// history and then its live changes, in order, and nobody else waits.
 pub async fn supervise(
     config_shares: Vec<ShareConfig>,
     catalog: Catalog,
@@ -640,55 +1007,37 @@ pub async fn supervise(
     }
     let mut changes = catalog.changes();
     let mut backoff = Duration::from_secs(1);
+    let (joins, mut join_requests) = tokio::sync::mpsc::channel::<JoinRequest>(16);
+    let mut backfills = Backfills {
+        tasks: tokio::task::JoinSet::new(),
+        running: HashMap::new(),
+        joined: Vec::new(),
+        joins,
+    };
     loop {
         if shutdown.is_cancelled() {
-            return;
+            break;
         }
         let _ = catalog.caught_up().await;
-        let (shares, to_backfill) = current(&config_shares, &catalog).await;
+        let (ready, pending) = current(&config_shares, &catalog).await;
+        let shares = backfills.with_joined(&ready);
+        backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
         let mut failed = false;
-        for (share, mut sub) in to_backfill {
-            let raw = topics::raw(&share.dataset);
-            let outcome = async {
-                let n = crate::kafka::partition_count(&ctx.settings, &raw).await?;
-                let parts: Vec<(String, i32)> = (0..n as i32).map(|p| (raw.clone(), p)).collect();
-                let committed =
-                    crate::kafka::group_committed(&ctx.settings, &group_id(&ctx.node), &parts)
-                        .await?;
-                let until: Vec<((String, i32), i64)> = parts
-                    .into_iter()
-                    .zip(committed)
-                    .map(|(tp, o)| (tp, o.unwrap_or(0)))
-                    .collect();
-                backfill(&share, &until, &ctx, &auditor, &shutdown).await
-            }
-            .await;
-            match outcome {
-                Ok(records) => {
-                    tracing::info!(subscription = %sub.id, records, "subscription backfilled");
-                    sub.backfilled = true;
-                    if let Err(e) = catalog
-                        .put(crate::catalog::CatalogRecord::Subscription(sub))
-                        .await
-                    {
-                        tracing::error!(error = %e, "cannot record the backfill in the catalog");
-                        failed = true;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(subscription = %sub.id, error = %e, "backfill failed");
-                    failed = true;
-                }
-            }
-        }
-        if !failed && !shares.is_empty() {
-            let sig = signature(&shares);
+        if !shares.is_empty() {
+            let mut sig = signature(&shares);
             let child = shutdown.child_token();
-            let run_fut = run(&shares, &ctx, &auditor, &child);
+            let run_fut = run(&shares, &ctx, &auditor, &mut join_requests, &child);
             tokio::pin!(run_fut);
             let outcome = loop {
                 tokio::select! {
                     r = &mut run_fut => break r,
+                    Some(done) = backfills.tasks.join_next() => {
+                        if let Ok((id, records, how)) = done {
+                            backfills.finished(id, records, how, &catalog).await;
+                            // A joined share is part of this run already.
+                            sig = signature(&backfills.with_joined(&shares));
+                        }
+                    }
                     c = changes.changed() => {
                         if c.is_err() {
                             child.cancel();
@@ -696,7 +1045,8 @@ pub async fn supervise(
                         }
                         let _ = catalog.caught_up().await;
                         let (now, pending) = current(&config_shares, &catalog).await;
-                        if signature(&now) != sig || !pending.is_empty() {
+                        backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
+                        if signature(&backfills.with_joined(&now)) != sig {
                             tracing::info!("shares changed; restarting the distributor");
                             child.cancel();
                         }
@@ -704,7 +1054,7 @@ pub async fn supervise(
                 }
             };
             match outcome {
-                Ok(()) if shutdown.is_cancelled() => return,
+                Ok(()) if shutdown.is_cancelled() => break,
                 Ok(()) => {
                     backoff = Duration::from_secs(1);
                     continue;
@@ -716,18 +1066,33 @@ pub async fn supervise(
                 }
             }
         }
-        if failed {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
+        // No distributor runs: backfills deliver up to the committed
+        // offsets, and the next run starts from there with their shares.
+        let pause = if failed {
+            backoff
         } else {
-            // Nothing to deliver yet: wait for the catalog to change.
+            Duration::from_secs(3600)
+        };
+        let until = tokio::time::Instant::now() + pause;
+        loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = changes.changed() => {}
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(until) => break,
+                _ = changes.changed() => break,
+                Some(request) = join_requests.recv() => {
+                    let _ = request.reply.send(JoinReply::NotConsumed);
+                }
+                Some(done) = backfills.tasks.join_next() => {
+                    if let Ok((id, records, how)) = done {
+                        backfills.finished(id, records, how, &catalog).await;
+                    }
+                    break;
+                }
             }
         }
+        if failed {
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
     }
+    backfills.tasks.shutdown().await;
 }

@@ -51,8 +51,10 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
     let qualified = format!("{schema}.{name}");
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                    pg_get_expr(d.adbin, d.adrelid) \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
@@ -76,7 +78,20 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
                  leave the column out with a view, or cast it in the source"
             ))
         })?;
-        columns.push(ColumnDesc::new(col, sql_type, !not_null));
+        let mut column = ColumnDesc::new(col, sql_type, !not_null);
+        if not_null {
+            // A constant default becomes the Avro field's default, so
+            // ADD COLUMN ... NOT NULL DEFAULT x stays backward compatible.
+            let default = r
+                .get::<_, Option<String>>(3)
+                .as_deref()
+                .and_then(constant_default)
+                .and_then(|text| crate::text::parse(&column.sql_type, &text).ok());
+            if let Some(datum) = default {
+                column = column.with_default(&datum);
+            }
+        }
+        columns.push(column);
     }
     let pk_rows = client
         .query(
@@ -321,4 +336,70 @@ pub async fn estimated_rows(client: &Client, table: &TableDesc) -> u64 {
         .await
         .map(|r| r.get::<_, i64>(0) as u64)
         .unwrap_or(0)
+}
+
+/// The value of a column default that is a constant (`7`, `'x'::text`,
+/// `true`, `'-1'::integer`), as text; `None` for expressions (`now()`,
+/// `nextval(...)`).
+fn constant_default(expr: &str) -> Option<String> {
+    let expr = expr.trim();
+    if let Some(rest) = expr.strip_prefix('\'') {
+        let mut value = String::new();
+        let mut chars = rest.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '\'' {
+                if chars.peek().map(|(_, n)| *n) == Some('\'') {
+                    value.push('\'');
+                    chars.next();
+                    continue;
+                }
+                let tail = &rest[i + 1..];
+                // Only a cast may follow: '...'::type
+                let ok = tail.is_empty()
+                    || (tail.starts_with("::")
+                        && tail[2..]
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || " _(),".contains(c)));
+                return ok.then_some(value);
+            }
+            value.push(c);
+        }
+        return None;
+    }
+    let bare = expr
+        .split("::")
+        .next()
+        .unwrap_or(expr)
+        .trim_matches(|c| c == '(' || c == ')');
+    let numeric = !bare.is_empty()
+        && bare
+            .trim_start_matches('-')
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.');
+    (numeric || bare == "true" || bare == "false").then(|| bare.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_default;
+
+    #[test]
+    fn constant_defaults_are_read_and_expressions_are_not() {
+        assert_eq!(constant_default("7").as_deref(), Some("7"));
+        assert_eq!(constant_default("'-1'::integer").as_deref(), Some("-1"));
+        assert_eq!(constant_default("1.5").as_deref(), Some("1.5"));
+        assert_eq!(constant_default("true").as_deref(), Some("true"));
+        assert_eq!(
+            constant_default("'it''s'::character varying").as_deref(),
+            Some("it's")
+        );
+        assert_eq!(
+            constant_default("'2026-01-01'::date").as_deref(),
+            Some("2026-01-01")
+        );
+        assert_eq!(constant_default("now()"), None);
+        assert_eq!(constant_default("nextval('items_id_seq'::regclass)"), None);
+        assert_eq!(constant_default("CURRENT_TIMESTAMP"), None);
+        assert_eq!(constant_default("('a'::text || 'b'::text)"), None);
+    }
 }
