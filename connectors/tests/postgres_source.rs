@@ -631,3 +631,45 @@ impl Drop for TempCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[tokio::test]
+async fn postgres_source_truncate_is_reported_as_not_shared() {
+    let db = format!("bf_trunc_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = connect(&db).await;
+    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2)); INSERT INTO items VALUES (1, 'a', 1);")
+        .await
+        .unwrap();
+    let mut source = PostgresSource::new(config(&db), "330000");
+    source.start(None).await.unwrap();
+    let (_, position) = read_snapshot(&mut source).await;
+    source.acknowledge(&position).await.unwrap();
+    c.batch_execute("TRUNCATE items; INSERT INTO items VALUES (2, 'b', 2);")
+        .await
+        .unwrap();
+    let mut rejected = Vec::new();
+    let mut inserted = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while inserted.is_empty() {
+            let b = source.next_batch(500).await.unwrap();
+            rejected.extend(b.rejected);
+            inserted.extend(b.records.iter().map(|r| id_of(&r.event.key)));
+        }
+    })
+    .await
+    .expect("changes after the truncate arrive");
+    assert_eq!(inserted, vec![2], "the stream goes on");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].table, "public.items");
+    assert!(
+        rejected[0].reason.contains("TRUNCATE"),
+        "{}",
+        rejected[0].reason
+    );
+    assert!(
+        rejected[0].reason.contains("--resnapshot"),
+        "{}",
+        rejected[0].reason
+    );
+    source.shutdown().await.unwrap();
+}

@@ -47,6 +47,10 @@
 //! forgetting the position), which reads the tables again; keys deleted
 //! while no slot existed stay in the raw topic.
 //!
+//! `TRUNCATE` of a captured table cannot be expressed in a compacted topic
+//! (there is no "every key is gone"): it is not shared, and a record in the
+//! feed's dead-letter topic names the table and the way out.
+//!
 //! # Source lag
 //! [`Source::backlog_bytes`] reports `pg_current_wal_lsn() -
 //! confirmed_flush_lsn` of the slot. Keepalives outside transactions are
@@ -591,10 +595,33 @@ impl PostgresSource {
             Message::Update { relation, old, new } => (relation, old, Some(new), Op::Update),
             Message::Delete { relation, old } => (relation, Some(old), None, Op::Delete),
             Message::Truncate { relations } => {
+                // A compacted topic has no "all keys gone": the truncate is
+                // not shared, and the dead-letter topic says so (with the
+                // way out) so operators see it rather than a log line only.
+                let position = self
+                    .tx
+                    .as_ref()
+                    .map(|t| lsn_position(t.final_lsn))
+                    .unwrap_or_else(|| Position(String::new()));
                 for r in relations {
-                    if let Some((s, n, _)) = self.relations.get(&r) {
-                        tracing::warn!(table = %format!("{s}.{n}"), "TRUNCATE is not shared: subscribers keep the rows; re-snapshot the feed to resynchronise");
+                    let Some((s, n, _)) = self.relations.get(&r) else {
+                        continue;
+                    };
+                    if !self.tables.contains_key(&(s.clone(), n.clone())) {
+                        continue;
                     }
+                    let table = format!("{s}.{n}");
+                    tracing::warn!(table = %table, "TRUNCATE is not shared: subscribers keep the rows");
+                    batch.rejected.push(RejectedRecord {
+                        reason: format!(
+                            "TRUNCATE of {table} is not shared: raw topics and subscribers keep the rows. \
+                             Delete the rows instead (DELETE FROM {table}), or take a new snapshot \
+                             (`backflow source --feed {} --resnapshot`) and remove the rows on the subscribers",
+                            self.config.name
+                        ),
+                        table,
+                        position: position.clone(),
+                    });
                 }
                 return Ok(());
             }
