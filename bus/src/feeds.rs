@@ -155,15 +155,15 @@ async fn supervise(
         match outcome {
             Ok(()) => return,
             Err(e) => {
-                ctx.metrics
-                    .source_restarts
-                    .with_label_values(&[&name])
-                    .inc();
                 let kind = if e.is_transient() {
                     "transient"
                 } else {
-                    "needs a fix"
+                    "definite"
                 };
+                ctx.metrics
+                    .source_restarts
+                    .with_label_values(&[&name, kind])
+                    .inc();
                 tracing::error!(feed = %name, error = %e, kind, retry_in = ?backoff, "feed failed");
                 statuses.set(&name, |s| {
                     s.state = "FAILED";

@@ -155,9 +155,9 @@ impl Metrics {
             source_restarts: IntCounterVec::new(
                 Opts::new(
                     "backflow_source_restarts_total",
-                    "Times a feed was restarted after an error.",
+                    "Times a feed was restarted after an error, by feed and kind of error: transient (retried, likely to pass) or definite (needs a fix: privileges, wal_level, a lost slot, an incompatible schema).",
                 ),
-                &["feed"],
+                &["feed", "kind"],
             )
             .expect("valid metric"),
             source_lag_seconds: GaugeVec::new(
