@@ -307,9 +307,13 @@ async fn put_feed(
     )
 }
 
-async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: &str) -> ApiResult {
-    let who = principal(state, headers)?;
-    let mut record = state
+/// A feed registered through the API (404 otherwise, saying when it is
+/// declared in the configuration file instead).
+async fn registered_feed(
+    state: &ApiState,
+    name: &str,
+) -> Result<crate::catalog::FeedRecord, ApiError> {
+    state
         .catalog
         .state()
         .await
@@ -324,7 +328,12 @@ async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: 
                 ""
             };
             ApiError(StatusCode::NOT_FOUND, format!("no feed {name}{hint}"))
-        })?;
+        })
+}
+
+async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: &str) -> ApiResult {
+    let who = principal(state, headers)?;
+    let mut record = registered_feed(state, name).await?;
     may_manage_feed(&who, &record.parse().map_err(invalid)?)?;
     match action {
         "pause" => record.paused = true,
@@ -388,15 +397,7 @@ async fn feed_action(
 /// again (unless it was paused): it reads its tables again, then streams.
 async fn restart_with_resnapshot(state: &ApiState, headers: &HeaderMap, name: &str) -> ApiResult {
     let who = principal(state, headers)?;
-    let record = state
-        .catalog
-        .state()
-        .await
-        .feeds
-        .get(name)
-        .filter(|f| !f.deleted)
-        .cloned()
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no feed {name}")))?;
+    let record = registered_feed(state, name).await?;
     let feed = record.parse().map_err(invalid)?;
     may_manage_feed(&who, &feed)?;
     let feed = {

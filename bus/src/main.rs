@@ -348,21 +348,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             backflow::telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("backflow")
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(watch_signals(shutdown.clone()));
+            run_until_signal(|shutdown| async move {
                 backflow::subscribe::run_process(config, shutdown, |addr| {
                     println!("backflow listening on http://{addr}");
                 })
                 .await
-            })?;
-            runtime.shutdown_timeout(Duration::from_millis(100));
-            Ok(())
+                .map_err(anyhow::Error::from)
+            })
         }
         Command::Source { feeds, resnapshot } => {
             let mut config = load(&cli)?;
@@ -389,35 +381,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             };
             backflow::telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("backflow")
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(watch_signals(shutdown.clone()));
+            run_until_signal(|shutdown| async move {
                 backflow::node::run_as(role, config, shutdown, |running| {
                     println!("backflow listening on http://{}", running.http_addr);
                 })
                 .await
-            })?;
-            runtime.shutdown_timeout(Duration::from_millis(100));
-            Ok(())
+                .map_err(anyhow::Error::from)
+            })
         }
         Command::Serve => {
             let config = load(&cli)?;
             backflow::telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("backflow")
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(serve(config))?;
-            // Tasks abandoned after the shutdown timeout must not hold the
-            // process open.
-            runtime.shutdown_timeout(Duration::from_millis(100));
-            Ok(())
+            run_until_signal(|shutdown| async move {
+                backflow::node::run(config, shutdown, |running| {
+                    // One line on stdout so scripts and tests can find the port.
+                    println!("backflow listening on http://{}", running.http_addr);
+                })
+                .await
+                .map_err(anyhow::Error::from)
+            })
         }
     }
 }
@@ -527,14 +509,26 @@ async fn schemas(registry: &str, command: &SchemasCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-    backflow::node::run(config, shutdown, |running| {
-        // One line on stdout so scripts and tests can find the port.
-        println!("backflow listening on http://{}", running.http_addr);
-    })
-    .await?;
+/// Runs a long-lived process on a multi-threaded runtime until it ends or
+/// SIGINT/SIGTERM asks it to stop.
+fn run_until_signal<F, Fut>(process: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("backflow")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        process(shutdown).await
+    })?;
+    // Tasks abandoned after the shutdown timeout must not hold the process
+    // open.
+    runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(())
 }
 

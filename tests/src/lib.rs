@@ -165,6 +165,26 @@ pub async fn drop_pg_database(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drops a replication slot as soon as no feed holds it (simulating a slot
+/// lost while the feed was down); fails after 30 s.
+pub async fn lose_replication_slot(client: &tokio_postgres::Client, slot: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dropped = client
+            .query_opt(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[&slot],
+            )
+            .await
+            .expect("query pg_replication_slots");
+        if dropped.is_some() {
+            return;
+        }
+        assert!(Instant::now() < until, "slot {slot} never released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A unique lower-case name for test objects.
 pub fn unique_name(prefix: &str) -> String {
     let n = std::time::SystemTime::now()

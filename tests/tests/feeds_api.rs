@@ -231,21 +231,7 @@ async fn feeds_are_registered_paused_resumed_and_removed_at_runtime() {
     .await;
     assert_eq!(status, 200);
     let slot = format!("backflow_{}", name.replace('-', "_"));
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let dropped = db
-            .query_opt(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                &[&slot],
-            )
-            .await
-            .unwrap();
-        if dropped.is_some() {
-            break;
-        }
-        assert!(Instant::now() < until, "slot {slot} never released");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    backflow_e2e::lose_replication_slot(&db, &slot).await;
     let (status, _) = call(
         &node,
         "POST",
