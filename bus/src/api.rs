@@ -166,7 +166,7 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+async fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -177,11 +177,151 @@ fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal, ApiErro
                 "no bearer token: send Authorization: Bearer <token>".to_owned(),
             )
         })?;
+    let hash = token_hash(token.trim());
+    if let Some(p) = state.tokens.get(&hash) {
+        return Ok(p.clone());
+    }
+    // Tokens issued through the API; one not known here yet may have been
+    // issued moments ago (or before a restart): catch up with the catalog.
+    let mut issued = state.catalog.state().await.tokens.get(&hash).cloned();
+    if issued.is_none() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), state.catalog.caught_up())
+            .await;
+        issued = state.catalog.state().await.tokens.get(&hash).cloned();
+    }
+    match issued {
+        Some(t) if t.revoked => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "token revoked".to_owned(),
+        )),
+        Some(t) => Principal::parse(&t.principal)
+            .map_err(|_| ApiError(StatusCode::UNAUTHORIZED, "unknown token".to_owned())),
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unknown token".to_owned(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueToken {
+    principal: String,
+    #[serde(default)]
+    label: String,
+}
+
+fn only_admin(who: &Principal) -> Result<(), ApiError> {
+    if *who == Principal::Admin {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "{} cannot manage tokens: only an admin can",
+            who.name()
+        )))
+    }
+}
+
+/// A fresh token: 32 bytes from the operating system's random source, hex.
+fn new_token() -> Result<String, ApiError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read /dev/urandom for a new token: {e}"),
+            )
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Issues a token for a principal (admin only); the token is in this
+/// answer and nowhere else.
+async fn issue_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<IssueToken>,
+) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    only_admin(&who)?;
+    Principal::parse(&body.principal).map_err(|e| invalid(format!("principal: {e}")))?;
+    let token = new_token()?;
+    let record = crate::catalog::TokenRecord {
+        sha256: token_hash(&token),
+        principal: body.principal.clone(),
+        label: body.label,
+        issued_ms: now_ms(),
+        revoked: false,
+    };
     state
+        .catalog
+        .put(CatalogRecord::Token(record.clone()))
+        .await
+        .map_err(unavailable)?;
+    audit(
+        &state,
+        &who,
+        json!({"action": "token issued", "principal": record.principal, "sha256": record.sha256, "label": record.label}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "sha256": record.sha256, "principal": record.principal, "label": record.label})),
+    )
+        .into_response())
+}
+
+/// Issued tokens (their SHA-256, never the tokens), admin only.
+async fn list_tokens(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    only_admin(&who)?;
+    let tokens: Vec<_> = state
+        .catalog
+        .state()
+        .await
         .tokens
-        .get(&token_hash(token.trim()))
+        .values()
         .cloned()
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".to_owned()))
+        .collect();
+    Ok(Json(json!(tokens)).into_response())
+}
+
+/// Revokes an issued token: it is refused from the next request on.
+async fn revoke_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    only_admin(&who)?;
+    let mut record = state
+        .catalog
+        .state()
+        .await
+        .tokens
+        .get(&sha256)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no issued token with SHA-256 {sha256} (tokens of the configuration file are changed there)"),
+            )
+        })?;
+    record.revoked = true;
+    state
+        .catalog
+        .put(CatalogRecord::Token(record.clone()))
+        .await
+        .map_err(unavailable)?;
+    audit(
+        &state,
+        &who,
+        json!({"action": "token revoked", "principal": record.principal, "sha256": record.sha256}),
+    )
+    .await?;
+    Ok(Json(json!(record)).into_response())
 }
 
 /// The API routes.
@@ -194,6 +334,8 @@ pub fn router(state: ApiState) -> Router {
             get(list_subscriptions).post(request_subscription),
         )
         .route("/api/node", get(node_info))
+        .route("/api/tokens", get(list_tokens).post(issue_token))
+        .route("/api/tokens/{sha256}", axum::routing::delete(revoke_token))
         .route("/api/feeds", get(list_feeds))
         .route("/api/feeds/{name}", put(put_feed).delete(delete_feed))
         .route("/api/feeds/{name}/{action}", post(feed_action))
@@ -236,7 +378,7 @@ fn may_manage_feed(who: &Principal, feed: &crate::config::FeedConfig) -> Result<
 }
 
 async fn list_feeds(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
     if matches!(who, Principal::Subscriber(_)) {
         return Err(forbidden("feeds are managed by owners and admins"));
     }
@@ -262,7 +404,7 @@ async fn put_feed(
     Path(name): Path<String>,
     Json(config): Json<Value>,
 ) -> ApiResult {
-    let who = principal(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
     if state.feeds.is_config(&name) {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -332,7 +474,7 @@ async fn registered_feed(
 }
 
 async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: &str) -> ApiResult {
-    let who = principal(state, headers)?;
+    let who = principal(state, headers).await?;
     let mut record = registered_feed(state, name).await?;
     may_manage_feed(&who, &record.parse().map_err(invalid)?)?;
     match action {
@@ -396,7 +538,7 @@ async fn feed_action(
 /// Stops the feed, drops its slot and forgets its position, then starts it
 /// again (unless it was paused): it reads its tables again, then streams.
 async fn restart_with_resnapshot(state: &ApiState, headers: &HeaderMap, name: &str) -> ApiResult {
-    let who = principal(state, headers)?;
+    let who = principal(state, headers).await?;
     let record = registered_feed(state, name).await?;
     let feed = record.parse().map_err(invalid)?;
     may_manage_feed(&who, &feed)?;
@@ -468,7 +610,7 @@ async fn delete_feed(
 
 /// This node's identity, its parent, and the child nodes it shares with.
 async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    principal(&state, &headers)?;
+    principal(&state, &headers).await?;
     let st = state.catalog.state().await;
     let mut children: Vec<&str> = st
         .subscriptions
@@ -493,7 +635,7 @@ async fn get_subscription(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
     let st = state.catalog.state().await;
     let sub = st
         .subscriptions
@@ -515,7 +657,7 @@ async fn get_subscription(
 }
 
 async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    principal(&state, &headers)?;
+    principal(&state, &headers).await?;
     let st = state.catalog.state().await;
     Ok(Json(json!(st.datasets.values().collect::<Vec<_>>())).into_response())
 }
@@ -526,7 +668,7 @@ async fn put_dataset(
     Path(id): Path<String>,
     Json(mut body): Json<Value>,
 ) -> ApiResult {
-    let who = principal(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
     if !who.owns(&id) {
         return Err(forbidden(format!(
             "{} cannot register dataset {id}: only its owner department or an admin can",
@@ -551,7 +693,7 @@ async fn put_dataset(
 }
 
 async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
     let st = state.catalog.state().await;
     let visible: Vec<Value> = st
         .subscriptions
@@ -582,7 +724,7 @@ async fn request_subscription(
     headers: HeaderMap,
     Json(body): Json<RequestBody>,
 ) -> ApiResult {
-    let who = principal(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
     match &who {
         Principal::Admin => {}
         Principal::Subscriber(n) if *n == body.subscriber => {}
@@ -701,7 +843,7 @@ async fn decide(
     Path((id, action)): Path<(String, String)>,
     body: Option<Json<DecisionBody>>,
 ) -> ApiResult {
-    let who = principal(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let (mut sub, dataset) = {
         let st = state.catalog.state().await;

@@ -217,6 +217,26 @@ pub enum CatalogRecord {
     Subscription(Subscription),
     /// A feed registered through the API.
     Feed(FeedRecord),
+    /// An API token issued by an admin (its SHA-256 only).
+    Token(TokenRecord),
+}
+
+/// An API token issued through the API. Only its SHA-256 is stored; the
+/// token itself is shown once, to the admin who issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// `admin`, `owner:<department>` or `subscriber:<node>`.
+    pub principal: String,
+    /// What it is for (free text, e.g. who holds it).
+    #[serde(default)]
+    pub label: String,
+    /// When it was issued, ms since the Unix epoch.
+    pub issued_ms: i64,
+    /// Revoked tokens are refused.
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 /// The catalog's current state.
@@ -228,6 +248,8 @@ pub struct CatalogState {
     pub subscriptions: BTreeMap<String, Subscription>,
     /// Feeds registered through the API, by name.
     pub feeds: BTreeMap<String, FeedRecord>,
+    /// Tokens issued through the API, by SHA-256.
+    pub tokens: BTreeMap<String, TokenRecord>,
 }
 
 impl CatalogState {
@@ -241,6 +263,9 @@ impl CatalogState {
             }
             CatalogRecord::Feed(f) => {
                 self.feeds.insert(f.name.clone(), f);
+            }
+            CatalogRecord::Token(t) => {
+                self.tokens.insert(t.sha256.clone(), t);
             }
         }
     }
@@ -337,6 +362,7 @@ impl Catalog {
             CatalogRecord::Dataset(d) => format!("dataset:{}", d.id),
             CatalogRecord::Subscription(s) => format!("subscription:{}", s.id),
             CatalogRecord::Feed(f) => format!("feed:{}", f.name),
+            CatalogRecord::Token(t) => format!("token:{}", t.sha256),
         };
         let value = serde_json::to_vec(&record).expect("catalog records serialize");
         let delivered = self

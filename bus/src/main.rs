@@ -77,6 +77,14 @@ enum Command {
         #[command(subcommand)]
         command: SubscriptionsCommand,
     },
+    /// API tokens issued by an admin: issue (the token is printed once),
+    /// list (SHA-256 only), revoke (control-plane API; see docs/api.md).
+    Tokens {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// The audit trail in backflow._audit (needs kafka.brokers).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -208,6 +216,27 @@ enum SubscriptionsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Issue a token for a principal; prints it once (only its SHA-256 is
+    /// kept).
+    Issue {
+        /// admin, owner:<department> or subscriber:<node code>.
+        #[arg(long)]
+        principal: String,
+        /// What it is for, e.g. who holds it.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List issued tokens (SHA-256, principal, label, revoked).
+    List,
+    /// Revoke an issued token by its SHA-256.
+    Revoke {
+        /// The token's SHA-256 (from `tokens list`).
+        sha256: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Replay backflow._audit and check every node's hash chain; names the
     /// first record that was altered, inserted or is missing, and exits 1
@@ -290,6 +319,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             api_call(api, "POST", &path, Some(body))
         }
+        Command::Tokens { api, command } => match command {
+            TokensCommand::Issue { principal, label } => api_call(
+                api,
+                "POST",
+                "/api/tokens",
+                Some(serde_json::json!({"principal": principal, "label": label})),
+            ),
+            TokensCommand::List => api_call(api, "GET", "/api/tokens", None),
+            TokensCommand::Revoke { sha256 } => {
+                api_call(api, "DELETE", &format!("/api/tokens/{sha256}"), None)
+            }
+        },
         Command::Audit(AuditCommand::Verify) => {
             let config = load(&cli)?;
             let Some(brokers) = config.kafka.brokers.clone() else {
@@ -422,6 +463,7 @@ fn api_call(
         let mut req = match method {
             "GET" => client.get(&url),
             "PUT" => client.put(&url),
+            "DELETE" => client.delete(&url),
             _ => client.post(&url),
         };
         if let Some(t) = &api.token {
