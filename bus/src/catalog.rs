@@ -219,6 +219,22 @@ pub enum CatalogRecord {
     Feed(FeedRecord),
     /// An API token issued by an admin (its SHA-256 only).
     Token(TokenRecord),
+    /// A lower-level node registered with this one.
+    Node(NodeRecord),
+}
+
+/// A child node (a lower level of government) registered with this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its administrative division code.
+    pub code: String,
+    /// Its name, e.g. 西湖区数据资源中心.
+    pub name: String,
+    /// When it was registered or last changed, ms since the Unix epoch.
+    pub updated_ms: i64,
+    /// Removed from the registry.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// An API token issued through the API. Only its SHA-256 is stored; the
@@ -250,6 +266,8 @@ pub struct CatalogState {
     pub feeds: BTreeMap<String, FeedRecord>,
     /// Tokens issued through the API, by SHA-256.
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Registered child nodes, by code.
+    pub nodes: BTreeMap<String, NodeRecord>,
 }
 
 impl CatalogState {
@@ -266,6 +284,9 @@ impl CatalogState {
             }
             CatalogRecord::Token(t) => {
                 self.tokens.insert(t.sha256.clone(), t);
+            }
+            CatalogRecord::Node(n) => {
+                self.nodes.insert(n.code.clone(), n);
             }
         }
     }
@@ -363,6 +384,7 @@ impl Catalog {
             CatalogRecord::Subscription(s) => format!("subscription:{}", s.id),
             CatalogRecord::Feed(f) => format!("feed:{}", f.name),
             CatalogRecord::Token(t) => format!("token:{}", t.sha256),
+            CatalogRecord::Node(n) => format!("node:{}", n.code),
         };
         let value = serde_json::to_vec(&record).expect("catalog records serialize");
         let delivered = self

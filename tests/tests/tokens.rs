@@ -1,6 +1,7 @@
 //! API tokens issued at runtime by an admin: the token is shown once, acts
 //! as its principal (and only as it), survives a node restart, and is
-//! refused once revoked; only an admin manages tokens.
+//! refused once revoked; only an admin manages tokens. Child nodes
+//! registered by an admin appear under GET /api/node.
 
 use std::time::Duration;
 
@@ -92,6 +93,33 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
     .await;
     assert_eq!(status, 403, "not on another node's behalf: {body}");
 
+    // Child nodes: an admin registers a division inside the jurisdiction.
+    let put = |token: &'static str, code: &'static str, name: &'static str| {
+        let node = &node;
+        async move {
+            let client = reqwest::Client::new();
+            let resp = client
+                .put(format!("{}/api/nodes/{code}", node.url))
+                .bearer_auth(token)
+                .json(&json!({"name": name}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(put(admin, "330106", "西湖区数据资源中心").await.0, 200);
+    let (status, body) = put(admin, "320106", "elsewhere").await;
+    assert_eq!(status, 422, "outside 3301: {body}");
+    assert!(body.contains("3301"), "{body}");
+    let (status, _) = call(&node, "GET", "/api/node", &token, None).await;
+    assert_eq!(status, 200);
+    let (_, info) = call(&node, "GET", "/api/node", admin, None).await;
+    assert_eq!(info["children"], json!(["330106"]), "{info}");
+    assert_eq!(info["child_nodes"][0]["name"], "西湖区数据资源中心");
+    assert_eq!(info["child_nodes"][0]["active_subscriptions"], 0);
+
     // Listed without the token itself.
     let (status, list) = call(&node, "GET", "/api/tokens", admin, None).await;
     assert_eq!(status, 200);
@@ -107,6 +135,19 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
         .unwrap();
     let (status, _) = call(&node, "GET", "/api/subscriptions", &token, None).await;
     assert_eq!(status, 200, "issued token survives a restart");
+    let client = reqwest::Client::new();
+    let refused = client
+        .put(format!("{}/api/nodes/330108", node.url))
+        .bearer_auth(&token)
+        .json(&json!({"name": "滨江区"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status().as_u16(),
+        403,
+        "only an admin registers nodes"
+    );
 
     // Revoked with the CLI: refused from then on.
     let out = backflow_e2e::backflow()
