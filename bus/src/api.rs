@@ -100,6 +100,7 @@ pub struct ApiState {
     node: Arc<crate::config::NodeConfig>,
     feeds: crate::feeds::FeedStatuses,
     publisher: crate::kafka::Publisher,
+    registry: crate::registry::Registry,
 }
 
 impl ApiState {
@@ -111,6 +112,7 @@ impl ApiState {
         node: crate::config::NodeConfig,
         feeds: crate::feeds::FeedStatuses,
         publisher: crate::kafka::Publisher,
+        registry: crate::registry::Registry,
     ) -> Self {
         let tokens = tokens
             .iter()
@@ -128,6 +130,7 @@ impl ApiState {
             node: Arc::new(node),
             feeds,
             publisher,
+            registry,
         }
     }
 }
@@ -752,6 +755,23 @@ async fn put_dataset(
     body["id"] = Value::String(id.clone());
     let dataset: Dataset = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
     dataset.validate().map_err(invalid)?;
+    if let Some(level) = dataset.compatibility {
+        // The feeds register the raw topic's schemas under this level.
+        let topic = crate::topics::raw(&id);
+        for key in [true, false] {
+            let subject = backflow_schemas::registry_client::subject_for(&topic, key);
+            state
+                .registry
+                .set_level(Some(&subject), Some(level))
+                .await
+                .map_err(|e| {
+                    ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("setting compatibility {level:?} on {subject}: {e}"),
+                    )
+                })?;
+        }
+    }
     state
         .catalog
         .put(CatalogRecord::Dataset(dataset.clone()))

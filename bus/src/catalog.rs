@@ -76,6 +76,11 @@ pub struct Dataset {
     pub region_column: Option<String>,
     /// Fields that may be shared, with their default rule.
     pub fields: BTreeMap<String, FieldSpec>,
+    /// Schema compatibility mode of the dataset's raw topic (registry
+    /// subjects `backflow.raw.<id>-key|-value`); the registry's global
+    /// level when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility: Option<crate::registry::Level>,
 }
 
 impl Dataset {

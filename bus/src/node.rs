@@ -354,7 +354,7 @@ pub async fn run_as(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     })
-    .merge(crate::registry::router(registry));
+    .merge(crate::registry::router(registry.clone()));
     if is_node {
         router = router.merge(crate::api::router(crate::api::ApiState::new(
             catalog,
@@ -363,6 +363,7 @@ pub async fn run_as(
             config.node.clone(),
             feed_statuses,
             publisher.clone(),
+            registry,
         )));
     }
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));

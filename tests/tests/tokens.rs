@@ -1,7 +1,8 @@
 //! API tokens issued at runtime by an admin: the token is shown once, acts
 //! as its principal (and only as it), survives a node restart, and is
 //! refused once revoked; only an admin manages tokens. Child nodes
-//! registered by an admin appear under GET /api/node.
+//! registered by an admin appear under GET /api/node; a dataset's
+//! compatibility mode reaches the registry.
 
 use std::time::Duration;
 
@@ -119,6 +120,30 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
     assert_eq!(info["children"], json!(["330106"]), "{info}");
     assert_eq!(info["child_nodes"][0]["name"], "西湖区数据资源中心");
     assert_eq!(info["child_nodes"][0]["active_subscriptions"], 0);
+
+    // A dataset's compatibility mode is set on its raw topic's subjects.
+    let client = reqwest::Client::new();
+    let resp = client
+        .put(format!("{}/api/datasets/tokens.items", node.url))
+        .bearer_auth(admin)
+        .json(&json!({"sharing": "unconditional", "fields": {"id": {}}, "compatibility": "FULL"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    for subject in [
+        "backflow.raw.tokens.items-key",
+        "backflow.raw.tokens.items-value",
+    ] {
+        let (status, body) = node.get(&format!("/config/{subject}")).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"FULL\""), "{subject}: {body}");
+    }
 
     // Listed without the token itself.
     let (status, list) = call(&node, "GET", "/api/tokens", admin, None).await;
