@@ -310,6 +310,9 @@ pub enum Backfilled {
     /// Delivered up to the distributor group's committed offsets; the
     /// distributor must restart with the share to go on from there.
     UpToCommitted,
+    /// Stopped by shutdown before it finished: nothing is recorded, the
+    /// next start backfills again.
+    Interrupted,
 }
 
 /// Delivers a newly active share's current state while the running
@@ -358,7 +361,7 @@ pub async fn backfill_and_join(
             reader.deliver_until(&target, auditor, shutdown).await?;
         }
         if shutdown.is_cancelled() {
-            return Ok((reader.total, Backfilled::UpToCommitted));
+            return Ok((reader.total, Backfilled::Interrupted));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Where the backfill stands: at least the target, more where it
@@ -408,7 +411,12 @@ pub async fn backfill_and_join(
                     reader = BackfillReader::new(share, list, ctx, &partitions)?;
                 }
                 reader.deliver_until(&until, auditor, shutdown).await?;
-                return Ok((reader.total, Backfilled::UpToCommitted));
+                let how = if shutdown.is_cancelled() {
+                    Backfilled::Interrupted
+                } else {
+                    Backfilled::UpToCommitted
+                };
+                return Ok((reader.total, how));
             }
         }
     }
@@ -921,7 +929,7 @@ impl Backfills {
                         }
                     }
                     tokio::select! {
-                        _ = shutdown.cancelled() => return (id, 0, Backfilled::UpToCommitted),
+                        _ = shutdown.cancelled() => return (id, 0, Backfilled::Interrupted),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -944,6 +952,9 @@ impl Backfills {
         let Some(task) = self.running.remove(&id) else {
             return;
         };
+        if how == Backfilled::Interrupted {
+            return;
+        }
         tracing::info!(subscription = %id, records, how = ?how, "subscription backfilled");
         if how == Backfilled::Joined {
             self.joined.push(task.share);
