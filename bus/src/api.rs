@@ -258,14 +258,10 @@ async fn issue_token(
         issued_ms: now_ms(),
         revoked: false,
     };
-    state
-        .catalog
-        .put(CatalogRecord::Token(record.clone()))
-        .await
-        .map_err(unavailable)?;
-    audit(
+    put_and_audit(
         &state,
         &who,
+        CatalogRecord::Token(record.clone()),
         json!({"action": "token issued", "principal": record.principal, "sha256": record.sha256, "label": record.label}),
     )
     .await?;
@@ -313,14 +309,10 @@ async fn revoke_token(
             )
         })?;
     record.revoked = true;
-    state
-        .catalog
-        .put(CatalogRecord::Token(record.clone()))
-        .await
-        .map_err(unavailable)?;
-    audit(
+    put_and_audit(
         &state,
         &who,
+        CatalogRecord::Token(record.clone()),
         json!({"action": "token revoked", "principal": record.principal, "sha256": record.sha256}),
     )
     .await?;
@@ -355,6 +347,17 @@ fn view(s: &Subscription) -> Value {
         o.remove("secret");
     }
     v
+}
+
+/// Writes a catalog record, then the decision to the audit trail.
+async fn put_and_audit(
+    state: &ApiState,
+    who: &Principal,
+    record: CatalogRecord,
+    details: Value,
+) -> Result<(), ApiError> {
+    state.catalog.put(record).await.map_err(unavailable)?;
+    audit(state, who, details).await
 }
 
 async fn audit(state: &ApiState, who: &Principal, details: Value) -> Result<(), ApiError> {
@@ -436,14 +439,10 @@ async fn put_feed(
             record.restarts = old.restarts;
         }
     }
-    state
-        .catalog
-        .put(CatalogRecord::Feed(record.clone()))
-        .await
-        .map_err(unavailable)?;
-    audit(
+    put_and_audit(
         &state,
         &who,
+        CatalogRecord::Feed(record.clone()),
         json!({"action": "feed registered", "feed": name}),
     )
     .await?;
@@ -494,14 +493,10 @@ async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: 
         }
     }
     record.updated_ms = now_ms();
-    state
-        .catalog
-        .put(CatalogRecord::Feed(record.clone()))
-        .await
-        .map_err(unavailable)?;
-    audit(
+    put_and_audit(
         state,
         &who,
+        CatalogRecord::Feed(record.clone()),
         json!({"action": format!("feed {action}"), "feed": name}),
     )
     .await?;
@@ -693,14 +688,10 @@ async fn put_node(
         updated_ms: now_ms(),
         deleted: false,
     };
-    state
-        .catalog
-        .put(CatalogRecord::Node(record.clone()))
-        .await
-        .map_err(unavailable)?;
-    audit(
+    put_and_audit(
         &state,
         &who,
+        CatalogRecord::Node(record.clone()),
         json!({"action": "node registered", "node": code, "name": record.name}),
     )
     .await?;
@@ -772,14 +763,10 @@ async fn put_dataset(
                 })?;
         }
     }
-    state
-        .catalog
-        .put(CatalogRecord::Dataset(dataset.clone()))
-        .await
-        .map_err(unavailable)?;
-    audit(
+    put_and_audit(
         &state,
         &who,
+        CatalogRecord::Dataset(dataset.clone()),
         json!({"action": "dataset registered", "dataset": id, "sharing": dataset.sharing}),
     )
     .await?;
@@ -905,12 +892,7 @@ async fn request_subscription(
         updated_ms: now_ms(),
         backfilled: false,
     };
-    state
-        .catalog
-        .put(CatalogRecord::Subscription(sub.clone()))
-        .await
-        .map_err(unavailable)?;
-    audit(&state, &who, json!({"action": "subscription requested", "subscription": id, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
+    put_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), json!({"action": "subscription requested", "subscription": id, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
     Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
 }
 
