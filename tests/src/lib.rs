@@ -374,6 +374,39 @@ impl Node {
         Ok((status, resp.text().await?))
     }
 
+    /// Calls the control-plane API (`GET`, `PUT`, `DELETE`, else `POST`)
+    /// with an optional bearer token and JSON body; returns the status and
+    /// the answer (a JSON string when it is not JSON).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::new();
+        let url = format!("{}{path}", self.url);
+        let mut req = match method {
+            "GET" => client.get(&url),
+            "PUT" => client.put(&url),
+            "DELETE" => client.delete(&url),
+            _ => client.post(&url),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("the node answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
     /// Polls `path` until it answers `status` or the deadline passes;
     /// returns the last body.
     pub async fn wait_for_status(

@@ -22,26 +22,7 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let url = format!("{}{path}", node.url);
-    let mut req = match method {
-        "GET" => client.get(&url),
-        "PUT" => client.put(&url),
-        _ => client.post(&url),
-    };
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    node.api(method, path, token, body).await
 }
 
 /// Distinct keys in a topic, read from its beginning to its end.

@@ -19,25 +19,7 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let url = format!("{}{path}", node.url);
-    let mut req = match method {
-        "GET" => client.get(&url),
-        "PUT" => client.put(&url),
-        "DELETE" => client.delete(&url),
-        _ => client.post(&url),
-    };
-    req = req.bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    node.api(method, path, Some(token), body).await
 }
 
 async fn feed_state(node: &Node, token: &str, name: &str) -> (String, String) {

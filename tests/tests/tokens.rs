@@ -16,24 +16,7 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let url = format!("{}{path}", node.url);
-    let mut req = match method {
-        "GET" => client.get(&url),
-        "DELETE" => client.delete(&url),
-        _ => client.post(&url),
-    };
-    req = req.bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    node.api(method, path, Some(token), body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,25 +78,25 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
     assert_eq!(status, 403, "not on another node's behalf: {body}");
 
     // Child nodes: an admin registers a division inside the jurisdiction.
-    let put = |token: &'static str, code: &'static str, name: &'static str| {
-        let node = &node;
-        async move {
-            let client = reqwest::Client::new();
-            let resp = client
-                .put(format!("{}/api/nodes/{code}", node.url))
-                .bearer_auth(token)
-                .json(&json!({"name": name}))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.text().await.unwrap())
-        }
-    };
-    assert_eq!(put(admin, "330106", "西湖区数据资源中心").await.0, 200);
-    let (status, body) = put(admin, "320106", "elsewhere").await;
+    let (status, body) = call(
+        &node,
+        "PUT",
+        "/api/nodes/330106",
+        admin,
+        Some(json!({"name": "西湖区数据资源中心"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        &node,
+        "PUT",
+        "/api/nodes/320106",
+        admin,
+        Some(json!({"name": "elsewhere"})),
+    )
+    .await;
     assert_eq!(status, 422, "outside 3301: {body}");
-    assert!(body.contains("3301"), "{body}");
+    assert!(body.to_string().contains("3301"), "{body}");
     let (status, _) = call(&node, "GET", "/api/node", &token, None).await;
     assert_eq!(status, 200);
     let (_, info) = call(&node, "GET", "/api/node", admin, None).await;
@@ -122,20 +105,15 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
     assert_eq!(info["child_nodes"][0]["active_subscriptions"], 0);
 
     // A dataset's compatibility mode is set on its raw topic's subjects.
-    let client = reqwest::Client::new();
-    let resp = client
-        .put(format!("{}/api/datasets/tokens.items", node.url))
-        .bearer_auth(admin)
-        .json(&json!({"sharing": "unconditional", "fields": {"id": {}}, "compatibility": "FULL"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status().as_u16(),
-        200,
-        "{}",
-        resp.text().await.unwrap()
-    );
+    let (status, body) = call(
+        &node,
+        "PUT",
+        "/api/datasets/tokens.items",
+        admin,
+        Some(json!({"sharing": "unconditional", "fields": {"id": {}}, "compatibility": "FULL"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     for subject in [
         "backflow.raw.tokens.items-key",
         "backflow.raw.tokens.items-value",
@@ -160,19 +138,15 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
         .unwrap();
     let (status, _) = call(&node, "GET", "/api/subscriptions", &token, None).await;
     assert_eq!(status, 200, "issued token survives a restart");
-    let client = reqwest::Client::new();
-    let refused = client
-        .put(format!("{}/api/nodes/330108", node.url))
-        .bearer_auth(&token)
-        .json(&json!({"name": "滨江区"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        refused.status().as_u16(),
-        403,
-        "only an admin registers nodes"
-    );
+    let (status, _) = call(
+        &node,
+        "PUT",
+        "/api/nodes/330108",
+        &token,
+        Some(json!({"name": "滨江区"})),
+    )
+    .await;
+    assert_eq!(status, 403, "only an admin registers nodes");
 
     // Revoked with the CLI: refused from then on.
     let out = backflow_e2e::backflow()
