@@ -33,6 +33,21 @@ async fn fresh_db(name: &str) {
         .unwrap();
 }
 
+/// A fresh database `<prefix>_<pid>` with table `items` holding rows
+/// 1..=rows; returns its name and a client.
+async fn items_db(prefix: &str, rows: i64) -> (String, tokio_postgres::Client) {
+    let db = format!("{prefix}_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = connect(&db).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
+         INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, {rows}) g;"
+    ))
+    .await
+    .unwrap();
+    (db, c)
+}
+
 fn config(db: &str) -> PostgresSourceConfig {
     PostgresSourceConfig {
         name: db.into(),
@@ -150,15 +165,7 @@ async fn postgres_source_snapshot_reads_every_row_once_then_streams() {
 
 #[tokio::test]
 async fn postgres_source_crashed_mid_snapshot_takes_it_again() {
-    let db = format!("bf_crash_{}", std::process::id());
-    fresh_db(&db).await;
-    let c = connect(&db).await;
-    c.batch_execute(
-        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
-         INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 3000) g;",
-    )
-    .await
-    .unwrap();
+    let (db, c) = items_db("bf_crash", 3000).await;
     {
         // First run: one chunk read, nothing acknowledged, then the process dies.
         let mut source = PostgresSource::new(config(&db), "330000");
@@ -308,15 +315,7 @@ async fn read_snapshot(source: &mut PostgresSource) -> (Vec<i64>, backflow_conne
 
 #[tokio::test]
 async fn postgres_source_crashed_mid_snapshot_resumes_after_last_acknowledged_chunk() {
-    let db = format!("bf_resume_{}", std::process::id());
-    fresh_db(&db).await;
-    let c = connect(&db).await;
-    c.batch_execute(
-        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
-         INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 3000) g;",
-    )
-    .await
-    .unwrap();
+    let (db, c) = items_db("bf_resume", 3000).await;
     let mut cfg = config(&db);
     cfg.snapshot_chunk_rows = 500;
     let (acked, consistent_point) = {
@@ -377,12 +376,7 @@ async fn postgres_source_crashed_mid_snapshot_resumes_after_last_acknowledged_ch
 
 #[tokio::test]
 async fn postgres_source_lost_slot_after_streaming_names_the_way_out() {
-    let db = format!("bf_lost_{}", std::process::id());
-    fresh_db(&db).await;
-    let c = connect(&db).await;
-    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2)); INSERT INTO items VALUES (1, 'a', 1);")
-        .await
-        .unwrap();
+    let (db, _c) = items_db("bf_lost", 1).await;
     let mut source = PostgresSource::new(config(&db), "330000");
     source.start(None).await.unwrap();
     let (_, position) = read_snapshot(&mut source).await;
@@ -634,12 +628,7 @@ impl Drop for TempCluster {
 
 #[tokio::test]
 async fn postgres_source_truncate_is_reported_as_not_shared() {
-    let db = format!("bf_trunc_{}", std::process::id());
-    fresh_db(&db).await;
-    let c = connect(&db).await;
-    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2)); INSERT INTO items VALUES (1, 'a', 1);")
-        .await
-        .unwrap();
+    let (db, c) = items_db("bf_trunc", 1).await;
     let mut source = PostgresSource::new(config(&db), "330000");
     source.start(None).await.unwrap();
     let (_, position) = read_snapshot(&mut source).await;
