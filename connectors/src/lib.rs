@@ -9,6 +9,8 @@
 //! connector (or, for one bad record, send it to the dead-letter topic).
 
 mod error;
+pub mod mysql;
+pub mod poll;
 pub mod postgres;
 pub mod sink;
 mod source;

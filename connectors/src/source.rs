@@ -3,8 +3,10 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use backflow_schemas::{ChangeEvent, TableDesc};
+use backflow_schemas::{ChangeEvent, Row, TableDesc};
 
 use crate::ConnectorError;
 
@@ -82,6 +84,33 @@ pub trait Source: Send {
     /// metrics and feed status; `None` when it keeps none.
     fn gauges(&self) -> Option<Arc<SourceGauges>> {
         None
+    }
+
+    /// Whether this source needs the rows its raw topics hold (a polling
+    /// source: before-images it cannot read from the database, and deletes
+    /// it cannot see otherwise). `Some(every)`: the runtime calls
+    /// [`Source::topic_state`] for every table once after [`Source::start`]
+    /// and before the first [`Source::next_batch`], then again every
+    /// `every` (`Duration::MAX`: only at start). `None` (the default): never.
+    fn topic_state_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The current rows the raw topic holds for `table`: the last
+    /// after-image of every key not deleted, mapped onto `table`'s columns
+    /// (a column the topic's record lacks is NULL), read after every record
+    /// this source yielded before was acknowledged by Kafka. The source may
+    /// keep them (before-images of later updates) and return deletes (the
+    /// before-image being the topic's row) for keys the table no longer
+    /// has; the runtime publishes the returned batch like any other, before
+    /// the changes of the next [`Source::next_batch`].
+    async fn topic_state(
+        &mut self,
+        table: &Arc<TableDesc>,
+        topic_rows: Vec<Row>,
+    ) -> Result<SourceBatch, ConnectorError> {
+        let _ = (table, topic_rows);
+        Ok(SourceBatch::default())
     }
 }
 

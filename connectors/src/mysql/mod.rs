@@ -1,0 +1,1 @@
+//! MySQL/MariaDB binlog source (being written).

@@ -1,0 +1,1 @@
+//! SQL polling source (being written).
