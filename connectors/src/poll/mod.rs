@@ -1,1 +1,1311 @@
-//! SQL polling source (being written).
+//! SQL polling source: change capture for legacy department databases that
+//! have no usable change log (no logical replication, no binlog), by
+//! reading the tables with plain `SELECT`s at an interval. It works with
+//! PostgreSQL and SQLite; the engine is a small internal trait
+//! (`engine::Engine`) so another (MySQL/MariaDB) can be added beside them.
+//!
+//! # What it captures
+//! Each table is polled in one of two modes:
+//! - **`timestamp+incrementing`**: the application sets a timestamp column
+//!   on every insert and update. Each poll reads
+//!   `WHERE ts < upper AND (ts > :last_ts OR (ts = :last_ts AND inc > :last_inc))
+//!   ORDER BY ts, inc LIMIT batch_rows`, where `upper` is the database's own
+//!   clock minus `delay_ms` and `inc` an integer column unique among rows of
+//!   one timestamp (by default the single primary-key column). The
+//!   incrementing column breaks ties, so rows sharing a timestamp are never
+//!   missed, even when a batch ends between them.
+//! - **`bulk`**: each poll reads the whole table and yields only what
+//!   differs from what the source last yielded, plus deletes for keys that
+//!   are gone. For small reference tables without a timestamp.
+//!
+//! The source keeps the last row it knows of every key (seeded at start
+//! from the raw topic through [`Source::topic_state`], then updated by
+//! what it yields): a polled row whose key is known is an update (`u`) whose
+//! before-image is that row — the distributor needs full before-images to
+//! compute retractions — and is skipped when nothing changed; an unknown key
+//! is an insert (`c`). With `soft_delete_column`, a row whose column is
+//! non-NULL and not false/0 is a delete (`d`; before-image: the kept row,
+//! or the polled row when the key was never seen; in `bulk` mode unknown
+//! keys are skipped, since the table is read again at every poll). Every
+//! `key_diff_interval_secs` (and at start) the runtime hands the raw
+//! topic's rows to the source, which reads the table's keys and yields a
+//! delete for every key the table no longer has: hard deletes.
+//!
+//! # Example
+//! ```toml
+//! [[feeds]]
+//! type = "poll"
+//! name = "minzheng-legacy"
+//! engine = "postgres"            # or "sqlite"
+//! host = "10.0.0.9"              # postgres: host, port (5432), user, password_env|password_file, database
+//! user = "backflow"
+//! password_env = "MINZHENG_LEGACY_PASSWORD"
+//! database = "minzheng"
+//! # path = "/data/dept.db"       # sqlite: the database file
+//! poll_interval_ms = 1000
+//! delay_ms = 1000                # rows newer than the database's now - delay wait for the next poll
+//! batch_rows = 10000
+//! key_diff_interval_secs = 300   # 0: only at start
+//!
+//! [[feeds.tables]]
+//! table = "public.households"    # "schema.table" or "table" (public; SQLite: main)
+//! dataset = "minzheng.households"
+//! mode = "timestamp+incrementing"
+//! timestamp_column = "updated_at"
+//! # incrementing_column = "id"   # default: the single primary-key column
+//! soft_delete_column = "deleted"
+//!
+//! [[feeds.tables]]
+//! table = "public.districts"
+//! dataset = "minzheng.districts"
+//! mode = "bulk"
+//! ```
+//! The runtime resolves `password` from `password_env` or `password_file`.
+//!
+//! # Positions and checkpoints
+//! A record's position (also `source.position`) sorts as text in the order
+//! of the row's versions, which sinks rely on to ignore older changes:
+//! - `timestamp+incrementing` rows: `TTTTTTTTTTTTTTTTTTTT.IIIIIIIIIIIIIIIIIIII`,
+//!   the timestamp in microseconds since 1970-01-01 and the incrementing
+//!   value, each as a 20-digit unsigned number with the sign bit flipped
+//!   (value + 2⁶³), so negative values (dates before 1970) sort too;
+//! - `bulk` rows and key-diff deletes: `TTTTTTTTTTTTTTTTTTTT`, the database
+//!   time of the poll on the same scale, so a delete sorts after every
+//!   version read before it.
+//!
+//! The batch checkpoint is `poll:` followed by a JSON object mapping each
+//! `timestamp+incrementing` table (`schema.table`) to its watermark
+//! `{"ts": micros, "inc": value}`: the last row yielded. A batch may end
+//! inside a poll: rows are yielded in (ts, inc) order, so the watermark of
+//! the last row yielded is a safe place to resume. [`Source::start`] resumes
+//! from it; a table missing from it is read from its first row. `bulk`
+//! tables need no watermark: they are read again and compared with the
+//! topic's rows. After a restart, rows re-read beyond the acknowledged
+//! checkpoint that equal the topic's rows are skipped.
+//!
+//! # Timestamps and clocks
+//! `upper` and the positions of bulk rows and key-diff deletes come from
+//! the database's clock, never this machine's. PostgreSQL: `timestamptz`
+//! columns are compared with `now()`, `timestamp` columns with
+//! `LOCALTIMESTAMP` in the server's default time zone (the session keeps
+//! it). SQLite: text timestamps without an offset are UTC, as for SQLite's
+//! own date functions, compared with `unixepoch('now')`. `source.ts_ms` is
+//! the row's timestamp
+//! (UTC milliseconds) in `timestamp+incrementing` mode, the poll's time
+//! otherwise.
+//!
+//! # SQLite
+//! The database file must exist; it is opened `query_only`. Declared
+//! column types are read with [`SqlType::parse`](backflow_schemas::SqlType::parse)
+//! (`INTEGER`/`INT` as bigint and `REAL`/`FLOAT` as double precision, since
+//! SQLite stores 64-bit integers and 8-byte floats), other declarations by
+//! SQLite's affinity rules: `INT` → bigint, `CHAR`/`CLOB`/`TEXT` → text,
+//! `BLOB` → bytes, `REAL`/`FLOA`/`DOUB` → double, otherwise numeric
+//! without precision; no declared type → text. Stored values must fit the
+//! column (else the row is rejected): dates are text `YYYY-MM-DD`;
+//! timestamps (with or without time zone) are ISO-8601 text
+//! (`YYYY-MM-DD HH:MM[:SS[.ffffff]]`, `T` or a space, optional `Z` or
+//! `±HH:MM`; without an offset UTC; with one converted to UTC) or
+//! INTEGER/REAL unix seconds; booleans 0/1 (or `true`/`false`); decimals
+//! INTEGER, REAL (when its shortest decimal form fits the scale) or text.
+//! The timestamp column may be declared as a timestamp, text or integer
+//! (unix seconds); it is compared as unix microseconds whatever each
+//! value's storage (text through `unixepoch(value, 'subsec')`, millisecond
+//! precision; text SQLite cannot read as a time is never polled). That
+//! comparison cannot use an index: each poll scans the table.
+//!
+//! # What polling cannot see
+//! - **Intermediate versions.** A row updated several times between two
+//!   polls yields only its last version.
+//! - **Hard deletes** until the next key diff (`key_diff_interval_secs`);
+//!   a key deleted and inserted again in between looks like an update.
+//!   Use a soft-delete column to share deletes promptly.
+//! - **Rows whose timestamp column is not updated** (or is set to an older
+//!   value, or is NULL) are not read again. Rows whose timestamp has
+//!   a coarser resolution than `delay_ms` can be updated twice within one
+//!   timestamp value after the first was read; keep `delay_ms` above the
+//!   column's resolution.
+//! - **Late commits and clock skew.** A transaction that commits more than
+//!   `delay_ms` after the timestamp it wrote (long transactions, or an
+//!   application clock behind the database's) writes below the watermark
+//!   and is missed, as are rows written with a timestamp from a clock
+//!   running behind; timestamps ahead of the database's clock wait until
+//!   it catches up. Set `delay_ms` above the longest write transaction and
+//!   the clock difference. A PostgreSQL `timestamp` column in a time zone
+//!   with daylight saving time goes back an hour once a year, and rows
+//!   written in that hour are below the watermark: prefer `timestamptz`.
+//! - **Memory**: the source keeps the last row of every key of every table
+//!   (that is what before-images are made of), about the size of the
+//!   table's data.
+//! - Table definitions are read at start; restart the feed after changing
+//!   a captured table.
+
+mod engine;
+mod postgres;
+mod sqlite;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, SourceInfo, TableDesc};
+use serde::{Deserialize, Serialize};
+
+use self::engine::{Cells, Clock, Engine, Polled, Since, TsScale, Watermark};
+use crate::{
+    ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceGauges, SourceRecord,
+};
+
+/// The database engine a polling feed reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollEngine {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite database file.
+    Sqlite,
+}
+
+impl PollEngine {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollEngine::Postgres => "postgres",
+            PollEngine::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// How a table is polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PollMode {
+    /// Rows changed since the last poll, by timestamp and incrementing
+    /// column.
+    #[serde(rename = "timestamp+incrementing")]
+    TimestampIncrementing,
+    /// The whole table at every poll, compared with the rows last yielded.
+    #[serde(rename = "bulk")]
+    Bulk,
+}
+
+/// One polled table and the dataset it feeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollTableConfig {
+    /// `schema.table` or `table` (schema `public` on PostgreSQL, `main` on
+    /// SQLite).
+    pub table: String,
+    /// Dataset id `<department>.<name>`.
+    pub dataset: String,
+    /// `"timestamp+incrementing"` or `"bulk"`.
+    pub mode: PollMode,
+    /// Column the application sets to the current time on every insert
+    /// and update; required by `timestamp+incrementing`.
+    #[serde(default)]
+    pub timestamp_column: Option<String>,
+    /// Integer column unique among rows with the same timestamp (default:
+    /// the single primary-key column); `timestamp+incrementing` only.
+    #[serde(default)]
+    pub incrementing_column: Option<String>,
+    /// Column marking a row deleted when non-NULL and not false/0.
+    #[serde(default)]
+    pub soft_delete_column: Option<String>,
+}
+
+/// Configuration of a polling feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollSourceConfig {
+    /// Feed name.
+    pub name: String,
+    /// `"postgres"` or `"sqlite"`.
+    pub engine: PollEngine,
+    /// PostgreSQL: host name or address.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// PostgreSQL: port (default 5432).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// PostgreSQL: user (needs `SELECT` on the tables).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password, resolved by the runtime from `password_env` or
+    /// `password_file`; never logged.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// PostgreSQL: database.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// SQLite: the database file (must exist; opened query-only).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Polled tables.
+    pub tables: Vec<PollTableConfig>,
+    /// Time between polls when nothing is left to read, in milliseconds.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows whose timestamp is newer than the database's now minus this
+    /// are left for a later poll, so transactions in flight that commit
+    /// with an older timestamp are not missed; in milliseconds.
+    #[serde(default = "default_delay_ms")]
+    pub delay_ms: u64,
+    /// Rows read per table and poll at most (`timestamp+incrementing`).
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Seconds between key diffs that find hard-deleted rows (0: only at
+    /// start).
+    #[serde(default = "default_key_diff_interval_secs")]
+    pub key_diff_interval_secs: u64,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+fn default_delay_ms() -> u64 {
+    1000
+}
+fn default_batch_rows() -> usize {
+    10_000
+}
+fn default_key_diff_interval_secs() -> u64 {
+    300
+}
+
+impl PollSourceConfig {
+    /// A PostgreSQL feed with default settings.
+    pub fn postgres(
+        name: impl Into<String>,
+        user: impl Into<String>,
+        database: impl Into<String>,
+        tables: Vec<PollTableConfig>,
+    ) -> Self {
+        Self {
+            user: Some(user.into()),
+            database: Some(database.into()),
+            ..Self::empty(name, PollEngine::Postgres, tables)
+        }
+    }
+
+    /// A SQLite feed with default settings.
+    pub fn sqlite(
+        name: impl Into<String>,
+        path: impl Into<PathBuf>,
+        tables: Vec<PollTableConfig>,
+    ) -> Self {
+        Self {
+            path: Some(path.into()),
+            ..Self::empty(name, PollEngine::Sqlite, tables)
+        }
+    }
+
+    fn empty(name: impl Into<String>, engine: PollEngine, tables: Vec<PollTableConfig>) -> Self {
+        Self {
+            name: name.into(),
+            engine,
+            host: default_host(),
+            port: None,
+            user: None,
+            password: None,
+            password_env: None,
+            password_file: None,
+            database: None,
+            path: None,
+            tables,
+            poll_interval_ms: default_poll_interval_ms(),
+            delay_ms: default_delay_ms(),
+            batch_rows: default_batch_rows(),
+            key_diff_interval_secs: default_key_diff_interval_secs(),
+        }
+    }
+
+    /// The port: `port`, or the engine's default (PostgreSQL 5432).
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.engine {
+            PollEngine::Postgres => 5432,
+            PollEngine::Sqlite => 0,
+        })
+    }
+
+    /// Checks the settings that depend on each other (engine-specific keys,
+    /// modes); the message names the key as `feeds[..].<key>` (the runtime
+    /// knows the feed's index).
+    pub fn validate(&self) -> Result<(), String> {
+        let feed = &self.name;
+        let engine = self.engine.as_str();
+        let required = |key: &str, set: bool| {
+            if set {
+                Ok(())
+            } else {
+                Err(format!(
+                    "feeds[..].{key} is required for engine {engine} (feed {feed})"
+                ))
+            }
+        };
+        let unused = |key: &str, set: bool| {
+            if set {
+                Err(format!(
+                    "feeds[..].{key} is not used by engine {engine} (feed {feed}); remove it"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        match self.engine {
+            PollEngine::Postgres => {
+                required("user", given(&self.user))?;
+                required("database", given(&self.database))?;
+                unused("path", self.path.is_some())?;
+            }
+            PollEngine::Sqlite => {
+                required(
+                    "path",
+                    self.path
+                        .as_ref()
+                        .is_some_and(|p| !p.as_os_str().is_empty()),
+                )?;
+                unused("user", self.user.is_some())?;
+                unused("database", self.database.is_some())?;
+                unused("port", self.port.is_some())?;
+                unused("password_env", self.password_env.is_some())?;
+                unused("password_file", self.password_file.is_some())?;
+            }
+        }
+        if self.tables.is_empty() {
+            return Err(format!(
+                "feeds[..].tables must list at least one table (feed {feed})"
+            ));
+        }
+        if self.poll_interval_ms == 0 {
+            return Err(format!(
+                "feeds[..].poll_interval_ms must be at least 1 (feed {feed})"
+            ));
+        }
+        if self.batch_rows == 0 {
+            return Err(format!(
+                "feeds[..].batch_rows must be at least 1 (feed {feed})"
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let at = format!("feeds[..].tables[{i}]");
+            if t.table.trim().is_empty() {
+                return Err(format!("{at}.table is empty (feed {feed})"));
+            }
+            if !seen.insert(t.table.as_str()) {
+                return Err(format!(
+                    "{at}.table: {} is listed twice (feed {feed})",
+                    t.table
+                ));
+            }
+            match t.mode {
+                PollMode::TimestampIncrementing => {
+                    if !given(&t.timestamp_column) {
+                        return Err(format!(
+                            "{at}.timestamp_column is required for mode \"timestamp+incrementing\" \
+                             (table {}, feed {feed}): name the column the application sets on every \
+                             insert and update, or use mode \"bulk\"",
+                            t.table
+                        ));
+                    }
+                }
+                PollMode::Bulk => {
+                    for (key, v) in [
+                        ("timestamp_column", &t.timestamp_column),
+                        ("incrementing_column", &t.incrementing_column),
+                    ] {
+                        if v.is_some() {
+                            return Err(format!(
+                                "{at}.{key} is only used by mode \"timestamp+incrementing\" \
+                                 (table {}, feed {feed}); remove it or change the mode",
+                                t.table
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the configured engine.
+async fn connect(config: &PollSourceConfig) -> Result<Arc<dyn Engine>, ConnectorError> {
+    Ok(match config.engine {
+        PollEngine::Postgres => Arc::new(postgres::PgEngine::connect(config).await?),
+        PollEngine::Sqlite => {
+            Arc::new(sqlite::SqliteEngine::open(config.path.clone().unwrap_or_default()).await?)
+        }
+    })
+}
+
+/// Prefix of a checkpoint.
+const CHECKPOINT_PREFIX: &str = "poll:";
+
+fn checkpoint(watermarks: &BTreeMap<String, Watermark>) -> Position {
+    Position(format!(
+        "{CHECKPOINT_PREFIX}{}",
+        serde_json::to_string(watermarks).expect("serializes")
+    ))
+}
+
+fn parse_checkpoint(
+    position: Option<&Position>,
+    feed: &str,
+) -> Result<BTreeMap<String, Watermark>, ConnectorError> {
+    let Some(p) = position else {
+        return Ok(BTreeMap::new());
+    };
+    p.0.strip_prefix(CHECKPOINT_PREFIX)
+        .ok_or_else(|| "it is not a polling checkpoint".to_owned())
+        .and_then(|json| serde_json::from_str(json).map_err(|e| e.to_string()))
+        .map_err(|reason| {
+            ConnectorError::definite(format!(
+                "the stored position of feed {feed} cannot be read ({reason}); \
+                 take a new snapshot with `backflow source --config FILE --feed {feed} --resnapshot` \
+                 (it forgets the position and reads the tables again)"
+            ))
+        })
+}
+
+/// `v` as 20 digits that sort like the signed value (sign bit flipped).
+fn sortable(v: i64) -> String {
+    format!("{:020}", (v as u64) ^ (1 << 63))
+}
+
+/// Position of a row read by timestamp and incrementing column.
+fn row_position(ts: i64, inc: i64) -> Position {
+    Position(format!("{}.{}", sortable(ts), sortable(inc)))
+}
+
+/// Position of a change seen at database time `micros` (bulk rows,
+/// key-diff deletes).
+fn time_position(micros: i64) -> Position {
+    Position(sortable(micros))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Bytes equal for equal rows (floats by their bits), to key maps and
+/// compare rows.
+fn row_bytes(row: &Row) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * row.0.len());
+    let put = |out: &mut Vec<u8>, tag: u8, bytes: &[u8]| {
+        out.push(tag);
+        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for d in &row.0 {
+        match d {
+            Datum::Null => put(&mut out, 0, &[]),
+            Datum::Bool(b) => put(&mut out, 1, &[u8::from(*b)]),
+            Datum::Int(v) => put(&mut out, 2, &v.to_be_bytes()),
+            Datum::Long(v) => put(&mut out, 3, &v.to_be_bytes()),
+            Datum::Float(v) => put(&mut out, 4, &v.to_bits().to_be_bytes()),
+            Datum::Double(v) => put(&mut out, 5, &v.to_bits().to_be_bytes()),
+            Datum::Decimal(v) => put(&mut out, 6, v.to_string().as_bytes()),
+            Datum::Text(s) => put(&mut out, 7, s.as_bytes()),
+            Datum::Bytes(b) => put(&mut out, 8, b),
+            Datum::Date(v) => put(&mut out, 9, &v.to_be_bytes()),
+            Datum::Time(v) => put(&mut out, 10, &v.to_be_bytes()),
+            Datum::Timestamp(v) => put(&mut out, 11, &v.to_be_bytes()),
+            Datum::TimestampTz(v) => put(&mut out, 12, &v.to_be_bytes()),
+            Datum::Uuid(u) => put(&mut out, 13, u.as_bytes()),
+            Datum::Json(s) => put(&mut out, 14, s.as_bytes()),
+        }
+    }
+    out
+}
+
+/// Whether a soft-delete column's value marks the row deleted: anything
+/// but NULL, false, zero and the texts `""`, `0`, `f`, `false`, `n`, `no`.
+fn soft_deleted(d: &Datum) -> bool {
+    match d {
+        Datum::Null => false,
+        Datum::Bool(b) => *b,
+        Datum::Int(v) => *v != 0,
+        Datum::Long(v) => *v != 0,
+        Datum::Float(v) => *v != 0.0,
+        Datum::Double(v) => *v != 0.0,
+        Datum::Decimal(v) => v.unscaled != 0.into(),
+        Datum::Text(t) => !matches!(
+            t.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "f" | "false" | "n" | "no"
+        ),
+        _ => true,
+    }
+}
+
+/// How one table is read.
+#[derive(Debug, Clone)]
+enum Mode {
+    Incremental {
+        ts_column: String,
+        scale: TsScale,
+        inc_column: String,
+    },
+    Bulk,
+}
+
+/// A polled table and what the source knows of it.
+struct Table {
+    desc: Arc<TableDesc>,
+    mode: Mode,
+    /// Index of the soft-delete column.
+    soft_delete: Option<usize>,
+    /// Last row known per key (`row_bytes` of the key).
+    kept: HashMap<Vec<u8>, Row>,
+    /// Where the next incremental poll goes on from.
+    polled: Option<Watermark>,
+    /// When a bulk table was last read.
+    bulk_read: Option<Instant>,
+    /// Bulk rows rejected, by key: the reason, so a row that stays bad is
+    /// not sent to the dead-letter topic at every poll.
+    bad: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// What an item of the queue yields.
+enum Out {
+    Record(Box<SourceRecord>),
+    Rejected(RejectedRecord),
+}
+
+/// One polled row (or delete) waiting to be yielded.
+struct Item {
+    table: usize,
+    /// Key bytes of the row, when known.
+    key: Option<Vec<u8>>,
+    /// `None`: nothing to yield (unchanged row, or superseded by a delete).
+    out: Option<Out>,
+    /// The table's watermark once this item is yielded.
+    watermark: Option<Watermark>,
+}
+
+/// Provenance shared by every event of the feed.
+struct Feed {
+    name: String,
+    node: String,
+    db: String,
+}
+
+/// Where and when a change happened: its position and `source.ts_ms`.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    position: &'a Position,
+    ts_ms: i64,
+}
+
+impl Feed {
+    fn record(
+        &self,
+        desc: &Arc<TableDesc>,
+        op: Op,
+        key: Row,
+        before: Option<Row>,
+        after: Option<Row>,
+        at: At<'_>,
+    ) -> SourceRecord {
+        let At { position, ts_ms } = at;
+        SourceRecord {
+            table: desc.clone(),
+            event: ChangeEvent {
+                key,
+                before,
+                after,
+                source: SourceInfo {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    connector: "poll".into(),
+                    name: self.name.clone(),
+                    node: self.node.clone(),
+                    ts_ms,
+                    snapshot: Snapshot::False,
+                    db: self.db.clone(),
+                    schema: Some(desc.schema.clone()),
+                    table: desc.name.clone(),
+                    position: position.0.clone(),
+                    txid: None,
+                },
+                op,
+                ts_ms: Some(now_ms()),
+                transaction: None,
+            },
+            position: position.clone(),
+        }
+    }
+}
+
+/// A row's key (when its key cells convert) and the row (or why not).
+fn assemble(desc: &TableDesc, cells: Cells) -> (Option<Row>, Result<Row, String>) {
+    let key: Option<Row> = desc
+        .primary_key
+        .iter()
+        .map(|k| {
+            desc.column(k)
+                .and_then(|(i, _)| cells.get(i))
+                .and_then(|c| c.as_ref().ok())
+                .filter(|d| **d != Datum::Null)
+                .cloned()
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(Row);
+    let row = cells
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map(Row)
+        .and_then(|row| desc.check_row(&row).map(|_| row).map_err(|e| e.to_string()));
+    (key, row)
+}
+
+/// What a fetched row changes: an insert, an update, a soft delete or
+/// nothing; keeps the row (or forgets the key).
+fn change(
+    feed: &Feed,
+    t: &mut Table,
+    key: Row,
+    kb: &[u8],
+    row: Row,
+    at: At<'_>,
+    delete_unknown: bool,
+) -> Option<SourceRecord> {
+    let desc = t.desc.clone();
+    let deleted = t
+        .soft_delete
+        .and_then(|i| row.0.get(i))
+        .is_some_and(soft_deleted);
+    if deleted {
+        let before = match t.kept.remove(kb) {
+            Some(kept) => kept,
+            None if delete_unknown => row,
+            None => return None,
+        };
+        return Some(feed.record(&desc, Op::Delete, key, Some(before), None, at));
+    }
+    match t.kept.get_mut(kb) {
+        Some(kept) if row_bytes(kept) == row_bytes(&row) => None,
+        Some(kept) => {
+            let before = std::mem::replace(kept, row.clone());
+            Some(feed.record(&desc, Op::Update, key, Some(before), Some(row), at))
+        }
+        None => {
+            t.kept.insert(kb.to_vec(), row.clone());
+            Some(feed.record(&desc, Op::Create, key, None, Some(row), at))
+        }
+    }
+}
+
+/// The polling source.
+pub struct PollSource {
+    config: PollSourceConfig,
+    feed: Feed,
+    engine: Option<Arc<dyn Engine>>,
+    tables: Vec<Table>,
+    /// Rows read and not yet yielded, in order.
+    queue: VecDeque<Item>,
+    /// Watermarks of what was yielded: the checkpoint.
+    yielded: BTreeMap<String, Watermark>,
+    /// The last poll filled a batch: poll again without waiting.
+    more: bool,
+    last_poll: Option<Instant>,
+    gauges: Arc<SourceGauges>,
+}
+
+impl PollSource {
+    /// A source for this feed, capturing for node `node`.
+    pub fn new(config: PollSourceConfig, node: impl Into<String>) -> Self {
+        let feed = Feed {
+            name: config.name.clone(),
+            node: node.into(),
+            db: String::new(),
+        };
+        Self {
+            config,
+            feed,
+            engine: None,
+            tables: Vec::new(),
+            queue: VecDeque::new(),
+            yielded: BTreeMap::new(),
+            more: false,
+            last_poll: None,
+            gauges: Arc::default(),
+        }
+    }
+
+    /// Describes a configured table and checks its columns.
+    async fn table(
+        &self,
+        engine: &dyn Engine,
+        index: usize,
+        tc: &PollTableConfig,
+    ) -> Result<Table, ConnectorError> {
+        let (schema, name) = tc
+            .table
+            .split_once('.')
+            .unwrap_or((engine.default_schema(), &tc.table));
+        let desc = engine.describe(schema, name, &tc.dataset).await?;
+        let qualified = desc.qualified_name();
+        let at = format!("feeds[..].tables[{index}]");
+        let column = |key: &str, col: &str, need: &str| {
+            desc.column(col)
+                .map(|(i, c)| (i, c.clone()))
+                .ok_or_else(|| {
+                    ConnectorError::definite(format!(
+                        "table {qualified} has no column {col} ({at}.{key} of feed {}); {need}",
+                        self.config.name
+                    ))
+                })
+        };
+        let mode = match tc.mode {
+            PollMode::Bulk => Mode::Bulk,
+            PollMode::TimestampIncrementing => {
+                let ts = tc.timestamp_column.as_deref().unwrap_or_default();
+                let (_, ts_col) = column(
+                    "timestamp_column",
+                    ts,
+                    "mode \"timestamp+incrementing\" needs a timestamp column the application \
+                     sets on every insert and update",
+                )?;
+                let scale = engine.timestamp_scale(&ts_col).map_err(|why| {
+                    ConnectorError::definite(format!(
+                        "table {qualified}, column {ts} ({at}.timestamp_column): {why}"
+                    ))
+                })?;
+                let inc = match &tc.incrementing_column {
+                    Some(c) => c.clone(),
+                    None if desc.primary_key.len() == 1 => desc.primary_key[0].clone(),
+                    None => {
+                        return Err(ConnectorError::definite(format!(
+                            "table {qualified} has a composite primary key ({}): set \
+                             {at}.incrementing_column to an integer column unique among rows \
+                             with the same timestamp",
+                            desc.primary_key.join(", ")
+                        )))
+                    }
+                };
+                let (_, inc_col) = column(
+                    "incrementing_column",
+                    &inc,
+                    "mode \"timestamp+incrementing\" needs an integer column unique among rows \
+                     with the same timestamp (default: the single primary-key column)",
+                )?;
+                engine.check_incrementing(&inc_col).map_err(|why| {
+                    ConnectorError::definite(format!(
+                        "table {qualified}, column {inc} ({at}.incrementing_column): {why}"
+                    ))
+                })?;
+                Mode::Incremental {
+                    ts_column: ts.to_owned(),
+                    scale,
+                    inc_column: inc,
+                }
+            }
+        };
+        let soft_delete = match &tc.soft_delete_column {
+            Some(c) => Some(
+                column(
+                    "soft_delete_column",
+                    c,
+                    "the soft-delete column marks deleted rows (non-NULL and not false/0)",
+                )?
+                .0,
+            ),
+            None => None,
+        };
+        Ok(Table {
+            desc: Arc::new(desc),
+            mode,
+            soft_delete,
+            kept: HashMap::new(),
+            polled: None,
+            bulk_read: None,
+            bad: HashMap::new(),
+        })
+    }
+
+    /// Reads every table once and queues what changed.
+    async fn poll(&mut self) -> Result<(), ConnectorError> {
+        let engine = self
+            .engine
+            .clone()
+            .ok_or_else(|| ConnectorError::definite("poll source not started"))?;
+        let catching_up = self.more;
+        let interval = Duration::from_millis(self.config.poll_interval_ms);
+        self.last_poll = Some(Instant::now());
+        self.more = false;
+        let clock = engine.clock().await?;
+        for index in 0..self.tables.len() {
+            let t = &self.tables[index];
+            match t.mode.clone() {
+                Mode::Incremental {
+                    ts_column,
+                    scale,
+                    inc_column,
+                } => {
+                    let limit = self.config.batch_rows;
+                    let delay = i64::try_from(self.config.delay_ms)
+                        .unwrap_or(i64::MAX / 1000)
+                        .saturating_mul(1000);
+                    let rows = engine
+                        .read_since(Since {
+                            desc: t.desc.clone(),
+                            ts_column,
+                            scale,
+                            inc_column,
+                            upper: clock.now(scale).saturating_sub(delay),
+                            after: t.polled,
+                            limit,
+                        })
+                        .await?;
+                    if rows.len() >= limit {
+                        self.more = true;
+                    }
+                    self.queue_incremental(index, rows, scale, &clock);
+                }
+                Mode::Bulk => {
+                    let due = !catching_up || t.bulk_read.is_none_or(|at| at.elapsed() >= interval);
+                    if due {
+                        let rows = engine.read_all(t.desc.clone()).await?;
+                        self.queue_bulk(index, rows, &clock);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_incremental(
+        &mut self,
+        index: usize,
+        rows: Vec<Polled>,
+        scale: TsScale,
+        clock: &Clock,
+    ) {
+        let t = &mut self.tables[index];
+        for p in rows {
+            let watermark = Watermark {
+                ts: p.ts,
+                inc: p.inc,
+            };
+            t.polled = Some(watermark);
+            let position = row_position(p.ts, p.inc);
+            let (key, row) = assemble(&t.desc, p.cells);
+            let kb = key.as_ref().map(row_bytes);
+            let out = match (key, row) {
+                (Some(key), Ok(row)) => {
+                    let kb = kb.as_deref().expect("key known");
+                    let at = At {
+                        position: &position,
+                        ts_ms: clock.utc_ms(p.ts, scale),
+                    };
+                    change(&self.feed, t, key, kb, row, at, true).map(|r| Out::Record(Box::new(r)))
+                }
+                (_, Err(reason)) => Some(Out::Rejected(RejectedRecord {
+                    table: t.desc.qualified_name(),
+                    position,
+                    reason,
+                })),
+                (None, Ok(_)) => Some(Out::Rejected(RejectedRecord {
+                    table: t.desc.qualified_name(),
+                    position,
+                    reason: "the primary key is NULL".into(),
+                })),
+            };
+            self.queue.push_back(Item {
+                table: index,
+                key: kb,
+                out,
+                watermark: Some(watermark),
+            });
+        }
+    }
+
+    fn queue_bulk(&mut self, index: usize, rows: Vec<Cells>, clock: &Clock) {
+        let t = &mut self.tables[index];
+        t.bulk_read = Some(Instant::now());
+        let position = time_position(clock.utc);
+        let ts_ms = clock.utc.div_euclid(1000);
+        let mut seen = HashSet::new();
+        let mut unknown_keys = false;
+        let mut bad = HashMap::new();
+        for cells in rows {
+            let (key, row) = assemble(&t.desc, cells);
+            let kb = key.as_ref().map(row_bytes);
+            match &kb {
+                Some(kb) => {
+                    seen.insert(kb.clone());
+                }
+                None => unknown_keys = true,
+            }
+            let out = match (key, row) {
+                (Some(key), Ok(row)) => {
+                    let kb = kb.as_deref().expect("key known");
+                    let at = At {
+                        position: &position,
+                        ts_ms,
+                    };
+                    change(&self.feed, t, key, kb, row, at, false).map(|r| Out::Record(Box::new(r)))
+                }
+                (_, Err(reason)) => {
+                    // Once per key and reason, not at every poll.
+                    let fingerprint = reason.clone().into_bytes();
+                    let again = kb
+                        .as_ref()
+                        .is_some_and(|k| t.bad.get(k) == Some(&fingerprint));
+                    if let Some(k) = &kb {
+                        bad.insert(k.clone(), fingerprint);
+                    }
+                    (!again).then(|| {
+                        Out::Rejected(RejectedRecord {
+                            table: t.desc.qualified_name(),
+                            position: position.clone(),
+                            reason,
+                        })
+                    })
+                }
+                (None, Ok(_)) => None,
+            };
+            self.queue.push_back(Item {
+                table: index,
+                key: kb,
+                out,
+                watermark: None,
+            });
+        }
+        t.bad = bad;
+        if unknown_keys {
+            tracing::warn!(
+                feed = %self.feed.name,
+                table = %t.desc.qualified_name(),
+                "some primary keys could not be read; deletes are not looked for in this poll"
+            );
+            return;
+        }
+        let mut gone: Vec<Vec<u8>> = t
+            .kept
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        gone.sort();
+        for kb in gone {
+            let before = t.kept.remove(&kb).expect("listed");
+            let key = t.desc.key_of(&before);
+            let desc = t.desc.clone();
+            self.queue.push_back(Item {
+                table: index,
+                key: Some(kb),
+                out: Some(Out::Record(Box::new(self.feed.record(
+                    &desc,
+                    Op::Delete,
+                    key,
+                    Some(before),
+                    None,
+                    At {
+                        position: &position,
+                        ts_ms,
+                    },
+                )))),
+                watermark: None,
+            });
+        }
+    }
+
+    /// Yields up to `max` queued records; the checkpoint covers them.
+    fn drain(&mut self, max: usize) -> SourceBatch {
+        let mut batch = SourceBatch::default();
+        let mut n = 0;
+        while let Some(item) = self.queue.front() {
+            if n >= max.max(1) && item.out.is_some() {
+                break;
+            }
+            let item = self.queue.pop_front().expect("front exists");
+            if let Some(w) = item.watermark {
+                self.yielded
+                    .insert(self.tables[item.table].desc.qualified_name(), w);
+            }
+            match item.out {
+                Some(Out::Record(r)) => {
+                    batch.records.push(*r);
+                    n += 1;
+                }
+                Some(Out::Rejected(r)) => {
+                    batch.rejected.push(r);
+                    n += 1;
+                }
+                None => {}
+            }
+        }
+        batch.checkpoint = Some(checkpoint(&self.yielded));
+        batch
+    }
+}
+
+#[async_trait]
+impl Source for PollSource {
+    async fn start(
+        &mut self,
+        position: Option<Position>,
+    ) -> Result<Vec<Arc<TableDesc>>, ConnectorError> {
+        self.config.validate().map_err(ConnectorError::definite)?;
+        let resume = parse_checkpoint(position.as_ref(), &self.config.name)?;
+        let engine = connect(&self.config).await?;
+        let mut tables = Vec::with_capacity(self.config.tables.len());
+        for (i, tc) in self.config.tables.iter().enumerate() {
+            tables.push(self.table(&*engine, i, tc).await?);
+        }
+        self.yielded.clear();
+        for t in &mut tables {
+            if matches!(t.mode, Mode::Incremental { .. }) {
+                let name = t.desc.qualified_name();
+                t.polled = resume.get(&name).copied();
+                if let Some(w) = t.polled {
+                    self.yielded.insert(name, w);
+                }
+            }
+        }
+        for name in resume.keys() {
+            if !self.yielded.contains_key(name) {
+                tracing::info!(
+                    feed = %self.config.name,
+                    table = %name,
+                    "table in the stored position is no longer polled by timestamp"
+                );
+            }
+        }
+        tracing::info!(
+            feed = %self.config.name,
+            engine = self.config.engine.as_str(),
+            tables = tables.len(),
+            resumed = !resume.is_empty(),
+            "polling source started"
+        );
+        self.feed.db = engine.db().to_owned();
+        self.tables = tables;
+        self.queue.clear();
+        self.more = false;
+        self.last_poll = None;
+        self.engine = Some(engine);
+        Ok(self.tables.iter().map(|t| t.desc.clone()).collect())
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<SourceBatch, ConnectorError> {
+        if self.engine.is_none() {
+            return Err(ConnectorError::definite("poll source not started"));
+        }
+        if self.queue.is_empty() {
+            if let (false, Some(at)) = (self.more, self.last_poll) {
+                let next = at + Duration::from_millis(self.config.poll_interval_ms);
+                tokio::time::sleep_until(next.into()).await;
+            }
+            self.poll().await?;
+        }
+        // After an idle poll: an empty batch with the (unchanged) checkpoint.
+        Ok(self.drain(max))
+    }
+
+    async fn acknowledge(&mut self, _position: &Position) -> Result<(), ConnectorError> {
+        // Polling keeps no history in the database to release.
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<(), ConnectorError> {
+        self.engine = None;
+        Ok(())
+    }
+
+    fn gauges(&self) -> Option<Arc<SourceGauges>> {
+        Some(self.gauges.clone())
+    }
+
+    fn topic_state_interval(&self) -> Option<Duration> {
+        Some(match self.config.key_diff_interval_secs {
+            0 => Duration::MAX,
+            secs => Duration::from_secs(secs),
+        })
+    }
+
+    async fn topic_state(
+        &mut self,
+        table: &Arc<TableDesc>,
+        topic_rows: Vec<Row>,
+    ) -> Result<SourceBatch, ConnectorError> {
+        let engine = self
+            .engine
+            .clone()
+            .ok_or_else(|| ConnectorError::definite("poll source not started"))?;
+        let Some(index) = self
+            .tables
+            .iter()
+            .position(|t| t.desc.schema == table.schema && t.desc.name == table.name)
+        else {
+            return Err(ConnectorError::definite(format!(
+                "topic state for table {}, which feed {} does not poll",
+                table.qualified_name(),
+                self.config.name
+            )));
+        };
+        let desc = self.tables[index].desc.clone();
+        let clock = engine.clock().await?;
+        let keys = engine.read_keys(desc.clone()).await?;
+        // Nothing awaited below: the state changes all at once.
+        let (position, ts_ms) = match &self.tables[index].mode {
+            Mode::Incremental { scale, .. } => {
+                (time_position(clock.now(*scale)), clock.utc.div_euclid(1000))
+            }
+            Mode::Bulk => (time_position(clock.utc), clock.utc.div_euclid(1000)),
+        };
+        let t = &mut self.tables[index];
+        t.kept = topic_rows
+            .into_iter()
+            .map(|r| (row_bytes(&desc.key_of(&r)), r))
+            .collect();
+        // Rows read but not yielded yet are not in the topic: replay them
+        // onto the kept rows, remembering what the topic had for those keys.
+        let mut topic_had: HashMap<Vec<u8>, Option<Row>> = HashMap::new();
+        for item in self.queue.iter().filter(|i| i.table == index) {
+            let (Some(kb), Some(Out::Record(r))) = (&item.key, &item.out) else {
+                continue;
+            };
+            topic_had
+                .entry(kb.clone())
+                .or_insert_with(|| t.kept.get(kb).cloned());
+            match &r.event.after {
+                Some(after) if r.event.op != Op::Delete => {
+                    t.kept.insert(kb.clone(), after.clone());
+                }
+                _ => {
+                    t.kept.remove(kb);
+                }
+            }
+        }
+        let mut batch = SourceBatch::default();
+        let mut present = HashSet::with_capacity(keys.len());
+        for cells in keys {
+            match cells.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(key) => {
+                    present.insert(row_bytes(&Row(key)));
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        feed = %self.feed.name,
+                        table = %desc.qualified_name(),
+                        "a primary key could not be read; no key diff this time"
+                    );
+                    batch.rejected.push(RejectedRecord {
+                        table: desc.qualified_name(),
+                        position,
+                        reason: format!(
+                            "a primary key of the table could not be read ({reason}); \
+                             deletes are not looked for until it can"
+                        ),
+                    });
+                    return Ok(batch);
+                }
+            }
+        }
+        let mut gone: Vec<Vec<u8>> = t
+            .kept
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        gone.sort();
+        for kb in gone {
+            let kept = t.kept.remove(&kb).expect("listed");
+            // What subscribers have is the topic's row: the queued changes
+            // of this key are superseded by the delete.
+            let before = match topic_had.get(&kb) {
+                Some(had) => {
+                    for item in self.queue.iter_mut() {
+                        if item.table == index && item.key.as_ref() == Some(&kb) {
+                            item.out = None;
+                        }
+                    }
+                    had.clone()
+                }
+                None => Some(kept),
+            };
+            if let Some(before) = before {
+                batch.records.push(self.feed.record(
+                    &desc,
+                    Op::Delete,
+                    desc.key_of(&before),
+                    Some(before),
+                    None,
+                    At {
+                        position: &position,
+                        ts_ms,
+                    },
+                ));
+            }
+        }
+        if !batch.records.is_empty() {
+            tracing::info!(
+                feed = %self.feed.name,
+                table = %desc.qualified_name(),
+                deletes = batch.records.len(),
+                "key diff found rows deleted from the table"
+            );
+        }
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_sort_as_text_like_their_values() {
+        let values = [i64::MIN, -1_000_000, -1, 0, 1, 999, 1_000_000, i64::MAX];
+        for w in values.windows(2) {
+            assert!(sortable(w[0]) < sortable(w[1]), "{} < {}", w[0], w[1]);
+            assert_eq!(sortable(w[0]).len(), 20);
+        }
+        // A later timestamp sorts after, whatever the incrementing value.
+        assert!(row_position(5, 900) < row_position(6, 1));
+        assert!(row_position(5, 1) < row_position(5, 2));
+        // A delete seen at a later time sorts after the row's last version.
+        assert!(row_position(5, i64::MAX) < time_position(6));
+        assert!(time_position(5) < row_position(5, 0));
+    }
+
+    #[test]
+    fn checkpoints_read_back_and_garbage_names_the_way_out() {
+        let mut w = BTreeMap::new();
+        w.insert("main.items".to_owned(), Watermark { ts: -5, inc: 7 });
+        let p = checkpoint(&w);
+        assert!(p.0.starts_with("poll:{"), "{}", p.0);
+        assert_eq!(parse_checkpoint(Some(&p), "f").unwrap(), w);
+        assert!(parse_checkpoint(None, "f").unwrap().is_empty());
+        let e = parse_checkpoint(Some(&Position("0/16B3748".into())), "f").unwrap_err();
+        assert!(e.message.contains("--resnapshot"), "{e}");
+    }
+
+    #[test]
+    fn soft_delete_values() {
+        assert!(!soft_deleted(&Datum::Null));
+        assert!(!soft_deleted(&Datum::Bool(false)));
+        assert!(!soft_deleted(&Datum::Int(0)));
+        assert!(!soft_deleted(&Datum::Text("N".into())));
+        assert!(soft_deleted(&Datum::Bool(true)));
+        assert!(soft_deleted(&Datum::Long(1)));
+        assert!(soft_deleted(&Datum::Text("Y".into())));
+        assert!(soft_deleted(&Datum::TimestampTz(0)));
+    }
+}

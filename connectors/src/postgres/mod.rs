@@ -62,7 +62,7 @@
 //! restarts from what this source yields, and exports the backlog as
 //! `backflow_source_lag_bytes`.
 
-mod catalog;
+pub(crate) mod catalog;
 pub mod pgoutput;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,718 @@
+//! The SQL polling source against real databases (SQLite files and the
+//! PostgreSQL on 127.0.0.1:5432), no Kafka: what it yields for inserts,
+//! updates, soft and hard deletes, and how it resumes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
+use backflow_connectors::{ErrorKind, Position, RejectedRecord, Source, SourceRecord};
+use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType, TableDesc};
+use tokio_postgres::NoTls;
+
+// ---------------------------------------------------------------- helpers
+
+/// A new SQLite database file in the temp directory, set up with `sql`.
+fn sqlite_db(tag: &str, sql: &str) -> (PathBuf, rusqlite::Connection) {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let path =
+        std::env::temp_dir().join(format!("bf_poll_{tag}_{}_{nanos}.db", std::process::id()));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(sql).unwrap();
+    (path, conn)
+}
+
+async fn pg_connect(db: &str) -> tokio_postgres::Client {
+    let (c, conn) =
+        tokio_postgres::connect(&format!("host=127.0.0.1 user=postgres dbname={db}"), NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
+    tokio::spawn(conn);
+    c
+}
+
+/// A fresh PostgreSQL database `<prefix>_<pid>` set up with `sql`.
+async fn pg_db(prefix: &str, sql: &str) -> (String, tokio_postgres::Client) {
+    let db = format!("{prefix}_{}", std::process::id());
+    let admin = pg_connect("postgres").await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let c = pg_connect(&db).await;
+    c.batch_execute(sql).await.unwrap();
+    (db, c)
+}
+
+fn table(name: &str, mode: PollMode, ts: Option<&str>) -> PollTableConfig {
+    PollTableConfig {
+        table: name.into(),
+        dataset: "test.items".into(),
+        mode,
+        timestamp_column: ts.map(Into::into),
+        incrementing_column: None,
+        soft_delete_column: None,
+    }
+}
+
+fn fast(mut c: PollSourceConfig) -> PollSourceConfig {
+    c.poll_interval_ms = 50;
+    c.delay_ms = 100;
+    c
+}
+
+fn sqlite_config(path: &std::path::Path, tables: Vec<PollTableConfig>) -> PollSourceConfig {
+    fast(PollSourceConfig::sqlite("poll-test", path, tables))
+}
+
+fn pg_config(db: &str, tables: Vec<PollTableConfig>) -> PollSourceConfig {
+    fast(PollSourceConfig::postgres(
+        "poll-test",
+        "postgres",
+        db,
+        tables,
+    ))
+}
+
+/// What a run of batches yielded.
+#[derive(Default)]
+struct Seen {
+    records: Vec<SourceRecord>,
+    rejected: Vec<RejectedRecord>,
+    /// Checkpoint of every non-empty batch, in order.
+    checkpoints: Vec<Position>,
+    last_checkpoint: Option<Position>,
+}
+
+impl Seen {
+    fn ops(&self) -> Vec<(Op, i64)> {
+        self.records
+            .iter()
+            .map(|r| (r.event.op, int(&r.event.key.0[0])))
+            .collect()
+    }
+}
+
+/// Reads batches until two polls in a row find nothing new.
+async fn until_idle(source: &mut PollSource, max: usize) -> Seen {
+    let mut seen = Seen::default();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut empty = 0;
+        while empty < 2 {
+            let b = source.next_batch(max).await.unwrap();
+            assert!(b.records.len() + b.rejected.len() <= max, "at most max");
+            let cp = b.checkpoint.clone().expect("every batch has a checkpoint");
+            assert!(cp.0.starts_with("poll:"), "{}", cp.0);
+            if b.records.is_empty() && b.rejected.is_empty() {
+                empty += 1;
+            } else {
+                empty = 0;
+                seen.checkpoints.push(cp.clone());
+            }
+            seen.last_checkpoint = Some(cp);
+            seen.records.extend(b.records);
+            seen.rejected.extend(b.rejected);
+        }
+    })
+    .await
+    .expect("the source goes idle");
+    seen
+}
+
+/// Starts a source and hands it the topic's rows as the runtime does.
+async fn started(
+    config: PollSourceConfig,
+    position: Option<Position>,
+    topic: Vec<Row>,
+) -> (PollSource, Arc<TableDesc>) {
+    let mut source = PollSource::new(config, "330000");
+    let tables = source.start(position).await.unwrap();
+    let desc = tables[0].clone();
+    let batch = source.topic_state(&desc, topic).await.unwrap();
+    assert!(batch.records.is_empty(), "nothing deleted");
+    (source, desc)
+}
+
+fn int(d: &Datum) -> i64 {
+    match d {
+        Datum::Int(v) => i64::from(*v),
+        Datum::Long(v) => *v,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+fn text(d: &Datum) -> &str {
+    match d {
+        Datum::Text(t) => t,
+        other => panic!("not text: {other:?}"),
+    }
+}
+
+fn after(r: &SourceRecord) -> &Row {
+    r.event.after.as_ref().expect("after-image")
+}
+
+fn before(r: &SourceRecord) -> &Row {
+    r.event.before.as_ref().expect("before-image")
+}
+
+fn assert_sorted(records: &[SourceRecord]) {
+    for w in records.windows(2) {
+        assert!(
+            w[0].position < w[1].position,
+            "positions sort as text: {} then {}",
+            w[0].position.0,
+            w[1].position.0
+        );
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+const ITEMS: &str = "CREATE TABLE items (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    amount NUMERIC(10,2),
+    born DATE,
+    flag BOOLEAN,
+    data BLOB,
+    updated_at TIMESTAMP NOT NULL);";
+
+#[tokio::test]
+async fn sqlite_timestamp_incrementing_captures_ties_updates_and_resumes_exactly() {
+    let (path, db) = sqlite_db(
+        "ts",
+        &format!(
+            "{ITEMS}
+             INSERT INTO items VALUES (1, 'one', 1.5, '1990-05-01', 1, x'00ff', '2026-01-01 10:00:00');
+             -- three rows with the same timestamp: a batch of 2 ends between them
+             INSERT INTO items VALUES (2, 'two', 2, NULL, 0, NULL, '2026-01-01 10:00:05');
+             INSERT INTO items VALUES (3, 'three', '3.25', NULL, NULL, NULL, '2026-01-01 10:00:05');
+             INSERT INTO items VALUES (4, 'four', NULL, NULL, NULL, NULL, '2026-01-01T10:00:05Z');"
+        ),
+    );
+    let tables = vec![table(
+        "items",
+        PollMode::TimestampIncrementing,
+        Some("updated_at"),
+    )];
+    let mut config = sqlite_config(&path, tables);
+    config.batch_rows = 2;
+
+    let (mut a, desc) = started(config.clone(), None, vec![]).await;
+    assert_eq!(desc.qualified_name(), "main.items");
+    let first = until_idle(&mut a, 100).await;
+    assert_eq!(
+        first.ops(),
+        vec![
+            (Op::Create, 1),
+            (Op::Create, 2),
+            (Op::Create, 3),
+            (Op::Create, 4)
+        ]
+    );
+    assert!(first.rejected.is_empty());
+    assert_sorted(&first.records);
+    // batch_rows = 2: the first poll stopped between rows 2 and 3, which
+    // share a timestamp, and that was a checkpoint.
+    assert!(first.checkpoints.len() >= 2, "{:?}", first.checkpoints);
+    let mid_tie = first.checkpoints[0].clone();
+    let r1 = after(&first.records[0]).clone();
+    assert_eq!(
+        r1.0,
+        vec![
+            Datum::Long(1),
+            Datum::Text("one".into()),
+            Datum::Decimal(Decimal::parse("1.50", 2).unwrap()),
+            backflow_connectors::text::parse(&SqlType::Date, "1990-05-01").unwrap(),
+            Datum::Bool(true),
+            Datum::Bytes(vec![0, 255]),
+            backflow_connectors::text::parse(&SqlType::Timestamp, "2026-01-01 10:00:00").unwrap(),
+        ]
+    );
+    let e = &first.records[0].event;
+    assert_eq!(e.source.connector, "poll");
+    assert_eq!(e.source.name, "poll-test");
+    assert_eq!(e.source.node, "330000");
+    assert_eq!(e.source.schema.as_deref(), Some("main"));
+    assert_eq!(e.source.table, "items");
+    assert_eq!(e.source.snapshot, Snapshot::False);
+    assert_eq!(e.source.position, first.records[0].position.0);
+    assert!(e.transaction.is_none() && e.before.is_none());
+    // SQLite timestamps without an offset are UTC: the row's time in ms.
+    assert_eq!(e.source.ts_ms, 1_767_261_600_000);
+
+    // Restarted from the checkpoint taken between the tied rows 2 and 3:
+    // rows 3 and 4 come, and nothing else. (An empty topic, so that a row
+    // read again would be yielded again rather than found unchanged.)
+    let (mut b, _) = started(config.clone(), Some(mid_tie), vec![]).await;
+    let resumed = until_idle(&mut b, 100).await;
+    assert_eq!(resumed.ops(), vec![(Op::Create, 3), (Op::Create, 4)]);
+    assert_eq!(resumed.records[0].position, first.records[2].position);
+    b.shutdown().await.unwrap();
+
+    // An update: `u` whose before-image is the row as last yielded, and a
+    // position after the insert's.
+    db.execute_batch(
+        "UPDATE items SET label = 'two v2', updated_at = '2026-01-01 10:01:00' WHERE id = 2",
+    )
+    .unwrap();
+    let upd = until_idle(&mut a, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 2)]);
+    assert_eq!(before(&upd.records[0]), after(&first.records[1]));
+    assert_eq!(text(&after(&upd.records[0]).0[1]), "two v2");
+    assert!(upd.records[0].position > first.records[1].position);
+    let done = upd.last_checkpoint.clone().unwrap();
+    a.shutdown().await.unwrap();
+    let topic = vec![
+        r1.clone(),
+        after(&upd.records[0]).clone(),
+        after(&first.records[2]).clone(),
+        after(&first.records[3]).clone(),
+    ];
+
+    // Restarted from the last checkpoint: only what changed since, in
+    // (timestamp, id) order, including two new rows sharing a timestamp,
+    // and a row whose value does not convert goes to the dead letters
+    // without stopping the feed.
+    db.execute_batch(
+        "INSERT INTO items VALUES (6, 'six', NULL, NULL, NULL, NULL, '2026-01-01 10:02:00');
+         UPDATE items SET label = 'one v2', updated_at = '2026-01-01 10:02:00' WHERE id = 1;
+         INSERT INTO items VALUES (7, 'seven', NULL, 'garbage', NULL, NULL, '2026-01-01 10:03:00');
+         INSERT INTO items VALUES (8, 'eight', NULL, NULL, NULL, NULL, '2026-01-01 10:03:00');",
+    )
+    .unwrap();
+    let (mut c, _) = started(config, Some(done), topic).await;
+    let after_restart = until_idle(&mut c, 1).await;
+    assert_eq!(
+        after_restart.ops(),
+        vec![(Op::Update, 1), (Op::Create, 6), (Op::Create, 8)]
+    );
+    assert_eq!(before(&after_restart.records[0]), &r1);
+    assert_eq!(after_restart.rejected.len(), 1);
+    let bad = &after_restart.rejected[0];
+    assert_eq!(bad.table, "main.items");
+    assert!(bad.reason.contains("born"), "{}", bad.reason);
+    assert!(
+        !bad.reason.contains("garbage"),
+        "never the value: {}",
+        bad.reason
+    );
+    assert!(after_restart.records[1].position < bad.position);
+    assert!(bad.position < after_restart.records[2].position);
+    c.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn postgres_soft_delete_is_a_delete_and_recent_rows_wait_for_the_delay() {
+    let (db, c) = pg_db(
+        "bf_poll_soft",
+        "CREATE TABLE people (
+            id bigint PRIMARY KEY,
+            name text NOT NULL,
+            score numeric(6,2),
+            born date,
+            photo bytea,
+            deleted boolean NOT NULL DEFAULT false,
+            updated_at timestamptz NOT NULL);
+         INSERT INTO people VALUES
+            (1, 'Li', 12.5, '1980-02-03', '\\x0102', false, now() - interval '1 hour'),
+            (2, 'Wang', NULL, NULL, NULL, false, now() - interval '1 hour');",
+    )
+    .await;
+    let mut t = table(
+        "public.people",
+        PollMode::TimestampIncrementing,
+        Some("updated_at"),
+    );
+    t.soft_delete_column = Some("deleted".into());
+    let mut config = pg_config(&db, vec![t]);
+    config.delay_ms = 1500;
+    let (mut source, _) = started(config, None, vec![]).await;
+    let first = until_idle(&mut source, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 1), (Op::Create, 2)]);
+    let li = after(&first.records[0]).clone();
+    assert_eq!(li.0[2], Datum::Decimal(Decimal::parse("12.50", 2).unwrap()));
+    assert_eq!(li.0[4], Datum::Bytes(vec![1, 2]));
+    assert_eq!(first.records[0].event.source.db, db);
+
+    // Soft delete: `d`, before-image the row as last yielded, no after.
+    c.batch_execute(
+        "UPDATE people SET deleted = true, updated_at = now() - interval '30 minutes' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let del = until_idle(&mut source, 100).await;
+    assert_eq!(del.ops(), vec![(Op::Delete, 1)]);
+    assert_eq!(before(&del.records[0]), &li);
+    assert!(del.records[0].event.after.is_none());
+    assert!(del.records[0].position > first.records[0].position);
+
+    // A row stamped with the database's now is not read before now + delay.
+    let inserted = Instant::now();
+    c.batch_execute("INSERT INTO people VALUES (3, 'Zhao', NULL, NULL, NULL, false, now())")
+        .await
+        .unwrap();
+    let early = until_idle(&mut source, 100).await;
+    assert!(early.records.is_empty(), "too early: {:?}", early.ops());
+    let row3 = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let b = source.next_batch(100).await.unwrap();
+            if let Some(r) = b.records.into_iter().next() {
+                break r;
+            }
+        }
+    })
+    .await
+    .expect("read once the delay passed");
+    assert!(
+        inserted.elapsed() >= Duration::from_millis(1400),
+        "read after {:?}",
+        inserted.elapsed()
+    );
+    assert_eq!((row3.event.op, int(&row3.event.key.0[0])), (Op::Create, 3));
+    let age = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - row3.event.source.ts_ms;
+    assert!(
+        (1000..10_000).contains(&age),
+        "source.ts_ms is the row's timestamp: {age} ms ago"
+    );
+    source.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_diff_deletes_keys_gone_from_the_table_and_seeds_before_images() {
+    let (db, c) = pg_db(
+        "bf_poll_keys",
+        "CREATE TABLE homes (id int PRIMARY KEY, addr text NOT NULL, updated_at timestamp NOT NULL);
+         INSERT INTO homes VALUES
+            (1, 'a1', '2020-01-01 10:00:00'),
+            (2, 'a2', '2020-01-01 10:00:00'),
+            (3, 'a3', '2020-01-01 10:00:00');",
+    )
+    .await;
+    let ts = |t: &str| backflow_connectors::text::parse(&SqlType::Timestamp, t).unwrap();
+    let row = |id: i32, addr: &str| {
+        Row(vec![
+            Datum::Int(id),
+            Datum::Text(addr.into()),
+            ts("2020-01-01 10:00:00"),
+        ])
+    };
+    let mut config = pg_config(
+        &db,
+        vec![table(
+            "homes",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    config.key_diff_interval_secs = 60;
+    let mut source = PollSource::new(config, "330000");
+    assert_eq!(source.topic_state_interval(), Some(Duration::from_secs(60)));
+    let desc = source.start(None).await.unwrap()[0].clone();
+
+    // The topic holds 1 and 2 as the table has them, and 4, which the
+    // table no longer has: one delete, before-image the topic's row.
+    let gone = row(4, "a4");
+    let diff = source
+        .topic_state(&desc, vec![row(1, "a1"), row(2, "a2"), gone.clone()])
+        .await
+        .unwrap();
+    assert_eq!(diff.records.len(), 1, "only the missing key");
+    let d = &diff.records[0];
+    assert_eq!(d.event.op, Op::Delete);
+    assert_eq!(d.event.key, Row(vec![Datum::Int(4)]));
+    assert_eq!(d.event.before.as_ref(), Some(&gone));
+    assert!(d.event.after.is_none());
+    assert_eq!(d.event.source.position, d.position.0);
+
+    // Rows equal to the topic's are not yielded again; 3 is new.
+    let first = until_idle(&mut source, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 3)]);
+    // The seeded row is the before-image of the next update.
+    c.batch_execute(
+        "UPDATE homes SET addr = 'a1 new', updated_at = '2020-01-02 00:00:00' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let upd = until_idle(&mut source, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 1)]);
+    assert_eq!(before(&upd.records[0]), &row(1, "a1"));
+
+    // A hard delete shows at the next key diff, with a position after
+    // the row's last version.
+    c.batch_execute("DELETE FROM homes WHERE id = 2")
+        .await
+        .unwrap();
+    let topic = vec![
+        after(&upd.records[0]).clone(),
+        row(2, "a2"),
+        after(&first.records[0]).clone(),
+    ];
+    let diff = source.topic_state(&desc, topic).await.unwrap();
+    assert_eq!(diff.records.len(), 1);
+    let d = &diff.records[0];
+    assert_eq!((d.event.op, int(&d.event.key.0[0])), (Op::Delete, 2));
+    assert_eq!(d.event.before.as_ref(), Some(&row(2, "a2")));
+    assert!(
+        d.position > upd.records[0].position,
+        "{} > {}",
+        d.position.0,
+        upd.records[0].position.0
+    );
+    assert!(until_idle(&mut source, 100).await.records.is_empty());
+    source.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_diff_drops_queued_changes_of_keys_already_gone() {
+    let (path, db) = sqlite_db(
+        "queued",
+        &format!(
+            "{ITEMS}
+             INSERT INTO items (id, label, updated_at) VALUES
+                (1, 'one', '2026-01-01 10:00:00'),
+                (2, 'two', '2026-01-01 10:00:01'),
+                (3, 'three', '2026-01-01 10:00:02');"
+        ),
+    );
+    let config = sqlite_config(
+        &path,
+        vec![table(
+            "items",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    let (mut source, desc) = started(config, None, vec![]).await;
+    // One record of the poll is yielded; 2 and 3 wait in the source.
+    let b = source.next_batch(1).await.unwrap();
+    assert_eq!(b.records.len(), 1);
+    let one = after(&b.records[0]).clone();
+    // Row 3 is deleted before its insert was yielded: the key diff yields
+    // no delete (the topic never had it) and the insert is not yielded
+    // after it, which would bring the row back.
+    db.execute_batch("DELETE FROM items WHERE id = 3").unwrap();
+    let diff = source.topic_state(&desc, vec![one]).await.unwrap();
+    assert!(diff.records.is_empty());
+    let rest = until_idle(&mut source, 100).await;
+    assert_eq!(rest.ops(), vec![(Op::Create, 2)]);
+    source.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn sqlite_bulk_yields_changed_rows_only_and_deletes_vanished_keys() {
+    let (path, db) = sqlite_db(
+        "bulk",
+        "CREATE TABLE districts (code INTEGER PRIMARY KEY, name TEXT NOT NULL, pop INTEGER);
+         INSERT INTO districts VALUES (330102, 'Shangcheng', 200), (330105, 'Gongshu', 300),
+                                      (330106, 'Xihu', 100);",
+    );
+    let config = sqlite_config(&path, vec![table("districts", PollMode::Bulk, None)]);
+    let (mut source, _) = started(config, None, vec![]).await;
+    let first = until_idle(&mut source, 100).await;
+    assert_eq!(
+        first.ops(),
+        vec![
+            (Op::Create, 330102),
+            (Op::Create, 330105),
+            (Op::Create, 330106)
+        ]
+    );
+    // Polls with nothing changed yield nothing (until_idle saw two).
+    db.execute_batch(
+        "UPDATE districts SET pop = 201 WHERE code = 330102;
+         UPDATE districts SET name = 'Xihu' WHERE code = 330106; -- no change
+         DELETE FROM districts WHERE code = 330105;
+         INSERT INTO districts VALUES (330108, 'Binjiang', 50);",
+    )
+    .unwrap();
+    let changed = until_idle(&mut source, 100).await;
+    assert_eq!(
+        changed.ops(),
+        vec![
+            (Op::Update, 330102),
+            (Op::Create, 330108),
+            (Op::Delete, 330105)
+        ]
+    );
+    assert_eq!(before(&changed.records[0]), after(&first.records[0]));
+    assert_eq!(after(&changed.records[0]).0[2], Datum::Long(201));
+    let d = &changed.records[2];
+    assert_eq!(d.event.before.as_ref(), Some(after(&first.records[1])));
+    assert!(d.event.after.is_none());
+    // Later polls sort after earlier ones for the same row.
+    assert!(changed.records[0].position > first.records[0].position);
+    assert!(d.position > first.records[1].position);
+    source.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_table_and_column() {
+    let (path, _db) = sqlite_db(
+        "cfg",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, changed TEXT);
+         CREATE TABLE tagged (code TEXT PRIMARY KEY, changed TIMESTAMP);",
+    );
+    let start_err = |tables: Vec<PollTableConfig>, position: Option<Position>| {
+        let config = sqlite_config(&path, tables);
+        async move {
+            let mut s = PollSource::new(config, "330000");
+            let e = s.start(position).await.expect_err("refused");
+            assert_eq!(e.kind, ErrorKind::Definite, "{e}");
+            e.message
+        }
+    };
+    // The timestamp column does not exist.
+    let e = start_err(
+        vec![table(
+            "items",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+        None,
+    )
+    .await;
+    assert!(
+        e.contains("main.items") && e.contains("updated_at") && e.contains("timestamp"),
+        "{e}"
+    );
+    // The table does not exist.
+    let e = start_err(vec![table("nosuch", PollMode::Bulk, None)], None).await;
+    assert!(e.contains("nosuch") && e.contains("does not exist"), "{e}");
+    // The incrementing column must be an integer.
+    let e = start_err(
+        vec![table(
+            "tagged",
+            PollMode::TimestampIncrementing,
+            Some("changed"),
+        )],
+        None,
+    )
+    .await;
+    assert!(
+        e.contains("main.tagged") && e.contains("code") && e.contains("integer"),
+        "{e}"
+    );
+    // A position that is not this source's.
+    let e = start_err(
+        vec![table("items", PollMode::Bulk, None)],
+        Some(Position("0/16B3748".into())),
+    )
+    .await;
+    assert!(e.contains("--resnapshot"), "{e}");
+
+    // Keys that depend on each other.
+    let mut c = PollSourceConfig::sqlite(
+        "f",
+        &path,
+        vec![table("items", PollMode::TimestampIncrementing, None)],
+    );
+    let e = c.validate().unwrap_err();
+    assert!(
+        e.contains("tables[0].timestamp_column") && e.contains("items"),
+        "{e}"
+    );
+    c.tables[0].timestamp_column = Some("changed".into());
+    assert_eq!(c.validate(), Ok(()));
+    c.path = None;
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .starts_with("feeds[..].path is required for engine sqlite"));
+    let pg = PollSourceConfig {
+        database: None,
+        ..PollSourceConfig::postgres("f", "u", "d", vec![table("t", PollMode::Bulk, None)])
+    };
+    assert!(pg.validate().unwrap_err().contains("feeds[..].database"));
+
+    // The configuration as the runtime reads it: defaults, spellings, and
+    // unknown keys refused.
+    let c: PollSourceConfig = serde_json::from_value(serde_json::json!({
+        "name": "legacy", "engine": "postgres", "user": "u", "database": "d",
+        "tables": [
+            {"table": "public.t", "dataset": "dept.t", "mode": "timestamp+incrementing",
+             "timestamp_column": "updated_at", "soft_delete_column": "deleted"},
+            {"table": "r", "dataset": "dept.r", "mode": "bulk"}
+        ]
+    }))
+    .unwrap();
+    assert_eq!((c.host.as_str(), c.port()), ("127.0.0.1", 5432));
+    assert_eq!(
+        (
+            c.poll_interval_ms,
+            c.delay_ms,
+            c.batch_rows,
+            c.key_diff_interval_secs
+        ),
+        (1000, 1000, 10_000, 300)
+    );
+    assert_eq!(c.tables[0].mode, PollMode::TimestampIncrementing);
+    assert_eq!(c.tables[1].mode, PollMode::Bulk);
+    assert_eq!(c.validate(), Ok(()));
+    let mut zero = c.clone();
+    zero.key_diff_interval_secs = 0;
+    assert_eq!(
+        PollSource::new(zero, "330000").topic_state_interval(),
+        Some(Duration::MAX)
+    );
+    let unknown = serde_json::from_value::<PollSourceConfig>(serde_json::json!({
+        "name": "legacy", "engine": "sqlite", "path": "x.db", "tables": [], "poll_ms": 5
+    }))
+    .unwrap_err();
+    assert!(unknown.to_string().contains("poll_ms"), "{unknown}");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn postgres_unknown_table_and_missing_timestamp_column_are_named() {
+    let (db, _c) = pg_db(
+        "bf_poll_cfg",
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text, changed_on date);",
+    )
+    .await;
+    for (tables, want) in [
+        (
+            vec![table("public.missing", PollMode::Bulk, None)],
+            vec!["public.missing", "does not exist"],
+        ),
+        (
+            vec![table(
+                "items",
+                PollMode::TimestampIncrementing,
+                Some("updated_at"),
+            )],
+            vec!["public.items", "updated_at"],
+        ),
+        (
+            vec![table(
+                "items",
+                PollMode::TimestampIncrementing,
+                Some("changed_on"),
+            )],
+            vec!["public.items", "changed_on", "timestamp or timestamptz"],
+        ),
+    ] {
+        let mut s = PollSource::new(pg_config(&db, tables), "330000");
+        let e = s.start(None).await.expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Definite);
+        for w in want {
+            assert!(e.message.contains(w), "{w} in: {}", e.message);
+        }
+    }
+}
