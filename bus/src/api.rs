@@ -373,13 +373,12 @@ async fn audit(state: &ApiState, who: &Principal, details: Value) -> Result<(), 
 
 /// Whether `who` may manage a feed filling these datasets.
 fn may_manage_feed(who: &Principal, feed: &crate::config::FeedConfig) -> Result<(), ApiError> {
-    let crate::config::FeedConfig::Postgres(c) = feed;
-    match c.tables.iter().find(|t| !who.owns(&t.dataset)) {
+    match feed.datasets().into_iter().find(|d| !who.owns(d)) {
         None => Ok(()),
         Some(t) => Err(forbidden(format!(
             "{} cannot manage a feed into dataset {}: only its owner department or an admin can",
             who.name(),
-            t.dataset
+            t
         ))),
     }
 }

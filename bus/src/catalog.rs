@@ -196,14 +196,17 @@ impl FeedRecord {
                 serde_json::Value::String(self.name.clone()),
             );
         }
-        serde_path_to_error::deserialize::<_, crate::config::FeedConfig>(v).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." || path.is_empty() {
-                e.inner().to_string()
-            } else {
-                format!("{path}: {}", e.inner())
-            }
-        })
+        let feed =
+            serde_path_to_error::deserialize::<_, crate::config::FeedConfig>(v).map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." || path.is_empty() {
+                    e.inner().to_string()
+                } else {
+                    format!("{path}: {}", e.inner())
+                }
+            })?;
+        feed.validate("config").map_err(|(_, reason)| reason)?;
+        Ok(feed)
     }
 
     /// Changes when the feed must be restarted.

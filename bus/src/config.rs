@@ -359,6 +359,11 @@ fn resolve_password(
 pub enum FeedConfig {
     /// PostgreSQL logical replication (see `backflow_connectors::postgres`).
     Postgres(backflow_connectors::postgres::PostgresSourceConfig),
+    /// MySQL/MariaDB binlog (see `backflow_connectors::mysql`).
+    Mysql(backflow_connectors::mysql::MysqlSourceConfig),
+    /// SQL polling of databases without a usable change log (see
+    /// `backflow_connectors::poll`).
+    Poll(backflow_connectors::poll::PollSourceConfig),
 }
 
 impl<'de> Deserialize<'de> for FeedConfig {
@@ -370,7 +375,7 @@ impl<'de> Deserialize<'de> for FeedConfig {
         let kind = v
             .as_object_mut()
             .and_then(|o| o.remove("type"))
-            .ok_or_else(|| D::Error::custom("missing `type` (one of: postgres)"))?;
+            .ok_or_else(|| D::Error::custom("missing `type` (one of: postgres, mysql, poll)"))?;
         let at = |e: serde_path_to_error::Error<serde_json::Error>| {
             D::Error::custom(format!("{}: {}", e.path(), e.inner()))
         };
@@ -378,8 +383,14 @@ impl<'de> Deserialize<'de> for FeedConfig {
             Some("postgres") => serde_path_to_error::deserialize(v)
                 .map(FeedConfig::Postgres)
                 .map_err(at),
+            Some("mysql") => serde_path_to_error::deserialize(v)
+                .map(FeedConfig::Mysql)
+                .map_err(at),
+            Some("poll") => serde_path_to_error::deserialize(v)
+                .map(FeedConfig::Poll)
+                .map_err(at),
             _ => Err(D::Error::custom(format!(
-                "unknown feed type {kind}; supported: postgres"
+                "unknown feed type {kind}; supported: postgres, mysql, poll"
             ))),
         }
     }
@@ -390,23 +401,55 @@ impl FeedConfig {
     pub fn name(&self) -> &str {
         match self {
             FeedConfig::Postgres(c) => &c.name,
+            FeedConfig::Mysql(c) => &c.name,
+            FeedConfig::Poll(c) => &c.name,
+        }
+    }
+
+    /// The datasets the feed fills.
+    pub fn datasets(&self) -> Vec<&str> {
+        match self {
+            FeedConfig::Postgres(c) => c.tables.iter().map(|t| t.dataset.as_str()).collect(),
+            FeedConfig::Mysql(c) => c.tables.iter().map(|t| t.dataset.as_str()).collect(),
+            FeedConfig::Poll(c) => c.tables.iter().map(|t| t.dataset.as_str()).collect(),
+        }
+    }
+
+    /// Checks settings that depend on each other; the error names the key
+    /// under `at` (`feeds[2]`, or the feed's name for API feeds).
+    pub fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        match self {
+            FeedConfig::Poll(c) => c.validate().map_err(|msg| {
+                let msg = msg.replace("feeds[..]", at);
+                let key = msg
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or(at)
+                    .trim_end_matches(':')
+                    .to_owned();
+                (key, msg)
+            }),
+            _ => Ok(()),
         }
     }
 
     /// Resolves the password from `password_env` / `password_file`.
     /// `index` is the feed's position in `feeds`, for the error message.
     pub fn resolve_secrets(&mut self, index: usize) -> Result<(), ConfigError> {
-        match self {
+        let (password, env, file, name) = match self {
             FeedConfig::Postgres(c) => {
-                c.password = resolve_password(
-                    c.password_env.as_deref(),
-                    c.password_file.as_deref(),
-                    &format!("feeds[{index}]"),
-                    &format!("feed {}", c.name),
-                )?;
-                Ok(())
+                (&mut c.password, &c.password_env, &c.password_file, &c.name)
             }
-        }
+            FeedConfig::Mysql(c) => (&mut c.password, &c.password_env, &c.password_file, &c.name),
+            FeedConfig::Poll(c) => (&mut c.password, &c.password_env, &c.password_file, &c.name),
+        };
+        *password = resolve_password(
+            env.as_deref(),
+            file.as_deref(),
+            &format!("feeds[{index}]"),
+            &format!("feed {name}"),
+        )?;
+        Ok(())
     }
 }
 
@@ -669,6 +712,12 @@ impl Config {
             classify(key, reason, file, &env)
         })?;
         for (i, feed) in config.feeds.iter_mut().enumerate() {
+            feed.validate(&format!("feeds[{i}]"))
+                .map_err(|(key, reason)| ConfigError::BadValue {
+                    key,
+                    origin: origin_name(file, &env, ""),
+                    reason,
+                })?;
             feed.resolve_secrets(i)?;
         }
         for (i, sub) in config.subscriptions.iter_mut().enumerate() {
@@ -903,6 +952,28 @@ mod tests {
         assert!(msg.contains("kafka.brokerz"), "{msg}");
         assert!(msg.contains(&f.path().display().to_string()), "{msg}");
         assert!(msg.contains("brokers"), "suggests the known keys: {msg}");
+    }
+
+    #[test]
+    fn config_reads_mysql_and_poll_feeds_and_names_the_poll_key_that_is_missing() {
+        let f = file(
+            "[[feeds]]\ntype = \"mysql\"\nname = \"m\"\nuser = \"u\"\ntables = [{ table = \"db.t\", dataset = \"d.t\" }]\n\n[[feeds]]\ntype = \"poll\"\nname = \"p\"\nengine = \"sqlite\"\npath = \"/tmp/x.db\"\ntables = [{ table = \"t\", dataset = \"d.u\", mode = \"bulk\" }]\n",
+        );
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.feeds[0].name(), "m");
+        assert_eq!(cfg.feeds[1].datasets(), vec!["d.u"]);
+        let f = file(
+            "[[feeds]]\ntype = \"poll\"\nname = \"p\"\nengine = \"sqlite\"\npath = \"/tmp/x.db\"\ntables = [{ table = \"t\", dataset = \"d.u\", mode = \"timestamp+incrementing\" }]\n",
+        );
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("feeds[0].tables[0].timestamp_column"),
+            "{err}"
+        );
+        let f = file("[[feeds]]\ntype = \"oracle\"\nname = \"o\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert!(err.to_string().contains("postgres, mysql, poll"), "{err}");
     }
 
     #[test]

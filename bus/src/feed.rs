@@ -58,6 +58,9 @@ pub enum FeedError {
         "Kafka did not acknowledge a record; restarting from the last acknowledged position: {0}"
     )]
     Unacknowledged(String),
+    /// The raw topic's rows could not be read for the source.
+    #[error("reading the raw topic's rows for the source failed: {0}")]
+    TopicState(String),
 }
 
 impl FeedError {
@@ -68,7 +71,7 @@ impl FeedError {
             FeedError::Kafka(_) => true,
             FeedError::Schema { source, .. } => source.code >= 50000,
             FeedError::Encode(_) => false,
-            FeedError::Unacknowledged(_) => true,
+            FeedError::Unacknowledged(_) | FeedError::TopicState(_) => true,
         }
     }
 }
@@ -189,6 +192,10 @@ pub async fn run(
     });
 
     let origin = format!("{}/{name}", ctx.node);
+    // Sources that need the raw topics' rows get them now, then every
+    // `state_every` (after everything they yielded before is in Kafka).
+    let state_every = source.topic_state_interval();
+    let mut state_due = state_every.map(|_| tokio::time::Instant::now());
     let mut last_saved: Option<std::time::Instant> = None;
     let mut encoders: HashMap<usize, Encoder> = HashMap::new();
     let events = ctx.metrics.source_events.clone();
@@ -211,13 +218,48 @@ pub async fn run(
         if let Some(reason) = failed {
             break Err(FeedError::Unacknowledged(reason));
         }
-        // next_batch is not cancelled except to stop: a half-read batch
-        // would be lost. Cancelling on failure or shutdown is safe because
-        // nothing after it gets acknowledged.
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = fail_rx.changed() => continue,
-            b = source.next_batch(BATCH_RECORDS) => b?,
+        let batch = if state_due.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            // Wait until Kafka holds everything yielded so far, so the
+            // topic's rows include it.
+            while !in_flight.lock().expect("lock").is_empty() {
+                if fail_rx.borrow().is_some() || shutdown.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if fail_rx.borrow().is_some() {
+                continue;
+            }
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
+            let mut combined = backflow_connectors::SourceBatch::default();
+            for table in &tables {
+                let rows = crate::topic_state::current_rows(&ctx, table).await?;
+                let count = rows.len();
+                let b = source.topic_state(table, rows).await?;
+                tracing::info!(feed = name, table = %table.qualified_name(), topic_rows = count, deletes = b.records.len(), "compared the table with its raw topic");
+                combined.records.extend(b.records);
+                combined.rejected.extend(b.rejected);
+                if b.checkpoint.is_some() {
+                    combined.checkpoint = b.checkpoint;
+                }
+            }
+            state_due = state_every
+                .filter(|d| *d != Duration::MAX)
+                .map(|d| tokio::time::Instant::now() + d);
+            combined
+        } else {
+            // next_batch is not cancelled except to stop: a half-read batch
+            // would be lost. Cancelling on failure or shutdown is safe because
+            // nothing after it gets acknowledged. (A source that wants the
+            // topic's rows returns between polls, so they are handed over
+            // between batches.)
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = fail_rx.changed() => continue,
+                b = source.next_batch(BATCH_RECORDS) => b?,
+            }
         };
         let mut dead: Vec<(String, String, String)> = batch
             .rejected

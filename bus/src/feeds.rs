@@ -111,6 +111,8 @@ pub async fn resnapshot(
 ) -> Result<bool, ResnapshotError> {
     let dropped = match feed {
         FeedConfig::Postgres(c) => backflow_connectors::postgres::drop_slot(c).await?,
+        // The binlog and polled tables keep nothing for the feed.
+        FeedConfig::Mysql(_) | FeedConfig::Poll(_) => false,
     };
     crate::offsets::clear(publisher, feed.name()).await?;
     tracing::warn!(
@@ -135,6 +137,14 @@ async fn supervise(
             FeedConfig::Postgres(c) => Box::new(
                 backflow_connectors::postgres::PostgresSource::new(c.clone(), ctx.node.clone()),
             ),
+            FeedConfig::Mysql(c) => Box::new(backflow_connectors::mysql::MysqlSource::new(
+                c.clone(),
+                ctx.node.clone(),
+            )),
+            FeedConfig::Poll(c) => Box::new(backflow_connectors::poll::PollSource::new(
+                c.clone(),
+                ctx.node.clone(),
+            )),
         };
         statuses.set_gauges(&name, source.gauges());
         statuses.set(&name, |s| {

@@ -29,6 +29,7 @@ pub mod offsets;
 pub mod registry;
 pub mod subscribe;
 pub mod telemetry;
+pub mod topic_state;
 pub mod topics;
 
 /// backflow's version.

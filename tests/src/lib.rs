@@ -6,6 +6,7 @@
 //! before running the tests.
 
 pub mod sinks;
+pub mod topic_view;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use backflow::kafka::{ConsumedRecord, Consumer, KafkaSettings};
+use backflow::kafka::{Consumer, KafkaSettings};
 use backflow_connectors::text;
+use backflow_e2e::topic_view::TopicView;
 use backflow_e2e::{
     create_pg_database, drop_pg_database, pg_connect, unique_name, Node, TestBroker,
 };
-use backflow_schemas::{unframe, ColumnDesc, Op, Row, SqlType, TableCodec, TableDesc};
+use backflow_schemas::{unframe, ColumnDesc, Row, SqlType, TableDesc};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -128,108 +129,8 @@ async fn table_state(f: &Fixture) -> BTreeMap<i64, Row> {
         .collect()
 }
 
-/// Reads the raw topic and folds it by key.
-struct TopicView {
-    consumer: Consumer,
-    codec: TableCodec,
-    state: BTreeMap<i64, Row>,
-    ops: BTreeMap<&'static str, usize>,
-    records: usize,
-}
-
-impl TopicView {
-    fn new(f: &Fixture) -> Self {
-        let settings = KafkaSettings::new(f.broker.bootstrap());
-        let consumer = Consumer::new(&settings, &unique_name("view"), &[&f.topic()], None).unwrap();
-        Self {
-            consumer,
-            codec: TableCodec::new(f.desc()).unwrap(),
-            state: BTreeMap::new(),
-            ops: BTreeMap::new(),
-            records: 0,
-        }
-    }
-
-    fn apply(&mut self, r: ConsumedRecord) {
-        self.records += 1;
-        let (_, key) = unframe(r.key.as_deref().unwrap()).unwrap();
-        let key = self.codec.decode_key(key).unwrap();
-        let id = match key.0[0] {
-            backflow_schemas::Datum::Long(v) => v,
-            _ => panic!("bad key"),
-        };
-        let Some(payload) = r.payload.as_deref() else {
-            self.state.remove(&id);
-            *self.ops.entry("tombstone").or_default() += 1;
-            return;
-        };
-        let (_, body) = unframe(payload).unwrap();
-        let event = self.codec.decode_value(key, body).unwrap();
-        assert!(r.header("backflow.origin_ts").is_some());
-        *self.ops.entry(event.op.code()).or_default() += 1;
-        match event.op {
-            Op::Delete => {
-                assert!(
-                    event.before.is_some(),
-                    "deletes carry the full before-image"
-                );
-                self.state.remove(&id);
-            }
-            Op::Update => {
-                assert!(
-                    event.before.is_some(),
-                    "updates carry the full before-image"
-                );
-                self.state.insert(id, event.after.unwrap());
-            }
-            _ => {
-                self.state.insert(id, event.after.unwrap());
-            }
-        }
-    }
-
-    /// Reads the tombstones still in flight: the state equals the table as
-    /// soon as a delete is read, its tombstone comes right after.
-    async fn until_tombstones_follow_deletes(&mut self) {
-        let until = Instant::now() + Duration::from_secs(20);
-        while self.ops.get("d") != self.ops.get("tombstone") && Instant::now() < until {
-            if let Ok(Ok(r)) =
-                tokio::time::timeout(Duration::from_millis(500), self.consumer.recv()).await
-            {
-                self.apply(r);
-            }
-        }
-    }
-
-    /// Reads until the folded topic equals `want`, or fails at the deadline.
-    async fn until_equal(&mut self, want: &BTreeMap<i64, Row>, deadline: Duration, node: &Node) {
-        let until = Instant::now() + deadline;
-        while &self.state != want {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let missing = want.keys().filter(|k| !self.state.contains_key(k)).count();
-                let extra = self.state.keys().filter(|k| !want.contains_key(k)).count();
-                let differ = want
-                    .iter()
-                    .filter(|(k, v)| self.state.get(k).is_some_and(|s| s != *v))
-                    .count();
-                panic!(
-                    "topic never matched the table: {} records read, {missing} keys missing, {extra} extra, {differ} differ; ops {:?}\nnode log:\n{}",
-                    self.records, self.ops, node.stderr()
-                );
-            }
-            match tokio::time::timeout(left.min(Duration::from_secs(1)), self.consumer.recv()).await
-            {
-                Ok(Ok(r)) => self.apply(r),
-                // The feed creates its topic when it starts.
-                Ok(Err(e)) if e.to_string().contains("UnknownTopicOrPartition") => {
-                    tokio::time::sleep(Duration::from_millis(200)).await
-                }
-                Ok(Err(e)) => panic!("consuming the raw topic: {e}"),
-                Err(_) => continue,
-            }
-        }
-    }
+fn view(f: &Fixture) -> TopicView {
+    TopicView::new(f.broker.bootstrap(), &f.topic(), f.desc())
 }
 
 async fn change_rows(f: &Fixture, base: i64) {
@@ -250,7 +151,7 @@ async fn postgres_feed_snapshot_then_stream_equals_table() {
     let f = setup(3_000).await;
     let node = Node::start_with_config(&f.config(), &[]).unwrap();
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
-    let mut view = TopicView::new(&f);
+    let mut view = view(&f);
     view.until_equal(&table_state(&f).await, Duration::from_secs(120), &node)
         .await;
     assert!(
@@ -332,7 +233,7 @@ async fn postgres_feed_snapshot_of_100k_rows_with_concurrent_changes_equals_tabl
     )
     .await
     .unwrap();
-    let mut view = TopicView::new(&f);
+    let mut view = view(&f);
     view.until_equal(&table_state(&f).await, Duration::from_secs(240), &node)
         .await;
     assert!(view.ops["r"] >= 98_000, "{:?}", view.ops);
@@ -346,7 +247,7 @@ async fn postgres_feed_snapshot_of_100k_rows_with_concurrent_changes_equals_tabl
 #[tokio::test]
 async fn postgres_feed_killed_and_restarted_loses_nothing() {
     let f = setup(2_000).await;
-    let mut view = TopicView::new(&f);
+    let mut view = view(&f);
     {
         let mut node = Node::start_with_config(&f.config(), &[]).unwrap();
         node.wait_for_status("/readyz", 200, READY).await.unwrap();
@@ -435,7 +336,7 @@ async fn postgres_feed_sends_unreadable_change_to_dead_letter_topic_and_goes_on(
         "no row values in dead letters"
     );
     // The feed went on: the next change arrives.
-    let mut view = TopicView::new(&f);
+    let mut view = view(&f);
     let until = Instant::now() + Duration::from_secs(60);
     while !view.state.contains_key(&101) {
         assert!(
@@ -482,7 +383,7 @@ async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lo
     let config = f
         .config()
         .replace("tables = [", "snapshot_chunk_rows = 50\ntables = [");
-    let mut view = TopicView::new(&f);
+    let mut view = view(&f);
     {
         let mut source = Node::run_with_config(&["source"], &config, &[]).unwrap();
         // kill -9 as soon as the snapshot reaches the topic.
@@ -591,7 +492,7 @@ async fn postgres_feed_add_column_not_null_with_default_registers_a_compatible_v
     let f = setup(20).await;
     let node = Node::start_with_config(&f.config(), &[]).unwrap();
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
-    let mut view = TopicView::new(&f);
+    let mut view = view(&f);
     view.until_equal(&table_state(&f).await, Duration::from_secs(60), &node)
         .await;
     let c = pg_connect(&f.db).await.unwrap();

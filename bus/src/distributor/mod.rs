@@ -754,7 +754,7 @@ async fn distribute(
 
 /// A schema of the node's registry, waiting once for the registry to catch
 /// up when the id is not known yet.
-async fn schema(ctx: &FeedContext, id: u32) -> Option<Arc<Schema>> {
+pub(crate) async fn schema(ctx: &FeedContext, id: u32) -> Option<Arc<Schema>> {
     if let Some(e) = ctx.registry.state().await.schema(id) {
         return Some(e.schema.clone());
     }

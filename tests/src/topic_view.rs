@@ -1,0 +1,136 @@
+//! A raw topic read and folded by key, as a subscriber would see the table:
+//! the state a compacted `backflow.raw.<dataset>` converges to.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use backflow::kafka::{ConsumedRecord, Consumer, KafkaSettings};
+use backflow_schemas::{unframe, Datum, Op, Row, TableCodec, TableDesc};
+
+use crate::{unique_name, Node};
+
+/// The first key column as an integer.
+pub fn int_key(key: &Row) -> i64 {
+    match key.0[0] {
+        Datum::Long(v) => v,
+        Datum::Int(v) => i64::from(v),
+        ref d => panic!("key {d:?} is not an integer"),
+    }
+}
+
+/// Reads a raw topic (from its start, in a consumer group of its own) and
+/// folds it by its integer key, decoding with the expected table
+/// description.
+pub struct TopicView {
+    /// The consumer, for tests that read records themselves.
+    pub consumer: Consumer,
+    codec: TableCodec,
+    /// Current row per key.
+    pub state: BTreeMap<i64, Row>,
+    /// Records read per op code (`c`, `u`, `d`, `r`) and `tombstone`.
+    pub ops: BTreeMap<&'static str, usize>,
+    /// Records read.
+    pub records: usize,
+}
+
+impl TopicView {
+    /// A view of `topic` on the broker at `bootstrap`, decoding as `desc`.
+    pub fn new(bootstrap: &str, topic: &str, desc: TableDesc) -> Self {
+        let settings = KafkaSettings::new(bootstrap);
+        let consumer = Consumer::new(&settings, &unique_name("view"), &[topic], None).unwrap();
+        Self {
+            consumer,
+            codec: TableCodec::new(desc).unwrap(),
+            state: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            records: 0,
+        }
+    }
+
+    /// Folds one record in; checks what every record must carry.
+    pub fn apply(&mut self, r: ConsumedRecord) {
+        self.records += 1;
+        let (_, key) = unframe(r.key.as_deref().unwrap()).unwrap();
+        let key = self.codec.decode_key(key).unwrap();
+        let id = int_key(&key);
+        let Some(payload) = r.payload.as_deref() else {
+            self.state.remove(&id);
+            *self.ops.entry("tombstone").or_default() += 1;
+            return;
+        };
+        let (_, body) = unframe(payload).unwrap();
+        let event = self.codec.decode_value(key, body).unwrap();
+        assert!(r.header("backflow.origin_ts").is_some());
+        *self.ops.entry(event.op.code()).or_default() += 1;
+        match event.op {
+            Op::Delete => {
+                assert!(
+                    event.before.is_some(),
+                    "deletes carry the full before-image"
+                );
+                self.state.remove(&id);
+            }
+            Op::Update => {
+                assert!(
+                    event.before.is_some(),
+                    "updates carry the full before-image"
+                );
+                self.state.insert(id, event.after.unwrap());
+            }
+            _ => {
+                self.state.insert(id, event.after.unwrap());
+            }
+        }
+    }
+
+    /// Reads the tombstones still in flight: the state equals the table as
+    /// soon as a delete is read, its tombstone comes right after.
+    pub async fn until_tombstones_follow_deletes(&mut self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while self.ops.get("d") != self.ops.get("tombstone") && Instant::now() < until {
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(Duration::from_millis(500), self.consumer.recv()).await
+            {
+                self.apply(r);
+            }
+        }
+    }
+
+    /// Reads until the folded topic equals `want`, or fails at the deadline
+    /// with what differs and the node's log.
+    pub async fn until_equal(
+        &mut self,
+        want: &BTreeMap<i64, Row>,
+        deadline: Duration,
+        node: &Node,
+    ) {
+        let until = Instant::now() + deadline;
+        while &self.state != want {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let missing = want.keys().filter(|k| !self.state.contains_key(k)).count();
+                let extra = self.state.keys().filter(|k| !want.contains_key(k)).count();
+                let differ: Vec<_> = want
+                    .iter()
+                    .filter(|(k, v)| self.state.get(k).is_some_and(|s| s != *v))
+                    .map(|(k, _)| *k)
+                    .take(5)
+                    .collect();
+                panic!(
+                    "topic never matched the table: {} records read, {missing} keys missing, {extra} extra, differing keys {differ:?}; ops {:?}\nnode log:\n{}",
+                    self.records, self.ops, node.stderr()
+                );
+            }
+            match tokio::time::timeout(left.min(Duration::from_secs(1)), self.consumer.recv()).await
+            {
+                Ok(Ok(r)) => self.apply(r),
+                // The feed creates its topic when it starts.
+                Ok(Err(e)) if e.to_string().contains("UnknownTopicOrPartition") => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Ok(Err(e)) => panic!("consuming the raw topic: {e}"),
+                Err(_) => continue,
+            }
+        }
+    }
+}
