@@ -1210,7 +1210,8 @@ impl Source for MysqlSource {
                     }
                 }
                 Some(EventData::RowsEvent(rows)) => {
-                    self.on_rows(&rows, header.timestamp(), &mut batch).await?;
+                    self.on_rows(&rows, header.timestamp(), end, &mut batch)
+                        .await?;
                 }
                 _ => {}
             }
@@ -1254,6 +1255,7 @@ impl MysqlSource {
         &mut self,
         rows: &RowsEventData<'_>,
         ts_secs: u32,
+        end: u64,
         batch: &mut SourceBatch,
     ) -> Result<(), ConnectorError> {
         let stream = self.stream.as_ref().expect("streaming");
@@ -1279,8 +1281,10 @@ impl MysqlSource {
             ))
         })?;
         let (desc, kinds) = self.version_for(&key, columns).await?;
+        // Row events always come inside a transaction; should one not, it
+        // is a transaction of its own, at its own position.
         let tx = self.tx.get_or_insert_with(|| Tx {
-            position: binlog_position(&self.file, 0),
+            position: binlog_position(&self.file, end),
             id: String::new(),
             gtid: None,
             order: 0,
