@@ -1,6 +1,7 @@
-//! The SQL polling source against real databases (SQLite files and the
-//! PostgreSQL on 127.0.0.1:5432), no Kafka: what it yields for inserts,
-//! updates, soft and hard deletes, and how it resumes.
+//! The SQL polling source against real databases (SQLite files, the
+//! PostgreSQL on 127.0.0.1:5432 and the MariaDB on 127.0.0.1:3306), no
+//! Kafka: what it yields for inserts, updates, soft and hard deletes, and
+//! how it resumes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
 use backflow_connectors::{ErrorKind, Position, RejectedRecord, Source, SourceRecord};
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType, TableDesc};
+use mysql_async::prelude::Queryable;
 use tokio_postgres::NoTls;
 
 // ---------------------------------------------------------------- helpers
@@ -50,6 +52,69 @@ async fn pg_db(prefix: &str, sql: &str) -> (String, tokio_postgres::Client) {
     let c = pg_connect(&db).await;
     c.batch_execute(sql).await.unwrap();
     (db, c)
+}
+
+async fn my_root() -> mysql_async::Conn {
+    mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(3306)
+            .user(Some("root"))
+            .prefer_socket(false),
+    )
+    .await
+    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
+}
+
+/// A fresh MariaDB database `<prefix>_<pid>` set up with `statements`; the
+/// connection uses it in the server's default time zone, as an
+/// application's would.
+async fn my_db(prefix: &str, statements: &[&str]) -> (String, mysql_async::Conn) {
+    let db = format!("{prefix}_{}", std::process::id());
+    let mut c = my_root().await;
+    c.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+        .await
+        .unwrap();
+    c.query_drop(format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"))
+        .await
+        .unwrap();
+    c.query_drop(format!("USE {db}")).await.unwrap();
+    for sql in statements {
+        c.query_drop(*sql).await.unwrap();
+    }
+    (db, c)
+}
+
+async fn my_drop(db: &str) {
+    let mut c = my_root().await;
+    c.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+        .await
+        .unwrap();
+}
+
+fn my_config(db: &str, tables: Vec<PollTableConfig>) -> PollSourceConfig {
+    fast(PollSourceConfig::mysql("poll-test", "root", db, tables))
+}
+
+/// The next record the source yields (waiting up to 10 s).
+async fn next_record(source: &mut PollSource) -> SourceRecord {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let b = source.next_batch(100).await.unwrap();
+            if let Some(r) = b.records.into_iter().next() {
+                break r;
+            }
+        }
+    })
+    .await
+    .expect("a record within 10 s")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn table(name: &str, mode: PollMode, ts: Option<&str>) -> PollTableConfig {
@@ -145,6 +210,7 @@ fn int(d: &Datum) -> i64 {
     match d {
         Datum::Int(v) => i64::from(*v),
         Datum::Long(v) => *v,
+        Datum::Decimal(d) if d.scale == 0 => d.to_string().parse().unwrap(),
         other => panic!("not an integer: {other:?}"),
     }
 }
@@ -715,4 +781,413 @@ async fn postgres_unknown_table_and_missing_timestamp_column_are_named() {
             assert!(e.message.contains(w), "{w} in: {}", e.message);
         }
     }
+}
+
+#[tokio::test]
+async fn mysql_datetime_ties_split_by_the_batch_resume_exactly_and_updates_carry_before_images() {
+    let (db, mut c) = my_db(
+        "bf_poll_my_ts",
+        &[
+            "CREATE TABLE items (
+                id INT NOT NULL PRIMARY KEY,
+                label VARCHAR(40) NOT NULL,
+                amount DECIMAL(10,2),
+                born DATE,
+                flag TINYINT(1),
+                data VARBINARY(16),
+                updated_at DATETIME(6) NOT NULL,
+                KEY by_change (updated_at, id))",
+            // Rows 2 and 3 share a DATETIME(6) value: a batch of 2 ends
+            // between them.
+            "INSERT INTO items VALUES
+                (1, 'one', 1.5, '1990-05-01', 1, x'00ff', '2026-01-01 10:00:00'),
+                (2, 'two', 2, NULL, 0, NULL, '2026-01-01 10:00:05.123456'),
+                (3, 'three', 3.25, NULL, NULL, NULL, '2026-01-01 10:00:05.123456'),
+                (4, 'four', NULL, NULL, NULL, NULL, '2026-01-01 10:00:06')",
+            // Zero dates are never polled (and do not hold the poll up).
+            "SET SESSION sql_mode = ''",
+            "INSERT INTO items (id, label, updated_at) VALUES
+                (8, 'zero', '0000-00-00 00:00:00'), (9, 'zero day', '2026-01-00 10:00:00')",
+        ],
+    )
+    .await;
+    // DATETIME is the server's wall-clock time: UTC plus its offset.
+    let offset_s: i64 = c
+        .query_first("SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW())")
+        .await
+        .unwrap()
+        .unwrap();
+    let tables = vec![table(
+        "items",
+        PollMode::TimestampIncrementing,
+        Some("updated_at"),
+    )];
+    let mut config = my_config(&db, tables);
+    config.batch_rows = 2;
+
+    let (mut a, desc) = started(config.clone(), None, vec![]).await;
+    assert_eq!(desc.qualified_name(), format!("{db}.items"));
+    let first = until_idle(&mut a, 100).await;
+    assert_eq!(
+        first.ops(),
+        vec![
+            (Op::Create, 1),
+            (Op::Create, 2),
+            (Op::Create, 3),
+            (Op::Create, 4)
+        ]
+    );
+    assert!(first.rejected.is_empty(), "{:?}", first.rejected);
+    assert_sorted(&first.records);
+    assert!(first.checkpoints.len() >= 2, "{:?}", first.checkpoints);
+    let mid_tie = first.checkpoints[0].clone();
+    let ts = |t: &str| backflow_connectors::text::parse(&SqlType::Timestamp, t).unwrap();
+    let r1 = after(&first.records[0]).clone();
+    assert_eq!(
+        r1.0,
+        vec![
+            Datum::Int(1),
+            Datum::Text("one".into()),
+            Datum::Decimal(Decimal::parse("1.50", 2).unwrap()),
+            backflow_connectors::text::parse(&SqlType::Date, "1990-05-01").unwrap(),
+            Datum::Bool(true),
+            Datum::Bytes(vec![0, 255]),
+            ts("2026-01-01 10:00:00"),
+        ]
+    );
+    assert_eq!(
+        after(&first.records[2]).0[6],
+        ts("2026-01-01 10:00:05.123456")
+    );
+    let e = &first.records[0].event;
+    assert_eq!(e.source.connector, "poll");
+    assert_eq!(e.source.db, db);
+    assert_eq!(e.source.schema.as_deref(), Some(db.as_str()));
+    assert_eq!(e.source.table, "items");
+    assert_eq!(e.source.ts_ms, 1_767_261_600_000 - offset_s * 1000);
+
+    // Restarted from the checkpoint between the tied rows 2 and 3: 3 and
+    // 4 come, nothing else.
+    let (mut b, _) = started(config.clone(), Some(mid_tie), vec![]).await;
+    let resumed = until_idle(&mut b, 100).await;
+    assert_eq!(resumed.ops(), vec![(Op::Create, 3), (Op::Create, 4)]);
+    assert_eq!(resumed.records[0].position, first.records[2].position);
+    b.shutdown().await.unwrap();
+
+    // An update: `u`, before-image the row as last yielded.
+    c.query_drop(
+        "UPDATE items SET label = 'two v2', updated_at = '2026-01-01 10:01:00' WHERE id = 2",
+    )
+    .await
+    .unwrap();
+    let upd = until_idle(&mut a, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 2)]);
+    assert_eq!(before(&upd.records[0]), after(&first.records[1]));
+    assert_eq!(text(&after(&upd.records[0]).0[1]), "two v2");
+    assert!(upd.records[0].position > first.records[1].position);
+
+    // A row stamped NOW(6) by an application session is read once the
+    // delay passed, and its source.ts_ms is now in UTC.
+    c.query_drop("INSERT INTO items (id, label, updated_at) VALUES (5, 'five', NOW(6))")
+        .await
+        .unwrap();
+    let five = next_record(&mut a).await;
+    assert_eq!((five.event.op, int(&five.event.key.0[0])), (Op::Create, 5));
+    let age = now_ms() - five.event.source.ts_ms;
+    assert!((0..10_000).contains(&age), "source.ts_ms {age} ms ago");
+    a.shutdown().await.unwrap();
+    my_drop(&db).await;
+}
+
+#[tokio::test]
+async fn mysql_timestamp_column_soft_delete_waits_for_the_delay() {
+    let (db, mut c) = my_db(
+        "bf_poll_my_soft",
+        &[
+            "CREATE TABLE people (
+                id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                name VARCHAR(40) NOT NULL,
+                kind ENUM('resident', 'visitor') NOT NULL DEFAULT 'resident',
+                deleted TINYINT(1) NOT NULL DEFAULT 0,
+                updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+                    ON UPDATE CURRENT_TIMESTAMP(6))",
+            "INSERT INTO people (name, updated_at) VALUES
+                ('Li', NOW(6) - INTERVAL 1 HOUR), ('Wang', NOW(6) - INTERVAL 1 HOUR)",
+        ],
+    )
+    .await;
+    let mut t = table(
+        &format!("{db}.people"),
+        PollMode::TimestampIncrementing,
+        Some("updated_at"),
+    );
+    t.soft_delete_column = Some("deleted".into());
+    let mut config = my_config(&db, vec![t]);
+    config.delay_ms = 800;
+    let (mut source, _) = started(config, None, vec![]).await;
+    let first = until_idle(&mut source, 100).await;
+    // BIGINT UNSIGNED keys (decimal(20,0)) are incrementing columns too.
+    assert_eq!(first.ops(), vec![(Op::Create, 1), (Op::Create, 2)]);
+    let li = after(&first.records[0]).clone();
+    assert_eq!(li.0[2], Datum::Text("resident".into()));
+    assert_eq!(li.0[3], Datum::Bool(false));
+    assert!(matches!(li.0[4], Datum::TimestampTz(_)), "{:?}", li.0[4]);
+    let age = now_ms() - first.records[0].event.source.ts_ms;
+    assert!(
+        (3_590_000..3_610_000).contains(&age),
+        "TIMESTAMP read as UTC: {age} ms"
+    );
+
+    // The soft delete stamps the row with the server's now (ON UPDATE):
+    // read as `d` once the delay passed, not before.
+    let updated = Instant::now();
+    c.query_drop("UPDATE people SET deleted = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let del = next_record(&mut source).await;
+    assert!(
+        updated.elapsed() >= Duration::from_millis(700),
+        "read after {:?}",
+        updated.elapsed()
+    );
+    assert_eq!((del.event.op, int(&del.event.key.0[0])), (Op::Delete, 1));
+    assert_eq!(before(&del), &li);
+    assert!(del.event.after.is_none());
+    assert!(del.position > first.records[1].position);
+    source.shutdown().await.unwrap();
+    my_drop(&db).await;
+}
+
+#[tokio::test]
+async fn mysql_key_diff_deletes_keys_gone_from_the_table() {
+    let (db, mut c) = my_db(
+        "bf_poll_my_keys",
+        &[
+            "CREATE TABLE homes (id INT PRIMARY KEY, addr VARCHAR(20) NOT NULL,
+                updated_at DATETIME NOT NULL)",
+            "INSERT INTO homes VALUES (1, 'a1', '2020-01-01 10:00:00'),
+                (2, 'a2', '2020-01-01 10:00:00'), (3, 'a3', '2020-01-01 10:00:00')",
+        ],
+    )
+    .await;
+    let row = |id: i32, addr: &str| {
+        Row(vec![
+            Datum::Int(id),
+            Datum::Text(addr.into()),
+            backflow_connectors::text::parse(&SqlType::Timestamp, "2020-01-01 10:00:00").unwrap(),
+        ])
+    };
+    let config = my_config(
+        &db,
+        vec![table(
+            "homes",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    let mut source = PollSource::new(config, "330000");
+    let desc = source.start(None).await.unwrap()[0].clone();
+
+    // The topic has 1 and 2 as the table has them, and 4, which the table
+    // no longer has: one delete, before-image the topic's row.
+    let gone = row(4, "a4");
+    let diff = source
+        .topic_state(&desc, vec![row(1, "a1"), row(2, "a2"), gone.clone()])
+        .await
+        .unwrap();
+    assert_eq!(diff.records.len(), 1, "only the missing key");
+    let d = &diff.records[0];
+    assert_eq!(d.event.op, Op::Delete);
+    assert_eq!(d.event.key, Row(vec![Datum::Int(4)]));
+    assert_eq!(d.event.before.as_ref(), Some(&gone));
+    assert!(d.event.after.is_none());
+
+    let first = until_idle(&mut source, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 3)]);
+    // The source's connection is killed between polls: the next poll
+    // reconnects without an error.
+    let poller: Option<u64> = c
+        .exec_first(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+            (db.as_str(),),
+        )
+        .await
+        .unwrap();
+    let poller = poller.expect("the source's connection");
+    c.query_drop(format!("KILL {poller}")).await.unwrap();
+    c.query_drop(
+        "UPDATE homes SET addr = 'a1 new', updated_at = '2020-01-02 00:00:00' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let upd = until_idle(&mut source, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 1)]);
+    assert_eq!(before(&upd.records[0]), &row(1, "a1"));
+    let again: Option<u64> = c
+        .exec_first(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+            (db.as_str(),),
+        )
+        .await
+        .unwrap();
+    assert!(again.is_some_and(|id| id != poller), "a new connection");
+
+    // A hard delete shows at the next key diff, after the row's last
+    // version.
+    c.query_drop("DELETE FROM homes WHERE id = 2")
+        .await
+        .unwrap();
+    let topic = vec![
+        after(&upd.records[0]).clone(),
+        row(2, "a2"),
+        after(&first.records[0]).clone(),
+    ];
+    let diff = source.topic_state(&desc, topic).await.unwrap();
+    assert_eq!(diff.records.len(), 1);
+    let d = &diff.records[0];
+    assert_eq!((d.event.op, int(&d.event.key.0[0])), (Op::Delete, 2));
+    assert_eq!(d.event.before.as_ref(), Some(&row(2, "a2")));
+    assert!(d.position > upd.records[0].position);
+    assert!(until_idle(&mut source, 100).await.records.is_empty());
+    source.shutdown().await.unwrap();
+    my_drop(&db).await;
+}
+
+#[tokio::test]
+async fn mysql_bulk_reads_mysql_types_and_yields_changes_only() {
+    let (db, mut c) = my_db(
+        "bf_poll_my_bulk",
+        &[
+            "CREATE TABLE districts (code INT PRIMARY KEY, name VARCHAR(40) NOT NULL,
+                pop INT UNSIGNED, tags SET('old', 'new'), info JSON)",
+            "INSERT INTO districts VALUES (330102, 'Shangcheng', 4294967295, 'old,new', '{\"k\": 1}'),
+                (330105, 'Gongshu', 300, '', NULL), (330106, 'Xihu', NULL, NULL, NULL)",
+        ],
+    )
+    .await;
+    let config = my_config(&db, vec![table("districts", PollMode::Bulk, None)]);
+    let (mut source, _) = started(config, None, vec![]).await;
+    let first = until_idle(&mut source, 100).await;
+    assert_eq!(
+        first.ops(),
+        vec![
+            (Op::Create, 330102),
+            (Op::Create, 330105),
+            (Op::Create, 330106)
+        ]
+    );
+    assert_eq!(
+        after(&first.records[0]).0[2..],
+        [
+            Datum::Long(4_294_967_295),
+            Datum::Text("old,new".into()),
+            Datum::Json("{\"k\": 1}".into())
+        ]
+    );
+    for sql in [
+        "UPDATE districts SET pop = 201 WHERE code = 330105",
+        "UPDATE districts SET name = 'Xihu' WHERE code = 330106",
+        "DELETE FROM districts WHERE code = 330102",
+        "INSERT INTO districts (code, name) VALUES (330108, 'Binjiang')",
+    ] {
+        c.query_drop(sql).await.unwrap();
+    }
+    let changed = until_idle(&mut source, 100).await;
+    assert_eq!(
+        changed.ops(),
+        vec![
+            (Op::Update, 330105),
+            (Op::Create, 330108),
+            (Op::Delete, 330102)
+        ]
+    );
+    assert_eq!(before(&changed.records[0]), after(&first.records[1]));
+    assert_eq!(
+        changed.records[2].event.before.as_ref(),
+        Some(after(&first.records[0]))
+    );
+    source.shutdown().await.unwrap();
+    my_drop(&db).await;
+}
+
+#[tokio::test]
+async fn mysql_configuration_errors_name_what_to_fix() {
+    let (db, _c) = my_db(
+        "bf_poll_my_cfg",
+        &[
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, label TEXT, changed_on DATE)",
+            "CREATE TABLE tagged (code VARCHAR(8) PRIMARY KEY, changed DATETIME)",
+        ],
+    )
+    .await;
+    let start_err = |config: PollSourceConfig| async move {
+        let mut s = PollSource::new(config, "330000");
+        let e = s.start(None).await.expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Definite, "{e}");
+        e.message
+    };
+    let items = format!("{db}.items");
+    for (t, want) in [
+        (
+            table("missing", PollMode::Bulk, None),
+            vec![format!("{db}.missing"), "does not exist".into()],
+        ),
+        (
+            table("items", PollMode::TimestampIncrementing, Some("updated_at")),
+            vec![items.clone(), "updated_at".into()],
+        ),
+        (
+            table("items", PollMode::TimestampIncrementing, Some("changed_on")),
+            vec![
+                items.clone(),
+                "changed_on".into(),
+                "DATETIME or TIMESTAMP".into(),
+            ],
+        ),
+        (
+            table("tagged", PollMode::TimestampIncrementing, Some("changed")),
+            vec![format!("{db}.tagged"), "code".into(), "integer".into()],
+        ),
+    ] {
+        let e = start_err(my_config(&db, vec![t])).await;
+        for w in want {
+            assert!(e.contains(&w), "{w} in: {e}");
+        }
+    }
+    // A database that does not exist, a user the server does not know.
+    let bulk = || vec![table("items", PollMode::Bulk, None)];
+    let e = start_err(my_config(&format!("{db}_nosuch"), bulk())).await;
+    assert!(e.contains(&format!("{db}_nosuch")), "{e}");
+    let mut stranger = my_config(&db, bulk());
+    stranger.user = Some("bf_poll_nosuch_user".into());
+    let e = start_err(stranger).await;
+    assert!(
+        e.contains("bf_poll_nosuch_user") && e.contains("password"),
+        "{e}"
+    );
+
+    // Keys the engine needs and keys it does not use.
+    let mut c = PollSourceConfig::mysql("f", "u", "d", bulk());
+    assert_eq!(c.validate(), Ok(()));
+    c.path = Some("x.db".into());
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .starts_with("feeds[..].path is not used by engine mysql"));
+    c.path = None;
+    c.database = None;
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .starts_with("feeds[..].database is required for engine mysql"));
+    let parsed: PollSourceConfig = serde_json::from_value(serde_json::json!({
+        "name": "legacy", "engine": "mysql", "user": "u", "database": "d",
+        "password_env": "LEGACY_PASSWORD",
+        "tables": [{"table": "d.t", "dataset": "dept.t", "mode": "bulk"}]
+    }))
+    .unwrap();
+    assert_eq!(parsed.engine.as_str(), "mysql");
+    assert_eq!((parsed.host.as_str(), parsed.port()), ("127.0.0.1", 3306));
+    assert_eq!(parsed.validate(), Ok(()));
+    my_drop(&db).await;
 }

@@ -81,7 +81,7 @@
 //! Zero dates (`0000-00-00`) and TIME values outside a day cannot be
 //! shared and go to the dead-letter topic with the column named.
 
-mod catalog;
+pub(crate) mod catalog;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;

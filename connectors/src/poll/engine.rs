@@ -1,5 +1,5 @@
-//! What the polling source needs from a database engine. PostgreSQL and
-//! SQLite implement it; another engine (MySQL/MariaDB) is added by
+//! What the polling source needs from a database engine. PostgreSQL,
+//! SQLite and MySQL/MariaDB implement it; another engine is added by
 //! implementing [`Engine`] in a file of its own, adding a variant to
 //! [`super::PollEngine`] and a branch to [`super::connect`].
 //!
@@ -19,12 +19,13 @@ use crate::ConnectorError;
 /// the poll compares them with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TsScale {
-    /// Instants (PostgreSQL `timestamptz`; SQLite, whose date functions are
-    /// UTC): compared with the database's UTC clock.
+    /// Instants (PostgreSQL `timestamptz`, MySQL `TIMESTAMP`; SQLite, whose
+    /// date functions are UTC): compared with the database's UTC clock.
     Utc,
-    /// Wall-clock times without a zone (PostgreSQL `timestamp`): compared
-    /// with the database's local time (`LOCALTIMESTAMP`, the server's
-    /// default time zone).
+    /// Wall-clock times without a zone (PostgreSQL `timestamp`, MySQL
+    /// `DATETIME`): compared with the database's local time in the
+    /// server's default time zone (PostgreSQL `LOCALTIMESTAMP`, MySQL
+    /// `UTC_TIMESTAMP` converted to `@@GLOBAL.time_zone`).
     Local,
 }
 
@@ -99,8 +100,9 @@ pub(crate) trait Engine: Send + Sync {
     /// Database name for `source.db`.
     fn db(&self) -> &str;
 
-    /// Schema of a table named without one (`public`, `main`).
-    fn default_schema(&self) -> &'static str;
+    /// Schema of a table named without one (`public`, `main`, the MySQL
+    /// feed's database).
+    fn default_schema(&self) -> &str;
 
     /// Columns, types and primary key of a table; a definite error naming
     /// it when it does not exist or cannot be shared.

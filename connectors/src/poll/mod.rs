@@ -1,8 +1,8 @@
 //! SQL polling source: change capture for legacy department databases that
 //! have no usable change log (no logical replication, no binlog), by
 //! reading the tables with plain `SELECT`s at an interval. It works with
-//! PostgreSQL and SQLite; the engine is a small internal trait
-//! (`engine::Engine`) so another (MySQL/MariaDB) can be added beside them.
+//! PostgreSQL, SQLite and MySQL/MariaDB; the engine is a small internal
+//! trait (`engine::Engine`) so another can be added beside them.
 //!
 //! # What it captures
 //! Each table is polled in one of two modes:
@@ -36,8 +36,8 @@
 //! [[feeds]]
 //! type = "poll"
 //! name = "minzheng-legacy"
-//! engine = "postgres"            # or "sqlite"
-//! host = "10.0.0.9"              # postgres: host, port (5432), user, password_env|password_file, database
+//! engine = "postgres"            # or "sqlite", "mysql"
+//! host = "10.0.0.9"              # postgres, mysql: host, port (5432; mysql 3306), user, password_env|password_file, database
 //! user = "backflow"
 //! password_env = "MINZHENG_LEGACY_PASSWORD"
 //! database = "minzheng"
@@ -48,7 +48,7 @@
 //! key_diff_interval_secs = 300   # 0: only at start
 //!
 //! [[feeds.tables]]
-//! table = "public.households"    # "schema.table" or "table" (public; SQLite: main)
+//! table = "public.households"    # "schema.table" or "table" (public; SQLite: main; MySQL: database.table or table of `database`)
 //! dataset = "minzheng.households"
 //! mode = "timestamp+incrementing"
 //! timestamp_column = "updated_at"
@@ -89,10 +89,14 @@
 //! columns are compared with `now()`, `timestamp` columns with
 //! `LOCALTIMESTAMP` in the server's default time zone (the session keeps
 //! it). SQLite: text timestamps without an offset are UTC, as for SQLite's
-//! own date functions, compared with `unixepoch('now')`. `source.ts_ms` is
-//! the row's timestamp
-//! (UTC milliseconds) in `timestamp+incrementing` mode, the poll's time
-//! otherwise.
+//! own date functions, compared with `unixepoch('now')`. MySQL/MariaDB:
+//! the session's time zone is `+00:00`; `TIMESTAMP` columns are compared
+//! with `UTC_TIMESTAMP(6)`, `DATETIME` columns with the server's local
+//! time, `UTC_TIMESTAMP(6)` converted to `@@GLOBAL.time_zone` (the zone
+//! applications' sessions get by default, `SYSTEM` included). `source.ts_ms`
+//! is the row's timestamp (UTC milliseconds, a wall-clock column converted
+//! with the database's current UTC offset) in `timestamp+incrementing`
+//! mode, the poll's time otherwise.
 //!
 //! # SQLite
 //! The database file must exist; it is opened `query_only`. Declared
@@ -114,6 +118,30 @@
 //! precision; text SQLite cannot read as a time is never polled). That
 //! comparison cannot use an index: each poll scans the table.
 //!
+//! # MySQL/MariaDB
+//! One connection with `time_zone = '+00:00'`, `NAMES utf8mb4` and
+//! read-only transactions, reconnected when it breaks (a read that finds
+//! the connection broken is run once more on a new one). `database` is
+//! the connection's default database (it must exist; tables named without
+//! a database are in it). The user needs `SELECT` on the tables (no
+//! replication privileges, no binlog). Tables are described as the
+//! `mysql` binlog source describes them, with the same types (see
+//! [`crate::mysql`]: `TINYINT(1)` is boolean, `DATETIME` a timestamp
+//! without zone, `TIMESTAMP` a timestamptz, `BIGINT UNSIGNED`
+//! decimal(20,0), ...), and values are read with prepared statements
+//! (binary protocol) and converted the same way; a value that does not
+//! convert (a zero date, a TIME beyond a day) rejects its row.
+//!
+//! The timestamp column is a `DATETIME` or `TIMESTAMP` (any fractional
+//! precision), compared on the column itself, so an index on (timestamp,
+//! incrementing) serves the poll. The incrementing column is an integer
+//! column (signed or unsigned) or `DECIMAL(p,0)`. Rows are not polled
+//! whose timestamp is below `1000-01-01` or has a zero month or day (zero
+//! dates such as `0000-00-00` or `2024-05-00`), or whose incrementing
+//! value is above 2⁶³ − 1 (`BIGINT UNSIGNED`). Columns without fractional
+//! seconds have a resolution of one second, and MySQL rounds a more
+//! precise `NOW(6)` stored into them: keep `delay_ms` at 1000 or more.
+//!
 //! # What polling cannot see
 //! - **Intermediate versions.** A row updated several times between two
 //!   polls yields only its last version.
@@ -131,9 +159,14 @@
 //!   and is missed, as are rows written with a timestamp from a clock
 //!   running behind; timestamps ahead of the database's clock wait until
 //!   it catches up. Set `delay_ms` above the longest write transaction and
-//!   the clock difference. A PostgreSQL `timestamp` column in a time zone
-//!   with daylight saving time goes back an hour once a year, and rows
-//!   written in that hour are below the watermark: prefer `timestamptz`.
+//!   the clock difference. A PostgreSQL `timestamp` or MySQL `DATETIME`
+//!   column in a time zone with daylight saving time goes back an hour
+//!   once a year, and rows written in that hour are below the watermark:
+//!   prefer `timestamptz` / `TIMESTAMP`. A MySQL `DATETIME` column written
+//!   in another time zone than the server's default (a session that sets
+//!   its own `time_zone`, or an application's clock) is off by the zones'
+//!   difference: rows ahead wait that long, rows behind are missed; use
+//!   `TIMESTAMP` there.
 //! - **Memory**: the source keeps the last row of every key of every table
 //!   (that is what before-images are made of), about the size of the
 //!   table's data.
@@ -141,6 +174,7 @@
 //!   a captured table.
 
 mod engine;
+mod mysql;
 mod postgres;
 mod sqlite;
 
@@ -166,6 +200,8 @@ pub enum PollEngine {
     Postgres,
     /// SQLite database file.
     Sqlite,
+    /// MySQL or MariaDB.
+    Mysql,
 }
 
 impl PollEngine {
@@ -174,6 +210,7 @@ impl PollEngine {
         match self {
             PollEngine::Postgres => "postgres",
             PollEngine::Sqlite => "sqlite",
+            PollEngine::Mysql => "mysql",
         }
     }
 }
@@ -195,7 +232,7 @@ pub enum PollMode {
 #[serde(deny_unknown_fields)]
 pub struct PollTableConfig {
     /// `schema.table` or `table` (schema `public` on PostgreSQL, `main` on
-    /// SQLite).
+    /// SQLite, the feed's `database` on MySQL).
     pub table: String,
     /// Dataset id `<department>.<name>`.
     pub dataset: String,
@@ -220,15 +257,15 @@ pub struct PollTableConfig {
 pub struct PollSourceConfig {
     /// Feed name.
     pub name: String,
-    /// `"postgres"` or `"sqlite"`.
+    /// `"postgres"`, `"sqlite"` or `"mysql"`.
     pub engine: PollEngine,
-    /// PostgreSQL: host name or address.
+    /// PostgreSQL, MySQL: host name or address.
     #[serde(default = "default_host")]
     pub host: String,
-    /// PostgreSQL: port (default 5432).
+    /// PostgreSQL, MySQL: port (default 5432; MySQL 3306).
     #[serde(default)]
     pub port: Option<u16>,
-    /// PostgreSQL: user (needs `SELECT` on the tables).
+    /// PostgreSQL, MySQL: user (needs `SELECT` on the tables).
     #[serde(default)]
     pub user: Option<String>,
     /// Password, resolved by the runtime from `password_env` or
@@ -241,7 +278,8 @@ pub struct PollSourceConfig {
     /// File holding the password.
     #[serde(default)]
     pub password_file: Option<String>,
-    /// PostgreSQL: database.
+    /// PostgreSQL: database. MySQL: the connection's default database, of
+    /// tables named without one (and `source.db`).
     #[serde(default)]
     pub database: Option<String>,
     /// SQLite: the database file (must exist; opened query-only).
@@ -297,6 +335,20 @@ impl PollSourceConfig {
         }
     }
 
+    /// A MySQL/MariaDB feed with default settings.
+    pub fn mysql(
+        name: impl Into<String>,
+        user: impl Into<String>,
+        database: impl Into<String>,
+        tables: Vec<PollTableConfig>,
+    ) -> Self {
+        Self {
+            user: Some(user.into()),
+            database: Some(database.into()),
+            ..Self::empty(name, PollEngine::Mysql, tables)
+        }
+    }
+
     /// A SQLite feed with default settings.
     pub fn sqlite(
         name: impl Into<String>,
@@ -329,10 +381,12 @@ impl PollSourceConfig {
         }
     }
 
-    /// The port: `port`, or the engine's default (PostgreSQL 5432).
+    /// The port: `port`, or the engine's default (PostgreSQL 5432, MySQL
+    /// 3306).
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(match self.engine {
             PollEngine::Postgres => 5432,
+            PollEngine::Mysql => 3306,
             PollEngine::Sqlite => 0,
         })
     }
@@ -363,7 +417,7 @@ impl PollSourceConfig {
         };
         let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
         match self.engine {
-            PollEngine::Postgres => {
+            PollEngine::Postgres | PollEngine::Mysql => {
                 required("user", given(&self.user))?;
                 required("database", given(&self.database))?;
                 unused("path", self.path.is_some())?;
@@ -444,6 +498,7 @@ impl PollSourceConfig {
 async fn connect(config: &PollSourceConfig) -> Result<Arc<dyn Engine>, ConnectorError> {
     Ok(match config.engine {
         PollEngine::Postgres => Arc::new(postgres::PgEngine::connect(config).await?),
+        PollEngine::Mysql => Arc::new(mysql::MysqlEngine::connect(config).await?),
         PollEngine::Sqlite => {
             Arc::new(sqlite::SqliteEngine::open(config.path.clone().unwrap_or_default()).await?)
         }

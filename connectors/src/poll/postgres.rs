@@ -124,7 +124,7 @@ impl Engine for PgEngine {
         &self.database
     }
 
-    fn default_schema(&self) -> &'static str {
+    fn default_schema(&self) -> &str {
         "public"
     }
 

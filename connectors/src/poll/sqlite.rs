@@ -195,7 +195,7 @@ impl Engine for SqliteEngine {
         &self.db
     }
 
-    fn default_schema(&self) -> &'static str {
+    fn default_schema(&self) -> &str {
         "main"
     }
 
