@@ -101,6 +101,7 @@ pub struct ApiState {
     feeds: crate::feeds::FeedStatuses,
     publisher: crate::kafka::Publisher,
     registry: crate::registry::Registry,
+    lag: crate::lag::LagBoard,
 }
 
 impl ApiState {
@@ -131,7 +132,14 @@ impl ApiState {
             feeds,
             publisher,
             registry,
+            lag: crate::lag::LagBoard::default(),
         }
+    }
+
+    /// The lag board `/api/lag` shows.
+    pub fn with_lag(mut self, lag: crate::lag::LagBoard) -> Self {
+        self.lag = lag;
+        self
     }
 }
 
@@ -332,6 +340,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/nodes/{code}", put(put_node))
         .route("/api/tokens", get(list_tokens).post(issue_token))
         .route("/api/tokens/{sha256}", axum::routing::delete(revoke_token))
+        .route("/api/lag", get(lag))
+        .route("/api/lag/history", get(lag_history))
         .route("/api/feeds", get(list_feeds))
         .route("/api/feeds/{name}", put(put_feed).delete(delete_feed))
         .route("/api/feeds/{name}/{action}", post(feed_action))
@@ -770,6 +780,57 @@ async fn put_dataset(
     )
     .await?;
     Ok((StatusCode::OK, Json(json!(dataset))).into_response())
+}
+
+/// Whether `who` may see a subscription's lag: admins, the dataset's
+/// owner, the subscriber itself.
+fn sees_lag(who: &Principal, subscriber: &str, dataset: &str) -> bool {
+    match who {
+        Principal::Admin => true,
+        Principal::Owner(_) => who.owns(dataset),
+        Principal::Subscriber(n) => n == subscriber,
+    }
+}
+
+/// `GET /api/lag`: lag and status of every subscription this node serves
+/// and every feed it runs (subscribers see their own rows, owners their
+/// datasets' rows and feeds).
+async fn lag(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    let mut board = state.lag.board();
+    board
+        .subscriptions
+        .retain(|s| sees_lag(&who, &s.subscriber, &s.dataset));
+    if matches!(who, Principal::Subscriber(_)) {
+        board.feeds.clear();
+    }
+    Ok(Json(json!(board)).into_response())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    subscriber: String,
+    dataset: String,
+}
+
+/// `GET /api/lag/history?subscriber=..&dataset=..`: the last hour of one
+/// subscription's lag samples.
+async fn lag_history(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    if !sees_lag(&who, &q.subscriber, &q.dataset) {
+        return Err(forbidden(format!(
+            "{} cannot see the lag of {}'s subscription to {}",
+            who.name(),
+            q.subscriber,
+            q.dataset
+        )));
+    }
+    let samples = state.lag.history(&q.subscriber, &q.dataset);
+    Ok(Json(json!({ "samples": samples })).into_response())
 }
 
 async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {

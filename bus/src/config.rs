@@ -617,6 +617,9 @@ pub struct RuntimeConfig {
     /// Interval between Kafka reachability checks behind `/readyz`, in
     /// milliseconds.
     pub readiness_interval_ms: u64,
+    /// Window over which subscription and feed statuses (OK, WARN, STALL,
+    /// STOP) are judged, in seconds.
+    pub lag_window_secs: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -624,6 +627,7 @@ impl Default for RuntimeConfig {
         Self {
             shutdown_timeout_ms: 10_000,
             readiness_interval_ms: 5_000,
+            lag_window_secs: 60,
         }
     }
 }

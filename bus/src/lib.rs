@@ -23,6 +23,7 @@ pub mod feed;
 pub mod feeds;
 pub mod http;
 pub mod kafka;
+pub mod lag;
 pub mod metrics;
 pub mod node;
 pub mod offsets;

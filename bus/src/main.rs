@@ -85,6 +85,20 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Lag of every subscription this node serves and every feed it runs:
+    /// a table of subscriber, dataset, lag in messages and seconds (end to
+    /// end from the origin commit), status over the window (OK, WARN,
+    /// STALL, STOP, ERR as Burrow defines them) and last report.
+    Lag {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Refresh every 2 seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Print the API's JSON instead of a table.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+    },
     /// The audit trail in backflow._audit (needs kafka.brokers).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -276,6 +290,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("librdkafka {}", backflow::kafka::librdkafka_version());
             Ok(())
         }
+        Command::Lag { api, watch, json } => {
+            if *json {
+                return api_call(api, "GET", "/api/lag", None);
+            }
+            lag_table(api, *watch)
+        }
         Command::Datasets { api, command } => {
             let (method, path, body) = match command {
                 DatasetsCommand::List => ("GET", "/api/datasets".to_owned(), None),
@@ -447,6 +467,123 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Calls the control-plane API and prints the answer; an error answer
 /// exits 1 with its reason.
+/// Prints `/api/lag` as a table, once or every 2 seconds.
+fn lag_table(api: &ApiArgs, watch: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{}/api/lag", api.url.trim_end_matches('/'));
+        loop {
+            let mut req = client.get(&url);
+            if let Some(t) = &api.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the node at {}", api.url))?;
+            let status = resp.status();
+            let value: serde_json::Value = resp.json().await.unwrap_or_default();
+            if !status.is_success() {
+                let reason = value["reason"].as_str().unwrap_or("(no reason given)");
+                eprintln!("error: {status}: {reason}");
+                std::process::exit(1);
+            }
+            let table = render_lag(&value, now_ms());
+            if watch {
+                // Clear the screen and home the cursor, as watch(1) does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{table}");
+            if !watch {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+        }
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The lag board as aligned text.
+fn render_lag(board: &serde_json::Value, now: i64) -> String {
+    let ago = |ms: Option<i64>| match ms {
+        Some(ms) => format!("{}s ago", ((now - ms).max(0)) / 1000),
+        None => "never".to_owned(),
+    };
+    let mut rows: Vec<[String; 6]> = vec![[
+        "SUBSCRIBER".into(),
+        "DATASET".into(),
+        "LAG MSGS".into(),
+        "LAG SECS".into(),
+        "STATUS".into(),
+        "LAST REPORT".into(),
+    ]];
+    for s in board["subscriptions"].as_array().into_iter().flatten() {
+        rows.push([
+            s["subscriber"].as_str().unwrap_or("").to_owned(),
+            s["dataset"].as_str().unwrap_or("").to_owned(),
+            s["lag_messages"].as_i64().unwrap_or(0).to_string(),
+            s["lag_seconds"]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.1}")),
+            s["status"].as_str().unwrap_or("").to_owned(),
+            ago(s["last_report_ms"].as_i64()),
+        ]);
+    }
+    let mut out = format!(
+        "node {}  (statuses over the node's window; WARN lag growing, STALL not moving, STOP not reporting)\n",
+        board["node"].as_str().unwrap_or("?")
+    );
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for s in board["subscriptions"].as_array().into_iter().flatten() {
+        if let Some(e) = s["error"].as_str() {
+            out.push_str(&format!(
+                "  {} {}: {e}\n",
+                s["subscriber"].as_str().unwrap_or(""),
+                s["dataset"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let feeds = board["feeds"].as_array().cloned().unwrap_or_default();
+    if !feeds.is_empty() {
+        out.push_str("\nFEED  STATE  LAG SECS  LAG BYTES  STATUS\n");
+        for f in feeds {
+            out.push_str(&format!(
+                "{}  {}  {:.1}  {}  {}\n",
+                f["feed"].as_str().unwrap_or(""),
+                f["state"].as_str().unwrap_or(""),
+                f["lag_seconds"].as_f64().unwrap_or(0.0),
+                f["lag_bytes"].as_i64().unwrap_or(-1),
+                f["status"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out
+}
+
 fn api_call(
     api: &ApiArgs,
     method: &str,

@@ -71,6 +71,20 @@ pub struct MetricsInner {
     pub distributor_records: IntCounterVec,
     /// Distributor restarts after an error.
     pub distributor_restarts: IntCounter,
+    /// Share records a subscriber has not applied yet (node side, from the
+    /// subscriber's reports).
+    pub subscription_lag_messages: IntGaugeVec,
+    /// Now minus the origin commit time of the last change a subscriber
+    /// applied; 0 when caught up.
+    pub subscription_lag_seconds: GaugeVec,
+    /// 1 for a subscription's current status (OK, WARN, STALL, STOP, ERR).
+    pub subscription_status: IntGaugeVec,
+    /// 1 for a feed's current status.
+    pub feed_status: IntGaugeVec,
+    /// Kafka-style lag per subscriber group and partition.
+    pub consumergroup_lag: IntGaugeVec,
+    /// Kafka-style lag in seconds per subscriber group and partition.
+    pub consumergroup_lag_seconds: GaugeVec,
 }
 
 impl Metrics {
@@ -243,6 +257,54 @@ impl Metrics {
                 &["subscriber", "op"],
             )
             .expect("valid metric"),
+            subscription_lag_messages: IntGaugeVec::new(
+                Opts::new(
+                    "backflow_subscription_lag_messages",
+                    "Share records a subscriber node has not applied yet, from its reports.",
+                ),
+                &["subscriber", "dataset"],
+            )
+            .expect("valid metric"),
+            subscription_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "backflow_subscription_lag_seconds",
+                    "Now minus the origin commit time of the last change the subscriber applied (end to end, across hops); 0 when caught up.",
+                ),
+                &["subscriber", "dataset"],
+            )
+            .expect("valid metric"),
+            subscription_status: IntGaugeVec::new(
+                Opts::new(
+                    "backflow_subscription_status",
+                    "1 for the subscription's status over the window (OK, WARN, STALL, STOP, ERR as Burrow defines them), 0 for the others.",
+                ),
+                &["subscriber", "dataset", "status"],
+            )
+            .expect("valid metric"),
+            feed_status: IntGaugeVec::new(
+                Opts::new(
+                    "backflow_feed_status",
+                    "1 for the feed's status over the window (OK, WARN, STALL, STOP, ERR), 0 for the others.",
+                ),
+                &["feed", "status"],
+            )
+            .expect("valid metric"),
+            consumergroup_lag: IntGaugeVec::new(
+                Opts::new(
+                    "kafka_consumergroup_group_lag",
+                    "Records not yet applied by a subscriber group, per share-topic partition.",
+                ),
+                &["group", "topic", "partition"],
+            )
+            .expect("valid metric"),
+            consumergroup_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "kafka_consumergroup_group_lag_seconds",
+                    "Seconds a subscriber group is behind the origin commit, per share-topic partition; 0 when caught up.",
+                ),
+                &["group", "topic", "partition"],
+            )
+            .expect("valid metric"),
             distributor_restarts: IntCounter::new(
                 "backflow_distributor_restarts_total",
                 "Times the distributor was restarted after an error.",
@@ -293,6 +355,17 @@ impl Metrics {
             .expect("unique");
         r.register(Box::new(m.subscribe_lag_seconds.clone()))
             .expect("unique");
+        for g in [
+            &m.subscription_lag_messages,
+            &m.subscription_status,
+            &m.feed_status,
+            &m.consumergroup_lag,
+        ] {
+            r.register(Box::new(g.clone())).expect("unique");
+        }
+        for g in [&m.subscription_lag_seconds, &m.consumergroup_lag_seconds] {
+            r.register(Box::new(g.clone())).expect("unique");
+        }
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

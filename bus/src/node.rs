@@ -350,21 +350,67 @@ pub async fn run_as(
         readiness.set(crate::subscribe::CHECK_SUBSCRIPTIONS, CheckState::Ok);
     }
 
+    let lag_board = crate::lag::LagBoard::default();
+    if is_node {
+        let catalog = catalog.clone();
+        let shares: Vec<(String, String)> = config
+            .shares
+            .iter()
+            .map(|s| (s.subscriber.to_string(), s.dataset.clone()))
+            .collect();
+        let served: Arc<
+            dyn Fn() -> futures::future::BoxFuture<'static, crate::lag::Served> + Send + Sync,
+        > = Arc::new(move || {
+            let catalog = catalog.clone();
+            let shares = shares.clone();
+            Box::pin(async move {
+                let mut out = shares;
+                let state = catalog.state().await;
+                for s in state.subscriptions.values() {
+                    if s.state == crate::catalog::SubscriptionState::Active
+                        && !out
+                            .iter()
+                            .any(|(n, d)| *n == s.subscriber && *d == s.dataset)
+                    {
+                        out.push((s.subscriber.clone(), s.dataset.clone()));
+                    }
+                }
+                out.sort();
+                out
+            })
+        });
+        tracker.spawn(crate::lag::monitor(
+            crate::lag::MonitorContext {
+                node: config.node.code.to_string(),
+                settings: settings.clone(),
+                served,
+                feeds: feed_statuses.clone(),
+                metrics: metrics.clone(),
+                window: Duration::from_secs(config.runtime.lag_window_secs.max(4)),
+            },
+            lag_board.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     let mut router = http::router(HttpState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     })
     .merge(crate::registry::router(registry.clone()));
     if is_node {
-        router = router.merge(crate::api::router(crate::api::ApiState::new(
-            catalog,
-            auditor,
-            &config.auth.tokens,
-            config.node.clone(),
-            feed_statuses,
-            publisher.clone(),
-            registry,
-        )));
+        router = router.merge(crate::api::router(
+            crate::api::ApiState::new(
+                catalog,
+                auditor,
+                &config.auth.tokens,
+                config.node.clone(),
+                feed_statuses,
+                publisher.clone(),
+                registry,
+            )
+            .with_lag(lag_board),
+        ));
     }
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
     tracker.close();

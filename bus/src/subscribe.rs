@@ -141,8 +141,26 @@ pub async fn supervise(
 ) {
     let name = config.name.clone();
     let mut backoff = Duration::from_secs(1);
+    // Where this subscription is, reported to the upper node for its lag
+    // board (its offsets of record stay in the sink).
+    let settings = upstream_settings(&config);
+    let (status, status_rx) = tokio::sync::watch::channel(crate::lag::Report {
+        subscription: name.clone(),
+        group: settings.client_id.clone(),
+        state: "RUNNING".into(),
+        error: None,
+        positions: Vec::new(),
+        last_origin_ms: None,
+        ts_ms: 0,
+    });
+    let reporter = tokio::spawn(crate::lag::report(
+        settings,
+        status_rx,
+        shutdown.child_token(),
+    ));
+    let _reporter = AbortOnDrop(reporter);
     loop {
-        let mut run = Run::new(&config, &metrics, &health);
+        let mut run = Run::new(&config, &metrics, &health, &status);
         let outcome = run.run(&shutdown).await;
         run.close().await;
         match outcome {
@@ -157,6 +175,10 @@ pub async fn supervise(
                     .with_label_values(&[&name, e.kind_label()])
                     .inc();
                 health.set(&name, Some(e.to_string()));
+                status.send_modify(|r| {
+                    r.state = "FAILED".into();
+                    r.error = Some(e.to_string());
+                });
                 let kind = if e.is_transient() {
                     "transient"
                 } else {
@@ -173,6 +195,23 @@ pub async fn supervise(
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connection settings for a subscription's upper node.
+fn upstream_settings(config: &SubscriptionConfig) -> KafkaSettings {
+    let mut settings = KafkaSettings::new(config.upstream.brokers.clone());
+    settings.client_id = format!("backflow-subscribe-{}", config.name);
+    settings.properties = config.upstream.properties.clone();
+    settings
+}
+
 /// A consumed record, decoded, with its bytes kept for the dead-letter
 /// topic in case the database refuses it.
 struct Pending {
@@ -185,6 +224,7 @@ struct Run<'a> {
     config: &'a SubscriptionConfig,
     metrics: &'a Metrics,
     health: &'a SubscriptionHealth,
+    status: &'a tokio::sync::watch::Sender<crate::lag::Report>,
     settings: KafkaSettings,
     sink: Box<dyn Sink>,
     decoder: Decoder,
@@ -204,6 +244,7 @@ impl<'a> Run<'a> {
         config: &'a SubscriptionConfig,
         metrics: &'a Metrics,
         health: &'a SubscriptionHealth,
+        status: &'a tokio::sync::watch::Sender<crate::lag::Report>,
     ) -> Self {
         let name = config.name.clone();
         let sink: Box<dyn Sink> = match &config.sink {
@@ -211,9 +252,7 @@ impl<'a> Run<'a> {
             SinkConfig::Mysql(c) => Box::new(MysqlSink::new(c.clone(), name)),
             SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c.clone(), name)),
         };
-        let mut settings = KafkaSettings::new(config.upstream.brokers.clone());
-        settings.client_id = format!("backflow-subscribe-{}", config.name);
-        settings.properties = config.upstream.properties.clone();
+        let settings = upstream_settings(config);
         let targets = config
             .tables
             .iter()
@@ -241,6 +280,7 @@ impl<'a> Run<'a> {
             config,
             metrics,
             health,
+            status,
             settings,
             sink,
             decoder: Decoder::new(&config.upstream.registry_url, targets),
@@ -256,6 +296,32 @@ impl<'a> Run<'a> {
 
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Hands where the subscription is to its reporter; `applied`: a batch
+    /// was just committed, so a reported failure is over.
+    fn report_positions(&self, applied: bool) {
+        let mut positions: Vec<crate::lag::ReportedPosition> = self
+            .next
+            .iter()
+            .map(|((topic, partition), next)| crate::lag::ReportedPosition {
+                topic: topic.clone(),
+                partition: *partition,
+                next: *next,
+            })
+            .collect();
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let last = self.last_origin_ms;
+        self.status.send_modify(|r| {
+            r.positions = positions;
+            if last.is_some() {
+                r.last_origin_ms = last;
+            }
+            if applied {
+                r.state = "RUNNING".into();
+                r.error = None;
+            }
+        });
     }
 
     async fn close(&mut self) {
@@ -331,6 +397,7 @@ impl<'a> Run<'a> {
             "subscription started"
         );
         self.health.set(self.name(), None);
+        self.report_positions(false);
         let flush_every = Duration::from_millis(self.config.flush_interval_ms.max(1));
         let mut lag_tick = tokio::time::interval(LAG_EVERY);
         let mut topics_tick = tokio::time::interval(TOPICS_EVERY);
@@ -487,6 +554,9 @@ impl<'a> Run<'a> {
         self.batch_started = None;
         if let Some(ms) = last_origin {
             self.last_origin_ms = Some(ms);
+        }
+        self.report_positions(true);
+        if let Some(ms) = last_origin {
             self.metrics
                 .subscribe_lag_seconds
                 .with_label_values(&[self.name()])

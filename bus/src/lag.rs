@@ -1,0 +1,693 @@
+//! Lag that means something, per subscription and feed, as Burrow judges
+//! consumers.
+//!
+//! A subscriber process (`backflow subscribe`) reports, every few seconds,
+//! where it is to the upper node's Kafka: a record in the compacted topic
+//! `backflow._subscribers` keyed by subscription, with the next offset it
+//! applies per share-topic partition, the origin commit time of the last
+//! change it applied, and whether it is running or failing (and why). Its
+//! offsets of record stay in its own database (with the rows); this report
+//! is only for the upper node's operators, who cannot see that database.
+//!
+//! The node reads those reports, compares them with the share topics' high
+//! watermarks, and keeps a sliding window of samples per subscription:
+//! - lag in messages: records in the share topic not applied yet;
+//! - lag in seconds: now − origin commit time of the last applied change,
+//!   0 when nothing waits (so it counts end to end, across hops);
+//! - a status over the window, as Burrow defines it: `OK` (caught up at
+//!   some point of the window, or catching up), `WARN` (consuming, but the
+//!   lag grew between every pair of samples), `STALL` (reports keep coming
+//!   but the offsets do not move while lag > 0: stuck, e.g. on a record it
+//!   cannot apply), `STOP` (no report within the window while lag > 0: the
+//!   subscriber is down or cut off), `ERR` (the lag cannot be measured).
+//!
+//! Feeds get the same statuses from their source lag and event counts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Topic of subscriber reports on the upper node's cluster (compacted).
+pub const REPORTS_TOPIC: &str = "backflow._subscribers";
+
+/// How often subscribers report and the node samples.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// A status, as Burrow names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// Caught up, or catching up.
+    Ok,
+    /// Consuming, but falling behind.
+    Warn,
+    /// Alive but not moving while records wait.
+    Stall,
+    /// Not reporting while records wait.
+    Stop,
+    /// Not measurable.
+    Err,
+}
+
+impl Status {
+    /// Every status, for labelled metrics.
+    pub const ALL: [Status; 5] = [
+        Status::Ok,
+        Status::Warn,
+        Status::Stall,
+        Status::Stop,
+        Status::Err,
+    ];
+
+    /// The label (`OK`, `WARN`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Stall => "STALL",
+            Status::Stop => "STOP",
+            Status::Err => "ERR",
+        }
+    }
+}
+
+/// One partition a subscriber reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedPosition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Next offset it applies.
+    pub next: i64,
+}
+
+/// What a subscriber reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Subscription name (the subscriber's configuration).
+    pub subscription: String,
+    /// Its Kafka client/group id, for Kafka-style lag metrics.
+    pub group: String,
+    /// `RUNNING` or `FAILED`.
+    pub state: String,
+    /// Why it fails (no row values).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Where it is.
+    pub positions: Vec<ReportedPosition>,
+    /// Origin commit time of the last applied change, ms.
+    #[serde(default)]
+    pub last_origin_ms: Option<i64>,
+    /// When it reported, ms since the epoch.
+    pub ts_ms: i64,
+}
+
+/// One observation of a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+    /// Sum of the next offsets (moves when it applies anything).
+    #[serde(skip)]
+    pub position: i64,
+    /// Records waiting.
+    pub lag_messages: i64,
+    /// Seconds behind the origin (0 when nothing waits).
+    pub lag_seconds: Option<f64>,
+    /// When the consumer last reported, ms (`None`: never).
+    #[serde(skip)]
+    pub reported_ms: Option<i64>,
+}
+
+/// Burrow's rules over a window of samples (oldest first), the last one
+/// being now.
+pub fn evaluate(samples: &[Sample], window_ms: i64) -> Status {
+    let Some(last) = samples.last() else {
+        return Status::Ok;
+    };
+    if last.lag_messages <= 0 {
+        return Status::Ok;
+    }
+    // No report within the window while records wait: stopped.
+    if last.reported_ms.is_none_or(|r| last.at_ms - r > window_ms) {
+        return Status::Stop;
+    }
+    let window: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| last.at_ms - s.at_ms <= window_ms)
+        .collect();
+    // Caught up at some point of the window.
+    if window.iter().any(|s| s.lag_messages <= 0) {
+        return Status::Ok;
+    }
+    let first = window[0];
+    // Too little history to judge movement yet.
+    if last.at_ms - first.at_ms < window_ms / 2 || window.len() < 3 {
+        return Status::Ok;
+    }
+    if window.iter().all(|s| s.position == first.position) {
+        return Status::Stall;
+    }
+    if window
+        .windows(2)
+        .all(|p| p[1].lag_messages >= p[0].lag_messages)
+    {
+        return Status::Warn;
+    }
+    Status::Ok
+}
+
+/// A subscription's row on the board.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubscriptionLag {
+    /// Subscriber node.
+    pub subscriber: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Share topic.
+    pub topic: String,
+    /// The subscriber's group id (`None` until it reported).
+    pub group: Option<String>,
+    /// Records waiting.
+    pub lag_messages: i64,
+    /// Seconds behind the origin commit; 0 when caught up; `None` until
+    /// the subscriber reported.
+    pub lag_seconds: Option<f64>,
+    /// Status over the window.
+    pub status: Status,
+    /// When the subscriber last reported, ms.
+    pub last_report_ms: Option<i64>,
+    /// Origin commit time of the last change it applied, ms.
+    pub last_applied_ms: Option<i64>,
+    /// What the subscriber says is wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// A feed's row on the board.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedLag {
+    /// Feed name.
+    pub feed: String,
+    /// RUNNING, PAUSED, FAILED, ...
+    pub state: String,
+    /// Age of the oldest change not yet in Kafka.
+    pub lag_seconds: f64,
+    /// Change history the database keeps for the feed (-1: unknown).
+    pub lag_bytes: i64,
+    /// Status over the window.
+    pub status: Status,
+    /// The feed's error, if it failed.
+    pub error: Option<String>,
+}
+
+/// What `/api/lag` shows; kept current by [`monitor`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Board {
+    /// This node.
+    pub node: String,
+    /// When it was computed, ms.
+    pub updated_ms: i64,
+    /// Subscriptions served by this node.
+    pub subscriptions: Vec<SubscriptionLag>,
+    /// Feeds of this process.
+    pub feeds: Vec<FeedLag>,
+}
+
+/// The board and the last hour of samples per subscription, shared with
+/// the API.
+#[derive(Clone, Default)]
+pub struct LagBoard {
+    inner: Arc<RwLock<BoardState>>,
+}
+
+#[derive(Default)]
+struct BoardState {
+    board: Board,
+    history: HashMap<(String, String), VecDeque<(Sample, Status)>>,
+}
+
+/// Samples kept per subscription (one hour at [`SAMPLE_EVERY`]).
+const HISTORY: usize = 1800;
+
+impl LagBoard {
+    /// The current board.
+    pub fn board(&self) -> Board {
+        self.inner.read().expect("lock").board.clone()
+    }
+
+    /// The last hour of one subscription, oldest first.
+    pub fn history(&self, subscriber: &str, dataset: &str) -> Vec<serde_json::Value> {
+        let state = self.inner.read().expect("lock");
+        state
+            .history
+            .get(&(subscriber.to_owned(), dataset.to_owned()))
+            .map(|h| {
+                h.iter()
+                    .map(|(s, st)| {
+                        serde_json::json!({
+                            "at_ms": s.at_ms,
+                            "lag_messages": s.lag_messages,
+                            "lag_seconds": s.lag_seconds,
+                            "status": st.label(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// What the node serves: (subscriber, dataset) pairs with an active share.
+pub type Served = Vec<(String, String)>;
+
+/// Everything [`monitor`] reads.
+pub struct MonitorContext {
+    /// This node's code.
+    pub node: String,
+    /// The node's Kafka.
+    pub settings: crate::kafka::KafkaSettings,
+    /// Active shares, asked each round.
+    pub served: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Served> + Send + Sync>,
+    /// Feed states and errors of this process.
+    pub feeds: crate::feeds::FeedStatuses,
+    /// Metrics (source gauges are read, lag metrics written).
+    pub metrics: crate::metrics::Metrics,
+    /// Status window.
+    pub window: Duration,
+}
+
+/// Reads subscriber reports and keeps `board` and the metrics current
+/// until `shutdown`.
+pub async fn monitor(
+    ctx: MonitorContext,
+    board: LagBoard,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let reports: Arc<RwLock<HashMap<String, Report>>> = Arc::default();
+    let reader = tokio::spawn(read_reports(ctx.settings.clone(), reports.clone()));
+    let window_ms = ctx.window.as_millis() as i64;
+    let mut samples: HashMap<(String, String), VecDeque<Sample>> = HashMap::new();
+    let mut feed_samples: HashMap<String, VecDeque<(i64, f64, f64)>> = HashMap::new();
+    let watermarks = loop {
+        match crate::kafka::Watermarks::new(&ctx.settings) {
+            Ok(w) => break w,
+            Err(e) => {
+                tracing::warn!(error = %e, "lag monitor cannot reach Kafka yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => { reader.abort(); return; }
+                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                }
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let served = (ctx.served)().await;
+        let reports_now = reports.read().expect("lock").clone();
+        let mut rows = Vec::new();
+        for (subscriber, dataset) in &served {
+            let topic = crate::topics::share(subscriber, dataset);
+            let partitions = crate::kafka::partition_count(&ctx.settings, &topic)
+                .await
+                .unwrap_or(0) as i32;
+            // The freshest report that reads this topic.
+            let report = reports_now
+                .values()
+                .filter(|r| r.positions.iter().any(|p| p.topic == topic))
+                .max_by_key(|r| r.ts_ms);
+            let mut lag = 0i64;
+            let mut position = 0i64;
+            let mut measurable = true;
+            for p in 0..partitions {
+                let high = match watermarks.high(&topic, p).await {
+                    Ok(h) => h,
+                    Err(_) => {
+                        measurable = false;
+                        continue;
+                    }
+                };
+                let next = report
+                    .and_then(|r| {
+                        r.positions
+                            .iter()
+                            .find(|x| x.topic == topic && x.partition == p)
+                    })
+                    .map_or(0, |x| x.next);
+                let waiting = (high - next).max(0);
+                lag += waiting;
+                position += next;
+                if let Some(r) = report {
+                    let part = p.to_string();
+                    let labels = [r.group.as_str(), topic.as_str(), part.as_str()];
+                    ctx.metrics
+                        .consumergroup_lag
+                        .with_label_values(&labels)
+                        .set(waiting);
+                    let secs = lag_seconds(waiting, r.last_origin_ms, now);
+                    ctx.metrics
+                        .consumergroup_lag_seconds
+                        .with_label_values(&labels)
+                        .set(secs.unwrap_or(0.0));
+                }
+            }
+            let lag_secs = match report {
+                Some(r) => lag_seconds(lag, r.last_origin_ms, now),
+                None if lag == 0 => Some(0.0),
+                None => None,
+            };
+            let sample = Sample {
+                at_ms: now,
+                position,
+                lag_messages: lag,
+                lag_seconds: lag_secs,
+                reported_ms: report.map(|r| r.ts_ms),
+            };
+            let key = (subscriber.clone(), dataset.clone());
+            let window = samples.entry(key.clone()).or_default();
+            window.push_back(sample);
+            while window
+                .front()
+                .is_some_and(|s| now - s.at_ms > window_ms * 2)
+            {
+                window.pop_front();
+            }
+            let status = if measurable {
+                evaluate(window.make_contiguous(), window_ms)
+            } else {
+                Status::Err
+            };
+            let labels = [subscriber.as_str(), dataset.as_str()];
+            ctx.metrics
+                .subscription_lag_messages
+                .with_label_values(&labels)
+                .set(lag);
+            if let Some(s) = lag_secs {
+                ctx.metrics
+                    .subscription_lag_seconds
+                    .with_label_values(&labels)
+                    .set(s);
+            }
+            for st in Status::ALL {
+                ctx.metrics
+                    .subscription_status
+                    .with_label_values(&[subscriber, dataset, st.label()])
+                    .set(i64::from(st == status));
+            }
+            {
+                let mut state = board.inner.write().expect("lock");
+                let h = state.history.entry(key).or_default();
+                h.push_back((sample, status));
+                while h.len() > HISTORY {
+                    h.pop_front();
+                }
+            }
+            rows.push(SubscriptionLag {
+                subscriber: subscriber.clone(),
+                dataset: dataset.clone(),
+                topic,
+                group: report.map(|r| r.group.clone()),
+                lag_messages: lag,
+                lag_seconds: lag_secs,
+                status,
+                last_report_ms: report.map(|r| r.ts_ms),
+                last_applied_ms: report.and_then(|r| r.last_origin_ms),
+                error: report.and_then(|r| r.error.clone()),
+            });
+        }
+        let feeds = feed_rows(&ctx, &mut feed_samples, now, window_ms);
+        let mut state = board.inner.write().expect("lock");
+        state.board = Board {
+            node: ctx.node.clone(),
+            updated_ms: now,
+            subscriptions: rows,
+            feeds,
+        };
+    }
+    reader.abort();
+}
+
+/// Seconds behind: 0 when nothing waits, else now − origin of the last
+/// applied change (`None` when it never applied one).
+fn lag_seconds(waiting: i64, last_origin_ms: Option<i64>, now: i64) -> Option<f64> {
+    if waiting <= 0 {
+        return Some(0.0);
+    }
+    last_origin_ms.map(|o| ((now - o).max(0)) as f64 / 1000.0)
+}
+
+fn feed_rows(
+    ctx: &MonitorContext,
+    samples: &mut HashMap<String, VecDeque<(i64, f64, f64)>>,
+    now: i64,
+    window_ms: i64,
+) -> Vec<FeedLag> {
+    let statuses = ctx.feeds.snapshot();
+    let mut out = Vec::new();
+    for (name, st) in statuses {
+        let lag = ctx
+            .metrics
+            .source_lag_seconds
+            .with_label_values(&[&name])
+            .get();
+        let bytes = ctx
+            .metrics
+            .source_lag_bytes
+            .with_label_values(&[&name])
+            .get();
+        let events: f64 = ["c", "u", "d", "r"]
+            .iter()
+            .map(|op| {
+                ctx.metrics
+                    .source_events
+                    .with_label_values(&[name.as_str(), op])
+                    .get() as f64
+            })
+            .sum();
+        let w = samples.entry(name.clone()).or_default();
+        w.push_back((now, events, lag));
+        while w.front().is_some_and(|s| now - s.0 > window_ms) {
+            w.pop_front();
+        }
+        let state = st.state.to_owned();
+        let status = match state.as_str() {
+            "FAILED" => Status::Err,
+            "PAUSED" => Status::Stop,
+            _ if lag <= 0.0 => Status::Ok,
+            _ => {
+                let first = w.front().copied().unwrap_or((now, events, lag));
+                if now - first.0 < window_ms / 2 || w.len() < 3 {
+                    Status::Ok
+                } else if w.iter().all(|s| s.1 == first.1) {
+                    Status::Stall
+                } else if w.iter().zip(w.iter().skip(1)).all(|(a, b)| b.2 >= a.2) {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                }
+            }
+        };
+        for s in Status::ALL {
+            ctx.metrics
+                .feed_status
+                .with_label_values(&[&name, s.label()])
+                .set(i64::from(s == status));
+        }
+        out.push(FeedLag {
+            feed: name,
+            state,
+            lag_seconds: lag,
+            lag_bytes: bytes,
+            status,
+            error: st.error.clone(),
+        });
+    }
+    out
+}
+
+/// Follows `backflow._subscribers`, keeping the last report per
+/// subscription.
+async fn read_reports(
+    settings: crate::kafka::KafkaSettings,
+    reports: Arc<RwLock<HashMap<String, Report>>>,
+) {
+    loop {
+        let n = crate::kafka::partition_count(&settings, REPORTS_TOPIC)
+            .await
+            .unwrap_or(0) as i32;
+        if n == 0 {
+            tokio::time::sleep(SAMPLE_EVERY).await;
+            continue;
+        }
+        let parts: Vec<i32> = (0..n).collect();
+        let consumer =
+            match crate::kafka::Consumer::replay_partitions(&settings, REPORTS_TOPIC, &parts) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read subscriber reports");
+                    tokio::time::sleep(SAMPLE_EVERY).await;
+                    continue;
+                }
+            };
+        loop {
+            match consumer.recv().await {
+                Ok(r) => {
+                    let Some(key) = r
+                        .key
+                        .as_deref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                    else {
+                        continue;
+                    };
+                    match r.payload.as_deref().map(serde_json::from_slice::<Report>) {
+                        Some(Ok(report)) => {
+                            reports.write().expect("lock").insert(key, report);
+                        }
+                        None => {
+                            reports.write().expect("lock").remove(&key);
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "unreadable subscriber report")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading subscriber reports failed; reading them again");
+                    tokio::time::sleep(SAMPLE_EVERY).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A subscriber's side: publishes its [`Report`] to the upper node every
+/// [`SAMPLE_EVERY`] from what `status` holds, until `shutdown`. Best
+/// effort: a failure is logged once and retried.
+pub async fn report(
+    settings: crate::kafka::KafkaSettings,
+    status: tokio::sync::watch::Receiver<Report>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut publisher: Option<crate::kafka::Publisher> = None;
+    let mut warned = false;
+    let mut ensured = false;
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !ensured {
+            if let Ok(admin) = crate::kafka::TopicAdmin::new(&settings) {
+                ensured = admin
+                    .ensure(&[crate::kafka::TopicSpec::compacted(REPORTS_TOPIC, 1, 1)])
+                    .await
+                    .is_ok();
+            }
+        }
+        if publisher.is_none() {
+            publisher = crate::kafka::Publisher::new(&settings, None).ok();
+        }
+        let Some(p) = &publisher else { continue };
+        let mut r = status.borrow().clone();
+        if r.positions.is_empty() {
+            continue;
+        }
+        r.ts_ms = now_ms();
+        let body = serde_json::to_vec(&r).expect("serializes");
+        let sent = p
+            .send(crate::kafka::OutgoingRecord::new(
+                REPORTS_TOPIC,
+                r.subscription.as_bytes(),
+                &body,
+            ))
+            .await;
+        match sent {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(subscription = %r.subscription, error = %e, "cannot report the subscription's position to the upper node (its lag shows as STOP there)");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(at: i64, position: i64, lag: i64, reported: Option<i64>) -> Sample {
+        Sample {
+            at_ms: at,
+            position,
+            lag_messages: lag,
+            lag_seconds: None,
+            reported_ms: reported,
+        }
+    }
+
+    const W: i64 = 10_000;
+
+    #[test]
+    fn caught_up_is_ok() {
+        let w = [s(0, 5, 3, Some(0)), s(2_000, 8, 0, Some(2_000))];
+        assert_eq!(evaluate(&w, W), Status::Ok);
+        // Lag now, but zero earlier in the window: OK (Burrow rule 1).
+        let w: Vec<Sample> = (0..6)
+            .map(|i| s(i * 2_000, i, if i == 2 { 0 } else { 4 }, Some(i * 2_000)))
+            .collect();
+        assert_eq!(evaluate(&w, W), Status::Ok);
+    }
+
+    #[test]
+    fn no_report_within_the_window_while_records_wait_is_stop() {
+        let w: Vec<Sample> = (0..8).map(|i| s(i * 2_000, 10, 5 + i, Some(0))).collect();
+        assert_eq!(evaluate(&w, W), Status::Stop);
+        assert_eq!(evaluate(&[s(0, 0, 3, None)], W), Status::Stop);
+        // Nothing waits: a silent subscriber is not in error.
+        assert_eq!(evaluate(&[s(60_000, 10, 0, Some(0))], W), Status::Ok);
+    }
+
+    #[test]
+    fn reporting_but_not_moving_while_records_wait_is_stall() {
+        let w: Vec<Sample> = (0..8)
+            .map(|i| s(i * 2_000, 10, 5, Some(i * 2_000)))
+            .collect();
+        assert_eq!(evaluate(&w, W), Status::Stall);
+    }
+
+    #[test]
+    fn moving_but_lag_growing_at_every_step_is_warn_and_shrinking_is_ok() {
+        let w: Vec<Sample> = (0..8)
+            .map(|i| s(i * 2_000, 10 + i, 5 + i, Some(i * 2_000)))
+            .collect();
+        assert_eq!(evaluate(&w, W), Status::Warn);
+        let w: Vec<Sample> = (0..8)
+            .map(|i| s(i * 2_000, 10 + i, 20 - i, Some(i * 2_000)))
+            .collect();
+        assert_eq!(evaluate(&w, W), Status::Ok);
+    }
+
+    #[test]
+    fn lag_seconds_is_zero_when_nothing_waits() {
+        assert_eq!(lag_seconds(0, Some(1_000), 9_000), Some(0.0));
+        assert_eq!(lag_seconds(3, Some(1_000), 9_000), Some(8.0));
+        assert_eq!(lag_seconds(3, None, 9_000), None);
+    }
+}
