@@ -298,6 +298,8 @@ pub async fn monitor(
     let window_ms = ctx.window.as_millis() as i64;
     let mut samples: HashMap<(String, String), VecDeque<Sample>> = HashMap::new();
     let mut feed_samples: HashMap<String, VecDeque<(i64, f64, f64)>> = HashMap::new();
+    // Origin times of records at (topic, partition, offset), read once.
+    let mut origins: HashMap<(String, i32, i64), Option<i64>> = HashMap::new();
     let watermarks = loop {
         match crate::kafka::Watermarks::new(&ctx.settings) {
             Ok(w) => break w,
@@ -366,10 +368,32 @@ pub async fn monitor(
                 }
             }
             let lag_secs = match report {
+                // A subscriber restarted since it last applied anything does
+                // not know the origin time of the last record it applied:
+                // read it from the share topic.
+                Some(r) if r.last_origin_ms.is_none() && lag > 0 => {
+                    let mut last = None;
+                    for x in r
+                        .positions
+                        .iter()
+                        .filter(|x| x.topic == topic && x.next > 0)
+                    {
+                        let at = (topic.clone(), x.partition, x.next - 1);
+                        if !origins.contains_key(&at) {
+                            let ms = origin_at(&ctx.settings, &at.0, at.1, at.2).await;
+                            origins.insert(at.clone(), ms);
+                        }
+                        last = last.max(origins[&at]);
+                    }
+                    lag_seconds(lag, last, now)
+                }
                 Some(r) => lag_seconds(lag, r.last_origin_ms, now),
                 None if lag == 0 => Some(0.0),
                 None => None,
             };
+            if origins.len() > 10_000 {
+                origins.clear();
+            }
             let sample = Sample {
                 at_ms: now,
                 position,
@@ -439,6 +463,31 @@ pub async fn monitor(
         };
     }
     reader.abort();
+}
+
+/// The `backflow.origin_ts` header of the record at `offset` (`None` when
+/// it cannot be read within a few seconds).
+async fn origin_at(
+    settings: &crate::kafka::KafkaSettings,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Option<i64> {
+    let consumer = crate::kafka::Consumer::assigned(
+        settings,
+        "backflow-lag-probe",
+        &[(topic.to_owned(), partition, Some(offset))],
+        None,
+    )
+    .ok()?;
+    let record = tokio::time::timeout(Duration::from_secs(3), consumer.recv())
+        .await
+        .ok()?
+        .ok()?;
+    std::str::from_utf8(record.header(crate::feed::HEADER_ORIGIN_TS)?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Seconds behind: 0 when nothing waits, else now − origin of the last

@@ -147,6 +147,12 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
     )
     .await;
     assert!(stalled["lag_messages"].as_i64().unwrap() > 0, "{stalled}");
+    // The restarted subscriber has applied nothing yet; the node reads the
+    // origin time of the last record it applied from the share topic.
+    assert!(
+        stalled["lag_seconds"].as_f64().is_some_and(|s| s > 1.0),
+        "{stalled}"
+    );
     let (_, metrics) = node.get("/metrics").await.unwrap();
     assert!(
         metrics.contains(&format!(

@@ -6,6 +6,13 @@
 //! Run with `scripts/bench-distributor.sh [EVENTS]` (release build). Each
 //! case runs on a fresh tansu broker (memory storage) on this machine: the
 //! broker, the node and this program share the cores.
+//!
+//! With `BACKFLOW_BENCH_BROKERS=host:port` (e.g. the Apache Kafka broker of
+//! `scripts/kafka.sh up`, which `scripts/bench-distributor.sh --real-kafka`
+//! starts) every case runs against that broker instead. It is shared by the
+//! cases and outlives the run, so each case has a dataset (hence raw and
+//! share topics and registry subjects) and a node code (hence distributor
+//! group and audit chain) of its own, unique to this run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +25,60 @@ use backflow_schemas::{
     TableDesc, TransactionInfo,
 };
 
+/// The dataset on a per-case tansu broker.
 const DATASET: &str = "bench.people";
 
-fn table() -> TableDesc {
+/// Where a case's topics live.
+enum Broker {
+    /// A fresh tansu of the case's own, stopped when dropped.
+    Tansu(TestBroker),
+    /// A broker given by `BACKFLOW_BENCH_BROKERS`, shared by all cases.
+    Shared(String),
+}
+
+impl Broker {
+    fn bootstrap(&self) -> &str {
+        match self {
+            Broker::Tansu(b) => b.bootstrap(),
+            Broker::Shared(b) => b,
+        }
+    }
+}
+
+/// One case's names: its dataset and the code of the node distributing it.
+struct Names {
+    dataset: String,
+    node_code: String,
+}
+
+impl Names {
+    /// On a fresh broker, the fixed names. On a shared one, names unique to
+    /// this run (`run`) and case (`case`): raw and share topics, registry
+    /// subjects, the distributor's consumer group and the audit chain are
+    /// all the case's own, so no case reads another's (or an earlier run's)
+    /// data or waits for its dead group member.
+    fn new(shared: bool, run: u64, case: u64) -> Self {
+        if !shared {
+            return Self {
+                dataset: DATASET.to_owned(),
+                node_code: "330100".to_owned(),
+            };
+        }
+        Self {
+            dataset: format!("{DATASET}_r{run}_c{case}"),
+            // Six digits, clear of the subscribers' 331000-331099.
+            node_code: format!("{:06}", 400_000 + (run % 199_999) * 3 + case),
+        }
+    }
+
+    fn raw_topic(&self) -> String {
+        format!("backflow.raw.{}", self.dataset)
+    }
+}
+
+fn table(dataset: &str) -> TableDesc {
     TableDesc {
-        dataset: DATASET.into(),
+        dataset: dataset.into(),
         schema: "public".into(),
         name: "people".into(),
         columns: vec![
@@ -83,14 +139,14 @@ fn metric(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-async fn fill(broker: &TestBroker, events: i64) -> anyhow::Result<()> {
+async fn fill(broker: &Broker, names: &Names, events: i64) -> anyhow::Result<()> {
     // A node only for its registry.
     let node = Node::start(&[("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())])?;
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
         .await?;
-    let codec = TableCodec::new(table())?;
+    let codec = TableCodec::new(table(&names.dataset))?;
     let registry = RegistryClient::new(&node.url)?;
-    let topic = format!("backflow.raw.{DATASET}");
+    let topic = names.raw_topic();
     let key_id = registry
         .register(&subject_for(&topic, true), codec.key_schema())
         .await?;
@@ -133,7 +189,7 @@ async fn fill(broker: &TestBroker, events: i64) -> anyhow::Result<()> {
 /// Kafka: row filter, field policy (mask, HMAC), Avro encoding, framing.
 fn cpu_only(events: i64) -> anyhow::Result<()> {
     use backflow::distributor::policy::{FieldRule, Predicate, SharePolicy};
-    let source = table();
+    let source = table(DATASET);
     let shares: Vec<(
         SharePolicy,
         backflow::distributor::policy::ShareTable,
@@ -191,9 +247,9 @@ fn cpu_only(events: i64) -> anyhow::Result<()> {
 }
 
 /// Events/s a plain consumer reads the raw topic at.
-async fn raw_rate(broker: &TestBroker, events: i64) -> anyhow::Result<f64> {
+async fn raw_rate(broker: &Broker, names: &Names, events: i64) -> anyhow::Result<f64> {
     let settings = KafkaSettings::new(broker.bootstrap());
-    let topic = format!("backflow.raw.{DATASET}");
+    let topic = names.raw_topic();
     let parts = backflow::kafka::partition_count(&settings, &topic).await? as i32;
     let consumer = Consumer::replay_partitions(&settings, &topic, &(0..parts).collect::<Vec<_>>())?;
     let started = Instant::now();
@@ -210,23 +266,43 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(100_000);
+    let shared = std::env::var("BACKFLOW_BENCH_BROKERS")
+        .ok()
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty());
+    // Tells this run's names on a shared broker from earlier runs'.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     println!("distributor benchmark: one dataset, each event matching half of the shares (7 columns: masked, hashed and plain fields)");
+    match &shared {
+        Some(b) => println!(
+            "broker: {b} from BACKFLOW_BENCH_BROKERS, shared by all cases (topics and node code per case, run {run})"
+        ),
+        None => println!("broker: tansu 0.6.0 with memory storage, a fresh one per case"),
+    }
     cpu_only(events)?;
-    for shares in [1usize, 10, 100] {
+    for (case, shares) in [1usize, 10, 100].into_iter().enumerate() {
         // 100 shares write 50 records per event: fewer events keep the
         // broker's memory in bounds.
         let n = if shares >= 100 { events / 5 } else { events };
-        let broker = TestBroker::start_in_memory();
-        fill(&broker, n).await?;
-        let limit = raw_rate(&broker, n).await?;
+        let broker = match &shared {
+            Some(b) => Broker::Shared(b.clone()),
+            None => Broker::Tansu(TestBroker::start_in_memory()),
+        };
+        let names = Names::new(shared.is_some(), run, case as u64);
+        fill(&broker, &names, n).await?;
+        let limit = raw_rate(&broker, &names, n).await?;
         let mut config = format!(
-            "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n",
+            "[node]\ncode = \"{}\"\n[kafka]\nbrokers = \"{}\"\n",
+            names.node_code,
             broker.bootstrap()
         );
         for i in 0..shares {
             config.push_str(&format!(
-                "\n[[shares]]\nsubscriber = \"{:06}\"\ndataset = \"{DATASET}\"\nfields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\", flag = \"plain\" }}\npredicates = [{{ column = \"flag\", op = \"=\", value = \"{}\" }}]\nsecret_env = \"BENCH_SECRET\"\n",
+                "\n[[shares]]\nsubscriber = \"{:06}\"\ndataset = \"{}\"\nfields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\", flag = \"plain\" }}\npredicates = [{{ column = \"flag\", op = \"=\", value = \"{}\" }}]\nsecret_env = \"BENCH_SECRET\"\n",
                 331_000 + i,
+                names.dataset,
                 if i % 2 == 0 { "t" } else { "f" }
             ));
         }
