@@ -469,19 +469,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// exits 1 with its reason.
 /// Prints `/api/lag` as a table, once or every 2 seconds.
 fn lag_table(api: &ApiArgs, watch: bool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    cli_runtime()?.block_on(async {
         let client = reqwest::Client::new();
-        let url = format!("{}/api/lag", api.url.trim_end_matches('/'));
         loop {
-            let mut req = client.get(&url);
-            if let Some(t) = &api.token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req
+            let resp = api_request(&client, api, "GET", "/api/lag")
                 .send()
                 .await
                 .with_context(|| format!("cannot reach the node at {}", api.url))?;
@@ -584,28 +575,43 @@ fn render_lag(board: &serde_json::Value, now: i64) -> String {
     out
 }
 
+/// A runtime for one CLI command.
+fn cli_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A request to the node's API with the caller's token.
+fn api_request(
+    client: &reqwest::Client,
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("{}{path}", api.url.trim_end_matches('/'));
+    let req = match method {
+        "GET" => client.get(&url),
+        "PUT" => client.put(&url),
+        "DELETE" => client.delete(&url),
+        _ => client.post(&url),
+    };
+    match &api.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
 fn api_call(
     api: &ApiArgs,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    cli_runtime()?.block_on(async {
         let client = reqwest::Client::new();
-        let url = format!("{}{path}", api.url.trim_end_matches('/'));
-        let mut req = match method {
-            "GET" => client.get(&url),
-            "PUT" => client.put(&url),
-            "DELETE" => client.delete(&url),
-            _ => client.post(&url),
-        };
-        if let Some(t) = &api.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = api_request(&client, api, method, path);
         if let Some(b) = body {
             req = req.json(&b);
         }
