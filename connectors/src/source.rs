@@ -114,6 +114,50 @@ pub trait Source: Send {
     }
 }
 
+/// Prefix of a checkpoint taken inside an initial snapshot (sources whose
+/// every snapshot chunk is a checkpoint).
+pub(crate) const SNAPSHOT_PREFIX: &str = "snapshot:";
+
+/// The checkpoint of a snapshot chunk: `snapshot:` and the progress as JSON.
+pub(crate) fn snapshot_checkpoint<S: serde::Serialize>(progress: &S) -> Position {
+    Position(format!(
+        "{SNAPSHOT_PREFIX}{}",
+        serde_json::to_string(progress).expect("serializes")
+    ))
+}
+
+/// What a stored checkpoint says: nothing (first start), how far the
+/// snapshot got (`S`), or where the stream is (`P`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resume<S, P> {
+    /// First start: nothing was ever acknowledged.
+    Nothing,
+    /// The snapshot was under way.
+    Snapshot(S),
+    /// Streaming: every change up to here is in Kafka.
+    Stream(P),
+}
+
+impl<S: serde::de::DeserializeOwned, P> Resume<S, P> {
+    /// Reads a stored checkpoint; `stream` reads a stream position.
+    pub(crate) fn parse(
+        position: Option<&Position>,
+        stream: impl Fn(&Position) -> Result<P, ConnectorError>,
+    ) -> Result<Self, ConnectorError> {
+        let Some(p) = position else {
+            return Ok(Resume::Nothing);
+        };
+        match p.0.strip_prefix(SNAPSHOT_PREFIX) {
+            Some(json) => serde_json::from_str(json).map(Resume::Snapshot).map_err(|e| {
+                ConnectorError::definite(format!(
+                    "the stored snapshot checkpoint cannot be read ({e}); take a new snapshot with `backflow source --resnapshot`"
+                ))
+            }),
+            None => stream(p).map(Resume::Stream),
+        }
+    }
+}
+
 /// Live figures of a source, updated by the source, read by the runtime.
 #[derive(Debug)]
 pub struct SourceGauges {

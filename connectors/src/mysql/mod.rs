@@ -215,9 +215,6 @@ fn parse_binlog_position(p: &str) -> Result<(String, u64), ConnectorError> {
         })
 }
 
-/// Prefix of a checkpoint taken inside the initial snapshot.
-const SNAPSHOT_PREFIX: &str = "snapshot:";
-
 /// How far the initial snapshot got (see the PostgreSQL source: the same
 /// scheme with a binlog position).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,35 +230,12 @@ struct SnapshotProgress {
 
 impl SnapshotProgress {
     fn position(&self) -> Position {
-        Position(format!(
-            "{SNAPSHOT_PREFIX}{}",
-            serde_json::to_string(self).expect("serializes")
-        ))
+        crate::source::snapshot_checkpoint(self)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Resume {
-    Nothing,
-    Snapshot(SnapshotProgress),
-    Stream(String, u64),
-}
-
-impl Resume {
-    fn parse(position: Option<&Position>) -> Result<Self, ConnectorError> {
-        let Some(p) = position else {
-            return Ok(Resume::Nothing);
-        };
-        match p.0.strip_prefix(SNAPSHOT_PREFIX) {
-            Some(json) => serde_json::from_str(json).map(Resume::Snapshot).map_err(|e| {
-                ConnectorError::definite(format!(
-                    "the stored snapshot checkpoint cannot be read ({e}); take a new snapshot with `backflow source --resnapshot`"
-                ))
-            }),
-            None => parse_binlog_position(&p.0).map(|(f, n)| Resume::Stream(f, n)),
-        }
-    }
-}
+/// What a stored checkpoint says (streaming: binlog file and position).
+type Resume = crate::source::Resume<SnapshotProgress, (String, u64)>;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -953,7 +927,7 @@ impl Source for MysqlSource {
         &mut self,
         position: Option<Position>,
     ) -> Result<Vec<Arc<TableDesc>>, ConnectorError> {
-        let resume = Resume::parse(position.as_ref())?;
+        let resume = Resume::parse(position.as_ref(), |p| parse_binlog_position(&p.0))?;
         let mut sql = self.connect().await?;
         self.mariadb = catalog::is_mariadb(&mut sql).await?;
         catalog::check_binlog(&mut sql).await?;
@@ -1013,7 +987,7 @@ impl Source for MysqlSource {
                 );
                 snapshot_from = Some((progress.file.clone(), progress.pos, Some(progress)));
             }
-            Resume::Stream(file, pos) => {
+            Resume::Stream((file, pos)) => {
                 if !has(&file) {
                     return Err(purged(&file, &format!("had streamed up to {pos}")));
                 }
@@ -1224,7 +1198,7 @@ impl Source for MysqlSource {
     }
 
     async fn acknowledge(&mut self, position: &Position) -> Result<(), ConnectorError> {
-        if position.0.starts_with(SNAPSHOT_PREFIX) {
+        if position.0.starts_with(crate::source::SNAPSHOT_PREFIX) {
             return Ok(());
         }
         let (f, p) = parse_binlog_position(&position.0)?;

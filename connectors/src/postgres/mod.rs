@@ -223,9 +223,6 @@ fn parse_position(p: &Position) -> Result<Lsn, ConnectorError> {
     Lsn::parse(&p.0).map_err(|_| ConnectorError::definite(format!("{:?} is not an LSN", p.0)))
 }
 
-/// Prefix of a checkpoint taken inside the initial snapshot.
-const SNAPSHOT_PREFIX: &str = "snapshot:";
-
 /// How far the initial snapshot got: the checkpoint of each finished chunk.
 /// A feed restarted with one reads the rest of the snapshot (tables not in
 /// `done`, the current table after `after`) instead of starting over.
@@ -241,39 +238,13 @@ struct SnapshotProgress {
 
 impl SnapshotProgress {
     fn position(&self) -> Position {
-        Position(format!(
-            "{SNAPSHOT_PREFIX}{}",
-            serde_json::to_string(self).expect("serializes")
-        ))
+        crate::source::snapshot_checkpoint(self)
     }
 }
 
-/// What a stored checkpoint says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Resume {
-    /// First start: nothing was ever acknowledged.
-    Nothing,
-    /// The snapshot was under way.
-    Snapshot(SnapshotProgress),
-    /// Streaming: every change up to this LSN is in Kafka.
-    Stream(Lsn),
-}
-
-impl Resume {
-    fn parse(position: Option<&Position>) -> Result<Self, ConnectorError> {
-        let Some(p) = position else {
-            return Ok(Resume::Nothing);
-        };
-        match p.0.strip_prefix(SNAPSHOT_PREFIX) {
-            Some(json) => serde_json::from_str(json).map(Resume::Snapshot).map_err(|e| {
-                ConnectorError::definite(format!(
-                    "the stored snapshot checkpoint cannot be read ({e}); take a new snapshot with `backflow source --resnapshot`"
-                ))
-            }),
-            None => parse_position(p).map(Resume::Stream),
-        }
-    }
-}
+/// What a stored checkpoint says (streaming: every change up to this LSN
+/// is in Kafka).
+type Resume = crate::source::Resume<SnapshotProgress, Lsn>;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -769,7 +740,7 @@ impl Source for PostgresSource {
         &mut self,
         position: Option<Position>,
     ) -> Result<Vec<Arc<TableDesc>>, ConnectorError> {
-        let resume = Resume::parse(position.as_ref())?;
+        let resume = Resume::parse(position.as_ref(), parse_position)?;
         let sql = self.connect_sql().await?;
         catalog::check_wal_level(&sql).await?;
         catalog::check_replication_privilege(&sql, &self.config.user).await?;
@@ -1025,7 +996,7 @@ impl Source for PostgresSource {
     }
 
     async fn acknowledge(&mut self, position: &Position) -> Result<(), ConnectorError> {
-        if position.0.starts_with(SNAPSHOT_PREFIX) {
+        if position.0.starts_with(crate::source::SNAPSHOT_PREFIX) {
             // A snapshot chunk: the slot stays where it is until the whole
             // snapshot is in Kafka.
             return Ok(());

@@ -1,0 +1,499 @@
+//! Benchmark of the MySQL/MariaDB feed: rows per second from the binlog into
+//! Kafka, against `mariadb-binlog` reading the same binlog range from the
+//! server to /dev/null (raw, and with `--verbose`, which decodes the rows
+//! into pseudo-SQL), and the feed process's peak memory. Prints figures;
+//! asserts nothing, but fails if the feed does not get every row into Kafka.
+//!
+//! The feed is started once with `snapshot = "never"` on the empty table so
+//! that it records a binlog position, and stopped. Three workloads on a
+//! 9-column table are then each written while the feed is stopped and read
+//! by a fresh `backflow source` process (timed from its start until it
+//! counted every row's event and none awaits Kafka's acknowledgement: the
+//! /metrics counter `backflow_source_events_total` and the gauge
+//! `backflow_source_lag_seconds` at 0, refreshed every second) and by
+//! `mariadb-binlog` (the same binlog range, `SHOW MASTER STATUS` before and
+//! after the workload):
+//! 1. INSERTS rows in 10-row transactions (one 10-row INSERT each),
+//! 2. UPDATES rows updated in 10-row transactions,
+//! 3. BIG rows inserted in one transaction (peak RSS shows that a large
+//!    transaction streams through bounded memory).
+//!
+//! Run with `scripts/bench-mysql-source.sh [INSERTS [UPDATES [BIG]]]`
+//! (release build; defaults 1000000 200000 1000000). Needs the services of
+//! `scripts/services.sh up` (MariaDB with a ROW/FULL binlog on
+//! 127.0.0.1:3306, root without password) and `mariadb-binlog`.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use backflow_e2e::{Node, TestBroker};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row};
+
+const TX_ROWS: i64 = 10;
+/// Statements per round trip when writing small transactions.
+const PER_ROUND_TRIP: usize = 100;
+/// Connections writing a workload concurrently.
+const WRITERS: usize = 4;
+/// Longest a feed may take for one workload.
+const TIMEOUT: Duration = Duration::from_secs(1800);
+/// Longest a feed may publish nothing new before the benchmark gives up.
+const STALL: Duration = Duration::from_secs(300);
+const COLUMNS: &str = "id, name, region_code, income, birth, note, score";
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Sum of a metric's series whose labels contain `filter`.
+fn counter(metrics: &str, name: &str, filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0 // not -0 when there is no series
+}
+
+/// The last `n` lines of a log.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn opts(db: Option<&str>) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(3306)
+        .user(Some("root"))
+        .prefer_socket(false)
+        .db_name(db)
+        .init(vec![
+            "SET NAMES utf8mb4".to_owned(),
+            // No gap locks between writers updating neighbouring ranges.
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_owned(),
+        ])
+}
+
+async fn connect(db: Option<&str>) -> anyhow::Result<Conn> {
+    Conn::new(opts(db)).await.context(
+        "connect to MariaDB on 127.0.0.1:3306 as root (start it with scripts/services.sh up)",
+    )
+}
+
+/// Current binlog file and position.
+async fn master_status(c: &mut Conn) -> anyhow::Result<(String, u64)> {
+    let row: Row = c
+        .query_first("SHOW MASTER STATUS")
+        .await?
+        .context("SHOW MASTER STATUS is empty: the binary log is off")?;
+    Ok((
+        row.get(0).context("SHOW MASTER STATUS: File")?,
+        row.get(1).context("SHOW MASTER STATUS: Position")?,
+    ))
+}
+
+/// The binlog files from `from` to `to` and the bytes between the two
+/// positions.
+async fn binlog_range(
+    c: &mut Conn,
+    from: &(String, u64),
+    to: &(String, u64),
+) -> anyhow::Result<(Vec<String>, u64)> {
+    let rows: Vec<Row> = c.query("SHOW BINARY LOGS").await?;
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let name: String = row.get(0).context("SHOW BINARY LOGS: Log_name")?;
+        let size: u64 = row.get(1).context("SHOW BINARY LOGS: File_size")?;
+        // Names are `<base>.<zero-padded index>`: they sort as text.
+        if name < from.0 || name > to.0 {
+            continue;
+        }
+        let start = if name == from.0 { from.1 } else { 4 };
+        let end = if name == to.0 { to.1 } else { size };
+        bytes += end.saturating_sub(start);
+        files.push(name);
+    }
+    if files.first() != Some(&from.0) || files.last() != Some(&to.0) {
+        bail!("binlog files {from:?}..{to:?} not all on the server: {files:?}");
+    }
+    Ok((files, bytes))
+}
+
+/// Drops databases of earlier runs whose process is gone.
+async fn drop_leftovers(admin: &mut Conn) -> anyhow::Result<()> {
+    let dbs: Vec<String> = admin
+        .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'bf\\_bench\\_my\\_%'")
+        .await?;
+    for db in dbs {
+        let pid = db.rsplit('_').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            admin
+                .query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the batches on `WRITERS` connections concurrently (each batch on
+/// one connection, in no particular order between connections).
+async fn write(db: &str, batches: Vec<String>) -> anyhow::Result<()> {
+    let queue = Arc::new(Mutex::new(batches.into_iter()));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..WRITERS {
+        let (queue, db) = (queue.clone(), db.to_owned());
+        writers.spawn(async move {
+            let mut c = connect(Some(&db)).await?;
+            loop {
+                let next = queue.lock().expect("lock").next();
+                let Some(sql) = next else { break };
+                c.query_drop(sql).await?;
+            }
+            c.disconnect().await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Autocommit statements of `TX_ROWS` rows each (each its own transaction),
+/// `PER_ROUND_TRIP` to a batch.
+fn small_transactions(rows: i64, statement: &dyn Fn(i64, i64) -> String) -> Vec<String> {
+    let mut batches = Vec::new();
+    let mut id = 0;
+    while id < rows {
+        let mut sql = String::new();
+        for _ in 0..PER_ROUND_TRIP {
+            if id >= rows {
+                break;
+            }
+            sql.push_str(&statement(id + 1, (id + TX_ROWS).min(rows)));
+            id += TX_ROWS;
+        }
+        batches.push(sql);
+    }
+    batches
+}
+
+/// One multi-row INSERT of ids `from..=to`.
+fn insert_values(from: i64, to: i64) -> String {
+    let values: Vec<String> = (from..=to)
+        .map(|g| {
+            format!(
+                "({g}, '居民{g}', '330106', {g} * 0.01, DATE '1990-01-01' + INTERVAL {} DAY, 'note {g}', {g} * 1.5)",
+                g % 9000
+            )
+        })
+        .collect();
+    format!("INSERT INTO t ({COLUMNS}) VALUES {};", values.join(", "))
+}
+
+struct Timed {
+    secs: f64,
+    rss_mb: f64,
+    resumed_at: String,
+    published: f64,
+    restarts: f64,
+    dead_letters: f64,
+    warnings: Vec<String>,
+}
+
+/// Starts `backflow source` and waits until it published `rows` events of
+/// `op` and Kafka acknowledged all of them.
+async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Result<Timed> {
+    let started = Instant::now();
+    let mut node = Node::run_with_config(&["source"], config, &[("NO_COLOR", "1")])?;
+    let mut resumed_at = None;
+    let (mut last_published, mut last_progress) = (-1.0, Instant::now());
+    let op_filter = format!("op=\"{op}\"");
+    let feed_filter = format!("feed=\"{feed}\"");
+    let published = loop {
+        let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
+        let published = counter(&metrics, "backflow_source_events_total", &op_filter);
+        // The lag is 0 when no change handed to Kafka awaits its
+        // acknowledgement (the gauge is refreshed every second).
+        let lag = counter(&metrics, "backflow_source_lag_seconds", &feed_filter);
+        if published >= rows as f64 && lag == 0.0 {
+            break published;
+        }
+        if published > last_published {
+            (last_published, last_progress) = (published, Instant::now());
+        }
+        if resumed_at.is_none() {
+            let log = node.stderr();
+            if let Some(line) = log
+                .lines()
+                .find(|l| l.contains("resuming from the last acknowledged position"))
+            {
+                resumed_at = Some(
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix("position="))
+                        .unwrap_or(line)
+                        .to_owned(),
+                );
+            } else if log.contains("feed started") {
+                bail!(
+                    "the feed started without a recorded position (it would skip the workload):\n{}",
+                    tail(&log, 40)
+                );
+            }
+        }
+        if let Ok(status) = node.wait(Duration::ZERO) {
+            bail!(
+                "backflow source exited with {status} after {published} of {rows} rows:\n{}",
+                tail(&node.stderr(), 60)
+            );
+        }
+        let restarts = counter(&metrics, "backflow_source_restarts_total", &feed_filter);
+        let dead = counter(&metrics, "backflow_source_dead_letters_total", &feed_filter);
+        if started.elapsed() > TIMEOUT || last_progress.elapsed() > STALL {
+            bail!(
+                "the feed did not get all {rows} rows into Kafka: {published} published (op {op}), \
+                 {restarts} restarts, {dead} dead letters after {:.0} s, \
+                 {:.0} s since the last progress; log tail:\n{}",
+                started.elapsed().as_secs_f64(),
+                last_progress.elapsed().as_secs_f64(),
+                tail(&node.stderr(), 60)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let rss_mb = peak_rss_mb(node.pid());
+    let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
+    node.signal("TERM")?;
+    node.wait(Duration::from_secs(30))?;
+    let log = node.stderr();
+    Ok(Timed {
+        secs,
+        rss_mb,
+        resumed_at: resumed_at.unwrap_or_else(|| "?".into()),
+        published,
+        restarts: counter(&metrics, "backflow_source_restarts_total", &feed_filter),
+        dead_letters: counter(&metrics, "backflow_source_dead_letters_total", &feed_filter),
+        warnings: log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// Times `mariadb-binlog` reading the range from the server to /dev/null.
+fn mariadb_binlog(verbose: bool, files: &[String], from: u64, to: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut cmd = Command::new("mariadb-binlog");
+    cmd.args([
+        "--read-from-remote-server",
+        "--host=127.0.0.1",
+        "--port=3306",
+        "--user=root",
+    ])
+    .arg(format!("--start-position={from}"))
+    .arg(format!("--stop-position={to}"));
+    if verbose {
+        cmd.arg("--verbose");
+    }
+    let out = cmd
+        .args(files)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("run mariadb-binlog (Debian package mariadb-client)")?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "mariadb-binlog failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(secs)
+}
+
+struct Figures {
+    name: String,
+    ours: f64,
+    raw: f64,
+    verbose: f64,
+    rss: f64,
+}
+
+async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result<Vec<Figures>> {
+    let mut c = connect(Some(db)).await?;
+    c.query_drop(
+        "CREATE TABLE t (id bigint PRIMARY KEY, name varchar(64) NOT NULL, region_code char(6) NOT NULL,
+            income decimal(12,2), birth date, updated_at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+            note text, score double, active boolean NOT NULL DEFAULT true) ENGINE = InnoDB",
+    )
+    .await?;
+
+    let broker = TestBroker::start_in_memory();
+    let feed = db.replace('_', "-");
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\n[[feeds]]\ntype = \"mysql\"\nname = \"{feed}\"\nhost = \"127.0.0.1\"\nport = 3306\nuser = \"root\"\ndatabase = \"{db}\"\nsnapshot = \"never\"\ntables = [{{ table = \"{db}.t\", dataset = \"bench.t\" }}]\n",
+        broker.bootstrap()
+    );
+    // First start records the binlog position; stop, then write each workload.
+    {
+        let mut node = Node::run_with_config(&["source"], &config, &[("NO_COLOR", "1")])?;
+        let until = Instant::now() + Duration::from_secs(60);
+        while !node.stderr().contains("feed started") {
+            if let Ok(status) = node.wait(Duration::ZERO) {
+                bail!("backflow source exited with {status}:\n{}", node.stderr());
+            }
+            if Instant::now() > until {
+                bail!("feed did not start:\n{}", node.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.signal("TERM")?;
+        node.wait(Duration::from_secs(30))?;
+    }
+    let updated = updates.min(inserts);
+    let workloads: Vec<(String, i64, &str, Vec<String>)> = vec![
+        (
+            format!("{inserts} inserts, {TX_ROWS}-row transactions"),
+            inserts,
+            "c",
+            small_transactions(inserts, &insert_values),
+        ),
+        (
+            format!("{updated} updates, {TX_ROWS}-row transactions"),
+            updated,
+            "u",
+            small_transactions(updated, &|from, to| {
+                format!("UPDATE t SET income = income + 1, note = 'changed' WHERE id BETWEEN {from} AND {to};")
+            }),
+        ),
+        (
+            format!("{big} inserts in one transaction"),
+            big,
+            "c",
+            vec![format!(
+                "INSERT INTO t ({COLUMNS}) SELECT seq, CONCAT('居民', seq), '330106', seq * 0.01,
+                   DATE '1990-01-01' + INTERVAL (seq % 9000) DAY, CONCAT('note ', seq), seq * 1.5
+                 FROM seq_{}_to_{}",
+                inserts + 1,
+                inserts + big
+            )],
+        ),
+    ];
+    let mut results = Vec::new();
+    for (name, rows, op, sql) in workloads {
+        if rows == 0 {
+            continue;
+        }
+        let from = master_status(&mut c).await?;
+        let started = Instant::now();
+        write(db, sql).await?;
+        let written = started.elapsed().as_secs_f64();
+        let to = master_status(&mut c).await?;
+        let (files, bytes) = binlog_range(&mut c, &from, &to).await?;
+
+        // backflow: from process start until Kafka acknowledged every row.
+        let t = run_feed(&config, &feed, op, rows).await?;
+
+        // mariadb-binlog: the same binlog range from the server, to /dev/null.
+        let raw_secs = mariadb_binlog(false, &files, from.1, to.1)?;
+        let verbose_secs = mariadb_binlog(true, &files, from.1, to.1)?;
+
+        let ours = rows as f64 / t.secs;
+        let raw = rows as f64 / raw_secs;
+        let verbose = rows as f64 / verbose_secs;
+        println!(
+            "{name} (written in {written:.1} s; binlog {}:{} .. {}:{}, {:.1} MB in {} file(s); feed resumed at {}):",
+            from.0,
+            from.1,
+            to.0,
+            to.1,
+            bytes as f64 / 1e6,
+            files.len(),
+            t.resumed_at
+        );
+        println!("  backflow (binlog -> Avro -> tansu memory broker, acked): {:.2} s, {ours:.0} rows/s (includes process start)", t.secs);
+        println!("  mariadb-binlog (binlog -> /dev/null): {raw_secs:.2} s, {raw:.0} rows/s");
+        println!("  mariadb-binlog --verbose (rows decoded to pseudo-SQL -> /dev/null): {verbose_secs:.2} s, {verbose:.0} rows/s");
+        println!(
+            "  ratio {:.2} (raw), {:.2} (--verbose), backflow peak RSS {:.0} MB",
+            ours / raw,
+            ours / verbose,
+            t.rss_mb
+        );
+        if t.published > rows as f64 || t.restarts > 0.0 || t.dead_letters > 0.0 {
+            println!(
+                "  NOTE: {} events published for {rows} rows, {} restarts, {} dead letters",
+                t.published, t.restarts, t.dead_letters
+            );
+        }
+        for w in t.warnings.iter().take(10) {
+            println!("  log: {w}");
+        }
+        results.push(Figures {
+            name,
+            ours,
+            raw,
+            verbose,
+            rss: t.rss_mb,
+        });
+    }
+    Ok(results)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let arg = |i: usize, default: i64| -> anyhow::Result<i64> {
+        Ok(std::env::args()
+            .nth(i)
+            .map(|a| a.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let (inserts, updates, big) = (arg(1, 1_000_000)?, arg(2, 200_000)?, arg(3, 1_000_000)?);
+    let db = format!("bf_bench_my_{}", std::process::id());
+    let mut admin = connect(None).await?;
+    drop_leftovers(&mut admin).await?;
+    admin
+        .query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+        .await?;
+    admin
+        .query_drop(format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"))
+        .await?;
+    let results = bench(&db, inserts, updates, big).await;
+    admin
+        .query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+        .await?;
+    let results = results?;
+    println!();
+    println!("| workload | backflow rows/s | mariadb-binlog rows/s | ratio | mariadb-binlog --verbose rows/s | ratio | peak RSS MB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} |",
+            r.name,
+            r.ours,
+            r.raw,
+            r.ours / r.raw,
+            r.verbose,
+            r.ours / r.verbose,
+            r.rss
+        );
+    }
+    Ok(())
+}
