@@ -3,6 +3,7 @@
 #   PostgreSQL 15 with wal_level=logical            127.0.0.1:5432 (trust auth)
 #   MariaDB with a ROW/FULL binlog and server_id=1  127.0.0.1:3306 (root, no password)
 #   tansu 0.6.0, a Kafka-protocol broker            127.0.0.1:9092
+# and the tools the tests drive: headless Chromium (the dashboard test).
 #
 # Usage: scripts/services.sh up|down|status
 #   up      install what is missing, (re)configure, start, wait until each answers
@@ -232,6 +233,12 @@ tansu_status() {
   fi
 }
 
+# ------------------------------------------------------------------- tools
+# Headless Chromium for the dashboard's browser test (Debian's package).
+tools_up() {
+  command -v chromium >/dev/null || apt_install chromium
+}
+
 status() {
   local rc=0
   postgres_status || rc=1
@@ -245,6 +252,7 @@ case "${1:-}" in
     postgres_up
     mariadb_up
     tansu_up
+    tools_up
     status
     ;;
   down)

@@ -131,6 +131,13 @@ async fn supervise(
     stop: CancellationToken,
 ) {
     let name = feed.name().to_owned();
+    // Series at zero from the start, so rates and alerts see the first one.
+    ctx.metrics.source_rejected.with_label_values(&[&name]);
+    for kind in ["transient", "definite"] {
+        ctx.metrics
+            .source_restarts
+            .with_label_values(&[&name, kind]);
+    }
     let mut backoff = Duration::from_secs(1);
     loop {
         let source: Box<dyn backflow_connectors::Source> = match &feed {

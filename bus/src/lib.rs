@@ -18,6 +18,7 @@ pub mod api;
 pub mod audit;
 pub mod catalog;
 pub mod config;
+pub mod dashboard;
 pub mod distributor;
 pub mod feed;
 pub mod feeds;

@@ -411,6 +411,8 @@ pub async fn run_as(
             )
             .with_lag(lag_board),
         ));
+        // The operators' dashboard at `/` (its data comes from /api).
+        router = router.merge(crate::dashboard::router());
     }
     let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
     tracker.close();

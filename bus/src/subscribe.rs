@@ -140,6 +140,11 @@ pub async fn supervise(
     shutdown: CancellationToken,
 ) {
     let name = config.name.clone();
+    // Series at zero from the start, so rates and alerts see the first one.
+    metrics.subscribe_dead_letters.with_label_values(&[&name]);
+    for kind in ["transient", "definite", "bad_record"] {
+        metrics.subscribe_errors.with_label_values(&[&name, kind]);
+    }
     let mut backoff = Duration::from_secs(1);
     // Where this subscription is, reported to the upper node for its lag
     // board (its offsets of record stay in the sink).
