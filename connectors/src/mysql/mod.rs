@@ -82,6 +82,7 @@
 //! shared and go to the dead-letter topic with the column named.
 
 pub(crate) mod catalog;
+mod rows;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -96,7 +97,6 @@ use backflow_schemas::{
 };
 use futures::Stream;
 use mysql_async::binlog::events::{EventData, RowsEventData};
-use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, OptsBuilder, Value};
 use serde::{Deserialize, Serialize};
@@ -861,19 +861,6 @@ fn rotate_name(raw: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
-fn binlog_value(v: BinlogValue<'static>) -> Result<Value, String> {
-    match v {
-        BinlogValue::Value(v) => Ok(v),
-        BinlogValue::Jsonb(j) => serde_json::Value::try_from(j)
-            .map(|j| Value::Bytes(j.to_string().into_bytes()))
-            .map_err(|_| "a JSON document that cannot be read".to_owned()),
-        BinlogValue::JsonDiff(_) => Err(
-            "a partial JSON update; the source needs full JSON images: SET GLOBAL binlog_row_value_options = ''"
-                .to_owned(),
-        ),
-    }
-}
-
 /// Builds a row from a table version's values; the error names the column.
 fn build_row(
     desc: &TableDesc,
@@ -902,22 +889,18 @@ fn build_row(
 fn image(
     desc: &TableDesc,
     kinds: &[catalog::Kind],
-    row: Option<mysql_async::binlog::row::BinlogRow>,
+    raw: Option<rows::RawImage>,
 ) -> Result<Option<Row>, String> {
-    let Some(row) = row else { return Ok(None) };
-    if row.len() != desc.columns.len() {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.len() != desc.columns.len() {
         return Err(format!(
-            "a row image with {} of the {} columns of {}; set binlog_row_image = FULL",
-            row.len(),
+            "a row image with {} of the {} columns of {}",
+            raw.len(),
             desc.columns.len(),
             desc.qualified_name()
         ));
     }
-    let values = row
-        .unwrap()
-        .into_iter()
-        .map(binlog_value)
-        .collect::<Result<Vec<_>, _>>()?;
+    let values = raw.into_iter().collect::<Result<Vec<_>, _>>()?;
     build_row(desc, kinds, values, Origin::Binlog).map(Some)
 }
 
@@ -1248,7 +1231,7 @@ impl MysqlSource {
             return Ok(());
         }
         let columns = tme.columns_count() as usize;
-        let images: Vec<_> = rows.rows(tme).collect::<Result<Vec<_>, _>>().map_err(|e| {
+        let images = rows::images(rows, tme).map_err(|e| {
             ConnectorError::definite(format!(
                 "cannot decode a row event of {}.{} at {}: {e}",
                 key.0, key.1, self.file
