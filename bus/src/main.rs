@@ -55,8 +55,8 @@ enum Command {
         /// Before starting, drop the feed's replication slot and forget its
         /// recorded position, so it reads its tables again and then
         /// streams: the way out when the slot was lost or invalidated.
-        /// Needs --feed; rows deleted while the feed was down stay in the
-        /// raw topic.
+        /// Needs --feed; keys the raw topic holds that the tables no longer
+        /// have are deleted.
         #[arg(long, requires = "feeds")]
         resnapshot: bool,
     },

@@ -158,6 +158,47 @@ impl<S: serde::de::DeserializeOwned, P> Resume<S, P> {
     }
 }
 
+/// Deletes for the rows a raw topic holds whose keys the table no longer
+/// has (`current`: the table's keys, as [`key_text`] gives them), so a new
+/// snapshot leaves no row behind that was deleted while no change stream
+/// recorded it. The before-image is the topic's row; `info` gives each
+/// event's source block.
+pub(crate) fn vanished(
+    table: &Arc<TableDesc>,
+    topic_rows: Vec<Row>,
+    current: &std::collections::HashSet<String>,
+    position: &Position,
+    info: impl Fn() -> backflow_schemas::SourceInfo,
+) -> Vec<SourceRecord> {
+    topic_rows
+        .into_iter()
+        .filter_map(|row| {
+            let key = table.key_of(&row);
+            if current.contains(&key_text(&key)) {
+                return None;
+            }
+            Some(SourceRecord {
+                table: table.clone(),
+                event: ChangeEvent {
+                    key,
+                    before: Some(row),
+                    after: None,
+                    source: info(),
+                    op: backflow_schemas::Op::Delete,
+                    ts_ms: Some(info().ts_ms),
+                    transaction: None,
+                },
+                position: position.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A key as comparable text.
+pub(crate) fn key_text(key: &Row) -> String {
+    format!("{:?}", key.0)
+}
+
 /// Live figures of a source, updated by the source, read by the runtime.
 #[derive(Debug)]
 pub struct SourceGauges {

@@ -430,10 +430,11 @@ async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lo
     let c = pg_connect(&f.db).await.unwrap();
     let slot = format!("backflow_{}", f.feed.replace('-', "_"));
     backflow_e2e::lose_replication_slot(&c, &slot).await;
-    // (Updates and inserts only: a delete made while no slot exists is not
-    // seen by a new snapshot either; its key stays in the raw topic.)
+    // Deletes made while no slot exists are found by the new snapshot: it
+    // compares the table with the raw topic.
     c.batch_execute(
         "UPDATE people SET note = '丢失期间' WHERE id % 89 = 0;
+         DELETE FROM people WHERE id % 83 = 0;
          INSERT INTO people (id, name, region_code) SELECT 2000000 + g, '新' || g, '330106' FROM generate_series(1, 50) g;",
     )
     .await
@@ -480,6 +481,13 @@ async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lo
     }
     view.until_equal(&table_state(&f).await, Duration::from_secs(120), &source)
         .await;
+    assert!(
+        source
+            .stderr()
+            .contains("rows the raw topic held and the table no longer has are deleted"),
+        "{}",
+        source.stderr()
+    );
     change_rows(&f, 3_000_000).await;
     view.until_equal(&table_state(&f).await, Duration::from_secs(60), &source)
         .await;

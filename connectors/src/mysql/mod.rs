@@ -52,7 +52,9 @@
 //! longest outage of the feed. A position whose file was purged is an error
 //! with the way out (`backflow source --feed NAME --resnapshot`);
 //! `backflow_source_lag_bytes` shows the binlog written since the last
-//! acknowledged position.
+//! acknowledged position. Before a snapshot is read, the runtime hands the
+//! source the rows its raw topic holds; keys the table no longer has
+//! (deleted while nothing read the binlog) become deletes.
 //!
 //! # Table changes
 //! `ALTER TABLE` of a captured table (seen in the binlog) describes the
@@ -1204,6 +1206,71 @@ impl Source for MysqlSource {
 
     fn gauges(&self) -> Option<Arc<SourceGauges>> {
         Some(self.gauges.clone())
+    }
+
+    /// While a snapshot is to be read: once, so that keys the raw topic
+    /// holds and the table no longer has are deleted.
+    fn topic_state_interval(&self) -> Option<Duration> {
+        self.snapshot.as_ref().map(|_| Duration::MAX)
+    }
+
+    async fn topic_state(
+        &mut self,
+        table: &Arc<TableDesc>,
+        topic_rows: Vec<Row>,
+    ) -> Result<SourceBatch, ConnectorError> {
+        let key = (table.schema.clone(), table.name.clone());
+        let (Some(snap), Some(captured)) = (self.snapshot.as_mut(), self.tables.get(&key)) else {
+            return Ok(SourceBatch::default());
+        };
+        if topic_rows.is_empty() {
+            return Ok(SourceBatch::default());
+        }
+        let desc = captured.current.desc.clone();
+        let kinds = captured.current.kinds.clone();
+        let idx: Vec<usize> = desc
+            .primary_key
+            .iter()
+            .filter_map(|k| desc.column(k).map(|(i, _)| i))
+            .collect();
+        let cols: Vec<String> = desc.primary_key.iter().map(|k| ident(k)).collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{}",
+            cols.join(", "),
+            ident(&desc.schema),
+            ident(&desc.name)
+        );
+        let rows: Vec<mysql_async::Row> = snap.conn.exec(sql, ()).await.map_err(|e| {
+            ConnectorError::transient(format!(
+                "reading the keys of {}: {e}",
+                desc.qualified_name()
+            ))
+        })?;
+        let mut current = std::collections::HashSet::with_capacity(rows.len());
+        for r in rows {
+            let key: Vec<Datum> = r
+                .unwrap()
+                .into_iter()
+                .zip(&idx)
+                .map(|(v, i)| {
+                    catalog::datum(&kinds[*i], &desc.columns[*i].sql_type, v, Origin::Query)
+                        .unwrap_or(Datum::Null)
+                })
+                .collect();
+            current.insert(crate::source::key_text(&Row(key)));
+        }
+        let position = binlog_position(&snap.file, snap.pos);
+        let ts = now_ms();
+        let records = crate::source::vanished(table, topic_rows, &current, &position, || {
+            self.source_info(table, &position, ts, Snapshot::True, None)
+        });
+        if !records.is_empty() {
+            tracing::warn!(feed = %self.config.name, table = %table.qualified_name(), deleted = records.len(), "rows the raw topic held and the table no longer has are deleted");
+        }
+        Ok(SourceBatch {
+            records,
+            ..SourceBatch::default()
+        })
     }
 }
 

@@ -44,8 +44,10 @@
 //! A slot that is missing although the feed recorded a position, or that the
 //! server invalidated, is an error: changes may be gone. The way out is
 //! `backflow source --feed NAME --resnapshot` ([`drop_slot`] plus
-//! forgetting the position), which reads the tables again; keys deleted
-//! while no slot existed stay in the raw topic.
+//! forgetting the position), which reads the tables again. Before a
+//! snapshot is read, the runtime hands the source the rows its raw topic
+//! holds ([`Source::topic_state`]); keys the table no longer has (deleted
+//! while no slot existed) become deletes at the snapshot's position.
 //!
 //! `TRUNCATE` of a captured table cannot be expressed in a compacted topic
 //! (there is no "every key is gone"): it is not shared, and a record in the
@@ -1021,6 +1023,66 @@ impl Source for PostgresSource {
 
     fn gauges(&self) -> Option<Arc<SourceGauges>> {
         Some(self.gauges.clone())
+    }
+
+    /// While a snapshot is to be read: once, so that keys the raw topic
+    /// holds and the table no longer has are deleted.
+    fn topic_state_interval(&self) -> Option<Duration> {
+        self.snapshot.as_ref().map(|_| Duration::MAX)
+    }
+
+    async fn topic_state(
+        &mut self,
+        table: &Arc<TableDesc>,
+        topic_rows: Vec<Row>,
+    ) -> Result<SourceBatch, ConnectorError> {
+        let Some(snap) = self.snapshot.as_ref() else {
+            return Ok(SourceBatch::default());
+        };
+        if topic_rows.is_empty() {
+            return Ok(SourceBatch::default());
+        }
+        let keys = table.key_columns();
+        let cols: Vec<String> = keys
+            .iter()
+            .map(|c| format!("{}::text", ident(&c.name)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{}",
+            cols.join(", "),
+            ident(&table.schema),
+            ident(&table.name)
+        );
+        let rows = snap.client.query(&sql, &[]).await.map_err(|e| {
+            ConnectorError::transient(format!(
+                "reading the keys of {}: {e}",
+                table.qualified_name()
+            ))
+        })?;
+        let mut current = std::collections::HashSet::with_capacity(rows.len());
+        for r in &rows {
+            let key = keys
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match r.get::<_, Option<String>>(i) {
+                    Some(t) => crate::text::parse(&c.sql_type, &t).unwrap_or(Datum::Null),
+                    None => Datum::Null,
+                })
+                .collect();
+            current.insert(crate::source::key_text(&Row(key)));
+        }
+        let position = snap.position.clone();
+        let ts = now_ms();
+        let records = crate::source::vanished(table, topic_rows, &current, &position, || {
+            self.source_info(table, &position, ts, Snapshot::True, None)
+        });
+        if !records.is_empty() {
+            tracing::warn!(feed = %self.config.name, table = %table.qualified_name(), deleted = records.len(), "rows the raw topic held and the table no longer has are deleted");
+        }
+        Ok(SourceBatch {
+            records,
+            ..SourceBatch::default()
+        })
     }
 }
 
