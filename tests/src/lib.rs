@@ -438,3 +438,28 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
+
+/// Peak resident memory of a process in MB (`VmHWM`), 0 when unknown:
+/// for benchmarks.
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Sum of a metric's series (Prometheus text) whose name starts with
+/// `name` and whose line contains `filter`; 0 when there is none.
+pub fn metric_sum(metrics: &str, name: &str, filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0 // not -0 when there is no series
+}

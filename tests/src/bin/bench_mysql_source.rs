@@ -43,28 +43,6 @@ const TIMEOUT: Duration = Duration::from_secs(1800);
 const STALL: Duration = Duration::from_secs(300);
 const COLUMNS: &str = "id, name, region_code, income, birth, note, score";
 
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// Sum of a metric's series whose labels contain `filter`.
-fn counter(metrics: &str, name: &str, filter: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        + 0.0 // not -0 when there is no series
-}
-
 /// The last `n` lines of a log.
 fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
@@ -224,10 +202,11 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
     let feed_filter = format!("feed=\"{feed}\"");
     let published = loop {
         let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
-        let published = counter(&metrics, "backflow_source_events_total", &op_filter);
+        let published =
+            backflow_e2e::metric_sum(&metrics, "backflow_source_events_total", &op_filter);
         // The lag is 0 when no change handed to Kafka awaits its
         // acknowledgement (the gauge is refreshed every second).
-        let lag = counter(&metrics, "backflow_source_lag_seconds", &feed_filter);
+        let lag = backflow_e2e::metric_sum(&metrics, "backflow_source_lag_seconds", &feed_filter);
         if published >= rows as f64 && lag == 0.0 {
             break published;
         }
@@ -259,8 +238,10 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
                 tail(&node.stderr(), 60)
             );
         }
-        let restarts = counter(&metrics, "backflow_source_restarts_total", &feed_filter);
-        let dead = counter(&metrics, "backflow_source_dead_letters_total", &feed_filter);
+        let restarts =
+            backflow_e2e::metric_sum(&metrics, "backflow_source_restarts_total", &feed_filter);
+        let dead =
+            backflow_e2e::metric_sum(&metrics, "backflow_source_dead_letters_total", &feed_filter);
         if started.elapsed() > TIMEOUT || last_progress.elapsed() > STALL {
             bail!(
                 "the feed did not get all {rows} rows into Kafka: {published} published (op {op}), \
@@ -274,7 +255,7 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let secs = started.elapsed().as_secs_f64();
-    let rss_mb = peak_rss_mb(node.pid());
+    let rss_mb = backflow_e2e::peak_rss_mb(node.pid());
     let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
     node.signal("TERM")?;
     node.wait(Duration::from_secs(30))?;
@@ -284,8 +265,16 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
         rss_mb,
         resumed_at: resumed_at.unwrap_or_else(|| "?".into()),
         published,
-        restarts: counter(&metrics, "backflow_source_restarts_total", &feed_filter),
-        dead_letters: counter(&metrics, "backflow_source_dead_letters_total", &feed_filter),
+        restarts: backflow_e2e::metric_sum(
+            &metrics,
+            "backflow_source_restarts_total",
+            &feed_filter,
+        ),
+        dead_letters: backflow_e2e::metric_sum(
+            &metrics,
+            "backflow_source_dead_letters_total",
+            &feed_filter,
+        ),
         warnings: log
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("ERROR"))

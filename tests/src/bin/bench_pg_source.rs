@@ -23,27 +23,6 @@ use backflow_e2e::{create_pg_database, drop_pg_database, unique_name, Node, Test
 
 const TX_ROWS: i64 = 10;
 
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// Sum of a counter's series whose labels contain `filter`.
-fn counter(metrics: &str, name: &str, filter: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let arg = |i: usize, default: i64| -> anyhow::Result<i64> {
@@ -160,12 +139,12 @@ async fn main() -> anyhow::Result<()> {
         let until = Instant::now() + Duration::from_secs(1800);
         loop {
             let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
-            let published = counter(
+            let published = backflow_e2e::metric_sum(
                 &metrics,
                 "backflow_source_events_total",
                 &format!("op=\"{op}\""),
             );
-            let lag = counter(&metrics, "backflow_source_lag_seconds", &feed);
+            let lag = backflow_e2e::metric_sum(&metrics, "backflow_source_lag_seconds", &feed);
             if published >= rows as f64 && lag == 0.0 {
                 break;
             }
@@ -178,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let ours_secs = started.elapsed().as_secs_f64();
-        let rss = peak_rss_mb(node.pid());
+        let rss = backflow_e2e::peak_rss_mb(node.pid());
         node.signal("TERM")?;
         let mut node = node;
         node.wait(Duration::from_secs(30))?;
