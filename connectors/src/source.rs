@@ -159,44 +159,79 @@ impl<S: serde::de::DeserializeOwned, P> Resume<S, P> {
 }
 
 /// Deletes for the rows a raw topic holds whose keys the table no longer
-/// has (`current`: the table's keys, as [`key_text`] gives them), so a new
+/// has (`current`: the table's keys, as [`row_bytes`] gives them), so a new
 /// snapshot leaves no row behind that was deleted while no change stream
 /// recorded it. The before-image is the topic's row; `info` gives each
 /// event's source block.
 pub(crate) fn vanished(
+    feed: &str,
     table: &Arc<TableDesc>,
     topic_rows: Vec<Row>,
-    current: &std::collections::HashSet<String>,
+    current: &std::collections::HashSet<Vec<u8>>,
     position: &Position,
     info: impl Fn() -> backflow_schemas::SourceInfo,
-) -> Vec<SourceRecord> {
-    topic_rows
+) -> SourceBatch {
+    let records: Vec<SourceRecord> = topic_rows
         .into_iter()
         .filter_map(|row| {
             let key = table.key_of(&row);
-            if current.contains(&key_text(&key)) {
+            if current.contains(&row_bytes(&key)) {
                 return None;
             }
+            let source = info();
             Some(SourceRecord {
                 table: table.clone(),
                 event: ChangeEvent {
                     key,
                     before: Some(row),
                     after: None,
-                    source: info(),
+                    ts_ms: Some(source.ts_ms),
+                    source,
                     op: backflow_schemas::Op::Delete,
-                    ts_ms: Some(info().ts_ms),
                     transaction: None,
                 },
                 position: position.clone(),
             })
         })
-        .collect()
+        .collect();
+    if !records.is_empty() {
+        tracing::warn!(feed, table = %table.qualified_name(), deleted = records.len(), "rows the raw topic held and the table no longer has are deleted");
+    }
+    SourceBatch {
+        records,
+        ..SourceBatch::default()
+    }
 }
 
-/// A key as comparable text.
-pub(crate) fn key_text(key: &Row) -> String {
-    format!("{:?}", key.0)
+/// Bytes equal for equal rows (floats by their bits), to key maps and
+/// compare rows.
+pub(crate) fn row_bytes(row: &Row) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * row.0.len());
+    let put = |out: &mut Vec<u8>, tag: u8, bytes: &[u8]| {
+        out.push(tag);
+        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for d in &row.0 {
+        match d {
+            backflow_schemas::Datum::Null => put(&mut out, 0, &[]),
+            backflow_schemas::Datum::Bool(b) => put(&mut out, 1, &[u8::from(*b)]),
+            backflow_schemas::Datum::Int(v) => put(&mut out, 2, &v.to_be_bytes()),
+            backflow_schemas::Datum::Long(v) => put(&mut out, 3, &v.to_be_bytes()),
+            backflow_schemas::Datum::Float(v) => put(&mut out, 4, &v.to_bits().to_be_bytes()),
+            backflow_schemas::Datum::Double(v) => put(&mut out, 5, &v.to_bits().to_be_bytes()),
+            backflow_schemas::Datum::Decimal(v) => put(&mut out, 6, v.to_string().as_bytes()),
+            backflow_schemas::Datum::Text(s) => put(&mut out, 7, s.as_bytes()),
+            backflow_schemas::Datum::Bytes(b) => put(&mut out, 8, b),
+            backflow_schemas::Datum::Date(v) => put(&mut out, 9, &v.to_be_bytes()),
+            backflow_schemas::Datum::Time(v) => put(&mut out, 10, &v.to_be_bytes()),
+            backflow_schemas::Datum::Timestamp(v) => put(&mut out, 11, &v.to_be_bytes()),
+            backflow_schemas::Datum::TimestampTz(v) => put(&mut out, 12, &v.to_be_bytes()),
+            backflow_schemas::Datum::Uuid(u) => put(&mut out, 13, u.as_bytes()),
+            backflow_schemas::Datum::Json(s) => put(&mut out, 14, s.as_bytes()),
+        }
+    }
+    out
 }
 
 /// Live figures of a source, updated by the source, read by the runtime.

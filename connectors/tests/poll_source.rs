@@ -497,13 +497,7 @@ async fn key_diff_deletes_keys_gone_from_the_table_and_seeds_before_images() {
         .topic_state(&desc, vec![row(1, "a1"), row(2, "a2"), gone.clone()])
         .await
         .unwrap();
-    assert_eq!(diff.records.len(), 1, "only the missing key");
-    let d = &diff.records[0];
-    assert_eq!(d.event.op, Op::Delete);
-    assert_eq!(d.event.key, Row(vec![Datum::Int(4)]));
-    assert_eq!(d.event.before.as_ref(), Some(&gone));
-    assert!(d.event.after.is_none());
-    assert_eq!(d.event.source.position, d.position.0);
+    assert_only_delete_of_4(&diff, &gone);
 
     // Rows equal to the topic's are not yielded again; 3 is new.
     let first = until_idle(&mut source, 100).await;
@@ -995,12 +989,7 @@ async fn mysql_key_diff_deletes_keys_gone_from_the_table() {
         .topic_state(&desc, vec![row(1, "a1"), row(2, "a2"), gone.clone()])
         .await
         .unwrap();
-    assert_eq!(diff.records.len(), 1, "only the missing key");
-    let d = &diff.records[0];
-    assert_eq!(d.event.op, Op::Delete);
-    assert_eq!(d.event.key, Row(vec![Datum::Int(4)]));
-    assert_eq!(d.event.before.as_ref(), Some(&gone));
-    assert!(d.event.after.is_none());
+    assert_only_delete_of_4(&diff, &gone);
 
     let first = until_idle(&mut source, 100).await;
     assert_eq!(first.ops(), vec![(Op::Create, 3)]);
@@ -1190,4 +1179,16 @@ async fn mysql_configuration_errors_name_what_to_fix() {
     assert_eq!((parsed.host.as_str(), parsed.port()), ("127.0.0.1", 3306));
     assert_eq!(parsed.validate(), Ok(()));
     my_drop(&db).await;
+}
+
+/// The key diff yielded exactly one delete: key 4, before-image the
+/// topic's row, at its own position.
+fn assert_only_delete_of_4(diff: &backflow_connectors::SourceBatch, gone: &Row) {
+    assert_eq!(diff.records.len(), 1, "only the missing key");
+    let d = &diff.records[0];
+    assert_eq!(d.event.op, Op::Delete);
+    assert_eq!(d.event.key, Row(vec![Datum::Int(4)]));
+    assert_eq!(d.event.before.as_ref(), Some(gone));
+    assert!(d.event.after.is_none());
+    assert_eq!(d.event.source.position, d.position.0);
 }

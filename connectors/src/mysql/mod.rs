@@ -1257,20 +1257,18 @@ impl Source for MysqlSource {
                         .unwrap_or(Datum::Null)
                 })
                 .collect();
-            current.insert(crate::source::key_text(&Row(key)));
+            current.insert(crate::source::row_bytes(&Row(key)));
         }
         let position = binlog_position(&snap.file, snap.pos);
         let ts = now_ms();
-        let records = crate::source::vanished(table, topic_rows, &current, &position, || {
-            self.source_info(table, &position, ts, Snapshot::True, None)
-        });
-        if !records.is_empty() {
-            tracing::warn!(feed = %self.config.name, table = %table.qualified_name(), deleted = records.len(), "rows the raw topic held and the table no longer has are deleted");
-        }
-        Ok(SourceBatch {
-            records,
-            ..SourceBatch::default()
-        })
+        Ok(crate::source::vanished(
+            &self.config.name,
+            table,
+            topic_rows,
+            &current,
+            &position,
+            || self.source_info(table, &position, ts, Snapshot::True, None),
+        ))
     }
 }
 

@@ -188,6 +188,7 @@ use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, SourceInfo, TableD
 use serde::{Deserialize, Serialize};
 
 use self::engine::{Cells, Clock, Engine, Polled, Since, TsScale, Watermark};
+use crate::source::row_bytes;
 use crate::{
     ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceGauges, SourceRecord,
 };
@@ -555,37 +556,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
-}
-
-/// Bytes equal for equal rows (floats by their bits), to key maps and
-/// compare rows.
-fn row_bytes(row: &Row) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 * row.0.len());
-    let put = |out: &mut Vec<u8>, tag: u8, bytes: &[u8]| {
-        out.push(tag);
-        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
-        out.extend_from_slice(bytes);
-    };
-    for d in &row.0 {
-        match d {
-            Datum::Null => put(&mut out, 0, &[]),
-            Datum::Bool(b) => put(&mut out, 1, &[u8::from(*b)]),
-            Datum::Int(v) => put(&mut out, 2, &v.to_be_bytes()),
-            Datum::Long(v) => put(&mut out, 3, &v.to_be_bytes()),
-            Datum::Float(v) => put(&mut out, 4, &v.to_bits().to_be_bytes()),
-            Datum::Double(v) => put(&mut out, 5, &v.to_bits().to_be_bytes()),
-            Datum::Decimal(v) => put(&mut out, 6, v.to_string().as_bytes()),
-            Datum::Text(s) => put(&mut out, 7, s.as_bytes()),
-            Datum::Bytes(b) => put(&mut out, 8, b),
-            Datum::Date(v) => put(&mut out, 9, &v.to_be_bytes()),
-            Datum::Time(v) => put(&mut out, 10, &v.to_be_bytes()),
-            Datum::Timestamp(v) => put(&mut out, 11, &v.to_be_bytes()),
-            Datum::TimestampTz(v) => put(&mut out, 12, &v.to_be_bytes()),
-            Datum::Uuid(u) => put(&mut out, 13, u.as_bytes()),
-            Datum::Json(s) => put(&mut out, 14, s.as_bytes()),
-        }
-    }
-    out
 }
 
 /// Whether a soft-delete column's value marks the row deleted: anything

@@ -1069,20 +1069,18 @@ impl Source for PostgresSource {
                     None => Datum::Null,
                 })
                 .collect();
-            current.insert(crate::source::key_text(&Row(key)));
+            current.insert(crate::source::row_bytes(&Row(key)));
         }
         let position = snap.position.clone();
         let ts = now_ms();
-        let records = crate::source::vanished(table, topic_rows, &current, &position, || {
-            self.source_info(table, &position, ts, Snapshot::True, None)
-        });
-        if !records.is_empty() {
-            tracing::warn!(feed = %self.config.name, table = %table.qualified_name(), deleted = records.len(), "rows the raw topic held and the table no longer has are deleted");
-        }
-        Ok(SourceBatch {
-            records,
-            ..SourceBatch::default()
-        })
+        Ok(crate::source::vanished(
+            &self.config.name,
+            table,
+            topic_rows,
+            &current,
+            &position,
+            || self.source_info(table, &position, ts, Snapshot::True, None),
+        ))
     }
 }
 
