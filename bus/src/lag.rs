@@ -32,6 +32,9 @@ use serde::{Deserialize, Serialize};
 /// Topic of subscriber reports on the upper node's cluster (compacted).
 pub const REPORTS_TOPIC: &str = "backflow._subscribers";
 
+/// How often a share topic's partition count is asked again.
+const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
+
 /// How often subscribers report and the node samples.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
@@ -298,6 +301,7 @@ pub async fn monitor(
     let window_ms = ctx.window.as_millis() as i64;
     let mut samples: HashMap<(String, String), VecDeque<Sample>> = HashMap::new();
     let mut feed_samples: HashMap<String, VecDeque<(i64, f64, f64)>> = HashMap::new();
+    let mut known_partitions: HashMap<String, (i32, std::time::Instant)> = HashMap::new();
     // Origin times of records at (topic, partition, offset), read once.
     let mut origins: HashMap<(String, i32, i64), Option<i64>> = HashMap::new();
     let watermarks = loop {
@@ -324,9 +328,17 @@ pub async fn monitor(
         let mut rows = Vec::new();
         for (subscriber, dataset) in &served {
             let topic = crate::topics::share(subscriber, dataset);
-            let partitions = crate::kafka::partition_count(&ctx.settings, &topic)
-                .await
-                .unwrap_or(0) as i32;
+            // A metadata request per share topic every 30 s, not every sample.
+            let partitions = match known_partitions.get(&topic) {
+                Some((n, at)) if *n > 0 && at.elapsed() < PARTITIONS_EVERY => *n,
+                _ => {
+                    let n = crate::kafka::partition_count(&ctx.settings, &topic)
+                        .await
+                        .unwrap_or(0) as i32;
+                    known_partitions.insert(topic.clone(), (n, std::time::Instant::now()));
+                    n
+                }
+            };
             // The freshest report that reads this topic.
             let report = reports_now
                 .values()
