@@ -476,13 +476,31 @@ fn micros_of_day(h: u8, mi: u8, s: u8, us: u32) -> i64 {
     ((i64::from(h) * 60 + i64::from(mi)) * 60 + i64::from(s)) * 1_000_000 + i64::from(us)
 }
 
+const NOT_UTF8: &str = "bytes that are not valid UTF-8";
+
 fn text_of(bytes: Vec<u8>, cs: Charset) -> Result<String, String> {
     match cs {
-        Charset::Utf8 => {
-            String::from_utf8(bytes).map_err(|_| "bytes that are not valid UTF-8".to_owned())
-        }
+        Charset::Utf8 => String::from_utf8(bytes).map_err(|_| NOT_UTF8.to_owned()),
         Charset::Latin1 => Ok(bytes.into_iter().map(char::from).collect()),
     }
+}
+
+/// [`text_of`] of borrowed bytes (a value read in place from a row image).
+pub(crate) fn text_of_slice(bytes: &[u8], cs: Charset) -> Result<String, String> {
+    match cs {
+        Charset::Utf8 => std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| NOT_UTF8.to_owned()),
+        Charset::Latin1 => Ok(bytes.iter().copied().map(char::from).collect()),
+    }
+}
+
+/// A `TIMESTAMP` of the binlog (seconds since the epoch and microseconds).
+pub(crate) fn binlog_timestamp(secs: i64, us: i64) -> Result<Datum, String> {
+    if secs == 0 && us == 0 {
+        return Err("a zero TIMESTAMP (0000-00-00 00:00:00) has no instant; use NULL".into());
+    }
+    Ok(Datum::TimestampTz(secs * 1_000_000 + us))
 }
 
 fn ascii(bytes: &[u8]) -> Result<&str, String> {
@@ -652,13 +670,7 @@ pub(crate) fn datum(
                         let padded = format!("{frac:0<6}");
                         us = padded[..6].parse().map_err(|_| "bad fractional seconds")?;
                     }
-                    if secs == 0 && us == 0 {
-                        return Err(
-                            "a zero TIMESTAMP (0000-00-00 00:00:00) has no instant; use NULL"
-                                .into(),
-                        );
-                    }
-                    Datum::TimestampTz(secs * 1_000_000 + us)
+                    binlog_timestamp(secs, us)?
                 }
                 Value::Int(secs) => Datum::TimestampTz(secs * 1_000_000),
                 v => return unexpected(&v),

@@ -888,24 +888,6 @@ fn build_row(
         .map(Row)
 }
 
-fn image(
-    desc: &TableDesc,
-    kinds: &[catalog::Kind],
-    raw: Option<rows::RawImage>,
-) -> Result<Option<Row>, String> {
-    let Some(raw) = raw else { return Ok(None) };
-    if raw.len() != desc.columns.len() {
-        return Err(format!(
-            "a row image with {} of the {} columns of {}",
-            raw.len(),
-            desc.columns.len(),
-            desc.qualified_name()
-        ));
-    }
-    let values = raw.into_iter().collect::<Result<Vec<_>, _>>()?;
-    build_row(desc, kinds, values, Origin::Binlog).map(Some)
-}
-
 #[async_trait]
 impl Source for MysqlSource {
     async fn start(
@@ -1296,13 +1278,15 @@ impl MysqlSource {
             return Ok(());
         }
         let columns = tme.columns_count() as usize;
-        let images = rows::images(rows, tme).map_err(|e| {
+        let (desc, kinds) = self.version_for(&key, columns).await?;
+        let stream = self.stream.as_ref().expect("streaming");
+        let tme = stream.get_tme(rows.table_id()).expect("looked up above");
+        let images = rows::rows(rows, tme, &desc, &kinds).map_err(|e| {
             ConnectorError::definite(format!(
                 "cannot decode a row event of {}.{} at {}: {e}",
                 key.0, key.1, self.file
             ))
         })?;
-        let (desc, kinds) = self.version_for(&key, columns).await?;
         // Row events always come inside a transaction; should one not, it
         // is a transaction of its own, at its own position.
         let tx = self.tx.get_or_insert_with(|| Tx {
@@ -1314,6 +1298,8 @@ impl MysqlSource {
         });
         let position = tx.position.clone();
         let commit_ms = i64::from(ts_secs) * 1000;
+        // When the source read the event (Debezium's envelope `ts_ms`).
+        let read_ms = now_ms();
         let op = match rows {
             RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => Op::Create,
             RowsEventData::UpdateRowsEventV1(_)
@@ -1322,8 +1308,6 @@ impl MysqlSource {
             _ => Op::Delete,
         };
         for (before, after) in images {
-            let before = image(&desc, &kinds, before);
-            let after = image(&desc, &kinds, after);
             let (before, after) = match (before, after) {
                 (Ok(b), Ok(a)) => (b, a),
                 (Err(reason), _) | (_, Err(reason)) => {
@@ -1358,7 +1342,7 @@ impl MysqlSource {
                             txid: tx.gtid.clone(),
                         },
                         op,
-                        ts_ms: Some(now_ms()),
+                        ts_ms: Some(read_ms),
                         transaction: Some(TransactionInfo {
                             id: tx.id.clone(),
                             total_order: tx.order,
