@@ -237,6 +237,7 @@ tansu_status() {
 # Headless Chromium for the dashboard's browser test (Debian's package).
 tools_up() {
   command -v chromium >/dev/null || apt_install chromium
+  "$ROOT/scripts/helm-setup.sh" >/dev/null
 }
 
 status() {
