@@ -247,7 +247,17 @@ pub enum SinkConfig {
     Mysql(backflow_connectors::sink::mysql::MysqlSinkConfig),
     /// A SQLite file.
     Sqlite(backflow_connectors::sink::sqlite::SqliteSinkConfig),
+    /// This node's own Kafka (a cascade): the records go to this node's raw
+    /// topics and its distributor re-shares them. Runs in `backflow serve`.
+    Kafka(BusSinkConfig),
 }
+
+/// A cascade's sink: this node's own bus (`kafka.brokers`, its registry).
+/// A mapping's `table` names the dataset the records are re-published as
+/// (default: the share topic's dataset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSinkConfig {}
 
 impl<'de> Deserialize<'de> for SinkConfig {
     /// Dispatches on `type`, so that an error names the setting.
@@ -257,7 +267,9 @@ impl<'de> Deserialize<'de> for SinkConfig {
         let kind = v
             .as_object_mut()
             .and_then(|o| o.remove("type"))
-            .ok_or_else(|| D::Error::custom("missing `type` (one of: postgres, mysql, sqlite)"))?;
+            .ok_or_else(|| {
+                D::Error::custom("missing `type` (one of: postgres, mysql, sqlite, kafka)")
+            })?;
         let at = |e: serde_path_to_error::Error<serde_json::Error>| {
             D::Error::custom(format!("{}: {}", e.path(), e.inner()))
         };
@@ -271,8 +283,11 @@ impl<'de> Deserialize<'de> for SinkConfig {
             Some("sqlite") => serde_path_to_error::deserialize(v)
                 .map(SinkConfig::Sqlite)
                 .map_err(at),
+            Some("kafka") => serde_path_to_error::deserialize(v)
+                .map(SinkConfig::Kafka)
+                .map_err(at),
             _ => Err(D::Error::custom(format!(
-                "unknown sink type {kind}; supported: postgres, mysql, sqlite"
+                "unknown sink type {kind}; supported: postgres, mysql, sqlite, kafka"
             ))),
         }
     }
@@ -286,6 +301,7 @@ impl SinkConfig {
             SinkConfig::Postgres(c) => &c.schema,
             SinkConfig::Mysql(c) => &c.database,
             SinkConfig::Sqlite(_) => "main",
+            SinkConfig::Kafka(_) => "",
         }
     }
 }
@@ -306,7 +322,7 @@ impl SubscriptionConfig {
         let (password, env, file) = match &mut self.sink {
             SinkConfig::Postgres(c) => (&mut c.password, &c.password_env, &c.password_file),
             SinkConfig::Mysql(c) => (&mut c.password, &c.password_env, &c.password_file),
-            SinkConfig::Sqlite(_) => return Ok(()),
+            SinkConfig::Sqlite(_) | SinkConfig::Kafka(_) => return Ok(()),
         };
         *password = resolve_password(
             env.as_deref(),

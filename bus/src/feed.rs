@@ -103,13 +103,14 @@ pub struct FeedContext {
     pub metrics: Metrics,
 }
 
-struct Encoder {
+/// A table version's codec and the raw topic's schema ids it encodes with.
+pub(crate) struct Encoder {
     /// Held so the description's address, the map key, is not reused.
     _table: Arc<TableDesc>,
-    codec: TableCodec,
-    topic: String,
-    key_id: u32,
-    value_id: u32,
+    pub(crate) codec: TableCodec,
+    pub(crate) topic: String,
+    pub(crate) key_id: u32,
+    pub(crate) value_id: u32,
 }
 
 enum Pending {
@@ -370,7 +371,9 @@ pub async fn run(
     result
 }
 
-async fn encoder<'a>(
+/// The encoder of a table version, its schemas registered under the raw
+/// topic's subjects on first use.
+pub(crate) async fn encoder<'a>(
     encoders: &'a mut HashMap<usize, Encoder>,
     table: &Arc<TableDesc>,
     ctx: &FeedContext,

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cascade;
 pub mod catalog;
 pub mod config;
 pub mod dashboard;

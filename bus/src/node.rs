@@ -98,6 +98,24 @@ pub async fn run_as(
     shutdown: CancellationToken,
     on_started: impl FnOnce(&Running),
 ) -> Result<(), NodeError> {
+    // Kafka: the configured cluster, or the embedded broker. The embedded
+    // one stops last, after every client of the node is gone.
+    let embedded = match &config.kafka.brokers {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start()?),
+    };
+    let outcome = run_on(role, config, embedded.as_ref(), shutdown, on_started).await;
+    drop(embedded);
+    outcome
+}
+
+async fn run_on(
+    role: Role,
+    config: Config,
+    embedded: Option<&EmbeddedBroker>,
+    shutdown: CancellationToken,
+    on_started: impl FnOnce(&Running),
+) -> Result<(), NodeError> {
     let is_node = role == Role::Node;
     let metrics = Metrics::new();
     let readiness = Readiness::default();
@@ -105,12 +123,7 @@ pub async fn run_as(
     readiness.register(CHECK_TOPICS);
     readiness.register(CHECK_REGISTRY);
 
-    // Kafka: the configured cluster, or the embedded broker.
-    let embedded = match &config.kafka.brokers {
-        Some(_) => None,
-        None => Some(EmbeddedBroker::start()?),
-    };
-    let bootstrap = match (&config.kafka.brokers, &embedded) {
+    let bootstrap = match (&config.kafka.brokers, embedded) {
         (Some(b), _) => b.clone(),
         (None, Some(e)) => e.bootstrap_servers().to_owned(),
         (None, None) => unreachable!("embedded broker started above"),
@@ -187,12 +200,25 @@ pub async fn run_as(
         });
     }
 
+    // Subscriptions to upper nodes, applied to this node's databases.
+    let health = crate::subscribe::SubscriptionHealth::new(readiness.clone());
+    let subscriptions = if is_node {
+        config.subscriptions.clone()
+    } else {
+        Vec::new()
+    };
+    // Cascading ones (sink `kafka`) start with the feeds, once this node's
+    // bus and registry are ready.
+    let (cascading, databases): (Vec<_>, Vec<_>) = subscriptions
+        .iter()
+        .cloned()
+        .partition(|s| matches!(s.sink, crate::config::SinkConfig::Kafka(_)));
     // Internal topics, retried until they exist or the node stops.
     {
         let settings = settings.clone();
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
-        let embedded_admin = embedded.as_ref().map(EmbeddedBroker::admin);
+        let embedded_admin = embedded.map(EmbeddedBroker::admin);
         let registry = registry.clone();
         let feeds = config.feeds.clone();
         let shares = config.shares.clone();
@@ -202,6 +228,7 @@ pub async fn run_as(
         let publisher = publisher.clone();
         let metrics = metrics.clone();
         let feed_tracker = tracker.clone();
+        let cascade_health = health.clone();
         let (partitions, rf) = (config.kafka.partitions, config.kafka.replication_factor);
         tracker.spawn(async move {
             let specs = [
@@ -264,6 +291,15 @@ pub async fn run_as(
                                     ));
                                     if !is_node {
                                         return;
+                                    }
+                                    for sub in cascading {
+                                        feed_tracker.spawn(crate::subscribe::supervise(
+                                            sub,
+                                            ctx.metrics.clone(),
+                                            cascade_health.clone(),
+                                            Some(ctx.clone()),
+                                            shutdown.clone(),
+                                        ));
                                     }
                                     feed_tracker.spawn(crate::distributor::supervise(
                                         shares,
@@ -331,18 +367,12 @@ pub async fn run_as(
         });
     }
 
-    // Subscriptions to upper nodes, applied to this node's databases.
-    let health = crate::subscribe::SubscriptionHealth::new(readiness.clone());
-    let subscriptions = if is_node {
-        config.subscriptions.clone()
-    } else {
-        Vec::new()
-    };
-    for sub in subscriptions.clone() {
+    for sub in databases {
         tracker.spawn(crate::subscribe::supervise(
             sub,
             metrics.clone(),
             health.clone(),
+            None,
             shutdown.clone(),
         ));
     }
@@ -440,7 +470,6 @@ pub async fn run_as(
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         return Err(NodeError::ShutdownTimeout(timeout));
     }
-    drop(embedded);
     match http_task.await {
         Ok(Err(e)) => Err(NodeError::Http(e)),
         _ => {

@@ -31,10 +31,7 @@ pub async fn save(
     feed: &str,
     position: &Position,
 ) -> Result<(), KafkaError> {
-    let ts_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
+    let ts_ms = now_ms();
     let value = serde_json::to_vec(&Stored {
         feed: feed.to_owned(),
         position: position.0.clone(),
@@ -64,6 +61,90 @@ pub async fn clear(publisher: &Publisher, feed: &str) -> Result<(), KafkaError> 
 
 /// The last position recorded for a feed, read from the whole topic.
 pub async fn load(settings: &KafkaSettings, feed: &str) -> Result<Option<Position>, KafkaError> {
+    Ok(latest(settings, &key(feed))
+        .await?
+        .and_then(|v| serde_json::from_slice::<Stored>(&v).ok())
+        .map(|s| Position(s.position)))
+}
+
+fn subscription_key(subscription: &str) -> String {
+    format!("subscription:{subscription}")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredOffsets {
+    subscription: String,
+    offsets: Vec<StoredOffset>,
+    ts_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredOffset {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// Records the upstream offsets a subscription whose sink is this node's
+/// bus has applied (every record before them acknowledged by Kafka) and
+/// waits for Kafka to have them. Offsets of partitions not named keep
+/// their stored value: `all` is the whole set to store.
+pub async fn save_subscription(
+    publisher: &Publisher,
+    subscription: &str,
+    all: &[backflow_connectors::TopicOffset],
+) -> Result<(), KafkaError> {
+    let value = serde_json::to_vec(&StoredOffsets {
+        subscription: subscription.to_owned(),
+        offsets: all
+            .iter()
+            .map(|o| StoredOffset {
+                topic: o.topic.clone(),
+                partition: o.partition,
+                offset: o.offset,
+            })
+            .collect(),
+        ts_ms: now_ms(),
+    })
+    .expect("serializes");
+    let k = subscription_key(subscription);
+    publisher
+        .send(OutgoingRecord::new(topics::OFFSETS, k.as_bytes(), &value))
+        .await
+        .map(|_| ())
+}
+
+/// The upstream offsets last recorded for a subscription (empty when none).
+pub async fn load_subscription(
+    settings: &KafkaSettings,
+    subscription: &str,
+) -> Result<Vec<backflow_connectors::TopicOffset>, KafkaError> {
+    Ok(latest(settings, &subscription_key(subscription))
+        .await?
+        .and_then(|v| serde_json::from_slice::<StoredOffsets>(&v).ok())
+        .map(|s| {
+            s.offsets
+                .into_iter()
+                .map(|o| backflow_connectors::TopicOffset {
+                    topic: o.topic,
+                    partition: o.partition,
+                    offset: o.offset,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The latest value of `wanted` in the whole topic (`None` when absent or
+/// deleted).
+async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>>, KafkaError> {
     let partitions = kafka::partition_count(settings, topics::OFFSETS).await?;
     if partitions == 0 {
         return Ok(None);
@@ -81,7 +162,6 @@ pub async fn load(settings: &KafkaSettings, feed: &str) -> Result<Option<Positio
     }
     let parts: Vec<i32> = ends.keys().copied().collect();
     let consumer = Consumer::replay_partitions(settings, topics::OFFSETS, &parts)?;
-    let wanted = key(feed);
     let mut found = None;
     let deadline =
         tokio::time::Instant::now() + settings.request_timeout.max(Duration::from_secs(10)) * 3;
@@ -96,12 +176,7 @@ pub async fn load(settings: &KafkaSettings, feed: &str) -> Result<Option<Positio
             ends.remove(&r.partition);
         }
         if r.key.as_deref() == Some(wanted.as_bytes()) {
-            found = match r.payload {
-                None => None,
-                Some(v) => serde_json::from_slice::<Stored>(&v)
-                    .ok()
-                    .map(|s| Position(s.position)),
-            };
+            found = r.payload;
         }
     }
     Ok(found)

@@ -19,7 +19,9 @@ use apache_avro::Schema;
 use backflow_connectors::sink::mysql::MysqlSink;
 use backflow_connectors::sink::postgres::PostgresSink;
 use backflow_connectors::sink::sqlite::SqliteSink;
-use backflow_connectors::{ConnectorError, ErrorKind, Sink, SinkBatch, SinkRecord, TopicOffset};
+use backflow_connectors::{
+    ConnectorError, ErrorKind, Provenance, Sink, SinkBatch, SinkRecord, TopicOffset,
+};
 use backflow_schemas::registry_client::{RegistryClient, RegistryClientError};
 use backflow_schemas::{
     key_table_from_schema, table_from_schemas, unframe, FramedReaders, TableCodec, TableDesc,
@@ -28,7 +30,7 @@ use backflow_schemas::{
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SinkConfig, SubscriptionConfig};
-use crate::feed::{HEADER_DLQ_REASON, HEADER_ORIGIN_TS};
+use crate::feed::{HEADER_DLQ_REASON, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::http::{CheckState, Readiness};
 use crate::kafka::{
     ConsumedRecord, Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, TopicAdmin,
@@ -51,6 +53,9 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 /// How often the subscribed topics are checked for new partitions (and
 /// topics that did not exist yet).
 const TOPICS_EVERY: Duration = Duration::from_secs(15);
+/// How often a subscription none of whose topics exists yet looks again
+/// (a metadata request; the first records arrive this much sooner).
+const TOPICS_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a subscription stopped.
 #[derive(Debug, thiserror::Error)]
@@ -132,11 +137,13 @@ impl SubscriptionHealth {
 }
 
 /// Runs a subscription until shutdown, restarting it with backoff after
-/// errors (it resumes from the offsets its database holds).
+/// errors (it resumes from the offsets its database holds). `bus`: this
+/// node's own Kafka, for a subscription whose sink is `kafka` (a cascade).
 pub async fn supervise(
     config: SubscriptionConfig,
     metrics: Metrics,
     health: SubscriptionHealth,
+    bus: Option<crate::feed::FeedContext>,
     shutdown: CancellationToken,
 ) {
     let name = config.name.clone();
@@ -165,7 +172,7 @@ pub async fn supervise(
     ));
     let _reporter = AbortOnDrop(reporter);
     loop {
-        let mut run = Run::new(&config, &metrics, &health, &status);
+        let mut run = Run::new(&config, &metrics, &health, &status, bus.as_ref());
         let outcome = run.run(&shutdown).await;
         run.close().await;
         match outcome {
@@ -250,12 +257,20 @@ impl<'a> Run<'a> {
         metrics: &'a Metrics,
         health: &'a SubscriptionHealth,
         status: &'a tokio::sync::watch::Sender<crate::lag::Report>,
+        bus: Option<&crate::feed::FeedContext>,
     ) -> Self {
         let name = config.name.clone();
-        let sink: Box<dyn Sink> = match &config.sink {
-            SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c.clone(), name)),
-            SinkConfig::Mysql(c) => Box::new(MysqlSink::new(c.clone(), name)),
-            SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c.clone(), name)),
+        let cascade = matches!(config.sink, SinkConfig::Kafka(_));
+        let sink: Box<dyn Sink> = match (&config.sink, bus) {
+            (SinkConfig::Postgres(c), _) => Box::new(PostgresSink::new(c.clone(), name)),
+            (SinkConfig::Mysql(c), _) => Box::new(MysqlSink::new(c.clone(), name)),
+            (SinkConfig::Sqlite(c), _) => Box::new(SqliteSink::new(c.clone(), name)),
+            (SinkConfig::Kafka(_), Some(bus)) => {
+                Box::new(crate::cascade::BusSink::new(name, bus.clone()))
+            }
+            (SinkConfig::Kafka(_), None) => {
+                unreachable!("cascading subscriptions are started by the node with its bus")
+            }
         };
         let settings = upstream_settings(config);
         let targets = config
@@ -265,6 +280,17 @@ impl<'a> Run<'a> {
                 let dataset = crate::topics::dataset_of(&m.topic)
                     .unwrap_or(&m.topic)
                     .to_owned();
+                if cascade {
+                    // Re-published as a dataset of this node.
+                    let dataset = m.table.clone().unwrap_or(dataset);
+                    let (department, name) = dataset.split_once('.').unwrap_or(("", &dataset));
+                    let target = TableTarget {
+                        schema: department.to_owned(),
+                        name: name.to_owned(),
+                        dataset: dataset.clone(),
+                    };
+                    return (m.topic.clone(), target);
+                }
                 let name = m.table.clone().unwrap_or_else(|| {
                     dataset
                         .chars()
@@ -356,6 +382,7 @@ impl<'a> Run<'a> {
             .map(|o| ((o.topic, o.partition), o.offset))
             .collect();
         let mut assigned = self.partitions().await?;
+        let mut waited = false;
         while assigned.is_empty() {
             self.health.set(
                 self.name(),
@@ -364,10 +391,13 @@ impl<'a> Run<'a> {
                         .to_owned(),
                 ),
             );
-            tracing::warn!(subscription = %self.name(), topics = ?self.config.tables.iter().map(|m| &m.topic).collect::<Vec<_>>(), "none of the subscribed topics exists yet; waiting");
+            if !waited {
+                tracing::warn!(subscription = %self.name(), topics = ?self.config.tables.iter().map(|m| &m.topic).collect::<Vec<_>>(), "none of the subscribed topics exists yet; waiting");
+                waited = true;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
-                _ = tokio::time::sleep(TOPICS_EVERY) => {}
+                _ = tokio::time::sleep(TOPICS_WAIT) => {}
             }
             assigned = self.partitions().await?;
         }
@@ -665,6 +695,23 @@ fn origin_ms(raw: &ConsumedRecord) -> Option<i64> {
         .ok()
 }
 
+/// The provenance headers of a consumed record.
+fn provenance(raw: &ConsumedRecord) -> Provenance {
+    let text = |name| raw.header(name).and_then(|v| std::str::from_utf8(v).ok());
+    Provenance {
+        origin: text(HEADER_ORIGIN).map(str::to_owned),
+        origin_ts_ms: origin_ms(raw),
+        hops: text(HEADER_HOPS)
+            .map(|h| {
+                h.split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// Turns framed records into sink records, with schemas from the upstream
 /// registry and table descriptions recovered from them.
 struct Decoder {
@@ -776,6 +823,7 @@ impl Decoder {
                         .unwrap_or_else(|| table.clone()),
                     key,
                     event: None,
+                    provenance: provenance(raw),
                 }),
                 Err(e) => Err(format!("key: {e}")),
             });
@@ -811,6 +859,7 @@ impl Decoder {
                 table: table.clone(),
                 key,
                 event: Some(event),
+                provenance: provenance(raw),
             }),
             Err(e) => Err(format!("value: {e}")),
         })
@@ -864,6 +913,7 @@ pub async fn run_process(
             sub,
             metrics.clone(),
             health.clone(),
+            None,
             shutdown.clone(),
         ));
     }

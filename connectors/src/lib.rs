@@ -17,7 +17,7 @@ mod source;
 pub mod text;
 
 pub use error::{ConnectorError, ErrorKind};
-pub use sink::{row_version, Applied, Sink, SinkBatch, SinkRecord, TopicOffset};
+pub use sink::{row_version, Applied, Provenance, Sink, SinkBatch, SinkRecord, TopicOffset};
 pub use source::{
     Position, RejectedRecord, SnapshotStatus, Source, SourceBatch, SourceGauges, SourceRecord,
 };

@@ -118,6 +118,7 @@ impl Script {
             },
             table: self.table.clone(),
             key: key.clone(),
+            provenance: Default::default(),
             event: op.map(|op| ChangeEvent {
                 key,
                 before: None,

@@ -602,6 +602,18 @@ async fn audit_batch(
     Ok(())
 }
 
+/// The `backflow.hops` a share record carries: the raw record's, with
+/// this node appended unless it is already the last hop (a feed or a
+/// cascading subscription of this node wrote the raw record).
+fn hops_after(raw: Option<&[u8]>, node: &str) -> String {
+    match raw.map(String::from_utf8_lossy) {
+        Some(h) if h.is_empty() => node.to_owned(),
+        Some(h) if h.rsplit(',').next() == Some(node) => h.into_owned(),
+        Some(h) => format!("{h},{node}"),
+        None => node.to_owned(),
+    }
+}
+
 /// Hands one raw record's share records to Kafka.
 async fn distribute(
     record: &ConsumedRecord,
@@ -677,10 +689,7 @@ async fn distribute(
         Ok(e) => e,
         Err(why) => return skip(why),
     };
-    let hops = match record.header(HEADER_HOPS) {
-        Some(h) if !h.is_empty() => format!("{},{}", String::from_utf8_lossy(h), ctx.node),
-        _ => ctx.node.clone(),
-    };
+    let hops = hops_after(record.header(HEADER_HOPS), &ctx.node);
     let origin = record.header(HEADER_ORIGIN).unwrap_or_default();
     let origin_ts = record.header(HEADER_ORIGIN_TS).unwrap_or_default();
     for (s, codec) in shares.iter().zip(&version.shares) {
@@ -690,6 +699,12 @@ async fn distribute(
             .is_some_and(|from| record.offset < from.get(&record.partition).copied().unwrap_or(0))
         {
             // Delivered by the share's backfill.
+            continue;
+        }
+        if hops.split(',').any(|h| h == s.policy.subscriber) {
+            // The change came from (or through) this subscriber: sending
+            // it back would close a loop.
+            tracing::warn!(subscriber = %s.policy.subscriber, %hops, "change not shared back to a node it already passed");
             continue;
         }
         let Some(shared) = s.policy.share_event(&sc.table, &event) else {
@@ -1106,4 +1121,24 @@ pub async fn supervise(
         }
     }
     backfills.tasks.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hops_after;
+
+    #[test]
+    fn hops_name_each_node_once() {
+        // Written by this node's feed: not repeated.
+        assert_eq!(hops_after(Some(b"330000"), "330000"), "330000");
+        // Re-published by this node's cascading subscription.
+        assert_eq!(
+            hops_after(Some(b"330000,330100"), "330100"),
+            "330000,330100"
+        );
+        // A raw record from elsewhere (or an older writer without hops).
+        assert_eq!(hops_after(Some(b"330000"), "330100"), "330000,330100");
+        assert_eq!(hops_after(None, "330100"), "330100");
+        assert_eq!(hops_after(Some(b""), "330100"), "330100");
+    }
 }

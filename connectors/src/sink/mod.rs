@@ -53,6 +53,29 @@ pub struct SinkRecord {
     pub key: Row,
     /// The change; `None` for a tombstone (delete by key).
     pub event: Option<ChangeEvent>,
+    /// Where the change entered backflow and the nodes it passed; database
+    /// sinks ignore it, a sink that re-publishes (a cascade) carries it on.
+    pub provenance: Provenance,
+}
+
+/// The provenance a change carries from node to node (DESIGN.md: the
+/// `backflow.origin`, `backflow.origin_ts` and `backflow.hops` headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// `<node>/<feed>` that captured the change.
+    pub origin: Option<String>,
+    /// The source commit time in ms since the epoch.
+    pub origin_ts_ms: Option<i64>,
+    /// The nodes the change passed, first to last.
+    pub hops: Vec<String>,
+}
+
+impl Provenance {
+    /// Whether the change already passed `node`: re-publishing it there
+    /// would be a loop.
+    pub fn passed(&self, node: &str) -> bool {
+        self.hops.iter().any(|h| h == node)
+    }
 }
 
 /// Records applied together, in one transaction.
@@ -499,6 +522,7 @@ mod tests {
             },
             table: t.clone(),
             key: key.clone(),
+            provenance: Default::default(),
             event: op.map(|op| ChangeEvent {
                 key,
                 before: None,

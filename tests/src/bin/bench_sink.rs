@@ -70,6 +70,7 @@ fn batches(table: &Arc<TableDesc>, rows: i64, batch: i64, round: i64) -> Vec<Sin
                     },
                     table: table.clone(),
                     key: key.clone(),
+                    provenance: Default::default(),
                     event: Some(ChangeEvent {
                         key,
                         before: None,
