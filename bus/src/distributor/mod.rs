@@ -138,7 +138,6 @@ pub async fn run(
     }
     ctx.admin.ensure(&specs).await?;
     let raw: Vec<String> = by_dataset.keys().map(|d| topics::raw(d)).collect();
-    let raw_refs: Vec<&str> = raw.iter().map(String::as_str).collect();
     // Where this run starts on each raw partition: the group's committed
     // offsets (the beginning when none). Then the next offset to distribute.
     let mut position: HashMap<(String, i32), i64> = HashMap::new();
@@ -151,10 +150,16 @@ pub async fn run(
             position.insert(tp, o.unwrap_or(0));
         }
     }
-    let consumer = Consumer::new(
+    // The node's only distributor reads its partitions directly: a restart
+    // starts at once, whatever became of the previous process.
+    let start: Vec<(String, i32, i64)> = position
+        .iter()
+        .map(|((topic, partition), next)| (topic.clone(), *partition, *next))
+        .collect();
+    let consumer = Consumer::owned(
         &ctx.settings,
         &group_id(&ctx.node),
-        &raw_refs,
+        &start,
         Some(ctx.metrics.clone()),
     )?;
     tracing::info!(

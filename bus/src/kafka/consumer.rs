@@ -185,6 +185,37 @@ impl Consumer {
         Ok(Self { inner, metrics })
     }
 
+    /// Reads the given partitions from the given offsets under `group_id`
+    /// without joining the group, and commits the offsets stored with
+    /// [`Consumer::store`] under it every second: for a reader that is the
+    /// group's only member by design (a node's distributor). No rebalance
+    /// is waited for on restart, and a killed predecessor holds nothing
+    /// (a broker that never expires a dead member would otherwise keep its
+    /// partitions away from the new process).
+    pub fn owned(
+        settings: &KafkaSettings,
+        group_id: &str,
+        start: &[(String, i32, i64)],
+        metrics: Option<Metrics>,
+    ) -> Result<Self, KafkaError> {
+        let inner: StreamConsumer = settings.create("consumer", |cfg| {
+            cfg.set("group.id", group_id)
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.commit.interval.ms", "1000")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "false")
+                .set("fetch.wait.max.ms", "100");
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in start {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(KafkaError::Consume)?;
+        }
+        inner.assign(&tpl).map_err(KafkaError::Consume)?;
+        Ok(Self { inner, metrics })
+    }
+
     /// Waits for the next record.
     pub async fn recv(&self) -> Result<ConsumedRecord, KafkaError> {
         let msg = self.inner.recv().await.map_err(KafkaError::Consume)?;

@@ -71,6 +71,19 @@ pub fn ddl_type(c: &ColumnDesc, _is_key: bool) -> String {
     }
 }
 
+/// The type a parameter is cast to for a column of `base` (its type
+/// without modifiers). Casts must not carry a length: `character` and `bit`
+/// without one mean length 1, and an explicit cast truncates silently, so
+/// those are cast to their unlimited forms and the column's own length
+/// refuses a value that does not fit.
+fn cast_type(base: String) -> String {
+    match base.as_str() {
+        "character" => "bpchar".to_owned(),
+        "bit" => "bit varying".to_owned(),
+        _ => base,
+    }
+}
+
 /// A table ready to be written: its columns' server-side types.
 struct Ready {
     /// Type name per column of the description (for the casts).
@@ -194,7 +207,10 @@ impl PostgresSink {
             )
             .await
             .map_err(|e| pg_error(e, &what))?;
-        let casts = rows.iter().map(|r| (r.get(0), r.get(4))).collect();
+        let casts = rows
+            .iter()
+            .map(|r| (r.get(0), cast_type(r.get(4))))
+            .collect();
         Ok(Some((
             ExistingTable {
                 columns: rows
