@@ -5,6 +5,7 @@
 //! target directory (`target/debug/backflow`); `scripts/test.sh` builds it
 //! before running the tests.
 
+pub mod mysql_bench;
 pub mod sinks;
 pub mod topic_view;
 
@@ -193,6 +194,56 @@ pub fn unique_name(prefix: &str) -> String {
         .map(|d| d.as_micros())
         .unwrap_or_default();
     format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000)
+}
+
+/// The residents of a district in a department's PostgreSQL table
+/// `people` (id, name, id_number, region_code, ...), as the share policies
+/// of the end-to-end tests show them: by id, the name `masked:name`, the
+/// identity number `masked:keep(6,4)` and the region code.
+pub async fn masked_residents(
+    database: &str,
+    district: &str,
+) -> std::collections::BTreeMap<i64, Vec<Option<String>>> {
+    let client = pg_connect(database).await.expect("department database");
+    let rows = client
+        .query(
+            "SELECT id, name, id_number, region_code FROM people WHERE region_code LIKE $1 || '%'",
+            &[&district],
+        )
+        .await
+        .expect("people table");
+    rows.iter()
+        .map(|r| {
+            (
+                r.get::<_, i64>(0),
+                vec![
+                    Some(mask_name(r.get(1))),
+                    Some(mask_keep(r.get(2), 6, 4)),
+                    Some(r.get(3)),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// A name as the share policy `masked:name` shows it: the first character
+/// kept, the others starred.
+pub fn mask_name(name: &str) -> String {
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| if i == 0 { c } else { '*' })
+        .collect()
+}
+
+/// A text as `masked:keep(first,last)` shows it (ASCII text such as an
+/// identity number).
+pub fn mask_keep(text: &str, first: usize, last: usize) -> String {
+    format!(
+        "{}{}{}",
+        &text[..first],
+        "*".repeat(text.len() - first - last),
+        &text[text.len() - last..]
+    )
 }
 
 /// Path of the `backflow` binary under test.

@@ -16,14 +16,14 @@
 //! district's lag counts from the province department's commit; a change
 //! that already passed the city is refused as a loop and dead-lettered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use backflow::kafka::{
     partition_count, ConsumedRecord, Consumer, KafkaSettings, OutgoingRecord, Publisher, Watermarks,
 };
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{pg_connect, unique_name, Node, TestBroker};
+use backflow_e2e::{masked_residents, pg_connect, unique_name, Node, TestBroker};
 
 const READ: [(&str, Kind); 3] = [
     ("name", Kind::Text),
@@ -31,41 +31,10 @@ const READ: [(&str, Kind); 3] = [
     ("region_code", Kind::Text),
 ];
 
-type Table = BTreeMap<i64, Vec<Option<String>>>;
-
-/// The district's rows as both policies make them: the province masks the
-/// name and identity number; the city passes them on as it got them.
-async fn expected(source: &str, district: &str) -> Table {
-    let client = pg_connect(source).await.unwrap();
-    let rows = client
-        .query(
-            "SELECT id, name, id_number, region_code FROM people WHERE region_code LIKE $1 || '%'",
-            &[&district],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            let name: String = r.get(1);
-            let masked_name: String = name
-                .chars()
-                .enumerate()
-                .map(|(i, c)| if i == 0 { c } else { '*' })
-                .collect();
-            let idn: String = r.get(2);
-            let masked_idn = format!("{}********{}", &idn[..6], &idn[14..]);
-            (
-                r.get::<_, i64>(0),
-                vec![Some(masked_name), Some(masked_idn), Some(r.get(3))],
-            )
-        })
-        .collect()
-}
-
 async fn until_equal(sink: &SinkDb, source: &str, nodes: &[&Node]) {
     let until = Instant::now() + Duration::from_secs(90);
     loop {
-        let want = expected(source, "330106").await;
+        let want = masked_residents(source, "330106").await;
         let got = sink
             .rows("people", "id", &READ)
             .await

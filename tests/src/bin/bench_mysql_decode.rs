@@ -24,8 +24,7 @@
 //! && target/release/bench_mysql_decode [ROWS [REPEAT]]` (defaults 1000000
 //! and 3), with the services of `scripts/services.sh up`.
 
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -35,127 +34,16 @@ use backflow_connectors::mysql::{
 };
 use backflow_connectors::postgres::SnapshotMode;
 use backflow_connectors::{Source, SourceRecord};
+use backflow_e2e::mysql_bench::{
+    binlog_range, connect, drop_leftovers, insert_values, mariadb_binlog, master_status,
+    small_transactions, write, TX_ROWS,
+};
 use backflow_e2e::TestBroker;
 use backflow_schemas::{frame, TableCodec};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Row};
 
-const TX_ROWS: i64 = 10;
-const PER_ROUND_TRIP: usize = 100;
-const WRITERS: usize = 4;
 /// What the feed asks of a source at a time (bus/src/feed.rs).
 const BATCH_RECORDS: usize = 2_000;
-const COLUMNS: &str = "id, name, region_code, income, birth, note, score";
-
-fn opts(db: Option<&str>) -> OptsBuilder {
-    OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(3306)
-        .user(Some("root"))
-        .prefer_socket(false)
-        .db_name(db)
-        .init(vec!["SET NAMES utf8mb4".to_owned()])
-}
-
-async fn connect(db: Option<&str>) -> anyhow::Result<Conn> {
-    Conn::new(opts(db)).await.context(
-        "connect to MariaDB on 127.0.0.1:3306 as root (start it with scripts/services.sh up)",
-    )
-}
-
-async fn master_status(c: &mut Conn) -> anyhow::Result<(String, u64)> {
-    let row: Row = c
-        .query_first("SHOW MASTER STATUS")
-        .await?
-        .context("SHOW MASTER STATUS is empty: the binary log is off")?;
-    Ok((
-        row.get(0).context("SHOW MASTER STATUS: File")?,
-        row.get(1).context("SHOW MASTER STATUS: Position")?,
-    ))
-}
-
-async fn binlog_files(
-    c: &mut Conn,
-    from: &(String, u64),
-    to: &(String, u64),
-) -> anyhow::Result<Vec<String>> {
-    let rows: Vec<Row> = c.query("SHOW BINARY LOGS").await?;
-    let files: Vec<String> = rows
-        .into_iter()
-        .filter_map(|r| r.get::<String, _>(0))
-        .filter(|n| *n >= from.0 && *n <= to.0)
-        .collect();
-    if files.first() != Some(&from.0) || files.last() != Some(&to.0) {
-        bail!("binlog files {from:?}..{to:?} not all on the server: {files:?}");
-    }
-    Ok(files)
-}
-
-async fn drop_leftovers(admin: &mut Conn) -> anyhow::Result<()> {
-    let dbs: Vec<String> = admin
-        .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'bf\\_bench\\_myd\\_%'")
-        .await?;
-    for db in dbs {
-        let pid = db.rsplit('_').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
-            admin
-                .query_drop(format!("DROP DATABASE IF EXISTS {db}"))
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn write(db: &str, batches: Vec<String>) -> anyhow::Result<()> {
-    let queue = Arc::new(Mutex::new(batches.into_iter()));
-    let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..WRITERS {
-        let (queue, db) = (queue.clone(), db.to_owned());
-        writers.spawn(async move {
-            let mut c = connect(Some(&db)).await?;
-            loop {
-                let next = queue.lock().expect("lock").next();
-                let Some(sql) = next else { break };
-                c.query_drop(sql).await?;
-            }
-            c.disconnect().await?;
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = writers.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
-fn insert_batches(rows: i64) -> Vec<String> {
-    let mut batches = Vec::new();
-    let mut id = 0;
-    while id < rows {
-        let mut sql = String::new();
-        for _ in 0..PER_ROUND_TRIP {
-            if id >= rows {
-                break;
-            }
-            let to = (id + TX_ROWS).min(rows);
-            let values: Vec<String> = (id + 1..=to)
-                .map(|g| {
-                    format!(
-                        "({g}, '居民{g}', '330106', {g} * 0.01, DATE '1990-01-01' + INTERVAL {} DAY, 'note {g}', {g} * 1.5)",
-                        g % 9000
-                    )
-                })
-                .collect();
-            sql.push_str(&format!(
-                "INSERT INTO t ({COLUMNS}) VALUES {};",
-                values.join(", ")
-            ));
-            id += TX_ROWS;
-        }
-        batches.push(sql);
-    }
-    batches
-}
 
 /// CPU time (user + system) of this process so far, in seconds.
 fn cpu_secs() -> f64 {
@@ -182,37 +70,6 @@ fn server_cpu_secs() -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
-}
-
-fn mariadb_binlog(verbose: bool, files: &[String], from: u64, to: u64) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let mut cmd = Command::new("mariadb-binlog");
-    cmd.args([
-        "--read-from-remote-server",
-        "--host=127.0.0.1",
-        "--port=3306",
-        "--user=root",
-    ])
-    .arg(format!("--start-position={from}"))
-    .arg(format!("--stop-position={to}"));
-    if verbose {
-        cmd.arg("--verbose");
-    }
-    let out = cmd
-        .args(files)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .context("run mariadb-binlog (Debian package mariadb-client)")?;
-    let secs = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!(
-            "mariadb-binlog failed: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(secs)
 }
 
 struct Run {
@@ -385,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
     let (rows, repeat) = (arg(1, 1_000_000)?, arg(2, 3)?.max(1));
     let db = format!("bf_bench_myd_{}", std::process::id());
     let mut admin = connect(None).await?;
-    drop_leftovers(&mut admin).await?;
+    drop_leftovers(&mut admin, "bf_bench_myd").await?;
     admin
         .query_drop(format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"))
         .await?;
@@ -406,10 +263,10 @@ async fn bench(db: &str, rows: usize, repeat: usize) -> anyhow::Result<()> {
     .await?;
     let from = master_status(&mut c).await?;
     let started = Instant::now();
-    write(db, insert_batches(rows as i64)).await?;
+    write(db, small_transactions(rows as i64, &insert_values)).await?;
     let written = started.elapsed().as_secs_f64();
     let to = master_status(&mut c).await?;
-    let files = binlog_files(&mut c, &from, &to).await?;
+    let (files, _) = binlog_range(&mut c, &from, &to).await?;
     println!(
         "{rows} inserts, {TX_ROWS}-row transactions (written in {written:.1} s; binlog {}:{} .. {}:{})",
         from.0, from.1, to.0, to.1
