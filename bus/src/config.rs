@@ -561,6 +561,10 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties passed to every client (e.g.
     /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables
+    /// (property → variable), for credentials such as
+    /// `"sasl.password" = "KAFKA_PASSWORD"`.
+    pub properties_env: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -572,6 +576,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             request_timeout_ms: 10_000,
             properties: BTreeMap::new(),
+            properties_env: BTreeMap::new(),
         }
     }
 }
@@ -731,6 +736,14 @@ impl Config {
             let reason = err.inner().to_string();
             classify(key, reason, file, &env)
         })?;
+        for (prop, var) in &config.kafka.properties_env {
+            let value = std::env::var(var).map_err(|_| ConfigError::BadValue {
+                key: format!("kafka.properties_env.{prop}"),
+                origin: origin_name(file, &env, ""),
+                reason: format!("environment variable {var} is not set"),
+            })?;
+            config.kafka.properties.insert(prop.clone(), value);
+        }
         for (i, feed) in config.feeds.iter_mut().enumerate() {
             feed.validate(&format!("feeds[{i}]"))
                 .map_err(|(key, reason)| ConfigError::BadValue {
@@ -1097,6 +1110,25 @@ mod tests {
         ));
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
         assert_eq!(err.key(), Some("shares[0].secret_env"), "{err}");
+    }
+
+    #[test]
+    fn kafka_credentials_come_from_the_environment_and_a_missing_one_is_named() {
+        let f = file(
+            "[kafka]\nbrokers = \"k:9092\"\nproperties = { \"sasl.username\" = \"330100\" }\n\
+             properties_env = { \"sasl.password\" = \"BACKFLOW_TEST_KAFKA_PASSWORD_9f3\" }\n",
+        );
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("kafka.properties_env.sasl.password"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("BACKFLOW_TEST_KAFKA_PASSWORD_9f3"));
+        std::env::set_var("BACKFLOW_TEST_KAFKA_PASSWORD_9f3", "s3cret");
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(cfg.kafka.properties["sasl.username"], "330100");
     }
 
     #[test]
