@@ -442,6 +442,27 @@ fn city_example_is_a_node_cascading_into_its_own_bus_and_a_database() {
 }
 
 #[test]
+fn the_nodes_own_kafka_password_comes_from_the_secret() {
+    let m = render(
+        &[],
+        &[
+            "config.kafka.brokers=kafka:9092",
+            "config.kafka.properties.sasl\\.username=330100",
+            "config.kafka.properties_env.sasl\\.password=KAFKA_PASSWORD",
+            "secrets.env.KAFKA_PASSWORD=s3cret-from-the-secret",
+        ],
+    );
+    // backflow accepts the rendered file with the Secret's variables, and
+    // the password was read from the environment (shown redacted).
+    let config = check_release(&m, "serve");
+    assert_eq!(config["kafka"]["properties"]["sasl.username"], "<redacted>");
+    assert_eq!(config["kafka"]["properties"]["sasl.password"], "<redacted>");
+    assert_eq!(m.secret_env()["KAFKA_PASSWORD"], "s3cret-from-the-secret");
+    let configmap = serde_json::to_string(&m.all("ConfigMap")).unwrap();
+    assert!(!configmap.contains("s3cret-from-the-secret"));
+}
+
+#[test]
 fn district_example_is_a_subscriber_into_postgres() {
     let m = render(&[&example("values-district-330106.yaml")], &[]);
     let config = check_release(&m, "subscribe");
@@ -652,7 +673,16 @@ fn values_backflow_cannot_run_with_are_refused_naming_the_value() {
         (
             vec![],
             "config.kafka.properties.sasl\\.password=x",
-            vec!["config.kafka.properties.sasl.password"],
+            vec![
+                "config.kafka.properties.sasl.password",
+                "kafka.properties_env",
+            ],
+        ),
+        // The node's own Kafka password from a variable nothing provides.
+        (
+            vec![],
+            "config.kafka.properties_env.sasl\\.password=KAFKA_PASSWORD",
+            vec!["KAFKA_PASSWORD", "kafka.properties_env.sasl.password"],
         ),
         // Kubernetes would kill backflow before its graceful shutdown ends.
         (

@@ -132,6 +132,9 @@ the configuration takes a credential from.
 */}}
 {{- define "backflow.secretRefs" -}}
 {{- $c := .Values.config | default dict }}
+{{- range $prop, $var := ($c.kafka | default dict).properties_env | default dict }}
+kafka.properties_env.{{ $prop }}={{ $var }}
+{{- end }}
 {{- range $i, $f := $c.feeds | default list }}
 {{- with $f.password_env }}
 feeds[{{ $i }}].password_env={{ . }}
@@ -203,7 +206,7 @@ shares[{{ $i }}].secret_env={{ . }}
 {{- $secretish := "(?i)(password|secret|jaas|token|key\\.pem)" }}
 {{- range $k, $v := ($c.kafka | default dict).properties | default dict }}
 {{- if regexMatch $secretish $k }}
-{{- fail (printf "config.kafka.properties.%s looks like a credential and would be written into the ConfigMap; backflow reads kafka.properties from the file only" $k) }}
+{{- fail (printf "config.kafka.properties.%s looks like a credential and would be written into the ConfigMap: put it in secrets.env and name the variable in kafka.properties_env" $k) }}
 {{- end }}
 {{- end }}
 {{- range $i, $s := $subs }}
