@@ -68,6 +68,19 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         }
     }
     let generator = Generator::create(&department)?;
+    // One admin token for both dashboards, random per run; the
+    // configurations hold only its SHA-256.
+    let token: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(32)
+        .collect();
+    let auth = {
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("\n[auth]\ntokens = [{{ principal = \"admin\", sha256 = \"{sha}\" }}]\n")
+    };
     let port = |i: u16| {
         if options.port == 0 {
             0
@@ -89,7 +102,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
          fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"plain\", region_code = \"plain\", updated_at = \"plain\" }}\n",
         port(0),
         department.display(),
-    );
+    ) + &auth;
     let province = start_node(
         dir,
         "province-330000",
@@ -110,7 +123,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         port(1),
         province.bootstrap,
         province.http,
-    );
+    ) + &auth;
     for (code, _) in DISTRICTS {
         city_toml.push_str(&format!(
             "\n[[shares]]\nsubscriber = \"{code}\"\ndataset = \"{DATASET}\"\nregion_column = \"region_code\"\n\
@@ -155,11 +168,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         department.display()
     );
     println!(
-        "  province     dashboard http://{}/   config {}",
+        "  province     dashboard http://{}/#token={token}   config {}",
         province.http, province.config
     );
     println!(
-        "  city         dashboard http://{}/   config {}",
+        "  city         dashboard http://{}/#token={token}   config {}",
         city.http, city.config
     );
     for (code, name, db, started) in &districts {

@@ -52,6 +52,16 @@ async fn the_demo_fills_each_district_with_only_its_own_residents_and_stops_on_c
         let resp = reqwest::get(url).await.unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         assert!(resp.text().await.unwrap().contains("<html"), "{url}");
+        // The printed address carries a token the node accepts, so the
+        // dashboard can read the API.
+        let (base, token) = url.split_once("/#token=").expect("token in the address");
+        let lag = reqwest::Client::new()
+            .get(format!("{base}/api/lag"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(lag.status(), 200, "{url}");
     }
 
     tokio::time::sleep(Duration::from_secs(20)).await;
