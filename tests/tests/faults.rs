@@ -1,0 +1,160 @@
+//! Faults a district meets in practice. Its database becomes unreachable
+//! for 30 seconds while the department keeps changing rows. Expected: the
+//! subscriber reports it (not ready, the error counted), holds back
+//! instead of dropping or skipping anything, and once the database
+//! answers again it catches up until its table equals the department's.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use backflow_e2e::sinks::{Backend, Kind, SinkDb};
+use backflow_e2e::{metric_sum, pg_connect, unique_name, Node, TestBroker};
+
+type Table = BTreeMap<i64, Vec<Option<String>>>;
+
+const READ: [(&str, Kind); 2] = [("name", Kind::Text), ("region_code", Kind::Text)];
+
+/// The district's login role: disabling it makes the database refuse the
+/// subscriber (and only it) as if it were down.
+async fn set_login(role: &str, login: bool) {
+    let admin = pg_connect("postgres").await.unwrap();
+    let how = if login { "LOGIN" } else { "NOLOGIN" };
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} {how}"))
+        .await
+        .unwrap();
+    if !login {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn until_equal(source: &SinkDb, sink: &SinkDb, deadline: Duration, sub: &Node) {
+    let until = Instant::now() + deadline;
+    loop {
+        let want: Table = source.rows("people", "id", &READ).await.unwrap().unwrap();
+        let got = sink.rows("people", "id", &READ).await.unwrap();
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        if Instant::now() > until {
+            let got = got.unwrap_or_default();
+            panic!(
+                "the district never caught up: {} rows wanted, {} held, {} missing\nsubscriber log:\n{}",
+                want.len(),
+                got.len(),
+                want.keys().filter(|k| !got.contains_key(k)).count(),
+                sub.stderr()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() {
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    pg_connect(&source.name)
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
+             INSERT INTO people SELECT g, '居民' || g, '330106' FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+    let sink = SinkDb::create(Backend::Postgres).await.unwrap();
+    let role = unique_name("bf_district");
+    pg_connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; ALTER DATABASE {db} OWNER TO {role};",
+            db = sink.name
+        ))
+        .await
+        .unwrap();
+
+    let broker = TestBroker::start();
+    let dataset = format!("t{}.people", &source.name[8..]);
+    let node = Node::start_with_config(
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
+            broker.bootstrap(),
+            source.name.replace('_', "-"),
+            source.name,
+        ),
+        &[],
+    )
+    .unwrap();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let sub = Node::subscribe_with_config(
+        &format!(
+            "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
+             sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"{role}\", database = \"{}\" }}\n\
+             tables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
+            unique_name("xihu"),
+            broker.bootstrap(),
+            node.url,
+            sink.name,
+        ),
+        &[],
+    )
+    .unwrap();
+    until_equal(&source, &sink, Duration::from_secs(60), &sub).await;
+
+    // The district's database refuses it for 30 s while the department
+    // goes on: inserts, updates, deletes.
+    set_login(&role, false).await;
+    let department = pg_connect(&source.name).await.unwrap();
+    let outage = Instant::now();
+    let mut saw_unready = false;
+    let mut round = 0;
+    while outage.elapsed() < Duration::from_secs(30) {
+        department
+            .batch_execute(&format!(
+                "INSERT INTO people VALUES ({id}, '新{id}', '330106');
+                 UPDATE people SET name = name || '+' WHERE id = {upd};
+                 DELETE FROM people WHERE id = {del};",
+                id = 1000 + round,
+                upd = 1 + round,
+                del = 100 + round,
+            ))
+            .await
+            .unwrap();
+        round += 1;
+        if let Ok((status, _)) = sub.get("/readyz").await {
+            saw_unready |= status != 200;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(saw_unready, "the subscriber reports the outage on /readyz");
+    let (_, metrics) = sub.get("/metrics").await.unwrap();
+    assert!(
+        metric_sum(&metrics, "backflow_subscribe_errors_total", "") >= 1.0,
+        "the failures are counted:\n{metrics}"
+    );
+
+    // Back: it catches up, nothing lost.
+    set_login(&role, true).await;
+    until_equal(&source, &sink, Duration::from_secs(120), &sub).await;
+    let held = sink.rows("people", "id", &READ).await.unwrap().unwrap();
+    assert!(held.contains_key(&(1000 + round - 1)), "the last insert");
+    assert!(!held.contains_key(&100), "the first delete");
+
+    drop(sub);
+    sink.drop_db().await.unwrap();
+    pg_connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+}
