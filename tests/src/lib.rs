@@ -24,6 +24,7 @@ pub struct TestBroker {
     child: Child,
     bootstrap: String,
     dir: tempfile::TempDir,
+    storage: String,
 }
 
 impl TestBroker {
@@ -40,6 +41,49 @@ impl TestBroker {
     }
 
     fn start_with(storage: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("backflow-tansu-")
+            .tempdir()
+            .expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let bootstrap = format!("127.0.0.1:{port}");
+        let child = Self::spawn(storage, &bootstrap, dir.path());
+        let broker = Self {
+            child,
+            bootstrap,
+            dir,
+            storage: storage.to_owned(),
+        };
+        broker.wait_listening();
+        broker
+    }
+
+    /// Kills the broker with SIGKILL and starts it again on the same port
+    /// and storage (sqlite storage keeps topics, records and group offsets).
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.storage, &self.bootstrap, self.dir.path());
+        self.wait_listening();
+    }
+
+    fn wait_listening(&self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
+            assert!(
+                Instant::now() < until,
+                "tansu did not listen on {}: {}",
+                self.bootstrap,
+                std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn(storage: &str, bootstrap: &str, dir: &std::path::Path) -> Child {
         let bin = std::env::var_os("BACKFLOW_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -56,17 +100,13 @@ impl TestBroker {
             "tansu not found at {}: run scripts/services.sh up (it builds and caches it)",
             bin.display()
         );
-        let dir = tempfile::Builder::new()
-            .prefix("backflow-tansu-")
-            .tempdir()
-            .expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
-        let child = Command::new(&bin)
+        let url = format!("tcp://{bootstrap}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .expect("log file");
+        Command::new(&bin)
             .args([
                 "broker",
                 "--listener-url",
@@ -75,28 +115,12 @@ impl TestBroker {
                 &url,
             ])
             .args(["--storage-engine", storage])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .expect("start tansu");
-        let broker = Self {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-            dir,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&broker.bootstrap).is_err() {
-            assert!(
-                Instant::now() < until,
-                "tansu did not listen on {}: {}",
-                broker.bootstrap,
-                std::fs::read_to_string(broker.dir.path().join("tansu.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
+            .expect("start tansu")
     }
 
     /// `host:port` for clients.

@@ -56,8 +56,18 @@ async fn until_equal(source: &SinkDb, sink: &SinkDb, deadline: Duration, sub: &N
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() {
+struct Pipeline {
+    source: SinkDb,
+    sink: SinkDb,
+    broker: TestBroker,
+    node: Node,
+    sub: Node,
+}
+
+/// A department table of 200 rows with its PostgreSQL feed on a node, and
+/// a district subscriber applying the raw topic to `sink` as `user`; returns
+/// once the district equals the department.
+async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
     let source = SinkDb::create(Backend::Postgres).await.unwrap();
     pg_connect(&source.name)
         .await
@@ -66,17 +76,6 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
             "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
              INSERT INTO people SELECT g, '居民' || g, '330106' FROM generate_series(1, 200) g;",
         )
-        .await
-        .unwrap();
-    let sink = SinkDb::create(Backend::Postgres).await.unwrap();
-    let role = unique_name("bf_district");
-    pg_connect("postgres")
-        .await
-        .unwrap()
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN; ALTER DATABASE {db} OWNER TO {role};",
-            db = sink.name
-        ))
         .await
         .unwrap();
 
@@ -98,7 +97,7 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
     let sub = Node::subscribe_with_config(
         &format!(
             "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
-             sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"{role}\", database = \"{}\" }}\n\
+             sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"{user}\", database = \"{}\" }}\n\
              tables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
             unique_name("xihu"),
             broker.bootstrap(),
@@ -109,6 +108,35 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
     )
     .unwrap();
     until_equal(&source, &sink, Duration::from_secs(60), &sub).await;
+    Pipeline {
+        source,
+        sink,
+        broker,
+        node,
+        sub,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() {
+    let sink = SinkDb::create(Backend::Postgres).await.unwrap();
+    let role = unique_name("bf_district");
+    pg_connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; ALTER DATABASE {db} OWNER TO {role};",
+            db = sink.name
+        ))
+        .await
+        .unwrap();
+    let Pipeline {
+        source,
+        sink,
+        broker: _broker,
+        node: _node,
+        sub,
+    } = pipeline(sink, &role).await;
 
     // The district's database refuses it for 30 s while the department
     // goes on: inserts, updates, deletes.
@@ -157,4 +185,39 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
         .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_killed_and_restarted_mid_stream_loses_nothing() {
+    let sink = SinkDb::create(Backend::Postgres).await.unwrap();
+    let Pipeline {
+        source,
+        sink,
+        mut broker,
+        node,
+        sub,
+    } = pipeline(sink, "postgres").await;
+    let department = pg_connect(&source.name).await.unwrap();
+    for round in 0..40 {
+        department
+            .batch_execute(&format!(
+                "INSERT INTO people VALUES ({id}, '新{id}', '330106');
+                 UPDATE people SET name = name || '+' WHERE id = {upd};
+                 DELETE FROM people WHERE id = {del};",
+                id = 1000 + round,
+                upd = 1 + round,
+                del = 100 + round,
+            ))
+            .await
+            .unwrap();
+        if round == 20 {
+            broker.kill_and_restart();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_equal(&source, &sink, Duration::from_secs(120), &sub).await;
+    let (status, _) = node.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "the node is ready again:\n{}", node.stderr());
+    drop(sub);
+    sink.drop_db().await.unwrap();
 }
