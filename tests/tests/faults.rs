@@ -62,6 +62,26 @@ struct Pipeline {
     broker: TestBroker,
     node: Node,
     sub: Node,
+    /// The node's configuration and environment (a fixed HTTP port: the
+    /// subscriber reads schemas from its registry), to restart it.
+    node_config: String,
+    node_env: Vec<(String, String)>,
+    sub_config: String,
+}
+
+impl Pipeline {
+    fn restart_node(&mut self) {
+        let env: Vec<(&str, &str)> = self
+            .node_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.node = Node::start_with_config(&self.node_config, &env).unwrap();
+    }
+
+    fn restart_sub(&mut self) {
+        self.sub = Node::subscribe_with_config(&self.sub_config, &[]).unwrap();
+    }
 }
 
 /// A department table of 200 rows with its PostgreSQL feed on a node, and
@@ -81,21 +101,27 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
 
     let broker = TestBroker::start();
     let dataset = format!("t{}.people", &source.name[8..]);
-    let node = Node::start_with_config(
-        &format!(
-            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
-            broker.bootstrap(),
-            source.name.replace('_', "-"),
-            source.name,
-        ),
-        &[],
-    )
-    .unwrap();
+    let node_config = format!(
+        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
+        broker.bootstrap(),
+        source.name.replace('_', "-"),
+        source.name,
+    );
+    let listen = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let node_env = vec![("BACKFLOW_HTTP__LISTEN".to_owned(), listen.clone())];
+    let node = Node::start_with_config(&node_config, &[("BACKFLOW_HTTP__LISTEN", listen.as_str())])
+        .unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
         .await
         .unwrap();
-    let sub = Node::subscribe_with_config(
-        &format!(
+    let sub_config = format!(
             "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
              sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"{user}\", database = \"{}\" }}\n\
              tables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
@@ -103,10 +129,8 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
             broker.bootstrap(),
             node.url,
             sink.name,
-        ),
-        &[],
-    )
-    .unwrap();
+    );
+    let sub = Node::subscribe_with_config(&sub_config, &[]).unwrap();
     until_equal(&source, &sink, Duration::from_secs(60), &sub).await;
     Pipeline {
         source,
@@ -114,6 +138,9 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
         broker,
         node,
         sub,
+        node_config,
+        node_env,
+        sub_config,
     }
 }
 
@@ -136,6 +163,7 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
         broker: _broker,
         node: _node,
         sub,
+        ..
     } = pipeline(sink, &role).await;
 
     // The district's database refuses it for 30 s while the department
@@ -196,6 +224,7 @@ async fn the_broker_killed_and_restarted_mid_stream_loses_nothing() {
         mut broker,
         node,
         sub,
+        ..
     } = pipeline(sink, "postgres").await;
     let department = pg_connect(&source.name).await.unwrap();
     for round in 0..40 {
@@ -218,6 +247,48 @@ async fn the_broker_killed_and_restarted_mid_stream_loses_nothing() {
     until_equal(&source, &sink, Duration::from_secs(120), &sub).await;
     let (status, _) = node.get("/readyz").await.unwrap();
     assert_eq!(status, 200, "the node is ready again:\n{}", node.stderr());
+    drop(sub);
+    sink.drop_db().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_subscriber_killed_at_random_moments_lose_nothing() {
+    let sink = SinkDb::create(Backend::Postgres).await.unwrap();
+    let mut p = pipeline(sink, "postgres").await;
+    let department = pg_connect(&p.source.name).await.unwrap();
+    let mut rng = fastrand::Rng::new();
+    let mut round = 0;
+    // Six kills, alternating node (feed and distributor) and subscriber,
+    // each after a random 0.3-2 s of changes.
+    for kill in 0..6 {
+        let until = Instant::now() + Duration::from_millis(rng.u64(300..2000));
+        while Instant::now() < until {
+            department
+                .batch_execute(&format!(
+                    "INSERT INTO people VALUES ({id}, '新{id}', '330106');
+                     UPDATE people SET name = name || '+' WHERE id = {upd};
+                     DELETE FROM people WHERE id = {del};",
+                    id = 1000 + round,
+                    upd = 1 + round % 90,
+                    del = 100 + round,
+                ))
+                .await
+                .unwrap();
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if kill % 2 == 0 {
+            p.node.signal("KILL").unwrap();
+            p.node.wait(Duration::from_secs(10)).unwrap();
+            p.restart_node();
+        } else {
+            p.sub.signal("KILL").unwrap();
+            p.sub.wait(Duration::from_secs(10)).unwrap();
+            p.restart_sub();
+        }
+    }
+    until_equal(&p.source, &p.sink, Duration::from_secs(120), &p.sub).await;
+    let Pipeline { sub, sink, .. } = p;
     drop(sub);
     sink.drop_db().await.unwrap();
 }
