@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use backflow_connectors::{Applied, ConnectorError, Sink, SinkBatch, SinkRecord, TopicOffset};
 use backflow_schemas::{frame, Op, TableCodec, TableDesc};
 
-use crate::feed::{Encoder, FeedContext, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
+use crate::feed::{Encoder, FeedContext, FeedError, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::kafka::{KafkaError, OutgoingRecord, TopicSpec};
 use crate::topics;
 
@@ -94,13 +94,7 @@ impl BusSink {
             Some(event) => {
                 let enc = crate::feed::encoder(&mut self.encoders, &r.table, &self.ctx)
                     .await
-                    .map_err(|e| {
-                        if e.is_transient() {
-                            ConnectorError::transient(e.to_string())
-                        } else {
-                            ConnectorError::definite(e.to_string())
-                        }
-                    })?;
+                    .map_err(feed_error)?;
                 let key = enc.codec.encode_key(&r.key).map_err(bad)?;
                 let value = enc.codec.encode_value(event).map_err(bad)?;
                 Ok((
@@ -122,13 +116,11 @@ impl BusSink {
                         .registry
                         .register(&subject, codec.key_schema())
                         .await
-                        .map_err(|e| {
-                            let message = format!("registering {subject}: {e}");
-                            if e.code >= 50000 {
-                                ConnectorError::transient(message)
-                            } else {
-                                ConnectorError::definite(message)
-                            }
+                        .map_err(|source| {
+                            feed_error(FeedError::Schema {
+                                table: r.table.qualified_name(),
+                                source,
+                            })
                         })?;
                     self.keys.insert(id, (r.table.clone(), codec, key_id));
                 }
@@ -137,6 +129,16 @@ impl BusSink {
                 Ok((topics::raw(&table.dataset), frame(*key_id, &key), None))
             }
         }
+    }
+}
+
+/// A failure of the feed machinery this sink shares, as the subscription
+/// sees it (registry answers of 5xx and Kafka trouble are transient).
+fn feed_error(e: FeedError) -> ConnectorError {
+    if e.is_transient() {
+        ConnectorError::transient(e.to_string())
+    } else {
+        ConnectorError::definite(e.to_string())
     }
 }
 

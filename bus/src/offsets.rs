@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use backflow_connectors::Position;
+use backflow_connectors::{Position, TopicOffset};
 use serde::{Deserialize, Serialize};
 
 use crate::kafka::{
@@ -31,7 +31,7 @@ pub async fn save(
     feed: &str,
     position: &Position,
 ) -> Result<(), KafkaError> {
-    let ts_ms = now_ms();
+    let ts_ms = crate::catalog::now_ms();
     let value = serde_json::to_vec(&Stored {
         feed: feed.to_owned(),
         position: position.0.clone(),
@@ -74,15 +74,8 @@ fn subscription_key(subscription: &str) -> String {
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredOffsets {
     subscription: String,
-    offsets: Vec<StoredOffset>,
+    offsets: Vec<TopicOffset>,
     ts_ms: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredOffset {
-    topic: String,
-    partition: i32,
-    offset: i64,
 }
 
 /// Records the upstream offsets a subscription whose sink is this node's
@@ -92,19 +85,12 @@ struct StoredOffset {
 pub async fn save_subscription(
     publisher: &Publisher,
     subscription: &str,
-    all: &[backflow_connectors::TopicOffset],
+    all: &[TopicOffset],
 ) -> Result<(), KafkaError> {
     let value = serde_json::to_vec(&StoredOffsets {
         subscription: subscription.to_owned(),
-        offsets: all
-            .iter()
-            .map(|o| StoredOffset {
-                topic: o.topic.clone(),
-                partition: o.partition,
-                offset: o.offset,
-            })
-            .collect(),
-        ts_ms: now_ms(),
+        offsets: all.to_vec(),
+        ts_ms: crate::catalog::now_ms(),
     })
     .expect("serializes");
     let k = subscription_key(subscription);
@@ -118,28 +104,12 @@ pub async fn save_subscription(
 pub async fn load_subscription(
     settings: &KafkaSettings,
     subscription: &str,
-) -> Result<Vec<backflow_connectors::TopicOffset>, KafkaError> {
+) -> Result<Vec<TopicOffset>, KafkaError> {
     Ok(latest(settings, &subscription_key(subscription))
         .await?
         .and_then(|v| serde_json::from_slice::<StoredOffsets>(&v).ok())
-        .map(|s| {
-            s.offsets
-                .into_iter()
-                .map(|o| backflow_connectors::TopicOffset {
-                    topic: o.topic,
-                    partition: o.partition,
-                    offset: o.offset,
-                })
-                .collect()
-        })
+        .map(|s| s.offsets)
         .unwrap_or_default())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// The latest value of `wanted` in the whole topic (`None` when absent or

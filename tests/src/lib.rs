@@ -45,11 +45,7 @@ impl TestBroker {
             .prefix("backflow-tansu-")
             .tempdir()
             .expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let bootstrap = format!("127.0.0.1:{port}");
+        let bootstrap = free_local_addr();
         let child = Self::spawn(storage, &bootstrap, dir.path());
         let broker = Self {
             child,
@@ -220,6 +216,15 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000)
 }
 
+/// The department table the policy tests share (PostgreSQL).
+pub const PEOPLE_TABLE: &str = "CREATE TABLE people (
+    id bigint PRIMARY KEY,
+    name varchar(32) NOT NULL,
+    id_number char(18) NOT NULL,
+    phone varchar(20),
+    region_code char(6) NOT NULL,
+    income numeric(12,2));";
+
 /// The residents of a district in a department's PostgreSQL table
 /// `people` (id, name, id_number, region_code, ...), as the share policies
 /// of the end-to-end tests show them: by id, the name `masked:name`, the
@@ -268,6 +273,16 @@ pub fn mask_keep(text: &str, first: usize, last: usize) -> String {
         "*".repeat(text.len() - first - last),
         &text[text.len() - last..]
     )
+}
+
+/// `127.0.0.1:<port>` with a port the system just had free, for a process
+/// that must keep its address across restarts.
+pub fn free_local_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 /// Path of the `backflow` binary under test.

@@ -23,7 +23,9 @@ use backflow::kafka::{
     partition_count, ConsumedRecord, Consumer, KafkaSettings, OutgoingRecord, Publisher, Watermarks,
 };
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{masked_residents, pg_connect, unique_name, Node, TestBroker};
+use backflow_e2e::{
+    free_local_addr, masked_residents, pg_connect, unique_name, Node, TestBroker, PEOPLE_TABLE,
+};
 
 const READ: [(&str, Kind); 3] = [
     ("name", Kind::Text),
@@ -97,14 +99,8 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
     pg_connect(&source.name)
         .await
         .unwrap()
-        .batch_execute(
-            "CREATE TABLE people (
-                id bigint PRIMARY KEY,
-                name varchar(32) NOT NULL,
-                id_number char(18) NOT NULL,
-                phone varchar(20),
-                region_code char(6) NOT NULL,
-                income numeric(12,2));
+        .batch_execute(&format!(
+            "{PEOPLE_TABLE}
              INSERT INTO people
              SELECT g, (ARRAY['张三丰','李四','王小明'])[g % 3 + 1],
                     (ARRAY['330106','330108','330102','330201'])[g % 4 + 1]
@@ -112,8 +108,8 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
                     '1380000' || lpad((g % 5)::text, 4, '0'),
                     (ARRAY['330106','330108','330102','330201'])[g % 4 + 1],
                     g * 10.5
-             FROM generate_series(1, 200) g;",
-        )
+             FROM generate_series(1, 200) g;"
+        ))
         .await
         .unwrap();
     let dataset = format!("t{}.people", &source.name[8..]);
@@ -143,14 +139,7 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
     let subscription = unique_name("city-from-province");
     // The city's HTTP port stays the same across its restart: the district
     // reads schemas from its registry.
-    let city_listen = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let city_listen = free_local_addr();
     let city_config = format!(
             "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{bus}\"\n\n\
              [[subscriptions]]\nname = \"{subscription}\"\nflush_interval_ms = 100\n\

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{masked_residents, pg_connect, unique_name, Node, TestBroker};
+use backflow_e2e::{masked_residents, pg_connect, unique_name, Node, TestBroker, PEOPLE_TABLE};
 
 const READ: [(&str, Kind); 4] = [
     ("name", Kind::Text),
@@ -58,13 +58,8 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
         .await
         .unwrap()
         .batch_execute(
-            "CREATE TABLE people (
-                id bigint PRIMARY KEY,
-                name varchar(32) NOT NULL,
-                id_number char(18) NOT NULL,
-                phone varchar(20),
-                region_code char(6) NOT NULL,
-                income numeric(12,2));
+            &format!(
+                "{PEOPLE_TABLE}
              INSERT INTO people
              SELECT g, (ARRAY['张三丰','李四','王小明'])[g % 3 + 1],
                     CASE WHEN g % 3 = 0 THEN '330106' WHEN g % 3 = 1 THEN '330108' ELSE '330102' END
@@ -72,7 +67,8 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
                     '1380000' || lpad((g % 5)::text, 4, '0'),
                     CASE WHEN g % 3 = 0 THEN '330106' WHEN g % 3 = 1 THEN '330108' ELSE '330102' END,
                     g * 10.5
-             FROM generate_series(1, 300) g;",
+             FROM generate_series(1, 300) g;"
+            ),
         )
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{metric_sum, pg_connect, unique_name, Node, TestBroker};
+use backflow_e2e::{free_local_addr, metric_sum, pg_connect, unique_name, Node, TestBroker};
 
 type Table = BTreeMap<i64, Vec<Option<String>>>;
 
@@ -32,6 +32,22 @@ async fn set_login(role: &str, login: bool) {
             .await
             .unwrap();
     }
+}
+
+/// One department transaction-set of round `round`: a new resident, a
+/// name change and a removal.
+async fn change(department: &tokio_postgres::Client, round: i64) {
+    department
+        .batch_execute(&format!(
+            "INSERT INTO people VALUES ({id}, '新{id}', '330106');
+             UPDATE people SET name = name || '+' WHERE id = {upd};
+             DELETE FROM people WHERE id = {del};",
+            id = 1000 + round,
+            upd = 1 + round % 90,
+            del = 100 + round,
+        ))
+        .await
+        .unwrap();
 }
 
 async fn until_equal(source: &SinkDb, sink: &SinkDb, deadline: Duration, sub: &Node) {
@@ -107,14 +123,7 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
         source.name.replace('_', "-"),
         source.name,
     );
-    let listen = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let listen = free_local_addr();
     let node_env = vec![("BACKFLOW_HTTP__LISTEN".to_owned(), listen.clone())];
     let node = Node::start_with_config(&node_config, &[("BACKFLOW_HTTP__LISTEN", listen.as_str())])
         .unwrap();
@@ -174,17 +183,7 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
     let mut saw_unready = false;
     let mut round = 0;
     while outage.elapsed() < Duration::from_secs(30) {
-        department
-            .batch_execute(&format!(
-                "INSERT INTO people VALUES ({id}, '新{id}', '330106');
-                 UPDATE people SET name = name || '+' WHERE id = {upd};
-                 DELETE FROM people WHERE id = {del};",
-                id = 1000 + round,
-                upd = 1 + round,
-                del = 100 + round,
-            ))
-            .await
-            .unwrap();
+        change(&department, round).await;
         round += 1;
         if let Ok((status, _)) = sub.get("/readyz").await {
             saw_unready |= status != 200;
@@ -228,17 +227,7 @@ async fn the_broker_killed_and_restarted_mid_stream_loses_nothing() {
     } = pipeline(sink, "postgres").await;
     let department = pg_connect(&source.name).await.unwrap();
     for round in 0..40 {
-        department
-            .batch_execute(&format!(
-                "INSERT INTO people VALUES ({id}, '新{id}', '330106');
-                 UPDATE people SET name = name || '+' WHERE id = {upd};
-                 DELETE FROM people WHERE id = {del};",
-                id = 1000 + round,
-                upd = 1 + round,
-                del = 100 + round,
-            ))
-            .await
-            .unwrap();
+        change(&department, round).await;
         if round == 20 {
             broker.kill_and_restart();
         }
@@ -263,17 +252,7 @@ async fn node_and_subscriber_killed_at_random_moments_lose_nothing() {
     for kill in 0..6 {
         let until = Instant::now() + Duration::from_millis(rng.u64(300..2000));
         while Instant::now() < until {
-            department
-                .batch_execute(&format!(
-                    "INSERT INTO people VALUES ({id}, '新{id}', '330106');
-                     UPDATE people SET name = name || '+' WHERE id = {upd};
-                     DELETE FROM people WHERE id = {del};",
-                    id = 1000 + round,
-                    upd = 1 + round % 90,
-                    del = 100 + round,
-                ))
-                .await
-                .unwrap();
+            change(&department, round).await;
             round += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

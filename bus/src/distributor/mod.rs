@@ -152,9 +152,9 @@ pub async fn run(
     }
     // The node's only distributor reads its partitions directly: a restart
     // starts at once, whatever became of the previous process.
-    let start: Vec<(String, i32, i64)> = position
+    let start: Vec<(String, i32, Option<i64>)> = position
         .iter()
-        .map(|((topic, partition), next)| (topic.clone(), *partition, *next))
+        .map(|((topic, partition), next)| (topic.clone(), *partition, Some(*next)))
         .collect();
     let consumer = Consumer::owned(
         &ctx.settings,

@@ -167,22 +167,7 @@ impl Consumer {
         start: &[(String, i32, Option<i64>)],
         metrics: Option<Metrics>,
     ) -> Result<Self, KafkaError> {
-        let inner: StreamConsumer = settings.create("consumer", |cfg| {
-            cfg.set("group.id", client_group)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("fetch.wait.max.ms", "100");
-        })?;
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in start {
-            let offset = next.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(topic, *partition, offset)
-                .map_err(KafkaError::Consume)?;
-        }
-        inner.assign(&tpl).map_err(KafkaError::Consume)?;
-        Ok(Self { inner, metrics })
+        Self::with_assignment(settings, client_group, start, false, metrics)
     }
 
     /// Reads the given partitions from the given offsets under `group_id`
@@ -195,21 +180,34 @@ impl Consumer {
     pub fn owned(
         settings: &KafkaSettings,
         group_id: &str,
-        start: &[(String, i32, i64)],
+        start: &[(String, i32, Option<i64>)],
+        metrics: Option<Metrics>,
+    ) -> Result<Self, KafkaError> {
+        Self::with_assignment(settings, group_id, start, true, metrics)
+    }
+
+    /// Assigns `start` (`None`: from the first record) under `group_id`;
+    /// `commit`: commit the stored offsets every second.
+    fn with_assignment(
+        settings: &KafkaSettings,
+        group_id: &str,
+        start: &[(String, i32, Option<i64>)],
+        commit: bool,
         metrics: Option<Metrics>,
     ) -> Result<Self, KafkaError> {
         let inner: StreamConsumer = settings.create("consumer", |cfg| {
             cfg.set("group.id", group_id)
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "false")
+                .set("enable.auto.commit", if commit { "true" } else { "false" })
                 .set("auto.commit.interval.ms", "1000")
-                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
+                .set("auto.offset.reset", "earliest")
                 .set("fetch.wait.max.ms", "100");
         })?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in start {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *partition, offset)
                 .map_err(KafkaError::Consume)?;
         }
         inner.assign(&tpl).map_err(KafkaError::Consume)?;

@@ -32,7 +32,9 @@ pub const POSITION_COLUMN: &str = "_backflow_position";
 pub const OFFSETS_TABLE: &str = "_backflow_offsets";
 
 /// A Kafka position: the next stage resumes after `offset`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TopicOffset {
     /// Topic name.
     pub topic: String,
