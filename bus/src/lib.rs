@@ -29,6 +29,7 @@ pub mod lag;
 pub mod metrics;
 pub mod node;
 pub mod offsets;
+pub mod reconcile;
 pub mod registry;
 pub mod subscribe;
 pub mod telemetry;

@@ -82,6 +82,26 @@ enum Command {
         #[arg(long, requires = "feeds")]
         resnapshot: bool,
     },
+    /// Compare a subscription's tables with the share topics they are fed
+    /// from (the rows and fields the district is authorised for): replays
+    /// the topics up to the offsets the sink has applied into scratch
+    /// copies of the tables (`<table>_bf_reconcile`, dropped afterwards)
+    /// and compares row counts and every row's values by key. The
+    /// subscriber may keep running. Exits 0 when the tables are equal, 1
+    /// when they differ, 2 when it cannot tell.
+    Reconcile {
+        /// The subscription (its `name` in [[subscriptions]]); may be left
+        /// out when the file has only one.
+        #[arg(long, value_name = "NAME")]
+        subscription: Option<String>,
+        /// Print the primary keys of the rows that differ (keys are row
+        /// values: mind where the output goes).
+        #[arg(long)]
+        show_keys: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the backflow version and the linked librdkafka version.
     Version,
     /// Datasets in a node's catalog (control-plane API; see docs/api.md).
@@ -397,6 +417,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 std::process::exit(1);
             }
+        }
+        Command::Reconcile {
+            subscription,
+            show_keys,
+            json,
+        } => {
+            let config = load(&cli)?;
+            let sub = match subscription {
+                Some(name) => config.subscriptions.iter().find(|s| &s.name == name).with_context(|| {
+                    format!(
+                        "no subscription named {name} in the configuration (it has: {})",
+                        config.subscriptions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                })?,
+                None => match config.subscriptions.as_slice() {
+                    [one] => one,
+                    [] => anyhow::bail!("no subscriptions configured: give the subscriber's configuration file with --config"),
+                    _ => anyhow::bail!("the configuration has several subscriptions; choose one with --subscription NAME"),
+                },
+            };
+            backflow::telemetry::init(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(backflow::reconcile::reconcile(sub))?;
+            print_reconcile(&report, *show_keys, *json)?;
+            if !report.equal() {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Config(ConfigCommand::Check) => {
             load(&cli)?;
@@ -800,6 +852,80 @@ async fn watch_signals(shutdown: CancellationToken) {
             std::process::exit(130);
         }
     }
+}
+
+/// Prints `backflow reconcile`'s report; keys only with `show_keys`.
+fn print_reconcile(
+    report: &backflow::reconcile::Report,
+    show_keys: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        let mut value = serde_json::to_value(report)?;
+        if !show_keys {
+            for t in value["tables"].as_array_mut().into_iter().flatten() {
+                for field in ["missing", "extra", "different"] {
+                    let n = t[field].as_array().map_or(0, Vec::len);
+                    t[field] = n.into();
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("subscription {}", report.subscription);
+    for p in &report.positions {
+        let applied = p.applied.map_or_else(
+            || "nothing applied yet".to_owned(),
+            |o| format!("applied through offset {o}"),
+        );
+        let pending = if p.pending > 0 {
+            format!(" ({} newer records not compared)", p.pending)
+        } else {
+            String::new()
+        };
+        println!("  {}[{}]: {applied}{pending}", p.topic, p.partition);
+    }
+    for t in &report.empty_topics {
+        println!("  {t}: no records up to the applied offsets; nothing to compare");
+    }
+    for t in &report.tables {
+        let held = t.held.map_or_else(
+            || "the table does not exist".to_owned(),
+            |n| format!("table holds {n}"),
+        );
+        println!(
+            "  {}: topic gives {} rows, {held}; {} missing, {} extra, {} different: {}",
+            t.table,
+            t.expected,
+            t.missing.len(),
+            t.extra.len(),
+            t.different.len(),
+            if t.equal() { "EQUAL" } else { "DIFFERS" }
+        );
+        if show_keys {
+            for (what, keys) in [
+                ("missing", &t.missing),
+                ("extra", &t.extra),
+                ("different", &t.different),
+            ] {
+                for k in keys.iter().take(100) {
+                    println!("    {what}: {k}");
+                }
+                if keys.len() > 100 {
+                    println!("    ... {} more {what}", keys.len() - 100);
+                }
+            }
+        }
+    }
+    if report.undecodable + report.refused > 0 {
+        println!(
+            "  skipped as the subscriber does (dead letters): {} undecodable records, {} refused by the database",
+            report.undecodable, report.refused
+        );
+    }
+    println!("{}", if report.equal() { "EQUAL" } else { "DIFFERENT" });
+    Ok(())
 }
 
 #[cfg(test)]

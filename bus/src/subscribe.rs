@@ -217,7 +217,59 @@ impl Drop for AbortOnDrop {
 }
 
 /// Connection settings for a subscription's upper node.
-fn upstream_settings(config: &SubscriptionConfig) -> KafkaSettings {
+/// The database a subscription applies to; `None` for a cascade (whose
+/// sink is the node's own bus).
+pub(crate) fn database_sink(config: &SubscriptionConfig) -> Option<Box<dyn Sink>> {
+    let name = config.name.clone();
+    Some(match &config.sink {
+        SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c.clone(), name)),
+        SinkConfig::Mysql(c) => Box::new(MysqlSink::new(c.clone(), name)),
+        SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c.clone(), name)),
+        SinkConfig::Kafka(_) => return None,
+    })
+}
+
+/// Where each subscribed topic's rows go: a table of the sink database,
+/// or for a cascade a dataset of this node.
+pub(crate) fn table_targets(config: &SubscriptionConfig) -> HashMap<String, TableTarget> {
+    let cascade = matches!(config.sink, SinkConfig::Kafka(_));
+    config
+        .tables
+        .iter()
+        .map(|m| {
+            let dataset = crate::topics::dataset_of(&m.topic)
+                .unwrap_or(&m.topic)
+                .to_owned();
+            if cascade {
+                // Re-published as a dataset of this node.
+                let dataset = m.table.clone().unwrap_or(dataset);
+                let (department, name) = dataset.split_once('.').unwrap_or(("", &dataset));
+                let target = TableTarget {
+                    schema: department.to_owned(),
+                    name: name.to_owned(),
+                    dataset: dataset.clone(),
+                };
+                return (m.topic.clone(), target);
+            }
+            let name = m.table.clone().unwrap_or_else(|| {
+                dataset
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect()
+            });
+            (
+                m.topic.clone(),
+                TableTarget {
+                    dataset,
+                    schema: config.sink.namespace().to_owned(),
+                    name,
+                },
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn upstream_settings(config: &SubscriptionConfig) -> KafkaSettings {
     let mut settings = KafkaSettings::new(config.upstream.brokers.clone());
     settings.client_id = format!("backflow-subscribe-{}", config.name);
     settings.properties = config.upstream.properties.clone();
@@ -259,54 +311,18 @@ impl<'a> Run<'a> {
         status: &'a tokio::sync::watch::Sender<crate::lag::Report>,
         bus: Option<&crate::feed::FeedContext>,
     ) -> Self {
-        let name = config.name.clone();
-        let cascade = matches!(config.sink, SinkConfig::Kafka(_));
         let sink: Box<dyn Sink> = match (&config.sink, bus) {
-            (SinkConfig::Postgres(c), _) => Box::new(PostgresSink::new(c.clone(), name)),
-            (SinkConfig::Mysql(c), _) => Box::new(MysqlSink::new(c.clone(), name)),
-            (SinkConfig::Sqlite(c), _) => Box::new(SqliteSink::new(c.clone(), name)),
-            (SinkConfig::Kafka(_), Some(bus)) => {
-                Box::new(crate::cascade::BusSink::new(name, bus.clone()))
-            }
+            (SinkConfig::Kafka(_), Some(bus)) => Box::new(crate::cascade::BusSink::new(
+                config.name.clone(),
+                bus.clone(),
+            )),
             (SinkConfig::Kafka(_), None) => {
                 unreachable!("cascading subscriptions are started by the node with its bus")
             }
+            _ => database_sink(config).expect("a database sink"),
         };
         let settings = upstream_settings(config);
-        let targets = config
-            .tables
-            .iter()
-            .map(|m| {
-                let dataset = crate::topics::dataset_of(&m.topic)
-                    .unwrap_or(&m.topic)
-                    .to_owned();
-                if cascade {
-                    // Re-published as a dataset of this node.
-                    let dataset = m.table.clone().unwrap_or(dataset);
-                    let (department, name) = dataset.split_once('.').unwrap_or(("", &dataset));
-                    let target = TableTarget {
-                        schema: department.to_owned(),
-                        name: name.to_owned(),
-                        dataset: dataset.clone(),
-                    };
-                    return (m.topic.clone(), target);
-                }
-                let name = m.table.clone().unwrap_or_else(|| {
-                    dataset
-                        .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                        .collect()
-                });
-                (
-                    m.topic.clone(),
-                    TableTarget {
-                        dataset,
-                        schema: config.sink.namespace().to_owned(),
-                        name,
-                    },
-                )
-            })
-            .collect();
+        let targets = table_targets(config);
         Self {
             config,
             metrics,
@@ -714,7 +730,7 @@ fn provenance(raw: &ConsumedRecord) -> Provenance {
 
 /// Turns framed records into sink records, with schemas from the upstream
 /// registry and table descriptions recovered from them.
-struct Decoder {
+pub(crate) struct Decoder {
     registry: Result<RegistryClient, RegistryClientError>,
     readers: FramedReaders,
     schemas: HashMap<u32, Arc<Schema>>,
@@ -726,7 +742,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(registry_url: &str, targets: HashMap<String, TableTarget>) -> Self {
+    pub(crate) fn new(registry_url: &str, targets: HashMap<String, TableTarget>) -> Self {
         Self {
             registry: RegistryClient::new(registry_url),
             readers: FramedReaders::new(),
@@ -737,7 +753,7 @@ impl Decoder {
         }
     }
 
-    fn check_registry(&self) -> Result<(), SubscribeError> {
+    pub(crate) fn check_registry(&self) -> Result<(), SubscribeError> {
         match &self.registry {
             Ok(_) => Ok(()),
             Err(e) => Err(SubscribeError::Registry(RegistryClientError::Refused {
@@ -775,7 +791,7 @@ impl Decoder {
     }
 
     /// `Ok(Ok(record))`, or `Ok(Err(reason))` for a record to dead-letter.
-    async fn decode(
+    pub(crate) async fn decode(
         &mut self,
         raw: &ConsumedRecord,
     ) -> Result<Result<SinkRecord, String>, SubscribeError> {

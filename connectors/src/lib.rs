@@ -17,7 +17,10 @@ mod source;
 pub mod text;
 
 pub use error::{ConnectorError, ErrorKind};
-pub use sink::{row_version, Applied, Provenance, Sink, SinkBatch, SinkRecord, TopicOffset};
+pub use sink::{
+    row_version, Applied, Provenance, ReadBack, RowDigests, Sink, SinkBatch, SinkRecord,
+    TopicOffset,
+};
 pub use source::{
     Position, RejectedRecord, SnapshotStatus, Source, SourceBatch, SourceGauges, SourceRecord,
 };

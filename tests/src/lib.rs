@@ -6,6 +6,7 @@
 //! before running the tests.
 
 pub mod mysql_bench;
+pub mod pg_server;
 pub mod sinks;
 pub mod topic_view;
 

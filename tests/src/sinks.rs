@@ -369,6 +369,34 @@ impl SinkDb {
         Ok(out)
     }
 
+    /// Runs statements (separated by `;`) one by one, as the district's
+    /// own administrator would.
+    pub async fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        let statements = sql.split(';').map(str::trim).filter(|s| !s.is_empty());
+        match self.backend {
+            Backend::Postgres => {
+                let client = crate::pg_connect(&self.name).await?;
+                for s in statements {
+                    client.batch_execute(s).await?;
+                }
+            }
+            Backend::Mariadb => {
+                let mut conn = mariadb_connect(Some(&self.name)).await?;
+                for s in statements {
+                    conn.query_drop(s).await?;
+                }
+                conn.disconnect().await?;
+            }
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(&self.path)?;
+                for s in statements {
+                    conn.execute_batch(s)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Drops the database (the SQLite file goes with its directory).
     pub async fn drop_db(&self) -> anyhow::Result<()> {
         match self.backend {

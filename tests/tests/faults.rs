@@ -1,12 +1,14 @@
-//! Faults a district meets in practice. Its database becomes unreachable
-//! for 30 seconds while the department keeps changing rows. Expected: the
-//! subscriber reports it (not ready, the error counted), holds back
-//! instead of dropping or skipping anything, and once the database
-//! answers again it catches up until its table equals the department's.
+//! Faults a pipeline meets in practice, injected while the department
+//! keeps changing rows: the district's database unreachable for 30 s, the
+//! broker killed and restarted, the node and the subscriber killed with
+//! SIGKILL at random moments, PostgreSQL crashing at the department and at
+//! the district. Expected every time: nothing dropped or skipped; once the
+//! fault is over the district's table equals the department's, row by row.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use backflow_e2e::pg_server::PgServer;
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
 use backflow_e2e::{free_local_addr, metric_sum, pg_connect, unique_name, Node, TestBroker};
 
@@ -34,9 +36,16 @@ async fn set_login(role: &str, login: bool) {
     }
 }
 
-/// One department transaction-set of round `round`: a new resident, a
-/// name change and a removal.
+/// One department transaction of round `round`: a new resident, a name
+/// change and a removal.
 async fn change(department: &tokio_postgres::Client, round: i64) {
+    try_change(department, round).await.unwrap();
+}
+
+async fn try_change(
+    department: &tokio_postgres::Client,
+    round: i64,
+) -> Result<(), tokio_postgres::Error> {
     department
         .batch_execute(&format!(
             "INSERT INTO people VALUES ({id}, '新{id}', '330106');
@@ -47,7 +56,6 @@ async fn change(department: &tokio_postgres::Client, round: i64) {
             del = 100 + round,
         ))
         .await
-        .unwrap();
 }
 
 async fn until_equal(source: &SinkDb, sink: &SinkDb, deadline: Duration, sub: &Node) {
@@ -270,4 +278,136 @@ async fn node_and_subscriber_killed_at_random_moments_lose_nothing() {
     let Pipeline { sub, sink, .. } = p;
     drop(sub);
     sink.drop_db().await.unwrap();
+}
+
+/// The people table of a private server's database, by id.
+async fn server_rows(server: &PgServer, db: &str) -> Option<Table> {
+    let client = server.connect(db).await.ok()?;
+    let rows = client
+        .query(
+            "SELECT id, name, region_code::text FROM people ORDER BY id",
+            &[],
+        )
+        .await
+        .ok()?;
+    Some(
+        rows.iter()
+            .map(|r| (r.get(0), vec![r.get(1), r.get(2)]))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crashing_at_the_department_and_at_the_district_loses_nothing() {
+    // Servers of the test's own: a restart must not cut the other tests.
+    let (dept_pg, district_pg) = (PgServer::start().unwrap(), PgServer::start().unwrap());
+    dept_pg
+        .connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE DATABASE gongan")
+        .await
+        .unwrap();
+    dept_pg
+        .connect("gongan")
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
+             INSERT INTO people SELECT g, '居民' || g, '330106' FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+    district_pg
+        .connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE DATABASE xihu")
+        .await
+        .unwrap();
+
+    let broker = TestBroker::start_in_memory();
+    let node = Node::start_with_config(
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"gongan-pg\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\ndatabase = \"gongan\"\ntables = [{{ table = \"public.people\", dataset = \"gongan.people\" }}]\n",
+            broker.bootstrap(),
+            dept_pg.port,
+        ),
+        &[],
+    )
+    .unwrap();
+    let sub = Node::subscribe_with_config(
+        &format!(
+            "[[subscriptions]]\nname = \"xihu\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
+             sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = {}, user = \"postgres\", database = \"xihu\" }}\n\
+             tables = [{{ topic = \"backflow.raw.gongan.people\", table = \"people\" }}]\n",
+            broker.bootstrap(),
+            node.url,
+            district_pg.port,
+        ),
+        &[],
+    )
+    .unwrap();
+
+    let until_equal = |deadline: Duration| {
+        let (dept_pg, district_pg, node, sub) = (&dept_pg, &district_pg, &node, &sub);
+        async move {
+            let until = Instant::now() + deadline;
+            loop {
+                let want = server_rows(dept_pg, "gongan").await;
+                let got = server_rows(district_pg, "xihu").await;
+                if want.is_some() && got == want {
+                    return;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "the district never caught up: {} rows wanted, {} held\nnode log:\n{}\nsubscriber log:\n{}",
+                    want.map_or(0, |w| w.len()),
+                    got.map_or(0, |g| g.len()),
+                    node.stderr(),
+                    sub.stderr()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    until_equal(Duration::from_secs(60)).await;
+
+    // Changes go on throughout; the department's server crashes at round
+    // 15, the district's at round 35 (immediate shutdown: connections cut,
+    // WAL recovery on start).
+    let mut department = dept_pg.connect("gongan").await.unwrap();
+    let mut round = 0;
+    let mut failed = 0;
+    while round < 50 {
+        if round == 15 && failed == 0 {
+            dept_pg.restart("immediate").unwrap();
+        }
+        if round == 35 {
+            district_pg.restart("immediate").unwrap();
+        }
+        match try_change(&department, round).await {
+            Ok(()) => round += 1,
+            Err(_) => {
+                // The department's own application reconnects too.
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(c) = dept_pg.connect("gongan").await {
+                    department = c;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed > 0, "the department's crash was felt");
+    until_equal(Duration::from_secs(120)).await;
+    let (status, _) = node.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "the feed is ready again:\n{}", node.stderr());
+    let (status, _) = sub.get("/readyz").await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "the subscriber is ready again:\n{}",
+        sub.stderr()
+    );
 }

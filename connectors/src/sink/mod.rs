@@ -151,6 +151,92 @@ pub trait Sink: Send {
 
     /// Releases connections; called once on shutdown.
     async fn shutdown(&mut self) -> Result<(), ConnectorError>;
+
+    /// For `backflow reconcile`: reads this subscription's stored offsets
+    /// and `tables` in one read snapshot, so the rows are exactly those the
+    /// offsets account for. Per table, `None` when it does not exist.
+    async fn read_back(&mut self, tables: &[Arc<TableDesc>]) -> Result<ReadBack, ConnectorError> {
+        let _ = tables;
+        Err(ConnectorError::definite(
+            "this sink cannot be read back (only database sinks can be reconciled)",
+        ))
+    }
+
+    /// For `backflow reconcile`: replaces `copy` with an empty table of
+    /// `of`'s definition (its column types, nullability and primary key),
+    /// so rows written to it read back as they would from `of`.
+    async fn copy_table(&mut self, of: &TableDesc, copy: &TableDesc) -> Result<(), ConnectorError> {
+        let _ = (of, copy);
+        Err(ConnectorError::definite("this sink cannot copy tables"))
+    }
+
+    /// Drops `table` if it exists.
+    async fn drop_table(&mut self, table: &TableDesc) -> Result<(), ConnectorError> {
+        let _ = table;
+        Err(ConnectorError::definite("this sink cannot drop tables"))
+    }
+}
+
+/// A table as a sink holds it: each row's primary key (its values as text,
+/// joined by `, `) and a digest of all the described columns.
+pub type RowDigests = HashMap<String, u64>;
+
+/// What [`Sink::read_back`] read in one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBack {
+    /// The subscription's stored offsets.
+    pub offsets: Vec<TopicOffset>,
+    /// Per table asked for, its rows, or `None` when it does not exist.
+    pub tables: Vec<Option<RowDigests>>,
+}
+
+/// Builds [`RowDigests`] from rows read as bytes, the key columns first.
+/// The digest is only compared within one process (both tables read by
+/// the same code from the same database), so any fixed hash does.
+pub(crate) struct DigestBuilder {
+    key_len: usize,
+    rows: RowDigests,
+}
+
+impl DigestBuilder {
+    pub(crate) fn new(key_len: usize) -> Self {
+        Self {
+            key_len,
+            rows: RowDigests::new(),
+        }
+    }
+
+    /// Adds one row: `values` are the key columns, then every column.
+    pub(crate) fn add<'v>(&mut self, values: impl IntoIterator<Item = Option<&'v [u8]>>) {
+        use std::hash::{Hash, Hasher};
+        let mut key = String::new();
+        let mut hash = std::hash::DefaultHasher::new();
+        for (i, v) in values.into_iter().enumerate() {
+            if i < self.key_len {
+                if i > 0 {
+                    key.push_str(", ");
+                }
+                key.push_str(&v.map_or("NULL".into(), String::from_utf8_lossy));
+            } else {
+                v.hash(&mut hash);
+            }
+        }
+        self.rows.insert(key, hash.finish());
+    }
+
+    pub(crate) fn finish(self) -> RowDigests {
+        self.rows
+    }
+}
+
+/// The SELECT list [`Sink::read_back`] reads: key columns, then all.
+pub(crate) fn read_back_columns(desc: &TableDesc, quote_char: char, cast: &str) -> String {
+    desc.primary_key
+        .iter()
+        .chain(desc.columns.iter().map(|c| &c.name))
+        .map(|c| format!("{}{cast}", quote(quote_char, c)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The version a change gives the row it writes: the source position, then

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{civil_from_days, hms, split_micros};
 use super::{
-    plan, quote, reconcile, redact, Applied, ExistingColumn, ExistingTable, Sink, SinkBatch,
-    TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
+    plan, quote, read_back_columns, reconcile, redact, Applied, DigestBuilder, ExistingColumn,
+    ExistingTable, ReadBack, Sink, SinkBatch, TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
 };
 use crate::ConnectorError;
 
@@ -598,6 +598,118 @@ impl Sink for MysqlSink {
             let _ = conn.disconnect().await;
         }
         Ok(())
+    }
+
+    async fn read_back(&mut self, tables: &[Arc<TableDesc>]) -> Result<ReadBack, ConnectorError> {
+        let r = self.read_back_snapshot(tables).await;
+        if let Err(e) = &r {
+            self.forget_on(e);
+        }
+        r
+    }
+
+    async fn copy_table(&mut self, of: &TableDesc, copy: &TableDesc) -> Result<(), ConnectorError> {
+        self.ready.clear();
+        let what = format!("copying the definition of {}", of.qualified_name());
+        let (of, copy) = (Self::qualified(of), Self::qualified(copy));
+        let conn = self.conn().await?;
+        let r = conn
+            .query_drop(format!("DROP TABLE IF EXISTS {copy}"))
+            .await
+            .and(Ok(()));
+        let r = match r {
+            Ok(()) => conn
+                .query_drop(format!("CREATE TABLE {copy} LIKE {of}"))
+                .await
+                .map_err(|e| my_error(e, &what)),
+            Err(e) => Err(my_error(e, &what)),
+        };
+        r.inspect_err(|e| self.forget_on(e))
+    }
+
+    async fn drop_table(&mut self, table: &TableDesc) -> Result<(), ConnectorError> {
+        self.ready.clear();
+        let what = format!("dropping {}", table.qualified_name());
+        let sql = format!("DROP TABLE IF EXISTS {}", Self::qualified(table));
+        let r = self.conn().await?.query_drop(sql).await;
+        r.map_err(|e| my_error(e, &what))
+            .inspect_err(|e| self.forget_on(e))
+    }
+}
+
+impl MysqlSink {
+    /// [`Sink::read_back`] in one consistent-snapshot transaction, values
+    /// through the text protocol (each as the server prints it).
+    async fn read_back_snapshot(
+        &mut self,
+        tables: &[Arc<TableDesc>],
+    ) -> Result<ReadBack, ConnectorError> {
+        let offsets_sql = format!(
+            "SELECT topic, `partition`, `offset` FROM {}.{} WHERE subscription = ? ORDER BY 1, 2",
+            quote('`', &self.config.database),
+            quote('`', OFFSETS_TABLE)
+        );
+        let sub = self.subscription.clone();
+        let conn = self.conn().await?;
+        let mut opts = TxOpts::default();
+        opts.with_consistent_snapshot(true)
+            .with_isolation_level(mysql_async::IsolationLevel::RepeatableRead)
+            .with_readonly(true);
+        let mut tx = conn
+            .start_transaction(opts)
+            .await
+            .map_err(|e| my_error(e, "starting a read-only transaction"))?;
+        let offsets: Vec<(String, i32, i64)> = tx
+            .exec(offsets_sql, (sub,))
+            .await
+            .map_err(|e| my_error(e, "reading the stored offsets"))?;
+        let mut out = Vec::with_capacity(tables.len());
+        for desc in tables {
+            let what = format!("reading {} back", desc.qualified_name());
+            let exists: Option<String> = tx
+                .exec_first(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                    (desc.schema.as_str(), desc.name.as_str()),
+                )
+                .await
+                .map_err(|e| my_error(e, &what))?;
+            if exists.is_none() {
+                out.push(None);
+                continue;
+            }
+            let sql = format!(
+                "SELECT {} FROM {}",
+                read_back_columns(desc, '`', ""),
+                Self::qualified(desc)
+            );
+            let mut digests = DigestBuilder::new(desc.primary_key.len());
+            tx.query_iter(sql)
+                .await
+                .map_err(|e| my_error(e, &what))?
+                .for_each(|row| {
+                    digests.add((0..row.len()).map(|i| match row.as_ref(i) {
+                        Some(Value::Bytes(b)) => Some(b.as_slice()),
+                        _ => None,
+                    }))
+                })
+                .await
+                .map_err(|e| my_error(e, &what))?;
+            out.push(Some(digests.finish()));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| my_error(e, "ending a read-only transaction"))?;
+        Ok(ReadBack {
+            offsets: offsets
+                .into_iter()
+                .map(|(topic, partition, offset)| TopicOffset {
+                    topic,
+                    partition,
+                    offset,
+                })
+                .collect(),
+            tables: out,
+        })
     }
 }
 

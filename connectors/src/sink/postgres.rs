@@ -16,8 +16,9 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::values::pg_text;
 use super::{
-    plan, quote, reconcile, redact, Applied, ExistingColumn, ExistingTable, Sink, SinkBatch,
-    TablePlan, TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
+    plan, quote, read_back_columns, reconcile, redact, Applied, DigestBuilder, ExistingColumn,
+    ExistingTable, ReadBack, Sink, SinkBatch, TablePlan, TopicOffset, OFFSETS_TABLE,
+    POSITION_COLUMN,
 };
 use crate::ConnectorError;
 
@@ -585,5 +586,102 @@ impl Sink for PostgresSink {
         self.ready.clear();
         self.client = None;
         Ok(())
+    }
+
+    async fn read_back(&mut self, tables: &[Arc<TableDesc>]) -> Result<ReadBack, ConnectorError> {
+        use futures::TryStreamExt;
+        self.client().await?;
+        let sub = self.subscription.clone();
+        let offsets_sql = format!(
+            "SELECT topic, \"partition\", \"offset\" FROM {}.{} WHERE subscription = $1 ORDER BY 1, 2",
+            quote('"', &self.config.schema),
+            quote('"', OFFSETS_TABLE)
+        );
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| ConnectorError::transient("connection lost"))?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| pg_error(e, "starting a read-only transaction"))?;
+        let offsets = tx
+            .query(&offsets_sql, &[&sub])
+            .await
+            .map_err(|e| pg_error(e, "reading the stored offsets"))?
+            .iter()
+            .map(|r| TopicOffset {
+                topic: r.get(0),
+                partition: r.get(1),
+                offset: r.get(2),
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tables.len());
+        for desc in tables {
+            let what = format!("reading {} back", desc.qualified_name());
+            let qualified = format!("{}.{}", quote('"', &desc.schema), quote('"', &desc.name));
+            let exists: Option<String> = tx
+                .query_one("SELECT to_regclass($1)::text", &[&qualified])
+                .await
+                .map_err(|e| pg_error(e, &what))?
+                .get(0);
+            if exists.is_none() {
+                out.push(None);
+                continue;
+            }
+            let sql = format!(
+                "SELECT {} FROM {qualified}",
+                read_back_columns(desc, '"', "::text")
+            );
+            let rows = tx
+                .query_raw(
+                    &sql,
+                    std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+                )
+                .await
+                .map_err(|e| pg_error(e, &what))?;
+            futures::pin_mut!(rows);
+            let mut digests = DigestBuilder::new(desc.primary_key.len());
+            while let Some(row) = rows.try_next().await.map_err(|e| pg_error(e, &what))? {
+                digests
+                    .add((0..row.len()).map(|i| row.get::<_, Option<&str>>(i).map(str::as_bytes)));
+            }
+            out.push(Some(digests.finish()));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| pg_error(e, "ending a read-only transaction"))?;
+        Ok(ReadBack {
+            offsets,
+            tables: out,
+        })
+    }
+
+    async fn copy_table(&mut self, of: &TableDesc, copy: &TableDesc) -> Result<(), ConnectorError> {
+        self.ready.clear();
+        let sql = format!(
+            "DROP TABLE IF EXISTS {copy}; CREATE TABLE {copy} (LIKE {of} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)",
+            copy = self.qualified(copy),
+            of = self.qualified(of),
+        );
+        self.client().await?.batch_execute(&sql).await.map_err(|e| {
+            pg_error(
+                e,
+                &format!("copying the definition of {}", of.qualified_name()),
+            )
+        })
+    }
+
+    async fn drop_table(&mut self, table: &TableDesc) -> Result<(), ConnectorError> {
+        self.ready.clear();
+        let sql = format!("DROP TABLE IF EXISTS {}", self.qualified(table));
+        self.client()
+            .await?
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| pg_error(e, &format!("dropping {}", table.qualified_name())))
     }
 }

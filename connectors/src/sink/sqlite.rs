@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{date_text, time_text, timestamp_text, timestamp_tz_iso};
 use super::{
-    plan, quote, reconcile, Applied, ExistingColumn, ExistingTable, Sink, SinkBatch, TopicOffset,
-    OFFSETS_TABLE, POSITION_COLUMN,
+    plan, quote, read_back_columns, reconcile, Applied, DigestBuilder, ExistingColumn,
+    ExistingTable, ReadBack, Sink, SinkBatch, TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
 };
 use crate::ConnectorError;
 
@@ -358,6 +358,87 @@ impl SqliteSink {
             .map_err(|e| lite_error(e, "reading the stored offsets"));
         rows
     }
+
+    /// [`Sink::read_back`] inside one read transaction (a snapshot).
+    fn read_back_tx(&mut self, tables: &[Arc<TableDesc>]) -> Result<ReadBack, ConnectorError> {
+        self.conn()?
+            .execute_batch("BEGIN")
+            .map_err(|e| lite_error(e, "starting a read transaction"))?;
+        let r = self.read_back_in_tx(tables);
+        let end = self.conn()?.execute_batch("COMMIT");
+        let r = r?;
+        end.map_err(|e| lite_error(e, "ending a read transaction"))?;
+        Ok(r)
+    }
+
+    fn read_back_in_tx(&mut self, tables: &[Arc<TableDesc>]) -> Result<ReadBack, ConnectorError> {
+        use rusqlite::types::ValueRef;
+        let offsets = self.offsets()?;
+        let mut out = Vec::with_capacity(tables.len());
+        for desc in tables {
+            if self.existing(desc)?.is_none() {
+                out.push(None);
+                continue;
+            }
+            let what = format!("reading {} back", desc.name);
+            let sql = format!(
+                "SELECT {} FROM {}",
+                read_back_columns(desc, '"', ""),
+                quote('"', &desc.name)
+            );
+            let conn = self.conn()?;
+            let mut stmt = conn.prepare(&sql).map_err(|e| lite_error(e, &what))?;
+            let n = stmt.column_count();
+            let mut rows = stmt.query([]).map_err(|e| lite_error(e, &what))?;
+            let mut digests = DigestBuilder::new(desc.primary_key.len());
+            let mut text: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
+            while let Some(row) = rows.next().map_err(|e| lite_error(e, &what))? {
+                text.clear();
+                for i in 0..n {
+                    let v = row.get_ref(i).map_err(|e| lite_error(e, &what))?;
+                    text.push(match v {
+                        ValueRef::Null => None,
+                        ValueRef::Integer(i) => Some(i.to_string().into_bytes()),
+                        ValueRef::Real(f) => Some(format!("{f:?}").into_bytes()),
+                        ValueRef::Text(t) => Some(t.to_vec()),
+                        // Tagged so a blob never equals the text of its bytes.
+                        ValueRef::Blob(b) => Some([b"\0blob:".as_slice(), b].concat()),
+                    });
+                }
+                digests.add(text.iter().map(Option::as_deref));
+            }
+            out.push(Some(digests.finish()));
+        }
+        Ok(ReadBack {
+            offsets,
+            tables: out,
+        })
+    }
+
+    /// [`Sink::copy_table`]: SQLite has no `CREATE TABLE ... LIKE`, so the
+    /// table's own `CREATE TABLE` statement is replayed under the new name.
+    fn copy_definition(&mut self, of: &TableDesc, copy: &TableDesc) -> Result<(), ConnectorError> {
+        let what = format!("copying the definition of {}", of.name);
+        let conn = self.conn()?;
+        let ddl: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [&of.name],
+                |r| r.get(0),
+            )
+            .map_err(|e| lite_error(e, &what))?;
+        let Some(open) = ddl.find('(') else {
+            return Err(ConnectorError::definite(format!(
+                "{what}: its definition has no column list"
+            )));
+        };
+        conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {copy}; CREATE TABLE {copy} {}",
+            &ddl[open..],
+            copy = quote('"', &copy.name)
+        ))
+        .map_err(|e| lite_error(e, &what))
+    }
 }
 
 /// Runs blocking SQLite work without stalling the other tasks of a
@@ -423,5 +504,24 @@ impl Sink for SqliteSink {
                 .map_err(|(_, e)| lite_error(e, "closing the database"))?;
         }
         Ok(())
+    }
+
+    async fn read_back(&mut self, tables: &[Arc<TableDesc>]) -> Result<ReadBack, ConnectorError> {
+        blocking(|| self.read_back_tx(tables))
+    }
+
+    async fn copy_table(&mut self, of: &TableDesc, copy: &TableDesc) -> Result<(), ConnectorError> {
+        self.ready.clear();
+        blocking(|| self.copy_definition(of, copy))
+    }
+
+    async fn drop_table(&mut self, table: &TableDesc) -> Result<(), ConnectorError> {
+        self.ready.clear();
+        let sql = format!("DROP TABLE IF EXISTS {}", quote('"', &table.name));
+        blocking(|| {
+            self.conn()?
+                .execute_batch(&sql)
+                .map_err(|e| lite_error(e, &format!("dropping {}", table.name)))
+        })
     }
 }
