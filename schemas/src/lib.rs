@@ -9,6 +9,9 @@
 //!   Avro datum) and schema lookup by id.
 //! - [`registry_client`]: a caching client of any Confluent-compatible
 //!   schema registry.
+//! - [`standard`]: data standards — a dataset's standard schema, a feed's
+//!   mapping of its table into it, and the validation rules every event
+//!   must meet before it is published.
 //!
 //! The fixed parts of the envelope are `.avsc` files in `schemas/avro/`.
 
@@ -19,6 +22,7 @@ pub mod event;
 pub mod examples;
 pub mod recover;
 pub mod registry_client;
+pub mod standard;
 pub mod table;
 pub mod types;
 pub mod wire;

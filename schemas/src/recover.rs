@@ -109,7 +109,7 @@ fn row_record(value: &Schema) -> Option<&RecordSchema> {
         })
 }
 
-fn column(field: &apache_avro::schema::RecordField) -> Result<ColumnDesc, String> {
+pub(crate) fn column(field: &apache_avro::schema::RecordField) -> Result<ColumnDesc, String> {
     let (nullable, inner) = match &field.schema {
         Schema::Union(u) => {
             let variants = u.variants();
