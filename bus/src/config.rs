@@ -64,6 +64,43 @@ pub struct Config {
     pub shares: Vec<ShareConfig>,
     /// Who may use the control-plane API.
     pub auth: AuthConfig,
+    /// Standard forms of the datasets this node's feeds publish
+    /// (`[[standards]]`): each table is mapped into its dataset's standard
+    /// and validated before publishing.
+    pub standards: Vec<StandardConfig>,
+}
+
+/// A dataset's standard form and how its feed's table maps into it.
+///
+/// ```toml
+/// [[standards]]
+/// dataset = "gongan.population"
+/// standard = "population"              # population | legal_entity | address_point
+/// [standards.mapping.fields]
+/// id_number = { from = "身份证号", cast = "trim" }
+/// name = { from = "姓名" }
+/// gender = { from = "性别", codes = { "男" = "1", "女" = "2" } }
+/// birth_date = { from = "出生日期", cast = { date = ["%Y%m%d", "%Y-%m-%d"] } }
+/// household_region = { from = "户籍区划" }
+/// [standards.rules]                    # the dataset's own rules, on top
+/// phone = [{ rule = "regex", name = "cn_mobile", pattern = "^1[3-9][0-9]{9}$" }]
+/// ```
+///
+/// Without `mapping.fields`, each standard field is read from the source
+/// column of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardConfig {
+    /// Dataset id `<department>.<name>`.
+    pub dataset: String,
+    /// A standard shipped with backflow.
+    pub standard: String,
+    /// Source column → standard field.
+    #[serde(default)]
+    pub mapping: backflow_schemas::standard::Mapping,
+    /// Rules of this dataset on top of the standard's, by standard field.
+    #[serde(default)]
+    pub rules: backflow_schemas::standard::DatasetRules,
 }
 
 /// Bearer tokens of the control-plane API.
@@ -789,6 +826,21 @@ impl Config {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad("sha256", "not a hex SHA-256 (64 hex digits): use the output of `echo -n \"$TOKEN\" | sha256sum`".to_owned()));
             }
+        }
+        let mut standardised = std::collections::BTreeSet::new();
+        for (i, st) in config.standards.iter().enumerate() {
+            let bad = |key: &str, reason: String| ConfigError::BadValue {
+                key: format!("standards[{i}].{key}"),
+                origin: origin_name(file, &env, ""),
+                reason,
+            };
+            if !standardised.insert(st.dataset.clone()) {
+                return Err(bad(
+                    "dataset",
+                    format!("dataset {} has two standards", st.dataset),
+                ));
+            }
+            crate::standards::DatasetStandard::new(st).map_err(|(key, reason)| bad(key, reason))?;
         }
         let mut shares = std::collections::BTreeSet::new();
         for (i, share) in config.shares.iter_mut().enumerate() {

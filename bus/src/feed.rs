@@ -61,6 +61,10 @@ pub enum FeedError {
     /// The raw topic's rows could not be read for the source.
     #[error("reading the raw topic's rows for the source failed: {0}")]
     TopicState(String),
+    /// A table does not fit its dataset's standard, or cannot be published
+    /// as it is.
+    #[error("{0}")]
+    Standard(String),
 }
 
 impl FeedError {
@@ -70,7 +74,7 @@ impl FeedError {
             FeedError::Source(e) => e.is_transient(),
             FeedError::Kafka(_) => true,
             FeedError::Schema { source, .. } => source.code >= 50000,
-            FeedError::Encode(_) => false,
+            FeedError::Encode(_) | FeedError::Standard(_) => false,
             FeedError::Unacknowledged(_) | FeedError::TopicState(_) => true,
         }
     }
@@ -101,6 +105,8 @@ pub struct FeedContext {
     pub replication_factor: i32,
     /// Metrics.
     pub metrics: Metrics,
+    /// The datasets' standard forms (`[[standards]]`).
+    pub standards: Arc<Vec<crate::config::StandardConfig>>,
 }
 
 /// A table version's codec and the raw topic's schema ids it encodes with.
@@ -138,6 +144,9 @@ pub async fn run(
         tracing::info!(feed = name, position = %p.0, "resuming from the last acknowledged position");
     }
     let tables = source.start(resume).await?;
+    let mut conformer = crate::standards::Conformer::new(name, &ctx.standards, ctx.metrics.clone())
+        .map_err(FeedError::Standard)?;
+    conformer.check_tables(&tables).map_err(FeedError::Standard)?;
     let dlq = topics::dlq(name);
     let mut specs: Vec<TopicSpec> = tables
         .iter()
@@ -262,21 +271,26 @@ pub async fn run(
                 b = source.next_batch(BATCH_RECORDS) => b?,
             }
         };
-        let mut dead: Vec<(String, String, String)> = batch
+        // (table, position, reason, violated rules)
+        let mut dead: Vec<(String, String, String, Option<String>)> = batch
             .rejected
             .iter()
-            .map(|r| (r.table.clone(), r.position.0.clone(), r.reason.clone()))
+            .map(|r| (r.table.clone(), r.position.0.clone(), r.reason.clone(), None))
             .collect();
-        for record in &batch.records {
+        for record in batch.records {
+            let table = record.table.qualified_name();
+            let record = match conformer.conform(record) {
+                Ok(r) => r,
+                Err(refused) => {
+                    dead.push((table, refused.position, refused.reason, Some(refused.rules)));
+                    continue;
+                }
+            };
             let enc = encoder(&mut encoders, &record.table, &ctx).await?;
-            let (key, value) = match encode(enc, record) {
+            let (key, value) = match encode(enc, &record) {
                 Ok(kv) => kv,
                 Err(e) => {
-                    dead.push((
-                        record.table.qualified_name(),
-                        record.position.0.clone(),
-                        e.to_string(),
-                    ));
+                    dead.push((table, record.position.0.clone(), e.to_string(), None));
                     continue;
                 }
             };
@@ -320,19 +334,23 @@ pub async fn run(
                 }
             }
         }
-        for (table, position, reason) in &dead {
+        for (table, position, reason, rules) in &dead {
             tracing::warn!(feed = name, table = %table, position = %position, reason = %reason, "change sent to the dead-letter topic");
             let body = serde_json::json!({
                 "feed": name,
                 "table": table,
                 "position": position,
                 "reason": reason,
+                "rules": rules,
             })
             .to_string();
-            let headers: [(&str, &[u8]); 2] = [
+            let mut headers: Vec<(&str, &[u8])> = vec![
                 (HEADER_ORIGIN, origin.as_bytes()),
                 (HEADER_DLQ_REASON, reason.as_bytes()),
             ];
+            if let Some(rules) = rules {
+                headers.push((crate::standards::HEADER_DLQ_RULES, rules.as_bytes()));
+            }
             let d = ctx
                 .publisher
                 .enqueue(OutgoingRecord {

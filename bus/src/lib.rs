@@ -31,6 +31,7 @@ pub mod node;
 pub mod offsets;
 pub mod reconcile;
 pub mod registry;
+pub mod standards;
 pub mod subscribe;
 pub mod telemetry;
 pub mod topic_state;

@@ -46,6 +46,14 @@ pub struct MetricsInner {
     pub source_rejected: IntCounterVec,
     /// Feed restarts after an error, by feed.
     pub source_restarts: IntCounterVec,
+    /// Changes checked against their dataset's standard, by feed and dataset.
+    pub quality_checked: IntCounterVec,
+    /// Changes a standard refused, by feed and dataset.
+    pub quality_refused: IntCounterVec,
+    /// Rule violations, by feed, dataset, field and rule.
+    pub quality_violations: IntCounterVec,
+    /// Share of the last 5 minutes' changes that met the standard.
+    pub quality_score: GaugeVec,
     /// Age of the oldest captured change not yet acknowledged by Kafka.
     pub source_lag_seconds: GaugeVec,
     /// backflow_source_lag_bytes{feed}
@@ -164,6 +172,38 @@ impl Metrics {
                     "Changes a feed could not read or encode and sent to its dead-letter topic.",
                 ),
                 &["feed"],
+            )
+            .expect("valid metric"),
+            quality_checked: IntCounterVec::new(
+                Opts::new(
+                    "backflow_quality_checked_total",
+                    "Changes a feed checked against their dataset's standard, by feed and dataset.",
+                ),
+                &["feed", "dataset"],
+            )
+            .expect("valid metric"),
+            quality_refused: IntCounterVec::new(
+                Opts::new(
+                    "backflow_quality_rejected_total",
+                    "Changes the dataset's standard refused (sent to the feed's dead-letter topic), by feed and dataset.",
+                ),
+                &["feed", "dataset"],
+            )
+            .expect("valid metric"),
+            quality_violations: IntCounterVec::new(
+                Opts::new(
+                    "backflow_quality_violations_total",
+                    "Rule violations found in refused changes, by feed, dataset, standard field and rule.",
+                ),
+                &["feed", "dataset", "field", "rule"],
+            )
+            .expect("valid metric"),
+            quality_score: GaugeVec::new(
+                Opts::new(
+                    "backflow_quality_score",
+                    "Share (0-1) of the changes of the last 5 minutes that met the dataset's standard, by feed and dataset.",
+                ),
+                &["feed", "dataset"],
             )
             .expect("valid metric"),
             source_restarts: IntCounterVec::new(
@@ -333,6 +373,15 @@ impl Metrics {
         r.register(Box::new(m.source_rejected.clone()))
             .expect("unique");
         r.register(Box::new(m.source_restarts.clone()))
+            .expect("unique");
+        for c in [
+            &m.quality_checked,
+            &m.quality_refused,
+            &m.quality_violations,
+        ] {
+            r.register(Box::new(c.clone())).expect("unique");
+        }
+        r.register(Box::new(m.quality_score.clone()))
             .expect("unique");
         r.register(Box::new(m.source_lag_seconds.clone()))
             .expect("unique");

@@ -225,6 +225,7 @@ async fn run_on(
         let (catalog_d, auditor_d) = (catalog.clone(), auditor.clone());
         let (catalog_f, statuses_f) = (catalog.clone(), feed_statuses.clone());
         let node_code = config.node.code.to_string();
+        let standards = Arc::new(config.standards.clone());
         let publisher = publisher.clone();
         let metrics = metrics.clone();
         let feed_tracker = tracker.clone();
@@ -281,6 +282,7 @@ async fn run_on(
                                         partitions,
                                         replication_factor: rf,
                                         metrics,
+                                        standards,
                                     };
                                     feed_tracker.spawn(crate::feeds::manage(
                                         feeds,

@@ -80,6 +80,18 @@ impl TableDesc {
     /// Checks that the description can be turned into Avro schemas: names
     /// are valid, unique, and the primary key exists and is non-null.
     pub fn validate(&self) -> Result<(), SchemaError> {
+        self.check(true)
+    }
+
+    /// [`TableDesc::validate`] for a table as a source captures it, before
+    /// a mapping into its dataset's standard: column names may be any
+    /// (Chinese, say) as long as they are unique; the encoder refuses a
+    /// table whose names are not Avro names and that no mapping renamed.
+    pub fn validate_captured(&self) -> Result<(), SchemaError> {
+        self.check(false)
+    }
+
+    fn check(&self, avro_names: bool) -> Result<(), SchemaError> {
         let table = self.qualified_name();
         let invalid = |reason: String| SchemaError::InvalidTable {
             table: table.clone(),
@@ -98,9 +110,9 @@ impl TableDesc {
             return Err(invalid("it has no columns".into()));
         }
         for (i, c) in self.columns.iter().enumerate() {
-            if !is_avro_name(&c.name) {
+            if c.name.is_empty() || (avro_names && !is_avro_name(&c.name)) {
                 return Err(invalid(format!(
-                    "column {:?} is not a valid Avro name ([A-Za-z_][A-Za-z0-9_]*); rename it or map it to another name in the feed",
+                    "column {:?} is not a valid Avro name ([A-Za-z_][A-Za-z0-9_]*); rename it, or map the table into a standard ([[standards]])",
                     c.name
                 )));
             }

@@ -279,7 +279,7 @@ pub(crate) async fn describe(
         columns,
         primary_key: pk,
     };
-    desc.validate()
+    desc.validate_captured()
         .map_err(|e| ConnectorError::definite(e.to_string()))?;
     Ok(Described { desc, kinds })
 }

@@ -666,7 +666,7 @@ impl MysqlSource {
         // Logged before an ADD COLUMN: the first `columns` columns.
         let mut desc = current.desc.as_ref().clone();
         desc.columns.truncate(columns);
-        desc.validate().map_err(|e| {
+        desc.validate_captured().map_err(|e| {
             ConnectorError::definite(format!(
                 "a row event of {} has {columns} columns, fewer than the table has now, and \
                  cannot be read with them ({e}); take a new snapshot (--resnapshot)",

@@ -252,7 +252,7 @@ impl Engine for SqliteEngine {
                 columns,
                 primary_key: keys.into_iter().map(|(_, k)| k).collect(),
             };
-            desc.validate()
+            desc.validate_captured()
                 .map_err(|e| ConnectorError::definite(e.to_string()))?;
             Ok(desc)
         })

@@ -117,7 +117,7 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
         columns,
         primary_key,
     };
-    desc.validate()
+    desc.validate_captured()
         .map_err(|e| ConnectorError::definite(e.to_string()))?;
     Ok(desc)
 }

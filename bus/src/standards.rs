@@ -1,0 +1,325 @@
+//! Data standards at the source: a feed's rows mapped into their dataset's
+//! standard form (`[[standards]]`) and validated before they are published.
+//!
+//! A change whose row breaks a rule goes to the feed's dead-letter topic
+//! with every violated rule named (header [`HEADER_DLQ_RULES`],
+//! `field:rule,...`); the feed goes on. Quality is counted per feed,
+//! dataset and rule, and scored over [`SCORE_WINDOW`]: the share of the
+//! window's changes that met the standard.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backflow_connectors::SourceRecord;
+use backflow_schemas::standard::{
+    builtin, CompiledMapping, FieldMapping, Mapping, Standard, Validator, Violation,
+};
+use backflow_schemas::{Op, Row, TableDesc};
+
+use crate::config::StandardConfig;
+use crate::metrics::Metrics;
+
+/// Header on dead letters a standard refused: the violated rules as
+/// `field:rule,field:rule`.
+pub const HEADER_DLQ_RULES: &str = "backflow.dlq.rules";
+
+/// The window of the quality score.
+pub const SCORE_WINDOW: Duration = Duration::from_secs(300);
+
+/// One dataset's standard, mapping and rules, checked.
+pub struct DatasetStandard {
+    config: StandardConfig,
+    standard: &'static Standard,
+    validator: Validator,
+    desc: Arc<TableDesc>,
+}
+
+impl DatasetStandard {
+    /// Checks a `[[standards]]` entry; the error names the entry's key.
+    pub fn new(config: &StandardConfig) -> Result<Self, (&'static str, String)> {
+        let standard = builtin().get(&config.standard).ok_or_else(|| {
+            (
+                "standard",
+                format!(
+                    "unknown standard {:?}; backflow ships {}",
+                    config.standard,
+                    builtin().keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        if let Some(s) = config.mapping.standard.as_ref() {
+            if s != &config.standard {
+                return Err((
+                    "mapping.standard",
+                    format!(
+                        "the mapping is written for standard {s}, the dataset's is {}",
+                        config.standard
+                    ),
+                ));
+            }
+        }
+        let validator = Validator::new(standard, &config.rules).map_err(|e| ("rules", e.to_string()))?;
+        let desc = standard.table_desc(&config.dataset);
+        desc.validate().map_err(|e| ("dataset", e.to_string()))?;
+        Ok(Self {
+            config: config.clone(),
+            standard,
+            validator,
+            desc: Arc::new(desc),
+        })
+    }
+
+    /// The standard's name.
+    pub fn name(&self) -> &str {
+        self.standard.name()
+    }
+
+    /// The dataset's table as published (the standard's form).
+    pub fn desc(&self) -> &Arc<TableDesc> {
+        &self.desc
+    }
+
+    /// Compiles the mapping for one version of the source table; without
+    /// declared fields, each standard field comes from the column of the
+    /// same name.
+    pub fn compile(&self, source: &TableDesc) -> Result<CompiledMapping, String> {
+        let mapping = if self.config.mapping.fields.is_empty() {
+            Mapping {
+                standard: None,
+                fields: self
+                    .standard
+                    .fields()
+                    .iter()
+                    .filter(|f| source.column(&f.name).is_some())
+                    .map(|f| {
+                        let m = FieldMapping {
+                            from: Some(f.name.clone()),
+                            ..FieldMapping::default()
+                        };
+                        (f.name.clone(), m)
+                    })
+                    .collect(),
+            }
+        } else {
+            self.config.mapping.clone()
+        };
+        mapping.compile(source, self.standard).map_err(|e| {
+            format!(
+                "table {} cannot be mapped into standard {} of dataset {}: {e}",
+                source.qualified_name(),
+                self.standard.name(),
+                self.config.dataset
+            )
+        })
+    }
+
+    /// The standard row of `row` (mapped and validated).
+    pub fn conform(&self, mapping: &CompiledMapping, row: &Row) -> Result<Row, Vec<Violation>> {
+        mapping.conform(row, &self.validator)
+    }
+}
+
+/// A change its dataset's standard refused.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The change's source position.
+    pub position: String,
+    /// For the dead letter and the log (rules and fields, never values).
+    pub reason: String,
+    /// `field:rule,...`.
+    pub rules: String,
+}
+
+/// Passed/refused counts per second over the score window.
+#[derive(Default)]
+struct Window {
+    buckets: VecDeque<(Instant, u64, u64)>,
+    checked: u64,
+    refused: u64,
+}
+
+impl Window {
+    fn add(&mut self, refused: bool) -> f64 {
+        let now = Instant::now();
+        match self.buckets.back_mut() {
+            Some((at, c, r)) if now.duration_since(*at) < Duration::from_secs(1) => {
+                *c += 1;
+                *r += u64::from(refused);
+            }
+            _ => self.buckets.push_back((now, 1, u64::from(refused))),
+        }
+        self.checked += 1;
+        self.refused += u64::from(refused);
+        while let Some((at, c, r)) = self.buckets.front().copied() {
+            if now.duration_since(at) <= SCORE_WINDOW {
+                break;
+            }
+            self.buckets.pop_front();
+            self.checked -= c;
+            self.refused -= r;
+        }
+        1.0 - self.refused as f64 / self.checked.max(1) as f64
+    }
+}
+
+/// Maps and validates one feed's records.
+pub struct Conformer {
+    feed: String,
+    standards: HashMap<String, DatasetStandard>,
+    /// Compiled mapping per source table version (by address; the `Arc`
+    /// keeps the address from being reused).
+    compiled: HashMap<usize, (Arc<TableDesc>, Arc<CompiledMapping>)>,
+    windows: HashMap<String, Window>,
+    metrics: Metrics,
+}
+
+impl Conformer {
+    /// The conformer of feed `feed` for the node's `[[standards]]` (checked
+    /// when the configuration was loaded).
+    pub fn new(feed: &str, configs: &[StandardConfig], metrics: Metrics) -> Result<Self, String> {
+        let mut standards = HashMap::new();
+        for c in configs {
+            let s = DatasetStandard::new(c).map_err(|(key, reason)| {
+                format!("standard of dataset {}: {key}: {reason}", c.dataset)
+            })?;
+            standards.insert(c.dataset.clone(), s);
+        }
+        Ok(Self {
+            feed: feed.to_owned(),
+            standards,
+            compiled: HashMap::new(),
+            windows: HashMap::new(),
+            metrics,
+        })
+    }
+
+    /// Checks the tables a source captures before anything is published:
+    /// a table of a standardised dataset must map into its standard, any
+    /// other must be publishable as it is (Avro names).
+    pub fn check_tables(&mut self, tables: &[Arc<TableDesc>]) -> Result<(), String> {
+        for t in tables {
+            if self.standards.contains_key(&t.dataset) {
+                self.mapping(t)?;
+            } else {
+                t.validate().map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mapping(&mut self, table: &Arc<TableDesc>) -> Result<Arc<CompiledMapping>, String> {
+        let id = Arc::as_ptr(table) as usize;
+        if let Some((_, m)) = self.compiled.get(&id) {
+            return Ok(m.clone());
+        }
+        let standard = &self.standards[&table.dataset];
+        let m = Arc::new(standard.compile(table)?);
+        tracing::info!(feed = %self.feed, table = %table.qualified_name(), dataset = %table.dataset, standard = standard.name(), "table mapped into its dataset's standard");
+        self.compiled.insert(id, (table.clone(), m.clone()));
+        Ok(m)
+    }
+
+    /// The record in its dataset's standard form (unchanged when the
+    /// dataset has no standard), or why the standard refuses it.
+    pub fn conform(&mut self, mut record: SourceRecord) -> Result<SourceRecord, Refused> {
+        let dataset = record.table.dataset.clone();
+        if !self.standards.contains_key(&dataset) {
+            return Ok(record);
+        }
+        let mapping = self.mapping(&record.table).map_err(|reason| Refused {
+            position: record.position.0.clone(),
+            reason,
+            rules: "mapping".to_owned(),
+        })?;
+        let standard = &self.standards[&dataset];
+        let event = &mut record.event;
+        let mut violations = Vec::new();
+        if let Some(after) = &event.after {
+            match standard.conform(&mapping, after) {
+                Ok(row) => event.after = Some(row),
+                Err(v) => violations = v,
+            }
+        }
+        if violations.is_empty() {
+            if let Some(before) = &event.before {
+                // The old row is only mapped: it was judged when written.
+                // An update's old row that does not map (it was refused
+                // then) is left out; a delete needs it for its key.
+                match mapping.apply(before) {
+                    Ok(row) => event.before = Some(row),
+                    Err(_) if event.op != Op::Delete => event.before = None,
+                    Err(v) => violations = v,
+                }
+            }
+        }
+        let checked = self
+            .metrics
+            .quality_checked
+            .with_label_values(&[&self.feed, &dataset]);
+        checked.inc();
+        let score = self
+            .windows
+            .entry(dataset.clone())
+            .or_default()
+            .add(!violations.is_empty());
+        self.metrics
+            .quality_score
+            .with_label_values(&[&self.feed, &dataset])
+            .set(score);
+        if violations.is_empty() {
+            record.table = standard.desc().clone();
+            return Ok(record);
+        }
+        self.metrics
+            .quality_refused
+            .with_label_values(&[&self.feed, &dataset])
+            .inc();
+        for v in &violations {
+            self.metrics
+                .quality_violations
+                .with_label_values(&[&self.feed, &dataset, &v.field, &v.rule])
+                .inc();
+        }
+        Err(Refused {
+            position: record.position.0.clone(),
+            reason: format!(
+                "dataset {dataset} standard {}: {}",
+                standard.name(),
+                violations
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            rules: Violation::summary(&violations),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_score_is_the_share_of_changes_that_met_the_standard() {
+        let mut w = Window::default();
+        assert_eq!(w.add(false), 1.0);
+        assert_eq!(w.add(true), 0.5);
+        assert_eq!(w.add(false), 2.0 / 3.0);
+        assert_eq!(w.add(false), 0.75);
+    }
+
+    #[test]
+    fn an_unknown_standard_is_refused_with_the_ones_shipped() {
+        let c = StandardConfig {
+            dataset: "gongan.population".into(),
+            standard: "census".into(),
+            mapping: Mapping::default(),
+            rules: Default::default(),
+        };
+        let (key, reason) = DatasetStandard::new(&c).err().unwrap();
+        assert_eq!(key, "standard");
+        assert!(reason.contains("population"), "{reason}");
+    }
+}
