@@ -59,7 +59,8 @@ impl DatasetStandard {
                 ));
             }
         }
-        let validator = Validator::new(standard, &config.rules).map_err(|e| ("rules", e.to_string()))?;
+        let validator =
+            Validator::new(standard, &config.rules).map_err(|e| ("rules", e.to_string()))?;
         let desc = standard.table_desc(&config.dataset);
         desc.validate().map_err(|e| ("dataset", e.to_string()))?;
         Ok(Self {
@@ -194,6 +195,11 @@ impl Conformer {
         })
     }
 
+    /// Whether `dataset` has a standard.
+    pub fn has_standard(&self, dataset: &str) -> bool {
+        self.standards.contains_key(dataset)
+    }
+
     /// Checks the tables a source captures before anything is published:
     /// a table of a standardised dataset must map into its standard, any
     /// other must be publishable as it is (Avro names).
@@ -268,7 +274,13 @@ impl Conformer {
             .with_label_values(&[&self.feed, &dataset])
             .set(score);
         if violations.is_empty() {
-            record.table = standard.desc().clone();
+            let desc = standard.desc().clone();
+            let event = &mut record.event;
+            if let Some(row) = event.after.as_ref().or(event.before.as_ref()) {
+                // Keyed by the standard's key from now on.
+                event.key = desc.key_of(row);
+            }
+            record.table = desc;
             return Ok(record);
         }
         self.metrics

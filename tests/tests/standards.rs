@@ -1,0 +1,265 @@
+//! Data standards at the source. A department table with Chinese column
+//! names, `男/女` genders and `YYYYMMDD` date strings is published in the
+//! population standard (the registry holds the standard's schema, keyed by
+//! the ID number); a row breaking a rule goes to the feed's dead-letter
+//! topic with the violated rule named, and the good rows go on flowing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use backflow::kafka::{Consumer, KafkaSettings};
+use backflow_e2e::{create_pg_database, metric_sum, unique_name, Node, TestBroker};
+use backflow_schemas::standard::builtin;
+use backflow_schemas::standard::checks::resident_id_check_char;
+use backflow_schemas::standard::date::days_from_ymd;
+use backflow_schemas::{unframe, Datum, Op, Row, TableCodec};
+
+/// A valid resident ID number from its first 17 digits.
+fn id(first17: &str) -> String {
+    format!("{first17}{}", resident_id_check_char(first17).unwrap())
+}
+
+fn text(d: &Datum) -> &str {
+    match d {
+        Datum::Text(s) => s,
+        other => panic!("{other:?} is not text"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_dead_lettered() {
+    let db = unique_name("bf_std");
+    let department = create_pg_database(&db).await.unwrap();
+    department
+        .batch_execute(
+            "CREATE TABLE 户籍人口 (编号 bigint PRIMARY KEY, 身份证号 text NOT NULL, 姓名 text,
+                 性别 text, 出生日期 text, 户籍区划 text, 住址 text, 电话 text)",
+        )
+        .await
+        .unwrap();
+    let good1 = id("33010619800101001");
+    let good2 = id("33010819920229002");
+    let good7 = id("33010620010915007");
+    let mut wrong_check = id("33010619751231003");
+    let last = if wrong_check.ends_with('1') { "2" } else { "1" };
+    wrong_check.replace_range(17.., last);
+    let rows = [
+        (1i64, good1.clone(), Some("张三"), "男", "19800101", "330106"),
+        (2, good2.clone(), Some("李四"), "女", "19920229", "330108"),
+        // Each of these breaks one rule.
+        (
+            3,
+            wrong_check.clone(),
+            Some("王五"),
+            "男",
+            "19751231",
+            "330106",
+        ),
+        (
+            4,
+            id("33010619700505004"),
+            Some("赵六"),
+            "女",
+            "19700505",
+            "999999",
+        ),
+        (5, id("33010619880808005"), None, "男", "19880808", "330106"),
+        (
+            6,
+            id("33010619660606006"),
+            Some("钱七"),
+            "未知",
+            "19660606",
+            "330106",
+        ),
+    ];
+    for (n, idn, name, gender, born, region) in &rows {
+        department
+            .execute(
+                "INSERT INTO 户籍人口 VALUES ($1, $2, $3, $4, $5, $6, '西湖区文三路1号', '13800000000')",
+                &[n, idn, name, gender, born, region],
+            )
+            .await
+            .unwrap();
+    }
+
+    let broker = TestBroker::start_in_memory();
+    let feed = db.replace('_', "-");
+    let node = Node::start_with_config(
+        &format!(
+            r#"[kafka]
+brokers = "{}"
+
+[[feeds]]
+type = "postgres"
+name = "{feed}"
+user = "postgres"
+database = "{db}"
+tables = [{{ table = "public.户籍人口", dataset = "gongan.population" }}]
+
+[[standards]]
+dataset = "gongan.population"
+standard = "population"
+[standards.mapping.fields]
+id_number = {{ from = "身份证号", cast = "trim" }}
+name = {{ from = "姓名" }}
+gender = {{ from = "性别", codes = {{ "男" = "1", "女" = "2" }} }}
+birth_date = {{ from = "出生日期", cast = {{ date = ["%Y%m%d"] }} }}
+household_region = {{ from = "户籍区划" }}
+address = {{ from = "住址" }}
+phone = {{ from = "电话" }}
+"#,
+            broker.bootstrap()
+        ),
+        &[],
+    )
+    .unwrap();
+
+    // While running: a new resident and a change of address.
+    department
+        .batch_execute(&format!(
+            "INSERT INTO 户籍人口 VALUES (7, '{good7}', '孙八', '男', '20010915', '330106', NULL, NULL);
+             UPDATE 户籍人口 SET 住址 = '西湖区文二路2号' WHERE 编号 = 1;"
+        ))
+        .await
+        .unwrap();
+
+    // The raw topic holds the good rows in the standard's form.
+    let standard = &builtin()["population"];
+    let codec = TableCodec::new(standard.table_desc("gongan.population")).unwrap();
+    let settings = KafkaSettings::new(broker.bootstrap());
+    let raw = Consumer::new(
+        &settings,
+        &unique_name("view"),
+        &["backflow.raw.gongan.population"],
+        None,
+    )
+    .unwrap();
+    let mut state: BTreeMap<String, Row> = BTreeMap::new();
+    let mut value_schema_id = None;
+    let until = Instant::now() + Duration::from_secs(60);
+    let want_keys = BTreeSet::from([good1.clone(), good2.clone(), good7.clone()]);
+    let moved = |s: &BTreeMap<String, Row>| {
+        s.get(&good1)
+            .is_some_and(|r| r.0[6] == Datum::Text("西湖区文二路2号".into()))
+    };
+    while state.keys().cloned().collect::<BTreeSet<_>>() != want_keys || !moved(&state) {
+        assert!(
+            Instant::now() < until,
+            "the raw topic never held the three good rows: {:?}\n{}",
+            state.keys().collect::<Vec<_>>(),
+            node.stderr()
+        );
+        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), raw.recv()).await else {
+            continue;
+        };
+        let (_, key) = unframe(r.key.as_deref().unwrap()).unwrap();
+        let key = codec.decode_key(key).unwrap();
+        let Some(payload) = r.payload.as_deref() else {
+            continue;
+        };
+        let (schema_id, body) = unframe(payload).unwrap();
+        value_schema_id = Some(schema_id);
+        let event = codec.decode_value(key.clone(), body).unwrap();
+        assert_ne!(event.op, Op::Delete);
+        state.insert(text(&key.0[0]).to_owned(), event.after.unwrap());
+    }
+    let zhang = &state[&good1];
+    assert_eq!(text(&zhang.0[1]), "张三");
+    assert_eq!(text(&zhang.0[2]), "1", "男 is GB/T 2261.1 code 1");
+    assert_eq!(zhang.0[3], Datum::Date(days_from_ymd(1980, 1, 1).unwrap()));
+    assert_eq!(text(&zhang.0[5]), "330106");
+    assert_eq!(text(&state[&good2].0[2]), "2", "女 is code 2");
+
+    // The registry holds the standard's schema for the topic.
+    let id = value_schema_id.unwrap();
+    let published: serde_json::Value = reqwest::get(format!("{}/schemas/ids/{id}", node.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let published = apache_avro::Schema::parse_str(published["schema"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        published.canonical_form(),
+        codec.value_schema().canonical_form()
+    );
+    assert!(!published.canonical_form().contains("户籍区划"));
+
+    // The dead-letter topic names the rule each bad row broke, and no value.
+    let dlq = Consumer::new(
+        &settings,
+        &unique_name("dlq"),
+        &[&format!("backflow.dlq.{feed}")],
+        None,
+    )
+    .unwrap();
+    let mut broken = BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while broken.len() < 4 && Instant::now() < until {
+        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), dlq.recv()).await else {
+            continue;
+        };
+        let rules = String::from_utf8(r.header("backflow.dlq.rules").unwrap().to_vec()).unwrap();
+        let reason = String::from_utf8(r.header("backflow.dlq.reason").unwrap().to_vec()).unwrap();
+        assert!(reason.contains("standard population"), "{reason}");
+        for value in [wrong_check.as_str(), "999999", "未知"] {
+            assert!(!reason.contains(value), "no row value in {reason}");
+        }
+        broken.insert(rules);
+    }
+    assert_eq!(
+        broken,
+        BTreeSet::from([
+            "id_number:id_number".to_owned(),
+            "household_region:region_code".to_owned(),
+            "name:required".to_owned(),
+            "gender:code".to_owned(),
+        ])
+    );
+
+    // Quality, per feed and rule.
+    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let labels = format!("dataset=\"gongan.population\",feed=\"{feed}\"");
+    assert_eq!(
+        metric_sum(&metrics, "backflow_quality_rejected_total", &labels),
+        4.0,
+        "{metrics}"
+    );
+    // Six rows, a seventh and an update: read by the snapshot or streamed.
+    let checked = metric_sum(&metrics, "backflow_quality_checked_total", &labels);
+    assert!((7.0..=8.0).contains(&checked), "{metrics}");
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "backflow_quality_violations_total",
+            "field=\"household_region\""
+        ),
+        1.0
+    );
+    let score = metric_sum(&metrics, "backflow_quality_score", &labels);
+    assert!(
+        (score - (1.0 - 4.0 / checked)).abs() < 1e-9,
+        "4 of {checked} refused: {score}"
+    );
+}
+
+#[test]
+fn a_standard_that_cannot_be_met_is_refused_when_the_configuration_loads() {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        file.path(),
+        "[[standards]]\ndataset = \"gongan.population\"\nstandard = \"population\"\n[standards.rules]\nshoe_size = [\"required\"]\n",
+    )
+    .unwrap();
+    let out = backflow_e2e::backflow()
+        .arg("--config")
+        .arg(file.path())
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("standards[0].rules"), "{stderr}");
+    assert!(stderr.contains("shoe_size"), "{stderr}");
+}
