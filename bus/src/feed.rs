@@ -247,14 +247,15 @@ pub async fn run(
             }
             let mut combined = backflow_connectors::SourceBatch::default();
             for table in &tables {
-                if conformer.has_standard(&table.dataset) {
+                let rows = if conformer.has_standard(&table.dataset) {
                     // The topic holds the standard's rows, keyed by the
-                    // standard's key, not the table's: nothing to compare
-                    // (key-diff deletes and before-images from the topic
-                    // are not available for standardised datasets).
-                    continue;
-                }
-                let rows = crate::topic_state::current_rows(&ctx, table).await?;
+                    // standard's key, not the table's: the source gets
+                    // none (key-diff deletes and before-images from the
+                    // topic are not available for standardised datasets).
+                    Vec::new()
+                } else {
+                    crate::topic_state::current_rows(&ctx, table).await?
+                };
                 let count = rows.len();
                 let b = source.topic_state(table, rows).await?;
                 tracing::info!(feed = name, table = %table.qualified_name(), topic_rows = count, deletes = b.records.len(), "compared the table with its raw topic");
