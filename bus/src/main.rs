@@ -34,6 +34,26 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum FeedCommand {
+    /// Run a feed's mapping into its datasets' standards ([[standards]])
+    /// and their rules over a sample of each of its tables, publishing
+    /// nothing, and print a report: rows passing, rows refused by rule with
+    /// examples (values redacted), rows that cannot be read. Exits 1 when
+    /// a row would be refused or a table cannot be published at all.
+    Check {
+        /// The feed (its `name` in [[feeds]]).
+        #[arg(long = "feed", value_name = "NAME")]
+        feed: String,
+        /// Rows read per table (the first, in key order).
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        sample: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Try backflow with nothing installed: a province (330000), a city
     /// (330100) and two districts (330106, 330108) in this process, each on
@@ -102,6 +122,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change feeds: tools.
+    #[command(subcommand)]
+    Feed(FeedCommand),
     /// Print the backflow version and the linked librdkafka version.
     Version,
     /// Datasets in a node's catalog (control-plane API; see docs/api.md).
@@ -417,6 +440,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 std::process::exit(1);
             }
+        }
+        Command::Feed(FeedCommand::Check { feed, sample, json }) => {
+            let config = load(&cli)?;
+            let Some(f) = config.feeds.iter().find(|f| f.name() == feed) else {
+                anyhow::bail!(
+                    "no feed named {feed} in the configuration (it has: {})",
+                    config
+                        .feeds
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime
+                .block_on(backflow::standards::check_feed(
+                    f,
+                    &config.standards,
+                    *sample,
+                ))
+                .map_err(|e| anyhow::anyhow!("feed {feed}: {e}"))?;
+            print_feed_check(feed, &report, *json)?;
+            if report
+                .iter()
+                .any(|t| t.problem.is_some() || t.refused + t.unreadable > 0)
+            {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Reconcile {
             subscription,
@@ -852,6 +908,43 @@ async fn watch_signals(shutdown: CancellationToken) {
             std::process::exit(130);
         }
     }
+}
+
+/// Prints `backflow feed check`'s report.
+fn print_feed_check(
+    feed: &str,
+    report: &[backflow::standards::TableCheck],
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    for t in report {
+        let standard = t
+            .standard
+            .as_deref()
+            .map_or_else(|| "no standard".to_owned(), |s| format!("standard {s}"));
+        println!(
+            "feed {feed}, table {} → dataset {} ({standard})",
+            t.table, t.dataset
+        );
+        if let Some(p) = &t.problem {
+            println!("  cannot publish: {p}");
+            continue;
+        }
+        println!(
+            "  {} rows: {} pass, {} refused, {} unreadable",
+            t.rows, t.passing, t.refused, t.unreadable
+        );
+        for (rule, (n, examples)) in &t.by_rule {
+            println!("  {rule}: {n}");
+            for e in examples {
+                println!("    e.g. {e}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prints `backflow reconcile`'s report; keys only with `show_keys`.

@@ -26,10 +26,18 @@ fn text(d: &Datum) -> &str {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_dead_lettered() {
-    let db = unique_name("bf_std");
-    let department = create_pg_database(&db).await.unwrap();
+struct Seeded {
+    department: tokio_postgres::Client,
+    good1: String,
+    good2: String,
+    good7: String,
+    wrong_check: String,
+}
+
+/// A department table with Chinese column names: two good rows and four
+/// that each break one rule of the population standard.
+async fn seed(db: &str) -> Seeded {
+    let department = create_pg_database(db).await.unwrap();
     department
         .batch_execute(
             "CREATE TABLE 户籍人口 (编号 bigint PRIMARY KEY, 身份证号 text NOT NULL, 姓名 text,
@@ -44,7 +52,14 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
     let last = if wrong_check.ends_with('1') { "2" } else { "1" };
     wrong_check.replace_range(17.., last);
     let rows = [
-        (1i64, good1.clone(), Some("张三"), "男", "19800101", "330106"),
+        (
+            1i64,
+            good1.clone(),
+            Some("张三"),
+            "男",
+            "19800101",
+            "330106",
+        ),
         (2, good2.clone(), Some("李四"), "女", "19920229", "330108"),
         // Each of these breaks one rule.
         (
@@ -82,13 +97,21 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
             .await
             .unwrap();
     }
+    Seeded {
+        department,
+        good1,
+        good2,
+        good7,
+        wrong_check,
+    }
+}
 
-    let broker = TestBroker::start_in_memory();
-    let feed = db.replace('_', "-");
-    let node = Node::start_with_config(
-        &format!(
-            r#"[kafka]
-brokers = "{}"
+/// The node's configuration: the feed and the population standard with
+/// the department's mapping.
+fn config(bootstrap: &str, feed: &str, db: &str) -> String {
+    format!(
+        r#"[kafka]
+brokers = "{bootstrap}"
 
 [[feeds]]
 type = "postgres"
@@ -108,12 +131,67 @@ birth_date = {{ from = "出生日期", cast = {{ date = ["%Y%m%d"] }} }}
 household_region = {{ from = "户籍区划" }}
 address = {{ from = "住址" }}
 phone = {{ from = "电话" }}
-"#,
-            broker.bootstrap()
-        ),
-        &[],
+"#
     )
-    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_check_reports_the_seeded_defects_by_rule_without_publishing() {
+    let db = unique_name("bf_check");
+    let seeded = seed(&db).await;
+    let feed = db.replace('_', "-");
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    // No broker: the check publishes nothing.
+    std::fs::write(file.path(), config("127.0.0.1:1", &feed, &db)).unwrap();
+    let run = |args: &[&str]| {
+        backflow_e2e::backflow()
+            .arg("--config")
+            .arg(file.path())
+            .args(["feed", "check", "--feed", &feed])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--sample", "100"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{report}\n{stderr}");
+    assert!(
+        report.contains("6 rows: 2 pass, 4 refused, 0 unreadable"),
+        "{report}"
+    );
+    for rule in [
+        "id_number:id_number: 1",
+        "household_region:region_code: 1",
+        "name:required: 1",
+        "gender:code: 1",
+    ] {
+        assert!(report.contains(rule), "{rule} in\n{report}");
+    }
+    for value in [seeded.wrong_check.as_str(), "未知", "999999", "王五"] {
+        assert!(!report.contains(value), "{value} redacted in\n{report}");
+    }
+    // A smaller sample reads fewer rows; JSON gives the same counts.
+    let out = run(&["--sample", "2", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["rows"], 2);
+    assert_eq!(json[0]["passing"], 2);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_dead_lettered() {
+    let db = unique_name("bf_std");
+    let Seeded {
+        department,
+        good1,
+        good2,
+        good7,
+        wrong_check,
+    } = seed(&db).await;
+    let broker = TestBroker::start_in_memory();
+    let feed = db.replace('_', "-");
+    let node = Node::start_with_config(&config(broker.bootstrap(), &feed, &db), &[]).unwrap();
 
     // While running: a new resident and a change of address.
     department

@@ -135,7 +135,11 @@ pub(crate) trait Engine: Send + Sync {
     async fn read_since(&self, query: Since) -> Result<Vec<Polled>, ConnectorError>;
 
     /// Every row of a table.
-    async fn read_all(&self, desc: Arc<TableDesc>) -> Result<Vec<Cells>, ConnectorError>;
+    async fn read_all(
+        &self,
+        desc: Arc<TableDesc>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Cells>, ConnectorError>;
 
     /// Every primary key of a table (key columns in key order).
     async fn read_keys(&self, desc: Arc<TableDesc>) -> Result<Vec<Cells>, ConnectorError>;

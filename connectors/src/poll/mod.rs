@@ -506,6 +506,32 @@ async fn connect(config: &PollSourceConfig) -> Result<Arc<dyn Engine>, Connector
     })
 }
 
+/// A table as a feed reads it and a sample of its rows (each, or why it
+/// does not convert).
+pub type Sample = (Arc<TableDesc>, Vec<Result<Row, String>>);
+
+/// Up to `limit` rows of each table of `config`, in key order, converted
+/// as the feed converts them: for `backflow feed check`, which runs a
+/// feed's mapping and rules over them without publishing.
+pub async fn sample(
+    config: &PollSourceConfig,
+    limit: usize,
+) -> Result<Vec<Sample>, ConnectorError> {
+    let engine = connect(config).await?;
+    let mut out = Vec::new();
+    for tc in &config.tables {
+        let (schema, name) = tc
+            .table
+            .split_once('.')
+            .unwrap_or((engine.default_schema(), &tc.table));
+        let desc = Arc::new(engine.describe(schema, name, &tc.dataset).await?);
+        let rows = engine.read_all(desc.clone(), Some(limit)).await?;
+        let rows = rows.into_iter().map(|c| assemble(&desc, c).1).collect();
+        out.push((desc, rows));
+    }
+    Ok(out)
+}
+
 /// Prefix of a checkpoint.
 const CHECKPOINT_PREFIX: &str = "poll:";
 
@@ -904,7 +930,7 @@ impl PollSource {
                 Mode::Bulk => {
                     let due = !catching_up || t.bulk_read.is_none_or(|at| at.elapsed() >= interval);
                     if due {
-                        let rows = engine.read_all(t.desc.clone()).await?;
+                        let rows = engine.read_all(t.desc.clone(), None).await?;
                         self.queue_bulk(index, rows, &clock);
                     }
                 }

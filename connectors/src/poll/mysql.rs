@@ -426,13 +426,18 @@ impl Engine for MysqlEngine {
             .collect()
     }
 
-    async fn read_all(&self, desc: Arc<TableDesc>) -> Result<Vec<Cells>, ConnectorError> {
+    async fn read_all(
+        &self,
+        desc: Arc<TableDesc>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Cells>, ConnectorError> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
         let kinds = self.kinds(&desc)?;
         let columns: Vec<&ColumnDesc> = desc.columns.iter().collect();
         let kind_refs: Vec<&Kind> = kinds.iter().collect();
         let keys: Vec<String> = desc.primary_key.iter().map(|k| ident(k)).collect();
         let sql = format!(
-            "SELECT {} FROM {} ORDER BY {}",
+            "SELECT {} FROM {} ORDER BY {}{limit}",
             column_list(&columns),
             table_ref(&desc),
             keys.join(", ")

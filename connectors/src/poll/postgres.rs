@@ -222,7 +222,12 @@ impl Engine for PgEngine {
             .collect())
     }
 
-    async fn read_all(&self, desc: Arc<TableDesc>) -> Result<Vec<Cells>, ConnectorError> {
+    async fn read_all(
+        &self,
+        desc: Arc<TableDesc>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Cells>, ConnectorError> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
         let columns: Vec<&ColumnDesc> = desc.columns.iter().collect();
         let keys: Vec<String> = desc
             .primary_key
@@ -230,7 +235,7 @@ impl Engine for PgEngine {
             .map(|k| format!("t.{}", ident(k)))
             .collect();
         let sql = format!(
-            "SELECT {} FROM {} t ORDER BY {}",
+            "SELECT {} FROM {} t ORDER BY {}{limit}",
             text_columns(&columns),
             table_ref(&desc),
             keys.join(", ")

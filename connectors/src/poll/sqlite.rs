@@ -337,12 +337,17 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn read_all(&self, desc: Arc<TableDesc>) -> Result<Vec<Cells>, ConnectorError> {
+    async fn read_all(
+        &self,
+        desc: Arc<TableDesc>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Cells>, ConnectorError> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
         self.with(move |conn| {
             let columns: Vec<&ColumnDesc> = desc.columns.iter().collect();
             let keys: Vec<String> = desc.primary_key.iter().map(|k| ident(k)).collect();
             let sql = format!(
-                "SELECT {} FROM {} ORDER BY {}",
+                "SELECT {} FROM {} ORDER BY {}{limit}",
                 column_list(&columns),
                 table_ref(&desc),
                 keys.join(", ")
