@@ -264,6 +264,7 @@ async fn run_on(
                             match registry.caught_up().await {
                                 Ok(()) => {
                                     readiness.set(CHECK_REGISTRY, CheckState::Ok);
+                                    crate::standards::register(&registry, &standards).await;
                                     let ctx = FeedContext {
                                         node: node_code,
                                         publisher,

@@ -309,6 +309,36 @@ impl Conformer {
     }
 }
 
+/// Subject under which the registry holds a standard's own schema (with
+/// its documentation and backflow attributes).
+pub fn standard_subject(standard: &str) -> String {
+    format!("backflow.standard.{standard}")
+}
+
+/// Registers the schema of every standard the node's datasets use, so the
+/// registry holds each standard (documentation, required fields,
+/// sensitivity and rules per field) beside the topics' schemas.
+pub async fn register(registry: &crate::registry::Registry, configs: &[StandardConfig]) {
+    let mut done = std::collections::BTreeSet::new();
+    for c in configs {
+        let Some(standard) = builtin().get(&c.standard) else {
+            continue;
+        };
+        if !done.insert(c.standard.clone()) {
+            continue;
+        }
+        let subject = standard_subject(&c.standard);
+        let result = match crate::registry::Registry::parse(standard.avsc()) {
+            Ok(schema) => registry.register(&subject, &schema).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(id) => tracing::info!(%subject, id, "standard schema registered"),
+            Err(e) => tracing::warn!(%subject, error = %e, "cannot register a standard's schema"),
+        }
+    }
+}
+
 /// What `backflow feed check` found in one table's sample.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TableCheck {

@@ -263,6 +263,27 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
         codec.value_schema().canonical_form()
     );
     assert!(!published.canonical_form().contains("户籍区划"));
+    // And the standard itself, with its documentation and field metadata.
+    let held: serde_json::Value = reqwest::get(format!(
+        "{}/subjects/backflow.standard.population/versions/latest",
+        node.url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let held = held["schema"].as_str().unwrap_or_default();
+    for part in [
+        "公民身份号码",
+        "backflow.sensitivity",
+        "backflow.region_field",
+    ] {
+        assert!(
+            held.contains(part),
+            "{part} in the registry's standard: {held}"
+        );
+    }
 
     // The dead-letter topic names the rule each bad row broke, and no value.
     let dlq = Consumer::new(
