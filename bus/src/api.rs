@@ -102,6 +102,7 @@ pub struct ApiState {
     publisher: crate::kafka::Publisher,
     registry: crate::registry::Registry,
     lag: crate::lag::LagBoard,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl ApiState {
@@ -133,7 +134,14 @@ impl ApiState {
             publisher,
             registry,
             lag: crate::lag::LagBoard::default(),
+            metrics: None,
         }
+    }
+
+    /// The metrics `/api/quality` reads.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The lag board `/api/lag` shows.
@@ -341,6 +349,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/tokens", get(list_tokens).post(issue_token))
         .route("/api/tokens/{sha256}", axum::routing::delete(revoke_token))
         .route("/api/lag", get(lag))
+        .route("/api/quality", get(quality))
+        .route("/api/standards", get(standards))
         .route("/api/lag/history", get(lag_history))
         .route("/api/feeds", get(list_feeds))
         .route("/api/feeds/{name}", put(put_feed).delete(delete_feed))
@@ -442,6 +452,28 @@ async fn put_feed(
     };
     let feed = record.parse().map_err(invalid)?;
     may_manage_feed(&who, &feed)?;
+    let standards = record.standards().map_err(invalid)?;
+    let mut unchecked = None;
+    if !standards.is_empty() {
+        // The mapping against the source table as it is now: refused when
+        // it cannot produce the standard.
+        let mut resolved = feed.clone();
+        let checked = match resolved.resolve_secrets(0) {
+            Ok(()) => crate::standards::check_feed(&resolved, &standards, 0).await,
+            Err(e) => Err(e.to_string().replace("feeds[0].", "")),
+        };
+        match checked {
+            Ok(tables) => {
+                if let Some((t, p)) = tables
+                    .iter()
+                    .find_map(|t| t.problem.as_ref().map(|p| (t, p)))
+                {
+                    return Err(invalid(format!("standards: table {}: {p}", t.table)));
+                }
+            }
+            Err(e) => unchecked = Some(format!("the mapping was not checked against the source table, which could not be read ({e}); the feed checks it when it starts")),
+        }
+    }
     if let Some(old) = state.catalog.state().await.feeds.get(&name) {
         if !old.deleted {
             record.paused = old.paused;
@@ -455,10 +487,11 @@ async fn put_feed(
         json!({"action": "feed registered", "feed": name}),
     )
     .await?;
-    Ok(
-        Json(json!({"name": name, "config": record.config, "paused": record.paused}))
-            .into_response(),
-    )
+    let mut body = json!({"name": name, "config": record.config, "paused": record.paused});
+    if let Some(w) = unchecked {
+        body["warning"] = json!(w);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// A feed registered through the API (404 otherwise, saying when it is
@@ -795,6 +828,53 @@ fn sees_lag(who: &Principal, subscriber: &str, dataset: &str) -> bool {
 /// `GET /api/lag`: lag and status of every subscription this node serves
 /// and every feed it runs (subscribers see their own rows, owners their
 /// datasets' rows and feeds).
+/// Data quality per feed and dataset: changes checked against the
+/// dataset's standard, refused, violations by rule, and the score over the
+/// last 5 minutes. Owners see their departments' datasets.
+async fn quality(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    if matches!(who, Principal::Subscriber(_)) {
+        return Err(forbidden("data quality is shown to owners and admins"));
+    }
+    let mut report = state
+        .metrics
+        .as_ref()
+        .map(crate::standards::quality_report)
+        .unwrap_or_default();
+    report.retain(|q| who.owns(&q.dataset));
+    Ok(
+        Json(json!({ "window_secs": crate::standards::SCORE_WINDOW.as_secs(), "feeds": report }))
+            .into_response(),
+    )
+}
+
+/// The standards backflow ships: fields, types, required, sensitivity and
+/// rules (their own schemas are in the registry once a dataset uses them).
+async fn standards(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    principal(&state, &headers).await?;
+    let list: Vec<Value> = backflow_schemas::standard::builtin()
+        .values()
+        .map(|s| {
+            json!({
+                "name": s.name(),
+                "doc": s.doc(),
+                "key": s.key(),
+                "region_field": s.region_field(),
+                "subject": crate::standards::standard_subject(s.name()),
+                "fields": s.fields().iter().map(|f| json!({
+                    "name": f.name,
+                    "doc": f.doc,
+                    "type": f.sql_type.to_string(),
+                    "required": f.required,
+                    "sensitivity": f.sensitivity.as_str(),
+                    "rules": f.rules.iter().map(|r| r.name()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!(list)).into_response())
+}
+
 async fn lag(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     let who = principal(&state, &headers).await?;
     let mut board = state.lag.board();

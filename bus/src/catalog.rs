@@ -191,6 +191,8 @@ impl FeedRecord {
     pub fn parse(&self) -> Result<crate::config::FeedConfig, String> {
         let mut v = self.config.clone();
         if let Some(o) = v.as_object_mut() {
+            // Not a connector setting: see `standards`.
+            o.remove("standards");
             o.insert(
                 "name".to_owned(),
                 serde_json::Value::String(self.name.clone()),
@@ -207,6 +209,31 @@ impl FeedRecord {
             })?;
         feed.validate("config").map_err(|(_, reason)| reason)?;
         Ok(feed)
+    }
+
+    /// The standards of the feed's datasets registered with it (key
+    /// `standards`, the form of `[[standards]]`), checked.
+    pub fn standards(&self) -> Result<Vec<crate::config::StandardConfig>, String> {
+        let Some(v) = self.config.get("standards") else {
+            return Ok(Vec::new());
+        };
+        let standards: Vec<crate::config::StandardConfig> =
+            serde_path_to_error::deserialize(v.clone())
+                .map_err(|e| format!("standards.{}: {}", e.path(), e.inner()))?;
+        let feed = self.parse()?;
+        let datasets = feed.datasets();
+        for (i, s) in standards.iter().enumerate() {
+            if !datasets.contains(&s.dataset.as_str()) {
+                return Err(format!(
+                    "standards[{i}].dataset: {} is not a dataset of this feed (it fills: {})",
+                    s.dataset,
+                    datasets.join(", ")
+                ));
+            }
+            crate::standards::DatasetStandard::new(s)
+                .map_err(|(key, reason)| format!("standards[{i}].{key}: {reason}"))?;
+        }
+        Ok(standards)
     }
 
     /// Changes when the feed must be restarted.

@@ -301,14 +301,27 @@ pub async fn manage(
             let feed = f.parse().and_then(|mut feed| {
                 feed.resolve_secrets(0)
                     .map_err(|e| e.to_string().replace("feeds[0].", ""))?;
-                Ok(feed)
+                Ok((feed, f.standards()?))
             });
             match feed {
-                Ok(feed) => {
+                Ok((feed, standards)) => {
                     statuses.insert(&f.name, status);
                     let stop = shutdown.child_token();
-                    let task =
-                        tokio::spawn(supervise(feed, ctx.clone(), statuses.clone(), stop.clone()));
+                    let mut fctx = ctx.clone();
+                    if !standards.is_empty() {
+                        // The feed's own standards; the file's for other
+                        // datasets.
+                        let mut all = standards;
+                        all.extend(
+                            ctx.standards
+                                .iter()
+                                .filter(|s| !all.iter().any(|a| a.dataset == s.dataset))
+                                .cloned()
+                                .collect::<Vec<_>>(),
+                        );
+                        fctx.standards = std::sync::Arc::new(all);
+                    }
+                    let task = tokio::spawn(supervise(feed, fctx, statuses.clone(), stop.clone()));
                     tracing::info!(feed = %f.name, "feed started");
                     running.insert(
                         f.name.clone(),

@@ -442,7 +442,8 @@ async fn run_on(
                 publisher.clone(),
                 registry,
             )
-            .with_lag(lag_board),
+            .with_lag(lag_board)
+            .with_metrics(metrics.clone()),
         ));
         // The operators' dashboard at `/` (its data comes from /api).
         router = router.merge(crate::dashboard::router());

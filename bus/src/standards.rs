@@ -339,6 +339,67 @@ pub async fn register(registry: &crate::registry::Registry, configs: &[StandardC
     }
 }
 
+/// Quality of one feed's dataset, as `/api/quality` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Quality {
+    /// Feed.
+    pub feed: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Changes checked since the node started.
+    pub checked: u64,
+    /// Changes refused since the node started.
+    pub refused: u64,
+    /// Violations by `field:rule`.
+    pub violations: std::collections::BTreeMap<String, u64>,
+    /// Share of the last window's changes that met the standard.
+    pub score: f64,
+}
+
+/// The quality counters of `metrics`, per feed and dataset.
+pub fn quality_report(metrics: &Metrics) -> Vec<Quality> {
+    use prometheus::core::Collector;
+    let mut out: std::collections::BTreeMap<(String, String), Quality> = Default::default();
+    let label = |m: &prometheus::proto::Metric, name: &str| {
+        m.get_label()
+            .iter()
+            .find(|l| l.name() == name)
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default()
+    };
+    let mut each =
+        |c: &dyn Collector, f: &mut dyn FnMut(&mut Quality, &prometheus::proto::Metric)| {
+            for family in c.collect() {
+                for m in family.get_metric() {
+                    let key = (label(m, "feed"), label(m, "dataset"));
+                    let q = out.entry(key.clone()).or_insert_with(|| Quality {
+                        feed: key.0,
+                        dataset: key.1,
+                        score: 1.0,
+                        ..Quality::default()
+                    });
+                    f(q, m);
+                }
+            }
+        };
+    each(&metrics.quality_checked, &mut |q, m| {
+        q.checked = m.get_counter().get_value() as u64
+    });
+    each(&metrics.quality_refused, &mut |q, m| {
+        q.refused = m.get_counter().get_value() as u64
+    });
+    each(&metrics.quality_violations, &mut |q, m| {
+        q.violations.insert(
+            format!("{}:{}", label(m, "field"), label(m, "rule")),
+            m.get_counter().get_value() as u64,
+        );
+    });
+    each(&metrics.quality_score, &mut |q, m| {
+        q.score = m.get_gauge().get_value()
+    });
+    out.into_values().collect()
+}
+
 /// What `backflow feed check` found in one table's sample.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TableCheck {

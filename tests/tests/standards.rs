@@ -113,6 +113,10 @@ fn config(bootstrap: &str, feed: &str, db: &str) -> String {
         r#"[kafka]
 brokers = "{bootstrap}"
 
+[[auth.tokens]]
+principal = "admin"
+sha256 = "{admin}"
+
 [[feeds]]
 type = "postgres"
 name = "{feed}"
@@ -131,8 +135,22 @@ birth_date = {{ from = "出生日期", cast = {{ date = ["%Y%m%d"] }} }}
 household_region = {{ from = "户籍区划" }}
 address = {{ from = "住址" }}
 phone = {{ from = "电话" }}
-"#
+"#,
+        admin = backflow::api::token_hash(ADMIN),
     )
+}
+
+const ADMIN: &str = "admin-token-standards";
+
+/// The department's mapping, as the API takes it.
+fn mapping() -> serde_json::Value {
+    serde_json::json!({
+        "id_number": { "from": "身份证号", "cast": "trim" },
+        "name": { "from": "姓名" },
+        "gender": { "from": "性别", "codes": { "男": "1", "女": "2" } },
+        "birth_date": { "from": "出生日期", "cast": { "date": ["%Y%m%d"] } },
+        "household_region": { "from": "户籍区划" },
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,6 +359,14 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
         (score - (1.0 - 4.0 / checked)).abs() < 1e-9,
         "4 of {checked} refused: {score}"
     );
+    // The same through the API.
+    let (status, body) = node.api("GET", "/api/quality", Some(ADMIN), None).await;
+    assert_eq!(status, 200, "{body}");
+    let q = &body["feeds"][0];
+    assert_eq!(q["dataset"], "gongan.population");
+    assert_eq!(q["refused"], 4);
+    assert_eq!(q["violations"]["gender:code"], 1);
+    assert_eq!(q["score"].as_f64(), Some(score));
 }
 
 #[test]
@@ -361,4 +387,73 @@ fn a_standard_that_cannot_be_met_is_refused_when_the_configuration_loads() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("standards[0].rules"), "{stderr}");
     assert!(stderr.contains("shoe_size"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_registered_through_the_api_has_its_mapping_checked_against_the_table() {
+    let db = unique_name("bf_stdapi");
+    let seeded = seed(&db).await;
+    let broker = TestBroker::start_in_memory();
+    let node = Node::start_with_config(
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\n[[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n",
+            broker.bootstrap(),
+            backflow::api::token_hash(ADMIN)
+        ),
+        &[],
+    )
+    .unwrap();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let feed = db.replace('_', "-");
+    let definition = |fields: serde_json::Value| {
+        serde_json::json!({
+            "type": "postgres",
+            "user": "postgres",
+            "database": db,
+            "tables": [{ "table": "public.户籍人口", "dataset": "gongan.population" }],
+            "standards": [{
+                "dataset": "gongan.population",
+                "standard": "population",
+                "mapping": { "fields": fields },
+            }],
+        })
+    };
+    let path = format!("/api/feeds/{feed}");
+
+    // A required field the mapping does not produce.
+    let mut fields = mapping();
+    fields.as_object_mut().unwrap().remove("birth_date");
+    let (status, body) = node
+        .api("PUT", &path, Some(ADMIN), Some(definition(fields)))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("birth_date"), "{body}");
+    // A column the table does not have.
+    let mut fields = mapping();
+    fields["name"] = serde_json::json!({ "from": "名字" });
+    let (status, body) = node
+        .api("PUT", &path, Some(ADMIN), Some(definition(fields)))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("名字"), "{body}");
+    // Accepted; it runs: two of the six rows pass.
+    let (status, body) = node
+        .api("PUT", &path, Some(ADMIN), Some(definition(mapping())))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("warning").is_none(), "{body}");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = node.api("GET", "/api/quality", Some(ADMIN), None).await;
+        let q = &body["feeds"][0];
+        if q["checked"] == 6 {
+            assert_eq!(q["refused"], 4, "{body}");
+            break;
+        }
+        assert!(Instant::now() < until, "{body}\n{}", node.stderr());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(seeded);
 }
