@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: department PostgreSQL -> node (feed, tansu memory
+# broker, distributor) -> two district subscribers' PostgreSQL databases.
+# Prints throughput (against pg_recvlogical and a raw COPY), end-to-end
+# latency p50/p95/p99 at a steady rate, and each backflow process's peak RSS.
+# Usage: scripts/bench.sh [INSERTS [UPDATES [LATENCY_SECS [RATE]]]]
+#        (defaults 1000000 200000 30 5000).
+# Settings (environment):
+#   BENCH_FLUSH_INTERVAL_MS  the subscribers' flush_interval_ms (unset:
+#                            backflow's default)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/services.sh up >/dev/null
+cargo build --release -p backflow --bin backflow -p backflow-e2e --bin bench_e2e
+exec target/release/bench_e2e "$@"
