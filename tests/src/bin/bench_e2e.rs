@@ -35,7 +35,9 @@
 //! Run with `scripts/bench.sh [INSERTS [UPDATES [LATENCY_SECS [RATE]]]]`
 //! (release build; defaults 1000000 200000 30 5000). Needs the services of
 //! `scripts/services.sh up`. `BENCH_FLUSH_INTERVAL_MS` sets the
-//! subscribers' `flush_interval_ms` (unset: backflow's default).
+//! subscribers' `flush_interval_ms` (unset: backflow's default);
+//! `BENCH_FETCH_WAIT_MS` sets librdkafka's `fetch.wait.max.ms` of every
+//! consumer through the `properties` pass-through (unset: backflow's 100).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -300,6 +302,20 @@ async fn main() -> anyhow::Result<()> {
         .map(|v| v.trim().parse::<u64>())
         .transpose()
         .context("BENCH_FLUSH_INTERVAL_MS")?;
+    // librdkafka's fetch.wait.max.ms for every consumer (node and
+    // subscribers), through the `properties` pass-through.
+    let fetch_wait_ms = std::env::var("BENCH_FETCH_WAIT_MS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().parse::<u64>())
+        .transpose()
+        .context("BENCH_FETCH_WAIT_MS")?;
+    let node_properties = fetch_wait_ms.map_or(String::new(), |ms| {
+        format!("[kafka.properties]\n\"fetch.wait.max.ms\" = \"{ms}\"\n")
+    });
+    let upstream_properties = fetch_wait_ms.map_or(String::new(), |ms| {
+        format!(", properties = {{ \"fetch.wait.max.ms\" = \"{ms}\" }}")
+    });
 
     // The department.
     let db = unique_name("bf_bench");
@@ -330,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
     let node_url = format!("http://{node_addr}");
     let feed = db.replace('_', "-");
     let mut config = format!(
-        "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\nsnapshot = \"never\"\ntables = [{{ table = \"public.t\", dataset = \"{DATASET}\" }}]\n",
+        "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n{node_properties}\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\nsnapshot = \"never\"\ntables = [{{ table = \"public.t\", dataset = \"{DATASET}\" }}]\n",
         broker.bootstrap()
     );
     for code in DISTRICTS {
@@ -344,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
         .zip(&district_dbs)
         .map(|(code, name)| {
             format!(
-                "[[subscriptions]]\nname = \"bench-{code}\"\n{}upstream = {{ brokers = \"{}\", registry_url = \"{node_url}\" }}\nsink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"postgres\", database = \"{name}\" }}\ntables = [{{ topic = \"backflow.share.{code}.{DATASET}\", table = \"t\" }}]\n",
+                "[[subscriptions]]\nname = \"bench-{code}\"\n{}upstream = {{ brokers = \"{}\", registry_url = \"{node_url}\"{upstream_properties} }}\nsink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"postgres\", database = \"{name}\" }}\ntables = [{{ topic = \"backflow.share.{code}.{DATASET}\", table = \"t\" }}]\n",
                 flush_ms.map_or(String::new(), |ms| format!("flush_interval_ms = {ms}\n")),
                 broker.bootstrap(),
             )
@@ -728,8 +744,9 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{inserts} inserts then {updates} updates in {TX_ROWS}-row transactions; 9-column table; two districts (half the rows each); tansu memory broker; subscribers' flush_interval_ms {}",
-        flush_ms.map_or("default".to_owned(), |ms| ms.to_string())
+        "{inserts} inserts then {updates} updates in {TX_ROWS}-row transactions; 9-column table; two districts (half the rows each); tansu memory broker; subscribers' flush_interval_ms {}; consumers' fetch.wait.max.ms {}",
+        flush_ms.map_or("default".to_owned(), |ms| ms.to_string()),
+        fetch_wait_ms.map_or("default (100)".to_owned(), |ms| ms.to_string())
     );
     println!();
     println!("| measure | figure | target |");
