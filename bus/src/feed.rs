@@ -149,6 +149,17 @@ pub async fn run(
     conformer
         .check_tables(&tables)
         .map_err(FeedError::Standard)?;
+    if source.topic_state_interval().is_some() {
+        // A source that reads its before-images from the raw topic cannot
+        // read a standard's rows: the conformer keeps them instead.
+        for t in &tables {
+            if let Some(desc) = conformer.standard_desc(&t.dataset) {
+                let rows = crate::topic_state::current_rows(&ctx, &desc).await?;
+                tracing::info!(feed = name, dataset = %t.dataset, topic_rows = rows.len(), "read the standardised dataset's raw topic for before-images");
+                conformer.load_prior(&t.dataset, rows);
+            }
+        }
+    }
     let dlq = topics::dlq(name);
     let mut specs: Vec<TopicSpec> = tables
         .iter()

@@ -172,6 +172,11 @@ pub struct Conformer {
     /// keeps the address from being reused).
     compiled: HashMap<usize, (Arc<TableDesc>, Arc<CompiledMapping>)>,
     windows: HashMap<String, Window>,
+    /// For sources without before-images of their own (polling), the last
+    /// published row per standard key of each standardised dataset: the
+    /// raw topic holds standard rows the source cannot read back, so the
+    /// before-images come from here.
+    prior: HashMap<String, HashMap<String, Row>>,
     metrics: Metrics,
 }
 
@@ -191,8 +196,29 @@ impl Conformer {
             standards,
             compiled: HashMap::new(),
             windows: HashMap::new(),
+            prior: HashMap::new(),
             metrics,
         })
+    }
+
+    /// The published form of `dataset` when it has a standard.
+    pub fn standard_desc(&self, dataset: &str) -> Option<Arc<TableDesc>> {
+        self.standards.get(dataset).map(|s| s.desc().clone())
+    }
+
+    /// Hands over the rows the raw topic of a standardised `dataset` holds
+    /// (its standard form), for a source that gives no before-images:
+    /// updates then carry the row they replace, so the distributor can take
+    /// a row away from a district it moved out of.
+    pub fn load_prior(&mut self, dataset: &str, rows: Vec<Row>) {
+        let Some(desc) = self.standard_desc(dataset) else {
+            return;
+        };
+        let rows = rows
+            .into_iter()
+            .map(|r| (prior_key(&desc, &r), r))
+            .collect();
+        self.prior.insert(dataset.to_owned(), rows);
     }
 
     /// Whether `dataset` has a standard.
@@ -279,6 +305,28 @@ impl Conformer {
             if let Some(row) = event.after.as_ref().or(event.before.as_ref()) {
                 // Keyed by the standard's key from now on.
                 event.key = desc.key_of(row);
+            }
+            if let Some(prior) = self.prior.get_mut(&dataset) {
+                let image = event.after.as_ref().or(event.before.as_ref());
+                if let Some(key) = image.map(|r| prior_key(&desc, r)) {
+                    if event.before.is_none() {
+                        if let Some(old) = prior.get(&key) {
+                            // The topic has the row: this is an update of it.
+                            event.before = Some(old.clone());
+                            if matches!(event.op, Op::Create | Op::Read) {
+                                event.op = Op::Update;
+                            }
+                        }
+                    }
+                    match (&event.op, &event.after) {
+                        (Op::Delete, _) | (_, None) => {
+                            prior.remove(&key);
+                        }
+                        (_, Some(after)) => {
+                            prior.insert(key, after.clone());
+                        }
+                    }
+                }
             }
             record.table = desc;
             return Ok(record);
@@ -398,6 +446,11 @@ pub fn quality_report(metrics: &Metrics) -> Vec<Quality> {
         q.score = m.get_gauge().get_value()
     });
     out.into_values().collect()
+}
+
+/// A standard row's key as a map key (the standard's key columns).
+fn prior_key(desc: &TableDesc, row: &Row) -> String {
+    format!("{:?}", desc.key_of(row).0)
 }
 
 /// What `backflow feed check` found in one table's sample.

@@ -457,3 +457,104 @@ async fn a_feed_registered_through_the_api_has_its_mapping_checked_against_the_t
     }
     drop(seeded);
 }
+
+/// A polling feed reads before-images from its raw topic, which for a
+/// standardised dataset holds the standard's rows: after a restart, a
+/// resident's move to another district must still reach the topic as an
+/// update carrying the old row (the distributor needs it to take the row
+/// away from the district the resident left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_standardised_dataset_keeps_before_images_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dept.db");
+    let now = "strftime('%Y-%m-%d %H:%M:%f', 'now')";
+    let resident = id("33010619800101001");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TABLE 人口 (编号 INTEGER PRIMARY KEY, 身份证号 TEXT NOT NULL, 姓名 TEXT NOT NULL,
+             性别 TEXT NOT NULL, 出生日期 TEXT NOT NULL, 户籍区划 TEXT NOT NULL, updated_at TIMESTAMP NOT NULL);
+         INSERT INTO 人口 VALUES (1, '{resident}', '张三', '男', '19800101', '330106', {now});"
+    ))
+    .unwrap();
+    let broker = TestBroker::start();
+    let feed = unique_name("bf-pollstd").replace('_', "-");
+    let config = format!(
+        r#"[kafka]
+brokers = "{}"
+
+[[feeds]]
+type = "poll"
+name = "{feed}"
+engine = "sqlite"
+path = "{}"
+poll_interval_ms = 200
+delay_ms = 300
+
+[[feeds.tables]]
+table = "人口"
+dataset = "gongan.population"
+mode = "timestamp+incrementing"
+timestamp_column = "updated_at"
+incrementing_column = "编号"
+
+[[standards]]
+dataset = "gongan.population"
+standard = "population"
+[standards.mapping.fields]
+id_number = {{ from = "身份证号" }}
+name = {{ from = "姓名" }}
+gender = {{ from = "性别", codes = {{ "男" = "1", "女" = "2" }} }}
+birth_date = {{ from = "出生日期", cast = {{ date = ["%Y%m%d"] }} }}
+household_region = {{ from = "户籍区划" }}
+"#,
+        broker.bootstrap(),
+        path.display()
+    );
+    let standard = &builtin()["population"];
+    let codec = TableCodec::new(standard.table_desc("gongan.population")).unwrap();
+    let raw = Consumer::new(
+        &KafkaSettings::new(broker.bootstrap()),
+        &unique_name("view"),
+        &["backflow.raw.gongan.population"],
+        None,
+    )
+    .unwrap();
+    let next_event = |node: &Node| {
+        let (raw, codec) = (&raw, &codec);
+        let log = node.stderr();
+        async move {
+            let until = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(Instant::now() < until, "no record on the raw topic:\n{log}");
+                let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), raw.recv()).await
+                else {
+                    continue;
+                };
+                let (_, key) = unframe(r.key.as_deref().unwrap()).unwrap();
+                let key = codec.decode_key(key).unwrap();
+                let Some(payload) = r.payload.as_deref() else {
+                    continue;
+                };
+                let (_, body) = unframe(payload).unwrap();
+                return codec.decode_value(key, body).unwrap();
+            }
+        }
+    };
+
+    let mut node = Node::start_with_config(&config, &[]).unwrap();
+    let first = next_event(&node).await;
+    assert_eq!(text(&first.after.unwrap().0[5]), "330106");
+    node.signal("KILL").unwrap();
+    node.wait(Duration::from_secs(10)).unwrap();
+
+    // Moved to 330108 while the feed was down; the restarted feed sees it.
+    db.execute_batch(&format!(
+        "UPDATE 人口 SET 户籍区划 = '330108', updated_at = {now} WHERE 编号 = 1"
+    ))
+    .unwrap();
+    let node = Node::start_with_config(&config, &[]).unwrap();
+    let moved = next_event(&node).await;
+    assert_eq!(moved.op, Op::Update, "{moved:?}\n{}", node.stderr());
+    assert_eq!(text(&moved.before.unwrap().0[5]), "330106");
+    assert_eq!(text(&moved.after.unwrap().0[5]), "330108");
+}
