@@ -305,20 +305,28 @@ pub async fn run(
                 )
             })
             .collect();
+        let mut records = Vec::with_capacity(batch.records.len());
         for record in batch.records {
-            let table = record.table.qualified_name();
-            let record = match conformer.conform(record) {
-                Ok(r) => r,
-                Err(refused) => {
-                    dead.push((table, refused.position, refused.reason, Some(refused.rules)));
-                    continue;
-                }
-            };
+            if let Err(refused) = conformer.conform(record, &mut records) {
+                dead.push((
+                    refused.table,
+                    refused.position,
+                    refused.reason,
+                    Some(refused.rules),
+                ));
+            }
+        }
+        for record in records {
             let enc = encoder(&mut encoders, &record.table, &ctx).await?;
             let (key, value) = match encode(enc, &record) {
                 Ok(kv) => kv,
                 Err(e) => {
-                    dead.push((table, record.position.0.clone(), e.to_string(), None));
+                    dead.push((
+                        record.table.qualified_name(),
+                        record.position.0.clone(),
+                        e.to_string(),
+                        None,
+                    ));
                     continue;
                 }
             };

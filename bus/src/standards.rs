@@ -124,6 +124,8 @@ impl DatasetStandard {
 /// A change its dataset's standard refused.
 #[derive(Debug, Clone)]
 pub struct Refused {
+    /// The source table (`schema.table`).
+    pub table: String,
     /// The change's source position.
     pub position: String,
     /// For the dead letter and the log (rules and fields, never values).
@@ -252,18 +254,30 @@ impl Conformer {
         Ok(m)
     }
 
-    /// The record in its dataset's standard form (unchanged when the
-    /// dataset has no standard), or why the standard refuses it.
-    pub fn conform(&mut self, mut record: SourceRecord) -> Result<SourceRecord, Refused> {
-        let dataset = record.table.dataset.clone();
-        if !self.standards.contains_key(&dataset) {
-            return Ok(record);
+    /// Adds the record to `out` in its dataset's standard form (unchanged
+    /// when the dataset has no standard), or says why the standard refuses
+    /// it. An update that changes the standard's key (an ID number
+    /// corrected at the source) becomes a delete of the old key and an
+    /// insert of the new one.
+    pub fn conform(
+        &mut self,
+        mut record: SourceRecord,
+        out: &mut Vec<SourceRecord>,
+    ) -> Result<(), Refused> {
+        if !self.standards.contains_key(&record.table.dataset) {
+            out.push(record);
+            return Ok(());
         }
-        let mapping = self.mapping(&record.table).map_err(|reason| Refused {
+        let dataset = record.table.dataset.clone();
+        let refused = |record: &SourceRecord, reason: String, rules: String| Refused {
+            table: record.table.qualified_name(),
             position: record.position.0.clone(),
             reason,
-            rules: "mapping".to_owned(),
-        })?;
+            rules,
+        };
+        let mapping = self
+            .mapping(&record.table)
+            .map_err(|reason| refused(&record, reason, "mapping".to_owned()))?;
         let standard = &self.standards[&dataset];
         let event = &mut record.event;
         let mut violations = Vec::new();
@@ -301,35 +315,59 @@ impl Conformer {
             .set(score);
         if violations.is_empty() {
             let desc = standard.desc().clone();
+            record.table = desc.clone();
             let event = &mut record.event;
             if let Some(row) = event.after.as_ref().or(event.before.as_ref()) {
                 // Keyed by the standard's key from now on.
                 event.key = desc.key_of(row);
             }
-            if let Some(prior) = self.prior.get_mut(&dataset) {
-                let image = event.after.as_ref().or(event.before.as_ref());
-                if let Some(key) = image.map(|r| prior_key(&desc, r)) {
-                    if event.before.is_none() {
-                        if let Some(old) = prior.get(&key) {
-                            // The topic has the row: this is an update of it.
-                            event.before = Some(old.clone());
-                            if matches!(event.op, Op::Create | Op::Read) {
-                                event.op = Op::Update;
-                            }
-                        }
-                    }
-                    match (&event.op, &event.after) {
-                        (Op::Delete, _) | (_, None) => {
-                            prior.remove(&key);
-                        }
-                        (_, Some(after)) => {
-                            prior.insert(key, after.clone());
-                        }
+            let prior = self.prior.get_mut(&dataset);
+            if let (Some(prior), None) = (prior.as_deref(), event.before.as_ref()) {
+                if let Some(old) = event
+                    .after
+                    .as_ref()
+                    .and_then(|a| prior.get(&prior_key(&desc, a)))
+                {
+                    // The topic has the row: this is an update of it.
+                    event.before = Some(old.clone());
+                    if matches!(event.op, Op::Create | Op::Read) {
+                        event.op = Op::Update;
                     }
                 }
             }
-            record.table = desc;
-            return Ok(record);
+            let first = out.len();
+            let old_key = match (&event.op, &event.before) {
+                (Op::Update, Some(b)) => Some(desc.key_of(b)).filter(|k| *k != event.key),
+                _ => None,
+            };
+            match old_key {
+                Some(old_key) => {
+                    let mut gone = record.clone();
+                    gone.event.op = Op::Delete;
+                    gone.event.after = None;
+                    gone.event.key = old_key;
+                    record.event.op = Op::Create;
+                    record.event.before = None;
+                    out.push(gone);
+                    out.push(record);
+                }
+                None => out.push(record),
+            }
+            if let Some(prior) = self.prior.get_mut(&dataset) {
+                for r in &out[first..] {
+                    let e = &r.event;
+                    match (&e.op, &e.after, &e.before) {
+                        (Op::Delete, _, Some(b)) | (_, None, Some(b)) => {
+                            prior.remove(&prior_key(&desc, b));
+                        }
+                        (_, Some(a), _) => {
+                            prior.insert(prior_key(&desc, a), a.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            return Ok(());
         }
         self.metrics
             .quality_refused
@@ -341,19 +379,16 @@ impl Conformer {
                 .with_label_values(&[&self.feed, &dataset, &v.field, &v.rule])
                 .inc();
         }
-        Err(Refused {
-            position: record.position.0.clone(),
-            reason: format!(
-                "dataset {dataset} standard {}: {}",
-                standard.name(),
-                violations
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            rules: Violation::summary(&violations),
-        })
+        let reason = format!(
+            "dataset {dataset} standard {}: {}",
+            standard.name(),
+            violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        Err(refused(&record, reason, Violation::summary(&violations)))
     }
 }
 

@@ -462,7 +462,8 @@ async fn a_feed_registered_through_the_api_has_its_mapping_checked_against_the_t
 /// standardised dataset holds the standard's rows: after a restart, a
 /// resident's move to another district must still reach the topic as an
 /// update carrying the old row (the distributor needs it to take the row
-/// away from the district the resident left).
+/// away from the district the resident left). A corrected ID number (the
+/// standard's key) deletes the old key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polled_standardised_dataset_keeps_before_images_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -557,4 +558,19 @@ household_region = {{ from = "户籍区划" }}
     assert_eq!(moved.op, Op::Update, "{moved:?}\n{}", node.stderr());
     assert_eq!(text(&moved.before.unwrap().0[5]), "330106");
     assert_eq!(text(&moved.after.unwrap().0[5]), "330108");
+
+    // The ID number corrected at the source: the standard's key changes, so
+    // the old key is deleted and the new one inserted.
+    let corrected = id("33010619800101002");
+    db.execute_batch(&format!(
+        "UPDATE 人口 SET 身份证号 = '{corrected}', updated_at = {now} WHERE 编号 = 1"
+    ))
+    .unwrap();
+    let gone = next_event(&node).await;
+    assert_eq!(gone.op, Op::Delete, "{}", node.stderr());
+    assert_eq!(text(&gone.key.0[0]), resident);
+    let new = next_event(&node).await;
+    assert_eq!(new.op, Op::Create);
+    assert_eq!(text(&new.key.0[0]), corrected);
+    assert_eq!(text(&new.after.unwrap().0[5]), "330108");
 }
