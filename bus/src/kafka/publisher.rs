@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,40 @@ use rdkafka::util::Timeout;
 use super::{KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::topics::TopicKind;
+
+/// The producer's metrics with their labels resolved once: a delivery
+/// holds one `Arc` instead of a clone of every metric of the process.
+struct ProduceMetrics {
+    /// By [`TopicKind::ALL`] index.
+    produced: Vec<prometheus::IntCounter>,
+    errors: Vec<prometheus::IntCounter>,
+    ack_seconds: prometheus::Histogram,
+    queue_full: prometheus::IntCounter,
+}
+
+impl ProduceMetrics {
+    fn new(m: &Metrics) -> Self {
+        let each = |v: &prometheus::IntCounterVec| {
+            TopicKind::ALL
+                .iter()
+                .map(|k| v.with_label_values(&[k.label()]))
+                .collect()
+        };
+        Self {
+            produced: each(&m.kafka_produced),
+            errors: each(&m.kafka_produce_errors),
+            ack_seconds: m.kafka_produce_ack_seconds.clone(),
+            queue_full: m.kafka_produce_queue_full.clone(),
+        }
+    }
+}
+
+fn kind_index(kind: TopicKind) -> usize {
+    TopicKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("ALL lists every kind")
+}
 
 /// One record to publish. A `payload` of `None` is a tombstone.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +100,7 @@ pub struct Delivery {
     topic: String,
     kind: TopicKind,
     enqueued: Instant,
-    metrics: Option<Metrics>,
+    metrics: Option<Arc<ProduceMetrics>>,
 }
 
 impl Future for Delivery {
@@ -90,14 +125,13 @@ impl Future for Delivery {
             }),
         };
         if let Some(m) = &self.metrics {
-            let kind = self.kind.label();
+            let kind = kind_index(self.kind);
             match &result {
                 Ok(_) => {
-                    m.kafka_produced.with_label_values(&[kind]).inc();
-                    m.kafka_produce_ack_seconds
-                        .observe(self.enqueued.elapsed().as_secs_f64());
+                    m.produced[kind].inc();
+                    m.ack_seconds.observe(self.enqueued.elapsed().as_secs_f64());
                 }
-                Err(_) => m.kafka_produce_errors.with_label_values(&[kind]).inc(),
+                Err(_) => m.errors[kind].inc(),
             }
         }
         Poll::Ready(result)
@@ -108,7 +142,7 @@ impl Future for Delivery {
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
-    metrics: Option<Metrics>,
+    metrics: Option<Arc<ProduceMetrics>>,
 }
 
 /// How long to wait before retrying an enqueue refused with a full queue.
@@ -126,7 +160,10 @@ impl Publisher {
                 // delivery is reported as failed to the caller.
                 .set("message.timeout.ms", "120000");
         })?;
-        Ok(Self { producer, metrics })
+        Ok(Self {
+            producer,
+            metrics: metrics.as_ref().map(|m| Arc::new(ProduceMetrics::new(m))),
+        })
     }
 
     /// Hands a record to the producer and returns its pending delivery.
@@ -165,7 +202,7 @@ impl Publisher {
                     if !waited {
                         waited = true;
                         if let Some(m) = &self.metrics {
-                            m.kafka_produce_queue_full.inc();
+                            m.queue_full.inc();
                         }
                     }
                     fr = back;
@@ -173,9 +210,7 @@ impl Publisher {
                 }
                 Err((source, _)) => {
                     if let Some(m) = &self.metrics {
-                        m.kafka_produce_errors
-                            .with_label_values(&[TopicKind::of(record.topic).label()])
-                            .inc();
+                        m.errors[kind_index(TopicKind::of(record.topic))].inc();
                     }
                     return Err(KafkaError::Delivery {
                         topic: record.topic.to_owned(),
