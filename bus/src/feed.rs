@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backflow_connectors::{ConnectorError, Position, Source, SourceRecord};
 use backflow_schemas::registry_client::subject_for;
-use backflow_schemas::{frame, TableCodec, TableDesc};
+use backflow_schemas::{TableCodec, TableDesc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -221,7 +221,22 @@ pub async fn run(
     let mut state_due = state_every.map(|_| tokio::time::Instant::now());
     let mut last_saved: Option<std::time::Instant> = None;
     let mut encoders: HashMap<usize, Encoder> = HashMap::new();
-    let events = ctx.metrics.source_events.clone();
+    // Resolved once: a label lookup per record is measurable.
+    let events: Vec<(backflow_schemas::Op, prometheus::IntCounter)> = [
+        backflow_schemas::Op::Create,
+        backflow_schemas::Op::Update,
+        backflow_schemas::Op::Delete,
+        backflow_schemas::Op::Read,
+    ]
+    .into_iter()
+    .map(|op| {
+        let c = ctx
+            .metrics
+            .source_events
+            .with_label_values(&[name, op.code()]);
+        (op, c)
+    })
+    .collect();
     let result = loop {
         let acked = if acked_rx.has_changed().unwrap_or(false) {
             acked_rx.borrow_and_update().clone()
@@ -345,9 +360,9 @@ pub async fn run(
                     headers: &headers,
                 })
                 .await?;
-            events
-                .with_label_values(&[name, record.event.op.code()])
-                .inc();
+            if let Some((_, c)) = events.iter().find(|(op, _)| *op == record.event.op) {
+                c.inc();
+            }
             let commit_ms = record.event.source.ts_ms;
             in_flight.lock().expect("lock").push_back(commit_ms);
             if pending_tx.send(Pending::Record(delivery)).await.is_err() {
@@ -469,13 +484,7 @@ pub(crate) async fn encoder<'a>(
 }
 
 fn encode(enc: &Encoder, record: &SourceRecord) -> Result<(Vec<u8>, Vec<u8>), FeedError> {
-    let key = enc
-        .codec
-        .encode_key(&record.event.key)
-        .map_err(|e| FeedError::Encode(e.to_string()))?;
-    let value = enc
-        .codec
-        .encode_value(&record.event)
-        .map_err(|e| FeedError::Encode(e.to_string()))?;
-    Ok((frame(enc.key_id, &key), frame(enc.value_id, &value)))
+    enc.codec
+        .encode_framed(enc.key_id, enc.value_id, &record.event)
+        .map_err(|e| FeedError::Encode(e.to_string()))
 }

@@ -85,6 +85,8 @@ pub fn value_schema_json(table: &TableDesc) -> Json {
 #[derive(Clone)]
 pub struct TableCodec {
     table: Arc<TableDesc>,
+    /// Index of each key column, in key order.
+    key_index: Arc<[usize]>,
     key_schema: Arc<Schema>,
     value_schema: Arc<Schema>,
     io: Arc<Prepared>,
@@ -142,8 +144,14 @@ impl TableCodec {
             table: table.qualified_name(),
             reason: e.to_string(),
         })?;
+        let key_index = table
+            .primary_key
+            .iter()
+            .filter_map(|k| table.column(k).map(|(i, _)| i))
+            .collect();
         Ok(Self {
             table: Arc::new(table),
+            key_index,
             key_schema,
             value_schema,
             io: Arc::new(io),
@@ -185,6 +193,33 @@ impl TableCodec {
         let mut out = Vec::with_capacity(16);
         crate::binary::row(&mut out, self.table.key_columns().into_iter(), key);
         Ok(out)
+    }
+
+    /// Encodes a change event's key and value, each framed for the
+    /// registry (magic byte and schema id) in the buffer it is encoded
+    /// into: what a producer sends.
+    pub fn encode_framed(
+        &self,
+        key_id: u32,
+        value_id: u32,
+        event: &ChangeEvent,
+    ) -> Result<(Vec<u8>, Vec<u8>), SchemaError> {
+        let key_columns = || self.key_index.iter().map(|i| &self.table.columns[*i]);
+        crate::table::check_values(&self.table, key_columns(), &event.key)?;
+        for r in [&event.before, &event.after].into_iter().flatten() {
+            self.table.check_row(r)?;
+        }
+        let header = |id: u32, capacity: usize| {
+            let mut out = Vec::with_capacity(crate::wire::HEADER_LEN + capacity);
+            out.push(crate::wire::MAGIC);
+            out.extend_from_slice(&id.to_be_bytes());
+            out
+        };
+        let mut key = header(key_id, 16);
+        crate::binary::row(&mut key, key_columns(), &event.key);
+        let mut value = header(value_id, 256);
+        crate::binary::envelope(&mut value, &self.table.columns, event);
+        Ok((key, value))
     }
 
     /// Encodes a change event's value (raw Avro datum, no framing).

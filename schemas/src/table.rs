@@ -173,7 +173,7 @@ impl TableDesc {
     }
 }
 
-fn check_values<'a>(
+pub(crate) fn check_values<'a>(
     table: &TableDesc,
     columns: impl ExactSizeIterator<Item = &'a ColumnDesc>,
     row: &Row,

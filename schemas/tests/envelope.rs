@@ -213,6 +213,10 @@ fn envelope_round_trips_every_type_for_every_op() {
                     codec.encode_value_generic(&event).unwrap(),
                     "op {op:?}, row {i}, null twins {null_twins}"
                 );
+                // Framed in one buffer: the same bytes behind the header.
+                let (key_framed, value_framed) = codec.encode_framed(7, 9, &event).unwrap();
+                assert_eq!(key_framed, backflow_schemas::frame(7, &key_bytes));
+                assert_eq!(value_framed, backflow_schemas::frame(9, &value_bytes));
                 let key_back = codec.decode_key(&key_bytes).unwrap();
                 assert_eq!(key_back, event.key);
                 let back = codec.decode_value(key_back, &value_bytes).unwrap();

@@ -23,7 +23,7 @@ use std::time::Duration;
 use apache_avro::Schema;
 use backflow_schemas::registry_client::subject_for;
 use backflow_schemas::{
-    frame, table_from_schemas, unframe, FramedReaders, Op, TableCodec, TableDesc, TableTarget,
+    table_from_schemas, unframe, FramedReaders, Op, TableCodec, TableDesc, TableTarget,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -715,10 +715,7 @@ async fn distribute(
         let Some(shared) = s.policy.share_event(&sc.table, &event) else {
             continue;
         };
-        let encoded = sc
-            .codec
-            .encode_key(&shared.key)
-            .and_then(|k| sc.codec.encode_value(&shared).map(|v| (k, v)));
+        let encoded = sc.codec.encode_framed(sc.key_id, sc.value_id, &shared);
         let (key, value) = match encoded {
             Ok(kv) => kv,
             Err(e) => {
@@ -726,7 +723,6 @@ async fn distribute(
                 continue;
             }
         };
-        let (key, value) = (frame(sc.key_id, &key), frame(sc.value_id, &value));
         let policy = s.policy.version.to_string();
         let headers: [(&str, &[u8]); 4] = [
             (HEADER_ORIGIN, origin),
