@@ -554,3 +554,33 @@ pub fn metric_sum(metrics: &str, name: &str, filter: &str) -> f64 {
         .sum::<f64>()
         + 0.0 // not -0 when there is no series
 }
+
+/// Seconds `pg_recvlogical` takes to decode slot `bench_recv_<db>` (pgoutput,
+/// publication `bench_pub`) up to `end_lsn` into /dev/null: the limit the
+/// PostgreSQL benchmarks compare with.
+pub fn pg_recvlogical_secs(db: &str, end_lsn: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("pg_recvlogical")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db])
+        .args([
+            "--slot",
+            &format!("bench_recv_{db}"),
+            "--start",
+            "-E",
+            end_lsn,
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=bench_pub",
+            "-f",
+            "/dev/null",
+        ])
+        .status()
+        .context("run pg_recvlogical (Debian package postgresql-client)")?;
+    if !status.success() {
+        bail!("pg_recvlogical failed: {status}");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -483,30 +483,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // pg_recvlogical: the same WAL range, decoded the same way, to /dev/null.
-    let started = Instant::now();
-    let status = Command::new("pg_recvlogical")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db])
-        .args([
-            "--slot",
-            &format!("bench_recv_{db}"),
-            "--start",
-            "-E",
-            &end_lsn,
-        ])
-        .args([
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=bench_pub",
-            "-f",
-            "/dev/null",
-        ])
-        .status()
-        .context("run pg_recvlogical (Debian package postgresql-client)")?;
-    let recv_secs = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("pg_recvlogical failed: {status}");
-    }
+    let recv_secs = backflow_e2e::pg_recvlogical_secs(&db, &end_lsn)?;
     dept.batch_execute("SELECT pg_drop_replication_slot('bench_recv_' || current_database())")
         .await?;
     let recv = changes as f64 / recv_secs;

@@ -15,10 +15,9 @@
 //! build; defaults 1000000 200000 1000000). Needs the services of
 //! `scripts/services.sh up`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use backflow_e2e::{create_pg_database, drop_pg_database, unique_name, Node, TestBroker};
 
 const TX_ROWS: i64 = 10;
@@ -163,30 +162,7 @@ async fn main() -> anyhow::Result<()> {
         node.wait(Duration::from_secs(30))?;
 
         // pg_recvlogical: the same WAL, decoded by the server the same way, to /dev/null.
-        let started = Instant::now();
-        let status = Command::new("pg_recvlogical")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db])
-            .args([
-                "--slot",
-                &format!("bench_recv_{db}"),
-                "--start",
-                "-E",
-                &end_lsn,
-            ])
-            .args([
-                "-o",
-                "proto_version=1",
-                "-o",
-                "publication_names=bench_pub",
-                "-f",
-                "/dev/null",
-            ])
-            .status()
-            .context("run pg_recvlogical (Debian package postgresql-client)")?;
-        let recv_secs = started.elapsed().as_secs_f64();
-        if !status.success() {
-            bail!("pg_recvlogical failed: {status}");
-        }
+        let recv_secs = backflow_e2e::pg_recvlogical_secs(&db, &end_lsn)?;
         let ours = rows as f64 / ours_secs;
         let theirs = rows as f64 / recv_secs;
         println!("{name} (written in {written:.1} s):");
