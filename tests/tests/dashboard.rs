@@ -588,6 +588,15 @@ async fn dashboard_shows_what_the_api_says() {
         })
         .collect();
     assert_eq!(dataset_rows, want_datasets);
+    // Data quality: no dataset of this node has a standard, and the panel
+    // says so (it would say "not available" had /api/quality failed).
+    let quality = api(&node, "GET", "/api/quality", None).await;
+    assert_eq!(quality["feeds"], serde_json::json!([]), "{quality}");
+    assert!(rows(&t, "quality").is_empty());
+    assert!(
+        dom.contains("No feed publishes a dataset with a standard."),
+        "the quality panel is rendered from /api/quality"
+    );
 
     // One subscription's page: its status and the lag chart of the last
     // hour, drawn from /api/lag/history.
