@@ -276,8 +276,9 @@ pub async fn run(
                 let rows = if conformer.has_standard(&table.dataset) {
                     // The topic holds the standard's rows, keyed by the
                     // standard's key, not the table's: the source gets
-                    // none (key-diff deletes and before-images from the
-                    // topic are not available for standardised datasets).
+                    // none (the conformer supplies before-images instead;
+                    // key-diff deletes are not available for standardised
+                    // datasets).
                     Vec::new()
                 } else {
                     crate::topic_state::current_rows(&ctx, table).await?

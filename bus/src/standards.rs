@@ -166,19 +166,27 @@ impl Window {
     }
 }
 
+/// One standardised dataset of a feed: its standard, its quality
+/// counters (labels resolved once) and score window, and for sources
+/// without before-images of their own (polling) the last published row
+/// per standard key: the raw topic holds standard rows the source cannot
+/// read back, so the before-images come from here.
+struct Dataset {
+    standard: DatasetStandard,
+    checked: prometheus::IntCounter,
+    refused: prometheus::IntCounter,
+    score: prometheus::Gauge,
+    window: Window,
+    prior: Option<HashMap<String, Row>>,
+}
+
 /// Maps and validates one feed's records.
 pub struct Conformer {
     feed: String,
-    standards: HashMap<String, DatasetStandard>,
+    datasets: HashMap<String, Dataset>,
     /// Compiled mapping per source table version (by address; the `Arc`
     /// keeps the address from being reused).
     compiled: HashMap<usize, (Arc<TableDesc>, Arc<CompiledMapping>)>,
-    windows: HashMap<String, Window>,
-    /// For sources without before-images of their own (polling), the last
-    /// published row per standard key of each standardised dataset: the
-    /// raw topic holds standard rows the source cannot read back, so the
-    /// before-images come from here.
-    prior: HashMap<String, HashMap<String, Row>>,
     metrics: Metrics,
 }
 
@@ -186,26 +194,35 @@ impl Conformer {
     /// The conformer of feed `feed` for the node's `[[standards]]` (checked
     /// when the configuration was loaded).
     pub fn new(feed: &str, configs: &[StandardConfig], metrics: Metrics) -> Result<Self, String> {
-        let mut standards = HashMap::new();
+        let mut datasets = HashMap::new();
         for c in configs {
-            let s = DatasetStandard::new(c).map_err(|(key, reason)| {
+            let standard = DatasetStandard::new(c).map_err(|(key, reason)| {
                 format!("standard of dataset {}: {key}: {reason}", c.dataset)
             })?;
-            standards.insert(c.dataset.clone(), s);
+            let labels = [feed, c.dataset.as_str()];
+            let dataset = Dataset {
+                standard,
+                checked: metrics.quality_checked.with_label_values(&labels),
+                refused: metrics.quality_refused.with_label_values(&labels),
+                score: metrics.quality_score.with_label_values(&labels),
+                window: Window::default(),
+                prior: None,
+            };
+            datasets.insert(c.dataset.clone(), dataset);
         }
         Ok(Self {
             feed: feed.to_owned(),
-            standards,
+            datasets,
             compiled: HashMap::new(),
-            windows: HashMap::new(),
-            prior: HashMap::new(),
             metrics,
         })
     }
 
     /// The published form of `dataset` when it has a standard.
     pub fn standard_desc(&self, dataset: &str) -> Option<Arc<TableDesc>> {
-        self.standards.get(dataset).map(|s| s.desc().clone())
+        self.datasets
+            .get(dataset)
+            .map(|d| d.standard.desc().clone())
     }
 
     /// Hands over the rows the raw topic of a standardised `dataset` holds
@@ -213,19 +230,16 @@ impl Conformer {
     /// updates then carry the row they replace, so the distributor can take
     /// a row away from a district it moved out of.
     pub fn load_prior(&mut self, dataset: &str, rows: Vec<Row>) {
-        let Some(desc) = self.standard_desc(dataset) else {
+        let Some(d) = self.datasets.get_mut(dataset) else {
             return;
         };
-        let rows = rows
-            .into_iter()
-            .map(|r| (prior_key(&desc, &r), r))
-            .collect();
-        self.prior.insert(dataset.to_owned(), rows);
+        let desc = d.standard.desc();
+        d.prior = Some(rows.into_iter().map(|r| (prior_key(desc, &r), r)).collect());
     }
 
     /// Whether `dataset` has a standard.
     pub fn has_standard(&self, dataset: &str) -> bool {
-        self.standards.contains_key(dataset)
+        self.datasets.contains_key(dataset)
     }
 
     /// Checks the tables a source captures before anything is published:
@@ -233,7 +247,7 @@ impl Conformer {
     /// other must be publishable as it is (Avro names).
     pub fn check_tables(&mut self, tables: &[Arc<TableDesc>]) -> Result<(), String> {
         for t in tables {
-            if self.standards.contains_key(&t.dataset) {
+            if self.datasets.contains_key(&t.dataset) {
                 self.mapping(t)?;
             } else {
                 t.validate().map_err(|e| e.to_string())?;
@@ -247,7 +261,7 @@ impl Conformer {
         if let Some((_, m)) = self.compiled.get(&id) {
             return Ok(m.clone());
         }
-        let standard = &self.standards[&table.dataset];
+        let standard = &self.datasets[&table.dataset].standard;
         let m = Arc::new(standard.compile(table)?);
         tracing::info!(feed = %self.feed, table = %table.qualified_name(), dataset = %table.dataset, standard = standard.name(), "table mapped into its dataset's standard");
         self.compiled.insert(id, (table.clone(), m.clone()));
@@ -264,11 +278,10 @@ impl Conformer {
         mut record: SourceRecord,
         out: &mut Vec<SourceRecord>,
     ) -> Result<(), Refused> {
-        if !self.standards.contains_key(&record.table.dataset) {
+        if !self.datasets.contains_key(&record.table.dataset) {
             out.push(record);
             return Ok(());
         }
-        let dataset = record.table.dataset.clone();
         let refused = |record: &SourceRecord, reason: String, rules: String| Refused {
             table: record.table.qualified_name(),
             position: record.position.0.clone(),
@@ -278,11 +291,14 @@ impl Conformer {
         let mapping = self
             .mapping(&record.table)
             .map_err(|reason| refused(&record, reason, "mapping".to_owned()))?;
-        let standard = &self.standards[&dataset];
+        let d = self
+            .datasets
+            .get_mut(&record.table.dataset)
+            .expect("checked above");
         let event = &mut record.event;
         let mut violations = Vec::new();
         if let Some(after) = &event.after {
-            match standard.conform(&mapping, after) {
+            match d.standard.conform(&mapping, after) {
                 Ok(row) => event.after = Some(row),
                 Err(v) => violations = v,
             }
@@ -299,30 +315,17 @@ impl Conformer {
                 }
             }
         }
-        let checked = self
-            .metrics
-            .quality_checked
-            .with_label_values(&[&self.feed, &dataset]);
-        checked.inc();
-        let score = self
-            .windows
-            .entry(dataset.clone())
-            .or_default()
-            .add(!violations.is_empty());
-        self.metrics
-            .quality_score
-            .with_label_values(&[&self.feed, &dataset])
-            .set(score);
+        d.checked.inc();
+        d.score.set(d.window.add(!violations.is_empty()));
         if violations.is_empty() {
-            let desc = standard.desc().clone();
+            let desc = d.standard.desc().clone();
             record.table = desc.clone();
             let event = &mut record.event;
             if let Some(row) = event.after.as_ref().or(event.before.as_ref()) {
                 // Keyed by the standard's key from now on.
                 event.key = desc.key_of(row);
             }
-            let prior = self.prior.get_mut(&dataset);
-            if let (Some(prior), None) = (prior.as_deref(), event.before.as_ref()) {
+            if let (Some(prior), None) = (&d.prior, &event.before) {
                 if let Some(old) = event
                     .after
                     .as_ref()
@@ -353,7 +356,7 @@ impl Conformer {
                 }
                 None => out.push(record),
             }
-            if let Some(prior) = self.prior.get_mut(&dataset) {
+            if let Some(prior) = &mut d.prior {
                 for r in &out[first..] {
                     let e = &r.event;
                     match (&e.op, &e.after, &e.before) {
@@ -369,19 +372,17 @@ impl Conformer {
             }
             return Ok(());
         }
-        self.metrics
-            .quality_refused
-            .with_label_values(&[&self.feed, &dataset])
-            .inc();
+        d.refused.inc();
+        let dataset = &record.table.dataset;
         for v in &violations {
             self.metrics
                 .quality_violations
-                .with_label_values(&[&self.feed, &dataset, &v.field, &v.rule])
+                .with_label_values(&[&self.feed, dataset, &v.field, &v.rule])
                 .inc();
         }
         let reason = format!(
             "dataset {dataset} standard {}: {}",
-            standard.name(),
+            d.standard.name(),
             violations
                 .iter()
                 .map(ToString::to_string)
