@@ -148,8 +148,8 @@ struct Replay<'a> {
     decoder: Decoder,
     /// Last offset replayed per partition.
     reached: HashMap<(String, i32), i64>,
-    /// Sink tables by qualified name: the latest description seen, and the
-    /// scratch table's description.
+    /// Sink tables by qualified name: the description of the schema
+    /// version seen last, and the scratch table's description.
     tables: BTreeMap<String, (Arc<TableDesc>, Arc<TableDesc>)>,
     /// Scratch description per decoded description (by address).
     scratch_of: HashMap<usize, Arc<TableDesc>>,
@@ -171,10 +171,7 @@ impl Replay<'_> {
     ) -> Result<(Arc<TableDesc>, bool), ReconcileError> {
         let id = Arc::as_ptr(desc) as usize;
         if let Some(s) = self.scratch_of.get(&id) {
-            let s = s.clone();
-            self.tables
-                .insert(desc.qualified_name(), (desc.clone(), s.clone()));
-            return Ok((s, false));
+            return Ok((s.clone(), false));
         }
         let mut copy = (**desc).clone();
         copy.name = scratch_name(&desc.name);

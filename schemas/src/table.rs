@@ -197,14 +197,29 @@ pub(crate) fn check_values<'a>(
 
 /// Whether a value fits a column; the reason when not (never the value).
 fn check_datum(c: &ColumnDesc, d: &Datum) -> Result<(), String> {
-    let ok = match (&c.sql_type, d) {
-        (_, Datum::Null) => {
-            return if c.nullable {
-                Ok(())
-            } else {
-                Err("NULL in a NOT NULL column".into())
-            }
+    if *d == Datum::Null {
+        return if c.nullable {
+            Ok(())
+        } else {
+            Err("NULL in a NOT NULL column".into())
+        };
+    }
+    check_kind(&c.sql_type, d)?;
+    if let (SqlType::Varchar { len: Some(n) } | SqlType::Char { len: Some(n) }, Datum::Text(s)) =
+        (&c.sql_type, d)
+    {
+        let chars = s.chars().count();
+        if chars > *n as usize {
+            return Err(format!("{chars} characters exceed length {n}"));
         }
+    }
+    Ok(())
+}
+
+/// Whether a non-null value has the form of a type (lengths aside); the
+/// reason when not (never the value).
+pub(crate) fn check_kind(t: &SqlType, d: &Datum) -> Result<(), String> {
+    let ok = match (t, d) {
         (SqlType::SmallInt, Datum::Int(v)) => i16::try_from(*v).is_ok(),
         (SqlType::Int, Datum::Int(_)) | (SqlType::BigInt, Datum::Long(_)) => true,
         (
@@ -232,10 +247,10 @@ fn check_datum(c: &ColumnDesc, d: &Datum) -> Result<(), String> {
             },
             Datum::Text(_),
         ) => true,
+        (t, Datum::Text(_)) => t.is_text(),
         (SqlType::Real, Datum::Float(_))
         | (SqlType::Double, Datum::Double(_))
         | (SqlType::Boolean, Datum::Bool(_))
-        | (SqlType::Text, Datum::Text(_))
         | (SqlType::Bytes, Datum::Bytes(_))
         | (SqlType::Date, Datum::Date(_))
         | (SqlType::Time, Datum::Time(_))
@@ -243,24 +258,11 @@ fn check_datum(c: &ColumnDesc, d: &Datum) -> Result<(), String> {
         | (SqlType::TimestampTz, Datum::TimestampTz(_))
         | (SqlType::Uuid, Datum::Uuid(_))
         | (SqlType::Json, Datum::Json(_)) => true,
-        (SqlType::Varchar { len } | SqlType::Char { len }, Datum::Text(s)) => {
-            if let Some(n) = len {
-                let chars = s.chars().count();
-                if chars > *n as usize {
-                    return Err(format!("{chars} characters exceed length {n}"));
-                }
-            }
-            true
-        }
         _ => false,
     };
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "a {} value does not fit type {}",
-            d.kind(),
-            c.sql_type
-        ))
+        Err(format!("a {} value does not fit type {t}", d.kind()))
     }
 }

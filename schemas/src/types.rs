@@ -78,6 +78,19 @@ pub enum SqlType {
 }
 
 impl SqlType {
+    /// Whether values of the type are text (`text`, `varchar(n)`, `char(n)`).
+    pub fn is_text(&self) -> bool {
+        matches!(
+            self,
+            SqlType::Text | SqlType::Varchar { .. } | SqlType::Char { .. }
+        )
+    }
+
+    /// Whether values of the type are integers.
+    pub fn is_integer(&self) -> bool {
+        matches!(self, SqlType::SmallInt | SqlType::Int | SqlType::BigInt)
+    }
+
     /// Parses a PostgreSQL or MySQL type name such as `numeric(20,6)`,
     /// `character varying(64)`, `timestamp with time zone`, `datetime(6)`.
     pub fn parse(text: &str) -> Result<SqlType, SchemaError> {

@@ -250,26 +250,15 @@ pub struct CompiledMapping {
     fields: Vec<FieldPlan>,
 }
 
-fn is_text(t: &SqlType) -> bool {
-    matches!(
-        t,
-        SqlType::Text | SqlType::Varchar { .. } | SqlType::Char { .. }
-    )
-}
-
-fn is_integer(t: &SqlType) -> bool {
-    matches!(t, SqlType::SmallInt | SqlType::Int | SqlType::BigInt)
-}
-
 /// Whether a value of type `from` converts to `to` without a cast.
 fn fits(from: &SqlType, to: &SqlType) -> bool {
     if std::mem::discriminant(from) == std::mem::discriminant(to) {
         return true;
     }
     match from {
-        f if is_text(f) || *f == SqlType::Json => is_text(to),
-        f if is_integer(f) => {
-            is_integer(to) || matches!(to, SqlType::Decimal { .. } | SqlType::Double)
+        f if f.is_text() || *f == SqlType::Json => to.is_text(),
+        f if f.is_integer() => {
+            to.is_integer() || matches!(to, SqlType::Decimal { .. } | SqlType::Double)
         }
         SqlType::Real => *to == SqlType::Double,
         _ => false,
@@ -281,8 +270,8 @@ fn cast_hint(to: &SqlType) -> &'static str {
     match to {
         SqlType::Date => "add cast = { date = [\"%Y%m%d\"] } with the source's date formats",
         SqlType::Decimal { .. } => "add cast = \"decimal\"",
-        t if is_integer(t) => "add cast = \"integer\"",
-        t if is_text(t) => "add cast = \"text\"",
+        t if t.is_integer() => "add cast = \"integer\"",
+        t if t.is_text() => "add cast = \"text\"",
         _ => "map a column of a compatible type",
     }
 }
@@ -471,13 +460,13 @@ fn compile_field(
                 ))
             };
             let (step, out) = match cast {
-                Cast::Trim if is_text(&kind) || kind == SqlType::Json => {
+                Cast::Trim if kind.is_text() || kind == SqlType::Json => {
                     (Step::Trim, SqlType::Text)
                 }
                 Cast::Trim => return Err(refuse("text")),
                 Cast::Text if has_text_form(&kind) => (Step::Text, SqlType::Text),
                 Cast::Text => return Err(refuse("values with a text form")),
-                Cast::Integer if is_text(&kind) || is_integer(&kind) => {
+                Cast::Integer if kind.is_text() || kind.is_integer() => {
                     (Step::Integer, SqlType::BigInt)
                 }
                 Cast::Integer => return Err(refuse("text or integers")),
@@ -487,8 +476,8 @@ fn compile_field(
                             "cast decimal needs a decimal field, this one is {target}"
                         )));
                     }
-                    if !(is_text(&kind)
-                        || is_integer(&kind)
+                    if !(kind.is_text()
+                        || kind.is_integer()
                         || matches!(kind, SqlType::Decimal { .. }))
                     {
                         return Err(refuse("text, integers or decimals"));
@@ -496,7 +485,7 @@ fn compile_field(
                     (Step::Decimal, *target)
                 }
                 Cast::Date(formats) => {
-                    if !(is_text(&kind) || is_integer(&kind) || kind == SqlType::Date) {
+                    if !(kind.is_text() || kind.is_integer() || kind == SqlType::Date) {
                         return Err(refuse("text, integers or dates"));
                     }
                     if formats.is_empty() {
@@ -569,8 +558,8 @@ fn compile_field(
 fn constant_datum(c: &Constant, target: &SqlType) -> Result<Datum, String> {
     let wrong = || format!("{c:?} is not a value of type {target}");
     Ok(match (c, target) {
-        (Constant::Text(s), t) if is_text(t) => Datum::Text(s.clone()),
-        (Constant::Integer(v), t) if is_text(t) => Datum::Text(v.to_string()),
+        (Constant::Text(s), t) if t.is_text() => Datum::Text(s.clone()),
+        (Constant::Integer(v), t) if t.is_text() => Datum::Text(v.to_string()),
         (Constant::Text(s), SqlType::Json) => Datum::Json(s.clone()),
         (Constant::Text(s), SqlType::Date) => Datum::Date(
             date::parse_iso_date(s).ok_or_else(|| format!("{s:?} is not a YYYY-MM-DD date"))?,
@@ -596,7 +585,7 @@ fn fit_value(value: Datum, target: &SqlType) -> Result<Datum, String> {
     let out_of_range = || format!("out of the range of {target}");
     Ok(match (value, target) {
         (Datum::Null, _) => Datum::Null,
-        (Datum::Text(s) | Datum::Json(s), t) if is_text(t) => Datum::Text(s),
+        (Datum::Text(s) | Datum::Json(s), t) if t.is_text() => Datum::Text(s),
         (Datum::Int(v), SqlType::SmallInt) => {
             Datum::Int(i16::try_from(v).map_err(|_| out_of_range())?.into())
         }

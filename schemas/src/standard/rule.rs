@@ -315,17 +315,6 @@ pub(crate) enum CheckedRule {
     AllowedValues(BTreeSet<String>),
 }
 
-fn is_text(t: &SqlType) -> bool {
-    matches!(
-        t,
-        SqlType::Text | SqlType::Varchar { .. } | SqlType::Char { .. }
-    )
-}
-
-fn is_integer(t: &SqlType) -> bool {
-    matches!(t, SqlType::SmallInt | SqlType::Int | SqlType::BigInt)
-}
-
 /// Checks that `rule` applies to a field of type `sql_type` and prepares it.
 /// `Ok(None)` for `required`, which the field's flag carries.
 pub(crate) fn compile_rule(rule: &Rule, sql_type: &SqlType) -> Result<Option<CheckedRule>, String> {
@@ -342,15 +331,15 @@ pub(crate) fn compile_rule(rule: &Rule, sql_type: &SqlType) -> Result<Option<Che
     Ok(Some(match rule {
         Rule::Required => return Ok(None),
         Rule::IdNumber => {
-            needs(is_text(sql_type), "text")?;
+            needs(sql_type.is_text(), "text")?;
             CheckedRule::IdNumber
         }
         Rule::Uscc => {
-            needs(is_text(sql_type), "text")?;
+            needs(sql_type.is_text(), "text")?;
             CheckedRule::Uscc
         }
         Rule::RegionCode => {
-            needs(is_text(sql_type), "text")?;
+            needs(sql_type.is_text(), "text")?;
             CheckedRule::RegionCode
         }
         Rule::DateRange { min, max } => {
@@ -372,11 +361,11 @@ pub(crate) fn compile_rule(rule: &Rule, sql_type: &SqlType) -> Result<Option<Che
             }
         }
         Rule::MaxLength { max } => {
-            needs(is_text(sql_type), "text")?;
+            needs(sql_type.is_text(), "text")?;
             CheckedRule::MaxLength(*max)
         }
         Rule::Regex { name, pattern } => {
-            needs(is_text(sql_type), "text")?;
+            needs(sql_type.is_text(), "text")?;
             if name.is_empty()
                 || name.len() > 64
                 || !name
@@ -403,7 +392,7 @@ pub(crate) fn compile_rule(rule: &Rule, sql_type: &SqlType) -> Result<Option<Che
         }
         Rule::Range { min, max } => {
             needs(
-                is_integer(sql_type)
+                sql_type.is_integer()
                     || matches!(
                         sql_type,
                         SqlType::Decimal { .. } | SqlType::Real | SqlType::Double
@@ -421,7 +410,10 @@ pub(crate) fn compile_rule(rule: &Rule, sql_type: &SqlType) -> Result<Option<Che
             }
         }
         Rule::AllowedValues { values } => {
-            needs(is_text(sql_type) || is_integer(sql_type), "text or integer")?;
+            needs(
+                sql_type.is_text() || sql_type.is_integer(),
+                "text or integer",
+            )?;
             if values.is_empty() {
                 return Err("allowed_values: the list is empty".to_owned());
             }
@@ -578,36 +570,7 @@ fn check_range(
 
 /// Whether a non-null value has the form of its field's type.
 fn kind_fits(sql_type: &SqlType, value: &Datum) -> bool {
-    match (sql_type, value) {
-        (SqlType::SmallInt, Datum::Int(v)) => i16::try_from(*v).is_ok(),
-        (
-            SqlType::Decimal {
-                precision: Some(p),
-                scale,
-            },
-            Datum::Decimal(d),
-        ) => d.scale == scale.unwrap_or(0) && d.digits() <= *p,
-        (
-            SqlType::Decimal {
-                precision: None, ..
-            },
-            Datum::Text(_),
-        ) => true,
-        (t, Datum::Text(_)) => is_text(t),
-        (SqlType::Int, Datum::Int(_))
-        | (SqlType::BigInt, Datum::Long(_))
-        | (SqlType::Real, Datum::Float(_))
-        | (SqlType::Double, Datum::Double(_))
-        | (SqlType::Boolean, Datum::Bool(_))
-        | (SqlType::Bytes, Datum::Bytes(_))
-        | (SqlType::Date, Datum::Date(_))
-        | (SqlType::Time, Datum::Time(_))
-        | (SqlType::Timestamp, Datum::Timestamp(_))
-        | (SqlType::TimestampTz, Datum::TimestampTz(_))
-        | (SqlType::Uuid, Datum::Uuid(_))
-        | (SqlType::Json, Datum::Json(_)) => true,
-        _ => false,
-    }
+    crate::table::check_kind(sql_type, value).is_ok()
 }
 
 #[derive(Debug, Clone)]
