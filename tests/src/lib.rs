@@ -584,3 +584,17 @@ pub fn pg_recvlogical_secs(db: &str, end_lsn: &str) -> anyhow::Result<f64> {
     }
     Ok(started.elapsed().as_secs_f64())
 }
+
+/// A benchmark's positional argument `i` (1-based), or `default` when not
+/// given; an argument that does not parse is an error naming it.
+pub fn bench_arg<T>(i: usize, default: T) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    std::env::args()
+        .nth(i)
+        .map(|a| a.parse().with_context(|| format!("argument {i} ({a:?})")))
+        .transpose()
+        .map(|v| v.unwrap_or(default))
+}

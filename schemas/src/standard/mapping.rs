@@ -960,7 +960,12 @@ mod tests {
         let err = compile("[fields.status]\nfrom = \"djzt\"").unwrap_err();
         assert!(err.to_string().contains("cast = \"text\""), "{err}");
         // With cast = "text" the status integer becomes its digits.
-        compile("[fields.status]\nfrom = \"djzt\"\ncast = \"text\"").unwrap();
+        let compiled = compile("[fields.status]\nfrom = \"djzt\"\ncast = \"text\"").unwrap();
+        let status = builtin()["legal_entity"].field("status").unwrap().0;
+        let row = compiled
+            .apply(&company(7, Datum::Int(19_990_909), "5000.25"))
+            .unwrap();
+        assert_eq!(row.0[status], Datum::Text("7".into()));
     }
 
     #[test]

@@ -283,13 +283,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let arg = |i: usize, default: i64| -> anyhow::Result<i64> {
-        Ok(std::env::args()
-            .nth(i)
-            .map(|a| a.parse())
-            .transpose()?
-            .unwrap_or(default))
-    };
+    let arg = |i: usize, default: i64| backflow_e2e::bench_arg(i, default);
     let (inserts, updates, latency_secs, rate) = (
         arg(1, 1_000_000)?,
         arg(2, 200_000)?.min(arg(1, 1_000_000)?),

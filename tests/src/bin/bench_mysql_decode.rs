@@ -232,13 +232,7 @@ fn spread(label: &str, rows: usize, secs: &[f64], extra: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
-        Ok(std::env::args()
-            .nth(i)
-            .map(|a| a.parse())
-            .transpose()?
-            .unwrap_or(default))
-    };
+    let arg = |i: usize, default: usize| backflow_e2e::bench_arg(i, default);
     let (rows, repeat) = (arg(1, 1_000_000)?, arg(2, 3)?.max(1));
     let db = format!("bf_bench_myd_{}", std::process::id());
     let mut admin = connect(None).await?;

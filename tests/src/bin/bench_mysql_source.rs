@@ -302,13 +302,7 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let arg = |i: usize, default: i64| -> anyhow::Result<i64> {
-        Ok(std::env::args()
-            .nth(i)
-            .map(|a| a.parse())
-            .transpose()?
-            .unwrap_or(default))
-    };
+    let arg = |i: usize, default: i64| backflow_e2e::bench_arg(i, default);
     let (inserts, updates, big) = (arg(1, 1_000_000)?, arg(2, 200_000)?, arg(3, 1_000_000)?);
     let db = format!("bf_bench_my_{}", std::process::id());
     let mut admin = connect(None).await?;

@@ -24,13 +24,7 @@ const TX_ROWS: i64 = 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let arg = |i: usize, default: i64| -> anyhow::Result<i64> {
-        Ok(std::env::args()
-            .nth(i)
-            .map(|a| a.parse())
-            .transpose()?
-            .unwrap_or(default))
-    };
+    let arg = |i: usize, default: i64| backflow_e2e::bench_arg(i, default);
     let (inserts, updates, big) = (arg(1, 1_000_000)?, arg(2, 200_000)?, arg(3, 1_000_000)?);
     let db = unique_name("bf_bench");
     let client = create_pg_database(&db).await?;
