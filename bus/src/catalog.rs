@@ -367,7 +367,7 @@ impl Catalog {
         publisher: Publisher,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
-        let consumer = Consumer::replay(settings, topics::CATALOG, 0)?;
+        let consumer = Consumer::follow(settings, topics::CATALOG, 0)?;
         let inner = Arc::new(Inner {
             state: RwLock::new(CatalogState::default()),
             applied: watch::channel(-1).0,

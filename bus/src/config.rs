@@ -231,7 +231,10 @@ pub struct SubscriptionConfig {
     /// Most records applied in one transaction.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Longest a record waits for its batch to fill, in milliseconds.
+    /// How long a batch may wait for more records, in milliseconds. 0 (the
+    /// default): it is written as soon as the records the Kafka client
+    /// already holds are taken, so batches grow with the load up to
+    /// `batch_size` and a light load waits for nothing.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Dead-letter topic on the upstream cluster (default `backflow.dlq.<name>`).
@@ -239,11 +242,17 @@ pub struct SubscriptionConfig {
     pub dlq_topic: Option<String>,
 }
 
+/// The longest `fetch.wait.max.ms` librdkafka accepts.
+const MAX_FETCH_WAIT_MS: u32 = 300_000;
+
+fn default_fetch_wait_ms() -> u32 {
+    crate::kafka::DEFAULT_FETCH_WAIT_MS
+}
 fn default_batch_size() -> usize {
     5_000
 }
 fn default_flush_interval_ms() -> u64 {
-    200
+    0
 }
 
 /// Where a subscription reads from.
@@ -257,6 +266,10 @@ pub struct UpstreamConfig {
     /// librdkafka properties for the upstream cluster (security settings).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// How long the upstream broker may hold a fetch that finds no record,
+    /// in milliseconds (as the node's `kafka.fetch_wait_ms`).
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_ms: u32,
     /// librdkafka properties whose values come from environment variables
     /// (property → variable), for credentials.
     #[serde(default)]
@@ -595,6 +608,12 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Timeout of admin and metadata requests, in milliseconds.
     pub request_timeout_ms: u64,
+    /// How long the broker may hold a fetch of the distributor's consumer
+    /// that finds no record, in milliseconds (librdkafka
+    /// `fetch.wait.max.ms`). Apache Kafka answers as soon as a record
+    /// arrives; tansu 0.6 holds every fetch this long, so on tansu it adds
+    /// to the latency of each hop (10 there: see docs/performance.md).
+    pub fetch_wait_ms: u32,
     /// Extra librdkafka properties passed to every client (e.g.
     /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
     pub properties: BTreeMap<String, String>,
@@ -612,6 +631,7 @@ impl Default for KafkaConfig {
             partitions: 3,
             replication_factor: 1,
             request_timeout_ms: 10_000,
+            fetch_wait_ms: crate::kafka::DEFAULT_FETCH_WAIT_MS,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
         }
@@ -780,6 +800,25 @@ impl Config {
                 reason: format!("environment variable {var} is not set"),
             })?;
             config.kafka.properties.insert(prop.clone(), value);
+        }
+        // librdkafka's own range for fetch.wait.max.ms.
+        let fetch_wait = |key: String, ms: u32| {
+            if ms > MAX_FETCH_WAIT_MS {
+                Err(ConfigError::BadValue {
+                    key,
+                    origin: origin_name(file, &env, ""),
+                    reason: format!("{ms} ms is above the most a Kafka client allows ({MAX_FETCH_WAIT_MS}); 100 suits Apache Kafka, 10 tansu"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        fetch_wait("kafka.fetch_wait_ms".to_owned(), config.kafka.fetch_wait_ms)?;
+        for (i, sub) in config.subscriptions.iter().enumerate() {
+            fetch_wait(
+                format!("subscriptions[{i}].upstream.fetch_wait_ms"),
+                sub.upstream.fetch_wait_ms,
+            )?;
         }
         for (i, feed) in config.feeds.iter_mut().enumerate() {
             feed.validate(&format!("feeds[{i}]"))
@@ -1075,6 +1114,28 @@ mod tests {
         assert_eq!(err.key(), Some("kafka.partitions"), "{err}");
         assert!(
             err.to_string().contains(&f.path().display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fetch_waits_default_to_100_ms_and_an_impossible_one_names_its_key() {
+        let f = file("[kafka]\nbrokers = \"a:9092\"\n[[subscriptions]]\nname = \"s\"\nupstream = { brokers = \"b:9092\", registry_url = \"http://b\" }\nsink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"backflow.share.330106.d.t\" }]\n");
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.fetch_wait_ms, 100);
+        assert_eq!(cfg.subscriptions[0].upstream.fetch_wait_ms, 100);
+        let f = file("[kafka]\nfetch_wait_ms = 10\n");
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.fetch_wait_ms, 10);
+        let f = file("[kafka]\nfetch_wait_ms = 600000\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("kafka.fetch_wait_ms"), "{err}");
+        assert!(err.to_string().contains("300000"), "{err}");
+        let f = file("[[subscriptions]]\nname = \"s\"\nupstream = { brokers = \"b:9092\", registry_url = \"http://b\", fetch_wait_ms = 400000 }\nsink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"backflow.share.330106.d.t\" }]\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("subscriptions[0].upstream.fetch_wait_ms"),
             "{err}"
         );
     }

@@ -116,7 +116,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     // on with its districts.
     let mut city_toml = format!(
         "[node]\ncode = \"{CITY}\"\nname = \"杭州市 (demo)\"\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n\
-         [[subscriptions]]\nname = \"city-{CITY}-from-{PROVINCE}\"\nflush_interval_ms = 100\n\
+         [[subscriptions]]\nname = \"city-{CITY}-from-{PROVINCE}\"\n\
          upstream = {{ brokers = \"{}\", registry_url = \"http://{}\" }}\n\
          sink = {{ type = \"kafka\" }}\n\
          tables = [{{ topic = \"backflow.share.{CITY}.{DATASET}\" }}]\n",
@@ -139,7 +139,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         let db = district_db(dir, code);
         let toml = format!(
             "[http]\nlisten = \"127.0.0.1:{}\"\n\n\
-             [[subscriptions]]\nname = \"district-{code}\"\nflush_interval_ms = 100\n\
+             [[subscriptions]]\nname = \"district-{code}\"\n\
              upstream = {{ brokers = \"{}\", registry_url = \"http://{}\" }}\n\
              sink = {{ type = \"sqlite\", path = \"{}\" }}\n\
              tables = [{{ topic = \"backflow.share.{code}.{DATASET}\", table = \"people\" }}]\n",

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backflow_connectors::{ConnectorError, Position, Source, SourceRecord};
 use backflow_schemas::registry_client::subject_for;
 use backflow_schemas::{TableCodec, TableDesc};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{Delivery, KafkaError, OutgoingRecord, Publisher, TopicAdmin, TopicSpec};
@@ -82,6 +82,9 @@ impl FeedError {
 
 /// Most changes asked of a source at a time.
 const BATCH_RECORDS: usize = 2_000;
+
+/// Batches read ahead of the publishing task.
+const WORK_QUEUE: usize = 2;
 
 /// How often an acknowledged position is recorded in `backflow._offsets`.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
@@ -187,7 +190,8 @@ pub async fn run(
     let gauges = source.gauges();
     let acked_in_flight = in_flight.clone();
     let gauge_in_flight = in_flight.clone();
-    let lag_task = tokio::spawn(async move {
+    // Stopped however the feed ends (an error returns early).
+    let _lag_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             let oldest = gauge_in_flight.lock().expect("lock").front().copied();
             lag.set(oldest.map_or(0.0, |ms| ((now_ms() - ms).max(0) as f64) / 1000.0));
@@ -196,7 +200,7 @@ pub async fn run(
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    });
+    }));
     let acker = tokio::spawn(async move {
         while let Some(p) = pending_rx.recv().await {
             match p {
@@ -214,29 +218,16 @@ pub async fn run(
         }
     });
 
-    let origin = format!("{}/{name}", ctx.node);
+    // Encoding and handing records to Kafka run in their own task, so the
+    // source reads its next batch while the last one is published.
+    let (work_tx, work_rx) = mpsc::channel::<Work>(WORK_QUEUE);
+    let publishing = Publishing::new(name, &ctx, in_flight.clone(), pending_tx, fail_rx.clone());
+    let mut publisher = Some(tokio::spawn(publishing.run(work_rx)));
     // Sources that need the raw topics' rows get them now, then every
     // `state_every` (after everything they yielded before is in Kafka).
     let state_every = source.topic_state_interval();
     let mut state_due = state_every.map(|_| tokio::time::Instant::now());
     let mut last_saved: Option<std::time::Instant> = None;
-    let mut encoders: HashMap<usize, Encoder> = HashMap::new();
-    // Resolved once: a label lookup per record is measurable.
-    let events: Vec<(backflow_schemas::Op, prometheus::IntCounter)> = [
-        backflow_schemas::Op::Create,
-        backflow_schemas::Op::Update,
-        backflow_schemas::Op::Delete,
-        backflow_schemas::Op::Read,
-    ]
-    .into_iter()
-    .map(|op| {
-        let c = ctx
-            .metrics
-            .source_events
-            .with_label_values(&[name, op.code()]);
-        (op, c)
-    })
-    .collect();
     let result = loop {
         let acked = if acked_rx.has_changed().unwrap_or(false) {
             acked_rx.borrow_and_update().clone()
@@ -256,9 +247,17 @@ pub async fn run(
         if let Some(reason) = failed {
             break Err(FeedError::Unacknowledged(reason));
         }
+        let Some(running) = publisher.as_mut() else {
+            unreachable!("the loop ends when the publishing task does");
+        };
         let batch = if state_due.is_some_and(|at| tokio::time::Instant::now() >= at) {
             // Wait until Kafka holds everything yielded so far, so the
-            // topic's rows include it.
+            // topic's rows include it: first until the publishing task has
+            // handed it all over, then until Kafka acknowledged it.
+            let (handed, all_handed) = oneshot::channel();
+            if work_tx.send(Work::Barrier(handed)).await.is_err() || all_handed.await.is_err() {
+                break Err(publisher_ended(publisher.take().expect("running").await));
+            }
             while !in_flight.lock().expect("lock").is_empty() {
                 if fail_rx.borrow().is_some() || shutdown.is_cancelled() {
                     break;
@@ -305,125 +304,55 @@ pub async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = fail_rx.changed() => continue,
+                ended = running => {
+                    publisher = None;
+                    break Err(publisher_ended(ended));
+                }
                 b = source.next_batch(BATCH_RECORDS) => b?,
             }
         };
-        // (table, position, reason, violated rules)
-        let mut dead: Vec<(String, String, String, Option<String>)> = batch
+        let mut dead: Vec<Dead> = batch
             .rejected
             .iter()
-            .map(|r| {
-                (
-                    r.table.clone(),
-                    r.position.0.clone(),
-                    r.reason.clone(),
-                    None,
-                )
+            .map(|r| Dead {
+                table: r.table.clone(),
+                position: r.position.0.clone(),
+                reason: r.reason.clone(),
+                rules: None,
             })
             .collect();
         let mut records = Vec::with_capacity(batch.records.len());
         for record in batch.records {
             if let Err(refused) = conformer.conform(record, &mut records) {
-                dead.push((
-                    refused.table,
-                    refused.position,
-                    refused.reason,
-                    Some(refused.rules),
-                ));
+                dead.push(Dead {
+                    table: refused.table,
+                    position: refused.position,
+                    reason: refused.reason,
+                    rules: Some(refused.rules),
+                });
             }
         }
-        for record in records {
-            let enc = encoder(&mut encoders, &record.table, &ctx).await?;
-            let (key, value) = match encode(enc, &record) {
-                Ok(kv) => kv,
-                Err(e) => {
-                    dead.push((
-                        record.table.qualified_name(),
-                        record.position.0.clone(),
-                        e.to_string(),
-                        None,
-                    ));
-                    continue;
-                }
-            };
-            let ts = record.event.source.ts_ms.to_string();
-            let headers: [(&str, &[u8]); 3] = [
-                (HEADER_ORIGIN, origin.as_bytes()),
-                (HEADER_ORIGIN_TS, ts.as_bytes()),
-                (HEADER_HOPS, ctx.node.as_bytes()),
-            ];
-            let delivery = ctx
-                .publisher
-                .enqueue(OutgoingRecord {
-                    topic: &enc.topic,
-                    key: Some(&key),
-                    payload: Some(&value),
-                    headers: &headers,
-                })
-                .await?;
-            if let Some((_, c)) = events.iter().find(|(op, _)| *op == record.event.op) {
-                c.inc();
-            }
-            let commit_ms = record.event.source.ts_ms;
-            in_flight.lock().expect("lock").push_back(commit_ms);
-            if pending_tx.send(Pending::Record(delivery)).await.is_err() {
-                break;
-            }
-            if record.event.op == backflow_schemas::Op::Delete {
-                // A tombstone after the delete lets compaction drop the key.
-                let tombstone = ctx
-                    .publisher
-                    .enqueue(OutgoingRecord {
-                        topic: &enc.topic,
-                        key: Some(&key),
-                        payload: None,
-                        headers: &headers,
-                    })
-                    .await?;
-                in_flight.lock().expect("lock").push_back(commit_ms);
-                if pending_tx.send(Pending::Record(tombstone)).await.is_err() {
-                    break;
-                }
-            }
-        }
-        for (table, position, reason, rules) in &dead {
-            tracing::warn!(feed = name, table = %table, position = %position, reason = %reason, "change sent to the dead-letter topic");
-            let body = serde_json::json!({
-                "feed": name,
-                "table": table,
-                "position": position,
-                "reason": reason,
-                "rules": rules,
-            })
-            .to_string();
-            let mut headers: Vec<(&str, &[u8])> = vec![
-                (HEADER_ORIGIN, origin.as_bytes()),
-                (HEADER_DLQ_REASON, reason.as_bytes()),
-            ];
-            if let Some(rules) = rules {
-                headers.push((crate::standards::HEADER_DLQ_RULES, rules.as_bytes()));
-            }
-            let d = ctx
-                .publisher
-                .enqueue(OutgoingRecord {
-                    topic: &dlq,
-                    key: Some(table.as_bytes()),
-                    payload: Some(body.as_bytes()),
-                    headers: &headers,
-                })
-                .await?;
-            ctx.metrics.source_rejected.with_label_values(&[name]).inc();
-            in_flight.lock().expect("lock").push_back(now_ms());
-            let _ = pending_tx.send(Pending::Record(d)).await;
-        }
-        if let Some(cp) = batch.checkpoint {
-            let _ = pending_tx.send(Pending::Checkpoint(cp)).await;
+        let work = Work::Batch {
+            records,
+            dead,
+            checkpoint: batch.checkpoint,
+        };
+        if work_tx.send(work).await.is_err() {
+            break Err(publisher_ended(publisher.take().expect("running").await));
         }
     };
 
+    // Let the publishing task hand over what it was given, then stop it.
+    drop(work_tx);
+    if let Some(running) = publisher.take() {
+        match tokio::time::timeout(Duration::from_secs(10), running).await {
+            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(ended) => {
+                tracing::warn!(feed = name, error = %publisher_ended(ended), "publishing stopped with an error while the feed stopped")
+            }
+        }
+    }
     // Drain: wait (bounded) for what was handed to Kafka, acknowledge it.
-    lag_task.abort();
-    drop(pending_tx);
     let _ = tokio::time::timeout(Duration::from_secs(10), acker).await;
     let last = acked_rx.borrow().clone();
     if let Some(pos) = last {
@@ -439,6 +368,221 @@ pub async fn run(
         tracing::info!(feed = name, "feed stopped");
     }
     result
+}
+
+/// A change refused on its way to the raw topic, for the dead-letter topic.
+struct Dead {
+    table: String,
+    position: String,
+    reason: String,
+    /// The standard's rules it violated (`field:rule,...`).
+    rules: Option<String>,
+}
+
+/// What the feed loop hands to its publishing task, in source order.
+enum Work {
+    /// Changes to publish, the changes refused on the way, and the source
+    /// position that is safe once all of them are in Kafka.
+    Batch {
+        records: Vec<SourceRecord>,
+        dead: Vec<Dead>,
+        checkpoint: Option<Position>,
+    },
+    /// Answered once everything handed over before it is enqueued.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Why the publishing task ended before the feed loop.
+fn publisher_ended(ended: Result<Result<(), FeedError>, tokio::task::JoinError>) -> FeedError {
+    match ended {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => FeedError::Unacknowledged("the publishing task stopped".to_owned()),
+        Err(e) => FeedError::Unacknowledged(format!("the publishing task failed: {e}")),
+    }
+}
+
+/// Encodes a feed's changes and hands them to Kafka, in order, with their
+/// pending acknowledgements queued for the acknowledging task.
+struct Publishing {
+    name: String,
+    ctx: FeedContext,
+    /// `<node>/<feed>`, the origin header.
+    origin: String,
+    dlq: String,
+    encoders: HashMap<usize, Encoder>,
+    /// Per-operation event counters, resolved once: a label lookup per
+    /// record is measurable.
+    events: Vec<(backflow_schemas::Op, prometheus::IntCounter)>,
+    in_flight: Arc<Mutex<VecDeque<i64>>>,
+    pending: mpsc::Sender<Pending>,
+    fail: watch::Receiver<Option<String>>,
+}
+
+impl Publishing {
+    fn new(
+        name: &str,
+        ctx: &FeedContext,
+        in_flight: Arc<Mutex<VecDeque<i64>>>,
+        pending: mpsc::Sender<Pending>,
+        fail: watch::Receiver<Option<String>>,
+    ) -> Self {
+        let events = [
+            backflow_schemas::Op::Create,
+            backflow_schemas::Op::Update,
+            backflow_schemas::Op::Delete,
+            backflow_schemas::Op::Read,
+        ]
+        .into_iter()
+        .map(|op| {
+            let c = ctx
+                .metrics
+                .source_events
+                .with_label_values(&[name, op.code()]);
+            (op, c)
+        })
+        .collect();
+        Self {
+            name: name.to_owned(),
+            origin: format!("{}/{name}", ctx.node),
+            dlq: topics::dlq(name),
+            ctx: ctx.clone(),
+            encoders: HashMap::new(),
+            events,
+            in_flight,
+            pending,
+            fail,
+        }
+    }
+
+    async fn run(mut self, mut work: mpsc::Receiver<Work>) -> Result<(), FeedError> {
+        while let Some(w) = work.recv().await {
+            match w {
+                Work::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Work::Batch {
+                    records,
+                    dead,
+                    checkpoint,
+                } => {
+                    let queued = self.publish(records, dead).await?;
+                    let queued = queued
+                        && match checkpoint {
+                            Some(cp) => self.pending.send(Pending::Checkpoint(cp)).await.is_ok(),
+                            None => true,
+                        };
+                    if !queued {
+                        // The acknowledging task stopped: a delivery failed.
+                        let reason = self.fail.borrow().clone().unwrap_or_default();
+                        return Err(FeedError::Unacknowledged(reason));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a batch to Kafka; `false` when the acknowledging task is gone.
+    async fn publish(
+        &mut self,
+        records: Vec<SourceRecord>,
+        mut dead: Vec<Dead>,
+    ) -> Result<bool, FeedError> {
+        for record in records {
+            let enc = encoder(&mut self.encoders, &record.table, &self.ctx).await?;
+            let (key, value) = match encode(enc, &record) {
+                Ok(kv) => kv,
+                Err(e) => {
+                    dead.push(Dead {
+                        table: record.table.qualified_name(),
+                        position: record.position.0.clone(),
+                        reason: e.to_string(),
+                        rules: None,
+                    });
+                    continue;
+                }
+            };
+            let ts = record.event.source.ts_ms.to_string();
+            let headers: [(&str, &[u8]); 3] = [
+                (HEADER_ORIGIN, self.origin.as_bytes()),
+                (HEADER_ORIGIN_TS, ts.as_bytes()),
+                (HEADER_HOPS, self.ctx.node.as_bytes()),
+            ];
+            let delivery = self
+                .ctx
+                .publisher
+                .enqueue(OutgoingRecord {
+                    topic: &enc.topic,
+                    key: Some(&key),
+                    payload: Some(&value),
+                    headers: &headers,
+                })
+                .await?;
+            if let Some((_, c)) = self.events.iter().find(|(op, _)| *op == record.event.op) {
+                c.inc();
+            }
+            let commit_ms = record.event.source.ts_ms;
+            self.in_flight.lock().expect("lock").push_back(commit_ms);
+            if self.pending.send(Pending::Record(delivery)).await.is_err() {
+                return Ok(false);
+            }
+            if record.event.op == backflow_schemas::Op::Delete {
+                // A tombstone after the delete lets compaction drop the key.
+                let tombstone = self
+                    .ctx
+                    .publisher
+                    .enqueue(OutgoingRecord {
+                        topic: &enc.topic,
+                        key: Some(&key),
+                        payload: None,
+                        headers: &headers,
+                    })
+                    .await?;
+                self.in_flight.lock().expect("lock").push_back(commit_ms);
+                if self.pending.send(Pending::Record(tombstone)).await.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        for d in &dead {
+            tracing::warn!(feed = %self.name, table = %d.table, position = %d.position, reason = %d.reason, "change sent to the dead-letter topic");
+            let body = serde_json::json!({
+                "feed": self.name,
+                "table": d.table,
+                "position": d.position,
+                "reason": d.reason,
+                "rules": d.rules,
+            })
+            .to_string();
+            let mut headers: Vec<(&str, &[u8])> = vec![
+                (HEADER_ORIGIN, self.origin.as_bytes()),
+                (HEADER_DLQ_REASON, d.reason.as_bytes()),
+            ];
+            if let Some(rules) = &d.rules {
+                headers.push((crate::standards::HEADER_DLQ_RULES, rules.as_bytes()));
+            }
+            let delivery = self
+                .ctx
+                .publisher
+                .enqueue(OutgoingRecord {
+                    topic: &self.dlq,
+                    key: Some(d.table.as_bytes()),
+                    payload: Some(body.as_bytes()),
+                    headers: &headers,
+                })
+                .await?;
+            self.ctx
+                .metrics
+                .source_rejected
+                .with_label_values(&[&self.name])
+                .inc();
+            self.in_flight.lock().expect("lock").push_back(now_ms());
+            if self.pending.send(Pending::Record(delivery)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The encoder of a table version, its schemas registered under the raw

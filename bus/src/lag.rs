@@ -596,7 +596,7 @@ async fn read_reports(
         }
         let parts: Vec<i32> = (0..n).collect();
         let consumer =
-            match crate::kafka::Consumer::replay_partitions(&settings, REPORTS_TOPIC, &parts) {
+            match crate::kafka::Consumer::follow_partitions(&settings, REPORTS_TOPIC, &parts) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read subscriber reports");

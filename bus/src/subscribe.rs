@@ -170,7 +170,7 @@ pub async fn supervise(
         status_rx,
         shutdown.child_token(),
     ));
-    let _reporter = AbortOnDrop(reporter);
+    let _reporter = tokio_util::task::AbortOnDropHandle::new(reporter);
     loop {
         let mut run = Run::new(&config, &metrics, &health, &status, bus.as_ref());
         let outcome = run.run(&shutdown).await;
@@ -204,15 +204,6 @@ pub async fn supervise(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -273,6 +264,7 @@ pub(crate) fn upstream_settings(config: &SubscriptionConfig) -> KafkaSettings {
     let mut settings = KafkaSettings::new(config.upstream.brokers.clone());
     settings.client_id = format!("backflow-subscribe-{}", config.name);
     settings.properties = config.upstream.properties.clone();
+    settings.fetch_wait_ms = config.upstream.fetch_wait_ms;
     settings
 }
 
@@ -449,14 +441,18 @@ impl<'a> Run<'a> {
         );
         self.health.set(self.name(), None);
         self.report_positions(false);
-        let flush_every = Duration::from_millis(self.config.flush_interval_ms.max(1));
+        // With no flush interval a batch is what the Kafka client already
+        // holds: written as soon as that runs out, so it grows with the load
+        // (up to batch_size) and costs no wait when the load is light.
+        let linger = Duration::from_millis(self.config.flush_interval_ms);
         let mut lag_tick = tokio::time::interval(LAG_EVERY);
         let mut topics_tick = tokio::time::interval(TOPICS_EVERY);
         topics_tick.tick().await;
         loop {
             let deadline = self
                 .batch_started
-                .map(|t| tokio::time::Instant::from_std(t + flush_every));
+                .filter(|_| !linger.is_zero())
+                .map(|t| tokio::time::Instant::from_std(t + linger));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -468,7 +464,13 @@ impl<'a> Run<'a> {
                 }
                 record = consumer.recv() => {
                     self.take(record?).await?;
-                    if self.pending.len() >= self.config.batch_size {
+                    while self.pending.len() < self.config.batch_size {
+                        match consumer.try_recv() {
+                            Some(record) => self.take(record?).await?,
+                            None => break,
+                        }
+                    }
+                    if linger.is_zero() || self.pending.len() >= self.config.batch_size {
                         self.flush().await?;
                     }
                 }

@@ -142,7 +142,7 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
     let city_listen = free_local_addr();
     let city_config = format!(
             "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{bus}\"\n\n\
-             [[subscriptions]]\nname = \"{subscription}\"\nflush_interval_ms = 100\n\
+             [[subscriptions]]\nname = \"{subscription}\"\n\
              upstream = {{ brokers = \"{up}\", registry_url = \"{up_registry}\" }}\n\
              sink = {{ type = \"kafka\" }}\n\
              tables = [{{ topic = \"backflow.share.330100.{dataset}\" }}]\n\n\
@@ -161,7 +161,7 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
     let sink = SinkDb::create(Backend::Postgres).await.unwrap();
     let district = Node::subscribe_with_config(
         &format!(
-            "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
             unique_name("xihu"),
             city_bus.bootstrap(),
             city.url,

@@ -192,7 +192,7 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     // The district's subscriber runs, but nothing flows while pending.
     let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
     let sub_config = format!(
-        "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
         unique_name("xihu"),
         broker.bootstrap(),
         node.url,

@@ -99,7 +99,7 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
     for code in ["330106", "330108"] {
         let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
         let sub_config = format!(
-            "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.{code}.{dataset}\", table = \"people\" }}]\n",
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.{code}.{dataset}\", table = \"people\" }}]\n",
             unique_name(&format!("d{code}")),
             broker.bootstrap(),
             node.url,

@@ -139,7 +139,7 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
         .await
         .unwrap();
     let sub_config = format!(
-            "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
              sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"{user}\", database = \"{}\" }}\n\
              tables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
             unique_name("xihu"),
@@ -338,7 +338,7 @@ async fn postgres_crashing_at_the_department_and_at_the_district_loses_nothing()
     .unwrap();
     let sub = Node::subscribe_with_config(
         &format!(
-            "[[subscriptions]]\nname = \"xihu\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
+            "[[subscriptions]]\nname = \"xihu\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
              sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = {}, user = \"postgres\", database = \"xihu\" }}\n\
              tables = [{{ topic = \"backflow.raw.gongan.people\", table = \"people\" }}]\n",
             broker.bootstrap(),

@@ -72,7 +72,7 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
     let name = unique_name("d330106");
     let sub_config = |extra: &str| {
         format!(
-            "[[subscriptions]]\nname = \"{name}\"\nflush_interval_ms = 100\n{extra}upstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+            "[[subscriptions]]\nname = \"{name}\"\n{extra}upstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
             broker.bootstrap(),
             node.url,
             sink.sink_toml(),

@@ -499,7 +499,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .unwrap();
     let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
     let sub_config = format!(
-        "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
         unique_name("d330106"),
         broker.bootstrap(),
         node.url,

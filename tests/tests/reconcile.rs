@@ -61,7 +61,7 @@ async fn reports_equal_then_each_tampered_row(backend: Backend) {
     )
     .unwrap();
     let sub_config = format!(
-        "[[subscriptions]]\nname = \"{}\"\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
+        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
         unique_name("xihu"),
         broker.bootstrap(),
         node.url,

@@ -16,7 +16,7 @@
 
 pub mod policy;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +41,12 @@ pub const HEADER_POLICY: &str = "backflow.policy";
 
 /// Most raw records handled between two offset stores.
 const BATCH: usize = 1_000;
-/// Longest a batch waits to fill.
-const LINGER: Duration = Duration::from_millis(20);
+/// Processed batches whose acknowledgements may be outstanding at once.
+const IN_FLIGHT_BATCHES: usize = 4;
+/// How long processed batches may stay unsettled while no record comes:
+/// then their acknowledgements are awaited and their offsets stored, so an
+/// idle distributor neither holds offsets nor audit records back.
+const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(50);
 
 /// Why the distributor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -169,13 +173,17 @@ pub async fn run(
     );
     let mut readers = FramedReaders::new();
     let mut versions: HashMap<(u32, u32), Version> = HashMap::new();
-    // The previous batch: its share records are still being acknowledged
+    // Processed batches, oldest first, whose share records are still being
+    // acknowledged while the next batches are processed; their offsets are
+    // stored, in order, once they all are. Up to IN_FLIGHT_BATCHES, so a
+    // slow acknowledgement does not hold the next batch back.
     // while the next batch is processed; its offsets are stored once they
     // all are.
-    let mut previous: Option<InFlight> = None;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     loop {
-        // A batch: the first record waits as long as it takes, the rest
-        // only as long as LINGER.
+        // A batch: the first record waits as long as it takes, the rest are
+        // what the Kafka client already holds. Under load that is up to
+        // BATCH records; a light load waits for nothing.
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(join) = joins.recv() => {
@@ -183,13 +191,18 @@ pub async fn run(
                 continue;
             }
             r = consumer.recv() => r?,
+            _ = tokio::time::sleep(SETTLE_WHEN_IDLE), if !in_flight.is_empty() => {
+                while let Some(done) = in_flight.pop_front() {
+                    done.settle(auditor, &consumer).await?;
+                }
+                continue;
+            }
         };
         let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + LINGER;
         while batch.len() < BATCH {
-            match tokio::time::timeout_at(until, consumer.recv()).await {
-                Ok(r) => batch.push(r?),
-                Err(_) => break,
+            match consumer.try_recv() {
+                Some(r) => batch.push(r?),
+                None => break,
             }
         }
         let mut deliveries: Vec<Delivery> = Vec::new();
@@ -220,16 +233,18 @@ pub async fn run(
         while let Ok(join) = joins.try_recv() {
             take_join(join, &mut by_dataset, &mut versions, &position);
         }
-        if let Some(done) = previous.take() {
-            done.settle(auditor, &consumer).await?;
-        }
-        previous = Some(InFlight {
+        in_flight.push_back(InFlight {
             deliveries,
             batch,
             tallies,
         });
+        while in_flight.len() > IN_FLIGHT_BATCHES {
+            if let Some(done) = in_flight.pop_front() {
+                done.settle(auditor, &consumer).await?;
+            }
+        }
     }
-    if let Some(done) = previous.take() {
+    while let Some(done) = in_flight.pop_front() {
         done.settle(auditor, &consumer).await?;
     }
     let _ = consumer.commit();

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use futures::FutureExt as _;
+
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message};
@@ -18,6 +20,11 @@ use rdkafka::TopicPartitionList;
 use super::{KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::topics::TopicKind;
+
+/// `fetch.wait.max.ms` of a reader that reads records known to be there.
+const REPLAY_FETCH_WAIT_MS: u32 = 10;
+/// `fetch.wait.max.ms` of a reader that follows a state topic.
+const FOLLOW_FETCH_WAIT_MS: u32 = super::DEFAULT_FETCH_WAIT_MS;
 
 /// A record taken from Kafka, owned so it can cross tasks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,9 +124,9 @@ impl Consumer {
         Ok(Self { inner, metrics })
     }
 
-    /// Reads one partition from its first record without a consumer group
-    /// (no offsets are committed): for state topics every process replays
-    /// in full, such as `backflow._schemas`.
+    /// Reads one partition from its first record up to an end the caller
+    /// knows, without a consumer group (no offsets are committed): stored
+    /// positions, the audit trail.
     pub fn replay(
         settings: &KafkaSettings,
         topic: &str,
@@ -134,6 +141,41 @@ impl Consumer {
         topic: &str,
         partitions: &[i32],
     ) -> Result<Self, KafkaError> {
+        // The records are known to be there and the reader is short-lived:
+        // a broker that holds every fetch for the whole wait (tansu does)
+        // would otherwise add that wait to each round trip of the read.
+        Self::from_beginning(settings, topic, partitions, REPLAY_FETCH_WAIT_MS)
+    }
+
+    /// Reads one partition from its first record and goes on following it,
+    /// without a consumer group: for state topics every process keeps in
+    /// memory, such as `backflow._schemas`.
+    pub fn follow(
+        settings: &KafkaSettings,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Self, KafkaError> {
+        Self::follow_partitions(settings, topic, &[partition])
+    }
+
+    /// [`Consumer::follow`] over several partitions of one topic.
+    pub fn follow_partitions(
+        settings: &KafkaSettings,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Self, KafkaError> {
+        // Followed topics are small and read-your-write sensitive (a
+        // registry write waits to read its own record back): do not let the
+        // broker hold an empty fetch for librdkafka's default 500 ms.
+        Self::from_beginning(settings, topic, partitions, FOLLOW_FETCH_WAIT_MS)
+    }
+
+    fn from_beginning(
+        settings: &KafkaSettings,
+        topic: &str,
+        partitions: &[i32],
+        fetch_wait_ms: u32,
+    ) -> Result<Self, KafkaError> {
         // librdkafka wants a group id even for manual assignment; nothing is
         // committed under it.
         let inner: StreamConsumer = settings.create("consumer", |cfg| {
@@ -141,10 +183,7 @@ impl Consumer {
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
-                // Replayed topics are small and read-your-write sensitive (a
-                // registry write waits to read its own record back): do not
-                // let the broker hold an empty fetch for the default 500 ms.
-                .set("fetch.wait.max.ms", "100");
+                .set("fetch.wait.max.ms", fetch_wait_ms.to_string());
         })?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
@@ -202,7 +241,7 @@ impl Consumer {
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
                 .set("auto.offset.reset", "earliest")
-                .set("fetch.wait.max.ms", "100");
+                .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string());
         })?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in start {
@@ -245,6 +284,12 @@ impl Consumer {
                 .inc();
         }
         Ok(record)
+    }
+
+    /// The next record if the client already holds one, without waiting
+    /// for the broker: what a batch can take at once.
+    pub fn try_recv(&self) -> Option<Result<ConsumedRecord, KafkaError>> {
+        self.recv().now_or_never()
     }
 
     /// Marks a record as safely taken by the next stage: the group resumes

@@ -70,6 +70,12 @@ pub enum KafkaError {
     Embedded(String),
 }
 
+/// Default of [`KafkaSettings::fetch_wait_ms`]. A broker answers a fetch as
+/// soon as a record is there (Apache Kafka does), so this only bounds how
+/// often an idle consumer asks. A broker that holds every fetch for the
+/// whole wait (tansu 0.6 does) adds it to each hop: set it lower there.
+pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
+
 /// Connection settings shared by every client of one node.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -81,6 +87,10 @@ pub struct KafkaSettings {
     pub request_timeout: Duration,
     /// Extra librdkafka properties (security settings and the like).
     pub properties: BTreeMap<String, String>,
+    /// `fetch.wait.max.ms` of the data path's consumers (distributor,
+    /// subscriptions): how long the broker may hold a fetch that finds no
+    /// record.
+    pub fetch_wait_ms: u32,
 }
 
 impl KafkaSettings {
@@ -91,6 +101,7 @@ impl KafkaSettings {
             client_id: "backflow".to_owned(),
             request_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
+            fetch_wait_ms: DEFAULT_FETCH_WAIT_MS,
         }
     }
 
@@ -102,6 +113,7 @@ impl KafkaSettings {
             client_id: config.client_id.clone(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             properties: config.properties.clone(),
+            fetch_wait_ms: config.fetch_wait_ms,
         }
     }
 

@@ -128,7 +128,7 @@ impl Registry {
         proposer: String,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
-        let consumer = Consumer::replay(settings, topics::SCHEMAS, 0)?;
+        let consumer = Consumer::follow(settings, topics::SCHEMAS, 0)?;
         let (applied, _) = watch::channel(-1);
         let inner = Arc::new(Inner {
             state: RwLock::new(RegistryState::default()),

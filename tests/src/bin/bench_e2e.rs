@@ -36,8 +36,9 @@
 //! (release build; defaults 1000000 200000 30 5000). Needs the services of
 //! `scripts/services.sh up`. `BENCH_FLUSH_INTERVAL_MS` sets the
 //! subscribers' `flush_interval_ms` (unset: backflow's default);
-//! `BENCH_FETCH_WAIT_MS` sets librdkafka's `fetch.wait.max.ms` of every
-//! consumer through the `properties` pass-through (unset: backflow's 100).
+//! `BENCH_FETCH_WAIT_MS` sets the data path's fetch wait, the node's
+//! `kafka.fetch_wait_ms` and the subscribers' `upstream.fetch_wait_ms`
+//! (unset: backflow's 100).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,20 +297,23 @@ async fn main() -> anyhow::Result<()> {
         .map(|v| v.trim().parse::<u64>())
         .transpose()
         .context("BENCH_FLUSH_INTERVAL_MS")?;
-    // librdkafka's fetch.wait.max.ms for every consumer (node and
-    // subscribers), through the `properties` pass-through.
+    // The data path's fetch wait: the node's distributor
+    // (`kafka.fetch_wait_ms`) and the subscribers (`upstream.fetch_wait_ms`).
     let fetch_wait_ms = std::env::var("BENCH_FETCH_WAIT_MS")
         .ok()
         .filter(|v| !v.trim().is_empty())
         .map(|v| v.trim().parse::<u64>())
         .transpose()
         .context("BENCH_FETCH_WAIT_MS")?;
-    let node_properties = fetch_wait_ms.map_or(String::new(), |ms| {
-        format!("[kafka.properties]\n\"fetch.wait.max.ms\" = \"{ms}\"\n")
-    });
-    let upstream_properties = fetch_wait_ms.map_or(String::new(), |ms| {
-        format!(", properties = {{ \"fetch.wait.max.ms\" = \"{ms}\" }}")
-    });
+    let mut node_properties =
+        fetch_wait_ms.map_or(String::new(), |ms| format!("fetch_wait_ms = {ms}\n"));
+    if let Ok(linger) = std::env::var("BENCH_LINGER_MS") {
+        node_properties.push_str(&format!(
+            "properties = {{ \"linger.ms\" = \"{linger}\" }}\n"
+        ));
+    }
+    let upstream_properties =
+        fetch_wait_ms.map_or(String::new(), |ms| format!(", fetch_wait_ms = {ms}"));
 
     // The department.
     let db = unique_name("bf_bench");
