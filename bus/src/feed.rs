@@ -218,11 +218,16 @@ pub async fn run(
         }
     });
 
-    // Encoding and handing records to Kafka run in their own task, so the
-    // source reads its next batch while the last one is published.
+    // Encoding and handing records to Kafka run on a thread of their own,
+    // so the source reads its next batch while the last one is published.
+    // (A task would share the feed's worker thread: tokio runs a task
+    // woken by a message on the thread that sent it.)
     let (work_tx, work_rx) = mpsc::channel::<Work>(WORK_QUEUE);
     let publishing = Publishing::new(name, &ctx, in_flight.clone(), pending_tx, fail_rx.clone());
-    let mut publisher = Some(tokio::spawn(publishing.run(work_rx)));
+    let runtime = tokio::runtime::Handle::current();
+    let mut publisher = Some(tokio::task::spawn_blocking(move || {
+        runtime.block_on(publishing.run(work_rx))
+    }));
     // Sources that need the raw topics' rows get them now, then every
     // `state_every` (after everything they yielded before is in Kafka).
     let state_every = source.topic_state_interval();

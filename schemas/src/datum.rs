@@ -64,12 +64,16 @@ impl Decimal {
 
     /// Number of significant digits of the unscaled value.
     pub fn digits(&self) -> u32 {
-        let s = self.unscaled.magnitude().to_string();
-        if s == "0" {
-            1
-        } else {
-            s.len() as u32
+        // Checked per value on the hot path: no formatting when the
+        // magnitude fits 128 bits (38 digits, every SQL DECIMAL up to that).
+        let magnitude = self.unscaled.magnitude();
+        if magnitude.bits() <= 128 {
+            let mut words = magnitude.iter_u64_digits();
+            let low = u128::from(words.next().unwrap_or(0));
+            let high = u128::from(words.next().unwrap_or(0));
+            return (low | high << 64).checked_ilog10().map_or(1, |d| d + 1);
         }
+        magnitude.to_string().len() as u32
     }
 }
 
@@ -190,6 +194,18 @@ mod tests {
             assert_eq!(Decimal::parse(shown, scale).unwrap(), d);
         }
         assert_eq!(Decimal::parse("-12.34", 2).unwrap().digits(), 4);
+        for (text, digits) in [
+            ("0", 1),
+            ("9", 1),
+            ("10", 2),
+            ("99999999999999999999999999999999999999", 38),
+            // u128::MAX, then the first value past 128 bits.
+            ("340282366920938463463374607431768211455", 39),
+            ("340282366920938463463374607431768211456", 39),
+            ("-1234567890123456789012345678901234567890", 40),
+        ] {
+            assert_eq!(Decimal::parse(text, 0).unwrap().digits(), digits, "{text}");
+        }
     }
 
     #[test]

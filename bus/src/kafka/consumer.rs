@@ -21,6 +21,13 @@ use super::{KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::topics::TopicKind;
 
+/// Where a reader that starts from the first record starts: offset 0, and
+/// `auto.offset.reset = earliest` when the log no longer begins there.
+/// (`Offset::Beginning` asks the broker first, and librdkafka retries that
+/// question only after 500 ms when it does not know the partition's leader
+/// yet, which is always the case just after the client was created.)
+const FIRST: Offset = Offset::Offset(0);
+
 /// `fetch.wait.max.ms` of a reader that reads records known to be there.
 const REPLAY_FETCH_WAIT_MS: u32 = 10;
 /// `fetch.wait.max.ms` of a reader that follows a state topic.
@@ -183,11 +190,12 @@ impl Consumer {
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
-                .set("fetch.wait.max.ms", fetch_wait_ms.to_string());
+                .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+                .set("auto.offset.reset", "earliest");
         })?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            tpl.add_partition_offset(topic, *p, FIRST)
                 .map_err(KafkaError::Consume)?;
         }
         inner.assign(&tpl).map_err(KafkaError::Consume)?;
@@ -245,7 +253,7 @@ impl Consumer {
         })?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in start {
-            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            let offset = next.map_or(FIRST, Offset::Offset);
             tpl.add_partition_offset(topic, *partition, offset)
                 .map_err(KafkaError::Consume)?;
         }
@@ -290,6 +298,12 @@ impl Consumer {
     /// for the broker: what a batch can take at once.
     pub fn try_recv(&self) -> Option<Result<ConsumedRecord, KafkaError>> {
         self.recv().now_or_never()
+    }
+
+    /// Drops the client on a blocking thread: closing a consumer waits for
+    /// its threads (about 100 ms), which a reader done with it need not.
+    pub fn close_in_background(self) {
+        tokio::task::spawn_blocking(move || drop(self));
     }
 
     /// Marks a record as safely taken by the next stage: the group resumes
