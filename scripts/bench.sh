@@ -8,6 +8,9 @@
 # Settings (environment):
 #   BENCH_FLUSH_INTERVAL_MS  the subscribers' flush_interval_ms (unset:
 #                            backflow's default)
+#   BENCH_FETCH_WAIT_MS      the node's kafka.fetch_wait_ms and the
+#                            subscribers' upstream.fetch_wait_ms (unset: 100)
+#   BENCH_LINGER_MS          the node's producers' linger.ms (unset: 5)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh up >/dev/null

@@ -38,7 +38,8 @@
 //! subscribers' `flush_interval_ms` (unset: backflow's default);
 //! `BENCH_FETCH_WAIT_MS` sets the data path's fetch wait, the node's
 //! `kafka.fetch_wait_ms` and the subscribers' `upstream.fetch_wait_ms`
-//! (unset: backflow's 100).
+//! (unset: backflow's 100). `BENCH_LINGER_MS` sets the node's producers'
+//! `linger.ms` through `[kafka.properties]` (unset: backflow's 5).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
