@@ -242,8 +242,9 @@ pub struct SubscriptionConfig {
     pub dlq_topic: Option<String>,
 }
 
-/// The longest `fetch.wait.max.ms` librdkafka accepts.
-const MAX_FETCH_WAIT_MS: u32 = 300_000;
+/// The longest fetch wait accepted: a second under librdkafka's default
+/// `socket.timeout.ms`, which an idle fetch must not reach.
+const MAX_FETCH_WAIT_MS: u32 = 59_000;
 
 fn default_fetch_wait_ms() -> u32 {
     crate::kafka::DEFAULT_FETCH_WAIT_MS
@@ -801,16 +802,17 @@ impl Config {
             })?;
             config.kafka.properties.insert(prop.clone(), value);
         }
-        // librdkafka's own range for fetch.wait.max.ms.
+        // 0 would make idle consumers ask without pause; a wait near
+        // librdkafka's socket.timeout.ms (60 s) drops idle connections.
         let fetch_wait = |key: String, ms: u32| {
-            if ms > MAX_FETCH_WAIT_MS {
+            if (1..=MAX_FETCH_WAIT_MS).contains(&ms) {
+                Ok(())
+            } else {
                 Err(ConfigError::BadValue {
                     key,
                     origin: origin_name(file, &env, ""),
-                    reason: format!("{ms} ms is above the most a Kafka client allows ({MAX_FETCH_WAIT_MS}); 100 suits Apache Kafka, 10 tansu"),
+                    reason: format!("{ms} ms is outside 1..={MAX_FETCH_WAIT_MS} (below the Kafka client's 60 s socket timeout); 100 suits Apache Kafka, 10 tansu"),
                 })
-            } else {
-                Ok(())
             }
         };
         fetch_wait("kafka.fetch_wait_ms".to_owned(), config.kafka.fetch_wait_ms)?;
@@ -1127,10 +1129,12 @@ mod tests {
         let f = file("[kafka]\nfetch_wait_ms = 10\n");
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
         assert_eq!(cfg.kafka.fetch_wait_ms, 10);
-        let f = file("[kafka]\nfetch_wait_ms = 600000\n");
-        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
-        assert_eq!(err.key(), Some("kafka.fetch_wait_ms"), "{err}");
-        assert!(err.to_string().contains("300000"), "{err}");
+        for bad in ["0", "60000"] {
+            let f = file(&format!("[kafka]\nfetch_wait_ms = {bad}\n"));
+            let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+            assert_eq!(err.key(), Some("kafka.fetch_wait_ms"), "{err}");
+            assert!(err.to_string().contains("1..=59000"), "{err}");
+        }
         let f = file("[[subscriptions]]\nname = \"s\"\nupstream = { brokers = \"b:9092\", registry_url = \"http://b\", fetch_wait_ms = 400000 }\nsink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"backflow.share.330106.d.t\" }]\n");
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
         assert_eq!(

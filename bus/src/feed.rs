@@ -223,7 +223,15 @@ pub async fn run(
     // (A task would share the feed's worker thread: tokio runs a task
     // woken by a message on the thread that sent it.)
     let (work_tx, work_rx) = mpsc::channel::<Work>(WORK_QUEUE);
-    let publishing = Publishing::new(name, &ctx, in_flight.clone(), pending_tx, fail_rx.clone());
+    let stop_publishing = CancellationToken::new();
+    let publishing = Publishing::new(
+        name,
+        &ctx,
+        in_flight.clone(),
+        pending_tx,
+        fail_rx.clone(),
+        stop_publishing.clone(),
+    );
     let runtime = tokio::runtime::Handle::current();
     let mut publisher = Some(tokio::task::spawn_blocking(move || {
         runtime.block_on(publishing.run(work_rx))
@@ -233,18 +241,26 @@ pub async fn run(
     let state_every = source.topic_state_interval();
     let mut state_due = state_every.map(|_| tokio::time::Instant::now());
     let mut last_saved: Option<std::time::Instant> = None;
-    let result = loop {
+    // Every way out of the loop goes through the drain below, so the
+    // publishing thread is stopped before this function returns: a thread
+    // left running could enqueue an older version of a row after the
+    // restarted feed's newer one.
+    let result = 'feed: loop {
         let acked = if acked_rx.has_changed().unwrap_or(false) {
             acked_rx.borrow_and_update().clone()
         } else {
             None
         };
         if let Some(pos) = acked {
-            source.acknowledge(&pos).await?;
+            if let Err(e) = source.acknowledge(&pos).await {
+                break 'feed Err(e.into());
+            }
             // Recorded at most every few seconds: a restart resumes from
             // the slot anyway; this tells the source its snapshot finished.
             if last_saved.is_none_or(|t: std::time::Instant| t.elapsed() >= SAVE_EVERY) {
-                crate::offsets::save(&ctx.publisher, name, &pos).await?;
+                if let Err(e) = crate::offsets::save(&ctx.publisher, name, &pos).await {
+                    break 'feed Err(e.into());
+                }
                 last_saved = Some(std::time::Instant::now());
             }
         }
@@ -260,7 +276,11 @@ pub async fn run(
             // topic's rows include it: first until the publishing task has
             // handed it all over, then until Kafka acknowledged it.
             let (handed, all_handed) = oneshot::channel();
-            if work_tx.send(Work::Barrier(handed)).await.is_err() || all_handed.await.is_err() {
+            let handed_over = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                r = async { work_tx.send(Work::Barrier(handed)).await.is_ok() && all_handed.await.is_ok() } => r,
+            };
+            if !handed_over {
                 break Err(publisher_ended(publisher.take().expect("running").await));
             }
             while !in_flight.lock().expect("lock").is_empty() {
@@ -285,10 +305,16 @@ pub async fn run(
                     // datasets).
                     Vec::new()
                 } else {
-                    crate::topic_state::current_rows(&ctx, table).await?
+                    match crate::topic_state::current_rows(&ctx, table).await {
+                        Ok(rows) => rows,
+                        Err(e) => break 'feed Err(e),
+                    }
                 };
                 let count = rows.len();
-                let b = source.topic_state(table, rows).await?;
+                let b = match source.topic_state(table, rows).await {
+                    Ok(b) => b,
+                    Err(e) => break 'feed Err(e.into()),
+                };
                 tracing::info!(feed = name, table = %table.qualified_name(), topic_rows = count, deletes = b.records.len(), "compared the table with its raw topic");
                 combined.records.extend(b.records);
                 combined.rejected.extend(b.rejected);
@@ -313,7 +339,10 @@ pub async fn run(
                     publisher = None;
                     break Err(publisher_ended(ended));
                 }
-                b = source.next_batch(BATCH_RECORDS) => b?,
+                b = source.next_batch(BATCH_RECORDS) => match b {
+                    Ok(b) => b,
+                    Err(e) => break Err(e.into()),
+                },
             }
         };
         let mut dead: Vec<Dead> = batch
@@ -342,19 +371,26 @@ pub async fn run(
             dead,
             checkpoint: batch.checkpoint,
         };
-        if work_tx.send(work).await.is_err() {
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            r = work_tx.send(work) => r.is_ok(),
+        };
+        if !sent {
             break Err(publisher_ended(publisher.take().expect("running").await));
         }
     };
 
-    // Let the publishing task hand over what it was given, then stop it.
+    // Stop the publishing thread and wait for it. What it was handed and
+    // did not enqueue is not acknowledged, so the next run reads it again.
+    stop_publishing.cancel();
     drop(work_tx);
     if let Some(running) = publisher.take() {
-        match tokio::time::timeout(Duration::from_secs(10), running).await {
-            Ok(Ok(Ok(()))) | Err(_) => {}
-            Ok(ended) => {
-                tracing::warn!(feed = name, error = %publisher_ended(ended), "publishing stopped with an error while the feed stopped")
-            }
+        if let Err(e) = running.await.unwrap_or_else(|e| {
+            Err(FeedError::Unacknowledged(format!(
+                "the publishing task failed: {e}"
+            )))
+        }) {
+            tracing::debug!(feed = name, error = %e, "publishing stopped with an error while the feed stopped");
         }
     }
     // Drain: wait (bounded) for what was handed to Kafka, acknowledge it.
@@ -421,6 +457,8 @@ struct Publishing {
     in_flight: Arc<Mutex<VecDeque<i64>>>,
     pending: mpsc::Sender<Pending>,
     fail: watch::Receiver<Option<String>>,
+    /// Ends the task at once, between two records.
+    stop: CancellationToken,
 }
 
 impl Publishing {
@@ -430,6 +468,7 @@ impl Publishing {
         in_flight: Arc<Mutex<VecDeque<i64>>>,
         pending: mpsc::Sender<Pending>,
         fail: watch::Receiver<Option<String>>,
+        stop: CancellationToken,
     ) -> Self {
         let events = [
             backflow_schemas::Op::Create,
@@ -456,11 +495,23 @@ impl Publishing {
             in_flight,
             pending,
             fail,
+            stop,
         }
     }
 
     async fn run(mut self, mut work: mpsc::Receiver<Work>) -> Result<(), FeedError> {
-        while let Some(w) = work.recv().await {
+        let stop = self.stop.clone();
+        loop {
+            // Stopping drops a batch half enqueued: nothing of it is
+            // acknowledged to the source, so it is read again.
+            let w = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                w = work.recv() => match w {
+                    Some(w) => w,
+                    None => return Ok(()),
+                },
+            };
             match w {
                 Work::Barrier(done) => {
                     let _ = done.send(());
@@ -470,12 +521,11 @@ impl Publishing {
                     dead,
                     checkpoint,
                 } => {
-                    let queued = self.publish(records, dead).await?;
-                    let queued = queued
-                        && match checkpoint {
-                            Some(cp) => self.pending.send(Pending::Checkpoint(cp)).await.is_ok(),
-                            None => true,
-                        };
+                    let queued = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return Ok(()),
+                        queued = self.publish(records, dead, checkpoint) => queued?,
+                    };
                     if !queued {
                         // The acknowledging task stopped: a delivery failed.
                         let reason = self.fail.borrow().clone().unwrap_or_default();
@@ -484,14 +534,15 @@ impl Publishing {
                 }
             }
         }
-        Ok(())
     }
 
-    /// Hands a batch to Kafka; `false` when the acknowledging task is gone.
+    /// Hands a batch to Kafka, then its checkpoint to the acknowledging
+    /// task; `false` when that task is gone.
     async fn publish(
         &mut self,
         records: Vec<SourceRecord>,
         mut dead: Vec<Dead>,
+        checkpoint: Option<Position>,
     ) -> Result<bool, FeedError> {
         for record in records {
             let enc = encoder(&mut self.encoders, &record.table, &self.ctx).await?;
@@ -586,7 +637,10 @@ impl Publishing {
                 return Ok(false);
             }
         }
-        Ok(true)
+        Ok(match checkpoint {
+            Some(cp) => self.pending.send(Pending::Checkpoint(cp)).await.is_ok(),
+            None => true,
+        })
     }
 }
 

@@ -464,13 +464,20 @@ impl<'a> Run<'a> {
                 }
                 record = consumer.recv() => {
                     self.take(record?).await?;
-                    while self.pending.len() < self.config.batch_size {
+                    // Counted whether decoded or dead-lettered, so a run of
+                    // bad records still ends in a flush of their offsets.
+                    let mut taken = 1;
+                    while taken < self.config.batch_size {
                         match consumer.try_recv() {
                             Some(record) => self.take(record?).await?,
                             None => break,
                         }
+                        taken += 1;
                     }
-                    if linger.is_zero() || self.pending.len() >= self.config.batch_size {
+                    if linger.is_zero()
+                        || taken >= self.config.batch_size
+                        || self.pending.len() >= self.config.batch_size
+                    {
                         self.flush().await?;
                     }
                 }

@@ -177,8 +177,6 @@ pub async fn run(
     // acknowledged while the next batches are processed; their offsets are
     // stored, in order, once they all are. Up to IN_FLIGHT_BATCHES, so a
     // slow acknowledgement does not hold the next batch back.
-    // while the next batch is processed; its offsets are stored once they
-    // all are.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     loop {
         // A batch: the first record waits as long as it takes, the rest are
