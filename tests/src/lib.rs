@@ -133,6 +133,29 @@ impl Drop for TestBroker {
     }
 }
 
+/// Creates the benchmarks' 9-column department table `t` in a new database
+/// `name` (replica identity full, publication `bench_pub`) and a pgoutput
+/// slot `bench_recv_<name>` for `pg_recvlogical`, the benchmarks' limit.
+pub async fn create_bench_department(name: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let client = create_pg_database(name).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, name varchar(64) NOT NULL, region_code char(6) NOT NULL,
+                income numeric(12,2), birth date, updated_at timestamptz NOT NULL DEFAULT now(),
+                note text, score double precision, active boolean NOT NULL DEFAULT true);
+             ALTER TABLE t REPLICA IDENTITY FULL;
+             CREATE PUBLICATION bench_pub FOR TABLE t;",
+        )
+        .await?;
+    // Its own statement: a slot cannot be created in a transaction that wrote.
+    client
+        .batch_execute(
+            "SELECT pg_create_logical_replication_slot('bench_recv_' || current_database(), 'pgoutput')",
+        )
+        .await?;
+    Ok(client)
+}
+
 /// A fresh PostgreSQL database on the test server (127.0.0.1:5432, user
 /// postgres, trust auth), dropped with its replication slots by [`drop_pg_database`].
 pub async fn create_pg_database(name: &str) -> anyhow::Result<tokio_postgres::Client> {

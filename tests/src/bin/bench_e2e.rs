@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use backflow_e2e::{
-    create_pg_database, drop_pg_database, free_local_addr, metric_sum, peak_rss_mb, pg_connect,
-    unique_name, Node, TestBroker,
+    create_bench_department, create_pg_database, drop_pg_database, free_local_addr, metric_sum,
+    peak_rss_mb, pg_connect, unique_name, Node, TestBroker,
 };
 
 const TX_ROWS: i64 = 10;
@@ -318,19 +318,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The department.
     let db = unique_name("bf_bench");
-    let dept = create_pg_database(&db).await?;
-    dept.batch_execute(
-        "CREATE TABLE t (id bigint PRIMARY KEY, name varchar(64) NOT NULL, region_code char(6) NOT NULL,
-            income numeric(12,2), birth date, updated_at timestamptz NOT NULL DEFAULT now(),
-            note text, score double precision, active boolean NOT NULL DEFAULT true);
-         ALTER TABLE t REPLICA IDENTITY FULL;
-         CREATE PUBLICATION bench_pub FOR TABLE t;",
-    )
-    .await?;
-    dept.batch_execute(
-        "SELECT pg_create_logical_replication_slot('bench_recv_' || current_database(), 'pgoutput')",
-    )
-    .await?;
+    let dept = create_bench_department(&db).await?;
 
     // The districts.
     let mut district_dbs = Vec::new();
@@ -472,13 +460,13 @@ async fn main() -> anyhow::Result<()> {
             .map(|d| format!("{:.1}", d.unwrap_or_default()))
             .collect::<Vec<_>>()
     );
+    let cpu_subs = cpu_subs
+        .iter()
+        .map(|c| format!("{c:.1}"))
+        .collect::<Vec<_>>()
+        .join(" + ");
     println!(
-        "  CPU seconds in the phase: node {cpu_node:.1}, subscribers {}, tansu {cpu_tansu:.1}, PostgreSQL {cpu_postgres:.1}; {throughput_load}",
-        cpu_subs
-            .iter()
-            .map(|c| format!("{c:.1}"))
-            .collect::<Vec<_>>()
-            .join(" + ")
+        "  CPU seconds in the phase: node {cpu_node:.1}, subscribers {cpu_subs}, tansu {cpu_tansu:.1}, PostgreSQL {cpu_postgres:.1}; {throughput_load}"
     );
 
     // pg_recvlogical: the same WAL range, decoded the same way, to /dev/null.
@@ -752,12 +740,7 @@ async fn main() -> anyhow::Result<()> {
         println!("| peak RSS subscriber {code} | {rss:.0} MB | ≤ 200 MB |");
     }
     println!(
-        "| CPU seconds of the throughput phase: node / subscribers / tansu / PostgreSQL | {cpu_node:.1} / {} / {cpu_tansu:.1} / {cpu_postgres:.1} | |",
-        cpu_subs
-            .iter()
-            .map(|c| format!("{c:.1}"))
-            .collect::<Vec<_>>()
-            .join(" + ")
+        "| CPU seconds of the throughput phase: node / subscribers / tansu / PostgreSQL | {cpu_node:.1} / {cpu_subs} / {cpu_tansu:.1} / {cpu_postgres:.1} | |"
     );
     println!("| throughput phase | {throughput_load} | |");
     println!("| latency phase | {stream_load} | |");

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use backflow_e2e::{create_pg_database, drop_pg_database, unique_name, Node, TestBroker};
+use backflow_e2e::{create_bench_department, drop_pg_database, unique_name, Node, TestBroker};
 
 const TX_ROWS: i64 = 10;
 
@@ -27,19 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let arg = |i: usize, default: i64| backflow_e2e::bench_arg(i, default);
     let (inserts, updates, big) = (arg(1, 1_000_000)?, arg(2, 200_000)?, arg(3, 1_000_000)?);
     let db = unique_name("bf_bench");
-    let client = create_pg_database(&db).await?;
-    client
-        .batch_execute(
-            "CREATE TABLE t (id bigint PRIMARY KEY, name varchar(64) NOT NULL, region_code char(6) NOT NULL,
-                income numeric(12,2), birth date, updated_at timestamptz NOT NULL DEFAULT now(),
-                note text, score double precision, active boolean NOT NULL DEFAULT true);
-             ALTER TABLE t REPLICA IDENTITY FULL;
-             CREATE PUBLICATION bench_pub FOR TABLE t;",
-        )
-        .await?;
-    client
-        .batch_execute("SELECT pg_create_logical_replication_slot('bench_recv_' || current_database(), 'pgoutput')")
-        .await?;
+    let client = create_bench_department(&db).await?;
 
     let broker = TestBroker::start_in_memory();
     let feed = db.replace('_', "-");
