@@ -167,7 +167,7 @@ impl Sink for BusSink {
             return Err(ConnectorError::bad_record(reason));
         }
         let mut applied = Applied::default();
-        let mut deliveries = Vec::with_capacity(batch.records.len());
+        let mut sent = self.ctx.publisher.batch();
         for r in &batch.records {
             let (topic, key, value) = self.encode(r).await?;
             self.ensure_topic(&topic).await?;
@@ -183,26 +183,25 @@ impl Sink for BusSink {
                 headers.push((HEADER_ORIGIN_TS, ts.as_bytes()));
             }
             headers.push((HEADER_HOPS, hops.as_bytes()));
-            deliveries.push(
-                self.ctx
-                    .publisher
-                    .enqueue(OutgoingRecord {
+            self.ctx
+                .publisher
+                .enqueue_in(
+                    &mut sent,
+                    OutgoingRecord {
                         topic: &topic,
                         key: Some(&key),
                         payload: value.as_deref(),
                         headers: &headers,
-                    })
-                    .await
-                    .map_err(kafka)?,
-            );
+                    },
+                )
+                .await
+                .map_err(kafka)?;
             match r.event.as_ref().map(|e| e.op) {
                 None | Some(Op::Delete) => applied.deleted += 1,
                 Some(_) => applied.upserted += 1,
             }
         }
-        for d in deliveries {
-            d.await.map_err(kafka)?;
-        }
+        sent.seal().await.map_err(kafka)?;
         if !batch.offsets.is_empty() {
             for o in &batch.offsets {
                 self.stored.insert((o.topic.clone(), o.partition), o.offset);

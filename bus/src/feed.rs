@@ -19,7 +19,7 @@ use backflow_schemas::{TableCodec, TableDesc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{Delivery, KafkaError, OutgoingRecord, Publisher, TopicAdmin, TopicSpec};
+use crate::kafka::{Acks, KafkaError, OutgoingRecord, Publisher, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
 use crate::topics;
@@ -86,6 +86,10 @@ const BATCH_RECORDS: usize = 2_000;
 /// Batches read ahead of the publishing task.
 const WORK_QUEUE: usize = 2;
 
+/// Batches handed to Kafka and awaiting acknowledgement before the
+/// publishing task waits (librdkafka's own queue bounds the records too).
+const PENDING_BATCHES: usize = 64;
+
 /// How often an acknowledged position is recorded in `backflow._offsets`.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -122,10 +126,11 @@ pub(crate) struct Encoder {
     pub(crate) value_id: u32,
 }
 
-enum Pending {
-    /// A record handed to Kafka.
-    Record(Delivery),
-    Checkpoint(Position),
+/// A batch handed to Kafka: its acknowledgement, then the position it
+/// confirms.
+struct Pending {
+    acks: Acks,
+    checkpoint: Option<Position>,
 }
 
 fn now_ms() -> i64 {
@@ -179,11 +184,11 @@ pub async fn run(
     tracing::info!(feed = name, tables = tables.len(), "feed started");
 
     // In-order acknowledgement tracking.
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(50_000);
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PENDING_BATCHES);
     let (acked_tx, mut acked_rx) = watch::channel::<Option<Position>>(None);
     let (fail_tx, mut fail_rx) = watch::channel::<Option<String>>(None);
-    // Commit times of changes handed to Kafka and not yet acknowledged,
-    // oldest first: the source lag is the age of the oldest one.
+    // The oldest commit time of each batch handed to Kafka and not yet
+    // acknowledged, oldest first: the source lag is the age of the first.
     let in_flight: Arc<Mutex<VecDeque<i64>>> = Arc::default();
     let lag = ctx.metrics.source_lag_seconds.with_label_values(&[name]);
     let lag_bytes = ctx.metrics.source_lag_bytes.with_label_values(&[name]);
@@ -203,17 +208,13 @@ pub async fn run(
     }));
     let acker = tokio::spawn(async move {
         while let Some(p) = pending_rx.recv().await {
-            match p {
-                Pending::Record(d) => {
-                    if let Err(e) = d.await {
-                        let _ = fail_tx.send(Some(e.to_string()));
-                        return;
-                    }
-                    acked_in_flight.lock().expect("lock").pop_front();
-                }
-                Pending::Checkpoint(pos) => {
-                    let _ = acked_tx.send(Some(pos));
-                }
+            if let Err(e) = p.acks.await {
+                let _ = fail_tx.send(Some(e.to_string()));
+                return;
+            }
+            acked_in_flight.lock().expect("lock").pop_front();
+            if let Some(pos) = p.checkpoint {
+                let _ = acked_tx.send(Some(pos));
             }
         }
     });
@@ -544,6 +545,11 @@ impl Publishing {
         mut dead: Vec<Dead>,
         checkpoint: Option<Position>,
     ) -> Result<bool, FeedError> {
+        let mut sent = self.ctx.publisher.batch();
+        let oldest = records
+            .first()
+            .map_or_else(now_ms, |r| r.event.source.ts_ms);
+        self.in_flight.lock().expect("lock").push_back(oldest);
         for record in records {
             let enc = encoder(&mut self.encoders, &record.table, &self.ctx).await?;
             let (key, value) = match encode(enc, &record) {
@@ -564,40 +570,34 @@ impl Publishing {
                 (HEADER_ORIGIN_TS, ts.as_bytes()),
                 (HEADER_HOPS, self.ctx.node.as_bytes()),
             ];
-            let delivery = self
-                .ctx
-                .publisher
-                .enqueue(OutgoingRecord {
-                    topic: &enc.topic,
-                    key: Some(&key),
-                    payload: Some(&value),
-                    headers: &headers,
-                })
+            let publisher = &self.ctx.publisher;
+            publisher
+                .enqueue_in(
+                    &mut sent,
+                    OutgoingRecord {
+                        topic: &enc.topic,
+                        key: Some(&key),
+                        payload: Some(&value),
+                        headers: &headers,
+                    },
+                )
                 .await?;
             if let Some((_, c)) = self.events.iter().find(|(op, _)| *op == record.event.op) {
                 c.inc();
             }
-            let commit_ms = record.event.source.ts_ms;
-            self.in_flight.lock().expect("lock").push_back(commit_ms);
-            if self.pending.send(Pending::Record(delivery)).await.is_err() {
-                return Ok(false);
-            }
             if record.event.op == backflow_schemas::Op::Delete {
                 // A tombstone after the delete lets compaction drop the key.
-                let tombstone = self
-                    .ctx
-                    .publisher
-                    .enqueue(OutgoingRecord {
-                        topic: &enc.topic,
-                        key: Some(&key),
-                        payload: None,
-                        headers: &headers,
-                    })
+                publisher
+                    .enqueue_in(
+                        &mut sent,
+                        OutgoingRecord {
+                            topic: &enc.topic,
+                            key: Some(&key),
+                            payload: None,
+                            headers: &headers,
+                        },
+                    )
                     .await?;
-                self.in_flight.lock().expect("lock").push_back(commit_ms);
-                if self.pending.send(Pending::Record(tombstone)).await.is_err() {
-                    return Ok(false);
-                }
             }
         }
         for d in &dead {
@@ -617,30 +617,29 @@ impl Publishing {
             if let Some(rules) = &d.rules {
                 headers.push((crate::standards::HEADER_DLQ_RULES, rules.as_bytes()));
             }
-            let delivery = self
-                .ctx
+            self.ctx
                 .publisher
-                .enqueue(OutgoingRecord {
-                    topic: &self.dlq,
-                    key: Some(d.table.as_bytes()),
-                    payload: Some(body.as_bytes()),
-                    headers: &headers,
-                })
+                .enqueue_in(
+                    &mut sent,
+                    OutgoingRecord {
+                        topic: &self.dlq,
+                        key: Some(d.table.as_bytes()),
+                        payload: Some(body.as_bytes()),
+                        headers: &headers,
+                    },
+                )
                 .await?;
             self.ctx
                 .metrics
                 .source_rejected
                 .with_label_values(&[&self.name])
                 .inc();
-            self.in_flight.lock().expect("lock").push_back(now_ms());
-            if self.pending.send(Pending::Record(delivery)).await.is_err() {
-                return Ok(false);
-            }
         }
-        Ok(match checkpoint {
-            Some(cp) => self.pending.send(Pending::Checkpoint(cp)).await.is_ok(),
-            None => true,
-        })
+        let pending = Pending {
+            acks: sent.seal(),
+            checkpoint,
+        };
+        Ok(self.pending.send(pending).await.is_ok())
     }
 }
 

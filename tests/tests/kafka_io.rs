@@ -230,27 +230,75 @@ async fn publisher_waits_on_full_queue_instead_of_dropping() {
         .insert("queue.buffering.max.messages".into(), "20".into());
     let metrics = Metrics::new();
     let publisher = Publisher::new(&small, Some(metrics.clone())).unwrap();
-    let mut pending = Vec::new();
+    // One batch of 2,000: its acknowledgement resolves only once all are in.
+    let mut batch = publisher.batch();
     for i in 0..2_000u32 {
         let value = format!("k:{i}");
-        pending.push(
-            publisher
-                .enqueue(OutgoingRecord::new(&topic, b"k", value.as_bytes()))
-                .await
-                .expect("enqueue waits instead of failing"),
-        );
+        publisher
+            .enqueue_in(
+                &mut batch,
+                OutgoingRecord::new(&topic, b"k", value.as_bytes()),
+            )
+            .await
+            .expect("enqueue waits instead of failing");
     }
-    let mut offsets = Vec::new();
-    for d in pending {
-        offsets.push(d.await.expect("delivered").offset);
-    }
+    assert_eq!(batch.len(), 2_000);
+    batch.seal().await.expect("delivered");
     assert_eq!(
-        offsets,
-        (0..2_000).collect::<Vec<i64>>(),
+        metrics.kafka_produced.with_label_values(&["other"]).get(),
+        2_000,
+        "every record was reported acknowledged"
+    );
+    let consumer = Consumer::replay(&settings, &topic, 0).unwrap();
+    let got = receive(&consumer, 2_000, Duration::from_secs(60)).await;
+    let values: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        (0..2_000).map(|i| format!("k:{i}")).collect::<Vec<_>>(),
         "all delivered, in order"
     );
     assert!(
         metrics.kafka_produce_queue_full.get() > 0,
         "the queue did fill up, so back-pressure was exercised"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_one_refused_record_resolves_to_that_refusal() {
+    let broker = TestBroker::start();
+    let mut settings = KafkaSettings::new(broker.bootstrap());
+    // Give up on an undeliverable record after 2 s instead of two minutes.
+    settings
+        .properties
+        .insert("message.timeout.ms".into(), "2000".into());
+    let topic = unique_name("backflow.test.batch");
+    create(&settings, &topic, 1).await;
+    let missing = unique_name("backflow.test.missing");
+    let metrics = Metrics::new();
+    let publisher = Publisher::new(&settings, Some(metrics.clone())).unwrap();
+    let mut batch = publisher.batch();
+    for t in [&topic, &missing, &topic] {
+        publisher
+            .enqueue_in(&mut batch, OutgoingRecord::new(t, b"k", b"v"))
+            .await
+            .expect("enqueued");
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(60), batch.seal())
+        .await
+        .expect("a refusal settles the batch");
+    let err = outcome.expect_err("the batch must not resolve to Ok");
+    assert!(
+        err.to_string().contains(&missing),
+        "the error names the topic that refused: {err}"
+    );
+    assert!(
+        metrics
+            .kafka_produce_errors
+            .with_label_values(&["other"])
+            .get()
+            >= 1
     );
 }

@@ -31,7 +31,7 @@ use crate::audit::Auditor;
 use crate::catalog::{Catalog, Subscription, SubscriptionState};
 use crate::config::ShareConfig;
 use crate::feed::{FeedContext, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
-use crate::kafka::{ConsumedRecord, Consumer, Delivery, KafkaError, OutgoingRecord, TopicSpec};
+use crate::kafka::{Acks, Batch, ConsumedRecord, Consumer, KafkaError, OutgoingRecord, TopicSpec};
 use crate::registry::RegistryError;
 use crate::topics;
 use policy::{SharePolicy, ShareTable};
@@ -203,7 +203,7 @@ pub async fn run(
                 None => break,
             }
         }
-        let mut deliveries: Vec<Delivery> = Vec::new();
+        let mut sent = ctx.publisher.batch();
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
         for record in &batch {
             let Some(dataset) = topics::dataset_of(&record.topic) else {
@@ -213,7 +213,7 @@ pub async fn run(
                 continue;
             };
             let mut out = Out {
-                deliveries: &mut deliveries,
+                sent: &mut sent,
                 tallies: &mut tallies,
             };
             distribute(
@@ -232,7 +232,7 @@ pub async fn run(
             take_join(join, &mut by_dataset, &mut versions, &position);
         }
         in_flight.push_back(InFlight {
-            deliveries,
+            acks: sent.seal(),
             batch,
             tallies,
         });
@@ -509,11 +509,11 @@ impl<'a> BackfillReader<'a> {
                 }
                 batch.push(r);
             }
-            let mut deliveries = Vec::new();
+            let mut sent = self.ctx.publisher.batch();
             let mut tallies = BTreeMap::new();
             for record in &batch {
                 let mut out = Out {
-                    deliveries: &mut deliveries,
+                    sent: &mut sent,
                     tallies: &mut tallies,
                 };
                 distribute(
@@ -527,9 +527,7 @@ impl<'a> BackfillReader<'a> {
                 )
                 .await?;
             }
-            for d in deliveries {
-                d.await?;
-            }
+            sent.seal().await?;
             self.total += tallies.values().map(|t| t.records).sum::<u64>();
             audit_batch(auditor, &batch, tallies).await?;
         }
@@ -539,7 +537,7 @@ impl<'a> BackfillReader<'a> {
 
 /// A processed batch whose share records are on their way to Kafka.
 struct InFlight {
-    deliveries: Vec<Delivery>,
+    acks: Acks,
     batch: Vec<ConsumedRecord>,
     tallies: BTreeMap<String, Tally>,
 }
@@ -547,9 +545,7 @@ struct InFlight {
 impl InFlight {
     /// Waits for every acknowledgement, audits, stores the raw offsets.
     async fn settle(self, auditor: &Auditor, consumer: &Consumer) -> Result<(), DistributorError> {
-        for d in self.deliveries {
-            d.await?;
-        }
+        self.acks.await?;
         audit_batch(auditor, &self.batch, self.tallies).await?;
         for record in &self.batch {
             consumer.store_record(record)?;
@@ -567,7 +563,7 @@ struct Tally {
 
 /// Where [`distribute`] puts its work.
 struct Out<'a> {
-    deliveries: &'a mut Vec<Delivery>,
+    sent: &'a mut Batch,
     tallies: &'a mut BTreeMap<String, Tally>,
 }
 
@@ -751,27 +747,29 @@ async fn distribute(
         tally.records += 1;
         tally.checksum.update(&key);
         tally.checksum.update(&value);
-        out.deliveries.push(
-            ctx.publisher
-                .enqueue(OutgoingRecord {
+        ctx.publisher
+            .enqueue_in(
+                out.sent,
+                OutgoingRecord {
                     topic: &s.topic,
                     key: Some(&key),
                     payload: Some(&value),
                     headers: &headers,
-                })
-                .await?,
-        );
+                },
+            )
+            .await?;
         if shared.op == Op::Delete {
-            out.deliveries.push(
-                ctx.publisher
-                    .enqueue(OutgoingRecord {
+            ctx.publisher
+                .enqueue_in(
+                    out.sent,
+                    OutgoingRecord {
                         topic: &s.topic,
                         key: Some(&key),
                         payload: None,
                         headers: &headers,
-                    })
-                    .await?,
-            );
+                    },
+                )
+                .await?;
         }
         ctx.metrics
             .distributor_records

@@ -15,7 +15,7 @@ use rdkafka::config::ClientConfig;
 pub use admin::{TopicAdmin, TopicSpec};
 pub use consumer::{group_committed, ConsumedRecord, Consumer};
 pub use embedded::{EmbeddedAdmin, EmbeddedBroker};
-pub use publisher::{Delivered, Delivery, OutgoingRecord, Publisher};
+pub use publisher::{Acks, Batch, Delivered, OutgoingRecord, Publisher};
 
 use crate::config::KafkaConfig;
 
@@ -37,9 +37,10 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    /// A delivery report was lost because the producer was dropped.
-    #[error("the producer was closed before Kafka acknowledged the record for topic {topic}")]
-    ProducerClosed { topic: String },
+    /// A record of a batch never reached the producer: its enqueue failed
+    /// or was abandoned (the batch is not acknowledged).
+    #[error("a record of the batch was not handed to Kafka (its enqueue failed or was abandoned)")]
+    NotEnqueued,
     /// Receiving from a consumer failed.
     #[error("consuming from Kafka failed: {0}")]
     Consume(#[source] rdkafka::error::KafkaError),
@@ -125,6 +126,29 @@ impl KafkaSettings {
         client: &'static str,
         tune: impl FnOnce(&mut ClientConfig),
     ) -> Result<C, KafkaError> {
+        self.config(tune)
+            .create()
+            .map_err(|source| KafkaError::Client { client, source })
+    }
+
+    /// Like [`KafkaSettings::create`], for a client with a context of its
+    /// own (callbacks such as delivery reports).
+    pub(crate) fn create_with_context<X, C>(
+        &self,
+        client: &'static str,
+        context: X,
+        tune: impl FnOnce(&mut ClientConfig),
+    ) -> Result<C, KafkaError>
+    where
+        X: rdkafka::ClientContext,
+        C: rdkafka::config::FromClientConfigAndContext<X>,
+    {
+        self.config(tune)
+            .create_with_context(context)
+            .map_err(|source| KafkaError::Client { client, source })
+    }
+
+    fn config(&self, tune: impl FnOnce(&mut ClientConfig)) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap)
             .set("client.id", &self.client_id)
@@ -134,8 +158,7 @@ impl KafkaSettings {
         for (k, v) in &self.properties {
             cfg.set(k, v);
         }
-        cfg.create()
-            .map_err(|source| KafkaError::Client { client, source })
+        cfg
     }
 }
 

@@ -4,29 +4,36 @@
 //!   retries, no acknowledgement before the in-sync replicas have the record,
 //!   and per-partition order kept (so per-key order, as the key picks the
 //!   partition).
-//! - Back-pressure: when librdkafka's local queue is full, [`Publisher::enqueue`]
-//!   waits until there is room instead of failing or dropping.
-//! - Every record resolves to [`Delivered`] or an error through its
-//!   [`Delivery`]; a source confirms its position only after every delivery
-//!   before it resolved to `Delivered`.
+//! - Back-pressure: when librdkafka's local queue is full,
+//!   [`Publisher::enqueue_in`] waits until there is room instead of failing
+//!   or dropping.
+//! - Records are enqueued in a [`Batch`]; its [`Acks`] resolve once Kafka
+//!   acknowledged every record of it, or to the first refusal. A source
+//!   confirms its position only after the acknowledgements of every batch
+//!   before it resolved to `Ok`. A delivery report settles a shared counter,
+//!   so a batch costs one wake-up, not a channel and a wake-up per record.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, Message, OwnedHeaders, Timestamp};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
 
 use super::{KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
 use crate::topics::TopicKind;
 
-/// The producer's metrics with their labels resolved once: a delivery
-/// holds one `Arc` instead of a clone of every metric of the process.
+/// The producer's metrics with their labels resolved once, shared by the
+/// publisher and its delivery reports: no label lookup per record.
 struct ProduceMetrics {
     /// By [`TopicKind::ALL`] index.
     produced: Vec<prometheus::IntCounter>,
@@ -93,55 +100,214 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// The pending acknowledgement of one enqueued record.
-#[must_use = "a record is only safe once its delivery resolved to Delivered"]
-pub struct Delivery {
-    inner: DeliveryFuture,
-    topic: String,
-    kind: TopicKind,
-    enqueued: Instant,
+/// What a batch's records have come to so far. Shared by the batch and the
+/// ticket of each of its records.
+struct AckState {
+    /// Records enqueued and not yet settled, plus one until the batch is
+    /// sealed (so it cannot look finished while records are still added).
+    outstanding: AtomicUsize,
+    /// Taken by a failing record before it counts itself settled, and by
+    /// the waiting task while it decides: so a task that sees no failure
+    /// and records outstanding leaves its waker for the report to wake.
+    inner: Mutex<Waiting>,
+    /// Where the last acknowledged record went (what [`Publisher::send`]
+    /// reports for its one record).
+    partition: AtomicI32,
+    offset: AtomicI64,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// The first record that was not acknowledged.
+    failed: Option<KafkaError>,
+    /// The task waiting for the batch.
+    waker: Option<Waker>,
+}
+
+impl AckState {
+    fn new() -> Self {
+        Self {
+            outstanding: AtomicUsize::new(1),
+            inner: Mutex::new(Waiting::default()),
+            partition: AtomicI32::new(-1),
+            offset: AtomicI64::new(-1),
+        }
+    }
+
+    /// Locks the waiting state. A panic elsewhere while it was held cannot
+    /// leave it inconsistent (each change is one assignment), so a poisoned
+    /// lock is used as it is rather than stopping delivery reports.
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One record settled (or the seal): wakes the waiting task when that
+    /// was the last or the record failed.
+    fn settle(&self, failure: Option<KafkaError>) {
+        let failed = failure.is_some();
+        if let Some(e) = failure {
+            self.waiting().failed.get_or_insert(e);
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 || failed {
+            let waker = self.waiting().waker.take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A record's claim on its batch, handed to librdkafka with the record and
+/// back in its delivery report. Dropped without a report (the enqueue
+/// failed or was abandoned), it settles its record as not delivered, so
+/// the batch can never resolve to `Ok` without it.
+struct Ticket(Option<Arc<AckState>>);
+
+impl Ticket {
+    fn new(state: &Arc<AckState>) -> Box<Self> {
+        state.outstanding.fetch_add(1, Ordering::Relaxed);
+        Box::new(Self(Some(state.clone())))
+    }
+
+    fn settle(mut self, failure: Option<KafkaError>) {
+        if let Some(state) = self.0.take() {
+            state.settle(failure);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            state.settle(Some(KafkaError::NotEnqueued));
+        }
+    }
+}
+
+/// Records being handed to Kafka as one unit: [`Publisher::enqueue_in`]
+/// adds to it, [`Batch::seal`] turns it into the [`Acks`] to wait for.
+/// Waiting for a batch costs one wake-up, not one per record.
+#[must_use = "a batch's records are only safe once its sealed acknowledgement resolved to Ok"]
+pub struct Batch {
+    state: Arc<AckState>,
+    producer: Producer,
+    records: usize,
+}
+
+impl Batch {
+    /// Records enqueued in this batch.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// Whether nothing was enqueued in it.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// No more records: the pending acknowledgement of those enqueued.
+    pub fn seal(self) -> Acks {
+        self.state.settle(None);
+        Acks {
+            state: self.state,
+            _producer: self.producer,
+        }
+    }
+}
+
+/// The pending acknowledgement of a sealed batch: resolves to `Ok` once
+/// Kafka acknowledged every record of it, or to the first record that was
+/// not delivered.
+#[must_use = "records are only safe once their acknowledgement resolved to Ok"]
+pub struct Acks {
+    state: Arc<AckState>,
+    /// Keeps the producer, and so its delivery reports, alive while the
+    /// acknowledgement is awaited.
+    _producer: Producer,
+}
+
+impl Future for Acks {
+    type Output = Result<(), KafkaError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut waiting = self.state.waiting();
+        // Read with the lock held: a failing record records its failure
+        // under this lock before it counts itself settled, so a count of
+        // zero read here comes with any failure of the batch.
+        let all_settled = self.state.outstanding.load(Ordering::Acquire) == 0;
+        if let Some(e) = waiting.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        if all_settled {
+            return Poll::Ready(Ok(()));
+        }
+        // A report that settles the last record afterwards takes this
+        // waker under the same lock.
+        waiting.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Receives librdkafka's delivery reports (from whichever thread polls the
+/// producer: its polling thread, a flush) and settles each record's batch.
+struct Reports {
     metrics: Option<Arc<ProduceMetrics>>,
 }
 
-impl Future for Delivery {
-    type Output = Result<Delivered, KafkaError>;
+impl ClientContext for Reports {}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let outcome = match Pin::new(&mut self.inner).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(outcome) => outcome,
-        };
-        let result = match outcome {
-            Ok(Ok(d)) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Ok(Err((source, _))) => Err(KafkaError::Delivery {
-                topic: self.topic.clone(),
-                source,
-            }),
-            Err(_canceled) => Err(KafkaError::ProducerClosed {
-                topic: self.topic.clone(),
-            }),
-        };
-        if let Some(m) = &self.metrics {
-            let kind = kind_index(self.kind);
-            match &result {
-                Ok(_) => {
-                    m.produced[kind].inc();
-                    m.ack_seconds.observe(self.enqueued.elapsed().as_secs_f64());
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let failure = match result {
+            Ok(message) => {
+                if let Some(state) = &ticket.0 {
+                    state
+                        .partition
+                        .store(message.partition(), Ordering::Relaxed);
+                    state.offset.store(message.offset(), Ordering::Relaxed);
                 }
-                Err(_) => m.errors[kind].inc(),
+                if let Some(m) = &self.metrics {
+                    m.produced[kind_index(TopicKind::of(message.topic()))].inc();
+                    // librdkafka stamps a record that has no timestamp with
+                    // its wall-clock time of enqueueing (a broker that sets
+                    // log-append times replaces it: not a measure then).
+                    if let Timestamp::CreateTime(created) = message.timestamp() {
+                        let ms = (now_ms() - created).max(0);
+                        m.ack_seconds.observe(ms as f64 / 1000.0);
+                    }
+                }
+                None
             }
-        }
-        Poll::Ready(result)
+            Err((source, message)) => {
+                if let Some(m) = &self.metrics {
+                    m.errors[kind_index(TopicKind::of(message.topic()))].inc();
+                }
+                Some(KafkaError::Delivery {
+                    topic: message.topic().to_owned(),
+                    source: source.clone(),
+                })
+            }
+        };
+        ticket.settle(failure);
     }
 }
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Cheap to clone: clones share one client and its polling thread.
+type Producer = ThreadedProducer<Reports>;
 
 /// The node's Kafka producer. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Producer,
     metrics: Option<Arc<ProduceMetrics>>,
 }
 
@@ -152,7 +318,11 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 impl Publisher {
     /// Creates an idempotent producer (`acks=all`).
     pub fn new(settings: &KafkaSettings, metrics: Option<Metrics>) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = settings.create("producer", |cfg| {
+        let metrics = metrics.as_ref().map(|m| Arc::new(ProduceMetrics::new(m)));
+        let reports = Reports {
+            metrics: metrics.clone(),
+        };
+        let producer: Producer = settings.create_with_context("producer", reports, |cfg| {
             cfg.set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("linger.ms", "5")
@@ -160,18 +330,28 @@ impl Publisher {
                 // delivery is reported as failed to the caller.
                 .set("message.timeout.ms", "120000");
         })?;
-        Ok(Self {
-            producer,
-            metrics: metrics.as_ref().map(|m| Arc::new(ProduceMetrics::new(m))),
-        })
+        Ok(Self { producer, metrics })
     }
 
-    /// Hands a record to the producer and returns its pending delivery.
+    /// An empty batch to enqueue records in.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            state: Arc::new(AckState::new()),
+            producer: self.producer.clone(),
+            records: 0,
+        }
+    }
+
+    /// Hands a record to the producer as part of `batch`.
     ///
     /// Waits while the local queue is full (back-pressure); never drops the
     /// record. Records enqueued in order with the same key are delivered in
     /// that order.
-    pub async fn enqueue(&self, record: OutgoingRecord<'_>) -> Result<Delivery, KafkaError> {
+    pub async fn enqueue_in(
+        &self,
+        batch: &mut Batch,
+        record: OutgoingRecord<'_>,
+    ) -> Result<(), KafkaError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in record.headers {
             headers = headers.insert(Header {
@@ -179,24 +359,25 @@ impl Publisher {
                 value: Some(*value),
             });
         }
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(record.topic).headers(headers);
+        // Counted before the send: its report may come before it returns.
+        // Should this future be dropped while it waits for room, or the
+        // send fail, the ticket is dropped with the record and fails the
+        // batch.
+        let ticket = Ticket::new(&batch.state);
+        let mut br: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
+            BaseRecord::with_opaque_to(record.topic, ticket).headers(headers);
         if let Some(key) = record.key {
-            fr = fr.key(key);
+            br = br.key(key);
         }
         if let Some(payload) = record.payload {
-            fr = fr.payload(payload);
+            br = br.payload(payload);
         }
         let mut waited = false;
         loop {
-            match self.producer.send_result(fr) {
-                Ok(inner) => {
-                    return Ok(Delivery {
-                        inner,
-                        topic: record.topic.to_owned(),
-                        kind: TopicKind::of(record.topic),
-                        enqueued: Instant::now(),
-                        metrics: self.metrics.clone(),
-                    })
+            match self.producer.send(br) {
+                Ok(()) => {
+                    batch.records += 1;
+                    return Ok(());
                 }
                 Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if !waited {
@@ -205,7 +386,7 @@ impl Publisher {
                             m.queue_full.inc();
                         }
                     }
-                    fr = back;
+                    br = back;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err((source, _)) => {
@@ -221,9 +402,25 @@ impl Publisher {
         }
     }
 
+    /// Hands one record to the producer and returns its pending
+    /// acknowledgement (see [`Publisher::enqueue_in`]).
+    pub async fn enqueue(&self, record: OutgoingRecord<'_>) -> Result<Acks, KafkaError> {
+        let mut batch = self.batch();
+        self.enqueue_in(&mut batch, record).await?;
+        Ok(batch.seal())
+    }
+
     /// Publishes one record and waits for Kafka's acknowledgement.
     pub async fn send(&self, record: OutgoingRecord<'_>) -> Result<Delivered, KafkaError> {
-        self.enqueue(record).await?.await
+        let acks = self.enqueue(record).await?;
+        let state = acks.state.clone();
+        acks.await?;
+        // Stored by the delivery report before it settled the batch, which
+        // the wait above observed.
+        Ok(Delivered {
+            partition: state.partition.load(Ordering::Relaxed),
+            offset: state.offset.load(Ordering::Relaxed),
+        })
     }
 
     /// Records handed over but not yet acknowledged.
@@ -241,5 +438,83 @@ impl Publisher {
                 topic: "*".to_owned(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer whose broker does not exist, giving up after 300 ms.
+    fn unreachable() -> Publisher {
+        let mut settings = KafkaSettings::new("127.0.0.1:9");
+        settings
+            .properties
+            .insert("message.timeout.ms".into(), "300".into());
+        Publisher::new(&settings, Some(Metrics::new())).expect("producer")
+    }
+
+    #[tokio::test]
+    async fn an_empty_batch_is_acknowledged_at_once() {
+        let publisher = unreachable();
+        let batch = publisher.batch();
+        assert!(batch.is_empty());
+        tokio::time::timeout(Duration::from_secs(1), batch.seal())
+            .await
+            .expect("nothing to wait for")
+            .expect("nothing refused");
+    }
+
+    #[tokio::test]
+    async fn a_record_that_never_reached_the_producer_fails_its_batch() {
+        let publisher = unreachable();
+        // Refused before librdkafka has it (a topic name C cannot hold):
+        // even a caller that ignored the error cannot seal the batch Ok.
+        let mut batch = publisher.batch();
+        let refused = publisher
+            .enqueue_in(&mut batch, OutgoingRecord::new("bad\0topic", b"k", b"v"))
+            .await;
+        assert!(refused.is_err());
+        let outcome = tokio::time::timeout(Duration::from_secs(1), batch.seal())
+            .await
+            .expect("settled at once");
+        assert!(
+            matches!(outcome, Err(KafkaError::NotEnqueued)),
+            "{outcome:?}"
+        );
+
+        // A record abandoned between being counted and being handed over
+        // (its enqueue cancelled while waiting for room) does the same.
+        let batch = publisher.batch();
+        drop(Ticket::new(&batch.state));
+        let outcome = tokio::time::timeout(Duration::from_secs(1), batch.seal())
+            .await
+            .expect("settled at once");
+        assert!(
+            matches!(outcome, Err(KafkaError::NotEnqueued)),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_undelivered_record_fails_its_batch_with_its_topic() {
+        let publisher = unreachable();
+        let mut batch = publisher.batch();
+        for topic in ["backflow.raw.a.b", "backflow.dlq.f"] {
+            publisher
+                .enqueue_in(&mut batch, OutgoingRecord::new(topic, b"k", b"v"))
+                .await
+                .expect("enqueued locally");
+        }
+        assert_eq!(batch.len(), 2);
+        let err = tokio::time::timeout(Duration::from_secs(30), batch.seal())
+            .await
+            .expect("the timeout settles the batch")
+            .expect_err("nothing was acknowledged");
+        assert!(
+            err.to_string().contains("backflow.raw.a.b")
+                || err.to_string().contains("backflow.dlq.f"),
+            "{err}"
+        );
     }
 }

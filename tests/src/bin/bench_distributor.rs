@@ -158,30 +158,29 @@ async fn fill(broker: &Broker, names: &Names, events: i64) -> anyhow::Result<()>
         .ensure(&[backflow::kafka::TopicSpec::compacted(topic.clone(), 3, 1)])
         .await?;
     let publisher = Arc::new(Publisher::new(&settings, None)?);
-    let mut pending = Vec::new();
+    let mut batch = publisher.batch();
     for id in 0..events {
         let event = event(id)?;
         let key = frame(key_id, &codec.encode_key(&event.key)?);
         let value = frame(value_id, &codec.encode_value(&event)?);
-        pending.push(
-            publisher
-                .enqueue(OutgoingRecord {
+        publisher
+            .enqueue_in(
+                &mut batch,
+                OutgoingRecord {
                     topic: &topic,
                     key: Some(&key),
                     payload: Some(&value),
                     headers: &[("backflow.origin_ts", b"1700000000000")],
-                })
-                .await?,
-        );
-        if pending.len() >= 10_000 {
-            for d in pending.drain(..) {
-                d.await?;
-            }
+                },
+            )
+            .await?;
+        if batch.len() >= 10_000 {
+            std::mem::replace(&mut batch, publisher.batch())
+                .seal()
+                .await?;
         }
     }
-    for d in pending {
-        d.await?;
-    }
+    batch.seal().await?;
     Ok(())
 }
 

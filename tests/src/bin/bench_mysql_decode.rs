@@ -15,9 +15,9 @@
 //! - produce only: the records the source read, encoded once beforehand,
 //!   published with the project's `Publisher` into a fresh tansu broker
 //!   (in-memory storage, as `bench_mysql_source` uses) onto a compacted
-//!   3-partition topic, with the feed's three headers, deliveries awaited in
-//!   order by a second task as the feed does: the broker's ceiling for the
-//!   feed's publishing path.
+//!   3-partition topic, with the feed's three headers, in batches of 2,000
+//!   whose acknowledgements are awaited in order, as the feed does: the
+//!   broker's ceiling for the feed's publishing path.
 //!
 //! Wall time and this process's CPU time (user + system) are printed for
 //! each. Run: `cargo build --release -p backflow-e2e --bin bench_mysql_decode
@@ -164,7 +164,7 @@ fn encode_record(codec: &TableCodec, r: &SourceRecord) -> anyhow::Result<(Vec<u8
 }
 
 /// Publishes the records into a fresh in-memory tansu, as the feed does:
-/// enqueue in order, deliveries awaited in order by a second task.
+/// enqueue in order, acknowledgements awaited per batch.
 async fn produce(records: &[(Vec<u8>, Vec<u8>, i64)]) -> anyhow::Result<(f64, f64)> {
     let broker = TestBroker::start_in_memory();
     let settings = KafkaSettings::new(broker.bootstrap());
@@ -176,19 +176,13 @@ async fn produce(records: &[(Vec<u8>, Vec<u8>, i64)]) -> anyhow::Result<(f64, f6
     for (k, v, _) in records.iter().take(100) {
         publisher.send(OutgoingRecord::new(topic, k, v)).await?;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel(50_000);
-    let acker = tokio::spawn(async move {
-        let mut n = 0usize;
-        while let Some(d) = rx.recv().await {
-            let d: backflow::kafka::Delivery = d;
-            d.await?;
-            n += 1;
-        }
-        anyhow::Ok(n)
-    });
     let cpu0 = cpu_secs();
     let started = Instant::now();
     let origin = "330106/bench-decode";
+    // Batches of 2,000 as a feed hands them over, acknowledged in order.
+    let mut pending = std::collections::VecDeque::new();
+    let mut batch = publisher.batch();
+    let mut n = 0usize;
     for (k, v, ts) in records {
         let ts = ts.to_string();
         let headers: [(&str, &[u8]); 3] = [
@@ -196,20 +190,30 @@ async fn produce(records: &[(Vec<u8>, Vec<u8>, i64)]) -> anyhow::Result<(f64, f6
             ("backflow.origin_ts", ts.as_bytes()),
             ("backflow.hops", b"330106"),
         ];
-        let d = publisher
-            .enqueue(OutgoingRecord {
-                topic,
-                key: Some(k),
-                payload: Some(v),
-                headers: &headers,
-            })
+        publisher
+            .enqueue_in(
+                &mut batch,
+                OutgoingRecord {
+                    topic,
+                    key: Some(k),
+                    payload: Some(v),
+                    headers: &headers,
+                },
+            )
             .await?;
-        if tx.send(d).await.is_err() {
-            break;
+        if batch.len() == BATCH_RECORDS {
+            n += batch.len();
+            pending.push_back(std::mem::replace(&mut batch, publisher.batch()).seal());
+            if pending.len() > 32 {
+                pending.pop_front().expect("non-empty").await?;
+            }
         }
     }
-    drop(tx);
-    let n = acker.await??;
+    n += batch.len();
+    pending.push_back(batch.seal());
+    for acks in pending {
+        acks.await?;
+    }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
     if n != records.len() {
