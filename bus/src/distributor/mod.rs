@@ -547,7 +547,14 @@ impl InFlight {
     async fn settle(self, auditor: &Auditor, consumer: &Consumer) -> Result<(), DistributorError> {
         self.acks.await?;
         audit_batch(auditor, &self.batch, self.tallies).await?;
+        // A partition's records come in offset order: storing its last
+        // one covers the rest (one librdkafka call per partition, not
+        // per record).
+        let mut last: HashMap<(&str, i32), &ConsumedRecord> = HashMap::new();
         for record in &self.batch {
+            last.insert((record.topic.as_str(), record.partition), record);
+        }
+        for record in last.into_values() {
             consumer.store_record(record)?;
         }
         Ok(())

@@ -62,6 +62,12 @@ impl ConsumedRecord {
     }
 }
 
+/// Most kilobytes a consumer fetches ahead of what was taken from it
+/// (librdkafka's `queued.max.messages.kbytes`, default 64 MB). 16 MB is
+/// tens of thousands of change events, more than a batch needs, and keeps
+/// a process with several consumers well inside its memory budget.
+const PREFETCH_KBYTES: &str = "16384";
+
 /// The offsets a consumer group has committed (the next record it reads)
 /// for these partitions, asked without joining the group; `None` where
 /// nothing is committed.
@@ -125,7 +131,8 @@ impl Consumer {
                 // Pick up topics created after subscribing (share topics appear as
                 // subscriptions are approved) within seconds, not minutes.
                 .set("topic.metadata.refresh.interval.ms", "5000")
-                .set("heartbeat.interval.ms", "1000");
+                .set("heartbeat.interval.ms", "1000")
+                .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
         })?;
         inner.subscribe(topics).map_err(KafkaError::Consume)?;
         Ok(Self { inner, metrics })
@@ -191,7 +198,8 @@ impl Consumer {
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
                 .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
-                .set("auto.offset.reset", "earliest");
+                .set("auto.offset.reset", "earliest")
+                .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
         })?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
@@ -249,7 +257,8 @@ impl Consumer {
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
                 .set("auto.offset.reset", "earliest")
-                .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string());
+                .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
+                .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
         })?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in start {
