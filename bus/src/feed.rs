@@ -570,34 +570,25 @@ impl Publishing {
                 (HEADER_ORIGIN_TS, ts.as_bytes()),
                 (HEADER_HOPS, self.ctx.node.as_bytes()),
             ];
-            let publisher = &self.ctx.publisher;
-            publisher
-                .enqueue_in(
-                    &mut sent,
-                    OutgoingRecord {
-                        topic: &enc.topic,
-                        key: Some(&key),
-                        payload: Some(&value),
-                        headers: &headers,
-                    },
-                )
-                .await?;
-            if let Some((_, c)) = self.events.iter().find(|(op, _)| *op == record.event.op) {
-                c.inc();
-            }
-            if record.event.op == backflow_schemas::Op::Delete {
-                // A tombstone after the delete lets compaction drop the key.
-                publisher
+            // A tombstone after a delete lets compaction drop the key.
+            let tombstone = record.event.op == backflow_schemas::Op::Delete;
+            let payloads = [Some(value.as_slice()), None];
+            for payload in &payloads[..1 + usize::from(tombstone)] {
+                self.ctx
+                    .publisher
                     .enqueue_in(
                         &mut sent,
                         OutgoingRecord {
                             topic: &enc.topic,
                             key: Some(&key),
-                            payload: None,
+                            payload: *payload,
                             headers: &headers,
                         },
                     )
                     .await?;
+            }
+            if let Some((_, c)) = self.events.iter().find(|(op, _)| *op == record.event.op) {
+                c.inc();
             }
         }
         for d in &dead {
