@@ -21,6 +21,7 @@
 //! A subscription id is `<subscriber>:<dataset>`. Every decision goes to the
 //! audit trail.
 
+use backflow_connectors::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -35,8 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::Auditor;
 use crate::catalog::{
-    now_ms, random_secret, Catalog, CatalogRecord, Dataset, SharingClass, Subscription,
-    SubscriptionState,
+    random_secret, Catalog, CatalogRecord, Dataset, SharingClass, Subscription, SubscriptionState,
 };
 use crate::config::TokenConfig;
 

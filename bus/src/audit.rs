@@ -8,8 +8,9 @@
 //! whose hash does not match (edited), whose sequence skips (missing) or
 //! repeats (inserted), or whose previous hash is not its predecessor's.
 
+use backflow_connectors::now_ms;
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -42,13 +43,6 @@ fn digest(body: &Value) -> String {
     let text = body.to_string();
     let out = Sha256::digest(text.as_bytes());
     out.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Reads every record of the audit topic (up to its end when called).

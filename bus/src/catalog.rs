@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, RwLock};
@@ -341,13 +341,6 @@ struct Inner {
     publisher: Publisher,
     watermarks: Watermarks,
     writer: tokio::sync::Mutex<()>,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// 32 random bytes, hex (an HMAC key per subscription).

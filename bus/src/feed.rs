@@ -9,9 +9,10 @@
 //! Records the source could not read go to `backflow.dlq.<feed>` with the
 //! reason; the feed goes on.
 
+use backflow_connectors::now_ms;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backflow_connectors::{ConnectorError, Position, Source, SourceRecord};
 use backflow_schemas::registry_client::subject_for;
@@ -131,13 +132,6 @@ pub(crate) struct Encoder {
 struct Pending {
     acks: Acks,
     checkpoint: Option<Position>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Runs one feed until `shutdown` or an error.

@@ -23,6 +23,7 @@
 //!
 //! Feeds get the same statuses from their source lag and event counts.
 
+use backflow_connectors::now_ms;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -261,13 +262,6 @@ impl LagBoard {
             })
             .unwrap_or_default()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// What the node serves: (subscriber, dataset) pairs with an active share.

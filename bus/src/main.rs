@@ -1,5 +1,6 @@
 //! The `backflow` command.
 
+use backflow_connectors::now_ms;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -667,13 +668,6 @@ fn lag_table(api: &ApiArgs, watch: bool) -> anyhow::Result<()> {
             }
         }
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// The lag board as aligned text.

@@ -31,7 +31,7 @@ pub async fn save(
     feed: &str,
     position: &Position,
 ) -> Result<(), KafkaError> {
-    let ts_ms = crate::catalog::now_ms();
+    let ts_ms = backflow_connectors::now_ms();
     let value = serde_json::to_vec(&Stored {
         feed: feed.to_owned(),
         position: position.0.clone(),
@@ -90,7 +90,7 @@ pub async fn save_subscription(
     let value = serde_json::to_vec(&StoredOffsets {
         subscription: subscription.to_owned(),
         offsets: all.to_vec(),
-        ts_ms: crate::catalog::now_ms(),
+        ts_ms: backflow_connectors::now_ms(),
     })
     .expect("serializes");
     let k = subscription_key(subscription);

@@ -11,9 +11,10 @@
 //! the upstream cluster (acknowledged before the offset that covers them is
 //! committed) and the subscription goes on.
 
+use backflow_connectors::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use backflow_connectors::sink::mysql::MysqlSink;
@@ -704,13 +705,6 @@ impl<'a> Run<'a> {
             seconds.set(((now_ms() - ms).max(0)) as f64 / 1000.0);
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn origin_ms(raw: &ConsumedRecord) -> Option<i64> {

@@ -22,5 +22,6 @@ pub use sink::{
     TopicOffset,
 };
 pub use source::{
-    Position, RejectedRecord, SnapshotStatus, Source, SourceBatch, SourceGauges, SourceRecord,
+    now_ms, Position, RejectedRecord, SnapshotStatus, Source, SourceBatch, SourceGauges,
+    SourceRecord,
 };

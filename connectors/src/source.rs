@@ -297,6 +297,15 @@ impl SourceGauges {
     }
 }
 
+/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is
+/// before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

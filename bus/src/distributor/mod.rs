@@ -754,25 +754,16 @@ async fn distribute(
         tally.records += 1;
         tally.checksum.update(&key);
         tally.checksum.update(&value);
-        ctx.publisher
-            .enqueue_in(
-                out.sent,
-                OutgoingRecord {
-                    topic: &s.topic,
-                    key: Some(&key),
-                    payload: Some(&value),
-                    headers: &headers,
-                },
-            )
-            .await?;
-        if shared.op == Op::Delete {
+        // A tombstone after a delete lets compaction drop the key.
+        let payloads = [Some(value.as_slice()), None];
+        for payload in &payloads[..1 + usize::from(shared.op == Op::Delete)] {
             ctx.publisher
                 .enqueue_in(
                     out.sent,
                     OutgoingRecord {
                         topic: &s.topic,
                         key: Some(&key),
-                        payload: None,
+                        payload: *payload,
                         headers: &headers,
                     },
                 )

@@ -86,12 +86,13 @@
 pub(crate) mod catalog;
 mod rows;
 
+use crate::now_ms;
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backflow_schemas::{
@@ -238,13 +239,6 @@ impl SnapshotProgress {
 
 /// What a stored checkpoint says (streaming: binlog file and position).
 type Resume = crate::source::Resume<SnapshotProgress, (String, u64)>;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 /// A table version: the shared description and how to read its columns.
 struct Version {

@@ -178,10 +178,11 @@ mod mysql;
 mod postgres;
 mod sqlite;
 
+use crate::now_ms;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, SourceInfo, TableDesc};
@@ -575,13 +576,6 @@ fn row_position(ts: i64, inc: i64) -> Position {
 /// key-diff deletes).
 fn time_position(micros: i64) -> Position {
     Position(sortable(micros))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Whether a soft-delete column's value marks the row deleted: anything

@@ -67,10 +67,11 @@
 pub(crate) mod catalog;
 pub mod pgoutput;
 
+use crate::now_ms;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backflow_schemas::{
@@ -247,13 +248,6 @@ impl SnapshotProgress {
 /// What a stored checkpoint says (streaming: every change up to this LSN
 /// is in Kafka).
 type Resume = crate::source::Resume<SnapshotProgress, Lsn>;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 struct Captured {
     desc: Arc<TableDesc>,
