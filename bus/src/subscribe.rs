@@ -25,8 +25,8 @@ use backflow_connectors::{
 };
 use backflow_schemas::registry_client::{RegistryClient, RegistryClientError};
 use backflow_schemas::{
-    key_table_from_schema, table_from_schemas, unframe, FramedReaders, TableCodec, TableDesc,
-    TableTarget,
+    key_table_from_schema, table_from_schemas, unframe, EventReader, FramedReaders, TableCodec,
+    TableDesc, TableTarget,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -738,8 +738,8 @@ pub(crate) struct Decoder {
     readers: FramedReaders,
     schemas: HashMap<u32, Arc<Schema>>,
     targets: HashMap<String, TableTarget>,
-    /// (topic, key schema id, value schema id) → table and codec.
-    tables: HashMap<(String, u32, u32), (Arc<TableDesc>, TableCodec)>,
+    /// (topic, key schema id, value schema id) → table and reader.
+    tables: HashMap<(String, u32, u32), (Arc<TableDesc>, EventReader)>,
     /// (topic, key schema id) → key-only table, for tombstones.
     keys: HashMap<(String, u32), (Arc<TableDesc>, TableCodec)>,
 }
@@ -815,10 +815,6 @@ impl Decoder {
                 "key schema id {key_id} is not in the upstream registry"
             )));
         };
-        let key_value = match self.readers.decode(key_bytes) {
-            Ok((_, v)) => v,
-            Err(e) => return Ok(Err(format!("key: {e}"))),
-        };
         let from = TopicOffset {
             topic: raw.topic.clone(),
             partition: raw.partition,
@@ -834,7 +830,11 @@ impl Decoder {
                 };
             }
             let (table, codec) = &self.keys[&slot];
-            return Ok(match codec.key_from(key_value) {
+            let key = match self.readers.decode(key_bytes) {
+                Ok((_, v)) => codec.key_from(v),
+                Err(e) => Err(e.to_string()),
+            };
+            return Ok(match key {
                 Ok(key) => Ok(SinkRecord {
                     from,
                     table: self
@@ -859,28 +859,23 @@ impl Decoder {
         let slot = (raw.topic.clone(), key_id, value_id);
         if !self.tables.contains_key(&slot) {
             match with_codec(table_from_schemas(&key_schema, &value_schema, &target)) {
-                Ok(t) => self.tables.insert(slot.clone(), t),
+                Ok((table, codec)) => self.tables.insert(
+                    slot.clone(),
+                    (table, EventReader::new(codec, &key_schema, &value_schema)),
+                ),
                 Err(e) => return Ok(Err(e)),
             };
         }
-        let value = match self.readers.decode(payload) {
-            Ok((_, v)) => v,
-            Err(e) => return Ok(Err(format!("value: {e}"))),
-        };
-        let (table, codec) = &self.tables[&slot];
-        let key = match codec.key_from(key_value) {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(format!("key: {e}"))),
-        };
-        Ok(match codec.event_from(key.clone(), value) {
+        let (table, reader) = &self.tables[&slot];
+        Ok(match reader.read(&self.readers, key_bytes, payload) {
             Ok(event) => Ok(SinkRecord {
                 from,
                 table: table.clone(),
-                key,
+                key: event.key.clone(),
                 event: Some(event),
                 provenance: provenance(raw),
             }),
-            Err(e) => Err(format!("value: {e}")),
+            Err(e) => Err(e),
         })
     }
 

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use backflow_schemas::{
-    table_from_schemas, unframe, Datum, FramedReaders, Op, Row, TableCodec, TableDesc, TableTarget,
+    table_from_schemas, unframe, Datum, EventReader, FramedReaders, Op, Row, TableCodec, TableDesc,
+    TableTarget,
 };
 
 use crate::feed::{FeedContext, FeedError};
@@ -17,7 +18,7 @@ use crate::topics;
 
 /// A writer schema's codec and, per column of the wanted table, where it
 /// is in the writer's rows.
-type Writer = (TableCodec, Vec<Option<usize>>);
+type Writer = (EventReader, Vec<Option<usize>>);
 
 /// How long reading a topic to its end may take before it is an error.
 const READ_LIMIT: Duration = Duration::from_secs(300);
@@ -106,26 +107,18 @@ pub async fn current_rows(ctx: &FeedContext, table: &TableDesc) -> Result<Vec<Ro
                                 .iter()
                                 .map(|c| codec.table().column(&c.name).map(|(i, _)| i))
                                 .collect();
-                            (codec, at)
+                            (EventReader::new(codec, &k, &v), at)
                         })
                 }
                 _ => None,
             };
             slot.insert(version);
         }
-        let Some((codec, at)) = &versions[&(key_id, value_id)] else {
+        let Some((reader, at)) = &versions[&(key_id, value_id)] else {
             skipped += 1;
             continue;
         };
-        let event = readers
-            .decode(key_bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|(_, k)| codec.key_from(k))
-            .and_then(|key| {
-                let (_, v) = readers.decode(payload).map_err(|e| e.to_string())?;
-                codec.event_from(key, v)
-            });
-        match event {
+        match reader.read(&readers, key_bytes, payload) {
             Ok(e) if e.op == Op::Delete => {
                 rows.remove(key_body);
             }

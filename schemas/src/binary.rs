@@ -6,7 +6,7 @@
 //! [`crate::TableDesc::check_row`].
 
 use crate::datum::{Datum, Row};
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, EventRef};
 use crate::table::ColumnDesc;
 
 fn long(out: &mut Vec<u8>, v: i64) {
@@ -65,8 +65,8 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// The envelope of a change event.
-pub(crate) fn envelope(out: &mut Vec<u8>, columns: &[ColumnDesc], e: &ChangeEvent) {
-    for image in [&e.before, &e.after] {
+pub(crate) fn envelope(out: &mut Vec<u8>, columns: &[ColumnDesc], e: EventRef<'_>) {
+    for image in [e.before, e.after] {
         match image {
             None => out.push(0),
             Some(r) => {
@@ -94,7 +94,7 @@ pub(crate) fn envelope(out: &mut Vec<u8>, columns: &[ColumnDesc], e: &ChangeEven
             long(out, t);
         }
     }
-    match &e.transaction {
+    match e.transaction {
         None => out.push(0),
         Some(t) => {
             out.push(2);
@@ -102,5 +102,201 @@ pub(crate) fn envelope(out: &mut Vec<u8>, columns: &[ColumnDesc], e: &ChangeEven
             long(out, t.total_order);
             long(out, t.data_collection_order);
         }
+    }
+}
+
+/// Avro binary input, read front to back. Errors say what was expected
+/// and where, never the bytes.
+pub(crate) struct Input<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    /// Fails unless every byte was read.
+    pub(crate) fn finish(self) -> Result<(), String> {
+        match self.rest.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes left over after the record")),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.rest.len() < n {
+            return Err(format!(
+                "truncated: {n} bytes needed, {} left",
+                self.rest.len()
+            ));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn long(&mut self) -> Result<i64, String> {
+        let mut z: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
+            }
+        }
+        Err("a variable-length integer longer than 10 bytes".to_owned())
+    }
+
+    fn int(&mut self) -> Result<i32, String> {
+        let v = self.long()?;
+        i32::try_from(v)
+            .map_err(|_| format!("an int out of range ({} bits)", 64 - v.leading_zeros()))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.long()?;
+        let len = usize::try_from(len).map_err(|_| "a negative length".to_owned())?;
+        self.take(len)
+    }
+
+    fn str(&mut self) -> Result<&'a str, String> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| "a string that is not UTF-8".to_owned())
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.str().map(str::to_owned)
+    }
+
+    /// The branch of a `["null", T]` union: whether `T` follows.
+    fn present(&mut self) -> Result<bool, String> {
+        match self.long()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            n => Err(format!("union branch {n} of a two-branch union")),
+        }
+    }
+
+    fn opt_string(&mut self) -> Result<Option<String>, String> {
+        Ok(if self.present()? {
+            Some(self.string()?)
+        } else {
+            None
+        })
+    }
+
+    fn datum(&mut self, c: &ColumnDesc) -> Result<Datum, String> {
+        use crate::types::SqlType as T;
+        Ok(match &c.sql_type {
+            T::Boolean => match self.take(1)?[0] {
+                0 => Datum::Bool(false),
+                1 => Datum::Bool(true),
+                b => return Err(format!("boolean byte {b}")),
+            },
+            T::SmallInt | T::Int => Datum::Int(self.int()?),
+            T::Date => Datum::Date(self.int()?),
+            T::BigInt => Datum::Long(self.long()?),
+            T::Time => Datum::Time(self.long()?),
+            T::Timestamp => Datum::Timestamp(self.long()?),
+            T::TimestampTz => Datum::TimestampTz(self.long()?),
+            T::Real => Datum::Float(f32::from_le_bytes(self.take(4)?.try_into().expect("4"))),
+            T::Double => Datum::Double(f64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
+            T::Decimal {
+                precision: Some(_),
+                scale,
+            } => Datum::Decimal(crate::datum::Decimal {
+                unscaled: num_bigint::BigInt::from_signed_bytes_be(self.bytes()?),
+                scale: scale.unwrap_or(0),
+            }),
+            T::Decimal {
+                precision: None, ..
+            }
+            | T::Text
+            | T::Varchar { .. }
+            | T::Char { .. } => Datum::Text(self.string()?),
+            T::Json => Datum::Json(self.string()?),
+            T::Bytes => Datum::Bytes(self.bytes()?.to_vec()),
+            T::Uuid => Datum::Uuid(self.str()?.parse().map_err(|_| "not a UUID".to_owned())?),
+        })
+    }
+
+    /// A record of `columns` as [`row`] writes it.
+    pub(crate) fn row<'c>(
+        &mut self,
+        columns: impl ExactSizeIterator<Item = &'c ColumnDesc>,
+    ) -> Result<Row, String> {
+        let mut values = Vec::with_capacity(columns.len());
+        for c in columns {
+            let d = if c.nullable && !self.present()? {
+                Datum::Null
+            } else {
+                self.datum(c)
+                    .map_err(|e| format!("column {}: {e}", c.name))?
+            };
+            values.push(d);
+        }
+        Ok(Row(values))
+    }
+
+    /// A change event's envelope as [`envelope`] writes it.
+    pub(crate) fn envelope(
+        &mut self,
+        columns: &[ColumnDesc],
+        key: Row,
+    ) -> Result<ChangeEvent, String> {
+        use crate::event::{Op, Snapshot, SourceInfo, TransactionInfo};
+        let image = |input: &mut Self, name: &str| -> Result<Option<Row>, String> {
+            if !input.present().map_err(|e| format!("{name}: {e}"))? {
+                return Ok(None);
+            }
+            input
+                .row(columns.iter())
+                .map(Some)
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let before = image(self, "before")?;
+        let after = image(self, "after")?;
+        let source = (|| {
+            Ok::<_, String>(SourceInfo {
+                version: self.string()?,
+                connector: self.string()?,
+                name: self.string()?,
+                node: self.string()?,
+                ts_ms: self.long()?,
+                snapshot: Snapshot::parse(self.str()?)
+                    .ok_or("snapshot is not true, false or last")?,
+                db: self.string()?,
+                schema: self.opt_string()?,
+                table: self.string()?,
+                position: self.string()?,
+                txid: self.opt_string()?,
+            })
+        })()
+        .map_err(|e| format!("source: {e}"))?;
+        let code = self.str().map_err(|e| format!("op: {e}"))?;
+        let op = Op::from_code(code).ok_or_else(|| format!("unknown op {code:?}"))?;
+        let ts_ms = if self.present()? {
+            Some(self.long()?)
+        } else {
+            None
+        };
+        let transaction = if self.present()? {
+            Some(TransactionInfo {
+                id: self.string()?,
+                total_order: self.long()?,
+                data_collection_order: self.long()?,
+            })
+        } else {
+            None
+        };
+        Ok(ChangeEvent {
+            key,
+            before,
+            after,
+            source,
+            op,
+            ts_ms,
+            transaction,
+        })
     }
 }

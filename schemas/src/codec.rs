@@ -11,7 +11,7 @@ use num_bigint::BigInt;
 use serde_json::{json, Value as Json};
 
 use crate::datum::{Datum, Decimal, Row};
-use crate::event::{ChangeEvent, Op, Snapshot, SourceInfo, TransactionInfo};
+use crate::event::{ChangeEvent, EventRef, Op, Snapshot, SourceInfo, TransactionInfo};
 use crate::table::{ColumnDesc, TableDesc};
 use crate::types::SqlType;
 use crate::SchemaError;
@@ -204,9 +204,19 @@ impl TableCodec {
         value_id: u32,
         event: &ChangeEvent,
     ) -> Result<(Vec<u8>, Vec<u8>), SchemaError> {
+        self.encode_framed_parts(key_id, value_id, event.parts())
+    }
+
+    /// [`TableCodec::encode_framed`] of an event given by its parts.
+    pub fn encode_framed_parts(
+        &self,
+        key_id: u32,
+        value_id: u32,
+        event: EventRef<'_>,
+    ) -> Result<(Vec<u8>, Vec<u8>), SchemaError> {
         let key_columns = || self.key_index.iter().map(|i| &self.table.columns[*i]);
-        crate::table::check_values(&self.table, key_columns(), &event.key)?;
-        for r in [&event.before, &event.after].into_iter().flatten() {
+        crate::table::check_values(&self.table, key_columns(), event.key)?;
+        for r in [event.before, event.after].into_iter().flatten() {
             self.table.check_row(r)?;
         }
         let header = |id: u32, capacity: usize| {
@@ -216,7 +226,7 @@ impl TableCodec {
             out
         };
         let mut key = header(key_id, 16);
-        crate::binary::row(&mut key, key_columns(), &event.key);
+        crate::binary::row(&mut key, key_columns(), event.key);
         let mut value = header(value_id, 256);
         crate::binary::envelope(&mut value, &self.table.columns, event);
         Ok((key, value))
@@ -228,7 +238,7 @@ impl TableCodec {
             self.table.check_row(r)?;
         }
         let mut out = Vec::with_capacity(256);
-        crate::binary::envelope(&mut out, &self.table.columns, event);
+        crate::binary::envelope(&mut out, &self.table.columns, event.parts());
         Ok(out)
     }
 
@@ -281,16 +291,48 @@ impl TableCodec {
             .map_err(|e| self.err_encode(e))
     }
 
-    /// Decodes a key row.
+    /// Whether `key` and `value` are this codec's own schemas (by Avro's
+    /// structural equality: names, fields, types and logical types): then
+    /// records written with them can be read by [`TableCodec::decode_key`]
+    /// and [`TableCodec::decode_value`], which skip Avro's generic reader.
+    pub fn written_with(&self, key: &Schema, value: &Schema) -> bool {
+        *self.key_schema == *key && *self.value_schema == *value
+    }
+
+    /// Decodes a key row (raw Avro datum written with this codec's key
+    /// schema), straight into the row.
     pub fn decode_key(&self, bytes: &[u8]) -> Result<Row, SchemaError> {
+        let mut input = crate::binary::Input::new(bytes);
+        let key_columns = self.key_index.iter().map(|i| &self.table.columns[*i]);
+        let row = input.row(key_columns).map_err(|e| self.err_decode(e))?;
+        input.finish().map_err(|e| self.err_decode(e))?;
+        Ok(row)
+    }
+
+    /// Decodes a change event's value (raw Avro datum written with this
+    /// codec's value schema), straight into the event; `key` is the
+    /// decoded Kafka key.
+    pub fn decode_value(&self, key: Row, bytes: &[u8]) -> Result<ChangeEvent, SchemaError> {
+        let mut input = crate::binary::Input::new(bytes);
+        let event = input
+            .envelope(&self.table.columns, key)
+            .map_err(|e| self.err_decode(e))?;
+        input.finish().map_err(|e| self.err_decode(e))?;
+        Ok(event)
+    }
+
+    /// [`TableCodec::decode_key`] through Avro's generic reader: the
+    /// reference the direct decoder is checked against (slower).
+    pub fn decode_key_generic(&self, bytes: &[u8]) -> Result<Row, SchemaError> {
         let v = self.read(&self.io.key_reader, bytes)?;
         let fields = into_record(v).map_err(|e| self.err_decode(e))?;
         let cols = self.table.key_columns();
         row_from(cols.into_iter(), fields).map_err(|e| self.err_decode(e))
     }
 
-    /// Decodes a change event's value; `key` is the decoded Kafka key.
-    pub fn decode_value(&self, key: Row, bytes: &[u8]) -> Result<ChangeEvent, SchemaError> {
+    /// [`TableCodec::decode_value`] through Avro's generic reader: the
+    /// reference the direct decoder is checked against (slower).
+    pub fn decode_value_generic(&self, key: Row, bytes: &[u8]) -> Result<ChangeEvent, SchemaError> {
         let v = self.read(&self.io.value_reader, bytes)?;
         self.event_from(key, v).map_err(|e| self.err_decode(e))
     }

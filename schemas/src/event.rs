@@ -129,3 +129,39 @@ pub struct ChangeEvent {
     /// Transaction metadata, when the source provides it.
     pub transaction: Option<TransactionInfo>,
 }
+
+/// A change event's parts, borrowed: what encoding needs. A distributor
+/// builds one per subscriber from its own rows and the source event's
+/// provenance, without copying the provenance.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    /// Primary key of the row.
+    pub key: &'a Row,
+    /// Row before the change.
+    pub before: Option<&'a Row>,
+    /// Row after the change.
+    pub after: Option<&'a Row>,
+    /// Provenance.
+    pub source: &'a SourceInfo,
+    /// What happened.
+    pub op: Op,
+    /// When backflow processed it.
+    pub ts_ms: Option<i64>,
+    /// Transaction metadata.
+    pub transaction: Option<&'a TransactionInfo>,
+}
+
+impl ChangeEvent {
+    /// The event's parts, borrowed.
+    pub fn parts(&self) -> EventRef<'_> {
+        EventRef {
+            key: &self.key,
+            before: self.before.as_ref(),
+            after: self.after.as_ref(),
+            source: &self.source,
+            op: self.op,
+            ts_ms: self.ts_ms,
+            transaction: self.transaction.as_ref(),
+        }
+    }
+}

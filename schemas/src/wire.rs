@@ -210,3 +210,71 @@ impl FramedReaders {
         whole(id, body, value)
     }
 }
+
+/// Reads framed change events of one table version: straight into rows
+/// when the writer's schemas are the codec's own (what backflow writes; see
+/// [`crate::TableCodec::written_with`]), else through Avro's generic reader
+/// with the writer's schemas (added to the [`FramedReaders`] by the
+/// caller) and converted by the codec.
+#[derive(Debug, Clone)]
+pub struct EventReader {
+    codec: crate::TableCodec,
+    direct: bool,
+}
+
+impl EventReader {
+    /// A reader for records written with `key` and `value`, read as
+    /// `codec`'s table.
+    pub fn new(codec: crate::TableCodec, key: &Schema, value: &Schema) -> Self {
+        let direct = codec.written_with(key, value);
+        Self { codec, direct }
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &crate::TableCodec {
+        &self.codec
+    }
+
+    /// Whether records are read without Avro's generic reader.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Decodes a framed key and value into a change event. The error says
+    /// which of the two is wrong and why (never a value).
+    pub fn read(
+        &self,
+        readers: &FramedReaders,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<crate::ChangeEvent, String> {
+        let key = self
+            .read_key(readers, key)
+            .map_err(|e| format!("key: {e}"))?;
+        let event = if self.direct {
+            unframe(value)
+                .map_err(|e| e.to_string())
+                .and_then(|(_, body)| {
+                    self.codec
+                        .decode_value(key, body)
+                        .map_err(|e| e.to_string())
+                })
+        } else {
+            readers
+                .decode(value)
+                .map_err(|e| e.to_string())
+                .and_then(|(_, v)| self.codec.event_from(key, v))
+        };
+        event.map_err(|e| format!("value: {e}"))
+    }
+
+    fn read_key(&self, readers: &FramedReaders, key: &[u8]) -> Result<crate::Row, String> {
+        if self.direct {
+            let (_, body) = unframe(key).map_err(|e| e.to_string())?;
+            self.codec.decode_key(body).map_err(|e| e.to_string())
+        } else {
+            let (_, v) = readers.decode(key).map_err(|e| e.to_string())?;
+            self.codec.key_from(v)
+        }
+    }
+}

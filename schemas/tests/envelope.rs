@@ -221,6 +221,14 @@ fn envelope_round_trips_every_type_for_every_op() {
                 assert_eq!(key_back, event.key);
                 let back = codec.decode_value(key_back, &value_bytes).unwrap();
                 assert_eq!(back, event, "op {op:?}, row {i}, null twins {null_twins}");
+                // The direct decoder reads what Avro's own reader reads.
+                assert_eq!(codec.decode_key_generic(&key_bytes).unwrap(), event.key);
+                assert_eq!(
+                    codec
+                        .decode_value_generic(event.key.clone(), &value_bytes)
+                        .unwrap(),
+                    event
+                );
                 checked += 1;
             }
         }
@@ -359,6 +367,8 @@ fn envelope_decoding_garbage_is_an_error_not_a_panic() {
             .collect();
         let _ = codec.decode_value(event.key.clone(), &bytes);
         let _ = codec.decode_key(&bytes);
+        let _ = codec.decode_value_generic(event.key.clone(), &bytes);
+        let _ = codec.decode_key_generic(&bytes);
     }
     let mut extra = good.clone();
     extra.push(0);
@@ -436,4 +446,46 @@ fn avsc_files_parse_and_carry_sql_types() {
         value.contains(r#""logicalType":"timestamp-micros""#),
         "{value}"
     );
+}
+
+#[test]
+fn direct_decoding_is_chosen_only_for_the_codecs_own_schemas() {
+    use apache_avro::Schema;
+    let table = all_types();
+    let codec = TableCodec::new(table.clone()).unwrap();
+    let key = Schema::parse(&key_schema_json(&table)).unwrap();
+    let value = Schema::parse(&value_schema_json(&table)).unwrap();
+    assert!(codec.written_with(&key, &value));
+
+    // A schema recovered from the registry (as a distributor or a
+    // subscriber recovers it) is the same schema.
+    let target = backflow_schemas::TableTarget {
+        dataset: table.dataset.clone(),
+        schema: "other".into(),
+        name: table.name.clone(),
+    };
+    let recovered =
+        TableCodec::new(backflow_schemas::table_from_schemas(&key, &value, &target).unwrap())
+            .unwrap();
+    assert!(recovered.written_with(&key, &value));
+
+    // Another version of the table (one more column) is not.
+    let mut wider = table.clone();
+    wider
+        .columns
+        .push(ColumnDesc::new("extra", SqlType::Text, true));
+    let wider_value = Schema::parse(&value_schema_json(&wider)).unwrap();
+    assert!(!codec.written_with(&key, &wider_value));
+
+    // Nor a writer that wrote a timestamp as a plain long: its bytes are
+    // the same, but only the generic reader checks what it means.
+    let mut json = value_schema_json(&table);
+    let text = json.to_string().replace(
+        r#"{"logicalType":"timestamp-micros","type":"long"}"#,
+        r#""long""#,
+    );
+    assert_ne!(text, json.to_string(), "the test table has a timestamptz");
+    json = serde_json::from_str(&text).unwrap();
+    let plain = Schema::parse(&json).unwrap();
+    assert!(!codec.written_with(&key, &plain));
 }

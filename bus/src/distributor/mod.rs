@@ -23,7 +23,7 @@ use std::time::Duration;
 use apache_avro::Schema;
 use backflow_schemas::registry_client::subject_for;
 use backflow_schemas::{
-    table_from_schemas, unframe, FramedReaders, Op, TableCodec, TableDesc, TableTarget,
+    table_from_schemas, unframe, EventReader, FramedReaders, Op, TableCodec, TableDesc, TableTarget,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -69,11 +69,24 @@ pub enum DistributorError {
 /// One share, ready to run.
 struct Share {
     policy: SharePolicy,
+    /// The policy version as its header carries it.
+    policy_header: String,
     topic: String,
     /// For a share that joined a running distributor after its backfill:
     /// per raw partition, the first offset delivered here (the backfill
     /// delivered everything before it).
     from: Option<HashMap<i32, i64>>,
+}
+
+impl Share {
+    fn new(policy: SharePolicy, topic: String, from: Option<HashMap<i32, i64>>) -> Self {
+        Self {
+            policy_header: policy.version.to_string(),
+            policy,
+            topic,
+            from,
+        }
+    }
 }
 
 /// A backfilled share asking the running distributor to take it over.
@@ -108,7 +121,7 @@ struct ShareCodec {
 
 /// A source table version and its shares' versions.
 struct Version {
-    codec: TableCodec,
+    reader: EventReader,
     /// Per share of the dataset (same order); `None` when the policy does
     /// not fit the table (logged once).
     shares: Vec<Option<ShareCodec>>,
@@ -268,11 +281,11 @@ fn group(shares: &[ShareConfig]) -> HashMap<String, Vec<Share>> {
         by_dataset
             .entry(s.dataset.clone())
             .or_default()
-            .push(Share {
-                topic: topics::share(s.subscriber.as_str(), &s.dataset),
+            .push(Share::new(
                 policy,
-                from: None,
-            });
+                topics::share(s.subscriber.as_str(), &s.dataset),
+                None,
+            ));
     }
     by_dataset
 }
@@ -308,11 +321,11 @@ fn take_join(
             return;
         }
     };
-    list.push(Share {
-        topic: topics::share(share.subscriber.as_str(), &share.dataset),
+    list.push(Share::new(
         policy,
-        from: Some(from),
-    });
+        topics::share(share.subscriber.as_str(), &share.dataset),
+        Some(from),
+    ));
     // Cached versions hold one codec per share of the list.
     versions.clear();
     tracing::info!(subscriber = %share.subscriber, dataset = %share.dataset, "backfilled share joined the running distributor");
@@ -679,12 +692,12 @@ async fn distribute(
         let source = match table_from_schemas(&key_schema, &value_schema, &target)
             .and_then(TableCodec::new)
         {
-            Ok(c) => c,
+            Ok(c) => EventReader::new(c, &key_schema, &value_schema),
             Err(e) => return skip(e.to_string()),
         };
         let mut list = Vec::new();
         for s in shares {
-            list.push(match s.policy.share_table(source.table()) {
+            list.push(match s.policy.share_table(source.codec().table()) {
                 Ok(table) => Some(share_codec(table, &s.topic, ctx).await?),
                 Err(reason) => {
                     tracing::error!(subscriber = %s.policy.subscriber, dataset, %reason, "share policy does not fit the dataset; nothing is delivered to this subscriber until it is fixed");
@@ -693,20 +706,12 @@ async fn distribute(
             });
         }
         slot.insert(Version {
-            codec: source,
+            reader: source,
             shares: list,
         });
     }
     let version = &versions[&(key_id, value_id)];
-    let decoded = readers
-        .decode(key_bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|(_, k)| version.codec.key_from(k))
-        .and_then(|key| {
-            let (_, v) = readers.decode(payload).map_err(|e| e.to_string())?;
-            version.codec.event_from(key, v)
-        });
-    let event = match decoded {
+    let event = match version.reader.read(readers, key_bytes, payload) {
         Ok(e) => e,
         Err(why) => return skip(why),
     };
@@ -731,7 +736,9 @@ async fn distribute(
         let Some(shared) = s.policy.share_event(&sc.table, &event) else {
             continue;
         };
-        let encoded = sc.codec.encode_framed(sc.key_id, sc.value_id, &shared);
+        let encoded =
+            sc.codec
+                .encode_framed_parts(sc.key_id, sc.value_id, shared.with_provenance(&event));
         let (key, value) = match encoded {
             Ok(kv) => kv,
             Err(e) => {
@@ -739,18 +746,23 @@ async fn distribute(
                 continue;
             }
         };
-        let policy = s.policy.version.to_string();
         let headers: [(&str, &[u8]); 4] = [
             (HEADER_ORIGIN, origin),
             (HEADER_ORIGIN_TS, origin_ts),
             (HEADER_HOPS, hops.as_bytes()),
-            (HEADER_POLICY, policy.as_bytes()),
+            (HEADER_POLICY, s.policy_header.as_bytes()),
         ];
-        let tally = out.tallies.entry(s.topic.clone()).or_insert_with(|| Tally {
-            records: 0,
-            checksum: sha2::Sha256::new(),
-            policy_version: s.policy.version,
-        });
+        if !out.tallies.contains_key(&s.topic) {
+            out.tallies.insert(
+                s.topic.clone(),
+                Tally {
+                    records: 0,
+                    checksum: sha2::Sha256::new(),
+                    policy_version: s.policy.version,
+                },
+            );
+        }
+        let tally = out.tallies.get_mut(&s.topic).expect("inserted above");
         tally.records += 1;
         tally.checksum.update(&key);
         tally.checksum.update(&value);

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use backflow_connectors::sink::values::pg_text;
-use backflow_schemas::{ChangeEvent, ColumnDesc, Datum, Op, Row, SqlType, TableDesc};
+use backflow_schemas::{ChangeEvent, ColumnDesc, Datum, EventRef, Op, Row, SqlType, TableDesc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -198,6 +198,36 @@ pub struct ShareTable {
     mac: Hmac<Sha256>,
 }
 
+/// A subscriber's version of a change: its rows (granted fields, masked
+/// and hashed) and what the change is for it. The provenance is the
+/// source event's, unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedRows {
+    /// The subscriber's key.
+    pub key: Row,
+    /// The row before, when it was in the share.
+    pub before: Option<Row>,
+    /// The row after, when it is in the share.
+    pub after: Option<Row>,
+    /// What the change is for the subscriber.
+    pub op: Op,
+}
+
+impl SharedRows {
+    /// The subscriber's event: these rows with `source`'s provenance.
+    pub fn with_provenance<'a>(&'a self, source: &'a ChangeEvent) -> EventRef<'a> {
+        EventRef {
+            key: &self.key,
+            before: self.before.as_ref(),
+            after: self.after.as_ref(),
+            source: &source.source,
+            op: self.op,
+            ts_ms: source.ts_ms,
+            transaction: source.transaction.as_ref(),
+        }
+    }
+}
+
 impl SharePolicy {
     /// The share table of `source` under this policy, or why the policy
     /// cannot apply to it (a field or the region column it names does not
@@ -308,7 +338,7 @@ impl SharePolicy {
     /// This subscriber's version of a change, or `None` when the change
     /// does not concern it. An update that moves a row out of its share is
     /// a delete for it, one that moves a row in is an insert.
-    pub fn share_event(&self, t: &ShareTable, ev: &ChangeEvent) -> Option<ChangeEvent> {
+    pub fn share_event(&self, t: &ShareTable, ev: &ChangeEvent) -> Option<SharedRows> {
         let before = ev.before.as_ref().filter(|r| self.matches(t, r));
         let after = ev.after.as_ref().filter(|r| self.matches(t, r));
         let (op, before, after) = match (ev.op, before, after) {
@@ -323,14 +353,11 @@ impl SharePolicy {
         let after = after.map(|r| self.project(t, r));
         let image = after.as_ref().or(before.as_ref())?;
         let key = Row(t.key.iter().map(|i| image.0[*i].clone()).collect());
-        Some(ChangeEvent {
+        Some(SharedRows {
             key,
             before,
             after,
-            source: ev.source.clone(),
             op,
-            ts_ms: ev.ts_ms,
-            transaction: ev.transaction.clone(),
         })
     }
 

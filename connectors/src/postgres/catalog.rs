@@ -1,6 +1,8 @@
 //! Server prerequisites and table descriptions, read from the catalog.
 //! Every failed check says what to change.
 
+use std::time::Duration;
+
 use backflow_schemas::{ColumnDesc, SqlType, TableDesc};
 use pgwire_replication::Lsn;
 use tokio_postgres::Client;
@@ -42,6 +44,50 @@ pub async fn check_wal_level(client: &Client) -> Result<(), ConnectorError> {
         )));
     }
     Ok(())
+}
+
+/// How long the source waits for the catalog to show the columns of a
+/// Relation message.
+pub const CATALOG_WAIT: Duration = Duration::from_secs(10);
+
+/// Describes a table after the replication stream announced a new shape
+/// with `columns`. The stream can be ahead of the catalog: PostgreSQL
+/// sends a transaction's changes once its commit record is flushed, a
+/// moment before the commit is visible to other sessions, so a catalog
+/// read at once may still show the table before an `ALTER TABLE`. The
+/// description is read again (backing off) until it has every column the
+/// stream names; after `wait` it is a transient error, and the
+/// feed restarts from its last acknowledged position.
+pub async fn describe_with(
+    client: &Client,
+    table: &TableConfig,
+    columns: &[String],
+    wait: Duration,
+) -> Result<TableDesc, ConnectorError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let desc = describe(client, table).await?;
+        let missing: Vec<&str> = columns
+            .iter()
+            .filter(|c| desc.column(c).is_none())
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            return Ok(desc);
+        }
+        if started.elapsed() >= wait {
+            return Err(ConnectorError::transient(format!(
+                "the catalog of {} still lacks column(s) {} that the replication stream                  already sends, after {:.1} s; the feed restarts from its last acknowledged                  position",
+                desc.qualified_name(),
+                missing.join(", "),
+                wait.as_secs_f64()
+            )));
+        }
+        tracing::debug!(table = %desc.qualified_name(), ?missing, "catalog behind the replication stream; reading it again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// Describes a table from the catalog; checks it has a primary key and
@@ -381,7 +427,7 @@ fn constant_default(expr: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_default;
+    use super::*;
 
     #[test]
     fn constant_defaults_are_read_and_expressions_are_not() {
@@ -401,5 +447,71 @@ mod tests {
         assert_eq!(constant_default("nextval('items_id_seq'::regclass)"), None);
         assert_eq!(constant_default("CURRENT_TIMESTAMP"), None);
         assert_eq!(constant_default("('a'::text || 'b'::text)"), None);
+    }
+
+    async fn connect(db: &str) -> Client {
+        let (c, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 user=postgres dbname={db}"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
+        tokio::spawn(conn);
+        c
+    }
+
+    /// The stream announces a column the catalog does not show yet (the
+    /// ALTER's commit is flushed, not yet visible): the description waits
+    /// for it instead of returning the old shape.
+    #[tokio::test]
+    async fn a_new_shape_is_described_once_the_catalog_shows_it() {
+        let db = format!("catalog_wait_{}", std::process::id());
+        let admin = connect("postgres").await;
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            format!("CREATE DATABASE {db}"),
+        ] {
+            admin.batch_execute(&statement).await.unwrap();
+        }
+        let c = connect(&db).await;
+        c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, label text)")
+            .await
+            .unwrap();
+        let table = TableConfig {
+            table: "public.items".into(),
+            dataset: "test.items".into(),
+        };
+        let announced: Vec<String> = ["id", "label", "level"].map(String::from).to_vec();
+
+        let alter = connect(&db).await;
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alter
+                .batch_execute("ALTER TABLE items ADD COLUMN level int NOT NULL DEFAULT 1")
+                .await
+                .unwrap();
+        });
+        let started = std::time::Instant::now();
+        let desc = describe_with(&c, &table, &announced, Duration::from_secs(30))
+            .await
+            .unwrap();
+        late.await.unwrap();
+        let names: Vec<&str> = desc.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "label", "level"]);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+
+        // A column that never comes: a transient error naming it.
+        let mut never = announced.clone();
+        never.push("nope".into());
+        let err = describe_with(&c, &table, &never, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+        drop(c);
+        admin
+            .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .await
+            .unwrap();
     }
 }

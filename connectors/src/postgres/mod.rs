@@ -550,7 +550,9 @@ impl PostgresSource {
                         // The table changed shape (ALTER TABLE): describe it again;
                         // the runtime registers the new schema version.
                         let sql = self.sql.as_ref().expect("connected in start");
-                        let desc = catalog::describe(sql, &c.config).await?;
+                        let desc =
+                            catalog::describe_with(sql, &c.config, &columns, catalog::CATALOG_WAIT)
+                                .await?;
                         tracing::info!(table = %desc.qualified_name(), "table definition changed");
                         self.tables.get_mut(&key).expect("present").desc = Arc::new(desc);
                     }

@@ -230,8 +230,7 @@ fn cpu_only(events: i64) -> anyhow::Result<()> {
     for e in &input {
         for (policy, t, codec) in &shares {
             if let Some(shared) = policy.share_event(t, e) {
-                let key = frame(1, &codec.encode_key(&shared.key)?);
-                let value = frame(2, &codec.encode_value(&shared)?);
+                let (key, value) = codec.encode_framed_parts(1, 2, shared.with_provenance(e))?;
                 out += (key.len() + value.len() > 0) as u64;
             }
         }
