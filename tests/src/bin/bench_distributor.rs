@@ -252,7 +252,9 @@ fn cpu_only(events: i64) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     type Read = fn(&TableCodec, &[u8], &[u8]) -> Result<ChangeEvent, backflow_schemas::SchemaError>;
     let ways: [(&str, Read); 2] = [
-        ("straight into rows", |c, k, v| c.decode_value(c.decode_key(k)?, v)),
+        ("straight into rows", |c, k, v| {
+            c.decode_value(c.decode_key(k)?, v)
+        }),
         ("through Avro's generic reader", |c, k, v| {
             c.decode_value_generic(c.decode_key_generic(k)?, v)
         }),
