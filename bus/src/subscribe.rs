@@ -594,16 +594,18 @@ impl<'a> Run<'a> {
             .collect();
         offsets.sort();
         let last_origin = pending.iter().rev().find_map(|p| origin_ms(&p.raw));
-        let batch = SinkBatch {
-            records: pending.iter().map(|p| p.record.clone()).collect(),
-            offsets: offsets.clone(),
-        };
+        // The records move into the batch; the raw records stay beside it
+        // for the dead-letter topic, should the database refuse one.
+        let (records, raws): (Vec<SinkRecord>, Vec<ConsumedRecord>) =
+            pending.into_iter().map(|p| (p.record, p.raw)).unzip();
+        let batch = SinkBatch { records, offsets };
         let started = Instant::now();
         match self.sink.apply_batch(&batch).await {
             Ok(applied) => self.count(&applied, started),
             Err(e) if e.kind == ErrorKind::BadRecord => {
-                tracing::info!(subscription = %self.name(), records = pending.len(), error = %e, "the database refused a record of the batch; applying one by one to find it");
-                self.isolate(pending, offsets).await?;
+                tracing::info!(subscription = %self.name(), records = raws.len(), error = %e, "the database refused a record of the batch; applying one by one to find it");
+                self.isolate(batch.records.iter().zip(&raws), batch.offsets.clone())
+                    .await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -630,19 +632,19 @@ impl<'a> Run<'a> {
     /// database refuses, then stores the batch's offsets.
     async fn isolate(
         &mut self,
-        pending: Vec<Pending>,
+        pending: impl Iterator<Item = (&SinkRecord, &ConsumedRecord)>,
         offsets: Vec<TopicOffset>,
     ) -> Result<(), SubscribeError> {
-        for p in pending {
+        for (record, raw) in pending {
             let one = SinkBatch {
-                records: vec![p.record.clone()],
-                offsets: vec![p.record.from.clone()],
+                records: vec![record.clone()],
+                offsets: vec![record.from.clone()],
             };
             let started = Instant::now();
             match self.sink.apply_batch(&one).await {
                 Ok(applied) => self.count(&applied, started),
                 Err(e) if e.kind == ErrorKind::BadRecord => {
-                    self.dead_letter(&p.raw, &e.message).await?;
+                    self.dead_letter(raw, &e.message).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
