@@ -16,8 +16,8 @@ use crate::feed::{FeedContext, FeedError};
 use crate::kafka::Consumer;
 use crate::topics;
 
-/// A writer schema's codec and, per column of the wanted table, where it
-/// is in the writer's rows.
+/// A reader of one writer schema version and, per column of the wanted
+/// table, where it is in the writer's rows.
 type Writer = (EventReader, Vec<Option<usize>>);
 
 /// How long reading a topic to its end may take before it is an error.

@@ -150,8 +150,7 @@ impl<'a> Input<'a> {
 
     fn int(&mut self) -> Result<i32, String> {
         let v = self.long()?;
-        i32::try_from(v)
-            .map_err(|_| format!("an int out of range ({} bits)", 64 - v.leading_zeros()))
+        i32::try_from(v).map_err(|_| "an int out of the 32-bit range".to_owned())
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], String> {

@@ -695,6 +695,9 @@ async fn distribute(
             Ok(c) => EventReader::new(c, &key_schema, &value_schema),
             Err(e) => return skip(e.to_string()),
         };
+        if !source.is_direct() {
+            tracing::info!(dataset, key_id, value_id, "raw records written with schemas backflow did not generate; read through Avro's generic reader (slower)");
+        }
         let mut list = Vec::new();
         for s in shares {
             list.push(match s.policy.share_table(source.codec().table()) {

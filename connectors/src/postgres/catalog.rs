@@ -78,7 +78,9 @@ pub async fn describe_with(
         }
         if started.elapsed() >= wait {
             return Err(ConnectorError::transient(format!(
-                "the catalog of {} still lacks column(s) {} that the replication stream                  already sends, after {:.1} s; the feed restarts from its last acknowledged                  position",
+                "the catalog of {} still lacks column(s) {} that the replication stream \
+                 already sends, after {:.1} s; the feed restarts from its last acknowledged \
+                 position",
                 desc.qualified_name(),
                 missing.join(", "),
                 wait.as_secs_f64()
