@@ -108,7 +108,28 @@ pub async fn group_committed(
 /// A consumer-group member reading a set of topics.
 pub struct Consumer {
     inner: StreamConsumer,
-    metrics: Option<Metrics>,
+    metrics: Option<ConsumeMetrics>,
+}
+
+/// The consumer's metrics with their labels resolved once: no label lookup
+/// per record.
+struct ConsumeMetrics {
+    /// By [`TopicKind::ALL`] index.
+    consumed: Vec<prometheus::IntCounter>,
+    offsets_stored: prometheus::IntCounter,
+}
+
+impl ConsumeMetrics {
+    fn new(m: Option<Metrics>) -> Option<Self> {
+        let m = m?;
+        Some(Self {
+            consumed: TopicKind::ALL
+                .iter()
+                .map(|k| m.kafka_consumed.with_label_values(&[k.label()]))
+                .collect(),
+            offsets_stored: m.kafka_offsets_stored.clone(),
+        })
+    }
 }
 
 impl Consumer {
@@ -135,7 +156,10 @@ impl Consumer {
                 .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
         })?;
         inner.subscribe(topics).map_err(KafkaError::Consume)?;
-        Ok(Self { inner, metrics })
+        Ok(Self {
+            inner,
+            metrics: ConsumeMetrics::new(metrics),
+        })
     }
 
     /// Reads one partition from its first record up to an end the caller
@@ -267,7 +291,10 @@ impl Consumer {
                 .map_err(KafkaError::Consume)?;
         }
         inner.assign(&tpl).map_err(KafkaError::Consume)?;
-        Ok(Self { inner, metrics })
+        Ok(Self {
+            inner,
+            metrics: ConsumeMetrics::new(metrics),
+        })
     }
 
     /// Waits for the next record.
@@ -296,9 +323,7 @@ impl Consumer {
             timestamp_ms: msg.timestamp().to_millis(),
         };
         if let Some(m) = &self.metrics {
-            m.kafka_consumed
-                .with_label_values(&[TopicKind::of(&record.topic).label()])
-                .inc();
+            m.consumed[super::publisher::kind_index(TopicKind::of(&record.topic))].inc();
         }
         Ok(record)
     }
@@ -328,7 +353,7 @@ impl Consumer {
                 source,
             })?;
         if let Some(m) = &self.metrics {
-            m.kafka_offsets_stored.inc();
+            m.offsets_stored.inc();
         }
         Ok(())
     }

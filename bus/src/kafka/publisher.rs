@@ -60,7 +60,7 @@ impl ProduceMetrics {
     }
 }
 
-fn kind_index(kind: TopicKind) -> usize {
+pub(super) fn kind_index(kind: TopicKind) -> usize {
     TopicKind::ALL
         .iter()
         .position(|k| *k == kind)

@@ -610,15 +610,23 @@ impl PostgresSource {
             .as_mut()
             .ok_or_else(|| ConnectorError::definite("change outside a transaction"))?;
         let position = lsn_position(tx.final_lsn);
-        let reorder = |cells: Vec<Cell>| -> Vec<Cell> {
+        // The stream's tuples follow the relation's column order; rows
+        // follow the description's. They are the same unless the table
+        // changed shape: then each cell moves to its column by name.
+        let same_order = columns.len() == desc.columns.len()
+            && columns.iter().zip(&desc.columns).all(|(n, c)| *n == c.name);
+        let reorder = |mut cells: Vec<Cell>| -> Vec<Cell> {
+            if same_order {
+                return cells;
+            }
             desc.columns
                 .iter()
                 .map(|c| {
                     columns
                         .iter()
                         .position(|n| *n == c.name)
-                        .and_then(|i| cells.get(i).cloned())
-                        .unwrap_or(Cell::Null)
+                        .and_then(|i| cells.get_mut(i))
+                        .map_or(Cell::Null, std::mem::take)
                 })
                 .collect()
         };

@@ -2,9 +2,10 @@
 //! Commit are decoded by the replication client; this handles the rest.
 
 /// One column value in a tuple.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Cell {
     /// SQL NULL.
+    #[default]
     Null,
     /// A TOASTed value that did not change (not sent).
     Unchanged,

@@ -40,6 +40,10 @@
 //! `kafka.fetch_wait_ms` and the subscribers' `upstream.fetch_wait_ms`
 //! (unset: backflow's 100). `BENCH_LINGER_MS` sets the node's producers'
 //! `linger.ms` through `[kafka.properties]` (unset: backflow's 5).
+//! `BENCH_STAGED=1` measures the two stages apart in the throughput phase:
+//! the node alone until Kafka acknowledged every share record, then the
+//! subscribers alone, started on full share topics (a district catching
+//! up); the total is then the sum of the two.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -315,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let upstream_properties =
         fetch_wait_ms.map_or(String::new(), |ms| format!(", fetch_wait_ms = {ms}"));
+    let staged = std::env::var("BENCH_STAGED").is_ok_and(|v| v.trim() == "1");
 
     // The department.
     let db = unique_name("bf_bench");
@@ -402,6 +407,32 @@ async fn main() -> anyhow::Result<()> {
     let machine_before = machine_ticks();
     let started = Instant::now();
     let mut node = Node::start_with_config(&config, &node_env)?;
+    if staged {
+        // Every change goes to exactly one district.
+        let until = Instant::now() + Duration::from_secs(3600);
+        loop {
+            let (_, m) = node.get("/metrics").await.unwrap_or_default();
+            let shared = metric_sum(
+                &m,
+                "backflow_kafka_produced_records_total",
+                "kind=\"share\"",
+            );
+            if shared >= changes as f64 {
+                break;
+            }
+            if Instant::now() > until {
+                bail!("the node did not share every change within an hour");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let node_secs = started.elapsed().as_secs_f64();
+        println!(
+            "staged: node alone (feed and distributor) {node_secs:.2} s = {:.0} rows/s, {:.1} CPU s",
+            changes as f64 / node_secs,
+            cpu_secs(node.pid())
+        );
+    }
+    let subs_started = Instant::now();
     let mut subs = Vec::new();
     for c in &sub_configs {
         subs.push(Node::subscribe_with_config(c, &[])?);
@@ -442,6 +473,17 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = done_at.iter().flatten().cloned().fold(0.0, f64::max);
+    if staged {
+        let subs_secs = subs_started.elapsed().as_secs_f64();
+        println!(
+            "staged: subscribers alone, from full share topics {subs_secs:.2} s = {:.0} rows/s in all, CPU s {}",
+            changes as f64 / subs_secs,
+            subs.iter()
+                .map(|s| format!("{:.1}", cpu_secs(s.pid())))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        );
+    }
     let cpu_node = cpu_secs(node.pid());
     let cpu_subs: Vec<f64> = subs.iter().map(|s| cpu_secs(s.pid())).collect();
     let cpu_tansu = tansu.map_or(0.0, cpu_secs) - tansu_cpu_before;
