@@ -11,6 +11,8 @@
 #   BENCH_FETCH_WAIT_MS      the node's kafka.fetch_wait_ms and the
 #                            subscribers' upstream.fetch_wait_ms (unset: 100)
 #   BENCH_LINGER_MS          the node's producers' linger.ms (unset: 5)
+#   BENCH_STAGED=1           time the node alone, then the subscribers alone
+#                            on the full share topics (the throughput phase)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh up >/dev/null
