@@ -610,26 +610,7 @@ impl PostgresSource {
             .as_mut()
             .ok_or_else(|| ConnectorError::definite("change outside a transaction"))?;
         let position = lsn_position(tx.final_lsn);
-        // The stream's tuples follow the relation's column order; rows
-        // follow the description's. They are the same unless the table
-        // changed shape: then each cell moves to its column by name.
-        let same_order = columns.len() == desc.columns.len()
-            && columns.iter().zip(&desc.columns).all(|(n, c)| *n == c.name);
-        let reorder = |mut cells: Vec<Cell>| -> Vec<Cell> {
-            if same_order {
-                return cells;
-            }
-            desc.columns
-                .iter()
-                .map(|c| {
-                    columns
-                        .iter()
-                        .position(|n| *n == c.name)
-                        .and_then(|i| cells.get_mut(i))
-                        .map_or(Cell::Null, std::mem::take)
-                })
-                .collect()
-        };
+        let reorder = |cells: Vec<Cell>| in_description_order(&desc, columns, cells);
         let old = old.map(reorder);
         let new = new.map(reorder);
         let before = old.as_ref().map(|o| build_row(&desc, o, None)).transpose();
@@ -710,6 +691,28 @@ impl PostgresSource {
         }
         Ok(())
     }
+}
+
+/// A tuple's cells, which follow the relation's column order (`columns`),
+/// in the description's column order. The two are the same unless the table
+/// changed shape: then each cell moves to its column by name, and a column
+/// the stream did not send is NULL.
+fn in_description_order(desc: &TableDesc, columns: &[String], mut cells: Vec<Cell>) -> Vec<Cell> {
+    let same_order = columns.len() == desc.columns.len()
+        && columns.iter().zip(&desc.columns).all(|(n, c)| *n == c.name);
+    if same_order {
+        return cells;
+    }
+    desc.columns
+        .iter()
+        .map(|c| {
+            columns
+                .iter()
+                .position(|n| *n == c.name)
+                .and_then(|i| cells.get_mut(i))
+                .map_or(Cell::Null, std::mem::take)
+        })
+        .collect()
 }
 
 /// Builds a row from text cells; an unchanged TOAST value is taken from the
@@ -1113,4 +1116,54 @@ pub async fn drop_slot(config: &PostgresSourceConfig) -> Result<bool, ConnectorE
     let source = PostgresSource::new(config.clone(), "");
     let sql = source.connect_sql().await?;
     catalog::drop_slot(&sql, &config.slot(), &config.name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backflow_schemas::{ColumnDesc, SqlType};
+
+    fn desc(columns: &[&str]) -> TableDesc {
+        TableDesc {
+            dataset: "d.t".into(),
+            schema: "public".into(),
+            name: "t".into(),
+            columns: columns
+                .iter()
+                .map(|c| ColumnDesc::new(*c, SqlType::Text, true))
+                .collect(),
+            primary_key: vec!["id".into()],
+        }
+    }
+
+    fn text(s: &str) -> Cell {
+        Cell::Text(s.into())
+    }
+
+    fn names(columns: &[&str]) -> Vec<String> {
+        columns.iter().map(|c| (*c).to_owned()).collect()
+    }
+
+    #[test]
+    fn cells_in_the_description_order_are_kept_as_they_are() {
+        let cells = vec![text("1"), Cell::Null, Cell::Unchanged];
+        let out = in_description_order(
+            &desc(&["id", "name", "note"]),
+            &names(&["id", "name", "note"]),
+            cells.clone(),
+        );
+        assert_eq!(out, cells);
+    }
+
+    #[test]
+    fn cells_in_another_order_move_to_their_columns_by_name() {
+        // The catalog is ahead of the stream: it has a column the stream's
+        // relation does not, and a different order.
+        let out = in_description_order(
+            &desc(&["id", "name", "note", "added"]),
+            &names(&["note", "id", "name"]),
+            vec![text("n"), text("1"), text("x")],
+        );
+        assert_eq!(out, vec![text("1"), text("x"), text("n"), Cell::Null]);
+    }
 }
