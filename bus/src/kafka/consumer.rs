@@ -17,9 +17,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 
+use super::ByKind;
 use super::{KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
-use crate::topics::TopicKind;
 
 /// Where a reader that starts from the first record starts: offset 0, and
 /// `auto.offset.reset = earliest` when the log no longer begins there.
@@ -114,21 +114,16 @@ pub struct Consumer {
 /// The consumer's metrics with their labels resolved once: no label lookup
 /// per record.
 struct ConsumeMetrics {
-    /// By [`TopicKind::ALL`] index.
-    consumed: Vec<prometheus::IntCounter>,
+    consumed: ByKind,
     offsets_stored: prometheus::IntCounter,
 }
 
 impl ConsumeMetrics {
-    fn new(m: Option<Metrics>) -> Option<Self> {
-        let m = m?;
-        Some(Self {
-            consumed: TopicKind::ALL
-                .iter()
-                .map(|k| m.kafka_consumed.with_label_values(&[k.label()]))
-                .collect(),
+    fn new(m: Metrics) -> Self {
+        Self {
+            consumed: ByKind::new(&m.kafka_consumed),
             offsets_stored: m.kafka_offsets_stored.clone(),
-        })
+        }
     }
 }
 
@@ -158,7 +153,7 @@ impl Consumer {
         inner.subscribe(topics).map_err(KafkaError::Consume)?;
         Ok(Self {
             inner,
-            metrics: ConsumeMetrics::new(metrics),
+            metrics: metrics.map(ConsumeMetrics::new),
         })
     }
 
@@ -293,7 +288,7 @@ impl Consumer {
         inner.assign(&tpl).map_err(KafkaError::Consume)?;
         Ok(Self {
             inner,
-            metrics: ConsumeMetrics::new(metrics),
+            metrics: metrics.map(ConsumeMetrics::new),
         })
     }
 
@@ -323,7 +318,7 @@ impl Consumer {
             timestamp_ms: msg.timestamp().to_millis(),
         };
         if let Some(m) = &self.metrics {
-            m.consumed[super::publisher::kind_index(TopicKind::of(&record.topic))].inc();
+            m.consumed.of(&record.topic).inc();
         }
         Ok(record)
     }

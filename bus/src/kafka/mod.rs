@@ -18,6 +18,33 @@ pub use embedded::{EmbeddedAdmin, EmbeddedBroker};
 pub use publisher::{Acks, Batch, Delivered, OutgoingRecord, Publisher};
 
 use crate::config::KafkaConfig;
+use crate::topics::TopicKind;
+
+/// One counter per topic kind, its label resolved once: counting a record
+/// costs no label lookup.
+pub(crate) struct ByKind(Vec<prometheus::IntCounter>);
+
+impl ByKind {
+    /// The counters of `vec`, a family labelled by topic kind.
+    pub(crate) fn new(vec: &prometheus::IntCounterVec) -> Self {
+        Self(
+            TopicKind::ALL
+                .iter()
+                .map(|k| vec.with_label_values(&[k.label()]))
+                .collect(),
+        )
+    }
+
+    /// The counter of `topic`'s kind.
+    pub(crate) fn of(&self, topic: &str) -> &prometheus::IntCounter {
+        let kind = TopicKind::of(topic);
+        let i = TopicKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("ALL lists every kind");
+        &self.0[i]
+    }
+}
 
 /// An error talking to Kafka.
 #[derive(Debug, thiserror::Error)]

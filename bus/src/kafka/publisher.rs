@@ -29,42 +29,27 @@ use rdkafka::producer::{
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 
-use super::{KafkaError, KafkaSettings};
+use super::{ByKind, KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
-use crate::topics::TopicKind;
 
 /// The producer's metrics with their labels resolved once, shared by the
 /// publisher and its delivery reports: no label lookup per record.
 struct ProduceMetrics {
-    /// By [`TopicKind::ALL`] index.
-    produced: Vec<prometheus::IntCounter>,
-    errors: Vec<prometheus::IntCounter>,
+    produced: ByKind,
+    errors: ByKind,
     ack_seconds: prometheus::Histogram,
     queue_full: prometheus::IntCounter,
 }
 
 impl ProduceMetrics {
     fn new(m: &Metrics) -> Self {
-        let each = |v: &prometheus::IntCounterVec| {
-            TopicKind::ALL
-                .iter()
-                .map(|k| v.with_label_values(&[k.label()]))
-                .collect()
-        };
         Self {
-            produced: each(&m.kafka_produced),
-            errors: each(&m.kafka_produce_errors),
+            produced: ByKind::new(&m.kafka_produced),
+            errors: ByKind::new(&m.kafka_produce_errors),
             ack_seconds: m.kafka_produce_ack_seconds.clone(),
             queue_full: m.kafka_produce_queue_full.clone(),
         }
     }
-}
-
-pub(super) fn kind_index(kind: TopicKind) -> usize {
-    TopicKind::ALL
-        .iter()
-        .position(|k| *k == kind)
-        .expect("ALL lists every kind")
 }
 
 /// One record to publish. A `payload` of `None` is a tombstone.
@@ -270,7 +255,7 @@ impl ProducerContext for Reports {
                     state.offset.store(message.offset(), Ordering::Relaxed);
                 }
                 if let Some(m) = &self.metrics {
-                    m.produced[kind_index(TopicKind::of(message.topic()))].inc();
+                    m.produced.of(message.topic()).inc();
                     // librdkafka stamps a record that has no timestamp with
                     // its wall-clock time of enqueueing (a broker that sets
                     // log-append times replaces it: not a measure then).
@@ -283,7 +268,7 @@ impl ProducerContext for Reports {
             }
             Err((source, message)) => {
                 if let Some(m) = &self.metrics {
-                    m.errors[kind_index(TopicKind::of(message.topic()))].inc();
+                    m.errors.of(message.topic()).inc();
                 }
                 Some(KafkaError::Delivery {
                     topic: message.topic().to_owned(),
@@ -385,7 +370,7 @@ impl Publisher {
                 }
                 Err((source, _)) => {
                     if let Some(m) = &self.metrics {
-                        m.errors[kind_index(TopicKind::of(record.topic))].inc();
+                        m.errors.of(record.topic).inc();
                     }
                     return Err(KafkaError::Delivery {
                         topic: record.topic.to_owned(),
