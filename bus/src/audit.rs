@@ -104,32 +104,61 @@ impl Auditor {
     /// Appends a record of `kind` (`decision`, `delivery`) and waits for
     /// Kafka's acknowledgement. `details` must not hold row values.
     pub async fn append(&self, kind: &str, details: Value) -> Result<u64, KafkaError> {
+        self.append_all(vec![(kind, details)]).await
+    }
+
+    /// Appends records in order, with one wait for Kafka's acknowledgement
+    /// of them all instead of one per record; returns the sequence number
+    /// of the last. `details` must not hold row values.
+    ///
+    /// The records go to one partition through the idempotent producer,
+    /// so they land in chain order. Should any of them fail, the chain's
+    /// end is read again from the topic on the next append: records of the
+    /// round that did land stay part of the chain.
+    pub async fn append_all(&self, records: Vec<(&str, Value)>) -> Result<u64, KafkaError> {
         let mut chain = self.inner.chain.lock().await;
         if chain.is_none() {
             *chain = Some(Self::chain_end(&self.inner.settings, &self.inner.node).await?);
         }
-        let (seq, prev) = chain.clone().expect("loaded above");
-        let mut record = json!({
-            "node": self.inner.node,
-            "seq": seq,
-            "ts_ms": now_ms(),
-            "kind": kind,
-            "details": details,
-            "prev": prev,
-        });
-        let hash = digest(&record);
-        record["hash"] = Value::String(hash.clone());
-        let payload = record.to_string();
-        self.inner
-            .publisher
-            .send(OutgoingRecord::new(
-                topics::AUDIT,
-                self.inner.node.as_bytes(),
-                payload.as_bytes(),
-            ))
-            .await?;
-        *chain = Some((seq + 1, hash));
-        Ok(seq)
+        let (mut seq, mut prev) = chain.clone().expect("loaded above");
+        let publisher = &self.inner.publisher;
+        let mut batch = publisher.batch();
+        let mut last = None;
+        for (kind, details) in records {
+            let mut record = json!({
+                "node": self.inner.node,
+                "seq": seq,
+                "ts_ms": now_ms(),
+                "kind": kind,
+                "details": details,
+                "prev": prev,
+            });
+            let hash = digest(&record);
+            record["hash"] = Value::String(hash.clone());
+            let payload = record.to_string();
+            let queued = publisher
+                .enqueue_in(
+                    &mut batch,
+                    OutgoingRecord::new(
+                        topics::AUDIT,
+                        self.inner.node.as_bytes(),
+                        payload.as_bytes(),
+                    ),
+                )
+                .await;
+            if let Err(e) = queued {
+                *chain = None;
+                return Err(e);
+            }
+            last = Some(seq);
+            (seq, prev) = (seq + 1, hash);
+        }
+        if let Err(e) = batch.seal().await {
+            *chain = None;
+            return Err(e);
+        }
+        *chain = Some((seq, prev));
+        Ok(last.unwrap_or(seq.saturating_sub(1)))
     }
 }
 

@@ -302,3 +302,54 @@ async fn a_batch_with_one_refused_record_resolves_to_that_refusal() {
             >= 1
     );
 }
+
+#[tokio::test]
+async fn audit_records_appended_together_continue_one_verifiable_chain() {
+    use backflow::audit::{verify, Auditor};
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
+    TopicAdmin::new(&settings)
+        .unwrap()
+        .ensure(&[TopicSpec::retained("backflow._audit", 1, 1)])
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&settings, None).unwrap();
+    let auditor = Auditor::new(&settings, publisher.clone(), "330100");
+    assert_eq!(
+        auditor
+            .append("decision", serde_json::json!({"n": 0}))
+            .await
+            .unwrap(),
+        0
+    );
+    // One round of three, as the distributor settles several batches.
+    let round = (1..=3)
+        .map(|n| ("delivery", serde_json::json!({ "n": n })))
+        .collect();
+    assert_eq!(auditor.append_all(round).await.unwrap(), 3);
+    // A second node process (same chain) reads the chain's end from the
+    // topic and goes on after the round.
+    let again = Auditor::new(&settings, publisher, "330100");
+    assert_eq!(
+        again
+            .append("decision", serde_json::json!({"n": 4}))
+            .await
+            .unwrap(),
+        4
+    );
+    let report = verify(&settings).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.records.get("330100"), Some(&5));
+    let audit = Consumer::replay(&settings, "backflow._audit", 0).unwrap();
+    let got = receive(&audit, 5, Duration::from_secs(30)).await;
+    let ns: Vec<u64> = got
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value =
+                serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+            assert_eq!(v["seq"], v["details"]["n"], "{v}");
+            v["details"]["n"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(ns, vec![0, 1, 2, 3, 4], "in chain order");
+}

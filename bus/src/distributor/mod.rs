@@ -16,7 +16,7 @@
 
 pub mod policy;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,12 +41,10 @@ pub const HEADER_POLICY: &str = "backflow.policy";
 
 /// Most raw records handled between two offset stores.
 const BATCH: usize = 1_000;
-/// Processed batches whose acknowledgements may be outstanding at once.
-const IN_FLIGHT_BATCHES: usize = 4;
-/// How long processed batches may stay unsettled while no record comes:
-/// then their acknowledgements are awaited and their offsets stored, so an
-/// idle distributor neither holds offsets nor audit records back.
-const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(50);
+/// Processed batches that may wait to be settled (their acknowledgements
+/// awaited, their delivery audited, their offsets stored) while the next
+/// ones are processed.
+const IN_FLIGHT_BATCHES: usize = 8;
 
 /// Why the distributor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +55,9 @@ pub enum DistributorError {
     /// The audit trail could not be written.
     #[error("writing the audit trail failed: {0}")]
     Audit(#[source] KafkaError),
+    /// The task settling processed batches stopped abnormally.
+    #[error("settling delivered batches failed: {0}")]
+    Settle(String),
     /// A share schema could not be registered.
     #[error("registering the schema of {topic} failed: {source}")]
     Schema {
@@ -76,16 +77,41 @@ struct Share {
     /// per raw partition, the first offset delivered here (the backfill
     /// delivered everything before it).
     from: Option<HashMap<i32, i64>>,
+    /// `backflow_distributor_records_total` of this subscriber, per op
+    /// (c, u, d, r), resolved once instead of per record.
+    records: [prometheus::IntCounter; 4],
 }
 
 impl Share {
-    fn new(policy: SharePolicy, topic: String, from: Option<HashMap<i32, i64>>) -> Self {
+    fn new(
+        policy: SharePolicy,
+        topic: String,
+        from: Option<HashMap<i32, i64>>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let records = [Op::Create, Op::Update, Op::Delete, Op::Read].map(|op| {
+            metrics
+                .distributor_records
+                .with_label_values(&[&policy.subscriber, op.code()])
+        });
         Self {
             policy_header: policy.version.to_string(),
             policy,
             topic,
             from,
+            records,
         }
+    }
+
+    /// Counts a share record of `op`.
+    fn count(&self, op: Op) {
+        let i = match op {
+            Op::Create => 0,
+            Op::Update => 1,
+            Op::Delete => 2,
+            Op::Read => 3,
+        };
+        self.records[i].inc();
     }
 }
 
@@ -135,7 +161,7 @@ pub async fn run(
     joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
     shutdown: &CancellationToken,
 ) -> Result<(), DistributorError> {
-    let mut by_dataset = group(shares);
+    let mut by_dataset = group(shares, &ctx.metrics);
     let mut specs: Vec<TopicSpec> = Vec::new();
     for (dataset, list) in &by_dataset {
         // The raw topic too, so the distributor can subscribe before the
@@ -173,12 +199,12 @@ pub async fn run(
         .iter()
         .map(|((topic, partition), next)| (topic.clone(), *partition, Some(*next)))
         .collect();
-    let consumer = Consumer::owned(
+    let consumer = Arc::new(Consumer::owned(
         &ctx.settings,
         &group_id(&ctx.node),
         &start,
         Some(ctx.metrics.clone()),
-    )?;
+    )?);
     tracing::info!(
         datasets = by_dataset.len(),
         shares = shares.len(),
@@ -186,11 +212,16 @@ pub async fn run(
     );
     let mut readers = FramedReaders::new();
     let mut versions: HashMap<(u32, u32), Version> = HashMap::new();
-    // Processed batches, oldest first, whose share records are still being
-    // acknowledged while the next batches are processed; their offsets are
-    // stored, in order, once they all are. Up to IN_FLIGHT_BATCHES, so a
-    // slow acknowledgement does not hold the next batch back.
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    // Processed batches go, oldest first, to a task of their own that
+    // settles them while the next ones are processed: neither the
+    // acknowledgements nor the audit trail's round trips hold the next
+    // batch back. Up to IN_FLIGHT_BATCHES wait for it.
+    let (ready, to_settle) = tokio::sync::mpsc::channel::<InFlight>(IN_FLIGHT_BATCHES);
+    let mut settler = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(settle(
+        to_settle,
+        auditor.clone(),
+        consumer.clone(),
+    )));
     loop {
         // A batch: the first record waits as long as it takes, the rest are
         // what the Kafka client already holds. Under load that is up to
@@ -198,16 +229,12 @@ pub async fn run(
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(join) = joins.recv() => {
-                take_join(join, &mut by_dataset, &mut versions, &position);
+                take_join(join, &mut by_dataset, &mut versions, &position, &ctx.metrics);
                 continue;
             }
             r = consumer.recv() => r?,
-            _ = tokio::time::sleep(SETTLE_WHEN_IDLE), if !in_flight.is_empty() => {
-                while let Some(done) = in_flight.pop_front() {
-                    done.settle(auditor, &consumer).await?;
-                }
-                continue;
-            }
+            // It ends before the batches do only when it failed.
+            ended = &mut settler => return settled(ended),
         };
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -242,22 +269,27 @@ pub async fn run(
             position.insert((record.topic.clone(), record.partition), record.offset + 1);
         }
         while let Ok(join) = joins.try_recv() {
-            take_join(join, &mut by_dataset, &mut versions, &position);
+            take_join(
+                join,
+                &mut by_dataset,
+                &mut versions,
+                &position,
+                &ctx.metrics,
+            );
         }
-        in_flight.push_back(InFlight {
+        // The records themselves are dropped here: settling needs only
+        // where they came from.
+        let processed = InFlight {
             acks: sent.seal(),
-            batch,
+            raw: raw_ranges(&batch),
             tallies,
-        });
-        while in_flight.len() > IN_FLIGHT_BATCHES {
-            if let Some(done) = in_flight.pop_front() {
-                done.settle(auditor, &consumer).await?;
-            }
+        };
+        if ready.send(processed).await.is_err() {
+            return settled((&mut settler).await);
         }
     }
-    while let Some(done) = in_flight.pop_front() {
-        done.settle(auditor, &consumer).await?;
-    }
+    drop(ready);
+    settled((&mut settler).await)?;
     let _ = consumer.commit();
     tracing::info!("distributor stopped");
     Ok(())
@@ -268,7 +300,7 @@ pub fn group_id(node: &str) -> String {
     format!("backflow-distributor-{node}")
 }
 
-fn group(shares: &[ShareConfig]) -> HashMap<String, Vec<Share>> {
+fn group(shares: &[ShareConfig], metrics: &crate::metrics::Metrics) -> HashMap<String, Vec<Share>> {
     let mut by_dataset: HashMap<String, Vec<Share>> = HashMap::new();
     for s in shares {
         let policy = match s.policy() {
@@ -285,6 +317,7 @@ fn group(shares: &[ShareConfig]) -> HashMap<String, Vec<Share>> {
                 policy,
                 topics::share(s.subscriber.as_str(), &s.dataset),
                 None,
+                metrics,
             ));
     }
     by_dataset
@@ -297,6 +330,7 @@ fn take_join(
     by_dataset: &mut HashMap<String, Vec<Share>>,
     versions: &mut HashMap<(u32, u32), Version>,
     position: &HashMap<(String, i32), i64>,
+    metrics: &crate::metrics::Metrics,
 ) {
     let JoinRequest { share, from, reply } = join;
     let Some(list) = by_dataset.get_mut(&share.dataset) else {
@@ -325,6 +359,7 @@ fn take_join(
         policy,
         topics::share(share.subscriber.as_str(), &share.dataset),
         Some(from),
+        metrics,
     ));
     // Cached versions hold one codec per share of the list.
     versions.clear();
@@ -364,7 +399,7 @@ pub async fn backfill_and_join(
     shutdown: &CancellationToken,
 ) -> Result<(u64, Backfilled), DistributorError> {
     let topic = topics::raw(&share.dataset);
-    let by_dataset = group(std::slice::from_ref(share));
+    let by_dataset = group(std::slice::from_ref(share), &ctx.metrics);
     let Some(list) = by_dataset.get(&share.dataset) else {
         return Ok((0, Backfilled::UpToCommitted));
     };
@@ -542,7 +577,13 @@ impl<'a> BackfillReader<'a> {
             }
             sent.seal().await?;
             self.total += tallies.values().map(|t| t.records).sum::<u64>();
-            audit_batch(auditor, &batch, tallies).await?;
+            let deliveries = delivery_records(&raw_ranges(&batch), tallies);
+            if !deliveries.is_empty() {
+                auditor
+                    .append_all(deliveries)
+                    .await
+                    .map_err(DistributorError::Audit)?;
+            }
         }
         Ok(())
     }
@@ -551,26 +592,77 @@ impl<'a> BackfillReader<'a> {
 /// A processed batch whose share records are on their way to Kafka.
 struct InFlight {
     acks: Acks,
-    batch: Vec<ConsumedRecord>,
+    raw: RawRanges,
     tallies: BTreeMap<String, Tally>,
 }
 
-impl InFlight {
-    /// Waits for every acknowledgement, audits, stores the raw offsets.
-    async fn settle(self, auditor: &Auditor, consumer: &Consumer) -> Result<(), DistributorError> {
-        self.acks.await?;
-        audit_batch(auditor, &self.batch, self.tallies).await?;
-        // A partition's records come in offset order: storing its last
-        // one covers the rest (one librdkafka call per partition, not
-        // per record).
-        let mut last: HashMap<(&str, i32), &ConsumedRecord> = HashMap::new();
-        for record in &self.batch {
-            last.insert((record.topic.as_str(), record.partition), record);
+/// The first and last raw offset a batch holds, per topic and partition.
+type RawRanges = BTreeMap<(String, i32), (i64, i64)>;
+
+fn raw_ranges(batch: &[ConsumedRecord]) -> RawRanges {
+    let mut raw: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+    for r in batch {
+        let e = raw
+            .entry((r.topic.as_str(), r.partition))
+            .or_insert((r.offset, r.offset));
+        e.0 = e.0.min(r.offset);
+        e.1 = e.1.max(r.offset);
+    }
+    raw.into_iter()
+        .map(|((topic, partition), range)| ((topic.to_owned(), partition), range))
+        .collect()
+}
+
+/// Settles processed batches in order until the distributor drops its end
+/// of `ready`: waits for each batch's acknowledgements, appends the
+/// delivery records of all the batches that were ready together (one round
+/// trip to Kafka for them), then stores their raw offsets. An offset is
+/// stored only after its batch is acknowledged and audited.
+async fn settle(
+    mut ready: tokio::sync::mpsc::Receiver<InFlight>,
+    auditor: Auditor,
+    consumer: Arc<Consumer>,
+) -> Result<(), DistributorError> {
+    while let Some(first) = ready.recv().await {
+        let mut round = vec![first];
+        while let Ok(next) = ready.try_recv() {
+            round.push(next);
         }
-        for record in last.into_values() {
-            consumer.store_record(record)?;
+        let mut deliveries = Vec::new();
+        for done in &mut round {
+            (&mut done.acks).await?;
+            deliveries.extend(delivery_records(
+                &done.raw,
+                std::mem::take(&mut done.tallies),
+            ));
         }
-        Ok(())
+        if !deliveries.is_empty() {
+            auditor
+                .append_all(deliveries)
+                .await
+                .map_err(DistributorError::Audit)?;
+        }
+        // Storing a partition's last offset covers the ones before it (one
+        // librdkafka call per partition, not per record).
+        let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for ((topic, partition), (_, to)) in round.iter().flat_map(|done| &done.raw) {
+            let at = last.entry((topic.as_str(), *partition)).or_insert(*to);
+            *at = (*at).max(*to);
+        }
+        for ((topic, partition), offset) in last {
+            consumer.store(topic, partition, offset)?;
+        }
+    }
+    Ok(())
+}
+
+/// The outcome of the settling task.
+fn settled(
+    ended: Result<Result<(), DistributorError>, tokio::task::JoinError>,
+) -> Result<(), DistributorError> {
+    match ended {
+        Ok(outcome) => outcome,
+        Err(e) => Err(DistributorError::Settle(e.to_string())),
     }
 }
 
@@ -587,40 +679,33 @@ struct Out<'a> {
     tallies: &'a mut BTreeMap<String, Tally>,
 }
 
-/// One audit record per share topic the batch delivered to: how many
-/// records, the raw offsets they came from, a checksum of what was sent.
-async fn audit_batch(
-    auditor: &Auditor,
-    batch: &[ConsumedRecord],
+/// The audit trail's delivery records of one batch, one per share topic
+/// it delivered to: how many records, the raw offsets they came from, a
+/// checksum of what was sent.
+fn delivery_records(
+    raw: &RawRanges,
     tallies: BTreeMap<String, Tally>,
-) -> Result<(), DistributorError> {
+) -> Vec<(&'static str, serde_json::Value)> {
     use sha2::Digest;
     if tallies.is_empty() {
-        return Ok(());
-    }
-    let mut raw: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-    for r in batch {
-        let e = raw
-            .entry((r.topic.clone(), r.partition))
-            .or_insert((r.offset, r.offset));
-        e.0 = e.0.min(r.offset);
-        e.1 = e.1.max(r.offset);
+        return Vec::new();
     }
     let raw: Vec<serde_json::Value> = raw
-        .into_iter()
+        .iter()
         .map(|((topic, partition), (first, last))| {
             serde_json::json!({"topic": topic, "partition": partition, "first_offset": first, "last_offset": last})
         })
         .collect();
-    for (topic, t) in tallies {
-        let sum: String = t
-            .checksum
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        auditor
-            .append(
+    tallies
+        .into_iter()
+        .map(|(topic, t)| {
+            let sum: String = t
+                .checksum
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            (
                 "delivery",
                 serde_json::json!({
                     "share_topic": topic,
@@ -630,10 +715,8 @@ async fn audit_batch(
                     "policy_version": t.policy_version,
                 }),
             )
-            .await
-            .map_err(DistributorError::Audit)?;
-    }
-    Ok(())
+        })
+        .collect()
 }
 
 /// The `backflow.hops` a share record carries: the raw record's, with
@@ -784,10 +867,7 @@ async fn distribute(
                 )
                 .await?;
         }
-        ctx.metrics
-            .distributor_records
-            .with_label_values(&[&s.policy.subscriber, shared.op.code()])
-            .inc();
+        s.count(shared.op);
     }
     Ok(())
 }

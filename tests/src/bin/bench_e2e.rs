@@ -40,6 +40,8 @@
 //! `kafka.fetch_wait_ms` and the subscribers' `upstream.fetch_wait_ms`
 //! (unset: backflow's 100). `BENCH_LINGER_MS` sets the node's producers'
 //! `linger.ms` through `[kafka.properties]` (unset: backflow's 5).
+//! `BENCH_PARTITIONS` sets the node's `kafka.partitions`, the partitions
+//! of the raw and share topics it creates (unset: backflow's default).
 //! `BENCH_STAGED=1` measures the two stages apart in the throughput phase:
 //! the node alone until Kafka acknowledged every share record, then the
 //! subscribers alone, started on full share topics (a district catching
@@ -316,6 +318,10 @@ async fn main() -> anyhow::Result<()> {
         node_properties.push_str(&format!(
             "properties = {{ \"linger.ms\" = \"{linger}\" }}\n"
         ));
+    }
+    if let Ok(partitions) = std::env::var("BENCH_PARTITIONS") {
+        let n: i32 = partitions.trim().parse().context("BENCH_PARTITIONS")?;
+        node_properties.push_str(&format!("partitions = {n}\n"));
     }
     let upstream_properties =
         fetch_wait_ms.map_or(String::new(), |ms| format!(", fetch_wait_ms = {ms}"));
