@@ -611,9 +611,9 @@ pub struct KafkaConfig {
     pub request_timeout_ms: u64,
     /// How long the broker may hold a fetch of the distributor's consumer
     /// that finds no record, in milliseconds (librdkafka
-    /// `fetch.wait.max.ms`). Apache Kafka answers as soon as a record
-    /// arrives; tansu 0.6 holds every fetch this long, so on tansu it adds
-    /// to the latency of each hop (10 there: see docs/performance.md).
+    /// `fetch.wait.max.ms`; default 20). Apache Kafka answers as soon as a
+    /// record arrives; tansu 0.6 holds every fetch this long, so on tansu
+    /// it adds to the latency of each hop (see docs/performance.md).
     pub fetch_wait_ms: u32,
     /// Extra librdkafka properties passed to every client (e.g.
     /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
@@ -1124,8 +1124,8 @@ mod tests {
     fn fetch_waits_default_to_100_ms_and_an_impossible_one_names_its_key() {
         let f = file("[kafka]\nbrokers = \"a:9092\"\n[[subscriptions]]\nname = \"s\"\nupstream = { brokers = \"b:9092\", registry_url = \"http://b\" }\nsink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"backflow.share.330106.d.t\" }]\n");
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
-        assert_eq!(cfg.kafka.fetch_wait_ms, 100);
-        assert_eq!(cfg.subscriptions[0].upstream.fetch_wait_ms, 100);
+        assert_eq!(cfg.kafka.fetch_wait_ms, 20);
+        assert_eq!(cfg.subscriptions[0].upstream.fetch_wait_ms, 20);
         let f = file("[kafka]\nfetch_wait_ms = 10\n");
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
         assert_eq!(cfg.kafka.fetch_wait_ms, 10);

@@ -30,8 +30,11 @@ const FIRST: Offset = Offset::Offset(0);
 
 /// `fetch.wait.max.ms` of a reader that reads records known to be there.
 const REPLAY_FETCH_WAIT_MS: u32 = 10;
-/// `fetch.wait.max.ms` of a reader that follows a state topic.
-const FOLLOW_FETCH_WAIT_MS: u32 = super::DEFAULT_FETCH_WAIT_MS;
+/// `fetch.wait.max.ms` of a reader that follows a state topic (catalog,
+/// registry, offsets): small, rarely written topics, each read by its own
+/// consumer, so a longer wait than the data path's keeps an idle node's
+/// fetches few.
+const FOLLOW_FETCH_WAIT_MS: u32 = 100;
 
 /// A record taken from Kafka, owned so it can cross tasks.
 #[derive(Debug, Clone, PartialEq, Eq)]

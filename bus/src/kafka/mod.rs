@@ -98,11 +98,14 @@ pub enum KafkaError {
     Embedded(String),
 }
 
-/// Default of [`KafkaSettings::fetch_wait_ms`]. A broker answers a fetch as
-/// soon as a record is there (Apache Kafka does), so this only bounds how
-/// often an idle consumer asks. A broker that holds every fetch for the
-/// whole wait (tansu 0.6 does) adds it to each hop: set it lower there.
-pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
+/// Default of [`KafkaSettings::fetch_wait_ms`]: the data path's consumers
+/// (distributor, subscribers). Apache Kafka answers a fetch as soon as a
+/// record is there, so against it this only bounds how often an idle
+/// consumer asks (50 times a second). tansu 0.6 holds every fetch for the
+/// whole wait, so there each hop costs about 1.5 times it: 20 keeps two
+/// hops near 100 ms at the 99th percentile (docs/performance.md, run I),
+/// where 100 cost about 300 ms at the median.
+pub const DEFAULT_FETCH_WAIT_MS: u32 = 20;
 
 /// Connection settings shared by every client of one node.
 #[derive(Debug, Clone)]

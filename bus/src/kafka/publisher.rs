@@ -290,6 +290,10 @@ pub struct Publisher {
     metrics: Option<Arc<ProduceMetrics>>,
 }
 
+/// Records a producer holds at most before enqueueing waits
+/// (`queue.buffering.max.messages`).
+const QUEUED_RECORDS: &str = "20000";
+
 /// How long to wait before retrying an enqueue refused with a full queue.
 /// Delivery reports free room continuously, so the wait is short.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -305,6 +309,11 @@ impl Publisher {
             cfg.set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("linger.ms", "5")
+                // At most this many records wait in the client for the
+                // broker (librdkafka's default, 100,000, let a node that
+                // catches up hold about 70 MB there); enqueueing waits
+                // for room beyond it.
+                .set("queue.buffering.max.messages", QUEUED_RECORDS)
                 // Retry transient broker errors for up to two minutes before a
                 // delivery is reported as failed to the caller.
                 .set("message.timeout.ms", "120000");

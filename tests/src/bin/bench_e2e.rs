@@ -31,6 +31,9 @@
 //!    clock.
 //! 3. Peak RSS (`VmHWM`) of the node and each subscriber over the run, and
 //!    CPU seconds of each process of the throughput phase.
+//! 4. At rest: the share of a core the node, the subscribers and tansu use
+//!    over 10 s in which nothing is written (what the consumers' polling
+//!    of the broker costs).
 //!
 //! Run with `scripts/bench.sh [INSERTS [UPDATES [LATENCY_SECS [RATE]]]]`
 //! (release build; defaults 1000000 200000 30 5000). Needs the services of
@@ -38,7 +41,7 @@
 //! subscribers' `flush_interval_ms` (unset: backflow's default);
 //! `BENCH_FETCH_WAIT_MS` sets the data path's fetch wait, the node's
 //! `kafka.fetch_wait_ms` and the subscribers' `upstream.fetch_wait_ms`
-//! (unset: backflow's 100). `BENCH_LINGER_MS` sets the node's producers'
+//! (unset: backflow's 20). `BENCH_LINGER_MS` sets the node's producers'
 //! `linger.ms` through `[kafka.properties]` (unset: backflow's 5).
 //! `BENCH_PARTITIONS` sets the node's `kafka.partitions`, the partitions
 //! of the raw and share topics it creates (unset: backflow's default).
@@ -61,6 +64,8 @@ use backflow_e2e::{
 const TX_ROWS: i64 = 10;
 const DISTRICTS: [&str; 2] = ["330106", "330108"];
 const DATASET: &str = "bench.t";
+/// The observers' `fetch.wait.max.ms`.
+const OBSERVER_FETCH_WAIT_MS: u32 = 100;
 /// The district table's extra column: when the sink wrote the row.
 const SEEN: &str = "bench_seen_at";
 
@@ -235,7 +240,12 @@ fn observe(
     since_ms: i64,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<anyhow::Result<Hop>> {
-    let settings = backflow::kafka::KafkaSettings::new(bootstrap);
+    let mut settings = backflow::kafka::KafkaSettings::new(bootstrap);
+    // A longer wait than the pipeline's: the observers should load the
+    // broker little (tansu lists a partition's batches for every fetch
+    // that finds records). Their `read` figures are therefore about
+    // 1.5 x 100 ms per hop; the `produced` ones do not depend on it.
+    settings.fetch_wait_ms = OBSERVER_FETCH_WAIT_MS;
     tokio::spawn(async move {
         let marks = backflow::kafka::Watermarks::new(&settings)?;
         let mut start = Vec::new();
@@ -719,13 +729,16 @@ async fn main() -> anyhow::Result<()> {
             "department commit → raw record produced (feed)",
             &raw.produced,
         ),
-        ("raw record produced → read by a plain consumer", &raw.read),
+        (
+            "raw record produced → read by a plain consumer (fetch wait 100 ms)",
+            &raw.read,
+        ),
         (
             "department commit → share record produced (distributor)",
             &share.produced,
         ),
         (
-            "share record produced → read by a plain consumer",
+            "share record produced → read by a plain consumer (fetch wait 100 ms)",
             &share.read,
         ),
     ];
@@ -737,6 +750,30 @@ async fn main() -> anyhow::Result<()> {
             ms.len()
         );
     }
+
+    // At rest: what the processes cost while nothing changes (their
+    // consumers still ask the broker for records every fetch wait).
+    let rest = Duration::from_secs(10);
+    let mut pids = vec![node.pid()];
+    pids.extend(subs.iter().map(|s| s.pid()));
+    pids.extend(tansu);
+    let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
+    tokio::time::sleep(rest).await;
+    let at_rest: Vec<String> = pids
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| format!("{:.1}", (cpu_secs(*p) - b) * 100.0 / rest.as_secs_f64()))
+        .collect();
+    let at_rest = format!(
+        "node {}%, subscribers {}%, tansu {}% of a core",
+        at_rest[0],
+        at_rest[1..=DISTRICTS.len()].join("% + "),
+        at_rest.get(DISTRICTS.len() + 1).map_or("?", |s| s.as_str())
+    );
+    println!(
+        "at rest for {} s, nothing written: {at_rest}",
+        rest.as_secs()
+    );
 
     // Peak memory over the whole run.
     let rss_node = peak_rss_mb(node.pid());
@@ -758,7 +795,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "{inserts} inserts then {updates} updates in {TX_ROWS}-row transactions; 9-column table; two districts (half the rows each); tansu memory broker; subscribers' flush_interval_ms {}; consumers' fetch.wait.max.ms {}",
         flush_ms.map_or("default".to_owned(), |ms| ms.to_string()),
-        fetch_wait_ms.map_or("default (100)".to_owned(), |ms| ms.to_string())
+        fetch_wait_ms.map_or("default (20)".to_owned(), |ms| ms.to_string())
     );
     println!();
     println!("| measure | figure | target |");
@@ -792,5 +829,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| throughput phase | {throughput_load} | |");
     println!("| latency phase | {stream_load} | |");
+    println!(
+        "| CPU at rest ({} s, nothing written) | {at_rest} | |",
+        rest.as_secs()
+    );
     Ok(())
 }
