@@ -12,7 +12,7 @@
 #   BENCH_FETCH_WAIT_MS      the node's kafka.fetch_wait_ms and the
 #                            subscribers' upstream.fetch_wait_ms (unset: 20)
 #   BENCH_LINGER_MS          the node's producers' linger.ms (unset: 5)
-#   BENCH_PARTITIONS         the node's kafka.partitions (unset: 3)
+#   BENCH_PARTITIONS         the node's kafka.partitions (unset: 1)
 #   BENCH_STAGED=1           time the node alone, then the subscribers alone
 #                            on the full share topics (the throughput phase)
 set -euo pipefail

@@ -603,7 +603,12 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     /// Client id reported to the brokers.
     pub client_id: String,
-    /// Partitions of topics backflow creates.
+    /// Partitions of topics backflow creates (default 1). Each topic is
+    /// read by one consumer per node or subscription, so more partitions
+    /// only help other consumers that read it as a group; on tansu each
+    /// partition's stored batches are listed for every fetch that finds
+    /// records, so fewer partitions cost the broker less
+    /// (docs/performance.md, run I). Applies to topics created from then on.
     pub partitions: i32,
     /// Replication factor of topics backflow creates.
     pub replication_factor: i32,
@@ -629,7 +634,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: None,
             client_id: "backflow".to_owned(),
-            partitions: 3,
+            partitions: 1,
             replication_factor: 1,
             request_timeout_ms: 10_000,
             fetch_wait_ms: crate::kafka::DEFAULT_FETCH_WAIT_MS,

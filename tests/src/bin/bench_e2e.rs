@@ -628,6 +628,12 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     // Let the observers take their positions.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let stream_pids: Vec<u32> = std::iter::once(node.pid())
+        .chain(subs.iter().map(|s| s.pid()))
+        .chain(tansu)
+        .collect();
+    let stream_cpu_before: Vec<f64> = stream_pids.iter().map(|p| cpu_secs(*p)).collect();
+    let stream_postgres_before = postgres_cpu();
     let machine_before = machine_ticks();
     let started = Instant::now();
     let mut sent = 0;
@@ -657,6 +663,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let stream_secs = started.elapsed().as_secs_f64();
     let stream_load = machine_load_since(machine_before);
+    let stream_cpu: Vec<String> = stream_pids
+        .iter()
+        .zip(&stream_cpu_before)
+        .map(|(p, b)| format!("{:.1}", cpu_secs(*p) - b))
+        .collect();
+    let stream_cpu = format!(
+        "{} / {} / {} / {:.1}",
+        stream_cpu[0],
+        stream_cpu[1..=DISTRICTS.len()].join(" + "),
+        stream_cpu
+            .get(DISTRICTS.len() + 1)
+            .map_or("?", |s| s.as_str()),
+        postgres_cpu_since(&stream_postgres_before)
+    );
     let streamed = transactions * TX_ROWS;
     println!(
         "latency stream: {streamed} inserts in {stream_secs:.1} s = {:.0} changes/s (at most {} ms behind schedule); {stream_load}",
@@ -829,6 +849,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| throughput phase | {throughput_load} | |");
     println!("| latency phase | {stream_load} | |");
+    println!(
+        "| CPU seconds of the latency phase: node / subscribers / tansu / PostgreSQL | {stream_cpu} | |"
+    );
     println!(
         "| CPU at rest ({} s, nothing written) | {at_rest} | |",
         rest.as_secs()
