@@ -104,18 +104,23 @@ impl Auditor {
     /// Appends a record of `kind` (`decision`, `delivery`) and waits for
     /// Kafka's acknowledgement. `details` must not hold row values.
     pub async fn append(&self, kind: &str, details: Value) -> Result<u64, KafkaError> {
-        self.append_all(vec![(kind, details)]).await
+        let appended = self.append_all(vec![(kind, details)]).await?;
+        Ok(appended.expect("one record appended"))
     }
 
     /// Appends records in order, with one wait for Kafka's acknowledgement
     /// of them all instead of one per record; returns the sequence number
-    /// of the last. `details` must not hold row values.
+    /// of the last (`None` for no records: nothing is sent). `details`
+    /// must not hold row values.
     ///
     /// The records go to one partition through the idempotent producer,
     /// so they land in chain order. Should any of them fail, the chain's
     /// end is read again from the topic on the next append: records of the
     /// round that did land stay part of the chain.
-    pub async fn append_all(&self, records: Vec<(&str, Value)>) -> Result<u64, KafkaError> {
+    pub async fn append_all(&self, records: Vec<(&str, Value)>) -> Result<Option<u64>, KafkaError> {
+        if records.is_empty() {
+            return Ok(None);
+        }
         let mut chain = self.inner.chain.lock().await;
         if chain.is_none() {
             *chain = Some(Self::chain_end(&self.inner.settings, &self.inner.node).await?);
@@ -158,7 +163,7 @@ impl Auditor {
             return Err(e);
         }
         *chain = Some((seq, prev));
-        Ok(last.unwrap_or(seq.saturating_sub(1)))
+        Ok(last)
     }
 }
 

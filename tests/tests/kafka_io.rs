@@ -326,7 +326,8 @@ async fn audit_records_appended_together_continue_one_verifiable_chain() {
     let round = (1..=3)
         .map(|n| ("delivery", serde_json::json!({ "n": n })))
         .collect();
-    assert_eq!(auditor.append_all(round).await.unwrap(), 3);
+    assert_eq!(auditor.append_all(round).await.unwrap(), Some(3));
+    assert_eq!(auditor.append_all(Vec::new()).await.unwrap(), None);
     // A second node process (same chain) reads the chain's end from the
     // topic and goes on after the round.
     let again = Auditor::new(&settings, publisher, "330100");

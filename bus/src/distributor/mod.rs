@@ -577,13 +577,10 @@ impl<'a> BackfillReader<'a> {
             }
             sent.seal().await?;
             self.total += tallies.values().map(|t| t.records).sum::<u64>();
-            let deliveries = delivery_records(&raw_ranges(&batch), tallies);
-            if !deliveries.is_empty() {
-                auditor
-                    .append_all(deliveries)
-                    .await
-                    .map_err(DistributorError::Audit)?;
-            }
+            auditor
+                .append_all(delivery_records(&raw_ranges(&batch), tallies))
+                .await
+                .map_err(DistributorError::Audit)?;
         }
         Ok(())
     }
@@ -636,12 +633,10 @@ async fn settle(
                 std::mem::take(&mut done.tallies),
             ));
         }
-        if !deliveries.is_empty() {
-            auditor
-                .append_all(deliveries)
-                .await
-                .map_err(DistributorError::Audit)?;
-        }
+        auditor
+            .append_all(deliveries)
+            .await
+            .map_err(DistributorError::Audit)?;
         // Storing a partition's last offset covers the ones before it (one
         // librdkafka call per partition, not per record).
         let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
