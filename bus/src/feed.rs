@@ -448,7 +448,7 @@ struct Publishing {
     encoders: HashMap<usize, Encoder>,
     /// Per-operation event counters, resolved once: a label lookup per
     /// record is measurable.
-    events: Vec<(backflow_schemas::Op, prometheus::IntCounter)>,
+    events: crate::metrics::ByOp,
     in_flight: Arc<Mutex<VecDeque<i64>>>,
     pending: mpsc::Sender<Pending>,
     fail: watch::Receiver<Option<String>>,
@@ -465,21 +465,7 @@ impl Publishing {
         fail: watch::Receiver<Option<String>>,
         stop: CancellationToken,
     ) -> Self {
-        let events = [
-            backflow_schemas::Op::Create,
-            backflow_schemas::Op::Update,
-            backflow_schemas::Op::Delete,
-            backflow_schemas::Op::Read,
-        ]
-        .into_iter()
-        .map(|op| {
-            let c = ctx
-                .metrics
-                .source_events
-                .with_label_values(&[name, op.code()]);
-            (op, c)
-        })
-        .collect();
+        let events = crate::metrics::ByOp::new(&ctx.metrics.source_events, &[name]);
         Self {
             name: name.to_owned(),
             origin: format!("{}/{name}", ctx.node),
@@ -581,9 +567,7 @@ impl Publishing {
                     )
                     .await?;
             }
-            if let Some((_, c)) = self.events.iter().find(|(op, _)| *op == record.event.op) {
-                c.inc();
-            }
+            self.events.of(record.event.op).inc();
         }
         for d in &dead {
             tracing::warn!(feed = %self.name, table = %d.table, position = %d.position, reason = %d.reason, "change sent to the dead-letter topic");

@@ -77,9 +77,9 @@ struct Share {
     /// per raw partition, the first offset delivered here (the backfill
     /// delivered everything before it).
     from: Option<HashMap<i32, i64>>,
-    /// `backflow_distributor_records_total` of this subscriber, per op
-    /// (c, u, d, r), resolved once instead of per record.
-    records: [prometheus::IntCounter; 4],
+    /// `backflow_distributor_records_total` of this subscriber, per op,
+    /// resolved once instead of per record.
+    records: crate::metrics::ByOp,
 }
 
 impl Share {
@@ -89,11 +89,8 @@ impl Share {
         from: Option<HashMap<i32, i64>>,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
-        let records = [Op::Create, Op::Update, Op::Delete, Op::Read].map(|op| {
-            metrics
-                .distributor_records
-                .with_label_values(&[&policy.subscriber, op.code()])
-        });
+        let records =
+            crate::metrics::ByOp::new(&metrics.distributor_records, &[&policy.subscriber]);
         Self {
             policy_header: policy.version.to_string(),
             policy,
@@ -101,17 +98,6 @@ impl Share {
             from,
             records,
         }
-    }
-
-    /// Counts a share record of `op`.
-    fn count(&self, op: Op) {
-        let i = match op {
-            Op::Create => 0,
-            Op::Update => 1,
-            Op::Delete => 2,
-            Op::Read => 3,
-        };
-        self.records[i].inc();
     }
 }
 
@@ -862,7 +848,7 @@ async fn distribute(
                 )
                 .await?;
         }
-        s.count(shared.op);
+        s.records.of(shared.op).inc();
     }
     Ok(())
 }

@@ -120,6 +120,39 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds so far of the node, each subscriber and tansu.
+struct PipelineCpu {
+    node: (u32, f64),
+    subs: Vec<(u32, f64)>,
+    tansu: Option<(u32, f64)>,
+}
+
+impl PipelineCpu {
+    fn now(node: u32, subs: &[u32], tansu: Option<u32>) -> Self {
+        let at = |p: u32| (p, cpu_secs(p));
+        Self {
+            node: at(node),
+            subs: subs.iter().map(|p| at(*p)).collect(),
+            tansu: tansu.map(at),
+        }
+    }
+
+    /// CPU seconds used since `self`, times `scale`, followed by `unit`:
+    /// (node, subscribers joined with " + ", tansu or "?").
+    fn since(&self, scale: f64, unit: &str) -> (String, String, String) {
+        let used = |(p, before): (u32, f64)| format!("{:.1}{unit}", (cpu_secs(p) - before) * scale);
+        (
+            used(self.node),
+            self.subs
+                .iter()
+                .map(|s| used(*s))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            self.tansu.map_or("?".to_owned(), used),
+        )
+    }
+}
+
 /// CPU seconds so far of every PostgreSQL server process, by pid.
 fn postgres_cpu() -> std::collections::HashMap<u32, f64> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -628,11 +661,8 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     // Let the observers take their positions.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stream_pids: Vec<u32> = std::iter::once(node.pid())
-        .chain(subs.iter().map(|s| s.pid()))
-        .chain(tansu)
-        .collect();
-    let stream_cpu_before: Vec<f64> = stream_pids.iter().map(|p| cpu_secs(*p)).collect();
+    let subs_pids: Vec<u32> = subs.iter().map(|s| s.pid()).collect();
+    let stream_cpu_before = PipelineCpu::now(node.pid(), &subs_pids, tansu);
     let stream_postgres_before = postgres_cpu();
     let machine_before = machine_ticks();
     let started = Instant::now();
@@ -663,18 +693,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let stream_secs = started.elapsed().as_secs_f64();
     let stream_load = machine_load_since(machine_before);
-    let stream_cpu: Vec<String> = stream_pids
-        .iter()
-        .zip(&stream_cpu_before)
-        .map(|(p, b)| format!("{:.1}", cpu_secs(*p) - b))
-        .collect();
+    let (node_s, subs_s, tansu_s) = stream_cpu_before.since(1.0, "");
     let stream_cpu = format!(
-        "{} / {} / {} / {:.1}",
-        stream_cpu[0],
-        stream_cpu[1..=DISTRICTS.len()].join(" + "),
-        stream_cpu
-            .get(DISTRICTS.len() + 1)
-            .map_or("?", |s| s.as_str()),
+        "{node_s} / {subs_s} / {tansu_s} / {:.1}",
         postgres_cpu_since(&stream_postgres_before)
     );
     let streamed = transactions * TX_ROWS;
@@ -774,22 +795,10 @@ async fn main() -> anyhow::Result<()> {
     // At rest: what the processes cost while nothing changes (their
     // consumers still ask the broker for records every fetch wait).
     let rest = Duration::from_secs(10);
-    let mut pids = vec![node.pid()];
-    pids.extend(subs.iter().map(|s| s.pid()));
-    pids.extend(tansu);
-    let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
+    let before = PipelineCpu::now(node.pid(), &subs_pids, tansu);
     tokio::time::sleep(rest).await;
-    let at_rest: Vec<String> = pids
-        .iter()
-        .zip(&before)
-        .map(|(p, b)| format!("{:.1}", (cpu_secs(*p) - b) * 100.0 / rest.as_secs_f64()))
-        .collect();
-    let at_rest = format!(
-        "node {}%, subscribers {}%, tansu {}% of a core",
-        at_rest[0],
-        at_rest[1..=DISTRICTS.len()].join("% + "),
-        at_rest.get(DISTRICTS.len() + 1).map_or("?", |s| s.as_str())
-    );
+    let (node_s, subs_s, tansu_s) = before.since(100.0 / rest.as_secs_f64(), "%");
+    let at_rest = format!("node {node_s}, subscribers {subs_s}, tansu {tansu_s} of a core");
     println!(
         "at rest for {} s, nothing written: {at_rest}",
         rest.as_secs()
