@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backflow_schemas::{ChangeEvent, Row, TableDesc};
+use backflow_schemas::{ChangeEvent, Row, Snapshot, SourceInfo, TableDesc};
 
 use crate::ConnectorError;
 
@@ -111,6 +111,66 @@ pub trait Source: Send {
     ) -> Result<SourceBatch, ConnectorError> {
         let _ = (table, topic_rows);
         Ok(SourceBatch::default())
+    }
+}
+
+/// What every event of one captured table says of where it came from,
+/// reference-counted: an event costs a count per field, not an
+/// allocation and a copy.
+#[derive(Debug, Clone)]
+pub(crate) struct Provenance {
+    version: Arc<str>,
+    connector: Arc<str>,
+    name: Arc<str>,
+    node: Arc<str>,
+    db: Arc<str>,
+    schema: Option<Arc<str>>,
+    table: Arc<str>,
+}
+
+impl Provenance {
+    /// The provenance of `table` (in `db`, and `schema` where the database
+    /// has them) captured by the `connector` feed `feed` of `node`.
+    pub(crate) fn new(
+        connector: &str,
+        feed: &str,
+        node: &str,
+        db: &str,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            connector: connector.into(),
+            name: feed.into(),
+            node: node.into(),
+            db: db.into(),
+            schema: schema.map(Into::into),
+            table: table.into(),
+        }
+    }
+
+    /// The `source` of one event.
+    pub(crate) fn info(
+        &self,
+        ts_ms: i64,
+        snapshot: Snapshot,
+        position: Arc<str>,
+        txid: Option<Arc<str>>,
+    ) -> SourceInfo {
+        SourceInfo {
+            version: self.version.clone(),
+            connector: self.connector.clone(),
+            name: self.name.clone(),
+            node: self.node.clone(),
+            ts_ms,
+            snapshot,
+            db: self.db.clone(),
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            position,
+            txid,
+        }
     }
 }
 

@@ -305,13 +305,13 @@ async fn sqlite_timestamp_incrementing_captures_ties_updates_and_resumes_exactly
         ]
     );
     let e = &first.records[0].event;
-    assert_eq!(e.source.connector, "poll");
-    assert_eq!(e.source.name, "poll-test");
-    assert_eq!(e.source.node, "330000");
+    assert_eq!(&*e.source.connector, "poll");
+    assert_eq!(&*e.source.name, "poll-test");
+    assert_eq!(&*e.source.node, "330000");
     assert_eq!(e.source.schema.as_deref(), Some("main"));
-    assert_eq!(e.source.table, "items");
+    assert_eq!(&*e.source.table, "items");
     assert_eq!(e.source.snapshot, Snapshot::False);
-    assert_eq!(e.source.position, first.records[0].position.0);
+    assert_eq!(&*e.source.position, first.records[0].position.0);
     assert!(e.transaction.is_none() && e.before.is_none());
     // SQLite timestamps without an offset are UTC: the row's time in ms.
     assert_eq!(e.source.ts_ms, 1_767_261_600_000);
@@ -409,7 +409,7 @@ async fn postgres_soft_delete_is_a_delete_and_recent_rows_wait_for_the_delay() {
     let li = after(&first.records[0]).clone();
     assert_eq!(li.0[2], Datum::Decimal(Decimal::parse("12.50", 2).unwrap()));
     assert_eq!(li.0[4], Datum::Bytes(vec![1, 2]));
-    assert_eq!(first.records[0].event.source.db, db);
+    assert_eq!(&*first.records[0].event.source.db, db);
 
     // Soft delete: `d`, before-image the row as last yielded, no after.
     c.batch_execute(
@@ -854,10 +854,10 @@ async fn mysql_datetime_ties_split_by_the_batch_resume_exactly_and_updates_carry
         ts("2026-01-01 10:00:05.123456")
     );
     let e = &first.records[0].event;
-    assert_eq!(e.source.connector, "poll");
-    assert_eq!(e.source.db, db);
+    assert_eq!(&*e.source.connector, "poll");
+    assert_eq!(&*e.source.db, db);
     assert_eq!(e.source.schema.as_deref(), Some(db.as_str()));
-    assert_eq!(e.source.table, "items");
+    assert_eq!(&*e.source.table, "items");
     assert_eq!(e.source.ts_ms, 1_767_261_600_000 - offset_s * 1000);
 
     // Restarted from the checkpoint between the tied rows 2 and 3: 3 and
@@ -1190,5 +1190,5 @@ fn assert_only_delete_of_4(diff: &backflow_connectors::SourceBatch, gone: &Row) 
     assert_eq!(d.event.key, Row(vec![Datum::Int(4)]));
     assert_eq!(d.event.before.as_ref(), Some(gone));
     assert!(d.event.after.is_none());
-    assert_eq!(d.event.source.position, d.position.0);
+    assert_eq!(&*d.event.source.position, d.position.0);
 }

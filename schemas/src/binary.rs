@@ -5,6 +5,8 @@
 //! (checked against it by the tests below); rows must have passed
 //! [`crate::TableDesc::check_row`].
 
+use std::sync::Arc;
+
 use crate::datum::{Datum, Row};
 use crate::event::{ChangeEvent, EventRef};
 use crate::table::ColumnDesc;
@@ -176,9 +178,13 @@ impl<'a> Input<'a> {
         }
     }
 
-    fn opt_string(&mut self) -> Result<Option<String>, String> {
+    fn shared(&mut self) -> Result<Arc<str>, String> {
+        self.str().map(Arc::from)
+    }
+
+    fn opt_shared(&mut self) -> Result<Option<Arc<str>>, String> {
         Ok(if self.present()? {
-            Some(self.string()?)
+            Some(self.shared()?)
         } else {
             None
         })
@@ -257,18 +263,18 @@ impl<'a> Input<'a> {
         let after = image(self, "after")?;
         let source = (|| {
             Ok::<_, String>(SourceInfo {
-                version: self.string()?,
-                connector: self.string()?,
-                name: self.string()?,
-                node: self.string()?,
+                version: self.shared()?,
+                connector: self.shared()?,
+                name: self.shared()?,
+                node: self.shared()?,
                 ts_ms: self.long()?,
                 snapshot: Snapshot::parse(self.str()?)
                     .ok_or("snapshot is not true, false or last")?,
-                db: self.string()?,
-                schema: self.opt_string()?,
-                table: self.string()?,
-                position: self.string()?,
-                txid: self.opt_string()?,
+                db: self.shared()?,
+                schema: self.opt_shared()?,
+                table: self.shared()?,
+                position: self.shared()?,
+                txid: self.opt_shared()?,
             })
         })()
         .map_err(|e| format!("source: {e}"))?;
@@ -281,7 +287,7 @@ impl<'a> Input<'a> {
         };
         let transaction = if self.present()? {
             Some(TransactionInfo {
-                id: self.string()?,
+                id: self.shared()?,
                 total_order: self.long()?,
                 data_collection_order: self.long()?,
             })

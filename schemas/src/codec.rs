@@ -275,7 +275,7 @@ impl TableCodec {
                 "transaction".into(),
                 opt(event.transaction.as_ref().map(|t| {
                     Value::Record(vec![
-                        ("id".into(), Value::String(t.id.clone())),
+                        ("id".into(), Value::String(t.id.to_string())),
                         ("total_order".into(), Value::Long(t.total_order)),
                         (
                             "data_collection_order".into(),
@@ -387,7 +387,7 @@ impl TableCodec {
             v => {
                 let t = into_record(v)?;
                 Some(TransactionInfo {
-                    id: string_field(&t, "id")?,
+                    id: shared_field(&t, "id")?,
                     total_order: long_field(&t, "total_order")?,
                     data_collection_order: long_field(&t, "data_collection_order")?,
                 })
@@ -556,8 +556,12 @@ fn string_field(f: &[(String, Value)], name: &str) -> Result<String, String> {
     }
 }
 
-fn opt_string_field(f: &[(String, Value)], name: &str) -> Option<String> {
-    string_field(f, name).ok()
+fn shared_field(f: &[(String, Value)], name: &str) -> Result<Arc<str>, String> {
+    string_field(f, name).map(Arc::from)
+}
+
+fn opt_shared_field(f: &[(String, Value)], name: &str) -> Option<Arc<str>> {
+    shared_field(f, name).ok()
 }
 
 fn long_field(f: &[(String, Value)], name: &str) -> Result<i64, String> {
@@ -570,17 +574,17 @@ fn long_field(f: &[(String, Value)], name: &str) -> Result<i64, String> {
 fn source_from(v: Value) -> Result<SourceInfo, String> {
     let f = into_record(v)?;
     Ok(SourceInfo {
-        version: string_field(&f, "version")?,
-        connector: string_field(&f, "connector")?,
-        name: string_field(&f, "name")?,
-        node: string_field(&f, "node")?,
+        version: shared_field(&f, "version")?,
+        connector: shared_field(&f, "connector")?,
+        name: shared_field(&f, "name")?,
+        node: shared_field(&f, "node")?,
         ts_ms: long_field(&f, "ts_ms")?,
         snapshot: Snapshot::parse(&string_field(&f, "snapshot")?)
             .ok_or("snapshot is not true, false or last")?,
-        db: string_field(&f, "db")?,
-        schema: opt_string_field(&f, "schema"),
-        table: string_field(&f, "table")?,
-        position: string_field(&f, "position")?,
-        txid: opt_string_field(&f, "txid"),
+        db: shared_field(&f, "db")?,
+        schema: opt_shared_field(&f, "schema"),
+        table: shared_field(&f, "table")?,
+        position: shared_field(&f, "position")?,
+        txid: opt_shared_field(&f, "txid"),
     })
 }

@@ -1,6 +1,7 @@
 //! Change events: the Debezium-compatible envelope.
 
 use crate::datum::Row;
+use std::sync::Arc;
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,38 +73,42 @@ impl Snapshot {
 }
 
 /// Where an event came from (`source` in the envelope).
+///
+/// The text fields are shared (`Arc<str>`): a source gives every event of
+/// a table and transaction the same provenance, so each event costs a
+/// reference count per field instead of an allocation and a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct SourceInfo {
     /// backflow version that captured it.
-    pub version: String,
+    pub version: Arc<str>,
     /// Connector kind: `postgres`, `mysql`, `poll`.
-    pub connector: String,
+    pub connector: Arc<str>,
     /// Feed name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Administrative division code of the node that captured it.
-    pub node: String,
+    pub node: Arc<str>,
     /// Source commit time, milliseconds since the epoch.
     pub ts_ms: i64,
     /// Snapshot flag.
     pub snapshot: Snapshot,
     /// Database name.
-    pub db: String,
+    pub db: Arc<str>,
     /// Database schema, where the database has them.
-    pub schema: Option<String>,
+    pub schema: Option<Arc<str>>,
     /// Table name.
-    pub table: String,
+    pub table: Arc<str>,
     /// Position in the source's log: LSN, binlog `file:pos` or GTID, poll
     /// watermark.
-    pub position: String,
+    pub position: Arc<str>,
     /// Source transaction id.
-    pub txid: Option<String>,
+    pub txid: Option<Arc<str>>,
 }
 
 /// Transaction metadata (`transaction` in the envelope).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TransactionInfo {
     /// Transaction id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Position of the event among all events of the transaction (1-based).
     pub total_order: i64,
     /// Position among the transaction's events of this table (1-based).

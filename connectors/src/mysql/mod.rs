@@ -95,9 +95,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backflow_schemas::{
-    ChangeEvent, Datum, Op, Row, Snapshot, SourceInfo, TableDesc, TransactionInfo,
-};
+use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, TableDesc, TransactionInfo};
 use futures::Stream;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
@@ -106,6 +104,7 @@ use serde::{Deserialize, Serialize};
 
 use self::catalog::{ident, Described, Origin};
 use crate::postgres::SnapshotMode;
+use crate::source::Provenance;
 use crate::{
     ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceGauges, SourceRecord,
 };
@@ -257,6 +256,8 @@ impl Version {
 
 struct Captured {
     config: MysqlTableConfig,
+    /// The `source` its events share.
+    provenance: Provenance,
     current: Version,
     /// Versions with fewer columns (row events logged before an ADD
     /// COLUMN), by column count.
@@ -279,8 +280,10 @@ struct SnapshotRead {
 struct Tx {
     /// Position of the transaction's start.
     position: Position,
-    id: String,
-    gtid: Option<String>,
+    /// The same, as its events' `source.position`.
+    shared_position: Arc<str>,
+    id: Arc<str>,
+    gtid: Option<Arc<str>>,
     order: i64,
     /// A MariaDB GTID flagged standalone: one statement (DDL), no COMMIT.
     standalone: bool,
@@ -348,27 +351,15 @@ impl MysqlSource {
         })
     }
 
-    fn source_info(
-        &self,
-        desc: &TableDesc,
-        position: &Position,
-        ts_ms: i64,
-        snapshot: Snapshot,
-        txid: Option<String>,
-    ) -> SourceInfo {
-        SourceInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            connector: "mysql".into(),
-            name: self.config.name.clone(),
-            node: self.node.clone(),
-            ts_ms,
-            snapshot,
-            db: desc.schema.clone(),
-            schema: None,
-            table: desc.name.clone(),
-            position: position.0.clone(),
-            txid,
-        }
+    fn provenance(&self, desc: &TableDesc) -> Provenance {
+        Provenance::new(
+            "mysql",
+            &self.config.name,
+            &self.node,
+            &desc.schema,
+            None,
+            &desc.name,
+        )
     }
 
     /// The server's current binlog position.
@@ -546,6 +537,8 @@ impl MysqlSource {
             checkpoint: Some(checkpoint),
             ..SourceBatch::default()
         };
+        let provenance = self.provenance(&desc);
+        let shared_position: Arc<str> = position.0.as_str().into();
         for r in rows {
             match build_row(&desc, &kinds, r.unwrap(), Origin::Query) {
                 Ok(after) => batch.records.push(SourceRecord {
@@ -554,7 +547,7 @@ impl MysqlSource {
                         key: desc.key_of(&after),
                         before: None,
                         after: Some(after),
-                        source: self.source_info(&desc, &position, ts, Snapshot::True, None),
+                        source: provenance.info(ts, Snapshot::True, shared_position.clone(), None),
                         op: Op::Read,
                         ts_ms: Some(ts),
                         transaction: None,
@@ -736,9 +729,12 @@ impl MysqlSource {
 
     fn start_tx(&mut self, end_pos: u64, gtid: Option<String>, standalone: bool) {
         let position = binlog_position(&self.file, end_pos);
+        let shared_position: Arc<str> = position.0.as_str().into();
+        let gtid: Option<Arc<str>> = gtid.map(Into::into);
         self.tx = Some(Tx {
-            id: gtid.clone().unwrap_or_else(|| position.0.clone()),
+            id: gtid.clone().unwrap_or_else(|| shared_position.clone()),
             position,
+            shared_position,
             gtid,
             order: 0,
             standalone,
@@ -911,6 +907,7 @@ impl Source for MysqlSource {
                 key,
                 Captured {
                     config: t.clone(),
+                    provenance: self.provenance(&v.desc),
                     current: v,
                     older: HashMap::new(),
                 },
@@ -1243,7 +1240,10 @@ impl Source for MysqlSource {
             topic_rows,
             &current,
             &position,
-            || self.source_info(table, &position, ts, Snapshot::True, None),
+            || {
+                self.provenance(table)
+                    .info(ts, Snapshot::True, position.0.as_str().into(), None)
+            },
         ))
     }
 }
@@ -1283,14 +1283,20 @@ impl MysqlSource {
         })?;
         // Row events always come inside a transaction; should one not, it
         // is a transaction of its own, at its own position.
-        let tx = self.tx.get_or_insert_with(|| Tx {
-            position: binlog_position(&self.file, end),
-            id: String::new(),
-            gtid: None,
-            order: 0,
-            standalone: false,
+        let tx = self.tx.get_or_insert_with(|| {
+            let position = binlog_position(&self.file, end);
+            Tx {
+                shared_position: position.0.as_str().into(),
+                position,
+                id: "".into(),
+                gtid: None,
+                order: 0,
+                standalone: false,
+            }
         });
         let position = tx.position.clone();
+        let shared_position = tx.shared_position.clone();
+        let provenance = self.tables[&key].provenance.clone();
         let commit_ms = i64::from(ts_secs) * 1000;
         // When the source read the event (Debezium's envelope `ts_ms`).
         let read_ms = now_ms();
@@ -1322,19 +1328,12 @@ impl MysqlSource {
                         key,
                         before,
                         after,
-                        source: SourceInfo {
-                            version: env!("CARGO_PKG_VERSION").into(),
-                            connector: "mysql".into(),
-                            name: self.config.name.clone(),
-                            node: self.node.clone(),
-                            ts_ms: commit_ms,
-                            snapshot: Snapshot::False,
-                            db: desc.schema.clone(),
-                            schema: None,
-                            table: desc.name.clone(),
-                            position: position.0.clone(),
-                            txid: tx.gtid.clone(),
-                        },
+                        source: provenance.info(
+                            commit_ms,
+                            Snapshot::False,
+                            shared_position.clone(),
+                            tx.gtid.clone(),
+                        ),
                         op,
                         ts_ms: Some(read_ms),
                         transaction: Some(TransactionInfo {

@@ -185,7 +185,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, SourceInfo, TableDesc};
+use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, TableDesc};
 use serde::{Deserialize, Serialize};
 
 use self::engine::{Cells, Clock, Engine, Polled, Since, TsScale, Watermark};
@@ -673,19 +673,15 @@ impl Feed {
                 key,
                 before,
                 after,
-                source: SourceInfo {
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    connector: "poll".into(),
-                    name: self.name.clone(),
-                    node: self.node.clone(),
-                    ts_ms,
-                    snapshot: Snapshot::False,
-                    db: self.db.clone(),
-                    schema: Some(desc.schema.clone()),
-                    table: desc.name.clone(),
-                    position: position.0.clone(),
-                    txid: None,
-                },
+                source: crate::source::Provenance::new(
+                    "poll",
+                    &self.name,
+                    &self.node,
+                    &self.db,
+                    Some(&desc.schema),
+                    &desc.name,
+                )
+                .info(ts_ms, Snapshot::False, position.0.as_str().into(), None),
                 op,
                 ts_ms: Some(now_ms()),
                 transaction: None,

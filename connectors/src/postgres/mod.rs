@@ -74,15 +74,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backflow_schemas::{
-    ChangeEvent, Datum, Op, Row, Snapshot, SourceInfo, TableDesc, TransactionInfo,
-};
+use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, TableDesc, TransactionInfo};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};
 
 use self::catalog::ident;
 use self::pgoutput::{Cell, Message};
+use crate::source::Provenance;
 use crate::{
     ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceGauges, SourceRecord,
 };
@@ -252,6 +251,8 @@ type Resume = crate::source::Resume<SnapshotProgress, Lsn>;
 struct Captured {
     desc: Arc<TableDesc>,
     config: TableConfig,
+    /// The `source` its events share.
+    provenance: Provenance,
 }
 
 struct SnapshotRead {
@@ -270,7 +271,12 @@ struct SnapshotRead {
 
 struct Tx {
     final_lsn: Lsn,
-    xid: u32,
+    /// `final_lsn` as its events' position.
+    position: Position,
+    /// The same, as their `source.position`.
+    shared_position: Arc<str>,
+    /// The transaction id, as their `source.txid`.
+    xid: Arc<str>,
     commit_ms: i64,
     order: i64,
 }
@@ -353,27 +359,15 @@ impl PostgresSource {
         .with_status_interval(Duration::from_secs(1))
     }
 
-    fn source_info(
-        &self,
-        desc: &TableDesc,
-        position: &Position,
-        ts_ms: i64,
-        snapshot: Snapshot,
-        txid: Option<String>,
-    ) -> SourceInfo {
-        SourceInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            connector: "postgres".into(),
-            name: self.config.name.clone(),
-            node: self.node.clone(),
-            ts_ms,
-            snapshot,
-            db: self.config.database.clone(),
-            schema: Some(desc.schema.clone()),
-            table: desc.name.clone(),
-            position: position.0.clone(),
-            txid,
-        }
+    fn provenance(&self, desc: &TableDesc) -> Provenance {
+        Provenance::new(
+            "postgres",
+            &self.config.name,
+            &self.node,
+            &self.config.database,
+            Some(&desc.schema),
+            &desc.name,
+        )
     }
 
     /// Reads the next snapshot chunk; `None` when the snapshot is done.
@@ -492,6 +486,8 @@ impl PostgresSource {
             ),
             ..SourceBatch::default()
         };
+        let provenance = self.provenance(&desc);
+        let shared_position: Arc<str> = position.0.as_str().into();
         for r in rows {
             let cells: Vec<Cell> = (0..desc.columns.len())
                 .map(|i| match r.get::<_, Option<String>>(i) {
@@ -499,7 +495,7 @@ impl PostgresSource {
                     None => Cell::Null,
                 })
                 .collect();
-            let info = self.source_info(&desc, &position, ts, Snapshot::True, None);
+            let info = provenance.info(ts, Snapshot::True, shared_position.clone(), None);
             match build_row(&desc, &cells, None) {
                 Ok(after) => batch.records.push(SourceRecord {
                     table: desc.clone(),
@@ -609,7 +605,9 @@ impl PostgresSource {
             .tx
             .as_mut()
             .ok_or_else(|| ConnectorError::definite("change outside a transaction"))?;
-        let position = lsn_position(tx.final_lsn);
+        let position = tx.position.clone();
+        let shared_position = tx.shared_position.clone();
+        let provenance = captured.provenance.clone();
         let reorder = |cells: Vec<Cell>| in_description_order(&desc, columns, cells);
         let old = old.map(reorder);
         let new = new.map(reorder);
@@ -629,22 +627,15 @@ impl PostgresSource {
                 return Ok(());
             }
         };
-        let (commit_ms, xid) = (tx.commit_ms, tx.xid.to_string());
+        let (commit_ms, xid) = (tx.commit_ms, tx.xid.clone());
         let mut push = |op: Op, key: Row, before: Option<Row>, after: Option<Row>, tx: &mut Tx| {
             tx.order += 1;
-            let info = SourceInfo {
-                version: env!("CARGO_PKG_VERSION").into(),
-                connector: "postgres".into(),
-                name: self.config.name.clone(),
-                node: self.node.clone(),
-                ts_ms: commit_ms,
-                snapshot: Snapshot::False,
-                db: self.config.database.clone(),
-                schema: Some(desc.schema.clone()),
-                table: desc.name.clone(),
-                position: position.0.clone(),
-                txid: Some(xid.clone()),
-            };
+            let info = provenance.info(
+                commit_ms,
+                Snapshot::False,
+                shared_position.clone(),
+                Some(xid.clone()),
+            );
             batch.records.push(SourceRecord {
                 table: desc.clone(),
                 event: ChangeEvent {
@@ -764,6 +755,7 @@ impl Source for PostgresSource {
             self.tables.insert(
                 (desc.schema.clone(), desc.name.clone()),
                 Captured {
+                    provenance: self.provenance(&desc),
                     desc,
                     config: t.clone(),
                 },
@@ -965,9 +957,12 @@ impl Source for PostgresSource {
                     xid,
                     commit_time_micros,
                 } => {
+                    let position = lsn_position(final_lsn);
                     self.tx = Some(Tx {
                         final_lsn,
-                        xid,
+                        shared_position: position.0.as_str().into(),
+                        position,
+                        xid: xid.to_string().into(),
                         commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
                         order: 0,
                     });
@@ -1086,7 +1081,10 @@ impl Source for PostgresSource {
             topic_rows,
             &current,
             &position,
-            || self.source_info(table, &position, ts, Snapshot::True, None),
+            || {
+                self.provenance(table)
+                    .info(ts, Snapshot::True, position.0.as_str().into(), None)
+            },
         ))
     }
 }

@@ -246,7 +246,7 @@ pub(crate) fn read_back_columns(desc: &TableDesc, quote_char: char, cast: &str) 
 pub fn row_version(event: &ChangeEvent) -> String {
     match &event.transaction {
         Some(t) => format!("{}#{:020}", event.source.position, t.total_order.max(0)),
-        None => event.source.position.clone(),
+        None => event.source.position.to_string(),
     }
 }
 

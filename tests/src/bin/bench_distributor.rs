@@ -116,14 +116,14 @@ fn event(id: i64) -> anyhow::Result<ChangeEvent> {
         before: None,
         after: Some(row),
         source: SourceInfo {
-            position: format!("{:016X}", id),
+            position: format!("{:016X}", id).into(),
             ts_ms: 1_700_000_000_000,
             ..SourceInfo::default()
         },
         op: Op::Create,
         ts_ms: None,
         transaction: Some(TransactionInfo {
-            id: id.to_string(),
+            id: id.to_string().into(),
             total_order: 1,
             data_collection_order: 1,
         }),

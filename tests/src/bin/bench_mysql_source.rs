@@ -54,6 +54,10 @@ struct Timed {
     published: f64,
     restarts: f64,
     dead_letters: f64,
+    /// Enqueues refused for a full producer queue (each waited).
+    queue_full: f64,
+    /// Mean time from enqueue to Kafka's acknowledgement, ms.
+    ack_ms: f64,
     warnings: Vec<String>,
 }
 
@@ -156,6 +160,15 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
             "backflow_source_dead_letters_total",
             &feed_filter,
         ),
+        queue_full: backflow_e2e::metric_sum(
+            &metrics,
+            "backflow_kafka_produce_queue_full_total",
+            "",
+        ),
+        ack_ms: 1000.0
+            * backflow_e2e::metric_sum(&metrics, "backflow_kafka_produce_ack_seconds_sum", "")
+            / backflow_e2e::metric_sum(&metrics, "backflow_kafka_produce_ack_seconds_count", "")
+                .max(1.0),
         warnings: log
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("ERROR"))
@@ -279,6 +292,10 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
             ours / raw,
             ours / verbose,
             t.rss_mb
+        );
+        println!(
+            "  producer: {:.0} enqueues waited for a full queue; acknowledged {:.1} ms after enqueue on average",
+            t.queue_full, t.ack_ms
         );
         if t.published > rows as f64 || t.restarts > 0.0 || t.dead_letters > 0.0 {
             println!(

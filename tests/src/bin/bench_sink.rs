@@ -76,7 +76,7 @@ fn batches(table: &Arc<TableDesc>, rows: i64, batch: i64, round: i64) -> Vec<Sin
                         before: None,
                         after: Some(row(id, round)),
                         source: SourceInfo {
-                            position: format!("{:08X}/{:08X}", round, offset),
+                            position: format!("{:08X}/{:08X}", round, offset).into(),
                             ..SourceInfo::default()
                         },
                         op: if round == 0 { Op::Read } else { Op::Update },
