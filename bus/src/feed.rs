@@ -345,7 +345,7 @@ pub async fn run(
             .iter()
             .map(|r| Dead {
                 table: r.table.clone(),
-                position: r.position.0.clone(),
+                position: r.position.as_str().to_owned(),
                 reason: r.reason.clone(),
                 rules: None,
             })
@@ -537,17 +537,20 @@ impl Publishing {
                 Err(e) => {
                     dead.push(Dead {
                         table: record.table.qualified_name(),
-                        position: record.position.0.clone(),
+                        position: record.position.as_str().to_owned(),
                         reason: e.to_string(),
                         rules: None,
                     });
                     continue;
                 }
             };
-            let ts = record.event.source.ts_ms.to_string();
+            let mut ts = itoa::Buffer::new();
             let headers: [(&str, &[u8]); 3] = [
                 (HEADER_ORIGIN, self.origin.as_bytes()),
-                (HEADER_ORIGIN_TS, ts.as_bytes()),
+                (
+                    HEADER_ORIGIN_TS,
+                    ts.format(record.event.source.ts_ms).as_bytes(),
+                ),
                 (HEADER_HOPS, self.ctx.node.as_bytes()),
             ];
             // A tombstone after a delete lets compaction drop the key.
@@ -624,35 +627,36 @@ pub(crate) async fn encoder<'a>(
     // reused while its entry exists. No allocation or deep comparison per
     // record.
     let id = Arc::as_ptr(table) as usize;
-    if let std::collections::hash_map::Entry::Vacant(slot) = encoders.entry(id) {
-        let name = table.qualified_name();
-        let codec = TableCodec::new(table.as_ref().clone())
-            .map_err(|e| FeedError::Encode(e.to_string()))?;
-        let topic = topics::raw(&table.dataset);
-        let reg = |source| FeedError::Schema {
-            table: name.clone(),
-            source,
-        };
-        let key_id = ctx
-            .registry
-            .register(&subject_for(&topic, true), codec.key_schema())
-            .await
-            .map_err(reg)?;
-        let value_id = ctx
-            .registry
-            .register(&subject_for(&topic, false), codec.value_schema())
-            .await
-            .map_err(reg)?;
-        tracing::info!(table = %name, topic = %topic, key_id, value_id, "schemas registered");
-        slot.insert(Encoder {
-            _table: table.clone(),
-            codec,
-            topic,
-            key_id,
-            value_id,
-        });
-    }
-    Ok(&encoders[&id])
+    let slot = match encoders.entry(id) {
+        std::collections::hash_map::Entry::Occupied(known) => return Ok(known.into_mut()),
+        std::collections::hash_map::Entry::Vacant(slot) => slot,
+    };
+    let name = table.qualified_name();
+    let codec =
+        TableCodec::new(table.as_ref().clone()).map_err(|e| FeedError::Encode(e.to_string()))?;
+    let topic = topics::raw(&table.dataset);
+    let reg = |source| FeedError::Schema {
+        table: name.clone(),
+        source,
+    };
+    let key_id = ctx
+        .registry
+        .register(&subject_for(&topic, true), codec.key_schema())
+        .await
+        .map_err(reg)?;
+    let value_id = ctx
+        .registry
+        .register(&subject_for(&topic, false), codec.value_schema())
+        .await
+        .map_err(reg)?;
+    tracing::info!(table = %name, topic = %topic, key_id, value_id, "schemas registered");
+    Ok(slot.insert(Encoder {
+        _table: table.clone(),
+        codec,
+        topic,
+        key_id,
+        value_id,
+    }))
 }
 
 fn encode(enc: &Encoder, record: &SourceRecord) -> Result<(Vec<u8>, Vec<u8>), FeedError> {

@@ -34,7 +34,7 @@ pub async fn save(
     let ts_ms = backflow_connectors::now_ms();
     let value = serde_json::to_vec(&Stored {
         feed: feed.to_owned(),
-        position: position.0.clone(),
+        position: position.as_str().to_owned(),
         ts_ms,
     })
     .expect("serializes");
@@ -64,7 +64,7 @@ pub async fn load(settings: &KafkaSettings, feed: &str) -> Result<Option<Positio
     Ok(latest(settings, &key(feed))
         .await?
         .and_then(|v| serde_json::from_slice::<Stored>(&v).ok())
-        .map(|s| Position(s.position)))
+        .map(|s| Position::from(s.position)))
 }
 
 fn subscription_key(subscription: &str) -> String {

@@ -284,7 +284,7 @@ impl Conformer {
         }
         let refused = |record: &SourceRecord, reason: String, rules: String| Refused {
             table: record.table.qualified_name(),
-            position: record.position.0.clone(),
+            position: record.position.as_str().to_owned(),
             reason,
             rules,
         };

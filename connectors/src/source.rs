@@ -13,8 +13,30 @@ use crate::ConnectorError;
 /// Where a source is in its database's change history: an LSN, a binlog
 /// `file:pos` or GTID set, a polling watermark. Opaque to the runtime, which
 /// stores it durably and hands it back on restart.
+///
+/// Shared: every change of a transaction carries its position, so cloning
+/// one is a reference count, not a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Position(pub String);
+pub struct Position(pub Arc<str>);
+
+impl Position {
+    /// The position's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Position {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<&str> for Position {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
 
 /// One captured change.
 #[derive(Debug, Clone)]
@@ -50,6 +72,17 @@ pub struct SourceBatch {
     /// record up to here (this batch and all before it) is in Kafka, the
     /// runtime acknowledges this position. Never set mid-transaction.
     pub checkpoint: Option<Position>,
+}
+
+impl SourceBatch {
+    /// An empty batch with room for `records` changes, so that filling a
+    /// batch of the size the runtime asks for moves no record twice.
+    pub fn with_capacity(records: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(records),
+            ..Self::default()
+        }
+    }
 }
 
 /// A database change capture.
@@ -180,10 +213,11 @@ pub(crate) const SNAPSHOT_PREFIX: &str = "snapshot:";
 
 /// The checkpoint of a snapshot chunk: `snapshot:` and the progress as JSON.
 pub(crate) fn snapshot_checkpoint<S: serde::Serialize>(progress: &S) -> Position {
-    Position(format!(
+    format!(
         "{SNAPSHOT_PREFIX}{}",
         serde_json::to_string(progress).expect("serializes")
-    ))
+    )
+    .into()
 }
 
 /// What a stored checkpoint says: nothing (first start), how far the

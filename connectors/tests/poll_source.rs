@@ -311,7 +311,7 @@ async fn sqlite_timestamp_incrementing_captures_ties_updates_and_resumes_exactly
     assert_eq!(e.source.schema.as_deref(), Some("main"));
     assert_eq!(&*e.source.table, "items");
     assert_eq!(e.source.snapshot, Snapshot::False);
-    assert_eq!(&*e.source.position, first.records[0].position.0);
+    assert_eq!(&*e.source.position, first.records[0].position.as_str());
     assert!(e.transaction.is_none() && e.before.is_none());
     // SQLite timestamps without an offset are UTC: the row's time in ms.
     assert_eq!(e.source.ts_ms, 1_767_261_600_000);
@@ -1190,5 +1190,5 @@ fn assert_only_delete_of_4(diff: &backflow_connectors::SourceBatch, gone: &Row) 
     assert_eq!(d.event.key, Row(vec![Datum::Int(4)]));
     assert_eq!(d.event.before.as_ref(), Some(gone));
     assert!(d.event.after.is_none());
-    assert_eq!(&*d.event.source.position, d.position.0);
+    assert_eq!(&*d.event.source.position, d.position.as_str());
 }

@@ -155,11 +155,13 @@ impl TableDesc {
 
     /// The key of a full row.
     pub fn key_of(&self, row: &Row) -> Row {
-        Row(self
-            .primary_key
-            .iter()
-            .filter_map(|k| self.column(k).and_then(|(i, _)| row.0.get(i).cloned()))
-            .collect())
+        let mut key = Vec::with_capacity(self.primary_key.len());
+        for k in &self.primary_key {
+            if let Some(d) = self.column(k).and_then(|(i, _)| row.0.get(i)) {
+                key.push(d.clone());
+            }
+        }
+        Row(key)
     }
 
     /// Checks a full row against the columns.
@@ -196,6 +198,7 @@ pub(crate) fn check_values<'a>(
 }
 
 /// Whether a value fits a column; the reason when not (never the value).
+#[inline]
 fn check_datum(c: &ColumnDesc, d: &Datum) -> Result<(), String> {
     if *d == Datum::Null {
         return if c.nullable {
@@ -218,6 +221,7 @@ fn check_datum(c: &ColumnDesc, d: &Datum) -> Result<(), String> {
 
 /// Whether a non-null value has the form of a type (lengths aside); the
 /// reason when not (never the value).
+#[inline]
 pub(crate) fn check_kind(t: &SqlType, d: &Datum) -> Result<(), String> {
     let ok = match (t, d) {
         (SqlType::SmallInt, Datum::Int(v)) => i16::try_from(*v).is_ok(),

@@ -37,7 +37,11 @@ impl ByKind {
 
     /// The counter of `topic`'s kind.
     pub(crate) fn of(&self, topic: &str) -> &prometheus::IntCounter {
-        let kind = TopicKind::of(topic);
+        self.of_kind(TopicKind::of(topic))
+    }
+
+    /// The counter of a topic kind.
+    pub(crate) fn of_kind(&self, kind: TopicKind) -> &prometheus::IntCounter {
         let i = TopicKind::ALL
             .iter()
             .position(|k| *k == kind)

@@ -31,6 +31,7 @@ use rdkafka::ClientContext;
 
 use super::{ByKind, KafkaError, KafkaSettings};
 use crate::metrics::Metrics;
+use crate::topics::TopicKind;
 
 /// The producer's metrics with their labels resolved once, shared by the
 /// publisher and its delivery reports: no label lookup per record.
@@ -146,13 +147,15 @@ impl AckState {
 /// A record's claim on its batch, handed to librdkafka with the record and
 /// back in its delivery report. Dropped without a report (the enqueue
 /// failed or was abandoned), it settles its record as not delivered, so
-/// the batch can never resolve to `Ok` without it.
-struct Ticket(Option<Arc<AckState>>);
+/// the batch can never resolve to `Ok` without it. It also carries the
+/// kind of the record's topic, for the report's counter (reading the topic
+/// back from the report costs a lookup and a UTF-8 check per record).
+struct Ticket(Option<Arc<AckState>>, TopicKind);
 
 impl Ticket {
-    fn new(state: &Arc<AckState>) -> Box<Self> {
+    fn new(state: &Arc<AckState>, topic: &str) -> Box<Self> {
         state.outstanding.fetch_add(1, Ordering::Relaxed);
-        Box::new(Self(Some(state.clone())))
+        Box::new(Self(Some(state.clone()), TopicKind::of(topic)))
     }
 
     fn settle(mut self, failure: Option<KafkaError>) {
@@ -255,7 +258,7 @@ impl ProducerContext for Reports {
                     state.offset.store(message.offset(), Ordering::Relaxed);
                 }
                 if let Some(m) = &self.metrics {
-                    m.produced.of(message.topic()).inc();
+                    m.produced.of_kind(ticket.1).inc();
                     // librdkafka stamps a record that has no timestamp with
                     // its wall-clock time of enqueueing (a broker that sets
                     // log-append times replaces it: not a measure then).
@@ -351,7 +354,7 @@ impl Publisher {
         // Should this future be dropped while it waits for room, or the
         // send fail, the ticket is dropped with the record and fails the
         // batch.
-        let ticket = Ticket::new(&batch.state);
+        let ticket = Ticket::new(&batch.state, record.topic);
         let mut br: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
             BaseRecord::with_opaque_to(record.topic, ticket).headers(headers);
         if let Some(key) = record.key {
@@ -468,7 +471,7 @@ mod tests {
         // A record abandoned between being counted and being handed over
         // (its enqueue cancelled while waiting for room) does the same.
         let batch = publisher.batch();
-        drop(Ticket::new(&batch.state));
+        drop(Ticket::new(&batch.state, "t"));
         assert_not_enqueued(batch).await;
     }
 

@@ -203,7 +203,7 @@ impl MysqlSourceConfig {
 
 /// A binlog position that sorts as text: `file:pos`, pos zero-padded.
 pub fn binlog_position(file: &str, pos: u64) -> Position {
-    Position(format!("{file}:{pos:020}"))
+    Position::from(format!("{file}:{pos:020}"))
 }
 
 fn parse_binlog_position(p: &str) -> Result<(String, u64), ConnectorError> {
@@ -278,10 +278,9 @@ struct SnapshotRead {
 }
 
 struct Tx {
-    /// Position of the transaction's start.
+    /// Position of the transaction's start (also its events'
+    /// `source.position`).
     position: Position,
-    /// The same, as its events' `source.position`.
-    shared_position: Arc<str>,
     id: Arc<str>,
     gtid: Option<Arc<str>>,
     order: i64,
@@ -538,7 +537,7 @@ impl MysqlSource {
             ..SourceBatch::default()
         };
         let provenance = self.provenance(&desc);
-        let shared_position: Arc<str> = position.0.as_str().into();
+        let shared_position = position.0.clone();
         for r in rows {
             match build_row(&desc, &kinds, r.unwrap(), Origin::Query) {
                 Ok(after) => batch.records.push(SourceRecord {
@@ -729,12 +728,10 @@ impl MysqlSource {
 
     fn start_tx(&mut self, end_pos: u64, gtid: Option<String>, standalone: bool) {
         let position = binlog_position(&self.file, end_pos);
-        let shared_position: Arc<str> = position.0.as_str().into();
         let gtid: Option<Arc<str>> = gtid.map(Into::into);
         self.tx = Some(Tx {
-            id: gtid.clone().unwrap_or_else(|| shared_position.clone()),
+            id: gtid.clone().unwrap_or_else(|| position.0.clone()),
             position,
-            shared_position,
             gtid,
             order: 0,
             standalone,
@@ -1036,7 +1033,7 @@ impl Source for MysqlSource {
                 .ok_or_else(|| ConnectorError::definite("source not started"))?;
             self.open_stream(&f, p).await?;
         }
-        let mut batch = SourceBatch::default();
+        let mut batch = SourceBatch::with_capacity(max);
         loop {
             let stream = self.stream.as_mut().expect("opened above");
             let wait = if batch.checkpoint.is_some() && self.tx.is_none() {
@@ -1159,7 +1156,7 @@ impl Source for MysqlSource {
         if position.0.starts_with(crate::source::SNAPSHOT_PREFIX) {
             return Ok(());
         }
-        let (f, p) = parse_binlog_position(&position.0)?;
+        let (f, p) = parse_binlog_position(position.as_str())?;
         *self.acked.lock().expect("lock") = Some((f, p));
         Ok(())
     }
@@ -1242,7 +1239,7 @@ impl Source for MysqlSource {
             &position,
             || {
                 self.provenance(table)
-                    .info(ts, Snapshot::True, position.0.as_str().into(), None)
+                    .info(ts, Snapshot::True, position.0.clone(), None)
             },
         ))
     }
@@ -1286,7 +1283,6 @@ impl MysqlSource {
         let tx = self.tx.get_or_insert_with(|| {
             let position = binlog_position(&self.file, end);
             Tx {
-                shared_position: position.0.as_str().into(),
                 position,
                 id: "".into(),
                 gtid: None,
@@ -1295,7 +1291,6 @@ impl MysqlSource {
             }
         });
         let position = tx.position.clone();
-        let shared_position = tx.shared_position.clone();
         let provenance = self.tables[&key].provenance.clone();
         let commit_ms = i64::from(ts_secs) * 1000;
         // When the source read the event (Debezium's envelope `ts_ms`).
@@ -1331,7 +1326,7 @@ impl MysqlSource {
                         source: provenance.info(
                             commit_ms,
                             Snapshot::False,
-                            shared_position.clone(),
+                            position.0.clone(),
                             tx.gtid.clone(),
                         ),
                         op,

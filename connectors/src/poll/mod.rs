@@ -537,7 +537,7 @@ pub async fn sample(
 const CHECKPOINT_PREFIX: &str = "poll:";
 
 fn checkpoint(watermarks: &BTreeMap<String, Watermark>) -> Position {
-    Position(format!(
+    Position::from(format!(
         "{CHECKPOINT_PREFIX}{}",
         serde_json::to_string(watermarks).expect("serializes")
     ))
@@ -569,13 +569,13 @@ fn sortable(v: i64) -> String {
 
 /// Position of a row read by timestamp and incrementing column.
 fn row_position(ts: i64, inc: i64) -> Position {
-    Position(format!("{}.{}", sortable(ts), sortable(inc)))
+    Position::from(format!("{}.{}", sortable(ts), sortable(inc)))
 }
 
 /// Position of a change seen at database time `micros` (bulk rows,
 /// key-diff deletes).
 fn time_position(micros: i64) -> Position {
-    Position(sortable(micros))
+    Position::from(sortable(micros))
 }
 
 /// Whether a soft-delete column's value marks the row deleted: anything
@@ -681,7 +681,7 @@ impl Feed {
                     Some(&desc.schema),
                     &desc.name,
                 )
-                .info(ts_ms, Snapshot::False, position.0.as_str().into(), None),
+                .info(ts_ms, Snapshot::False, position.0.clone(), None),
                 op,
                 ts_ms: Some(now_ms()),
                 transaction: None,
@@ -1068,7 +1068,7 @@ impl PollSource {
 
     /// Yields up to `max` queued records; the checkpoint covers them.
     fn drain(&mut self, max: usize) -> SourceBatch {
-        let mut batch = SourceBatch::default();
+        let mut batch = SourceBatch::with_capacity(max.min(self.queue.len()));
         let mut n = 0;
         while let Some(item) = self.queue.front() {
             if n >= max.max(1) && item.out.is_some() {

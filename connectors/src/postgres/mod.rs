@@ -218,7 +218,7 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// A position text that sorts like the LSN: `XXXXXXXX/XXXXXXXX`.
 pub fn lsn_position(lsn: Lsn) -> Position {
     let v = lsn.as_u64();
-    Position(format!("{:08X}/{:08X}", v >> 32, v & 0xFFFF_FFFF))
+    Position::from(format!("{:08X}/{:08X}", v >> 32, v & 0xFFFF_FFFF))
 }
 
 fn parse_position(p: &Position) -> Result<Lsn, ConnectorError> {
@@ -271,10 +271,8 @@ struct SnapshotRead {
 
 struct Tx {
     final_lsn: Lsn,
-    /// `final_lsn` as its events' position.
+    /// `final_lsn` as its events' position (and `source.position`).
     position: Position,
-    /// The same, as their `source.position`.
-    shared_position: Arc<str>,
     /// The transaction id, as their `source.txid`.
     xid: Arc<str>,
     commit_ms: i64,
@@ -475,7 +473,7 @@ impl PostgresSource {
             // goes on from the next one.
             checkpoint: Some(
                 SnapshotProgress {
-                    lsn: position.0.clone(),
+                    lsn: position.as_str().to_owned(),
                     done: snap.done.clone(),
                     current: snap
                         .after
@@ -487,7 +485,7 @@ impl PostgresSource {
             ..SourceBatch::default()
         };
         let provenance = self.provenance(&desc);
-        let shared_position: Arc<str> = position.0.as_str().into();
+        let shared_position = position.0.clone();
         for r in rows {
             let cells: Vec<Cell> = (0..desc.columns.len())
                 .map(|i| match r.get::<_, Option<String>>(i) {
@@ -567,7 +565,7 @@ impl PostgresSource {
                     .tx
                     .as_ref()
                     .map(|t| lsn_position(t.final_lsn))
-                    .unwrap_or_else(|| Position(String::new()));
+                    .unwrap_or_else(|| Position::from(""));
                 for r in relations {
                     let Some((s, n, _)) = self.relations.get(&r) else {
                         continue;
@@ -606,7 +604,6 @@ impl PostgresSource {
             .as_mut()
             .ok_or_else(|| ConnectorError::definite("change outside a transaction"))?;
         let position = tx.position.clone();
-        let shared_position = tx.shared_position.clone();
         let provenance = captured.provenance.clone();
         let reorder = |cells: Vec<Cell>| in_description_order(&desc, columns, cells);
         let old = old.map(reorder);
@@ -633,7 +630,7 @@ impl PostgresSource {
             let info = provenance.info(
                 commit_ms,
                 Snapshot::False,
-                shared_position.clone(),
+                position.0.clone(),
                 Some(xid.clone()),
             );
             batch.records.push(SourceRecord {
@@ -929,7 +926,7 @@ impl Source for PostgresSource {
         if let Some(batch) = self.snapshot_chunk(max).await? {
             return Ok(batch);
         }
-        let mut batch = SourceBatch::default();
+        let mut batch = SourceBatch::with_capacity(max);
         loop {
             let repl = self
                 .repl
@@ -960,7 +957,6 @@ impl Source for PostgresSource {
                     let position = lsn_position(final_lsn);
                     self.tx = Some(Tx {
                         final_lsn,
-                        shared_position: position.0.as_str().into(),
                         position,
                         xid: xid.to_string().into(),
                         commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
@@ -1083,7 +1079,7 @@ impl Source for PostgresSource {
             &position,
             || {
                 self.provenance(table)
-                    .info(ts, Snapshot::True, position.0.as_str().into(), None)
+                    .info(ts, Snapshot::True, position.0.clone(), None)
             },
         ))
     }
