@@ -12,7 +12,9 @@ use backflow::config::Config;
 use backflow_schemas::registry_client::RegistryClient;
 // Change events are many small allocations on several threads (Avro
 // values, rows, Kafka messages); glibc malloc showed as the largest cost in
-// profiles of the pipeline.
+// profiles of the pipeline. mimalloc also serves C's `malloc` (its
+// `override` feature, for librdkafka), compiled to commit memory on demand
+// (`.cargo/config.toml`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
