@@ -537,7 +537,6 @@ impl MysqlSource {
             ..SourceBatch::default()
         };
         let provenance = self.provenance(&desc);
-        let shared_position = position.0.clone();
         for r in rows {
             match build_row(&desc, &kinds, r.unwrap(), Origin::Query) {
                 Ok(after) => batch.records.push(SourceRecord {
@@ -546,7 +545,7 @@ impl MysqlSource {
                         key: desc.key_of(&after),
                         before: None,
                         after: Some(after),
-                        source: provenance.info(ts, Snapshot::True, shared_position.clone(), None),
+                        source: provenance.info(ts, Snapshot::True, position.0.clone(), None),
                         op: Op::Read,
                         ts_ms: Some(ts),
                         transaction: None,
@@ -1280,18 +1279,15 @@ impl MysqlSource {
         })?;
         // Row events always come inside a transaction; should one not, it
         // is a transaction of its own, at its own position.
-        let tx = self.tx.get_or_insert_with(|| {
-            let position = binlog_position(&self.file, end);
-            Tx {
-                position,
-                id: "".into(),
-                gtid: None,
-                order: 0,
-                standalone: false,
-            }
+        let tx = self.tx.get_or_insert_with(|| Tx {
+            position: binlog_position(&self.file, end),
+            id: "".into(),
+            gtid: None,
+            order: 0,
+            standalone: false,
         });
         let position = tx.position.clone();
-        let provenance = self.tables[&key].provenance.clone();
+        let provenance = &self.tables[&key].provenance;
         let commit_ms = i64::from(ts_secs) * 1000;
         // When the source read the event (Debezium's envelope `ts_ms`).
         let read_ms = now_ms();

@@ -270,8 +270,8 @@ struct SnapshotRead {
 }
 
 struct Tx {
-    final_lsn: Lsn,
-    /// `final_lsn` as its events' position (and `source.position`).
+    /// The transaction's final LSN as its events' position (and
+    /// `source.position`).
     position: Position,
     /// The transaction id, as their `source.txid`.
     xid: Arc<str>,
@@ -485,7 +485,6 @@ impl PostgresSource {
             ..SourceBatch::default()
         };
         let provenance = self.provenance(&desc);
-        let shared_position = position.0.clone();
         for r in rows {
             let cells: Vec<Cell> = (0..desc.columns.len())
                 .map(|i| match r.get::<_, Option<String>>(i) {
@@ -493,7 +492,7 @@ impl PostgresSource {
                     None => Cell::Null,
                 })
                 .collect();
-            let info = provenance.info(ts, Snapshot::True, shared_position.clone(), None);
+            let info = provenance.info(ts, Snapshot::True, position.0.clone(), None);
             match build_row(&desc, &cells, None) {
                 Ok(after) => batch.records.push(SourceRecord {
                     table: desc.clone(),
@@ -564,7 +563,7 @@ impl PostgresSource {
                 let position = self
                     .tx
                     .as_ref()
-                    .map(|t| lsn_position(t.final_lsn))
+                    .map(|t| t.position.clone())
                     .unwrap_or_else(|| Position::from(""));
                 for r in relations {
                     let Some((s, n, _)) = self.relations.get(&r) else {
@@ -604,7 +603,7 @@ impl PostgresSource {
             .as_mut()
             .ok_or_else(|| ConnectorError::definite("change outside a transaction"))?;
         let position = tx.position.clone();
-        let provenance = captured.provenance.clone();
+        let provenance = &captured.provenance;
         let reorder = |cells: Vec<Cell>| in_description_order(&desc, columns, cells);
         let old = old.map(reorder);
         let new = new.map(reorder);
@@ -954,10 +953,8 @@ impl Source for PostgresSource {
                     xid,
                     commit_time_micros,
                 } => {
-                    let position = lsn_position(final_lsn);
                     self.tx = Some(Tx {
-                        final_lsn,
-                        position,
+                        position: lsn_position(final_lsn),
                         xid: xid.to_string().into(),
                         commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
                         order: 0,
