@@ -98,7 +98,7 @@ impl BusSink {
                 let key = enc.codec.encode_key(&r.key).map_err(bad)?;
                 let value = enc.codec.encode_value(event).map_err(bad)?;
                 Ok((
-                    enc.topic.clone(),
+                    enc.topic.to_string(),
                     frame(enc.key_id, &key),
                     Some(frame(enc.value_id, &value)),
                 ))

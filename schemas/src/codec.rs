@@ -214,22 +214,56 @@ impl TableCodec {
         value_id: u32,
         event: EventRef<'_>,
     ) -> Result<(Vec<u8>, Vec<u8>), SchemaError> {
-        let key_columns = || self.key_index.iter().map(|i| &self.table.columns[*i]);
-        crate::table::check_values(&self.table, key_columns(), event.key)?;
+        self.check_event(&event)?;
+        let mut key = Vec::with_capacity(crate::wire::HEADER_LEN + 16);
+        self.write_framed_key(key_id, &event, &mut key);
+        let mut value = Vec::with_capacity(crate::wire::HEADER_LEN + 256);
+        self.write_framed_value(value_id, &event, &mut value);
+        Ok((key, value))
+    }
+
+    /// [`TableCodec::encode_framed`] appending to `out`: the framed key,
+    /// then the framed value right after it; returns the key's length.
+    /// Every value is checked first, so `out` is unchanged on an error.
+    /// Lets a caller encode a batch of records into one buffer.
+    pub fn encode_framed_into(
+        &self,
+        key_id: u32,
+        value_id: u32,
+        event: EventRef<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, SchemaError> {
+        self.check_event(&event)?;
+        let start = out.len();
+        self.write_framed_key(key_id, &event, out);
+        let key_len = out.len() - start;
+        self.write_framed_value(value_id, &event, out);
+        Ok(key_len)
+    }
+
+    /// Whether the event's key and images fit the table.
+    fn check_event(&self, event: &EventRef<'_>) -> Result<(), SchemaError> {
+        crate::table::check_values(&self.table, self.key_columns(), event.key)?;
         for r in [event.before, event.after].into_iter().flatten() {
             self.table.check_row(r)?;
         }
-        let header = |id: u32, capacity: usize| {
-            let mut out = Vec::with_capacity(crate::wire::HEADER_LEN + capacity);
-            out.push(crate::wire::MAGIC);
-            out.extend_from_slice(&id.to_be_bytes());
-            out
-        };
-        let mut key = header(key_id, 16);
-        crate::binary::row(&mut key, key_columns(), event.key);
-        let mut value = header(value_id, 256);
-        crate::binary::envelope(&mut value, &self.table.columns, event);
-        Ok((key, value))
+        Ok(())
+    }
+
+    fn key_columns(&self) -> impl ExactSizeIterator<Item = &ColumnDesc> + Clone + '_ {
+        self.key_index.iter().map(|i| &self.table.columns[*i])
+    }
+
+    fn write_framed_key(&self, id: u32, event: &EventRef<'_>, out: &mut Vec<u8>) {
+        out.push(crate::wire::MAGIC);
+        out.extend_from_slice(&id.to_be_bytes());
+        crate::binary::row(out, self.key_columns(), event.key);
+    }
+
+    fn write_framed_value(&self, id: u32, event: &EventRef<'_>, out: &mut Vec<u8>) {
+        out.push(crate::wire::MAGIC);
+        out.extend_from_slice(&id.to_be_bytes());
+        crate::binary::envelope(out, &self.table.columns, *event);
     }
 
     /// Encodes a change event's value (raw Avro datum, no framing).
@@ -303,8 +337,9 @@ impl TableCodec {
     /// schema), straight into the row.
     pub fn decode_key(&self, bytes: &[u8]) -> Result<Row, SchemaError> {
         let mut input = crate::binary::Input::new(bytes);
-        let key_columns = self.key_index.iter().map(|i| &self.table.columns[*i]);
-        let row = input.row(key_columns).map_err(|e| self.err_decode(e))?;
+        let row = input
+            .row(self.key_columns())
+            .map_err(|e| self.err_decode(e))?;
         input.finish().map_err(|e| self.err_decode(e))?;
         Ok(row)
     }

@@ -211,9 +211,13 @@ fn check_datum(c: &ColumnDesc, d: &Datum) -> Result<(), String> {
     if let (SqlType::Varchar { len: Some(n) } | SqlType::Char { len: Some(n) }, Datum::Text(s)) =
         (&c.sql_type, d)
     {
-        let chars = s.chars().count();
-        if chars > *n as usize {
-            return Err(format!("{chars} characters exceed length {n}"));
+        // A character is at least one byte: only text longer in bytes
+        // than the limit needs counting.
+        if s.len() > *n as usize {
+            let chars = s.chars().count();
+            if chars > *n as usize {
+                return Err(format!("{chars} characters exceed length {n}"));
+            }
         }
     }
     Ok(())

@@ -29,6 +29,11 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts a broker on a free local port and waits until it listens.
     pub fn start() -> Self {
         Self::start_with("sqlite://tansu.db")
@@ -555,6 +560,20 @@ impl Drop for Node {
 
 /// Peak resident memory of a process in MB (`VmHWM`), 0 when unknown:
 /// for benchmarks.
+/// User + system CPU seconds a process used so far (0 when unknown).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5): 11 and 12 here;
+    // USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 pub fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

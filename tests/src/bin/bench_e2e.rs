@@ -57,8 +57,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use backflow_e2e::{
-    create_bench_department, create_pg_database, drop_pg_database, free_local_addr, metric_sum,
-    peak_rss_mb, pg_connect, unique_name, Node, TestBroker,
+    cpu_secs, create_bench_department, create_pg_database, drop_pg_database, free_local_addr,
+    metric_sum, peak_rss_mb, pg_connect, unique_name, Node, TestBroker,
 };
 
 const TX_ROWS: i64 = 10;
@@ -104,20 +104,6 @@ fn small_transactions(
         batches.push(sql);
     }
     batches
-}
-
-/// User + system CPU seconds a process used so far (0 when unknown).
-fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat(5): 11 and 12 here;
-    // USER_HZ is 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// CPU seconds so far of the node, each subscriber and tansu.

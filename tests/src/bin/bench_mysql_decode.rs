@@ -47,13 +47,7 @@ const BATCH_RECORDS: usize = 2_000;
 
 /// CPU time (user + system) of this process so far, in seconds.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    backflow_e2e::cpu_secs(std::process::id())
 }
 
 /// CPU time of the MariaDB server so far, in seconds (0 when not found).
@@ -65,11 +59,7 @@ fn server_cpu_secs() -> f64 {
     let Some(pid) = pids.split_whitespace().next() else {
         return 0.0;
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    pid.parse().map_or(0.0, backflow_e2e::cpu_secs)
 }
 
 struct Run {

@@ -50,6 +50,8 @@ struct Timed {
     /// From process start until the feed logged `feed started`.
     startup: f64,
     rss_mb: f64,
+    /// CPU seconds of the feed process (user + system, start-up included).
+    cpu: f64,
     resumed_at: String,
     published: f64,
     restarts: f64,
@@ -140,6 +142,7 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
     };
     let secs = started.elapsed().as_secs_f64();
     let rss_mb = backflow_e2e::peak_rss_mb(node.pid());
+    let cpu = backflow_e2e::cpu_secs(node.pid());
     let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
     node.signal("TERM")?;
     node.wait(Duration::from_secs(30))?;
@@ -148,6 +151,7 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
         secs,
         startup: startup.unwrap_or(0.0),
         rss_mb,
+        cpu,
         resumed_at: resumed_at.unwrap_or_else(|| "?".into()),
         published,
         restarts: backflow_e2e::metric_sum(
@@ -259,7 +263,9 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
         let (files, bytes) = binlog_range(&mut c, &from, &to).await?;
 
         // backflow: from process start until Kafka acknowledged every row.
+        let tansu_cpu = backflow_e2e::cpu_secs(broker.pid());
         let t = run_feed(&config, &feed, op, rows).await?;
+        let tansu_cpu = backflow_e2e::cpu_secs(broker.pid()) - tansu_cpu;
 
         // mariadb-binlog: the same binlog range from the server, to /dev/null.
         let raw_secs = mariadb_binlog(false, &files, from.1, to.1)?;
@@ -292,6 +298,12 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
             ours / raw,
             ours / verbose,
             t.rss_mb
+        );
+        println!(
+            "  CPU: feed process {:.2} s ({:.2} µs per row), tansu {:.2} s",
+            t.cpu,
+            t.cpu * 1e6 / rows as f64,
+            tansu_cpu
         );
         println!(
             "  producer: {:.0} enqueues waited for a full queue; acknowledged {:.1} ms after enqueue on average",
