@@ -217,6 +217,17 @@ fn envelope_round_trips_every_type_for_every_op() {
                 let (key_framed, value_framed) = codec.encode_framed(7, 9, &event).unwrap();
                 assert_eq!(key_framed, backflow_schemas::frame(7, &key_bytes));
                 assert_eq!(value_framed, backflow_schemas::frame(9, &value_bytes));
+                // Appended to a batch's buffer: the key, then the value,
+                // after what the buffer already held.
+                let mut batch = b"earlier".to_vec();
+                let key_len = codec
+                    .encode_framed_into(7, 9, event.parts(), &mut batch)
+                    .unwrap();
+                assert_eq!(key_len, key_framed.len());
+                assert_eq!(
+                    batch,
+                    [&b"earlier"[..], &key_framed, &value_framed].concat()
+                );
                 let key_back = codec.decode_key(&key_bytes).unwrap();
                 assert_eq!(key_back, event.key);
                 let back = codec.decode_value(key_back, &value_bytes).unwrap();
@@ -299,11 +310,16 @@ fn envelope_rejects_values_that_do_not_fit_naming_the_column() {
         transaction: None,
     };
     codec.encode_value(&event(row.clone())).unwrap();
+    // CHAR(6) counts characters, not bytes: six CJK characters (18 bytes) fit.
+    let mut wide = row.clone();
+    wide[3] = Datum::Text("三三〇一〇六".into());
+    codec.encode_value(&event(wide)).unwrap();
 
     let cases: Vec<(usize, Datum, &str)> = vec![
         (1, Datum::Long(5), "name"),
         (1, Datum::Null, "name"),
         (3, Datum::Text("3301060".into()), "region_code"),
+        (3, Datum::Text("三三〇一〇六七".into()), "region_code"),
         (5, dec("12345678901.00", 2), "income"),
         (5, dec("1.5", 1), "income"),
     ];
@@ -323,6 +339,13 @@ fn envelope_rejects_values_that_do_not_fit_naming_the_column() {
             !err.to_string().contains("张三"),
             "no row values in errors: {err}"
         );
+        // Encoding into a batch's buffer leaves it as it was.
+        let mut batch = b"earlier".to_vec();
+        let refused = event(row.clone());
+        assert!(codec
+            .encode_framed_into(1, 2, refused.parts(), &mut batch)
+            .is_err());
+        assert_eq!(batch, b"earlier");
         row[i] = saved;
     }
 }
