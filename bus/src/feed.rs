@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use backflow_connectors::{ConnectorError, Position, Source};
 use backflow_schemas::registry_client::subject_for;
-use backflow_schemas::{ChangeEvent, TableCodec, TableDesc};
+use backflow_schemas::{ChangeEvent, SchemaError, TableCodec, TableDesc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -213,8 +213,9 @@ pub async fn run(
         }
     });
 
-    // Encoding and handing records to Kafka run on a thread of their own,
-    // so the source reads its next batch while the last one is published.
+    // Handing encoded records to Kafka runs on a thread of its own, so the
+    // source reads and encodes its next batch while the last one is
+    // published.
     // (A task would share the feed's worker thread: tokio runs a task
     // woken by a message on the thread that sent it.)
     let (work_tx, work_rx) = mpsc::channel::<Work>(WORK_QUEUE);
@@ -454,7 +455,6 @@ enum Work {
 /// change, and the changes themselves are freed on the thread that read
 /// them. Encoding here, on the feed loop, rather than on the publishing
 /// thread, also splits the work more evenly between the two.
-#[derive(Default)]
 struct Encoded {
     bytes: Vec<u8>,
     /// The batch's topics; records refer to them by index.
@@ -484,12 +484,14 @@ impl Encoded {
     }
 
     /// Encodes a change with its table's encoder.
-    fn push(&mut self, enc: &Encoder, event: &ChangeEvent) -> Result<(), FeedError> {
+    fn push(&mut self, enc: &Encoder, event: &ChangeEvent) -> Result<(), SchemaError> {
         let start = self.bytes.len();
-        let key_len = enc
-            .codec
-            .encode_framed_into(enc.key_id, enc.value_id, event.parts(), &mut self.bytes)
-            .map_err(|e| FeedError::Encode(e.to_string()))?;
+        let key_len = enc.codec.encode_framed_into(
+            enc.key_id,
+            enc.value_id,
+            event.parts(),
+            &mut self.bytes,
+        )?;
         let topic = match self.topics.iter().rposition(|t| Arc::ptr_eq(t, &enc.topic)) {
             Some(i) => i,
             None => {
@@ -518,8 +520,8 @@ fn publisher_ended(ended: Result<Result<(), FeedError>, tokio::task::JoinError>)
     }
 }
 
-/// Encodes a feed's changes and hands them to Kafka, in order, with their
-/// pending acknowledgements queued for the acknowledging task.
+/// Hands a feed's encoded changes to Kafka, in order, with their pending
+/// acknowledgements queued for the acknowledging task.
 struct Publishing {
     name: String,
     ctx: FeedContext,

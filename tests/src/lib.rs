@@ -558,8 +558,6 @@ impl Drop for Node {
     }
 }
 
-/// Peak resident memory of a process in MB (`VmHWM`), 0 when unknown:
-/// for benchmarks.
 /// User + system CPU seconds a process used so far (0 when unknown).
 pub fn cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -574,6 +572,8 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Peak resident memory of a process in MB (`VmHWM`), 0 when unknown:
+/// for benchmarks.
 pub fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
