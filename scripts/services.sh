@@ -113,9 +113,13 @@ my_binlog() { my_tcp -e 'select @@log_bin, @@binlog_format, @@binlog_row_image, 
 
 mariadb_start() {
   mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  mkdir -p /var/log/mysql && chown mysql:mysql /var/log/mysql
+  # mariadbd refuses to run as root: it drops to the mysql user itself.
+  # Its error log goes to a file (no syslog or journal here).
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd \
+    -- --user=mysql --log-error=/var/log/mysql/error.log
   wait_until "MariaDB" 60 mariadb -uroot -N -e 'select 1' \
-    || die "MariaDB did not start; see /var/log/mysql/error.log or journal"
+    || { tail -n 20 /var/log/mysql/error.log >&2 || true; die "MariaDB did not start; see /var/log/mysql/error.log"; }
 }
 
 mariadb_up() {

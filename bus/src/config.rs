@@ -868,7 +868,7 @@ impl Config {
                 origin: origin_name(file, &env, ""),
                 reason,
             };
-            crate::api::Principal::parse(&t.principal).map_err(|e| bad("principal", e))?;
+            crate::auth::Principal::parse(&t.principal).map_err(|e| bad("principal", e))?;
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad("sha256", "not a hex SHA-256 (64 hex digits): use the output of `echo -n \"$TOKEN\" | sha256sum`".to_owned()));
             }

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cascade;
 pub mod catalog;
 pub mod config;

@@ -12,7 +12,7 @@ use backflow_e2e::{pg_connect, unique_name, Node, TestBroker};
 use serde_json::{json, Value};
 
 fn sha256(token: &str) -> String {
-    backflow::api::token_hash(token)
+    backflow::auth::token_hash(token)
 }
 
 async fn call(

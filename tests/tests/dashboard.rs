@@ -341,7 +341,7 @@ async fn dashboard_shows_what_the_api_says() {
          [[feeds]]\ntype = \"poll\"\nname = \"gongan-sqlite\"\nengine = \"sqlite\"\npath = \"{}\"\npoll_interval_ms = 200\ndelay_ms = 300\n\n\
          [[feeds.tables]]\ntable = \"people\"\ndataset = \"{DATASET}\"\nmode = \"timestamp+incrementing\"\ntimestamp_column = \"updated_at\"\n",
         broker.bootstrap(),
-        backflow::api::token_hash(ADMIN),
+        backflow::auth::token_hash(ADMIN),
         db.display(),
     );
     let node = Node::start_with_config(&config, &[]).unwrap();

@@ -67,8 +67,8 @@ async fn feeds_are_registered_paused_resumed_and_removed_at_runtime() {
     let config = format!(
         "[kafka]\nbrokers = \"{}\"\n[[auth.tokens]]\nprincipal = \"owner:{department}\"\nsha256 = \"{}\"\n[[auth.tokens]]\nprincipal = \"owner:someone\"\nsha256 = \"{}\"\n",
         broker.bootstrap(),
-        backflow::api::token_hash(owner),
-        backflow::api::token_hash("other-owner"),
+        backflow::auth::token_hash(owner),
+        backflow::auth::token_hash("other-owner"),
     );
     let node = Node::start_with_config(&config, &[("FEED_PG_PASSWORD", "")]).unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))

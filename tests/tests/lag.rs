@@ -60,7 +60,7 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
          [[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n\n\
          [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\nfields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n",
         broker.bootstrap(),
-        backflow::api::token_hash(ADMIN),
+        backflow::auth::token_hash(ADMIN),
         source.name.replace('_', "-"),
         source.name,
     );

@@ -136,7 +136,7 @@ household_region = {{ from = "户籍区划" }}
 address = {{ from = "住址" }}
 phone = {{ from = "电话" }}
 "#,
-        admin = backflow::api::token_hash(ADMIN),
+        admin = backflow::auth::token_hash(ADMIN),
     )
 }
 
@@ -398,7 +398,7 @@ async fn a_feed_registered_through_the_api_has_its_mapping_checked_against_the_t
         &format!(
             "[kafka]\nbrokers = \"{}\"\n[[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n",
             broker.bootstrap(),
-            backflow::api::token_hash(ADMIN)
+            backflow::auth::token_hash(ADMIN)
         ),
         &[],
     )

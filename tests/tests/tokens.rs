@@ -26,7 +26,7 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
     let config = format!(
         "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n[[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n",
         broker.bootstrap(),
-        backflow::api::token_hash(admin),
+        backflow::auth::token_hash(admin),
     );
     let node = Node::start_with_config(&config, &[]).unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
@@ -53,7 +53,7 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
     assert_eq!(status, 201, "{issued}");
     let token = issued["token"].as_str().unwrap().to_owned();
     assert_eq!(token.len(), 64);
-    assert_eq!(issued["sha256"], backflow::api::token_hash(&token));
+    assert_eq!(issued["sha256"], backflow::auth::token_hash(&token));
 
     // It acts as subscriber:330106, and only as that.
     let (status, _) = call(&node, "GET", "/api/subscriptions", &token, None).await;

@@ -1,0 +1,69 @@
+//! Lag and status of the subscriptions this node serves and the feeds
+//! it runs.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{forbidden, principal, ApiResult, ApiState};
+use crate::auth::Principal;
+
+/// The routes of this resource.
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/lag", get(lag))
+        .route("/api/lag/history", get(lag_history))
+}
+
+/// Whether `who` may see a subscription's lag: admins, the dataset's
+/// owner, the subscriber itself.
+fn sees_lag(who: &Principal, subscriber: &str, dataset: &str) -> bool {
+    match who {
+        Principal::Admin => true,
+        Principal::Owner(_) => who.owns(dataset),
+        Principal::Subscriber(n) => n == subscriber,
+    }
+}
+
+async fn lag(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    let mut board = state.lag.board();
+    board
+        .subscriptions
+        .retain(|s| sees_lag(&who, &s.subscriber, &s.dataset));
+    if matches!(who, Principal::Subscriber(_)) {
+        board.feeds.clear();
+    }
+    Ok(Json(json!(board)).into_response())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    subscriber: String,
+    dataset: String,
+}
+
+/// `GET /api/lag/history?subscriber=..&dataset=..`: the last hour of one
+/// subscription's lag samples.
+async fn lag_history(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    if !sees_lag(&who, &q.subscriber, &q.dataset) {
+        return Err(forbidden(format!(
+            "{} cannot see the lag of {}'s subscription to {}",
+            who.name(),
+            q.subscriber,
+            q.dataset
+        )));
+    }
+    let samples = state.lag.history(&q.subscriber, &q.dataset);
+    Ok(Json(json!({ "samples": samples })).into_response())
+}

@@ -1,0 +1,172 @@
+//! The control plane's HTTP API (JSON under `/api`), behind bearer tokens
+//! (see [`crate::auth`] for the principals and how a token is presented).
+//! No token: 401; a token without the right: 403 with the reason.
+//!
+//! | method | path | who |
+//! | --- | --- | --- |
+//! | PUT | /api/datasets/{id} | admin, owner of the department |
+//! | GET | /api/datasets | anyone with a token |
+//! | POST | /api/subscriptions | admin, the subscriber itself |
+//! | GET | /api/subscriptions | admin (all), owner (its datasets'), subscriber (its own) |
+//! | GET | /api/node | anyone with a token |
+//! | PUT | /api/nodes/{code} | admin |
+//! | GET, POST | /api/tokens; DELETE /api/tokens/{sha256} | admin |
+//! | GET | /api/feeds | admin, owners |
+//! | PUT, DELETE | /api/feeds/{name} | admin, owner of every dataset the feed fills |
+//! | POST | /api/feeds/{name}/pause, /resume, /restart | same |
+//! | GET | /api/subscriptions/{id} | admin, owner of the dataset, the subscriber |
+//! | POST | /api/subscriptions/{id}/approve, /reject, /revoke, /narrow | admin, owner of the dataset |
+//! | GET | /api/lag, /api/lag/history | admin, owners (their datasets), subscribers (their own) |
+//! | GET | /api/quality | admin, owners (their datasets) |
+//! | GET | /api/standards | anyone with a token |
+//!
+//! A subscription id is `<subscriber>:<dataset>`. Every decision goes to the
+//! audit trail. One module per resource.
+
+mod datasets;
+mod feeds;
+mod lag;
+mod nodes;
+mod subscriptions;
+mod tokens;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::audit::Auditor;
+use crate::auth::{Authenticator, Principal};
+use crate::catalog::{Catalog, CatalogRecord};
+use crate::config::TokenConfig;
+
+pub use subscriptions::expire;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    catalog: Catalog,
+    auditor: Auditor,
+    auth: Authenticator,
+    node: std::sync::Arc<crate::config::NodeConfig>,
+    feeds: crate::feeds::FeedStatuses,
+    publisher: crate::kafka::Publisher,
+    registry: crate::registry::Registry,
+    lag: crate::lag::LagBoard,
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+impl ApiState {
+    /// State for the API; tokens were validated with the configuration.
+    pub fn new(
+        catalog: Catalog,
+        auditor: Auditor,
+        tokens: &[TokenConfig],
+        node: crate::config::NodeConfig,
+        feeds: crate::feeds::FeedStatuses,
+        publisher: crate::kafka::Publisher,
+        registry: crate::registry::Registry,
+    ) -> Self {
+        Self {
+            auth: Authenticator::new(tokens, catalog.clone()),
+            catalog,
+            auditor,
+            node: std::sync::Arc::new(node),
+            feeds,
+            publisher,
+            registry,
+            lag: crate::lag::LagBoard::default(),
+            metrics: None,
+        }
+    }
+
+    /// The metrics `/api/quality` reads.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The lag board `/api/lag` shows.
+    pub fn with_lag(mut self, lag: crate::lag::LagBoard) -> Self {
+        self.lag = lag;
+        self
+    }
+}
+
+/// An API error: status and a reason the caller can act on.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.0 {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+            _ => "error",
+        };
+        (self.0, Json(json!({"error": kind, "reason": self.1}))).into_response()
+    }
+}
+
+fn forbidden(reason: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::FORBIDDEN, reason.into())
+}
+
+fn invalid(reason: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::UNPROCESSABLE_ENTITY, reason.into())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the catalog could not be written (Kafka): {e}"),
+    )
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The caller, from its token.
+async fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    state
+        .auth
+        .authenticate(headers)
+        .await
+        .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.0))
+}
+
+/// The API routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .merge(datasets::routes())
+        .merge(subscriptions::routes())
+        .merge(feeds::routes())
+        .merge(nodes::routes())
+        .merge(tokens::routes())
+        .merge(lag::routes())
+        .with_state(state)
+}
+
+/// Writes a catalog record, then the decision to the audit trail.
+async fn put_and_audit(
+    state: &ApiState,
+    who: &Principal,
+    record: CatalogRecord,
+    details: Value,
+) -> Result<(), ApiError> {
+    state.catalog.put(record).await.map_err(unavailable)?;
+    audit(state, who, details).await
+}
+
+/// Appends a decision by `who` to the audit trail.
+async fn audit(state: &ApiState, who: &Principal, details: Value) -> Result<(), ApiError> {
+    let mut details = details;
+    details["by"] = Value::String(who.name());
+    state
+        .auditor
+        .append("decision", details)
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}

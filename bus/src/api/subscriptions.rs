@@ -1,0 +1,345 @@
+//! Subscriptions: requests by lower nodes, the owners' decisions, and
+//! expiry.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Json;
+use axum::Router;
+use backflow_connectors::now_ms;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    audit, forbidden, invalid, principal, put_and_audit, unavailable, ApiError, ApiResult, ApiState,
+};
+use crate::audit::Auditor;
+use crate::auth::Principal;
+use crate::catalog::{
+    random_secret, Catalog, CatalogRecord, Dataset, SharingClass, Subscription, SubscriptionState,
+};
+
+/// The routes of this resource.
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/api/subscriptions",
+            get(list_subscriptions).post(request_subscription),
+        )
+        .route("/api/subscriptions/{id}", get(get_subscription))
+        .route("/api/subscriptions/{id}/{action}", post(decide))
+}
+
+/// A subscription as the API shows it (no secret).
+fn view(s: &Subscription) -> Value {
+    let mut v = serde_json::to_value(s).expect("subscriptions serialize");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("secret");
+    }
+    v
+}
+
+async fn get_subscription(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    let st = state.catalog.state().await;
+    let sub = st
+        .subscriptions
+        .get(&id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no subscription {id}")))?;
+    let allowed = match &who {
+        Principal::Subscriber(n) => &sub.subscriber == n,
+        _ => who.owns(&sub.dataset),
+    };
+    if !allowed {
+        return Err(forbidden(format!(
+            "{} cannot read subscription {id}: it belongs to node {} and dataset {}",
+            who.name(),
+            sub.subscriber,
+            sub.dataset
+        )));
+    }
+    Ok(Json(view(sub)).into_response())
+}
+
+async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    let st = state.catalog.state().await;
+    let visible: Vec<Value> = st
+        .subscriptions
+        .values()
+        .filter(|s| match &who {
+            Principal::Admin => true,
+            Principal::Owner(_) => who.owns(&s.dataset),
+            Principal::Subscriber(n) => &s.subscriber == n,
+        })
+        .map(view)
+        .collect();
+    Ok(Json(json!(visible)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestBody {
+    subscriber: String,
+    dataset: String,
+    purpose: String,
+    fields: Vec<String>,
+    #[serde(default)]
+    valid_days: Option<u32>,
+}
+
+async fn request_subscription(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<RequestBody>,
+) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    match &who {
+        Principal::Admin => {}
+        Principal::Subscriber(n) if *n == body.subscriber => {}
+        _ => {
+            return Err(forbidden(format!(
+                "{} cannot request on behalf of node {}: a subscriber requests for itself",
+                who.name(),
+                body.subscriber
+            )))
+        }
+    }
+    crate::config::DivisionCode::parse(&body.subscriber).map_err(invalid)?;
+    if body.purpose.trim().is_empty() {
+        return Err(invalid(
+            "purpose is required: say what the data is needed for",
+        ));
+    }
+    let dataset = state
+        .catalog
+        .state()
+        .await
+        .datasets
+        .get(&body.dataset)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no dataset {}", body.dataset),
+            )
+        })?;
+    let unknown: Vec<&str> = body
+        .fields
+        .iter()
+        .filter(|f| !dataset.fields.contains_key(*f))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() || body.fields.is_empty() {
+        return Err(invalid(format!(
+            "requested fields {:?} are not shared by {} (it shares: {})",
+            unknown,
+            dataset.id,
+            dataset
+                .fields
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let id = format!("{}:{}", body.subscriber, body.dataset);
+    let (state_now, granted) = match dataset.sharing {
+        SharingClass::NotShared => {
+            let reason = dataset
+                .not_shared_reason
+                .clone()
+                .unwrap_or_else(|| "the owner does not share this dataset".to_owned());
+            audit(
+                &state,
+                &who,
+                json!({"action": "subscription refused", "subscription": id, "reason": reason}),
+            )
+            .await?;
+            return Err(forbidden(format!(
+                "dataset {} is not shared: {reason}",
+                dataset.id
+            )));
+        }
+        SharingClass::Unconditional => (SubscriptionState::Active, grants(&dataset, &body.fields)),
+        SharingClass::Conditional => (SubscriptionState::Pending, BTreeMap::new()),
+    };
+    let sub = Subscription {
+        id: id.clone(),
+        subscriber: body.subscriber,
+        dataset: body.dataset,
+        purpose: body.purpose,
+        requested: body.fields,
+        granted,
+        valid_until_ms: body
+            .valid_days
+            .map(|d| now_ms() + i64::from(d) * 86_400_000),
+        policy_version: u32::from(state_now == SubscriptionState::Active),
+        state: state_now,
+        secret: random_secret(),
+        updated_ms: now_ms(),
+        backfilled: false,
+    };
+    put_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), json!({"action": "subscription requested", "subscription": id, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
+    Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
+}
+
+fn grants(dataset: &Dataset, fields: &[String]) -> BTreeMap<String, String> {
+    fields
+        .iter()
+        .filter_map(|f| Some((f.clone(), dataset.rule(f)?)))
+        .collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    #[serde(default)]
+    reason: Option<String>,
+    /// Approve: narrow the granted fields to these.
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+}
+
+async fn decide(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Option<Json<DecisionBody>>,
+) -> ApiResult {
+    let who = principal(&state, &headers).await?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let (mut sub, dataset) = {
+        let st = state.catalog.state().await;
+        let sub = st
+            .subscriptions
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no subscription {id}")))?;
+        let dataset = st.datasets.get(&sub.dataset).cloned();
+        (sub, dataset)
+    };
+    if !who.owns(&sub.dataset) {
+        return Err(forbidden(format!(
+            "{} cannot {action} subscription {id}: only the owner of {} or an admin can",
+            who.name(),
+            sub.dataset
+        )));
+    }
+    let dataset = dataset.ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("dataset {} is gone", sub.dataset),
+        )
+    })?;
+    let reason = body.reason.clone().unwrap_or_default();
+    match (action.as_str(), &sub.state) {
+        ("approve", SubscriptionState::Pending) => {
+            let fields = body.fields.clone().unwrap_or_else(|| sub.requested.clone());
+            if let Some(extra) = fields.iter().find(|f| !sub.requested.contains(f)) {
+                return Err(invalid(format!(
+                    "field {extra} was not requested: approval may only narrow the request"
+                )));
+            }
+            sub.granted = grants(&dataset, &fields);
+            sub.state = SubscriptionState::Active;
+            sub.policy_version += 1;
+            sub.backfilled = false;
+        }
+        ("narrow", SubscriptionState::Active) => {
+            let fields = body
+                .fields
+                .clone()
+                .ok_or_else(|| invalid("narrow needs the fields to keep"))?;
+            if let Some(extra) = fields.iter().find(|f| !sub.granted.contains_key(*f)) {
+                return Err(invalid(format!(
+                    "field {extra} is not granted: narrowing may only remove fields"
+                )));
+            }
+            sub.granted.retain(|k, _| fields.contains(k));
+            sub.policy_version += 1;
+        }
+        ("reject", SubscriptionState::Pending) => {
+            if reason.trim().is_empty() {
+                return Err(invalid("a rejection needs a reason"));
+            }
+            sub.state = SubscriptionState::Rejected {
+                reason: reason.clone(),
+            };
+        }
+        ("revoke", SubscriptionState::Active | SubscriptionState::Pending) => {
+            sub.state = SubscriptionState::Revoked {
+                reason: if reason.is_empty() {
+                    "revoked by the owner".to_owned()
+                } else {
+                    reason.clone()
+                },
+            };
+        }
+        ("approve" | "reject" | "revoke" | "narrow", other) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "subscription {id} is {}: cannot {action} it",
+                    serde_json::to_value(other)
+                        .map(|v| v["state"].clone())
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+        _ => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {action}: use approve, reject, revoke or narrow"),
+            ))
+        }
+    }
+    sub.updated_ms = now_ms();
+    state
+        .catalog
+        .put(CatalogRecord::Subscription(sub.clone()))
+        .await
+        .map_err(unavailable)?;
+    let done = match action.as_str() {
+        "approve" => "approved",
+        "reject" => "rejected",
+        "revoke" => "revoked",
+        _ => "narrowed",
+    };
+    audit(&state, &who, json!({"action": format!("subscription {done}"), "subscription": id, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
+    Ok(Json(view(&sub)).into_response())
+}
+
+/// Marks active subscriptions past their validity as expired.
+pub async fn expire(catalog: &Catalog, auditor: &Auditor) -> Result<(), crate::kafka::KafkaError> {
+    let now = now_ms();
+    let due: Vec<Subscription> = catalog
+        .state()
+        .await
+        .subscriptions
+        .values()
+        .filter(|s| {
+            s.state == SubscriptionState::Active && s.valid_until_ms.is_some_and(|t| t <= now)
+        })
+        .cloned()
+        .collect();
+    for mut s in due {
+        s.state = SubscriptionState::Expired;
+        s.updated_ms = now;
+        catalog.put(CatalogRecord::Subscription(s.clone())).await?;
+        auditor
+            .append(
+                "decision",
+                json!({"action": "subscription expired", "subscription": s.id, "by": "system"}),
+            )
+            .await?;
+    }
+    Ok(())
+}
