@@ -246,7 +246,7 @@ impl ShareConfig {
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     /// Name; keys the offsets stored in the sink and names the dead-letter
-    /// topic `backflow.dlq.<name>`.
+    /// topic (`backflow.sdlq.<subscriber>.<name>`).
     pub name: String,
     /// The upper node's Kafka and schema registry.
     pub upstream: UpstreamConfig,
@@ -263,7 +263,11 @@ pub struct SubscriptionConfig {
     /// `batch_size` and a light load waits for nothing.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
-    /// Dead-letter topic on the upstream cluster (default `backflow.dlq.<name>`).
+    /// Dead-letter topic on the upstream cluster (default
+    /// `backflow.sdlq.<subscriber>.<name>`, the subscriber's code read from
+    /// its share topics: a namespace apart from the feeds' dead letters,
+    /// which hold unfiltered rows; `backflow.dlq.<name>` for a subscription
+    /// that reads raw topics, which only the node itself does).
     #[serde(default)]
     pub dlq_topic: Option<String>,
 }
@@ -412,9 +416,19 @@ impl SubscriptionConfig {
 
     /// The dead-letter topic.
     pub fn dlq_topic(&self) -> String {
-        self.dlq_topic
-            .clone()
-            .unwrap_or_else(|| crate::topics::dlq(&self.name))
+        if let Some(t) = &self.dlq_topic {
+            return t.clone();
+        }
+        let subscriber = self.tables.iter().find_map(|t| {
+            t.topic
+                .strip_prefix("backflow.share.")
+                .and_then(|rest| rest.split_once('.'))
+                .map(|(code, _)| code)
+        });
+        match subscriber {
+            Some(code) => crate::topics::subscriber_dlq(code, &self.name),
+            None => crate::topics::dlq(&self.name),
+        }
     }
 }
 
@@ -1255,7 +1269,7 @@ mod tests {
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
         assert_eq!(cfg.subscriptions.len(), 1);
         assert_eq!(cfg.subscriptions[0].batch_size, 5_000);
-        assert_eq!(cfg.subscriptions[0].dlq_topic(), "backflow.dlq.d");
+        assert_eq!(cfg.subscriptions[0].dlq_topic(), "backflow.sdlq.330106.d");
         let f = file(
             "[[subscriptions]]\nname = \"d\"\nupstream = { brokers = \"k:9092\", registry_url = \"http://r:8480\" }\nsink = { type = \"mysql\", user = \"u\", database = \"x\", prot = 1 }\ntables = [{ topic = \"t\" }]\n",
         );

@@ -173,6 +173,19 @@ async fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal, A
         .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.0))
 }
 
+/// The caller, from its token, when it is one of the principals that run,
+/// own or use data: the auditor reads and verifies the audit trail and
+/// nothing else.
+async fn staff(state: &ApiState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let who = principal(state, headers).await?;
+    if who == Principal::Auditor {
+        return Err(forbidden(
+            "the auditor reads and verifies the audit trail and nothing else (separation of duties)",
+        ));
+    }
+    Ok(who)
+}
+
 /// The API routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()

@@ -10,7 +10,7 @@ use backflow_connectors::now_ms;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{forbidden, invalid, principal, put_and_audit, ApiResult, ApiState};
+use super::{forbidden, invalid, principal, put_and_audit, staff, ApiResult, ApiState};
 use crate::auth::Principal;
 use crate::catalog::{CatalogRecord, SubscriptionState};
 
@@ -77,7 +77,7 @@ async fn put_node(
     Path(code): Path<String>,
     Json(body): Json<RegisterNode>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     if who != Principal::Admin {
         return Err(forbidden(format!(
             "{} cannot register nodes: only an admin can",

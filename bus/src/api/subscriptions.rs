@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    audit, forbidden, invalid, principal, put_and_audit, unavailable, ApiError, ApiResult, ApiState,
+    audit, forbidden, invalid, put_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
 use crate::audit::Auditor;
 use crate::auth::Principal;
@@ -48,7 +48,7 @@ async fn get_subscription(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let st = state.catalog.state().await;
     let sub = st
         .subscriptions
@@ -70,7 +70,7 @@ async fn get_subscription(
 }
 
 async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let st = state.catalog.state().await;
     let visible: Vec<Value> = st
         .subscriptions
@@ -79,6 +79,7 @@ async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -
             Principal::Admin => true,
             Principal::Owner(_) => who.owns(&s.dataset),
             Principal::Subscriber(n) => &s.subscriber == n,
+            Principal::Auditor => false,
         })
         .map(view)
         .collect();
@@ -111,7 +112,7 @@ async fn request_subscription(
     headers: HeaderMap,
     Json(body): Json<RequestBody>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     match &who {
         Principal::Admin => {}
         Principal::Subscriber(n) if *n == body.subscriber => {}
@@ -299,7 +300,7 @@ async fn decide(
     Path((id, action)): Path<(String, String)>,
     body: Option<Json<DecisionBody>>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let (mut sub, dataset) = {
         let st = state.catalog.state().await;
