@@ -38,7 +38,12 @@ struct Row {
     calls: Vec<(Cell, u16)>,
 }
 
-fn row(route: &'static str, method: &'static str, expected: [u16; 7], cell: impl Fn(usize) -> (String, Option<Value>)) -> Row {
+fn row(
+    route: &'static str,
+    method: &'static str,
+    expected: [u16; 7],
+    cell: impl Fn(usize) -> (String, Option<Value>),
+) -> Row {
     Row {
         route,
         calls: expected
@@ -74,7 +79,10 @@ async fn call(node: &Node, cell: &Cell, token: Option<&str>) -> (u16, String) {
         req = req.json(b);
     }
     let resp = req.send().await.expect("the node answers");
-    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
 }
 
 fn dataset(sharing: &str) -> Value {
@@ -147,30 +155,78 @@ async fn every_route_answers_each_principal_exactly() {
         ("ga.open2", "unconditional"),
         ("ga.open3", "unconditional"),
     ] {
-        setup("PUT", &format!("/api/datasets/{id}"), GA, Some(dataset(sharing))).await;
+        setup(
+            "PUT",
+            &format!("/api/datasets/{id}"),
+            GA,
+            Some(dataset(sharing)),
+        )
+        .await;
     }
     for n in 1..=9 {
-        setup("PUT", &format!("/api/datasets/ga.p{n}"), GA, Some(dataset("conditional"))).await;
-        setup("POST", "/api/subscriptions", XIHU, Some(ask(&format!("ga.p{n}")))).await;
+        setup(
+            "PUT",
+            &format!("/api/datasets/ga.p{n}"),
+            GA,
+            Some(dataset("conditional")),
+        )
+        .await;
+        setup(
+            "POST",
+            "/api/subscriptions",
+            XIHU,
+            Some(ask(&format!("ga.p{n}"))),
+        )
+        .await;
     }
     for n in 1..=9 {
-        setup("PUT", &format!("/api/datasets/ga.a{n}"), GA, Some(dataset("unconditional"))).await;
-        setup("POST", "/api/subscriptions", XIHU, Some(ask(&format!("ga.a{n}")))).await;
+        setup(
+            "PUT",
+            &format!("/api/datasets/ga.a{n}"),
+            GA,
+            Some(dataset("unconditional")),
+        )
+        .await;
+        setup(
+            "POST",
+            "/api/subscriptions",
+            XIHU,
+            Some(ask(&format!("ga.a{n}"))),
+        )
+        .await;
     }
     for n in 7..=9 {
-        setup("POST", &format!("/api/subscriptions/330106:ga.a{n}/revoke"), GA, None).await;
+        setup(
+            "POST",
+            &format!("/api/subscriptions/330106:ga.a{n}/revoke"),
+            GA,
+            None,
+        )
+        .await;
     }
     let feed = |dataset: &str| {
         json!({"type": "poll", "engine": "sqlite", "path": sqlite,
             "tables": [{"table": "t", "dataset": dataset, "mode": "bulk"}]})
     };
     for name in ["ga-f", "ga-d1", "ga-d2", "ga-d3"] {
-        setup("PUT", &format!("/api/feeds/{name}"), GA, Some(feed("ga.polled"))).await;
+        setup(
+            "PUT",
+            &format!("/api/feeds/{name}"),
+            GA,
+            Some(feed("ga.polled")),
+        )
+        .await;
     }
     let issued: Vec<String> = {
         let mut v = Vec::new();
         for _ in 0..2 {
-            let t = setup("POST", "/api/tokens", ADMIN, Some(json!({"principal": "subscriber:330110"}))).await;
+            let t = setup(
+                "POST",
+                "/api/tokens",
+                ADMIN,
+                Some(json!({"principal": "subscriber:330110"})),
+            )
+            .await;
             v.push(t["sha256"].as_str().unwrap().to_owned());
         }
         v
@@ -193,20 +249,47 @@ async fn every_route_answers_each_principal_exactly() {
         }
     };
     let rows = vec![
-        row("GET /api/datasets", "GET", ANY_BUT_AUDITOR, same("/api/datasets", None)),
+        row(
+            "GET /api/datasets",
+            "GET",
+            ANY_BUT_AUDITOR,
+            same("/api/datasets", None),
+        ),
         row("PUT /api/datasets/{id}", "PUT", OWNERS, |i| {
-            (format!("/api/datasets/ga.new{i}"), Some(dataset("conditional")))
+            (
+                format!("/api/datasets/ga.new{i}"),
+                Some(dataset("conditional")),
+            )
         }),
-        row("PATCH /api/datasets/{id}", "PATCH", OWNERS, same("/api/datasets/ga.base", Some(json!({"description": "edited"})))),
-        row("GET /api/subscriptions", "GET", ANY_BUT_AUDITOR, same("/api/subscriptions", None)),
+        row(
+            "PATCH /api/datasets/{id}",
+            "PATCH",
+            OWNERS,
+            same(
+                "/api/datasets/ga.base",
+                Some(json!({"description": "edited"})),
+            ),
+        ),
+        row(
+            "GET /api/subscriptions",
+            "GET",
+            ANY_BUT_AUDITOR,
+            same("/api/subscriptions", None),
+        ),
         row(
             "POST /api/subscriptions",
             "POST",
             [201, 403, 403, 201, 403, 403, 401],
-            |i| (
-                "/api/subscriptions".to_owned(),
-                Some(ask(match i { 0 => "ga.open1", 3 => "ga.open2", _ => "ga.open3" })),
-            ),
+            |i| {
+                (
+                    "/api/subscriptions".to_owned(),
+                    Some(ask(match i {
+                        0 => "ga.open1",
+                        3 => "ga.open2",
+                        _ => "ga.open3",
+                    })),
+                )
+            },
         ),
         row(
             "GET /api/subscriptions/{id}",
@@ -214,34 +297,117 @@ async fn every_route_answers_each_principal_exactly() {
             [200, 200, 403, 200, 403, 403, 401],
             same("/api/subscriptions/330106:ga.p1", None),
         ),
-        row("POST /api/subscriptions/{id}/approve", "POST", OWNERS, decide("approve", "p", 1, Some(json!({"request_version": 1})))),
-        row("POST /api/subscriptions/{id}/reject", "POST", OWNERS, decide("reject", "p", 4, Some(json!({"reason": "not needed"})))),
-        row("POST /api/subscriptions/{id}/revoke", "POST", OWNERS, decide("revoke", "a", 1, None)),
-        row("POST /api/subscriptions/{id}/narrow", "POST", OWNERS, decide("narrow", "a", 4, Some(json!({"fields": ["id"]})))),
-        row("POST /api/subscriptions/{id}/reactivate", "POST", OWNERS, decide("reactivate", "a", 7, None)),
-        row("GET /api/node", "GET", [200, 200, 200, 200, 200, 200, 401], same("/api/node", None)),
-        row("PUT /api/nodes/{code}", "PUT", ADMIN_ONLY, same("/api/nodes/330106", Some(json!({"name": "西湖区"})))),
-        row("GET /api/tokens", "GET", ADMIN_ONLY, same("/api/tokens", None)),
-        row("POST /api/tokens", "POST", [201, 403, 403, 403, 403, 403, 401], same("/api/tokens", Some(json!({"principal": "owner:ga"})))),
-        row("DELETE /api/tokens/{sha256}", "DELETE", ADMIN_ONLY, move |i| {
-            (format!("/api/tokens/{}", issued[i.min(1)]), None)
-        }),
-        row("GET /api/lag", "GET", ANY_BUT_AUDITOR, same("/api/lag", None)),
+        row(
+            "POST /api/subscriptions/{id}/approve",
+            "POST",
+            OWNERS,
+            decide("approve", "p", 1, Some(json!({"request_version": 1}))),
+        ),
+        row(
+            "POST /api/subscriptions/{id}/reject",
+            "POST",
+            OWNERS,
+            decide("reject", "p", 4, Some(json!({"reason": "not needed"}))),
+        ),
+        row(
+            "POST /api/subscriptions/{id}/revoke",
+            "POST",
+            OWNERS,
+            decide("revoke", "a", 1, None),
+        ),
+        row(
+            "POST /api/subscriptions/{id}/narrow",
+            "POST",
+            OWNERS,
+            decide("narrow", "a", 4, Some(json!({"fields": ["id"]}))),
+        ),
+        row(
+            "POST /api/subscriptions/{id}/reactivate",
+            "POST",
+            OWNERS,
+            decide("reactivate", "a", 7, None),
+        ),
+        row(
+            "GET /api/node",
+            "GET",
+            [200, 200, 200, 200, 200, 200, 401],
+            same("/api/node", None),
+        ),
+        row(
+            "PUT /api/nodes/{code}",
+            "PUT",
+            ADMIN_ONLY,
+            same("/api/nodes/330106", Some(json!({"name": "西湖区"}))),
+        ),
+        row(
+            "GET /api/tokens",
+            "GET",
+            ADMIN_ONLY,
+            same("/api/tokens", None),
+        ),
+        row(
+            "POST /api/tokens",
+            "POST",
+            [201, 403, 403, 403, 403, 403, 401],
+            same("/api/tokens", Some(json!({"principal": "owner:ga"}))),
+        ),
+        row(
+            "DELETE /api/tokens/{sha256}",
+            "DELETE",
+            ADMIN_ONLY,
+            move |i| (format!("/api/tokens/{}", issued[i.min(1)]), None),
+        ),
+        row(
+            "GET /api/lag",
+            "GET",
+            ANY_BUT_AUDITOR,
+            same("/api/lag", None),
+        ),
         row(
             "GET /api/lag/history",
             "GET",
             [200, 200, 403, 200, 403, 403, 401],
             same("/api/lag/history?subscriber=330106&dataset=ga.a2", None),
         ),
-        row("GET /api/quality", "GET", [200, 200, 200, 403, 403, 403, 401], same("/api/quality", None)),
-        row("GET /api/standards", "GET", ANY_BUT_AUDITOR, same("/api/standards", None)),
-        row("GET /api/feeds", "GET", [200, 200, 200, 403, 403, 403, 401], same("/api/feeds", None)),
+        row(
+            "GET /api/quality",
+            "GET",
+            [200, 200, 200, 403, 403, 403, 401],
+            same("/api/quality", None),
+        ),
+        row(
+            "GET /api/standards",
+            "GET",
+            ANY_BUT_AUDITOR,
+            same("/api/standards", None),
+        ),
+        row(
+            "GET /api/feeds",
+            "GET",
+            [200, 200, 200, 403, 403, 403, 401],
+            same("/api/feeds", None),
+        ),
         row("PUT /api/feeds/{name}", "PUT", OWNERS, |i| {
             (format!("/api/feeds/ga-new{i}"), Some(feed("ga.polled")))
         }),
-        row("POST /api/feeds/{name}/pause", "POST", OWNERS, same("/api/feeds/ga-f/pause", None)),
-        row("POST /api/feeds/{name}/resume", "POST", OWNERS, same("/api/feeds/ga-f/resume", None)),
-        row("POST /api/feeds/{name}/restart", "POST", OWNERS, same("/api/feeds/ga-f/restart", None)),
+        row(
+            "POST /api/feeds/{name}/pause",
+            "POST",
+            OWNERS,
+            same("/api/feeds/ga-f/pause", None),
+        ),
+        row(
+            "POST /api/feeds/{name}/resume",
+            "POST",
+            OWNERS,
+            same("/api/feeds/ga-f/resume", None),
+        ),
+        row(
+            "POST /api/feeds/{name}/restart",
+            "POST",
+            OWNERS,
+            same("/api/feeds/ga-f/restart", None),
+        ),
         row("DELETE /api/feeds/{name}", "DELETE", OWNERS, |i| {
             (format!("/api/feeds/ga-d{}", i.min(2) + 1), None)
         }),
@@ -265,11 +431,19 @@ async fn every_route_answers_each_principal_exactly() {
             } else if (400..500).contains(&got) && got != 404 {
                 // Every refusal says why.
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if !v["reason"].as_str().is_some_and(|r| !r.is_empty()) {
-                    wrong.push(format!("{} by {who}: {got} without a reason: {text}", r.route));
+                if v["reason"].as_str().is_none_or(|r| r.is_empty()) {
+                    wrong.push(format!(
+                        "{} by {who}: {got} without a reason: {text}",
+                        r.route
+                    ));
                 }
             }
         }
     }
-    assert!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} cells differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
