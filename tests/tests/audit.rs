@@ -249,6 +249,35 @@ async fn audit_verify_reports_a_forged_approval_by_offset() {
     append(broker.bootstrap(), &[(b"330100".to_vec(), forged)]).await;
     let offset = last_offset + 1;
 
+    // Read as the API reads it: the forged record is there, unsigned.
+    let mut keys = backflow::audit::TrustedKeys::none();
+    keys.trust_spec(&format!("330100={public_key}")).unwrap();
+    let settings = KafkaSettings::new(broker.bootstrap());
+    let entries = backflow::audit::read(&settings, &keys, offset - 1, 10)
+        .await
+        .unwrap();
+    let got: Vec<(i64, Option<u64>, bool)> = entries
+        .iter()
+        .map(|e| (e.offset, e.seq, e.signature_ok))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (offset - 1, Some(seq - 1), true),
+            (offset, Some(seq), false)
+        ]
+    );
+    assert_eq!(entries[1].details["action"], "subscription approved");
+    let report = backflow::audit::verify(&settings, &keys).await.unwrap();
+    assert_eq!(
+        report
+            .problems
+            .iter()
+            .map(|p| (p.offset, p.kind))
+            .collect::<Vec<_>>(),
+        vec![(offset, backflow::audit::ProblemKind::Forged)]
+    );
+
     // The hash chain alone cannot tell: that was the whole check before.
     let (code, out) = audit_verify(broker.bootstrap(), &[]);
     assert_eq!(code, Some(0), "{out}");
