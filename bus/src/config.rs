@@ -73,6 +73,67 @@ pub struct Config {
     pub secrets: Vec<crate::admission::SecretConfig>,
     /// Where feeds registered through the API may connect (`[api_feeds]`).
     pub api_feeds: crate::admission::ApiFeedsConfig,
+    /// How this node signs its audit trail (`[audit]`).
+    pub audit: AuditConfig,
+}
+
+/// The key that signs this node's audit trail, and its checkpoints.
+///
+/// ```toml
+/// [audit]
+/// signing_key_file = "/etc/backflow/audit.key"  # written by `backflow audit keygen --out FILE`
+/// # signing_key_env = "BACKFLOW_AUDIT_KEY"      # or: a variable holding the key
+/// checkpoint_every = 1000
+/// ```
+///
+/// The key is an Ed25519 secret key: its 32-byte seed as 64 hex digits.
+/// Owners and auditors check the trail with its public half (`backflow
+/// audit verify --public-key`). With neither setting, a node on the
+/// embedded broker signs with a key made for that run; a node on a real
+/// cluster refuses to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// File holding the secret key (hex seed); readable by the node's
+    /// user only.
+    pub signing_key_file: Option<PathBuf>,
+    /// Environment variable holding the secret key (hex seed), instead of
+    /// a file.
+    pub signing_key_env: Option<String>,
+    /// A signed checkpoint record is written when the chain's sequence
+    /// number reaches a multiple of this (and when a node process writes
+    /// its first record), so a trail whose oldest records expired is
+    /// checked from the first checkpoint still there.
+    pub checkpoint_every: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            signing_key_env: None,
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The first setting that cannot be used: (key, reason).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.signing_key_file.is_some() && self.signing_key_env.is_some() {
+            return Err((
+                "audit.signing_key_env",
+                "set either audit.signing_key_file or audit.signing_key_env, not both".to_owned(),
+            ));
+        }
+        if self.checkpoint_every == 0 {
+            return Err((
+                "audit.checkpoint_every",
+                "must be at least 1 (1000 is the default)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A dataset's standard form and how its feed's table maps into it.
@@ -996,6 +1057,14 @@ impl Config {
                 ));
             }
         }
+        config
+            .audit
+            .validate()
+            .map_err(|(key, reason)| ConfigError::BadValue {
+                key: key.to_owned(),
+                origin: origin_name(file, &env, key),
+                reason,
+            })?;
         let mut names = std::collections::BTreeSet::new();
         for (i, feed) in config.feeds.iter().enumerate() {
             if !names.insert(feed.name().to_owned()) {

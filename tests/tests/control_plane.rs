@@ -408,7 +408,8 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
 
     // Every decision is on the audit trail, and it verifies.
     let out = backflow_e2e::backflow()
-        .args(["audit", "verify"])
+        .args(["audit", "verify", "--public-key"])
+        .arg(node.audit_public_key().unwrap())
         .env("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())
         .output()
         .unwrap();
