@@ -236,6 +236,7 @@ async fn every_route_answers_each_principal_exactly() {
     const OWNERS: [u16; 7] = [200, 200, 403, 403, 403, 403, 401];
     const ADMIN_ONLY: [u16; 7] = [200, 403, 403, 403, 403, 403, 401];
     const ANY_BUT_AUDITOR: [u16; 7] = [200, 200, 200, 200, 200, 403, 401];
+    const AUDITOR_ONLY: [u16; 7] = [403, 403, 403, 403, 403, 200, 401];
     // Pending subscriptions: admin decides on p1/p4/p7, the owner on p2/p5/p8,
     // every other caller is refused on p3/p6/p9; likewise for a1..a9.
     let own = |base: usize| move |i: usize| base + i.min(2);
@@ -411,6 +412,18 @@ async fn every_route_answers_each_principal_exactly() {
         row("DELETE /api/feeds/{name}", "DELETE", OWNERS, |i| {
             (format!("/api/feeds/ga-d{}", i.min(2) + 1), None)
         }),
+        row(
+            "GET /api/audit",
+            "GET",
+            AUDITOR_ONLY,
+            same("/api/audit?limit=5", None),
+        ),
+        row(
+            "POST /api/audit/verify",
+            "POST",
+            AUDITOR_ONLY,
+            same("/api/audit/verify", None),
+        ),
         row("GET /metrics", "GET", ADMIN_ONLY, same("/metrics", None)),
         row("GET /readyz", "GET", [200; 7], same("/readyz", None)),
         row("GET /healthz", "GET", [200; 7], same("/healthz", None)),

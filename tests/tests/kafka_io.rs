@@ -356,3 +356,79 @@ async fn audit_records_appended_together_continue_one_verifiable_chain() {
     }
     assert_eq!(ns, vec![0, 1, 2, 3, 4], "in chain order");
 }
+
+/// A write decided on a stale read (the distributor marking a
+/// subscription backfilled after the owner revoked it) must not undo the
+/// revocation: `put_if` writes only while the record is the one read.
+#[tokio::test]
+async fn catalog_write_decided_on_a_stale_read_does_not_undo_a_revocation() {
+    use backflow::catalog::{Catalog, CatalogRecord, Subscription, SubscriptionState};
+    let broker = EmbeddedBroker::start().unwrap();
+    let settings = KafkaSettings::new(broker.bootstrap_servers());
+    TopicAdmin::Embedded(broker.admin())
+        .ensure(&[TopicSpec::compacted(backflow::topics::CATALOG, 1, 1)])
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&settings, None).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (catalog, _follower) = Catalog::start(&settings, publisher, stop.clone()).unwrap();
+    let active = Subscription {
+        id: "330106:ga.people".into(),
+        subscriber: "330106".into(),
+        dataset: "ga.people".into(),
+        purpose: "p".into(),
+        requested: vec!["id".into()],
+        granted: [("id".to_owned(), "plain".to_owned())].into(),
+        valid_until_ms: None,
+        state: SubscriptionState::Active,
+        policy_version: 1,
+        secret: "k".repeat(64),
+        updated_ms: 1,
+        backfilled: false,
+        request_version: 1,
+    };
+    catalog
+        .put(CatalogRecord::Subscription(active.clone()))
+        .await
+        .unwrap();
+    // Read by the distributor ...
+    let read = catalog.state().await.subscriptions["330106:ga.people"].clone();
+    // ... revoked by the owner meanwhile ...
+    let mut revoked = active.clone();
+    revoked.state = SubscriptionState::Revoked {
+        reason: "misuse".into(),
+    };
+    catalog
+        .put(CatalogRecord::Subscription(revoked.clone()))
+        .await
+        .unwrap();
+    // ... then the distributor's write, decided on what it read.
+    let mut marked = read.clone();
+    marked.backfilled = true;
+    let written = catalog
+        .put_if(CatalogRecord::Subscription(marked.clone()), |st| {
+            st.subscriptions.get(&read.id) == Some(&read)
+        })
+        .await
+        .unwrap();
+    assert!(!written);
+    assert_eq!(
+        catalog.state().await.subscriptions["330106:ga.people"],
+        revoked
+    );
+    // Unchanged since read: written.
+    let again = catalog.state().await.subscriptions["330106:ga.people"].clone();
+    let mut renewed = again.clone();
+    renewed.updated_ms = 2;
+    assert!(catalog
+        .put_if(CatalogRecord::Subscription(renewed.clone()), |st| {
+            st.subscriptions.get(&again.id) == Some(&again)
+        })
+        .await
+        .unwrap());
+    assert_eq!(
+        catalog.state().await.subscriptions["330106:ga.people"],
+        renewed
+    );
+    stop.cancel();
+}

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{forbidden, invalid, put_and_audit, staff, ApiError, ApiResult, ApiState};
+use super::{forbidden, invalid, put_if_and_audit, staff, ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
 use crate::catalog::{limits, CatalogRecord, Dataset, Subscription};
 
@@ -117,10 +117,12 @@ async fn put_dataset(
     } else {
         "dataset registered"
     };
-    put_and_audit(
+    // Merged into the dataset as read: written only if it is still so.
+    put_if_and_audit(
         &state,
         &who,
         CatalogRecord::Dataset(dataset.clone()),
+        |st| st.datasets.get(&id) == before.as_ref(),
         json!({
             "action": action,
             "dataset": id,
@@ -173,10 +175,11 @@ async fn rederive(
                 "policy_version": change.subscription.policy_version,
             }),
         };
-        put_and_audit(
+        put_if_and_audit(
             state,
             who,
             CatalogRecord::Subscription(change.subscription),
+            |st| st.subscriptions.get(&sub.id) == Some(&sub),
             details,
         )
         .await?;

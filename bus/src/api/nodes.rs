@@ -59,6 +59,10 @@ async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResu
         "parent": state.node.parent.as_ref().map(|p| p.as_str()),
         "children": children,
         "child_nodes": child_nodes,
+        // The key the node signs its audit trail with: an owner checks
+        // the trail with `backflow audit verify --public-key`.
+        "audit_public_key": state.auditor.public_key_hex(),
+        "audit_key_id": state.auditor.key_id(),
     }))
     .into_response())
 }
