@@ -46,7 +46,10 @@
 //!   this user can enter, accepting one connection from this very process,
 //!   that opens the connection to the server, passes the server's bytes
 //!   through the same guard and then copies bytes both ways. Without a
-//!   password there is nothing to leak and they connect directly.
+//!   password there is nothing to leak and they connect directly. The cost
+//!   is one more copy of each byte in this process: reading 300 MB from
+//!   MariaDB took about a tenth more CPU than a direct connection (median
+//!   of six runs on a loaded two-core machine; wall time within the noise).
 //!
 //! Checking the first answer and then handing the server to the driver
 //! would not do: a hostile server answers each connection as it likes.

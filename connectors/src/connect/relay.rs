@@ -179,3 +179,69 @@ where
     tokio::io::copy_bidirectional_with_sizes(client, upstream, COPY_BUFFER, COPY_BUFFER).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::super::Refusal;
+    use super::*;
+
+    /// Refuses the chunk holding an `X`.
+    struct RefuseX;
+
+    impl Guard for RefuseX {
+        fn server_bytes(&mut self, bytes: &[u8]) -> Verdict {
+            if bytes.contains(&b'X') {
+                Verdict::Refused(Refusal::Malformed)
+            } else {
+                Verdict::Guarding
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn relay_is_private_single_use_and_withholds_a_refused_chunk() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let relay = start(upstream, RefuseX, "test.sock").unwrap();
+        let mode = std::fs::metadata(&relay.dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "only this user may enter");
+
+        let mut client = UnixStream::connect(&relay.socket).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while relay.dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the socket outlived its one connection"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let mut buf = [0u8; 5];
+        client.write_all(b"hello").await.unwrap();
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        server.write_all(b"fine").await.unwrap();
+        client.read_exact(&mut buf[..4]).await.unwrap();
+        assert_eq!(&buf[..4], b"fine");
+
+        server.write_all(b"secret X").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "the refused chunk reached the client");
+        assert_eq!(relay.refused.get(), Some(Refusal::Malformed));
+        let mut after = Vec::new();
+        let _ = server.read_to_end(&mut after).await;
+        assert!(
+            after.is_empty(),
+            "the relay wrote to the server after refusing"
+        );
+    }
+}
