@@ -1192,3 +1192,263 @@ fn assert_only_delete_of_4(diff: &backflow_connectors::SourceBatch, gone: &Row) 
     assert!(d.event.after.is_none());
     assert_eq!(&*d.event.source.position, d.position.as_str());
 }
+
+// ------------------------------------------- positions reveal no values
+
+/// How a value appeared in the positions of releases before 0.x that put
+/// column values there: 20 digits, sign bit flipped.
+fn old_sortable(v: i64) -> String {
+    format!("{:020}", (v as u64) ^ (1 << 63))
+}
+
+/// Microseconds of a `YYYY-MM-DD HH:MM:SS[.ffffff]` text.
+fn micros_of(text: &str) -> i64 {
+    match backflow_connectors::text::parse(&SqlType::Timestamp, text).unwrap() {
+        Datum::Timestamp(v) => v,
+        other => panic!("not a timestamp: {other:?}"),
+    }
+}
+
+/// A record's provenance (`source.position`, its record position and
+/// `source.ts_ms`) holds none of the secret timestamps (text, and as
+/// micro-, milli- and seconds, plain or as older releases encoded them),
+/// nor the incrementing values, and `source.ts_ms` is the poll's time.
+fn assert_reveals_nothing(r: &SourceRecord, secret_ts: &[&str], secret_inc: &[i64]) {
+    let position = r.event.source.position.to_string();
+    assert_eq!(position, r.position.as_str(), "one position");
+    let mut forbidden = Vec::new();
+    for text in secret_ts {
+        let micros = micros_of(text);
+        let (date, time) = text.split_once(' ').unwrap();
+        forbidden.extend([
+            date.to_owned(),
+            time[..8].to_owned(),
+            old_sortable(micros),
+            micros.to_string(),
+            micros.div_euclid(1000).to_string(),
+            micros.div_euclid(1_000_000).to_string(),
+        ]);
+    }
+    for inc in secret_inc {
+        forbidden.extend([old_sortable(*inc), inc.to_string()]);
+    }
+    for f in &forbidden {
+        assert!(
+            !position.contains(f.as_str()),
+            "position {position} reveals {f}"
+        );
+    }
+    for text in secret_ts {
+        let micros = micros_of(text);
+        let ts_ms = r.event.source.ts_ms;
+        assert_ne!(ts_ms, micros.div_euclid(1000), "source.ts_ms is {text}");
+        assert_ne!(
+            ts_ms.div_euclid(1000),
+            micros.div_euclid(1_000_000),
+            "source.ts_ms is {text} to the second"
+        );
+    }
+    // The poll's clock (this machine's is the database's here).
+    let age = now_ms() - r.event.source.ts_ms;
+    assert!(
+        (-5_000..60_000).contains(&age),
+        "source.ts_ms {} is not the poll's time",
+        r.event.source.ts_ms
+    );
+}
+
+const CASES: &str = "CREATE TABLE cases (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    updated_at TIMESTAMP NOT NULL);";
+
+#[tokio::test]
+async fn poll_positions_reveal_no_column_value_and_order_a_rows_changes_across_restarts() {
+    // `updated_at` is not granted to anyone and `id` is shared hashed:
+    // neither may show in what every subscriber receives.
+    let secrets = [
+        "2021-03-04 05:06:07.089",
+        "2021-03-04 05:06:08.5",
+        "2021-03-04 05:06:09.25",
+        "2021-03-04 05:06:10.75",
+        "2021-03-04 05:06:11",
+    ];
+    let ids = [987_654_321, 987_654_322];
+    let (path, db) = sqlite_db(
+        "secret",
+        &format!(
+            "{CASES}
+             INSERT INTO cases VALUES (987654321, 'opened', '{}');",
+            secrets[0]
+        ),
+    );
+    let config = sqlite_config(
+        &path,
+        vec![table(
+            "cases",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    let mut all = Vec::new();
+
+    // Insert, then update: the update sorts after.
+    let (mut a, desc) = started(config.clone(), None, vec![]).await;
+    let first = until_idle(&mut a, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 987_654_321)]);
+    let inserted = first.last_checkpoint.clone().unwrap();
+    db.execute_batch(&format!(
+        "UPDATE cases SET label = 'reviewed', updated_at = '{}' WHERE id = 987654321",
+        secrets[1]
+    ))
+    .unwrap();
+    let upd = until_idle(&mut a, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 987_654_321)]);
+    assert!(
+        upd.records[0].position > first.records[0].position,
+        "{} > {}",
+        upd.records[0].position.0,
+        first.records[0].position.0
+    );
+    let reviewed = upd.last_checkpoint.clone().unwrap();
+    a.shutdown().await.unwrap();
+    all.extend(first.records.iter().chain(&upd.records).cloned());
+
+    // Restarted from its checkpoint: the next update sorts after.
+    db.execute_batch(&format!(
+        "UPDATE cases SET label = 'closed', updated_at = '{}' WHERE id = 987654321",
+        secrets[2]
+    ))
+    .unwrap();
+    let (mut b, _) = started(
+        config.clone(),
+        Some(reviewed),
+        vec![after(&upd.records[0]).clone()],
+    )
+    .await;
+    let closed = until_idle(&mut b, 100).await;
+    assert_eq!(closed.ops(), vec![(Op::Update, 987_654_321)]);
+    assert!(
+        closed.records[0].position > upd.records[0].position,
+        "{} > {}",
+        closed.records[0].position.0,
+        upd.records[0].position.0
+    );
+    b.shutdown().await.unwrap();
+    all.extend(closed.records.iter().cloned());
+
+    // A crash before the last checkpoints were stored: restarted from the
+    // one after the insert, with the topic holding the `closed` version,
+    // the row read again (changed once more) sorts after every version.
+    db.execute_batch(&format!(
+        "UPDATE cases SET label = 'reopened', updated_at = '{}' WHERE id = 987654321;
+         INSERT INTO cases VALUES (987654322, 'new', '{}');",
+        secrets[3], secrets[4]
+    ))
+    .unwrap();
+    let (mut c, _) = started(
+        config.clone(),
+        Some(inserted),
+        vec![after(&closed.records[0]).clone()],
+    )
+    .await;
+    let replayed = until_idle(&mut c, 100).await;
+    assert_eq!(
+        replayed.ops(),
+        vec![(Op::Update, 987_654_321), (Op::Create, 987_654_322)]
+    );
+    assert_eq!(before(&replayed.records[0]), after(&closed.records[0]));
+    assert!(
+        replayed.records[0].position > closed.records[0].position,
+        "{} > {}",
+        replayed.records[0].position.0,
+        closed.records[0].position.0
+    );
+    all.extend(replayed.records.iter().cloned());
+
+    // A hard delete, found by the key diff, sorts after the update.
+    db.execute_batch("DELETE FROM cases WHERE id = 987654321")
+        .unwrap();
+    let topic = replayed.records.iter().map(|r| after(r).clone()).collect();
+    let diff = c.topic_state(&desc, topic).await.unwrap();
+    assert_eq!(diff.records.len(), 1);
+    let d = &diff.records[0];
+    assert_eq!((d.event.op, int(&d.event.key.0[0])), (Op::Delete, 987_654_321));
+    assert!(
+        d.position > replayed.records[0].position,
+        "{} > {}",
+        d.position.0,
+        replayed.records[0].position.0
+    );
+    all.extend(diff.records.iter().cloned());
+    c.shutdown().await.unwrap();
+
+    for r in &all {
+        assert_reveals_nothing(r, &secrets, &ids);
+    }
+
+    // A district holding rows written with the positions of earlier
+    // releases (digits: a row's timestamp and incrementing value, or a
+    // poll's time) takes every new position as newer, even one of a
+    // timestamp far in the future.
+    let old = [
+        format!(
+            "{}.{}",
+            old_sortable(micros_of(secrets[4])),
+            old_sortable(ids[1])
+        ),
+        old_sortable(now_ms() * 1000),
+        format!("{}.{}", old_sortable(i64::MAX), old_sortable(i64::MAX)),
+        old_sortable(i64::MAX),
+    ];
+    for r in &all {
+        for o in &old {
+            assert!(o.as_str() < r.position.as_str(), "{o} < {}", r.position.0);
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn poll_positions_order_a_tables_rows_when_it_changes_from_bulk_to_timestamp_mode() {
+    // A table shared in bulk mode, then (restarted) by timestamp: the
+    // timestamp mode's update of a row sorts after the bulk insert of it,
+    // although the row's timestamp is older than the bulk poll.
+    let (path, db) = sqlite_db(
+        "modes",
+        &format!(
+            "{CASES}
+             INSERT INTO cases VALUES (1, 'opened', '2021-03-04 05:06:07');"
+        ),
+    );
+    let bulk = sqlite_config(&path, vec![table("cases", PollMode::Bulk, None)]);
+    let (mut a, _) = started(bulk, None, vec![]).await;
+    let first = until_idle(&mut a, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 1)]);
+    let cp = first.last_checkpoint.clone().unwrap();
+    a.shutdown().await.unwrap();
+
+    db.execute_batch(
+        "UPDATE cases SET label = 'closed', updated_at = '2021-03-04 05:06:08' WHERE id = 1",
+    )
+    .unwrap();
+    let timed = sqlite_config(
+        &path,
+        vec![table(
+            "cases",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    let (mut b, _) = started(timed, Some(cp), vec![after(&first.records[0]).clone()]).await;
+    let upd = until_idle(&mut b, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 1)]);
+    assert!(
+        upd.records[0].position > first.records[0].position,
+        "{} > {}",
+        upd.records[0].position.0,
+        first.records[0].position.0
+    );
+    b.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&path);
+}
