@@ -1660,6 +1660,11 @@ async fn poll_positions_are_newer_than_an_earlier_releases_in_districts_tables()
         sink.shutdown().await.unwrap();
     }
     my_drop(&my).await;
+    pg_connect("postgres")
+        .await
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {pg} WITH (FORCE)"))
+        .await
+        .unwrap();
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&sink_path);
 }
