@@ -8,7 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
-use backflow_connectors::{ErrorKind, Position, RejectedRecord, Source, SourceRecord};
+use backflow_connectors::sink::mysql::{MysqlSink, MysqlSinkConfig};
+use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
+use backflow_connectors::sink::sqlite::{SqliteSink, SqliteSinkConfig};
+use backflow_connectors::{
+    ErrorKind, Position, RejectedRecord, Sink, SinkBatch, SinkRecord, Source, SourceRecord,
+    TopicOffset,
+};
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType, TableDesc};
 use mysql_async::prelude::Queryable;
 use tokio_postgres::NoTls;
@@ -230,10 +236,12 @@ fn before(r: &SourceRecord) -> &Row {
     r.event.before.as_ref().expect("before-image")
 }
 
+/// Positions never go down in the order polls yield records (the records
+/// of one poll share its position).
 fn assert_sorted(records: &[SourceRecord]) {
     for w in records.windows(2) {
         assert!(
-            w[0].position < w[1].position,
+            w[0].position <= w[1].position,
             "positions sort as text: {} then {}",
             w[0].position.0,
             w[1].position.0
@@ -313,8 +321,17 @@ async fn sqlite_timestamp_incrementing_captures_ties_updates_and_resumes_exactly
     assert_eq!(e.source.snapshot, Snapshot::False);
     assert_eq!(&*e.source.position, first.records[0].position.as_str());
     assert!(e.transaction.is_none() && e.before.is_none());
-    // SQLite timestamps without an offset are UTC: the row's time in ms.
-    assert_eq!(e.source.ts_ms, 1_767_261_600_000);
+    // The poll's time, not the row's.
+    assert!(
+        e.source.position.starts_with("poll@"),
+        "{}",
+        e.source.position
+    );
+    assert!(
+        (now_ms() - e.source.ts_ms).abs() < 60_000,
+        "{}",
+        e.source.ts_ms
+    );
 
     // Restarted from the checkpoint taken between the tied rows 2 and 3:
     // rows 3 and 4 come, and nothing else. (An empty topic, so that a row
@@ -322,7 +339,8 @@ async fn sqlite_timestamp_incrementing_captures_ties_updates_and_resumes_exactly
     let (mut b, _) = started(config.clone(), Some(mid_tie), vec![]).await;
     let resumed = until_idle(&mut b, 100).await;
     assert_eq!(resumed.ops(), vec![(Op::Create, 3), (Op::Create, 4)]);
-    assert_eq!(resumed.records[0].position, first.records[2].position);
+    // Read again by a later poll: a later position.
+    assert!(resumed.records[0].position > first.records[2].position);
     b.shutdown().await.unwrap();
 
     // An update: `u` whose before-image is the row as last yielded, and a
@@ -372,8 +390,8 @@ async fn sqlite_timestamp_incrementing_captures_ties_updates_and_resumes_exactly
         "never the value: {}",
         bad.reason
     );
-    assert!(after_restart.records[1].position < bad.position);
-    assert!(bad.position < after_restart.records[2].position);
+    assert!(after_restart.records[1].position <= bad.position);
+    assert!(bad.position <= after_restart.records[2].position);
     c.shutdown().await.unwrap();
     let _ = std::fs::remove_file(&path);
 }
@@ -425,6 +443,7 @@ async fn postgres_soft_delete_is_a_delete_and_recent_rows_wait_for_the_delay() {
 
     // A row stamped with the database's now is not read before now + delay.
     let inserted = Instant::now();
+    let inserted_ms = now_ms();
     c.batch_execute("INSERT INTO people VALUES (3, 'Zhao', NULL, NULL, NULL, false, now())")
         .await
         .unwrap();
@@ -446,14 +465,12 @@ async fn postgres_soft_delete_is_a_delete_and_recent_rows_wait_for_the_delay() {
         inserted.elapsed()
     );
     assert_eq!((row3.event.op, int(&row3.event.key.0[0])), (Op::Create, 3));
-    let age = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - row3.event.source.ts_ms;
+    // source.ts_ms is the time of the poll that read it, after the delay.
+    let ts_ms = row3.event.source.ts_ms;
     assert!(
-        (1000..10_000).contains(&age),
-        "source.ts_ms is the row's timestamp: {age} ms ago"
+        (inserted_ms + 1400..=now_ms()).contains(&ts_ms),
+        "source.ts_ms is the poll's time: {} ms after the insert",
+        ts_ms - inserted_ms
     );
     source.shutdown().await.unwrap();
 }
@@ -805,12 +822,6 @@ async fn mysql_datetime_ties_split_by_the_batch_resume_exactly_and_updates_carry
         ],
     )
     .await;
-    // DATETIME is the server's wall-clock time: UTC plus its offset.
-    let offset_s: i64 = c
-        .query_first("SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW())")
-        .await
-        .unwrap()
-        .unwrap();
     let tables = vec![table(
         "items",
         PollMode::TimestampIncrementing,
@@ -858,14 +869,20 @@ async fn mysql_datetime_ties_split_by_the_batch_resume_exactly_and_updates_carry
     assert_eq!(&*e.source.db, db);
     assert_eq!(e.source.schema.as_deref(), Some(db.as_str()));
     assert_eq!(&*e.source.table, "items");
-    assert_eq!(e.source.ts_ms, 1_767_261_600_000 - offset_s * 1000);
+    // The poll's time (UTC), not the row's.
+    assert!(
+        (now_ms() - e.source.ts_ms).abs() < 60_000,
+        "{}",
+        e.source.ts_ms
+    );
 
     // Restarted from the checkpoint between the tied rows 2 and 3: 3 and
     // 4 come, nothing else.
     let (mut b, _) = started(config.clone(), Some(mid_tie), vec![]).await;
     let resumed = until_idle(&mut b, 100).await;
     assert_eq!(resumed.ops(), vec![(Op::Create, 3), (Op::Create, 4)]);
-    assert_eq!(resumed.records[0].position, first.records[2].position);
+    // Read again by a later poll: a later position.
+    assert!(resumed.records[0].position > first.records[2].position);
     b.shutdown().await.unwrap();
 
     // An update: `u`, before-image the row as last yielded.
@@ -880,8 +897,8 @@ async fn mysql_datetime_ties_split_by_the_batch_resume_exactly_and_updates_carry
     assert_eq!(text(&after(&upd.records[0]).0[1]), "two v2");
     assert!(upd.records[0].position > first.records[1].position);
 
-    // A row stamped NOW(6) by an application session is read once the
-    // delay passed, and its source.ts_ms is now in UTC.
+    // A row stamped NOW(6) by an application session (DATETIME: the
+    // server's wall-clock time) is read once the delay passed.
     c.query_drop("INSERT INTO items (id, label, updated_at) VALUES (5, 'five', NOW(6))")
         .await
         .unwrap();
@@ -926,7 +943,10 @@ async fn mysql_timestamp_column_soft_delete_waits_for_the_delay() {
     assert_eq!(li.0[2], Datum::Text("resident".into()));
     assert_eq!(li.0[3], Datum::Bool(false));
     assert!(matches!(li.0[4], Datum::TimestampTz(_)), "{:?}", li.0[4]);
-    let age = now_ms() - first.records[0].event.source.ts_ms;
+    let Datum::TimestampTz(stamped) = li.0[4] else {
+        unreachable!("matched above")
+    };
+    let age = now_ms() - stamped.div_euclid(1000);
     assert!(
         (3_590_000..3_610_000).contains(&age),
         "TIMESTAMP read as UTC: {age} ms"
@@ -1191,4 +1211,460 @@ fn assert_only_delete_of_4(diff: &backflow_connectors::SourceBatch, gone: &Row) 
     assert_eq!(d.event.before.as_ref(), Some(gone));
     assert!(d.event.after.is_none());
     assert_eq!(&*d.event.source.position, d.position.as_str());
+}
+
+// ------------------------------------------- positions reveal no values
+
+/// How a value appeared in the positions of releases before 0.x that put
+/// column values there: 20 digits, sign bit flipped.
+fn old_sortable(v: i64) -> String {
+    format!("{:020}", (v as u64) ^ (1 << 63))
+}
+
+/// Microseconds of a `YYYY-MM-DD HH:MM:SS[.ffffff]` text.
+fn micros_of(text: &str) -> i64 {
+    match backflow_connectors::text::parse(&SqlType::Timestamp, text).unwrap() {
+        Datum::Timestamp(v) => v,
+        other => panic!("not a timestamp: {other:?}"),
+    }
+}
+
+/// A record's provenance (`source.position`, its record position and
+/// `source.ts_ms`) holds none of the secret timestamps (text, and as
+/// micro-, milli- and seconds, plain or as older releases encoded them),
+/// nor the incrementing values, and `source.ts_ms` is the poll's time.
+fn assert_reveals_nothing(r: &SourceRecord, secret_ts: &[&str], secret_inc: &[i64]) {
+    let position = r.event.source.position.to_string();
+    assert_eq!(position, r.position.as_str(), "one position");
+    let mut forbidden = Vec::new();
+    for text in secret_ts {
+        let micros = micros_of(text);
+        let (date, time) = text.split_once(' ').unwrap();
+        forbidden.extend([
+            date.to_owned(),
+            time[..8].to_owned(),
+            old_sortable(micros),
+            micros.to_string(),
+            micros.div_euclid(1000).to_string(),
+            micros.div_euclid(1_000_000).to_string(),
+        ]);
+    }
+    for inc in secret_inc {
+        forbidden.extend([old_sortable(*inc), inc.to_string()]);
+    }
+    for f in &forbidden {
+        assert!(
+            !position.contains(f.as_str()),
+            "position {position} reveals {f}"
+        );
+    }
+    for text in secret_ts {
+        let micros = micros_of(text);
+        let ts_ms = r.event.source.ts_ms;
+        assert_ne!(ts_ms, micros.div_euclid(1000), "source.ts_ms is {text}");
+        assert_ne!(
+            ts_ms.div_euclid(1000),
+            micros.div_euclid(1_000_000),
+            "source.ts_ms is {text} to the second"
+        );
+    }
+    // The poll's clock (this machine's is the database's here).
+    let age = now_ms() - r.event.source.ts_ms;
+    assert!(
+        (-5_000..60_000).contains(&age),
+        "source.ts_ms {} is not the poll's time",
+        r.event.source.ts_ms
+    );
+}
+
+const CASES: &str = "CREATE TABLE cases (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    updated_at TIMESTAMP NOT NULL);";
+
+#[tokio::test]
+async fn poll_positions_reveal_no_column_value_and_order_a_rows_changes_across_restarts() {
+    // `updated_at` is not granted to anyone and `id` is shared hashed:
+    // neither may show in what every subscriber receives.
+    let secrets = [
+        "2021-03-04 05:06:07.089",
+        "2021-03-04 05:06:08.5",
+        "2021-03-04 05:06:09.25",
+        "2021-03-04 05:06:10.75",
+        "2021-03-04 05:06:11",
+    ];
+    let ids = [987_654_321, 987_654_322];
+    let (path, db) = sqlite_db(
+        "secret",
+        &format!(
+            "{CASES}
+             INSERT INTO cases VALUES (987654321, 'opened', '{}');",
+            secrets[0]
+        ),
+    );
+    let config = sqlite_config(
+        &path,
+        vec![table(
+            "cases",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    let mut all = Vec::new();
+
+    // Insert, then update: the update sorts after.
+    let (mut a, desc) = started(config.clone(), None, vec![]).await;
+    let first = until_idle(&mut a, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 987_654_321)]);
+    let inserted = first.last_checkpoint.clone().unwrap();
+    db.execute_batch(&format!(
+        "UPDATE cases SET label = 'reviewed', updated_at = '{}' WHERE id = 987654321",
+        secrets[1]
+    ))
+    .unwrap();
+    let upd = until_idle(&mut a, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 987_654_321)]);
+    assert!(
+        upd.records[0].position > first.records[0].position,
+        "{} > {}",
+        upd.records[0].position.0,
+        first.records[0].position.0
+    );
+    let reviewed = upd.last_checkpoint.clone().unwrap();
+    a.shutdown().await.unwrap();
+    all.extend(first.records.iter().chain(&upd.records).cloned());
+
+    // Restarted from its checkpoint: the next update sorts after.
+    db.execute_batch(&format!(
+        "UPDATE cases SET label = 'closed', updated_at = '{}' WHERE id = 987654321",
+        secrets[2]
+    ))
+    .unwrap();
+    let (mut b, _) = started(
+        config.clone(),
+        Some(reviewed),
+        vec![after(&upd.records[0]).clone()],
+    )
+    .await;
+    let closed = until_idle(&mut b, 100).await;
+    assert_eq!(closed.ops(), vec![(Op::Update, 987_654_321)]);
+    assert!(
+        closed.records[0].position > upd.records[0].position,
+        "{} > {}",
+        closed.records[0].position.0,
+        upd.records[0].position.0
+    );
+    b.shutdown().await.unwrap();
+    all.extend(closed.records.iter().cloned());
+
+    // A crash before the last checkpoints were stored: restarted from the
+    // one after the insert, with the topic holding the `closed` version,
+    // the row read again (changed once more) sorts after every version.
+    db.execute_batch(&format!(
+        "UPDATE cases SET label = 'reopened', updated_at = '{}' WHERE id = 987654321;
+         INSERT INTO cases VALUES (987654322, 'new', '{}');",
+        secrets[3], secrets[4]
+    ))
+    .unwrap();
+    let (mut c, _) = started(
+        config.clone(),
+        Some(inserted),
+        vec![after(&closed.records[0]).clone()],
+    )
+    .await;
+    let replayed = until_idle(&mut c, 100).await;
+    assert_eq!(
+        replayed.ops(),
+        vec![(Op::Update, 987_654_321), (Op::Create, 987_654_322)]
+    );
+    assert_eq!(before(&replayed.records[0]), after(&closed.records[0]));
+    assert!(
+        replayed.records[0].position > closed.records[0].position,
+        "{} > {}",
+        replayed.records[0].position.0,
+        closed.records[0].position.0
+    );
+    all.extend(replayed.records.iter().cloned());
+
+    // A hard delete, found by the key diff, sorts after the update.
+    db.execute_batch("DELETE FROM cases WHERE id = 987654321")
+        .unwrap();
+    let topic = replayed.records.iter().map(|r| after(r).clone()).collect();
+    let diff = c.topic_state(&desc, topic).await.unwrap();
+    assert_eq!(diff.records.len(), 1);
+    let d = &diff.records[0];
+    assert_eq!(
+        (d.event.op, int(&d.event.key.0[0])),
+        (Op::Delete, 987_654_321)
+    );
+    assert!(
+        d.position > replayed.records[0].position,
+        "{} > {}",
+        d.position.0,
+        replayed.records[0].position.0
+    );
+    all.extend(diff.records.iter().cloned());
+    c.shutdown().await.unwrap();
+
+    for r in &all {
+        assert_reveals_nothing(r, &secrets, &ids);
+    }
+
+    // A district holding rows written with the positions of earlier
+    // releases (digits: a row's timestamp and incrementing value, or a
+    // poll's time) takes every new position as newer, even one of a
+    // timestamp far in the future.
+    let old = [
+        format!(
+            "{}.{}",
+            old_sortable(micros_of(secrets[4])),
+            old_sortable(ids[1])
+        ),
+        old_sortable(now_ms() * 1000),
+        format!("{}.{}", old_sortable(i64::MAX), old_sortable(i64::MAX)),
+        old_sortable(i64::MAX),
+    ];
+    for r in &all {
+        for o in &old {
+            assert!(o.as_str() < r.position.as_str(), "{o} < {}", r.position.0);
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn poll_positions_order_a_tables_rows_when_it_changes_from_bulk_to_timestamp_mode() {
+    // A table shared in bulk mode, then (restarted) by timestamp: the
+    // timestamp mode's update of a row sorts after the bulk insert of it,
+    // although the row's timestamp is older than the bulk poll.
+    let (path, db) = sqlite_db(
+        "modes",
+        &format!(
+            "{CASES}
+             INSERT INTO cases VALUES (1, 'opened', '2021-03-04 05:06:07');"
+        ),
+    );
+    let bulk = sqlite_config(&path, vec![table("cases", PollMode::Bulk, None)]);
+    let (mut a, _) = started(bulk, None, vec![]).await;
+    let first = until_idle(&mut a, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 1)]);
+    let cp = first.last_checkpoint.clone().unwrap();
+    a.shutdown().await.unwrap();
+
+    db.execute_batch(
+        "UPDATE cases SET label = 'closed', updated_at = '2021-03-04 05:06:08' WHERE id = 1",
+    )
+    .unwrap();
+    let timed = sqlite_config(
+        &path,
+        vec![table(
+            "cases",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    let (mut b, _) = started(timed, Some(cp), vec![after(&first.records[0]).clone()]).await;
+    let upd = until_idle(&mut b, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 1)]);
+    assert!(
+        upd.records[0].position > first.records[0].position,
+        "{} > {}",
+        upd.records[0].position.0,
+        first.records[0].position.0
+    );
+    b.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A district's database, written by a sink.
+enum District {
+    Sqlite(PathBuf),
+    Postgres(String, tokio_postgres::Client),
+    Mariadb(String, mysql_async::Conn),
+}
+
+impl District {
+    fn sink(&self) -> Box<dyn Sink> {
+        match self {
+            District::Sqlite(path) => Box::new(SqliteSink::new(
+                SqliteSinkConfig { path: path.clone() },
+                "d",
+            )),
+            District::Postgres(db, _) => Box::new(PostgresSink::new(
+                PostgresSinkConfig {
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                    user: "postgres".into(),
+                    password: None,
+                    password_env: None,
+                    password_file: None,
+                    database: db.clone(),
+                    schema: "public".into(),
+                },
+                "d",
+            )),
+            District::Mariadb(db, _) => Box::new(MysqlSink::new(
+                MysqlSinkConfig {
+                    host: "127.0.0.1".into(),
+                    port: 3306,
+                    user: "root".into(),
+                    password: None,
+                    password_env: None,
+                    password_file: None,
+                    database: db.clone(),
+                },
+                "d",
+            )),
+        }
+    }
+
+    fn schema(&self) -> String {
+        match self {
+            District::Sqlite(_) => "main".into(),
+            District::Postgres(..) => "public".into(),
+            District::Mariadb(db, _) => db.clone(),
+        }
+    }
+
+    /// `label` of row `id` of `cases`, `None` when there is no such row.
+    async fn label(&mut self, id: i64) -> Option<String> {
+        match self {
+            District::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                c.query_row("SELECT label FROM cases WHERE id = ?1", [id], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })
+                    .unwrap()
+            }
+            District::Postgres(_, c) => c
+                .query_opt("SELECT label FROM public.cases WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .map(|r| r.get(0)),
+            District::Mariadb(_, c) => c
+                .exec_first("SELECT label FROM cases WHERE id = ?", (id,))
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn poll_positions_are_newer_than_an_earlier_releases_in_districts_tables() {
+    // What the poll feed yields today for a row, and the row as an earlier
+    // release delivered it (its position: the row's timestamp and id).
+    let stamped = "2021-03-04 05:06:07";
+    let (path, db) = sqlite_db(
+        "upgrade",
+        &format!("{CASES} INSERT INTO cases VALUES (1, 'opened', '{stamped}');"),
+    );
+    let config = sqlite_config(
+        &path,
+        vec![table(
+            "cases",
+            PollMode::TimestampIncrementing,
+            Some("updated_at"),
+        )],
+    );
+    let opened = [Datum::Long(1), Datum::Text("opened".into())];
+    let (mut source, desc) = started(config, None, vec![]).await;
+    let first = until_idle(&mut source, 100).await;
+    assert_eq!(first.ops(), vec![(Op::Create, 1)]);
+    assert_eq!(after(&first.records[0]).0[..2], opened[..]);
+    db.execute_batch(
+        "UPDATE cases SET label = 'reviewed', updated_at = '2021-03-04 05:06:08' WHERE id = 1",
+    )
+    .unwrap();
+    let upd = until_idle(&mut source, 100).await;
+    assert_eq!(upd.ops(), vec![(Op::Update, 1)]);
+    db.execute_batch("DELETE FROM cases WHERE id = 1").unwrap();
+    let diff = source
+        .topic_state(&desc, vec![after(&upd.records[0]).clone()])
+        .await
+        .unwrap();
+    assert_eq!(diff.records.len(), 1);
+    source.shutdown().await.unwrap();
+    let mut old = first.records[0].clone();
+    old.event.source.position =
+        format!("{}.{}", old_sortable(micros_of(stamped)), old_sortable(1)).into();
+    // An old record of a far-off timestamp, replayed late.
+    let mut stale = old.clone();
+    stale.event.source.position =
+        format!("{}.{}", old_sortable(i64::MAX), old_sortable(i64::MAX)).into();
+
+    let (pg, pg_client) = pg_db("bf_poll_upgrade", "SELECT 1").await;
+    let (my, my_conn) = my_db("bf_poll_upgrade", &[]).await;
+    let sink_path = path.with_extension("district.db");
+    for mut district in [
+        District::Sqlite(sink_path.clone()),
+        District::Postgres(pg.clone(), pg_client),
+        District::Mariadb(my.clone(), my_conn),
+    ] {
+        let mut target = (*desc).clone();
+        target.schema = district.schema();
+        let target = Arc::new(target);
+        let mut offset = 0;
+        let mut apply = |records: Vec<&SourceRecord>| {
+            let records = records
+                .into_iter()
+                .map(|r| {
+                    offset += 1;
+                    SinkRecord {
+                        from: TopicOffset {
+                            topic: "backflow.share.330106.test.items".into(),
+                            partition: 0,
+                            offset,
+                        },
+                        table: target.clone(),
+                        key: r.event.key.clone(),
+                        event: Some(r.event.clone()),
+                        provenance: Default::default(),
+                    }
+                })
+                .collect();
+            SinkBatch::of(records)
+        };
+        let mut sink = district.sink();
+        let kind = district.schema();
+        // The district holds the row as an earlier release wrote it.
+        sink.apply_batch(&apply(vec![&old])).await.unwrap();
+        assert_eq!(district.label(1).await.as_deref(), Some("opened"), "{kind}");
+        // Today's update is newer, whatever the old position held.
+        sink.apply_batch(&apply(vec![&upd.records[0]]))
+            .await
+            .unwrap();
+        assert_eq!(
+            district.label(1).await.as_deref(),
+            Some("reviewed"),
+            "{kind}: the update after the upgrade was ignored"
+        );
+        // An old-format record arriving late is older than any new one.
+        sink.apply_batch(&apply(vec![&stale])).await.unwrap();
+        assert_eq!(
+            district.label(1).await.as_deref(),
+            Some("reviewed"),
+            "{kind}"
+        );
+        // And so is the key diff's delete.
+        sink.apply_batch(&apply(vec![&diff.records[0]]))
+            .await
+            .unwrap();
+        assert_eq!(
+            district.label(1).await,
+            None,
+            "{kind}: the delete was ignored"
+        );
+        sink.shutdown().await.unwrap();
+    }
+    my_drop(&my).await;
+    pg_connect("postgres")
+        .await
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {pg} WITH (FORCE)"))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&sink_path);
 }

@@ -46,11 +46,6 @@ impl Clock {
             TsScale::Local => self.local,
         }
     }
-
-    /// UTC milliseconds of a timestamp key on `scale`.
-    pub fn utc_ms(&self, key: i64, scale: TsScale) -> i64 {
-        (key - (self.now(scale) - self.utc)).div_euclid(1000)
-    }
 }
 
 /// Where a table's incremental poll goes on from: the last row read, by

@@ -66,40 +66,72 @@
 //! authentication without TLS) is refused, with the fix (`connectors/src/connect/mod.rs`).
 //!
 //! # Positions and checkpoints
-//! A record's position (also `source.position`) sorts as text in the order
-//! of the row's versions, which sinks rely on to ignore older changes:
-//! - `timestamp+incrementing` rows: `TTTTTTTTTTTTTTTTTTTT.IIIIIIIIIIIIIIIIIIII`,
-//!   the timestamp in microseconds since 1970-01-01 and the incrementing
-//!   value, each as a 20-digit unsigned number with the sign bit flipped
-//!   (value + 2⁶³), so negative values (dates before 1970) sort too;
-//! - `bulk` rows and key-diff deletes: `TTTTTTTTTTTTTTTTTTTT`, the database
-//!   time of the poll on the same scale, so a delete sorts after every
-//!   version read before it.
+//! A record's position (also `source.position`, which share records carry
+//! to every subscriber) is the time of the poll that read the change, on
+//! the database's clock: `poll@YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC,
+//! microseconds, fixed width), and `source.ts_ms` (which the feed also
+//! puts in the `backflow.origin_ts` header) is the same time in
+//! milliseconds. Neither holds a column value: not the timestamp column,
+//! not the incrementing column (which may be a key shared hashed), so a
+//! subscriber learns no more of the row than its granted fields and when
+//! the change reached the feed. Every record of one poll has that poll's
+//! position (a number per record would tell subscribers how many changes
+//! of rows they do not receive came between theirs).
 //!
-//! The batch checkpoint is `poll:` followed by a JSON object mapping each
-//! `timestamp+incrementing` table (`schema.table`) to its watermark
-//! `{"ts": micros, "inc": value}`: the last row yielded. A batch may end
-//! inside a poll: rows are yielded in (ts, inc) order, so the watermark of
-//! the last row yielded is a safe place to resume. [`Source::start`] resumes
-//! from it; a table missing from it is read from its first row. `bulk`
-//! tables need no watermark: they are read again and compared with the
-//! topic's rows. After a restart, rows re-read beyond the acknowledged
-//! checkpoint that equal the topic's rows are skipped.
+//! Sinks ignore a change whose position is older than the row's, so:
+//! - **Later changes of a row sort after.** A poll reads the table as it
+//!   is, so a later poll can only find a later version, and a row appears
+//!   at most once in a poll. Each poll or key diff takes the database's
+//!   clock, but at least one microsecond after the previous one's (a clock
+//!   that steps back or stands still does not make positions go back),
+//!   and the checkpoint keeps the last one: a restarted feed starts after
+//!   it even if the clock is behind. A replay (a restart from a checkpoint
+//!   older than what Kafka holds) reads rows again at a later poll: later
+//!   positions than the first reading's. (Positions yielded after the last
+//!   stored checkpoint are beaten by the clock alone: a feed restarted
+//!   onto a clock set back by more than it was down can give a row's next
+//!   change an older position than those until the clock catches up.)
+//! - **All modes compare.** `timestamp+incrementing` rows, `bulk` rows and
+//!   key-diff deletes of a table all have the time of the poll or key diff
+//!   that found them, so a delete sorts after the versions read before it
+//!   (changes read but not yet yielded of a key it deletes are dropped),
+//!   and a table switched from one mode to the other keeps its order.
+//! - **Upgrades.** Releases before this one put the row's timestamp and
+//!   incrementing values (`TTTTTTTTTTTTTTTTTTTT.IIIIIIIIIIIIIIIIIIII`) or
+//!   a poll's time (`TTTTTTTTTTTTTTTTTTTT`) there, as digits; `poll@`
+//!   sorts after every such position (sinks compare positions bytewise),
+//!   so rows a subscriber wrote with them take the new changes as newer.
+//!   Their checkpoints are read too.
+//!
+//! What the position cannot hide: a change is delivered soon after it is
+//! made, so its poll's time (like the time it arrives) tells roughly when
+//! the row changed, to within the poll interval and `delay_ms`; and the
+//! order of one poll's records in the topic follows the timestamp column.
+//!
+//! The batch checkpoint stays inside the node; it is `poll:` followed by a
+//! JSON object: `tables` maps each `timestamp+incrementing` table
+//! (`schema.table`) to its watermark `{"ts": micros, "inc": value}` (the
+//! last row yielded), `polled_at` is the time of the last poll (UTC
+//! microseconds). A batch may end inside a poll: rows are yielded in
+//! (ts, inc) order, so the watermark of the last row yielded is a safe
+//! place to resume. [`Source::start`] resumes from it; a table missing
+//! from it is read from its first row. `bulk` tables need no watermark:
+//! they are read again and compared with the topic's rows. After a
+//! restart, rows re-read beyond the acknowledged checkpoint that equal the
+//! topic's rows are skipped.
 //!
 //! # Timestamps and clocks
-//! `upper` and the positions of bulk rows and key-diff deletes come from
-//! the database's clock, never this machine's. PostgreSQL: `timestamptz`
-//! columns are compared with `now()`, `timestamp` columns with
-//! `LOCALTIMESTAMP` in the server's default time zone (the session keeps
-//! it). SQLite: text timestamps without an offset are UTC, as for SQLite's
+//! `upper` and the positions come from the database's clock, never this
+//! machine's. PostgreSQL: `timestamptz` columns are compared with `now()`,
+//! `timestamp` columns with `LOCALTIMESTAMP` in the server's default time
+//! zone (the session keeps it). SQLite: text timestamps without an offset are UTC, as for SQLite's
 //! own date functions, compared with `unixepoch('now')`. MySQL/MariaDB:
 //! the session's time zone is `+00:00`; `TIMESTAMP` columns are compared
 //! with `UTC_TIMESTAMP(6)`, `DATETIME` columns with the server's local
 //! time, `UTC_TIMESTAMP(6)` converted to `@@GLOBAL.time_zone` (the zone
-//! applications' sessions get by default, `SYSTEM` included). `source.ts_ms`
-//! is the row's timestamp (UTC milliseconds, a wall-clock column converted
-//! with the database's current UTC offset) in `timestamp+incrementing`
-//! mode, the poll's time otherwise.
+//! applications' sessions get by default, `SYSTEM` included). Positions
+//! and `source.ts_ms` are the poll's UTC time, whatever the column's
+//! scale.
 //!
 //! # SQLite
 //! The database file must exist; it is opened `query_only`. Declared
@@ -192,6 +224,7 @@ use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, TableDesc};
 use serde::{Deserialize, Serialize};
 
 use self::engine::{Cells, Clock, Engine, Polled, Since, TsScale, Watermark};
+use crate::sink::values::{civil_from_days, hms, split_micros};
 use crate::source::row_bytes;
 use crate::{
     ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceGauges, SourceRecord,
@@ -539,23 +572,45 @@ pub async fn sample(
 /// Prefix of a checkpoint.
 const CHECKPOINT_PREFIX: &str = "poll:";
 
-fn checkpoint(watermarks: &BTreeMap<String, Watermark>) -> Position {
-    Position::from(format!(
-        "{CHECKPOINT_PREFIX}{}",
-        serde_json::to_string(watermarks).expect("serializes")
-    ))
+/// What a checkpoint holds (after [`CHECKPOINT_PREFIX`], as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Checkpoint {
+    /// Watermark of each `timestamp+incrementing` table (`schema.table`).
+    tables: BTreeMap<String, Watermark>,
+    /// Poll time of the last position handed out (UTC microseconds), or
+    /// `None` before the first poll: positions after a restart sort after
+    /// it whatever the database's clock says.
+    polled_at: Option<i64>,
 }
 
-fn parse_checkpoint(
-    position: Option<&Position>,
-    feed: &str,
-) -> Result<BTreeMap<String, Watermark>, ConnectorError> {
+fn checkpoint(tables: &BTreeMap<String, Watermark>, polled_at: Option<i64>) -> Position {
+    let json = serde_json::to_string(&Checkpoint {
+        tables: tables.clone(),
+        polled_at,
+    })
+    .expect("serializes");
+    Position::from(format!("{CHECKPOINT_PREFIX}{json}"))
+}
+
+fn parse_checkpoint(position: Option<&Position>, feed: &str) -> Result<Checkpoint, ConnectorError> {
     let Some(p) = position else {
-        return Ok(BTreeMap::new());
+        return Ok(Checkpoint::default());
     };
     p.0.strip_prefix(CHECKPOINT_PREFIX)
         .ok_or_else(|| "it is not a polling checkpoint".to_owned())
-        .and_then(|json| serde_json::from_str(json).map_err(|e| e.to_string()))
+        .and_then(|json| {
+            serde_json::from_str::<Checkpoint>(json).or_else(|e| {
+                // Before positions stopped showing column values, a
+                // checkpoint was the watermarks alone.
+                serde_json::from_str::<BTreeMap<String, Watermark>>(json)
+                    .map(|tables| Checkpoint {
+                        tables,
+                        polled_at: None,
+                    })
+                    .map_err(|_| e.to_string())
+            })
+        })
         .map_err(|reason| {
             ConnectorError::definite(format!(
                 "the stored position of feed {feed} cannot be read ({reason}); \
@@ -565,20 +620,28 @@ fn parse_checkpoint(
         })
 }
 
-/// `v` as 20 digits that sort like the signed value (sign bit flipped).
-fn sortable(v: i64) -> String {
-    format!("{:020}", (v as u64) ^ (1 << 63))
+/// Prefix of every position. Positions of earlier releases, which held
+/// column values, are digits: this sorts after all of them.
+const POSITION_PREFIX: &str = "poll@";
+
+/// The latest poll time a position shows: 9999-12-31T23:59:59.999999Z.
+const MAX_POLLED_AT: i64 = 253_402_300_799_999_999;
+
+/// Position of every change a poll (or key diff) at `polled_at` (UTC
+/// microseconds, 1970 to 9999) found: `poll@YYYY-MM-DDTHH:MM:SS.ffffffZ`,
+/// fixed width, so positions sort as text like their times.
+fn position(polled_at: i64) -> Position {
+    let (days, of_day) = split_micros(polled_at.clamp(0, MAX_POLLED_AT));
+    let (y, mo, d) = civil_from_days(days);
+    let (h, mi, s, us) = hms(of_day);
+    Position::from(format!(
+        "{POSITION_PREFIX}{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z"
+    ))
 }
 
-/// Position of a row read by timestamp and incrementing column.
-fn row_position(ts: i64, inc: i64) -> Position {
-    Position::from(format!("{}.{}", sortable(ts), sortable(inc)))
-}
-
-/// Position of a change seen at database time `micros` (bulk rows,
-/// key-diff deletes).
-fn time_position(micros: i64) -> Position {
-    Position::from(sortable(micros))
+/// Where and when a poll (or key diff) happened, for its records.
+fn at_time(polled_at: i64) -> (Position, i64) {
+    (position(polled_at), polled_at.div_euclid(1000))
 }
 
 /// Whether a soft-delete column's value marks the row deleted: anything
@@ -763,6 +826,9 @@ pub struct PollSource {
     queue: VecDeque<Item>,
     /// Watermarks of what was yielded: the checkpoint.
     yielded: BTreeMap<String, Watermark>,
+    /// Time of the last poll or key diff (UTC microseconds), which every
+    /// later one's exceeds.
+    polled_at: Option<i64>,
     /// The last poll filled a batch: poll again without waiting.
     more: bool,
     last_poll: Option<Instant>,
@@ -784,6 +850,7 @@ impl PollSource {
             tables: Vec::new(),
             queue: VecDeque::new(),
             yielded: BTreeMap::new(),
+            polled_at: None,
             more: false,
             last_poll: None,
             gauges: Arc::default(),
@@ -892,6 +959,7 @@ impl PollSource {
         self.last_poll = Some(Instant::now());
         self.more = false;
         let clock = engine.clock().await?;
+        let polled_at = self.poll_time(&clock);
         for index in 0..self.tables.len() {
             let t = &self.tables[index];
             match t.mode.clone() {
@@ -918,13 +986,13 @@ impl PollSource {
                     if rows.len() >= limit {
                         self.more = true;
                     }
-                    self.queue_incremental(index, rows, scale, &clock);
+                    self.queue_incremental(index, rows, polled_at);
                 }
                 Mode::Bulk => {
                     let due = !catching_up || t.bulk_read.is_none_or(|at| at.elapsed() >= interval);
                     if due {
                         let rows = engine.read_all(t.desc.clone(), None).await?;
-                        self.queue_bulk(index, rows, &clock);
+                        self.queue_bulk(index, rows, polled_at);
                     }
                 }
             }
@@ -932,13 +1000,21 @@ impl PollSource {
         Ok(())
     }
 
-    fn queue_incremental(
-        &mut self,
-        index: usize,
-        rows: Vec<Polled>,
-        scale: TsScale,
-        clock: &Clock,
-    ) {
+    /// The time of a poll or key diff: the database's UTC clock, but after
+    /// the previous one's, so that positions keep increasing when the clock
+    /// steps back (or, after a restart, is behind the checkpoint's time).
+    fn poll_time(&mut self, clock: &Clock) -> i64 {
+        let now = match self.polled_at {
+            Some(last) => clock.utc.max(last.saturating_add(1)),
+            None => clock.utc,
+        };
+        let now = now.clamp(0, MAX_POLLED_AT);
+        self.polled_at = Some(now);
+        now
+    }
+
+    fn queue_incremental(&mut self, index: usize, rows: Vec<Polled>, polled_at: i64) {
+        let (position, ts_ms) = at_time(polled_at);
         let t = &mut self.tables[index];
         for p in rows {
             let watermark = Watermark {
@@ -946,7 +1022,6 @@ impl PollSource {
                 inc: p.inc,
             };
             t.polled = Some(watermark);
-            let position = row_position(p.ts, p.inc);
             let (key, row) = assemble(&t.desc, p.cells);
             let kb = key.as_ref().map(row_bytes);
             let out = match (key, row) {
@@ -954,18 +1029,18 @@ impl PollSource {
                     let kb = kb.as_deref().expect("key known");
                     let at = At {
                         position: &position,
-                        ts_ms: clock.utc_ms(p.ts, scale),
+                        ts_ms,
                     };
                     change(&self.feed, t, key, kb, row, at, true).map(|r| Out::Record(Box::new(r)))
                 }
                 (_, Err(reason)) => Some(Out::Rejected(RejectedRecord {
                     table: t.desc.qualified_name(),
-                    position,
+                    position: position.clone(),
                     reason,
                 })),
                 (None, Ok(_)) => Some(Out::Rejected(RejectedRecord {
                     table: t.desc.qualified_name(),
-                    position,
+                    position: position.clone(),
                     reason: "the primary key is NULL".into(),
                 })),
             };
@@ -978,11 +1053,10 @@ impl PollSource {
         }
     }
 
-    fn queue_bulk(&mut self, index: usize, rows: Vec<Cells>, clock: &Clock) {
+    fn queue_bulk(&mut self, index: usize, rows: Vec<Cells>, polled_at: i64) {
         let t = &mut self.tables[index];
         t.bulk_read = Some(Instant::now());
-        let position = time_position(clock.utc);
-        let ts_ms = clock.utc.div_euclid(1000);
+        let (position, ts_ms) = at_time(polled_at);
         let mut seen = HashSet::new();
         let mut unknown_keys = false;
         let mut bad = HashMap::new();
@@ -1094,7 +1168,7 @@ impl PollSource {
                 None => {}
             }
         }
-        batch.checkpoint = Some(checkpoint(&self.yielded));
+        batch.checkpoint = Some(checkpoint(&self.yielded, self.polled_at));
         batch
     }
 }
@@ -1113,16 +1187,17 @@ impl Source for PollSource {
             tables.push(self.table(&*engine, i, tc).await?);
         }
         self.yielded.clear();
+        self.polled_at = resume.polled_at;
         for t in &mut tables {
             if matches!(t.mode, Mode::Incremental { .. }) {
                 let name = t.desc.qualified_name();
-                t.polled = resume.get(&name).copied();
+                t.polled = resume.tables.get(&name).copied();
                 if let Some(w) = t.polled {
                     self.yielded.insert(name, w);
                 }
             }
         }
-        for name in resume.keys() {
+        for name in resume.tables.keys() {
             if !self.yielded.contains_key(name) {
                 tracing::info!(
                     feed = %self.config.name,
@@ -1135,7 +1210,7 @@ impl Source for PollSource {
             feed = %self.config.name,
             engine = self.config.engine.as_str(),
             tables = tables.len(),
-            resumed = !resume.is_empty(),
+            resumed = !resume.tables.is_empty(),
             "polling source started"
         );
         self.feed.db = engine.db().to_owned();
@@ -1207,12 +1282,7 @@ impl Source for PollSource {
         let clock = engine.clock().await?;
         let keys = engine.read_keys(desc.clone()).await?;
         // Nothing awaited below: the state changes all at once.
-        let (position, ts_ms) = match &self.tables[index].mode {
-            Mode::Incremental { scale, .. } => {
-                (time_position(clock.now(*scale)), clock.utc.div_euclid(1000))
-            }
-            Mode::Bulk => (time_position(clock.utc), clock.utc.div_euclid(1000)),
-        };
+        let (position, ts_ms) = at_time(self.poll_time(&clock));
         let t = &mut self.tables[index];
         t.kept = topic_rows
             .into_iter()
@@ -1314,30 +1384,103 @@ impl Source for PollSource {
 mod tests {
     use super::*;
 
+    /// A position of the releases that put column values there: the row's
+    /// timestamp and incrementing value, or a poll's time, each as 20
+    /// digits with the sign bit flipped.
+    fn old_position(values: &[i64]) -> String {
+        values
+            .iter()
+            .map(|v| format!("{:020}", (*v as u64) ^ (1 << 63)))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
     #[test]
-    fn positions_sort_as_text_like_their_values() {
-        let values = [i64::MIN, -1_000_000, -1, 0, 1, 999, 1_000_000, i64::MAX];
-        for w in values.windows(2) {
-            assert!(sortable(w[0]) < sortable(w[1]), "{} < {}", w[0], w[1]);
-            assert_eq!(sortable(w[0]).len(), 20);
+    fn positions_show_the_poll_time_and_sort_as_text_like_it() {
+        assert_eq!(
+            position(1_767_261_600_123_456).0.as_ref(),
+            "poll@2026-01-01T10:00:00.123456Z"
+        );
+        assert_eq!(position(0).0.as_ref(), "poll@1970-01-01T00:00:00.000000Z");
+        let times = [
+            -5,
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_767_261_600_123_456,
+            MAX_POLLED_AT,
+            i64::MAX,
+        ];
+        for w in times.windows(2) {
+            assert!(position(w[0]) <= position(w[1]), "{} <= {}", w[0], w[1]);
+            assert_eq!(position(w[0]).0.len(), position(w[1]).0.len());
         }
-        // A later timestamp sorts after, whatever the incrementing value.
-        assert!(row_position(5, 900) < row_position(6, 1));
-        assert!(row_position(5, 1) < row_position(5, 2));
-        // A delete seen at a later time sorts after the row's last version.
-        assert!(row_position(5, i64::MAX) < time_position(6));
-        assert!(time_position(5) < row_position(5, 0));
+        assert!(position(1) < position(2));
+        // Every position sorts after every position of earlier releases,
+        // whatever the values in those.
+        for old in [
+            old_position(&[i64::MAX, i64::MAX]),
+            old_position(&[i64::MAX]),
+            old_position(&[i64::MIN]),
+            old_position(&[1_767_261_600_000_000, 42]),
+            old_position(&[4_102_444_800_000_000]),
+        ] {
+            assert!(old.as_str() < &*position(0).0, "{old}");
+        }
+    }
+
+    #[test]
+    fn poll_times_increase_whatever_the_clock_does() {
+        let mut s = PollSource::new(
+            PollSourceConfig::sqlite("f", "/nonexistent", Vec::new()),
+            "330000",
+        );
+        let clock = |utc| Clock { utc, local: utc };
+        assert_eq!(s.poll_time(&clock(1_000)), 1_000);
+        assert_eq!(s.poll_time(&clock(5_000)), 5_000);
+        // The clock stepped back, or stood still: one microsecond later.
+        assert_eq!(s.poll_time(&clock(2_000)), 5_001);
+        assert_eq!(s.poll_time(&clock(5_001)), 5_002);
+        // Restarted from a checkpoint taken at a time the clock is behind.
+        let p = checkpoint(&BTreeMap::new(), s.polled_at);
+        let mut t = PollSource::new(
+            PollSourceConfig::sqlite("f", "/nonexistent", Vec::new()),
+            "330000",
+        );
+        t.polled_at = parse_checkpoint(Some(&p), "f").unwrap().polled_at;
+        assert_eq!(t.poll_time(&clock(3_000)), 5_003);
+        // Before 1970 shows as 1970, and stays after the last time.
+        let mut u = PollSource::new(
+            PollSourceConfig::sqlite("f", "/nonexistent", Vec::new()),
+            "330000",
+        );
+        assert_eq!(u.poll_time(&clock(-7)), 0);
+        assert_eq!(u.poll_time(&clock(-7)), 1);
     }
 
     #[test]
     fn checkpoints_read_back_and_garbage_names_the_way_out() {
         let mut w = BTreeMap::new();
         w.insert("main.items".to_owned(), Watermark { ts: -5, inc: 7 });
-        let p = checkpoint(&w);
+        let p = checkpoint(&w, Some(1_767_261_600_000_000));
         assert!(p.0.starts_with("poll:{"), "{}", p.0);
-        assert_eq!(parse_checkpoint(Some(&p), "f").unwrap(), w);
-        assert!(parse_checkpoint(None, "f").unwrap().is_empty());
+        let back = parse_checkpoint(Some(&p), "f").unwrap();
+        assert_eq!(back.tables, w);
+        assert_eq!(back.polled_at, Some(1_767_261_600_000_000));
+        assert_eq!(parse_checkpoint(None, "f").unwrap(), Checkpoint::default());
+        // Checkpoints of earlier releases: the watermarks alone.
+        let old = Position::from(r#"poll:{"main.items":{"ts":-5,"inc":7}}"#.to_owned());
+        let back = parse_checkpoint(Some(&old), "f").unwrap();
+        assert_eq!((back.tables, back.polled_at), (w, None));
+        let empty = Position::from("poll:{}".to_owned());
+        assert_eq!(
+            parse_checkpoint(Some(&empty), "f").unwrap(),
+            Checkpoint::default()
+        );
         let e = parse_checkpoint(Some(&Position("0/16B3748".into())), "f").unwrap_err();
+        assert!(e.message.contains("--resnapshot"), "{e}");
+        let e = parse_checkpoint(Some(&Position(r#"poll:{"tables":3}"#.into())), "f").unwrap_err();
         assert!(e.message.contains("--resnapshot"), "{e}");
     }
 
