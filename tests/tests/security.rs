@@ -306,6 +306,65 @@ async fn feed_registration_by_a_subscriber_is_refused_and_no_secret_reaches_a_fa
     assert!(!fake.received_contains(secret));
 }
 
+/// Finding 1, on the wire: even a feed registered as the rules allow (a
+/// secret the admin bound to the department, a host the admin allowed)
+/// sends no password to a server that asks for it in clear text; the feed
+/// fails saying how to fix the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_to_a_server_asking_for_a_clear_text_password_sends_none() {
+    let fake = FakePostgres::start().await;
+    let secret = "bound-secret-of-ga";
+    let s = Setup::start(
+        &format!(
+            "[api_feeds]\nallowed_hosts = [\"127.0.0.1:{}\"]\n\
+             [[secrets]]\nname = \"ga-db\"\ndepartment = \"ga\"\nenv = \"GA_DB_PASSWORD\"\n",
+            fake.port
+        ),
+        &[("GA_DB_PASSWORD", secret)],
+    )
+    .await;
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/api/feeds/ga-remote",
+            GA,
+            Some(json!({
+                "type": "postgres", "host": "127.0.0.1", "port": fake.port, "user": "backflow",
+                "database": "remote", "password_secret": "ga-db",
+                "tables": [{"table": "public.people", "dataset": "ga.remote"}]
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The node connects (the marker that the attempt was made) and fails.
+    let until = Instant::now() + Duration::from_secs(60);
+    let error = loop {
+        let (_, feeds) = s.call("GET", "/api/feeds", GA, None).await;
+        let f = feeds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "ga-remote")
+            .cloned()
+            .unwrap_or_default();
+        let error = f["status"]["error"].as_str().unwrap_or("").to_owned();
+        if fake.connections.load(std::sync::atomic::Ordering::SeqCst) > 0 && !error.is_empty() {
+            break error;
+        }
+        assert!(Instant::now() < until, "{f}\n{}", s.node.stderr());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        !fake.received_contains(secret),
+        "the fake server got the password"
+    );
+    assert!(error.contains("clear"), "{error}");
+    assert!(
+        !s.node.stderr().contains(secret),
+        "the password is not logged"
+    );
+}
+
 /// Finding 2: an owner replaced another department's feed, and every
 /// principal saw every feed's host, user, database and secret reference.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
