@@ -659,6 +659,30 @@ impl Catalog {
         self.write(record).await.map(|()| true)
     }
 
+    /// Reads the state and writes what `decide` makes of it, as one step:
+    /// no other write of this process comes in between, so a decision is
+    /// always taken on the state it is written over (a revocation cannot
+    /// be lost to a write decided on an older copy). `decide` returns the
+    /// record to write with a value for the caller, or why nothing is
+    /// written.
+    pub async fn update<T, E>(
+        &self,
+        decide: impl FnOnce(&CatalogState) -> Result<(CatalogRecord, T), E>,
+    ) -> Result<Result<T, E>, KafkaError> {
+        let _w = self.inner.writer.lock().await;
+        let decided = {
+            let st = self.inner.state.read().await;
+            decide(&st)
+        };
+        match decided {
+            Ok((record, out)) => {
+                self.write(record).await?;
+                Ok(Ok(out))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
     /// Sends a record and waits until it is applied here; the caller holds
     /// the writer lock.
     async fn write(&self, record: CatalogRecord) -> Result<(), KafkaError> {

@@ -9,9 +9,11 @@ use axum::Json;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{forbidden, invalid, put_if_and_audit, staff, ApiError, ApiResult, ApiState};
+use super::{
+    audit, forbidden, invalid, put_if_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
+};
 use crate::auth::Principal;
-use crate::catalog::{limits, CatalogRecord, Dataset, Subscription};
+use crate::catalog::{limits, CatalogRecord, Dataset};
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<ApiState> {
@@ -138,35 +140,53 @@ async fn put_dataset(
 }
 
 /// Applies a dataset's change to its subscriptions, each change audited.
+/// Each subscription is re-derived as it is when written (one step under
+/// the catalog's writer), so a change made to it meanwhile (a backfill
+/// recorded, a decision) is neither lost nor a reason to stop half-way.
 async fn rederive(
     state: &ApiState,
     who: &Principal,
     dataset: &Dataset,
     before: Option<&Dataset>,
 ) -> Result<(), ApiError> {
-    let subs: Vec<Subscription> = state
+    let ids: Vec<String> = state
         .catalog
         .state()
         .await
         .subscriptions
         .values()
         .filter(|s| s.dataset == dataset.id)
-        .cloned()
+        .map(|s| s.id.clone())
         .collect();
-    for sub in subs {
-        let Some(mut change) = sub.under(dataset, before) else {
+    for id in ids {
+        let changed = state
+            .catalog
+            .update(|st| {
+                let mut change = st
+                    .subscriptions
+                    .get(&id)
+                    .and_then(|s| s.under(dataset, before))
+                    .ok_or(())?;
+                change.subscription.updated_ms = backflow_connectors::now_ms();
+                Ok::<_, ()>((
+                    CatalogRecord::Subscription(change.subscription.clone()),
+                    change,
+                ))
+            })
+            .await
+            .map_err(unavailable)?;
+        let Ok(change) = changed else {
             continue;
         };
-        change.subscription.updated_ms = backflow_connectors::now_ms();
         let details = match &change.ended {
             Some(reason) => json!({
                 "action": "subscription revoked",
-                "subscription": sub.id,
+                "subscription": id,
                 "reason": reason,
             }),
             None => json!({
                 "action": "subscription policy re-derived",
-                "subscription": sub.id,
+                "subscription": id,
                 "reason": format!("dataset {} changed", dataset.id),
                 "removed": change.removed,
                 "changed": change.changed,
@@ -175,14 +195,7 @@ async fn rederive(
                 "policy_version": change.subscription.policy_version,
             }),
         };
-        put_if_and_audit(
-            state,
-            who,
-            CatalogRecord::Subscription(change.subscription),
-            |st| st.subscriptions.get(&sub.id) == Some(&sub),
-            details,
-        )
-        .await?;
+        audit(state, who, details).await?;
     }
     Ok(())
 }

@@ -13,7 +13,9 @@ use backflow_connectors::now_ms;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{audit, forbidden, invalid, put_if_and_audit, staff, ApiError, ApiResult, ApiState};
+use super::{
+    audit, forbidden, invalid, put_if_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
+};
 use crate::audit::Auditor;
 use crate::auth::Principal;
 use crate::catalog::{
@@ -301,36 +303,59 @@ async fn decide(
 ) -> ApiResult {
     let who = staff(&state, &headers).await?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let (mut sub, dataset) = {
-        let st = state.catalog.state().await;
-        let sub = st
-            .subscriptions
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no subscription {id}")))?;
-        let dataset = st.datasets.get(&sub.dataset).cloned();
-        (sub, dataset)
-    };
-    // What the decision is taken on: written only if still so.
-    let read = sub.clone();
-    if !who.owns(&sub.dataset) {
-        return Err(forbidden(format!(
-            "{} cannot {action} subscription {id}: only the owner of {} or an admin can",
-            who.name(),
-            sub.dataset
-        )));
-    }
-    let dataset = dataset.ok_or_else(|| {
-        ApiError(
-            StatusCode::CONFLICT,
-            format!("dataset {} is gone", sub.dataset),
-        )
-    })?;
     let reason = body.reason.clone().unwrap_or_default();
     bounded("reason", &reason, limits::REASON).map_err(invalid)?;
+    // Decided on the subscription as it is when written (one step under
+    // the catalog's writer), so nothing decided meanwhile is overwritten.
+    let sub = state
+        .catalog
+        .update(|st| {
+            let sub =
+                st.subscriptions.get(&id).cloned().ok_or_else(|| {
+                    ApiError(StatusCode::NOT_FOUND, format!("no subscription {id}"))
+                })?;
+            if !who.owns(&sub.dataset) {
+                return Err(forbidden(format!(
+                    "{} cannot {action} subscription {id}: only the owner of {} or an admin can",
+                    who.name(),
+                    sub.dataset
+                )));
+            }
+            let dataset = st.datasets.get(&sub.dataset).ok_or_else(|| {
+                ApiError(
+                    StatusCode::CONFLICT,
+                    format!("dataset {} is gone", sub.dataset),
+                )
+            })?;
+            let sub = decision(sub, dataset, &action, &body, &reason)?;
+            Ok((CatalogRecord::Subscription(sub.clone()), sub))
+        })
+        .await
+        .map_err(unavailable)??;
+    let done = match action.as_str() {
+        "approve" => "approved",
+        "reject" => "rejected",
+        "revoke" => "revoked",
+        "reactivate" => "re-activated",
+        _ => "narrowed",
+    };
+    audit(&state, &who, json!({"action": format!("subscription {done}"), "subscription": id, "request_version": sub.request_version, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
+    Ok(Json(view(&sub)).into_response())
+}
+
+/// An owner's decision on a subscription: the subscription after it, or
+/// why it cannot be taken.
+fn decision(
+    mut sub: Subscription,
+    dataset: &Dataset,
+    action: &str,
+    body: &DecisionBody,
+    reason: &str,
+) -> Result<Subscription, ApiError> {
+    let id = sub.id.clone();
     let conflict = |why: String| ApiError(StatusCode::CONFLICT, why);
     let shared = dataset.sharing != SharingClass::NotShared;
-    match (action.as_str(), &sub.state) {
+    match (action, &sub.state) {
         ("approve", SubscriptionState::Pending) => {
             let reviewed = body.request_version.ok_or_else(|| {
                 invalid(format!(
@@ -353,7 +378,7 @@ async fn decide(
                     "field {extra} was not requested: approval may only narrow the request"
                 )));
             }
-            sub.granted = grants(&dataset, &fields);
+            sub.granted = grants(dataset, &fields);
             sub.state = SubscriptionState::Active;
             sub.policy_version += 1;
             sub.backfilled = false;
@@ -376,7 +401,7 @@ async fn decide(
                 return Err(invalid("a rejection needs a reason"));
             }
             sub.state = SubscriptionState::Rejected {
-                reason: reason.clone(),
+                reason: reason.to_owned(),
             };
         }
         ("revoke", SubscriptionState::Active | SubscriptionState::Pending) => {
@@ -384,7 +409,7 @@ async fn decide(
                 reason: if reason.is_empty() {
                     "revoked by the owner".to_owned()
                 } else {
-                    reason.clone()
+                    reason.to_owned()
                 },
             };
         }
@@ -405,7 +430,7 @@ async fn decide(
             } else {
                 kept
             };
-            sub.granted = grants(&dataset, &fields);
+            sub.granted = grants(dataset, &fields);
             if sub.granted.is_empty() {
                 return Err(conflict(format!(
                     "none of the fields of {id} is shared by {} any more",
@@ -434,22 +459,7 @@ async fn decide(
         }
     }
     sub.updated_ms = now_ms();
-    let done = match action.as_str() {
-        "approve" => "approved",
-        "reject" => "rejected",
-        "revoke" => "revoked",
-        "reactivate" => "re-activated",
-        _ => "narrowed",
-    };
-    put_if_and_audit(
-        &state,
-        &who,
-        CatalogRecord::Subscription(sub.clone()),
-        |st| st.subscriptions.get(&id) == Some(&read),
-        json!({"action": format!("subscription {done}"), "subscription": id, "request_version": sub.request_version, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version}),
-    )
-    .await?;
-    Ok(Json(view(&sub)).into_response())
+    Ok(sub)
 }
 
 /// Marks active subscriptions past their validity as expired.

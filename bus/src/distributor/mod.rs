@@ -1068,26 +1068,28 @@ impl Backfills {
         if how == Backfilled::Joined {
             self.joined.push(task.share);
         }
-        // The subscription as it is now (it may have changed meanwhile),
-        // marked only if it is still that one when written: a revocation
-        // made in between must not be overwritten by a stale copy.
-        let current = catalog.state().await.subscriptions.get(&id).cloned();
-        if let Some(read) = current.filter(|s| s.state == SubscriptionState::Active) {
-            let mut sub = read.clone();
-            sub.backfilled = true;
-            let written = catalog
-                .put_if(crate::catalog::CatalogRecord::Subscription(sub), |st| {
-                    st.subscriptions.get(&id) == Some(&read)
-                })
-                .await;
-            match written {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(subscription = %id, "the subscription changed during its backfill; not marked backfilled")
+        // Marked on the subscription as it is when written (one step under
+        // the catalog's writer), and only while it is still active under
+        // the policy the backfill delivered: a revocation or a new policy
+        // made meanwhile is never overwritten.
+        let version = task.subscription.policy_version;
+        let marked = catalog
+            .update(|st| match st.subscriptions.get(&id) {
+                Some(s) if s.state == SubscriptionState::Active && s.policy_version == version => {
+                    let mut s = s.clone();
+                    s.backfilled = true;
+                    Ok((crate::catalog::CatalogRecord::Subscription(s), ()))
                 }
-                Err(e) => {
-                    tracing::error!(subscription = %id, error = %e, "cannot record the backfill in the catalog")
-                }
+                _ => Err(()),
+            })
+            .await;
+        match marked {
+            Ok(Ok(())) => {}
+            Ok(Err(())) => {
+                tracing::info!(subscription = %id, "the subscription changed during its backfill; not marked backfilled")
+            }
+            Err(e) => {
+                tracing::error!(subscription = %id, error = %e, "cannot record the backfill in the catalog")
             }
         }
     }
