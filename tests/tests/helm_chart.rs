@@ -7,23 +7,35 @@
 //! (province node, city node with a cascade, district subscriber): the
 //! objects an operator expects are there, the container runs the role's
 //! subcommand with the mounted configuration, probes and ports match
-//! `http.listen`, the pod runs locked down, the rendered configuration is
-//! accepted by the real binary (`backflow --config FILE config check`, with
-//! the chart's Secret as its environment), no credential lands in a
-//! ConfigMap, the checksum annotations are the SHA-256 of what they cover and
-//! follow changes, monitoring objects come from the chart's alert rules and
-//! dashboard files, and values backflow cannot run with are refused with a
-//! message naming the value.
+//! `http.listen`, the metrics port and the ServiceMonitor follow
+//! `http.metrics_listen`, the pod runs locked down, the rendered
+//! configuration is accepted by the real binary (`backflow --config FILE
+//! config check`, with the chart's Secret as its environment), a node on a
+//! Kafka cluster is given its audit signing key from the Secret, no
+//! credential lands in a ConfigMap, the checksum annotations are the SHA-256
+//! of what they cover and follow changes, monitoring objects come from the
+//! chart's alert rules and dashboard files, and values backflow cannot run
+//! with are refused with a message naming the value.
+//!
+//! One test runs the rendered node as the pod would (the Deployment's
+//! arguments, the Secret as its environment) on a tansu broker: it starts
+//! with the audit key from the Secret, and the port the ServiceMonitor
+//! scrapes answers `/metrics` without a token.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use backflow_e2e::backflow;
-use serde_json::Value;
+use backflow_e2e::{audit_keygen, backflow, TestBroker};
+use serde_json::{json, Value};
 
 const CONFIG_FILE: &str = "/etc/backflow/backflow.toml";
+
+/// The Secret key (and environment variable) the chart gives a node's
+/// audit signing key by default (`auditSigningKey.secretKey`).
+const AUDIT_KEY_VAR: &str = "BACKFLOW_AUDIT_KEY";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -100,6 +112,34 @@ fn values_file(dir: &tempfile::TempDir, name: &str, values: Value) -> PathBuf {
     path
 }
 
+/// An audit signing key made by `backflow audit keygen`, and a values file
+/// giving it to the chart the documented way: the key file's content in
+/// `secrets.env.BACKFLOW_AUDIT_KEY` (what `--set-file` puts there).
+struct AuditKey {
+    _dir: tempfile::TempDir,
+    values: PathBuf,
+    public_key: String,
+    seed: String,
+}
+
+fn audit_key() -> AuditKey {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.key");
+    let (public_key, _) = audit_keygen(&file).expect("backflow audit keygen");
+    let file_text = std::fs::read_to_string(&file).unwrap();
+    let values = values_file(
+        &dir,
+        "audit-key.yaml",
+        json!({"secrets": {"env": {AUDIT_KEY_VAR: file_text}}}),
+    );
+    AuditKey {
+        _dir: dir,
+        values,
+        public_key,
+        seed: file_text.trim().to_owned(),
+    }
+}
+
 struct Manifests(Vec<Value>);
 
 impl Manifests {
@@ -130,6 +170,69 @@ impl Manifests {
 
     fn has(&self, kind: &str) -> bool {
         !self.all(kind).is_empty()
+    }
+
+    /// The Service carrying the port named `port`.
+    fn service_with_port(&self, port: &str) -> Option<&Value> {
+        let with: Vec<&Value> = self
+            .all("Service")
+            .into_iter()
+            .filter(|s| {
+                s["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == port)
+            })
+            .collect();
+        assert!(with.len() <= 1, "one Service with port {port}: {with:?}");
+        with.first().copied()
+    }
+
+    /// The container's port named `name`.
+    fn container_port(&self, name: &str) -> Option<u64> {
+        self.container()["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["containerPort"].as_u64().expect("numeric containerPort"))
+    }
+
+    /// The container port the ServiceMonitor scrapes and its path: the
+    /// endpoint's port name, in the one Service the ServiceMonitor selects,
+    /// to that port's targetPort, to the container's port of that name.
+    fn scraped_port(&self) -> (u64, String) {
+        let sm = self.one("ServiceMonitor");
+        let endpoints = sm["spec"]["endpoints"].as_array().unwrap();
+        assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+        let endpoint = &endpoints[0];
+        let selector = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        let selected: Vec<&Value> = self
+            .all("Service")
+            .into_iter()
+            .filter(|s| {
+                selector
+                    .iter()
+                    .all(|(k, v)| &s["metadata"]["labels"][k] == v)
+            })
+            .collect();
+        assert_eq!(
+            selected.len(),
+            1,
+            "the ServiceMonitor selects exactly one Service: {selected:?}"
+        );
+        let port = selected[0]["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == endpoint["port"])
+            .unwrap_or_else(|| panic!("the selected Service has port {}", endpoint["port"]));
+        let target = port["targetPort"].as_str().expect("targetPort by name");
+        let number = self
+            .container_port(target)
+            .unwrap_or_else(|| panic!("the container has no port named {target}"));
+        (number, endpoint["path"].as_str().unwrap().to_owned())
     }
 
     fn pod(&self) -> &Value {
@@ -285,18 +388,63 @@ fn check_release(m: &Manifests, subcommand: &str) -> Value {
     let ports = m.container()["ports"].as_array().unwrap();
     assert_eq!(ports[0]["name"], "http");
     assert_eq!(ports[0]["containerPort"], port);
+    // Probes stay on the main listener: /healthz is open there and /readyz
+    // answers ready / not ready to anonymous callers.
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &m.container()[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
         assert_eq!(get["port"], "http", "{probe}");
     }
-    let service = m.one("Service");
+    let service = m.service_with_port("http").expect("a Service for http");
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
-    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+    let selects_pod = |service: &Value| {
+        for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+            assert_eq!(
+                &m.pod()["metadata"]["labels"][k],
+                v,
+                "Service selects the pod"
+            );
+        }
+    };
+    selects_pod(service);
+    // /metrics answers without a token on http.metrics_listen only: the
+    // container's metrics port, on a ClusterIP Service of its own, so that
+    // a LoadBalancer or NodePort for the API never publishes it.
+    assert_eq!(
+        service["spec"]["ports"].as_array().unwrap().len(),
+        1,
+        "the main Service carries http only: {service}"
+    );
+    match effective["http"]["metrics_listen"].as_str() {
+        Some(metrics_listen) => {
+            assert!(
+                metrics_listen.starts_with("0.0.0.0:"),
+                "Prometheus reaches the metrics listener: {metrics_listen}"
+            );
+            let metrics_port: u64 = metrics_listen.rsplit(':').next().unwrap().parse().unwrap();
+            assert_ne!(metrics_port, port);
+            assert_eq!(m.container_port("metrics"), Some(metrics_port));
+            let metrics = m
+                .service_with_port("metrics")
+                .expect("a Service for the metrics port");
+            assert_eq!(metrics["spec"]["type"], "ClusterIP");
+            assert_eq!(metrics["spec"]["ports"][0]["targetPort"], "metrics");
+            assert_eq!(metrics["spec"]["ports"].as_array().unwrap().len(), 1);
+            selects_pod(metrics);
+        }
+        None => {
+            assert_eq!(m.container_port("metrics"), None);
+            assert!(m.service_with_port("metrics").is_none());
+            assert!(!m.has("ServiceMonitor"));
+        }
+    }
+    if m.has("ServiceMonitor") {
+        let (scraped, path) = m.scraped_port();
+        assert_eq!(path, "/metrics");
         assert_eq!(
-            &m.pod()["metadata"]["labels"][k],
-            v,
-            "Service selects the pod"
+            Some(scraped),
+            m.container_port("metrics"),
+            "the ServiceMonitor scrapes the metrics port, not http (401 there without a token)"
         );
     }
 
@@ -330,6 +478,41 @@ fn check_release(m: &Manifests, subcommand: &str) -> Value {
     // The real binary accepts it.
     let check = backflow_config(toml, &m.secret_env(), "check");
     assert!(check.contains("configuration ok"), "{check}");
+
+    // A node on a Kafka cluster refuses to start without its audit signing
+    // key: it comes from the Secret, by the variable the configuration names.
+    let from_secret = |var: &str| {
+        m.secret_env().contains_key(var)
+            || (!m.has("Secret")
+                && m.container()["envFrom"]
+                    .as_array()
+                    .is_some_and(|from| from.iter().any(|e| e["secretRef"]["name"].is_string())))
+            || m.container()["env"].as_array().is_some_and(|env| {
+                env.iter()
+                    .any(|e| e["name"] == var && e["valueFrom"]["secretKeyRef"]["name"].is_string())
+            })
+    };
+    let audit = &effective["audit"];
+    if subcommand == "serve" && effective["kafka"]["brokers"].is_string() {
+        assert!(
+            audit["signing_key_env"].is_string() || audit["signing_key_file"].is_string(),
+            "a node on a Kafka cluster is given its audit key: {toml}"
+        );
+    }
+    if let Some(var) = audit["signing_key_env"].as_str() {
+        assert!(from_secret(var), "{var} comes from the Secret");
+    }
+    if let Some(file) = audit["signing_key_file"].as_str() {
+        // A file of the Secret's volume.
+        let (dir, name) = file.rsplit_once('/').unwrap();
+        let mount = mounts
+            .iter()
+            .find(|v| v["mountPath"] == dir)
+            .unwrap_or_else(|| panic!("{file} is in a mounted volume: {mounts:?}"));
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        assert!(volume["secret"]["secretName"].is_string(), "{volume}");
+        assert!(from_secret(name), "{name} is a key of the Secret");
+    }
 
     // Credentials come from the Secret, never from a ConfigMap.
     let secrets = m.secret_env();
@@ -371,8 +554,13 @@ fn default_values_render_a_node() {
     let m = render(&[], &[]);
     let config = check_release(&m, "serve");
     assert_eq!(m.args().len(), 3, "{:?}", m.args());
-    assert_eq!(m.container()["ports"][0]["containerPort"], 8480);
+    assert_eq!(m.container_port("http"), Some(8480));
+    assert_eq!(m.container_port("metrics"), Some(9480));
+    assert_eq!(config["http"]["metrics_listen"], "0.0.0.0:9480");
     assert_eq!(config["node"]["code"], "330000");
+    // The embedded broker: no audit key needed (the node makes one per run,
+    // NOTES.txt warns), none wired.
+    assert!(config["audit"]["signing_key_env"].is_null(), "{config}");
     // No credentials given, no monitoring asked for.
     for kind in ["Secret", "ServiceMonitor", "PrometheusRule"] {
         assert!(!m.has(kind), "{kind} rendered by default: {:?}", m.kinds());
@@ -383,16 +571,36 @@ fn default_values_render_a_node() {
     assert_eq!(m.one("Deployment")["spec"]["strategy"]["type"], "Recreate");
 
     // Another port moves the container port; probes and Service follow by name.
-    let m = render(&[], &["config.http.listen=0.0.0.0:9400"]);
+    let m = render(
+        &[],
+        &["config.http.listen=0.0.0.0:9400,config.http.metrics_listen=0.0.0.0:9500"],
+    );
     check_release(&m, "serve");
-    assert_eq!(m.container()["ports"][0]["containerPort"], 9400);
+    assert_eq!(m.container_port("http"), Some(9400));
+    assert_eq!(m.container_port("metrics"), Some(9500));
+
+    // The API published by a LoadBalancer: the open metrics port is not.
+    let m = render(&[], &["service.type=LoadBalancer"]);
+    check_release(&m, "serve");
+    assert_eq!(
+        m.service_with_port("http").unwrap()["spec"]["type"],
+        "LoadBalancer"
+    );
+
+    // No metrics listener: no metrics port, no metrics Service.
+    let m = render(&[], &["config.http.metrics_listen=null"]);
+    let config = check_release(&m, "serve");
+    assert!(config["http"]["metrics_listen"].is_null());
 }
 
 #[test]
 fn province_example_is_a_node_with_a_feed_and_a_hashed_share() {
-    let m = render(&[&example("values-province-330000.yaml")], &[]);
+    let key = audit_key();
+    let m = render(&[&example("values-province-330000.yaml"), &key.values], &[]);
     let config = check_release(&m, "serve");
     assert_eq!(config["node"]["code"], "330000");
+    assert_eq!(config["audit"]["signing_key_env"], AUDIT_KEY_VAR);
+    assert_eq!(m.secret_env()[AUDIT_KEY_VAR].trim(), key.seed);
     assert_eq!(config["feeds"][0]["type"], "postgres");
     assert_eq!(
         config["feeds"][0]["port"], 5432,
@@ -412,9 +620,11 @@ fn province_example_is_a_node_with_a_feed_and_a_hashed_share() {
 
 #[test]
 fn city_example_is_a_node_cascading_into_its_own_bus_and_a_database() {
-    let m = render(&[&example("values-city-330100.yaml")], &[]);
+    let key = audit_key();
+    let m = render(&[&example("values-city-330100.yaml"), &key.values], &[]);
     let config = check_release(&m, "serve");
     assert_eq!(config["node"]["code"], "330100");
+    assert_eq!(config["audit"]["signing_key_env"], AUDIT_KEY_VAR);
     assert_eq!(config["node"]["parent"], "330000");
     let subs = config["subscriptions"].as_array().unwrap();
     let sinks: Vec<&str> = subs
@@ -443,8 +653,9 @@ fn city_example_is_a_node_cascading_into_its_own_bus_and_a_database() {
 
 #[test]
 fn the_nodes_own_kafka_password_comes_from_the_secret() {
+    let key = audit_key();
     let m = render(
-        &[],
+        &[&key.values],
         &[
             "config.kafka.brokers=kafka:9092",
             "config.kafka.properties.sasl\\.username=330100",
@@ -526,17 +737,19 @@ fn monitoring_objects_come_from_the_charts_files() {
     );
     check_release(&m, "serve");
 
-    // ServiceMonitor: the Service's http port, /metrics.
+    // ServiceMonitor: the metrics Service's port, /metrics (on http,
+    // /metrics answers 401 without an admin token).
     let sm = m.one("ServiceMonitor");
-    let service = m.one("Service");
+    let service = m.service_with_port("metrics").expect("metrics Service");
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
         assert_eq!(
             &service["metadata"]["labels"][k], v,
-            "ServiceMonitor selects the Service"
+            "ServiceMonitor selects the metrics Service"
         );
     }
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(m.scraped_port(), (9480, "/metrics".to_owned()));
 
     // PrometheusRule: the groups and alerts of alerts/backflow-rules.yaml,
     // Prometheus' own {{ $labels }} templates left alone.
@@ -593,6 +806,10 @@ fn monitoring_objects_come_from_the_charts_files() {
         notes.contains("EMBEDDED") && notes.contains("ServiceMonitor"),
         "{notes}"
     );
+    assert!(
+        notes.contains("bf-backflow-metrics.backflow-test.svc:9480/metrics"),
+        "NOTES names where /metrics answers without a token: {notes}"
+    );
 }
 
 #[test]
@@ -648,7 +865,81 @@ fn values_backflow_cannot_run_with_are_refused_naming_the_value() {
     let district = district.as_path();
     let city = example("values-city-330100.yaml");
     let city = city.as_path();
+    let province = example("values-province-330000.yaml");
+    let province = province.as_path();
     let cases: Vec<(Vec<&Path>, &str, Vec<&str>)> = vec![
+        // A node on a Kafka cluster without its audit signing key would not
+        // start: refused, saying how to make and give one.
+        (
+            vec![],
+            "config.kafka.brokers=kafka:9092",
+            vec![
+                "config.kafka.brokers",
+                "secrets.env.BACKFLOW_AUDIT_KEY",
+                "auditSigningKey.secretKey",
+                "backflow audit keygen",
+                "--set-file",
+            ],
+        ),
+        (
+            vec![province],
+            "config.log.level=info",
+            vec!["secrets.env.BACKFLOW_AUDIT_KEY", "backflow audit keygen"],
+        ),
+        (
+            vec![],
+            "config.kafka.brokers=kafka:9092,auditSigningKey.secretKey=NODE_AUDIT_KEY",
+            vec!["secrets.env.NODE_AUDIT_KEY", "auditSigningKey.secretKey"],
+        ),
+        // Something that is not a key (the value is never quoted).
+        (
+            vec![],
+            "config.kafka.brokers=kafka:9092,secrets.env.BACKFLOW_AUDIT_KEY=not-a-signing-key",
+            vec![
+                "secrets.env.BACKFLOW_AUDIT_KEY",
+                "64 hex digits",
+                "backflow audit keygen",
+            ],
+        ),
+        // The configuration names its own variable for the key, which
+        // nothing provides.
+        (
+            vec![],
+            "config.audit.signing_key_env=OWN_AUDIT_KEY",
+            vec![
+                "config.audit.signing_key_env",
+                "OWN_AUDIT_KEY",
+                "secrets.env",
+            ],
+        ),
+        // A credential as a plain value in `env` is written into the
+        // Deployment.
+        (
+            vec![],
+            "config.kafka.brokers=kafka:9092,env[0].name=BACKFLOW_AUDIT_KEY,env[0].value=abc",
+            vec!["env[0]", "BACKFLOW_AUDIT_KEY", "secrets.env", "Deployment"],
+        ),
+        // Prometheus cannot reach a loopback metrics listener, nor scrape
+        // one that is not there; the two listeners cannot share a port.
+        (
+            vec![],
+            "config.http.metrics_listen=127.0.0.1:9480",
+            vec!["config.http.metrics_listen", "0.0.0.0"],
+        ),
+        (
+            vec![],
+            "config.http.metrics_listen=0.0.0.0:8480",
+            vec!["config.http.metrics_listen", "config.http.listen", "8480"],
+        ),
+        (
+            vec![],
+            "config.http.metrics_listen=null,serviceMonitor.enabled=true",
+            vec![
+                "serviceMonitor.enabled",
+                "config.http.metrics_listen",
+                "401",
+            ],
+        ),
         (vec![], "role=district", vec!["role", "node", "subscriber"]),
         (vec![], "role=subscriber", vec!["config.subscriptions"]),
         (vec![], "role=source", vec!["config.feeds"]),
@@ -702,6 +993,245 @@ fn values_backflow_cannot_run_with_are_refused_naming_the_value() {
         for w in words {
             assert!(err.contains(w), "--set {set}: {w:?} not in: {err}");
         }
+        assert!(
+            !err.contains("not-a-signing-key"),
+            "a credential is never quoted: {err}"
+        );
+    }
+}
+
+#[test]
+fn node_on_a_kafka_cluster_takes_its_audit_key_from_the_secret() {
+    let key = audit_key();
+    let brokers = "config.kafka.brokers=kafka:9092";
+
+    // The key file's content in secrets.env: the configuration names the
+    // variable (audit.signing_key_env), the key is in the Secret only
+    // (check_release: in no ConfigMap, not in the Deployment).
+    let m = render(&[&key.values], &[brokers]);
+    let config = check_release(&m, "serve");
+    assert_eq!(config["audit"]["signing_key_env"], AUDIT_KEY_VAR);
+    assert!(config["audit"]["signing_key_file"].is_null());
+    assert_eq!(m.secret_env()[AUDIT_KEY_VAR].trim(), key.seed);
+    assert!(!m.config_toml().contains(&key.seed));
+    let notes = helm("notes", &[&key.values], &[brokers]);
+    assert!(notes.status.success());
+    let notes: String = serde_json::from_slice(&notes.stdout).unwrap();
+    for w in [
+        AUDIT_KEY_VAR,
+        "/api/node",
+        "audit_public_key",
+        "backflow audit keygen",
+    ] {
+        assert!(notes.contains(w), "{w:?} not in NOTES: {notes}");
+    }
+    assert!(!notes.contains(&key.seed));
+
+    // Under another Secret key name.
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = values_file(
+        &dir,
+        "renamed.yaml",
+        json!({"auditSigningKey": {"secretKey": "NODE_AUDIT_KEY"},
+               "secrets": {"env": {"NODE_AUDIT_KEY": key.seed}}}),
+    );
+    let m = render(&[&renamed], &[brokers]);
+    let config = check_release(&m, "serve");
+    assert_eq!(config["audit"]["signing_key_env"], "NODE_AUDIT_KEY");
+
+    // A Secret of the operator's own holds it under that name.
+    let m = render(&[], &[brokers, "secrets.existingSecret=node-credentials"]);
+    let config = check_release(&m, "serve");
+    assert_eq!(config["audit"]["signing_key_env"], AUDIT_KEY_VAR);
+    assert!(!m.has("Secret"));
+
+    // A variable of `env` taken from a Secret of its own.
+    let m = render(
+        &[],
+        &[
+            brokers,
+            "env[0].name=BACKFLOW_AUDIT_KEY,env[0].valueFrom.secretKeyRef.name=audit-keys,env[0].valueFrom.secretKeyRef.key=330000",
+        ],
+    );
+    let config = check_release(&m, "serve");
+    assert_eq!(config["audit"]["signing_key_env"], AUDIT_KEY_VAR);
+
+    // The configuration's own choice, a file of the mounted Secret, is
+    // kept (backflow refuses both settings at once).
+    let m = render(
+        &[&key.values],
+        &[
+            brokers,
+            "secrets.mountPath=/etc/backflow-secrets",
+            "config.audit.signing_key_file=/etc/backflow-secrets/BACKFLOW_AUDIT_KEY",
+        ],
+    );
+    let config = check_release(&m, "serve");
+    assert!(config["audit"]["signing_key_env"].is_null(), "{config}");
+
+    // On the embedded broker a key is optional; NOTES says how to make one.
+    let notes = helm("notes", &[], &[]);
+    let notes: String = serde_json::from_slice(&notes.stdout).unwrap();
+    assert!(notes.contains("backflow audit keygen"), "{notes}");
+}
+
+/// A free TCP port of this machine.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The rendered release's process, run as the pod would run it: the
+/// Deployment's arguments (the configuration file at a local path) with
+/// the chart's Secret as its environment. Killed when dropped.
+struct Pod {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Pod {
+    fn start(m: &Manifests) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backflow.toml");
+        std::fs::write(&file, m.config_toml()).unwrap();
+        let args: Vec<String> = m
+            .args()
+            .into_iter()
+            .map(|a| {
+                if a == CONFIG_FILE {
+                    file.display().to_string()
+                } else {
+                    a.to_owned()
+                }
+            })
+            .collect();
+        let child = backflow()
+            .args(&args)
+            .envs(m.secret_env())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .expect("start backflow");
+        let mut pod = Pod { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = std::fs::read_to_string(pod.dir.path().join("stdout")).unwrap_or_default();
+            if out.contains("backflow listening on ") && out.contains("backflow metrics on ") {
+                return pod;
+            }
+            if let Some(status) = pod.child.try_wait().unwrap() {
+                panic!(
+                    "the rendered node exited with {status} before listening:\n{}",
+                    pod.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rendered node did not listen within 60 s:\n{}",
+                pod.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `http://127.0.0.1:{port}{path}`, with a bearer token if given:
+/// status and body.
+async fn get(port: u64, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("the node answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rendered_node_starts_with_the_secrets_audit_key_and_serves_the_service_monitor() {
+    let broker = TestBroker::start();
+    let key = audit_key();
+    let (http_port, metrics_port) = (free_port(), free_port());
+    let admin = "helm-chart-admin-token";
+    let dir = tempfile::tempdir().unwrap();
+    let values = values_file(
+        &dir,
+        "node.yaml",
+        json!({
+            "config": {
+                "node": {"code": "330100", "name": "chart node"},
+                "kafka": {"brokers": broker.bootstrap()},
+                "http": {
+                    "listen": format!("0.0.0.0:{http_port}"),
+                    "metrics_listen": format!("0.0.0.0:{metrics_port}")
+                },
+                "auth": {"tokens": [{"principal": "admin", "sha256": sha256_hex(admin)}]}
+            },
+            "serviceMonitor": {"enabled": true}
+        }),
+    );
+    let m = render(&[&values, &key.values], &[]);
+    check_release(&m, "serve");
+    let (scraped, path) = m.scraped_port();
+    assert_eq!(scraped, u64::from(metrics_port));
+    let http = m.container_port("http").unwrap();
+
+    // It starts on the Kafka cluster (a node without its key refuses to),
+    // signing with the key of the Secret: its public half is at /api/node.
+    let pod = Pod::start(&m);
+    let (status, body) = get(http, "/api/node", Some(admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let node: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        node["audit_public_key"], key.public_key,
+        "signs with the key made by backflow audit keygen"
+    );
+    assert!(
+        pod.stderr().contains(&key.public_key),
+        "the node logs the public key it loaded"
+    );
+    assert!(
+        !pod.stderr().contains(&key.seed),
+        "the secret key is never logged"
+    );
+
+    // The port the ServiceMonitor scrapes answers /metrics without a token;
+    // the http port does not.
+    let (status, metrics) = get(scraped, &path, None).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("backflow_"), "{metrics}");
+    let (status, _) = get(http, "/metrics", None).await;
+    assert_eq!(status, 401, "/metrics on http needs an admin token");
+
+    // The probes on http answer anonymous callers: live, then ready once
+    // Kafka is reached.
+    assert_eq!(get(http, "/healthz", None).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(http, "/readyz", None).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz not ready within 60 s: {status} {body}\n{}",
+            pod.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -710,7 +1240,14 @@ fn chart_lints_clean_for_defaults_and_examples() {
     let province = example("values-province-330000.yaml");
     let city = example("values-city-330100.yaml");
     let district = example("values-district-330106.yaml");
-    for values in [vec![], vec![&*province], vec![&*city], vec![&*district]] {
+    let key = audit_key();
+    let key = key.values.as_path();
+    for values in [
+        vec![],
+        vec![&*province, key],
+        vec![&*city, key],
+        vec![&*district],
+    ] {
         let out = helm("lint", &values, &[]);
         assert!(
             out.status.success(),

@@ -100,6 +100,11 @@ gives back these bytes and checksum/config is the sha256 of the file).
 {{- include "backflow.validate" . }}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- include "backflow.intify" $config }}
+{{- with include "backflow.auditKeyEnv" . }}
+{{- $audit := $config.audit | default dict }}
+{{- $_ := set $audit "signing_key_env" . }}
+{{- $_ := set $config "audit" $audit }}
+{{- end }}
 {{- regexReplaceAll "(?m)[ \t]+$" (toToml $config | trim) "" }}
 {{ end }}
 
@@ -107,6 +112,44 @@ gives back these bytes and checksum/config is the sha256 of the file).
 {{- define "backflow.httpPort" -}}
 {{- $listen := (.Values.config.http | default dict).listen | default "127.0.0.1:8480" | toString }}
 {{- splitList ":" $listen | last }}
+{{- end }}
+
+{{/* The metrics container port: the port of config.http.metrics_listen ("" when unset). */}}
+{{- define "backflow.metricsPort" -}}
+{{- with (.Values.config.http | default dict).metrics_listen }}
+{{- splitList ":" (toString .) | last }}
+{{- end }}
+{{- end }}
+
+{{/*
+backflow.auditKeyConfigured: "true" when the values set the node's audit
+signing key themselves (config.audit.signing_key_env or signing_key_file,
+or their BACKFLOW_AUDIT__* variables in env).
+*/}}
+{{- define "backflow.auditKeyConfigured" -}}
+{{- $a := (.Values.config | default dict).audit | default dict }}
+{{- $set := or $a.signing_key_env $a.signing_key_file }}
+{{- range .Values.env | default list }}
+{{- if has (toString .name) (list "BACKFLOW_AUDIT__SIGNING_KEY_ENV" "BACKFLOW_AUDIT__SIGNING_KEY_FILE") }}{{ $set = true }}{{ end }}
+{{- end }}
+{{- if $set }}true{{ end }}
+{{- end }}
+
+{{/*
+backflow.auditKeyEnv: the variable the chart sets config.audit.signing_key_env
+to ("" when none): for role node whose values do not set the key themselves,
+auditSigningKey.secretKey when secrets.env or env holds it, or
+secrets.existingSecret is set (which must then hold it).
+*/}}
+{{- define "backflow.auditKeyEnv" -}}
+{{- $var := (.Values.auditSigningKey | default dict).secretKey | default "" | toString }}
+{{- if and (eq .Values.role "node") $var (not (include "backflow.auditKeyConfigured" .)) }}
+{{- $provided := or .Values.secrets.existingSecret (not (kindIs "invalid" (index (.Values.secrets.env | default dict) $var))) }}
+{{- range .Values.env | default list }}
+{{- if eq (toString .name) $var }}{{ $provided = true }}{{ end }}
+{{- end }}
+{{- if $provided }}{{ $var }}{{ end }}
+{{- end }}
 {{- end }}
 
 {{/* The subcommand and its arguments for the role. */}}
@@ -153,6 +196,12 @@ subscriptions[{{ $i }}].upstream.properties_env.{{ $prop }}={{ $var }}
 shares[{{ $i }}].secret_env={{ . }}
 {{- end }}
 {{- end }}
+{{- with ($c.audit | default dict).signing_key_env }}
+audit.signing_key_env={{ . }}
+{{- end }}
+{{- with include "backflow.auditKeyEnv" . }}
+audit.signing_key_env={{ . }}
+{{- end }}
 {{- end }}
 
 {{/* Refuses values backflow cannot run with, naming the value to change. */}}
@@ -168,6 +217,23 @@ shares[{{ $i }}].secret_env={{ . }}
 {{- end }}
 {{- if not (regexMatch "^[0-9]+$" (include "backflow.httpPort" .)) }}
 {{- fail (printf "config.http.listen %q: expected HOST:PORT, e.g. \"0.0.0.0:8480\"" $listen) }}
+{{- end }}
+{{- /* /metrics without a token: on http.metrics_listen only. */}}
+{{- with ($c.http | default dict).metrics_listen }}
+{{- $ml := toString . }}
+{{- if or (hasPrefix "127." $ml) (hasPrefix "localhost:" $ml) (hasPrefix "[::1]" $ml) }}
+{{- fail (printf "config.http.metrics_listen %q: Prometheus scrapes the pod's metrics port from outside the pod; listen on every interface, e.g. \"0.0.0.0:9480\"" $ml) }}
+{{- end }}
+{{- if not (regexMatch "^[0-9]+$" (include "backflow.metricsPort" $)) }}
+{{- fail (printf "config.http.metrics_listen %q: expected HOST:PORT, e.g. \"0.0.0.0:9480\"" $ml) }}
+{{- end }}
+{{- if eq (include "backflow.metricsPort" $) (include "backflow.httpPort" $) }}
+{{- fail (printf "config.http.metrics_listen %q and config.http.listen %q use the same port %s: give the metrics listener a port of its own, e.g. \"0.0.0.0:9480\"" $ml $listen (include "backflow.httpPort" $)) }}
+{{- end }}
+{{- else }}
+{{- if .Values.serviceMonitor.enabled }}
+{{- fail "serviceMonitor.enabled scrapes /metrics on config.http.metrics_listen, which is not set (on config.http.listen /metrics answers 401 without an admin token): set config.http.metrics_listen, e.g. \"0.0.0.0:9480\"" }}
+{{- end }}
 {{- end }}
 {{- $shutdownMs := ($c.runtime | default dict).shutdown_timeout_ms | default 10000 }}
 {{- if ge (float64 $shutdownMs) (mulf (float64 .Values.terminationGracePeriodSeconds) 1000.0) }}
@@ -213,6 +279,32 @@ shares[{{ $i }}].secret_env={{ . }}
 {{- range $k, $v := ($s.upstream | default dict).properties | default dict }}
 {{- if regexMatch $secretish $k }}
 {{- fail (printf "config.subscriptions[%d].upstream.properties.%s looks like a credential and would be written into the ConfigMap: put it in secrets.env and name the variable in upstream.properties_env" $i $k) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* A node on a Kafka cluster refuses to start without its audit signing key. */}}
+{{- $keyVar := (.Values.auditSigningKey | default dict).secretKey | default "BACKFLOW_AUDIT_KEY" | toString }}
+{{- if and (eq .Values.role "node") ($c.kafka | default dict).brokers (not (include "backflow.auditKeyConfigured" .)) (not (include "backflow.auditKeyEnv" .)) }}
+{{- fail (printf "role node on a Kafka cluster (config.kafka.brokers) signs its audit trail with its own Ed25519 key and refuses to start without it, and no key is given: make one with `backflow audit keygen --out audit.key` (it prints the public key for owners and auditors) and give it with --set-file secrets.env.%s=audit.key (the Secret key auditSigningKey.secretKey names), or keep it under %s in secrets.existingSecret" $keyVar $keyVar) }}
+{{- end }}
+{{- if not .Values.secrets.existingSecret }}
+{{- with ($c.audit | default dict).signing_key_env | default (include "backflow.auditKeyEnv" .) }}
+{{- $key := index ($.Values.secrets.env | default dict) (toString .) }}
+{{- if and (not (kindIs "invalid" $key)) (not (regexMatch "^\\s*[0-9a-fA-F]{64}\\s*$" (toString $key))) }}
+{{- fail (printf "secrets.env.%s is not an audit signing key: expected the Ed25519 secret key's 32-byte seed as 64 hex digits, as `backflow audit keygen --out FILE` writes it; give that file with --set-file secrets.env.%s=FILE" (toString .) (toString .)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* A credential as a plain value in env would be written into the Deployment. */}}
+{{- $plain := dict }}
+{{- range $i, $e := .Values.env | default list }}
+{{- if hasKey $e "value" }}{{ $_ := set $plain (toString $e.name) (toString $i) }}{{ end }}
+{{- end }}
+{{- range splitList "\n" (include "backflow.secretRefs" . | trim) }}
+{{- if . }}
+{{- $ref := splitn "=" 2 . }}
+{{- if hasKey $plain $ref._1 }}
+{{- fail (printf "env[%s] gives %s, the credential config.%s names, as a plain value, which would be written into the Deployment: put it in secrets.env (or secrets.existingSecret), or take it from a Secret with valueFrom.secretKeyRef" (get $plain $ref._1) $ref._1 $ref._0) }}
 {{- end }}
 {{- end }}
 {{- end }}
