@@ -78,6 +78,16 @@ impl Setup {
         self.node.api(method, path, Some(token), body).await
     }
 
+    /// A call that must succeed (2xx); its answer.
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (status, answer) = self.call(method, path, token, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        answer
+    }
+
     async fn sql(&self, sql: &str) {
         pg_connect(&self.db.name)
             .await
@@ -323,19 +333,7 @@ async fn a_feed_to_a_server_asking_for_a_clear_text_password_sends_none() {
         &[("GA_DB_PASSWORD", secret)],
     )
     .await;
-    let (status, body) = s
-        .call(
-            "PUT",
-            "/api/feeds/ga-remote",
-            GA,
-            Some(json!({
-                "type": "postgres", "host": "127.0.0.1", "port": fake.port, "user": "backflow",
-                "database": "remote", "password_secret": "ga-db",
-                "tables": [{"table": "public.people", "dataset": "ga.remote"}]
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.ok("PUT", "/api/feeds/ga-remote", GA, Some(json!({ "type": "postgres", "host": "127.0.0.1", "port": fake.port, "user": "backflow", "database": "remote", "password_secret": "ga-db", "tables": [{"table": "public.people", "dataset": "ga.remote"}] }))).await;
     // The node connects (the marker that the attempt was made) and fails.
     let until = Instant::now() + Duration::from_secs(60);
     let error = loop {
@@ -375,10 +373,7 @@ async fn feeds_belong_to_the_department_that_registered_them() {
         "database": s.db.name, "slot": format!("s{}", s.db.name), "publication": "ga_api_pub",
         "tables": [{"table": "public.extra", "dataset": "ga.notes"}]
     });
-    let (status, body) = s
-        .call("PUT", "/api/feeds/ga-notes", GA, Some(ga_feed))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.ok("PUT", "/api/feeds/ga-notes", GA, Some(ga_feed)).await;
     // Another department takes the name with a feed into its own dataset.
     let mz_feed = json!({
         "type": "postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres",
@@ -454,38 +449,31 @@ async fn datasets_need_a_row_rule_and_an_edit_cannot_drop_it() {
         "{body}"
     );
 
-    let (status, body) = s
-        .call(
-            "PUT",
-            "/api/datasets/ga.people",
-            GA,
-            Some(people("unconditional")),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = s
-        .call(
-            "POST",
-            "/api/subscriptions",
-            XIHU,
-            Some(request(
-                "330106",
-                "ga.people",
-                &["id", "name", "region_code"],
-            )),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.people",
+        GA,
+        Some(people("unconditional")),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/api/subscriptions",
+        XIHU,
+        Some(request(
+            "330106",
+            "ga.people",
+            &["id", "name", "region_code"],
+        )),
+    )
+    .await;
     s.wait_share("330106", "ga.people", "the backfill", |r| id_of(r) == 20)
         .await;
 
     // The routine edit: a new description, the body without the row rule.
     let mut edit = open;
     edit["description"] = json!("residents (revised)");
-    let (status, body) = s
-        .call("PUT", "/api/datasets/ga.people", GA, Some(edit))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = s.ok("PUT", "/api/datasets/ga.people", GA, Some(edit)).await;
     assert_eq!(body["region_column"], "region_code", "{body}");
     assert_eq!(body["description"], "residents (revised)", "{body}");
 
@@ -524,37 +512,31 @@ async fn dataset_changes_are_applied_to_active_grants() {
         ("ga.people", people("unconditional")),
         ("ga.extra", extra("unconditional")),
     ] {
-        let (status, body) = s
-            .call("PUT", &format!("/api/datasets/{id}"), GA, Some(def))
+        s.ok("PUT", &format!("/api/datasets/{id}"), GA, Some(def))
             .await;
-        assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = s
-        .call(
-            "POST",
-            "/api/subscriptions",
-            XIHU,
-            Some(request(
-                "330106",
-                "ga.people",
-                &["id", "region_code", "phone"],
-            )),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = s
-        .call(
-            "POST",
-            "/api/subscriptions",
-            BINJIANG,
-            Some(request(
-                "330108",
-                "ga.extra",
-                &["id", "region_code", "note"],
-            )),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    s.ok(
+        "POST",
+        "/api/subscriptions",
+        XIHU,
+        Some(request(
+            "330106",
+            "ga.people",
+            &["id", "region_code", "phone"],
+        )),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/api/subscriptions",
+        BINJIANG,
+        Some(request(
+            "330108",
+            "ga.extra",
+            &["id", "region_code", "note"],
+        )),
+    )
+    .await;
     let records = s
         .wait_share("330106", "ga.people", "the backfill", |r| id_of(r) == 20)
         .await;
@@ -568,10 +550,8 @@ async fn dataset_changes_are_applied_to_active_grants() {
     // The owner stops sharing the phone.
     let mut def = people("unconditional");
     def["fields"].as_object_mut().unwrap().remove("phone");
-    let (status, body) = s
-        .call("PUT", "/api/datasets/ga.people", GA, Some(def.clone()))
+    s.ok("PUT", "/api/datasets/ga.people", GA, Some(def.clone()))
         .await;
-    assert_eq!(status, 200, "{body}");
     let (_, sub) = s
         .call("GET", "/api/subscriptions/330106:ga.people", GA, None)
         .await;
@@ -600,10 +580,7 @@ async fn dataset_changes_are_applied_to_active_grants() {
     // The owner stops sharing the dataset: the grant ends, with the reason.
     def["sharing"] = json!("not_shared");
     def["not_shared_reason"] = json!("under legal review");
-    let (status, body) = s
-        .call("PUT", "/api/datasets/ga.people", GA, Some(def))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.ok("PUT", "/api/datasets/ga.people", GA, Some(def)).await;
     let (_, sub) = s
         .call("GET", "/api/subscriptions/330106:ga.people", XIHU, None)
         .await;
@@ -637,24 +614,20 @@ async fn dataset_changes_are_applied_to_active_grants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviewed_requests_cannot_change_and_revocations_stick() {
     let s = Setup::start("", &[]).await;
-    let (status, body) = s
-        .call(
-            "PUT",
-            "/api/datasets/ga.people",
-            GA,
-            Some(people("conditional")),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = s
-        .call(
-            "POST",
-            "/api/subscriptions",
-            XIHU,
-            Some(request("330106", "ga.people", &["id", "region_code"])),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.people",
+        GA,
+        Some(people("conditional")),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/api/subscriptions",
+        XIHU,
+        Some(request("330106", "ga.people", &["id", "region_code"])),
+    )
+    .await;
     let (_, seen) = s
         .call("GET", "/api/subscriptions/330106:ga.people", GA, None)
         .await;
@@ -683,42 +656,35 @@ async fn reviewed_requests_cannot_change_and_revocations_stick() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
-    let (status, body) = s
-        .call(
+    let body = s
+        .ok(
             "POST",
             "/api/subscriptions/330106:ga.people/approve",
             GA,
             Some(json!({"request_version": seen["request_version"]})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let granted: Vec<&String> = body["granted"].as_object().unwrap().keys().collect();
     assert_eq!(granted, ["id", "region_code"], "{body}");
 
     // Unconditional: revoked stays revoked.
-    let (status, body) = s
-        .call(
-            "PUT",
-            "/api/datasets/ga.extra",
-            GA,
-            Some(extra("unconditional")),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.extra",
+        GA,
+        Some(extra("unconditional")),
+    )
+    .await;
     let ask = request("330106", "ga.extra", &["id", "region_code"]);
-    let (status, _) = s
-        .call("POST", "/api/subscriptions", XIHU, Some(ask.clone()))
+    s.ok("POST", "/api/subscriptions", XIHU, Some(ask.clone()))
         .await;
-    assert_eq!(status, 201);
-    let (status, _) = s
-        .call(
-            "POST",
-            "/api/subscriptions/330106:ga.extra/revoke",
-            GA,
-            Some(json!({"reason": "misuse"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    s.ok(
+        "POST",
+        "/api/subscriptions/330106:ga.extra/revoke",
+        GA,
+        Some(json!({"reason": "misuse"})),
+    )
+    .await;
     let (status, body) = s.call("POST", "/api/subscriptions", XIHU, Some(ask)).await;
     assert_eq!(status, 409, "{body}");
     assert!(
@@ -739,15 +705,14 @@ async fn reviewed_requests_cannot_change_and_revocations_stick() {
         )
         .await;
     assert_eq!(status, 403);
-    let (status, body) = s
-        .call(
+    let body = s
+        .ok(
             "POST",
             "/api/subscriptions/330106:ga.extra/reactivate",
             GA,
             None,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "active", "{body}");
 }
 
@@ -792,15 +757,13 @@ async fn api_poll_feeds_cannot_read_files_of_the_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_requests_return_the_existing_subscription() {
     let s = Setup::start("", &[]).await;
-    let (status, _) = s
-        .call(
-            "PUT",
-            "/api/datasets/ga.extra",
-            GA,
-            Some(extra("unconditional")),
-        )
-        .await;
-    assert_eq!(status, 200);
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.extra",
+        GA,
+        Some(extra("unconditional")),
+    )
+    .await;
     let ask = request("330106", "ga.extra", &["id", "region_code", "note"]);
     let (status, first) = s
         .call("POST", "/api/subscriptions", XIHU, Some(ask.clone()))
@@ -865,15 +828,13 @@ async fn oversized_and_malformed_inputs_are_refused_naming_the_rule() {
     }
     // `.` and `_` collide in Kafka's metric names: a department's name may
     // not hold `_`, so no department can take another's topic names.
-    let (status, _) = s
-        .call(
-            "PUT",
-            "/api/datasets/ga.x_y",
-            GA,
-            Some(extra("unconditional")),
-        )
-        .await;
-    assert_eq!(status, 200);
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.x_y",
+        GA,
+        Some(extra("unconditional")),
+    )
+    .await;
     let (status, body) = s
         .call(
             "PUT",
@@ -883,15 +844,13 @@ async fn oversized_and_malformed_inputs_are_refused_naming_the_rule() {
         )
         .await;
     assert_eq!(status, 422, "{body}");
-    let (status, _) = s
-        .call(
-            "PUT",
-            "/api/datasets/ga.extra",
-            GA,
-            Some(extra("unconditional")),
-        )
-        .await;
-    assert_eq!(status, 200);
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.extra",
+        GA,
+        Some(extra("unconditional")),
+    )
+    .await;
     let mut ask = request("330106", "ga.extra", &["id"]);
     ask["purpose"] = json!("x".repeat(100_000));
     let (status, body) = s.call("POST", "/api/subscriptions", XIHU, Some(ask)).await;
@@ -922,10 +881,7 @@ async fn grants_that_reveal_a_masked_part_are_refused() {
     );
     // The owner may accept it knowingly; the audit trail says so.
     def["fields"]["birth_date"] = json!({"accept_disclosure": true});
-    let (status, body) = s
-        .call("PUT", "/api/datasets/ga.people", GA, Some(def))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.ok("PUT", "/api/datasets/ga.people", GA, Some(def)).await;
     // The standard's sensitivity holds for the dataset bound to it.
     let census = json!({
         "description": "census", "sharing": "unconditional", "region_column": "household_region",
@@ -946,24 +902,20 @@ async fn grants_that_reveal_a_masked_part_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operational_endpoints_name_nothing_without_a_token() {
     let s = Setup::start("", &[]).await;
-    let (status, _) = s
-        .call(
-            "PUT",
-            "/api/datasets/ga.extra",
-            GA,
-            Some(extra("unconditional")),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = s
-        .call(
-            "POST",
-            "/api/subscriptions",
-            XIHU,
-            Some(request("330106", "ga.extra", &["id", "region_code"])),
-        )
-        .await;
-    assert_eq!(status, 201);
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.extra",
+        GA,
+        Some(extra("unconditional")),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/api/subscriptions",
+        XIHU,
+        Some(request("330106", "ga.extra", &["id", "region_code"])),
+    )
+    .await;
     s.wait_share("330106", "ga.extra", "the backfill", |r| id_of(r) == 20)
         .await;
     let (status, body) = s.node.get("/metrics").await.unwrap();
