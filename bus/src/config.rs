@@ -665,6 +665,19 @@ impl DivisionCode {
         &self.0
     }
 
+    /// Whether this node may share with `subscriber`: a division inside
+    /// its own jurisdiction, not itself. A node has no right to the data
+    /// of divisions it does not govern, whatever its grants say.
+    pub fn may_share_with(&self, subscriber: &DivisionCode) -> Result<(), String> {
+        let prefix = self.jurisdiction_prefix();
+        if subscriber == self || !subscriber.as_str().starts_with(prefix) {
+            return Err(format!(
+                "{subscriber} is not a division inside this node's jurisdiction ({self} shares only with codes starting with {prefix}, itself excluded)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Jurisdiction prefix: the code without trailing "00" pairs
     /// (`330100` → `3301`, `330000` → `33`, `330106` → `330106`).
     pub fn jurisdiction_prefix(&self) -> &str {
@@ -1004,12 +1017,16 @@ impl Config {
             crate::standards::DatasetStandard::new(st).map_err(|(key, reason)| bad(key, reason))?;
         }
         let mut shares = std::collections::BTreeSet::new();
+        let node_code = config.node.code.clone();
         for (i, share) in config.shares.iter_mut().enumerate() {
             let bad = |key: &str, reason: String| ConfigError::BadValue {
                 key: format!("shares[{i}].{key}"),
                 origin: origin_name(file, &env, ""),
                 reason,
             };
+            if let Err(reason) = node_code.may_share_with(&share.subscriber) {
+                return Err(bad("subscriber", reason));
+            }
             if !shares.insert((share.subscriber.to_string(), share.dataset.clone())) {
                 return Err(bad(
                     "dataset",
@@ -1411,6 +1428,20 @@ mod tests {
         assert_eq!(p("330100"), "3301");
         assert_eq!(p("330106"), "330106");
         assert_eq!(p("330010"), "330010");
+    }
+
+    #[test]
+    fn a_node_shares_only_inside_its_jurisdiction() {
+        let city = DivisionCode::parse("330100").unwrap();
+        let code = |c: &str| DivisionCode::parse(c).unwrap();
+        assert!(city.may_share_with(&code("330106")).is_ok());
+        for outside in ["330200", "330100", "320106", "330000"] {
+            let e = city.may_share_with(&code(outside)).unwrap_err();
+            assert!(e.contains("3301"), "{outside}: {e}");
+        }
+        let f = file("[node]\ncode = \"330100\"\n[[shares]]\nsubscriber = \"330201\"\ndataset = \"gongan.population\"\nregion_column = \"region_code\"\nfields = { id = \"plain\" }\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("shares[0].subscriber"), "{err}");
     }
 
     #[test]

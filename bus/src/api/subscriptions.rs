@@ -124,7 +124,12 @@ async fn request_subscription(
             )))
         }
     }
-    crate::config::DivisionCode::parse(&body.subscriber).map_err(invalid)?;
+    let subscriber = crate::config::DivisionCode::parse(&body.subscriber).map_err(invalid)?;
+    state
+        .node
+        .code
+        .may_share_with(&subscriber)
+        .map_err(|e| forbidden(format!("subscriber: {e}")))?;
     if body.purpose.trim().is_empty() {
         return Err(invalid(
             "purpose is required: say what the data is needed for",
