@@ -426,11 +426,14 @@ async fn run_on(
         ));
     }
 
+    // The registry takes the API's tokens: reads for any principal, writes
+    // for admin (the node's own feeds and distributor write in-process).
+    let registry_auth = crate::auth::Authenticator::new(&config.auth.tokens, catalog.clone());
     let mut router = http::router(HttpState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     })
-    .merge(crate::registry::router(registry.clone()));
+    .merge(crate::registry::router(registry.clone(), registry_auth));
     if is_node {
         router = router.merge(crate::api::router(
             crate::api::ApiState::new(

@@ -59,7 +59,11 @@ async fn call(
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), ct)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        ct,
+    )
 }
 
 fn schema(extra: usize) -> Value {
@@ -67,7 +71,8 @@ fn schema(extra: usize) -> Value {
     for i in 0..extra {
         fields.push(json!({"name": format!("f{i}"), "type": ["null", "string"], "default": null}));
     }
-    let schema = json!({"type": "record", "name": "People", "namespace": "backflow.test", "fields": fields});
+    let schema =
+        json!({"type": "record", "name": "People", "namespace": "backflow.test", "fields": fields});
     json!({ "schema": schema.to_string() })
 }
 
@@ -77,7 +82,11 @@ fn reads(id: u64) -> Vec<(&'static str, String, Option<Value>)> {
         ("GET", "/subjects".into(), None),
         ("GET", format!("/subjects/{SUBJECT}/versions"), None),
         ("GET", format!("/subjects/{SUBJECT}/versions/1"), None),
-        ("GET", format!("/subjects/{SUBJECT}/versions/latest/schema"), None),
+        (
+            "GET",
+            format!("/subjects/{SUBJECT}/versions/latest/schema"),
+            None,
+        ),
         ("GET", format!("/schemas/ids/{id}"), None),
         ("GET", format!("/schemas/ids/{id}/versions"), None),
         ("GET", "/schemas/types".into(), None),
@@ -105,7 +114,11 @@ fn reads(id: u64) -> Vec<(&'static str, String, Option<Value>)> {
 fn writes() -> Vec<(&'static str, String, Option<Value>)> {
     let none = json!({"compatibility": "NONE"});
     vec![
-        ("POST", format!("/subjects/{SUBJECT}/versions"), Some(schema(1))),
+        (
+            "POST",
+            format!("/subjects/{SUBJECT}/versions"),
+            Some(schema(1)),
+        ),
         ("DELETE", format!("/subjects/{SUBJECT}/versions/1"), None),
         (
             "DELETE",
@@ -113,7 +126,11 @@ fn writes() -> Vec<(&'static str, String, Option<Value>)> {
             None,
         ),
         ("DELETE", format!("/subjects/{SUBJECT}"), None),
-        ("DELETE", format!("/subjects/{SUBJECT}?permanent=true"), None),
+        (
+            "DELETE",
+            format!("/subjects/{SUBJECT}?permanent=true"),
+            None,
+        ),
         ("PUT", "/config".into(), Some(none.clone())),
         ("PUT", format!("/config/{SUBJECT}"), Some(none)),
         ("DELETE", format!("/config/{SUBJECT}"), None),
@@ -172,7 +189,11 @@ async fn registry_unauthenticated_delete_leaves_the_subject() {
         format!("/subjects/{SUBJECT}?permanent=true"),
     ] {
         let (st, j, _) = call(&node, Credentials::None, "DELETE", &path, None).await;
-        assert_eq!((st, j["error_code"].as_u64()), (401, Some(40101)), "DELETE {path}: {j}");
+        assert_eq!(
+            (st, j["error_code"].as_u64()),
+            (401, Some(40101)),
+            "DELETE {path}: {j}"
+        );
     }
     assert_eq!(holdings(&node, &admin).await, before);
     let (st, j, _) = call(
@@ -252,7 +273,10 @@ async fn registry_lets_subscribers_and_owners_read_but_not_write() {
         None,
     )
     .await;
-    assert_eq!((got["id"].as_u64(), got["version"].as_u64()), (Some(id), Some(1)));
+    assert_eq!(
+        (got["id"].as_u64(), got["version"].as_u64()),
+        (Some(id), Some(1))
+    );
     assert_eq!(holdings(&node, &admin).await, before, "nothing changed");
 }
 
@@ -266,13 +290,55 @@ async fn registry_admin_changes_it_with_a_bearer_or_basic_token() {
     let basic = Credentials::Basic("any-user", admin.token());
     let bearer = Credentials::Bearer(admin.token());
     let steps: Vec<(Credentials, &str, String, Option<Value>, Value)> = vec![
-        (basic, "PUT", format!("/config/{SUBJECT}"), Some(json!({"compatibility": "FORWARD"})), json!({"compatibility": "FORWARD"})),
-        (bearer, "DELETE", format!("/config/{SUBJECT}"), None, json!({"compatibilityLevel": "FORWARD"})),
-        (basic, "PUT", "/config".into(), Some(json!({"compatibility": "FULL"})), json!({"compatibility": "FULL"})),
-        (bearer, "POST", format!("/subjects/{SUBJECT}/versions"), Some(schema(1)), Value::Null),
-        (basic, "DELETE", format!("/subjects/{SUBJECT}/versions/2"), None, json!(2)),
-        (bearer, "DELETE", format!("/subjects/{SUBJECT}"), None, json!([1])),
-        (basic, "DELETE", format!("/subjects/{SUBJECT}?permanent=true"), None, json!([1, 2])),
+        (
+            basic,
+            "PUT",
+            format!("/config/{SUBJECT}"),
+            Some(json!({"compatibility": "FORWARD"})),
+            json!({"compatibility": "FORWARD"}),
+        ),
+        (
+            bearer,
+            "DELETE",
+            format!("/config/{SUBJECT}"),
+            None,
+            json!({"compatibilityLevel": "FORWARD"}),
+        ),
+        (
+            basic,
+            "PUT",
+            "/config".into(),
+            Some(json!({"compatibility": "FULL"})),
+            json!({"compatibility": "FULL"}),
+        ),
+        (
+            bearer,
+            "POST",
+            format!("/subjects/{SUBJECT}/versions"),
+            Some(schema(1)),
+            Value::Null,
+        ),
+        (
+            basic,
+            "DELETE",
+            format!("/subjects/{SUBJECT}/versions/2"),
+            None,
+            json!(2),
+        ),
+        (
+            bearer,
+            "DELETE",
+            format!("/subjects/{SUBJECT}"),
+            None,
+            json!([1]),
+        ),
+        (
+            basic,
+            "DELETE",
+            format!("/subjects/{SUBJECT}?permanent=true"),
+            None,
+            json!([1, 2]),
+        ),
     ];
     for (who, method, path, body, want) in steps {
         let (st, j, _) = call(&node, who, method, &path, body.as_ref()).await;
@@ -310,19 +376,17 @@ async fn registry_accepts_issued_tokens_until_revoked() {
     let who = Credentials::Bearer(&token);
     let (st, j, _) = call(&node, who, "GET", "/subjects", None).await;
     assert_eq!((st, j), (200, json!([SUBJECT])));
-    let (st, j, _) = call(
-        &node,
-        who,
-        "DELETE",
-        &format!("/subjects/{SUBJECT}"),
-        None,
-    )
-    .await;
+    let (st, j, _) = call(&node, who, "DELETE", &format!("/subjects/{SUBJECT}"), None).await;
     assert_eq!((st, j["error_code"].as_u64()), (403, Some(40301)), "{j}");
 
     let sha = issued["sha256"].as_str().unwrap();
     let (st, j) = node
-        .api("DELETE", &format!("/api/tokens/{sha}"), Some(admin.token()), None)
+        .api(
+            "DELETE",
+            &format!("/api/tokens/{sha}"),
+            Some(admin.token()),
+            None,
+        )
         .await;
     assert_eq!(st, 200, "{j}");
     let (st, j, _) = call(&node, who, "GET", "/subjects", None).await;
@@ -336,6 +400,10 @@ async fn registry_without_configured_tokens_refuses_everything() {
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     for (method, path, body) in reads(1).into_iter().chain(writes()) {
         let (st, j, _) = call(&node, Credentials::None, method, &path, body.as_ref()).await;
-        assert_eq!((st, j["error_code"].as_u64()), (401, Some(40101)), "{method} {path}: {j}");
+        assert_eq!(
+            (st, j["error_code"].as_u64()),
+            (401, Some(40101)),
+            "{method} {path}: {j}"
+        );
     }
 }
