@@ -1319,6 +1319,73 @@ mod tests {
     }
 
     #[test]
+    fn upstream_registry_token_comes_from_a_variable_or_a_file_and_a_missing_one_is_named() {
+        let sub = |setting: &str| {
+            file(&format!(
+                "[[subscriptions]]\nname = \"s\"\nupstream = {{ brokers = \"b:9092\", registry_url = \"http://b\"{setting} }}\n\
+                 sink = {{ type = \"sqlite\", path = \"/tmp/s.db\" }}\ntables = [{{ topic = \"backflow.share.330106.d.t\" }}]\n"
+            ))
+        };
+        let token_of = |f: &tempfile::NamedTempFile| {
+            Config::load_with_env(Some(f.path()), no_env())
+                .map(|c| c.subscriptions[0].upstream.registry_token.clone())
+        };
+        assert_eq!(token_of(&sub("")).unwrap(), None);
+
+        let f = sub(", registry_token_env = \"BACKFLOW_TEST_REGISTRY_TOKEN_4c1\"");
+        let err = token_of(&f).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("subscriptions[0].upstream.registry_token_env"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("BACKFLOW_TEST_REGISTRY_TOKEN_4c1"),
+            "{err}"
+        );
+        std::env::set_var("BACKFLOW_TEST_REGISTRY_TOKEN_4c1", "t0ken-from-env");
+        assert_eq!(token_of(&f).unwrap().as_deref(), Some("t0ken-from-env"));
+
+        let held = file("t0ken-from-file\n");
+        let f = sub(&format!(
+            ", registry_token_file = \"{}\"",
+            held.path().display()
+        ));
+        assert_eq!(token_of(&f).unwrap().as_deref(), Some("t0ken-from-file"));
+        // Never shown with the configuration.
+        let shown =
+            serde_json::to_string(&Config::load_with_env(Some(f.path()), no_env()).unwrap())
+                .unwrap();
+        assert!(!shown.contains("t0ken-from-file"), "{shown}");
+
+        let f = sub(", registry_token_file = \"/nonexistent/backflow-token\"");
+        let err = token_of(&f).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("subscriptions[0].upstream.registry_token_file"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("/nonexistent/backflow-token"),
+            "{err}"
+        );
+
+        let empty = file("\n");
+        let f = sub(&format!(
+            ", registry_token_file = \"{}\"",
+            empty.path().display()
+        ));
+        let err = token_of(&f).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+
+        let f = sub(&format!(
+            ", registry_token_env = \"BACKFLOW_TEST_REGISTRY_TOKEN_4c1\", registry_token_file = \"{}\"",
+            held.path().display()
+        ));
+        assert!(token_of(&f).unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
     fn config_syntax_error_names_file() {
         let f = file("[kafka\nbrokers = 1\n");
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();

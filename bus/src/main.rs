@@ -619,6 +619,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     std::env::set_var(var, key);
                 }
             }
+            // The tokens the city and the districts read their upper
+            // level's schema registry with, random per run.
+            for code in std::iter::once(demo::CITY).chain(demo::DISTRICTS.map(|(c, _)| c)) {
+                let var = demo::token_var(code);
+                if std::env::var_os(&var).is_none() {
+                    let token: String = std::iter::repeat_with(fastrand::alphanumeric)
+                        .take(32)
+                        .collect();
+                    std::env::set_var(var, token);
+                }
+            }
             backflow::telemetry::init(&backflow::config::LogConfig {
                 level: "warn".to_owned(),
                 ..Default::default()

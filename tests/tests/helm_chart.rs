@@ -439,6 +439,14 @@ fn city_example_is_a_node_cascading_into_its_own_bus_and_a_database() {
         "{secrets:?}"
     );
     assert!(secrets.contains_key("CITY_PG_PASSWORD"), "{secrets:?}");
+    assert_eq!(
+        subs[0]["upstream"]["registry_token_env"],
+        "PROVINCE_REGISTRY_TOKEN"
+    );
+    assert!(
+        secrets.contains_key("PROVINCE_REGISTRY_TOKEN"),
+        "{secrets:?}"
+    );
 }
 
 #[test]
@@ -478,6 +486,8 @@ fn district_example_is_a_subscriber_into_postgres() {
     let secrets = m.secret_env();
     assert!(secrets.contains_key("CITY_KAFKA_PASSWORD"), "{secrets:?}");
     assert!(secrets.contains_key("DISTRICT_PG_PASSWORD"), "{secrets:?}");
+    assert_eq!(sub["upstream"]["registry_token_env"], "CITY_REGISTRY_TOKEN");
+    assert!(secrets.contains_key("CITY_REGISTRY_TOKEN"), "{secrets:?}");
     assert!(m.has("ServiceMonitor"));
 }
 
