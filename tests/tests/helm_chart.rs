@@ -674,6 +674,14 @@ fn values_backflow_cannot_run_with_are_refused_naming_the_value() {
             "secrets.env.DISTRICT_PG_PASSWORD=null",
             vec!["DISTRICT_PG_PASSWORD", "subscriptions[0].sink.password_env"],
         ),
+        (
+            vec![district],
+            "secrets.env.CITY_REGISTRY_TOKEN=null",
+            vec![
+                "CITY_REGISTRY_TOKEN",
+                "subscriptions[0].upstream.registry_token_env",
+            ],
+        ),
         // Credentials would land in the ConfigMap.
         (
             vec![district],
