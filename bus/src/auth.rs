@@ -87,14 +87,23 @@ pub struct Unauthenticated(pub String);
 pub struct Authenticator {
     /// Tokens of the configuration file, by SHA-256.
     configured: Arc<HashMap<String, Principal>>,
-    /// Tokens issued through the API live in the catalog.
-    catalog: Catalog,
+    /// Tokens issued through the API live in the catalog (a node's);
+    /// `None` in processes without one (`backflow subscribe`).
+    catalog: Option<Catalog>,
 }
 
 impl Authenticator {
     /// Knows the configured tokens (validated with the configuration) and
     /// those the catalog holds.
     pub fn new(tokens: &[TokenConfig], catalog: Catalog) -> Self {
+        Self {
+            catalog: Some(catalog),
+            ..Self::configured_only(tokens)
+        }
+    }
+
+    /// Knows the configured tokens only (a process without a catalog).
+    pub fn configured_only(tokens: &[TokenConfig]) -> Self {
         let configured = tokens
             .iter()
             .filter_map(|t| {
@@ -106,7 +115,7 @@ impl Authenticator {
             .collect();
         Self {
             configured: Arc::new(configured),
-            catalog,
+            catalog: None,
         }
     }
 
@@ -117,13 +126,16 @@ impl Authenticator {
         if let Some(p) = self.configured.get(&hash) {
             return Ok(p.clone());
         }
+        let Some(catalog) = &self.catalog else {
+            return Err(Unauthenticated("unknown token".to_owned()));
+        };
         // Tokens issued through the API; one not known here yet may have
         // been issued moments ago (or before a restart): catch up with the
         // catalog.
-        let mut issued = self.catalog.state().await.tokens.get(&hash).cloned();
+        let mut issued = catalog.state().await.tokens.get(&hash).cloned();
         if issued.is_none() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.catalog.caught_up()).await;
-            issued = self.catalog.state().await.tokens.get(&hash).cloned();
+            let _ = tokio::time::timeout(Duration::from_secs(5), catalog.caught_up()).await;
+            issued = catalog.state().await.tokens.get(&hash).cloned();
         }
         match issued {
             Some(t) if t.revoked => Err(Unauthenticated("token revoked".to_owned())),

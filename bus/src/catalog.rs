@@ -55,6 +55,52 @@ pub struct FieldSpec {
     /// `plain` for public and internal fields, required for sensitive ones.
     #[serde(default)]
     pub rule: Option<String>,
+    /// The owner knows that this field, shared as its rule says, gives
+    /// back part of what another field's mask hides (a birth date beside
+    /// an identity number masked over it; see [`crate::disclosure`]) and
+    /// shares it anyway. Without it such a dataset is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_disclosure: bool,
+}
+
+/// Bounds on what the API stores: every catalog record is replayed by
+/// every node process and returned by every listing.
+pub mod limits {
+    /// Bytes of a dataset's description.
+    pub const DESCRIPTION: usize = 4096;
+    /// Bytes of a reason (not shared, rejected, revoked).
+    pub const REASON: usize = 1024;
+    /// Bytes of a subscription's purpose.
+    pub const PURPOSE: usize = 1024;
+    /// Fields of a dataset, or requested by a subscription.
+    pub const FIELDS: usize = 256;
+    /// Bytes of a field or column name.
+    pub const FIELD_NAME: usize = 128;
+    /// Datasets one department may register.
+    pub const DATASETS_PER_DEPARTMENT: usize = 200;
+    /// Bytes of a token's label or a node's name.
+    pub const LABEL: usize = 256;
+}
+
+/// Checks a text the API stores against its limit, naming the key.
+pub fn bounded(key: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        Err(format!(
+            "{key}: {} bytes, at most {max} are stored",
+            text.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a field or column name: not empty, bounded, no control characters.
+pub fn field_name(key: &str, name: &str) -> Result<(), String> {
+    bounded(key, name, limits::FIELD_NAME)?;
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(format!("{key}: {name:?} is not a field name"));
+    }
+    Ok(())
 }
 
 /// A dataset registered by its owner.
@@ -71,9 +117,15 @@ pub struct Dataset {
     /// Why it is not shared (shown to refused requesters).
     #[serde(default)]
     pub not_shared_reason: Option<String>,
-    /// Column with each row's division code (jurisdiction filter).
+    /// Column with each row's division code: a subscriber receives the
+    /// rows of its own jurisdiction. A shared dataset needs this or
+    /// `all_rows`.
     #[serde(default)]
     pub region_column: Option<String>,
+    /// Every row goes to every subscriber: declared by the owner, since a
+    /// dataset without a row rule shares nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_rows: bool,
     /// Fields that may be shared, with their default rule.
     pub fields: BTreeMap<String, FieldSpec>,
     /// Schema compatibility mode of the dataset's raw topic (registry
@@ -81,6 +133,16 @@ pub struct Dataset {
     /// level when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility: Option<crate::registry::Level>,
+}
+
+/// Which rows of a dataset a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowRule {
+    /// Rows whose division code in this column starts with the
+    /// subscriber's jurisdiction prefix.
+    Jurisdiction(String),
+    /// Every row (declared by the owner).
+    All,
 }
 
 impl Dataset {
@@ -95,26 +157,96 @@ impl Dataset {
         Some(spec.rule.clone().unwrap_or_else(|| "plain".to_owned()))
     }
 
-    /// Checks the dataset's own consistency.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The rows subscribers receive; `None` when the dataset has no row
+    /// rule, and then nothing of it is delivered.
+    pub fn row_rule(&self) -> Option<RowRule> {
+        match (&self.region_column, self.all_rows) {
+            (Some(c), false) => Some(RowRule::Jurisdiction(c.clone())),
+            (None, true) => Some(RowRule::All),
+            _ => None,
+        }
+    }
+
+    /// Fields whose owner accepted that they reveal part of a masked one.
+    pub fn accepted_disclosures(&self) -> Vec<String> {
+        self.fields
+            .iter()
+            .filter(|(_, f)| f.accept_disclosure)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Checks the dataset's own consistency, its bounds, and, when it is
+    /// bound to a standard, that the standard's sensitive and secret
+    /// fields are not shared plain.
+    pub fn validate(
+        &self,
+        standard: Option<&backflow_schemas::standard::Standard>,
+    ) -> Result<(), String> {
         if !self.id.contains('.') || self.id.starts_with('.') || self.id.ends_with('.') {
             return Err(format!(
                 "dataset id {:?} must be <department>.<name>",
                 self.id
             ));
         }
+        bounded("description", &self.description, limits::DESCRIPTION)?;
+        if let Some(r) = &self.not_shared_reason {
+            bounded("not_shared_reason", r, limits::REASON)?;
+        }
         if self.fields.is_empty() {
             return Err("a dataset needs at least one field".to_owned());
         }
+        if self.fields.len() > limits::FIELDS {
+            return Err(format!(
+                "fields: {} fields, at most {} are accepted",
+                self.fields.len(),
+                limits::FIELDS
+            ));
+        }
+        if let Some(c) = &self.region_column {
+            field_name("region_column", c)?;
+        }
+        if self.sharing != SharingClass::NotShared && self.row_rule().is_none() {
+            return Err(if self.all_rows {
+                "region_column and all_rows = true exclude each other: keep one".to_owned()
+            } else {
+                "region_column: a shared dataset needs a row rule: region_column (the column holding each row's division code; a subscriber receives its jurisdiction's rows) or all_rows = true (every row to every subscriber)".to_owned()
+            });
+        }
+        let mut rules = BTreeMap::new();
         for (name, spec) in &self.fields {
+            field_name(&format!("fields.{name}"), name)?;
             let rule = spec.rule.as_deref().unwrap_or("plain");
-            crate::distributor::policy::FieldRule::parse(rule)
+            let parsed = crate::distributor::policy::FieldRule::parse(rule)
                 .map_err(|e| format!("fields.{name}.rule: {e}"))?;
             if spec.sensitivity == Sensitivity::Sensitive && rule == "plain" {
                 return Err(format!(
                     "fields.{name}: a sensitive field needs a masked or hashed rule"
                 ));
             }
+            if let Some(std_field) =
+                standard.and_then(|s| s.fields().iter().find(|f| f.name == *name))
+            {
+                use backflow_schemas::standard::Sensitivity as Std;
+                if matches!(std_field.sensitivity, Std::Sensitive | Std::Secret) && rule == "plain"
+                {
+                    return Err(format!(
+                        "fields.{name}: the standard {} marks it {}: share it masked or hashed",
+                        standard.map(|s| s.name()).unwrap_or_default(),
+                        std_field.sensitivity.as_str()
+                    ));
+                }
+            }
+            rules.insert(name.clone(), parsed);
+        }
+        if let Some(d) = crate::disclosure::check(
+            &rules,
+            self.region_column.as_deref(),
+            &self.accepted_disclosures(),
+        )
+        .first()
+        {
+            return Err(d.to_string());
         }
         Ok(())
     }
@@ -139,7 +271,7 @@ pub enum SubscriptionState {
 /// A lower node's subscription to a dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
-    /// `<subscriber>/<dataset>`.
+    /// `<subscriber>:<dataset>`.
     pub id: String,
     /// Subscriber node code.
     pub subscriber: String,
@@ -166,6 +298,97 @@ pub struct Subscription {
     /// to the share topic since the subscription became active.
     #[serde(default)]
     pub backfilled: bool,
+    /// Version of the request (purpose, fields, validity): an owner
+    /// approves the version it reviewed, and a reviewed request is never
+    /// changed in place.
+    #[serde(default = "first_version")]
+    pub request_version: u32,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A subscription re-derived from a changed dataset, and what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rederived {
+    /// The subscription as it is now.
+    pub subscription: Subscription,
+    /// Granted fields no longer shared.
+    pub removed: Vec<String>,
+    /// Granted fields whose rule changed (old rule → new rule).
+    pub changed: BTreeMap<String, (String, String)>,
+    /// Whether the dataset's row rule changed.
+    pub rows_changed: bool,
+    /// Set when the subscription ended with the dataset.
+    pub ended: Option<String>,
+}
+
+impl Subscription {
+    /// This subscription under a changed `dataset` (whose previous
+    /// definition was `before`); `None` when nothing of it changes.
+    ///
+    /// A dataset that is no longer shared ends pending and active
+    /// subscriptions with its reason. An active one keeps only the granted
+    /// fields the dataset still shares, each under the dataset's new rule,
+    /// except that a rule relaxed to `plain` is not extended to grants made
+    /// under a stricter one (the owner re-approves for that). Any change of
+    /// what is delivered, rows included, is a new policy version.
+    pub fn under(&self, dataset: &Dataset, before: Option<&Dataset>) -> Option<Rederived> {
+        let mut sub = self.clone();
+        let mut out = Rederived {
+            subscription: sub.clone(),
+            removed: Vec::new(),
+            changed: BTreeMap::new(),
+            rows_changed: false,
+            ended: None,
+        };
+        let live = matches!(
+            self.state,
+            SubscriptionState::Active | SubscriptionState::Pending
+        );
+        if live && dataset.sharing == SharingClass::NotShared {
+            let reason = format!(
+                "dataset {} is no longer shared: {}",
+                dataset.id,
+                dataset
+                    .not_shared_reason
+                    .as_deref()
+                    .unwrap_or("the owner stopped sharing it")
+            );
+            sub.state = SubscriptionState::Revoked {
+                reason: reason.clone(),
+            };
+            out.ended = Some(reason);
+            out.subscription = sub;
+            return Some(out);
+        }
+        if self.state != SubscriptionState::Active {
+            return None;
+        }
+        let mut granted = BTreeMap::new();
+        for (field, old) in &self.granted {
+            match dataset.rule(field) {
+                None => out.removed.push(field.clone()),
+                Some(new) if new == *old || new == "plain" => {
+                    granted.insert(field.clone(), old.clone());
+                }
+                Some(new) => {
+                    out.changed
+                        .insert(field.clone(), (old.clone(), new.clone()));
+                    granted.insert(field.clone(), new);
+                }
+            }
+        }
+        out.rows_changed = before.is_some_and(|b| b.row_rule() != dataset.row_rule());
+        if out.removed.is_empty() && out.changed.is_empty() && !out.rows_changed {
+            return None;
+        }
+        sub.granted = granted;
+        sub.policy_version += 1;
+        out.subscription = sub;
+        Some(out)
+    }
 }
 
 /// A feed registered through the API.
@@ -173,8 +396,14 @@ pub struct Subscription {
 pub struct FeedRecord {
     /// Feed name.
     pub name: String,
+    /// Who registered it (`owner:<department>` or `admin`): only it or an
+    /// admin changes it. Absent on records written before feeds had
+    /// owners; those only an admin may change, and they do not start until
+    /// registered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The feed's settings as in a `[[feeds]]` entry (with `type`; the
-    /// password only by reference: `password_env` / `password_file`).
+    /// password only as a secret bound by an admin: `password_secret`).
     pub config: serde_json::Value,
     /// Stopped on request until resumed.
     pub paused: bool,
@@ -191,8 +420,10 @@ impl FeedRecord {
     pub fn parse(&self) -> Result<crate::config::FeedConfig, String> {
         let mut v = self.config.clone();
         if let Some(o) = v.as_object_mut() {
-            // Not a connector setting: see `standards`.
+            // Not connector settings: see `standards`, and `admission` for
+            // the bound secret.
             o.remove("standards");
+            o.remove(crate::admission::SECRET_KEY);
             o.insert(
                 "name".to_owned(),
                 serde_json::Value::String(self.name.clone()),

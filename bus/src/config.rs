@@ -68,6 +68,11 @@ pub struct Config {
     /// (`[[standards]]`): each table is mapped into its dataset's standard
     /// and validated before publishing.
     pub standards: Vec<StandardConfig>,
+    /// Secrets an admin binds to departments, for the feeds they register
+    /// through the API (`[[secrets]]`, see `admission`).
+    pub secrets: Vec<crate::admission::SecretConfig>,
+    /// Where feeds registered through the API may connect (`[api_feeds]`).
+    pub api_feeds: crate::admission::ApiFeedsConfig,
 }
 
 /// A dataset's standard form and how its feed's table maps into it.
@@ -147,9 +152,19 @@ pub struct ShareConfig {
     pub subscriber: DivisionCode,
     /// Dataset id.
     pub dataset: String,
-    /// Column with each row's division code; absent: no jurisdiction filter.
+    /// Column with each row's division code: the subscriber receives the
+    /// rows of its jurisdiction. A share needs this or `all_rows = true`.
     #[serde(default)]
     pub region_column: Option<String>,
+    /// Every row to this subscriber, declared explicitly: without a row
+    /// rule nothing is shared.
+    #[serde(default)]
+    pub all_rows: bool,
+    /// Fields granted knowing that they give back part of what another
+    /// granted field's mask hides (see `disclosure`); such a share is
+    /// refused otherwise.
+    #[serde(default)]
+    pub accept_disclosure: Vec<String>,
     /// Granted fields and their rule: `plain`, `hashed`,
     /// `masked:keep(FIRST,LAST)`, `masked:name`, `masked:fixed(TEXT)`.
     pub fields: BTreeMap<String, String>,
@@ -175,6 +190,17 @@ impl ShareConfig {
     /// The policy this share applies.
     pub fn policy(&self) -> Result<crate::distributor::policy::SharePolicy, String> {
         use crate::distributor::policy::{FieldRule, SharePolicy};
+        let rows = match (&self.region_column, self.all_rows) {
+            (Some(c), false) => crate::catalog::RowRule::Jurisdiction(c.clone()),
+            (None, true) => crate::catalog::RowRule::All,
+            (Some(_), true) => {
+                return Err(
+                    "all_rows: region_column and all_rows = true exclude each other: keep one"
+                        .to_owned(),
+                )
+            }
+            (None, false) => return Err("region_column: a share needs a row rule: region_column = \"<column with each row's division code>\" (the subscriber's jurisdiction) or all_rows = true (every row)".to_owned()),
+        };
         let fields = self
             .fields
             .iter()
@@ -187,7 +213,7 @@ impl ShareConfig {
         Ok(SharePolicy {
             subscriber: self.subscriber.to_string(),
             dataset: self.dataset.clone(),
-            region_column: self.region_column.clone(),
+            rows,
             prefix: self.subscriber.jurisdiction_prefix().to_owned(),
             predicates: self.predicates.clone(),
             fields,
@@ -713,14 +739,21 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address the HTTP server listens on (`/metrics`, `/healthz`, `/readyz`).
+    /// Address the HTTP server listens on: the API, the schema registry,
+    /// the dashboard, `/healthz`, `/readyz` (details for admins) and
+    /// `/metrics` (admins only).
     pub listen: SocketAddr,
+    /// A second address serving `/metrics`, `/healthz` and `/readyz`
+    /// without a token, for Prometheus and probes on an internal network;
+    /// absent: none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            metrics_listen: None,
         }
     }
 }
@@ -938,6 +971,13 @@ impl Config {
                 return Err(bad("sha256", "not a hex SHA-256 (64 hex digits): use the output of `echo -n \"$TOKEN\" | sha256sum`".to_owned()));
             }
         }
+        crate::admission::validate_secrets(&config.secrets).map_err(|(key, reason)| {
+            ConfigError::BadValue {
+                key,
+                origin: origin_name(file, &env, ""),
+                reason,
+            }
+        })?;
         let mut standardised = std::collections::BTreeSet::new();
         for (i, st) in config.standards.iter().enumerate() {
             let bad = |key: &str, reason: String| ConfigError::BadValue {
@@ -981,6 +1021,21 @@ impl Config {
                 let (key, reason) = e.split_once(": ").unwrap_or(("fields", e.as_str()));
                 bad(key, reason.to_owned())
             })?;
+            if let Some(d) = crate::disclosure::check(
+                &policy.fields,
+                share.region_column.as_deref(),
+                &share.accept_disclosure,
+            )
+            .first()
+            {
+                return Err(bad(
+                    &format!("fields.{}", d.revealing),
+                    d.to_string().replace(
+                        &format!("fields.{}.accept_disclosure = true", d.revealing),
+                        &format!("accept_disclosure = [\"{}\"]", d.revealing),
+                    ),
+                ));
+            }
             let hashed = policy
                 .fields
                 .values()

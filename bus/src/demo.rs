@@ -154,7 +154,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     for (i, (code, name)) in DISTRICTS.iter().enumerate() {
         let db = district_db(dir, code);
         let toml = format!(
-            "[http]\nlisten = \"127.0.0.1:{}\"\n\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:{}\"\n\n\
              [[subscriptions]]\nname = \"district-{code}\"\n\
              upstream = {{ brokers = \"{}\", registry_url = \"http://{}\", registry_token_env = \"{}\" }}\n\
              sink = {{ type = \"sqlite\", path = \"{}\" }}\n\
@@ -349,8 +349,10 @@ async fn start_node(
                 .await
             }
             Level::Subscriber => {
-                backflow::subscribe::run_process(config, stop.clone(), |addr| {
-                    let _ = tx.send((addr, String::new()));
+                // A district's address is that of its metrics, which need
+                // no token there.
+                backflow::subscribe::run_process(config, stop.clone(), |addr, metrics| {
+                    let _ = tx.send((metrics.unwrap_or(addr), String::new()));
                 })
                 .await
             }

@@ -207,7 +207,7 @@ struct Running {
 /// come, change and go, until shutdown.
 pub async fn manage(
     config_feeds: Vec<FeedConfig>,
-    catalog: Option<Catalog>,
+    catalog: Option<(Catalog, std::sync::Arc<crate::admission::FeedAdmission>)>,
     ctx: FeedContext,
     statuses: FeedStatuses,
     shutdown: CancellationToken,
@@ -231,7 +231,7 @@ pub async fn manage(
             shutdown.clone(),
         )));
     }
-    let Some(catalog) = catalog else {
+    let Some((catalog, admission)) = catalog else {
         // Configured feeds only (`backflow source`).
         for t in tasks {
             let _ = t.await;
@@ -298,11 +298,12 @@ pub async fn manage(
                 failures: 0,
                 snapshot: None,
             };
-            let feed = f.parse().and_then(|mut feed| {
-                feed.resolve_secrets(0)
-                    .map_err(|e| e.to_string().replace("feeds[0].", ""))?;
-                Ok((feed, f.standards()?))
-            });
+            // Checked again as it runs: a record may have been written
+            // around the API, or the admin's rules may have changed.
+            let feed = admission
+                .admit_record(f)
+                .map_err(|e| e.to_string())
+                .and_then(|feed| Ok((feed, f.standards()?)));
             match feed {
                 Ok((feed, standards)) => {
                     statuses.insert(&f.name, status);

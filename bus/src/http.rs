@@ -2,13 +2,20 @@
 //!
 //! `/healthz` answers 200 while the process serves requests (liveness).
 //! `/readyz` answers 200 only when every readiness check passes (Kafka
-//! reachable, internal topics present), else 503 with the failing checks.
+//! reachable, internal topics present), else 503.
+//!
+//! Metrics and check details name feeds, datasets and subscribers, so on
+//! the main listener (`http.listen`, which also serves the API) `/metrics`
+//! needs an admin token and `/readyz` tells anonymous callers only
+//! ready / not ready (an admin token shows each check). An operator who
+//! scrapes without a token binds `http.metrics_listen` to an internal
+//! address: there [`ops_router`] serves all three, openly.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -64,15 +71,69 @@ pub struct HttpState {
     pub metrics: Metrics,
     /// Checks behind `/readyz`.
     pub readiness: Readiness,
+    /// Who may see metrics and check details on the main listener.
+    pub auth: crate::auth::Authenticator,
 }
 
-/// The router with the operational endpoints.
+/// The operational endpoints of the main listener: `/metrics` and the
+/// details of `/readyz` for admins only.
 pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_for_admins))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz_for_anyone))
+        .with_state(state)
+}
+
+/// The operational endpoints for `http.metrics_listen`, without tokens.
+pub fn ops_router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// Whether the request carries an admin's token: `Err` is the answer
+/// to give otherwise.
+async fn admin(state: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
+    match state.auth.authenticate(headers).await {
+        Ok(crate::auth::Principal::Admin) => Ok(()),
+        Ok(p) => Err((
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "forbidden", "reason": format!("{} cannot read the metrics: an admin token can, or scrape http.metrics_listen", p.name())})),
+        )
+            .into_response()),
+        Err(e) => Err((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "unauthorized", "reason": format!("{}; or scrape http.metrics_listen, which needs none", e.0)})),
+        )
+            .into_response()),
+    }
+}
+
+async fn metrics_for_admins(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Err(answer) = admin(&state, &headers).await {
+        return answer;
+    }
+    metrics(State(state)).await
+}
+
+async fn readyz_for_anyone(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if headers.contains_key(header::AUTHORIZATION) && admin(&state, &headers).await.is_ok() {
+        return readyz(State(state)).await;
+    }
+    let checks = state.readiness.snapshot();
+    let ready = !checks.is_empty() && checks.values().all(|s| *s == CheckState::Ok);
+    if ready {
+        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready" })),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

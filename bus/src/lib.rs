@@ -14,6 +14,7 @@
 //! - [`http`], [`metrics`], [`telemetry`]: operational surface.
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod cascade;
 pub mod catalog;
 pub mod config;
 pub mod dashboard;
+pub mod disclosure;
 pub mod distributor;
 pub mod feed;
 pub mod feeds;

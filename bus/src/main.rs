@@ -285,9 +285,19 @@ enum SubscriptionsCommand {
     Approve {
         /// Subscription id, <subscriber>:<dataset>.
         id: String,
+        /// The version of the request you reviewed (`subscriptions list`
+        /// shows it as request_version): a request that changed since is
+        /// not approved.
+        #[arg(long)]
+        request_version: u32,
         /// Fields granted (default: those requested), comma separated.
         #[arg(long, value_delimiter = ',')]
         fields: Option<Vec<String>>,
+    },
+    /// Re-activate a revoked or expired subscription (owner or admin).
+    Reactivate {
+        /// Subscription id.
+        id: String,
     },
     /// Reject a pending subscription.
     Reject {
@@ -402,9 +412,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "/api/subscriptions".to_owned(),
                     serde_json::json!({"subscriber": subscriber, "dataset": dataset, "purpose": purpose, "fields": fields, "valid_days": valid_days}),
                 ),
-                SubscriptionsCommand::Approve { id, fields } => (
+                SubscriptionsCommand::Approve {
+                    id,
+                    request_version,
+                    fields,
+                } => (
                     format!("/api/subscriptions/{id}/approve"),
-                    serde_json::json!({"fields": fields}),
+                    serde_json::json!({"fields": fields, "request_version": request_version}),
+                ),
+                SubscriptionsCommand::Reactivate { id } => (
+                    format!("/api/subscriptions/{id}/reactivate"),
+                    serde_json::json!({}),
                 ),
                 SubscriptionsCommand::Reject { id, reason } => (
                     format!("/api/subscriptions/{id}/reject"),
@@ -567,8 +585,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             backflow::telemetry::init(&config.log);
             run_until_signal(|shutdown| async move {
-                backflow::subscribe::run_process(config, shutdown, |addr| {
+                backflow::subscribe::run_process(config, shutdown, |addr, metrics| {
                     println!("backflow listening on http://{addr}");
+                    if let Some(m) = metrics {
+                        println!("backflow metrics on http://{m}");
+                    }
                 })
                 .await
                 .map_err(anyhow::Error::from)
@@ -602,6 +623,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_until_signal(|shutdown| async move {
                 backflow::node::run_as(role, config, shutdown, |running| {
                     println!("backflow listening on http://{}", running.http_addr);
+                    if let Some(m) = running.metrics_addr {
+                        println!("backflow metrics on http://{m}");
+                    }
                 })
                 .await
                 .map_err(anyhow::Error::from)
@@ -648,6 +672,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 backflow::node::run(config, shutdown, |running| {
                     // One line on stdout so scripts and tests can find the port.
                     println!("backflow listening on http://{}", running.http_addr);
+                    if let Some(m) = running.metrics_addr {
+                        println!("backflow metrics on http://{m}");
+                    }
                 })
                 .await
                 .map_err(anyhow::Error::from)

@@ -75,6 +75,8 @@ pub enum Role {
 pub struct Running {
     /// Where the HTTP server listens.
     pub http_addr: SocketAddr,
+    /// Where `/metrics` is served without a token (`http.metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The Kafka bootstrap list in use.
     pub bootstrap: String,
     /// Whether that is the embedded in-memory broker.
@@ -145,6 +147,14 @@ async fn run_on(
             source,
         })?;
     let http_addr = listener.local_addr().map_err(NodeError::Http)?;
+    let metrics_listener = match config.http.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
 
     let tracker = TaskTracker::new();
 
@@ -184,6 +194,8 @@ async fn run_on(
     let auditor =
         crate::audit::Auditor::new(&settings, publisher.clone(), config.node.code.as_str());
     let feed_statuses = crate::feeds::FeedStatuses::default();
+    let admission =
+        crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone());
     // Subscriptions past their validity end within seconds.
     if is_node {
         let (catalog, auditor, shutdown) = (catalog.clone(), auditor.clone(), shutdown.clone());
@@ -224,6 +236,7 @@ async fn run_on(
         let shares = config.shares.clone();
         let (catalog_d, auditor_d) = (catalog.clone(), auditor.clone());
         let (catalog_f, statuses_f) = (catalog.clone(), feed_statuses.clone());
+        let admission_f = std::sync::Arc::new(admission.clone());
         let node_code = config.node.code.to_string();
         let standards = Arc::new(config.standards.clone());
         let publisher = publisher.clone();
@@ -287,7 +300,7 @@ async fn run_on(
                                     };
                                     feed_tracker.spawn(crate::feeds::manage(
                                         feeds,
-                                        is_node.then_some(catalog_f),
+                                        is_node.then_some((catalog_f, admission_f)),
                                         ctx.clone(),
                                         statuses_f,
                                         shutdown.clone(),
@@ -426,14 +439,28 @@ async fn run_on(
         ));
     }
 
-    // The registry takes the API's tokens: reads for any principal, writes
-    // for admin (the node's own feeds and distributor write in-process).
-    let registry_auth = crate::auth::Authenticator::new(&config.auth.tokens, catalog.clone());
-    let mut router = http::router(HttpState {
+    let http_state = HttpState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-    })
-    .merge(crate::registry::router(registry.clone(), registry_auth));
+        auth: crate::auth::Authenticator::new(&config.auth.tokens, catalog.clone()),
+    };
+    let metrics_addr = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map_err(NodeError::Http)?;
+            tracker.spawn(http::serve(
+                l,
+                http::ops_router(http_state.clone()),
+                shutdown.clone(),
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
+    // The registry takes the API's tokens: reads for any principal, writes
+    // for admin (the node's own feeds and distributor write in-process).
+    let registry_auth = http_state.auth.clone();
+    let mut router =
+        http::router(http_state).merge(crate::registry::router(registry.clone(), registry_auth));
     if is_node {
         router = router.merge(crate::api::router(
             crate::api::ApiState::new(
@@ -446,7 +473,9 @@ async fn run_on(
                 registry,
             )
             .with_lag(lag_board)
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_standards(config.standards.clone())
+            .with_feeds(admission.clone(), &config.feeds),
         ));
         // The operators' dashboard at `/` (its data comes from /api).
         router = router.merge(crate::dashboard::router());
@@ -456,6 +485,7 @@ async fn run_on(
 
     let running = Running {
         http_addr,
+        metrics_addr,
         bootstrap: bootstrap.clone(),
         embedded: embedded.is_some(),
     };

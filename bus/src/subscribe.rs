@@ -926,7 +926,7 @@ fn with_codec(
 pub async fn run_process(
     config: crate::config::Config,
     shutdown: CancellationToken,
-    on_started: impl FnOnce(std::net::SocketAddr),
+    on_started: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>),
 ) -> Result<(), crate::node::NodeError> {
     let metrics = Metrics::new();
     let readiness = Readiness::default();
@@ -953,10 +953,29 @@ pub async fn run_process(
             shutdown.clone(),
         ));
     }
-    let router = crate::http::router(crate::http::HttpState {
+    let http_state = crate::http::HttpState {
         metrics: metrics.clone(),
         readiness,
-    });
+        auth: crate::auth::Authenticator::configured_only(&config.auth.tokens),
+    };
+    let metrics_addr = match config.http.metrics_listen {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|source| crate::node::NodeError::Bind { addr: at, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| crate::node::NodeError::Bind { addr: at, source })?;
+            tracker.spawn(crate::http::serve(
+                l,
+                crate::http::ops_router(http_state.clone()),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+    let router = crate::http::router(http_state);
     let http_task = tracker.spawn(crate::http::serve(listener, router, shutdown.clone()));
     tracker.close();
     tracing::info!(
@@ -965,7 +984,7 @@ pub async fn run_process(
         version = crate::VERSION,
         "backflow subscriber started"
     );
-    on_started(addr);
+    on_started(addr, metrics_addr);
     shutdown.cancelled().await;
     let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
     tracing::info!(?timeout, "shutting down");

@@ -1,8 +1,13 @@
 //! Topic names, as DESIGN.md fixes them.
 //!
 //! raw `backflow.raw.<dataset>`; share `backflow.share.<subscriber-node>.<dataset>`;
-//! dead letters `backflow.dlq.<feed>`; internal state `backflow._catalog`,
-//! `backflow._audit`, `backflow._offsets`.
+//! dead letters of feeds `backflow.dlq.<feed>` (unfiltered rows: the node's
+//! own), of subscribers `backflow.sdlq.<subscriber-node>.<subscription>`
+//! (rows as shared with that subscriber); internal state
+//! `backflow._catalog`, `backflow._audit`, `backflow._offsets`.
+//!
+//! Dataset ids become parts of topic names, so [`validate_dataset_id`]
+//! holds them to what Kafka accepts for every topic they appear in.
 
 /// Catalog of datasets, feeds and subscriptions (compacted).
 pub const CATALOG: &str = "backflow._catalog";
@@ -26,6 +31,57 @@ pub fn share(subscriber_node: &str, dataset: &str) -> String {
 /// The dead-letter topic of a feed or subscription.
 pub fn dlq(feed: &str) -> String {
     format!("backflow.dlq.{feed}")
+}
+
+/// The dead-letter topic of a subscriber's subscription: a namespace apart
+/// from the feeds' dead letters, which hold unfiltered rows.
+pub fn subscriber_dlq(subscriber_node: &str, subscription: &str) -> String {
+    format!("backflow.sdlq.{subscriber_node}.{subscription}")
+}
+
+/// Kafka's longest topic name.
+pub const MAX_TOPIC_LEN: usize = 249;
+/// The longest prefix a dataset id gets in a topic name
+/// (`backflow.share.<six digits>.`).
+const LONGEST_DATASET_PREFIX: usize = "backflow.share.000000.".len();
+/// Longest department name of a dataset id.
+pub const MAX_DEPARTMENT_LEN: usize = 32;
+/// Longest name part of a dataset id.
+pub const MAX_DATASET_NAME_LEN: usize = 64;
+
+/// Checks a dataset id registered through the API: `<department>.<name>`,
+/// the department `[a-z][a-z0-9-]*` (at most 32), the name
+/// `[a-z0-9][a-z0-9_-]*` (at most 64). Every topic it appears in then is a
+/// legal Kafka name (`[a-zA-Z0-9._-]`, at most 249 characters), and no two
+/// ids collide under Kafka's rule that `.` and `_` are the same in topic
+/// names: the department holds neither, so the first of them in an id is
+/// always its separator.
+pub fn validate_dataset_id(id: &str) -> Result<(), String> {
+    let rule = "dataset ids are <department>.<name>: the department of lower-case letters, digits and '-' (starting with a letter, at most 32, no '_' since Kafka treats '.' and '_' alike in topic names), the name of lower-case letters, digits, '_' and '-' (at most 64): they become parts of Kafka topic names";
+    let bad = |what: String| Err(format!("dataset id {id:?}: {what}; {rule}"));
+    let Some((dept, name)) = id.split_once('.') else {
+        return bad("no '.' between department and name".to_owned());
+    };
+    if dept.is_empty()
+        || dept.len() > MAX_DEPARTMENT_LEN
+        || !dept.starts_with(|c: char| c.is_ascii_lowercase())
+        || !dept
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad(format!("department {dept:?} is not allowed"));
+    }
+    if name.is_empty()
+        || name.len() > MAX_DATASET_NAME_LEN
+        || name.starts_with(['_', '-'])
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return bad(format!("name {name:?} is not allowed"));
+    }
+    debug_assert!(LONGEST_DATASET_PREFIX + id.len() + "-value".len() <= MAX_TOPIC_LEN);
+    Ok(())
 }
 
 /// The dataset a raw or share topic carries (`None` for other topics).
@@ -66,7 +122,7 @@ impl TopicKind {
             TopicKind::Raw
         } else if topic.starts_with("backflow.share.") {
             TopicKind::Share
-        } else if topic.starts_with("backflow.dlq.") {
+        } else if topic.starts_with("backflow.dlq.") || topic.starts_with("backflow.sdlq.") {
             TopicKind::DeadLetter
         } else if topic.starts_with("backflow._") {
             TopicKind::Internal
@@ -102,6 +158,14 @@ mod tests {
         assert_eq!(TopicKind::of(&raw("a.b")), TopicKind::Raw);
         assert_eq!(TopicKind::of(&share("330106", "a.b")), TopicKind::Share);
         assert_eq!(TopicKind::of(&dlq("f")), TopicKind::DeadLetter);
+        assert_eq!(
+            subscriber_dlq("330106", "population"),
+            "backflow.sdlq.330106.population"
+        );
+        assert_eq!(
+            TopicKind::of(&subscriber_dlq("330106", "p")),
+            TopicKind::DeadLetter
+        );
         assert_eq!(TopicKind::of(OFFSETS), TopicKind::Internal);
         assert_eq!(TopicKind::of("orders"), TopicKind::Other);
     }
@@ -118,5 +182,35 @@ mod tests {
         );
         assert_eq!(dataset_of("orders"), None);
         assert_eq!(dataset_of("backflow.share.330106"), None);
+    }
+
+    #[test]
+    fn dataset_ids_are_legal_in_every_topic_and_never_collide() {
+        for ok in [
+            "gongan.population",
+            "ga-2.x_y",
+            "a.0",
+            &format!("{}.{}", "d".repeat(32), "n".repeat(64)),
+        ] {
+            validate_dataset_id(ok).unwrap();
+            assert!(share("330106", ok).len() + "-value".len() <= MAX_TOPIC_LEN);
+        }
+        for bad in [
+            "gongan",
+            "ga.a b",
+            "ga.人口",
+            "ga.x/y",
+            "ga.",
+            ".x",
+            "ga.a.b",
+            "ga_x.y",
+            "Ga.x",
+            "1a.x",
+            "ga._x",
+            &format!("ga.{}", "x".repeat(65)),
+        ] {
+            let e = validate_dataset_id(bad).unwrap_err();
+            assert!(e.contains("dataset id"), "{bad}: {e}");
+        }
     }
 }

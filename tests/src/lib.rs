@@ -7,6 +7,7 @@
 
 pub mod mysql_bench;
 pub mod pg_server;
+pub mod share_topic;
 pub mod sinks;
 pub mod topic_view;
 
@@ -402,6 +403,9 @@ pub struct Node {
     child: Child,
     /// Base URL of its HTTP server, e.g. `http://127.0.0.1:40123`.
     pub url: String,
+    /// Base URL of its operational endpoints without a token
+    /// (`http.metrics_listen`, which the harness sets).
+    pub ops_url: String,
     stderr_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -454,6 +458,7 @@ impl Node {
         let mut cmd = backflow();
         cmd.args(command)
             .env("BACKFLOW_HTTP__LISTEN", "127.0.0.1:0")
+            .env("BACKFLOW_HTTP__METRICS_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&stderr_path)?);
@@ -466,17 +471,23 @@ impl Node {
         let mut node = Node {
             child,
             url: String::new(),
+            ops_url: String::new(),
             stderr_path,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-            if let Some(addr) = out
-                .lines()
-                .find_map(|l| l.strip_prefix("backflow listening on "))
+            let line = |prefix: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .map(|a| a.trim().to_owned())
+            };
+            if let (Some(url), Some(ops)) =
+                (line("backflow listening on "), line("backflow metrics on "))
             {
-                node.url = addr.trim().to_owned();
+                node.url = url;
+                node.ops_url = ops;
                 return Ok(node);
             }
             if let Some(status) = node.child.try_wait()? {
@@ -535,6 +546,15 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// GETs a path of the operational listener (`/metrics`, `/readyz`
+    /// with its checks), which needs no token; returns the status code
+    /// and body.
+    pub async fn get_ops(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let resp = reqwest::get(format!("{}{path}", self.ops_url)).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
     }
 
     /// GETs a path; returns the status code and body.

@@ -242,7 +242,7 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
         newest(&raw),
         "the district's newest change carries the department's commit time"
     );
-    let (_, metrics) = district.get("/metrics").await.unwrap();
+    let (_, metrics) = district.get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains("backflow_subscribe_lag_seconds"),
         "the district reports its end-to-end lag"

@@ -178,7 +178,7 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
         let got = until_equal(sink, &source.name, code, sub).await;
         assert_eq!(got.contains_key(&3), *code == "330108", "district {code}");
     }
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains("backflow_distributor_records_total{op=\"d\",subscriber=\"330106\"} 1"),
         "{metrics}"

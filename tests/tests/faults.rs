@@ -207,7 +207,7 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(saw_unready, "the subscriber reports the outage on /readyz");
-    let (_, metrics) = sub.get("/metrics").await.unwrap();
+    let (_, metrics) = sub.get_ops("/metrics").await.unwrap();
     assert!(
         metric_sum(&metrics, "backflow_subscribe_errors_total", "") >= 1.0,
         "the failures are counted:\n{metrics}"

@@ -92,7 +92,7 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
     })
     .await;
     assert!(row["group"].as_str().unwrap().contains(&name), "{row}");
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     for needle in [
         format!("backflow_subscription_lag_messages{{dataset=\"{dataset}\",subscriber=\"330106\"}} 0"),
         format!("backflow_subscription_lag_seconds{{dataset=\"{dataset}\",subscriber=\"330106\"}} 0"),
@@ -156,7 +156,7 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
         stalled["lag_seconds"].as_f64().is_some_and(|s| s > 1.0),
         "{stalled}"
     );
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains(&format!(
             "backflow_subscription_status{{dataset=\"{dataset}\",status=\"STALL\",subscriber=\"330106\"}} 1"

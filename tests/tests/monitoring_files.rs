@@ -514,8 +514,8 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     // lag is then on the node), or the deadline.
     let until = Instant::now() + Duration::from_secs(90);
     let (exposed, texts) = loop {
-        let (_, node_text) = node.get("/metrics").await.unwrap();
-        let (_, sub_text) = subscriber.get("/metrics").await.unwrap_or_default();
+        let (_, node_text) = node.get_ops("/metrics").await.unwrap();
+        let (_, sub_text) = subscriber.get_ops("/metrics").await.unwrap_or_default();
         let mut exposed = exposed_families(&node_text);
         exposed.extend(exposed_families(&sub_text));
         let missing = used.iter().filter(|m| !exposed.contains(*m)).count();

@@ -215,7 +215,7 @@ async fn mysql_feed_snapshot_then_binlog_stream_equals_table() {
         !view.state.contains_key(&4) && view.state.contains_key(&5_000_004),
         "primary-key change is delete + create"
     );
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     for needle in [
         format!(
             "backflow_source_events_total{{feed=\"{}\",op=\"r\"}} 2000",

@@ -30,7 +30,7 @@ async fn node_on_embedded_broker_is_ready_and_says_data_is_in_memory() {
 async fn node_metrics_are_prometheus_text_with_backflow_names() {
     let node = Node::start(&[]).unwrap();
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
-    let (status, body) = node.get("/metrics").await.unwrap();
+    let (status, body) = node.get_ops("/metrics").await.unwrap();
     assert_eq!(status, 200);
     let version = env!("CARGO_PKG_VERSION");
     assert!(
@@ -88,7 +88,7 @@ async fn node_is_alive_but_not_ready_while_kafka_is_unreachable() {
     // Give the first check time to fail (rather than be pending).
     let deadline = std::time::Instant::now() + READY;
     loop {
-        let (_, body) = node.get("/readyz").await.unwrap();
+        let (_, body) = node.get_ops("/readyz").await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         if v["checks"]["kafka"]["status"] == "failing" {
             assert!(
@@ -107,7 +107,7 @@ async fn node_is_alive_but_not_ready_while_kafka_is_unreachable() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(node.get("/healthz").await.unwrap().0, 200);
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains("backflow_kafka_broker_reachable 0"),
         "{metrics}"

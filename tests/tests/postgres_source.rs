@@ -192,7 +192,7 @@ async fn postgres_feed_snapshot_then_stream_equals_table() {
     let want = table_state(&f).await;
     view.until_equal(&want, Duration::from_secs(60), &node)
         .await;
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains(&format!(
             "backflow_source_events_total{{feed=\"{}\",op=\"r\"}}",
@@ -204,7 +204,7 @@ async fn postgres_feed_snapshot_then_stream_equals_table() {
     let caught_up = format!("backflow_source_lag_seconds{{feed=\"{}\"}} 0\n", f.feed);
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, metrics) = node.get("/metrics").await.unwrap();
+        let (_, metrics) = node.get_ops("/metrics").await.unwrap();
         if metrics.contains(&caught_up) {
             break;
         }
@@ -350,7 +350,7 @@ async fn postgres_feed_sends_unreadable_change_to_dead_letter_topic_and_goes_on(
         }
     }
     assert!(!view.state.contains_key(&100));
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains(&format!(
             "backflow_source_dead_letters_total{{feed=\"{}\"}} 1",
@@ -410,7 +410,7 @@ async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lo
     let gauge = format!("backflow_source_lag_bytes{{feed=\"{}\"}} ", f.feed);
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, metrics) = source.get("/metrics").await.unwrap();
+        let (_, metrics) = source.get_ops("/metrics").await.unwrap();
         let bytes: Option<i64> = metrics
             .lines()
             .find_map(|l| l.strip_prefix(&gauge))
@@ -446,7 +446,7 @@ async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lo
         "{}",
         stuck.stderr()
     );
-    let (_, metrics) = stuck.get("/metrics").await.unwrap();
+    let (_, metrics) = stuck.get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains(&format!(
             "backflow_source_restarts_total{{feed=\"{}\",kind=\"definite\"}}",

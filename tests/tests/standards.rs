@@ -332,7 +332,7 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
     );
 
     // Quality, per feed and rule.
-    let (_, metrics) = node.get("/metrics").await.unwrap();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     let labels = format!("dataset=\"gongan.population\",feed=\"{feed}\"");
     assert_eq!(
         metric_sum(&metrics, "backflow_quality_rejected_total", &labels),

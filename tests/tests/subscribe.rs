@@ -191,7 +191,7 @@ async fn subscribers_on_three_databases_equal_the_source_across_kill_9() {
     for (sink, sub) in sinks.iter().zip(&subscribers) {
         until_equal(sink, &want, Duration::from_secs(120), sub).await;
     }
-    let (status, metrics) = subscribers[0].get("/metrics").await.unwrap();
+    let (status, metrics) = subscribers[0].get_ops("/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert!(
         metrics.contains(&format!(
@@ -307,7 +307,7 @@ async fn subscribers_on_three_databases_equal_the_source_across_kill_9() {
         );
         assert!(record.header("backflow.dlq.offset").is_some());
     }
-    let (_, metrics) = subscribers[2].get("/metrics").await.unwrap();
+    let (_, metrics) = subscribers[2].get_ops("/metrics").await.unwrap();
     assert!(
         metrics.contains(&format!(
             "backflow_subscribe_dead_letters_total{{subscription=\"{}\"}} 1",

@@ -11,13 +11,13 @@ use serde_json::{json, Value};
 
 use super::{forbidden, invalid, principal, put_and_audit, ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
-use crate::catalog::{CatalogRecord, Dataset};
+use crate::catalog::{limits, CatalogRecord, Dataset, Subscription};
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/api/datasets", get(list_datasets))
-        .route("/api/datasets/{id}", put(put_dataset))
+        .route("/api/datasets/{id}", put(put_dataset).patch(put_dataset))
         .route("/api/quality", get(quality))
         .route("/api/standards", get(standards))
 }
@@ -28,11 +28,16 @@ async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> Api
     Ok(Json(json!(st.datasets.values().collect::<Vec<_>>())).into_response())
 }
 
+/// `PUT` or `PATCH /api/datasets/{id}`: registers a dataset, or changes
+/// one. A change merges the body into the dataset as it is (keys left out
+/// keep their value, `null` clears one), so an edit cannot drop the row
+/// rule by leaving it out. Every active subscription of the dataset is then
+/// re-derived from it (see [`Subscription::under`]), each change audited.
 async fn put_dataset(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(mut body): Json<Value>,
+    Json(body): Json<Value>,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
     if !who.owns(&id) {
@@ -41,9 +46,55 @@ async fn put_dataset(
             who.name()
         )));
     }
-    body["id"] = Value::String(id.clone());
-    let dataset: Dataset = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
-    dataset.validate().map_err(invalid)?;
+    crate::topics::validate_dataset_id(&id).map_err(invalid)?;
+    let Value::Object(changes) = body else {
+        return Err(invalid(
+            "the body must be a JSON object of dataset settings",
+        ));
+    };
+    let before = state.catalog.state().await.datasets.get(&id).cloned();
+    let mut merged = match &before {
+        Some(d) => serde_json::to_value(d).expect("datasets serialize"),
+        None => json!({}),
+    };
+    for (key, value) in changes {
+        if key == "id" && value != Value::String(id.clone()) {
+            return Err(invalid(format!("id: {value} differs from the path's {id}")));
+        }
+        match value {
+            Value::Null => {
+                merged.as_object_mut().expect("an object").remove(&key);
+            }
+            v => {
+                merged[&key] = v;
+            }
+        }
+    }
+    merged["id"] = Value::String(id.clone());
+    let dataset: Dataset = serde_json::from_value(merged).map_err(|e| invalid(e.to_string()))?;
+    let standard = bound_standard(&state, &id).await;
+    dataset.validate(standard).map_err(invalid)?;
+    if before.is_none() {
+        let st = state.catalog.state().await;
+        let department = dataset.owner();
+        let registered = st
+            .datasets
+            .values()
+            .filter(|d| d.owner() == department)
+            .count();
+        if registered >= limits::DATASETS_PER_DEPARTMENT {
+            return Err(invalid(format!(
+                "department {department} has {registered} datasets, the most one department may register"
+            )));
+        }
+        // Kafka treats '.' and '_' alike in topic names.
+        let folded = id.replace('.', "_");
+        if let Some(other) = st.datasets.keys().find(|d| d.replace('.', "_") == folded) {
+            return Err(invalid(format!(
+                "dataset id {id:?}: its topics would collide with those of dataset {other} (Kafka treats '.' and '_' alike in topic names)"
+            )));
+        }
+    }
     if let Some(level) = dataset.compatibility {
         // The feeds register the raw topic's schemas under this level.
         let topic = crate::topics::raw(&id);
@@ -61,14 +112,101 @@ async fn put_dataset(
                 })?;
         }
     }
+    let action = if before.is_some() {
+        "dataset changed"
+    } else {
+        "dataset registered"
+    };
     put_and_audit(
         &state,
         &who,
         CatalogRecord::Dataset(dataset.clone()),
-        json!({"action": "dataset registered", "dataset": id, "sharing": dataset.sharing}),
+        json!({
+            "action": action,
+            "dataset": id,
+            "sharing": dataset.sharing,
+            "region_column": dataset.region_column,
+            "all_rows": dataset.all_rows,
+            "fields": dataset.fields.iter().map(|(n, f)| (n.clone(), dataset.rule(n).unwrap_or_default() + if f.accept_disclosure { " (disclosure accepted)" } else { "" })).collect::<std::collections::BTreeMap<_, _>>(),
+        }),
     )
     .await?;
+    rederive(&state, &who, &dataset, before.as_ref()).await?;
     Ok((StatusCode::OK, Json(json!(dataset))).into_response())
+}
+
+/// Applies a dataset's change to its subscriptions, each change audited.
+async fn rederive(
+    state: &ApiState,
+    who: &Principal,
+    dataset: &Dataset,
+    before: Option<&Dataset>,
+) -> Result<(), ApiError> {
+    let subs: Vec<Subscription> = state
+        .catalog
+        .state()
+        .await
+        .subscriptions
+        .values()
+        .filter(|s| s.dataset == dataset.id)
+        .cloned()
+        .collect();
+    for sub in subs {
+        let Some(mut change) = sub.under(dataset, before) else {
+            continue;
+        };
+        change.subscription.updated_ms = backflow_connectors::now_ms();
+        let details = match &change.ended {
+            Some(reason) => json!({
+                "action": "subscription revoked",
+                "subscription": sub.id,
+                "reason": reason,
+            }),
+            None => json!({
+                "action": "subscription policy re-derived",
+                "subscription": sub.id,
+                "reason": format!("dataset {} changed", dataset.id),
+                "removed": change.removed,
+                "changed": change.changed,
+                "rows_changed": change.rows_changed,
+                "granted": change.subscription.granted,
+                "policy_version": change.subscription.policy_version,
+            }),
+        };
+        put_and_audit(
+            state,
+            who,
+            CatalogRecord::Subscription(change.subscription),
+            details,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The standard shipped with backflow that a dataset's feed maps it into
+/// (the configuration's `[[standards]]`, or a feed registered through
+/// the API with its `standards`).
+async fn bound_standard(
+    state: &ApiState,
+    dataset: &str,
+) -> Option<&'static backflow_schemas::standard::Standard> {
+    let name = match state.standards.iter().find(|s| s.dataset == dataset) {
+        Some(s) => s.standard.clone(),
+        None => state
+            .catalog
+            .state()
+            .await
+            .feeds
+            .values()
+            .filter(|f| !f.deleted)
+            .filter_map(|f| f.standards().ok())
+            .flatten()
+            .find(|s| s.dataset == dataset)?
+            .standard
+            .clone(),
+    };
+    backflow_schemas::standard::builtin().get(&name)
 }
 
 /// `GET /api/lag`: lag and status of every subscription this node serves

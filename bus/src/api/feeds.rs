@@ -27,6 +27,10 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/api/feeds/{name}/{action}", post(feed_action))
 }
 
+/// Longest feed name (it names the feed's dead-letter topic and, by
+/// default, its replication slot).
+const MAX_FEED_NAME: usize = 100;
+
 /// Whether `who` may manage a feed filling these datasets.
 fn may_manage_feed(who: &Principal, feed: &crate::config::FeedConfig) -> Result<(), ApiError> {
     match feed.datasets().into_iter().find(|d| !who.owns(d)) {
@@ -39,6 +43,39 @@ fn may_manage_feed(who: &Principal, feed: &crate::config::FeedConfig) -> Result<
     }
 }
 
+/// Whether `who` may change a feed registered by `owner`: the principal
+/// that registered it, or an admin.
+fn may_change(who: &Principal, name: &str, owner: Option<&str>) -> Result<(), ApiError> {
+    if *who == Principal::Admin || owner == Some(who.name().as_str()) {
+        return Ok(());
+    }
+    Err(forbidden(format!(
+        "{} cannot change feed {name}: it belongs to {}",
+        who.name(),
+        owner.unwrap_or("the admin (registered before feeds had owners)")
+    )))
+}
+
+/// The department a principal registers feeds for (`None` for an admin).
+fn department(who: &Principal) -> Result<Option<&str>, ApiError> {
+    match who {
+        Principal::Admin => Ok(None),
+        Principal::Owner(d) => Ok(Some(d)),
+        Principal::Subscriber(n) => Err(forbidden(format!(
+            "subscriber:{n} cannot register feeds: feeds are registered by owner departments, for their own datasets, and by admins"
+        ))),
+    }
+}
+
+fn refused(r: crate::admission::Refusal) -> ApiError {
+    match r {
+        crate::admission::Refusal::Forbidden(m) => forbidden(m),
+        crate::admission::Refusal::Invalid(m) => invalid(m),
+    }
+}
+
+/// `GET /api/feeds`: an admin sees every feed; an owner the feeds it
+/// registered and those of the configuration filling only its datasets.
 async fn list_feeds(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     let who = principal(&state, &headers).await?;
     if matches!(who, Principal::Subscriber(_)) {
@@ -46,20 +83,36 @@ async fn list_feeds(State(state): State<ApiState>, headers: HeaderMap) -> ApiRes
     }
     let statuses = state.feeds.snapshot();
     let st = state.catalog.state().await;
+    let visible = |name: &str| -> bool {
+        if who == Principal::Admin {
+            return true;
+        }
+        if let Some(datasets) = state.config_feeds.get(name) {
+            return !datasets.is_empty() && datasets.iter().all(|d| who.owns(d));
+        }
+        st.feeds
+            .get(name)
+            .is_some_and(|f| f.owner.as_deref() == Some(who.name().as_str()))
+    };
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for (name, status) in &statuses {
+    for (name, status) in statuses.iter().filter(|(n, _)| visible(n)) {
         out.insert(name.clone(), json!({"name": name, "status": status}));
     }
-    for f in st.feeds.values().filter(|f| !f.deleted) {
+    for f in st.feeds.values().filter(|f| !f.deleted && visible(&f.name)) {
         let entry = out
             .entry(f.name.clone())
             .or_insert_with(|| json!({"name": f.name}));
         entry["config"] = f.config.clone();
         entry["paused"] = json!(f.paused);
+        entry["owner"] = json!(f.owner);
     }
     Ok(Json(json!(out.into_values().collect::<Vec<_>>())).into_response())
 }
 
+/// `PUT /api/feeds/{name}`: registers (or replaces) a feed, which starts
+/// at once. The caller's own department's datasets only, its password
+/// only as a secret an admin bound to the department, its database only
+/// one an admin allowed (see [`crate::admission`]).
 async fn put_feed(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -67,36 +120,58 @@ async fn put_feed(
     Json(config): Json<Value>,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
+    let dept = department(&who)?;
+    if name.is_empty()
+        || name.len() > MAX_FEED_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(invalid(format!(
+            "feed name {:?}: letters, digits, '-', '_' and '.', at most {MAX_FEED_NAME} (it names the feed's topics)",
+            name.chars().take(120).collect::<String>()
+        )));
+    }
     if state.feeds.is_config(&name) {
         return Err(ApiError(
             StatusCode::CONFLICT,
             format!("feed {name} is declared in the node's configuration file; change it there"),
         ));
     }
-    if config.get("password").is_some() {
-        return Err(invalid(
-            "password: not accepted through the API; give password_env or password_file, resolved on the node",
-        ));
+    let previous = state
+        .catalog
+        .state()
+        .await
+        .feeds
+        .get(&name)
+        .filter(|f| !f.deleted)
+        .cloned();
+    if let Some(old) = &previous {
+        may_change(&who, &name, old.owner.as_deref())?;
     }
     let mut record = crate::catalog::FeedRecord {
         name: name.clone(),
+        owner: Some(who.name()),
         config,
         paused: false,
         restarts: 0,
         deleted: false,
         updated_ms: now_ms(),
     };
-    let feed = record.parse().map_err(invalid)?;
-    may_manage_feed(&who, &feed)?;
+    let parsed = record.parse().map_err(invalid)?;
+    may_manage_feed(&who, &parsed)?;
+    state
+        .admission
+        .admit(&parsed, &record.config, dept, false)
+        .map_err(refused)?;
     let standards = record.standards().map_err(invalid)?;
     let mut unchecked = None;
     if !standards.is_empty() {
         // The mapping against the source table as it is now: refused when
         // it cannot produce the standard.
-        let mut resolved = feed.clone();
-        let checked = match resolved.resolve_secrets(0) {
-            Ok(()) => crate::standards::check_feed(&resolved, &standards, 0).await,
-            Err(e) => Err(e.to_string().replace("feeds[0].", "")),
+        let checked = match state.admission.admit(&parsed, &record.config, dept, true) {
+            Ok(resolved) => crate::standards::check_feed(&resolved, &standards, 0).await,
+            Err(e) => Err(e.to_string()),
         };
         match checked {
             Ok(tables) => {
@@ -110,20 +185,18 @@ async fn put_feed(
             Err(e) => unchecked = Some(format!("the mapping was not checked against the source table, which could not be read ({e}); the feed checks it when it starts")),
         }
     }
-    if let Some(old) = state.catalog.state().await.feeds.get(&name) {
-        if !old.deleted {
-            record.paused = old.paused;
-            record.restarts = old.restarts;
-        }
+    if let Some(old) = &previous {
+        record.paused = old.paused;
+        record.restarts = old.restarts;
     }
     put_and_audit(
         &state,
         &who,
         CatalogRecord::Feed(record.clone()),
-        json!({"action": "feed registered", "feed": name}),
+        json!({"action": "feed registered", "feed": name, "datasets": parsed.datasets(), "secret": record.config.get(crate::admission::SECRET_KEY)}),
     )
     .await?;
-    let mut body = json!({"name": name, "config": record.config, "paused": record.paused});
+    let mut body = json!({"name": name, "owner": record.owner, "config": record.config, "paused": record.paused});
     if let Some(w) = unchecked {
         body["warning"] = json!(w);
     }
@@ -157,7 +230,7 @@ async fn registered_feed(
 async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: &str) -> ApiResult {
     let who = principal(state, headers).await?;
     let mut record = registered_feed(state, name).await?;
-    may_manage_feed(&who, &record.parse().map_err(invalid)?)?;
+    may_change(&who, name, record.owner.as_deref())?;
     match action {
         "pause" => record.paused = true,
         "resume" => record.paused = false,
@@ -217,14 +290,8 @@ async fn feed_action(
 async fn restart_with_resnapshot(state: &ApiState, headers: &HeaderMap, name: &str) -> ApiResult {
     let who = principal(state, headers).await?;
     let record = registered_feed(state, name).await?;
-    let feed = record.parse().map_err(invalid)?;
-    may_manage_feed(&who, &feed)?;
-    let feed = {
-        let mut f = feed;
-        f.resolve_secrets(0)
-            .map_err(|e| invalid(e.to_string().replace("feeds[0].", "")))?;
-        f
-    };
+    may_change(&who, name, record.owner.as_deref())?;
+    let feed = state.admission.admit_record(&record).map_err(refused)?;
     let was_paused = record.paused;
     let mut stopping = record.clone();
     stopping.paused = true;

@@ -4,7 +4,7 @@
 //!
 //! | method | path | who |
 //! | --- | --- | --- |
-//! | PUT | /api/datasets/{id} | admin, owner of the department |
+//! | PUT, PATCH | /api/datasets/{id} | admin, owner of the department |
 //! | GET | /api/datasets | anyone with a token |
 //! | POST | /api/subscriptions | admin, the subscriber itself |
 //! | GET | /api/subscriptions | admin (all), owner (its datasets'), subscriber (its own) |
@@ -54,6 +54,12 @@ pub struct ApiState {
     registry: crate::registry::Registry,
     lag: crate::lag::LagBoard,
     metrics: Option<crate::metrics::Metrics>,
+    /// The configuration's `[[standards]]`: datasets bound to a standard.
+    standards: std::sync::Arc<Vec<crate::config::StandardConfig>>,
+    /// What feeds registered through the API may use.
+    admission: std::sync::Arc<crate::admission::FeedAdmission>,
+    /// The configuration's feeds and the datasets each fills.
+    config_feeds: std::sync::Arc<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 impl ApiState {
@@ -77,7 +83,38 @@ impl ApiState {
             registry,
             lag: crate::lag::LagBoard::default(),
             metrics: None,
+            standards: Default::default(),
+            admission: Default::default(),
+            config_feeds: Default::default(),
         }
+    }
+
+    /// The admin's rules for feeds registered through the API, and the
+    /// feeds of the configuration file.
+    pub fn with_feeds(
+        mut self,
+        admission: crate::admission::FeedAdmission,
+        config_feeds: &[crate::config::FeedConfig],
+    ) -> Self {
+        self.admission = std::sync::Arc::new(admission);
+        self.config_feeds = std::sync::Arc::new(
+            config_feeds
+                .iter()
+                .map(|f| {
+                    (
+                        f.name().to_owned(),
+                        f.datasets().into_iter().map(str::to_owned).collect(),
+                    )
+                })
+                .collect(),
+        );
+        self
+    }
+
+    /// The datasets the configuration binds to standards.
+    pub fn with_standards(mut self, standards: Vec<crate::config::StandardConfig>) -> Self {
+        self.standards = std::sync::Arc::new(standards);
+        self
     }
 
     /// The metrics `/api/quality` reads.

@@ -19,7 +19,8 @@ use super::{
 use crate::audit::Auditor;
 use crate::auth::Principal;
 use crate::catalog::{
-    random_secret, Catalog, CatalogRecord, Dataset, SharingClass, Subscription, SubscriptionState,
+    bounded, limits, random_secret, Catalog, CatalogRecord, Dataset, SharingClass, Subscription,
+    SubscriptionState,
 };
 
 /// The routes of this resource.
@@ -95,6 +96,16 @@ struct RequestBody {
     valid_days: Option<u32>,
 }
 
+/// Longest validity a request may ask for, in days.
+const MAX_VALID_DAYS: u32 = 3650;
+
+/// `POST /api/subscriptions`: a subscriber asks for a dataset.
+///
+/// Idempotent and never a way around a decision: the same request again
+/// answers the subscription as it is (200, no new key, no new backfill);
+/// a request awaiting the owner cannot be changed (409); a revoked one
+/// stays revoked until the owner re-activates it (409); after a rejection
+/// or expiry, a new request is a new version of it.
 async fn request_subscription(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -118,19 +129,36 @@ async fn request_subscription(
             "purpose is required: say what the data is needed for",
         ));
     }
-    let dataset = state
-        .catalog
-        .state()
-        .await
-        .datasets
-        .get(&body.dataset)
-        .cloned()
-        .ok_or_else(|| {
+    bounded("purpose", &body.purpose, limits::PURPOSE).map_err(invalid)?;
+    if body.fields.len() > limits::FIELDS {
+        return Err(invalid(format!(
+            "fields: {} requested, at most {}",
+            body.fields.len(),
+            limits::FIELDS
+        )));
+    }
+    if body
+        .valid_days
+        .is_some_and(|d| d == 0 || d > MAX_VALID_DAYS)
+    {
+        return Err(invalid(format!(
+            "valid_days: between 1 and {MAX_VALID_DAYS}"
+        )));
+    }
+    let (dataset, existing) = {
+        let st = state.catalog.state().await;
+        let dataset = st.datasets.get(&body.dataset).cloned().ok_or_else(|| {
             ApiError(
                 StatusCode::NOT_FOUND,
-                format!("no dataset {}", body.dataset),
+                format!(
+                    "no dataset {:?}",
+                    body.dataset.chars().take(200).collect::<String>()
+                ),
             )
         })?;
+        let id = format!("{}:{}", body.subscriber, body.dataset);
+        (dataset, st.subscriptions.get(&id).cloned())
+    };
     let unknown: Vec<&str> = body
         .fields
         .iter()
@@ -151,25 +179,75 @@ async fn request_subscription(
         )));
     }
     let id = format!("{}:{}", body.subscriber, body.dataset);
+    if dataset.sharing == SharingClass::NotShared {
+        let reason = dataset
+            .not_shared_reason
+            .clone()
+            .unwrap_or_else(|| "the owner does not share this dataset".to_owned());
+        audit(
+            &state,
+            &who,
+            json!({"action": "subscription refused", "subscription": id, "reason": reason}),
+        )
+        .await?;
+        return Err(forbidden(format!(
+            "dataset {} is not shared: {reason}",
+            dataset.id
+        )));
+    }
+    let mut fields = body.fields.clone();
+    fields.sort();
+    fields.dedup();
+    let same = |s: &Subscription| {
+        let mut r = s.requested.clone();
+        r.sort();
+        r.dedup();
+        r == fields
+    };
+    let (request_version, secret, policy_version) = match &existing {
+        None => (1, random_secret(), 0),
+        Some(s) => match &s.state {
+            SubscriptionState::Active if same(s) => {
+                return Ok(Json(view(s)).into_response());
+            }
+            SubscriptionState::Active => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "subscription {id} is active with fields {}; a granted subscription is not re-requested: ask the owner of {} to narrow it, or to revoke it and re-activate it with other fields",
+                        s.granted.keys().cloned().collect::<Vec<_>>().join(", "),
+                        dataset.id
+                    ),
+                ))
+            }
+            SubscriptionState::Pending => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "request {id} (version {}) awaits the decision of the owner of {}; a request under review cannot be changed",
+                        s.request_version, dataset.id
+                    ),
+                ))
+            }
+            SubscriptionState::Revoked { reason } => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "subscription {id} was revoked ({reason}); it stays revoked until the owner of {} or an admin re-activates it",
+                        dataset.id
+                    ),
+                ))
+            }
+            SubscriptionState::Rejected { .. } | SubscriptionState::Expired => {
+                // A new version of the request; the key stays, so rows the
+                // subscriber holds keep their hashed keys.
+                (s.request_version + 1, s.secret.clone(), s.policy_version)
+            }
+        },
+    };
     let (state_now, granted) = match dataset.sharing {
-        SharingClass::NotShared => {
-            let reason = dataset
-                .not_shared_reason
-                .clone()
-                .unwrap_or_else(|| "the owner does not share this dataset".to_owned());
-            audit(
-                &state,
-                &who,
-                json!({"action": "subscription refused", "subscription": id, "reason": reason}),
-            )
-            .await?;
-            return Err(forbidden(format!(
-                "dataset {} is not shared: {reason}",
-                dataset.id
-            )));
-        }
         SharingClass::Unconditional => (SubscriptionState::Active, grants(&dataset, &body.fields)),
-        SharingClass::Conditional => (SubscriptionState::Pending, BTreeMap::new()),
+        _ => (SubscriptionState::Pending, BTreeMap::new()),
     };
     let sub = Subscription {
         id: id.clone(),
@@ -181,13 +259,14 @@ async fn request_subscription(
         valid_until_ms: body
             .valid_days
             .map(|d| now_ms() + i64::from(d) * 86_400_000),
-        policy_version: u32::from(state_now == SubscriptionState::Active),
+        policy_version: policy_version + u32::from(state_now == SubscriptionState::Active),
         state: state_now,
-        secret: random_secret(),
+        secret,
         updated_ms: now_ms(),
         backfilled: false,
+        request_version,
     };
-    put_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), json!({"action": "subscription requested", "subscription": id, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
+    put_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
     Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
 }
 
@@ -203,11 +282,17 @@ fn grants(dataset: &Dataset, fields: &[String]) -> BTreeMap<String, String> {
 struct DecisionBody {
     #[serde(default)]
     reason: Option<String>,
-    /// Approve: narrow the granted fields to these.
+    /// Approve, narrow: the granted fields (approval may only narrow the
+    /// request, narrowing only the grant).
     #[serde(default)]
     fields: Option<Vec<String>>,
+    /// Approve: the version of the request the owner reviewed.
+    #[serde(default)]
+    request_version: Option<u32>,
 }
 
+/// `POST /api/subscriptions/{id}/{approve|reject|revoke|narrow|reactivate}`:
+/// the owner's (or an admin's) decisions.
 async fn decide(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -240,8 +325,26 @@ async fn decide(
         )
     })?;
     let reason = body.reason.clone().unwrap_or_default();
+    bounded("reason", &reason, limits::REASON).map_err(invalid)?;
+    let conflict = |why: String| ApiError(StatusCode::CONFLICT, why);
+    let shared = dataset.sharing != SharingClass::NotShared;
     match (action.as_str(), &sub.state) {
         ("approve", SubscriptionState::Pending) => {
+            let reviewed = body.request_version.ok_or_else(|| {
+                invalid(format!(
+                    "request_version: approve the version of the request you reviewed (GET /api/subscriptions/{id} shows it: {})",
+                    sub.request_version
+                ))
+            })?;
+            if reviewed != sub.request_version {
+                return Err(conflict(format!(
+                    "request {id} is at version {}, not the version {reviewed} you approve: review it again",
+                    sub.request_version
+                )));
+            }
+            if !shared {
+                return Err(conflict(format!("dataset {} is not shared", dataset.id)));
+            }
             let fields = body.fields.clone().unwrap_or_else(|| sub.requested.clone());
             if let Some(extra) = fields.iter().find(|f| !sub.requested.contains(f)) {
                 return Err(invalid(format!(
@@ -283,21 +386,48 @@ async fn decide(
                 },
             };
         }
-        ("approve" | "reject" | "revoke" | "narrow", other) => {
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                format!(
-                    "subscription {id} is {}: cannot {action} it",
-                    serde_json::to_value(other)
-                        .map(|v| v["state"].clone())
-                        .unwrap_or_default()
-                ),
-            ))
+        ("reactivate", SubscriptionState::Revoked { .. } | SubscriptionState::Expired) => {
+            if !shared {
+                return Err(conflict(format!("dataset {} is not shared", dataset.id)));
+            }
+            // What was granted, as the dataset shares it now; what was
+            // requested when nothing was granted yet.
+            let kept: Vec<String> = sub
+                .granted
+                .keys()
+                .filter(|f| dataset.fields.contains_key(*f))
+                .cloned()
+                .collect();
+            let fields = if kept.is_empty() {
+                sub.requested.clone()
+            } else {
+                kept
+            };
+            sub.granted = grants(&dataset, &fields);
+            if sub.granted.is_empty() {
+                return Err(conflict(format!(
+                    "none of the fields of {id} is shared by {} any more",
+                    dataset.id
+                )));
+            }
+            sub.state = SubscriptionState::Active;
+            sub.policy_version += 1;
+            sub.backfilled = false;
+        }
+        ("approve" | "reject" | "revoke" | "narrow" | "reactivate", other) => {
+            return Err(conflict(format!(
+                "subscription {id} is {}: cannot {action} it",
+                serde_json::to_value(other)
+                    .map(|v| v["state"].clone())
+                    .unwrap_or_default()
+            )))
         }
         _ => {
             return Err(ApiError(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {action}: use approve, reject, revoke or narrow"),
+                format!(
+                    "unknown action {action}: use approve, reject, revoke, narrow or reactivate"
+                ),
             ))
         }
     }
@@ -311,9 +441,10 @@ async fn decide(
         "approve" => "approved",
         "reject" => "rejected",
         "revoke" => "revoked",
+        "reactivate" => "re-activated",
         _ => "narrowed",
     };
-    audit(&state, &who, json!({"action": format!("subscription {done}"), "subscription": id, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
+    audit(&state, &who, json!({"action": format!("subscription {done}"), "subscription": id, "request_version": sub.request_version, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
     Ok(Json(view(&sub)).into_response())
 }
 

@@ -918,6 +918,12 @@ async fn current(
         let Some(dataset) = st.datasets.get(&sub.dataset) else {
             continue;
         };
+        if dataset.row_rule().is_none() {
+            // Fail closed: a dataset without a row rule (recorded before
+            // the rule was required) shares nothing.
+            tracing::warn!(subscription = %sub.id, dataset = %dataset.id, "the dataset has no row rule (region_column or all_rows): nothing is delivered until its owner sets one");
+            continue;
+        }
         let Ok(subscriber) = crate::config::DivisionCode::parse(&sub.subscriber) else {
             continue;
         };
@@ -925,6 +931,8 @@ async fn current(
             subscriber,
             dataset: sub.dataset.clone(),
             region_column: dataset.region_column.clone(),
+            all_rows: dataset.all_rows,
+            accept_disclosure: dataset.accepted_disclosures(),
             fields: sub.granted.clone(),
             predicates: Vec::new(),
             secret_env: None,
@@ -946,8 +954,8 @@ fn signature(shares: &[ShareConfig]) -> Vec<String> {
         .iter()
         .map(|s| {
             format!(
-                "{}|{}|{}|{:?}|{:?}",
-                s.subscriber, s.dataset, s.version, s.fields, s.region_column
+                "{}|{}|{}|{:?}|{:?}|{}",
+                s.subscriber, s.dataset, s.version, s.fields, s.region_column, s.all_rows
             )
         })
         .collect();
@@ -1108,6 +1116,7 @@ pub async fn supervise(
             "subscriber": s.subscriber.as_str(),
             "dataset": s.dataset,
             "region_column": s.region_column,
+            "all_rows": s.all_rows,
             "fields": s.fields,
             "predicates": s.predicates,
             "policy_version": s.version,

@@ -157,8 +157,8 @@ pub struct SharePolicy {
     pub subscriber: String,
     /// Dataset id.
     pub dataset: String,
-    /// Column holding the administrative division code of each row.
-    pub region_column: Option<String>,
+    /// Which rows the subscriber receives.
+    pub rows: crate::catalog::RowRule,
     /// Required prefix of the region column (the subscriber's jurisdiction).
     pub prefix: String,
     /// Extra row conditions.
@@ -296,7 +296,10 @@ impl SharePolicy {
             .iter()
             .map(|k| desc.column(k).map(|(i, _)| i).expect("granted key"))
             .collect();
-        let region = self.region_column.as_deref().map(find).transpose()?;
+        let region = match &self.rows {
+            crate::catalog::RowRule::Jurisdiction(column) => Some(find(column)?),
+            crate::catalog::RowRule::All => None,
+        };
         let predicates = self
             .predicates
             .iter()
@@ -465,7 +468,7 @@ mod tests {
         SharePolicy {
             subscriber: subscriber.into(),
             dataset: "gongan.population".into(),
-            region_column: Some("region_code".into()),
+            rows: crate::catalog::RowRule::Jurisdiction("region_code".into()),
             prefix: prefix.into(),
             predicates: vec![],
             fields: BTreeMap::from([

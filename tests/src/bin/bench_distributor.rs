@@ -202,7 +202,7 @@ fn cpu_only(events: i64) -> anyhow::Result<()> {
             let policy = SharePolicy {
                 subscriber: format!("{:06}", 331_000 + i),
                 dataset: DATASET.into(),
-                region_column: None,
+                rows: backflow::catalog::RowRule::All,
                 prefix: String::new(),
                 predicates: vec![Predicate {
                     column: "flag".into(),
@@ -332,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
         );
         for i in 0..shares {
             config.push_str(&format!(
-                "\n[[shares]]\nsubscriber = \"{:06}\"\ndataset = \"{}\"\nfields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\", flag = \"plain\" }}\npredicates = [{{ column = \"flag\", op = \"=\", value = \"{}\" }}]\nsecret_env = \"BENCH_SECRET\"\n",
+                "\n[[shares]]\nsubscriber = \"{:06}\"\ndataset = \"{}\"\nall_rows = true\nfields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\", flag = \"plain\" }}\npredicates = [{{ column = \"flag\", op = \"=\", value = \"{}\" }}]\nsecret_env = \"BENCH_SECRET\"\n",
                 331_000 + i,
                 names.dataset,
                 if i % 2 == 0 { "t" } else { "f" }
@@ -352,7 +352,7 @@ async fn main() -> anyhow::Result<()> {
         let mut first: Option<Instant> = None;
         let deadline = Instant::now() + Duration::from_secs(600);
         let done = loop {
-            let (_, m) = node.get("/metrics").await?;
+            let (_, m) = node.get_ops("/metrics").await?;
             let produced = metric(&m, "backflow_distributor_records_total");
             if produced > 0.0 && first.is_none() {
                 first = Some(Instant::now());

@@ -235,7 +235,7 @@ async fn held(district: &tokio_postgres::Client) -> Option<(i64, i64)> {
 
 /// Records a subscriber applied or dead-lettered so far (its metrics).
 async fn records_done(sub: &Node) -> f64 {
-    let (_, m) = sub.get("/metrics").await.unwrap_or_default();
+    let (_, m) = sub.get_ops("/metrics").await.unwrap_or_default();
     metric_sum(&m, "backflow_subscribe_rows_total", "")
         + metric_sum(&m, "backflow_subscribe_dead_letters_total", "")
 }
@@ -456,7 +456,7 @@ async fn main() -> anyhow::Result<()> {
         // Every change goes to exactly one district.
         let until = Instant::now() + Duration::from_secs(3600);
         loop {
-            let (_, m) = node.get("/metrics").await.unwrap_or_default();
+            let (_, m) = node.get_ops("/metrics").await.unwrap_or_default();
             let shared = metric_sum(
                 &m,
                 "backflow_kafka_produced_records_total",
@@ -537,7 +537,7 @@ async fn main() -> anyhow::Result<()> {
     let ours = changes as f64 / secs;
     let mut dead_letters = 0.0;
     for sub in &subs {
-        let (_, m) = sub.get("/metrics").await.unwrap_or_default();
+        let (_, m) = sub.get_ops("/metrics").await.unwrap_or_default();
         dead_letters += metric_sum(&m, "backflow_subscribe_dead_letters_total", "");
     }
     println!(

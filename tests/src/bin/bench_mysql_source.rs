@@ -74,7 +74,7 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
     let op_filter = format!("op=\"{op}\"");
     let feed_filter = format!("feed=\"{feed}\"");
     let published = loop {
-        let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
+        let (_, metrics) = node.get_ops("/metrics").await.unwrap_or_default();
         let published =
             backflow_e2e::metric_sum(&metrics, "backflow_source_events_total", &op_filter);
         // Raw records Kafka acknowledged (counted as each delivery
@@ -143,7 +143,7 @@ async fn run_feed(config: &str, feed: &str, op: &str, rows: i64) -> anyhow::Resu
     let secs = started.elapsed().as_secs_f64();
     let rss_mb = backflow_e2e::peak_rss_mb(node.pid());
     let cpu = backflow_e2e::cpu_secs(node.pid());
-    let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap_or_default();
     node.signal("TERM")?;
     node.wait(Duration::from_secs(30))?;
     let log = node.stderr();

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         let node = Node::start_with_config(&config, &[])?;
         let until = Instant::now() + Duration::from_secs(1800);
         loop {
-            let (_, metrics) = node.get("/metrics").await.unwrap_or_default();
+            let (_, metrics) = node.get_ops("/metrics").await.unwrap_or_default();
             let published = backflow_e2e::metric_sum(
                 &metrics,
                 "backflow_source_events_total",
