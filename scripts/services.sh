@@ -77,6 +77,14 @@ postgres_up() {
     sed -i '1i host replication all 127.0.0.1/32 trust' "$conf/pg_hba.conf"
     pg_local -c 'select pg_reload_conf()' >/dev/null
   fi
+  # The connector tests' SCRAM role (bf_scram, created by the tests) must
+  # give its password: these lines go first, before the trust lines above.
+  # Run again, nothing changes.
+  if ! grep -qE '^host\s+all\s+bf_scram\s+127\.0\.0\.1/32\s+scram-sha-256' "$conf/pg_hba.conf"; then
+    log "requiring scram-sha-256 of the test role bf_scram ($conf/pg_hba.conf)"
+    sed -i '1i host all bf_scram 127.0.0.1/32 scram-sha-256\nhost replication bf_scram 127.0.0.1/32 scram-sha-256' "$conf/pg_hba.conf"
+    pg_local -c 'select pg_reload_conf()' >/dev/null
+  fi
 
   local restart=0
   [ "$(pg_tcp -c 'show wal_level')" = logical ] || restart=1

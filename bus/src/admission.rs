@@ -115,6 +115,9 @@ impl FeedAdmission {
                 "tables: a feed fills at least one dataset of its department".to_owned(),
             ));
         }
+        for id in &datasets {
+            crate::topics::validate_dataset_id(id).map_err(Refusal::Invalid)?;
+        }
         let departments: Vec<&str> = match department {
             Some(d) => vec![d],
             None => {

@@ -2,7 +2,8 @@
 //! tokens that name them.
 //!
 //! Principals: `admin` (the node's operator), `owner:<department>` (datasets
-//! `<department>.*`), `subscriber:<node>` (requests for itself only).
+//! `<department>.*`), `subscriber:<node>` (requests for itself only),
+//! `auditor` (reads and verifies the audit trail, nothing else).
 //! Tokens are known by their SHA-256 only: those of the configuration file
 //! (`[[auth.tokens]]`) and those an admin issued through the API (kept in
 //! `backflow._catalog`). A request names its token as
@@ -32,6 +33,10 @@ pub enum Principal {
     Owner(String),
     /// A subscriber node.
     Subscriber(String),
+    /// Reads and verifies the audit trail, and nothing else (separation of
+    /// duties: the operator who runs the node is not the one who checks
+    /// its record).
+    Auditor,
 }
 
 impl Principal {
@@ -39,12 +44,13 @@ impl Principal {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
             None if s == "admin" => Ok(Principal::Admin),
+            None if s == "auditor" => Ok(Principal::Auditor),
             Some(("owner", d)) if !d.is_empty() => Ok(Principal::Owner(d.to_owned())),
             Some(("subscriber", n)) if n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()) => {
                 Ok(Principal::Subscriber(n.to_owned()))
             }
             _ => Err(format!(
-                "{s:?} is not a principal: use admin, owner:<department> or subscriber:<six-digit node code>"
+                "{s:?} is not a principal: use admin, auditor, owner:<department> or subscriber:<six-digit node code>"
             )),
         }
     }
@@ -55,6 +61,7 @@ impl Principal {
             Principal::Admin => "admin".to_owned(),
             Principal::Owner(d) => format!("owner:{d}"),
             Principal::Subscriber(n) => format!("subscriber:{n}"),
+            Principal::Auditor => "auditor".to_owned(),
         }
     }
 
@@ -64,7 +71,7 @@ impl Principal {
         match self {
             Principal::Admin => true,
             Principal::Owner(d) => dataset.split_once('.').is_some_and(|(dept, _)| dept == d),
-            Principal::Subscriber(_) => false,
+            Principal::Subscriber(_) | Principal::Auditor => false,
         }
     }
 }
@@ -186,6 +193,8 @@ mod tests {
     #[test]
     fn principals_parse_and_own_their_datasets() {
         assert_eq!(Principal::parse("admin").unwrap(), Principal::Admin);
+        assert_eq!(Principal::parse("auditor").unwrap(), Principal::Auditor);
+        assert!(!Principal::Auditor.owns("gongan.population"));
         let owner = Principal::parse("owner:gongan").unwrap();
         assert!(owner.owns("gongan.population"));
         assert!(!owner.owns("minzheng.marriage"));

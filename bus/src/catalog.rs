@@ -638,6 +638,30 @@ impl Catalog {
     /// Writes a record and waits until it is applied here.
     pub async fn put(&self, record: CatalogRecord) -> Result<(), KafkaError> {
         let _w = self.inner.writer.lock().await;
+        self.write(record).await
+    }
+
+    /// Writes a record only if `unchanged` holds of the state when it is
+    /// written (e.g. the subscription is still the one the caller decided
+    /// on), so a decision taken on what was read cannot overwrite one made
+    /// meanwhile (a revocation undone by a stale write). Writes of this
+    /// process are serialised, so the check and the write are one step.
+    /// `Ok(false)`: not written, the state changed.
+    pub async fn put_if(
+        &self,
+        record: CatalogRecord,
+        unchanged: impl FnOnce(&CatalogState) -> bool,
+    ) -> Result<bool, KafkaError> {
+        let _w = self.inner.writer.lock().await;
+        if !unchanged(&*self.inner.state.read().await) {
+            return Ok(false);
+        }
+        self.write(record).await.map(|()| true)
+    }
+
+    /// Sends a record and waits until it is applied here; the caller holds
+    /// the writer lock.
+    async fn write(&self, record: CatalogRecord) -> Result<(), KafkaError> {
         let key = match &record {
             CatalogRecord::Dataset(d) => format!("dataset:{}", d.id),
             CatalogRecord::Subscription(s) => format!("subscription:{}", s.id),

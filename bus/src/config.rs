@@ -73,6 +73,67 @@ pub struct Config {
     pub secrets: Vec<crate::admission::SecretConfig>,
     /// Where feeds registered through the API may connect (`[api_feeds]`).
     pub api_feeds: crate::admission::ApiFeedsConfig,
+    /// How this node signs its audit trail (`[audit]`).
+    pub audit: AuditConfig,
+}
+
+/// The key that signs this node's audit trail, and its checkpoints.
+///
+/// ```toml
+/// [audit]
+/// signing_key_file = "/etc/backflow/audit.key"  # written by `backflow audit keygen --out FILE`
+/// # signing_key_env = "BACKFLOW_AUDIT_KEY"      # or: a variable holding the key
+/// checkpoint_every = 1000
+/// ```
+///
+/// The key is an Ed25519 secret key: its 32-byte seed as 64 hex digits.
+/// Owners and auditors check the trail with its public half (`backflow
+/// audit verify --public-key`). With neither setting, a node on the
+/// embedded broker signs with a key made for that run; a node on a real
+/// cluster refuses to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// File holding the secret key (hex seed); readable by the node's
+    /// user only.
+    pub signing_key_file: Option<PathBuf>,
+    /// Environment variable holding the secret key (hex seed), instead of
+    /// a file.
+    pub signing_key_env: Option<String>,
+    /// A signed checkpoint record is written when the chain's sequence
+    /// number reaches a multiple of this (and when a node process writes
+    /// its first record), so a trail whose oldest records expired is
+    /// checked from the first checkpoint still there.
+    pub checkpoint_every: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            signing_key_env: None,
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The first setting that cannot be used: (key, reason).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.signing_key_file.is_some() && self.signing_key_env.is_some() {
+            return Err((
+                "audit.signing_key_env",
+                "set either audit.signing_key_file or audit.signing_key_env, not both".to_owned(),
+            ));
+        }
+        if self.checkpoint_every == 0 {
+            return Err((
+                "audit.checkpoint_every",
+                "must be at least 1 (1000 is the default)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A dataset's standard form and how its feed's table maps into it.
@@ -247,7 +308,7 @@ impl ShareConfig {
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     /// Name; keys the offsets stored in the sink and names the dead-letter
-    /// topic `backflow.dlq.<name>`.
+    /// topic (`backflow.sdlq.<subscriber>.<name>`).
     pub name: String,
     /// The upper node's Kafka and schema registry.
     pub upstream: UpstreamConfig,
@@ -264,7 +325,11 @@ pub struct SubscriptionConfig {
     /// `batch_size` and a light load waits for nothing.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
-    /// Dead-letter topic on the upstream cluster (default `backflow.dlq.<name>`).
+    /// Dead-letter topic on the upstream cluster (default
+    /// `backflow.sdlq.<subscriber>.<name>`, the subscriber's code read from
+    /// its share topics: a namespace apart from the feeds' dead letters,
+    /// which hold unfiltered rows; `backflow.dlq.<name>` for a subscription
+    /// that reads raw topics, which only the node itself does).
     #[serde(default)]
     pub dlq_topic: Option<String>,
 }
@@ -427,9 +492,19 @@ impl SubscriptionConfig {
 
     /// The dead-letter topic.
     pub fn dlq_topic(&self) -> String {
-        self.dlq_topic
-            .clone()
-            .unwrap_or_else(|| crate::topics::dlq(&self.name))
+        if let Some(t) = &self.dlq_topic {
+            return t.clone();
+        }
+        let subscriber = self.tables.iter().find_map(|t| {
+            t.topic
+                .strip_prefix("backflow.share.")
+                .and_then(|rest| rest.split_once('.'))
+                .map(|(code, _)| code)
+        });
+        match subscriber {
+            Some(code) => crate::topics::subscriber_dlq(code, &self.name),
+            None => crate::topics::dlq(&self.name),
+        }
     }
 }
 
@@ -1047,6 +1122,14 @@ impl Config {
                 ));
             }
         }
+        config
+            .audit
+            .validate()
+            .map_err(|(key, reason)| ConfigError::BadValue {
+                key: key.to_owned(),
+                origin: origin_name(file, &env, key),
+                reason,
+            })?;
         let mut names = std::collections::BTreeSet::new();
         for (i, feed) in config.feeds.iter().enumerate() {
             if !names.insert(feed.name().to_owned()) {
@@ -1320,7 +1403,7 @@ mod tests {
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
         assert_eq!(cfg.subscriptions.len(), 1);
         assert_eq!(cfg.subscriptions[0].batch_size, 5_000);
-        assert_eq!(cfg.subscriptions[0].dlq_topic(), "backflow.dlq.d");
+        assert_eq!(cfg.subscriptions[0].dlq_topic(), "backflow.sdlq.330106.d");
         let f = file(
             "[[subscriptions]]\nname = \"d\"\nupstream = { brokers = \"k:9092\", registry_url = \"http://r:8480\" }\nsink = { type = \"mysql\", user = \"u\", database = \"x\", prot = 1 }\ntables = [{ topic = \"t\" }]\n",
         );

@@ -173,7 +173,7 @@ enum Command {
         #[arg(long, conflicts_with = "watch")]
         json: bool,
     },
-    /// The audit trail in backflow._audit (needs kafka.brokers).
+    /// The audit trail in backflow._audit: check it, make a node's signing key.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Configuration tools.
@@ -340,10 +340,37 @@ enum TokensCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Replay backflow._audit and check every node's hash chain; names the
-    /// first record that was altered, inserted or is missing, and exits 1
-    /// if there is one.
-    Verify,
+    /// Replay backflow._audit (needs kafka.brokers) and check every node's
+    /// chain: with the node's public key, that each record is signed by it
+    /// (else: forged), unchanged (else: altered), in sequence (else:
+    /// inserted or missing) and linked to the one before (else: prev-hash
+    /// mismatch); every problem is named with its topic offset. A chain whose oldest records expired is
+    /// checked from its first record left when a checkpoint remains.
+    /// Without a public key only the hash chains are checked, which does not
+    /// show who wrote the records. Exits 0 when no problem is found, 1 when
+    /// one is, 2 when it cannot tell.
+    Verify {
+        /// A trusted public key: 64 hex digits as `audit keygen` prints
+        /// them, or NODE=HEX to trust it for that node's chain only.
+        /// Repeatable (e.g. a node's old and new key after a rotation).
+        #[arg(long = "public-key", value_name = "[NODE=]HEX")]
+        public_keys: Vec<String>,
+        /// A file holding trusted public keys, one per line ([NODE=]HEX,
+        /// `#` comments). Repeatable.
+        #[arg(long = "public-key-file", value_name = "FILE")]
+        public_key_files: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a node's audit signing key (Ed25519): writes the secret to FILE
+    /// (which must not exist; mode 0600) for audit.signing_key_file, and
+    /// prints the public key, for owners and auditors to verify with.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +390,62 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints what `audit verify` found, chain by chain, then every problem.
+fn print_audit_report(report: &backflow::audit::VerifyReport) {
+    for (node, chain) in &report.chains {
+        let head = chain
+            .head
+            .as_ref()
+            .map(|(seq, hash)| format!("head seq {seq} hash {hash}"))
+            .unwrap_or_else(|| "no head".to_owned());
+        println!(
+            "chain {node}: {} records, {} checkpoints, {head}; signatures {}",
+            chain.records,
+            chain.checkpoints,
+            if chain.signatures_checked {
+                "checked"
+            } else {
+                "NOT checked (no public key for it)"
+            }
+        );
+        if let Some(e) = &chain.expired {
+            println!(
+                "chain {node}: records seq 0 to {} expired (not kept by the topic); checked from offset {}{}, first checkpoint left at offset {}",
+                e.before_seq - 1,
+                e.first_offset,
+                e.first_ts_ms
+                    .map(|ts| format!(" (written at {ts} ms since the epoch)"))
+                    .unwrap_or_default(),
+                e.checkpoint_offset
+            );
+        }
+    }
+    for p in &report.problems {
+        println!("PROBLEM {p}");
+    }
+    if report.problems_omitted > 0 {
+        println!("... and {} more problems", report.problems_omitted);
+    }
+    if report.chains.is_empty() {
+        println!("the audit trail is empty: no records");
+        return;
+    }
+    match (report.intact(), report.signatures_checked()) {
+        (true, true) => println!("audit trail intact: every record signed with a trusted key"),
+        (true, false) => println!(
+            "hash chain intact; signatures NOT checked: without the node's public key \
+             (--public-key) this does not show who wrote the records"
+        ),
+        (false, _) => {
+            let n = report.problems.len() as u64 + report.problems_omitted;
+            println!(
+                "audit trail NOT intact: {n} problem{}",
+                if n == 1 { "" } else { "s" }
+            )
         }
     }
 }
@@ -447,7 +530,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 api_call(api, "DELETE", &format!("/api/tokens/{sha256}"), None)
             }
         },
-        Command::Audit(AuditCommand::Verify) => {
+        Command::Audit(AuditCommand::Keygen { out }) => {
+            let key = backflow::audit::AuditKey::write_new(out)?;
+            println!("{}", key.public_key_hex());
+            eprintln!(
+                "wrote the secret key to {} (readable by you only): set audit.signing_key_file to it; \
+                 give the public key above to owners and auditors (`backflow audit verify --public-key`)",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify {
+            public_keys,
+            public_key_files,
+            json,
+        }) => {
+            let mut keys = backflow::audit::TrustedKeys::none();
+            for spec in public_keys {
+                keys.trust_spec(spec)
+                    .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+            }
+            for file in public_key_files {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!("--public-key-file: cannot read {}", file.display())
+                })?;
+                for line in text.lines().map(str::trim) {
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    keys.trust_spec(line).map_err(|e| {
+                        anyhow::anyhow!("--public-key-file {}: {e}", file.display())
+                    })?;
+                }
+            }
             let config = load(&cli)?;
             let Some(brokers) = config.kafka.brokers.clone() else {
                 anyhow::bail!("kafka.brokers is not set: the audit trail lives in the cluster's backflow._audit topic; set it in the file or with BACKFLOW_KAFKA__BROKERS");
@@ -458,17 +573,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let report = runtime.block_on(backflow::audit::verify(&settings))?;
-            for (node, n) in &report.records {
-                println!("chain {node}: {n} records");
+            let report = runtime.block_on(backflow::audit::verify(&settings, &keys))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_audit_report(&report);
             }
-            if report.problems.is_empty() {
-                println!("audit trail intact");
+            if report.intact() {
                 Ok(())
             } else {
-                for (_, p) in &report.problems {
-                    println!("TAMPERED: {p}");
-                }
                 std::process::exit(1);
             }
         }

@@ -37,6 +37,9 @@ pub enum NodeError {
     /// Kafka could not be set up.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The audit trail's signing key is missing or unusable.
+    #[error(transparent)]
+    AuditKey(#[from] crate::audit::KeyError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
@@ -139,6 +142,17 @@ async fn run_on(
         );
     }
     let settings = KafkaSettings::from_config(&config.kafka, &bootstrap);
+    // The audit trail's key, before anything starts: a node on a real
+    // cluster without one refuses to run. A source process writes no
+    // audit records; it signs with the configured key or none of use.
+    let audit_key = if is_node {
+        crate::audit::AuditKey::for_node(&config.audit, embedded.is_some())?
+    } else {
+        match crate::audit::AuditKey::from_config(&config.audit)? {
+            Some(key) => key,
+            None => crate::audit::AuditKey::generate()?,
+        }
+    };
 
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -191,8 +205,13 @@ async fn run_on(
     tracker.spawn(async move {
         let _ = catalog_follower.await;
     });
-    let auditor =
-        crate::audit::Auditor::new(&settings, publisher.clone(), config.node.code.as_str());
+    let auditor = crate::audit::Auditor::new(
+        &settings,
+        publisher.clone(),
+        config.node.code.as_str(),
+        audit_key,
+        config.audit.checkpoint_every,
+    );
     let feed_statuses = crate::feeds::FeedStatuses::default();
     let admission =
         crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone());
@@ -248,7 +267,7 @@ async fn run_on(
             let specs = [
                 TopicSpec::compacted(topics::CATALOG, 1, rf),
                 TopicSpec::compacted(topics::OFFSETS, partitions, rf),
-                TopicSpec::retained(topics::AUDIT, 1, rf),
+                TopicSpec::kept(topics::AUDIT, 1, rf),
                 TopicSpec::compacted(topics::SCHEMAS, 1, rf),
             ];
             let mut backoff = Duration::from_millis(200);

@@ -8,6 +8,7 @@
 //! transient errors are retried with backoff, definite ones stop the
 //! connector (or, for one bad record, send it to the dead-letter topic).
 
+mod connect;
 mod error;
 pub mod mysql;
 pub mod poll;

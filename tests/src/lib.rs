@@ -398,6 +398,40 @@ pub fn backflow() -> Command {
     cmd
 }
 
+/// Makes an audit signing key with `backflow audit keygen --out FILE`;
+/// returns its public key (hex) and what the command said on stderr.
+pub fn audit_keygen(file: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let out = backflow()
+        .args(["audit", "keygen", "--out"])
+        .arg(file)
+        .output()
+        .context("run backflow audit keygen")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("backflow audit keygen failed ({}): {stderr}", out.status);
+    }
+    Ok((String::from_utf8(out.stdout)?.trim().to_owned(), stderr))
+}
+
+/// Runs `backflow audit verify` against a broker with these arguments;
+/// returns the exit code and what it printed (stdout, then stderr).
+pub fn audit_verify(bootstrap: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = backflow()
+        .args(["audit", "verify"])
+        .args(args)
+        .env("BACKFLOW_KAFKA__BROKERS", bootstrap)
+        .output()
+        .expect("run backflow audit verify");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// A running `backflow serve` process, killed when dropped.
 pub struct Node {
     child: Child,
@@ -407,6 +441,7 @@ pub struct Node {
     /// (`http.metrics_listen`, which the harness sets).
     pub ops_url: String,
     stderr_path: PathBuf,
+    audit_public_key: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -450,7 +485,11 @@ impl Node {
         Self::start_command(command, &all)
     }
 
-    /// Starts `backflow <command...>` (serve, subscribe, source).
+    /// Starts `backflow <command...>` (serve, subscribe, source). Unless
+    /// the test sets an audit signing key (`BACKFLOW_AUDIT__SIGNING_KEY_*`
+    /// or `signing_key_` in the configuration file), the process gets a
+    /// key of its own, made with `backflow audit keygen` in its directory:
+    /// a node on a real cluster refuses to start without one.
     fn start_command(command: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("backflow-e2e-").tempdir()?;
         let stdout_path = dir.path().join("stdout");
@@ -462,6 +501,21 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&stderr_path)?);
+        let config_sets_key = env
+            .iter()
+            .find(|(k, _)| *k == "BACKFLOW_CONFIG")
+            .and_then(|(_, path)| std::fs::read_to_string(path).ok())
+            .is_some_and(|text| text.contains("signing_key_"));
+        let env_sets_key = env
+            .iter()
+            .any(|(k, _)| k.starts_with("BACKFLOW_AUDIT__SIGNING_KEY_"));
+        let mut audit_public_key = None;
+        if !config_sets_key && !env_sets_key {
+            let key_file = dir.path().join("audit.key");
+            let (public, _) = audit_keygen(&key_file)?;
+            cmd.env("BACKFLOW_AUDIT__SIGNING_KEY_FILE", &key_file);
+            audit_public_key = Some(public);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -473,6 +527,7 @@ impl Node {
             url: String::new(),
             ops_url: String::new(),
             stderr_path,
+            audit_public_key,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -509,6 +564,12 @@ impl Node {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The public key of the audit signing key the harness gave the
+    /// process (`None` when the test set a key itself).
+    pub fn audit_public_key(&self) -> Option<&str> {
+        self.audit_public_key.as_deref()
     }
 
     /// Everything the process logged so far.

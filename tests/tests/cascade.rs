@@ -298,7 +298,7 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
         })
         .await
         .unwrap();
-    let dlq = format!("backflow.dlq.{subscription}");
+    let dlq = format!("backflow.sdlq.330100.{subscription}");
     let until = Instant::now() + Duration::from_secs(60);
     let dead = loop {
         let settings = KafkaSettings::new(province_bus.bootstrap());

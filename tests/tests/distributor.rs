@@ -185,9 +185,10 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
     );
 
     // Every batch delivered is on the audit trail, and the chain verifies.
+    let public_key = node.audit_public_key().unwrap().to_owned();
     let verify = || {
         backflow_e2e::backflow()
-            .args(["audit", "verify"])
+            .args(["audit", "verify", "--public-key", &public_key])
             .env("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())
             .output()
             .unwrap()

@@ -2,8 +2,8 @@
 //! the node: register, RUNNING with its rows in the raw topic, pause (no
 //! new changes published), resume (they arrive), a bad definition is
 //! refused naming the key, a lost replication slot is FAILED with the way
-//! out and restart?resnapshot=true takes it, a missing password variable is
-//! FAILED with the variable named, delete stops it.
+//! out and restart?resnapshot=true takes it, a bound secret whose variable
+//! is not set is FAILED with the variable named, delete stops it.
 
 use std::time::{Duration, Instant};
 
@@ -60,17 +60,19 @@ async fn feeds_are_registered_paused_resumed_and_removed_at_runtime() {
     .await
     .unwrap();
     let broker = TestBroker::start();
-    let department = format!("t{}", &source.name[8..]);
+    // Department names hold no '_' (see topics::validate_dataset_id).
+    let department = format!("t{}", source.name[8..].replace('_', ""));
     let dataset = format!("{department}.items");
     let topic = format!("backflow.raw.{dataset}");
     let owner = "owner-token-feeds";
     let config = format!(
-        "[kafka]\nbrokers = \"{}\"\n[[auth.tokens]]\nprincipal = \"owner:{department}\"\nsha256 = \"{}\"\n[[auth.tokens]]\nprincipal = \"owner:someone\"\nsha256 = \"{}\"\n",
+        "[kafka]\nbrokers = \"{}\"\n[api_feeds]\nallowed_hosts = [\"127.0.0.1:5432\"]\n\
+         [[secrets]]\nname = \"unset\"\ndepartment = \"{department}\"\nenv = \"NOT_SET_ANYWHERE\"\n[[auth.tokens]]\nprincipal = \"owner:{department}\"\nsha256 = \"{}\"\n[[auth.tokens]]\nprincipal = \"owner:someone\"\nsha256 = \"{}\"\n",
         broker.bootstrap(),
         backflow::auth::token_hash(owner),
         backflow::auth::token_hash("other-owner"),
     );
-    let node = Node::start_with_config(&config, &[("FEED_PG_PASSWORD", "")]).unwrap();
+    let node = Node::start_with_config(&config, &[]).unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
         .await
         .unwrap();
@@ -273,9 +275,9 @@ async fn feeds_are_registered_paused_resumed_and_removed_at_runtime() {
     }
     assert_eq!(feed_state(&node, owner, &name).await.0, "RUNNING");
 
-    // A definition whose password variable is not set: FAILED, naming it.
+    // A bound secret whose variable is not set: FAILED, naming it.
     let mut needs_password = definition.clone();
-    needs_password["password_env"] = json!("NOT_SET_ANYWHERE");
+    needs_password["password_secret"] = json!("unset");
     let (status, _) = call(
         &node,
         "PUT",

@@ -305,52 +305,130 @@ async fn a_batch_with_one_refused_record_resolves_to_that_refusal() {
 
 #[tokio::test]
 async fn audit_records_appended_together_continue_one_verifiable_chain() {
-    use backflow::audit::{verify, Auditor};
+    use backflow::audit::{verify, AuditKey, Auditor};
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
     TopicAdmin::new(&settings)
         .unwrap()
-        .ensure(&[TopicSpec::retained("backflow._audit", 1, 1)])
+        .ensure(&[TopicSpec::kept("backflow._audit", 1, 1)])
         .await
         .unwrap();
     let publisher = Publisher::new(&settings, None).unwrap();
-    let auditor = Auditor::new(&settings, publisher.clone(), "330100");
+    let key = AuditKey::generate().unwrap();
+    let auditor = Auditor::new(&settings, publisher.clone(), "330100", key.clone(), 1000);
+    // Seq 0 is the process's start checkpoint.
     assert_eq!(
         auditor
             .append("decision", serde_json::json!({"n": 0}))
             .await
             .unwrap(),
-        0
+        1
     );
     // One round of three, as the distributor settles several batches.
     let round = (1..=3)
         .map(|n| ("delivery", serde_json::json!({ "n": n })))
         .collect();
-    assert_eq!(auditor.append_all(round).await.unwrap(), Some(3));
+    assert_eq!(auditor.append_all(round).await.unwrap(), Some(4));
     assert_eq!(auditor.append_all(Vec::new()).await.unwrap(), None);
     // A second node process (same chain) reads the chain's end from the
-    // topic and goes on after the round.
-    let again = Auditor::new(&settings, publisher, "330100");
+    // topic and goes on after the round, with a checkpoint of its own.
+    let again = Auditor::new(&settings, publisher, "330100", key, 1000);
     assert_eq!(
         again
             .append("decision", serde_json::json!({"n": 4}))
             .await
             .unwrap(),
-        4
+        6
     );
-    let report = verify(&settings).await.unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert_eq!(report.records.get("330100"), Some(&5));
+    let report = verify(&settings, &again.trusted_keys()).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    assert_eq!(report.chains["330100"].records, 7);
+    assert_eq!(report.chains["330100"].checkpoints, 2);
     let audit = Consumer::replay(&settings, "backflow._audit", 0).unwrap();
-    let got = receive(&audit, 5, Duration::from_secs(30)).await;
-    let ns: Vec<u64> = got
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value =
-                serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
-            assert_eq!(v["seq"], v["details"]["n"], "{v}");
-            v["details"]["n"].as_u64().unwrap()
-        })
-        .collect();
+    let got = receive(&audit, 7, Duration::from_secs(30)).await;
+    let mut ns = Vec::new();
+    for (i, r) in got.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(v["seq"], i, "{v}");
+        if v["kind"] != "checkpoint" {
+            ns.push(v["details"]["n"].as_u64().unwrap());
+        }
+    }
     assert_eq!(ns, vec![0, 1, 2, 3, 4], "in chain order");
+}
+
+/// A write decided on a stale read (the distributor marking a
+/// subscription backfilled after the owner revoked it) must not undo the
+/// revocation: `put_if` writes only while the record is the one read.
+#[tokio::test]
+async fn catalog_write_decided_on_a_stale_read_does_not_undo_a_revocation() {
+    use backflow::catalog::{Catalog, CatalogRecord, Subscription, SubscriptionState};
+    let broker = EmbeddedBroker::start().unwrap();
+    let settings = KafkaSettings::new(broker.bootstrap_servers());
+    TopicAdmin::Embedded(broker.admin())
+        .ensure(&[TopicSpec::compacted(backflow::topics::CATALOG, 1, 1)])
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&settings, None).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (catalog, _follower) = Catalog::start(&settings, publisher, stop.clone()).unwrap();
+    let active = Subscription {
+        id: "330106:ga.people".into(),
+        subscriber: "330106".into(),
+        dataset: "ga.people".into(),
+        purpose: "p".into(),
+        requested: vec!["id".into()],
+        granted: [("id".to_owned(), "plain".to_owned())].into(),
+        valid_until_ms: None,
+        state: SubscriptionState::Active,
+        policy_version: 1,
+        secret: "k".repeat(64),
+        updated_ms: 1,
+        backfilled: false,
+        request_version: 1,
+    };
+    catalog
+        .put(CatalogRecord::Subscription(active.clone()))
+        .await
+        .unwrap();
+    // Read by the distributor ...
+    let read = catalog.state().await.subscriptions["330106:ga.people"].clone();
+    // ... revoked by the owner meanwhile ...
+    let mut revoked = active.clone();
+    revoked.state = SubscriptionState::Revoked {
+        reason: "misuse".into(),
+    };
+    catalog
+        .put(CatalogRecord::Subscription(revoked.clone()))
+        .await
+        .unwrap();
+    // ... then the distributor's write, decided on what it read.
+    let mut marked = read.clone();
+    marked.backfilled = true;
+    let written = catalog
+        .put_if(CatalogRecord::Subscription(marked.clone()), |st| {
+            st.subscriptions.get(&read.id) == Some(&read)
+        })
+        .await
+        .unwrap();
+    assert!(!written);
+    assert_eq!(
+        catalog.state().await.subscriptions["330106:ga.people"],
+        revoked
+    );
+    // Unchanged since read: written.
+    let again = catalog.state().await.subscriptions["330106:ga.people"].clone();
+    let mut renewed = again.clone();
+    renewed.updated_ms = 2;
+    assert!(catalog
+        .put_if(CatalogRecord::Subscription(renewed.clone()), |st| {
+            st.subscriptions.get(&again.id) == Some(&again)
+        })
+        .await
+        .unwrap());
+    assert_eq!(
+        catalog.state().await.subscriptions["330106:ga.people"],
+        renewed
+    );
+    stop.cancel();
 }

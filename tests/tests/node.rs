@@ -14,6 +14,14 @@ async fn node_on_embedded_broker_is_ready_and_says_data_is_in_memory() {
     let node = Node::start(&[]).unwrap();
     let body = node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        ready,
+        serde_json::json!({"status": "ready"}),
+        "no check is named to anonymous callers"
+    );
+    // The checks are shown where no token is needed, http.metrics_listen.
+    let (_, body) = node.get_ops("/readyz").await.unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["checks"]["kafka"]["status"], "ok");
     assert_eq!(ready["checks"]["internal_topics"]["status"], "ok");

@@ -392,7 +392,7 @@ async fn a_feed_registered_through_the_api_has_its_mapping_checked_against_the_t
     let broker = TestBroker::start_in_memory();
     let node = Node::start_with_config(
         &format!(
-            "[kafka]\nbrokers = \"{}\"\n[[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n",
+            "[kafka]\nbrokers = \"{}\"\n[api_feeds]\nallowed_hosts = [\"127.0.0.1:5432\"]\n[[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n",
             broker.bootstrap(),
             backflow::auth::token_hash(ADMIN)
         ),

@@ -110,7 +110,7 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
         "PUT",
         "/api/datasets/tokens.items",
         admin,
-        Some(json!({"sharing": "unconditional", "fields": {"id": {}}, "compatibility": "FULL"})),
+        Some(json!({"sharing": "unconditional", "all_rows": true, "fields": {"id": {}}, "compatibility": "FULL"})),
     )
     .await;
     assert_eq!(status, 200, "{body}");

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{forbidden, invalid, principal, put_and_audit, ApiError, ApiResult, ApiState};
+use super::{forbidden, invalid, put_if_and_audit, staff, ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
 use crate::catalog::{limits, CatalogRecord, Dataset, Subscription};
 
@@ -23,7 +23,7 @@ pub(super) fn routes() -> Router<ApiState> {
 }
 
 async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    principal(&state, &headers).await?;
+    staff(&state, &headers).await?;
     let st = state.catalog.state().await;
     Ok(Json(json!(st.datasets.values().collect::<Vec<_>>())).into_response())
 }
@@ -39,7 +39,7 @@ async fn put_dataset(
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     if !who.owns(&id) {
         return Err(forbidden(format!(
             "{} cannot register dataset {id}: only its owner department or an admin can",
@@ -117,10 +117,12 @@ async fn put_dataset(
     } else {
         "dataset registered"
     };
-    put_and_audit(
+    // Merged into the dataset as read: written only if it is still so.
+    put_if_and_audit(
         &state,
         &who,
         CatalogRecord::Dataset(dataset.clone()),
+        |st| st.datasets.get(&id) == before.as_ref(),
         json!({
             "action": action,
             "dataset": id,
@@ -173,10 +175,11 @@ async fn rederive(
                 "policy_version": change.subscription.policy_version,
             }),
         };
-        put_and_audit(
+        put_if_and_audit(
             state,
             who,
             CatalogRecord::Subscription(change.subscription),
+            |st| st.subscriptions.get(&sub.id) == Some(&sub),
             details,
         )
         .await?;
@@ -216,7 +219,7 @@ async fn bound_standard(
 /// dataset's standard, refused, violations by rule, and the score over the
 /// last 5 minutes. Owners see their departments' datasets.
 async fn quality(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     if matches!(who, Principal::Subscriber(_)) {
         return Err(forbidden("data quality is shown to owners and admins"));
     }
@@ -235,7 +238,7 @@ async fn quality(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult
 /// The standards backflow ships: fields, types, required, sensitivity and
 /// rules (their own schemas are in the registry once a dataset uses them).
 async fn standards(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    principal(&state, &headers).await?;
+    staff(&state, &headers).await?;
     let list: Vec<Value> = backflow_schemas::standard::builtin()
         .values()
         .map(|s| {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    audit, forbidden, invalid, principal, put_and_audit, unavailable, ApiError, ApiResult, ApiState,
+    audit, forbidden, invalid, put_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
 use crate::auth::Principal;
 use crate::catalog::CatalogRecord;
@@ -61,8 +61,9 @@ fn department(who: &Principal) -> Result<Option<&str>, ApiError> {
     match who {
         Principal::Admin => Ok(None),
         Principal::Owner(d) => Ok(Some(d)),
-        Principal::Subscriber(n) => Err(forbidden(format!(
-            "subscriber:{n} cannot register feeds: feeds are registered by owner departments, for their own datasets, and by admins"
+        other => Err(forbidden(format!(
+            "{} cannot register feeds: feeds are registered by owner departments, for their own datasets, and by admins",
+            other.name()
         ))),
     }
 }
@@ -77,7 +78,7 @@ fn refused(r: crate::admission::Refusal) -> ApiError {
 /// `GET /api/feeds`: an admin sees every feed; an owner the feeds it
 /// registered and those of the configuration filling only its datasets.
 async fn list_feeds(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     if matches!(who, Principal::Subscriber(_)) {
         return Err(forbidden("feeds are managed by owners and admins"));
     }
@@ -119,7 +120,7 @@ async fn put_feed(
     Path(name): Path<String>,
     Json(config): Json<Value>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let dept = department(&who)?;
     if name.is_empty()
         || name.len() > MAX_FEED_NAME
@@ -228,7 +229,7 @@ async fn registered_feed(
 }
 
 async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: &str) -> ApiResult {
-    let who = principal(state, headers).await?;
+    let who = staff(state, headers).await?;
     let mut record = registered_feed(state, name).await?;
     may_change(&who, name, record.owner.as_deref())?;
     match action {
@@ -288,7 +289,7 @@ async fn feed_action(
 /// Stops the feed, drops its slot and forgets its position, then starts it
 /// again (unless it was paused): it reads its tables again, then streams.
 async fn restart_with_resnapshot(state: &ApiState, headers: &HeaderMap, name: &str) -> ApiResult {
-    let who = principal(state, headers).await?;
+    let who = staff(state, headers).await?;
     let record = registered_feed(state, name).await?;
     may_change(&who, name, record.owner.as_deref())?;
     let feed = state.admission.admit_record(&record).map_err(refused)?;

@@ -10,7 +10,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{forbidden, principal, ApiResult, ApiState};
+use super::{forbidden, staff, ApiResult, ApiState};
 use crate::auth::Principal;
 
 /// The routes of this resource.
@@ -27,11 +27,12 @@ fn sees_lag(who: &Principal, subscriber: &str, dataset: &str) -> bool {
         Principal::Admin => true,
         Principal::Owner(_) => who.owns(dataset),
         Principal::Subscriber(n) => n == subscriber,
+        Principal::Auditor => false,
     }
 }
 
 async fn lag(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let mut board = state.lag.board();
     board
         .subscriptions
@@ -55,7 +56,7 @@ async fn lag_history(
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     if !sees_lag(&who, &q.subscriber, &q.dataset) {
         return Err(forbidden(format!(
             "{} cannot see the lag of {}'s subscription to {}",

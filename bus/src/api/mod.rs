@@ -19,10 +19,12 @@
 //! | GET | /api/lag, /api/lag/history | admin, owners (their datasets), subscribers (their own) |
 //! | GET | /api/quality | admin, owners (their datasets) |
 //! | GET | /api/standards | anyone with a token |
+//! | GET | /api/audit, POST /api/audit/verify | the auditor only |
 //!
 //! A subscription id is `<subscriber>:<dataset>`. Every decision goes to the
 //! audit trail. One module per resource.
 
+mod audit;
 mod datasets;
 mod feeds;
 mod lag;
@@ -173,6 +175,19 @@ async fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal, A
         .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.0))
 }
 
+/// The caller, from its token, when it is one of the principals that run,
+/// own or use data: the auditor reads and verifies the audit trail and
+/// nothing else.
+async fn staff(state: &ApiState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let who = principal(state, headers).await?;
+    if who == Principal::Auditor {
+        return Err(forbidden(
+            "the auditor reads and verifies the audit trail and nothing else (separation of duties)",
+        ));
+    }
+    Ok(who)
+}
+
 /// The API routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -182,6 +197,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(nodes::routes())
         .merge(tokens::routes())
         .merge(lag::routes())
+        .merge(audit::routes())
         .with_state(state)
 }
 
@@ -193,6 +209,30 @@ async fn put_and_audit(
     details: Value,
 ) -> Result<(), ApiError> {
     state.catalog.put(record).await.map_err(unavailable)?;
+    audit(state, who, details).await
+}
+
+/// Writes a catalog record only if `unchanged` still holds (the object is
+/// the one the decision was taken on), then the decision to the audit
+/// trail; `409` when it changed meanwhile.
+async fn put_if_and_audit(
+    state: &ApiState,
+    who: &Principal,
+    record: CatalogRecord,
+    unchanged: impl FnOnce(&crate::catalog::CatalogState) -> bool,
+    details: Value,
+) -> Result<(), ApiError> {
+    if !state
+        .catalog
+        .put_if(record, unchanged)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "it changed while this request was handled: read it again and retry".to_owned(),
+        ));
+    }
     audit(state, who, details).await
 }
 

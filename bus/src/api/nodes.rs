@@ -10,7 +10,7 @@ use backflow_connectors::now_ms;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{forbidden, invalid, principal, put_and_audit, ApiResult, ApiState};
+use super::{forbidden, invalid, principal, put_and_audit, staff, ApiResult, ApiState};
 use crate::auth::Principal;
 use crate::catalog::{CatalogRecord, SubscriptionState};
 
@@ -59,6 +59,10 @@ async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResu
         "parent": state.node.parent.as_ref().map(|p| p.as_str()),
         "children": children,
         "child_nodes": child_nodes,
+        // The key the node signs its audit trail with: an owner checks
+        // the trail with `backflow audit verify --public-key`.
+        "audit_public_key": state.auditor.public_key_hex(),
+        "audit_key_id": state.auditor.key_id(),
     }))
     .into_response())
 }
@@ -77,7 +81,7 @@ async fn put_node(
     Path(code): Path<String>,
     Json(body): Json<RegisterNode>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     if who != Principal::Admin {
         return Err(forbidden(format!(
             "{} cannot register nodes: only an admin can",

@@ -13,9 +13,7 @@ use backflow_connectors::now_ms;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    audit, forbidden, invalid, principal, put_and_audit, unavailable, ApiError, ApiResult, ApiState,
-};
+use super::{audit, forbidden, invalid, put_if_and_audit, staff, ApiError, ApiResult, ApiState};
 use crate::audit::Auditor;
 use crate::auth::Principal;
 use crate::catalog::{
@@ -48,7 +46,7 @@ async fn get_subscription(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let st = state.catalog.state().await;
     let sub = st
         .subscriptions
@@ -70,7 +68,7 @@ async fn get_subscription(
 }
 
 async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let st = state.catalog.state().await;
     let visible: Vec<Value> = st
         .subscriptions
@@ -79,6 +77,7 @@ async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -
             Principal::Admin => true,
             Principal::Owner(_) => who.owns(&s.dataset),
             Principal::Subscriber(n) => &s.subscriber == n,
+            Principal::Auditor => false,
         })
         .map(view)
         .collect();
@@ -111,7 +110,7 @@ async fn request_subscription(
     headers: HeaderMap,
     Json(body): Json<RequestBody>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     match &who {
         Principal::Admin => {}
         Principal::Subscriber(n) if *n == body.subscriber => {}
@@ -266,7 +265,8 @@ async fn request_subscription(
         backfilled: false,
         request_version,
     };
-    put_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
+    let read = existing.clone();
+    put_if_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), |st| st.subscriptions.get(&id) == read.as_ref(), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
     Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
 }
 
@@ -299,7 +299,7 @@ async fn decide(
     Path((id, action)): Path<(String, String)>,
     body: Option<Json<DecisionBody>>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let (mut sub, dataset) = {
         let st = state.catalog.state().await;
@@ -311,6 +311,8 @@ async fn decide(
         let dataset = st.datasets.get(&sub.dataset).cloned();
         (sub, dataset)
     };
+    // What the decision is taken on: written only if still so.
+    let read = sub.clone();
     if !who.owns(&sub.dataset) {
         return Err(forbidden(format!(
             "{} cannot {action} subscription {id}: only the owner of {} or an admin can",
@@ -432,11 +434,6 @@ async fn decide(
         }
     }
     sub.updated_ms = now_ms();
-    state
-        .catalog
-        .put(CatalogRecord::Subscription(sub.clone()))
-        .await
-        .map_err(unavailable)?;
     let done = match action.as_str() {
         "approve" => "approved",
         "reject" => "rejected",
@@ -444,7 +441,14 @@ async fn decide(
         "reactivate" => "re-activated",
         _ => "narrowed",
     };
-    audit(&state, &who, json!({"action": format!("subscription {done}"), "subscription": id, "request_version": sub.request_version, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
+    put_if_and_audit(
+        &state,
+        &who,
+        CatalogRecord::Subscription(sub.clone()),
+        |st| st.subscriptions.get(&id) == Some(&read),
+        json!({"action": format!("subscription {done}"), "subscription": id, "request_version": sub.request_version, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version}),
+    )
+    .await?;
     Ok(Json(view(&sub)).into_response())
 }
 
@@ -461,10 +465,20 @@ pub async fn expire(catalog: &Catalog, auditor: &Auditor) -> Result<(), crate::k
         })
         .cloned()
         .collect();
-    for mut s in due {
+    for read in due {
+        let mut s = read.clone();
         s.state = SubscriptionState::Expired;
         s.updated_ms = now;
-        catalog.put(CatalogRecord::Subscription(s.clone())).await?;
+        let written = catalog
+            .put_if(CatalogRecord::Subscription(s.clone()), |st| {
+                st.subscriptions.get(&s.id) == Some(&read)
+            })
+            .await?;
+        if !written {
+            // Decided on meanwhile (revoked, narrowed): the next round
+            // looks at it again.
+            continue;
+        }
         auditor
             .append(
                 "decision",

@@ -10,7 +10,7 @@ use backflow_connectors::now_ms;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{forbidden, invalid, principal, put_and_audit, ApiError, ApiResult, ApiState};
+use super::{forbidden, invalid, put_and_audit, staff, ApiError, ApiResult, ApiState};
 use crate::auth::{token_hash, Principal};
 use crate::catalog::CatalogRecord;
 
@@ -62,7 +62,7 @@ async fn issue_token(
     headers: HeaderMap,
     Json(body): Json<IssueToken>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     only_admin(&who)?;
     Principal::parse(&body.principal).map_err(|e| invalid(format!("principal: {e}")))?;
     let token = new_token()?;
@@ -89,7 +89,7 @@ async fn issue_token(
 
 /// Issued tokens (their SHA-256, never the tokens), admin only.
 async fn list_tokens(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     only_admin(&who)?;
     let tokens: Vec<_> = state
         .catalog
@@ -108,7 +108,7 @@ async fn revoke_token(
     headers: HeaderMap,
     Path(sha256): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     only_admin(&who)?;
     let mut record = state
         .catalog

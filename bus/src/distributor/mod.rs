@@ -1068,15 +1068,26 @@ impl Backfills {
         if how == Backfilled::Joined {
             self.joined.push(task.share);
         }
-        // The subscription as it is now (it may have changed meanwhile).
+        // The subscription as it is now (it may have changed meanwhile),
+        // marked only if it is still that one when written: a revocation
+        // made in between must not be overwritten by a stale copy.
         let current = catalog.state().await.subscriptions.get(&id).cloned();
-        if let Some(mut sub) = current.filter(|s| s.state == SubscriptionState::Active) {
+        if let Some(read) = current.filter(|s| s.state == SubscriptionState::Active) {
+            let mut sub = read.clone();
             sub.backfilled = true;
-            if let Err(e) = catalog
-                .put(crate::catalog::CatalogRecord::Subscription(sub))
-                .await
-            {
-                tracing::error!(subscription = %id, error = %e, "cannot record the backfill in the catalog");
+            let written = catalog
+                .put_if(crate::catalog::CatalogRecord::Subscription(sub), |st| {
+                    st.subscriptions.get(&id) == Some(&read)
+                })
+                .await;
+            match written {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(subscription = %id, "the subscription changed during its backfill; not marked backfilled")
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %id, error = %e, "cannot record the backfill in the catalog")
+                }
             }
         }
     }

@@ -20,6 +20,9 @@ pub struct TopicSpec {
     /// `cleanup.policy=compact`: the latest record per key is kept, so the
     /// topic holds a table's current state.
     pub compacted: bool,
+    /// `retention.ms` when set (-1: records are kept forever); otherwise
+    /// the cluster's default.
+    pub retention_ms: Option<i64>,
 }
 
 impl TopicSpec {
@@ -30,6 +33,7 @@ impl TopicSpec {
             partitions,
             replication_factor,
             compacted: true,
+            retention_ms: None,
         }
     }
 
@@ -38,6 +42,16 @@ impl TopicSpec {
         Self {
             compacted: false,
             ..Self::compacted(name, partitions, replication_factor)
+        }
+    }
+
+    /// A topic whose records are never deleted (`cleanup.policy=delete`,
+    /// `retention.ms=-1`): the audit trail, whose records are keyed by
+    /// node, so compaction would keep one per node.
+    pub fn kept(name: impl Into<String>, partitions: i32, replication_factor: i32) -> Self {
+        Self {
+            retention_ms: Some(-1),
+            ..Self::retained(name, partitions, replication_factor)
         }
     }
 }
@@ -82,18 +96,27 @@ impl TopicAdmin {
                 return Ok(created);
             }
         };
+        let retention: Vec<Option<String>> = specs
+            .iter()
+            .map(|s| s.retention_ms.map(|ms| ms.to_string()))
+            .collect();
         let new: Vec<NewTopic<'_>> = specs
             .iter()
-            .map(|s| {
+            .zip(&retention)
+            .map(|(s, retention)| {
                 let t = NewTopic::new(
                     &s.name,
                     s.partitions,
                     TopicReplication::Fixed(s.replication_factor),
                 );
-                if s.compacted {
+                let t = if s.compacted {
                     t.set("cleanup.policy", "compact")
                 } else {
                     t.set("cleanup.policy", "delete")
+                };
+                match retention {
+                    Some(ms) => t.set("retention.ms", ms),
+                    None => t,
                 }
             })
             .collect();

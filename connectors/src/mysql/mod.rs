@@ -12,6 +12,11 @@
 //!   lock (MariaDB needs no lock).
 //! - Captured tables have a primary key; their character data is utf8mb4,
 //!   utf8mb3, ascii or latin1.
+//! - The user authenticates with `mysql_native_password` (MariaDB's
+//!   default) or a cached `caching_sha2_password`: without TLS a server
+//!   asking for `mysql_clear_password` or for `caching_sha2_password`'s full
+//!   authentication (the password encrypted with a key the server sends) is
+//!   refused, with the fix (`connectors/src/connect/mod.rs`).
 //!
 //! # Example
 //! ```toml
@@ -99,10 +104,11 @@ use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, TableDesc, Transac
 use futures::Stream;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, OptsBuilder, Value};
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Value};
 use serde::{Deserialize, Serialize};
 
 use self::catalog::{ident, Described, Origin};
+use crate::connect::{self, mysql::MysqlTarget};
 use crate::postgres::SnapshotMode;
 use crate::source::Provenance;
 use crate::{
@@ -183,21 +189,19 @@ impl MysqlSourceConfig {
         })
     }
 
-    fn opts(&self) -> OptsBuilder {
-        OptsBuilder::default()
-            .ip_or_hostname(self.host.clone())
-            .tcp_port(self.port)
-            .user(Some(self.user.clone()))
-            .pass(self.password.clone())
-            .prefer_socket(false)
-            .init(vec![
+    /// The server and login of every connection of the feed.
+    fn connect_target(&self) -> MysqlTarget {
+        MysqlTarget {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: None,
+            init: vec![
                 "SET time_zone = '+00:00'".to_owned(),
                 "SET NAMES utf8mb4".to_owned(),
-            ])
-    }
-
-    fn target(&self) -> String {
-        format!("MySQL at {}:{} as {}", self.host, self.port, self.user)
+            ],
+        }
     }
 }
 
@@ -345,9 +349,10 @@ impl MysqlSource {
     }
 
     async fn connect(&self) -> Result<Conn, ConnectorError> {
-        Conn::new(self.config.opts()).await.map_err(|e| {
-            ConnectorError::transient(format!("cannot connect to {}: {e}", self.config.target()))
+        connect::mysql::connect(&self.config.connect_target(), |target, e| {
+            ConnectorError::transient(format!("cannot connect to {target}: {e}")).with_source(e)
         })
+        .await
     }
 
     fn provenance(&self, desc: &TableDesc) -> Provenance {
@@ -1013,7 +1018,7 @@ impl Source for MysqlSource {
         }
         *self.acked.lock().expect("lock") = self.stream_from.clone();
         self.backlog_task = Some(tokio::spawn(watch_backlog(
-            self.config.opts(),
+            self.config.connect_target(),
             self.acked.clone(),
             self.gauges.clone(),
         )));
@@ -1371,14 +1376,18 @@ impl Drop for MysqlSource {
 /// Refreshes the binlog backlog (bytes written after the last acknowledged
 /// position) every few seconds.
 async fn watch_backlog(
-    opts: OptsBuilder,
+    target: MysqlTarget,
     acked: Arc<Mutex<Option<(String, u64)>>>,
     gauges: Arc<SourceGauges>,
 ) {
     let mut conn: Option<Conn> = None;
     loop {
         if conn.is_none() {
-            conn = Conn::new(opts.clone()).await.ok();
+            conn = connect::mysql::connect(&target, |target, e| {
+                ConnectorError::transient(format!("cannot connect to {target}: {e}"))
+            })
+            .await
+            .ok();
         }
         let at = acked.lock().expect("lock").clone();
         let bytes = match (&mut conn, at) {

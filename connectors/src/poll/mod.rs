@@ -61,6 +61,9 @@
 //! mode = "bulk"
 //! ```
 //! The runtime resolves `password` from `password_env` or `password_file`.
+//! It is never sent where the server could read it: a server asking for it
+//! in clear text (or PostgreSQL MD5, or MySQL `caching_sha2_password` full
+//! authentication without TLS) is refused, with the fix (`connectors/src/connect/mod.rs`).
 //!
 //! # Positions and checkpoints
 //! A record's position (also `source.position`) sorts as text in the order

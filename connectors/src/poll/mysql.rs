@@ -21,18 +21,20 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use backflow_schemas::{ColumnDesc, Datum, SqlType, TableDesc};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Params, Value};
+use mysql_async::{Conn, Params, Value};
 use tokio::sync::Mutex;
 
 use super::engine::{Cells, Clock, Engine, Polled, Since, TsScale};
 use super::PollSourceConfig;
+use crate::connect::{self, mysql::MysqlTarget};
 use crate::mysql::catalog::{self, ident, Kind, Origin};
 use crate::sink::values::{civil_from_days, split_micros};
 use crate::{ConnectorError, ErrorKind};
 
 /// A MySQL or MariaDB database read by a polling feed.
 pub(crate) struct MysqlEngine {
-    opts: OptsBuilder,
+    /// The server and login of every connection.
+    connect: MysqlTarget,
     /// `MySQL at host:port as user (database d)`, for messages.
     target: String,
     database: String,
@@ -149,20 +151,20 @@ impl MysqlEngine {
     pub async fn connect(config: &PollSourceConfig) -> Result<Self, ConnectorError> {
         let user = config.user.clone().unwrap_or_default();
         let database = config.database.clone().unwrap_or_default();
-        let opts = OptsBuilder::default()
-            .ip_or_hostname(config.host.clone())
-            .tcp_port(config.port())
-            .user(Some(user.clone()))
-            .pass(config.password.clone())
-            .db_name(Some(database.clone()))
-            .prefer_socket(false)
-            .init(vec![
+        let target = MysqlTarget {
+            host: config.host.clone(),
+            port: config.port(),
+            user: user.clone(),
+            password: config.password.clone(),
+            database: Some(database.clone()),
+            init: vec![
                 "SET time_zone = '+00:00'".to_owned(),
                 "SET NAMES utf8mb4".to_owned(),
                 "SET SESSION TRANSACTION READ ONLY".to_owned(),
-            ]);
+            ],
+        };
         let engine = Self {
-            opts,
+            connect: target,
             target: format!(
                 "MySQL at {}:{} as {user} (database {database})",
                 config.host,
@@ -179,7 +181,7 @@ impl MysqlEngine {
     }
 
     async fn open(&self) -> Result<Conn, ConnectorError> {
-        Conn::new(self.opts.clone()).await.map_err(|e| {
+        connect::mysql::connect(&self.connect, |_, e| {
             let msg = format!("cannot connect to {}: {e}", self.target);
             match &e {
                 mysql_async::Error::Server(s) if DEFINITE_CONNECT_CODES.contains(&s.code) => {
@@ -193,6 +195,7 @@ impl MysqlEngine {
             }
             .with_source(e)
         })
+        .await
     }
 
     fn sql_err(&self, what: &str, e: mysql_async::Error) -> ConnectorError {

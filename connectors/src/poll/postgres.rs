@@ -12,10 +12,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use backflow_schemas::{ColumnDesc, SqlType, TableDesc};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::engine::{quote_ident as ident, Cells, Clock, Engine, Polled, Since, TsScale};
 use super::PollSourceConfig;
+use crate::connect::{self, postgres::PgTarget};
 use crate::sink::values::timestamp_text;
 use crate::ConnectorError;
 
@@ -43,39 +44,21 @@ fn sql_err(what: &str, e: tokio_postgres::Error) -> ConnectorError {
     }
 }
 
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 impl PgEngine {
     /// Connects with the feed's settings (checked by
     /// [`PollSourceConfig::validate`]).
     pub async fn connect(config: &PollSourceConfig) -> Result<Self, ConnectorError> {
-        let user = config.user.clone().unwrap_or_default();
         let database = config.database.clone().unwrap_or_default();
-        let port = config.port();
-        let mut conn = format!(
-            "host={} port={port} user={} dbname={} application_name={} \
-             options='-c DateStyle=ISO,MDY -c bytea_output=hex'",
-            literal(&config.host),
-            literal(&user),
-            literal(&database),
-            literal(&format!("backflow-poll-{}", config.name)),
-        );
-        if let Some(p) = &config.password {
-            conn.push_str(&format!(" password={}", literal(p)));
-        }
-        let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.map_err(|e| {
-            ConnectorError::transient(format!(
-                "cannot connect to PostgreSQL at {}:{port} as {user} (database {database}): {e}",
-                config.host
-            ))
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection of a polling feed ended");
-            }
-        });
+        let target = PgTarget {
+            host: config.host.clone(),
+            port: config.port(),
+            user: config.user.clone().unwrap_or_default(),
+            password: config.password.clone(),
+            database: database.clone(),
+            application_name: format!("backflow-poll-{}", config.name),
+            options: Some("-c DateStyle=ISO,MDY -c bytea_output=hex".to_owned()),
+        };
+        let client = connect::postgres::connect(&target).await?;
         Ok(Self { client, database })
     }
 

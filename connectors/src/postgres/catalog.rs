@@ -452,14 +452,17 @@ mod tests {
     }
 
     async fn connect(db: &str) -> Client {
-        let (c, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 user=postgres dbname={db}"),
-            tokio_postgres::NoTls,
-        )
+        crate::connect::postgres::connect(&crate::connect::postgres::PgTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            database: db.into(),
+            application_name: "backflow-test".into(),
+            options: None,
+        })
         .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
-        tokio::spawn(conn);
-        c
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)")
     }
 
     /// The stream announces a column the catalog does not show yet (the

@@ -8,6 +8,10 @@
 //!   sets it, `"require"` only checks).
 //! - The user has `REPLICATION` (or is superuser), `SELECT` on the tables,
 //!   and `CREATE` on the database for the publication.
+//! - The server authenticates the user with SCRAM-SHA-256 (`scram-sha-256`
+//!   in pg_hba.conf, replication lines included) or without a password
+//!   (trust, peer): a server that asks for the password in clear text or as
+//!   MD5 is refused, with the fix (`connectors/src/connect/mod.rs`).
 //!
 //! # Example
 //! ```toml
@@ -75,12 +79,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, TableDesc, TransactionInfo};
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use self::catalog::ident;
 use self::pgoutput::{Cell, Message};
+use crate::connect::{self, postgres::PgTarget};
 use crate::source::Provenance;
 use crate::{
     ConnectorError, Position, RejectedRecord, Source, SourceBatch, SourceGauges, SourceRecord,
@@ -312,49 +317,32 @@ impl PostgresSource {
         }
     }
 
-    fn conn_string(&self) -> String {
+    /// The server, login and session settings of both connections.
+    fn target(&self, application_name: String) -> PgTarget {
         let c = &self.config;
-        let mut s = format!(
-            "host={} port={} user={} dbname={} application_name=backflow options='-c TimeZone=UTC'",
-            c.host, c.port, c.user, c.database
-        );
-        if let Some(p) = &c.password {
-            s.push_str(&format!(" password={}", catalog::literal(p)));
+        PgTarget {
+            host: c.host.clone(),
+            port: c.port,
+            user: c.user.clone(),
+            password: c.password.clone(),
+            database: c.database.clone(),
+            application_name,
+            options: Some("-c TimeZone=UTC".to_owned()),
         }
-        s
     }
 
     async fn connect_sql(&self) -> Result<Client, ConnectorError> {
-        let (client, conn) = tokio_postgres::connect(&self.conn_string(), NoTls)
-            .await
-            .map_err(|e| {
-                ConnectorError::transient(format!(
-                    "cannot connect to PostgreSQL at {}:{} as {} (database {}): {e}",
-                    self.config.host, self.config.port, self.config.user, self.config.database
-                ))
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended");
-            }
-        });
-        Ok(client)
+        connect::postgres::connect(&self.target("backflow".to_owned())).await
     }
 
-    fn repl_config(&self) -> ReplicationConfig {
+    /// The replication session (gated: nothing streams before `start`).
+    async fn connect_replication(&self) -> Result<ReplicationClient, ConnectorError> {
         let c = &self.config;
-        ReplicationConfig::new(
-            c.host.clone(),
-            c.user.clone(),
-            c.password.clone().unwrap_or_default(),
-            c.database.clone(),
-            c.slot(),
-            c.publication(),
-        )
-        .with_port(c.port)
-        .with_options("-c TimeZone=UTC")
-        .with_application_name(format!("backflow-{}", c.name))
-        .with_status_interval(Duration::from_secs(1))
+        let target = self.target(format!("backflow-{}", c.name));
+        let config = target
+            .replication_config(&c.slot(), &c.publication())
+            .with_status_interval(Duration::from_secs(1));
+        connect::postgres::replication(&target, config).await
     }
 
     fn provenance(&self, desc: &TableDesc) -> Provenance {
@@ -777,11 +765,7 @@ impl Source for PostgresSource {
             )));
         }
 
-        let mut repl = ReplicationClient::connect_gated(self.repl_config())
-            .await
-            .map_err(|e| {
-                ConnectorError::transient(format!("replication connection failed: {e}"))
-            })?;
+        let mut repl = self.connect_replication().await?;
         // (exported snapshot, consistent point, progress to go on from)
         let mut snapshot_from: Option<(Option<String>, Lsn, Option<SnapshotProgress>)> = None;
         if !exists {

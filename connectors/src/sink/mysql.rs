@@ -13,6 +13,11 @@
 //! `DECIMAL(65,30)` and unconstrained numerics are text; `char(n)` is
 //! `VARCHAR(n)` (MySQL's CHAR strips trailing spaces on read); `uuid` is
 //! `CHAR(36)`; long `varchar(n)` become text with a CHECK on their length.
+//!
+//! The user authenticates with `mysql_native_password` or a cached
+//! `caching_sha2_password`; `mysql_clear_password` and full
+//! `caching_sha2_password` authentication are refused without TLS
+//! (`connectors/src/connect/mod.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use backflow_schemas::{ColumnDesc, Datum, SqlType, TableDesc};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Params, TxOpts, Value};
+use mysql_async::{Conn, Params, TxOpts, Value};
 use serde::{Deserialize, Serialize};
 
 use super::values::{civil_from_days, hms, split_micros};
@@ -28,6 +33,7 @@ use super::{
     plan, quote, read_back_columns, reconcile, redact, Applied, DigestBuilder, ExistingColumn,
     ExistingTable, ReadBack, Sink, SinkBatch, TopicOffset, OFFSETS_TABLE, POSITION_COLUMN,
 };
+use crate::connect::{self, mysql::MysqlTarget};
 use crate::ConnectorError;
 
 /// Where a MySQL/MariaDB sink writes.
@@ -163,20 +169,23 @@ impl MysqlSink {
     async fn connect(&mut self) -> Result<(), ConnectorError> {
         self.ready.clear();
         let c = &self.config;
-        let opts = OptsBuilder::default()
-            .ip_or_hostname(c.host.clone())
-            .tcp_port(c.port)
-            .user(Some(c.user.clone()))
-            .pass(c.password.clone())
-            .prefer_socket(false)
-            .init(vec![
+        let target = MysqlTarget {
+            host: c.host.clone(),
+            port: c.port,
+            user: c.user.clone(),
+            password: c.password.clone(),
+            database: None,
+            init: vec![
                 format!("SET SESSION sql_mode = '{SQL_MODE}'"),
                 "SET time_zone = '+00:00'".to_owned(),
                 "SET NAMES utf8mb4".to_owned(),
-            ]);
-        let mut conn = Conn::new(opts).await.map_err(|e| {
-            ConnectorError::transient(format!("cannot connect to {}: {e}", self.target()))
-        })?;
+            ],
+        };
+        let described = self.target();
+        let mut conn = connect::mysql::connect(&target, |_, e| {
+            ConnectorError::transient(format!("cannot connect to {described}: {e}")).with_source(e)
+        })
+        .await?;
         let version: Option<String> = conn
             .query_first("SELECT VERSION()")
             .await

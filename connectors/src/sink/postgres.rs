@@ -4,6 +4,9 @@
 //! Values travel as text and are cast to the column's own type by the
 //! server, so a value the column cannot hold (too long for a `varchar(n)`,
 //! out of range) is refused by PostgreSQL, never truncated here.
+//!
+//! The server authenticates the user with SCRAM-SHA-256 or without a
+//! password; clear text and MD5 are refused (`connectors/src/connect/mod.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use async_trait::async_trait;
 use backflow_schemas::{ColumnDesc, Row, SqlType, TableDesc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::values::pg_text;
 use super::{
@@ -20,6 +23,7 @@ use super::{
     ExistingTable, ReadBack, Sink, SinkBatch, TablePlan, TopicOffset, OFFSETS_TABLE,
     POSITION_COLUMN,
 };
+use crate::connect::{self, postgres::PgTarget};
 use crate::ConnectorError;
 
 /// Where a PostgreSQL sink writes.
@@ -114,37 +118,22 @@ impl PostgresSink {
         }
     }
 
-    fn target(&self) -> String {
-        format!(
-            "PostgreSQL at {}:{} (database {}, user {})",
-            self.config.host, self.config.port, self.config.database, self.config.user
-        )
-    }
-
     async fn client(&mut self) -> Result<&Client, ConnectorError> {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(self.client.as_ref().expect("checked"));
         }
         self.ready.clear();
         let c = &self.config;
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&c.host)
-            .port(c.port)
-            .user(&c.user)
-            .dbname(&c.database)
-            .application_name("backflow-sink")
-            .options("-c TimeZone=UTC");
-        if let Some(p) = &c.password {
-            pg.password(p);
-        }
-        let (client, conn) = pg.connect(NoTls).await.map_err(|e| {
-            ConnectorError::transient(format!("cannot connect to {}: {e}", self.target()))
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "PostgreSQL sink connection ended");
-            }
-        });
+        let client = connect::postgres::connect(&PgTarget {
+            host: c.host.clone(),
+            port: c.port,
+            user: c.user.clone(),
+            password: c.password.clone(),
+            database: c.database.clone(),
+            application_name: "backflow-sink".to_owned(),
+            options: Some("-c TimeZone=UTC".to_owned()),
+        })
+        .await?;
         let offsets = format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {schema}.{table} (
