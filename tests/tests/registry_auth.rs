@@ -1,6 +1,7 @@
 //! The schema registry a node serves is behind the same tokens as its API:
-//! no token, no answer (401, Confluent's 40101); any principal reads; only
-//! an admin changes it over HTTP (403, 40301, with the rule). The attack
+//! no token, no answer (401, Confluent's 40101); admins, owners and
+//! subscribers read, the auditor does not; only an admin changes it over
+//! HTTP (otherwise 403, 40301, with the rule). The attack
 //! these tests stop: anyone who reached the HTTP port deleted subjects for
 //! good, registered junk or changed compatibility, and the node's feeds
 //! failed after the next restart.
@@ -238,11 +239,12 @@ async fn registry_refuses_every_route_without_a_valid_token() {
 }
 
 #[tokio::test]
-async fn registry_lets_subscribers_and_owners_read_but_not_write() {
+async fn registry_lets_subscribers_and_owners_read_but_not_write_and_the_auditor_neither() {
     let admin = TestToken::new("admin");
     let subscriber = TestToken::new("subscriber:330106");
     let owner = TestToken::new("owner:gongan");
-    let node = node_with(&[&admin, &subscriber, &owner]).await;
+    let auditor = TestToken::new("auditor");
+    let node = node_with(&[&admin, &subscriber, &owner, &auditor]).await;
     let id = seed(&node, &admin).await;
     let before = holdings(&node, &admin).await;
 
@@ -264,6 +266,20 @@ async fn registry_lets_subscribers_and_owners_read_but_not_write() {
                 assert_eq!(ct, CT, "{method} {path}");
             }
         }
+    }
+    // The auditor reads and verifies the audit trail and nothing else.
+    for (method, path, body) in reads(id).into_iter().chain(writes()) {
+        let who = Credentials::Bearer(auditor.token());
+        let (st, j, _) = call(&node, who, method, &path, body.as_ref()).await;
+        assert_eq!(
+            (st, j["error_code"].as_u64()),
+            (403, Some(40301)),
+            "{method} {path}: {j}"
+        );
+        assert!(
+            j["message"].as_str().is_some_and(|m| m.contains("auditor")),
+            "{j}"
+        );
     }
     let (_, got, _) = call(
         &node,

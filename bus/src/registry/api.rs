@@ -7,12 +7,13 @@
 //! control-plane API ([`crate::auth`]): `Authorization: Bearer <token>`,
 //! or HTTP basic authentication with the token as the password (how
 //! Confluent's clients send `basic.auth.user.info`). Without one: 401,
-//! error 40101. Any principal reads (GETs, the lookup `POST
-//! /subjects/{subject}`, the compatibility checks); only `admin` changes
-//! the registry over HTTP (registering, deleting subjects or versions,
-//! setting compatibility), anyone else gets 403, error 40301, with the
-//! rule. The node's own feeds and distributor register their schemas
-//! in-process, not over HTTP. A node without tokens answers nobody.
+//! error 40101. Admins, owners and subscribers read (GETs, the lookup
+//! `POST /subjects/{subject}`, the compatibility checks); the auditor, who
+//! reads and verifies the audit trail and nothing else, does not. Only
+//! `admin` changes the registry over HTTP (registering, deleting subjects
+//! or versions, setting compatibility). A refusal is 403, error 40301,
+//! with the rule. The node's own feeds and distributor register their
+//! schemas in-process, not over HTTP. A node without tokens answers nobody.
 //!
 //! Who may call a handler is in its signature: its first argument is a
 //! [`Reader`] or an [`Admin`], extracted (and refused) before anything
@@ -53,7 +54,8 @@ impl FromRef<RegistryApi> for Authenticator {
     }
 }
 
-/// A caller with a token the node knows: may read the registry.
+/// A caller with a token the node knows, other than the auditor: may read
+/// the registry.
 pub struct Reader(pub Principal);
 
 impl<S: Send + Sync> FromRequestParts<S> for Reader
@@ -63,17 +65,24 @@ where
     type Rejection = RegistryError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Authenticator::from_ref(state)
+        let principal = Authenticator::from_ref(state)
             .authenticate(&parts.headers)
             .await
-            .map(Reader)
             .map_err(|e| {
                 RegistryError::new(
                     401,
                     40101,
                     format!("Unauthorized: {e}; the schema registry takes the node's API tokens"),
                 )
-            })
+            })?;
+        match principal {
+            Principal::Auditor => Err(RegistryError::new(
+                403,
+                40301,
+                "Forbidden: the auditor reads and verifies the audit trail and nothing else; the schema registry is read by admin, owners and subscribers",
+            )),
+            p => Ok(Reader(p)),
+        }
     }
 }
 
