@@ -292,6 +292,7 @@ impl ShareConfig {
 /// [subscriptions.upstream]
 /// brokers = "city-kafka:9092"
 /// registry_url = "http://city-backflow:8480"
+/// registry_token_env = "CITY_REGISTRY_TOKEN"   # this node's token at the city
 /// properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "SCRAM-SHA-512", "sasl.username" = "330106" }
 /// properties_env = { "sasl.password" = "CITY_KAFKA_PASSWORD" }
 /// [subscriptions.sink]
@@ -366,6 +367,18 @@ pub struct UpstreamConfig {
     /// (property → variable), for credentials.
     #[serde(default)]
     pub properties_env: BTreeMap<String, String>,
+    /// The environment variable holding the token this node was given by
+    /// the upper node; it is sent to the upper node's schema registry,
+    /// which refuses callers without one.
+    #[serde(default)]
+    pub registry_token_env: Option<String>,
+    /// Or a file holding that token (first line ending stripped).
+    #[serde(default)]
+    pub registry_token_file: Option<String>,
+    /// The token, resolved from `registry_token_env` or
+    /// `registry_token_file`; never logged or shown.
+    #[serde(skip)]
+    pub registry_token: Option<String>,
 }
 
 /// One topic and the table it fills.
@@ -449,8 +462,9 @@ impl SinkConfig {
 }
 
 impl SubscriptionConfig {
-    /// Resolves passwords and `upstream.properties_env`; `index` is the
-    /// subscription's position, for error messages.
+    /// Resolves passwords, `upstream.properties_env` and the upstream
+    /// registry token; `index` is the subscription's position, for error
+    /// messages.
     pub fn resolve_secrets(&mut self, index: usize) -> Result<(), ConfigError> {
         let origin = format!("subscription {}", self.name);
         for (prop, var) in &self.upstream.properties_env {
@@ -461,6 +475,7 @@ impl SubscriptionConfig {
             })?;
             self.upstream.properties.insert(prop.clone(), value);
         }
+        self.upstream.registry_token = self.upstream.resolve_registry_token(index, &origin)?;
         let (password, env, file) = match &mut self.sink {
             SinkConfig::Postgres(c) => (&mut c.password, &c.password_env, &c.password_file),
             SinkConfig::Mysql(c) => (&mut c.password, &c.password_env, &c.password_file),
@@ -490,6 +505,56 @@ impl SubscriptionConfig {
             Some(code) => crate::topics::subscriber_dlq(code, &self.name),
             None => crate::topics::dlq(&self.name),
         }
+    }
+}
+
+impl UpstreamConfig {
+    /// The token of `registry_token_env` or `registry_token_file` (at most
+    /// one of them); an unset variable, an unreadable file or an empty
+    /// token is an error naming the key.
+    fn resolve_registry_token(
+        &self,
+        index: usize,
+        origin: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::BadValue {
+            key: format!("subscriptions[{index}].upstream.{key}"),
+            origin: origin.to_owned(),
+            reason,
+        };
+        let (key, token) = match (&self.registry_token_env, &self.registry_token_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "registry_token_env",
+                    "give the token by registry_token_env or by registry_token_file, not both"
+                        .to_owned(),
+                ))
+            }
+            (Some(var), None) => (
+                "registry_token_env",
+                std::env::var(var).map_err(|_| {
+                    bad(
+                        "registry_token_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+            ),
+            (None, Some(file)) => (
+                "registry_token_file",
+                std::fs::read_to_string(file)
+                    .map_err(|e| bad("registry_token_file", format!("cannot read {file}: {e}")))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+        };
+        if token.trim().is_empty() {
+            return Err(bad(
+                key,
+                "the token is empty: give the token the upper node issued for this node".to_owned(),
+            ));
+        }
+        Ok(Some(token))
     }
 }
 
@@ -1406,6 +1471,73 @@ mod tests {
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
         assert_eq!(cfg.kafka.properties["sasl.password"], "s3cret");
         assert_eq!(cfg.kafka.properties["sasl.username"], "330100");
+    }
+
+    #[test]
+    fn upstream_registry_token_comes_from_a_variable_or_a_file_and_a_missing_one_is_named() {
+        let sub = |setting: &str| {
+            file(&format!(
+                "[[subscriptions]]\nname = \"s\"\nupstream = {{ brokers = \"b:9092\", registry_url = \"http://b\"{setting} }}\n\
+                 sink = {{ type = \"sqlite\", path = \"/tmp/s.db\" }}\ntables = [{{ topic = \"backflow.share.330106.d.t\" }}]\n"
+            ))
+        };
+        let token_of = |f: &tempfile::NamedTempFile| {
+            Config::load_with_env(Some(f.path()), no_env())
+                .map(|c| c.subscriptions[0].upstream.registry_token.clone())
+        };
+        assert_eq!(token_of(&sub("")).unwrap(), None);
+
+        let f = sub(", registry_token_env = \"BACKFLOW_TEST_REGISTRY_TOKEN_4c1\"");
+        let err = token_of(&f).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("subscriptions[0].upstream.registry_token_env"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("BACKFLOW_TEST_REGISTRY_TOKEN_4c1"),
+            "{err}"
+        );
+        std::env::set_var("BACKFLOW_TEST_REGISTRY_TOKEN_4c1", "t0ken-from-env");
+        assert_eq!(token_of(&f).unwrap().as_deref(), Some("t0ken-from-env"));
+
+        let held = file("t0ken-from-file\n");
+        let f = sub(&format!(
+            ", registry_token_file = \"{}\"",
+            held.path().display()
+        ));
+        assert_eq!(token_of(&f).unwrap().as_deref(), Some("t0ken-from-file"));
+        // Never shown with the configuration.
+        let shown =
+            serde_json::to_string(&Config::load_with_env(Some(f.path()), no_env()).unwrap())
+                .unwrap();
+        assert!(!shown.contains("t0ken-from-file"), "{shown}");
+
+        let f = sub(", registry_token_file = \"/nonexistent/backflow-token\"");
+        let err = token_of(&f).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("subscriptions[0].upstream.registry_token_file"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("/nonexistent/backflow-token"),
+            "{err}"
+        );
+
+        let empty = file("\n");
+        let f = sub(&format!(
+            ", registry_token_file = \"{}\"",
+            empty.path().display()
+        ));
+        let err = token_of(&f).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+
+        let f = sub(&format!(
+            ", registry_token_env = \"BACKFLOW_TEST_REGISTRY_TOKEN_4c1\", registry_token_file = \"{}\"",
+            held.path().display()
+        ));
+        assert!(token_of(&f).unwrap_err().to_string().contains("not both"));
     }
 
     #[test]

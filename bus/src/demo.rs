@@ -16,7 +16,10 @@
 //! Each level runs on its own embedded in-memory broker (topic names are
 //! not scoped by node, so levels never share a cluster). The demo writes
 //! each level's configuration next to the databases, so what it runs can be
-//! read and reused. Every run starts from empty databases.
+//! read and reused. Every run starts from empty databases. The city and the
+//! districts read their upper level's schema registry with a token of their
+//! own, random per run, from `BACKFLOW_DEMO_TOKEN_<code>` (the configurations
+//! name the variable; the upper level's holds the token's SHA-256).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Province, city and districts, by division code.
 const PROVINCE: &str = "330000";
-const CITY: &str = "330100";
+pub const CITY: &str = "330100";
 pub const DISTRICTS: [(&str, &str); 2] = [("330106", "西湖区"), ("330108", "滨江区")];
 /// Where the generated residents live: the two demo districts, another
 /// district of the city (shared with the city, not with either district),
@@ -73,14 +76,26 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     let token: String = std::iter::repeat_with(fastrand::alphanumeric)
         .take(32)
         .collect();
-    let auth = {
-        use sha2::Digest;
-        let sha: String = sha2::Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("\n[auth]\ntokens = [{{ principal = \"admin\", sha256 = \"{sha}\" }}]\n")
+    // Each lower level reads its upper level's schema registry with the
+    // token the upper level knows it by (random per run, in
+    // BACKFLOW_DEMO_TOKEN_<code>, set by `backflow demo`).
+    let auth = |subscribers: &[&str]| -> anyhow::Result<String> {
+        let mut tokens = vec![format!(
+            "{{ principal = \"admin\", sha256 = \"{}\" }}",
+            backflow::auth::token_hash(&token)
+        )];
+        for code in subscribers {
+            let var = token_var(code);
+            let t = std::env::var(&var)
+                .with_context(|| format!("{var} is not set (backflow demo sets it)"))?;
+            tokens.push(format!(
+                "{{ principal = \"subscriber:{code}\", sha256 = \"{}\" }}",
+                backflow::auth::token_hash(&t)
+            ));
+        }
+        Ok(format!("\n[auth]\ntokens = [{}]\n", tokens.join(", ")))
     };
+    let districts_codes: Vec<&str> = DISTRICTS.iter().map(|(code, _)| *code).collect();
     let port = |i: u16| {
         if options.port == 0 {
             0
@@ -102,7 +117,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
          fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"plain\", region_code = \"plain\", updated_at = \"plain\" }}\n",
         port(0),
         department.display(),
-    ) + &auth;
+    ) + &auth(&[CITY])?;
     let province = start_node(
         dir,
         "province-330000",
@@ -117,13 +132,14 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     let mut city_toml = format!(
         "[node]\ncode = \"{CITY}\"\nname = \"杭州市 (demo)\"\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n\
          [[subscriptions]]\nname = \"city-{CITY}-from-{PROVINCE}\"\n\
-         upstream = {{ brokers = \"{}\", registry_url = \"http://{}\" }}\n\
+         upstream = {{ brokers = \"{}\", registry_url = \"http://{}\", registry_token_env = \"{}\" }}\n\
          sink = {{ type = \"kafka\" }}\n\
          tables = [{{ topic = \"backflow.share.{CITY}.{DATASET}\" }}]\n",
         port(1),
         province.bootstrap,
         province.http,
-    ) + &auth;
+        token_var(CITY),
+    ) + &auth(&districts_codes)?;
     for (code, _) in DISTRICTS {
         city_toml.push_str(&format!(
             "\n[[shares]]\nsubscriber = \"{code}\"\ndataset = \"{DATASET}\"\nregion_column = \"region_code\"\n\
@@ -140,12 +156,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         let toml = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:{}\"\n\n\
              [[subscriptions]]\nname = \"district-{code}\"\n\
-             upstream = {{ brokers = \"{}\", registry_url = \"http://{}\" }}\n\
+             upstream = {{ brokers = \"{}\", registry_url = \"http://{}\", registry_token_env = \"{}\" }}\n\
              sink = {{ type = \"sqlite\", path = \"{}\" }}\n\
              tables = [{{ topic = \"backflow.share.{code}.{DATASET}\", table = \"people\" }}]\n",
             port(2 + i as u16),
             city.bootstrap,
             city.http,
+            token_var(code),
             db.display(),
         );
         let started = start_node(
@@ -297,6 +314,12 @@ struct Started {
     http: SocketAddr,
     bootstrap: String,
     config: String,
+}
+
+/// The environment variable holding the token a lower level presents to
+/// its upper level's schema registry.
+pub fn token_var(code: &str) -> String {
+    format!("BACKFLOW_DEMO_TOKEN_{code}")
 }
 
 /// Writes `toml` to `<dir>/<name>.toml`, loads it as `backflow --config`

@@ -190,6 +190,10 @@ enum Command {
             global = true
         )]
         registry: String,
+        /// Token the registry's node issued (its SHA-256 in that node's
+        /// [[auth.tokens]]): any principal's reads, admin's to register.
+        #[arg(long, env = "BACKFLOW_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
         #[command(subcommand)]
         command: SchemasCommand,
     },
@@ -664,12 +668,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
-        Command::Schemas { registry, command } => {
+        Command::Schemas {
+            registry,
+            token,
+            command,
+        } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(schemas(registry, command))
+            runtime.block_on(schemas(registry, token.as_deref(), command))
         }
         Command::Subscribe => {
             let config = load(&cli)?;
@@ -746,6 +754,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .take(32)
                         .collect();
                     std::env::set_var(var, key);
+                }
+            }
+            // The tokens the city and the districts read their upper
+            // level's schema registry with, random per run.
+            for code in std::iter::once(demo::CITY).chain(demo::DISTRICTS.map(|(c, _)| c)) {
+                let var = demo::token_var(code);
+                if std::env::var_os(&var).is_none() {
+                    let token: String = std::iter::repeat_with(fastrand::alphanumeric)
+                        .take(32)
+                        .collect();
+                    std::env::set_var(var, token);
                 }
             }
             backflow::telemetry::init(&backflow::config::LogConfig {
@@ -946,8 +965,15 @@ fn read_schema(file: &Path) -> anyhow::Result<apache_avro::Schema> {
         .with_context(|| format!("{} is not a valid Avro schema", file.display()))
 }
 
-async fn schemas(registry: &str, command: &SchemasCommand) -> anyhow::Result<()> {
-    let client = RegistryClient::new(registry)?;
+async fn schemas(
+    registry: &str,
+    token: Option<&str>,
+    command: &SchemasCommand,
+) -> anyhow::Result<()> {
+    let mut client = RegistryClient::new(registry)?;
+    if let Some(t) = token {
+        client = client.with_token(t);
+    }
     match command {
         SchemasCommand::Register { subject, file } => {
             let id = client.register(subject, &read_schema(file)?).await?;

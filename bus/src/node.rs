@@ -475,7 +475,11 @@ async fn run_on(
         }
         None => None,
     };
-    let mut router = http::router(http_state).merge(crate::registry::router(registry.clone()));
+    // The registry takes the API's tokens: reads for any principal, writes
+    // for admin (the node's own feeds and distributor write in-process).
+    let registry_auth = http_state.auth.clone();
+    let mut router =
+        http::router(http_state).merge(crate::registry::router(registry.clone(), registry_auth));
     if is_node {
         router = router.merge(crate::api::router(
             crate::api::ApiState::new(

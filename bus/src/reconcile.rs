@@ -331,7 +331,7 @@ fn targets_of(read: &ReadBack) -> HashMap<(String, i32), i64> {
 pub async fn reconcile(config: &SubscriptionConfig) -> Result<Report, ReconcileError> {
     let mut sink =
         database_sink(config).ok_or_else(|| ReconcileError::NotADatabase(config.name.clone()))?;
-    let decoder = Decoder::new(&config.upstream.registry_url, table_targets(config));
+    let decoder = Decoder::new(&config.upstream, table_targets(config));
     decoder.check_registry()?;
     let mut replay = Replay {
         config,

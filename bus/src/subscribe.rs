@@ -323,7 +323,7 @@ impl<'a> Run<'a> {
             status,
             settings,
             sink,
-            decoder: Decoder::new(&config.upstream.registry_url, targets),
+            decoder: Decoder::new(&config.upstream, targets),
             dlq: None,
             dlq_ready: false,
             pending: Vec::new(),
@@ -747,9 +747,18 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    pub(crate) fn new(registry_url: &str, targets: HashMap<String, TableTarget>) -> Self {
+    /// Schemas come from `upstream`'s registry, asked with its token.
+    pub(crate) fn new(
+        upstream: &crate::config::UpstreamConfig,
+        targets: HashMap<String, TableTarget>,
+    ) -> Self {
+        let registry =
+            RegistryClient::new(&upstream.registry_url).map(|c| match &upstream.registry_token {
+                Some(t) => c.with_token(t.clone()),
+                None => c,
+            });
         Self {
-            registry: RegistryClient::new(registry_url),
+            registry,
             readers: FramedReaders::new(),
             schemas: HashMap::new(),
             targets,
@@ -791,6 +800,17 @@ impl Decoder {
                 Ok(Some(s))
             }
             Err(e) if matches!(e.code(), Some(c) if c / 100 == 404) => Ok(None),
+            Err(RegistryClientError::Refused {
+                what,
+                code: code @ 40101,
+                message,
+            }) => Err(SubscribeError::Registry(RegistryClientError::Refused {
+                what: format!(
+                    "{what} (the upper node issues this node a token; give it by upstream.registry_token_env or upstream.registry_token_file)"
+                ),
+                code,
+                message,
+            })),
             Err(e) => Err(e.into()),
         }
     }

@@ -4,6 +4,10 @@
 //!
 //! Subjects follow the `TopicNameStrategy`: `<topic>-key` and
 //! `<topic>-value` ([`subject_for`]).
+//!
+//! A registry that wants credentials (backflow's always does) gets the
+//! token given with [`RegistryClient::with_token`] as
+//! `Authorization: Bearer <token>` on every request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -85,6 +89,8 @@ struct ErrorBody {
 pub struct RegistryClient {
     base: reqwest::Url,
     http: reqwest::Client,
+    /// Sent as a bearer token; never logged.
+    token: Option<Arc<str>>,
     by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
     registered: Arc<RwLock<HashMap<(String, String), u32>>>,
 }
@@ -109,9 +115,17 @@ impl RegistryClient {
         Ok(Self {
             base,
             http,
+            token: None,
             by_id: Arc::default(),
             registered: Arc::default(),
         })
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer` (the
+    /// token the registry's node issued to this caller).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Arc::from(token.into()));
+        self
     }
 
     /// The registry's base URL.
@@ -137,6 +151,10 @@ impl RegistryClient {
         let unreachable = |e: reqwest::Error| RegistryClientError::Unreachable {
             url: self.base.to_string(),
             reason: e.to_string(),
+        };
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         };
         let resp = req
             .header(reqwest::header::ACCEPT, CONTENT_TYPE)

@@ -12,8 +12,15 @@ SerializationContext).
       fetching the writer schema by the id in the frame; prints the record as
       JSON.
 
+Credentials come from the environment (never the command line):
+  BACKFLOW_REGISTRY_BASIC=user:token   basic.auth.user.info: the token as the
+                                       password, the user name ignored
+  BACKFLOW_REGISTRY_BEARER=token       a static bearer token
+Without either the client sends none (backflow's registry answers 40101).
+
 Errors go to stderr with a non-zero exit; stdout holds only the result.
 """
+import os
 import json
 import sys
 
@@ -43,11 +50,27 @@ RECORD = {
 }
 
 
+def registry_conf(url):
+    """The client's configuration, with the credentials of the environment."""
+    conf = {"url": url}
+    basic = os.environ.get("BACKFLOW_REGISTRY_BASIC")
+    bearer = os.environ.get("BACKFLOW_REGISTRY_BEARER")
+    if basic:
+        conf["basic.auth.user.info"] = basic
+    elif bearer:
+        conf["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+        conf["bearer.auth.token"] = bearer
+        # A Confluent Cloud routing header the client requires with a
+        # static token; backflow's registry does not read it.
+        conf["bearer.auth.logical.cluster"] = "backflow"
+    return conf
+
+
 def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
     url, mode, topic = sys.argv[1:4]
-    client = SchemaRegistryClient({"url": url})
+    client = SchemaRegistryClient(registry_conf(url))
     ctx = SerializationContext(topic, MessageField.VALUE)
     if mode == "serialize":
         ser = AvroSerializer(client, RESIDENT, conf={"auto.register.schemas": True})

@@ -315,6 +315,56 @@ pub fn free_local_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// A token for a principal of a test node, kept in a file: what an upper
+/// node's `[[auth.tokens]]` needs to know it, and what a subscriber's
+/// `upstream` needs to send it to that node's schema registry (which, like
+/// the API, refuses callers without a token). The file is removed when this
+/// is dropped, so keep it as long as the subscriber runs.
+pub struct TestToken {
+    principal: String,
+    token: String,
+    file: tempfile::NamedTempFile,
+}
+
+impl TestToken {
+    /// A random token for `principal` (`subscriber:330106`, `admin`).
+    pub fn new(principal: &str) -> Self {
+        let token: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(32)
+            .collect();
+        let file = tempfile::Builder::new()
+            .prefix("backflow-token-")
+            .tempfile()
+            .expect("a temporary file for a token");
+        std::fs::write(file.path(), format!("{token}\n")).expect("token file written");
+        Self {
+            principal: principal.to_owned(),
+            token,
+            file,
+        }
+    }
+
+    /// The token itself, for API and registry calls.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The `[[auth.tokens]]` entry that makes a node accept it.
+    pub fn auth_toml(&self) -> String {
+        format!(
+            "\n[[auth.tokens]]\nprincipal = \"{}\"\nsha256 = \"{}\"\n",
+            self.principal,
+            backflow::auth::token_hash(&self.token)
+        )
+    }
+
+    /// `registry_token_file = "<file>"`: the setting of a subscription's
+    /// inline `upstream = { ... }` table that makes it send the token.
+    pub fn upstream_setting(&self) -> String {
+        format!("registry_token_file = \"{}\"", self.file.path().display())
+    }
+}
+
 /// Path of the `backflow` binary under test.
 pub fn backflow_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BACKFLOW_BIN") {

@@ -90,6 +90,13 @@ fn dataset(sharing: &str) -> Value {
         "fields": {"id": {}, "region_code": {}, "note": {}}})
 }
 
+/// A body registering a schema with the registry.
+fn registry_schema() -> Value {
+    let schema =
+        json!({"type": "record", "name": "Authz", "fields": [{"name": "id", "type": "long"}]});
+    json!({ "schema": schema.to_string() })
+}
+
 fn ask(dataset: &str) -> Value {
     json!({"subscriber": "330106", "dataset": dataset, "purpose": "services", "fields": ["id", "region_code"]})
 }
@@ -231,6 +238,15 @@ async fn every_route_answers_each_principal_exactly() {
         }
         v
     };
+
+    // A subject the registry rows read, check against and delete.
+    setup(
+        "POST",
+        "/subjects/authz-del-value/versions",
+        ADMIN,
+        Some(registry_schema()),
+    )
+    .await;
 
     // 200 for the admin and owner `ga`, 403 for everyone else, 401 without a token.
     const OWNERS: [u16; 7] = [200, 200, 403, 403, 403, 403, 401];
@@ -424,6 +440,50 @@ async fn every_route_answers_each_principal_exactly() {
             AUDITOR_ONLY,
             same("/api/audit/verify", None),
         ),
+        // The schema registry: read by everyone but the auditor, changed
+        // over HTTP by the admin only.
+        row(
+            "GET /subjects",
+            "GET",
+            ANY_BUT_AUDITOR,
+            same("/subjects", None),
+        ),
+        row("GET /config", "GET", ANY_BUT_AUDITOR, same("/config", None)),
+        row(
+            "POST /compatibility/subjects/{subject}/versions",
+            "POST",
+            ANY_BUT_AUDITOR,
+            same(
+                "/compatibility/subjects/authz-del-value/versions",
+                Some(registry_schema()),
+            ),
+        ),
+        row(
+            "POST /subjects/{subject}/versions",
+            "POST",
+            ADMIN_ONLY,
+            |i| {
+                (
+                    format!("/subjects/authz-new{i}-value/versions"),
+                    Some(registry_schema()),
+                )
+            },
+        ),
+        row(
+            "PUT /config/{subject}",
+            "PUT",
+            ADMIN_ONLY,
+            same(
+                "/config/authz-del-value",
+                Some(json!({"compatibility": "NONE"})),
+            ),
+        ),
+        row(
+            "DELETE /subjects/{subject}",
+            "DELETE",
+            ADMIN_ONLY,
+            same("/subjects/authz-del-value", None),
+        ),
         row("GET /metrics", "GET", ADMIN_ONLY, same("/metrics", None)),
         row("GET /readyz", "GET", [200; 7], same("/readyz", None)),
         row("GET /healthz", "GET", [200; 7], same("/healthz", None)),
@@ -444,7 +504,9 @@ async fn every_route_answers_each_principal_exactly() {
             } else if (400..500).contains(&got) && got != 404 {
                 // Every refusal says why.
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if v["reason"].as_str().is_none_or(|r| r.is_empty()) {
+                // (The registry's answers are Confluent's: `message`.)
+                let reason = v["reason"].as_str().or(v["message"].as_str());
+                if reason.is_none_or(|r| r.is_empty()) {
                     wrong.push(format!(
                         "{} by {who}: {got} without a reason: {text}",
                         r.route

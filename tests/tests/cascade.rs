@@ -24,7 +24,8 @@ use backflow::kafka::{
 };
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
 use backflow_e2e::{
-    free_local_addr, masked_residents, pg_connect, unique_name, Node, TestBroker, PEOPLE_TABLE,
+    free_local_addr, masked_residents, pg_connect, unique_name, Node, TestBroker, TestToken,
+    PEOPLE_TABLE,
 };
 
 const READ: [(&str, Kind); 3] = [
@@ -117,6 +118,11 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
 
     let province_bus = TestBroker::start();
     let city_bus = TestBroker::start();
+    // Each lower level reads the upper registry with the token the upper
+    // node gave it: the city by an environment variable, the district by
+    // a file.
+    let city_token = TestToken::new("subscriber:330100");
+    let district_token = TestToken::new("subscriber:330106");
 
     let province = Node::start_with_config(
         &format!(
@@ -124,9 +130,10 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
              [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n\n\
              [[shares]]\nsubscriber = \"330100\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\n\
              fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\" }}\n\
-             secret_env = \"SECRET_330100\"\n",
+             secret_env = \"SECRET_330100\"\n{auth}",
             bus = province_bus.bootstrap(),
             db = source.name,
+            auth = city_token.auth_toml(),
         ),
         &[("SECRET_330100", "hangzhou-secret-0123456789")],
     )
@@ -143,16 +150,20 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
     let city_config = format!(
             "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{bus}\"\n\n\
              [[subscriptions]]\nname = \"{subscription}\"\n\
-             upstream = {{ brokers = \"{up}\", registry_url = \"{up_registry}\" }}\n\
+             upstream = {{ brokers = \"{up}\", registry_url = \"{up_registry}\", registry_token_env = \"CITY_TOKEN_AT_PROVINCE\" }}\n\
              sink = {{ type = \"kafka\" }}\n\
              tables = [{{ topic = \"backflow.share.330100.{dataset}\" }}]\n\n\
              [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\n\
-             fields = {{ id = \"plain\", name = \"plain\", id_number = \"plain\", region_code = \"plain\" }}\n",
+             fields = {{ id = \"plain\", name = \"plain\", id_number = \"plain\", region_code = \"plain\" }}\n{auth}",
             bus = city_bus.bootstrap(),
             up = province_bus.bootstrap(),
             up_registry = province.url,
+            auth = district_token.auth_toml(),
     );
-    let city_env = [("BACKFLOW_HTTP__LISTEN", city_listen.as_str())];
+    let city_env = [
+        ("BACKFLOW_HTTP__LISTEN", city_listen.as_str()),
+        ("CITY_TOKEN_AT_PROVINCE", city_token.token()),
+    ];
     let mut city = Node::start_with_config(&city_config, &city_env).unwrap();
     city.wait_for_status("/readyz", 200, Duration::from_secs(30))
         .await
@@ -161,10 +172,11 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
     let sink = SinkDb::create(Backend::Postgres).await.unwrap();
     let district = Node::subscribe_with_config(
         &format!(
-            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
             unique_name("xihu"),
             city_bus.bootstrap(),
             city.url,
+            district_token.upstream_setting(),
             sink.sink_toml(),
         ),
         &[],

@@ -193,13 +193,13 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     // The district's subscriber runs, but nothing flows while pending.
     let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
     let sub_config = format!(
-        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", registry_token_env = \"XIHU_TOKEN\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
         unique_name("xihu"),
         broker.bootstrap(),
         node.url,
         sink.sink_toml(),
     );
-    let mut sub = Node::subscribe_with_config(&sub_config, &[]).unwrap();
+    let mut sub = Node::subscribe_with_config(&sub_config, &[("XIHU_TOKEN", xihu)]).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         sink.rows("people", "id", &READ).await.unwrap().is_none(),

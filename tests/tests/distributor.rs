@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{masked_residents, pg_connect, unique_name, Node, TestBroker, PEOPLE_TABLE};
+use backflow_e2e::{
+    masked_residents, pg_connect, unique_name, Node, TestBroker, TestToken, PEOPLE_TABLE,
+};
 
 const READ: [(&str, Kind); 4] = [
     ("name", Kind::Text),
@@ -75,13 +77,18 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
     let broker = TestBroker::start();
     let dataset = format!("t{}.people", &source.name[8..]);
     let feed = source.name.replace('_', "-");
+    let tokens: BTreeMap<&str, TestToken> = ["330106", "330108"]
+        .into_iter()
+        .map(|code| (code, TestToken::new(&format!("subscriber:{code}"))))
+        .collect();
     let fields = "fields = { id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\" }";
     let config = format!(
         "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{bootstrap}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n\n\
          [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\n{fields}\nsecret_env = \"SECRET_330106\"\n\n\
-         [[shares]]\nsubscriber = \"330108\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\n{fields}\nsecret_env = \"SECRET_330108\"\n",
+         [[shares]]\nsubscriber = \"330108\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\n{fields}\nsecret_env = \"SECRET_330108\"\n{auth}",
         bootstrap = broker.bootstrap(),
         db = source.name,
+        auth = tokens.values().map(TestToken::auth_toml).collect::<String>(),
     );
     let node = Node::start_with_config(
         &config,
@@ -99,10 +106,11 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
     for code in ["330106", "330108"] {
         let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
         let sub_config = format!(
-            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.{code}.{dataset}\", table = \"people\" }}]\n",
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"backflow.share.{code}.{dataset}\", table = \"people\" }}]\n",
             unique_name(&format!("d{code}")),
             broker.bootstrap(),
             node.url,
+            tokens[code].upstream_setting(),
             sink.sink_toml(),
         );
         let sub = Node::subscribe_with_config(&sub_config, &[]).unwrap();
@@ -145,11 +153,14 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
 
     // The share topic's registered schema has no income field.
     let (status, body) = node
-        .get(&format!(
-            "/subjects/backflow.share.330106.{dataset}-value/versions/latest"
-        ))
-        .await
-        .unwrap();
+        .api(
+            "GET",
+            &format!("/subjects/backflow.share.330106.{dataset}-value/versions/latest"),
+            Some(tokens["330106"].token()),
+            None,
+        )
+        .await;
+    let body = body.to_string();
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("id_number") && !body.contains("income"),

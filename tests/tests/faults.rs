@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use backflow_e2e::pg_server::PgServer;
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{free_local_addr, metric_sum, pg_connect, unique_name, Node, TestBroker};
+use backflow_e2e::{
+    free_local_addr, metric_sum, pg_connect, unique_name, Node, TestBroker, TestToken,
+};
 
 type Table = BTreeMap<i64, Vec<Option<String>>>;
 
@@ -91,6 +93,8 @@ struct Pipeline {
     node_config: String,
     node_env: Vec<(String, String)>,
     sub_config: String,
+    /// The subscriber's token for the node's registry.
+    _reader: TestToken,
 }
 
 impl Pipeline {
@@ -125,11 +129,13 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
 
     let broker = TestBroker::start();
     let dataset = format!("t{}.people", &source.name[8..]);
+    let reader = TestToken::new("subscriber:330106");
     let node_config = format!(
-        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
+        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n{}",
         broker.bootstrap(),
         source.name.replace('_', "-"),
         source.name,
+        reader.auth_toml(),
     );
     let listen = free_local_addr();
     let node_env = vec![("BACKFLOW_HTTP__LISTEN".to_owned(), listen.clone())];
@@ -139,12 +145,13 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
         .await
         .unwrap();
     let sub_config = format!(
-            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\n\
              sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"{user}\", database = \"{}\" }}\n\
              tables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
             unique_name("xihu"),
             broker.bootstrap(),
             node.url,
+            reader.upstream_setting(),
             sink.name,
     );
     let sub = Node::subscribe_with_config(&sub_config, &[]).unwrap();
@@ -158,6 +165,7 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
         node_config,
         node_env,
         sub_config,
+        _reader: reader,
     }
 }
 
@@ -327,22 +335,25 @@ async fn postgres_crashing_at_the_department_and_at_the_district_loses_nothing()
         .unwrap();
 
     let broker = TestBroker::start_in_memory();
+    let reader = TestToken::new("subscriber:330106");
     let node = Node::start_with_config(
         &format!(
-            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"gongan-pg\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\ndatabase = \"gongan\"\ntables = [{{ table = \"public.people\", dataset = \"gongan.people\" }}]\n",
+            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"gongan-pg\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\ndatabase = \"gongan\"\ntables = [{{ table = \"public.people\", dataset = \"gongan.people\" }}]\n{}",
             broker.bootstrap(),
             dept_pg.port,
+            reader.auth_toml(),
         ),
         &[],
     )
     .unwrap();
     let sub = Node::subscribe_with_config(
         &format!(
-            "[[subscriptions]]\nname = \"xihu\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\n\
+            "[[subscriptions]]\nname = \"xihu\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\n\
              sink = {{ type = \"postgres\", host = \"127.0.0.1\", port = {}, user = \"postgres\", database = \"xihu\" }}\n\
              tables = [{{ topic = \"backflow.raw.gongan.people\", table = \"people\" }}]\n",
             broker.bootstrap(),
             node.url,
+            reader.upstream_setting(),
             district_pg.port,
         ),
         &[],

@@ -649,6 +649,14 @@ fn city_example_is_a_node_cascading_into_its_own_bus_and_a_database() {
         "{secrets:?}"
     );
     assert!(secrets.contains_key("CITY_PG_PASSWORD"), "{secrets:?}");
+    assert_eq!(
+        subs[0]["upstream"]["registry_token_env"],
+        "PROVINCE_REGISTRY_TOKEN"
+    );
+    assert!(
+        secrets.contains_key("PROVINCE_REGISTRY_TOKEN"),
+        "{secrets:?}"
+    );
 }
 
 #[test]
@@ -689,6 +697,8 @@ fn district_example_is_a_subscriber_into_postgres() {
     let secrets = m.secret_env();
     assert!(secrets.contains_key("CITY_KAFKA_PASSWORD"), "{secrets:?}");
     assert!(secrets.contains_key("DISTRICT_PG_PASSWORD"), "{secrets:?}");
+    assert_eq!(sub["upstream"]["registry_token_env"], "CITY_REGISTRY_TOKEN");
+    assert!(secrets.contains_key("CITY_REGISTRY_TOKEN"), "{secrets:?}");
     assert!(m.has("ServiceMonitor"));
 }
 
@@ -954,6 +964,14 @@ fn values_backflow_cannot_run_with_are_refused_naming_the_value() {
             vec![district],
             "secrets.env.DISTRICT_PG_PASSWORD=null",
             vec!["DISTRICT_PG_PASSWORD", "subscriptions[0].sink.password_env"],
+        ),
+        (
+            vec![district],
+            "secrets.env.CITY_REGISTRY_TOKEN=null",
+            vec![
+                "CITY_REGISTRY_TOKEN",
+                "subscriptions[0].upstream.registry_token_env",
+            ],
         ),
         // Credentials would land in the ConfigMap.
         (

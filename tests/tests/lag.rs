@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use backflow_e2e::sinks::{Backend, SinkDb};
-use backflow_e2e::{backflow, pg_connect, unique_name, Node, TestBroker};
+use backflow_e2e::{backflow, pg_connect, unique_name, Node, TestBroker, TestToken};
 use serde_json::Value;
 
 const ADMIN: &str = "lag-test-admin-token-0123456789";
@@ -54,12 +54,14 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
     .unwrap();
     let broker = TestBroker::start();
     let dataset = format!("t{}.people", &source.name[8..]);
+    let reader = TestToken::new("subscriber:330106");
     let config = format!(
-        "[node]\ncode = \"330100\"\n[runtime]\nlag_window_secs = 8\n[kafka]\nbrokers = \"{}\"\n\n\
+        "[node]\ncode = \"330100\"\n[runtime]\nlag_window_secs = 8\n[kafka]\nbrokers = \"{}\"\n{}\n\
          [[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n\n\
          [[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n\n\
          [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\nfields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n",
         broker.bootstrap(),
+        reader.auth_toml(),
         backflow::auth::token_hash(ADMIN),
         source.name.replace('_', "-"),
         source.name,
@@ -72,9 +74,10 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
     let name = unique_name("d330106");
     let sub_config = |extra: &str| {
         format!(
-            "[[subscriptions]]\nname = \"{name}\"\n{extra}upstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+            "[[subscriptions]]\nname = \"{name}\"\n{extra}upstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
             broker.bootstrap(),
             node.url,
+            reader.upstream_setting(),
             sink.sink_toml(),
         )
     };

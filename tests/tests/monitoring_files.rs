@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use backflow_e2e::sinks::{Backend, SinkDb};
-use backflow_e2e::{unique_name, Node, TestBroker};
+use backflow_e2e::{unique_name, Node, TestBroker, TestToken};
 use serde_json::Value;
 
 const DASHBOARD: &str = include_str!("../../helm/backflow/dashboards/backflow.json");
@@ -485,12 +485,14 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     );
     let broker = TestBroker::start();
     let dataset = "gongan.population";
+    let reader = TestToken::new("subscriber:330106");
     let config = format!(
-        "[node]\ncode = \"330100\"\nname = \"city\"\n[kafka]\nbrokers = \"{}\"\n\n\
+        "[node]\ncode = \"330100\"\nname = \"city\"\n[kafka]\nbrokers = \"{}\"\n{}\n\
          [[feeds]]\ntype = \"poll\"\nname = \"gongan-sqlite\"\nengine = \"sqlite\"\npath = \"{}\"\npoll_interval_ms = 200\ndelay_ms = 300\n\n\
          [[feeds.tables]]\ntable = \"people\"\ndataset = \"{dataset}\"\nmode = \"timestamp+incrementing\"\ntimestamp_column = \"updated_at\"\n\n\
          [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\nfields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n",
         broker.bootstrap(),
+        reader.auth_toml(),
         db.display(),
     );
     let node = Node::start_with_config(&config, &[]).unwrap();
@@ -499,10 +501,11 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .unwrap();
     let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
     let sub_config = format!(
-        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
+        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"backflow.share.330106.{dataset}\", table = \"people\" }}]\n",
         unique_name("d330106"),
         broker.bootstrap(),
         node.url,
+        reader.upstream_setting(),
         sink.sink_toml(),
     );
     let subscriber = Node::subscribe_with_config(&sub_config, &[]).unwrap();

@@ -9,7 +9,7 @@ use backflow::kafka::{Consumer, KafkaSettings};
 use backflow_connectors::text;
 use backflow_e2e::topic_view::TopicView;
 use backflow_e2e::{
-    create_pg_database, drop_pg_database, pg_connect, unique_name, Node, TestBroker,
+    create_pg_database, drop_pg_database, pg_connect, unique_name, Node, TestBroker, TestToken,
 };
 use backflow_schemas::{unframe, ColumnDesc, Row, SqlType, TableDesc};
 
@@ -498,7 +498,9 @@ async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lo
 #[tokio::test]
 async fn postgres_feed_add_column_not_null_with_default_registers_a_compatible_version() {
     let f = setup(20).await;
-    let node = Node::start_with_config(&f.config(), &[]).unwrap();
+    // A reader of the node's registry.
+    let reader = TestToken::new("subscriber:330106");
+    let node = Node::start_with_config(&(f.config() + &reader.auth_toml()), &[]).unwrap();
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let mut view = view(&f);
     view.until_equal(&table_state(&f).await, Duration::from_secs(60), &node)
@@ -516,14 +518,15 @@ async fn postgres_feed_add_column_not_null_with_default_registers_a_compatible_v
     let until = Instant::now() + Duration::from_secs(60);
     let latest = loop {
         let (status, body) = node
-            .get(&format!("/subjects/{subject}/versions/latest"))
-            .await
-            .unwrap();
-        if status == 200 {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            if v["version"] == 2 {
-                break v;
-            }
+            .api(
+                "GET",
+                &format!("/subjects/{subject}/versions/latest"),
+                Some(reader.token()),
+                None,
+            )
+            .await;
+        if status == 200 && body["version"] == 2 {
+            break body;
         }
         assert!(
             Instant::now() < until,

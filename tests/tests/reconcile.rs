@@ -9,7 +9,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{backflow, create_pg_database, drop_pg_database, unique_name, Node, TestBroker};
+use backflow_e2e::{
+    backflow, create_pg_database, drop_pg_database, unique_name, Node, TestBroker, TestToken,
+};
 
 const TABLE: &str = "CREATE TABLE people (
     id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL,
@@ -51,20 +53,23 @@ async fn reports_equal_then_each_tampered_row(backend: Backend) {
     let sink = SinkDb::create(backend).await.unwrap();
     let broker = TestBroker::start_in_memory();
     let dataset = format!("t{}.people", &department[8..]);
+    let reader = TestToken::new("subscriber:330106");
     let node = Node::start_with_config(
         &format!(
-            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{department}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
+            "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{department}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n{}",
             broker.bootstrap(),
             department.replace('_', "-"),
+            reader.auth_toml(),
         ),
         &[],
     )
     .unwrap();
     let sub_config = format!(
-        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
+        "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"backflow.raw.{dataset}\", table = \"people\" }}]\n",
         unique_name("xihu"),
         broker.bootstrap(),
         node.url,
+        reader.upstream_setting(),
         sink.sink_toml(),
     );
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

@@ -1,7 +1,9 @@
 //! The schema registry a node serves at the root of its HTTP server, as
 //! Confluent clients use it: durability across restarts, nodes sharing one
 //! broker agreeing on ids, Confluent's error codes, compatibility and
-//! deletion semantics, and Confluent's own Python client both ways.
+//! deletion semantics, and Confluent's own Python client both ways. Every
+//! node here knows an admin token and every call sends it (who may do what
+//! is tests/tests/registry_auth.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -15,6 +17,21 @@ use serde_json::{json, Value as Json};
 
 const READY: Duration = Duration::from_secs(30);
 const CT: &str = "application/vnd.schemaregistry.v1+json";
+/// The admin token of every node these tests start.
+const ADMIN: &str = "registry-tests-admin-token";
+/// A subscriber's token of every node these tests start (reads only).
+const READER: &str = "registry-tests-reader-token";
+
+/// `backflow serve` with these variables, knowing [`ADMIN`] and [`READER`].
+fn start(env: &[(&str, &str)]) -> Node {
+    let config = format!(
+        "[[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n\
+         [[auth.tokens]]\nprincipal = \"subscriber:330106\"\nsha256 = \"{}\"\n",
+        backflow::auth::token_hash(ADMIN),
+        backflow::auth::token_hash(READER),
+    );
+    Node::start_with_config(&config, env).unwrap()
+}
 
 /// A record schema with `n` extra optional fields (each one a compatible
 /// evolution of the previous).
@@ -36,7 +53,8 @@ async fn call(method: &str, url: &str, body: Option<String>) -> (u16, Json, Stri
         "PUT" => client.put(url),
         "DELETE" => client.delete(url),
         _ => unreachable!("{method}"),
-    };
+    }
+    .bearer_auth(ADMIN);
     if let Some(b) = body {
         req = req.header("Content-Type", CT).body(b);
     }
@@ -116,7 +134,7 @@ async fn registry_ids_survive_node_restart() {
     let orders = format!("{run}-orders-value");
     let subjects = vec![people.clone(), copy.clone(), orders.clone()];
 
-    let mut node = Node::start(&env).unwrap();
+    let mut node = start(&env);
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let u = node.url.clone();
     let p1 = id_of(&u, &people, &schema("People", 0)).await;
@@ -153,7 +171,7 @@ async fn registry_ids_survive_node_restart() {
     assert!(status.success(), "exit {status}:\n{}", node.stderr());
     drop(node);
 
-    let node = Node::start(&env).unwrap();
+    let node = start(&env);
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let u = node.url.clone();
     let after = snapshot(&u, &subjects, &ids).await;
@@ -184,8 +202,8 @@ async fn registry_two_nodes_on_one_broker_agree_on_ids() {
     let broker = TestBroker::start();
     let kafka = broker.bootstrap().to_owned();
     let env = [("BACKFLOW_KAFKA__BROKERS", kafka.as_str())];
-    let a = Node::start(&env).unwrap();
-    let b = Node::start(&env).unwrap();
+    let a = start(&env);
+    let b = start(&env);
     a.wait_for_status("/readyz", 200, READY).await.unwrap();
     b.wait_for_status("/readyz", 200, READY).await.unwrap();
     let run = unique_name("agree");
@@ -286,8 +304,8 @@ async fn registry_two_nodes_register_every_schema_of_a_concurrent_burst() {
     let env = [("BACKFLOW_KAFKA__BROKERS", kafka.as_str())];
     // Both start at the same time, as replicas of one deployment do.
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| Node::start(&env).unwrap());
-        let b = s.spawn(|| Node::start(&env).unwrap());
+        let a = s.spawn(|| start(&env));
+        let b = s.spawn(|| start(&env));
         (a.join().unwrap(), b.join().unwrap())
     });
     a.wait_for_status("/readyz", 200, READY).await.unwrap();
@@ -326,7 +344,7 @@ async fn registry_two_nodes_register_every_schema_of_a_concurrent_burst() {
 
 #[tokio::test]
 async fn registry_bad_input_returns_confluent_error_codes() {
-    let node = Node::start(&[]).unwrap();
+    let node = start(&[]);
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let u = &node.url;
     id_of(u, "known-value", &schema("Known", 0)).await;
@@ -487,7 +505,7 @@ async fn registry_bad_input_returns_confluent_error_codes() {
 
 #[tokio::test]
 async fn registry_register_is_idempotent_and_config_changes_compatibility() {
-    let node = Node::start(&[]).unwrap();
+    let node = start(&[]);
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let u = &node.url;
     let s = "people-value";
@@ -712,15 +730,38 @@ fn python() -> &'static str {
     })
 }
 
-/// Runs `tests/python/confluent_client.py` with these arguments; returns
-/// its stdout, trimmed.
-fn confluent_client(args: &[&str]) -> String {
+/// How the Python client presents itself to the registry.
+#[derive(Clone, Copy)]
+enum PyAuth<'a> {
+    /// `basic.auth.user.info` = `user:token`.
+    Basic(&'a str),
+    /// A static bearer token.
+    Bearer(&'a str),
+    None,
+}
+
+/// Runs `tests/python/confluent_client.py` with these arguments and
+/// credentials; returns what it did.
+fn run_confluent_client(auth: PyAuth, args: &[&str]) -> std::process::Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/confluent_client.py");
-    let out = Command::new(python())
-        .arg(script)
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
         .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {} {script}: {e}", python()));
+        .env_remove("BACKFLOW_REGISTRY_BASIC")
+        .env_remove("BACKFLOW_REGISTRY_BEARER");
+    match auth {
+        PyAuth::Basic(info) => cmd.env("BACKFLOW_REGISTRY_BASIC", info),
+        PyAuth::Bearer(token) => cmd.env("BACKFLOW_REGISTRY_BEARER", token),
+        PyAuth::None => &mut cmd,
+    };
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {} {script}: {e}", python()))
+}
+
+/// Runs `tests/python/confluent_client.py` with these arguments and
+/// credentials; returns its stdout, trimmed.
+fn confluent_client(auth: PyAuth, args: &[&str]) -> String {
+    let out = run_confluent_client(auth, args);
     assert!(
         out.status.success(),
         "confluent_client.py {args:?} failed ({}):\n{}",
@@ -744,14 +785,33 @@ fn unhex(s: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn confluent_python_client_interoperates_with_registry() {
-    let node = Node::start(&[]).unwrap();
+    let node = start(&[]);
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let url = node.url.clone();
 
     // Confluent's serializer registers its schema with backflow and frames
     // the record; checked here by hand: magic byte, big-endian id, datum.
     let topic = "backflow.raw.test.residents";
-    let framed = unhex(&confluent_client(&[&url, "serialize", topic]));
+    // Without credentials the registry refuses Confluent's client too.
+    for mode in [
+        vec![&url[..], "serialize", topic],
+        vec![&url[..], "deserialize", topic, "00000000010a"],
+    ] {
+        let out = run_confluent_client(PyAuth::None, &mode);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{mode:?} without credentials succeeded"
+        );
+        assert!(err.contains("40101"), "{mode:?}: {err}");
+    }
+    // The admin's token as the password of basic authentication (how
+    // Confluent's clients are configured for a registry behind a login).
+    let admin_basic = format!("backflow:{ADMIN}");
+    let framed = unhex(&confluent_client(
+        PyAuth::Basic(&admin_basic),
+        &[&url, "serialize", topic],
+    ));
     assert!(framed.len() > 5, "{framed:?}");
     assert_eq!(framed[0], 0, "magic byte");
     let id = u32::from_be_bytes(framed[1..5].try_into().unwrap());
@@ -819,7 +879,11 @@ async fn confluent_python_client_interoperates_with_registry() {
     let mut framed = vec![0u8];
     framed.extend_from_slice(&u32::try_from(share_id).unwrap().to_be_bytes());
     framed.extend_from_slice(&datum);
-    let out = confluent_client(&[&url, "deserialize", other, &hex(&framed)]);
+    // A subscriber reads with its token as a static bearer token.
+    let out = confluent_client(
+        PyAuth::Bearer(READER),
+        &[&url, "deserialize", other, &hex(&framed)],
+    );
     let got: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"));
     assert_eq!(
         got,
@@ -829,7 +893,7 @@ async fn confluent_python_client_interoperates_with_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemas_cli_registers_gets_and_checks() {
-    let node = Node::start(&[]).unwrap();
+    let node = start(&[]);
     node.wait_for_status("/readyz", 200, READY).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let v1 = dir.path().join("v1.avsc");
@@ -843,21 +907,27 @@ async fn schemas_cli_registers_gets_and_checks() {
     )
     .unwrap();
     let url = node.url.clone();
-    let run = move |args: Vec<String>| {
-        let out = backflow_e2e::backflow()
-            .arg("schemas")
-            .arg("--registry")
-            .arg(&url)
-            .args(&args)
-            .output()
-            .unwrap();
+    let cli = move |token: Option<&str>, args: Vec<String>| {
+        let mut cmd = backflow_e2e::backflow();
+        cmd.arg("schemas").arg("--registry").arg(&url).args(&args);
+        if let Some(t) = token {
+            cmd.env("BACKFLOW_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
         (
             out.status.code(),
             String::from_utf8(out.stdout).unwrap(),
             String::from_utf8(out.stderr).unwrap(),
         )
     };
+    let run = |args: Vec<String>| cli(Some(ADMIN), args);
     let p = |p: &std::path::Path| p.display().to_string();
+    // Without a token the registry answers nothing.
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(None, vec!["register".into(), "cli-value".into(), p(&v1)])
+    });
+    assert_eq!(code, Some(2));
+    assert!(err.contains("40101"), "{err}");
     let (code, out, err) =
         tokio::task::block_in_place(|| run(vec!["check".into(), "cli-value".into(), p(&v1)]));
     assert_eq!(code, Some(0), "{err}");

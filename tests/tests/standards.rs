@@ -269,12 +269,9 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
 
     // The registry holds the standard's schema for the topic.
     let id = value_schema_id.unwrap();
-    let published: serde_json::Value = reqwest::get(format!("{}/schemas/ids/{id}", node.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, published) = node
+        .api("GET", &format!("/schemas/ids/{id}"), Some(ADMIN), None)
+        .await;
     let published = apache_avro::Schema::parse_str(published["schema"].as_str().unwrap()).unwrap();
     assert_eq!(
         published.canonical_form(),
@@ -282,15 +279,14 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
     );
     assert!(!published.canonical_form().contains("户籍区划"));
     // And the standard itself, with its documentation and field metadata.
-    let held: serde_json::Value = reqwest::get(format!(
-        "{}/subjects/backflow.standard.population/versions/latest",
-        node.url
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let (_, held) = node
+        .api(
+            "GET",
+            "/subjects/backflow.standard.population/versions/latest",
+            Some(ADMIN),
+            None,
+        )
+        .await;
     let held = held["schema"].as_str().unwrap_or_default();
     for part in [
         "公民身份号码",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use backflow::kafka::{Consumer, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{pg_connect, unique_name, Node, TestBroker};
+use backflow_e2e::{pg_connect, unique_name, Node, TestBroker, TestToken};
 
 const READ: [(&str, Kind); 8] = [
     ("name", Kind::Text),
@@ -30,6 +30,8 @@ struct Pipeline {
     source: SinkDb,
     dataset: String,
     node: Node,
+    /// The subscribers' token for the node's registry.
+    reader: TestToken,
 }
 
 impl Pipeline {
@@ -47,9 +49,10 @@ impl Pipeline {
 
     fn subscriber_config(&self, name: &str, sink: &SinkDb) -> String {
         format!(
-            "[[subscriptions]]\nname = \"{name}\"\nbatch_size = 500\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\" }}\nsink = {}\ntables = [{{ topic = \"{}\", table = \"people\" }}]\n",
+            "[[subscriptions]]\nname = \"{name}\"\nbatch_size = 500\nflush_interval_ms = 100\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"{}\", table = \"people\" }}]\n",
             self.broker.bootstrap(),
             self.node.url,
+            self.reader.upstream_setting(),
             sink.sink_toml(),
             self.topic()
         )
@@ -82,10 +85,12 @@ async fn pipeline(rows: i64) -> Pipeline {
     let broker = TestBroker::start();
     let dataset = format!("t{}.people", &source.name[8..]);
     let feed = source.name.replace('_', "-");
+    let reader = TestToken::new("subscriber:330106");
     let config = format!(
-        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
+        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n{}",
         broker.bootstrap(),
         source.name,
+        reader.auth_toml(),
     );
     let node = Node::start_with_config(&config, &[]).unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
@@ -96,6 +101,7 @@ async fn pipeline(rows: i64) -> Pipeline {
         source,
         dataset,
         node,
+        reader,
     }
 }
 
@@ -376,6 +382,47 @@ async fn a_row_the_sink_database_refuses_goes_to_the_dead_letter_topic_and_the_r
         "{stored:?}"
     );
 
+    sub.signal("TERM").unwrap();
+    assert!(sub.wait(Duration::from_secs(20)).unwrap().success());
+    let Pipeline { node, source, .. } = p;
+    drop(node);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    source.drop_db().await.unwrap();
+}
+
+/// The upper node's registry refuses a subscriber without its token: the
+/// subscription applies nothing, names the setting that gives the token,
+/// and skips no record (once given the token it applies every row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_without_a_registry_token_applies_nothing_until_given_one() {
+    let p = pipeline(20).await;
+    let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
+    let name = unique_name("tokenless");
+    let with_token = p.subscriber_config(&name, &sink);
+    let without = with_token.replace(&format!(", {}", p.reader.upstream_setting()), "");
+    assert_ne!(without, with_token);
+    let mut sub = Node::subscribe_with_config(&without, &[]).unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !sub.stderr().contains("40101") {
+        assert!(
+            Instant::now() < until,
+            "no refusal by the registry logged:\n{}",
+            sub.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = sub.stderr();
+    assert!(log.contains("upstream.registry_token_env"), "{log}");
+    let held = sink.rows("people", "id", &READ).await.unwrap();
+    assert!(
+        held.as_ref().is_none_or(|r| r.is_empty()),
+        "nothing applied: {held:?}"
+    );
+    sub.signal("TERM").unwrap();
+    assert!(sub.wait(Duration::from_secs(20)).unwrap().success());
+
+    let mut sub = Node::subscribe_with_config(&with_token, &[]).unwrap();
+    until_equal(&sink, &p.source_rows().await, Duration::from_secs(60), &sub).await;
     sub.signal("TERM").unwrap();
     assert!(sub.wait(Duration::from_secs(20)).unwrap().success());
     let Pipeline { node, source, .. } = p;

@@ -118,9 +118,9 @@ async fn tokens_issued_by_an_admin_act_as_their_principal_until_revoked() {
         "backflow.raw.tokens.items-key",
         "backflow.raw.tokens.items-value",
     ] {
-        let (status, body) = node.get(&format!("/config/{subject}")).await.unwrap();
+        let (status, body) = call(&node, "GET", &format!("/config/{subject}"), admin, None).await;
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains("\"FULL\""), "{subject}: {body}");
+        assert_eq!(body["compatibilityLevel"], "FULL", "{subject}: {body}");
     }
 
     // Listed without the token itself.

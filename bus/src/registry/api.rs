@@ -2,9 +2,26 @@
 //!
 //! Responses use `application/vnd.schemaregistry.v1+json`; errors are
 //! `{"error_code": 40401, "message": "..."}` with Confluent's codes.
+//!
+//! Every route needs a token the node knows, the same tokens as the
+//! control-plane API ([`crate::auth`]): `Authorization: Bearer <token>`,
+//! or HTTP basic authentication with the token as the password (how
+//! Confluent's clients send `basic.auth.user.info`). Without one: 401,
+//! error 40101. Admins, owners and subscribers read (GETs, the lookup
+//! `POST /subjects/{subject}`, the compatibility checks); the auditor, who
+//! reads and verifies the audit trail and nothing else, does not. Only
+//! `admin` changes the registry over HTTP (registering, deleting subjects
+//! or versions, setting compatibility). A refusal is 403, error 40301,
+//! with the rule. The node's own feeds and distributor register their
+//! schemas in-process, not over HTTP. A node without tokens answers nobody.
+//!
+//! Who may call a handler is in its signature: its first argument is a
+//! [`Reader`] or an [`Admin`], extracted (and refused) before anything
+//! else of the request is read.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,11 +31,88 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Level, Registry, RegistryError, VersionSel};
+use crate::auth::{Authenticator, Principal};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-/// The registry's routes, to merge into the node's router.
-pub fn router(registry: Registry) -> Router {
+/// What the handlers share: the registry and who may call it.
+#[derive(Clone)]
+struct RegistryApi {
+    registry: Registry,
+    auth: Authenticator,
+}
+
+impl FromRef<RegistryApi> for Registry {
+    fn from_ref(api: &RegistryApi) -> Self {
+        api.registry.clone()
+    }
+}
+
+impl FromRef<RegistryApi> for Authenticator {
+    fn from_ref(api: &RegistryApi) -> Self {
+        api.auth.clone()
+    }
+}
+
+/// A caller with a token the node knows, other than the auditor: may read
+/// the registry.
+pub struct Reader(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Reader
+where
+    Authenticator: FromRef<S>,
+{
+    type Rejection = RegistryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Authenticator::from_ref(state)
+            .authenticate(&parts.headers)
+            .await
+            .map_err(|e| {
+                RegistryError::new(
+                    401,
+                    40101,
+                    format!("Unauthorized: {e}; the schema registry takes the node's API tokens"),
+                )
+            })?;
+        match principal {
+            Principal::Auditor => Err(RegistryError::new(
+                403,
+                40301,
+                "Forbidden: the auditor reads and verifies the audit trail and nothing else; the schema registry is read by admin, owners and subscribers",
+            )),
+            p => Ok(Reader(p)),
+        }
+    }
+}
+
+/// An admin: may change the registry.
+pub struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin
+where
+    Authenticator: FromRef<S>,
+{
+    type Rejection = RegistryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Reader::from_request_parts(parts, state).await?.0 {
+            Principal::Admin => Ok(Admin),
+            other => Err(RegistryError::new(
+                403,
+                40301,
+                format!(
+                    "Forbidden: {} may read the schema registry but not change it; over HTTP only admin registers schemas, deletes subjects or versions and sets compatibility",
+                    other.name()
+                ),
+            )),
+        }
+    }
+}
+
+/// The registry's routes, to merge into the node's router; `auth` knows the
+/// same tokens as the API's.
+pub fn router(registry: Registry, auth: Authenticator) -> Router {
     Router::new()
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
@@ -52,7 +146,7 @@ pub fn router(registry: Registry) -> Router {
                 .put(put_subject_config)
                 .delete(delete_subject_config),
         )
-        .with_state(registry)
+        .with_state(RegistryApi { registry, auth })
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -151,11 +245,12 @@ fn schema_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::String(text.to_owned()))
 }
 
-async fn list_subjects(State(r): State<Registry>, Query(f): Query<Flags>) -> ApiResult {
+async fn list_subjects(_: Reader, State(r): State<Registry>, Query(f): Query<Flags>) -> ApiResult {
     Ok(ok(json!(r.state().await.subjects(f.deleted))))
 }
 
 async fn list_versions(
+    _: Reader,
     State(r): State<Registry>,
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
@@ -169,6 +264,7 @@ async fn list_versions(
 }
 
 async fn register(
+    _: Admin,
     State(r): State<Registry>,
     Path(subject): Path<String>,
     bytes: Bytes,
@@ -179,6 +275,7 @@ async fn register(
 }
 
 async fn lookup(
+    _: Reader,
     State(r): State<Registry>,
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
@@ -224,6 +321,7 @@ async fn find_version(
 }
 
 async fn get_version(
+    _: Reader,
     State(r): State<Registry>,
     Path((subject, version)): Path<(String, String)>,
     Query(f): Query<Flags>,
@@ -238,6 +336,7 @@ async fn get_version(
 }
 
 async fn get_version_schema(
+    _: Reader,
     State(r): State<Registry>,
     Path((subject, version)): Path<(String, String)>,
     Query(f): Query<Flags>,
@@ -247,6 +346,7 @@ async fn get_version_schema(
 }
 
 async fn delete_version(
+    _: Admin,
     State(r): State<Registry>,
     Path((subject, version)): Path<(String, String)>,
     Query(f): Query<Flags>,
@@ -257,6 +357,7 @@ async fn delete_version(
 }
 
 async fn delete_subject(
+    _: Admin,
     State(r): State<Registry>,
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
@@ -268,7 +369,7 @@ fn parse_id(id: &str) -> Result<u32, RegistryError> {
     id.parse().map_err(|_| RegistryError::schema_not_found())
 }
 
-async fn get_schema(State(r): State<Registry>, Path(id): Path<String>) -> ApiResult {
+async fn get_schema(_: Reader, State(r): State<Registry>, Path(id): Path<String>) -> ApiResult {
     let st = r.state().await;
     let entry = st
         .schema(parse_id(&id)?)
@@ -276,7 +377,11 @@ async fn get_schema(State(r): State<Registry>, Path(id): Path<String>) -> ApiRes
     Ok(ok(json!({ "schema": entry.text })))
 }
 
-async fn get_schema_versions(State(r): State<Registry>, Path(id): Path<String>) -> ApiResult {
+async fn get_schema_versions(
+    _: Reader,
+    State(r): State<Registry>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = parse_id(&id)?;
     let st = r.state().await;
     st.schema(id).ok_or_else(RegistryError::schema_not_found)?;
@@ -288,11 +393,12 @@ async fn get_schema_versions(State(r): State<Registry>, Path(id): Path<String>) 
     Ok(ok(json!(usages)))
 }
 
-async fn schema_types() -> ApiResult {
+async fn schema_types(_: Reader) -> ApiResult {
     Ok(ok(json!(["AVRO"])))
 }
 
 async fn check_compatibility(
+    _: Reader,
     State(r): State<Registry>,
     Path((subject, version)): Path<(String, String)>,
     Query(f): Query<Flags>,
@@ -317,6 +423,7 @@ async fn check_compatibility(
 /// Checks a schema against every live version of the subject, as a
 /// registration would (an unknown subject is compatible: it has no history).
 async fn check_compatibility_all(
+    _: Reader,
     State(r): State<Registry>,
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
@@ -348,19 +455,20 @@ fn parse_level(bytes: &Bytes) -> Result<Level, RegistryError> {
     })
 }
 
-async fn get_global_config(State(r): State<Registry>) -> ApiResult {
+async fn get_global_config(_: Reader, State(r): State<Registry>) -> ApiResult {
     Ok(ok(
         json!({ "compatibilityLevel": r.state().await.level(None) }),
     ))
 }
 
-async fn put_global_config(State(r): State<Registry>, bytes: Bytes) -> ApiResult {
+async fn put_global_config(_: Admin, State(r): State<Registry>, bytes: Bytes) -> ApiResult {
     let level = parse_level(&bytes)?;
     r.set_level(None, Some(level)).await?;
     Ok(ok(json!({ "compatibility": level })))
 }
 
 async fn get_subject_config(
+    _: Reader,
     State(r): State<Registry>,
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
@@ -378,6 +486,7 @@ async fn get_subject_config(
 }
 
 async fn put_subject_config(
+    _: Admin,
     State(r): State<Registry>,
     Path(subject): Path<String>,
     bytes: Bytes,
@@ -388,6 +497,7 @@ async fn put_subject_config(
 }
 
 async fn delete_subject_config(
+    _: Admin,
     State(r): State<Registry>,
     Path(subject): Path<String>,
 ) -> ApiResult {

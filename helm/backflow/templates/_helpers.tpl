@@ -190,6 +190,9 @@ subscriptions[{{ $i }}].sink.password_env={{ . }}
 {{- range $prop, $var := ($s.upstream | default dict).properties_env | default dict }}
 subscriptions[{{ $i }}].upstream.properties_env.{{ $prop }}={{ $var }}
 {{- end }}
+{{- with ($s.upstream | default dict).registry_token_env }}
+subscriptions[{{ $i }}].upstream.registry_token_env={{ . }}
+{{- end }}
 {{- end }}
 {{- range $i, $s := $c.shares | default list }}
 {{- with $s.secret_env }}

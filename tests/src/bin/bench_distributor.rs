@@ -140,12 +140,16 @@ fn metric(metrics: &str, name: &str) -> f64 {
 }
 
 async fn fill(broker: &Broker, names: &Names, events: i64) -> anyhow::Result<()> {
-    // A node only for its registry.
-    let node = Node::start(&[("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())])?;
+    // A node only for its registry, which the admin writes to.
+    let admin = backflow_e2e::TestToken::new("admin");
+    let node = Node::start_with_config(
+        &admin.auth_toml(),
+        &[("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())],
+    )?;
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
         .await?;
     let codec = TableCodec::new(table(&names.dataset))?;
-    let registry = RegistryClient::new(&node.url)?;
+    let registry = RegistryClient::new(&node.url)?.with_token(admin.token());
     let topic = names.raw_topic();
     let key_id = registry
         .register(&subject_for(&topic, true), codec.key_schema())

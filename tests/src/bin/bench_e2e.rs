@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use backflow_e2e::{
     cpu_secs, create_bench_department, create_pg_database, drop_pg_database, free_local_addr,
-    metric_sum, peak_rss_mb, pg_connect, unique_name, Node, TestBroker,
+    metric_sum, peak_rss_mb, pg_connect, unique_name, Node, TestBroker, TestToken,
 };
 
 const TX_ROWS: i64 = 10;
@@ -381,15 +381,25 @@ async fn main() -> anyhow::Result<()> {
             "\n[[shares]]\nsubscriber = \"{code}\"\ndataset = \"{DATASET}\"\nregion_column = \"region_code\"\nfields = {{ id = \"plain\", name = \"masked:name\", region_code = \"plain\", income = \"plain\", birth = \"plain\", updated_at = \"plain\", note = \"plain\", score = \"plain\", active = \"plain\" }}\n"
         ));
     }
+    // Each district reads the node's registry with its own token.
+    let tokens: Vec<TestToken> = DISTRICTS
+        .iter()
+        .map(|code| TestToken::new(&format!("subscriber:{code}")))
+        .collect();
+    for t in &tokens {
+        config.push_str(&t.auth_toml());
+    }
     let node_env = [("BACKFLOW_HTTP__LISTEN", node_addr.as_str())];
     let sub_configs: Vec<String> = DISTRICTS
         .iter()
         .zip(&district_dbs)
-        .map(|(code, name)| {
+        .zip(&tokens)
+        .map(|((code, name), token)| {
             format!(
-                "[[subscriptions]]\nname = \"bench-{code}\"\n{}upstream = {{ brokers = \"{}\", registry_url = \"{node_url}\"{upstream_properties} }}\nsink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"postgres\", database = \"{name}\" }}\ntables = [{{ topic = \"backflow.share.{code}.{DATASET}\", table = \"t\" }}]\n",
+                "[[subscriptions]]\nname = \"bench-{code}\"\n{}upstream = {{ brokers = \"{}\", registry_url = \"{node_url}\", {}{upstream_properties} }}\nsink = {{ type = \"postgres\", host = \"127.0.0.1\", port = 5432, user = \"postgres\", database = \"{name}\" }}\ntables = [{{ topic = \"backflow.share.{code}.{DATASET}\", table = \"t\" }}]\n",
                 flush_ms.map_or(String::new(), |ms| format!("flush_interval_ms = {ms}\n")),
                 broker.bootstrap(),
+                token.upstream_setting(),
             )
         })
         .collect();
