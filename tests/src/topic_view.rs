@@ -31,6 +31,8 @@ pub struct TopicView {
     pub ops: BTreeMap<&'static str, usize>,
     /// Records read.
     pub records: usize,
+    /// What it reads, to read it again afresh.
+    source: (String, String, TableDesc),
 }
 
 impl TopicView {
@@ -40,10 +42,11 @@ impl TopicView {
         let consumer = Consumer::new(&settings, &unique_name("view"), &[topic], None).unwrap();
         Self {
             consumer,
-            codec: TableCodec::new(desc).unwrap(),
+            codec: TableCodec::new(desc.clone()).unwrap(),
             state: BTreeMap::new(),
             ops: BTreeMap::new(),
             records: 0,
+            source: (bootstrap.to_owned(), topic.to_owned(), desc),
         }
     }
 
@@ -83,6 +86,72 @@ impl TopicView {
         }
     }
 
+    /// Reads `topic` from its beginning to its end as it is now, with a
+    /// consumer of its own that stores no position, and folds it: a count
+    /// of what the topic holds that does not depend on a long-lived
+    /// consumer keeping up (tansu 0.6 stalls one, now and then, after its
+    /// producer was killed).
+    pub async fn read_all(bootstrap: &str, topic: &str, desc: TableDesc) -> anyhow::Result<Self> {
+        let settings = KafkaSettings::new(bootstrap);
+        let n = backflow::kafka::partition_count(&settings, topic).await?;
+        let w = backflow::kafka::Watermarks::new(&settings)?;
+        let mut ends = BTreeMap::new();
+        for p in 0..n as i32 {
+            let high = w.high(topic, p).await?;
+            if high > 0 {
+                ends.insert(p, high - 1);
+            }
+        }
+        let parts: Vec<i32> = ends.keys().copied().collect();
+        let mut view = Self {
+            consumer: Consumer::replay_partitions(&settings, topic, &parts)?,
+            codec: TableCodec::new(desc.clone())?,
+            state: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            records: 0,
+            source: (bootstrap.to_owned(), topic.to_owned(), desc),
+        };
+        while !ends.is_empty() {
+            let r = tokio::time::timeout(Duration::from_secs(20), view.consumer.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("no record of {topic} within 20 s"))??;
+            if ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {
+                ends.remove(&r.partition);
+            }
+            view.apply(r);
+        }
+        Ok(view)
+    }
+
+    /// Reads the topic afresh ([`TopicView::read_all`]) until it holds
+    /// what `done` asks for, or fails at the deadline with the last count
+    /// and the node's log.
+    pub async fn read_all_until(
+        bootstrap: &str,
+        topic: &str,
+        desc: &TableDesc,
+        deadline: Duration,
+        node: &Node,
+        done: impl Fn(&Self) -> bool,
+    ) -> Self {
+        let until = Instant::now() + deadline;
+        loop {
+            let last = Self::read_all(bootstrap, topic, desc.clone()).await;
+            if let Ok(v) = &last {
+                if done(v) {
+                    return last.unwrap();
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "the topic never held what was expected: {:?}\nnode log:\n{}",
+                last.map(|v| (v.records, v.ops, v.state.len())),
+                node.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Reads the tombstones still in flight: the state equals the table as
     /// soon as a delete is read, its tombstone comes right after.
     pub async fn until_tombstones_follow_deletes(&mut self) {
@@ -105,7 +174,21 @@ impl TopicView {
         node: &Node,
     ) {
         let until = Instant::now() + deadline;
+        let mut progress = Instant::now();
         while &self.state != want {
+            if progress.elapsed() > Duration::from_secs(10) {
+                // Nothing read for a while: read the topic afresh, so a
+                // stalled consumer (tansu 0.6 stalls one now and then after
+                // its producer was killed) is not taken for a topic that
+                // does not hold the rows. The fresh consumer goes on
+                // reading what comes next.
+                let (bootstrap, topic, desc) = self.source.clone();
+                if let Ok(fresh) = Self::read_all(&bootstrap, &topic, desc).await {
+                    *self = fresh;
+                }
+                progress = Instant::now();
+                continue;
+            }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let missing = want.keys().filter(|k| !self.state.contains_key(k)).count();
@@ -123,7 +206,10 @@ impl TopicView {
             }
             match tokio::time::timeout(left.min(Duration::from_secs(1)), self.consumer.recv()).await
             {
-                Ok(Ok(r)) => self.apply(r),
+                Ok(Ok(r)) => {
+                    progress = Instant::now();
+                    self.apply(r)
+                }
                 // The feed creates its topic when it starts.
                 Ok(Err(e)) if e.to_string().contains("UnknownTopicOrPartition") => {
                     tokio::time::sleep(Duration::from_millis(200)).await
