@@ -266,6 +266,11 @@ pub enum SubscriptionState {
     Revoked { reason: String },
     /// Past its validity.
     Expired,
+    /// The distributor could not deliver to it (a share schema the
+    /// registry refused, a record over the brokers' size limit): it alone
+    /// stopped, every other subscription goes on. The owner re-activates
+    /// it once the cause is fixed.
+    Failed { reason: String },
 }
 
 /// A lower node's subscription to a dataset.
@@ -345,7 +350,9 @@ impl Subscription {
         };
         let live = matches!(
             self.state,
-            SubscriptionState::Active | SubscriptionState::Pending
+            SubscriptionState::Active
+                | SubscriptionState::Pending
+                | SubscriptionState::Failed { .. }
         );
         if live && dataset.sharing == SharingClass::NotShared {
             let reason = format!(

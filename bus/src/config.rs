@@ -241,6 +241,10 @@ pub struct ShareConfig {
     /// Policy version, sent with every record in `backflow.policy`.
     #[serde(default = "default_policy_version")]
     pub version: u32,
+    /// The compatibility level of the dataset (its owner's choice), which
+    /// the share topic's subjects follow; set from the catalog.
+    #[serde(skip)]
+    pub compatibility: Option<crate::registry::Level>,
 }
 
 fn default_policy_version() -> u32 {
@@ -799,6 +803,11 @@ pub struct KafkaConfig {
     /// record arrives; tansu 0.6 holds every fetch this long, so on tansu
     /// it adds to the latency of each hop (see docs/performance.md).
     pub fetch_wait_ms: u32,
+    /// The largest record the brokers accept, in bytes (their
+    /// `message.max.bytes`; default 1000000). A share record over it fails
+    /// its subscription alone, with the reason, instead of stopping the
+    /// distributor.
+    pub max_message_bytes: usize,
     /// Extra librdkafka properties passed to every client (e.g.
     /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
     pub properties: BTreeMap<String, String>,
@@ -817,6 +826,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             request_timeout_ms: 10_000,
             fetch_wait_ms: crate::kafka::DEFAULT_FETCH_WAIT_MS,
+            max_message_bytes: crate::kafka::DEFAULT_MAX_MESSAGE_BYTES,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
         }

@@ -107,6 +107,10 @@ pub struct MetricsInner {
     pub distributor_records: IntCounterVec,
     /// Distributor restarts after an error.
     pub distributor_restarts: IntCounter,
+    /// Shares the distributor stopped because it could not deliver to them
+    /// (the others went on), by subscriber node and reason (`schema`,
+    /// `record_too_large`).
+    pub distributor_share_failures: IntCounterVec,
     /// Share records a subscriber has not applied yet (node side, from the
     /// subscriber's reports).
     pub subscription_lag_messages: IntGaugeVec,
@@ -325,6 +329,14 @@ impl Metrics {
                 &["subscriber", "op"],
             )
             .expect("valid metric"),
+            distributor_share_failures: IntCounterVec::new(
+                Opts::new(
+                    "backflow_distributor_share_failures_total",
+                    "Shares the distributor stopped because it could not deliver to them (the others went on), by subscriber node and reason.",
+                ),
+                &["subscriber", "reason"],
+            )
+            .expect("valid metric"),
             subscription_lag_messages: IntGaugeVec::new(
                 Opts::new(
                     "backflow_subscription_lag_messages",
@@ -421,6 +433,7 @@ impl Metrics {
             &m.subscribe_dead_letters,
             &m.subscribe_errors,
             &m.distributor_records,
+            &m.distributor_share_failures,
         ] {
             r.register(Box::new(c.clone())).expect("unique");
         }

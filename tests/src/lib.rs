@@ -625,7 +625,7 @@ impl Node {
         Ok((status, resp.text().await?))
     }
 
-    /// Calls the control-plane API (`GET`, `PUT`, `DELETE`, else `POST`)
+    /// Calls the control-plane API (`GET`, `PUT`, `PATCH`, `DELETE`, else `POST`)
     /// with an optional bearer token and JSON body; returns the status and
     /// the answer (a JSON string when it is not JSON).
     pub async fn api(
@@ -640,6 +640,7 @@ impl Node {
         let mut req = match method {
             "GET" => client.get(&url),
             "PUT" => client.put(&url),
+            "PATCH" => client.patch(&url),
             "DELETE" => client.delete(&url),
             _ => client.post(&url),
         };

@@ -235,6 +235,15 @@ async fn request_subscription(
                     ),
                 ))
             }
+            SubscriptionState::Failed { reason } => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "subscription {id} failed ({reason}); the owner of {} or an admin re-activates it once the cause is fixed",
+                        dataset.id
+                    ),
+                ))
+            }
             SubscriptionState::Revoked { reason } => {
                 return Err(ApiError(
                     StatusCode::CONFLICT,
@@ -409,7 +418,12 @@ fn decision(
                 reason: reason.to_owned(),
             };
         }
-        ("revoke", SubscriptionState::Active | SubscriptionState::Pending) => {
+        (
+            "revoke",
+            SubscriptionState::Active
+            | SubscriptionState::Pending
+            | SubscriptionState::Failed { .. },
+        ) => {
             sub.state = SubscriptionState::Revoked {
                 reason: if reason.is_empty() {
                     "revoked by the owner".to_owned()
@@ -418,7 +432,12 @@ fn decision(
                 },
             };
         }
-        ("reactivate", SubscriptionState::Revoked { .. } | SubscriptionState::Expired) => {
+        (
+            "reactivate",
+            SubscriptionState::Revoked { .. }
+            | SubscriptionState::Expired
+            | SubscriptionState::Failed { .. },
+        ) => {
             if !shared {
                 return Err(conflict(format!("dataset {} is not shared", dataset.id)));
             }

@@ -80,12 +80,16 @@ struct Share {
     /// `backflow_distributor_records_total` of this subscriber, per op,
     /// resolved once instead of per record.
     records: crate::metrics::ByOp,
+    /// The dataset's compatibility level, which the share's subjects follow.
+    compatibility: Option<crate::registry::Level>,
+    /// Stopped: nothing more is delivered to it in this run.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Share {
     fn new(
+        share: &ShareConfig,
         policy: SharePolicy,
-        topic: String,
         from: Option<HashMap<i32, i64>>,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
@@ -93,13 +97,50 @@ impl Share {
             crate::metrics::ByOp::new(&metrics.distributor_records, &[&policy.subscriber]);
         Self {
             policy_header: policy.version.to_string(),
+            topic: topics::share(share.subscriber.as_str(), &share.dataset),
             policy,
-            topic,
             from,
             records,
+            compatibility: share.compatibility,
+            failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
+
+    /// Stops delivering to this share and says so once: it alone stops,
+    /// every other share goes on.
+    fn fail(&self, kind: &'static str, reason: String, failures: &Failures) {
+        if self.failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        tracing::error!(subscriber = %self.policy.subscriber, dataset = %self.policy.dataset, kind, %reason, "share stopped; the other shares go on");
+        let _ = failures.send(ShareFailure {
+            subscriber: self.policy.subscriber.clone(),
+            dataset: self.policy.dataset.clone(),
+            kind,
+            reason,
+        });
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
+
+/// A share the distributor stopped because it could not deliver to it.
+#[derive(Debug, Clone)]
+pub struct ShareFailure {
+    /// The subscriber node.
+    pub subscriber: String,
+    /// The dataset.
+    pub dataset: String,
+    /// `schema` or `record_too_large` (a bounded metric label).
+    pub kind: &'static str,
+    /// What happened and how to fix it.
+    pub reason: String,
+}
+
+/// Where shares that failed are reported.
+pub type Failures = tokio::sync::mpsc::UnboundedSender<ShareFailure>;
 
 /// A backfilled share asking the running distributor to take it over.
 pub struct JoinRequest {
@@ -145,6 +186,7 @@ pub async fn run(
     ctx: &FeedContext,
     auditor: &Auditor,
     joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+    failures: &Failures,
     shutdown: &CancellationToken,
 ) -> Result<(), DistributorError> {
     let mut by_dataset = group(shares, &ctx.metrics);
@@ -241,6 +283,7 @@ pub async fn run(
             let mut out = Out {
                 sent: &mut sent,
                 tallies: &mut tallies,
+                failures,
             };
             distribute(
                 record,
@@ -299,12 +342,7 @@ fn group(shares: &[ShareConfig], metrics: &crate::metrics::Metrics) -> HashMap<S
         by_dataset
             .entry(s.dataset.clone())
             .or_default()
-            .push(Share::new(
-                policy,
-                topics::share(s.subscriber.as_str(), &s.dataset),
-                None,
-                metrics,
-            ));
+            .push(Share::new(s, policy, None, metrics));
     }
     by_dataset
 }
@@ -341,12 +379,7 @@ fn take_join(
             return;
         }
     };
-    list.push(Share::new(
-        policy,
-        topics::share(share.subscriber.as_str(), &share.dataset),
-        Some(from),
-        metrics,
-    ));
+    list.push(Share::new(&share, policy, Some(from), metrics));
     // Cached versions hold one codec per share of the list.
     versions.clear();
     tracing::info!(subscriber = %share.subscriber, dataset = %share.dataset, "backfilled share joined the running distributor");
@@ -382,6 +415,7 @@ pub async fn backfill_and_join(
     auditor: &Auditor,
     joins: &tokio::sync::mpsc::Sender<JoinRequest>,
     consumed: bool,
+    failures: &Failures,
     shutdown: &CancellationToken,
 ) -> Result<(u64, Backfilled), DistributorError> {
     let topic = topics::raw(&share.dataset);
@@ -410,7 +444,9 @@ pub async fn backfill_and_join(
     let mut joining = consumed;
     loop {
         if joining {
-            reader.deliver_until(&target, auditor, shutdown).await?;
+            reader
+                .deliver_until(&target, auditor, failures, shutdown)
+                .await?;
         }
         if shutdown.is_cancelled() {
             return Ok((reader.total, Backfilled::Interrupted));
@@ -462,7 +498,9 @@ pub async fn backfill_and_join(
                     // beginning keeps each key's history in order.
                     reader = BackfillReader::new(share, list, ctx, &partitions)?;
                 }
-                reader.deliver_until(&until, auditor, shutdown).await?;
+                reader
+                    .deliver_until(&until, auditor, failures, shutdown)
+                    .await?;
                 let how = if shutdown.is_cancelled() {
                     Backfilled::Interrupted
                 } else {
@@ -518,6 +556,7 @@ impl<'a> BackfillReader<'a> {
         &mut self,
         until: &HashMap<i32, i64>,
         auditor: &Auditor,
+        failures: &Failures,
         shutdown: &CancellationToken,
     ) -> Result<(), DistributorError> {
         let mut remaining: HashMap<i32, i64> = until
@@ -549,6 +588,7 @@ impl<'a> BackfillReader<'a> {
                 let mut out = Out {
                     sent: &mut sent,
                     tallies: &mut tallies,
+                    failures,
                 };
                 distribute(
                     record,
@@ -658,6 +698,8 @@ struct Tally {
 struct Out<'a> {
     sent: &'a mut Batch,
     tallies: &'a mut BTreeMap<String, Tally>,
+    /// Where a share that cannot be delivered to is reported.
+    failures: &'a Failures,
 }
 
 /// The audit trail's delivery records of one batch, one per share topic
@@ -765,7 +807,21 @@ async fn distribute(
         let mut list = Vec::new();
         for s in shares {
             list.push(match s.policy.share_table(source.codec().table()) {
-                Ok(table) => Some(share_codec(table, &s.topic, ctx).await?),
+                Ok(table) => match share_codec(table, s, ctx).await {
+                    Ok(codec) => Some(codec),
+                    Err(DistributorError::Schema { topic, source }) if source.is_definite() => {
+                        s.fail(
+                            "schema",
+                            format!(
+                                "the schema registry refused the share schema of {topic} ({}): a change of the dataset's table or of the grant's rules is incompatible with what this subscriber received so far; the owner reverts the change or sets the dataset's compatibility level to one that allows it (the share topic's subjects follow it), then re-activates the subscription",
+                                source.message
+                            ),
+                            out.failures,
+                        );
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(reason) => {
                     tracing::error!(subscriber = %s.policy.subscriber, dataset, %reason, "share policy does not fit the dataset; nothing is delivered to this subscriber until it is fixed");
                     None
@@ -787,6 +843,9 @@ async fn distribute(
     let origin_ts = record.header(HEADER_ORIGIN_TS).unwrap_or_default();
     for (s, codec) in shares.iter().zip(&version.shares) {
         let Some(sc) = codec else { continue };
+        if s.has_failed() {
+            continue;
+        }
         if s.from
             .as_ref()
             .is_some_and(|from| record.offset < from.get(&record.partition).copied().unwrap_or(0))
@@ -819,6 +878,26 @@ async fn distribute(
             (HEADER_HOPS, hops.as_bytes()),
             (HEADER_POLICY, s.policy_header.as_bytes()),
         ];
+        let size = key.len()
+            + value.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > ctx.settings.max_message_bytes {
+            let reason = format!(
+                "a share record of {} is {size} bytes, over the brokers' limit of {} (kafka.max_message_bytes): the raw record at {}:{}:{} is in {}; the owner narrows or masks the large field for this subscriber, or the brokers' message.max.bytes is raised, then the subscription is re-activated",
+                s.topic,
+                ctx.settings.max_message_bytes,
+                record.topic,
+                record.partition,
+                record.offset,
+                dead_letter_topic(s)
+            );
+            dead_letter(record, s, &reason, ctx, out.sent).await?;
+            s.fail("record_too_large", reason, out.failures);
+            continue;
+        }
         if !out.tallies.contains_key(&s.topic) {
             out.tallies.insert(
                 s.topic.clone(),
@@ -867,12 +946,70 @@ pub(crate) async fn schema(ctx: &FeedContext, id: u32) -> Option<Arc<Schema>> {
         .map(|e| e.schema.clone())
 }
 
-/// Registers a share table's schemas under its topic's subjects.
+/// The node's dead-letter topic of what could not be delivered to a share
+/// (the raw records, which hold unfiltered rows: the node's own, like a
+/// feed's dead letters).
+fn dead_letter_topic(s: &Share) -> String {
+    topics::dlq(&format!(
+        "share.{}.{}",
+        s.policy.subscriber, s.policy.dataset
+    ))
+}
+
+/// Keeps a raw record a share could not take in the share's dead-letter
+/// topic, with why and where it came from.
+async fn dead_letter(
+    record: &ConsumedRecord,
+    s: &Share,
+    reason: &str,
+    ctx: &FeedContext,
+    sent: &mut Batch,
+) -> Result<(), DistributorError> {
+    let topic = dead_letter_topic(s);
+    ctx.admin
+        .ensure(&[TopicSpec::retained(&topic, 1, ctx.replication_factor)])
+        .await?;
+    let partition = record.partition.to_string();
+    let offset = record.offset.to_string();
+    let headers: [(&str, &[u8]); 4] = [
+        (crate::feed::HEADER_DLQ_REASON, reason.as_bytes()),
+        (crate::subscribe::HEADER_DLQ_TOPIC, record.topic.as_bytes()),
+        (crate::subscribe::HEADER_DLQ_PARTITION, partition.as_bytes()),
+        (crate::subscribe::HEADER_DLQ_OFFSET, offset.as_bytes()),
+    ];
+    ctx.publisher
+        .enqueue_in(
+            sent,
+            OutgoingRecord {
+                topic: &topic,
+                key: record.key.as_deref(),
+                payload: record.payload.as_deref(),
+                headers: &headers,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Registers a share table's schemas under its topic's subjects, which
+/// follow the dataset's compatibility level when its owner set one.
 async fn share_codec(
     table: ShareTable,
-    topic: &str,
+    share: &Share,
     ctx: &FeedContext,
 ) -> Result<ShareCodec, DistributorError> {
+    let topic = share.topic.as_str();
+    if let Some(level) = share.compatibility {
+        for key in [true, false] {
+            ctx.registry
+                .set_level(Some(&subject_for(topic, key)), Some(level))
+                .await
+                .map_err(|source| DistributorError::Schema {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+        }
+    }
     let desc: TableDesc = table.desc.clone();
     let codec = TableCodec::new(desc).map_err(|e| DistributorError::Schema {
         topic: topic.to_owned(),
@@ -933,6 +1070,7 @@ async fn current(
             region_column: dataset.region_column.clone(),
             all_rows: dataset.all_rows,
             accept_disclosure: dataset.accepted_disclosures(),
+            compatibility: dataset.compatibility,
             fields: sub.granted.clone(),
             predicates: Vec::new(),
             secret_env: None,
@@ -984,6 +1122,8 @@ struct Backfills {
     /// them, so none misses what the backfill did not deliver.
     joined: Vec<ShareConfig>,
     joins: tokio::sync::mpsc::Sender<JoinRequest>,
+    /// Where a backfill reports a share it cannot deliver to.
+    failures: Failures,
 }
 
 impl Backfills {
@@ -1016,11 +1156,12 @@ impl Backfills {
                 continue;
             }
             let reads_dataset = consumed.iter().any(|c| c.dataset == share.dataset);
-            let (share_t, ctx, auditor, joins, shutdown, id) = (
+            let (share_t, ctx, auditor, joins, failures, shutdown, id) = (
                 share.clone(),
                 ctx.clone(),
                 auditor.clone(),
                 self.joins.clone(),
+                self.failures.clone(),
                 shutdown.clone(),
                 sub.id.clone(),
             );
@@ -1028,8 +1169,16 @@ impl Backfills {
             let abort = self.tasks.spawn(async move {
                 let mut backoff = Duration::from_secs(1);
                 loop {
-                    match backfill_and_join(&share_t, &ctx, &auditor, &joins, reads_dataset, &shutdown)
-                        .await
+                    match backfill_and_join(
+                        &share_t,
+                        &ctx,
+                        &auditor,
+                        &joins,
+                        reads_dataset,
+                        &failures,
+                        &shutdown,
+                    )
+                    .await
                     {
                         Ok((records, how)) => return (id, records, how),
                         Err(e) => {
@@ -1142,25 +1291,45 @@ pub async fn supervise(
     let mut changes = catalog.changes();
     let mut backoff = Duration::from_secs(1);
     let (joins, mut join_requests) = tokio::sync::mpsc::channel::<JoinRequest>(16);
+    let (failures, mut failed_shares) = tokio::sync::mpsc::unbounded_channel::<ShareFailure>();
     let mut backfills = Backfills {
         tasks: tokio::task::JoinSet::new(),
         running: HashMap::new(),
         joined: Vec::new(),
         joins,
+        failures: failures.clone(),
+    };
+    // Shares of the configuration file that failed: left out until the
+    // node restarts (catalog subscriptions record their failure instead).
+    let mut config_failed: std::collections::HashSet<(String, String)> = Default::default();
+    let in_force = |catalog, config_failed: &std::collections::HashSet<(String, String)>| {
+        let config: Vec<ShareConfig> = config_shares
+            .iter()
+            .filter(|s| !config_failed.contains(&(s.subscriber.to_string(), s.dataset.clone())))
+            .cloned()
+            .collect();
+        async move { current(&config, catalog).await }
     };
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         let _ = catalog.caught_up().await;
-        let (ready, pending) = current(&config_shares, &catalog).await;
+        let (ready, pending) = in_force(&catalog, &config_failed).await;
         let shares = backfills.with_joined(&ready);
         backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
         let mut failed = false;
         if !shares.is_empty() {
             let mut sig = signature(&shares);
             let child = shutdown.child_token();
-            let run_fut = run(&shares, &ctx, &auditor, &mut join_requests, &child);
+            let run_fut = run(
+                &shares,
+                &ctx,
+                &auditor,
+                &mut join_requests,
+                &failures,
+                &child,
+            );
             tokio::pin!(run_fut);
             let outcome = loop {
                 tokio::select! {
@@ -1172,13 +1341,19 @@ pub async fn supervise(
                             sig = signature(&backfills.with_joined(&shares));
                         }
                     }
+                    Some(failure) = failed_shares.recv() => {
+                        // The share is out of this run already; its
+                        // subscription records why (a change that restarts
+                        // the run without it).
+                        record_failure(failure, &catalog, &auditor, &ctx, &mut config_failed).await;
+                    }
                     c = changes.changed() => {
                         if c.is_err() {
                             child.cancel();
                             continue;
                         }
                         let _ = catalog.caught_up().await;
-                        let (now, pending) = current(&config_shares, &catalog).await;
+                        let (now, pending) = in_force(&catalog, &config_failed).await;
                         backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
                         if signature(&backfills.with_joined(&now)) != sig {
                             tracing::info!("shares changed; restarting the distributor");
@@ -1222,6 +1397,10 @@ pub async fn supervise(
                     }
                     break;
                 }
+                Some(failure) = failed_shares.recv() => {
+                    record_failure(failure, &catalog, &auditor, &ctx, &mut config_failed).await;
+                    break;
+                }
             }
         }
         if failed {
@@ -1229,6 +1408,56 @@ pub async fn supervise(
         }
     }
     backfills.tasks.shutdown().await;
+}
+
+/// Records that a share failed: its subscription becomes `failed` with the
+/// reason (the owner sees it in the API and on the dashboard, and
+/// re-activates it once the cause is fixed), the audit trail says so, a
+/// metric counts it. A share of the configuration file is left out until
+/// the node restarts.
+async fn record_failure(
+    failure: ShareFailure,
+    catalog: &Catalog,
+    auditor: &Auditor,
+    ctx: &FeedContext,
+    config_failed: &mut std::collections::HashSet<(String, String)>,
+) {
+    ctx.metrics
+        .distributor_share_failures
+        .with_label_values(&[failure.subscriber.as_str(), failure.kind])
+        .inc();
+    let id = format!("{}:{}", failure.subscriber, failure.dataset);
+    let reason = failure.reason.clone();
+    let recorded = catalog
+        .update(|st| match st.subscriptions.get(&id) {
+            Some(s) if s.state == SubscriptionState::Active => {
+                let mut s = s.clone();
+                s.state = SubscriptionState::Failed { reason };
+                s.updated_ms = backflow_connectors::now_ms();
+                Ok((crate::catalog::CatalogRecord::Subscription(s), ()))
+            }
+            _ => Err(()),
+        })
+        .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(())) => {
+            config_failed.insert((failure.subscriber.clone(), failure.dataset.clone()));
+        }
+        Err(e) => {
+            tracing::error!(subscription = %id, error = %e, "cannot record the share's failure in the catalog")
+        }
+    }
+    let details = serde_json::json!({
+        "action": "subscription failed",
+        "subscription": id,
+        "kind": failure.kind,
+        "reason": failure.reason,
+        "by": "distributor",
+    });
+    if let Err(e) = auditor.append("decision", details).await {
+        tracing::error!(error = %e, "cannot write the audit trail");
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub enum Mask {
     Fixed(String),
 }
 
+/// Longest text of `masked:fixed(TEXT)`.
+pub const MAX_FIXED_MASK_CHARS: usize = 64;
+
 /// What a granted field carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldRule {
@@ -71,6 +74,11 @@ impl FieldRule {
                     .strip_prefix("fixed(")
                     .and_then(|r| r.strip_suffix(')'))
                 {
+                    if fixed.chars().count() > MAX_FIXED_MASK_CHARS {
+                        return Err(format!(
+                            "{text:?}: a fixed mask holds at most {MAX_FIXED_MASK_CHARS} characters (it replaces every value, and share records must stay within the brokers' size limit)"
+                        ));
+                    }
                     FieldRule::Masked(Mask::Fixed(fixed.to_owned()))
                 } else {
                     return Err(bad());
@@ -529,6 +537,13 @@ mod tests {
             .share_table(&source())
             .unwrap_err()
             .contains("no column nope"));
+    }
+
+    #[test]
+    fn a_fixed_mask_is_bounded_so_share_records_stay_small() {
+        assert!(FieldRule::parse(&format!("masked:fixed({})", "*".repeat(64))).is_ok());
+        let e = FieldRule::parse(&format!("masked:fixed({})", "*".repeat(65))).unwrap_err();
+        assert!(e.contains("at most 64"), "{e}");
     }
 
     #[test]

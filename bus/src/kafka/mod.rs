@@ -126,7 +126,14 @@ pub struct KafkaSettings {
     /// subscriptions): how long the broker may hold a fetch that finds no
     /// record.
     pub fetch_wait_ms: u32,
+    /// The largest record the brokers accept (their `message.max.bytes`):
+    /// the distributor checks each share record against it, so one that
+    /// cannot be delivered fails its subscription alone.
+    pub max_message_bytes: usize,
 }
+
+/// librdkafka's and Apache Kafka's default largest record.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 impl KafkaSettings {
     /// Settings for a bootstrap list with defaults for everything else.
@@ -137,6 +144,7 @@ impl KafkaSettings {
             request_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
             fetch_wait_ms: DEFAULT_FETCH_WAIT_MS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -149,6 +157,7 @@ impl KafkaSettings {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             properties: config.properties.clone(),
             fetch_wait_ms: config.fetch_wait_ms,
+            max_message_bytes: config.max_message_bytes,
         }
     }
 

@@ -78,6 +78,11 @@ impl RegistryError {
     pub(crate) fn schema_not_found() -> Self {
         Self::new(404, 40403, "Schema not found")
     }
+    /// Whether asking again cannot help (the schema or the request is
+    /// refused as it is), as opposed to a store that is not reachable now.
+    pub fn is_definite(&self) -> bool {
+        (400..500).contains(&self.status)
+    }
     pub(crate) fn invalid_schema(reason: impl std::fmt::Display) -> Self {
         Self::new(422, 42201, format!("Invalid schema: {reason}"))
     }
