@@ -80,12 +80,26 @@ pub const SECRET_KEY: &str = "password_secret";
 pub struct FeedAdmission {
     secrets: Vec<SecretConfig>,
     feeds: ApiFeedsConfig,
+    /// Datasets received from an upper node, with the subscription each
+    /// comes through: no feed fills them.
+    cascaded: std::collections::BTreeMap<String, String>,
 }
 
 impl FeedAdmission {
     /// The rules of a node's configuration.
     pub fn new(secrets: Vec<SecretConfig>, feeds: ApiFeedsConfig) -> Self {
-        Self { secrets, feeds }
+        Self {
+            secrets,
+            feeds,
+            cascaded: Default::default(),
+        }
+    }
+
+    /// The datasets received from an upper node (see
+    /// `Config::cascaded_datasets`), which no feed may fill.
+    pub fn with_cascaded(mut self, cascaded: std::collections::BTreeMap<String, String>) -> Self {
+        self.cascaded = cascaded;
+        self
     }
 
     /// Checks a feed's definition as registered through the API by a
@@ -117,6 +131,11 @@ impl FeedAdmission {
         }
         for id in &datasets {
             crate::topics::validate_dataset_id(id).map_err(Refusal::Invalid)?;
+            if let Some(via) = self.cascaded.get(*id) {
+                return Err(Refusal::Forbidden(format!(
+                    "dataset {id} is received from the upper node through subscription {via}: it is the upper node's, and no local feed may fill it"
+                )));
+            }
         }
         let departments: Vec<&str> = match department {
             Some(d) => vec![d],

@@ -948,6 +948,26 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The datasets this node receives from an upper node (its cascading
+    /// subscriptions, sink `kafka`) with the subscription each comes
+    /// through. They are the upper node's: no local feed fills them and no
+    /// local department owns them.
+    pub fn cascaded_datasets(&self) -> BTreeMap<String, String> {
+        self.subscriptions
+            .iter()
+            .filter(|s| matches!(s.sink, SinkConfig::Kafka(_)))
+            .flat_map(|s| {
+                s.tables.iter().filter_map(move |t| {
+                    let dataset = t
+                        .table
+                        .clone()
+                        .or_else(|| crate::topics::dataset_of(&t.topic).map(str::to_owned))?;
+                    Some((dataset, s.name.clone()))
+                })
+            })
+            .collect()
+    }
+
     /// Loads the configuration from an optional TOML file and the process
     /// environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -1157,6 +1177,20 @@ impl Config {
                 origin: origin_name(file, &env, key),
                 reason,
             })?;
+        let cascaded = config.cascaded_datasets();
+        for (i, feed) in config.feeds.iter().enumerate() {
+            if let Some((d, via)) = feed
+                .datasets()
+                .into_iter()
+                .find_map(|d| cascaded.get_key_value(d))
+            {
+                return Err(ConfigError::BadValue {
+                    key: format!("feeds[{i}].tables"),
+                    origin: origin_name(file, &env, ""),
+                    reason: format!("dataset {d} is received from the upper node through subscription {via}: no local feed may fill it"),
+                });
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, feed) in config.feeds.iter().enumerate() {
             if !names.insert(feed.name().to_owned()) {

@@ -109,7 +109,7 @@ pub struct MetricsInner {
     pub distributor_restarts: IntCounter,
     /// Shares the distributor stopped because it could not deliver to them
     /// (the others went on), by subscriber node and reason (`schema`,
-    /// `record_too_large`).
+    /// `record_too_large`, `policy`).
     pub distributor_share_failures: IntCounterVec,
     /// Share records a subscriber has not applied yet (node side, from the
     /// subscriber's reports).

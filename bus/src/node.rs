@@ -214,7 +214,8 @@ async fn run_on(
     );
     let feed_statuses = crate::feeds::FeedStatuses::default();
     let admission =
-        crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone());
+        crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone())
+            .with_cascaded(config.cascaded_datasets());
     // Subscriptions past their validity end within seconds.
     if is_node {
         let (catalog, auditor, shutdown) = (catalog.clone(), auditor.clone(), shutdown.clone());
@@ -494,7 +495,8 @@ async fn run_on(
             .with_lag(lag_board)
             .with_metrics(metrics.clone())
             .with_standards(config.standards.clone())
-            .with_feeds(admission.clone(), &config.feeds),
+            .with_feeds(admission.clone(), &config.feeds)
+            .with_cascaded(config.cascaded_datasets()),
         ));
         // The operators' dashboard at `/` (its data comes from /api).
         router = router.merge(crate::dashboard::router());

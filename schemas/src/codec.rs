@@ -24,9 +24,15 @@ pub const TRANSACTION_AVSC: &str = include_str!("../avro/transaction.avsc");
 /// Name of the custom field attribute holding the column's SQL type.
 pub const SQL_TYPE_ATTRIBUTE: &str = "backflow.sql_type";
 
+/// Field attribute of a column whose values a share policy masked: the
+/// rule (`keep(6,4)`).
+pub const MASKED_ATTRIBUTE: &str = "backflow.masked";
+/// Field attribute of a column whose values a share policy hashed: `true`.
+pub const HASHED_ATTRIBUTE: &str = "backflow.hashed";
+
 fn field_json(c: &ColumnDesc) -> Json {
     let avro = c.sql_type.avro();
-    if c.nullable {
+    let mut field = if c.nullable {
         json!({"name": c.name, "type": ["null", avro], "default": null, SQL_TYPE_ATTRIBUTE: c.sql_type.to_string()})
     } else {
         let mut field =
@@ -39,7 +45,13 @@ fn field_json(c: &ColumnDesc) -> Json {
             field["default"] = default;
         }
         field
+    };
+    match &c.protection {
+        Some(crate::table::Protection::Masked(rule)) => field[MASKED_ATTRIBUTE] = json!(rule),
+        Some(crate::table::Protection::Hashed) => field[HASHED_ATTRIBUTE] = json!(true),
+        None => {}
     }
+    field
 }
 
 /// The key schema of a table: a record `Key` of its primary-key columns.

@@ -30,8 +30,8 @@ pub mod wire;
 pub use codec::TableCodec;
 pub use datum::{Datum, Decimal, Row};
 pub use event::{ChangeEvent, EventRef, Op, Snapshot, SourceInfo, TransactionInfo};
-pub use recover::{key_table_from_schema, table_from_schemas, TableTarget};
-pub use table::{ColumnDesc, TableDesc};
+pub use recover::{key_table_from_schema, protections, table_from_schemas, TableTarget};
+pub use table::{ColumnDesc, Protection, TableDesc};
 pub use types::SqlType;
 pub use wire::{
     decode_framed, frame, unframe, EventReader, FramedReaders, SchemaCache, SchemaLookup, WireError,

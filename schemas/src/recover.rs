@@ -59,6 +59,19 @@ pub fn table_from_schemas(
     Ok(desc)
 }
 
+/// How an upper node protected each field of a change-event value schema
+/// (fields marked `backflow.masked` or `backflow.hashed`), by field name.
+pub fn protections(value: &Schema) -> std::collections::BTreeMap<String, crate::Protection> {
+    row_record(value)
+        .map(|row| {
+            row.fields
+                .iter()
+                .filter_map(|f| Some((f.name.clone(), column(f).ok()?.protection?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A key-only description from the key schema alone: enough to delete by
 /// key when a tombstone arrives before any value of its table.
 pub fn key_table_from_schema(key: &Schema, target: &TableTarget) -> Result<TableDesc, SchemaError> {
@@ -129,7 +142,19 @@ pub(crate) fn column(field: &apache_avro::schema::RecordField) -> Result<ColumnD
         Some(text) => SqlType::parse(text).map_err(|e| e.to_string())?,
         None => infer(inner)?,
     };
-    Ok(ColumnDesc::new(field.name.clone(), sql_type, nullable))
+    let attr = |name: &str| field.custom_attributes.get(name);
+    let protection = if let Some(rule) = attr(crate::codec::MASKED_ATTRIBUTE) {
+        Some(crate::table::Protection::Masked(
+            rule.as_str().unwrap_or_default().to_owned(),
+        ))
+    } else if attr(crate::codec::HASHED_ATTRIBUTE)
+        .is_some_and(|v| v != &serde_json::Value::Bool(false))
+    {
+        Some(crate::table::Protection::Hashed)
+    } else {
+        None
+    };
+    Ok(ColumnDesc::new(field.name.clone(), sql_type, nullable).protected(protection))
 }
 
 /// The SQL type for an Avro type written by a producer other than backflow.
@@ -192,6 +217,25 @@ mod tests {
             (got.schema.as_str(), got.name.as_str()),
             ("district", "population")
         );
+    }
+
+    #[test]
+    fn how_values_were_protected_travels_with_the_schema() {
+        let mut table = examples::population();
+        table.columns[1].protection = Some(crate::Protection::Masked("name".into()));
+        table.columns[2].protection = Some(crate::Protection::Hashed);
+        let codec = TableCodec::new(table.clone()).unwrap();
+        let text = serde_json::to_string(codec.value_schema().as_ref()).unwrap();
+        assert!(text.contains(r#""backflow.masked":"name""#), "{text}");
+        assert!(text.contains(r#""backflow.hashed":true"#), "{text}");
+        let reparse = |s: &Schema| Schema::parse_str(&serde_json::to_string(s).unwrap()).unwrap();
+        let got = table_from_schemas(
+            &reparse(codec.key_schema()),
+            &reparse(codec.value_schema()),
+            &target(),
+        )
+        .unwrap();
+        assert_eq!(got.columns, table.columns);
     }
 
     #[test]

@@ -17,6 +17,30 @@ pub struct ColumnDesc {
     /// `"active"`), for a NOT NULL column: readers of older records fill
     /// it in, so adding such a column is a compatible schema change.
     pub avro_default: Option<String>,
+    /// How a node's share policy protected the values (masked or hashed)
+    /// on their way here; `None` for values as the department holds them.
+    /// It travels with the schema (field attributes `backflow.masked`,
+    /// `backflow.hashed`), so a lower node knows what it may not share
+    /// plain.
+    pub protection: Option<Protection>,
+}
+
+/// How a share policy protected a column's values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Protection {
+    /// Masked by the rule given (`keep(6,4)`, `name`, `fixed(...)`).
+    Masked(String),
+    /// Replaced by a keyed pseudonym (HMAC).
+    Hashed,
+}
+
+impl std::fmt::Display for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protection::Masked(rule) => write!(f, "masked:{rule}"),
+            Protection::Hashed => f.write_str("hashed"),
+        }
+    }
 }
 
 impl ColumnDesc {
@@ -27,7 +51,14 @@ impl ColumnDesc {
             sql_type,
             nullable,
             avro_default: None,
+            protection: None,
         }
+    }
+
+    /// The same column, its values protected as `protection` says.
+    pub fn protected(mut self, protection: Option<Protection>) -> Self {
+        self.protection = protection;
+        self
     }
 
     /// The same column with the default value `datum` (ignored when it has

@@ -42,12 +42,7 @@ async fn put_dataset(
     Json(body): Json<Value>,
 ) -> ApiResult {
     let who = staff(&state, &headers).await?;
-    if !who.owns(&id) {
-        return Err(forbidden(format!(
-            "{} cannot register dataset {id}: only its owner department or an admin can",
-            who.name()
-        )));
-    }
+    state.decides(&who, &id).map_err(forbidden)?;
     crate::topics::validate_dataset_id(&id).map_err(invalid)?;
     let Value::Object(changes) = body else {
         return Err(invalid(
@@ -76,6 +71,7 @@ async fn put_dataset(
     let dataset: Dataset = serde_json::from_value(merged).map_err(|e| invalid(e.to_string()))?;
     let standard = bound_standard(&state, &id).await;
     dataset.validate(standard).map_err(invalid)?;
+    arrived_protection_kept(&state, &dataset).await?;
     if before.is_none() {
         let st = state.catalog.state().await;
         let department = dataset.owner();
@@ -196,6 +192,33 @@ async fn rederive(
             }),
         };
         audit(state, who, details).await?;
+    }
+    Ok(())
+}
+
+/// Checks a dataset whose raw topic holds what an upper node shared
+/// (fields it masked or hashed are marked in the schema): a hashed field
+/// is not shared as it arrived (one pseudonym for every district would link
+/// their records); it is hashed again or withheld. A masked field passed on
+/// as it arrived keeps its marking.
+async fn arrived_protection_kept(state: &ApiState, dataset: &Dataset) -> Result<(), ApiError> {
+    let subject =
+        backflow_schemas::registry_client::subject_for(&crate::topics::raw(&dataset.id), false);
+    let arrived = {
+        let registry = state.registry.state().await;
+        match registry.version(&subject, crate::registry::VersionSel::Latest, false) {
+            Ok((_, entry)) => backflow_schemas::protections(&entry.schema),
+            Err(_) => return Ok(()),
+        }
+    };
+    for (field, protection) in &arrived {
+        if *protection == backflow_schemas::Protection::Hashed
+            && dataset.rule(field).as_deref() == Some("plain")
+        {
+            return Err(invalid(format!(
+                "fields.{field}: it arrived hashed from the upper node: share it hashed (a key per subscriber) or withhold it, never as it arrived"
+            )));
+        }
     }
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct ApiState {
     admission: std::sync::Arc<crate::admission::FeedAdmission>,
     /// The configuration's feeds and the datasets each fills.
     config_feeds: std::sync::Arc<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Datasets received from an upper node, with the subscription each
+    /// comes through.
+    cascaded: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl ApiState {
@@ -88,6 +91,32 @@ impl ApiState {
             standards: Default::default(),
             admission: Default::default(),
             config_feeds: Default::default(),
+            cascaded: Default::default(),
+        }
+    }
+
+    /// The datasets this node receives from an upper node.
+    pub fn with_cascaded(mut self, cascaded: std::collections::BTreeMap<String, String>) -> Self {
+        self.cascaded = std::sync::Arc::new(cascaded);
+        self
+    }
+
+    /// Whether `who` decides over `dataset` here: its department or an
+    /// admin; over a dataset received from an upper node, an admin alone
+    /// (no local department owns the upper node's data; what the admin
+    /// may grant stays within the upper grant).
+    fn decides(&self, who: &Principal, dataset: &str) -> Result<(), String> {
+        match self.cascaded.get(dataset) {
+            Some(via) if *who != Principal::Admin => Err(format!(
+                "{} cannot decide over dataset {dataset}: it is received from the upper node through subscription {via}, and only an admin re-shares it here",
+                who.name()
+            )),
+            Some(_) => Ok(()),
+            None if who.owns(dataset) => Ok(()),
+            None => Err(format!(
+                "{} cannot decide over dataset {dataset}: only its owner department or an admin can",
+                who.name()
+            )),
         }
     }
 

@@ -328,13 +328,9 @@ async fn decide(
                 st.subscriptions.get(&id).cloned().ok_or_else(|| {
                     ApiError(StatusCode::NOT_FOUND, format!("no subscription {id}"))
                 })?;
-            if !who.owns(&sub.dataset) {
-                return Err(forbidden(format!(
-                    "{} cannot {action} subscription {id}: only the owner of {} or an admin can",
-                    who.name(),
-                    sub.dataset
-                )));
-            }
+            state
+                .decides(&who, &sub.dataset)
+                .map_err(|e| forbidden(format!("cannot {action} subscription {id}: {e}")))?;
             let dataset = st.datasets.get(&sub.dataset).ok_or_else(|| {
                 ApiError(
                     StatusCode::CONFLICT,

@@ -133,7 +133,7 @@ pub struct ShareFailure {
     pub subscriber: String,
     /// The dataset.
     pub dataset: String,
-    /// `schema` or `record_too_large` (a bounded metric label).
+    /// `schema`, `record_too_large` or `policy` (a bounded metric label).
     pub kind: &'static str,
     /// What happened and how to fix it.
     pub reason: String,
@@ -823,7 +823,13 @@ async fn distribute(
                     Err(e) => return Err(e),
                 },
                 Err(reason) => {
-                    tracing::error!(subscriber = %s.policy.subscriber, dataset, %reason, "share policy does not fit the dataset; nothing is delivered to this subscriber until it is fixed");
+                    s.fail(
+                        "policy",
+                        format!(
+                            "the grant does not fit the dataset as it now is: {reason}; the owner changes the grant (or the dataset), then re-activates the subscription"
+                        ),
+                        out.failures,
+                    );
                     None
                 }
             });

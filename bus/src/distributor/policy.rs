@@ -260,6 +260,26 @@ impl SharePolicy {
                 continue;
             };
             let is_key = source.primary_key.contains(&c.name);
+            // Values an upper node protected stay protected, and say so:
+            // a masked value passed on as it arrived keeps its marking (it
+            // must not pass for an ordinary one), and may be masked or
+            // hashed further; a hashed one is hashed again under this
+            // subscription's key or withheld, never passed on (one
+            // pseudonym shared alike with every district would link
+            // records across them).
+            let protection = match (rule, &c.protection) {
+                (FieldRule::Plain, Some(backflow_schemas::Protection::Hashed)) => {
+                    return Err(format!(
+                        "field {} arrived hashed from an upper node: it may be hashed again (a key per subscriber) or withheld, never passed on as it is",
+                        c.name
+                    ))
+                }
+                (FieldRule::Plain, arrived) => arrived.clone(),
+                (FieldRule::Hashed, _) => Some(backflow_schemas::Protection::Hashed),
+                (FieldRule::Masked(_), _) => Some(backflow_schemas::Protection::Masked(
+                    rule.to_string().trim_start_matches("masked:").to_owned(),
+                )),
+            };
             let sql_type = match rule {
                 FieldRule::Plain => c.sql_type,
                 FieldRule::Masked(_) if is_key => {
@@ -273,11 +293,10 @@ impl SharePolicy {
             // Non-key columns are nullable in every share: grants change
             // over time, and a column a narrowed policy stops sending must
             // not make the subscriber's rows impossible to insert.
-            columns.push(ColumnDesc::new(
-                c.name.clone(),
-                sql_type,
-                c.nullable || !is_key,
-            ));
+            columns.push(
+                ColumnDesc::new(c.name.clone(), sql_type, c.nullable || !is_key)
+                    .protected(protection),
+            );
             sources.push((i, rule.clone()));
         }
         let missing: Vec<&str> = source
@@ -537,6 +556,50 @@ mod tests {
             .share_table(&source())
             .unwrap_err()
             .contains("no column nope"));
+    }
+
+    #[test]
+    fn values_protected_upstream_stay_protected_and_marked() {
+        use backflow_schemas::Protection;
+        // A city's raw table as it arrived from the province: the name
+        // masked, the phone hashed.
+        let mut arrived = source();
+        for c in &mut arrived.columns {
+            c.protection = match c.name.as_str() {
+                "name" => Some(Protection::Masked("name".into())),
+                "phone" => Some(Protection::Hashed),
+                _ => None,
+            };
+        }
+        let mut p = policy("330106", "330106");
+        p.fields.insert("name".into(), FieldRule::Plain);
+        p.fields.insert("phone".into(), FieldRule::Hashed);
+        let t = p.share_table(&arrived).unwrap();
+        let marks: Vec<(&str, Option<String>)> = t
+            .desc
+            .columns
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.protection.as_ref().map(|p| p.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                ("id", None),
+                ("name", Some("masked:name".into())),
+                ("id_number", Some("masked:keep(6,4)".into())),
+                ("phone", Some("hashed".into())),
+                ("region_code", None),
+            ],
+            "passed on as arrived, the name stays marked masked"
+        );
+        p.fields.insert("phone".into(), FieldRule::Plain);
+        let e = p.share_table(&arrived).unwrap_err();
+        assert!(e.contains("phone arrived hashed"), "{e}");
     }
 
     #[test]

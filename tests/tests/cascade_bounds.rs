@@ -1,0 +1,229 @@
+//! What a lower node may do with data it received (issue 29): a province
+//! (330000) shares its department's residents with a city (330100), the
+//! name masked and the phone hashed; the city cascades them into its own
+//! bus and re-shares them to its districts.
+//!
+//! Checked on the city: the masked name passed on as it arrived stays
+//! marked masked in the district's schema; the hashed phone cannot be
+//! passed on as it arrived (that share fails alone, with the reason, and
+//! the other goes on); the received dataset is the upper node's: no city
+//! department may register it, feed it or decide over it, and an admin
+//! cannot grant the hashed field as it arrived either.
+
+use std::time::{Duration, Instant};
+
+use backflow_e2e::share_topic;
+use backflow_e2e::sinks::{Backend, SinkDb};
+use backflow_e2e::{pg_connect, unique_name, Node, TestBroker, TestToken, PEOPLE_TABLE};
+use serde_json::{json, Value};
+
+const CITY_ADMIN: &str = "bounds-city-admin";
+const CITY_GA: &str = "bounds-city-owner-ga";
+const CITY_AUDITOR: &str = "bounds-city-auditor";
+
+fn tokens(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(p, t)| {
+            format!(
+                "[[auth.tokens]]\nprincipal = \"{p}\"\nsha256 = \"{}\"\n",
+                backflow::auth::token_hash(t)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    pg_connect(&source.name)
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "{PEOPLE_TABLE}
+             INSERT INTO people SELECT g, '张三丰', '330106199001010000', '13800001111',
+                 CASE WHEN g % 2 = 0 THEN '330106' ELSE '330108' END, 1
+               FROM generate_series(1, 20) g;"
+        ))
+        .await
+        .unwrap();
+    let province_bus = TestBroker::start();
+    let city_bus = TestBroker::start();
+    let city_token = TestToken::new("subscriber:330100");
+    let province = Node::start_with_config(
+        &format!(
+            "[node]\ncode = \"330000\"\n[kafka]\nbrokers = \"{}\"\n\n\
+             [[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\n\
+             tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n\n\
+             [[shares]]\nsubscriber = \"330100\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
+             fields = {{ id = \"plain\", name = \"masked:name\", phone = \"hashed\", region_code = \"plain\" }}\n\
+             secret_env = \"SECRET_330100\"\n{}",
+            province_bus.bootstrap(),
+            source.name.replace('_', "-"),
+            source.name,
+            city_token.auth_toml(),
+        ),
+        &[("SECRET_330100", "hangzhou-secret-0123456789")],
+    )
+    .unwrap();
+    province
+        .wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let city = Node::start_with_config(
+        &format!(
+            "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\
+             [api_feeds]\nallowed_hosts = [\"127.0.0.1:5432\"]\n\n\
+             [[subscriptions]]\nname = \"{}\"\n\
+             upstream = {{ brokers = \"{}\", registry_url = \"{}\", registry_token_env = \"CITY_TOKEN\" }}\n\
+             sink = {{ type = \"kafka\" }}\n\
+             tables = [{{ topic = \"backflow.share.330100.ga.people\" }}]\n\n\
+             [[shares]]\nsubscriber = \"330106\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
+             fields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n\n\
+             [[shares]]\nsubscriber = \"330108\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
+             fields = {{ id = \"plain\", phone = \"plain\", region_code = \"plain\" }}\n{}",
+            city_bus.bootstrap(),
+            unique_name("city-from-province"),
+            province_bus.bootstrap(),
+            province.url,
+            tokens(&[
+                ("admin", CITY_ADMIN),
+                ("owner:ga", CITY_GA),
+                ("auditor", CITY_AUDITOR)
+            ]),
+        ),
+        &[("CITY_TOKEN", city_token.token())],
+    )
+    .unwrap();
+    city.wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // The masked name is passed on as it arrived, and still says it is
+    // masked: in the district's schema and in the values.
+    let share_330106 = "backflow.share.330106.ga.people";
+    let until = Instant::now() + Duration::from_secs(90);
+    while share_topic::high_watermark(city_bus.bootstrap(), share_330106).await < 10 {
+        assert!(
+            Instant::now() < until,
+            "the city never re-shared to 330106\n{}",
+            city.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let records = share_topic::read(city_bus.bootstrap(), share_330106, &city.url, CITY_ADMIN)
+        .await
+        .unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.after().is_some_and(|a| a["name"] == "张**")),
+        "{records:#?}"
+    );
+    let (status, latest) = city
+        .api(
+            "GET",
+            &format!("/subjects/{share_330106}-value/versions/latest"),
+            Some(CITY_ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{latest}");
+    let schema: Value = serde_json::from_str(latest["schema"].as_str().unwrap()).unwrap();
+    let text = schema.to_string();
+    assert!(text.contains(r#""backflow.masked":"name""#), "{text}");
+
+    // The hashed phone cannot be passed on as it arrived: that share fails
+    // alone, the other went on.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = city.get_ops("/metrics").await.unwrap();
+        if metrics.lines().any(|l| {
+            l == "backflow_distributor_share_failures_total{reason=\"policy\",subscriber=\"330108\"} 1"
+        }) {
+            break;
+        }
+        assert!(Instant::now() < until, "{metrics}\n{}", city.stderr());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        share_topic::high_watermark(city_bus.bootstrap(), "backflow.share.330108.ga.people").await,
+        0
+    );
+    assert!(
+        city.stderr().contains("phone arrived hashed"),
+        "{}",
+        city.stderr()
+    );
+    let (_, trail) = city
+        .api("GET", "/api/audit?limit=1000", Some(CITY_AUDITOR), None)
+        .await;
+    assert!(
+        trail["records"].as_array().unwrap().iter().any(|r| {
+            r["details"]["action"] == "subscription failed"
+                && r["details"]["subscription"] == "330108:ga.people"
+                && r["details"]["kind"] == "policy"
+        }),
+        "{trail}"
+    );
+
+    // The received dataset is the province's: the city's department of the
+    // same name registers, feeds and decides over none of it.
+    let dataset = json!({"sharing": "unconditional", "region_column": "region_code",
+        "fields": {"id": {}, "name": {}, "phone": {"rule": "hashed"}, "region_code": {}}});
+    let (status, body) = city
+        .api(
+            "PUT",
+            "/api/datasets/ga.people",
+            Some(CITY_GA),
+            Some(dataset.clone()),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("upper node"),
+        "{body}"
+    );
+    let (status, body) = city
+        .api(
+            "PUT",
+            "/api/feeds/ga-local",
+            Some(CITY_GA),
+            Some(
+                json!({"type": "postgres", "user": "postgres", "database": source.name,
+                "tables": [{"table": "public.people", "dataset": "ga.people"}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("upper node"),
+        "{body}"
+    );
+    // An admin re-shares it, but not the hashed phone as it arrived.
+    let mut plain_phone = dataset.clone();
+    plain_phone["fields"]["phone"] = json!({});
+    let (status, body) = city
+        .api(
+            "PUT",
+            "/api/datasets/ga.people",
+            Some(CITY_ADMIN),
+            Some(plain_phone),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("arrived hashed"),
+        "{body}"
+    );
+    let (status, body) = city
+        .api(
+            "PUT",
+            "/api/datasets/ga.people",
+            Some(CITY_ADMIN),
+            Some(dataset),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
