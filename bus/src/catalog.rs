@@ -133,6 +133,33 @@ pub struct Dataset {
     /// level when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility: Option<crate::registry::Level>,
+    /// Whether subscribers may share it on to their own divisions, unless
+    /// the owner decides otherwise on approval (default: none).
+    #[serde(default)]
+    pub onward: Onward,
+}
+
+/// Whether the subscriber, a lower node, may share on what it receives
+/// (set by the owner; a grant shares nothing onward unless it says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Onward {
+    /// The subscriber keeps the data to itself.
+    #[default]
+    None,
+    /// The subscriber may share it on to divisions inside its own
+    /// jurisdiction, within this grant (rows, fields, protections).
+    WithinJurisdiction,
+}
+
+impl Onward {
+    /// The setting as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Onward::None => "none",
+            Onward::WithinJurisdiction => "within_jurisdiction",
+        }
+    }
 }
 
 /// Which rows of a dataset a subscriber receives.
@@ -308,6 +335,9 @@ pub struct Subscription {
     /// changed in place.
     #[serde(default = "first_version")]
     pub request_version: u32,
+    /// Whether the subscriber may share on what it receives.
+    #[serde(default)]
+    pub onward: Onward,
 }
 
 fn first_version() -> u32 {
@@ -337,8 +367,10 @@ impl Subscription {
     /// subscriptions with its reason. An active one keeps only the granted
     /// fields the dataset still shares, each under the dataset's new rule,
     /// except that a rule relaxed to `plain` is not extended to grants made
-    /// under a stricter one (the owner re-approves for that). Any change of
-    /// what is delivered, rows included, is a new policy version.
+    /// under a stricter one (the owner re-approves for that). The dataset's
+    /// `onward` applies to every subscription when the owner changes it.
+    /// Any change of what is delivered, rows and onward sharing included,
+    /// is a new policy version.
     pub fn under(&self, dataset: &Dataset, before: Option<&Dataset>) -> Option<Rederived> {
         let mut sub = self.clone();
         let mut out = Rederived {
@@ -388,8 +420,13 @@ impl Subscription {
             }
         }
         out.rows_changed = before.is_some_and(|b| b.row_rule() != dataset.row_rule());
-        if out.removed.is_empty() && out.changed.is_empty() && !out.rows_changed {
+        let onward_changed = before.is_some_and(|b| b.onward != dataset.onward);
+        if out.removed.is_empty() && out.changed.is_empty() && !out.rows_changed && !onward_changed
+        {
             return None;
+        }
+        if onward_changed {
+            sub.onward = dataset.onward;
         }
         sub.granted = granted;
         sub.policy_version += 1;

@@ -245,6 +245,10 @@ pub struct ShareConfig {
     /// the share topic's subjects follow; set from the catalog.
     #[serde(skip)]
     pub compatibility: Option<crate::registry::Level>,
+    /// Whether the subscriber may share on what it receives: `none` (the
+    /// default) or `within_jurisdiction`.
+    #[serde(default)]
+    pub onward: crate::catalog::Onward,
 }
 
 fn default_policy_version() -> u32 {

@@ -113,7 +113,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
          [[feeds]]\ntype = \"poll\"\nname = \"gongan-hukou\"\nengine = \"sqlite\"\npath = \"{}\"\n\
          poll_interval_ms = 200\ndelay_ms = 300\nkey_diff_interval_secs = 10\n\n\
          [[feeds.tables]]\ntable = \"people\"\ndataset = \"{DATASET}\"\nmode = \"timestamp+incrementing\"\ntimestamp_column = \"updated_at\"\n\n\
-         [[shares]]\nsubscriber = \"{CITY}\"\ndataset = \"{DATASET}\"\nregion_column = \"region_code\"\n\
+         [[shares]]\nsubscriber = \"{CITY}\"\ndataset = \"{DATASET}\"\nregion_column = \"region_code\"\nonward = \"within_jurisdiction\"\n\
          fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"plain\", region_code = \"plain\", updated_at = \"plain\" }}\n",
         port(0),
         department.display(),

@@ -39,6 +39,7 @@ pub mod subscribe;
 pub mod telemetry;
 pub mod topic_state;
 pub mod topics;
+pub mod upper;
 
 /// backflow's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

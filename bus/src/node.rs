@@ -216,6 +216,16 @@ async fn run_on(
     let admission =
         crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone())
             .with_cascaded(config.cascaded_datasets());
+    // What the upper node grants of each dataset received from it.
+    let upper = crate::upper::UpperGrants::new(&config.cascaded_datasets());
+    if is_node {
+        tracker.spawn(crate::upper::follow(
+            config.subscriptions.clone(),
+            config.node.code.to_string(),
+            upper.clone(),
+            shutdown.clone(),
+        ));
+    }
     // Subscriptions past their validity end within seconds.
     if is_node {
         let (catalog, auditor, shutdown) = (catalog.clone(), auditor.clone(), shutdown.clone());
@@ -254,7 +264,7 @@ async fn run_on(
         let registry = registry.clone();
         let feeds = config.feeds.clone();
         let shares = config.shares.clone();
-        let (catalog_d, auditor_d) = (catalog.clone(), auditor.clone());
+        let (catalog_d, auditor_d, upper_d) = (catalog.clone(), auditor.clone(), upper.clone());
         let (catalog_f, statuses_f) = (catalog.clone(), feed_statuses.clone());
         let admission_f = std::sync::Arc::new(admission.clone());
         let node_code = config.node.code.to_string();
@@ -341,6 +351,7 @@ async fn run_on(
                                         shares,
                                         catalog_d,
                                         auditor_d,
+                                        upper_d,
                                         ctx.clone(),
                                         shutdown.clone(),
                                     ));
@@ -496,7 +507,9 @@ async fn run_on(
             .with_metrics(metrics.clone())
             .with_standards(config.standards.clone())
             .with_feeds(admission.clone(), &config.feeds)
-            .with_cascaded(config.cascaded_datasets()),
+            .with_cascaded(config.cascaded_datasets())
+            .with_config_shares(config.shares.clone())
+            .with_upper(upper.clone()),
         ));
         // The operators' dashboard at `/` (its data comes from /api).
         router = router.merge(crate::dashboard::router());

@@ -128,7 +128,7 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
         &format!(
             "[node]\ncode = \"330000\"\n[kafka]\nbrokers = \"{bus}\"\n\n\
              [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n\n\
-             [[shares]]\nsubscriber = \"330100\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\n\
+             [[shares]]\nsubscriber = \"330100\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\nonward = \"within_jurisdiction\"\n\
              fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\" }}\n\
              secret_env = \"SECRET_330100\"\n{auth}",
             bus = province_bus.bootstrap(),

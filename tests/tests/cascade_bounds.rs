@@ -55,7 +55,7 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
             "[node]\ncode = \"330000\"\n[kafka]\nbrokers = \"{}\"\n\n\
              [[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\n\
              tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n\n\
-             [[shares]]\nsubscriber = \"330100\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
+             [[shares]]\nsubscriber = \"330100\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\nonward = \"within_jurisdiction\"\n\
              fields = {{ id = \"plain\", name = \"masked:name\", phone = \"hashed\", region_code = \"plain\" }}\n\
              secret_env = \"SECRET_330100\"\n{}",
             province_bus.bootstrap(),
@@ -226,4 +226,205 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// The upper grant bounds every onward grant: a city shares on nothing the
+/// province did not allow to be shared on, and when the province ends its
+/// grant, the city's own grants of the dataset end with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
+    const PROVINCE_GA: &str = "bounds-province-owner-ga";
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    pg_connect(&source.name)
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "{PEOPLE_TABLE}
+             INSERT INTO people SELECT g, '张三丰', '330106199001010000', NULL,
+                 CASE WHEN g % 2 = 0 THEN '330106' ELSE '330108' END, 1
+               FROM generate_series(1, 20) g;"
+        ))
+        .await
+        .unwrap();
+    let province_bus = TestBroker::start();
+    let city_bus = TestBroker::start();
+    let city_token = TestToken::new("subscriber:330100");
+    let province = Node::start_with_config(
+        &format!(
+            "[node]\ncode = \"330000\"\n[kafka]\nbrokers = \"{}\"\n\n\
+             [[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\n\
+             tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n{}{}",
+            province_bus.bootstrap(),
+            source.name.replace('_', "-"),
+            source.name,
+            city_token.auth_toml(),
+            tokens(&[("owner:ga", PROVINCE_GA)]),
+        ),
+        &[],
+    )
+    .unwrap();
+    province
+        .wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The province's owner shares with any city, but nothing onward yet.
+    let definition = json!({"sharing": "unconditional", "region_column": "region_code",
+        "fields": {"id": {}, "name": {"rule": "masked:name"}, "region_code": {}}});
+    let (status, body) = province
+        .api(
+            "PUT",
+            "/api/datasets/ga.people",
+            Some(PROVINCE_GA),
+            Some(definition),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = province
+        .api(
+            "POST",
+            "/api/subscriptions",
+            Some(city_token.token()),
+            Some(
+                json!({"subscriber": "330100", "dataset": "ga.people", "purpose": "city services",
+                "fields": ["id", "name", "region_code"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["onward"], "none", "{body}");
+
+    let city = Node::start_with_config(
+        &format!(
+            "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\n\
+             [[subscriptions]]\nname = \"{}\"\n\
+             upstream = {{ brokers = \"{}\", registry_url = \"{}\", registry_token_env = \"CITY_TOKEN\" }}\n\
+             sink = {{ type = \"kafka\" }}\n\
+             tables = [{{ topic = \"backflow.share.330100.ga.people\" }}]\n\n\
+             [[shares]]\nsubscriber = \"330106\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
+             fields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n{}",
+            city_bus.bootstrap(),
+            unique_name("city-from-province"),
+            province_bus.bootstrap(),
+            province.url,
+            tokens(&[("admin", CITY_ADMIN), ("auditor", CITY_AUDITOR)]),
+        ),
+        &[("CITY_TOKEN", city_token.token())],
+    )
+    .unwrap();
+    city.wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(90);
+    while share_topic::high_watermark(city_bus.bootstrap(), "backflow.raw.ga.people").await < 20 {
+        assert!(
+            Instant::now() < until,
+            "the cascade never arrived\n{}",
+            city.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The city received the rows but shares none of them on: not by its
+    // configuration, not through its API.
+    let city_def = json!({"sharing": "unconditional", "region_column": "region_code",
+        "fields": {"id": {}, "name": {}, "region_code": {}}});
+    let (status, body) = city
+        .api(
+            "PUT",
+            "/api/datasets/ga.people",
+            Some(CITY_ADMIN),
+            Some(city_def),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ask = json!({"subscriber": "330108", "dataset": "ga.people", "purpose": "district services",
+        "fields": ["id", "name", "region_code"]});
+    let (status, body) = city
+        .api(
+            "POST",
+            "/api/subscriptions",
+            Some(CITY_ADMIN),
+            Some(ask.clone()),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("onward"),
+        "{body}"
+    );
+
+    // The province's owner allows sharing on, within the city's
+    // jurisdiction: the city's share delivers (which also shows nothing
+    // was held back by anything else before).
+    let (status, body) = province
+        .api(
+            "PATCH",
+            "/api/datasets/ga.people",
+            Some(PROVINCE_GA),
+            Some(json!({"onward": "within_jurisdiction"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let share_330106 = "backflow.share.330106.ga.people";
+    let until = Instant::now() + Duration::from_secs(60);
+    while share_topic::high_watermark(city_bus.bootstrap(), share_330106).await < 10 {
+        assert!(
+            Instant::now() < until,
+            "the city never shared on\n{}",
+            city.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, body) = city
+        .api("POST", "/api/subscriptions", Some(CITY_ADMIN), Some(ask))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "active", "{body}");
+
+    // The province revokes the city: within seconds the city's own grant
+    // of the dataset ends, with the reason, on its audit trail.
+    let (status, body) = province
+        .api(
+            "POST",
+            "/api/subscriptions/330100:ga.people/revoke",
+            Some(PROVINCE_GA),
+            Some(json!({"reason": "the agreement ended"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let revoked_at = Instant::now();
+    let sub = loop {
+        let (_, sub) = city
+            .api(
+                "GET",
+                "/api/subscriptions/330108:ga.people",
+                Some(CITY_ADMIN),
+                None,
+            )
+            .await;
+        if sub["state"] == "revoked" {
+            break sub;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the city's grant outlived the province's: {sub}\n{}",
+            city.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let reason = sub["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("upstream grant ended") && reason.contains("the agreement ended"),
+        "{reason}"
+    );
+    let (_, trail) = city
+        .api("GET", "/api/audit?limit=1000", Some(CITY_AUDITOR), None)
+        .await;
+    assert!(
+        trail["records"].as_array().unwrap().iter().any(|r| {
+            r["details"]["action"] == "subscription revoked"
+                && r["details"]["subscription"] == "330108:ga.people"
+                && r["details"]["by"] == "upper grant"
+        }),
+        "{trail}"
+    );
 }

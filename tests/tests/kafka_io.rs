@@ -386,6 +386,7 @@ async fn catalog_write_decided_on_a_stale_read_does_not_undo_a_revocation() {
         updated_ms: 1,
         backfilled: false,
         request_version: 1,
+        onward: backflow::catalog::Onward::None,
     };
     catalog
         .put(CatalogRecord::Subscription(active.clone()))

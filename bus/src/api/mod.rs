@@ -15,6 +15,7 @@
 //! | PUT, DELETE | /api/feeds/{name} | admin, owner of every dataset the feed fills |
 //! | POST | /api/feeds/{name}/pause, /resume, /restart | same |
 //! | GET | /api/subscriptions/{id} | admin, owner of the dataset, the subscriber |
+//! | GET | /api/grants/{subscriber}:{dataset} | admin, owner of the dataset, the subscriber |
 //! | POST | /api/subscriptions/{id}/approve, /reject, /revoke, /narrow | admin, owner of the dataset |
 //! | GET | /api/lag, /api/lag/history | admin, owners (their datasets), subscribers (their own) |
 //! | GET | /api/quality | admin, owners (their datasets) |
@@ -65,6 +66,10 @@ pub struct ApiState {
     /// Datasets received from an upper node, with the subscription each
     /// comes through.
     cascaded: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+    /// The configuration's `[[shares]]`.
+    config_shares: std::sync::Arc<Vec<crate::config::ShareConfig>>,
+    /// The upper grants of the datasets received from an upper node.
+    upper: crate::upper::UpperGrants,
 }
 
 impl ApiState {
@@ -92,7 +97,21 @@ impl ApiState {
             admission: Default::default(),
             config_feeds: Default::default(),
             cascaded: Default::default(),
+            config_shares: Default::default(),
+            upper: Default::default(),
         }
+    }
+
+    /// The configuration's shares, which `/api/grants` answers for.
+    pub fn with_config_shares(mut self, shares: Vec<crate::config::ShareConfig>) -> Self {
+        self.config_shares = std::sync::Arc::new(shares);
+        self
+    }
+
+    /// The upper grants this node follows.
+    pub fn with_upper(mut self, upper: crate::upper::UpperGrants) -> Self {
+        self.upper = upper;
+        self
     }
 
     /// The datasets this node receives from an upper node.

@@ -31,6 +31,7 @@ pub(super) fn routes() -> Router<ApiState> {
             get(list_subscriptions).post(request_subscription),
         )
         .route("/api/subscriptions/{id}", get(get_subscription))
+        .route("/api/grants/{id}", get(get_grant))
         .route("/api/subscriptions/{id}/{action}", post(decide))
 }
 
@@ -41,6 +42,68 @@ fn view(s: &Subscription) -> Value {
         o.remove("secret");
     }
     v
+}
+
+/// `GET /api/grants/{subscriber}:{dataset}`: what this node grants a
+/// subscriber of a dataset, whether by a subscription of the catalog or by
+/// a share of its configuration: state, policy version, fields and rules,
+/// and whether it may share them on. A lower node that re-shares the
+/// dataset follows it, so that an ended or narrowed grant ends or narrows
+/// what it shares on (the subscriber itself, the dataset's owner and
+/// admins may read it).
+async fn get_grant(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let who = staff(&state, &headers).await?;
+    let (subscriber, dataset) = id
+        .split_once(':')
+        .ok_or_else(|| invalid(format!("grant id {id:?}: <subscriber>:<dataset>")))?;
+    let allowed = match &who {
+        Principal::Subscriber(n) => n == subscriber,
+        _ => who.owns(dataset),
+    };
+    if !allowed {
+        return Err(forbidden(format!(
+            "{} cannot read the grant of {subscriber} for {dataset}",
+            who.name()
+        )));
+    }
+    if let Some(share) = state
+        .config_shares
+        .iter()
+        .find(|s| s.subscriber.as_str() == subscriber && s.dataset == dataset)
+    {
+        return Ok(Json(json!({
+            "id": id,
+            "state": "active",
+            "source": "configuration",
+            "policy_version": share.version,
+            "fields": share.fields,
+            "onward": share.onward,
+            "node": state.node.code.as_str(),
+        }))
+        .into_response());
+    }
+    let st = state.catalog.state().await;
+    let sub = st
+        .subscriptions
+        .get(&id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no grant {id}")))?;
+    let mut out = json!({
+        "id": id,
+        "state": view(sub)["state"],
+        "source": "catalog",
+        "policy_version": sub.policy_version,
+        "fields": sub.granted,
+        "onward": sub.onward,
+        "node": state.node.code.as_str(),
+    });
+    if let Some(reason) = view(sub).get("reason") {
+        out["reason"] = reason.clone();
+    }
+    Ok(Json(out).into_response())
 }
 
 async fn get_subscription(
@@ -185,6 +248,9 @@ async fn request_subscription(
         )));
     }
     let id = format!("{}:{}", body.subscriber, body.dataset);
+    if let Some(reason) = state.upper.onward_refusal(&dataset.id) {
+        return Err(forbidden(reason));
+    }
     if dataset.sharing == SharingClass::NotShared {
         let reason = dataset
             .not_shared_reason
@@ -280,6 +346,7 @@ async fn request_subscription(
         updated_ms: now_ms(),
         backfilled: false,
         request_version,
+        onward: dataset.onward,
     };
     let read = existing.clone();
     put_if_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), |st| st.subscriptions.get(&id) == read.as_ref(), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
@@ -305,6 +372,10 @@ struct DecisionBody {
     /// Approve: the version of the request the owner reviewed.
     #[serde(default)]
     request_version: Option<u32>,
+    /// Approve: whether the subscriber may share on what it receives
+    /// (default: the dataset's `onward`).
+    #[serde(default)]
+    onward: Option<crate::catalog::Onward>,
 }
 
 /// `POST /api/subscriptions/{id}/{approve|reject|revoke|narrow|reactivate}`:
@@ -392,6 +463,7 @@ fn decision(
             sub.state = SubscriptionState::Active;
             sub.policy_version += 1;
             sub.backfilled = false;
+            sub.onward = body.onward.unwrap_or(dataset.onward);
         }
         ("narrow", SubscriptionState::Active) => {
             let fields = body

@@ -1050,8 +1050,15 @@ async fn share_codec(
 async fn current(
     config_shares: &[ShareConfig],
     catalog: &Catalog,
+    upper: &crate::upper::UpperGrants,
 ) -> (Vec<ShareConfig>, Vec<(ShareConfig, Subscription)>) {
-    let mut shares = config_shares.to_vec();
+    // A dataset received from an upper node is shared on only while the
+    // upper grant is active and allows it.
+    let mut shares: Vec<ShareConfig> = config_shares
+        .iter()
+        .filter(|s| upper.onward_refusal(&s.dataset).is_none())
+        .cloned()
+        .collect();
     let mut backfill = Vec::new();
     let st = catalog.state().await;
     for sub in st.subscriptions.values() {
@@ -1061,6 +1068,9 @@ async fn current(
         let Some(dataset) = st.datasets.get(&sub.dataset) else {
             continue;
         };
+        if upper.onward_refusal(&sub.dataset).is_some() {
+            continue;
+        }
         if dataset.row_rule().is_none() {
             // Fail closed: a dataset without a row rule (recorded before
             // the rule was required) shares nothing.
@@ -1077,6 +1087,7 @@ async fn current(
             all_rows: dataset.all_rows,
             accept_disclosure: dataset.accepted_disclosures(),
             compatibility: dataset.compatibility,
+            onward: sub.onward,
             fields: sub.granted.clone(),
             predicates: Vec::new(),
             secret_env: None,
@@ -1275,6 +1286,7 @@ pub async fn supervise(
     config_shares: Vec<ShareConfig>,
     catalog: Catalog,
     auditor: Auditor,
+    upper: crate::upper::UpperGrants,
     ctx: FeedContext,
     shutdown: CancellationToken,
 ) {
@@ -1314,8 +1326,10 @@ pub async fn supervise(
             .filter(|s| !config_failed.contains(&(s.subscriber.to_string(), s.dataset.clone())))
             .cloned()
             .collect();
-        async move { current(&config, catalog).await }
+        let upper = upper.clone();
+        async move { current(&config, catalog, &upper).await }
     };
+    let mut upper_changes = upper.changes();
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -1352,6 +1366,14 @@ pub async fn supervise(
                         // subscription records why (a change that restarts
                         // the run without it).
                         record_failure(failure, &catalog, &auditor, &ctx, &mut config_failed).await;
+                    }
+                    _ = upper_changes.changed() => {
+                        end_upstream_ended(&catalog, &auditor, &upper).await;
+                        let (now, _) = in_force(&catalog, &config_failed).await;
+                        if signature(&backfills.with_joined(&now)) != sig {
+                            tracing::info!("upper grants changed; restarting the distributor");
+                            child.cancel();
+                        }
                     }
                     c = changes.changed() => {
                         if c.is_err() {
@@ -1407,6 +1429,10 @@ pub async fn supervise(
                     record_failure(failure, &catalog, &auditor, &ctx, &mut config_failed).await;
                     break;
                 }
+                _ = upper_changes.changed() => {
+                    end_upstream_ended(&catalog, &auditor, &upper).await;
+                    break;
+                }
             }
         }
         if failed {
@@ -1414,6 +1440,73 @@ pub async fn supervise(
         }
     }
     backfills.tasks.shutdown().await;
+}
+
+/// Revokes this node's subscriptions to datasets whose upper grant ended or
+/// does not allow sharing them on, with the reason, each on the audit
+/// trail.
+async fn end_upstream_ended(
+    catalog: &Catalog,
+    auditor: &Auditor,
+    upper: &crate::upper::UpperGrants,
+) {
+    let live: Vec<(String, String)> = catalog
+        .state()
+        .await
+        .subscriptions
+        .values()
+        .filter(|s| {
+            matches!(
+                s.state,
+                SubscriptionState::Active
+                    | SubscriptionState::Pending
+                    | SubscriptionState::Failed { .. }
+            )
+        })
+        .filter(|s| {
+            !matches!(
+                upper.get(&s.dataset),
+                None | Some(crate::upper::UpperGrant::Unknown)
+            )
+        })
+        .map(|s| (s.id.clone(), s.dataset.clone()))
+        .collect();
+    for (id, dataset) in live {
+        let Some(reason) = upper.onward_refusal(&dataset) else {
+            continue;
+        };
+        let revoked = catalog
+            .update(|st| match st.subscriptions.get(&id) {
+                Some(s)
+                    if matches!(
+                        s.state,
+                        SubscriptionState::Active
+                            | SubscriptionState::Pending
+                            | SubscriptionState::Failed { .. }
+                    ) =>
+                {
+                    let mut s = s.clone();
+                    s.state = SubscriptionState::Revoked {
+                        reason: reason.clone(),
+                    };
+                    s.updated_ms = backflow_connectors::now_ms();
+                    Ok((crate::catalog::CatalogRecord::Subscription(s), ()))
+                }
+                _ => Err(()),
+            })
+            .await;
+        if let Ok(Ok(())) = revoked {
+            let details = serde_json::json!({
+                "action": "subscription revoked",
+                "subscription": id,
+                "reason": reason,
+                "by": "upper grant",
+            });
+            if let Err(e) = auditor.append("decision", details).await {
+                tracing::error!(error = %e, "cannot write the audit trail");
+            }
+        }
+    }
 }
 
 /// Records that a share failed: its subscription becomes `failed` with the
