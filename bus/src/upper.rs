@@ -113,6 +113,16 @@ impl UpperGrants {
         }
     }
 
+    /// Every dataset received from an upper node with its grant.
+    pub fn all(&self) -> Vec<(String, UpperGrant)> {
+        self.inner
+            .read()
+            .expect("upper grants lock")
+            .iter()
+            .map(|(d, (_, g))| (d.clone(), g.clone()))
+            .collect()
+    }
+
     /// Changes whenever a grant changed.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

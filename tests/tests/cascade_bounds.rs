@@ -3,6 +3,10 @@
 //! name masked and the phone hashed; the city cascades them into its own
 //! bus and re-shares them to its districts.
 //!
+//! And when the province's grant forbids sharing on, the city shares
+//! nothing on; when it ends, the city's own grants end and the rows it
+//! passed on are taken back from its districts.
+//!
 //! Checked on the city: the masked name passed on as it arrived stays
 //! marked masked in the district's schema; the hashed phone cannot be
 //! passed on as it arrived (that share fails alone, with the reason, and
@@ -416,6 +420,46 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
         reason.contains("upstream grant ended") && reason.contains("the agreement ended"),
         "{reason}"
     );
+    // What the city passed on is taken back: each of 330106's rows is
+    // deleted in its share topic, and the city's raw copy holds none.
+    let live = |records: &[share_topic::Decoded]| {
+        let mut rows = std::collections::BTreeMap::new();
+        for r in records {
+            let id = r.key["id"].as_i64().unwrap_or(-1);
+            let alive = r.value.as_ref().is_some_and(|v| v["op"] != "d");
+            if alive {
+                rows.insert(id, ());
+            } else {
+                rows.remove(&id);
+            }
+        }
+        rows.len()
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let share = share_topic::read(city_bus.bootstrap(), share_330106, &city.url, CITY_ADMIN)
+            .await
+            .unwrap();
+        let raw = share_topic::read(
+            city_bus.bootstrap(),
+            "backflow.raw.ga.people",
+            &city.url,
+            CITY_ADMIN,
+        )
+        .await
+        .unwrap();
+        if live(&share) == 0 && live(&raw) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "rows left: {} in 330106's share, {} in the city's raw copy\n{}",
+            live(&share),
+            live(&raw),
+            city.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (_, trail) = city
         .api("GET", "/api/audit?limit=1000", Some(CITY_AUDITOR), None)
         .await;

@@ -15,8 +15,9 @@
 //! the subscribers' version guard makes the replay harmless.
 
 pub mod policy;
+pub mod retract;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1051,12 +1052,15 @@ async fn current(
     config_shares: &[ShareConfig],
     catalog: &Catalog,
     upper: &crate::upper::UpperGrants,
+    retracting: &HashSet<String>,
 ) -> (Vec<ShareConfig>, Vec<(ShareConfig, Subscription)>) {
     // A dataset received from an upper node is shared on only while the
-    // upper grant is active and allows it.
+    // upper grant is active and allows it, and while its rows are being
+    // taken back from the lower nodes after it ended.
+    let shared_on = |d: &str| upper.onward_refusal(d).is_none() || retracting.contains(d);
     let mut shares: Vec<ShareConfig> = config_shares
         .iter()
-        .filter(|s| upper.onward_refusal(&s.dataset).is_none())
+        .filter(|s| shared_on(&s.dataset))
         .cloned()
         .collect();
     let mut backfill = Vec::new();
@@ -1068,7 +1072,7 @@ async fn current(
         let Some(dataset) = st.datasets.get(&sub.dataset) else {
             continue;
         };
-        if upper.onward_refusal(&sub.dataset).is_some() {
+        if !shared_on(&sub.dataset) {
             continue;
         }
         if dataset.row_rule().is_none() {
@@ -1320,22 +1324,26 @@ pub async fn supervise(
     // Shares of the configuration file that failed: left out until the
     // node restarts (catalog subscriptions record their failure instead).
     let mut config_failed: std::collections::HashSet<(String, String)> = Default::default();
-    let in_force = |catalog, config_failed: &std::collections::HashSet<(String, String)>| {
-        let config: Vec<ShareConfig> = config_shares
-            .iter()
-            .filter(|s| !config_failed.contains(&(s.subscriber.to_string(), s.dataset.clone())))
-            .cloned()
-            .collect();
-        let upper = upper.clone();
-        async move { current(&config, catalog, &upper).await }
-    };
+    // Datasets whose upper grant ended: being taken back from the lower
+    // nodes, or taken back.
+    let mut retractions = Retractions::default();
+    let in_force =
+        |catalog, config_failed: &HashSet<(String, String)>, retracting: &HashSet<String>| {
+            let config: Vec<ShareConfig> = config_shares
+                .iter()
+                .filter(|s| !config_failed.contains(&(s.subscriber.to_string(), s.dataset.clone())))
+                .cloned()
+                .collect();
+            let (upper, retracting) = (upper.clone(), retracting.clone());
+            async move { current(&config, catalog, &upper, &retracting).await }
+        };
     let mut upper_changes = upper.changes();
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         let _ = catalog.caught_up().await;
-        let (ready, pending) = in_force(&catalog, &config_failed).await;
+        let (ready, pending) = in_force(&catalog, &config_failed, &retractions.running).await;
         let shares = backfills.with_joined(&ready);
         backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
         let mut failed = false;
@@ -1361,6 +1369,15 @@ pub async fn supervise(
                             sig = signature(&backfills.with_joined(&shares));
                         }
                     }
+                    Some(done) = retractions.tasks.join_next() => {
+                        retractions.finished(done);
+                        end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
+                        let (now, _) = in_force(&catalog, &config_failed, &retractions.running).await;
+                        if signature(&backfills.with_joined(&now)) != sig {
+                            tracing::info!("rows taken back from the lower nodes; restarting the distributor without the dataset's shares");
+                            child.cancel();
+                        }
+                    }
                     Some(failure) = failed_shares.recv() => {
                         // The share is out of this run already; its
                         // subscription records why (a change that restarts
@@ -1368,8 +1385,9 @@ pub async fn supervise(
                         record_failure(failure, &catalog, &auditor, &ctx, &mut config_failed).await;
                     }
                     _ = upper_changes.changed() => {
-                        end_upstream_ended(&catalog, &auditor, &upper).await;
-                        let (now, _) = in_force(&catalog, &config_failed).await;
+                        retractions.follow(&upper, &ctx);
+                        end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
+                        let (now, _) = in_force(&catalog, &config_failed, &retractions.running).await;
                         if signature(&backfills.with_joined(&now)) != sig {
                             tracing::info!("upper grants changed; restarting the distributor");
                             child.cancel();
@@ -1381,7 +1399,7 @@ pub async fn supervise(
                             continue;
                         }
                         let _ = catalog.caught_up().await;
-                        let (now, pending) = in_force(&catalog, &config_failed).await;
+                        let (now, pending) = in_force(&catalog, &config_failed, &retractions.running).await;
                         backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
                         if signature(&backfills.with_joined(&now)) != sig {
                             tracing::info!("shares changed; restarting the distributor");
@@ -1430,7 +1448,13 @@ pub async fn supervise(
                     break;
                 }
                 _ = upper_changes.changed() => {
-                    end_upstream_ended(&catalog, &auditor, &upper).await;
+                    retractions.follow(&upper, &ctx);
+                    end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
+                    break;
+                }
+                Some(done) = retractions.tasks.join_next() => {
+                    retractions.finished(done);
+                    end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
                     break;
                 }
             }
@@ -1442,6 +1466,62 @@ pub async fn supervise(
     backfills.tasks.shutdown().await;
 }
 
+/// The retractions of datasets whose upper grant ended.
+#[derive(Default)]
+struct Retractions {
+    /// Being taken back: their shares stay in force until it is delivered.
+    running: HashSet<String>,
+    /// Taken back for the grant's current end.
+    done: HashSet<String>,
+    tasks: tokio::task::JoinSet<(String, Result<u64, DistributorError>)>,
+}
+
+impl Retractions {
+    /// Starts taking back the rows of datasets whose upper grant ended;
+    /// forgets those whose grant is active again.
+    fn follow(&mut self, upper: &crate::upper::UpperGrants, ctx: &FeedContext) {
+        for (dataset, grant) in upper.all() {
+            match grant {
+                crate::upper::UpperGrant::Ended { reason } => {
+                    if self.done.contains(&dataset) || !self.running.insert(dataset.clone()) {
+                        continue;
+                    }
+                    let ctx = ctx.clone();
+                    let reason = format!("upstream grant ended: {reason}");
+                    self.tasks.spawn(async move {
+                        let outcome = retract::retract(&dataset, &reason, &ctx).await;
+                        (dataset, outcome)
+                    });
+                }
+                crate::upper::UpperGrant::Active { .. } => {
+                    self.done.remove(&dataset);
+                }
+                crate::upper::UpperGrant::Unknown => {}
+            }
+        }
+    }
+
+    /// Records a retraction that ended; one that failed is tried again at
+    /// the next change of the upper grants.
+    fn finished(
+        &mut self,
+        done: Result<(String, Result<u64, DistributorError>), tokio::task::JoinError>,
+    ) {
+        let Ok((dataset, outcome)) = done else {
+            return;
+        };
+        self.running.remove(&dataset);
+        match outcome {
+            Ok(_) => {
+                self.done.insert(dataset);
+            }
+            Err(e) => {
+                tracing::error!(dataset, error = %e, "taking back the rows received from the upper node failed");
+            }
+        }
+    }
+}
+
 /// Revokes this node's subscriptions to datasets whose upper grant ended or
 /// does not allow sharing them on, with the reason, each on the audit
 /// trail.
@@ -1449,6 +1529,7 @@ async fn end_upstream_ended(
     catalog: &Catalog,
     auditor: &Auditor,
     upper: &crate::upper::UpperGrants,
+    retracting: &HashSet<String>,
 ) {
     let live: Vec<(String, String)> = catalog
         .state()
@@ -1469,6 +1550,8 @@ async fn end_upstream_ended(
                 None | Some(crate::upper::UpperGrant::Unknown)
             )
         })
+        // Delivering the retraction first.
+        .filter(|s| !retracting.contains(&s.dataset))
         .map(|s| (s.id.clone(), s.dataset.clone()))
         .collect();
     for (id, dataset) in live {

@@ -247,8 +247,18 @@ impl SharePolicy {
                 .map(|(i, _)| i)
                 .ok_or_else(|| format!("dataset {} has no column {name}", self.dataset))
         };
-        for name in self.fields.keys() {
-            find(name)?;
+        // A granted field the table no longer has is withheld: the
+        // department dropped the column, or an upper node narrowed what it
+        // shares with this one. Nothing of it is sent; the key columns'
+        // check below still holds.
+        let gone: Vec<&str> = self
+            .fields
+            .keys()
+            .filter(|name| source.column(name).is_none())
+            .map(String::as_str)
+            .collect();
+        if !gone.is_empty() {
+            tracing::warn!(subscriber = %self.subscriber, dataset = %self.dataset, fields = ?gone, "granted fields the dataset no longer has are withheld");
         }
         for p in &self.predicates {
             p.check()?;
@@ -551,11 +561,11 @@ mod tests {
             .share_table(&source())
             .unwrap_err()
             .contains("cannot be masked"));
+        // A granted field the table no longer has is withheld.
+        p.fields.insert("id".into(), FieldRule::Plain);
         p.fields.insert("nope".into(), FieldRule::Plain);
-        assert!(p
-            .share_table(&source())
-            .unwrap_err()
-            .contains("no column nope"));
+        let t = p.share_table(&source()).unwrap();
+        assert!(t.desc.column("nope").is_none());
     }
 
     #[test]
