@@ -26,6 +26,7 @@ pub mod disclosure;
 pub mod distributor;
 pub mod feed;
 pub mod feeds;
+pub mod holders;
 pub mod http;
 pub mod kafka;
 pub mod lag;

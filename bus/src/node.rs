@@ -218,11 +218,18 @@ async fn run_on(
             .with_cascaded(config.cascaded_datasets());
     // What the upper node grants of each dataset received from it.
     let upper = crate::upper::UpperGrants::new(&config.cascaded_datasets());
+    // Whom this node's lower nodes share on with.
+    let holder_reports = crate::holders::HolderReports::default();
     if is_node {
         tracker.spawn(crate::upper::follow(
             config.subscriptions.clone(),
             config.node.code.to_string(),
             upper.clone(),
+            crate::upper::Reporting {
+                catalog: catalog.clone(),
+                shares: config.shares.clone(),
+                reports: holder_reports.clone(),
+            },
             shutdown.clone(),
         ));
     }
@@ -509,7 +516,8 @@ async fn run_on(
             .with_feeds(admission.clone(), &config.feeds)
             .with_cascaded(config.cascaded_datasets())
             .with_config_shares(config.shares.clone())
-            .with_upper(upper.clone()),
+            .with_upper(upper.clone())
+            .with_holder_reports(holder_reports.clone()),
         ));
         // The operators' dashboard at `/` (its data comes from /api).
         router = router.merge(crate::dashboard::router());

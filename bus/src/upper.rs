@@ -179,12 +179,24 @@ fn parse(status: u16, body: &serde_json::Value) -> Option<UpperGrant> {
     }
 }
 
+/// What [`follow`] reports upward: this node's onward grants of a dataset.
+pub struct Reporting {
+    /// This node's catalog (its subscriptions).
+    pub catalog: crate::catalog::Catalog,
+    /// This node's configured shares.
+    pub shares: Vec<crate::config::ShareConfig>,
+    /// What this node's own lower nodes reported.
+    pub reports: crate::holders::HolderReports,
+}
+
 /// Follows the upper grants of the cascading subscriptions until
-/// `shutdown`. `node` is this node's code.
+/// `shutdown`, and reports to the upper node whom this node shares each
+/// dataset on with (see [`crate::holders`]). `node` is this node's code.
 pub async fn follow(
     subscriptions: Vec<SubscriptionConfig>,
     node: String,
     grants: UpperGrants,
+    reporting: Reporting,
     shutdown: CancellationToken,
 ) {
     // (local dataset, upstream grant URL, token)
@@ -233,6 +245,23 @@ pub async fn follow(
                     None
                 }
             };
+            // Whom this node shares the dataset on with, at every level
+            // below it, told to the node it came from.
+            let holders = {
+                let st = reporting.catalog.state().await;
+                crate::holders::holders(&node, dataset, &reporting.shares, &st, &reporting.reports)
+            };
+            let mut report = client
+                .post(format!("{url}/holders"))
+                .json(&serde_json::json!({ "holders": holders }));
+            if let Some(t) = token {
+                report = report.bearer_auth(t);
+            }
+            if let Ok(resp) = report.send().await {
+                if !resp.status().is_success() {
+                    tracing::debug!(dataset, status = %resp.status(), "the upper node did not take this node's holders");
+                }
+            }
             if let Some(grant) = answer {
                 unreachable_logged = false;
                 if let UpperGrant::Ended { reason } = &grant {

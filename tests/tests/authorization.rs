@@ -345,6 +345,27 @@ async fn every_route_answers_each_principal_exactly() {
             decide("reactivate", "a", 7, None),
         ),
         row(
+            "GET /api/grants/{id}",
+            "GET",
+            [200, 200, 403, 200, 403, 403, 401],
+            same("/api/grants/330106:ga.a5", None),
+        ),
+        row(
+            "POST /api/grants/{id}/holders",
+            "POST",
+            [403, 403, 403, 204, 403, 403, 401],
+            same(
+                "/api/grants/330106:ga.a5/holders",
+                Some(json!({"holders": []})),
+            ),
+        ),
+        row(
+            "GET /api/datasets/{id}/holders",
+            "GET",
+            OWNERS,
+            same("/api/datasets/ga.base/holders", None),
+        ),
+        row(
             "GET /api/node",
             "GET",
             [200, 200, 200, 200, 200, 200, 401],

@@ -384,6 +384,56 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["state"], "active", "{body}");
 
+    // The province's owner sees every node that holds its dataset, at
+    // every level, under which grant; the city's catalog says where the
+    // dataset comes from.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, tree) = province
+            .api(
+                "GET",
+                "/api/datasets/ga.people/holders",
+                Some(PROVINCE_GA),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{tree}");
+        let mut held: Vec<(String, String)> = tree["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["node"].as_str().unwrap().to_owned(),
+                    h["from"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        held.sort();
+        let want: Vec<(String, String)> = [
+            ("330100", "330000"),
+            ("330106", "330100"),
+            ("330108", "330100"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        if held == want {
+            break;
+        }
+        assert!(Instant::now() < until, "{tree}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, datasets) = city
+        .api("GET", "/api/datasets", Some(CITY_ADMIN), None)
+        .await;
+    let received = &datasets.as_array().unwrap()[0]["received"];
+    assert_eq!(received["upper_grant"]["state"], "active", "{datasets}");
+    assert_eq!(
+        received["upper_grant"]["onward"], "within_jurisdiction",
+        "{datasets}"
+    );
+
     // The province revokes the city: within seconds the city's own grant
     // of the dataset ends, with the reason, on its audit trail.
     let (status, body) = province

@@ -20,6 +20,7 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/api/datasets", get(list_datasets))
         .route("/api/datasets/{id}", put(put_dataset).patch(put_dataset))
+        .route("/api/datasets/{id}/holders", get(holders))
         .route("/api/quality", get(quality))
         .route("/api/standards", get(standards))
 }
@@ -27,7 +28,55 @@ pub(super) fn routes() -> Router<ApiState> {
 async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     staff(&state, &headers).await?;
     let st = state.catalog.state().await;
-    Ok(Json(json!(st.datasets.values().collect::<Vec<_>>())).into_response())
+    let list: Vec<Value> = st
+        .datasets
+        .values()
+        .map(|d| {
+            let mut v = json!(d);
+            // A dataset received from an upper node says so, with the
+            // upper grant it is shared on under.
+            if let Some(via) = state.cascaded.get(&d.id) {
+                let grant = match state.upper.get(&d.id) {
+                    Some(crate::upper::UpperGrant::Active {
+                        onward,
+                        policy_version,
+                        fields,
+                    }) => json!({"state": "active", "onward": onward, "policy_version": policy_version, "fields": fields}),
+                    Some(crate::upper::UpperGrant::Ended { reason }) => {
+                        json!({"state": "ended", "reason": reason})
+                    }
+                    _ => json!({"state": "unknown"}),
+                };
+                v["received"] = json!({"subscription": via, "upper_grant": grant});
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!(list)).into_response())
+}
+
+/// `GET /api/datasets/{id}/holders`: every node that holds the dataset
+/// through this node, at every level, under which grant (see
+/// [`crate::holders`]): for its owner and admins.
+async fn holders(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let who = staff(&state, &headers).await?;
+    state.decides(&who, &id).map_err(forbidden)?;
+    let st = state.catalog.state().await;
+    let list = crate::holders::holders(
+        state.node.code.as_str(),
+        &id,
+        &state.config_shares,
+        &st,
+        &state.holder_reports,
+    );
+    Ok(
+        Json(json!({"dataset": id, "node": state.node.code.as_str(), "holders": list}))
+            .into_response(),
+    )
 }
 
 /// `PUT` or `PATCH /api/datasets/{id}`: registers a dataset, or changes

@@ -16,6 +16,8 @@
 //! | POST | /api/feeds/{name}/pause, /resume, /restart | same |
 //! | GET | /api/subscriptions/{id} | admin, owner of the dataset, the subscriber |
 //! | GET | /api/grants/{subscriber}:{dataset} | admin, owner of the dataset, the subscriber |
+//! | POST | /api/grants/{subscriber}:{dataset}/holders | the subscriber (its onward grants) |
+//! | GET | /api/datasets/{id}/holders | admin, owner of the dataset |
 //! | POST | /api/subscriptions/{id}/approve, /reject, /revoke, /narrow | admin, owner of the dataset |
 //! | GET | /api/lag, /api/lag/history | admin, owners (their datasets), subscribers (their own) |
 //! | GET | /api/quality | admin, owners (their datasets) |
@@ -70,6 +72,8 @@ pub struct ApiState {
     config_shares: std::sync::Arc<Vec<crate::config::ShareConfig>>,
     /// The upper grants of the datasets received from an upper node.
     upper: crate::upper::UpperGrants,
+    /// What lower nodes reported of their onward grants.
+    holder_reports: crate::holders::HolderReports,
 }
 
 impl ApiState {
@@ -99,7 +103,14 @@ impl ApiState {
             cascaded: Default::default(),
             config_shares: Default::default(),
             upper: Default::default(),
+            holder_reports: Default::default(),
         }
+    }
+
+    /// Where lower nodes' reports of their onward grants are kept.
+    pub fn with_holder_reports(mut self, reports: crate::holders::HolderReports) -> Self {
+        self.holder_reports = reports;
+        self
     }
 
     /// The configuration's shares, which `/api/grants` answers for.

@@ -32,6 +32,7 @@ pub(super) fn routes() -> Router<ApiState> {
         )
         .route("/api/subscriptions/{id}", get(get_subscription))
         .route("/api/grants/{id}", get(get_grant))
+        .route("/api/grants/{id}/holders", post(report_holders))
         .route("/api/subscriptions/{id}/{action}", post(decide))
 }
 
@@ -104,6 +105,43 @@ async fn get_grant(
         out["reason"] = reason.clone();
     }
     Ok(Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldersReport {
+    holders: Vec<crate::holders::Holder>,
+}
+
+/// `POST /api/grants/{subscriber}:{dataset}/holders`: a lower node tells
+/// whom it shares the dataset on with, at every level below it (see
+/// [`crate::holders`]). Only the subscriber itself reports, only divisions
+/// inside its own jurisdiction.
+async fn report_holders(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<HoldersReport>,
+) -> ApiResult {
+    let who = staff(&state, &headers).await?;
+    let (subscriber, _) = id
+        .split_once(':')
+        .ok_or_else(|| invalid(format!("grant id {id:?}: <subscriber>:<dataset>")))?;
+    let Principal::Subscriber(n) = &who else {
+        return Err(forbidden(format!(
+            "{} cannot report holders: a lower node reports its own onward grants",
+            who.name()
+        )));
+    };
+    if n != subscriber {
+        return Err(forbidden(format!(
+            "subscriber:{n} cannot report for {subscriber}"
+        )));
+    }
+    let reporter = crate::config::DivisionCode::parse(n).map_err(invalid)?;
+    crate::holders::check_report(&reporter, &body.holders).map_err(invalid)?;
+    state.holder_reports.store(&id, body.holders);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_subscription(
