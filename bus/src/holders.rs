@@ -49,11 +49,14 @@ pub struct Holder {
     pub stale: bool,
 }
 
+/// A report and when it arrived.
+type Report = (Vec<Holder>, std::time::Instant);
+
 /// The reports lower nodes made, by grant (`<subscriber>:<dataset>`).
 /// Cheap to clone.
 #[derive(Clone, Default)]
 pub struct HolderReports {
-    inner: Arc<RwLock<BTreeMap<String, (Vec<Holder>, std::time::Instant)>>>,
+    inner: Arc<RwLock<BTreeMap<String, Report>>>,
 }
 
 impl HolderReports {
