@@ -143,7 +143,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     for (code, _) in DISTRICTS {
         city_toml.push_str(&format!(
             "\n[[shares]]\nsubscriber = \"{code}\"\ndataset = \"{DATASET}\"\nregion_column = \"region_code\"\n\
-             fields = {{ id = \"plain\", name = \"plain\", id_number = \"plain\", phone = \"hashed\", region_code = \"plain\", updated_at = \"plain\" }}\n\
+             fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"hashed\", region_code = \"plain\", updated_at = \"plain\" }}\n\
              secret_env = \"BACKFLOW_DEMO_SECRET_{code}\"\n"
         ));
     }

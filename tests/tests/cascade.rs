@@ -154,7 +154,7 @@ async fn a_province_change_reaches_the_district_through_the_city_filtered_and_ma
              sink = {{ type = \"kafka\" }}\n\
              tables = [{{ topic = \"backflow.share.330100.{dataset}\" }}]\n\n\
              [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\n\
-             fields = {{ id = \"plain\", name = \"plain\", id_number = \"plain\", region_code = \"plain\" }}\n{auth}",
+             fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", region_code = \"plain\" }}\n{auth}",
             bus = city_bus.bootstrap(),
             up = province_bus.bootstrap(),
             up_registry = province.url,

@@ -7,10 +7,10 @@
 //! nothing on; when it ends, the city's own grants end and the rows it
 //! passed on are taken back from its districts.
 //!
-//! Checked on the city: the masked name passed on as it arrived stays
-//! marked masked in the district's schema; the hashed phone cannot be
-//! passed on as it arrived (that share fails alone, with the reason, and
-//! the other goes on); the received dataset is the upper node's: no city
+//! Checked on the city: the name masked again stays marked masked in the
+//! district's schema; neither the masked name nor the hashed phone can be
+//! granted plain (each such share fails alone, with the reason, and the
+//! other goes on); the received dataset is the upper node's: no city
 //! department may register it, feed it or decide over it, and an admin
 //! cannot grant the hashed field as it arrived either.
 
@@ -84,8 +84,10 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
              sink = {{ type = \"kafka\" }}\n\
              tables = [{{ topic = \"backflow.share.330100.ga.people\" }}]\n\n\
              [[shares]]\nsubscriber = \"330106\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
-             fields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n\n\
+             fields = {{ id = \"plain\", name = \"masked:name\", region_code = \"plain\" }}\n\n\
              [[shares]]\nsubscriber = \"330108\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
+             fields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n\n\
+             [[shares]]\nsubscriber = \"330110\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
              fields = {{ id = \"plain\", phone = \"plain\", region_code = \"plain\" }}\n{}",
             city_bus.bootstrap(),
             unique_name("city-from-province"),
@@ -104,8 +106,8 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
         .await
         .unwrap();
 
-    // The masked name is passed on as it arrived, and still says it is
-    // masked: in the district's schema and in the values.
+    // The name masked again stays masked and says so: in the district's
+    // schema and in the values.
     let share_330106 = "backflow.share.330106.ga.people";
     let until = Instant::now() + Duration::from_secs(90);
     while share_topic::high_watermark(city_bus.bootstrap(), share_330106).await < 10 {
@@ -138,44 +140,51 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
     let text = schema.to_string();
     assert!(text.contains(r#""backflow.masked":"name""#), "{text}");
 
-    // The hashed phone cannot be passed on as it arrived: that share fails
-    // alone, the other went on.
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, metrics) = city.get_ops("/metrics").await.unwrap();
-        if metrics.lines().any(|l| {
-            l == "backflow_distributor_share_failures_total{reason=\"policy\",subscriber=\"330108\"} 1"
-        }) {
-            break;
+    // Neither the masked name nor the hashed phone is granted plain: each of
+    // those shares fails alone, with the rule, and the other went on.
+    for (subscriber, why) in [
+        ("330108", "name arrived masked:name"),
+        ("330110", "phone arrived hashed"),
+    ] {
+        let line = format!(
+            "backflow_distributor_share_failures_total{{reason=\"policy\",subscriber=\"{subscriber}\"}} 1"
+        );
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, metrics) = city.get_ops("/metrics").await.unwrap();
+            if metrics.lines().any(|l| l == line) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{line}\n{metrics}\n{}",
+                city.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        assert!(Instant::now() < until, "{metrics}\n{}", city.stderr());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let topic = format!("backflow.share.{subscriber}.ga.people");
+        assert_eq!(
+            share_topic::high_watermark(city_bus.bootstrap(), &topic).await,
+            0
+        );
+        assert!(city.stderr().contains(why), "{why}\n{}", city.stderr());
+        let (_, trail) = city
+            .api("GET", "/api/audit?limit=1000", Some(CITY_AUDITOR), None)
+            .await;
+        assert!(
+            trail["records"].as_array().unwrap().iter().any(|r| {
+                r["details"]["action"] == "subscription failed"
+                    && r["details"]["subscription"] == format!("{subscriber}:ga.people")
+                    && r["details"]["kind"] == "policy"
+            }),
+            "{trail}"
+        );
     }
-    assert_eq!(
-        share_topic::high_watermark(city_bus.bootstrap(), "backflow.share.330108.ga.people").await,
-        0
-    );
-    assert!(
-        city.stderr().contains("phone arrived hashed"),
-        "{}",
-        city.stderr()
-    );
-    let (_, trail) = city
-        .api("GET", "/api/audit?limit=1000", Some(CITY_AUDITOR), None)
-        .await;
-    assert!(
-        trail["records"].as_array().unwrap().iter().any(|r| {
-            r["details"]["action"] == "subscription failed"
-                && r["details"]["subscription"] == "330108:ga.people"
-                && r["details"]["kind"] == "policy"
-        }),
-        "{trail}"
-    );
 
     // The received dataset is the province's: the city's department of the
     // same name registers, feeds and decides over none of it.
     let dataset = json!({"sharing": "unconditional", "region_column": "region_code",
-        "fields": {"id": {}, "name": {}, "phone": {"rule": "hashed"}, "region_code": {}}});
+        "fields": {"id": {}, "name": {"rule": "masked:name"}, "phone": {"rule": "hashed"}, "region_code": {}}});
     let (status, body) = city
         .api(
             "PUT",
@@ -205,7 +214,7 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
         body["reason"].as_str().unwrap().contains("upper node"),
         "{body}"
     );
-    // An admin re-shares it, but not the hashed phone as it arrived.
+    // An admin re-shares it, but grants neither protected field plain.
     let mut plain_phone = dataset.clone();
     plain_phone["fields"]["phone"] = json!({});
     let (status, body) = city
@@ -219,6 +228,24 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
     assert_eq!(status, 422, "{body}");
     assert!(
         body["reason"].as_str().unwrap().contains("arrived hashed"),
+        "{body}"
+    );
+    let mut plain_name = dataset.clone();
+    plain_name["fields"]["name"] = json!({});
+    let (status, body) = city
+        .api(
+            "PUT",
+            "/api/datasets/ga.people",
+            Some(CITY_ADMIN),
+            Some(plain_name),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("arrived masked:name"),
         "{body}"
     );
     let (status, body) = city
@@ -305,7 +332,7 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
              sink = {{ type = \"kafka\" }}\n\
              tables = [{{ topic = \"backflow.share.330100.ga.people\" }}]\n\n\
              [[shares]]\nsubscriber = \"330106\"\ndataset = \"ga.people\"\nregion_column = \"region_code\"\n\
-             fields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n{}",
+             fields = {{ id = \"plain\", name = \"masked:name\", region_code = \"plain\" }}\n{}",
             city_bus.bootstrap(),
             unique_name("city-from-province"),
             province_bus.bootstrap(),
@@ -330,7 +357,7 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
     // The city received the rows but shares none of them on: not by its
     // configuration, not through its API.
     let city_def = json!({"sharing": "unconditional", "region_column": "region_code",
-        "fields": {"id": {}, "name": {}, "region_code": {}}});
+        "fields": {"id": {}, "name": {"rule": "masked:name"}, "region_code": {}}});
     let (status, body) = city
         .api(
             "PUT",

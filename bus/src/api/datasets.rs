@@ -246,10 +246,9 @@ async fn rederive(
 }
 
 /// Checks a dataset whose raw topic holds what an upper node shared
-/// (fields it masked or hashed are marked in the schema): a hashed field
-/// is not shared as it arrived (one pseudonym for every district would link
-/// their records); it is hashed again or withheld. A masked field passed on
-/// as it arrived keeps its marking.
+/// (fields it masked or hashed are marked in the schema): such a field is
+/// shared only as restrictive as it arrived or more (masked again or hashed,
+/// or withheld), never granted plain.
 async fn arrived_protection_kept(state: &ApiState, dataset: &Dataset) -> Result<(), ApiError> {
     let subject =
         backflow_schemas::registry_client::subject_for(&crate::topics::raw(&dataset.id), false);
@@ -261,11 +260,9 @@ async fn arrived_protection_kept(state: &ApiState, dataset: &Dataset) -> Result<
         }
     };
     for (field, protection) in &arrived {
-        if *protection == backflow_schemas::Protection::Hashed
-            && dataset.rule(field).as_deref() == Some("plain")
-        {
+        if dataset.rule(field).as_deref() == Some("plain") {
             return Err(invalid(format!(
-                "fields.{field}: it arrived hashed from the upper node: share it hashed (a key per subscriber) or withhold it, never as it arrived"
+                "fields.{field}: it arrived {protection} from the upper node: share it masked again (or more) or hashed, or withhold it, never plain"
             )));
         }
     }

@@ -271,20 +271,20 @@ impl SharePolicy {
             };
             let is_key = source.primary_key.contains(&c.name);
             // Values an upper node protected stay protected, and say so:
-            // a masked value passed on as it arrived keeps its marking (it
-            // must not pass for an ordinary one), and may be masked or
-            // hashed further; a hashed one is hashed again under this
-            // subscription's key or withheld, never passed on (one
-            // pseudonym shared alike with every district would link
-            // records across them).
+            // only as restrictive as they arrived or more. A masked value
+            // is masked again (or more) or hashed, never granted plain (it
+            // would pass for an ordinary one); a hashed one is hashed again
+            // under this subscription's key or withheld (one pseudonym
+            // shared alike with every district would link records across
+            // them).
             let protection = match (rule, &c.protection) {
-                (FieldRule::Plain, Some(backflow_schemas::Protection::Hashed)) => {
+                (FieldRule::Plain, Some(arrived)) => {
                     return Err(format!(
-                        "field {} arrived hashed from an upper node: it may be hashed again (a key per subscriber) or withheld, never passed on as it is",
+                        "field {} arrived {arrived} from an upper node: it may be masked again (or more) or hashed, or withheld, never granted plain",
                         c.name
                     ))
                 }
-                (FieldRule::Plain, arrived) => arrived.clone(),
+                (FieldRule::Plain, None) => None,
                 (FieldRule::Hashed, _) => Some(backflow_schemas::Protection::Hashed),
                 (FieldRule::Masked(_), _) => Some(backflow_schemas::Protection::Masked(
                     rule.to_string().trim_start_matches("masked:").to_owned(),
@@ -581,9 +581,8 @@ mod tests {
                 _ => None,
             };
         }
-        let mut p = policy("330106", "330106");
-        p.fields.insert("name".into(), FieldRule::Plain);
-        p.fields.insert("phone".into(), FieldRule::Hashed);
+        // Masked again, hashed again: marked as such.
+        let p = policy("330106", "330106");
         let t = p.share_table(&arrived).unwrap();
         let marks: Vec<(&str, Option<String>)> = t
             .desc
@@ -604,12 +603,15 @@ mod tests {
                 ("id_number", Some("masked:keep(6,4)".into())),
                 ("phone", Some("hashed".into())),
                 ("region_code", None),
-            ],
-            "passed on as arrived, the name stays marked masked"
+            ]
         );
-        p.fields.insert("phone".into(), FieldRule::Plain);
-        let e = p.share_table(&arrived).unwrap_err();
-        assert!(e.contains("phone arrived hashed"), "{e}");
+        // Granted plain: refused, whichever protection it arrived with.
+        for (field, arrived_as) in [("name", "masked:name"), ("phone", "hashed")] {
+            let mut p = policy("330106", "330106");
+            p.fields.insert(field.into(), FieldRule::Plain);
+            let e = p.share_table(&arrived).unwrap_err();
+            assert!(e.contains(&format!("{field} arrived {arrived_as}")), "{e}");
+        }
     }
 
     #[test]
