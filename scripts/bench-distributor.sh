@@ -3,8 +3,8 @@
 # dataset, next to a plain consumer of the same topic.
 # Usage: scripts/bench-distributor.sh [EVENTS] (default 100000).
 #
-# By default each case runs on a fresh tansu broker (scripts/services.sh
-# builds it), whose own limit (~60-65k share records/s out) caps the figures.
+# By default each case runs on a fresh Apache Kafka broker of its own
+# (scripts/services.sh fetches Kafka).
 # Settings (environment):
 #   BACKFLOW_BENCH_BROKERS  host:port of a Kafka broker to run every case
 #                           against instead (shared by the cases; each case

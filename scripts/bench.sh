@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: department PostgreSQL -> node (feed, tansu memory
+# End-to-end benchmark: department PostgreSQL -> node (feed, Apache Kafka
 # broker, distributor) -> two district subscribers' PostgreSQL databases.
 # Prints throughput (against pg_recvlogical and a raw COPY), end-to-end
 # latency p50/p95/p99 at a steady rate, each backflow process's peak RSS and

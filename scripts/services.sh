@@ -2,7 +2,7 @@
 # Starts the real services backflow's tests and local development use:
 #   PostgreSQL 15 with wal_level=logical            127.0.0.1:5432 (trust auth)
 #   MariaDB with a ROW/FULL binlog and server_id=1  127.0.0.1:3306 (root, no password)
-#   tansu 0.6.0, a Kafka-protocol broker            127.0.0.1:9092
+#   Apache Kafka 4.1.1 (KRaft, jars from Maven)     127.0.0.1:9092
 # and the tools the tests drive: headless Chromium (the dashboard test).
 #
 # Usage: scripts/services.sh up|down|status
@@ -12,7 +12,7 @@
 #
 # Idempotent: a second `up` changes nothing and returns in about a second.
 # Settings (environment):
-#   BACKFLOW_CACHE         where the tansu binary is cached (default ~/.cache/backflow)
+#   BACKFLOW_CACHE         where Kafka's jars are cached (default ~/.cache/backflow)
 #   BACKFLOW_SERVICES_DIR  broker data, logs and pid (default <repo>/.services)
 #   BACKFLOW_KAFKA_PORT    broker port (default 9092)
 set -euo pipefail
@@ -21,8 +21,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${BACKFLOW_CACHE:-$HOME/.cache/backflow}
 STATE=${BACKFLOW_SERVICES_DIR:-$ROOT/.services}
 KAFKA_PORT=${BACKFLOW_KAFKA_PORT:-9092}
-TANSU_VERSION=0.6.0
-TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
@@ -181,62 +179,119 @@ mariadb_status() {
   fi
 }
 
-# --------------------------------------------------------------------- tansu
-tansu_pid() { cat "$STATE/tansu/tansu.pid" 2>/dev/null || true; }
-tansu_running() { local p; p=$(tansu_pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# ------------------------------------------------------------- Apache Kafka
+# The broker of every test, benchmark and local run: Apache Kafka from Maven
+# Central (scripts/kafka/pom.xml: kafka_2.13 and its dependencies, a log4j2
+# binding), cached in $CACHE/kafka-$KAFKA_VERSION/libs; a formatted KRaft
+# storage directory beside it (storage-template/), which each test's broker
+# copies (tests/src/lib.rs TestBroker); and one broker+controller on
+# 127.0.0.1:$KAFKA_PORT for development, its data in $STATE/kafka.
+KAFKA_VERSION=4.1.1
+KAFKA_HOME=$CACHE/kafka-$KAFKA_VERSION
+KAFKA_DATA=$STATE/kafka
+CONTROLLER_PORT=${BACKFLOW_KAFKA_CONTROLLER_PORT:-9093}
 
-tansu_build() {
-  [ -x "$TANSU" ] && return
-  if pgrep -f "cargo install tansu" >/dev/null; then
-    log "a tansu build is already running; waiting for it"
-    wait_until "tansu build" 2400 bash -c '! pgrep -f "cargo install tansu"' || die "tansu build did not finish"
-    [ -x "$TANSU" ] && return
+kafka_java() { java -Xms64m -Xmx512m -XX:+UseSerialGC -cp "$KAFKA_HOME/libs/*" "$@"; }
+kafka_pid() { cat "$KAFKA_DATA/kafka.pid" 2>/dev/null || true; }
+kafka_running() { local p; p=$(kafka_pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+kafka_fetch() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  if [ ! -f "$KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    command -v mvn >/dev/null || apt_install maven
+    log "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME/libs"
+    rm -rf "$KAFKA_HOME/libs.partial"
+    mkdir -p "$KAFKA_HOME"
+    (cd "$KAFKA_HOME" && mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" \
+      -Dkafka.version="$KAFKA_VERSION" \
+      dependency:copy-dependencies -DoutputDirectory="$KAFKA_HOME/libs.partial") \
+      || die "cannot fetch Apache Kafka from Maven Central (mvn dependency:copy-dependencies -f scripts/kafka/pom.xml)"
+    mv "$KAFKA_HOME/libs.partial" "$KAFKA_HOME/libs"
   fi
-  log "building tansu $TANSU_VERSION into $CACHE (once; 11-15 minutes on 2 cores)"
-  mkdir -p "$CACHE"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
-    --root "$CACHE/tansu-$TANSU_VERSION" --quiet
-  [ -x "$TANSU" ] || die "tansu build finished without $TANSU"
+  if [ ! -f "$KAFKA_HOME/storage-template/meta.properties" ]; then
+    # Formatted once; every broker copies it (node id 1, a quorum of
+    # itself), so none pays for a second JVM start to format.
+    local tmp; tmp=$(mktemp -d)
+    printf 'process.roles=broker,controller\nnode.id=1\ncontroller.quorum.voters=1@127.0.0.1:1\nlisteners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:1\ncontroller.listener.names=CONTROLLER\nlog.dirs=%s\n' \
+      "$tmp/storage" >"$tmp/format.properties"
+    kafka_java kafka.tools.StorageTool format -t "$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null)" \
+      -c "$tmp/format.properties" >/dev/null 2>&1 || die "cannot format Kafka's storage template"
+    rm -rf "$KAFKA_HOME/storage-template"
+    mv "$tmp/storage" "$KAFKA_HOME/storage-template"
+    rm -rf "$tmp"
+  fi
 }
 
-tansu_up() {
-  tansu_build
-  if tansu_running && port_open "$KAFKA_PORT"; then return; fi
+kafka_config() {
+  cat <<PROPERTIES
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$KAFKA_DATA/storage
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPERTIES
+}
+
+kafka_log_config() {
+  cat <<PROPERTIES
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $KAFKA_DATA/broker.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = %d{ISO8601} %p %c{1}: %m%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+PROPERTIES
+}
+
+kafka_up() {
+  kafka_fetch
+  if kafka_running && port_open "$KAFKA_PORT"; then return; fi
   if port_open "$KAFKA_PORT"; then
     # Another checkout's broker (or one started by hand): use it.
     log "a broker already listens on 127.0.0.1:$KAFKA_PORT; using it (set BACKFLOW_KAFKA_PORT for a separate one)"
     return
   fi
-  mkdir -p "$STATE/tansu"
-  log "starting tansu on 127.0.0.1:$KAFKA_PORT"
-  # sqlite storage, not memory://: tansu 0.6.0's memory engine never answers a
-  # fetch that starts inside a record batch, so a consumer group resuming from
-  # a committed offset in the middle of a batch stalls. sqlite serves it.
-  # Topics are created by backflow through the admin API (or `tansu topic create`).
-  (cd "$STATE/tansu" || exit 1
-    setsid "$TANSU" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "sqlite://tansu.db" \
-    >>tansu.log 2>&1 </dev/null &
-    echo $! >tansu.pid)
-  wait_until "tansu" 30 port_open "$KAFKA_PORT" \
-    || { tail -n 20 "$STATE/tansu/tansu.log" >&2; die "tansu did not listen on $KAFKA_PORT"; }
+  mkdir -p "$KAFKA_DATA"
+  [ -f "$KAFKA_DATA/storage/meta.properties" ] || cp -r "$KAFKA_HOME/storage-template" "$KAFKA_DATA/storage"
+  kafka_config >"$KAFKA_DATA/server.properties"
+  kafka_log_config >"$KAFKA_DATA/log4j2.properties"
+  log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT"
+  (cd "$KAFKA_DATA" || exit 1
+    setsid java -Xms64m -Xmx512m -XX:+UseSerialGC \
+      -Dlog4j2.configurationFile="$KAFKA_DATA/log4j2.properties" \
+      -cp "$KAFKA_HOME/libs/*" kafka.Kafka server.properties \
+      >>stdout.log 2>&1 </dev/null &
+    echo $! >kafka.pid)
+  wait_until "Apache Kafka" 30 port_open "$KAFKA_PORT" \
+    || { tail -n 20 "$KAFKA_DATA/broker.log" >&2 || true; die "Apache Kafka did not listen on $KAFKA_PORT"; }
 }
 
-tansu_down() {
-  local p; p=$(tansu_pid)
+kafka_down() {
+  local p; p=$(kafka_pid)
   if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
     kill "$p"
-    wait_until "tansu to stop" 20 bash -c "! kill -0 $p" || kill -9 "$p"
-    log "stopped tansu (pid $p)"
+    wait_until "Apache Kafka to stop" 30 bash -c "! kill -0 $p" || kill -9 "$p"
+    log "stopped Apache Kafka (pid $p)"
   fi
-  rm -f "$STATE/tansu/tansu.pid"
+  rm -f "$KAFKA_DATA/kafka.pid"
 }
 
-tansu_status() {
-  if tansu_running && port_open "$KAFKA_PORT"; then
-    echo "kafka     ok    127.0.0.1:$KAFKA_PORT  tansu $TANSU_VERSION (sqlite storage in $STATE/tansu)"
+kafka_status() {
+  if kafka_running && port_open "$KAFKA_PORT"; then
+    echo "kafka     ok    127.0.0.1:$KAFKA_PORT  Apache Kafka $KAFKA_VERSION (KRaft, data in $KAFKA_DATA)"
   elif port_open "$KAFKA_PORT"; then
     echo "kafka     ok    127.0.0.1:$KAFKA_PORT  (a broker not started by this script)"
   else
@@ -256,7 +311,7 @@ status() {
   local rc=0
   postgres_status || rc=1
   mariadb_status || rc=1
-  tansu_status || rc=1
+  kafka_status || rc=1
   return $rc
 }
 
@@ -264,12 +319,12 @@ case "${1:-}" in
   up)
     postgres_up
     mariadb_up
-    tansu_up
+    kafka_up
     tools_up
     status
     ;;
   down)
-    tansu_down
+    kafka_down
     log "PostgreSQL and MariaDB are machine services and keep running"
     ;;
   status) status ;;

@@ -792,10 +792,8 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Partitions of topics backflow creates (default 1). Each topic is
     /// read by one consumer per node or subscription, so more partitions
-    /// only help other consumers that read it as a group; on tansu each
-    /// partition's stored batches are listed for every fetch that finds
-    /// records, so fewer partitions cost the broker less
-    /// (docs/performance.md, run I). Applies to topics created from then on.
+    /// only help other consumers that read it as a group. Applies to topics
+    /// created from then on.
     pub partitions: i32,
     /// Replication factor of topics backflow creates.
     pub replication_factor: i32,
@@ -803,9 +801,9 @@ pub struct KafkaConfig {
     pub request_timeout_ms: u64,
     /// How long the broker may hold a fetch of the distributor's consumer
     /// that finds no record, in milliseconds (librdkafka
-    /// `fetch.wait.max.ms`; default 20). Apache Kafka answers as soon as a
-    /// record arrives; tansu 0.6 holds every fetch this long, so on tansu
-    /// it adds to the latency of each hop (see docs/performance.md).
+    /// `fetch.wait.max.ms`; default 100). Apache Kafka answers as soon as
+    /// a record arrives, so this adds no latency: it sets how often an idle
+    /// consumer asks.
     pub fetch_wait_ms: u32,
     /// The largest record the brokers accept, in bytes (their
     /// `message.max.bytes`; default 1000000). A share record over it fails
@@ -1036,7 +1034,7 @@ impl Config {
                 Err(ConfigError::BadValue {
                     key,
                     origin: origin_name(file, &env, ""),
-                    reason: format!("{ms} ms is outside 1..={MAX_FETCH_WAIT_MS} (below the Kafka client's 60 s socket timeout); 100 suits Apache Kafka, 10 tansu"),
+                    reason: format!("{ms} ms is outside 1..={MAX_FETCH_WAIT_MS} (below the Kafka client's 60 s socket timeout); the default, 100, suits Apache Kafka"),
                 })
             }
         };
@@ -1397,8 +1395,8 @@ mod tests {
     fn fetch_waits_default_to_100_ms_and_an_impossible_one_names_its_key() {
         let f = file("[kafka]\nbrokers = \"a:9092\"\n[[subscriptions]]\nname = \"s\"\nupstream = { brokers = \"b:9092\", registry_url = \"http://b\" }\nsink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"backflow.share.330106.d.t\" }]\n");
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
-        assert_eq!(cfg.kafka.fetch_wait_ms, 20);
-        assert_eq!(cfg.subscriptions[0].upstream.fetch_wait_ms, 20);
+        assert_eq!(cfg.kafka.fetch_wait_ms, 100);
+        assert_eq!(cfg.subscriptions[0].upstream.fetch_wait_ms, 100);
         let f = file("[kafka]\nfetch_wait_ms = 10\n");
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
         assert_eq!(cfg.kafka.fetch_wait_ms, 10);

@@ -17,16 +17,34 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
-/// A tansu broker of the test's own, with sqlite storage in a temporary
+/// The Apache Kafka version the tests run against (see
+/// `scripts/kafka/pom.xml`, which `scripts/services.sh up` fetches).
+pub const KAFKA_VERSION: &str = "4.1.1";
+
+/// Where `scripts/services.sh up` keeps Apache Kafka: `libs/` (the jars)
+/// and `storage-template/` (a formatted KRaft storage directory).
+pub fn kafka_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("BACKFLOW_KAFKA_HOME") {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    std::env::var_os("BACKFLOW_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/backflow"))
+        .join(format!("kafka-{KAFKA_VERSION}"))
+}
+
+/// An Apache Kafka broker of the test's own (KRaft: broker and controller
+/// in one process) on free local ports, its storage in a temporary
 /// directory, stopped when dropped. Each test gets a fresh broker: tests do
-/// not see each other's topics or groups, and a broker never accumulates
-/// the data of a whole test run (tansu 0.6's sqlite engine slows down badly
-/// as it grows). Uses the binary `scripts/services.sh up` builds and caches.
+/// not see each other's topics or groups. Uses the jars and the formatted
+/// storage template `scripts/services.sh up` caches.
 pub struct TestBroker {
     child: Child,
     bootstrap: String,
     dir: tempfile::TempDir,
-    storage: String,
 }
 
 impl TestBroker {
@@ -37,93 +55,95 @@ impl TestBroker {
 
     /// Starts a broker on a free local port and waits until it listens.
     pub fn start() -> Self {
-        Self::start_with("sqlite://tansu.db")
-    }
-
-    /// Like [`TestBroker::start`] with in-memory storage: fastest, for
-    /// benchmarks (tansu 0.6 cannot serve a fetch that starts inside a
-    /// record batch from memory storage, so resuming consumers stall on it).
-    pub fn start_in_memory() -> Self {
-        Self::start_with("memory://tansu/")
-    }
-
-    fn start_with(storage: &str) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("backflow-tansu-")
+            .prefix("backflow-kafka-")
             .tempdir()
             .expect("tempdir");
         let bootstrap = free_local_addr();
-        let child = Self::spawn(storage, &bootstrap, dir.path());
+        let controller = free_local_addr();
+        let template = kafka_home().join("storage-template");
+        assert!(
+            template.join("meta.properties").exists(),
+            "no Apache Kafka storage template at {}: run scripts/services.sh up (it fetches Kafka and formats it)",
+            template.display()
+        );
+        let data = dir.path().join("data");
+        copy_dir(&template, &data).expect("copy the storage template");
+        std::fs::write(
+            dir.path().join("server.properties"),
+            broker_properties(&bootstrap, &controller, &data),
+        )
+        .expect("write server.properties");
+        std::fs::write(
+            dir.path().join("log4j2.properties"),
+            log4j2_properties(&dir.path().join("broker.log")),
+        )
+        .expect("write log4j2.properties");
+        let child = Self::spawn(dir.path());
         let broker = Self {
             child,
             bootstrap,
             dir,
-            storage: storage.to_owned(),
         };
         broker.wait_listening();
         broker
     }
 
+    /// The same as [`TestBroker::start`]: Apache Kafka keeps its data on
+    /// disk either way (kept for the benchmarks, which name it so).
+    pub fn start_in_memory() -> Self {
+        Self::start()
+    }
+
     /// Kills the broker with SIGKILL and starts it again on the same port
-    /// and storage (sqlite storage keeps topics, records and group offsets).
+    /// and storage (topics, records and group offsets survive).
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(&self.storage, &self.bootstrap, self.dir.path());
+        self.child = Self::spawn(self.dir.path());
         self.wait_listening();
     }
 
     fn wait_listening(&self) {
-        let until = Instant::now() + Duration::from_secs(20);
+        let until = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(&self.bootstrap).is_err() {
             assert!(
                 Instant::now() < until,
-                "tansu did not listen on {}: {}",
+                "Apache Kafka did not listen on {}: {}",
                 self.bootstrap,
-                std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+                std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    fn spawn(storage: &str, bootstrap: &str, dir: &std::path::Path) -> Child {
-        let bin = std::env::var_os("BACKFLOW_TANSU")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
-                let cache = std::env::var_os("BACKFLOW_CACHE")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| home.join(".cache/backflow"));
-                cache.join("tansu-0.6.0/bin/tansu")
-            });
-        assert!(
-            bin.exists(),
-            "tansu not found at {}: run scripts/services.sh up (it builds and caches it)",
-            bin.display()
-        );
-        let url = format!("tcp://{bootstrap}");
-        let log = std::fs::OpenOptions::new()
+    fn spawn(dir: &std::path::Path) -> Child {
+        let libs = kafka_home().join("libs");
+        let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("tansu.log"))
+            .open(dir.join("stdout.log"))
             .expect("log file");
-        Command::new(&bin)
+        Command::new("java")
             .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
+                "-Xms64m",
+                "-Xmx384m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
             ])
-            .args(["--storage-engine", storage])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                dir.join("log4j2.properties").display()
+            ))
+            .arg("-cp")
+            .arg(format!("{}/*", libs.display()))
+            .args(["kafka.Kafka", "server.properties"])
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
             .spawn()
-            .expect("start tansu")
+            .expect("start Apache Kafka (java on PATH)")
     }
 
     /// `host:port` for clients.
@@ -137,6 +157,67 @@ impl Drop for TestBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A one-node KRaft broker's configuration for tests: quick group starts,
+/// internal topics of one replica.
+fn broker_properties(bootstrap: &str, controller: &str, data: &std::path::Path) -> String {
+    format!(
+        "process.roles=broker,controller\n\
+         node.id=1\n\
+         controller.quorum.voters=1@{controller}\n\
+         listeners=PLAINTEXT://{bootstrap},CONTROLLER://{controller}\n\
+         advertised.listeners=PLAINTEXT://{bootstrap}\n\
+         controller.listener.names=CONTROLLER\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         log.dirs={}\n\
+         num.partitions=1\n\
+         offsets.topic.replication.factor=1\n\
+         offsets.topic.num.partitions=4\n\
+         transaction.state.log.replication.factor=1\n\
+         transaction.state.log.min.isr=1\n\
+         transaction.state.log.num.partitions=4\n\
+         share.coordinator.state.topic.replication.factor=1\n\
+         share.coordinator.state.topic.min.isr=1\n\
+         group.initial.rebalance.delay.ms=0\n\
+         auto.create.topics.enable=false\n\
+         log.cleaner.backoff.ms=1000\n",
+        data.display()
+    )
+}
+
+/// The broker's log to a file of its own directory, warnings and up (and
+/// the broker's start and stop).
+fn log4j2_properties(file: &std::path::Path) -> String {
+    format!(
+        "status = warn\n\
+         appender.file.type = File\n\
+         appender.file.name = file\n\
+         appender.file.fileName = {}\n\
+         appender.file.layout.type = PatternLayout\n\
+         appender.file.layout.pattern = %d{{ISO8601}} %p %c{{1}}: %m%n\n\
+         rootLogger.level = warn\n\
+         rootLogger.appenderRef.file.ref = file\n\
+         logger.server.name = kafka.server.KafkaRaftServer\n\
+         logger.server.level = info\n",
+        file.display()
+    )
+}
+
+/// Copies a directory tree.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the benchmarks' 9-column department table `t` in a new database

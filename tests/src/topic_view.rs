@@ -89,8 +89,7 @@ impl TopicView {
     /// Reads `topic` from its beginning to its end as it is now, with a
     /// consumer of its own that stores no position, and folds it: a count
     /// of what the topic holds that does not depend on a long-lived
-    /// consumer keeping up (tansu 0.6 stalls one, now and then, after its
-    /// producer was killed).
+    /// consumer keeping up.
     pub async fn read_all(bootstrap: &str, topic: &str, desc: TableDesc) -> anyhow::Result<Self> {
         let settings = KafkaSettings::new(bootstrap);
         let n = backflow::kafka::partition_count(&settings, topic).await?;
@@ -178,9 +177,8 @@ impl TopicView {
         while &self.state != want {
             if progress.elapsed() > Duration::from_secs(10) {
                 // Nothing read for a while: read the topic afresh, so a
-                // stalled consumer (tansu 0.6 stalls one now and then after
-                // its producer was killed) is not taken for a topic that
-                // does not hold the rows. The fresh consumer goes on
+                // consumer that stopped moving is not taken for a topic
+                // that does not hold the rows. The fresh consumer goes on
                 // reading what comes next.
                 let (bootstrap, topic, desc) = self.source.clone();
                 if let Ok(fresh) = Self::read_all(&bootstrap, &topic, desc).await {

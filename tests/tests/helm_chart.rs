@@ -18,7 +18,7 @@
 //! with are refused with a message naming the value.
 //!
 //! One test runs the rendered node as the pod would (the Deployment's
-//! arguments, the Secret as its environment) on a tansu broker: it starts
+//! arguments, the Secret as its environment) on an Apache Kafka broker: it starts
 //! with the audit key from the Secret, and the port the ServiceMonitor
 //! scrapes answers `/metrics` without a token.
 

@@ -1,5 +1,5 @@
-//! Kafka I/O against a real Kafka-protocol broker (a tansu of each test's
-//! own), plus the embedded broker.
+//! Kafka I/O against Apache Kafka (a broker of each test's own), plus the
+//! embedded broker.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};

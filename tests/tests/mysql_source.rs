@@ -244,8 +244,7 @@ async fn mysql_feed_killed_and_restarted_loses_nothing() {
             let db = f.db.clone();
             async move {
                 let mut c = connect(Some(&db)).await;
-                // One row per transaction: tansu's sqlite engine slows
-                // down as topics grow, so the test keeps them small.
+                // One row per transaction: many small binlog events.
                 for i in 0..200 {
                     c.query_drop(format!(
                         "UPDATE people SET income = {i} WHERE id = {}",

@@ -220,9 +220,7 @@ async fn postgres_feed_snapshot_then_stream_equals_table() {
 
 #[tokio::test]
 async fn postgres_feed_snapshot_of_100k_rows_with_concurrent_changes_equals_table() {
-    // tansu's memory engine: its sqlite engine slows to a crawl with this
-    // many records, and nothing here resumes a consumer group mid-batch.
-    let f = setup_on(100_000, TestBroker::start_in_memory()).await;
+    let f = setup_on(100_000, TestBroker::start()).await;
     let node = Node::start_with_config(&f.config(), &[]).unwrap();
     // Changes racing the snapshot, on rows read and not yet read.
     change_rows(&f, 1_000_000).await;
@@ -377,8 +375,8 @@ async fn until_logged(node: &Node, needle: &str) {
 
 #[tokio::test]
 async fn postgres_source_command_survives_kill_mid_snapshot_and_resnapshots_a_lost_slot() {
-    // (tansu 0.6's sqlite engine slows down as a topic grows: few rows,
-    // small chunks, so the snapshot is still many checkpoints.)
+    // Few rows, small chunks: the snapshot is still many checkpoints, so
+    // the kill lands in the middle of it.
     let f = setup(2_500).await;
     let config = f
         .config()

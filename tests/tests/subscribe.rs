@@ -134,8 +134,7 @@ async fn until_equal(sink: &SinkDb, want: &Table, deadline: Duration, subscriber
 }
 
 /// Source changes in many small transactions: updates, deletes, inserts,
-/// one primary-key change. (Kept to a few hundred records: tansu's SQLite
-/// engine slows down badly as a broker accumulates records.)
+/// one primary-key change (a few hundred records).
 async fn churn(p: &Pipeline, round: i64) {
     let client = pg_connect(&p.source.name).await.unwrap();
     for i in 0..40 {

@@ -178,8 +178,7 @@ impl Consumer {
         partitions: &[i32],
     ) -> Result<Self, KafkaError> {
         // The records are known to be there and the reader is short-lived:
-        // a broker that holds every fetch for the whole wait (tansu does)
-        // would otherwise add that wait to each round trip of the read.
+        // a short wait keeps its last, empty fetch short.
         Self::from_beginning(settings, topic, partitions, REPLAY_FETCH_WAIT_MS)
     }
 

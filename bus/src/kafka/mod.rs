@@ -104,12 +104,9 @@ pub enum KafkaError {
 
 /// Default of [`KafkaSettings::fetch_wait_ms`]: the data path's consumers
 /// (distributor, subscribers). Apache Kafka answers a fetch as soon as a
-/// record is there, so against it this only bounds how often an idle
-/// consumer asks (50 times a second). tansu 0.6 holds every fetch for the
-/// whole wait, so there each hop costs about 1.5 times it: 20 keeps two
-/// hops near 100 ms at the 99th percentile (docs/performance.md, run I),
-/// where 100 cost about 300 ms at the median.
-pub const DEFAULT_FETCH_WAIT_MS: u32 = 20;
+/// record is there (`fetch.min.bytes` 1), so this adds no latency: it only
+/// sets how often an idle consumer asks, ten times a second.
+pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
 
 /// Connection settings shared by every client of one node.
 #[derive(Debug, Clone)]

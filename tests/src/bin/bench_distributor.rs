@@ -4,7 +4,7 @@
 //! Prints figures; asserts nothing.
 //!
 //! Run with `scripts/bench-distributor.sh [EVENTS]` (release build). Each
-//! case runs on a fresh tansu broker (memory storage) on this machine: the
+//! case runs on a fresh Apache Kafka broker on this machine: the
 //! broker, the node and this program share the cores.
 //!
 //! With `BACKFLOW_BENCH_BROKERS=host:port` (e.g. the Apache Kafka broker of
@@ -25,13 +25,13 @@ use backflow_schemas::{
     TableDesc, TransactionInfo,
 };
 
-/// The dataset on a per-case tansu broker.
+/// The dataset on a per-case Apache Kafka broker.
 const DATASET: &str = "bench.people";
 
 /// Where a case's topics live.
 enum Broker {
-    /// A fresh tansu of the case's own, stopped when dropped.
-    Tansu(TestBroker),
+    /// A fresh broker of the case's own, stopped when dropped.
+    Fresh(TestBroker),
     /// A broker given by `BACKFLOW_BENCH_BROKERS`, shared by all cases.
     Shared(String),
 }
@@ -39,7 +39,7 @@ enum Broker {
 impl Broker {
     fn bootstrap(&self) -> &str {
         match self {
-            Broker::Tansu(b) => b.bootstrap(),
+            Broker::Fresh(b) => b.bootstrap(),
             Broker::Shared(b) => b,
         }
     }
@@ -311,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => println!(
             "broker: {b} from BACKFLOW_BENCH_BROKERS, shared by all cases (topics and node code per case, run {run})"
         ),
-        None => println!("broker: tansu 0.6.0 with memory storage, a fresh one per case"),
+        None => println!("broker: Apache Kafka 4.1.1, a fresh one per case"),
     }
     cpu_only(events)?;
     for (case, shares) in [1usize, 10, 100].into_iter().enumerate() {
@@ -320,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
         let n = if shares >= 100 { events / 5 } else { events };
         let broker = match &shared {
             Some(b) => Broker::Shared(b.clone()),
-            None => Broker::Tansu(TestBroker::start_in_memory()),
+            None => Broker::Fresh(TestBroker::start_in_memory()),
         };
         let names = Names::new(shared.is_some(), run, case as u64);
         fill(&broker, &names, n).await?;

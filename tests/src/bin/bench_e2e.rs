@@ -1,5 +1,5 @@
 //! End-to-end benchmark: a department's PostgreSQL table through a node
-//! (feed, tansu broker, distributor) into two district subscribers'
+//! (feed, Apache Kafka broker, distributor) into two district subscribers'
 //! PostgreSQL databases. Prints figures; asserts nothing.
 //!
 //! The pipeline: department database with a 9-column table whose rows
@@ -7,7 +7,7 @@
 //! with a PostgreSQL feed of it and two shares (one per district, rows of
 //! the district's own region, the name masked, the other fields plain); two
 //! `backflow subscribe` processes, each applying its share topic into its
-//! own PostgreSQL database. The broker is tansu with memory storage.
+//! own PostgreSQL database. The broker is Apache Kafka, one of the run's own.
 //!
 //! 1. Throughput. INSERTS rows, then UPDATES of them, are written in 10-row
 //!    transactions while every backflow process is stopped, so the changes
@@ -31,7 +31,7 @@
 //!    clock.
 //! 3. Peak RSS (`VmHWM`) of the node and each subscriber over the run, and
 //!    CPU seconds of each process of the throughput phase.
-//! 4. At rest: the share of a core the node, the subscribers and tansu use
+//! 4. At rest: the share of a core the node, the subscribers and the broker use
 //!    over 10 s in which nothing is written (what the consumers' polling
 //!    of the broker costs).
 //!
@@ -106,25 +106,25 @@ fn small_transactions(
     batches
 }
 
-/// CPU seconds so far of the node, each subscriber and tansu.
+/// CPU seconds so far of the node, each subscriber and the broker.
 struct PipelineCpu {
     node: (u32, f64),
     subs: Vec<(u32, f64)>,
-    tansu: Option<(u32, f64)>,
+    broker_proc: Option<(u32, f64)>,
 }
 
 impl PipelineCpu {
-    fn now(node: u32, subs: &[u32], tansu: Option<u32>) -> Self {
+    fn now(node: u32, subs: &[u32], broker_proc: Option<u32>) -> Self {
         let at = |p: u32| (p, cpu_secs(p));
         Self {
             node: at(node),
             subs: subs.iter().map(|p| at(*p)).collect(),
-            tansu: tansu.map(at),
+            broker_proc: broker_proc.map(at),
         }
     }
 
     /// CPU seconds used since `self`, times `scale`, followed by `unit`:
-    /// (node, subscribers joined with " + ", tansu or "?").
+    /// (node, subscribers joined with " + ", the broker or "?").
     fn since(&self, scale: f64, unit: &str) -> (String, String, String) {
         let used = |(p, before): (u32, f64)| format!("{:.1}{unit}", (cpu_secs(p) - before) * scale);
         (
@@ -134,7 +134,7 @@ impl PipelineCpu {
                 .map(|s| used(*s))
                 .collect::<Vec<_>>()
                 .join(" + "),
-            self.tansu.map_or("?".to_owned(), used),
+            self.broker_proc.map_or("?".to_owned(), used),
         )
     }
 }
@@ -194,18 +194,6 @@ fn machine_load_since(before: (f64, f64, f64)) -> String {
     )
 }
 
-/// The tansu broker this program started (a child named `tansu`).
-fn tansu_pid() -> Option<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc").ok()?.find_map(|e| {
-        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(')')?;
-        let ppid = rest.split_whitespace().nth(1)?;
-        (head.ends_with("(tansu") && ppid == me).then_some(pid)
-    })
-}
-
 /// Each district's expected (rows, updated rows), from the department.
 async fn expected(dept: &tokio_postgres::Client) -> anyhow::Result<Vec<(i64, i64)>> {
     let mut out = Vec::new();
@@ -261,9 +249,8 @@ fn observe(
 ) -> tokio::task::JoinHandle<anyhow::Result<Hop>> {
     let mut settings = backflow::kafka::KafkaSettings::new(bootstrap);
     // A longer wait than the pipeline's: the observers should load the
-    // broker little (tansu lists a partition's batches for every fetch
-    // that finds records). Their `read` figures are therefore about
-    // 1.5 x 100 ms per hop; the `produced` ones do not depend on it.
+    // broker little while idle (Apache Kafka answers a fetch as soon as a
+    // record arrives, so their `read` figures do not depend on it).
     settings.fetch_wait_ms = OBSERVER_FETCH_WAIT_MS;
     tokio::spawn(async move {
         let marks = backflow::kafka::Watermarks::new(&settings)?;
@@ -446,8 +433,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Throughput: from the processes' start until both districts hold the
     // final state.
-    let tansu = tansu_pid();
-    let tansu_cpu_before = tansu.map_or(0.0, cpu_secs);
+    let broker_proc = Some(broker.pid());
+    let broker_cpu_before = broker_proc.map_or(0.0, cpu_secs);
     let postgres_before = postgres_cpu();
     let machine_before = machine_ticks();
     let started = Instant::now();
@@ -531,7 +518,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let cpu_node = cpu_secs(node.pid());
     let cpu_subs: Vec<f64> = subs.iter().map(|s| cpu_secs(s.pid())).collect();
-    let cpu_tansu = tansu.map_or(0.0, cpu_secs) - tansu_cpu_before;
+    let cpu_broker = broker_proc.map_or(0.0, cpu_secs) - broker_cpu_before;
     let cpu_postgres = postgres_cpu_since(&postgres_before);
     let throughput_load = machine_load_since(machine_before);
     let ours = changes as f64 / secs;
@@ -553,7 +540,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(" + ");
     println!(
-        "  CPU seconds in the phase: node {cpu_node:.1}, subscribers {cpu_subs}, tansu {cpu_tansu:.1}, PostgreSQL {cpu_postgres:.1}; {throughput_load}"
+        "  CPU seconds in the phase: node {cpu_node:.1}, subscribers {cpu_subs}, broker {cpu_broker:.1}, PostgreSQL {cpu_postgres:.1}; {throughput_load}"
     );
 
     // pg_recvlogical: the same WAL range, decoded the same way, to /dev/null.
@@ -658,7 +645,7 @@ async fn main() -> anyhow::Result<()> {
     // Let the observers take their positions.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let subs_pids: Vec<u32> = subs.iter().map(|s| s.pid()).collect();
-    let stream_cpu_before = PipelineCpu::now(node.pid(), &subs_pids, tansu);
+    let stream_cpu_before = PipelineCpu::now(node.pid(), &subs_pids, broker_proc);
     let stream_postgres_before = postgres_cpu();
     let machine_before = machine_ticks();
     let started = Instant::now();
@@ -689,9 +676,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let stream_secs = started.elapsed().as_secs_f64();
     let stream_load = machine_load_since(machine_before);
-    let (node_s, subs_s, tansu_s) = stream_cpu_before.since(1.0, "");
+    let (node_s, subs_s, broker_s) = stream_cpu_before.since(1.0, "");
     let stream_cpu = format!(
-        "{node_s} / {subs_s} / {tansu_s} / {:.1}",
+        "{node_s} / {subs_s} / {broker_s} / {:.1}",
         postgres_cpu_since(&stream_postgres_before)
     );
     let streamed = transactions * TX_ROWS;
@@ -791,10 +778,10 @@ async fn main() -> anyhow::Result<()> {
     // At rest: what the processes cost while nothing changes (their
     // consumers still ask the broker for records every fetch wait).
     let rest = Duration::from_secs(10);
-    let before = PipelineCpu::now(node.pid(), &subs_pids, tansu);
+    let before = PipelineCpu::now(node.pid(), &subs_pids, broker_proc);
     tokio::time::sleep(rest).await;
-    let (node_s, subs_s, tansu_s) = before.since(100.0 / rest.as_secs_f64(), "%");
-    let at_rest = format!("node {node_s}, subscribers {subs_s}, tansu {tansu_s} of a core");
+    let (node_s, subs_s, broker_s) = before.since(100.0 / rest.as_secs_f64(), "%");
+    let at_rest = format!("node {node_s}, subscribers {subs_s}, broker {broker_s} of a core");
     println!(
         "at rest for {} s, nothing written: {at_rest}",
         rest.as_secs()
@@ -818,7 +805,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{inserts} inserts then {updates} updates in {TX_ROWS}-row transactions; 9-column table; two districts (half the rows each); tansu memory broker; subscribers' flush_interval_ms {}; consumers' fetch.wait.max.ms {}",
+        "{inserts} inserts then {updates} updates in {TX_ROWS}-row transactions; 9-column table; two districts (half the rows each); broker_proc memory broker; subscribers' flush_interval_ms {}; consumers' fetch.wait.max.ms {}",
         flush_ms.map_or("default".to_owned(), |ms| ms.to_string()),
         fetch_wait_ms.map_or("default (20)".to_owned(), |ms| ms.to_string())
     );
@@ -850,12 +837,12 @@ async fn main() -> anyhow::Result<()> {
         println!("| peak RSS subscriber {code} | {rss:.0} MB | ≤ 200 MB |");
     }
     println!(
-        "| CPU seconds of the throughput phase: node / subscribers / tansu / PostgreSQL | {cpu_node:.1} / {cpu_subs} / {cpu_tansu:.1} / {cpu_postgres:.1} | |"
+        "| CPU seconds of the throughput phase: node / subscribers / broker / PostgreSQL | {cpu_node:.1} / {cpu_subs} / {cpu_broker:.1} / {cpu_postgres:.1} | |"
     );
     println!("| throughput phase | {throughput_load} | |");
     println!("| latency phase | {stream_load} | |");
     println!(
-        "| CPU seconds of the latency phase: node / subscribers / tansu / PostgreSQL | {stream_cpu} | |"
+        "| CPU seconds of the latency phase: node / subscribers / broker / PostgreSQL | {stream_cpu} | |"
     );
     println!(
         "| CPU at rest ({} s, nothing written) | {at_rest} | |",

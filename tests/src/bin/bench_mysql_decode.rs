@@ -13,7 +13,7 @@
 //! - source and Avro: the same, each record encoded and framed as the feed
 //!   does (key and value), still without Kafka;
 //! - produce only: the records the source read, encoded once beforehand,
-//!   published with the project's `Publisher` into a fresh tansu broker
+//!   published with the project's `Publisher` into a fresh Apache Kafka broker
 //!   (in-memory storage, as `bench_mysql_source` uses) onto a compacted
 //!   3-partition topic, with the feed's three headers, in batches of 2,000
 //!   whose acknowledgements are awaited in order, as the feed does: the
@@ -153,7 +153,7 @@ fn encode_record(codec: &TableCodec, r: &SourceRecord) -> anyhow::Result<(Vec<u8
     ))
 }
 
-/// Publishes the records into a fresh in-memory tansu, as the feed does:
+/// Publishes the records into a fresh Apache Kafka broker, as the feed does:
 /// enqueue in order, acknowledgements awaited per batch.
 async fn produce(records: &[(Vec<u8>, Vec<u8>, i64)]) -> anyhow::Result<(f64, f64)> {
     let broker = TestBroker::start_in_memory();
@@ -322,7 +322,7 @@ async fn bench(db: &str, rows: usize, repeat: usize) -> anyhow::Result<()> {
     );
     let bytes: usize = kept.iter().map(|(k, v, _)| k.len() + v.len()).sum();
     spread(
-        "produce only (Publisher -> tansu memory, 3 partitions, acked)",
+        "produce only (Publisher -> Apache Kafka, 3 partitions, acked)",
         rows,
         &produced,
         &format!(

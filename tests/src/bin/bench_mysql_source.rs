@@ -263,9 +263,9 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
         let (files, bytes) = binlog_range(&mut c, &from, &to).await?;
 
         // backflow: from process start until Kafka acknowledged every row.
-        let tansu_cpu = backflow_e2e::cpu_secs(broker.pid());
+        let broker_cpu = backflow_e2e::cpu_secs(broker.pid());
         let t = run_feed(&config, &feed, op, rows).await?;
-        let tansu_cpu = backflow_e2e::cpu_secs(broker.pid()) - tansu_cpu;
+        let broker_cpu = backflow_e2e::cpu_secs(broker.pid()) - broker_cpu;
 
         // mariadb-binlog: the same binlog range from the server, to /dev/null.
         let raw_secs = mariadb_binlog(false, &files, from.1, to.1)?;
@@ -285,7 +285,7 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
             t.resumed_at
         );
         println!(
-            "  backflow (binlog -> Avro -> tansu memory broker, acked): {:.2} s, {ours:.0} rows/s (includes process start; \
+            "  backflow (binlog -> Avro -> Apache Kafka broker, acked): {:.2} s, {ours:.0} rows/s (includes process start; \
              {:.2} s until `feed started`, {:.0} rows/s after it)",
             t.secs,
             t.startup,
@@ -300,10 +300,10 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
             t.rss_mb
         );
         println!(
-            "  CPU: feed process {:.2} s ({:.2} µs per row), tansu {:.2} s",
+            "  CPU: feed process {:.2} s ({:.2} µs per row), broker {:.2} s",
             t.cpu,
             t.cpu * 1e6 / rows as f64,
-            tansu_cpu
+            broker_cpu
         );
         println!(
             "  producer: {:.0} enqueues waited for a full queue; acknowledged {:.1} ms after enqueue on average",

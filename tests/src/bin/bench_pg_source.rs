@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         let ours = rows as f64 / ours_secs;
         let theirs = rows as f64 / recv_secs;
         println!("{name} (written in {written:.1} s):");
-        println!("  backflow (WAL -> Avro -> tansu memory broker, acked): {ours_secs:.2} s, {ours:.0} rows/s (includes process start)");
+        println!("  backflow (WAL -> Avro -> Apache Kafka broker, acked): {ours_secs:.2} s, {ours:.0} rows/s (includes process start)");
         println!("  pg_recvlogical (WAL -> /dev/null): {recv_secs:.2} s, {theirs:.0} rows/s");
         println!(
             "  ratio {:.2}, backflow peak RSS {rss:.0} MB",
