@@ -318,13 +318,20 @@ pub async fn lose_replication_slot(client: &tokio_postgres::Client, slot: &str) 
     }
 }
 
-/// A unique lower-case name for test objects.
+/// A unique lower-case name for test objects: the process, the time and a
+/// counter (two tests of one process may ask within the same microsecond).
 pub fn unique_name(prefix: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or_default();
-    format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000)
+    let c = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        (n % 1_000_000) * 1000 + u128::from(c % 1000)
+    )
 }
 
 /// The department table the policy tests share (PostgreSQL).
