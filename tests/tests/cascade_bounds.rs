@@ -5,7 +5,8 @@
 //!
 //! And when the province's grant forbids sharing on, the city shares
 //! nothing on; when it ends, the city's own grants end and the rows it
-//! passed on are taken back from its districts.
+//! passed on are taken back from its districts (a district's own database,
+//! kept by `backflow subscribe`, loses them).
 //!
 //! Checked on the city: the name masked again stays marked masked in the
 //! district's schema; neither the masked name nor the hashed phone can be
@@ -17,13 +18,22 @@
 use std::time::{Duration, Instant};
 
 use backflow_e2e::share_topic;
-use backflow_e2e::sinks::{Backend, SinkDb};
+use backflow_e2e::sinks::{Backend, Kind, SinkDb};
 use backflow_e2e::{pg_connect, unique_name, Node, TestBroker, TestToken, PEOPLE_TABLE};
 use serde_json::{json, Value};
 
 const CITY_ADMIN: &str = "bounds-city-admin";
 const CITY_GA: &str = "bounds-city-owner-ga";
 const CITY_AUDITOR: &str = "bounds-city-auditor";
+
+/// Rows a district's database holds in its table `people`.
+async fn district_rows(db: &SinkDb) -> usize {
+    db.rows("people", "id", &[("region_code", Kind::Text)])
+        .await
+        .unwrap()
+        .unwrap_or_default()
+        .len()
+}
 
 fn tokens(pairs: &[(&str, &str)]) -> String {
     pairs
@@ -280,6 +290,7 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
     let province_bus = TestBroker::start();
     let city_bus = TestBroker::start();
     let city_token = TestToken::new("subscriber:330100");
+    let district_token = TestToken::new("subscriber:330106");
     let province = Node::start_with_config(
         &format!(
             "[node]\ncode = \"330000\"\n[kafka]\nbrokers = \"{}\"\n\n\
@@ -337,7 +348,7 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
             unique_name("city-from-province"),
             province_bus.bootstrap(),
             province.url,
-            tokens(&[("admin", CITY_ADMIN), ("auditor", CITY_AUDITOR)]),
+            tokens(&[("admin", CITY_ADMIN), ("auditor", CITY_AUDITOR)]) + &district_token.auth_toml(),
         ),
         &[("CITY_TOKEN", city_token.token())],
     )
@@ -402,6 +413,29 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
             Instant::now() < until,
             "the city never shared on\n{}",
             city.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // District 330106 keeps its own database with `backflow subscribe`.
+    let district_db = SinkDb::create(Backend::Sqlite).await.unwrap();
+    let district = Node::subscribe_with_config(
+        &format!(
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"{share_330106}\", table = \"people\" }}]\n",
+            unique_name("district"),
+            city_bus.bootstrap(),
+            city.url,
+            district_token.upstream_setting(),
+            district_db.sink_toml(),
+        ),
+        &[],
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while district_rows(&district_db).await != 10 {
+        assert!(
+            Instant::now() < until,
+            "the district never held its rows\n{}",
+            district.stderr()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -525,14 +559,15 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
         )
         .await
         .unwrap();
-        if live(&share) == 0 && live(&raw) == 0 {
+        if live(&share) == 0 && live(&raw) == 0 && district_rows(&district_db).await == 0 {
             break;
         }
         assert!(
             Instant::now() < until,
-            "rows left: {} in 330106's share, {} in the city's raw copy\n{}",
+            "rows left: {} in 330106's share, {} in the city's raw copy, {} in the district's database\n{}",
             live(&share),
             live(&raw),
+            district_rows(&district_db).await,
             city.stderr()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
