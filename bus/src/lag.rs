@@ -1,16 +1,25 @@
 //! Lag that means something, per subscription and feed, as Burrow judges
 //! consumers.
 //!
-//! A subscriber process (`backflow subscribe`) reports, every few seconds,
-//! where it is to the upper node's Kafka: a record in the compacted topic
-//! `backflow._subscribers` keyed by subscription, with the next offset it
-//! applies per share-topic partition, the origin commit time of the last
-//! change it applied, and whether it is running or failing (and why). Its
-//! offsets of record stay in its own database (with the rows); this report
-//! is only for the upper node's operators, who cannot see that database.
+//! A subscriber process (`backflow subscribe`) tells the upper node's Kafka,
+//! every few seconds, where it is: it commits the next offset it applies in
+//! each share-topic partition to the consumer group named like the share
+//! topic ([`crate::topics::subscriber_group`]), with the origin commit time
+//! of the last change it applied as the commit's metadata. Its offsets of
+//! record stay in its own database (with the rows); the group's offsets are
+//! for everyone who watches lag the Kafka way: `kafka-consumer-groups
+//! --describe`, Burrow, kafka-lag-exporter, and this node's lag board.
 //!
-//! The node reads those reports, compares them with the share topics' high
-//! watermarks, and keeps a sliding window of samples per subscription:
+//! What offsets cannot say, whether the subscriber runs or fails and why,
+//! goes in a small status record in the compacted topic
+//! `backflow._subscribers`, keyed by subscription. The node takes it only
+//! bounded ([`MAX_REPORT_BYTES`], the error text cut at [`MAX_ERROR_BYTES`],
+//! [`MAX_REPORTS`] kept) and not dated in the future; committed offsets
+//! past the end of a topic count as the end. Who wrote a status or a commit
+//! is for the broker to enforce (ACLs per subscriber principal).
+//!
+//! The node reads the groups' offsets, compares them with the share topics'
+//! high watermarks, and keeps a sliding window of samples per subscription:
 //! - lag in messages: records in the share topic not applied yet;
 //! - lag in seconds: now − origin commit time of the last applied change,
 //!   0 when nothing waits (so it counts end to end, across hops);
@@ -38,6 +47,37 @@ const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
 
 /// How often subscribers report and the node samples.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// The largest status record the node takes.
+pub const MAX_REPORT_BYTES: usize = 8 * 1024;
+/// The longest error text the node keeps of a status.
+pub const MAX_ERROR_BYTES: usize = 1024;
+/// The most statuses the node keeps.
+pub const MAX_REPORTS: usize = 10_000;
+
+/// What a subscriber publishes besides its offsets: whether it runs, and
+/// why not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriberStatus {
+    /// Subscription name.
+    pub subscription: String,
+    /// The share topics it reads.
+    pub topics: Vec<String>,
+    /// `RUNNING` or `FAILED`.
+    pub state: String,
+    /// Why it fails (no row values).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When it reported, ms since the epoch.
+    pub ts_ms: i64,
+}
+
+/// The commit metadata of a subscriber's group offsets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommitMetadata {
+    /// Origin commit time of the last change applied, ms.
+    #[serde(default)]
+    pub origin_ms: Option<i64>,
+}
 
 /// A status, as Burrow names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,13 +128,12 @@ pub struct ReportedPosition {
     pub next: i64,
 }
 
-/// What a subscriber reports.
+/// Where a subscriber is and how it runs, as it keeps it for
+/// [`report`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Subscription name (the subscriber's configuration).
     pub subscription: String,
-    /// Its Kafka client/group id, for Kafka-style lag metrics.
-    pub group: String,
     /// `RUNNING` or `FAILED`.
     pub state: String,
     /// Why it fails (no row values).
@@ -290,7 +329,8 @@ pub async fn monitor(
     board: LagBoard,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let reports: Arc<RwLock<HashMap<String, Report>>> = Arc::default();
+    let reports: Arc<RwLock<HashMap<String, SubscriberStatus>>> = Arc::default();
+    let groups = crate::kafka::GroupOffsets::new(&ctx.settings);
     let reader = tokio::spawn(read_reports(ctx.settings.clone(), reports.clone()));
     let window_ms = ctx.window.as_millis() as i64;
     let mut samples: HashMap<(String, String), VecDeque<Sample>> = HashMap::new();
@@ -333,14 +373,23 @@ pub async fn monitor(
                     n
                 }
             };
-            // The freshest report that reads this topic.
+            // The freshest status of a subscriber that reads this topic,
+            // and where its group says it is.
             let report = reports_now
                 .values()
-                .filter(|r| r.positions.iter().any(|p| p.topic == topic))
+                .filter(|r| r.topics.contains(&topic))
                 .max_by_key(|r| r.ts_ms);
+            let group = crate::topics::subscriber_group(&topic);
+            let parts: Vec<(String, i32)> = (0..partitions).map(|p| (topic.clone(), p)).collect();
+            let committed = groups
+                .positions(&group, &parts)
+                .await
+                .unwrap_or_else(|_| vec![None; parts.len()]);
             let mut lag = 0i64;
             let mut position = 0i64;
             let mut measurable = true;
+            let mut last_origin_ms: Option<i64> = None;
+            let mut nexts: Vec<(i32, i64)> = Vec::new();
             for p in 0..partitions {
                 let high = match watermarks.high(&topic, p).await {
                     Ok(h) => h,
@@ -349,53 +398,47 @@ pub async fn monitor(
                         continue;
                     }
                 };
-                let next = report
-                    .and_then(|r| {
-                        r.positions
-                            .iter()
-                            .find(|x| x.topic == topic && x.partition == p)
-                    })
-                    .map_or(0, |x| x.next);
-                let waiting = (high - next).max(0);
+                let (next, metadata) = committed
+                    .get(p as usize)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or((0, String::new()));
+                // A commit past the end of the topic counts as the end.
+                let next = next.clamp(0, high);
+                if let Ok(m) = serde_json::from_str::<CommitMetadata>(&metadata) {
+                    last_origin_ms = last_origin_ms.max(m.origin_ms);
+                }
+                nexts.push((p, next));
+                let waiting = high - next;
                 lag += waiting;
                 position += next;
-                if let Some(r) = report {
-                    let part = p.to_string();
-                    let labels = [r.group.as_str(), topic.as_str(), part.as_str()];
-                    ctx.metrics
-                        .consumergroup_lag
-                        .with_label_values(&labels)
-                        .set(waiting);
-                    let secs = lag_seconds(waiting, r.last_origin_ms, now);
-                    ctx.metrics
-                        .consumergroup_lag_seconds
-                        .with_label_values(&labels)
-                        .set(secs.unwrap_or(0.0));
-                }
+                let part = p.to_string();
+                let labels = [group.as_str(), topic.as_str(), part.as_str()];
+                ctx.metrics
+                    .consumergroup_lag
+                    .with_label_values(&labels)
+                    .set(waiting);
+                let secs = lag_seconds(waiting, last_origin_ms, now);
+                ctx.metrics
+                    .consumergroup_lag_seconds
+                    .with_label_values(&labels)
+                    .set(secs.unwrap_or(0.0));
             }
-            let lag_secs = match report {
-                // A subscriber restarted since it last applied anything does
-                // not know the origin time of the last record it applied:
+            let lag_secs = if last_origin_ms.is_none() && lag > 0 {
+                // No commit says when the last applied change was made:
                 // read it from the share topic.
-                Some(r) if r.last_origin_ms.is_none() && lag > 0 => {
-                    let mut last = None;
-                    for x in r
-                        .positions
-                        .iter()
-                        .filter(|x| x.topic == topic && x.next > 0)
-                    {
-                        let at = (topic.clone(), x.partition, x.next - 1);
-                        if !origins.contains_key(&at) {
-                            let ms = origin_at(&ctx.settings, &at.0, at.1, at.2).await;
-                            origins.insert(at.clone(), ms);
-                        }
-                        last = last.max(origins[&at]);
+                let mut last = None;
+                for (p, next) in nexts.iter().filter(|(_, n)| *n > 0) {
+                    let at = (topic.clone(), *p, next - 1);
+                    if !origins.contains_key(&at) {
+                        let ms = origin_at(&ctx.settings, &at.0, at.1, at.2).await;
+                        origins.insert(at.clone(), ms);
                     }
-                    lag_seconds(lag, last, now)
+                    last = last.max(origins[&at]);
                 }
-                Some(r) => lag_seconds(lag, r.last_origin_ms, now),
-                None if lag == 0 => Some(0.0),
-                None => None,
+                lag_seconds(lag, last, now)
+            } else {
+                lag_seconds(lag, last_origin_ms, now)
             };
             if origins.len() > 10_000 {
                 origins.clear();
@@ -450,12 +493,12 @@ pub async fn monitor(
                 subscriber: subscriber.clone(),
                 dataset: dataset.clone(),
                 topic,
-                group: report.map(|r| r.group.clone()),
+                group: Some(group),
                 lag_messages: lag,
                 lag_seconds: lag_secs,
                 status,
                 last_report_ms: report.map(|r| r.ts_ms),
-                last_applied_ms: report.and_then(|r| r.last_origin_ms),
+                last_applied_ms: last_origin_ms,
                 error: report.and_then(|r| r.error.clone()),
             });
         }
@@ -574,11 +617,11 @@ fn feed_rows(
     out
 }
 
-/// Follows `backflow._subscribers`, keeping the last report per
-/// subscription.
+/// Follows `backflow._subscribers`, keeping the last status per
+/// subscription: bounded, and none dated in the future.
 async fn read_reports(
     settings: crate::kafka::KafkaSettings,
-    reports: Arc<RwLock<HashMap<String, Report>>>,
+    reports: Arc<RwLock<HashMap<String, SubscriberStatus>>>,
 ) {
     loop {
         let n = crate::kafka::partition_count(&settings, REPORTS_TOPIC)
@@ -608,16 +651,18 @@ async fn read_reports(
                     else {
                         continue;
                     };
-                    match r.payload.as_deref().map(serde_json::from_slice::<Report>) {
-                        Some(Ok(report)) => {
-                            reports.write().expect("lock").insert(key, report);
+                    let Some(payload) = r.payload.as_deref() else {
+                        reports.write().expect("lock").remove(&key);
+                        continue;
+                    };
+                    match taken(payload, now_ms()) {
+                        Some(status) => {
+                            let mut all = reports.write().expect("lock");
+                            if all.len() < MAX_REPORTS || all.contains_key(&key) {
+                                all.insert(key, status);
+                            }
                         }
-                        None => {
-                            reports.write().expect("lock").remove(&key);
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "unreadable subscriber report")
-                        }
+                        None => tracing::debug!("subscriber status not taken (unreadable, too large or dated in the future)"),
                     }
                 }
                 Err(e) => {
@@ -630,9 +675,34 @@ async fn read_reports(
     }
 }
 
-/// A subscriber's side: publishes its [`Report`] to the upper node every
-/// [`SAMPLE_EVERY`] from what `status` holds, until `shutdown`. Best
-/// effort: a failure is logged once and retried.
+/// A status record as the node takes it: `None` when it is too large,
+/// unreadable or dated more than a minute ahead of `now`; its error text
+/// cut to [`MAX_ERROR_BYTES`].
+fn taken(payload: &[u8], now: i64) -> Option<SubscriberStatus> {
+    if payload.len() > MAX_REPORT_BYTES {
+        return None;
+    }
+    let mut status: SubscriberStatus = serde_json::from_slice(payload).ok()?;
+    if status.ts_ms > now + 60_000 {
+        return None;
+    }
+    if let Some(e) = &mut status.error {
+        if e.len() > MAX_ERROR_BYTES {
+            let mut cut = MAX_ERROR_BYTES;
+            while !e.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            e.truncate(cut);
+        }
+    }
+    Some(status)
+}
+
+/// A subscriber's side, every [`SAMPLE_EVERY`] until `shutdown`: commits
+/// the positions `status` holds to each share topic's subscriber group on
+/// the upper cluster (the origin time of the last applied change as the
+/// commit's metadata), and publishes whether it runs. Best effort: a
+/// failure is logged once and retried.
 pub async fn report(
     settings: crate::kafka::KafkaSettings,
     status: tokio::sync::watch::Receiver<Report>,
@@ -647,6 +717,32 @@ pub async fn report(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let r = status.borrow().clone();
+        if r.positions.is_empty() {
+            continue;
+        }
+        let metadata = serde_json::to_string(&CommitMetadata {
+            origin_ms: r.last_origin_ms,
+        })
+        .expect("serializes");
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<(String, i32, i64)>> =
+            std::collections::BTreeMap::new();
+        for p in &r.positions {
+            by_topic.entry(p.topic.as_str()).or_default().push((
+                p.topic.clone(),
+                p.partition,
+                p.next,
+            ));
+        }
+        let mut failed = None;
+        for (topic, positions) in &by_topic {
+            let group = crate::topics::subscriber_group(topic);
+            if let Err(e) =
+                crate::kafka::group_commit(&settings, &group, positions, &metadata).await
+            {
+                failed = Some(e.to_string());
+            }
+        }
         if !ensured {
             if let Ok(admin) = crate::kafka::TopicAdmin::new(&settings) {
                 ensured = admin
@@ -658,25 +754,32 @@ pub async fn report(
         if publisher.is_none() {
             publisher = crate::kafka::Publisher::new(&settings, None).ok();
         }
-        let Some(p) = &publisher else { continue };
-        let mut r = status.borrow().clone();
-        if r.positions.is_empty() {
-            continue;
-        }
-        r.ts_ms = now_ms();
-        let body = serde_json::to_vec(&r).expect("serializes");
-        let sent = p
-            .send(crate::kafka::OutgoingRecord::new(
-                REPORTS_TOPIC,
-                r.subscription.as_bytes(),
-                &body,
-            ))
-            .await;
-        match sent {
-            Ok(_) => warned = false,
+        let sent = match &publisher {
+            Some(p) => {
+                let body = serde_json::to_vec(&SubscriberStatus {
+                    subscription: r.subscription.clone(),
+                    topics: by_topic.keys().map(|t| t.to_string()).collect(),
+                    state: r.state.clone(),
+                    error: r.error.clone(),
+                    ts_ms: now_ms(),
+                })
+                .expect("serializes");
+                p.send(crate::kafka::OutgoingRecord::new(
+                    REPORTS_TOPIC,
+                    r.subscription.as_bytes(),
+                    &body,
+                ))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+            None => Err("no producer".to_owned()),
+        };
+        match failed.map(Err).unwrap_or(sent) {
+            Ok(()) => warned = false,
             Err(e) if !warned => {
                 warned = true;
-                tracing::warn!(subscription = %r.subscription, error = %e, "cannot report the subscription's position to the upper node (its lag shows as STOP there)");
+                tracing::warn!(subscription = %r.subscription, error = %e, "cannot tell the upper node where the subscription is (its lag shows as STOP there)");
             }
             Err(_) => {}
         }
@@ -744,5 +847,44 @@ mod tests {
         assert_eq!(lag_seconds(0, Some(1_000), 9_000), Some(0.0));
         assert_eq!(lag_seconds(3, Some(1_000), 9_000), Some(8.0));
         assert_eq!(lag_seconds(3, None, 9_000), None);
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    fn status(error: &str, ts_ms: i64) -> Vec<u8> {
+        serde_json::to_vec(&SubscriberStatus {
+            subscription: "s".into(),
+            topics: vec!["backflow.share.330106.a.b".into()],
+            state: "FAILED".into(),
+            error: Some(error.into()),
+            ts_ms,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn statuses_are_taken_bounded_and_not_from_the_future() {
+        let now = 1_000_000;
+        assert_eq!(
+            taken(&status("down", now), now).unwrap().error.unwrap(),
+            "down"
+        );
+        // Dated in 2255: not taken.
+        assert!(taken(&status("fine", 9_000_000_000_000), now).is_none());
+        // A long error is cut, on a character boundary.
+        let long = "错".repeat(1000);
+        let got = taken(&status(&long, now), now).unwrap().error.unwrap();
+        assert!(
+            got.len() <= MAX_ERROR_BYTES && got.starts_with('错'),
+            "{}",
+            got.len()
+        );
+        // Too large a record: not taken.
+        let huge = vec![b' '; MAX_REPORT_BYTES + 1];
+        assert!(taken(&huge, now).is_none());
+        assert!(taken(b"not json", now).is_none());
     }
 }

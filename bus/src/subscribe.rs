@@ -159,7 +159,6 @@ pub async fn supervise(
     let settings = upstream_settings(&config);
     let (status, status_rx) = tokio::sync::watch::channel(crate::lag::Report {
         subscription: name.clone(),
-        group: settings.client_id.clone(),
         state: "RUNNING".into(),
         error: None,
         positions: Vec::new(),

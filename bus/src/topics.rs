@@ -39,6 +39,14 @@ pub fn subscriber_dlq(subscriber_node: &str, subscription: &str) -> String {
     format!("backflow.sdlq.{subscriber_node}.{subscription}")
 }
 
+/// The consumer group a subscriber commits its positions in a share topic
+/// to: the topic's own name. Groups and topics are separate resources in
+/// Kafka, so the name is free, and one PREFIXED ACL
+/// `backflow.share.<subscriber>.` covers a subscriber's topics and groups.
+pub fn subscriber_group(share_topic: &str) -> String {
+    share_topic.to_owned()
+}
+
 /// Kafka's longest topic name.
 pub const MAX_TOPIC_LEN: usize = 249;
 /// The longest prefix a dataset id gets in a topic name

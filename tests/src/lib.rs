@@ -150,6 +150,35 @@ impl TestBroker {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
+
+    /// Runs one of Apache Kafka's own command-line tools (its main class,
+    /// e.g. `org.apache.kafka.tools.consumer.group.ConsumerGroupCommand`)
+    /// against this broker; returns its standard output, or its error.
+    pub fn kafka_tool(&self, class: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("java")
+            .args([
+                "-Xms32m",
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+            ])
+            .arg("-cp")
+            .arg(format!("{}/*", kafka_home().join("libs").display()))
+            .arg(class)
+            .args(["--bootstrap-server", &self.bootstrap])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("run java (on PATH) for an Apache Kafka tool")?;
+        if !out.status.success() {
+            bail!(
+                "{class} {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 impl Drop for TestBroker {

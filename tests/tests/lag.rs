@@ -5,6 +5,8 @@
 //! (OK, 0 messages, 0 s); subscriber killed while changes continue (STOP,
 //! seconds growing); subscriber alive but stuck because its database stays
 //! locked by another writer (STALL, with its reason), then OK once freed.
+//! Kafka's own `kafka-consumer-groups` tool agrees with the node on the
+//! subscriber's position and lag.
 
 use std::time::{Duration, Instant};
 
@@ -91,7 +93,13 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
             && r["last_report_ms"].is_i64()
     })
     .await;
-    assert!(row["group"].as_str().unwrap().contains(&name), "{row}");
+    // The position lives in a Kafka consumer group named after the share
+    // topic, where Kafka's own tools and exporters can read it.
+    assert_eq!(
+        row["group"].as_str().unwrap(),
+        format!("backflow.share.330106.{dataset}"),
+        "{row}"
+    );
     let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     for needle in [
         format!("backflow_subscription_lag_messages{{dataset=\"{dataset}\",subscriber=\"330106\"}} 0"),
@@ -135,6 +143,30 @@ async fn lag_and_status_follow_the_subscriber_ok_stop_stall() {
     })
     .await;
     assert_eq!(later["status"], "STOP", "{later}");
+    // Kafka's own tool sees the same position and the same lag: the
+    // subscriber's group is an ordinary consumer group.
+    let group = format!("backflow.share.330106.{dataset}");
+    let described = broker
+        .kafka_tool(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            &["--describe", "--group", &group],
+        )
+        .unwrap();
+    let lag: i64 = described
+        .lines()
+        .filter(|l| l.starts_with(&group))
+        .map(|l| {
+            // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(cols[1], group, "{described}");
+            cols[5].parse::<i64>().expect("a number in the LAG column")
+        })
+        .sum();
+    assert_eq!(
+        Some(lag),
+        later["lag_messages"].as_i64(),
+        "Kafka's view:\n{described}\nbackflow's: {later}"
+    );
 
     // Alive but stuck: another writer holds the district database's write
     // lock, so the restarted subscriber reads its offsets, takes the waiting

@@ -7,6 +7,8 @@
 //! and on [`Consumer::commit`] / [`Consumer::close`]. A crash therefore replays
 //! from the last stored offset: at-least-once, never a gap.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -102,6 +104,143 @@ pub async fn group_committed(
                     _ => None,
                 },
             )
+            .collect())
+    })
+    .await
+    .expect("offset query does not panic")
+}
+
+/// Commits `positions` (topic, partition, next offset) to `group` with
+/// `metadata` on each, as a consumer of that group that never joins it:
+/// the group's offsets then say where the caller is, for Kafka's own tools
+/// (`kafka-consumer-groups --describe`), Burrow and the upper node's lag
+/// board, whatever keeps the caller's offsets of record.
+pub async fn group_commit(
+    settings: &KafkaSettings,
+    group: &str,
+    positions: &[(String, i32, i64)],
+    metadata: &str,
+) -> Result<(), KafkaError> {
+    let settings = settings.clone();
+    let group = group.to_owned();
+    let positions = positions.to_vec();
+    let metadata = metadata.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer = settings.create("consumer", |cfg| {
+            cfg.set("group.id", &group)
+                .set("enable.auto.commit", "false");
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, next) in &positions {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*next))
+                .map_err(KafkaError::Commit)?;
+            if let Some(mut e) = tpl.find_partition(t, *p) {
+                e.set_metadata(metadata.clone());
+            }
+        }
+        c.commit(&tpl, CommitMode::Sync).map_err(KafkaError::Commit)
+    })
+    .await
+    .expect("offset commit does not panic")
+}
+
+/// Reads the offsets other processes committed to their consumer groups,
+/// keeping one client per group for the next read (a group is a client
+/// setting in librdkafka).
+pub struct GroupOffsets {
+    settings: KafkaSettings,
+    clients: std::sync::Mutex<HashMap<String, Arc<rdkafka::consumer::BaseConsumer>>>,
+}
+
+impl GroupOffsets {
+    /// A reader on the cluster of `settings`.
+    pub fn new(settings: &KafkaSettings) -> Self {
+        Self {
+            settings: settings.clone(),
+            clients: Default::default(),
+        }
+    }
+
+    /// The offsets and commit metadata `group` holds for `partitions`
+    /// (`None` where it committed nothing).
+    pub async fn positions(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<Option<(i64, String)>>, KafkaError> {
+        let client = {
+            let mut clients = self.clients.lock().expect("group clients lock");
+            match clients.get(group) {
+                Some(c) => c.clone(),
+                None => {
+                    let c: rdkafka::consumer::BaseConsumer =
+                        self.settings.create("consumer", |cfg| {
+                            cfg.set("group.id", group)
+                                .set("enable.auto.commit", "false");
+                        })?;
+                    let c = Arc::new(c);
+                    clients.insert(group.to_owned(), c.clone());
+                    c
+                }
+            }
+        };
+        let timeout = self.settings.request_timeout;
+        let partitions = partitions.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &partitions {
+                tpl.add_partition(t, *p);
+            }
+            let got = client
+                .committed_offsets(tpl, timeout)
+                .map_err(KafkaError::Commit)?;
+            Ok(partitions
+                .iter()
+                .map(|(t, p)| {
+                    let e = got.find_partition(t, *p)?;
+                    match e.offset() {
+                        Offset::Offset(o) => Some((o, e.metadata().to_owned())),
+                        _ => None,
+                    }
+                })
+                .collect())
+        })
+        .await
+        .expect("offset query does not panic")
+    }
+}
+
+/// The offsets and commit metadata `group` holds for `partitions` (`None`
+/// where it committed nothing).
+pub async fn group_positions(
+    settings: &KafkaSettings,
+    group: &str,
+    partitions: &[(String, i32)],
+) -> Result<Vec<Option<(i64, String)>>, KafkaError> {
+    let settings = settings.clone();
+    let group = group.to_owned();
+    let partitions = partitions.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer = settings.create("consumer", |cfg| {
+            cfg.set("group.id", &group)
+                .set("enable.auto.commit", "false");
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &partitions {
+            tpl.add_partition(t, *p);
+        }
+        let got = c
+            .committed_offsets(tpl, settings.request_timeout)
+            .map_err(KafkaError::Commit)?;
+        Ok(partitions
+            .iter()
+            .map(|(t, p)| {
+                let e = got.find_partition(t, *p)?;
+                match e.offset() {
+                    Offset::Offset(o) => Some((o, e.metadata().to_owned())),
+                    _ => None,
+                }
+            })
             .collect())
     })
     .await
