@@ -11,12 +11,18 @@
 //! --describe`, Burrow, kafka-lag-exporter, and this node's lag board.
 //!
 //! What offsets cannot say, whether the subscriber runs or fails and why,
-//! goes in a small status record in the compacted topic
-//! `backflow._subscribers`, keyed by subscription. The node takes it only
-//! bounded ([`MAX_REPORT_BYTES`], the error text cut at [`MAX_ERROR_BYTES`],
-//! [`MAX_REPORTS`] kept) and not dated in the future; committed offsets
-//! past the end of a topic count as the end. Who wrote a status or a commit
-//! is for the broker to enforce (ACLs per subscriber principal).
+//! the subscriber posts to the upper node with its own token
+//! (`POST /api/lag/status`): the node takes a status only from the
+//! subscriber node whose share topics it names, bounded
+//! ([`MAX_REPORT_BYTES`], the error text cut at [`MAX_ERROR_BYTES`]),
+//! stamps it with its own clock, and writes it to the compacted internal
+//! topic `backflow._subscribers` keyed `<subscriber node>/<subscription>`,
+//! so every process of the node sees it. Only the node writes that topic
+//! (it is internal, like the catalog); the node reading it checks again
+//! that the key's node owns every topic named, and keeps at most
+//! [`MAX_REPORTS`]. Committed offsets past the end of a topic count as the
+//! end; who may commit to a subscriber's group is for the broker to
+//! enforce (a PREFIXED ACL `backflow.share.<subscriber>.`).
 //!
 //! The node reads the groups' offsets, compares them with the share topics'
 //! high watermarks, and keeps a sliding window of samples per subscription:
@@ -39,7 +45,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Topic of subscriber reports on the upper node's cluster (compacted).
+/// Topic of subscriber statuses on the upper node's cluster (compacted,
+/// written by the node only).
 pub const REPORTS_TOPIC: &str = "backflow._subscribers";
 
 /// How often a share topic's partition count is asked again.
@@ -53,6 +60,10 @@ pub const MAX_REPORT_BYTES: usize = 8 * 1024;
 pub const MAX_ERROR_BYTES: usize = 1024;
 /// The most statuses the node keeps.
 pub const MAX_REPORTS: usize = 10_000;
+/// The most share topics one status names.
+pub const MAX_STATUS_TOPICS: usize = 256;
+/// The longest subscription name a status carries.
+pub const MAX_SUBSCRIPTION_NAME: usize = 128;
 
 /// What a subscriber publishes besides its offsets: whether it runs, and
 /// why not.
@@ -655,14 +666,14 @@ async fn read_reports(
                         reports.write().expect("lock").remove(&key);
                         continue;
                     };
-                    match taken(payload, now_ms()) {
+                    match taken(&key, payload, now_ms()) {
                         Some(status) => {
                             let mut all = reports.write().expect("lock");
                             if all.len() < MAX_REPORTS || all.contains_key(&key) {
                                 all.insert(key, status);
                             }
                         }
-                        None => tracing::debug!("subscriber status not taken (unreadable, too large or dated in the future)"),
+                        None => tracing::debug!("subscriber status not taken (unreadable, too large, another node's topics or dated in the future)"),
                     }
                 }
                 Err(e) => {
@@ -675,16 +686,50 @@ async fn read_reports(
     }
 }
 
-/// A status record as the node takes it: `None` when it is too large,
-/// unreadable or dated more than a minute ahead of `now`; its error text
-/// cut to [`MAX_ERROR_BYTES`].
-fn taken(payload: &[u8], now: i64) -> Option<SubscriberStatus> {
+/// The key of a subscriber node's status in [`REPORTS_TOPIC`].
+pub fn status_key(subscriber_node: &str, subscription: &str) -> String {
+    format!("{subscriber_node}/{subscription}")
+}
+
+/// A status as the node takes it from `subscriber_node`: refused when it is
+/// too large or unreadable, names no topic or more than
+/// [`MAX_STATUS_TOPICS`], names a share topic of another node, or has a
+/// state other than `RUNNING`/`FAILED`. The error text is cut to
+/// [`MAX_ERROR_BYTES`]; the time is the node's (`now`), not the sender's.
+pub fn accept_status(
+    subscriber_node: &str,
+    payload: &[u8],
+    now: i64,
+) -> Result<SubscriberStatus, String> {
     if payload.len() > MAX_REPORT_BYTES {
-        return None;
+        return Err(format!(
+            "a status is at most {MAX_REPORT_BYTES} bytes; this one is {}",
+            payload.len()
+        ));
     }
-    let mut status: SubscriberStatus = serde_json::from_slice(payload).ok()?;
-    if status.ts_ms > now + 60_000 {
-        return None;
+    let mut status: SubscriberStatus = serde_json::from_slice(payload)
+        .map_err(|e| format!("a status is JSON {{subscription, topics, state, error}}: {e}"))?;
+    if status.subscription.is_empty()
+        || status.subscription.len() > MAX_SUBSCRIPTION_NAME
+        || status.subscription.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "subscription: 1 to {MAX_SUBSCRIPTION_NAME} bytes, no control characters"
+        ));
+    }
+    if status.topics.is_empty() || status.topics.len() > MAX_STATUS_TOPICS {
+        return Err(format!(
+            "topics: the share topics the subscription reads, 1 to {MAX_STATUS_TOPICS}"
+        ));
+    }
+    let own = crate::topics::share(subscriber_node, "");
+    if let Some(t) = status.topics.iter().find(|t| !t.starts_with(&own)) {
+        return Err(format!(
+            "topic {t:?} is not a share topic of node {subscriber_node} (they start with {own})"
+        ));
+    }
+    if !matches!(status.state.as_str(), "RUNNING" | "FAILED") {
+        return Err("state: RUNNING or FAILED".to_owned());
     }
     if let Some(e) = &mut status.error {
         if e.len() > MAX_ERROR_BYTES {
@@ -695,22 +740,46 @@ fn taken(payload: &[u8], now: i64) -> Option<SubscriberStatus> {
             e.truncate(cut);
         }
     }
+    status.ts_ms = now;
+    Ok(status)
+}
+
+/// A record of [`REPORTS_TOPIC`] as the reading node takes it: its key
+/// names the subscriber node, which must own every topic the status names
+/// (checked again: the topic is the node's, but a status is only as good as
+/// its check), and it may not be dated ahead of `now` by more than a minute.
+fn taken(key: &str, payload: &[u8], now: i64) -> Option<SubscriberStatus> {
+    let (node, _) = key.split_once('/')?;
+    let stamped: SubscriberStatus = serde_json::from_slice(payload).ok()?;
+    if stamped.ts_ms > now + 60_000 {
+        return None;
+    }
+    let mut status = accept_status(node, payload, now).ok()?;
+    status.ts_ms = stamped.ts_ms;
     Some(status)
 }
 
 /// A subscriber's side, every [`SAMPLE_EVERY`] until `shutdown`: commits
 /// the positions `status` holds to each share topic's subscriber group on
 /// the upper cluster (the origin time of the last applied change as the
-/// commit's metadata), and publishes whether it runs. Best effort: a
+/// commit's metadata), and posts whether it runs to the upper node
+/// (`{registry_url}/api/lag/status`, with the node's token). Best effort: a
 /// failure is logged once and retried.
 pub async fn report(
     settings: crate::kafka::KafkaSettings,
+    upstream: crate::config::UpstreamConfig,
     status: tokio::sync::watch::Receiver<Report>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut publisher: Option<crate::kafka::Publisher> = None;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    let url = format!(
+        "{}/api/lag/status",
+        upstream.registry_url.trim_end_matches('/')
+    );
     let mut warned = false;
-    let mut ensured = false;
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tokio::select! {
@@ -740,42 +809,33 @@ pub async fn report(
             if let Err(e) =
                 crate::kafka::group_commit(&settings, &group, positions, &metadata).await
             {
-                failed = Some(e.to_string());
+                failed = Some(format!("committing to consumer group {group}: {e}"));
             }
         }
-        if !ensured {
-            if let Ok(admin) = crate::kafka::TopicAdmin::new(&settings) {
-                ensured = admin
-                    .ensure(&[crate::kafka::TopicSpec::compacted(REPORTS_TOPIC, 1, 1)])
-                    .await
-                    .is_ok();
-            }
-        }
-        if publisher.is_none() {
-            publisher = crate::kafka::Publisher::new(&settings, None).ok();
-        }
-        let sent = match &publisher {
-            Some(p) => {
-                let body = serde_json::to_vec(&SubscriberStatus {
-                    subscription: r.subscription.clone(),
-                    topics: by_topic.keys().map(|t| t.to_string()).collect(),
-                    state: r.state.clone(),
-                    error: r.error.clone(),
-                    ts_ms: now_ms(),
-                })
-                .expect("serializes");
-                p.send(crate::kafka::OutgoingRecord::new(
-                    REPORTS_TOPIC,
-                    r.subscription.as_bytes(),
-                    &body,
-                ))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            }
-            None => Err("no producer".to_owned()),
+        let body = SubscriberStatus {
+            subscription: r.subscription.clone(),
+            topics: by_topic.keys().map(|t| t.to_string()).collect(),
+            state: r.state.clone(),
+            error: r.error.clone(),
+            ts_ms: now_ms(),
         };
-        match failed.map(Err).unwrap_or(sent) {
+        let mut post = client.post(&url).json(&body);
+        if let Some(t) = &upstream.registry_token {
+            post = post.bearer_auth(t);
+        }
+        let posted = match post.send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => {
+                let code = resp.status();
+                let reason = resp.text().await.unwrap_or_default();
+                Err(format!(
+                    "posting the status to {url}: {code} {}",
+                    reason.chars().take(300).collect::<String>()
+                ))
+            }
+            Err(e) => Err(format!("posting the status to {url}: {e}")),
+        };
+        match failed.map(Err).unwrap_or(posted) {
             Ok(()) => warned = false,
             Err(e) if !warned => {
                 warned = true;
@@ -854,10 +914,10 @@ mod tests {
 mod status_tests {
     use super::*;
 
-    fn status(error: &str, ts_ms: i64) -> Vec<u8> {
+    fn status(topics: &[&str], error: &str, ts_ms: i64) -> Vec<u8> {
         serde_json::to_vec(&SubscriberStatus {
             subscription: "s".into(),
-            topics: vec!["backflow.share.330106.a.b".into()],
+            topics: topics.iter().map(|t| t.to_string()).collect(),
             state: "FAILED".into(),
             error: Some(error.into()),
             ts_ms,
@@ -865,26 +925,55 @@ mod status_tests {
         .unwrap()
     }
 
+    const OWN: &[&str] = &["backflow.share.330106.a.b"];
+
     #[test]
-    fn statuses_are_taken_bounded_and_not_from_the_future() {
+    fn a_status_is_taken_only_for_the_senders_own_topics_bounded_and_stamped_by_the_node() {
         let now = 1_000_000;
-        assert_eq!(
-            taken(&status("down", now), now).unwrap().error.unwrap(),
-            "down"
-        );
-        // Dated in 2255: not taken.
-        assert!(taken(&status("fine", 9_000_000_000_000), now).is_none());
+        let got = accept_status("330106", &status(OWN, "down", 9_000_000_000_000), now).unwrap();
+        assert_eq!(got.error.unwrap(), "down");
+        // The node's clock, not the sender's 2255.
+        assert_eq!(got.ts_ms, now);
+        // Another district's topic, or a topic that only starts alike.
+        for theirs in [
+            "backflow.share.330108.a.b",
+            "backflow.share.3301061.a.b",
+            "backflow.raw.a.b",
+        ] {
+            let err =
+                accept_status("330106", &status(&[OWN[0], theirs], "x", now), now).unwrap_err();
+            assert!(err.contains(theirs), "{err}");
+        }
+        assert!(accept_status("330106", &status(&[], "x", now), now).is_err());
+        let many: Vec<String> = (0..=MAX_STATUS_TOPICS)
+            .map(|i| format!("backflow.share.330106.a.t{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(accept_status("330106", &status(&many, "x", now), now).is_err());
         // A long error is cut, on a character boundary.
-        let long = "错".repeat(1000);
-        let got = taken(&status(&long, now), now).unwrap().error.unwrap();
+        let long = "错".repeat(300);
+        let got = accept_status("330106", &status(OWN, &long, now), now)
+            .unwrap()
+            .error
+            .unwrap();
         assert!(
             got.len() <= MAX_ERROR_BYTES && got.starts_with('错'),
             "{}",
             got.len()
         );
-        // Too large a record: not taken.
+        // Too large a record, or not JSON: refused.
         let huge = vec![b' '; MAX_REPORT_BYTES + 1];
-        assert!(taken(&huge, now).is_none());
-        assert!(taken(b"not json", now).is_none());
+        assert!(accept_status("330106", &huge, now).is_err());
+        assert!(accept_status("330106", b"not json", now).is_err());
+    }
+
+    #[test]
+    fn a_status_read_back_must_match_its_key_and_not_be_from_the_future() {
+        let now = 1_000_000;
+        let ok = status(OWN, "down", now - 5);
+        assert_eq!(taken("330106/s", &ok, now).unwrap().ts_ms, now - 5);
+        assert!(taken("330108/s", &ok, now).is_none());
+        assert!(taken("no-node", &ok, now).is_none());
+        assert!(taken("330106/s", &status(OWN, "x", 9_000_000_000_000), now).is_none());
     }
 }

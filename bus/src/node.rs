@@ -287,6 +287,7 @@ async fn run_on(
                 TopicSpec::compacted(topics::OFFSETS, partitions, rf),
                 TopicSpec::kept(topics::AUDIT, 1, rf),
                 TopicSpec::compacted(topics::SCHEMAS, 1, rf),
+                TopicSpec::compacted(crate::lag::REPORTS_TOPIC, 1, rf),
             ];
             let mut backoff = Duration::from_millis(200);
             loop {

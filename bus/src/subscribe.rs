@@ -167,6 +167,7 @@ pub async fn supervise(
     });
     let reporter = tokio::spawn(crate::lag::report(
         settings,
+        config.upstream.clone(),
         status_rx,
         shutdown.child_token(),
     ));

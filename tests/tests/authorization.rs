@@ -408,6 +408,21 @@ async fn every_route_answers_each_principal_exactly() {
             same("/api/lag/history?subscriber=330106&dataset=ga.a2", None),
         ),
         row(
+            // Another subscriber is refused for naming 330106's topic.
+            "POST /api/lag/status",
+            "POST",
+            [403, 403, 403, 204, 422, 403, 401],
+            same(
+                "/api/lag/status",
+                Some(json!({
+                    "subscription": "d330106",
+                    "topics": ["backflow.share.330106.ga.a2"],
+                    "state": "RUNNING",
+                    "ts_ms": 0
+                })),
+            ),
+        ),
+        row(
             "GET /api/quality",
             "GET",
             [200, 200, 200, 403, 403, 403, 401],

@@ -3,14 +3,15 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{forbidden, staff, ApiResult, ApiState};
+use super::{forbidden, invalid, staff, ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
 
 /// The routes of this resource.
@@ -18,6 +19,7 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/api/lag", get(lag))
         .route("/api/lag/history", get(lag_history))
+        .route("/api/lag/status", post(post_status))
 }
 
 /// Whether `who` may see a subscription's lag: admins, the dataset's
@@ -67,4 +69,41 @@ async fn lag_history(
     }
     let samples = state.lag.history(&q.subscriber, &q.dataset);
     Ok(Json(json!({ "samples": samples })).into_response())
+}
+
+/// `POST /api/lag/status`: a subscriber node says whether one of its
+/// subscriptions runs, and why not (see [`crate::lag`]). Only a subscriber
+/// node posts, only for its own share topics; the node stamps the time and
+/// keeps it in `backflow._subscribers` for every process of the node.
+async fn post_status(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let who = staff(&state, &headers).await?;
+    let Principal::Subscriber(node) = &who else {
+        return Err(forbidden(format!(
+            "{} cannot post a subscription status: a subscriber node posts its own",
+            who.name()
+        )));
+    };
+    let status = crate::lag::accept_status(node, &body, backflow_connectors::now_ms())
+        .map_err(|e| invalid(format!("status: {e}")))?;
+    let key = crate::lag::status_key(node, &status.subscription);
+    let value = serde_json::to_vec(&status).expect("serializes");
+    state
+        .publisher
+        .send(crate::kafka::OutgoingRecord::new(
+            crate::lag::REPORTS_TOPIC,
+            key.as_bytes(),
+            &value,
+        ))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the status could not be kept (Kafka): {e}"),
+            )
+        })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -20,6 +20,7 @@
 //! | GET | /api/datasets/{id}/holders | admin, owner of the dataset |
 //! | POST | /api/subscriptions/{id}/approve, /reject, /revoke, /narrow | admin, owner of the dataset |
 //! | GET | /api/lag, /api/lag/history | admin, owners (their datasets), subscribers (their own) |
+//! | POST | /api/lag/status | a subscriber node (its own share topics) |
 //! | GET | /api/quality | admin, owners (their datasets) |
 //! | GET | /api/standards | anyone with a token |
 //! | GET | /api/audit, POST /api/audit/verify | the auditor only |
