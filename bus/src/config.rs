@@ -790,10 +790,11 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     /// Client id reported to the brokers.
     pub client_id: String,
-    /// Partitions of topics backflow creates (default 1). Each topic is
-    /// read by one consumer per node or subscription, so more partitions
-    /// only help other consumers that read it as a group. Applies to topics
-    /// created from then on.
+    /// Partitions of topics backflow creates (default 1). The processes
+    /// serving one node share its raw topics' partitions as members of the
+    /// distributor's consumer group, so a node meant to run on several
+    /// processes wants at least as many partitions as processes. Applies to
+    /// topics created from then on.
     pub partitions: i32,
     /// Replication factor of topics backflow creates.
     pub replication_factor: i32,
@@ -805,6 +806,12 @@ pub struct KafkaConfig {
     /// a record arrives, so this adds no latency: it sets how often an idle
     /// consumer asks.
     pub fetch_wait_ms: u32,
+    /// How long a distributor process may go without a heartbeat before
+    /// Kafka gives its raw partitions to the node's other processes, in
+    /// milliseconds (librdkafka `session.timeout.ms`; default 10000, within
+    /// the broker's `group.min.session.timeout.ms` of 6000 and
+    /// `group.max.session.timeout.ms`).
+    pub session_timeout_ms: u64,
     /// The largest record the brokers accept, in bytes (their
     /// `message.max.bytes`; default 1000000). A share record over it fails
     /// its subscription alone, with the reason, instead of stopping the
@@ -828,6 +835,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             request_timeout_ms: 10_000,
             fetch_wait_ms: crate::kafka::DEFAULT_FETCH_WAIT_MS,
+            session_timeout_ms: 10_000,
             max_message_bytes: crate::kafka::DEFAULT_MAX_MESSAGE_BYTES,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
@@ -1039,6 +1047,18 @@ impl Config {
             }
         };
         fetch_wait("kafka.fetch_wait_ms".to_owned(), config.kafka.fetch_wait_ms)?;
+        // Apache Kafka refuses a member whose session timeout lies outside
+        // group.min/max.session.timeout.ms (defaults 6 s and 30 min).
+        if !(6_000..=1_800_000).contains(&config.kafka.session_timeout_ms) {
+            return Err(ConfigError::BadValue {
+                key: "kafka.session_timeout_ms".to_owned(),
+                origin: origin_name(file, &env, ""),
+                reason: format!(
+                    "{} ms is outside 6000..=1800000, the session timeouts Apache Kafka accepts by default (group.min.session.timeout.ms, group.max.session.timeout.ms); the default is 10000",
+                    config.kafka.session_timeout_ms
+                ),
+            });
+        }
         for (i, sub) in config.subscriptions.iter().enumerate() {
             fetch_wait(
                 format!("subscriptions[{i}].upstream.fetch_wait_ms"),
@@ -1389,6 +1409,16 @@ mod tests {
             err.to_string().contains(&f.path().display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_session_timeout_kafka_refuses_names_its_key() {
+        let cfg = Config::load_with_env(Some(file("[kafka]\n").path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.session_timeout_ms, 10_000);
+        let f = file("[kafka]\nsession_timeout_ms = 1000\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("kafka.session_timeout_ms"), "{err}");
+        assert!(err.to_string().contains("6000..=1800000"), "{err}");
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct MetricsInner {
     pub distributor_records: IntCounterVec,
     /// Distributor restarts after an error.
     pub distributor_restarts: IntCounter,
+    /// Raw-topic partitions this process's distributor holds in the node's
+    /// distributor group.
+    pub distributor_partitions: IntGauge,
     /// Shares the distributor stopped because it could not deliver to them
     /// (the others went on), by subscriber node and reason (`schema`,
     /// `record_too_large`, `policy`).
@@ -390,6 +393,11 @@ impl Metrics {
                 "Times the distributor was restarted after an error.",
             )
             .expect("valid metric"),
+            distributor_partitions: IntGauge::new(
+                "backflow_distributor_partitions",
+                "Raw-topic partitions this process distributes, as assigned by the node's distributor consumer group (the node's processes share them).",
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -440,6 +448,8 @@ impl Metrics {
         r.register(Box::new(m.subscribe_apply_seconds.clone()))
             .expect("unique");
         r.register(Box::new(m.distributor_restarts.clone()))
+            .expect("unique");
+        r.register(Box::new(m.distributor_partitions.clone()))
             .expect("unique");
         r.register(Box::new(m.subscribe_lag_messages.clone()))
             .expect("unique");

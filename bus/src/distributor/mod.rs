@@ -13,6 +13,15 @@
 //! The raw topic's offsets are stored only after Kafka acknowledged every
 //! share record produced from the records before them: a crash replays, and
 //! the subscribers' version guard makes the replay harmless.
+//!
+//! Every process serving a node is a member of the node's distributor
+//! consumer group (`backflow-distributor-<node>`, cooperative-sticky): Kafka
+//! gives each raw partition to one process, so in steady state each change
+//! is distributed once; a process that stops or is killed loses its
+//! partitions to the others (after `kafka.session_timeout_ms` when killed),
+//! which resume from its last commit. Before giving partitions up a process
+//! commits what it settled, so at most its batches in flight are delivered
+//! twice.
 
 pub mod policy;
 pub mod retract;
@@ -222,16 +231,16 @@ pub async fn run(
             position.insert(tp, o.unwrap_or(0));
         }
     }
-    // The node's only distributor reads its partitions directly: a restart
-    // starts at once, whatever became of the previous process.
-    let start: Vec<(String, i32, Option<i64>)> = position
-        .iter()
-        .map(|((topic, partition), next)| (topic.clone(), *partition, Some(*next)))
-        .collect();
-    let consumer = Arc::new(Consumer::owned(
+    // Every process serving the node is a member of its distributor group:
+    // Kafka spreads the raw partitions over them and moves a stopped one's
+    // partitions to the others. `position` starts from the commits and
+    // follows what this process reads.
+    let subscribed: Vec<&str> = raw.iter().map(String::as_str).collect();
+    let consumer = Arc::new(Consumer::member(
         &ctx.settings,
         &group_id(&ctx.node),
-        &start,
+        &subscribed,
+        Some(ctx.metrics.distributor_partitions.clone()),
         Some(ctx.metrics.clone()),
     )?);
     tracing::info!(

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message};
 use rdkafka::Offset;
@@ -249,8 +251,62 @@ pub async fn group_positions(
 
 /// A consumer-group member reading a set of topics.
 pub struct Consumer {
-    inner: StreamConsumer,
+    inner: StreamConsumer<Membership>,
     metrics: Option<ConsumeMetrics>,
+}
+
+/// What a consumer does when the group moves partitions: before giving
+/// partitions up it commits what was stored, so the member taking them over
+/// resumes after everything this one delivered (at most the batches still
+/// in flight are delivered again); it logs and counts what it holds.
+pub(crate) struct Membership {
+    /// The group's name, for the logs; empty for readers outside a group.
+    group: String,
+    /// Partitions currently assigned to this member.
+    assigned: Option<prometheus::IntGauge>,
+}
+
+impl Membership {
+    /// The context of a reader that assigns its partitions itself.
+    fn outside() -> Self {
+        Self {
+            group: String::new(),
+            assigned: None,
+        }
+    }
+}
+
+impl rdkafka::ClientContext for Membership {}
+
+impl ConsumerContext for Membership {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(going) = rebalance {
+            if self.group.is_empty() {
+                return;
+            }
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::warn!(group = %self.group, error = %e, "committing before giving partitions up failed; their next owner replays from the last commit")
+                }
+            }
+            tracing::info!(group = %self.group, partitions = going.count(), "partitions move to another member");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.group.is_empty() {
+            return;
+        }
+        let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if let Some(gauge) = &self.assigned {
+            gauge.set(held as i64);
+        }
+        if let Rebalance::Assign(taken) = rebalance {
+            tracing::info!(group = %self.group, taken = taken.count(), held, "partitions assigned");
+        }
+    }
 }
 
 /// The consumer's metrics with their labels resolved once: no label lookup
@@ -270,28 +326,54 @@ impl ConsumeMetrics {
 }
 
 impl Consumer {
-    /// Joins `group_id` and subscribes to `topics`. A group with no
-    /// committed offset starts at the earliest record.
+    /// [`Consumer::member`] without a gauge of the partitions held.
     pub fn new(
         settings: &KafkaSettings,
         group_id: &str,
         topics: &[&str],
         metrics: Option<Metrics>,
     ) -> Result<Self, KafkaError> {
-        let inner: StreamConsumer = settings.create("consumer", |cfg| {
-            cfg.set("group.id", group_id)
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.commit.interval.ms", "1000")
-                .set("auto.offset.reset", "earliest")
-                .set("enable.partition.eof", "false")
-                .set("session.timeout.ms", "6000")
-                // Pick up topics created after subscribing (share topics appear as
-                // subscriptions are approved) within seconds, not minutes.
-                .set("topic.metadata.refresh.interval.ms", "5000")
-                .set("heartbeat.interval.ms", "1000")
-                .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
-        })?;
+        Self::member(settings, group_id, topics, None, metrics)
+    }
+
+    /// Joins `group_id` as one of its members and subscribes to `topics`:
+    /// Kafka spreads the partitions over the members (cooperative-sticky:
+    /// a member joining or leaving moves only the partitions that must
+    /// move, the others go on), and a member that stops heartbeating
+    /// (killed) loses its partitions to the others after `session.timeout.ms`.
+    /// A partition with no committed offset starts at the earliest record.
+    /// `assigned`: the gauge that follows how many partitions this member holds.
+    pub fn member(
+        settings: &KafkaSettings,
+        group_id: &str,
+        topics: &[&str],
+        assigned: Option<prometheus::IntGauge>,
+        metrics: Option<Metrics>,
+    ) -> Result<Self, KafkaError> {
+        let context = Membership {
+            group: group_id.to_owned(),
+            assigned,
+        };
+        let inner: StreamConsumer<Membership> =
+            settings.create_with_context("consumer", context, |cfg| {
+                cfg.set("group.id", group_id)
+                    .set("partition.assignment.strategy", "cooperative-sticky")
+                    .set("enable.auto.commit", "true")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.commit.interval.ms", "1000")
+                    .set("auto.offset.reset", "earliest")
+                    .set("enable.partition.eof", "false")
+                    .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
+                    .set(
+                        "session.timeout.ms",
+                        settings.session_timeout.as_millis().to_string(),
+                    )
+                    .set("heartbeat.interval.ms", "1000")
+                    // Raw topics created after subscribing (a dataset's first
+                    // share) are picked up within seconds, not minutes.
+                    .set("topic.metadata.refresh.interval.ms", "5000")
+                    .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+            })?;
         inner.subscribe(topics).map_err(KafkaError::Consume)?;
         Ok(Self {
             inner,
@@ -352,15 +434,16 @@ impl Consumer {
     ) -> Result<Self, KafkaError> {
         // librdkafka wants a group id even for manual assignment; nothing is
         // committed under it.
-        let inner: StreamConsumer = settings.create("consumer", |cfg| {
-            cfg.set("group.id", format!("{}-replay", settings.client_id))
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "false")
-                .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
-                .set("auto.offset.reset", "earliest")
-                .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
-        })?;
+        let inner: StreamConsumer<Membership> =
+            settings.create_with_context("consumer", Membership::outside(), |cfg| {
+                cfg.set("group.id", format!("{}-replay", settings.client_id))
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "false")
+                    .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+                    .set("auto.offset.reset", "earliest")
+                    .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+            })?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition_offset(topic, *p, FIRST)
@@ -382,44 +465,27 @@ impl Consumer {
         start: &[(String, i32, Option<i64>)],
         metrics: Option<Metrics>,
     ) -> Result<Self, KafkaError> {
-        Self::with_assignment(settings, client_group, start, false, metrics)
+        Self::with_assignment(settings, client_group, start, metrics)
     }
 
-    /// Reads the given partitions from the given offsets under `group_id`
-    /// without joining the group, and commits the offsets stored with
-    /// [`Consumer::store`] under it every second: for a reader that is the
-    /// group's only member by design (a node's distributor). No rebalance
-    /// is waited for on restart, and a killed predecessor holds nothing
-    /// (a broker that never expires a dead member would otherwise keep its
-    /// partitions away from the new process).
-    pub fn owned(
-        settings: &KafkaSettings,
-        group_id: &str,
-        start: &[(String, i32, Option<i64>)],
-        metrics: Option<Metrics>,
-    ) -> Result<Self, KafkaError> {
-        Self::with_assignment(settings, group_id, start, true, metrics)
-    }
-
-    /// Assigns `start` (`None`: from the first record) under `group_id`;
-    /// `commit`: commit the stored offsets every second.
+    /// Assigns `start` (`None`: from the first record) under `group_id`,
+    /// committing nothing.
     fn with_assignment(
         settings: &KafkaSettings,
         group_id: &str,
         start: &[(String, i32, Option<i64>)],
-        commit: bool,
         metrics: Option<Metrics>,
     ) -> Result<Self, KafkaError> {
-        let inner: StreamConsumer = settings.create("consumer", |cfg| {
-            cfg.set("group.id", group_id)
-                .set("enable.auto.commit", if commit { "true" } else { "false" })
-                .set("auto.commit.interval.ms", "1000")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
-                .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
-        })?;
+        let inner: StreamConsumer<Membership> =
+            settings.create_with_context("consumer", Membership::outside(), |cfg| {
+                cfg.set("group.id", group_id)
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
+                    .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+            })?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in start {
             let offset = next.map_or(FIRST, Offset::Offset);
@@ -478,16 +544,29 @@ impl Consumer {
 
     /// Marks a record as safely taken by the next stage: the group resumes
     /// after it once the offset is committed.
+    /// A partition the group gave to another member meanwhile stores
+    /// nothing: its new owner resumes from the last commit.
     pub fn store(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
         // rd_kafka_offset_store commits `offset + 1`, the next record to read.
-        self.inner
-            .store_offset(topic, partition, offset)
-            .map_err(|source| KafkaError::StoreOffset {
-                topic: topic.to_owned(),
-                partition,
-                offset,
-                source,
-            })?;
+        match self.inner.store_offset(topic, partition, offset) {
+            Ok(()) => {}
+            Err(rdkafka::error::KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    "partition no longer assigned here; its offset is not stored"
+                );
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(KafkaError::StoreOffset {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    source,
+                })
+            }
+        }
         if let Some(m) = &self.metrics {
             m.offsets_stored.inc();
         }

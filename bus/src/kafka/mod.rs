@@ -125,6 +125,9 @@ pub struct KafkaSettings {
     /// subscriptions): how long the broker may hold a fetch that finds no
     /// record.
     pub fetch_wait_ms: u32,
+    /// `session.timeout.ms` of group members (the distributor): how soon a
+    /// killed process's partitions go to the others.
+    pub session_timeout: Duration,
     /// The largest record the brokers accept (their `message.max.bytes`):
     /// the distributor checks each share record against it, so one that
     /// cannot be delivered fails its subscription alone.
@@ -143,6 +146,7 @@ impl KafkaSettings {
             request_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
             fetch_wait_ms: DEFAULT_FETCH_WAIT_MS,
+            session_timeout: Duration::from_secs(10),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -156,6 +160,7 @@ impl KafkaSettings {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             properties: config.properties.clone(),
             fetch_wait_ms: config.fetch_wait_ms,
+            session_timeout: Duration::from_millis(config.session_timeout_ms),
             max_message_bytes: config.max_message_bytes,
         }
     }
