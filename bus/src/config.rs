@@ -796,7 +796,10 @@ pub struct KafkaConfig {
     /// processes wants at least as many partitions as processes. Applies to
     /// topics created from then on.
     pub partitions: i32,
-    /// Replication factor of topics backflow creates.
+    /// Replication factor of topics backflow creates. With 3 or more, the
+    /// topics are created with `min.insync.replicas` a majority (3 → 2), so
+    /// an acknowledged change (the producers use `acks=all`) survives the
+    /// loss of any minority of brokers.
     pub replication_factor: i32,
     /// Timeout of admin and metadata requests, in milliseconds.
     pub request_timeout_ms: u64,

@@ -5,6 +5,7 @@
 //! target directory (`target/debug/backflow`); `scripts/test.sh` builds it
 //! before running the tests.
 
+pub mod cluster;
 pub mod mysql_bench;
 pub mod pg_server;
 pub mod share_topic;
@@ -118,32 +119,7 @@ impl TestBroker {
     }
 
     fn spawn(dir: &std::path::Path) -> Child {
-        let libs = kafka_home().join("libs");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stdout.log"))
-            .expect("log file");
-        Command::new("java")
-            .args([
-                "-Xms64m",
-                "-Xmx384m",
-                "-XX:+UseSerialGC",
-                "-XX:TieredStopAtLevel=1",
-            ])
-            .arg(format!(
-                "-Dlog4j2.configurationFile={}",
-                dir.join("log4j2.properties").display()
-            ))
-            .arg("-cp")
-            .arg(format!("{}/*", libs.display()))
-            .args(["kafka.Kafka", "server.properties"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("start Apache Kafka (java on PATH)")
+        spawn_kafka(dir)
     }
 
     /// `host:port` for clients.
@@ -186,6 +162,37 @@ impl Drop for TestBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts Apache Kafka from a directory holding its `server.properties`
+/// and `log4j2.properties`; its output goes to `stdout.log` there.
+fn spawn_kafka(dir: &std::path::Path) -> Child {
+    let libs = kafka_home().join("libs");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stdout.log"))
+        .expect("log file");
+    Command::new("java")
+        .args([
+            "-Xms64m",
+            "-Xmx384m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+        ])
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()))
+        .args(["kafka.Kafka", "server.properties"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .expect("start Apache Kafka (java on PATH)")
 }
 
 /// A one-node KRaft broker's configuration for tests: quick group starts,

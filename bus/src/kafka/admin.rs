@@ -26,6 +26,14 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
+    /// `min.insync.replicas` of the topic: a majority of its replicas when
+    /// there are three or more (3 → 2, 5 → 3), so with `acks=all` an
+    /// acknowledged record is on a majority and survives losing any
+    /// minority of brokers; with one or two replicas the cluster's default.
+    pub fn min_insync_replicas(&self) -> Option<i32> {
+        (self.replication_factor >= 3).then_some(self.replication_factor / 2 + 1)
+    }
+
     /// A compacted topic (raw, share, and internal state topics).
     pub fn compacted(name: impl Into<String>, partitions: i32, replication_factor: i32) -> Self {
         Self {
@@ -63,6 +71,7 @@ pub enum TopicAdmin {
     Kafka {
         client: AdminClient<DefaultClientContext>,
         options: AdminOptions,
+        settings: Box<KafkaSettings>,
     },
     /// The embedded in-memory broker.
     Embedded(EmbeddedAdmin),
@@ -75,17 +84,39 @@ impl TopicAdmin {
         let options = AdminOptions::new()
             .request_timeout(Some(settings.request_timeout))
             .operation_timeout(Some(settings.request_timeout));
-        Ok(Self::Kafka { client, options })
+        Ok(Self::Kafka {
+            client,
+            options,
+            settings: Box::new(settings.clone()),
+        })
     }
 
     /// Creates each topic that does not exist yet. Returns the names of the
     /// topics it created.
+    ///
+    /// Topics the cluster's metadata already lists are not asked for: any
+    /// live broker answers metadata, while a creation goes to the
+    /// controller the client last knew of, which may be the broker that
+    /// just died (the request then times out until the client's metadata
+    /// refreshes, minutes later). It also lets a node run without the
+    /// right to create topics once they exist.
     pub async fn ensure(&self, specs: &[TopicSpec]) -> Result<Vec<String>, KafkaError> {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
         let (client, options) = match self {
-            TopicAdmin::Kafka { client, options } => (client, options),
+            TopicAdmin::Kafka {
+                client,
+                options,
+                settings,
+            } => {
+                let existing: std::collections::HashSet<String> =
+                    super::topic_names(settings).await?.into_iter().collect();
+                if specs.iter().all(|s| existing.contains(&s.name)) {
+                    return Ok(Vec::new());
+                }
+                (client, options)
+            }
             TopicAdmin::Embedded(admin) => {
                 let mut created = Vec::new();
                 for s in specs {
@@ -100,10 +131,14 @@ impl TopicAdmin {
             .iter()
             .map(|s| s.retention_ms.map(|ms| ms.to_string()))
             .collect();
+        let min_insync: Vec<Option<String>> = specs
+            .iter()
+            .map(|s| s.min_insync_replicas().map(|n| n.to_string()))
+            .collect();
         let new: Vec<NewTopic<'_>> = specs
             .iter()
-            .zip(&retention)
-            .map(|(s, retention)| {
+            .zip(retention.iter().zip(&min_insync))
+            .map(|(s, (retention, min_insync))| {
                 let t = NewTopic::new(
                     &s.name,
                     s.partitions,
@@ -113,6 +148,10 @@ impl TopicAdmin {
                     t.set("cleanup.policy", "compact")
                 } else {
                     t.set("cleanup.policy", "delete")
+                };
+                let t = match min_insync {
+                    Some(n) => t.set("min.insync.replicas", n),
+                    None => t,
                 };
                 match retention {
                     Some(ms) => t.set("retention.ms", ms),
@@ -145,5 +184,19 @@ impl TopicAdmin {
             }
         }
         Ok(created)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_or_more_replicas_want_a_majority_in_sync() {
+        let isr = |rf| TopicSpec::compacted("t", 1, rf).min_insync_replicas();
+        assert_eq!(isr(1), None);
+        assert_eq!(isr(2), None);
+        assert_eq!(isr(3), Some(2));
+        assert_eq!(isr(5), Some(3));
     }
 }

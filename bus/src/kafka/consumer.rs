@@ -249,6 +249,19 @@ pub async fn group_positions(
     .expect("offset query does not panic")
 }
 
+/// Errors a consumer reports about one broker's connection, which the
+/// client recovers from by itself (reconnecting, or following the
+/// partition to its new leader).
+fn passing_broker_trouble(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::LeaderNotAvailable
+    )
+}
+
 /// A consumer-group member reading a set of topics.
 pub struct Consumer {
     inner: StreamConsumer<Membership>,
@@ -500,8 +513,22 @@ impl Consumer {
     }
 
     /// Waits for the next record.
+    ///
+    /// A broker that went away is not an error here: librdkafka reports it
+    /// (and logs it) but goes on by itself, fetching from the partition's
+    /// new leader once the cluster elected one.
     pub async fn recv(&self) -> Result<ConsumedRecord, KafkaError> {
-        let msg = self.inner.recv().await.map_err(KafkaError::Consume)?;
+        let msg = loop {
+            match self.inner.recv().await {
+                Ok(msg) => break msg,
+                Err(rdkafka::error::KafkaError::MessageConsumption(code))
+                    if passing_broker_trouble(code) =>
+                {
+                    tracing::debug!(%code, "a broker is unreachable; the client goes on with the others");
+                }
+                Err(e) => return Err(KafkaError::Consume(e)),
+            }
+        };
         let headers = msg
             .headers()
             .map(|hs| {

@@ -1,0 +1,201 @@
+//! Faults on a real three-broker Apache Kafka cluster (KRaft, three
+//! replicas, two in sync): city 330100 runs its department's PostgreSQL
+//! feed and shares the table with district 330106, whose `backflow
+//! subscribe` applies it to its own SQLite database. While the department
+//! keeps changing rows, a broker is killed with SIGKILL: the leader of the
+//! raw topic's partition in one test, the leader of the share topic's
+//! partition (a broker holding its replicas) while the subscriber applies
+//! in the other. The district must end equal to the department's slice,
+//! with nothing lost and no row twice.
+
+use std::time::{Duration, Instant};
+
+use backflow_e2e::cluster::TestCluster;
+use backflow_e2e::sinks::{Backend, Kind, SinkDb};
+use backflow_e2e::{pg_connect, unique_name, Node, TestToken};
+
+const READ: [(&str, Kind); 2] = [("name", Kind::Text), ("region_code", Kind::Text)];
+
+struct Setup {
+    cluster: TestCluster,
+    source: SinkDb,
+    sink: SinkDb,
+    node: Node,
+    sub: Node,
+    raw: String,
+    share: String,
+    _reader: TestToken,
+}
+
+/// The cluster, the node with its feed and share (three replicas), and
+/// the district subscriber, caught up with the department's 100 rows.
+async fn setup() -> Setup {
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    pg_connect(&source.name)
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
+             INSERT INTO people SELECT g, '居民' || g, CASE WHEN g % 4 = 0 THEN '330108' ELSE '330106' END
+             FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let cluster = TestCluster::start();
+    let dataset = format!("t{}.people", &source.name[8..]);
+    let reader = TestToken::new("subscriber:330106");
+    let config = format!(
+        "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\nreplication_factor = 3\n{}\n\
+         [[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n\n\
+         [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\nfields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n",
+        cluster.bootstrap(),
+        reader.auth_toml(),
+        source.name.replace('_', "-"),
+        source.name,
+    );
+    let node = Node::start_with_config(&config, &[]).unwrap();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let share = format!("backflow.share.330106.{dataset}");
+    let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
+    let sub = Node::subscribe_with_config(
+        &format!(
+            "[[subscriptions]]\nname = \"{}\"\nupstream = {{ brokers = \"{}\", registry_url = \"{}\", {} }}\nsink = {}\ntables = [{{ topic = \"{share}\", table = \"people\" }}]\n",
+            unique_name("d330106"),
+            cluster.bootstrap(),
+            node.url,
+            reader.upstream_setting(),
+            sink.sink_toml(),
+        ),
+        &[],
+    )
+    .unwrap();
+    let s = Setup {
+        cluster,
+        source,
+        sink,
+        node,
+        sub,
+        raw: format!("backflow.raw.{dataset}"),
+        share,
+        _reader: reader,
+    };
+    s.until_equal(Duration::from_secs(90)).await;
+    s
+}
+
+impl Setup {
+    /// The department's rows of district 330106.
+    async fn slice(&self) -> std::collections::BTreeMap<i64, Vec<Option<String>>> {
+        let all = self
+            .source
+            .rows("people", "id", &READ)
+            .await
+            .unwrap()
+            .unwrap();
+        all.into_iter()
+            .filter(|(_, v)| v[1].as_deref() == Some("330106"))
+            .collect()
+    }
+
+    /// Waits until the district holds exactly the department's slice, and
+    /// no id twice.
+    async fn until_equal(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        loop {
+            let want = self.slice().await;
+            let got = self
+                .sink
+                .rows("people", "id", &READ)
+                .await
+                .unwrap()
+                .unwrap_or_default();
+            if got == want {
+                let db = rusqlite::Connection::open(&self.sink.path).unwrap();
+                let (rows, ids): (i64, i64) = db
+                    .query_row("SELECT COUNT(*), COUNT(DISTINCT id) FROM people", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap();
+                assert_eq!(rows, ids, "a row is in the district twice");
+                assert_eq!(rows as usize, want.len());
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the district never equalled the department: {} rows wanted, {} held, {} missing, e.g. {:?}\nnode:\n{}\nsubscriber:\n{}",
+                want.len(),
+                got.len(),
+                want.keys().filter(|k| !got.contains_key(k)).count(),
+                want.iter().find(|(k, v)| got.get(k) != Some(v)),
+                self.node.stderr(),
+                self.sub.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Changes rows in rounds from a task of its own (each round: a new
+    /// resident, a rename, a move out of the district, a removal), so the
+    /// department goes on while the test kills brokers.
+    fn department(&self, rounds: std::ops::Range<i64>) -> tokio::task::JoinHandle<()> {
+        let db = self.source.name.clone();
+        tokio::spawn(async move {
+            let pg = pg_connect(&db).await.unwrap();
+            for r in rounds {
+                pg.batch_execute(&format!(
+                    "INSERT INTO people VALUES ({new}, '新{new}', '330106');
+                     UPDATE people SET name = name || '+' WHERE id = {upd};
+                     UPDATE people SET region_code = '330108' WHERE id = {moved};
+                     DELETE FROM people WHERE id = {del};",
+                    new = 1000 + r,
+                    upd = 1 + r % 50,
+                    moved = 51 + r % 20,
+                    del = 1000 + r - 5,
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_topic_leader_killed_mid_stream_loses_nothing() {
+    let mut s = setup().await;
+    let (leader, replicas) = s.cluster.placement(&s.raw, 0);
+    assert_eq!(replicas.len(), 3, "the raw topic has three replicas");
+    let changes = s.department(0..120);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.cluster.kill(leader);
+    s.cluster.new_leader(&s.raw, 0, leader);
+    changes.await.unwrap();
+    s.until_equal(Duration::from_secs(120)).await;
+    // The killed broker comes back and catches up; the stream goes on.
+    s.cluster.restart(leader);
+    s.department(120..160).await.unwrap();
+    s.until_equal(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_replica_killed_while_the_district_applies_loses_nothing() {
+    let mut s = setup().await;
+    let (leader, replicas) = s.cluster.placement(&s.share, 0);
+    assert_eq!(replicas.len(), 3, "the share topic has three replicas");
+    let changes = s.department(0..120);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.cluster.kill(leader);
+    let new_leader = s.cluster.new_leader(&s.share, 0, leader);
+    changes.await.unwrap();
+    s.until_equal(Duration::from_secs(120)).await;
+    // A second broker may not go while the first is down (two in sync are
+    // required): it comes back, then the new leader is killed too.
+    s.cluster.restart(leader);
+    let changes = s.department(120..200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.cluster.kill(new_leader);
+    changes.await.unwrap();
+    s.until_equal(Duration::from_secs(120)).await;
+}
