@@ -11,7 +11,8 @@
 //! number masked, no phone, no income; the registry refuses it without the
 //! token. Changes made afterwards (a rename, a new resident, a resident
 //! moving away) reach the same Python consumer group, which resumes from
-//! the offsets it committed.
+//! the offsets it committed; a change of the withheld income alone
+//! reaches it not at all.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -402,4 +403,16 @@ async fn kafka_tools_and_confluent_python_client_read_what_the_node_writes() {
     // end: the four changes.
     let later = distributor_caught_up(&broker, &node, &raw, end + 4).await;
     assert!(later >= end + 4, "{later} after {end}");
+    // All four are distributed, yet the share topic holds the snapshot's 20
+    // records and four more (rename, insert, delete and tombstone): the
+    // change of the withheld income alone gave the district nothing, not
+    // even the news that it changed.
+    let marks =
+        backflow::kafka::Watermarks::new(&backflow::kafka::KafkaSettings::new(broker.bootstrap()))
+            .unwrap();
+    assert_eq!(
+        marks.high(&share, 0).await.unwrap(),
+        24,
+        "a share record for a change of withheld fields only"
+    );
 }

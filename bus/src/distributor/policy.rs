@@ -376,8 +376,9 @@ impl SharePolicy {
     }
 
     /// This subscriber's version of a change, or `None` when the change
-    /// does not concern it. An update that moves a row out of its share is
-    /// a delete for it, one that moves a row in is an insert.
+    /// does not concern it: the row is not in its share, or an update
+    /// changed nothing it can see. An update that moves a row out of its
+    /// share is a delete for it, one that moves a row in is an insert.
     pub fn share_event(&self, t: &ShareTable, ev: &ChangeEvent) -> Option<SharedRows> {
         let before = ev.before.as_ref().filter(|r| self.matches(t, r));
         let after = ev.after.as_ref().filter(|r| self.matches(t, r));
@@ -391,6 +392,12 @@ impl SharePolicy {
         };
         let before = before.map(|r| self.project(t, r));
         let after = after.map(|r| self.project(t, r));
+        if op == Op::Update && before == after {
+            // Only fields the subscriber was not granted (or the part of a
+            // value its mask hides) changed: sharing the update would tell
+            // it when they change.
+            return None;
+        }
         let image = after.as_ref().or(before.as_ref())?;
         let key = Row(t.key.iter().map(|i| image.0[*i].clone()).collect());
         Some(SharedRows {
@@ -693,6 +700,27 @@ mod tests {
                 .op,
             Op::Delete
         );
+    }
+
+    #[test]
+    fn an_update_of_withheld_or_masked_away_values_alone_is_not_shared() {
+        // The district must not learn when a field it was not granted
+        // changed: an update whose granted image is unchanged is no change
+        // for it.
+        let xihu = policy("330106", "330106");
+        let t = xihu.share_table(&source()).unwrap();
+        let mut richer = person(1, "330106");
+        richer.0[5] = Datum::Text("99999.00".into());
+        let income_only = event(Op::Update, Some(person(1, "330106")), Some(richer));
+        assert_eq!(xihu.share_event(&t, &income_only), None);
+        let mut middle = person(1, "330106");
+        middle.0[2] = Datum::Text("330106199101011234".into());
+        let masked_away = event(Op::Update, Some(person(1, "330106")), Some(middle));
+        assert_eq!(xihu.share_event(&t, &masked_away), None);
+        let mut renamed = person(1, "330106");
+        renamed.0[1] = Datum::Text("张三".into());
+        let visible = event(Op::Update, Some(person(1, "330106")), Some(renamed));
+        assert_eq!(xihu.share_event(&t, &visible).unwrap().op, Op::Update);
     }
 
     #[test]
