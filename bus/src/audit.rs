@@ -790,16 +790,16 @@ async fn read_records(
     limit: Option<usize>,
     mut take: impl FnMut(i64, Option<&[u8]>, Option<&[u8]>),
 ) -> Result<(), KafkaError> {
-    let high = Watermarks::new(settings)?.high(topics::AUDIT, 0).await?;
+    let high = Watermarks::new(settings)?.high(topics::audit(), 0).await?;
     if high <= from.unwrap_or(0).max(0) || limit == Some(0) {
         return Ok(());
     }
     let consumer = match from {
-        None | Some(0) => Consumer::replay(settings, topics::AUDIT, 0)?,
+        None | Some(0) => Consumer::replay(settings, topics::audit(), 0)?,
         Some(offset) => Consumer::assigned(
             settings,
             &format!("{}-audit-read", settings.client_id),
-            &[(topics::AUDIT.to_owned(), 0, Some(offset))],
+            &[(topics::audit().to_owned(), 0, Some(offset))],
             None,
         )?,
     };
@@ -808,7 +808,7 @@ async fn read_records(
         let r = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
             .await
             .map_err(|_| KafkaError::Admin {
-                topic: topics::AUDIT.to_owned(),
+                topic: topics::audit().to_owned(),
                 reason: format!(
                     "no record within {READ_TIMEOUT:?} while reading up to offset {}",
                     high - 1
@@ -1099,7 +1099,7 @@ impl Auditor {
                     .enqueue_in(
                         &mut batch,
                         OutgoingRecord::new(
-                            topics::AUDIT,
+                            topics::audit(),
                             inner.node.as_bytes(),
                             payload.as_bytes(),
                         ),

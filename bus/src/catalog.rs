@@ -635,7 +635,7 @@ impl Catalog {
         publisher: Publisher,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
-        let consumer = Consumer::follow(settings, topics::CATALOG, 0)?;
+        let consumer = Consumer::follow(settings, topics::catalog(), 0)?;
         let inner = Arc::new(Inner {
             state: RwLock::new(CatalogState::default()),
             applied: watch::channel(-1).0,
@@ -660,7 +660,7 @@ impl Catalog {
 
     /// Waits until everything written before the call is applied.
     pub async fn caught_up(&self) -> Result<(), KafkaError> {
-        let high = self.inner.watermarks.high(topics::CATALOG, 0).await?;
+        let high = self.inner.watermarks.high(topics::catalog(), 0).await?;
         self.wait_applied(high - 1).await
     }
 
@@ -669,11 +669,11 @@ impl Catalog {
         tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|a| *a >= offset))
             .await
             .map_err(|_| KafkaError::Admin {
-                topic: topics::CATALOG.to_owned(),
+                topic: topics::catalog().to_owned(),
                 reason: "not applied within 30 s".to_owned(),
             })?
             .map_err(|_| KafkaError::Admin {
-                topic: topics::CATALOG.to_owned(),
+                topic: topics::catalog().to_owned(),
                 reason: "the catalog follower stopped".to_owned(),
             })?;
         Ok(())
@@ -741,7 +741,11 @@ impl Catalog {
         let delivered = self
             .inner
             .publisher
-            .send(OutgoingRecord::new(topics::CATALOG, key.as_bytes(), &value))
+            .send(OutgoingRecord::new(
+                topics::catalog(),
+                key.as_bytes(),
+                &value,
+            ))
             .await?;
         self.wait_applied(delivered.offset).await
     }
@@ -756,7 +760,7 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "reading backflow._catalog failed; retrying");
+                tracing::warn!(error = %e, "reading the catalog topic failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }

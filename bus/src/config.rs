@@ -346,6 +346,10 @@ pub struct SubscriptionConfig {
 /// `socket.timeout.ms`, which an idle fetch must not reach.
 const MAX_FETCH_WAIT_MS: u32 = 59_000;
 
+fn default_topic_prefix() -> String {
+    crate::topics::DEFAULT_PREFIX.to_owned()
+}
+
 fn default_fetch_wait_ms() -> u32 {
     crate::kafka::DEFAULT_FETCH_WAIT_MS
 }
@@ -371,6 +375,10 @@ pub struct UpstreamConfig {
     /// in milliseconds (as the node's `kafka.fetch_wait_ms`).
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u32,
+    /// The upper node's `kafka.topic_prefix` (default `backflow.`): its
+    /// share topics are `<prefix>share.<this node>.<dataset>`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
     /// librdkafka properties whose values come from environment variables
     /// (property → variable), for credentials.
     #[serde(default)]
@@ -504,10 +512,7 @@ impl SubscriptionConfig {
             return t.clone();
         }
         let subscriber = self.tables.iter().find_map(|t| {
-            t.topic
-                .strip_prefix("backflow.share.")
-                .and_then(|rest| rest.split_once('.'))
-                .map(|(code, _)| code)
+            crate::topics::share_parts(&self.upstream.topic_prefix, &t.topic).map(|(code, _)| code)
         });
         match subscriber {
             Some(code) => crate::topics::subscriber_dlq(code, &self.name),
@@ -790,6 +795,14 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     /// Client id reported to the brokers.
     pub client_id: String,
+    /// The prefix of every topic, consumer group and internal topic the
+    /// node names (default `backflow.`), so several nodes can share one
+    /// cluster, each in its own namespace: `<prefix>raw.<dataset>`,
+    /// `<prefix>share.<subscriber>.<dataset>`, `<prefix>_catalog`, the group
+    /// `<prefix>distributor.<node>`. Ends with `.`; a PREFIXED ACL on
+    /// `<prefix>share.<subscriber>.` grants one subscriber exactly its
+    /// topics and groups.
+    pub topic_prefix: String,
     /// Partitions of topics backflow creates (default 1). The processes
     /// serving one node share its raw topics' partitions as members of the
     /// distributor's consumer group, so a node meant to run on several
@@ -834,6 +847,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: None,
             client_id: "backflow".to_owned(),
+            topic_prefix: crate::topics::DEFAULT_PREFIX.to_owned(),
             partitions: 1,
             replication_factor: 1,
             request_timeout_ms: 10_000,
@@ -971,10 +985,10 @@ impl Config {
             .filter(|s| matches!(s.sink, SinkConfig::Kafka(_)))
             .flat_map(|s| {
                 s.tables.iter().filter_map(move |t| {
-                    let dataset = t
-                        .table
-                        .clone()
-                        .or_else(|| crate::topics::dataset_of(&t.topic).map(str::to_owned))?;
+                    let dataset = t.table.clone().or_else(|| {
+                        crate::topics::share_parts(&s.upstream.topic_prefix, &t.topic)
+                            .map(|(_, d)| d.to_owned())
+                    })?;
                     Some((dataset, s.name.clone()))
                 })
             })
@@ -1050,6 +1064,20 @@ impl Config {
             }
         };
         fetch_wait("kafka.fetch_wait_ms".to_owned(), config.kafka.fetch_wait_ms)?;
+        let prefix = |key: String, prefix: &str| {
+            crate::topics::validate_prefix(prefix).map_err(|reason| ConfigError::BadValue {
+                key,
+                origin: origin_name(file, &env, ""),
+                reason,
+            })
+        };
+        prefix("kafka.topic_prefix".to_owned(), &config.kafka.topic_prefix)?;
+        for (i, sub) in config.subscriptions.iter().enumerate() {
+            prefix(
+                format!("subscriptions[{i}].upstream.topic_prefix"),
+                &sub.upstream.topic_prefix,
+            )?;
+        }
         // Apache Kafka refuses a member whose session timeout lies outside
         // group.min/max.session.timeout.ms (defaults 6 s and 30 min).
         if !(6_000..=1_800_000).contains(&config.kafka.session_timeout_ms) {
@@ -1410,6 +1438,25 @@ mod tests {
         assert_eq!(err.key(), Some("kafka.partitions"), "{err}");
         assert!(
             err.to_string().contains(&f.path().display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_topic_prefix_kafka_or_acls_cannot_use_names_its_key() {
+        let cfg = Config::load_with_env(Some(file("[kafka]\n").path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.topic_prefix, "backflow.");
+        let f = file("[kafka]\ntopic_prefix = \"zj.hz.\"\n");
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.topic_prefix, "zj.hz.");
+        let f = file("[kafka]\ntopic_prefix = \"zj/hz\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("kafka.topic_prefix"), "{err}");
+        let f = file("[[subscriptions]]\nname = \"s\"\nupstream = { brokers = \"b:9092\", registry_url = \"http://b\", topic_prefix = \"zj\" }\nsink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"zj.share.330106.d.t\" }]\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("subscriptions[0].upstream.topic_prefix"),
             "{err}"
         );
     }

@@ -45,10 +45,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Topic of subscriber statuses on the upper node's cluster (compacted,
-/// written by the node only).
-pub const REPORTS_TOPIC: &str = "backflow._subscribers";
-
 /// How often a share topic's partition count is asked again.
 const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
 
@@ -635,7 +631,7 @@ async fn read_reports(
     reports: Arc<RwLock<HashMap<String, SubscriberStatus>>>,
 ) {
     loop {
-        let n = crate::kafka::partition_count(&settings, REPORTS_TOPIC)
+        let n = crate::kafka::partition_count(&settings, crate::topics::subscribers())
             .await
             .unwrap_or(0) as i32;
         if n == 0 {
@@ -643,15 +639,18 @@ async fn read_reports(
             continue;
         }
         let parts: Vec<i32> = (0..n).collect();
-        let consumer =
-            match crate::kafka::Consumer::follow_partitions(&settings, REPORTS_TOPIC, &parts) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read subscriber reports");
-                    tokio::time::sleep(SAMPLE_EVERY).await;
-                    continue;
-                }
-            };
+        let consumer = match crate::kafka::Consumer::follow_partitions(
+            &settings,
+            crate::topics::subscribers(),
+            &parts,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read subscriber reports");
+                tokio::time::sleep(SAMPLE_EVERY).await;
+                continue;
+            }
+        };
         loop {
             match consumer.recv().await {
                 Ok(r) => {
@@ -686,7 +685,7 @@ async fn read_reports(
     }
 }
 
-/// The key of a subscriber node's status in [`REPORTS_TOPIC`].
+/// The key of a subscriber node's status in [`crate::topics::subscribers`].
 pub fn status_key(subscriber_node: &str, subscription: &str) -> String {
     format!("{subscriber_node}/{subscription}")
 }
@@ -744,7 +743,7 @@ pub fn accept_status(
     Ok(status)
 }
 
-/// A record of [`REPORTS_TOPIC`] as the reading node takes it: its key
+/// A record of [`crate::topics::subscribers`] as the reading node takes it: its key
 /// names the subscriber node, which must own every topic the status names
 /// (checked again: the topic is the node's, but a status is only as good as
 /// its check), and it may not be dated ahead of `now` by more than a minute.

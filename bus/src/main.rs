@@ -451,7 +451,10 @@ fn print_audit_report(report: &backflow::audit::VerifyReport) {
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
-    Ok(Config::load(cli.config.as_deref())?)
+    let config = Config::load(cli.config.as_deref())?;
+    // Every topic and group name of this process starts with it.
+    backflow::topics::set_prefix(&config.kafka.topic_prefix).map_err(anyhow::Error::msg)?;
+    Ok(config)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -565,7 +568,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = load(&cli)?;
             let Some(brokers) = config.kafka.brokers.clone() else {
-                anyhow::bail!("kafka.brokers is not set: the audit trail lives in the cluster's backflow._audit topic; set it in the file or with BACKFLOW_KAFKA__BROKERS");
+                anyhow::bail!("kafka.brokers is not set: the audit trail lives in the cluster's <kafka.topic_prefix>_audit topic; set it in the file or with BACKFLOW_KAFKA__BROKERS");
             };
             let settings = backflow::kafka::KafkaSettings::from_config(&config.kafka, &brokers);
             let runtime = tokio::runtime::Builder::new_multi_thread()

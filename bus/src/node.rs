@@ -283,11 +283,11 @@ async fn run_on(
         let (partitions, rf) = (config.kafka.partitions, config.kafka.replication_factor);
         tracker.spawn(async move {
             let specs = [
-                TopicSpec::compacted(topics::CATALOG, 1, rf),
-                TopicSpec::compacted(topics::OFFSETS, partitions, rf),
-                TopicSpec::kept(topics::AUDIT, 1, rf),
-                TopicSpec::compacted(topics::SCHEMAS, 1, rf),
-                TopicSpec::compacted(crate::lag::REPORTS_TOPIC, 1, rf),
+                TopicSpec::compacted(topics::catalog(), 1, rf),
+                TopicSpec::compacted(topics::offsets(), partitions, rf),
+                TopicSpec::kept(topics::audit(), 1, rf),
+                TopicSpec::compacted(topics::schemas(), 1, rf),
+                TopicSpec::compacted(crate::topics::subscribers(), 1, rf),
             ];
             let mut backoff = Duration::from_millis(200);
             loop {

@@ -40,7 +40,7 @@ pub async fn save(
     .expect("serializes");
     let k = key(feed);
     publisher
-        .send(OutgoingRecord::new(topics::OFFSETS, k.as_bytes(), &value))
+        .send(OutgoingRecord::new(topics::offsets(), k.as_bytes(), &value))
         .await
         .map(|_| ())
 }
@@ -50,7 +50,7 @@ pub async fn clear(publisher: &Publisher, feed: &str) -> Result<(), KafkaError> 
     let k = key(feed);
     publisher
         .send(OutgoingRecord {
-            topic: topics::OFFSETS,
+            topic: topics::offsets(),
             key: Some(k.as_bytes()),
             payload: None,
             headers: &[],
@@ -95,7 +95,7 @@ pub async fn save_subscription(
     .expect("serializes");
     let k = subscription_key(subscription);
     publisher
-        .send(OutgoingRecord::new(topics::OFFSETS, k.as_bytes(), &value))
+        .send(OutgoingRecord::new(topics::offsets(), k.as_bytes(), &value))
         .await
         .map(|_| ())
 }
@@ -115,14 +115,14 @@ pub async fn load_subscription(
 /// The latest value of `wanted` in the whole topic (`None` when absent or
 /// deleted).
 async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>>, KafkaError> {
-    let partitions = kafka::partition_count(settings, topics::OFFSETS).await?;
+    let partitions = kafka::partition_count(settings, topics::offsets()).await?;
     if partitions == 0 {
         return Ok(None);
     }
     let watermarks = Watermarks::new(settings)?;
     let mut ends = HashMap::new();
     for p in 0..partitions as i32 {
-        let high = watermarks.high(topics::OFFSETS, p).await?;
+        let high = watermarks.high(topics::offsets(), p).await?;
         if high > 0 {
             ends.insert(p, high - 1);
         }
@@ -131,7 +131,7 @@ async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>
         return Ok(None);
     }
     let parts: Vec<i32> = ends.keys().copied().collect();
-    let consumer = Consumer::replay_partitions(settings, topics::OFFSETS, &parts)?;
+    let consumer = Consumer::replay_partitions(settings, topics::offsets(), &parts)?;
     let mut found = None;
     let deadline =
         tokio::time::Instant::now() + settings.request_timeout.max(Duration::from_secs(10)) * 3;
@@ -139,7 +139,7 @@ async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>
         let r = tokio::time::timeout_at(deadline, consumer.recv())
             .await
             .map_err(|_| KafkaError::Admin {
-                topic: topics::OFFSETS.into(),
+                topic: topics::offsets().into(),
                 reason: "reading stored positions timed out".into(),
             })??;
         if ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {

@@ -229,8 +229,8 @@ pub(crate) fn table_targets(config: &SubscriptionConfig) -> HashMap<String, Tabl
         .tables
         .iter()
         .map(|m| {
-            let dataset = crate::topics::dataset_of(&m.topic)
-                .unwrap_or(&m.topic)
+            let dataset = crate::topics::share_parts(&config.upstream.topic_prefix, &m.topic)
+                .map_or(m.topic.as_str(), |(_, d)| d)
                 .to_owned();
             if cascade {
                 // Re-published as a dataset of this node.

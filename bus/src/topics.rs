@@ -1,57 +1,166 @@
 //! Topic names, as DESIGN.md fixes them.
 //!
-//! raw `backflow.raw.<dataset>`; share `backflow.share.<subscriber-node>.<dataset>`;
-//! dead letters of feeds `backflow.dlq.<feed>` (unfiltered rows: the node's
-//! own), of subscribers `backflow.sdlq.<subscriber-node>.<subscription>`
-//! (rows as shared with that subscriber); internal state
-//! `backflow._catalog`, `backflow._audit`, `backflow._offsets`.
+//! Every name starts with the node's `kafka.topic_prefix` (`backflow.`
+//! unless set), so several nodes can share one cluster, each in its own
+//! namespace: raw `<prefix>raw.<dataset>`; share
+//! `<prefix>share.<subscriber-node>.<dataset>`; dead letters of feeds
+//! `<prefix>dlq.<feed>` (unfiltered rows: the node's own), of subscribers
+//! `<prefix>sdlq.<subscriber-node>.<subscription>` (rows as shared with that
+//! subscriber); internal state `<prefix>_catalog`, `_audit`, `_offsets`,
+//! `_schemas`, `_subscribers`; the distributor's consumer group
+//! `<prefix>distributor.<node>`, a subscriber's group its share topic's
+//! name.
 //!
 //! Dataset ids become parts of topic names, so [`validate_dataset_id`]
 //! holds them to what Kafka accepts for every topic they appear in.
 
+/// The prefix of every topic and consumer group a node names when
+/// `kafka.topic_prefix` is not set.
+pub const DEFAULT_PREFIX: &str = "backflow.";
+/// The longest `kafka.topic_prefix`.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// The names of this process's Kafka resources, fixed once per process
+/// (a process serves one node).
+struct Names {
+    prefix: String,
+    catalog: String,
+    audit: String,
+    schemas: String,
+    offsets: String,
+    subscribers: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            catalog: format!("{prefix}_catalog"),
+            audit: format!("{prefix}_audit"),
+            schemas: format!("{prefix}_schemas"),
+            offsets: format!("{prefix}_offsets"),
+            subscribers: format!("{prefix}_subscribers"),
+        }
+    }
+}
+
+static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+
+fn names() -> &'static Names {
+    NAMES.get_or_init(|| Names::new(DEFAULT_PREFIX))
+}
+
+/// Checks a topic prefix: 1 to 64 of the characters Kafka allows in topic
+/// names (`[a-zA-Z0-9._-]`), ending with `.` so that the names under it
+/// stay hierarchical and a PREFIXED ACL on `<prefix>share.<subscriber>.`
+/// covers exactly one subscriber's topics.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix.len() > MAX_PREFIX_LEN
+        || !prefix.ends_with('.')
+        || prefix.starts_with('.')
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "topic prefix {prefix:?} is not allowed: 1 to {MAX_PREFIX_LEN} of a-z, A-Z, 0-9, '.', '_', '-', not starting with '.' and ending with '.' (e.g. \"{DEFAULT_PREFIX}\" or \"zj.hz.\")"
+        ));
+    }
+    Ok(())
+}
+
+/// Fixes the prefix of every topic, consumer group and internal topic this
+/// process names (`kafka.topic_prefix`): called once at start, before any
+/// name is used. Fails when the names were already fixed to another one.
+pub fn set_prefix(prefix: &str) -> Result<(), String> {
+    validate_prefix(prefix)?;
+    let set = NAMES.get_or_init(|| Names::new(prefix));
+    if set.prefix != prefix {
+        return Err(format!(
+            "topic names were fixed to prefix {:?} before {prefix:?} was set",
+            set.prefix
+        ));
+    }
+    Ok(())
+}
+
+/// The prefix of this process's topics and groups.
+pub fn prefix() -> &'static str {
+    &names().prefix
+}
+
 /// Catalog of datasets, feeds and subscriptions (compacted).
-pub const CATALOG: &str = "backflow._catalog";
+pub fn catalog() -> &'static str {
+    &names().catalog
+}
 /// Hash-chained audit records.
-pub const AUDIT: &str = "backflow._audit";
+pub fn audit() -> &'static str {
+    &names().audit
+}
 /// Schema registry log (compacted, one partition; see `registry`).
-pub const SCHEMAS: &str = "backflow._schemas";
+pub fn schemas() -> &'static str {
+    &names().schemas
+}
 /// Source positions confirmed after Kafka acknowledged (compacted).
-pub const OFFSETS: &str = "backflow._offsets";
+pub fn offsets() -> &'static str {
+    &names().offsets
+}
+/// The last status each subscriber posted (compacted; see `lag`).
+pub fn subscribers() -> &'static str {
+    &names().subscribers
+}
 
 /// The raw topic a dataset's source feed publishes to.
 pub fn raw(dataset: &str) -> String {
-    format!("backflow.raw.{dataset}")
+    format!("{}raw.{dataset}", prefix())
 }
 
 /// The share topic a node re-shares a dataset to, for one subscriber node.
 pub fn share(subscriber_node: &str, dataset: &str) -> String {
-    format!("backflow.share.{subscriber_node}.{dataset}")
+    format!("{}share.{subscriber_node}.{dataset}", prefix())
 }
 
 /// The dead-letter topic of a feed or subscription.
 pub fn dlq(feed: &str) -> String {
-    format!("backflow.dlq.{feed}")
+    format!("{}dlq.{feed}", prefix())
 }
 
 /// The dead-letter topic of a subscriber's subscription: a namespace apart
 /// from the feeds' dead letters, which hold unfiltered rows.
 pub fn subscriber_dlq(subscriber_node: &str, subscription: &str) -> String {
-    format!("backflow.sdlq.{subscriber_node}.{subscription}")
+    format!("{}sdlq.{subscriber_node}.{subscription}", prefix())
+}
+
+/// The consumer group of a node's distributor, whose members are the
+/// processes serving the node.
+pub fn distributor_group(node: &str) -> String {
+    format!("{}distributor.{node}", prefix())
 }
 
 /// The consumer group a subscriber commits its positions in a share topic
 /// to: the topic's own name. Groups and topics are separate resources in
 /// Kafka, so the name is free, and one PREFIXED ACL
-/// `backflow.share.<subscriber>.` covers a subscriber's topics and groups.
+/// `<prefix>share.<subscriber>.` covers a subscriber's topics and groups.
 pub fn subscriber_group(share_topic: &str) -> String {
     share_topic.to_owned()
+}
+
+/// The subscriber node and dataset of a share topic named under `prefix`
+/// (an upper node's `upstream.topic_prefix`).
+pub fn share_parts<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, &'a str)> {
+    topic
+        .strip_prefix(prefix)?
+        .strip_prefix("share.")?
+        .split_once('.')
+        .filter(|(code, dataset)| !code.is_empty() && !dataset.is_empty())
 }
 
 /// Kafka's longest topic name.
 pub const MAX_TOPIC_LEN: usize = 249;
 /// The longest prefix a dataset id gets in a topic name
-/// (`backflow.share.<six digits>.`).
-const LONGEST_DATASET_PREFIX: usize = "backflow.share.000000.".len();
+/// (`<topic prefix>share.<six digits>.`).
+const LONGEST_DATASET_PREFIX: usize = MAX_PREFIX_LEN + "share.000000.".len();
 /// Longest department name of a dataset id.
 pub const MAX_DEPARTMENT_LEN: usize = 32;
 /// Longest name part of a dataset id.
@@ -92,16 +201,14 @@ pub fn validate_dataset_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The dataset a raw or share topic carries (`None` for other topics).
+/// The dataset a raw or share topic of this node carries (`None` for
+/// other topics).
 pub fn dataset_of(topic: &str) -> Option<&str> {
-    if let Some(d) = topic.strip_prefix("backflow.raw.") {
+    let rest = topic.strip_prefix(prefix())?;
+    if let Some(d) = rest.strip_prefix("raw.") {
         return Some(d).filter(|d| !d.is_empty());
     }
-    topic
-        .strip_prefix("backflow.share.")
-        .and_then(|rest| rest.split_once('.'))
-        .map(|(_, d)| d)
-        .filter(|d| !d.is_empty())
+    share_parts(prefix(), topic).map(|(_, d)| d)
 }
 
 /// What a topic is for; a bounded label for metrics.
@@ -126,13 +233,16 @@ impl TopicKind {
 
     /// Classifies a topic by its name.
     pub fn of(topic: &str) -> Self {
-        if topic.starts_with("backflow.raw.") {
+        let Some(rest) = topic.strip_prefix(prefix()) else {
+            return TopicKind::Other;
+        };
+        if rest.starts_with("raw.") {
             TopicKind::Raw
-        } else if topic.starts_with("backflow.share.") {
+        } else if rest.starts_with("share.") {
             TopicKind::Share
-        } else if topic.starts_with("backflow.dlq.") || topic.starts_with("backflow.sdlq.") {
+        } else if rest.starts_with("dlq.") || rest.starts_with("sdlq.") {
             TopicKind::DeadLetter
-        } else if topic.starts_with("backflow._") {
+        } else if rest.starts_with('_') {
             TopicKind::Internal
         } else {
             TopicKind::Other
@@ -174,8 +284,29 @@ mod tests {
             TopicKind::of(&subscriber_dlq("330106", "p")),
             TopicKind::DeadLetter
         );
-        assert_eq!(TopicKind::of(OFFSETS), TopicKind::Internal);
+        assert_eq!(TopicKind::of(offsets()), TopicKind::Internal);
+        assert_eq!(offsets(), "backflow._offsets");
+        assert_eq!(distributor_group("330100"), "backflow.distributor.330100");
         assert_eq!(TopicKind::of("orders"), TopicKind::Other);
+    }
+
+    #[test]
+    fn prefixes_are_checked_and_upper_share_topics_parsed_with_theirs() {
+        for ok in ["backflow.", "zj.hz.", "prov-33_a."] {
+            validate_prefix(ok).unwrap();
+        }
+        for bad in ["", "backflow", ".x.", "a b.", "a/b.", &"a".repeat(64)] {
+            assert!(validate_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            share_parts("zj.", "zj.share.330100.gongan.population"),
+            Some(("330100", "gongan.population"))
+        );
+        assert_eq!(share_parts("zj.", "backflow.share.330100.a.b"), None);
+        assert_eq!(share_parts("zj.", "zj.raw.a.b"), None);
+        // The process's own names keep the default in unit tests.
+        assert!(set_prefix("other.").is_err());
+        set_prefix(DEFAULT_PREFIX).unwrap();
     }
 
     #[test]

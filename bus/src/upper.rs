@@ -206,7 +206,9 @@ pub async fn follow(
         .filter(|s| matches!(s.sink, SinkConfig::Kafka(_)))
     {
         for t in &s.tables {
-            let Some(upstream) = crate::topics::dataset_of(&t.topic) else {
+            let Some((_, upstream)) =
+                crate::topics::share_parts(&s.upstream.topic_prefix, &t.topic)
+            else {
                 continue;
             };
             let local = t.table.clone().unwrap_or_else(|| upstream.to_owned());

@@ -209,7 +209,7 @@ async fn consume_until_equal(
 /// until it shows committed offsets at the end of `raw` (lag 0) with the
 /// end at least `min_end`; returns the end.
 async fn distributor_caught_up(broker: &TestBroker, node: &Node, raw: &str, min_end: i64) -> i64 {
-    let group = "backflow-distributor-330100";
+    let group = "backflow.distributor.330100";
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let described = broker

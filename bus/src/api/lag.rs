@@ -94,7 +94,7 @@ async fn post_status(
     state
         .publisher
         .send(crate::kafka::OutgoingRecord::new(
-            crate::lag::REPORTS_TOPIC,
+            crate::topics::subscribers(),
             key.as_bytes(),
             &value,
         ))

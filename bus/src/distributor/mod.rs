@@ -15,7 +15,7 @@
 //! the subscribers' version guard makes the replay harmless.
 //!
 //! Every process serving a node is a member of the node's distributor
-//! consumer group (`backflow-distributor-<node>`, cooperative-sticky): Kafka
+//! consumer group (`<prefix>distributor.<node>`, cooperative-sticky): Kafka
 //! gives each raw partition to one process, so in steady state each change
 //! is distributed once; a process that stops or is killed loses its
 //! partitions to the others (after `kafka.session_timeout_ms` when killed),
@@ -336,7 +336,7 @@ pub async fn run(
 
 /// The consumer group of this node's distributor.
 pub fn group_id(node: &str) -> String {
-    format!("backflow-distributor-{node}")
+    topics::distributor_group(node)
 }
 
 fn group(shares: &[ShareConfig], metrics: &crate::metrics::Metrics) -> HashMap<String, Vec<Share>> {

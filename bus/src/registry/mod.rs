@@ -133,7 +133,7 @@ impl Registry {
         proposer: String,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
-        let consumer = Consumer::follow(settings, topics::SCHEMAS, 0)?;
+        let consumer = Consumer::follow(settings, topics::schemas(), 0)?;
         let (applied, _) = watch::channel(-1);
         let inner = Arc::new(Inner {
             state: RwLock::new(RegistryState::default()),
@@ -159,7 +159,7 @@ impl Registry {
         let high = self
             .inner
             .watermarks
-            .high(topics::SCHEMAS, 0)
+            .high(topics::schemas(), 0)
             .await
             .map_err(RegistryError::store)?;
         self.wait_applied(high - 1, "reading the schemas topic")
@@ -183,7 +183,11 @@ impl Registry {
         let delivered = self
             .inner
             .publisher
-            .send(OutgoingRecord::new(topics::SCHEMAS, key.as_bytes(), &value))
+            .send(OutgoingRecord::new(
+                topics::schemas(),
+                key.as_bytes(),
+                &value,
+            ))
             .await
             .map_err(RegistryError::store)?;
         self.wait_applied(delivered.offset, "applying a schema write")
@@ -382,7 +386,7 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "reading backflow._schemas failed; retrying");
+                tracing::warn!(error = %e, "reading the schemas topic failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -397,7 +401,7 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
                 Err(e) => tracing::warn!(
                     offset = record.offset,
                     error = %e,
-                    "skipping unreadable record in backflow._schemas"
+                    "skipping unreadable record in the schemas topic"
                 ),
             }
         }
