@@ -557,24 +557,32 @@ async fn dataset_changes_are_applied_to_active_grants() {
         .await;
     assert!(sub["granted"].get("phone").is_none(), "{sub}");
     assert_eq!(sub["policy_version"], 2, "{sub}");
+    // A new resident with a phone: the record reaches the district
+    // without it. (A change of the phone alone is no change for the
+    // district any more, so it receives nothing of it.)
     s.sql("UPDATE people SET phone = '13911112222' WHERE id = 2")
         .await;
+    s.sql("INSERT INTO people VALUES (200, '欧阳二', '330106199001010200', '13911113333', '330106', NULL)")
+        .await;
     let records = s
-        .wait_share("330106", "ga.people", "the update of row 2", |r| {
-            id_of(r) == 2 && r.value.as_ref().is_some_and(|v| v["op"] == "u")
+        .wait_share("330106", "ga.people", "the new resident 200", |r| {
+            id_of(r) == 200
         })
         .await;
-    let update = records
-        .iter()
-        .rfind(|r| id_of(r) == 2 && r.value.as_ref().is_some_and(|v| v["op"] == "u"))
-        .unwrap();
+    let insert = records.iter().rfind(|r| id_of(r) == 200).unwrap();
     assert!(
-        update
+        insert
             .after()
             .unwrap()
             .get("phone")
             .is_none_or(|p| p.is_null()),
-        "the removed field is not delivered after the change: {update:#?}"
+        "the removed field is not delivered after the change: {insert:#?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| id_of(r) == 2 && r.value.as_ref().is_some_and(|v| v["op"] == "u")),
+        "the phone-only change of row 2 reached the district: {records:#?}"
     );
 
     // The owner stops sharing the dataset: the grant ends, with the reason.
