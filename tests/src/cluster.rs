@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
 
-use crate::{copy_dir, free_local_addr, kafka_home, log4j2_properties, spawn_kafka as spawn};
+use crate::{copy_dir, free_local_addr, kafka_home, log4j2_properties, spawn_kafka, TEST_JVM};
 
 /// One broker of the cluster.
 struct Member {
@@ -87,7 +87,7 @@ impl TestCluster {
             });
         }
         for m in &mut members {
-            m.child = Some(spawn(m.dir.path()));
+            m.child = Some(spawn_kafka(m.dir.path(), TEST_JVM));
         }
         let cluster = Self {
             bootstrap: addrs.join(","),
@@ -116,7 +116,7 @@ impl TestCluster {
     pub fn restart(&mut self, id: i32) {
         let m = self.member(id);
         assert!(m.child.is_none(), "broker {id} is running");
-        m.child = Some(spawn(m.dir.path()));
+        m.child = Some(spawn_kafka(m.dir.path(), TEST_JVM));
         self.wait_brokers(3, Duration::from_secs(90));
     }
 

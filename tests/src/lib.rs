@@ -46,7 +46,28 @@ pub struct TestBroker {
     child: Child,
     bootstrap: String,
     dir: tempfile::TempDir,
+    jvm: &'static [&'static str],
 }
+
+/// JVM options of a test's broker: quick to start (no optimising JIT, a
+/// small heap), which is what a test that lasts seconds wants.
+const TEST_JVM: &[&str] = &[
+    "-Xms64m",
+    "-Xmx384m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+];
+
+/// JVM options of a benchmark's broker: Kafka's own defaults (`kafka-server-start.sh`:
+/// G1, a 1 GB heap, the optimising JIT), so its CPU is that of a broker
+/// in steady state.
+const BENCH_JVM: &[&str] = &[
+    "-Xms1g",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+];
 
 impl TestBroker {
     /// The broker's process id.
@@ -56,6 +77,16 @@ impl TestBroker {
 
     /// Starts a broker on a free local port and waits until it listens.
     pub fn start() -> Self {
+        Self::start_with(TEST_JVM)
+    }
+
+    /// A broker for benchmarks: started as `kafka-server-start.sh` starts
+    /// one (see [`BENCH_JVM`]).
+    pub fn start_for_bench() -> Self {
+        Self::start_with(BENCH_JVM)
+    }
+
+    fn start_with(jvm: &'static [&'static str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("backflow-kafka-")
             .tempdir()
@@ -80,20 +111,15 @@ impl TestBroker {
             log4j2_properties(&dir.path().join("broker.log")),
         )
         .expect("write log4j2.properties");
-        let child = Self::spawn(dir.path());
+        let child = spawn_kafka(dir.path(), jvm);
         let broker = Self {
             child,
             bootstrap,
             dir,
+            jvm,
         };
         broker.wait_listening();
         broker
-    }
-
-    /// The same as [`TestBroker::start`]: Apache Kafka keeps its data on
-    /// disk either way (kept for the benchmarks, which name it so).
-    pub fn start_in_memory() -> Self {
-        Self::start()
     }
 
     /// Kills the broker with SIGKILL and starts it again on the same port
@@ -101,7 +127,7 @@ impl TestBroker {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.dir.path());
+        self.child = spawn_kafka(self.dir.path(), self.jvm);
         self.wait_listening();
     }
 
@@ -116,10 +142,6 @@ impl TestBroker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    fn spawn(dir: &std::path::Path) -> Child {
-        spawn_kafka(dir)
     }
 
     /// `host:port` for clients.
@@ -166,7 +188,7 @@ impl Drop for TestBroker {
 
 /// Starts Apache Kafka from a directory holding its `server.properties`
 /// and `log4j2.properties`; its output goes to `stdout.log` there.
-fn spawn_kafka(dir: &std::path::Path) -> Child {
+fn spawn_kafka(dir: &std::path::Path, jvm: &[&str]) -> Child {
     let libs = kafka_home().join("libs");
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -174,12 +196,7 @@ fn spawn_kafka(dir: &std::path::Path) -> Child {
         .open(dir.join("stdout.log"))
         .expect("log file");
     Command::new("java")
-        .args([
-            "-Xms64m",
-            "-Xmx384m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-        ])
+        .args(jvm)
         .arg(format!(
             "-Dlog4j2.configurationFile={}",
             dir.join("log4j2.properties").display()

@@ -334,7 +334,7 @@ async fn postgres_crashing_at_the_department_and_at_the_district_loses_nothing()
         .await
         .unwrap();
 
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start();
     let reader = TestToken::new("subscriber:330106");
     let node = Node::start_with_config(
         &format!(

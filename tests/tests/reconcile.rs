@@ -51,7 +51,7 @@ async fn reports_equal_then_each_tampered_row(backend: Backend) {
         .await
         .unwrap();
     let sink = SinkDb::create(backend).await.unwrap();
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start();
     let dataset = format!("t{}.people", &department[8..]);
     let reader = TestToken::new("subscriber:330106");
     let node = Node::start_with_config(

@@ -207,7 +207,7 @@ async fn a_department_table_is_published_in_its_standard_form_and_bad_rows_are_d
         good7,
         wrong_check,
     } = seed(&db).await;
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start();
     let feed = db.replace('_', "-");
     let node = Node::start_with_config(&config(broker.bootstrap(), &feed, &db), &[]).unwrap();
 
@@ -389,7 +389,7 @@ fn a_standard_that_cannot_be_met_is_refused_when_the_configuration_loads() {
 async fn a_feed_registered_through_the_api_has_its_mapping_checked_against_the_table() {
     let db = unique_name("bf_stdapi");
     let seeded = seed(&db).await;
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start();
     let node = Node::start_with_config(
         &format!(
             "[kafka]\nbrokers = \"{}\"\n[api_feeds]\nallowed_hosts = [\"127.0.0.1:5432\"]\n[[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n",

@@ -48,31 +48,36 @@ impl Broker {
 /// One case's names: its dataset and the code of the node distributing it.
 struct Names {
     dataset: String,
-    node_code: String,
+    /// The node's `kafka.topic_prefix`.
+    prefix: String,
 }
 
+/// The distributing node: the province, so that the subscribers
+/// 331000-331099 lie inside its jurisdiction.
+const NODE_CODE: &str = "330000";
+
 impl Names {
-    /// On a fresh broker, the fixed names. On a shared one, names unique to
-    /// this run (`run`) and case (`case`): raw and share topics, registry
-    /// subjects, the distributor's consumer group and the audit chain are
-    /// all the case's own, so no case reads another's (or an earlier run's)
-    /// data or waits for its dead group member.
+    /// On a fresh broker, the fixed names. On a shared one, a dataset and a
+    /// topic prefix unique to this run (`run`) and case (`case`): raw and
+    /// share topics, the registry's and the catalog's topics, the
+    /// distributor's consumer group and the audit chain are all the case's
+    /// own, so no case reads another's (or an earlier run's) data or waits
+    /// for its dead group member.
     fn new(shared: bool, run: u64, case: u64) -> Self {
         if !shared {
             return Self {
                 dataset: DATASET.to_owned(),
-                node_code: "330100".to_owned(),
+                prefix: "backflow.".to_owned(),
             };
         }
         Self {
             dataset: format!("{DATASET}_r{run}_c{case}"),
-            // Six digits, clear of the subscribers' 331000-331099.
-            node_code: format!("{:06}", 400_000 + (run % 199_999) * 3 + case),
+            prefix: format!("bench.r{run}.c{case}."),
         }
     }
 
     fn raw_topic(&self) -> String {
-        format!("backflow.raw.{}", self.dataset)
+        format!("{}raw.{}", self.prefix, self.dataset)
     }
 }
 
@@ -140,11 +145,15 @@ fn metric(metrics: &str, name: &str) -> f64 {
 }
 
 async fn fill(broker: &Broker, names: &Names, events: i64) -> anyhow::Result<()> {
-    // A node only for its registry, which the admin writes to.
+    // A node only for its registry (the case's, under its prefix), which
+    // the admin writes to.
     let admin = backflow_e2e::TestToken::new("admin");
     let node = Node::start_with_config(
         &admin.auth_toml(),
-        &[("BACKFLOW_KAFKA__BROKERS", broker.bootstrap())],
+        &[
+            ("BACKFLOW_KAFKA__BROKERS", broker.bootstrap()),
+            ("BACKFLOW_KAFKA__TOPIC_PREFIX", &names.prefix),
+        ],
     )?;
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
         .await?;
@@ -320,15 +329,15 @@ async fn main() -> anyhow::Result<()> {
         let n = if shares >= 100 { events / 5 } else { events };
         let broker = match &shared {
             Some(b) => Broker::Shared(b.clone()),
-            None => Broker::Fresh(TestBroker::start_in_memory()),
+            None => Broker::Fresh(TestBroker::start_for_bench()),
         };
         let names = Names::new(shared.is_some(), run, case as u64);
         fill(&broker, &names, n).await?;
         let limit = raw_rate(&broker, &names, n).await?;
         let mut config = format!(
-            "[node]\ncode = \"{}\"\n[kafka]\nbrokers = \"{}\"\n",
-            names.node_code,
-            broker.bootstrap()
+            "[node]\ncode = \"{NODE_CODE}\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\n",
+            broker.bootstrap(),
+            names.prefix
         );
         for i in 0..shares {
             config.push_str(&format!(

@@ -41,7 +41,7 @@
 //! subscribers' `flush_interval_ms` (unset: backflow's default);
 //! `BENCH_FETCH_WAIT_MS` sets the data path's fetch wait, the node's
 //! `kafka.fetch_wait_ms` and the subscribers' `upstream.fetch_wait_ms`
-//! (unset: backflow's 20). `BENCH_LINGER_MS` sets the node's producers'
+//! (unset: backflow's 100). `BENCH_LINGER_MS` sets the node's producers'
 //! `linger.ms` through `[kafka.properties]` (unset: backflow's 5).
 //! `BENCH_PARTITIONS` sets the node's `kafka.partitions`, the partitions
 //! of the raw and share topics it creates (unset: backflow's default).
@@ -355,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
         district_dbs.push(name);
     }
 
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start_for_bench();
     let node_addr = free_local_addr();
     let node_url = format!("http://{node_addr}");
     let feed = db.replace('_', "-");
@@ -805,9 +805,10 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{inserts} inserts then {updates} updates in {TX_ROWS}-row transactions; 9-column table; two districts (half the rows each); broker_proc memory broker; subscribers' flush_interval_ms {}; consumers' fetch.wait.max.ms {}",
+        "{inserts} inserts then {updates} updates in {TX_ROWS}-row transactions; 9-column table; two districts (half the rows each); Apache Kafka {} (one broker, steady-state JIT); subscribers' flush_interval_ms {}; consumers' fetch.wait.max.ms {}",
+        backflow_e2e::KAFKA_VERSION,
         flush_ms.map_or("default".to_owned(), |ms| ms.to_string()),
-        fetch_wait_ms.map_or("default (20)".to_owned(), |ms| ms.to_string())
+        fetch_wait_ms.map_or("default (100)".to_owned(), |ms| ms.to_string())
     );
     println!();
     println!("| measure | figure | target |");

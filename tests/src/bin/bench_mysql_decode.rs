@@ -156,7 +156,7 @@ fn encode_record(codec: &TableCodec, r: &SourceRecord) -> anyhow::Result<(Vec<u8
 /// Publishes the records into a fresh Apache Kafka broker, as the feed does:
 /// enqueue in order, acknowledgements awaited per batch.
 async fn produce(records: &[(Vec<u8>, Vec<u8>, i64)]) -> anyhow::Result<(f64, f64)> {
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start_for_bench();
     let settings = KafkaSettings::new(broker.bootstrap());
     let admin = TopicAdmin::new(&settings)?;
     let topic = "backflow.raw.bench.t";

@@ -198,7 +198,7 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
     )
     .await?;
 
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start_for_bench();
     let feed = db.replace('_', "-");
     let config = format!(
         "[kafka]\nbrokers = \"{}\"\n[[feeds]]\ntype = \"mysql\"\nname = \"{feed}\"\nhost = \"127.0.0.1\"\nport = 3306\nuser = \"root\"\ndatabase = \"{db}\"\nsnapshot = \"never\"\ntables = [{{ table = \"{db}.t\", dataset = \"bench.t\" }}]\n",

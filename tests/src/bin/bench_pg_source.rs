@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let db = unique_name("bf_bench");
     let client = create_bench_department(&db).await?;
 
-    let broker = TestBroker::start_in_memory();
+    let broker = TestBroker::start_for_bench();
     let feed = db.replace('_', "-");
     let config = format!(
         "[kafka]\nbrokers = \"{}\"\n[[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\nsnapshot = \"never\"\ntables = [{{ table = \"public.t\", dataset = \"bench.t\" }}]\n",
