@@ -273,6 +273,49 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
     Ok(())
 }
 
+/// The python of the virtualenv with Confluent's client, for the interop
+/// tests: `$BACKFLOW_PYTHON`, else what
+/// `scripts/python-env.sh` prepares (and prints last). Fails the test, with
+/// the reason, when Python cannot be set up.
+pub fn python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        if let Ok(p) = std::env::var("BACKFLOW_PYTHON") {
+            assert!(
+                std::path::Path::new(&p).exists(),
+                "BACKFLOW_PYTHON={p} does not exist; unset it to let scripts/python-env.sh prepare the virtualenv"
+            );
+            return p;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/python-env.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            out.status.success(),
+            "Python setup failed: {script} exited with {} (it needs python3 with venv and \
+             access to PyPI to install confluent-kafka[avro]; or set BACKFLOW_PYTHON to a \
+             python that has it):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let path = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| panic!("{script} printed no python path"))
+            .trim()
+            .to_owned();
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{script} printed {path:?}, which does not exist"
+        );
+        path
+    })
+}
+
 /// Creates the benchmarks' 9-column department table `t` in a new database
 /// `name` (replica identity full, publication `bench_pub`) and a pgoutput
 /// slot `bench_recv_<name>` for `pg_recvlogical`, the benchmarks' limit.

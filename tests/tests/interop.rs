@@ -16,11 +16,12 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use backflow_e2e::sinks::{Backend, SinkDb};
-use backflow_e2e::{mask_keep, pg_connect, unique_name, Node, TestBroker, TestToken, PEOPLE_TABLE};
+use backflow_e2e::{
+    mask_keep, pg_connect, python, unique_name, Node, TestBroker, TestToken, PEOPLE_TABLE,
+};
 use serde_json::Value;
 
 /// A resident as the share shows it: name, masked identity number, region.
@@ -52,42 +53,6 @@ async fn district_rows(database: &str) -> Rows {
             )
         })
         .collect()
-}
-
-/// The virtualenv's python: `$BACKFLOW_PYTHON`, else what
-/// `scripts/python-env.sh` prepares (and prints last).
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        if let Ok(p) = std::env::var("BACKFLOW_PYTHON") {
-            assert!(
-                std::path::Path::new(&p).exists(),
-                "BACKFLOW_PYTHON={p} does not exist; unset it to let scripts/python-env.sh prepare the virtualenv"
-            );
-            return p;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/python-env.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        assert!(
-            out.status.success(),
-            "Python setup failed: {script} exited with {} (it needs python3 with venv and \
-             access to PyPI to install confluent-kafka[avro]; or set BACKFLOW_PYTHON to a \
-             python that has it):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_else(|| panic!("{script} printed no python path"))
-            .trim()
-            .to_owned()
-    })
 }
 
 /// Runs `tests/python/share_consumer.py` (Confluent's `DeserializingConsumer`

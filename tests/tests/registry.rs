@@ -7,12 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use backflow_e2e::{unique_name, Node, TestBroker};
+use backflow_e2e::{python, unique_name, Node, TestBroker};
 use serde_json::{json, Value as Json};
 
 const READY: Duration = Duration::from_secs(30);
@@ -686,48 +685,6 @@ async fn registry_register_is_idempotent_and_config_changes_compatibility() {
     // use permanent=true), not 40402 (no such version).
     let (st, j, _) = call("DELETE", &format!("{u}/subjects/{again}/versions/1"), None).await;
     assert_eq!((st, j["error_code"].as_u64()), (404, Some(40406)), "{j}");
-}
-
-/// The virtualenv's python: `$BACKFLOW_PYTHON`, else what
-/// `scripts/python-env.sh` prepares (and prints last). Fails the test, with
-/// the reason, when Python cannot be set up.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        if let Ok(p) = std::env::var("BACKFLOW_PYTHON") {
-            assert!(
-                std::path::Path::new(&p).exists(),
-                "BACKFLOW_PYTHON={p} does not exist; unset it to let scripts/python-env.sh prepare the virtualenv"
-            );
-            return p;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/python-env.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        assert!(
-            out.status.success(),
-            "Python setup failed: {script} exited with {} (it needs python3 with venv and \
-             access to PyPI to install confluent-kafka[avro]; or set BACKFLOW_PYTHON to a \
-             python that has it):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let path = stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_else(|| panic!("{script} printed no python path"))
-            .trim()
-            .to_owned();
-        assert!(
-            std::path::Path::new(&path).exists(),
-            "{script} printed {path:?}, which does not exist"
-        );
-        path
-    })
 }
 
 /// How the Python client presents itself to the registry.
