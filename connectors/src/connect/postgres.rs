@@ -132,9 +132,63 @@ pub(crate) async fn connect(t: &PgTarget) -> Result<Client, ConnectorError> {
     };
     result.map_err(|e| match refused.get() {
         Some(r) => r.error(&t.describe()),
+        None => login_error(t, e),
+    })
+}
+
+/// What a refused PostgreSQL login means, by the server's SQLSTATE: the
+/// kind (a wrong password fails again until someone fixes it; too many
+/// connections passes) and how to fix it. `None` for codes that say
+/// nothing definite.
+pub(crate) fn login_refusal(code: &str) -> Option<(crate::ErrorKind, &'static str)> {
+    use crate::ErrorKind::{Definite, Transient};
+    Some(match code {
+        // invalid_password, invalid_authorization_specification
+        "28P01" | "28000" => (
+            Definite,
+            "the server refused the login: check the feed's user and its password (password_env, password_file or password_secret) and the server's pg_hba.conf",
+        ),
+        // invalid_catalog_name
+        "3D000" => (
+            Definite,
+            "the database does not exist on that server: create it or correct `database`",
+        ),
+        // insufficient_privilege
+        "42501" => (
+            Definite,
+            "the user may not connect: GRANT CONNECT on the database (and REPLICATION to the user for a feed)",
+        ),
+        // too_many_connections, cannot_connect_now (starting up / shutting down)
+        "53300" | "57P03" => (
+            Transient,
+            "the server takes no more connections for now; retrying",
+        ),
+        _ => return None,
+    })
+}
+
+/// A failed connection: definite when the server said why and that will
+/// not change by itself, transient otherwise (network, a server starting).
+fn login_error(t: &PgTarget, e: tokio_postgres::Error) -> ConnectorError {
+    let refusal = e.as_db_error().and_then(|db| {
+        login_refusal(db.code().code())
+            .map(|r| (db.code().code().to_owned(), db.message().to_owned(), r))
+    });
+    match refusal {
+        Some((code, message, (kind, fix))) => {
+            let text = format!(
+                "cannot connect to {}: {message} (SQLSTATE {code}): {fix}",
+                t.describe()
+            );
+            match kind {
+                crate::ErrorKind::Definite => ConnectorError::definite(text),
+                _ => ConnectorError::transient(text),
+            }
+            .with_source(e)
+        }
         None => ConnectorError::transient(format!("cannot connect to {}: {e}", t.describe()))
             .with_source(e),
-    })
+    }
 }
 
 async fn spawn<S>(
@@ -190,13 +244,22 @@ pub(crate) async fn replication(
             .to_owned();
         refused = Some(relay.refused);
     }
-    let failed = |e: pgwire_replication::PgWireError| match refused.as_ref().and_then(|r| r.get()) {
+    let failed = |e: pgwire_replication::PgWireError| {
+        match refused.as_ref().and_then(|r| r.get()) {
         Some(r) => r.error(&t.describe()),
+        None if matches!(e, pgwire_replication::PgWireError::Auth(_)) => {
+            ConnectorError::definite(format!(
+                "replication connection to {} refused the login: {e}: check the feed's user and its password (password_env, password_file or password_secret) and the server's pg_hba.conf",
+                t.describe()
+            ))
+            .with_source(e)
+        }
         None => ConnectorError::transient(format!(
             "replication connection to {} failed: {e}",
             t.describe()
         ))
         .with_source(e),
+    }
     };
     let mut client = ReplicationClient::connect_gated(config)
         .await
@@ -353,5 +416,31 @@ mod tests {
             feed(&[b'E', 0xff, 0xff, 0xff, 0xff], 5).0,
             Verdict::Refused(Refusal::Malformed)
         );
+    }
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::login_refusal;
+    use crate::ErrorKind;
+
+    #[test]
+    fn login_refusals_are_classified_by_sqlstate() {
+        for (code, kind, says) in [
+            ("28P01", Some(ErrorKind::Definite), "password"),
+            ("28000", Some(ErrorKind::Definite), "pg_hba.conf"),
+            ("3D000", Some(ErrorKind::Definite), "does not exist"),
+            ("42501", Some(ErrorKind::Definite), "GRANT CONNECT"),
+            ("53300", Some(ErrorKind::Transient), "no more connections"),
+            ("57P03", Some(ErrorKind::Transient), "retrying"),
+            ("08006", None, ""),
+            ("XX000", None, ""),
+        ] {
+            let got = login_refusal(code);
+            assert_eq!(got.map(|(k, _)| k), kind, "{code}");
+            if let Some((_, fix)) = got {
+                assert!(fix.contains(says), "{code}: {fix}");
+            }
+        }
     }
 }

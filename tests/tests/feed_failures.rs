@@ -1,0 +1,105 @@
+//! A feed whose database refuses its login says so and does not hammer the
+//! server: a PostgreSQL feed configured with a wrong password (the test
+//! role `bf_scram`, which pg_hba.conf holds to SCRAM) shows FAILED at
+//! `/api/feeds` with the server's reason, its SQLSTATE and the settings to
+//! fix, never the password; it counts as a definite failure and is tried
+//! again once a minute, not every second.
+
+use std::time::{Duration, Instant};
+
+use backflow_e2e::sinks::{Backend, SinkDb};
+use backflow_e2e::{metric_sum, pg_connect, Node, TestBroker};
+use serde_json::Value;
+
+const ADMIN: &str = "feed-failures-admin-token-0123456789";
+const WRONG: &str = "certainly-not-the-password-9f2c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_database_password_fails_the_feed_with_the_fix_and_is_not_retried_in_a_loop() {
+    // The SCRAM role exists (the connector tests create it too; its
+    // password is theirs, never WRONG).
+    pg_connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(
+            "SET password_encryption = 'scram-sha-256';
+             DO $$ BEGIN CREATE ROLE bf_scram LOGIN REPLICATION PASSWORD 'bf-scram-feed-test';
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+        )
+        .await
+        .unwrap();
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    pg_connect(&source.name)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE people (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let broker = TestBroker::start();
+    let feed = source.name.replace('_', "-");
+    let node = Node::start_with_config(
+        &format!(
+            "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\
+             [[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n\n\
+             [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nhost = \"127.0.0.1\"\nuser = \"bf_scram\"\npassword_env = \"FEED_PG_PASSWORD\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"t{}.people\" }}]\n",
+            broker.bootstrap(),
+            backflow::auth::token_hash(ADMIN),
+            source.name,
+            &source.name[8..],
+        ),
+        &[("FEED_PG_PASSWORD", WRONG)],
+    )
+    .unwrap();
+
+    let until = Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        let (status, list) = node.api("GET", "/api/feeds", Some(ADMIN), None).await;
+        assert_eq!(status, 200, "{list}");
+        let row = list
+            .as_array()
+            .or_else(|| list["feeds"].as_array())
+            .and_then(|rows| rows.iter().find(|r| r["name"] == feed.as_str()))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if row["status"]["state"] == "FAILED" {
+            break row["status"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < until,
+            "the feed never showed FAILED: {row}\n{}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for needed in [
+        "28P01",
+        "password_env",
+        "pg_hba.conf",
+        "bf_scram",
+        "once a minute",
+    ] {
+        assert!(error.contains(needed), "{needed:?} missing from: {error}");
+    }
+    assert!(
+        !error.contains(WRONG),
+        "the password is in the status: {error}"
+    );
+    assert!(!node.stderr().contains(WRONG), "the password is in the log");
+
+    // Ten seconds later it was still tried once: a definite failure waits a
+    // minute for its cause to be fixed.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (_, metrics) = node.get_ops("/metrics").await.unwrap();
+    let restarts = |kind: &str| {
+        metric_sum(
+            &metrics,
+            "backflow_source_restarts_total",
+            &format!("kind=\"{kind}\""),
+        )
+    };
+    assert_eq!(restarts("definite"), 1.0, "{metrics}");
+    assert_eq!(restarts("transient"), 0.0, "{metrics}");
+}
