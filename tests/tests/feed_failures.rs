@@ -3,11 +3,12 @@
 //! role `bf_scram`, which pg_hba.conf holds to SCRAM) shows FAILED at
 //! `/api/feeds` with the server's reason, its SQLSTATE and the settings to
 //! fix, never the password; it counts as a definite failure and is tried
-//! again once a minute, not every second.
+//! again once a minute, not every second. A MariaDB feed with a wrong
+//! password likewise, with the server's error 1045.
 
 use std::time::{Duration, Instant};
 
-use backflow_e2e::sinks::{Backend, SinkDb};
+use backflow_e2e::sinks::{mariadb_connect, Backend, SinkDb};
 use backflow_e2e::{metric_sum, pg_connect, Node, TestBroker};
 use serde_json::Value;
 
@@ -51,6 +52,13 @@ async fn a_wrong_database_password_fails_the_feed_with_the_fix_and_is_not_retrie
     )
     .unwrap();
 
+    fails_with_the_fix_once(&node, &feed, &["28P01", "bf_scram"]).await;
+}
+
+/// Waits until `feed` is FAILED; checks its error names `needed`, how to
+/// fix the login and the retry, not the password; and that it was tried
+/// once, as a definite failure, in the 10 s after.
+async fn fails_with_the_fix_once(node: &Node, feed: &str, needed: &[&str]) {
     let until = Instant::now() + Duration::from_secs(30);
     let error = loop {
         let (status, list) = node.api("GET", "/api/feeds", Some(ADMIN), None).await;
@@ -58,7 +66,7 @@ async fn a_wrong_database_password_fails_the_feed_with_the_fix_and_is_not_retrie
         let row = list
             .as_array()
             .or_else(|| list["feeds"].as_array())
-            .and_then(|rows| rows.iter().find(|r| r["name"] == feed.as_str()))
+            .and_then(|rows| rows.iter().find(|r| r["name"] == feed))
             .cloned()
             .unwrap_or(Value::Null);
         if row["status"]["state"] == "FAILED" {
@@ -74,13 +82,7 @@ async fn a_wrong_database_password_fails_the_feed_with_the_fix_and_is_not_retrie
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    for needed in [
-        "28P01",
-        "password_env",
-        "pg_hba.conf",
-        "bf_scram",
-        "once a minute",
-    ] {
+    for needed in needed.iter().chain(&["password_env", "once a minute"]) {
         assert!(error.contains(needed), "{needed:?} missing from: {error}");
     }
     assert!(
@@ -102,4 +104,34 @@ async fn a_wrong_database_password_fails_the_feed_with_the_fix_and_is_not_retrie
     };
     assert_eq!(restarts("definite"), 1.0, "{metrics}");
     assert_eq!(restarts("transient"), 0.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_mariadb_password_fails_the_feed_with_the_fix_and_is_not_retried_in_a_loop() {
+    let db = backflow_e2e::unique_name("bf_login");
+    let mut root = mariadb_connect(None).await.unwrap();
+    use mysql_async::prelude::Queryable as _;
+    root.query_drop(format!(
+        "CREATE DATABASE `{db}`; CREATE TABLE `{db}`.people (id bigint PRIMARY KEY, name text);
+         CREATE USER IF NOT EXISTS 'bf_login'@'127.0.0.1' IDENTIFIED BY 'bf-login-right-password';"
+    ))
+    .await
+    .unwrap();
+    let broker = TestBroker::start();
+    let feed = db.replace('_', "-");
+    let node = Node::start_with_config(
+        &format!(
+            "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\
+             [[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n\n\
+             [[feeds]]\ntype = \"mysql\"\nname = \"{feed}\"\nhost = \"127.0.0.1\"\nuser = \"bf_login\"\npassword_env = \"FEED_MY_PASSWORD\"\ndatabase = \"{db}\"\ntables = [{{ table = \"people\", dataset = \"{db}.people\" }}]\n",
+            broker.bootstrap(),
+            backflow::auth::token_hash(ADMIN),
+        ),
+        &[("FEED_MY_PASSWORD", WRONG)],
+    )
+    .unwrap();
+    fails_with_the_fix_once(&node, &feed, &["1045", "bf_login"]).await;
+    root.query_drop(format!("DROP DATABASE `{db}`"))
+        .await
+        .unwrap();
 }

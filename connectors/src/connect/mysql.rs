@@ -61,6 +61,41 @@ impl MysqlTarget {
     }
 }
 
+/// What a refused MySQL/MariaDB login means, by the server's error code:
+/// definite ones fail again until someone changes the configuration or
+/// the grants, with how to fix them; `None` for codes that say nothing
+/// definite.
+pub(crate) fn login_refusal(code: u16) -> Option<&'static str> {
+    Some(match code {
+        // access denied for user (1045; 1698 without a password), host not
+        // allowed to connect (1130)
+        1045 | 1698 | 1130 => "the server refused the login: check the feed's user and its password (password_env, password_file or password_secret) and that the user may connect from this host",
+        // access denied to the database
+        1044 => "the user may not use that database: GRANT it the privileges the feed needs",
+        // unknown database
+        1049 => "the database does not exist on that server: create it or correct `database`",
+        _ => return None,
+    })
+}
+
+/// A failed connection to `target`: definite when the server refused the
+/// login for a reason that will not pass by itself, transient otherwise.
+pub(crate) fn login_error(target: String, e: mysql_async::Error) -> ConnectorError {
+    let refusal = match &e {
+        mysql_async::Error::Server(s) => login_refusal(s.code).map(|fix| (s.code, fix)),
+        _ => None,
+    };
+    match refusal {
+        Some((code, fix)) => ConnectorError::definite(format!(
+            "cannot connect to {target}: {e} (error {code}): {fix}"
+        ))
+        .with_source(e),
+        None => {
+            ConnectorError::transient(format!("cannot connect to {target}: {e}")).with_source(e)
+        }
+    }
+}
+
 /// A connection to `t`. `failed` turns a driver error into the caller's
 /// error (its kinds for its codes); a refusal of the guard is definite.
 pub(crate) async fn connect(
@@ -287,5 +322,29 @@ mod tests {
         assert!(!opts.enable_cleartext_plugin());
         assert!(!opts.prefer_socket());
         assert!(opts.secure_auth());
+    }
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::login_refusal;
+
+    #[test]
+    fn login_refusals_are_classified_by_error_code() {
+        for (code, says) in [
+            (1045, Some("password")),
+            (1698, Some("password")),
+            (1130, Some("from this host")),
+            (1044, Some("GRANT")),
+            (1049, Some("does not exist")),
+            (1040, None),
+            (2013, None),
+        ] {
+            let got = login_refusal(code);
+            assert_eq!(got.is_some(), says.is_some(), "{code}");
+            if let (Some(fix), Some(says)) = (got, says) {
+                assert!(fix.contains(says), "{code}: {fix}");
+            }
+        }
     }
 }

@@ -349,10 +349,7 @@ impl MysqlSource {
     }
 
     async fn connect(&self) -> Result<Conn, ConnectorError> {
-        connect::mysql::connect(&self.config.connect_target(), |target, e| {
-            ConnectorError::transient(format!("cannot connect to {target}: {e}")).with_source(e)
-        })
-        .await
+        connect::mysql::connect(&self.config.connect_target(), connect::mysql::login_error).await
     }
 
     fn provenance(&self, desc: &TableDesc) -> Provenance {
