@@ -83,33 +83,13 @@ pub async fn group_committed(
     group: &str,
     partitions: &[(String, i32)],
 ) -> Result<Vec<Option<i64>>, KafkaError> {
-    let settings = settings.clone();
-    let group = group.to_owned();
-    let partitions = partitions.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let c: rdkafka::consumer::BaseConsumer = settings.create("consumer", |cfg| {
-            cfg.set("group.id", &group)
-                .set("enable.auto.commit", "false");
-        })?;
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in &partitions {
-            tpl.add_partition(t, *p);
-        }
-        let got = c
-            .committed_offsets(tpl, settings.request_timeout)
-            .map_err(KafkaError::Commit)?;
-        Ok(partitions
-            .iter()
-            .map(
-                |(t, p)| match got.find_partition(t, *p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => Some(o),
-                    _ => None,
-                },
-            )
-            .collect())
-    })
-    .await
-    .expect("offset query does not panic")
+    let positions = GroupOffsets::new(settings)
+        .positions(group, partitions)
+        .await?;
+    Ok(positions
+        .into_iter()
+        .map(|p| p.map(|(offset, _)| offset))
+        .collect())
 }
 
 /// Commits `positions` (topic, partition, next offset) to `group` with
@@ -210,43 +190,6 @@ impl GroupOffsets {
         .await
         .expect("offset query does not panic")
     }
-}
-
-/// The offsets and commit metadata `group` holds for `partitions` (`None`
-/// where it committed nothing).
-pub async fn group_positions(
-    settings: &KafkaSettings,
-    group: &str,
-    partitions: &[(String, i32)],
-) -> Result<Vec<Option<(i64, String)>>, KafkaError> {
-    let settings = settings.clone();
-    let group = group.to_owned();
-    let partitions = partitions.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let c: rdkafka::consumer::BaseConsumer = settings.create("consumer", |cfg| {
-            cfg.set("group.id", &group)
-                .set("enable.auto.commit", "false");
-        })?;
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in &partitions {
-            tpl.add_partition(t, *p);
-        }
-        let got = c
-            .committed_offsets(tpl, settings.request_timeout)
-            .map_err(KafkaError::Commit)?;
-        Ok(partitions
-            .iter()
-            .map(|(t, p)| {
-                let e = got.find_partition(t, *p)?;
-                match e.offset() {
-                    Offset::Offset(o) => Some((o, e.metadata().to_owned())),
-                    _ => None,
-                }
-            })
-            .collect())
-    })
-    .await
-    .expect("offset query does not panic")
 }
 
 /// Errors a consumer reports about one broker's connection, which the

@@ -13,9 +13,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 
 pub use admin::{TopicAdmin, TopicSpec};
-pub use consumer::{
-    group_commit, group_committed, group_positions, ConsumedRecord, Consumer, GroupOffsets,
-};
+pub use consumer::{group_commit, group_committed, ConsumedRecord, Consumer, GroupOffsets};
 pub use embedded::{EmbeddedAdmin, EmbeddedBroker};
 pub use publisher::{Acks, Batch, Delivered, OutgoingRecord, Publisher};
 

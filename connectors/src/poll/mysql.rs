@@ -52,12 +52,6 @@ type KindsByTable = HashMap<(String, String), Arc<Vec<Kind>>>;
 /// time limits, inactivity disconnects.
 const TRANSIENT_CODES: [u16; 10] = [1040, 1053, 1203, 1205, 1213, 1317, 1927, 1969, 3024, 4031];
 
-/// Server errors at connect time that need a change of configuration or
-/// grants: access denied to the database (1044), to the server (1045;
-/// 1698 without a password), unknown database (1049), host not allowed
-/// (1130).
-const DEFINITE_CONNECT_CODES: [u16; 5] = [1044, 1045, 1049, 1130, 1698];
-
 /// Server errors after which the connection is gone: server shutdown,
 /// connection killed (MariaDB), disconnected for inactivity (MySQL 8).
 const GONE_CODES: [u16; 3] = [1053, 1927, 4031];
@@ -184,7 +178,9 @@ impl MysqlEngine {
         connect::mysql::connect(&self.connect, |_, e| {
             let msg = format!("cannot connect to {}: {e}", self.target);
             match &e {
-                mysql_async::Error::Server(s) if DEFINITE_CONNECT_CODES.contains(&s.code) => {
+                mysql_async::Error::Server(s)
+                    if connect::mysql::login_refusal(s.code).is_some() =>
+                {
                     ConnectorError::definite(format!(
                         "{msg}; check the feed's user, password and database, and that the user \
                          may connect from this host and SELECT the polled tables"
