@@ -342,6 +342,9 @@ pub struct SubscriptionConfig {
     pub dlq_topic: Option<String>,
 }
 
+/// The most topics one subscription reads.
+pub const MAX_SUBSCRIPTION_TOPICS: usize = 100;
+
 /// The longest fetch wait accepted: a second under librdkafka's default
 /// `socket.timeout.ms`, which an idle fetch must not reach.
 const MAX_FETCH_WAIT_MS: u32 = 59_000;
@@ -1115,6 +1118,7 @@ impl Config {
                 origin: origin_name(file, &env, ""),
                 reason,
             };
+            crate::topics::validate_subscription_name(&sub.name).map_err(|e| bad("name", e))?;
             if !subs.insert(sub.name.clone()) {
                 return Err(bad(
                     "name",
@@ -1125,6 +1129,15 @@ impl Config {
                 return Err(bad(
                     "tables",
                     "no topics: add [[subscriptions.tables]] entries with a topic".to_owned(),
+                ));
+            }
+            if sub.tables.len() > MAX_SUBSCRIPTION_TOPICS {
+                return Err(bad(
+                    "tables",
+                    format!(
+                        "{} tables: a subscription reads at most {MAX_SUBSCRIPTION_TOPICS} topics (its status to the upper node names them all); split it into several subscriptions",
+                        sub.tables.len()
+                    ),
                 ));
             }
             if sub.batch_size == 0 {
@@ -1555,6 +1568,25 @@ mod tests {
         let f = file(
             "[[subscriptions]]\nname = \"d\"\nupstream = { brokers = \"k:9092\", registry_url = \"http://r:8480\" }\nsink = { type = \"sqlite\", path = \"/tmp/d.db\" }\ntables = []\n",
         );
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("subscriptions[0].tables"), "{err}");
+        // The name becomes part of Kafka topic names and of the status the
+        // upper node shows: a name Kafka or a reader would take otherwise
+        // is refused, naming the key.
+        for bad in ["户籍 人口", "a.b", "x\u{202e}y"] {
+            let f = file(&format!(
+                "[[subscriptions]]\nname = \"{bad}\"\nupstream = {{ brokers = \"k:9092\", registry_url = \"http://r:8480\" }}\nsink = {{ type = \"sqlite\", path = \"/tmp/d.db\" }}\ntables = [{{ topic = \"t\" }}]\n"
+            ));
+            let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+            assert_eq!(err.key(), Some("subscriptions[0].name"), "{bad}: {err}");
+        }
+        let tables: Vec<String> = (0..=MAX_SUBSCRIPTION_TOPICS)
+            .map(|i| format!("{{ topic = \"backflow.share.330106.d.t{i}\" }}"))
+            .collect();
+        let f = file(&format!(
+            "[[subscriptions]]\nname = \"d\"\nupstream = {{ brokers = \"k:9092\", registry_url = \"http://r:8480\" }}\nsink = {{ type = \"sqlite\", path = \"/tmp/d.db\" }}\ntables = [{}]\n",
+            tables.join(", ")
+        ));
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
         assert_eq!(err.key(), Some("subscriptions[0].tables"), "{err}");
     }

@@ -13,14 +13,19 @@
 //! What offsets cannot say, whether the subscriber runs or fails and why,
 //! the subscriber posts to the upper node with its own token
 //! (`POST /api/lag/status`): the node takes a status only from the
-//! subscriber node whose share topics it names, bounded
-//! ([`MAX_REPORT_BYTES`], the error text cut at [`MAX_ERROR_BYTES`]),
-//! stamps it with its own clock, and writes it to the compacted internal
-//! topic `backflow._subscribers` keyed `<subscriber node>/<subscription>`,
-//! so every process of the node sees it. Only the node writes that topic
-//! (it is internal, like the catalog); the node reading it checks again
-//! that the key's node owns every topic named, and keeps at most
-//! [`MAX_REPORTS`]. Committed offsets past the end of a topic count as the
+//! subscriber node whose active shares it names, bounded
+//! ([`MAX_REPORT_BYTES`], the error text cut at [`MAX_ERROR_BYTES`] and
+//! rid of control and invisible characters), stamps it with its own
+//! clock, and writes it to the compacted internal topic
+//! `backflow._subscribers` keyed `<subscriber node>/<subscription>`, so
+//! every process of the node sees it. One district cannot crowd out the
+//! others: a node keeps at most [`MAX_STATUSES_PER_NODE`] subscription
+//! names per subscriber node (a new name takes the place of one not
+//! reported for [`REPLACEABLE_AFTER`], whose record is deleted, or is
+//! refused), and takes one status per name every [`MIN_POST_INTERVAL`].
+//! Only the node writes that topic (it is internal, like the catalog); the
+//! node reading it checks each record again and keeps the same bound per
+//! subscriber node. Committed offsets past the end of a topic count as the
 //! end; who may commit to a subscriber's group is for the broker to
 //! enforce (a PREFIXED ACL `backflow.share.<subscriber>.`).
 //!
@@ -33,8 +38,11 @@
 //!   some point of the window, or catching up), `WARN` (consuming, but the
 //!   lag grew between every pair of samples), `STALL` (reports keep coming
 //!   but the offsets do not move while lag > 0: stuck, e.g. on a record it
-//!   cannot apply), `STOP` (no report within the window while lag > 0: the
-//!   subscriber is down or cut off), `ERR` (the lag cannot be measured).
+//!   cannot apply, or the subscriber itself reports that it fails while
+//!   records wait), `STOP` (no report within the window while lag > 0: the
+//!   subscriber is down or cut off), `ERR` (the lag cannot be measured, or
+//!   the subscriber reports that it fails while nothing waits: it will not
+//!   apply the next change).
 //!
 //! Feeds get the same statuses from their source lag and event counts.
 
@@ -50,16 +58,23 @@ const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
 
 /// How often subscribers report and the node samples.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
-/// The largest status record the node takes.
-pub const MAX_REPORT_BYTES: usize = 8 * 1024;
+/// The largest status record the node takes: room for
+/// [`MAX_STATUS_TOPICS`] topics of Kafka's longest name and the error.
+pub const MAX_REPORT_BYTES: usize = 32 * 1024;
 /// The longest error text the node keeps of a status.
 pub const MAX_ERROR_BYTES: usize = 1024;
-/// The most statuses the node keeps.
-pub const MAX_REPORTS: usize = 10_000;
-/// The most share topics one status names.
-pub const MAX_STATUS_TOPICS: usize = 256;
-/// The longest subscription name a status carries.
-pub const MAX_SUBSCRIPTION_NAME: usize = 128;
+/// The most subscription names the node keeps statuses of, per subscriber
+/// node.
+pub const MAX_STATUSES_PER_NODE: usize = 64;
+/// How long a subscription name must have gone unreported before a new
+/// name of the same subscriber node may take its place.
+pub const REPLACEABLE_AFTER: Duration = Duration::from_secs(3600);
+/// The shortest time between two statuses of one subscription (they come
+/// every [`SAMPLE_EVERY`]; each is a write to the node's Kafka).
+pub const MIN_POST_INTERVAL: Duration = Duration::from_secs(1);
+/// The most share topics one status names (a subscription reads at most
+/// as many).
+pub const MAX_STATUS_TOPICS: usize = crate::config::MAX_SUBSCRIPTION_TOPICS;
 
 /// What a subscriber publishes besides its offsets: whether it runs, and
 /// why not.
@@ -170,6 +185,9 @@ pub struct Sample {
     /// When the consumer last reported, ms (`None`: never).
     #[serde(skip)]
     pub reported_ms: Option<i64>,
+    /// Whether its last report says it fails.
+    #[serde(skip)]
+    pub failing: bool,
 }
 
 /// Burrow's rules over a window of samples (oldest first), the last one
@@ -178,12 +196,24 @@ pub fn evaluate(samples: &[Sample], window_ms: i64) -> Status {
     let Some(last) = samples.last() else {
         return Status::Ok;
     };
+    let reported_lately = last
+        .reported_ms
+        .is_some_and(|r| last.at_ms - r <= window_ms);
     if last.lag_messages <= 0 {
+        // Nothing waits, but the subscriber says it fails: it will not
+        // apply the next change.
+        if last.failing && reported_lately {
+            return Status::Err;
+        }
         return Status::Ok;
     }
     // No report within the window while records wait: stopped.
-    if last.reported_ms.is_none_or(|r| last.at_ms - r > window_ms) {
+    if !reported_lately {
         return Status::Stop;
+    }
+    // Alive, records wait, and it says it fails: stuck.
+    if last.failing {
+        return Status::Stall;
     }
     let window: Vec<&Sample> = samples
         .iter()
@@ -267,10 +297,11 @@ pub struct Board {
 }
 
 /// The board and the last hour of samples per subscription, shared with
-/// the API.
+/// the API, and the statuses subscriber nodes posted.
 #[derive(Clone, Default)]
 pub struct LagBoard {
     inner: Arc<RwLock<BoardState>>,
+    statuses: Statuses,
 }
 
 #[derive(Default)]
@@ -283,6 +314,11 @@ struct BoardState {
 const HISTORY: usize = 1800;
 
 impl LagBoard {
+    /// The statuses subscriber nodes posted.
+    pub fn statuses(&self) -> &Statuses {
+        &self.statuses
+    }
+
     /// The current board.
     pub fn board(&self) -> Board {
         self.inner.read().expect("lock").board.clone()
@@ -310,6 +346,160 @@ impl LagBoard {
     }
 }
 
+/// The statuses subscriber nodes posted, as this process keeps them from
+/// `backflow._subscribers`: per subscriber node at most
+/// [`MAX_STATUSES_PER_NODE`] subscription names. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Statuses {
+    inner: Arc<RwLock<StatusBook>>,
+}
+
+#[derive(Default)]
+struct StatusBook {
+    /// Subscriber node → subscription → its last status.
+    by_node: HashMap<String, HashMap<String, SubscriberStatus>>,
+    /// Whether the topic has been read up to where it was when this
+    /// process started (until then the bound cannot be checked).
+    loaded: bool,
+    /// When this process last took a status of `<node>/<subscription>`.
+    posted: HashMap<String, i64>,
+}
+
+/// Why a status is not taken now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusRefusal {
+    /// The node has not read the statuses it keeps yet.
+    #[error(
+        "the node is still reading the statuses it keeps ({topic}); post again in a few seconds"
+    )]
+    NotLoaded {
+        /// The internal topic.
+        topic: String,
+    },
+    /// The same subscription posted less than [`MIN_POST_INTERVAL`] ago.
+    #[error("subscription {subscription} of node {node} posted a status less than {}s ago; post once every {}s", MIN_POST_INTERVAL.as_secs(), SAMPLE_EVERY.as_secs())]
+    TooSoon {
+        /// Subscriber node.
+        node: String,
+        /// Subscription.
+        subscription: String,
+    },
+    /// The node keeps as many names of this subscriber node as it may.
+    #[error("node {node} already has statuses of {MAX_STATUSES_PER_NODE} subscriptions here, each reported within the last {}s; a new subscription name takes the place of one not reported for that long (use stable subscription names)", REPLACEABLE_AFTER.as_secs())]
+    TooMany {
+        /// Subscriber node.
+        node: String,
+    },
+}
+
+impl Statuses {
+    /// Whether `node`'s `status` may be written now; the name whose status
+    /// it replaces (whose record is to be deleted), if any. Keeps the
+    /// status at once, so posts that come faster than their records are
+    /// read back are bounded too.
+    pub fn admit(
+        &self,
+        node: &str,
+        status: &SubscriberStatus,
+        now: i64,
+    ) -> Result<Option<String>, StatusRefusal> {
+        let subscription = status.subscription.as_str();
+        let mut book = self.inner.write().expect("lock");
+        if !book.loaded {
+            return Err(StatusRefusal::NotLoaded {
+                topic: crate::topics::subscribers().to_owned(),
+            });
+        }
+        let key = status_key(node, subscription);
+        let interval = MIN_POST_INTERVAL.as_millis() as i64;
+        if book.posted.get(&key).is_some_and(|at| now - at < interval) {
+            return Err(StatusRefusal::TooSoon {
+                node: node.to_owned(),
+                subscription: subscription.to_owned(),
+            });
+        }
+        let replaced = match book.by_node.get(node) {
+            Some(names)
+                if !names.contains_key(subscription) && names.len() >= MAX_STATUSES_PER_NODE =>
+            {
+                let stale = REPLACEABLE_AFTER.as_millis() as i64;
+                let oldest = names
+                    .iter()
+                    .min_by_key(|(_, s)| s.ts_ms)
+                    .filter(|(_, s)| now - s.ts_ms > stale)
+                    .map(|(name, _)| name.clone());
+                match oldest {
+                    Some(name) => Some(name),
+                    None => {
+                        return Err(StatusRefusal::TooMany {
+                            node: node.to_owned(),
+                        })
+                    }
+                }
+            }
+            _ => None,
+        };
+        // Forget posts older than the interval, so the map stays as small
+        // as the set of names that post.
+        if book.posted.len() > 4 * MAX_STATUSES_PER_NODE {
+            book.posted.retain(|_, at| now - *at < interval);
+        }
+        book.posted.insert(key, now);
+        let names = book.by_node.entry(node.to_owned()).or_default();
+        if let Some(name) = &replaced {
+            names.remove(name);
+        }
+        names.insert(subscription.to_owned(), status.clone());
+        Ok(replaced)
+    }
+
+    /// Keeps a record read back: `None` deletes. A new name beyond the
+    /// bound of its node is dropped.
+    fn keep(&self, node: &str, subscription: &str, status: Option<SubscriberStatus>) {
+        let mut book = self.inner.write().expect("lock");
+        match status {
+            None => {
+                if let Some(names) = book.by_node.get_mut(node) {
+                    names.remove(subscription);
+                    if names.is_empty() {
+                        book.by_node.remove(node);
+                    }
+                }
+            }
+            Some(status) => {
+                let names = book.by_node.entry(node.to_owned()).or_default();
+                if names.len() < MAX_STATUSES_PER_NODE || names.contains_key(subscription) {
+                    names.insert(subscription.to_owned(), status);
+                } else {
+                    tracing::debug!(
+                        node,
+                        "subscriber status over the bound of its node not kept"
+                    );
+                }
+            }
+        }
+    }
+
+    fn set_loaded(&self) {
+        self.inner.write().expect("lock").loaded = true;
+    }
+
+    /// The freshest status of `subscriber` naming `topic`.
+    fn latest(&self, subscriber: &str, topic: &str) -> Option<SubscriberStatus> {
+        let book = self.inner.read().expect("lock");
+        book.by_node
+            .get(subscriber)?
+            .values()
+            .filter(|r| r.topics.iter().any(|t| t == topic))
+            .max_by_key(|r| r.ts_ms)
+            .cloned()
+    }
+}
+
+/// The readiness check passed once the node has read the statuses it
+/// keeps (until then it cannot bound what subscriber nodes post).
+pub const CHECK_STATUSES: &str = "subscriber_statuses";
+
 /// What the node serves: (subscriber, dataset) pairs with an active share.
 pub type Served = Vec<(String, String)>;
 
@@ -327,6 +517,8 @@ pub struct MonitorContext {
     pub metrics: crate::metrics::Metrics,
     /// Status window.
     pub window: Duration,
+    /// Where [`CHECK_STATUSES`] is reported.
+    pub readiness: crate::http::Readiness,
 }
 
 /// Reads subscriber reports and keeps `board` and the metrics current
@@ -336,9 +528,12 @@ pub async fn monitor(
     board: LagBoard,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let reports: Arc<RwLock<HashMap<String, SubscriberStatus>>> = Arc::default();
     let groups = crate::kafka::GroupOffsets::new(&ctx.settings);
-    let reader = tokio::spawn(read_reports(ctx.settings.clone(), reports.clone()));
+    let reader = tokio::spawn(read_reports(
+        ctx.settings.clone(),
+        board.statuses.clone(),
+        ctx.readiness.clone(),
+    ));
     let window_ms = ctx.window.as_millis() as i64;
     let mut samples: HashMap<(String, String), VecDeque<Sample>> = HashMap::new();
     let mut feed_samples: HashMap<String, VecDeque<(i64, f64, f64)>> = HashMap::new();
@@ -365,7 +560,6 @@ pub async fn monitor(
         }
         let now = now_ms();
         let served = (ctx.served)().await;
-        let reports_now = reports.read().expect("lock").clone();
         let mut rows = Vec::new();
         for (subscriber, dataset) in &served {
             let topic = crate::topics::share(subscriber, dataset);
@@ -382,10 +576,8 @@ pub async fn monitor(
             };
             // The freshest status of a subscriber that reads this topic,
             // and where its group says it is.
-            let report = reports_now
-                .values()
-                .filter(|r| r.topics.contains(&topic))
-                .max_by_key(|r| r.ts_ms);
+            let report = board.statuses.latest(subscriber, &topic);
+            let report = report.as_ref();
             let group = crate::topics::subscriber_group(&topic);
             let parts: Vec<(String, i32)> = (0..partitions).map(|p| (topic.clone(), p)).collect();
             let committed = groups
@@ -456,6 +648,7 @@ pub async fn monitor(
                 lag_messages: lag,
                 lag_seconds: lag_secs,
                 reported_ms: report.map(|r| r.ts_ms),
+                failing: report.is_some_and(|r| r.state == "FAILED"),
             };
             let key = (subscriber.clone(), dataset.clone());
             let window = samples.entry(key.clone()).or_default();
@@ -625,11 +818,18 @@ fn feed_rows(
 }
 
 /// Follows `backflow._subscribers`, keeping the last status per
-/// subscription: bounded, and none dated in the future.
+/// subscription in `statuses` (bounded per subscriber node, none dated in
+/// the future); marks them loaded once the topic is read up to where it
+/// was when reading began.
 async fn read_reports(
     settings: crate::kafka::KafkaSettings,
-    reports: Arc<RwLock<HashMap<String, SubscriberStatus>>>,
+    statuses: Statuses,
+    readiness: crate::http::Readiness,
 ) {
+    let loaded = || {
+        statuses.set_loaded();
+        readiness.set(CHECK_STATUSES, crate::http::CheckState::Ok);
+    };
     loop {
         let n = crate::kafka::partition_count(&settings, crate::topics::subscribers())
             .await
@@ -639,6 +839,14 @@ async fn read_reports(
             continue;
         }
         let parts: Vec<i32> = (0..n).collect();
+        let ends = match ends_now(&settings, &parts).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read subscriber reports");
+                tokio::time::sleep(SAMPLE_EVERY).await;
+                continue;
+            }
+        };
         let consumer = match crate::kafka::Consumer::follow_partitions(
             &settings,
             crate::topics::subscribers(),
@@ -651,38 +859,68 @@ async fn read_reports(
                 continue;
             }
         };
+        // Partitions not yet read up to their end at start.
+        let mut behind: HashMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+        if behind.is_empty() {
+            loaded();
+        }
         loop {
-            match consumer.recv().await {
-                Ok(r) => {
-                    let Some(key) = r
-                        .key
-                        .as_deref()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                    else {
-                        continue;
-                    };
-                    let Some(payload) = r.payload.as_deref() else {
-                        reports.write().expect("lock").remove(&key);
-                        continue;
-                    };
-                    match taken(&key, payload, now_ms()) {
-                        Some(status) => {
-                            let mut all = reports.write().expect("lock");
-                            if all.len() < MAX_REPORTS || all.contains_key(&key) {
-                                all.insert(key, status);
-                            }
-                        }
-                        None => tracing::debug!("subscriber status not taken (unreadable, too large, another node's topics or dated in the future)"),
+            // A read that waits this long has nothing more to read (a
+            // partition whose end is a marker, not a record).
+            let next = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await;
+            let r = match next {
+                Err(_) => {
+                    if !behind.is_empty() {
+                        behind.clear();
+                        loaded();
                     }
+                    continue;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "reading subscriber reports failed; reading them again");
                     tokio::time::sleep(SAMPLE_EVERY).await;
                     break;
                 }
+                Ok(Ok(r)) => r,
+            };
+            if behind
+                .get(&r.partition)
+                .is_some_and(|end| r.offset + 1 >= *end)
+            {
+                behind.remove(&r.partition);
+                if behind.is_empty() {
+                    loaded();
+                }
+            }
+            let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else {
+                continue;
+            };
+            let Some((node, subscription)) = key.split_once('/') else {
+                continue;
+            };
+            let Some(payload) = r.payload.as_deref() else {
+                statuses.keep(node, subscription, None);
+                continue;
+            };
+            match taken(key, payload, now_ms()) {
+                Some(status) => statuses.keep(node, subscription, Some(status)),
+                None => tracing::debug!("subscriber status not taken (unreadable, too large, another node's topics or dated in the future)"),
             }
         }
     }
+}
+
+/// The high watermark of each partition of `backflow._subscribers` now.
+async fn ends_now(
+    settings: &crate::kafka::KafkaSettings,
+    parts: &[i32],
+) -> Result<Vec<(i32, i64)>, crate::kafka::KafkaError> {
+    let watermarks = crate::kafka::Watermarks::new(settings)?;
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        out.push((*p, watermarks.high(crate::topics::subscribers(), *p).await?));
+    }
+    Ok(out)
 }
 
 /// The key of a subscriber node's status in [`crate::topics::subscribers`].
@@ -691,10 +929,14 @@ pub fn status_key(subscriber_node: &str, subscription: &str) -> String {
 }
 
 /// A status as the node takes it from `subscriber_node`: refused when it is
-/// too large or unreadable, names no topic or more than
-/// [`MAX_STATUS_TOPICS`], names a share topic of another node, or has a
-/// state other than `RUNNING`/`FAILED`. The error text is cut to
+/// too large or unreadable, its subscription name breaks
+/// [`crate::topics::validate_subscription_name`], it names no topic or
+/// more than [`MAX_STATUS_TOPICS`], a topic that is not a share topic of
+/// `subscriber_node` for some dataset (under this node's prefix, a legal
+/// Kafka name), or a state other than `RUNNING`/`FAILED`. The error text
+/// is rid of control and invisible characters and cut to
 /// [`MAX_ERROR_BYTES`]; the time is the node's (`now`), not the sender's.
+/// Whether the datasets are shared with the sender is for the caller.
 pub fn accept_status(
     subscriber_node: &str,
     payload: &[u8],
@@ -708,52 +950,98 @@ pub fn accept_status(
     }
     let mut status: SubscriberStatus = serde_json::from_slice(payload)
         .map_err(|e| format!("a status is JSON {{subscription, topics, state, error}}: {e}"))?;
-    if status.subscription.is_empty()
-        || status.subscription.len() > MAX_SUBSCRIPTION_NAME
-        || status.subscription.chars().any(char::is_control)
-    {
-        return Err(format!(
-            "subscription: 1 to {MAX_SUBSCRIPTION_NAME} bytes, no control characters"
-        ));
-    }
+    crate::topics::validate_subscription_name(&status.subscription)
+        .map_err(|e| format!("subscription: {e}"))?;
     if status.topics.is_empty() || status.topics.len() > MAX_STATUS_TOPICS {
         return Err(format!(
             "topics: the share topics the subscription reads, 1 to {MAX_STATUS_TOPICS}"
         ));
     }
-    let own = crate::topics::share(subscriber_node, "");
-    if let Some(t) = status.topics.iter().find(|t| !t.starts_with(&own)) {
-        return Err(format!(
-            "topic {t:?} is not a share topic of node {subscriber_node} (they start with {own})"
-        ));
+    for t in &status.topics {
+        let own = crate::topics::is_legal_topic(t)
+            && crate::topics::share_parts(crate::topics::prefix(), t)
+                .is_some_and(|(node, _)| node == subscriber_node);
+        if !own {
+            return Err(format!(
+                "topic {:?} is not a share topic of node {subscriber_node} ({}<dataset>, a legal Kafka topic name)",
+                t.chars().take(80).collect::<String>(),
+                crate::topics::share(subscriber_node, ""),
+            ));
+        }
     }
+    status.topics.sort();
+    status.topics.dedup();
     if !matches!(status.state.as_str(), "RUNNING" | "FAILED") {
         return Err("state: RUNNING or FAILED".to_owned());
     }
     if let Some(e) = &mut status.error {
-        if e.len() > MAX_ERROR_BYTES {
-            let mut cut = MAX_ERROR_BYTES;
-            while !e.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            e.truncate(cut);
-        }
+        *e = plain_text(e, MAX_ERROR_BYTES);
     }
     status.ts_ms = now;
     Ok(status)
 }
 
+/// `text` as an operator may read it anywhere (a terminal, a page, a log):
+/// control characters and the invisible characters that hide text or
+/// change its direction become spaces; cut to at most `max` bytes on a
+/// character boundary.
+fn plain_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() || is_invisible(c) {
+            ' '
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Unicode format characters and other invisible ones: zero-width
+/// characters, bidirectional controls, the soft hyphen, word joiners, the
+/// byte order mark, interlinear annotations and tags.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
 /// A record of [`crate::topics::subscribers`] as the reading node takes it: its key
-/// names the subscriber node, which must own every topic the status names
-/// (checked again: the topic is the node's, but a status is only as good as
-/// its check), and it may not be dated ahead of `now` by more than a minute.
+/// `<node>/<subscription>` names the subscriber node, which must own every
+/// topic the status names, and the status's subscription (checked again:
+/// the topic is the node's, but a status is only as good as its check),
+/// and it may not be dated ahead of `now` by more than a minute.
 fn taken(key: &str, payload: &[u8], now: i64) -> Option<SubscriberStatus> {
-    let (node, _) = key.split_once('/')?;
+    let (node, subscription) = key.split_once('/')?;
     let stamped: SubscriberStatus = serde_json::from_slice(payload).ok()?;
     if stamped.ts_ms > now + 60_000 {
         return None;
     }
     let mut status = accept_status(node, payload, now).ok()?;
+    if status.subscription != subscription {
+        return None;
+    }
     status.ts_ms = stamped.ts_ms;
     Some(status)
 }
@@ -856,6 +1144,7 @@ mod tests {
             lag_messages: lag,
             lag_seconds: None,
             reported_ms: reported,
+            failing: false,
         }
     }
 
@@ -902,6 +1191,22 @@ mod tests {
     }
 
     #[test]
+    fn a_subscriber_that_reports_failing_is_never_ok() {
+        let failing = |at, lag, reported| Sample {
+            failing: true,
+            ..s(at, 10, lag, reported)
+        };
+        // Records wait and it says it fails: stuck at once, not after a
+        // window of samples.
+        assert_eq!(evaluate(&[failing(0, 5, Some(0))], W), Status::Stall);
+        // Nothing waits, but it will not apply the next change.
+        assert_eq!(evaluate(&[failing(0, 0, Some(0))], W), Status::Err);
+        // A failure it reported long ago while records wait: it stopped.
+        assert_eq!(evaluate(&[failing(60_000, 5, Some(0))], W), Status::Stop);
+        assert_eq!(evaluate(&[failing(60_000, 0, Some(0))], W), Status::Ok);
+    }
+
+    #[test]
     fn lag_seconds_is_zero_when_nothing_waits() {
         assert_eq!(lag_seconds(0, Some(1_000), 9_000), Some(0.0));
         assert_eq!(lag_seconds(3, Some(1_000), 9_000), Some(8.0));
@@ -914,8 +1219,12 @@ mod status_tests {
     use super::*;
 
     fn status(topics: &[&str], error: &str, ts_ms: i64) -> Vec<u8> {
+        named("s", topics, error, ts_ms)
+    }
+
+    fn named(name: &str, topics: &[&str], error: &str, ts_ms: i64) -> Vec<u8> {
         serde_json::to_vec(&SubscriberStatus {
-            subscription: "s".into(),
+            subscription: name.into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             state: "FAILED".into(),
             error: Some(error.into()),
@@ -934,14 +1243,24 @@ mod status_tests {
         // The node's clock, not the sender's 2255.
         assert_eq!(got.ts_ms, now);
         // Another district's topic, or a topic that only starts alike.
+        let long = format!("backflow.share.330106.{}", "a".repeat(7000));
         for theirs in [
             "backflow.share.330108.a.b",
             "backflow.share.3301061.a.b",
             "backflow.raw.a.b",
+            "backflow.share.330106.",
+            "backflow.share.330106.a b",
+            "backflow.share.330106.a\0",
+            long.as_str(),
         ] {
             let err =
                 accept_status("330106", &status(&[OWN[0], theirs], "x", now), now).unwrap_err();
-            assert!(err.contains(theirs), "{err}");
+            let shown: String = format!("{theirs:?}").chars().take(40).collect();
+            assert!(err.contains(&shown) && err.len() < 400, "{err}");
+        }
+        for name in ["", " ", "a b", "a\u{202e}b", "a\u{200b}", "人口", "a.b"] {
+            let err = accept_status("330106", &named(name, OWN, "x", now), now).unwrap_err();
+            assert!(err.starts_with("subscription:"), "{name:?}: {err}");
         }
         assert!(accept_status("330106", &status(&[], "x", now), now).is_err());
         let many: Vec<String> = (0..=MAX_STATUS_TOPICS)
@@ -960,6 +1279,30 @@ mod status_tests {
             "{}",
             got.len()
         );
+        // Controls and invisible characters become spaces; markup stays
+        // text (whoever shows it escapes it).
+        let got = accept_status(
+            "330106",
+            &status(OWN, "\u{1b}[31mred\u{202e}\u{200b}\n<b>x</b>", now),
+            now,
+        )
+        .unwrap()
+        .error
+        .unwrap();
+        assert_eq!(got, " [31mred   <b>x</b>");
+        // The most topics a subscription reads fit in a status, at Kafka's
+        // longest names.
+        let most: Vec<String> = (0..MAX_STATUS_TOPICS)
+            .map(|i| format!("backflow.share.330106.a.{i:0>225}"))
+            .collect();
+        assert!(most.iter().all(|t| t.len() == crate::topics::MAX_TOPIC_LEN));
+        let most: Vec<&str> = most.iter().map(String::as_str).collect();
+        accept_status(
+            "330106",
+            &status(&most, &"e".repeat(MAX_ERROR_BYTES), now),
+            now,
+        )
+        .unwrap();
         // Too large a record, or not JSON: refused.
         let huge = vec![b' '; MAX_REPORT_BYTES + 1];
         assert!(accept_status("330106", &huge, now).is_err());
@@ -974,5 +1317,75 @@ mod status_tests {
         assert!(taken("330108/s", &ok, now).is_none());
         assert!(taken("no-node", &ok, now).is_none());
         assert!(taken("330106/s", &status(OWN, "x", 9_000_000_000_000), now).is_none());
+        // The key names the subscription the status is of.
+        assert!(taken("330106/other", &ok, now).is_none());
+    }
+
+    fn kept(node: &str, name: &str, ts_ms: i64) -> SubscriberStatus {
+        SubscriberStatus {
+            subscription: name.into(),
+            topics: vec![format!("backflow.share.{node}.a.b")],
+            state: "RUNNING".into(),
+            error: None,
+            ts_ms,
+        }
+    }
+
+    #[test]
+    fn each_subscriber_node_has_its_own_bound_of_names() {
+        let statuses = Statuses::default();
+        let now = 10_000_000;
+        // Nothing is taken before the node has read what it keeps.
+        let admit =
+            |node: &str, name: &str, at: i64| statuses.admit(node, &kept(node, name, at), at);
+        assert!(matches!(
+            admit("330106", "a", now),
+            Err(StatusRefusal::NotLoaded { .. })
+        ));
+        statuses.set_loaded();
+        // Bounded as posted, before any record is read back.
+        for i in 0..MAX_STATUSES_PER_NODE {
+            assert_eq!(admit("330108", &format!("n{i}"), now), Ok(None));
+        }
+        // 330108 is full: a new name is refused, a known one is taken...
+        let err = admit("330108", "new", now + 2_000).unwrap_err();
+        assert_eq!(
+            err,
+            StatusRefusal::TooMany {
+                node: "330108".into()
+            }
+        );
+        assert!(err.to_string().contains("64"), "{err}");
+        assert_eq!(admit("330108", "n3", now + 2_000), Ok(None));
+        // ...but not twice within the interval.
+        assert!(matches!(
+            admit("330108", "n3", now + 2_500),
+            Err(StatusRefusal::TooSoon { .. })
+        ));
+        // Another node is not affected.
+        assert_eq!(admit("330106", "a", now), Ok(None));
+        assert!(statuses
+            .latest("330106", "backflow.share.330106.a.b")
+            .is_some());
+        // Records read back beyond a node's bound are not kept.
+        statuses.keep("330108", "extra", Some(kept("330108", "extra", now)));
+        assert!(statuses.inner.read().unwrap().by_node["330108"].len() == MAX_STATUSES_PER_NODE);
+        // A name not reported for an hour gives its place to a new one.
+        let later = now + REPLACEABLE_AFTER.as_millis() as i64 + 1;
+        statuses.keep("330108", "n0", Some(kept("330108", "n0", now - 1)));
+        for i in 1..MAX_STATUSES_PER_NODE {
+            let name = format!("n{i}");
+            statuses.keep("330108", &name, Some(kept("330108", &name, later)));
+        }
+        assert_eq!(admit("330108", "new", later), Ok(Some("n0".into())));
+        // A deletion read back frees the name.
+        statuses.keep("330108", "n5", None);
+        assert_eq!(admit("330108", "newer", later), Ok(None));
+        assert_eq!(
+            admit("330108", "newest", later + 2_000),
+            Err(StatusRefusal::TooMany {
+                node: "330108".into()
+            })
+        );
     }
 }

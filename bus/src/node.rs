@@ -437,6 +437,7 @@ async fn run_on(
 
     let lag_board = crate::lag::LagBoard::default();
     if is_node {
+        readiness.register(crate::lag::CHECK_STATUSES);
         let catalog = catalog.clone();
         let shares: Vec<(String, String)> = config
             .shares
@@ -472,6 +473,7 @@ async fn run_on(
                 feeds: feed_statuses.clone(),
                 metrics: metrics.clone(),
                 window: Duration::from_secs(config.runtime.lag_window_secs.max(4)),
+                readiness: readiness.clone(),
             },
             lag_board.clone(),
             shutdown.clone(),

@@ -703,6 +703,16 @@ impl<'a> Run<'a> {
             .with_label_values(&[name]);
         if waiting == 0 && self.pending.is_empty() {
             seconds.set(0.0);
+            // Running, with nothing left to apply: a failure it reported
+            // before this run is over.
+            self.status.send_if_modified(|r| {
+                let failed = r.state != "RUNNING";
+                if failed {
+                    r.state = "RUNNING".into();
+                    r.error = None;
+                }
+                failed
+            });
         } else if let Some(ms) = self.last_origin_ms {
             seconds.set(((now_ms() - ms).max(0)) as f64 / 1000.0);
         }

@@ -158,6 +158,45 @@ pub fn share_parts<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, &'a str
 
 /// Kafka's longest topic name.
 pub const MAX_TOPIC_LEN: usize = 249;
+
+/// Whether Kafka takes `name` as a topic name: 1 to [`MAX_TOPIC_LEN`]
+/// characters of `[a-zA-Z0-9._-]`, and neither `.` nor `..`.
+pub fn is_legal_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Longest subscription name.
+pub const MAX_SUBSCRIPTION_NAME_LEN: usize = 64;
+
+/// Checks a subscription's name (`[[subscriptions]] name`): 1 to
+/// [`MAX_SUBSCRIPTION_NAME_LEN`] ASCII letters, digits, `_` and `-`,
+/// starting with a letter or digit. It names the subscription's dead-letter
+/// topic and its status on the upper node's lag board, so it must be a
+/// legal part of a Kafka topic name and read the same to everyone: no
+/// spaces, no invisible or direction-changing characters, no `.` (which
+/// Kafka treats like `_`).
+pub fn validate_subscription_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SUBSCRIPTION_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "subscription names are 1 to {MAX_SUBSCRIPTION_NAME_LEN} ASCII letters, digits, '_' and '-', starting with a letter or digit (they name Kafka topics); got {:?}",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
+}
 /// The longest prefix a dataset id gets in a topic name
 /// (`<topic prefix>share.<six digits>.`).
 const LONGEST_DATASET_PREFIX: usize = MAX_PREFIX_LEN + "share.000000.".len();
@@ -350,6 +389,38 @@ mod tests {
         ] {
             let e = validate_dataset_id(bad).unwrap_err();
             assert!(e.contains("dataset id"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn subscription_names_and_topic_names_follow_kafkas_rules() {
+        for ok in [
+            "330106-population",
+            "d330106_1234_5678",
+            "A",
+            &"n".repeat(64),
+        ] {
+            validate_subscription_name(ok).unwrap();
+            assert!(is_legal_topic(&subscriber_dlq("330106", ok)));
+        }
+        for bad in [
+            "",
+            "   ",
+            "a b",
+            "a.b",
+            "-a",
+            "_a",
+            "人口",
+            "xihu\u{202e}elpoep",
+            "xihu\u{200b}",
+            "a\n",
+            &"n".repeat(65),
+        ] {
+            assert!(validate_subscription_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_legal_topic("backflow.share.330106.ga.people"));
+        for bad in ["", ".", "..", "a b", "a\0", "人口", &"a".repeat(250)] {
+            assert!(!is_legal_topic(bad), "{bad:?}");
         }
     }
 }

@@ -408,7 +408,8 @@ async fn every_route_answers_each_principal_exactly() {
             same("/api/lag/history?subscriber=330106&dataset=ga.a2", None),
         ),
         row(
-            // Another subscriber is refused for naming 330106's topic.
+            // Another subscriber is refused for naming 330106's topic (of an
+            // active share: a2 is revoked by now).
             "POST /api/lag/status",
             "POST",
             [403, 403, 403, 204, 422, 403, 401],
@@ -416,7 +417,7 @@ async fn every_route_answers_each_principal_exactly() {
                 "/api/lag/status",
                 Some(json!({
                     "subscription": "d330106",
-                    "topics": ["backflow.share.330106.ga.a2"],
+                    "topics": ["backflow.share.330106.ga.a5"],
                     "state": "RUNNING",
                     "ts_ms": 0
                 })),

@@ -73,8 +73,10 @@ async fn lag_history(
 
 /// `POST /api/lag/status`: a subscriber node says whether one of its
 /// subscriptions runs, and why not (see [`crate::lag`]). Only a subscriber
-/// node posts, only for its own share topics; the node stamps the time and
-/// keeps it in `backflow._subscribers` for every process of the node.
+/// node posts, only for share topics of datasets it has an active share
+/// of, within the bounds of [`crate::lag::Statuses::admit`]; the node
+/// stamps the time and keeps it in `backflow._subscribers` for every
+/// process of the node.
 async fn post_status(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -87,8 +89,58 @@ async fn post_status(
             who.name()
         )));
     };
-    let status = crate::lag::accept_status(node, &body, backflow_connectors::now_ms())
-        .map_err(|e| invalid(format!("status: {e}")))?;
+    let now = backflow_connectors::now_ms();
+    let status =
+        crate::lag::accept_status(node, &body, now).map_err(|e| invalid(format!("status: {e}")))?;
+    let catalog = state.catalog.state().await;
+    for topic in &status.topics {
+        let (_, dataset) = crate::topics::share_parts(crate::topics::prefix(), topic)
+            .expect("accept_status checked the topic");
+        let configured = state
+            .config_shares
+            .iter()
+            .any(|s| s.subscriber.as_str() == node && s.dataset == dataset);
+        let granted = catalog.subscriptions.values().any(|s| {
+            s.subscriber == *node
+                && s.dataset == dataset
+                && s.state == crate::catalog::SubscriptionState::Active
+        });
+        if !configured && !granted {
+            return Err(invalid(format!(
+                "status: topic {topic}: node {node} has no active share of dataset {dataset} here"
+            )));
+        }
+    }
+    let replaced = state
+        .lag
+        .statuses()
+        .admit(node, &status, now)
+        .map_err(|e| {
+            let code = match e {
+                crate::lag::StatusRefusal::NotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::TOO_MANY_REQUESTS,
+            };
+            ApiError(code, e.to_string())
+        })?;
+    let kafka_down = |e: crate::kafka::KafkaError| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the status could not be kept (Kafka): {e}"),
+        )
+    };
+    if let Some(old) = replaced {
+        let key = crate::lag::status_key(node, &old);
+        state
+            .publisher
+            .send(crate::kafka::OutgoingRecord {
+                topic: crate::topics::subscribers(),
+                key: Some(key.as_bytes()),
+                payload: None,
+                headers: &[],
+            })
+            .await
+            .map_err(kafka_down)?;
+    }
     let key = crate::lag::status_key(node, &status.subscription);
     let value = serde_json::to_vec(&status).expect("serializes");
     state
@@ -99,11 +151,6 @@ async fn post_status(
             &value,
         ))
         .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the status could not be kept (Kafka): {e}"),
-            )
-        })?;
+        .map_err(kafka_down)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

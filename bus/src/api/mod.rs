@@ -203,6 +203,7 @@ impl IntoResponse for ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
             StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+            StatusCode::TOO_MANY_REQUESTS => "too_many",
             _ => "error",
         };
         (self.0, Json(json!({"error": kind, "reason": self.1}))).into_response()
