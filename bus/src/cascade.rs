@@ -135,10 +135,10 @@ impl BusSink {
 /// A failure of the feed machinery this sink shares, as the subscription
 /// sees it (registry answers of 5xx and Kafka trouble are transient).
 fn feed_error(e: FeedError) -> ConnectorError {
-    if e.is_transient() {
-        ConnectorError::transient(e.to_string())
-    } else {
-        ConnectorError::definite(e.to_string())
+    use crate::restart::Kind;
+    match e.kind() {
+        backflow_connectors::ErrorKind::Transient => ConnectorError::transient(e.to_string()),
+        _ => ConnectorError::definite(e.to_string()),
     }
 }
 

@@ -68,15 +68,15 @@ pub enum FeedError {
     Standard(String),
 }
 
-impl FeedError {
-    /// Whether restarting the feed may help.
-    pub fn is_transient(&self) -> bool {
+impl crate::restart::Kind for FeedError {
+    fn kind(&self) -> crate::restart::ErrorKind {
+        use crate::restart::ErrorKind;
         match self {
-            FeedError::Source(e) => e.is_transient(),
-            FeedError::Kafka(_) => true,
-            FeedError::Schema { source, .. } => source.code >= 50000,
-            FeedError::Encode(_) | FeedError::Standard(_) => false,
-            FeedError::Unacknowledged(_) | FeedError::TopicState(_) => true,
+            FeedError::Source(e) => e.kind,
+            FeedError::Kafka(e) => e.kind(),
+            FeedError::Schema { source, .. } => source.kind(),
+            FeedError::Encode(_) | FeedError::Standard(_) => ErrorKind::Definite,
+            FeedError::Unacknowledged(_) | FeedError::TopicState(_) => ErrorKind::Transient,
         }
     }
 }

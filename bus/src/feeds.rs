@@ -123,10 +123,10 @@ pub async fn resnapshot(
     Ok(dropped)
 }
 
-/// Runs a feed, restarting it after errors until `stop`: a transient error
-/// with backoff (1 s doubling to 60 s, started over after a healthy
-/// minute), a definite one (wrong password, missing database or privilege)
-/// once a minute, FAILED with the fix meanwhile.
+/// Runs a feed, restarting it after errors until `stop`, as
+/// [`crate::restart`] decides from their kind: a transient error with
+/// backoff, a definite one (wrong password, missing database or
+/// privilege) once a minute, FAILED with the fix meanwhile.
 async fn supervise(
     feed: FeedConfig,
     ctx: FeedContext,
@@ -141,7 +141,7 @@ async fn supervise(
             .source_restarts
             .with_label_values(&[&name, kind]);
     }
-    let mut backoff = FIRST_RETRY;
+    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
     loop {
         let source: Box<dyn backflow_connectors::Source> = match &feed {
             FeedConfig::Postgres(c) => Box::new(
@@ -164,7 +164,7 @@ async fn supervise(
         });
         let run = crate::feed::run(&name, source, ctx.clone(), stop.clone());
         tokio::pin!(run);
-        let started = tokio::time::Instant::now();
+        restarts.started();
         // A feed that stays up for a while is RUNNING again.
         let outcome = tokio::select! {
             r = &mut run => r,
@@ -173,52 +173,31 @@ async fn supervise(
                 run.await
             }
         };
-        // After a healthy stretch the next failure starts the backoff over.
-        if started.elapsed() >= HEALTHY {
-            backoff = FIRST_RETRY;
-        }
-        match outcome {
+        let e = match outcome {
             Ok(()) => return,
-            Err(e) => {
-                let definite = !e.is_transient();
-                let kind = if definite { "definite" } else { "transient" };
-                // A definite error fails again until someone fixes its
-                // cause: no quick retries, one try a minute, so the feed
-                // resumes by itself once it is fixed.
-                if definite {
-                    backoff = MAX_RETRY;
-                }
-                ctx.metrics
-                    .source_restarts
-                    .with_label_values(&[&name, kind])
-                    .inc();
-                tracing::error!(feed = %name, error = %e, kind, retry_in = ?backoff, "feed failed");
-                let retry = backoff.as_secs();
-                statuses.set(&name, |s| {
-                    s.state = "FAILED";
-                    s.error = Some(if definite {
-                        format!("{e} (tried again once a minute until fixed; pause the feed to stop it)")
-                    } else {
-                        format!("{e} (retrying in {retry} s)")
-                    });
-                    s.failures += 1;
-                });
-            }
+            Err(e) => e,
+        };
+        use crate::restart::Kind;
+        let retry = restarts.failed(e.kind());
+        ctx.metrics
+            .source_restarts
+            .with_label_values(&[&name, retry.label()])
+            .inc();
+        tracing::error!(feed = %name, error = %e, kind = retry.label(), retry_in = ?retry.wait, "feed failed");
+        statuses.set(&name, |s| {
+            s.state = "FAILED";
+            s.error = Some(if retry.needs_fix() {
+                format!("{e} (tried again once a minute until fixed; pause the feed to stop it)")
+            } else {
+                format!("{e} (retrying in {} s)", retry.wait.as_secs())
+            });
+            s.failures += 1;
+        });
+        if !crate::restart::pause(retry.wait, &stop).await {
+            return;
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_RETRY);
     }
 }
-
-/// The first retry after a failure.
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-/// The longest wait between retries, and the wait after a definite error.
-const MAX_RETRY: Duration = Duration::from_secs(60);
-/// How long a feed must run for its next failure to start the backoff over.
-const HEALTHY: Duration = Duration::from_secs(60);
 
 struct Running {
     signature: String,

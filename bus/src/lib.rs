@@ -35,6 +35,7 @@ pub mod node;
 pub mod offsets;
 pub mod reconcile;
 pub mod registry;
+pub mod restart;
 pub mod standards;
 pub mod subscribe;
 pub mod telemetry;

@@ -289,7 +289,12 @@ async fn run_on(
                 TopicSpec::compacted(topics::schemas(), 1, rf),
                 TopicSpec::compacted(crate::topics::subscribers(), 1, rf),
             ];
-            let mut backoff = Duration::from_millis(200);
+            // Start-up waits for Kafka: tried again soon, at most every 30 s.
+            let mut restarts = crate::restart::Restarts::new(crate::restart::Policy {
+                first: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+                ..crate::restart::Policy::DEFAULT
+            });
             loop {
                 let admin = match &embedded_admin {
                     Some(a) => Ok(TopicAdmin::Embedded(a.clone())),
@@ -365,25 +370,27 @@ async fn run_on(
                                     ));
                                     return;
                                 }
-                                Err(e) => readiness
-                                    .set(CHECK_REGISTRY, CheckState::Failing(e.to_string())),
-                            }
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                _ = tokio::time::sleep(backoff) => {}
+                                Err(e) => {
+                                    use crate::restart::Kind;
+                                    let retry = restarts.failed(e.kind());
+                                    readiness.set(CHECK_REGISTRY, CheckState::Failing(e.to_string()));
+                                    if !crate::restart::pause(retry.wait, &shutdown).await {
+                                        return;
+                                    }
+                                }
                             }
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot create internal topics yet");
+                        use crate::restart::Kind;
+                        let retry = restarts.failed(e.kind());
+                        tracing::warn!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "cannot create internal topics yet");
                         readiness.set(CHECK_TOPICS, CheckState::Failing(e.to_string()));
+                        if !crate::restart::pause(retry.wait, &shutdown).await {
+                            return;
+                        }
                     }
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         });
     }

@@ -72,21 +72,17 @@ pub enum SubscribeError {
     Registry(#[from] RegistryClientError),
 }
 
-impl SubscribeError {
-    /// Whether restarting may help without anyone changing anything.
-    pub fn is_transient(&self) -> bool {
+impl crate::restart::Kind for SubscribeError {
+    /// A bad record reaching here was not dead-lettered: definite, like
+    /// a refused login or a missing table.
+    fn kind(&self) -> ErrorKind {
         match self {
-            SubscribeError::Sink(e) => e.kind != ErrorKind::Definite,
-            SubscribeError::Kafka(_) => true,
-            SubscribeError::Registry(e) => e.code().is_none_or(|c| c >= 50000),
-        }
-    }
-
-    fn kind_label(&self) -> &'static str {
-        if self.is_transient() {
-            "transient"
-        } else {
-            "definite"
+            SubscribeError::Sink(e) => e.kind,
+            SubscribeError::Kafka(e) => e.kind(),
+            SubscribeError::Registry(e) => match e.code() {
+                Some(c) if c < 50000 => ErrorKind::Definite,
+                _ => ErrorKind::Transient,
+            },
         }
     }
 }
@@ -137,8 +133,9 @@ impl SubscriptionHealth {
     }
 }
 
-/// Runs a subscription until shutdown, restarting it with backoff after
-/// errors (it resumes from the offsets its database holds). `bus`: this
+/// Runs a subscription until shutdown, restarting it after errors as
+/// [`crate::restart`] decides from their kind (it resumes from the offsets
+/// its database holds). `bus`: this
 /// node's own Kafka, for a subscription whose sink is `kafka` (a cascade).
 pub async fn supervise(
     config: SubscriptionConfig,
@@ -153,7 +150,7 @@ pub async fn supervise(
     for kind in ["transient", "definite", "bad_record"] {
         metrics.subscribe_errors.with_label_values(&[&name, kind]);
     }
-    let mut backoff = Duration::from_secs(1);
+    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
     // Where this subscription is, reported to the upper node for its lag
     // board (its offsets of record stay in the sink).
     let settings = upstream_settings(&config);
@@ -174,37 +171,35 @@ pub async fn supervise(
     let _reporter = tokio_util::task::AbortOnDropHandle::new(reporter);
     loop {
         let mut run = Run::new(&config, &metrics, &health, &status, bus.as_ref());
+        restarts.started();
         let outcome = run.run(&shutdown).await;
         run.close().await;
-        match outcome {
+        let retry = match outcome {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Reassign) => {
                 tracing::info!(subscription = %name, "subscribed topics changed; reassigning partitions");
+                restarts.ended_well();
                 continue;
             }
             Err(e) => {
+                use crate::restart::Kind;
+                let retry = restarts.failed(e.kind());
                 metrics
                     .subscribe_errors
-                    .with_label_values(&[&name, e.kind_label()])
+                    .with_label_values(&[&name, crate::restart::label(e.kind())])
                     .inc();
-                health.set(&name, Some(e.to_string()));
+                health.set(&name, Some(format!("{e} ({})", retry.describe())));
                 status.send_modify(|r| {
                     r.state = "FAILED".into();
                     r.error = Some(e.to_string());
                 });
-                let kind = if e.is_transient() {
-                    "transient"
-                } else {
-                    "needs a fix"
-                };
-                tracing::error!(subscription = %name, error = %e, kind, retry_in = ?backoff, "subscription failed");
+                tracing::error!(subscription = %name, error = %e, kind = retry.label(), retry_in = ?retry.wait, "subscription failed");
+                retry
             }
+        };
+        if !crate::restart::pause(retry.wait, &shutdown).await {
+            return;
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
     }
 }
 

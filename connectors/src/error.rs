@@ -8,7 +8,8 @@ pub enum ErrorKind {
     /// unavailable): retry with backoff.
     Transient,
     /// Will fail again until someone changes something (missing privilege,
-    /// wrong `wal_level`, incompatible table): stop and report the fix.
+    /// wrong `wal_level`, incompatible table): report the fix, no quick
+    /// retries.
     Definite,
     /// One record cannot be processed (undecodable, violates the column):
     /// send it to the dead-letter topic and go on.

@@ -5,8 +5,10 @@
 //! them to Kafka, so every connector is testable with a database alone.
 //!
 //! Errors carry an [`ErrorKind`] that decides what the runtime does:
-//! transient errors are retried with backoff, definite ones stop the
-//! connector (or, for one bad record, send it to the dead-letter topic).
+//! transient errors are retried with backoff, definite ones are not retried
+//! in a loop (the connector shows FAILED with the fix and is tried again
+//! once a minute, so it resumes once fixed), and one bad record goes to the
+//! dead-letter topic.
 
 mod connect;
 mod error;

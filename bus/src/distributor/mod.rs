@@ -77,6 +77,18 @@ pub enum DistributorError {
     },
 }
 
+impl crate::restart::Kind for DistributorError {
+    fn kind(&self) -> crate::restart::ErrorKind {
+        match self {
+            DistributorError::Kafka(e) => e.kind(),
+            DistributorError::Schema { source, .. } => source.kind(),
+            DistributorError::Audit(_) | DistributorError::Settle(_) => {
+                crate::restart::ErrorKind::Transient
+            }
+        }
+    }
+}
+
 /// One share, ready to run.
 struct Share {
     policy: SharePolicy,
@@ -1197,9 +1209,10 @@ impl Backfills {
             );
             tracing::info!(subscription = %sub.id, "backfilling while the distributor goes on");
             let abort = self.tasks.spawn(async move {
-                let mut backoff = Duration::from_secs(1);
+                let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
                 loop {
-                    match backfill_and_join(
+                    restarts.started();
+                    let retry = match backfill_and_join(
                         &share_t,
                         &ctx,
                         &auditor,
@@ -1212,15 +1225,16 @@ impl Backfills {
                     {
                         Ok((records, how)) => return (id, records, how),
                         Err(e) => {
+                            use crate::restart::Kind;
+                            let retry = restarts.failed(e.kind());
                             ctx.metrics.distributor_restarts.inc();
-                            tracing::error!(subscription = %id, error = %e, retry_in = ?backoff, "backfill failed");
+                            tracing::error!(subscription = %id, error = %e, kind = retry.label(), retry_in = ?retry.wait, "backfill failed");
+                            retry
                         }
+                    };
+                    if !crate::restart::pause(retry.wait, &shutdown).await {
+                        return (id, 0, Backfilled::Interrupted);
                     }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return (id, 0, Backfilled::Interrupted),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             });
             self.running.insert(
@@ -1320,7 +1334,7 @@ pub async fn supervise(
         }
     }
     let mut changes = catalog.changes();
-    let mut backoff = Duration::from_secs(1);
+    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
     let (joins, mut join_requests) = tokio::sync::mpsc::channel::<JoinRequest>(16);
     let (failures, mut failed_shares) = tokio::sync::mpsc::unbounded_channel::<ShareFailure>();
     let mut backfills = Backfills {
@@ -1355,8 +1369,9 @@ pub async fn supervise(
         let (ready, pending) = in_force(&catalog, &config_failed, &retractions.running).await;
         let shares = backfills.with_joined(&ready);
         backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
-        let mut failed = false;
+        let mut failed = None;
         if !shares.is_empty() {
+            restarts.started();
             let mut sig = signature(&shares);
             let child = shutdown.child_token();
             let run_fut = run(
@@ -1420,23 +1435,21 @@ pub async fn supervise(
             match outcome {
                 Ok(()) if shutdown.is_cancelled() => break,
                 Ok(()) => {
-                    backoff = Duration::from_secs(1);
+                    restarts.ended_well();
                     continue;
                 }
                 Err(e) => {
+                    use crate::restart::Kind;
+                    let retry = restarts.failed(e.kind());
                     ctx.metrics.distributor_restarts.inc();
-                    tracing::error!(error = %e, retry_in = ?backoff, "distributor failed");
-                    failed = true;
+                    tracing::error!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "distributor failed");
+                    failed = Some(retry.wait);
                 }
             }
         }
         // No distributor runs: backfills deliver up to the committed
         // offsets, and the next run starts from there with their shares.
-        let pause = if failed {
-            backoff
-        } else {
-            Duration::from_secs(3600)
-        };
+        let pause = failed.unwrap_or(Duration::from_secs(3600));
         let until = tokio::time::Instant::now() + pause;
         loop {
             tokio::select! {
@@ -1467,9 +1480,6 @@ pub async fn supervise(
                     break;
                 }
             }
-        }
-        if failed {
-            backoff = (backoff * 2).min(Duration::from_secs(60));
         }
     }
     backfills.tasks.shutdown().await;

@@ -69,9 +69,9 @@ pub(crate) fn login_refusal(code: u16) -> Option<&'static str> {
     Some(match code {
         // access denied for user (1045; 1698 without a password), host not
         // allowed to connect (1130)
-        1045 | 1698 | 1130 => "the server refused the login: check the feed's user and its password (password_env, password_file or password_secret) and that the user may connect from this host",
+        1045 | 1698 | 1130 => "the server refused the login: check `user` and its password (password_env, password_file or password_secret) and that the user may connect from this host",
         // access denied to the database
-        1044 => "the user may not use that database: GRANT it the privileges the feed needs",
+        1044 => "the user may not use that database: GRANT it the privileges it needs there",
         // unknown database
         1049 => "the database does not exist on that server: create it or correct `database`",
         _ => return None,

@@ -146,7 +146,7 @@ pub(crate) fn login_refusal(code: &str) -> Option<(crate::ErrorKind, &'static st
         // invalid_password, invalid_authorization_specification
         "28P01" | "28000" => (
             Definite,
-            "the server refused the login: check the feed's user and its password (password_env, password_file or password_secret) and the server's pg_hba.conf",
+            "the server refused the login: check `user` and its password (password_env, password_file or password_secret) and the server's pg_hba.conf",
         ),
         // invalid_catalog_name
         "3D000" => (

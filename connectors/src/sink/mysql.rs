@@ -152,13 +152,6 @@ impl MysqlSink {
         }
     }
 
-    fn target(&self) -> String {
-        format!(
-            "MySQL at {}:{} (database {}, user {})",
-            self.config.host, self.config.port, self.config.database, self.config.user
-        )
-    }
-
     async fn conn(&mut self) -> Result<&mut Conn, ConnectorError> {
         if self.conn.is_none() {
             self.connect().await?;
@@ -181,11 +174,7 @@ impl MysqlSink {
                 "SET NAMES utf8mb4".to_owned(),
             ],
         };
-        let described = self.target();
-        let mut conn = connect::mysql::connect(&target, |_, e| {
-            ConnectorError::transient(format!("cannot connect to {described}: {e}")).with_source(e)
-        })
-        .await?;
+        let mut conn = connect::mysql::connect(&target, connect::mysql::login_error).await?;
         let version: Option<String> = conn
             .query_first("SELECT VERSION()")
             .await
