@@ -26,38 +26,10 @@
 //! catalog record written around the API gains nothing. Pure but for
 //! reading the bound secret and resolving the SQLite path.
 
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 use crate::config::FeedConfig;
-
-/// A secret an admin binds to one department (`[[secrets]]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretConfig {
-    /// The name feeds use (`password_secret`).
-    pub name: String,
-    /// The department whose feeds may use it.
-    pub department: String,
-    /// Environment variable holding it.
-    #[serde(default)]
-    pub env: Option<String>,
-    /// File holding it (first line; its line ending stripped).
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-}
-
-/// Where feeds registered through the API may connect (`[api_feeds]`).
-/// With nothing allowed, no such feed connects anywhere.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiFeedsConfig {
-    /// `host:port` of the databases they may read, as written in the feed.
-    pub allowed_hosts: Vec<String>,
-    /// The directory whose SQLite files `poll` feeds may read.
-    pub sqlite_dir: Option<PathBuf>,
-}
+pub use crate::config::{validate_secrets, ApiFeedsConfig, SecretConfig, SECRET_KEY};
 
 /// Why a feed is not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,9 +44,6 @@ pub enum Refusal {
 
 /// Keys through which a definition would pick a password itself.
 const CHOSEN_SECRET_KEYS: [&str; 3] = ["password", "password_env", "password_file"];
-/// The key naming a bound secret.
-pub const SECRET_KEY: &str = "password_secret";
-
 /// The admin's rules for feeds registered through the API.
 #[derive(Debug, Clone, Default)]
 pub struct FeedAdmission {
@@ -130,7 +99,7 @@ impl FeedAdmission {
             ));
         }
         for id in &datasets {
-            crate::topics::validate_dataset_id(id).map_err(Refusal::Invalid)?;
+            crate::domain::topics::validate_dataset_id(id).map_err(Refusal::Invalid)?;
             if let Some(via) = self.cascaded.get(*id) {
                 return Err(Refusal::Forbidden(format!(
                     "dataset {id} is received from the upper node through subscription {via}: it is the upper node's, and no local feed may fill it"
@@ -332,24 +301,6 @@ fn set_password(feed: &mut FeedConfig, password: Option<String>) {
         FeedConfig::Mysql(c) => c.password = password,
         FeedConfig::Poll(c) => c.password = password,
     }
-}
-
-/// Checks `[[secrets]]` as configured; the error names the key.
-pub fn validate_secrets(secrets: &[SecretConfig]) -> Result<(), (String, String)> {
-    let mut names = std::collections::BTreeSet::new();
-    for (i, s) in secrets.iter().enumerate() {
-        let key = |k: &str| format!("secrets[{i}].{k}");
-        if s.name.is_empty() || !names.insert(s.name.as_str()) {
-            return Err((key("name"), format!("{:?} is empty or used twice", s.name)));
-        }
-        if s.department.is_empty() {
-            return Err((key("department"), "must name a department".to_owned()));
-        }
-        if s.env.is_some() == s.file.is_some() {
-            return Err((key("env"), "give exactly one of env and file".to_owned()));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -55,8 +55,8 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::config::AuditConfig;
+use crate::domain::topics;
 use crate::kafka::{Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
-use crate::topics;
 
 /// The hash before a chain's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

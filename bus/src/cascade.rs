@@ -22,9 +22,10 @@ use async_trait::async_trait;
 use backflow_connectors::{Applied, ConnectorError, Sink, SinkBatch, SinkRecord, TopicOffset};
 use backflow_schemas::{frame, Op, TableCodec, TableDesc};
 
-use crate::feed::{Encoder, FeedContext, FeedError, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
+use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
+use crate::domain::topics;
+use crate::feed::{Encoder, FeedContext, FeedError};
 use crate::kafka::{KafkaError, OutgoingRecord, TopicSpec};
-use crate::topics;
 
 /// The sink of a cascading subscription.
 pub struct BusSink {

@@ -8,6 +8,7 @@
 //! needs nothing but Kafka. A write waits until this process has applied
 //! it, so a reader right after sees it.
 
+pub use crate::domain::policy::{Onward, RowRule};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::topics;
 use crate::kafka::{Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
-use crate::topics;
 
 /// How a dataset may be shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +58,7 @@ pub struct FieldSpec {
     pub rule: Option<String>,
     /// The owner knows that this field, shared as its rule says, gives
     /// back part of what another field's mask hides (a birth date beside
-    /// an identity number masked over it; see [`crate::disclosure`]) and
+    /// an identity number masked over it; see [`crate::domain::disclosure`]) and
     /// shares it anyway. Without it such a dataset is refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_disclosure: bool,
@@ -139,39 +140,6 @@ pub struct Dataset {
     pub onward: Onward,
 }
 
-/// Whether the subscriber, a lower node, may share on what it receives
-/// (set by the owner; a grant shares nothing onward unless it says so).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Onward {
-    /// The subscriber keeps the data to itself.
-    #[default]
-    None,
-    /// The subscriber may share it on to divisions inside its own
-    /// jurisdiction, within this grant (rows, fields, protections).
-    WithinJurisdiction,
-}
-
-impl Onward {
-    /// The setting as written.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Onward::None => "none",
-            Onward::WithinJurisdiction => "within_jurisdiction",
-        }
-    }
-}
-
-/// Which rows of a dataset a subscriber receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowRule {
-    /// Rows whose division code in this column starts with the
-    /// subscriber's jurisdiction prefix.
-    Jurisdiction(String),
-    /// Every row (declared by the owner).
-    All,
-}
-
 impl Dataset {
     /// The owning department (`gongan` of `gongan.population`).
     pub fn owner(&self) -> &str {
@@ -244,7 +212,7 @@ impl Dataset {
         for (name, spec) in &self.fields {
             field_name(&format!("fields.{name}"), name)?;
             let rule = spec.rule.as_deref().unwrap_or("plain");
-            let parsed = crate::distributor::policy::FieldRule::parse(rule)
+            let parsed = crate::domain::policy::FieldRule::parse(rule)
                 .map_err(|e| format!("fields.{name}.rule: {e}"))?;
             if spec.sensitivity == Sensitivity::Sensitive && rule == "plain" {
                 return Err(format!(
@@ -266,7 +234,7 @@ impl Dataset {
             }
             rules.insert(name.clone(), parsed);
         }
-        if let Some(d) = crate::disclosure::check(
+        if let Some(d) = crate::domain::disclosure::check(
             &rules,
             self.region_column.as_deref(),
             &self.accepted_disclosures(),
@@ -467,7 +435,7 @@ impl FeedRecord {
             // Not connector settings: see `standards`, and `admission` for
             // the bound secret.
             o.remove("standards");
-            o.remove(crate::admission::SECRET_KEY);
+            o.remove(crate::config::SECRET_KEY);
             o.insert(
                 "name".to_owned(),
                 serde_json::Value::String(self.name.clone()),

@@ -70,9 +70,9 @@ pub struct Config {
     pub standards: Vec<StandardConfig>,
     /// Secrets an admin binds to departments, for the feeds they register
     /// through the API (`[[secrets]]`, see `admission`).
-    pub secrets: Vec<crate::admission::SecretConfig>,
+    pub secrets: Vec<SecretConfig>,
     /// Where feeds registered through the API may connect (`[api_feeds]`).
-    pub api_feeds: crate::admission::ApiFeedsConfig,
+    pub api_feeds: ApiFeedsConfig,
     /// How this node signs its audit trail (`[audit]`).
     pub audit: AuditConfig,
 }
@@ -136,38 +136,7 @@ impl AuditConfig {
     }
 }
 
-/// A dataset's standard form and how its feed's table maps into it.
-///
-/// ```toml
-/// [[standards]]
-/// dataset = "gongan.population"
-/// standard = "population"              # population | legal_entity | address_point
-/// [standards.mapping.fields]
-/// id_number = { from = "身份证号", cast = "trim" }
-/// name = { from = "姓名" }
-/// gender = { from = "性别", codes = { "男" = "1", "女" = "2" } }
-/// birth_date = { from = "出生日期", cast = { date = ["%Y%m%d", "%Y-%m-%d"] } }
-/// household_region = { from = "户籍区划" }
-/// [standards.rules]                    # the dataset's own rules, on top
-/// phone = [{ rule = "regex", name = "cn_mobile", pattern = "^1[3-9][0-9]{9}$" }]
-/// ```
-///
-/// Without `mapping.fields`, each standard field is read from the source
-/// column of the same name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StandardConfig {
-    /// Dataset id `<department>.<name>`.
-    pub dataset: String,
-    /// A standard shipped with backflow.
-    pub standard: String,
-    /// Source column → standard field.
-    #[serde(default)]
-    pub mapping: backflow_schemas::standard::Mapping,
-    /// Rules of this dataset on top of the standard's, by standard field.
-    #[serde(default)]
-    pub rules: backflow_schemas::standard::DatasetRules,
-}
+pub use crate::standards::StandardConfig;
 
 /// Bearer tokens of the control-plane API.
 ///
@@ -231,7 +200,7 @@ pub struct ShareConfig {
     pub fields: BTreeMap<String, String>,
     /// Extra row conditions.
     #[serde(default)]
-    pub predicates: Vec<crate::distributor::policy::Predicate>,
+    pub predicates: Vec<crate::domain::policy::Predicate>,
     /// Environment variable holding the HMAC key of hashed fields.
     #[serde(default)]
     pub secret_env: Option<String>,
@@ -248,7 +217,7 @@ pub struct ShareConfig {
     /// Whether the subscriber may share on what it receives: `none` (the
     /// default) or `within_jurisdiction`.
     #[serde(default)]
-    pub onward: crate::catalog::Onward,
+    pub onward: crate::domain::policy::Onward,
 }
 
 fn default_policy_version() -> u32 {
@@ -257,11 +226,11 @@ fn default_policy_version() -> u32 {
 
 impl ShareConfig {
     /// The policy this share applies.
-    pub fn policy(&self) -> Result<crate::distributor::policy::SharePolicy, String> {
-        use crate::distributor::policy::{FieldRule, SharePolicy};
+    pub fn policy(&self) -> Result<crate::domain::policy::SharePolicy, String> {
+        use crate::domain::policy::{FieldRule, SharePolicy};
         let rows = match (&self.region_column, self.all_rows) {
-            (Some(c), false) => crate::catalog::RowRule::Jurisdiction(c.clone()),
-            (None, true) => crate::catalog::RowRule::All,
+            (Some(c), false) => crate::domain::policy::RowRule::Jurisdiction(c.clone()),
+            (None, true) => crate::domain::policy::RowRule::All,
             (Some(_), true) => {
                 return Err(
                     "all_rows: region_column and all_rows = true exclude each other: keep one"
@@ -350,7 +319,7 @@ pub const MAX_SUBSCRIPTION_TOPICS: usize = 100;
 const MAX_FETCH_WAIT_MS: u32 = 59_000;
 
 fn default_topic_prefix() -> String {
-    crate::topics::DEFAULT_PREFIX.to_owned()
+    crate::domain::topics::DEFAULT_PREFIX.to_owned()
 }
 
 fn default_fetch_wait_ms() -> u32 {
@@ -515,11 +484,12 @@ impl SubscriptionConfig {
             return t.clone();
         }
         let subscriber = self.tables.iter().find_map(|t| {
-            crate::topics::share_parts(&self.upstream.topic_prefix, &t.topic).map(|(code, _)| code)
+            crate::domain::topics::share_parts(&self.upstream.topic_prefix, &t.topic)
+                .map(|(code, _)| code)
         });
         match subscriber {
-            Some(code) => crate::topics::subscriber_dlq(code, &self.name),
-            None => crate::topics::dlq(&self.name),
+            Some(code) => crate::domain::topics::subscriber_dlq(code, &self.name),
+            None => crate::domain::topics::dlq(&self.name),
         }
     }
 }
@@ -646,6 +616,48 @@ impl<'de> Deserialize<'de> for FeedConfig {
 }
 
 impl FeedConfig {
+    /// The sample a `postgres` or `mysql` feed's tables are read with: the
+    /// same connection, read as a polling feed reads (plain SQL).
+    pub fn sample_config(&self) -> backflow_connectors::poll::PollSourceConfig {
+        use backflow_connectors::poll::{PollMode, PollSourceConfig, PollTableConfig};
+        let table = |table: &str, dataset: &str| PollTableConfig {
+            table: table.to_owned(),
+            dataset: dataset.to_owned(),
+            mode: PollMode::Bulk,
+            timestamp_column: None,
+            incrementing_column: None,
+            soft_delete_column: None,
+        };
+        match self {
+            FeedConfig::Poll(c) => c.clone(),
+            FeedConfig::Postgres(c) => {
+                let tables = c
+                    .tables
+                    .iter()
+                    .map(|t| table(&t.table, &t.dataset))
+                    .collect();
+                let mut p = PollSourceConfig::postgres(&c.name, &c.user, &c.database, tables);
+                p.host = c.host.clone();
+                p.port = Some(c.port);
+                p.password = c.password.clone();
+                p
+            }
+            FeedConfig::Mysql(c) => {
+                let database = c.database.clone().unwrap_or_default();
+                let tables = c
+                    .tables
+                    .iter()
+                    .map(|t| table(&t.table, &t.dataset))
+                    .collect();
+                let mut p = PollSourceConfig::mysql(&c.name, &c.user, database, tables);
+                p.host = c.host.clone();
+                p.port = Some(c.port);
+                p.password = c.password.clone();
+                p
+            }
+        }
+    }
+
     /// The feed's name.
     pub fn name(&self) -> &str {
         match self {
@@ -789,79 +801,7 @@ impl fmt::Display for DivisionCode {
     }
 }
 
-/// Kafka connection settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma separated. Absent: an embedded in-memory
-    /// broker is started (for trying backflow, never for production).
-    pub brokers: Option<String>,
-    /// Client id reported to the brokers.
-    pub client_id: String,
-    /// The prefix of every topic, consumer group and internal topic the
-    /// node names (default `backflow.`), so several nodes can share one
-    /// cluster, each in its own namespace: `<prefix>raw.<dataset>`,
-    /// `<prefix>share.<subscriber>.<dataset>`, `<prefix>_catalog`, the group
-    /// `<prefix>distributor.<node>`. Ends with `.`; a PREFIXED ACL on
-    /// `<prefix>share.<subscriber>.` grants one subscriber exactly its
-    /// topics and groups.
-    pub topic_prefix: String,
-    /// Partitions of topics backflow creates (default 1). The processes
-    /// serving one node share its raw topics' partitions as members of the
-    /// distributor's consumer group, so a node meant to run on several
-    /// processes wants at least as many partitions as processes. Applies to
-    /// topics created from then on.
-    pub partitions: i32,
-    /// Replication factor of topics backflow creates. With 3 or more, the
-    /// topics are created with `min.insync.replicas` a majority (3 → 2), so
-    /// an acknowledged change (the producers use `acks=all`) survives the
-    /// loss of any minority of brokers.
-    pub replication_factor: i32,
-    /// Timeout of admin and metadata requests, in milliseconds.
-    pub request_timeout_ms: u64,
-    /// How long the broker may hold a fetch of the distributor's consumer
-    /// that finds no record, in milliseconds (librdkafka
-    /// `fetch.wait.max.ms`; default 100). Apache Kafka answers as soon as
-    /// a record arrives, so this adds no latency: it sets how often an idle
-    /// consumer asks.
-    pub fetch_wait_ms: u32,
-    /// How long a distributor process may go without a heartbeat before
-    /// Kafka gives its raw partitions to the node's other processes, in
-    /// milliseconds (librdkafka `session.timeout.ms`; default 10000, within
-    /// the broker's `group.min.session.timeout.ms` of 6000 and
-    /// `group.max.session.timeout.ms`).
-    pub session_timeout_ms: u64,
-    /// The largest record the brokers accept, in bytes (their
-    /// `message.max.bytes`; default 1000000). A share record over it fails
-    /// its subscription alone, with the reason, instead of stopping the
-    /// distributor.
-    pub max_message_bytes: usize,
-    /// Extra librdkafka properties passed to every client (e.g.
-    /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
-    pub properties: BTreeMap<String, String>,
-    /// librdkafka properties whose values come from environment variables
-    /// (property → variable), for credentials such as
-    /// `"sasl.password" = "KAFKA_PASSWORD"`.
-    pub properties_env: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: None,
-            client_id: "backflow".to_owned(),
-            topic_prefix: crate::topics::DEFAULT_PREFIX.to_owned(),
-            partitions: 1,
-            replication_factor: 1,
-            request_timeout_ms: 10_000,
-            fetch_wait_ms: crate::kafka::DEFAULT_FETCH_WAIT_MS,
-            session_timeout_ms: 10_000,
-            max_message_bytes: crate::kafka::DEFAULT_MAX_MESSAGE_BYTES,
-            properties: BTreeMap::new(),
-            properties_env: BTreeMap::new(),
-        }
-    }
-}
+pub use crate::kafka::KafkaConfig;
 
 /// HTTP server settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -989,7 +929,7 @@ impl Config {
             .flat_map(|s| {
                 s.tables.iter().filter_map(move |t| {
                     let dataset = t.table.clone().or_else(|| {
-                        crate::topics::share_parts(&s.upstream.topic_prefix, &t.topic)
+                        crate::domain::topics::share_parts(&s.upstream.topic_prefix, &t.topic)
                             .map(|(_, d)| d.to_owned())
                     })?;
                     Some((dataset, s.name.clone()))
@@ -1068,7 +1008,7 @@ impl Config {
         };
         fetch_wait("kafka.fetch_wait_ms".to_owned(), config.kafka.fetch_wait_ms)?;
         let prefix = |key: String, prefix: &str| {
-            crate::topics::validate_prefix(prefix).map_err(|reason| ConfigError::BadValue {
+            crate::domain::topics::validate_prefix(prefix).map_err(|reason| ConfigError::BadValue {
                 key,
                 origin: origin_name(file, &env, ""),
                 reason,
@@ -1118,7 +1058,8 @@ impl Config {
                 origin: origin_name(file, &env, ""),
                 reason,
             };
-            crate::topics::validate_subscription_name(&sub.name).map_err(|e| bad("name", e))?;
+            crate::domain::topics::validate_subscription_name(&sub.name)
+                .map_err(|e| bad("name", e))?;
             if !subs.insert(sub.name.clone()) {
                 return Err(bad(
                     "name",
@@ -1150,17 +1091,16 @@ impl Config {
                 origin: origin_name(file, &env, ""),
                 reason,
             };
-            crate::auth::Principal::parse(&t.principal).map_err(|e| bad("principal", e))?;
+            crate::domain::principal::Principal::parse(&t.principal)
+                .map_err(|e| bad("principal", e))?;
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad("sha256", "not a hex SHA-256 (64 hex digits): use the output of `echo -n \"$TOKEN\" | sha256sum`".to_owned()));
             }
         }
-        crate::admission::validate_secrets(&config.secrets).map_err(|(key, reason)| {
-            ConfigError::BadValue {
-                key,
-                origin: origin_name(file, &env, ""),
-                reason,
-            }
+        validate_secrets(&config.secrets).map_err(|(key, reason)| ConfigError::BadValue {
+            key,
+            origin: origin_name(file, &env, ""),
+            reason,
         })?;
         let mut standardised = std::collections::BTreeSet::new();
         for (i, st) in config.standards.iter().enumerate() {
@@ -1209,7 +1149,7 @@ impl Config {
                 let (key, reason) = e.split_once(": ").unwrap_or(("fields", e.as_str()));
                 bad(key, reason.to_owned())
             })?;
-            if let Some(d) = crate::disclosure::check(
+            if let Some(d) = crate::domain::disclosure::check(
                 &policy.fields,
                 share.region_column.as_deref(),
                 &share.accept_disclosure,
@@ -1227,7 +1167,7 @@ impl Config {
             let hashed = policy
                 .fields
                 .values()
-                .any(|r| *r == crate::distributor::policy::FieldRule::Hashed);
+                .any(|r| *r == crate::domain::policy::FieldRule::Hashed);
             if hashed && share.secret.as_deref().unwrap_or("").len() < 16 {
                 return Err(bad(
                     "secret_env",
@@ -1348,6 +1288,57 @@ pub fn env_var_name(key: &str) -> String {
             .collect::<Vec<_>>()
             .join(ENV_SEPARATOR)
     )
+}
+
+// ---- [[secrets]] and [api_feeds]: what feeds registered through the API
+// may use (applied by crate::admission).
+
+/// A secret an admin binds to one department (`[[secrets]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// The name feeds use (`password_secret`).
+    pub name: String,
+    /// The department whose feeds may use it.
+    pub department: String,
+    /// Environment variable holding it.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// File holding it (first line; its line ending stripped).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// Where feeds registered through the API may connect (`[api_feeds]`).
+/// With nothing allowed, no such feed connects anywhere.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiFeedsConfig {
+    /// `host:port` of the databases they may read, as written in the feed.
+    pub allowed_hosts: Vec<String>,
+    /// The directory whose SQLite files `poll` feeds may read.
+    pub sqlite_dir: Option<PathBuf>,
+}
+
+/// The key naming a bound secret.
+pub const SECRET_KEY: &str = "password_secret";
+
+/// Checks `[[secrets]]` as configured; the error names the key.
+pub fn validate_secrets(secrets: &[SecretConfig]) -> Result<(), (String, String)> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, s) in secrets.iter().enumerate() {
+        let key = |k: &str| format!("secrets[{i}].{k}");
+        if s.name.is_empty() || !names.insert(s.name.as_str()) {
+            return Err((key("name"), format!("{:?} is empty or used twice", s.name)));
+        }
+        if s.department.is_empty() {
+            return Err((key("department"), "must name a department".to_owned()));
+        }
+        if s.env.is_some() == s.file.is_some() {
+            return Err((key("env"), "give exactly one of env and file".to_owned()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

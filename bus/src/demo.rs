@@ -351,7 +351,7 @@ async fn start_node(
             Level::Subscriber => {
                 // A district's address is that of its metrics, which need
                 // no token there.
-                backflow::subscribe::run_process(config, stop.clone(), |addr, metrics| {
+                backflow::node::run_subscriber(config, stop.clone(), |addr, metrics| {
                     let _ = tx.send((metrics.unwrap_or(addr), String::new()));
                 })
                 .await

@@ -9,6 +9,7 @@
 //! Records the source could not read go to `backflow.dlq.<feed>` with the
 //! reason; the feed goes on.
 
+use crate::domain::headers::{HEADER_DLQ_REASON, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use backflow_connectors::now_ms;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,19 +21,10 @@ use backflow_schemas::{ChangeEvent, SchemaError, TableCodec, TableDesc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::topics;
 use crate::kafka::{Acks, KafkaError, OutgoingRecord, Publisher, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
-use crate::topics;
-
-/// Header: `<node>/<feed>` that captured the change.
-pub const HEADER_ORIGIN: &str = "backflow.origin";
-/// Header: source commit time in ms, kept across hops.
-pub const HEADER_ORIGIN_TS: &str = "backflow.origin_ts";
-/// Header: comma-separated nodes the record passed.
-pub const HEADER_HOPS: &str = "backflow.hops";
-/// Header on dead letters: why the record was refused.
-pub const HEADER_DLQ_REASON: &str = "backflow.dlq.reason";
 
 /// Why a feed stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +58,17 @@ pub enum FeedError {
     /// as it is.
     #[error("{0}")]
     Standard(String),
+}
+
+impl From<crate::topic_state::TopicStateError> for FeedError {
+    fn from(e: crate::topic_state::TopicStateError) -> Self {
+        match e {
+            crate::topic_state::TopicStateError::Kafka(e) => FeedError::Kafka(e),
+            crate::topic_state::TopicStateError::Incomplete(reason) => {
+                FeedError::TopicState(reason)
+            }
+        }
+    }
 }
 
 impl crate::restart::Kind for FeedError {
@@ -156,7 +159,8 @@ pub async fn run(
         // read a standard's rows: the conformer keeps them instead.
         for t in &tables {
             if let Some(desc) = conformer.standard_desc(&t.dataset) {
-                let rows = crate::topic_state::current_rows(&ctx, &desc).await?;
+                let rows =
+                    crate::topic_state::current_rows(&ctx.settings, &ctx.registry, &desc).await?;
                 tracing::info!(feed = name, dataset = %t.dataset, topic_rows = rows.len(), "read the standardised dataset's raw topic for before-images");
                 conformer.load_prior(&t.dataset, rows);
             }
@@ -305,9 +309,11 @@ pub async fn run(
                     // datasets).
                     Vec::new()
                 } else {
-                    match crate::topic_state::current_rows(&ctx, table).await {
+                    match crate::topic_state::current_rows(&ctx.settings, &ctx.registry, table)
+                        .await
+                    {
                         Ok(rows) => rows,
-                        Err(e) => break 'feed Err(e),
+                        Err(e) => break 'feed Err(e.into()),
                     }
                 };
                 let count = rows.len();
@@ -652,7 +658,7 @@ impl Publishing {
                 (HEADER_DLQ_REASON, d.reason.as_bytes()),
             ];
             if let Some(rules) = &d.rules {
-                headers.push((crate::standards::HEADER_DLQ_RULES, rules.as_bytes()));
+                headers.push((crate::domain::headers::HEADER_DLQ_RULES, rules.as_bytes()));
             }
             self.ctx
                 .publisher

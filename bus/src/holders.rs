@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{CatalogState, Onward, SubscriptionState};
+use crate::catalog::{CatalogState, SubscriptionState};
 use crate::config::ShareConfig;
+use crate::domain::policy::Onward;
 
 /// Most holders one report may name.
 pub const MAX_HOLDERS: usize = 1000;

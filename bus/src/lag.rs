@@ -4,7 +4,7 @@
 //! A subscriber process (`backflow subscribe`) tells the upper node's Kafka,
 //! every few seconds, where it is: it commits the next offset it applies in
 //! each share-topic partition to the consumer group named like the share
-//! topic ([`crate::topics::subscriber_group`]), with the origin commit time
+//! topic ([`crate::domain::topics::subscriber_group`]), with the origin commit time
 //! of the last change it applied as the commit's metadata. Its offsets of
 //! record stay in its own database (with the rows); the group's offsets are
 //! for everyone who watches lag the Kafka way: `kafka-consumer-groups
@@ -407,7 +407,7 @@ impl Statuses {
         let mut book = self.inner.write().expect("lock");
         if !book.loaded {
             return Err(StatusRefusal::NotLoaded {
-                topic: crate::topics::subscribers().to_owned(),
+                topic: crate::domain::topics::subscribers().to_owned(),
             });
         }
         let key = status_key(node, subscription);
@@ -562,7 +562,7 @@ pub async fn monitor(
         let served = (ctx.served)().await;
         let mut rows = Vec::new();
         for (subscriber, dataset) in &served {
-            let topic = crate::topics::share(subscriber, dataset);
+            let topic = crate::domain::topics::share(subscriber, dataset);
             // A metadata request per share topic every 30 s, not every sample.
             let partitions = match known_partitions.get(&topic) {
                 Some((n, at)) if *n > 0 && at.elapsed() < PARTITIONS_EVERY => *n,
@@ -578,7 +578,7 @@ pub async fn monitor(
             // and where its group says it is.
             let report = board.statuses.latest(subscriber, &topic);
             let report = report.as_ref();
-            let group = crate::topics::subscriber_group(&topic);
+            let group = crate::domain::topics::subscriber_group(&topic);
             let parts: Vec<(String, i32)> = (0..partitions).map(|p| (topic.clone(), p)).collect();
             let committed = groups
                 .positions(&group, &parts)
@@ -733,7 +733,7 @@ async fn origin_at(
         .await
         .ok()?
         .ok()?;
-    std::str::from_utf8(record.header(crate::feed::HEADER_ORIGIN_TS)?)
+    std::str::from_utf8(record.header(crate::domain::headers::HEADER_ORIGIN_TS)?)
         .ok()?
         .parse()
         .ok()
@@ -831,7 +831,7 @@ async fn read_reports(
         readiness.set(CHECK_STATUSES, crate::http::CheckState::Ok);
     };
     loop {
-        let n = crate::kafka::partition_count(&settings, crate::topics::subscribers())
+        let n = crate::kafka::partition_count(&settings, crate::domain::topics::subscribers())
             .await
             .unwrap_or(0) as i32;
         if n == 0 {
@@ -849,7 +849,7 @@ async fn read_reports(
         };
         let consumer = match crate::kafka::Consumer::follow_partitions(
             &settings,
-            crate::topics::subscribers(),
+            crate::domain::topics::subscribers(),
             &parts,
         ) {
             Ok(c) => c,
@@ -918,19 +918,24 @@ async fn ends_now(
     let watermarks = crate::kafka::Watermarks::new(settings)?;
     let mut out = Vec::with_capacity(parts.len());
     for p in parts {
-        out.push((*p, watermarks.high(crate::topics::subscribers(), *p).await?));
+        out.push((
+            *p,
+            watermarks
+                .high(crate::domain::topics::subscribers(), *p)
+                .await?,
+        ));
     }
     Ok(out)
 }
 
-/// The key of a subscriber node's status in [`crate::topics::subscribers`].
+/// The key of a subscriber node's status in [`crate::domain::topics::subscribers`].
 pub fn status_key(subscriber_node: &str, subscription: &str) -> String {
     format!("{subscriber_node}/{subscription}")
 }
 
 /// A status as the node takes it from `subscriber_node`: refused when it is
 /// too large or unreadable, its subscription name breaks
-/// [`crate::topics::validate_subscription_name`], it names no topic or
+/// [`crate::domain::topics::validate_subscription_name`], it names no topic or
 /// more than [`MAX_STATUS_TOPICS`], a topic that is not a share topic of
 /// `subscriber_node` for some dataset (under this node's prefix, a legal
 /// Kafka name), or a state other than `RUNNING`/`FAILED`. The error text
@@ -950,7 +955,7 @@ pub fn accept_status(
     }
     let mut status: SubscriberStatus = serde_json::from_slice(payload)
         .map_err(|e| format!("a status is JSON {{subscription, topics, state, error}}: {e}"))?;
-    crate::topics::validate_subscription_name(&status.subscription)
+    crate::domain::topics::validate_subscription_name(&status.subscription)
         .map_err(|e| format!("subscription: {e}"))?;
     if status.topics.is_empty() || status.topics.len() > MAX_STATUS_TOPICS {
         return Err(format!(
@@ -958,14 +963,14 @@ pub fn accept_status(
         ));
     }
     for t in &status.topics {
-        let own = crate::topics::is_legal_topic(t)
-            && crate::topics::share_parts(crate::topics::prefix(), t)
+        let own = crate::domain::topics::is_legal_topic(t)
+            && crate::domain::topics::share_parts(crate::domain::topics::prefix(), t)
                 .is_some_and(|(node, _)| node == subscriber_node);
         if !own {
             return Err(format!(
                 "topic {:?} is not a share topic of node {subscriber_node} ({}<dataset>, a legal Kafka topic name)",
                 t.chars().take(80).collect::<String>(),
-                crate::topics::share(subscriber_node, ""),
+                crate::domain::topics::share(subscriber_node, ""),
             ));
         }
     }
@@ -1027,7 +1032,7 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
-/// A record of [`crate::topics::subscribers`] as the reading node takes it: its key
+/// A record of [`crate::domain::topics::subscribers`] as the reading node takes it: its key
 /// `<node>/<subscription>` names the subscriber node, which must own every
 /// topic the status names, and the status's subscription (checked again:
 /// the topic is the node's, but a status is only as good as its check),
@@ -1092,7 +1097,7 @@ pub async fn report(
         }
         let mut failed = None;
         for (topic, positions) in &by_topic {
-            let group = crate::topics::subscriber_group(topic);
+            let group = crate::domain::topics::subscriber_group(topic);
             if let Err(e) =
                 crate::kafka::group_commit(&settings, &group, positions, &metadata).await
             {
@@ -1295,7 +1300,9 @@ mod status_tests {
         let most: Vec<String> = (0..MAX_STATUS_TOPICS)
             .map(|i| format!("backflow.share.330106.a.{i:0>225}"))
             .collect();
-        assert!(most.iter().all(|t| t.len() == crate::topics::MAX_TOPIC_LEN));
+        assert!(most
+            .iter()
+            .all(|t| t.len() == crate::domain::topics::MAX_TOPIC_LEN));
         let most: Vec<&str> = most.iter().map(String::as_str).collect();
         accept_status(
             "330106",

@@ -22,8 +22,8 @@ pub mod cascade;
 pub mod catalog;
 pub mod config;
 pub mod dashboard;
-pub mod disclosure;
 pub mod distributor;
+pub mod domain;
 pub mod feed;
 pub mod feeds;
 pub mod holders;
@@ -40,7 +40,6 @@ pub mod standards;
 pub mod subscribe;
 pub mod telemetry;
 pub mod topic_state;
-pub mod topics;
 pub mod upper;
 
 /// backflow's version.

@@ -453,7 +453,7 @@ fn print_audit_report(report: &backflow::audit::VerifyReport) {
 fn load(cli: &Cli) -> anyhow::Result<Config> {
     let config = Config::load(cli.config.as_deref())?;
     // Every topic and group name of this process starts with it.
-    backflow::topics::set_prefix(&config.kafka.topic_prefix).map_err(anyhow::Error::msg)?;
+    backflow::domain::topics::set_prefix(&config.kafka.topic_prefix).map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 
@@ -607,7 +607,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             let report = runtime
                 .block_on(backflow::standards::check_feed(
-                    f,
+                    &f.sample_config(),
                     &config.standards,
                     *sample,
                 ))
@@ -701,7 +701,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             backflow::telemetry::init(&config.log);
             run_until_signal(|shutdown| async move {
-                backflow::subscribe::run_process(config, shutdown, |addr, metrics| {
+                backflow::node::run_subscriber(config, shutdown, |addr, metrics| {
                     println!("backflow listening on http://{addr}");
                     if let Some(m) = metrics {
                         println!("backflow metrics on http://{m}");

@@ -473,14 +473,14 @@ impl Metrics {
         .expect("unique");
         // Series exist at zero from the start, so rates and alerts work before
         // the first record.
-        for kind in crate::topics::TopicKind::ALL {
+        for kind in crate::domain::topics::TopicKind::ALL {
             let k = [kind.label()];
             m.kafka_produced.with_label_values(&k);
             m.kafka_produce_errors.with_label_values(&k);
             m.kafka_consumed.with_label_values(&k);
         }
         m.build_info
-            .with_label_values(&[crate::VERSION, &crate::kafka::librdkafka_version()])
+            .with_label_values(&[crate::VERSION, &rdkafka::util::get_rdkafka_version().1])
             .set(1);
         Self(std::sync::Arc::new(m))
     }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::domain::topics;
 use crate::feed::FeedContext;
 use crate::http::{self, CheckState, HttpState, Readiness};
 use crate::kafka::{
@@ -22,7 +23,6 @@ use crate::kafka::{
 };
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::topics;
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +287,7 @@ async fn run_on(
                 TopicSpec::compacted(topics::offsets(), partitions, rf),
                 TopicSpec::kept(topics::audit(), 1, rf),
                 TopicSpec::compacted(topics::schemas(), 1, rf),
-                TopicSpec::compacted(crate::topics::subscribers(), 1, rf),
+                TopicSpec::compacted(crate::domain::topics::subscribers(), 1, rf),
             ];
             // Start-up waits for Kafka: tried again soon, at most every 30 s.
             let mut restarts = crate::restart::Restarts::new(crate::restart::Policy {
@@ -553,6 +553,83 @@ async fn run_on(
     );
     on_started(&running);
 
+    shutdown.cancelled().await;
+    let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
+    tracing::info!(?timeout, "shutting down");
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        return Err(NodeError::ShutdownTimeout(timeout));
+    }
+    match http_task.await {
+        Ok(Err(e)) => Err(NodeError::Http(e)),
+        _ => {
+            tracing::info!("shutdown complete");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the subscriptions of `config` with an HTTP server for `/metrics`,
+/// `/healthz` and `/readyz`, until `shutdown` is cancelled.
+pub async fn run_subscriber(
+    config: crate::config::Config,
+    shutdown: CancellationToken,
+    on_started: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>),
+) -> Result<(), NodeError> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let health = crate::subscribe::SubscriptionHealth::new(readiness.clone());
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.http.listen,
+        source,
+    })?;
+    let tracker = tokio_util::task::TaskTracker::new();
+    for sub in config.subscriptions.clone() {
+        tracker.spawn(crate::subscribe::supervise(
+            sub,
+            metrics.clone(),
+            health.clone(),
+            None,
+            shutdown.clone(),
+        ));
+    }
+    let http_state = crate::http::HttpState {
+        metrics: metrics.clone(),
+        readiness,
+        auth: crate::auth::Authenticator::configured_only(&config.auth.tokens),
+    };
+    let metrics_addr = match config.http.metrics_listen {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|source| NodeError::Bind { addr: at, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr: at, source })?;
+            tracker.spawn(crate::http::serve(
+                l,
+                crate::http::ops_router(http_state.clone()),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+    let router = crate::http::router(http_state);
+    let http_task = tracker.spawn(crate::http::serve(listener, router, shutdown.clone()));
+    tracker.close();
+    tracing::info!(
+        http = %addr,
+        subscriptions = config.subscriptions.len(),
+        version = crate::VERSION,
+        "backflow subscriber started"
+    );
+    on_started(addr, metrics_addr);
     shutdown.cancelled().await;
     let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
     tracing::info!(?timeout, "shutting down");

@@ -9,10 +9,10 @@ use std::time::Duration;
 use backflow_connectors::{Position, TopicOffset};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::topics;
 use crate::kafka::{
     self, Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks,
 };
-use crate::topics;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {

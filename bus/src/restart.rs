@@ -35,32 +35,6 @@ impl Kind for backflow_connectors::ConnectorError {
     }
 }
 
-impl Kind for crate::kafka::KafkaError {
-    /// A client Kafka cannot create (a bad property) or an embedded broker
-    /// that cannot start is definite; everything else passes with the
-    /// broker's return.
-    fn kind(&self) -> ErrorKind {
-        match self {
-            crate::kafka::KafkaError::Client { .. } | crate::kafka::KafkaError::Embedded(_) => {
-                ErrorKind::Definite
-            }
-            _ => ErrorKind::Transient,
-        }
-    }
-}
-
-impl Kind for crate::registry::RegistryError {
-    /// The registry's 5xx codes are its own trouble (transient); 4xx codes
-    /// refuse the schema or the request (definite).
-    fn kind(&self) -> ErrorKind {
-        if self.code >= 50000 {
-            ErrorKind::Transient
-        } else {
-            ErrorKind::Definite
-        }
-    }
-}
-
 /// The label of a kind in metrics and logs.
 pub fn label(kind: ErrorKind) -> &'static str {
     match kind {

@@ -2,7 +2,7 @@
 //! standard form (`[[standards]]`) and validated before they are published.
 //!
 //! A change whose row breaks a rule goes to the feed's dead-letter topic
-//! with every violated rule named (header [`HEADER_DLQ_RULES`],
+//! with every violated rule named (header [`crate::domain::headers::HEADER_DLQ_RULES`],
 //! `field:rule,...`); the feed goes on. Quality is counted per feed,
 //! dataset and rule, and scored over [`SCORE_WINDOW`]: the share of the
 //! window's changes that met the standard.
@@ -17,12 +17,41 @@ use backflow_schemas::standard::{
 };
 use backflow_schemas::{Op, Row, TableDesc};
 
-use crate::config::StandardConfig;
 use crate::metrics::Metrics;
+use serde::{Deserialize, Serialize};
 
-/// Header on dead letters a standard refused: the violated rules as
-/// `field:rule,field:rule`.
-pub const HEADER_DLQ_RULES: &str = "backflow.dlq.rules";
+/// A dataset's standard form and how its feed's table maps into it.
+///
+/// ```toml
+/// [[standards]]
+/// dataset = "gongan.population"
+/// standard = "population"              # population | legal_entity | address_point
+/// [standards.mapping.fields]
+/// id_number = { from = "身份证号", cast = "trim" }
+/// name = { from = "姓名" }
+/// gender = { from = "性别", codes = { "男" = "1", "女" = "2" } }
+/// birth_date = { from = "出生日期", cast = { date = ["%Y%m%d", "%Y-%m-%d"] } }
+/// household_region = { from = "户籍区划" }
+/// [standards.rules]                    # the dataset's own rules, on top
+/// phone = [{ rule = "regex", name = "cn_mobile", pattern = "^1[3-9][0-9]{9}$" }]
+/// ```
+///
+/// Without `mapping.fields`, each standard field is read from the source
+/// column of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardConfig {
+    /// Dataset id `<department>.<name>`.
+    pub dataset: String,
+    /// A standard shipped with backflow.
+    pub standard: String,
+    /// Source column → standard field.
+    #[serde(default)]
+    pub mapping: backflow_schemas::standard::Mapping,
+    /// Rules of this dataset on top of the standard's, by standard field.
+    #[serde(default)]
+    pub rules: backflow_schemas::standard::DatasetRules,
+}
 
 /// The window of the quality score.
 pub const SCORE_WINDOW: Duration = Duration::from_secs(300);
@@ -514,49 +543,6 @@ pub struct TableCheck {
     pub by_rule: std::collections::BTreeMap<String, (usize, Vec<String>)>,
 }
 
-/// The sample a `postgres` or `mysql` feed's tables are read with: the
-/// same connection, read as a polling feed reads (plain SQL).
-fn sample_config(feed: &crate::config::FeedConfig) -> backflow_connectors::poll::PollSourceConfig {
-    use crate::config::FeedConfig;
-    use backflow_connectors::poll::{PollMode, PollSourceConfig, PollTableConfig};
-    let table = |table: &str, dataset: &str| PollTableConfig {
-        table: table.to_owned(),
-        dataset: dataset.to_owned(),
-        mode: PollMode::Bulk,
-        timestamp_column: None,
-        incrementing_column: None,
-        soft_delete_column: None,
-    };
-    match feed {
-        FeedConfig::Poll(c) => c.clone(),
-        FeedConfig::Postgres(c) => {
-            let tables = c
-                .tables
-                .iter()
-                .map(|t| table(&t.table, &t.dataset))
-                .collect();
-            let mut p = PollSourceConfig::postgres(&c.name, &c.user, &c.database, tables);
-            p.host = c.host.clone();
-            p.port = Some(c.port);
-            p.password = c.password.clone();
-            p
-        }
-        FeedConfig::Mysql(c) => {
-            let database = c.database.clone().unwrap_or_default();
-            let tables = c
-                .tables
-                .iter()
-                .map(|t| table(&t.table, &t.dataset))
-                .collect();
-            let mut p = PollSourceConfig::mysql(&c.name, &c.user, database, tables);
-            p.host = c.host.clone();
-            p.port = Some(c.port);
-            p.password = c.password.clone();
-            p
-        }
-    }
-}
-
 /// A value shown in a report: its first and last characters, the rest
 /// masked.
 fn redact(text: &str) -> String {
@@ -567,14 +553,16 @@ fn redact(text: &str) -> String {
     }
 }
 
-/// Runs `feed`'s mapping and rules over up to `sample` rows of each of its
-/// tables without publishing anything (`backflow feed check`).
+/// Runs the mapping and rules over up to `sample` rows of each table of
+/// `feed` (a feed's tables read as a polling feed reads them: see
+/// [`crate::config::FeedConfig::sample_config`]) without publishing
+/// anything (`backflow feed check`).
 pub async fn check_feed(
-    feed: &crate::config::FeedConfig,
+    feed: &backflow_connectors::poll::PollSourceConfig,
     standards: &[StandardConfig],
     sample: usize,
 ) -> Result<Vec<TableCheck>, String> {
-    let samples = backflow_connectors::poll::sample(&sample_config(feed), sample)
+    let samples = backflow_connectors::poll::sample(feed, sample)
         .await
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();

@@ -11,6 +11,10 @@
 //! the upstream cluster (acknowledged before the offset that covers them is
 //! committed) and the subscription goes on.
 
+use crate::domain::headers::{
+    HEADER_DLQ_OFFSET, HEADER_DLQ_PARTITION, HEADER_DLQ_REASON, HEADER_DLQ_TOPIC, HEADER_HOPS,
+    HEADER_ORIGIN, HEADER_ORIGIN_TS,
+};
 use backflow_connectors::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -31,20 +35,12 @@ use backflow_schemas::{
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SinkConfig, SubscriptionConfig};
-use crate::feed::{HEADER_DLQ_REASON, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::http::{CheckState, Readiness};
 use crate::kafka::{
     ConsumedRecord, Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, TopicAdmin,
     TopicSpec, Watermarks,
 };
 use crate::metrics::Metrics;
-
-/// Header on dead letters: the topic the record came from.
-pub const HEADER_DLQ_TOPIC: &str = "backflow.dlq.topic";
-/// Header on dead letters: its partition.
-pub const HEADER_DLQ_PARTITION: &str = "backflow.dlq.partition";
-/// Header on dead letters: its offset.
-pub const HEADER_DLQ_OFFSET: &str = "backflow.dlq.offset";
 
 /// Readiness check covering every subscription of the process.
 pub const CHECK_SUBSCRIPTIONS: &str = "subscriptions";
@@ -224,9 +220,10 @@ pub(crate) fn table_targets(config: &SubscriptionConfig) -> HashMap<String, Tabl
         .tables
         .iter()
         .map(|m| {
-            let dataset = crate::topics::share_parts(&config.upstream.topic_prefix, &m.topic)
-                .map_or(m.topic.as_str(), |(_, d)| d)
-                .to_owned();
+            let dataset =
+                crate::domain::topics::share_parts(&config.upstream.topic_prefix, &m.topic)
+                    .map_or(m.topic.as_str(), |(_, d)| d)
+                    .to_owned();
             if cascade {
                 // Re-published as a dataset of this node.
                 let dataset = m.table.clone().unwrap_or(dataset);
@@ -924,83 +921,4 @@ fn with_codec(
     desc.and_then(TableCodec::new)
         .map(|c| (c.table().clone(), c))
         .map_err(|e| e.to_string())
-}
-
-/// Runs the subscriptions of `config` with an HTTP server for `/metrics`,
-/// `/healthz` and `/readyz`, until `shutdown` is cancelled.
-pub async fn run_process(
-    config: crate::config::Config,
-    shutdown: CancellationToken,
-    on_started: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>),
-) -> Result<(), crate::node::NodeError> {
-    let metrics = Metrics::new();
-    let readiness = Readiness::default();
-    let health = SubscriptionHealth::new(readiness.clone());
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| crate::node::NodeError::Bind {
-            addr: config.http.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| crate::node::NodeError::Bind {
-            addr: config.http.listen,
-            source,
-        })?;
-    let tracker = tokio_util::task::TaskTracker::new();
-    for sub in config.subscriptions.clone() {
-        tracker.spawn(supervise(
-            sub,
-            metrics.clone(),
-            health.clone(),
-            None,
-            shutdown.clone(),
-        ));
-    }
-    let http_state = crate::http::HttpState {
-        metrics: metrics.clone(),
-        readiness,
-        auth: crate::auth::Authenticator::configured_only(&config.auth.tokens),
-    };
-    let metrics_addr = match config.http.metrics_listen {
-        Some(at) => {
-            let l = tokio::net::TcpListener::bind(at)
-                .await
-                .map_err(|source| crate::node::NodeError::Bind { addr: at, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| crate::node::NodeError::Bind { addr: at, source })?;
-            tracker.spawn(crate::http::serve(
-                l,
-                crate::http::ops_router(http_state.clone()),
-                shutdown.clone(),
-            ));
-            Some(bound)
-        }
-        None => None,
-    };
-    let router = crate::http::router(http_state);
-    let http_task = tracker.spawn(crate::http::serve(listener, router, shutdown.clone()));
-    tracker.close();
-    tracing::info!(
-        http = %addr,
-        subscriptions = config.subscriptions.len(),
-        version = crate::VERSION,
-        "backflow subscriber started"
-    );
-    on_started(addr, metrics_addr);
-    shutdown.cancelled().await;
-    let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
-    tracing::info!(?timeout, "shutting down");
-    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        return Err(crate::node::NodeError::ShutdownTimeout(timeout));
-    }
-    match http_task.await {
-        Ok(Err(e)) => Err(crate::node::NodeError::Http(e)),
-        _ => {
-            tracing::info!("shutdown complete");
-            Ok(())
-        }
-    }
 }

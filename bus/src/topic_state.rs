@@ -12,9 +12,20 @@ use backflow_schemas::{
     TableTarget,
 };
 
-use crate::feed::{FeedContext, FeedError};
-use crate::kafka::Consumer;
-use crate::topics;
+use crate::domain::topics;
+use crate::kafka::{Consumer, KafkaError, KafkaSettings};
+use crate::registry::Registry;
+
+/// Why the rows of a raw topic could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicStateError {
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The topic was not read to its end in time.
+    #[error("{0}")]
+    Incomplete(String),
+}
 
 /// A reader of one writer schema version and, per column of the wanted
 /// table, where it is in the writer's rows.
@@ -26,10 +37,14 @@ const READ_LIMIT: Duration = Duration::from_secs(300);
 /// The rows `backflow.raw.<table.dataset>` holds, mapped onto `table`'s
 /// columns by name (a column the record lacks is NULL). Records that do not
 /// decode are skipped with a warning: they never described a row.
-pub async fn current_rows(ctx: &FeedContext, table: &TableDesc) -> Result<Vec<Row>, FeedError> {
+pub async fn current_rows(
+    settings: &KafkaSettings,
+    registry: &Registry,
+    table: &TableDesc,
+) -> Result<Vec<Row>, TopicStateError> {
     let topic = topics::raw(&table.dataset);
-    let n = crate::kafka::partition_count(&ctx.settings, &topic).await? as i32;
-    let watermarks = crate::kafka::Watermarks::new(&ctx.settings)?;
+    let n = crate::kafka::partition_count(settings, &topic).await? as i32;
+    let watermarks = crate::kafka::Watermarks::new(settings)?;
     let mut left: HashMap<i32, i64> = HashMap::new();
     for p in 0..n {
         let high = watermarks.high(&topic, p).await?;
@@ -41,7 +56,7 @@ pub async fn current_rows(ctx: &FeedContext, table: &TableDesc) -> Result<Vec<Ro
         return Ok(Vec::new());
     }
     let partitions: Vec<i32> = left.keys().copied().collect();
-    let consumer = Consumer::replay_partitions(&ctx.settings, &topic, &partitions)?;
+    let consumer = Consumer::replay_partitions(settings, &topic, &partitions)?;
     let (department, name) = table
         .dataset
         .split_once('.')
@@ -63,7 +78,7 @@ pub async fn current_rows(ctx: &FeedContext, table: &TableDesc) -> Result<Vec<Ro
         let record = tokio::time::timeout_at(deadline, consumer.recv())
             .await
             .map_err(|_| {
-                FeedError::TopicState(format!(
+                TopicStateError::Incomplete(format!(
                     "reading {topic} to its end took more than {} s",
                     READ_LIMIT.as_secs()
                 ))
@@ -92,8 +107,8 @@ pub async fn current_rows(ctx: &FeedContext, table: &TableDesc) -> Result<Vec<Ro
         if let std::collections::hash_map::Entry::Vacant(slot) = versions.entry((key_id, value_id))
         {
             let version = match (
-                crate::distributor::schema(ctx, key_id).await,
-                crate::distributor::schema(ctx, value_id).await,
+                registry.schema_by_id(key_id).await,
+                registry.schema_by_id(value_id).await,
             ) {
                 (Some(k), Some(v)) => {
                     readers.add(key_id, &k).ok();

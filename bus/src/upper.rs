@@ -29,8 +29,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Onward;
 use crate::config::{SinkConfig, SubscriptionConfig};
+use crate::domain::policy::Onward;
 
 /// How often the upper grants are asked for.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -207,7 +207,7 @@ pub async fn follow(
     {
         for t in &s.tables {
             let Some((_, upstream)) =
-                crate::topics::share_parts(&s.upstream.topic_prefix, &t.topic)
+                crate::domain::topics::share_parts(&s.upstream.topic_prefix, &t.topic)
             else {
                 continue;
             };

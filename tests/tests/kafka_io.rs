@@ -366,7 +366,11 @@ async fn catalog_write_decided_on_a_stale_read_does_not_undo_a_revocation() {
     let broker = EmbeddedBroker::start().unwrap();
     let settings = KafkaSettings::new(broker.bootstrap_servers());
     TopicAdmin::Embedded(broker.admin())
-        .ensure(&[TopicSpec::compacted(backflow::topics::catalog(), 1, 1)])
+        .ensure(&[TopicSpec::compacted(
+            backflow::domain::topics::catalog(),
+            1,
+            1,
+        )])
         .await
         .unwrap();
     let publisher = Publisher::new(&settings, None).unwrap();
@@ -386,7 +390,7 @@ async fn catalog_write_decided_on_a_stale_read_does_not_undo_a_revocation() {
         updated_ms: 1,
         backfilled: false,
         request_version: 1,
-        onward: backflow::catalog::Onward::None,
+        onward: backflow::domain::policy::Onward::None,
     };
     catalog
         .put(CatalogRecord::Subscription(active.clone()))

@@ -92,7 +92,7 @@ async fn put_dataset(
 ) -> ApiResult {
     let who = staff(&state, &headers).await?;
     state.decides(&who, &id).map_err(forbidden)?;
-    crate::topics::validate_dataset_id(&id).map_err(invalid)?;
+    crate::domain::topics::validate_dataset_id(&id).map_err(invalid)?;
     let Value::Object(changes) = body else {
         return Err(invalid(
             "the body must be a JSON object of dataset settings",
@@ -144,7 +144,7 @@ async fn put_dataset(
     }
     if let Some(level) = dataset.compatibility {
         // The feeds register the raw topic's schemas under this level.
-        let topic = crate::topics::raw(&id);
+        let topic = crate::domain::topics::raw(&id);
         for key in [true, false] {
             let subject = backflow_schemas::registry_client::subject_for(&topic, key);
             state
@@ -250,8 +250,10 @@ async fn rederive(
 /// shared only as restrictive as it arrived or more (masked again or hashed,
 /// or withheld), never granted plain.
 async fn arrived_protection_kept(state: &ApiState, dataset: &Dataset) -> Result<(), ApiError> {
-    let subject =
-        backflow_schemas::registry_client::subject_for(&crate::topics::raw(&dataset.id), false);
+    let subject = backflow_schemas::registry_client::subject_for(
+        &crate::domain::topics::raw(&dataset.id),
+        false,
+    );
     let arrived = {
         let registry = state.registry.state().await;
         match registry.version(&subject, crate::registry::VersionSel::Latest, false) {

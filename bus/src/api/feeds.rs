@@ -171,7 +171,9 @@ async fn put_feed(
         // The mapping against the source table as it is now: refused when
         // it cannot produce the standard.
         let checked = match state.admission.admit(&parsed, &record.config, dept, true) {
-            Ok(resolved) => crate::standards::check_feed(&resolved, &standards, 0).await,
+            Ok(resolved) => {
+                crate::standards::check_feed(&resolved.sample_config(), &standards, 0).await
+            }
             Err(e) => Err(e.to_string()),
         };
         match checked {
@@ -194,7 +196,7 @@ async fn put_feed(
         &state,
         &who,
         CatalogRecord::Feed(record.clone()),
-        json!({"action": "feed registered", "feed": name, "datasets": parsed.datasets(), "secret": record.config.get(crate::admission::SECRET_KEY)}),
+        json!({"action": "feed registered", "feed": name, "datasets": parsed.datasets(), "secret": record.config.get(crate::config::SECRET_KEY)}),
     )
     .await?;
     let mut body = json!({"name": name, "owner": record.owner, "config": record.config, "paused": record.paused});

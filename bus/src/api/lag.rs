@@ -94,8 +94,9 @@ async fn post_status(
         crate::lag::accept_status(node, &body, now).map_err(|e| invalid(format!("status: {e}")))?;
     let catalog = state.catalog.state().await;
     for topic in &status.topics {
-        let (_, dataset) = crate::topics::share_parts(crate::topics::prefix(), topic)
-            .expect("accept_status checked the topic");
+        let (_, dataset) =
+            crate::domain::topics::share_parts(crate::domain::topics::prefix(), topic)
+                .expect("accept_status checked the topic");
         let configured = state
             .config_shares
             .iter()
@@ -133,7 +134,7 @@ async fn post_status(
         state
             .publisher
             .send(crate::kafka::OutgoingRecord {
-                topic: crate::topics::subscribers(),
+                topic: crate::domain::topics::subscribers(),
                 key: Some(key.as_bytes()),
                 payload: None,
                 headers: &[],
@@ -146,7 +147,7 @@ async fn post_status(
     state
         .publisher
         .send(crate::kafka::OutgoingRecord::new(
-            crate::topics::subscribers(),
+            crate::domain::topics::subscribers(),
             key.as_bytes(),
             &value,
         ))

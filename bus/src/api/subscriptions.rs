@@ -413,7 +413,7 @@ struct DecisionBody {
     /// Approve: whether the subscriber may share on what it receives
     /// (default: the dataset's `onward`).
     #[serde(default)]
-    onward: Option<crate::catalog::Onward>,
+    onward: Option<crate::domain::policy::Onward>,
 }
 
 /// `POST /api/subscriptions/{id}/{approve|reject|revoke|narrow|reactivate}`:

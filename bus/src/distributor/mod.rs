@@ -23,14 +23,13 @@
 //! commits what it settled, so at most its batches in flight are delivered
 //! twice.
 
-pub mod policy;
 pub mod retract;
 
+use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS, HEADER_POLICY};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apache_avro::Schema;
 use backflow_schemas::registry_client::subject_for;
 use backflow_schemas::{
     table_from_schemas, unframe, EventReader, FramedReaders, Op, TableCodec, TableDesc, TableTarget,
@@ -40,14 +39,11 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::Auditor;
 use crate::catalog::{Catalog, Subscription, SubscriptionState};
 use crate::config::ShareConfig;
-use crate::feed::{FeedContext, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
+use crate::domain::policy::{SharePolicy, ShareTable};
+use crate::domain::topics;
+use crate::feed::FeedContext;
 use crate::kafka::{Acks, Batch, ConsumedRecord, Consumer, KafkaError, OutgoingRecord, TopicSpec};
 use crate::registry::RegistryError;
-use crate::topics;
-use policy::{SharePolicy, ShareTable};
-
-/// Header: the version of the share policy a record was produced under.
-pub const HEADER_POLICY: &str = "backflow.policy";
 
 /// Most raw records handled between two offset stores.
 const BATCH: usize = 1_000;
@@ -802,9 +798,10 @@ async fn distribute(
         _ => return skip("not Confluent-framed".to_owned()),
     };
     if let std::collections::hash_map::Entry::Vacant(slot) = versions.entry((key_id, value_id)) {
-        let (Some(key_schema), Some(value_schema)) =
-            (schema(ctx, key_id).await, schema(ctx, value_id).await)
-        else {
+        let (Some(key_schema), Some(value_schema)) = (
+            ctx.registry.schema_by_id(key_id).await,
+            ctx.registry.schema_by_id(value_id).await,
+        ) else {
             return skip(format!(
                 "schema {key_id} or {value_id} is not in this node's registry"
             ));
@@ -960,20 +957,6 @@ async fn distribute(
     Ok(())
 }
 
-/// A schema of the node's registry, waiting once for the registry to catch
-/// up when the id is not known yet.
-pub(crate) async fn schema(ctx: &FeedContext, id: u32) -> Option<Arc<Schema>> {
-    if let Some(e) = ctx.registry.state().await.schema(id) {
-        return Some(e.schema.clone());
-    }
-    let _ = ctx.registry.caught_up().await;
-    ctx.registry
-        .state()
-        .await
-        .schema(id)
-        .map(|e| e.schema.clone())
-}
-
 /// The node's dead-letter topic of what could not be delivered to a share
 /// (the raw records, which hold unfiltered rows: the node's own, like a
 /// feed's dead letters).
@@ -1000,10 +983,16 @@ async fn dead_letter(
     let partition = record.partition.to_string();
     let offset = record.offset.to_string();
     let headers: [(&str, &[u8]); 4] = [
-        (crate::feed::HEADER_DLQ_REASON, reason.as_bytes()),
-        (crate::subscribe::HEADER_DLQ_TOPIC, record.topic.as_bytes()),
-        (crate::subscribe::HEADER_DLQ_PARTITION, partition.as_bytes()),
-        (crate::subscribe::HEADER_DLQ_OFFSET, offset.as_bytes()),
+        (crate::domain::headers::HEADER_DLQ_REASON, reason.as_bytes()),
+        (
+            crate::domain::headers::HEADER_DLQ_TOPIC,
+            record.topic.as_bytes(),
+        ),
+        (
+            crate::domain::headers::HEADER_DLQ_PARTITION,
+            partition.as_bytes(),
+        ),
+        (crate::domain::headers::HEADER_DLQ_OFFSET, offset.as_bytes()),
     ];
     ctx.publisher
         .enqueue_in(

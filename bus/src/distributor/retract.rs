@@ -15,6 +15,7 @@
 //! a node restarted mid-way finishes the job). Records written with
 //! schemas backflow did not generate are left as they are (logged).
 
+use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS, HEADER_RETRACTION};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,10 @@ use backflow_schemas::{
     table_from_schemas, unframe, EventReader, EventRef, FramedReaders, Op, TableCodec, TableTarget,
 };
 
-use super::{group_id, schema, DistributorError};
-use crate::feed::{FeedContext, HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
+use super::{group_id, DistributorError};
+use crate::domain::topics;
+use crate::feed::FeedContext;
 use crate::kafka::{Consumer, OutgoingRecord};
-use crate::topics;
-
-/// Header of the records a retraction appends: why.
-pub const HEADER_RETRACTION: &str = "backflow.retraction";
 
 /// How long [`retract`] waits for the distributor to pass the retraction.
 const DISTRIBUTED_WITHIN: Duration = Duration::from_secs(60);
@@ -111,7 +109,10 @@ pub async fn retract(
         };
         if let std::collections::hash_map::Entry::Vacant(slot) = versions.entry((key_id, value_id))
         {
-            let reader = match (schema(ctx, key_id).await, schema(ctx, value_id).await) {
+            let reader = match (
+                ctx.registry.schema_by_id(key_id).await,
+                ctx.registry.schema_by_id(value_id).await,
+            ) {
                 (Some(k), Some(v)) => table_from_schemas(&k, &v, &target)
                     .and_then(TableCodec::new)
                     .ok()

@@ -7,6 +7,7 @@ mod consumer;
 mod embedded;
 mod publisher;
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,8 +18,7 @@ pub use consumer::{group_commit, group_committed, ConsumedRecord, Consumer, Grou
 pub use embedded::{EmbeddedAdmin, EmbeddedBroker};
 pub use publisher::{Acks, Batch, Delivered, OutgoingRecord, Publisher};
 
-use crate::config::KafkaConfig;
-use crate::topics::TopicKind;
+use crate::domain::topics::TopicKind;
 
 /// One counter per topic kind, its label resolved once: counting a record
 /// costs no label lookup.
@@ -102,11 +102,99 @@ pub enum KafkaError {
     Embedded(String),
 }
 
+impl crate::restart::Kind for KafkaError {
+    /// A client Kafka cannot create (a bad property) or an embedded broker
+    /// that cannot start is definite; everything else passes with the
+    /// broker's return.
+    fn kind(&self) -> crate::restart::ErrorKind {
+        match self {
+            KafkaError::Client { .. } | KafkaError::Embedded(_) => {
+                crate::restart::ErrorKind::Definite
+            }
+            _ => crate::restart::ErrorKind::Transient,
+        }
+    }
+}
+
 /// Default of [`KafkaSettings::fetch_wait_ms`]: the data path's consumers
 /// (distributor, subscribers). Apache Kafka answers a fetch as soon as a
 /// record is there (`fetch.min.bytes` 1), so this adds no latency: it only
 /// sets how often an idle consumer asks, ten times a second.
 pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Absent: an embedded in-memory
+    /// broker is started (for trying backflow, never for production).
+    pub brokers: Option<String>,
+    /// Client id reported to the brokers.
+    pub client_id: String,
+    /// The prefix of every topic, consumer group and internal topic the
+    /// node names (default `backflow.`), so several nodes can share one
+    /// cluster, each in its own namespace: `<prefix>raw.<dataset>`,
+    /// `<prefix>share.<subscriber>.<dataset>`, `<prefix>_catalog`, the group
+    /// `<prefix>distributor.<node>`. Ends with `.`; a PREFIXED ACL on
+    /// `<prefix>share.<subscriber>.` grants one subscriber exactly its
+    /// topics and groups.
+    pub topic_prefix: String,
+    /// Partitions of topics backflow creates (default 1). The processes
+    /// serving one node share its raw topics' partitions as members of the
+    /// distributor's consumer group, so a node meant to run on several
+    /// processes wants at least as many partitions as processes. Applies to
+    /// topics created from then on.
+    pub partitions: i32,
+    /// Replication factor of topics backflow creates. With 3 or more, the
+    /// topics are created with `min.insync.replicas` a majority (3 → 2), so
+    /// an acknowledged change (the producers use `acks=all`) survives the
+    /// loss of any minority of brokers.
+    pub replication_factor: i32,
+    /// Timeout of admin and metadata requests, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How long the broker may hold a fetch of the distributor's consumer
+    /// that finds no record, in milliseconds (librdkafka
+    /// `fetch.wait.max.ms`; default 100). Apache Kafka answers as soon as
+    /// a record arrives, so this adds no latency: it sets how often an idle
+    /// consumer asks.
+    pub fetch_wait_ms: u32,
+    /// How long a distributor process may go without a heartbeat before
+    /// Kafka gives its raw partitions to the node's other processes, in
+    /// milliseconds (librdkafka `session.timeout.ms`; default 10000, within
+    /// the broker's `group.min.session.timeout.ms` of 6000 and
+    /// `group.max.session.timeout.ms`).
+    pub session_timeout_ms: u64,
+    /// The largest record the brokers accept, in bytes (their
+    /// `message.max.bytes`; default 1000000). A share record over it fails
+    /// its subscription alone, with the reason, instead of stopping the
+    /// distributor.
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties passed to every client (e.g.
+    /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables
+    /// (property → variable), for credentials such as
+    /// `"sasl.password" = "KAFKA_PASSWORD"`.
+    pub properties_env: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            client_id: "backflow".to_owned(),
+            topic_prefix: crate::domain::topics::DEFAULT_PREFIX.to_owned(),
+            partitions: 1,
+            replication_factor: 1,
+            request_timeout_ms: 10_000,
+            fetch_wait_ms: DEFAULT_FETCH_WAIT_MS,
+            session_timeout_ms: 10_000,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            properties: BTreeMap::new(),
+            properties_env: BTreeMap::new(),
+        }
+    }
+}
 
 /// Connection settings shared by every client of one node.
 #[derive(Debug, Clone)]

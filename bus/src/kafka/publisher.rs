@@ -30,8 +30,8 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 
 use super::{ByKind, KafkaError, KafkaSettings};
+use crate::domain::topics::TopicKind;
 use crate::metrics::Metrics;
-use crate::topics::TopicKind;
 
 /// The producer's metrics with their labels resolved once, shared by the
 /// publisher and its delivery reports: no label lookup per record.

@@ -39,8 +39,8 @@ pub use api::router;
 pub use compat::Level;
 pub use state::{LogRecord, RegistryState, VersionSel};
 
+use crate::domain::topics;
 use crate::kafka::{Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
-use crate::topics;
 
 /// How many times a write retries after losing a race to another node.
 const MAX_ATTEMPTS: u32 = 12;
@@ -152,6 +152,17 @@ impl Registry {
     /// Read access to the current state.
     pub async fn state(&self) -> RwLockReadGuard<'_, RegistryState> {
         self.inner.state.read().await
+    }
+
+    /// The schema with this id, waiting once for the registry to catch up
+    /// when the id is not known yet (a record may arrive before its
+    /// schema's record is read back).
+    pub async fn schema_by_id(&self, id: u32) -> Option<std::sync::Arc<apache_avro::Schema>> {
+        if let Some(e) = self.state().await.schema(id) {
+            return Some(e.schema.clone());
+        }
+        let _ = self.caught_up().await;
+        self.state().await.schema(id).map(|e| e.schema.clone())
     }
 
     /// Waits until every record written before this call is applied.
@@ -406,5 +417,17 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
             }
         }
         inner.applied.send_replace(record.offset);
+    }
+}
+
+impl crate::restart::Kind for RegistryError {
+    /// The registry's 5xx codes are its own trouble (transient); 4xx codes
+    /// refuse the schema or the request (definite).
+    fn kind(&self) -> crate::restart::ErrorKind {
+        if self.code >= 50000 {
+            crate::restart::ErrorKind::Transient
+        } else {
+            crate::restart::ErrorKind::Definite
+        }
     }
 }

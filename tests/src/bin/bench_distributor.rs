@@ -200,18 +200,18 @@ async fn fill(broker: &Broker, names: &Names, events: i64) -> anyhow::Result<()>
 /// The distributor's own work per share record on one thread, without
 /// Kafka: row filter, field policy (mask, HMAC), Avro encoding, framing.
 fn cpu_only(events: i64) -> anyhow::Result<()> {
-    use backflow::distributor::policy::{FieldRule, Predicate, SharePolicy};
+    use backflow::domain::policy::{FieldRule, Predicate, SharePolicy};
     let source = table(DATASET);
     let shares: Vec<(
         SharePolicy,
-        backflow::distributor::policy::ShareTable,
+        backflow::domain::policy::ShareTable,
         TableCodec,
     )> = (0..10)
         .map(|i| {
             let policy = SharePolicy {
                 subscriber: format!("{:06}", 331_000 + i),
                 dataset: DATASET.into(),
-                rows: backflow::catalog::RowRule::All,
+                rows: backflow::domain::policy::RowRule::All,
                 prefix: String::new(),
                 predicates: vec![Predicate {
                     column: "flag".into(),

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::distributor::policy::{FieldRule, Mask};
+use crate::domain::policy::{FieldRule, Mask};
 
 /// Length of a citizen identity number.
 const ID_NUMBER_LEN: usize = 18;

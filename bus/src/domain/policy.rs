@@ -24,6 +24,39 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+/// Whether the subscriber, a lower node, may share on what it receives
+/// (set by the owner; a grant shares nothing onward unless it says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Onward {
+    /// The subscriber keeps the data to itself.
+    #[default]
+    None,
+    /// The subscriber may share it on to divisions inside its own
+    /// jurisdiction, within this grant (rows, fields, protections).
+    WithinJurisdiction,
+}
+
+impl Onward {
+    /// The setting as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Onward::None => "none",
+            Onward::WithinJurisdiction => "within_jurisdiction",
+        }
+    }
+}
+
+/// Which rows of a dataset a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowRule {
+    /// Rows whose division code in this column starts with the
+    /// subscriber's jurisdiction prefix.
+    Jurisdiction(String),
+    /// Every row (declared by the owner).
+    All,
+}
+
 /// How a masked field is shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mask {
@@ -166,7 +199,7 @@ pub struct SharePolicy {
     /// Dataset id.
     pub dataset: String,
     /// Which rows the subscriber receives.
-    pub rows: crate::catalog::RowRule,
+    pub rows: crate::domain::policy::RowRule,
     /// Required prefix of the region column (the subscriber's jurisdiction).
     pub prefix: String,
     /// Extra row conditions.
@@ -334,8 +367,8 @@ impl SharePolicy {
             .map(|k| desc.column(k).map(|(i, _)| i).expect("granted key"))
             .collect();
         let region = match &self.rows {
-            crate::catalog::RowRule::Jurisdiction(column) => Some(find(column)?),
-            crate::catalog::RowRule::All => None,
+            crate::domain::policy::RowRule::Jurisdiction(column) => Some(find(column)?),
+            crate::domain::policy::RowRule::All => None,
         };
         let predicates = self
             .predicates
@@ -512,7 +545,7 @@ mod tests {
         SharePolicy {
             subscriber: subscriber.into(),
             dataset: "gongan.population".into(),
-            rows: crate::catalog::RowRule::Jurisdiction("region_code".into()),
+            rows: crate::domain::policy::RowRule::Jurisdiction("region_code".into()),
             prefix: prefix.into(),
             predicates: vec![],
             fields: BTreeMap::from([
