@@ -127,98 +127,25 @@ async fn run_on(
     readiness.register(CHECK_KAFKA);
     readiness.register(CHECK_TOPICS);
     readiness.register(CHECK_REGISTRY);
-
-    let bootstrap = match (&config.kafka.brokers, embedded) {
-        (Some(b), _) => b.clone(),
-        (None, Some(e)) => e.bootstrap_servers().to_owned(),
-        (None, None) => unreachable!("embedded broker started above"),
-    };
-    if embedded.is_some() {
-        tracing::warn!(
-            bootstrap = %bootstrap,
-            "NO KAFKA CONFIGURED: running on an embedded in-memory broker. Data is lost when \
-             this process stops. This is for trying backflow only; set kafka.brokers \
-             (BACKFLOW_KAFKA__BROKERS) for real use."
-        );
-    }
+    let bootstrap = bootstrap(&config, embedded);
     let settings = KafkaSettings::from_config(&config.kafka, &bootstrap);
-    // The audit trail's key, before anything starts: a node on a real
-    // cluster without one refuses to run. A source process writes no
-    // audit records; it signs with the configured key or none of use.
-    let audit_key = if is_node {
-        crate::audit::AuditKey::for_node(&config.audit, embedded.is_some())?
-    } else {
-        match crate::audit::AuditKey::from_config(&config.audit)? {
-            Some(key) => key,
-            None => crate::audit::AuditKey::generate()?,
-        }
-    };
-
-    let listener = TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| NodeError::Bind {
-            addr: config.http.listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(NodeError::Http)?;
-    let metrics_listener = match config.http.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
-
+    let audit_key = audit_key(is_node, &config, embedded.is_some())?;
+    let mut listeners = Listeners::bind(&config.http).await?;
     let tracker = TaskTracker::new();
-
     let publisher = Publisher::new(&settings, Some(metrics.clone()))?;
     if let Role::Source { resnapshot } = &role {
-        for name in resnapshot {
-            let Some(feed) = config.feeds.iter().find(|f| f.name() == name) else {
-                continue;
-            };
-            crate::feeds::resnapshot(feed, &publisher)
-                .await
-                .map_err(|e| NodeError::Resnapshot {
-                    feed: name.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
+        resnapshot_feeds(&config, resnapshot, &publisher).await?;
     }
-    let proposer = format!(
-        "{}-{}-{}",
-        config.node.code,
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
-    );
-    let (registry, follower) =
-        Registry::start(&settings, publisher.clone(), proposer, shutdown.clone())?;
-    tracker.spawn(async move {
-        let _ = follower.await;
-    });
-    let (catalog, catalog_follower) =
-        crate::catalog::Catalog::start(&settings, publisher.clone(), shutdown.clone())?;
-    tracker.spawn(async move {
-        let _ = catalog_follower.await;
-    });
-    let auditor = crate::audit::Auditor::new(
-        &settings,
-        publisher.clone(),
-        config.node.code.as_str(),
-        audit_key,
-        config.audit.checkpoint_every,
-    );
+    let state = start_state(
+        &config, &settings, &publisher, audit_key, &tracker, &shutdown,
+    )?;
     let feed_statuses = crate::feeds::FeedStatuses::default();
     let admission =
         crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone())
             .with_cascaded(config.cascaded_datasets());
-    // What the upper node grants of each dataset received from it.
+    // What the upper node grants of each dataset received from it, and
+    // whom this node's lower nodes share on with.
     let upper = crate::upper::UpperGrants::new(&config.cascaded_datasets());
-    // Whom this node's lower nodes share on with.
     let holder_reports = crate::holders::HolderReports::default();
     if is_node {
         tracker.spawn(crate::upper::follow(
@@ -226,313 +153,66 @@ async fn run_on(
             config.node.code.to_string(),
             upper.clone(),
             crate::upper::Reporting {
-                catalog: catalog.clone(),
+                catalog: state.catalog.clone(),
                 shares: config.shares.clone(),
                 reports: holder_reports.clone(),
             },
             shutdown.clone(),
         ));
-    }
-    // Subscriptions past their validity end within seconds.
-    if is_node {
-        let (catalog, auditor, shutdown) = (catalog.clone(), auditor.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-                if let Err(e) = crate::api::expire(&catalog, &auditor).await {
-                    tracing::debug!(error = %e, "expiry check failed");
-                }
-            }
-        });
+        tracker.spawn(expire_subscriptions(
+            state.catalog.clone(),
+            state.auditor.clone(),
+            shutdown.clone(),
+        ));
     }
 
-    // Subscriptions to upper nodes, applied to this node's databases.
-    let health = crate::subscribe::SubscriptionHealth::new(readiness.clone());
-    let subscriptions = if is_node {
-        config.subscriptions.clone()
-    } else {
-        Vec::new()
+    let process = Process {
+        config: &config,
+        is_node,
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
     };
-    // Cascading ones (sink `kafka`) start with the feeds, once this node's
-    // bus and registry are ready.
-    let (cascading, databases): (Vec<_>, Vec<_>) = subscriptions
-        .iter()
-        .cloned()
-        .partition(|s| matches!(s.sink, crate::config::SinkConfig::Kafka(_)));
-    // Internal topics, retried until they exist or the node stops.
-    {
-        let settings = settings.clone();
-        let readiness = readiness.clone();
-        let shutdown = shutdown.clone();
-        let embedded_admin = embedded.map(EmbeddedBroker::admin);
-        let registry = registry.clone();
-        let feeds = config.feeds.clone();
-        let shares = config.shares.clone();
-        let (catalog_d, auditor_d, upper_d) = (catalog.clone(), auditor.clone(), upper.clone());
-        let (catalog_f, statuses_f) = (catalog.clone(), feed_statuses.clone());
-        let admission_f = std::sync::Arc::new(admission.clone());
-        let node_code = config.node.code.to_string();
-        let standards = Arc::new(config.standards.clone());
-        let publisher = publisher.clone();
-        let metrics = metrics.clone();
-        let feed_tracker = tracker.clone();
-        let cascade_health = health.clone();
-        let (partitions, rf) = (config.kafka.partitions, config.kafka.replication_factor);
-        tracker.spawn(async move {
-            let specs = [
-                TopicSpec::compacted(topics::catalog(), 1, rf),
-                TopicSpec::compacted(topics::offsets(), partitions, rf),
-                TopicSpec::kept(topics::audit(), 1, rf),
-                TopicSpec::compacted(topics::schemas(), 1, rf),
-                TopicSpec::compacted(crate::domain::topics::subscribers(), 1, rf),
-            ];
-            // Start-up waits for Kafka: tried again soon, at most every 30 s.
-            let mut restarts = crate::restart::Restarts::new(crate::restart::Policy {
-                first: Duration::from_millis(200),
-                max: Duration::from_secs(30),
-                ..crate::restart::Policy::DEFAULT
-            });
-            loop {
-                let admin = match &embedded_admin {
-                    Some(a) => Ok(TopicAdmin::Embedded(a.clone())),
-                    None => TopicAdmin::new(&settings),
-                };
-                let attempt = async {
-                    match admin {
-                        Ok(admin) => admin.ensure(&specs).await,
-                        Err(e) => Err(e),
-                    }
-                };
-                let outcome = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    outcome = attempt => outcome,
-                };
-                match outcome {
-                    Ok(created) => {
-                        if !created.is_empty() {
-                            tracing::info!(topics = ?created, "created internal topics");
-                        }
-                        readiness.set(CHECK_TOPICS, CheckState::Ok);
-                        loop {
-                            match registry.caught_up().await {
-                                Ok(()) => {
-                                    readiness.set(CHECK_REGISTRY, CheckState::Ok);
-                                    crate::standards::register(&registry, &standards).await;
-                                    let ctx = FeedContext {
-                                        node: node_code,
-                                        publisher,
-                                        settings: settings.clone(),
-                                        registry,
-                                        admin: Arc::new(match &embedded_admin {
-                                            Some(a) => TopicAdmin::Embedded(a.clone()),
-                                            None => match TopicAdmin::new(&settings) {
-                                                Ok(a) => a,
-                                                Err(e) => {
-                                                    tracing::error!(error = %e, "cannot start feeds");
-                                                    return;
-                                                }
-                                            },
-                                        }),
-                                        partitions,
-                                        replication_factor: rf,
-                                        metrics,
-                                        standards,
-                                    };
-                                    feed_tracker.spawn(crate::feeds::manage(
-                                        feeds,
-                                        is_node.then_some((catalog_f, admission_f)),
-                                        ctx.clone(),
-                                        statuses_f,
-                                        shutdown.clone(),
-                                    ));
-                                    if !is_node {
-                                        return;
-                                    }
-                                    for sub in cascading {
-                                        feed_tracker.spawn(crate::subscribe::supervise(
-                                            sub,
-                                            ctx.metrics.clone(),
-                                            cascade_health.clone(),
-                                            Some(ctx.clone()),
-                                            shutdown.clone(),
-                                        ));
-                                    }
-                                    feed_tracker.spawn(crate::distributor::supervise(
-                                        shares,
-                                        catalog_d,
-                                        auditor_d,
-                                        upper_d,
-                                        ctx.clone(),
-                                        shutdown.clone(),
-                                    ));
-                                    return;
-                                }
-                                Err(e) => {
-                                    use crate::restart::Kind;
-                                    let retry = restarts.failed(e.kind());
-                                    readiness.set(CHECK_REGISTRY, CheckState::Failing(e.to_string()));
-                                    if !crate::restart::pause(retry.wait, &shutdown).await {
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        use crate::restart::Kind;
-                        let retry = restarts.failed(e.kind());
-                        tracing::warn!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "cannot create internal topics yet");
-                        readiness.set(CHECK_TOPICS, CheckState::Failing(e.to_string()));
-                        if !crate::restart::pause(retry.wait, &shutdown).await {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-    }
-
-    // Kafka reachability behind /readyz and the broker gauge.
-    {
-        let settings = settings.clone();
-        let readiness = readiness.clone();
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        let interval = Duration::from_millis(config.runtime.readiness_interval_ms.max(100));
-        tracker.spawn(async move {
-            let mut was_ok = None;
-            loop {
-                let state = match kafka::check_reachable(&settings).await {
-                    Ok(_) => CheckState::Ok,
-                    Err(e) => CheckState::Failing(e.to_string()),
-                };
-                let ok = state == CheckState::Ok;
-                metrics.kafka_broker_reachable.set(i64::from(ok));
-                if was_ok != Some(ok) {
-                    match &state {
-                        CheckState::Failing(reason) => {
-                            tracing::warn!(%reason, "Kafka is not reachable")
-                        }
-                        _ => tracing::info!("Kafka is reachable"),
-                    }
-                    was_ok = Some(ok);
-                }
-                readiness.set(CHECK_KAFKA, state);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
-                }
-            }
-        });
-    }
-
-    for sub in databases {
-        tracker.spawn(crate::subscribe::supervise(
-            sub,
-            metrics.clone(),
-            health.clone(),
-            None,
-            shutdown.clone(),
-        ));
-    }
-    if subscriptions.is_empty() {
-        readiness.set(crate::subscribe::CHECK_SUBSCRIPTIONS, CheckState::Ok);
-    }
-
-    let lag_board = crate::lag::LagBoard::default();
-    if is_node {
-        readiness.register(crate::lag::CHECK_STATUSES);
-        let catalog = catalog.clone();
-        let shares: Vec<(String, String)> = config
-            .shares
-            .iter()
-            .map(|s| (s.subscriber.to_string(), s.dataset.clone()))
-            .collect();
-        let served: Arc<
-            dyn Fn() -> futures::future::BoxFuture<'static, crate::lag::Served> + Send + Sync,
-        > = Arc::new(move || {
-            let catalog = catalog.clone();
-            let shares = shares.clone();
-            Box::pin(async move {
-                let mut out = shares;
-                let state = catalog.state().await;
-                for s in state.subscriptions.values() {
-                    if s.state == crate::catalog::SubscriptionState::Active
-                        && !out
-                            .iter()
-                            .any(|(n, d)| *n == s.subscriber && *d == s.dataset)
-                    {
-                        out.push((s.subscriber.clone(), s.dataset.clone()));
-                    }
-                }
-                out.sort();
-                out
-            })
-        });
-        tracker.spawn(crate::lag::monitor(
-            crate::lag::MonitorContext {
-                node: config.node.code.to_string(),
-                settings: settings.clone(),
-                served,
-                feeds: feed_statuses.clone(),
-                metrics: metrics.clone(),
-                window: Duration::from_secs(config.runtime.lag_window_secs.max(4)),
-                readiness: readiness.clone(),
-            },
-            lag_board.clone(),
-            shutdown.clone(),
-        ));
-    }
+    process.start_subscriptions_and_data_path(
+        embedded,
+        &state,
+        &publisher,
+        &feed_statuses,
+        &admission,
+        &upper,
+    );
+    let lag_board = process.start_lag_monitor(&state, &feed_statuses);
 
     let http_state = HttpState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        auth: crate::auth::Authenticator::new(&config.auth.tokens, catalog.clone()),
+        auth: crate::auth::Authenticator::new(&config.auth.tokens, state.catalog.clone()),
     };
-    let metrics_addr = match metrics_listener {
-        Some(l) => {
-            let addr = l.local_addr().map_err(NodeError::Http)?;
-            tracker.spawn(http::serve(
-                l,
-                http::ops_router(http_state.clone()),
-                shutdown.clone(),
-            ));
-            Some(addr)
-        }
-        None => None,
-    };
+    let metrics_addr = listeners.serve_ops(&http_state, &tracker, &shutdown)?;
     // The registry takes the API's tokens: reads for any principal, writes
     // for admin (the node's own feeds and distributor write in-process).
     let registry_auth = http_state.auth.clone();
-    let mut router =
-        http::router(http_state).merge(crate::registry::router(registry.clone(), registry_auth));
+    let mut router = http::router(http_state).merge(crate::registry::router(
+        state.registry.clone(),
+        registry_auth,
+    ));
     if is_node {
-        router = router.merge(crate::api::router(
-            crate::api::ApiState::new(
-                catalog,
-                auditor,
-                &config.auth.tokens,
-                config.node.clone(),
-                feed_statuses,
-                publisher.clone(),
-                registry,
-            )
-            .with_lag(lag_board)
-            .with_metrics(metrics.clone())
-            .with_standards(config.standards.clone())
-            .with_feeds(admission.clone(), &config.feeds)
-            .with_cascaded(config.cascaded_datasets())
-            .with_config_shares(config.shares.clone())
-            .with_upper(upper.clone())
-            .with_holder_reports(holder_reports.clone()),
-        ));
-        // The operators' dashboard at `/` (its data comes from /api).
-        router = router.merge(crate::dashboard::router());
+        let control = ControlPlane {
+            state,
+            feed_statuses,
+            publisher: publisher.clone(),
+            lag_board,
+            metrics: metrics.clone(),
+            admission,
+            upper,
+            holder_reports,
+        };
+        router = router.merge(control.router(&config));
     }
-    let http_task = tracker.spawn(http::serve(listener, router, shutdown.clone()));
+    let http_addr = listeners.addr;
+    let http_task = tracker.spawn(http::serve(listeners.main, router, shutdown.clone()));
     tracker.close();
 
     let running = Running {
@@ -552,7 +232,563 @@ async fn run_on(
         "backflow node started"
     );
     on_started(&running);
+    wind_down(&config, &shutdown, tracker, http_task).await
+}
 
+/// The Kafka bootstrap list: the configured cluster's, or the embedded
+/// broker's (with a warning that it is for trying backflow only).
+fn bootstrap(config: &Config, embedded: Option<&EmbeddedBroker>) -> String {
+    let bootstrap = match (&config.kafka.brokers, embedded) {
+        (Some(b), _) => b.clone(),
+        (None, Some(e)) => e.bootstrap_servers().to_owned(),
+        (None, None) => unreachable!("embedded broker started above"),
+    };
+    if embedded.is_some() {
+        tracing::warn!(
+            bootstrap = %bootstrap,
+            "NO KAFKA CONFIGURED: running on an embedded in-memory broker. Data is lost when \
+             this process stops. This is for trying backflow only; set kafka.brokers \
+             (BACKFLOW_KAFKA__BROKERS) for real use."
+        );
+    }
+    bootstrap
+}
+
+/// The audit trail's key, before anything starts: a node on a real cluster
+/// without one refuses to run. A source process writes no audit records;
+/// it signs with the configured key or one of its own.
+fn audit_key(
+    is_node: bool,
+    config: &Config,
+    embedded: bool,
+) -> Result<crate::audit::AuditKey, NodeError> {
+    Ok(if is_node {
+        crate::audit::AuditKey::for_node(&config.audit, embedded)?
+    } else {
+        match crate::audit::AuditKey::from_config(&config.audit)? {
+            Some(key) => key,
+            None => crate::audit::AuditKey::generate()?,
+        }
+    })
+}
+
+/// What the parts of one process share while it starts them.
+struct Process<'a> {
+    config: &'a Config,
+    is_node: bool,
+    settings: KafkaSettings,
+    metrics: Metrics,
+    readiness: Readiness,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Process<'_> {
+    /// Subscriptions to upper nodes and the data path: cascading
+    /// subscriptions (sink `kafka`) start with the feeds and the
+    /// distributor, once this node's topics and registry are ready; the
+    /// others apply to this node's databases from now.
+    fn start_subscriptions_and_data_path(
+        &self,
+        embedded: Option<&EmbeddedBroker>,
+        state: &State,
+        publisher: &Publisher,
+        feed_statuses: &crate::feeds::FeedStatuses,
+        admission: &crate::admission::FeedAdmission,
+        upper: &crate::upper::UpperGrants,
+    ) {
+        let config = self.config;
+        let health = crate::subscribe::SubscriptionHealth::new(self.readiness.clone());
+        let subscriptions = if self.is_node {
+            config.subscriptions.clone()
+        } else {
+            Vec::new()
+        };
+        let (cascading, databases): (Vec<_>, Vec<_>) = subscriptions
+            .iter()
+            .cloned()
+            .partition(|s| matches!(s.sink, crate::config::SinkConfig::Kafka(_)));
+        self.tracker.spawn(start_data_path(
+            DataPath {
+                is_node: self.is_node,
+                settings: self.settings.clone(),
+                embedded_admin: embedded.map(EmbeddedBroker::admin),
+                registry: state.registry.clone(),
+                publisher: publisher.clone(),
+                metrics: self.metrics.clone(),
+                node_code: config.node.code.to_string(),
+                standards: Arc::new(config.standards.clone()),
+                partitions: config.kafka.partitions,
+                replication_factor: config.kafka.replication_factor,
+                feeds: config.feeds.clone(),
+                feed_statuses: feed_statuses.clone(),
+                admission: Arc::new(admission.clone()),
+                shares: config.shares.clone(),
+                cascading,
+                cascade_health: health.clone(),
+                catalog: state.catalog.clone(),
+                auditor: state.auditor.clone(),
+                upper: upper.clone(),
+                readiness: self.readiness.clone(),
+                tracker: self.tracker.clone(),
+            },
+            self.shutdown.clone(),
+        ));
+        self.tracker.spawn(watch_kafka(
+            self.settings.clone(),
+            self.readiness.clone(),
+            self.metrics.clone(),
+            Duration::from_millis(config.runtime.readiness_interval_ms.max(100)),
+            self.shutdown.clone(),
+        ));
+        for sub in databases {
+            self.tracker.spawn(crate::subscribe::supervise(
+                sub,
+                self.metrics.clone(),
+                health.clone(),
+                None,
+                self.shutdown.clone(),
+            ));
+        }
+        if subscriptions.is_empty() {
+            self.readiness
+                .set(crate::subscribe::CHECK_SUBSCRIPTIONS, CheckState::Ok);
+        }
+    }
+
+    /// On a node, the lag board of the subscriptions it serves and of its
+    /// feeds, kept current from now.
+    fn start_lag_monitor(
+        &self,
+        state: &State,
+        feed_statuses: &crate::feeds::FeedStatuses,
+    ) -> crate::lag::LagBoard {
+        let board = crate::lag::LagBoard::default();
+        if self.is_node {
+            self.readiness.register(crate::lag::CHECK_STATUSES);
+            let ctx = crate::lag::MonitorContext {
+                node: self.config.node.code.to_string(),
+                settings: self.settings.clone(),
+                served: served(state.catalog.clone(), &self.config.shares),
+                feeds: feed_statuses.clone(),
+                metrics: self.metrics.clone(),
+                window: Duration::from_secs(self.config.runtime.lag_window_secs.max(4)),
+                readiness: self.readiness.clone(),
+            };
+            self.tracker.spawn(crate::lag::monitor(
+                ctx,
+                board.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+        board
+    }
+}
+
+/// What the control plane of a node serves from.
+struct ControlPlane {
+    state: State,
+    feed_statuses: crate::feeds::FeedStatuses,
+    publisher: Publisher,
+    lag_board: crate::lag::LagBoard,
+    metrics: Metrics,
+    admission: crate::admission::FeedAdmission,
+    upper: crate::upper::UpperGrants,
+    holder_reports: crate::holders::HolderReports,
+}
+
+impl ControlPlane {
+    /// The API and, at `/`, the operators' dashboard (its data comes from
+    /// /api).
+    fn router(self, config: &Config) -> axum::Router {
+        crate::api::router(
+            crate::api::ApiState::new(
+                self.state.catalog,
+                self.state.auditor,
+                &config.auth.tokens,
+                config.node.clone(),
+                self.feed_statuses,
+                self.publisher,
+                self.state.registry,
+            )
+            .with_lag(self.lag_board)
+            .with_metrics(self.metrics)
+            .with_standards(config.standards.clone())
+            .with_feeds(self.admission, &config.feeds)
+            .with_cascaded(config.cascaded_datasets())
+            .with_config_shares(config.shares.clone())
+            .with_upper(self.upper)
+            .with_holder_reports(self.holder_reports),
+        )
+        .merge(crate::dashboard::router())
+    }
+}
+
+/// Takes a new snapshot of the named feeds (`backflow source --resnapshot`):
+/// their replication slots are dropped and their positions forgotten.
+async fn resnapshot_feeds(
+    config: &Config,
+    names: &[String],
+    publisher: &Publisher,
+) -> Result<(), NodeError> {
+    for name in names {
+        let Some(feed) = config.feeds.iter().find(|f| f.name() == name) else {
+            continue;
+        };
+        crate::feeds::resnapshot(feed, publisher)
+            .await
+            .map_err(|e| NodeError::Resnapshot {
+                feed: name.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// The Kafka-backed state every process of a node keeps: the schema
+/// registry, the catalog and the audit trail's writer.
+struct State {
+    registry: Registry,
+    catalog: crate::catalog::Catalog,
+    auditor: crate::audit::Auditor,
+}
+
+/// Starts following the registry and the catalog (their followers run on
+/// `tracker`) and the audit trail's writer.
+fn start_state(
+    config: &Config,
+    settings: &KafkaSettings,
+    publisher: &Publisher,
+    audit_key: crate::audit::AuditKey,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<State, NodeError> {
+    let proposer = format!(
+        "{}-{}-{}",
+        config.node.code,
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
+    );
+    let (registry, follower) =
+        Registry::start(settings, publisher.clone(), proposer, shutdown.clone())?;
+    tracker.spawn(async move {
+        let _ = follower.await;
+    });
+    let (catalog, catalog_follower) =
+        crate::catalog::Catalog::start(settings, publisher.clone(), shutdown.clone())?;
+    tracker.spawn(async move {
+        let _ = catalog_follower.await;
+    });
+    let auditor = crate::audit::Auditor::new(
+        settings,
+        publisher.clone(),
+        config.node.code.as_str(),
+        audit_key,
+        config.audit.checkpoint_every,
+    );
+    Ok(State {
+        registry,
+        catalog,
+        auditor,
+    })
+}
+
+/// Ends subscriptions past their validity within seconds, until `shutdown`.
+async fn expire_subscriptions(
+    catalog: crate::catalog::Catalog,
+    auditor: crate::audit::Auditor,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        if let Err(e) = crate::api::expire(&catalog, &auditor).await {
+            tracing::debug!(error = %e, "expiry check failed");
+        }
+    }
+}
+
+/// What the data path starts with once Kafka and the registry are ready.
+struct DataPath {
+    is_node: bool,
+    settings: KafkaSettings,
+    embedded_admin: Option<kafka::EmbeddedAdmin>,
+    registry: Registry,
+    publisher: Publisher,
+    metrics: Metrics,
+    node_code: String,
+    standards: Arc<Vec<crate::config::StandardConfig>>,
+    partitions: i32,
+    replication_factor: i32,
+    feeds: Vec<crate::config::FeedConfig>,
+    feed_statuses: crate::feeds::FeedStatuses,
+    admission: Arc<crate::admission::FeedAdmission>,
+    shares: Vec<crate::config::ShareConfig>,
+    cascading: Vec<crate::config::SubscriptionConfig>,
+    cascade_health: crate::subscribe::SubscriptionHealth,
+    catalog: crate::catalog::Catalog,
+    auditor: crate::audit::Auditor,
+    upper: crate::upper::UpperGrants,
+    readiness: Readiness,
+    tracker: TaskTracker,
+}
+
+impl DataPath {
+    fn admin(&self) -> Result<TopicAdmin, KafkaError> {
+        match &self.embedded_admin {
+            Some(a) => Ok(TopicAdmin::Embedded(a.clone())),
+            None => TopicAdmin::new(&self.settings),
+        }
+    }
+
+    /// Creates the internal topics that do not exist yet.
+    async fn ensure_internal_topics(&self) -> Result<Vec<String>, KafkaError> {
+        let (partitions, rf) = (self.partitions, self.replication_factor);
+        let specs = [
+            TopicSpec::compacted(topics::catalog(), 1, rf),
+            TopicSpec::compacted(topics::offsets(), partitions, rf),
+            TopicSpec::kept(topics::audit(), 1, rf),
+            TopicSpec::compacted(topics::schemas(), 1, rf),
+            TopicSpec::compacted(topics::subscribers(), 1, rf),
+        ];
+        self.admin()?.ensure(&specs).await
+    }
+
+    /// Starts the feeds and, on a node, the cascading subscriptions and
+    /// the distributor.
+    fn start(self, shutdown: CancellationToken) {
+        let admin = match self.admin() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start feeds");
+                return;
+            }
+        };
+        let ctx = FeedContext {
+            node: self.node_code,
+            publisher: self.publisher,
+            settings: self.settings,
+            registry: self.registry,
+            admin: Arc::new(admin),
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            metrics: self.metrics,
+            standards: self.standards,
+        };
+        self.tracker.spawn(crate::feeds::manage(
+            self.feeds,
+            self.is_node
+                .then_some((self.catalog.clone(), self.admission)),
+            ctx.clone(),
+            self.feed_statuses,
+            shutdown.clone(),
+        ));
+        if !self.is_node {
+            return;
+        }
+        for sub in self.cascading {
+            self.tracker.spawn(crate::subscribe::supervise(
+                sub,
+                ctx.metrics.clone(),
+                self.cascade_health.clone(),
+                Some(ctx.clone()),
+                shutdown.clone(),
+            ));
+        }
+        self.tracker.spawn(crate::distributor::supervise(
+            self.shares,
+            self.catalog,
+            self.auditor,
+            self.upper,
+            ctx,
+            shutdown,
+        ));
+    }
+}
+
+/// Makes sure the internal topics exist and the registry has replayed its
+/// topic (each retried until it passes or the node stops), then starts the
+/// data path.
+async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
+    // Start-up waits for Kafka: tried again soon, at most every 30 s.
+    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(30),
+        ..crate::restart::Policy::DEFAULT
+    });
+    use crate::restart::Kind;
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = path.ensure_internal_topics() => outcome,
+        };
+        match outcome {
+            Ok(created) => {
+                if !created.is_empty() {
+                    tracing::info!(topics = ?created, "created internal topics");
+                }
+                path.readiness.set(CHECK_TOPICS, CheckState::Ok);
+                break;
+            }
+            Err(e) => {
+                let retry = restarts.failed(e.kind());
+                tracing::warn!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "cannot create internal topics yet");
+                path.readiness
+                    .set(CHECK_TOPICS, CheckState::Failing(e.to_string()));
+                if !crate::restart::pause(retry.wait, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+    loop {
+        match path.registry.caught_up().await {
+            Ok(()) => {
+                path.readiness.set(CHECK_REGISTRY, CheckState::Ok);
+                crate::standards::register(&path.registry, &path.standards).await;
+                path.start(shutdown);
+                return;
+            }
+            Err(e) => {
+                let retry = restarts.failed(e.kind());
+                path.readiness
+                    .set(CHECK_REGISTRY, CheckState::Failing(e.to_string()));
+                if !crate::restart::pause(retry.wait, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the Kafka reachability check behind `/readyz` and the broker
+/// gauge current every `interval`, logging each change, until `shutdown`.
+async fn watch_kafka(
+    settings: KafkaSettings,
+    readiness: Readiness,
+    metrics: Metrics,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut was_ok = None;
+    loop {
+        let state = match kafka::check_reachable(&settings).await {
+            Ok(_) => CheckState::Ok,
+            Err(e) => CheckState::Failing(e.to_string()),
+        };
+        let ok = state == CheckState::Ok;
+        metrics.kafka_broker_reachable.set(i64::from(ok));
+        if was_ok != Some(ok) {
+            match &state {
+                CheckState::Failing(reason) => {
+                    tracing::warn!(%reason, "Kafka is not reachable")
+                }
+                _ => tracing::info!("Kafka is reachable"),
+            }
+            was_ok = Some(ok);
+        }
+        readiness.set(CHECK_KAFKA, state);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// What the lag board covers, asked each round: the configuration's shares
+/// and the catalog's active subscriptions.
+fn served(
+    catalog: crate::catalog::Catalog,
+    config_shares: &[crate::config::ShareConfig],
+) -> Arc<dyn Fn() -> futures::future::BoxFuture<'static, crate::lag::Served> + Send + Sync> {
+    let shares: Vec<(String, String)> = config_shares
+        .iter()
+        .map(|s| (s.subscriber.to_string(), s.dataset.clone()))
+        .collect();
+    Arc::new(move || {
+        let catalog = catalog.clone();
+        let shares = shares.clone();
+        Box::pin(async move {
+            let mut out = shares;
+            let state = catalog.state().await;
+            for s in state.subscriptions.values() {
+                if s.state == crate::catalog::SubscriptionState::Active
+                    && !out
+                        .iter()
+                        .any(|(n, d)| *n == s.subscriber && *d == s.dataset)
+                {
+                    out.push((s.subscriber.clone(), s.dataset.clone()));
+                }
+            }
+            out.sort();
+            out
+        })
+    })
+}
+
+/// The HTTP listeners of a process: the main one, and one for `/metrics`,
+/// `/healthz` and `/readyz` without a token when `http.metrics_listen` says
+/// so.
+struct Listeners {
+    main: TcpListener,
+    addr: SocketAddr,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds both, before anything starts, so a taken address fails the
+    /// process at once, naming the key.
+    async fn bind(http: &crate::config::HttpConfig) -> Result<Self, NodeError> {
+        let bind_error = |addr| move |source| NodeError::Bind { addr, source };
+        let main = TcpListener::bind(http.listen)
+            .await
+            .map_err(bind_error(http.listen))?;
+        let addr = main.local_addr().map_err(bind_error(http.listen))?;
+        let metrics = match http.metrics_listen {
+            Some(at) => Some(TcpListener::bind(at).await.map_err(bind_error(at))?),
+            None => None,
+        };
+        Ok(Self {
+            main,
+            addr,
+            metrics,
+        })
+    }
+
+    /// Serves the operational endpoints on the metrics listener, if any;
+    /// its address.
+    fn serve_ops(
+        &mut self,
+        state: &HttpState,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<SocketAddr>, NodeError> {
+        let Some(l) = self.metrics.take() else {
+            return Ok(None);
+        };
+        let addr = l.local_addr().map_err(NodeError::Http)?;
+        tracker.spawn(http::serve(
+            l,
+            http::ops_router(state.clone()),
+            shutdown.clone(),
+        ));
+        Ok(Some(addr))
+    }
+}
+
+/// Waits for `shutdown`, then for the process's tasks within
+/// `runtime.shutdown_timeout_ms`, and for the HTTP server's end.
+async fn wind_down(
+    config: &Config,
+    shutdown: &CancellationToken,
+    tracker: TaskTracker,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), NodeError> {
     shutdown.cancelled().await;
     let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
     tracing::info!(?timeout, "shutting down");
@@ -569,26 +805,18 @@ async fn run_on(
 }
 
 /// Runs the subscriptions of `config` with an HTTP server for `/metrics`,
-/// `/healthz` and `/readyz`, until `shutdown` is cancelled.
+/// `/healthz` and `/readyz`, until `shutdown` is cancelled
+/// (`backflow subscribe`).
 pub async fn run_subscriber(
-    config: crate::config::Config,
+    config: Config,
     shutdown: CancellationToken,
-    on_started: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>),
+    on_started: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> Result<(), NodeError> {
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     let health = crate::subscribe::SubscriptionHealth::new(readiness.clone());
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| NodeError::Bind {
-            addr: config.http.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| NodeError::Bind {
-        addr: config.http.listen,
-        source,
-    })?;
-    let tracker = tokio_util::task::TaskTracker::new();
+    let mut listeners = Listeners::bind(&config.http).await?;
+    let tracker = TaskTracker::new();
     for sub in config.subscriptions.clone() {
         tracker.spawn(crate::subscribe::supervise(
             sub,
@@ -598,30 +826,15 @@ pub async fn run_subscriber(
             shutdown.clone(),
         ));
     }
-    let http_state = crate::http::HttpState {
+    let http_state = HttpState {
         metrics: metrics.clone(),
         readiness,
         auth: crate::auth::Authenticator::configured_only(&config.auth.tokens),
     };
-    let metrics_addr = match config.http.metrics_listen {
-        Some(at) => {
-            let l = tokio::net::TcpListener::bind(at)
-                .await
-                .map_err(|source| NodeError::Bind { addr: at, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| NodeError::Bind { addr: at, source })?;
-            tracker.spawn(crate::http::serve(
-                l,
-                crate::http::ops_router(http_state.clone()),
-                shutdown.clone(),
-            ));
-            Some(bound)
-        }
-        None => None,
-    };
-    let router = crate::http::router(http_state);
-    let http_task = tracker.spawn(crate::http::serve(listener, router, shutdown.clone()));
+    let metrics_addr = listeners.serve_ops(&http_state, &tracker, &shutdown)?;
+    let router = http::router(http_state);
+    let addr = listeners.addr;
+    let http_task = tracker.spawn(http::serve(listeners.main, router, shutdown.clone()));
     tracker.close();
     tracing::info!(
         http = %addr,
@@ -630,17 +843,5 @@ pub async fn run_subscriber(
         "backflow subscriber started"
     );
     on_started(addr, metrics_addr);
-    shutdown.cancelled().await;
-    let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
-    tracing::info!(?timeout, "shutting down");
-    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        return Err(NodeError::ShutdownTimeout(timeout));
-    }
-    match http_task.await {
-        Ok(Err(e)) => Err(NodeError::Http(e)),
-        _ => {
-            tracing::info!("shutdown complete");
-            Ok(())
-        }
-    }
+    wind_down(&config, &shutdown, tracker, http_task).await
 }
