@@ -980,18 +980,54 @@ impl Config {
             reason: e.to_string(),
         })?;
 
-        let mut config = serde_path_to_error::deserialize::<_, Config>(merged).map_err(|err| {
+        let config = serde_path_to_error::deserialize::<_, Config>(merged).map_err(|err| {
             let key = err.path().to_string();
             let reason = err.inner().to_string();
             classify(key, reason, file, &env)
         })?;
-        for (prop, var) in &config.kafka.properties_env {
+        let check = Check { file, env: &env };
+        let mut config = config;
+        check.kafka(&mut config)?;
+        check.feed_definitions(&mut config)?;
+        check.subscriptions(&mut config)?;
+        check.tokens(&config)?;
+        check.standards(&config)?;
+        check.shares(&mut config)?;
+        config
+            .audit
+            .validate()
+            .map_err(|(key, reason)| ConfigError::BadValue {
+                key: key.to_owned(),
+                origin: check.origin(key),
+                reason,
+            })?;
+        check.feed_datasets(&config)?;
+        Ok(config)
+    }
+}
+
+/// The checks of a loaded configuration, each naming the key at fault and
+/// where its value came from.
+struct Check<'a> {
+    file: Option<&'a Path>,
+    env: &'a BTreeMap<String, String>,
+}
+
+impl Check<'_> {
+    fn origin(&self, key: &str) -> String {
+        origin_name(self.file, self.env, key)
+    }
+
+    /// Kafka properties from the environment, fetch waits, topic
+    /// prefixes, the session timeout.
+    fn kafka(&self, c: &mut Config) -> Result<(), ConfigError> {
+        for (prop, var) in &c.kafka.properties_env {
             let value = std::env::var(var).map_err(|_| ConfigError::BadValue {
                 key: format!("kafka.properties_env.{prop}"),
-                origin: origin_name(file, &env, ""),
+                origin: self.origin(""),
                 reason: format!("environment variable {var} is not set"),
             })?;
-            config.kafka.properties.insert(prop.clone(), value);
+            c.kafka.properties.insert(prop.clone(), value);
         }
         // 0 would make idle consumers ask without pause; a wait near
         // librdkafka's socket.timeout.ms (60 s) drops idle connections.
@@ -1000,22 +1036,22 @@ impl Config {
                 Ok(())
             } else {
                 Err(ConfigError::BadValue {
-                    key,
-                    origin: origin_name(file, &env, ""),
-                    reason: format!("{ms} ms is outside 1..={MAX_FETCH_WAIT_MS} (below the Kafka client's 60 s socket timeout); the default, 100, suits Apache Kafka"),
-                })
+                key,
+                origin: self.origin(""),
+                reason: format!("{ms} ms is outside 1..={MAX_FETCH_WAIT_MS} (below the Kafka client's 60 s socket timeout); the default, 100, suits Apache Kafka"),
+            })
             }
         };
-        fetch_wait("kafka.fetch_wait_ms".to_owned(), config.kafka.fetch_wait_ms)?;
+        fetch_wait("kafka.fetch_wait_ms".to_owned(), c.kafka.fetch_wait_ms)?;
         let prefix = |key: String, prefix: &str| {
             crate::domain::topics::validate_prefix(prefix).map_err(|reason| ConfigError::BadValue {
                 key,
-                origin: origin_name(file, &env, ""),
+                origin: self.origin(""),
                 reason,
             })
         };
-        prefix("kafka.topic_prefix".to_owned(), &config.kafka.topic_prefix)?;
-        for (i, sub) in config.subscriptions.iter().enumerate() {
+        prefix("kafka.topic_prefix".to_owned(), &c.kafka.topic_prefix)?;
+        for (i, sub) in c.subscriptions.iter().enumerate() {
             prefix(
                 format!("subscriptions[{i}].upstream.topic_prefix"),
                 &sub.upstream.topic_prefix,
@@ -1023,39 +1059,49 @@ impl Config {
         }
         // Apache Kafka refuses a member whose session timeout lies outside
         // group.min/max.session.timeout.ms (defaults 6 s and 30 min).
-        if !(6_000..=1_800_000).contains(&config.kafka.session_timeout_ms) {
+        if !(6_000..=1_800_000).contains(&c.kafka.session_timeout_ms) {
             return Err(ConfigError::BadValue {
-                key: "kafka.session_timeout_ms".to_owned(),
-                origin: origin_name(file, &env, ""),
-                reason: format!(
-                    "{} ms is outside 6000..=1800000, the session timeouts Apache Kafka accepts by default (group.min.session.timeout.ms, group.max.session.timeout.ms); the default is 10000",
-                    config.kafka.session_timeout_ms
-                ),
-            });
+            key: "kafka.session_timeout_ms".to_owned(),
+            origin: self.origin(""),
+            reason: format!(
+                "{} ms is outside 6000..=1800000, the session timeouts Apache Kafka accepts by default (group.min.session.timeout.ms, group.max.session.timeout.ms); the default is 10000",
+                c.kafka.session_timeout_ms
+            ),
+        });
         }
-        for (i, sub) in config.subscriptions.iter().enumerate() {
+        for (i, sub) in c.subscriptions.iter().enumerate() {
             fetch_wait(
                 format!("subscriptions[{i}].upstream.fetch_wait_ms"),
                 sub.upstream.fetch_wait_ms,
             )?;
         }
-        for (i, feed) in config.feeds.iter_mut().enumerate() {
+        Ok(())
+    }
+
+    /// Each feed's definition and its password.
+    fn feed_definitions(&self, c: &mut Config) -> Result<(), ConfigError> {
+        for (i, feed) in c.feeds.iter_mut().enumerate() {
             feed.validate(&format!("feeds[{i}]"))
                 .map_err(|(key, reason)| ConfigError::BadValue {
                     key,
-                    origin: origin_name(file, &env, ""),
+                    origin: self.origin(""),
                     reason,
                 })?;
             feed.resolve_secrets(i)?;
         }
-        for (i, sub) in config.subscriptions.iter_mut().enumerate() {
+        Ok(())
+    }
+
+    /// Each subscription: its password, name, topics and batch size.
+    fn subscriptions(&self, c: &mut Config) -> Result<(), ConfigError> {
+        for (i, sub) in c.subscriptions.iter_mut().enumerate() {
             sub.resolve_secrets(i)?;
         }
         let mut subs = std::collections::BTreeSet::new();
-        for (i, sub) in config.subscriptions.iter().enumerate() {
+        for (i, sub) in c.subscriptions.iter().enumerate() {
             let bad = |key: &str, reason: String| ConfigError::BadValue {
                 key: format!("subscriptions[{i}].{key}"),
-                origin: origin_name(file, &env, ""),
+                origin: self.origin(""),
                 reason,
             };
             crate::domain::topics::validate_subscription_name(&sub.name)
@@ -1074,21 +1120,26 @@ impl Config {
             }
             if sub.tables.len() > MAX_SUBSCRIPTION_TOPICS {
                 return Err(bad(
-                    "tables",
-                    format!(
-                        "{} tables: a subscription reads at most {MAX_SUBSCRIPTION_TOPICS} topics (its status to the upper node names them all); split it into several subscriptions",
-                        sub.tables.len()
-                    ),
-                ));
+                "tables",
+                format!(
+                    "{} tables: a subscription reads at most {MAX_SUBSCRIPTION_TOPICS} topics (its status to the upper node names them all); split it into several subscriptions",
+                    sub.tables.len()
+                ),
+            ));
             }
             if sub.batch_size == 0 {
                 return Err(bad("batch_size", "must be at least 1".to_owned()));
             }
         }
-        for (i, t) in config.auth.tokens.iter().enumerate() {
+        Ok(())
+    }
+
+    /// The API tokens and the admin's secrets.
+    fn tokens(&self, c: &Config) -> Result<(), ConfigError> {
+        for (i, t) in c.auth.tokens.iter().enumerate() {
             let bad = |key: &str, reason: String| ConfigError::BadValue {
                 key: format!("auth.tokens[{i}].{key}"),
-                origin: origin_name(file, &env, ""),
+                origin: self.origin(""),
                 reason,
             };
             crate::domain::principal::Principal::parse(&t.principal)
@@ -1097,16 +1148,21 @@ impl Config {
                 return Err(bad("sha256", "not a hex SHA-256 (64 hex digits): use the output of `echo -n \"$TOKEN\" | sha256sum`".to_owned()));
             }
         }
-        validate_secrets(&config.secrets).map_err(|(key, reason)| ConfigError::BadValue {
+        validate_secrets(&c.secrets).map_err(|(key, reason)| ConfigError::BadValue {
             key,
-            origin: origin_name(file, &env, ""),
+            origin: self.origin(""),
             reason,
         })?;
+        Ok(())
+    }
+
+    /// One standard per dataset, each valid.
+    fn standards(&self, c: &Config) -> Result<(), ConfigError> {
         let mut standardised = std::collections::BTreeSet::new();
-        for (i, st) in config.standards.iter().enumerate() {
+        for (i, st) in c.standards.iter().enumerate() {
             let bad = |key: &str, reason: String| ConfigError::BadValue {
                 key: format!("standards[{i}].{key}"),
-                origin: origin_name(file, &env, ""),
+                origin: self.origin(""),
                 reason,
             };
             if !standardised.insert(st.dataset.clone()) {
@@ -1117,12 +1173,18 @@ impl Config {
             }
             crate::standards::DatasetStandard::new(st).map_err(|(key, reason)| bad(key, reason))?;
         }
+        Ok(())
+    }
+
+    /// Each share: within this node's jurisdiction, once per subscriber and
+    /// dataset, its secret, its policy and what it discloses.
+    fn shares(&self, c: &mut Config) -> Result<(), ConfigError> {
         let mut shares = std::collections::BTreeSet::new();
-        let node_code = config.node.code.clone();
-        for (i, share) in config.shares.iter_mut().enumerate() {
+        let node_code = c.node.code.clone();
+        for (i, share) in c.shares.iter_mut().enumerate() {
             let bad = |key: &str, reason: String| ConfigError::BadValue {
                 key: format!("shares[{i}].{key}"),
-                origin: origin_name(file, &env, ""),
+                origin: self.origin(""),
                 reason,
             };
             if let Err(reason) = node_code.may_share_with(&share.subscriber) {
@@ -1170,44 +1232,42 @@ impl Config {
                 .any(|r| *r == crate::domain::policy::FieldRule::Hashed);
             if hashed && share.secret.as_deref().unwrap_or("").len() < 16 {
                 return Err(bad(
-                    "secret_env",
-                    "hashed fields need a secret of at least 16 bytes: set secret_env to a variable holding it (each subscription its own)".to_owned(),
-                ));
+                "secret_env",
+                "hashed fields need a secret of at least 16 bytes: set secret_env to a variable holding it (each subscription its own)".to_owned(),
+            ));
             }
         }
-        config
-            .audit
-            .validate()
-            .map_err(|(key, reason)| ConfigError::BadValue {
-                key: key.to_owned(),
-                origin: origin_name(file, &env, key),
-                reason,
-            })?;
-        let cascaded = config.cascaded_datasets();
-        for (i, feed) in config.feeds.iter().enumerate() {
+        Ok(())
+    }
+
+    /// No feed fills a dataset received from the upper node; feed names
+    /// are unique.
+    fn feed_datasets(&self, c: &Config) -> Result<(), ConfigError> {
+        let cascaded = c.cascaded_datasets();
+        for (i, feed) in c.feeds.iter().enumerate() {
             if let Some((d, via)) = feed
                 .datasets()
                 .into_iter()
                 .find_map(|d| cascaded.get_key_value(d))
             {
                 return Err(ConfigError::BadValue {
-                    key: format!("feeds[{i}].tables"),
-                    origin: origin_name(file, &env, ""),
-                    reason: format!("dataset {d} is received from the upper node through subscription {via}: no local feed may fill it"),
-                });
+                key: format!("feeds[{i}].tables"),
+                origin: self.origin(""),
+                reason: format!("dataset {d} is received from the upper node through subscription {via}: no local feed may fill it"),
+            });
             }
         }
         let mut names = std::collections::BTreeSet::new();
-        for (i, feed) in config.feeds.iter().enumerate() {
+        for (i, feed) in c.feeds.iter().enumerate() {
             if !names.insert(feed.name().to_owned()) {
                 return Err(ConfigError::BadValue {
                     key: format!("feeds[{i}].name"),
-                    origin: origin_name(file, &env, ""),
+                    origin: self.origin(""),
                     reason: format!("feed name {:?} is used twice", feed.name()),
                 });
             }
         }
-        Ok(config)
+        Ok(())
     }
 }
 

@@ -149,36 +149,8 @@ pub async fn run(
         tracing::info!(feed = name, position = %p.0, "resuming from the last acknowledged position");
     }
     let tables = source.start(resume).await?;
-    let mut conformer = crate::standards::Conformer::new(name, &ctx.standards, ctx.metrics.clone())
-        .map_err(FeedError::Standard)?;
-    conformer
-        .check_tables(&tables)
-        .map_err(FeedError::Standard)?;
-    if source.topic_state_interval().is_some() {
-        // A source that reads its before-images from the raw topic cannot
-        // read a standard's rows: the conformer keeps them instead.
-        for t in &tables {
-            if let Some(desc) = conformer.standard_desc(&t.dataset) {
-                let rows =
-                    crate::topic_state::current_rows(&ctx.settings, &ctx.registry, &desc).await?;
-                tracing::info!(feed = name, dataset = %t.dataset, topic_rows = rows.len(), "read the standardised dataset's raw topic for before-images");
-                conformer.load_prior(&t.dataset, rows);
-            }
-        }
-    }
-    let dlq = topics::dlq(name);
-    let mut specs: Vec<TopicSpec> = tables
-        .iter()
-        .map(|t| {
-            TopicSpec::compacted(
-                topics::raw(&t.dataset),
-                ctx.partitions,
-                ctx.replication_factor,
-            )
-        })
-        .collect();
-    specs.push(TopicSpec::retained(&dlq, 1, ctx.replication_factor));
-    ctx.admin.ensure(&specs).await?;
+    let reads_topics = source.topic_state_interval().is_some();
+    let mut conformer = prepare(name, reads_topics, &tables, &ctx).await?;
     tracing::info!(feed = name, tables = tables.len(), "feed started");
 
     // In-order acknowledgement tracking.
@@ -188,22 +160,9 @@ pub async fn run(
     // The oldest commit time of each batch handed to Kafka and not yet
     // acknowledged, oldest first: the source lag is the age of the first.
     let in_flight: Arc<Mutex<VecDeque<i64>>> = Arc::default();
-    let lag = ctx.metrics.source_lag_seconds.with_label_values(&[name]);
-    let lag_bytes = ctx.metrics.source_lag_bytes.with_label_values(&[name]);
-    let gauges = source.gauges();
-    let acked_in_flight = in_flight.clone();
-    let gauge_in_flight = in_flight.clone();
     // Stopped however the feed ends (an error returns early).
-    let _lag_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        loop {
-            let oldest = gauge_in_flight.lock().expect("lock").front().copied();
-            lag.set(oldest.map_or(0.0, |ms| ((now_ms() - ms).max(0) as f64) / 1000.0));
-            if let Some(g) = &gauges {
-                lag_bytes.set(g.backlog_bytes.load(std::sync::atomic::Ordering::Relaxed));
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }));
+    let _lag_task = lag_gauges(name, &ctx, source.as_ref(), in_flight.clone());
+    let acked_in_flight = in_flight.clone();
     let acker = tokio::spawn(async move {
         while let Some(p) = pending_rx.recv().await {
             if let Err(e) = p.acks.await {
@@ -299,35 +258,11 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 break Ok(());
             }
-            let mut combined = backflow_connectors::SourceBatch::default();
-            for table in &tables {
-                let rows = if conformer.has_standard(&table.dataset) {
-                    // The topic holds the standard's rows, keyed by the
-                    // standard's key, not the table's: the source gets
-                    // none (the conformer supplies before-images instead;
-                    // key-diff deletes are not available for standardised
-                    // datasets).
-                    Vec::new()
-                } else {
-                    match crate::topic_state::current_rows(&ctx.settings, &ctx.registry, table)
-                        .await
-                    {
-                        Ok(rows) => rows,
-                        Err(e) => break 'feed Err(e.into()),
-                    }
-                };
-                let count = rows.len();
-                let b = match source.topic_state(table, rows).await {
+            let combined =
+                match compare_with_topics(name, source.as_mut(), &tables, &conformer, &ctx).await {
                     Ok(b) => b,
-                    Err(e) => break 'feed Err(e.into()),
+                    Err(e) => break 'feed Err(e),
                 };
-                tracing::info!(feed = name, table = %table.qualified_name(), topic_rows = count, deletes = b.records.len(), "compared the table with its raw topic");
-                combined.records.extend(b.records);
-                combined.rejected.extend(b.rejected);
-                if b.checkpoint.is_some() {
-                    combined.checkpoint = b.checkpoint;
-                }
-            }
             state_due = state_every
                 .filter(|d| *d != Duration::MAX)
                 .map(|d| tokio::time::Instant::now() + d);
@@ -351,49 +286,13 @@ pub async fn run(
                 },
             }
         };
-        let mut dead: Vec<Dead> = batch
-            .rejected
-            .iter()
-            .map(|r| Dead {
-                table: r.table.clone(),
-                position: r.position.as_str().to_owned(),
-                reason: r.reason.clone(),
-                rules: None,
-            })
-            .collect();
-        let mut records = Vec::with_capacity(batch.records.len());
-        for record in batch.records {
-            if let Err(refused) = conformer.conform(record, &mut records) {
-                dead.push(Dead {
-                    table: refused.table,
-                    position: refused.position,
-                    reason: refused.reason,
-                    rules: Some(refused.rules),
-                });
-            }
-        }
-        let mut encoded = Encoded::with_capacity(records.len(), bytes_hint);
-        for record in &records {
-            let enc = match encoder(&mut encoders, &record.table, &ctx).await {
-                Ok(enc) => enc,
-                Err(e) => break 'feed Err(e),
-            };
-            if let Err(e) = encoded.push(enc, &record.event) {
-                dead.push(Dead {
-                    table: record.table.qualified_name(),
-                    position: record.position.as_str().to_owned(),
-                    reason: e.to_string(),
-                    rules: None,
-                });
-            }
-        }
-        drop(records);
-        bytes_hint = encoded.bytes.len();
-        let work = Work::Batch {
-            records: encoded,
-            dead,
-            checkpoint: batch.checkpoint,
+        let work = match encode(batch, &mut conformer, &mut encoders, &ctx, bytes_hint).await {
+            Ok(work) => work,
+            Err(e) => break 'feed Err(e),
         };
+        if let Work::Batch { records, .. } = &work {
+            bytes_hint = records.bytes.len();
+        }
         let sent = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             r = work_tx.send(work) => r.is_ok(),
@@ -403,35 +302,210 @@ pub async fn run(
         }
     };
 
-    // Stop the publishing thread and wait for it. What it was handed and
-    // did not enqueue is not acknowledged, so the next run reads it again.
+    // The publishing thread stops before the channel closes: what it was
+    // handed and did not enqueue is read again by the next run.
     stop_publishing.cancel();
     drop(work_tx);
-    if let Some(running) = publisher.take() {
-        if let Err(e) = running.await.unwrap_or_else(|e| {
-            Err(FeedError::Unacknowledged(format!(
-                "the publishing task failed: {e}"
-            )))
-        }) {
-            tracing::debug!(feed = name, error = %e, "publishing stopped with an error while the feed stopped");
-        }
-    }
-    // Drain: wait (bounded) for what was handed to Kafka, acknowledge it.
-    let _ = tokio::time::timeout(Duration::from_secs(10), acker).await;
-    let last = acked_rx.borrow().clone();
-    if let Some(pos) = last {
-        let _ = source.acknowledge(&pos).await;
-        let _ = crate::offsets::save(&ctx.publisher, name, &pos).await;
-    }
-    // Give the connector a moment to report the position to the database.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let _ = source.shutdown().await;
+    let ended = Ending {
+        stop_publishing,
+        publisher,
+        acker,
+        acked: acked_rx,
+    };
+    ended.drain(name, source.as_mut(), &ctx).await;
     if let Err(e) = &result {
         tracing::error!(feed = name, error = %e, "feed stopped");
     } else {
         tracing::info!(feed = name, "feed stopped");
     }
     result
+}
+
+/// Keeps the feed's source lag gauges current every second: the age of the
+/// oldest batch handed to Kafka and not acknowledged, and the change
+/// history the database keeps for it. Stops when dropped.
+fn lag_gauges(
+    name: &str,
+    ctx: &FeedContext,
+    source: &dyn Source,
+    in_flight: Arc<Mutex<VecDeque<i64>>>,
+) -> tokio_util::task::AbortOnDropHandle<()> {
+    let lag = ctx.metrics.source_lag_seconds.with_label_values(&[name]);
+    let lag_bytes = ctx.metrics.source_lag_bytes.with_label_values(&[name]);
+    let gauges = source.gauges();
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        loop {
+            let oldest = in_flight.lock().expect("lock").front().copied();
+            lag.set(oldest.map_or(0.0, |ms| ((now_ms() - ms).max(0) as f64) / 1000.0));
+            if let Some(g) = &gauges {
+                lag_bytes.set(g.backlog_bytes.load(std::sync::atomic::Ordering::Relaxed));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }))
+}
+
+/// What is left to stop when a feed's loop ends.
+struct Ending {
+    stop_publishing: CancellationToken,
+    publisher: Option<tokio::task::JoinHandle<Result<(), FeedError>>>,
+    acker: tokio::task::JoinHandle<()>,
+    acked: watch::Receiver<Option<Position>>,
+}
+
+impl Ending {
+    /// Stops the publishing thread and waits for it (what it was handed
+    /// and did not enqueue is not acknowledged, so the next run reads it
+    /// again); waits, bounded, for what was handed to Kafka, and
+    /// acknowledges it to the source and in `backflow._offsets`; then
+    /// shuts the source down.
+    async fn drain(self, name: &str, source: &mut dyn Source, ctx: &FeedContext) {
+        self.stop_publishing.cancel();
+        if let Some(running) = self.publisher {
+            if let Err(e) = running.await.unwrap_or_else(|e| {
+                Err(FeedError::Unacknowledged(format!(
+                    "the publishing task failed: {e}"
+                )))
+            }) {
+                tracing::debug!(feed = name, error = %e, "publishing stopped with an error while the feed stopped");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.acker).await;
+        let last = self.acked.borrow().clone();
+        if let Some(pos) = last {
+            let _ = source.acknowledge(&pos).await;
+            let _ = crate::offsets::save(&ctx.publisher, name, &pos).await;
+        }
+        // Give the connector a moment to report the position to the database.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let _ = source.shutdown().await;
+    }
+}
+
+/// Before a feed's first batch: the standards its tables follow (with the
+/// before-images a source that `reads_topics` cannot read of a standard's
+/// rows), and its raw and dead-letter topics.
+async fn prepare(
+    name: &str,
+    reads_topics: bool,
+    tables: &[Arc<TableDesc>],
+    ctx: &FeedContext,
+) -> Result<crate::standards::Conformer, FeedError> {
+    let mut conformer = crate::standards::Conformer::new(name, &ctx.standards, ctx.metrics.clone())
+        .map_err(FeedError::Standard)?;
+    conformer
+        .check_tables(tables)
+        .map_err(FeedError::Standard)?;
+    if reads_topics {
+        // A source that reads its before-images from the raw topic cannot
+        // read a standard's rows: the conformer keeps them instead.
+        for t in tables {
+            if let Some(desc) = conformer.standard_desc(&t.dataset) {
+                let rows =
+                    crate::topic_state::current_rows(&ctx.settings, &ctx.registry, &desc).await?;
+                tracing::info!(feed = name, dataset = %t.dataset, topic_rows = rows.len(), "read the standardised dataset's raw topic for before-images");
+                conformer.load_prior(&t.dataset, rows);
+            }
+        }
+    }
+    let mut specs: Vec<TopicSpec> = tables
+        .iter()
+        .map(|t| {
+            TopicSpec::compacted(
+                topics::raw(&t.dataset),
+                ctx.partitions,
+                ctx.replication_factor,
+            )
+        })
+        .collect();
+    specs.push(TopicSpec::retained(
+        topics::dlq(name),
+        1,
+        ctx.replication_factor,
+    ));
+    ctx.admin.ensure(&specs).await?;
+    Ok(conformer)
+}
+
+/// Hands each table the rows its raw topic holds and takes back what the
+/// source derives from them (the deletes of keys gone from the table).
+async fn compare_with_topics(
+    name: &str,
+    source: &mut dyn Source,
+    tables: &[Arc<TableDesc>],
+    conformer: &crate::standards::Conformer,
+    ctx: &FeedContext,
+) -> Result<backflow_connectors::SourceBatch, FeedError> {
+    let mut combined = backflow_connectors::SourceBatch::default();
+    for table in tables {
+        let rows = if conformer.has_standard(&table.dataset) {
+            // The topic holds the standard's rows, keyed by the standard's
+            // key, not the table's: the source gets none (the conformer
+            // supplies before-images instead; key-diff deletes are not
+            // available for standardised datasets).
+            Vec::new()
+        } else {
+            crate::topic_state::current_rows(&ctx.settings, &ctx.registry, table).await?
+        };
+        let count = rows.len();
+        let b = source.topic_state(table, rows).await?;
+        tracing::info!(feed = name, table = %table.qualified_name(), topic_rows = count, deletes = b.records.len(), "compared the table with its raw topic");
+        combined.records.extend(b.records);
+        combined.rejected.extend(b.rejected);
+        if b.checkpoint.is_some() {
+            combined.checkpoint = b.checkpoint;
+        }
+    }
+    Ok(combined)
+}
+
+/// A source batch as the publishing task takes it: conformed to the
+/// standards, encoded, and what was refused on the way as dead letters.
+async fn encode(
+    batch: backflow_connectors::SourceBatch,
+    conformer: &mut crate::standards::Conformer,
+    encoders: &mut HashMap<usize, Encoder>,
+    ctx: &FeedContext,
+    bytes_hint: usize,
+) -> Result<Work, FeedError> {
+    let mut dead: Vec<Dead> = batch
+        .rejected
+        .iter()
+        .map(|r| Dead {
+            table: r.table.clone(),
+            position: r.position.as_str().to_owned(),
+            reason: r.reason.clone(),
+            rules: None,
+        })
+        .collect();
+    let mut records = Vec::with_capacity(batch.records.len());
+    for record in batch.records {
+        if let Err(refused) = conformer.conform(record, &mut records) {
+            dead.push(Dead {
+                table: refused.table,
+                position: refused.position,
+                reason: refused.reason,
+                rules: Some(refused.rules),
+            });
+        }
+    }
+    let mut encoded = Encoded::with_capacity(records.len(), bytes_hint);
+    for record in &records {
+        let enc = encoder(encoders, &record.table, ctx).await?;
+        if let Err(e) = encoded.push(enc, &record.event) {
+            dead.push(Dead {
+                table: record.table.qualified_name(),
+                position: record.position.as_str().to_owned(),
+                reason: e.to_string(),
+                rules: None,
+            });
+        }
+    }
+    Ok(Work::Batch {
+        records: encoded,
+        dead,
+        checkpoint: batch.checkpoint,
+    })
 }
 
 /// A change refused on its way to the raw topic, for the dead-letter topic.

@@ -528,18 +528,11 @@ pub async fn monitor(
     board: LagBoard,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let groups = crate::kafka::GroupOffsets::new(&ctx.settings);
     let reader = tokio::spawn(read_reports(
         ctx.settings.clone(),
         board.statuses.clone(),
         ctx.readiness.clone(),
     ));
-    let window_ms = ctx.window.as_millis() as i64;
-    let mut samples: HashMap<(String, String), VecDeque<Sample>> = HashMap::new();
-    let mut feed_samples: HashMap<String, VecDeque<(i64, f64, f64)>> = HashMap::new();
-    let mut known_partitions: HashMap<String, (i32, std::time::Instant)> = HashMap::new();
-    // Origin times of records at (topic, partition, offset), read once.
-    let mut origins: HashMap<(String, i32, i64), Option<i64>> = HashMap::new();
     let watermarks = loop {
         match crate::kafka::Watermarks::new(&ctx.settings) {
             Ok(w) => break w,
@@ -552,6 +545,17 @@ pub async fn monitor(
             }
         }
     };
+    let mut sampler = Sampler {
+        groups: crate::kafka::GroupOffsets::new(&ctx.settings),
+        watermarks,
+        window_ms: ctx.window.as_millis() as i64,
+        samples: HashMap::new(),
+        known_partitions: HashMap::new(),
+        origins: HashMap::new(),
+        ctx,
+        board,
+    };
+    let mut feed_samples: HashMap<String, VecDeque<(i64, f64, f64)>> = HashMap::new();
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tokio::select! {
@@ -559,159 +563,221 @@ pub async fn monitor(
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        let served = (ctx.served)().await;
+        let served = (sampler.ctx.served)().await;
         let mut rows = Vec::new();
         for (subscriber, dataset) in &served {
-            let topic = crate::domain::topics::share(subscriber, dataset);
-            // A metadata request per share topic every 30 s, not every sample.
-            let partitions = match known_partitions.get(&topic) {
-                Some((n, at)) if *n > 0 && at.elapsed() < PARTITIONS_EVERY => *n,
-                _ => {
-                    let n = crate::kafka::partition_count(&ctx.settings, &topic)
-                        .await
-                        .unwrap_or(0) as i32;
-                    known_partitions.insert(topic.clone(), (n, std::time::Instant::now()));
-                    n
-                }
-            };
-            // The freshest status of a subscriber that reads this topic,
-            // and where its group says it is.
-            let report = board.statuses.latest(subscriber, &topic);
-            let report = report.as_ref();
-            let group = crate::domain::topics::subscriber_group(&topic);
-            let parts: Vec<(String, i32)> = (0..partitions).map(|p| (topic.clone(), p)).collect();
-            let committed = groups
-                .positions(&group, &parts)
-                .await
-                .unwrap_or_else(|_| vec![None; parts.len()]);
-            let mut lag = 0i64;
-            let mut position = 0i64;
-            let mut measurable = true;
-            let mut last_origin_ms: Option<i64> = None;
-            let mut nexts: Vec<(i32, i64)> = Vec::new();
-            for p in 0..partitions {
-                let high = match watermarks.high(&topic, p).await {
-                    Ok(h) => h,
-                    Err(_) => {
-                        measurable = false;
-                        continue;
-                    }
-                };
-                let (next, metadata) = committed
-                    .get(p as usize)
-                    .cloned()
-                    .flatten()
-                    .unwrap_or((0, String::new()));
-                // A commit past the end of the topic counts as the end.
-                let next = next.clamp(0, high);
-                if let Ok(m) = serde_json::from_str::<CommitMetadata>(&metadata) {
-                    last_origin_ms = last_origin_ms.max(m.origin_ms);
-                }
-                nexts.push((p, next));
-                let waiting = high - next;
-                lag += waiting;
-                position += next;
-                let part = p.to_string();
-                let labels = [group.as_str(), topic.as_str(), part.as_str()];
-                ctx.metrics
-                    .consumergroup_lag
-                    .with_label_values(&labels)
-                    .set(waiting);
-                let secs = lag_seconds(waiting, last_origin_ms, now);
-                ctx.metrics
-                    .consumergroup_lag_seconds
-                    .with_label_values(&labels)
-                    .set(secs.unwrap_or(0.0));
-            }
-            let lag_secs = if last_origin_ms.is_none() && lag > 0 {
-                // No commit says when the last applied change was made:
-                // read it from the share topic.
-                let mut last = None;
-                for (p, next) in nexts.iter().filter(|(_, n)| *n > 0) {
-                    let at = (topic.clone(), *p, next - 1);
-                    if !origins.contains_key(&at) {
-                        let ms = origin_at(&ctx.settings, &at.0, at.1, at.2).await;
-                        origins.insert(at.clone(), ms);
-                    }
-                    last = last.max(origins[&at]);
-                }
-                lag_seconds(lag, last, now)
-            } else {
-                lag_seconds(lag, last_origin_ms, now)
-            };
-            if origins.len() > 10_000 {
-                origins.clear();
-            }
-            let sample = Sample {
-                at_ms: now,
-                position,
-                lag_messages: lag,
-                lag_seconds: lag_secs,
-                reported_ms: report.map(|r| r.ts_ms),
-                failing: report.is_some_and(|r| r.state == "FAILED"),
-            };
-            let key = (subscriber.clone(), dataset.clone());
-            let window = samples.entry(key.clone()).or_default();
-            window.push_back(sample);
-            while window
-                .front()
-                .is_some_and(|s| now - s.at_ms > window_ms * 2)
-            {
-                window.pop_front();
-            }
-            let status = if measurable {
-                evaluate(window.make_contiguous(), window_ms)
-            } else {
-                Status::Err
-            };
-            let labels = [subscriber.as_str(), dataset.as_str()];
-            ctx.metrics
-                .subscription_lag_messages
-                .with_label_values(&labels)
-                .set(lag);
-            if let Some(s) = lag_secs {
-                ctx.metrics
-                    .subscription_lag_seconds
-                    .with_label_values(&labels)
-                    .set(s);
-            }
-            for st in Status::ALL {
-                ctx.metrics
-                    .subscription_status
-                    .with_label_values(&[subscriber, dataset, st.label()])
-                    .set(i64::from(st == status));
-            }
-            {
-                let mut state = board.inner.write().expect("lock");
-                let h = state.history.entry(key).or_default();
-                h.push_back((sample, status));
-                while h.len() > HISTORY {
-                    h.pop_front();
-                }
-            }
-            rows.push(SubscriptionLag {
-                subscriber: subscriber.clone(),
-                dataset: dataset.clone(),
-                topic,
-                group: Some(group),
-                lag_messages: lag,
-                lag_seconds: lag_secs,
-                status,
-                last_report_ms: report.map(|r| r.ts_ms),
-                last_applied_ms: last_origin_ms,
-                error: report.and_then(|r| r.error.clone()),
-            });
+            rows.push(sampler.subscription(subscriber, dataset, now).await);
         }
-        let feeds = feed_rows(&ctx, &mut feed_samples, now, window_ms);
-        let mut state = board.inner.write().expect("lock");
+        let feeds = feed_rows(&sampler.ctx, &mut feed_samples, now, sampler.window_ms);
+        let mut state = sampler.board.inner.write().expect("lock");
         state.board = Board {
-            node: ctx.node.clone(),
+            node: sampler.ctx.node.clone(),
             updated_ms: now,
             subscriptions: rows,
             feeds,
         };
     }
     reader.abort();
+}
+
+/// What the monitor keeps between samples.
+struct Sampler {
+    ctx: MonitorContext,
+    board: LagBoard,
+    groups: crate::kafka::GroupOffsets,
+    watermarks: crate::kafka::Watermarks,
+    window_ms: i64,
+    /// The window of samples per (subscriber, dataset).
+    samples: HashMap<(String, String), VecDeque<Sample>>,
+    /// Partition counts of share topics, asked again every 30 s.
+    known_partitions: HashMap<String, (i32, std::time::Instant)>,
+    /// Origin times of records at (topic, partition, offset), read once.
+    origins: HashMap<(String, i32, i64), Option<i64>>,
+}
+
+/// Where a subscriber's group stands in a share topic now.
+struct Position {
+    /// Records waiting.
+    lag: i64,
+    /// Sum of the next offsets.
+    position: i64,
+    /// Whether every partition's end could be read.
+    measurable: bool,
+    /// The origin time the commits carry, if any.
+    last_origin_ms: Option<i64>,
+    /// (partition, next offset) of each partition read.
+    nexts: Vec<(i32, i64)>,
+}
+
+impl Sampler {
+    /// A share topic's partition count: a metadata request every 30 s,
+    /// not every sample.
+    async fn partitions(&mut self, topic: &str) -> i32 {
+        match self.known_partitions.get(topic) {
+            Some((n, at)) if *n > 0 && at.elapsed() < PARTITIONS_EVERY => *n,
+            _ => {
+                let n = crate::kafka::partition_count(&self.ctx.settings, topic)
+                    .await
+                    .unwrap_or(0) as i32;
+                self.known_partitions
+                    .insert(topic.to_owned(), (n, std::time::Instant::now()));
+                n
+            }
+        }
+    }
+
+    /// Where `group` stands in `topic` against its high watermarks; sets
+    /// the consumer group lag metrics of each partition.
+    async fn position(&mut self, topic: &str, group: &str, partitions: i32, now: i64) -> Position {
+        let parts: Vec<(String, i32)> = (0..partitions).map(|p| (topic.to_owned(), p)).collect();
+        let committed = self
+            .groups
+            .positions(group, &parts)
+            .await
+            .unwrap_or_else(|_| vec![None; parts.len()]);
+        let mut at = Position {
+            lag: 0,
+            position: 0,
+            measurable: true,
+            last_origin_ms: None,
+            nexts: Vec::new(),
+        };
+        for p in 0..partitions {
+            let high = match self.watermarks.high(topic, p).await {
+                Ok(h) => h,
+                Err(_) => {
+                    at.measurable = false;
+                    continue;
+                }
+            };
+            let (next, metadata) = committed
+                .get(p as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or((0, String::new()));
+            // A commit past the end of the topic counts as the end.
+            let next = next.clamp(0, high);
+            if let Ok(m) = serde_json::from_str::<CommitMetadata>(&metadata) {
+                at.last_origin_ms = at.last_origin_ms.max(m.origin_ms);
+            }
+            at.nexts.push((p, next));
+            let waiting = high - next;
+            at.lag += waiting;
+            at.position += next;
+            let part = p.to_string();
+            let labels = [group, topic, part.as_str()];
+            self.ctx
+                .metrics
+                .consumergroup_lag
+                .with_label_values(&labels)
+                .set(waiting);
+            let secs = lag_seconds(waiting, at.last_origin_ms, now);
+            self.ctx
+                .metrics
+                .consumergroup_lag_seconds
+                .with_label_values(&labels)
+                .set(secs.unwrap_or(0.0));
+        }
+        at
+    }
+
+    /// Seconds behind: from the commits' metadata, or, when no commit says
+    /// when the last applied change was made, from the share topic.
+    async fn seconds_behind(&mut self, topic: &str, at: &Position, now: i64) -> Option<f64> {
+        if at.last_origin_ms.is_some() || at.lag <= 0 {
+            return lag_seconds(at.lag, at.last_origin_ms, now);
+        }
+        let mut last = None;
+        for (p, next) in at.nexts.iter().filter(|(_, n)| *n > 0) {
+            let key = (topic.to_owned(), *p, next - 1);
+            if !self.origins.contains_key(&key) {
+                let ms = origin_at(&self.ctx.settings, &key.0, key.1, key.2).await;
+                self.origins.insert(key.clone(), ms);
+            }
+            last = last.max(self.origins[&key]);
+        }
+        if self.origins.len() > 10_000 {
+            self.origins.clear();
+        }
+        lag_seconds(at.lag, last, now)
+    }
+
+    /// One subscription's sample and row: its lag, its status over the
+    /// window, its metrics and history.
+    async fn subscription(&mut self, subscriber: &str, dataset: &str, now: i64) -> SubscriptionLag {
+        let topic = crate::domain::topics::share(subscriber, dataset);
+        let partitions = self.partitions(&topic).await;
+        // The freshest status of the subscriber that reads this topic, and
+        // where its group says it is.
+        let report = self.board.statuses.latest(subscriber, &topic);
+        let group = crate::domain::topics::subscriber_group(&topic);
+        let at = self.position(&topic, &group, partitions, now).await;
+        let lag_secs = self.seconds_behind(&topic, &at, now).await;
+        let sample = Sample {
+            at_ms: now,
+            position: at.position,
+            lag_messages: at.lag,
+            lag_seconds: lag_secs,
+            reported_ms: report.as_ref().map(|r| r.ts_ms),
+            failing: report.as_ref().is_some_and(|r| r.state == "FAILED"),
+        };
+        let key = (subscriber.to_owned(), dataset.to_owned());
+        let window = self.samples.entry(key.clone()).or_default();
+        window.push_back(sample);
+        while window
+            .front()
+            .is_some_and(|s| now - s.at_ms > self.window_ms * 2)
+        {
+            window.pop_front();
+        }
+        let status = if at.measurable {
+            evaluate(window.make_contiguous(), self.window_ms)
+        } else {
+            Status::Err
+        };
+        self.record(&key, sample, status);
+        SubscriptionLag {
+            subscriber: subscriber.to_owned(),
+            dataset: dataset.to_owned(),
+            topic,
+            group: Some(group),
+            lag_messages: at.lag,
+            lag_seconds: lag_secs,
+            status,
+            last_report_ms: report.as_ref().map(|r| r.ts_ms),
+            last_applied_ms: at.last_origin_ms,
+            error: report.and_then(|r| r.error),
+        }
+    }
+
+    /// The subscription's metrics and its hour of history.
+    fn record(&self, key: &(String, String), sample: Sample, status: Status) {
+        let (subscriber, dataset) = (key.0.as_str(), key.1.as_str());
+        let metrics = &self.ctx.metrics;
+        let labels = [subscriber, dataset];
+        metrics
+            .subscription_lag_messages
+            .with_label_values(&labels)
+            .set(sample.lag_messages);
+        if let Some(s) = sample.lag_seconds {
+            metrics
+                .subscription_lag_seconds
+                .with_label_values(&labels)
+                .set(s);
+        }
+        for st in Status::ALL {
+            metrics
+                .subscription_status
+                .with_label_values(&[subscriber, dataset, st.label()])
+                .set(i64::from(st == status));
+        }
+        let mut state = self.board.inner.write().expect("lock");
+        let h = state.history.entry(key.clone()).or_default();
+        h.push_back((sample, status));
+        while h.len() > HISTORY {
+            h.pop_front();
+        }
+    }
 }
 
 /// The `backflow.origin_ts` header of the record at `offset` (`None` when

@@ -547,112 +547,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             public_keys,
             public_key_files,
             json,
-        }) => {
-            let mut keys = backflow::audit::TrustedKeys::none();
-            for spec in public_keys {
-                keys.trust_spec(spec)
-                    .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
-            }
-            for file in public_key_files {
-                let text = std::fs::read_to_string(file).with_context(|| {
-                    format!("--public-key-file: cannot read {}", file.display())
-                })?;
-                for line in text.lines().map(str::trim) {
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    keys.trust_spec(line).map_err(|e| {
-                        anyhow::anyhow!("--public-key-file {}: {e}", file.display())
-                    })?;
-                }
-            }
-            let config = load(&cli)?;
-            let Some(brokers) = config.kafka.brokers.clone() else {
-                anyhow::bail!("kafka.brokers is not set: the audit trail lives in the cluster's <kafka.topic_prefix>_audit topic; set it in the file or with BACKFLOW_KAFKA__BROKERS");
-            };
-            let settings = backflow::kafka::KafkaSettings::from_config(&config.kafka, &brokers);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = runtime.block_on(backflow::audit::verify(&settings, &keys))?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print_audit_report(&report);
-            }
-            if report.intact() {
-                Ok(())
-            } else {
-                std::process::exit(1);
-            }
-        }
+        }) => audit_verify(&cli, public_keys, public_key_files, *json),
         Command::Feed(FeedCommand::Check { feed, sample, json }) => {
-            let config = load(&cli)?;
-            let Some(f) = config.feeds.iter().find(|f| f.name() == feed) else {
-                anyhow::bail!(
-                    "no feed named {feed} in the configuration (it has: {})",
-                    config
-                        .feeds
-                        .iter()
-                        .map(|f| f.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = runtime
-                .block_on(backflow::standards::check_feed(
-                    &f.sample_config(),
-                    &config.standards,
-                    *sample,
-                ))
-                .map_err(|e| anyhow::anyhow!("feed {feed}: {e}"))?;
-            print_feed_check(feed, &report, *json)?;
-            if report
-                .iter()
-                .any(|t| t.problem.is_some() || t.refused + t.unreadable > 0)
-            {
-                std::process::exit(1);
-            }
-            Ok(())
+            feed_check(&cli, feed, *sample, *json)
         }
         Command::Reconcile {
             subscription,
             show_keys,
             json,
-        } => {
-            let config = load(&cli)?;
-            let sub = match subscription {
-                Some(name) => config.subscriptions.iter().find(|s| &s.name == name).with_context(|| {
-                    format!(
-                        "no subscription named {name} in the configuration (it has: {})",
-                        config.subscriptions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )
-                })?,
-                None => match config.subscriptions.as_slice() {
-                    [one] => one,
-                    [] => anyhow::bail!("no subscriptions configured: give the subscriber's configuration file with --config"),
-                    _ => anyhow::bail!("the configuration has several subscriptions; choose one with --subscription NAME"),
-                },
-            };
-            backflow::telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = runtime.block_on(backflow::reconcile::reconcile(sub))?;
-            print_reconcile(&report, *show_keys, *json)?;
-            if !report.equal() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        } => reconcile(&cli, subscription.as_deref(), *show_keys, *json),
         Command::Config(ConfigCommand::Check) => {
             load(&cli)?;
             println!("configuration ok");
@@ -682,105 +585,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(schemas(registry, token.as_deref(), command))
         }
-        Command::Subscribe => {
-            let config = load(&cli)?;
-            if config.subscriptions.is_empty() {
-                anyhow::bail!(
-                    "no subscriptions configured: add a [[subscriptions]] section (upstream, sink, tables) to the file given with --config"
-                );
-            }
-            if let Some(s) = config
-                .subscriptions
-                .iter()
-                .find(|s| matches!(s.sink, backflow::config::SinkConfig::Kafka(_)))
-            {
-                anyhow::bail!(
-                    "subscription {}: a sink of type kafka re-publishes into this node's own bus and registry; run it with `backflow serve`, not `backflow subscribe`",
-                    s.name
-                );
-            }
-            backflow::telemetry::init(&config.log);
-            run_until_signal(|shutdown| async move {
-                backflow::node::run_subscriber(config, shutdown, |addr, metrics| {
-                    println!("backflow listening on http://{addr}");
-                    if let Some(m) = metrics {
-                        println!("backflow metrics on http://{m}");
-                    }
-                })
-                .await
-                .map_err(anyhow::Error::from)
-            })
-        }
-        Command::Source { feeds, resnapshot } => {
-            let mut config = load(&cli)?;
-            if config.feeds.is_empty() {
-                anyhow::bail!(
-                    "no feeds configured: add a [[feeds]] section (type, connection, tables) to the file given with --config"
-                );
-            }
-            let known: Vec<String> = config.feeds.iter().map(|f| f.name().to_owned()).collect();
-            if let Some(unknown) = feeds.iter().find(|f| !known.contains(f)) {
-                anyhow::bail!(
-                    "--feed {unknown}: no such feed in the configuration; feeds: {}",
-                    known.join(", ")
-                );
-            }
-            if !feeds.is_empty() {
-                config.feeds.retain(|f| feeds.iter().any(|n| n == f.name()));
-            }
-            let role = backflow::node::Role::Source {
-                resnapshot: if *resnapshot {
-                    feeds.clone()
-                } else {
-                    Vec::new()
-                },
-            };
-            backflow::telemetry::init(&config.log);
-            run_until_signal(|shutdown| async move {
-                backflow::node::run_as(role, config, shutdown, |running| {
-                    println!("backflow listening on http://{}", running.http_addr);
-                    if let Some(m) = running.metrics_addr {
-                        println!("backflow metrics on http://{m}");
-                    }
-                })
-                .await
-                .map_err(anyhow::Error::from)
-            })
-        }
-        Command::Demo { dir, port, rate } => {
-            // Each district's HMAC key for hashed fields, random per run;
-            // set before any thread starts.
-            for (code, _) in demo::DISTRICTS {
-                let var = format!("BACKFLOW_DEMO_SECRET_{code}");
-                if std::env::var_os(&var).is_none() {
-                    let key: String = std::iter::repeat_with(fastrand::alphanumeric)
-                        .take(32)
-                        .collect();
-                    std::env::set_var(var, key);
-                }
-            }
-            // The tokens the city and the districts read their upper
-            // level's schema registry with, random per run.
-            for code in std::iter::once(demo::CITY).chain(demo::DISTRICTS.map(|(c, _)| c)) {
-                let var = demo::token_var(code);
-                if std::env::var_os(&var).is_none() {
-                    let token: String = std::iter::repeat_with(fastrand::alphanumeric)
-                        .take(32)
-                        .collect();
-                    std::env::set_var(var, token);
-                }
-            }
-            backflow::telemetry::init(&backflow::config::LogConfig {
-                level: "warn".to_owned(),
-                ..Default::default()
-            });
-            let options = demo::Options {
-                dir: dir.clone(),
-                port: *port,
-                rate: *rate,
-            };
-            run_until_signal(|shutdown| demo::run(options, shutdown))
-        }
+        Command::Subscribe => subscribe(&cli),
+        Command::Source { feeds, resnapshot } => source(&cli, feeds, *resnapshot),
+        Command::Demo { dir, port, rate } => demo(dir, *port, *rate),
         Command::Serve => {
             let config = load(&cli)?;
             backflow::telemetry::init(&config.log);
@@ -802,6 +609,227 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Calls the control-plane API and prints the answer; an error answer
 /// exits 1 with its reason.
 /// Prints `/api/lag` as a table, once or every 2 seconds.
+/// `backflow audit verify`: checks the audit trail's chain and signatures.
+fn audit_verify(
+    cli: &Cli,
+    public_keys: &[String],
+    public_key_files: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut keys = backflow::audit::TrustedKeys::none();
+    for spec in public_keys {
+        keys.trust_spec(spec)
+            .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    }
+    for file in public_key_files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--public-key-file: cannot read {}", file.display()))?;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            keys.trust_spec(line)
+                .map_err(|e| anyhow::anyhow!("--public-key-file {}: {e}", file.display()))?;
+        }
+    }
+    let config = load(cli)?;
+    let Some(brokers) = config.kafka.brokers.clone() else {
+        anyhow::bail!("kafka.brokers is not set: the audit trail lives in the cluster's <kafka.topic_prefix>_audit topic; set it in the file or with BACKFLOW_KAFKA__BROKERS");
+    };
+    let settings = backflow::kafka::KafkaSettings::from_config(&config.kafka, &brokers);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(backflow::audit::verify(&settings, &keys))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_audit_report(&report);
+    }
+    if report.intact() {
+        Ok(())
+    } else {
+        std::process::exit(1);
+    }
+}
+
+/// `backflow feed check`: a feed's mapping and rules over a sample of its rows.
+fn feed_check(cli: &Cli, feed: &str, sample: usize, json: bool) -> anyhow::Result<()> {
+    let config = load(cli)?;
+    let Some(f) = config.feeds.iter().find(|f| f.name() == feed) else {
+        anyhow::bail!(
+            "no feed named {feed} in the configuration (it has: {})",
+            config
+                .feeds
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime
+        .block_on(backflow::standards::check_feed(
+            &f.sample_config(),
+            &config.standards,
+            sample,
+        ))
+        .map_err(|e| anyhow::anyhow!("feed {feed}: {e}"))?;
+    print_feed_check(feed, &report, json)?;
+    if report
+        .iter()
+        .any(|t| t.problem.is_some() || t.refused + t.unreadable > 0)
+    {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `backflow reconcile`: compares a subscriber's database with its share topics.
+fn reconcile(
+    cli: &Cli,
+    subscription: Option<&str>,
+    show_keys: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = load(cli)?;
+    let sub = match subscription {
+        Some(name) => config.subscriptions.iter().find(|s| s.name == name).with_context(|| {
+            format!(
+                "no subscription named {name} in the configuration (it has: {})",
+                config.subscriptions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?,
+        None => match config.subscriptions.as_slice() {
+            [one] => one,
+            [] => anyhow::bail!("no subscriptions configured: give the subscriber's configuration file with --config"),
+            _ => anyhow::bail!("the configuration has several subscriptions; choose one with --subscription NAME"),
+        },
+    };
+    backflow::telemetry::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(backflow::reconcile::reconcile(sub))?;
+    print_reconcile(&report, show_keys, json)?;
+    if !report.equal() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `backflow subscribe`: applies the configured subscriptions.
+fn subscribe(cli: &Cli) -> anyhow::Result<()> {
+    let config = load(cli)?;
+    if config.subscriptions.is_empty() {
+        anyhow::bail!(
+            "no subscriptions configured: add a [[subscriptions]] section (upstream, sink, tables) to the file given with --config"
+        );
+    }
+    if let Some(s) = config
+        .subscriptions
+        .iter()
+        .find(|s| matches!(s.sink, backflow::config::SinkConfig::Kafka(_)))
+    {
+        anyhow::bail!(
+            "subscription {}: a sink of type kafka re-publishes into this node's own bus and registry; run it with `backflow serve`, not `backflow subscribe`",
+            s.name
+        );
+    }
+    backflow::telemetry::init(&config.log);
+    run_until_signal(|shutdown| async move {
+        backflow::node::run_subscriber(config, shutdown, |addr, metrics| {
+            println!("backflow listening on http://{addr}");
+            if let Some(m) = metrics {
+                println!("backflow metrics on http://{m}");
+            }
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    })
+}
+
+/// `backflow source`: runs only the configured feeds.
+fn source(cli: &Cli, feeds: &[String], resnapshot: bool) -> anyhow::Result<()> {
+    let mut config = load(cli)?;
+    if config.feeds.is_empty() {
+        anyhow::bail!(
+            "no feeds configured: add a [[feeds]] section (type, connection, tables) to the file given with --config"
+        );
+    }
+    let known: Vec<String> = config.feeds.iter().map(|f| f.name().to_owned()).collect();
+    if let Some(unknown) = feeds.iter().find(|f| !known.contains(f)) {
+        anyhow::bail!(
+            "--feed {unknown}: no such feed in the configuration; feeds: {}",
+            known.join(", ")
+        );
+    }
+    if !feeds.is_empty() {
+        config.feeds.retain(|f| feeds.iter().any(|n| n == f.name()));
+    }
+    let role = backflow::node::Role::Source {
+        resnapshot: if resnapshot {
+            feeds.to_vec()
+        } else {
+            Vec::new()
+        },
+    };
+    backflow::telemetry::init(&config.log);
+    run_until_signal(|shutdown| async move {
+        backflow::node::run_as(role, config, shutdown, |running| {
+            println!("backflow listening on http://{}", running.http_addr);
+            if let Some(m) = running.metrics_addr {
+                println!("backflow metrics on http://{m}");
+            }
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    })
+}
+
+/// `backflow demo`: a province, a city and two districts in this process.
+fn demo(dir: &Path, port: u16, rate: f64) -> anyhow::Result<()> {
+    // Each district's HMAC key for hashed fields, random per run;
+    // set before any thread starts.
+    for (code, _) in demo::DISTRICTS {
+        let var = format!("BACKFLOW_DEMO_SECRET_{code}");
+        if std::env::var_os(&var).is_none() {
+            let key: String = std::iter::repeat_with(fastrand::alphanumeric)
+                .take(32)
+                .collect();
+            std::env::set_var(var, key);
+        }
+    }
+    // The tokens the city and the districts read their upper
+    // level's schema registry with, random per run.
+    for code in std::iter::once(demo::CITY).chain(demo::DISTRICTS.map(|(c, _)| c)) {
+        let var = demo::token_var(code);
+        if std::env::var_os(&var).is_none() {
+            let token: String = std::iter::repeat_with(fastrand::alphanumeric)
+                .take(32)
+                .collect();
+            std::env::set_var(var, token);
+        }
+    }
+    backflow::telemetry::init(&backflow::config::LogConfig {
+        level: "warn".to_owned(),
+        ..Default::default()
+    });
+    let options = demo::Options {
+        dir: dir.to_owned(),
+        port,
+        rate,
+    };
+    run_until_signal(|shutdown| demo::run(options, shutdown))
+}
+
 fn lag_table(api: &ApiArgs, watch: bool) -> anyhow::Result<()> {
     cli_runtime()?.block_on(async {
         let client = reqwest::Client::new();
