@@ -58,18 +58,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     let dir = &options.dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the demo directory {}", dir.display()))?;
-    let department = dir.join("province-gongan.db");
-    let mut files = vec![department.clone()];
-    files.extend(DISTRICTS.iter().map(|(code, _)| district_db(dir, code)));
-    for f in &files {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let p = PathBuf::from(format!("{}{suffix}", f.display()));
-            if p.exists() {
-                std::fs::remove_file(&p)
-                    .with_context(|| format!("cannot remove {} of an earlier run", p.display()))?;
-            }
-        }
-    }
+    let department = fresh_databases(dir)?;
     let generator = Generator::create(&department)?;
     // One admin token for both dashboards, random per run; the
     // configurations hold only its SHA-256.
@@ -176,6 +165,47 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         districts.push((*code, *name, db, started));
     }
 
+    print_banner(&department, &token, &province, &city, &districts);
+
+    let outcome = generate(generator, options.rate, &districts, &mut nodes, &shutdown).await;
+    nodes.stop().await;
+    if outcome.is_ok() {
+        println!();
+        println!(
+            "demo stopped; the databases stay in {} (sqlite3 {} 'select * from people')",
+            dir.display(),
+            districts[0].2.display()
+        );
+    }
+    outcome
+}
+
+/// The demo's department database and the districts' databases, none
+/// left from an earlier run; the department's path.
+fn fresh_databases(dir: &Path) -> anyhow::Result<PathBuf> {
+    let department = dir.join("province-gongan.db");
+    let mut files = vec![department.clone()];
+    files.extend(DISTRICTS.iter().map(|(code, _)| district_db(dir, code)));
+    for f in &files {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let p = PathBuf::from(format!("{}{suffix}", f.display()));
+            if p.exists() {
+                std::fs::remove_file(&p)
+                    .with_context(|| format!("cannot remove {} of an earlier run", p.display()))?;
+            }
+        }
+    }
+    Ok(department)
+}
+
+/// What runs where, printed once everything started.
+fn print_banner(
+    department: &Path,
+    token: &str,
+    province: &Started,
+    city: &Started,
+    districts: &[District],
+) {
     println!();
     println!("backflow demo: province {PROVINCE} → city {CITY} → districts 330106, 330108, in this process,");
     println!("each level on its own embedded in-memory broker (nothing is kept when it stops).");
@@ -192,7 +222,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         "  city         dashboard http://{}/#token={token}   config {}",
         city.http, city.config
     );
-    for (code, name, db, started) in &districts {
+    for (code, name, db, started) in districts {
         println!(
             "  {code} {name}  database {}   metrics http://{}/metrics",
             db.display(),
@@ -205,15 +235,28 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     println!();
     println!("Open the dashboards to watch lag; Ctrl-C stops everything.");
     println!();
+}
 
+/// A district as the demo shows it: code, name, database, its process.
+type District = (&'static str, &'static str, PathBuf, Started);
+
+/// Makes `rate` changes per second in the department's database and prints
+/// a line every 5 s on what the districts hold, until `shutdown` or a
+/// level stops by itself.
+async fn generate(
+    mut generator: Generator,
+    rate: f64,
+    districts: &[District],
+    nodes: &mut Nodes,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     // The change generator and a line per 5 s on what the districts hold.
     let started = Instant::now();
-    let mut generator = generator;
-    let every = Duration::from_secs_f64(1.0 / options.rate.max(0.1));
+    let every = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let mut change = tokio::time::interval(every);
     let mut show = tokio::time::interval(Duration::from_secs(5));
     show.tick().await;
-    let outcome = loop {
+    loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = change.tick() => {
@@ -228,7 +271,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
                     generator.residents,
                     generator.changes
                 );
-                for (code, _, db, _) in &districts {
+                for (code, _, db, _) in districts {
                     line.push_str(&format!(" │ {code}: {}", district_summary(db)));
                 }
                 println!("{line}");
@@ -237,24 +280,22 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
                 break Err(anyhow!("{name} stopped by itself; see the log above"));
             }
         }
-    };
-    for (name, token, task) in nodes.running.into_iter().rev() {
-        token.cancel();
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("while stopping {name}: {e:#}"),
-            Err(e) => eprintln!("while stopping {name}: {e}"),
+    }
+}
+
+impl Nodes {
+    /// Stops the levels in reverse start order, lower levels first, so no
+    /// subscription loses its upstream broker while it still reads.
+    async fn stop(self) {
+        for (name, token, task) in self.running.into_iter().rev() {
+            token.cancel();
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("while stopping {name}: {e:#}"),
+                Err(e) => eprintln!("while stopping {name}: {e}"),
+            }
         }
     }
-    if outcome.is_ok() {
-        println!();
-        println!(
-            "demo stopped; the databases stay in {} (sqlite3 {} 'select * from people')",
-            dir.display(),
-            districts[0].2.display()
-        );
-    }
-    outcome
 }
 
 fn district_db(dir: &Path, code: &str) -> PathBuf {

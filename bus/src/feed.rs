@@ -209,23 +209,10 @@ pub async fn run(
     // left running could enqueue an older version of a row after the
     // restarted feed's newer one.
     let result = 'feed: loop {
-        let acked = if acked_rx.has_changed().unwrap_or(false) {
-            acked_rx.borrow_and_update().clone()
-        } else {
-            None
-        };
-        if let Some(pos) = acked {
-            if let Err(e) = source.acknowledge(&pos).await {
-                break 'feed Err(e.into());
-            }
-            // Recorded at most every few seconds: a restart resumes from
-            // the slot anyway; this tells the source its snapshot finished.
-            if last_saved.is_none_or(|t: std::time::Instant| t.elapsed() >= SAVE_EVERY) {
-                if let Err(e) = crate::offsets::save(&ctx.publisher, name, &pos).await {
-                    break 'feed Err(e.into());
-                }
-                last_saved = Some(std::time::Instant::now());
-            }
+        if let Err(e) =
+            acknowledge(name, source.as_mut(), &ctx, &mut acked_rx, &mut last_saved).await
+        {
+            break 'feed Err(e);
         }
         let failed = fail_rx.borrow_and_update().clone();
         if let Some(reason) = failed {
@@ -238,25 +225,13 @@ pub async fn run(
             // Wait until Kafka holds everything yielded so far, so the
             // topic's rows include it: first until the publishing task has
             // handed it all over, then until Kafka acknowledged it.
-            let (handed, all_handed) = oneshot::channel();
-            let handed_over = tokio::select! {
-                _ = shutdown.cancelled() => break Ok(()),
-                r = async { work_tx.send(Work::Barrier(handed)).await.is_ok() && all_handed.await.is_ok() } => r,
-            };
-            if !handed_over {
-                break Err(publisher_ended(publisher.take().expect("running").await));
-            }
-            while !in_flight.lock().expect("lock").is_empty() {
-                if fail_rx.borrow().is_some() || shutdown.is_cancelled() {
-                    break;
+            match all_in_kafka(&work_tx, &in_flight, &fail_rx, &shutdown).await {
+                InKafka::Yes => {}
+                InKafka::Failed => continue,
+                InKafka::Stopping => break Ok(()),
+                InKafka::PublisherEnded => {
+                    break Err(publisher_ended(publisher.take().expect("running").await))
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if fail_rx.borrow().is_some() {
-                continue;
-            }
-            if shutdown.is_cancelled() {
-                break Ok(());
             }
             let combined =
                 match compare_with_topics(name, source.as_mut(), &tables, &conformer, &ctx).await {
@@ -319,6 +294,75 @@ pub async fn run(
         tracing::info!(feed = name, "feed stopped");
     }
     result
+}
+
+/// Hands the source the last position Kafka acknowledged, if a new one
+/// came, and records it in `backflow._offsets` at most every
+/// [`SAVE_EVERY`] (a restart resumes from the source's own position
+/// anyway; this tells the source its snapshot finished).
+async fn acknowledge(
+    name: &str,
+    source: &mut dyn Source,
+    ctx: &FeedContext,
+    acked: &mut watch::Receiver<Option<Position>>,
+    last_saved: &mut Option<std::time::Instant>,
+) -> Result<(), FeedError> {
+    if !acked.has_changed().unwrap_or(false) {
+        return Ok(());
+    }
+    let Some(pos) = acked.borrow_and_update().clone() else {
+        return Ok(());
+    };
+    source.acknowledge(&pos).await?;
+    if last_saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+        crate::offsets::save(&ctx.publisher, name, &pos).await?;
+        *last_saved = Some(std::time::Instant::now());
+    }
+    Ok(())
+}
+
+/// Whether Kafka holds everything the feed yielded so far.
+enum InKafka {
+    /// It does.
+    Yes,
+    /// A batch was not acknowledged: the feed fails.
+    Failed,
+    /// The feed is stopping.
+    Stopping,
+    /// The publishing task ended.
+    PublisherEnded,
+}
+
+/// Waits until Kafka holds everything yielded so far: first until the
+/// publishing task has handed it all over, then until Kafka acknowledged
+/// it (so a raw topic's rows include it).
+async fn all_in_kafka(
+    work: &mpsc::Sender<Work>,
+    in_flight: &Mutex<VecDeque<i64>>,
+    failed: &watch::Receiver<Option<String>>,
+    shutdown: &CancellationToken,
+) -> InKafka {
+    let (handed, all_handed) = oneshot::channel();
+    let handed_over = tokio::select! {
+        _ = shutdown.cancelled() => return InKafka::Stopping,
+        r = async { work.send(Work::Barrier(handed)).await.is_ok() && all_handed.await.is_ok() } => r,
+    };
+    if !handed_over {
+        return InKafka::PublisherEnded;
+    }
+    while !in_flight.lock().expect("lock").is_empty() {
+        if failed.borrow().is_some() || shutdown.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if failed.borrow().is_some() {
+        InKafka::Failed
+    } else if shutdown.is_cancelled() {
+        InKafka::Stopping
+    } else {
+        InKafka::Yes
+    }
 }
 
 /// Keeps the feed's source lag gauges current every second: the age of the

@@ -130,34 +130,283 @@ pub struct MetricsInner {
     pub consumergroup_lag_seconds: GaugeVec,
 }
 
+/// A metric's name, help and labels.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+/// Creates metrics and registers each in the process's registry.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: prometheus::Result<C>) -> C {
+        let c = c.expect("valid metric");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("each metric is registered once");
+        c
+    }
+
+    fn counter(&self, d: Def) -> IntCounter {
+        self.add(IntCounter::new(d.name, d.help))
+    }
+
+    fn counters(&self, d: Def) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(d.name, d.help), d.labels))
+    }
+
+    fn gauge(&self, d: Def) -> IntGauge {
+        self.add(IntGauge::new(d.name, d.help))
+    }
+
+    fn gauges(&self, d: Def) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(d.name, d.help), d.labels))
+    }
+
+    fn float_gauges(&self, d: Def) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(d.name, d.help), d.labels))
+    }
+}
+
+// The metrics' names and help, as Prometheus shows them.
+
+/// `backflow_kafka_produced_records_total`.
+const KAFKA_PRODUCED: Def = Def {
+    name: "backflow_kafka_produced_records_total",
+    help: "Records acknowledged by Kafka, by topic kind (raw, share, dlq, internal, other).",
+    labels: &["kind"],
+};
+
+/// `backflow_kafka_produce_errors_total`.
+const KAFKA_PRODUCE_ERRORS: Def = Def {
+    name: "backflow_kafka_produce_errors_total",
+    help: "Records Kafka refused or that were not acknowledged in time, by topic kind.",
+    labels: &["kind"],
+};
+
+/// `backflow_kafka_produce_queue_full_total`.
+const KAFKA_PRODUCE_QUEUE_FULL: Def = Def {
+    name: "backflow_kafka_produce_queue_full_total",
+    help: "Times a send waited because the producer queue was full (back-pressure).",
+    labels: &[],
+};
+
+/// `backflow_kafka_consumed_records_total`.
+const KAFKA_CONSUMED: Def = Def {
+    name: "backflow_kafka_consumed_records_total",
+    help: "Records received from Kafka and handed to the next stage, by topic kind.",
+    labels: &["kind"],
+};
+
+/// `backflow_kafka_offsets_stored_total`.
+const KAFKA_OFFSETS_STORED: Def = Def {
+    name: "backflow_kafka_offsets_stored_total",
+    help: "Consumer offsets stored for commit after the next stage took the record.",
+    labels: &[],
+};
+
+/// `backflow_kafka_broker_reachable`.
+const KAFKA_BROKER_REACHABLE: Def = Def {
+    name: "backflow_kafka_broker_reachable",
+    help: "1 when the last Kafka metadata request succeeded, else 0.",
+    labels: &[],
+};
+
+/// `backflow_build_info`.
+const BUILD_INFO: Def = Def {
+    name: "backflow_build_info",
+    help: "Constant 1, labelled with the backflow and librdkafka versions.",
+    labels: &["version", "librdkafka"],
+};
+
+/// `backflow_source_events_total`.
+const SOURCE_EVENTS: Def = Def {
+    name: "backflow_source_events_total",
+    help: "Change events a feed published to its raw topics, by feed and op (c, u, d, r).",
+    labels: &["feed", "op"],
+};
+
+/// `backflow_source_dead_letters_total`.
+const SOURCE_REJECTED: Def = Def {
+    name: "backflow_source_dead_letters_total",
+    help: "Changes a feed could not read or encode and sent to its dead-letter topic.",
+    labels: &["feed"],
+};
+
+/// `backflow_quality_checked_total`.
+const QUALITY_CHECKED: Def = Def {
+    name: "backflow_quality_checked_total",
+    help: "Changes a feed checked against their dataset's standard, by feed and dataset.",
+    labels: &["feed", "dataset"],
+};
+
+/// `backflow_quality_rejected_total`.
+const QUALITY_REFUSED: Def = Def {
+    name: "backflow_quality_rejected_total",
+    help: "Changes the dataset's standard refused (sent to the feed's dead-letter topic), by feed and dataset.",
+    labels: &["feed", "dataset"],
+};
+
+/// `backflow_quality_violations_total`.
+const QUALITY_VIOLATIONS: Def = Def {
+    name: "backflow_quality_violations_total",
+    help: "Rule violations found in refused changes, by feed, dataset, standard field and rule.",
+    labels: &["feed", "dataset", "field", "rule"],
+};
+
+/// `backflow_quality_score`.
+const QUALITY_SCORE: Def = Def {
+    name: "backflow_quality_score",
+    help: "Share (0-1) of the changes of the last 5 minutes that met the dataset's standard, by feed and dataset.",
+    labels: &["feed", "dataset"],
+};
+
+/// `backflow_source_restarts_total`.
+const SOURCE_RESTARTS: Def = Def {
+    name: "backflow_source_restarts_total",
+    help: "Times a feed was restarted after an error, by feed and kind of error: transient (retried, likely to pass) or definite (needs a fix: privileges, wal_level, a lost slot, an incompatible schema).",
+    labels: &["feed", "kind"],
+};
+
+/// `backflow_source_lag_seconds`.
+const SOURCE_LAG_SECONDS: Def = Def {
+    name: "backflow_source_lag_seconds",
+    help: "Now minus the source commit time of the oldest change a feed handed to Kafka and Kafka has not acknowledged yet; 0 when caught up.",
+    labels: &["feed"],
+};
+
+/// `backflow_source_lag_bytes`.
+const SOURCE_LAG_BYTES: Def = Def {
+    name: "backflow_source_lag_bytes",
+    help: "Change history the source database keeps for a feed because the feed has not confirmed it yet (PostgreSQL: pg_current_wal_lsn() - confirmed_flush_lsn of its slot); -1 while unknown.",
+    labels: &["feed"],
+};
+
+/// `backflow_subscribe_rows_total`.
+const SUBSCRIBE_ROWS: Def = Def {
+    name: "backflow_subscribe_rows_total",
+    help: "Records a subscription applied to its database, by outcome: upsert, delete, or skip (superseded in its batch or older than the stored row).",
+    labels: &["subscription", "outcome"],
+};
+
+/// `backflow_subscribe_batches_total`.
+const SUBSCRIBE_BATCHES: Def = Def {
+    name: "backflow_subscribe_batches_total",
+    help: "Batches a subscription committed to its database (one transaction each).",
+    labels: &["subscription"],
+};
+
+/// `backflow_subscribe_lag_messages`.
+const SUBSCRIBE_LAG_MESSAGES: Def = Def {
+    name: "backflow_subscribe_lag_messages",
+    help:
+        "Records in a subscription's partitions not applied yet (high watermark minus next offset).",
+    labels: &["subscription"],
+};
+
+/// `backflow_subscribe_lag_seconds`.
+const SUBSCRIBE_LAG_SECONDS: Def = Def {
+    name: "backflow_subscribe_lag_seconds",
+    help: "Now minus the origin commit time (backflow.origin_ts) of the last record applied; 0 when nothing is waiting.",
+    labels: &["subscription"],
+};
+
+/// `backflow_subscribe_dead_letters_total`.
+const SUBSCRIBE_DEAD_LETTERS: Def = Def {
+    name: "backflow_subscribe_dead_letters_total",
+    help: "Records a subscription could not decode or its database refused, sent to its dead-letter topic.",
+    labels: &["subscription"],
+};
+
+/// `backflow_subscribe_errors_total`.
+const SUBSCRIBE_ERRORS: Def = Def {
+    name: "backflow_subscribe_errors_total",
+    help: "Subscription errors by kind: transient (retried), definite (needs a fix), bad_record (dead-lettered).",
+    labels: &["subscription", "kind"],
+};
+
+/// `backflow_distributor_records_total`.
+const DISTRIBUTOR_RECORDS: Def = Def {
+    name: "backflow_distributor_records_total",
+    help: "Change events the distributor produced to share topics, by subscriber node and op (a row leaving a jurisdiction is a d for it).",
+    labels: &["subscriber", "op"],
+};
+
+/// `backflow_distributor_share_failures_total`.
+const DISTRIBUTOR_SHARE_FAILURES: Def = Def {
+    name: "backflow_distributor_share_failures_total",
+    help: "Shares the distributor stopped because it could not deliver to them (the others went on), by subscriber node and reason.",
+    labels: &["subscriber", "reason"],
+};
+
+/// `backflow_subscription_lag_messages`.
+const SUBSCRIPTION_LAG_MESSAGES: Def = Def {
+    name: "backflow_subscription_lag_messages",
+    help: "Share records a subscriber node has not applied yet, from its reports.",
+    labels: &["subscriber", "dataset"],
+};
+
+/// `backflow_subscription_lag_seconds`.
+const SUBSCRIPTION_LAG_SECONDS: Def = Def {
+    name: "backflow_subscription_lag_seconds",
+    help: "Now minus the origin commit time of the last change the subscriber applied (end to end, across hops); 0 when caught up.",
+    labels: &["subscriber", "dataset"],
+};
+
+/// `backflow_subscription_status`.
+const SUBSCRIPTION_STATUS: Def = Def {
+    name: "backflow_subscription_status",
+    help: "1 for the subscription's status over the window (OK, WARN, STALL, STOP, ERR as Burrow defines them), 0 for the others.",
+    labels: &["subscriber", "dataset", "status"],
+};
+
+/// `backflow_feed_status`.
+const FEED_STATUS: Def = Def {
+    name: "backflow_feed_status",
+    help: "1 for the feed's status over the window (OK, WARN, STALL, STOP, ERR), 0 for the others.",
+    labels: &["feed", "status"],
+};
+
+/// `kafka_consumergroup_group_lag`.
+const CONSUMERGROUP_LAG: Def = Def {
+    name: "kafka_consumergroup_group_lag",
+    help: "Records not yet applied by a subscriber group, per share-topic partition.",
+    labels: &["group", "topic", "partition"],
+};
+
+/// `kafka_consumergroup_group_lag_seconds`.
+const CONSUMERGROUP_LAG_SECONDS: Def = Def {
+    name: "kafka_consumergroup_group_lag_seconds",
+    help: "Seconds a subscriber group is behind the origin commit, per share-topic partition; 0 when caught up.",
+    labels: &["group", "topic", "partition"],
+};
+
+/// `backflow_distributor_restarts_total`.
+const DISTRIBUTOR_RESTARTS: Def = Def {
+    name: "backflow_distributor_restarts_total",
+    help: "Times the distributor was restarted after an error.",
+    labels: &[],
+};
+
+/// `backflow_distributor_partitions`.
+const DISTRIBUTOR_PARTITIONS: Def = Def {
+    name: "backflow_distributor_partitions",
+    help: "Raw-topic partitions this process distributes, as assigned by the node's distributor consumer group (the node's processes share them).",
+    labels: &[],
+};
+
 impl Metrics {
     /// Creates and registers all metrics, plus process metrics on Linux.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let kinds = &["kind"];
+        let r = Registrar(&registry);
         let m = MetricsInner {
-            kafka_produced: IntCounterVec::new(
-                Opts::new(
-                    "backflow_kafka_produced_records_total",
-                    "Records acknowledged by Kafka, by topic kind (raw, share, dlq, internal, other).",
-                ),
-                kinds,
-            )
-            .expect("valid metric"),
-            kafka_produce_errors: IntCounterVec::new(
-                Opts::new(
-                    "backflow_kafka_produce_errors_total",
-                    "Records Kafka refused or that were not acknowledged in time, by topic kind.",
-                ),
-                kinds,
-            )
-            .expect("valid metric"),
-            kafka_produce_queue_full: IntCounter::new(
-                "backflow_kafka_produce_queue_full_total",
-                "Times a send waited because the producer queue was full (back-pressure).",
-            )
-            .expect("valid metric"),
-            kafka_produce_ack_seconds: Histogram::with_opts(
+            kafka_produced: r.counters(KAFKA_PRODUCED),
+            kafka_produce_errors: r.counters(KAFKA_PRODUCE_ERRORS),
+            kafka_produce_queue_full: r.counter(KAFKA_PRODUCE_QUEUE_FULL),
+            kafka_produce_ack_seconds: r.add(Histogram::with_opts(
                 HistogramOpts::new(
                     "backflow_kafka_produce_ack_seconds",
                     "Time from enqueueing a record to Kafka's acknowledgement.",
@@ -165,123 +414,23 @@ impl Metrics {
                 .buckets(vec![
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ]),
-            )
-            .expect("valid metric"),
-            kafka_consumed: IntCounterVec::new(
-                Opts::new(
-                    "backflow_kafka_consumed_records_total",
-                    "Records received from Kafka and handed to the next stage, by topic kind.",
-                ),
-                kinds,
-            )
-            .expect("valid metric"),
-            kafka_offsets_stored: IntCounter::new(
-                "backflow_kafka_offsets_stored_total",
-                "Consumer offsets stored for commit after the next stage took the record.",
-            )
-            .expect("valid metric"),
-            kafka_broker_reachable: IntGauge::new(
-                "backflow_kafka_broker_reachable",
-                "1 when the last Kafka metadata request succeeded, else 0.",
-            )
-            .expect("valid metric"),
-            build_info: IntGaugeVec::new(
-                Opts::new(
-                    "backflow_build_info",
-                    "Constant 1, labelled with the backflow and librdkafka versions.",
-                ),
-                &["version", "librdkafka"],
-            )
-            .expect("valid metric"),
-            source_events: IntCounterVec::new(
-                Opts::new(
-                    "backflow_source_events_total",
-                    "Change events a feed published to its raw topics, by feed and op (c, u, d, r).",
-                ),
-                &["feed", "op"],
-            )
-            .expect("valid metric"),
-            source_rejected: IntCounterVec::new(
-                Opts::new(
-                    "backflow_source_dead_letters_total",
-                    "Changes a feed could not read or encode and sent to its dead-letter topic.",
-                ),
-                &["feed"],
-            )
-            .expect("valid metric"),
-            quality_checked: IntCounterVec::new(
-                Opts::new(
-                    "backflow_quality_checked_total",
-                    "Changes a feed checked against their dataset's standard, by feed and dataset.",
-                ),
-                &["feed", "dataset"],
-            )
-            .expect("valid metric"),
-            quality_refused: IntCounterVec::new(
-                Opts::new(
-                    "backflow_quality_rejected_total",
-                    "Changes the dataset's standard refused (sent to the feed's dead-letter topic), by feed and dataset.",
-                ),
-                &["feed", "dataset"],
-            )
-            .expect("valid metric"),
-            quality_violations: IntCounterVec::new(
-                Opts::new(
-                    "backflow_quality_violations_total",
-                    "Rule violations found in refused changes, by feed, dataset, standard field and rule.",
-                ),
-                &["feed", "dataset", "field", "rule"],
-            )
-            .expect("valid metric"),
-            quality_score: GaugeVec::new(
-                Opts::new(
-                    "backflow_quality_score",
-                    "Share (0-1) of the changes of the last 5 minutes that met the dataset's standard, by feed and dataset.",
-                ),
-                &["feed", "dataset"],
-            )
-            .expect("valid metric"),
-            source_restarts: IntCounterVec::new(
-                Opts::new(
-                    "backflow_source_restarts_total",
-                    "Times a feed was restarted after an error, by feed and kind of error: transient (retried, likely to pass) or definite (needs a fix: privileges, wal_level, a lost slot, an incompatible schema).",
-                ),
-                &["feed", "kind"],
-            )
-            .expect("valid metric"),
-            source_lag_seconds: GaugeVec::new(
-                Opts::new(
-                    "backflow_source_lag_seconds",
-                    "Now minus the source commit time of the oldest change a feed handed to Kafka and Kafka has not acknowledged yet; 0 when caught up.",
-                ),
-                &["feed"],
-            )
-            .expect("valid metric"),
-            source_lag_bytes: IntGaugeVec::new(
-                Opts::new(
-                    "backflow_source_lag_bytes",
-                    "Change history the source database keeps for a feed because the feed has not confirmed it yet (PostgreSQL: pg_current_wal_lsn() - confirmed_flush_lsn of its slot); -1 while unknown.",
-                ),
-                &["feed"],
-            )
-            .expect("valid metric"),
-            subscribe_rows: IntCounterVec::new(
-                Opts::new(
-                    "backflow_subscribe_rows_total",
-                    "Records a subscription applied to its database, by outcome: upsert, delete, or skip (superseded in its batch or older than the stored row).",
-                ),
-                &["subscription", "outcome"],
-            )
-            .expect("valid metric"),
-            subscribe_batches: IntCounterVec::new(
-                Opts::new(
-                    "backflow_subscribe_batches_total",
-                    "Batches a subscription committed to its database (one transaction each).",
-                ),
-                &["subscription"],
-            )
-            .expect("valid metric"),
-            subscribe_apply_seconds: HistogramVec::new(
+            )),
+            kafka_consumed: r.counters(KAFKA_CONSUMED),
+            kafka_offsets_stored: r.counter(KAFKA_OFFSETS_STORED),
+            kafka_broker_reachable: r.gauge(KAFKA_BROKER_REACHABLE),
+            build_info: r.gauges(BUILD_INFO),
+            source_events: r.counters(SOURCE_EVENTS),
+            source_rejected: r.counters(SOURCE_REJECTED),
+            quality_checked: r.counters(QUALITY_CHECKED),
+            quality_refused: r.counters(QUALITY_REFUSED),
+            quality_violations: r.counters(QUALITY_VIOLATIONS),
+            quality_score: r.float_gauges(QUALITY_SCORE),
+            source_restarts: r.counters(SOURCE_RESTARTS),
+            source_lag_seconds: r.float_gauges(SOURCE_LAG_SECONDS),
+            source_lag_bytes: r.gauges(SOURCE_LAG_BYTES),
+            subscribe_rows: r.counters(SUBSCRIBE_ROWS),
+            subscribe_batches: r.counters(SUBSCRIBE_BATCHES),
+            subscribe_apply_seconds: r.add(HistogramVec::new(
                 HistogramOpts::new(
                     "backflow_subscribe_apply_seconds",
                     "Time to apply and commit one batch to the subscription's database.",
@@ -290,187 +439,29 @@ impl Metrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ]),
                 &["subscription"],
-            )
-            .expect("valid metric"),
-            subscribe_lag_messages: IntGaugeVec::new(
-                Opts::new(
-                    "backflow_subscribe_lag_messages",
-                    "Records in a subscription's partitions not applied yet (high watermark minus next offset).",
-                ),
-                &["subscription"],
-            )
-            .expect("valid metric"),
-            subscribe_lag_seconds: GaugeVec::new(
-                Opts::new(
-                    "backflow_subscribe_lag_seconds",
-                    "Now minus the origin commit time (backflow.origin_ts) of the last record applied; 0 when nothing is waiting.",
-                ),
-                &["subscription"],
-            )
-            .expect("valid metric"),
-            subscribe_dead_letters: IntCounterVec::new(
-                Opts::new(
-                    "backflow_subscribe_dead_letters_total",
-                    "Records a subscription could not decode or its database refused, sent to its dead-letter topic.",
-                ),
-                &["subscription"],
-            )
-            .expect("valid metric"),
-            subscribe_errors: IntCounterVec::new(
-                Opts::new(
-                    "backflow_subscribe_errors_total",
-                    "Subscription errors by kind: transient (retried), definite (needs a fix), bad_record (dead-lettered).",
-                ),
-                &["subscription", "kind"],
-            )
-            .expect("valid metric"),
-            distributor_records: IntCounterVec::new(
-                Opts::new(
-                    "backflow_distributor_records_total",
-                    "Change events the distributor produced to share topics, by subscriber node and op (a row leaving a jurisdiction is a d for it).",
-                ),
-                &["subscriber", "op"],
-            )
-            .expect("valid metric"),
-            distributor_share_failures: IntCounterVec::new(
-                Opts::new(
-                    "backflow_distributor_share_failures_total",
-                    "Shares the distributor stopped because it could not deliver to them (the others went on), by subscriber node and reason.",
-                ),
-                &["subscriber", "reason"],
-            )
-            .expect("valid metric"),
-            subscription_lag_messages: IntGaugeVec::new(
-                Opts::new(
-                    "backflow_subscription_lag_messages",
-                    "Share records a subscriber node has not applied yet, from its reports.",
-                ),
-                &["subscriber", "dataset"],
-            )
-            .expect("valid metric"),
-            subscription_lag_seconds: GaugeVec::new(
-                Opts::new(
-                    "backflow_subscription_lag_seconds",
-                    "Now minus the origin commit time of the last change the subscriber applied (end to end, across hops); 0 when caught up.",
-                ),
-                &["subscriber", "dataset"],
-            )
-            .expect("valid metric"),
-            subscription_status: IntGaugeVec::new(
-                Opts::new(
-                    "backflow_subscription_status",
-                    "1 for the subscription's status over the window (OK, WARN, STALL, STOP, ERR as Burrow defines them), 0 for the others.",
-                ),
-                &["subscriber", "dataset", "status"],
-            )
-            .expect("valid metric"),
-            feed_status: IntGaugeVec::new(
-                Opts::new(
-                    "backflow_feed_status",
-                    "1 for the feed's status over the window (OK, WARN, STALL, STOP, ERR), 0 for the others.",
-                ),
-                &["feed", "status"],
-            )
-            .expect("valid metric"),
-            consumergroup_lag: IntGaugeVec::new(
-                Opts::new(
-                    "kafka_consumergroup_group_lag",
-                    "Records not yet applied by a subscriber group, per share-topic partition.",
-                ),
-                &["group", "topic", "partition"],
-            )
-            .expect("valid metric"),
-            consumergroup_lag_seconds: GaugeVec::new(
-                Opts::new(
-                    "kafka_consumergroup_group_lag_seconds",
-                    "Seconds a subscriber group is behind the origin commit, per share-topic partition; 0 when caught up.",
-                ),
-                &["group", "topic", "partition"],
-            )
-            .expect("valid metric"),
-            distributor_restarts: IntCounter::new(
-                "backflow_distributor_restarts_total",
-                "Times the distributor was restarted after an error.",
-            )
-            .expect("valid metric"),
-            distributor_partitions: IntGauge::new(
-                "backflow_distributor_partitions",
-                "Raw-topic partitions this process distributes, as assigned by the node's distributor consumer group (the node's processes share them).",
-            )
-            .expect("valid metric"),
+            )),
+            subscribe_lag_messages: r.gauges(SUBSCRIBE_LAG_MESSAGES),
+            subscribe_lag_seconds: r.float_gauges(SUBSCRIBE_LAG_SECONDS),
+            subscribe_dead_letters: r.counters(SUBSCRIBE_DEAD_LETTERS),
+            subscribe_errors: r.counters(SUBSCRIBE_ERRORS),
+            distributor_records: r.counters(DISTRIBUTOR_RECORDS),
+            distributor_share_failures: r.counters(DISTRIBUTOR_SHARE_FAILURES),
+            subscription_lag_messages: r.gauges(SUBSCRIPTION_LAG_MESSAGES),
+            subscription_lag_seconds: r.float_gauges(SUBSCRIPTION_LAG_SECONDS),
+            subscription_status: r.gauges(SUBSCRIPTION_STATUS),
+            feed_status: r.gauges(FEED_STATUS),
+            consumergroup_lag: r.gauges(CONSUMERGROUP_LAG),
+            consumergroup_lag_seconds: r.float_gauges(CONSUMERGROUP_LAG_SECONDS),
+            distributor_restarts: r.counter(DISTRIBUTOR_RESTARTS),
+            distributor_partitions: r.gauge(DISTRIBUTOR_PARTITIONS),
             registry,
         };
-        let r = &m.registry;
-        r.register(Box::new(m.kafka_produced.clone()))
-            .expect("unique");
-        r.register(Box::new(m.kafka_produce_errors.clone()))
-            .expect("unique");
-        r.register(Box::new(m.kafka_produce_queue_full.clone()))
-            .expect("unique");
-        r.register(Box::new(m.kafka_produce_ack_seconds.clone()))
-            .expect("unique");
-        r.register(Box::new(m.kafka_consumed.clone()))
-            .expect("unique");
-        r.register(Box::new(m.kafka_offsets_stored.clone()))
-            .expect("unique");
-        r.register(Box::new(m.kafka_broker_reachable.clone()))
-            .expect("unique");
-        r.register(Box::new(m.build_info.clone())).expect("unique");
-        r.register(Box::new(m.source_events.clone()))
-            .expect("unique");
-        r.register(Box::new(m.source_rejected.clone()))
-            .expect("unique");
-        r.register(Box::new(m.source_restarts.clone()))
-            .expect("unique");
-        for c in [
-            &m.quality_checked,
-            &m.quality_refused,
-            &m.quality_violations,
-        ] {
-            r.register(Box::new(c.clone())).expect("unique");
-        }
-        r.register(Box::new(m.quality_score.clone()))
-            .expect("unique");
-        r.register(Box::new(m.source_lag_seconds.clone()))
-            .expect("unique");
-        r.register(Box::new(m.source_lag_bytes.clone()))
-            .expect("unique");
-        for c in [
-            &m.subscribe_rows,
-            &m.subscribe_batches,
-            &m.subscribe_dead_letters,
-            &m.subscribe_errors,
-            &m.distributor_records,
-            &m.distributor_share_failures,
-        ] {
-            r.register(Box::new(c.clone())).expect("unique");
-        }
-        r.register(Box::new(m.subscribe_apply_seconds.clone()))
-            .expect("unique");
-        r.register(Box::new(m.distributor_restarts.clone()))
-            .expect("unique");
-        r.register(Box::new(m.distributor_partitions.clone()))
-            .expect("unique");
-        r.register(Box::new(m.subscribe_lag_messages.clone()))
-            .expect("unique");
-        r.register(Box::new(m.subscribe_lag_seconds.clone()))
-            .expect("unique");
-        for g in [
-            &m.subscription_lag_messages,
-            &m.subscription_status,
-            &m.feed_status,
-            &m.consumergroup_lag,
-        ] {
-            r.register(Box::new(g.clone())).expect("unique");
-        }
-        for g in [&m.subscription_lag_seconds, &m.consumergroup_lag_seconds] {
-            r.register(Box::new(g.clone())).expect("unique");
-        }
         #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("unique");
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique");
         // Series exist at zero from the start, so rates and alerts work before
         // the first record.
         for kind in crate::domain::topics::TopicKind::ALL {

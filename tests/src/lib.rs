@@ -843,6 +843,38 @@ impl Node {
         )
     }
 
+    /// Waits until the lag board's row of `subscriber` (as `token` sees
+    /// the board) satisfies `ok`; returns it. Fails the test with the last
+    /// row and the node's log when `what` is not shown within `deadline`.
+    pub async fn until_lag_row(
+        &self,
+        token: &str,
+        subscriber: &str,
+        what: &str,
+        deadline: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = Instant::now() + deadline;
+        loop {
+            let (status, board) = self.api("GET", "/api/lag", Some(token), None).await;
+            assert_eq!(status, 200, "{board}");
+            let row = board["subscriptions"]
+                .as_array()
+                .and_then(|rows| rows.iter().find(|r| r["subscriber"] == subscriber))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            if ok(&row) {
+                return row;
+            }
+            assert!(
+                Instant::now() < until,
+                "{what} never shown; last row {row}\nnode log:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Polls `path` until it answers `status` or the deadline passes;
     /// returns the last body.
     pub async fn wait_for_status(

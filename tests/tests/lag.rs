@@ -8,7 +8,7 @@
 //! Kafka's own `kafka-consumer-groups` tool agrees with the node on the
 //! subscriber's position and lag.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backflow_e2e::sinks::{Backend, SinkDb};
 use backflow_e2e::{backflow, pg_connect, unique_name, Node, TestBroker, TestToken};
@@ -16,32 +16,15 @@ use serde_json::Value;
 
 const ADMIN: &str = "lag-test-admin-token-0123456789";
 
-/// Waits until the subscription's row satisfies `ok`; returns it.
+/// Waits until 330106's row satisfies `ok`; returns it.
 async fn until_row(
     node: &Node,
     what: &str,
     deadline: Duration,
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
-    let until = Instant::now() + deadline;
-    loop {
-        let (status, board) = node.api("GET", "/api/lag", Some(ADMIN), None).await;
-        assert_eq!(status, 200, "{board}");
-        let row = board["subscriptions"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["subscriber"] == "330106"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        if ok(&row) {
-            return row;
-        }
-        assert!(
-            Instant::now() < until,
-            "{what} never shown; last row {row}\nnode log:\n{}",
-            node.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    node.until_lag_row(ADMIN, "330106", what, deadline, ok)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! the operator must read it (a failing subscriber is not shown OK, its
 //! error text cannot steer a terminal or reorder what the operator reads).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backflow_e2e::{Node, TestBroker, TestToken};
 use serde_json::{json, Value};
@@ -84,25 +84,8 @@ async fn until_row(
     what: &str,
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, board) = node.api("GET", "/api/lag", Some(ADMIN), None).await;
-        assert_eq!(status, 200, "{board}");
-        let row = board["subscriptions"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["subscriber"] == subscriber))
-            .cloned()
-            .unwrap_or(Value::Null);
-        if ok(&row) {
-            return row;
-        }
-        assert!(
-            Instant::now() < until,
-            "{what} never shown; last row {row}\nnode log:\n{}",
-            node.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    node.until_lag_row(ADMIN, subscriber, what, Duration::from_secs(30), ok)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

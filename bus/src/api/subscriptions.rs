@@ -231,27 +231,7 @@ async fn request_subscription(
         .code
         .may_share_with(&subscriber)
         .map_err(|e| forbidden(format!("subscriber: {e}")))?;
-    if body.purpose.trim().is_empty() {
-        return Err(invalid(
-            "purpose is required: say what the data is needed for",
-        ));
-    }
-    bounded("purpose", &body.purpose, limits::PURPOSE).map_err(invalid)?;
-    if body.fields.len() > limits::FIELDS {
-        return Err(invalid(format!(
-            "fields: {} requested, at most {}",
-            body.fields.len(),
-            limits::FIELDS
-        )));
-    }
-    if body
-        .valid_days
-        .is_some_and(|d| d == 0 || d > MAX_VALID_DAYS)
-    {
-        return Err(invalid(format!(
-            "valid_days: between 1 and {MAX_VALID_DAYS}"
-        )));
-    }
+    check_request(&body)?;
     let (dataset, existing) = {
         let st = state.catalog.state().await;
         let dataset = st.datasets.get(&body.dataset).cloned().ok_or_else(|| {
@@ -266,25 +246,7 @@ async fn request_subscription(
         let id = format!("{}:{}", body.subscriber, body.dataset);
         (dataset, st.subscriptions.get(&id).cloned())
     };
-    let unknown: Vec<&str> = body
-        .fields
-        .iter()
-        .filter(|f| !dataset.fields.contains_key(*f))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() || body.fields.is_empty() {
-        return Err(invalid(format!(
-            "requested fields {:?} are not shared by {} (it shares: {})",
-            unknown,
-            dataset.id,
-            dataset
-                .fields
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    check_fields(&dataset, &body.fields)?;
     let id = format!("{}:{}", body.subscriber, body.dataset);
     if let Some(reason) = state.upper.onward_refusal(&dataset.id) {
         return Err(forbidden(reason));
@@ -308,18 +270,132 @@ async fn request_subscription(
     let mut fields = body.fields.clone();
     fields.sort();
     fields.dedup();
+    let (request_version, secret, policy_version) =
+        match next_version(existing.as_ref(), &id, &fields, &dataset)? {
+            Next::Same => {
+                let s = existing.as_ref().expect("the same request exists");
+                return Ok(Json(view(s)).into_response());
+            }
+            Next::Version {
+                request_version,
+                secret,
+                policy_version,
+            } => (request_version, secret, policy_version),
+        };
+    let (state_now, granted) = match dataset.sharing {
+        SharingClass::Unconditional => (SubscriptionState::Active, grants(&dataset, &body.fields)),
+        _ => (SubscriptionState::Pending, BTreeMap::new()),
+    };
+    let sub = Subscription {
+        id: id.clone(),
+        subscriber: body.subscriber,
+        dataset: body.dataset,
+        purpose: body.purpose,
+        requested: body.fields,
+        granted,
+        valid_until_ms: body
+            .valid_days
+            .map(|d| now_ms() + i64::from(d) * 86_400_000),
+        policy_version: policy_version + u32::from(state_now == SubscriptionState::Active),
+        state: state_now,
+        secret,
+        updated_ms: now_ms(),
+        backfilled: false,
+        request_version,
+        onward: dataset.onward,
+    };
+    let read = existing.clone();
+    put_if_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), |st| st.subscriptions.get(&id) == read.as_ref(), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
+    Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
+}
+
+/// The request's own bounds: a purpose, at most so many fields, a
+/// validity within [`MAX_VALID_DAYS`].
+fn check_request(body: &RequestBody) -> Result<(), ApiError> {
+    if body.purpose.trim().is_empty() {
+        return Err(invalid(
+            "purpose is required: say what the data is needed for",
+        ));
+    }
+    bounded("purpose", &body.purpose, limits::PURPOSE).map_err(invalid)?;
+    if body.fields.len() > limits::FIELDS {
+        return Err(invalid(format!(
+            "fields: {} requested, at most {}",
+            body.fields.len(),
+            limits::FIELDS
+        )));
+    }
+    if body
+        .valid_days
+        .is_some_and(|d| d == 0 || d > MAX_VALID_DAYS)
+    {
+        return Err(invalid(format!(
+            "valid_days: between 1 and {MAX_VALID_DAYS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Every requested field is one the dataset shares, and at least one is
+/// requested.
+fn check_fields(dataset: &Dataset, requested: &[String]) -> Result<(), ApiError> {
+    let unknown: Vec<&str> = requested
+        .iter()
+        .filter(|f| !dataset.fields.contains_key(*f))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() || requested.is_empty() {
+        return Err(invalid(format!(
+            "requested fields {:?} are not shared by {} (it shares: {})",
+            unknown,
+            dataset.id,
+            dataset
+                .fields
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// What a request makes of the subscription as it is.
+enum Next {
+    /// Active with the same fields: answered as it is.
+    Same,
+    /// A new version of the request, with the key it keeps.
+    Version {
+        request_version: u32,
+        secret: String,
+        policy_version: u32,
+    },
+}
+
+/// What a request with `fields` (sorted, without duplicates) makes of the
+/// subscription `id` as it is: idempotent for the same fields, refused
+/// while active with others, awaiting a decision, failed or revoked; a
+/// new version after a rejection or expiry.
+fn next_version(
+    existing: Option<&Subscription>,
+    id: &str,
+    fields: &[String],
+    dataset: &Dataset,
+) -> Result<Next, ApiError> {
     let same = |s: &Subscription| {
         let mut r = s.requested.clone();
         r.sort();
         r.dedup();
         r == fields
     };
-    let (request_version, secret, policy_version) = match &existing {
-        None => (1, random_secret(), 0),
+    Ok(match existing {
+        None => Next::Version {
+            request_version: 1,
+            secret: random_secret(),
+            policy_version: 0,
+        },
         Some(s) => match &s.state {
-            SubscriptionState::Active if same(s) => {
-                return Ok(Json(view(s)).into_response());
-            }
+            SubscriptionState::Active if same(s) => Next::Same,
             SubscriptionState::Active => {
                 return Err(ApiError(
                     StatusCode::CONFLICT,
@@ -360,35 +436,14 @@ async fn request_subscription(
             SubscriptionState::Rejected { .. } | SubscriptionState::Expired => {
                 // A new version of the request; the key stays, so rows the
                 // subscriber holds keep their hashed keys.
-                (s.request_version + 1, s.secret.clone(), s.policy_version)
+                Next::Version {
+                    request_version: s.request_version + 1,
+                    secret: s.secret.clone(),
+                    policy_version: s.policy_version,
+                }
             }
         },
-    };
-    let (state_now, granted) = match dataset.sharing {
-        SharingClass::Unconditional => (SubscriptionState::Active, grants(&dataset, &body.fields)),
-        _ => (SubscriptionState::Pending, BTreeMap::new()),
-    };
-    let sub = Subscription {
-        id: id.clone(),
-        subscriber: body.subscriber,
-        dataset: body.dataset,
-        purpose: body.purpose,
-        requested: body.fields,
-        granted,
-        valid_until_ms: body
-            .valid_days
-            .map(|d| now_ms() + i64::from(d) * 86_400_000),
-        policy_version: policy_version + u32::from(state_now == SubscriptionState::Active),
-        state: state_now,
-        secret,
-        updated_ms: now_ms(),
-        backfilled: false,
-        request_version,
-        onward: dataset.onward,
-    };
-    let read = existing.clone();
-    put_if_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), |st| st.subscriptions.get(&id) == read.as_ref(), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
-    Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
+    })
 }
 
 fn grants(dataset: &Dataset, fields: &[String]) -> BTreeMap<String, String> {

@@ -772,6 +772,79 @@ fn hops_after(raw: Option<&[u8]>, node: &str) -> String {
     }
 }
 
+/// The reader of a raw schema version (`ids`: key and value schema ids)
+/// and each share's codec for it, its share schemas registered; a share
+/// whose grant or schema does not fit fails alone. `Ok(Err(why))`: the
+/// version cannot be read at all (its records are skipped).
+async fn new_version(
+    ids: (u32, u32),
+    dataset: &str,
+    shares: &[Share],
+    ctx: &FeedContext,
+    readers: &mut FramedReaders,
+    out: &mut Out<'_>,
+) -> Result<Result<Version, String>, DistributorError> {
+    let (key_id, value_id) = ids;
+    let (Some(key_schema), Some(value_schema)) = (
+        ctx.registry.schema_by_id(key_id).await,
+        ctx.registry.schema_by_id(value_id).await,
+    ) else {
+        return Ok(Err(format!(
+            "schema {key_id} or {value_id} is not in this node's registry"
+        )));
+    };
+    readers.add(key_id, &key_schema).ok();
+    readers.add(value_id, &value_schema).ok();
+    let (department, name) = dataset.split_once('.').unwrap_or(("", dataset));
+    let target = TableTarget {
+        dataset: dataset.to_owned(),
+        schema: department.to_owned(),
+        name: name.to_owned(),
+    };
+    let source =
+        match table_from_schemas(&key_schema, &value_schema, &target).and_then(TableCodec::new) {
+            Ok(c) => EventReader::new(c, &key_schema, &value_schema),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+    if !source.is_direct() {
+        tracing::info!(dataset, key_id, value_id, "raw records written with schemas backflow did not generate; read through Avro's generic reader (slower)");
+    }
+    let mut list = Vec::new();
+    for s in shares {
+        list.push(match s.policy.share_table(source.codec().table()) {
+            Ok(table) => match share_codec(table, s, ctx).await {
+                Ok(codec) => Some(codec),
+                Err(DistributorError::Schema { topic, source }) if source.is_definite() => {
+                    s.fail(
+                        "schema",
+                        format!(
+                            "the schema registry refused the share schema of {topic} ({}): a change of the dataset's table or of the grant's rules is incompatible with what this subscriber received so far; the owner reverts the change or sets the dataset's compatibility level to one that allows it (the share topic's subjects follow it), then re-activates the subscription",
+                            source.message
+                        ),
+                        out.failures,
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            Err(reason) => {
+                s.fail(
+                    "policy",
+                    format!(
+                        "the grant does not fit the dataset as it now is: {reason}; the owner changes the grant (or the dataset), then re-activates the subscription"
+                    ),
+                    out.failures,
+                );
+                None
+            }
+        });
+    }
+    Ok(Ok(Version {
+        reader: source,
+        shares: list,
+    }))
+}
+
 /// Hands one raw record's share records to Kafka.
 async fn distribute(
     record: &ConsumedRecord,
@@ -798,65 +871,10 @@ async fn distribute(
         _ => return skip("not Confluent-framed".to_owned()),
     };
     if let std::collections::hash_map::Entry::Vacant(slot) = versions.entry((key_id, value_id)) {
-        let (Some(key_schema), Some(value_schema)) = (
-            ctx.registry.schema_by_id(key_id).await,
-            ctx.registry.schema_by_id(value_id).await,
-        ) else {
-            return skip(format!(
-                "schema {key_id} or {value_id} is not in this node's registry"
-            ));
+        match new_version((key_id, value_id), dataset, shares, ctx, readers, out).await? {
+            Ok(version) => slot.insert(version),
+            Err(why) => return skip(why),
         };
-        readers.add(key_id, &key_schema).ok();
-        readers.add(value_id, &value_schema).ok();
-        let (department, name) = dataset.split_once('.').unwrap_or(("", dataset));
-        let target = TableTarget {
-            dataset: dataset.to_owned(),
-            schema: department.to_owned(),
-            name: name.to_owned(),
-        };
-        let source = match table_from_schemas(&key_schema, &value_schema, &target)
-            .and_then(TableCodec::new)
-        {
-            Ok(c) => EventReader::new(c, &key_schema, &value_schema),
-            Err(e) => return skip(e.to_string()),
-        };
-        if !source.is_direct() {
-            tracing::info!(dataset, key_id, value_id, "raw records written with schemas backflow did not generate; read through Avro's generic reader (slower)");
-        }
-        let mut list = Vec::new();
-        for s in shares {
-            list.push(match s.policy.share_table(source.codec().table()) {
-                Ok(table) => match share_codec(table, s, ctx).await {
-                    Ok(codec) => Some(codec),
-                    Err(DistributorError::Schema { topic, source }) if source.is_definite() => {
-                        s.fail(
-                            "schema",
-                            format!(
-                                "the schema registry refused the share schema of {topic} ({}): a change of the dataset's table or of the grant's rules is incompatible with what this subscriber received so far; the owner reverts the change or sets the dataset's compatibility level to one that allows it (the share topic's subjects follow it), then re-activates the subscription",
-                                source.message
-                            ),
-                            out.failures,
-                        );
-                        None
-                    }
-                    Err(e) => return Err(e),
-                },
-                Err(reason) => {
-                    s.fail(
-                        "policy",
-                        format!(
-                            "the grant does not fit the dataset as it now is: {reason}; the owner changes the grant (or the dataset), then re-activates the subscription"
-                        ),
-                        out.failures,
-                    );
-                    None
-                }
-            });
-        }
-        slot.insert(Version {
-            reader: source,
-            shares: list,
-        });
     }
     let version = &versions[&(key_id, value_id)];
     let event = match version.reader.read(readers, key_bytes, payload) {
@@ -1322,107 +1340,49 @@ pub async fn supervise(
             tracing::error!(error = %e, "cannot write the audit trail");
         }
     }
-    let mut changes = catalog.changes();
-    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
     let (joins, mut join_requests) = tokio::sync::mpsc::channel::<JoinRequest>(16);
-    let (failures, mut failed_shares) = tokio::sync::mpsc::unbounded_channel::<ShareFailure>();
-    let mut backfills = Backfills {
-        tasks: tokio::task::JoinSet::new(),
-        running: HashMap::new(),
-        joined: Vec::new(),
-        joins,
+    let (failures, failed_shares) = tokio::sync::mpsc::unbounded_channel::<ShareFailure>();
+    let mut events = Events {
+        changes: catalog.changes(),
+        upper_changes: upper.changes(),
+        failed_shares,
+    };
+    let deps = Deps {
+        config_shares,
+        catalog,
+        auditor,
+        upper,
+        ctx,
+        shutdown,
         failures: failures.clone(),
     };
-    // Shares of the configuration file that failed: left out until the
-    // node restarts (catalog subscriptions record their failure instead).
-    let mut config_failed: std::collections::HashSet<(String, String)> = Default::default();
-    // Datasets whose upper grant ended: being taken back from the lower
-    // nodes, or taken back.
-    let mut retractions = Retractions::default();
-    let in_force =
-        |catalog, config_failed: &HashSet<(String, String)>, retracting: &HashSet<String>| {
-            let config: Vec<ShareConfig> = config_shares
-                .iter()
-                .filter(|s| !config_failed.contains(&(s.subscriber.to_string(), s.dataset.clone())))
-                .cloned()
-                .collect();
-            let (upper, retracting) = (upper.clone(), retracting.clone());
-            async move { current(&config, catalog, &upper, &retracting).await }
-        };
-    let mut upper_changes = upper.changes();
-    loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let _ = catalog.caught_up().await;
-        let (ready, pending) = in_force(&catalog, &config_failed, &retractions.running).await;
-        let shares = backfills.with_joined(&ready);
-        backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
+    let mut state = Supervised {
+        backfills: Backfills {
+            tasks: tokio::task::JoinSet::new(),
+            running: HashMap::new(),
+            joined: Vec::new(),
+            joins,
+            failures,
+        },
+        config_failed: HashSet::new(),
+        retractions: Retractions::default(),
+    };
+    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
+    while !deps.shutdown.is_cancelled() {
+        let _ = deps.catalog.caught_up().await;
+        let (ready, pending) = deps.in_force(&state).await;
+        let shares = state.backfills.with_joined(&ready);
+        state
+            .backfills
+            .follow(&pending, &shares, &deps.ctx, &deps.auditor, &deps.shutdown);
         let mut failed = None;
         if !shares.is_empty() {
             restarts.started();
-            let mut sig = signature(&shares);
-            let child = shutdown.child_token();
-            let run_fut = run(
-                &shares,
-                &ctx,
-                &auditor,
-                &mut join_requests,
-                &failures,
-                &child,
-            );
-            tokio::pin!(run_fut);
-            let outcome = loop {
-                tokio::select! {
-                    r = &mut run_fut => break r,
-                    Some(done) = backfills.tasks.join_next() => {
-                        if let Ok((id, records, how)) = done {
-                            backfills.finished(id, records, how, &catalog).await;
-                            // A joined share is part of this run already.
-                            sig = signature(&backfills.with_joined(&shares));
-                        }
-                    }
-                    Some(done) = retractions.tasks.join_next() => {
-                        retractions.finished(done);
-                        end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
-                        let (now, _) = in_force(&catalog, &config_failed, &retractions.running).await;
-                        if signature(&backfills.with_joined(&now)) != sig {
-                            tracing::info!("rows taken back from the lower nodes; restarting the distributor without the dataset's shares");
-                            child.cancel();
-                        }
-                    }
-                    Some(failure) = failed_shares.recv() => {
-                        // The share is out of this run already; its
-                        // subscription records why (a change that restarts
-                        // the run without it).
-                        record_failure(failure, &catalog, &auditor, &ctx, &mut config_failed).await;
-                    }
-                    _ = upper_changes.changed() => {
-                        retractions.follow(&upper, &ctx);
-                        end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
-                        let (now, _) = in_force(&catalog, &config_failed, &retractions.running).await;
-                        if signature(&backfills.with_joined(&now)) != sig {
-                            tracing::info!("upper grants changed; restarting the distributor");
-                            child.cancel();
-                        }
-                    }
-                    c = changes.changed() => {
-                        if c.is_err() {
-                            child.cancel();
-                            continue;
-                        }
-                        let _ = catalog.caught_up().await;
-                        let (now, pending) = in_force(&catalog, &config_failed, &retractions.running).await;
-                        backfills.follow(&pending, &shares, &ctx, &auditor, &shutdown);
-                        if signature(&backfills.with_joined(&now)) != sig {
-                            tracing::info!("shares changed; restarting the distributor");
-                            child.cancel();
-                        }
-                    }
-                }
-            };
-            match outcome {
-                Ok(()) if shutdown.is_cancelled() => break,
+            match deps
+                .run_until_changed(&shares, &mut events, &mut state, &mut join_requests)
+                .await
+            {
+                Ok(()) if deps.shutdown.is_cancelled() => break,
                 Ok(()) => {
                     restarts.ended_well();
                     continue;
@@ -1430,7 +1390,7 @@ pub async fn supervise(
                 Err(e) => {
                     use crate::restart::Kind;
                     let retry = restarts.failed(e.kind());
-                    ctx.metrics.distributor_restarts.inc();
+                    deps.ctx.metrics.distributor_restarts.inc();
                     tracing::error!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "distributor failed");
                     failed = Some(retry.wait);
                 }
@@ -1439,39 +1399,186 @@ pub async fn supervise(
         // No distributor runs: backfills deliver up to the committed
         // offsets, and the next run starts from there with their shares.
         let pause = failed.unwrap_or(Duration::from_secs(3600));
-        let until = tokio::time::Instant::now() + pause;
+        deps.idle(pause, &mut events, &mut state, &mut join_requests)
+            .await;
+    }
+    state.backfills.tasks.shutdown().await;
+}
+
+/// What the distributor's supervision reads and never changes.
+struct Deps {
+    config_shares: Vec<ShareConfig>,
+    catalog: Catalog,
+    auditor: Auditor,
+    upper: crate::upper::UpperGrants,
+    ctx: FeedContext,
+    shutdown: CancellationToken,
+    failures: Failures,
+}
+
+/// What tells the supervision to look again.
+struct Events {
+    changes: tokio::sync::watch::Receiver<u64>,
+    upper_changes: tokio::sync::watch::Receiver<u64>,
+    failed_shares: tokio::sync::mpsc::UnboundedReceiver<ShareFailure>,
+}
+
+/// What the supervision keeps across runs.
+struct Supervised {
+    backfills: Backfills,
+    /// Shares of the configuration file that failed: left out until the
+    /// node restarts (catalog subscriptions record their failure instead).
+    config_failed: HashSet<(String, String)>,
+    /// Datasets whose upper grant ended: being taken back from the lower
+    /// nodes, or taken back.
+    retractions: Retractions,
+}
+
+impl Deps {
+    /// The shares in force, without the configuration's failed ones; and
+    /// the active subscriptions still to backfill.
+    async fn in_force(
+        &self,
+        state: &Supervised,
+    ) -> (Vec<ShareConfig>, Vec<(ShareConfig, Subscription)>) {
+        let config: Vec<ShareConfig> = self
+            .config_shares
+            .iter()
+            .filter(|s| {
+                !state
+                    .config_failed
+                    .contains(&(s.subscriber.to_string(), s.dataset.clone()))
+            })
+            .cloned()
+            .collect();
+        current(
+            &config,
+            &self.catalog,
+            &self.upper,
+            &state.retractions.running,
+        )
+        .await
+    }
+
+    /// Whether the shares in force differ from `sig` (the running ones).
+    async fn changed(&self, state: &Supervised, sig: &[String]) -> bool {
+        let (now, _) = self.in_force(state).await;
+        signature(&state.backfills.with_joined(&now)) != sig
+    }
+
+    /// Runs the distributor over `shares` until it fails, the node stops,
+    /// or what is in force changes (then it ends without an error), while
+    /// backfills join it and finish, shares fail alone and retractions
+    /// run.
+    async fn run_until_changed(
+        &self,
+        shares: &[ShareConfig],
+        events: &mut Events,
+        state: &mut Supervised,
+        join_requests: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+    ) -> Result<(), DistributorError> {
+        let mut sig = signature(shares);
+        let child = self.shutdown.child_token();
+        let run_fut = run(
+            shares,
+            &self.ctx,
+            &self.auditor,
+            join_requests,
+            &self.failures,
+            &child,
+        );
+        tokio::pin!(run_fut);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(until) => break,
-                _ = changes.changed() => break,
-                Some(request) = join_requests.recv() => {
-                    let _ = request.reply.send(JoinReply::NotConsumed);
-                }
-                Some(done) = backfills.tasks.join_next() => {
+                r = &mut run_fut => return r,
+                Some(done) = state.backfills.tasks.join_next() => {
                     if let Ok((id, records, how)) = done {
-                        backfills.finished(id, records, how, &catalog).await;
+                        state.backfills.finished(id, records, how, &self.catalog).await;
+                        // A joined share is part of this run already.
+                        sig = signature(&state.backfills.with_joined(shares));
                     }
-                    break;
                 }
-                Some(failure) = failed_shares.recv() => {
-                    record_failure(failure, &catalog, &auditor, &ctx, &mut config_failed).await;
-                    break;
+                Some(done) = state.retractions.tasks.join_next() => {
+                    state.retractions.finished(done);
+                    end_upstream_ended(&self.catalog, &self.auditor, &self.upper, &state.retractions.running).await;
+                    if self.changed(state, &sig).await {
+                        tracing::info!("rows taken back from the lower nodes; restarting the distributor without the dataset's shares");
+                        child.cancel();
+                    }
                 }
-                _ = upper_changes.changed() => {
-                    retractions.follow(&upper, &ctx);
-                    end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
-                    break;
+                Some(failure) = events.failed_shares.recv() => {
+                    // The share is out of this run already; its
+                    // subscription records why (a change that restarts
+                    // the run without it).
+                    record_failure(failure, &self.catalog, &self.auditor, &self.ctx, &mut state.config_failed).await;
                 }
-                Some(done) = retractions.tasks.join_next() => {
-                    retractions.finished(done);
-                    end_upstream_ended(&catalog, &auditor, &upper, &retractions.running).await;
-                    break;
+                _ = events.upper_changes.changed() => {
+                    state.retractions.follow(&self.upper, &self.ctx);
+                    end_upstream_ended(&self.catalog, &self.auditor, &self.upper, &state.retractions.running).await;
+                    if self.changed(state, &sig).await {
+                        tracing::info!("upper grants changed; restarting the distributor");
+                        child.cancel();
+                    }
+                }
+                c = events.changes.changed() => {
+                    if c.is_err() {
+                        child.cancel();
+                        continue;
+                    }
+                    let _ = self.catalog.caught_up().await;
+                    let (now, pending) = self.in_force(state).await;
+                    state.backfills.follow(&pending, shares, &self.ctx, &self.auditor, &self.shutdown);
+                    if signature(&state.backfills.with_joined(&now)) != sig {
+                        tracing::info!("shares changed; restarting the distributor");
+                        child.cancel();
+                    }
                 }
             }
         }
     }
-    backfills.tasks.shutdown().await;
+
+    /// While no distributor runs: waits `pause`, or until something
+    /// changes, a backfill ends, a share fails or a retraction ends; a
+    /// backfill asking to join is told nothing consumes.
+    async fn idle(
+        &self,
+        pause: Duration,
+        events: &mut Events,
+        state: &mut Supervised,
+        join_requests: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+    ) {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => return,
+                _ = events.changes.changed() => return,
+                Some(request) = join_requests.recv() => {
+                    let _ = request.reply.send(JoinReply::NotConsumed);
+                }
+                Some(done) = state.backfills.tasks.join_next() => {
+                    if let Ok((id, records, how)) = done {
+                        state.backfills.finished(id, records, how, &self.catalog).await;
+                    }
+                    return;
+                }
+                Some(failure) = events.failed_shares.recv() => {
+                    record_failure(failure, &self.catalog, &self.auditor, &self.ctx, &mut state.config_failed).await;
+                    return;
+                }
+                _ = events.upper_changes.changed() => {
+                    state.retractions.follow(&self.upper, &self.ctx);
+                    end_upstream_ended(&self.catalog, &self.auditor, &self.upper, &state.retractions.running).await;
+                    return;
+                }
+                Some(done) = state.retractions.tasks.join_next() => {
+                    state.retractions.finished(done);
+                    end_upstream_ended(&self.catalog, &self.auditor, &self.upper, &state.retractions.running).await;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The retractions of datasets whose upper grant ended.

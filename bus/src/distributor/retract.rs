@@ -54,38 +54,7 @@ pub async fn retract(
         Err(_) => return Ok(0),
     };
     let watermarks = crate::kafka::Watermarks::new(&ctx.settings)?;
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for p in 0..n {
-        let high = watermarks.high(&topic, p).await?;
-        if high > 0 {
-            ends.insert(p, high - 1);
-        }
-    }
-    let mut latest: BTreeMap<Vec<u8>, Latest> = BTreeMap::new();
-    if !ends.is_empty() {
-        let parts: Vec<i32> = ends.keys().copied().collect();
-        let consumer = Consumer::replay_partitions(&ctx.settings, &topic, &parts)?;
-        let mut remaining = ends.clone();
-        while !remaining.is_empty() {
-            let r = consumer.recv().await?;
-            if remaining
-                .get(&r.partition)
-                .is_some_and(|end| r.offset >= *end)
-            {
-                remaining.remove(&r.partition);
-            }
-            let Some(key) = r.key.clone() else { continue };
-            latest.insert(
-                key.clone(),
-                Latest {
-                    key,
-                    value: r.payload.clone(),
-                    origin: r.header(HEADER_ORIGIN).unwrap_or_default().to_vec(),
-                    hops: r.header(HEADER_HOPS).unwrap_or_default().to_vec(),
-                },
-            );
-        }
-    }
+    let latest = latest_rows(ctx, &topic, n, &watermarks).await?;
     // Only records written with backflow's own schemas are read (directly),
     // so no writer schema is ever added here.
     let readers = FramedReaders::new();
@@ -177,11 +146,66 @@ pub async fn retract(
         return Ok(0);
     }
     tracing::warn!(dataset, rows = retracted, %reason, "rows received from the upper node retracted");
-    // Wait until the distributor stored offsets past the retraction, so its
-    // deletes reached every share before the shares stop.
+    wait_distributed(ctx, dataset, &topic, n, &watermarks).await?;
+    Ok(retracted)
+}
+
+/// The last record of every key of the raw topic `topic` (of `n`
+/// partitions), read up to the end it had when reading began.
+async fn latest_rows(
+    ctx: &FeedContext,
+    topic: &str,
+    n: i32,
+    watermarks: &crate::kafka::Watermarks,
+) -> Result<BTreeMap<Vec<u8>, Latest>, DistributorError> {
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for p in 0..n {
+        let high = watermarks.high(topic, p).await?;
+        if high > 0 {
+            ends.insert(p, high - 1);
+        }
+    }
+    let mut latest: BTreeMap<Vec<u8>, Latest> = BTreeMap::new();
+    if !ends.is_empty() {
+        let parts: Vec<i32> = ends.keys().copied().collect();
+        let consumer = Consumer::replay_partitions(&ctx.settings, topic, &parts)?;
+        let mut remaining = ends.clone();
+        while !remaining.is_empty() {
+            let r = consumer.recv().await?;
+            if remaining
+                .get(&r.partition)
+                .is_some_and(|end| r.offset >= *end)
+            {
+                remaining.remove(&r.partition);
+            }
+            let Some(key) = r.key.clone() else { continue };
+            latest.insert(
+                key.clone(),
+                Latest {
+                    key,
+                    value: r.payload.clone(),
+                    origin: r.header(HEADER_ORIGIN).unwrap_or_default().to_vec(),
+                    hops: r.header(HEADER_HOPS).unwrap_or_default().to_vec(),
+                },
+            );
+        }
+    }
+    Ok(latest)
+}
+
+/// Waits until the distributor stored offsets past the retraction in every
+/// partition of `topic`, so its deletes reached every share before the
+/// shares stop (at most [`DISTRIBUTED_WITHIN`]).
+async fn wait_distributed(
+    ctx: &FeedContext,
+    dataset: &str,
+    topic: &str,
+    n: i32,
+    watermarks: &crate::kafka::Watermarks,
+) -> Result<(), DistributorError> {
     let mut until: Vec<(String, i32, i64)> = Vec::new();
     for p in 0..n {
-        until.push((topic.clone(), p, watermarks.high(&topic, p).await?));
+        until.push((topic.to_owned(), p, watermarks.high(topic, p).await?));
     }
     let parts: Vec<(String, i32)> = until.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
     let deadline = Instant::now() + DISTRIBUTED_WITHIN;
@@ -193,11 +217,11 @@ pub async fn retract(
             .zip(&committed)
             .all(|((_, _, end), c)| c.unwrap_or(0) >= *end)
         {
-            return Ok(retracted);
+            return Ok(());
         }
         if Instant::now() > deadline {
             tracing::error!(dataset, "the distributor did not deliver the retraction within 60 s; the shares stop anyway");
-            return Ok(retracted);
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
