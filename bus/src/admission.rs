@@ -166,7 +166,10 @@ impl FeedAdmission {
     /// A feed of the catalog as the node runs it: checked again under the
     /// rules in force (its record may have been written around the API, or
     /// before the rules changed), its secret resolved.
-    pub fn admit_record(&self, record: &crate::catalog::FeedRecord) -> Result<FeedConfig, Refusal> {
+    pub fn admit_record(
+        &self,
+        record: &crate::state::catalog::FeedRecord,
+    ) -> Result<FeedConfig, Refusal> {
         let feed = record.parse().map_err(Refusal::Invalid)?;
         let department = match record.owner.as_deref() {
             Some("admin") => None,

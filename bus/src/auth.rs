@@ -21,8 +21,8 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::Catalog;
 use crate::config::TokenConfig;
+use crate::state::catalog::Catalog;
 
 pub use crate::domain::principal::Principal;
 

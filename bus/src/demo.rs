@@ -384,7 +384,7 @@ async fn start_node(
     let mut task = tokio::spawn(async move {
         let outcome = match level {
             Level::Node => {
-                backflow::node::run(config, stop.clone(), |r| {
+                backflow::runtime::node::run(config, stop.clone(), |r| {
                     let _ = tx.send((r.http_addr, r.bootstrap.clone()));
                 })
                 .await
@@ -392,7 +392,7 @@ async fn start_node(
             Level::Subscriber => {
                 // A district's address is that of its metrics, which need
                 // no token there.
-                backflow::node::run_subscriber(config, stop.clone(), |addr, metrics| {
+                backflow::runtime::node::run_subscriber(config, stop.clone(), |addr, metrics| {
                     let _ = tx.send((metrics.unwrap_or(addr), String::new()));
                 })
                 .await

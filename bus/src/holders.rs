@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{CatalogState, SubscriptionState};
 use crate::config::ShareConfig;
 use crate::domain::policy::Onward;
+use crate::state::catalog::{CatalogState, SubscriptionState};
 
 /// Most holders one report may name.
 pub const MAX_HOLDERS: usize = 1000;
@@ -153,12 +153,12 @@ pub fn check_report(
             .map_err(|e| format!("holders[{i}].node: {e}"))?;
         crate::config::DivisionCode::parse(&h.from)
             .map_err(|e| format!("holders[{i}].from: {e}"))?;
-        if h.fields.len() > crate::catalog::limits::FIELDS {
+        if h.fields.len() > crate::state::catalog::limits::FIELDS {
             return Err(format!("holders[{i}].fields: too many"));
         }
         for (k, v) in &h.fields {
-            crate::catalog::field_name(&format!("holders[{i}].fields"), k)?;
-            crate::catalog::bounded(&format!("holders[{i}].fields.{k}"), v, 128)?;
+            crate::state::catalog::field_name(&format!("holders[{i}].fields"), k)?;
+            crate::state::catalog::bounded(&format!("holders[{i}].fields.{k}"), v, 128)?;
         }
     }
     Ok(())

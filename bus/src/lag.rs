@@ -76,6 +76,16 @@ pub const MIN_POST_INTERVAL: Duration = Duration::from_secs(1);
 /// as many).
 pub const MAX_STATUS_TOPICS: usize = crate::config::MAX_SUBSCRIPTION_TOPICS;
 
+/// Whether a subscription runs, as its subscriber says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RunState {
+    /// It applies what arrives.
+    Running,
+    /// Its last attempt failed (the error says why); it is tried again.
+    Failed,
+}
+
 /// What a subscriber publishes besides its offsets: whether it runs, and
 /// why not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,7 +95,7 @@ pub struct SubscriberStatus {
     /// The share topics it reads.
     pub topics: Vec<String>,
     /// `RUNNING` or `FAILED`.
-    pub state: String,
+    pub state: RunState,
     /// Why it fails (no row values).
     #[serde(default)]
     pub error: Option<String>,
@@ -157,7 +167,7 @@ pub struct Report {
     /// Subscription name (the subscriber's configuration).
     pub subscription: String,
     /// `RUNNING` or `FAILED`.
-    pub state: String,
+    pub state: RunState,
     /// Why it fails (no row values).
     #[serde(default)]
     pub error: Option<String>,
@@ -512,7 +522,7 @@ pub struct MonitorContext {
     /// Active shares, asked each round.
     pub served: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Served> + Send + Sync>,
     /// Feed states and errors of this process.
-    pub feeds: crate::feeds::FeedStatuses,
+    pub feeds: crate::source::feeds::FeedStatuses,
     /// Metrics (source gauges are read, lag metrics written).
     pub metrics: crate::metrics::Metrics,
     /// Status window.
@@ -719,7 +729,7 @@ impl Sampler {
             lag_messages: at.lag,
             lag_seconds: lag_secs,
             reported_ms: report.as_ref().map(|r| r.ts_ms),
-            failing: report.as_ref().is_some_and(|r| r.state == "FAILED"),
+            failing: report.as_ref().is_some_and(|r| r.state == RunState::Failed),
         };
         let key = (subscriber.to_owned(), dataset.to_owned());
         let window = self.samples.entry(key.clone()).or_default();
@@ -847,10 +857,11 @@ fn feed_rows(
         while w.front().is_some_and(|s| now - s.0 > window_ms) {
             w.pop_front();
         }
-        let state = st.state.to_owned();
-        let status = match state.as_str() {
-            "FAILED" => Status::Err,
-            "PAUSED" => Status::Stop,
+        use crate::source::feeds::FeedState;
+        let state = st.state.as_str().to_owned();
+        let status = match st.state {
+            FeedState::Failed => Status::Err,
+            FeedState::Paused => Status::Stop,
             _ if lag <= 0.0 => Status::Ok,
             _ => {
                 let first = w.front().copied().unwrap_or((now, events, lag));
@@ -1042,9 +1053,6 @@ pub fn accept_status(
     }
     status.topics.sort();
     status.topics.dedup();
-    if !matches!(status.state.as_str(), "RUNNING" | "FAILED") {
-        return Err("state: RUNNING or FAILED".to_owned());
-    }
     if let Some(e) = &mut status.error {
         *e = plain_text(e, MAX_ERROR_BYTES);
     }
@@ -1173,7 +1181,7 @@ pub async fn report(
         let body = SubscriberStatus {
             subscription: r.subscription.clone(),
             topics: by_topic.keys().map(|t| t.to_string()).collect(),
-            state: r.state.clone(),
+            state: r.state,
             error: r.error.clone(),
             ts_ms: now_ms(),
         };
@@ -1297,7 +1305,7 @@ mod status_tests {
         serde_json::to_vec(&SubscriberStatus {
             subscription: name.into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
-            state: "FAILED".into(),
+            state: RunState::Failed,
             error: Some(error.into()),
             ts_ms,
         })
@@ -1398,7 +1406,7 @@ mod status_tests {
         SubscriberStatus {
             subscription: name.into(),
             topics: vec![format!("backflow.share.{node}.a.b")],
-            state: "RUNNING".into(),
+            state: RunState::Running,
             error: None,
             ts_ms,
         }

@@ -15,31 +15,22 @@
 //! - [`topics`]: topic names as DESIGN.md fixes them.
 
 pub mod admission;
-pub mod api;
-pub mod audit;
 pub mod auth;
-pub mod cascade;
-pub mod catalog;
 pub mod config;
-pub mod dashboard;
+pub mod control;
 pub mod distributor;
 pub mod domain;
-pub mod feed;
-pub mod feeds;
 pub mod holders;
 pub mod http;
 pub mod kafka;
 pub mod lag;
 pub mod metrics;
-pub mod node;
-pub mod offsets;
-pub mod reconcile;
 pub mod registry;
-pub mod restart;
+pub mod runtime;
+pub mod source;
 pub mod standards;
+pub mod state;
 pub mod subscribe;
-pub mod telemetry;
-pub mod topic_state;
 pub mod upper;
 
 /// backflow's version.

@@ -395,7 +395,7 @@ fn main() -> ExitCode {
 }
 
 /// Prints what `audit verify` found, chain by chain, then every problem.
-fn print_audit_report(report: &backflow::audit::VerifyReport) {
+fn print_audit_report(report: &backflow::state::audit::VerifyReport) {
     for (node, chain) in &report.chains {
         let head = chain
             .head
@@ -534,7 +534,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Audit(AuditCommand::Keygen { out }) => {
-            let key = backflow::audit::AuditKey::write_new(out)?;
+            let key = backflow::state::audit::AuditKey::write_new(out)?;
             println!("{}", key.public_key_hex());
             eprintln!(
                 "wrote the secret key to {} (readable by you only): set audit.signing_key_file to it; \
@@ -590,9 +590,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { dir, port, rate } => demo(dir, *port, *rate),
         Command::Serve => {
             let config = load(&cli)?;
-            backflow::telemetry::init(&config.log);
+            backflow::runtime::telemetry::init(&config.log);
             run_until_signal(|shutdown| async move {
-                backflow::node::run(config, shutdown, |running| {
+                backflow::runtime::node::run(config, shutdown, |running| {
                     // One line on stdout so scripts and tests can find the port.
                     println!("backflow listening on http://{}", running.http_addr);
                     if let Some(m) = running.metrics_addr {
@@ -616,7 +616,7 @@ fn audit_verify(
     public_key_files: &[PathBuf],
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut keys = backflow::audit::TrustedKeys::none();
+    let mut keys = backflow::state::audit::TrustedKeys::none();
     for spec in public_keys {
         keys.trust_spec(spec)
             .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
@@ -642,7 +642,7 @@ fn audit_verify(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(backflow::audit::verify(&settings, &keys))?;
+    let report = runtime.block_on(backflow::state::audit::verify(&settings, &keys))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -711,13 +711,13 @@ fn reconcile(
             _ => anyhow::bail!("the configuration has several subscriptions; choose one with --subscription NAME"),
         },
     };
-    backflow::telemetry::init(&config.log);
+    backflow::runtime::telemetry::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(backflow::reconcile::reconcile(sub))?;
+    let report = runtime.block_on(backflow::subscribe::reconcile::reconcile(sub))?;
     print_reconcile(&report, show_keys, json)?;
     if !report.equal() {
         std::process::exit(1);
@@ -743,9 +743,9 @@ fn subscribe(cli: &Cli) -> anyhow::Result<()> {
             s.name
         );
     }
-    backflow::telemetry::init(&config.log);
+    backflow::runtime::telemetry::init(&config.log);
     run_until_signal(|shutdown| async move {
-        backflow::node::run_subscriber(config, shutdown, |addr, metrics| {
+        backflow::runtime::node::run_subscriber(config, shutdown, |addr, metrics| {
             println!("backflow listening on http://{addr}");
             if let Some(m) = metrics {
                 println!("backflow metrics on http://{m}");
@@ -774,16 +774,16 @@ fn source(cli: &Cli, feeds: &[String], resnapshot: bool) -> anyhow::Result<()> {
     if !feeds.is_empty() {
         config.feeds.retain(|f| feeds.iter().any(|n| n == f.name()));
     }
-    let role = backflow::node::Role::Source {
+    let role = backflow::runtime::node::Role::Source {
         resnapshot: if resnapshot {
             feeds.to_vec()
         } else {
             Vec::new()
         },
     };
-    backflow::telemetry::init(&config.log);
+    backflow::runtime::telemetry::init(&config.log);
     run_until_signal(|shutdown| async move {
-        backflow::node::run_as(role, config, shutdown, |running| {
+        backflow::runtime::node::run_as(role, config, shutdown, |running| {
             println!("backflow listening on http://{}", running.http_addr);
             if let Some(m) = running.metrics_addr {
                 println!("backflow metrics on http://{m}");
@@ -818,7 +818,7 @@ fn demo(dir: &Path, port: u16, rate: f64) -> anyhow::Result<()> {
             std::env::set_var(var, token);
         }
     }
-    backflow::telemetry::init(&backflow::config::LogConfig {
+    backflow::runtime::telemetry::init(&backflow::config::LogConfig {
         level: "warn".to_owned(),
         ..Default::default()
     });
@@ -1148,7 +1148,7 @@ fn print_feed_check(
 
 /// Prints `backflow reconcile`'s report; keys only with `show_keys`.
 fn print_reconcile(
-    report: &backflow::reconcile::Report,
+    report: &backflow::subscribe::reconcile::Report,
     show_keys: bool,
     json: bool,
 ) -> anyhow::Result<()> {

@@ -182,7 +182,7 @@ fn parse(status: u16, body: &serde_json::Value) -> Option<UpperGrant> {
 /// What [`follow`] reports upward: this node's onward grants of a dataset.
 pub struct Reporting {
     /// This node's catalog (its subscriptions).
-    pub catalog: crate::catalog::Catalog,
+    pub catalog: crate::state::catalog::Catalog,
     /// This node's configured shares.
     pub shares: Vec<crate::config::ShareConfig>,
     /// What this node's own lower nodes reported.

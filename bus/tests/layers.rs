@@ -4,18 +4,18 @@
 //!
 //! Layers, bottom up:
 //! 0. contracts with no I/O: `domain/` (topic names, headers, the share
-//!    policy, principals), `restart.rs` (the one restart policy);
+//!    policy, principals, the one restart policy);
 //! 1. observation: `metrics.rs`;
-//! 2. Kafka and the schema registry's store: `kafka/`, `registry/` but its
-//!    HTTP face;
+//! 2. Kafka and the schema registry's store: `kafka/`, `registry/`;
 //! 3. configuration: `config.rs` assembles the sections, `standards.rs`;
-//! 4. state kept in Kafka and who may touch it: `catalog.rs`, `audit.rs`,
-//!    `offsets.rs`, `auth.rs`, `admission.rs`;
-//! 5. components: feeds (`feed.rs`, `feeds.rs`, `topic_state.rs`), the
-//!    distributor, subscriptions (`subscribe.rs`, `cascade.rs`,
-//!    `reconcile.rs`), lag, upper grants and holders, the HTTP basics;
-//! 6. control plane: `api/`, `registry/api.rs`, `dashboard.rs`;
-//! 7. runtime: `node.rs`, `telemetry.rs`;
+//! 4. state kept in Kafka and who may touch it: `state/` (catalog, audit
+//!    trail, offsets), `auth.rs`, `admission.rs`;
+//! 5. components: feeds (`source/`), the distributor, subscriptions
+//!    (`subscribe/`: apply, cascade, reconcile), lag, upper grants and
+//!    holders, the HTTP basics;
+//! 6. control plane: `control/` (the API, the schema registry's REST API,
+//!    the dashboard);
+//! 7. runtime: `runtime/` (node, subscriber process, logging);
 //! 8. the binary: `main.rs`, `demo.rs`.
 //!
 //! An import is any `crate::path` in code (comments and `#[cfg(test)]`
@@ -29,33 +29,23 @@ use std::path::{Path, PathBuf};
 /// prefix.
 const LAYERS: &[(&str, usize)] = &[
     ("domain/", 0),
-    ("restart.rs", 0),
     ("metrics.rs", 1),
     ("kafka/", 2),
     ("registry/", 2),
     ("config.rs", 3),
     ("standards.rs", 3),
-    ("catalog.rs", 4),
-    ("audit.rs", 4),
-    ("offsets.rs", 4),
+    ("state/", 4),
     ("auth.rs", 4),
     ("admission.rs", 4),
     ("http.rs", 5),
-    ("feed.rs", 5),
-    ("feeds.rs", 5),
-    ("topic_state.rs", 5),
+    ("source/", 5),
     ("distributor/", 5),
-    ("subscribe.rs", 5),
-    ("cascade.rs", 5),
-    ("reconcile.rs", 5),
+    ("subscribe/", 5),
     ("lag.rs", 5),
     ("upper.rs", 5),
     ("holders.rs", 5),
-    ("api/", 6),
-    ("registry/api.rs", 6),
-    ("dashboard.rs", 6),
-    ("node.rs", 7),
-    ("telemetry.rs", 7),
+    ("control/", 6),
+    ("runtime/", 7),
     ("main.rs", 8),
     ("demo.rs", 8),
     ("lib.rs", 8),
@@ -302,21 +292,22 @@ fn no_import_cycle_between_files() {
 
 #[test]
 fn the_check_sees_imports_of_every_form() {
-    let code = "use crate::{kafka::Consumer, catalog};\nlet x = crate::lag::board();\n// crate::api::x\nuse super::{a, b::C};";
+    let code = "use crate::{kafka::Consumer, state::catalog};\nlet x = crate::lag::board();\n// crate::control::api::x\nuse super::{a, b::C};";
     let code = code_of(code);
     let found: Vec<String> = paths_after(&code, "crate::")
         .into_iter()
         .map(|p| p.join("::"))
         .collect();
-    assert_eq!(found, ["kafka::Consumer", "catalog", "lag::board"]);
+    assert_eq!(found, ["kafka::Consumer", "state::catalog", "lag::board"]);
     let sup: Vec<String> = paths_after(&code, "super::")
         .into_iter()
         .map(|p| p.join("::"))
         .collect();
     assert_eq!(sup, ["a", "b::C"]);
-    assert_eq!(layer("registry/api.rs"), Some(6));
+    assert_eq!(layer("control/registry.rs"), Some(6));
     assert_eq!(layer("registry/state.rs"), Some(2));
     assert_eq!(layer("domain/topics.rs"), Some(0));
+    assert_eq!(layer("state/catalog.rs"), Some(4));
     assert_eq!(layer("nowhere.rs"), None);
 }
 

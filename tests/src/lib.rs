@@ -934,6 +934,12 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Whether the Prometheus text `metrics` has exactly this series line
+/// (`name{labels} value`): `...} 1` does not match a value of 10.
+pub fn has_series(metrics: &str, line: &str) -> bool {
+    metrics.lines().any(|l| l == line)
+}
+
 /// Sum of a metric's series (Prometheus text) whose name starts with
 /// `name` and whose line contains `filter`; 0 when there is none.
 pub fn metric_sum(metrics: &str, name: &str, filter: &str) -> f64 {

@@ -250,10 +250,10 @@ async fn audit_verify_reports_a_forged_approval_by_offset() {
     let offset = last_offset + 1;
 
     // Read as the API reads it: the forged record is there, unsigned.
-    let mut keys = backflow::audit::TrustedKeys::none();
+    let mut keys = backflow::state::audit::TrustedKeys::none();
     keys.trust_spec(&format!("330100={public_key}")).unwrap();
     let settings = KafkaSettings::new(broker.bootstrap());
-    let entries = backflow::audit::read(&settings, &keys, offset - 1, 10)
+    let entries = backflow::state::audit::read(&settings, &keys, offset - 1, 10)
         .await
         .unwrap();
     let got: Vec<(i64, Option<u64>, bool)> = entries
@@ -268,14 +268,16 @@ async fn audit_verify_reports_a_forged_approval_by_offset() {
         ]
     );
     assert_eq!(entries[1].details["action"], "subscription approved");
-    let report = backflow::audit::verify(&settings, &keys).await.unwrap();
+    let report = backflow::state::audit::verify(&settings, &keys)
+        .await
+        .unwrap();
     assert_eq!(
         report
             .problems
             .iter()
             .map(|p| (p.offset, p.kind))
             .collect::<Vec<_>>(),
-        vec![(offset, backflow::audit::ProblemKind::Forged)]
+        vec![(offset, backflow::state::audit::ProblemKind::Forged)]
     );
 
     // The hash chain alone cannot tell: that was the whole check before.

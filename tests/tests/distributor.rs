@@ -180,7 +180,10 @@ async fn two_districts_each_get_their_own_rows_masked_and_a_move_crosses_over() 
     }
     let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     assert!(
-        metrics.contains("backflow_distributor_records_total{op=\"d\",subscriber=\"330106\"} 1"),
+        backflow_e2e::has_series(
+            &metrics,
+            "backflow_distributor_records_total{op=\"d\",subscriber=\"330106\"} 1"
+        ),
         "{metrics}"
     );
 

@@ -305,7 +305,7 @@ async fn a_batch_with_one_refused_record_resolves_to_that_refusal() {
 
 #[tokio::test]
 async fn audit_records_appended_together_continue_one_verifiable_chain() {
-    use backflow::audit::{verify, AuditKey, Auditor};
+    use backflow::state::audit::{verify, AuditKey, Auditor};
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
     TopicAdmin::new(&settings)
@@ -362,7 +362,7 @@ async fn audit_records_appended_together_continue_one_verifiable_chain() {
 /// revocation: `put_if` writes only while the record is the one read.
 #[tokio::test]
 async fn catalog_write_decided_on_a_stale_read_does_not_undo_a_revocation() {
-    use backflow::catalog::{Catalog, CatalogRecord, Subscription, SubscriptionState};
+    use backflow::state::catalog::{Catalog, CatalogRecord, Subscription, SubscriptionState};
     let broker = EmbeddedBroker::start().unwrap();
     let settings = KafkaSettings::new(broker.bootstrap_servers());
     TopicAdmin::Embedded(broker.admin())

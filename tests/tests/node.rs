@@ -42,10 +42,13 @@ async fn node_metrics_are_prometheus_text_with_backflow_names() {
     assert_eq!(status, 200);
     let version = env!("CARGO_PKG_VERSION");
     assert!(
-        body.contains(&format!(
-            "backflow_build_info{{librdkafka=\"{}\",version=\"{version}\"}} 1",
-            backflow::kafka::librdkafka_version()
-        )),
+        backflow_e2e::has_series(
+            &body,
+            &format!(
+                "backflow_build_info{{librdkafka=\"{}\",version=\"{version}\"}} 1",
+                backflow::kafka::librdkafka_version()
+            )
+        ),
         "{body}"
     );
     assert!(body.contains("backflow_kafka_broker_reachable 1"), "{body}");

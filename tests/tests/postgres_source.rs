@@ -350,10 +350,13 @@ async fn postgres_feed_sends_unreadable_change_to_dead_letter_topic_and_goes_on(
     assert!(!view.state.contains_key(&100));
     let (_, metrics) = node.get_ops("/metrics").await.unwrap();
     assert!(
-        metrics.contains(&format!(
-            "backflow_source_dead_letters_total{{feed=\"{}\"}} 1",
-            f.feed
-        )),
+        backflow_e2e::has_series(
+            &metrics,
+            &format!(
+                "backflow_source_dead_letters_total{{feed=\"{}\"}} 1",
+                f.feed
+            )
+        ),
         "{metrics}"
     );
     drop(node);

@@ -308,10 +308,13 @@ async fn subscribers_on_three_databases_equal_the_source_across_kill_9() {
     }
     let (_, metrics) = subscribers[2].get_ops("/metrics").await.unwrap();
     assert!(
-        metrics.contains(&format!(
-            "backflow_subscribe_dead_letters_total{{subscription=\"{}\"}} 1",
-            names[2]
-        )),
+        backflow_e2e::has_series(
+            &metrics,
+            &format!(
+                "backflow_subscribe_dead_letters_total{{subscription=\"{}\"}} 1",
+                names[2]
+            )
+        ),
         "{metrics}"
     );
 

@@ -36,14 +36,14 @@ use backflow_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Auditor;
-use crate::catalog::{Catalog, Subscription, SubscriptionState};
 use crate::config::ShareConfig;
 use crate::domain::policy::{SharePolicy, ShareTable};
 use crate::domain::topics;
-use crate::feed::FeedContext;
 use crate::kafka::{Acks, Batch, ConsumedRecord, Consumer, KafkaError, OutgoingRecord, TopicSpec};
 use crate::registry::RegistryError;
+use crate::source::feed::FeedContext;
+use crate::state::audit::Auditor;
+use crate::state::catalog::{Catalog, Subscription, SubscriptionState};
 
 /// Most raw records handled between two offset stores.
 const BATCH: usize = 1_000;
@@ -73,13 +73,13 @@ pub enum DistributorError {
     },
 }
 
-impl crate::restart::Kind for DistributorError {
-    fn kind(&self) -> crate::restart::ErrorKind {
+impl crate::domain::restart::Kind for DistributorError {
+    fn kind(&self) -> crate::domain::restart::ErrorKind {
         match self {
             DistributorError::Kafka(e) => e.kind(),
             DistributorError::Schema { source, .. } => source.kind(),
             DistributorError::Audit(_) | DistributorError::Settle(_) => {
-                crate::restart::ErrorKind::Transient
+                crate::domain::restart::ErrorKind::Transient
             }
         }
     }
@@ -1216,7 +1216,7 @@ impl Backfills {
             );
             tracing::info!(subscription = %sub.id, "backfilling while the distributor goes on");
             let abort = self.tasks.spawn(async move {
-                let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
+                let mut restarts = crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
                 loop {
                     restarts.started();
                     let retry = match backfill_and_join(
@@ -1232,14 +1232,14 @@ impl Backfills {
                     {
                         Ok((records, how)) => return (id, records, how),
                         Err(e) => {
-                            use crate::restart::Kind;
+                            use crate::domain::restart::Kind;
                             let retry = restarts.failed(e.kind());
                             ctx.metrics.distributor_restarts.inc();
                             tracing::error!(subscription = %id, error = %e, kind = retry.label(), retry_in = ?retry.wait, "backfill failed");
                             retry
                         }
                     };
-                    if !crate::restart::pause(retry.wait, &shutdown).await {
+                    if !crate::domain::restart::pause(retry.wait, &shutdown).await {
                         return (id, 0, Backfilled::Interrupted);
                     }
                 }
@@ -1278,7 +1278,7 @@ impl Backfills {
                 Some(s) if s.state == SubscriptionState::Active && s.policy_version == version => {
                     let mut s = s.clone();
                     s.backfilled = true;
-                    Ok((crate::catalog::CatalogRecord::Subscription(s), ()))
+                    Ok((crate::state::catalog::CatalogRecord::Subscription(s), ()))
                 }
                 _ => Err(()),
             })
@@ -1367,7 +1367,8 @@ pub async fn supervise(
         config_failed: HashSet::new(),
         retractions: Retractions::default(),
     };
-    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
+    let mut restarts =
+        crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
     while !deps.shutdown.is_cancelled() {
         let _ = deps.catalog.caught_up().await;
         let (ready, pending) = deps.in_force(&state).await;
@@ -1388,7 +1389,7 @@ pub async fn supervise(
                     continue;
                 }
                 Err(e) => {
-                    use crate::restart::Kind;
+                    use crate::domain::restart::Kind;
                     let retry = restarts.failed(e.kind());
                     deps.ctx.metrics.distributor_restarts.inc();
                     tracing::error!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "distributor failed");
@@ -1688,7 +1689,7 @@ async fn end_upstream_ended(
                         reason: reason.clone(),
                     };
                     s.updated_ms = backflow_connectors::now_ms();
-                    Ok((crate::catalog::CatalogRecord::Subscription(s), ()))
+                    Ok((crate::state::catalog::CatalogRecord::Subscription(s), ()))
                 }
                 _ => Err(()),
             })
@@ -1731,7 +1732,7 @@ async fn record_failure(
                 let mut s = s.clone();
                 s.state = SubscriptionState::Failed { reason };
                 s.updated_ms = backflow_connectors::now_ms();
-                Ok((crate::catalog::CatalogRecord::Subscription(s), ()))
+                Ok((crate::state::catalog::CatalogRecord::Subscription(s), ()))
             }
             _ => Err(()),
         })

@@ -25,8 +25,8 @@ use backflow_schemas::{
 
 use super::{group_id, DistributorError};
 use crate::domain::topics;
-use crate::feed::FeedContext;
 use crate::kafka::{Consumer, OutgoingRecord};
+use crate::source::feed::FeedContext;
 
 /// How long [`retract`] waits for the distributor to pass the retraction.
 const DISTRIBUTED_WITHIN: Duration = Duration::from_secs(60);

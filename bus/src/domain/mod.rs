@@ -8,4 +8,5 @@ pub mod disclosure;
 pub mod headers;
 pub mod policy;
 pub mod principal;
+pub mod restart;
 pub mod topics;

@@ -102,16 +102,16 @@ pub enum KafkaError {
     Embedded(String),
 }
 
-impl crate::restart::Kind for KafkaError {
+impl crate::domain::restart::Kind for KafkaError {
     /// A client Kafka cannot create (a bad property) or an embedded broker
     /// that cannot start is definite; everything else passes with the
     /// broker's return.
-    fn kind(&self) -> crate::restart::ErrorKind {
+    fn kind(&self) -> crate::domain::restart::ErrorKind {
         match self {
             KafkaError::Client { .. } | KafkaError::Embedded(_) => {
-                crate::restart::ErrorKind::Definite
+                crate::domain::restart::ErrorKind::Definite
             }
-            _ => crate::restart::ErrorKind::Transient,
+            _ => crate::domain::restart::ErrorKind::Transient,
         }
     }
 }

@@ -23,7 +23,6 @@
 //! Reads are served from the local state (like Confluent's followers, they
 //! may trail a write made on another node by the time it takes to replicate).
 
-mod api;
 pub mod compat;
 pub mod state;
 
@@ -35,7 +34,6 @@ use apache_avro::Schema;
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 use tokio_util::sync::CancellationToken;
 
-pub use api::router;
 pub use compat::Level;
 pub use state::{LogRecord, RegistryState, VersionSel};
 
@@ -96,7 +94,9 @@ impl RegistryError {
             format!("Operation timed out while {what}; is Kafka reachable?"),
         )
     }
-    fn lookup(m: state::Missing, subject: &str, version: &str) -> Self {
+
+    /// What a lookup the state could not answer is, as the REST API says it.
+    pub(crate) fn lookup(m: state::Missing, subject: &str, version: &str) -> Self {
         match m {
             state::Missing::Subject => Self::subject_not_found(subject),
             state::Missing::Version => Self::version_not_found(subject, version),
@@ -420,14 +420,14 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
     }
 }
 
-impl crate::restart::Kind for RegistryError {
+impl crate::domain::restart::Kind for RegistryError {
     /// The registry's 5xx codes are its own trouble (transient); 4xx codes
     /// refuse the schema or the request (definite).
-    fn kind(&self) -> crate::restart::ErrorKind {
+    fn kind(&self) -> crate::domain::restart::ErrorKind {
         if self.code >= 50000 {
-            crate::restart::ErrorKind::Transient
+            crate::domain::restart::ErrorKind::Transient
         } else {
-            crate::restart::ErrorKind::Definite
+            crate::domain::restart::ErrorKind::Definite
         }
     }
 }

@@ -42,7 +42,7 @@ use backflow_e2e::TestBroker;
 use backflow_schemas::{frame, TableCodec};
 use mysql_async::prelude::Queryable;
 
-/// What the feed asks of a source at a time (bus/src/feed.rs).
+/// What the feed asks of a source at a time (bus/src/source/feed.rs).
 const BATCH_RECORDS: usize = 2_000;
 
 /// CPU time (user + system) of this process so far, in seconds.

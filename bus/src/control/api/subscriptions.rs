@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 use super::{
     audit, forbidden, invalid, put_if_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
-use crate::audit::Auditor;
 use crate::auth::Principal;
-use crate::catalog::{
+use crate::state::audit::Auditor;
+use crate::state::catalog::{
     bounded, limits, random_secret, Catalog, CatalogRecord, Dataset, SharingClass, Subscription,
     SubscriptionState,
 };

@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Level, Registry, RegistryError, VersionSel};
 use crate::auth::{Authenticator, Principal};
+use crate::registry::{Level, Registry, RegistryError, VersionSel};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -282,7 +282,7 @@ async fn lookup(
     bytes: Bytes,
 ) -> ApiResult {
     let schema = SchemaBody::parse(&bytes)?;
-    let text = super::state::normalize(&schema);
+    let text = crate::registry::state::normalize(&schema);
     let st = r.state().await;
     let versions = st
         .versions(&subject, f.deleted)
@@ -412,7 +412,7 @@ async fn check_compatibility(
         .version(&subject, sel, false)
         .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
     // Against one version: the transitive levels reduce to the plain ones.
-    let reasons = super::compat::check(level, &schema, &[(v, entry.schema.as_ref())]);
+    let reasons = crate::registry::compat::check(level, &schema, &[(v, entry.schema.as_ref())]);
     let mut out = json!({ "is_compatible": reasons.is_empty() });
     if f.verbose {
         out["messages"] = json!(reasons);
@@ -435,7 +435,7 @@ async fn check_compatibility_all(
     let history = st.history(&subject);
     let refs: Vec<(u32, &apache_avro::Schema)> =
         history.iter().map(|(v, s)| (*v, s.as_ref())).collect();
-    let reasons = super::compat::check(level, &schema, &refs);
+    let reasons = crate::registry::compat::check(level, &schema, &refs);
     let mut out = json!({ "is_compatible": reasons.is_empty() });
     if f.verbose {
         out["messages"] = json!(reasons);

@@ -41,10 +41,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::audit::Auditor;
 use crate::auth::{Authenticator, Principal};
-use crate::catalog::{Catalog, CatalogRecord};
 use crate::config::TokenConfig;
+use crate::state::audit::Auditor;
+use crate::state::catalog::{Catalog, CatalogRecord};
 
 pub use subscriptions::expire;
 
@@ -55,7 +55,7 @@ pub struct ApiState {
     auditor: Auditor,
     auth: Authenticator,
     node: std::sync::Arc<crate::config::NodeConfig>,
-    feeds: crate::feeds::FeedStatuses,
+    feeds: crate::source::feeds::FeedStatuses,
     publisher: crate::kafka::Publisher,
     registry: crate::registry::Registry,
     lag: crate::lag::LagBoard,
@@ -84,7 +84,7 @@ impl ApiState {
         auditor: Auditor,
         tokens: &[TokenConfig],
         node: crate::config::NodeConfig,
-        feeds: crate::feeds::FeedStatuses,
+        feeds: crate::source::feeds::FeedStatuses,
         publisher: crate::kafka::Publisher,
         registry: crate::registry::Registry,
     ) -> Self {
@@ -280,7 +280,7 @@ async fn put_if_and_audit(
     state: &ApiState,
     who: &Principal,
     record: CatalogRecord,
-    unchanged: impl FnOnce(&crate::catalog::CatalogState) -> bool,
+    unchanged: impl FnOnce(&crate::state::catalog::CatalogState) -> bool,
     details: Value,
 ) -> Result<(), ApiError> {
     if !state

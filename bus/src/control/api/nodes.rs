@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{forbidden, invalid, principal, put_and_audit, staff, ApiResult, ApiState};
 use crate::auth::Principal;
-use crate::catalog::{CatalogRecord, SubscriptionState};
+use crate::state::catalog::{CatalogRecord, SubscriptionState};
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<ApiState> {
@@ -31,7 +31,7 @@ async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResu
         .filter(|s| s.state == SubscriptionState::Active)
         .map(|s| s.subscriber.as_str())
         .collect();
-    let registered: Vec<&crate::catalog::NodeRecord> =
+    let registered: Vec<&crate::state::catalog::NodeRecord> =
         st.nodes.values().filter(|n| !n.deleted).collect();
     let mut children: Vec<&str> = active
         .iter()
@@ -100,7 +100,7 @@ async fn put_node(
     if body.name.trim().is_empty() {
         return Err(invalid("name: must not be empty"));
     }
-    let record = crate::catalog::NodeRecord {
+    let record = crate::state::catalog::NodeRecord {
         code: code.clone(),
         name: body.name.trim().to_owned(),
         updated_ms: now_ms(),

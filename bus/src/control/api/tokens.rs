@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{forbidden, invalid, put_and_audit, staff, ApiError, ApiResult, ApiState};
 use crate::auth::{token_hash, Principal};
-use crate::catalog::CatalogRecord;
+use crate::state::catalog::CatalogRecord;
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<ApiState> {
@@ -66,7 +66,7 @@ async fn issue_token(
     only_admin(&who)?;
     Principal::parse(&body.principal).map_err(|e| invalid(format!("principal: {e}")))?;
     let token = new_token()?;
-    let record = crate::catalog::TokenRecord {
+    let record = crate::state::catalog::TokenRecord {
         sha256: token_hash(&token),
         principal: body.principal.clone(),
         label: body.label,

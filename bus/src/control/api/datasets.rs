@@ -13,7 +13,7 @@ use super::{
     audit, forbidden, invalid, put_if_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
 use crate::auth::Principal;
-use crate::catalog::{limits, CatalogRecord, Dataset};
+use crate::state::catalog::{limits, CatalogRecord, Dataset};
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<ApiState> {

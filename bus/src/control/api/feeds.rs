@@ -17,7 +17,7 @@ use super::{
     audit, forbidden, invalid, put_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
 use crate::auth::Principal;
-use crate::catalog::CatalogRecord;
+use crate::state::catalog::CatalogRecord;
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<ApiState> {
@@ -150,7 +150,7 @@ async fn put_feed(
     if let Some(old) = &previous {
         may_change(&who, &name, old.owner.as_deref())?;
     }
-    let mut record = crate::catalog::FeedRecord {
+    let mut record = crate::state::catalog::FeedRecord {
         name: name.clone(),
         owner: Some(who.name()),
         config,
@@ -211,7 +211,7 @@ async fn put_feed(
 async fn registered_feed(
     state: &ApiState,
     name: &str,
-) -> Result<crate::catalog::FeedRecord, ApiError> {
+) -> Result<crate::state::catalog::FeedRecord, ApiError> {
     state
         .catalog
         .state()
@@ -311,9 +311,9 @@ async fn restart_with_resnapshot(state: &ApiState, headers: &HeaderMap, name: &s
             .feeds
             .snapshot()
             .get(name)
-            .is_none_or(|s| s.state == "PAUSED");
+            .is_none_or(|s| s.state == crate::source::feeds::FeedState::Paused);
         if stopped {
-            match crate::feeds::resnapshot(&feed, &state.publisher).await {
+            match crate::source::feeds::resnapshot(&feed, &state.publisher).await {
                 Ok(_) => break Ok(()),
                 Err(e) if std::time::Instant::now() >= until => break Err(e.to_string()),
                 Err(_) => {}

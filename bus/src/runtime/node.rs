@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::domain::topics;
-use crate::feed::FeedContext;
 use crate::http::{self, CheckState, HttpState, Readiness};
 use crate::kafka::{
     self, EmbeddedBroker, KafkaError, KafkaSettings, Publisher, TopicAdmin, TopicSpec,
 };
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::source::feed::FeedContext;
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum NodeError {
     Kafka(#[from] KafkaError),
     /// The audit trail's signing key is missing or unusable.
     #[error(transparent)]
-    AuditKey(#[from] crate::audit::KeyError),
+    AuditKey(#[from] crate::state::audit::KeyError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
@@ -139,7 +139,7 @@ async fn run_on(
     let state = start_state(
         &config, &settings, &publisher, audit_key, &tracker, &shutdown,
     )?;
-    let feed_statuses = crate::feeds::FeedStatuses::default();
+    let feed_statuses = crate::source::feeds::FeedStatuses::default();
     let admission =
         crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone())
             .with_cascaded(config.cascaded_datasets());
@@ -194,7 +194,7 @@ async fn run_on(
     // The registry takes the API's tokens: reads for any principal, writes
     // for admin (the node's own feeds and distributor write in-process).
     let registry_auth = http_state.auth.clone();
-    let mut router = http::router(http_state).merge(crate::registry::router(
+    let mut router = http::router(http_state).merge(crate::control::registry::router(
         state.registry.clone(),
         registry_auth,
     ));
@@ -261,13 +261,13 @@ fn audit_key(
     is_node: bool,
     config: &Config,
     embedded: bool,
-) -> Result<crate::audit::AuditKey, NodeError> {
+) -> Result<crate::state::audit::AuditKey, NodeError> {
     Ok(if is_node {
-        crate::audit::AuditKey::for_node(&config.audit, embedded)?
+        crate::state::audit::AuditKey::for_node(&config.audit, embedded)?
     } else {
-        match crate::audit::AuditKey::from_config(&config.audit)? {
+        match crate::state::audit::AuditKey::from_config(&config.audit)? {
             Some(key) => key,
-            None => crate::audit::AuditKey::generate()?,
+            None => crate::state::audit::AuditKey::generate()?,
         }
     })
 }
@@ -293,7 +293,7 @@ impl Process<'_> {
         embedded: Option<&EmbeddedBroker>,
         state: &State,
         publisher: &Publisher,
-        feed_statuses: &crate::feeds::FeedStatuses,
+        feed_statuses: &crate::source::feeds::FeedStatuses,
         admission: &crate::admission::FeedAdmission,
         upper: &crate::upper::UpperGrants,
     ) {
@@ -361,7 +361,7 @@ impl Process<'_> {
     fn start_lag_monitor(
         &self,
         state: &State,
-        feed_statuses: &crate::feeds::FeedStatuses,
+        feed_statuses: &crate::source::feeds::FeedStatuses,
     ) -> crate::lag::LagBoard {
         let board = crate::lag::LagBoard::default();
         if self.is_node {
@@ -388,7 +388,7 @@ impl Process<'_> {
 /// What the control plane of a node serves from.
 struct ControlPlane {
     state: State,
-    feed_statuses: crate::feeds::FeedStatuses,
+    feed_statuses: crate::source::feeds::FeedStatuses,
     publisher: Publisher,
     lag_board: crate::lag::LagBoard,
     metrics: Metrics,
@@ -401,8 +401,8 @@ impl ControlPlane {
     /// The API and, at `/`, the operators' dashboard (its data comes from
     /// /api).
     fn router(self, config: &Config) -> axum::Router {
-        crate::api::router(
-            crate::api::ApiState::new(
+        crate::control::api::router(
+            crate::control::api::ApiState::new(
                 self.state.catalog,
                 self.state.auditor,
                 &config.auth.tokens,
@@ -420,7 +420,7 @@ impl ControlPlane {
             .with_upper(self.upper)
             .with_holder_reports(self.holder_reports),
         )
-        .merge(crate::dashboard::router())
+        .merge(crate::control::dashboard::router())
     }
 }
 
@@ -435,7 +435,7 @@ async fn resnapshot_feeds(
         let Some(feed) = config.feeds.iter().find(|f| f.name() == name) else {
             continue;
         };
-        crate::feeds::resnapshot(feed, publisher)
+        crate::source::feeds::resnapshot(feed, publisher)
             .await
             .map_err(|e| NodeError::Resnapshot {
                 feed: name.clone(),
@@ -449,8 +449,8 @@ async fn resnapshot_feeds(
 /// registry, the catalog and the audit trail's writer.
 struct State {
     registry: Registry,
-    catalog: crate::catalog::Catalog,
-    auditor: crate::audit::Auditor,
+    catalog: crate::state::catalog::Catalog,
+    auditor: crate::state::audit::Auditor,
 }
 
 /// Starts following the registry and the catalog (their followers run on
@@ -459,7 +459,7 @@ fn start_state(
     config: &Config,
     settings: &KafkaSettings,
     publisher: &Publisher,
-    audit_key: crate::audit::AuditKey,
+    audit_key: crate::state::audit::AuditKey,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<State, NodeError> {
@@ -478,11 +478,11 @@ fn start_state(
         let _ = follower.await;
     });
     let (catalog, catalog_follower) =
-        crate::catalog::Catalog::start(settings, publisher.clone(), shutdown.clone())?;
+        crate::state::catalog::Catalog::start(settings, publisher.clone(), shutdown.clone())?;
     tracker.spawn(async move {
         let _ = catalog_follower.await;
     });
-    let auditor = crate::audit::Auditor::new(
+    let auditor = crate::state::audit::Auditor::new(
         settings,
         publisher.clone(),
         config.node.code.as_str(),
@@ -498,8 +498,8 @@ fn start_state(
 
 /// Ends subscriptions past their validity within seconds, until `shutdown`.
 async fn expire_subscriptions(
-    catalog: crate::catalog::Catalog,
-    auditor: crate::audit::Auditor,
+    catalog: crate::state::catalog::Catalog,
+    auditor: crate::state::audit::Auditor,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -507,7 +507,7 @@ async fn expire_subscriptions(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        if let Err(e) = crate::api::expire(&catalog, &auditor).await {
+        if let Err(e) = crate::control::api::expire(&catalog, &auditor).await {
             tracing::debug!(error = %e, "expiry check failed");
         }
     }
@@ -526,13 +526,13 @@ struct DataPath {
     partitions: i32,
     replication_factor: i32,
     feeds: Vec<crate::config::FeedConfig>,
-    feed_statuses: crate::feeds::FeedStatuses,
+    feed_statuses: crate::source::feeds::FeedStatuses,
     admission: Arc<crate::admission::FeedAdmission>,
     shares: Vec<crate::config::ShareConfig>,
     cascading: Vec<crate::config::SubscriptionConfig>,
     cascade_health: crate::subscribe::SubscriptionHealth,
-    catalog: crate::catalog::Catalog,
-    auditor: crate::audit::Auditor,
+    catalog: crate::state::catalog::Catalog,
+    auditor: crate::state::audit::Auditor,
     upper: crate::upper::UpperGrants,
     readiness: Readiness,
     tracker: TaskTracker,
@@ -580,7 +580,7 @@ impl DataPath {
             metrics: self.metrics,
             standards: self.standards,
         };
-        self.tracker.spawn(crate::feeds::manage(
+        self.tracker.spawn(crate::source::feeds::manage(
             self.feeds,
             self.is_node
                 .then_some((self.catalog.clone(), self.admission)),
@@ -616,12 +616,12 @@ impl DataPath {
 /// data path.
 async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
     // Start-up waits for Kafka: tried again soon, at most every 30 s.
-    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy {
+    let mut restarts = crate::domain::restart::Restarts::new(crate::domain::restart::Policy {
         first: Duration::from_millis(200),
         max: Duration::from_secs(30),
-        ..crate::restart::Policy::DEFAULT
+        ..crate::domain::restart::Policy::DEFAULT
     });
-    use crate::restart::Kind;
+    use crate::domain::restart::Kind;
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -640,7 +640,7 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
                 tracing::warn!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "cannot create internal topics yet");
                 path.readiness
                     .set(CHECK_TOPICS, CheckState::Failing(e.to_string()));
-                if !crate::restart::pause(retry.wait, &shutdown).await {
+                if !crate::domain::restart::pause(retry.wait, &shutdown).await {
                     return;
                 }
             }
@@ -658,7 +658,7 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
                 let retry = restarts.failed(e.kind());
                 path.readiness
                     .set(CHECK_REGISTRY, CheckState::Failing(e.to_string()));
-                if !crate::restart::pause(retry.wait, &shutdown).await {
+                if !crate::domain::restart::pause(retry.wait, &shutdown).await {
                     return;
                 }
             }
@@ -703,7 +703,7 @@ async fn watch_kafka(
 /// What the lag board covers, asked each round: the configuration's shares
 /// and the catalog's active subscriptions.
 fn served(
-    catalog: crate::catalog::Catalog,
+    catalog: crate::state::catalog::Catalog,
     config_shares: &[crate::config::ShareConfig],
 ) -> Arc<dyn Fn() -> futures::future::BoxFuture<'static, crate::lag::Served> + Send + Sync> {
     let shares: Vec<(String, String)> = config_shares
@@ -717,7 +717,7 @@ fn served(
             let mut out = shares;
             let state = catalog.state().await;
             for s in state.subscriptions.values() {
-                if s.state == crate::catalog::SubscriptionState::Active
+                if s.state == crate::state::catalog::SubscriptionState::Active
                     && !out
                         .iter()
                         .any(|(n, d)| *n == s.subscriber && *d == s.dataset)

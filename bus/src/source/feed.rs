@@ -60,20 +60,20 @@ pub enum FeedError {
     Standard(String),
 }
 
-impl From<crate::topic_state::TopicStateError> for FeedError {
-    fn from(e: crate::topic_state::TopicStateError) -> Self {
+impl From<crate::source::topic_state::TopicStateError> for FeedError {
+    fn from(e: crate::source::topic_state::TopicStateError) -> Self {
         match e {
-            crate::topic_state::TopicStateError::Kafka(e) => FeedError::Kafka(e),
-            crate::topic_state::TopicStateError::Incomplete(reason) => {
+            crate::source::topic_state::TopicStateError::Kafka(e) => FeedError::Kafka(e),
+            crate::source::topic_state::TopicStateError::Incomplete(reason) => {
                 FeedError::TopicState(reason)
             }
         }
     }
 }
 
-impl crate::restart::Kind for FeedError {
-    fn kind(&self) -> crate::restart::ErrorKind {
-        use crate::restart::ErrorKind;
+impl crate::domain::restart::Kind for FeedError {
+    fn kind(&self) -> crate::domain::restart::ErrorKind {
+        use crate::domain::restart::ErrorKind;
         match self {
             FeedError::Source(e) => e.kind,
             FeedError::Kafka(e) => e.kind(),
@@ -144,7 +144,7 @@ pub async fn run(
     ctx: FeedContext,
     shutdown: CancellationToken,
 ) -> Result<(), FeedError> {
-    let resume = crate::offsets::load(&ctx.settings, name).await?;
+    let resume = crate::state::offsets::load(&ctx.settings, name).await?;
     if let Some(p) = &resume {
         tracing::info!(feed = name, position = %p.0, "resuming from the last acknowledged position");
     }
@@ -315,7 +315,7 @@ async fn acknowledge(
     };
     source.acknowledge(&pos).await?;
     if last_saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
-        crate::offsets::save(&ctx.publisher, name, &pos).await?;
+        crate::state::offsets::save(&ctx.publisher, name, &pos).await?;
         *last_saved = Some(std::time::Instant::now());
     }
     Ok(())
@@ -418,7 +418,7 @@ impl Ending {
         let last = self.acked.borrow().clone();
         if let Some(pos) = last {
             let _ = source.acknowledge(&pos).await;
-            let _ = crate::offsets::save(&ctx.publisher, name, &pos).await;
+            let _ = crate::state::offsets::save(&ctx.publisher, name, &pos).await;
         }
         // Give the connector a moment to report the position to the database.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -446,7 +446,8 @@ async fn prepare(
         for t in tables {
             if let Some(desc) = conformer.standard_desc(&t.dataset) {
                 let rows =
-                    crate::topic_state::current_rows(&ctx.settings, &ctx.registry, &desc).await?;
+                    crate::source::topic_state::current_rows(&ctx.settings, &ctx.registry, &desc)
+                        .await?;
                 tracing::info!(feed = name, dataset = %t.dataset, topic_rows = rows.len(), "read the standardised dataset's raw topic for before-images");
                 conformer.load_prior(&t.dataset, rows);
             }
@@ -489,7 +490,7 @@ async fn compare_with_topics(
             // available for standardised datasets).
             Vec::new()
         } else {
-            crate::topic_state::current_rows(&ctx.settings, &ctx.registry, table).await?
+            crate::source::topic_state::current_rows(&ctx.settings, &ctx.registry, table).await?
         };
         let count = rows.len();
         let b = source.topic_state(table, rows).await?;

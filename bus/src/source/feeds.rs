@@ -13,15 +13,41 @@ use tokio_util::sync::CancellationToken;
 
 use backflow_connectors::SourceGauges;
 
-use crate::catalog::Catalog;
 use crate::config::FeedConfig;
-use crate::feed::FeedContext;
+use crate::source::feed::FeedContext;
+use crate::state::catalog::Catalog;
+
+/// Where a feed is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FeedState {
+    /// Started, not yet up for a while.
+    Starting,
+    /// Up.
+    Running,
+    /// Stopped by its owner until resumed.
+    Paused,
+    /// Stopped by an error; tried again as its kind says.
+    Failed,
+}
+
+impl FeedState {
+    /// The state as the API and the lag board show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedState::Starting => "STARTING",
+            FeedState::Running => "RUNNING",
+            FeedState::Paused => "PAUSED",
+            FeedState::Failed => "FAILED",
+        }
+    }
+}
 
 /// What a feed is doing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeedStatus {
-    /// `STARTING`, `RUNNING`, `PAUSED` or `FAILED`.
-    pub state: &'static str,
+    /// Where it is in its life.
+    pub state: FeedState,
     /// The last error, when FAILED (what happened and how to fix it).
     pub error: Option<String>,
     /// `config` (declared in the file) or `api`.
@@ -114,7 +140,7 @@ pub async fn resnapshot(
         // The binlog and polled tables keep nothing for the feed.
         FeedConfig::Mysql(_) | FeedConfig::Poll(_) => false,
     };
-    crate::offsets::clear(publisher, feed.name()).await?;
+    crate::state::offsets::clear(publisher, feed.name()).await?;
     tracing::warn!(
         feed = %feed.name(),
         slot_dropped = dropped,
@@ -124,7 +150,7 @@ pub async fn resnapshot(
 }
 
 /// Runs a feed, restarting it after errors until `stop`, as
-/// [`crate::restart`] decides from their kind: a transient error with
+/// [`crate::domain::restart`] decides from their kind: a transient error with
 /// backoff, a definite one (wrong password, missing database or
 /// privilege) once a minute, FAILED with the fix meanwhile.
 async fn supervise(
@@ -141,7 +167,8 @@ async fn supervise(
             .source_restarts
             .with_label_values(&[&name, kind]);
     }
-    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
+    let mut restarts =
+        crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
     loop {
         let source: Box<dyn backflow_connectors::Source> = match &feed {
             FeedConfig::Postgres(c) => Box::new(
@@ -159,17 +186,17 @@ async fn supervise(
         statuses.set_gauges(&name, source.gauges());
         statuses.set(&name, |s| {
             if s.error.is_none() {
-                s.state = "RUNNING";
+                s.state = FeedState::Running;
             }
         });
-        let run = crate::feed::run(&name, source, ctx.clone(), stop.clone());
+        let run = crate::source::feed::run(&name, source, ctx.clone(), stop.clone());
         tokio::pin!(run);
         restarts.started();
         // A feed that stays up for a while is RUNNING again.
         let outcome = tokio::select! {
             r = &mut run => r,
             _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                statuses.set(&name, |s| { s.state = "RUNNING"; s.error = None; });
+                statuses.set(&name, |s| { s.state = FeedState::Running; s.error = None; });
                 run.await
             }
         };
@@ -177,7 +204,7 @@ async fn supervise(
             Ok(()) => return,
             Err(e) => e,
         };
-        use crate::restart::Kind;
+        use crate::domain::restart::Kind;
         let retry = restarts.failed(e.kind());
         ctx.metrics
             .source_restarts
@@ -185,7 +212,7 @@ async fn supervise(
             .inc();
         tracing::error!(feed = %name, error = %e, kind = retry.label(), retry_in = ?retry.wait, "feed failed");
         statuses.set(&name, |s| {
-            s.state = "FAILED";
+            s.state = FeedState::Failed;
             s.error = Some(if retry.needs_fix() {
                 format!("{e} (tried again once a minute until fixed; pause the feed to stop it)")
             } else {
@@ -193,7 +220,7 @@ async fn supervise(
             });
             s.failures += 1;
         });
-        if !crate::restart::pause(retry.wait, &stop).await {
+        if !crate::domain::restart::pause(retry.wait, &stop).await {
             return;
         }
     }
@@ -219,7 +246,7 @@ pub async fn manage(
         statuses.insert(
             feed.name(),
             FeedStatus {
-                state: "STARTING",
+                state: FeedState::Starting,
                 error: None,
                 origin: "config",
                 failures: 0,
@@ -244,7 +271,7 @@ pub async fn manage(
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
         let _ = catalog.caught_up().await;
-        let desired: Vec<crate::catalog::FeedRecord> = catalog
+        let desired: Vec<crate::state::catalog::FeedRecord> = catalog
             .state()
             .await
             .feeds
@@ -281,7 +308,7 @@ pub async fn manage(
                 statuses.insert(
                     &f.name,
                     FeedStatus {
-                        state: "PAUSED",
+                        state: FeedState::Paused,
                         error: None,
                         origin: "api",
                         failures: 0,
@@ -294,7 +321,7 @@ pub async fn manage(
                 continue;
             }
             let mut status = FeedStatus {
-                state: "STARTING",
+                state: FeedState::Starting,
                 error: None,
                 origin: "api",
                 failures: 0,
@@ -336,7 +363,7 @@ pub async fn manage(
                     );
                 }
                 Err(e) => {
-                    status.state = "FAILED";
+                    status.state = FeedState::Failed;
                     status.error = Some(e);
                     statuses.insert(&f.name, status);
                 }

@@ -24,8 +24,8 @@ use backflow_schemas::{frame, Op, TableCodec, TableDesc};
 
 use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::domain::topics;
-use crate::feed::{Encoder, FeedContext, FeedError};
 use crate::kafka::{KafkaError, OutgoingRecord, TopicSpec};
+use crate::source::feed::{Encoder, FeedContext, FeedError};
 
 /// The sink of a cascading subscription.
 pub struct BusSink {
@@ -93,7 +93,7 @@ impl BusSink {
         let bad = |e: backflow_schemas::SchemaError| ConnectorError::bad_record(e.to_string());
         match &r.event {
             Some(event) => {
-                let enc = crate::feed::encoder(&mut self.encoders, &r.table, &self.ctx)
+                let enc = crate::source::feed::encoder(&mut self.encoders, &r.table, &self.ctx)
                     .await
                     .map_err(feed_error)?;
                 let key = enc.codec.encode_key(&r.key).map_err(bad)?;
@@ -136,7 +136,7 @@ impl BusSink {
 /// A failure of the feed machinery this sink shares, as the subscription
 /// sees it (registry answers of 5xx and Kafka trouble are transient).
 fn feed_error(e: FeedError) -> ConnectorError {
-    use crate::restart::Kind;
+    use crate::domain::restart::Kind;
     match e.kind() {
         backflow_connectors::ErrorKind::Transient => ConnectorError::transient(e.to_string()),
         _ => ConnectorError::definite(e.to_string()),
@@ -150,9 +150,10 @@ fn kafka(e: KafkaError) -> ConnectorError {
 #[async_trait]
 impl Sink for BusSink {
     async fn committed_offsets(&mut self) -> Result<Vec<TopicOffset>, ConnectorError> {
-        let stored = crate::offsets::load_subscription(&self.ctx.settings, &self.subscription)
-            .await
-            .map_err(kafka)?;
+        let stored =
+            crate::state::offsets::load_subscription(&self.ctx.settings, &self.subscription)
+                .await
+                .map_err(kafka)?;
         self.stored = stored
             .iter()
             .map(|o| ((o.topic.clone(), o.partition), o.offset))
@@ -216,7 +217,7 @@ impl Sink for BusSink {
                     offset: *offset,
                 })
                 .collect();
-            crate::offsets::save_subscription(&self.ctx.publisher, &self.subscription, &all)
+            crate::state::offsets::save_subscription(&self.ctx.publisher, &self.subscription, &all)
                 .await
                 .map_err(kafka)?;
         }

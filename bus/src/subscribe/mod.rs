@@ -11,6 +11,9 @@
 //! the upstream cluster (acknowledged before the offset that covers them is
 //! committed) and the subscription goes on.
 
+pub mod cascade;
+pub mod reconcile;
+
 use crate::domain::headers::{
     HEADER_DLQ_OFFSET, HEADER_DLQ_PARTITION, HEADER_DLQ_REASON, HEADER_DLQ_TOPIC, HEADER_HOPS,
     HEADER_ORIGIN, HEADER_ORIGIN_TS,
@@ -68,7 +71,7 @@ pub enum SubscribeError {
     Registry(#[from] RegistryClientError),
 }
 
-impl crate::restart::Kind for SubscribeError {
+impl crate::domain::restart::Kind for SubscribeError {
     /// A bad record reaching here was not dead-lettered: definite, like
     /// a refused login or a missing table.
     fn kind(&self) -> ErrorKind {
@@ -130,14 +133,14 @@ impl SubscriptionHealth {
 }
 
 /// Runs a subscription until shutdown, restarting it after errors as
-/// [`crate::restart`] decides from their kind (it resumes from the offsets
+/// [`crate::domain::restart`] decides from their kind (it resumes from the offsets
 /// its database holds). `bus`: this
 /// node's own Kafka, for a subscription whose sink is `kafka` (a cascade).
 pub async fn supervise(
     config: SubscriptionConfig,
     metrics: Metrics,
     health: SubscriptionHealth,
-    bus: Option<crate::feed::FeedContext>,
+    bus: Option<crate::source::feed::FeedContext>,
     shutdown: CancellationToken,
 ) {
     let name = config.name.clone();
@@ -146,13 +149,14 @@ pub async fn supervise(
     for kind in ["transient", "definite", "bad_record"] {
         metrics.subscribe_errors.with_label_values(&[&name, kind]);
     }
-    let mut restarts = crate::restart::Restarts::new(crate::restart::Policy::DEFAULT);
+    let mut restarts =
+        crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
     // Where this subscription is, reported to the upper node for its lag
     // board (its offsets of record stay in the sink).
     let settings = upstream_settings(&config);
     let (status, status_rx) = tokio::sync::watch::channel(crate::lag::Report {
         subscription: name.clone(),
-        state: "RUNNING".into(),
+        state: crate::lag::RunState::Running,
         error: None,
         positions: Vec::new(),
         last_origin_ms: None,
@@ -178,22 +182,22 @@ pub async fn supervise(
                 continue;
             }
             Err(e) => {
-                use crate::restart::Kind;
+                use crate::domain::restart::Kind;
                 let retry = restarts.failed(e.kind());
                 metrics
                     .subscribe_errors
-                    .with_label_values(&[&name, crate::restart::label(e.kind())])
+                    .with_label_values(&[&name, crate::domain::restart::label(e.kind())])
                     .inc();
                 health.set(&name, Some(format!("{e} ({})", retry.describe())));
                 status.send_modify(|r| {
-                    r.state = "FAILED".into();
+                    r.state = crate::lag::RunState::Failed;
                     r.error = Some(e.to_string());
                 });
                 tracing::error!(subscription = %name, error = %e, kind = retry.label(), retry_in = ?retry.wait, "subscription failed");
                 retry
             }
         };
-        if !crate::restart::pause(retry.wait, &shutdown).await {
+        if !crate::domain::restart::pause(retry.wait, &shutdown).await {
             return;
         }
     }
@@ -294,10 +298,10 @@ impl<'a> Run<'a> {
         metrics: &'a Metrics,
         health: &'a SubscriptionHealth,
         status: &'a tokio::sync::watch::Sender<crate::lag::Report>,
-        bus: Option<&crate::feed::FeedContext>,
+        bus: Option<&crate::source::feed::FeedContext>,
     ) -> Self {
         let sink: Box<dyn Sink> = match (&config.sink, bus) {
-            (SinkConfig::Kafka(_), Some(bus)) => Box::new(crate::cascade::BusSink::new(
+            (SinkConfig::Kafka(_), Some(bus)) => Box::new(crate::subscribe::cascade::BusSink::new(
                 config.name.clone(),
                 bus.clone(),
             )),
@@ -350,7 +354,7 @@ impl<'a> Run<'a> {
                 r.last_origin_ms = last;
             }
             if applied {
-                r.state = "RUNNING".into();
+                r.state = crate::lag::RunState::Running;
                 r.error = None;
             }
         });
@@ -698,9 +702,9 @@ impl<'a> Run<'a> {
             // Running, with nothing left to apply: a failure it reported
             // before this run is over.
             self.status.send_if_modified(|r| {
-                let failed = r.state != "RUNNING";
+                let failed = r.state != crate::lag::RunState::Running;
                 if failed {
-                    r.state = "RUNNING".into();
+                    r.state = crate::lag::RunState::Running;
                     r.error = None;
                 }
                 failed

@@ -104,7 +104,7 @@ async fn post_status(
         let granted = catalog.subscriptions.values().any(|s| {
             s.subscriber == *node
                 && s.dataset == dataset
-                && s.state == crate::catalog::SubscriptionState::Active
+                && s.state == crate::state::catalog::SubscriptionState::Active
         });
         if !configured && !granted {
             return Err(invalid(format!(
