@@ -87,6 +87,11 @@
 //!
 //! Zero dates (`0000-00-00`) and TIME values outside a day cannot be
 //! shared and go to the dead-letter topic with the column named.
+//!
+//! # Metrics
+//! The runtime counts events by op (`r` = snapshot rows), dead letters and
+//! restarts from what this source yields, and exports its backlog (see
+//! above) as `backflow_source_lag_bytes`.
 
 pub(crate) mod catalog;
 mod rows;

@@ -4,6 +4,18 @@
 //! PostgreSQL, SQLite and MySQL/MariaDB; the engine is a small internal
 //! trait (`engine::Engine`) so another can be added beside them.
 //!
+//! # Prerequisites
+//! - The user may `SELECT` the polled tables (and, for the key diff,
+//!   their key columns); nothing is written to the database.
+//! - A table polled in `timestamp+incrementing` mode has a timestamp
+//!   column the application sets on every insert and update, and a column
+//!   unique among rows of one timestamp (by default the primary key);
+//!   `bulk` needs neither.
+//! - Every table has a primary key: it keys the rows on the raw topic.
+//! - A refused login (wrong password, no such database or privilege) is a
+//!   definite error with the fix: the feed shows FAILED and is tried again
+//!   once a minute.
+//!
 //! # What it captures
 //! Each table is polled in one of two modes:
 //! - **`timestamp+incrementing`**: the application sets a timestamp column

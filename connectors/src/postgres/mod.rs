@@ -58,7 +58,7 @@
 //! feed's dead-letter topic names the table and the way out.
 //!
 //! # Source lag
-//! [`Source::backlog_bytes`] reports `pg_current_wal_lsn() -
+//! The backlog gauge ([`crate::SourceGauges`]) is `pg_current_wal_lsn() -
 //! confirmed_flush_lsn` of the slot. Keepalives outside transactions are
 //! checkpoints, so while captured tables are idle and the database is busy
 //! the slot still advances and the server does not keep WAL for the feed.

@@ -18,6 +18,33 @@
 //! `caching_sha2_password`; `mysql_clear_password` and full
 //! `caching_sha2_password` authentication are refused without TLS
 //! (`connectors/src/connect/mod.rs`).
+//!
+//! # Prerequisites
+//! - The user has `CREATE` on the database (the sink creates it and the
+//!   tables when absent), or they exist and the user has `INSERT`,
+//!   `UPDATE`, `DELETE` and `SELECT` on them and may create
+//!   `_backflow_offsets` there.
+//! - A refused login (error 1045, 1044, 1049 ...) is a definite error with
+//!   the fix: the subscription shows FAILED and is tried again once a
+//!   minute.
+//!
+//! # Example
+//! ```toml
+//! [[subscriptions]]
+//! name = "330108-population"
+//! upstream = { brokers = "city-kafka:9092", registry_url = "https://city.example:8480", registry_token_env = "CITY_TOKEN" }
+//! sink = { type = "mysql", host = "10.1.0.6", user = "backflow", password_env = "DISTRICT_MY_PASSWORD", database = "district" }
+//! tables = [{ topic = "backflow.share.330108.gongan.population", table = "population" }]
+//! ```
+//!
+//! # Metrics
+//! The subscription running the sink reports, labelled by subscription:
+//! `backflow_subscribe_rows_total{outcome}` (`upsert`, `delete`, `skip`:
+//! superseded or older than what the table holds),
+//! `backflow_subscribe_batches_total`, `backflow_subscribe_apply_seconds`
+//! (one batch, commit included), `backflow_subscribe_dead_letters_total`,
+//! `backflow_subscribe_errors_total{kind}` and
+//! `backflow_subscribe_lag_messages`/`_seconds`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -7,6 +7,33 @@
 //!
 //! The server authenticates the user with SCRAM-SHA-256 or without a
 //! password; clear text and MD5 are refused (`connectors/src/connect/mod.rs`).
+//!
+//! # Prerequisites
+//! - The user may connect to the database and has `CREATE` on it (the
+//!   sink creates `schema` and the tables when absent), or the schema and
+//!   tables exist and the user has `INSERT`, `UPDATE`, `DELETE` and
+//!   `SELECT` on them and may create `_backflow_offsets` there.
+//! - A refused login (wrong password, no such database, no `CONNECT`) is a
+//!   definite error with the fix: the subscription shows FAILED and is
+//!   tried again once a minute.
+//!
+//! # Example
+//! ```toml
+//! [[subscriptions]]
+//! name = "330106-population"
+//! upstream = { brokers = "city-kafka:9092", registry_url = "https://city.example:8480", registry_token_env = "CITY_TOKEN" }
+//! sink = { type = "postgres", host = "10.1.0.5", user = "backflow", password_env = "DISTRICT_PG_PASSWORD", database = "district", schema = "shared" }
+//! tables = [{ topic = "backflow.share.330106.gongan.population", table = "population" }]
+//! ```
+//!
+//! # Metrics
+//! The subscription running the sink reports, labelled by subscription:
+//! `backflow_subscribe_rows_total{outcome}` (`upsert`, `delete`, `skip`:
+//! superseded or older than what the table holds),
+//! `backflow_subscribe_batches_total`, `backflow_subscribe_apply_seconds`
+//! (one batch, commit included), `backflow_subscribe_dead_letters_total`,
+//! `backflow_subscribe_errors_total{kind}` and
+//! `backflow_subscribe_lag_messages`/`_seconds`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

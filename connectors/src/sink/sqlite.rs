@@ -7,6 +7,29 @@
 //! zone: ISO 8601 UTC with `Z`), UUIDs hyphenated. STRICT tables refuse a
 //! value of the wrong storage class and CHECK constraints keep `varchar(n)`
 //! lengths and booleans, so nothing is silently coerced.
+//!
+//! # Prerequisites
+//! The process may create and write the file and, beside it, its
+//! `-wal`/`-journal` files; no other writer holds the database for long
+//! (a lock is a transient error: the batch is tried again).
+//!
+//! # Example
+//! ```toml
+//! [[subscriptions]]
+//! name = "330106-population"
+//! upstream = { brokers = "city-kafka:9092", registry_url = "https://city.example:8480", registry_token_env = "CITY_TOKEN" }
+//! sink = { type = "sqlite", path = "/var/lib/backflow/district.db" }
+//! tables = [{ topic = "backflow.share.330106.gongan.population", table = "population" }]
+//! ```
+//!
+//! # Metrics
+//! The subscription running the sink reports, labelled by subscription:
+//! `backflow_subscribe_rows_total{outcome}` (`upsert`, `delete`, `skip`:
+//! superseded or older than what the table holds),
+//! `backflow_subscribe_batches_total`, `backflow_subscribe_apply_seconds`
+//! (one batch, commit included), `backflow_subscribe_dead_letters_total`,
+//! `backflow_subscribe_errors_total{kind}` and
+//! `backflow_subscribe_lag_messages`/`_seconds`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
