@@ -104,7 +104,9 @@ pub trait Source: Send {
         position: Option<Position>,
     ) -> Result<Vec<Arc<TableDesc>>, ConnectorError>;
 
-    /// Waits for the next changes, at most `max` of them.
+    /// Waits for the next changes, at most `max` of them. Returns now and
+    /// then even when nothing changed (an empty batch): the runtime hands
+    /// [`Source::acknowledge`] its positions between batches.
     async fn next_batch(&mut self, max: usize) -> Result<SourceBatch, ConnectorError>;
 
     /// Every record up to and including `position` is durably in Kafka.

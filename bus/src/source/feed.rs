@@ -848,3 +848,294 @@ pub(crate) async fn encoder<'a>(
         value_id,
     }))
 }
+
+/// The feed runner against an in-memory source and the embedded broker
+/// (librdkafka's in-process mock cluster): no database, no external Kafka.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backflow_connectors::{ConnectorError, RejectedRecord, SourceRecord};
+    use backflow_schemas::{ChangeEvent, ColumnDesc, Datum, Op, Row, SourceInfo, SqlType};
+    use std::sync::Mutex as StdMutex;
+
+    /// A source that yields the batches it is given, in order, then empty
+    /// ones; it records where it was started from and what it was
+    /// acknowledged.
+    struct MemorySource {
+        table: Arc<TableDesc>,
+        batches: VecDeque<Result<backflow_connectors::SourceBatch, ConnectorError>>,
+        started_from: Arc<StdMutex<Option<Option<String>>>>,
+        acked: Arc<StdMutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Source for MemorySource {
+        async fn start(
+            &mut self,
+            position: Option<Position>,
+        ) -> Result<Vec<Arc<TableDesc>>, ConnectorError> {
+            *self.started_from.lock().unwrap() = Some(position.map(|p| p.as_str().to_owned()));
+            Ok(vec![self.table.clone()])
+        }
+
+        async fn next_batch(
+            &mut self,
+            _max: usize,
+        ) -> Result<backflow_connectors::SourceBatch, ConnectorError> {
+            // As the database sources do, it returns now and then when
+            // nothing happens: the runner hands acknowledgements over
+            // between batches.
+            // An error comes once what was yielded before it is in Kafka
+            // (acknowledged), so what the feed wrote before failing is
+            // known.
+            let error_early = matches!(self.batches.front(), Some(Err(_)))
+                && self.acked.lock().unwrap().is_empty();
+            match self.batches.pop_front() {
+                Some(b) if !error_early => b,
+                other => {
+                    if let Some(b) = other {
+                        self.batches.push_front(b);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(backflow_connectors::SourceBatch::default())
+                }
+            }
+        }
+
+        async fn acknowledge(&mut self, position: &Position) -> Result<(), ConnectorError> {
+            self.acked
+                .lock()
+                .unwrap()
+                .push(position.as_str().to_owned());
+            Ok(())
+        }
+
+        async fn shutdown(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    fn table(dataset: &str) -> Arc<TableDesc> {
+        Arc::new(TableDesc {
+            dataset: dataset.into(),
+            schema: "public".into(),
+            name: "people".into(),
+            columns: vec![
+                ColumnDesc::new("id", SqlType::BigInt, false),
+                ColumnDesc::new("name", SqlType::Text, true),
+            ],
+            primary_key: vec!["id".into()],
+        })
+    }
+
+    fn insert(table: &Arc<TableDesc>, id: i64, at: &str) -> SourceRecord {
+        let row = Row(vec![Datum::Long(id), Datum::Text(format!("p{id}"))]);
+        SourceRecord {
+            table: table.clone(),
+            event: ChangeEvent {
+                key: Row(vec![Datum::Long(id)]),
+                before: None,
+                after: Some(row),
+                source: SourceInfo::default(),
+                op: Op::Create,
+                ts_ms: None,
+                transaction: None,
+            },
+            position: at.into(),
+        }
+    }
+
+    fn batch(records: Vec<SourceRecord>, checkpoint: &str) -> backflow_connectors::SourceBatch {
+        backflow_connectors::SourceBatch {
+            records,
+            rejected: Vec::new(),
+            checkpoint: Some(checkpoint.into()),
+        }
+    }
+
+    /// A node's Kafka, registry and topic admin on the embedded broker.
+    async fn context(
+        broker: &crate::kafka::EmbeddedBroker,
+        shutdown: &CancellationToken,
+    ) -> FeedContext {
+        let settings = crate::kafka::KafkaSettings::new(broker.bootstrap_servers());
+        let admin = TopicAdmin::Embedded(broker.admin());
+        admin
+            .ensure(&[
+                TopicSpec::compacted(topics::schemas(), 1, 1),
+                TopicSpec::compacted(topics::offsets(), 1, 1),
+            ])
+            .await
+            .unwrap();
+        let metrics = Metrics::new();
+        let publisher = Publisher::new(&settings, Some(metrics.clone())).unwrap();
+        let (registry, _follower) = Registry::start(
+            &settings,
+            publisher.clone(),
+            "feed-test".into(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        registry.caught_up().await.unwrap();
+        FeedContext {
+            node: "330100".into(),
+            publisher,
+            settings,
+            registry,
+            admin: Arc::new(admin),
+            partitions: 1,
+            replication_factor: 1,
+            metrics,
+            standards: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Every record of `topic`, read to its end: (key, payload present).
+    async fn read_all(ctx: &FeedContext, topic: &str) -> Vec<crate::kafka::ConsumedRecord> {
+        let watermarks = crate::kafka::Watermarks::new(&ctx.settings).unwrap();
+        let end = watermarks.high(topic, 0).await.unwrap();
+        let consumer = crate::kafka::Consumer::replay(&ctx.settings, topic, 0).unwrap();
+        let mut out = Vec::new();
+        while (out.len() as i64) < end {
+            out.push(
+                tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+                    .await
+                    .expect("the topic is read to its end")
+                    .unwrap(),
+            );
+        }
+        out
+    }
+
+    async fn until(what: &str, ok: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_kafka_acknowledged_is_acknowledged_to_the_source_and_resumed_from() {
+        let broker = crate::kafka::EmbeddedBroker::start().unwrap();
+        let shutdown = CancellationToken::new();
+        let ctx = context(&broker, &shutdown).await;
+        let t = table("mem.people");
+        let acked = Arc::new(StdMutex::new(Vec::new()));
+        let started_from = Arc::new(StdMutex::new(None));
+        let source = MemorySource {
+            table: t.clone(),
+            batches: VecDeque::from([
+                Ok(batch(
+                    (1..=3).map(|id| insert(&t, id, "p1")).collect(),
+                    "p1",
+                )),
+                Ok(batch(
+                    (4..=5).map(|id| insert(&t, id, "p2")).collect(),
+                    "p2",
+                )),
+            ]),
+            started_from: started_from.clone(),
+            acked: acked.clone(),
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run("mem", Box::new(source), ctx.clone(), stop.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().last().map(String::as_str) != Some("p2") {
+            if running.is_finished() {
+                panic!("the feed stopped: {:?}", running.await);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "p2 was never acknowledged to the source: {:?}",
+                acked.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Checkpoints are acknowledged in order, each at most once (the
+        // runner hands over the latest: p2 covers p1).
+        let seen = acked.lock().unwrap().clone();
+        assert!(
+            seen == ["p1", "p2"] || seen == ["p2"],
+            "acknowledged {seen:?}"
+        );
+        assert_eq!(*started_from.lock().unwrap(), Some(None));
+        let raw = read_all(&ctx, &topics::raw("mem.people")).await;
+        assert_eq!(raw.len(), 5);
+        for r in &raw {
+            assert_eq!(r.header(HEADER_ORIGIN), Some("330100/mem".as_bytes()));
+            assert!(r.header(HEADER_ORIGIN_TS).is_some());
+        }
+        stop.cancel();
+        running.await.unwrap().unwrap();
+
+        // A restart resumes from the last acknowledged position.
+        let started_again = Arc::new(StdMutex::new(None));
+        let source = MemorySource {
+            table: t.clone(),
+            batches: VecDeque::new(),
+            started_from: started_again.clone(),
+            acked: Arc::default(),
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run("mem", Box::new(source), ctx.clone(), stop.clone()));
+        until("the feed never started again", || {
+            started_again.lock().unwrap().is_some()
+        })
+        .await;
+        assert_eq!(*started_again.lock().unwrap(), Some(Some("p2".to_owned())));
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_change_is_dead_lettered_and_a_definite_source_error_stops_the_feed() {
+        let broker = crate::kafka::EmbeddedBroker::start().unwrap();
+        let shutdown = CancellationToken::new();
+        let ctx = context(&broker, &shutdown).await;
+        let t = table("mem.refused");
+        let mut first = batch(vec![insert(&t, 1, "q1")], "q1");
+        first.rejected.push(RejectedRecord {
+            table: "public.people".into(),
+            position: "q1".into(),
+            reason: "a value the column cannot hold".into(),
+        });
+        let source = MemorySource {
+            table: t.clone(),
+            batches: VecDeque::from([
+                Ok(first),
+                Err(ConnectorError::definite(
+                    "the table was dropped: recreate it",
+                )),
+            ]),
+            started_from: Arc::default(),
+            acked: Arc::default(),
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(60),
+            run(
+                "refused",
+                Box::new(source),
+                ctx.clone(),
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("the feed stops by itself");
+        use crate::domain::restart::Kind;
+        let e = outcome.unwrap_err();
+        assert_eq!(e.kind(), backflow_connectors::ErrorKind::Definite, "{e}");
+        assert!(e.to_string().contains("recreate it"), "{e}");
+        // The good change went on; the refused one is a dead letter with
+        // its reason, never its value.
+        assert_eq!(read_all(&ctx, &topics::raw("mem.refused")).await.len(), 1);
+        let dead = read_all(&ctx, &topics::dlq("refused")).await;
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            dead[0].header(HEADER_DLQ_REASON),
+            Some("a value the column cannot hold".as_bytes())
+        );
+        shutdown.cancel();
+    }
+}
