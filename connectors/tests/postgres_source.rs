@@ -154,11 +154,13 @@ async fn postgres_source_snapshot_reads_every_row_once_then_streams() {
         again.iter().all(|(op, _)| *op != Op::Read),
         "no second snapshot: {again:?}"
     );
-    let tail: Vec<_> = again.iter().rev().take(3).rev().cloned().collect();
-    assert!(
-        again == vec![(Op::Update, 9)]
-            || tail == vec![(Op::Update, 7), (Op::Delete, 8), (Op::Update, 9)],
-        "unacknowledged changes replay in order: {again:?}"
+    // 7 and 8 came after the last acknowledged checkpoint: they come
+    // again, before 9, each once. (Accepting their loss here would accept
+    // losing streamed changes on every restart.)
+    assert_eq!(
+        again,
+        vec![(Op::Update, 7), (Op::Delete, 8), (Op::Update, 9)],
+        "unacknowledged changes replay in order"
     );
     source.shutdown().await.unwrap();
 }
