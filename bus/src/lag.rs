@@ -490,6 +490,20 @@ impl Statuses {
         }
     }
 
+    /// Forgets a status [`Statuses::admit`] took but the node could not
+    /// write: it neither counts against its node's bound nor stops a
+    /// retry.
+    pub fn withdraw(&self, node: &str, subscription: &str) {
+        let mut book = self.inner.write().expect("lock");
+        book.posted.remove(&status_key(node, subscription));
+        if let Some(names) = book.by_node.get_mut(node) {
+            names.remove(subscription);
+            if names.is_empty() {
+                book.by_node.remove(node);
+            }
+        }
+    }
+
     fn set_loaded(&self) {
         self.inner.write().expect("lock").loaded = true;
     }
@@ -1468,5 +1482,9 @@ mod status_tests {
                 node: "330108".into()
             })
         );
+        // A status that could not be written is withdrawn: its name frees
+        // a place and may be posted again at once.
+        statuses.withdraw("330108", "newer");
+        assert_eq!(admit("330108", "newer", later + 2_100), Ok(None));
     }
 }

@@ -623,6 +623,9 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
     });
     use crate::domain::restart::Kind;
     loop {
+        // Each attempt is a run: the backoff starts over only after an
+        // attempt that lasted a healthy minute, not a minute after start.
+        restarts.started();
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             outcome = path.ensure_internal_topics() => outcome,
@@ -647,6 +650,7 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
         }
     }
     loop {
+        restarts.started();
         match path.registry.caught_up().await {
             Ok(()) => {
                 path.readiness.set(CHECK_REGISTRY, CheckState::Ok);

@@ -129,29 +129,34 @@ async fn post_status(
             format!("the status could not be kept (Kafka): {e}"),
         )
     };
-    if let Some(old) = replaced {
-        let key = crate::lag::status_key(node, &old);
+    let written = async {
+        if let Some(old) = replaced {
+            let key = crate::lag::status_key(node, &old);
+            state
+                .publisher
+                .send(crate::kafka::OutgoingRecord {
+                    topic: crate::domain::topics::subscribers(),
+                    key: Some(key.as_bytes()),
+                    payload: None,
+                    headers: &[],
+                })
+                .await?;
+        }
+        let key = crate::lag::status_key(node, &status.subscription);
+        let value = serde_json::to_vec(&status).expect("serializes");
         state
             .publisher
-            .send(crate::kafka::OutgoingRecord {
-                topic: crate::domain::topics::subscribers(),
-                key: Some(key.as_bytes()),
-                payload: None,
-                headers: &[],
-            })
+            .send(crate::kafka::OutgoingRecord::new(
+                crate::domain::topics::subscribers(),
+                key.as_bytes(),
+                &value,
+            ))
             .await
-            .map_err(kafka_down)?;
+    };
+    if let Err(e) = written.await {
+        // Not kept: it neither holds a place nor stops a retry.
+        state.lag.statuses().withdraw(node, &status.subscription);
+        return Err(kafka_down(e));
     }
-    let key = crate::lag::status_key(node, &status.subscription);
-    let value = serde_json::to_vec(&status).expect("serializes");
-    state
-        .publisher
-        .send(crate::kafka::OutgoingRecord::new(
-            crate::domain::topics::subscribers(),
-            key.as_bytes(),
-            &value,
-        ))
-        .await
-        .map_err(kafka_down)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
