@@ -527,6 +527,29 @@ pub const CHECK_STATUSES: &str = "subscriber_statuses";
 /// What the node serves: (subscriber, dataset) pairs with an active share.
 pub type Served = Vec<(String, String)>;
 
+/// The shares in force: the configuration's `[[shares]]` and the catalog's
+/// active subscriptions, sorted, each once. The lag board covers these,
+/// and a subscriber node's status may name only these.
+pub fn served_now(
+    config_shares: &[crate::config::ShareConfig],
+    catalog: &crate::state::catalog::CatalogState,
+) -> Served {
+    let mut out: Served = config_shares
+        .iter()
+        .map(|s| (s.subscriber.to_string(), s.dataset.clone()))
+        .collect();
+    out.extend(
+        catalog
+            .subscriptions
+            .values()
+            .filter(|s| s.state == crate::state::catalog::SubscriptionState::Active)
+            .map(|s| (s.subscriber.clone(), s.dataset.clone())),
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Everything [`monitor`] reads.
 pub struct MonitorContext {
     /// This node's code.

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use backflow_e2e::share_topic::high_watermark;
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
 use backflow_e2e::{pg_connect, unique_name, Node, TestBroker};
 use serde_json::{json, Value};
@@ -57,25 +58,11 @@ async fn distinct_keys(settings: &backflow::kafka::KafkaSettings, topic: &str) -
     keys.len()
 }
 
-/// Records ever written to a topic (the sum of its partitions' high
-/// watermarks; 0 when it does not exist).
-async fn written(settings: &backflow::kafka::KafkaSettings, topic: &str) -> i64 {
-    let Ok(n) = backflow::kafka::partition_count(settings, topic).await else {
-        return 0;
-    };
-    let w = backflow::kafka::Watermarks::new(settings).unwrap();
-    let mut sum = 0;
-    for p in 0..n as i32 {
-        sum += w.high(topic, p).await.unwrap_or(0);
-    }
-    sum
-}
-
 /// Waits until `topic` has more than `than` records written.
-async fn until_written(settings: &backflow::kafka::KafkaSettings, topic: &str, than: i64) -> i64 {
+async fn until_written(bootstrap: &str, topic: &str, than: i64) -> i64 {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let n = written(settings, topic).await;
+        let n = high_watermark(bootstrap, topic).await;
         if n > than {
             return n;
         }
@@ -231,10 +218,10 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     // to leak; the share topic has had nothing written to it at all.
     let settings = backflow::kafka::KafkaSettings::new(broker.bootstrap());
     let share_topic = format!("backflow.share.330106.{dataset}");
-    until_written(&settings, &format!("backflow.raw.{dataset}"), 0).await;
+    until_written(broker.bootstrap(), &format!("backflow.raw.{dataset}"), 0).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
-        written(&settings, &share_topic).await,
+        high_watermark(broker.bootstrap(), &share_topic).await,
         0,
         "nothing written for 330106 before approval"
     );
@@ -410,18 +397,23 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "revoked");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let share_before = written(&settings, &share_topic).await;
-    let raw_before = written(&settings, &format!("backflow.raw.{dataset}")).await;
+    let share_before = high_watermark(broker.bootstrap(), &share_topic).await;
+    let raw_before = high_watermark(broker.bootstrap(), &format!("backflow.raw.{dataset}")).await;
     db.batch_execute("UPDATE people SET name = '王五' WHERE id = 2")
         .await
         .unwrap();
     // The change reached the raw topic the distributor reads; in the time
     // a live share took to receive changes above, none was written to the
     // revoked one.
-    until_written(&settings, &format!("backflow.raw.{dataset}"), raw_before).await;
+    until_written(
+        broker.bootstrap(),
+        &format!("backflow.raw.{dataset}"),
+        raw_before,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
-        written(&settings, &share_topic).await,
+        high_watermark(broker.bootstrap(), &share_topic).await,
         share_before,
         "written to the share topic after revocation"
     );

@@ -710,28 +710,11 @@ fn served(
     catalog: crate::state::catalog::Catalog,
     config_shares: &[crate::config::ShareConfig],
 ) -> Arc<dyn Fn() -> futures::future::BoxFuture<'static, crate::lag::Served> + Send + Sync> {
-    let shares: Vec<(String, String)> = config_shares
-        .iter()
-        .map(|s| (s.subscriber.to_string(), s.dataset.clone()))
-        .collect();
+    let shares = Arc::new(config_shares.to_vec());
     Arc::new(move || {
         let catalog = catalog.clone();
         let shares = shares.clone();
-        Box::pin(async move {
-            let mut out = shares;
-            let state = catalog.state().await;
-            for s in state.subscriptions.values() {
-                if s.state == crate::state::catalog::SubscriptionState::Active
-                    && !out
-                        .iter()
-                        .any(|(n, d)| *n == s.subscriber && *d == s.dataset)
-                {
-                    out.push((s.subscriber.clone(), s.dataset.clone()));
-                }
-            }
-            out.sort();
-            out
-        })
+        Box::pin(async move { crate::lag::served_now(&shares, &*catalog.state().await) })
     })
 }
 

@@ -92,21 +92,15 @@ async fn post_status(
     let now = backflow_connectors::now_ms();
     let status =
         crate::lag::accept_status(node, &body, now).map_err(|e| invalid(format!("status: {e}")))?;
-    let catalog = state.catalog.state().await;
+    let served = crate::lag::served_now(&state.config_shares, &*state.catalog.state().await);
     for topic in &status.topics {
         let (_, dataset) =
             crate::domain::topics::share_parts(crate::domain::topics::prefix(), topic)
                 .expect("accept_status checked the topic");
-        let configured = state
-            .config_shares
-            .iter()
-            .any(|s| s.subscriber.as_str() == node && s.dataset == dataset);
-        let granted = catalog.subscriptions.values().any(|s| {
-            s.subscriber == *node
-                && s.dataset == dataset
-                && s.state == crate::state::catalog::SubscriptionState::Active
-        });
-        if !configured && !granted {
+        if served
+            .binary_search(&(node.clone(), dataset.to_owned()))
+            .is_err()
+        {
             return Err(invalid(format!(
                 "status: topic {topic}: node {node} has no active share of dataset {dataset} here"
             )));
