@@ -508,15 +508,33 @@ impl Statuses {
         self.inner.write().expect("lock").loaded = true;
     }
 
-    /// The freshest status of `subscriber` naming `topic`.
-    fn latest(&self, subscriber: &str, topic: &str) -> Option<SubscriberStatus> {
+    /// What `subscriber`'s statuses naming `topic` say at `now`: the
+    /// freshest one, except that one reported within `window_ms` saying
+    /// FAILED wins (another subscription of the node reading the same
+    /// topic and running does not hide a failing one).
+    fn for_topic(
+        &self,
+        subscriber: &str,
+        topic: &str,
+        now: i64,
+        window_ms: i64,
+    ) -> Option<SubscriberStatus> {
         let book = self.inner.read().expect("lock");
-        book.by_node
-            .get(subscriber)?
-            .values()
-            .filter(|r| r.topics.iter().any(|t| t == topic))
-            .max_by_key(|r| r.ts_ms)
-            .cloned()
+        let naming = || {
+            book.by_node
+                .get(subscriber)
+                .into_iter()
+                .flat_map(|names| names.values())
+                .filter(|r| r.topics.iter().any(|t| t == topic))
+        };
+        let latest = naming().max_by_key(|r| r.ts_ms)?;
+        let failing = naming()
+            .filter(|r| r.state == RunState::Failed && now - r.ts_ms <= window_ms)
+            .max_by_key(|r| r.ts_ms);
+        Some(SubscriberStatus {
+            ts_ms: latest.ts_ms,
+            ..failing.unwrap_or(latest).clone()
+        })
     }
 }
 
@@ -756,7 +774,10 @@ impl Sampler {
         let partitions = self.partitions(&topic).await;
         // The freshest status of the subscriber that reads this topic, and
         // where its group says it is.
-        let report = self.board.statuses.latest(subscriber, &topic);
+        let report = self
+            .board
+            .statuses
+            .for_topic(subscriber, &topic, now, self.window_ms);
         let group = crate::domain::topics::subscriber_group(&topic);
         let at = self.position(&topic, &group, partitions, now).await;
         let lag_secs = self.seconds_behind(&topic, &at, now).await;
@@ -1117,30 +1138,24 @@ fn plain_text(text: &str, max: usize) -> String {
     out
 }
 
-/// Unicode format characters and other invisible ones: zero-width
-/// characters, bidirectional controls, the soft hyphen, word joiners, the
-/// byte order mark, interlinear annotations and tags.
+/// Characters that do not read as what they are: every control, format
+/// (zero-width, bidirectional, tags), private-use, unassigned and surrogate
+/// character, line and paragraph separators, spaces other than the plain
+/// one, and the fillers that draw as blank (Hangul and Braille blanks, the
+/// object replacement character).
 fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{061C}'
-            | '\u{115F}'
-            | '\u{1160}'
-            | '\u{17B4}'
-            | '\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    )
+    use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
+    c.general_category_group() == GeneralCategoryGroup::Other
+        || matches!(
+            c.general_category(),
+            GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator
+        )
+        || (c.general_category() == GeneralCategory::SpaceSeparator && c != ' ')
+        || matches!(
+            c,
+            '\u{115F}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{FFA0}' | '\u{FFFC}'
+        )
+        || ('\u{FE00}'..='\u{FE0F}').contains(&c)
 }
 
 /// A record of [`crate::domain::topics::subscribers`] as the reading node takes it: its key
@@ -1406,6 +1421,27 @@ mod status_tests {
         .error
         .unwrap();
         assert_eq!(got, " [31mred   <b>x</b>");
+        // Line and paragraph separators, other spaces, invisible formatting
+        // and blank fillers too.
+        let got = accept_status(
+            "330106",
+            &status(
+                OWN,
+                "a\u{2028}b\u{2029}c\u{1D173}d\u{2800}e\u{FFFC}f\u{00A0}g\u{E000}h",
+                now,
+            ),
+            now,
+        )
+        .unwrap()
+        .error
+        .unwrap();
+        assert_eq!(got, "a b c d e f g h");
+        // Chinese text and ordinary punctuation stay as they are.
+        let got = accept_status("330106", &status(OWN, "数据库已满：请扩容。", now), now)
+            .unwrap()
+            .error
+            .unwrap();
+        assert_eq!(got, "数据库已满：请扩容。");
         // The most topics a subscription reads fit in a status, at Kafka's
         // longest names.
         let most: Vec<String> = (0..MAX_STATUS_TOPICS)
@@ -1483,7 +1519,7 @@ mod status_tests {
         // Another node is not affected.
         assert_eq!(admit("330106", "a", now), Ok(None));
         assert!(statuses
-            .latest("330106", "backflow.share.330106.a.b")
+            .for_topic("330106", "backflow.share.330106.a.b", now, 10_000)
             .is_some());
         // Records read back beyond a node's bound are not kept.
         statuses.keep("330108", "extra", Some(kept("330108", "extra", now)));
@@ -1509,5 +1545,31 @@ mod status_tests {
         // a place and may be posted again at once.
         statuses.withdraw("330108", "newer");
         assert_eq!(admit("330108", "newer", later + 2_100), Ok(None));
+        // A failing subscription is not hidden by a running one of the same
+        // node reading the same topic, while its failure is fresh.
+        let topic = "backflow.share.330108.a.b";
+        statuses.keep(
+            "330108",
+            "n1",
+            Some(SubscriberStatus {
+                state: RunState::Failed,
+                error: Some("disk full".into()),
+                ..kept("330108", "n1", later)
+            }),
+        );
+        statuses.keep("330108", "n2", Some(kept("330108", "n2", later + 1_000)));
+        let seen = statuses
+            .for_topic("330108", topic, later + 2_000, 10_000)
+            .unwrap();
+        assert_eq!(seen.state, RunState::Failed);
+        assert_eq!(seen.error.as_deref(), Some("disk full"));
+        assert!(
+            seen.ts_ms >= later + 1_000,
+            "the freshest report time is kept"
+        );
+        let stale = statuses
+            .for_topic("330108", topic, later + 60_000, 10_000)
+            .unwrap();
+        assert_eq!(stale.state, RunState::Running);
     }
 }

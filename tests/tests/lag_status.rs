@@ -158,6 +158,42 @@ async fn one_district_cannot_crowd_another_off_the_lag_board() {
     .await;
     assert_eq!(row["status"], "ERR", "a failing subscriber shown as {row}");
     assert_eq!(row["dataset"], "ga.people", "{row}");
+
+    // A second subscription of 330106 on the same topic that runs does not
+    // hide the failing one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let share = "backflow.share.330106.ga.people";
+    for (name, state, error) in [
+        (
+            "xihu-people",
+            "FAILED",
+            Some("applying a batch: the database is full"),
+        ),
+        ("xihu-people-2", "RUNNING", None),
+    ] {
+        let (code, text) = post(
+            &client,
+            &node,
+            xihu.token(),
+            &status(name, share, state, error),
+        )
+        .await;
+        assert_eq!(code, 204, "{text}");
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, board) = node.api("GET", "/api/lag", Some(ADMIN), None).await;
+    let row = board["subscriptions"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["subscriber"] == "330106"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(row["status"], "ERR", "the failure was hidden: {row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("database is full")),
+        "{row}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +268,9 @@ async fn a_status_names_only_the_senders_active_shares_in_plain_words() {
             "xihu-people",
             own,
             "FAILED",
-            Some("\u{1b}[2J\u{1b}[31mtable\u{202e}gnissim\u{200b} <b>x</b>"),
+            Some(
+                "\u{1b}[2J\u{1b}[31mtable\u{202e}gnissim\u{200b} <b>x</b>\u{2028}\u{1D173}\u{2800}",
+            ),
         ),
     )
     .await;
@@ -243,7 +281,14 @@ async fn a_status_names_only_the_senders_active_shares_in_plain_words() {
     .await;
     let error = row["error"].as_str().unwrap();
     assert!(
-        !error.contains(['\u{1b}', '\u{202e}', '\u{200b}']),
+        !error.contains([
+            '\u{1b}',
+            '\u{202e}',
+            '\u{200b}',
+            '\u{2028}',
+            '\u{1D173}',
+            '\u{2800}'
+        ]),
         "controls kept: {error:?}"
     );
     assert!(
