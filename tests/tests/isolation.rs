@@ -292,22 +292,136 @@ async fn a_record_too_large_for_one_subscription_fails_it_alone() {
     assert!(row.after().unwrap().get("note").is_none_or(|n| n.is_null()));
 }
 
-/// A share schema the registry refuses (the owner hashed a granted integer
-/// field: the share's field becomes text, which readers of the records
-/// delivered so far cannot take under the default BACKWARD rule) fails that
-/// subscription alone; the raw topic and the other department go on.
+/// An owner's change that would break the share schema of what a
+/// district received so far is refused at the owner's own request, naming
+/// the subscription and the way out, and the district keeps receiving as
+/// before: hashing a granted integer field (the share's field would become
+/// text, which readers of the records delivered so far cannot take under
+/// the default BACKWARD rule), either as a dataset change while the
+/// subscription is active or by re-activating it after the change. With
+/// the dataset's compatibility set to NONE, the same change goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_share_schema_the_registry_refuses_fails_its_subscription_alone() {
+async fn a_grant_that_would_break_the_share_schema_is_refused_when_the_owner_decides() {
     let s = Setup::start("").await;
+    let hashed = json!({"fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"},
+                                   "region_code": {}, "score": {"rule": "hashed"}, "note": {}}});
+    let (status, answer) = s
+        .node
+        .api(
+            "PATCH",
+            "/api/datasets/ga.people",
+            Some(GA),
+            Some(hashed.clone()),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    let reason = answer["reason"].as_str().unwrap();
+    for part in [
+        "330106:ga.people",
+        "backflow.share.330106.ga.people",
+        "compatibility",
+    ] {
+        assert!(reason.contains(part), "names {part}: {reason}");
+    }
+    let (_, datasets) = s.node.api("GET", "/api/datasets", Some(GA), None).await;
+    let people = datasets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "ga.people")
+        .unwrap();
+    assert_ne!(
+        people["fields"]["score"]["rule"], "hashed",
+        "the refused change was not recorded: {people}"
+    );
+    s.sql("UPDATE people SET score = 99 WHERE id = 4").await;
+    s.wait_share("330106", "ga.people", "the plain score", |r| {
+        r.after().is_some_and(|a| a["score"] == 99)
+    })
+    .await;
+
+    // Re-activating after the change is the same grant: refused too.
+    s.ok(
+        "POST",
+        "/api/subscriptions/330106:ga.people/revoke",
+        GA,
+        json!({"reason": "to change the score's rule"}),
+    )
+    .await;
+    s.ok("PATCH", "/api/datasets/ga.people", GA, hashed).await;
+    let (status, answer) = s
+        .node
+        .api(
+            "POST",
+            "/api/subscriptions/330106:ga.people/reactivate",
+            Some(GA),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("backflow.share.330106.ga.people"),
+        "{answer}"
+    );
+    let (_, sub) = s
+        .node
+        .api("GET", "/api/subscriptions/330106:ga.people", Some(GA), None)
+        .await;
+    assert_eq!(sub["state"], "revoked", "{sub}");
+
+    // The way out the refusal names: the dataset's compatibility.
     s.ok(
         "PATCH",
         "/api/datasets/ga.people",
         GA,
-        json!({"fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"},
-                          "region_code": {}, "score": {"rule": "hashed"}, "note": {}}}),
+        json!({"compatibility": "NONE"}),
     )
     .await;
-    s.sql("UPDATE people SET score = 99 WHERE id = 4").await;
+    s.ok(
+        "POST",
+        "/api/subscriptions/330106:ga.people/reactivate",
+        GA,
+        json!({}),
+    )
+    .await;
+    s.wait_share("330106", "ga.people", "the hashed score", |r| {
+        id_of(r) == 4 && r.after().is_some_and(|a| a["score"].is_string())
+    })
+    .await;
+}
+
+/// A share schema the registry refuses in the distributor (here the share
+/// subject was edited by hand: an admin deleted its versions and registered
+/// an unrelated schema) fails that subscription alone; the raw topic and
+/// the other department go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_schema_the_registry_refuses_fails_its_subscription_alone() {
+    let s = Setup::start("").await;
+    let subject = "backflow.share.330106.ga.people-value";
+    let (status, answer) = s
+        .node
+        .api("DELETE", &format!("/subjects/{subject}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let unrelated = json!({"type": "record", "name": "Other",
+        "fields": [{"name": "other", "type": "string"}]});
+    let (status, answer) = s
+        .node
+        .api(
+            "POST",
+            &format!("/subjects/{subject}/versions"),
+            Some(ADMIN),
+            Some(json!({"schema": unrelated.to_string()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // A new column makes a new raw schema version, whose share schema the
+    // distributor registers again.
+    s.sql("ALTER TABLE people ADD COLUMN extra integer; UPDATE people SET score = 99 WHERE id = 4")
+        .await;
     let reason = s.failed().await;
     assert!(
         reason.contains("backflow.share.330106.ga.people"),

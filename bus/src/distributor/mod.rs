@@ -23,6 +23,7 @@
 //! commits what it settled, so at most its batches in flight are delivered
 //! twice.
 
+pub mod grant_check;
 pub mod retract;
 
 use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS, HEADER_POLICY};
@@ -1109,22 +1110,8 @@ async fn current(
             tracing::warn!(subscription = %sub.id, dataset = %dataset.id, "the dataset has no row rule (region_column or all_rows): nothing is delivered until its owner sets one");
             continue;
         }
-        let Ok(subscriber) = crate::config::DivisionCode::parse(&sub.subscriber) else {
+        let Some(share) = grant_check::share_of(sub, dataset) else {
             continue;
-        };
-        let share = ShareConfig {
-            subscriber,
-            dataset: sub.dataset.clone(),
-            region_column: dataset.region_column.clone(),
-            all_rows: dataset.all_rows,
-            accept_disclosure: dataset.accepted_disclosures(),
-            compatibility: dataset.compatibility,
-            onward: sub.onward,
-            fields: sub.granted.clone(),
-            predicates: Vec::new(),
-            secret_env: None,
-            secret: Some(sub.secret.clone()),
-            version: sub.policy_version,
         };
         if sub.backfilled {
             shares.push(share);

@@ -142,6 +142,26 @@ async fn put_dataset(
             )));
         }
     }
+    let rederived: Vec<_> = state
+        .catalog
+        .state()
+        .await
+        .subscriptions
+        .values()
+        .filter(|s| s.dataset == id)
+        .filter_map(|s| s.under(&dataset, before.as_ref()))
+        .map(|change| change.subscription)
+        .collect();
+    let refused = super::share_schema_refusals(&state, &rederived, &dataset).await?;
+    if !refused.is_empty() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "the change would break what subscribers of {id} received so far: {}. Keep those fields' rules, narrow or revoke those subscriptions first, or set the dataset's compatibility level to one that allows the change in the same request (\"compatibility\": \"NONE\": the share topics' subjects follow it)",
+                refused.join("; ")
+            ),
+        ));
+    }
     if let Some(level) = dataset.compatibility {
         // The feeds register the raw topic's schemas under this level.
         let topic = crate::domain::topics::raw(&id);

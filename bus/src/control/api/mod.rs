@@ -297,6 +297,37 @@ async fn put_if_and_audit(
     audit(state, who, details).await
 }
 
+/// The subscriptions among `subs` (each as the decision would leave it)
+/// whose share schema the registry would refuse, or whose grant does not
+/// fit the dataset's table, each with why (see
+/// [`crate::distributor::grant_check`]); `503` when the registry cannot be
+/// read.
+async fn share_schema_refusals(
+    state: &ApiState,
+    subs: &[crate::state::catalog::Subscription],
+    dataset: &crate::state::catalog::Dataset,
+) -> Result<Vec<String>, ApiError> {
+    use crate::distributor::grant_check;
+    let mut refused = Vec::new();
+    for sub in subs {
+        let Some(share) = grant_check::share_of(sub, dataset) else {
+            continue;
+        };
+        let why = grant_check::refusal(&state.registry, &share)
+            .await
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the schema registry could not be read to check the share schema of subscription {}: {e}", sub.id),
+                )
+            })?;
+        if let Some(why) = why {
+            refused.push(format!("subscription {}: {why}", sub.id));
+        }
+    }
+    Ok(refused)
+}
+
 /// Appends a decision by `who` to the audit trail.
 async fn audit(state: &ApiState, who: &Principal, details: Value) -> Result<(), ApiError> {
     let mut details = details;

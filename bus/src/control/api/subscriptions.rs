@@ -483,6 +483,7 @@ async fn decide(
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let reason = body.reason.clone().unwrap_or_default();
     bounded("reason", &reason, limits::REASON).map_err(invalid)?;
+    grant_fits(&state, &who, &id, &action, &body, &reason).await?;
     // Decided on the subscription as it is when written (one step under
     // the catalog's writer), so nothing decided meanwhile is overwritten.
     let sub = state
@@ -515,6 +516,52 @@ async fn decide(
     };
     audit(&state, &who, json!({"action": format!("subscription {done}"), "subscription": id, "request_version": sub.request_version, "reason": reason, "granted": sub.granted, "policy_version": sub.policy_version})).await?;
     Ok(Json(view(&sub)).into_response())
+}
+
+/// Refuses (409) a decision that grants fields (approve, narrow,
+/// re-activate) whose share schema the registry would refuse for what the
+/// subscriber already received: the owner learns it now, not by the
+/// subscription failing in the distributor. Checked on the subscription as
+/// read; a decision that fails for another reason is left to [`decision`]
+/// to explain.
+async fn grant_fits(
+    state: &ApiState,
+    who: &Principal,
+    id: &str,
+    action: &str,
+    body: &DecisionBody,
+    reason: &str,
+) -> Result<(), ApiError> {
+    if !matches!(action, "approve" | "narrow" | "reactivate") {
+        return Ok(());
+    }
+    let (sub, dataset) = {
+        let st = state.catalog.state().await;
+        match st.subscriptions.get(id) {
+            Some(sub) => match st.datasets.get(&sub.dataset) {
+                Some(d) => (sub.clone(), d.clone()),
+                None => return Ok(()),
+            },
+            None => return Ok(()),
+        }
+    };
+    if state.decides(who, &sub.dataset).is_err() {
+        return Ok(());
+    }
+    let Ok(next) = decision(sub, &dataset, action, body, reason) else {
+        return Ok(());
+    };
+    let refused = super::share_schema_refusals(state, &[next], &dataset).await?;
+    match refused.first() {
+        None => Ok(()),
+        Some(why) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot {action} {why}. Grant the fields with the rules the subscriber had, or set the dataset's compatibility level to one that allows the change (PATCH /api/datasets/{} {{\"compatibility\": \"NONE\"}}: the share topic's subjects follow it)",
+                dataset.id
+            ),
+        )),
+    }
 }
 
 /// An owner's decision on a subscription: the subscription after it, or
