@@ -197,6 +197,8 @@ kafka_running() { local p; p=$(kafka_pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/nu
 
 kafka_fetch() {
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  # The tests' secured brokers get certificates made with openssl.
+  command -v openssl >/dev/null || apt_install openssl
   if [ ! -f "$KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
     command -v mvn >/dev/null || apt_install maven
     log "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME/libs"

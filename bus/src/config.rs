@@ -332,8 +332,9 @@ fn default_flush_interval_ms() -> u64 {
     0
 }
 
-/// Where a subscription reads from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Where a subscription reads from. Its `Debug` shows neither the
+/// properties' values nor the token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The upper node's Kafka bootstrap servers.
@@ -367,6 +368,20 @@ pub struct UpstreamConfig {
     /// `registry_token_file`; never logged or shown.
     #[serde(skip)]
     pub registry_token: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("brokers", &self.brokers)
+            .field("registry_url", &self.registry_url)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("properties", &crate::kafka::PropertyNames(&self.properties))
+            .field("properties_env", &self.properties_env)
+            .field("registry_token_env", &self.registry_token_env)
+            .field("registry_token_file", &self.registry_token_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One topic and the table it fills.
@@ -1414,6 +1429,31 @@ mod tests {
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    #[test]
+    fn debug_output_shows_no_kafka_password_and_no_registry_token() {
+        let f = file(
+            "[kafka]\nbrokers = \"a:9093\"\nproperties = { \"sasl.username\" = \"node\" }\n\
+             properties_env = { \"sasl.password\" = \"NODE_PW\" }\n\
+             [[subscriptions]]\nname = \"s\"\n\
+             upstream = { brokers = \"b:9093\", registry_url = \"http://b\", registry_token_env = \"UP_TOKEN\", properties_env = { \"sasl.password\" = \"UP_PW\" } }\n\
+             sink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"backflow.share.330106.d.t\" }]\n",
+        );
+        // Variables of this test alone: no other test reads them.
+        for (k, v) in [
+            ("NODE_PW", "node-secret-1"),
+            ("UP_PW", "upstream-secret-2"),
+            ("UP_TOKEN", "registry-token-3"),
+        ] {
+            std::env::set_var(k, v);
+        }
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        for secret in ["node-secret-1", "upstream-secret-2", "registry-token-3"] {
+            assert!(!shown.contains(secret), "{secret} shows in {shown}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod mysql_bench;
 pub mod pg_server;
+pub mod secure_broker;
 pub mod share_topic;
 pub mod sinks;
 pub mod topic_view;
@@ -51,7 +52,7 @@ pub struct TestBroker {
 
 /// JVM options of a test's broker: quick to start (no optimising JIT, a
 /// small heap), which is what a test that lasts seconds wants.
-const TEST_JVM: &[&str] = &[
+pub(crate) const TEST_JVM: &[&str] = &[
     "-Xms64m",
     "-Xmx384m",
     "-XX:+UseSerialGC",
@@ -188,7 +189,7 @@ impl Drop for TestBroker {
 
 /// Starts Apache Kafka from a directory holding its `server.properties`
 /// and `log4j2.properties`; its output goes to `stdout.log` there.
-fn spawn_kafka(dir: &std::path::Path, jvm: &[&str]) -> Child {
+pub(crate) fn spawn_kafka(dir: &std::path::Path, jvm: &[&str]) -> Child {
     let libs = kafka_home().join("libs");
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -242,7 +243,7 @@ fn broker_properties(bootstrap: &str, controller: &str, data: &std::path::Path) 
 
 /// The broker's log to a file of its own directory, warnings and up (and
 /// the broker's start and stop).
-fn log4j2_properties(file: &std::path::Path) -> String {
+pub(crate) fn log4j2_properties(file: &std::path::Path) -> String {
     format!(
         "status = warn\n\
          appender.file.type = File\n\

@@ -50,7 +50,17 @@ pub async fn read(
     registry_url: &str,
     token: &str,
 ) -> anyhow::Result<Vec<Decoded>> {
-    let settings = KafkaSettings::new(bootstrap);
+    read_with(&KafkaSettings::new(bootstrap), topic, registry_url, token).await
+}
+
+/// [`read`] with a client's own settings (a secured broker's credentials).
+pub async fn read_with(
+    settings: &KafkaSettings,
+    topic: &str,
+    registry_url: &str,
+    token: &str,
+) -> anyhow::Result<Vec<Decoded>> {
+    let settings = settings.clone();
     let n = backflow::kafka::partition_count(&settings, topic)
         .await
         .with_context(|| format!("topic {topic}"))?;

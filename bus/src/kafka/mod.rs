@@ -122,8 +122,9 @@ impl crate::domain::restart::Kind for KafkaError {
 /// sets how often an idle consumer asks, ten times a second.
 pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
 
-/// Kafka connection settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Kafka connection settings. Its `Debug` shows the names of the extra
+/// properties, never their values (they hold credentials).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated. Absent: an embedded in-memory
@@ -196,8 +197,9 @@ impl Default for KafkaConfig {
     }
 }
 
-/// Connection settings shared by every client of one node.
-#[derive(Debug, Clone)]
+/// Connection settings shared by every client of one node. Its `Debug`
+/// shows the names of the extra properties, never their values.
+#[derive(Clone)]
 pub struct KafkaSettings {
     /// Bootstrap servers, comma separated.
     pub bootstrap: String,
@@ -218,6 +220,40 @@ pub struct KafkaSettings {
     /// the distributor checks each share record against it, so one that
     /// cannot be delivered fails its subscription alone.
     pub max_message_bytes: usize,
+}
+
+/// The names of librdkafka properties, their values withheld: how
+/// configurations holding them show in `Debug`.
+pub struct PropertyNames<'a>(pub &'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for PropertyNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("properties", &PropertyNames(&self.properties))
+            .field("properties_env", &self.properties_env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap", &self.bootstrap)
+            .field("client_id", &self.client_id)
+            .field("properties", &PropertyNames(&self.properties))
+            .finish_non_exhaustive()
+    }
 }
 
 /// librdkafka's and Apache Kafka's default largest record.
@@ -375,4 +411,25 @@ async fn with_metadata<T: Send + 'static>(
     })
     .await
     .expect("metadata task does not panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_names_properties_but_never_shows_their_values() {
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("sasl.password".to_owned(), "s3cr3t-value".to_owned());
+        let settings = KafkaSettings {
+            properties: config.properties.clone(),
+            ..KafkaSettings::new("127.0.0.1:9092")
+        };
+        for shown in [format!("{config:?}"), format!("{settings:?}")] {
+            assert!(shown.contains("sasl.password"), "{shown}");
+            assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        }
+    }
 }
