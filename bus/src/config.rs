@@ -1084,6 +1084,13 @@ impl Check<'_> {
             ),
         });
         }
+        if c.kafka.manage_acls && c.kafka.brokers.is_none() {
+            return Err(ConfigError::BadValue {
+                key: "kafka.manage_acls".to_owned(),
+                origin: self.origin(""),
+                reason: "the embedded broker has no ACLs: set kafka.brokers to a cluster with an authorizer, or leave manage_acls off".to_owned(),
+            });
+        }
         for (i, sub) in c.subscriptions.iter().enumerate() {
             fetch_wait(
                 format!("subscriptions[{i}].upstream.fetch_wait_ms"),

@@ -1,19 +1,23 @@
 //! backflow node: Kafka I/O, runtime, configuration, metrics and HTTP.
 //!
 //! Data flows source → raw topic → distributor → share topic → sink; this
-//! crate owns everything between the connectors and Kafka. The parts so far:
+//! crate owns everything between the connectors and Kafka. Its folders are
+//! layers, each importing only from those before it (`tests/layers.rs`
+//! checks it):
 //!
-//! - [`config`]: TOML + environment configuration with errors naming the key.
-//! - [`kafka`]: idempotent publisher with back-pressure, consumer with
-//!   caller-stored offsets, topic administration, embedded broker.
-//! - [`node`]: the runtime behind `backflow serve`.
-//! - [`registry`]: the Confluent-compatible schema registry, stored in Kafka.
-//! - [`feed`]: source connectors into raw topics; [`distributor`]: raw
-//!   topics into each subscriber's share topic, filtered and masked;
-//!   [`subscribe`]: share topics into a subscriber's database.
-//! - [`http`], [`metrics`], [`telemetry`]: operational surface.
-//! - [`topics`]: topic names as DESIGN.md fixes them.
+//! 0. [`domain`]: topic names, provenance headers, share policy,
+//!    principals, the restart policy; no I/O.
+//! 1. [`metrics`].
+//! 2. [`kafka`] (publisher, consumer, topic and ACL administration, the
+//!    embedded broker) and [`registry`] (the schema registry's store).
+//! 3. [`config`] and [`standards`].
+//! 4. [`state`] (catalog, audit trail, offsets), [`auth`], [`admission`].
+//! 5. [`source`] (feeds), [`distributor`], [`subscribe`], [`lag`],
+//!    [`upper`], [`holders`], [`acls`] (child nodes' Kafka ACLs), [`http`].
+//! 6. [`control`]: the API, the registry's REST API, the dashboard.
+//! 7. [`runtime`]: the processes behind `backflow serve` and `subscribe`.
 
+pub mod acls;
 pub mod admission;
 pub mod auth;
 pub mod config;

@@ -107,6 +107,11 @@ pub struct MetricsInner {
     pub distributor_records: IntCounterVec,
     /// Distributor restarts after an error.
     pub distributor_restarts: IntCounter,
+    /// Child nodes' Kafka ACLs created or deleted by the reconciler, by
+    /// change (`granted`, `removed`).
+    pub kafka_acl_changes: IntCounterVec,
+    /// Reconciler rounds that failed (the cluster refused or did not answer).
+    pub kafka_acl_errors: IntCounter,
     /// Raw-topic partitions this process's distributor holds in the node's
     /// distributor group.
     pub distributor_partitions: IntGauge,
@@ -383,6 +388,20 @@ const CONSUMERGROUP_LAG_SECONDS: Def = Def {
     labels: &["group", "topic", "partition"],
 };
 
+/// `backflow_kafka_acl_changes_total`.
+const KAFKA_ACL_CHANGES: Def = Def {
+    name: "backflow_kafka_acl_changes_total",
+    help: "Child nodes' Kafka ACLs the node created or deleted to keep them equal to the grants, by change.",
+    labels: &["change"],
+};
+
+/// `backflow_kafka_acl_errors_total`.
+const KAFKA_ACL_ERRORS: Def = Def {
+    name: "backflow_kafka_acl_errors_total",
+    help: "Rounds of the Kafka ACL reconciler that failed (retried a second later).",
+    labels: &[],
+};
+
 /// `backflow_distributor_restarts_total`.
 const DISTRIBUTOR_RESTARTS: Def = Def {
     name: "backflow_distributor_restarts_total",
@@ -453,6 +472,8 @@ impl Metrics {
             consumergroup_lag: r.gauges(CONSUMERGROUP_LAG),
             consumergroup_lag_seconds: r.float_gauges(CONSUMERGROUP_LAG_SECONDS),
             distributor_restarts: r.counter(DISTRIBUTOR_RESTARTS),
+            kafka_acl_changes: r.counters(KAFKA_ACL_CHANGES),
+            kafka_acl_errors: r.counter(KAFKA_ACL_ERRORS),
             distributor_partitions: r.gauge(DISTRIBUTOR_PARTITIONS),
             registry,
         };

@@ -44,6 +44,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("lag.rs", 5),
     ("upper.rs", 5),
     ("holders.rs", 5),
+    ("acls.rs", 5),
     ("control/", 6),
     ("runtime/", 7),
     ("main.rs", 8),

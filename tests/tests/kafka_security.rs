@@ -7,6 +7,13 @@
 //! refused by the broker: a plaintext client, a wrong password, a client
 //! that does not trust the broker's CA, and a district's principal reading a
 //! raw topic or the control state.
+//!
+//! With `kafka.manage_acls`, the node itself gives each registered child
+//! node a principal (a SCRAM credential shown once) and keeps that
+//! principal's ACLs equal to its active grants: the district's own
+//! `backflow subscribe` reads its share topic with them, and nothing else;
+//! an ACL added by hand is taken back, and so is the grant's ACL within
+//! 5 seconds of the owner revoking it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,15 +21,17 @@ use std::time::{Duration, Instant};
 use backflow::kafka::KafkaSettings;
 use backflow_e2e::secure_broker::{ScramUser, SecureBroker};
 use backflow_e2e::share_topic;
-use backflow_e2e::sinks::{Backend, SinkDb};
+use backflow_e2e::sinks::{Backend, Kind, SinkDb};
 use backflow_e2e::{pg_connect, Node};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const ADMIN: &str = "kafka-security-admin";
 const GA: &str = "kafka-security-owner-ga";
+const AUDITOR: &str = "kafka-security-auditor";
 const XIHU: &str = "kafka-security-district-330106";
+const BINJIANG: &str = "kafka-security-district-330108";
 
 fn settings(props: Vec<(String, String)>) -> KafkaSettings {
     let mut props: BTreeMap<String, String> = props.into_iter().collect();
@@ -51,89 +60,141 @@ fn metadata(props: &[(String, String)], topic: &str) -> Result<(), String> {
     }
 }
 
+struct Setup {
+    node_user: ScramUser,
+    broker: SecureBroker,
+    db: SinkDb,
+    node: Node,
+}
+
+impl Setup {
+    /// A secured broker (with `users` besides the node's own), a
+    /// PostgreSQL table of 20 residents of two districts, and a node
+    /// feeding it into `ga.people` over SASL_SSL.
+    async fn start(users: &[ScramUser], kafka_extra: &str) -> Self {
+        let node_user = ScramUser::new("backflow-node", true);
+        let mut all = vec![node_user.clone()];
+        all.extend(users.iter().cloned());
+        let broker = SecureBroker::start(&all);
+        let db = SinkDb::create(Backend::Postgres).await.unwrap();
+        pg_connect(&db.name)
+            .await
+            .unwrap()
+            .batch_execute(
+                "CREATE TABLE people (id bigint PRIMARY KEY, name varchar(32) NOT NULL, region_code char(6) NOT NULL);
+                 INSERT INTO people SELECT g, '张三' || g, CASE WHEN g % 2 = 0 THEN '330106' ELSE '330108' END
+                   FROM generate_series(1, 20) g;",
+            )
+            .await
+            .unwrap();
+        let tokens: String = [
+            ("admin", ADMIN),
+            ("owner:ga", GA),
+            ("auditor", AUDITOR),
+            ("subscriber:330106", XIHU),
+            ("subscriber:330108", BINJIANG),
+        ]
+        .iter()
+        .map(|(p, t)| {
+            format!(
+                "[[auth.tokens]]\nprincipal = \"{p}\"\nsha256 = \"{}\"\n",
+                backflow::auth::token_hash(t)
+            )
+        })
+        .collect();
+        let config = format!(
+            "[node]\ncode = \"330100\"\n\
+             [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}\n\
+             [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
+             \"sasl.username\" = \"{user}\"\n\"ssl.ca.location\" = \"{ca}\"\n\
+             [kafka.properties_env]\n\"sasl.password\" = \"KAFKA_PASSWORD\"\n\n\
+             [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n\
+             slot = \"{db}\"\npublication = \"{db}\"\n\
+             tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n\n{tokens}",
+            bootstrap = broker.bootstrap(),
+            user = node_user.name,
+            ca = broker.ca_file().display(),
+            feed = db.name.replace('_', "-"),
+            db = db.name,
+        );
+        let node =
+            Node::start_with_config(&config, &[("KAFKA_PASSWORD", &node_user.password)]).unwrap();
+        node.wait_for_status("/readyz", 200, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", node.stderr(), broker.log()));
+        let s = Self {
+            node_user,
+            broker,
+            db,
+            node,
+        };
+        s.ok(
+            "PUT",
+            "/api/datasets/ga.people",
+            GA,
+            json!({"description": "residents", "sharing": "unconditional", "region_column": "region_code",
+                   "fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"}, "region_code": {}}}),
+        )
+        .await;
+        s
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
+        let (status, answer) = self.node.api(method, path, Some(token), Some(body)).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        answer
+    }
+
+    async fn subscribe(&self, code: &str, token: &str) {
+        self.ok(
+            "POST",
+            "/api/subscriptions",
+            token,
+            json!({"subscriber": code, "dataset": "ga.people", "purpose": "services",
+                   "fields": ["id", "name", "region_code"]}),
+        )
+        .await;
+    }
+
+    async fn sql(&self, sql: &str) {
+        pg_connect(&self.db.name)
+            .await
+            .unwrap()
+            .batch_execute(sql)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `what` holds, for at most `deadline`; how long it took.
+    async fn until(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut ok: impl FnMut() -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        while !ok() {
+            assert!(
+                started.elapsed() < deadline,
+                "{what} did not happen within {deadline:?}\n{}",
+                self.node.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        started.elapsed()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_works_over_sasl_ssl_and_the_broker_refuses_everyone_else() {
-    let node_user = ScramUser::new("backflow-node", true);
     let district = ScramUser::new("district-330106", false);
-    let broker = SecureBroker::start(&[node_user.clone(), district.clone()]);
-
-    let db = SinkDb::create(Backend::Postgres).await.unwrap();
-    pg_connect(&db.name)
-        .await
-        .unwrap()
-        .batch_execute(
-            "CREATE TABLE people (id bigint PRIMARY KEY, name varchar(32) NOT NULL, region_code char(6) NOT NULL);
-             INSERT INTO people SELECT g, '张三' || g, CASE WHEN g % 2 = 0 THEN '330106' ELSE '330108' END
-               FROM generate_series(1, 20) g;",
-        )
-        .await
-        .unwrap();
-    let tokens: String = [
-        ("admin", ADMIN),
-        ("owner:ga", GA),
-        ("subscriber:330106", XIHU),
-    ]
-    .iter()
-    .map(|(p, t)| {
-        format!(
-            "[[auth.tokens]]\nprincipal = \"{p}\"\nsha256 = \"{}\"\n",
-            backflow::auth::token_hash(t)
-        )
-    })
-    .collect();
-    let config = format!(
-        "[node]\ncode = \"330100\"\n\
-         [kafka]\nbrokers = \"{bootstrap}\"\n\
-         [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
-         \"sasl.username\" = \"{user}\"\n\"ssl.ca.location\" = \"{ca}\"\n\
-         [kafka.properties_env]\n\"sasl.password\" = \"KAFKA_PASSWORD\"\n\n\
-         [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n\
-         slot = \"{db}\"\npublication = \"{db}\"\n\
-         tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n\n{tokens}",
-        bootstrap = broker.bootstrap(),
-        user = node_user.name,
-        ca = broker.ca_file().display(),
-        feed = db.name.replace('_', "-"),
-        db = db.name,
-    );
-    let node =
-        Node::start_with_config(&config, &[("KAFKA_PASSWORD", &node_user.password)]).unwrap();
-    node.wait_for_status("/readyz", 200, Duration::from_secs(90))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", node.stderr(), broker.log()));
-    let call = |method: &'static str, path: &'static str, token: &'static str, body| {
-        let node = &node;
-        async move {
-            let (status, answer) = node.api(method, path, Some(token), Some(body)).await;
-            assert!(
-                (200..300).contains(&status),
-                "{method} {path}: {status} {answer}"
-            );
-        }
-    };
-    call(
-        "PUT",
-        "/api/datasets/ga.people",
-        GA,
-        json!({"description": "residents", "sharing": "unconditional", "region_column": "region_code",
-               "fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"}, "region_code": {}}}),
-    )
-    .await;
-    call(
-        "POST",
-        "/api/subscriptions",
-        XIHU,
-        json!({"subscriber": "330106", "dataset": "ga.people", "purpose": "services",
-               "fields": ["id", "name", "region_code"]}),
-    )
-    .await;
-    pg_connect(&db.name)
-        .await
-        .unwrap()
-        .batch_execute("UPDATE people SET name = '李四' WHERE id = 4")
-        .await
-        .unwrap();
-
+    let s = Setup::start(std::slice::from_ref(&district), "").await;
+    let (broker, node, node_user) = (&s.broker, &s.node, &s.node_user);
+    s.subscribe("330106", XIHU).await;
+    s.sql("UPDATE people SET name = '李四' WHERE id = 4").await;
     // The change reaches the share topic, over SASL_SSL, masked.
     let as_node = settings(broker.client_properties(&node_user.name, &node_user.password));
     let share = "backflow.share.330106.ga.people";
@@ -201,5 +262,234 @@ async fn a_node_works_over_sasl_ssl_and_the_broker_refuses_everyone_else() {
     assert!(
         !log.contains(&node_user.password),
         "the node's password is in its log"
+    );
+}
+
+/// The ACLs the broker holds for `principal`, read as the node's user.
+fn acls_of(s: &Setup, principal: &str) -> Vec<backflow::kafka::acl::Acl> {
+    let admin = backflow::kafka::acl::AclAdmin::new(&settings(
+        s.broker
+            .client_properties(&s.node_user.name, &s.node_user.password),
+    ))
+    .unwrap();
+    admin.held_by(principal).unwrap().acls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
+    use backflow::kafka::acl::{Acl, AclAdmin, Operation, Pattern, Resource};
+    let s = Setup::start(&[], "manage_acls = true").await;
+
+    // The admin registers the districts; each gets a SCRAM credential,
+    // shown once. No child node may take the node's own principal.
+    let xihu = s
+        .ok(
+            "PUT",
+            "/api/nodes/330106",
+            ADMIN,
+            json!({"name": "西湖区", "kafka": "scram"}),
+        )
+        .await;
+    let user = xihu["kafka_username"].as_str().unwrap().to_owned();
+    let password = xihu["kafka_password"].as_str().unwrap().to_owned();
+    assert_eq!(user, "backflow.node.330106");
+    assert_eq!(xihu["kafka_principal"], "User:backflow.node.330106");
+    s.ok(
+        "PUT",
+        "/api/nodes/330108",
+        ADMIN,
+        json!({"name": "滨江区", "kafka": "scram"}),
+    )
+    .await;
+    let (status, answer) = s
+        .node
+        .api(
+            "PUT",
+            "/api/nodes/330108",
+            Some(ADMIN),
+            Some(json!({"name": "滨江区", "kafka": "User:backflow-node"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let (_, nodes) = s.node.api("GET", "/api/node", Some(ADMIN), None).await;
+    assert!(
+        !nodes.to_string().contains(&password),
+        "the password is shown once only"
+    );
+
+    s.subscribe("330106", XIHU).await;
+    s.subscribe("330108", BINJIANG).await;
+    let mine = "backflow.share.330106.ga.people";
+    let principal = "User:backflow.node.330106";
+    let wanted = |name: &str, resource, operation, pattern| Acl {
+        principal: principal.to_owned(),
+        resource,
+        name: name.to_owned(),
+        pattern,
+        operation,
+    };
+    s.until("the district's ACLs", Duration::from_secs(10), || {
+        acls_of(&s, principal).contains(&wanted(
+            mine,
+            Resource::Topic,
+            Operation::Read,
+            Pattern::Literal,
+        ))
+    })
+    .await;
+    let mut expected = vec![
+        wanted(mine, Resource::Topic, Operation::Read, Pattern::Literal),
+        wanted(
+            "backflow.share.330106.",
+            Resource::Group,
+            Operation::Read,
+            Pattern::Prefixed,
+        ),
+        wanted(
+            "backflow.sdlq.330106.",
+            Resource::Topic,
+            Operation::Write,
+            Pattern::Prefixed,
+        ),
+        wanted(
+            "backflow.sdlq.330106.",
+            Resource::Topic,
+            Operation::Create,
+            Pattern::Prefixed,
+        ),
+        wanted(
+            "backflow.sdlq.330106.",
+            Resource::Topic,
+            Operation::Describe,
+            Pattern::Prefixed,
+        ),
+    ];
+    expected.sort();
+    assert_eq!(
+        acls_of(&s, principal),
+        expected,
+        "exactly these, nothing more"
+    );
+    let sub = s
+        .ok(
+            "GET",
+            "/api/subscriptions/330106:ga.people",
+            GA,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        sub["kafka_acls"].as_array().map(Vec::len),
+        Some(2),
+        "the subscription shows its ACLs: {sub}"
+    );
+
+    // The district's own subscriber, set up with what the node issued,
+    // receives its residents and nobody else's.
+    let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
+    let subscriber = Node::subscribe_with_config(
+        &format!(
+            "[[subscriptions]]\nname = \"xihu\"\n\
+             upstream = {{ brokers = \"{}\", registry_url = \"{}\", registry_token_env = \"CITY_TOKEN\", \
+             properties = {{ \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"{user}\", \"ssl.ca.location\" = \"{}\" }}, \
+             properties_env = {{ \"sasl.password\" = \"CITY_KAFKA_PASSWORD\" }} }}\n\
+             sink = {}\ntables = [{{ topic = \"{mine}\", table = \"people\" }}]\n",
+            s.broker.bootstrap(),
+            s.node.url,
+            s.broker.ca_file().display(),
+            sink.sink_toml(),
+        ),
+        &[("CITY_TOKEN", XIHU), ("CITY_KAFKA_PASSWORD", &password)],
+    )
+    .unwrap();
+    let started = Instant::now();
+    let ids = loop {
+        let rows = sink
+            .rows("people", "id", &[("name", Kind::Text)])
+            .await
+            .unwrap_or_default()
+            .unwrap_or_default();
+        if rows.len() >= 10 {
+            break rows.keys().copied().collect::<Vec<i64>>();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the district's subscriber did not receive its rows: {rows:?}\n{}",
+            subscriber.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(ids, (1..=10).map(|i| i * 2).collect::<Vec<i64>>());
+
+    // With the same credentials, nothing else.
+    let as_district = s.broker.client_properties(&user, &password);
+    for topic in [
+        "backflow.raw.ga.people",
+        "backflow.share.330108.ga.people",
+        "backflow._catalog",
+        "backflow._audit",
+    ] {
+        let err = metadata(&as_district, topic)
+            .err()
+            .unwrap_or_else(|| panic!("district 330106 may see {topic}"));
+        assert!(err.contains("Authorization"), "{topic}: {err}");
+    }
+
+    // An ACL added by hand is taken back, on the audit trail.
+    let by_hand = wanted(
+        "backflow.raw.ga.people",
+        Resource::Topic,
+        Operation::Read,
+        Pattern::Literal,
+    );
+    AclAdmin::new(&settings(
+        s.broker
+            .client_properties(&s.node_user.name, &s.node_user.password),
+    ))
+    .unwrap()
+    .create(std::slice::from_ref(&by_hand))
+    .unwrap();
+    let took = s
+        .until(
+            "the hand-made ACL taken back",
+            Duration::from_secs(10),
+            || !acls_of(&s, principal).contains(&by_hand),
+        )
+        .await;
+    println!("an ACL added by hand was deleted after {took:?}");
+    let (_, trail) = s
+        .node
+        .api("GET", "/api/audit?limit=1000", Some(AUDITOR), None)
+        .await;
+    assert!(
+        trail["records"].as_array().unwrap().iter().any(|r| {
+            r["details"]["action"] == "kafka acls removed"
+                && r["details"]["acls"]
+                    .to_string()
+                    .contains("backflow.raw.ga.people")
+        }),
+        "{trail}"
+    );
+
+    // Revoked: the district's next request for its share topic is refused
+    // within 5 seconds.
+    s.ok(
+        "POST",
+        "/api/subscriptions/330106:ga.people/revoke",
+        GA,
+        json!({"reason": "test"}),
+    )
+    .await;
+    let took = s
+        .until(
+            "the revoked district refused",
+            Duration::from_secs(5),
+            || metadata(&as_district, mine).is_err_and(|e| e.contains("Authorization")),
+        )
+        .await;
+    println!("after revocation the district was refused in {took:?}");
+    assert!(
+        !s.node.stderr().contains(&password),
+        "the district's password is in the node's log"
     );
 }

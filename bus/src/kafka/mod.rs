@@ -2,6 +2,7 @@
 //! consumer whose offsets are stored only when the caller says a record is
 //! safe, topic administration, and the embedded in-memory broker.
 
+pub mod acl;
 mod admin;
 mod consumer;
 mod embedded;
@@ -177,6 +178,21 @@ pub struct KafkaConfig {
     /// (property → variable), for credentials such as
     /// `"sasl.password" = "KAFKA_PASSWORD"`.
     pub properties_env: BTreeMap<String, String>,
+    /// Whether the node manages its child nodes' principals and ACLs on
+    /// this cluster (see [`crate::acls`]): it needs a cluster with an
+    /// authorizer, on which the node's principal may manage ACLs and
+    /// SCRAM credentials. Default off.
+    pub manage_acls: bool,
+}
+
+impl KafkaConfig {
+    /// The node's own principal on the cluster, when it logs in by SASL
+    /// (`User:<sasl.username>`).
+    pub fn own_principal(&self) -> Option<String> {
+        self.properties
+            .get("sasl.username")
+            .map(|u| format!("User:{u}"))
+    }
 }
 
 impl Default for KafkaConfig {
@@ -193,6 +209,7 @@ impl Default for KafkaConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
+            manage_acls: false,
         }
     }
 }
@@ -242,6 +259,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("replication_factor", &self.replication_factor)
             .field("properties", &PropertyNames(&self.properties))
             .field("properties_env", &self.properties_env)
+            .field("manage_acls", &self.manage_acls)
             .finish_non_exhaustive()
     }
 }

@@ -209,7 +209,25 @@ async fn run_on(
             upper,
             holder_reports,
         };
-        router = router.merge(control.router(&config));
+        let kafka_acls = if config.kafka.manage_acls && embedded.is_none() {
+            let admin = Arc::new(crate::kafka::acl::AclAdmin::new(&settings)?);
+            let in_force = crate::acls::AclsInForce::default();
+            tracker.spawn(
+                crate::acls::Reconciler {
+                    admin: admin.clone(),
+                    catalog: control.state.catalog.clone(),
+                    auditor: control.state.auditor.clone(),
+                    config_shares: config.shares.clone(),
+                    in_force: in_force.clone(),
+                    metrics: metrics.clone(),
+                }
+                .run(shutdown.clone()),
+            );
+            Some((admin, in_force))
+        } else {
+            None
+        };
+        router = router.merge(control.router(&config, kafka_acls));
     }
     let http_addr = listeners.addr;
     let http_task = tracker.spawn(http::serve(listeners.main, router, shutdown.clone()));
@@ -400,27 +418,32 @@ struct ControlPlane {
 impl ControlPlane {
     /// The API and, at `/`, the operators' dashboard (its data comes from
     /// /api).
-    fn router(self, config: &Config) -> axum::Router {
-        crate::control::api::router(
-            crate::control::api::ApiState::new(
-                self.state.catalog,
-                self.state.auditor,
-                &config.auth.tokens,
-                config.node.clone(),
-                self.feed_statuses,
-                self.publisher,
-                self.state.registry,
-            )
-            .with_lag(self.lag_board)
-            .with_metrics(self.metrics)
-            .with_standards(config.standards.clone())
-            .with_feeds(self.admission, &config.feeds)
-            .with_cascaded(config.cascaded_datasets())
-            .with_config_shares(config.shares.clone())
-            .with_upper(self.upper)
-            .with_holder_reports(self.holder_reports),
+    fn router(
+        self,
+        config: &Config,
+        kafka_acls: Option<(Arc<crate::kafka::acl::AclAdmin>, crate::acls::AclsInForce)>,
+    ) -> axum::Router {
+        let mut api = crate::control::api::ApiState::new(
+            self.state.catalog,
+            self.state.auditor,
+            &config.auth.tokens,
+            config.node.clone(),
+            self.feed_statuses,
+            self.publisher,
+            self.state.registry,
         )
-        .merge(crate::control::dashboard::router())
+        .with_lag(self.lag_board)
+        .with_metrics(self.metrics)
+        .with_standards(config.standards.clone())
+        .with_feeds(self.admission, &config.feeds)
+        .with_cascaded(config.cascaded_datasets())
+        .with_config_shares(config.shares.clone())
+        .with_upper(self.upper)
+        .with_holder_reports(self.holder_reports);
+        if let Some((admin, in_force)) = kafka_acls {
+            api = api.with_kafka_acls(admin, in_force, config.kafka.own_principal());
+        }
+        crate::control::api::router(api).merge(crate::control::dashboard::router())
     }
 }
 

@@ -513,6 +513,10 @@ pub struct NodeRecord {
     /// Removed from the registry.
     #[serde(default)]
     pub deleted: bool,
+    /// Its principal on this node's Kafka cluster (`User:<name>`), whose
+    /// ACLs the node keeps equal to its grants (see [`crate::acls`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_principal: Option<String>,
 }
 
 /// An API token issued through the API. Only its SHA-256 is stored; the

@@ -423,12 +423,17 @@ impl<'a> Run<'a> {
         for (t, p, next) in &start {
             self.next.insert((t.clone(), *p), next.unwrap_or(0));
         }
-        let consumer = Consumer::assigned(
-            &self.settings,
-            &self.settings.client_id,
-            &start,
-            Some(self.metrics.clone()),
-        )?;
+        // The group librdkafka asks a coordinator for (nothing is
+        // committed under it): one under the subscriber's share prefix,
+        // which the upper node's ACLs let its principal use.
+        let group = self
+            .config
+            .tables
+            .first()
+            .map(|t| crate::domain::topics::subscriber_group(&t.topic))
+            .unwrap_or_else(|| self.settings.client_id.clone());
+        let consumer =
+            Consumer::assigned(&self.settings, &group, &start, Some(self.metrics.clone()))?;
         let watermarks = Watermarks::new(&self.settings)?;
         tracing::info!(
             subscription = %self.name(),

@@ -75,6 +75,13 @@ pub struct ApiState {
     upper: crate::upper::UpperGrants,
     /// What lower nodes reported of their onward grants.
     holder_reports: crate::holders::HolderReports,
+    /// The admin calls for child nodes' Kafka principals, when the node
+    /// manages them (`kafka.manage_acls`).
+    acl_admin: Option<std::sync::Arc<crate::kafka::acl::AclAdmin>>,
+    /// The child nodes' Kafka ACLs in force.
+    acls_in_force: crate::acls::AclsInForce,
+    /// This node's own Kafka principal, which no child node may take.
+    own_kafka_principal: Option<String>,
 }
 
 impl ApiState {
@@ -105,7 +112,23 @@ impl ApiState {
             config_shares: Default::default(),
             upper: Default::default(),
             holder_reports: Default::default(),
+            acl_admin: None,
+            acls_in_force: Default::default(),
+            own_kafka_principal: None,
         }
+    }
+
+    /// The child nodes' Kafka principals and ACLs this node manages.
+    pub fn with_kafka_acls(
+        mut self,
+        admin: std::sync::Arc<crate::kafka::acl::AclAdmin>,
+        in_force: crate::acls::AclsInForce,
+        own_principal: Option<String>,
+    ) -> Self {
+        self.acl_admin = Some(admin);
+        self.acls_in_force = in_force;
+        self.own_kafka_principal = own_principal;
+        self
     }
 
     /// Where lower nodes' reports of their onward grants are kept.

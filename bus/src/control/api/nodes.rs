@@ -71,6 +71,73 @@ async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResu
 #[serde(deny_unknown_fields)]
 struct RegisterNode {
     name: String,
+    /// Its principal on this node's Kafka cluster: `"scram"` (the node
+    /// creates a SCRAM-SHA-512 user and shows its password once; again:
+    /// a new password) or `"User:<name>"` (a principal the cluster's TLS
+    /// or SASL setup gives it, e.g. from its certificate). Left out: it
+    /// keeps the one it has.
+    #[serde(default)]
+    kafka: Option<String>,
+}
+
+/// Longest Kafka principal accepted.
+const MAX_PRINCIPAL: usize = 255;
+
+/// The child node's principal and, for a new SCRAM credential, its
+/// password (shown once).
+async fn kafka_principal(
+    state: &ApiState,
+    code: &str,
+    asked: &str,
+) -> Result<(String, Option<String>), super::ApiError> {
+    let Some(admin) = state.acl_admin.clone() else {
+        return Err(invalid(
+            "kafka: this node does not manage Kafka principals and ACLs (set kafka.manage_acls = true on a real cluster)",
+        ));
+    };
+    let (principal, password) = if asked == "scram" {
+        let user = crate::acls::scram_user(code);
+        let password = crate::state::catalog::random_secret();
+        let (u, p) = (user.clone(), password.clone());
+        tokio::task::spawn_blocking(move || admin.set_scram_password(&u, &p))
+            .await
+            .expect("the admin call does not panic")
+            .map_err(|e| {
+                super::ApiError(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the Kafka cluster did not take the SCRAM credential of {user}: {e}"),
+                )
+            })?;
+        (format!("User:{user}"), Some(password))
+    } else {
+        let name = asked.strip_prefix("User:").unwrap_or_default();
+        if name.is_empty() || asked.len() > MAX_PRINCIPAL || asked.chars().any(|c| c.is_control()) {
+            return Err(invalid(format!(
+                "kafka: \"scram\" or a principal \"User:<name>\" (at most {MAX_PRINCIPAL} characters, no control characters)"
+            )));
+        }
+        (asked.to_owned(), None)
+    };
+    if state.own_kafka_principal.as_deref() == Some(principal.as_str()) {
+        return Err(invalid(format!(
+            "kafka: {principal} is this node's own principal, which no child node may share"
+        )));
+    }
+    let st = state.catalog.state().await;
+    if let Some(other) = st
+        .nodes
+        .values()
+        .find(|n| n.code != code && !n.deleted && n.kafka_principal.as_deref() == Some(&principal))
+    {
+        return Err(super::ApiError(
+            axum::http::StatusCode::CONFLICT,
+            format!(
+                "kafka: {principal} is the principal of node {}: each node has its own, or one would get the other's rights",
+                other.code
+            ),
+        ));
+    }
+    Ok((principal, password))
 }
 
 /// Registers (or renames) a child node: a division inside this node's
@@ -100,18 +167,42 @@ async fn put_node(
     if body.name.trim().is_empty() {
         return Err(invalid("name: must not be empty"));
     }
+    let (principal, password) = match body.kafka.as_deref() {
+        Some(asked) => {
+            let (p, pw) = kafka_principal(&state, &code, asked).await?;
+            (Some(p), pw)
+        }
+        None => (
+            state
+                .catalog
+                .state()
+                .await
+                .nodes
+                .get(&code)
+                .and_then(|n| n.kafka_principal.clone()),
+            None,
+        ),
+    };
     let record = crate::state::catalog::NodeRecord {
         code: code.clone(),
         name: body.name.trim().to_owned(),
         updated_ms: now_ms(),
         deleted: false,
+        kafka_principal: principal,
     };
     put_and_audit(
         &state,
         &who,
         CatalogRecord::Node(record.clone()),
-        json!({"action": "node registered", "node": code, "name": record.name}),
+        json!({"action": "node registered", "node": code, "name": record.name, "kafka_principal": record.kafka_principal, "new_scram_password": password.is_some()}),
     )
     .await?;
-    Ok(Json(json!(record)).into_response())
+    let mut answer = json!(record);
+    if let Some(password) = password {
+        // Shown this once: the cluster keeps only its salted hash.
+        answer["kafka_username"] = json!(crate::acls::scram_user(&code));
+        answer["kafka_password"] = json!(password);
+        answer["kafka_mechanism"] = json!("SCRAM-SHA-512");
+    }
+    Ok(Json(answer).into_response())
 }

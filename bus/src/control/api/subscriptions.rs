@@ -167,7 +167,26 @@ async fn get_subscription(
             sub.dataset
         )));
     }
-    Ok(Json(view(sub)).into_response())
+    let mut answer = view(sub);
+    if state.acl_admin.is_some() {
+        // The ACLs of the subscriber's principal that this subscription
+        // is the reason for, as last seen on the cluster.
+        let topic = crate::domain::topics::share(&sub.subscriber, &sub.dataset);
+        let acls: Vec<_> = state
+            .acls_in_force
+            .of(&sub.subscriber)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| {
+                a.name == topic
+                    || (a.pattern == crate::kafka::acl::Pattern::Prefixed
+                        && topic.starts_with(&a.name))
+            })
+            .collect();
+        answer["kafka_acls"] = json!(acls);
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
