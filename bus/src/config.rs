@@ -105,6 +105,14 @@ pub struct AuditConfig {
     /// its first record), so a trail whose oldest records expired is
     /// checked from the first checkpoint still there.
     pub checkpoint_every: u64,
+    /// Public keys (hex) the node signed with before its key was rotated:
+    /// catalog records they signed are still believed until rewritten.
+    pub previous_public_keys: Vec<String>,
+    /// Upgrading a catalog written before records were signed: its records
+    /// at offsets up to this one (the catalog topic's last offset before
+    /// the upgrade) are believed without a signature. Records after it
+    /// are checked as any other.
+    pub unsigned_catalog_until_offset: Option<i64>,
 }
 
 impl Default for AuditConfig {
@@ -113,6 +121,8 @@ impl Default for AuditConfig {
             signing_key_file: None,
             signing_key_env: None,
             checkpoint_every: 1000,
+            previous_public_keys: Vec::new(),
+            unsigned_catalog_until_offset: None,
         }
     }
 }
@@ -132,7 +142,30 @@ impl AuditConfig {
                 "must be at least 1 (1000 is the default)".to_owned(),
             ));
         }
+        self.previous_keys()?;
         Ok(())
+    }
+
+    /// [`AuditConfig::previous_public_keys`], parsed.
+    pub fn previous_keys(
+        &self,
+    ) -> Result<Vec<ed25519_dalek::VerifyingKey>, (&'static str, String)> {
+        self.previous_public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(text.trim(), &mut bytes)
+                    .ok()
+                    .and_then(|()| ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok())
+                    .ok_or_else(|| {
+                        (
+                            "audit.previous_public_keys",
+                            format!("entry {i} is not an Ed25519 public key: 64 hex digits, as GET /api/node shows audit_public_key"),
+                        )
+                    })
+            })
+            .collect()
     }
 }
 

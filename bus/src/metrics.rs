@@ -112,6 +112,8 @@ pub struct MetricsInner {
     pub kafka_acl_changes: IntCounterVec,
     /// Reconciler rounds that failed (the cluster refused or did not answer).
     pub kafka_acl_errors: IntCounter,
+    /// Catalog records not applied because the node did not sign them.
+    pub catalog_rejected: IntCounter,
     /// Raw-topic partitions this process's distributor holds in the node's
     /// distributor group.
     pub distributor_partitions: IntGauge,
@@ -402,6 +404,13 @@ const KAFKA_ACL_ERRORS: Def = Def {
     labels: &[],
 };
 
+/// `backflow_catalog_rejected_total`.
+const CATALOG_REJECTED: Def = Def {
+    name: "backflow_catalog_rejected_total",
+    help: "Records of the catalog topic not applied because this node did not sign them (written by another client, or changed).",
+    labels: &[],
+};
+
 /// `backflow_distributor_restarts_total`.
 const DISTRIBUTOR_RESTARTS: Def = Def {
     name: "backflow_distributor_restarts_total",
@@ -474,6 +483,7 @@ impl Metrics {
             distributor_restarts: r.counter(DISTRIBUTOR_RESTARTS),
             kafka_acl_changes: r.counters(KAFKA_ACL_CHANGES),
             kafka_acl_errors: r.counter(KAFKA_ACL_ERRORS),
+            catalog_rejected: r.counter(CATALOG_REJECTED),
             distributor_partitions: r.gauge(DISTRIBUTOR_PARTITIONS),
             registry,
         };

@@ -598,6 +598,27 @@ pub fn audit_keygen(file: &std::path::Path) -> anyhow::Result<(String, String)> 
     Ok((String::from_utf8(out.stdout)?.trim().to_owned(), stderr))
 }
 
+/// The node key of every process the tests start without one of their
+/// own, made once per test binary with `backflow audit keygen`: a node
+/// keeps its key across restarts (it signs its catalog with it, and
+/// refuses records another key signed), and the processes serving one
+/// node share it, as a deployment gives them one key file.
+fn shared_audit_key() -> anyhow::Result<&'static (PathBuf, String)> {
+    static KEY: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(key) = KEY.get() {
+        return Ok(key);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("backflow-e2e-key-")
+        .tempdir()?
+        .keep();
+    let file = dir.join("audit.key");
+    let (public, _) = audit_keygen(&file)?;
+    Ok(KEY.get_or_init(|| (file, public)))
+}
+
 /// Runs `backflow audit verify` against a broker with these arguments;
 /// returns the exit code and what it printed (stdout, then stderr).
 pub fn audit_verify(bootstrap: &str, args: &[&str]) -> (Option<i32>, String) {
@@ -696,10 +717,9 @@ impl Node {
             .any(|(k, _)| k.starts_with("BACKFLOW_AUDIT__SIGNING_KEY_"));
         let mut audit_public_key = None;
         if !config_sets_key && !env_sets_key {
-            let key_file = dir.path().join("audit.key");
-            let (public, _) = audit_keygen(&key_file)?;
-            cmd.env("BACKFLOW_AUDIT__SIGNING_KEY_FILE", &key_file);
-            audit_public_key = Some(public);
+            let (key_file, public) = shared_audit_key()?;
+            cmd.env("BACKFLOW_AUDIT__SIGNING_KEY_FILE", key_file);
+            audit_public_key = Some(public.clone());
         }
         for (k, v) in env {
             cmd.env(k, v);

@@ -375,7 +375,13 @@ async fn catalog_write_decided_on_a_stale_read_does_not_undo_a_revocation() {
         .unwrap();
     let publisher = Publisher::new(&settings, None).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let (catalog, _follower) = Catalog::start(&settings, publisher, stop.clone()).unwrap();
+    let keys = backflow::state::catalog::CatalogKeys::new(
+        backflow::state::audit::AuditKey::generate().unwrap(),
+        Vec::new(),
+    );
+    let metrics = backflow::metrics::Metrics::new();
+    let (catalog, _follower) =
+        Catalog::start(&settings, publisher, keys, &metrics, stop.clone()).unwrap();
     let active = Subscription {
         id: "330106:ga.people".into(),
         subscriber: "330106".into(),

@@ -137,7 +137,7 @@ async fn run_on(
         resnapshot_feeds(&config, resnapshot, &publisher).await?;
     }
     let state = start_state(
-        &config, &settings, &publisher, audit_key, &tracker, &shutdown,
+        &config, &settings, &publisher, audit_key, &metrics, &tracker, &shutdown,
     )?;
     let feed_statuses = crate::source::feeds::FeedStatuses::default();
     let admission =
@@ -483,6 +483,7 @@ fn start_state(
     settings: &KafkaSettings,
     publisher: &Publisher,
     audit_key: crate::state::audit::AuditKey,
+    metrics: &Metrics,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<State, NodeError> {
@@ -500,8 +501,19 @@ fn start_state(
     tracker.spawn(async move {
         let _ = follower.await;
     });
-    let (catalog, catalog_follower) =
-        crate::state::catalog::Catalog::start(settings, publisher.clone(), shutdown.clone())?;
+    let previous = config
+        .audit
+        .previous_keys()
+        .expect("checked when the configuration was loaded");
+    let keys = crate::state::catalog::CatalogKeys::new(audit_key.clone(), previous)
+        .with_unsigned_until(config.audit.unsigned_catalog_until_offset);
+    let (catalog, catalog_follower) = crate::state::catalog::Catalog::start(
+        settings,
+        publisher.clone(),
+        keys,
+        metrics,
+        shutdown.clone(),
+    )?;
     tracker.spawn(async move {
         let _ = catalog_follower.await;
     });

@@ -231,6 +231,12 @@ impl AuditKey {
         key_id(&self.signing.verifying_key())
     }
 
+    /// The signature of `message`; callers put a context of their own at
+    /// its start, so no signature is valid for two purposes.
+    pub fn sign_message(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
     /// The signature (hex) of a record whose hash is `hash`.
     fn sign_hash(&self, hash: &str) -> String {
         hex::encode(

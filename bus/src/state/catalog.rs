@@ -7,6 +7,14 @@
 //! replays it at start and follows it, so the catalog survives restarts and
 //! needs nothing but Kafka. A write waits until this process has applied
 //! it, so a reader right after sees it.
+//!
+//! The topic is not a bearer of trust: the node signs every record it
+//! writes (Ed25519, its audit key, header `backflow.sig` over the record's
+//! key and value), and the follower applies only records signed by the
+//! node's key or a key it signed with before (`audit.previous_public_keys`).
+//! Any other record (unsigned, tampered, replayed under another key) is
+//! rejected: logged as `catalog record rejected` with its offset, counted
+//! in `backflow_catalog_rejected_total`, never applied.
 
 pub use crate::domain::policy::{Onward, RowRule};
 use std::collections::BTreeMap;
@@ -19,6 +27,95 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::topics;
 use crate::kafka::{Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
+
+/// The header holding the node's signature of a catalog record.
+pub const HEADER_SIGNATURE: &str = "backflow.sig";
+
+/// What a catalog signature starts with, so it is valid for nothing else
+/// the key signs (the audit trail's records).
+const SIGNATURE_CONTEXT: &[u8] = b"backflow catalog record v1\0";
+
+/// The catalog's keys: the node's, which signs each record it writes, and
+/// the public keys whose signatures are believed (the node's own and those
+/// it signed with before a rotation).
+#[derive(Clone)]
+pub struct CatalogKeys {
+    signing: crate::state::audit::AuditKey,
+    trusted: Vec<ed25519_dalek::VerifyingKey>,
+    /// Records up to this offset need no signature (written before
+    /// records were signed).
+    unsigned_until: Option<i64>,
+}
+
+impl CatalogKeys {
+    /// Keys signing with `signing`, also believing `previous`.
+    pub fn new(
+        signing: crate::state::audit::AuditKey,
+        previous: Vec<ed25519_dalek::VerifyingKey>,
+    ) -> Self {
+        let mut trusted = vec![signing.verifying_key()];
+        trusted.extend(previous);
+        Self {
+            signing,
+            trusted,
+            unsigned_until: None,
+        }
+    }
+
+    /// Also believes unsigned records up to `offset` (a catalog written
+    /// before records were signed).
+    pub fn with_unsigned_until(mut self, offset: Option<i64>) -> Self {
+        self.unsigned_until = offset;
+        self
+    }
+
+    /// What is signed: the context, the key's length, the key, the value.
+    fn message(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 8 + key.len() + value.len());
+        m.extend_from_slice(SIGNATURE_CONTEXT);
+        m.extend_from_slice(&(key.len() as u64).to_be_bytes());
+        m.extend_from_slice(key);
+        m.extend_from_slice(value);
+        m
+    }
+
+    fn sign(&self, key: &[u8], value: &[u8]) -> [u8; 64] {
+        self.signing.sign_message(&Self::message(key, value))
+    }
+
+    /// Why a record read from the topic is not believed, if it is not.
+    fn refusal(
+        &self,
+        offset: i64,
+        key: &[u8],
+        value: &[u8],
+        headers: &[(String, Vec<u8>)],
+    ) -> Option<&'static str> {
+        let mut signatures = headers.iter().filter(|(k, _)| k == HEADER_SIGNATURE);
+        let Some((_, signature)) = signatures.next() else {
+            if self.unsigned_until.is_some_and(|until| offset <= until) {
+                return None;
+            }
+            return Some("it carries no signature");
+        };
+        if signatures.next().is_some() {
+            return Some("it carries several signatures");
+        }
+        let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+            return Some("its signature is malformed");
+        };
+        let message = Self::message(key, value);
+        if self
+            .trusted
+            .iter()
+            .any(|k| k.verify_strict(&message, &signature).is_ok())
+        {
+            None
+        } else {
+            Some("its signature is not by this node's key (the record was changed, or written by someone else)")
+        }
+    }
+}
 
 /// How a dataset may be shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -588,6 +685,9 @@ struct Inner {
     publisher: Publisher,
     watermarks: Watermarks,
     writer: tokio::sync::Mutex<()>,
+    keys: CatalogKeys,
+    /// `backflow_catalog_rejected_total`.
+    rejected: prometheus::IntCounter,
 }
 
 /// 32 random bytes, hex (an HMAC key per subscription).
@@ -601,10 +701,13 @@ pub(crate) fn random_secret() -> String {
 }
 
 impl Catalog {
-    /// Starts following `backflow._catalog` (which must exist).
+    /// Starts following `backflow._catalog` (which must exist), signing
+    /// and checking records with `keys`.
     pub fn start(
         settings: &KafkaSettings,
         publisher: Publisher,
+        keys: CatalogKeys,
+        metrics: &crate::metrics::Metrics,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
         let consumer = Consumer::follow(settings, topics::catalog(), 0)?;
@@ -615,6 +718,8 @@ impl Catalog {
             publisher,
             watermarks: Watermarks::new(settings)?,
             writer: tokio::sync::Mutex::new(()),
+            keys,
+            rejected: metrics.catalog_rejected.clone(),
         });
         let follower = tokio::spawn(follow(inner.clone(), consumer, shutdown));
         Ok((Self { inner }, follower))
@@ -710,14 +815,16 @@ impl Catalog {
             CatalogRecord::Node(n) => format!("node:{}", n.code),
         };
         let value = serde_json::to_vec(&record).expect("catalog records serialize");
+        let signature = self.inner.keys.sign(key.as_bytes(), &value);
         let delivered = self
             .inner
             .publisher
-            .send(OutgoingRecord::new(
-                topics::catalog(),
-                key.as_bytes(),
-                &value,
-            ))
+            .send(OutgoingRecord {
+                topic: topics::catalog(),
+                key: Some(key.as_bytes()),
+                payload: Some(&value),
+                headers: &[(HEADER_SIGNATURE, &signature)],
+            })
             .await?;
         self.wait_applied(delivered.offset).await
     }
@@ -738,6 +845,20 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
             }
         };
         if let Some(payload) = &record.payload {
+            let key = record.key.as_deref().unwrap_or_default();
+            if let Some(why) = inner
+                .keys
+                .refusal(record.offset, key, payload, &record.headers)
+            {
+                inner.rejected.inc();
+                tracing::error!(
+                    offset = record.offset,
+                    reason = why,
+                    "catalog record rejected: not applied; someone other than this node wrote to the catalog topic (only the node's principal may: see the Kafka ACLs in README, Security model)"
+                );
+                inner.applied.send_replace(record.offset);
+                continue;
+            }
             match serde_json::from_slice::<CatalogRecord>(payload) {
                 Ok(r) => inner.state.write().await.apply(r),
                 Err(e) => {
@@ -747,5 +868,61 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
             inner.changed.send_modify(|n| *n += 1);
         }
         inner.applied.send_replace(record.offset);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::audit::AuditKey;
+
+    fn signed(keys: &CatalogKeys, key: &[u8], value: &[u8]) -> Vec<(String, Vec<u8>)> {
+        vec![(HEADER_SIGNATURE.to_owned(), keys.sign(key, value).to_vec())]
+    }
+
+    #[test]
+    fn only_records_the_node_signed_are_believed() {
+        let node = CatalogKeys::new(AuditKey::generate().unwrap(), Vec::new());
+        let (key, value) = (b"token:ab".as_slice(), br#"{"type":"token"}"#.as_slice());
+        let headers = signed(&node, key, value);
+        assert_eq!(node.refusal(5, key, value, &headers), None);
+        assert!(
+            node.refusal(5, key, b"{}", &headers).is_some(),
+            "value changed"
+        );
+        assert!(
+            node.refusal(5, b"token:cd", value, &headers).is_some(),
+            "key changed"
+        );
+        assert!(node.refusal(5, key, value, &[]).is_some(), "unsigned");
+        let mut twice = headers.clone();
+        twice.extend(headers.clone());
+        assert!(node.refusal(5, key, value, &twice).is_some());
+        let other = CatalogKeys::new(AuditKey::generate().unwrap(), Vec::new());
+        assert!(
+            other.refusal(5, key, value, &headers).is_some(),
+            "another node's key"
+        );
+        // Moving key and value bytes across the boundary changes what is
+        // signed: the key's length is part of it.
+        let moved = signed(&node, b"token:a", b"b{\"type\":\"token\"}");
+        assert!(node
+            .refusal(5, b"token:ab", b"{\"type\":\"token\"}", &moved)
+            .is_some());
+    }
+
+    #[test]
+    fn a_rotated_key_and_an_upgraded_catalog_are_believed_as_configured() {
+        let old = AuditKey::generate().unwrap();
+        let old_keys = CatalogKeys::new(old.clone(), Vec::new());
+        let headers = signed(&old_keys, b"k", b"v");
+        let rotated = CatalogKeys::new(AuditKey::generate().unwrap(), vec![old.verifying_key()]);
+        assert_eq!(rotated.refusal(1, b"k", b"v", &headers), None);
+        let upgraded = rotated.with_unsigned_until(Some(10));
+        assert_eq!(upgraded.refusal(10, b"k", b"v", &[]), None);
+        assert!(
+            upgraded.refusal(11, b"k", b"v", &[]).is_some(),
+            "unsigned after the upgrade"
+        );
     }
 }

@@ -1,0 +1,136 @@
+//! The node's control state is not a bearer of trust: a client of the
+//! node's Kafka cluster that writes `backflow._catalog` itself (a super
+//! user, or anyone on a cluster without ACLs) cannot make the node believe
+//! a record the node did not sign. Reproduced attacks: a token record
+//! naming `admin` for a token the attacker chose, and a real record of the
+//! node replayed with its signature but a changed value (a district's token
+//! turned into an admin's). Both are rejected and reported (metric and
+//! log), neither is applied, and the node's own writes go on.
+
+use std::time::Duration;
+
+use backflow::kafka::{Consumer, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
+use backflow_e2e::{Node, TestBroker};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "catalog-trust-admin";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
+    let broker = TestBroker::start();
+    let config = format!(
+        "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\
+         [[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n",
+        broker.bootstrap(),
+        backflow::auth::token_hash(ADMIN)
+    );
+    let node = Node::start_with_config(&config, &[]).unwrap();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (status, issued) = node
+        .api(
+            "POST",
+            "/api/tokens",
+            Some(ADMIN),
+            Some(json!({"principal": "subscriber:330106", "label": "Xihu"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let district_token = issued["token"].as_str().unwrap().to_owned();
+    let settings = KafkaSettings::new(broker.bootstrap());
+    let catalog = "backflow._catalog";
+
+    // The node's own record of the district's token, with its headers.
+    let high = Watermarks::new(&settings)
+        .unwrap()
+        .high(catalog, 0)
+        .await
+        .unwrap();
+    let reader = Consumer::replay(&settings, catalog, 0).unwrap();
+    let mut genuine = None;
+    while genuine.is_none() {
+        let r = reader.recv().await.unwrap();
+        let value: Value = serde_json::from_slice(r.payload.as_deref().unwrap_or(b"null")).unwrap();
+        if value["type"] == "token" && value["principal"] == "subscriber:330106" {
+            genuine = Some(r.clone());
+        }
+        assert!(r.offset < high, "the token record is in the catalog");
+    }
+    let genuine = genuine.unwrap();
+
+    let attacker = Publisher::new(&settings, None).unwrap();
+    // Attack 1: a record of the attacker's own, unsigned.
+    let forged = "forged-admin-token";
+    let sha = backflow::auth::token_hash(forged);
+    let record = json!({"type": "token", "sha256": sha, "principal": "admin",
+                        "label": "x", "issued_ms": 0, "revoked": false})
+    .to_string();
+    let key = format!("token:{sha}");
+    attacker
+        .send(OutgoingRecord::new(
+            catalog,
+            key.as_bytes(),
+            record.as_bytes(),
+        ))
+        .await
+        .unwrap();
+    // Attack 2: the node's record, its signature kept, its value changed.
+    let mut changed: Value = serde_json::from_slice(genuine.payload.as_deref().unwrap()).unwrap();
+    changed["principal"] = json!("admin");
+    let changed = changed.to_string();
+    let headers: Vec<(&str, &[u8])> = genuine
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    attacker
+        .send(OutgoingRecord {
+            topic: catalog,
+            key: genuine.key.as_deref(),
+            payload: Some(changed.as_bytes()),
+            headers: &headers,
+        })
+        .await
+        .unwrap();
+    // The node's own next write lands after both.
+    let (status, answer) = node
+        .api(
+            "POST",
+            "/api/tokens",
+            Some(ADMIN),
+            Some(json!({"principal": "owner:ga", "label": "marker"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+
+    let (status, answer) = node.api("GET", "/api/tokens", Some(forged), None).await;
+    assert_eq!(
+        status, 401,
+        "an unsigned token record was believed: {answer}"
+    );
+    let (status, answer) = node
+        .api("GET", "/api/tokens", Some(&district_token), None)
+        .await;
+    assert_eq!(
+        status, 403,
+        "a changed record with the node's signature was believed: {answer}"
+    );
+    let (status, answer) = node
+        .api("GET", "/api/subscriptions", Some(&district_token), None)
+        .await;
+    assert_eq!(status, 200, "the district's token still works: {answer}");
+
+    let (_, metrics) = node.api("GET", "/metrics", Some(ADMIN), None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("backflow_catalog_rejected_total 2"),
+        "{metrics}"
+    );
+    let log = node.stderr();
+    assert_eq!(
+        log.matches("catalog record rejected").count(),
+        2,
+        "each rejection is reported once: {log}"
+    );
+}
