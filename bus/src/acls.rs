@@ -110,9 +110,78 @@ pub struct Reconciler {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// Whether an ACL on a resource named `name` (a prefix when `prefixed`)
+/// can reach a name under `prefix`: only those are this node's to manage
+/// (another namespace's on a shared cluster are left alone).
+fn reaches(name: &str, prefixed: bool, prefix: &str) -> bool {
+    if prefixed {
+        name.starts_with(prefix) || prefix.starts_with(name)
+    } else {
+        name == "*" || name.starts_with(prefix)
+    }
+}
+
+/// The shares in force for the ACLs: those of the configuration, and the
+/// catalog's active subscriptions not past their validity (an expired one
+/// loses its ACL even before the expiry job marks it).
+fn in_force_now(
+    config_shares: &[crate::config::ShareConfig],
+    st: &CatalogState,
+) -> crate::lag::Served {
+    let now = backflow_connectors::now_ms();
+    let mut out: crate::lag::Served = config_shares
+        .iter()
+        .map(|s| (s.subscriber.to_string(), s.dataset.clone()))
+        .collect();
+    out.extend(
+        st.subscriptions
+            .values()
+            .filter(|s| s.state == crate::state::catalog::SubscriptionState::Active)
+            .filter(|s| s.valid_until_ms.is_none_or(|t| t > now))
+            .map(|s| (s.subscriber.clone(), s.dataset.clone())),
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Takes every right of `principal` that reaches this node's names away
+/// (DENY rules stay): for a principal a child node no longer has. What
+/// was removed, for the audit trail.
+pub fn strip(admin: &AclAdmin, principal: &str) -> Result<Vec<String>, crate::kafka::KafkaError> {
+    let prefix = topics::prefix();
+    let held = admin.held_by(principal)?;
+    let acls: Vec<Acl> = held
+        .acls
+        .into_iter()
+        .filter(|a| reaches(&a.name, a.pattern == Pattern::Prefixed, prefix))
+        .collect();
+    let foreign: Vec<_> = held
+        .foreign
+        .into_iter()
+        .filter(|f| !f.is_deny() && !f.outside(prefix))
+        .collect();
+    admin.delete(&acls)?;
+    admin.delete_foreign(&foreign)?;
+    Ok(acls
+        .iter()
+        .map(Acl::to_string)
+        .chain(foreign.iter().map(|f| f.to_string()))
+        .collect())
+}
+
 impl Reconciler {
-    /// Keeps the cluster's ACLs equal to the grants until shut down.
+    /// Keeps the cluster's ACLs equal to the grants until shut down, from
+    /// when the catalog has been read to its end (before, a node's
+    /// subscriptions may not all be known yet).
     pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.catalog.caught_up() => if r.is_ok() { break },
+            }
+            tokio::time::sleep(INTERVAL).await;
+        }
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -121,79 +190,103 @@ impl Reconciler {
                 _ = tick.tick() => {}
             }
             let st = self.catalog.state().await.clone();
-            if let Err(e) = self.round(&st).await {
-                self.metrics.kafka_acl_errors.inc();
-                tracing::warn!(error = %e, "reconciling the child nodes' Kafka ACLs failed; retrying");
+            let served = in_force_now(&self.config_shares, &st);
+            let mut seen = BTreeMap::new();
+            // Each node on its own: one that fails does not hold up the
+            // others, and is tried again next round.
+            for node in st.nodes.values() {
+                let Some(principal) = node.kafka_principal.clone() else {
+                    continue;
+                };
+                let wanted = if node.deleted {
+                    Vec::new()
+                } else {
+                    wanted(&node.code, &principal, &served)
+                };
+                if let Err(e) = self.reconcile(&node.code, &principal, &wanted).await {
+                    self.metrics.kafka_acl_errors.inc();
+                    tracing::warn!(node = %node.code, error = %e, "reconciling a child node's Kafka ACLs failed; retrying");
+                }
+                if !node.deleted {
+                    seen.insert(node.code.clone(), wanted);
+                }
             }
+            *self.in_force.0.write().await = seen;
         }
     }
 
-    /// One comparison of every managed principal's ACLs with its grants.
-    async fn round(&self, st: &CatalogState) -> Result<(), crate::kafka::KafkaError> {
-        let served = crate::lag::served_now(&self.config_shares, st);
-        let mut seen = BTreeMap::new();
-        for node in st.nodes.values() {
-            let Some(principal) = node.kafka_principal.clone() else {
-                continue;
-            };
-            let wanted = if node.deleted {
-                Vec::new()
-            } else {
-                wanted(&node.code, &principal, &served)
-            };
+    /// Makes one principal's ACLs equal to `wanted`: what it should not
+    /// hold goes first, then what it lacks is created.
+    async fn reconcile(
+        &self,
+        code: &str,
+        principal: &str,
+        wanted: &[Acl],
+    ) -> Result<(), crate::kafka::KafkaError> {
+        let prefix = topics::prefix();
+        let admin = self.admin.clone();
+        let p = principal.to_owned();
+        let held = tokio::task::spawn_blocking(move || admin.held_by(&p))
+            .await
+            .expect("the ACL call does not panic")?;
+        let extra: Vec<Acl> = held
+            .acls
+            .iter()
+            .filter(|a| !wanted.contains(a))
+            .filter(|a| reaches(&a.name, a.pattern == Pattern::Prefixed, prefix))
+            .cloned()
+            .collect();
+        let foreign: Vec<_> = held
+            .foreign
+            .into_iter()
+            .filter(|f| !f.is_deny() && !f.outside(prefix))
+            .collect();
+        if !extra.is_empty() || !foreign.is_empty() {
             let admin = self.admin.clone();
-            let p = principal.clone();
-            let held = tokio::task::spawn_blocking(move || admin.held_by(&p))
+            let (acls, other) = (extra.clone(), foreign.clone());
+            tokio::task::spawn_blocking(move || {
+                admin.delete(&acls)?;
+                admin.delete_foreign(&other)
+            })
+            .await
+            .expect("the ACL call does not panic")?;
+            let removed: Vec<String> = extra
+                .iter()
+                .map(Acl::to_string)
+                .chain(foreign.iter().map(|f| f.to_string()))
+                .collect();
+            self.audit(
+                code,
+                "kafka acls removed",
+                &removed,
+                "no active share grants them (ended, narrowed, or added by hand)",
+            )
+            .await;
+        }
+        let missing: Vec<Acl> = wanted
+            .iter()
+            .filter(|a| !held.acls.contains(a))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let admin = self.admin.clone();
+            let acls = missing.clone();
+            tokio::task::spawn_blocking(move || admin.create(&acls))
                 .await
                 .expect("the ACL call does not panic")?;
-            let missing: Vec<Acl> = wanted
-                .iter()
-                .filter(|a| !held.acls.contains(a))
-                .cloned()
-                .collect();
-            let extra: Vec<Acl> = held
-                .acls
-                .iter()
-                .filter(|a| !wanted.contains(a))
-                .cloned()
-                .collect();
-            if !missing.is_empty() {
-                let admin = self.admin.clone();
-                let acls = missing.clone();
-                tokio::task::spawn_blocking(move || admin.create(&acls))
-                    .await
-                    .expect("the ACL call does not panic")?;
-                self.audit(
-                    &node.code,
-                    "kafka acls granted",
-                    &missing,
-                    "an active share grants them",
-                )
-                .await;
-            }
-            if !extra.is_empty() {
-                let admin = self.admin.clone();
-                let acls = extra.clone();
-                tokio::task::spawn_blocking(move || admin.delete(&acls))
-                    .await
-                    .expect("the ACL call does not panic")?;
-                self.audit(
-                    &node.code,
-                    "kafka acls removed",
-                    &extra,
-                    "no active share grants them (ended, narrowed, or added by hand)",
-                )
-                .await;
-            }
-            if !node.deleted {
-                seen.insert(node.code.clone(), wanted);
-            }
+            let granted: Vec<String> = missing.iter().map(Acl::to_string).collect();
+            self.audit(
+                code,
+                "kafka acls granted",
+                &granted,
+                "an active share grants them",
+            )
+            .await;
         }
-        *self.in_force.0.write().await = seen;
         Ok(())
     }
 
-    async fn audit(&self, node: &str, action: &str, acls: &[Acl], reason: &str) {
+    async fn audit(&self, node: &str, action: &str, acls: &[String], reason: &str) {
         let change = if action.ends_with("granted") {
             "granted"
         } else {

@@ -113,6 +113,52 @@ impl SecureBroker {
         .collect()
     }
 
+    /// Runs one of Apache Kafka's own command-line tools (its main class,
+    /// e.g. `org.apache.kafka.tools.AclCommand`) as `user`, as an operator
+    /// would by hand; returns its standard output, or its error.
+    pub fn kafka_tool(
+        &self,
+        class: &str,
+        user: &str,
+        password: &str,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let client = self.dir.path().join(format!("client-{user}.properties"));
+        std::fs::write(
+            &client,
+            format!(
+                "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
+                 sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{password}\";\n\
+                 ssl.truststore.type=PEM\nssl.truststore.location={}\n",
+                self.ca_file().display()
+            ),
+        )?;
+        let out = Command::new("java")
+            .args([
+                "-Xms32m",
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+            ])
+            .arg("-cp")
+            .arg(format!("{}/*", crate::kafka_home().join("libs").display()))
+            .arg(class)
+            .args(["--bootstrap-server", &self.bootstrap, "--command-config"])
+            .arg(&client)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("run java (on PATH) for an Apache Kafka tool")?;
+        if !out.status.success() {
+            bail!(
+                "{class} {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()

@@ -457,19 +457,79 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
         )
         .await;
     println!("an ACL added by hand was deleted after {took:?}");
-    let (_, trail) = s
-        .node
-        .api("GET", "/api/audit?limit=1000", Some(AUDITOR), None)
-        .await;
+    // So are rights of kinds the node never grants, added with Kafka's own
+    // tool: ALL on every raw topic, ALTER on the cluster.
+    for args in [
+        &[
+            "--topic",
+            "backflow.raw.",
+            "--resource-pattern-type",
+            "prefixed",
+            "--operation",
+            "All",
+        ][..],
+        &["--cluster", "--operation", "Alter"][..],
+    ] {
+        let mut all = vec!["--add", "--allow-principal", principal];
+        all.extend_from_slice(args);
+        s.broker
+            .kafka_tool(
+                "org.apache.kafka.tools.AclCommand",
+                &s.node_user.name,
+                &s.node_user.password,
+                &all,
+            )
+            .unwrap();
+    }
+    let audited = |what: &str| {
+        let node = &s.node;
+        let what = what.to_owned();
+        async move {
+            let (_, trail) = node
+                .api("GET", "/api/audit?limit=1000", Some(AUDITOR), None)
+                .await;
+            trail["records"].as_array().unwrap().iter().any(|r| {
+                r["details"]["action"] == "kafka acls removed"
+                    && r["details"]["acls"].to_string().contains(&what)
+            })
+        }
+    };
+    let started = Instant::now();
+    while !(audited("ALLOW ALL TOPIC backflow.raw.").await && audited("ALLOW ALTER BROKER").await) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "rights of other kinds were not taken back: {}",
+            s.node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let left = s
+        .broker
+        .kafka_tool(
+            "org.apache.kafka.tools.AclCommand",
+            &s.node_user.name,
+            &s.node_user.password,
+            &["--list", "--principal", principal],
+        )
+        .unwrap();
     assert!(
-        trail["records"].as_array().unwrap().iter().any(|r| {
-            r["details"]["action"] == "kafka acls removed"
-                && r["details"]["acls"]
-                    .to_string()
-                    .contains("backflow.raw.ga.people")
-        }),
-        "{trail}"
+        !left.contains("ALTER") && !left.contains("operation=ALL,"),
+        "{left}"
     );
+
+    // Principals no node may have.
+    for bad in ["User:*", "User:ANONYMOUS", "User:backflow-node"] {
+        let (status, answer) = s
+            .node
+            .api(
+                "PUT",
+                "/api/nodes/330106",
+                Some(ADMIN),
+                Some(json!({"name": "西湖区", "kafka": bad})),
+            )
+            .await;
+        assert_eq!(status, 422, "{bad}: {answer}");
+    }
 
     // Revoked: the district's next request for its share topic is refused
     // within 5 seconds.
@@ -488,6 +548,22 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
         )
         .await;
     println!("after revocation the district was refused in {took:?}");
+
+    // Moved to a certificate's principal: the SCRAM user it had no longer
+    // logs in, and holds nothing.
+    s.ok(
+        "PUT",
+        "/api/nodes/330106",
+        ADMIN,
+        json!({"name": "西湖区", "kafka": "User:CN=330106"}),
+    )
+    .await;
+    let err = metadata(&as_district, mine).unwrap_err();
+    assert!(
+        err.contains("BrokerTransportFailure"),
+        "the old SCRAM user is deleted: {err}"
+    );
+    assert_eq!(acls_of(&s, principal), Vec::new());
     assert!(
         !s.node.stderr().contains(&password),
         "the district's password is in the node's log"

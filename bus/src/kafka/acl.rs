@@ -91,10 +91,88 @@ fn operation(o: Operation) -> rd::rd_kafka_AclOperation_t {
     }
 }
 
-/// An ACL as the broker describes it, or `None` for one backflow never
-/// writes (a DENY, another operation or resource): such ACLs are shown
-/// as drift by the reconciler through [`AclAdmin::foreign`].
-fn from_binding(b: *const rd::rd_kafka_AclBinding_t) -> Result<Acl, String> {
+/// An ACL of a kind backflow never writes (another operation, resource,
+/// host, or a DENY), as the broker described it: enough to delete exactly
+/// it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    restype: rd::rd_kafka_ResourceType_t,
+    pattern: rd::rd_kafka_ResourcePatternType_t,
+    operation: rd::rd_kafka_AclOperation_t,
+    permission: rd::rd_kafka_AclPermissionType_t,
+    /// The resource's name.
+    pub name: String,
+    principal: String,
+    host: String,
+}
+
+impl Foreign {
+    /// Whether it takes rights away (DENY) rather than giving them.
+    pub fn is_deny(&self) -> bool {
+        self.permission == rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_DENY
+    }
+
+    /// Whether it is on a topic, group or transactional id whose name
+    /// pattern cannot match any name starting with `prefix` (another
+    /// namespace's resource on a shared cluster). Cluster ACLs, and any
+    /// pattern that could reach `prefix`, are not.
+    pub fn outside(&self, prefix: &str) -> bool {
+        use rd::rd_kafka_ResourcePatternType_t as P;
+        use rd::rd_kafka_ResourceType_t as R;
+        let named = matches!(
+            self.restype,
+            R::RD_KAFKA_RESOURCE_TOPIC
+                | R::RD_KAFKA_RESOURCE_GROUP
+                | R::RD_KAFKA_RESOURCE_TRANSACTIONAL_ID
+        );
+        named
+            && match self.pattern {
+                P::RD_KAFKA_RESOURCE_PATTERN_LITERAL => {
+                    self.name != "*" && !self.name.starts_with(prefix)
+                }
+                P::RD_KAFKA_RESOURCE_PATTERN_PREFIXED => {
+                    !self.name.starts_with(prefix) && !prefix.starts_with(&self.name)
+                }
+                _ => false,
+            }
+    }
+}
+
+impl std::fmt::Display for Foreign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // librdkafka's enum names without their common prefixes.
+        let short = |debug: String, prefix: &str| {
+            debug
+                .strip_prefix(prefix)
+                .map(str::to_owned)
+                .unwrap_or(debug)
+        };
+        write!(
+            f,
+            "{} {} {} {} {} ({}) from host {}",
+            self.principal,
+            short(
+                format!("{:?}", self.permission),
+                "RD_KAFKA_ACL_PERMISSION_TYPE_"
+            ),
+            short(format!("{:?}", self.operation), "RD_KAFKA_ACL_OPERATION_"),
+            short(format!("{:?}", self.restype), "RD_KAFKA_RESOURCE_"),
+            self.name,
+            short(format!("{:?}", self.pattern), "RD_KAFKA_RESOURCE_PATTERN_"),
+            self.host
+        )
+    }
+}
+
+impl serde::Serialize for Foreign {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// An ACL as the broker describes it: one of the kind backflow writes, or
+/// a [`Foreign`] one.
+fn from_binding(b: *const rd::rd_kafka_AclBinding_t) -> Result<Acl, Foreign> {
     use rd::rd_kafka_AclOperation_t as Op;
     // SAFETY: `b` comes from a live result array; the strings it returns
     // live as long as the binding, and are copied here.
@@ -106,59 +184,58 @@ fn from_binding(b: *const rd::rd_kafka_AclBinding_t) -> Result<Acl, String> {
                 CStr::from_ptr(p).to_string_lossy().into_owned()
             }
         };
-        let principal = text(rd::rd_kafka_AclBinding_principal(b));
-        let name = text(rd::rd_kafka_AclBinding_name(b));
-        let describe = format!(
-            "{principal} on {name} ({:?} {:?} {:?} {:?})",
-            rd::rd_kafka_AclBinding_restype(b),
-            rd::rd_kafka_AclBinding_operation(b),
-            rd::rd_kafka_AclBinding_permission_type(b),
-            rd::rd_kafka_AclBinding_resource_pattern_type(b)
-        );
-        if rd::rd_kafka_AclBinding_permission_type(b)
+        let foreign = Foreign {
+            restype: rd::rd_kafka_AclBinding_restype(b),
+            pattern: rd::rd_kafka_AclBinding_resource_pattern_type(b),
+            operation: rd::rd_kafka_AclBinding_operation(b),
+            permission: rd::rd_kafka_AclBinding_permission_type(b),
+            name: text(rd::rd_kafka_AclBinding_name(b)),
+            principal: text(rd::rd_kafka_AclBinding_principal(b)),
+            host: text(rd::rd_kafka_AclBinding_host(b)),
+        };
+        if foreign.permission
             != rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW
-            || text(rd::rd_kafka_AclBinding_host(b)) != "*"
+            || foreign.host != "*"
         {
-            return Err(describe);
+            return Err(foreign);
         }
-        let resource = match rd::rd_kafka_AclBinding_restype(b) {
+        let resource = match foreign.restype {
             rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC => Resource::Topic,
             rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_GROUP => Resource::Group,
-            _ => return Err(describe),
+            _ => return Err(foreign),
         };
-        let pattern = match rd::rd_kafka_AclBinding_resource_pattern_type(b) {
+        let pattern = match foreign.pattern {
             rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_LITERAL => {
                 Pattern::Literal
             }
             rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_PREFIXED => {
                 Pattern::Prefixed
             }
-            _ => return Err(describe),
+            _ => return Err(foreign),
         };
-        let operation = match rd::rd_kafka_AclBinding_operation(b) {
+        let operation = match foreign.operation {
             Op::RD_KAFKA_ACL_OPERATION_READ => Operation::Read,
             Op::RD_KAFKA_ACL_OPERATION_WRITE => Operation::Write,
             Op::RD_KAFKA_ACL_OPERATION_CREATE => Operation::Create,
             Op::RD_KAFKA_ACL_OPERATION_DESCRIBE => Operation::Describe,
-            _ => return Err(describe),
+            _ => return Err(foreign),
         };
         Ok(Acl {
-            principal,
+            principal: foreign.principal,
             resource,
-            name,
+            name: foreign.name,
             pattern,
             operation,
         })
     }
 }
 
-/// What a principal holds on the cluster: the ACLs backflow would write,
-/// and the others (as the broker describes them), which backflow never
-/// grants a subscriber.
+/// What a principal holds on the cluster: the ACLs of the kinds backflow
+/// writes, and every other one.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Held {
     pub acls: Vec<Acl>,
-    pub foreign: Vec<String>,
+    pub foreign: Vec<Foreign>,
 }
 
 /// The admin calls for ACLs and SCRAM credentials.
@@ -293,37 +370,55 @@ impl AclAdmin {
     }
 
     fn binding(acl: &Acl, filter: bool) -> Result<*mut rd::rd_kafka_AclBinding_t, KafkaError> {
-        let name = cstring("ACL resource", &acl.name)?;
-        let principal = cstring("ACL principal", &acl.principal)?;
-        let host = CString::new("*").expect("no NUL");
+        Self::raw_binding(
+            &Foreign {
+                restype: restype(acl.resource),
+                pattern: pattern(acl.pattern),
+                operation: operation(acl.operation),
+                permission: rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW,
+                name: acl.name.clone(),
+                principal: acl.principal.clone(),
+                host: "*".to_owned(),
+            },
+            filter,
+        )
+    }
+
+    fn raw_binding(
+        b: &Foreign,
+        filter: bool,
+    ) -> Result<*mut rd::rd_kafka_AclBinding_t, KafkaError> {
+        let name = cstring("ACL resource", &b.name)?;
+        let principal = cstring("ACL principal", &b.principal)?;
+        let host = cstring("ACL host", &b.host)?;
         let mut errstr = [0 as c_char; 512];
         // SAFETY: the strings outlive the call, which copies them.
-        let b = unsafe {
+        let made = unsafe {
             let make = if filter {
                 rd::rd_kafka_AclBindingFilter_new
             } else {
                 rd::rd_kafka_AclBinding_new
             };
             make(
-                restype(acl.resource),
+                b.restype,
                 name.as_ptr(),
-                pattern(acl.pattern),
+                b.pattern,
                 principal.as_ptr(),
                 host.as_ptr(),
-                operation(acl.operation),
-                rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW,
+                b.operation,
+                b.permission,
                 errstr.as_mut_ptr(),
                 errstr.len(),
             )
         };
-        if b.is_null() {
+        if made.is_null() {
             // SAFETY: librdkafka wrote a NUL-terminated message.
             let why = unsafe { CStr::from_ptr(errstr.as_ptr()) }
                 .to_string_lossy()
                 .into_owned();
-            return Err(admin_error(&acl.to_string(), why));
+            return Err(admin_error(&b.to_string(), why));
         }
-        Ok(b)
+        Ok(made)
     }
 
     /// Creates these ACLs (creating one that exists changes nothing).
@@ -365,12 +460,27 @@ impl AclAdmin {
 
     /// Deletes exactly these ACLs.
     pub fn delete(&self, acls: &[Acl]) -> Result<(), KafkaError> {
-        if acls.is_empty() {
-            return Ok(());
-        }
         let mut filters = Bindings(Vec::new());
         for acl in acls {
             filters.0.push(Self::binding(acl, true)?);
+        }
+        let names: Vec<String> = acls.iter().map(Acl::to_string).collect();
+        self.delete_filters(filters, &names)
+    }
+
+    /// Deletes exactly these ACLs of other kinds.
+    pub fn delete_foreign(&self, acls: &[Foreign]) -> Result<(), KafkaError> {
+        let mut filters = Bindings(Vec::new());
+        for acl in acls {
+            filters.0.push(Self::raw_binding(acl, true)?);
+        }
+        let names: Vec<String> = acls.iter().map(Foreign::to_string).collect();
+        self.delete_filters(filters, &names)
+    }
+
+    fn delete_filters(&self, mut filters: Bindings, acls: &[String]) -> Result<(), KafkaError> {
+        if acls.is_empty() {
+            return Ok(());
         }
         self.call(
             "deleting ACLs",
@@ -386,7 +496,7 @@ impl AclAdmin {
                     if let Some(why) = error_text(rd::rd_kafka_DeleteAcls_result_response_error(
                         *responses.add(i),
                     )) {
-                        return Err(admin_error(&acl.to_string(), why));
+                        return Err(admin_error(acl, why));
                     }
                 }
                 Ok(())

@@ -73,9 +73,10 @@ struct RegisterNode {
     name: String,
     /// Its principal on this node's Kafka cluster: `"scram"` (the node
     /// creates a SCRAM-SHA-512 user and shows its password once; again:
-    /// a new password) or `"User:<name>"` (a principal the cluster's TLS
-    /// or SASL setup gives it, e.g. from its certificate). Left out: it
-    /// keeps the one it has.
+    /// a new password), `"User:<name>"` (a principal the cluster's TLS
+    /// or SASL setup gives it, e.g. from its certificate) or `"none"`.
+    /// A principal given up loses its rights on this node's names (and a
+    /// SCRAM user its credential). Left out: it keeps the one it has.
     #[serde(default)]
     kafka: Option<String>,
 }
@@ -83,59 +84,116 @@ struct RegisterNode {
 /// Longest Kafka principal accepted.
 const MAX_PRINCIPAL: usize = 255;
 
-/// The child node's principal and, for a new SCRAM credential, its
-/// password (shown once).
+/// What a registration asks of the child node's Kafka principal.
+enum Asked {
+    /// A SCRAM-SHA-512 user the node creates (a new password each time).
+    Scram,
+    /// A principal the cluster's own TLS or SASL setup gives it.
+    Named(String),
+    /// No principal any more.
+    Remove,
+}
+
+fn asked(text: &str) -> Result<Asked, super::ApiError> {
+    match text {
+        "scram" => return Ok(Asked::Scram),
+        "none" => return Ok(Asked::Remove),
+        _ => {}
+    }
+    let name = text.strip_prefix("User:").unwrap_or_default();
+    if name.is_empty() || text.len() > MAX_PRINCIPAL || text.chars().any(|c| c.is_control()) {
+        return Err(invalid(format!(
+            "kafka: \"scram\", \"none\" or a principal \"User:<name>\" (at most {MAX_PRINCIPAL} characters, no control characters)"
+        )));
+    }
+    // Kafka's wildcard stands for every principal, and ANONYMOUS for every
+    // client that did not authenticate: rights given to either would be
+    // everyone's.
+    if name == "*" || name == "ANONYMOUS" {
+        return Err(invalid(format!(
+            "kafka: {text} is not one node's principal (Kafka gives its rights to every client)"
+        )));
+    }
+    Ok(Asked::Named(text.to_owned()))
+}
+
+/// Applies a registration's `kafka` to the child node `code`, whose
+/// principal is `old`: checks first, then the cluster (a new SCRAM
+/// credential; the old principal's rights on this node's names taken away
+/// when it changes, and its SCRAM credential deleted). The principal now
+/// and, for a new SCRAM credential, its password (shown once).
 async fn kafka_principal(
     state: &ApiState,
     code: &str,
-    asked: &str,
-) -> Result<(String, Option<String>), super::ApiError> {
+    old: Option<&str>,
+    text: &str,
+) -> Result<(Option<String>, Option<String>), super::ApiError> {
     let Some(admin) = state.acl_admin.clone() else {
         return Err(invalid(
             "kafka: this node does not manage Kafka principals and ACLs (set kafka.manage_acls = true on a real cluster)",
         ));
     };
-    let (principal, password) = if asked == "scram" {
-        let user = crate::acls::scram_user(code);
-        let password = crate::state::catalog::random_secret();
-        let (u, p) = (user.clone(), password.clone());
-        tokio::task::spawn_blocking(move || admin.set_scram_password(&u, &p))
-            .await
-            .expect("the admin call does not panic")
-            .map_err(|e| {
-                super::ApiError(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the Kafka cluster did not take the SCRAM credential of {user}: {e}"),
-                )
-            })?;
-        (format!("User:{user}"), Some(password))
-    } else {
-        let name = asked.strip_prefix("User:").unwrap_or_default();
-        if name.is_empty() || asked.len() > MAX_PRINCIPAL || asked.chars().any(|c| c.is_control()) {
+    let unavailable = |what: String| {
+        move |e: crate::kafka::KafkaError| {
+            super::ApiError(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("the Kafka cluster did not take {what}: {e}"),
+            )
+        }
+    };
+    let user = crate::acls::scram_user(code);
+    let scram_principal = format!("User:{user}");
+    let principal = match asked(text)? {
+        Asked::Scram => Some(scram_principal.clone()),
+        Asked::Named(p) => Some(p),
+        Asked::Remove => None,
+    };
+    if let Some(p) = &principal {
+        if state.own_kafka_principal.as_deref() == Some(p.as_str()) {
             return Err(invalid(format!(
-                "kafka: \"scram\" or a principal \"User:<name>\" (at most {MAX_PRINCIPAL} characters, no control characters)"
+                "kafka: {p} is this node's own principal, which no child node may share"
             )));
         }
-        (asked.to_owned(), None)
-    };
-    if state.own_kafka_principal.as_deref() == Some(principal.as_str()) {
-        return Err(invalid(format!(
-            "kafka: {principal} is this node's own principal, which no child node may share"
-        )));
+        let st = state.catalog.state().await;
+        if let Some(other) = st
+            .nodes
+            .values()
+            .find(|n| n.code != code && !n.deleted && n.kafka_principal.as_deref() == Some(p))
+        {
+            return Err(super::ApiError(
+                axum::http::StatusCode::CONFLICT,
+                format!(
+                    "kafka: {p} is the principal of node {}: each node has its own, or one would get the other's rights",
+                    other.code
+                ),
+            ));
+        }
     }
-    let st = state.catalog.state().await;
-    if let Some(other) = st
-        .nodes
-        .values()
-        .find(|n| n.code != code && !n.deleted && n.kafka_principal.as_deref() == Some(&principal))
-    {
-        return Err(super::ApiError(
-            axum::http::StatusCode::CONFLICT,
-            format!(
-                "kafka: {principal} is the principal of node {}: each node has its own, or one would get the other's rights",
-                other.code
-            ),
-        ));
+    let mut password = None;
+    if text == "scram" {
+        let secret = crate::state::catalog::random_secret();
+        let (a, u, pw) = (admin.clone(), user.clone(), secret.clone());
+        tokio::task::spawn_blocking(move || a.set_scram_password(&u, &pw))
+            .await
+            .expect("the admin call does not panic")
+            .map_err(unavailable(format!("the SCRAM credential of {user}")))?;
+        password = Some(secret);
+    }
+    if let Some(old) = old.filter(|o| Some(*o) != principal.as_deref()) {
+        let (a, o) = (admin.clone(), old.to_owned());
+        tokio::task::spawn_blocking(move || crate::acls::strip(&a, &o))
+            .await
+            .expect("the admin call does not panic")
+            .map_err(unavailable(format!("the removal of {old}'s ACLs")))?;
+        if old == scram_principal {
+            let (a, u) = (admin.clone(), user.clone());
+            tokio::task::spawn_blocking(move || a.delete_scram(&u))
+                .await
+                .expect("the admin call does not panic")
+                .map_err(unavailable(format!(
+                    "the deletion of {user}'s SCRAM credential"
+                )))?;
+        }
     }
     Ok((principal, password))
 }
@@ -167,21 +225,16 @@ async fn put_node(
     if body.name.trim().is_empty() {
         return Err(invalid("name: must not be empty"));
     }
+    let old = state
+        .catalog
+        .state()
+        .await
+        .nodes
+        .get(&code)
+        .and_then(|n| n.kafka_principal.clone());
     let (principal, password) = match body.kafka.as_deref() {
-        Some(asked) => {
-            let (p, pw) = kafka_principal(&state, &code, asked).await?;
-            (Some(p), pw)
-        }
-        None => (
-            state
-                .catalog
-                .state()
-                .await
-                .nodes
-                .get(&code)
-                .and_then(|n| n.kafka_principal.clone()),
-            None,
-        ),
+        Some(text) => kafka_principal(&state, &code, old.as_deref(), text).await?,
+        None => (old, None),
     };
     let record = crate::state::catalog::NodeRecord {
         code: code.clone(),
