@@ -401,6 +401,10 @@ pub struct UpstreamConfig {
     /// `registry_token_file`; never logged or shown.
     #[serde(skip)]
     pub registry_token: Option<String>,
+    /// PEM file of the CA that signed the upper node's HTTPS certificate
+    /// (its `registry_url` is `https://...`); absent: the system's CAs.
+    #[serde(default)]
+    pub registry_ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -413,6 +417,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("properties_env", &self.properties_env)
             .field("registry_token_env", &self.registry_token_env)
             .field("registry_token_file", &self.registry_token_file)
+            .field("registry_ca_file", &self.registry_ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -543,6 +548,25 @@ impl SubscriptionConfig {
 }
 
 impl UpstreamConfig {
+    /// An HTTP client of the upper node (its registry and API), trusting
+    /// `registry_ca_file` when set; the error says which file is wrong.
+    pub fn http_client(&self, timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+        let mut b = reqwest::Client::builder().timeout(timeout);
+        if let Some(path) = &self.registry_ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("upstream.registry_ca_file {}: {e}", path.display()))?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                format!(
+                    "upstream.registry_ca_file {}: not a PEM certificate ({e})",
+                    path.display()
+                )
+            })?;
+            b = b.add_root_certificate(ca);
+        }
+        b.build()
+            .map_err(|e| format!("an HTTP client of {}: {e}", self.registry_url))
+    }
+
     /// The token of `registry_token_env` or `registry_token_file` (at most
     /// one of them); an unset variable, an unreadable file or an empty
     /// token is an error naming the key.
@@ -863,6 +887,12 @@ pub struct HttpConfig {
     /// without a token, for Prometheus and probes on an internal network;
     /// absent: none.
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the main listener: with `tls_key`, it
+    /// serves HTTPS only (the API, the registry, the dashboard carry
+    /// tokens and schemas).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert` (readable by the node's user only).
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -870,6 +900,8 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
             metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -1116,6 +1148,13 @@ impl Check<'_> {
                 c.kafka.session_timeout_ms
             ),
         });
+        }
+        if c.http.tls_cert.is_some() != c.http.tls_key.is_some() {
+            return Err(ConfigError::BadValue {
+                key: if c.http.tls_cert.is_some() { "http.tls_key" } else { "http.tls_cert" }.to_owned(),
+                origin: self.origin(""),
+                reason: "HTTPS needs both http.tls_cert (PEM certificate chain) and http.tls_key (its PEM private key)".to_owned(),
+            });
         }
         if c.kafka.manage_acls && c.kafka.brokers.is_none() {
             return Err(ConfigError::BadValue {
@@ -1494,6 +1533,16 @@ mod tests {
         for secret in ["node-secret-1", "upstream-secret-2", "registry-token-3"] {
             assert!(!shown.contains(secret), "{secret} shows in {shown}");
         }
+    }
+
+    #[test]
+    fn https_needs_both_the_certificate_and_its_key() {
+        let f = file("[http]\ntls_cert = \"/etc/backflow/node.crt\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("http.tls_key"), "{err}");
+        let f = file("[http]\ntls_key = \"/etc/backflow/node.key\"\n");
+        let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("http.tls_cert"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The node's HTTP server: `/metrics`, `/healthz`, `/readyz`.
+//! The node's HTTP server: `/metrics`, `/healthz`, `/readyz`; HTTPS on
+//! the main listener when `http.tls_cert` and `http.tls_key` are set.
 //!
 //! `/healthz` answers 200 while the process serves requests (liveness).
 //! `/readyz` answers 200 only when every readiness check passes (Kafka
@@ -184,4 +185,121 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// The TLS side of the main listener (`http.tls_cert`, `http.tls_key`):
+/// OpenSSL, as librdkafka's TLS is, so one library's security updates cover
+/// both; Mozilla's "intermediate" settings (TLS 1.2 and 1.3).
+#[derive(Clone)]
+pub struct Tls(Arc<openssl::ssl::SslAcceptor>);
+
+impl Tls {
+    /// The acceptor of a certificate chain and its key (PEM files); the
+    /// error names the setting and what is wrong.
+    pub fn from_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Self, (&'static str, String)> {
+        use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+            .map_err(|e| ("http.tls_cert", format!("OpenSSL could not be set up: {e}")))?;
+        b.set_certificate_chain_file(cert).map_err(|e| {
+            (
+                "http.tls_cert",
+                format!(
+                    "{}: not a readable PEM certificate chain ({e})",
+                    cert.display()
+                ),
+            )
+        })?;
+        b.set_private_key_file(key, SslFiletype::PEM).map_err(|e| {
+            (
+                "http.tls_key",
+                format!("{}: not a readable PEM private key ({e})", key.display()),
+            )
+        })?;
+        b.check_private_key().map_err(|e| {
+            (
+                "http.tls_key",
+                format!(
+                    "{} is not the key of the certificate in http.tls_cert ({e})",
+                    key.display()
+                ),
+            )
+        })?;
+        Ok(Self(Arc::new(b.build())))
+    }
+}
+
+/// Serves `router` over HTTPS on `listener` until `shutdown`: each
+/// connection's TLS handshake and requests run on a task of their own; a
+/// client that does not complete its handshake within 10 s is dropped. At
+/// shutdown no connection is accepted and open ones finish the requests
+/// they are in.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: Tls,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an HTTPS connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (tls, router, shutdown) = (tls.clone(), router.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let Ok(ssl) = openssl::ssl::Ssl::new(tls.0.context()) else {
+                return;
+            };
+            let Ok(mut stream) = tokio_openssl::SslStream::new(ssl, tcp) else {
+                return;
+            };
+            let handshake = std::pin::Pin::new(&mut stream).accept();
+            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            }
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub async fn serve_main(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Tls>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    match tls {
+        Some(tls) => serve_tls(listener, router, tls, shutdown).await,
+        None => serve(listener, router, shutdown).await,
+    }
 }

@@ -1189,10 +1189,13 @@ pub async fn report(
     status: tokio::sync::watch::Receiver<Report>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client");
+    let client = match upstream.http_client(Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(reason) => {
+            tracing::error!(%reason, "cannot report this subscription's status to the upper node");
+            return;
+        }
+    };
     let url = format!(
         "{}/api/lag/status",
         upstream.registry_url.trim_end_matches('/')

@@ -594,7 +594,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_until_signal(|shutdown| async move {
                 backflow::runtime::node::run(config, shutdown, |running| {
                     // One line on stdout so scripts and tests can find the port.
-                    println!("backflow listening on http://{}", running.http_addr);
+                    println!(
+                        "backflow listening on {}://{}",
+                        if running.https { "https" } else { "http" },
+                        running.http_addr
+                    );
                     if let Some(m) = running.metrics_addr {
                         println!("backflow metrics on http://{m}");
                     }
@@ -784,7 +788,11 @@ fn source(cli: &Cli, feeds: &[String], resnapshot: bool) -> anyhow::Result<()> {
     backflow::runtime::telemetry::init(&config.log);
     run_until_signal(|shutdown| async move {
         backflow::runtime::node::run_as(role, config, shutdown, |running| {
-            println!("backflow listening on http://{}", running.http_addr);
+            println!(
+                "backflow listening on {}://{}",
+                if running.https { "https" } else { "http" },
+                running.http_addr
+            );
             if let Some(m) = running.metrics_addr {
                 println!("backflow metrics on http://{m}");
             }

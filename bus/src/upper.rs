@@ -199,8 +199,8 @@ pub async fn follow(
     reporting: Reporting,
     shutdown: CancellationToken,
 ) {
-    // (local dataset, upstream grant URL, token)
-    let mut asks: Vec<(String, String, Option<String>)> = Vec::new();
+    // (local dataset, upstream grant URL, token, client)
+    let mut asks: Vec<(String, String, Option<String>, reqwest::Client)> = Vec::new();
     for s in subscriptions
         .iter()
         .filter(|s| matches!(s.sink, SinkConfig::Kafka(_)))
@@ -216,19 +216,22 @@ pub async fn follow(
                 "{}/api/grants/{node}:{upstream}",
                 s.upstream.registry_url.trim_end_matches('/')
             );
-            asks.push((local, url, s.upstream.registry_token.clone()));
+            let client = match s.upstream.http_client(Duration::from_secs(10)) {
+                Ok(c) => c,
+                Err(reason) => {
+                    tracing::error!(%reason, subscription = %s.name, "cannot follow the upper grant");
+                    continue;
+                }
+            };
+            asks.push((local, url, s.upstream.registry_token.clone(), client));
         }
     }
     if asks.is_empty() {
         return;
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client");
     let mut unreachable_logged = false;
     loop {
-        for (dataset, url, token) in &asks {
+        for (dataset, url, token, client) in &asks {
             let mut req = client.get(url);
             if let Some(t) = token {
                 req = req.bearer_auth(t);

@@ -105,6 +105,12 @@ impl RegistryClient {
                 url: base_url.to_owned(),
                 reason: e.to_string(),
             })?;
+        Self::with_http(base_url, http)
+    }
+
+    /// A client of the registry at `base_url` making its requests with
+    /// `http` (e.g. one trusting a CA of the caller's own).
+    pub fn with_http(base_url: &str, http: reqwest::Client) -> Result<Self, RegistryClientError> {
         let base = reqwest::Url::parse(base_url)
             .ok()
             .filter(|u| !u.cannot_be_a_base())

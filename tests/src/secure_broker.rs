@@ -185,10 +185,11 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ca.pem` (a CA of this broker's own) and `broker.pem` (the broker's
-/// key, PKCS#8, and its certificate for 127.0.0.1 and localhost, for
-/// server and client use).
-fn make_certificates(dir: &Path) -> anyhow::Result<()> {
+/// Makes, in `dir`, `ca.pem` (a CA of the test's own), `broker.key` (a
+/// PKCS#8 key), `broker.crt` (its certificate for 127.0.0.1 and localhost,
+/// for server and client use, signed by the CA) and `broker.pem` (key and
+/// certificate in one file, as Kafka's PEM key store wants).
+pub fn make_certificates(dir: &Path) -> anyhow::Result<()> {
     let ec = [
         "-newkey",
         "ec",

@@ -43,6 +43,9 @@ pub enum NodeError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    /// The HTTPS certificate or key cannot be used.
+    #[error("{key}: {reason}")]
+    Tls { key: &'static str, reason: String },
     /// `--resnapshot` could not reset a feed.
     #[error("cannot take a new snapshot of feed {feed}: {reason}")]
     Resnapshot { feed: String, reason: String },
@@ -78,6 +81,8 @@ pub enum Role {
 pub struct Running {
     /// Where the HTTP server listens.
     pub http_addr: SocketAddr,
+    /// Whether it serves HTTPS (`http.tls_cert`).
+    pub https: bool,
     /// Where `/metrics` is served without a token (`http.metrics_listen`).
     pub metrics_addr: Option<SocketAddr>,
     /// The Kafka bootstrap list in use.
@@ -230,11 +235,18 @@ async fn run_on(
         router = router.merge(control.router(&config, kafka_acls));
     }
     let http_addr = listeners.addr;
-    let http_task = tracker.spawn(http::serve(listeners.main, router, shutdown.clone()));
+    let https = listeners.tls.is_some();
+    let http_task = tracker.spawn(http::serve_main(
+        listeners.main,
+        router,
+        listeners.tls.clone(),
+        shutdown.clone(),
+    ));
     tracker.close();
 
     let running = Running {
         http_addr,
+        https,
         metrics_addr,
         bootstrap: bootstrap.clone(),
         embedded: embedded.is_some(),
@@ -760,6 +772,8 @@ struct Listeners {
     main: TcpListener,
     addr: SocketAddr,
     metrics: Option<TcpListener>,
+    /// HTTPS on the main listener.
+    tls: Option<http::Tls>,
 }
 
 impl Listeners {
@@ -775,10 +789,18 @@ impl Listeners {
             Some(at) => Some(TcpListener::bind(at).await.map_err(bind_error(at))?),
             None => None,
         };
+        let tls = match (&http.tls_cert, &http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                http::Tls::from_files(cert, key)
+                    .map_err(|(key, reason)| NodeError::Tls { key, reason })?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             main,
             addr,
             metrics,
+            tls,
         })
     }
 
@@ -856,7 +878,12 @@ pub async fn run_subscriber(
     let metrics_addr = listeners.serve_ops(&http_state, &tracker, &shutdown)?;
     let router = http::router(http_state);
     let addr = listeners.addr;
-    let http_task = tracker.spawn(http::serve(listeners.main, router, shutdown.clone()));
+    let http_task = tracker.spawn(http::serve_main(
+        listeners.main,
+        router,
+        listeners.tls.clone(),
+        shutdown.clone(),
+    ));
     tracker.close();
     tracing::info!(
         http = %addr,

@@ -763,8 +763,16 @@ impl Decoder {
         upstream: &crate::config::UpstreamConfig,
         targets: HashMap<String, TableTarget>,
     ) -> Self {
-        let registry =
-            RegistryClient::new(&upstream.registry_url).map(|c| match &upstream.registry_token {
+        let registry = upstream
+            .http_client(std::time::Duration::from_secs(30))
+            .map_err(
+                |reason| backflow_schemas::registry_client::RegistryClientError::Unreachable {
+                    url: upstream.registry_url.clone(),
+                    reason,
+                },
+            )
+            .and_then(|http| RegistryClient::with_http(&upstream.registry_url, http))
+            .map(|c| match &upstream.registry_token {
                 Some(t) => c.with_token(t.clone()),
                 None => c,
             });
