@@ -108,6 +108,10 @@ pub struct AuditConfig {
     /// Public keys (hex) the node signed with before its key was rotated:
     /// catalog records they signed are still believed until rewritten.
     pub previous_public_keys: Vec<String>,
+    /// Files of secret keys (hex seed) the node used before its key was
+    /// rotated: catalog records they signed are believed, and the HMAC
+    /// keys they sealed are opened, until the records are rewritten.
+    pub previous_key_files: Vec<PathBuf>,
     /// Upgrading a catalog written before records were signed: its records
     /// at offsets up to this one (the catalog topic's last offset before
     /// the upgrade) are believed without a signature. Records after it
@@ -122,6 +126,7 @@ impl Default for AuditConfig {
             signing_key_env: None,
             checkpoint_every: 1000,
             previous_public_keys: Vec::new(),
+            previous_key_files: Vec::new(),
             unsigned_catalog_until_offset: None,
         }
     }

@@ -5,7 +5,9 @@
 //! naming `admin` for a token the attacker chose, and a real record of the
 //! node replayed with its signature but a changed value (a district's token
 //! turned into an admin's). Both are rejected and reported (metric and
-//! log), neither is applied, and the node's own writes go on.
+//! log), neither is applied, and the node's own writes go on. The
+//! subscriptions' HMAC keys are in the topic only sealed with the node's
+//! key, and a restarted node opens them again.
 
 use std::time::Duration;
 
@@ -121,16 +123,90 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
         .await;
     assert_eq!(status, 200, "the district's token still works: {answer}");
 
+    let rejected_twice = |node: &Node| {
+        let log = node.stderr();
+        assert_eq!(
+            log.matches("catalog record rejected").count(),
+            2,
+            "each rejection is reported once: {log}"
+        );
+    };
     let (_, metrics) = node.api("GET", "/metrics", Some(ADMIN), None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     assert!(
         metrics.contains("backflow_catalog_rejected_total 2"),
         "{metrics}"
     );
-    let log = node.stderr();
-    assert_eq!(
-        log.matches("catalog record rejected").count(),
-        2,
-        "each rejection is reported once: {log}"
-    );
+    rejected_twice(&node);
+
+    // A subscription's HMAC key is in the topic sealed, not in clear.
+    let (status, answer) = node
+        .api(
+            "PUT",
+            "/api/datasets/ga.people",
+            Some(ADMIN),
+            Some(
+                json!({"description": "residents", "sharing": "unconditional",
+                        "region_column": "region_code",
+                        "fields": {"id": {}, "phone": {"rule": "hashed"}, "region_code": {}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = node
+        .api(
+            "POST",
+            "/api/subscriptions",
+            Some(&district_token),
+            Some(
+                json!({"subscriber": "330106", "dataset": "ga.people", "purpose": "services",
+                        "fields": ["id", "phone", "region_code"]}),
+            ),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{answer}");
+    let high = Watermarks::new(&settings)
+        .unwrap()
+        .high(catalog, 0)
+        .await
+        .unwrap();
+    let reader = Consumer::replay(&settings, catalog, 0).unwrap();
+    let mut secrets = Vec::new();
+    loop {
+        let r = reader.recv().await.unwrap();
+        let value: Value =
+            serde_json::from_slice(r.payload.as_deref().unwrap_or(b"null")).unwrap_or_default();
+        if value["type"] == "subscription" {
+            secrets.push(value["secret"].as_str().unwrap_or_default().to_owned());
+        }
+        if r.offset + 1 >= high {
+            break;
+        }
+    }
+    assert!(!secrets.is_empty());
+    for secret in &secrets {
+        assert!(
+            secret.starts_with("sealed:v1:") && secret.len() > 64 + 10,
+            "an HMAC key in clear in the catalog topic: {secret}"
+        );
+    }
+
+    // Restarted with its key, the node opens its own records again and
+    // rejects the same two.
+    drop(node);
+    let node = Node::start_with_config(&config, &[]).unwrap();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (status, answer) = node
+        .api(
+            "GET",
+            "/api/subscriptions/330106:ga.people",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "active", "{answer}");
+    rejected_twice(&node);
 }

@@ -517,7 +517,21 @@ fn start_state(
         .audit
         .previous_keys()
         .expect("checked when the configuration was loaded");
+    let mut previous_keys = Vec::new();
+    for path in &config.audit.previous_key_files {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            crate::state::audit::KeyError::Unreadable {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?);
+        previous_keys.push(crate::state::audit::AuditKey::from_seed_hex(
+            &text,
+            &format!("audit.previous_key_files ({})", path.display()),
+        )?);
+    }
     let keys = crate::state::catalog::CatalogKeys::new(audit_key.clone(), previous)
+        .with_previous_keys(&previous_keys)
         .with_unsigned_until(config.audit.unsigned_catalog_until_offset);
     let (catalog, catalog_follower) = crate::state::catalog::Catalog::start(
         settings,

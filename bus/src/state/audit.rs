@@ -231,6 +231,18 @@ impl AuditKey {
         key_id(&self.signing.verifying_key())
     }
 
+    /// A 32-byte key for `purpose`, derived from this key's secret half
+    /// (HMAC-SHA256 keyed by the seed): the catalog seals its secrets with
+    /// one, so they are readable only where the node's key is.
+    pub fn derive(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
+        use hmac::Mac as _;
+        let seed = Zeroizing::new(self.signing.to_bytes());
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(seed.as_ref())
+            .expect("HMAC takes a key of any length");
+        mac.update(purpose);
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
     /// The signature of `message`; callers put a context of their own at
     /// its start, so no signature is valid for two purposes.
     pub fn sign_message(&self, message: &[u8]) -> [u8; 64] {

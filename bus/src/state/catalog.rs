@@ -35,6 +35,11 @@ pub const HEADER_SIGNATURE: &str = "backflow.sig";
 /// the key signs (the audit trail's records).
 const SIGNATURE_CONTEXT: &[u8] = b"backflow catalog record v1\0";
 
+/// What the sealing key of the subscriptions' HMAC keys is derived for.
+const SEALING_PURPOSE: &[u8] = b"backflow catalog sealing key v1";
+/// How a sealed HMAC key starts in a catalog record.
+const SEALED_PREFIX: &str = "sealed:v1:";
+
 /// The catalog's keys: the node's, which signs each record it writes, and
 /// the public keys whose signatures are believed (the node's own and those
 /// it signed with before a rotation).
@@ -42,6 +47,9 @@ const SIGNATURE_CONTEXT: &[u8] = b"backflow catalog record v1\0";
 pub struct CatalogKeys {
     signing: crate::state::audit::AuditKey,
     trusted: Vec<ed25519_dalek::VerifyingKey>,
+    /// Keys sealing the subscriptions' HMAC keys: the node's first, then
+    /// those of its previous keys (opening only).
+    sealing: Vec<zeroize::Zeroizing<[u8; 32]>>,
     /// Records up to this offset need no signature (written before
     /// records were signed).
     unsigned_until: Option<i64>,
@@ -55,11 +63,80 @@ impl CatalogKeys {
     ) -> Self {
         let mut trusted = vec![signing.verifying_key()];
         trusted.extend(previous);
+        let sealing = vec![signing.derive(SEALING_PURPOSE)];
         Self {
             signing,
             trusted,
+            sealing,
             unsigned_until: None,
         }
+    }
+
+    /// Also believes what `previous` (the node's keys before a rotation)
+    /// signed, and opens what they sealed.
+    pub fn with_previous_keys(mut self, previous: &[crate::state::audit::AuditKey]) -> Self {
+        for key in previous {
+            self.trusted.push(key.verifying_key());
+            self.sealing.push(key.derive(SEALING_PURPOSE));
+        }
+        self
+    }
+
+    /// `secret` sealed with the node's key (AES-256-GCM, bound to the
+    /// subscription `id`): `sealed:v1:<hex of nonce, ciphertext, tag>`.
+    fn seal(&self, id: &str, secret: &str) -> String {
+        use openssl::symm::{encrypt_aead, Cipher};
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).expect("the operating system's random source");
+        let mut tag = [0u8; 16];
+        let sealed = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            self.sealing[0].as_ref(),
+            Some(&nonce),
+            &Self::sealing_aad(id),
+            secret.as_bytes(),
+            &mut tag,
+        )
+        .expect("AES-256-GCM encryption");
+        let mut out = Vec::with_capacity(12 + sealed.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out.extend_from_slice(&tag);
+        format!("{SEALED_PREFIX}{}", hex::encode(out))
+    }
+
+    /// A sealed secret opened by one of the node's keys; a secret written
+    /// before secrets were sealed as it is.
+    fn open(&self, id: &str, stored: &str) -> Result<String, &'static str> {
+        use openssl::symm::{decrypt_aead, Cipher};
+        let Some(text) = stored.strip_prefix(SEALED_PREFIX) else {
+            return Ok(stored.to_owned());
+        };
+        let bytes = hex::decode(text).map_err(|_| "its sealed HMAC key is malformed")?;
+        if bytes.len() < 12 + 16 {
+            return Err("its sealed HMAC key is malformed");
+        }
+        let (nonce, rest) = bytes.split_at(12);
+        let (sealed, tag) = rest.split_at(rest.len() - 16);
+        for key in &self.sealing {
+            if let Ok(plain) = decrypt_aead(
+                Cipher::aes_256_gcm(),
+                key.as_ref(),
+                Some(nonce),
+                &Self::sealing_aad(id),
+                sealed,
+                tag,
+            ) {
+                return String::from_utf8(plain).map_err(|_| "its sealed HMAC key is malformed");
+            }
+        }
+        Err("its HMAC key was sealed with a key this node does not hold (audit.previous_key_files)")
+    }
+
+    fn sealing_aad(id: &str) -> Vec<u8> {
+        let mut aad = b"backflow catalog secret v1\0".to_vec();
+        aad.extend_from_slice(id.as_bytes());
+        aad
     }
 
     /// Also believes unsigned records up to `offset` (a catalog written
@@ -814,6 +891,15 @@ impl Catalog {
             CatalogRecord::Token(t) => format!("token:{}", t.sha256),
             CatalogRecord::Node(n) => format!("node:{}", n.code),
         };
+        // Subscriptions' HMAC keys are written sealed: what the topic holds
+        // gives them to no one without the node's key.
+        let record = match record {
+            CatalogRecord::Subscription(mut s) => {
+                s.secret = self.inner.keys.seal(&s.id, &s.secret);
+                CatalogRecord::Subscription(s)
+            }
+            other => other,
+        };
         let value = serde_json::to_vec(&record).expect("catalog records serialize");
         let signature = self.inner.keys.sign(key.as_bytes(), &value);
         let delivered = self
@@ -859,8 +945,25 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
                 inner.applied.send_replace(record.offset);
                 continue;
             }
-            match serde_json::from_slice::<CatalogRecord>(payload) {
-                Ok(r) => inner.state.write().await.apply(r),
+            let parsed = serde_json::from_slice::<CatalogRecord>(payload).map(|r| match r {
+                CatalogRecord::Subscription(mut s) => {
+                    inner.keys.open(&s.id, &s.secret).map(|secret| {
+                        s.secret = secret;
+                        CatalogRecord::Subscription(s)
+                    })
+                }
+                other => Ok(other),
+            });
+            match parsed {
+                Ok(Err(why)) => {
+                    inner.rejected.inc();
+                    tracing::error!(
+                        offset = record.offset,
+                        reason = why,
+                        "catalog record rejected: not applied"
+                    );
+                }
+                Ok(Ok(r)) => inner.state.write().await.apply(r),
                 Err(e) => {
                     tracing::warn!(offset = record.offset, error = %e, "skipping unreadable catalog record")
                 }
@@ -909,6 +1012,40 @@ mod tests {
         assert!(node
             .refusal(5, b"token:ab", b"{\"type\":\"token\"}", &moved)
             .is_some());
+    }
+
+    #[test]
+    fn hmac_keys_are_sealed_for_the_node_and_their_subscription_only() {
+        let key = AuditKey::generate().unwrap();
+        let node = CatalogKeys::new(key.clone(), Vec::new());
+        let secret = random_secret();
+        let sealed = node.seal("330106:ga.people", &secret);
+        assert!(sealed.starts_with(SEALED_PREFIX) && !sealed.contains(&secret));
+        assert_ne!(
+            sealed,
+            node.seal("330106:ga.people", &secret),
+            "a fresh nonce each time"
+        );
+        assert_eq!(node.open("330106:ga.people", &sealed).unwrap(), secret);
+        assert!(
+            node.open("330108:ga.people", &sealed).is_err(),
+            "bound to its subscription"
+        );
+        let mut flipped = sealed.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        assert!(node
+            .open("330106:ga.people", std::str::from_utf8(&flipped).unwrap())
+            .is_err());
+        let other = CatalogKeys::new(AuditKey::generate().unwrap(), Vec::new());
+        assert!(other.open("330106:ga.people", &sealed).is_err());
+        let rotated = other.with_previous_keys(&[key]);
+        assert_eq!(rotated.open("330106:ga.people", &sealed).unwrap(), secret);
+        assert_eq!(
+            node.open("330106:ga.people", &secret).unwrap(),
+            secret,
+            "a key written before sealing is read as it is"
+        );
     }
 
     #[test]
