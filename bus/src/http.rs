@@ -231,9 +231,14 @@ impl Tls {
     }
 }
 
+/// Most HTTPS connections open at once.
+const MAX_TLS_CONNECTIONS: usize = 1024;
+
 /// Serves `router` over HTTPS on `listener` until `shutdown`: each
 /// connection's TLS handshake and requests run on a task of their own; a
-/// client that does not complete its handshake within 10 s is dropped. At
+/// client that does not complete its handshake within 10 s, or sends a
+/// request's headers slower than 30 s, is dropped; at most 1024
+/// connections are open at once. At
 /// shutdown no connection is accepted and open ones finish the requests
 /// they are in.
 pub async fn serve_tls(
@@ -243,7 +248,14 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let connections = tokio_util::task::TaskTracker::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
     loop {
+        // At most MAX_TLS_CONNECTIONS at once: the next waits in the
+        // kernel's backlog.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = open.clone().acquire_owned() => p.expect("never closed"),
+        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -257,6 +269,7 @@ pub async fn serve_tls(
         };
         let (tls, router, shutdown) = (tls.clone(), router.clone(), shutdown.clone());
         connections.spawn(async move {
+            let _permit = permit;
             let Ok(ssl) = openssl::ssl::Ssl::new(tls.0.context()) else {
                 return;
             };
@@ -273,7 +286,11 @@ pub async fn serve_tls(
                 Err(_) => return,
             }
             let service = hyper_util::service::TowerToHyperService::new(router);
+            // A client gets 30 s for each request's headers (the first and
+            // every one after on a kept-alive connection), then is dropped.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);

@@ -4,8 +4,10 @@
 //! a record the node did not sign. Reproduced attacks: a token record
 //! naming `admin` for a token the attacker chose, and a real record of the
 //! node replayed with its signature but a changed value (a district's token
-//! turned into an admin's). Both are rejected and reported (metric and
-//! log), neither is applied, and the node's own writes go on. The
+//! turned into an admin's), and a revoked token's earlier record replayed
+//! unchanged with its genuine signature. All are rejected and reported
+//! (metric and log), none is applied, the node writes its own record of a
+//! replayed key again (so compaction keeps it), and its own writes go on. The
 //! subscriptions' HMAC keys are in the topic only sealed with the node's
 //! key, and a restarted node opens them again.
 
@@ -123,21 +125,124 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
         .await;
     assert_eq!(status, 200, "the district's token still works: {answer}");
 
-    let rejected_twice = |node: &Node| {
+    // Attack 3: a revoked token's earlier record, replayed unchanged with
+    // its genuine signature.
+    let (status, issued) = node
+        .api(
+            "POST",
+            "/api/tokens",
+            Some(ADMIN),
+            Some(json!({"principal": "admin", "label": "to be revoked"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let (revoked_token, revoked_sha) = (
+        issued["token"].as_str().unwrap().to_owned(),
+        issued["sha256"].as_str().unwrap().to_owned(),
+    );
+    let high = Watermarks::new(&settings)
+        .unwrap()
+        .high(catalog, 0)
+        .await
+        .unwrap();
+    let reader = Consumer::replay(&settings, catalog, 0).unwrap();
+    let mut earlier = None;
+    loop {
+        let r = reader.recv().await.unwrap();
+        if r.key.as_deref() == Some(format!("token:{revoked_sha}").as_bytes()) {
+            earlier = Some(r.clone());
+        }
+        if r.offset + 1 >= high {
+            break;
+        }
+    }
+    let earlier = earlier.expect("the token's record");
+    let (status, answer) = node
+        .api(
+            "DELETE",
+            &format!("/api/tokens/{revoked_sha}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert!((200..300).contains(&status), "{answer}");
+    let headers: Vec<(&str, &[u8])> = earlier
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    attacker
+        .send(OutgoingRecord {
+            topic: catalog,
+            key: earlier.key.as_deref(),
+            payload: earlier.payload.as_deref(),
+            headers: &headers,
+        })
+        .await
+        .unwrap();
+    let (status, answer) = node
+        .api(
+            "POST",
+            "/api/tokens",
+            Some(ADMIN),
+            Some(json!({"principal": "owner:mz", "label": "marker 2"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = node
+        .api("GET", "/api/tokens", Some(&revoked_token), None)
+        .await;
+    assert_eq!(
+        status, 401,
+        "a replayed record un-revoked a token: {answer}"
+    );
+    // The node wrote its own record of that key again, after the replay:
+    // compaction keeps the revocation.
+    let started = std::time::Instant::now();
+    loop {
+        let high = Watermarks::new(&settings)
+            .unwrap()
+            .high(catalog, 0)
+            .await
+            .unwrap();
+        let reader = Consumer::replay(&settings, catalog, 0).unwrap();
+        let mut last = None;
+        loop {
+            let r = reader.recv().await.unwrap();
+            if r.key.as_deref() == Some(format!("token:{revoked_sha}").as_bytes()) {
+                last = Some(r.clone());
+            }
+            if r.offset + 1 >= high {
+                break;
+            }
+        }
+        let last: Value =
+            serde_json::from_slice(last.unwrap().payload.as_deref().unwrap()).unwrap();
+        if last["revoked"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replay is still the key's last record"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let rejected_thrice = |node: &Node| {
         let log = node.stderr();
         assert_eq!(
             log.matches("catalog record rejected").count(),
-            2,
+            3,
             "each rejection is reported once: {log}"
         );
     };
     let (_, metrics) = node.api("GET", "/metrics", Some(ADMIN), None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     assert!(
-        metrics.contains("backflow_catalog_rejected_total 2"),
+        metrics.contains("backflow_catalog_rejected_total 3"),
         "{metrics}"
     );
-    rejected_twice(&node);
+    rejected_thrice(&node);
 
     // A subscription's HMAC key is in the topic sealed, not in clear.
     let (status, answer) = node
@@ -192,7 +297,7 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
     }
 
     // Restarted with its key, the node opens its own records again and
-    // rejects the same two.
+    // rejects the same three.
     drop(node);
     let node = Node::start_with_config(&config, &[]).unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(60))
@@ -208,5 +313,9 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["state"], "active", "{answer}");
-    rejected_twice(&node);
+    rejected_thrice(&node);
+    let (status, _) = node
+        .api("GET", "/api/tokens", Some(&revoked_token), None)
+        .await;
+    assert_eq!(status, 401, "the revocation survived the restart");
 }

@@ -591,6 +591,19 @@ fn default_values_render_a_node() {
     let m = render(&[], &["config.http.metrics_listen=null"]);
     let config = check_release(&m, "serve");
     assert!(config["http"]["metrics_listen"].is_null());
+
+    // The probes ask the main port in the scheme it speaks.
+    let schemes = |m: &Manifests| {
+        let container = &m.one("Deployment")["spec"]["template"]["spec"]["containers"][0];
+        ["livenessProbe", "readinessProbe"].map(|p| container[p]["httpGet"]["scheme"].clone())
+    };
+    assert_eq!(schemes(&m), [json!("HTTP"), json!("HTTP")]);
+    let m = render(
+        &[],
+        &["config.http.tls_cert=/etc/backflow/tls/tls.crt,config.http.tls_key=/etc/backflow/tls/tls.key"],
+    );
+    check_release(&m, "serve");
+    assert_eq!(schemes(&m), [json!("HTTPS"), json!("HTTPS")]);
 }
 
 #[test]

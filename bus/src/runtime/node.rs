@@ -141,9 +141,16 @@ async fn run_on(
     if let Role::Source { resnapshot } = &role {
         resnapshot_feeds(&config, resnapshot, &publisher).await?;
     }
-    let state = start_state(
-        &config, &settings, &publisher, audit_key, &metrics, &tracker, &shutdown,
-    )?;
+    let process = Process {
+        config: &config,
+        is_node,
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let state = process.start_state(&publisher, audit_key)?;
     let feed_statuses = crate::source::feeds::FeedStatuses::default();
     let admission =
         crate::admission::FeedAdmission::new(config.secrets.clone(), config.api_feeds.clone())
@@ -171,15 +178,6 @@ async fn run_on(
         ));
     }
 
-    let process = Process {
-        config: &config,
-        is_node,
-        settings: settings.clone(),
-        metrics: metrics.clone(),
-        readiness: readiness.clone(),
-        tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
-    };
     process.start_subscriptions_and_data_path(
         embedded,
         &state,
@@ -488,73 +486,86 @@ struct State {
     auditor: crate::state::audit::Auditor,
 }
 
-/// Starts following the registry and the catalog (their followers run on
-/// `tracker`) and the audit trail's writer.
-fn start_state(
-    config: &Config,
-    settings: &KafkaSettings,
-    publisher: &Publisher,
-    audit_key: crate::state::audit::AuditKey,
-    metrics: &Metrics,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<State, NodeError> {
-    let proposer = format!(
-        "{}-{}-{}",
-        config.node.code,
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
-    );
-    let (registry, follower) =
-        Registry::start(settings, publisher.clone(), proposer, shutdown.clone())?;
-    tracker.spawn(async move {
-        let _ = follower.await;
-    });
-    let previous = config
-        .audit
-        .previous_keys()
-        .expect("checked when the configuration was loaded");
-    let mut previous_keys = Vec::new();
-    for path in &config.audit.previous_key_files {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            crate::state::audit::KeyError::Unreadable {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?);
-        previous_keys.push(crate::state::audit::AuditKey::from_seed_hex(
-            &text,
-            &format!("audit.previous_key_files ({})", path.display()),
-        )?);
+impl Process<'_> {
+    /// Starts following the registry and the catalog (their followers run on
+    /// `tracker`) and the audit trail's writer.
+    fn start_state(
+        &self,
+        publisher: &Publisher,
+        audit_key: crate::state::audit::AuditKey,
+    ) -> Result<State, NodeError> {
+        let (config, settings, metrics, tracker, shutdown) = (
+            self.config,
+            &self.settings,
+            &self.metrics,
+            &self.tracker,
+            &self.shutdown,
+        );
+        let config_is_node = self.is_node;
+        let proposer = format!(
+            "{}-{}-{}",
+            config.node.code,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default()
+        );
+        let (registry, follower) =
+            Registry::start(settings, publisher.clone(), proposer, shutdown.clone())?;
+        tracker.spawn(async move {
+            let _ = follower.await;
+        });
+        let previous = config
+            .audit
+            .previous_keys()
+            .expect("checked when the configuration was loaded");
+        let mut previous_keys = Vec::new();
+        for path in &config.audit.previous_key_files {
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                crate::state::audit::KeyError::Unreadable {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?);
+            previous_keys.push(crate::state::audit::AuditKey::from_seed_hex(
+                &text,
+                &format!("audit.previous_key_files ({})", path.display()),
+            )?);
+        }
+        let keys = crate::state::catalog::CatalogKeys::new(audit_key.clone(), previous)
+            .with_previous_keys(&previous_keys)
+            .with_unsigned_until(config.audit.unsigned_catalog_until_offset);
+        // A source process (possibly a department's) holds no key of the
+        // node's: it does not read the catalog, whose records it could not check.
+        let catalog = if config_is_node {
+            let (catalog, catalog_follower) = crate::state::catalog::Catalog::start(
+                settings,
+                publisher.clone(),
+                keys,
+                metrics,
+                shutdown.clone(),
+            )?;
+            tracker.spawn(async move {
+                let _ = catalog_follower.await;
+            });
+            catalog
+        } else {
+            crate::state::catalog::Catalog::unread(settings, publisher.clone(), keys, metrics)?
+        };
+        let auditor = crate::state::audit::Auditor::new(
+            settings,
+            publisher.clone(),
+            config.node.code.as_str(),
+            audit_key,
+            config.audit.checkpoint_every,
+        );
+        Ok(State {
+            registry,
+            catalog,
+            auditor,
+        })
     }
-    let keys = crate::state::catalog::CatalogKeys::new(audit_key.clone(), previous)
-        .with_previous_keys(&previous_keys)
-        .with_unsigned_until(config.audit.unsigned_catalog_until_offset);
-    let (catalog, catalog_follower) = crate::state::catalog::Catalog::start(
-        settings,
-        publisher.clone(),
-        keys,
-        metrics,
-        shutdown.clone(),
-    )?;
-    tracker.spawn(async move {
-        let _ = catalog_follower.await;
-    });
-    let auditor = crate::state::audit::Auditor::new(
-        settings,
-        publisher.clone(),
-        config.node.code.as_str(),
-        audit_key,
-        config.audit.checkpoint_every,
-    );
-    Ok(State {
-        registry,
-        catalog,
-        auditor,
-    })
 }
 
 /// Ends subscriptions past their validity within seconds, until `shutdown`.

@@ -33,7 +33,7 @@ pub const HEADER_SIGNATURE: &str = "backflow.sig";
 
 /// What a catalog signature starts with, so it is valid for nothing else
 /// the key signs (the audit trail's records).
-const SIGNATURE_CONTEXT: &[u8] = b"backflow catalog record v1\0";
+const SIGNATURE_CONTEXT: &[u8] = b"backflow catalog record v2\0";
 
 /// What the sealing key of the subscriptions' HMAC keys is derived for.
 const SEALING_PURPOSE: &[u8] = b"backflow catalog sealing key v1";
@@ -146,21 +146,32 @@ impl CatalogKeys {
         self
     }
 
-    /// What is signed: the context, the key's length, the key, the value.
-    fn message(key: &[u8], value: &[u8]) -> Vec<u8> {
-        let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 8 + key.len() + value.len());
+    /// What is signed: the context, the key's length, the key, when it
+    /// was written (ms since the epoch), the value.
+    fn message(key: &[u8], written_ms: i64, value: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 16 + key.len() + value.len());
         m.extend_from_slice(SIGNATURE_CONTEXT);
         m.extend_from_slice(&(key.len() as u64).to_be_bytes());
         m.extend_from_slice(key);
+        m.extend_from_slice(&written_ms.to_be_bytes());
         m.extend_from_slice(value);
         m
     }
 
-    fn sign(&self, key: &[u8], value: &[u8]) -> [u8; 64] {
-        self.signing.sign_message(&Self::message(key, value))
+    /// The signature header's value: when it was written (8 bytes), then
+    /// the signature (64 bytes).
+    fn sign(&self, key: &[u8], written_ms: i64, value: &[u8]) -> Vec<u8> {
+        let mut header = written_ms.to_be_bytes().to_vec();
+        header.extend_from_slice(
+            &self
+                .signing
+                .sign_message(&Self::message(key, written_ms, value)),
+        );
+        header
     }
 
     /// Why a record read from the topic is not believed, if it is not.
+    #[cfg(test)]
     fn refusal(
         &self,
         offset: i64,
@@ -168,28 +179,45 @@ impl CatalogKeys {
         value: &[u8],
         headers: &[(String, Vec<u8>)],
     ) -> Option<&'static str> {
+        self.check(offset, key, value, headers).err()
+    }
+
+    /// When a record the node signed was written (`None`: an unsigned
+    /// record of the upgrade window), or why it is not believed.
+    fn check(
+        &self,
+        offset: i64,
+        key: &[u8],
+        value: &[u8],
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<Option<i64>, &'static str> {
         let mut signatures = headers.iter().filter(|(k, _)| k == HEADER_SIGNATURE);
-        let Some((_, signature)) = signatures.next() else {
+        let Some((_, header)) = signatures.next() else {
             if self.unsigned_until.is_some_and(|until| offset <= until) {
-                return None;
+                return Ok(None);
             }
-            return Some("it carries no signature");
+            return Err("it carries no signature");
         };
         if signatures.next().is_some() {
-            return Some("it carries several signatures");
+            return Err("it carries several signatures");
         }
+        if header.len() != 8 + 64 {
+            return Err("its signature is malformed");
+        }
+        let (written, signature) = header.split_at(8);
+        let written_ms = i64::from_be_bytes(written.try_into().expect("8 bytes"));
         let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
-            return Some("its signature is malformed");
+            return Err("its signature is malformed");
         };
-        let message = Self::message(key, value);
+        let message = Self::message(key, written_ms, value);
         if self
             .trusted
             .iter()
             .any(|k| k.verify_strict(&message, &signature).is_ok())
         {
-            None
+            Ok(Some(written_ms))
         } else {
-            Some("its signature is not by this node's key (the record was changed, or written by someone else)")
+            Err("its signature is not by this node's key (the record was changed, or written by someone else)")
         }
     }
 }
@@ -765,6 +793,11 @@ struct Inner {
     keys: CatalogKeys,
     /// `backflow_catalog_rejected_total`.
     rejected: prometheus::IntCounter,
+    /// When each key's record applied last was written: a record of the
+    /// key written before it is a replay, and this process writes the key
+    /// only later than it (whatever the clocks of the node's other
+    /// processes say).
+    written: std::sync::Mutex<std::collections::HashMap<Vec<u8>, i64>>,
 }
 
 /// 32 random bytes, hex (an HMAC key per subscription).
@@ -797,9 +830,36 @@ impl Catalog {
             writer: tokio::sync::Mutex::new(()),
             keys,
             rejected: metrics.catalog_rejected.clone(),
+            written: Default::default(),
         });
         let follower = tokio::spawn(follow(inner.clone(), consumer, shutdown));
         Ok((Self { inner }, follower))
+    }
+
+    /// A catalog that is not read: for a process that runs only configured
+    /// feeds (`backflow source`). Such a process holds no key of the node's
+    /// (a department may run it), so it can neither check the node's
+    /// records nor write any; its state stays empty (only configured tokens
+    /// are known to it).
+    pub fn unread(
+        settings: &KafkaSettings,
+        publisher: Publisher,
+        keys: CatalogKeys,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, KafkaError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state: RwLock::new(CatalogState::default()),
+                applied: watch::channel(-1).0,
+                changed: watch::channel(0).0,
+                publisher,
+                watermarks: Watermarks::new(settings)?,
+                writer: tokio::sync::Mutex::new(()),
+                keys,
+                rejected: metrics.catalog_rejected.clone(),
+                written: Default::default(),
+            }),
+        })
     }
 
     /// The current state.
@@ -901,7 +961,12 @@ impl Catalog {
             other => other,
         };
         let value = serde_json::to_vec(&record).expect("catalog records serialize");
-        let signature = self.inner.keys.sign(key.as_bytes(), &value);
+        let written_ms = {
+            let written = self.inner.written.lock().expect("not poisoned");
+            let last = written.get(key.as_bytes()).copied().unwrap_or(i64::MIN);
+            backflow_connectors::now_ms().max(last.saturating_add(1))
+        };
+        let signature = self.inner.keys.sign(key.as_bytes(), written_ms, &value);
         let delivered = self
             .inner
             .publisher
@@ -909,14 +974,33 @@ impl Catalog {
                 topic: topics::catalog(),
                 key: Some(key.as_bytes()),
                 payload: Some(&value),
-                headers: &[(HEADER_SIGNATURE, &signature)],
+                headers: &[(HEADER_SIGNATURE, signature.as_slice())],
             })
             .await?;
         self.wait_applied(delivered.offset).await
     }
 }
 
+/// The node's current record of a catalog key, to write again.
+fn current_record(st: &CatalogState, key: &str) -> Option<CatalogRecord> {
+    let (kind, id) = key.split_once(':')?;
+    Some(match kind {
+        "dataset" => CatalogRecord::Dataset(st.datasets.get(id)?.clone()),
+        "subscription" => CatalogRecord::Subscription(st.subscriptions.get(id)?.clone()),
+        "feed" => CatalogRecord::Feed(st.feeds.get(id)?.clone()),
+        "token" => CatalogRecord::Token(st.tokens.get(id)?.clone()),
+        "node" => CatalogRecord::Node(st.nodes.get(id)?.clone()),
+        _ => return None,
+    })
+}
+
+/// How soon the node writes one key's record again after a record it
+/// rejected landed on that key.
+const REASSERT_EVERY: Duration = Duration::from_secs(10);
+
 async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationToken) {
+    let mut reasserted: std::collections::HashMap<Vec<u8>, tokio::time::Instant> =
+        std::collections::HashMap::new();
     loop {
         let record = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -930,45 +1014,78 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
                 continue;
             }
         };
-        if let Some(payload) = &record.payload {
-            let key = record.key.as_deref().unwrap_or_default();
-            if let Some(why) = inner
+        let key = record.key.clone().unwrap_or_default();
+        let verdict = match &record.payload {
+            // The node never deletes a catalog key.
+            None => Err("it is a tombstone, which would delete the key's record at compaction"),
+            Some(payload) => inner
                 .keys
-                .refusal(record.offset, key, payload, &record.headers)
-            {
+                .check(record.offset, &key, payload, &record.headers)
+                .and_then(|at| {
+                    let written = inner.written.lock().expect("not poisoned");
+                    match (at, written.get(&key)) {
+                        (Some(at), Some(last)) if at < *last => {
+                            Err("it is older than the key's record already applied (a replay)")
+                        }
+                        _ => Ok(at),
+                    }
+                })
+                .and_then(|at| {
+                    let parsed = serde_json::from_slice::<CatalogRecord>(payload)
+                        .map_err(|_| "it is not a catalog record")?;
+                    let opened = match parsed {
+                        CatalogRecord::Subscription(mut s) => {
+                            s.secret = inner.keys.open(&s.id, &s.secret)?;
+                            CatalogRecord::Subscription(s)
+                        }
+                        other => other,
+                    };
+                    Ok((at, opened))
+                }),
+        };
+        match verdict {
+            Ok((at, r)) => {
+                if let Some(at) = at {
+                    inner.written.lock().expect("not poisoned").insert(key, at);
+                }
+                inner.state.write().await.apply(r);
+                inner.changed.send_modify(|n| *n += 1);
+            }
+            Err(why) => {
                 inner.rejected.inc();
                 tracing::error!(
                     offset = record.offset,
                     reason = why,
                     "catalog record rejected: not applied; someone other than this node wrote to the catalog topic (only the node's principal may: see the Kafka ACLs in README, Security model)"
                 );
-                inner.applied.send_replace(record.offset);
-                continue;
+                // The node writes its own record of the key again, so the
+                // rejected one is not the last of its key when the topic is
+                // compacted (once the whole topic has been read, and at most
+                // every 10 s per key).
+                let due = reasserted
+                    .get(&key)
+                    .is_none_or(|t| t.elapsed() >= REASSERT_EVERY);
+                if due {
+                    reasserted.insert(key.clone(), tokio::time::Instant::now());
+                    let catalog = Catalog {
+                        inner: inner.clone(),
+                    };
+                    tokio::spawn(async move {
+                        if catalog.caught_up().await.is_err() {
+                            return;
+                        }
+                        let Ok(key) = String::from_utf8(key) else {
+                            return;
+                        };
+                        let current = current_record(&*catalog.state().await, &key);
+                        if let Some(record) = current {
+                            if let Err(e) = catalog.put(record).await {
+                                tracing::warn!(error = %e, "writing the node's record again after a rejected one failed");
+                            }
+                        }
+                    });
+                }
             }
-            let parsed = serde_json::from_slice::<CatalogRecord>(payload).map(|r| match r {
-                CatalogRecord::Subscription(mut s) => {
-                    inner.keys.open(&s.id, &s.secret).map(|secret| {
-                        s.secret = secret;
-                        CatalogRecord::Subscription(s)
-                    })
-                }
-                other => Ok(other),
-            });
-            match parsed {
-                Ok(Err(why)) => {
-                    inner.rejected.inc();
-                    tracing::error!(
-                        offset = record.offset,
-                        reason = why,
-                        "catalog record rejected: not applied"
-                    );
-                }
-                Ok(Ok(r)) => inner.state.write().await.apply(r),
-                Err(e) => {
-                    tracing::warn!(offset = record.offset, error = %e, "skipping unreadable catalog record")
-                }
-            }
-            inner.changed.send_modify(|n| *n += 1);
         }
         inner.applied.send_replace(record.offset);
     }
@@ -980,7 +1097,7 @@ mod tests {
     use crate::state::audit::AuditKey;
 
     fn signed(keys: &CatalogKeys, key: &[u8], value: &[u8]) -> Vec<(String, Vec<u8>)> {
-        vec![(HEADER_SIGNATURE.to_owned(), keys.sign(key, value).to_vec())]
+        vec![(HEADER_SIGNATURE.to_owned(), keys.sign(key, 1_000, value))]
     }
 
     #[test]
