@@ -133,16 +133,7 @@ impl TestBroker {
     }
 
     fn wait_listening(&self) {
-        let until = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
-            assert!(
-                Instant::now() < until,
-                "Apache Kafka did not listen on {}: {}",
-                self.bootstrap,
-                std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_broker(&self.bootstrap, &self.dir.path().join("broker.log"));
     }
 
     /// `host:port` for clients.
@@ -185,6 +176,34 @@ impl Drop for TestBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits up to 60 s until a broker listens at `bootstrap`; fails the test
+/// with the broker's log otherwise.
+pub(crate) fn wait_for_broker(bootstrap: &str, log: &std::path::Path) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(bootstrap).is_err() {
+        assert!(
+            Instant::now() < until,
+            "Apache Kafka did not listen on {bootstrap}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `[[auth.tokens]]` entries of a node's configuration: each principal
+/// with its token's SHA-256.
+pub fn tokens_toml(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(principal, token)| {
+            format!(
+                "[[auth.tokens]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n",
+                backflow::auth::token_hash(token)
+            )
+        })
+        .collect()
 }
 
 /// Starts Apache Kafka from a directory holding its `server.properties`

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
@@ -76,16 +75,7 @@ impl SecureBroker {
     }
 
     fn wait_listening(&self) {
-        let until = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
-            assert!(
-                Instant::now() < until,
-                "Apache Kafka did not listen on {}: {}",
-                self.bootstrap,
-                std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_for_broker(&self.bootstrap, &self.dir.path().join("broker.log"));
     }
 
     /// `host:port` of the SASL_SSL listener.

@@ -35,18 +35,6 @@ async fn district_rows(db: &SinkDb) -> usize {
         .len()
 }
 
-fn tokens(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(p, t)| {
-            format!(
-                "[[auth.tokens]]\nprincipal = \"{p}\"\nsha256 = \"{}\"\n",
-                backflow::auth::token_hash(t)
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
     let source = SinkDb::create(Backend::Postgres).await.unwrap();
@@ -103,7 +91,7 @@ async fn a_city_passes_on_what_it_received_only_as_protected_as_it_arrived() {
             unique_name("city-from-province"),
             province_bus.bootstrap(),
             province.url,
-            tokens(&[
+            backflow_e2e::tokens_toml(&[
                 ("admin", CITY_ADMIN),
                 ("owner:ga", CITY_GA),
                 ("auditor", CITY_AUDITOR)
@@ -300,7 +288,7 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
             source.name.replace('_', "-"),
             source.name,
             city_token.auth_toml(),
-            tokens(&[("owner:ga", PROVINCE_GA)]),
+            backflow_e2e::tokens_toml(&[("owner:ga", PROVINCE_GA)]),
         ),
         &[],
     )
@@ -348,7 +336,7 @@ async fn a_city_shares_on_only_while_the_upper_grant_allows_it() {
             unique_name("city-from-province"),
             province_bus.bootstrap(),
             province.url,
-            tokens(&[("admin", CITY_ADMIN), ("auditor", CITY_AUDITOR)]) + &district_token.auth_toml(),
+            backflow_e2e::tokens_toml(&[("admin", CITY_ADMIN), ("auditor", CITY_AUDITOR)]) + &district_token.auth_toml(),
         ),
         &[("CITY_TOKEN", city_token.token())],
     )

@@ -13,11 +13,38 @@
 
 use std::time::Duration;
 
-use backflow::kafka::{Consumer, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
+use backflow::kafka::{
+    ConsumedRecord, Consumer, KafkaSettings, OutgoingRecord, Publisher, Watermarks,
+};
 use backflow_e2e::{Node, TestBroker};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "catalog-trust-admin";
+
+/// Every record of the catalog topic, as any client of the cluster reads it.
+async fn catalog_records(settings: &KafkaSettings) -> Vec<ConsumedRecord> {
+    let catalog = "backflow._catalog";
+    let high = Watermarks::new(settings)
+        .unwrap()
+        .high(catalog, 0)
+        .await
+        .unwrap();
+    let reader = Consumer::replay(settings, catalog, 0).unwrap();
+    let mut out = Vec::new();
+    while out.len() < high as usize {
+        out.push(reader.recv().await.unwrap());
+    }
+    out
+}
+
+/// The last record of `key` in the catalog topic.
+async fn last_of(settings: &KafkaSettings, key: &str) -> Option<ConsumedRecord> {
+    catalog_records(settings)
+        .await
+        .into_iter()
+        .rev()
+        .find(|r| r.key.as_deref() == Some(key.as_bytes()))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
@@ -46,22 +73,10 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
     let catalog = "backflow._catalog";
 
     // The node's own record of the district's token, with its headers.
-    let high = Watermarks::new(&settings)
-        .unwrap()
-        .high(catalog, 0)
+    let sha = backflow::auth::token_hash(&district_token);
+    let genuine = last_of(&settings, &format!("token:{sha}"))
         .await
-        .unwrap();
-    let reader = Consumer::replay(&settings, catalog, 0).unwrap();
-    let mut genuine = None;
-    while genuine.is_none() {
-        let r = reader.recv().await.unwrap();
-        let value: Value = serde_json::from_slice(r.payload.as_deref().unwrap_or(b"null")).unwrap();
-        if value["type"] == "token" && value["principal"] == "subscriber:330106" {
-            genuine = Some(r.clone());
-        }
-        assert!(r.offset < high, "the token record is in the catalog");
-    }
-    let genuine = genuine.unwrap();
+        .expect("the token record is in the catalog");
 
     let attacker = Publisher::new(&settings, None).unwrap();
     // Attack 1: a record of the attacker's own, unsigned.
@@ -140,23 +155,9 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
         issued["token"].as_str().unwrap().to_owned(),
         issued["sha256"].as_str().unwrap().to_owned(),
     );
-    let high = Watermarks::new(&settings)
-        .unwrap()
-        .high(catalog, 0)
+    let earlier = last_of(&settings, &format!("token:{revoked_sha}"))
         .await
-        .unwrap();
-    let reader = Consumer::replay(&settings, catalog, 0).unwrap();
-    let mut earlier = None;
-    loop {
-        let r = reader.recv().await.unwrap();
-        if r.key.as_deref() == Some(format!("token:{revoked_sha}").as_bytes()) {
-            earlier = Some(r.clone());
-        }
-        if r.offset + 1 >= high {
-            break;
-        }
-    }
-    let earlier = earlier.expect("the token's record");
+        .expect("the token's record");
     let (status, answer) = node
         .api(
             "DELETE",
@@ -200,22 +201,7 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
     // compaction keeps the revocation.
     let started = std::time::Instant::now();
     loop {
-        let high = Watermarks::new(&settings)
-            .unwrap()
-            .high(catalog, 0)
-            .await
-            .unwrap();
-        let reader = Consumer::replay(&settings, catalog, 0).unwrap();
-        let mut last = None;
-        loop {
-            let r = reader.recv().await.unwrap();
-            if r.key.as_deref() == Some(format!("token:{revoked_sha}").as_bytes()) {
-                last = Some(r.clone());
-            }
-            if r.offset + 1 >= high {
-                break;
-            }
-        }
+        let last = last_of(&settings, &format!("token:{revoked_sha}")).await;
         let last: Value =
             serde_json::from_slice(last.unwrap().payload.as_deref().unwrap()).unwrap();
         if last["revoked"] == true {
@@ -270,24 +256,13 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
         )
         .await;
     assert!((200..300).contains(&status), "{answer}");
-    let high = Watermarks::new(&settings)
-        .unwrap()
-        .high(catalog, 0)
+    let secrets: Vec<String> = catalog_records(&settings)
         .await
-        .unwrap();
-    let reader = Consumer::replay(&settings, catalog, 0).unwrap();
-    let mut secrets = Vec::new();
-    loop {
-        let r = reader.recv().await.unwrap();
-        let value: Value =
-            serde_json::from_slice(r.payload.as_deref().unwrap_or(b"null")).unwrap_or_default();
-        if value["type"] == "subscription" {
-            secrets.push(value["secret"].as_str().unwrap_or_default().to_owned());
-        }
-        if r.offset + 1 >= high {
-            break;
-        }
-    }
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(r.payload.as_deref()?).ok())
+        .filter(|v| v["type"] == "subscription")
+        .map(|v| v["secret"].as_str().unwrap_or_default().to_owned())
+        .collect();
     assert!(!secrets.is_empty());
     for secret in &secrets {
         assert!(

@@ -33,19 +33,11 @@ async fn the_api_and_registry_are_served_over_https_only() {
         )
         .await
         .unwrap();
-    let tokens: String = [
+    let tokens = backflow_e2e::tokens_toml(&[
         ("admin", ADMIN),
         ("owner:ga", GA),
         ("subscriber:330106", XIHU),
-    ]
-    .iter()
-    .map(|(p, t)| {
-        format!(
-            "[[auth.tokens]]\nprincipal = \"{p}\"\nsha256 = \"{}\"\n",
-            backflow::auth::token_hash(t)
-        )
-    })
-    .collect();
+    ]);
     let config = format!(
         "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\n\
          [http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\n\

@@ -87,21 +87,13 @@ impl Setup {
             )
             .await
             .unwrap();
-        let tokens: String = [
+        let tokens = backflow_e2e::tokens_toml(&[
             ("admin", ADMIN),
             ("owner:ga", GA),
             ("auditor", AUDITOR),
             ("subscriber:330106", XIHU),
             ("subscriber:330108", BINJIANG),
-        ]
-        .iter()
-        .map(|(p, t)| {
-            format!(
-                "[[auth.tokens]]\nprincipal = \"{p}\"\nsha256 = \"{}\"\n",
-                backflow::auth::token_hash(t)
-            )
-        })
-        .collect();
+        ]);
         let config = format!(
             "[node]\ncode = \"330100\"\n\
              [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}\n\
