@@ -33,7 +33,7 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::topics;
-use crate::kafka::acl::{Acl, AclAdmin, Operation, Pattern, Resource};
+use crate::kafka::acl::{Acl, AclAdmin, Foreign, Held, Operation, Pattern, Resource};
 use crate::state::audit::Auditor;
 use crate::state::catalog::{Catalog, CatalogState};
 
@@ -88,8 +88,9 @@ pub fn wanted(code: &str, principal: &str, served: &crate::lag::Served) -> Vec<A
     out.into_iter().collect()
 }
 
-/// The ACLs in force per child node, as the reconciler last saw them on
-/// the cluster (for `GET /api/subscriptions/{id}`).
+/// The ACLs per child node that the reconciler's last round wanted (and
+/// made so, unless the round failed: see `backflow_kafka_acl_errors_total`),
+/// for `GET /api/subscriptions/{id}`.
 #[derive(Clone, Default)]
 pub struct AclsInForce(Arc<RwLock<BTreeMap<String, Vec<Acl>>>>);
 
@@ -145,22 +146,32 @@ fn in_force_now(
     out
 }
 
+/// What of `held` is not `wanted` and reaches this node's names: ACLs of
+/// the kinds the node writes, and ALLOW rules of any other kind (DENY
+/// rules only take rights away, and stay).
+fn unwanted(held: &Held, wanted: &[Acl]) -> (Vec<Acl>, Vec<Foreign>) {
+    let prefix = topics::prefix();
+    let acls = held
+        .acls
+        .iter()
+        .filter(|a| !wanted.contains(a))
+        .filter(|a| reaches(&a.name, a.pattern == Pattern::Prefixed, prefix))
+        .cloned()
+        .collect();
+    let foreign = held
+        .foreign
+        .iter()
+        .filter(|f| !f.is_deny() && !f.outside(prefix))
+        .cloned()
+        .collect();
+    (acls, foreign)
+}
+
 /// Takes every right of `principal` that reaches this node's names away
 /// (DENY rules stay): for a principal a child node no longer has. What
 /// was removed, for the audit trail.
 pub fn strip(admin: &AclAdmin, principal: &str) -> Result<Vec<String>, crate::kafka::KafkaError> {
-    let prefix = topics::prefix();
-    let held = admin.held_by(principal)?;
-    let acls: Vec<Acl> = held
-        .acls
-        .into_iter()
-        .filter(|a| reaches(&a.name, a.pattern == Pattern::Prefixed, prefix))
-        .collect();
-    let foreign: Vec<_> = held
-        .foreign
-        .into_iter()
-        .filter(|f| !f.is_deny() && !f.outside(prefix))
-        .collect();
+    let (acls, foreign) = unwanted(&admin.held_by(principal)?, &[]);
     admin.delete(&acls)?;
     admin.delete_foreign(&foreign)?;
     Ok(acls
@@ -223,24 +234,12 @@ impl Reconciler {
         principal: &str,
         wanted: &[Acl],
     ) -> Result<(), crate::kafka::KafkaError> {
-        let prefix = topics::prefix();
         let admin = self.admin.clone();
         let p = principal.to_owned();
         let held = tokio::task::spawn_blocking(move || admin.held_by(&p))
             .await
             .expect("the ACL call does not panic")?;
-        let extra: Vec<Acl> = held
-            .acls
-            .iter()
-            .filter(|a| !wanted.contains(a))
-            .filter(|a| reaches(&a.name, a.pattern == Pattern::Prefixed, prefix))
-            .cloned()
-            .collect();
-        let foreign: Vec<_> = held
-            .foreign
-            .into_iter()
-            .filter(|f| !f.is_deny() && !f.outside(prefix))
-            .collect();
+        let (extra, foreign) = unwanted(&held, wanted);
         if !extra.is_empty() || !foreign.is_empty() {
             let admin = self.admin.clone();
             let (acls, other) = (extra.clone(), foreign.clone());

@@ -800,6 +800,28 @@ struct Inner {
     written: std::sync::Mutex<std::collections::HashMap<Vec<u8>, i64>>,
 }
 
+impl Inner {
+    /// An empty catalog writing through `publisher`.
+    fn new(
+        settings: &KafkaSettings,
+        publisher: Publisher,
+        keys: CatalogKeys,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, KafkaError> {
+        Ok(Inner {
+            state: RwLock::new(CatalogState::default()),
+            applied: watch::channel(-1).0,
+            changed: watch::channel(0).0,
+            publisher,
+            watermarks: Watermarks::new(settings)?,
+            writer: tokio::sync::Mutex::new(()),
+            keys,
+            rejected: metrics.catalog_rejected.clone(),
+            written: Default::default(),
+        })
+    }
+}
+
 /// 32 random bytes, hex (an HMAC key per subscription).
 pub(crate) fn random_secret() -> String {
     use std::io::Read;
@@ -821,17 +843,7 @@ impl Catalog {
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
         let consumer = Consumer::follow(settings, topics::catalog(), 0)?;
-        let inner = Arc::new(Inner {
-            state: RwLock::new(CatalogState::default()),
-            applied: watch::channel(-1).0,
-            changed: watch::channel(0).0,
-            publisher,
-            watermarks: Watermarks::new(settings)?,
-            writer: tokio::sync::Mutex::new(()),
-            keys,
-            rejected: metrics.catalog_rejected.clone(),
-            written: Default::default(),
-        });
+        let inner = Arc::new(Inner::new(settings, publisher, keys, metrics)?);
         let follower = tokio::spawn(follow(inner.clone(), consumer, shutdown));
         Ok((Self { inner }, follower))
     }
@@ -848,17 +860,7 @@ impl Catalog {
         metrics: &crate::metrics::Metrics,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
-            inner: Arc::new(Inner {
-                state: RwLock::new(CatalogState::default()),
-                applied: watch::channel(-1).0,
-                changed: watch::channel(0).0,
-                publisher,
-                watermarks: Watermarks::new(settings)?,
-                writer: tokio::sync::Mutex::new(()),
-                keys,
-                rejected: metrics.catalog_rejected.clone(),
-                written: Default::default(),
-            }),
+            inner: Arc::new(Inner::new(settings, publisher, keys, metrics)?),
         })
     }
 

@@ -170,7 +170,7 @@ async fn get_subscription(
     let mut answer = view(sub);
     if state.acl_admin.is_some() {
         // The ACLs of the subscriber's principal that this subscription
-        // is the reason for, as last seen on the cluster.
+        // is the reason for, as the reconciler last made them.
         let topic = crate::domain::topics::share(&sub.subscriber, &sub.dataset);
         let acls: Vec<_> = state
             .acls_in_force
