@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the real services backflow's tests and local development use:
-#   PostgreSQL 15 with wal_level=logical            127.0.0.1:5432 (trust auth)
-#   MariaDB with a ROW/FULL binlog and server_id=1  127.0.0.1:3306 (root, no password)
+#   PostgreSQL 15 with wal_level=logical            127.0.0.1:5432 (trust auth, TLS)
+#   MariaDB with a ROW/FULL binlog and server_id=1  127.0.0.1:3306 (root, no password, TLS)
 #   Apache Kafka 4.1.1 (KRaft, jars from Maven)     127.0.0.1:9092
 # and the tools the tests drive: headless Chromium (the dashboard test).
 #
@@ -47,9 +47,56 @@ apt_install() {
   apt-get install -y -qq "$@" >/dev/null
 }
 
+# ------------------------------------------------------- database TLS certs
+# Both test databases offer TLS with a certificate for IP 127.0.0.1 (and no
+# DNS name, so a client that connects to "localhost" under verify-full is
+# refused: the tests use that). Made once with openssl into $STATE/db-tls:
+#   ca.crt        the CA that signs the servers' certificate (clients trust it)
+#   other-ca.crt  a CA that signed nothing here (clients that trust only it fail)
+#   server.crt/.key  copied to where each server may read its key
+DB_TLS=$STATE/db-tls
+PG_TLS_DIR=/var/lib/postgresql/backflow-tls
+MARIADB_TLS_DIR=/etc/mysql/backflow-tls
+
+db_tls_certs() {
+  command -v openssl >/dev/null || apt_install openssl
+  if [ ! -f "$DB_TLS/server.crt" ] || [ ! -f "$DB_TLS/other-ca.crt" ]; then
+    log "making the test databases' TLS certificates in $DB_TLS"
+    rm -rf "$DB_TLS.partial" && mkdir -p "$DB_TLS.partial"
+    (
+      cd "$DB_TLS.partial"
+      for ca in ca other-ca; do
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=backflow test $ca" \
+          -keyout "$ca.key" -out "$ca.crt" 2>/dev/null
+      done
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout server.key -out server.csr 2>/dev/null
+      printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext
+      openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile server.ext -out server.crt 2>/dev/null
+      rm -f server.csr server.ext ca.srl other-ca.key
+    ) || die "cannot make the databases' TLS certificates with openssl"
+    rm -rf "$DB_TLS" && mv "$DB_TLS.partial" "$DB_TLS"
+  fi
+}
+
+# install_server_tls DIR OWNER: the server certificate and key where OWNER
+# (and only OWNER) reads them.
+install_server_tls() {
+  local dir=$1 owner=$2
+  mkdir -p "$dir"
+  if ! cmp -s "$DB_TLS/server.crt" "$dir/server.crt"; then
+    install -m 0644 -o "$owner" "$DB_TLS/server.crt" "$dir/server.crt"
+    install -m 0644 -o "$owner" "$DB_TLS/ca.crt" "$dir/ca.crt"
+    install -m 0600 -o "$owner" "$DB_TLS/server.key" "$dir/server.key"
+  fi
+  chown "$owner" "$dir" && chmod 0700 "$dir"
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n1; }
 pg_tcp() { psql -h 127.0.0.1 -U postgres -d postgres -XAtq "$@"; }
+pg_tls_on() { [ "$(pg_tcp -c 'show ssl')" = on ]; }
 pg_local() { su postgres -c "psql -d postgres -XAtq $(printf '%q ' "$@")"; }
 
 postgres_up() {
@@ -74,6 +121,26 @@ postgres_up() {
   if ! grep -qE '^host\s+replication\s+all\s+127\.0\.0\.1/32\s+trust' "$conf/pg_hba.conf"; then
     sed -i '1i host replication all 127.0.0.1/32 trust' "$conf/pg_hba.conf"
     pg_local -c 'select pg_reload_conf()' >/dev/null
+  fi
+  # TLS: the tests' role bf_tls (created by the tests) may log in only over
+  # TLS, with its password; these lines go first.
+  if ! grep -qE '^hostnossl\s+all\s+bf_tls\s+127\.0\.0\.1/32\s+reject' "$conf/pg_hba.conf"; then
+    log "allowing the test role bf_tls over TLS only ($conf/pg_hba.conf)"
+    local net
+    for net in 127.0.0.1/32 ::1/128; do
+      sed -i "1i hostnossl all bf_tls $net reject\nhostnossl replication bf_tls $net reject\nhostssl all bf_tls $net scram-sha-256\nhostssl replication bf_tls $net scram-sha-256" "$conf/pg_hba.conf"
+    done
+    pg_local -c 'select pg_reload_conf()' >/dev/null
+  fi
+  install_server_tls "$PG_TLS_DIR" postgres
+  if [ "$(pg_tcp -c 'show ssl')" != on ] || [ "$(pg_tcp -c 'show ssl_cert_file')" != "$PG_TLS_DIR/server.crt" ]; then
+    log "turning on TLS (ssl = on, $PG_TLS_DIR)"
+    pg_tcp -c 'ALTER SYSTEM SET ssl = on' \
+      -c "ALTER SYSTEM SET ssl_cert_file = '$PG_TLS_DIR/server.crt'" \
+      -c "ALTER SYSTEM SET ssl_key_file = '$PG_TLS_DIR/server.key'" >/dev/null
+    pg_tcp -c 'select pg_reload_conf()' >/dev/null
+    wait_until "PostgreSQL TLS" 20 pg_tls_on \
+      || die "PostgreSQL did not turn TLS on; see /var/log/postgresql/postgresql-$ver-main.log"
   fi
   # The connector tests' SCRAM role (bf_scram, created by the tests) must
   # give its password: these lines go first, before the trust lines above.
@@ -141,8 +208,12 @@ binlog_format     = ROW
 binlog_row_image  = FULL
 server_id         = 1
 bind_address      = 127.0.0.1
+ssl_cert          = /etc/mysql/backflow-tls/server.crt
+ssl_key           = /etc/mysql/backflow-tls/server.key
+ssl_ca            = /etc/mysql/backflow-tls/ca.crt
 EOF
 )
+  install_server_tls "$MARIADB_TLS_DIR" mysql
   if [ ! -f "$MARIADB_CNF" ] || [ "$(cat "$MARIADB_CNF")" != "$want" ]; then
     printf '%s\n' "$want" >"$MARIADB_CNF"
   fi
@@ -159,8 +230,8 @@ EOF
     log "allowing root without password over TCP for local tests"
     mariadb -uroot -e "ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket"
   fi
-  if [ "$(my_binlog)" != "1 ROW FULL 1" ]; then
-    log "enabling the ROW/FULL binlog ($MARIADB_CNF) and restarting MariaDB"
+  if [ "$(my_binlog)" != "1 ROW FULL 1" ] || [ "$(my_tcp -e 'select @@have_ssl')" != YES ]; then
+    log "enabling the ROW/FULL binlog and TLS ($MARIADB_CNF) and restarting MariaDB"
     mariadb-admin -uroot shutdown
     wait_until "MariaDB to stop" 60 bash -c '! pgrep -x mariadbd'
     mariadb_start
@@ -319,6 +390,7 @@ status() {
 
 case "${1:-}" in
   up)
+    db_tls_certs
     postgres_up
     mariadb_up
     kafka_up

@@ -44,6 +44,8 @@ pub enum Refusal {
 
 /// Keys through which a definition would pick a password itself.
 const CHOSEN_SECRET_KEYS: [&str; 3] = ["password", "password_env", "password_file"];
+/// Keys through which a definition would name a file of the node.
+const NODE_FILE_KEYS: [&str; 1] = ["ssl_ca_file"];
 /// The admin's rules for feeds registered through the API.
 #[derive(Debug, Clone, Default)]
 pub struct FeedAdmission {
@@ -92,6 +94,14 @@ impl FeedAdmission {
                 self.bound_list(department)
             )));
         }
+        if let Some(key) = NODE_FILE_KEYS
+            .iter()
+            .find(|k| definition.get(**k).is_some())
+        {
+            return Err(Refusal::Invalid(format!(
+                "{key}: not accepted for a feed registered through the API (it names a file of the node); the CAs of feeds registered through the API are the admin's [api_feeds] ssl_ca_file, or the system's"
+            )));
+        }
         let datasets = feed.datasets();
         if datasets.is_empty() {
             return Err(Refusal::Invalid(
@@ -130,6 +140,17 @@ impl FeedAdmission {
         }
         self.check_destination(feed)?;
         let mut feed = feed.clone();
+        let ca = self
+            .feeds
+            .ssl_ca_file
+            .as_ref()
+            .filter(|_| feed.tls().enabled())
+            .map(|p| p.to_string_lossy().into_owned());
+        match &mut feed {
+            FeedConfig::Postgres(c) => c.ssl_ca_file = ca,
+            FeedConfig::Mysql(c) => c.ssl_ca_file = ca,
+            FeedConfig::Poll(c) => c.ssl_ca_file = ca,
+        }
         let named = definition.get(SECRET_KEY).and_then(|v| v.as_str());
         if let Some(name) = named {
             let secret = self
@@ -329,8 +350,37 @@ mod tests {
             ApiFeedsConfig {
                 allowed_hosts: vec!["10.0.0.5:5432".into()],
                 sqlite_dir: None,
+                ssl_ca_file: Some("/etc/backflow/db-ca.pem".into()),
             },
         )
+    }
+
+    #[test]
+    fn an_api_feed_names_no_ca_file_and_gets_the_admins() {
+        let def = pg(
+            "10.0.0.5",
+            json!({"sslmode": "verify-full", "ssl_ca_file": "/etc/backflow/kafka.key"}),
+        );
+        let e = rules()
+            .admit(&feed(&def), &def, Some("ga"), false)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Refusal::Invalid(r) if r.starts_with("ssl_ca_file") && r.contains("api_feeds")),
+            "{e}"
+        );
+        let def = pg("10.0.0.5", json!({"sslmode": "verify-full"}));
+        let admitted = rules().admit(&feed(&def), &def, Some("ga"), false).unwrap();
+        let FeedConfig::Postgres(c) = admitted else {
+            panic!()
+        };
+        assert_eq!(c.ssl_ca_file.as_deref(), Some("/etc/backflow/db-ca.pem"));
+        // Without TLS there is no CA to use.
+        let def = pg("10.0.0.5", json!({}));
+        let FeedConfig::Postgres(c) = rules().admit(&feed(&def), &def, Some("ga"), false).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.ssl_ca_file, None);
     }
 
     fn pg(host: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -409,6 +459,7 @@ mod tests {
             ApiFeedsConfig {
                 allowed_hosts: Vec::new(),
                 sqlite_dir: Some(allowed.path().to_owned()),
+                ssl_ca_file: None,
             },
         );
         let def = |p: &Path| {

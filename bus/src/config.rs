@@ -756,6 +756,9 @@ impl FeedConfig {
     /// Checks settings that depend on each other; the error names the key
     /// under `at` (`feeds[2]`, or the feed's name for API feeds).
     pub fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        self.tls()
+            .check()
+            .map_err(|(key, reason)| (format!("{at}.{key}"), reason))?;
         match self {
             FeedConfig::Poll(c) => c.validate().map_err(|msg| {
                 let msg = msg.replace("feeds[..]", at);
@@ -768,6 +771,16 @@ impl FeedConfig {
                 (key, msg)
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// The TLS settings of the feed's database connections (none for
+    /// SQLite).
+    pub fn tls(&self) -> backflow_connectors::tls::DbTls {
+        match self {
+            FeedConfig::Postgres(c) => c.tls(),
+            FeedConfig::Mysql(c) => c.tls(),
+            FeedConfig::Poll(c) => c.tls(),
         }
     }
 
@@ -1161,6 +1174,19 @@ impl Check<'_> {
                 reason: "HTTPS needs both http.tls_cert (PEM certificate chain) and http.tls_key (its PEM private key)".to_owned(),
             });
         }
+        if let Some(path) = &c.api_feeds.ssl_ca_file {
+            let tls = backflow_connectors::tls::DbTls::new(
+                backflow_connectors::tls::SslMode::VerifyFull,
+                path.to_str(),
+            );
+            if let Err((_, reason)) = tls.check() {
+                return Err(ConfigError::BadValue {
+                    key: "api_feeds.ssl_ca_file".to_owned(),
+                    origin: self.origin(""),
+                    reason,
+                });
+            }
+        }
         if c.kafka.manage_acls && c.kafka.brokers.is_none() {
             return Err(ConfigError::BadValue {
                 key: "kafka.manage_acls".to_owned(),
@@ -1205,6 +1231,14 @@ impl Check<'_> {
             };
             crate::domain::topics::validate_subscription_name(&sub.name)
                 .map_err(|e| bad("name", e))?;
+            let tls = match &sub.sink {
+                SinkConfig::Postgres(c) => Some(c.tls()),
+                SinkConfig::Mysql(c) => Some(c.tls()),
+                SinkConfig::Sqlite(_) | SinkConfig::Kafka(_) => None,
+            };
+            if let Some(Err((key, reason))) = tls.map(|t| t.check()) {
+                return Err(bad(&format!("sink.{key}"), reason));
+            }
             if !subs.insert(sub.name.clone()) {
                 return Err(bad(
                     "name",
@@ -1477,6 +1511,10 @@ pub struct ApiFeedsConfig {
     pub allowed_hosts: Vec<String>,
     /// The directory whose SQLite files `poll` feeds may read.
     pub sqlite_dir: Option<PathBuf>,
+    /// The CAs (PEM) their database servers' certificates must chain to
+    /// under `sslmode = "verify-ca"`/`"verify-full"`; the system's when
+    /// unset. A feed registered through the API cannot name a file itself.
+    pub ssl_ca_file: Option<PathBuf>,
 }
 
 /// The key naming a bound secret.

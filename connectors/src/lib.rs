@@ -19,6 +19,7 @@ pub mod sink;
 mod source;
 pub mod text;
 
+pub use connect::tls;
 pub use error::{ConnectorError, ErrorKind};
 pub use sink::{
     row_version, Applied, Provenance, ReadBack, RowDigests, Sink, SinkBatch, SinkRecord,

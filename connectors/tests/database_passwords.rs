@@ -186,6 +186,8 @@ fn pg_source_config(
         password: Some(password.into()),
         password_env: None,
         password_file: None,
+        sslmode: Default::default(),
+        ssl_ca_file: None,
         database: db.into(),
         tables: vec![TableConfig {
             table: "public.items".into(),
@@ -227,6 +229,8 @@ fn pg_sink_config(port: u16, user: &str, password: &str, db: &str) -> PostgresSi
         password: Some(password.into()),
         password_env: None,
         password_file: None,
+        sslmode: Default::default(),
+        ssl_ca_file: None,
         database: db.into(),
         schema: "bf_sink".into(),
     }
@@ -647,6 +651,8 @@ fn my_source_config(
         password: Some(password.into()),
         password_env: None,
         password_file: None,
+        sslmode: Default::default(),
+        ssl_ca_file: None,
         database: Some(db.into()),
         tables: vec![MysqlTableConfig {
             table: "items".into(),
@@ -675,6 +681,8 @@ fn my_sink_config(port: u16, user: &str, password: &str, db: &str) -> MysqlSinkC
         password: Some(password.into()),
         password_env: None,
         password_file: None,
+        sslmode: Default::default(),
+        ssl_ca_file: None,
         database: db.into(),
     }
 }

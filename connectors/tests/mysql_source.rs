@@ -48,6 +48,8 @@ fn config(db: &str, table: &str) -> MysqlSourceConfig {
         password: None,
         password_env: None,
         password_file: None,
+        sslmode: Default::default(),
+        ssl_ca_file: None,
         database: Some(db.into()),
         tables: vec![MysqlTableConfig {
             table: table.into(),

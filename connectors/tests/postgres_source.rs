@@ -57,6 +57,8 @@ fn config(db: &str) -> PostgresSourceConfig {
         password: None,
         password_env: None,
         password_file: None,
+        sslmode: Default::default(),
+        ssl_ca_file: None,
         database: db.into(),
         tables: vec![TableConfig {
             table: "public.items".into(),

@@ -55,14 +55,19 @@
 //! would not do: a hostile server answers each connection as it likes.
 //!
 //! # TLS
-//! backflow does not connect to databases over TLS yet, so the rule holds
-//! on every connection. (When it does: clear text inside TLS reaches only
-//! the certificate's holder, which for a feed pointed at a hostile host is
-//! the attacker; what protects then is the list of hosts an admin allows.)
+//! With `sslmode` set, [`tls`] makes the TLS handshake over the socket
+//! opened here, and the guard reads the clear side of the session: the rule
+//! holds inside TLS too. It must: a password in clear inside TLS reaches
+//! the certificate's holder, and for a feed pointed at a hostile host that
+//! holder is the attacker. With TLS, pgwire-replication and mysql_async are
+//! always pointed at the relay (password or not), which holds the TLS
+//! session; MySQL's relay also makes the protocol's mid-handshake switch to
+//! TLS for the driver ([`mysql`]).
 
 pub(crate) mod mysql;
 pub(crate) mod postgres;
 mod relay;
+pub mod tls;
 
 use std::io;
 use std::pin::Pin;
@@ -125,9 +130,9 @@ impl Refusal {
             Refusal::MysqlClearPassword | Refusal::MysqlServerKey => {
                 "authenticate the user with mysql_native_password \
                  (ALTER USER ... IDENTIFIED WITH mysql_native_password BY ...) or, on MariaDB, \
-                 the default mysql_native_password; backflow does not connect to MySQL over TLS \
-                 yet, and without TLS neither mysql_clear_password nor caching_sha2_password's \
-                 full authentication keeps the password from the server"
+                 the default mysql_native_password; neither mysql_clear_password nor \
+                 caching_sha2_password's full authentication keeps the password from the server \
+                 (inside TLS it reaches whoever holds the certificate)"
             }
             Refusal::Malformed => "check that the host and port are those of the database server",
         }
@@ -187,6 +192,27 @@ impl RefusalSlot {
     /// The refusal, if the guard refused.
     pub(crate) fn get(&self) -> Option<Refusal> {
         self.0.get().copied()
+    }
+}
+
+/// Why a connection ended before authentication for a reason other than
+/// the guard's (a failed TLS handshake, a server without TLS), set by
+/// whoever ended it so the driver's error that follows can be replaced by
+/// it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FailureSlot(Arc<std::sync::Mutex<Option<ConnectorError>>>);
+
+impl FailureSlot {
+    pub(crate) fn set(&self, e: ConnectorError) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
+    /// The failure, if there was one (taken: asked once).
+    pub(crate) fn take(&self) -> Option<ConnectorError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

@@ -1,8 +1,26 @@
 //! MySQL/MariaDB connections (mysql_async), guarded by [`MysqlGuard`] (see
 //! the parent module for the rule and why).
+//!
+//! # TLS
+//! MySQL switches to TLS in the middle of its handshake: the server greets
+//! in clear, the client answers with an SSLRequest (the first 32 bytes of
+//! its login packet, `CLIENT_SSL` set), both sides make the TLS handshake,
+//! and the client sends its whole login packet inside TLS. The driver never
+//! does this itself here (the guard must read the clear side), so the relay
+//! does it on the driver's behalf ([`tls_conversation`]): it passes the
+//! greeting to the driver, takes the driver's login packet, sends the
+//! SSLRequest built from it, makes the handshake, and from then on passes
+//! the login packets through TLS with their sequence numbers moved by one
+//! (the SSLRequest took a number the driver does not know of) until the
+//! server's OK; after that the numbers start from zero for every command
+//! and bytes are copied as they are.
 
 use mysql_async::{Conn, OptsBuilder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 
+use super::relay::Outcome;
+use super::tls::DbTls;
 use super::{no_nul, relay, tcp, Guard, Refusal, Verdict};
 use crate::ConnectorError;
 
@@ -18,6 +36,8 @@ pub(crate) struct MysqlTarget {
     pub database: Option<String>,
     /// Statements run on every new connection.
     pub init: Vec<String>,
+    /// TLS to the server.
+    pub tls: DbTls,
 }
 
 impl MysqlTarget {
@@ -103,14 +123,23 @@ pub(crate) async fn connect(
     failed: impl FnOnce(String, mysql_async::Error) -> ConnectorError,
 ) -> Result<Conn, ConnectorError> {
     t.check()?;
+    t.tls.warn_if_clear(&t.host, t.port);
     let target = t.describe();
-    if !t.has_password() {
+    if !t.has_password() && !t.tls.enabled() {
         return Conn::new(t.opts()).await.map_err(|e| failed(target, e));
     }
     let upstream = tcp(&t.host, t.port).await.map_err(|e| {
         ConnectorError::transient(format!("cannot connect to {target}: {e}")).with_source(e)
     })?;
-    let relay = relay::start(upstream, MysqlGuard::default(), "mysql.sock").map_err(|e| {
+    let relay = if t.tls.enabled() {
+        let (tls, host, named) = (t.tls.clone(), t.host.clone(), target.clone());
+        relay::start_with("mysql.sock", move |client, outcome| {
+            tls_conversation(client, upstream, tls, host, named, outcome)
+        })
+    } else {
+        relay::start(upstream, MysqlGuard::default(), "mysql.sock")
+    }
+    .map_err(|e| {
         ConnectorError::transient(format!(
             "cannot open the local relay for the connection to {target} in {}: {e}; \
              the temporary directory must be writable",
@@ -126,11 +155,150 @@ pub(crate) async fn connect(
     })?;
     match Conn::new(t.opts().socket(Some(socket))).await {
         Ok(conn) => Ok(conn),
-        Err(e) => match relay.refused.get() {
-            Some(r) => Err(r.error(&target)),
-            None => Err(failed(target, e)),
+        Err(e) => match (relay.refused.get(), relay.failed.take()) {
+            (Some(r), _) => Err(r.error(&target)),
+            (None, Some(f)) => Err(f),
+            (None, None) => Err(failed(target, e)),
         },
     }
+}
+
+/// `CLIENT_SSL` of the capability flags.
+const CLIENT_SSL: u32 = 0x0800;
+/// The longest packet accepted during authentication (a public key or a
+/// plugin's data is far smaller).
+const MAX_AUTH_PACKET: usize = 64 * 1024;
+
+/// The next whole packet (header and payload) in `buf`, reading from
+/// `stream` as needed; `None` when the stream ended. Cancel-safe: what was
+/// read stays in `buf`.
+async fn next_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    loop {
+        if buf.len() >= 4 {
+            let len = usize::from(buf[0]) | usize::from(buf[1]) << 8 | usize::from(buf[2]) << 16;
+            if len > MAX_AUTH_PACKET {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a packet during authentication is too long",
+                ));
+            }
+            if buf.len() >= 4 + len {
+                return Ok(Some(buf.drain(..4 + len).collect()));
+            }
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// The relay's side of a TLS connection (see the module doc): `client` is
+/// the driver, `server` the TCP connection to the server.
+async fn tls_conversation(
+    mut client: UnixStream,
+    mut server: tokio::net::TcpStream,
+    tls: DbTls,
+    host: String,
+    target: String,
+    outcome: Outcome,
+) -> std::io::Result<()> {
+    let malformed = |outcome: &Outcome| {
+        outcome.refused.set(Refusal::Malformed);
+        Ok(())
+    };
+    let mut guard = MysqlGuard::default();
+    let (mut from_server, mut from_client) = (Vec::new(), Vec::new());
+    let Some(greeting) = next_packet(&mut server, &mut from_server).await? else {
+        return malformed(&outcome);
+    };
+    if let Verdict::Refused(r) = guard.server_bytes(&greeting) {
+        outcome.refused.set(r);
+        return Ok(());
+    }
+    match server_capabilities(&greeting[4..]) {
+        None => return malformed(&outcome),
+        Some(caps) if caps & CLIENT_SSL == 0 => {
+            outcome.failed.set(tls.not_offered(&target));
+            return Ok(());
+        }
+        Some(_) => {}
+    }
+    client.write_all(&greeting).await?;
+    let Some(mut login) = next_packet(&mut client, &mut from_client).await? else {
+        return Ok(());
+    };
+    // The login packet of protocol 4.1: flags (4), max packet (4), charset
+    // (1), 23 reserved bytes, then the user and the rest.
+    if login.len() < 4 + 32 {
+        return malformed(&outcome);
+    }
+    let flags = u32::from_le_bytes(login[4..8].try_into().expect("4 bytes")) | CLIENT_SSL;
+    login[4..8].copy_from_slice(&flags.to_le_bytes());
+    let mut ssl_request = vec![32, 0, 0, 1];
+    ssl_request.extend_from_slice(&login[4..36]);
+    server.write_all(&ssl_request).await?;
+    // Anything the server sent before the handshake is not trusted.
+    if !from_server.is_empty() {
+        return malformed(&outcome);
+    }
+    let mut server = match tls.handshake(server, &host, &target).await {
+        Ok(s) => s,
+        Err(e) => {
+            outcome.failed.set(e);
+            return Ok(());
+        }
+    };
+    login[3] = login[3].wrapping_add(1);
+    server.write_all(&login).await?;
+    loop {
+        tokio::select! {
+            packet = next_packet(&mut server, &mut from_server) => {
+                let Some(mut packet) = packet? else { return Ok(()) };
+                let verdict = guard.server_bytes(&packet);
+                if let Verdict::Refused(r) = verdict {
+                    outcome.refused.set(r);
+                    return Ok(());
+                }
+                packet[3] = packet[3].wrapping_sub(1);
+                client.write_all(&packet).await?;
+                if verdict == Verdict::Authenticated {
+                    break;
+                }
+            }
+            packet = next_packet(&mut client, &mut from_client) => {
+                let Some(mut packet) = packet? else { return Ok(()) };
+                packet[3] = packet[3].wrapping_add(1);
+                server.write_all(&packet).await?;
+            }
+        }
+    }
+    // Commands: bytes as they are, those already read first.
+    client.write_all(&from_server).await?;
+    server.write_all(&from_client).await?;
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024)
+        .await?;
+    Ok(())
+}
+
+/// The capability flags of a server's greeting (protocol 10): `None` when
+/// it is not one.
+fn server_capabilities(greeting: &[u8]) -> Option<u32> {
+    if greeting.first() != Some(&0x0a) {
+        return None;
+    }
+    // Version (NUL-terminated), thread id (4), scramble (8), filler (1).
+    let version_end = greeting[1..].iter().position(|b| *b == 0)? + 1;
+    let low_at = version_end + 1 + 4 + 8 + 1;
+    let low = greeting.get(low_at..low_at + 2)?;
+    // Charset (1), status (2), then the high half.
+    let high = greeting.get(low_at + 5..low_at + 7).unwrap_or(&[0, 0]);
+    Some(
+        u32::from(u16::from_le_bytes([low[0], low[1]]))
+            | u32::from(u16::from_le_bytes([high[0], high[1]])) << 16,
+    )
 }
 
 /// Bytes kept of the start of each packet: enough for the packet kind, a
@@ -317,6 +485,7 @@ mod tests {
             password: Some("p".into()),
             database: None,
             init: Vec::new(),
+            tls: DbTls::default(),
         };
         let opts = mysql_async::Opts::from(t.opts());
         assert!(!opts.enable_cleartext_plugin());

@@ -8,10 +8,12 @@
 use std::path::Path;
 
 use pgwire_replication::{Publication, ReplicationClient, ReplicationConfig, TlsConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_openssl::SslStream;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
+use super::tls::DbTls;
 use super::{no_nul, relay, tcp, Guard, Guarded, Refusal, RefusalSlot, Verdict};
 use crate::ConnectorError;
 
@@ -30,6 +32,9 @@ pub(crate) struct PgTarget {
     /// Server settings for the session (`-c name=value ...`), the
     /// startup packet's `options`.
     pub options: Option<String>,
+    /// TLS over TCP (a Unix socket never leaves the machine and is not
+    /// encrypted, as in libpq).
+    pub tls: DbTls,
 }
 
 impl PgTarget {
@@ -60,7 +65,9 @@ impl PgTarget {
         c.user(&self.user)
             .dbname(&self.database)
             .application_name(&self.application_name)
-            // No TLS (see the module doc): no SSLRequest either.
+            // TLS, when set, is made by `starttls` before the driver sees
+            // the stream (the guard reads the clear side): the driver sends
+            // no SSLRequest of its own.
             .ssl_mode(SslMode::Disable);
         if let Some(p) = &self.password {
             c.password(p);
@@ -97,6 +104,12 @@ impl PgTarget {
             .with_source(e)
     }
 
+    /// Whether connections are encrypted: TLS is set and the host is not a
+    /// Unix socket.
+    fn uses_tls(&self) -> bool {
+        self.tls.enabled() && self.socket_path().is_none()
+    }
+
     /// The socket file of a Unix-socket `host`.
     fn socket_path(&self) -> Option<std::path::PathBuf> {
         self.host
@@ -108,6 +121,7 @@ impl PgTarget {
 /// A SQL connection (its connection task spawned).
 pub(crate) async fn connect(t: &PgTarget) -> Result<Client, ConnectorError> {
     t.check()?;
+    t.tls.warn_if_clear(&t.host, t.port);
     let config = t.config();
     let refused = RefusalSlot::default();
     let result = match t.socket_path() {
@@ -123,17 +137,49 @@ pub(crate) async fn connect(t: &PgTarget) -> Result<Client, ConnectorError> {
         }
         None => {
             let s = tcp(&t.host, t.port).await.map_err(|e| t.unreachable(e))?;
-            spawn(
-                &config,
-                Guarded::new(s, PgGuard::default(), refused.clone()),
-            )
-            .await
+            if t.uses_tls() {
+                let s = starttls(t, s).await?;
+                spawn(
+                    &config,
+                    Guarded::new(s, PgGuard::default(), refused.clone()),
+                )
+                .await
+            } else {
+                spawn(
+                    &config,
+                    Guarded::new(s, PgGuard::default(), refused.clone()),
+                )
+                .await
+            }
         }
     };
     result.map_err(|e| match refused.get() {
         Some(r) => r.error(&t.describe()),
         None => login_error(t, e),
     })
+}
+
+/// Asks the server for TLS (SSLRequest) and makes the handshake. Exactly
+/// one byte of the server's answer is read before the handshake, so bytes
+/// a server sends ahead of it cannot be taken for the protected session's.
+async fn starttls<S>(t: &PgTarget, mut s: S) -> Result<SslStream<S>, ConnectorError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    const SSL_REQUEST: i32 = 80_877_103;
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8i32.to_be_bytes());
+    request[4..].copy_from_slice(&SSL_REQUEST.to_be_bytes());
+    s.write_all(&request).await.map_err(|e| t.unreachable(e))?;
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer)
+        .await
+        .map_err(|e| t.unreachable(e))?;
+    match answer[0] {
+        b'S' => t.tls.handshake(s, &t.host, &t.describe()).await,
+        b'N' => Err(t.tls.not_offered(&t.describe())),
+        _ => Err(Refusal::Malformed.error(&t.describe())),
+    }
 }
 
 /// What a refused PostgreSQL login means, by the server's SQLSTATE: the
@@ -216,8 +262,11 @@ pub(crate) async fn replication(
     mut config: ReplicationConfig,
 ) -> Result<ReplicationClient, ConnectorError> {
     t.check()?;
+    t.tls.warn_if_clear(&t.host, t.port);
     let mut refused = None;
-    if t.has_password() {
+    // A password needs the guard, TLS needs the handshake made here: either
+    // way the driver is pointed at a relay.
+    if t.has_password() || t.uses_tls() {
         let file = format!(".s.PGSQL.{}", config.port);
         let relay = match t.socket_path() {
             Some(path) => {
@@ -228,7 +277,12 @@ pub(crate) async fn replication(
             }
             None => {
                 let s = tcp(&t.host, t.port).await.map_err(|e| t.unreachable(e))?;
-                relay::start(s, PgGuard::default(), &file)
+                if t.uses_tls() {
+                    let s = starttls(t, s).await?;
+                    relay::start(s, PgGuard::default(), &file)
+                } else {
+                    relay::start(s, PgGuard::default(), &file)
+                }
             }
         }
         .map_err(|e| relay_error(t, e))?;

@@ -13,6 +13,7 @@
 //! and closes both sides) and then copies bytes both ways until either side
 //! closes.
 
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{Guard, RefusalSlot, Verdict};
+use super::{FailureSlot, Guard, RefusalSlot, Verdict};
 
 /// How long the relay waits for the driver to connect.
 const ACCEPT_WAIT: Duration = Duration::from_secs(30);
@@ -39,6 +40,16 @@ pub(crate) struct Relay {
     pub(crate) socket: PathBuf,
     /// The guard's refusal, once it refused.
     pub(crate) refused: RefusalSlot,
+    /// Any other reason the relay ended the connection before
+    /// authentication (a TLS handshake that failed, a server without TLS).
+    pub(crate) failed: FailureSlot,
+}
+
+/// Where a relay's conversation records why it ended a connection.
+#[derive(Clone, Default)]
+pub(crate) struct Outcome {
+    pub(crate) refused: RefusalSlot,
+    pub(crate) failed: FailureSlot,
 }
 
 /// Removes the socket and its directory when dropped.
@@ -79,6 +90,21 @@ where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     G: Guard,
 {
+    start_with(file, move |mut client, outcome: Outcome| async move {
+        let mut upstream = upstream;
+        let mut guard = guard;
+        pipe(&mut client, &mut upstream, &mut guard, &outcome.refused).await
+    })
+}
+
+/// Starts a relay whose socket is `<new dir>/<file>` and which, once the
+/// driver connected, hands its connection to `conversation` (for a
+/// protocol whose relay must do more than guard and copy).
+pub(crate) fn start_with<F, Fut>(file: &str, conversation: F) -> io::Result<Relay>
+where
+    F: FnOnce(UnixStream, Outcome) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
     let dir = private_dir()?;
     let socket = dir.join(file);
     let cleanup = SocketDir {
@@ -86,12 +112,24 @@ where
         socket: socket.clone(),
     };
     let listener = UnixListener::bind(&socket)?;
-    let refused = RefusalSlot::default();
-    tokio::spawn(run(listener, cleanup, upstream, guard, refused.clone()));
+    let outcome = Outcome::default();
+    let slots = outcome.clone();
+    tokio::spawn(async move {
+        let accepted = tokio::time::timeout(ACCEPT_WAIT, accept(&listener)).await;
+        drop(listener);
+        drop(cleanup);
+        let Ok(Ok(client)) = accepted else {
+            return;
+        };
+        if let Err(e) = conversation(client, slots).await {
+            tracing::debug!(error = %e, "database relay ended");
+        }
+    });
     Ok(Relay {
         dir,
         socket,
-        refused,
+        refused: outcome.refused,
+        failed: outcome.failed,
     })
 }
 
@@ -113,28 +151,9 @@ async fn accept(listener: &UnixListener) -> io::Result<UnixStream> {
     }
 }
 
-async fn run<U, G>(
-    listener: UnixListener,
-    cleanup: SocketDir,
-    mut upstream: U,
-    mut guard: G,
-    refused: RefusalSlot,
-) where
-    U: AsyncRead + AsyncWrite + Unpin,
-    G: Guard,
-{
-    let accepted = tokio::time::timeout(ACCEPT_WAIT, accept(&listener)).await;
-    drop(listener);
-    drop(cleanup);
-    let Ok(Ok(mut client)) = accepted else {
-        return;
-    };
-    if let Err(e) = relay(&mut client, &mut upstream, &mut guard, &refused).await {
-        tracing::debug!(error = %e, "database relay ended");
-    }
-}
-
-async fn relay<U, G>(
+/// Passes the server's bytes through `guard` until authentication
+/// succeeded, then copies both ways.
+async fn pipe<U, G>(
     client: &mut UnixStream,
     upstream: &mut U,
     guard: &mut G,

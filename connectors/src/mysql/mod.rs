@@ -154,6 +154,14 @@ pub struct MysqlSourceConfig {
     /// File holding the password.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// TLS to the server: `"disable"` (default), `"require"`,
+    /// `"verify-ca"` or `"verify-full"` (see `connect::tls`).
+    #[serde(default)]
+    pub sslmode: crate::connect::tls::SslMode,
+    /// PEM file of the CAs that sign the server's certificate (instead of
+    /// the system's), for `verify-ca` and `verify-full`.
+    #[serde(default)]
+    pub ssl_ca_file: Option<String>,
     /// Database of tables named without one.
     #[serde(default)]
     pub database: Option<String>,
@@ -169,6 +177,13 @@ pub struct MysqlSourceConfig {
     /// Rows per snapshot chunk.
     #[serde(default = "default_chunk")]
     pub snapshot_chunk_rows: usize,
+}
+
+impl MysqlSourceConfig {
+    /// The TLS settings of this configuration's connections.
+    pub fn tls(&self) -> crate::connect::tls::DbTls {
+        crate::connect::tls::DbTls::new(self.sslmode, self.ssl_ca_file.as_deref())
+    }
 }
 
 fn default_host() -> String {
@@ -206,6 +221,7 @@ impl MysqlSourceConfig {
                 "SET time_zone = '+00:00'".to_owned(),
                 "SET NAMES utf8mb4".to_owned(),
             ],
+            tls: self.tls(),
         }
     }
 }
@@ -1470,6 +1486,8 @@ mod tests {
             password: None,
             password_env: None,
             password_file: None,
+            sslmode: Default::default(),
+            ssl_ca_file: None,
             database: None,
             tables: vec![],
             server_id: None,

@@ -328,6 +328,14 @@ pub struct PollSourceConfig {
     /// File holding the password.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// TLS to the server: `"disable"` (default), `"require"`,
+    /// `"verify-ca"` or `"verify-full"` (see `connect::tls`).
+    #[serde(default)]
+    pub sslmode: crate::connect::tls::SslMode,
+    /// PEM file of the CAs that sign the server's certificate (instead of
+    /// the system's), for `verify-ca` and `verify-full`.
+    #[serde(default)]
+    pub ssl_ca_file: Option<String>,
     /// PostgreSQL: database. MySQL: the connection's default database, of
     /// tables named without one (and `source.db`).
     #[serde(default)]
@@ -352,6 +360,13 @@ pub struct PollSourceConfig {
     /// start).
     #[serde(default = "default_key_diff_interval_secs")]
     pub key_diff_interval_secs: u64,
+}
+
+impl PollSourceConfig {
+    /// The TLS settings of this configuration's connections.
+    pub fn tls(&self) -> crate::connect::tls::DbTls {
+        crate::connect::tls::DbTls::new(self.sslmode, self.ssl_ca_file.as_deref())
+    }
 }
 
 fn default_host() -> String {
@@ -421,6 +436,8 @@ impl PollSourceConfig {
             password: None,
             password_env: None,
             password_file: None,
+            sslmode: Default::default(),
+            ssl_ca_file: None,
             database: None,
             path: None,
             tables,

@@ -156,6 +156,7 @@ impl MysqlEngine {
                 "SET NAMES utf8mb4".to_owned(),
                 "SET SESSION TRANSACTION READ ONLY".to_owned(),
             ],
+            tls: config.tls(),
         };
         let engine = Self {
             connect: target,

@@ -57,6 +57,7 @@ impl PgEngine {
             database: database.clone(),
             application_name: format!("backflow-poll-{}", config.name),
             options: Some("-c DateStyle=ISO,MDY -c bytea_output=hex".to_owned()),
+            tls: config.tls(),
         };
         let client = connect::postgres::connect(&target).await?;
         Ok(Self { client, database })

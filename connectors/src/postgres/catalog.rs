@@ -460,6 +460,7 @@ mod tests {
             database: db.into(),
             application_name: "backflow-test".into(),
             options: None,
+            tls: Default::default(),
         })
         .await
         .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)")

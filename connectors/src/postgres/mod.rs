@@ -158,6 +158,14 @@ pub struct PostgresSourceConfig {
     /// File holding the password.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// TLS to the server: `"disable"` (default), `"require"`,
+    /// `"verify-ca"` or `"verify-full"` (see `connect::tls`).
+    #[serde(default)]
+    pub sslmode: crate::connect::tls::SslMode,
+    /// PEM file of the CAs that sign the server's certificate (instead of
+    /// the system's), for `verify-ca` and `verify-full`.
+    #[serde(default)]
+    pub ssl_ca_file: Option<String>,
     /// Database.
     pub database: String,
     /// Captured tables.
@@ -177,6 +185,13 @@ pub struct PostgresSourceConfig {
     /// Rows per snapshot chunk.
     #[serde(default = "default_chunk")]
     pub snapshot_chunk_rows: usize,
+}
+
+impl PostgresSourceConfig {
+    /// The TLS settings of this configuration's connections.
+    pub fn tls(&self) -> crate::connect::tls::DbTls {
+        crate::connect::tls::DbTls::new(self.sslmode, self.ssl_ca_file.as_deref())
+    }
 }
 
 fn default_host() -> String {
@@ -328,6 +343,7 @@ impl PostgresSource {
             database: c.database.clone(),
             application_name,
             options: Some("-c TimeZone=UTC".to_owned()),
+            tls: c.tls(),
         }
     }
 

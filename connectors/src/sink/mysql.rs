@@ -85,8 +85,23 @@ pub struct MysqlSinkConfig {
     /// File holding the password.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// TLS to the server: `"disable"` (default), `"require"`,
+    /// `"verify-ca"` or `"verify-full"` (see `connect::tls`).
+    #[serde(default)]
+    pub sslmode: crate::connect::tls::SslMode,
+    /// PEM file of the CAs that sign the server's certificate (instead of
+    /// the system's), for `verify-ca` and `verify-full`.
+    #[serde(default)]
+    pub ssl_ca_file: Option<String>,
     /// Database tables are written to (created if absent).
     pub database: String,
+}
+
+impl MysqlSinkConfig {
+    /// The TLS settings of this configuration's connections.
+    pub fn tls(&self) -> crate::connect::tls::DbTls {
+        crate::connect::tls::DbTls::new(self.sslmode, self.ssl_ca_file.as_deref())
+    }
 }
 
 fn default_host() -> String {
@@ -200,6 +215,7 @@ impl MysqlSink {
                 "SET time_zone = '+00:00'".to_owned(),
                 "SET NAMES utf8mb4".to_owned(),
             ],
+            tls: c.tls(),
         };
         let mut conn = connect::mysql::connect(&target, connect::mysql::login_error).await?;
         let version: Option<String> = conn

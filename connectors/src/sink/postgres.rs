@@ -76,11 +76,26 @@ pub struct PostgresSinkConfig {
     /// File holding the password.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// TLS to the server: `"disable"` (default), `"require"`,
+    /// `"verify-ca"` or `"verify-full"` (see `connect::tls`).
+    #[serde(default)]
+    pub sslmode: crate::connect::tls::SslMode,
+    /// PEM file of the CAs that sign the server's certificate (instead of
+    /// the system's), for `verify-ca` and `verify-full`.
+    #[serde(default)]
+    pub ssl_ca_file: Option<String>,
     /// Database.
     pub database: String,
     /// Schema tables are written to (created if absent).
     #[serde(default = "default_schema")]
     pub schema: String,
+}
+
+impl PostgresSinkConfig {
+    /// The TLS settings of this configuration's connections.
+    pub fn tls(&self) -> crate::connect::tls::DbTls {
+        crate::connect::tls::DbTls::new(self.sslmode, self.ssl_ca_file.as_deref())
+    }
 }
 
 fn default_host() -> String {
@@ -159,6 +174,7 @@ impl PostgresSink {
             database: c.database.clone(),
             application_name: "backflow-sink".to_owned(),
             options: Some("-c TimeZone=UTC".to_owned()),
+            tls: c.tls(),
         })
         .await?;
         let offsets = format!(

@@ -89,6 +89,8 @@ async fn read_source(
         password: None,
         password_env: None,
         password_file: None,
+        sslmode: Default::default(),
+        ssl_ca_file: None,
         database: Some(db.to_owned()),
         tables: vec![MysqlTableConfig {
             table: format!("{db}.t"),

@@ -1,0 +1,588 @@
+//! Every database connection a feed or sink opens can run over TLS with the
+//! server's certificate verified (`sslmode = "verify-full"`), and a server
+//! that cannot prove itself, or offers no TLS, is refused with a definite
+//! error that names the fix.
+//!
+//! `scripts/services.sh` gives the test PostgreSQL and MariaDB a certificate
+//! for IP 127.0.0.1 signed by `.services/db-tls/ca.crt`, and lets the role
+//! `bf_tls` (created here) log in only over TLS: that these connections
+//! work at all proves they were encrypted. `other-ca.crt` signed nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig, MysqlTableConfig};
+use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
+use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig, TableConfig};
+use backflow_connectors::sink::mysql::{MysqlSink, MysqlSinkConfig};
+use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
+use backflow_connectors::tls::SslMode;
+use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
+use backflow_schemas::{Datum, Op};
+use mysql_async::prelude::Queryable;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const ROLE: &str = "bf_tls";
+const PASSWORD: &str = "tls 'only' pass";
+
+fn tls_file(name: &str) -> String {
+    let dir = std::env::var_os("BACKFLOW_SERVICES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"));
+    let path = dir.join("db-tls").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/services.sh up",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+fn ca() -> String {
+    tls_file("ca.crt")
+}
+
+fn other_ca() -> String {
+    tls_file("other-ca.crt")
+}
+
+fn table() -> PollTableConfig {
+    PollTableConfig {
+        table: "items".into(),
+        dataset: "test.items".into(),
+        mode: PollMode::Bulk,
+        timestamp_column: None,
+        incrementing_column: None,
+        soft_delete_column: None,
+    }
+}
+
+/// Reads records until `want` arrived (20 s at most).
+async fn read_ids(source: &mut dyn Source, want: usize) -> Vec<(Op, i64)> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while got.len() < want {
+            let b = source.next_batch(100).await.unwrap();
+            for r in b.records {
+                let id = match r.event.key.0[0] {
+                    Datum::Long(v) => v,
+                    Datum::Int(v) => i64::from(v),
+                    ref d => panic!("{d:?}"),
+                };
+                got.push((r.event.op, id));
+            }
+            if let Some(cp) = b.checkpoint {
+                source.acknowledge(&cp).await.unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{want} records within 20 s, got {got:?}"));
+    got
+}
+
+fn definite_saying(e: Option<ConnectorError>, says: &[&str]) {
+    let e = e.expect("the connection was refused");
+    assert_eq!(e.kind, ErrorKind::Definite, "{e}");
+    for s in says {
+        assert!(e.message.contains(s), "{s:?} not in: {e}");
+    }
+    assert!(!e.message.contains(PASSWORD), "the password is in: {e}");
+}
+
+// --------------------------------------------------------------- PostgreSQL
+
+async fn pg_admin(db: &str) -> tokio_postgres::Client {
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1").port(5432).user("postgres").dbname(db);
+    let (client, conn) = c
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
+    tokio::spawn(conn);
+    client
+}
+
+/// `bf_tls` with a SCRAM password, and a fresh database `db` it owns with
+/// table `items` (rows 1, 2).
+async fn pg_setup(db: &str) -> tokio_postgres::Client {
+    let admin = pg_admin("postgres").await;
+    let role = format!(
+        "SET password_encryption = 'scram-sha-256';
+         DO $$ BEGIN CREATE ROLE {ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         ALTER ROLE {ROLE} LOGIN REPLICATION PASSWORD '{}';",
+        PASSWORD.replace('\'', "''")
+    );
+    // The tests of this file run at once: a concurrent ALTER ROLE may fail
+    // with "tuple concurrently updated"; the next try passes.
+    for attempt in 1.. {
+        match admin.batch_execute(&role).await {
+            Ok(()) => break,
+            Err(e) if attempt < 10 => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db} OWNER {ROLE}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let c = pg_admin(db).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL);
+         ALTER TABLE items OWNER TO {ROLE};
+         INSERT INTO items VALUES (1, 'one'), (2, 'two');"
+    ))
+    .await
+    .unwrap();
+    // pg_hba.conf lets bf_tls in over TLS only.
+    let mut plain = tokio_postgres::Config::new();
+    plain
+        .host("127.0.0.1")
+        .user(ROLE)
+        .password(PASSWORD)
+        .dbname(db)
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    assert!(
+        plain.connect(tokio_postgres::NoTls).await.is_err(),
+        "{ROLE} logs in without TLS: pg_hba.conf lacks its hostnossl reject lines (scripts/services.sh up)"
+    );
+    c
+}
+
+async fn pg_drop(db: &str, slot: &str) {
+    let admin = pg_admin("postgres").await;
+    let _ = admin
+        .batch_execute(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await;
+}
+
+fn pg_source(db: &str, user: &str, mode: SslMode, ca: Option<String>) -> PostgresSourceConfig {
+    PostgresSourceConfig {
+        name: db.into(),
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: user.into(),
+        password: (user == ROLE).then(|| PASSWORD.into()),
+        password_env: None,
+        password_file: None,
+        sslmode: mode,
+        ssl_ca_file: ca,
+        database: db.into(),
+        tables: vec![TableConfig {
+            table: "public.items".into(),
+            dataset: "test.items".into(),
+        }],
+        slot: None,
+        publication: None,
+        snapshot: Default::default(),
+        replica_identity: Default::default(),
+        snapshot_chunk_rows: 1000,
+    }
+}
+
+fn pg_sink(host: &str, db: &str, mode: SslMode, ca: Option<String>) -> PostgresSinkConfig {
+    PostgresSinkConfig {
+        host: host.into(),
+        port: 5432,
+        user: ROLE.into(),
+        password: Some(PASSWORD.into()),
+        password_env: None,
+        password_file: None,
+        sslmode: mode,
+        ssl_ca_file: ca,
+        database: db.into(),
+        schema: "bf_sink".into(),
+    }
+}
+
+#[tokio::test]
+async fn postgres_source_poll_and_sink_run_over_verified_tls() {
+    let db = format!("bf_tls_pg_{}", std::process::id());
+    let admin = pg_setup(&db).await;
+    let slot = format!("backflow_{db}");
+
+    // CDC: the SQL connection and the replication connection.
+    let mut source = PostgresSource::new(
+        pg_source(&db, ROLE, SslMode::VerifyFull, Some(ca())),
+        "330000",
+    );
+    source.start(None).await.expect("the CDC source connects");
+    assert_eq!(
+        read_ids(&mut source, 2).await,
+        vec![(Op::Read, 1), (Op::Read, 2)]
+    );
+    admin
+        .batch_execute("INSERT INTO items VALUES (3, 'three')")
+        .await
+        .unwrap();
+    assert_eq!(read_ids(&mut source, 1).await, vec![(Op::Create, 3)]);
+    let walsender_tls: bool = pg_admin("postgres")
+        .await
+        .query_one(
+            "SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(walsender_tls, "the replication connection is not TLS");
+    source.shutdown().await.unwrap();
+
+    // Polling.
+    let mut c = PollSourceConfig::postgres("bf-tls-poll", ROLE, &db, vec![table()]);
+    c.password = Some(PASSWORD.into());
+    c.sslmode = SslMode::VerifyFull;
+    c.ssl_ca_file = Some(ca());
+    c.poll_interval_ms = 50;
+    c.delay_ms = 100;
+    let mut poll = PollSource::new(c, "330000");
+    poll.start(None).await.expect("the polling source connects");
+    let mut ids: Vec<i64> = read_ids(&mut poll, 3).await.iter().map(|r| r.1).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3]);
+    poll.shutdown().await.unwrap();
+
+    // Sink (and reconcile, which reads back through the same connection).
+    let mut sink = PostgresSink::new(
+        pg_sink("127.0.0.1", &db, SslMode::VerifyFull, Some(ca())),
+        "s",
+    );
+    assert!(sink
+        .committed_offsets()
+        .await
+        .expect("the sink connects")
+        .is_empty());
+    drop(admin);
+    pg_drop(&db, &slot).await;
+}
+
+/// Without a password the replication connection is still made through
+/// the relay, which makes the TLS handshake: TLS does not depend on a
+/// password being set.
+#[tokio::test]
+async fn postgres_replication_without_a_password_is_encrypted_too() {
+    let db = format!("bf_tls_nopw_{}", std::process::id());
+    let admin = pg_setup(&db).await;
+    let slot = format!("backflow_{db}");
+    let mut source = PostgresSource::new(
+        pg_source(&db, "postgres", SslMode::VerifyFull, Some(ca())),
+        "330000",
+    );
+    source.start(None).await.expect("the CDC source connects");
+    assert_eq!(read_ids(&mut source, 2).await.len(), 2);
+    let tls: bool = admin
+        .query_one(
+            "SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls, "the replication connection is not TLS");
+    source.shutdown().await.unwrap();
+    drop(admin);
+    pg_drop(&db, &slot).await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_server_it_cannot_verify() {
+    let db = format!("bf_tls_bad_{}", std::process::id());
+    let admin = pg_setup(&db).await;
+    let attempt = |host: &str, mode, ca| {
+        let mut sink = PostgresSink::new(pg_sink(host, &db, mode, ca), "s");
+        async move { sink.committed_offsets().await.err() }
+    };
+
+    // A CA that did not sign the server's certificate.
+    definite_saying(
+        attempt("127.0.0.1", SslMode::VerifyFull, Some(other_ca())).await,
+        &[
+            "TLS to PostgreSQL at 127.0.0.1:5432",
+            "certificate",
+            "ssl_ca_file",
+        ],
+    );
+    definite_saying(
+        attempt("127.0.0.1", SslMode::VerifyCa, Some(other_ca())).await,
+        &["certificate"],
+    );
+    // The certificate names 127.0.0.1, not localhost: verify-full refuses,
+    // verify-ca (chain only) accepts.
+    definite_saying(
+        attempt("localhost", SslMode::VerifyFull, Some(ca())).await,
+        &["does not name localhost"],
+    );
+    assert!(attempt("localhost", SslMode::VerifyCa, Some(ca()))
+        .await
+        .is_none());
+    // require encrypts without verifying.
+    assert!(attempt("127.0.0.1", SslMode::Require, Some(other_ca()))
+        .await
+        .is_none());
+    drop(admin);
+    pg_drop(&db, "none").await;
+}
+
+/// A fake server that answers SSLRequest with `N` (no TLS): refused, and
+/// nothing more is sent to it (no startup packet, no user name).
+#[tokio::test]
+async fn postgres_refuses_a_server_without_tls_and_sends_it_nothing_more() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heard = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        s.read_exact(&mut request).await.unwrap();
+        s.write_all(b"N").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        (request, rest)
+    });
+    let mut config = pg_sink("127.0.0.1", "gongan", SslMode::Require, None);
+    config.port = port;
+    let e = PostgresSink::new(config, "s")
+        .committed_offsets()
+        .await
+        .err();
+    definite_saying(e, &["does not accept TLS", "sslmode"]);
+    let (request, rest) = heard.await.unwrap();
+    assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47], "an SSLRequest");
+    assert!(rest.is_empty(), "sent after the refusal: {rest:?}");
+}
+
+// ------------------------------------------------------------ MySQL/MariaDB
+
+async fn my_root() -> mysql_async::Conn {
+    mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(3306)
+            .user(Some("root"))
+            .prefer_socket(false),
+    )
+    .await
+    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
+}
+
+fn my_source(
+    name: &str,
+    user: &str,
+    db: &str,
+    mode: SslMode,
+    ca: Option<String>,
+) -> MysqlSourceConfig {
+    MysqlSourceConfig {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        port: 3306,
+        user: user.into(),
+        password: (user == ROLE).then(|| PASSWORD.into()),
+        password_env: None,
+        password_file: None,
+        sslmode: mode,
+        ssl_ca_file: ca,
+        database: Some(db.into()),
+        tables: vec![MysqlTableConfig {
+            table: "items".into(),
+            dataset: "test.items".into(),
+        }],
+        server_id: None,
+        snapshot: Default::default(),
+        snapshot_chunk_rows: 1000,
+    }
+}
+
+fn my_sink(db: &str, mode: SslMode, ca: Option<String>) -> MysqlSinkConfig {
+    MysqlSinkConfig {
+        host: "127.0.0.1".into(),
+        port: 3306,
+        user: ROLE.into(),
+        password: Some(PASSWORD.into()),
+        password_env: None,
+        password_file: None,
+        sslmode: mode,
+        ssl_ca_file: ca,
+        database: db.into(),
+    }
+}
+
+/// `bf_tls`, which MariaDB admits over TLS only (REQUIRE SSL), and a fresh
+/// database with `items` (rows 1, 2).
+async fn my_setup(db: &str) -> mysql_async::Conn {
+    let mut root = my_root().await;
+    for host in ["127.0.0.1", "localhost"] {
+        root.query_drop(format!(
+            "CREATE USER IF NOT EXISTS '{ROLE}'@'{host}' IDENTIFIED BY '{pw}' REQUIRE SSL;
+             ALTER USER '{ROLE}'@'{host}' IDENTIFIED BY '{pw}' REQUIRE SSL;
+             GRANT ALL PRIVILEGES ON *.* TO '{ROLE}'@'{host}'",
+            pw = PASSWORD.replace('\'', "''")
+        ))
+        .await
+        .unwrap();
+    }
+    root.query_drop(format!(
+        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET utf8mb4;
+         CREATE TABLE {db}.items (id bigint PRIMARY KEY, label varchar(20) NOT NULL);
+         INSERT INTO {db}.items VALUES (1, 'one'), (2, 'two')"
+    ))
+    .await
+    .unwrap();
+    let plain = mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(3306)
+            .user(Some(ROLE))
+            .pass(Some(PASSWORD))
+            .prefer_socket(false),
+    )
+    .await;
+    assert!(plain.is_err(), "{ROLE} logs in to MariaDB without TLS");
+    root
+}
+
+#[tokio::test]
+async fn mysql_source_poll_and_sink_run_over_verified_tls() {
+    let db = format!("bf_tls_my_{}", std::process::id());
+    let mut root = my_setup(&db).await;
+
+    // Binlog source: the snapshot connection and the binlog stream.
+    let mut source = MysqlSource::new(
+        my_source(
+            &db.replace('_', "-"),
+            ROLE,
+            &db,
+            SslMode::VerifyFull,
+            Some(ca()),
+        ),
+        "330000",
+    );
+    source
+        .start(None)
+        .await
+        .expect("the binlog source connects");
+    assert_eq!(
+        read_ids(&mut source, 2).await,
+        vec![(Op::Read, 1), (Op::Read, 2)]
+    );
+    root.query_drop(format!("INSERT INTO {db}.items VALUES (3, 'three')"))
+        .await
+        .unwrap();
+    assert_eq!(read_ids(&mut source, 1).await, vec![(Op::Create, 3)]);
+    source.shutdown().await.unwrap();
+
+    // Without a password (root), TLS is made all the same.
+    let mut source = MysqlSource::new(
+        my_source("bf-tls-root", "root", &db, SslMode::VerifyFull, Some(ca())),
+        "330000",
+    );
+    source
+        .start(None)
+        .await
+        .expect("the binlog source connects as root");
+    assert_eq!(read_ids(&mut source, 3).await.len(), 3);
+    source.shutdown().await.unwrap();
+
+    let mut c = PollSourceConfig::mysql("bf-tls-poll", ROLE, &db, vec![table()]);
+    c.password = Some(PASSWORD.into());
+    c.sslmode = SslMode::VerifyFull;
+    c.ssl_ca_file = Some(ca());
+    c.poll_interval_ms = 50;
+    c.delay_ms = 100;
+    let mut poll = PollSource::new(c, "330000");
+    poll.start(None).await.expect("the polling source connects");
+    let mut ids: Vec<i64> = read_ids(&mut poll, 3).await.iter().map(|r| r.1).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3]);
+    poll.shutdown().await.unwrap();
+
+    let sink_db = format!("{db}_sink");
+    let mut sink = MysqlSink::new(my_sink(&sink_db, SslMode::VerifyFull, Some(ca())), "s");
+    assert!(sink
+        .committed_offsets()
+        .await
+        .expect("the sink connects")
+        .is_empty());
+    root.query_drop(format!("DROP DATABASE {db}; DROP DATABASE {sink_db}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn mysql_refuses_a_server_it_cannot_verify() {
+    let db = format!("bf_tls_mybad_{}", std::process::id());
+    let mut root = my_setup(&db).await;
+    let e = MysqlSink::new(my_sink(&db, SslMode::VerifyFull, Some(other_ca())), "s")
+        .committed_offsets()
+        .await
+        .err();
+    definite_saying(
+        e,
+        &[
+            "TLS to MySQL at 127.0.0.1:3306",
+            "certificate",
+            "ssl_ca_file",
+        ],
+    );
+    // require encrypts without verifying (and bf_tls is admitted: TLS).
+    assert!(MysqlSink::new(my_sink(&db, SslMode::Require, None), "s")
+        .committed_offsets()
+        .await
+        .is_ok());
+    root.query_drop(format!("DROP DATABASE {db}"))
+        .await
+        .unwrap();
+}
+
+/// A fake MySQL server whose greeting does not offer TLS: refused before
+/// the client says anything, so not even the user name leaves.
+#[tokio::test]
+async fn mysql_refuses_a_server_without_tls_and_sends_it_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heard = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        // Protocol 10, version, thread id, scramble, filler, capabilities
+        // (PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH, no SSL), charset,
+        // status, high capabilities, scramble length, reserved, scramble 2,
+        // plugin.
+        let mut p = vec![0x0a];
+        p.extend_from_slice(b"10.11.0-fake\0");
+        p.extend_from_slice(&[1, 0, 0, 0]);
+        p.extend_from_slice(b"abcdefgh\0");
+        p.extend_from_slice(&0x8200u16.to_le_bytes());
+        p.extend_from_slice(&[33, 2, 0]);
+        p.extend_from_slice(&0x0008u16.to_le_bytes());
+        p.push(21);
+        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(b"ijklmnopqrst\0");
+        p.extend_from_slice(b"mysql_native_password\0");
+        let len = p.len() as u32;
+        let mut packet = vec![len as u8, (len >> 8) as u8, (len >> 16) as u8, 0];
+        packet.extend_from_slice(&p);
+        s.write_all(&packet).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        rest
+    });
+    let mut config = my_sink("gongan", SslMode::VerifyFull, Some(ca()));
+    config.port = port;
+    let e = MysqlSink::new(config, "s").committed_offsets().await.err();
+    definite_saying(e, &["does not accept TLS", "sslmode"]);
+    let rest = heard.await.unwrap();
+    assert!(
+        !rest.windows(ROLE.len()).any(|w| w == ROLE.as_bytes()),
+        "the user name was sent to a server without TLS"
+    );
+    assert!(rest.is_empty(), "sent to a server without TLS: {rest:?}");
+}
