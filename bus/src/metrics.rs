@@ -114,6 +114,8 @@ pub struct MetricsInner {
     pub kafka_acl_errors: IntCounter,
     /// Catalog records not applied because the node did not sign them.
     pub catalog_rejected: IntCounter,
+    /// Share topics of ended subscriptions deleted after their grace.
+    pub share_topics_deleted: IntCounter,
     /// Raw-topic partitions this process's distributor holds in the node's
     /// distributor group.
     pub distributor_partitions: IntGauge,
@@ -404,6 +406,13 @@ const KAFKA_ACL_ERRORS: Def = Def {
     labels: &[],
 };
 
+/// `backflow_share_topics_deleted_total`.
+const SHARE_TOPICS_DELETED: Def = Def {
+    name: "backflow_share_topics_deleted_total",
+    help: "Share topics of ended subscriptions (revoked, expired, rejected, dataset no longer shared) deleted after the dataset's grace period.",
+    labels: &[],
+};
+
 /// `backflow_catalog_rejected_total`.
 const CATALOG_REJECTED: Def = Def {
     name: "backflow_catalog_rejected_total",
@@ -484,6 +493,7 @@ impl Metrics {
             kafka_acl_changes: r.counters(KAFKA_ACL_CHANGES),
             kafka_acl_errors: r.counter(KAFKA_ACL_ERRORS),
             catalog_rejected: r.counter(CATALOG_REJECTED),
+            share_topics_deleted: r.counter(SHARE_TOPICS_DELETED),
             distributor_partitions: r.gauge(DISTRIBUTOR_PARTITIONS),
             registry,
         };

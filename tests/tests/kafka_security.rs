@@ -561,3 +561,144 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
         "the district's password is in the node's log"
     );
 }
+
+/// Revocation takes the district's rights at once; what it was sent stays
+/// on the cluster until the dataset's grace period (`ended_share_grace_hours`,
+/// set by the owner) passes, and then its share topic is deleted, on the
+/// audit trail. A district still in force keeps its topic; the revoked one,
+/// re-activated, gets a new topic and a full backfill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_share_topic_is_deleted_after_the_owners_grace() {
+    let s = Setup::start(&[], "").await;
+    let as_node = settings(
+        s.broker
+            .client_properties(&s.node_user.name, &s.node_user.password),
+    );
+    let (xihu, binjiang) = (
+        "backflow.share.330106.ga.people",
+        "backflow.share.330108.ga.people",
+    );
+    s.subscribe("330106", XIHU).await;
+    s.subscribe("330108", BINJIANG).await;
+    // The ids a share topic holds (10 residents each: even ids in 330106,
+    // odd in 330108).
+    let ids = |topic: &'static str| {
+        let (as_node, url) = (as_node.clone(), s.node.url.clone());
+        async move {
+            let mut ids: Vec<i64> = share_topic::read_with(&as_node, topic, &url, ADMIN)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| r.after().and_then(|a| a["id"].as_i64()))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        }
+    };
+    let odd: Vec<i64> = (1..=20).filter(|i| i % 2 == 1).collect();
+    let until = Instant::now() + Duration::from_secs(90);
+    while ids(xihu).await.len() < 10 || ids(binjiang).await != odd {
+        assert!(
+            Instant::now() < until,
+            "the share topics were not filled\n{}",
+            s.node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let exists = |topic: &'static str| {
+        let as_node = as_node.clone();
+        async move {
+            backflow::kafka::topic_names(&as_node)
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t == topic)
+        }
+    };
+
+    // Revoked, and the owner wants nothing kept: grace 0.
+    s.ok(
+        "POST",
+        "/api/subscriptions/330108:ga.people/revoke",
+        GA,
+        json!({"reason": "no longer needed"}),
+    )
+    .await;
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.people",
+        GA,
+        json!({"description": "residents", "sharing": "unconditional", "region_column": "region_code",
+               "ended_share_grace_hours": 0,
+               "fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"}, "region_code": {}}}),
+    )
+    .await;
+    let started = Instant::now();
+    while exists(binjiang).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the revoked district's share topic was not deleted\n{}",
+            s.node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "the ended share topic was deleted {:?} after the grace was set to 0",
+        started.elapsed()
+    );
+    assert!(exists(xihu).await, "the district in force lost its topic");
+    let (_, trail) = s
+        .node
+        .api("GET", "/api/audit?limit=1000", Some(AUDITOR), None)
+        .await;
+    let deletions: Vec<&Value> = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["details"]["action"] == "share topic deleted")
+        .collect();
+    assert_eq!(deletions.len(), 1, "{deletions:?}");
+    assert_eq!(deletions[0]["details"]["topic"], binjiang);
+    assert_eq!(deletions[0]["details"]["subscription"], "330108:ga.people");
+    let (_, metrics) = s.node.get_ops("/metrics").await.unwrap();
+    assert!(
+        backflow_e2e::has_series(&metrics, "backflow_share_topics_deleted_total 1"),
+        "{metrics}"
+    );
+
+    // The district in force goes on receiving.
+    s.sql("UPDATE people SET name = '王五' WHERE id = 6").await;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let records = share_topic::read_with(&as_node, xihu, &s.node.url, ADMIN)
+            .await
+            .unwrap_or_default();
+        if records.iter().any(|r| {
+            r.after()
+                .is_some_and(|a| a["id"] == 6 && a["name"] == "王*")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < until, "330106 stopped receiving");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Re-activated: a new topic, backfilled with what 330108 may see now.
+    s.ok(
+        "POST",
+        "/api/subscriptions/330108:ga.people/reactivate",
+        GA,
+        json!({}),
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while ids(binjiang).await != odd {
+        assert!(
+            Instant::now() < until,
+            "the re-activated subscription was not backfilled\n{}",
+            s.node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

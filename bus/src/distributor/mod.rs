@@ -23,6 +23,7 @@
 //! commits what it settled, so at most its batches in flight are delivered
 //! twice.
 
+pub mod ended;
 pub mod grant_check;
 pub mod retract;
 

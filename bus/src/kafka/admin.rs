@@ -187,6 +187,53 @@ impl TopicAdmin {
     }
 }
 
+impl TopicAdmin {
+    /// Deletes each of `names` that exists. Returns the names it deleted.
+    /// The embedded broker (the demo's, in memory) deletes nothing.
+    pub async fn delete(&self, names: &[String]) -> Result<Vec<String>, KafkaError> {
+        let TopicAdmin::Kafka {
+            client,
+            options,
+            settings,
+        } = self
+        else {
+            return Ok(Vec::new());
+        };
+        let existing: std::collections::HashSet<String> =
+            super::topic_names(settings).await?.into_iter().collect();
+        let doomed: Vec<&str> = names
+            .iter()
+            .filter(|n| existing.contains(*n))
+            .map(String::as_str)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let results =
+            client
+                .delete_topics(&doomed, options)
+                .await
+                .map_err(|e| KafkaError::Admin {
+                    topic: doomed.join(","),
+                    reason: e.to_string(),
+                })?;
+        let mut deleted = Vec::new();
+        for result in results {
+            match result {
+                Ok(name) => deleted.push(name),
+                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaError::Admin {
+                        topic: name,
+                        reason: code.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,6 +230,27 @@ async fn run_on(
         } else {
             None
         };
+        // The embedded broker of the demo deletes nothing: no sweep there.
+        if embedded.is_none() {
+            match TopicAdmin::new(&settings) {
+                Ok(admin) => {
+                    tracker.spawn(
+                        crate::distributor::ended::Sweeper {
+                            admin,
+                            catalog: control.state.catalog.clone(),
+                            auditor: control.state.auditor.clone(),
+                            config_shares: config.shares.clone(),
+                            metrics: metrics.clone(),
+                        }
+                        .run(shutdown.clone()),
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "no admin client: the share topics of ended subscriptions are not deleted"
+                ),
+            }
+        }
         router = router.merge(control.router(&config, kafka_acls));
     }
     let http_addr = listeners.addr;

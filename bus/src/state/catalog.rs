@@ -340,9 +340,31 @@ pub struct Dataset {
     /// the owner decides otherwise on approval (default: none).
     #[serde(default)]
     pub onward: Onward,
+    /// Hours the share topic of an ended subscription (revoked, expired,
+    /// rejected, or of a dataset no longer shared) is kept before the node
+    /// deletes it, so what was shared stops being held on the cluster;
+    /// [`DEFAULT_ENDED_SHARE_GRACE_HOURS`] when absent, 0 for the next
+    /// sweep. A subscription re-activated in time keeps its topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_share_grace_hours: Option<u32>,
 }
 
+/// The grace of an ended subscription's share topic when the owner set
+/// none: a day, for a revocation by mistake to be undone without a new
+/// backfill.
+pub const DEFAULT_ENDED_SHARE_GRACE_HOURS: u32 = 24;
+/// The longest grace an owner may set: a year.
+pub const MAX_ENDED_SHARE_GRACE_HOURS: u32 = 8760;
+
 impl Dataset {
+    /// How long an ended subscription's share topic is kept, in ms.
+    pub fn ended_share_grace_ms(&self) -> i64 {
+        i64::from(
+            self.ended_share_grace_hours
+                .unwrap_or(DEFAULT_ENDED_SHARE_GRACE_HOURS),
+        ) * 3_600_000
+    }
+
     /// The owning department (`gongan` of `gongan.population`).
     pub fn owner(&self) -> &str {
         self.id.split_once('.').map_or(self.id.as_str(), |(d, _)| d)
@@ -389,6 +411,13 @@ impl Dataset {
         bounded("description", &self.description, limits::DESCRIPTION)?;
         if let Some(r) = &self.not_shared_reason {
             bounded("not_shared_reason", r, limits::REASON)?;
+        }
+        if let Some(h) = self.ended_share_grace_hours {
+            if h > MAX_ENDED_SHARE_GRACE_HOURS {
+                return Err(format!(
+                    "ended_share_grace_hours: {h} is over {MAX_ENDED_SHARE_GRACE_HOURS} (a year); the share topic of an ended subscription is deleted after at most that"
+                ));
+            }
         }
         if self.fields.is_empty() {
             return Err("a dataset needs at least one field".to_owned());
