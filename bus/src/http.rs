@@ -175,16 +175,15 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     (status, Json(json!({ "status": word, "checks": body }))).into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled; in-flight
-/// requests finish first.
+/// Serves `router` over plain HTTP on `listener` until `shutdown` is
+/// cancelled, with the limits of [`serve_main`]; in-flight requests finish
+/// first.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_main(listener, router, None, shutdown).await
 }
 
 /// The TLS side of the main listener (`http.tls_cert`, `http.tls_key`):
@@ -231,27 +230,41 @@ impl Tls {
     }
 }
 
-/// Most HTTPS connections open at once.
-const MAX_TLS_CONNECTIONS: usize = 1024;
+/// Most connections open at once on one listener.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client has for each request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Serves `router` over HTTPS on `listener` until `shutdown`: each
-/// connection's TLS handshake and requests run on a task of their own; a
-/// client that does not complete its handshake within 10 s, or sends a
-/// request's headers slower than 30 s, is dropped; at most 1024
-/// connections are open at once. At
-/// shutdown no connection is accepted and open ones finish the requests
-/// they are in.
-pub async fn serve_tls(
+/// Serves `router` on `listener` until `shutdown`, over TLS when `tls` is
+/// given: each connection (its TLS handshake and its requests) runs on a
+/// task of its own; a client that does not complete its handshake within
+/// 10 s, or sends a request's headers slower than 30 s, is dropped (so a
+/// slow client cannot hold connections open); at most 1024 connections
+/// are open at once, the next waiting in the kernel's backlog. At shutdown
+/// no connection is accepted and open ones finish the requests they are
+/// in.
+pub async fn serve_main(
     listener: TcpListener,
     router: Router,
-    tls: Tls,
+    tls: Option<Tls>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_limited(listener, router, tls, HEADER_TIMEOUT, shutdown).await
+}
+
+/// [`serve_main`] with the header timeout given.
+async fn serve_limited(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Tls>,
+    header_timeout: std::time::Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let connections = tokio_util::task::TaskTracker::new();
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        // At most MAX_TLS_CONNECTIONS at once: the next waits in the
-        // kernel's backlog.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = open.clone().acquire_owned() => p.expect("never closed"),
@@ -261,7 +274,7 @@ pub async fn serve_tls(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting an HTTPS connection failed");
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -270,6 +283,9 @@ pub async fn serve_tls(
         let (tls, router, shutdown) = (tls.clone(), router.clone(), shutdown.clone());
         connections.spawn(async move {
             let _permit = permit;
+            let Some(tls) = tls else {
+                return serve_connection(tcp, router, header_timeout, shutdown).await;
+            };
             let Ok(ssl) = openssl::ssl::Ssl::new(tls.0.context()) else {
                 return;
             };
@@ -277,29 +293,10 @@ pub async fn serve_tls(
                 return;
             };
             let handshake = std::pin::Pin::new(&mut stream).accept();
-            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            }
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            // A client gets 30 s for each request's headers (the first and
-            // every one after on a kept-alive connection), then is dropped.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(())) => serve_connection(stream, router, header_timeout, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                Err(_) => {}
             }
         });
     }
@@ -308,15 +305,83 @@ pub async fn serve_tls(
     Ok(())
 }
 
-/// [`serve`], over TLS when `tls` is given.
-pub async fn serve_main(
-    listener: TcpListener,
+/// HTTP/1.1 on one connection until it closes, or, at shutdown, until the
+/// request in progress is answered.
+async fn serve_connection<S>(
+    stream: S,
     router: Router,
-    tls: Option<Tls>,
+    header_timeout: std::time::Duration,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    match tls {
-        Some(tls) => serve_tls(listener, router, tls, shutdown).await,
-        None => serve(listener, router, shutdown).await,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    // 30 s for each request's headers (the first and every one after on a
+    // kept-alive connection), then the client is dropped.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that sends its headers slower than the timeout is dropped,
+    /// on the plain listener as on the TLS one; a prompt one is answered.
+    #[tokio::test]
+    async fn a_slow_client_is_dropped_and_a_prompt_one_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_limited(
+            listener,
+            router,
+            None,
+            std::time::Duration::from_millis(500),
+            shutdown.clone(),
+        ));
+
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut prompt = tokio::net::TcpStream::connect(addr).await.unwrap();
+        prompt
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        prompt.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            slow.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(read.is_ok(), "the slow client was never dropped");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("200 OK"),
+            "the slow client was answered"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }

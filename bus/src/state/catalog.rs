@@ -500,7 +500,7 @@ pub enum SubscriptionState {
 }
 
 /// A lower node's subscription to a dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
     /// `<subscriber>:<dataset>`.
     pub id: String,
@@ -537,6 +537,29 @@ pub struct Subscription {
     /// Whether the subscriber may share on what it receives.
     #[serde(default)]
     pub onward: Onward,
+}
+
+/// Every field but the HMAC key, which a log line or a panic message must
+/// never hold (it would make the hashed fields reversible).
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("subscriber", &self.subscriber)
+            .field("dataset", &self.dataset)
+            .field("purpose", &self.purpose)
+            .field("requested", &self.requested)
+            .field("granted", &self.granted)
+            .field("valid_until_ms", &self.valid_until_ms)
+            .field("state", &self.state)
+            .field("policy_version", &self.policy_version)
+            .field("secret", &"<redacted>")
+            .field("updated_ms", &self.updated_ms)
+            .field("backfilled", &self.backfilled)
+            .field("request_version", &self.request_version)
+            .field("onward", &self.onward)
+            .finish()
+    }
 }
 
 fn first_version() -> u32 {
@@ -1126,6 +1149,20 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
 mod tests {
     use super::*;
     use crate::state::audit::AuditKey;
+
+    #[test]
+    fn a_subscription_debug_print_holds_no_hmac_key() {
+        let sub: Subscription = serde_json::from_value(serde_json::json!({
+            "id": "330106:ga.people", "subscriber": "330106", "dataset": "ga.people",
+            "purpose": "p", "requested": ["phone"], "granted": {"phone": "hashed"},
+            "valid_until_ms": null, "state": "active", "policy_version": 1,
+            "secret": "5ec7e75ec7e75ec7e75ec7e7", "updated_ms": 1,
+        }))
+        .unwrap();
+        let printed = format!("{sub:?} {sub:#?}");
+        assert!(!printed.contains("5ec7e7"), "{printed}");
+        assert!(printed.contains("330106:ga.people") && printed.contains("<redacted>"));
+    }
 
     fn signed(keys: &CatalogKeys, key: &[u8], value: &[u8]) -> Vec<(String, Vec<u8>)> {
         vec![(HEADER_SIGNATURE.to_owned(), keys.sign(key, 1_000, value))]
