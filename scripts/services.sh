@@ -3,7 +3,8 @@
 #   PostgreSQL 15 with wal_level=logical            127.0.0.1:5432 (trust auth, TLS)
 #   MariaDB with a ROW/FULL binlog and server_id=1  127.0.0.1:3306 (root, no password, TLS)
 #   Apache Kafka 4.1.1 (KRaft, jars from Maven)     127.0.0.1:9092
-# and the tools the tests drive: headless Chromium (the dashboard test).
+# and the tools the tests drive: headless Chromium (the dashboard test),
+# tcpdump (the test that no row value crosses the loopback in clear).
 #
 # Usage: scripts/services.sh up|down|status
 #   up      install what is missing, (re)configure, start, wait until each answers
@@ -377,6 +378,8 @@ kafka_status() {
 # Headless Chromium for the dashboard's browser test (Debian's package).
 tools_up() {
   command -v chromium >/dev/null || apt_install chromium
+  # The encryption test captures loopback traffic.
+  command -v tcpdump >/dev/null || apt_install tcpdump
   "$ROOT/scripts/helm-setup.sh" >/dev/null
 }
 

@@ -73,6 +73,34 @@ impl FeedAdmission {
         self
     }
 
+    /// Refuses a definition that names a password, an environment variable
+    /// or a file of the node itself (checked on the JSON as sent, before
+    /// anything of it is parsed or read).
+    pub fn refuse_node_keys(
+        &self,
+        definition: &serde_json::Value,
+        department: Option<&str>,
+    ) -> Result<(), Refusal> {
+        if let Some(key) = CHOSEN_SECRET_KEYS
+            .iter()
+            .find(|k| definition.get(**k).is_some())
+        {
+            return Err(Refusal::Invalid(format!(
+            "{key}: not accepted for a feed registered through the API (it would let the caller pick any variable or file of the node): name a secret an admin bound to the department with {SECRET_KEY} ({})",
+            self.bound_list(department)
+        )));
+        }
+        if let Some(key) = NODE_FILE_KEYS
+            .iter()
+            .find(|k| definition.get(**k).is_some())
+        {
+            return Err(Refusal::Invalid(format!(
+            "{key}: not accepted for a feed registered through the API (it names a file of the node); the CAs of feeds registered through the API are the admin's [api_feeds] ssl_ca_file, or the system's"
+        )));
+        }
+        Ok(())
+    }
+
     /// Checks a feed's definition as registered through the API by a
     /// principal acting for `departments` (`None`: an admin, for whom the
     /// departments are those of the datasets the feed fills), and returns
@@ -85,23 +113,7 @@ impl FeedAdmission {
         department: Option<&str>,
         resolve: bool,
     ) -> Result<FeedConfig, Refusal> {
-        if let Some(key) = CHOSEN_SECRET_KEYS
-            .iter()
-            .find(|k| definition.get(**k).is_some())
-        {
-            return Err(Refusal::Invalid(format!(
-                "{key}: not accepted for a feed registered through the API (it would let the caller pick any variable or file of the node): name a secret an admin bound to the department with {SECRET_KEY} ({})",
-                self.bound_list(department)
-            )));
-        }
-        if let Some(key) = NODE_FILE_KEYS
-            .iter()
-            .find(|k| definition.get(**k).is_some())
-        {
-            return Err(Refusal::Invalid(format!(
-                "{key}: not accepted for a feed registered through the API (it names a file of the node); the CAs of feeds registered through the API are the admin's [api_feeds] ssl_ca_file, or the system's"
-            )));
-        }
+        self.refuse_node_keys(definition, department)?;
         let datasets = feed.datasets();
         if datasets.is_empty() {
             return Err(Refusal::Invalid(
@@ -191,7 +203,6 @@ impl FeedAdmission {
         &self,
         record: &crate::state::catalog::FeedRecord,
     ) -> Result<FeedConfig, Refusal> {
-        let feed = record.parse().map_err(Refusal::Invalid)?;
         let department = match record.owner.as_deref() {
             Some("admin") => None,
             Some(o) => match o.strip_prefix("owner:") {
@@ -210,6 +221,9 @@ impl FeedAdmission {
                 )))
             }
         };
+        // Before parsing: parsing checks a CA file by reading it.
+        self.refuse_node_keys(&record.config, department)?;
+        let feed = record.parse().map_err(Refusal::Invalid)?;
         self.admit(&feed, &record.config, department, true)
     }
 

@@ -717,6 +717,8 @@ impl FeedConfig {
                 p.host = c.host.clone();
                 p.port = Some(c.port);
                 p.password = c.password.clone();
+                p.sslmode = c.sslmode;
+                p.ssl_ca_file = c.ssl_ca_file.clone();
                 p
             }
             FeedConfig::Mysql(c) => {
@@ -730,6 +732,8 @@ impl FeedConfig {
                 p.host = c.host.clone();
                 p.port = Some(c.port);
                 p.password = c.password.clone();
+                p.sslmode = c.sslmode;
+                p.ssl_ca_file = c.ssl_ca_file.clone();
                 p
             }
         }

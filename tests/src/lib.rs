@@ -667,10 +667,28 @@ pub struct Node {
     pub ops_url: String,
     stderr_path: PathBuf,
     audit_public_key: Option<String>,
+    /// The client of [`Node::get`] and [`Node::api`] (trusting the CA of
+    /// [`Node::trusting`] for a node serving HTTPS).
+    client: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Node {
+    /// Calls to the node's API trust `ca` (PEM), for a node serving HTTPS
+    /// (`http.tls_cert`).
+    pub fn trusting(mut self, ca: &std::path::Path) -> anyhow::Result<Self> {
+        let cert = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
+        self.client = reqwest::Client::builder()
+            .add_root_certificate(cert)
+            .build()?;
+        Ok(self)
+    }
+
+    /// The HTTP client that talks to this node.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Starts `backflow serve` with these environment variables and an HTTP
     /// port chosen by the OS; returns once it printed its address.
     pub fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
@@ -752,6 +770,7 @@ impl Node {
             ops_url: String::new(),
             stderr_path,
             audit_public_key,
+            client: reqwest::Client::new(),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -844,7 +863,11 @@ impl Node {
 
     /// GETs a path; returns the status code and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let resp = reqwest::get(format!("{}{path}", self.url)).await?;
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await?;
         let status = resp.status().as_u16();
         Ok((status, resp.text().await?))
     }
@@ -859,7 +882,7 @@ impl Node {
         token: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let client = reqwest::Client::new();
+        let client = &self.client;
         let url = format!("{}{path}", self.url);
         let mut req = match method {
             "GET" => client.get(&url),
@@ -944,6 +967,21 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The CA (PEM) that signs the test PostgreSQL's and MariaDB's TLS
+/// certificates (made by `scripts/services.sh`).
+pub fn db_ca_file() -> PathBuf {
+    let dir = std::env::var_os("BACKFLOW_SERVICES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"));
+    let ca = dir.join("db-tls/ca.crt");
+    assert!(
+        ca.exists(),
+        "{} is missing: run scripts/services.sh up",
+        ca.display()
+    );
+    ca
 }
 
 /// User + system CPU seconds a process used so far (0 when unknown).

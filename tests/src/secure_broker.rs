@@ -88,6 +88,15 @@ impl SecureBroker {
         self.dir.path().join("ca.pem")
     }
 
+    /// A certificate for 127.0.0.1 signed by [`SecureBroker::ca_file`]'s CA
+    /// and its key (PEM files), e.g. for a node's HTTPS.
+    pub fn server_certificate(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("broker.crt"),
+            self.dir.path().join("broker.key"),
+        )
+    }
+
     /// librdkafka properties of a client logging in as `user`.
     pub fn client_properties(&self, user: &str, password: &str) -> Vec<(String, String)> {
         [

@@ -60,6 +60,25 @@ pub async fn read_with(
     registry_url: &str,
     token: &str,
 ) -> anyhow::Result<Vec<Decoded>> {
+    read_via(
+        settings,
+        topic,
+        registry_url,
+        token,
+        &reqwest::Client::new(),
+    )
+    .await
+}
+
+/// [`read_with`], asking the registry with `client` (one that trusts the
+/// CA of a node serving HTTPS).
+pub async fn read_via(
+    settings: &KafkaSettings,
+    topic: &str,
+    registry_url: &str,
+    token: &str,
+    client: &reqwest::Client,
+) -> anyhow::Result<Vec<Decoded>> {
     let settings = settings.clone();
     let n = backflow::kafka::partition_count(&settings, topic)
         .await
@@ -79,7 +98,6 @@ pub async fn read_with(
     let parts: Vec<i32> = ends.keys().copied().collect();
     let consumer = Consumer::replay_partitions(&settings, topic, &parts)?;
     let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
-    let client = reqwest::Client::new();
     while !ends.is_empty() {
         let r = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
             .await
@@ -88,11 +106,11 @@ pub async fn read_with(
             ends.remove(&r.partition);
         }
         let key = match r.key.as_deref() {
-            Some(k) => decode(&client, registry_url, token, &mut schemas, k).await?,
+            Some(k) => decode(client, registry_url, token, &mut schemas, k).await?,
             None => serde_json::Value::Null,
         };
         let value = match r.payload.as_deref() {
-            Some(v) => Some(decode(&client, registry_url, token, &mut schemas, v).await?),
+            Some(v) => Some(decode(client, registry_url, token, &mut schemas, v).await?),
             None => None,
         };
         out.push(Decoded {

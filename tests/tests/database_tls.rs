@@ -8,7 +8,6 @@
 //! by MariaDB only with `REQUIRE SSL`, so every row that arrives crossed
 //! TLS at both ends.
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -22,19 +21,6 @@ use mysql_async::prelude::Queryable;
 const ROLE: &str = "bf_tls";
 /// The same password as the connector tests' (they share the role).
 const PASSWORD: &str = "tls 'only' pass";
-
-fn ca() -> PathBuf {
-    let dir = std::env::var_os("BACKFLOW_SERVICES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"));
-    let ca = dir.join("db-tls/ca.crt");
-    assert!(
-        ca.exists(),
-        "{} is missing: run scripts/services.sh up",
-        ca.display()
-    );
-    ca
-}
 
 /// `bf_tls` on both servers (PostgreSQL: SCRAM, REPLICATION; MariaDB:
 /// REQUIRE SSL, all privileges).
@@ -79,7 +65,7 @@ fn text(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feeds_a_sink_and_reconcile_run_over_verified_tls() {
     tls_logins().await;
-    let ca = ca();
+    let ca = backflow_e2e::db_ca_file();
     let ca = ca.display();
 
     // The departments' databases, owned by bf_tls.

@@ -76,6 +76,7 @@ impl Setup {
         let mut all = vec![node_user.clone()];
         all.extend(users.iter().cloned());
         let broker = SecureBroker::start(&all);
+        let (cert, key) = broker.server_certificate();
         let db = SinkDb::create(Backend::Postgres).await.unwrap();
         pg_connect(&db.name)
             .await
@@ -96,21 +97,27 @@ impl Setup {
         ]);
         let config = format!(
             "[node]\ncode = \"330100\"\n\
+             [http]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
              [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}\n\
              [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
              \"sasl.username\" = \"{user}\"\n\"ssl.ca.location\" = \"{ca}\"\n\
              [kafka.properties_env]\n\"sasl.password\" = \"KAFKA_PASSWORD\"\n\n\
              [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n\
-             slot = \"{db}\"\npublication = \"{db}\"\n\
+             slot = \"{db}\"\npublication = \"{db}\"\nsslmode = \"verify-full\"\nssl_ca_file = \"{db_ca}\"\n\
              tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n\n{tokens}",
+            cert = cert.display(),
+            key = key.display(),
+            db_ca = backflow_e2e::db_ca_file().display(),
             bootstrap = broker.bootstrap(),
             user = node_user.name,
             ca = broker.ca_file().display(),
             feed = db.name.replace('_', "-"),
             db = db.name,
         );
-        let node =
-            Node::start_with_config(&config, &[("KAFKA_PASSWORD", &node_user.password)]).unwrap();
+        let node = Node::start_with_config(&config, &[("KAFKA_PASSWORD", &node_user.password)])
+            .unwrap()
+            .trusting(&broker.ca_file())
+            .unwrap();
         node.wait_for_status("/readyz", 200, Duration::from_secs(90))
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}\n{}", node.stderr(), broker.log()));
@@ -192,7 +199,7 @@ async fn a_node_works_over_sasl_ssl_and_the_broker_refuses_everyone_else() {
     let share = "backflow.share.330106.ga.people";
     let until = Instant::now() + Duration::from_secs(90);
     loop {
-        let records = share_topic::read_with(&as_node, share, &node.url, ADMIN)
+        let records = share_topic::read_via(&as_node, share, &node.url, ADMIN, node.client())
             .await
             .unwrap_or_default();
         if records.iter().any(|r| {
@@ -382,14 +389,14 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
     let subscriber = Node::subscribe_with_config(
         &format!(
             "[[subscriptions]]\nname = \"xihu\"\n\
-             upstream = {{ brokers = \"{}\", registry_url = \"{}\", registry_token_env = \"CITY_TOKEN\", \
-             properties = {{ \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"{user}\", \"ssl.ca.location\" = \"{}\" }}, \
+             upstream = {{ brokers = \"{}\", registry_url = \"{}\", registry_token_env = \"CITY_TOKEN\", registry_ca_file = \"{ca}\", \
+             properties = {{ \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"{user}\", \"ssl.ca.location\" = \"{ca}\" }}, \
              properties_env = {{ \"sasl.password\" = \"CITY_KAFKA_PASSWORD\" }} }}\n\
              sink = {}\ntables = [{{ topic = \"{mine}\", table = \"people\" }}]\n",
             s.broker.bootstrap(),
             s.node.url,
-            s.broker.ca_file().display(),
             sink.sink_toml(),
+            ca = s.broker.ca_file().display(),
         ),
         &[("CITY_TOKEN", XIHU), ("CITY_KAFKA_PASSWORD", &password)],
     )
@@ -583,9 +590,9 @@ async fn an_ended_share_topic_is_deleted_after_the_owners_grace() {
     // The ids a share topic holds (10 residents each: even ids in 330106,
     // odd in 330108).
     let ids = |topic: &'static str| {
-        let (as_node, url) = (as_node.clone(), s.node.url.clone());
+        let (as_node, url, client) = (as_node.clone(), s.node.url.clone(), s.node.client().clone());
         async move {
-            let mut ids: Vec<i64> = share_topic::read_with(&as_node, topic, &url, ADMIN)
+            let mut ids: Vec<i64> = share_topic::read_via(&as_node, topic, &url, ADMIN, &client)
                 .await
                 .unwrap_or_default()
                 .iter()
@@ -671,7 +678,7 @@ async fn an_ended_share_topic_is_deleted_after_the_owners_grace() {
     s.sql("UPDATE people SET name = '王五' WHERE id = 6").await;
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let records = share_topic::read_with(&as_node, xihu, &s.node.url, ADMIN)
+        let records = share_topic::read_via(&as_node, xihu, &s.node.url, ADMIN, s.node.client())
             .await
             .unwrap_or_default();
         if records.iter().any(|r| {
@@ -701,4 +708,170 @@ async fn an_ended_share_topic_is_deleted_after_the_owners_grace() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// tcpdump on the loopback interface, writing every packet to a file until
+/// stopped.
+struct Capture {
+    child: std::process::Child,
+    file: tempfile::NamedTempFile,
+}
+
+impl Capture {
+    fn start() -> Self {
+        let file = tempfile::Builder::new().suffix(".pcap").tempfile().unwrap();
+        let mut child = std::process::Command::new("tcpdump")
+            // -Z root: tcpdump would drop to its own user, who may not
+            // write the test's file.
+            .args(["-i", "lo", "-U", "-s", "0", "-Z", "root", "-w"])
+            .arg(file.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpdump (scripts/services.sh up installs it)");
+        // It says "listening on lo" once it captures.
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(line.contains("listening on lo"), "tcpdump: {line}");
+        Self { child, file }
+    }
+
+    /// Stops the capture; every byte captured.
+    fn stop(mut self) -> Vec<u8> {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read(self.file.path()).unwrap()
+    }
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Every hop of a change, department database → feed → broker → node's
+/// distributor → broker → district's subscriber, and the API and registry
+/// calls beside them, run over TLS: a capture of the loopback interface
+/// during the run holds none of the row's values (the plain one, the one
+/// masked on the way, nor the district's credentials), while a canary sent
+/// in clear during the same capture is in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_row_value_crosses_the_loopback_in_clear() {
+    let s = Setup::start(&[], "manage_acls = true").await;
+    s.sql("ALTER TABLE people ADD COLUMN note text").await;
+    s.ok(
+        "PUT",
+        "/api/datasets/ga.people",
+        GA,
+        json!({"description": "residents", "sharing": "unconditional", "region_column": "region_code",
+               "fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"},
+                          "region_code": {}, "note": {}}}),
+    )
+    .await;
+    let xihu = s
+        .ok(
+            "PUT",
+            "/api/nodes/330106",
+            ADMIN,
+            json!({"name": "西湖区", "kafka": "scram"}),
+        )
+        .await;
+    let user = xihu["kafka_username"].as_str().unwrap().to_owned();
+    let password = xihu["kafka_password"].as_str().unwrap().to_owned();
+    s.ok(
+        "POST",
+        "/api/subscriptions",
+        XIHU,
+        json!({"subscriber": "330106", "dataset": "ga.people", "purpose": "services",
+               "fields": ["id", "name", "region_code", "note"]}),
+    )
+    .await;
+
+    let capture = Capture::start();
+    // Values no other test uses: a plain field and one masked on the way.
+    let nonce = std::process::id();
+    let (note, name) = (format!("plain-note-{nonce}-q7"), format!("甄士隐{nonce}"));
+    // The department writes the row over TLS too (psql, sslmode=require).
+    let insert = std::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 user=postgres dbname={} sslmode=require",
+            s.db.name
+        ))
+        .args(["-XAtqc", &format!(
+            "INSERT INTO people (id, name, region_code, note) VALUES (22, '{name}', '330106', '{note}')"
+        )])
+        .output()
+        .unwrap();
+    assert!(insert.status.success(), "{insert:?}");
+
+    let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
+    let ca = s.broker.ca_file();
+    let subscriber = Node::subscribe_with_config(
+        &format!(
+            "[[subscriptions]]\nname = \"xihu\"\n\
+             upstream = {{ brokers = \"{}\", registry_url = \"{}\", registry_token_env = \"CITY_TOKEN\", registry_ca_file = \"{ca}\", \
+             properties = {{ \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"{user}\", \"ssl.ca.location\" = \"{ca}\" }}, \
+             properties_env = {{ \"sasl.password\" = \"CITY_KAFKA_PASSWORD\" }} }}\n\
+             sink = {}\ntables = [{{ topic = \"backflow.share.330106.ga.people\", table = \"people\" }}]\n",
+            s.broker.bootstrap(),
+            s.node.url,
+            sink.sink_toml(),
+            ca = ca.display(),
+        ),
+        &[("CITY_TOKEN", XIHU), ("CITY_KAFKA_PASSWORD", &password)],
+    )
+    .unwrap();
+    // The row arrives: the values did cross the loopback, several times.
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let rows = sink
+            .rows(
+                "people",
+                "id",
+                &[("name", Kind::Text), ("note", Kind::Text)],
+            )
+            .await
+            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(row) = rows.get(&22) {
+            assert_eq!(row[1].as_deref(), Some(note.as_str()));
+            assert_eq!(
+                row[0].as_deref(),
+                Some(format!("甄{}", "*".repeat(name.chars().count() - 1)).as_str())
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "row 22 never reached the district\n{}\n{}",
+            s.node.stderr(),
+            subscriber.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A canary in clear: the capture sees the loopback.
+    let canary = format!("backflow-capture-canary-{nonce}");
+    let _ = s.node.get_ops(&format!("/{canary}")).await;
+    let captured = capture.stop();
+
+    assert!(
+        holds(&captured, &canary),
+        "the capture saw nothing in clear: it is not capturing lo"
+    );
+    for (what, value) in [
+        ("the plain field", note.as_str()),
+        ("the masked field's value", name.as_str()),
+        ("the district's API token", XIHU),
+        ("the district's Kafka password", password.as_str()),
+    ] {
+        assert!(
+            !holds(&captured, value),
+            "{what} crossed the loopback in clear"
+        );
+    }
+    println!("{} bytes captured on lo, no value in clear", captured.len());
 }

@@ -88,8 +88,12 @@ pub(crate) enum Refusal {
     /// MySQL switched to `mysql_clear_password`.
     MysqlClearPassword,
     /// MySQL asked for `caching_sha2_password` full authentication, where
-    /// the password is encrypted with a key the server sends.
+    /// the password is encrypted with a key the server sends (or sent in
+    /// clear inside TLS).
     MysqlServerKey,
+    /// MySQL asked for an authentication plugin other than
+    /// `mysql_native_password` and `caching_sha2_password`.
+    MysqlPlugin,
     /// The server broke the protocol during authentication.
     Malformed,
 }
@@ -109,9 +113,13 @@ impl Refusal {
                 "asked for the password in clear text (authentication plugin mysql_clear_password)"
             }
             Refusal::MysqlServerKey => {
-                "asked for caching_sha2_password full authentication without TLS, where the \
-                 password is encrypted with a public key the server itself sends (so a hostile \
-                 server can read it)"
+                "asked for caching_sha2_password full authentication, where the password is \
+                 encrypted with a public key the server itself sends, or sent as it is inside \
+                 TLS (either way the server can read it)"
+            }
+            Refusal::MysqlPlugin => {
+                "asked for an authentication plugin other than mysql_native_password and \
+                 caching_sha2_password, or switched plugins twice"
             }
             Refusal::Malformed => "sent a malformed message during authentication",
         }
@@ -127,7 +135,7 @@ impl Refusal {
                  scram-sha-256 (not password or md5) for this user in pg_hba.conf, \
                  replication lines included"
             }
-            Refusal::MysqlClearPassword | Refusal::MysqlServerKey => {
+            Refusal::MysqlClearPassword | Refusal::MysqlServerKey | Refusal::MysqlPlugin => {
                 "authenticate the user with mysql_native_password \
                  (ALTER USER ... IDENTIFIED WITH mysql_native_password BY ...) or, on MariaDB, \
                  the default mysql_native_password; neither mysql_clear_password nor \
@@ -158,6 +166,19 @@ impl std::fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+/// How long a connection may take from the TCP connect to the end of its
+/// login (TLS handshake included) before it is given up as transient: a
+/// server that stops answering half-way holds no task forever.
+pub(crate) const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The error of a login that did not finish within [`LOGIN_TIMEOUT`].
+pub(crate) fn login_timed_out(target: &str) -> ConnectorError {
+    ConnectorError::transient(format!(
+        "{target} did not complete the login within {} s (TCP, TLS and authentication); retrying",
+        LOGIN_TIMEOUT.as_secs()
+    ))
+}
 
 /// What a [`Guard`] concluded from the server's bytes so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

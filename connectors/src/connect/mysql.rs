@@ -19,9 +19,11 @@ use mysql_async::{Conn, OptsBuilder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use tokio_openssl::SslStream;
+
 use super::relay::Outcome;
 use super::tls::DbTls;
-use super::{no_nul, relay, tcp, Guard, Refusal, Verdict};
+use super::{login_timed_out, no_nul, relay, tcp, Guard, Refusal, Verdict, LOGIN_TIMEOUT};
 use crate::ConnectorError;
 
 /// Where and as whom to connect.
@@ -123,6 +125,16 @@ pub(crate) async fn connect(
     failed: impl FnOnce(String, mysql_async::Error) -> ConnectorError,
 ) -> Result<Conn, ConnectorError> {
     t.check()?;
+    tokio::time::timeout(LOGIN_TIMEOUT, open(t, failed))
+        .await
+        .unwrap_or_else(|_| Err(login_timed_out(&t.describe())))
+}
+
+/// [`connect`] without its time limit.
+async fn open(
+    t: &MysqlTarget,
+    failed: impl FnOnce(String, mysql_async::Error) -> ConnectorError,
+) -> Result<Conn, ConnectorError> {
     t.tls.warn_if_clear(&t.host, t.port);
     let target = t.describe();
     if !t.has_password() && !t.tls.enabled() {
@@ -196,44 +208,88 @@ async fn next_packet<S: AsyncRead + Unpin>(
 }
 
 /// The relay's side of a TLS connection (see the module doc): `client` is
-/// the driver, `server` the TCP connection to the server.
+/// the driver, `server` the TCP connection to the server. The login must
+/// end within [`LOGIN_TIMEOUT`].
 async fn tls_conversation(
     mut client: UnixStream,
-    mut server: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
     tls: DbTls,
     host: String,
     target: String,
     outcome: Outcome,
 ) -> std::io::Result<()> {
+    let login = tls_login(&mut client, server, &tls, &host, &target, &outcome);
+    let (mut server, from_server, from_client) =
+        match tokio::time::timeout(LOGIN_TIMEOUT, login).await {
+            Ok(Ok(Some(open))) => open,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
+                // A packet too long or cut short: not MySQL's protocol.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    outcome.refused.set(Refusal::Malformed);
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                outcome.failed.set(login_timed_out(&target));
+                return Ok(());
+            }
+        };
+    // Commands: bytes as they are, those already read first.
+    client.write_all(&from_server).await?;
+    server.write_all(&from_client).await?;
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024)
+        .await?;
+    Ok(())
+}
+
+/// A TLS session to the server, the login made through it for the driver;
+/// with the bytes each side sent past the server's OK. `None` when the
+/// connection ended (the reason in `outcome`, or the server's error passed
+/// to the driver).
+async fn tls_login(
+    client: &mut UnixStream,
+    mut server: tokio::net::TcpStream,
+    tls: &DbTls,
+    host: &str,
+    target: &str,
+    outcome: &Outcome,
+) -> std::io::Result<Option<(SslStream<tokio::net::TcpStream>, Vec<u8>, Vec<u8>)>> {
     let malformed = |outcome: &Outcome| {
         outcome.refused.set(Refusal::Malformed);
-        Ok(())
+        Ok(None)
     };
     let mut guard = MysqlGuard::default();
     let (mut from_server, mut from_client) = (Vec::new(), Vec::new());
     let Some(greeting) = next_packet(&mut server, &mut from_server).await? else {
-        return malformed(&outcome);
+        return malformed(outcome);
     };
+    // An error in place of the greeting (too many connections, host not
+    // allowed): the driver reads it and reports the server's reason.
+    if greeting.get(4) == Some(&0xff) {
+        client.write_all(&greeting).await?;
+        return Ok(None);
+    }
     if let Verdict::Refused(r) = guard.server_bytes(&greeting) {
         outcome.refused.set(r);
-        return Ok(());
+        return Ok(None);
     }
     match server_capabilities(&greeting[4..]) {
-        None => return malformed(&outcome),
+        None => return malformed(outcome),
         Some(caps) if caps & CLIENT_SSL == 0 => {
-            outcome.failed.set(tls.not_offered(&target));
-            return Ok(());
+            outcome.failed.set(tls.not_offered(target));
+            return Ok(None);
         }
         Some(_) => {}
     }
     client.write_all(&greeting).await?;
-    let Some(mut login) = next_packet(&mut client, &mut from_client).await? else {
-        return Ok(());
+    let Some(mut login) = next_packet(client, &mut from_client).await? else {
+        return Ok(None);
     };
     // The login packet of protocol 4.1: flags (4), max packet (4), charset
     // (1), 23 reserved bytes, then the user and the rest.
     if login.len() < 4 + 32 {
-        return malformed(&outcome);
+        return malformed(outcome);
     }
     let flags = u32::from_le_bytes(login[4..8].try_into().expect("4 bytes")) | CLIENT_SSL;
     login[4..8].copy_from_slice(&flags.to_le_bytes());
@@ -242,13 +298,13 @@ async fn tls_conversation(
     server.write_all(&ssl_request).await?;
     // Anything the server sent before the handshake is not trusted.
     if !from_server.is_empty() {
-        return malformed(&outcome);
+        return malformed(outcome);
     }
-    let mut server = match tls.handshake(server, &host, &target).await {
+    let mut server = match tls.handshake(server, host, target).await {
         Ok(s) => s,
         Err(e) => {
             outcome.failed.set(e);
-            return Ok(());
+            return Ok(None);
         }
     };
     login[3] = login[3].wrapping_add(1);
@@ -256,31 +312,25 @@ async fn tls_conversation(
     loop {
         tokio::select! {
             packet = next_packet(&mut server, &mut from_server) => {
-                let Some(mut packet) = packet? else { return Ok(()) };
+                let Some(mut packet) = packet? else { return Ok(None) };
                 let verdict = guard.server_bytes(&packet);
                 if let Verdict::Refused(r) = verdict {
                     outcome.refused.set(r);
-                    return Ok(());
+                    return Ok(None);
                 }
                 packet[3] = packet[3].wrapping_sub(1);
                 client.write_all(&packet).await?;
                 if verdict == Verdict::Authenticated {
-                    break;
+                    return Ok(Some((server, from_server, from_client)));
                 }
             }
-            packet = next_packet(&mut client, &mut from_client) => {
-                let Some(mut packet) = packet? else { return Ok(()) };
+            packet = next_packet(client, &mut from_client) => {
+                let Some(mut packet) = packet? else { return Ok(None) };
                 packet[3] = packet[3].wrapping_add(1);
                 server.write_all(&packet).await?;
             }
         }
     }
-    // Commands: bytes as they are, those already read first.
-    client.write_all(&from_server).await?;
-    server.write_all(&from_client).await?;
-    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024)
-        .await?;
-    Ok(())
 }
 
 /// The capability flags of a server's greeting (protocol 10): `None` when
@@ -304,10 +354,22 @@ fn server_capabilities(greeting: &[u8]) -> Option<u32> {
 /// Bytes kept of the start of each packet: enough for the packet kind, a
 /// plugin name, or the beginning of a public key.
 const KEEP: usize = 64;
+/// Bytes kept of the server's greeting, whose plugin name comes last.
+const KEEP_GREETING: usize = 1024;
+
+/// The plugins the driver may answer: with a hash of the password (native:
+/// SHA-1 scramble; caching_sha2: SHA-256 scramble, the fast path).
+const HASH_PLUGINS: [&[u8]; 2] = [b"mysql_native_password", b"caching_sha2_password"];
 
 /// Reads MySQL's packets (4-byte header, payload) until the OK that ends
-/// authentication; refuses a switch to `mysql_clear_password` and
-/// `caching_sha2_password` full authentication (the server's RSA key).
+/// authentication. Lets through only what makes the driver answer with a
+/// hash: a greeting naming a hash plugin (or `mysql_clear_password`, which
+/// the driver answers with the native hash), one switch to a hash plugin,
+/// caching_sha2's "fast authentication succeeded", an error. Refuses a
+/// switch to `mysql_clear_password`, caching_sha2's full authentication
+/// (the server's RSA key, or the password itself inside TLS), any other
+/// plugin (the driver would panic on some), a second switch, and any other
+/// packet.
 #[derive(Debug, Default)]
 pub(crate) struct MysqlGuard {
     head: [u8; 4],
@@ -318,6 +380,8 @@ pub(crate) struct MysqlGuard {
     start: Vec<u8>,
     /// The server's handshake (the first packet) was read.
     greeted: bool,
+    /// The server switched plugins once.
+    switched: bool,
 }
 
 impl Guard for MysqlGuard {
@@ -342,8 +406,9 @@ impl Guard for MysqlGuard {
                 self.read = 0;
                 self.start.clear();
             }
+            let keep = if self.greeted { KEEP } else { KEEP_GREETING };
             let n = (self.len - self.read).min(bytes.len());
-            let room = KEEP.saturating_sub(self.start.len()).min(n);
+            let room = keep.saturating_sub(self.start.len()).min(n);
             self.start.extend_from_slice(&bytes[..room]);
             self.read += n;
             bytes = &bytes[n..];
@@ -351,13 +416,13 @@ impl Guard for MysqlGuard {
                 continue;
             }
             self.have = 0;
-            if !self.greeted {
-                // The handshake: whatever plugin it names, the driver
-                // answers with a hash (native or SHA-256 scramble).
+            let verdict = if self.greeted {
+                self.judge()
+            } else {
                 self.greeted = true;
-                continue;
-            }
-            match judge(&self.start, self.len) {
+                judge_greeting(&self.start)
+            };
+            match verdict {
                 Verdict::Guarding => {}
                 v => return v,
             }
@@ -366,33 +431,67 @@ impl Guard for MysqlGuard {
     }
 }
 
-/// A whole packet after the handshake.
-fn judge(start: &[u8], len: usize) -> Verdict {
-    match start.first() {
-        // OK: authenticated.
-        Some(0x00) => Verdict::Authenticated,
-        // AuthSwitchRequest: plugin name, NUL, plugin data.
-        Some(0xfe) => {
-            let plugin = start[1..].split(|b| *b == 0).next().unwrap_or_default();
-            if plugin == b"mysql_clear_password" {
-                Verdict::Refused(Refusal::MysqlClearPassword)
-            } else {
-                Verdict::Guarding
+impl MysqlGuard {
+    /// A whole packet after the handshake.
+    fn judge(&mut self) -> Verdict {
+        let start = &self.start;
+        match start.first() {
+            // OK: authenticated. ERR: the driver reports the server's error.
+            Some(0x00) => Verdict::Authenticated,
+            Some(0xff) => Verdict::Guarding,
+            // AuthSwitchRequest: plugin name, NUL, plugin data.
+            Some(0xfe) => {
+                let plugin = start[1..].split(|b| *b == 0).next().unwrap_or_default();
+                if plugin == b"mysql_clear_password" {
+                    Verdict::Refused(Refusal::MysqlClearPassword)
+                } else if self.switched || !HASH_PLUGINS.contains(&plugin) {
+                    Verdict::Refused(Refusal::MysqlPlugin)
+                } else {
+                    self.switched = true;
+                    Verdict::Guarding
+                }
             }
+            // AuthMoreData: only caching_sha2's "fast authentication
+            // succeeded" (0x03). Its 0x04 "perform full authentication"
+            // (with any trailing bytes) and a public key are the password
+            // given away; anything else is no protocol this guard knows.
+            Some(0x01) => match start.get(1) {
+                Some(0x03) if self.len == 2 => Verdict::Guarding,
+                Some(0x04) => Verdict::Refused(Refusal::MysqlServerKey),
+                _ if start[1..].starts_with(b"-----BEGIN") => {
+                    Verdict::Refused(Refusal::MysqlServerKey)
+                }
+                _ => Verdict::Refused(Refusal::Malformed),
+            },
+            _ => Verdict::Refused(Refusal::Malformed),
         }
-        // AuthMoreData: caching_sha2_password's 0x04 "perform full
-        // authentication", or a public key (never asked for, since the 0x04
-        // is refused, but refused if sent anyway).
-        Some(0x01) => {
-            let data = &start[1..];
-            if (len == 2 && data == [0x04]) || data.starts_with(b"-----BEGIN") {
-                Verdict::Refused(Refusal::MysqlServerKey)
-            } else {
-                Verdict::Guarding
-            }
+    }
+}
+
+/// The greeting: refused when it names a plugin the driver would not answer
+/// with a hash.
+fn judge_greeting(greeting: &[u8]) -> Verdict {
+    match greeting_plugin(greeting) {
+        Some(p) if !p.is_empty() && p != b"mysql_clear_password" && !HASH_PLUGINS.contains(&p) => {
+            Verdict::Refused(Refusal::MysqlPlugin)
         }
         _ => Verdict::Guarding,
     }
+}
+
+/// The plugin a protocol-10 greeting names, when it names one.
+fn greeting_plugin(g: &[u8]) -> Option<&[u8]> {
+    if g.first() != Some(&0x0a) {
+        return None;
+    }
+    let version_end = g[1..].iter().position(|b| *b == 0)? + 1;
+    // Thread id (4), scramble (8), filler (1), capabilities (2), charset
+    // (1), status (2), capabilities (2), scramble length (1), reserved (10).
+    let fixed = version_end + 1 + 31;
+    let scramble_len = usize::from(*g.get(fixed - 11)?);
+    let plugin_at = fixed + scramble_len.saturating_sub(8).max(13);
+    let rest = g.get(plugin_at..)?;
+    Some(rest.split(|b| *b == 0).next().unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -409,7 +508,12 @@ mod tests {
     fn handshake(plugin: &str) -> Vec<u8> {
         let mut p = vec![0x0a];
         p.extend_from_slice(b"8.0.36\0");
-        p.extend_from_slice(&[0; 40]);
+        // Thread id, scramble, filler, capabilities, charset, status,
+        // capabilities, scramble length 21, reserved; the scramble's rest.
+        p.extend_from_slice(&[0; 20]);
+        p.push(21);
+        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(b"abcdefghijkl\0");
         p.extend_from_slice(plugin.as_bytes());
         p.push(0);
         packet(0, &p)
@@ -474,6 +578,45 @@ mod tests {
         }
         // An OK in place of the handshake is not an OK.
         assert_eq!(feed(&packet(0, &[0x00, 0, 0]), 64), Verdict::Guarding);
+    }
+
+    #[test]
+    fn mysql_guard_refuses_other_plugins_a_second_switch_and_unknown_packets() {
+        let mut greeting = handshake("client_ed25519");
+        assert_eq!(feed(&greeting, 7), Verdict::Refused(Refusal::MysqlPlugin));
+        greeting = handshake("caching_sha2_password");
+        for (then, want) in [
+            (
+                vec![packet(2, b"\xfeclient_ed25519\0salt")],
+                Refusal::MysqlPlugin,
+            ),
+            (
+                vec![
+                    packet(2, b"\xfemysql_native_password\0abcdefghijklmnopqrst\0"),
+                    packet(4, b"\xfecaching_sha2_password\0abcdefghijklmnopqrst\0"),
+                ],
+                Refusal::MysqlPlugin,
+            ),
+            // Full authentication with bytes after the 0x04.
+            (
+                vec![packet(2, &[0x01, 0x04, 0x00])],
+                Refusal::MysqlServerKey,
+            ),
+            (vec![packet(2, &[0x01, 0x07])], Refusal::Malformed),
+            (vec![packet(2, &[0x42, 0x00])], Refusal::Malformed),
+        ] {
+            let mut stream = greeting.clone();
+            for p in then {
+                stream.extend(p);
+            }
+            for size in 1..=stream.len() {
+                assert_eq!(
+                    feed(&stream, size),
+                    Verdict::Refused(want),
+                    "chunks of {size}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,10 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
 use super::tls::DbTls;
-use super::{no_nul, relay, tcp, Guard, Guarded, Refusal, RefusalSlot, Verdict};
+use super::{
+    login_timed_out, no_nul, relay, tcp, Guard, Guarded, Refusal, RefusalSlot, Verdict,
+    LOGIN_TIMEOUT,
+};
 use crate::ConnectorError;
 
 /// Where and as whom to connect.
@@ -122,6 +125,13 @@ impl PgTarget {
 pub(crate) async fn connect(t: &PgTarget) -> Result<Client, ConnectorError> {
     t.check()?;
     t.tls.warn_if_clear(&t.host, t.port);
+    tokio::time::timeout(LOGIN_TIMEOUT, open(t))
+        .await
+        .unwrap_or_else(|_| Err(login_timed_out(&t.describe())))
+}
+
+/// [`connect`] without its time limit.
+async fn open(t: &PgTarget) -> Result<Client, ConnectorError> {
     let config = t.config();
     let refused = RefusalSlot::default();
     let result = match t.socket_path() {
@@ -259,10 +269,20 @@ where
 /// run on it, so a refused or failed login shows here.
 pub(crate) async fn replication(
     t: &PgTarget,
-    mut config: ReplicationConfig,
+    config: ReplicationConfig,
 ) -> Result<ReplicationClient, ConnectorError> {
     t.check()?;
     t.tls.warn_if_clear(&t.host, t.port);
+    tokio::time::timeout(LOGIN_TIMEOUT, open_replication(t, config))
+        .await
+        .unwrap_or_else(|_| Err(login_timed_out(&t.describe())))
+}
+
+/// [`replication`] without its time limit.
+async fn open_replication(
+    t: &PgTarget,
+    mut config: ReplicationConfig,
+) -> Result<ReplicationClient, ConnectorError> {
     let mut refused = None;
     // A password needs the guard, TLS needs the handshake made here: either
     // way the driver is pointed at a relay.
@@ -333,8 +353,10 @@ fn relay_error(t: &PgTarget, e: std::io::Error) -> ConnectorError {
 }
 
 /// Reads PostgreSQL's messages (type, length, and for an authentication
-/// request its code) until `AuthenticationOk`; refuses clear-text and MD5
-/// password requests.
+/// request its code) until `ReadyForQuery`; refuses clear-text and MD5
+/// password requests, and any authentication request after
+/// `AuthenticationOk` (a driver may still answer one there: the
+/// replication driver does).
 #[derive(Debug, Default)]
 pub(crate) struct PgGuard {
     /// Type (1), length (4), code (4) of the message being read.
@@ -342,6 +364,8 @@ pub(crate) struct PgGuard {
     have: usize,
     /// Bytes of the current message still to pass over.
     skip: usize,
+    /// `AuthenticationOk` was read.
+    authenticated: bool,
 }
 
 impl Guard for PgGuard {
@@ -371,6 +395,10 @@ impl Guard for PgGuard {
                 if len < 4 {
                     return Verdict::Refused(Refusal::Malformed);
                 }
+                // ReadyForQuery after AuthenticationOk: the session is open.
+                if self.head[0] == b'Z' && self.authenticated {
+                    return Verdict::Authenticated;
+                }
                 self.skip = len - 4;
                 continue;
             }
@@ -378,9 +406,14 @@ impl Guard for PgGuard {
                 return Verdict::Refused(Refusal::Malformed);
             }
             match i32::from_be_bytes(self.head[5..9].try_into().expect("4 bytes")) {
-                0 => return Verdict::Authenticated,
                 3 => return Verdict::Refused(Refusal::PgCleartext),
                 5 => return Verdict::Refused(Refusal::PgMd5),
+                // Authentication is over: no request may follow.
+                _ if self.authenticated => return Verdict::Refused(Refusal::Malformed),
+                0 => {
+                    self.authenticated = true;
+                    self.skip = len - 8;
+                }
                 // SASL (SCRAM) and what the drivers refuse themselves
                 // (Kerberos, GSS, SSPI).
                 _ => self.skip = len - 8,
@@ -443,11 +476,14 @@ mod tests {
     }
 
     #[test]
-    fn pg_guard_lets_scram_through_and_stops_reading_at_authentication_ok() {
+    fn pg_guard_lets_scram_through_and_stops_reading_at_ready_for_query() {
         let mut stream = auth(10, b"SCRAM-SHA-256\0\0");
         stream.extend(auth(11, b"r=abc,s=c2FsdA==,i=4096"));
         stream.extend(auth(12, b"v=proof"));
         stream.extend(auth(0, b""));
+        stream.extend(msg(b'S', b"server_version\x0015.0\0"));
+        stream.extend(msg(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]));
+        stream.extend(msg(b'Z', b"I"));
         for size in 1..=stream.len() {
             assert_eq!(
                 feed(&stream, size).0,
@@ -455,9 +491,33 @@ mod tests {
                 "chunks of {size}"
             );
         }
-        // Before the server's OK, it keeps guarding.
-        let (v, _) = feed(&stream[..stream.len() - 1], 7);
+        // Before ReadyForQuery, it keeps guarding.
+        let (v, _) = feed(&stream[..stream.len() - 6], 7);
         assert_eq!(v, Verdict::Guarding);
+        // A ReadyForQuery before AuthenticationOk opens nothing.
+        let (v, _) = feed(&msg(b'Z', b"I"), 6);
+        assert_eq!(v, Verdict::Guarding);
+    }
+
+    #[test]
+    fn pg_guard_refuses_a_request_after_authentication_ok() {
+        for (code, want) in [
+            (3, Refusal::PgCleartext),
+            (5, Refusal::PgMd5),
+            (10, Refusal::Malformed),
+            (0, Refusal::Malformed),
+        ] {
+            let mut stream = auth(0, b"");
+            stream.extend(msg(b'S', b"a\0b\0"));
+            stream.extend(auth(code, b"salt"));
+            for size in 1..=stream.len() {
+                assert_eq!(
+                    feed(&stream, size).0,
+                    Verdict::Refused(want),
+                    "chunks of {size}"
+                );
+            }
+        }
     }
 
     #[test]

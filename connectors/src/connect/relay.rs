@@ -163,6 +163,28 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
     G: Guard,
 {
+    let login = guard_login(client, upstream, guard, refused);
+    match tokio::time::timeout(super::LOGIN_TIMEOUT, login).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+    }
+    tokio::io::copy_bidirectional_with_sizes(client, upstream, COPY_BUFFER, COPY_BUFFER).await?;
+    Ok(())
+}
+
+/// Passes bytes both ways, the server's through `guard`; `true` once
+/// authentication succeeded, `false` when the connection ended before.
+async fn guard_login<U, G>(
+    client: &mut UnixStream,
+    upstream: &mut U,
+    guard: &mut G,
+    refused: &RefusalSlot,
+) -> io::Result<bool>
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+    G: Guard,
+{
     let mut from_client = vec![0u8; 8192];
     let mut from_server = vec![0u8; 8192];
     loop {
@@ -170,33 +192,31 @@ where
             n = client.read(&mut from_client) => {
                 let n = n?;
                 if n == 0 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 upstream.write_all(&from_client[..n]).await?;
             }
             n = upstream.read(&mut from_server) => {
                 let n = n?;
                 if n == 0 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 match guard.server_bytes(&from_server[..n]) {
                     Verdict::Guarding => client.write_all(&from_server[..n]).await?,
                     Verdict::Authenticated => {
                         client.write_all(&from_server[..n]).await?;
-                        break;
+                        return Ok(true);
                     }
                     // Recorded before both sides close, so the driver's
                     // error that follows finds it.
                     Verdict::Refused(r) => {
                         refused.set(r);
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
         }
     }
-    tokio::io::copy_bidirectional_with_sizes(client, upstream, COPY_BUFFER, COPY_BUFFER).await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -241,8 +241,20 @@ fn is_local(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The certificates of a PEM file.
+/// The largest CA file read: a bundle of every public CA is about 200 KiB.
+const MAX_CA_FILE: u64 = 1024 * 1024;
+
+/// The certificates of a PEM file (a regular file of at most 1 MiB: never
+/// a device or a pipe that would not end).
 fn read_cas(path: &Path) -> Result<Vec<X509>, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() || meta.len() > MAX_CA_FILE {
+        return Err(format!(
+            "{} is not a regular file of at most 1 MiB",
+            path.display()
+        ));
+    }
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     match X509::stack_from_pem(&pem) {
         Ok(cas) if !cas.is_empty() => Ok(cas),
@@ -295,6 +307,13 @@ mod tests {
         assert!(!e.contains("not a certificate"), "{e}");
         let missing = DbTls::new(SslMode::VerifyCa, Some("/nonexistent/ca.pem"));
         assert!(missing.check().unwrap_err().1.contains("cannot read"));
+        for device in ["/dev/zero", "/dev/stdin", "/proc/self"] {
+            let t = DbTls::new(SslMode::VerifyFull, Some(device));
+            assert!(
+                t.check().unwrap_err().1.contains("not a regular file"),
+                "{device}"
+            );
+        }
         let unused = DbTls::new(SslMode::Disable, Some("/nonexistent/ca.pem"));
         assert!(unused.check().unwrap_err().1.contains("sslmode"));
         assert_eq!(DbTls::default().check(), Ok(()));

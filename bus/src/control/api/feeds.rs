@@ -159,6 +159,12 @@ async fn put_feed(
         deleted: false,
         updated_ms: now_ms(),
     };
+    // Keys naming a file or variable of the node are refused before the
+    // definition is even parsed (parsing checks a CA file by reading it).
+    state
+        .admission
+        .refuse_node_keys(&record.config, dept)
+        .map_err(refused)?;
     let parsed = record.parse().map_err(invalid)?;
     may_manage_feed(&who, &parsed)?;
     state
