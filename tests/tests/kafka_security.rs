@@ -14,6 +14,12 @@
 //! `backflow subscribe` reads its share topic with them, and nothing else;
 //! an ACL added by hand is taken back, and so is the grant's ACL within
 //! 5 seconds of the owner revoking it.
+//!
+//! The node serves its API and registry over HTTPS and reads its
+//! department's PostgreSQL over TLS (`verify-full`), so a capture of the
+//! loopback interface during a feed → node → district run holds no row
+//! value in clear (the test fails, as it should, with the feed's
+//! `sslmode = "disable"`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -737,8 +743,15 @@ impl Capture {
         Self { child, file }
     }
 
-    /// Stops the capture; every byte captured.
-    fn stop(mut self) -> Vec<u8> {
+    /// Stops the capture once it holds `last` (sent last, so every packet
+    /// before it reached the file too; at most 10 s); every byte captured.
+    fn stop_after(mut self, last: &str) -> Vec<u8> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until
+            && !holds(&std::fs::read(self.file.path()).unwrap_or_default(), last)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = std::process::Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
@@ -856,11 +869,12 @@ async fn no_row_value_crosses_the_loopback_in_clear() {
     // A canary in clear: the capture sees the loopback.
     let canary = format!("backflow-capture-canary-{nonce}");
     let _ = s.node.get_ops(&format!("/{canary}")).await;
-    let captured = capture.stop();
+    let captured = capture.stop_after(&canary);
 
     assert!(
         holds(&captured, &canary),
-        "the capture saw nothing in clear: it is not capturing lo"
+        "the capture ({} bytes) does not hold the canary sent in clear: it is not capturing lo",
+        captured.len()
     );
     for (what, value) in [
         ("the plain field", note.as_str()),
