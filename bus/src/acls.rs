@@ -88,15 +88,24 @@ pub fn wanted(code: &str, principal: &str, served: &crate::lag::Served) -> Vec<A
     out.into_iter().collect()
 }
 
-/// The ACLs per child node that the reconciler's last round wanted (and
-/// made so, unless the round failed: see `backflow_kafka_acl_errors_total`),
-/// for `GET /api/subscriptions/{id}`.
+/// A child node's ACLs on the cluster as the reconciler's last round left
+/// them: read from the brokers at the round's start, with the round's
+/// deletions and creations applied as far as the brokers confirmed them.
+#[derive(Debug, Clone, Default)]
+pub struct InForce {
+    pub acls: Vec<Acl>,
+    /// Why the last round did not finish (the ACLs are then those known
+    /// before the step that failed).
+    pub error: Option<String>,
+}
+
+/// The ACLs in force per child node, for `GET /api/subscriptions/{id}`.
 #[derive(Clone, Default)]
-pub struct AclsInForce(Arc<RwLock<BTreeMap<String, Vec<Acl>>>>);
+pub struct AclsInForce(Arc<RwLock<BTreeMap<String, InForce>>>);
 
 impl AclsInForce {
     /// A child node's ACLs in force.
-    pub async fn of(&self, code: &str) -> Option<Vec<Acl>> {
+    pub async fn of(&self, code: &str) -> Option<InForce> {
         self.0.read().await.get(code).cloned()
     }
 }
@@ -202,6 +211,7 @@ impl Reconciler {
             }
             let st = self.catalog.state().await.clone();
             let served = in_force_now(&self.config_shares, &st);
+            let before = self.in_force.0.read().await.clone();
             let mut seen = BTreeMap::new();
             // Each node on its own: one that fails does not hold up the
             // others, and is tried again next round.
@@ -214,12 +224,27 @@ impl Reconciler {
                 } else {
                     wanted(&node.code, &principal, &served)
                 };
-                if let Err(e) = self.reconcile(&node.code, &principal, &wanted).await {
-                    self.metrics.kafka_acl_errors.inc();
-                    tracing::warn!(node = %node.code, error = %e, "reconciling a child node's Kafka ACLs failed; retrying");
-                }
+                let mut held = None;
+                let error = match self
+                    .reconcile(&node.code, &principal, &wanted, &mut held)
+                    .await
+                {
+                    Ok(()) => None,
+                    Err(e) => {
+                        self.metrics.kafka_acl_errors.inc();
+                        tracing::warn!(node = %node.code, error = %e, "reconciling a child node's Kafka ACLs failed; retrying");
+                        Some(e.to_string())
+                    }
+                };
                 if !node.deleted {
-                    seen.insert(node.code.clone(), wanted);
+                    // Not even read: what the round before knew.
+                    let acls = held.unwrap_or_else(|| {
+                        before
+                            .get(&node.code)
+                            .map(|f| f.acls.clone())
+                            .unwrap_or_default()
+                    });
+                    seen.insert(node.code.clone(), InForce { acls, error });
                 }
             }
             *self.in_force.0.write().await = seen;
@@ -227,18 +252,21 @@ impl Reconciler {
     }
 
     /// Makes one principal's ACLs equal to `wanted`: what it should not
-    /// hold goes first, then what it lacks is created.
+    /// hold goes first, then what it lacks is created. `in_force` is set to
+    /// its ACLs as far as the brokers confirmed each step.
     async fn reconcile(
         &self,
         code: &str,
         principal: &str,
         wanted: &[Acl],
+        in_force: &mut Option<Vec<Acl>>,
     ) -> Result<(), crate::kafka::KafkaError> {
         let admin = self.admin.clone();
         let p = principal.to_owned();
         let held = tokio::task::spawn_blocking(move || admin.held_by(&p))
             .await
             .expect("the ACL call does not panic")?;
+        *in_force = Some(held.acls.clone());
         let (extra, foreign) = unwanted(&held, wanted);
         if !extra.is_empty() || !foreign.is_empty() {
             let admin = self.admin.clone();
@@ -249,6 +277,9 @@ impl Reconciler {
             })
             .await
             .expect("the ACL call does not panic")?;
+            if let Some(acls) = in_force.as_mut() {
+                acls.retain(|a| !extra.contains(a));
+            }
             let removed: Vec<String> = extra
                 .iter()
                 .map(Acl::to_string)
@@ -273,6 +304,10 @@ impl Reconciler {
             tokio::task::spawn_blocking(move || admin.create(&acls))
                 .await
                 .expect("the ACL call does not panic")?;
+            if let Some(acls) = in_force.as_mut() {
+                acls.extend(missing.iter().cloned());
+                acls.sort();
+            }
             let granted: Vec<String> = missing.iter().map(Acl::to_string).collect();
             self.audit(
                 code,

@@ -492,7 +492,15 @@ impl AclAdmin {
                 let result = rd::rd_kafka_event_DeleteAcls_result(event.0);
                 let mut n = 0;
                 let responses = rd::rd_kafka_DeleteAcls_result_responses(result, &mut n);
-                for (i, acl) in acls.iter().enumerate().take(n) {
+                // One answer per filter: a missing one is a deletion not
+                // confirmed.
+                if n != acls.len() {
+                    return Err(admin_error(
+                        &acls.join(", "),
+                        format!("the cluster answered {n} of {} deletions", acls.len()),
+                    ));
+                }
+                for (i, acl) in acls.iter().enumerate() {
                     if let Some(why) = error_text(rd::rd_kafka_DeleteAcls_result_response_error(
                         *responses.add(i),
                     )) {

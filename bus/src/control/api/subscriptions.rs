@@ -170,13 +170,19 @@ async fn get_subscription(
     let mut answer = view(sub);
     if state.acl_admin.is_some() {
         // The ACLs of the subscriber's principal that this subscription
-        // is the reason for, as the reconciler last made them.
+        // is the reason for, as the brokers confirmed them in the
+        // reconciler's last round (at most a second old).
         let topic = crate::domain::topics::share(&sub.subscriber, &sub.dataset);
-        let acls: Vec<_> = state
+        let in_force = state
             .acls_in_force
             .of(&sub.subscriber)
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(e) = &in_force.error {
+            answer["kafka_acls_error"] = json!(e);
+        }
+        let acls: Vec<_> = in_force
+            .acls
             .into_iter()
             .filter(|a| {
                 a.name == topic
