@@ -176,6 +176,7 @@ async fn run_on(
             state.auditor.clone(),
             shutdown.clone(),
         ));
+        tracker.spawn(refresh_catalog(state.catalog.clone(), shutdown.clone()));
     }
 
     process.start_subscriptions_and_data_path(
@@ -602,6 +603,35 @@ async fn expire_subscriptions(
         }
         if let Err(e) = crate::control::api::expire(&catalog, &auditor).await {
             tracing::debug!(error = %e, "expiry check failed");
+        }
+    }
+}
+
+/// Writes again, under the node's current key, the catalog records signed
+/// or sealed with a previous one (after a key rotation or the upgrade to
+/// signed records), once the catalog has been read; retried until done.
+async fn refresh_catalog(catalog: crate::state::catalog::Catalog, shutdown: CancellationToken) {
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = catalog.refresh_stale() => r,
+        };
+        match outcome {
+            Ok(0) => return,
+            Ok(n) => {
+                tracing::info!(
+                    records = n,
+                    "catalog records written again under the node's current key: previous keys (audit.previous_key_files, audit.previous_public_keys) and audit.unsigned_catalog_until_offset may now be removed"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing catalog records again under the current key failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
         }
     }
 }

@@ -133,6 +133,31 @@ impl CatalogKeys {
         Err("its HMAC key was sealed with a key this node does not hold (audit.previous_key_files)")
     }
 
+    /// Whether `stored` is sealed with the node's current key (not in
+    /// clear, not sealed with a previous key): else the record is written
+    /// again by [`Catalog::refresh_stale`].
+    fn sealed_now(&self, id: &str, stored: &str) -> bool {
+        use openssl::symm::{decrypt_aead, Cipher};
+        let Some(bytes) = stored
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|t| hex::decode(t).ok())
+            .filter(|b| b.len() >= 12 + 16)
+        else {
+            return false;
+        };
+        let (nonce, rest) = bytes.split_at(12);
+        let (sealed, tag) = rest.split_at(rest.len() - 16);
+        decrypt_aead(
+            Cipher::aes_256_gcm(),
+            self.sealing[0].as_ref(),
+            Some(nonce),
+            &Self::sealing_aad(id),
+            sealed,
+            tag,
+        )
+        .is_ok()
+    }
+
     fn sealing_aad(id: &str) -> Vec<u8> {
         let mut aad = b"backflow catalog secret v1\0".to_vec();
         aad.extend_from_slice(id.as_bytes());
@@ -183,18 +208,19 @@ impl CatalogKeys {
     }
 
     /// When a record the node signed was written (`None`: an unsigned
-    /// record of the upgrade window), or why it is not believed.
+    /// record of the upgrade window) and whether the node's current key
+    /// signed it (not a previous one), or why it is not believed.
     fn check(
         &self,
         offset: i64,
         key: &[u8],
         value: &[u8],
         headers: &[(String, Vec<u8>)],
-    ) -> Result<Option<i64>, &'static str> {
+    ) -> Result<(Option<i64>, bool), &'static str> {
         let mut signatures = headers.iter().filter(|(k, _)| k == HEADER_SIGNATURE);
         let Some((_, header)) = signatures.next() else {
             if self.unsigned_until.is_some_and(|until| offset <= until) {
-                return Ok(None);
+                return Ok((None, false));
             }
             return Err("it carries no signature");
         };
@@ -210,14 +236,15 @@ impl CatalogKeys {
             return Err("its signature is malformed");
         };
         let message = Self::message(key, written_ms, value);
-        if self
+        match self
             .trusted
             .iter()
-            .any(|k| k.verify_strict(&message, &signature).is_ok())
+            .position(|k| k.verify_strict(&message, &signature).is_ok())
         {
-            Ok(Some(written_ms))
-        } else {
-            Err("its signature is not by this node's key (the record was changed, or written by someone else)")
+            Some(by) => Ok((Some(written_ms), by == 0)),
+            None => {
+                Err("its signature is not by this node's key (the record was changed, or written by someone else)")
+            }
         }
     }
 }
@@ -850,6 +877,10 @@ struct Inner {
     /// only later than it (whatever the clocks of the node's other
     /// processes say).
     written: std::sync::Mutex<std::collections::HashMap<Vec<u8>, i64>>,
+    /// Keys whose applied record is not signed (or its HMAC key not
+    /// sealed) with the node's current key: written again by
+    /// [`Catalog::refresh_stale`] after a key rotation or an upgrade.
+    stale: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
 }
 
 impl Inner {
@@ -870,6 +901,7 @@ impl Inner {
             keys,
             rejected: metrics.catalog_rejected.clone(),
             written: Default::default(),
+            stale: Default::default(),
         })
     }
 }
@@ -1035,6 +1067,56 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Writes again, signed (and its HMAC key sealed) with the node's
+    /// current key, every record of the catalog that is not: those signed
+    /// with a previous key (`audit.previous_key_files`,
+    /// `audit.previous_public_keys`) or not signed at all (the upgrade
+    /// window, `audit.unsigned_catalog_until_offset`), and HMAC keys in
+    /// clear or sealed with a previous key. Once it returned, the previous
+    /// keys and the upgrade window may be removed from the configuration.
+    /// Returns how many records were written.
+    pub async fn refresh_stale(&self) -> Result<usize, KafkaError> {
+        self.caught_up().await?;
+        let keys: Vec<Vec<u8>> = self
+            .inner
+            .stale
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        let mut written = 0;
+        for key in keys {
+            let Ok(key) = String::from_utf8(key) else {
+                continue;
+            };
+            let _w = self.inner.writer.lock().await;
+            // Written meanwhile (by this or another process): nothing to do.
+            if !self
+                .inner
+                .stale
+                .lock()
+                .expect("not poisoned")
+                .contains(key.as_bytes())
+            {
+                continue;
+            }
+            let record = current_record(&*self.inner.state.read().await, &key);
+            if let Some(record) = record {
+                self.write(record).await?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// How many applied records are not signed with the node's current key.
+    pub fn stale_records(&self) -> usize {
+        self.inner.stale.lock().expect("not poisoned").len()
+    }
+}
+
 /// The node's current record of a catalog key, to write again.
 fn current_record(st: &CatalogState, key: &str) -> Option<CatalogRecord> {
     let (kind, id) = key.split_once(':')?;
@@ -1055,6 +1137,18 @@ const REASSERT_EVERY: Duration = Duration::from_secs(10);
 async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationToken) {
     let mut reasserted: std::collections::HashMap<Vec<u8>, tokio::time::Instant> =
         std::collections::HashMap::new();
+    // Records rejected while reading what the topic held at start, by key:
+    // reported once the topic is read, unless a record of the node's own
+    // came later on the same key (then compaction drops them, and they were
+    // reported when they were new; e.g. records signed with a key the node
+    // has since dropped, written again under its current one).
+    let history_end = inner
+        .watermarks
+        .high(topics::catalog(), 0)
+        .await
+        .map_or(-1, |h| h - 1);
+    let mut held_back: std::collections::BTreeMap<Vec<u8>, (i64, &'static str)> =
+        std::collections::BTreeMap::new();
     loop {
         let record = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -1075,74 +1169,102 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
             Some(payload) => inner
                 .keys
                 .check(record.offset, &key, payload, &record.headers)
-                .and_then(|at| {
+                .and_then(|(at, by_current)| {
                     let written = inner.written.lock().expect("not poisoned");
                     match (at, written.get(&key)) {
                         (Some(at), Some(last)) if at < *last => {
                             Err("it is older than the key's record already applied (a replay)")
                         }
-                        _ => Ok(at),
+                        _ => Ok((at, by_current)),
                     }
                 })
-                .and_then(|at| {
+                .and_then(|(at, by_current)| {
                     let parsed = serde_json::from_slice::<CatalogRecord>(payload)
                         .map_err(|_| "it is not a catalog record")?;
+                    let mut current = by_current;
                     let opened = match parsed {
                         CatalogRecord::Subscription(mut s) => {
+                            current &= inner.keys.sealed_now(&s.id, &s.secret);
                             s.secret = inner.keys.open(&s.id, &s.secret)?;
                             CatalogRecord::Subscription(s)
                         }
                         other => other,
                     };
-                    Ok((at, opened))
+                    Ok((at, current, opened))
                 }),
         };
         match verdict {
-            Ok((at, r)) => {
+            Ok((at, current, r)) => {
+                held_back.remove(&key);
+                {
+                    let mut stale = inner.stale.lock().expect("not poisoned");
+                    if current {
+                        stale.remove(&key);
+                    } else {
+                        stale.insert(key.clone());
+                    }
+                }
                 if let Some(at) = at {
                     inner.written.lock().expect("not poisoned").insert(key, at);
                 }
                 inner.state.write().await.apply(r);
                 inner.changed.send_modify(|n| *n += 1);
             }
-            Err(why) => {
-                inner.rejected.inc();
-                tracing::error!(
-                    offset = record.offset,
-                    reason = why,
-                    "catalog record rejected: not applied; someone other than this node wrote to the catalog topic (only the node's principal may: see the Kafka ACLs in README, Security model)"
-                );
-                // The node writes its own record of the key again, so the
-                // rejected one is not the last of its key when the topic is
-                // compacted (once the whole topic has been read, and at most
-                // every 10 s per key).
-                let due = reasserted
-                    .get(&key)
-                    .is_none_or(|t| t.elapsed() >= REASSERT_EVERY);
-                if due {
-                    reasserted.insert(key.clone(), tokio::time::Instant::now());
-                    let catalog = Catalog {
-                        inner: inner.clone(),
-                    };
-                    tokio::spawn(async move {
-                        if catalog.caught_up().await.is_err() {
-                            return;
-                        }
-                        let Ok(key) = String::from_utf8(key) else {
-                            return;
-                        };
-                        let current = current_record(&*catalog.state().await, &key);
-                        if let Some(record) = current {
-                            if let Err(e) = catalog.put(record).await {
-                                tracing::warn!(error = %e, "writing the node's record again after a rejected one failed");
-                            }
-                        }
-                    });
-                }
+            Err(why) if record.offset < history_end => {
+                held_back.insert(key, (record.offset, why));
+            }
+            Err(why) => reject(&inner, &mut reasserted, key, record.offset, why),
+        }
+        if record.offset >= history_end {
+            for (key, (offset, why)) in std::mem::take(&mut held_back) {
+                reject(&inner, &mut reasserted, key, offset, why);
             }
         }
         inner.applied.send_replace(record.offset);
     }
+}
+
+/// Reports a rejected record (metric, log) and has the node write its own
+/// record of the key again, so the rejected one is not the last of its key
+/// when the topic is compacted (once the whole topic has been read, and at
+/// most every 10 s per key).
+fn reject(
+    inner: &Arc<Inner>,
+    reasserted: &mut std::collections::HashMap<Vec<u8>, tokio::time::Instant>,
+    key: Vec<u8>,
+    offset: i64,
+    why: &'static str,
+) {
+    inner.rejected.inc();
+    tracing::error!(
+        offset,
+        reason = why,
+        "catalog record rejected: not applied; someone other than this node wrote to the catalog topic (only the node's principal may: see the Kafka ACLs in README, Security model)"
+    );
+    let due = reasserted
+        .get(&key)
+        .is_none_or(|t| t.elapsed() >= REASSERT_EVERY);
+    if !due {
+        return;
+    }
+    reasserted.insert(key.clone(), tokio::time::Instant::now());
+    let catalog = Catalog {
+        inner: inner.clone(),
+    };
+    tokio::spawn(async move {
+        if catalog.caught_up().await.is_err() {
+            return;
+        }
+        let Ok(key) = String::from_utf8(key) else {
+            return;
+        };
+        let current = current_record(&*catalog.state().await, &key);
+        if let Some(record) = current {
+            if let Err(e) = catalog.put(record).await {
+                tracing::warn!(error = %e, "writing the node's record again after a rejected one failed");
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -1231,6 +1353,25 @@ mod tests {
             secret,
             "a key written before sealing is read as it is"
         );
+    }
+
+    #[test]
+    fn records_of_a_previous_key_are_told_apart_to_be_written_again() {
+        let old = AuditKey::generate().unwrap();
+        let old_keys = CatalogKeys::new(old.clone(), Vec::new());
+        let new = CatalogKeys::new(AuditKey::generate().unwrap(), Vec::new())
+            .with_previous_keys(&[old])
+            .with_unsigned_until(Some(3));
+        let by_old = signed(&old_keys, b"k", b"v");
+        let by_new = signed(&new, b"k", b"v");
+        assert_eq!(new.check(9, b"k", b"v", &by_old), Ok((Some(1_000), false)));
+        assert_eq!(new.check(9, b"k", b"v", &by_new), Ok((Some(1_000), true)));
+        assert_eq!(new.check(2, b"k", b"v", &[]), Ok((None, false)));
+        let secret = random_secret();
+        let id = "330106:ga.people";
+        assert!(new.sealed_now(id, &new.seal(id, &secret)));
+        assert!(!new.sealed_now(id, &old_keys.seal(id, &secret)));
+        assert!(!new.sealed_now(id, &secret), "in clear");
     }
 
     #[test]
