@@ -556,20 +556,8 @@ impl UpstreamConfig {
     /// An HTTP client of the upper node (its registry and API), trusting
     /// `registry_ca_file` when set; the error says which file is wrong.
     pub fn http_client(&self, timeout: std::time::Duration) -> Result<reqwest::Client, String> {
-        let mut b = reqwest::Client::builder().timeout(timeout);
-        if let Some(path) = &self.registry_ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("upstream.registry_ca_file {}: {e}", path.display()))?;
-            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                format!(
-                    "upstream.registry_ca_file {}: not a PEM certificate ({e})",
-                    path.display()
-                )
-            })?;
-            b = b.add_root_certificate(ca);
-        }
-        b.build()
-            .map_err(|e| format!("an HTTP client of {}: {e}", self.registry_url))
+        http_client_trusting(self.registry_ca_file.as_deref(), timeout)
+            .map_err(|e| format!("upstream.registry_ca_file {e}"))
     }
 
     /// The token of `registry_token_env` or `registry_token_file` (at most
@@ -806,6 +794,29 @@ impl FeedConfig {
         )?;
         Ok(())
     }
+}
+
+/// An HTTP client that, given `ca_file` (PEM, one or more certificates),
+/// trusts those CAs only (not the system's: a government network's own CA
+/// names its servers, and a public CA should not be able to stand in for
+/// them); the system's CAs otherwise. The error starts with the file.
+pub fn http_client_trusting(
+    ca_file: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cas = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| format!("{}: not a PEM file of certificates", path.display()))?;
+        b = b.tls_built_in_root_certs(false);
+        for ca in cas {
+            b = b.add_root_certificate(ca);
+        }
+    }
+    b.build().map_err(|e| format!("an HTTP client: {e}"))
 }
 
 /// Identity of this node.

@@ -244,6 +244,21 @@ struct ApiArgs {
     /// Bearer token (its SHA-256 must be in the node's [[auth.tokens]]).
     #[arg(long, env = "BACKFLOW_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The CA (PEM) that signs the node's HTTPS certificate, trusted
+    /// instead of the system's CAs.
+    #[arg(long, env = "BACKFLOW_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// The client that talks to the node (trusting `--ca-file`).
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        backflow::config::http_client_trusting(
+            self.ca_file.as_deref(),
+            std::time::Duration::from_secs(60),
+        )
+        .map_err(|e| anyhow::anyhow!("--ca-file {e}"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -840,7 +855,7 @@ fn demo(dir: &Path, port: u16, rate: f64) -> anyhow::Result<()> {
 
 fn lag_table(api: &ApiArgs, watch: bool) -> anyhow::Result<()> {
     cli_runtime()?.block_on(async {
-        let client = reqwest::Client::new();
+        let client = api.client()?;
         loop {
             let resp = api_request(&client, api, "GET", "/api/lag")
                 .send()
@@ -973,7 +988,7 @@ fn api_call(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     cli_runtime()?.block_on(async {
-        let client = reqwest::Client::new();
+        let client = api.client()?;
         let mut req = api_request(&client, api, method, path);
         if let Some(b) = body {
             req = req.json(&b);

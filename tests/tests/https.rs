@@ -159,4 +159,26 @@ async fn the_api_and_registry_are_served_over_https_only() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // The CLI talks to the node over HTTPS when given its CA, and only then.
+    let cli = |ca: Option<&std::path::Path>| {
+        let mut cmd = backflow_e2e::backflow();
+        cmd.args(["datasets", "list", "--url", &node.url, "--token", ADMIN]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        cmd.output().unwrap()
+    };
+    let without = cli(None);
+    assert!(!without.status.success(), "the CLI trusted an unknown CA");
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("cannot reach the node"),
+        "{without:?}"
+    );
+    let with = cli(Some(&ca));
+    assert!(with.status.success(), "{with:?}");
+    assert!(
+        String::from_utf8_lossy(&with.stdout).contains("ga.people"),
+        "{with:?}"
+    );
 }
