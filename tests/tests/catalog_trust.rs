@@ -225,7 +225,7 @@ async fn a_catalog_record_the_node_did_not_sign_is_rejected_and_reported() {
     let (_, metrics) = node.api("GET", "/metrics", Some(ADMIN), None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     assert!(
-        metrics.contains("backflow_catalog_rejected_total 3"),
+        backflow_e2e::has_series(&metrics, "backflow_catalog_rejected_total 3"),
         "{metrics}"
     );
     rejected(&node, 3);
