@@ -398,20 +398,35 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     assert_eq!(body["state"], "revoked");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let share_before = high_watermark(broker.bootstrap(), &share_topic).await;
-    let raw_before = high_watermark(broker.bootstrap(), &format!("backflow.raw.{dataset}")).await;
     db.batch_execute("UPDATE people SET name = '王五' WHERE id = 2")
         .await
         .unwrap();
-    // The change reached the raw topic the distributor reads; in the time
-    // a live share took to receive changes above, none was written to the
-    // revoked one.
-    until_written(
-        broker.bootstrap(),
-        &format!("backflow.raw.{dataset}"),
-        raw_before,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A marker behind that change on the same key (so on the same raw
+    // partition, distributed after it): row 2 moves into 330108's
+    // jurisdiction, and 330108's share, still active, must receive it.
+    // Once it has, the distributor is past the change 330106 must not get.
+    db.batch_execute("UPDATE people SET region_code = '330108' WHERE id = 2")
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records =
+            backflow_e2e::share_topic::read(broker.bootstrap(), &share_108, &node.url, admin)
+                .await
+                .unwrap_or_default();
+        if records
+            .iter()
+            .any(|r| r.after().is_some_and(|a| a["id"] == 2 && a["name"] == "王*"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the marker never reached 330108\n{}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(
         high_watermark(broker.bootstrap(), &share_topic).await,
         share_before,
