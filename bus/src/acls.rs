@@ -195,60 +195,52 @@ impl Reconciler {
     /// when the catalog has been read to its end (before, a node's
     /// subscriptions may not all be known yet).
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.catalog.caught_up() => if r.is_ok() { break },
-            }
-            tokio::time::sleep(INTERVAL).await;
-        }
-        let mut tick = tokio::time::interval(INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let st = self.catalog.state().await.clone();
-            let served = in_force_now(&self.config_shares, &st);
-            let before = self.in_force.0.read().await.clone();
-            let mut seen = BTreeMap::new();
-            // Each node on its own: one that fails does not hold up the
-            // others, and is tried again next round.
-            for node in st.nodes.values() {
-                let Some(principal) = node.kafka_principal.clone() else {
-                    continue;
-                };
-                let wanted = if node.deleted {
-                    Vec::new()
-                } else {
-                    wanted(&node.code, &principal, &served)
-                };
-                let mut held = None;
-                let error = match self
-                    .reconcile(&node.code, &principal, &wanted, &mut held)
-                    .await
-                {
-                    Ok(()) => None,
-                    Err(e) => {
-                        self.metrics.kafka_acl_errors.inc();
-                        tracing::warn!(node = %node.code, error = %e, "reconciling a child node's Kafka ACLs failed; retrying");
-                        Some(e.to_string())
-                    }
-                };
-                if !node.deleted {
-                    // Not even read: what the round before knew.
-                    let acls = held.unwrap_or_else(|| {
-                        before
-                            .get(&node.code)
-                            .map(|f| f.acls.clone())
-                            .unwrap_or_default()
-                    });
-                    seen.insert(node.code.clone(), InForce { acls, error });
+        self.catalog
+            .every(INTERVAL, &shutdown, || self.round())
+            .await;
+    }
+
+    /// One round: every managed principal's ACLs made equal to its grants.
+    async fn round(&self) {
+        let st = self.catalog.state().await.clone();
+        let served = in_force_now(&self.config_shares, &st);
+        let before = self.in_force.0.read().await.clone();
+        let mut seen = BTreeMap::new();
+        // Each node on its own: one that fails does not hold up the
+        // others, and is tried again next round.
+        for node in st.nodes.values() {
+            let Some(principal) = node.kafka_principal.clone() else {
+                continue;
+            };
+            let wanted = if node.deleted {
+                Vec::new()
+            } else {
+                wanted(&node.code, &principal, &served)
+            };
+            let mut held = None;
+            let error = match self
+                .reconcile(&node.code, &principal, &wanted, &mut held)
+                .await
+            {
+                Ok(()) => None,
+                Err(e) => {
+                    self.metrics.kafka_acl_errors.inc();
+                    tracing::warn!(node = %node.code, error = %e, "reconciling a child node's Kafka ACLs failed; retrying");
+                    Some(e.to_string())
                 }
+            };
+            if !node.deleted {
+                // Not even read: what the round before knew.
+                let acls = held.unwrap_or_else(|| {
+                    before
+                        .get(&node.code)
+                        .map(|f| f.acls.clone())
+                        .unwrap_or_default()
+                });
+                seen.insert(node.code.clone(), InForce { acls, error });
             }
-            *self.in_force.0.write().await = seen;
         }
+        *self.in_force.0.write().await = seen;
     }
 
     /// Makes one principal's ACLs equal to `wanted`: what it should not

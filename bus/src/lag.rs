@@ -569,6 +569,7 @@ pub fn served_now(
 }
 
 /// Everything [`monitor`] reads.
+#[derive(Clone)]
 pub struct MonitorContext {
     /// This node's code.
     pub node: String,
@@ -722,8 +723,10 @@ impl Sampler {
                 .unwrap_or((0, String::new()));
             // A commit past the end of the topic counts as the end.
             let next = next.clamp(0, high);
+            // The subscriber writes this metadata (any client of its group
+            // can): a time outside the plausible is not believed.
             if let Ok(m) = serde_json::from_str::<CommitMetadata>(&metadata) {
-                at.last_origin_ms = at.last_origin_ms.max(m.origin_ms);
+                at.last_origin_ms = at.last_origin_ms.max(plausible_origin(m.origin_ms, now));
             }
             at.nexts.push((p, next));
             let waiting = high - next;
@@ -873,13 +876,23 @@ async fn origin_at(
         .ok()
 }
 
+/// How far ahead of this node's clock an origin time may be (clock skew
+/// between a department's database and the node).
+const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// An origin time a subscriber's commit metadata claims, if it can be one:
+/// after the epoch and not further ahead than the clock skew allowed.
+fn plausible_origin(origin_ms: Option<i64>, now: i64) -> Option<i64> {
+    origin_ms.filter(|o| *o > 0 && *o <= now.saturating_add(MAX_CLOCK_SKEW_MS))
+}
+
 /// Seconds behind: 0 when nothing waits, else now − origin of the last
 /// applied change (`None` when it never applied one).
 fn lag_seconds(waiting: i64, last_origin_ms: Option<i64>, now: i64) -> Option<f64> {
     if waiting <= 0 {
         return Some(0.0);
     }
-    last_origin_ms.map(|o| ((now - o).max(0)) as f64 / 1000.0)
+    last_origin_ms.map(|o| (now.saturating_sub(o).max(0)) as f64 / 1000.0)
 }
 
 fn feed_rows(
@@ -1270,6 +1283,21 @@ pub async fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A district writes its group's commit metadata itself: an origin time
+    /// of i64::MIN once made the lag monitor panic (and stop for everyone).
+    #[test]
+    fn an_implausible_origin_time_is_not_believed_and_cannot_overflow() {
+        let now = 1_700_000_000_000;
+        for bad in [i64::MIN, -1, 0, now + MAX_CLOCK_SKEW_MS + 1, i64::MAX] {
+            assert_eq!(plausible_origin(Some(bad), now), None, "{bad}");
+            // Even if one came through, the arithmetic saturates.
+            assert!(lag_seconds(5, Some(bad), now).is_some());
+        }
+        assert_eq!(plausible_origin(Some(now - 1_000), now), Some(now - 1_000));
+        assert_eq!(lag_seconds(5, Some(now - 1_500), now), Some(1.5));
+        assert_eq!(lag_seconds(0, Some(i64::MIN), now), Some(0.0));
+    }
 
     fn s(at: i64, position: i64, lag: i64, reported: Option<i64>) -> Sample {
         Sample {

@@ -118,35 +118,27 @@ impl Sweeper {
     /// Deletes due share topics every [`INTERVAL`] until shut down, from
     /// when the catalog has been read to its end.
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.catalog.caught_up() => if r.is_ok() { break },
-            }
-            tokio::time::sleep(INTERVAL).await;
+        self.catalog
+            .every(INTERVAL, &shutdown, || self.round())
+            .await;
+    }
+
+    /// Deletes the share topics due now.
+    async fn round(&self) {
+        let st = self.catalog.state().await.clone();
+        let due = due(&st, &self.config_shares, backflow_connectors::now_ms());
+        if due.is_empty() {
+            return;
         }
-        let mut tick = tokio::time::interval(INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let st = self.catalog.state().await.clone();
-            let due = due(&st, &self.config_shares, backflow_connectors::now_ms());
-            if due.is_empty() {
-                continue;
-            }
-            let names: Vec<String> = due.iter().map(|d| d.topic.clone()).collect();
-            match self.admin.delete(&names).await {
-                Ok(deleted) => {
-                    for d in due.iter().filter(|d| deleted.contains(&d.topic)) {
-                        self.deleted(d).await;
-                    }
+        let names: Vec<String> = due.iter().map(|d| d.topic.clone()).collect();
+        match self.admin.delete(&names).await {
+            Ok(deleted) => {
+                for d in due.iter().filter(|d| deleted.contains(&d.topic)) {
+                    self.deleted(d).await;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "deleting the share topics of ended subscriptions failed; retrying");
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting the share topics of ended subscriptions failed; retrying");
             }
         }
     }

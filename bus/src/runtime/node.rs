@@ -425,11 +425,26 @@ impl Process<'_> {
                 window: Duration::from_secs(self.config.runtime.lag_window_secs.max(4)),
                 readiness: self.readiness.clone(),
             };
-            self.tracker.spawn(crate::lag::monitor(
-                ctx,
-                board.clone(),
-                self.shutdown.clone(),
-            ));
+            let (board, shutdown) = (board.clone(), self.shutdown.clone());
+            // The monitor reads what subscribers write (their groups'
+            // commit metadata): should anything of it still make a round
+            // panic, the board is not left frozen for every subscriber.
+            self.tracker.spawn(async move {
+                loop {
+                    let run = tokio::spawn(crate::lag::monitor(
+                        ctx.clone(),
+                        board.clone(),
+                        shutdown.clone(),
+                    ));
+                    match run.await {
+                        Err(e) if e.is_panic() && !shutdown.is_cancelled() => {
+                            tracing::error!("the lag monitor failed; restarting it in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        _ => return,
+                    }
+                }
+            });
         }
         board
     }

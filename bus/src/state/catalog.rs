@@ -964,6 +964,36 @@ impl Catalog {
         self.wait_applied(high - 1).await
     }
 
+    /// Runs `round` every `every` until `shutdown`, the first time once
+    /// the catalog has been read to its end (before, the state may lack
+    /// records written earlier); `every` also spaces the tries to read it.
+    /// For the loops that keep something equal to the catalog's state.
+    pub async fn every<F, Fut>(&self, every: Duration, shutdown: &CancellationToken, mut round: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.caught_up() => if r.is_ok() { break },
+            }
+            tokio::time::sleep(every).await;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = round() => {}
+            }
+        }
+    }
+
     async fn wait_applied(&self, offset: i64) -> Result<(), KafkaError> {
         let mut rx = self.inner.applied.subscribe();
         tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|a| *a >= offset))
