@@ -8,8 +8,12 @@
 //!   `[[shares]]`), LITERAL, and, while it has one, READ on the consumer
 //!   groups under `<prefix>share.<code>.` (PREFIXED: its subscribers'
 //!   groups, named after its share topics, hold positions only);
-//! - while it has a share, WRITE, CREATE and DESCRIBE on the topics under
-//!   `<prefix>sdlq.<code>.` (PREFIXED), its own dead-letter topics.
+//! - while it has a share, WRITE and DESCRIBE on the topics under
+//!   `<prefix>sdlq.<code>.` (PREFIXED), its own dead-letter topics. It may
+//!   not create them: the node does, one per subscription name the child
+//!   node reports (`POST /api/lag/status`, at most 64 names per node), with
+//!   one partition and the cluster's default retention, so a child node
+//!   cannot fill the cluster with topics of its own making.
 //!
 //! Nothing else: every second the reconciler reads each managed principal's
 //! ACLs from the brokers, creates the missing ones and deletes the others
@@ -76,7 +80,7 @@ pub fn wanted(code: &str, principal: &str, served: &crate::lag::Served) -> Vec<A
     }
     if !out.is_empty() {
         let dead_letters = format!("{}sdlq.{code}.", topics::prefix());
-        for op in [Operation::Write, Operation::Create, Operation::Describe] {
+        for op in [Operation::Write, Operation::Describe] {
             out.insert(acl(
                 Resource::Topic,
                 dead_letters.clone(),
@@ -361,7 +365,6 @@ mod tests {
             names(&acls),
             [
                 "User:x Write Topic backflow.sdlq.330106. (Prefixed)",
-                "User:x Create Topic backflow.sdlq.330106. (Prefixed)",
                 "User:x Describe Topic backflow.sdlq.330106. (Prefixed)",
                 "User:x Read Topic backflow.share.330106.ga.people (Literal)",
                 "User:x Read Topic backflow.share.330106.mz.items (Literal)",

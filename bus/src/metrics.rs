@@ -409,7 +409,7 @@ const KAFKA_ACL_ERRORS: Def = Def {
 /// `backflow_share_topics_deleted_total`.
 const SHARE_TOPICS_DELETED: Def = Def {
     name: "backflow_share_topics_deleted_total",
-    help: "Share topics of ended subscriptions (revoked, expired, rejected, dataset no longer shared) deleted after the dataset's grace period.",
+    help: "Share topics of ended subscriptions (revoked, expired, rejected, dataset no longer shared) deleted after the dataset's grace period, and dead-letter topics of child nodes left with no share.",
     labels: &[],
 };
 

@@ -8,33 +8,34 @@
 //! and MariaDB check that passwords full of quotes, backslashes, spaces and
 //! `=` still work, through the same guards.
 
+use std::future::Future;
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig, MysqlTableConfig};
-use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
-use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig, TableConfig};
+use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig};
+use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig};
+use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
 use backflow_connectors::sink::mysql::{MysqlSink, MysqlSinkConfig};
 use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
-use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
-use backflow_schemas::{Datum, Op};
+use backflow_connectors::{ConnectorError, Sink, Source};
+use backflow_schemas::Op;
 use mysql_async::prelude::Queryable;
+use support::{
+    all_closed, contains, error_faults, fast_poll, listen, my_greeting, my_items_db, my_literal,
+    my_packet, my_read_packet, my_root, pg_admin, pg_auth, pg_complete, pg_drop, pg_items_db,
+    pg_literal, pg_msg, pg_proxy, pg_read_startup, poll_table, read_records, Kind, Target, MY_CAPS,
+    NONCE, SECRET,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+mod support;
 
 /// A password with every character a connection string treats specially
 /// (the round trips on the real servers).
 const PASSWORD: &str = "it's a \\secret= \"pass\" word";
-
-/// The password the fake servers try to obtain: without a quote or a
-/// backslash, so that even a connection string that escapes them wrongly
-/// gets as far as the server's request.
-const SECRET: &str = "s3cret pass=word";
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 /// What a fake server heard after its request, per connection.
 #[derive(Clone, Default)]
@@ -48,16 +49,31 @@ struct Heard {
 impl Heard {
     /// Every answer, once every accepted connection finished (at most 20 s).
     async fn answers(&self) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.open.load(Ordering::SeqCst) > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "a fake server connection never ended"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        all_closed(&self.open, Duration::from_secs(20)).await;
         self.answers.lock().unwrap().clone()
     }
+}
+
+/// A fake server whose connections `session` serves, recording what each
+/// heard (`None`: nothing to record).
+async fn fake<F, Fut>(session: F) -> (u16, Heard)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<Option<Vec<u8>>>> + Send + 'static,
+{
+    let heard = Heard::default();
+    let h = heard.clone();
+    let port = listen(heard.open.clone(), move |s| {
+        h.accepted.fetch_add(1, Ordering::SeqCst);
+        let (h, session) = (h.clone(), session(s));
+        async move {
+            if let Ok(Some(answer)) = session.await {
+                h.answers.lock().unwrap().push(answer);
+            }
+        }
+    })
+    .await;
+    (port, heard)
 }
 
 /// Reads what the client sends until it closes, or, once it sent a whole
@@ -97,27 +113,7 @@ enum PgAsk {
 /// replication connections go to the real server on 127.0.0.1:5432, so a
 /// CDC source gets as far as its replication connection.
 async fn fake_pg(ask: PgAsk, proxy_sql: bool) -> (u16, Heard) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let heard = Heard::default();
-    let h = heard.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            h.open.fetch_add(1, Ordering::SeqCst);
-            h.accepted.fetch_add(1, Ordering::SeqCst);
-            let h = h.clone();
-            tokio::spawn(async move {
-                if let Ok(Some(answer)) = pg_session(s, ask, proxy_sql).await {
-                    h.answers.lock().unwrap().push(answer);
-                }
-                h.open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (port, heard)
+    fake(move |s| pg_session(s, ask, proxy_sql)).await
 }
 
 async fn pg_session(
@@ -127,9 +123,7 @@ async fn pg_session(
 ) -> std::io::Result<Option<Vec<u8>>> {
     // The startup packet (SSL and GSS encryption requests are declined).
     let (len, body) = loop {
-        let len = s.read_i32().await?;
-        let mut body = vec![0u8; len as usize - 4];
-        s.read_exact(&mut body).await?;
+        let (len, body) = pg_read_startup(&mut s).await?;
         let code = i32::from_be_bytes(body[..4].try_into().unwrap());
         if code == 80_877_103 || code == 80_877_104 {
             s.write_all(b"N").await?;
@@ -139,36 +133,21 @@ async fn pg_session(
     };
     let replication = body.split(|b| *b == 0).any(|field| field == b"replication");
     if proxy_sql && !replication {
-        let mut up = TcpStream::connect("127.0.0.1:5432").await?;
-        up.write_all(&len.to_be_bytes()).await?;
-        up.write_all(&body).await?;
-        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+        pg_proxy(&mut s, len, &body).await?;
         return Ok(None);
     }
     match ask {
-        PgAsk::Cleartext => s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?,
+        PgAsk::Cleartext => s.write_all(&pg_auth(3)).await?,
         PgAsk::Md5 => {
-            s.write_all(&[b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4])
+            s.write_all(&pg_msg(b'R', &[0, 0, 0, 5, 1, 2, 3, 4]))
                 .await?
         }
     }
-    let fields = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0";
-    let mut error = vec![b'E'];
-    error.extend_from_slice(&(fields.len() as i32 + 4).to_be_bytes());
-    error.extend_from_slice(fields);
-    let complete = |got: &[u8]| {
-        got.len() >= 5 && got.len() > i32::from_be_bytes(got[1..5].try_into().unwrap()) as usize
-    };
-    record(&mut s, complete, &error).await.map(Some)
-}
-
-/// The connections a feed or sink opens to PostgreSQL (the CDC source's
-/// replication connection has a test of its own).
-#[derive(Debug, Clone, Copy)]
-enum PgKind {
-    Source,
-    Poll,
-    Sink,
+    let error = pg_msg(
+        b'E',
+        b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0",
+    );
+    record(&mut s, pg_complete, &error).await.map(Some)
 }
 
 fn pg_source_config(
@@ -178,83 +157,38 @@ fn pg_source_config(
     password: &str,
     db: &str,
 ) -> PostgresSourceConfig {
-    PostgresSourceConfig {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
-        user: user.into(),
-        password: Some(password.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: Default::default(),
-        ssl_ca_file: None,
-        database: db.into(),
-        tables: vec![TableConfig {
-            table: "public.items".into(),
-            dataset: "test.items".into(),
-        }],
-        slot: None,
-        publication: None,
-        snapshot: Default::default(),
-        replica_identity: Default::default(),
-        snapshot_chunk_rows: 1000,
-    }
-}
-
-fn poll_table() -> PollTableConfig {
-    PollTableConfig {
-        table: "items".into(),
-        dataset: "test.items".into(),
-        mode: PollMode::Bulk,
-        timestamp_column: None,
-        incrementing_column: None,
-        soft_delete_column: None,
-    }
+    Target::new(port, user, Some(password), db).pg_source(name)
 }
 
 fn pg_poll_config(port: u16, user: &str, password: &str, db: &str) -> PollSourceConfig {
-    let mut c = PollSourceConfig::postgres("bf-pw-poll", user, db, vec![poll_table()]);
-    c.port = Some(port);
-    c.password = Some(password.into());
-    c.poll_interval_ms = 50;
-    c.delay_ms = 100;
-    c
+    let table = poll_table("items", PollMode::Bulk, None);
+    fast_poll(Target::new(port, user, Some(password), db).pg_poll("bf-pw-poll", vec![table]))
 }
 
 fn pg_sink_config(port: u16, user: &str, password: &str, db: &str) -> PostgresSinkConfig {
-    PostgresSinkConfig {
-        host: "127.0.0.1".into(),
-        port,
-        user: user.into(),
-        password: Some(password.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: Default::default(),
-        ssl_ca_file: None,
-        database: db.into(),
-        schema: "bf_sink".into(),
-    }
+    Target::new(port, user, Some(password), db).pg_sink()
 }
 
 /// Opens a `kind` connection to the server at `port`; the error it ends
-/// with (none: it connected).
-async fn pg_attempt(kind: PgKind, port: u16) -> Option<ConnectorError> {
+/// with (none: it connected). (The CDC source's replication connection
+/// has a test of its own.)
+async fn pg_attempt(kind: Kind, port: u16) -> Option<ConnectorError> {
     let attempt = async {
         match kind {
-            PgKind::Source => {
+            Kind::Source => {
                 let config = pg_source_config("bf-pw-fake", port, "backflow", SECRET, "gongan");
                 PostgresSource::new(config, "330000")
                     .start(None)
                     .await
                     .err()
             }
-            PgKind::Poll => {
+            Kind::Poll => {
                 PollSource::new(pg_poll_config(port, "backflow", SECRET, "gongan"), "330000")
                     .start(None)
                     .await
                     .err()
             }
-            PgKind::Sink => {
+            Kind::Sink => {
                 PostgresSink::new(pg_sink_config(port, "backflow", SECRET, "gongan"), "s")
                     .committed_offsets()
                     .await
@@ -298,26 +232,14 @@ fn judge(
     }
     match e {
         None => wrong.push(format!("{kind}: connected to the fake server")),
-        Some(e) => {
-            if e.kind != ErrorKind::Definite {
-                wrong.push(format!("{kind}: a {:?} error: {e}", e.kind));
-            }
-            for s in said {
-                if !e.message.contains(s) {
-                    wrong.push(format!("{kind}: the error does not say {s:?}: {e}"));
-                }
-            }
-            if e.message.contains(SECRET) {
-                wrong.push(format!("{kind}: the error holds the password"));
-            }
-        }
+        Some(e) => wrong.extend(error_faults(kind, e, said)),
     }
     wrong
 }
 
 async fn postgres_refuses(ask: PgAsk, asked: &str) {
     let mut wrong = Vec::new();
-    for kind in [PgKind::Source, PgKind::Poll, PgKind::Sink] {
+    for kind in [Kind::Source, Kind::Poll, Kind::Sink] {
         let (port, heard) = fake_pg(ask, false).await;
         let e = pg_attempt(kind, port).await;
         let answers = heard.answers().await;
@@ -344,66 +266,6 @@ async fn postgres_connections_refuse_md5_authentication() {
 }
 
 // Test databases on the real PostgreSQL.
-
-async fn pg_admin(db: &str) -> tokio_postgres::Client {
-    let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1").port(5432).user("postgres").dbname(db);
-    let (client, conn) = c
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
-    tokio::spawn(conn);
-    client
-}
-
-fn pg_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn pg_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// A fresh database `name` owned by `owner` with table `items` (rows 1, 2).
-async fn pg_items_db(name: &str, owner: &str) -> tokio_postgres::Client {
-    let admin = pg_admin("postgres").await;
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg_ident(name)),
-        format!(
-            "CREATE DATABASE {} OWNER {}",
-            pg_ident(name),
-            pg_ident(owner)
-        ),
-    ] {
-        admin.batch_execute(&sql).await.unwrap();
-    }
-    let c = pg_admin(name).await;
-    c.batch_execute(&format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL);
-         ALTER TABLE items OWNER TO {owner};
-         INSERT INTO items VALUES (1, 'one'), (2, 'two');",
-        owner = pg_ident(owner)
-    ))
-    .await
-    .unwrap();
-    c
-}
-
-async fn pg_drop(name: &str, slot: &str) {
-    let admin = pg_admin("postgres").await;
-    let _ = admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
-            pg_literal(slot)
-        ))
-        .await;
-    let _ = admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            pg_ident(name)
-        ))
-        .await;
-}
 
 #[tokio::test]
 async fn postgres_replication_connection_sends_no_password_to_a_server_asking_for_clear_text() {
@@ -458,16 +320,6 @@ iQIDAQAB
 const FAKE_MODULUS: &str = "b0e3c5713c9abf7fbc18ec593e6173d9647dbdcad56dd12f04806ef202d15e9d5da6f0bb4e070d6c0c518924f81032e1a13532a4ba1ed0b36875163bf766b4bf4ff1382ac2300218713812b9fc59fb21688e9de3d293aa5a581507a35664d7783b98c9a54df3d3558afe4baac13bd0e1f5c583c77fd3a9794450a728eb9c5d342e5cefab771d8575b788771a46e599c14411da84807fef362c43df40ce85f3e8ffa032875f2e6323474fb055a2e2e1bf41fd3631f583e80acdaf59cce9a645cbfbeab2a9efaf12134a94e701aa93aa041de4183423c860d6e95f3bfcd9be8211cd7fd57f26f206aa11f9b3c6469a56ca08517e86fb12d278cb7815ec6d7bed89";
 const FAKE_PRIVATE_EXPONENT: &str = "73fe732e00247c72e75b733b9fa65e9b82eed992b5461ffd5ef7017452d8b731d0d9c9d3becf97c399ddab106d028cfb06affb17a8b225aa4aa88cfdf70bddcbf39625d3697ca5c32015e461c57dbe7f77dac83a943974ba1837221d1512bccb564ea886c233f8b488429cf274bd795f7dbf6edcac3beb4eb40cd75b595fddd563e1c7e68d930ddb6b2d00cadf0d2d4d5389e9ddc6f245808f6a94c190915a184499ca0c4544d1ebcbdc9dd384687949cd365b717b8a614eb27c8aff12ac66828035a683d224d916cc14d225e22d3a9051aaa22ace1f1e1b766ce811d2798098a8f7debad342c64d3345d9c11a83a526499fb7bb9358bb5ba2f1a5041edc8a1";
 
-/// The fake's nonce (scramble).
-const NONCE: &[u8; 20] = b"abcdefghijklmnopqrst";
-
-fn my_packet(seq: u8, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut p = vec![len as u8, (len >> 8) as u8, (len >> 16) as u8, seq];
-    p.extend_from_slice(payload);
-    p
-}
-
 /// The packets in `bytes`: (sequence id, payload).
 fn my_packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
@@ -482,61 +334,9 @@ fn my_packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-async fn my_read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 4];
-    s.read_exact(&mut head).await?;
-    let len = head[0] as usize | (head[1] as usize) << 8 | (head[2] as usize) << 16;
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).await?;
-    Ok((head[3], payload))
-}
-
-fn my_handshake(plugin: &str) -> Vec<u8> {
-    // CLIENT_LONG_PASSWORD, LONG_FLAG, CONNECT_WITH_DB, PROTOCOL_41,
-    // TRANSACTIONS, SECURE_CONNECTION, MULTI_STATEMENTS, MULTI_RESULTS,
-    // PLUGIN_AUTH, PLUGIN_AUTH_LENENC_CLIENT_DATA.
-    let caps: u32 = 0x002B_A20D;
-    let mut p = vec![0x0a];
-    p.extend_from_slice(b"8.0.36-fake\0");
-    p.extend_from_slice(&7u32.to_le_bytes());
-    p.extend_from_slice(&NONCE[..8]);
-    p.push(0);
-    p.extend_from_slice(&(caps as u16).to_le_bytes());
-    p.push(0xff);
-    p.extend_from_slice(&2u16.to_le_bytes());
-    p.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
-    p.push(21);
-    p.extend_from_slice(&[0; 10]);
-    p.extend_from_slice(&NONCE[8..]);
-    p.push(0);
-    p.extend_from_slice(plugin.as_bytes());
-    p.push(0);
-    my_packet(0, &p)
-}
-
 /// A fake MySQL server.
 async fn fake_mysql(ask: MyAsk) -> (u16, Heard) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let heard = Heard::default();
-    let h = heard.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            h.open.fetch_add(1, Ordering::SeqCst);
-            h.accepted.fetch_add(1, Ordering::SeqCst);
-            let h = h.clone();
-            tokio::spawn(async move {
-                if let Ok(answer) = mysql_session(s, ask).await {
-                    h.answers.lock().unwrap().push(answer);
-                }
-                h.open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (port, heard)
+    fake(move |s| async move { mysql_session(s, ask).await.map(Some) }).await
 }
 
 async fn mysql_session(mut s: TcpStream, ask: MyAsk) -> std::io::Result<Vec<u8>> {
@@ -544,7 +344,8 @@ async fn mysql_session(mut s: TcpStream, ask: MyAsk) -> std::io::Result<Vec<u8>>
         MyAsk::ClearPassword => "mysql_native_password",
         MyAsk::ServerKey => "caching_sha2_password",
     };
-    s.write_all(&my_handshake(plugin)).await?;
+    let greeting = my_greeting("8.0.36-fake", 0xff, MY_CAPS, plugin);
+    s.write_all(&my_packet(0, &greeting)).await?;
     let (seq, _response) = my_read_packet(&mut s).await?;
     let mut seq = seq.wrapping_add(1);
     match ask {
@@ -629,13 +430,6 @@ fn decrypt_with_fake_key(heard: &[u8]) -> Option<String> {
     })
 }
 
-#[derive(Debug, Clone, Copy)]
-enum MyKind {
-    Source,
-    Poll,
-    Sink,
-}
-
 fn my_source_config(
     name: &str,
     port: u16,
@@ -643,64 +437,32 @@ fn my_source_config(
     password: &str,
     db: &str,
 ) -> MysqlSourceConfig {
-    MysqlSourceConfig {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
-        user: user.into(),
-        password: Some(password.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: Default::default(),
-        ssl_ca_file: None,
-        database: Some(db.into()),
-        tables: vec![MysqlTableConfig {
-            table: "items".into(),
-            dataset: "test.items".into(),
-        }],
-        server_id: None,
-        snapshot: Default::default(),
-        snapshot_chunk_rows: 1000,
-    }
+    Target::new(port, user, Some(password), db).my_source(name)
 }
 
 fn my_poll_config(port: u16, user: &str, password: &str, db: &str) -> PollSourceConfig {
-    let mut c = PollSourceConfig::mysql("bf-pw-poll", user, db, vec![poll_table()]);
-    c.port = Some(port);
-    c.password = Some(password.into());
-    c.poll_interval_ms = 50;
-    c.delay_ms = 100;
-    c
+    let table = poll_table("items", PollMode::Bulk, None);
+    fast_poll(Target::new(port, user, Some(password), db).my_poll("bf-pw-poll", vec![table]))
 }
 
 fn my_sink_config(port: u16, user: &str, password: &str, db: &str) -> MysqlSinkConfig {
-    MysqlSinkConfig {
-        host: "127.0.0.1".into(),
-        port,
-        user: user.into(),
-        password: Some(password.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: Default::default(),
-        ssl_ca_file: None,
-        database: db.into(),
-    }
+    Target::new(port, user, Some(password), db).my_sink()
 }
 
-async fn my_attempt(kind: MyKind, port: u16) -> Option<ConnectorError> {
+async fn my_attempt(kind: Kind, port: u16) -> Option<ConnectorError> {
     let attempt = async {
         match kind {
-            MyKind::Source => {
+            Kind::Source => {
                 let config = my_source_config("bf-pw-fake", port, "backflow", SECRET, "gongan");
                 MysqlSource::new(config, "330000").start(None).await.err()
             }
-            MyKind::Poll => {
+            Kind::Poll => {
                 PollSource::new(my_poll_config(port, "backflow", SECRET, "gongan"), "330000")
                     .start(None)
                     .await
                     .err()
             }
-            MyKind::Sink => MysqlSink::new(my_sink_config(port, "backflow", SECRET, "gongan"), "s")
+            Kind::Sink => MysqlSink::new(my_sink_config(port, "backflow", SECRET, "gongan"), "s")
                 .committed_offsets()
                 .await
                 .err(),
@@ -713,7 +475,7 @@ async fn my_attempt(kind: MyKind, port: u16) -> Option<ConnectorError> {
 
 async fn mysql_refuses(ask: MyAsk, asked: &str) {
     let mut wrong = Vec::new();
-    for kind in [MyKind::Source, MyKind::Poll, MyKind::Sink] {
+    for kind in [Kind::Source, Kind::Poll, Kind::Sink] {
         let (port, heard) = fake_mysql(ask).await;
         let e = my_attempt(kind, port).await;
         let answers = heard.answers().await;
@@ -843,30 +605,6 @@ async fn scram_role() {
     );
 }
 
-/// Reads records until `want` arrived (20 s at most).
-async fn read_records(source: &mut dyn Source, want: usize) -> Vec<(Op, i64)> {
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while got.len() < want {
-            let b = source.next_batch(100).await.unwrap();
-            for r in b.records {
-                let id = match r.event.key.0[0] {
-                    Datum::Long(v) => v,
-                    Datum::Int(v) => i64::from(v),
-                    ref d => panic!("{d:?}"),
-                };
-                got.push((r.event.op, id));
-            }
-            if let Some(cp) = b.checkpoint {
-                source.acknowledge(&cp).await.unwrap();
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{want} records within 20 s, got {got:?}"));
-    got
-}
-
 #[tokio::test]
 async fn postgres_connections_authenticate_with_scram_and_a_password_full_of_quotes() {
     scram_role().await;
@@ -976,22 +714,6 @@ async fn postgres_source_database_name_cannot_inject_connection_parameters() {
     assert_eq!(in_crafted.as_deref(), Some(role));
 }
 
-async fn my_root() -> mysql_async::Conn {
-    mysql_async::Conn::new(
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(3306)
-            .user(Some("root"))
-            .prefer_socket(false),
-    )
-    .await
-    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
-}
-
-fn my_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-}
-
 #[tokio::test]
 async fn mysql_connections_authenticate_through_the_guard_with_a_password_full_of_quotes() {
     let user = "bf_pw";
@@ -1007,13 +729,7 @@ async fn mysql_connections_authenticate_through_the_guard_with_a_password_full_o
         .await
         .unwrap();
     }
-    root.query_drop(format!(
-        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET utf8mb4;
-         CREATE TABLE {db}.items (id bigint PRIMARY KEY, label varchar(20) NOT NULL);
-         INSERT INTO {db}.items VALUES (1, 'one'), (2, 'two')"
-    ))
-    .await
-    .unwrap();
+    my_items_db(&mut root, &db).await;
 
     // Binlog source: snapshot, then a streamed insert (through the relay).
     let mut source = MysqlSource::new(

@@ -8,36 +8,28 @@
 //! `bf_tls` (created here) log in only over TLS: that these connections
 //! work at all proves they were encrypted. `other-ca.crt` signed nothing.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig, MysqlTableConfig};
-use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
-use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig, TableConfig};
+use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig};
+use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig};
+use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
 use backflow_connectors::sink::mysql::{MysqlSink, MysqlSinkConfig};
 use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use backflow_connectors::tls::SslMode;
 use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
-use backflow_schemas::{Datum, Op};
+use backflow_schemas::Op;
 use mysql_async::prelude::Queryable;
+use support::{
+    fast_poll, my_items_db, my_literal, my_packet, my_root, pg_admin, pg_drop, pg_items_db,
+    pg_literal, poll_table, read_records, tls_file, Target,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+mod support;
+
 const ROLE: &str = "bf_tls";
 const PASSWORD: &str = "tls 'only' pass";
-
-fn tls_file(name: &str) -> String {
-    let dir = std::env::var_os("BACKFLOW_SERVICES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"));
-    let path = dir.join("db-tls").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/services.sh up",
-        path.display()
-    );
-    path.to_str().unwrap().to_owned()
-}
 
 fn ca() -> String {
     tls_file("ca.crt")
@@ -47,39 +39,13 @@ fn other_ca() -> String {
     tls_file("other-ca.crt")
 }
 
-fn table() -> PollTableConfig {
-    PollTableConfig {
-        table: "items".into(),
-        dataset: "test.items".into(),
-        mode: PollMode::Bulk,
-        timestamp_column: None,
-        incrementing_column: None,
-        soft_delete_column: None,
-    }
-}
-
-/// Reads records until `want` arrived (20 s at most).
-async fn read_ids(source: &mut dyn Source, want: usize) -> Vec<(Op, i64)> {
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while got.len() < want {
-            let b = source.next_batch(100).await.unwrap();
-            for r in b.records {
-                let id = match r.event.key.0[0] {
-                    Datum::Long(v) => v,
-                    Datum::Int(v) => i64::from(v),
-                    ref d => panic!("{d:?}"),
-                };
-                got.push((r.event.op, id));
-            }
-            if let Some(cp) = b.checkpoint {
-                source.acknowledge(&cp).await.unwrap();
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{want} records within 20 s, got {got:?}"));
-    got
+/// `c` as `bf_tls` with its password, over TLS verified with `ca.crt`,
+/// polling fast.
+fn tls_poll(mut c: PollSourceConfig) -> PollSourceConfig {
+    c.password = Some(PASSWORD.into());
+    c.sslmode = SslMode::VerifyFull;
+    c.ssl_ca_file = Some(ca());
+    fast_poll(c)
 }
 
 fn definite_saying(e: Option<ConnectorError>, says: &[&str]) {
@@ -93,17 +59,6 @@ fn definite_saying(e: Option<ConnectorError>, says: &[&str]) {
 
 // --------------------------------------------------------------- PostgreSQL
 
-async fn pg_admin(db: &str) -> tokio_postgres::Client {
-    let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1").port(5432).user("postgres").dbname(db);
-    let (client, conn) = c
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
-    tokio::spawn(conn);
-    client
-}
-
 /// `bf_tls` with a SCRAM password, and a fresh database `db` it owns with
 /// table `items` (rows 1, 2).
 async fn pg_setup(db: &str) -> tokio_postgres::Client {
@@ -111,8 +66,8 @@ async fn pg_setup(db: &str) -> tokio_postgres::Client {
     let role = format!(
         "SET password_encryption = 'scram-sha-256';
          DO $$ BEGIN CREATE ROLE {ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         ALTER ROLE {ROLE} LOGIN REPLICATION PASSWORD '{}';",
-        PASSWORD.replace('\'', "''")
+         ALTER ROLE {ROLE} LOGIN REPLICATION PASSWORD {};",
+        pg_literal(PASSWORD)
     );
     // The tests of this file run at once: a concurrent ALTER ROLE may fail
     // with "tuple concurrently updated"; the next try passes.
@@ -126,20 +81,7 @@ async fn pg_setup(db: &str) -> tokio_postgres::Client {
             Err(e) => panic!("{e}"),
         }
     }
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-        format!("CREATE DATABASE {db} OWNER {ROLE}"),
-    ] {
-        admin.batch_execute(&sql).await.unwrap();
-    }
-    let c = pg_admin(db).await;
-    c.batch_execute(&format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL);
-         ALTER TABLE items OWNER TO {ROLE};
-         INSERT INTO items VALUES (1, 'one'), (2, 'two');"
-    ))
-    .await
-    .unwrap();
+    let c = pg_items_db(db, ROLE).await;
     // pg_hba.conf lets bf_tls in over TLS only.
     let mut plain = tokio_postgres::Config::new();
     plain
@@ -155,55 +97,24 @@ async fn pg_setup(db: &str) -> tokio_postgres::Client {
     c
 }
 
-async fn pg_drop(db: &str, slot: &str) {
-    let admin = pg_admin("postgres").await;
-    let _ = admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        ))
-        .await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await;
-}
-
 fn pg_source(db: &str, user: &str, mode: SslMode, ca: Option<String>) -> PostgresSourceConfig {
-    PostgresSourceConfig {
-        name: db.into(),
-        host: "127.0.0.1".into(),
-        port: 5432,
-        user: user.into(),
-        password: (user == ROLE).then(|| PASSWORD.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: mode,
-        ssl_ca_file: ca,
-        database: db.into(),
-        tables: vec![TableConfig {
-            table: "public.items".into(),
-            dataset: "test.items".into(),
-        }],
-        slot: None,
-        publication: None,
-        snapshot: Default::default(),
-        replica_identity: Default::default(),
-        snapshot_chunk_rows: 1000,
+    let password = (user == ROLE).then_some(PASSWORD);
+    Target {
+        mode,
+        ca,
+        ..Target::new(5432, user, password, db)
     }
+    .pg_source(db)
 }
 
 fn pg_sink(host: &str, db: &str, mode: SslMode, ca: Option<String>) -> PostgresSinkConfig {
-    PostgresSinkConfig {
+    Target {
         host: host.into(),
-        port: 5432,
-        user: ROLE.into(),
-        password: Some(PASSWORD.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: mode,
-        ssl_ca_file: ca,
-        database: db.into(),
-        schema: "bf_sink".into(),
+        mode,
+        ca,
+        ..Target::new(5432, ROLE, Some(PASSWORD), db)
     }
+    .pg_sink()
 }
 
 #[tokio::test]
@@ -219,14 +130,14 @@ async fn postgres_source_poll_and_sink_run_over_verified_tls() {
     );
     source.start(None).await.expect("the CDC source connects");
     assert_eq!(
-        read_ids(&mut source, 2).await,
+        read_records(&mut source, 2).await,
         vec![(Op::Read, 1), (Op::Read, 2)]
     );
     admin
         .batch_execute("INSERT INTO items VALUES (3, 'three')")
         .await
         .unwrap();
-    assert_eq!(read_ids(&mut source, 1).await, vec![(Op::Create, 3)]);
+    assert_eq!(read_records(&mut source, 1).await, vec![(Op::Create, 3)]);
     let walsender_tls: bool = pg_admin("postgres")
         .await
         .query_one(
@@ -240,15 +151,20 @@ async fn postgres_source_poll_and_sink_run_over_verified_tls() {
     source.shutdown().await.unwrap();
 
     // Polling.
-    let mut c = PollSourceConfig::postgres("bf-tls-poll", ROLE, &db, vec![table()]);
-    c.password = Some(PASSWORD.into());
-    c.sslmode = SslMode::VerifyFull;
-    c.ssl_ca_file = Some(ca());
-    c.poll_interval_ms = 50;
-    c.delay_ms = 100;
+    let table = poll_table("items", PollMode::Bulk, None);
+    let c = tls_poll(PollSourceConfig::postgres(
+        "bf-tls-poll",
+        ROLE,
+        &db,
+        vec![table],
+    ));
     let mut poll = PollSource::new(c, "330000");
     poll.start(None).await.expect("the polling source connects");
-    let mut ids: Vec<i64> = read_ids(&mut poll, 3).await.iter().map(|r| r.1).collect();
+    let mut ids: Vec<i64> = read_records(&mut poll, 3)
+        .await
+        .iter()
+        .map(|r| r.1)
+        .collect();
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3]);
     poll.shutdown().await.unwrap();
@@ -280,7 +196,7 @@ async fn postgres_replication_without_a_password_is_encrypted_too() {
         "330000",
     );
     source.start(None).await.expect("the CDC source connects");
-    assert_eq!(read_ids(&mut source, 2).await.len(), 2);
+    assert_eq!(read_records(&mut source, 2).await.len(), 2);
     let tls: bool = admin
         .query_one(
             "SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
@@ -363,18 +279,6 @@ async fn postgres_refuses_a_server_without_tls_and_sends_it_nothing_more() {
 
 // ------------------------------------------------------------ MySQL/MariaDB
 
-async fn my_root() -> mysql_async::Conn {
-    mysql_async::Conn::new(
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(3306)
-            .user(Some("root"))
-            .prefer_socket(false),
-    )
-    .await
-    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
-}
-
 fn my_source(
     name: &str,
     user: &str,
@@ -382,39 +286,22 @@ fn my_source(
     mode: SslMode,
     ca: Option<String>,
 ) -> MysqlSourceConfig {
-    MysqlSourceConfig {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port: 3306,
-        user: user.into(),
-        password: (user == ROLE).then(|| PASSWORD.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: mode,
-        ssl_ca_file: ca,
-        database: Some(db.into()),
-        tables: vec![MysqlTableConfig {
-            table: "items".into(),
-            dataset: "test.items".into(),
-        }],
-        server_id: None,
-        snapshot: Default::default(),
-        snapshot_chunk_rows: 1000,
+    let password = (user == ROLE).then_some(PASSWORD);
+    Target {
+        mode,
+        ca,
+        ..Target::new(3306, user, password, db)
     }
+    .my_source(name)
 }
 
 fn my_sink(db: &str, mode: SslMode, ca: Option<String>) -> MysqlSinkConfig {
-    MysqlSinkConfig {
-        host: "127.0.0.1".into(),
-        port: 3306,
-        user: ROLE.into(),
-        password: Some(PASSWORD.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: mode,
-        ssl_ca_file: ca,
-        database: db.into(),
+    Target {
+        mode,
+        ca,
+        ..Target::new(3306, ROLE, Some(PASSWORD), db)
     }
+    .my_sink()
 }
 
 /// `bf_tls`, which MariaDB admits over TLS only (REQUIRE SSL), and a fresh
@@ -423,21 +310,15 @@ async fn my_setup(db: &str) -> mysql_async::Conn {
     let mut root = my_root().await;
     for host in ["127.0.0.1", "localhost"] {
         root.query_drop(format!(
-            "CREATE USER IF NOT EXISTS '{ROLE}'@'{host}' IDENTIFIED BY '{pw}' REQUIRE SSL;
-             ALTER USER '{ROLE}'@'{host}' IDENTIFIED BY '{pw}' REQUIRE SSL;
+            "CREATE USER IF NOT EXISTS '{ROLE}'@'{host}' IDENTIFIED BY {pw} REQUIRE SSL;
+             ALTER USER '{ROLE}'@'{host}' IDENTIFIED BY {pw} REQUIRE SSL;
              GRANT ALL PRIVILEGES ON *.* TO '{ROLE}'@'{host}'",
-            pw = PASSWORD.replace('\'', "''")
+            pw = my_literal(PASSWORD)
         ))
         .await
         .unwrap();
     }
-    root.query_drop(format!(
-        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET utf8mb4;
-         CREATE TABLE {db}.items (id bigint PRIMARY KEY, label varchar(20) NOT NULL);
-         INSERT INTO {db}.items VALUES (1, 'one'), (2, 'two')"
-    ))
-    .await
-    .unwrap();
+    my_items_db(&mut root, db).await;
     let plain = mysql_async::Conn::new(
         mysql_async::OptsBuilder::default()
             .ip_or_hostname("127.0.0.1")
@@ -472,13 +353,13 @@ async fn mysql_source_poll_and_sink_run_over_verified_tls() {
         .await
         .expect("the binlog source connects");
     assert_eq!(
-        read_ids(&mut source, 2).await,
+        read_records(&mut source, 2).await,
         vec![(Op::Read, 1), (Op::Read, 2)]
     );
     root.query_drop(format!("INSERT INTO {db}.items VALUES (3, 'three')"))
         .await
         .unwrap();
-    assert_eq!(read_ids(&mut source, 1).await, vec![(Op::Create, 3)]);
+    assert_eq!(read_records(&mut source, 1).await, vec![(Op::Create, 3)]);
     source.shutdown().await.unwrap();
 
     // Without a password (root), TLS is made all the same.
@@ -490,18 +371,23 @@ async fn mysql_source_poll_and_sink_run_over_verified_tls() {
         .start(None)
         .await
         .expect("the binlog source connects as root");
-    assert_eq!(read_ids(&mut source, 3).await.len(), 3);
+    assert_eq!(read_records(&mut source, 3).await.len(), 3);
     source.shutdown().await.unwrap();
 
-    let mut c = PollSourceConfig::mysql("bf-tls-poll", ROLE, &db, vec![table()]);
-    c.password = Some(PASSWORD.into());
-    c.sslmode = SslMode::VerifyFull;
-    c.ssl_ca_file = Some(ca());
-    c.poll_interval_ms = 50;
-    c.delay_ms = 100;
+    let table = poll_table("items", PollMode::Bulk, None);
+    let c = tls_poll(PollSourceConfig::mysql(
+        "bf-tls-poll",
+        ROLE,
+        &db,
+        vec![table],
+    ));
     let mut poll = PollSource::new(c, "330000");
     poll.start(None).await.expect("the polling source connects");
-    let mut ids: Vec<i64> = read_ids(&mut poll, 3).await.iter().map(|r| r.1).collect();
+    let mut ids: Vec<i64> = read_records(&mut poll, 3)
+        .await
+        .iter()
+        .map(|r| r.1)
+        .collect();
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3]);
     poll.shutdown().await.unwrap();
@@ -567,10 +453,7 @@ async fn mysql_refuses_a_server_without_tls_and_sends_it_nothing() {
         p.extend_from_slice(&[0; 10]);
         p.extend_from_slice(b"ijklmnopqrst\0");
         p.extend_from_slice(b"mysql_native_password\0");
-        let len = p.len() as u32;
-        let mut packet = vec![len as u8, (len >> 8) as u8, (len >> 16) as u8, 0];
-        packet.extend_from_slice(&p);
-        s.write_all(&packet).await.unwrap();
+        s.write_all(&my_packet(0, &p)).await.unwrap();
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
         rest

@@ -17,42 +17,32 @@
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig, MysqlTableConfig};
-use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
-use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig, TableConfig};
-use backflow_connectors::sink::mysql::{MysqlSink, MysqlSinkConfig};
-use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
+use backflow_connectors::mysql::MysqlSource;
+use backflow_connectors::poll::{PollMode, PollSource};
+use backflow_connectors::postgres::PostgresSource;
+use backflow_connectors::sink::mysql::MysqlSink;
+use backflow_connectors::sink::postgres::PostgresSink;
 use backflow_connectors::tls::{DbTls, SslMode};
 use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
 use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use support::{
+    all_closed, contains, error_faults, listen, my_greeting, my_packet, my_read_packet, pg_admin,
+    pg_auth, pg_complete, pg_drop, pg_fresh_db, pg_msg, pg_proxy, pg_read_startup, poll_table,
+    tls_file, Kind, Target, MY_CAPS, NONCE, SECRET,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
-/// The password every fake server tries to obtain.
-const SECRET: &str = "s3cret pass=word";
+mod support;
+
 const USER: &str = "backflow_attacked";
 const DB: &str = "gongan_attacked";
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn tls_file(name: &str) -> String {
-    let dir = std::env::var_os("BACKFLOW_SERVICES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"));
-    let path = dir.join("db-tls").join(name);
-    assert!(path.exists(), "{} is missing", path.display());
-    path.to_str().unwrap().to_owned()
-}
 
 fn ca() -> Option<String> {
     Some(tls_file("ca.crt"))
@@ -89,14 +79,7 @@ struct Fake {
 impl Fake {
     /// The sessions, once every connection ended (30 s at most).
     async fn done(&self) -> Vec<Shared> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.open.load(Ordering::SeqCst) > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "a fake server connection never ended"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        all_closed(&self.open, Duration::from_secs(30)).await;
         self.sessions.lock().unwrap().clone()
     }
 }
@@ -143,33 +126,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 /// its session record.
 async fn serve<F, Fut>(handler: F) -> (u16, Fake)
 where
-    F: Fn(BoxIo, Shared) -> Fut + Send + Sync + 'static,
+    F: Fn(BoxIo, Shared) -> Fut + Send + 'static,
     Fut: Future<Output = io::Result<()>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let fake = Fake::default();
     let f = fake.clone();
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            let session = Shared::default();
-            f.sessions.lock().unwrap().push(session.clone());
-            f.open.fetch_add(1, Ordering::SeqCst);
-            let (f, handler) = (f.clone(), handler.clone());
-            tokio::spawn(async move {
-                let tap = Tap {
-                    inner: s,
-                    log: session.clone(),
-                };
-                let _ = handler(Box::new(tap), session).await;
-                f.open.fetch_sub(1, Ordering::SeqCst);
-            });
+    let port = listen(fake.open.clone(), move |s| {
+        let session = Shared::default();
+        f.sessions.lock().unwrap().push(session.clone());
+        let tap = Tap {
+            inner: s,
+            log: session.clone(),
+        };
+        let served = handler(Box::new(tap), session);
+        async move {
+            let _ = served.await;
         }
-    });
+    })
+    .await;
     (port, fake)
 }
 
@@ -255,98 +229,17 @@ async fn read_until(s: &mut BoxIo, complete: impl Fn(&[u8]) -> bool) -> Vec<u8> 
 
 const SSL_REQUEST: i32 = 80_877_103;
 
-fn pg_msg(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut m = vec![kind];
-    m.extend_from_slice(&(payload.len() as i32 + 4).to_be_bytes());
-    m.extend_from_slice(payload);
-    m
-}
-
-fn pg_auth(code: i32) -> Vec<u8> {
-    pg_msg(b'R', &code.to_be_bytes())
-}
-
-fn pg_complete(got: &[u8]) -> bool {
-    got.len() >= 5 && got.len() > i32::from_be_bytes(got[1..5].try_into().unwrap()) as usize
-}
-
-/// Reads one length-prefixed startup-phase message: (length, body).
-async fn pg_read_startup(s: &mut BoxIo) -> io::Result<(i32, Vec<u8>)> {
-    let len = s.read_i32().await?;
-    if !(8..=10_000).contains(&len) {
-        return Err(io::Error::other("bad startup length"));
-    }
-    let mut body = vec![0u8; len as usize - 4];
-    s.read_exact(&mut body).await?;
-    Ok((len, body))
-}
-
 fn is_ssl_request(body: &[u8]) -> bool {
     body.len() == 4 && i32::from_be_bytes(body[..4].try_into().unwrap()) == SSL_REQUEST
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Source,
-    Poll,
-    Sink,
-}
-
-#[derive(Clone, Debug)]
-struct Target {
-    host: String,
-    port: u16,
-    user: String,
-    database: String,
-    mode: SslMode,
-    ca: Option<String>,
-}
-
-impl Target {
-    fn new(port: u16, mode: SslMode, ca: Option<String>) -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port,
-            user: USER.into(),
-            database: DB.into(),
-            mode,
-            ca,
-        }
-    }
-}
-
-fn pg_source_config(t: &Target) -> PostgresSourceConfig {
-    PostgresSourceConfig {
-        name: "bf-attack".into(),
-        host: t.host.clone(),
-        port: t.port,
-        user: t.user.clone(),
-        password: Some(SECRET.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: t.mode,
-        ssl_ca_file: t.ca.clone(),
-        database: t.database.clone(),
-        tables: vec![TableConfig {
-            table: "public.items".into(),
-            dataset: "test.items".into(),
-        }],
-        slot: None,
-        publication: None,
-        snapshot: Default::default(),
-        replica_identity: Default::default(),
-        snapshot_chunk_rows: 1000,
-    }
-}
-
-fn poll_table() -> PollTableConfig {
-    PollTableConfig {
-        table: "items".into(),
-        dataset: "test.items".into(),
-        mode: PollMode::Bulk,
-        timestamp_column: None,
-        incrementing_column: None,
-        soft_delete_column: None,
+/// `DB` on 127.0.0.1:`port` as `USER` with the password `SECRET`, with
+/// `sslmode` `mode` and `ssl_ca_file` `ca`.
+fn target(port: u16, mode: SslMode, ca: Option<String>) -> Target {
+    Target {
+        mode,
+        ca,
+        ..Target::new(port, USER, Some(SECRET), DB)
     }
 }
 
@@ -355,42 +248,18 @@ fn poll_table() -> PollTableConfig {
 async fn pg_attempt(kind: Kind, t: &Target, limit: Duration) -> Result<Option<ConnectorError>, ()> {
     let attempt = async {
         match kind {
-            Kind::Source => PostgresSource::new(pg_source_config(t), "330000")
+            Kind::Source => PostgresSource::new(t.pg_source("bf-attack"), "330000")
                 .start(None)
                 .await
                 .err(),
             Kind::Poll => {
-                let mut c = PollSourceConfig::postgres(
-                    "bf-attack",
-                    &t.user,
-                    &t.database,
-                    vec![poll_table()],
-                );
-                c.host = t.host.clone();
-                c.port = Some(t.port);
-                c.password = Some(SECRET.into());
-                c.sslmode = t.mode;
-                c.ssl_ca_file = t.ca.clone();
+                let c = t.pg_poll("bf-attack", vec![poll_table("items", PollMode::Bulk, None)]);
                 PollSource::new(c, "330000").start(None).await.err()
             }
-            Kind::Sink => PostgresSink::new(
-                PostgresSinkConfig {
-                    host: t.host.clone(),
-                    port: t.port,
-                    user: t.user.clone(),
-                    password: Some(SECRET.into()),
-                    password_env: None,
-                    password_file: None,
-                    sslmode: t.mode,
-                    ssl_ca_file: t.ca.clone(),
-                    database: t.database.clone(),
-                    schema: "bf_sink".into(),
-                },
-                "s",
-            )
-            .committed_offsets()
-            .await
-            .err(),
+            Kind::Sink => PostgresSink::new(t.pg_sink(), "s")
+                .committed_offsets()
+                .await
+                .err(),
         }
     };
     tokio::time::timeout(limit, attempt).await.map_err(|_| ())
@@ -399,24 +268,10 @@ async fn pg_attempt(kind: Kind, t: &Target, limit: Duration) -> Result<Option<Co
 /// What is wrong with a refused attempt: connected, not definite, or an
 /// error without `says`.
 fn refused_saying(what: &str, e: &Option<ConnectorError>, says: &[&str]) -> Vec<String> {
-    let mut wrong = Vec::new();
     match e {
-        None => wrong.push(format!("{what}: connected to the hostile server")),
-        Some(e) => {
-            if e.kind != ErrorKind::Definite {
-                wrong.push(format!("{what}: a {:?} error: {e}", e.kind));
-            }
-            for s in says {
-                if !e.message.contains(s) {
-                    wrong.push(format!("{what}: the error does not say {s:?}: {e}"));
-                }
-            }
-            if e.message.contains(SECRET) {
-                wrong.push(format!("{what}: the error holds the password"));
-            }
-        }
+        None => vec![format!("{what}: connected to the hostile server")],
+        Some(e) => error_faults(what, e, says),
     }
-    wrong
 }
 
 /// What a session gave away before a certificate was accepted: any byte
@@ -475,7 +330,7 @@ async fn postgres_untrusted_or_misnamed_certificate_gets_no_byte_of_the_login() 
         for kind in [Kind::Source, Kind::Poll, Kind::Sink] {
             let what = format!("{kind:?} {cert:?} {mode:?} {host}");
             let (port, fake) = pg_tls_fake(cert).await;
-            let mut t = Target::new(port, mode, ca());
+            let mut t = target(port, mode, ca());
             t.host = host.into();
             let e = pg_attempt(kind, &t, Duration::from_secs(30))
                 .await
@@ -499,10 +354,7 @@ async fn postgres_untrusted_or_misnamed_certificate_gets_no_byte_of_the_login() 
 #[tokio::test]
 async fn postgres_sslrequest_answered_with_e_or_garbage_is_refused_and_nothing_more_is_sent() {
     let mut wrong = Vec::new();
-    let mut error = vec![b'E'];
-    let fields = b"SFATAL\0C08P01\0Munsupported frontend protocol\0\0";
-    error.extend_from_slice(&(fields.len() as i32 + 4).to_be_bytes());
-    error.extend_from_slice(fields);
+    let error = pg_msg(b'E', b"SFATAL\0C08P01\0Munsupported frontend protocol\0\0");
     for answer in [error, b"X".to_vec(), b"s".to_vec()] {
         for kind in [Kind::Poll, Kind::Sink] {
             let what = format!(
@@ -524,7 +376,7 @@ async fn postgres_sslrequest_answered_with_e_or_garbage_is_refused_and_nothing_m
             .await;
             let e = pg_attempt(
                 kind,
-                &Target::new(port, SslMode::Require, None),
+                &target(port, SslMode::Require, None),
                 Duration::from_secs(30),
             )
             .await
@@ -574,13 +426,9 @@ async fn postgres_plaintext_injected_after_s_never_counts_as_the_protected_sessi
                 }
             })
             .await;
-            let e = pg_attempt(
-                kind,
-                &Target::new(port, mode, ca()),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("the attempt ends");
+            let e = pg_attempt(kind, &target(port, mode, ca()), Duration::from_secs(30))
+                .await
+                .expect("the attempt ends");
             wrong.extend(refused_saying(&what, &e, &["TLS"]));
             for s in fake.done().await {
                 wrong.extend(gave_away(&what, &s.lock().unwrap()));
@@ -627,7 +475,7 @@ async fn postgres_require_puts_no_login_byte_in_clear_and_the_guard_holds_inside
             .await;
             let e = pg_attempt(
                 kind,
-                &Target::new(port, SslMode::Require, None),
+                &target(port, SslMode::Require, None),
                 Duration::from_secs(30),
             )
             .await
@@ -700,7 +548,7 @@ async fn postgres_unix_socket_host_with_sslmode_is_not_encrypted_but_still_guard
     });
     let mut wrong = Vec::new();
     for kind in [Kind::Poll, Kind::Sink] {
-        let mut t = Target::new(port, SslMode::VerifyFull, ca());
+        let mut t = target(port, SslMode::VerifyFull, ca());
         t.host = dir.to_str().unwrap().to_owned();
         let e = pg_attempt(kind, &t, Duration::from_secs(30))
             .await
@@ -722,25 +570,8 @@ async fn postgres_unix_socket_host_with_sslmode_is_not_encrypted_but_still_guard
 
 // Real PostgreSQL, for the CDC source's SQL connection.
 
-async fn pg_admin(db: &str) -> tokio_postgres::Client {
-    let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1").port(5432).user("postgres").dbname(db);
-    let (client, conn) = c
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    tokio::spawn(conn);
-    client
-}
-
 async fn pg_items_db(name: &str) {
-    let admin = pg_admin("postgres").await;
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        admin.batch_execute(&sql).await.unwrap();
-    }
+    pg_fresh_db(name, "postgres").await;
     pg_admin(name)
         .await
         .batch_execute(
@@ -749,18 +580,6 @@ async fn pg_items_db(name: &str) {
         )
         .await
         .unwrap();
-}
-
-async fn pg_drop(name: &str) {
-    let admin = pg_admin("postgres").await;
-    let _ = admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'backflow_{name}'"
-        ))
-        .await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
 }
 
 /// The CDC source's replication connection (pgwire-replication behind the
@@ -795,11 +614,7 @@ async fn postgres_replication_cleartext_request_after_authentication_ok_gets_no_
                 if !body.split(|b| *b == 0).any(|f| f == b"replication") {
                     // SQL connections: to the real server (trust for
                     // postgres on 127.0.0.1).
-                    let mut up = TcpStream::connect("127.0.0.1:5432").await?;
-                    up.write_all(&len.to_be_bytes()).await?;
-                    up.write_all(&body).await?;
-                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
-                    return Ok(());
+                    return pg_proxy(&mut s, len, &body).await;
                 }
                 let mut ask = pg_auth(0);
                 ask.extend(pg_auth(3));
@@ -812,14 +627,14 @@ async fn postgres_replication_cleartext_request_after_authentication_ok_gets_no_
             }
         })
         .await;
-        let mut t = Target::new(port, mode, ca().filter(|_| mode != SslMode::Disable));
+        let mut t = target(port, mode, ca().filter(|_| mode != SslMode::Disable));
         t.user = "postgres".into();
         t.database = db.clone();
         let e = pg_attempt(Kind::Source, &t, Duration::from_secs(60))
             .await
             .expect("start ends");
         let sessions = fake.done().await;
-        pg_drop(&db).await;
+        pg_drop(&db, &format!("backflow_{db}")).await;
         let what = format!("replication, sslmode {}", mode.as_str());
         let mut repl = false;
         for s in sessions {
@@ -889,7 +704,7 @@ async fn postgres_sql_connections_refuse_a_cleartext_request_after_authenticatio
                 }
             })
             .await;
-            let t = Target::new(port, mode, ca().filter(|_| mode != SslMode::Disable));
+            let t = target(port, mode, ca().filter(|_| mode != SslMode::Disable));
             let e = pg_attempt(kind, &t, Duration::from_secs(30))
                 .await
                 .expect("the attempt ends");
@@ -928,7 +743,7 @@ async fn postgres_server_silent_after_s_does_not_hang_the_connection() {
     .await;
     let r = pg_attempt(
         Kind::Sink,
-        &Target::new(port, SslMode::VerifyFull, ca()),
+        &target(port, SslMode::VerifyFull, ca()),
         Duration::from_secs(40),
     )
     .await;
@@ -944,43 +759,12 @@ async fn postgres_server_silent_after_s_does_not_hang_the_connection() {
 
 // ----------------------------------------------------------- MySQL/MariaDB
 
-const NONCE: &[u8; 20] = b"abcdefghijklmnopqrst";
 const CLIENT_SSL: u32 = 0x0800;
 
-fn my_packet(seq: u8, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut p = vec![len as u8, (len >> 8) as u8, (len >> 16) as u8, seq];
-    p.extend_from_slice(payload);
-    p
-}
-
-async fn my_read_packet(s: &mut BoxIo) -> io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 4];
-    s.read_exact(&mut head).await?;
-    let len = head[0] as usize | (head[1] as usize) << 8 | (head[2] as usize) << 16;
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).await?;
-    Ok((head[3], payload))
-}
-
+/// A MariaDB greeting naming `plugin`, offering TLS when `ssl` is set.
 fn my_greeting_payload(plugin: &str, ssl: bool) -> Vec<u8> {
-    let caps: u32 = 0x002B_A20D | if ssl { CLIENT_SSL } else { 0 };
-    let mut p = vec![0x0a];
-    p.extend_from_slice(b"10.11.6-MariaDB-fake\0");
-    p.extend_from_slice(&7u32.to_le_bytes());
-    p.extend_from_slice(&NONCE[..8]);
-    p.push(0);
-    p.extend_from_slice(&(caps as u16).to_le_bytes());
-    p.push(0x2d);
-    p.extend_from_slice(&2u16.to_le_bytes());
-    p.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
-    p.push(21);
-    p.extend_from_slice(&[0; 10]);
-    p.extend_from_slice(&NONCE[8..]);
-    p.push(0);
-    p.extend_from_slice(plugin.as_bytes());
-    p.push(0);
-    p
+    let caps = MY_CAPS | if ssl { CLIENT_SSL } else { 0 };
+    my_greeting("10.11.6-MariaDB-fake", 0x2d, caps, plugin)
 }
 
 fn my_error(code: u16, message: &str) -> Vec<u8> {
@@ -1032,63 +816,22 @@ async fn my_fake(plugin: &'static str, tls: Option<Cert>, script: Vec<Vec<u8>>) 
     .await
 }
 
-fn my_source_config(t: &Target) -> MysqlSourceConfig {
-    MysqlSourceConfig {
-        name: "bf-attack".into(),
-        host: t.host.clone(),
-        port: t.port,
-        user: t.user.clone(),
-        password: Some(SECRET.into()),
-        password_env: None,
-        password_file: None,
-        sslmode: t.mode,
-        ssl_ca_file: t.ca.clone(),
-        database: Some(t.database.clone()),
-        tables: vec![MysqlTableConfig {
-            table: "items".into(),
-            dataset: "test.items".into(),
-        }],
-        server_id: None,
-        snapshot: Default::default(),
-        snapshot_chunk_rows: 1000,
-    }
-}
-
 async fn my_attempt(kind: Kind, t: &Target, limit: Duration) -> Result<Option<ConnectorError>, ()> {
     let t = t.clone();
     let attempt = async move {
         match kind {
-            Kind::Source => MysqlSource::new(my_source_config(&t), "330000")
+            Kind::Source => MysqlSource::new(t.my_source("bf-attack"), "330000")
                 .start(None)
                 .await
                 .err(),
             Kind::Poll => {
-                let mut c =
-                    PollSourceConfig::mysql("bf-attack", &t.user, &t.database, vec![poll_table()]);
-                c.host = t.host.clone();
-                c.port = Some(t.port);
-                c.password = Some(SECRET.into());
-                c.sslmode = t.mode;
-                c.ssl_ca_file = t.ca.clone();
+                let c = t.my_poll("bf-attack", vec![poll_table("items", PollMode::Bulk, None)]);
                 PollSource::new(c, "330000").start(None).await.err()
             }
-            Kind::Sink => MysqlSink::new(
-                MysqlSinkConfig {
-                    host: t.host.clone(),
-                    port: t.port,
-                    user: t.user.clone(),
-                    password: Some(SECRET.into()),
-                    password_env: None,
-                    password_file: None,
-                    sslmode: t.mode,
-                    ssl_ca_file: t.ca.clone(),
-                    database: t.database.clone(),
-                },
-                "s",
-            )
-            .committed_offsets()
-            .await
-            .err(),
+            Kind::Sink => MysqlSink::new(t.my_sink(), "s")
+                .committed_offsets()
+                .await
+                .err(),
         }
     };
     // In a task of its own, so a panic in the driver shows as one.
@@ -1146,7 +889,7 @@ async fn mysql_untrusted_or_misnamed_certificate_gets_no_byte_of_the_login() {
                 vec![vec![0x00, 0, 0, 2, 0, 0, 0]],
             )
             .await;
-            let mut t = Target::new(port, mode, ca());
+            let mut t = target(port, mode, ca());
             t.host = host.into();
             let e = my_attempt(kind, &t, Duration::from_secs(30))
                 .await
@@ -1192,7 +935,7 @@ async fn mysql_require_puts_no_login_byte_in_clear_and_the_guard_holds_inside_tl
                 let (port, fake) = my_fake(plugin, Some(cert), vec![ask.clone()]).await;
                 let e = my_attempt(
                     kind,
-                    &Target::new(port, mode, ca.clone()),
+                    &target(port, mode, ca.clone()),
                     Duration::from_secs(30),
                 )
                 .await
@@ -1247,7 +990,7 @@ async fn mysql_full_authentication_request_with_a_trailing_byte_gets_no_password
             let what = format!("{kind:?} sslmode {}", mode.as_str());
             let (port, fake) =
                 my_fake("caching_sha2_password", cert, vec![vec![0x01, 0x04, 0x00]]).await;
-            let t = Target::new(port, mode, ca().filter(|_| mode != SslMode::Disable));
+            let t = target(port, mode, ca().filter(|_| mode != SslMode::Disable));
             let e = my_attempt(kind, &t, Duration::from_secs(30))
                 .await
                 .expect("the attempt ends");
@@ -1290,7 +1033,7 @@ async fn mysql_full_authentication_refused_inside_tls_names_the_right_cause() {
     .await;
     let e = my_attempt(
         Kind::Sink,
-        &Target::new(port, SslMode::VerifyFull, ca()),
+        &target(port, SslMode::VerifyFull, ca()),
         Duration::from_secs(30),
     )
     .await
@@ -1331,7 +1074,7 @@ async fn mysql_bytes_before_the_tls_handshake_are_refused() {
             .await;
             let e = my_attempt(
                 kind,
-                &Target::new(port, SslMode::VerifyFull, ca()),
+                &target(port, SslMode::VerifyFull, ca()),
                 Duration::from_secs(30),
             )
             .await
@@ -1395,7 +1138,7 @@ async fn mysql_bogus_sequence_numbers_inside_tls_do_not_get_a_login_or_a_passwor
         .await;
         let e = my_attempt(
             Kind::Sink,
-            &Target::new(port, SslMode::VerifyFull, ca()),
+            &target(port, SslMode::VerifyFull, ca()),
             Duration::from_secs(30),
         )
         .await
@@ -1446,7 +1189,7 @@ async fn mysql_short_greetings_are_refused_without_a_panic() {
         })
         .await;
         let what = format!("greeting {payload:?}");
-        match my_attempt_catching(Kind::Sink, &Target::new(port, SslMode::VerifyFull, ca())).await {
+        match my_attempt_catching(Kind::Sink, &target(port, SslMode::VerifyFull, ca())).await {
             Ok(e) => wrong.extend(refused_saying(&what, &e, &["malformed"])),
             Err(p) => wrong.push(format!("{what}: {p}")),
         }
@@ -1490,7 +1233,7 @@ async fn mysql_oversized_packet_in_the_tls_conversation_ends_with_an_error_namin
         };
         let e = my_attempt(
             Kind::Sink,
-            &Target::new(port, SslMode::VerifyFull, ca()),
+            &target(port, SslMode::VerifyFull, ca()),
             Duration::from_secs(30),
         )
         .await
@@ -1530,7 +1273,7 @@ async fn mysql_error_greeting_under_tls_keeps_the_servers_error() {
             Ok(())
         })
         .await;
-        let t = Target::new(port, mode, ca().filter(|_| mode != SslMode::Disable));
+        let t = target(port, mode, ca().filter(|_| mode != SslMode::Disable));
         let e = my_attempt(Kind::Sink, &t, Duration::from_secs(30))
             .await
             .expect("the attempt ends")
@@ -1575,7 +1318,7 @@ async fn mysql_auth_switch_to_a_plugin_the_driver_lacks_does_not_panic() {
             ),
         ] {
             let (port, _fake) = my_fake("mysql_native_password", cert, script).await;
-            let t = Target::new(port, mode, ca().filter(|_| mode != SslMode::Disable));
+            let t = target(port, mode, ca().filter(|_| mode != SslMode::Disable));
             if let Err(p) = my_attempt_catching(Kind::Sink, &t).await {
                 wrong.push(format!("sslmode {}, switch to {name}: {p}", mode.as_str()));
             }
@@ -1601,7 +1344,7 @@ async fn mysql_server_silent_in_the_tls_handshake_does_not_hang_the_connection()
     .await;
     let r = my_attempt(
         Kind::Sink,
-        &Target::new(port, SslMode::VerifyFull, ca()),
+        &target(port, SslMode::VerifyFull, ca()),
         Duration::from_secs(40),
     )
     .await;

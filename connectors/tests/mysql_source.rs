@@ -9,63 +9,27 @@ use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig, MysqlTableConfi
 use backflow_connectors::{ErrorKind, Position, Source, SourceBatch};
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder};
+use mysql_async::Conn;
+use support::{id_of, my_fresh_db, Target};
 
-async fn root() -> Conn {
-    Conn::new(
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(3306)
-            .user(Some("root"))
-            .prefer_socket(false),
-    )
-    .await
-    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
-}
+mod support;
 
 /// A fresh database `<prefix>_<pid>`; returns its name and a connection
 /// using it.
 async fn fresh_db(prefix: &str) -> (String, Conn) {
     let db = format!("{prefix}_{}", std::process::id());
-    let mut c = root().await;
-    c.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
-        .await
-        .unwrap();
-    c.query_drop(format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"))
-        .await
-        .unwrap();
-    c.query_drop(format!("USE {db}")).await.unwrap();
+    let mut c = my_fresh_db(&db).await;
     c.query_drop("SET time_zone = '+00:00'").await.unwrap();
     (db, c)
 }
 
 fn config(db: &str, table: &str) -> MysqlSourceConfig {
     MysqlSourceConfig {
-        name: db.replace('_', "-"),
-        host: "127.0.0.1".into(),
-        port: 3306,
-        user: "root".into(),
-        password: None,
-        password_env: None,
-        password_file: None,
-        sslmode: Default::default(),
-        ssl_ca_file: None,
-        database: Some(db.into()),
         tables: vec![MysqlTableConfig {
             table: table.into(),
             dataset: format!("test.{table}"),
         }],
-        server_id: None,
-        snapshot: Default::default(),
-        snapshot_chunk_rows: 1000,
-    }
-}
-
-fn id_of(key: &Row) -> i64 {
-    match key.0[0] {
-        Datum::Long(v) => v,
-        Datum::Int(v) => i64::from(v),
-        ref d => panic!("{d:?}"),
+        ..Target::new(3306, "root", None, db).my_source(&db.replace('_', "-"))
     }
 }
 

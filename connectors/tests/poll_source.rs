@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
-use backflow_connectors::sink::mysql::{MysqlSink, MysqlSinkConfig};
+use backflow_connectors::sink::mysql::MysqlSink;
 use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use backflow_connectors::sink::sqlite::{SqliteSink, SqliteSinkConfig};
 use backflow_connectors::{
@@ -17,7 +17,9 @@ use backflow_connectors::{
 };
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType, TableDesc};
 use mysql_async::prelude::Queryable;
-use tokio_postgres::NoTls;
+use support::{fast_poll, my_fresh_db, my_root, pg_admin, pg_fresh_db, poll_table, Target};
+
+mod support;
 
 // ---------------------------------------------------------------- helpers
 
@@ -34,42 +36,13 @@ fn sqlite_db(tag: &str, sql: &str) -> (PathBuf, rusqlite::Connection) {
     (path, conn)
 }
 
-async fn pg_connect(db: &str) -> tokio_postgres::Client {
-    let (c, conn) =
-        tokio_postgres::connect(&format!("host=127.0.0.1 user=postgres dbname={db}"), NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
-    tokio::spawn(conn);
-    c
-}
-
 /// A fresh PostgreSQL database `<prefix>_<pid>` set up with `sql`.
 async fn pg_db(prefix: &str, sql: &str) -> (String, tokio_postgres::Client) {
     let db = format!("{prefix}_{}", std::process::id());
-    let admin = pg_connect("postgres").await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let c = pg_connect(&db).await;
+    pg_fresh_db(&db, "postgres").await;
+    let c = pg_admin(&db).await;
     c.batch_execute(sql).await.unwrap();
     (db, c)
-}
-
-async fn my_root() -> mysql_async::Conn {
-    mysql_async::Conn::new(
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(3306)
-            .user(Some("root"))
-            .prefer_socket(false),
-    )
-    .await
-    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
 }
 
 /// A fresh MariaDB database `<prefix>_<pid>` set up with `statements`; the
@@ -77,14 +50,7 @@ async fn my_root() -> mysql_async::Conn {
 /// application's would.
 async fn my_db(prefix: &str, statements: &[&str]) -> (String, mysql_async::Conn) {
     let db = format!("{prefix}_{}", std::process::id());
-    let mut c = my_root().await;
-    c.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
-        .await
-        .unwrap();
-    c.query_drop(format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"))
-        .await
-        .unwrap();
-    c.query_drop(format!("USE {db}")).await.unwrap();
+    let mut c = my_fresh_db(&db).await;
     for sql in statements {
         c.query_drop(*sql).await.unwrap();
     }
@@ -99,7 +65,7 @@ async fn my_drop(db: &str) {
 }
 
 fn my_config(db: &str, tables: Vec<PollTableConfig>) -> PollSourceConfig {
-    fast(PollSourceConfig::mysql("poll-test", "root", db, tables))
+    fast_poll(PollSourceConfig::mysql("poll-test", "root", db, tables))
 }
 
 /// The next record the source yields (waiting up to 10 s).
@@ -123,29 +89,12 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn table(name: &str, mode: PollMode, ts: Option<&str>) -> PollTableConfig {
-    PollTableConfig {
-        table: name.into(),
-        dataset: "test.items".into(),
-        mode,
-        timestamp_column: ts.map(Into::into),
-        incrementing_column: None,
-        soft_delete_column: None,
-    }
-}
-
-fn fast(mut c: PollSourceConfig) -> PollSourceConfig {
-    c.poll_interval_ms = 50;
-    c.delay_ms = 100;
-    c
-}
-
 fn sqlite_config(path: &std::path::Path, tables: Vec<PollTableConfig>) -> PollSourceConfig {
-    fast(PollSourceConfig::sqlite("poll-test", path, tables))
+    fast_poll(PollSourceConfig::sqlite("poll-test", path, tables))
 }
 
 fn pg_config(db: &str, tables: Vec<PollTableConfig>) -> PollSourceConfig {
-    fast(PollSourceConfig::postgres(
+    fast_poll(PollSourceConfig::postgres(
         "poll-test",
         "postgres",
         db,
@@ -273,7 +222,7 @@ async fn sqlite_timestamp_incrementing_captures_ties_updates_and_resumes_exactly
              INSERT INTO items VALUES (4, 'four', NULL, NULL, NULL, NULL, '2026-01-01T10:00:05Z');"
         ),
     );
-    let tables = vec![table(
+    let tables = vec![poll_table(
         "items",
         PollMode::TimestampIncrementing,
         Some("updated_at"),
@@ -413,7 +362,7 @@ async fn postgres_soft_delete_is_a_delete_and_recent_rows_wait_for_the_delay() {
             (2, 'Wang', NULL, NULL, NULL, false, now() - interval '1 hour');",
     )
     .await;
-    let mut t = table(
+    let mut t = poll_table(
         "public.people",
         PollMode::TimestampIncrementing,
         Some("updated_at"),
@@ -496,7 +445,7 @@ async fn key_diff_deletes_keys_gone_from_the_table_and_seeds_before_images() {
     };
     let mut config = pg_config(
         &db,
-        vec![table(
+        vec![poll_table(
             "homes",
             PollMode::TimestampIncrementing,
             Some("updated_at"),
@@ -568,7 +517,7 @@ async fn key_diff_drops_queued_changes_of_keys_already_gone() {
     );
     let config = sqlite_config(
         &path,
-        vec![table(
+        vec![poll_table(
             "items",
             PollMode::TimestampIncrementing,
             Some("updated_at"),
@@ -599,7 +548,7 @@ async fn sqlite_bulk_yields_changed_rows_only_and_deletes_vanished_keys() {
          INSERT INTO districts VALUES (330102, 'Shangcheng', 200), (330105, 'Gongshu', 300),
                                       (330106, 'Xihu', 100);",
     );
-    let config = sqlite_config(&path, vec![table("districts", PollMode::Bulk, None)]);
+    let config = sqlite_config(&path, vec![poll_table("districts", PollMode::Bulk, None)]);
     let (mut source, _) = started(config, None, vec![]).await;
     let first = until_idle(&mut source, 100).await;
     assert_eq!(
@@ -657,7 +606,7 @@ async fn configuration_errors_name_the_table_and_column() {
     };
     // The timestamp column does not exist.
     let e = start_err(
-        vec![table(
+        vec![poll_table(
             "items",
             PollMode::TimestampIncrementing,
             Some("updated_at"),
@@ -670,11 +619,11 @@ async fn configuration_errors_name_the_table_and_column() {
         "{e}"
     );
     // The table does not exist.
-    let e = start_err(vec![table("nosuch", PollMode::Bulk, None)], None).await;
+    let e = start_err(vec![poll_table("nosuch", PollMode::Bulk, None)], None).await;
     assert!(e.contains("nosuch") && e.contains("does not exist"), "{e}");
     // The incrementing column must be an integer.
     let e = start_err(
-        vec![table(
+        vec![poll_table(
             "tagged",
             PollMode::TimestampIncrementing,
             Some("changed"),
@@ -688,7 +637,7 @@ async fn configuration_errors_name_the_table_and_column() {
     );
     // A position that is not this source's.
     let e = start_err(
-        vec![table("items", PollMode::Bulk, None)],
+        vec![poll_table("items", PollMode::Bulk, None)],
         Some(Position("0/16B3748".into())),
     )
     .await;
@@ -698,7 +647,7 @@ async fn configuration_errors_name_the_table_and_column() {
     let mut c = PollSourceConfig::sqlite(
         "f",
         &path,
-        vec![table("items", PollMode::TimestampIncrementing, None)],
+        vec![poll_table("items", PollMode::TimestampIncrementing, None)],
     );
     let e = c.validate().unwrap_err();
     assert!(
@@ -714,7 +663,7 @@ async fn configuration_errors_name_the_table_and_column() {
         .starts_with("feeds[..].path is required for engine sqlite"));
     let pg = PollSourceConfig {
         database: None,
-        ..PollSourceConfig::postgres("f", "u", "d", vec![table("t", PollMode::Bulk, None)])
+        ..PollSourceConfig::postgres("f", "u", "d", vec![poll_table("t", PollMode::Bulk, None)])
     };
     assert!(pg.validate().unwrap_err().contains("feeds[..].database"));
 
@@ -765,11 +714,11 @@ async fn postgres_unknown_table_and_missing_timestamp_column_are_named() {
     .await;
     for (tables, want) in [
         (
-            vec![table("public.missing", PollMode::Bulk, None)],
+            vec![poll_table("public.missing", PollMode::Bulk, None)],
             vec!["public.missing", "does not exist"],
         ),
         (
-            vec![table(
+            vec![poll_table(
                 "items",
                 PollMode::TimestampIncrementing,
                 Some("updated_at"),
@@ -777,7 +726,7 @@ async fn postgres_unknown_table_and_missing_timestamp_column_are_named() {
             vec!["public.items", "updated_at"],
         ),
         (
-            vec![table(
+            vec![poll_table(
                 "items",
                 PollMode::TimestampIncrementing,
                 Some("changed_on"),
@@ -822,7 +771,7 @@ async fn mysql_datetime_ties_split_by_the_batch_resume_exactly_and_updates_carry
         ],
     )
     .await;
-    let tables = vec![table(
+    let tables = vec![poll_table(
         "items",
         PollMode::TimestampIncrementing,
         Some("updated_at"),
@@ -927,7 +876,7 @@ async fn mysql_timestamp_column_soft_delete_waits_for_the_delay() {
         ],
     )
     .await;
-    let mut t = table(
+    let mut t = poll_table(
         &format!("{db}.people"),
         PollMode::TimestampIncrementing,
         Some("updated_at"),
@@ -993,7 +942,7 @@ async fn mysql_key_diff_deletes_keys_gone_from_the_table() {
     };
     let config = my_config(
         &db,
-        vec![table(
+        vec![poll_table(
             "homes",
             PollMode::TimestampIncrementing,
             Some("updated_at"),
@@ -1074,7 +1023,7 @@ async fn mysql_bulk_reads_mysql_types_and_yields_changes_only() {
         ],
     )
     .await;
-    let config = my_config(&db, vec![table("districts", PollMode::Bulk, None)]);
+    let config = my_config(&db, vec![poll_table("districts", PollMode::Bulk, None)]);
     let (mut source, _) = started(config, None, vec![]).await;
     let first = until_idle(&mut source, 100).await;
     assert_eq!(
@@ -1138,15 +1087,15 @@ async fn mysql_configuration_errors_name_what_to_fix() {
     let items = format!("{db}.items");
     for (t, want) in [
         (
-            table("missing", PollMode::Bulk, None),
+            poll_table("missing", PollMode::Bulk, None),
             vec![format!("{db}.missing"), "does not exist".into()],
         ),
         (
-            table("items", PollMode::TimestampIncrementing, Some("updated_at")),
+            poll_table("items", PollMode::TimestampIncrementing, Some("updated_at")),
             vec![items.clone(), "updated_at".into()],
         ),
         (
-            table("items", PollMode::TimestampIncrementing, Some("changed_on")),
+            poll_table("items", PollMode::TimestampIncrementing, Some("changed_on")),
             vec![
                 items.clone(),
                 "changed_on".into(),
@@ -1154,7 +1103,7 @@ async fn mysql_configuration_errors_name_what_to_fix() {
             ],
         ),
         (
-            table("tagged", PollMode::TimestampIncrementing, Some("changed")),
+            poll_table("tagged", PollMode::TimestampIncrementing, Some("changed")),
             vec![format!("{db}.tagged"), "code".into(), "integer".into()],
         ),
     ] {
@@ -1164,7 +1113,7 @@ async fn mysql_configuration_errors_name_what_to_fix() {
         }
     }
     // A database that does not exist, a user the server does not know.
-    let bulk = || vec![table("items", PollMode::Bulk, None)];
+    let bulk = || vec![poll_table("items", PollMode::Bulk, None)];
     let e = start_err(my_config(&format!("{db}_nosuch"), bulk())).await;
     assert!(e.contains(&format!("{db}_nosuch")), "{e}");
     let mut stranger = my_config(&db, bulk());
@@ -1304,7 +1253,7 @@ async fn poll_positions_reveal_no_column_value_and_order_a_rows_changes_across_r
     );
     let config = sqlite_config(
         &path,
-        vec![table(
+        vec![poll_table(
             "cases",
             PollMode::TimestampIncrementing,
             Some("updated_at"),
@@ -1444,7 +1393,7 @@ async fn poll_positions_order_a_tables_rows_when_it_changes_from_bulk_to_timesta
              INSERT INTO cases VALUES (1, 'opened', '2021-03-04 05:06:07');"
         ),
     );
-    let bulk = sqlite_config(&path, vec![table("cases", PollMode::Bulk, None)]);
+    let bulk = sqlite_config(&path, vec![poll_table("cases", PollMode::Bulk, None)]);
     let (mut a, _) = started(bulk, None, vec![]).await;
     let first = until_idle(&mut a, 100).await;
     assert_eq!(first.ops(), vec![(Op::Create, 1)]);
@@ -1457,7 +1406,7 @@ async fn poll_positions_order_a_tables_rows_when_it_changes_from_bulk_to_timesta
     .unwrap();
     let timed = sqlite_config(
         &path,
-        vec![table(
+        vec![poll_table(
             "cases",
             PollMode::TimestampIncrementing,
             Some("updated_at"),
@@ -1492,31 +1441,13 @@ impl District {
             )),
             District::Postgres(db, _) => Box::new(PostgresSink::new(
                 PostgresSinkConfig {
-                    host: "127.0.0.1".into(),
-                    port: 5432,
-                    user: "postgres".into(),
-                    password: None,
-                    password_env: None,
-                    password_file: None,
-                    sslmode: Default::default(),
-                    ssl_ca_file: None,
-                    database: db.clone(),
                     schema: "public".into(),
+                    ..Target::new(5432, "postgres", None, db).pg_sink()
                 },
                 "d",
             )),
             District::Mariadb(db, _) => Box::new(MysqlSink::new(
-                MysqlSinkConfig {
-                    host: "127.0.0.1".into(),
-                    port: 3306,
-                    user: "root".into(),
-                    password: None,
-                    password_env: None,
-                    password_file: None,
-                    sslmode: Default::default(),
-                    ssl_ca_file: None,
-                    database: db.clone(),
-                },
+                Target::new(3306, "root", None, db).my_sink(),
                 "d",
             )),
         }
@@ -1567,7 +1498,7 @@ async fn poll_positions_are_newer_than_an_earlier_releases_in_districts_tables()
     );
     let config = sqlite_config(
         &path,
-        vec![table(
+        vec![poll_table(
             "cases",
             PollMode::TimestampIncrementing,
             Some("updated_at"),
@@ -1664,7 +1595,7 @@ async fn poll_positions_are_newer_than_an_earlier_releases_in_districts_tables()
         sink.shutdown().await.unwrap();
     }
     my_drop(&my).await;
-    pg_connect("postgres")
+    pg_admin("postgres")
         .await
         .batch_execute(&format!("DROP DATABASE IF EXISTS {pg} WITH (FORCE)"))
         .await

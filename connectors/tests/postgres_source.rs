@@ -4,33 +4,18 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig, TableConfig};
+use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
 use backflow_connectors::Source;
 use backflow_schemas::{Datum, Op, Snapshot};
+use support::{pg_admin, pg_drop, pg_fresh_db, Target};
 use tokio_postgres::NoTls;
 
-async fn connect(db: &str) -> tokio_postgres::Client {
-    let (c, conn) =
-        tokio_postgres::connect(&format!("host=127.0.0.1 user=postgres dbname={db}"), NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh up)");
-    tokio::spawn(conn);
-    c
-}
+mod support;
 
+/// A fresh database `name`, without the slot a feed of it left.
 async fn fresh_db(name: &str) {
-    let admin = connect("postgres").await;
-    let _ = admin
-        .batch_execute(&format!("SELECT pg_drop_replication_slot('backflow_{name}') FROM pg_replication_slots WHERE slot_name = 'backflow_{name}'"))
-        .await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    pg_drop(name, &format!("backflow_{name}")).await;
+    pg_fresh_db(name, "postgres").await;
 }
 
 /// A fresh database `<prefix>_<pid>` with table `items` holding rows
@@ -38,7 +23,7 @@ async fn fresh_db(name: &str) {
 async fn items_db(prefix: &str, rows: i64) -> (String, tokio_postgres::Client) {
     let db = format!("{prefix}_{}", std::process::id());
     fresh_db(&db).await;
-    let c = connect(&db).await;
+    let c = pg_admin(&db).await;
     c.batch_execute(&format!(
         "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
          INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, {rows}) g;"
@@ -49,27 +34,7 @@ async fn items_db(prefix: &str, rows: i64) -> (String, tokio_postgres::Client) {
 }
 
 fn config(db: &str) -> PostgresSourceConfig {
-    PostgresSourceConfig {
-        name: db.into(),
-        host: "127.0.0.1".into(),
-        port: 5432,
-        user: "postgres".into(),
-        password: None,
-        password_env: None,
-        password_file: None,
-        sslmode: Default::default(),
-        ssl_ca_file: None,
-        database: db.into(),
-        tables: vec![TableConfig {
-            table: "public.items".into(),
-            dataset: "test.items".into(),
-        }],
-        slot: None,
-        publication: None,
-        snapshot: Default::default(),
-        replica_identity: Default::default(),
-        snapshot_chunk_rows: 1000,
-    }
+    Target::new(5432, "postgres", None, db).pg_source(db)
 }
 
 fn id_of(key: &backflow_schemas::Row) -> i64 {
@@ -83,7 +48,7 @@ fn id_of(key: &backflow_schemas::Row) -> i64 {
 async fn postgres_source_snapshot_reads_every_row_once_then_streams() {
     let db = format!("bf_src_{}", std::process::id());
     fresh_db(&db).await;
-    let c = connect(&db).await;
+    let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
          INSERT INTO items SELECT g, 'item ' || g, g * 0.5 FROM generate_series(1, 12345) g;",
@@ -210,7 +175,7 @@ async fn postgres_source_reads_every_type_exactly() {
     use backflow_schemas::Decimal;
     let db = format!("bf_types_{}", std::process::id());
     fresh_db(&db).await;
-    let c = connect(&db).await;
+    let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE items (
             id bigint PRIMARY KEY, s smallint, i integer, n numeric(38,10), n0 numeric(20,0),
@@ -417,7 +382,7 @@ async fn postgres_source_lost_slot_after_streaming_names_the_way_out() {
 async fn postgres_source_user_without_replication_says_how_to_fix_it() {
     let db = format!("bf_norepl_{}", std::process::id());
     fresh_db(&db).await;
-    let c = connect(&db).await;
+    let c = pg_admin(&db).await;
     let role = format!("bf_norepl_{}", std::process::id());
     let _ = c
         .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
@@ -502,7 +467,7 @@ async fn postgres_source_wal_level_replica_says_how_to_fix_it() {
 async fn postgres_source_idle_tables_let_the_slot_advance_while_the_database_is_busy() {
     let db = format!("bf_idle_{}", std::process::id());
     fresh_db(&db).await;
-    let c = connect(&db).await;
+    let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
          CREATE TABLE busy (id bigint PRIMARY KEY, payload text);",

@@ -414,10 +414,10 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
             backflow_e2e::share_topic::read(broker.bootstrap(), &share_108, &node.url, admin)
                 .await
                 .unwrap_or_default();
-        if records
-            .iter()
-            .any(|r| r.after().is_some_and(|a| a["id"] == 2 && a["name"] == "王*"))
-        {
+        if records.iter().any(|r| {
+            r.after()
+                .is_some_and(|a| a["id"] == 2 && a["name"] == "王*")
+        }) {
             break;
         }
         assert!(

@@ -359,12 +359,6 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
         wanted(
             "backflow.sdlq.330106.",
             Resource::Topic,
-            Operation::Create,
-            Pattern::Prefixed,
-        ),
-        wanted(
-            "backflow.sdlq.330106.",
-            Resource::Topic,
             Operation::Describe,
             Pattern::Prefixed,
         ),

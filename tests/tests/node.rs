@@ -51,7 +51,10 @@ async fn node_metrics_are_prometheus_text_with_backflow_names() {
         ),
         "{body}"
     );
-    assert!(backflow_e2e::has_series(&body, "backflow_kafka_broker_reachable 1"), "{body}");
+    assert!(
+        backflow_e2e::has_series(&body, "backflow_kafka_broker_reachable 1"),
+        "{body}"
+    );
     assert!(
         body.contains("# TYPE backflow_kafka_produced_records_total counter"),
         "{body}"

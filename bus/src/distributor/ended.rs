@@ -22,6 +22,10 @@
 //! - Each deletion is on the audit trail (`share topic deleted`), counted by
 //!   `backflow_share_topics_deleted_total` and logged (topic names only).
 //!
+//! A child node's dead-letter topics (`<prefix>sdlq.<code>.`) hold rows as
+//! they were shared with it too: they are deleted once none of its
+//! subscriptions is in force and every one of them is past its grace.
+//!
 //! The embedded broker of the demo deletes nothing.
 
 use std::time::Duration;
@@ -105,6 +109,33 @@ pub fn due(st: &CatalogState, config_shares: &[ShareConfig], now_ms: i64) -> Vec
     out
 }
 
+/// The child nodes whose dead-letter topics are due: those with a
+/// subscription in the catalog, none in force, and every one out of force
+/// past its grace (none of their share topics still kept).
+pub fn dead_letters_due(
+    st: &CatalogState,
+    config_shares: &[ShareConfig],
+    now_ms: i64,
+) -> Vec<String> {
+    let due_topics: std::collections::BTreeSet<String> = due(st, config_shares, now_ms)
+        .into_iter()
+        .map(|d| d.topic)
+        .collect();
+    let mut codes: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
+    for s in st.subscriptions.values() {
+        let gone = due_topics.contains(&topics::share(&s.subscriber, &s.dataset));
+        let all = codes.entry(s.subscriber.as_str()).or_insert(true);
+        *all &= gone;
+    }
+    codes
+        .into_iter()
+        .filter(|(code, all_gone)| {
+            *all_gone && !config_shares.iter().any(|c| c.subscriber.as_str() == *code)
+        })
+        .map(|(code, _)| format!("{}sdlq.{code}.", topics::prefix()))
+        .collect()
+}
+
 /// What the sweep works with.
 pub struct Sweeper {
     pub admin: TopicAdmin,
@@ -123,10 +154,37 @@ impl Sweeper {
             .await;
     }
 
-    /// Deletes the share topics due now.
+    /// Deletes the share topics due now, and the dead-letter topics of
+    /// child nodes left with nothing.
     async fn round(&self) {
         let st = self.catalog.state().await.clone();
-        let due = due(&st, &self.config_shares, backflow_connectors::now_ms());
+        let now = backflow_connectors::now_ms();
+        for prefix in dead_letters_due(&st, &self.config_shares, now) {
+            let deleted = match self.admin.names_with_prefix(&prefix).await {
+                Ok(names) if names.is_empty() => continue,
+                Ok(names) => self.admin.delete(&names).await,
+                Err(e) => Err(e),
+            };
+            match deleted {
+                Ok(names) => {
+                    for topic in names {
+                        self.metrics.share_topics_deleted.inc();
+                        tracing::info!(%topic, "dead-letter topic of a child node with no share left deleted");
+                        self.audit(json!({
+                            "action": "dead-letter topic deleted",
+                            "topic": topic,
+                            "reason": "the child node has no share in force and its grace periods passed",
+                            "by": "system",
+                        }))
+                        .await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "deleting a child node's dead-letter topics failed; retrying")
+                }
+            }
+        }
+        let due = due(&st, &self.config_shares, now);
         if due.is_empty() {
             return;
         }
@@ -146,7 +204,7 @@ impl Sweeper {
     async fn deleted(&self, d: &Due) {
         self.metrics.share_topics_deleted.inc();
         tracing::info!(topic = %d.topic, subscription = %d.subscription, grace_hours = d.grace_hours, "share topic of an ended subscription deleted");
-        let details = json!({
+        self.audit(json!({
             "action": "share topic deleted",
             "subscription": d.subscription,
             "topic": d.topic,
@@ -154,9 +212,13 @@ impl Sweeper {
             "grace_hours": d.grace_hours,
             "reason": "the subscription ended and the dataset's grace period passed",
             "by": "system",
-        });
+        }))
+        .await;
+    }
+
+    async fn audit(&self, details: serde_json::Value) {
         if let Err(e) = self.auditor.append("decision", details).await {
-            tracing::warn!(error = %e, "the share topic deletion could not be written to the audit trail");
+            tracing::warn!(error = %e, "a topic deletion could not be written to the audit trail");
         }
     }
 }
@@ -277,6 +339,37 @@ mod tests {
             &[("330105", SubscriptionState::Active, old, Some(NOW - HOUR))],
         );
         assert!(due(&st, &[], NOW).is_empty());
+    }
+
+    #[test]
+    fn a_child_nodes_dead_letters_go_when_all_its_shares_are_gone() {
+        let old = NOW - 48 * HOUR;
+        let ended = state(Some(0), &[("330106", revoked(), old, None)]);
+        assert_eq!(
+            dead_letters_due(&ended, &[], NOW),
+            ["backflow.sdlq.330106."]
+        );
+        // Another share of the node in force, or one still in its grace,
+        // keeps them.
+        let mut with_active = ended.clone();
+        let mut other = with_active.subscriptions["330106:ga.people"].clone();
+        other.id = "330106:ga.cars".into();
+        other.dataset = "ga.cars".into();
+        other.state = SubscriptionState::Active;
+        with_active.subscriptions.insert(other.id.clone(), other);
+        assert!(dead_letters_due(&with_active, &[], NOW).is_empty());
+        let recent = state(None, &[("330106", revoked(), NOW - HOUR, None)]);
+        assert!(dead_letters_due(&recent, &[], NOW).is_empty());
+        let failed = state(
+            Some(0),
+            &[(
+                "330106",
+                SubscriptionState::Failed { reason: "r".into() },
+                old,
+                None,
+            )],
+        );
+        assert!(dead_letters_due(&failed, &[], NOW).is_empty());
     }
 
     #[test]

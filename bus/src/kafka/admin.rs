@@ -188,6 +188,19 @@ impl TopicAdmin {
 }
 
 impl TopicAdmin {
+    /// The topics whose names start with `prefix` (none on the embedded
+    /// broker).
+    pub async fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, KafkaError> {
+        let TopicAdmin::Kafka { settings, .. } = self else {
+            return Ok(Vec::new());
+        };
+        Ok(super::topic_names(settings)
+            .await?
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
     /// Deletes each of `names` that exists. Returns the names it deleted.
     /// The embedded broker (the demo's, in memory) deletes nothing.
     pub async fn delete(&self, names: &[String]) -> Result<Vec<String>, KafkaError> {

@@ -227,7 +227,7 @@ async fn run_on(
                 }
                 .run(shutdown.clone()),
             );
-            Some((admin, in_force))
+            Some((admin, in_force, Arc::new(TopicAdmin::new(&settings)?)))
         } else {
             None
         };
@@ -468,7 +468,11 @@ impl ControlPlane {
     fn router(
         self,
         config: &Config,
-        kafka_acls: Option<(Arc<crate::kafka::acl::AclAdmin>, crate::acls::AclsInForce)>,
+        kafka_acls: Option<(
+            Arc<crate::kafka::acl::AclAdmin>,
+            crate::acls::AclsInForce,
+            Arc<TopicAdmin>,
+        )>,
     ) -> axum::Router {
         let mut api = crate::control::api::ApiState::new(
             self.state.catalog,
@@ -487,8 +491,13 @@ impl ControlPlane {
         .with_config_shares(config.shares.clone())
         .with_upper(self.upper)
         .with_holder_reports(self.holder_reports);
-        if let Some((admin, in_force)) = kafka_acls {
-            api = api.with_kafka_acls(admin, in_force, config.kafka.own_principal());
+        if let Some((admin, in_force, topics)) = kafka_acls {
+            api = api.with_kafka_acls(
+                admin,
+                in_force,
+                config.kafka.own_principal(),
+                (topics, config.kafka.replication_factor),
+            );
         }
         crate::control::api::router(api).merge(crate::control::dashboard::router())
     }

@@ -82,6 +82,9 @@ pub struct ApiState {
     acls_in_force: crate::acls::AclsInForce,
     /// This node's own Kafka principal, which no child node may take.
     own_kafka_principal: Option<String>,
+    /// Creates the child nodes' dead-letter topics (they may not), with
+    /// the replication factor of the node's topics.
+    dead_letters: Option<(std::sync::Arc<crate::kafka::TopicAdmin>, i32)>,
 }
 
 impl ApiState {
@@ -115,6 +118,7 @@ impl ApiState {
             acl_admin: None,
             acls_in_force: Default::default(),
             own_kafka_principal: None,
+            dead_letters: None,
         }
     }
 
@@ -124,10 +128,12 @@ impl ApiState {
         admin: std::sync::Arc<crate::kafka::acl::AclAdmin>,
         in_force: crate::acls::AclsInForce,
         own_principal: Option<String>,
+        dead_letters: (std::sync::Arc<crate::kafka::TopicAdmin>, i32),
     ) -> Self {
         self.acl_admin = Some(admin);
         self.acls_in_force = in_force;
         self.own_kafka_principal = own_principal;
+        self.dead_letters = Some(dead_letters);
         self
     }
 
