@@ -51,11 +51,12 @@ apt_install() {
 # ------------------------------------------------------- database TLS certs
 # Both test databases offer TLS with a certificate for IP 127.0.0.1 (and no
 # DNS name, so a client that connects to "localhost" under verify-full is
-# refused: the tests use that). Made once with openssl into $STATE/db-tls:
+# refused: the tests use that). Made once with openssl into $CACHE/db-tls
+# (one set per machine, as the servers are: every checkout's tests find it):
 #   ca.crt        the CA that signs the servers' certificate (clients trust it)
 #   other-ca.crt  a CA that signed nothing here (clients that trust only it fail)
 #   server.crt/.key  copied to where each server may read its key
-DB_TLS=$STATE/db-tls
+DB_TLS=$CACHE/db-tls
 PG_TLS_DIR=/var/lib/postgresql/backflow-tls
 MARIADB_TLS_DIR=/etc/mysql/backflow-tls
 
@@ -82,16 +83,16 @@ db_tls_certs() {
 }
 
 # install_server_tls DIR OWNER: the server certificate and key where OWNER
-# (and only OWNER) reads them.
+# (and only OWNER) reads them; succeeds when they changed (the server must
+# then read them again).
 install_server_tls() {
   local dir=$1 owner=$2
   mkdir -p "$dir"
-  if ! cmp -s "$DB_TLS/server.crt" "$dir/server.crt"; then
-    install -m 0644 -o "$owner" "$DB_TLS/server.crt" "$dir/server.crt"
-    install -m 0644 -o "$owner" "$DB_TLS/ca.crt" "$dir/ca.crt"
-    install -m 0600 -o "$owner" "$DB_TLS/server.key" "$dir/server.key"
-  fi
   chown "$owner" "$dir" && chmod 0700 "$dir"
+  cmp -s "$DB_TLS/server.crt" "$dir/server.crt" && return 1
+  install -m 0644 -o "$owner" "$DB_TLS/server.crt" "$dir/server.crt"
+  install -m 0644 -o "$owner" "$DB_TLS/ca.crt" "$dir/ca.crt"
+  install -m 0600 -o "$owner" "$DB_TLS/server.key" "$dir/server.key"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -133,8 +134,9 @@ postgres_up() {
     done
     pg_local -c 'select pg_reload_conf()' >/dev/null
   fi
-  install_server_tls "$PG_TLS_DIR" postgres
-  if [ "$(pg_tcp -c 'show ssl')" != on ] || [ "$(pg_tcp -c 'show ssl_cert_file')" != "$PG_TLS_DIR/server.crt" ]; then
+  local new_cert=0
+  install_server_tls "$PG_TLS_DIR" postgres && new_cert=1
+  if [ $new_cert = 1 ] || [ "$(pg_tcp -c 'show ssl')" != on ] || [ "$(pg_tcp -c 'show ssl_cert_file')" != "$PG_TLS_DIR/server.crt" ]; then
     log "turning on TLS (ssl = on, $PG_TLS_DIR)"
     pg_tcp -c 'ALTER SYSTEM SET ssl = on' \
       -c "ALTER SYSTEM SET ssl_cert_file = '$PG_TLS_DIR/server.crt'" \
@@ -214,7 +216,8 @@ ssl_key           = /etc/mysql/backflow-tls/server.key
 ssl_ca            = /etc/mysql/backflow-tls/ca.crt
 EOF
 )
-  install_server_tls "$MARIADB_TLS_DIR" mysql
+  local new_cert=0
+  install_server_tls "$MARIADB_TLS_DIR" mysql && new_cert=1
   if [ ! -f "$MARIADB_CNF" ] || [ "$(cat "$MARIADB_CNF")" != "$want" ]; then
     printf '%s\n' "$want" >"$MARIADB_CNF"
   fi
@@ -237,6 +240,10 @@ EOF
     wait_until "MariaDB to stop" 60 bash -c '! pgrep -x mariadbd'
     mariadb_start
     [ "$(my_binlog)" = "1 ROW FULL 1" ] || die "MariaDB binlog settings not applied: $(my_binlog)"
+  fi
+  if [ $new_cert = 1 ]; then
+    log "MariaDB reads its new TLS certificate (FLUSH SSL)"
+    my_tcp -e 'FLUSH SSL'
   fi
   my_tcp -e 'create database if not exists test'
 }

@@ -4,7 +4,7 @@
 //! error that names the fix.
 //!
 //! `scripts/services.sh` gives the test PostgreSQL and MariaDB a certificate
-//! for IP 127.0.0.1 signed by `.services/db-tls/ca.crt`, and lets the role
+//! for IP 127.0.0.1 signed by `~/.cache/backflow/db-tls/ca.crt`, and lets the role
 //! `bf_tls` (created here) log in only over TLS: that these connections
 //! work at all proves they were encrypted. `other-ca.crt` signed nothing.
 

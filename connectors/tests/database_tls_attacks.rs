@@ -10,7 +10,7 @@
 //! authentication with a trailing byte, a switch to a plugin the driver
 //! panics on, a server silent mid-handshake, a CA "file" that never ends.
 //!
-//! The fake servers that must pass `verify-full` hold `.services/db-tls`'s
+//! The fake servers that must pass `verify-full` hold `~/.cache/backflow/db-tls`'s
 //! server certificate (IP 127.0.0.1, signed by `ca.crt`): a hostile server
 //! that holds a valid certificate is exactly the case the module docs name
 //! ("a password in clear inside TLS reaches the certificate's holder").
@@ -149,7 +149,7 @@ where
 
 #[derive(Clone, Copy, Debug)]
 enum Cert {
-    /// `.services/db-tls/server.crt`: IP 127.0.0.1, signed by `ca.crt`.
+    /// `~/.cache/backflow/db-tls/server.crt`: IP 127.0.0.1, signed by `ca.crt`.
     Trusted,
     /// Self-signed, IP 127.0.0.1: chains to nothing the client trusts.
     SelfSigned,

@@ -972,9 +972,11 @@ impl Drop for Node {
 /// The CA (PEM) that signs the test PostgreSQL's and MariaDB's TLS
 /// certificates (made by `scripts/services.sh`).
 pub fn db_ca_file() -> PathBuf {
-    let dir = std::env::var_os("BACKFLOW_SERVICES_DIR")
+    // scripts/services.sh keeps them in its cache, one set per machine.
+    let dir = std::env::var_os("BACKFLOW_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"));
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/backflow")))
+        .expect("HOME or BACKFLOW_CACHE");
     let ca = dir.join("db-tls/ca.crt");
     assert!(
         ca.exists(),

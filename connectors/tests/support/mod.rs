@@ -141,12 +141,14 @@ pub async fn my_items_db(root: &mut mysql_async::Conn, db: &str) {
     .unwrap();
 }
 
-/// The path of `name` in `.services/db-tls` (under `BACKFLOW_SERVICES_DIR`
-/// when set), which `scripts/services.sh up` makes.
+/// The path of `name` in the `db-tls` folder `scripts/services.sh up` makes
+/// (in `BACKFLOW_CACHE`, by default `~/.cache/backflow`).
 pub fn tls_file(name: &str) -> String {
-    let dir = std::env::var_os("BACKFLOW_SERVICES_DIR")
+    // scripts/services.sh keeps them in its cache, one set per machine.
+    let dir = std::env::var_os("BACKFLOW_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.services"));
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/backflow")))
+        .expect("HOME or BACKFLOW_CACHE");
     let path = dir.join("db-tls").join(name);
     assert!(
         path.exists(),
