@@ -278,6 +278,12 @@ enum DatasetsCommand {
 enum SubscriptionsCommand {
     /// List the subscriptions the token may see.
     List,
+    /// Show one subscription: its grant, state, and (when the node manages
+    /// Kafka ACLs) the ACLs in force on its share topic.
+    Show {
+        /// Subscription id, <subscriber>:<dataset>.
+        id: String,
+    },
     /// Request a subscription.
     Request {
         /// Subscriber node code.
@@ -502,6 +508,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (path, body) = match command {
                 SubscriptionsCommand::List => {
                     return api_call(api, "GET", "/api/subscriptions", None)
+                }
+                SubscriptionsCommand::Show { id } => {
+                    return api_call(api, "GET", &format!("/api/subscriptions/{id}"), None)
                 }
                 SubscriptionsCommand::Request {
                     subscriber,

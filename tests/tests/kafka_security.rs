@@ -382,6 +382,19 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
         Some(2),
         "the subscription shows its ACLs: {sub}"
     );
+    // So does the CLI.
+    let shown = backflow_e2e::backflow()
+        .args(["subscriptions", "show", "330106:ga.people"])
+        .args(["--url", &s.node.url, "--token", GA, "--ca-file"])
+        .arg(s.broker.ca_file())
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("kafka_acls") && shown.contains(mine),
+        "{shown}"
+    );
 
     // The district's own subscriber, set up with what the node issued,
     // receives its residents and nobody else's.

@@ -6,6 +6,7 @@ pub mod acl;
 mod admin;
 mod consumer;
 mod embedded;
+pub mod follow;
 mod publisher;
 
 use serde::{Deserialize, Serialize};

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::Schema;
-use tokio::sync::{watch, RwLock, RwLockReadGuard};
+use tokio::sync::{RwLock, RwLockReadGuard};
 use tokio_util::sync::CancellationToken;
 
 pub use compat::Level;
@@ -112,8 +112,8 @@ pub struct Registry {
 
 struct Inner {
     state: RwLock<RegistryState>,
-    /// Offset of the last applied record (-1: none).
-    applied: watch::Sender<i64>,
+    /// Offset of the last applied record.
+    applied: crate::kafka::follow::Applied,
     publisher: Publisher,
     watermarks: Watermarks,
     /// Serializes this process's writes; other nodes are ordered by the log.
@@ -134,10 +134,9 @@ impl Registry {
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), KafkaError> {
         let consumer = Consumer::follow(settings, topics::schemas(), 0)?;
-        let (applied, _) = watch::channel(-1);
         let inner = Arc::new(Inner {
             state: RwLock::new(RegistryState::default()),
-            applied,
+            applied: Default::default(),
             publisher,
             watermarks: Watermarks::new(settings)?,
             writer: tokio::sync::Mutex::new(()),
@@ -167,23 +166,22 @@ impl Registry {
 
     /// Waits until every record written before this call is applied.
     pub async fn caught_up(&self) -> Result<(), RegistryError> {
-        let high = self
-            .inner
-            .watermarks
-            .high(topics::schemas(), 0)
+        let end = crate::kafka::follow::Applied::end_of(&self.inner.watermarks, topics::schemas())
             .await
             .map_err(RegistryError::store)?;
-        self.wait_applied(high - 1, "reading the schemas topic")
-            .await
+        self.wait_applied(end, "reading the schemas topic").await
     }
 
     async fn wait_applied(&self, offset: i64, what: &str) -> Result<(), RegistryError> {
-        let mut rx = self.inner.applied.subscribe();
-        tokio::time::timeout(self.inner.timeout, rx.wait_for(|a| *a >= offset))
+        use crate::kafka::follow::NotApplied;
+        self.inner
+            .applied
+            .wait_for(offset, self.inner.timeout)
             .await
-            .map_err(|_| RegistryError::timeout(what))?
-            .map_err(|_| RegistryError::store("the schemas follower stopped"))?;
-        Ok(())
+            .map_err(|e| match e {
+                NotApplied::TimedOut => RegistryError::timeout(what),
+                NotApplied::Stopped => RegistryError::store("the schemas follower stopped"),
+            })
     }
 
     /// Appends a record and waits until this node has applied it.
@@ -389,34 +387,38 @@ fn rand_below(n: u64) -> u64 {
 
 /// Applies `backflow._schemas` records as they arrive.
 async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationToken) {
-    loop {
-        let record = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = consumer.recv() => r,
+    let follower = Follower(inner.clone());
+    crate::kafka::follow::follow(
+        consumer,
+        topics::schemas(),
+        &inner.applied,
+        follower,
+        shutdown,
+    )
+    .await;
+}
+
+/// The registry's side of following its topic: each log record applied to
+/// the state, or skipped (a refused proposal, an unreadable record).
+struct Follower(Arc<Inner>);
+
+impl crate::kafka::follow::Apply for Follower {
+    async fn apply(&mut self, record: crate::kafka::ConsumedRecord) {
+        let Some(payload) = &record.payload else {
+            return;
         };
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the schemas topic failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        if let Some(payload) = &record.payload {
-            match serde_json::from_slice::<LogRecord>(payload) {
-                Ok(entry) => {
-                    if let Err(reason) = inner.state.write().await.apply(&entry) {
-                        tracing::debug!(offset = record.offset, %reason, "schemas log record rejected");
-                    }
+        match serde_json::from_slice::<LogRecord>(payload) {
+            Ok(entry) => {
+                if let Err(reason) = self.0.state.write().await.apply(&entry) {
+                    tracing::debug!(offset = record.offset, %reason, "schemas log record rejected");
                 }
-                Err(e) => tracing::warn!(
-                    offset = record.offset,
-                    error = %e,
-                    "skipping unreadable record in the schemas topic"
-                ),
             }
+            Err(e) => tracing::warn!(
+                offset = record.offset,
+                error = %e,
+                "skipping unreadable record in the schemas topic"
+            ),
         }
-        inner.applied.send_replace(record.offset);
     }
 }
 

@@ -863,7 +863,7 @@ pub struct Catalog {
 
 struct Inner {
     state: RwLock<CatalogState>,
-    applied: watch::Sender<i64>,
+    applied: crate::kafka::follow::Applied,
     /// Bumped after every applied record: the distributor restarts on it.
     changed: watch::Sender<u64>,
     publisher: Publisher,
@@ -893,7 +893,7 @@ impl Inner {
     ) -> Result<Self, KafkaError> {
         Ok(Inner {
             state: RwLock::new(CatalogState::default()),
-            applied: watch::channel(-1).0,
+            applied: Default::default(),
             changed: watch::channel(0).0,
             publisher,
             watermarks: Watermarks::new(settings)?,
@@ -960,8 +960,9 @@ impl Catalog {
 
     /// Waits until everything written before the call is applied.
     pub async fn caught_up(&self) -> Result<(), KafkaError> {
-        let high = self.inner.watermarks.high(topics::catalog(), 0).await?;
-        self.wait_applied(high - 1).await
+        let end = crate::kafka::follow::Applied::end_of(&self.inner.watermarks, topics::catalog())
+            .await?;
+        self.wait_applied(end).await
     }
 
     /// Runs `round` every `every` until `shutdown`, the first time once
@@ -995,18 +996,19 @@ impl Catalog {
     }
 
     async fn wait_applied(&self, offset: i64) -> Result<(), KafkaError> {
-        let mut rx = self.inner.applied.subscribe();
-        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|a| *a >= offset))
+        use crate::kafka::follow::NotApplied;
+        self.inner
+            .applied
+            .wait_for(offset, Duration::from_secs(30))
             .await
-            .map_err(|_| KafkaError::Admin {
+            .map_err(|e| KafkaError::Admin {
                 topic: topics::catalog().to_owned(),
-                reason: "not applied within 30 s".to_owned(),
-            })?
-            .map_err(|_| KafkaError::Admin {
-                topic: topics::catalog().to_owned(),
-                reason: "the catalog follower stopped".to_owned(),
-            })?;
-        Ok(())
+                reason: match e {
+                    NotApplied::TimedOut => "not applied within 30 s",
+                    NotApplied::Stopped => "the catalog follower stopped",
+                }
+                .to_owned(),
+            })
     }
 
     /// Writes a record and waits until it is applied here.
@@ -1164,34 +1166,44 @@ fn current_record(st: &CatalogState, key: &str) -> Option<CatalogRecord> {
 /// rejected landed on that key.
 const REASSERT_EVERY: Duration = Duration::from_secs(10);
 
+/// The catalog's side of following its topic: each record checked
+/// (signature, replay, sealed key) and applied or rejected.
+struct Follower {
+    inner: Arc<Inner>,
+    reasserted: std::collections::HashMap<Vec<u8>, tokio::time::Instant>,
+    /// Records rejected while reading what the topic held at start, by key:
+    /// reported once the topic is read, unless a record of the node's own
+    /// came later on the same key (then compaction drops them, and they
+    /// were reported when they were new; e.g. records signed with a key the
+    /// node has since dropped, written again under its current one).
+    held_back: std::collections::BTreeMap<Vec<u8>, (i64, &'static str)>,
+    /// The offset of the topic's last record when following began.
+    history_end: i64,
+}
+
 async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationToken) {
-    let mut reasserted: std::collections::HashMap<Vec<u8>, tokio::time::Instant> =
-        std::collections::HashMap::new();
-    // Records rejected while reading what the topic held at start, by key:
-    // reported once the topic is read, unless a record of the node's own
-    // came later on the same key (then compaction drops them, and they were
-    // reported when they were new; e.g. records signed with a key the node
-    // has since dropped, written again under its current one).
-    let history_end = inner
-        .watermarks
-        .high(topics::catalog(), 0)
+    let history_end = crate::kafka::follow::Applied::end_of(&inner.watermarks, topics::catalog())
         .await
-        .map_or(-1, |h| h - 1);
-    let mut held_back: std::collections::BTreeMap<Vec<u8>, (i64, &'static str)> =
-        std::collections::BTreeMap::new();
-    loop {
-        let record = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = consumer.recv() => r,
-        };
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the catalog topic failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
+        .unwrap_or(-1);
+    let follower = Follower {
+        inner: inner.clone(),
+        reasserted: Default::default(),
+        held_back: Default::default(),
+        history_end,
+    };
+    crate::kafka::follow::follow(
+        consumer,
+        topics::catalog(),
+        &inner.applied,
+        follower,
+        shutdown,
+    )
+    .await;
+}
+
+impl crate::kafka::follow::Apply for Follower {
+    async fn apply(&mut self, record: crate::kafka::ConsumedRecord) {
+        let inner = &self.inner;
         let key = record.key.clone().unwrap_or_default();
         let verdict = match &record.payload {
             // The node never deletes a catalog key.
@@ -1225,7 +1237,7 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
         };
         match verdict {
             Ok((at, current, r)) => {
-                held_back.remove(&key);
+                self.held_back.remove(&key);
                 {
                     let mut stale = inner.stale.lock().expect("not poisoned");
                     if current {
@@ -1240,17 +1252,16 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
                 inner.state.write().await.apply(r);
                 inner.changed.send_modify(|n| *n += 1);
             }
-            Err(why) if record.offset < history_end => {
-                held_back.insert(key, (record.offset, why));
+            Err(why) if record.offset < self.history_end => {
+                self.held_back.insert(key, (record.offset, why));
             }
-            Err(why) => reject(&inner, &mut reasserted, key, record.offset, why),
+            Err(why) => reject(inner, &mut self.reasserted, key, record.offset, why),
         }
-        if record.offset >= history_end {
-            for (key, (offset, why)) in std::mem::take(&mut held_back) {
-                reject(&inner, &mut reasserted, key, offset, why);
+        if record.offset >= self.history_end {
+            for (key, (offset, why)) in std::mem::take(&mut self.held_back) {
+                reject(inner, &mut self.reasserted, key, offset, why);
             }
         }
-        inner.applied.send_replace(record.offset);
     }
 }
 
