@@ -1202,6 +1202,17 @@ impl Check<'_> {
                 });
             }
         }
+        if c.kafka.manage_acls && c.kafka.own_principal().is_none() {
+            return Err(ConfigError::BadValue {
+                key: "kafka.principal".to_owned(),
+                origin: self.origin(""),
+                reason: if c.kafka.uses_client_certificate() {
+                    "with manage_acls over mutual TLS, name the node's own principal as the brokers name its certificate (e.g. \"User:CN=backflow-330100,O=gov\"), so that no child node can be given it".to_owned()
+                } else {
+                    "with manage_acls the node must know its own principal, so that no child node can be given it: log in with SASL (kafka.properties \"sasl.username\") or set kafka.principal".to_owned()
+                },
+            });
+        }
         if c.kafka.manage_acls && c.kafka.brokers.is_none() {
             return Err(ConfigError::BadValue {
                 key: "kafka.manage_acls".to_owned(),
@@ -1591,6 +1602,28 @@ mod tests {
         for secret in ["node-secret-1", "upstream-secret-2", "registry-token-3"] {
             assert!(!shown.contains(secret), "{secret} shows in {shown}");
         }
+    }
+
+    #[test]
+    fn managing_acls_needs_the_nodes_own_principal() {
+        // Mutual TLS: the principal comes from the certificate, which the
+        // node cannot name by itself.
+        let mtls = "[kafka]\nbrokers = \"a:9093\"\nmanage_acls = true\n\
+                    properties = { \"security.protocol\" = \"SSL\" }\n";
+        let err = Config::load_with_env(Some(file(mtls).path()), no_env()).unwrap_err();
+        assert_eq!(err.key(), Some("kafka.principal"), "{err}");
+        assert!(err.to_string().contains("mutual TLS"), "{err}");
+        let named = format!("{mtls}principal = \"User:CN=backflow-330100\"\n");
+        let cfg = Config::load_with_env(Some(file(&named).path()), no_env()).unwrap();
+        assert_eq!(
+            cfg.kafka.own_principal().as_deref(),
+            Some("User:CN=backflow-330100")
+        );
+        // SASL: its user name.
+        let sasl = "[kafka]\nbrokers = \"a:9093\"\nmanage_acls = true\n\
+                    properties = { \"sasl.username\" = \"node\" }\n";
+        let cfg = Config::load_with_env(Some(file(sasl).path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.own_principal().as_deref(), Some("User:node"));
     }
 
     #[test]

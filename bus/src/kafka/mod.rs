@@ -184,15 +184,31 @@ pub struct KafkaConfig {
     /// authorizer, on which the node's principal may manage ACLs and
     /// SCRAM credentials. Default off.
     pub manage_acls: bool,
+    /// The node's own principal as the brokers name it, which no child
+    /// node may be given: needed with `manage_acls` over mutual TLS (e.g.
+    /// `User:CN=backflow-330100,O=gov`, as the brokers' principal builder
+    /// names the node's certificate); with SASL it is
+    /// `User:<sasl.username>` unless set.
+    pub principal: Option<String>,
 }
 
 impl KafkaConfig {
-    /// The node's own principal on the cluster, when it logs in by SASL
-    /// (`User:<sasl.username>`).
+    /// The node's own principal on the cluster: `principal`, else
+    /// `User:<sasl.username>` when it logs in by SASL.
     pub fn own_principal(&self) -> Option<String> {
+        self.principal.clone().or_else(|| {
+            self.properties
+                .get("sasl.username")
+                .map(|u| format!("User:{u}"))
+        })
+    }
+
+    /// Whether the node logs in with a client certificate (mutual TLS, no
+    /// SASL), so its principal comes from the certificate.
+    pub fn uses_client_certificate(&self) -> bool {
         self.properties
-            .get("sasl.username")
-            .map(|u| format!("User:{u}"))
+            .get("security.protocol")
+            .is_some_and(|p| p.eq_ignore_ascii_case("SSL"))
     }
 }
 
@@ -211,6 +227,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
             manage_acls: false,
+            principal: None,
         }
     }
 }
@@ -261,6 +278,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("properties", &PropertyNames(&self.properties))
             .field("properties_env", &self.properties_env)
             .field("manage_acls", &self.manage_acls)
+            .field("principal", &self.principal)
             .finish_non_exhaustive()
     }
 }
