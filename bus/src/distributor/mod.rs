@@ -1206,7 +1206,7 @@ impl Backfills {
             let abort = self.tasks.spawn(async move {
                 let mut restarts = crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
                 loop {
-                    restarts.started();
+                    let attempt = restarts.begin();
                     let retry = match backfill_and_join(
                         &share_t,
                         &ctx,
@@ -1221,7 +1221,7 @@ impl Backfills {
                         Ok((records, how)) => return (id, records, how),
                         Err(e) => {
                             use crate::domain::restart::Kind;
-                            let retry = restarts.failed(e.kind());
+                            let retry = attempt.failed(e.kind());
                             ctx.metrics.distributor_restarts.inc();
                             tracing::error!(subscription = %id, error = %e, kind = retry.label(), retry_in = ?retry.wait, "backfill failed");
                             retry
@@ -1366,19 +1366,19 @@ pub async fn supervise(
             .follow(&pending, &shares, &deps.ctx, &deps.auditor, &deps.shutdown);
         let mut failed = None;
         if !shares.is_empty() {
-            restarts.started();
+            let attempt = restarts.begin();
             match deps
                 .run_until_changed(&shares, &mut events, &mut state, &mut join_requests)
                 .await
             {
                 Ok(()) if deps.shutdown.is_cancelled() => break,
                 Ok(()) => {
-                    restarts.ended_well();
+                    attempt.ended_well();
                     continue;
                 }
                 Err(e) => {
                     use crate::domain::restart::Kind;
-                    let retry = restarts.failed(e.kind());
+                    let retry = attempt.failed(e.kind());
                     deps.ctx.metrics.distributor_restarts.inc();
                     tracing::error!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "distributor failed");
                     failed = Some(retry.wait);

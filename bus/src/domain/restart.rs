@@ -114,7 +114,7 @@ impl Retry {
 }
 
 impl Restarts {
-    /// No failure yet; the first run starts now.
+    /// No failure yet.
     pub fn new(policy: Policy) -> Self {
         Self {
             policy,
@@ -123,30 +123,43 @@ impl Restarts {
         }
     }
 
-    /// A run starts now.
-    pub fn started(&mut self) {
+    /// A run starts now; how it ended is told to the [`Attempt`], which
+    /// is the only way to count a failure, so no loop can count one for a
+    /// run it did not begin (and measure its healthy stretch from the
+    /// wrong start).
+    pub fn begin(&mut self) -> Attempt<'_> {
         self.started = tokio::time::Instant::now();
+        Attempt(self)
+    }
+}
+
+/// One run of a component, from [`Restarts::begin`] to its verdict. A run
+/// stopped by shutdown is just dropped.
+#[must_use = "a run ends with ended_well() or failed()"]
+pub struct Attempt<'a>(&'a mut Restarts);
+
+impl Attempt<'_> {
+    /// The run ended without an error (a configuration change, a
+    /// reassignment): the next failure starts the backoff over.
+    pub fn ended_well(self) {
+        self.0.next = self.0.policy.first;
     }
 
-    /// The run that started last ended without an error (a configuration
-    /// change, a reassignment): the next failure starts the backoff over.
-    pub fn ended_well(&mut self) {
-        self.next = self.policy.first;
-    }
-
-    /// The run that started last failed with an error of `kind`.
-    pub fn failed(&mut self, kind: ErrorKind) -> Retry {
-        if self.started.elapsed() >= self.policy.healthy {
-            self.next = self.policy.first;
+    /// The run failed with an error of `kind`: how long to wait before
+    /// the next.
+    pub fn failed(self, kind: ErrorKind) -> Retry {
+        let r = self.0;
+        if r.started.elapsed() >= r.policy.healthy {
+            r.next = r.policy.first;
         }
         match kind {
             ErrorKind::Transient => {
-                let wait = self.next;
-                self.next = (self.next * 2).min(self.policy.max);
+                let wait = r.next;
+                r.next = (r.next * 2).min(r.policy.max);
                 Retry { wait, kind }
             }
             ErrorKind::Definite | ErrorKind::BadRecord => Retry {
-                wait: self.policy.max,
+                wait: r.policy.max,
                 kind: ErrorKind::Definite,
             },
         }
@@ -167,10 +180,7 @@ mod tests {
 
     fn waits(restarts: &mut Restarts, kind: ErrorKind, n: usize) -> Vec<u64> {
         (0..n)
-            .map(|_| {
-                restarts.started();
-                restarts.failed(kind).wait.as_secs()
-            })
+            .map(|_| restarts.begin().failed(kind).wait.as_secs())
             .collect()
     }
 
@@ -183,24 +193,27 @@ mod tests {
         );
         let mut r = Restarts::new(Policy::DEFAULT);
         assert_eq!(waits(&mut r, ErrorKind::Definite, 3), [60, 60, 60]);
-        let retry = r.failed(ErrorKind::BadRecord);
+        let retry = r.begin().failed(ErrorKind::BadRecord);
         assert_eq!(retry.kind, ErrorKind::Definite);
         assert!(retry.describe().contains("until it is fixed"), "{retry:?}");
-        assert_eq!(r.failed(ErrorKind::Transient).describe(), "retrying in 1 s");
+        assert_eq!(
+            r.begin().failed(ErrorKind::Transient).describe(),
+            "retrying in 1 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_healthy_minute_or_a_clean_end_starts_the_backoff_over() {
         let mut r = Restarts::new(Policy::DEFAULT);
         assert_eq!(waits(&mut r, ErrorKind::Transient, 4), [1, 2, 4, 8]);
-        r.started();
+        let run = r.begin();
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(r.failed(ErrorKind::Transient).wait.as_secs(), 16);
-        r.started();
+        assert_eq!(run.failed(ErrorKind::Transient).wait.as_secs(), 16);
+        let run = r.begin();
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(r.failed(ErrorKind::Transient).wait.as_secs(), 1);
+        assert_eq!(run.failed(ErrorKind::Transient).wait.as_secs(), 1);
         assert_eq!(waits(&mut r, ErrorKind::Transient, 2), [2, 4]);
-        r.ended_well();
+        r.begin().ended_well();
         assert_eq!(waits(&mut r, ErrorKind::Transient, 1), [1]);
     }
 
@@ -218,11 +231,11 @@ mod tests {
             });
             let mut attempts = 0;
             while tokio::time::Instant::now() < until {
-                restarts.started();
+                let run = restarts.begin();
                 attempts += 1;
                 // The run fails after a second.
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let retry = restarts.failed(kind);
+                let retry = run.failed(kind);
                 assert!(pause(retry.wait, &stop).await);
             }
             attempts

@@ -772,7 +772,7 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
     loop {
         // Each attempt is a run: the backoff starts over only after an
         // attempt that lasted a healthy minute, not a minute after start.
-        restarts.started();
+        let attempt = restarts.begin();
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             outcome = path.ensure_internal_topics() => outcome,
@@ -786,7 +786,7 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
                 break;
             }
             Err(e) => {
-                let retry = restarts.failed(e.kind());
+                let retry = attempt.failed(e.kind());
                 tracing::warn!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "cannot create internal topics yet");
                 path.readiness
                     .set(CHECK_TOPICS, CheckState::Failing(e.to_string()));
@@ -797,7 +797,7 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
         }
     }
     loop {
-        restarts.started();
+        let attempt = restarts.begin();
         match path.registry.caught_up().await {
             Ok(()) => {
                 path.readiness.set(CHECK_REGISTRY, CheckState::Ok);
@@ -806,7 +806,7 @@ async fn start_data_path(path: DataPath, shutdown: CancellationToken) {
                 return;
             }
             Err(e) => {
-                let retry = restarts.failed(e.kind());
+                let retry = attempt.failed(e.kind());
                 path.readiness
                     .set(CHECK_REGISTRY, CheckState::Failing(e.to_string()));
                 if !crate::domain::restart::pause(retry.wait, &shutdown).await {

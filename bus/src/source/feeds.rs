@@ -191,7 +191,7 @@ async fn supervise(
         });
         let run = crate::source::feed::run(&name, source, ctx.clone(), stop.clone());
         tokio::pin!(run);
-        restarts.started();
+        let attempt = restarts.begin();
         // A feed that stays up for a while is RUNNING again.
         let outcome = tokio::select! {
             r = &mut run => r,
@@ -205,7 +205,7 @@ async fn supervise(
             Err(e) => e,
         };
         use crate::domain::restart::Kind;
-        let retry = restarts.failed(e.kind());
+        let retry = attempt.failed(e.kind());
         ctx.metrics
             .source_restarts
             .with_label_values(&[&name, retry.label()])

@@ -171,19 +171,19 @@ pub async fn supervise(
     let _reporter = tokio_util::task::AbortOnDropHandle::new(reporter);
     loop {
         let mut run = Run::new(&config, &metrics, &health, &status, bus.as_ref());
-        restarts.started();
+        let attempt = restarts.begin();
         let outcome = run.run(&shutdown).await;
         run.close().await;
         let retry = match outcome {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Reassign) => {
                 tracing::info!(subscription = %name, "subscribed topics changed; reassigning partitions");
-                restarts.ended_well();
+                attempt.ended_well();
                 continue;
             }
             Err(e) => {
                 use crate::domain::restart::Kind;
-                let retry = restarts.failed(e.kind());
+                let retry = attempt.failed(e.kind());
                 metrics
                     .subscribe_errors
                     .with_label_values(&[&name, crate::domain::restart::label(e.kind())])
