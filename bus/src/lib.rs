@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod distributor;
 pub mod domain;
+pub mod events;
 pub mod holders;
 pub mod http;
 pub mod kafka;

@@ -1204,7 +1204,8 @@ impl Backfills {
             );
             tracing::info!(subscription = %sub.id, "backfilling while the distributor goes on");
             let abort = self.tasks.spawn(async move {
-                let mut restarts = crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
+                let mut restarts =
+                    crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
                 loop {
                     let attempt = restarts.begin();
                     let retry = match backfill_and_join(
@@ -1222,8 +1223,7 @@ impl Backfills {
                         Err(e) => {
                             use crate::domain::restart::Kind;
                             let retry = attempt.failed(e.kind());
-                            ctx.metrics.distributor_restarts.inc();
-                            tracing::error!(subscription = %id, error = %e, kind = retry.label(), retry_in = ?retry.wait, "backfill failed");
+                            crate::events::distributor_failed(&ctx.metrics, Some(&id), &retry, &e);
                             retry
                         }
                     };
@@ -1379,8 +1379,7 @@ pub async fn supervise(
                 Err(e) => {
                     use crate::domain::restart::Kind;
                     let retry = attempt.failed(e.kind());
-                    deps.ctx.metrics.distributor_restarts.inc();
-                    tracing::error!(error = %e, kind = retry.label(), retry_in = ?retry.wait, "distributor failed");
+                    crate::events::distributor_failed(&deps.ctx.metrics, None, &retry, &e);
                     failed = Some(retry.wait);
                 }
             }

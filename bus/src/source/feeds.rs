@@ -206,11 +206,7 @@ async fn supervise(
         };
         use crate::domain::restart::Kind;
         let retry = attempt.failed(e.kind());
-        ctx.metrics
-            .source_restarts
-            .with_label_values(&[&name, retry.label()])
-            .inc();
-        tracing::error!(feed = %name, error = %e, kind = retry.label(), retry_in = ?retry.wait, "feed failed");
+        crate::events::feed_failed(&ctx.metrics, &name, &retry, &e);
         statuses.set(&name, |s| {
             s.state = FeedState::Failed;
             s.error = Some(if retry.needs_fix() {

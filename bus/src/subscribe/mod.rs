@@ -184,16 +184,12 @@ pub async fn supervise(
             Err(e) => {
                 use crate::domain::restart::Kind;
                 let retry = attempt.failed(e.kind());
-                metrics
-                    .subscribe_errors
-                    .with_label_values(&[&name, crate::domain::restart::label(e.kind())])
-                    .inc();
+                crate::events::subscription_failed(&metrics, &name, &retry, &e);
                 health.set(&name, Some(format!("{e} ({})", retry.describe())));
                 status.send_modify(|r| {
                     r.state = crate::lag::RunState::Failed;
                     r.error = Some(e.to_string());
                 });
-                tracing::error!(subscription = %name, error = %e, kind = retry.label(), retry_in = ?retry.wait, "subscription failed");
                 retry
             }
         };
@@ -558,22 +554,12 @@ impl<'a> Run<'a> {
             .expect("created above")
             .send(record)
             .await?;
-        self.metrics
-            .subscribe_dead_letters
-            .with_label_values(&[self.name()])
-            .inc();
-        self.metrics
-            .subscribe_errors
-            .with_label_values(&[self.name(), "bad_record"])
-            .inc();
-        tracing::warn!(
-            subscription = %self.name(),
-            topic = %raw.topic,
-            partition = raw.partition,
-            offset = raw.offset,
-            %reason,
-            dlq = %topic,
-            "record sent to the dead-letter topic"
+        crate::events::subscription_dead_lettered(
+            self.metrics,
+            self.name(),
+            (&raw.topic, raw.partition, raw.offset),
+            &reason,
+            &topic,
         );
         Ok(())
     }
