@@ -5,7 +5,8 @@
 //! Layers, bottom up:
 //! 0. contracts with no I/O: `domain/` (topic names, headers, the share
 //!    policy, principals, the one restart policy);
-//! 1. observation: `metrics.rs`;
+//! 1. observation: `metrics.rs`, `events.rs` (a log line and its counter
+//!    in one call);
 //! 2. Kafka and the schema registry's store: `kafka/`, `registry/`;
 //! 3. configuration: `config.rs` assembles the sections, `standards.rs`;
 //! 4. state kept in Kafka and who may touch it: `state/` (catalog, audit
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, usize)] = &[
     ("domain/", 0),
     ("metrics.rs", 1),
+    ("events.rs", 1),
     ("kafka/", 2),
     ("registry/", 2),
     ("config.rs", 3),
