@@ -509,31 +509,6 @@ pub fn mask_keep(text: &str, first: usize, last: usize) -> String {
     )
 }
 
-#[cfg(test)]
-mod oracle_tests {
-    /// The masking oracle of the end-to-end tests, pinned by literals (so a
-    /// change of it cannot silently follow a change of the product).
-    #[test]
-    fn the_masking_oracle_gives_these_literals() {
-        assert_eq!(super::mask_name("张三丰"), "张**");
-        assert_eq!(super::mask_name("李"), "李");
-        assert_eq!(
-            super::mask_keep("330106199001010042", 6, 4),
-            "330106********0042"
-        );
-    }
-}
-
-/// `127.0.0.1:<port>` with a port the system just had free, for a process
-/// that must keep its address across restarts.
-pub fn free_local_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 /// A token for a principal of a test node, kept in a file: what an upper
 /// node's `[[auth.tokens]]` needs to know it, and what a subscriber's
 /// `upstream` needs to send it to that node's schema registry (which, like
@@ -1088,4 +1063,29 @@ where
         .map(|a| a.parse().with_context(|| format!("argument {i} ({a:?})")))
         .transpose()
         .map(|v| v.unwrap_or(default))
+}
+
+/// `127.0.0.1:<port>` with a port the system just had free, for a process
+/// that must keep its address across restarts.
+pub fn free_local_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+#[cfg(test)]
+mod oracle_tests {
+    /// The masking oracle of the end-to-end tests, pinned by literals (so a
+    /// change of it cannot silently follow a change of the product).
+    #[test]
+    fn the_masking_oracle_gives_these_literals() {
+        assert_eq!(super::mask_name("张三丰"), "张**");
+        assert_eq!(super::mask_name("李"), "李");
+        assert_eq!(
+            super::mask_keep("330106199001010042", 6, 4),
+            "330106********0042"
+        );
+    }
 }
