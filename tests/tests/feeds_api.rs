@@ -156,11 +156,31 @@ async fn feeds_are_registered_paused_resumed_and_removed_at_runtime() {
         assert!(Instant::now() < until);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Paused, the feed reads nothing: its slot has no reader (so nothing
+    // can be published), and the slot's confirmed position stays behind
+    // the changes made meanwhile.
+    let slot = format!(
+        "SELECT active, confirmed_flush_lsn < pg_current_wal_lsn() FROM pg_replication_slots WHERE database = '{}'",
+        source.name
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while db.query_one(&slot, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(
+            Instant::now() < until,
+            "the paused feed still reads its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before = records(&settings, &topic).await;
     db.batch_execute("INSERT INTO items SELECT g, 'late ' || g FROM generate_series(51, 60) g")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let row = db.query_one(&slot, &[]).await.unwrap();
+    assert!(!row.get::<_, bool>(0), "the paused feed read its slot");
+    assert!(
+        row.get::<_, bool>(1),
+        "the changes were consumed while paused"
+    );
     assert_eq!(
         records(&settings, &topic).await,
         before,
