@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod mysql_bench;
 pub mod pg_server;
 pub mod secure_broker;
+pub mod secure_node;
 pub mod share_topic;
 pub mod sinks;
 pub mod topic_view;

@@ -21,16 +21,13 @@
 //! value in clear (the test fails, as it should, with the feed's
 //! `sslmode = "disable"`).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use backflow::kafka::KafkaSettings;
-use backflow_e2e::secure_broker::{ScramUser, SecureBroker};
+use backflow_e2e::secure_broker::ScramUser;
+use backflow_e2e::secure_node::{metadata, settings, SecureNode as Setup, Tokens};
 use backflow_e2e::share_topic;
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
-use backflow_e2e::{pg_connect, Node};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use backflow_e2e::Node;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "kafka-security-admin";
@@ -39,164 +36,29 @@ const AUDITOR: &str = "kafka-security-auditor";
 const XIHU: &str = "kafka-security-district-330106";
 const BINJIANG: &str = "kafka-security-district-330108";
 
-fn settings(props: Vec<(String, String)>) -> KafkaSettings {
-    let mut props: BTreeMap<String, String> = props.into_iter().collect();
-    let bootstrap = props.remove("bootstrap.servers").unwrap();
-    let mut s = KafkaSettings::new(bootstrap);
-    s.properties = props;
-    s.request_timeout = Duration::from_secs(10);
-    s
-}
-
-/// What the broker answers a client with these properties that asks for
-/// `topic`'s metadata: `Ok` when it may see the topic, else the error.
-fn metadata(props: &[(String, String)], topic: &str) -> Result<(), String> {
-    let mut cfg = ClientConfig::new();
-    for (k, v) in props {
-        cfg.set(k, v);
-    }
-    cfg.set("log_level", "0");
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    match md.topics().first().and_then(|t| t.error()) {
-        Some(e) => Err(format!("{:?}", rdkafka::types::RDKafkaErrorCode::from(e))),
-        None => Ok(()),
-    }
-}
-
-struct Setup {
-    node_user: ScramUser,
-    broker: SecureBroker,
-    db: SinkDb,
-    node: Node,
-}
-
-impl Setup {
-    /// A secured broker (with `users` besides the node's own), a
-    /// PostgreSQL table of 20 residents of two districts, and a node
-    /// feeding it into `ga.people` over SASL_SSL.
-    async fn start(users: &[ScramUser], kafka_extra: &str) -> Self {
-        let node_user = ScramUser::new("backflow-node", true);
-        let mut all = vec![node_user.clone()];
-        all.extend(users.iter().cloned());
-        let broker = SecureBroker::start(&all);
-        let (cert, key) = broker.server_certificate();
-        let db = SinkDb::create(Backend::Postgres).await.unwrap();
-        pg_connect(&db.name)
-            .await
-            .unwrap()
-            .batch_execute(
-                "CREATE TABLE people (id bigint PRIMARY KEY, name varchar(32) NOT NULL, region_code char(6) NOT NULL);
-                 INSERT INTO people SELECT g, '张三' || g, CASE WHEN g % 2 = 0 THEN '330106' ELSE '330108' END
-                   FROM generate_series(1, 20) g;",
-            )
-            .await
-            .unwrap();
-        let tokens = backflow_e2e::tokens_toml(&[
-            ("admin", ADMIN),
-            ("owner:ga", GA),
-            ("auditor", AUDITOR),
-            ("subscriber:330106", XIHU),
-            ("subscriber:330108", BINJIANG),
-        ]);
-        let config = format!(
-            "[node]\ncode = \"330100\"\n\
-             [http]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
-             [kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}\n\
-             [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
-             \"sasl.username\" = \"{user}\"\n\"ssl.ca.location\" = \"{ca}\"\n\
-             [kafka.properties_env]\n\"sasl.password\" = \"KAFKA_PASSWORD\"\n\n\
-             [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n\
-             slot = \"{db}\"\npublication = \"{db}\"\nsslmode = \"verify-full\"\nssl_ca_file = \"{db_ca}\"\n\
-             tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n\n{tokens}",
-            cert = cert.display(),
-            key = key.display(),
-            db_ca = backflow_e2e::db_ca_file().display(),
-            bootstrap = broker.bootstrap(),
-            user = node_user.name,
-            ca = broker.ca_file().display(),
-            feed = db.name.replace('_', "-"),
-            db = db.name,
-        );
-        let node = Node::start_with_config(&config, &[("KAFKA_PASSWORD", &node_user.password)])
-            .unwrap()
-            .trusting(&broker.ca_file())
-            .unwrap();
-        node.wait_for_status("/readyz", 200, Duration::from_secs(90))
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", node.stderr(), broker.log()));
-        let s = Self {
-            node_user,
-            broker,
-            db,
-            node,
-        };
-        s.ok(
-            "PUT",
-            "/api/datasets/ga.people",
-            GA,
-            json!({"description": "residents", "sharing": "unconditional", "region_column": "region_code",
-                   "fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"}, "region_code": {}}}),
-        )
-        .await;
-        s
-    }
-
-    async fn ok(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
-        let (status, answer) = self.node.api(method, path, Some(token), Some(body)).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {answer}"
-        );
-        answer
-    }
-
-    async fn subscribe(&self, code: &str, token: &str) {
-        self.ok(
-            "POST",
-            "/api/subscriptions",
-            token,
-            json!({"subscriber": code, "dataset": "ga.people", "purpose": "services",
-                   "fields": ["id", "name", "region_code"]}),
-        )
-        .await;
-    }
-
-    async fn sql(&self, sql: &str) {
-        pg_connect(&self.db.name)
-            .await
-            .unwrap()
-            .batch_execute(sql)
-            .await
-            .unwrap();
-    }
-
-    /// Waits until `what` holds, for at most `deadline`; how long it took.
-    async fn until(
-        &self,
-        what: &str,
-        deadline: Duration,
-        mut ok: impl FnMut() -> bool,
-    ) -> Duration {
-        let started = Instant::now();
-        while !ok() {
-            assert!(
-                started.elapsed() < deadline,
-                "{what} did not happen within {deadline:?}\n{}",
-                self.node.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        started.elapsed()
-    }
+/// The node of these tests, with `users` on its broker and `kafka_extra`
+/// in its `[kafka]` section.
+async fn setup(users: &[ScramUser], kafka_extra: &str) -> Setup {
+    Setup::start(
+        users,
+        kafka_extra,
+        Tokens {
+            admin: ADMIN,
+            owner_ga: GA,
+            others: &[
+                ("auditor", AUDITOR),
+                ("subscriber:330106", XIHU),
+                ("subscriber:330108", BINJIANG),
+            ],
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_works_over_sasl_ssl_and_the_broker_refuses_everyone_else() {
     let district = ScramUser::new("district-330106", false);
-    let s = Setup::start(std::slice::from_ref(&district), "").await;
+    let s = setup(std::slice::from_ref(&district), "").await;
     let (broker, node, node_user) = (&s.broker, &s.node, &s.node_user);
     s.subscribe("330106", XIHU).await;
     s.sql("UPDATE people SET name = '李四' WHERE id = 4").await;
@@ -283,7 +145,7 @@ fn acls_of(s: &Setup, principal: &str) -> Vec<backflow::kafka::acl::Acl> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
     use backflow::kafka::acl::{Acl, AclAdmin, Operation, Pattern, Resource};
-    let s = Setup::start(&[], "manage_acls = true").await;
+    let s = setup(&[], "manage_acls = true").await;
 
     // The admin registers the districts; each gets a SCRAM credential,
     // shown once. No child node may take the node's own principal.
@@ -589,7 +451,7 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
 /// re-activated, gets a new topic and a full backfill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_share_topic_is_deleted_after_the_owners_grace() {
-    let s = Setup::start(&[], "").await;
+    let s = setup(&[], "").await;
     let as_node = settings(
         s.broker
             .client_properties(&s.node_user.name, &s.node_user.password),
@@ -781,7 +643,7 @@ fn holds(haystack: &[u8], needle: &str) -> bool {
 /// in clear during the same capture is in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_row_value_crosses_the_loopback_in_clear() {
-    let s = Setup::start(&[], "manage_acls = true").await;
+    let s = setup(&[], "manage_acls = true").await;
     s.sql("ALTER TABLE people ADD COLUMN note text").await;
     s.ok(
         "PUT",

@@ -8,18 +8,14 @@
 //! topics of any size under its dead-letter prefix, which outlived its
 //! grants.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use backflow::kafka::KafkaSettings;
-use backflow_e2e::secure_broker::{ScramUser, SecureBroker};
-use backflow_e2e::sinks::{Backend, SinkDb};
-use backflow_e2e::{pg_connect, Node};
+use backflow_e2e::secure_node::{client_config, metadata, settings, SecureNode, Tokens};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "zt-admin";
@@ -31,39 +27,9 @@ const BINJIANG: &str = "zt-district-330108";
 const MINE: &str = "backflow.share.330106.ga.people";
 const THEIRS: &str = "backflow.share.330108.ga.people";
 
-fn settings(props: Vec<(String, String)>) -> KafkaSettings {
-    let mut props: BTreeMap<String, String> = props.into_iter().collect();
-    let bootstrap = props.remove("bootstrap.servers").unwrap();
-    let mut s = KafkaSettings::new(bootstrap);
-    s.properties = props;
-    s.request_timeout = Duration::from_secs(10);
-    s
-}
-
-fn config(props: &[(String, String)]) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    for (k, v) in props {
-        cfg.set(k, v);
-    }
-    cfg.set("log_level", "0");
-    cfg
-}
-
-/// `Ok` when the broker lets these properties see `topic`, else the error.
-fn metadata(props: &[(String, String)], topic: &str) -> Result<(), String> {
-    let consumer: BaseConsumer = config(props).create().map_err(|e| e.to_string())?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    match md.topics().first().and_then(|t| t.error()) {
-        Some(e) => Err(format!("{:?}", rdkafka::types::RDKafkaErrorCode::from(e))),
-        None => Ok(()),
-    }
-}
-
 /// Produces one record to `topic`: `Ok` when the broker took it.
 async fn produce(props: &[(String, String)], topic: &str) -> Result<(), String> {
-    let producer: FutureProducer = config(props)
+    let producer: FutureProducer = client_config(props)
         .set("message.timeout.ms", "8000")
         .create()
         .map_err(|e| e.to_string())?;
@@ -85,7 +51,7 @@ async fn create_topic(
     configs: &[(&str, &str)],
 ) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> =
-        config(props).create().map_err(|e| e.to_string())?;
+        client_config(props).create().map_err(|e| e.to_string())?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         new = new.set(k, v);
@@ -102,153 +68,24 @@ async fn create_topic(
     }
 }
 
-struct Setup {
-    node_user: ScramUser,
-    broker: SecureBroker,
-    _db: SinkDb,
-    node: Node,
-}
-
-impl Setup {
-    /// A secured broker, 20 residents (even ids in 330106, odd in 330108)
-    /// fed into `ga.people`, a node with `manage_acls = true`.
-    async fn start() -> Self {
-        let node_user = ScramUser::new("backflow-node", true);
-        let broker = SecureBroker::start(std::slice::from_ref(&node_user));
-        let (cert, key) = broker.server_certificate();
-        let db = SinkDb::create(Backend::Postgres).await.unwrap();
-        pg_connect(&db.name)
-            .await
-            .unwrap()
-            .batch_execute(
-                "CREATE TABLE people (id bigint PRIMARY KEY, name varchar(32) NOT NULL, region_code char(6) NOT NULL);
-                 INSERT INTO people SELECT g, '张三' || g, CASE WHEN g % 2 = 0 THEN '330106' ELSE '330108' END
-                   FROM generate_series(1, 20) g;",
-            )
-            .await
-            .unwrap();
-        let tokens = backflow_e2e::tokens_toml(&[
-            ("admin", ADMIN),
-            ("owner:ga", GA),
-            ("owner:mz", MZ),
-            ("auditor", AUDITOR),
-            ("subscriber:330106", XIHU),
-            ("subscriber:330108", BINJIANG),
-        ]);
-        let config = format!(
-            "[node]\ncode = \"330100\"\n\
-             [http]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
-             [kafka]\nbrokers = \"{bootstrap}\"\nmanage_acls = true\n\
-             [kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
-             \"sasl.username\" = \"{user}\"\n\"ssl.ca.location\" = \"{ca}\"\n\
-             [kafka.properties_env]\n\"sasl.password\" = \"KAFKA_PASSWORD\"\n\n\
-             [[feeds]]\ntype = \"postgres\"\nname = \"{feed}\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n\
-             slot = \"{db}\"\npublication = \"{db}\"\nsslmode = \"verify-full\"\nssl_ca_file = \"{db_ca}\"\n\
-             tables = [{{ table = \"public.people\", dataset = \"ga.people\" }}]\n\n{tokens}",
-            cert = cert.display(),
-            key = key.display(),
-            db_ca = backflow_e2e::db_ca_file().display(),
-            bootstrap = broker.bootstrap(),
-            user = node_user.name,
-            ca = broker.ca_file().display(),
-            feed = db.name.replace('_', "-"),
-            db = db.name,
-        );
-        let node = Node::start_with_config(&config, &[("KAFKA_PASSWORD", &node_user.password)])
-            .unwrap()
-            .trusting(&broker.ca_file())
-            .unwrap();
-        node.wait_for_status("/readyz", 200, Duration::from_secs(90))
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", node.stderr(), broker.log()));
-        let s = Self {
-            node_user,
-            broker,
-            _db: db,
-            node,
-        };
-        s.ok("PUT", "/api/datasets/ga.people", GA, Self::people(None))
-            .await;
-        s
-    }
-
-    fn people(grace: Option<u32>) -> Value {
-        let mut d = json!({"description": "residents", "sharing": "unconditional", "region_column": "region_code",
-               "fields": {"id": {}, "name": {"sensitivity": "sensitive", "rule": "masked:name"}, "region_code": {}}});
-        if let Some(g) = grace {
-            d["ended_share_grace_hours"] = json!(g);
-        }
-        d
-    }
-
-    async fn ok(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
-        let (status, answer) = self.node.api(method, path, Some(token), Some(body)).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {answer}"
-        );
-        answer
-    }
-
-    /// Registers a district with a SCRAM principal; its client properties.
-    async fn district(&self, code: &str) -> Vec<(String, String)> {
-        let a = self
-            .ok(
-                "PUT",
-                &format!("/api/nodes/{code}"),
-                ADMIN,
-                json!({"name": code, "kafka": "scram"}),
-            )
-            .await;
-        self.broker.client_properties(
-            a["kafka_username"].as_str().unwrap(),
-            a["kafka_password"].as_str().unwrap(),
-        )
-    }
-
-    async fn subscribe(&self, code: &str, token: &str) {
-        self.ok(
-            "POST",
-            "/api/subscriptions",
-            token,
-            json!({"subscriber": code, "dataset": "ga.people", "purpose": "services",
-                   "fields": ["id", "name", "region_code"]}),
-        )
-        .await;
-    }
-
-    fn as_node(&self) -> KafkaSettings {
-        settings(
-            self.broker
-                .client_properties(&self.node_user.name, &self.node_user.password),
-        )
-    }
-
-    /// Waits until `topic` has at least `n` records and `props` may read it.
-    async fn until_readable(&self, props: &[(String, String)], topic: &str, n: i64) {
-        let until = Instant::now() + Duration::from_secs(90);
-        let w = backflow::kafka::Watermarks::new(&self.as_node()).unwrap();
-        loop {
-            let high = w.high(topic, 0).await.unwrap_or(0);
-            if high >= n && metadata(props, topic).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "{topic} not filled/readable (high {high})\n{}",
-                self.node.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn exists(&self, topic: &str) -> bool {
-        backflow::kafka::topic_names(&self.as_node())
-            .await
-            .unwrap()
-            .iter()
-            .any(|t| t == topic)
-    }
+/// The node of these tests: a secured broker, 20 residents (even ids in
+/// 330106, odd in 330108) fed into `ga.people`, `manage_acls = true`.
+async fn setup() -> SecureNode {
+    SecureNode::start(
+        &[],
+        "manage_acls = true",
+        Tokens {
+            admin: ADMIN,
+            owner_ga: GA,
+            others: &[
+                ("owner:mz", MZ),
+                ("auditor", AUDITOR),
+                ("subscriber:330106", XIHU),
+                ("subscriber:330108", BINJIANG),
+            ],
+        },
+    )
+    .await
 }
 
 /// With the credentials the node issued, district 330106 can neither see,
@@ -257,7 +94,7 @@ impl Setup {
 /// distributor's group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_district_reaches_nothing_but_its_own_share() {
-    let s = Setup::start().await;
+    let s = setup().await;
     let xihu = s.district("330106").await;
     s.district("330108").await;
     s.subscribe("330106", XIHU).await;
@@ -377,11 +214,11 @@ async fn a_district_reaches_nothing_but_its_own_share() {
 /// re-reading from the start is refused by the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_already_reading_is_cut_off_at_revocation() {
-    let s = Setup::start().await;
+    let s = setup().await;
     let xihu = s.district("330106").await;
     s.subscribe("330106", XIHU).await;
     s.until_readable(&xihu, MINE, 10).await;
-    let consumer: BaseConsumer = config(&xihu)
+    let consumer: BaseConsumer = client_config(&xihu)
         .set("group.id", "backflow.share.330106.attacker")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
@@ -436,7 +273,7 @@ async fn a_consumer_already_reading_is_cut_off_at_revocation() {
 /// district has no share left and the grace has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_prefix_is_not_a_free_hand() {
-    let s = Setup::start().await;
+    let s = setup().await;
     let xihu = s.district("330106").await;
     s.subscribe("330106", XIHU).await;
     s.until_readable(&xihu, MINE, 10).await;
@@ -511,7 +348,7 @@ async fn the_dead_letter_prefix_is_not_a_free_hand() {
 /// group: a hostile `origin_ms` must not stop the board for everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_districts_commit_metadata_does_not_stop_the_lag_board() {
-    let s = Setup::start().await;
+    let s = setup().await;
     let xihu = s.district("330106").await;
     s.subscribe("330106", XIHU).await;
     s.subscribe("330108", BINJIANG).await;
@@ -554,7 +391,7 @@ async fn a_districts_commit_metadata_does_not_stop_the_lag_board() {
 /// hostile input: each refused with a 4xx, none a 5xx, the node healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_escalations_and_hostile_input_are_refused() {
-    let s = Setup::start().await;
+    let s = setup().await;
     s.district("330106").await;
     s.subscribe("330106", XIHU).await;
     s.ok("PUT", "/api/datasets/mz.items", MZ, json!({"description": "items", "sharing": "conditional", "all_rows": true, "fields": {"id": {}}}))
@@ -793,7 +630,7 @@ async fn api_escalations_and_hostile_input_are_refused() {
         ),
     ];
     let mut wrong = Vec::new();
-    let feed = s._db.name.replace('_', "-");
+    let feed = s.db.name.replace('_', "-");
     for path in [
         format!("/api/feeds/{feed}/pause"),
         format!("/api/feeds/{feed}/restart?resnapshot=true"),
