@@ -26,6 +26,8 @@
 //! host = "10.0.0.7"
 //! user = "backflow"
 //! password_env = "MINZHENG_MY_PASSWORD"
+//! sslmode = "verify-full"       # TLS (connect::tls): disable | require | verify-ca | verify-full
+//! ssl_ca_file = "/etc/backflow/gov-ca.pem"
 //! tables = [{ table = "minzheng.households", dataset = "minzheng.households" }]
 //! snapshot = "initial"          # or "never", "always"
 //! # server_id = 5401            # unique among the server's replicas (default: from the name)

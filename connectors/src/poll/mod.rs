@@ -52,6 +52,7 @@
 //! host = "10.0.0.9"              # postgres, mysql: host, port (5432; mysql 3306), user, password_env|password_file, database
 //! user = "backflow"
 //! password_env = "MINZHENG_LEGACY_PASSWORD"
+//! sslmode = "verify-full"        # postgres, mysql: TLS (connect::tls), with ssl_ca_file
 //! database = "minzheng"
 //! # path = "/data/dept.db"       # sqlite: the database file
 //! poll_interval_ms = 1000

@@ -21,6 +21,8 @@
 //! host = "10.0.0.5"
 //! user = "backflow"
 //! password_env = "GONGAN_PG_PASSWORD"
+//! sslmode = "verify-full"       # TLS (connect::tls): disable | require | verify-ca | verify-full
+//! ssl_ca_file = "/etc/backflow/gov-ca.pem"
 //! database = "gongan"
 //! tables = [{ table = "public.population", dataset = "gongan.population" }]
 //! snapshot = "initial"          # or "never", "always"

@@ -33,7 +33,7 @@
 //! [[subscriptions]]
 //! name = "330108-population"
 //! upstream = { brokers = "city-kafka:9092", registry_url = "https://city.example:8480", registry_token_env = "CITY_TOKEN" }
-//! sink = { type = "mysql", host = "10.1.0.6", user = "backflow", password_env = "DISTRICT_MY_PASSWORD", database = "district" }
+//! sink = { type = "mysql", host = "10.1.0.6", user = "backflow", password_env = "DISTRICT_MY_PASSWORD", database = "district", sslmode = "verify-full", ssl_ca_file = "/etc/backflow/gov-ca.pem" }
 //! tables = [{ topic = "backflow.share.330108.gongan.population", table = "population" }]
 //! ```
 //!

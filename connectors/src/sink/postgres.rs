@@ -22,7 +22,7 @@
 //! [[subscriptions]]
 //! name = "330106-population"
 //! upstream = { brokers = "city-kafka:9092", registry_url = "https://city.example:8480", registry_token_env = "CITY_TOKEN" }
-//! sink = { type = "postgres", host = "10.1.0.5", user = "backflow", password_env = "DISTRICT_PG_PASSWORD", database = "district", schema = "shared" }
+//! sink = { type = "postgres", host = "10.1.0.5", user = "backflow", password_env = "DISTRICT_PG_PASSWORD", database = "district", schema = "shared", sslmode = "verify-full", ssl_ca_file = "/etc/backflow/gov-ca.pem" }
 //! tables = [{ topic = "backflow.share.330106.gongan.population", table = "population" }]
 //! ```
 //!
