@@ -86,17 +86,17 @@ impl FeedAdmission {
             .find(|k| definition.get(**k).is_some())
         {
             return Err(Refusal::Invalid(format!(
-            "{key}: not accepted for a feed registered through the API (it would let the caller pick any variable or file of the node): name a secret an admin bound to the department with {SECRET_KEY} ({})",
-            self.bound_list(department)
-        )));
+                "{key}: not accepted for a feed registered through the API (it would let the caller pick any variable or file of the node): name a secret an admin bound to the department with {SECRET_KEY} ({})",
+                self.bound_list(department)
+            )));
         }
         if let Some(key) = NODE_FILE_KEYS
             .iter()
             .find(|k| definition.get(**k).is_some())
         {
             return Err(Refusal::Invalid(format!(
-            "{key}: not accepted for a feed registered through the API (it names a file of the node); the CAs of feeds registered through the API are the admin's [api_feeds] ssl_ca_file, or the system's"
-        )));
+                "{key}: not accepted for a feed registered through the API (it names a file of the node); the CAs of feeds registered through the API are the admin's [api_feeds] ssl_ca_file, or the system's"
+            )));
         }
         Ok(())
     }

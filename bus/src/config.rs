@@ -1190,17 +1190,13 @@ impl Check<'_> {
             });
         }
         if let Some(path) = &c.api_feeds.ssl_ca_file {
-            let tls = backflow_connectors::tls::DbTls::new(
-                backflow_connectors::tls::SslMode::VerifyFull,
-                path.to_str(),
-            );
-            if let Err((_, reason)) = tls.check() {
-                return Err(ConfigError::BadValue {
+            backflow_connectors::tls::check_ca_file(path).map_err(|reason| {
+                ConfigError::BadValue {
                     key: "api_feeds.ssl_ca_file".to_owned(),
                     origin: self.origin(""),
                     reason,
-                });
-            }
+                }
+            })?;
         }
         if c.kafka.manage_acls && c.kafka.own_principal().is_none() {
             return Err(ConfigError::BadValue {

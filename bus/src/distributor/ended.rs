@@ -115,15 +115,13 @@ pub fn due(st: &CatalogState, config_shares: &[ShareConfig], now_ms: i64) -> Vec
 pub fn dead_letters_due(
     st: &CatalogState,
     config_shares: &[ShareConfig],
-    now_ms: i64,
+    due: &[Due],
 ) -> Vec<String> {
-    let due_topics: std::collections::BTreeSet<String> = due(st, config_shares, now_ms)
-        .into_iter()
-        .map(|d| d.topic)
-        .collect();
+    let due_topics: std::collections::BTreeSet<&str> =
+        due.iter().map(|d| d.topic.as_str()).collect();
     let mut codes: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
     for s in st.subscriptions.values() {
-        let gone = due_topics.contains(&topics::share(&s.subscriber, &s.dataset));
+        let gone = due_topics.contains(topics::share(&s.subscriber, &s.dataset).as_str());
         let all = codes.entry(s.subscriber.as_str()).or_insert(true);
         *all &= gone;
     }
@@ -158,46 +156,51 @@ impl Sweeper {
     /// child nodes left with nothing.
     async fn round(&self) {
         let st = self.catalog.state().await.clone();
-        let now = backflow_connectors::now_ms();
-        for prefix in dead_letters_due(&st, &self.config_shares, now) {
-            let deleted = match self.admin.names_with_prefix(&prefix).await {
-                Ok(names) if names.is_empty() => continue,
-                Ok(names) => self.admin.delete(&names).await,
-                Err(e) => Err(e),
-            };
-            match deleted {
-                Ok(names) => {
-                    for topic in names {
-                        self.metrics.share_topics_deleted.inc();
-                        tracing::info!(%topic, "dead-letter topic of a child node with no share left deleted");
-                        self.audit(json!({
-                            "action": "dead-letter topic deleted",
-                            "topic": topic,
-                            "reason": "the child node has no share in force and its grace periods passed",
-                            "by": "system",
-                        }))
-                        .await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "deleting a child node's dead-letter topics failed; retrying")
-                }
-            }
-        }
-        let due = due(&st, &self.config_shares, now);
+        let due = due(&st, &self.config_shares, backflow_connectors::now_ms());
         if due.is_empty() {
             return;
         }
-        let names: Vec<String> = due.iter().map(|d| d.topic.clone()).collect();
-        match self.admin.delete(&names).await {
-            Ok(deleted) => {
-                for d in due.iter().filter(|d| deleted.contains(&d.topic)) {
-                    self.deleted(d).await;
-                }
-            }
+        let dead_letters = dead_letters_due(&st, &self.config_shares, &due);
+        // One listing of the cluster's topics a round: the due topics of
+        // subscriptions ended long ago are gone already.
+        let existing = match self.admin.names_with_prefix(topics::prefix()).await {
+            Ok(names) => names,
             Err(e) => {
-                tracing::warn!(error = %e, "deleting the share topics of ended subscriptions failed; retrying");
+                tracing::warn!(error = %e, "listing topics to delete those of ended subscriptions failed; retrying");
+                return;
             }
+        };
+        let shares: Vec<&Due> = due.iter().filter(|d| existing.contains(&d.topic)).collect();
+        let letters: Vec<String> = existing
+            .iter()
+            .filter(|t| dead_letters.iter().any(|p| t.starts_with(p.as_str())))
+            .cloned()
+            .collect();
+        if shares.is_empty() && letters.is_empty() {
+            return;
+        }
+        let mut names: Vec<String> = shares.iter().map(|d| d.topic.clone()).collect();
+        names.extend(letters.iter().cloned());
+        let deleted = match self.admin.delete(&names).await {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting the topics of ended subscriptions failed; retrying");
+                return;
+            }
+        };
+        for d in shares.into_iter().filter(|d| deleted.contains(&d.topic)) {
+            self.deleted(d).await;
+        }
+        for topic in letters.into_iter().filter(|t| deleted.contains(t)) {
+            self.metrics.share_topics_deleted.inc();
+            tracing::info!(%topic, "dead-letter topic of a child node with no share left deleted");
+            self.audit(json!({
+                "action": "dead-letter topic deleted",
+                "topic": topic,
+                "reason": "the child node has no share in force and its grace periods passed",
+                "by": "system",
+            }))
+            .await;
         }
     }
 
@@ -346,7 +349,7 @@ mod tests {
         let old = NOW - 48 * HOUR;
         let ended = state(Some(0), &[("330106", revoked(), old, None)]);
         assert_eq!(
-            dead_letters_due(&ended, &[], NOW),
+            dead_letters_due(&ended, &[], &due(&ended, &[], NOW)),
             ["backflow.sdlq.330106."]
         );
         // Another share of the node in force, or one still in its grace,
@@ -357,9 +360,9 @@ mod tests {
         other.dataset = "ga.cars".into();
         other.state = SubscriptionState::Active;
         with_active.subscriptions.insert(other.id.clone(), other);
-        assert!(dead_letters_due(&with_active, &[], NOW).is_empty());
+        assert!(dead_letters_due(&with_active, &[], &due(&with_active, &[], NOW)).is_empty());
         let recent = state(None, &[("330106", revoked(), NOW - HOUR, None)]);
-        assert!(dead_letters_due(&recent, &[], NOW).is_empty());
+        assert!(dead_letters_due(&recent, &[], &due(&recent, &[], NOW)).is_empty());
         let failed = state(
             Some(0),
             &[(
@@ -369,7 +372,7 @@ mod tests {
                 None,
             )],
         );
-        assert!(dead_letters_due(&failed, &[], NOW).is_empty());
+        assert!(dead_letters_due(&failed, &[], &due(&failed, &[], NOW)).is_empty());
     }
 
     #[test]

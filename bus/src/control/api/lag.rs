@@ -155,16 +155,9 @@ async fn post_status(
     // A child node whose Kafka rights the node manages may not create
     // topics: the node creates the dead-letter topic of each subscription
     // it reports (the names are bounded per node by `admit`).
-    if let Some((admin, replication_factor)) = &state.dead_letters {
+    if let Some(dead_letters) = &state.dead_letters {
         let topic = crate::domain::topics::subscriber_dlq(node, &status.subscription);
-        admin
-            .ensure(&[crate::kafka::TopicSpec::retained(
-                topic,
-                1,
-                *replication_factor,
-            )])
-            .await
-            .map_err(kafka_down)?;
+        dead_letters.ensure(topic).await.map_err(kafka_down)?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -82,9 +82,46 @@ pub struct ApiState {
     acls_in_force: crate::acls::AclsInForce,
     /// This node's own Kafka principal, which no child node may take.
     own_kafka_principal: Option<String>,
-    /// Creates the child nodes' dead-letter topics (they may not), with
-    /// the replication factor of the node's topics.
-    dead_letters: Option<(std::sync::Arc<crate::kafka::TopicAdmin>, i32)>,
+    /// Creates the child nodes' dead-letter topics (they may not).
+    dead_letters: Option<std::sync::Arc<DeadLetters>>,
+}
+
+/// The child nodes' dead-letter topics, created by the node when a child
+/// node reports a subscription (`POST /api/lag/status`).
+pub(crate) struct DeadLetters {
+    admin: std::sync::Arc<crate::kafka::TopicAdmin>,
+    replication_factor: i32,
+    /// When each topic was last made sure of: a subscriber reports every
+    /// few seconds, and the cluster is asked again only every 10 minutes
+    /// per topic (at most 64 names per child node).
+    ensured: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl DeadLetters {
+    const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// Creates `topic` (one partition) unless it was made sure of lately.
+    pub(crate) async fn ensure(&self, topic: String) -> Result<(), crate::kafka::KafkaError> {
+        let lately = |m: &std::collections::HashMap<String, std::time::Instant>| {
+            m.get(&topic)
+                .is_some_and(|t| t.elapsed() < Self::AGAIN_AFTER)
+        };
+        if lately(&self.ensured.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(());
+        }
+        self.admin
+            .ensure(&[crate::kafka::TopicSpec::retained(
+                topic.clone(),
+                1,
+                self.replication_factor,
+            )])
+            .await?;
+        self.ensured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic, std::time::Instant::now());
+        Ok(())
+    }
 }
 
 impl ApiState {
@@ -133,7 +170,11 @@ impl ApiState {
         self.acl_admin = Some(admin);
         self.acls_in_force = in_force;
         self.own_kafka_principal = own_principal;
-        self.dead_letters = Some(dead_letters);
+        self.dead_letters = Some(std::sync::Arc::new(DeadLetters {
+            admin: dead_letters.0,
+            replication_factor: dead_letters.1,
+            ensured: Default::default(),
+        }));
         self
     }
 
