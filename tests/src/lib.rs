@@ -1067,13 +1067,22 @@ where
 }
 
 /// `127.0.0.1:<port>` with a port the system just had free, for a process
-/// that must keep its address across restarts.
+/// that must keep its address across restarts. Never the same port twice
+/// in one test process: the system may offer a port just released again,
+/// and a broker given one port for two listeners refuses to start.
 pub fn free_local_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    format!("127.0.0.1:{port}")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 #[cfg(test)]
