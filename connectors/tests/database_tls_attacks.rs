@@ -1165,7 +1165,7 @@ async fn mysql_bogus_sequence_numbers_inside_tls_do_not_get_a_login_or_a_passwor
 }
 
 /// Short or empty greetings (slice indexing in tls_conversation and
-/// server_capabilities): a definite refusal, no panic.
+/// the greeting parse): a definite refusal, no panic.
 #[tokio::test]
 async fn mysql_short_greetings_are_refused_without_a_panic() {
     let mut wrong = Vec::new();

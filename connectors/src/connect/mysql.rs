@@ -274,9 +274,9 @@ async fn tls_login(
         outcome.refused.set(r);
         return Ok(None);
     }
-    match server_capabilities(&greeting[4..]) {
+    match Greeting::parse(&greeting[4..]) {
         None => return malformed(outcome),
-        Some(caps) if caps & CLIENT_SSL == 0 => {
+        Some(g) if g.capabilities & CLIENT_SSL == 0 => {
             outcome.failed.set(tls.not_offered(target));
             return Ok(None);
         }
@@ -331,24 +331,6 @@ async fn tls_login(
             }
         }
     }
-}
-
-/// The capability flags of a server's greeting (protocol 10): `None` when
-/// it is not one.
-fn server_capabilities(greeting: &[u8]) -> Option<u32> {
-    if greeting.first() != Some(&0x0a) {
-        return None;
-    }
-    // Version (NUL-terminated), thread id (4), scramble (8), filler (1).
-    let version_end = greeting[1..].iter().position(|b| *b == 0)? + 1;
-    let low_at = version_end + 1 + 4 + 8 + 1;
-    let low = greeting.get(low_at..low_at + 2)?;
-    // Charset (1), status (2), then the high half.
-    let high = greeting.get(low_at + 5..low_at + 7).unwrap_or(&[0, 0]);
-    Some(
-        u32::from(u16::from_le_bytes([low[0], low[1]]))
-            | u32::from(u16::from_le_bytes([high[0], high[1]])) << 16,
-    )
 }
 
 /// Bytes kept of the start of each packet: enough for the packet kind, a
@@ -471,7 +453,7 @@ impl MysqlGuard {
 /// The greeting: refused when it names a plugin the driver would not answer
 /// with a hash.
 fn judge_greeting(greeting: &[u8]) -> Verdict {
-    match greeting_plugin(greeting) {
+    match Greeting::parse(greeting).and_then(|g| g.plugin) {
         Some(p) if !p.is_empty() && p != b"mysql_clear_password" && !HASH_PLUGINS.contains(&p) => {
             Verdict::Refused(Refusal::MysqlPlugin)
         }
@@ -479,19 +461,44 @@ fn judge_greeting(greeting: &[u8]) -> Verdict {
     }
 }
 
-/// The plugin a protocol-10 greeting names, when it names one.
-fn greeting_plugin(g: &[u8]) -> Option<&[u8]> {
-    if g.first() != Some(&0x0a) {
-        return None;
+/// What backflow reads of a server's greeting (protocol 10): its
+/// capability flags and the authentication plugin it names. The one parse
+/// of the greeting, used by the TLS relay (is TLS offered?) and the guard
+/// (is the plugin one the driver answers with a hash?).
+struct Greeting<'a> {
+    capabilities: u32,
+    /// `None` when the greeting ends before the plugin name.
+    plugin: Option<&'a [u8]>,
+}
+
+impl<'a> Greeting<'a> {
+    /// `None` when the bytes (a greeting's payload) are not a protocol-10
+    /// greeting that reaches at least the low capability flags.
+    fn parse(g: &'a [u8]) -> Option<Self> {
+        if g.first() != Some(&0x0a) {
+            return None;
+        }
+        // Version (NUL-terminated), thread id (4), scramble (8), filler (1),
+        // capabilities low (2), charset (1), status (2), capabilities high
+        // (2), scramble length (1), reserved (10), the scramble's rest, the
+        // plugin name.
+        let version_end = g[1..].iter().position(|b| *b == 0)? + 1;
+        let low_at = version_end + 1 + 4 + 8 + 1;
+        let low = g.get(low_at..low_at + 2)?;
+        let high = g.get(low_at + 5..low_at + 7).unwrap_or(&[0, 0]);
+        let capabilities = u32::from(u16::from_le_bytes([low[0], low[1]]))
+            | u32::from(u16::from_le_bytes([high[0], high[1]])) << 16;
+        let fixed = low_at + 7 + 1 + 10;
+        let plugin = g.get(low_at + 7).and_then(|scramble_len| {
+            let at = fixed + usize::from(*scramble_len).saturating_sub(8).max(13);
+            let rest = g.get(at..)?;
+            Some(rest.split(|b| *b == 0).next().unwrap_or_default())
+        });
+        Some(Self {
+            capabilities,
+            plugin,
+        })
     }
-    let version_end = g[1..].iter().position(|b| *b == 0)? + 1;
-    // Thread id (4), scramble (8), filler (1), capabilities (2), charset
-    // (1), status (2), capabilities (2), scramble length (1), reserved (10).
-    let fixed = version_end + 1 + 31;
-    let scramble_len = usize::from(*g.get(fixed - 11)?);
-    let plugin_at = fixed + scramble_len.saturating_sub(8).max(13);
-    let rest = g.get(plugin_at..)?;
-    Some(rest.split(|b| *b == 0).next().unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -517,6 +524,27 @@ mod tests {
         p.extend_from_slice(plugin.as_bytes());
         p.push(0);
         packet(0, &p)
+    }
+
+    #[test]
+    fn one_parse_of_the_greeting_gives_capabilities_and_plugin() {
+        let mut g = handshake("caching_sha2_password");
+        // Capability flags: CLIENT_SSL in the low half, bit 19 (plugin
+        // auth) in the high half.
+        let low_at = 4 + 1 + b"8.0.36\0".len() + 4 + 8 + 1;
+        g[low_at..low_at + 2].copy_from_slice(&(CLIENT_SSL as u16).to_le_bytes());
+        g[low_at + 5..low_at + 7].copy_from_slice(&0x0008u16.to_le_bytes());
+        let parsed = Greeting::parse(&g[4..]).expect("a protocol-10 greeting");
+        assert_eq!(parsed.capabilities, CLIENT_SSL | 0x0008_0000);
+        assert_eq!(parsed.plugin, Some(&b"caching_sha2_password"[..]));
+        // Cut before the plugin: capabilities still read, no plugin.
+        let short = &g[4..low_at + 7];
+        let parsed = Greeting::parse(short).expect("reaches the flags");
+        assert_eq!(parsed.capabilities & CLIENT_SSL, CLIENT_SSL);
+        assert_eq!(parsed.plugin, None);
+        // Not protocol 10, or cut inside the flags: nothing.
+        assert!(Greeting::parse(&[0x09, b'x', 0]).is_none());
+        assert!(Greeting::parse(&g[4..low_at + 1]).is_none());
     }
 
     fn feed(bytes: &[u8], size: usize) -> Verdict {
