@@ -119,7 +119,7 @@ pub struct Reconciler {
     pub admin: Arc<AclAdmin>,
     pub catalog: Catalog,
     pub auditor: Auditor,
-    pub config_shares: Vec<crate::config::ShareConfig>,
+    pub config_shares: Vec<crate::distributor::share::ShareConfig>,
     pub in_force: AclsInForce,
     pub metrics: crate::metrics::Metrics,
 }
@@ -139,7 +139,7 @@ fn reaches(name: &str, prefixed: bool, prefix: &str) -> bool {
 /// catalog's active subscriptions not past their validity (an expired one
 /// loses its ACL even before the expiry job marks it).
 fn in_force_now(
-    config_shares: &[crate::config::ShareConfig],
+    config_shares: &[crate::distributor::share::ShareConfig],
     st: &CatalogState,
 ) -> crate::lag::Served {
     let now = backflow_connectors::now_ms();

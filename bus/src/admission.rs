@@ -28,8 +28,11 @@
 
 use std::path::Path;
 
-use crate::config::FeedConfig;
-pub use crate::config::{validate_secrets, ApiFeedsConfig, SecretConfig, SECRET_KEY};
+pub use crate::source::config::validate_secrets;
+use crate::source::config::ApiFeedsConfig;
+use crate::source::config::FeedConfig;
+use crate::source::config::SecretConfig;
+use crate::source::config::SECRET_KEY;
 
 /// Why a feed is not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

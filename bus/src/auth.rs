@@ -19,12 +19,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::TokenConfig;
 use crate::state::catalog::Catalog;
 
 pub use crate::domain::principal::Principal;
+
+/// Bearer tokens of the control-plane API.
+///
+/// ```toml
+/// [[auth.tokens]]
+/// principal = "owner:gongan"        # admin | owner:<department> | subscriber:<node>
+/// sha256 = "9f86d0..."              # echo -n "$TOKEN" | sha256sum
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Tokens, by their SHA-256; with none, every API call is refused.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// `admin`, `owner:<department>` or `subscriber:<node>`.
+    pub principal: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+}
 
 /// The hex SHA-256 of a token, as `[[auth.tokens]]` holds it.
 pub fn token_hash(token: &str) -> String {

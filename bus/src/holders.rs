@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ShareConfig;
+use crate::distributor::share::ShareConfig;
 use crate::domain::policy::Onward;
 use crate::state::catalog::{CatalogState, SubscriptionState};
 
@@ -136,7 +136,7 @@ pub fn holders(
 /// divisions inside the reporter's jurisdiction (a node has no right to
 /// speak for others). The error names the rule.
 pub fn check_report(
-    reporter: &crate::config::DivisionCode,
+    reporter: &crate::domain::division::DivisionCode,
     holders: &[Holder],
 ) -> Result<(), String> {
     if holders.len() > MAX_HOLDERS {
@@ -146,12 +146,12 @@ pub fn check_report(
         ));
     }
     for (i, h) in holders.iter().enumerate() {
-        let code = crate::config::DivisionCode::parse(&h.node)
+        let code = crate::domain::division::DivisionCode::parse(&h.node)
             .map_err(|e| format!("holders[{i}].node: {e}"))?;
         reporter
             .may_share_with(&code)
             .map_err(|e| format!("holders[{i}].node: {e}"))?;
-        crate::config::DivisionCode::parse(&h.from)
+        crate::domain::division::DivisionCode::parse(&h.from)
             .map_err(|e| format!("holders[{i}].from: {e}"))?;
         if h.fields.len() > crate::state::catalog::limits::FIELDS {
             return Err(format!("holders[{i}].fields: too many"));
@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_node_reports_only_divisions_of_its_own_jurisdiction() {
-        let city = crate::config::DivisionCode::parse("330100").unwrap();
+        let city = crate::domain::division::DivisionCode::parse("330100").unwrap();
         check_report(&city, &[holder("330106"), holder("330108")]).unwrap();
         let e = check_report(&city, &[holder("330106"), holder("330201")]).unwrap_err();
         assert!(e.starts_with("holders[1].node"), "{e}");

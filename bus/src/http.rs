@@ -13,6 +13,7 @@
 //! address: there [`ops_router`] serves all three, openly.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
@@ -20,11 +21,66 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP server listens on: the API, the schema registry,
+    /// the dashboard, `/healthz`, `/readyz` (details for admins) and
+    /// `/metrics` (admins only).
+    pub listen: SocketAddr,
+    /// A second address serving `/metrics`, `/healthz` and `/readyz`
+    /// without a token, for Prometheus and probes on an internal network;
+    /// absent: none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the main listener: with `tls_key`, it
+    /// serves HTTPS only (the API, the registry, the dashboard carry
+    /// tokens and schemas).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert` (readable by the node's user only).
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// An HTTP client that, given `ca_file` (PEM, one or more certificates),
+/// trusts those CAs only (not the system's: a government network's own CA
+/// names its servers, and a public CA should not be able to stand in for
+/// them); the system's CAs otherwise. The error starts with the file.
+pub fn http_client_trusting(
+    ca_file: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cas = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| format!("{}: not a PEM file of certificates", path.display()))?;
+        b = b.tls_built_in_root_certs(false);
+        for ca in cas {
+            b = b.add_root_certificate(ca);
+        }
+    }
+    b.build().map_err(|e| format!("an HTTP client: {e}"))
+}
 
 /// The state of one readiness check.
 #[derive(Debug, Clone, PartialEq, Eq)]

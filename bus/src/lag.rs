@@ -74,7 +74,7 @@ pub const REPLACEABLE_AFTER: Duration = Duration::from_secs(3600);
 pub const MIN_POST_INTERVAL: Duration = Duration::from_secs(1);
 /// The most share topics one status names (a subscription reads at most
 /// as many).
-pub const MAX_STATUS_TOPICS: usize = crate::config::MAX_SUBSCRIPTION_TOPICS;
+pub const MAX_STATUS_TOPICS: usize = crate::subscribe::config::MAX_SUBSCRIPTION_TOPICS;
 
 /// Whether a subscription runs, as its subscriber says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -549,7 +549,7 @@ pub type Served = Vec<(String, String)>;
 /// active subscriptions, sorted, each once. The lag board covers these,
 /// and a subscriber node's status may name only these.
 pub fn served_now(
-    config_shares: &[crate::config::ShareConfig],
+    config_shares: &[crate::distributor::share::ShareConfig],
     catalog: &crate::state::catalog::CatalogState,
 ) -> Served {
     let mut out: Served = config_shares
@@ -1198,7 +1198,7 @@ fn taken(key: &str, payload: &[u8], now: i64) -> Option<SubscriberStatus> {
 /// failure is logged once and retried.
 pub async fn report(
     settings: crate::kafka::KafkaSettings,
-    upstream: crate::config::UpstreamConfig,
+    upstream: crate::subscribe::config::UpstreamConfig,
     status: tokio::sync::watch::Receiver<Report>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {

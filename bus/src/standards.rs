@@ -555,7 +555,7 @@ fn redact(text: &str) -> String {
 
 /// Runs the mapping and rules over up to `sample` rows of each table of
 /// `feed` (a feed's tables read as a polling feed reads them: see
-/// [`crate::config::FeedConfig::sample_config`]) without publishing
+/// [`crate::source::config::FeedConfig::sample_config`]) without publishing
 /// anything (`backflow feed check`).
 pub async fn check_feed(
     feed: &backflow_connectors::poll::PollSourceConfig,

@@ -29,8 +29,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SinkConfig, SubscriptionConfig};
 use crate::domain::policy::Onward;
+use crate::subscribe::config::SinkConfig;
+use crate::subscribe::config::SubscriptionConfig;
 
 /// How often the upper grants are asked for.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -184,7 +185,7 @@ pub struct Reporting {
     /// This node's catalog (its subscriptions).
     pub catalog: crate::state::catalog::Catalog,
     /// This node's configured shares.
-    pub shares: Vec<crate::config::ShareConfig>,
+    pub shares: Vec<crate::distributor::share::ShareConfig>,
     /// What this node's own lower nodes reported.
     pub reports: crate::holders::HolderReports,
 }

@@ -8,7 +8,12 @@
 //! 1. observation: `metrics.rs`, `events.rs` (a log line and its counter
 //!    in one call);
 //! 2. Kafka and the schema registry's store: `kafka/`, `registry/`;
-//! 3. configuration: `config.rs` assembles the sections, `standards.rs`;
+//! 3. what configuration sections share (`config/section.rs`: the error
+//!    naming a key, secret resolution), the feeds' section
+//!    (`source/config.rs`, kept by the catalog below the feeds) and the
+//!    standards (`standards.rs`). Every other section lives with its owner
+//!    at the owner's layer (`subscribe/config.rs`, `distributor/share.rs`,
+//!    `state/audit.rs`, `auth.rs`, `http.rs`, `runtime/`, `domain/division.rs`);
 //! 4. state kept in Kafka and who may touch it: `state/` (catalog, audit
 //!    trail, offsets), `auth.rs`, `admission.rs`;
 //! 5. components: feeds (`source/`), the distributor, subscriptions
@@ -16,7 +21,9 @@
 //!    holders, the HTTP basics;
 //! 6. control plane: `control/` (the API, the schema registry's REST API,
 //!    the dashboard);
-//! 7. runtime: `runtime/` (node, subscriber process, logging);
+//! 7. runtime: `config/` (assembles the sections into one configuration and
+//!    checks them together), `runtime/` (node, subscriber process,
+//!    logging);
 //! 8. the binary: `main.rs`, `demo.rs`.
 //!
 //! An import is any `crate::path` in code (comments and `#[cfg(test)]`
@@ -34,7 +41,8 @@ const LAYERS: &[(&str, usize)] = &[
     ("events.rs", 1),
     ("kafka/", 2),
     ("registry/", 2),
-    ("config.rs", 3),
+    ("config/section.rs", 3),
+    ("source/config.rs", 3),
     ("standards.rs", 3),
     ("state/", 4),
     ("auth.rs", 4),
@@ -48,6 +56,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("holders.rs", 5),
     ("acls.rs", 5),
     ("control/", 6),
+    ("config/", 7),
     ("runtime/", 7),
     ("main.rs", 8),
     ("demo.rs", 8),

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ShareConfig;
+use crate::distributor::share::ShareConfig;
 use crate::domain::topics;
 use crate::kafka::TopicAdmin;
 use crate::state::audit::Auditor;

@@ -15,7 +15,7 @@
 use backflow_schemas::registry_client::subject_for;
 use backflow_schemas::{table_from_schemas, TableCodec, TableTarget};
 
-use crate::config::ShareConfig;
+use crate::distributor::share::ShareConfig;
 use crate::domain::topics;
 use crate::registry::{compat, Registry, RegistryError, VersionSel};
 use crate::state::catalog::{Dataset, Subscription, SubscriptionState};
@@ -27,7 +27,7 @@ pub fn share_of(sub: &Subscription, dataset: &Dataset) -> Option<ShareConfig> {
     if sub.state != SubscriptionState::Active || dataset.row_rule().is_none() {
         return None;
     }
-    let subscriber = crate::config::DivisionCode::parse(&sub.subscriber).ok()?;
+    let subscriber = crate::domain::division::DivisionCode::parse(&sub.subscriber).ok()?;
     Some(ShareConfig {
         subscriber,
         dataset: sub.dataset.clone(),

@@ -26,6 +26,7 @@
 pub mod ended;
 pub mod grant_check;
 pub mod retract;
+pub mod share;
 
 use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS, HEADER_POLICY};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,7 +39,7 @@ use backflow_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ShareConfig;
+use crate::distributor::share::ShareConfig;
 use crate::domain::policy::{SharePolicy, ShareTable};
 use crate::domain::topics;
 use crate::kafka::{Acks, Batch, ConsumedRecord, Consumer, KafkaError, OutgoingRecord, TopicSpec};

@@ -5,6 +5,7 @@
 //! from the rest of the crate.
 
 pub mod disclosure;
+pub mod division;
 pub mod headers;
 pub mod policy;
 pub mod principal;

@@ -357,7 +357,7 @@ impl Process<'_> {
         let (cascading, databases): (Vec<_>, Vec<_>) = subscriptions
             .iter()
             .cloned()
-            .partition(|s| matches!(s.sink, crate::config::SinkConfig::Kafka(_)));
+            .partition(|s| matches!(s.sink, crate::subscribe::config::SinkConfig::Kafka(_)));
         self.tracker.spawn(start_data_path(
             DataPath {
                 is_node: self.is_node,
@@ -669,14 +669,14 @@ struct DataPath {
     publisher: Publisher,
     metrics: Metrics,
     node_code: String,
-    standards: Arc<Vec<crate::config::StandardConfig>>,
+    standards: Arc<Vec<crate::standards::StandardConfig>>,
     partitions: i32,
     replication_factor: i32,
-    feeds: Vec<crate::config::FeedConfig>,
+    feeds: Vec<crate::source::config::FeedConfig>,
     feed_statuses: crate::source::feeds::FeedStatuses,
     admission: Arc<crate::admission::FeedAdmission>,
-    shares: Vec<crate::config::ShareConfig>,
-    cascading: Vec<crate::config::SubscriptionConfig>,
+    shares: Vec<crate::distributor::share::ShareConfig>,
+    cascading: Vec<crate::subscribe::config::SubscriptionConfig>,
     cascade_health: crate::subscribe::SubscriptionHealth,
     catalog: crate::state::catalog::Catalog,
     auditor: crate::state::audit::Auditor,
@@ -855,7 +855,7 @@ async fn watch_kafka(
 /// and the catalog's active subscriptions.
 fn served(
     catalog: crate::state::catalog::Catalog,
-    config_shares: &[crate::config::ShareConfig],
+    config_shares: &[crate::distributor::share::ShareConfig],
 ) -> Arc<dyn Fn() -> futures::future::BoxFuture<'static, crate::lag::Served> + Send + Sync> {
     let shares = Arc::new(config_shares.to_vec());
     Arc::new(move || {
@@ -879,7 +879,7 @@ struct Listeners {
 impl Listeners {
     /// Binds both, before anything starts, so a taken address fails the
     /// process at once, naming the key.
-    async fn bind(http: &crate::config::HttpConfig) -> Result<Self, NodeError> {
+    async fn bind(http: &crate::http::HttpConfig) -> Result<Self, NodeError> {
         let bind_error = |addr| move |source| NodeError::Bind { addr, source };
         let main = TcpListener::bind(http.listen)
             .await

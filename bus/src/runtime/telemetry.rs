@@ -2,7 +2,38 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::{LogConfig, LogFormat};
+use serde::{Deserialize, Serialize};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,backflow=debug`; `RUST_LOG`
+    /// overrides it when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, overrides
 /// the configured level. Calling it twice is harmless (the first one wins).

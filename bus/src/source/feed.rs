@@ -117,7 +117,7 @@ pub struct FeedContext {
     /// Metrics.
     pub metrics: Metrics,
     /// The datasets' standard forms (`[[standards]]`).
-    pub standards: Arc<Vec<crate::config::StandardConfig>>,
+    pub standards: Arc<Vec<crate::standards::StandardConfig>>,
 }
 
 /// A table version's codec and the raw topic's schema ids it encodes with.

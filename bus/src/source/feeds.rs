@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use backflow_connectors::SourceGauges;
 
-use crate::config::FeedConfig;
+use crate::source::config::FeedConfig;
 use crate::source::feed::FeedContext;
 use crate::state::catalog::Catalog;
 

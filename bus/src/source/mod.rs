@@ -3,6 +3,7 @@
 //! them, `topic_state` reads a raw topic's current rows for sources that
 //! need them.
 
+pub mod config;
 pub mod feed;
 pub mod feeds;
 pub mod topic_state;

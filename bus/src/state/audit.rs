@@ -48,15 +48,111 @@ use std::time::Duration;
 
 use backflow_connectors::now_ms;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::config::AuditConfig;
 use crate::domain::topics;
 use crate::kafka::{Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, Watermarks};
+
+/// The key that signs this node's audit trail, and its checkpoints.
+///
+/// ```toml
+/// [audit]
+/// signing_key_file = "/etc/backflow/audit.key"  # written by `backflow audit keygen --out FILE`
+/// # signing_key_env = "BACKFLOW_AUDIT_KEY"      # or: a variable holding the key
+/// checkpoint_every = 1000
+/// ```
+///
+/// The key is an Ed25519 secret key: its 32-byte seed as 64 hex digits.
+/// Owners and auditors check the trail with its public half (`backflow
+/// audit verify --public-key`). With neither setting, a node on the
+/// embedded broker signs with a key made for that run; a node on a real
+/// cluster refuses to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// File holding the secret key (hex seed); readable by the node's
+    /// user only.
+    pub signing_key_file: Option<PathBuf>,
+    /// Environment variable holding the secret key (hex seed), instead of
+    /// a file.
+    pub signing_key_env: Option<String>,
+    /// A signed checkpoint record is written when the chain's sequence
+    /// number reaches a multiple of this (and when a node process writes
+    /// its first record), so a trail whose oldest records expired is
+    /// checked from the first checkpoint still there.
+    pub checkpoint_every: u64,
+    /// Public keys (hex) the node signed with before its key was rotated:
+    /// catalog records they signed are still believed until rewritten.
+    pub previous_public_keys: Vec<String>,
+    /// Files of secret keys (hex seed) the node used before its key was
+    /// rotated: catalog records they signed are believed, and the HMAC
+    /// keys they sealed are opened, until the records are rewritten.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Upgrading a catalog written before records were signed: its records
+    /// at offsets up to this one (the catalog topic's last offset before
+    /// the upgrade) are believed without a signature. Records after it
+    /// are checked as any other.
+    pub unsigned_catalog_until_offset: Option<i64>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            signing_key_env: None,
+            checkpoint_every: 1000,
+            previous_public_keys: Vec::new(),
+            previous_key_files: Vec::new(),
+            unsigned_catalog_until_offset: None,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The first setting that cannot be used: (key, reason).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.signing_key_file.is_some() && self.signing_key_env.is_some() {
+            return Err((
+                "audit.signing_key_env",
+                "set either audit.signing_key_file or audit.signing_key_env, not both".to_owned(),
+            ));
+        }
+        if self.checkpoint_every == 0 {
+            return Err((
+                "audit.checkpoint_every",
+                "must be at least 1 (1000 is the default)".to_owned(),
+            ));
+        }
+        self.previous_keys()?;
+        Ok(())
+    }
+
+    /// [`AuditConfig::previous_public_keys`], parsed.
+    pub fn previous_keys(
+        &self,
+    ) -> Result<Vec<ed25519_dalek::VerifyingKey>, (&'static str, String)> {
+        self.previous_public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(text.trim(), &mut bytes)
+                    .ok()
+                    .and_then(|()| ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok())
+                    .ok_or_else(|| {
+                        (
+                            "audit.previous_public_keys",
+                            format!("entry {i} is not an Ed25519 public key: 64 hex digits, as GET /api/node shows audit_public_key"),
+                        )
+                    })
+            })
+            .collect()
+    }
+}
 
 /// The hash before a chain's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

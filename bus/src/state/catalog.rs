@@ -710,20 +710,20 @@ pub struct FeedRecord {
 
 impl FeedRecord {
     /// The feed's configuration, or what is wrong with it (naming the key).
-    pub fn parse(&self) -> Result<crate::config::FeedConfig, String> {
+    pub fn parse(&self) -> Result<crate::source::config::FeedConfig, String> {
         let mut v = self.config.clone();
         if let Some(o) = v.as_object_mut() {
             // Not connector settings: see `standards`, and `admission` for
             // the bound secret.
             o.remove("standards");
-            o.remove(crate::config::SECRET_KEY);
+            o.remove(crate::source::config::SECRET_KEY);
             o.insert(
                 "name".to_owned(),
                 serde_json::Value::String(self.name.clone()),
             );
         }
-        let feed =
-            serde_path_to_error::deserialize::<_, crate::config::FeedConfig>(v).map_err(|e| {
+        let feed = serde_path_to_error::deserialize::<_, crate::source::config::FeedConfig>(v)
+            .map_err(|e| {
                 let path = e.path().to_string();
                 if path == "." || path.is_empty() {
                     e.inner().to_string()
@@ -737,11 +737,11 @@ impl FeedRecord {
 
     /// The standards of the feed's datasets registered with it (key
     /// `standards`, the form of `[[standards]]`), checked.
-    pub fn standards(&self) -> Result<Vec<crate::config::StandardConfig>, String> {
+    pub fn standards(&self) -> Result<Vec<crate::standards::StandardConfig>, String> {
         let Some(v) = self.config.get("standards") else {
             return Ok(Vec::new());
         };
-        let standards: Vec<crate::config::StandardConfig> =
+        let standards: Vec<crate::standards::StandardConfig> =
             serde_path_to_error::deserialize(v.clone())
                 .map_err(|e| format!("standards.{}: {}", e.path(), e.inner()))?;
         let feed = self.parse()?;

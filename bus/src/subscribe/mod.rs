@@ -12,6 +12,7 @@
 //! committed) and the subscription goes on.
 
 pub mod cascade;
+pub mod config;
 pub mod reconcile;
 
 use crate::domain::headers::{
@@ -37,13 +38,14 @@ use backflow_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SinkConfig, SubscriptionConfig};
 use crate::http::{CheckState, Readiness};
 use crate::kafka::{
     ConsumedRecord, Consumer, KafkaError, KafkaSettings, OutgoingRecord, Publisher, TopicAdmin,
     TopicSpec, Watermarks,
 };
 use crate::metrics::Metrics;
+use crate::subscribe::config::SinkConfig;
+use crate::subscribe::config::SubscriptionConfig;
 
 /// Readiness check covering every subscription of the process.
 pub const CHECK_SUBSCRIPTIONS: &str = "subscriptions";
@@ -746,7 +748,7 @@ pub(crate) struct Decoder {
 impl Decoder {
     /// Schemas come from `upstream`'s registry, asked with its token.
     pub(crate) fn new(
-        upstream: &crate::config::UpstreamConfig,
+        upstream: &crate::subscribe::config::UpstreamConfig,
         targets: HashMap<String, TableTarget>,
     ) -> Self {
         let registry = upstream

@@ -31,8 +31,8 @@ use backflow_connectors::{ConnectorError, ErrorKind, ReadBack, Sink, SinkBatch, 
 use backflow_schemas::TableDesc;
 use serde::Serialize;
 
-use crate::config::SubscriptionConfig;
 use crate::kafka::{Consumer, KafkaError, Watermarks};
+use crate::subscribe::config::SubscriptionConfig;
 use crate::subscribe::{database_sink, table_targets, upstream_settings, Decoder, SubscribeError};
 
 /// Suffix of the scratch tables.

@@ -32,7 +32,10 @@ pub(super) fn routes() -> Router<ApiState> {
 const MAX_FEED_NAME: usize = 100;
 
 /// Whether `who` may manage a feed filling these datasets.
-fn may_manage_feed(who: &Principal, feed: &crate::config::FeedConfig) -> Result<(), ApiError> {
+fn may_manage_feed(
+    who: &Principal,
+    feed: &crate::source::config::FeedConfig,
+) -> Result<(), ApiError> {
     match feed.datasets().into_iter().find(|d| !who.owns(d)) {
         None => Ok(()),
         Some(t) => Err(forbidden(format!(
@@ -202,7 +205,7 @@ async fn put_feed(
         &state,
         &who,
         CatalogRecord::Feed(record.clone()),
-        json!({"action": "feed registered", "feed": name, "datasets": parsed.datasets(), "secret": record.config.get(crate::config::SECRET_KEY)}),
+        json!({"action": "feed registered", "feed": name, "datasets": parsed.datasets(), "secret": record.config.get(crate::source::config::SECRET_KEY)}),
     )
     .await?;
     let mut body = json!({"name": name, "owner": record.owner, "config": record.config, "paused": record.paused});

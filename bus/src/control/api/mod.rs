@@ -41,8 +41,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::auth::TokenConfig;
 use crate::auth::{Authenticator, Principal};
-use crate::config::TokenConfig;
 use crate::state::audit::Auditor;
 use crate::state::catalog::{Catalog, CatalogRecord};
 
@@ -54,14 +54,14 @@ pub struct ApiState {
     catalog: Catalog,
     auditor: Auditor,
     auth: Authenticator,
-    node: std::sync::Arc<crate::config::NodeConfig>,
+    node: std::sync::Arc<crate::domain::division::NodeConfig>,
     feeds: crate::source::feeds::FeedStatuses,
     publisher: crate::kafka::Publisher,
     registry: crate::registry::Registry,
     lag: crate::lag::LagBoard,
     metrics: Option<crate::metrics::Metrics>,
     /// The configuration's `[[standards]]`: datasets bound to a standard.
-    standards: std::sync::Arc<Vec<crate::config::StandardConfig>>,
+    standards: std::sync::Arc<Vec<crate::standards::StandardConfig>>,
     /// What feeds registered through the API may use.
     admission: std::sync::Arc<crate::admission::FeedAdmission>,
     /// The configuration's feeds and the datasets each fills.
@@ -70,7 +70,7 @@ pub struct ApiState {
     /// comes through.
     cascaded: std::sync::Arc<std::collections::BTreeMap<String, String>>,
     /// The configuration's `[[shares]]`.
-    config_shares: std::sync::Arc<Vec<crate::config::ShareConfig>>,
+    config_shares: std::sync::Arc<Vec<crate::distributor::share::ShareConfig>>,
     /// The upper grants of the datasets received from an upper node.
     upper: crate::upper::UpperGrants,
     /// What lower nodes reported of their onward grants.
@@ -130,7 +130,7 @@ impl ApiState {
         catalog: Catalog,
         auditor: Auditor,
         tokens: &[TokenConfig],
-        node: crate::config::NodeConfig,
+        node: crate::domain::division::NodeConfig,
         feeds: crate::source::feeds::FeedStatuses,
         publisher: crate::kafka::Publisher,
         registry: crate::registry::Registry,
@@ -185,7 +185,10 @@ impl ApiState {
     }
 
     /// The configuration's shares, which `/api/grants` answers for.
-    pub fn with_config_shares(mut self, shares: Vec<crate::config::ShareConfig>) -> Self {
+    pub fn with_config_shares(
+        mut self,
+        shares: Vec<crate::distributor::share::ShareConfig>,
+    ) -> Self {
         self.config_shares = std::sync::Arc::new(shares);
         self
     }
@@ -226,7 +229,7 @@ impl ApiState {
     pub fn with_feeds(
         mut self,
         admission: crate::admission::FeedAdmission,
-        config_feeds: &[crate::config::FeedConfig],
+        config_feeds: &[crate::source::config::FeedConfig],
     ) -> Self {
         self.admission = std::sync::Arc::new(admission);
         self.config_feeds = std::sync::Arc::new(
@@ -244,7 +247,7 @@ impl ApiState {
     }
 
     /// The datasets the configuration binds to standards.
-    pub fn with_standards(mut self, standards: Vec<crate::config::StandardConfig>) -> Self {
+    pub fn with_standards(mut self, standards: Vec<crate::standards::StandardConfig>) -> Self {
         self.standards = std::sync::Arc::new(standards);
         self
     }

@@ -213,8 +213,8 @@ async fn put_node(
             who.name()
         )));
     }
-    let parsed =
-        crate::config::DivisionCode::parse(&code).map_err(|e| invalid(format!("code: {e}")))?;
+    let parsed = crate::domain::division::DivisionCode::parse(&code)
+        .map_err(|e| invalid(format!("code: {e}")))?;
     let prefix = state.node.code.jurisdiction_prefix();
     if parsed.as_str() == state.node.code.as_str() || !parsed.as_str().starts_with(prefix) {
         return Err(invalid(format!(

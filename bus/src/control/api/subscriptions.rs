@@ -138,7 +138,7 @@ async fn report_holders(
             "subscriber:{n} cannot report for {subscriber}"
         )));
     }
-    let reporter = crate::config::DivisionCode::parse(n).map_err(invalid)?;
+    let reporter = crate::domain::division::DivisionCode::parse(n).map_err(invalid)?;
     crate::holders::check_report(&reporter, &body.holders).map_err(invalid)?;
     state.holder_reports.store(&id, body.holders);
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -250,7 +250,8 @@ async fn request_subscription(
             )))
         }
     }
-    let subscriber = crate::config::DivisionCode::parse(&body.subscriber).map_err(invalid)?;
+    let subscriber =
+        crate::domain::division::DivisionCode::parse(&body.subscriber).map_err(invalid)?;
     state
         .node
         .code
