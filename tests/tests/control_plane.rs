@@ -58,15 +58,36 @@ async fn distinct_keys(settings: &backflow::kafka::KafkaSettings, topic: &str) -
     keys.len()
 }
 
-/// Waits until `topic` has more than `than` records written.
-async fn until_written(bootstrap: &str, topic: &str, than: i64) -> i64 {
+/// Waits until the node's distributor group has committed every partition
+/// of `raw` up to its current end: each record there has been distributed
+/// to every active share, and its share records acknowledged.
+async fn until_distributed(settings: &backflow::kafka::KafkaSettings, raw: &str) {
+    let group = backflow::distributor::group_id("330100");
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let n = high_watermark(bootstrap, topic).await;
-        if n > than {
-            return n;
+        let n = backflow::kafka::partition_count(settings, raw)
+            .await
+            .unwrap_or(0) as i32;
+        let w = backflow::kafka::Watermarks::new(settings).unwrap();
+        let parts: Vec<(String, i32)> = (0..n).map(|p| (raw.to_owned(), p)).collect();
+        let committed = backflow::kafka::group_committed(settings, &group, &parts)
+            .await
+            .unwrap_or_default();
+        let mut behind = Vec::new();
+        for (p, c) in (0..n).zip(committed.iter().chain(std::iter::repeat(&None))) {
+            let high = w.high(raw, p).await.unwrap_or(0);
+            if high > 0 && c.unwrap_or(0) < high {
+                behind.push(format!("partition {p}: committed {c:?} of {high}"));
+            }
         }
-        assert!(Instant::now() < until, "{topic} stayed at {n} records");
+        if n > 0 && behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the distributor did not commit {raw}: {}",
+            behind.join(", ")
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -204,6 +225,33 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     .await;
     assert_eq!(status, 403, "a subscriber cannot approve");
 
+    // 330108 is approved first, so the distributor reads the dataset and
+    // has every chance to leak; the request of 330106 stays pending.
+    let (status, body) = call(
+        &node,
+        "POST",
+        &format!("/api/subscriptions/330108:{dataset}/approve"),
+        Some(owner),
+        Some(json!({"request_version": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let settings = backflow::kafka::KafkaSettings::new(broker.bootstrap());
+    let share_108 = format!("backflow.share.330108.{dataset}");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = distinct_keys(&settings, &share_108).await;
+        if keys == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "330108 has {keys} of its 20 rows\n{}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     // The district's subscriber runs, but nothing flows while pending.
     let sink = SinkDb::create(Backend::Sqlite).await.unwrap();
     let sub_config = format!(
@@ -214,12 +262,11 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         sink.sink_toml(),
     );
     let mut sub = Node::subscribe_with_config(&sub_config, &[("XIHU_TOKEN", xihu)]).unwrap();
-    // The department's rows are on the raw topic, so there is something
-    // to leak; the share topic has had nothing written to it at all.
-    let settings = backflow::kafka::KafkaSettings::new(broker.bootstrap());
+    // Absence proven, not waited for: the distributor has committed the
+    // whole raw topic (every record of 330106's rows was distributed, to
+    // 330108 only), and 330106's share topic has had nothing written.
     let share_topic = format!("backflow.share.330106.{dataset}");
-    until_written(broker.bootstrap(), &format!("backflow.raw.{dataset}"), 0).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    until_distributed(&settings, &format!("backflow.raw.{dataset}")).await;
     assert_eq!(
         high_watermark(broker.bootstrap(), &share_topic).await,
         0,
@@ -230,7 +277,10 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         "nothing before approval"
     );
 
-    // Approved with the identity number left out: the rows of 330106 arrive.
+    // Approved with the identity number left out, while 330108's share
+    // runs: its backfill goes on beside the distributor, which then takes
+    // it over without a restart, and the rows of 330106 arrive.
+    let restarts_before = node.stderr().matches("restarting the distributor").count();
     let (status, body) = call(
         &node,
         "POST",
@@ -277,45 +327,6 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         !cols.iter().any(|c| c == "id_number"),
         "narrowed at approval: {cols:?}"
     );
-
-    // Live changes flow while active.
-    let db = pg_connect(&source.name).await.unwrap();
-    db.batch_execute("UPDATE people SET name = '李四' WHERE id = 2")
-        .await
-        .unwrap();
-    wait_for(20, "李*").await;
-
-    // A second district approved while the first one's share runs: its
-    // backfill goes on beside the distributor, which then takes it over
-    // without a restart; the first district keeps receiving meanwhile.
-    let restarts_before = node.stderr().matches("restarting the distributor").count();
-    let (status, body) = call(
-        &node,
-        "POST",
-        &format!("/api/subscriptions/330108:{dataset}/approve"),
-        Some(owner),
-        Some(json!({"request_version": 1})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    db.batch_execute("UPDATE people SET name = '钱七' WHERE id = 2")
-        .await
-        .unwrap();
-    wait_for(20, "钱*").await;
-    let share_108 = format!("backflow.share.330108.{dataset}");
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let keys = distinct_keys(&settings, &share_108).await;
-        if keys == 20 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "330108 has {keys} of its 20 rows\n{}",
-            node.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     let log = node.stderr();
     assert!(
         log.contains("backfilled share joined the running distributor"),
@@ -326,6 +337,13 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         restarts_before,
         "other subscriptions never paused for the backfill"
     );
+
+    // Live changes flow while active.
+    let db = pg_connect(&source.name).await.unwrap();
+    db.batch_execute("UPDATE people SET name = '李四' WHERE id = 2")
+        .await
+        .unwrap();
+    wait_for(20, "李*").await;
 
     // Only the subscriber itself (or the owner) reads a subscription.
     assert_eq!(
@@ -435,7 +453,7 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
     let rows = sink.rows("people", "id", &READ).await.unwrap().unwrap();
     assert_eq!(
         rows[&2][0].as_deref(),
-        Some("钱*"),
+        Some("李*"),
         "no delivery after revocation"
     );
 
