@@ -231,19 +231,27 @@ async fn the_node_gives_a_district_exactly_its_share_topic_and_takes_it_back() {
         expected,
         "exactly these, nothing more"
     );
-    let sub = s
-        .ok(
-            "GET",
-            "/api/subscriptions/330106:ga.people",
-            GA,
-            Value::Null,
-        )
-        .await;
-    assert_eq!(
-        sub["kafka_acls"].as_array().map(Vec::len),
-        Some(2),
-        "the subscription shows its ACLs: {sub}"
-    );
+    // The API shows what the reconciler's last round read back from the
+    // brokers (each second), so it may be a round behind the check above.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sub = s
+            .ok(
+                "GET",
+                "/api/subscriptions/330106:ga.people",
+                GA,
+                Value::Null,
+            )
+            .await;
+        if sub["kafka_acls"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the subscription shows its 2 ACLs: {sub}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // So does the CLI.
     let shown = backflow_e2e::backflow()
         .args(["subscriptions", "show", "330106:ga.people"])

@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::auth::{Authenticator, Principal};
 use crate::registry::{Level, Registry, RegistryError, VersionSel};
@@ -149,17 +149,81 @@ pub fn router(registry: Registry, auth: Authenticator) -> Router {
         .with_state(RegistryApi { registry, auth })
 }
 
-fn reply(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        body.to_string(),
-    )
-        .into_response()
+fn reply(status: StatusCode, body: &impl Serialize) -> Response {
+    let text = serde_json::to_string(body).expect("registry answers serialize");
+    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-fn ok(body: Value) -> Response {
-    reply(StatusCode::OK, body)
+fn ok(body: impl Serialize) -> Response {
+    reply(StatusCode::OK, &body)
+}
+
+// The answers, as Confluent's Schema Registry names their fields (its
+// clients read them).
+
+/// An error: Confluent's code (e.g. 40401 subject not found) and message.
+#[derive(Serialize)]
+struct ErrorAnswer<'a> {
+    error_code: u32,
+    message: &'a str,
+}
+
+/// `POST /subjects/{subject}/versions`.
+#[derive(Serialize)]
+struct IdAnswer {
+    id: u32,
+}
+
+/// A subject's version with its schema.
+#[derive(Serialize)]
+struct VersionAnswer {
+    subject: String,
+    id: u32,
+    version: u32,
+    schema: String,
+}
+
+/// `GET /schemas/ids/{id}`.
+#[derive(Serialize)]
+struct SchemaAnswer {
+    schema: String,
+}
+
+/// `GET /schemas/ids/{id}/versions`: where a schema is used.
+#[derive(Serialize)]
+struct Usage {
+    subject: String,
+    version: u32,
+}
+
+/// A compatibility check; `messages` only when asked (`verbose=true`).
+#[derive(Serialize)]
+struct CompatibilityAnswer {
+    is_compatible: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<String>>,
+}
+
+impl CompatibilityAnswer {
+    fn new(reasons: Vec<String>, verbose: bool) -> Self {
+        Self {
+            is_compatible: reasons.is_empty(),
+            messages: verbose.then_some(reasons),
+        }
+    }
+}
+
+/// A compatibility level read (Confluent names it `compatibilityLevel`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LevelAnswer {
+    compatibility_level: Level,
+}
+
+/// A compatibility level set.
+#[derive(Serialize)]
+struct LevelSet {
+    compatibility: Level,
 }
 
 impl IntoResponse for RegistryError {
@@ -167,7 +231,10 @@ impl IntoResponse for RegistryError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         reply(
             status,
-            json!({ "error_code": self.code, "message": self.message }),
+            &ErrorAnswer {
+                error_code: self.code,
+                message: &self.message,
+            },
         )
     }
 }
@@ -246,7 +313,7 @@ fn schema_json(text: &str) -> Value {
 }
 
 async fn list_subjects(_: Reader, State(r): State<Registry>, Query(f): Query<Flags>) -> ApiResult {
-    Ok(ok(json!(r.state().await.subjects(f.deleted))))
+    Ok(ok(r.state().await.subjects(f.deleted)))
 }
 
 async fn list_versions(
@@ -260,7 +327,7 @@ async fn list_versions(
         .await
         .versions(&subject, f.deleted)
         .map_err(|_| RegistryError::subject_not_found(&subject))?;
-    Ok(ok(json!(versions)))
+    Ok(ok(versions))
 }
 
 async fn register(
@@ -271,7 +338,7 @@ async fn register(
 ) -> ApiResult {
     let schema = SchemaBody::parse(&bytes)?;
     let id = r.register(&subject, &schema).await?;
-    Ok(ok(json!({ "id": id })))
+    Ok(ok(IdAnswer { id }))
 }
 
 async fn lookup(
@@ -293,12 +360,12 @@ async fn lookup(
     for v in versions.into_iter().rev() {
         if let Ok((_, entry)) = st.version(&subject, VersionSel::Number(v), f.deleted) {
             if entry.id == id {
-                return Ok(ok(json!({
-                    "subject": subject,
-                    "id": id,
-                    "version": v,
-                    "schema": entry.text,
-                })));
+                return Ok(ok(VersionAnswer {
+                    subject,
+                    id,
+                    version: v,
+                    schema: entry.text.clone(),
+                }));
             }
         }
     }
@@ -327,12 +394,12 @@ async fn get_version(
     Query(f): Query<Flags>,
 ) -> ApiResult {
     let (v, id, text) = find_version(&r, &subject, &version, f.deleted).await?;
-    Ok(ok(json!({
-        "subject": subject,
-        "id": id,
-        "version": v,
-        "schema": text,
-    })))
+    Ok(ok(VersionAnswer {
+        subject,
+        id,
+        version: v,
+        schema: text,
+    }))
 }
 
 async fn get_version_schema(
@@ -353,7 +420,7 @@ async fn delete_version(
 ) -> ApiResult {
     let sel = version_sel(&subject, &version)?;
     let v = r.delete_version(&subject, sel, f.permanent).await?;
-    Ok(ok(json!(v)))
+    Ok(ok(v))
 }
 
 async fn delete_subject(
@@ -362,7 +429,7 @@ async fn delete_subject(
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
 ) -> ApiResult {
-    Ok(ok(json!(r.delete_subject(&subject, f.permanent).await?)))
+    Ok(ok(r.delete_subject(&subject, f.permanent).await?))
 }
 
 fn parse_id(id: &str) -> Result<u32, RegistryError> {
@@ -374,7 +441,9 @@ async fn get_schema(_: Reader, State(r): State<Registry>, Path(id): Path<String>
     let entry = st
         .schema(parse_id(&id)?)
         .ok_or_else(RegistryError::schema_not_found)?;
-    Ok(ok(json!({ "schema": entry.text })))
+    Ok(ok(SchemaAnswer {
+        schema: entry.text.clone(),
+    }))
 }
 
 async fn get_schema_versions(
@@ -385,16 +454,19 @@ async fn get_schema_versions(
     let id = parse_id(&id)?;
     let st = r.state().await;
     st.schema(id).ok_or_else(RegistryError::schema_not_found)?;
-    let usages: Vec<Value> = st
+    let usages: Vec<Usage> = st
         .usages(id)
         .into_iter()
-        .map(|(subject, version)| json!({ "subject": subject, "version": version }))
+        .map(|(subject, version)| Usage {
+            subject: subject.to_owned(),
+            version,
+        })
         .collect();
-    Ok(ok(json!(usages)))
+    Ok(ok(usages))
 }
 
 async fn schema_types(_: Reader) -> ApiResult {
-    Ok(ok(json!(["AVRO"])))
+    Ok(ok(["AVRO"]))
 }
 
 async fn check_compatibility(
@@ -413,11 +485,7 @@ async fn check_compatibility(
         .map_err(|m| RegistryError::lookup(m, &subject, &version))?;
     // Against one version: the transitive levels reduce to the plain ones.
     let reasons = crate::registry::compat::check(level, &schema, &[(v, entry.schema.as_ref())]);
-    let mut out = json!({ "is_compatible": reasons.is_empty() });
-    if f.verbose {
-        out["messages"] = json!(reasons);
-    }
-    Ok(ok(out))
+    Ok(ok(CompatibilityAnswer::new(reasons, f.verbose)))
 }
 
 /// Checks a schema against every live version of the subject, as a
@@ -436,11 +504,7 @@ async fn check_compatibility_all(
     let refs: Vec<(u32, &apache_avro::Schema)> =
         history.iter().map(|(v, s)| (*v, s.as_ref())).collect();
     let reasons = crate::registry::compat::check(level, &schema, &refs);
-    let mut out = json!({ "is_compatible": reasons.is_empty() });
-    if f.verbose {
-        out["messages"] = json!(reasons);
-    }
-    Ok(ok(out))
+    Ok(ok(CompatibilityAnswer::new(reasons, f.verbose)))
 }
 
 #[derive(Deserialize)]
@@ -456,15 +520,17 @@ fn parse_level(bytes: &Bytes) -> Result<Level, RegistryError> {
 }
 
 async fn get_global_config(_: Reader, State(r): State<Registry>) -> ApiResult {
-    Ok(ok(
-        json!({ "compatibilityLevel": r.state().await.level(None) }),
-    ))
+    Ok(ok(LevelAnswer {
+        compatibility_level: r.state().await.level(None),
+    }))
 }
 
 async fn put_global_config(_: Admin, State(r): State<Registry>, bytes: Bytes) -> ApiResult {
     let level = parse_level(&bytes)?;
     r.set_level(None, Some(level)).await?;
-    Ok(ok(json!({ "compatibility": level })))
+    Ok(ok(LevelSet {
+        compatibility: level,
+    }))
 }
 
 async fn get_subject_config(
@@ -475,8 +541,12 @@ async fn get_subject_config(
 ) -> ApiResult {
     let st = r.state().await;
     match st.subject_level(&subject) {
-        Some(level) => Ok(ok(json!({ "compatibilityLevel": level }))),
-        None if f.default_to_global => Ok(ok(json!({ "compatibilityLevel": st.level(None) }))),
+        Some(level) => Ok(ok(LevelAnswer {
+            compatibility_level: level,
+        })),
+        None if f.default_to_global => Ok(ok(LevelAnswer {
+            compatibility_level: st.level(None),
+        })),
         None => Err(RegistryError::new(
             404,
             40408,
@@ -493,7 +563,9 @@ async fn put_subject_config(
 ) -> ApiResult {
     let level = parse_level(&bytes)?;
     r.set_level(Some(&subject), Some(level)).await?;
-    Ok(ok(json!({ "compatibility": level })))
+    Ok(ok(LevelSet {
+        compatibility: level,
+    }))
 }
 
 async fn delete_subject_config(
@@ -507,5 +579,7 @@ async fn delete_subject_config(
         .subject_level(&subject)
         .ok_or_else(|| RegistryError::subject_not_found(&subject))?;
     r.set_level(Some(&subject), None).await?;
-    Ok(ok(json!({ "compatibilityLevel": previous })))
+    Ok(ok(LevelAnswer {
+        compatibility_level: previous,
+    }))
 }

@@ -10,7 +10,6 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{forbidden, principal, ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
@@ -70,10 +69,10 @@ async fn read(
                 format!("the audit trail could not be read (Kafka): {e}"),
             )
         })?;
-    Ok(Json(json!({
-        "public_key": state.auditor.public_key_hex(),
-        "records": entries,
-    }))
+    Ok(Json(super::views::AuditPage {
+        public_key: state.auditor.public_key_hex(),
+        records: entries,
+    })
     .into_response())
 }
 
@@ -87,10 +86,10 @@ async fn verify(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult 
             format!("the audit trail could not be read (Kafka): {e}"),
         )
     })?;
-    Ok(Json(json!({
-        "intact": report.intact(),
-        "public_key": state.auditor.public_key_hex(),
-        "report": report,
-    }))
+    Ok(Json(super::views::AuditVerdict {
+        intact: report.intact(),
+        public_key: state.auditor.public_key_hex(),
+        report,
+    })
     .into_response())
 }

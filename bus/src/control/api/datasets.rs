@@ -9,6 +9,7 @@ use axum::Json;
 use axum::Router;
 use serde_json::{json, Value};
 
+use super::views;
 use super::{
     audit, forbidden, invalid, put_if_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
@@ -28,31 +29,20 @@ pub(super) fn routes() -> Router<ApiState> {
 async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     staff(&state, &headers).await?;
     let st = state.catalog.state().await;
-    let list: Vec<Value> = st
+    let list: Vec<views::DatasetEntry> = st
         .datasets
         .values()
-        .map(|d| {
-            let mut v = json!(d);
+        .map(|d| views::DatasetEntry {
+            dataset: d,
             // A dataset received from an upper node says so, with the
             // upper grant it is shared on under.
-            if let Some(via) = state.cascaded.get(&d.id) {
-                let grant = match state.upper.get(&d.id) {
-                    Some(crate::upper::UpperGrant::Active {
-                        onward,
-                        policy_version,
-                        fields,
-                    }) => json!({"state": "active", "onward": onward, "policy_version": policy_version, "fields": fields}),
-                    Some(crate::upper::UpperGrant::Ended { reason }) => {
-                        json!({"state": "ended", "reason": reason})
-                    }
-                    _ => json!({"state": "unknown"}),
-                };
-                v["received"] = json!({"subscription": via, "upper_grant": grant});
-            }
-            v
+            received: state.cascaded.get(&d.id).map(|via| views::Received {
+                subscription: via.clone(),
+                upper_grant: state.upper.get(&d.id).into(),
+            }),
         })
         .collect();
-    Ok(Json(json!(list)).into_response())
+    Ok(Json(list).into_response())
 }
 
 /// `GET /api/datasets/{id}/holders`: every node that holds the dataset
@@ -73,10 +63,12 @@ async fn holders(
         &st,
         &state.holder_reports,
     );
-    Ok(
-        Json(json!({"dataset": id, "node": state.node.code.as_str(), "holders": list}))
-            .into_response(),
-    )
+    Ok(Json(views::Holders {
+        dataset: id,
+        node: state.node.code.to_string(),
+        holders: list,
+    })
+    .into_response())
 }
 
 /// `PUT` or `PATCH /api/datasets/{id}`: registers a dataset, or changes
@@ -201,7 +193,7 @@ async fn put_dataset(
     )
     .await?;
     rederive(&state, &who, &dataset, before.as_ref()).await?;
-    Ok((StatusCode::OK, Json(json!(dataset))).into_response())
+    Ok((StatusCode::OK, Json(dataset)).into_response())
 }
 
 /// Applies a dataset's change to its subscriptions, each change audited.
@@ -333,35 +325,38 @@ async fn quality(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult
         .map(crate::standards::quality_report)
         .unwrap_or_default();
     report.retain(|q| who.owns(&q.dataset));
-    Ok(
-        Json(json!({ "window_secs": crate::standards::SCORE_WINDOW.as_secs(), "feeds": report }))
-            .into_response(),
-    )
+    Ok(Json(views::QualityReport {
+        window_secs: crate::standards::SCORE_WINDOW.as_secs(),
+        feeds: report,
+    })
+    .into_response())
 }
 
 /// The standards backflow ships: fields, types, required, sensitivity and
 /// rules (their own schemas are in the registry once a dataset uses them).
 async fn standards(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     staff(&state, &headers).await?;
-    let list: Vec<Value> = backflow_schemas::standard::builtin()
+    let list: Vec<views::StandardView> = backflow_schemas::standard::builtin()
         .values()
-        .map(|s| {
-            json!({
-                "name": s.name(),
-                "doc": s.doc(),
-                "key": s.key(),
-                "region_field": s.region_field(),
-                "subject": crate::standards::standard_subject(s.name()),
-                "fields": s.fields().iter().map(|f| json!({
-                    "name": f.name,
-                    "doc": f.doc,
-                    "type": f.sql_type.to_string(),
-                    "required": f.required,
-                    "sensitivity": f.sensitivity.as_str(),
-                    "rules": f.rules.iter().map(|r| r.name()).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-            })
+        .map(|s| views::StandardView {
+            name: s.name().to_owned(),
+            doc: s.doc().to_owned(),
+            key: s.key().to_vec(),
+            region_field: s.region_field().map(str::to_owned),
+            subject: crate::standards::standard_subject(s.name()),
+            fields: s
+                .fields()
+                .iter()
+                .map(|f| views::StandardField {
+                    name: f.name.clone(),
+                    doc: f.doc.clone(),
+                    sql_type: f.sql_type.to_string(),
+                    required: f.required,
+                    sensitivity: f.sensitivity.as_str(),
+                    rules: f.rules.iter().map(|r| r.name().into_owned()).collect(),
+                })
+                .collect(),
         })
         .collect();
-    Ok(Json(json!(list)).into_response())
+    Ok(Json(list).into_response())
 }

@@ -13,6 +13,7 @@ use backflow_connectors::now_ms;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::views;
 use super::{
     audit, forbidden, invalid, put_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
@@ -98,19 +99,25 @@ async fn list_feeds(State(state): State<ApiState>, headers: HeaderMap) -> ApiRes
             .get(name)
             .is_some_and(|f| f.owner.as_deref() == Some(who.name().as_str()))
     };
-    let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for (name, status) in statuses.iter().filter(|(n, _)| visible(n)) {
-        out.insert(name.clone(), json!({"name": name, "status": status}));
+    let entry = |name: &str| views::FeedEntry {
+        name: name.to_owned(),
+        status: None,
+        config: None,
+        paused: None,
+        owner: None,
+    };
+    let mut out: BTreeMap<String, views::FeedEntry> = BTreeMap::new();
+    for (name, status) in statuses.into_iter().filter(|(n, _)| visible(n)) {
+        let e = out.entry(name.clone()).or_insert_with(|| entry(&name));
+        e.status = Some(status);
     }
     for f in st.feeds.values().filter(|f| !f.deleted && visible(&f.name)) {
-        let entry = out
-            .entry(f.name.clone())
-            .or_insert_with(|| json!({"name": f.name}));
-        entry["config"] = f.config.clone();
-        entry["paused"] = json!(f.paused);
-        entry["owner"] = json!(f.owner);
+        let e = out.entry(f.name.clone()).or_insert_with(|| entry(&f.name));
+        e.config = Some(f.config.clone());
+        e.paused = Some(f.paused);
+        e.owner = Some(f.owner.clone());
     }
-    Ok(Json(json!(out.into_values().collect::<Vec<_>>())).into_response())
+    Ok(Json(out.into_values().collect::<Vec<_>>()).into_response())
 }
 
 /// `PUT /api/feeds/{name}`: registers (or replaces) a feed, which starts
@@ -208,11 +215,14 @@ async fn put_feed(
         json!({"action": "feed registered", "feed": name, "datasets": parsed.datasets(), "secret": record.config.get(crate::source::config::SECRET_KEY)}),
     )
     .await?;
-    let mut body = json!({"name": name, "owner": record.owner, "config": record.config, "paused": record.paused});
-    if let Some(w) = unchecked {
-        body["warning"] = json!(w);
-    }
-    Ok(Json(body).into_response())
+    Ok(Json(views::FeedRegistered {
+        name,
+        owner: record.owner,
+        config: record.config,
+        paused: record.paused,
+        warning: unchecked,
+    })
+    .into_response())
 }
 
 /// A feed registered through the API (404 otherwise, saying when it is
@@ -263,10 +273,12 @@ async fn feed_change(state: &ApiState, headers: &HeaderMap, name: &str, action: 
         json!({"action": format!("feed {action}"), "feed": name}),
     )
     .await?;
-    Ok(
-        Json(json!({"name": name, "paused": record.paused, "deleted": record.deleted}))
-            .into_response(),
-    )
+    Ok(Json(views::FeedChanged {
+        name: name.to_owned(),
+        paused: record.paused,
+        deleted: record.deleted,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -353,7 +365,12 @@ async fn restart_with_resnapshot(state: &ApiState, headers: &HeaderMap, name: &s
         json!({"action": "feed restart with a new snapshot", "feed": name}),
     )
     .await?;
-    Ok(Json(json!({"name": name, "paused": restarted.paused, "resnapshot": true})).into_response())
+    Ok(Json(views::FeedResnapshot {
+        name: name.to_owned(),
+        paused: restarted.paused,
+        resnapshot: true,
+    })
+    .into_response())
 }
 
 async fn delete_feed(

@@ -9,7 +9,6 @@ use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{forbidden, invalid, staff, ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
@@ -42,7 +41,7 @@ async fn lag(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     if matches!(who, Principal::Subscriber(_)) {
         board.feeds.clear();
     }
-    Ok(Json(json!(board)).into_response())
+    Ok(Json(board).into_response())
 }
 
 #[derive(Deserialize)]
@@ -68,7 +67,7 @@ async fn lag_history(
         )));
     }
     let samples = state.lag.history(&q.subscriber, &q.dataset);
-    Ok(Json(json!({ "samples": samples })).into_response())
+    Ok(Json(super::views::LagHistory { samples }).into_response())
 }
 
 /// `POST /api/lag/status`: a subscriber node says whether one of its

@@ -35,11 +35,12 @@ mod lag;
 mod nodes;
 mod subscriptions;
 mod tokens;
+pub mod views;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::TokenConfig;
 use crate::auth::{Authenticator, Principal};
@@ -279,7 +280,14 @@ impl IntoResponse for ApiError {
             StatusCode::TOO_MANY_REQUESTS => "too_many",
             _ => "error",
         };
-        (self.0, Json(json!({"error": kind, "reason": self.1}))).into_response()
+        (
+            self.0,
+            Json(views::ErrorBody {
+                error: kind,
+                reason: &self.1,
+            }),
+        )
+            .into_response()
     }
 }
 

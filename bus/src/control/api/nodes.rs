@@ -8,8 +8,9 @@ use axum::Json;
 use axum::Router;
 use backflow_connectors::now_ms;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::views;
 use super::{forbidden, invalid, principal, put_and_audit, staff, ApiResult, ApiState};
 use crate::auth::Principal;
 use crate::state::catalog::{CatalogRecord, SubscriptionState};
@@ -40,30 +41,28 @@ async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResu
         .collect();
     children.sort_unstable();
     children.dedup();
-    let child_nodes: Vec<Value> = children
+    let child_nodes = children
         .iter()
         .map(|code| {
             let record = registered.iter().find(|n| n.code == *code);
-            json!({
-                "code": code,
-                "name": record.map(|n| n.name.as_str()),
-                "registered": record.is_some(),
-                "active_subscriptions": active.iter().filter(|a| *a == code).count(),
-            })
+            views::ChildNode {
+                code: (*code).to_owned(),
+                name: record.map(|n| n.name.clone()),
+                registered: record.is_some(),
+                active_subscriptions: active.iter().filter(|a| *a == code).count(),
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "code": state.node.code.as_str(),
-        "name": state.node.name,
-        "jurisdiction_prefix": state.node.code.jurisdiction_prefix(),
-        "parent": state.node.parent.as_ref().map(|p| p.as_str()),
-        "children": children,
-        "child_nodes": child_nodes,
-        // The key the node signs its audit trail with: an owner checks
-        // the trail with `backflow audit verify --public-key`.
-        "audit_public_key": state.auditor.public_key_hex(),
-        "audit_key_id": state.auditor.key_id(),
-    }))
+    Ok(Json(views::NodeInfo {
+        code: state.node.code.to_string(),
+        name: state.node.name.clone(),
+        jurisdiction_prefix: state.node.code.jurisdiction_prefix().to_owned(),
+        parent: state.node.parent.as_ref().map(ToString::to_string),
+        children: children.into_iter().map(str::to_owned).collect(),
+        child_nodes,
+        audit_public_key: state.auditor.public_key_hex(),
+        audit_key_id: state.auditor.key_id(),
+    })
     .into_response())
 }
 
@@ -250,12 +249,12 @@ async fn put_node(
         json!({"action": "node registered", "node": code, "name": record.name, "kafka_principal": record.kafka_principal, "new_scram_password": password.is_some()}),
     )
     .await?;
-    let mut answer = json!(record);
-    if let Some(password) = password {
-        // Shown this once: the cluster keeps only its salted hash.
-        answer["kafka_username"] = json!(crate::acls::scram_user(&code));
-        answer["kafka_password"] = json!(password);
-        answer["kafka_mechanism"] = json!("SCRAM-SHA-512");
-    }
-    Ok(Json(answer).into_response())
+    // A new password is shown this once: the cluster keeps only its
+    // salted hash.
+    let credential = password.map(|password| views::ScramCredential {
+        kafka_username: crate::acls::scram_user(&code),
+        kafka_password: password,
+        kafka_mechanism: "SCRAM-SHA-512",
+    });
+    Ok(Json(views::NodeRegistered { record, credential }).into_response())
 }

@@ -11,8 +11,9 @@ use axum::Json;
 use axum::Router;
 use backflow_connectors::now_ms;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::views;
 use super::{
     audit, forbidden, invalid, put_if_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
@@ -36,13 +37,9 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/api/subscriptions/{id}/{action}", post(decide))
 }
 
-/// A subscription as the API shows it (no secret).
-fn view(s: &Subscription) -> Value {
-    let mut v = serde_json::to_value(s).expect("subscriptions serialize");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("secret");
-    }
-    v
+/// A subscription as the API shows it: every field but its HMAC key.
+fn view(s: &Subscription) -> views::SubscriptionView {
+    views::SubscriptionView::from(s)
 }
 
 /// `GET /api/grants/{subscriber}:{dataset}`: what this node grants a
@@ -76,15 +73,15 @@ async fn get_grant(
         .iter()
         .find(|s| s.subscriber.as_str() == subscriber && s.dataset == dataset)
     {
-        return Ok(Json(json!({
-            "id": id,
-            "state": "active",
-            "source": "configuration",
-            "policy_version": share.version,
-            "fields": share.fields,
-            "onward": share.onward,
-            "node": state.node.code.as_str(),
-        }))
+        return Ok(Json(views::GrantView {
+            id,
+            state: SubscriptionState::Active,
+            source: views::GrantSource::Configuration,
+            policy_version: share.version,
+            fields: share.fields.clone(),
+            onward: share.onward,
+            node: state.node.code.to_string(),
+        })
         .into_response());
     }
     let st = state.catalog.state().await;
@@ -92,19 +89,16 @@ async fn get_grant(
         .subscriptions
         .get(&id)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no grant {id}")))?;
-    let mut out = json!({
-        "id": id,
-        "state": view(sub)["state"],
-        "source": "catalog",
-        "policy_version": sub.policy_version,
-        "fields": sub.granted,
-        "onward": sub.onward,
-        "node": state.node.code.as_str(),
-    });
-    if let Some(reason) = view(sub).get("reason") {
-        out["reason"] = reason.clone();
-    }
-    Ok(Json(out).into_response())
+    Ok(Json(views::GrantView {
+        id,
+        state: sub.state.clone(),
+        source: views::GrantSource::Catalog,
+        policy_version: sub.policy_version,
+        fields: sub.granted.clone(),
+        onward: sub.onward,
+        node: state.node.code.to_string(),
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -179,7 +173,7 @@ async fn get_subscription(
             .await
             .unwrap_or_default();
         if let Some(e) = &in_force.error {
-            answer["kafka_acls_error"] = json!(e);
+            answer.kafka_acls_error = Some(e.clone());
         }
         let acls: Vec<_> = in_force
             .acls
@@ -190,7 +184,7 @@ async fn get_subscription(
                         && topic.starts_with(&a.name))
             })
             .collect();
-        answer["kafka_acls"] = json!(acls);
+        answer.kafka_acls = Some(acls);
     }
     Ok(Json(answer).into_response())
 }
@@ -198,7 +192,7 @@ async fn get_subscription(
 async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     let who = staff(&state, &headers).await?;
     let st = state.catalog.state().await;
-    let visible: Vec<Value> = st
+    let visible: Vec<views::SubscriptionView> = st
         .subscriptions
         .values()
         .filter(|s| match &who {
@@ -209,7 +203,7 @@ async fn list_subscriptions(State(state): State<ApiState>, headers: HeaderMap) -
         })
         .map(view)
         .collect();
-    Ok(Json(json!(visible)).into_response())
+    Ok(Json(visible).into_response())
 }
 
 #[derive(Deserialize)]
@@ -331,7 +325,7 @@ async fn request_subscription(
         onward: dataset.onward,
     };
     let read = existing.clone();
-    put_if_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), |st| st.subscriptions.get(&id) == read.as_ref(), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": view(&sub)["state"]})).await?;
+    put_if_and_audit(&state, &who, CatalogRecord::Subscription(sub.clone()), |st| st.subscriptions.get(&id) == read.as_ref(), json!({"action": "subscription requested", "subscription": id, "request_version": request_version, "purpose": sub.purpose, "fields": sub.requested, "result": serde_json::to_value(&sub.state).ok().and_then(|v| v.get("state").cloned())})).await?;
     Ok((StatusCode::CREATED, Json(view(&sub))).into_response())
 }
 

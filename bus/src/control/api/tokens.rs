@@ -82,7 +82,12 @@ async fn issue_token(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"token": token, "sha256": record.sha256, "principal": record.principal, "label": record.label})),
+        Json(super::views::TokenIssued {
+            token,
+            sha256: record.sha256,
+            principal: record.principal,
+            label: record.label,
+        }),
     )
         .into_response())
 }
@@ -99,7 +104,7 @@ async fn list_tokens(State(state): State<ApiState>, headers: HeaderMap) -> ApiRe
         .values()
         .cloned()
         .collect();
-    Ok(Json(json!(tokens)).into_response())
+    Ok(Json(tokens).into_response())
 }
 
 /// Revokes an issued token: it is refused from the next request on.
@@ -131,5 +136,5 @@ async fn revoke_token(
         json!({"action": "token revoked", "principal": record.principal, "sha256": record.sha256}),
     )
     .await?;
-    Ok(Json(json!(record)).into_response())
+    Ok(Json(record).into_response())
 }
