@@ -160,23 +160,7 @@ async fn run_on(
     let upper = crate::upper::UpperGrants::new(&config.cascaded_datasets());
     let holder_reports = crate::holders::HolderReports::default();
     if is_node {
-        tracker.spawn(crate::upper::follow(
-            config.subscriptions.clone(),
-            config.node.code.to_string(),
-            upper.clone(),
-            crate::upper::Reporting {
-                catalog: state.catalog.clone(),
-                shares: config.shares.clone(),
-                reports: holder_reports.clone(),
-            },
-            shutdown.clone(),
-        ));
-        tracker.spawn(expire_subscriptions(
-            state.catalog.clone(),
-            state.auditor.clone(),
-            shutdown.clone(),
-        ));
-        tracker.spawn(refresh_catalog(state.catalog.clone(), shutdown.clone()));
+        process.start_catalog_keepers(&state, &upper, &holder_reports);
     }
 
     process.start_subscriptions_and_data_path(
@@ -213,45 +197,7 @@ async fn run_on(
             upper,
             holder_reports,
         };
-        let kafka_acls = if config.kafka.manage_acls && embedded.is_none() {
-            let admin = Arc::new(crate::kafka::acl::AclAdmin::new(&settings)?);
-            let in_force = crate::acls::AclsInForce::default();
-            tracker.spawn(
-                crate::acls::Reconciler {
-                    admin: admin.clone(),
-                    catalog: control.state.catalog.clone(),
-                    auditor: control.state.auditor.clone(),
-                    config_shares: config.shares.clone(),
-                    in_force: in_force.clone(),
-                    metrics: metrics.clone(),
-                }
-                .run(shutdown.clone()),
-            );
-            Some((admin, in_force, Arc::new(TopicAdmin::new(&settings)?)))
-        } else {
-            None
-        };
-        // The embedded broker of the demo deletes nothing: no sweep there.
-        if embedded.is_none() {
-            match TopicAdmin::new(&settings) {
-                Ok(admin) => {
-                    tracker.spawn(
-                        crate::distributor::ended::Sweeper {
-                            admin,
-                            catalog: control.state.catalog.clone(),
-                            auditor: control.state.auditor.clone(),
-                            config_shares: config.shares.clone(),
-                            metrics: metrics.clone(),
-                        }
-                        .run(shutdown.clone()),
-                    );
-                }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "no admin client: the share topics of ended subscriptions are not deleted"
-                ),
-            }
-        }
+        let kafka_acls = process.start_cluster_keepers(&control.state, embedded.is_some())?;
         router = router.merge(control.router(&config, kafka_acls));
     }
     let http_addr = listeners.addr;
@@ -322,6 +268,14 @@ fn audit_key(
     })
 }
 
+/// The ACL client, what the brokers confirmed, and a topic client: what
+/// the API needs to show and create a child node's Kafka rights.
+type KafkaAcls = (
+    Arc<crate::kafka::acl::AclAdmin>,
+    crate::acls::AclsInForce,
+    Arc<TopicAdmin>,
+);
+
 /// What the parts of one process share while it starts them.
 struct Process<'a> {
     config: &'a Config,
@@ -334,6 +288,88 @@ struct Process<'a> {
 }
 
 impl Process<'_> {
+    /// The node's catalog-driven loops: following the upper node's grants
+    /// (and reporting onward holders up), expiring subscriptions, and
+    /// re-signing records of an old key.
+    fn start_catalog_keepers(
+        &self,
+        state: &State,
+        upper: &crate::upper::UpperGrants,
+        holder_reports: &crate::holders::HolderReports,
+    ) {
+        self.tracker.spawn(crate::upper::follow(
+            self.config.subscriptions.clone(),
+            self.config.node.code.to_string(),
+            upper.clone(),
+            crate::upper::Reporting {
+                catalog: state.catalog.clone(),
+                shares: self.config.shares.clone(),
+                reports: holder_reports.clone(),
+            },
+            self.shutdown.clone(),
+        ));
+        self.tracker.spawn(expire_subscriptions(
+            state.catalog.clone(),
+            state.auditor.clone(),
+            self.shutdown.clone(),
+        ));
+        self.tracker.spawn(refresh_catalog(
+            state.catalog.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// What the node keeps true on the cluster itself: each child node's
+    /// ACLs (`kafka.manage_acls`) and the deletion of ended share topics.
+    /// Neither runs on the embedded broker, which has no ACLs and deletes
+    /// nothing. Returns what the API shows of the ACLs.
+    fn start_cluster_keepers(
+        &self,
+        state: &State,
+        embedded: bool,
+    ) -> Result<Option<KafkaAcls>, NodeError> {
+        if embedded {
+            return Ok(None);
+        }
+        let kafka_acls = if self.config.kafka.manage_acls {
+            let admin = Arc::new(crate::kafka::acl::AclAdmin::new(&self.settings)?);
+            let in_force = crate::acls::AclsInForce::default();
+            self.tracker.spawn(
+                crate::acls::Reconciler {
+                    admin: admin.clone(),
+                    catalog: state.catalog.clone(),
+                    auditor: state.auditor.clone(),
+                    config_shares: self.config.shares.clone(),
+                    in_force: in_force.clone(),
+                    metrics: self.metrics.clone(),
+                }
+                .run(self.shutdown.clone()),
+            );
+            Some((admin, in_force, Arc::new(TopicAdmin::new(&self.settings)?)))
+        } else {
+            None
+        };
+        match TopicAdmin::new(&self.settings) {
+            Ok(admin) => {
+                self.tracker.spawn(
+                    crate::distributor::ended::Sweeper {
+                        admin,
+                        catalog: state.catalog.clone(),
+                        auditor: state.auditor.clone(),
+                        config_shares: self.config.shares.clone(),
+                        metrics: self.metrics.clone(),
+                    }
+                    .run(self.shutdown.clone()),
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "no admin client: the share topics of ended subscriptions are not deleted"
+            ),
+        }
+        Ok(kafka_acls)
+    }
+
     /// Subscriptions to upper nodes and the data path: cascading
     /// subscriptions (sink `kafka`) start with the feeds and the
     /// distributor, once this node's topics and registry are ready; the
@@ -465,15 +501,7 @@ struct ControlPlane {
 impl ControlPlane {
     /// The API and, at `/`, the operators' dashboard (its data comes from
     /// /api).
-    fn router(
-        self,
-        config: &Config,
-        kafka_acls: Option<(
-            Arc<crate::kafka::acl::AclAdmin>,
-            crate::acls::AclsInForce,
-            Arc<TopicAdmin>,
-        )>,
-    ) -> axum::Router {
+    fn router(self, config: &Config, kafka_acls: Option<KafkaAcls>) -> axum::Router {
         let mut api = crate::control::api::ApiState::new(
             self.state.catalog,
             self.state.auditor,
@@ -993,4 +1021,120 @@ pub async fn run_subscriber(
     );
     on_started(addr, metrics_addr);
     wind_down(&config, &shutdown, tracker, http_task).await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The node in-process, on the embedded broker (librdkafka's in-memory
+    //! cluster): no database, broker or binary needed.
+
+    use super::*;
+    use sha2::Digest as _;
+
+    const ADMIN_TOKEN: &str = "node-unit-test-admin";
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.auth.tokens = vec![crate::auth::TokenConfig {
+            principal: "admin".to_owned(),
+            sha256: hex::encode(sha2::Sha256::digest(ADMIN_TOKEN)),
+        }];
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_on_the_embedded_broker_gets_ready_answers_its_api_and_stops_when_asked() {
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let node = tokio::spawn(run(config(), shutdown.clone(), move |r| {
+            let _ = tx.send((r.http_addr, r.embedded, r.https));
+        }));
+        let (addr, embedded, https) = rx.await.expect("the node started");
+        assert!(embedded, "no kafka.brokers: the embedded broker");
+        assert!(!https);
+        let client = reqwest::Client::new();
+        let url = |path: &str| format!("http://{addr}{path}");
+
+        // Ready once Kafka answers, the internal topics exist and the
+        // registry replayed its topic.
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = client.get(url("/readyz")).send().await.unwrap();
+            if r.status() == 200 {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // The API refuses a caller without a token, with a typed body, and
+        // answers an admin.
+        let r = client.get(url("/api/node")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        let info: serde_json::Value = client
+            .get(url("/api/node"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["code"], "330000");
+        assert_eq!(info["jurisdiction_prefix"], "33");
+        assert_eq!(info["parent"], serde_json::Value::Null);
+        assert_eq!(info["children"], serde_json::json!([]));
+        assert_eq!(
+            info["audit_public_key"].as_str().map(str::len),
+            Some(64),
+            "{info}"
+        );
+
+        // Cancelled: every task ends within the shutdown timeout, the
+        // outcome is Ok, and the address is free again.
+        shutdown.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(15), node)
+            .await
+            .expect("stopped within 15 s")
+            .expect("no panic");
+        assert!(outcome.is_ok(), "{outcome:?}");
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("the listener is closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_taken_address_stops_the_node_before_it_starts_naming_the_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = config();
+        c.http.listen = taken.local_addr().unwrap();
+        let started = std::sync::atomic::AtomicBool::new(false);
+        let err = run(c, CancellationToken::new(), |_| {
+            started.store(true, std::sync::atomic::Ordering::SeqCst)
+        })
+        .await
+        .expect_err("the address is taken");
+        assert!(matches!(err, NodeError::Bind { .. }), "{err:?}");
+        assert!(err.to_string().contains("http.listen"), "{err}");
+        assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_node_on_a_real_cluster_needs_an_audit_key_and_a_source_or_the_demo_does_not() {
+        let c = Config::default();
+        let refused = audit_key(true, &c, false).expect_err("a real cluster, no key");
+        assert!(
+            refused.to_string().contains("audit.signing_key_file"),
+            "{refused}"
+        );
+        assert!(audit_key(true, &c, true).is_ok(), "the demo: a key per run");
+        assert!(
+            audit_key(false, &c, false).is_ok(),
+            "a source signs nothing"
+        );
+    }
 }
