@@ -504,47 +504,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             api_call(api, method, &path, body)
         }
-        Command::Subscriptions { api, command } => {
-            let (path, body) = match command {
-                SubscriptionsCommand::List => {
-                    return api_call(api, "GET", "/api/subscriptions", None)
-                }
-                SubscriptionsCommand::Show { id } => {
-                    return api_call(api, "GET", &format!("/api/subscriptions/{id}"), None)
-                }
-                SubscriptionsCommand::Request {
-                    subscriber,
-                    dataset,
-                    purpose,
-                    fields,
-                    valid_days,
-                } => (
-                    "/api/subscriptions".to_owned(),
-                    serde_json::json!({"subscriber": subscriber, "dataset": dataset, "purpose": purpose, "fields": fields, "valid_days": valid_days}),
-                ),
-                SubscriptionsCommand::Approve {
-                    id,
-                    request_version,
-                    fields,
-                } => (
-                    format!("/api/subscriptions/{id}/approve"),
-                    serde_json::json!({"fields": fields, "request_version": request_version}),
-                ),
-                SubscriptionsCommand::Reactivate { id } => (
-                    format!("/api/subscriptions/{id}/reactivate"),
-                    serde_json::json!({}),
-                ),
-                SubscriptionsCommand::Reject { id, reason } => (
-                    format!("/api/subscriptions/{id}/reject"),
-                    serde_json::json!({"reason": reason}),
-                ),
-                SubscriptionsCommand::Revoke { id, reason } => (
-                    format!("/api/subscriptions/{id}/revoke"),
-                    serde_json::json!({"reason": reason}),
-                ),
-            };
-            api_call(api, "POST", &path, Some(body))
-        }
+        Command::Subscriptions { api, command } => subscriptions(api, command),
         Command::Tokens { api, command } => match command {
             TokensCommand::Issue { principal, label } => api_call(
                 api,
@@ -634,9 +594,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Calls the control-plane API and prints the answer; an error answer
-/// exits 1 with its reason.
-/// Prints `/api/lag` as a table, once or every 2 seconds.
+/// `backflow subscriptions ...`: one call of the control-plane API.
+fn subscriptions(api: &ApiArgs, command: &SubscriptionsCommand) -> anyhow::Result<()> {
+    let (path, body) = match command {
+        SubscriptionsCommand::List => return api_call(api, "GET", "/api/subscriptions", None),
+        SubscriptionsCommand::Show { id } => {
+            return api_call(api, "GET", &format!("/api/subscriptions/{id}"), None)
+        }
+        SubscriptionsCommand::Request {
+            subscriber,
+            dataset,
+            purpose,
+            fields,
+            valid_days,
+        } => (
+            "/api/subscriptions".to_owned(),
+            serde_json::json!({"subscriber": subscriber, "dataset": dataset, "purpose": purpose, "fields": fields, "valid_days": valid_days}),
+        ),
+        SubscriptionsCommand::Approve {
+            id,
+            request_version,
+            fields,
+        } => (
+            format!("/api/subscriptions/{id}/approve"),
+            serde_json::json!({"fields": fields, "request_version": request_version}),
+        ),
+        SubscriptionsCommand::Reactivate { id } => (
+            format!("/api/subscriptions/{id}/reactivate"),
+            serde_json::json!({}),
+        ),
+        SubscriptionsCommand::Reject { id, reason } => (
+            format!("/api/subscriptions/{id}/reject"),
+            serde_json::json!({"reason": reason}),
+        ),
+        SubscriptionsCommand::Revoke { id, reason } => (
+            format!("/api/subscriptions/{id}/revoke"),
+            serde_json::json!({"reason": reason}),
+        ),
+    };
+    api_call(api, "POST", &path, Some(body))
+}
+
 /// `backflow audit verify`: checks the audit trail's chain and signatures.
 fn audit_verify(
     cli: &Cli,
@@ -862,6 +860,7 @@ fn demo(dir: &Path, port: u16, rate: f64) -> anyhow::Result<()> {
     run_until_signal(|shutdown| demo::run(options, shutdown))
 }
 
+/// Prints `/api/lag` as a table, once or every 2 seconds.
 fn lag_table(api: &ApiArgs, watch: bool) -> anyhow::Result<()> {
     cli_runtime()?.block_on(async {
         let client = api.client()?;
@@ -990,6 +989,8 @@ fn api_request(
     }
 }
 
+/// Calls the control-plane API and prints the answer; an error answer
+/// exits 1 with its reason.
 fn api_call(
     api: &ApiArgs,
     method: &str,

@@ -154,7 +154,7 @@ pub async fn run(
     tracing::info!(feed = name, tables = tables.len(), "feed started");
 
     // In-order acknowledgement tracking.
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PENDING_BATCHES);
+    let (pending_tx, pending_rx) = mpsc::channel::<Pending>(PENDING_BATCHES);
     let (acked_tx, mut acked_rx) = watch::channel::<Option<Position>>(None);
     let (fail_tx, mut fail_rx) = watch::channel::<Option<String>>(None);
     // The oldest commit time of each batch handed to Kafka and not yet
@@ -162,19 +162,12 @@ pub async fn run(
     let in_flight: Arc<Mutex<VecDeque<i64>>> = Arc::default();
     // Stopped however the feed ends (an error returns early).
     let _lag_task = lag_gauges(name, &ctx, source.as_ref(), in_flight.clone());
-    let acked_in_flight = in_flight.clone();
-    let acker = tokio::spawn(async move {
-        while let Some(p) = pending_rx.recv().await {
-            if let Err(e) = p.acks.await {
-                let _ = fail_tx.send(Some(e.to_string()));
-                return;
-            }
-            acked_in_flight.lock().expect("lock").pop_front();
-            if let Some(pos) = p.checkpoint {
-                let _ = acked_tx.send(Some(pos));
-            }
-        }
-    });
+    let acker = tokio::spawn(acknowledged_in_order(
+        pending_rx,
+        acked_tx,
+        fail_tx,
+        in_flight.clone(),
+    ));
 
     // Handing encoded records to Kafka runs on a thread of its own, so the
     // source reads and encodes its next batch while the last one is
@@ -294,6 +287,27 @@ pub async fn run(
         tracing::info!(feed = name, "feed stopped");
     }
     result
+}
+
+/// Waits for each batch's acknowledgement in the order the batches were
+/// handed to Kafka, and publishes the position each one confirms; the
+/// first failure is reported and ends it (nothing after it is confirmed).
+async fn acknowledged_in_order(
+    mut pending: mpsc::Receiver<Pending>,
+    acked: watch::Sender<Option<Position>>,
+    failed: watch::Sender<Option<String>>,
+    in_flight: Arc<Mutex<VecDeque<i64>>>,
+) {
+    while let Some(p) = pending.recv().await {
+        if let Err(e) = p.acks.await {
+            let _ = failed.send(Some(e.to_string()));
+            return;
+        }
+        in_flight.lock().expect("lock").pop_front();
+        if let Some(pos) = p.checkpoint {
+            let _ = acked.send(Some(pos));
+        }
+    }
 }
 
 /// Hands the source the last position Kafka acknowledged, if a new one
