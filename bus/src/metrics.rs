@@ -74,6 +74,8 @@ pub struct MetricsInner {
     pub source_rejected: IntCounterVec,
     /// Feed restarts after an error, by feed.
     pub source_restarts: IntCounterVec,
+    /// Kafka transactions a feed committed (`kafka.transactions`), by feed.
+    pub feed_transactions: IntCounterVec,
     /// Changes checked against their dataset's standard, by feed and dataset.
     pub quality_checked: IntCounterVec,
     /// Changes a standard refused, by feed and dataset.
@@ -241,6 +243,13 @@ const SOURCE_EVENTS: Def = Def {
 const SOURCE_REJECTED: Def = Def {
     name: "backflow_source_dead_letters_total",
     help: "Changes a feed could not read or encode and sent to its dead-letter topic.",
+    labels: &["feed"],
+};
+
+/// `backflow_feed_transactions_total`.
+const FEED_TRANSACTIONS: Def = Def {
+    name: "backflow_feed_transactions_total",
+    help: "Kafka transactions a feed committed: its changes and the source position they reach, visible together.",
     labels: &["feed"],
 };
 
@@ -463,6 +472,7 @@ impl Metrics {
             quality_violations: r.counters(QUALITY_VIOLATIONS),
             quality_score: r.float_gauges(QUALITY_SCORE),
             source_restarts: r.counters(SOURCE_RESTARTS),
+            feed_transactions: r.counters(FEED_TRANSACTIONS),
             source_lag_seconds: r.float_gauges(SOURCE_LAG_SECONDS),
             source_lag_bytes: r.gauges(SOURCE_LAG_BYTES),
             subscribe_rows: r.counters(SUBSCRIBE_ROWS),

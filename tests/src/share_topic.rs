@@ -88,7 +88,7 @@ pub async fn read_via(
     for p in 0..n as i32 {
         let high = w.high(topic, p).await?;
         if high > 0 {
-            ends.insert(p, high - 1);
+            ends.insert(p, high);
         }
     }
     let mut out = Vec::new();
@@ -98,13 +98,12 @@ pub async fn read_via(
     let parts: Vec<i32> = ends.keys().copied().collect();
     let consumer = Consumer::replay_partitions(&settings, topic, &parts)?;
     let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
-    while !ends.is_empty() {
-        let r = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
-            .await
-            .map_err(|_| anyhow!("no record of {topic} within 20 s"))??;
-        if ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {
-            ends.remove(&r.partition);
-        }
+    // A transactionally written topic ends with a commit marker, which
+    // recv_to steps over.
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(20), consumer.recv_to(&mut ends))
+        .await
+        .map_err(|_| anyhow!("{topic} not read to its end within 20 s"))??
+    {
         let key = match r.key.as_deref() {
             Some(k) => decode(client, registry_url, token, &mut schemas, k).await?,
             None => serde_json::Value::Null,

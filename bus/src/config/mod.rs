@@ -256,6 +256,18 @@ impl Check<'_> {
             ),
         });
         }
+        // A transaction must commit well within its timeout (60 s), after
+        // which the brokers abort it.
+        if !(1..=10_000).contains(&c.kafka.transaction_interval_ms) {
+            return Err(ConfigError::BadValue {
+                key: "kafka.transaction_interval_ms".to_owned(),
+                origin: self.origin("kafka.transaction_interval_ms"),
+                reason: format!(
+                    "{} ms is outside 1..=10000; the default is 100 (longer: more changes per second, later visible)",
+                    c.kafka.transaction_interval_ms
+                ),
+            });
+        }
         if c.http.tls_cert.is_some() != c.http.tls_key.is_some() {
             return Err(ConfigError::BadValue {
                 key: if c.http.tls_cert.is_some() { "http.tls_key" } else { "http.tls_cert" }.to_owned(),

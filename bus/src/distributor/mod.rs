@@ -55,6 +55,10 @@ const BATCH: usize = 1_000;
 /// ones are processed.
 const IN_FLIGHT_BATCHES: usize = 8;
 
+/// How long the distributor waits for records before it checks whether its
+/// position passed a commit marker (see [`idle_store`]).
+const IDLE_STORE: Duration = Duration::from_secs(1);
+
 /// Why the distributor stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DistributorError {
@@ -271,6 +275,8 @@ pub async fn run(
         auditor.clone(),
         consumer.clone(),
     )));
+    // The offset after the last record received, per raw partition.
+    let mut received: HashMap<(String, i32), i64> = HashMap::new();
     loop {
         // A batch: the first record waits as long as it takes, the rest are
         // what the Kafka client already holds. Under load that is up to
@@ -284,6 +290,14 @@ pub async fn run(
             r = consumer.recv() => r?,
             // It ends before the batches do only when it failed.
             ended = &mut settler => return settled(ended),
+            _ = tokio::time::sleep(IDLE_STORE), if !received.is_empty() => {
+                if let Some(idle) = idle_store(&consumer, &mut received, &ctx.publisher) {
+                    if ready.send(idle).await.is_err() {
+                        return settled((&mut settler).await);
+                    }
+                }
+                continue;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -326,6 +340,9 @@ pub async fn run(
                 &position,
                 &ctx.metrics,
             );
+        }
+        for record in &batch {
+            received.insert((record.topic.clone(), record.partition), record.offset + 1);
         }
         // The records themselves are dropped here: settling needs only
         // where they came from.
@@ -588,19 +605,17 @@ impl<'a> BackfillReader<'a> {
         while !remaining.is_empty() {
             let mut batch = Vec::new();
             while batch.len() < BATCH && !remaining.is_empty() {
+                // A partition whose end is a commit marker is done once
+                // the consumer stepped over it.
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    r = self.consumer.recv() => r?,
+                    r = self.consumer.recv_to(&mut remaining) => match r? {
+                        Some(r) => r,
+                        None => break,
+                    },
                 };
                 self.next.insert(r.partition, r.offset + 1);
-                let Some(end) = remaining.get(&r.partition).copied() else {
-                    // Read ahead of this round's target: kept for the next.
-                    batch.push(r);
-                    continue;
-                };
-                if r.offset + 1 >= end {
-                    remaining.remove(&r.partition);
-                }
+                // A record past this round's target is kept for the next.
                 batch.push(r);
             }
             let mut sent = self.ctx.publisher.batch();
@@ -638,6 +653,34 @@ struct InFlight {
     acks: Acks,
     raw: RawRanges,
     tallies: BTreeMap<String, Tally>,
+}
+
+/// Feeds write raw topics in transactions, so a raw partition's last offset
+/// is often a commit marker, never delivered: its committed offset would
+/// stay one short of the end (a lag of one, forever, on a quiet topic).
+/// While the distributor waits for records (it is not receiving, so every
+/// offset below the consumer's position was either received or a marker),
+/// a partition whose position passed the last record received is settled
+/// up to that position, after every batch before it.
+fn idle_store(
+    consumer: &Consumer,
+    received: &mut HashMap<(String, i32), i64>,
+    publisher: &crate::kafka::Publisher,
+) -> Option<InFlight> {
+    let mut raw = RawRanges::new();
+    for ((topic, partition), next) in received.iter_mut() {
+        if let Some(at) = consumer.position(topic, *partition) {
+            if at > *next {
+                raw.insert((topic.clone(), *partition), (at - 1, at - 1));
+                *next = at;
+            }
+        }
+    }
+    (!raw.is_empty()).then(|| InFlight {
+        acks: publisher.batch().seal(),
+        raw,
+        tallies: BTreeMap::new(),
+    })
 }
 
 /// The first and last raw offset a batch holds, per topic and partition.

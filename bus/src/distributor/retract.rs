@@ -162,7 +162,7 @@ async fn latest_rows(
     for p in 0..n {
         let high = watermarks.high(topic, p).await?;
         if high > 0 {
-            ends.insert(p, high - 1);
+            ends.insert(p, high);
         }
     }
     let mut latest: BTreeMap<Vec<u8>, Latest> = BTreeMap::new();
@@ -170,14 +170,7 @@ async fn latest_rows(
         let parts: Vec<i32> = ends.keys().copied().collect();
         let consumer = Consumer::replay_partitions(&ctx.settings, topic, &parts)?;
         let mut remaining = ends.clone();
-        while !remaining.is_empty() {
-            let r = consumer.recv().await?;
-            if remaining
-                .get(&r.partition)
-                .is_some_and(|end| r.offset >= *end)
-            {
-                remaining.remove(&r.partition);
-            }
+        while let Some(r) = consumer.recv_to(&mut remaining).await? {
             let Some(key) = r.key.clone() else { continue };
             latest.insert(
                 key.clone(),

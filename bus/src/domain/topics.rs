@@ -132,6 +132,12 @@ pub fn subscriber_dlq(subscriber_node: &str, subscription: &str) -> String {
     format!("{}sdlq.{subscriber_node}.{subscription}", prefix())
 }
 
+/// The transactional id of a node's feed: one writer per feed, so a
+/// process that runs the feed again fences any earlier one still alive.
+pub fn feed_transaction(node: &str, feed: &str) -> String {
+    format!("{}feed.{node}.{feed}", prefix())
+}
+
 /// The consumer group of a node's distributor, whose members are the
 /// processes serving the node.
 pub fn distributor_group(node: &str) -> String {

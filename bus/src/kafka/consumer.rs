@@ -395,7 +395,9 @@ impl Consumer {
                 cfg.set("group.id", format!("{}-replay", settings.client_id))
                     .set("enable.auto.commit", "false")
                     .set("enable.auto.offset.store", "false")
-                    .set("enable.partition.eof", "false")
+                    // Tells a reader to the end that it got there
+                    // (see Consumer::recv_to).
+                    .set("enable.partition.eof", "true")
                     .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
                     .set("auto.offset.reset", "earliest")
                     .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
@@ -469,9 +471,85 @@ impl Consumer {
                 {
                     tracing::debug!(%code, "a broker is unreachable; the client goes on with the others");
                 }
+                // A reader to the end learns it from its position.
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {}
                 Err(e) => return Err(KafkaError::Consume(e)),
             }
         };
+        Ok(self.record(&msg))
+    }
+
+    /// Reads a replay consumer's partitions up to `ends` (partition → the
+    /// offset the next record would get, as [`super::Watermarks::high`]
+    /// gives it): the next record, or `None` once every partition got
+    /// there. A partition leaves `ends` when it did.
+    ///
+    /// The end of a transactionally written partition is a commit marker,
+    /// which takes an offset but is never delivered: a partition counts as
+    /// read when the consumer's position passed its end (librdkafka moves
+    /// the position over markers), checked before each wait and whenever
+    /// the consumer reports reaching a partition's end.
+    pub async fn recv_to(
+        &self,
+        ends: &mut HashMap<i32, i64>,
+    ) -> Result<Option<ConsumedRecord>, KafkaError> {
+        loop {
+            self.drop_reached(ends);
+            if ends.is_empty() {
+                return Ok(None);
+            }
+            match self.inner.recv().await {
+                Ok(msg) => {
+                    let record = self.record(&msg);
+                    if ends
+                        .get(&record.partition)
+                        .is_some_and(|end| record.offset + 1 >= *end)
+                    {
+                        ends.remove(&record.partition);
+                    }
+                    return Ok(Some(record));
+                }
+                Err(rdkafka::error::KafkaError::MessageConsumption(code))
+                    if passing_broker_trouble(code) =>
+                {
+                    tracing::debug!(%code, "a broker is unreachable; the client goes on with the others");
+                }
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {}
+                Err(e) => return Err(KafkaError::Consume(e)),
+            }
+        }
+    }
+
+    /// Removes from `ends` the partitions whose position reached their end.
+    fn drop_reached(&self, ends: &mut HashMap<i32, i64>) {
+        // An empty partition has nothing to read.
+        ends.retain(|_, end| *end > 0);
+        if ends.is_empty() {
+            return;
+        }
+        let Ok(positions) = self.inner.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            if let (Offset::Offset(at), Some(end)) = (e.offset(), ends.get(&e.partition())) {
+                if at >= *end {
+                    ends.remove(&e.partition());
+                }
+            }
+        }
+    }
+
+    /// The offset the next record of `partition` delivered to this
+    /// consumer will have (past any commit markers), when known.
+    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        let positions = self.inner.position().ok()?;
+        match positions.find_partition(topic, partition)?.offset() {
+            Offset::Offset(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    fn record(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
         let headers = msg
             .headers()
             .map(|hs| {
@@ -497,7 +575,7 @@ impl Consumer {
         if let Some(m) = &self.metrics {
             m.consumed.of(&record.topic).inc();
         }
-        Ok(record)
+        record
     }
 
     /// The next record if the client already holds one, without waiting

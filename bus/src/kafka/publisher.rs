@@ -291,6 +291,8 @@ type Producer = ThreadedProducer<Reports>;
 pub struct Publisher {
     producer: Producer,
     metrics: Option<Arc<ProduceMetrics>>,
+    /// The `transactional.id` of a transactional producer.
+    transactional_id: Option<Arc<str>>,
 }
 
 /// Records a producer holds at most before enqueueing waits
@@ -304,6 +306,33 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 impl Publisher {
     /// Creates an idempotent producer (`acks=all`).
     pub fn new(settings: &KafkaSettings, metrics: Option<Metrics>) -> Result<Self, KafkaError> {
+        Self::create(settings, metrics, None)
+    }
+
+    /// Creates a transactional producer with `transactional.id` `id` and
+    /// registers it with the brokers ([`Publisher::init_transactions`] is
+    /// done): a process that used the same id before is fenced from then
+    /// on, and its open transaction aborted. Blocks up to `timeout`; call
+    /// it off the async workers.
+    pub fn transactional(
+        settings: &KafkaSettings,
+        metrics: Option<Metrics>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let publisher = Self::create(settings, metrics, Some(id))?;
+        publisher
+            .producer
+            .init_transactions(Timeout::After(timeout))
+            .map_err(|source| publisher.transaction_error("init", source))?;
+        Ok(publisher)
+    }
+
+    fn create(
+        settings: &KafkaSettings,
+        metrics: Option<Metrics>,
+        transactional_id: Option<&str>,
+    ) -> Result<Self, KafkaError> {
         let metrics = metrics.as_ref().map(|m| Arc::new(ProduceMetrics::new(m)));
         let reports = Reports {
             metrics: metrics.clone(),
@@ -320,8 +349,55 @@ impl Publisher {
                 // Retry transient broker errors for up to two minutes before a
                 // delivery is reported as failed to the caller.
                 .set("message.timeout.ms", "120000");
+            if let Some(id) = transactional_id {
+                // A transaction left open by a killed process is aborted by
+                // the brokers after this (or at once when its successor
+                // registers the same id); readers wait for it meanwhile.
+                // A record not delivered by then fails the transaction
+                // (librdkafka requires it within the transaction's time).
+                cfg.set("transactional.id", id)
+                    .set("transaction.timeout.ms", "60000")
+                    .set("message.timeout.ms", "60000");
+            }
         })?;
-        Ok(Self { producer, metrics })
+        Ok(Self {
+            producer,
+            metrics,
+            transactional_id: transactional_id.map(Arc::from),
+        })
+    }
+
+    fn transaction_error(&self, step: &'static str, source: RdKafkaError) -> KafkaError {
+        if let Some(id) = &self.transactional_id {
+            tracing::debug!(transactional_id = %id, step, error = %source, "Kafka transaction step failed");
+        }
+        KafkaError::Transaction { step, source }
+    }
+
+    /// Opens a transaction: every record enqueued until its commit becomes
+    /// visible to `read_committed` readers at once, or never.
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|source| self.transaction_error("begin", source))
+    }
+
+    /// Commits the open transaction, after every record of it was
+    /// delivered. Blocks up to `timeout`; call it off the async workers.
+    /// On an error the transaction must be aborted (or the producer
+    /// dropped, when it is fenced).
+    pub fn commit_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .commit_transaction(Timeout::After(timeout))
+            .map_err(|source| self.transaction_error("commit", source))
+    }
+
+    /// Aborts the open transaction: none of its records is ever visible to
+    /// `read_committed` readers. Blocks up to `timeout`.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .abort_transaction(Timeout::After(timeout))
+            .map_err(|source| self.transaction_error("abort", source))
     }
 
     /// An empty batch to enqueue records in.

@@ -406,6 +406,10 @@ impl Process<'_> {
                 standards: Arc::new(config.standards.clone()),
                 partitions: config.kafka.partitions,
                 replication_factor: config.kafka.replication_factor,
+                transactions: config
+                    .kafka
+                    .transactions
+                    .then(|| Duration::from_millis(config.kafka.transaction_interval_ms)),
                 feeds: config.feeds.clone(),
                 feed_statuses: feed_statuses.clone(),
                 admission: Arc::new(admission.clone()),
@@ -700,6 +704,7 @@ struct DataPath {
     standards: Arc<Vec<crate::standards::StandardConfig>>,
     partitions: i32,
     replication_factor: i32,
+    transactions: Option<Duration>,
     feeds: Vec<crate::source::config::FeedConfig>,
     feed_statuses: crate::source::feeds::FeedStatuses,
     admission: Arc<crate::admission::FeedAdmission>,
@@ -754,6 +759,7 @@ impl DataPath {
             replication_factor: self.replication_factor,
             metrics: self.metrics,
             standards: self.standards,
+            transactions: self.transactions,
         };
         self.tracker.spawn(crate::source::feeds::manage(
             self.feeds,

@@ -118,6 +118,9 @@ pub struct FeedContext {
     pub metrics: Metrics,
     /// The datasets' standard forms (`[[standards]]`).
     pub standards: Arc<Vec<crate::standards::StandardConfig>>,
+    /// `kafka.transaction_interval_ms` when feeds write in transactions
+    /// (`kafka.transactions`); `None`: an idempotent producer.
+    pub transactions: Option<Duration>,
 }
 
 /// A table version's codec and the raw topic's schema ids it encodes with.
@@ -328,7 +331,8 @@ async fn acknowledge(
         return Ok(());
     };
     source.acknowledge(&pos).await?;
-    if last_saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+    // A transactional feed wrote the position with its changes.
+    if ctx.transactions.is_none() && last_saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
         crate::state::offsets::save(&ctx.publisher, name, &pos).await?;
         *last_saved = Some(std::time::Instant::now());
     }
@@ -432,7 +436,9 @@ impl Ending {
         let last = self.acked.borrow().clone();
         if let Some(pos) = last {
             let _ = source.acknowledge(&pos).await;
-            let _ = crate::state::offsets::save(&ctx.publisher, name, &pos).await;
+            if ctx.transactions.is_none() {
+                let _ = crate::state::offsets::save(&ctx.publisher, name, &pos).await;
+            }
         }
         // Give the connector a moment to report the position to the database.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -675,7 +681,24 @@ struct Publishing {
     fail: watch::Receiver<Option<String>>,
     /// Ends the task at once, between two records.
     stop: CancellationToken,
+    /// The feed's own transactional producer (`kafka.transactions`).
+    txn: Option<Txn>,
 }
+
+/// A transactional feed's producer and its open transaction.
+struct Txn {
+    publisher: Publisher,
+    /// How long a transaction stays open while more batches wait.
+    interval: Duration,
+    /// When the open transaction began; `None`: none is open.
+    open_since: Option<std::time::Instant>,
+    /// The batches of the open transaction: handed to the acknowledging
+    /// task (and so to the source) only once it committed.
+    held: Vec<Pending>,
+}
+
+/// How long registering, committing or aborting a transaction may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Publishing {
     fn new(
@@ -697,10 +720,87 @@ impl Publishing {
             pending,
             fail,
             stop,
+            txn: None,
         }
     }
 
-    async fn run(mut self, mut work: mpsc::Receiver<Work>) -> Result<(), FeedError> {
+    /// The producer records go to: the feed's transactional one, or the
+    /// node's.
+    fn producer(&self) -> Publisher {
+        match &self.txn {
+            Some(t) => t.publisher.clone(),
+            None => self.ctx.publisher.clone(),
+        }
+    }
+
+    /// Commits the open transaction, then hands its batches to the
+    /// acknowledging task; `Ok(false)` when that task is gone. A failed
+    /// commit is aborted (nothing of it is ever visible) and fails the
+    /// feed, which restarts from the last committed position.
+    async fn commit(&mut self) -> Result<bool, FeedError> {
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(true);
+        };
+        if txn.open_since.take().is_none() {
+            return Ok(true);
+        }
+        if let Err(e) = txn.publisher.commit_transaction(TXN_TIMEOUT) {
+            txn.held.clear();
+            if !e.is_fenced() {
+                if let Err(abort) = txn.publisher.abort_transaction(TXN_TIMEOUT) {
+                    tracing::warn!(feed = %self.name, error = %abort, "aborting the failed transaction failed; the brokers abort it after its timeout");
+                }
+            }
+            return Err(e.into());
+        }
+        self.ctx
+            .metrics
+            .feed_transactions
+            .with_label_values(&[&self.name])
+            .inc();
+        for p in std::mem::take(&mut txn.held) {
+            if self.pending.send(p).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Aborts an open transaction as the feed stops: its records are never
+    /// visible, and readers need not wait for the brokers' timeout.
+    fn abort_open(&mut self) {
+        if let Some(txn) = self.txn.as_mut() {
+            if txn.open_since.take().is_some() {
+                txn.held.clear();
+                let _ = txn.publisher.abort_transaction(Duration::from_secs(5));
+            }
+        }
+    }
+
+    async fn run(mut self, work: mpsc::Receiver<Work>) -> Result<(), FeedError> {
+        if let Some(interval) = self.ctx.transactions {
+            // Registering the id fences an earlier run of this feed that is
+            // still alive, and aborts what it left open.
+            let id = topics::feed_transaction(&self.ctx.node, &self.name);
+            let publisher = Publisher::transactional(
+                &self.ctx.settings,
+                Some(self.ctx.metrics.clone()),
+                &id,
+                TXN_TIMEOUT,
+            )?;
+            self.txn = Some(Txn {
+                publisher,
+                interval,
+                open_since: None,
+                held: Vec::new(),
+            });
+        }
+        let outcome = self.publish_all(work).await;
+        self.abort_open();
+        outcome
+    }
+
+    async fn publish_all(&mut self, mut work: mpsc::Receiver<Work>) -> Result<(), FeedError> {
         let stop = self.stop.clone();
         loop {
             // Stopping drops a batch half enqueued: nothing of it is
@@ -715,6 +815,11 @@ impl Publishing {
             };
             match w {
                 Work::Barrier(done) => {
+                    // Everything handed over before it is committed first.
+                    if !self.commit().await? {
+                        let reason = self.fail.borrow().clone().unwrap_or_default();
+                        return Err(FeedError::Unacknowledged(reason));
+                    }
                     let _ = done.send(());
                 }
                 Work::Batch {
@@ -727,6 +832,12 @@ impl Publishing {
                         _ = stop.cancelled() => return Ok(()),
                         queued = self.publish(records, dead, checkpoint) => queued?,
                     };
+                    // Commit when nothing else waits, or the transaction
+                    // is old enough.
+                    let due = self.txn.as_ref().is_some_and(|t| {
+                        work.is_empty() || t.open_since.is_some_and(|at| at.elapsed() >= t.interval)
+                    });
+                    let queued = queued && (!due || self.commit().await?);
                     if !queued {
                         // The acknowledging task stopped: a delivery failed.
                         let reason = self.fail.borrow().clone().unwrap_or_default();
@@ -745,7 +856,18 @@ impl Publishing {
         dead: Vec<Dead>,
         checkpoint: Option<Position>,
     ) -> Result<bool, FeedError> {
-        let mut sent = self.ctx.publisher.batch();
+        let publisher = self.producer();
+        if let Some(txn) = self.txn.as_mut() {
+            if records.records.is_empty() && dead.is_empty() && checkpoint.is_none() {
+                // Nothing to write: no transaction for it.
+                return Ok(true);
+            }
+            if txn.open_since.is_none() {
+                txn.publisher.begin_transaction()?;
+                txn.open_since = Some(std::time::Instant::now());
+            }
+        }
+        let mut sent = publisher.batch();
         let oldest = records.records.first().map_or_else(now_ms, |r| r.origin_ts);
         self.in_flight.lock().expect("lock").push_back(oldest);
         for r in &records.records {
@@ -761,8 +883,7 @@ impl Publishing {
             let tombstone = r.op == backflow_schemas::Op::Delete;
             let payloads = [Some(value), None];
             for payload in &payloads[..1 + usize::from(tombstone)] {
-                self.ctx
-                    .publisher
+                publisher
                     .enqueue_in(
                         &mut sent,
                         OutgoingRecord {
@@ -793,8 +914,7 @@ impl Publishing {
             if let Some(rules) = &d.rules {
                 headers.push((crate::domain::headers::HEADER_DLQ_RULES, rules.as_bytes()));
             }
-            self.ctx
-                .publisher
+            publisher
                 .enqueue_in(
                     &mut sent,
                     OutgoingRecord {
@@ -811,10 +931,24 @@ impl Publishing {
                 .with_label_values(&[&self.name])
                 .inc();
         }
+        if let (Some(txn), Some(position)) = (self.txn.as_mut(), &checkpoint) {
+            // The position the batch reaches, in the same transaction.
+            let (key, value) = crate::state::offsets::record(&self.name, position);
+            txn.publisher
+                .enqueue_in(
+                    &mut sent,
+                    OutgoingRecord::new(topics::offsets(), key.as_bytes(), &value),
+                )
+                .await?;
+        }
         let pending = Pending {
             acks: sent.seal(),
             checkpoint,
         };
+        if let Some(txn) = self.txn.as_mut() {
+            txn.held.push(pending);
+            return Ok(true);
+        }
         Ok(self.pending.send(pending).await.is_ok())
     }
 }
@@ -1001,22 +1135,24 @@ mod tests {
             replication_factor: 1,
             metrics,
             standards: Arc::new(Vec::new()),
+            transactions: None,
         }
     }
 
-    /// Every record of `topic`, read to its end: (key, payload present).
+    /// Every committed record of `topic`, read to its end (a commit
+    /// marker may end it).
     async fn read_all(ctx: &FeedContext, topic: &str) -> Vec<crate::kafka::ConsumedRecord> {
         let watermarks = crate::kafka::Watermarks::new(&ctx.settings).unwrap();
-        let end = watermarks.high(topic, 0).await.unwrap();
+        let mut ends = HashMap::from([(0, watermarks.high(topic, 0).await.unwrap())]);
         let consumer = crate::kafka::Consumer::replay(&ctx.settings, topic, 0).unwrap();
         let mut out = Vec::new();
-        while (out.len() as i64) < end {
-            out.push(
-                tokio::time::timeout(Duration::from_secs(10), consumer.recv())
-                    .await
-                    .expect("the topic is read to its end")
-                    .unwrap(),
-            );
+        while let Some(r) =
+            tokio::time::timeout(Duration::from_secs(10), consumer.recv_to(&mut ends))
+                .await
+                .expect("the topic is read to its end")
+                .unwrap()
+        {
+            out.push(r);
         }
         out
     }
@@ -1031,9 +1167,52 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn what_kafka_acknowledged_is_acknowledged_to_the_source_and_resumed_from() {
+        let (ctx, _broker) = acknowledged_and_resumed(None).await;
+        assert_eq!(
+            ctx.metrics
+                .feed_transactions
+                .with_label_values(&["mem"])
+                .get(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transactional_feed_commits_changes_and_position_together_before_acknowledging() {
+        let (ctx, _broker) = acknowledged_and_resumed(Some(Duration::from_millis(100))).await;
+        // The position came with the changes, in their transaction (the
+        // feed did not write it separately).
+        let offsets = read_all(&ctx, topics::offsets()).await;
+        let positions: Vec<String> = offsets
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(b"feed:mem".as_slice()))
+            .filter_map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref()?).ok()?;
+                v["position"].as_str().map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(
+            positions.last().map(String::as_str),
+            Some("p2"),
+            "{positions:?}"
+        );
+        let committed = ctx
+            .metrics
+            .feed_transactions
+            .with_label_values(&["mem"])
+            .get();
+        assert!((1..=2).contains(&committed), "{committed} transactions");
+    }
+
+    /// Runs a feed of two batches, checks what reached the source and the
+    /// raw topic, restarts it and checks where it resumed; the context.
+    async fn acknowledged_and_resumed(
+        transactions: Option<Duration>,
+    ) -> (FeedContext, crate::kafka::EmbeddedBroker) {
         let broker = crate::kafka::EmbeddedBroker::start().unwrap();
         let shutdown = CancellationToken::new();
-        let ctx = context(&broker, &shutdown).await;
+        let mut ctx = context(&broker, &shutdown).await;
+        ctx.transactions = transactions;
         let t = table("mem.people");
         let acked = Arc::new(StdMutex::new(Vec::new()));
         let started_from = Arc::new(StdMutex::new(None));
@@ -1101,6 +1280,7 @@ mod tests {
         stop.cancel();
         running.await.unwrap().unwrap();
         shutdown.cancel();
+        (ctx, broker)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

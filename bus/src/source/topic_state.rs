@@ -74,21 +74,17 @@ pub async fn current_rows(
     let mut rows: HashMap<Vec<u8>, Row> = HashMap::new();
     let deadline = tokio::time::Instant::now() + READ_LIMIT;
     let mut skipped = 0u64;
-    while !left.is_empty() {
-        let record = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .map_err(|_| {
-                TopicStateError::Incomplete(format!(
-                    "reading {topic} to its end took more than {} s",
-                    READ_LIMIT.as_secs()
-                ))
-            })??;
-        if left
-            .get(&record.partition)
-            .is_some_and(|high| record.offset + 1 >= *high)
-        {
-            left.remove(&record.partition);
-        }
+    // Feeds write raw topics in transactions: a partition's end may be a
+    // commit marker, which recv_to steps over.
+    while let Some(record) = tokio::time::timeout_at(deadline, consumer.recv_to(&mut left))
+        .await
+        .map_err(|_| {
+            TopicStateError::Incomplete(format!(
+                "reading {topic} to its end took more than {} s",
+                READ_LIMIT.as_secs()
+            ))
+        })??
+    {
         let Some(key_bytes) = record.key.as_deref() else {
             continue;
         };

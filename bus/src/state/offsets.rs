@@ -25,20 +25,26 @@ fn key(feed: &str) -> String {
     format!("feed:{feed}")
 }
 
+/// The record of a feed's position in `backflow._offsets`: (key, value).
+/// A transactional feed writes it in the transaction of the changes it
+/// follows.
+pub fn record(feed: &str, position: &Position) -> (String, Vec<u8>) {
+    let value = serde_json::to_vec(&Stored {
+        feed: feed.to_owned(),
+        position: position.as_str().to_owned(),
+        ts_ms: backflow_connectors::now_ms(),
+    })
+    .expect("serializes");
+    (key(feed), value)
+}
+
 /// Records a feed's acknowledged position and waits for Kafka to have it.
 pub async fn save(
     publisher: &Publisher,
     feed: &str,
     position: &Position,
 ) -> Result<(), KafkaError> {
-    let ts_ms = backflow_connectors::now_ms();
-    let value = serde_json::to_vec(&Stored {
-        feed: feed.to_owned(),
-        position: position.as_str().to_owned(),
-        ts_ms,
-    })
-    .expect("serializes");
-    let k = key(feed);
+    let (k, value) = record(feed, position);
     publisher
         .send(OutgoingRecord::new(topics::offsets(), k.as_bytes(), &value))
         .await
@@ -124,7 +130,7 @@ async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>
     for p in 0..partitions as i32 {
         let high = watermarks.high(topics::offsets(), p).await?;
         if high > 0 {
-            ends.insert(p, high - 1);
+            ends.insert(p, high);
         }
     }
     if ends.is_empty() {
@@ -135,16 +141,14 @@ async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>
     let mut found = None;
     let deadline =
         tokio::time::Instant::now() + settings.request_timeout.max(Duration::from_secs(10)) * 3;
-    while !ends.is_empty() {
-        let r = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .map_err(|_| KafkaError::Admin {
-                topic: topics::offsets().into(),
-                reason: "reading stored positions timed out".into(),
-            })??;
-        if ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {
-            ends.remove(&r.partition);
-        }
+    // Feeds write it in transactions: its end may be a commit marker.
+    while let Some(r) = tokio::time::timeout_at(deadline, consumer.recv_to(&mut ends))
+        .await
+        .map_err(|_| KafkaError::Admin {
+            topic: topics::offsets().into(),
+            reason: "reading stored positions timed out".into(),
+        })??
+    {
         if r.key.as_deref() == Some(wanted.as_bytes()) {
             found = r.payload;
         }

@@ -315,6 +315,13 @@ pub struct PostgresSource {
     repl: Option<ReplicationClient>,
     snapshot: Option<SnapshotRead>,
     tx: Option<Tx>,
+    /// The position the feed resumed from: a transaction that committed
+    /// before it is in Kafka already (the runtime acknowledged it, and the
+    /// slot may not have heard so before a crash), so it is skipped.
+    resumed_at: Option<Lsn>,
+    /// Inside such a transaction: its messages are read (relations) and
+    /// its changes dropped.
+    skipping: bool,
 }
 
 impl PostgresSource {
@@ -331,6 +338,8 @@ impl PostgresSource {
             repl: None,
             snapshot: None,
             tx: None,
+            resumed_at: None,
+            skipping: false,
         }
     }
 
@@ -743,6 +752,11 @@ impl Source for PostgresSource {
         position: Option<Position>,
     ) -> Result<Vec<Arc<TableDesc>>, ConnectorError> {
         let resume = Resume::parse(position.as_ref(), parse_position)?;
+        self.resumed_at = match &resume {
+            Resume::Stream(lsn) => Some(*lsn),
+            _ => None,
+        };
+        self.skipping = false;
         let sql = self.connect_sql().await?;
         catalog::check_wal_level(&sql).await?;
         catalog::check_replication_privilege(&sql, &self.config.user).await?;
@@ -955,6 +969,10 @@ impl Source for PostgresSource {
                     xid,
                     commit_time_micros,
                 } => {
+                    // Its commit record starts before the resumed position,
+                    // so it ends at or before it: already in Kafka. (One
+                    // starting exactly there committed after it.)
+                    self.skipping = self.resumed_at.is_some_and(|at| final_lsn < at);
                     self.tx = Some(Tx {
                         position: lsn_position(final_lsn),
                         xid: xid.to_string().into(),
@@ -965,10 +983,19 @@ impl Source for PostgresSource {
                 ReplicationEvent::XLogData { data, .. } => {
                     let msg = pgoutput::decode(&data)
                         .map_err(|e| ConnectorError::definite(e.to_string()))?;
-                    self.on_message(msg, &mut batch).await?;
+                    if self.skipping {
+                        // Relations are learned; the changes were published.
+                        self.on_message(msg, &mut SourceBatch::default()).await?;
+                    } else {
+                        self.on_message(msg, &mut batch).await?;
+                    }
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     self.tx = None;
+                    if std::mem::take(&mut self.skipping) {
+                        // No checkpoint: it is behind the resumed one.
+                        continue;
+                    }
                     batch.checkpoint = Some(lsn_position(end_lsn));
                     if batch.records.len() >= max {
                         return Ok(batch);
