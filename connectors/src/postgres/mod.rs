@@ -322,6 +322,8 @@ pub struct PostgresSource {
     /// Inside such a transaction: its messages are read (relations) and
     /// its changes dropped.
     skipping: bool,
+    /// Transactions skipped since the last one published (logged once).
+    skipped: u64,
 }
 
 impl PostgresSource {
@@ -340,6 +342,7 @@ impl PostgresSource {
             tx: None,
             resumed_at: None,
             skipping: false,
+            skipped: 0,
         }
     }
 
@@ -973,6 +976,12 @@ impl Source for PostgresSource {
                     // so it ends at or before it: already in Kafka. (One
                     // starting exactly there committed after it.)
                     self.skipping = self.resumed_at.is_some_and(|at| final_lsn < at);
+                    if self.skipping {
+                        self.skipped += 1;
+                    } else if self.skipped > 0 {
+                        tracing::info!(feed = %self.config.name, transactions = self.skipped, "skipped replayed transactions that were already in Kafka");
+                        self.skipped = 0;
+                    }
                     self.tx = Some(Tx {
                         position: lsn_position(final_lsn),
                         xid: xid.to_string().into(),
