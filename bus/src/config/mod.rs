@@ -26,6 +26,7 @@
 //! [kafka]
 //! brokers = "kafka-1:9092,kafka-2:9092"   # absent: embedded in-memory broker
 //! partitions = 6
+//! transactions = true      # feeds write each change exactly once (the default)
 //!
 //! [http]
 //! listen = "0.0.0.0:8480"
@@ -780,6 +781,25 @@ mod tests {
         let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
         assert_eq!(err.key(), Some("kafka.session_timeout_ms"), "{err}");
         assert!(err.to_string().contains("6000..=1800000"), "{err}");
+    }
+
+    #[test]
+    fn feeds_write_in_transactions_by_default_and_a_bad_interval_names_its_key() {
+        let cfg = Config::load_with_env(Some(file("[kafka]\n").path()), no_env()).unwrap();
+        assert!(cfg.kafka.transactions);
+        assert_eq!(cfg.kafka.transaction_interval_ms, 100);
+        let env = vec![(
+            "BACKFLOW_KAFKA__TRANSACTIONS".to_owned(),
+            "false".to_owned(),
+        )];
+        let cfg = Config::load_with_env(None, env).unwrap();
+        assert!(!cfg.kafka.transactions);
+        for bad in ["0", "60000"] {
+            let f = file(&format!("[kafka]\ntransaction_interval_ms = {bad}\n"));
+            let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+            assert_eq!(err.key(), Some("kafka.transaction_interval_ms"), "{err}");
+            assert!(err.to_string().contains("1..=10000"), "{err}");
+        }
     }
 
     #[test]
