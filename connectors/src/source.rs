@@ -70,8 +70,16 @@ pub struct SourceBatch {
     pub rejected: Vec<RejectedRecord>,
     /// Set when the batch ends at a transaction boundary: once every
     /// record up to here (this batch and all before it) is in Kafka, the
-    /// runtime acknowledges this position. Never set mid-transaction.
+    /// runtime acknowledges this position. A batch that ends inside a
+    /// transaction carries the checkpoint of the last transaction it
+    /// completed, if any.
     pub checkpoint: Option<Position>,
+    /// Whether the batch ends inside a source transaction (a large one,
+    /// streamed through in bounded batches): the records after
+    /// `checkpoint` belong to a transaction the next batches go on with.
+    /// A runtime that writes exactly once keeps them in one Kafka
+    /// transaction with the rest of the source transaction.
+    pub open_transaction: bool,
 }
 
 impl SourceBatch {

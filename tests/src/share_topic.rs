@@ -27,7 +27,8 @@ impl Decoded {
     }
 }
 
-/// Records in `topic` (every partition) up to its current end.
+/// The offsets `topic` (every partition) has used up to its current end:
+/// its records, plus the commit markers of a transactionally written topic.
 pub async fn high_watermark(bootstrap: &str, topic: &str) -> i64 {
     let settings = KafkaSettings::new(bootstrap);
     let Ok(n) = backflow::kafka::partition_count(&settings, topic).await else {
@@ -37,6 +38,32 @@ pub async fn high_watermark(bootstrap: &str, topic: &str) -> i64 {
     let mut total = 0;
     for p in 0..n as i32 {
         total += w.high(topic, p).await.unwrap_or(0);
+    }
+    total
+}
+
+/// Records of `topic` (every partition) a `read_committed` reader gets up
+/// to its current end. Unlike the high watermark, it leaves out the
+/// commit markers of a transactionally written topic (a raw topic).
+pub async fn count(bootstrap: &str, topic: &str) -> i64 {
+    let settings = KafkaSettings::new(bootstrap);
+    let Ok(n) = backflow::kafka::partition_count(&settings, topic).await else {
+        return 0;
+    };
+    let w = Watermarks::new(&settings).expect("watermarks client");
+    let mut ends = HashMap::new();
+    for p in 0..n as i32 {
+        ends.insert(p, w.high(topic, p).await.unwrap_or(0));
+    }
+    let parts: Vec<i32> = ends.keys().copied().collect();
+    let consumer = Consumer::replay_partitions(&settings, topic, &parts).expect("a reader");
+    let mut total = 0;
+    while let Some(_r) = tokio::time::timeout(Duration::from_secs(20), consumer.recv_to(&mut ends))
+        .await
+        .expect("read to its end within 20 s")
+        .expect("readable")
+    {
+        total += 1;
     }
     total
 }

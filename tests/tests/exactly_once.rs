@@ -1,8 +1,9 @@
-//! Exactly once into the raw topic: a node whose PostgreSQL feed is killed
-//! with SIGKILL at random moments while the department keeps committing
-//! transactions. Read `read_committed` from its beginning, the raw topic
-//! then holds every change the department made, each once: no insert is
-//! missing or doubled, and no (transaction, row) pair appears twice.
+//! Exactly once into the raw topic: a node whose PostgreSQL or MariaDB feed
+//! is killed with SIGKILL at random moments while the department keeps
+//! committing transactions. Read `read_committed` from its beginning, the
+//! raw topic then holds every change the department made, each once: no
+//! insert is missing or doubled, and no (source position, row, operation)
+//! appears twice.
 //!
 //! The kill times come from a seed, printed; `BACKFLOW_TEST_SEED` replays
 //! them.
@@ -26,83 +27,238 @@ async fn change(db: &tokio_postgres::Client, round: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_killed_at_random_moments_writes_each_change_to_the_raw_topic_once() {
-    let name = unique_name("bf_eo");
-    let department = create_pg_database(&name).await.unwrap();
-    department
-        .batch_execute(
-            "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
-             INSERT INTO people SELECT g, '居民' || g, '330106' FROM generate_series(1, 50) g;",
-        )
-        .await
-        .unwrap();
     let broker = TestBroker::start();
     let admin = TestToken::new("admin");
-    let dataset = format!("t{}.people", name[6..].replace('_', ""));
-    let config = format!(
-        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{name}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n{}",
-        broker.bootstrap(),
-        name.replace('_', "-"),
-        admin.auth_toml(),
+    let (name, department, dataset, config) = department(&broker, &admin).await;
+    // The feed runs before the department writes: every change streams.
+    let (node, listen) = ready_node(&config).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = keep_writing(department, stop.clone());
+    let (node, mut skipped_logs) = kill_at_random(node, &config, &listen, stop).await;
+    let rounds = writer.await.unwrap();
+    let topic = format!("backflow.raw.{dataset}");
+    let records = read_until_insert(&broker, &topic, &node, &admin, 1000 + rounds - 1).await;
+    skipped_logs += node.stderr().matches(SKIPPED).count();
+    let changes = each_once(&records, rounds);
+    println!(
+        "{rounds} department transactions, {changes} change records, {KILLS} kills; replays skipped after {skipped_logs} restarts"
     );
+    assert!(
+        skipped_logs > 0,
+        "no restart met a replay: the kills proved nothing"
+    );
+    drop(node);
+    backflow_e2e::drop_pg_database(&name).await.unwrap();
+}
+
+/// A node process stopped (SIGSTOP) while its feed runs is a zombie once a
+/// second process takes the feed over: the second registers the feed's
+/// transactional id, so when the first wakes up (SIGCONT) the brokers
+/// refuse whatever it still had open or writes, and nothing it does shows
+/// in the raw topic. The department's PostgreSQL ending the stopped
+/// process's replication connection (as its wal_sender_timeout would after
+/// a minute) lets the second take the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_process_that_wakes_after_another_took_its_feed_over_writes_nothing() {
+    let broker = TestBroker::start();
+    let admin = TestToken::new("admin");
+    let (name, department, dataset, config) = department(&broker, &admin).await;
+    let slot = format!("backflow_{}", name.replace('-', "_"));
+    let control = backflow_e2e::pg_connect(&name).await.unwrap();
+    let first = Node::start_with_config(&config, &[]).unwrap();
+    first
+        .wait_for_status("/readyz", 200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = keep_writing(department, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    first.signal("STOP").unwrap();
+    control
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
+        ))
+        .await
+        .unwrap();
+    let second = Node::start_with_config(&config, &[]).unwrap();
+    second
+        .wait_for_status("/readyz", 200, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The second publishes: the feed's transactions are its own now.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !second.stderr().contains("feed started") {
+        assert!(Instant::now() < until, "{}", second.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.signal("CONT").unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    let rounds = writer.await.unwrap();
+
+    let topic = format!("backflow.raw.{dataset}");
+    let records = read_until_insert(&broker, &topic, &second, &admin, 1000 + rounds - 1).await;
+    let changes = each_once(&records, rounds);
+    let woke = first.stderr();
+    let fenced = woke.contains("took it over");
+    println!(
+        "{rounds} department transactions, {changes} change records; the woken process {}",
+        if fenced {
+            "was refused by the brokers (fenced)"
+        } else {
+            "lost its replication connection before it wrote again"
+        }
+    );
+    drop(first);
+    drop(second);
+    backflow_e2e::drop_pg_database(&name).await.unwrap();
+}
+
+const KILLS: usize = 8;
+
+/// A node on `config`, ready, on an address of its own.
+async fn ready_node(config: &str) -> (Node, String) {
     let listen = free_local_addr();
-    let env = [("BACKFLOW_HTTP__LISTEN", listen.as_str())];
-    let mut node = Node::start_with_config(&config, &env).unwrap();
+    let node =
+        Node::start_with_config(config, &[("BACKFLOW_HTTP__LISTEN", listen.as_str())]).unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
         .await
         .unwrap();
+    (node, listen)
+}
 
+/// Kills `node` with SIGKILL after a random 0.3-1.5 s and starts it again
+/// on `config` and `listen`, [`KILLS`] times, then cancels `stop`; the last
+/// node, ready, and how many of the killed ones' successors logged that
+/// they skipped replayed transactions.
+async fn kill_at_random(
+    mut node: Node,
+    config: &str,
+    listen: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Node, usize) {
+    let env = [("BACKFLOW_HTTP__LISTEN", listen)];
     let seed = std::env::var("BACKFLOW_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
     println!("kill times from seed {seed} (BACKFLOW_TEST_SEED={seed} replays them)");
     let mut rng = fastrand::Rng::with_seed(seed);
-    // The department commits a transaction every 10 ms through every kill.
+    let mut skipped_logs = 0;
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        node.signal("KILL").unwrap();
+        node.wait(Duration::from_secs(10)).unwrap();
+        skipped_logs += node.stderr().matches(SKIPPED).count();
+        node = Node::start_with_config(config, &env).unwrap();
+    }
+    stop.cancel();
+    node.wait_for_status("/readyz", 200, Duration::from_secs(60))
+        .await
+        .unwrap();
+    (node, skipped_logs)
+}
+
+/// What a restarted PostgreSQL feed logs when the slot replayed
+/// transactions that were in Kafka already.
+const SKIPPED: &str = "skipped replayed transactions that were already in Kafka";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_topic_once() {
+    use mysql_async::prelude::Queryable;
+    let broker = TestBroker::start();
+    let admin = TestToken::new("admin");
+    let db = unique_name("bf_eo");
+    let mut root = mysql(None).await;
+    root.query_drop(format!(
+        "CREATE DATABASE {db}; CREATE TABLE {db}.people (id bigint PRIMARY KEY, name varchar(200) NOT NULL, region_code char(6) NOT NULL);"
+    ))
+    .await
+    .unwrap();
+    let values: Vec<String> = (1..=50)
+        .map(|g| format!("({g}, '居民{g}', '330106')"))
+        .collect();
+    root.query_drop(format!(
+        "INSERT INTO {db}.people VALUES {}",
+        values.join(",")
+    ))
+    .await
+    .unwrap();
+    let dataset = format!("t{}.people", db[6..].replace('_', ""));
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"mysql\"\nname = \"{}\"\nuser = \"root\"\ndatabase = \"{db}\"\ntables = [{{ table = \"people\", dataset = \"{dataset}\" }}]\n{}",
+        broker.bootstrap(),
+        db.replace('_', "-"),
+        admin.auth_toml(),
+    );
+    let (node, listen) = ready_node(&config).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn({
         let stop = stop.clone();
+        let mut conn = mysql(Some(&db)).await;
         async move {
             let mut round = 0;
             while !stop.is_cancelled() {
-                change(&department, round).await;
+                let id = 1000 + round;
+                conn.query_drop(format!(
+                    "BEGIN; INSERT INTO people VALUES ({id}, '新{id}', '330106'); UPDATE people SET name = CONCAT(name, '+') WHERE id = {}; COMMIT;",
+                    1 + round % 50
+                ))
+                .await
+                .unwrap();
                 round += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             round
         }
     });
-    let mut skipped_logs = 0;
-    const KILLS: usize = 8;
-    for _ in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
-        node.signal("KILL").unwrap();
-        node.wait(Duration::from_secs(10)).unwrap();
-        skipped_logs += node
-            .stderr()
-            .matches("skipped replayed transactions that were already in Kafka")
-            .count();
-        node = Node::start_with_config(&config, &env).unwrap();
-    }
-    stop.cancel();
+    let (node, _) = kill_at_random(node, &config, &listen, stop).await;
     let rounds = writer.await.unwrap();
-    node.wait_for_status("/readyz", 200, Duration::from_secs(60))
+    let topic = format!("backflow.raw.{dataset}");
+    let records = read_until_insert(&broker, &topic, &node, &admin, 1000 + rounds - 1).await;
+    let changes = each_once(&records, rounds);
+    println!("{rounds} department transactions, {changes} change records, {KILLS} kills");
+    drop(node);
+    root.query_drop(format!("DROP DATABASE {db}"))
         .await
         .unwrap();
+}
 
-    // Read the raw topic until the last insert is there.
-    let topic = format!("backflow.raw.{dataset}");
-    let last = 1000 + rounds - 1;
+async fn mysql(db: Option<&str>) -> mysql_async::Conn {
+    mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(3306)
+            .user(Some("root"))
+            .db_name(db)
+            .prefer_socket(false),
+    )
+    .await
+    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
+}
+
+/// The raw topic, read `read_committed` from its beginning, once it holds
+/// the insert of `last`.
+async fn read_until_insert(
+    broker: &TestBroker,
+    topic: &str,
+    node: &Node,
+    admin: &TestToken,
+    last: i64,
+) -> Vec<backflow_e2e::share_topic::Decoded> {
     let until = Instant::now() + Duration::from_secs(120);
-    let records = loop {
+    loop {
         let records =
-            backflow_e2e::share_topic::read(broker.bootstrap(), &topic, &node.url, admin.token())
+            backflow_e2e::share_topic::read(broker.bootstrap(), topic, &node.url, admin.token())
                 .await
                 .unwrap_or_default();
         if records
             .iter()
             .any(|r| r.after().is_some_and(|a| a["id"] == last))
         {
-            break records;
+            return records;
         }
         assert!(
             Instant::now() < until,
@@ -110,25 +266,27 @@ async fn a_feed_killed_at_random_moments_writes_each_change_to_the_raw_topic_onc
             node.stderr()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    skipped_logs += node
-        .stderr()
-        .matches("skipped replayed transactions that were already in Kafka")
-        .count();
+    }
+}
 
-    // Each change once: by (transaction, row, operation) over the stream,
-    // and every insert exactly once.
+/// Checks that the raw topic holds each of `rounds` department
+/// transactions' changes once: every insert, and no (source position, row,
+/// operation) twice. Returns the number of change records.
+fn each_once(records: &[backflow_e2e::share_topic::Decoded], rounds: i64) -> usize {
     let mut changes: BTreeMap<(String, i64, String), usize> = BTreeMap::new();
     let mut inserts: BTreeMap<i64, usize> = BTreeMap::new();
-    for r in &records {
+    for r in records {
         let Some(v) = &r.value else { continue };
         let op = v["op"].as_str().unwrap_or_default().to_owned();
         if op == "r" {
             continue;
         }
         let id = r.key["id"].as_i64().expect("integer key");
-        let txid = v["source"]["txid"].as_str().unwrap_or_default().to_owned();
-        *changes.entry((txid, id, op.clone())).or_default() += 1;
+        let position = v["source"]["position"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        *changes.entry((position, id, op.clone())).or_default() += 1;
         if op == "c" {
             *inserts.entry(id).or_default() += 1;
         }
@@ -138,10 +296,6 @@ async fn a_feed_killed_at_random_moments_writes_each_change_to_the_raw_topic_onc
         .map(|r| 1000 + r)
         .filter(|id| !inserts.contains_key(id))
         .collect();
-    println!(
-        "{rounds} department transactions, {} change records, {KILLS} kills; replays skipped after {skipped_logs} restarts",
-        changes.values().sum::<usize>()
-    );
     assert!(missing.is_empty(), "inserts missing: {missing:?}");
     assert!(
         doubled.is_empty(),
@@ -154,6 +308,46 @@ async fn a_feed_killed_at_random_moments_writes_each_change_to_the_raw_topic_onc
         2 * rounds,
         "one insert and one update per department transaction"
     );
-    drop(node);
-    backflow_e2e::drop_pg_database(&name).await.unwrap();
+    changes.values().sum()
+}
+
+/// A department database of 50 residents, its feed's node configuration
+/// (with `admin` allowed) and the dataset.
+async fn department(
+    broker: &TestBroker,
+    admin: &TestToken,
+) -> (String, tokio_postgres::Client, String, String) {
+    let name = unique_name("bf_eo");
+    let db = create_pg_database(&name).await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
+         INSERT INTO people SELECT g, '居民' || g, '330106' FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    let dataset = format!("t{}.people", name[6..].replace('_', ""));
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\n\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{name}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n{}",
+        broker.bootstrap(),
+        name.replace('_', "-"),
+        admin.auth_toml(),
+    );
+    (name, db, dataset, config)
+}
+
+/// The department commits a transaction every 10 ms until `stop`; the
+/// number it committed.
+fn keep_writing(
+    db: tokio_postgres::Client,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<i64> {
+    tokio::spawn(async move {
+        let mut round = 0;
+        while !stop.is_cancelled() {
+            change(&db, round).await;
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        round
+    })
 }

@@ -232,7 +232,18 @@ impl Membership {
     }
 }
 
-impl rdkafka::ClientContext for Membership {}
+impl rdkafka::ClientContext for Membership {
+    /// librdkafka's errors, logged as its default does, except a reader's
+    /// "end of partition" (which replay consumers ask for).
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            return;
+        }
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+    }
+}
 
 impl ConsumerContext for Membership {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

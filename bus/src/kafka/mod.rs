@@ -117,13 +117,17 @@ impl KafkaError {
     /// Whether another process with the same transactional id took over
     /// (this one is fenced: a zombie whose writes the brokers refuse).
     pub fn is_fenced(&self) -> bool {
-        matches!(self, KafkaError::Transaction { source, .. }
-        if matches!(
+        let source = match self {
+            KafkaError::Transaction { source, .. } | KafkaError::Delivery { source, .. } => source,
+            _ => return false,
+        };
+        // Not InvalidProducerEpoch: the brokers also answer it when they
+        // aborted this producer's transaction for running too long.
+        matches!(
             source.rdkafka_error_code(),
             Some(rdkafka::types::RDKafkaErrorCode::Fenced)
                 | Some(rdkafka::types::RDKafkaErrorCode::ProducerFenced)
-                | Some(rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch)
-        ))
+        )
     }
 }
 
@@ -136,6 +140,9 @@ impl crate::domain::restart::Kind for KafkaError {
             KafkaError::Client { .. } | KafkaError::Embedded(_) => {
                 crate::domain::restart::ErrorKind::Definite
             }
+            // Another process took the work over: running again here would
+            // take it back and fence that one in turn.
+            e if e.is_fenced() => crate::domain::restart::ErrorKind::Definite,
             _ => crate::domain::restart::ErrorKind::Transient,
         }
     }
@@ -331,6 +338,14 @@ impl std::fmt::Debug for KafkaSettings {
     }
 }
 
+/// How long a transaction may stay open before the brokers abort it
+/// (`transaction.timeout.ms` of every transactional producer).
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a reader waits for transactions open when it began to end
+/// ([`Watermarks::settled_high`]): longer than any may stay open.
+pub const SETTLE_WITHIN: Duration = Duration::from_secs(130);
+
 /// librdkafka's and Apache Kafka's default largest record.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
@@ -412,7 +427,9 @@ pub fn librdkafka_version() -> String {
 }
 
 /// Asks partitions for their high watermark (the offset the next record
-/// gets). Cheap to clone.
+/// gets). As a `read_committed` client asks, the answer is the last stable
+/// offset: it stops before the first transaction still open. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Watermarks {
     client: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
@@ -422,11 +439,62 @@ pub struct Watermarks {
 impl Watermarks {
     /// Connects a metadata client.
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let client: rdkafka::consumer::BaseConsumer = settings.create("metadata", |_| {})?;
+        Self::with_isolation(settings, "read_committed")
+    }
+
+    fn with_isolation(settings: &KafkaSettings, isolation: &str) -> Result<Self, KafkaError> {
+        let client: rdkafka::consumer::BaseConsumer = settings.create("metadata", |c| {
+            c.set("isolation.level", isolation);
+        })?;
         Ok(Self {
             client: std::sync::Arc::new(client),
             timeout: settings.request_timeout,
         })
+    }
+
+    /// The end of a partition once every transaction open on it when asked
+    /// has ended (committed or aborted), waiting for that up to `within`:
+    /// a reader that reads to it misses nothing a transaction was still
+    /// writing, as it would reading to the stable end of the moment (a
+    /// killed writer's open transaction, or one whose commit the brokers
+    /// have not finished marking, holds that end back). Past `within`, the
+    /// error names the topic.
+    pub async fn settled_high(
+        &self,
+        settings: &KafkaSettings,
+        topic: &str,
+        partition: i32,
+        within: Duration,
+    ) -> Result<i64, KafkaError> {
+        let everything = Self::with_isolation(settings, "read_uncommitted")?
+            .high(topic, partition)
+            .await?;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut logged = false;
+        loop {
+            let stable = self.high(topic, partition).await?;
+            if stable >= everything {
+                return Ok(stable);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KafkaError::Admin {
+                    topic: topic.to_owned(),
+                    reason: format!(
+                        "a Kafka transaction on partition {partition} stayed open for more than {} s (its writer is stopped or the brokers are slow)",
+                        within.as_secs()
+                    ),
+                });
+            }
+            if !logged && deadline - tokio::time::Instant::now() < within - Duration::from_secs(2) {
+                logged = true;
+                tracing::info!(
+                    topic,
+                    partition,
+                    "waiting for an open Kafka transaction to end before reading"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The high watermark of one partition.

@@ -355,9 +355,10 @@ impl Publisher {
                 // registers the same id); readers wait for it meanwhile.
                 // A record not delivered by then fails the transaction
                 // (librdkafka requires it within the transaction's time).
+                let ms = super::TRANSACTION_TIMEOUT.as_millis().to_string();
                 cfg.set("transactional.id", id)
-                    .set("transaction.timeout.ms", "60000")
-                    .set("message.timeout.ms", "60000");
+                    .set("transaction.timeout.ms", &ms)
+                    .set("message.timeout.ms", &ms);
             }
         })?;
         Ok(Self {
@@ -387,9 +388,19 @@ impl Publisher {
     /// On an error the transaction must be aborted (or the producer
     /// dropped, when it is fenced).
     pub fn commit_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer
-            .commit_transaction(Timeout::After(timeout))
-            .map_err(|source| self.transaction_error("commit", source))
+        // A commit that timed out goes on in the background: it is asked
+        // again (librdkafka then waits for that one), never aborted.
+        let mut tries = 0;
+        loop {
+            match self.producer.commit_transaction(Timeout::After(timeout)) {
+                Ok(()) => return Ok(()),
+                Err(RdKafkaError::Transaction(e)) if e.is_retriable() && tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "committing a Kafka transaction did not finish in time; asking again");
+                }
+                Err(source) => return Err(self.transaction_error("commit", source)),
+            }
+        }
     }
 
     /// Aborts the open transaction: none of its records is ever visible to

@@ -58,6 +58,10 @@ pub enum FeedError {
     /// as it is.
     #[error("{0}")]
     Standard(String),
+    /// Another process registered this feed's transactional id: it runs
+    /// the feed now, and this one's writes are refused.
+    #[error("another process runs feed {0} with this node's identity and took it over (the brokers refuse this process's writes to it); run each feed in one process only")]
+    Fenced(String),
 }
 
 impl From<crate::source::topic_state::TopicStateError> for FeedError {
@@ -78,7 +82,9 @@ impl crate::domain::restart::Kind for FeedError {
             FeedError::Source(e) => e.kind,
             FeedError::Kafka(e) => e.kind(),
             FeedError::Schema { source, .. } => source.kind(),
-            FeedError::Encode(_) | FeedError::Standard(_) => ErrorKind::Definite,
+            FeedError::Encode(_) | FeedError::Standard(_) | FeedError::Fenced(_) => {
+                ErrorKind::Definite
+            }
             FeedError::Unacknowledged(_) | FeedError::TopicState(_) => ErrorKind::Transient,
         }
     }
@@ -147,6 +153,22 @@ pub async fn run(
     ctx: FeedContext,
     shutdown: CancellationToken,
 ) -> Result<(), FeedError> {
+    // A transactional feed registers its id first: that fences an earlier
+    // run still alive and ends what it left open (aborted, or committed
+    // when its commit was under way), so the position read next is final.
+    let txn_publisher = match ctx.transactions {
+        Some(_) => {
+            let id = topics::feed_transaction(&ctx.node, name);
+            let (settings, metrics) = (ctx.settings.clone(), ctx.metrics.clone());
+            let publisher = tokio::task::spawn_blocking(move || {
+                Publisher::transactional(&settings, Some(metrics), &id, TXN_TIMEOUT)
+            })
+            .await
+            .expect("registering a transactional id does not panic")?;
+            Some(publisher)
+        }
+        None => None,
+    };
     let resume = crate::state::offsets::load(&ctx.settings, name).await?;
     if let Some(p) = &resume {
         tracing::info!(feed = name, position = %p.0, "resuming from the last acknowledged position");
@@ -186,6 +208,7 @@ pub async fn run(
         pending_tx,
         fail_rx.clone(),
         stop_publishing.clone(),
+        txn_publisher,
     );
     let runtime = tokio::runtime::Handle::current();
     let mut publisher = Some(tokio::task::spawn_blocking(move || {
@@ -570,6 +593,7 @@ async fn encode(
         records: encoded,
         dead,
         checkpoint: batch.checkpoint,
+        open: batch.open_transaction,
     })
 }
 
@@ -590,6 +614,8 @@ enum Work {
         records: Encoded,
         dead: Vec<Dead>,
         checkpoint: Option<Position>,
+        /// It ends inside a source transaction.
+        open: bool,
     },
     /// Answered once everything handed over before it is enqueued.
     Barrier(oneshot::Sender<()>),
@@ -695,6 +721,9 @@ struct Txn {
     /// The batches of the open transaction: handed to the acknowledging
     /// task (and so to the source) only once it committed.
     held: Vec<Pending>,
+    /// The last batch ended inside a source transaction: no commit until
+    /// a batch completes it.
+    source_open: bool,
 }
 
 /// How long registering, committing or aborting a transaction may take.
@@ -708,6 +737,7 @@ impl Publishing {
         pending: mpsc::Sender<Pending>,
         fail: watch::Receiver<Option<String>>,
         stop: CancellationToken,
+        txn_publisher: Option<Publisher>,
     ) -> Self {
         let events = crate::metrics::ByOp::new(&ctx.metrics.source_events, &[name]);
         Self {
@@ -720,7 +750,13 @@ impl Publishing {
             pending,
             fail,
             stop,
-            txn: None,
+            txn: txn_publisher.map(|publisher| Txn {
+                publisher,
+                interval: ctx.transactions.unwrap_or_default(),
+                open_since: None,
+                held: Vec::new(),
+                source_open: false,
+            }),
         }
     }
 
@@ -778,24 +814,10 @@ impl Publishing {
     }
 
     async fn run(mut self, work: mpsc::Receiver<Work>) -> Result<(), FeedError> {
-        if let Some(interval) = self.ctx.transactions {
-            // Registering the id fences an earlier run of this feed that is
-            // still alive, and aborts what it left open.
-            let id = topics::feed_transaction(&self.ctx.node, &self.name);
-            let publisher = Publisher::transactional(
-                &self.ctx.settings,
-                Some(self.ctx.metrics.clone()),
-                &id,
-                TXN_TIMEOUT,
-            )?;
-            self.txn = Some(Txn {
-                publisher,
-                interval,
-                open_since: None,
-                held: Vec::new(),
-            });
-        }
-        let outcome = self.publish_all(work).await;
+        let outcome = match self.publish_all(work).await {
+            Err(FeedError::Kafka(e)) if e.is_fenced() => Err(FeedError::Fenced(self.name.clone())),
+            other => other,
+        };
         self.abort_open();
         outcome
     }
@@ -826,16 +848,30 @@ impl Publishing {
                     records,
                     dead,
                     checkpoint,
+                    open,
                 } => {
+                    let something =
+                        !records.records.is_empty() || !dead.is_empty() || checkpoint.is_some();
                     let queued = tokio::select! {
                         biased;
                         _ = stop.cancelled() => return Ok(()),
                         queued = self.publish(records, dead, checkpoint) => queued?,
                     };
+                    if let Some(txn) = self.txn.as_mut() {
+                        // An empty batch says nothing about the source's
+                        // transaction.
+                        if something {
+                            txn.source_open = open;
+                        }
+                    }
                     // Commit when nothing else waits, or the transaction
-                    // is old enough.
+                    // is old enough; never inside a source transaction (a
+                    // restart resumes after the last whole one, and would
+                    // write its first part again).
                     let due = self.txn.as_ref().is_some_and(|t| {
-                        work.is_empty() || t.open_since.is_some_and(|at| at.elapsed() >= t.interval)
+                        !t.source_open
+                            && (work.is_empty()
+                                || t.open_since.is_some_and(|at| at.elapsed() >= t.interval))
                     });
                     let queued = queued && (!due || self.commit().await?);
                     if !queued {
@@ -1039,6 +1075,11 @@ mod tests {
             let error_early = matches!(self.batches.front(), Some(Err(_)))
                 && self.acked.lock().unwrap().is_empty();
             match self.batches.pop_front() {
+                // An empty batch is the source being idle for a while.
+                Some(Ok(b)) if !error_early && b.records.is_empty() && b.checkpoint.is_none() => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok(b)
+                }
                 Some(b) if !error_early => b,
                 other => {
                     if let Some(b) = other {
@@ -1098,6 +1139,7 @@ mod tests {
             records,
             rejected: Vec::new(),
             checkpoint: Some(checkpoint.into()),
+            open_transaction: false,
         }
     }
 
@@ -1202,6 +1244,52 @@ mod tests {
             .with_label_values(&["mem"])
             .get();
         assert!((1..=2).contains(&committed), "{committed} transactions");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transactional_feed_never_commits_inside_a_source_transaction() {
+        let broker = crate::kafka::EmbeddedBroker::start().unwrap();
+        let shutdown = CancellationToken::new();
+        let mut ctx = context(&broker, &shutdown).await;
+        ctx.transactions = Some(Duration::from_millis(10));
+        let t = table("mem.large");
+        let acked = Arc::new(StdMutex::new(Vec::new()));
+        // One source transaction streamed in two batches, the source idle
+        // between them (the feed's work queue runs empty).
+        let mut first = batch((1..=3).map(|id| insert(&t, id, "t1")).collect(), "unused");
+        first.checkpoint = None;
+        first.open_transaction = true;
+        let source = MemorySource {
+            table: t.clone(),
+            batches: VecDeque::from([
+                Ok(first),
+                Ok(backflow_connectors::SourceBatch::default()),
+                Ok(batch(
+                    (4..=5).map(|id| insert(&t, id, "t1")).collect(),
+                    "t1",
+                )),
+            ]),
+            started_from: Arc::default(),
+            acked: acked.clone(),
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run("mem", Box::new(source), ctx.clone(), stop.clone()));
+        until("t1 was never acknowledged", || {
+            acked.lock().unwrap().last().map(String::as_str) == Some("t1")
+        })
+        .await;
+        assert_eq!(
+            ctx.metrics
+                .feed_transactions
+                .with_label_values(&["mem"])
+                .get(),
+            1,
+            "the source transaction's two batches commit together"
+        );
+        assert_eq!(read_all(&ctx, &topics::raw("mem.large")).await.len(), 5);
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        shutdown.cancel();
     }
 
     /// Runs a feed of two batches, checks what reached the source and the

@@ -47,7 +47,10 @@ pub async fn current_rows(
     let watermarks = crate::kafka::Watermarks::new(settings)?;
     let mut left: HashMap<i32, i64> = HashMap::new();
     for p in 0..n {
-        let high = watermarks.high(&topic, p).await?;
+        // The feed's last transaction may be committed and not yet marked.
+        let high = watermarks
+            .settled_high(settings, &topic, p, crate::kafka::SETTLE_WITHIN)
+            .await?;
         if high > 0 {
             left.insert(p, high);
         }

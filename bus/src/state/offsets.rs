@@ -128,7 +128,11 @@ async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>
     let watermarks = Watermarks::new(settings)?;
     let mut ends = HashMap::new();
     for p in 0..partitions as i32 {
-        let high = watermarks.high(topics::offsets(), p).await?;
+        // Feeds write it in transactions: one still open (a feed killed
+        // mid-write, a commit not yet marked) would hide what follows it.
+        let high = watermarks
+            .settled_high(settings, topics::offsets(), p, kafka::SETTLE_WITHIN)
+            .await?;
         if high > 0 {
             ends.insert(p, high);
         }

@@ -1025,6 +1025,7 @@ impl Source for PostgresSource {
             if self.tx.is_some() && batch.records.len() >= max {
                 // A large transaction streams through in bounded batches; no
                 // checkpoint until it commits.
+                batch.open_transaction = true;
                 return Ok(batch);
             }
         }
