@@ -264,7 +264,7 @@ impl Check<'_> {
                 key: "kafka.transaction_interval_ms".to_owned(),
                 origin: self.origin("kafka.transaction_interval_ms"),
                 reason: format!(
-                    "{} ms is outside 1..=10000; the default is 100 (longer: more changes per second, later visible)",
+                    "{} ms is outside 1..=10000; the default is 25 (longer: more changes per second, later visible)",
                     c.kafka.transaction_interval_ms
                 ),
             });
@@ -787,7 +787,7 @@ mod tests {
     fn feeds_write_in_transactions_by_default_and_a_bad_interval_names_its_key() {
         let cfg = Config::load_with_env(Some(file("[kafka]\n").path()), no_env()).unwrap();
         assert!(cfg.kafka.transactions);
-        assert_eq!(cfg.kafka.transaction_interval_ms, 100);
+        assert_eq!(cfg.kafka.transaction_interval_ms, 25);
         let env = vec![(
             "BACKFLOW_KAFKA__TRANSACTIONS".to_owned(),
             "false".to_owned(),

@@ -209,10 +209,10 @@ pub struct KafkaConfig {
     /// exactly once for `read_committed` readers. Off: an idempotent
     /// producer, and a crash may write the last changes again.
     pub transactions: bool,
-    /// How long a feed's transaction may stay open while more batches are
-    /// waiting, in milliseconds (default 100): a longer one commits less
-    /// often (more changes per second) and shows changes later. An idle
-    /// feed commits each batch at once.
+    /// How long a feed's transaction stays open, in milliseconds (default
+    /// 25): its changes become visible together when it commits. A longer
+    /// one commits less often (more changes per second) and shows changes
+    /// later.
     pub transaction_interval_ms: u64,
     /// Extra librdkafka properties passed to every client (e.g.
     /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
@@ -267,7 +267,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: 10_000,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             transactions: true,
-            transaction_interval_ms: 100,
+            transaction_interval_ms: 25,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
             manage_acls: false,
