@@ -1066,6 +1066,18 @@ where
         .map(|v| v.unwrap_or(default))
 }
 
+/// The seed of a test's random choices (kill times and the like): the
+/// value of `BACKFLOW_TEST_SEED` when set, a fresh one otherwise; printed
+/// with how to replay it.
+pub fn test_seed(what: &str) -> u64 {
+    let seed = std::env::var("BACKFLOW_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("{what} from seed {seed} (BACKFLOW_TEST_SEED={seed} replays them)");
+    seed
+}
+
 /// `127.0.0.1:<port>` with a port the system just had free, for a process
 /// that must keep its address across restarts. Never the same port twice
 /// in one test process: the system may offer a port just released again,

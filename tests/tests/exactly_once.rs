@@ -140,11 +140,7 @@ async fn kill_at_random(
     stop: tokio_util::sync::CancellationToken,
 ) -> (Node, usize) {
     let env = [("BACKFLOW_HTTP__LISTEN", listen)];
-    let seed = std::env::var("BACKFLOW_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("kill times from seed {seed} (BACKFLOW_TEST_SEED={seed} replays them)");
+    let seed = backflow_e2e::test_seed("kill times");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut skipped_logs = 0;
     for _ in 0..KILLS {
@@ -171,7 +167,7 @@ async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_t
     let broker = TestBroker::start();
     let admin = TestToken::new("admin");
     let db = unique_name("bf_eo");
-    let mut root = mysql(None).await;
+    let mut root = backflow_e2e::sinks::mariadb_connect(None).await.unwrap();
     root.query_drop(format!(
         "CREATE DATABASE {db}; CREATE TABLE {db}.people (id bigint PRIMARY KEY, name varchar(200) NOT NULL, region_code char(6) NOT NULL);"
     ))
@@ -197,7 +193,9 @@ async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_t
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn({
         let stop = stop.clone();
-        let mut conn = mysql(Some(&db)).await;
+        let mut conn = backflow_e2e::sinks::mariadb_connect(Some(&db))
+            .await
+            .unwrap();
         async move {
             let mut round = 0;
             while !stop.is_cancelled() {
@@ -224,19 +222,6 @@ async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_t
     root.query_drop(format!("DROP DATABASE {db}"))
         .await
         .unwrap();
-}
-
-async fn mysql(db: Option<&str>) -> mysql_async::Conn {
-    mysql_async::Conn::new(
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(3306)
-            .user(Some("root"))
-            .db_name(db)
-            .prefer_socket(false),
-    )
-    .await
-    .expect("MariaDB on 127.0.0.1:3306 (scripts/services.sh up)")
 }
 
 /// The raw topic, read `read_committed` from its beginning, once it holds

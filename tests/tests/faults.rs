@@ -263,11 +263,7 @@ async fn node_and_subscriber_killed_at_random_moments_lose_nothing() {
     let department = pg_connect(&p.source.name).await.unwrap();
     // The kill times come from a seed, printed, and given again with
     // BACKFLOW_TEST_SEED to replay a failing run.
-    let seed = std::env::var("BACKFLOW_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("kill times from seed {seed} (BACKFLOW_TEST_SEED={seed} replays them)");
+    let seed = backflow_e2e::test_seed("kill times");
     let mut rng = fastrand::Rng::with_seed(seed);
     // The department keeps writing, a transaction every 20 ms, through
     // every kill, so a kill lands while changes are on their way.
