@@ -3,7 +3,7 @@
 # offline: Helm v4's Go SDK as a library, from the PyPI package
 # helm-python-sdk (libhelm_c, a C ABI over helm.sh/helm/v4, called through
 # ctypes; no helm binary, no Go toolchain, no cluster). scripts/helm_render.py
-# drives it; tests/tests/helm_chart.rs runs that.
+# drives it; tests/tests/e2e/helm_chart.rs runs that.
 #
 # Idempotent: creates ${BACKFLOW_CACHE:-$HOME/.cache/backflow}/helm-venv with
 # `python3 -m venv` if absent, installs the pinned package when the pin

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Renders backflow's Helm chart offline with Helm's own template engine and
-prints the manifests as JSON, for tests (tests/tests/helm_chart.rs) and for
+prints the manifests as JSON, for tests (tests/tests/e2e/helm_chart.rs) and for
 looking at what a values file produces.
 
 Helm here is the Helm v4 Go SDK inside the PyPI package helm-python-sdk

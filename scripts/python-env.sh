@@ -2,7 +2,7 @@
 # A Python virtualenv with Confluent's own client (confluent-kafka's
 # SchemaRegistryClient, AvroSerializer, AvroDeserializer), for the test that
 # checks a real third-party client works against backflow's schema registry
-# (tests/tests/registry.rs, tests/python/confluent_client.py).
+# (tests/tests/e2e/registry.rs, tests/python/confluent_client.py).
 #
 # Idempotent: creates ${BACKFLOW_CACHE:-$HOME/.cache/backflow}/venv with
 # `python3 -m venv` if absent, installs the pinned packages when the pins

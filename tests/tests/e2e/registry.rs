@@ -3,7 +3,7 @@
 //! broker agreeing on ids, Confluent's error codes, compatibility and
 //! deletion semantics, and Confluent's own Python client both ways. Every
 //! node here knows an admin token and every call sends it (who may do what
-//! is tests/tests/registry_auth.rs).
+//! is tests/tests/e2e/registry_auth.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

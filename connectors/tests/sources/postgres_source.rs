@@ -7,10 +7,9 @@ use std::time::Duration;
 use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
 use backflow_connectors::Source;
 use backflow_schemas::{Datum, Op, Snapshot};
-use support::{pg_admin, pg_drop, pg_fresh_db, Target};
+use crate::support::{pg_admin, pg_drop, pg_fresh_db, Target};
 use tokio_postgres::NoTls;
 
-mod support;
 
 /// A fresh database `name`, without the slot a feed of it left.
 async fn fresh_db(name: &str) {

@@ -15,8 +15,8 @@ use backflow_e2e::sinks::{Backend, SinkDb};
 use backflow_e2e::{unique_name, Node, TestBroker, TestToken};
 use serde_json::Value;
 
-const DASHBOARD: &str = include_str!("../../helm/backflow/dashboards/backflow.json");
-const RULES: &str = include_str!("../../helm/backflow/alerts/backflow-rules.yaml");
+const DASHBOARD: &str = include_str!("../../../helm/backflow/dashboards/backflow.json");
+const RULES: &str = include_str!("../../../helm/backflow/alerts/backflow-rules.yaml");
 const RULES_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../helm/backflow/alerts/backflow-rules.yaml"

@@ -22,7 +22,7 @@ use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use backflow_connectors::{ConnectorError, Sink, Source};
 use backflow_schemas::Op;
 use mysql_async::prelude::Queryable;
-use support::{
+use crate::support::{
     all_closed, contains, error_faults, fast_poll, listen, my_greeting, my_items_db, my_literal,
     my_packet, my_read_packet, my_root, pg_admin, pg_auth, pg_complete, pg_drop, pg_items_db,
     pg_literal, pg_msg, pg_proxy, pg_read_startup, poll_table, read_records, Kind, Target, MY_CAPS,
@@ -31,7 +31,6 @@ use support::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod support;
 
 /// A password with every character a connection string treats specially
 /// (the round trips on the real servers).

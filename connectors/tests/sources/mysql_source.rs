@@ -10,9 +10,8 @@ use backflow_connectors::{ErrorKind, Position, Source, SourceBatch};
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use support::{id_of, my_fresh_db, Target};
+use crate::support::{id_of, my_fresh_db, Target};
 
-mod support;
 
 /// A fresh database `<prefix>_<pid>`; returns its name and a connection
 /// using it.

@@ -19,14 +19,13 @@ use backflow_connectors::tls::SslMode;
 use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
 use backflow_schemas::Op;
 use mysql_async::prelude::Queryable;
-use support::{
+use crate::support::{
     fast_poll, my_items_db, my_literal, my_packet, my_root, pg_admin, pg_drop, pg_items_db,
     pg_literal, poll_table, read_records, tls_file, Target,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-mod support;
 
 const ROLE: &str = "bf_tls";
 const PASSWORD: &str = "tls 'only' pass";

@@ -31,7 +31,7 @@ use backflow_connectors::sink::postgres::PostgresSink;
 use backflow_connectors::tls::{DbTls, SslMode};
 use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
 use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
-use support::{
+use crate::support::{
     all_closed, contains, error_faults, listen, my_greeting, my_packet, my_read_packet, pg_admin,
     pg_auth, pg_complete, pg_drop, pg_fresh_db, pg_msg, pg_proxy, pg_read_startup, poll_table,
     tls_file, Kind, Target, MY_CAPS, NONCE, SECRET,
@@ -39,7 +39,6 @@ use support::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_openssl::SslStream;
 
-mod support;
 
 const USER: &str = "backflow_attacked";
 const DB: &str = "gongan_attacked";

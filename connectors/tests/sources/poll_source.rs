@@ -17,9 +17,8 @@ use backflow_connectors::{
 };
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType, TableDesc};
 use mysql_async::prelude::Queryable;
-use support::{fast_poll, my_fresh_db, my_root, pg_admin, pg_fresh_db, poll_table, Target};
+use crate::support::{fast_poll, my_fresh_db, my_root, pg_admin, pg_fresh_db, poll_table, Target};
 
-mod support;
 
 // ---------------------------------------------------------------- helpers
 

@@ -2,9 +2,6 @@
 //! and MariaDB, connector configurations, reading a source, the TLS files
 //! of `scripts/services.sh`, and the plumbing of fake servers.
 
-// Each test file compiles this module on its own and uses only some of
-// its helpers; the others would be reported as dead code in that file.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::io;
