@@ -14,6 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{
+    all_closed, contains, error_faults, fast_poll, listen, my_greeting, my_items_db, my_literal,
+    my_packet, my_read_packet, my_root, pg_admin, pg_auth, pg_complete, pg_drop, pg_items_db,
+    pg_literal, pg_msg, pg_proxy, pg_read_startup, poll_table, read_records, Kind, Target, MY_CAPS,
+    NONCE, SECRET,
+};
 use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig};
 use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig};
 use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
@@ -22,15 +28,8 @@ use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use backflow_connectors::{ConnectorError, Sink, Source};
 use backflow_schemas::Op;
 use mysql_async::prelude::Queryable;
-use crate::support::{
-    all_closed, contains, error_faults, fast_poll, listen, my_greeting, my_items_db, my_literal,
-    my_packet, my_read_packet, my_root, pg_admin, pg_auth, pg_complete, pg_drop, pg_items_db,
-    pg_literal, pg_msg, pg_proxy, pg_read_startup, poll_table, read_records, Kind, Target, MY_CAPS,
-    NONCE, SECRET,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
 
 /// A password with every character a connection string treats specially
 /// (the round trips on the real servers).

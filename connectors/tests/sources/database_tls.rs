@@ -10,6 +10,10 @@
 
 use std::time::Duration;
 
+use crate::support::{
+    fast_poll, my_items_db, my_literal, my_packet, my_root, pg_admin, pg_drop, pg_items_db,
+    pg_literal, poll_table, read_records, tls_file, Target,
+};
 use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig};
 use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig};
 use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
@@ -19,13 +23,8 @@ use backflow_connectors::tls::SslMode;
 use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
 use backflow_schemas::Op;
 use mysql_async::prelude::Queryable;
-use crate::support::{
-    fast_poll, my_items_db, my_literal, my_packet, my_root, pg_admin, pg_drop, pg_items_db,
-    pg_literal, poll_table, read_records, tls_file, Target,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
 
 const ROLE: &str = "bf_tls";
 const PASSWORD: &str = "tls 'only' pass";

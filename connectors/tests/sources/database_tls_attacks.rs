@@ -23,6 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::support::{
+    all_closed, contains, error_faults, listen, my_greeting, my_packet, my_read_packet, pg_admin,
+    pg_auth, pg_complete, pg_drop, pg_fresh_db, pg_msg, pg_proxy, pg_read_startup, poll_table,
+    tls_file, Kind, Target, MY_CAPS, NONCE, SECRET,
+};
 use backflow_connectors::mysql::MysqlSource;
 use backflow_connectors::poll::{PollMode, PollSource};
 use backflow_connectors::postgres::PostgresSource;
@@ -31,14 +36,8 @@ use backflow_connectors::sink::postgres::PostgresSink;
 use backflow_connectors::tls::{DbTls, SslMode};
 use backflow_connectors::{ConnectorError, ErrorKind, Sink, Source};
 use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
-use crate::support::{
-    all_closed, contains, error_faults, listen, my_greeting, my_packet, my_read_packet, pg_admin,
-    pg_auth, pg_complete, pg_drop, pg_fresh_db, pg_msg, pg_proxy, pg_read_startup, poll_table,
-    tls_file, Kind, Target, MY_CAPS, NONCE, SECRET,
-};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_openssl::SslStream;
-
 
 const USER: &str = "backflow_attacked";
 const DB: &str = "gongan_attacked";

@@ -5,13 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{id_of, my_fresh_db, Target};
 use backflow_connectors::mysql::{MysqlSource, MysqlSourceConfig, MysqlTableConfig};
 use backflow_connectors::{ErrorKind, Position, Source, SourceBatch};
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use crate::support::{id_of, my_fresh_db, Target};
-
 
 /// A fresh database `<prefix>_<pid>`; returns its name and a connection
 /// using it.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::{fast_poll, my_fresh_db, my_root, pg_admin, pg_fresh_db, poll_table, Target};
 use backflow_connectors::poll::{PollMode, PollSource, PollSourceConfig, PollTableConfig};
 use backflow_connectors::sink::mysql::MysqlSink;
 use backflow_connectors::sink::postgres::{PostgresSink, PostgresSinkConfig};
@@ -17,8 +18,6 @@ use backflow_connectors::{
 };
 use backflow_schemas::{Datum, Decimal, Op, Row, Snapshot, SqlType, TableDesc};
 use mysql_async::prelude::Queryable;
-use crate::support::{fast_poll, my_fresh_db, my_root, pg_admin, pg_fresh_db, poll_table, Target};
-
 
 // ---------------------------------------------------------------- helpers
 

@@ -4,12 +4,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::{pg_admin, pg_drop, pg_fresh_db, Target};
 use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
 use backflow_connectors::Source;
 use backflow_schemas::{Datum, Op, Snapshot};
-use crate::support::{pg_admin, pg_drop, pg_fresh_db, Target};
 use tokio_postgres::NoTls;
-
 
 /// A fresh database `name`, without the slot a feed of it left.
 async fn fresh_db(name: &str) {

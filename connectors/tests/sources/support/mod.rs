@@ -2,7 +2,6 @@
 //! and MariaDB, connector configurations, reading a source, the TLS files
 //! of `scripts/services.sh`, and the plumbing of fake servers.
 
-
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
