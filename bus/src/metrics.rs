@@ -109,6 +109,8 @@ pub struct MetricsInner {
     pub distributor_records: IntCounterVec,
     /// Distributor restarts after an error.
     pub distributor_restarts: IntCounter,
+    /// Kafka transactions the distributor committed.
+    pub distributor_transactions: IntCounter,
     /// Child nodes' Kafka ACLs created or deleted by the reconciler, by
     /// change (`granted`, `removed`).
     pub kafka_acl_changes: IntCounterVec,
@@ -429,6 +431,13 @@ const CATALOG_REJECTED: Def = Def {
     labels: &[],
 };
 
+/// `backflow_distributor_transactions_total`.
+const DISTRIBUTOR_TRANSACTIONS: Def = Def {
+    name: "backflow_distributor_transactions_total",
+    help: "Kafka transactions the distributor committed: share records, their delivery records in the audit trail and the raw offsets after them, visible together.",
+    labels: &[],
+};
+
 /// `backflow_distributor_restarts_total`.
 const DISTRIBUTOR_RESTARTS: Def = Def {
     name: "backflow_distributor_restarts_total",
@@ -500,6 +509,7 @@ impl Metrics {
             consumergroup_lag: r.gauges(CONSUMERGROUP_LAG),
             consumergroup_lag_seconds: r.float_gauges(CONSUMERGROUP_LAG_SECONDS),
             distributor_restarts: r.counter(DISTRIBUTOR_RESTARTS),
+            distributor_transactions: r.counter(DISTRIBUTOR_TRANSACTIONS),
             kafka_acl_changes: r.counters(KAFKA_ACL_CHANGES),
             kafka_acl_errors: r.counter(KAFKA_ACL_ERRORS),
             catalog_rejected: r.counter(CATALOG_REJECTED),

@@ -46,14 +46,25 @@ pub async fn high_watermark(bootstrap: &str, topic: &str) -> i64 {
 /// to its current end. Unlike the high watermark, it leaves out the
 /// commit markers of a transactionally written topic (a raw topic).
 pub async fn count(bootstrap: &str, topic: &str) -> i64 {
-    let settings = KafkaSettings::new(bootstrap);
+    count_with(&KafkaSettings::new(bootstrap), topic).await
+}
+
+/// [`count`] with the client settings of a secured broker.
+pub async fn count_with(settings: &KafkaSettings, topic: &str) -> i64 {
+    let settings = settings.clone();
     let Ok(n) = backflow::kafka::partition_count(&settings, topic).await else {
         return 0;
     };
     let w = Watermarks::new(&settings).expect("watermarks client");
     let mut ends = HashMap::new();
     for p in 0..n as i32 {
-        ends.insert(p, w.high(topic, p).await.unwrap_or(0));
+        // A transaction left open (a process killed mid-way) holds the
+        // committed end back until the brokers abort it.
+        let end = w
+            .settled_high(&settings, topic, p, backflow::kafka::SETTLE_WITHIN)
+            .await
+            .unwrap_or(0);
+        ends.insert(p, end);
     }
     let parts: Vec<i32> = ends.keys().copied().collect();
     let consumer = Consumer::replay_partitions(&settings, topic, &parts).expect("a reader");

@@ -269,6 +269,18 @@ impl Check<'_> {
                 ),
             });
         }
+        if let Some(r) = &c.kafka.replica {
+            let fine = (1..=64).contains(&r.len())
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !fine {
+                return Err(ConfigError::BadValue {
+                    key: "kafka.replica".to_owned(),
+                    origin: self.origin("kafka.replica"),
+                    reason: "a replica name is 1 to 64 letters, digits, '.', '_' or '-' (e.g. the pod name); leave it out to use the host name".to_owned(),
+                });
+            }
+        }
         if c.http.tls_cert.is_some() != c.http.tls_key.is_some() {
             return Err(ConfigError::BadValue {
                 key: if c.http.tls_cert.is_some() { "http.tls_key" } else { "http.tls_cert" }.to_owned(),

@@ -10,9 +10,15 @@
 //! `backflow.hops`, and `backflow.policy` set. A delete is followed by a
 //! tombstone, as on raw topics.
 //!
-//! The raw topic's offsets are stored only after Kafka acknowledged every
-//! share record produced from the records before them: a crash replays, and
-//! the subscribers' version guard makes the replay harmless.
+//! Exactly once (`kafka.transactions`, the default): the share records of
+//! the raw records read since the last commit, their delivery records in
+//! the audit trail and the raw offsets after them commit in one Kafka
+//! transaction (see [`transaction`]); a crash anywhere leaves every change
+//! in each share topic, and every delivery in the audit trail, once for
+//! `read_committed` readers. Without transactions the raw topic's offsets
+//! are stored only after Kafka acknowledged every share record produced
+//! from the records before them: a crash replays, and the subscribers'
+//! version guard makes the replay harmless in their databases.
 //!
 //! Every process serving a node is a member of the node's distributor
 //! consumer group (`<prefix>distributor.<node>`, cooperative-sticky): Kafka
@@ -20,13 +26,14 @@
 //! is distributed once; a process that stops or is killed loses its
 //! partitions to the others (after `kafka.session_timeout_ms` when killed),
 //! which resume from its last commit. Before giving partitions up a process
-//! commits what it settled, so at most its batches in flight are delivered
-//! twice.
+//! aborts its open transaction (or, without transactions, commits what it
+//! settled, so at most its batches in flight are delivered twice).
 
 pub mod ended;
 pub mod grant_check;
 pub mod retract;
 pub mod share;
+mod transaction;
 
 use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS, HEADER_POLICY};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -47,6 +54,7 @@ use crate::registry::RegistryError;
 use crate::source::feed::FeedContext;
 use crate::state::audit::Auditor;
 use crate::state::catalog::{Catalog, Subscription, SubscriptionState};
+use transaction::Transaction;
 
 /// Most raw records handled between two offset stores.
 const BATCH: usize = 1_000;
@@ -68,6 +76,11 @@ pub enum DistributorError {
     /// The audit trail could not be written.
     #[error("writing the audit trail failed: {0}")]
     Audit(#[source] KafkaError),
+    /// Another process registered this process's transactional id: it
+    /// uses the same `kafka.replica` (or is this process restarted while
+    /// the old one still ran).
+    #[error("the distributor's Kafka transactions were fenced: another process uses transactional id {0}; give each process serving the node its own `kafka.replica` (e.g. the pod name)")]
+    Fenced(String),
     /// The task settling processed batches stopped abnormally.
     #[error("settling delivered batches failed: {0}")]
     Settle(String),
@@ -85,6 +98,7 @@ impl crate::domain::restart::Kind for DistributorError {
         match self {
             DistributorError::Kafka(e) => e.kind(),
             DistributorError::Schema { source, .. } => source.kind(),
+            DistributorError::Fenced(_) => crate::domain::restart::ErrorKind::Definite,
             DistributorError::Audit(_) | DistributorError::Settle(_) => {
                 crate::domain::restart::ErrorKind::Transient
             }
@@ -214,7 +228,7 @@ pub async fn run(
     failures: &Failures,
     shutdown: &CancellationToken,
 ) -> Result<(), DistributorError> {
-    let mut by_dataset = group(shares, &ctx.metrics);
+    let by_dataset = group(shares, &ctx.metrics);
     let mut specs: Vec<TopicSpec> = Vec::new();
     for (dataset, list) in &by_dataset {
         // The raw topic too, so the distributor can subscribe before the
@@ -246,6 +260,15 @@ pub async fn run(
             position.insert(tp, o.unwrap_or(0));
         }
     }
+    // A transactional run registers its id before it joins the group: that
+    // ends what an earlier run of this process left open.
+    let mut txn = match ctx.transactions {
+        Some(interval) => {
+            let id = topics::distributor_transaction(&ctx.node, &ctx.replica);
+            Some(Transaction::register(ctx, id, interval).await?)
+        }
+        None => None,
+    };
     // Every process serving the node is a member of its distributor group:
     // Kafka spreads the raw partitions over them and moves a stopped one's
     // partitions to the others. `position` starts from the commits and
@@ -257,109 +280,248 @@ pub async fn run(
         &subscribed,
         Some(ctx.metrics.distributor_partitions.clone()),
         Some(ctx.metrics.clone()),
+        txn.as_ref().map(Transaction::revoke_hook),
     )?);
     tracing::info!(
         datasets = by_dataset.len(),
         shares = shares.len(),
+        transactional = txn.is_some(),
         "distributor started"
     );
-    let mut readers = FramedReaders::new();
-    let mut versions: HashMap<(u32, u32), Version> = HashMap::new();
-    // Processed batches go, oldest first, to a task of their own that
-    // settles them while the next ones are processed: neither the
-    // acknowledgements nor the audit trail's round trips hold the next
-    // batch back. Up to IN_FLIGHT_BATCHES wait for it.
-    let (ready, to_settle) = tokio::sync::mpsc::channel::<InFlight>(IN_FLIGHT_BATCHES);
-    let mut settler = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(settle(
-        to_settle,
-        auditor.clone(),
-        consumer.clone(),
-    )));
-    // The offset after the last record received, per raw partition.
-    let mut received: HashMap<(String, i32), i64> = HashMap::new();
-    loop {
-        // A batch: the first record waits as long as it takes, the rest are
-        // what the Kafka client already holds. Under load that is up to
-        // BATCH records; a light load waits for nothing.
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(join) = joins.recv() => {
-                take_join(join, &mut by_dataset, &mut versions, &position, &ctx.metrics);
-                continue;
+    // In a transaction, share records go through its producer.
+    let txn_ctx = txn.as_ref().map(|t| FeedContext {
+        publisher: t.publisher().clone(),
+        ..ctx.clone()
+    });
+    let mut state = RunState {
+        ctx: txn_ctx.as_ref().unwrap_or(ctx),
+        failures,
+        by_dataset,
+        readers: FramedReaders::new(),
+        versions: HashMap::new(),
+        position,
+        received: HashMap::new(),
+    };
+    let outcome = match txn.as_mut() {
+        Some(t) => {
+            let outcome = state
+                .run_transactional(t, &consumer, auditor, joins, shutdown)
+                .await;
+            if outcome.is_err() {
+                t.abort().await;
             }
-            r = consumer.recv() => r?,
-            // It ends before the batches do only when it failed.
-            ended = &mut settler => return settled(ended),
-            _ = tokio::time::sleep(IDLE_STORE), if !received.is_empty() => {
-                if let Some(idle) = idle_store(&consumer, &mut received, &ctx.publisher) {
-                    if ready.send(idle).await.is_err() {
-                        return settled((&mut settler).await);
-                    }
+            outcome
+        }
+        None => {
+            state
+                .run_settling(&consumer, auditor, joins, shutdown)
+                .await
+        }
+    };
+    outcome?;
+    tracing::info!("distributor stopped");
+    Ok(())
+}
+
+/// What one run of the distributor keeps between batches.
+struct RunState<'a> {
+    /// The node's context; its publisher is the transaction's in a
+    /// transactional run.
+    ctx: &'a FeedContext,
+    failures: &'a Failures,
+    by_dataset: HashMap<String, Vec<Share>>,
+    readers: FramedReaders,
+    versions: HashMap<(u32, u32), Version>,
+    /// The next raw offset to distribute, per partition.
+    position: HashMap<(String, i32), i64>,
+    /// The offset after the last record received, per raw partition.
+    received: HashMap<(String, i32), i64>,
+}
+
+impl RunState<'_> {
+    /// At-least-once: processed batches go, oldest first, to a task of
+    /// their own that settles them (acknowledgements, audit trail, offsets
+    /// stored) while the next ones are processed. Up to IN_FLIGHT_BATCHES
+    /// wait for it.
+    async fn run_settling(
+        &mut self,
+        consumer: &Arc<Consumer>,
+        auditor: &Auditor,
+        joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DistributorError> {
+        let (ready, to_settle) = tokio::sync::mpsc::channel::<InFlight>(IN_FLIGHT_BATCHES);
+        let mut settler = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(settle(
+            to_settle,
+            auditor.clone(),
+            consumer.clone(),
+        )));
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(join) = joins.recv() => {
+                    self.take_join(join);
+                    continue;
                 }
-                continue;
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match consumer.try_recv() {
-                Some(r) => batch.push(r?),
-                None => break,
+                r = consumer.recv() => r?,
+                // It ends before the batches do only when it failed.
+                ended = &mut settler => return settled(ended),
+                _ = tokio::time::sleep(IDLE_STORE), if !self.received.is_empty() => {
+                    if let Some(idle) = idle_store(consumer, &mut self.received, &self.ctx.publisher) {
+                        if ready.send(idle).await.is_err() {
+                            return settled((&mut settler).await);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let batch = more(consumer, first)?;
+            let processed = self.process(&batch, joins).await?;
+            if ready.send(processed).await.is_err() {
+                return settled((&mut settler).await);
             }
         }
+        drop(ready);
+        settled((&mut settler).await)?;
+        let _ = consumer.commit();
+        Ok(())
+    }
+
+    /// Exactly once: see [`transaction`].
+    async fn run_transactional(
+        &mut self,
+        txn: &mut Transaction,
+        consumer: &Consumer,
+        auditor: &Auditor,
+        joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DistributorError> {
+        let ctx = self.ctx;
+        let metrics = &ctx.metrics;
+        loop {
+            // Partitions may have moved while the last receive waited.
+            if let Some(again) = txn.aborted(consumer, &[])? {
+                self.read_again(again);
+            }
+            let due = txn.due();
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(join) = joins.recv() => {
+                    self.take_join(join);
+                    continue;
+                }
+                r = consumer.recv() => r?,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    txn.commit(consumer, auditor, metrics).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep(IDLE_STORE), if !self.received.is_empty() => {
+                    if let Some(idle) = idle_store(consumer, &mut self.received, &self.ctx.publisher) {
+                        txn.hold(idle)?;
+                    }
+                    continue;
+                }
+            };
+            let batch = more(consumer, first)?;
+            if let Some(again) = txn.aborted(consumer, &batch)? {
+                self.read_again(again);
+                continue;
+            }
+            txn.take(&batch)?;
+            let processed = self.process(&batch, joins).await?;
+            txn.hold(processed)?;
+            if txn
+                .due()
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+            {
+                txn.commit(consumer, auditor, metrics).await?;
+            }
+        }
+        txn.commit(consumer, auditor, metrics).await?;
+        Ok(())
+    }
+
+    /// After an aborted transaction: reading goes on from `again`.
+    fn read_again(&mut self, again: transaction::Offsets) {
+        for (tp, offset) in again {
+            self.position.insert(tp.clone(), offset);
+            self.received.insert(tp, offset);
+        }
+    }
+
+    fn take_join(&mut self, join: JoinRequest) {
+        take_join(
+            join,
+            &mut self.by_dataset,
+            &mut self.versions,
+            &self.position,
+            &self.ctx.metrics,
+        );
+    }
+
+    /// Distributes a batch of raw records to every share of their datasets.
+    async fn process(
+        &mut self,
+        batch: &[ConsumedRecord],
+        joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+    ) -> Result<InFlight, DistributorError> {
+        let ctx = self.ctx;
         let mut sent = ctx.publisher.batch();
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
-        for record in &batch {
+        for record in batch {
             let Some(dataset) = topics::dataset_of(&record.topic) else {
                 continue;
             };
-            let Some(list) = by_dataset.get(dataset) else {
+            let Some(list) = self.by_dataset.get(dataset) else {
                 continue;
             };
             let mut out = Out {
                 sent: &mut sent,
                 tallies: &mut tallies,
-                failures,
+                failures: self.failures,
             };
             distribute(
                 record,
                 dataset,
                 list,
                 ctx,
-                &mut readers,
-                &mut versions,
+                &mut self.readers,
+                &mut self.versions,
                 &mut out,
             )
             .await?;
-            position.insert((record.topic.clone(), record.partition), record.offset + 1);
+            self.position
+                .insert((record.topic.clone(), record.partition), record.offset + 1);
         }
         while let Ok(join) = joins.try_recv() {
-            take_join(
-                join,
-                &mut by_dataset,
-                &mut versions,
-                &position,
-                &ctx.metrics,
-            );
+            self.take_join(join);
         }
-        for record in &batch {
-            received.insert((record.topic.clone(), record.partition), record.offset + 1);
+        for record in batch {
+            self.received
+                .insert((record.topic.clone(), record.partition), record.offset + 1);
         }
-        // The records themselves are dropped here: settling needs only
-        // where they came from.
-        let processed = InFlight {
+        // The records themselves are dropped by the caller: settling needs
+        // only where they came from.
+        Ok(InFlight {
             acks: sent.seal(),
-            raw: raw_ranges(&batch),
+            raw: raw_ranges(batch),
             tallies,
-        };
-        if ready.send(processed).await.is_err() {
-            return settled((&mut settler).await);
+        })
+    }
+}
+
+/// A batch: `first`, which waited as long as it took, and what the Kafka
+/// client already holds, up to BATCH records. Under load that is a full
+/// batch; a light load waits for nothing.
+fn more(consumer: &Consumer, first: ConsumedRecord) -> Result<Vec<ConsumedRecord>, KafkaError> {
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        match consumer.try_recv() {
+            Some(r) => batch.push(r?),
+            None => break,
         }
     }
-    drop(ready);
-    settled((&mut settler).await)?;
-    let _ = consumer.commit();
-    tracing::info!("distributor stopped");
-    Ok(())
+    Ok(batch)
 }
 
 /// The consumer group of this node's distributor.

@@ -138,6 +138,18 @@ pub fn feed_transaction(node: &str, feed: &str) -> String {
     format!("{}feed.{node}.{feed}", prefix())
 }
 
+/// The transactional id of a cascading subscription of `node`: one per
+/// subscription, as one process runs it.
+pub fn cascade_transaction(node: &str, subscription: &str) -> String {
+    format!("{}cascade.{node}.{subscription}", prefix())
+}
+
+/// The transactional id of the distributor of one process serving `node`
+/// (`replica`: that process's `kafka.replica`).
+pub fn distributor_transaction(node: &str, replica: &str) -> String {
+    format!("{}distributor.{node}.{replica}", prefix())
+}
+
 /// The consumer group of a node's distributor, whose members are the
 /// processes serving the node.
 pub fn distributor_group(node: &str) -> String {

@@ -220,7 +220,17 @@ pub(crate) struct Membership {
     group: String,
     /// Partitions currently assigned to this member.
     assigned: Option<prometheus::IntGauge>,
+    /// Called before partitions are given up (see [`RevokeHook`]).
+    on_revoke: Option<RevokeHook>,
 }
+
+/// What a member must do before partitions it holds go to another member,
+/// called on the thread that receives (inside [`Consumer::recv`] and
+/// [`Consumer::try_recv`]), before the revocation completes. A member that
+/// writes in Kafka transactions aborts its open one here: otherwise it
+/// could commit offsets of partitions whose next owner already resumed
+/// from the previous commit, and both would write the same records.
+pub type RevokeHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Membership {
     /// The context of a reader that assigns its partitions itself.
@@ -228,6 +238,7 @@ impl Membership {
         Self {
             group: String::new(),
             assigned: None,
+            on_revoke: None,
         }
     }
 }
@@ -250,6 +261,9 @@ impl ConsumerContext for Membership {
         if let Rebalance::Revoke(going) = rebalance {
             if self.group.is_empty() {
                 return;
+            }
+            if let Some(hook) = &self.on_revoke {
+                hook();
             }
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(())
@@ -300,7 +314,7 @@ impl Consumer {
         topics: &[&str],
         metrics: Option<Metrics>,
     ) -> Result<Self, KafkaError> {
-        Self::member(settings, group_id, topics, None, metrics)
+        Self::member(settings, group_id, topics, None, metrics, None)
     }
 
     /// Joins `group_id` as one of its members and subscribes to `topics`:
@@ -309,17 +323,20 @@ impl Consumer {
     /// move, the others go on), and a member that stops heartbeating
     /// (killed) loses its partitions to the others after `session.timeout.ms`.
     /// A partition with no committed offset starts at the earliest record.
-    /// `assigned`: the gauge that follows how many partitions this member holds.
+    /// `assigned`: the gauge that follows how many partitions this member
+    /// holds; `on_revoke`: what to do before partitions are given up.
     pub fn member(
         settings: &KafkaSettings,
         group_id: &str,
         topics: &[&str],
         assigned: Option<prometheus::IntGauge>,
         metrics: Option<Metrics>,
+        on_revoke: Option<RevokeHook>,
     ) -> Result<Self, KafkaError> {
         let context = Membership {
             group: group_id.to_owned(),
             assigned,
+            on_revoke,
         };
         let inner: StreamConsumer<Membership> =
             settings.create_with_context("consumer", context, |cfg| {
@@ -370,6 +387,22 @@ impl Consumer {
         Self::from_beginning(settings, topic, partitions, REPLAY_FETCH_WAIT_MS)
     }
 
+    /// [`Consumer::replay`] from `offset` on.
+    pub fn replay_from(
+        settings: &KafkaSettings,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Self, KafkaError> {
+        Self::reading(
+            settings,
+            topic,
+            &[partition],
+            Offset::Offset(offset),
+            REPLAY_FETCH_WAIT_MS,
+        )
+    }
+
     /// Reads one partition from its first record and goes on following it,
     /// without a consumer group: for state topics every process keeps in
     /// memory, such as `backflow._schemas`.
@@ -399,6 +432,16 @@ impl Consumer {
         partitions: &[i32],
         fetch_wait_ms: u32,
     ) -> Result<Self, KafkaError> {
+        Self::reading(settings, topic, partitions, FIRST, fetch_wait_ms)
+    }
+
+    fn reading(
+        settings: &KafkaSettings,
+        topic: &str,
+        partitions: &[i32],
+        start: Offset,
+        fetch_wait_ms: u32,
+    ) -> Result<Self, KafkaError> {
         // librdkafka wants a group id even for manual assignment; nothing is
         // committed under it.
         let inner: StreamConsumer<Membership> =
@@ -415,7 +458,7 @@ impl Consumer {
             })?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
-            tpl.add_partition_offset(topic, *p, FIRST)
+            tpl.add_partition_offset(topic, *p, start)
                 .map_err(KafkaError::Consume)?;
         }
         inner.assign(&tpl).map_err(KafkaError::Consume)?;
@@ -672,6 +715,35 @@ impl Consumer {
                 },
             )
             .collect())
+    }
+
+    /// The group's generation and this member's id, which a transactional
+    /// producer sends with the offsets it commits
+    /// ([`super::Publisher::send_offsets_to_transaction`]): the brokers
+    /// refuse offsets of a member the group has moved on from.
+    pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.inner.group_metadata()
+    }
+
+    /// Whether `partition` of `topic` is assigned to this member now.
+    pub fn holds(&self, topic: &str, partition: i32) -> bool {
+        self.inner
+            .assignment()
+            .map(|a| a.find_partition(topic, partition).is_some())
+            .unwrap_or(false)
+    }
+
+    /// Reads `partition` of `topic` again from `offset`: records already
+    /// fetched past it are dropped, not delivered.
+    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
+        self.inner
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+            .map_err(KafkaError::Consume)
     }
 
     /// Commits what was stored and leaves the group.

@@ -16,7 +16,9 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 
 pub use admin::{TopicAdmin, TopicSpec};
-pub use consumer::{group_commit, group_committed, ConsumedRecord, Consumer, GroupOffsets};
+pub use consumer::{
+    group_commit, group_committed, ConsumedRecord, Consumer, GroupOffsets, RevokeHook,
+};
 pub use embedded::{EmbeddedAdmin, EmbeddedBroker};
 pub use publisher::{Acks, Batch, Delivered, OutgoingRecord, Publisher};
 
@@ -214,6 +216,12 @@ pub struct KafkaConfig {
     /// one commits less often (more changes per second) and shows changes
     /// later.
     pub transaction_interval_ms: u64,
+    /// This process's name among the processes serving the node, in the
+    /// distributor's transactional id: distinct per process and stable
+    /// across its restarts (a Kubernetes pod name, a host name), so a
+    /// restarted process fences its earlier self at once. Letters, digits,
+    /// `.`, `_`, `-`; default: the host name.
+    pub replica: Option<String>,
     /// Extra librdkafka properties passed to every client (e.g.
     /// `"security.protocol" = "SASL_SSL"`). Values are never logged.
     pub properties: BTreeMap<String, String>,
@@ -235,6 +243,28 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// `replica`, or the host name when it is not set.
+    pub fn replica_name(&self) -> String {
+        if let Some(r) = &self.replica {
+            return r.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let host: String = host
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .take(64)
+            .collect();
+        if host.is_empty() {
+            "0".to_owned()
+        } else {
+            host
+        }
+    }
+
     /// The node's own principal on the cluster: `principal`, else
     /// `User:<sasl.username>` when it logs in by SASL.
     pub fn own_principal(&self) -> Option<String> {
@@ -268,6 +298,7 @@ impl Default for KafkaConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             transactions: true,
             transaction_interval_ms: 25,
+            replica: None,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
             manage_acls: false,
@@ -324,6 +355,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("manage_acls", &self.manage_acls)
             .field("principal", &self.principal)
             .field("transactions", &self.transactions)
+            .field("replica", &self.replica)
             .finish_non_exhaustive()
     }
 }
@@ -338,9 +370,17 @@ impl std::fmt::Debug for KafkaSettings {
     }
 }
 
-/// How long a transaction may stay open before the brokers abort it
-/// (`transaction.timeout.ms` of every transactional producer).
+/// How long a feed's transaction may stay open before the brokers abort
+/// it (`transaction.timeout.ms`). A feed has one owner, which on restart
+/// registers the same id and ends what it left open at once.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The same for a distributor's transaction. A process serving a node may
+/// die and not come back (its replica removed), and until the brokers
+/// abort what it left open, `read_committed` readers of the share topics
+/// it wrote wait: so it is short (Kafka Streams uses 10 s for the same
+/// reason), yet long enough for a commit during a broker failover.
+pub const DISTRIBUTOR_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a reader waits for transactions open when it began to end
 /// ([`Watermarks::settled_high`]): longer than any may stay open.

@@ -312,15 +312,17 @@ impl Publisher {
     /// Creates a transactional producer with `transactional.id` `id` and
     /// registers it with the brokers ([`Publisher::init_transactions`] is
     /// done): a process that used the same id before is fenced from then
-    /// on, and its open transaction aborted. Blocks up to `timeout`; call
-    /// it off the async workers.
+    /// on, and its open transaction aborted. A transaction open longer than
+    /// `lifetime` is aborted by the brokers (`transaction.timeout.ms`).
+    /// Blocks up to `timeout`; call it off the async workers.
     pub fn transactional(
         settings: &KafkaSettings,
         metrics: Option<Metrics>,
         id: &str,
+        lifetime: Duration,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let publisher = Self::create(settings, metrics, Some(id))?;
+        let publisher = Self::create(settings, metrics, Some((id, lifetime)))?;
         publisher
             .producer
             .init_transactions(Timeout::After(timeout))
@@ -331,7 +333,7 @@ impl Publisher {
     fn create(
         settings: &KafkaSettings,
         metrics: Option<Metrics>,
-        transactional_id: Option<&str>,
+        transactional: Option<(&str, Duration)>,
     ) -> Result<Self, KafkaError> {
         let metrics = metrics.as_ref().map(|m| Arc::new(ProduceMetrics::new(m)));
         let reports = Reports {
@@ -349,13 +351,13 @@ impl Publisher {
                 // Retry transient broker errors for up to two minutes before a
                 // delivery is reported as failed to the caller.
                 .set("message.timeout.ms", "120000");
-            if let Some(id) = transactional_id {
+            if let Some((id, lifetime)) = transactional {
                 // A transaction left open by a killed process is aborted by
                 // the brokers after this (or at once when its successor
                 // registers the same id); readers wait for it meanwhile.
                 // A record not delivered by then fails the transaction
                 // (librdkafka requires it within the transaction's time).
-                let ms = super::TRANSACTION_TIMEOUT.as_millis().to_string();
+                let ms = lifetime.as_millis().to_string();
                 cfg.set("transactional.id", id)
                     .set("transaction.timeout.ms", &ms)
                     .set("message.timeout.ms", &ms);
@@ -364,7 +366,7 @@ impl Publisher {
         Ok(Self {
             producer,
             metrics,
-            transactional_id: transactional_id.map(Arc::from),
+            transactional_id: transactional.map(|(id, _)| Arc::from(id)),
         })
     }
 
@@ -401,6 +403,28 @@ impl Publisher {
                 Err(source) => return Err(self.transaction_error("commit", source)),
             }
         }
+    }
+
+    /// Adds a consumer group's offsets to the open transaction: they are
+    /// committed with its records, or not at all (Kafka's
+    /// `sendOffsetsToTransaction`). `offsets`: topic, partition, the next
+    /// offset to read. `group`: the consuming member's metadata, so the
+    /// brokers refuse the offsets of a member the group has moved on from.
+    /// Blocks up to `timeout`; call it off the async workers.
+    pub fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(String, i32, i64)],
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        let mut list = rdkafka::TopicPartitionList::new();
+        for (topic, partition, next) in offsets {
+            list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*next))
+                .map_err(|source| self.transaction_error("offsets", source))?;
+        }
+        self.producer
+            .send_offsets_to_transaction(&list, group, Timeout::After(timeout))
+            .map_err(|source| self.transaction_error("offsets", source))
     }
 
     /// Aborts the open transaction: none of its records is ever visible to

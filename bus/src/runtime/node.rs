@@ -410,6 +410,7 @@ impl Process<'_> {
                     .kafka
                     .transactions
                     .then(|| Duration::from_millis(config.kafka.transaction_interval_ms)),
+                replica: config.kafka.replica_name(),
                 feeds: config.feeds.clone(),
                 feed_statuses: feed_statuses.clone(),
                 admission: Arc::new(admission.clone()),
@@ -705,6 +706,7 @@ struct DataPath {
     partitions: i32,
     replication_factor: i32,
     transactions: Option<Duration>,
+    replica: String,
     feeds: Vec<crate::source::config::FeedConfig>,
     feed_statuses: crate::source::feeds::FeedStatuses,
     admission: Arc<crate::admission::FeedAdmission>,
@@ -760,6 +762,7 @@ impl DataPath {
             metrics: self.metrics,
             standards: self.standards,
             transactions: self.transactions,
+            replica: self.replica,
         };
         self.tracker.spawn(crate::source::feeds::manage(
             self.feeds,

@@ -127,6 +127,8 @@ pub struct FeedContext {
     /// `kafka.transaction_interval_ms` when feeds write in transactions
     /// (`kafka.transactions`); `None`: an idempotent producer.
     pub transactions: Option<Duration>,
+    /// This process's name among those serving the node (`kafka.replica`).
+    pub replica: String,
 }
 
 /// A table version's codec and the raw topic's schema ids it encodes with.
@@ -161,7 +163,13 @@ pub async fn run(
             let id = topics::feed_transaction(&ctx.node, name);
             let (settings, metrics) = (ctx.settings.clone(), ctx.metrics.clone());
             let publisher = tokio::task::spawn_blocking(move || {
-                Publisher::transactional(&settings, Some(metrics), &id, TXN_TIMEOUT)
+                Publisher::transactional(
+                    &settings,
+                    Some(metrics),
+                    &id,
+                    crate::kafka::TRANSACTION_TIMEOUT,
+                    TXN_TIMEOUT,
+                )
             })
             .await
             .expect("registering a transactional id does not panic")?;
@@ -1204,6 +1212,7 @@ mod tests {
             metrics,
             standards: Arc::new(Vec::new()),
             transactions: None,
+            replica: "test".to_owned(),
         }
     }
 

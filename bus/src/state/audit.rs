@@ -904,36 +904,36 @@ async fn read_records(
     limit: Option<usize>,
     mut take: impl FnMut(i64, Option<&[u8]>, Option<&[u8]>),
 ) -> Result<(), KafkaError> {
-    let high = Watermarks::new(settings)?.high(topics::audit(), 0).await?;
-    if high <= from.unwrap_or(0).max(0) || limit == Some(0) {
+    // Distributors append their delivery records in transactions: the end
+    // may be a commit marker, or wait for a transaction still open.
+    let high = Watermarks::new(settings)?
+        .settled_high(settings, topics::audit(), 0, crate::kafka::SETTLE_WITHIN)
+        .await?;
+    let from = from.unwrap_or(0).max(0);
+    if high <= from || limit == Some(0) {
         return Ok(());
     }
-    let consumer = match from {
-        None | Some(0) => Consumer::replay(settings, topics::audit(), 0)?,
-        Some(offset) => Consumer::assigned(
-            settings,
-            &format!("{}-audit-read", settings.client_id),
-            &[(topics::audit().to_owned(), 0, Some(offset))],
-            None,
-        )?,
-    };
+    let consumer = Consumer::replay_from(settings, topics::audit(), 0, from)?;
+    let mut ends = std::collections::HashMap::from([(0, high)]);
     let mut taken = 0;
-    loop {
-        let r = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
-            .await
-            .map_err(|_| KafkaError::Admin {
-                topic: topics::audit().to_owned(),
-                reason: format!(
-                    "no record within {READ_TIMEOUT:?} while reading up to offset {}",
-                    high - 1
-                ),
-            })??;
+    while let Some(r) = tokio::time::timeout(READ_TIMEOUT, consumer.recv_to(&mut ends))
+        .await
+        .map_err(|_| KafkaError::Admin {
+            topic: topics::audit().to_owned(),
+            reason: format!(
+                "no record within {READ_TIMEOUT:?} while reading up to offset {}",
+                high - 1
+            ),
+        })??
+    {
         take(r.offset, r.key.as_deref(), r.payload.as_deref());
         taken += 1;
-        if r.offset >= high - 1 || limit.is_some_and(|l| taken >= l) {
-            return Ok(());
+        if limit.is_some_and(|l| taken >= l) {
+            break;
         }
     }
+    consumer.close_in_background();
+    Ok(())
 }
 
 /// Replays `backflow._audit` and checks every chain, trusting `keys`.
@@ -1036,7 +1036,7 @@ struct Inner {
     settings: KafkaSettings,
     key: AuditKey,
     checkpoint_every: u64,
-    chain: Mutex<ChainEnd>,
+    chain: std::sync::Arc<Mutex<ChainEnd>>,
 }
 
 /// Where this process appends.
@@ -1067,10 +1067,10 @@ impl Auditor {
                 settings: settings.clone(),
                 key,
                 checkpoint_every: checkpoint_every.max(1),
-                chain: Mutex::new(ChainEnd {
+                chain: std::sync::Arc::new(Mutex::new(ChainEnd {
                     end: None,
                     started: false,
-                }),
+                })),
             }),
         }
     }
@@ -1180,7 +1180,25 @@ impl Auditor {
         if records.is_empty() {
             return Ok(None);
         }
-        let mut chain = self.inner.chain.lock().await;
+        let staged = self.stage(&self.inner.publisher, records).await?;
+        let last = staged.last;
+        staged.committed();
+        Ok(last)
+    }
+
+    /// Appends records as [`Auditor::append_all`] does, through
+    /// `publisher`: a transactional producer puts them in its open
+    /// transaction. They are delivered when this returns; the chain stays
+    /// locked (no other record takes a sequence number) until the caller
+    /// says the transaction committed ([`Staged::committed`]). Dropped
+    /// without that, the records count as never written: the chain's end
+    /// is read again from the topic (`read_committed`) on the next append.
+    pub async fn stage(
+        &self,
+        publisher: &Publisher,
+        records: Vec<(&str, Value)>,
+    ) -> Result<Staged, KafkaError> {
+        let mut chain = self.inner.chain.clone().lock_owned().await;
         let (mut seq, mut prev) = match chain.end.clone() {
             Some(end) => end,
             None => {
@@ -1190,7 +1208,7 @@ impl Auditor {
             }
         };
         let inner = &self.inner;
-        let mut batch = inner.publisher.batch();
+        let mut batch = publisher.batch();
         let mut last = None;
         let mut start = !chain.started;
         for (kind, details) in records {
@@ -1208,8 +1226,7 @@ impl Auditor {
                 let (record, hash) =
                     signed_record(&inner.key, &inner.node, seq, &prev, kind, details, now_ms());
                 let payload = record.to_string();
-                let queued = inner
-                    .publisher
+                let queued = publisher
                     .enqueue_in(
                         &mut batch,
                         OutgoingRecord::new(
@@ -1231,9 +1248,39 @@ impl Auditor {
             chain.end = None;
             return Err(e);
         }
-        chain.end = Some((seq, prev));
-        chain.started = true;
-        Ok(last)
+        Ok(Staged {
+            chain,
+            end: Some((seq, prev)),
+            last,
+        })
+    }
+}
+
+/// Audit records delivered and not yet known to be committed (see
+/// [`Auditor::stage`]). Holds the node's chain until then.
+#[must_use = "dropping it forgets the records: commit their transaction, then call committed()"]
+pub struct Staged {
+    chain: tokio::sync::OwnedMutexGuard<ChainEnd>,
+    /// The chain's end after the staged records.
+    end: Option<(u64, String)>,
+    /// The sequence number of the last staged record.
+    last: Option<u64>,
+}
+
+impl Staged {
+    /// The staged records are committed: the chain goes on after them.
+    pub fn committed(mut self) {
+        self.chain.end = self.end.take();
+        self.chain.started = true;
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.end.is_some() {
+            // Not committed: where the chain ends is read from the topic.
+            self.chain.end = None;
+        }
     }
 }
 

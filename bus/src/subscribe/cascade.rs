@@ -11,9 +11,15 @@
 //! (dead-lettered with the path it took) and never re-published.
 //!
 //! Offsets: the upstream offsets a batch covers are stored in this node's
-//! `backflow._offsets` only after Kafka acknowledged every record of the
-//! batch; a crash replays from the stored offsets and the districts'
-//! version guard makes the duplicates invisible.
+//! `backflow._offsets`. With `kafka.transactions` (the default) a batch's
+//! raw records and its offsets record commit in one Kafka transaction
+//! (transactional id `<prefix>cascade.<node>.<subscription>`, registered
+//! before the offsets are read, which fences an earlier run): a crash
+//! anywhere leaves each upstream change in the raw topic once for
+//! `read_committed` readers. Without, the offsets are stored only after
+//! Kafka acknowledged every record of the batch; a crash replays from the
+//! stored offsets and the districts' version guard makes the duplicates
+//! invisible.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,8 +30,11 @@ use backflow_schemas::{frame, Op, TableCodec, TableDesc};
 
 use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::domain::topics;
-use crate::kafka::{KafkaError, OutgoingRecord, TopicSpec};
+use crate::kafka::{KafkaError, OutgoingRecord, Publisher, TopicSpec};
 use crate::source::feed::{Encoder, FeedContext, FeedError};
+
+/// How long registering, committing or aborting a transaction may take.
+const TXN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The sink of a cascading subscription.
 pub struct BusSink {
@@ -39,6 +48,8 @@ pub struct BusSink {
     topics: HashSet<String>,
     /// The upstream offsets stored so far, merged with each batch's.
     stored: BTreeMap<(String, i32), i64>,
+    /// The transactional producer, once registered (`kafka.transactions`).
+    txn: Option<Publisher>,
 }
 
 impl BusSink {
@@ -51,7 +62,32 @@ impl BusSink {
             keys: HashMap::new(),
             topics: HashSet::new(),
             stored: BTreeMap::new(),
+            txn: None,
         }
+    }
+
+    /// Registers this subscription's transactional id, unless registered
+    /// or transactions are off.
+    async fn register(&mut self) -> Result<(), ConnectorError> {
+        if self.ctx.transactions.is_none() || self.txn.is_some() {
+            return Ok(());
+        }
+        let id = topics::cascade_transaction(&self.ctx.node, &self.subscription);
+        let (settings, metrics) = (self.ctx.settings.clone(), self.ctx.metrics.clone());
+        let publisher = tokio::task::spawn_blocking(move || {
+            Publisher::transactional(
+                &settings,
+                Some(metrics),
+                &id,
+                crate::kafka::TRANSACTION_TIMEOUT,
+                TXN_TIMEOUT,
+            )
+        })
+        .await
+        .map_err(|e| ConnectorError::transient(e.to_string()))?
+        .map_err(kafka)?;
+        self.txn = Some(publisher);
+        Ok(())
     }
 
     /// The loop a record would close, as a reason for the dead-letter
@@ -144,12 +180,21 @@ fn feed_error(e: FeedError) -> ConnectorError {
 }
 
 fn kafka(e: KafkaError) -> ConnectorError {
+    if e.is_fenced() {
+        // Another process runs this subscription now.
+        return ConnectorError::definite(format!(
+            "{e}: another process registered this cascading subscription's transactional id; run each subscription in one process"
+        ));
+    }
     ConnectorError::transient(e.to_string())
 }
 
 #[async_trait]
 impl Sink for BusSink {
     async fn committed_offsets(&mut self) -> Result<Vec<TopicOffset>, ConnectorError> {
+        // First: it ends what an earlier run left open, so the offsets
+        // read next are final.
+        self.register().await?;
         let stored =
             crate::state::offsets::load_subscription(&self.ctx.settings, &self.subscription)
                 .await
@@ -168,8 +213,48 @@ impl Sink for BusSink {
         if let Some(reason) = batch.records.iter().find_map(|r| self.refuse(r)) {
             return Err(ConnectorError::bad_record(reason));
         }
+        self.register().await?;
+        let Some(txn) = self.txn.clone() else {
+            let publisher = self.ctx.publisher.clone();
+            return self.publish(batch, &publisher).await;
+        };
+        txn.begin_transaction().map_err(kafka)?;
+        let stored = self.stored.clone();
+        let published = self.publish(batch, &txn).await;
+        let committer = txn.clone();
+        let outcome = match published {
+            Ok(applied) => {
+                tokio::task::spawn_blocking(move || committer.commit_transaction(TXN_TIMEOUT))
+                    .await
+                    .map_err(|e| ConnectorError::transient(e.to_string()))
+                    .and_then(|r| r.map_err(kafka))
+                    .map(|()| applied)
+            }
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            // Nothing of the batch is visible; the offsets go back too.
+            self.stored = stored;
+            let _ = tokio::task::spawn_blocking(move || txn.abort_transaction(TXN_TIMEOUT)).await;
+        }
+        outcome
+    }
+
+    async fn shutdown(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+impl BusSink {
+    /// Publishes a batch's records and then its offsets through
+    /// `publisher`, waiting for Kafka's acknowledgements.
+    async fn publish(
+        &mut self,
+        batch: &SinkBatch,
+        publisher: &Publisher,
+    ) -> Result<Applied, ConnectorError> {
         let mut applied = Applied::default();
-        let mut sent = self.ctx.publisher.batch();
+        let mut sent = publisher.batch();
         for r in &batch.records {
             let (topic, key, value) = self.encode(r).await?;
             self.ensure_topic(&topic).await?;
@@ -185,8 +270,7 @@ impl Sink for BusSink {
                 headers.push((HEADER_ORIGIN_TS, ts.as_bytes()));
             }
             headers.push((HEADER_HOPS, hops.as_bytes()));
-            self.ctx
-                .publisher
+            publisher
                 .enqueue_in(
                     &mut sent,
                     OutgoingRecord {
@@ -217,15 +301,11 @@ impl Sink for BusSink {
                     offset: *offset,
                 })
                 .collect();
-            crate::state::offsets::save_subscription(&self.ctx.publisher, &self.subscription, &all)
+            crate::state::offsets::save_subscription(publisher, &self.subscription, &all)
                 .await
                 .map_err(kafka)?;
         }
         applied.offsets = batch.offsets.clone();
         Ok(applied)
-    }
-
-    async fn shutdown(&mut self) -> Result<(), ConnectorError> {
-        Ok(())
     }
 }

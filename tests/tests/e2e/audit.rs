@@ -74,18 +74,21 @@ async fn decide(node: &Node, n: usize, tag: &str) {
 /// Every record of the audit topic: (offset, key, parsed value).
 async fn trail(bootstrap: &str) -> Vec<(i64, Vec<u8>, Value)> {
     let settings = KafkaSettings::new(bootstrap);
+    // Delivery records are written in the distributor's transactions: the
+    // end may be a commit marker, never delivered.
     let high = Watermarks::new(&settings)
         .unwrap()
-        .high(AUDIT, 0)
+        .settled_high(&settings, AUDIT, 0, backflow::kafka::SETTLE_WITHIN)
         .await
         .unwrap();
     let consumer = Consumer::replay(&settings, AUDIT, 0).unwrap();
+    let mut ends = std::collections::HashMap::from([(0, high)]);
     let mut out: Vec<(i64, Vec<u8>, Value)> = Vec::new();
-    while out.last().is_none_or(|(o, _, _)| *o < high - 1) {
-        let r = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("the audit topic is read to its end")
-            .unwrap();
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(30), consumer.recv_to(&mut ends))
+        .await
+        .expect("the audit topic is read to its end")
+        .unwrap()
+    {
         let v = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
         out.push((r.offset, r.key.unwrap_or_default(), v));
     }

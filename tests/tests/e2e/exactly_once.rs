@@ -1,9 +1,12 @@
-//! Exactly once into the raw topic: a node whose PostgreSQL or MariaDB feed
-//! is killed with SIGKILL at random moments while the department keeps
-//! committing transactions. Read `read_committed` from its beginning, the
-//! raw topic then holds every change the department made, each once: no
-//! insert is missing or doubled, and no (source position, row, operation)
-//! appears twice.
+//! Exactly once into the raw and share topics: a node whose PostgreSQL or
+//! MariaDB feed (and, for PostgreSQL, its distributor) is killed with
+//! SIGKILL at random moments while the department keeps committing
+//! transactions. Read `read_committed` from its beginning, the raw topic
+//! then holds every change the department made, each once: no insert is
+//! missing or doubled, and no (source position, row, operation) appears
+//! twice; so does the share topic the distributor writes for district
+//! 330106, and the audit trail's delivery records count exactly the share
+//! records.
 //!
 //! The kill times come from a seed, printed; `BACKFLOW_TEST_SEED` replays
 //! them.
@@ -26,10 +29,15 @@ async fn change(db: &tokio_postgres::Client, round: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_feed_killed_at_random_moments_writes_each_change_to_the_raw_topic_once() {
+async fn a_node_killed_at_random_moments_writes_each_change_to_the_raw_and_share_topics_once() {
     let broker = TestBroker::start();
     let admin = TestToken::new("admin");
     let (name, department, dataset, config) = department(&broker, &admin).await;
+    let auditor = TestToken::new("auditor");
+    let config = format!(
+        "{config}{}\n[[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\nfields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n",
+        auditor.auth_toml()
+    );
     // The feed runs before the department writes: every change streams.
     let (node, listen) = ready_node(&config).await;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -40,8 +48,17 @@ async fn a_feed_killed_at_random_moments_writes_each_change_to_the_raw_topic_onc
     let records = read_until_insert(&broker, &topic, &node, &admin, 1000 + rounds - 1).await;
     skipped_logs += node.stderr().matches(SKIPPED).count();
     let changes = each_once(&records, rounds);
+    let share = format!("backflow.share.330106.{dataset}");
+    let shared = read_until_insert(&broker, &share, &node, &admin, 1000 + rounds - 1).await;
+    let share_changes = each_once(&shared, rounds);
+    let (delivered, share_records) =
+        audited_deliveries(&broker, &node, &admin, &auditor, &share).await;
     println!(
-        "{rounds} department transactions, {changes} change records, {KILLS} kills; replays skipped after {skipped_logs} restarts"
+        "{rounds} department transactions, {changes} raw and {share_changes} share change records, {KILLS} kills; replays skipped after {skipped_logs} restarts; the audit trail counts {delivered} share records delivered, the topic holds {share_records}"
+    );
+    assert_eq!(
+        delivered, share_records,
+        "the audit trail's delivery records do not count the share topic's records"
     );
     assert!(
         skipped_logs > 0,
@@ -222,6 +239,47 @@ async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_t
     root.query_drop(format!("DROP DATABASE {db}"))
         .await
         .unwrap();
+}
+
+/// The share records the audit trail says were delivered to `share`, and
+/// the records the topic holds (tombstones counted as the distributor
+/// counts them: not).
+async fn audited_deliveries(
+    broker: &TestBroker,
+    node: &Node,
+    admin: &TestToken,
+    auditor: &TestToken,
+    share: &str,
+) -> (u64, u64) {
+    let mut delivered = 0;
+    let mut from = 0;
+    loop {
+        let (status, page) = node
+            .api(
+                "GET",
+                &format!("/api/audit?from={from}&limit=1000"),
+                Some(auditor.token()),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let records = page["records"].as_array().expect("records").clone();
+        let Some(last) = records.last() else { break };
+        from = last["offset"].as_i64().expect("offset") + 1;
+        delivered += records
+            .iter()
+            .filter(|e| e["kind"] == "delivery" && e["details"]["share_topic"] == share)
+            .map(|e| e["details"]["records"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+    }
+    let records =
+        backflow_e2e::share_topic::read(broker.bootstrap(), share, &node.url, admin.token())
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.value.is_some())
+            .count() as u64;
+    (delivered, records)
 }
 
 /// The raw topic, read `read_committed` from its beginning, once it holds

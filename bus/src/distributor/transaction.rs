@@ -1,0 +1,303 @@
+//! The distributor's Kafka transaction: read-process-write, exactly once.
+//!
+//! The share records (and share dead letters) of the raw batches read
+//! since the last commit, their delivery records in the audit trail, and
+//! the raw offsets after them (`sendOffsetsToTransaction`, with the
+//! consumer's group metadata) commit together, `kafka.transaction_interval_ms`
+//! after the transaction began. A process killed at any point leaves
+//! `read_committed` readers of the share topics and of the audit trail
+//! each delivery once: its open transaction is aborted (by its successor's
+//! registration, or by the brokers after
+//! [`crate::kafka::DISTRIBUTOR_TRANSACTION_TIMEOUT`])
+//! and the raw records after the last committed offsets are distributed
+//! again.
+//!
+//! Fencing: the transactional id is `<prefix>distributor.<node>.<replica>`
+//! (`kafka.replica`, distinct per process serving the node and stable
+//! across its restarts), so a restarted process fences its earlier self;
+//! a process the group has moved on from (paused past its session) has its
+//! offsets refused by the brokers, which fails its transaction. Two live
+//! processes given the same replica name fence each other: the one fenced
+//! stops with [`DistributorError::Fenced`], which names the setting.
+//!
+//! Partitions moving to another process: before the group takes a
+//! partition away, the open transaction is aborted (a [`RevokeHook`]), so
+//! this process can never commit offsets of a partition its next owner
+//! already resumed from the last commit. Its own retained partitions are
+//! read again from where the aborted transaction began.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{delivery_records, DistributorError, InFlight};
+use crate::kafka::{Consumer, KafkaError, Publisher, RevokeHook};
+use crate::state::audit::Auditor;
+
+/// Raw offsets by topic and partition.
+pub(super) type Offsets = BTreeMap<(String, i32), i64>;
+
+/// How long registering, committing or aborting may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The open transaction and what it holds.
+pub(super) struct Transaction {
+    /// The transactional id.
+    id: String,
+    publisher: Publisher,
+    interval: Duration,
+    /// When the open transaction began; `None`: none is open.
+    open_since: Option<Instant>,
+    /// The processed batches of the open transaction, oldest first.
+    held: Vec<InFlight>,
+    /// The first raw offset the open transaction took, per partition:
+    /// where reading starts again when it is aborted.
+    start: HashMap<(String, i32), i64>,
+    revoked: Arc<Revoked>,
+}
+
+/// Shared with the consumer's revocation hook.
+struct Revoked {
+    publisher: Publisher,
+    /// A transaction is open.
+    open: AtomicBool,
+    /// The hook aborted it: the distributor must read again from
+    /// [`Transaction::start`].
+    aborted: AtomicBool,
+}
+
+impl Transaction {
+    /// Registers `id` with the brokers (fencing an earlier process that used
+    /// it and ending what it left open).
+    pub(super) async fn register(
+        ctx: &crate::source::feed::FeedContext,
+        id: String,
+        interval: Duration,
+    ) -> Result<Self, DistributorError> {
+        let (settings, metrics) = (ctx.settings.clone(), ctx.metrics.clone());
+        let registered = id.clone();
+        let publisher = tokio::task::spawn_blocking(move || {
+            Publisher::transactional(
+                &settings,
+                Some(metrics),
+                &id,
+                crate::kafka::DISTRIBUTOR_TRANSACTION_TIMEOUT,
+                TXN_TIMEOUT,
+            )
+        })
+        .await
+        .map_err(|e| DistributorError::Settle(e.to_string()))??;
+        Ok(Self {
+            id: registered,
+            publisher: publisher.clone(),
+            interval,
+            open_since: None,
+            held: Vec::new(),
+            start: HashMap::new(),
+            revoked: Arc::new(Revoked {
+                publisher,
+                open: AtomicBool::new(false),
+                aborted: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The producer whose records go in the transaction.
+    pub(super) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// What the consumer calls before the group takes partitions away.
+    pub(super) fn revoke_hook(&self) -> RevokeHook {
+        let revoked = self.revoked.clone();
+        Arc::new(move || {
+            if revoked.open.swap(false, Ordering::AcqRel) {
+                if let Err(e) = revoked.publisher.abort_transaction(TXN_TIMEOUT) {
+                    tracing::warn!(error = %e, "aborting the open transaction before giving partitions up failed; the brokers abort it after its timeout");
+                }
+                revoked.aborted.store(true, Ordering::Release);
+                tracing::info!("partitions move to another process: the open transaction was aborted and its raw records are read again");
+            }
+        })
+    }
+
+    /// When the open transaction is due to commit.
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.open_since.map(|t| t + self.interval)
+    }
+
+    /// Opens a transaction unless one is open, and notes where `batch`
+    /// starts on each partition the transaction had not read yet.
+    pub(super) fn take(
+        &mut self,
+        batch: &[crate::kafka::ConsumedRecord],
+    ) -> Result<(), DistributorError> {
+        self.open()?;
+        for r in batch {
+            self.start
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset);
+        }
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<(), DistributorError> {
+        if self.open_since.is_none() {
+            self.publisher.begin_transaction()?;
+            self.open_since = Some(Instant::now());
+            self.revoked.open.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// A processed batch joins the open transaction.
+    pub(super) fn hold(&mut self, done: InFlight) -> Result<(), DistributorError> {
+        self.open()?;
+        for ((topic, partition), (first, _)) in &done.raw {
+            self.start
+                .entry((topic.clone(), *partition))
+                .or_insert(*first);
+        }
+        self.held.push(done);
+        Ok(())
+    }
+
+    /// Whether the revocation hook aborted the open transaction. Then the
+    /// caller reads again from the returned offsets (the partitions it
+    /// still holds) and forgets `dropped`, records received after it.
+    pub(super) fn aborted(
+        &mut self,
+        consumer: &Consumer,
+        dropped: &[crate::kafka::ConsumedRecord],
+    ) -> Result<Option<Offsets>, DistributorError> {
+        if !self.revoked.aborted.swap(false, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        self.open_since = None;
+        self.held.clear();
+        let mut again: Offsets = self.start.drain().collect();
+        for r in dropped {
+            again
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset);
+        }
+        again.retain(|(topic, partition), _| consumer.holds(topic, *partition));
+        for ((topic, partition), offset) in &again {
+            consumer.seek(topic, *partition, *offset)?;
+        }
+        Ok(Some(again))
+    }
+
+    /// Commits the open transaction: waits for its records' deliveries,
+    /// appends their delivery records to the audit trail inside it, adds
+    /// the raw offsets after them, commits. A failure aborts it (nothing of
+    /// it is ever visible) and fails the run, which restarts from the last
+    /// committed offsets. Returns whether a transaction committed.
+    pub(super) async fn commit(
+        &mut self,
+        consumer: &Consumer,
+        auditor: &Auditor,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<bool, DistributorError> {
+        if self.open_since.is_none() {
+            return Ok(false);
+        }
+        let outcome = self.try_commit(consumer, auditor).await;
+        self.open_since = None;
+        self.start.clear();
+        self.held.clear();
+        self.revoked.open.store(false, Ordering::Release);
+        if let Err(e) = &outcome {
+            let fenced = matches!(e, DistributorError::Kafka(k) | DistributorError::Audit(k) if k.is_fenced());
+            if !fenced {
+                let publisher = self.publisher.clone();
+                let aborted =
+                    tokio::task::spawn_blocking(move || publisher.abort_transaction(TXN_TIMEOUT))
+                        .await;
+                if !matches!(aborted, Ok(Ok(()))) {
+                    tracing::warn!("aborting the failed transaction failed; the brokers abort it after its timeout");
+                }
+            }
+        } else {
+            metrics.distributor_transactions.inc();
+        }
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(DistributorError::Kafka(e) | DistributorError::Audit(e)) if e.is_fenced() => {
+                Err(DistributorError::Fenced(self.id.clone()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn try_commit(
+        &mut self,
+        consumer: &Consumer,
+        auditor: &Auditor,
+    ) -> Result<(), DistributorError> {
+        let mut deliveries = Vec::new();
+        let mut next = Offsets::new();
+        for done in &mut self.held {
+            (&mut done.acks).await?;
+            deliveries.extend(delivery_records(
+                &done.raw,
+                std::mem::take(&mut done.tallies),
+            ));
+            for ((topic, partition), (_, last)) in &done.raw {
+                let at = next.entry((topic.clone(), *partition)).or_insert(last + 1);
+                *at = (*at).max(last + 1);
+            }
+        }
+        let staged = if deliveries.is_empty() {
+            None
+        } else {
+            Some(
+                auditor
+                    .stage(&self.publisher, deliveries)
+                    .await
+                    .map_err(DistributorError::Audit)?,
+            )
+        };
+        let group = consumer.group_metadata().ok_or_else(|| {
+            DistributorError::Kafka(KafkaError::Admin {
+                topic: String::new(),
+                reason: "the distributor's consumer has no group metadata".to_owned(),
+            })
+        })?;
+        let offsets: Vec<(String, i32, i64)> = next
+            .into_iter()
+            .map(|((topic, partition), at)| (topic, partition, at))
+            .collect();
+        let publisher = self.publisher.clone();
+        tokio::task::spawn_blocking(move || {
+            if !offsets.is_empty() {
+                publisher.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+            }
+            publisher.commit_transaction(TXN_TIMEOUT)
+        })
+        .await
+        .map_err(|e| DistributorError::Settle(e.to_string()))??;
+        if let Some(staged) = staged {
+            staged.committed();
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction as the run stops without committing
+    /// (an error): readers need not wait for the brokers' timeout.
+    pub(super) async fn abort(&mut self) {
+        if self.open_since.take().is_some() {
+            self.held.clear();
+            self.start.clear();
+            self.revoked.open.store(false, Ordering::Release);
+            let publisher = self.publisher.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                publisher.abort_transaction(Duration::from_secs(5))
+            })
+            .await;
+        }
+    }
+}
