@@ -933,6 +933,8 @@ fn feed_rows(
         let status = match st.state {
             FeedState::Failed => Status::Err,
             FeedState::Paused => Status::Stop,
+            // Another process runs it.
+            FeedState::Standby => Status::Ok,
             _ if lag <= 0.0 => Status::Ok,
             _ => {
                 let first = w.front().copied().unwrap_or((now, events, lag));

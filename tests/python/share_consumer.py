@@ -92,7 +92,13 @@ def main():
                 "value": msg.value(),
                 "headers": headers,
             }, ensure_ascii=False, sort_keys=True, default=text), flush=True)
-            seen[msg.partition()] = msg.offset() + 1
+            seen[msg.partition()] = max(seen.get(msg.partition(), 0), msg.offset() + 1)
+        # Share topics are written in Kafka transactions: a partition's last
+        # offset may be a commit marker, which is never delivered but which
+        # the consumer's position passes.
+        for tp in consumer.position(list(consumer.assignment())):
+            if tp.offset >= 0:
+                seen[tp.partition] = max(seen.get(tp.partition, 0), tp.offset)
         if all(seen.get(p, 0) >= end for p, end in ends.items()):
             break
     if any(end > 0 for end in ends.values()):

@@ -124,7 +124,13 @@ pub async fn read_via(
     let w = Watermarks::new(&settings)?;
     let mut ends = HashMap::new();
     for p in 0..n as i32 {
-        let high = w.high(topic, p).await?;
+        // Up to the committed end once no transaction is open on the
+        // partition: a reader that stopped at an open one's first offset
+        // would miss what commits after it on this partition while seeing
+        // it on another.
+        let high = w
+            .settled_high(&settings, topic, p, backflow::kafka::SETTLE_WITHIN)
+            .await?;
         if high > 0 {
             ends.insert(p, high);
         }

@@ -815,6 +815,32 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_name_defaults_to_the_host_and_a_bad_one_names_its_key() {
+        let cfg = Config::load_with_env(Some(file("[kafka]\n").path()), no_env()).unwrap();
+        let host = cfg.kafka.replica_name();
+        assert!(!host.is_empty() && host.len() <= 64, "{host}");
+        assert!(
+            host.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+            "a transactional id part: {host}"
+        );
+        let f = file("[kafka]\nreplica = \"backflow-1\"\n");
+        let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.kafka.replica_name(), "backflow-1");
+        for bad in [
+            "\"\"",
+            "\"a b\"",
+            "\"x/y\"",
+            &format!("\"{}\"", "r".repeat(65)),
+        ] {
+            let f = file(&format!("[kafka]\nreplica = {bad}\n"));
+            let err = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+            assert_eq!(err.key(), Some("kafka.replica"), "{err}");
+            assert!(err.to_string().contains("pod name"), "{err}");
+        }
+    }
+
+    #[test]
     fn fetch_waits_default_to_100_ms_and_an_impossible_one_names_its_key() {
         let f = file("[kafka]\nbrokers = \"a:9092\"\n[[subscriptions]]\nname = \"s\"\nupstream = { brokers = \"b:9092\", registry_url = \"http://b\" }\nsink = { type = \"sqlite\", path = \"/tmp/s.db\" }\ntables = [{ topic = \"backflow.share.330106.d.t\" }]\n");
         let cfg = Config::load_with_env(Some(f.path()), no_env()).unwrap();

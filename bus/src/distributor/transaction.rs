@@ -40,8 +40,11 @@ use crate::state::audit::Auditor;
 /// Raw offsets by topic and partition.
 pub(super) type Offsets = BTreeMap<(String, i32), i64>;
 
-/// How long registering, committing or aborting may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one attempt at registering, adding offsets, committing or
+/// aborting may take (each is asked again a few times when it timed out):
+/// well within the transaction's own timeout, after which the brokers
+/// abort it anyway.
+const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The open transaction and what it holds.
 pub(super) struct Transaction {

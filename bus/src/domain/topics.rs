@@ -29,6 +29,7 @@ struct Names {
     schemas: String,
     offsets: String,
     subscribers: String,
+    leases: String,
 }
 
 impl Names {
@@ -40,6 +41,7 @@ impl Names {
             schemas: format!("{prefix}_schemas"),
             offsets: format!("{prefix}_offsets"),
             subscribers: format!("{prefix}_subscribers"),
+            leases: format!("{prefix}_leases"),
         }
     }
 }
@@ -136,6 +138,18 @@ pub fn subscriber_dlq(subscriber_node: &str, subscription: &str) -> String {
 /// process that runs the feed again fences any earlier one still alive.
 pub fn feed_transaction(node: &str, feed: &str) -> String {
     format!("{}feed.{node}.{feed}", prefix())
+}
+
+/// The topic the lease groups of feeds subscribe to (one partition, never
+/// written; see `kafka::lease`).
+pub fn leases() -> &'static str {
+    &names().leases
+}
+
+/// The lease group of feed `feed` of `node`: its member holding the
+/// partition runs the feed.
+pub fn feed_lease(node: &str, feed: &str) -> String {
+    format!("{}lease.{node}.{feed}", prefix())
 }
 
 /// The transactional id of a cascading subscription of `node`: one per

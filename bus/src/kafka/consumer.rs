@@ -365,6 +365,40 @@ impl Consumer {
         })
     }
 
+    /// A static member (`group.instance.id` = `instance`) of `group`,
+    /// subscribed to `topic`, committing nothing: a lease holder (see
+    /// [`super::lease`]).
+    pub fn lease_member(
+        settings: &KafkaSettings,
+        group: &str,
+        topic: &str,
+        instance: &str,
+    ) -> Result<Self, KafkaError> {
+        let context = Membership {
+            group: group.to_owned(),
+            assigned: None,
+            on_revoke: None,
+        };
+        let inner: StreamConsumer<Membership> =
+            settings.create_with_context("consumer", context, |cfg| {
+                cfg.set("group.id", group)
+                    .set("group.instance.id", instance)
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "false")
+                    .set(
+                        "session.timeout.ms",
+                        settings.session_timeout.as_millis().to_string(),
+                    )
+                    .set("heartbeat.interval.ms", "1000");
+            })?;
+        inner.subscribe(&[topic]).map_err(KafkaError::Consume)?;
+        Ok(Self {
+            inner,
+            metrics: None,
+        })
+    }
+
     /// Reads one partition from its first record up to an end the caller
     /// knows, without a consumer group (no offsets are committed): stored
     /// positions, the audit trail.

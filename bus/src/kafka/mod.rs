@@ -7,6 +7,7 @@ mod admin;
 mod consumer;
 mod embedded;
 pub mod follow;
+pub mod lease;
 mod publisher;
 
 use serde::{Deserialize, Serialize};

@@ -422,9 +422,22 @@ impl Publisher {
             list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*next))
                 .map_err(|source| self.transaction_error("offsets", source))?;
         }
-        self.producer
-            .send_offsets_to_transaction(&list, group, Timeout::After(timeout))
-            .map_err(|source| self.transaction_error("offsets", source))
+        // A coordinator that moved (its broker died) is looked up again by
+        // librdkafka; an attempt that timed out meanwhile is asked again.
+        let mut tries = 0;
+        loop {
+            match self
+                .producer
+                .send_offsets_to_transaction(&list, group, Timeout::After(timeout))
+            {
+                Ok(()) => return Ok(()),
+                Err(RdKafkaError::Transaction(e)) if e.is_retriable() && tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "adding offsets to a Kafka transaction did not finish in time; asking again");
+                }
+                Err(source) => return Err(self.transaction_error("offsets", source)),
+            }
+        }
     }
 
     /// Aborts the open transaction: none of its records is ever visible to

@@ -737,6 +737,9 @@ impl DataPath {
             TopicSpec::kept(topics::audit(), 1, rf),
             TopicSpec::compacted(topics::schemas(), 1, rf),
             TopicSpec::compacted(topics::subscribers(), 1, rf),
+            // Never written: its one partition is what feeds' lease groups
+            // assign (see kafka::lease).
+            TopicSpec::compacted(topics::leases(), 1, rf),
         ];
         self.admin()?.ensure(&specs).await
     }
@@ -763,6 +766,7 @@ impl DataPath {
             standards: self.standards,
             transactions: self.transactions,
             replica: self.replica,
+            leases: self.embedded_admin.is_none(),
         };
         self.tracker.spawn(crate::source::feeds::manage(
             self.feeds,

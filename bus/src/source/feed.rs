@@ -129,6 +129,9 @@ pub struct FeedContext {
     pub transactions: Option<Duration>,
     /// This process's name among those serving the node (`kafka.replica`).
     pub replica: String,
+    /// Whether feeds run only while this process holds their lease (a
+    /// real cluster; the embedded broker serves one process).
+    pub leases: bool,
 }
 
 /// A table version's codec and the raw topic's schema ids it encodes with.
@@ -1213,6 +1216,7 @@ mod tests {
             standards: Arc::new(Vec::new()),
             transactions: None,
             replica: "test".to_owned(),
+            leases: false,
         }
     }
 

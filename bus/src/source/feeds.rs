@@ -3,6 +3,11 @@
 //! through the API (`backflow._catalog`) are started, paused, resumed,
 //! restarted and removed at runtime, without restarting the process. Each
 //! feed reports RUNNING, PAUSED or FAILED (with the error) at `/api/feeds`.
+//!
+//! Several processes may serve one node with the same feeds: each feed runs
+//! in the one holding its lease ([`crate::kafka::lease`]) and is STANDBY in
+//! the others, which take it over (from its committed position) within
+//! `kafka.session_timeout_ms` of its holder's death.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,6 +34,9 @@ pub enum FeedState {
     Paused,
     /// Stopped by an error; tried again as its kind says.
     Failed,
+    /// Another process serving the node runs it (it holds the feed's
+    /// lease); this one takes over when that one stops.
+    Standby,
 }
 
 impl FeedState {
@@ -39,6 +47,7 @@ impl FeedState {
             FeedState::Running => "RUNNING",
             FeedState::Paused => "PAUSED",
             FeedState::Failed => "FAILED",
+            FeedState::Standby => "STANDBY",
         }
     }
 }
@@ -169,6 +178,25 @@ async fn supervise(
     }
     let mut restarts =
         crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
+    let mut lease = if ctx.leases {
+        match crate::kafka::lease::Lease::join(
+            &ctx.settings,
+            &crate::domain::topics::feed_lease(&ctx.node, &name),
+            crate::domain::topics::leases(),
+            &ctx.replica,
+        ) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                statuses.set(&name, |s| {
+                    s.state = FeedState::Failed;
+                    s.error = Some(format!("cannot join the feed's lease group: {e}"));
+                });
+                return;
+            }
+        }
+    } else {
+        None
+    };
     loop {
         let source: Box<dyn backflow_connectors::Source> = match &feed {
             FeedConfig::Postgres(c) => Box::new(
@@ -184,22 +212,51 @@ async fn supervise(
             )),
         };
         statuses.set_gauges(&name, source.gauges());
+        // Only the holder of the feed's lease runs it.
+        if let Some(lease) = lease.as_mut() {
+            if !lease.held() {
+                statuses.set(&name, |s| {
+                    s.state = FeedState::Standby;
+                    s.error = None;
+                });
+                tracing::info!(feed = %name, "another process runs this feed; standing by");
+                tokio::select! {
+                    _ = lease.acquired() => {}
+                    _ = stop.cancelled() => return,
+                }
+                tracing::info!(feed = %name, "took the feed's lease over");
+            }
+        }
         statuses.set(&name, |s| {
-            if s.error.is_none() {
+            if s.error.is_none() || s.state == FeedState::Standby {
                 s.state = FeedState::Running;
+                s.error = None;
             }
         });
-        let run = crate::source::feed::run(&name, source, ctx.clone(), stop.clone());
+        let run_stop = stop.child_token();
+        let run = crate::source::feed::run(&name, source, ctx.clone(), run_stop.clone());
         tokio::pin!(run);
         let attempt = restarts.begin();
-        // A feed that stays up for a while is RUNNING again.
-        let outcome = tokio::select! {
-            r = &mut run => r,
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                statuses.set(&name, |s| { s.state = FeedState::Running; s.error = None; });
-                run.await
+        // A feed that stays up for a while is RUNNING again; one whose
+        // lease went to another process stops.
+        let mut lost = false;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                    statuses.set(&name, |s| { s.state = FeedState::Running; s.error = None; });
+                }
+                _ = async { lease.as_mut().expect("guarded").lost().await }, if lease.is_some() && !lost => {
+                    tracing::warn!(feed = %name, "the feed's lease went to another process; stopping it here");
+                    lost = true;
+                    run_stop.cancel();
+                }
             }
         };
+        if lost && !stop.is_cancelled() {
+            attempt.ended_well();
+            continue;
+        }
         let e = match outcome {
             Ok(()) => return,
             Err(e) => e,

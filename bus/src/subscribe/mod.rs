@@ -481,7 +481,10 @@ impl<'a> Run<'a> {
                         self.flush().await?;
                     }
                 }
-                _ = lag_tick.tick() => self.measure_lag(&watermarks).await,
+                _ = lag_tick.tick() => {
+                    self.pass_markers(&consumer);
+                    self.measure_lag(&watermarks).await;
+                }
                 _ = topics_tick.tick() => {
                     let now = self.partitions().await?;
                     if now.iter().any(|tp| !assigned.contains(tp)) {
@@ -490,6 +493,30 @@ impl<'a> Run<'a> {
                     }
                 }
             }
+        }
+    }
+
+    /// Share topics are written in transactions, so a partition's last
+    /// offset is often a commit marker, never delivered: the position
+    /// reported up would stay one short of the end (a lag of one, forever,
+    /// on a quiet topic). With nothing received and not yet applied, every
+    /// offset below the consumer's position was applied or a marker, so the
+    /// reported position moves up to it.
+    fn pass_markers(&mut self, consumer: &Consumer) {
+        if !self.pending.is_empty() || !self.consumed.is_empty() {
+            return;
+        }
+        let mut moved = false;
+        for ((topic, partition), next) in self.next.iter_mut() {
+            if let Some(at) = consumer.position(topic, *partition) {
+                if at > *next {
+                    *next = at;
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            self.report_positions(false);
         }
     }
 

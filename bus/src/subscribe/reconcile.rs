@@ -88,7 +88,10 @@ pub struct PartitionPosition {
     pub partition: i32,
     /// The last offset the sink applied (`None`: nothing yet).
     pub applied: Option<i64>,
-    /// Records in the partition past it (not applied yet; not compared).
+    /// Offsets in the partition past it (not applied yet; not compared).
+    /// Share topics are written in transactions, whose commit markers
+    /// take offsets too: at most this many records, and a partition whose
+    /// last records were all applied shows 1.
     pub pending: i64,
 }
 

@@ -1,7 +1,10 @@
 //! Benchmark of the distributor: raw events per second in, with 1, 10 and
 //! 100 active shares of one dataset (each event matching half of them),
-//! next to a plain consumer reading the same raw topic as the limit.
-//! Prints figures; asserts nothing.
+//! next to a plain consumer reading the same raw topic as the limit; the 1
+//! and 10 share cases run twice, exactly once (Kafka transactions, the
+//! default) and at least once (`kafka.transactions = false`), so the
+//! transactions' cost is measured in the same run. Prints figures;
+//! asserts nothing.
 //!
 //! Run with `scripts/bench-distributor.sh [EVENTS]` (release build). Each
 //! case runs on a fresh Apache Kafka broker on this machine: the
@@ -323,7 +326,14 @@ async fn main() -> anyhow::Result<()> {
         None => println!("broker: Apache Kafka 4.1.1, a fresh one per case"),
     }
     cpu_only(events)?;
-    for (case, shares) in [1usize, 10, 100].into_iter().enumerate() {
+    let cases = [
+        (1usize, true),
+        (1, false),
+        (10, true),
+        (10, false),
+        (100, true),
+    ];
+    for (case, (shares, transactions)) in cases.into_iter().enumerate() {
         // 100 shares write 50 records per event: fewer events keep the
         // broker's memory in bounds.
         let n = if shares >= 100 { events / 5 } else { events };
@@ -335,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
         fill(&broker, &names, n).await?;
         let limit = raw_rate(&broker, &names, n).await?;
         let mut config = format!(
-            "[node]\ncode = \"{NODE_CODE}\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\n",
+            "[node]\ncode = \"{NODE_CODE}\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\ntransactions = {transactions}\n",
             broker.bootstrap(),
             names.prefix
         );
@@ -382,8 +392,13 @@ async fn main() -> anyhow::Result<()> {
             .as_secs_f64()
             .max(0.001);
         let rate = n as f64 / secs;
+        let mode = if transactions {
+            "exactly once "
+        } else {
+            "at least once"
+        };
         println!(
-            "{shares:>3} shares: {n:>7} events in {secs:>6.2} s = {rate:>8.0} events/s in, {:>8.0} share records/s out | plain consumer {limit:>8.0} events/s | ratio {:.2}",
+            "{shares:>3} shares, {mode}: {n:>7} events in {secs:>6.2} s = {rate:>8.0} events/s in, {:>8.0} share records/s out | plain consumer {limit:>8.0} events/s | ratio {:.2}",
             expected / secs,
             rate / limit
         );

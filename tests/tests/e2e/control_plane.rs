@@ -34,9 +34,14 @@ async fn distinct_keys(settings: &backflow::kafka::KafkaSettings, topic: &str) -
     let w = backflow::kafka::Watermarks::new(settings).unwrap();
     let mut ends = std::collections::HashMap::new();
     for p in 0..n as i32 {
-        let high = w.high(topic, p).await.unwrap_or(0);
+        // Raw and share topics are written in transactions: the end may be
+        // a commit marker, never delivered.
+        let high = w
+            .settled_high(settings, topic, p, backflow::kafka::SETTLE_WITHIN)
+            .await
+            .unwrap_or(0);
         if high > 0 {
-            ends.insert(p, high - 1);
+            ends.insert(p, high);
         }
     }
     if ends.is_empty() {
@@ -45,22 +50,16 @@ async fn distinct_keys(settings: &backflow::kafka::KafkaSettings, topic: &str) -
     let parts: Vec<i32> = ends.keys().copied().collect();
     let consumer = backflow::kafka::Consumer::replay_partitions(settings, topic, &parts).unwrap();
     let mut keys = std::collections::BTreeSet::new();
-    while !ends.is_empty() {
-        let r = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {
-            ends.remove(&r.partition);
-        }
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(10), consumer.recv_to(&mut ends))
+        .await
+        .unwrap()
+        .unwrap()
+    {
         keys.insert(r.key.unwrap_or_default());
     }
     keys.len()
 }
 
-/// Waits until the node's distributor group has committed every partition
-/// of `raw` up to its current end: each record there has been distributed
-/// to every active share, and its share records acknowledged.
 async fn until_distributed(settings: &backflow::kafka::KafkaSettings, raw: &str) {
     let group = backflow::distributor::group_id("330100");
     let until = Instant::now() + Duration::from_secs(60);

@@ -261,8 +261,7 @@ async fn a_record_too_large_for_one_subscription_fails_it_alone() {
     );
     // The raw record the share could not take is kept, with why.
     let dead =
-        share_topic::high_watermark(s.broker.bootstrap(), "backflow.dlq.share.330106.ga.people")
-            .await;
+        share_topic::count(s.broker.bootstrap(), "backflow.dlq.share.330106.ga.people").await;
     assert_eq!(dead, 1);
 
     // The owner stops sharing the large field and re-activates.
