@@ -152,6 +152,11 @@ pub fn feed_lease(node: &str, feed: &str) -> String {
     format!("{}lease.{node}.{feed}", prefix())
 }
 
+/// The lease group of cascading subscription `subscription` of `node`.
+pub fn cascade_lease(node: &str, subscription: &str) -> String {
+    format!("{}lease.{node}.cascade.{subscription}", prefix())
+}
+
 /// The transactional id of a cascading subscription of `node`: one per
 /// subscription, as one process runs it.
 pub fn cascade_transaction(node: &str, subscription: &str) -> String {

@@ -780,13 +780,39 @@ impl DataPath {
             return;
         }
         for sub in self.cascading {
-            self.tracker.spawn(crate::subscribe::supervise(
-                sub,
-                ctx.metrics.clone(),
-                self.cascade_health.clone(),
-                Some(ctx.clone()),
-                shutdown.clone(),
-            ));
+            if !ctx.leases {
+                self.tracker.spawn(crate::subscribe::supervise(
+                    sub,
+                    ctx.metrics.clone(),
+                    self.cascade_health.clone(),
+                    Some(ctx.clone()),
+                    shutdown.clone(),
+                ));
+                continue;
+            }
+            // Like a feed, a cascading subscription runs in the one process
+            // serving the node that holds its lease.
+            let (ctx, health, stop) = (ctx.clone(), self.cascade_health.clone(), shutdown.clone());
+            self.tracker.spawn(async move {
+                let group = topics::cascade_lease(&ctx.node, &sub.name);
+                crate::kafka::lease::run_leased(
+                    &ctx.settings.clone(),
+                    &group,
+                    topics::leases(),
+                    &ctx.replica.clone(),
+                    stop,
+                    |stop| {
+                        crate::subscribe::supervise(
+                            sub.clone(),
+                            ctx.metrics.clone(),
+                            health.clone(),
+                            Some(ctx.clone()),
+                            stop,
+                        )
+                    },
+                )
+                .await;
+            });
         }
         self.tracker.spawn(crate::distributor::supervise(
             self.shares,

@@ -242,6 +242,19 @@ audit.signing_key_env={{ . }}
 {{- if ge (float64 $shutdownMs) (mulf (float64 .Values.terminationGracePeriodSeconds) 1000.0) }}
 {{- fail (printf "config.runtime.shutdown_timeout_ms (%v) must stay below terminationGracePeriodSeconds (%v s), or Kubernetes kills backflow before its graceful shutdown ends" $shutdownMs .Values.terminationGracePeriodSeconds) }}
 {{- end }}
+{{- $replicas := int .Values.replicas }}
+{{- if lt $replicas 1 }}
+{{- fail (printf "replicas %v: at least 1" .Values.replicas) }}
+{{- end }}
+{{- if and (gt $replicas 1) (ne .Values.role "node") }}
+{{- fail (printf "replicas %d with role %s: only role node runs as several processes (feeds and cascading subscriptions hold leases, the distributor splits its partitions); a %s writes alone, keep replicas 1" $replicas .Values.role .Values.role) }}
+{{- end }}
+{{- if and (gt $replicas 1) (($c.kafka | default dict).replica) }}
+{{- fail "config.kafka.replica names one process, and replicas > 1 runs several: leave it out (each pod uses its own name)" }}
+{{- end }}
+{{- if and (gt $replicas 1) (not ($c.kafka | default dict).brokers) }}
+{{- fail "replicas > 1 needs a Kafka cluster the pods share: set config.kafka.brokers (the embedded broker lives inside one process)" }}
+{{- end }}
 {{- $feeds := $c.feeds | default list }}
 {{- $subs := $c.subscriptions | default list }}
 {{- if eq .Values.role "source" }}

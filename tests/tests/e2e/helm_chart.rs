@@ -632,6 +632,51 @@ fn province_example_is_a_node_with_a_feed_and_a_hashed_share() {
 }
 
 #[test]
+fn a_node_runs_as_several_pods_with_a_disruption_budget_and_nothing_else_may() {
+    let key = audit_key();
+    let province = example("values-province-330000.yaml");
+    let m = render(&[&province, &key.values], &["replicas=3"]);
+    let config = check_release(&m, "serve");
+    let deployment = m.one("Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let pdb = m.one("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"],
+        "the budget covers the node's pods"
+    );
+    // Each pod names itself (its host name): no replica name in the file.
+    assert!(config["kafka"]["replica"].is_null(), "{config}");
+    // One pod: no budget (a drain must be able to move it).
+    let m = render(&[&province, &key.values], &[]);
+    assert!(!m.has("PodDisruptionBudget"), "{:?}", m.kinds());
+
+    let district = example("values-district-330106.yaml");
+    for (values, sets, says) in [
+        (
+            vec![district.as_path()],
+            vec!["replicas=2"],
+            "keep replicas 1",
+        ),
+        (
+            vec![province.as_path(), key.values.as_path()],
+            vec!["replicas=2", "config.kafka.replica=a"],
+            "config.kafka.replica",
+        ),
+        (vec![], vec!["replicas=2"], "config.kafka.brokers"),
+        (vec![], vec!["replicas=0"], "at least 1"),
+    ] {
+        let err = render_error(&values, &sets);
+        assert!(err.contains(says), "{sets:?}: {err}");
+    }
+}
+
+#[test]
 fn city_example_is_a_node_cascading_into_its_own_bus_and_a_database() {
     let key = audit_key();
     let m = render(&[&example("values-city-330100.yaml"), &key.values], &[]);
