@@ -632,10 +632,16 @@ impl Process<'_> {
         } else {
             crate::state::catalog::Catalog::unread(settings, publisher.clone(), keys, metrics)?
         };
+        // One chain per writer: a process named as one of several serving
+        // the node (`kafka.replica` set) writes `<code>/<replica>`.
+        let chain = match &config.kafka.replica {
+            Some(replica) => format!("{}/{replica}", config.node.code.as_str()),
+            None => config.node.code.as_str().to_owned(),
+        };
         let auditor = crate::state::audit::Auditor::new(
             settings,
             publisher.clone(),
-            config.node.code.as_str(),
+            &chain,
             audit_key,
             config.audit.checkpoint_every,
         );

@@ -1,7 +1,10 @@
 //! The audit trail: every sharing decision and every delivered batch,
 //! appended to `backflow._audit` as a hash chain that the node signs.
 //!
-//! Each node writes its own chain (records keyed by its division code). A
+//! Each node writes its own chain (records keyed by its division code; a
+//! process that is one of several serving a node, `kafka.replica` set,
+//! writes a chain of its own, `<code>/<replica>`, signed with the node's
+//! key, so each chain has one writer). A
 //! record is one JSON object:
 //!
 //! ```json
@@ -424,7 +427,10 @@ impl TrustedKeys {
 
     /// The keys `node`'s chain may be signed with (`None`: none, its
     /// signatures are not checked).
-    fn for_node(&self, node: &str) -> Option<Vec<VerifyingKey>> {
+    fn for_node(&self, chain: &str) -> Option<Vec<VerifyingKey>> {
+        // A chain of one of several processes serving a node is named
+        // `<node>/<replica>` and signed with the node's key.
+        let node = chain.split('/').next().unwrap_or(chain);
         let mut keys = self.any_node.clone();
         if let Some(k) = self.per_node.get(node) {
             keys.extend(k.iter().copied());
@@ -1049,10 +1055,12 @@ struct ChainEnd {
 }
 
 impl Auditor {
-    /// An auditor continuing `node`'s chain, signing with `key`, with a
-    /// checkpoint every `checkpoint_every` records; the chain's end is read
-    /// from the topic on the first append. One per node process: two
-    /// writers of one chain would fork it.
+    /// An auditor continuing chain `node` (the node's code, or
+    /// `<code>/<replica>` for one of several processes serving it), signing
+    /// with `key`, with a checkpoint every `checkpoint_every` records; the
+    /// chain's end is read from the topic on the first append. One writer
+    /// per chain: two would fork it, so each process serving a node with
+    /// others writes a chain of its own.
     pub fn new(
         settings: &KafkaSettings,
         publisher: Publisher,
@@ -1089,7 +1097,8 @@ impl Auditor {
     /// own chain.
     pub fn trusted_keys(&self) -> TrustedKeys {
         let mut keys = TrustedKeys::none();
-        keys.trust(Some(&self.inner.node), self.inner.key.verifying_key());
+        let node = self.inner.node.split('/').next().unwrap_or_default();
+        keys.trust(Some(node), self.inner.key.verifying_key());
         keys
     }
 
@@ -1335,6 +1344,26 @@ mod tests {
         let mut keys = TrustedKeys::none();
         keys.trust_spec(&key.public_key_hex()).unwrap();
         keys
+    }
+
+    #[test]
+    fn a_replica_chain_verifies_with_its_nodes_key_and_not_with_another_nodes() {
+        let k = key(7);
+        let records = chain(&k, "330100/backflow-1", 6);
+        let mut keys = TrustedKeys::none();
+        keys.trust_spec(&format!("330100={}", k.public_key_hex()))
+            .unwrap();
+        let report = check(&records, keys);
+        assert!(report.intact(), "{:?}", report.problems);
+        assert!(report.signatures_checked());
+        let mut other = TrustedKeys::none();
+        other
+            .trust_spec(&format!("330200={}", k.public_key_hex()))
+            .unwrap();
+        assert!(
+            !check(&records, other).signatures_checked(),
+            "a key trusted for another node does not vouch for this chain"
+        );
     }
 
     fn kinds(report: &VerifyReport) -> Vec<(i64, ProblemKind)> {

@@ -650,8 +650,17 @@ fn a_node_runs_as_several_pods_with_a_disruption_budget_and_nothing_else_may() {
         pdb["spec"]["selector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"],
         "the budget covers the node's pods"
     );
-    // Each pod names itself (its host name): no replica name in the file.
+    // Each pod names itself (its pod name): no replica name in the file.
     assert!(config["kafka"]["replica"].is_null(), "{config}");
+    let env = m.container()["env"].as_array().expect("env");
+    let replica = env
+        .iter()
+        .find(|e| e["name"] == "BACKFLOW_KAFKA__REPLICA")
+        .expect("the replica name comes from the pod");
+    assert_eq!(
+        replica["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
     // One pod: no budget (a drain must be able to move it).
     let m = render(&[&province, &key.values], &[]);
     assert!(!m.has("PodDisruptionBudget"), "{:?}", m.kinds());
