@@ -217,10 +217,12 @@ impl Transaction {
             let fenced = matches!(e, DistributorError::Kafka(k) | DistributorError::Audit(k) if k.is_fenced());
             if !fenced {
                 let publisher = self.publisher.clone();
-                let aborted =
-                    tokio::task::spawn_blocking(move || publisher.abort_transaction(TXN_TIMEOUT))
-                        .await;
-                if !matches!(aborted, Ok(Ok(()))) {
+                let aborted = tokio::time::timeout(
+                    TXN_TIMEOUT,
+                    tokio::task::spawn_blocking(move || publisher.abort_transaction(TXN_TIMEOUT)),
+                )
+                .await;
+                if !matches!(aborted, Ok(Ok(Ok(())))) {
                     tracing::warn!("aborting the failed transaction failed; the brokers abort it after its timeout");
                 }
             }
@@ -275,14 +277,26 @@ impl Transaction {
             .map(|((topic, partition), at)| (topic, partition, at))
             .collect();
         let publisher = self.publisher.clone();
-        tokio::task::spawn_blocking(move || {
+        let committing = tokio::task::spawn_blocking(move || {
             if !offsets.is_empty() {
                 publisher.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
             }
             publisher.commit_transaction(TXN_TIMEOUT)
-        })
-        .await
-        .map_err(|e| DistributorError::Settle(e.to_string()))??;
+        });
+        // librdkafka's own timeouts do not always hold: with the group
+        // coordinator's broker killed, adding the offsets was seen blocking
+        // for minutes. Past the transaction's own lifetime the run fails and
+        // restarts with a new producer, whose registration fences this one.
+        match tokio::time::timeout(crate::kafka::DISTRIBUTOR_TRANSACTION_TIMEOUT, committing).await
+        {
+            Ok(joined) => joined.map_err(|e| DistributorError::Settle(e.to_string()))??,
+            Err(_) => {
+                return Err(DistributorError::Settle(format!(
+                    "committing the distributor's transaction did not finish within {} s",
+                    crate::kafka::DISTRIBUTOR_TRANSACTION_TIMEOUT.as_secs()
+                )))
+            }
+        }
         if let Some(staged) = staged {
             staged.committed();
         }
