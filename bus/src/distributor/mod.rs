@@ -10,7 +10,7 @@
 //! `backflow.hops`, and `backflow.policy` set. A delete is followed by a
 //! tombstone, as on raw topics.
 //!
-//! Exactly once (`kafka.transactions`, the default): the share records of
+//! Exactly once (`kafka.distributor_transactions`, off by default): the share records of
 //! the raw records read since the last commit, their delivery records in
 //! the audit trail and the raw offsets after them commit in one Kafka
 //! transaction (see [`transaction`]); a crash anywhere leaves every change
@@ -262,7 +262,7 @@ pub async fn run(
     }
     // A transactional run registers its id before it joins the group: that
     // ends what an earlier run of this process left open.
-    let mut txn = match ctx.transactions {
+    let mut txn = match ctx.distributor_transactions {
         Some(interval) => {
             let id = topics::distributor_transaction(&ctx.node, &ctx.replica);
             Some(Transaction::register(ctx, id, interval).await?)

@@ -217,6 +217,12 @@ pub struct KafkaConfig {
     /// one commits less often (more changes per second) and shows changes
     /// later.
     pub transaction_interval_ms: u64,
+    /// Whether the distributor writes in Kafka transactions too (default
+    /// off, see the README's delivery guarantees): the share records of
+    /// the raw records read since the last commit, their audit records and
+    /// the raw offsets commit together, so a share topic holds each change
+    /// once for `read_committed` readers. Needs `transactions`.
+    pub distributor_transactions: bool,
     /// This process's name among the processes serving the node, in the
     /// distributor's transactional id: distinct per process and stable
     /// across its restarts (a Kubernetes pod name, a host name), so a
@@ -299,6 +305,7 @@ impl Default for KafkaConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             transactions: true,
             transaction_interval_ms: 25,
+            distributor_transactions: false,
             replica: None,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),
@@ -356,6 +363,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("manage_acls", &self.manage_acls)
             .field("principal", &self.principal)
             .field("transactions", &self.transactions)
+            .field("distributor_transactions", &self.distributor_transactions)
             .field("replica", &self.replica)
             .finish_non_exhaustive()
     }

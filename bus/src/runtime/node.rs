@@ -410,6 +410,9 @@ impl Process<'_> {
                     .kafka
                     .transactions
                     .then(|| Duration::from_millis(config.kafka.transaction_interval_ms)),
+                distributor_transactions: (config.kafka.transactions
+                    && config.kafka.distributor_transactions)
+                    .then(|| Duration::from_millis(config.kafka.transaction_interval_ms)),
                 replica: config.kafka.replica_name(),
                 feeds: config.feeds.clone(),
                 feed_statuses: feed_statuses.clone(),
@@ -712,6 +715,7 @@ struct DataPath {
     partitions: i32,
     replication_factor: i32,
     transactions: Option<Duration>,
+    distributor_transactions: Option<Duration>,
     replica: String,
     feeds: Vec<crate::source::config::FeedConfig>,
     feed_statuses: crate::source::feeds::FeedStatuses,
@@ -771,6 +775,7 @@ impl DataPath {
             metrics: self.metrics,
             standards: self.standards,
             transactions: self.transactions,
+            distributor_transactions: self.distributor_transactions,
             replica: self.replica,
             leases: self.embedded_admin.is_none(),
         };

@@ -127,6 +127,9 @@ pub struct FeedContext {
     /// `kafka.transaction_interval_ms` when feeds write in transactions
     /// (`kafka.transactions`); `None`: an idempotent producer.
     pub transactions: Option<Duration>,
+    /// `kafka.transaction_interval_ms` when the distributor writes in
+    /// transactions (`kafka.distributor_transactions`).
+    pub distributor_transactions: Option<Duration>,
     /// This process's name among those serving the node (`kafka.replica`).
     pub replica: String,
     /// Whether feeds run only while this process holds their lease (a
@@ -1215,6 +1218,7 @@ mod tests {
             metrics,
             standards: Arc::new(Vec::new()),
             transactions: None,
+            distributor_transactions: None,
             replica: "test".to_owned(),
             leases: false,
         }

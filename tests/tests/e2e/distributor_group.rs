@@ -70,7 +70,11 @@ async fn two_processes_of_one_node_split_the_distributor_and_survive_a_sigkill()
     );
     // Two processes of one node on one host: each its own replica name.
     let first = Node::start_with_config(
-        &format!("{common}{feed}").replacen("[kafka]\n", "[kafka]\nreplica = \"first\"\n", 1),
+        &format!("{common}{feed}").replacen(
+            "[kafka]\n",
+            "[kafka]\nreplica = \"first\"\ndistributor_transactions = true\n",
+            1,
+        ),
         &[],
     )
     .unwrap();
@@ -79,7 +83,11 @@ async fn two_processes_of_one_node_split_the_distributor_and_survive_a_sigkill()
         .await
         .unwrap();
     let second = Node::start_with_config(
-        &common.replacen("[kafka]\n", "[kafka]\nreplica = \"second\"\n", 1),
+        &common.replacen(
+            "[kafka]\n",
+            "[kafka]\nreplica = \"second\"\ndistributor_transactions = true\n",
+            1,
+        ),
         &[],
     )
     .unwrap();

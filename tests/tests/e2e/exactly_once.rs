@@ -34,7 +34,11 @@ async fn a_node_killed_at_random_moments_writes_each_change_to_the_raw_and_share
     let admin = TestToken::new("admin");
     let (name, department, dataset, config) = department(&broker, &admin).await;
     let auditor = TestToken::new("auditor");
-    let config = format!("{config}{}{}", auditor.auth_toml(), share_toml(&dataset));
+    let config = format!("{config}{}{}", auditor.auth_toml(), share_toml(&dataset)).replacen(
+        "[kafka]\n",
+        "[kafka]\ndistributor_transactions = true\n",
+        1,
+    );
     // The feed runs before the department writes: every change streams.
     let (node, listen) = ready_node(&config).await;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -164,7 +168,7 @@ async fn a_feed_moves_to_the_surviving_replica_within_30_s_losing_and_doubling_n
     let as_replica = |r: &str| {
         config.replacen(
             "[kafka]\n",
-            &format!("[kafka]\nreplica = \"{r}\"\nsession_timeout_ms = 6000\npartitions = 2\n"),
+            &format!("[kafka]\nreplica = \"{r}\"\nsession_timeout_ms = 6000\npartitions = 2\ndistributor_transactions = true\n"),
             1,
         )
     };
