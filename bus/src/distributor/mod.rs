@@ -427,7 +427,8 @@ impl RunState<'_> {
                 self.read_again(again);
                 continue;
             }
-            txn.take(&batch)?;
+            // Where the batch starts is noted when it is held.
+            txn.open()?;
             let processed = self.process(&batch, joins).await?;
             txn.hold(processed)?;
             if txn
