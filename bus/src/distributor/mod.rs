@@ -427,8 +427,7 @@ impl RunState<'_> {
                 self.read_again(again);
                 continue;
             }
-            // Where the batch starts is noted when it is held.
-            txn.open()?;
+            txn.take(&batch)?;
             let processed = self.process(&batch, joins).await?;
             txn.hold(processed)?;
             if txn

@@ -132,8 +132,22 @@ impl Transaction {
         self.open_since.map(|t| t + self.interval)
     }
 
-    /// Opens a transaction unless one is open.
-    pub(super) fn open(&mut self) -> Result<(), DistributorError> {
+    /// Opens a transaction unless one is open, and notes where `batch`
+    /// starts on each partition the transaction had not read yet.
+    pub(super) fn take(
+        &mut self,
+        batch: &[crate::kafka::ConsumedRecord],
+    ) -> Result<(), DistributorError> {
+        self.open()?;
+        for r in batch {
+            self.start
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset);
+        }
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<(), DistributorError> {
         if self.open_since.is_none() {
             self.publisher.begin_transaction()?;
             self.open_since = Some(Instant::now());

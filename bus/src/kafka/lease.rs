@@ -97,38 +97,40 @@ impl Lease {
 /// Runs `work` only while this process holds the lease of `group` (on
 /// `topic`, as static member `instance`), until `shutdown`: `work` gets a
 /// token that is cancelled when the lease goes to another process, and is
-/// started again when it comes back; `standby` is called each time this
-/// process waits for the lease. Returns when `shutdown` is cancelled or
-/// `work` ends by itself; an error when the group cannot be joined.
+/// started again when it comes back. Returns when `shutdown` is cancelled
+/// or `work` ends by itself.
 pub async fn run_leased<F, Fut>(
     settings: &KafkaSettings,
     group: &str,
     topic: &str,
     instance: &str,
     shutdown: tokio_util::sync::CancellationToken,
-    mut standby: impl FnMut(),
     mut work: F,
-) -> Result<(), KafkaError>
-where
+) where
     F: FnMut(tokio_util::sync::CancellationToken) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut lease = Lease::join(settings, group, topic, instance)?;
+    let mut lease = match Lease::join(settings, group, topic, instance) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(group, error = %e, "cannot join the lease group; the work it guards does not run in this process");
+            return;
+        }
+    };
     loop {
         if !lease.held() {
-            standby();
             tracing::info!(group, "another process holds the lease; standing by");
         }
         tokio::select! {
             _ = lease.acquired() => {}
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return,
         }
         tracing::info!(group, "holding the lease: running");
         let stop = shutdown.child_token();
         let run = work(stop.clone());
         tokio::pin!(run);
         tokio::select! {
-            _ = &mut run => return Ok(()),
+            _ = &mut run => return,
             _ = lease.lost() => {
                 tracing::warn!(group, "the lease went to another process; stopping here");
                 stop.cancel();

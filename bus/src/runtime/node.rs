@@ -806,13 +806,12 @@ impl DataPath {
             let (ctx, health, stop) = (ctx.clone(), self.cascade_health.clone(), shutdown.clone());
             self.tracker.spawn(async move {
                 let group = topics::cascade_lease(&ctx.node, &sub.name);
-                let joined = crate::kafka::lease::run_leased(
+                crate::kafka::lease::run_leased(
                     &ctx.settings.clone(),
                     &group,
                     topics::leases(),
                     &ctx.replica.clone(),
                     stop,
-                    || {},
                     |stop| {
                         crate::subscribe::supervise(
                             sub.clone(),
@@ -824,9 +823,6 @@ impl DataPath {
                     },
                 )
                 .await;
-                if let Err(e) = joined {
-                    tracing::error!(subscription = %sub.name, error = %e, "cannot join the cascading subscription's lease group; it does not run in this process");
-                }
             });
         }
         self.tracker.spawn(crate::distributor::supervise(

@@ -168,45 +168,6 @@ async fn supervise(
     statuses: FeedStatuses,
     stop: CancellationToken,
 ) {
-    if !ctx.leases {
-        return run_restarting(feed, ctx, statuses, stop).await;
-    }
-    // Only the holder of the feed's lease runs it; the others stand by.
-    let name = feed.name().to_owned();
-    let standby = {
-        let (statuses, name) = (statuses.clone(), name.clone());
-        move || {
-            statuses.set(&name, |s| {
-                s.state = FeedState::Standby;
-                s.error = None;
-            })
-        }
-    };
-    let joined = crate::kafka::lease::run_leased(
-        &ctx.settings.clone(),
-        &crate::domain::topics::feed_lease(&ctx.node, &name),
-        crate::domain::topics::leases(),
-        &ctx.replica.clone(),
-        stop,
-        standby,
-        |stop| run_restarting(feed.clone(), ctx.clone(), statuses.clone(), stop),
-    )
-    .await;
-    if let Err(e) = joined {
-        statuses.set(&name, |s| {
-            s.state = FeedState::Failed;
-            s.error = Some(format!("cannot join the feed's lease group: {e}"));
-        });
-    }
-}
-
-/// Runs a feed, restarting it after errors until `stop` (see [`supervise`]).
-async fn run_restarting(
-    feed: FeedConfig,
-    ctx: FeedContext,
-    statuses: FeedStatuses,
-    stop: CancellationToken,
-) {
     let name = feed.name().to_owned();
     // Series at zero from the start, so rates and alerts see the first one.
     ctx.metrics.source_rejected.with_label_values(&[&name]);
@@ -217,6 +178,25 @@ async fn run_restarting(
     }
     let mut restarts =
         crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
+    let mut lease = if ctx.leases {
+        match crate::kafka::lease::Lease::join(
+            &ctx.settings,
+            &crate::domain::topics::feed_lease(&ctx.node, &name),
+            crate::domain::topics::leases(),
+            &ctx.replica,
+        ) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                statuses.set(&name, |s| {
+                    s.state = FeedState::Failed;
+                    s.error = Some(format!("cannot join the feed's lease group: {e}"));
+                });
+                return;
+            }
+        }
+    } else {
+        None
+    };
     loop {
         let source: Box<dyn backflow_connectors::Source> = match &feed {
             FeedConfig::Postgres(c) => Box::new(
@@ -232,23 +212,51 @@ async fn run_restarting(
             )),
         };
         statuses.set_gauges(&name, source.gauges());
+        // Only the holder of the feed's lease runs it.
+        if let Some(lease) = lease.as_mut() {
+            if !lease.held() {
+                statuses.set(&name, |s| {
+                    s.state = FeedState::Standby;
+                    s.error = None;
+                });
+                tracing::info!(feed = %name, "another process runs this feed; standing by");
+                tokio::select! {
+                    _ = lease.acquired() => {}
+                    _ = stop.cancelled() => return,
+                }
+                tracing::info!(feed = %name, "took the feed's lease over");
+            }
+        }
         statuses.set(&name, |s| {
             if s.error.is_none() || s.state == FeedState::Standby {
                 s.state = FeedState::Running;
                 s.error = None;
             }
         });
-        let run = crate::source::feed::run(&name, source, ctx.clone(), stop.clone());
+        let run_stop = stop.child_token();
+        let run = crate::source::feed::run(&name, source, ctx.clone(), run_stop.clone());
         tokio::pin!(run);
         let attempt = restarts.begin();
-        // A feed that stays up for a while is RUNNING again.
-        let outcome = tokio::select! {
-            r = &mut run => r,
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                statuses.set(&name, |s| { s.state = FeedState::Running; s.error = None; });
-                run.await
+        // A feed that stays up for a while is RUNNING again; one whose
+        // lease went to another process stops.
+        let mut lost = false;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                    statuses.set(&name, |s| { s.state = FeedState::Running; s.error = None; });
+                }
+                _ = async { lease.as_mut().expect("guarded").lost().await }, if lease.is_some() && !lost => {
+                    tracing::warn!(feed = %name, "the feed's lease went to another process; stopping it here");
+                    lost = true;
+                    run_stop.cancel();
+                }
             }
         };
+        if lost && !stop.is_cancelled() {
+            attempt.ended_well();
+            continue;
+        }
         let e = match outcome {
             Ok(()) => return,
             Err(e) => e,
