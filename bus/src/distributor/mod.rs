@@ -1673,18 +1673,44 @@ impl Deps {
     ) -> Result<(), DistributorError> {
         let mut sig = signature(shares);
         let child = self.shutdown.child_token();
-        let run_fut = run(
-            shares,
-            &self.ctx,
-            &self.auditor,
-            join_requests,
-            &self.failures,
-            &child,
-        );
-        tokio::pin!(run_fut);
+        // The run is a task of its own, not a future polled by this loop:
+        // a transactional run holds the audit chain from staging to
+        // commit, and the branches below append to the audit trail, which
+        // would wait forever for a run that is not polled while they do.
+        // It takes the join requests along and gives them back as it ends.
+        let (_, closed) = tokio::sync::mpsc::channel(1);
+        let mut joins = std::mem::replace(join_requests, closed);
+        let mut run_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+            let (shares, ctx, auditor, failures, child) = (
+                shares.to_vec(),
+                self.ctx.clone(),
+                self.auditor.clone(),
+                self.failures.clone(),
+                child.clone(),
+            );
+            async move {
+                let ran = run(&shares, &ctx, &auditor, &mut joins, &failures, &child).await;
+                (ran, joins)
+            }
+        }));
         loop {
             tokio::select! {
-                r = &mut run_fut => return r,
+                ended = &mut run_task => {
+                    return match ended {
+                        Ok((ran, joins)) => {
+                            *join_requests = joins;
+                            ran
+                        }
+                        Err(e) => {
+                            // The requests went with the task: backfills
+                            // ask through a new channel.
+                            let (asks, requests) = tokio::sync::mpsc::channel(16);
+                            state.backfills.joins = asks;
+                            *join_requests = requests;
+                            Err(DistributorError::Settle(format!("the distributor's task ended: {e}")))
+                        }
+                    };
+                }
                 Some(done) = state.backfills.tasks.join_next() => {
                     if let Ok((id, records, how)) = done {
                         state.backfills.finished(id, records, how, &self.catalog).await;

@@ -156,8 +156,12 @@ impl Transaction {
         Ok(())
     }
 
-    /// A processed batch joins the open transaction.
+    /// A processed batch joins the open transaction (it is dropped when
+    /// the revocation hook aborted that: its records are read again).
     pub(super) fn hold(&mut self, done: InFlight) -> Result<(), DistributorError> {
+        if self.revoked.aborted.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.open()?;
         for ((topic, partition), (first, _)) in &done.raw {
             self.start
@@ -206,6 +210,12 @@ impl Transaction {
         metrics: &crate::metrics::Metrics,
     ) -> Result<bool, DistributorError> {
         if self.open_since.is_none() {
+            return Ok(false);
+        }
+        // The consumer runs the revocation hook while it is polled; a
+        // receive that was dropped for this commit may have run it. Then
+        // there is nothing to commit: the caller reads again (`aborted`).
+        if self.revoked.aborted.load(Ordering::Acquire) {
             return Ok(false);
         }
         let outcome = self.try_commit(consumer, auditor).await;

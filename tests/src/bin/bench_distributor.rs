@@ -1,8 +1,9 @@
 //! Benchmark of the distributor: raw events per second in, with 1, 10 and
 //! 100 active shares of one dataset (each event matching half of them),
 //! next to a plain consumer reading the same raw topic as the limit; the 1
-//! and 10 share cases run twice, exactly once (Kafka transactions, the
-//! default) and at least once (`kafka.transactions = false`), so the
+//! and 10 share cases run twice, exactly once (the distributor's Kafka
+//! transactions, `kafka.distributor_transactions = true`) and at least once
+//! (`kafka.distributor_transactions = false`, the default), so the
 //! transactions' cost is measured in the same run. Prints figures;
 //! asserts nothing.
 //!
@@ -345,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
         fill(&broker, &names, n).await?;
         let limit = raw_rate(&broker, &names, n).await?;
         let mut config = format!(
-            "[node]\ncode = \"{NODE_CODE}\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\ntransactions = {transactions}\n",
+            "[node]\ncode = \"{NODE_CODE}\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\ntransactions = {transactions}\ndistributor_transactions = {transactions}\n",
             broker.bootstrap(),
             names.prefix
         );
