@@ -46,14 +46,16 @@ async fn a_node_killed_at_random_moments_writes_each_change_to_the_raw_and_share
     let (node, mut skipped_logs) = kill_at_random(node, &config, &listen, stop).await;
     let rounds = writer.await.unwrap();
     let topic = format!("backflow.raw.{dataset}");
-    let records = read_until_insert(&broker, &topic, &node, &admin, 1000 + rounds - 1).await;
+    let records =
+        read_until_insert(broker.bootstrap(), &topic, &node, &admin, 1000 + rounds - 1).await;
     skipped_logs += node.stderr().matches(SKIPPED).count();
     let changes = each_once(&records, rounds);
     let share = format!("backflow.share.330106.{dataset}");
-    let shared = read_until_insert(&broker, &share, &node, &admin, 1000 + rounds - 1).await;
+    let shared =
+        read_until_insert(broker.bootstrap(), &share, &node, &admin, 1000 + rounds - 1).await;
     let share_changes = each_once(&shared, rounds);
     let (delivered, share_records) =
-        audited_deliveries(&broker, &node, &admin, &auditor, &share).await;
+        audited_deliveries(broker.bootstrap(), &node, &admin, &auditor, &share).await;
     println!(
         "{rounds} department transactions, {changes} raw and {share_changes} share change records, {KILLS} kills; replays skipped after {skipped_logs} restarts; the audit trail counts {delivered} share records delivered, the topic holds {share_records}"
     );
@@ -117,7 +119,14 @@ async fn a_stopped_process_that_wakes_after_another_took_its_feed_over_writes_no
     let rounds = writer.await.unwrap();
 
     let topic = format!("backflow.raw.{dataset}");
-    let records = read_until_insert(&broker, &topic, &second, &admin, 1000 + rounds - 1).await;
+    let records = read_until_insert(
+        broker.bootstrap(),
+        &topic,
+        &second,
+        &admin,
+        1000 + rounds - 1,
+    )
+    .await;
     let changes = each_once(&records, rounds);
     let woke = first.stderr();
     let fenced = woke.contains("took it over");
@@ -211,10 +220,24 @@ async fn a_feed_moves_to_the_surviving_replica_within_30_s_losing_and_doubling_n
     stop.cancel();
     let rounds = writer.await.unwrap();
     let raw = format!("backflow.raw.{dataset}");
-    let records = read_until_insert(&broker, &raw, &standby, &admin, 1000 + rounds - 1).await;
+    let records = read_until_insert(
+        broker.bootstrap(),
+        &raw,
+        &standby,
+        &admin,
+        1000 + rounds - 1,
+    )
+    .await;
     let changes = each_once(&records, rounds);
     let share = format!("backflow.share.330106.{dataset}");
-    let shared = read_until_insert(&broker, &share, &standby, &admin, 1000 + rounds - 1).await;
+    let shared = read_until_insert(
+        broker.bootstrap(),
+        &share,
+        &standby,
+        &admin,
+        1000 + rounds - 1,
+    )
+    .await;
     let share_changes = each_once(&shared, rounds);
     println!(
         "the surviving replica ran the feed {took:?} after the SIGKILL of its owner; {rounds} department transactions, {changes} raw and {share_changes} share change records, none missing or twice"
@@ -227,7 +250,7 @@ async fn a_feed_moves_to_the_surviving_replica_within_30_s_losing_and_doubling_n
 const KILLS: usize = 8;
 
 /// A node on `config`, ready, on an address of its own.
-async fn ready_node(config: &str) -> (Node, String) {
+pub(crate) async fn ready_node(config: &str) -> (Node, String) {
     let listen = free_local_addr();
     let node =
         Node::start_with_config(config, &[("BACKFLOW_HTTP__LISTEN", listen.as_str())]).unwrap();
@@ -323,7 +346,8 @@ async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_t
     let (node, _) = kill_at_random(node, &config, &listen, stop).await;
     let rounds = writer.await.unwrap();
     let topic = format!("backflow.raw.{dataset}");
-    let records = read_until_insert(&broker, &topic, &node, &admin, 1000 + rounds - 1).await;
+    let records =
+        read_until_insert(broker.bootstrap(), &topic, &node, &admin, 1000 + rounds - 1).await;
     let changes = each_once(&records, rounds);
     println!("{rounds} department transactions, {changes} change records, {KILLS} kills");
     drop(node);
@@ -335,8 +359,8 @@ async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_t
 /// The share records the audit trail says were delivered to `share`, and
 /// the records the topic holds (tombstones counted as the distributor
 /// counts them: not).
-async fn audited_deliveries(
-    broker: &TestBroker,
+pub(crate) async fn audited_deliveries(
+    bootstrap: &str,
     node: &Node,
     admin: &TestToken,
     auditor: &TestToken,
@@ -363,20 +387,19 @@ async fn audited_deliveries(
             .map(|e| e["details"]["records"].as_u64().unwrap_or(0))
             .sum::<u64>();
     }
-    let records =
-        backflow_e2e::share_topic::read(broker.bootstrap(), share, &node.url, admin.token())
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.value.is_some())
-            .count() as u64;
+    let records = backflow_e2e::share_topic::read(bootstrap, share, &node.url, admin.token())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.value.is_some())
+        .count() as u64;
     (delivered, records)
 }
 
 /// The raw topic, read `read_committed` from its beginning, once it holds
 /// the insert of `last`.
-async fn read_until_insert(
-    broker: &TestBroker,
+pub(crate) async fn read_until_insert(
+    bootstrap: &str,
     topic: &str,
     node: &Node,
     admin: &TestToken,
@@ -384,10 +407,9 @@ async fn read_until_insert(
 ) -> Vec<backflow_e2e::share_topic::Decoded> {
     let until = Instant::now() + Duration::from_secs(120);
     loop {
-        let records =
-            backflow_e2e::share_topic::read(broker.bootstrap(), topic, &node.url, admin.token())
-                .await
-                .unwrap_or_default();
+        let records = backflow_e2e::share_topic::read(bootstrap, topic, &node.url, admin.token())
+            .await
+            .unwrap_or_default();
         let has_last = |records: &[backflow_e2e::share_topic::Decoded]| {
             records
                 .iter()
@@ -399,14 +421,9 @@ async fn read_until_insert(
             // between may show in one and not yet in another. Everything
             // is committed by now. (A read that came back without the last
             // insert, seen once in about 30 runs, is read again.)
-            let again = backflow_e2e::share_topic::read(
-                broker.bootstrap(),
-                topic,
-                &node.url,
-                admin.token(),
-            )
-            .await
-            .unwrap();
+            let again = backflow_e2e::share_topic::read(bootstrap, topic, &node.url, admin.token())
+                .await
+                .unwrap();
             if has_last(&again) {
                 return again;
             }

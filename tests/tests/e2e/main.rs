@@ -11,6 +11,7 @@ mod authorization;
 mod cascade;
 mod cascade_bounds;
 mod catalog_trust;
+mod chaos;
 mod cluster_faults;
 mod control_plane;
 mod dashboard;
