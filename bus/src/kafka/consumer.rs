@@ -759,6 +759,15 @@ impl Consumer {
         self.inner.group_metadata()
     }
 
+    /// The fatal error that ended this consumer, if one did: its code and
+    /// librdkafka's reason (e.g. a static member fenced by another process
+    /// joining under the same `group.instance.id`). A consumer with a
+    /// fatal error receives nothing more.
+    pub fn fatal(&self) -> Option<(rdkafka::types::RDKafkaErrorCode, String)> {
+        use rdkafka::consumer::Consumer as _;
+        self.inner.client().fatal_error()
+    }
+
     /// Whether `partition` of `topic` is assigned to this member now.
     pub fn holds(&self, topic: &str, partition: i32) -> bool {
         self.inner

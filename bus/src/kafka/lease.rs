@@ -31,8 +31,19 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// This process's membership in one lease group. Dropping it leaves.
 pub struct Lease {
-    held: watch::Receiver<bool>,
+    held: watch::Receiver<Holding>,
     _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+/// Whether this process holds the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holding {
+    Yes,
+    No,
+    /// Never again: the membership ended with a fatal error (another
+    /// process joined under the same `kafka.replica`, which fences this
+    /// one); the reason says what to fix.
+    Ended(String),
 }
 
 impl Lease {
@@ -45,8 +56,8 @@ impl Lease {
         instance: &str,
     ) -> Result<Self, KafkaError> {
         let consumer = Consumer::lease_member(settings, group, topic, instance)?;
-        let (tx, held) = watch::channel(false);
-        let (topic, group) = (topic.to_owned(), group.to_owned());
+        let (tx, held) = watch::channel(Holding::No);
+        let (topic, group, instance) = (topic.to_owned(), group.to_owned(), instance.to_owned());
         let task = tokio::spawn(async move {
             loop {
                 // Polling serves the group protocol (assignments,
@@ -54,13 +65,26 @@ impl Lease {
                 tokio::select! {
                     r = consumer.recv() => {
                         if let Err(e) = r {
+                            if let Some((code, reason)) = consumer.fatal() {
+                                let why = ended(&instance, code, &reason);
+                                tracing::error!(group = %group, "{why}");
+                                tx.send_replace(Holding::Ended(why));
+                                // Whoever waits learns it; the consumer
+                                // receives nothing more.
+                                tx.closed().await;
+                                break;
+                            }
                             tracing::warn!(group = %group, error = %e, "lease group member error");
                             tokio::time::sleep(CHECK_EVERY).await;
                         }
                     }
                     _ = tokio::time::sleep(CHECK_EVERY) => {}
                 }
-                let holds = consumer.holds(&topic, 0);
+                let holds = if consumer.holds(&topic, 0) {
+                    Holding::Yes
+                } else {
+                    Holding::No
+                };
                 tx.send_if_modified(|was| {
                     let changed = *was != holds;
                     *was = holds;
@@ -80,17 +104,39 @@ impl Lease {
 
     /// Whether this process holds the lease now.
     pub fn held(&self) -> bool {
-        *self.held.borrow()
+        *self.held.borrow() == Holding::Yes
     }
 
-    /// Waits until this process holds the lease.
-    pub async fn acquired(&mut self) {
-        let _ = self.held.wait_for(|held| *held).await;
+    /// Waits until this process holds the lease: `Ok`, or `Err` with the
+    /// reason when its membership ended for good (nothing is held then,
+    /// and waiting longer is pointless).
+    pub async fn acquired(&mut self) -> Result<(), String> {
+        match self
+            .held
+            .wait_for(|h| *h != Holding::No)
+            .await
+            .map(|h| h.clone())
+        {
+            Ok(Holding::Yes) => Ok(()),
+            Ok(Holding::Ended(why)) => Err(why),
+            Ok(Holding::No) | Err(_) => Err("the lease's membership stopped".to_owned()),
+        }
     }
 
     /// Waits until this process no longer holds the lease.
     pub async fn lost(&mut self) {
-        let _ = self.held.wait_for(|held| !*held).await;
+        let _ = self.held.wait_for(|h| *h != Holding::Yes).await;
+    }
+}
+
+/// What a lease member's fatal error means, for the operator.
+fn ended(instance: &str, code: rdkafka::types::RDKafkaErrorCode, reason: &str) -> String {
+    if code == rdkafka::types::RDKafkaErrorCode::FencedInstanceId {
+        format!(
+            "another process joined this lease group under the same kafka.replica \"{instance}\" and fenced this one, which runs nothing the lease guards until it is restarted: give each process serving the node its own kafka.replica (e.g. the pod name)"
+        )
+    } else {
+        format!("the lease group membership ended with a fatal Kafka error ({code}: {reason}); this process runs nothing the lease guards until it is restarted")
     }
 }
 
@@ -122,7 +168,13 @@ pub async fn run_leased<F, Fut>(
             tracing::info!(group, "another process holds the lease; standing by");
         }
         tokio::select! {
-            _ = lease.acquired() => {}
+            acquired = lease.acquired() => {
+                if let Err(why) = acquired {
+                    tracing::error!(group, "{why}");
+                    shutdown.cancelled().await;
+                    return;
+                }
+            }
             _ = shutdown.cancelled() => return,
         }
         tracing::info!(group, "holding the lease: running");

@@ -221,7 +221,16 @@ async fn supervise(
                 });
                 tracing::info!(feed = %name, "another process runs this feed; standing by");
                 tokio::select! {
-                    _ = lease.acquired() => {}
+                    acquired = lease.acquired() => {
+                        if let Err(why) = acquired {
+                            statuses.set(&name, |s| {
+                                s.state = FeedState::Failed;
+                                s.error = Some(why);
+                            });
+                            stop.cancelled().await;
+                            return;
+                        }
+                    }
                     _ = stop.cancelled() => return,
                 }
                 tracing::info!(feed = %name, "took the feed's lease over");

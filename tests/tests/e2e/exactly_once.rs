@@ -247,6 +247,66 @@ async fn a_feed_moves_to_the_surviving_replica_within_30_s_losing_and_doubling_n
     backflow_e2e::drop_pg_database(&name).await.unwrap();
 }
 
+/// Two processes of one node given the same `kafka.replica` (a copied
+/// deployment): the second joins the feed's lease group under the name the
+/// first holds it with, which fences the first. The first must not go on
+/// running the feed beside the second (their feed transactions would fence
+/// each other in turn) nor stand by in silence: its feed shows FAILED with
+/// the setting to fix, and the second runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_the_same_replica_name_is_reported_not_run_twice() {
+    let broker = TestBroker::start();
+    let admin = TestToken::new("admin");
+    let (name, _department, _dataset, config) = department(&broker, &admin).await;
+    let config = config.replacen(
+        "[kafka]\n",
+        "[kafka]\nreplica = \"same\"\nsession_timeout_ms = 6000\n",
+        1,
+    );
+    let feed = name.replace('_', "-");
+    let (first, _) = ready_node(&config).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while feed_state(&first, &admin, &feed).await != "RUNNING" {
+        assert!(
+            Instant::now() < until,
+            "the first process never ran the feed\n{}",
+            first.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (second, _) = ready_node(&config).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = first
+            .api("GET", "/api/feeds", Some(admin.token()), None)
+            .await;
+        let status = list
+            .as_array()
+            .and_then(|l| l.iter().find(|f| f["name"] == feed))
+            .map(|f| f["status"].clone())
+            .unwrap_or_default();
+        let second_state = feed_state(&second, &admin, &feed).await;
+        if status["state"] == "FAILED" && second_state == "RUNNING" {
+            let error = status["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains("kafka.replica") && error.contains("\"same\""),
+                "the fenced process does not name the setting: {error}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not FAILED (fenced) and RUNNING after 30 s: {status} / {second_state}\n{}\n-----\n{}",
+            first.stderr(),
+            second.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(first);
+    drop(second);
+    backflow_e2e::drop_pg_database(&name).await.unwrap();
+}
+
 const KILLS: usize = 8;
 
 /// A node on `config`, ready, on an address of its own.
