@@ -132,6 +132,12 @@ impl Transaction {
         self.open_since.map(|t| t + self.interval)
     }
 
+    /// Whether the open transaction began `spans` intervals before `now`.
+    pub(super) fn span_past(&self, spans: u32, now: Instant) -> bool {
+        self.open_since
+            .is_some_and(|t| t + self.interval * spans <= now)
+    }
+
     /// Opens a transaction unless one is open, and notes where `batch`
     /// starts on each partition the transaction had not read yet.
     pub(super) fn take(

@@ -218,10 +218,12 @@ pub struct KafkaConfig {
     /// later.
     pub transaction_interval_ms: u64,
     /// Whether the distributor writes in Kafka transactions too (default
-    /// off, see the README's delivery guarantees): the share records of
+    /// on, see the README's delivery guarantees): the share records of
     /// the raw records read since the last commit, their audit records and
     /// the raw offsets commit together, so a share topic holds each change
-    /// once for `read_committed` readers. Needs `transactions`.
+    /// once for `read_committed` readers. Needs `transactions`. Off: share
+    /// records are committed after their acknowledgement, and a killed
+    /// distributor writes its last batches again.
     pub distributor_transactions: bool,
     /// This process's name among the processes serving the node, in the
     /// distributor's transactional id: distinct per process and stable
@@ -305,7 +307,7 @@ impl Default for KafkaConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             transactions: true,
             transaction_interval_ms: 25,
-            distributor_transactions: false,
+            distributor_transactions: true,
             replica: None,
             properties: BTreeMap::new(),
             properties_env: BTreeMap::new(),

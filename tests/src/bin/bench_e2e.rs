@@ -45,6 +45,8 @@
 //! `linger.ms` through `[kafka.properties]` (unset: backflow's 5).
 //! `BENCH_PARTITIONS` sets the node's `kafka.partitions`, the partitions
 //! of the raw and share topics it creates (unset: backflow's default).
+//! `BENCH_DISTRIBUTOR_TRANSACTIONS=true|false` sets the node's
+//! `kafka.distributor_transactions` (unset: backflow's default).
 //! `BENCH_STAGED=1` measures the two stages apart in the throughput phase:
 //! the node alone until Kafka acknowledged every share record, then the
 //! subscribers alone, started on full share topics (a district catching
@@ -334,6 +336,13 @@ async fn main() -> anyhow::Result<()> {
         node_properties.push_str(&format!(
             "properties = {{ \"linger.ms\" = \"{linger}\" }}\n"
         ));
+    }
+    if let Ok(on) = std::env::var("BENCH_DISTRIBUTOR_TRANSACTIONS") {
+        let on: bool = on
+            .trim()
+            .parse()
+            .context("BENCH_DISTRIBUTOR_TRANSACTIONS (true or false)")?;
+        node_properties.push_str(&format!("distributor_transactions = {on}\n"));
     }
     if let Ok(partitions) = std::env::var("BENCH_PARTITIONS") {
         let n: i32 = partitions.trim().parse().context("BENCH_PARTITIONS")?;
