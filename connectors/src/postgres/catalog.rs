@@ -170,17 +170,68 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
     Ok(desc)
 }
 
-/// Makes sure the table logs full before-images (`REPLICA IDENTITY FULL`).
+/// Makes sure the table logs full before-images (`REPLICA IDENTITY FULL`),
+/// and, for a partitioned table, each of its partitions: PostgreSQL logs a
+/// change's before-image by the replica identity of the partition that
+/// holds the row, not of the root. Called again whenever the stream
+/// describes the table, so a partition created later is covered from the
+/// first change the feed sees in it.
 pub async fn ensure_replica_identity(
     client: &Client,
     table: &TableDesc,
     mode: ReplicaIdentityMode,
 ) -> Result<(), ConnectorError> {
-    let qualified = format!("{}.{}", ident(&table.schema), ident(&table.name));
+    ensure_full(client, &table.schema, &table.name, mode).await?;
+    for (schema, name) in partitions(client, &table.schema, &table.name).await? {
+        ensure_full(client, &schema, &name, mode).await?;
+    }
+    Ok(())
+}
+
+/// The partitions of a partitioned table at every level, its
+/// sub-partitioned ones included (none for a plain table).
+async fn partitions(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<Vec<(String, String)>, ConnectorError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text \
+             FROM pg_partition_tree(format('%I.%I', $1::text, $2::text)::regclass) t \
+             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE t.level > 0 ORDER BY t.level, c.relname",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| sql_err(&format!("reading the partitions of {schema}.{name}"), e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Whether the table is partitioned (PostgreSQL declarative partitioning).
+async fn is_partitioned(client: &Client, schema: &str, name: &str) -> Result<bool, ConnectorError> {
+    let row = client
+        .query_one(
+            "SELECT relkind = 'p' FROM pg_class WHERE oid = format('%I.%I', $1::text, $2::text)::regclass",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| sql_err(&format!("reading the kind of {schema}.{name}"), e))?;
+    Ok(row.get(0))
+}
+
+async fn ensure_full(
+    client: &Client,
+    schema: &str,
+    name: &str,
+    mode: ReplicaIdentityMode,
+) -> Result<(), ConnectorError> {
+    let qualified = format!("{}.{}", ident(schema), ident(name));
+    let shown = format!("{schema}.{name}");
     let row = client
         .query_one(
             "SELECT relreplident::text FROM pg_class WHERE oid = format('%I.%I', $1::text, $2::text)::regclass",
-            &[&table.schema, &table.name],
+            &[&schema, &name],
         )
         .await
         .map_err(|e| sql_err("reading the replica identity", e))?;
@@ -190,10 +241,9 @@ pub async fn ensure_replica_identity(
     }
     match mode {
         ReplicaIdentityMode::Require => Err(ConnectorError::definite(format!(
-            "table {} does not log full before-images (REPLICA IDENTITY is '{current}'); \
+            "table {shown} does not log full before-images (REPLICA IDENTITY is '{current}'); \
              the distributor needs them to compute retractions: run \
-             ALTER TABLE {qualified} REPLICA IDENTITY FULL (or set replica_identity = \"set\")",
-            table.qualified_name()
+             ALTER TABLE {qualified} REPLICA IDENTITY FULL (or set replica_identity = \"set\")"
         ))),
         ReplicaIdentityMode::Set => {
             client
@@ -202,13 +252,12 @@ pub async fn ensure_replica_identity(
                 .map_err(|e| {
                     sql_err(
                         &format!(
-                            "setting REPLICA IDENTITY FULL on {} (the feed's user must own the table, or an owner runs it)",
-                            table.qualified_name()
+                            "setting REPLICA IDENTITY FULL on {shown} (the feed's user must own the table, or an owner runs it)"
                         ),
                         e,
                     )
                 })?;
-            tracing::info!(table = %table.qualified_name(), "set REPLICA IDENTITY FULL");
+            tracing::info!(table = %shown, "set REPLICA IDENTITY FULL");
             Ok(())
         }
     }
@@ -234,17 +283,53 @@ pub async fn ensure_publication(
         .is_some();
     let hint =
         "the feed's user needs CREATE on the database (or create the publication as its owner)";
+    // A partitioned table is published as its root: its partitions'
+    // changes (those of partitions created later too) arrive as the
+    // root's, the table the feed names.
+    let mut partitioned = false;
+    for t in tables {
+        partitioned |= is_partitioned(client, &t.schema, &t.name).await?;
+    }
     if !exists {
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {}{}",
                 ident(publication),
-                list.join(", ")
+                list.join(", "),
+                if partitioned {
+                    " WITH (publish_via_partition_root = true)"
+                } else {
+                    ""
+                }
             ))
             .await
             .map_err(|e| sql_err(&format!("creating publication {publication} ({hint})"), e))?;
         tracing::info!(publication, "created publication");
         return Ok(());
+    }
+    if partitioned {
+        let via_root: bool = client
+            .query_one(
+                "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(|e| sql_err("reading the publication", e))?
+            .get(0);
+        if !via_root {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                    ident(publication)
+                ))
+                .await
+                .map_err(|e| {
+                    sql_err(
+                        &format!("publishing partitioned tables of {publication} through their roots ({hint})"),
+                        e,
+                    )
+                })?;
+        }
     }
     for (t, q) in tables.iter().zip(&list) {
         let member = client

@@ -55,6 +55,21 @@
 //! holds ([`Source::topic_state`]); keys the table no longer has (deleted
 //! while no slot existed) become deletes at the snapshot's position.
 //!
+//! # Partitioned tables
+//! A partitioned table (declarative partitioning) is captured through its
+//! root: the publication is created (or altered) with
+//! `publish_via_partition_root = true`, so the changes of every partition,
+//! including those created later, arrive as the root's and feed the
+//! root's dataset; the snapshot reads the root, hence every partition. A
+//! row moving between partitions arrives as a delete and an insert.
+//! PostgreSQL logs before-images by each partition's own replica identity:
+//! the feed sets (or, with `replica_identity = "require"`, requires) `FULL`
+//! on every partition at start and each time the stream describes the
+//! root again, which it does before the first change of a new partition.
+//! Updates in a new partition made before that first change reached the
+//! feed carry no before-image; create partitions with `REPLICA IDENTITY
+//! FULL` where rows move between districts at once.
+//!
 //! `TRUNCATE` of a captured table cannot be expressed in a compacted topic
 //! (there is no "every key is gone"): it is not shared, and a record in the
 //! feed's dead-letter topic names the table and the way out.
@@ -556,6 +571,12 @@ impl PostgresSource {
             } => {
                 let key = (schema.clone(), name.clone());
                 if let Some(c) = self.tables.get(&key) {
+                    // A partition created since the last description sends
+                    // its first change through the root after this: its
+                    // before-images must be logged from now on.
+                    let sql = self.sql.as_ref().expect("connected in start");
+                    catalog::ensure_replica_identity(sql, &c.desc, self.config.replica_identity)
+                        .await?;
                     let known: Vec<&str> = c.desc.columns.iter().map(|c| c.name.as_str()).collect();
                     if known != columns.iter().map(String::as_str).collect::<Vec<_>>() {
                         // The table changed shape (ALTER TABLE): describe it again;
