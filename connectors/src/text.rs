@@ -56,6 +56,11 @@ pub fn parse(sql_type: &SqlType, text: &str) -> Result<Datum, TextValueError> {
         SqlType::Bytes => {
             Datum::Bytes(parse_bytea(text).ok_or_else(|| err("not hex bytea (\\x...)"))?)
         }
+        SqlType::Date | SqlType::Timestamp | SqlType::TimestampTz
+            if unshareable(text).is_some() =>
+        {
+            return Err(err(unshareable(text).expect("guarded")));
+        }
         SqlType::Date => {
             Datum::Date(parse_date(text).ok_or_else(|| err("not a date YYYY-MM-DD (AD, finite)"))?)
         }
@@ -86,6 +91,20 @@ pub fn parse(sql_type: &SqlType, text: &str) -> Result<Datum, TextValueError> {
 }
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Why a date or timestamp PostgreSQL prints as `text` has no value in
+/// the shared schema, if so: the infinities, and dates before year 1
+/// (printed with ` BC`).
+fn unshareable(text: &str) -> Option<&'static str> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("infinity") || t.eq_ignore_ascii_case("-infinity") {
+        Some("'infinity' and '-infinity' have no value in the shared schema; share the column through a view that maps them (e.g. to NULL or to a far date)")
+    } else if t.ends_with(" BC") {
+        Some("dates before year 1 (BC) cannot be shared; share the column through a view that maps them (e.g. to NULL)")
+    } else {
+        None
+    }
+}
 
 fn parse_float(text: &str) -> Option<f64> {
     match text {
@@ -181,6 +200,22 @@ mod tests {
         assert_eq!(parse_date("1969-12-31"), Some(-1));
         assert_eq!(parse_date("0001-01-01"), Some(-719_162));
         assert_eq!(parse_date("infinity"), None);
+        for (sql_type, text) in [
+            (SqlType::Timestamp, "infinity"),
+            (SqlType::TimestampTz, "-infinity"),
+            (SqlType::Date, "infinity"),
+        ] {
+            let e = parse(&sql_type, text).unwrap_err();
+            assert!(e.reason.contains("'infinity'"), "{e}");
+        }
+        for (sql_type, text) in [
+            (SqlType::Timestamp, "0044-03-15 12:00:00 BC"),
+            (SqlType::TimestampTz, "0001-01-01 00:00:00+00 BC"),
+            (SqlType::Date, "4713-01-01 BC"),
+        ] {
+            let e = parse(&sql_type, text).unwrap_err();
+            assert!(e.reason.contains("before year 1"), "{e}");
+        }
         assert_eq!(parse_time("23:59:59.999999"), Some(86_399_999_999));
         assert_eq!(parse_time("00:00:01.5"), Some(1_500_000));
         let tz = parse(&SqlType::TimestampTz, "2026-11-22 08:00:00.25+08").unwrap();

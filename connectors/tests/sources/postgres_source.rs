@@ -262,6 +262,121 @@ async fn postgres_source_reads_every_type_exactly() {
     source.shutdown().await.unwrap();
 }
 
+/// Values other tools choke on (NaN and infinite numbers, infinite
+/// timestamps and dates, years past 9999 and before year 1), read by the
+/// snapshot and streamed: every row is either shared or dead-lettered with
+/// the column and the reason, each once, and the feed goes on.
+#[tokio::test]
+async fn postgres_source_extreme_values_are_shared_or_dead_lettered_with_the_reason() {
+    let db = format!("bf_extreme_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = pg_admin(&db).await;
+    let rows = "(1, 'NaN', 'NaN', 'Infinity', NULL, NULL, NULL),
+         (2, 'Infinity', '-Infinity', '-Infinity', NULL, NULL, NULL),
+         (3, '-Infinity', 1, 1, NULL, NULL, NULL),
+         (4, 1, 1, 1, 'infinity', '-infinity', 'infinity'),
+         (5, 1, 1, 1, '10000-01-01 00:00:00', '12345-06-07 08:09:10+00', '99999-12-31'),
+         (6, 1, 1, 1, '0044-03-15 12:00:00 BC', '0001-01-01 00:00:00+00 BC', '4713-01-01 BC'),
+         (7, 2.5, 2.5, 2.5, '2026-12-07 10:00:00', '2026-12-07 10:00:00+08', '2026-12-07')";
+    c.batch_execute(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, n numeric, d double precision, r real,
+            ts timestamp, tz timestamptz, dt date);
+         INSERT INTO items VALUES {rows};"
+    ))
+    .await
+    .unwrap();
+    let mut source = PostgresSource::new(config(&db), "330000");
+    source.start(None).await.unwrap();
+    let mut outcome: std::collections::BTreeMap<i64, String> = Default::default();
+    let note = |outcome: &mut std::collections::BTreeMap<i64, String>,
+                batch: &backflow_connectors::SourceBatch| {
+        for r in &batch.records {
+            let id = id_of(&r.event.key);
+            let previous = outcome.insert(
+                id,
+                format!("shared {:?}", r.event.after.as_ref().map(|a| &a.0)),
+            );
+            assert!(previous.is_none(), "row {id} twice: {previous:?}");
+        }
+        for r in &batch.rejected {
+            let reason = format!("dead letter: {}", r.reason);
+            let id = (1..=7)
+                .find(|id| !outcome.contains_key(id) && reason.contains(&format!("id={id}")))
+                .unwrap_or(-(outcome.len() as i64));
+            outcome.insert(id, reason);
+        }
+    };
+    loop {
+        let batch = source.next_batch(100).await.unwrap();
+        note(&mut outcome, &batch);
+        if batch
+            .checkpoint
+            .as_ref()
+            .is_some_and(|cp| !cp.0.starts_with("snapshot:"))
+        {
+            source
+                .acknowledge(batch.checkpoint.as_ref().unwrap())
+                .await
+                .unwrap();
+            break;
+        }
+    }
+    assert_eq!(
+        outcome.len(),
+        7,
+        "every row shared or dead-lettered: {outcome:#?}"
+    );
+    let snapshot = std::mem::take(&mut outcome);
+    c.batch_execute(&format!(
+        "DELETE FROM items; INSERT INTO items VALUES {rows};"
+    ))
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while outcome.len() < 7 {
+            let batch = source.next_batch(100).await.unwrap();
+            let inserts = backflow_connectors::SourceBatch {
+                records: batch
+                    .records
+                    .into_iter()
+                    .filter(|r| r.event.op == Op::Create)
+                    .collect(),
+                ..batch
+            };
+            note(&mut outcome, &inserts);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("streamed rows missing: {outcome:#?}"));
+    source.shutdown().await.unwrap();
+    for (phase, outcome) in [("snapshot", &snapshot), ("stream", &outcome)] {
+        let shared: BTreeSet<i64> = outcome
+            .iter()
+            .filter(|(_, o)| o.starts_with("shared"))
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(
+            shared,
+            BTreeSet::from([1, 2, 3, 5, 7]),
+            "{phase}: NaN and infinite numbers and years past 9999 are shared: {outcome:#?}"
+        );
+        let letters: Vec<&String> = outcome.values().filter(|o| o.starts_with("dead")).collect();
+        assert!(
+            letters.iter().any(|l| l.contains("column ts") && l.contains("'infinity'"))
+                && letters.iter().any(|l| l.contains("column ts") && l.contains("before year 1")),
+            "{phase}: infinite and BC timestamps are dead-lettered naming the column and why: {letters:#?}"
+        );
+    }
+    assert_eq!(
+        snapshot[&1],
+        "shared Some([Long(1), Text(\"NaN\"), Double(NaN), Float(inf), Null, Null, Null])"
+    );
+    assert_eq!(
+        snapshot[&5],
+        "shared Some([Long(5), Text(\"1\"), Double(1.0), Float(1.0), Timestamp(253402300800000000), TimestampTz(327416976550000000), Date(35804721)])"
+    );
+}
+
 /// Reads snapshot batches until the snapshot's final checkpoint (an LSN);
 /// returns the ids read and that checkpoint.
 /// A table partitioned by region (PostgreSQL declarative partitioning) is
