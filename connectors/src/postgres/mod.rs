@@ -1034,8 +1034,15 @@ impl Source for PostgresSource {
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     // Outside a transaction everything before wal_end was
                     // sent: confirming it lets the slot advance while the
-                    // captured tables are idle.
-                    if self.tx.is_none() && !wal_end.is_zero() {
+                    // captured tables are idle. Not before the resumed
+                    // position: a session's first keepalive reports where
+                    // the slot stands, before the transactions Kafka
+                    // already holds are replayed, and a feed resumed from
+                    // there would write them again.
+                    if self.tx.is_none()
+                        && !wal_end.is_zero()
+                        && self.resumed_at.is_none_or(|at| wal_end >= at)
+                    {
                         batch.checkpoint = Some(lsn_position(wal_end));
                         return Ok(batch);
                     }
