@@ -23,7 +23,7 @@ use backflow_e2e::cluster::TestCluster;
 use backflow_e2e::sinks::{Backend, Kind, SinkDb};
 use backflow_e2e::{audit_verify, free_local_addr, pg_connect, unique_name, Node, TestToken};
 
-use crate::exactly_once::{audited_deliveries, read_until_insert};
+use crate::exactly_once::{audited_deliveries, change_counts, read_until_insert};
 
 const READ: [(&str, Kind); 2] = [("name", Kind::Text), ("region_code", Kind::Text)];
 const KILLS: usize = 20;
@@ -109,20 +109,7 @@ fn no_change_twice(
     records: &[backflow_e2e::share_topic::Decoded],
     inserts: std::ops::Range<i64>,
 ) -> usize {
-    let mut changes: BTreeMap<(String, i64, String), usize> = BTreeMap::new();
-    for r in records {
-        let Some(v) = &r.value else { continue };
-        let op = v["op"].as_str().unwrap_or_default().to_owned();
-        if op == "r" {
-            continue;
-        }
-        let id = r.key["id"].as_i64().expect("integer key");
-        let position = v["source"]["position"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        *changes.entry((position, id, op)).or_default() += 1;
-    }
+    let changes = change_counts(records);
     let doubled: Vec<_> = changes.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         doubled.is_empty(),
@@ -139,17 +126,7 @@ fn no_change_twice(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_killed_20_times_and_a_broker_once_lose_and_double_nothing() {
-    let source = SinkDb::create(Backend::Postgres).await.unwrap();
-    pg_connect(&source.name)
-        .await
-        .unwrap()
-        .batch_execute(
-            "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
-             INSERT INTO people SELECT g, '居民' || g, CASE WHEN g % 4 = 0 THEN '330108' ELSE '330106' END
-             FROM generate_series(1, 100) g;",
-        )
-        .await
-        .unwrap();
+    let source = crate::cluster_faults::department().await;
     let mut cluster = TestCluster::start();
     let dataset = format!("t{}.people", &source.name[8..]);
     let admin = TestToken::new("admin");

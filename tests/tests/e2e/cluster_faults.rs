@@ -27,9 +27,9 @@ struct Setup {
     _reader: TestToken,
 }
 
-/// The cluster, the node with its feed and share (three replicas), and
-/// the district subscriber, caught up with the department's 100 rows.
-async fn setup() -> Setup {
+/// The department's PostgreSQL database: table `people`, 100 residents
+/// of districts 330106 and (every fourth) 330108.
+pub(crate) async fn department() -> SinkDb {
     let source = SinkDb::create(Backend::Postgres).await.unwrap();
     pg_connect(&source.name)
         .await
@@ -41,6 +41,13 @@ async fn setup() -> Setup {
         )
         .await
         .unwrap();
+    source
+}
+
+/// The cluster, the node with its feed and share (three replicas), and
+/// the district subscriber, caught up with the department's 100 rows.
+async fn setup() -> Setup {
+    let source = department().await;
     let cluster = TestCluster::start();
     let dataset = format!("t{}.people", &source.name[8..]);
     let reader = TestToken::new("subscriber:330106");

@@ -501,12 +501,12 @@ pub(crate) async fn read_until_insert(
     }
 }
 
-/// Checks that the raw topic holds each of `rounds` department
-/// transactions' changes once: every insert, and no (source position, row,
-/// operation) twice. Returns the number of change records.
-fn each_once(records: &[backflow_e2e::share_topic::Decoded], rounds: i64) -> usize {
+/// How often each change (source position, row id, operation) is among
+/// `records`; snapshot reads and tombstones left out.
+pub(crate) fn change_counts(
+    records: &[backflow_e2e::share_topic::Decoded],
+) -> BTreeMap<(String, i64, String), usize> {
     let mut changes: BTreeMap<(String, i64, String), usize> = BTreeMap::new();
-    let mut inserts: BTreeMap<i64, usize> = BTreeMap::new();
     for r in records {
         let Some(v) = &r.value else { continue };
         let op = v["op"].as_str().unwrap_or_default().to_owned();
@@ -518,15 +518,25 @@ fn each_once(records: &[backflow_e2e::share_topic::Decoded], rounds: i64) -> usi
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        *changes.entry((position, id, op.clone())).or_default() += 1;
-        if op == "c" {
-            *inserts.entry(id).or_default() += 1;
-        }
+        *changes.entry((position, id, op)).or_default() += 1;
     }
+    changes
+}
+
+/// Checks that the raw topic holds each of `rounds` department
+/// transactions' changes once: every insert, and no (source position, row,
+/// operation) twice. Returns the number of change records.
+fn each_once(records: &[backflow_e2e::share_topic::Decoded], rounds: i64) -> usize {
+    let changes = change_counts(records);
+    let inserts: std::collections::BTreeSet<i64> = changes
+        .keys()
+        .filter(|(_, _, op)| op == "c")
+        .map(|(_, id, _)| *id)
+        .collect();
     let doubled: Vec<_> = changes.iter().filter(|(_, n)| **n > 1).collect();
     let missing: Vec<i64> = (0..rounds)
         .map(|r| 1000 + r)
-        .filter(|id| !inserts.contains_key(id))
+        .filter(|id| !inserts.contains(id))
         .collect();
     assert!(missing.is_empty(), "inserts missing: {missing:?}");
     assert!(
