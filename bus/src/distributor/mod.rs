@@ -1960,7 +1960,9 @@ async fn record_failure(
         .update(|st| match st.subscriptions.get(&id) {
             Some(s) if s.state == SubscriptionState::Active => {
                 let mut s = s.clone();
-                s.state = SubscriptionState::Failed { reason };
+                s.state = SubscriptionState::Failed {
+                    reason: reason.clone(),
+                };
                 s.updated_ms = backflow_connectors::now_ms();
                 Ok((crate::state::catalog::CatalogRecord::Subscription(s), ()))
             }

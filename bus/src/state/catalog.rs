@@ -34,6 +34,24 @@ pub const HEADER_SIGNATURE: &str = "backflow.sig";
 /// What a catalog signature starts with, so it is valid for nothing else
 /// the key signs (the audit trail's records).
 const SIGNATURE_CONTEXT: &[u8] = b"backflow catalog record v2\0";
+/// The context of records that name the state they were written over.
+const SIGNATURE_CONTEXT_BASED: &[u8] = b"backflow catalog record v3\0";
+
+/// What the node's signature on a catalog record says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Signed {
+    /// When it was written (`None`: an unsigned record of the upgrade
+    /// window).
+    written_ms: Option<i64>,
+    /// The latest write time of its key the writer had read (see
+    /// [`Catalog::write`]); `None` in records from before there was one.
+    base: Option<i64>,
+    /// Signed with the node's current key (not a previous one).
+    by_current: bool,
+}
+
+/// Why a record written over an older state of its key is not applied.
+const CONFLICT: &str = "it was decided on an older state of its key than a record before it (two processes of the node wrote the key at once: the later one decides again)";
 
 /// What the sealing key of the subscriptions' HMAC keys is derived for.
 const SEALING_PURPOSE: &[u8] = b"backflow catalog sealing key v1";
@@ -172,26 +190,37 @@ impl CatalogKeys {
     }
 
     /// What is signed: the context, the key's length, the key, when it
-    /// was written (ms since the epoch), the value.
-    fn message(key: &[u8], written_ms: i64, value: &[u8]) -> Vec<u8> {
-        let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 16 + key.len() + value.len());
-        m.extend_from_slice(SIGNATURE_CONTEXT);
+    /// was written (ms since the epoch), the state it was written over
+    /// (`base`, see [`Catalog::write`]; records written before there was
+    /// one have none and another context), the value.
+    fn message(key: &[u8], written_ms: i64, base: Option<i64>, value: &[u8]) -> Vec<u8> {
+        let context = match base {
+            Some(_) => SIGNATURE_CONTEXT_BASED,
+            None => SIGNATURE_CONTEXT,
+        };
+        let mut m = Vec::with_capacity(context.len() + 24 + key.len() + value.len());
+        m.extend_from_slice(context);
         m.extend_from_slice(&(key.len() as u64).to_be_bytes());
         m.extend_from_slice(key);
         m.extend_from_slice(&written_ms.to_be_bytes());
+        if let Some(base) = base {
+            m.extend_from_slice(&base.to_be_bytes());
+        }
         m.extend_from_slice(value);
         m
     }
 
-    /// The signature header's value: when it was written (8 bytes), then
-    /// the signature (64 bytes).
-    fn sign(&self, key: &[u8], written_ms: i64, value: &[u8]) -> Vec<u8> {
+    /// The signature header's value: when it was written (8 bytes), the
+    /// state it was written over (8 bytes), then the signature (64 bytes).
+    fn sign(&self, key: &[u8], written_ms: i64, base: i64, value: &[u8]) -> Vec<u8> {
         let mut header = written_ms.to_be_bytes().to_vec();
-        header.extend_from_slice(
-            &self
-                .signing
-                .sign_message(&Self::message(key, written_ms, value)),
-        );
+        header.extend_from_slice(&base.to_be_bytes());
+        header.extend_from_slice(&self.signing.sign_message(&Self::message(
+            key,
+            written_ms,
+            Some(base),
+            value,
+        )));
         header
     }
 
@@ -207,41 +236,46 @@ impl CatalogKeys {
         self.check(offset, key, value, headers).err()
     }
 
-    /// When a record the node signed was written (`None`: an unsigned
-    /// record of the upgrade window) and whether the node's current key
-    /// signed it (not a previous one), or why it is not believed.
+    /// What the node's signature on a record says, or why the record is
+    /// not believed.
     fn check(
         &self,
         offset: i64,
         key: &[u8],
         value: &[u8],
         headers: &[(String, Vec<u8>)],
-    ) -> Result<(Option<i64>, bool), &'static str> {
+    ) -> Result<Signed, &'static str> {
         let mut signatures = headers.iter().filter(|(k, _)| k == HEADER_SIGNATURE);
         let Some((_, header)) = signatures.next() else {
             if self.unsigned_until.is_some_and(|until| offset <= until) {
-                return Ok((None, false));
+                return Ok(Signed::default());
             }
             return Err("it carries no signature");
         };
         if signatures.next().is_some() {
             return Err("it carries several signatures");
         }
-        if header.len() != 8 + 64 {
-            return Err("its signature is malformed");
-        }
-        let (written, signature) = header.split_at(8);
+        let (written, base, signature) = match header.len() {
+            72 => (&header[..8], None, &header[8..]),
+            80 => (&header[..8], Some(&header[8..16]), &header[16..]),
+            _ => return Err("its signature is malformed"),
+        };
         let written_ms = i64::from_be_bytes(written.try_into().expect("8 bytes"));
+        let base = base.map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
         let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
             return Err("its signature is malformed");
         };
-        let message = Self::message(key, written_ms, value);
+        let message = Self::message(key, written_ms, base, value);
         match self
             .trusted
             .iter()
             .position(|k| k.verify_strict(&message, &signature).is_ok())
         {
-            Some(by) => Ok((Some(written_ms), by == 0)),
+            Some(by) => Ok(Signed {
+                written_ms: Some(written_ms),
+                base,
+                by_current: by == 0,
+            }),
             None => {
                 Err("its signature is not by this node's key (the record was changed, or written by someone else)")
             }
@@ -877,6 +911,18 @@ struct Inner {
     /// only later than it (whatever the clocks of the node's other
     /// processes say).
     written: std::sync::Mutex<std::collections::HashMap<Vec<u8>, i64>>,
+    /// The latest write time of each key's believed records, applied or
+    /// not: a record written over an older state loses (see
+    /// [`Catalog::write`]).
+    seen: std::sync::Mutex<std::collections::HashMap<Vec<u8>, i64>>,
+    /// The offset of each key's applied record: a writer learns from it
+    /// whether its record won.
+    won: std::sync::Mutex<std::collections::HashMap<Vec<u8>, i64>>,
+    /// Keys with a record that names its base: records without one come
+    /// from processes of an earlier version and no longer apply to them.
+    based: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// When the node last wrote each key again after a rejected record.
+    reasserted: std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
     /// Keys whose applied record is not signed (or its HMAC key not
     /// sealed) with the node's current key: written again by
     /// [`Catalog::refresh_stale`] after a key rotation or an upgrade.
@@ -901,6 +947,10 @@ impl Inner {
             keys,
             rejected: metrics.catalog_rejected.clone(),
             written: Default::default(),
+            seen: Default::default(),
+            won: Default::default(),
+            based: Default::default(),
+            reasserted: Default::default(),
             stale: Default::default(),
         })
     }
@@ -1011,64 +1061,118 @@ impl Catalog {
             })
     }
 
-    /// Writes a record and waits until it is applied here.
+    /// Writes a record and waits until it is applied here (written again
+    /// over a concurrent write of another process of the node that came
+    /// first: a plain write does not depend on the state).
     pub async fn put(&self, record: CatalogRecord) -> Result<(), KafkaError> {
         let _w = self.inner.writer.lock().await;
-        self.write(record).await
+        self.write_until_applied(record).await
     }
 
     /// Writes a record only if `unchanged` holds of the state when it is
     /// written (e.g. the subscription is still the one the caller decided
     /// on), so a decision taken on what was read cannot overwrite one made
-    /// meanwhile (a revocation undone by a stale write). Writes of this
-    /// process are serialised, so the check and the write are one step.
-    /// `Ok(false)`: not written, the state changed.
+    /// meanwhile (a revocation undone by a stale write), by this process
+    /// or another of the node's. `Ok(false)`: not written, the state
+    /// changed.
     pub async fn put_if(
         &self,
         record: CatalogRecord,
-        unchanged: impl FnOnce(&CatalogState) -> bool,
+        mut unchanged: impl FnMut(&CatalogState) -> bool,
     ) -> Result<bool, KafkaError> {
         let _w = self.inner.writer.lock().await;
-        if !unchanged(&*self.inner.state.read().await) {
-            return Ok(false);
+        let key = record_key(&record);
+        let mut lost = false;
+        for _ in 0..WRITE_ATTEMPTS {
+            if !unchanged(&*self.inner.state.read().await) {
+                if lost {
+                    self.heal(&key).await?;
+                }
+                return Ok(false);
+            }
+            if self.write(record.clone()).await? {
+                return Ok(true);
+            }
+            lost = true;
         }
-        self.write(record).await.map(|()| true)
+        Err(kept_losing())
     }
 
     /// Reads the state and writes what `decide` makes of it, as one step:
-    /// no other write of this process comes in between, so a decision is
-    /// always taken on the state it is written over (a revocation cannot
-    /// be lost to a write decided on an older copy). `decide` returns the
-    /// record to write with a value for the caller, or why nothing is
-    /// written.
+    /// a decision is always taken on the state it is written over. When
+    /// another process of the node wrote the key first, `decide` runs
+    /// again on the state with that write (a revocation cannot be lost to
+    /// a write decided on an older copy). `decide` returns the record to
+    /// write with a value for the caller, or why nothing is written.
     pub async fn update<T, E>(
         &self,
-        decide: impl FnOnce(&CatalogState) -> Result<(CatalogRecord, T), E>,
+        mut decide: impl FnMut(&CatalogState) -> Result<(CatalogRecord, T), E>,
     ) -> Result<Result<T, E>, KafkaError> {
         let _w = self.inner.writer.lock().await;
-        let decided = {
-            let st = self.inner.state.read().await;
-            decide(&st)
-        };
-        match decided {
-            Ok((record, out)) => {
-                self.write(record).await?;
-                Ok(Ok(out))
+        let mut lost: Option<String> = None;
+        for _ in 0..WRITE_ATTEMPTS {
+            let decided = {
+                let st = self.inner.state.read().await;
+                decide(&st)
+            };
+            match decided {
+                Ok((record, out)) => {
+                    let key = record_key(&record);
+                    if self.write(record).await? {
+                        return Ok(Ok(out));
+                    }
+                    lost = Some(key);
+                }
+                Err(e) => {
+                    if let Some(key) = lost {
+                        self.heal(&key).await?;
+                    }
+                    return Ok(Err(e));
+                }
             }
-            Err(e) => Ok(Err(e)),
+        }
+        Err(kept_losing())
+    }
+
+    /// Writes `record` until a write of it applies (the caller holds the
+    /// writer lock).
+    async fn write_until_applied(&self, record: CatalogRecord) -> Result<(), KafkaError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            if self.write(record.clone()).await? {
+                return Ok(());
+            }
+        }
+        Err(kept_losing())
+    }
+
+    /// After this process's record of `key` lost and it decided to write
+    /// nothing else, its losing record may be the key's last, which is
+    /// what compaction keeps: the key's applied record is written again
+    /// after it.
+    async fn heal(&self, key: &str) -> Result<(), KafkaError> {
+        let current = current_record(&*self.inner.state.read().await, key);
+        match current {
+            Some(record) => self.write_until_applied(record).await,
+            None => Ok(()),
         }
     }
 
-    /// Sends a record and waits until it is applied here; the caller holds
-    /// the writer lock.
-    async fn write(&self, record: CatalogRecord) -> Result<(), KafkaError> {
-        let key = match &record {
-            CatalogRecord::Dataset(d) => format!("dataset:{}", d.id),
-            CatalogRecord::Subscription(s) => format!("subscription:{}", s.id),
-            CatalogRecord::Feed(f) => format!("feed:{}", f.name),
-            CatalogRecord::Token(t) => format!("token:{}", t.sha256),
-            CatalogRecord::Node(n) => format!("node:{}", n.code),
-        };
+    /// Sends a record and waits until it is applied here or lost; the
+    /// caller holds the writer lock. Returns whether it applied.
+    ///
+    /// Two processes of the node may write one key at the same moment,
+    /// each deciding on the state it read. The record names that state:
+    /// `base`, the latest write time of the key among the records this
+    /// process has read (applied or not), and is written later than it.
+    /// Every process applies a record only if its base is not older than
+    /// the latest write time of the key's records before it, so of two
+    /// writes over the same state the first in the topic applies and the
+    /// other loses, in every process alike; its writer decides again.
+    /// The key's last record is always one that applied (a loser's writer
+    /// writes again after it), so a compacted topic, which keeps only that
+    /// one, reads to the same state.
+    async fn write(&self, record: CatalogRecord) -> Result<bool, KafkaError> {
+        let key = record_key(&record);
         // Subscriptions' HMAC keys are written sealed: what the topic holds
         // gives them to no one without the node's key.
         let record = match record {
@@ -1079,12 +1183,25 @@ impl Catalog {
             other => other,
         };
         let value = serde_json::to_vec(&record).expect("catalog records serialize");
+        let base = self
+            .inner
+            .seen
+            .lock()
+            .expect("not poisoned")
+            .get(key.as_bytes())
+            .copied()
+            .unwrap_or(i64::MIN);
         let written_ms = {
             let written = self.inner.written.lock().expect("not poisoned");
             let last = written.get(key.as_bytes()).copied().unwrap_or(i64::MIN);
-            backflow_connectors::now_ms().max(last.saturating_add(1))
+            backflow_connectors::now_ms()
+                .max(last.saturating_add(1))
+                .max(base.saturating_add(1))
         };
-        let signature = self.inner.keys.sign(key.as_bytes(), written_ms, &value);
+        let signature = self
+            .inner
+            .keys
+            .sign(key.as_bytes(), written_ms, base, &value);
         let delivered = self
             .inner
             .publisher
@@ -1095,7 +1212,39 @@ impl Catalog {
                 headers: &[(HEADER_SIGNATURE, signature.as_slice())],
             })
             .await?;
-        self.wait_applied(delivered.offset).await
+        self.wait_applied(delivered.offset).await?;
+        let won = self
+            .inner
+            .won
+            .lock()
+            .expect("not poisoned")
+            .get(key.as_bytes())
+            .copied();
+        Ok(won == Some(delivered.offset))
+    }
+}
+
+/// How many times a write is tried while other processes of the node
+/// keep writing the same key first.
+const WRITE_ATTEMPTS: usize = 20;
+
+fn kept_losing() -> KafkaError {
+    KafkaError::Admin {
+        topic: topics::catalog().to_owned(),
+        reason: format!(
+            "other processes of the node wrote the same catalog key first {WRITE_ATTEMPTS} times in a row; try again"
+        ),
+    }
+}
+
+/// The topic key of a catalog record.
+fn record_key(record: &CatalogRecord) -> String {
+    match record {
+        CatalogRecord::Dataset(d) => format!("dataset:{}", d.id),
+        CatalogRecord::Subscription(s) => format!("subscription:{}", s.id),
+        CatalogRecord::Feed(f) => format!("feed:{}", f.name),
+        CatalogRecord::Token(t) => format!("token:{}", t.sha256),
+        CatalogRecord::Node(n) => format!("node:{}", n.code),
     }
 }
 
@@ -1136,7 +1285,7 @@ impl Catalog {
             }
             let record = current_record(&*self.inner.state.read().await, &key);
             if let Some(record) = record {
-                self.write(record).await?;
+                self.write_until_applied(record).await?;
                 written += 1;
             }
         }
@@ -1162,6 +1311,10 @@ fn current_record(st: &CatalogState, key: &str) -> Option<CatalogRecord> {
     })
 }
 
+/// How long a record that lost to a concurrent write may stay its key's
+/// last before it is reported and the key written again.
+const CONFLICT_SETTLES: Duration = Duration::from_secs(5);
+
 /// How soon the node writes one key's record again after a record it
 /// rejected landed on that key.
 const REASSERT_EVERY: Duration = Duration::from_secs(10);
@@ -1170,7 +1323,6 @@ const REASSERT_EVERY: Duration = Duration::from_secs(10);
 /// (signature, replay, sealed key) and applied or rejected.
 struct Follower {
     inner: Arc<Inner>,
-    reasserted: std::collections::HashMap<Vec<u8>, tokio::time::Instant>,
     /// Records rejected while reading what the topic held at start, by key:
     /// reported once the topic is read, unless a record of the node's own
     /// came later on the same key (then compaction drops them, and they
@@ -1187,7 +1339,6 @@ async fn follow(inner: Arc<Inner>, consumer: Consumer, shutdown: CancellationTok
         .unwrap_or(-1);
     let follower = Follower {
         inner: inner.clone(),
-        reasserted: Default::default(),
         held_back: Default::default(),
         history_end,
     };
@@ -1211,13 +1362,41 @@ impl crate::kafka::follow::Apply for Follower {
             Some(payload) => inner
                 .keys
                 .check(record.offset, &key, payload, &record.headers)
-                .and_then(|(at, by_current)| {
+                .and_then(|signed| {
+                    // Believed records count towards the key's latest
+                    // write whether they apply or not.
+                    let seen = {
+                        let mut seen = inner.seen.lock().expect("not poisoned");
+                        let before = seen.get(&key).copied();
+                        if let Some(at) = signed.written_ms {
+                            seen.insert(key.clone(), before.map_or(at, |b| b.max(at)));
+                        }
+                        before
+                    };
+                    match (signed.base, seen) {
+                        (Some(base), Some(seen)) if base < seen => return Err(CONFLICT),
+                        (Some(_), _) => {
+                            inner
+                                .based
+                                .lock()
+                                .expect("not poisoned")
+                                .insert(key.clone());
+                        }
+                        // A record without a base after one with: written by
+                        // a process of an earlier version (during an
+                        // upgrade), which decided without knowing what this
+                        // version's processes wrote.
+                        (None, _) if inner.based.lock().expect("not poisoned").contains(&key) => {
+                            return Err(CONFLICT)
+                        }
+                        (None, _) => {}
+                    }
                     let written = inner.written.lock().expect("not poisoned");
-                    match (at, written.get(&key)) {
+                    match (signed.written_ms, written.get(&key)) {
                         (Some(at), Some(last)) if at < *last => {
                             Err("it is older than the key's record already applied (a replay)")
                         }
-                        _ => Ok((at, by_current)),
+                        _ => Ok((signed.written_ms, signed.by_current)),
                     }
                 })
                 .and_then(|(at, by_current)| {
@@ -1247,19 +1426,51 @@ impl crate::kafka::follow::Apply for Follower {
                     }
                 }
                 if let Some(at) = at {
-                    inner.written.lock().expect("not poisoned").insert(key, at);
+                    inner
+                        .written
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(key.clone(), at);
                 }
+                inner
+                    .won
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(key, record.offset);
                 inner.state.write().await.apply(r);
                 inner.changed.send_modify(|n| *n += 1);
+            }
+            // A concurrent write that lost: its writer decides again and
+            // writes after it at once. Still the key's last record a moment
+            // later, it is not that (a writer that died, or someone
+            // replaying an old record of the node's): rejected as any other.
+            Err(CONFLICT) if record.offset >= self.history_end => {
+                tracing::info!(
+                    offset = record.offset,
+                    "catalog record not applied: {CONFLICT}"
+                );
+                let (inner, offset) = (inner.clone(), record.offset);
+                tokio::spawn(async move {
+                    tokio::time::sleep(CONFLICT_SETTLES).await;
+                    let superseded = inner
+                        .won
+                        .lock()
+                        .expect("not poisoned")
+                        .get(&key)
+                        .is_some_and(|won| *won > offset);
+                    if !superseded {
+                        reject(&inner, key, offset, CONFLICT);
+                    }
+                });
             }
             Err(why) if record.offset < self.history_end => {
                 self.held_back.insert(key, (record.offset, why));
             }
-            Err(why) => reject(inner, &mut self.reasserted, key, record.offset, why),
+            Err(why) => reject(inner, key, record.offset, why),
         }
         if record.offset >= self.history_end {
             for (key, (offset, why)) in std::mem::take(&mut self.held_back) {
-                reject(inner, &mut self.reasserted, key, offset, why);
+                reject(inner, key, offset, why);
             }
         }
     }
@@ -1269,26 +1480,23 @@ impl crate::kafka::follow::Apply for Follower {
 /// record of the key again, so the rejected one is not the last of its key
 /// when the topic is compacted (once the whole topic has been read, and at
 /// most every 10 s per key).
-fn reject(
-    inner: &Arc<Inner>,
-    reasserted: &mut std::collections::HashMap<Vec<u8>, tokio::time::Instant>,
-    key: Vec<u8>,
-    offset: i64,
-    why: &'static str,
-) {
+fn reject(inner: &Arc<Inner>, key: Vec<u8>, offset: i64, why: &'static str) {
     inner.rejected.inc();
     tracing::error!(
         offset,
         reason = why,
         "catalog record rejected: not applied; someone other than this node wrote to the catalog topic (only the node's principal may: see the Kafka ACLs in README, Security model)"
     );
-    let due = reasserted
-        .get(&key)
-        .is_none_or(|t| t.elapsed() >= REASSERT_EVERY);
-    if !due {
-        return;
+    {
+        let mut reasserted = inner.reasserted.lock().expect("not poisoned");
+        let due = reasserted
+            .get(&key)
+            .is_none_or(|t| t.elapsed() >= REASSERT_EVERY);
+        if !due {
+            return;
+        }
+        reasserted.insert(key.clone(), tokio::time::Instant::now());
     }
-    reasserted.insert(key.clone(), tokio::time::Instant::now());
     let catalog = Catalog {
         inner: inner.clone(),
     };
@@ -1328,7 +1536,10 @@ mod tests {
     }
 
     fn signed(keys: &CatalogKeys, key: &[u8], value: &[u8]) -> Vec<(String, Vec<u8>)> {
-        vec![(HEADER_SIGNATURE.to_owned(), keys.sign(key, 1_000, value))]
+        vec![(
+            HEADER_SIGNATURE.to_owned(),
+            keys.sign(key, 1_000, 900, value),
+        )]
     }
 
     #[test]
@@ -1396,6 +1607,45 @@ mod tests {
         );
     }
 
+    /// The state a record was written over is signed with it: a record
+    /// whose base is moved forward (to win over a concurrent write) is not
+    /// believed. Records from before bases existed still are.
+    #[test]
+    fn the_base_a_record_was_written_over_is_signed() {
+        let keys = CatalogKeys::new(AuditKey::generate().unwrap(), Vec::new());
+        let (key, value) = (
+            b"subscription:330106:ga.people".as_slice(),
+            b"{}".as_slice(),
+        );
+        let mut headers = signed(&keys, key, value);
+        assert_eq!(
+            keys.check(5, key, value, &headers).map(|s| s.base),
+            Ok(Some(900))
+        );
+        headers[0].1[8..16].copy_from_slice(&i64::MAX.to_be_bytes());
+        assert!(
+            keys.refusal(5, key, value, &headers).is_some(),
+            "base changed"
+        );
+        // A record signed before bases: the written time, then the
+        // signature of the older message.
+        let mut legacy = 1_000i64.to_be_bytes().to_vec();
+        legacy.extend_from_slice(
+            &keys
+                .signing
+                .sign_message(&CatalogKeys::message(key, 1_000, None, value)),
+        );
+        let legacy = vec![(HEADER_SIGNATURE.to_owned(), legacy)];
+        assert_eq!(
+            keys.check(5, key, value, &legacy),
+            Ok(Signed {
+                written_ms: Some(1_000),
+                base: None,
+                by_current: true
+            })
+        );
+    }
+
     #[test]
     fn records_of_a_previous_key_are_told_apart_to_be_written_again() {
         let old = AuditKey::generate().unwrap();
@@ -1405,9 +1655,14 @@ mod tests {
             .with_unsigned_until(Some(3));
         let by_old = signed(&old_keys, b"k", b"v");
         let by_new = signed(&new, b"k", b"v");
-        assert_eq!(new.check(9, b"k", b"v", &by_old), Ok((Some(1_000), false)));
-        assert_eq!(new.check(9, b"k", b"v", &by_new), Ok((Some(1_000), true)));
-        assert_eq!(new.check(2, b"k", b"v", &[]), Ok((None, false)));
+        let signed_by = |by_current| Signed {
+            written_ms: Some(1_000),
+            base: Some(900),
+            by_current,
+        };
+        assert_eq!(new.check(9, b"k", b"v", &by_old), Ok(signed_by(false)));
+        assert_eq!(new.check(9, b"k", b"v", &by_new), Ok(signed_by(true)));
+        assert_eq!(new.check(2, b"k", b"v", &[]), Ok(Signed::default()));
         let secret = random_secret();
         let id = "330106:ga.people";
         assert!(new.sealed_now(id, &new.seal(id, &secret)));

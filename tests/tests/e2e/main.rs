@@ -39,6 +39,7 @@ mod postgres_source;
 mod reconcile;
 mod registry;
 mod registry_auth;
+mod replica_decisions;
 mod security;
 mod sinks;
 mod standards;

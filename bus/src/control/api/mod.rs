@@ -361,7 +361,7 @@ async fn put_if_and_audit(
     state: &ApiState,
     who: &Principal,
     record: CatalogRecord,
-    unchanged: impl FnOnce(&crate::state::catalog::CatalogState) -> bool,
+    unchanged: impl FnMut(&crate::state::catalog::CatalogState) -> bool,
     details: Value,
 ) -> Result<(), ApiError> {
     if !state
