@@ -433,7 +433,7 @@ impl RunState<'_> {
                 self.read_again(again);
                 continue;
             }
-            txn.open()?;
+            txn.take(&batch)?;
             let full = batch.len() >= BATCH;
             let processed = self.process(&batch, joins).await?;
             txn.hold(processed)?;
