@@ -669,6 +669,9 @@ fn audit_verify(
         .build()
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(backflow::state::audit::verify(&settings, &keys))?;
+    // Kafka clients close on blocking threads; one that hangs in librdkafka
+    // must not keep the command from ending.
+    runtime.shutdown_timeout(Duration::from_secs(2));
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -744,6 +747,7 @@ fn reconcile(
         .build()
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(backflow::subscribe::reconcile::reconcile(sub))?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
     print_reconcile(&report, show_keys, json)?;
     if !report.equal() {
         std::process::exit(1);

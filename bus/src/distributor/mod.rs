@@ -433,7 +433,7 @@ impl RunState<'_> {
                 self.read_again(again);
                 continue;
             }
-            txn.take(&batch)?;
+            txn.open()?;
             let full = batch.len() >= BATCH;
             let processed = self.process(&batch, joins).await?;
             txn.hold(processed)?;

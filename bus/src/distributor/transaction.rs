@@ -138,22 +138,10 @@ impl Transaction {
             .is_some_and(|t| t + self.interval * spans <= now)
     }
 
-    /// Opens a transaction unless one is open, and notes where `batch`
-    /// starts on each partition the transaction had not read yet.
-    pub(super) fn take(
-        &mut self,
-        batch: &[crate::kafka::ConsumedRecord],
-    ) -> Result<(), DistributorError> {
-        self.open()?;
-        for r in batch {
-            self.start
-                .entry((r.topic.clone(), r.partition))
-                .or_insert(r.offset);
-        }
-        Ok(())
-    }
-
-    fn open(&mut self) -> Result<(), DistributorError> {
+    /// Opens a transaction unless one is open (before the records of a
+    /// batch are sent: they go in it). Where it starts on each partition
+    /// is noted as the processed batch joins it ([`Transaction::hold`]).
+    pub(super) fn open(&mut self) -> Result<(), DistributorError> {
         if self.open_since.is_none() {
             self.publisher.begin_transaction()?;
             self.open_since = Some(Instant::now());

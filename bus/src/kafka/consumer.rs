@@ -207,8 +207,41 @@ fn passing_broker_trouble(code: RDKafkaErrorCode) -> bool {
 
 /// A consumer-group member reading a set of topics.
 pub struct Consumer {
-    inner: StreamConsumer<Membership>,
+    inner: Closing,
     metrics: Option<ConsumeMetrics>,
+}
+
+/// The client, closed off the async runtime's threads when dropped.
+///
+/// Closing a group member is synchronous in librdkafka: it gives up its
+/// partitions (running the revoke hook and a synchronous commit), leaves
+/// the group and polls until the group protocol is done, which takes as
+/// long as the coordinator takes to answer. Done on a runtime worker (a
+/// task aborted, a lease let go), it would stop every task queued on that
+/// worker meanwhile, an API request among them; so it is done on a
+/// blocking thread, and whoever drops a consumer never waits for it.
+struct Closing(Option<StreamConsumer<Membership>>);
+
+impl std::ops::Deref for Closing {
+    type Target = StreamConsumer<Membership>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .as_ref()
+            .expect("the client is present until dropped")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || drop(client));
+            }
+            Err(_) => drop(client),
+        }
+    }
 }
 
 /// What a consumer does when the group moves partitions: before giving
@@ -360,7 +393,7 @@ impl Consumer {
             })?;
         inner.subscribe(topics).map_err(KafkaError::Consume)?;
         Ok(Self {
-            inner,
+            inner: Closing(Some(inner)),
             metrics: metrics.map(ConsumeMetrics::new),
         })
     }
@@ -394,7 +427,7 @@ impl Consumer {
             })?;
         inner.subscribe(&[topic]).map_err(KafkaError::Consume)?;
         Ok(Self {
-            inner,
+            inner: Closing(Some(inner)),
             metrics: None,
         })
     }
@@ -497,7 +530,7 @@ impl Consumer {
         }
         inner.assign(&tpl).map_err(KafkaError::Consume)?;
         Ok(Self {
-            inner,
+            inner: Closing(Some(inner)),
             metrics: None,
         })
     }
@@ -540,7 +573,7 @@ impl Consumer {
         }
         inner.assign(&tpl).map_err(KafkaError::Consume)?;
         Ok(Self {
-            inner,
+            inner: Closing(Some(inner)),
             metrics: metrics.map(ConsumeMetrics::new),
         })
     }
@@ -670,12 +703,6 @@ impl Consumer {
     /// for the broker: what a batch can take at once.
     pub fn try_recv(&self) -> Option<Result<ConsumedRecord, KafkaError>> {
         self.recv().now_or_never()
-    }
-
-    /// Drops the client on a blocking thread: closing a consumer waits for
-    /// its threads (about 100 ms), which a reader done with it need not.
-    pub fn close_in_background(self) {
-        tokio::task::spawn_blocking(move || drop(self));
     }
 
     /// Marks a record as safely taken by the next stage: the group resumes

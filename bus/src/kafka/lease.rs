@@ -94,7 +94,6 @@ impl Lease {
                     break;
                 }
             }
-            consumer.close_in_background();
         });
         Ok(Self {
             held,

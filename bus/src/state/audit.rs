@@ -938,7 +938,6 @@ async fn read_records(
             break;
         }
     }
-    consumer.close_in_background();
     Ok(())
 }
 

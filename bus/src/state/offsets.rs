@@ -157,6 +157,5 @@ async fn latest(settings: &KafkaSettings, wanted: &str) -> Result<Option<Vec<u8>
             found = r.payload;
         }
     }
-    consumer.close_in_background();
     Ok(found)
 }

@@ -16,18 +16,19 @@
 //! The kill times and victims come from a seed, printed;
 //! `BACKFLOW_TEST_SEED` replays them.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backflow_e2e::cluster::TestCluster;
-use backflow_e2e::sinks::{Backend, Kind, SinkDb};
+use backflow_e2e::sinks::{Backend, SinkDb};
 use backflow_e2e::{audit_verify, free_local_addr, pg_connect, unique_name, Node, TestToken};
 
+use crate::cluster_faults::until_equal;
 use crate::exactly_once::{audited_deliveries, change_counts, read_until_insert};
 
-const READ: [(&str, Kind); 2] = [("name", Kind::Text), ("region_code", Kind::Text)];
 const KILLS: usize = 20;
 const DISTRICTS: [&str; 2] = ["330106", "330108"];
+/// How long the districts may take to equal their slices.
+const SETTLE: Duration = Duration::from_secs(180);
 
 /// A replica of the city node: its process and the address it listens on
 /// (kept across restarts).
@@ -57,47 +58,6 @@ impl Replica {
             &[("BACKFLOW_HTTP__LISTEN", self.listen.as_str())],
         )
         .unwrap();
-    }
-}
-
-/// The department's rows of `district`.
-async fn slice(source: &SinkDb, district: &str) -> BTreeMap<i64, Vec<Option<String>>> {
-    let all = source.rows("people", "id", &READ).await.unwrap().unwrap();
-    all.into_iter()
-        .filter(|(_, v)| v[1].as_deref() == Some(district))
-        .collect()
-}
-
-/// Waits until `sink` holds exactly the department's rows of `district`.
-async fn until_equal(source: &SinkDb, sink: &SinkDb, district: &str, logs: &dyn Fn() -> String) {
-    let until = Instant::now() + Duration::from_secs(180);
-    loop {
-        let want = slice(source, district).await;
-        let got = sink
-            .rows("people", "id", &READ)
-            .await
-            .unwrap()
-            .unwrap_or_default();
-        if got == want {
-            let db = rusqlite::Connection::open(&sink.path).unwrap();
-            let (rows, ids): (i64, i64) = db
-                .query_row("SELECT COUNT(*), COUNT(DISTINCT id) FROM people", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .unwrap();
-            assert_eq!(rows, ids, "a row is in district {district} twice");
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "district {district} never equalled its slice: {} rows wanted, {} held, {} missing, e.g. {:?}\n{}",
-            want.len(),
-            got.len(),
-            want.keys().filter(|k| !got.contains_key(k)).count(),
-            want.iter().find(|(k, v)| got.get(k) != Some(v)),
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -194,7 +154,7 @@ async fn two_replicas_killed_20_times_and_a_broker_once_lose_and_double_nothing(
         )
     };
     for (district, sink) in DISTRICTS.iter().zip(&sinks) {
-        until_equal(&source, sink, district, &|| logs(&replicas, &subs)).await;
+        until_equal(&source, sink, district, SETTLE, &|| logs(&replicas, &subs)).await;
     }
 
     // The department changes rows without pause while the chaos runs.
@@ -255,7 +215,7 @@ async fn two_replicas_killed_20_times_and_a_broker_once_lose_and_double_nothing(
             .unwrap();
     }
     for (district, sink) in DISTRICTS.iter().zip(&sinks) {
-        until_equal(&source, sink, district, &|| logs(&replicas, &subs)).await;
+        until_equal(&source, sink, district, SETTLE, &|| logs(&replicas, &subs)).await;
     }
 
     let node = &replicas[0].node;

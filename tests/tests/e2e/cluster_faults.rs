@@ -8,6 +8,7 @@
 //! in the other. The district must end equal to the department's slice,
 //! with nothing lost and no row twice.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backflow_e2e::cluster::TestCluster;
@@ -42,6 +43,55 @@ pub(crate) async fn department() -> SinkDb {
         .await
         .unwrap();
     source
+}
+
+/// The department's rows of `district`.
+async fn slice(source: &SinkDb, district: &str) -> BTreeMap<i64, Vec<Option<String>>> {
+    let all = source.rows("people", "id", &READ).await.unwrap().unwrap();
+    all.into_iter()
+        .filter(|(_, v)| v[1].as_deref() == Some(district))
+        .collect()
+}
+
+/// Waits up to `deadline` until `sink` (SQLite) holds exactly the
+/// department's rows of `district`, and no id twice; `logs` tells what
+/// the processes said when it does not.
+pub(crate) async fn until_equal(
+    source: &SinkDb,
+    sink: &SinkDb,
+    district: &str,
+    deadline: Duration,
+    logs: &dyn Fn() -> String,
+) {
+    let until = Instant::now() + deadline;
+    loop {
+        let want = slice(source, district).await;
+        let got = sink
+            .rows("people", "id", &READ)
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        if got == want {
+            let db = rusqlite::Connection::open(&sink.path).unwrap();
+            let (rows, ids): (i64, i64) = db
+                .query_row("SELECT COUNT(*), COUNT(DISTINCT id) FROM people", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap();
+            assert_eq!(rows, ids, "a row is in district {district} twice");
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "district {district} never equalled its slice of the department: {} rows wanted, {} held, {} missing, e.g. {:?}\n{}",
+            want.len(),
+            got.len(),
+            want.keys().filter(|k| !got.contains_key(k)).count(),
+            want.iter().find(|(k, v)| got.get(k) != Some(v)),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The cluster, the node with its feed and share (three replicas), and
@@ -93,54 +143,16 @@ async fn setup() -> Setup {
 }
 
 impl Setup {
-    /// The department's rows of district 330106.
-    async fn slice(&self) -> std::collections::BTreeMap<i64, Vec<Option<String>>> {
-        let all = self
-            .source
-            .rows("people", "id", &READ)
-            .await
-            .unwrap()
-            .unwrap();
-        all.into_iter()
-            .filter(|(_, v)| v[1].as_deref() == Some("330106"))
-            .collect()
-    }
-
-    /// Waits until the district holds exactly the department's slice, and
-    /// no id twice.
+    /// Waits until the district holds exactly the department's slice.
     async fn until_equal(&self, deadline: Duration) {
-        let until = Instant::now() + deadline;
-        loop {
-            let want = self.slice().await;
-            let got = self
-                .sink
-                .rows("people", "id", &READ)
-                .await
-                .unwrap()
-                .unwrap_or_default();
-            if got == want {
-                let db = rusqlite::Connection::open(&self.sink.path).unwrap();
-                let (rows, ids): (i64, i64) = db
-                    .query_row("SELECT COUNT(*), COUNT(DISTINCT id) FROM people", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .unwrap();
-                assert_eq!(rows, ids, "a row is in the district twice");
-                assert_eq!(rows as usize, want.len());
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "the district never equalled the department: {} rows wanted, {} held, {} missing, e.g. {:?}\nnode:\n{}\nsubscriber:\n{}",
-                want.len(),
-                got.len(),
-                want.keys().filter(|k| !got.contains_key(k)).count(),
-                want.iter().find(|(k, v)| got.get(k) != Some(v)),
+        until_equal(&self.source, &self.sink, "330106", deadline, &|| {
+            format!(
+                "node:\n{}\nsubscriber:\n{}",
                 self.node.stderr(),
                 self.sub.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            )
+        })
+        .await;
     }
 
     /// Changes rows in rounds from a task of its own (each round: a new

@@ -112,6 +112,43 @@ async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
     );
 }
 
+/// Closing a group member runs the group protocol synchronously (its
+/// revoke hook, a commit, leaving), as long as the coordinator takes, and
+/// librdkafka has been seen to hang in it. A member dropped on the async
+/// runtime (a task aborted, a feed's lease let go) must not hold the
+/// runtime meanwhile: here its revoke hook takes 3 s, and the runtime (one
+/// thread) goes on at once.
+#[tokio::test]
+async fn dropping_a_group_member_does_not_hold_the_async_runtime() {
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
+    let topic = unique_name("backflow.test.close");
+    create(&settings, &topic, 1).await;
+    let publisher = Publisher::new(&settings, None).unwrap();
+    publish(&publisher, &topic, 1, 1).await;
+    let hook: backflow::kafka::RevokeHook =
+        std::sync::Arc::new(|| std::thread::sleep(Duration::from_secs(3)));
+    let member = Consumer::member(
+        &settings,
+        &unique_name("close-group"),
+        &[&topic],
+        None,
+        None,
+        Some(hook),
+    )
+    .unwrap();
+    // Assigned and reading: closing it revokes the partition.
+    receive(&member, 1, Duration::from_secs(60)).await;
+    let started = Instant::now();
+    drop(member);
+    tokio::task::yield_now().await;
+    let held = started.elapsed();
+    assert!(
+        held < Duration::from_secs(1),
+        "dropping the member held the runtime for {held:?}"
+    );
+}
+
 #[tokio::test]
 async fn consumer_restarted_resumes_right_after_last_stored_offset() {
     let broker = TestBroker::start();
