@@ -39,6 +39,27 @@ pub fn kafka_home() -> PathBuf {
         .join(format!("kafka-{KAFKA_VERSION}"))
 }
 
+/// How long a test binary may run before the watchdog ends it (minutes;
+/// `BACKFLOW_E2E_LIMIT_MIN`, default 50). A test that hangs then fails the
+/// run, with libtest's "has been running for over 60 seconds" naming it,
+/// instead of holding CI until its own limit discards everything.
+fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let minutes: u64 = std::env::var("BACKFLOW_E2E_LIMIT_MIN")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(50);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(minutes * 60));
+            eprintln!(
+                "the tests ran past {minutes} minutes (BACKFLOW_E2E_LIMIT_MIN): a test hangs; the ones still running are named above as running for over 60 seconds"
+            );
+            std::process::exit(101);
+        });
+    });
+}
+
 /// An Apache Kafka broker of the test's own (KRaft: broker and controller
 /// in one process) on free local ports, its storage in a temporary
 /// directory, stopped when dropped. Each test gets a fresh broker: tests do
@@ -79,6 +100,7 @@ impl TestBroker {
 
     /// Starts a broker on a free local port and waits until it listens.
     pub fn start() -> Self {
+        watchdog();
         Self::start_with(TEST_JVM)
     }
 
