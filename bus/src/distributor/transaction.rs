@@ -34,17 +34,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{delivery_records, DistributorError, InFlight};
-use crate::kafka::{Consumer, KafkaError, Publisher, RevokeHook};
+use crate::kafka::{
+    Consumer, KafkaError, Publisher, RevokeHook, DISTRIBUTOR_TRANSACTION_STEP as TRANSACTION_STEP,
+};
 use crate::state::audit::Auditor;
 
 /// Raw offsets by topic and partition.
 pub(super) type Offsets = BTreeMap<(String, i32), i64>;
-
-/// How long one attempt at registering, adding offsets, committing or
-/// aborting may take (each is asked again a few times when it timed out):
-/// well within the transaction's own timeout, after which the brokers
-/// abort it anyway.
-const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The open transaction and what it holds.
 pub(super) struct Transaction {
@@ -80,21 +76,16 @@ impl Transaction {
         id: String,
         interval: Duration,
     ) -> Result<Self, DistributorError> {
-        let (settings, metrics) = (ctx.settings.clone(), ctx.metrics.clone());
-        let registered = id.clone();
-        let publisher = tokio::task::spawn_blocking(move || {
-            Publisher::transactional(
-                &settings,
-                Some(metrics),
-                &id,
-                crate::kafka::DISTRIBUTOR_TRANSACTION_TIMEOUT,
-                TXN_TIMEOUT,
-            )
-        })
-        .await
-        .map_err(|e| DistributorError::Settle(e.to_string()))??;
+        let publisher = Publisher::register(
+            &ctx.settings,
+            Some(ctx.metrics.clone()),
+            &id,
+            crate::kafka::DISTRIBUTOR_TRANSACTION_TIMEOUT,
+            TRANSACTION_STEP,
+        )
+        .await?;
         Ok(Self {
-            id: registered,
+            id,
             publisher: publisher.clone(),
             interval,
             open_since: None,
@@ -118,7 +109,7 @@ impl Transaction {
         let revoked = self.revoked.clone();
         Arc::new(move || {
             if revoked.open.swap(false, Ordering::AcqRel) {
-                if let Err(e) = revoked.publisher.abort_transaction(TXN_TIMEOUT) {
+                if let Err(e) = revoked.publisher.abort_transaction(TRANSACTION_STEP) {
                     tracing::warn!(error = %e, "aborting the open transaction before giving partitions up failed; the brokers abort it after its timeout");
                 }
                 revoked.aborted.store(true, Ordering::Release);
@@ -222,8 +213,10 @@ impl Transaction {
             if !fenced {
                 let publisher = self.publisher.clone();
                 let aborted = tokio::time::timeout(
-                    TXN_TIMEOUT,
-                    tokio::task::spawn_blocking(move || publisher.abort_transaction(TXN_TIMEOUT)),
+                    TRANSACTION_STEP,
+                    tokio::task::spawn_blocking(move || {
+                        publisher.abort_transaction(TRANSACTION_STEP)
+                    }),
                 )
                 .await;
                 if !matches!(aborted, Ok(Ok(Ok(())))) {
@@ -283,9 +276,9 @@ impl Transaction {
         let publisher = self.publisher.clone();
         let committing = tokio::task::spawn_blocking(move || {
             if !offsets.is_empty() {
-                publisher.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+                publisher.send_offsets_to_transaction(&offsets, &group, TRANSACTION_STEP)?;
             }
-            publisher.commit_transaction(TXN_TIMEOUT)
+            publisher.commit_transaction(TRANSACTION_STEP)
         });
         // librdkafka's own timeouts do not always hold: with the group
         // coordinator's broker killed, adding the offsets was seen blocking

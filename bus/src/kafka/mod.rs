@@ -393,6 +393,17 @@ pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// reason), yet long enough for a commit during a broker failover.
 pub const DISTRIBUTOR_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long one step of a feed's or a cascade's transaction (registering
+/// its id, committing, aborting) may wait for the brokers: half the
+/// transaction's lifetime, so a commit slowed by a broker failover still
+/// lands before the brokers give up on the transaction.
+pub const TRANSACTION_STEP: Duration = Duration::from_secs(60);
+
+/// The same for a distributor's transaction. Each step is asked again when
+/// it timed out (librdkafka resumes it), so it stays well within the
+/// transaction's lifetime.
+pub const DISTRIBUTOR_TRANSACTION_STEP: Duration = Duration::from_secs(10);
+
 /// How long a reader waits for transactions open when it began to end
 /// ([`Watermarks::settled_high`]): longer than any may stay open.
 pub const SETTLE_WITHIN: Duration = Duration::from_secs(130);

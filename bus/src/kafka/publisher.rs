@@ -330,6 +330,23 @@ impl Publisher {
         Ok(publisher)
     }
 
+    /// [`Publisher::transactional`] on a blocking thread (registering
+    /// waits for the brokers): for async callers.
+    pub async fn register(
+        settings: &KafkaSettings,
+        metrics: Option<Metrics>,
+        id: &str,
+        lifetime: Duration,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let (settings, id) = (settings.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            Self::transactional(&settings, metrics, &id, lifetime, timeout)
+        })
+        .await
+        .expect("registering a transactional id does not panic")
+    }
+
     fn create(
         settings: &KafkaSettings,
         metrics: Option<Metrics>,

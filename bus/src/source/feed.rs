@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::topics;
-use crate::kafka::{Acks, KafkaError, OutgoingRecord, Publisher, TopicAdmin, TopicSpec};
+use crate::kafka::{
+    Acks, KafkaError, OutgoingRecord, Publisher, TopicAdmin, TopicSpec, TRANSACTION_STEP,
+};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
 
@@ -165,22 +167,16 @@ pub async fn run(
     // run still alive and ends what it left open (aborted, or committed
     // when its commit was under way), so the position read next is final.
     let txn_publisher = match ctx.transactions {
-        Some(_) => {
-            let id = topics::feed_transaction(&ctx.node, name);
-            let (settings, metrics) = (ctx.settings.clone(), ctx.metrics.clone());
-            let publisher = tokio::task::spawn_blocking(move || {
-                Publisher::transactional(
-                    &settings,
-                    Some(metrics),
-                    &id,
-                    crate::kafka::TRANSACTION_TIMEOUT,
-                    TXN_TIMEOUT,
-                )
-            })
-            .await
-            .expect("registering a transactional id does not panic")?;
-            Some(publisher)
-        }
+        Some(_) => Some(
+            Publisher::register(
+                &ctx.settings,
+                Some(ctx.metrics.clone()),
+                &topics::feed_transaction(&ctx.node, name),
+                crate::kafka::TRANSACTION_TIMEOUT,
+                TRANSACTION_STEP,
+            )
+            .await?,
+        ),
         None => None,
     };
     let resume = crate::state::offsets::load(&ctx.settings, name).await?;
@@ -740,9 +736,6 @@ struct Txn {
     source_open: bool,
 }
 
-/// How long registering, committing or aborting a transaction may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(60);
-
 impl Publishing {
     fn new(
         name: &str,
@@ -805,10 +798,11 @@ impl Publishing {
                 break;
             }
         }
-        if let Err(e) = delivered.and_then(|()| txn.publisher.commit_transaction(TXN_TIMEOUT)) {
+        if let Err(e) = delivered.and_then(|()| txn.publisher.commit_transaction(TRANSACTION_STEP))
+        {
             txn.held.clear();
             if !e.is_fenced() {
-                if let Err(abort) = txn.publisher.abort_transaction(TXN_TIMEOUT) {
+                if let Err(abort) = txn.publisher.abort_transaction(TRANSACTION_STEP) {
                     tracing::warn!(feed = %self.name, error = %abort, "aborting the failed transaction failed; the brokers abort it after its timeout");
                 }
             }

@@ -30,11 +30,8 @@ use backflow_schemas::{frame, Op, TableCodec, TableDesc};
 
 use crate::domain::headers::{HEADER_HOPS, HEADER_ORIGIN, HEADER_ORIGIN_TS};
 use crate::domain::topics;
-use crate::kafka::{KafkaError, OutgoingRecord, Publisher, TopicSpec};
+use crate::kafka::{KafkaError, OutgoingRecord, Publisher, TopicSpec, TRANSACTION_STEP};
 use crate::source::feed::{Encoder, FeedContext, FeedError};
-
-/// How long registering, committing or aborting a transaction may take.
-const TXN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The sink of a cascading subscription.
 pub struct BusSink {
@@ -72,19 +69,14 @@ impl BusSink {
         if self.ctx.transactions.is_none() || self.txn.is_some() {
             return Ok(());
         }
-        let id = topics::cascade_transaction(&self.ctx.node, &self.subscription);
-        let (settings, metrics) = (self.ctx.settings.clone(), self.ctx.metrics.clone());
-        let publisher = tokio::task::spawn_blocking(move || {
-            Publisher::transactional(
-                &settings,
-                Some(metrics),
-                &id,
-                crate::kafka::TRANSACTION_TIMEOUT,
-                TXN_TIMEOUT,
-            )
-        })
+        let publisher = Publisher::register(
+            &self.ctx.settings,
+            Some(self.ctx.metrics.clone()),
+            &topics::cascade_transaction(&self.ctx.node, &self.subscription),
+            crate::kafka::TRANSACTION_TIMEOUT,
+            TRANSACTION_STEP,
+        )
         .await
-        .map_err(|e| ConnectorError::transient(e.to_string()))?
         .map_err(kafka)?;
         self.txn = Some(publisher);
         Ok(())
@@ -224,7 +216,7 @@ impl Sink for BusSink {
         let committer = txn.clone();
         let outcome = match published {
             Ok(applied) => {
-                tokio::task::spawn_blocking(move || committer.commit_transaction(TXN_TIMEOUT))
+                tokio::task::spawn_blocking(move || committer.commit_transaction(TRANSACTION_STEP))
                     .await
                     .map_err(|e| ConnectorError::transient(e.to_string()))
                     .and_then(|r| r.map_err(kafka))
@@ -235,7 +227,8 @@ impl Sink for BusSink {
         if outcome.is_err() {
             // Nothing of the batch is visible; the offsets go back too.
             self.stored = stored;
-            let _ = tokio::task::spawn_blocking(move || txn.abort_transaction(TXN_TIMEOUT)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || txn.abort_transaction(TRANSACTION_STEP)).await;
         }
         outcome
     }
