@@ -416,6 +416,11 @@ impl Consumer {
             settings.create_with_context("consumer", context, |cfg| {
                 cfg.set("group.id", group)
                     .set("group.instance.id", instance)
+                    // The lease stays with its holder while members join
+                    // (a pod added or restarted): with the eager assignors
+                    // every join gives the only partition to the member
+                    // whose id sorts first, moving the work for nothing.
+                    .set("partition.assignment.strategy", "cooperative-sticky")
                     .set("enable.auto.commit", "false")
                     .set("enable.auto.offset.store", "false")
                     .set("enable.partition.eof", "false")

@@ -10,6 +10,10 @@
 //! (paused past its session) loses it the same way and is told so when it
 //! polls again.
 //!
+//! The assignment is cooperative-sticky: a member joining (a pod added or
+//! restarted) leaves the lease with its holder; it moves only when the
+//! holder is gone.
+//!
 //! Members are static (`group.instance.id` = the process's `kafka.replica`):
 //! a process restarted under the same name gets its partition back at once,
 //! without waiting for its old session to expire or moving the lease to

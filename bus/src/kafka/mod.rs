@@ -563,11 +563,22 @@ impl Watermarks {
     pub async fn high(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
         use rdkafka::consumer::Consumer as _;
         let (client, timeout, t) = (self.client.clone(), self.timeout, topic.to_owned());
-        tokio::task::spawn_blocking(move || client.fetch_watermarks(&t, partition, timeout))
-            .await
-            .expect("watermark task does not panic")
-            .map(|(_, high)| high)
-            .map_err(KafkaError::Consume)
+        tokio::task::spawn_blocking(move || {
+            client
+                .fetch_watermarks(&t, partition, timeout)
+                .or_else(|_| {
+                    // The leader it asked may be gone: librdkafka keeps a
+                    // topic's leader until its cached metadata expires (15
+                    // min) when nothing else refreshes it. Asking for the
+                    // topic's metadata refreshes it; then once more.
+                    client.fetch_metadata(Some(&t), timeout)?;
+                    client.fetch_watermarks(&t, partition, timeout)
+                })
+        })
+        .await
+        .expect("watermark task does not panic")
+        .map(|(_, high)| high)
+        .map_err(KafkaError::Consume)
     }
 }
 

@@ -136,15 +136,7 @@ async fn postgres_source_poll_and_sink_run_over_verified_tls() {
         .await
         .unwrap();
     assert_eq!(read_records(&mut source, 1).await, vec![(Op::Create, 3)]);
-    let walsender_tls: bool = pg_admin("postgres")
-        .await
-        .query_one(
-            "SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let walsender_tls = replication_is_tls(&pg_admin("postgres").await, &slot).await;
     assert!(walsender_tls, "the replication connection is not TLS");
     source.shutdown().await.unwrap();
 
@@ -181,6 +173,30 @@ async fn postgres_source_poll_and_sink_run_over_verified_tls() {
     pg_drop(&db, &slot).await;
 }
 
+/// Whether the connection streaming from `slot` is encrypted. The rows
+/// read first may come from the snapshot, before the slot's stream is
+/// open: the slot is waited for (up to 30 s) until a connection holds it.
+async fn replication_is_tls(admin: &tokio_postgres::Client, slot: &str) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no connection streams from slot {slot} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Without a password the replication connection is still made through
 /// the relay, which makes the TLS handshake: TLS does not depend on a
 /// password being set.
@@ -195,14 +211,7 @@ async fn postgres_replication_without_a_password_is_encrypted_too() {
     );
     source.start(None).await.expect("the CDC source connects");
     assert_eq!(read_records(&mut source, 2).await.len(), 2);
-    let tls: bool = admin
-        .query_one(
-            "SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tls = replication_is_tls(&admin, &slot).await;
     assert!(tls, "the replication connection is not TLS");
     source.shutdown().await.unwrap();
     drop(admin);

@@ -218,3 +218,58 @@ async fn a_share_replica_killed_while_the_district_applies_loses_nothing() {
     changes.await.unwrap();
     s.until_equal(Duration::from_secs(120)).await;
 }
+
+/// The node's metadata client (how far the catalog, the registry and the
+/// readers must read) asks a partition's leader for its end. After that
+/// leader is killed it must ask the new one within seconds: librdkafka
+/// keeps a topic's leader until its cached metadata expires (15 min by
+/// default) when nothing else refreshes it, and meanwhile every schema
+/// registration of the node failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_topic_is_read_from_its_new_leader_after_a_broker_dies() {
+    use backflow::kafka::{KafkaSettings, OutgoingRecord, Publisher, TopicAdmin, TopicSpec};
+    let mut cluster = TestCluster::start();
+    let settings = KafkaSettings::new(cluster.bootstrap());
+    let topic = unique_name("backflow.test.leader");
+    TopicAdmin::new(&settings)
+        .unwrap()
+        .ensure(&[TopicSpec::compacted(&topic, 1, 3)])
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&settings, None).unwrap();
+    publisher
+        .send(OutgoingRecord {
+            topic: &topic,
+            key: Some(b"k"),
+            payload: Some(b"v"),
+            headers: &[],
+        })
+        .await
+        .unwrap();
+    let marks = backflow::kafka::Watermarks::new(&settings).unwrap();
+    assert_eq!(marks.high(&topic, 0).await.unwrap(), 1);
+    let (leader, _) = cluster.placement(&topic, 0);
+    cluster.kill(leader);
+    cluster.new_leader(&topic, 0, leader);
+    let moved = Instant::now();
+    let mut failures = 0;
+    loop {
+        match marks.high(&topic, 0).await {
+            Ok(high) => {
+                assert_eq!(high, 1);
+                break;
+            }
+            Err(e) => {
+                failures += 1;
+                assert!(
+                    moved.elapsed() < Duration::from_secs(30),
+                    "the end of {topic} still unknown 30 s after its leader moved ({failures} failures): {e}"
+                );
+            }
+        }
+    }
+    println!(
+        "the end read from the new leader {:?} after it took over ({failures} failed asks)",
+        moved.elapsed()
+    );
+}

@@ -247,6 +247,63 @@ async fn a_feed_moves_to_the_surviving_replica_within_30_s_losing_and_doubling_n
     backflow_e2e::drop_pg_database(&name).await.unwrap();
 }
 
+/// A process joining a node (a pod added or restarted) does not take the
+/// feeds of the one running them: a feed moves only when its holder is
+/// gone. Replica "b" runs the feed; "a" joins, whose name sorts first (the
+/// order in which Kafka's range assignor gives out a group's only
+/// partition); the feed stays on "b" and "a" stands by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_replica_leaves_a_running_feed_where_it_runs() {
+    let broker = TestBroker::start();
+    let admin = TestToken::new("admin");
+    let (name, _department, _dataset, config) = department(&broker, &admin).await;
+    let as_replica = |r: &str| {
+        config.replacen(
+            "[kafka]\n",
+            &format!("[kafka]\nreplica = \"{r}\"\nsession_timeout_ms = 6000\n"),
+            1,
+        )
+    };
+    let feed = name.replace('_', "-");
+    let (b, _) = ready_node(&as_replica("b")).await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while feed_state(&b, &admin, &feed).await != "RUNNING" {
+        assert!(Instant::now() < until, "{}", b.stderr());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (a, _) = ready_node(&as_replica("a")).await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while feed_state(&a, &admin, &feed).await != "STANDBY" {
+        assert!(Instant::now() < until, "{}", a.stderr());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Long enough for the group to have rebalanced with both members.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(15) {
+        let states = (
+            feed_state(&b, &admin, &feed).await,
+            feed_state(&a, &admin, &feed).await,
+        );
+        assert_eq!(
+            (states.0.as_str(), states.1.as_str()),
+            ("RUNNING", "STANDBY"),
+            "the feed moved to the joining replica\n{}\n-----\n{}",
+            b.stderr(),
+            a.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        b.stderr().matches("feed started").count(),
+        1,
+        "the feed restarted on its holder\n{}",
+        b.stderr()
+    );
+    drop(a);
+    drop(b);
+    backflow_e2e::drop_pg_database(&name).await.unwrap();
+}
+
 /// Two processes of one node given the same `kafka.replica` (a copied
 /// deployment): the second joins the feed's lease group under the name the
 /// first holds it with, which fences the first. The first must not go on
