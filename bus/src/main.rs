@@ -576,19 +576,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&cli)?;
             backflow::runtime::telemetry::init(&config.log);
             run_until_signal(|shutdown| async move {
-                backflow::runtime::node::run(config, shutdown, |running| {
-                    // One line on stdout so scripts and tests can find the port.
-                    println!(
-                        "backflow listening on {}://{}",
-                        if running.https { "https" } else { "http" },
-                        running.http_addr
-                    );
-                    if let Some(m) = running.metrics_addr {
-                        println!("backflow metrics on http://{m}");
-                    }
-                })
-                .await
-                .map_err(anyhow::Error::from)
+                backflow::runtime::node::run(config, shutdown, announce)
+                    .await
+                    .map_err(anyhow::Error::from)
             })
         }
     }
@@ -813,18 +803,9 @@ fn source(cli: &Cli, feeds: &[String], resnapshot: bool) -> anyhow::Result<()> {
     };
     backflow::runtime::telemetry::init(&config.log);
     run_until_signal(|shutdown| async move {
-        backflow::runtime::node::run_as(role, config, shutdown, |running| {
-            println!(
-                "backflow listening on {}://{}",
-                if running.https { "https" } else { "http" },
-                running.http_addr
-            );
-            if let Some(m) = running.metrics_addr {
-                println!("backflow metrics on http://{m}");
-            }
-        })
-        .await
-        .map_err(anyhow::Error::from)
+        backflow::runtime::node::run_as(role, config, shutdown, announce)
+            .await
+            .map_err(anyhow::Error::from)
     })
 }
 
@@ -1114,6 +1095,19 @@ where
     // open.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// One line on stdout with the node's address, so scripts and tests can
+/// find the port (and one with the metrics listener's, when set).
+fn announce(running: &backflow::runtime::node::Running) {
+    println!(
+        "backflow listening on {}://{}",
+        if running.https { "https" } else { "http" },
+        running.http_addr
+    );
+    if let Some(m) = running.metrics_addr {
+        println!("backflow metrics on http://{m}");
+    }
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second signal ends

@@ -202,13 +202,7 @@ async fn run_on(
     }
     let http_addr = listeners.addr;
     let https = listeners.tls.is_some();
-    let http_task = tracker.spawn(http::serve_main(
-        listeners.main,
-        router,
-        listeners.tls.clone(),
-        shutdown.clone(),
-    ));
-    tracker.close();
+    let http_task = listeners.serve_main(router, &tracker, &shutdown);
 
     let running = Running {
         http_addr,
@@ -1001,6 +995,24 @@ impl Listeners {
         ));
         Ok(Some(addr))
     }
+
+    /// Serves `router` on the main listener, the process's last task: the
+    /// tracker is closed, so shutdown waits for what was started.
+    fn serve_main(
+        self,
+        router: axum::Router,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let task = tracker.spawn(http::serve_main(
+            self.main,
+            router,
+            self.tls,
+            shutdown.clone(),
+        ));
+        tracker.close();
+        task
+    }
 }
 
 /// Waits for `shutdown`, then for the process's tasks within
@@ -1056,13 +1068,7 @@ pub async fn run_subscriber(
     let metrics_addr = listeners.serve_ops(&http_state, &tracker, &shutdown)?;
     let router = http::router(http_state);
     let addr = listeners.addr;
-    let http_task = tracker.spawn(http::serve_main(
-        listeners.main,
-        router,
-        listeners.tls.clone(),
-        shutdown.clone(),
-    ));
-    tracker.close();
+    let http_task = listeners.serve_main(router, &tracker, &shutdown);
     tracing::info!(
         http = %addr,
         subscriptions = config.subscriptions.len(),
