@@ -396,6 +396,23 @@ async fn kill_at_random(
         node.signal("KILL").unwrap();
         node.wait(Duration::from_secs(10)).unwrap();
         skipped_logs += node.stderr().matches(SKIPPED).count();
+        // Shown when the test fails: where each killed run stood.
+        let log = node.stderr();
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                [
+                    "snapshot",
+                    "resum",
+                    "feed started",
+                    "position",
+                    "feed stopped",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+            })
+            .collect();
+        eprintln!("--- a killed run said:\n{}", said.join("\n"));
         node = Node::start_with_config(config, &env).unwrap();
     }
     stop.cancel();
@@ -595,7 +612,21 @@ fn each_once(records: &[backflow_e2e::share_topic::Decoded], rounds: i64) -> usi
         .map(|r| 1000 + r)
         .filter(|id| !inserts.contains(id))
         .collect();
-    assert!(missing.is_empty(), "inserts missing: {missing:?}");
+    // How the missing rows are in the topic, if at all (e.g. read by a
+    // snapshot taken again after a kill).
+    let seen_as: Vec<(i64, i64, String)> = records
+        .iter()
+        .filter_map(|r| {
+            let id = r.key["id"].as_i64()?;
+            let op = r.value.as_ref()?["op"].as_str()?.to_owned();
+            missing.contains(&id).then_some((id, r.at.1, op))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "inserts missing: {missing:?}; these rows' records (id, offset, op): {seen_as:?}; {} records in all",
+        records.len()
+    );
     assert!(
         doubled.is_empty(),
         "{} changes written more than once, e.g. {:?}",
