@@ -39,8 +39,10 @@ async fn a_node_killed_at_random_moments_writes_each_change_to_the_raw_and_share
         "[kafka]\ndistributor_transactions = true\n",
         1,
     );
-    // The feed runs before the department writes: every change streams.
+    // The feed streams before the department writes: every change is a
+    // change record (one committed before the snapshot would be read by it).
     let (node, listen) = ready_node(&config).await;
+    until_streaming(&node).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = keep_writing(department, stop.clone());
     let (node, mut skipped_logs) = kill_at_random(node, &config, &listen, stop).await;
@@ -377,6 +379,22 @@ pub(crate) async fn ready_node(config: &str) -> (Node, String) {
     (node, listen)
 }
 
+/// Waits until the node's feed finished its initial snapshot and streams.
+/// Readiness does not wait for it: on a loaded machine a department's
+/// first transactions were committed before the snapshot began (and read
+/// by it), and the kills then landed in snapshots taken again.
+async fn until_streaming(node: &Node) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !node.stderr().contains("snapshot complete") {
+        assert!(
+            Instant::now() < until,
+            "the feed never finished its snapshot\n{}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Kills `node` with SIGKILL after a random 0.3-1.5 s and starts it again
 /// on `config` and `listen`, [`KILLS`] times, then cancels `stop`; the last
 /// node, ready, and how many of the killed ones' successors logged that
@@ -455,6 +473,7 @@ async fn a_mariadb_feed_killed_at_random_moments_writes_each_change_to_the_raw_t
         admin.auth_toml(),
     );
     let (node, listen) = ready_node(&config).await;
+    until_streaming(&node).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn({
         let stop = stop.clone();
