@@ -382,9 +382,13 @@ kafka_status() {
 }
 
 # ------------------------------------------------------------------- tools
-# Headless Chromium for the dashboard's browser test (Debian's package).
+# Headless Chromium for the web page's browser tests (Debian's package),
+# the CJK fonts its Chinese pages are drawn with, and Node.js with npm for
+# the Playwright tests (tests/ui: the e2e test runs `npm ci` there itself).
 tools_up() {
   command -v chromium >/dev/null || apt_install chromium
+  fc-list :lang=zh 2>/dev/null | grep -q . || apt_install fonts-noto-cjk
+  command -v npm >/dev/null || apt_install npm
   # The encryption test captures loopback traffic.
   command -v tcpdump >/dev/null || apt_install tcpdump
   "$ROOT/scripts/helm-setup.sh" >/dev/null

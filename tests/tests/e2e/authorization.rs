@@ -380,6 +380,12 @@ async fn every_route_answers_each_principal_exactly() {
             same("/api/node", None),
         ),
         row(
+            "GET /api/whoami",
+            "GET",
+            [200, 200, 200, 200, 200, 200, 401],
+            same("/api/whoami", None),
+        ),
+        row(
             "PUT /api/nodes/{code}",
             "PUT",
             ADMIN_ONLY,

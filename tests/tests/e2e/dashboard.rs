@@ -5,7 +5,9 @@
 //! `/api/feeds` say: the hierarchy, each subscription with its status and
 //! lag, the pending approval, the feed, the datasets; one subscription's
 //! page has its lag chart; a wrong token is refused in a visible banner with
-//! the API's reason.
+//! the API's reason. The page is read in English (`#lang=en`), the refusal
+//! in the default language (Simplified Chinese): the API's reason is shown
+//! as the API gave it.
 //!
 //! Needs Chromium (`chromium`, Debian's package, which `scripts/services.sh
 //! up` installs), or `BACKFLOW_CHROMIUM` naming a Chromium/Chrome binary.
@@ -431,7 +433,7 @@ async fn dashboard_shows_what_the_api_says() {
     let (dom, lag) = loop {
         attempt += 1;
         let before = api(&node, "GET", "/api/lag", None).await;
-        let dom = dump_dom(&format!("{}/#token={ADMIN}", node.url)).await;
+        let dom = dump_dom(&format!("{}/#token={ADMIN}&lang=en", node.url)).await;
         let after = api(&node, "GET", "/api/lag", None).await;
         if expected(&before) == expected(&after) || attempt == 3 {
             assert_eq!(expected(&before), expected(&after), "/api/lag kept moving");
@@ -613,7 +615,7 @@ async fn dashboard_shows_what_the_api_says() {
     // subscriber has never reported).
     let with = |key: &str| samples.iter().filter(|s| s[key].is_number()).count();
     let dom = dump_dom(&format!(
-        "{}/subscription?subscriber=330106&dataset={DATASET}#token={ADMIN}",
+        "{}/subscription?subscriber=330106&dataset={DATASET}#token={ADMIN}&lang=en",
         node.url
     ))
     .await;

@@ -46,4 +46,5 @@ mod standards;
 mod subscribe;
 mod tokens;
 mod topic_prefix;
+mod workbench;
 mod zero_trust_attacks;

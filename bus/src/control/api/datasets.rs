@@ -14,7 +14,7 @@ use super::{
     audit, forbidden, invalid, put_if_and_audit, staff, unavailable, ApiError, ApiResult, ApiState,
 };
 use crate::auth::Principal;
-use crate::state::catalog::{limits, CatalogRecord, Dataset};
+use crate::state::catalog::{limits, CatalogRecord, Dataset, SubscriptionState};
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<ApiState> {
@@ -40,6 +40,11 @@ async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> Api
                 subscription: via.clone(),
                 upper_grant: state.upper.get(&d.id).into(),
             }),
+            subscribers: st
+                .subscriptions
+                .values()
+                .filter(|s| s.dataset == d.id && s.state == SubscriptionState::Active)
+                .count(),
         })
         .collect();
     Ok(Json(list).into_response())

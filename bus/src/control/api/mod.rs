@@ -9,6 +9,7 @@
 //! | POST | /api/subscriptions | admin, the subscriber itself |
 //! | GET | /api/subscriptions | admin (all), owner (its datasets'), subscriber (its own) |
 //! | GET | /api/node | anyone with a token |
+//! | GET | /api/whoami | anyone with a token (the principal it stands for) |
 //! | PUT | /api/nodes/{code} | admin |
 //! | GET, POST | /api/tokens; DELETE /api/tokens/{sha256} | admin |
 //! | GET | /api/feeds | admin, owners |
@@ -36,6 +37,7 @@ mod nodes;
 mod subscriptions;
 mod tokens;
 pub mod views;
+mod whoami;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -340,6 +342,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(tokens::routes())
         .merge(lag::routes())
         .merge(audit::routes())
+        .merge(whoami::routes())
         .with_state(state)
 }
 

@@ -74,6 +74,40 @@ impl From<&Subscription> for SubscriptionView {
     }
 }
 
+/// `GET /api/whoami`: the principal a token stands for.
+#[derive(Debug, Serialize)]
+pub struct WhoAmI {
+    /// As configured: `admin`, `auditor`, `owner:<department>`,
+    /// `subscriber:<node>`.
+    pub principal: String,
+    /// `admin`, `auditor`, `owner` or `subscriber`.
+    pub role: &'static str,
+    /// The owner's department.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    /// The subscriber's node code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl From<&crate::auth::Principal> for WhoAmI {
+    fn from(p: &crate::auth::Principal) -> Self {
+        use crate::auth::Principal;
+        let (role, department, node) = match p {
+            Principal::Admin => ("admin", None, None),
+            Principal::Auditor => ("auditor", None, None),
+            Principal::Owner(d) => ("owner", Some(d.clone()), None),
+            Principal::Subscriber(n) => ("subscriber", None, Some(n.clone())),
+        };
+        Self {
+            principal: p.name(),
+            role,
+            department,
+            node,
+        }
+    }
+}
+
 /// Where a grant comes from.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -251,6 +285,9 @@ pub struct DatasetEntry<'a> {
     pub dataset: &'a crate::state::catalog::Dataset,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub received: Option<Received>,
+    /// How many nodes hold an active subscription to it here (a count:
+    /// which nodes, only its owner and admins see).
+    pub subscribers: usize,
 }
 
 /// `GET /api/datasets/{id}/holders`.
@@ -381,6 +418,28 @@ mod tests {
         .unwrap();
         assert_eq!(pending["state"], "pending");
         assert!(pending.get("reason").is_none());
+    }
+
+    #[test]
+    fn whoami_names_the_principal_and_its_department_or_node_only() {
+        use crate::auth::Principal;
+        let v = |p: Principal| serde_json::to_value(WhoAmI::from(&p)).unwrap();
+        assert_eq!(
+            v(Principal::Owner("gongan".into())),
+            serde_json::json!({"principal": "owner:gongan", "role": "owner", "department": "gongan"})
+        );
+        assert_eq!(
+            v(Principal::Subscriber("330106".into())),
+            serde_json::json!({"principal": "subscriber:330106", "role": "subscriber", "node": "330106"})
+        );
+        assert_eq!(
+            v(Principal::Admin),
+            serde_json::json!({"principal": "admin", "role": "admin"})
+        );
+        assert_eq!(
+            v(Principal::Auditor),
+            serde_json::json!({"principal": "auditor", "role": "auditor"})
+        );
     }
 
     #[test]
