@@ -895,6 +895,29 @@ fn lag_seconds(waiting: i64, last_origin_ms: Option<i64>, now: i64) -> Option<f6
     last_origin_ms.map(|o| (now.saturating_sub(o).max(0)) as f64 / 1000.0)
 }
 
+/// A running feed's status from its samples over the window (time,
+/// events read, lag in seconds), newest last, as Burrow rates a consumer:
+/// OK when it had no lag at some point of the window (an idle feed whose
+/// last batch was in flight when sampled is not stalled); STALL when it
+/// had lag throughout and read nothing; WARN when its lag only grew.
+fn source_status(w: &VecDeque<(i64, f64, f64)>, now: i64, window_ms: i64) -> Status {
+    let (Some(first), Some(last)) = (w.front(), w.back()) else {
+        return Status::Ok;
+    };
+    if last.2 <= 0.0 || now - first.0 < window_ms / 2 || w.len() < 3 {
+        return Status::Ok;
+    }
+    if w.iter().any(|s| s.2 <= 0.0) {
+        Status::Ok
+    } else if w.iter().all(|s| s.1 == first.1) {
+        Status::Stall
+    } else if w.iter().zip(w.iter().skip(1)).all(|(a, b)| b.2 >= a.2) {
+        Status::Warn
+    } else {
+        Status::Ok
+    }
+}
+
 fn feed_rows(
     ctx: &MonitorContext,
     samples: &mut HashMap<String, VecDeque<(i64, f64, f64)>>,
@@ -935,19 +958,7 @@ fn feed_rows(
             FeedState::Paused => Status::Stop,
             // Another process runs it.
             FeedState::Standby => Status::Ok,
-            _ if lag <= 0.0 => Status::Ok,
-            _ => {
-                let first = w.front().copied().unwrap_or((now, events, lag));
-                if now - first.0 < window_ms / 2 || w.len() < 3 {
-                    Status::Ok
-                } else if w.iter().all(|s| s.1 == first.1) {
-                    Status::Stall
-                } else if w.iter().zip(w.iter().skip(1)).all(|(a, b)| b.2 >= a.2) {
-                    Status::Warn
-                } else {
-                    Status::Ok
-                }
-            }
+            _ => source_status(w, now, window_ms),
         };
         for s in Status::ALL {
             ctx.metrics
@@ -1288,6 +1299,41 @@ mod tests {
 
     /// A district writes its group's commit metadata itself: an origin time
     /// of i64::MIN once made the lag monitor panic (and stop for everyone).
+    #[test]
+    fn an_idle_feed_caught_with_a_batch_in_flight_is_ok_and_one_stuck_is_stall() {
+        const WIN: i64 = 60_000;
+        let at = |samples: &[(i64, f64, f64)]| samples.iter().copied().collect::<VecDeque<_>>();
+        // Idle: nothing read, lag 0 except when a poll's batch was in flight.
+        let idle = at(&[
+            (0, 5.0, 0.0),
+            (20_000, 5.0, 0.05),
+            (40_000, 5.0, 0.0),
+            (60_000, 5.0, 0.04),
+        ]);
+        assert_eq!(source_status(&idle, 60_000, WIN), Status::Ok);
+        // Records waiting the whole window and nothing read: stalled.
+        let stuck = at(&[
+            (0, 5.0, 3.0),
+            (20_000, 5.0, 23.0),
+            (40_000, 5.0, 43.0),
+            (60_000, 5.0, 63.0),
+        ]);
+        assert_eq!(source_status(&stuck, 60_000, WIN), Status::Stall);
+        // Reading, but the lag only grows: falling behind.
+        let behind = at(&[
+            (0, 5.0, 3.0),
+            (20_000, 9.0, 5.0),
+            (40_000, 12.0, 8.0),
+            (60_000, 20.0, 9.0),
+        ]);
+        assert_eq!(source_status(&behind, 60_000, WIN), Status::Warn);
+        // Too short a window to judge.
+        assert_eq!(
+            source_status(&at(&[(50_000, 5.0, 3.0)]), 60_000, WIN),
+            Status::Ok
+        );
+    }
+
     #[test]
     fn an_implausible_origin_time_is_not_believed_and_cannot_overflow() {
         let now = 1_700_000_000_000;

@@ -426,11 +426,33 @@ pub async fn pg_connect(db: &str) -> anyhow::Result<tokio_postgres::Client> {
 /// Drops a test database and the replication slots on it.
 pub async fn drop_pg_database(name: &str) -> anyhow::Result<()> {
     let admin = pg_connect("postgres").await?;
-    admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}' AND NOT active"
-        ))
-        .await?;
+    // A feed process just stopped may still hold its slot for a moment
+    // (its walsender has not noticed yet): ended, then its slots dropped,
+    // or the database cannot be.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '{name}' AND active_pid IS NOT NULL; \
+                 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}' AND NOT active"
+            ))
+            .await?;
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                &[&name],
+            )
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{left} replication slots of database {name} still held after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await?;

@@ -223,6 +223,10 @@ async function approvePhase(browser, result) {
   await page.waitForSelector(`#decide[data-loaded-ms] tr[data-kind="granted"][data-id="${id}"]`, { timeout: TIMEOUT });
   result.granted = (await rows(page, "granted")).filter((r) => r.id === id)[0];
   await shootBoth(page, "approve-owner-granted", "decide");
+  // The owner's catalog counts the new subscriber.
+  await openTab(page, "catalog");
+  result.owner_catalog_subscribers = await page.getAttribute(
+    `tr[data-kind="catalog-dataset"][data-dataset="${dataset}"]`, "data-subscribers");
   check(errors.length === 0, `page errors (owner): ${errors.join("; ")}`);
   await context.close();
   await nothingOfOthers(browser, result);
@@ -251,6 +255,13 @@ async function revokePhase(browser, result) {
   result.mine = (await rows(sub.page, "my-request")).filter((r) => r.id === id)[0];
   await shootBoth(sub.page, "revoke-subscriber-request", "request");
   check(sub.errors.length === 0, `page errors (subscriber): ${sub.errors.join("; ")}`);
+  // Signing out leaves nothing of the subscriber on the page.
+  await Promise.all([sub.page.waitForEvent("load", { timeout: TIMEOUT }), sub.page.click("#logout")]);
+  await sub.page.waitForSelector("#login:not([hidden])", { timeout: TIMEOUT });
+  result.after_sign_out = {
+    rows: (await sub.page.$$("tr[data-kind]")).length,
+    token_kept: await sub.page.evaluate(() => Object.keys(sessionStorage).length > 0),
+  };
   await sub.context.close();
   await nothingOfOthers(browser, result);
 }

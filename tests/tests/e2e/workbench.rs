@@ -106,6 +106,20 @@ async fn api(node: &Node, method: &str, path: &str, token: &str, body: Option<Va
     answer
 }
 
+/// The subscriber count `GET /api/datasets` gives `token` for `dataset`
+/// (`None`: not given).
+async fn subscribers(node: &Node, token: &str, dataset: &str) -> Option<u64> {
+    let list = api(node, "GET", "/api/datasets", token, None).await;
+    let entry = list
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["id"] == dataset))
+        .unwrap_or_else(|| panic!("{dataset} listed: {list}"))
+        .clone();
+    entry
+        .get("subscribers")
+        .map(|n| n.as_u64().expect("a count"))
+}
+
 fn keys(v: &Value) -> Vec<String> {
     v.as_object()
         .map(|m| m.keys().cloned().collect())
@@ -223,7 +237,8 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
     assert_eq!(seen["catalog"]["owner"], department.as_str(), "{seen}");
     assert_eq!(seen["catalog"]["sharing"], "conditional", "{seen}");
     assert_eq!(seen["catalog"]["region"], "region_code", "{seen}");
-    assert_eq!(seen["catalog"]["subscribers"], "0", "{seen}");
+    // How many nodes subscribe is for the owner and admins only.
+    assert_eq!(seen["catalog"]["subscribers"], "", "{seen}");
     assert_eq!(
         seen["catalog"]["fields"],
         json!({"id": "plain", "id_number": "masked:keep(6,4)", "name": "masked:name", "region_code": "plain"}),
@@ -323,6 +338,15 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
     );
     assert_eq!(sub["granted"]["name"], "masked:name", "{sub}");
     assert_eq!(sub["policy_version"], 1, "{sub}");
+    assert_eq!(subscribers(&node, OWNER, &dataset).await, Some(1));
+    assert_eq!(seen["owner_catalog_subscribers"], "1", "{seen}");
+    for other_principal in [XIHU, OTHER_OWNER] {
+        assert_eq!(
+            subscribers(&node, other_principal, &dataset).await,
+            None,
+            "the count is the owner's"
+        );
+    }
     assert_eq!(
         seen["other_owner"],
         json!({"principal": format!("owner:{other}"), "decisions": 0, "granted": 0, "decided": 0}),
@@ -350,6 +374,11 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
     assert_eq!(seen["mine"]["state"], "revoked", "{seen}");
     assert_eq!(seen["mine"]["cells"]["reason"], REVOKE_REASON, "{seen}");
     assert_eq!(
+        seen["after_sign_out"],
+        json!({"rows": 0, "token_kept": false}),
+        "{seen}"
+    );
+    assert_eq!(
         seen["other_owner"],
         json!({"principal": format!("owner:{other}"), "decisions": 0, "granted": 0, "decided": 0}),
         "{seen}"
@@ -364,6 +393,7 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
     .await;
     assert_eq!(sub["state"], "revoked", "{sub}");
     assert_eq!(sub["reason"], REVOKE_REASON, "{sub}");
+    assert_eq!(subscribers(&node, OWNER, &dataset).await, Some(0));
     assert_eq!(
         api(&node, "GET", "/api/subscriptions", OTHER_OWNER, None).await,
         json!([])

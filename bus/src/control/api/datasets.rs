@@ -27,7 +27,7 @@ pub(super) fn routes() -> Router<ApiState> {
 }
 
 async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    staff(&state, &headers).await?;
+    let who = staff(&state, &headers).await?;
     let st = state.catalog.state().await;
     let list: Vec<views::DatasetEntry> = st
         .datasets
@@ -40,11 +40,15 @@ async fn list_datasets(State(state): State<ApiState>, headers: HeaderMap) -> Api
                 subscription: via.clone(),
                 upper_grant: state.upper.get(&d.id).into(),
             }),
-            subscribers: st
-                .subscriptions
-                .values()
-                .filter(|s| s.dataset == d.id && s.state == SubscriptionState::Active)
-                .count(),
+            // Only for who decides over the dataset: to anyone else the
+            // count would tell when grants come and go, and with each
+            // node's own count (`/api/node`) which sibling holds what.
+            subscribers: state.decides(&who, &d.id).is_ok().then(|| {
+                st.subscriptions
+                    .values()
+                    .filter(|s| s.dataset == d.id && s.state == SubscriptionState::Active)
+                    .count()
+            }),
         })
         .collect();
     Ok(Json(list).into_response())

@@ -285,9 +285,10 @@ pub struct DatasetEntry<'a> {
     pub dataset: &'a crate::state::catalog::Dataset,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub received: Option<Received>,
-    /// How many nodes hold an active subscription to it here (a count:
-    /// which nodes, only its owner and admins see).
-    pub subscribers: usize,
+    /// How many nodes hold an active subscription to it here: for its
+    /// owner and admins only (which nodes, `GET /api/subscriptions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<usize>,
 }
 
 /// `GET /api/datasets/{id}/holders`.
