@@ -106,6 +106,18 @@ async fn api(node: &Node, method: &str, path: &str, token: &str, body: Option<Va
     answer
 }
 
+/// `GET /api/subscriptions/{id}` as `token` sees it.
+async fn subscription(node: &Node, id: &str, token: &str) -> Value {
+    api(
+        node,
+        "GET",
+        &format!("/api/subscriptions/{id}"),
+        token,
+        None,
+    )
+    .await
+}
+
 /// The subscriber count `GET /api/datasets` gives `token` for `dataset`
 /// (`None`: not given).
 async fn subscribers(node: &Node, token: &str, dataset: &str) -> Option<u64> {
@@ -143,19 +155,16 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
     let other = format!("{department}x");
     let dataset = format!("{department}.residents");
     let not_shared = format!("{department}.register");
-    let hash = backflow::auth::token_hash;
+    let tokens = backflow_e2e::tokens_toml(&[
+        ("admin", ADMIN),
+        (&format!("owner:{department}"), OWNER),
+        (&format!("owner:{other}"), OTHER_OWNER),
+        (&format!("subscriber:{SUBSCRIBER}"), XIHU),
+    ]);
     let config = format!(
         "[node]\ncode = \"330100\"\nname = \"杭州市数据资源中心\"\nparent = \"330000\"\n\
-         [kafka]\nbrokers = \"{}\"\n\n\
-         [[auth.tokens]]\nprincipal = \"admin\"\nsha256 = \"{}\"\n\
-         [[auth.tokens]]\nprincipal = \"owner:{department}\"\nsha256 = \"{}\"\n\
-         [[auth.tokens]]\nprincipal = \"owner:{other}\"\nsha256 = \"{}\"\n\
-         [[auth.tokens]]\nprincipal = \"subscriber:{SUBSCRIBER}\"\nsha256 = \"{}\"\n",
+         [kafka]\nbrokers = \"{}\"\n\n{tokens}",
         broker.bootstrap(),
-        hash(ADMIN),
-        hash(OWNER),
-        hash(OTHER_OWNER),
-        hash(XIHU),
     );
     let node = Node::start_with_config(&config, &[]).unwrap();
     node.wait_for_status("/readyz", 200, Duration::from_secs(30))
@@ -270,14 +279,7 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
     assert_eq!(seen["submitted"]["id"], id.as_str(), "{seen}");
     assert_eq!(seen["lang_after_reload"], "en", "{seen}");
     assert_eq!(seen["request_tab_label_en"], "Request", "{seen}");
-    let sub = api(
-        &node,
-        "GET",
-        &format!("/api/subscriptions/{id}"),
-        OWNER,
-        None,
-    )
-    .await;
+    let sub = subscription(&node, &id, OWNER).await;
     assert_eq!(sub["state"], "pending", "{sub}");
     assert_eq!(sub["purpose"], "居民服务：社区网格化管理", "{sub}");
     let mut requested: Vec<String> = sub["requested"]
@@ -322,14 +324,7 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
         seen["granted"]["cells"]["granted"], "id,name,region_code",
         "{seen}"
     );
-    let sub = api(
-        &node,
-        "GET",
-        &format!("/api/subscriptions/{id}"),
-        OWNER,
-        None,
-    )
-    .await;
+    let sub = subscription(&node, &id, OWNER).await;
     assert_eq!(sub["state"], "active", "{sub}");
     assert_eq!(
         keys(&sub["granted"]),
@@ -383,14 +378,7 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
         json!({"principal": format!("owner:{other}"), "decisions": 0, "granted": 0, "decided": 0}),
         "{seen}"
     );
-    let sub = api(
-        &node,
-        "GET",
-        &format!("/api/subscriptions/{id}"),
-        XIHU,
-        None,
-    )
-    .await;
+    let sub = subscription(&node, &id, XIHU).await;
     assert_eq!(sub["state"], "revoked", "{sub}");
     assert_eq!(sub["reason"], REVOKE_REASON, "{sub}");
     assert_eq!(subscribers(&node, OWNER, &dataset).await, Some(0));
