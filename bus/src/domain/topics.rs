@@ -163,6 +163,13 @@ pub fn cascade_transaction(node: &str, subscription: &str) -> String {
     format!("{}cascade.{node}.{subscription}", prefix())
 }
 
+/// The transactional id under which one audit chain (`330100`, or
+/// `330100/a` for one of several processes serving the node) is written:
+/// one writer per chain.
+pub fn audit_transaction(chain: &str) -> String {
+    format!("{}audit.{}", prefix(), chain.replace('/', "."))
+}
+
 /// The transactional id of the distributor of one process serving `node`
 /// (`replica`: that process's `kafka.replica`).
 pub fn distributor_transaction(node: &str, replica: &str) -> String {

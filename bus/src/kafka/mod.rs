@@ -105,6 +105,10 @@ pub enum KafkaError {
     /// The embedded broker could not be started.
     #[error("cannot start the embedded Kafka broker: {0}")]
     Embedded(String),
+    /// Another process registered the transactional id this one wrote
+    /// under: this one is fenced and writes nothing more under it.
+    #[error("another process took over Kafka transactional id {id}: this one is fenced and writes nothing more under it (each process serving a node needs a `kafka.replica` name of its own)")]
+    Fenced { id: String },
     /// A step of a Kafka transaction failed; nothing of the transaction
     /// is visible to `read_committed` readers.
     #[error("Kafka transaction: {step} failed: {source}")]
@@ -122,6 +126,7 @@ impl KafkaError {
     pub fn is_fenced(&self) -> bool {
         let source = match self {
             KafkaError::Transaction { source, .. } | KafkaError::Delivery { source, .. } => source,
+            KafkaError::Fenced { .. } => return true,
             _ => return false,
         };
         // Not InvalidProducerEpoch: the brokers also answer it when they

@@ -387,6 +387,19 @@ impl Publisher {
         })
     }
 
+    /// Whether another process registered this producer's transactional
+    /// id: the producer is fenced for good (librdkafka's fatal error),
+    /// whatever error its records or transaction steps reported.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self.producer.client().fatal_error(),
+            Some((
+                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced,
+                _
+            ))
+        )
+    }
+
     fn transaction_error(&self, step: &'static str, source: RdKafkaError) -> KafkaError {
         if let Some(id) = &self.transactional_id {
             tracing::debug!(transactional_id = %id, step, error = %source, "Kafka transaction step failed");

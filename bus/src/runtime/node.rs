@@ -635,13 +635,18 @@ impl Process<'_> {
             Some(replica) => format!("{}/{replica}", config.node.code.as_str()),
             None => config.node.code.as_str().to_owned(),
         };
-        let auditor = crate::state::audit::Auditor::new(
+        let mut auditor = crate::state::audit::Auditor::new(
             settings,
             publisher.clone(),
             &chain,
             audit_key,
             config.audit.checkpoint_every,
         );
+        // A chain has one writer: the process claims it (fencing any other
+        // under the same name) before it reads where the chain ends.
+        if config.kafka.transactions {
+            auditor = auditor.in_transactions(Some(metrics.clone()));
+        }
         Ok(State {
             registry,
             catalog,

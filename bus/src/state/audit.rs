@@ -4,8 +4,16 @@
 //! Each node writes its own chain (records keyed by its division code; a
 //! process that is one of several serving a node, `kafka.replica` set,
 //! writes a chain of its own, `<code>/<replica>`, signed with the node's
-//! key, so each chain has one writer). A
-//! record is one JSON object:
+//! key, so each chain has one writer). The brokers enforce that: a process
+//! registers the chain's transactional id (`backflow.audit.<chain>`)
+//! before it reads where the chain ends, and writes its own records in
+//! transactions under it (delivery records go in the distributor's), so a
+//! second process writing the chain fences the first instead of forking
+//! it, and records a killed writer left undecided are aborted, never
+//! visible after its successor read the end. With `kafka.transactions =
+//! false` records are written as they are, and a writer killed while the
+//! brokers replicate its last records may leave a fork (`audit verify`
+//! names it). A record is one JSON object:
 //!
 //! ```json
 //! {"node":"330100","seq":7,"ts_ms":1764990000000,"kind":"decision",
@@ -1041,6 +1049,10 @@ struct Inner {
     settings: KafkaSettings,
     key: AuditKey,
     checkpoint_every: u64,
+    /// The transactional id this process claims the chain with, and the
+    /// metrics of its producer ([`Auditor::in_transactions`]); `None`:
+    /// records go through `publisher` as they are.
+    transactional: Option<(String, Option<crate::metrics::Metrics>)>,
     chain: std::sync::Arc<Mutex<ChainEnd>>,
 }
 
@@ -1051,7 +1063,20 @@ struct ChainEnd {
     end: Option<(u64, String)>,
     /// Whether this process wrote its start checkpoint.
     started: bool,
+    /// The producer registered under the chain's transactional id, which
+    /// writes this process's own records; registered before the chain's
+    /// end is read, and again after any failure.
+    claim: Option<Publisher>,
+    /// Another process registered the chain's transactional id: this one
+    /// writes nothing more.
+    fenced: bool,
 }
+
+/// How long one of the auditor's own transactions may stay open before
+/// the brokers abort it, and how long one of its steps may wait: short, as
+/// a distributor's (readers of the trail wait for an open one).
+const TRANSACTION_LIFETIME: Duration = crate::kafka::DISTRIBUTOR_TRANSACTION_TIMEOUT;
+const TRANSACTION_STEP: Duration = crate::kafka::DISTRIBUTOR_TRANSACTION_STEP;
 
 impl Auditor {
     /// An auditor continuing chain `node` (the node's code, or
@@ -1074,12 +1099,36 @@ impl Auditor {
                 settings: settings.clone(),
                 key,
                 checkpoint_every: checkpoint_every.max(1),
+                transactional: None,
                 chain: std::sync::Arc::new(Mutex::new(ChainEnd {
                     end: None,
                     started: false,
+                    claim: None,
+                    fenced: false,
                 })),
             }),
         }
+    }
+
+    /// This process claims its chain before it reads the chain's end, by
+    /// registering the chain's transactional id
+    /// ([`topics::audit_transaction`]), and writes its own records
+    /// ([`Auditor::append_all`]) in transactions under it. So the chain has
+    /// one writer by construction:
+    /// - a second process writing the same chain (two processes given the
+    ///   same `kafka.replica`, or none) fences this one, whose next record
+    ///   is refused ([`KafkaError::Fenced`]) instead of forking the chain;
+    /// - records whose delivery failed never become visible later (their
+    ///   transaction is aborted, by this process or by its next
+    ///   registration), so the chain's end read again after a failure is
+    ///   the end for good.
+    ///
+    /// Call it on a new auditor, before any clone is made.
+    pub fn in_transactions(mut self, metrics: Option<crate::metrics::Metrics>) -> Self {
+        let inner = std::sync::Arc::get_mut(&mut self.inner)
+            .expect("in_transactions is called on a new auditor");
+        inner.transactional = Some((topics::audit_transaction(&inner.node), metrics));
+        self
     }
 
     /// The public key the trail is signed with, 64 hex digits.
@@ -1180,17 +1229,26 @@ impl Auditor {
     /// go in between where they are due. `details` must not hold row
     /// values.
     ///
-    /// The records go to one partition through the idempotent producer,
-    /// so they land in chain order. Should any of them fail, the chain's
+    /// The records go to one partition, so they land in chain order. In
+    /// transactions ([`Auditor::in_transactions`]) they are visible all
+    /// together or never. Without, should any of them fail, the chain's
     /// end is read again from the topic on the next append: records of the
     /// round that did land stay part of the chain.
     pub async fn append_all(&self, records: Vec<(&str, Value)>) -> Result<Option<u64>, KafkaError> {
         if records.is_empty() {
             return Ok(None);
         }
-        let staged = self.stage(&self.inner.publisher, records).await?;
-        let last = staged.last;
-        staged.committed();
+        let mut chain = self.inner.chain.clone().lock_owned().await;
+        let written = match self.claim(&mut chain).await? {
+            None => self.write(&mut chain, &self.inner.publisher, records).await,
+            Some(own) => {
+                let written = self.write_in_transaction(&mut chain, &own, records).await;
+                written.map_err(|e| self.lose_claim(&mut chain, &own, e))
+            }
+        };
+        let (end, last) = written?;
+        chain.end = Some(end);
+        chain.started = true;
         Ok(last)
     }
 
@@ -1207,6 +1265,95 @@ impl Auditor {
         records: Vec<(&str, Value)>,
     ) -> Result<Staged, KafkaError> {
         let mut chain = self.inner.chain.clone().lock_owned().await;
+        self.claim(&mut chain).await?;
+        let (end, _) = self.write(&mut chain, publisher, records).await?;
+        Ok(Staged {
+            chain,
+            end: Some(end),
+        })
+    }
+
+    /// The producer of this process's own records when it writes in
+    /// transactions, registered first if it is not (which ends whatever an
+    /// earlier writer of the chain left open, so the end is read again).
+    async fn claim(&self, chain: &mut ChainEnd) -> Result<Option<Publisher>, KafkaError> {
+        let Some((id, metrics)) = &self.inner.transactional else {
+            return Ok(None);
+        };
+        if chain.fenced {
+            return Err(KafkaError::Fenced { id: id.clone() });
+        }
+        if let Some(own) = &chain.claim {
+            return Ok(Some(own.clone()));
+        }
+        let own = Publisher::register(
+            &self.inner.settings,
+            metrics.clone(),
+            id,
+            TRANSACTION_LIFETIME,
+            TRANSACTION_STEP,
+        )
+        .await?;
+        tracing::info!(chain = %self.inner.node, "this process writes the audit chain");
+        chain.claim = Some(own.clone());
+        chain.end = None;
+        Ok(Some(own))
+    }
+
+    /// After a failed transaction of the auditor's own: the next append
+    /// registers again, which aborts what this one left open; a fenced
+    /// process writes nothing more. Returns the error to report.
+    fn lose_claim(&self, chain: &mut ChainEnd, own: &Publisher, error: KafkaError) -> KafkaError {
+        chain.end = None;
+        if let Some(old) = chain.claim.take() {
+            // Dropping a producer waits for its queue: off the workers.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
+        // A fenced producer's records fail as purged: its fatal error says why.
+        if !(error.is_fenced() || own.is_fenced()) {
+            return error;
+        }
+        chain.fenced = true;
+        let id = topics::audit_transaction(&self.inner.node);
+        tracing::error!(chain = %self.inner.node, error = %error, "another process writes this audit chain now: this one writes no more audit records");
+        KafkaError::Fenced { id }
+    }
+
+    /// [`Auditor::write`] in a transaction of `own`, committed.
+    async fn write_in_transaction(
+        &self,
+        chain: &mut ChainEnd,
+        own: &Publisher,
+        records: Vec<(&str, Value)>,
+    ) -> Result<((u64, String), Option<u64>), KafkaError> {
+        own.begin_transaction()?;
+        let written = self.write(chain, own, records).await;
+        let own = own.clone();
+        let ok = written.is_ok();
+        let ended = tokio::task::spawn_blocking(move || {
+            if ok {
+                own.commit_transaction(TRANSACTION_STEP)
+            } else {
+                own.abort_transaction(TRANSACTION_STEP)
+            }
+        })
+        .await
+        .expect("ending a transaction does not panic");
+        let written = written?;
+        ended?;
+        Ok(written)
+    }
+
+    /// Sends `records` through `publisher` after the chain's end (read from
+    /// the topic when not known) and waits for their delivery; returns the
+    /// chain's end after them and the sequence number of the last. On an
+    /// error the end is forgotten (read again next time).
+    async fn write(
+        &self,
+        chain: &mut ChainEnd,
+        publisher: &Publisher,
+        records: Vec<(&str, Value)>,
+    ) -> Result<((u64, String), Option<u64>), KafkaError> {
         let (mut seq, mut prev) = match chain.end.clone() {
             Some(end) => end,
             None => {
@@ -1256,11 +1403,7 @@ impl Auditor {
             chain.end = None;
             return Err(e);
         }
-        Ok(Staged {
-            chain,
-            end: Some((seq, prev)),
-            last,
-        })
+        Ok(((seq, prev), last))
     }
 }
 
@@ -1271,8 +1414,6 @@ pub struct Staged {
     chain: tokio::sync::OwnedMutexGuard<ChainEnd>,
     /// The chain's end after the staged records.
     end: Option<(u64, String)>,
-    /// The sequence number of the last staged record.
-    last: Option<u64>,
 }
 
 impl Staged {

@@ -250,13 +250,15 @@ async fn audit_verify_reports_a_forged_approval_by_offset() {
     );
     let seq = forged["seq"].as_u64().unwrap();
     append(broker.bootstrap(), &[(b"330100".to_vec(), forged)]).await;
-    let offset = last_offset + 1;
+    // After the node's last record and its transaction's commit marker.
+    let (offset, _, _) = trail(broker.bootstrap()).await.pop().unwrap();
+    assert!(offset > last_offset);
 
     // Read as the API reads it: the forged record is there, unsigned.
     let mut keys = backflow::state::audit::TrustedKeys::none();
     keys.trust_spec(&format!("330100={public_key}")).unwrap();
     let settings = KafkaSettings::new(broker.bootstrap());
-    let entries = backflow::state::audit::read(&settings, &keys, offset - 1, 10)
+    let entries = backflow::state::audit::read(&settings, &keys, last_offset, 10)
         .await
         .unwrap();
     let got: Vec<(i64, Option<u64>, bool)> = entries
@@ -266,7 +268,7 @@ async fn audit_verify_reports_a_forged_approval_by_offset() {
     assert_eq!(
         got,
         vec![
-            (offset - 1, Some(seq - 1), true),
+            (last_offset, Some(seq - 1), true),
             (offset, Some(seq), false)
         ]
     );
@@ -305,7 +307,8 @@ async fn audit_verify_reports_a_forged_approval_by_offset() {
     let node = start_node(&broker, &key_env).await;
     decide(&node, 1, "after").await;
     let after = trail(broker.bootstrap()).await;
-    let (_, _, restart) = &after[offset as usize + 1];
+    let forged_at = after.iter().position(|(o, _, _)| *o == offset).unwrap();
+    let (_, _, restart) = &after[forged_at + 1];
     assert_eq!(restart["kind"], "checkpoint", "{restart}");
     assert_eq!(restart["seq"].as_u64(), Some(seq), "{restart}");
     assert_eq!(restart["prev"], last["hash"], "{restart}");

@@ -36,6 +36,8 @@ struct Replica {
     node: Node,
     listen: String,
     config: String,
+    /// The logs of its killed runs, oldest first.
+    killed_runs: Vec<String>,
 }
 
 impl Replica {
@@ -47,12 +49,14 @@ impl Replica {
             node,
             listen,
             config,
+            killed_runs: Vec::new(),
         }
     }
 
     fn kill_and_restart(&mut self) {
         self.node.signal("KILL").unwrap();
         self.node.wait(Duration::from_secs(10)).unwrap();
+        self.killed_runs.push(self.node.stderr());
         self.node = Node::start_with_config(
             &self.config,
             &[("BACKFLOW_HTTP__LISTEN", self.listen.as_str())],
@@ -246,8 +250,70 @@ async fn two_replicas_killed_20_times_and_a_broker_once_lose_and_double_nothing(
         counts.push((district, changes, held));
     }
     let (code, out) = audit_verify(cluster.bootstrap(), &[]);
+    if code != Some(0) {
+        println!("{}", audit_story(&replicas, node, &auditor, &out).await);
+    }
     assert_eq!(code, Some(0), "the audit trail does not verify:\n{out}");
     println!(
         "{rounds} department transactions, {KILLS} replica kills and one broker kill: {raw_changes} raw change records; per district (changes, records held and audited): {counts:?}; none twice"
     );
+}
+
+/// What a failed audit check needs to be understood: the records around
+/// each offset `verify` names, and what each run of each replica said about
+/// its audit chain and its transactions.
+async fn audit_story(
+    replicas: &[Replica; 2],
+    node: &Node,
+    auditor: &TestToken,
+    verify: &str,
+) -> String {
+    let mut story = String::new();
+    let offsets: Vec<i64> = verify
+        .lines()
+        .filter_map(|l| l.strip_prefix("PROBLEM offset "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    if let Some(first) = offsets.iter().min() {
+        let from = (first - 12).max(0);
+        let (_, page) = node
+            .api(
+                "GET",
+                &format!("/api/audit?from={from}&limit=40"),
+                Some(auditor.token()),
+                None,
+            )
+            .await;
+        for r in page["records"].as_array().into_iter().flatten() {
+            story.push_str(&format!(
+                "offset {} node {} seq {} kind {} ts_ms {} details {}\n",
+                r["offset"], r["node"], r["seq"], r["kind"], r["ts_ms"], r["details"]
+            ));
+        }
+    }
+    let told = |line: &&str| {
+        [
+            "audit",
+            "transaction",
+            "fenced",
+            "ERROR",
+            "WARN",
+            "partitions",
+            "distributor",
+        ]
+        .iter()
+        .any(|w| line.contains(w))
+    };
+    for (name, replica) in ["a", "b"].iter().zip(replicas) {
+        let mut runs = replica.killed_runs.clone();
+        runs.push(replica.node.stderr());
+        for (i, run) in runs.iter().enumerate() {
+            story.push_str(&format!("--- replica {name}, run {i}\n"));
+            for line in run.lines().filter(told) {
+                story.push_str(line);
+                story.push('\n');
+            }
+        }
+    }
+    story
 }

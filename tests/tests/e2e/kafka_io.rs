@@ -394,6 +394,47 @@ async fn audit_records_appended_together_continue_one_verifiable_chain() {
     assert_eq!(ns, vec![0, 1, 2, 3, 4], "in chain order");
 }
 
+/// Two processes writing one audit chain (two processes serving a node
+/// under the same `kafka.replica`, or with none set) must not fork it:
+/// the first to write after the other took the chain over is refused,
+/// and the chain verifies.
+#[tokio::test]
+async fn a_second_writer_of_an_audit_chain_fences_the_first_instead_of_forking_it() {
+    use backflow::state::audit::{verify, AuditKey, Auditor};
+    let broker = TestBroker::start();
+    let settings = KafkaSettings::new(broker.bootstrap());
+    TopicAdmin::new(&settings)
+        .unwrap()
+        .ensure(&[TopicSpec::kept("backflow._audit", 1, 1)])
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&settings, None).unwrap();
+    let key = AuditKey::generate().unwrap();
+    let first = Auditor::new(&settings, publisher.clone(), "330100/a", key.clone(), 1000)
+        .in_transactions(None);
+    let second = Auditor::new(&settings, publisher, "330100/a", key, 1000).in_transactions(None);
+    let decision = |n: u32| serde_json::json!({ "n": n });
+    first.append("decision", decision(1)).await.unwrap();
+    second.append("decision", decision(2)).await.unwrap();
+    // The first process still believes it holds the chain's end.
+    let late = first.append("decision", decision(3)).await;
+    let report = verify(&settings, &second.trusted_keys()).await.unwrap();
+    assert!(
+        report.intact(),
+        "the chain forked (the late append answered {late:?}): {:?}",
+        report.problems
+    );
+    let refused = late.expect_err("the writer that lost the chain is refused");
+    assert!(refused.is_fenced(), "{refused}");
+    assert!(refused.to_string().contains("kafka.replica"), "{refused}");
+    // The writer that took it over goes on.
+    second.append("decision", decision(4)).await.unwrap();
+    let report = verify(&settings, &second.trusted_keys()).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    // Each writer's start checkpoint and decision, then decision 4.
+    assert_eq!(report.chains["330100/a"].records, 5);
+}
+
 /// A write decided on a stale read (the distributor marking a
 /// subscription backfilled after the owner revoked it) must not undo the
 /// revocation: `put_if` writes only while the record is the one read.
