@@ -55,6 +55,35 @@
 //! holds ([`Source::topic_state`]); keys the table no longer has (deleted
 //! while no slot existed) become deletes at the snapshot's position.
 //!
+//! # Column types
+//! Besides the types of `schemas/src/types.rs`:
+//! - an **enum** is shared as text, its label;
+//! - a **domain** as its base type (domains over domains followed), its
+//!   checks being the department's business;
+//! - **interval** as ISO 8601 duration text: both sessions run with
+//!   `IntervalStyle = iso_8601`, so the snapshot and the stream print
+//!   `P1Y2M3DT4H5M6.5S`, `PT0S`, or `P-10M-3DT-1S` (each part may carry
+//!   its own sign, as PostgreSQL keeps months, days and time apart);
+//! - **money** as an exact `numeric(19, s)`, `s` being the fraction digits
+//!   of the `lc_monetary` the catalog session gets from the server (the
+//!   database's default; 2 for most locales). The snapshot reads
+//!   `money::numeric`. The stream only has money's text form, which
+//!   depends on `lc_monetary`; the replication session therefore runs
+//!   with `lc_monetary = C`, where PostgreSQL prints the stored 64-bit
+//!   count of the smallest unit as `$1,234.56` / `-$1,234.56` (a point
+//!   before the last two digits, whatever the currency), and the feed
+//!   reads that count at scale `s`. Text in any other form is
+//!   dead-lettered naming the column, never guessed at. A money primary
+//!   key and arrays of money are refused at start (cast them in a view);
+//! - a one-dimensional **array** of any type above as an Avro array of
+//!   nullable elements, read from PostgreSQL's text array form
+//!   ([`crate::text::parse_array`]: quotes, backslash escapes, `NULL`
+//!   versus `"NULL"`, `{}`). PostgreSQL does not enforce an array
+//!   column's declared dimensions (`int[][]` and `int[]` are one type), so
+//!   the catalog cannot tell: a value with two or more dimensions, or
+//!   indexed from anything but 1 (`[0:1]={...}`), sends its row to the
+//!   dead-letter topic with the column named and the way out.
+//!
 //! # Partitioned tables
 //! A partitioned table (declarative partitioning) is captured through its
 //! root: the publication is created (or altered) with
