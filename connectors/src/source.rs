@@ -333,6 +333,9 @@ pub(crate) fn row_bytes(row: &Row) -> Vec<u8> {
             backflow_schemas::Datum::TimestampTz(v) => put(&mut out, 12, &v.to_be_bytes()),
             backflow_schemas::Datum::Uuid(u) => put(&mut out, 13, u.as_bytes()),
             backflow_schemas::Datum::Json(s) => put(&mut out, 14, s.as_bytes()),
+            backflow_schemas::Datum::Array(items) => {
+                put(&mut out, 15, &row_bytes(&Row(items.clone())))
+            }
         }
     }
     out

@@ -3,6 +3,14 @@
 //!
 //! Timestamps with a time zone are converted to UTC; the connection should
 //! use `TimeZone=UTC` so the server prints `+00`, but any offset is honoured.
+//! Intervals are kept as the server prints them: the connection should use
+//! `IntervalStyle=iso_8601`, so they are ISO 8601 durations.
+//!
+//! An array is read from PostgreSQL's text array form ([`parse_array`]):
+//! `{1,NULL,"a \"b\""}`, elements quoted when they hold a delimiter,
+//! quote, backslash, brace or space, or spell NULL; backslash escapes the
+//! next character. Only one-dimensional arrays indexed from 1 are shared:
+//! `{{1,2},{3,4}}` and `[0:1]={1,2}` are refused with the reason.
 
 use backflow_schemas::{Datum, Decimal, SqlType};
 
@@ -87,7 +95,105 @@ pub fn parse(sql_type: &SqlType, text: &str) -> Result<Datum, TextValueError> {
             Datum::TimestampTz(i64::from(days) * MICROS_PER_DAY + micros - offset)
         }
         SqlType::Uuid => Datum::Uuid(text.parse().map_err(|_| err("not a UUID"))?),
+        SqlType::Interval => Datum::Text(text.to_owned()),
+        SqlType::Array(element) => Datum::Array(
+            parse_array(text)
+                .map_err(|reason| err(&reason))?
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    None => Ok(Datum::Null),
+                    Some(item) => parse(element, &item)
+                        .map_err(|e| err(&format!("element {}: {}", i + 1, e.reason))),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
     })
+}
+
+/// The elements of a one-dimensional array in PostgreSQL's text form
+/// (`None` for NULL), or why it is not one; the reason never holds the
+/// value. The delimiter is `,` (that of every type but `box`).
+pub fn parse_array(text: &str) -> Result<Vec<Option<String>>, String> {
+    let t = text.trim();
+    if t.starts_with('[') {
+        return Err("an array whose index has a lower bound other than 1 (printed as                     [lower:upper]={...}) cannot be shared: share the column through a view                     that re-bases it, e.g. array(SELECT unnest(column))"
+            .to_owned());
+    }
+    let inner = t
+        .strip_prefix('{')
+        .and_then(|rest| rest.strip_suffix('}'))
+        .ok_or("not an array in PostgreSQL's text form {...}")?;
+    let multi = "an array of 2 or more dimensions cannot be shared (only one-dimensional                  arrays are): share the column through a view that flattens it, or one row                  per inner array";
+    let mut items = Vec::new();
+    let mut chars = inner.chars().peekable();
+    if inner.trim().is_empty() {
+        return Ok(items);
+    }
+    loop {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        let mut item = String::new();
+        let mut quoted = false;
+        let mut escaped_any = false;
+        match chars.peek() {
+            Some('{') => return Err(multi.to_owned()),
+            Some('"') => {
+                chars.next();
+                quoted = true;
+                loop {
+                    match chars.next() {
+                        None => return Err("an array element's quotes are not closed".to_owned()),
+                        Some('"') => break,
+                        Some('\\') => {
+                            item.push(chars.next().ok_or("an array ends in a backslash")?)
+                        }
+                        Some(c) => item.push(c),
+                    }
+                }
+                while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+            }
+            _ => {
+                // Unquoted: up to the delimiter, trailing blanks dropped
+                // (escaped ones kept).
+                let mut kept = 0;
+                while let Some(&c) = chars.peek() {
+                    match c {
+                        ',' | '}' => break,
+                        '{' | '"' => {
+                            return Err(if c == '{' {
+                                multi.to_owned()
+                            } else {
+                                "an array element with a stray quote".to_owned()
+                            })
+                        }
+                        '\\' => {
+                            chars.next();
+                            item.push(chars.next().ok_or("an array ends in a backslash")?);
+                            escaped_any = true;
+                            kept = item.len();
+                            continue;
+                        }
+                        _ => item.push(c),
+                    }
+                    chars.next();
+                    if !c.is_ascii_whitespace() {
+                        kept = item.len();
+                    }
+                }
+                item.truncate(kept);
+                if item.is_empty() {
+                    return Err("an array with an empty unquoted element".to_owned());
+                }
+            }
+        }
+        let null = !quoted && !escaped_any && item.eq_ignore_ascii_case("NULL");
+        items.push((!null).then_some(item));
+        match chars.next() {
+            None => return Ok(items),
+            Some(',') => {}
+            Some(_) => return Err("an array element followed by more than a delimiter".to_owned()),
+        }
+    }
 }
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -260,6 +366,93 @@ mod tests {
         assert!(
             e.to_string().contains("integer") && !e.to_string().contains("12x"),
             "{e}"
+        );
+    }
+
+    fn items(text: &str) -> Vec<Option<String>> {
+        parse_array(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    fn owned<const N: usize>(items: [Option<&str>; N]) -> Vec<Option<String>> {
+        items.into_iter().map(|i| i.map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn text_arrays_keep_quotes_commas_backslashes_and_nulls_apart() {
+        assert_eq!(items("{}"), owned([]));
+        assert_eq!(items("{1,NULL,-3}"), owned([Some("1"), None, Some("-3")]));
+        assert_eq!(
+            items(r#"{"a\"b","c,d","e\\f",NULL,"NULL",""," sp ","{x}",null,NuLl}"#),
+            owned([
+                Some("a\"b"),
+                Some("c,d"),
+                Some("e\\f"),
+                None,
+                Some("NULL"),
+                Some(""),
+                Some(" sp "),
+                Some("{x}"),
+                None,
+                None
+            ])
+        );
+        // Blanks around unquoted elements are not part of them; escaped
+        // characters are, and an escaped NULL is the text.
+        assert_eq!(
+            items(r#"{ a b , "q" ,c\ ,\NULL}"#),
+            owned([Some("a b"), Some("q"), Some("c "), Some("NULL")])
+        );
+        assert_eq!(items("{中文,😀}"), owned([Some("中文"), Some("😀")]));
+        assert_eq!(
+            items(r#"{"2026-01-01 02:00:00+00"}"#),
+            owned([Some("2026-01-01 02:00:00+00")])
+        );
+    }
+
+    #[test]
+    fn text_arrays_of_other_shapes_are_refused_with_the_reason_not_the_value() {
+        for (text, reason) in [
+            ("{{1,2},{3,4}}", "dimensions"),
+            ("{{}}", "dimensions"),
+            ("[0:1]={1,2}", "lower bound"),
+            ("[1:1][1:2]={{1,2}}", "lower bound"),
+            ("1,2", "text form"),
+            ("{1,2", "text form"),
+            (r#"{"secret}"#, "quotes"),
+            ("{secret,}", "empty"),
+            ("{,secret}", "empty"),
+            (r#"{se"cret}"#, "quote"),
+            (r#"{"secret"x}"#, "delimiter"),
+        ] {
+            let e = parse_array(text).unwrap_err();
+            assert!(e.contains(reason), "{text}: {e}");
+            assert!(!e.contains("secret") && !e.contains("1,2"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn text_arrays_convert_each_element_to_its_type() {
+        let ints = SqlType::Array(Box::new(SqlType::Int));
+        assert_eq!(
+            parse(&ints, "{1,NULL,-3}").unwrap(),
+            Datum::Array(vec![Datum::Int(1), Datum::Null, Datum::Int(-3)])
+        );
+        let e = parse(&ints, "{1,x}").unwrap_err();
+        assert!(
+            e.reason.contains("element 2") && e.reason.contains("integer"),
+            "{e}"
+        );
+        assert_eq!(
+            parse(
+                &SqlType::Array(Box::new(SqlType::Bytes)),
+                r#"{"\\x00ff",NULL}"#
+            )
+            .unwrap(),
+            Datum::Array(vec![Datum::Bytes(vec![0, 255]), Datum::Null])
+        );
+        assert_eq!(
+            parse(&SqlType::Interval, "P1Y2M3DT4H5M6.5S").unwrap(),
+            Datum::Text("P1Y2M3DT4H5M6.5S".into())
         );
     }
 }

@@ -39,6 +39,21 @@ fn datum(out: &mut Vec<u8>, d: &Datum) {
         Datum::Text(s) | Datum::Json(s) => bytes(out, s.as_bytes()),
         Datum::Bytes(b) => bytes(out, b),
         Datum::Uuid(u) => bytes(out, u.hyphenated().to_string().as_bytes()),
+        Datum::Array(items) => {
+            // One block holding every item (none when empty), then the end.
+            if !items.is_empty() {
+                long(out, items.len() as i64);
+                for item in items {
+                    if matches!(item, Datum::Null) {
+                        out.push(0);
+                    } else {
+                        out.push(2);
+                        datum(out, item);
+                    }
+                }
+            }
+            out.push(0);
+        }
     }
 }
 
@@ -191,8 +206,12 @@ impl<'a> Input<'a> {
     }
 
     fn datum(&mut self, c: &ColumnDesc) -> Result<Datum, String> {
+        self.value(&c.sql_type)
+    }
+
+    fn value(&mut self, t: &crate::types::SqlType) -> Result<Datum, String> {
         use crate::types::SqlType as T;
-        Ok(match &c.sql_type {
+        Ok(match t {
             T::Boolean => match self.take(1)?[0] {
                 0 => Datum::Bool(false),
                 1 => Datum::Bool(true),
@@ -222,6 +241,34 @@ impl<'a> Input<'a> {
             T::Json => Datum::Json(self.string()?),
             T::Bytes => Datum::Bytes(self.bytes()?.to_vec()),
             T::Uuid => Datum::Uuid(self.str()?.parse().map_err(|_| "not a UUID".to_owned())?),
+            T::Interval => Datum::Text(self.string()?),
+            T::Array(element) => {
+                let mut items = Vec::new();
+                loop {
+                    let count = self.long()?;
+                    if count == 0 {
+                        break;
+                    }
+                    if count < 0 {
+                        // A block with its size in bytes, which is not needed here.
+                        self.long()?;
+                    }
+                    let count = usize::try_from(count.unsigned_abs())
+                        .map_err(|_| "an array block too large".to_owned())?;
+                    if count > self.rest.len() {
+                        return Err(format!("truncated: an array block of {count} items"));
+                    }
+                    items.reserve(count);
+                    for _ in 0..count {
+                        items.push(if self.present()? {
+                            self.value(element)?
+                        } else {
+                            Datum::Null
+                        });
+                    }
+                }
+                Datum::Array(items)
+            }
         })
     }
 

@@ -494,6 +494,15 @@ fn to_avro(d: &Datum) -> Value {
         Datum::Timestamp(v) => Value::LocalTimestampMicros(*v),
         Datum::TimestampTz(v) => Value::TimestampMicros(*v),
         Datum::Uuid(u) => Value::Uuid(*u),
+        Datum::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|d| match d {
+                    Datum::Null => Value::Union(0, Box::new(Value::Null)),
+                    d => Value::Union(1, Box::new(to_avro(d))),
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -537,7 +546,11 @@ fn row_from<'a>(
 }
 
 fn from_avro(c: &ColumnDesc, v: Value) -> Result<Datum, String> {
-    Ok(match (&c.sql_type, v) {
+    from_avro_typed(&c.sql_type, v)
+}
+
+fn from_avro_typed(t: &SqlType, v: Value) -> Result<Datum, String> {
+    Ok(match (t, v) {
         (_, Value::Null) => Datum::Null,
         (SqlType::Boolean, Value::Boolean(b)) => Datum::Bool(b),
         (SqlType::SmallInt | SqlType::Int, Value::Int(v)) => Datum::Int(v),
@@ -558,7 +571,8 @@ fn from_avro(c: &ColumnDesc, v: Value) -> Result<Datum, String> {
             }
             | SqlType::Text
             | SqlType::Varchar { .. }
-            | SqlType::Char { .. },
+            | SqlType::Char { .. }
+            | SqlType::Interval,
             Value::String(s),
         ) => Datum::Text(s),
         (SqlType::Json, Value::String(s)) => Datum::Json(s),
@@ -571,6 +585,12 @@ fn from_avro(c: &ColumnDesc, v: Value) -> Result<Datum, String> {
         (SqlType::Uuid, Value::String(s)) => {
             Datum::Uuid(s.parse().map_err(|_| "not a UUID".to_owned())?)
         }
+        (SqlType::Array(element), Value::Array(items)) => Datum::Array(
+            items
+                .into_iter()
+                .map(|v| from_avro_typed(element, unwrap_union(v)))
+                .collect::<Result<_, _>>()?,
+        ),
         (t, v) => return Err(format!("a {} value for type {t}", kind(&v))),
     })
 }

@@ -132,6 +132,9 @@ pub enum Datum {
     Uuid(uuid::Uuid),
     /// json, jsonb: the document text.
     Json(String),
+    /// A one-dimensional array: its elements in order, each a value of the
+    /// element type or `Null`.
+    Array(Vec<Datum>),
 }
 
 impl Datum {
@@ -153,6 +156,7 @@ impl Datum {
             Datum::TimestampTz(_) => "timestamptz",
             Datum::Uuid(_) => "uuid",
             Datum::Json(_) => "json",
+            Datum::Array(_) => "array",
         }
     }
 }

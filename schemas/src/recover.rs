@@ -176,9 +176,25 @@ fn infer(avro: &Schema) -> Result<SqlType, String> {
         Schema::TimeMicros => SqlType::Time,
         Schema::TimestampMicros => SqlType::TimestampTz,
         Schema::LocalTimestampMicros => SqlType::Timestamp,
+        Schema::Array(array) => {
+            // Items `T` or `["null", T]`; an array of arrays has no column type.
+            let items = match array.items.as_ref() {
+                Schema::Union(u) => match u.variants() {
+                    [Schema::Null, t] | [t, Schema::Null] => t,
+                    _ => return Err("an Avro array whose items are a union other than [\"null\", T] has no SQL column type".to_owned()),
+                },
+                t => t,
+            };
+            match infer(items)? {
+                SqlType::Array(_) => {
+                    return Err("an Avro array of arrays has no SQL column type (only one-dimensional arrays are shared)".to_owned())
+                }
+                element => SqlType::Array(Box::new(element)),
+            }
+        }
         other => {
             return Err(format!(
-                "Avro type {} has no SQL column type backflow maps (use int, long, float, double, boolean, string, bytes, decimal, uuid, date, time-micros, timestamp-micros or local-timestamp-micros)",
+                "Avro type {} has no SQL column type backflow maps (use int, long, float, double, boolean, string, bytes, decimal, uuid, date, time-micros, timestamp-micros, local-timestamp-micros, or an array of one of them)",
                 serde_json::to_string(other).unwrap_or_else(|_| "?".to_owned())
             ))
         }
@@ -270,9 +286,20 @@ mod tests {
                 ColumnDesc::new("at", SqlType::TimestampTz, false),
             ]
         );
-        let bad = Schema::parse_str(
+        // A one-dimensional array is a column of its element type's array.
+        let tags = Schema::parse_str(
             r#"{"type":"record","name":"E","fields":[{"name":"after","type":["null",{"type":"record","name":"V","fields":[
                 {"name":"id","type":"long"},{"name":"tags","type":{"type":"array","items":"string"}}]}]}]}"#,
+        )
+        .unwrap();
+        let got = table_from_schemas(&key, &tags, &target()).unwrap();
+        assert_eq!(
+            got.columns[1],
+            ColumnDesc::new("tags", SqlType::Array(Box::new(SqlType::Text)), false)
+        );
+        let bad = Schema::parse_str(
+            r#"{"type":"record","name":"E","fields":[{"name":"after","type":["null",{"type":"record","name":"V","fields":[
+                {"name":"id","type":"long"},{"name":"tags","type":{"type":"array","items":{"type":"array","items":"string"}}}]}]}]}"#,
         )
         .unwrap();
         let err = table_from_schemas(&key, &bad, &target())

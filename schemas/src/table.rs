@@ -286,7 +286,19 @@ pub(crate) fn check_kind(t: &SqlType, d: &Datum) -> Result<(), String> {
             },
             Datum::Text(_),
         ) => true,
+        (SqlType::Interval, Datum::Text(_)) => true,
         (t, Datum::Text(_)) => t.is_text(),
+        (SqlType::Array(element), Datum::Array(items)) => {
+            if matches!(**element, SqlType::Array(_)) {
+                return Err(format!("type {t} nests arrays"));
+            }
+            for item in items {
+                if *item != Datum::Null {
+                    check_kind(element, item).map_err(|e| format!("an array element: {e}"))?;
+                }
+            }
+            true
+        }
         (SqlType::Real, Datum::Float(_))
         | (SqlType::Double, Datum::Double(_))
         | (SqlType::Boolean, Datum::Bool(_))

@@ -17,6 +17,8 @@
 //! | timestamptz | `long`, logical type `timestamp-micros` (UTC) |
 //! | uuid | `string`, logical type `uuid` |
 //! | json, jsonb | `string` (field attribute `backflow.sql_type` says json) |
+//! | interval | `string`: ISO 8601 duration as PostgreSQL prints it with `IntervalStyle = iso_8601` (`P1Y2M3DT4H5M6.5S`, `P-10M-3DT-1S`, `PT0S`); each part may carry its own sign |
+//! | T[] (one dimension, elements of a type above) | `array` of `["null", T]` |
 //!
 //! Every generated field carries its SQL type in the attribute
 //! `backflow.sql_type`, so a sink can create the same column type.
@@ -28,7 +30,7 @@ use serde_json::{json, Value as Json};
 use crate::SchemaError;
 
 /// A column's SQL type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SqlType {
     /// 16-bit integer.
     SmallInt,
@@ -75,6 +77,11 @@ pub enum SqlType {
     Uuid,
     /// JSON document, as text.
     Json,
+    /// A span of time, as ISO 8601 duration text.
+    Interval,
+    /// A one-dimensional array of nullable elements of a type that is not
+    /// an array itself.
+    Array(Box<SqlType>),
 }
 
 impl SqlType {
@@ -94,7 +101,32 @@ impl SqlType {
     /// Parses a PostgreSQL or MySQL type name such as `numeric(20,6)`,
     /// `character varying(64)`, `timestamp with time zone`, `datetime(6)`.
     pub fn parse(text: &str) -> Result<SqlType, SchemaError> {
-        let lower = text.trim().to_ascii_lowercase();
+        let trimmed = text.trim();
+        // `integer[]`, and `integer[][]` or `integer[3]`: PostgreSQL
+        // enforces neither dimensions nor sizes, so each is an array of
+        // integers, and a value's own shape is checked where it is read.
+        if let Some(open) = trimmed.find('[').filter(|_| trimmed.ends_with(']')) {
+            let dims = &trimmed[open..];
+            let only_brackets = dims.split_inclusive(']').all(|d| {
+                d.starts_with('[') && d[1..d.len() - 1].bytes().all(|b| b.is_ascii_digit())
+            });
+            if !only_brackets {
+                return Err(SchemaError::UnknownType {
+                    sql_type: text.to_owned(),
+                });
+            }
+            let element =
+                SqlType::parse(&trimmed[..open]).map_err(|_| SchemaError::UnknownType {
+                    sql_type: text.to_owned(),
+                })?;
+            if matches!(element, SqlType::Array(_)) {
+                return Err(SchemaError::UnknownType {
+                    sql_type: text.to_owned(),
+                });
+            }
+            return Ok(SqlType::Array(Box::new(element)));
+        }
+        let lower = trimmed.to_ascii_lowercase();
         let (base, args) = match lower.find('(') {
             Some(open) => {
                 let close = lower.rfind(')').filter(|c| *c > open).ok_or_else(|| {
@@ -146,6 +178,7 @@ impl SqlType {
             "timestamptz" | "timestamp with time zone" => SqlType::TimestampTz,
             "uuid" => SqlType::Uuid,
             "json" | "jsonb" => SqlType::Json,
+            "interval" => SqlType::Interval,
             _ => {
                 return Err(SchemaError::UnknownType {
                     sql_type: text.to_owned(),
@@ -185,6 +218,16 @@ impl SqlType {
             SqlType::Timestamp => json!({"type": "long", "logicalType": "local-timestamp-micros"}),
             SqlType::TimestampTz => json!({"type": "long", "logicalType": "timestamp-micros"}),
             SqlType::Uuid => json!({"type": "string", "logicalType": "uuid"}),
+            SqlType::Interval => json!("string"),
+            SqlType::Array(element) => json!({"type": "array", "items": ["null", element.avro()]}),
+        }
+    }
+
+    /// The element type of an array type.
+    pub fn element(&self) -> Option<&SqlType> {
+        match self {
+            SqlType::Array(element) => Some(element),
+            _ => None,
         }
     }
 }
@@ -217,6 +260,8 @@ impl fmt::Display for SqlType {
             SqlType::TimestampTz => f.write_str("timestamptz"),
             SqlType::Uuid => f.write_str("uuid"),
             SqlType::Json => f.write_str("json"),
+            SqlType::Interval => f.write_str("interval"),
+            SqlType::Array(element) => write!(f, "{element}[]"),
         }
     }
 }
@@ -264,6 +309,21 @@ mod tests {
             ("timestamp without time zone", SqlType::Timestamp),
             ("jsonb", SqlType::Json),
             ("uuid", SqlType::Uuid),
+            ("interval", SqlType::Interval),
+            ("integer[]", SqlType::Array(Box::new(SqlType::Int))),
+            ("integer[][]", SqlType::Array(Box::new(SqlType::Int))),
+            ("text[3]", SqlType::Array(Box::new(SqlType::Text))),
+            (
+                "numeric(6,2)[]",
+                SqlType::Array(Box::new(SqlType::Decimal {
+                    precision: Some(6),
+                    scale: Some(2),
+                })),
+            ),
+            (
+                "timestamp with time zone[]",
+                SqlType::Array(Box::new(SqlType::TimestampTz)),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(SqlType::parse(text).unwrap(), want, "{text}");
@@ -281,6 +341,9 @@ mod tests {
             SqlType::Varchar { len: Some(64) },
             SqlType::TimestampTz,
             SqlType::Json,
+            SqlType::Interval,
+            SqlType::Array(Box::new(SqlType::Varchar { len: Some(8) })),
+            SqlType::Array(Box::new(SqlType::Uuid)),
         ] {
             assert_eq!(SqlType::parse(&t.to_string()).unwrap(), t);
         }
@@ -290,5 +353,9 @@ mod tests {
     fn sql_type_unknown_name_is_an_error_naming_it() {
         let err = SqlType::parse("geometry(Point)").unwrap_err();
         assert!(err.to_string().contains("geometry(Point)"), "{err}");
+        for text in ["geometry[]", "int[x]", "int[]x", "[]"] {
+            let err = SqlType::parse(text).unwrap_err();
+            assert!(err.to_string().contains(text), "{err}");
+        }
     }
 }

@@ -46,13 +46,24 @@ fn all_types() -> TableDesc {
         ("c_tstz", SqlType::TimestampTz),
         ("c_uuid", SqlType::Uuid),
         ("c_json", SqlType::Json),
+        ("c_interval", SqlType::Interval),
+        ("c_ints", SqlType::Array(Box::new(SqlType::Int))),
+        ("c_texts", SqlType::Array(Box::new(SqlType::Text))),
+        (
+            "c_numerics",
+            SqlType::Array(Box::new(SqlType::Decimal {
+                precision: Some(6),
+                scale: Some(2),
+            })),
+        ),
+        ("c_tstzs", SqlType::Array(Box::new(SqlType::TimestampTz))),
     ];
     let mut columns = vec![
         ColumnDesc::new("region", SqlType::Char { len: Some(6) }, false),
         ColumnDesc::new("id", SqlType::BigInt, false),
     ];
     for (name, t) in types {
-        columns.push(ColumnDesc::new(name, t, false));
+        columns.push(ColumnDesc::new(name, t.clone(), false));
         columns.push(ColumnDesc::new(format!("{name}_n"), t, true));
     }
     TableDesc {
@@ -92,6 +103,11 @@ fn rows(null_twins: bool) -> Vec<Row> {
             Datum::TimestampTz(-62_135_596_800_000_000),
             Datum::Uuid(uuid::Uuid::nil()),
             Datum::Json("{}".into()),
+            Datum::Text("PT0S".into()),
+            Datum::Array(vec![]),
+            Datum::Array(vec![]),
+            Datum::Array(vec![Datum::Null]),
+            Datum::Array(vec![Datum::TimestampTz(i64::MIN)]),
         ],
         vec![
             Datum::Int(i16::MAX as i32),
@@ -115,6 +131,21 @@ fn rows(null_twins: bool) -> Vec<Row> {
                 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
             )),
             Datum::Json(r#"{"区":"西湖","n":[1,2.5,null]}"#.into()),
+            Datum::Text("P-1Y-2M3DT-4H-5M-6.000001S".into()),
+            Datum::Array(vec![
+                Datum::Int(i32::MIN),
+                Datum::Null,
+                Datum::Int(i32::MAX),
+            ]),
+            Datum::Array(vec![
+                Datum::Text("a\"b".into()),
+                Datum::Null,
+                Datum::Text("NULL".into()),
+                Datum::Text(String::new()),
+                Datum::Text("{中,文}".into()),
+            ]),
+            Datum::Array(vec![dec("-9999.99", 2), Datum::Null, dec("0.01", 2)]),
+            Datum::Array((0..300).map(Datum::TimestampTz).collect()),
         ],
         vec![
             Datum::Int(0),
@@ -136,6 +167,11 @@ fn rows(null_twins: bool) -> Vec<Row> {
             Datum::TimestampTz(0),
             Datum::Uuid(uuid::Uuid::max()),
             Datum::Json("null".into()),
+            Datum::Text("P1D".into()),
+            Datum::Array(vec![Datum::Int(0)]),
+            Datum::Array(vec![Datum::Text(" ".into())]),
+            Datum::Array(vec![dec("0", 2)]),
+            Datum::Array(vec![Datum::Null, Datum::Null]),
         ],
     ];
     value_sets

@@ -52,6 +52,7 @@ pub fn canonical(d: &Datum) -> Option<String> {
         Datum::Timestamp(v) | Datum::TimestampTz(v) => timestamp_text(*v),
         Datum::Time(v) => v.to_string(),
         Datum::Uuid(u) => u.to_string(),
+        Datum::Array(_) => backflow_connectors::sink::values::json_text(d),
     })
 }
 

@@ -323,8 +323,16 @@ impl SharePolicy {
                     rule.to_string().trim_start_matches("masked:").to_owned(),
                 )),
             };
+            // A mask or a pseudonym is of one value: an array's elements
+            // would be masked or linked as one text, so neither applies.
+            if matches!(c.sql_type, SqlType::Array(_)) && *rule != FieldRule::Plain {
+                return Err(format!(
+                    "field {} is an array ({}): masks and hashes apply to single values, not to arrays; grant it plain or withhold it",
+                    c.name, c.sql_type
+                ));
+            }
             let sql_type = match rule {
-                FieldRule::Plain => c.sql_type,
+                FieldRule::Plain => c.sql_type.clone(),
                 FieldRule::Masked(_) if is_key => {
                     return Err(format!(
                         "key column {} cannot be masked (masked values are not unique); grant it plain or hashed",
@@ -584,6 +592,37 @@ mod tests {
             ts_ms: None,
             transaction: None,
         }
+    }
+
+    /// Enum labels and intervals arrive as text and money as a decimal,
+    /// so masks and hashes apply to them as to any text or number; an
+    /// array has no single value to mask or hash: such a grant is refused
+    /// (fail closed), a plain one shares the array as it is.
+    #[test]
+    fn share_table_refuses_masks_and_hashes_of_arrays() {
+        let mut table = source();
+        table.columns.push(ColumnDesc::new(
+            "phones",
+            SqlType::Array(Box::new(SqlType::Text)),
+            true,
+        ));
+        for rule in ["masked:keep(3,4)", "hashed"] {
+            let mut p = policy("330106", "330106");
+            p.fields
+                .insert("phones".into(), FieldRule::parse(rule).unwrap());
+            let err = p.share_table(&table).unwrap_err();
+            assert!(
+                err.contains("field phones") && err.contains("array") && err.contains("plain"),
+                "{rule}: {err}"
+            );
+        }
+        let mut p = policy("330106", "330106");
+        p.fields.insert("phones".into(), FieldRule::Plain);
+        let t = p.share_table(&table).unwrap();
+        let mut row = person(1, "330106");
+        let phones = Datum::Array(vec![Datum::Text("13800001111".into()), Datum::Null]);
+        row.0.push(phones.clone());
+        assert_eq!(p.project(&t, &row).0.last(), Some(&phones));
     }
 
     #[test]

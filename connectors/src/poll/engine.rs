@@ -114,7 +114,7 @@ pub(crate) trait Engine: Send + Sync {
 
     /// Whether `column` can be an incrementing column.
     fn check_incrementing(&self, column: &ColumnDesc) -> Result<(), String> {
-        match column.sql_type {
+        match &column.sql_type {
             SqlType::SmallInt | SqlType::Int | SqlType::BigInt => Ok(()),
             other => Err(format!(
                 "it is {other}, but the incrementing column must be an integer column \

@@ -304,7 +304,7 @@ impl Engine for MysqlEngine {
     }
 
     fn timestamp_scale(&self, column: &ColumnDesc) -> Result<TsScale, String> {
-        match column.sql_type {
+        match &column.sql_type {
             // TIMESTAMP: an instant, read in the session's UTC.
             SqlType::TimestampTz => Ok(TsScale::Utc),
             // DATETIME: wall-clock time of the server's time zone.
@@ -317,7 +317,7 @@ impl Engine for MysqlEngine {
     }
 
     fn check_incrementing(&self, column: &ColumnDesc) -> Result<(), String> {
-        match column.sql_type {
+        match &column.sql_type {
             SqlType::SmallInt | SqlType::Int | SqlType::BigInt => Ok(()),
             // BIGINT UNSIGNED (decimal(20,0)) and DECIMAL(p,0).
             SqlType::Decimal { scale: Some(0), .. } => Ok(()),

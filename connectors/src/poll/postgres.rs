@@ -56,7 +56,9 @@ impl PgEngine {
             password: config.password.clone(),
             database: database.clone(),
             application_name: format!("backflow-poll-{}", config.name),
-            options: Some("-c DateStyle=ISO,MDY -c bytea_output=hex".to_owned()),
+            options: Some(
+                "-c DateStyle=ISO,MDY -c bytea_output=hex -c IntervalStyle=iso_8601".to_owned(),
+            ),
             tls: config.tls(),
         };
         let client = connect::postgres::connect(&target).await?;
@@ -122,11 +124,24 @@ impl Engine for PgEngine {
             table: format!("{schema}.{name}"),
             dataset: dataset.to_owned(),
         };
-        crate::postgres::catalog::describe(&self.client, &table).await
+        let (desc, sources) =
+            crate::postgres::catalog::describe_sources(&self.client, &table).await?;
+        // Polled rows are read with `::text`, which prints money in the
+        // server's currency format: it is shared by the replication feed.
+        if let Some((c, _)) = desc.columns.iter().zip(&sources).find(|(_, s)| s.money) {
+            return Err(ConnectorError::definite(format!(
+                "table {}, column {}: money cannot be polled (its text depends on the server's \
+                 locale); capture the table with a logical replication feed (type = \"postgres\"), \
+                 or poll a view that casts the column to numeric",
+                desc.qualified_name(),
+                c.name
+            )));
+        }
+        Ok(desc)
     }
 
     fn timestamp_scale(&self, column: &ColumnDesc) -> Result<TsScale, String> {
-        match column.sql_type {
+        match &column.sql_type {
             SqlType::TimestampTz => Ok(TsScale::Utc),
             SqlType::Timestamp => Ok(TsScale::Local),
             other => Err(format!(

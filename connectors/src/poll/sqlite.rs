@@ -260,7 +260,7 @@ impl Engine for SqliteEngine {
     }
 
     fn timestamp_scale(&self, column: &ColumnDesc) -> Result<TsScale, String> {
-        match column.sql_type {
+        match &column.sql_type {
             SqlType::Timestamp
             | SqlType::TimestampTz
             | SqlType::SmallInt

@@ -63,18 +63,18 @@ pub async fn describe_with(
     table: &TableConfig,
     columns: &[String],
     wait: Duration,
-) -> Result<TableDesc, ConnectorError> {
+) -> Result<(TableDesc, Vec<ColumnSource>), ConnectorError> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
-        let desc = describe(client, table).await?;
+        let (desc, sources) = describe_sources(client, table).await?;
         let missing: Vec<&str> = columns
             .iter()
             .filter(|c| desc.column(c).is_none())
             .map(String::as_str)
             .collect();
         if missing.is_empty() {
-            return Ok(desc);
+            return Ok((desc, sources));
         }
         if started.elapsed() >= wait {
             return Err(ConnectorError::transient(format!(
@@ -92,15 +92,164 @@ pub async fn describe_with(
     }
 }
 
-/// Describes a table from the catalog; checks it has a primary key and
-/// that every column type maps.
-pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc, ConnectorError> {
+/// How the source reads a column's values, beyond its shared type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnSource {
+    /// The column's own type as PostgreSQL names it (`mood`, `amount`,
+    /// `integer[]`), for casts that compare with it.
+    pub type_name: String,
+    /// A `money` column (or a domain over it): the snapshot reads it as
+    /// `numeric`, the stream as the raw amount `lc_monetary = C` prints.
+    pub money: bool,
+}
+
+/// `pg_type` oid of `money`.
+const MONEY_OID: u32 = 790;
+/// `pg_type` oid of `interval`.
+const INTERVAL_OID: u32 = 1186;
+
+/// A column type with its domains resolved.
+enum Resolved {
+    Enum,
+    Money,
+    Interval,
+    /// An array of the element type (oid, typmod).
+    Array(u32, i32),
+    /// Any other type, by its `format_type` name.
+    Named(String),
+}
+
+/// Follows a type through its domains (a domain over a domain too) to
+/// the type that holds its values.
+async fn resolve(
+    client: &Client,
+    mut oid: u32,
+    mut typmod: i32,
+    what: &str,
+) -> Result<Resolved, ConnectorError> {
+    for _ in 0..64 {
+        let row = client
+            .query_one(
+                "SELECT typtype::text, typbasetype, typtypmod, typelem, typcategory::text, typlen, \
+                        format_type(oid, $2) \
+                 FROM pg_type WHERE oid = $1",
+                &[&oid, &typmod],
+            )
+            .await
+            .map_err(|e| sql_err(&format!("reading the type of {what}"), e))?;
+        let (typtype, base, base_typmod, elem, category, len): (
+            String,
+            u32,
+            i32,
+            u32,
+            String,
+            i16,
+        ) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+        );
+        if typtype == "d" {
+            // A domain's values are its base type's; its typmod (numeric(10,2))
+            // is declared on the domain.
+            oid = base;
+            typmod = base_typmod;
+            continue;
+        }
+        return Ok(match oid {
+            MONEY_OID => Resolved::Money,
+            INTERVAL_OID => Resolved::Interval,
+            _ if typtype == "e" => Resolved::Enum,
+            _ if category == "A" && len == -1 && elem != 0 => Resolved::Array(elem, typmod),
+            _ => Resolved::Named(row.get(6)),
+        });
+    }
+    Err(ConnectorError::definite(format!(
+        "{what}: its domains nest more than 64 deep; share it through a view that casts it to its base type"
+    )))
+}
+
+/// The scale of `money` amounts: the fraction digits of the server's
+/// `lc_monetary` for this session (the database's default).
+async fn money_scale(client: &Client) -> Result<u32, ConnectorError> {
+    let row = client
+        .query_one("SELECT scale('0'::money::numeric)", &[])
+        .await
+        .map_err(|e| sql_err("reading the scale of money amounts (lc_monetary)", e))?;
+    Ok(row.get::<_, i32>(0).max(0) as u32)
+}
+
+/// The shared type of a column of type `oid` (typmod `typmod`).
+async fn shared_type(
+    client: &Client,
+    oid: u32,
+    typmod: i32,
+    what: &str,
+) -> Result<(SqlType, bool), ConnectorError> {
+    let cannot = |type_name: &str| {
+        ConnectorError::definite(format!(
+            "{what}: type {type_name} cannot be shared yet; \
+             leave the column out with a view, or cast it in the source"
+        ))
+    };
+    let parse = |type_name: String| SqlType::parse(&type_name).map_err(|_| cannot(&type_name));
+    Ok(match resolve(client, oid, typmod, what).await? {
+        Resolved::Enum => (SqlType::Text, false),
+        Resolved::Interval => (SqlType::Interval, false),
+        // money is a 64-bit count of the currency's smallest unit: 19 digits.
+        Resolved::Money => (
+            SqlType::Decimal {
+                precision: Some(19),
+                scale: Some(money_scale(client).await?),
+            },
+            true,
+        ),
+        Resolved::Named(name) => (parse(name)?, false),
+        Resolved::Array(elem, typmod) => {
+            let element = match resolve(client, elem, typmod, what).await? {
+                Resolved::Enum => SqlType::Text,
+                Resolved::Interval => SqlType::Interval,
+                Resolved::Money => {
+                    return Err(ConnectorError::definite(format!(
+                        "{what}: arrays of money cannot be shared (the array's text prints \
+                         each amount in the server's currency format); share the column \
+                         through a view as numeric[] (column::numeric[])"
+                    )))
+                }
+                Resolved::Array(..) => return Err(cannot("array of arrays")),
+                Resolved::Named(name) => match parse(name.clone())? {
+                    SqlType::Array(_) => return Err(cannot(&name)),
+                    t => t,
+                },
+            };
+            (SqlType::Array(Box::new(element)), false)
+        }
+    })
+}
+
+/// Describes a table from the catalog, with how each column is read;
+/// checks it has a primary key and that every column type maps.
+///
+/// An enum is shared as text (its label), a domain as its base type, an
+/// interval as ISO 8601 text, money as `numeric(19, s)` with `s` the
+/// fraction digits of `lc_monetary`, an array as an array of its element
+/// type. PostgreSQL does not enforce an array
+/// column's dimensions (`int[][]` is `int[]`), so a value with more than
+/// one, or with a lower bound other than 1, can only be refused when it
+/// is read: that row is dead-lettered.
+pub async fn describe_sources(
+    client: &Client,
+    table: &TableConfig,
+) -> Result<(TableDesc, Vec<ColumnSource>), ConnectorError> {
     let (schema, name) = table.split();
     let qualified = format!("{schema}.{name}");
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                    pg_get_expr(d.adbin, d.adrelid) \
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, \
+                    pg_get_expr(d.adbin, d.adrelid), format_type(a.atttypid, a.atttypmod) \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -116,22 +265,20 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
         )));
     }
     let mut columns = Vec::with_capacity(rows.len());
+    let mut sources = Vec::with_capacity(rows.len());
     for r in &rows {
         let col: String = r.get(0);
-        let type_name: String = r.get(1);
-        let not_null: bool = r.get(2);
-        let sql_type = SqlType::parse(&type_name).map_err(|_| {
-            ConnectorError::definite(format!(
-                "table {qualified}, column {col}: type {type_name} cannot be shared yet; \
-                 leave the column out with a view, or cast it in the source"
-            ))
-        })?;
+        let not_null: bool = r.get(3);
+        let what = format!("table {qualified}, column {col}");
+        let (sql_type, money) = shared_type(client, r.get(1), r.get(2), &what).await?;
         let mut column = ColumnDesc::new(col, sql_type, !not_null);
-        if not_null {
-            // A constant default becomes the Avro field's default, so
-            // ADD COLUMN ... NOT NULL DEFAULT x stays backward compatible.
+        // A constant default becomes the Avro field's default, so ADD
+        // COLUMN ... NOT NULL DEFAULT x stays backward compatible; not for
+        // types whose default is written in another form than their
+        // values are shared in (interval, money).
+        if not_null && !money && column.sql_type != SqlType::Interval {
             let default = r
-                .get::<_, Option<String>>(3)
+                .get::<_, Option<String>>(4)
                 .as_deref()
                 .and_then(constant_default)
                 .and_then(|text| crate::text::parse(&column.sql_type, &text).ok());
@@ -140,6 +287,10 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
             }
         }
         columns.push(column);
+        sources.push(ColumnSource {
+            type_name: r.get(5),
+            money,
+        });
     }
     let pk_rows = client
         .query(
@@ -152,6 +303,16 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
         .await
         .map_err(|e| sql_err(&format!("reading the primary key of {qualified}"), e))?;
     let primary_key: Vec<String> = pk_rows.iter().map(|r| r.get(0)).collect();
+    if let Some((c, _)) = primary_key
+        .iter()
+        .filter_map(|k| columns.iter().zip(&sources).find(|(c, _)| c.name == *k))
+        .find(|(_, s)| s.money)
+    {
+        return Err(ConnectorError::definite(format!(
+            "table {qualified}: primary-key column {} is money, whose text form depends on the              server's locale; key the table by another column, or share it through a view that              casts the key to numeric",
+            c.name
+        )));
+    }
     if primary_key.is_empty() {
         return Err(ConnectorError::definite(format!(
             "table {qualified} has no primary key; backflow keys every change by primary key: \
@@ -167,7 +328,7 @@ pub async fn describe(client: &Client, table: &TableConfig) -> Result<TableDesc,
     };
     desc.validate_captured()
         .map_err(|e| ConnectorError::definite(e.to_string()))?;
-    Ok(desc)
+    Ok((desc, sources))
 }
 
 /// Makes sure the table logs full before-images (`REPLICA IDENTITY FULL`),
@@ -583,7 +744,7 @@ mod tests {
                 .unwrap();
         });
         let started = std::time::Instant::now();
-        let desc = describe_with(&c, &table, &announced, Duration::from_secs(30))
+        let (desc, _) = describe_with(&c, &table, &announced, Duration::from_secs(30))
             .await
             .unwrap();
         late.await.unwrap();

@@ -55,6 +55,35 @@
 //! holds ([`Source::topic_state`]); keys the table no longer has (deleted
 //! while no slot existed) become deletes at the snapshot's position.
 //!
+//! # Column types
+//! Besides the types of `schemas/src/types.rs`:
+//! - an **enum** is shared as text, its label;
+//! - a **domain** as its base type (domains over domains followed), its
+//!   checks being the department's business;
+//! - **interval** as ISO 8601 duration text: both sessions run with
+//!   `IntervalStyle = iso_8601`, so the snapshot and the stream print
+//!   `P1Y2M3DT4H5M6.5S`, `PT0S`, or `P-10M-3DT-1S` (each part may carry
+//!   its own sign, as PostgreSQL keeps months, days and time apart);
+//! - **money** as an exact `numeric(19, s)`, `s` being the fraction digits
+//!   of the `lc_monetary` the catalog session gets from the server (the
+//!   database's default; 2 for most locales). The snapshot reads
+//!   `money::numeric`. The stream only has money's text form, which
+//!   depends on `lc_monetary`; the replication session therefore runs
+//!   with `lc_monetary = C`, where PostgreSQL prints the stored 64-bit
+//!   count of the smallest unit as `$1,234.56` / `-$1,234.56` (a point
+//!   before the last two digits, whatever the currency), and the feed
+//!   reads that count at scale `s`. Text in any other form is
+//!   dead-lettered naming the column, never guessed at. A money primary
+//!   key and arrays of money are refused at start (cast them in a view);
+//! - a one-dimensional **array** of any type above as an Avro array of
+//!   nullable elements, read from PostgreSQL's text array form
+//!   ([`crate::text::parse_array`]: quotes, backslash escapes, `NULL`
+//!   versus `"NULL"`, `{}`). PostgreSQL does not enforce an array
+//!   column's declared dimensions (`int[][]` and `int[]` are one type), so
+//!   the catalog cannot tell: a value with two or more dimensions, or
+//!   indexed from anything but 1 (`[0:1]={...}`), sends its row to the
+//!   dead-letter topic with the column named and the way out.
+//!
 //! # Partitioned tables
 //! A partitioned table (declarative partitioning) is captured through its
 //! root: the publication is created (or altered) with
@@ -95,12 +124,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backflow_schemas::{ChangeEvent, Datum, Op, Row, Snapshot, TableDesc, TransactionInfo};
+use backflow_schemas::{
+    ChangeEvent, Datum, Op, Row, Snapshot, SqlType, TableDesc, TransactionInfo,
+};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use self::catalog::ident;
+use self::catalog::{ident, ColumnSource};
 use self::pgoutput::{Cell, Message};
 use crate::connect::{self, postgres::PgTarget};
 use crate::source::Provenance;
@@ -287,6 +318,8 @@ type Resume = crate::source::Resume<SnapshotProgress, Lsn>;
 
 struct Captured {
     desc: Arc<TableDesc>,
+    /// How each column of `desc` is read.
+    sources: Arc<[ColumnSource]>,
     config: TableConfig,
     /// The `source` its events share.
     provenance: Provenance,
@@ -361,8 +394,10 @@ impl PostgresSource {
         }
     }
 
-    /// The server, login and session settings of both connections.
-    fn target(&self, application_name: String) -> PgTarget {
+    /// The server, login and session settings of both connections:
+    /// timestamps with a time zone printed in UTC, intervals in ISO 8601.
+    /// `options` adds to them.
+    fn target(&self, application_name: String, options: &str) -> PgTarget {
         let c = &self.config;
         PgTarget {
             host: c.host.clone(),
@@ -371,19 +406,25 @@ impl PostgresSource {
             password: c.password.clone(),
             database: c.database.clone(),
             application_name,
-            options: Some("-c TimeZone=UTC".to_owned()),
+            options: Some(format!(
+                "-c TimeZone=UTC -c IntervalStyle=iso_8601{options}"
+            )),
             tls: c.tls(),
         }
     }
 
+    /// The catalog and snapshot session. It keeps the server's
+    /// `lc_monetary`: the scale of money amounts is its fraction digits.
     async fn connect_sql(&self) -> Result<Client, ConnectorError> {
-        connect::postgres::connect(&self.target("backflow".to_owned())).await
+        connect::postgres::connect(&self.target("backflow".to_owned(), "")).await
     }
 
     /// The replication session (gated: nothing streams before `start`).
     async fn connect_replication(&self) -> Result<ReplicationClient, ConnectorError> {
         let c = &self.config;
-        let target = self.target(format!("backflow-{}", c.name));
+        // money is printed as `lc_monetary = C` does: `$`, the raw amount
+        // in hundredths with `,` between thousands (read_money).
+        let target = self.target(format!("backflow-{}", c.name), " -c lc_monetary=C");
         let config = target
             .replication_config(&c.slot(), &c.publication())
             .with_status_interval(Duration::from_secs(1));
@@ -425,10 +466,20 @@ impl PostgresSource {
             }));
         };
         let limit = max.min(self.config.snapshot_chunk_rows).max(1);
+        let sources = self
+            .tables
+            .get(&(desc.schema.clone(), desc.name.clone()))
+            .map(|c| c.sources.clone())
+            .ok_or_else(|| ConnectorError::definite("snapshot of a table not captured"))?;
+        // money as numeric: exact whatever the session's lc_monetary.
         let cols: Vec<String> = desc
             .columns
             .iter()
-            .map(|c| format!("src.{}::text", ident(&c.name)))
+            .zip(sources.iter())
+            .map(|(c, s)| {
+                let cast = if s.money { "::numeric" } else { "" };
+                format!("src.{}{cast}::text", ident(&c.name))
+            })
             .collect();
         // Qualified: a bare name in ORDER BY would sort by the ::text output
         // column of the same name, not by the key.
@@ -441,11 +492,14 @@ impl PostgresSource {
         let mut sql = format!("SELECT {} FROM {table} AS src", cols.join(", "));
         let params: Vec<String> = snap.after.clone().unwrap_or_default();
         if !params.is_empty() {
+            // To the key columns' own types (an enum key sorts in its
+            // declared order, not as text).
             let casts: Vec<String> = desc
-                .key_columns()
+                .primary_key
                 .iter()
+                .filter_map(|k| desc.column(k).map(|(i, _)| &sources[i].type_name))
                 .enumerate()
-                .map(|(i, c)| format!("${}::text::{}", i + 1, c.sql_type))
+                .map(|(i, t)| format!("${}::text::{t}", i + 1))
                 .collect();
             sql.push_str(&format!(
                 " WHERE ({}) > ({})",
@@ -526,7 +580,7 @@ impl PostgresSource {
                 })
                 .collect();
             let info = provenance.info(ts, Snapshot::True, position.0.clone(), None);
-            match build_row(&desc, &cells, None) {
+            match build_row(&desc, &[], &cells, None) {
                 Ok(after) => batch.records.push(SourceRecord {
                     table: desc.clone(),
                     event: ChangeEvent {
@@ -582,11 +636,13 @@ impl PostgresSource {
                         // The table changed shape (ALTER TABLE): describe it again;
                         // the runtime registers the new schema version.
                         let sql = self.sql.as_ref().expect("connected in start");
-                        let desc =
+                        let (desc, sources) =
                             catalog::describe_with(sql, &c.config, &columns, catalog::CATALOG_WAIT)
                                 .await?;
                         tracing::info!(table = %desc.qualified_name(), "table definition changed");
-                        self.tables.get_mut(&key).expect("present").desc = Arc::new(desc);
+                        let captured = self.tables.get_mut(&key).expect("present");
+                        captured.desc = Arc::new(desc);
+                        captured.sources = sources.into();
                     }
                 }
                 self.relations.insert(id, (schema, name, columns));
@@ -637,6 +693,7 @@ impl PostgresSource {
             return Ok(());
         };
         let desc = captured.desc.clone();
+        let sources = captured.sources.clone();
         let tx = self
             .tx
             .as_mut()
@@ -646,10 +703,13 @@ impl PostgresSource {
         let reorder = |cells: Vec<Cell>| in_description_order(&desc, columns, cells);
         let old = old.map(reorder);
         let new = new.map(reorder);
-        let before = old.as_ref().map(|o| build_row(&desc, o, None)).transpose();
+        let before = old
+            .as_ref()
+            .map(|o| build_row(&desc, &sources, o, None))
+            .transpose();
         let after = new
             .as_ref()
-            .map(|n| build_row(&desc, n, old.as_deref()))
+            .map(|n| build_row(&desc, &sources, n, old.as_deref()))
             .transpose();
         let (before, after) = match (before, after) {
             (Ok(b), Ok(a)) => (b, a),
@@ -742,8 +802,14 @@ fn in_description_order(desc: &TableDesc, columns: &[String], mut cells: Vec<Cel
 }
 
 /// Builds a row from text cells; an unchanged TOAST value is taken from the
-/// before-image.
-fn build_row(desc: &TableDesc, cells: &[Cell], old: Option<&[Cell]>) -> Result<Row, String> {
+/// before-image. `sources` says how the stream's cells are read (money);
+/// empty for the snapshot's, whose columns are all cast to readable text.
+fn build_row(
+    desc: &TableDesc,
+    sources: &[ColumnSource],
+    cells: &[Cell],
+    old: Option<&[Cell]>,
+) -> Result<Row, String> {
     desc.columns
         .iter()
         .enumerate()
@@ -762,11 +828,64 @@ fn build_row(desc: &TableDesc, cells: &[Cell], old: Option<&[Cell]>) -> Result<R
             match cell {
                 Cell::Null => Ok(Datum::Null),
                 Cell::Unchanged => Err(format!("column {}: unchanged TOAST value in the before-image", c.name)),
+                Cell::Text(t) if sources.get(i).is_some_and(|s| s.money) => {
+                    read_money(&c.sql_type, t).map_err(|e| format!("column {}: {e}", c.name))
+                }
                 Cell::Text(t) => crate::text::parse(&c.sql_type, t).map_err(|e| format!("column {}: {e}", c.name)),
             }
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Row)
+}
+
+/// A money amount as the replication session prints it (`lc_monetary =
+/// C`): `$1,234.56`, `-$0.05`. That text is the raw 64-bit count of the
+/// currency's smallest unit with a point before its last two digits,
+/// whatever the database's own currency; the amount is that count at the
+/// column's scale (the fraction digits of the database's `lc_monetary`).
+/// Anything else is refused, never guessed at.
+fn read_money(sql_type: &SqlType, text: &str) -> Result<Datum, String> {
+    let SqlType::Decimal {
+        scale: Some(scale), ..
+    } = sql_type
+    else {
+        return Err(format!("a money column described as {sql_type}"));
+    };
+    let refuse = || {
+        "cannot read a money value: the replication session prints money with lc_monetary = C \
+         as -$1,234.56, and this value is not in that form (is lc_monetary set for the \
+         feed's user or database to something else?); share the column through a view \
+         that casts it to numeric"
+            .to_owned()
+    };
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let digits = rest.strip_prefix('$').ok_or_else(refuse)?;
+    let (int, frac) = digits.split_once('.').ok_or_else(refuse)?;
+    let groups_ok = int.split(',').enumerate().all(|(i, g)| {
+        (if i == 0 {
+            (1..=3).contains(&g.len())
+        } else {
+            g.len() == 3
+        }) && g.bytes().all(|b| b.is_ascii_digit())
+    });
+    if !groups_ok || frac.len() != 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(refuse());
+    }
+    let sign = if negative { "-" } else { "" };
+    let raw: String = int
+        .chars()
+        .filter(|c| *c != ',')
+        .chain(frac.chars())
+        .collect();
+    let count =
+        backflow_schemas::Decimal::parse(&format!("{sign}{raw}"), 0).map_err(|_| refuse())?;
+    Ok(Datum::Decimal(backflow_schemas::Decimal {
+        unscaled: count.unscaled,
+        scale: *scale,
+    }))
 }
 
 #[async_trait]
@@ -788,7 +907,7 @@ impl Source for PostgresSource {
         // tables in the same order.
         let mut descs = Vec::new();
         for t in &self.config.tables {
-            let desc = catalog::describe(&sql, t).await?;
+            let (desc, sources) = catalog::describe_sources(&sql, t).await?;
             catalog::ensure_replica_identity(&sql, &desc, self.config.replica_identity).await?;
             let desc = Arc::new(desc);
             descs.push(desc.clone());
@@ -797,6 +916,7 @@ impl Source for PostgresSource {
                 Captured {
                     provenance: self.provenance(&desc),
                     desc,
+                    sources: sources.into(),
                     config: t.clone(),
                 },
             );

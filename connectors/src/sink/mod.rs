@@ -372,6 +372,7 @@ fn key_bytes(key: &Row) -> Vec<u8> {
             Datum::TimestampTz(v) => put(&mut out, 12, &v.to_le_bytes()),
             Datum::Uuid(u) => put(&mut out, 13, u.as_bytes()),
             Datum::Json(s) => put(&mut out, 14, s.as_bytes()),
+            Datum::Array(items) => put(&mut out, 15, &key_bytes(&Row(items.clone()))),
         }
     }
     out
@@ -451,7 +452,13 @@ pub(crate) fn reconcile(
             backflow_schemas::SqlType::parse(&e.type_name),
         );
         let same_kind = match (&parsed_wanted, &parsed_have) {
-            (Ok(w), Ok(h)) => kind(*w) == kind(*h),
+            (Ok(w), Ok(h)) => kind(w) == kind(h),
+            // A type backflow does not know (an enum, a domain, MySQL's
+            // ENUM and SET) takes text: the database converts each value
+            // and refuses one that does not fit, which fails that row
+            // alone into the dead-letter path.
+            (Ok(w), Err(_)) if takes_text(w) => true,
+            (Ok(SqlType::Array(w)), Err(_)) if takes_text(w) => e.type_name.ends_with("[]"),
             _ => wanted.eq_ignore_ascii_case(&e.type_name),
         };
         // Decimals with fewer fraction or integer digits than the dataset's
@@ -503,9 +510,17 @@ pub(crate) fn reconcile(
     Ok(out)
 }
 
+/// Whether values of `t` travel as text a column of an unknown type may
+/// convert.
+fn takes_text(t: &SqlType) -> bool {
+    t.is_text() || *t == SqlType::Interval
+}
+
 /// Kinds of values that one column can hold whatever its width.
-fn kind(t: SqlType) -> u8 {
+fn kind(t: &SqlType) -> u8 {
     match t {
+        SqlType::Interval => 13,
+        SqlType::Array(element) => 32 + kind(element),
         SqlType::SmallInt | SqlType::Int | SqlType::BigInt => 1,
         SqlType::Decimal { .. } => 2,
         SqlType::Real | SqlType::Double => 3,

@@ -125,24 +125,26 @@ const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR
 /// JSON is spelt: MariaDB's JSON is LONGTEXT with a validity check).
 pub fn ddl_type(c: &ColumnDesc, is_key: bool, mariadb: bool) -> String {
     let text = |is_key: bool| if is_key { "VARCHAR(768)" } else { "LONGTEXT" }.to_owned();
-    match c.sql_type {
+    match &c.sql_type {
         SqlType::SmallInt => "SMALLINT".into(),
         SqlType::Int => "INT".into(),
         SqlType::BigInt => "BIGINT".into(),
         SqlType::Decimal {
             precision: Some(p),
             scale,
-        } if p <= 65 && scale.unwrap_or(0) <= 30 => format!("DECIMAL({p},{})", scale.unwrap_or(0)),
+        } if *p <= 65 && scale.unwrap_or(0) <= 30 => format!("DECIMAL({p},{})", scale.unwrap_or(0)),
         SqlType::Decimal { .. } => text(is_key),
         SqlType::Real => "FLOAT".into(),
         SqlType::Double => "DOUBLE".into(),
         SqlType::Boolean => "TINYINT(1)".into(),
         SqlType::Varchar { len: Some(n) } | SqlType::Char { len: Some(n) }
-            if n <= MAX_VARCHAR || (is_key && n <= 768) =>
+            if *n <= MAX_VARCHAR || (is_key && *n <= 768) =>
         {
             format!("VARCHAR({n})")
         }
-        SqlType::Text | SqlType::Varchar { .. } | SqlType::Char { .. } => text(is_key),
+        SqlType::Text | SqlType::Varchar { .. } | SqlType::Char { .. } | SqlType::Interval => {
+            text(is_key)
+        }
         SqlType::Bytes => if is_key {
             "VARBINARY(3072)"
         } else {
@@ -153,8 +155,10 @@ pub fn ddl_type(c: &ColumnDesc, is_key: bool, mariadb: bool) -> String {
         SqlType::Time => "TIME(6)".into(),
         SqlType::Timestamp | SqlType::TimestampTz => "DATETIME(6)".into(),
         SqlType::Uuid => "CHAR(36)".into(),
-        SqlType::Json if mariadb => "LONGTEXT".into(),
-        SqlType::Json => "JSON".into(),
+        // An array as its JSON text (sink::values::json_text).
+        SqlType::Json | SqlType::Array(_) if is_key => text(is_key),
+        SqlType::Json | SqlType::Array(_) if mariadb => "LONGTEXT".into(),
+        SqlType::Json | SqlType::Array(_) => "JSON".into(),
     }
 }
 
@@ -548,6 +552,7 @@ fn my_value(c: &ColumnDesc, d: &Datum) -> Result<Value, ConnectorError> {
         Datum::Text(s) | Datum::Json(s) => Value::Bytes(s.clone().into_bytes()),
         Datum::Bytes(b) => Value::Bytes(b.clone()),
         Datum::Uuid(u) => Value::Bytes(u.hyphenated().to_string().into_bytes()),
+        Datum::Array(_) => Value::Bytes(super::values::json_text(d).into_bytes()),
         Datum::Date(days) => {
             let (y, m, d) = civil_from_days(i64::from(*days));
             let y = u16::try_from(y)

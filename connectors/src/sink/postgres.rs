@@ -110,10 +110,15 @@ fn default_schema() -> String {
 
 /// The column type the sink creates for a SQL type.
 pub fn ddl_type(c: &ColumnDesc, _is_key: bool) -> String {
-    match c.sql_type {
+    type_ddl(&c.sql_type)
+}
+
+fn type_ddl(t: &SqlType) -> String {
+    match t {
         SqlType::Char { len: None } => "bpchar".to_owned(),
         SqlType::Json => "jsonb".to_owned(),
         SqlType::TimestampTz => "timestamp with time zone".to_owned(),
+        SqlType::Array(element) => format!("{}[]", type_ddl(element)),
         t => t.to_string(),
     }
 }

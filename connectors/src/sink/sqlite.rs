@@ -58,7 +58,7 @@ pub struct SqliteSinkConfig {
 
 /// The column type the sink creates for a SQL type.
 pub fn ddl_type(c: &ColumnDesc, _is_key: bool) -> String {
-    match c.sql_type {
+    match &c.sql_type {
         SqlType::SmallInt | SqlType::Int | SqlType::BigInt | SqlType::Boolean => "INTEGER",
         SqlType::Real | SqlType::Double => "REAL",
         SqlType::Bytes => "BLOB",
@@ -69,7 +69,7 @@ pub fn ddl_type(c: &ColumnDesc, _is_key: bool) -> String {
 
 fn column_check(c: &ColumnDesc) -> Option<String> {
     let n = quote('"', &c.name);
-    match c.sql_type {
+    match &c.sql_type {
         SqlType::Varchar { len: Some(len) } | SqlType::Char { len: Some(len) } => {
             Some(format!("CHECK (length({n}) <= {len})"))
         }
@@ -497,6 +497,7 @@ fn lite_value(c: &ColumnDesc, d: &Datum) -> Result<Value, ConnectorError> {
         Datum::Timestamp(v) => Value::Text(timestamp_text(*v)),
         Datum::TimestampTz(v) => Value::Text(timestamp_tz_iso(*v)),
         Datum::Uuid(u) => Value::Text(u.hyphenated().to_string()),
+        Datum::Array(_) => Value::Text(super::values::json_text(d)),
     })
 }
 

@@ -109,7 +109,74 @@ pub fn pg_text(d: &Datum) -> Option<String> {
         Datum::Timestamp(v) => timestamp_text(*v),
         Datum::TimestampTz(v) => format!("{}+00", timestamp_text(*v)),
         Datum::Uuid(u) => u.hyphenated().to_string(),
+        Datum::Array(items) => {
+            // Every element quoted (then only `"` and `\` need escaping),
+            // NULL bare.
+            let mut out = String::from("{");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match pg_text(item) {
+                    None => out.push_str("NULL"),
+                    Some(text) => {
+                        out.push('"');
+                        for c in text.chars() {
+                            if c == '"' || c == '\\' {
+                                out.push('\\');
+                            }
+                            out.push(c);
+                        }
+                        out.push('"');
+                    }
+                }
+            }
+            out.push('}');
+            out
+        }
     })
+}
+
+/// A value as JSON, for databases without arrays (MySQL, SQLite): an
+/// array as a JSON array of its elements, numbers as JSON numbers (NaN and
+/// the infinities, which JSON lacks, as the strings PostgreSQL spells
+/// them), dates and times as ISO text, bytes as `\x` hex text, a JSON
+/// document as itself.
+pub fn json_text(d: &Datum) -> String {
+    let mut out = String::new();
+    write_json(&mut out, d);
+    out
+}
+
+fn write_json(out: &mut String, d: &Datum) {
+    let quoted = |out: &mut String, text: &str| {
+        out.push_str(&serde_json::Value::String(text.to_owned()).to_string())
+    };
+    match d {
+        Datum::Null => out.push_str("null"),
+        Datum::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Datum::Int(v) => out.push_str(&v.to_string()),
+        Datum::Long(v) => out.push_str(&v.to_string()),
+        Datum::Float(v) if v.is_finite() => out.push_str(&serde_json::json!(v).to_string()),
+        Datum::Double(v) if v.is_finite() => out.push_str(&serde_json::json!(v).to_string()),
+        // Exact: the decimal's own digits are a JSON number, not a float.
+        Datum::Decimal(v) => out.push_str(&v.to_string()),
+        Datum::Json(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => {
+            out.push_str(s)
+        }
+        Datum::TimestampTz(v) => quoted(out, &timestamp_tz_iso(*v)),
+        Datum::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(out, item);
+            }
+            out.push(']');
+        }
+        other => quoted(out, &pg_text(other).unwrap_or_default()),
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +206,46 @@ mod tests {
         );
         assert_eq!(pg_text(&Datum::Double(0.1)).unwrap(), "0.1");
         assert_eq!(pg_text(&Datum::Null), None);
+        let array = Datum::Array(vec![
+            Datum::Text("a\"b".into()),
+            Datum::Null,
+            Datum::Text("NULL".into()),
+            Datum::Text("c,d\\".into()),
+            Datum::Text(String::new()),
+        ]);
+        assert_eq!(
+            pg_text(&array).unwrap(),
+            r#"{"a\"b",NULL,"NULL","c,d\\",""}"#
+        );
+        assert_eq!(pg_text(&Datum::Array(vec![])).unwrap(), "{}");
+        // What PostgreSQL prints reads back as the same elements.
+        assert_eq!(
+            crate::text::parse_array(&pg_text(&array).unwrap()).unwrap(),
+            vec![
+                Some("a\"b".to_owned()),
+                None,
+                Some("NULL".to_owned()),
+                Some("c,d\\".to_owned()),
+                Some(String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn json_forms_of_arrays() {
+        let array = Datum::Array(vec![
+            Datum::Int(1),
+            Datum::Null,
+            Datum::Decimal(backflow_schemas::Decimal::parse("12345678901234567890.25", 2).unwrap()),
+            Datum::Double(f64::NAN),
+            Datum::Text("a\"b".into()),
+            Datum::Date(0),
+            Datum::TimestampTz(0),
+        ]);
+        assert_eq!(
+            json_text(&array),
+            r#"[1,null,12345678901234567890.25,"NaN","a\"b","1970-01-01","1970-01-01T00:00:00.000000Z"]"#
+        );
+        assert_eq!(json_text(&Datum::Array(vec![])), "[]");
     }
 }

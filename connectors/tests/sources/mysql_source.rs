@@ -245,7 +245,7 @@ async fn mysql_source_reads_every_type_exactly_in_snapshot_and_binlog() {
     let mut source = MysqlSource::new(config(&db, "t"), "330100");
     let tables = source.start(None).await.unwrap();
     let desc = &tables[0];
-    let ty = |n: &str| desc.column(n).unwrap().1.sql_type;
+    let ty = |n: &str| desc.column(n).unwrap().1.sql_type.clone();
     assert_eq!(ty("flag"), SqlType::Boolean);
     assert_eq!(ty("small"), SqlType::SmallInt);
     assert_eq!(
@@ -316,6 +316,97 @@ async fn mysql_source_reads_every_type_exactly_in_snapshot_and_binlog() {
         );
     }
     source.shutdown().await.unwrap();
+}
+
+/// Zero dates (`0000-00-00`, a zero month or day, a zero DATETIME or
+/// TIMESTAMP), which a permissive `sql_mode` lets a department store, have
+/// no calendar value: in the snapshot and in the binlog alike, their rows
+/// go to the dead-letter topic with the column named, and the rows around
+/// them are shared.
+#[tokio::test]
+async fn mysql_source_zero_dates_are_dead_lettered_naming_the_column() {
+    let (db, mut c) = fresh_db("bf_my_zero_dates").await;
+    c.query_drop("SET SESSION sql_mode = ''").await.unwrap();
+    c.query_drop("CREATE TABLE z (id int PRIMARY KEY, d date, dt datetime, ts timestamp NULL)")
+        .await
+        .unwrap();
+    let insert = |offset: i32| {
+        [
+            format!(
+                "INSERT INTO z VALUES ({}, '0000-00-00', NULL, NULL), ({}, NULL, '0000-00-00 00:00:00', NULL),
+                 ({}, '2024-00-15', NULL, NULL), ({}, NULL, '2024-05-00 10:00:00', NULL),
+                 ({}, NULL, NULL, '0000-00-00 00:00:00')",
+                1 + offset,
+                2 + offset,
+                3 + offset,
+                4 + offset,
+                5 + offset
+            ),
+            format!(
+                "INSERT INTO z VALUES ({}, '2024-05-06', '2024-05-06 07:08:09', '2024-05-06 07:08:09')",
+                6 + offset
+            ),
+        ]
+    };
+    for statement in insert(0) {
+        c.query_drop(statement).await.unwrap();
+    }
+    let mut source = MysqlSource::new(config(&db, "z"), "330100");
+    source.start(None).await.unwrap();
+    let (snap, _, snap_rejected) = read(&mut source, 1).await;
+    for statement in insert(10) {
+        c.query_drop(statement).await.unwrap();
+    }
+    let (streamed, _, stream_rejected) = read(&mut source, 1).await;
+    source.shutdown().await.unwrap();
+    let day = backflow_connectors::text::days_from_civil(2024, 5, 6);
+    let at = (day * 86_400 + 7 * 3600 + 8 * 60 + 9) * 1_000_000;
+    for (phase, records, rejected, id) in [
+        ("snapshot", &snap, &snap_rejected, 6),
+        ("binlog", &streamed, &stream_rejected, 16),
+    ] {
+        let shared: Vec<&Row> = records
+            .iter()
+            .map(|r| r.event.after.as_ref().unwrap())
+            .collect();
+        assert_eq!(
+            shared,
+            [&Row(vec![
+                Datum::Int(id),
+                Datum::Date(day as i32),
+                Datum::Timestamp(at),
+                Datum::TimestampTz(at),
+            ])],
+            "{phase}: only the row with real dates is shared"
+        );
+        let mut columns: Vec<&str> = rejected
+            .iter()
+            .map(|r| {
+                ["column d:", "column dt:", "column ts:"]
+                    .into_iter()
+                    .find(|c| r.contains(c))
+                    .unwrap_or_else(|| panic!("{phase}: a reason naming the column: {r}"))
+            })
+            .collect();
+        columns.sort_unstable();
+        assert_eq!(
+            columns,
+            [
+                "column d:",
+                "column d:",
+                "column dt:",
+                "column dt:",
+                "column ts:"
+            ],
+            "{phase}: each zero date dead-lettered: {rejected:#?}"
+        );
+        assert!(
+            rejected
+                .iter()
+                .all(|r| r.contains("zero") && r.contains("NULL")),
+            "{phase}: the reason says why and the way out: {rejected:#?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -377,6 +377,184 @@ async fn postgres_source_extreme_values_are_shared_or_dead_lettered_with_the_rea
     );
 }
 
+/// Enums, domains (over domains too), money, intervals and arrays are
+/// shared in the snapshot and the stream alike: an enum as its label, a
+/// domain as its base type, money as an exact decimal, an interval in ISO
+/// 8601, an array as a list of nullable elements (quotes, commas,
+/// backslashes, NULL and "NULL" inside kept apart). A multi-dimensional
+/// array, or one with a lower bound other than 1, is dead-lettered naming
+/// the column and the way out.
+#[tokio::test]
+async fn postgres_source_enum_domain_money_interval_and_array_values_are_shared_exactly() {
+    let db = format!("bf_odd_types_{}", std::process::id());
+    fresh_db(&db).await;
+    let c = pg_admin(&db).await;
+    c.batch_execute(
+        r#"CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy, "really"');
+         CREATE DOMAIN amount AS numeric(10,2) CHECK (VALUE >= 0);
+         CREATE DOMAIN code AS text;
+         CREATE DOMAIN short_code AS code;
+         CREATE TABLE odd (id bigint PRIMARY KEY, m mood, a amount, c short_code, cash money,
+             span interval, ints int[], texts text[], nums numeric(6,2)[], moods mood[],
+             days date[], stamps timestamptz[]);"#,
+    )
+    .await
+    .unwrap();
+    // Rows `id` (for the snapshot) and `id + 10` (for the stream) hold the
+    // same values.
+    let insert = |offset: i64| {
+        format!(
+            r#"INSERT INTO odd VALUES
+             ({}, 'ok', 12.5, 'X-1', 1234.56, '1 year 2 months 3 days 04:05:06.5', '{{1,NULL,-3}}',
+              ARRAY['a"b', 'c,d', 'e\f', NULL, 'NULL', '', ' sp ', '{{x}}'], '{{1.5,NULL}}',
+              '{{sad,"happy, \"really\""}}', '{{2026-01-01}}', '{{"2026-01-01 10:00:00+08"}}'),
+             ({}, NULL, NULL, NULL, '-92233720368547758.08', NULL, '{{}}', '{{}}', NULL, NULL, NULL,
+              NULL),
+             ({}, 'sad', 0, '', -0.05, '0', '{{{{1,2}},{{3,4}}}}',
+              NULL, NULL, NULL, NULL, NULL),
+             ({}, NULL, NULL, NULL, NULL, '0', NULL, '[0:1]={{a,b}}', NULL,
+              NULL, NULL, NULL),
+             ({}, 'happy, "really"', NULL, NULL, '92233720368547758.07',
+              '-1 year 2 mons -3 days -00:00:01', NULL, NULL, NULL, NULL, NULL, NULL);"#,
+            1 + offset,
+            2 + offset,
+            3 + offset,
+            4 + offset,
+            5 + offset
+        )
+    };
+    c.batch_execute(&insert(0)).await.unwrap();
+    let mut config = config(&db);
+    config.tables = vec![backflow_connectors::postgres::TableConfig {
+        table: "public.odd".to_owned(),
+        dataset: "t.odd".to_owned(),
+    }];
+    let mut source = PostgresSource::new(config, "330000");
+    let tables = source
+        .start(None)
+        .await
+        .unwrap_or_else(|e| panic!("the feed starts: {e}"));
+    let types: Vec<String> = tables[0]
+        .columns
+        .iter()
+        .map(|c| c.sql_type.to_string())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "bigint",
+            "text",
+            "numeric(10,2)",
+            "text",
+            "numeric(19,2)",
+            "interval",
+            "integer[]",
+            "text[]",
+            "numeric(6,2)[]",
+            "text[]",
+            "date[]",
+            "timestamptz[]"
+        ],
+        "enum as text, domains as their base, money as a decimal"
+    );
+
+    // (id, op and values) of the records, and the dead letters' reasons.
+    type Outcome = (Vec<(i64, String)>, Vec<String>);
+    let note = |outcome: &mut Outcome, batch: &backflow_connectors::SourceBatch| {
+        for r in &batch.records {
+            let row = r.event.after.as_ref().or(r.event.before.as_ref()).unwrap();
+            let shown = format!("{:?} {:?}", r.event.op, &row.0[1..]);
+            outcome.0.push((id_of(&r.event.key), shown));
+        }
+        outcome
+            .1
+            .extend(batch.rejected.iter().map(|r| r.reason.clone()));
+    };
+    let mut snapshot: Outcome = Default::default();
+    loop {
+        let batch = source.next_batch(100).await.unwrap();
+        note(&mut snapshot, &batch);
+        if let Some(cp) = batch
+            .checkpoint
+            .as_ref()
+            .filter(|cp| !cp.0.starts_with("snapshot:"))
+        {
+            source.acknowledge(cp).await.unwrap();
+            break;
+        }
+    }
+    c.batch_execute(&insert(10)).await.unwrap();
+    c.batch_execute("UPDATE odd SET m = 'sad' WHERE id = 12")
+        .await
+        .unwrap();
+    let mut stream: Outcome = Default::default();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while stream.0.len() + stream.1.len() < 6 {
+            let batch = source.next_batch(100).await.unwrap();
+            note(&mut stream, &batch);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("streamed rows missing: {stream:#?}"));
+    source.shutdown().await.unwrap();
+
+    let day = backflow_connectors::text::days_from_civil(2026, 1, 1);
+    let rows = |op: &str, offset: i64| -> Vec<(i64, String)> {
+        vec![
+            (
+                1 + offset,
+                format!(
+                    r#"{op} [Text("ok"), Decimal(Decimal {{ unscaled: 1250, scale: 2 }}), Text("X-1"), Decimal(Decimal {{ unscaled: 123456, scale: 2 }}), Text("P1Y2M3DT4H5M6.5S"), Array([Int(1), Null, Int(-3)]), Array([Text("a\"b"), Text("c,d"), Text("e\\f"), Null, Text("NULL"), Text(""), Text(" sp "), Text("{{x}}")]), Array([Decimal(Decimal {{ unscaled: 150, scale: 2 }}), Null]), Array([Text("sad"), Text("happy, \"really\"")]), Array([Date({day})]), Array([TimestampTz({})])]"#,
+                    (day * 86_400 + 2 * 3600) * 1_000_000
+                ),
+            ),
+            (
+                2 + offset,
+                format!("{op} [Null, Null, Null, Decimal(Decimal {{ unscaled: -9223372036854775808, scale: 2 }}), Null, Array([]), Array([]), Null, Null, Null, Null]"),
+            ),
+            (
+                5 + offset,
+                format!(
+                    r#"{op} [Text("happy, \"really\""), Null, Null, Decimal(Decimal {{ unscaled: 9223372036854775807, scale: 2 }}), Text("P-10M-3DT-1S"), Null, Null, Null, Null, Null, Null]"#
+                ),
+            ),
+        ]
+    };
+    assert_eq!(snapshot.0, rows("Read", 0), "snapshot");
+    let mut streamed = rows("Create", 10);
+    streamed.push((
+        12,
+        r#"Update [Text("sad"), Null, Null, Decimal(Decimal { unscaled: -9223372036854775808, scale: 2 }), Null, Array([]), Array([]), Null, Null, Null, Null]"#
+            .to_owned(),
+    ));
+    assert_eq!(stream.0, streamed, "stream");
+    for (phase, reasons) in [("snapshot", &snapshot.1), ("stream", &stream.1)] {
+        assert_eq!(
+            reasons.len(),
+            2,
+            "{phase}: rows 3 and 4 are dead-lettered: {reasons:#?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("column ints") && r.contains("dimension")),
+            "{phase}: a 2-D array is dead-lettered naming the column: {reasons:#?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("column texts") && r.contains("lower bound")),
+            "{phase}: an array not starting at 1 is dead-lettered naming the column: {reasons:#?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .all(|r| !r.contains("{{1,2},{3,4}}") && !r.contains("={a,b}")),
+            "{phase}: no value in a reason: {reasons:#?}"
+        );
+    }
+}
+
 /// A table partitioned by region (PostgreSQL declarative partitioning) is
 /// captured through its root: the snapshot reads every partition's rows,
 /// streamed changes of every partition arrive as the root's, a row moving

@@ -253,7 +253,11 @@ where
 pub(crate) fn has_text_form(t: &SqlType) -> bool {
     !matches!(
         t,
-        SqlType::Bytes | SqlType::Time | SqlType::Timestamp | SqlType::TimestampTz
+        SqlType::Bytes
+            | SqlType::Time
+            | SqlType::Timestamp
+            | SqlType::TimestampTz
+            | SqlType::Array(_)
     )
 }
 
@@ -273,7 +277,8 @@ pub(crate) fn text_of(d: &Datum) -> Option<Cow<'_, str>> {
         | Datum::Bytes(_)
         | Datum::Time(_)
         | Datum::Timestamp(_)
-        | Datum::TimestampTz(_) => return None,
+        | Datum::TimestampTz(_)
+        | Datum::Array(_) => return None,
     })
 }
 

@@ -329,7 +329,7 @@ impl Mapping {
                     input: Input::Null,
                     codes: None,
                     cast: None,
-                    target: f.sql_type,
+                    target: f.sql_type.clone(),
                 },
             };
             fields.push(plan);
@@ -375,7 +375,7 @@ fn compile_field(
     let resolve = |name: &str| -> Result<(usize, SqlType), MappingError> {
         source
             .column(name)
-            .map(|(i, c)| (i, c.sql_type))
+            .map(|(i, c)| (i, c.sql_type.clone()))
             .ok_or_else(|| MappingError::MissingColumn {
                 field: field.to_owned(),
                 column: name.to_owned(),
@@ -398,7 +398,7 @@ fn compile_field(
                 v.rule, v.reason
             )));
         }
-        (Input::Constant(datum), *target)
+        (Input::Constant(datum), target.clone())
     } else if let Some(column) = &m.from {
         let (i, t) = resolve(column)?;
         (Input::Column(i), t)
@@ -482,7 +482,7 @@ fn compile_field(
                     {
                         return Err(refuse("text, integers or decimals"));
                     }
-                    (Step::Decimal, *target)
+                    (Step::Decimal, target.clone())
                 }
                 Cast::Date(formats) => {
                     if !(kind.is_text() || kind.is_integer() || kind == SqlType::Date) {
@@ -524,7 +524,7 @@ fn compile_field(
         input,
         codes,
         cast,
-        target: *target,
+        target: target.clone(),
     };
     // Every standard code the table can produce must meet the standard.
     if let Some(table) = &plan.codes {

@@ -309,7 +309,7 @@ impl Standard {
             columns: self
                 .fields
                 .iter()
-                .map(|f| ColumnDesc::new(f.name.clone(), f.sql_type, !f.required))
+                .map(|f| ColumnDesc::new(f.name.clone(), f.sql_type.clone(), !f.required))
                 .collect(),
             primary_key: self.key.clone(),
         }

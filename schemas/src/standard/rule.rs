@@ -622,7 +622,7 @@ impl Validator {
             }
             fields.push(FieldChecks {
                 name: f.name.clone(),
-                sql_type: f.sql_type,
+                sql_type: f.sql_type.clone(),
                 required,
                 rules,
             });
