@@ -374,14 +374,26 @@ impl SharePolicy {
             .iter()
             .map(|k| desc.column(k).map(|(i, _)| i).expect("granted key"))
             .collect();
+        // Row rules compare one value: on an array column they would
+        // compare its text form, which no owner means. Refused.
+        let single = |column: &str| -> Result<usize, String> {
+            let i = find(column)?;
+            let t = &source.columns[i].sql_type;
+            if matches!(t, SqlType::Array(_)) {
+                return Err(format!(
+                    "the row rule on column {column} compares one value, and {column} is an array ({t}): choose a column of single values"
+                ));
+            }
+            Ok(i)
+        };
         let region = match &self.rows {
-            crate::domain::policy::RowRule::Jurisdiction(column) => Some(find(column)?),
+            crate::domain::policy::RowRule::Jurisdiction(column) => Some(single(column)?),
             crate::domain::policy::RowRule::All => None,
         };
         let predicates = self
             .predicates
             .iter()
-            .map(|p| Ok((find(&p.column)?, p.clone())))
+            .map(|p| Ok((single(&p.column)?, p.clone())))
             .collect::<Result<_, String>>()?;
         Ok(ShareTable {
             desc,
@@ -618,6 +630,15 @@ mod tests {
         }
         let mut p = policy("330106", "330106");
         p.fields.insert("phones".into(), FieldRule::Plain);
+        // A row rule on the array is refused too: it compares one value.
+        let mut on_array = p.clone();
+        on_array.predicates.push(Predicate {
+            column: "phones".into(),
+            op: "!=".into(),
+            value: "13800001111".into(),
+        });
+        let err = on_array.share_table(&table).unwrap_err();
+        assert!(err.contains("row rule on column phones"), "{err}");
         let t = p.share_table(&table).unwrap();
         let mut row = person(1, "330106");
         let phones = Datum::Array(vec![Datum::Text("13800001111".into()), Datum::Null]);
