@@ -4,7 +4,9 @@
 //
 //   request  a subscriber finds the dataset in 数据目录, requests it in 申请
 //            (every field ticked; the masked one says so), and is refused a
-//            not-shared dataset with the API's reason;
+//            not-shared dataset with the API's reason; markup in the
+//            owner's description stays text; a link with another
+//            principal's token does not swap the open session;
 //   approve  the owner sees the request in 审批 (purpose, fields, node), is
 //            refused a rejection without a reason, then approves with one
 //            field unticked; an owner of another department sees nothing;
@@ -147,8 +149,11 @@ async function requestPhase(browser, result) {
     subscribers: tr.getAttribute("data-subscribers"),
     fields: Object.fromEntries([...tr.querySelectorAll('[data-kind="catalog-field"]')].map((li) => [li.getAttribute("data-field-name"), li.getAttribute("data-rule")])),
     text: tr.textContent,
+    // Markup an owner wrote in the description is text, never elements.
+    markup_elements: tr.querySelectorAll("img, script, b, iframe").length,
   }));
   result.catalog = entry;
+  result.markup_ran = await page.evaluate(() => window.__xss === undefined ? null : String(window.__xss));
   await page.fill("#catalog-search", "no-such-dataset-anywhere");
   const hiddenAll = (await rows(page, "catalog-dataset")).every((r) => r.hidden);
   await page.fill("#catalog-search", dataset.split(".")[1]);
@@ -180,6 +185,21 @@ async function requestPhase(browser, result) {
   await page.waitForSelector(`#request[data-loaded-ms] tr[data-kind="my-request"][data-dataset="${dataset}"]`, { timeout: TIMEOUT });
   result.mine = await rows(page, "my-request");
   await shootBoth(page, "request-subscriber-request", "request");
+
+  // A link carrying another principal's token does not swap the open
+  // session: the page keeps the subscriber and says why.
+  await page.evaluate((tok) => { location.hash = "token=" + encodeURIComponent(tok); }, env("BACKFLOW_OWNER_TOKEN"));
+  await page.waitForSelector('#notice[data-notice="notice.link_token"]:not([hidden])', { timeout: TIMEOUT });
+  await openTab(page, "request");
+  result.link_token = {
+    role: await page.getAttribute("#whoami", "data-role"),
+    principal: await page.getAttribute("#whoami", "data-principal"),
+    tabs: await visibleTabs(page),
+    notice: await page.textContent("#notice"),
+    hash: await page.evaluate(() => location.hash),
+    stored: await page.evaluate(() => sessionStorage.getItem("backflow.token")),
+  };
+  await page.screenshot({ path: join(shots, "request-link-token-refused.zh-CN.png"), fullPage: true });
 
   // The language switch is remembered across a reload.
   await setLang(page, "en");

@@ -8,6 +8,9 @@
 //!    each field's rule, is refused a not-shared dataset with the owner's
 //!    reason, and requests the conditional one through the form: the API
 //!    holds the pending request with its purpose, fields and validity;
+//!    markup in the owner's description shows as text and never runs; a
+//!    link carrying the owner's token leaves the subscriber's session as
+//!    it is and says so;
 //! 2. the owner sees it in 审批 with purpose, fields and requesting node,
 //!    is refused a rejection without a reason (the API's reason shown),
 //!    and approves with one field unticked: the API shows the subscription
@@ -38,6 +41,9 @@ const XIHU: &str = "workbench-xihu-token-0123456789";
 const SUBSCRIBER: &str = "330106";
 const UNTICKED: &str = "id_number";
 const REVOKE_REASON: &str = "用途已完成：网格化管理试点结束";
+/// Markup in an owner's description: the page must show it as text.
+const MARKUP: &str =
+    "<img src=x onerror=\"window.__xss='img'\"><script>window.__xss='script'</script><b>粗</b>";
 
 /// `tests/ui`, with its npm dependencies installed (`npm ci` once).
 fn ui_dir() -> PathBuf {
@@ -198,7 +204,7 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
         &format!("/api/datasets/{dataset}"),
         OWNER,
         Some(json!({
-            "description": "常住人口（社区网格）",
+            "description": format!("常住人口（社区网格）{MARKUP}"),
             "sharing": "conditional",
             "region_column": "region_code",
             "fields": {
@@ -251,6 +257,39 @@ async fn workbench_request_approve_narrowed_and_revoke_through_the_browser() {
     assert_eq!(
         seen["catalog"]["fields"],
         json!({"id": "plain", "id_number": "masked:keep(6,4)", "name": "masked:name", "region_code": "plain"}),
+        "{seen}"
+    );
+    // The description's markup is shown as the owner typed it and never
+    // runs.
+    assert!(
+        seen["catalog"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(MARKUP),
+        "{seen}"
+    );
+    assert_eq!(seen["catalog"]["markup_elements"], 0, "{seen}");
+    assert_eq!(seen["markup_ran"], Value::Null, "{seen}");
+    // A link with the owner's token left the subscriber's session as it was.
+    assert_eq!(
+        seen["link_token"]["principal"], "subscriber:330106",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["link_token"]["tabs"],
+        json!(["catalog", "request"]),
+        "{seen}"
+    );
+    assert_eq!(seen["link_token"]["stored"], XIHU, "{seen}");
+    assert_eq!(
+        seen["link_token"]["hash"], "",
+        "the token is not left in the address: {seen}"
+    );
+    assert!(
+        seen["link_token"]["notice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("当前会话不变"),
         "{seen}"
     );
     assert_eq!(seen["search"]["hides_all_for_nonsense"], true, "{seen}");
