@@ -118,34 +118,50 @@ async fn publisher_and_group_consumer_lose_nothing_and_keep_key_order() {
 /// runtime (a task aborted, a feed's lease let go) must not hold the
 /// runtime meanwhile: here its revoke hook takes 3 s, and the runtime (one
 /// thread) goes on at once.
-#[tokio::test]
-async fn dropping_a_group_member_does_not_hold_the_async_runtime() {
+#[test]
+fn dropping_a_group_member_does_not_hold_the_async_runtime() {
+    // The broker outlives the runtime: the close handed to a blocking
+    // thread needs it to leave the group, and the runtime's shutdown waits
+    // for that thread (bounded below, so a close that hangs in librdkafka
+    // fails the test instead of holding the test binary).
     let broker = TestBroker::start();
-    let settings = KafkaSettings::new(broker.bootstrap());
-    let topic = unique_name("backflow.test.close");
-    create(&settings, &topic, 1).await;
-    let publisher = Publisher::new(&settings, None).unwrap();
-    publish(&publisher, &topic, 1, 1).await;
-    let hook: backflow::kafka::RevokeHook =
-        std::sync::Arc::new(|| std::thread::sleep(Duration::from_secs(3)));
-    let member = Consumer::member(
-        &settings,
-        &unique_name("close-group"),
-        &[&topic],
-        None,
-        None,
-        Some(hook),
-    )
-    .unwrap();
-    // Assigned and reading: closing it revokes the partition.
-    receive(&member, 1, Duration::from_secs(60)).await;
-    let started = Instant::now();
-    drop(member);
-    tokio::task::yield_now().await;
-    let held = started.elapsed();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let settings = KafkaSettings::new(broker.bootstrap());
+        let topic = unique_name("backflow.test.close");
+        create(&settings, &topic, 1).await;
+        let publisher = Publisher::new(&settings, None).unwrap();
+        publish(&publisher, &topic, 1, 1).await;
+        let hook: backflow::kafka::RevokeHook =
+            std::sync::Arc::new(|| std::thread::sleep(Duration::from_secs(3)));
+        let member = Consumer::member(
+            &settings,
+            &unique_name("close-group"),
+            &[&topic],
+            None,
+            None,
+            Some(hook),
+        )
+        .unwrap();
+        // Assigned and reading: closing it revokes the partition.
+        receive(&member, 1, Duration::from_secs(60)).await;
+        let started = Instant::now();
+        drop(member);
+        tokio::task::yield_now().await;
+        let held = started.elapsed();
+        assert!(
+            held < Duration::from_secs(1),
+            "dropping the member held the runtime for {held:?}"
+        );
+    });
+    let closing = Instant::now();
+    runtime.shutdown_timeout(Duration::from_secs(60));
     assert!(
-        held < Duration::from_secs(1),
-        "dropping the member held the runtime for {held:?}"
+        closing.elapsed() < Duration::from_secs(60),
+        "the member's close did not finish within 60 s"
     );
 }
 
