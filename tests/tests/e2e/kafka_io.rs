@@ -356,9 +356,14 @@ async fn a_batch_with_one_refused_record_resolves_to_that_refusal() {
     );
 }
 
-#[tokio::test]
-async fn audit_records_appended_together_continue_one_verifiable_chain() {
-    use backflow::state::audit::{verify, AuditKey, Auditor};
+/// A broker of the test's own with the audit topic, a publisher to it and
+/// a fresh signing key.
+async fn audit_broker() -> (
+    TestBroker,
+    KafkaSettings,
+    Publisher,
+    backflow::state::audit::AuditKey,
+) {
     let broker = TestBroker::start();
     let settings = KafkaSettings::new(broker.bootstrap());
     TopicAdmin::new(&settings)
@@ -367,7 +372,14 @@ async fn audit_records_appended_together_continue_one_verifiable_chain() {
         .await
         .unwrap();
     let publisher = Publisher::new(&settings, None).unwrap();
-    let key = AuditKey::generate().unwrap();
+    let key = backflow::state::audit::AuditKey::generate().unwrap();
+    (broker, settings, publisher, key)
+}
+
+#[tokio::test]
+async fn audit_records_appended_together_continue_one_verifiable_chain() {
+    use backflow::state::audit::{verify, Auditor};
+    let (_broker, settings, publisher, key) = audit_broker().await;
     let auditor = Auditor::new(&settings, publisher.clone(), "330100", key.clone(), 1000);
     // Seq 0 is the process's start checkpoint.
     assert_eq!(
@@ -416,16 +428,8 @@ async fn audit_records_appended_together_continue_one_verifiable_chain() {
 /// and the chain verifies.
 #[tokio::test]
 async fn a_second_writer_of_an_audit_chain_fences_the_first_instead_of_forking_it() {
-    use backflow::state::audit::{verify, AuditKey, Auditor};
-    let broker = TestBroker::start();
-    let settings = KafkaSettings::new(broker.bootstrap());
-    TopicAdmin::new(&settings)
-        .unwrap()
-        .ensure(&[TopicSpec::kept("backflow._audit", 1, 1)])
-        .await
-        .unwrap();
-    let publisher = Publisher::new(&settings, None).unwrap();
-    let key = AuditKey::generate().unwrap();
+    use backflow::state::audit::{verify, Auditor};
+    let (_broker, settings, publisher, key) = audit_broker().await;
     let first = Auditor::new(&settings, publisher.clone(), "330100/a", key.clone(), 1000)
         .in_transactions(None);
     let second = Auditor::new(&settings, publisher, "330100/a", key, 1000).in_transactions(None);
