@@ -56,7 +56,8 @@ const DEPARTMENT: &str = r#"
 
 /// Changes made once the district holds the snapshot: a transaction whose
 /// middle row holds a two-dimensional array (dead-lettered) between two
-/// good ones, updates, a row moving into the district, a delete.
+/// good ones, control characters in elements, updates, a row moving into
+/// the district, a delete.
 const CHANGES: &str = r#"
     BEGIN;
     INSERT INTO things VALUES
@@ -66,10 +67,27 @@ const CHANGES: &str = r#"
         (12, '330106', 'ok', 1, 1, '1 day', ARRAY['two-d'], '{{1,2},{3,4}}');
     INSERT INTO things (id, region_code) VALUES (13, '330106');
     COMMIT;
+    INSERT INTO things VALUES
+        (14, '330106', 'sad', 0, 0.01, '-00:00:00.000001',
+            ARRAY[E'line\nbreak', E'tab\there', '😀'], '{-0,007}');
     UPDATE things SET m = 'ok', a = 0.5, cash = 0, span = '-3 days',
         texts = texts || 'after "update"'::text, ints = '{}' WHERE id = 4;
     UPDATE things SET region_code = '330106' WHERE id = 5;
     DELETE FROM things WHERE id = 6;"#;
+
+/// A PostgreSQL district's own table: the enum and the domain declared
+/// there too, which take the values as the department's columns hold them.
+const PG_OWN_TABLE: &str = r#"
+    CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy, "really"');
+    CREATE DOMAIN amount AS numeric(10,2) CHECK (VALUE >= 0);
+    CREATE TABLE things (id bigint PRIMARY KEY, region_code char(6) NOT NULL, m mood, a amount,
+        cash numeric(19,2), span interval, texts text[], ints int[])"#;
+
+/// A MariaDB district's own table, the enum as an ENUM.
+const MARIADB_OWN_TABLE: &str = r#"
+    CREATE TABLE things (id BIGINT PRIMARY KEY, region_code CHAR(6) NOT NULL,
+        m ENUM('sad', 'ok', 'happy, "really"'), a DECIMAL(10,2), cash DECIMAL(19,2),
+        span VARCHAR(64), texts LONGTEXT, ints LONGTEXT)"#;
 
 /// One district row: id, then region_code, m, a, cash; the interval and
 /// the two arrays as (PostgreSQL's text of the real type, the text stored
@@ -154,6 +172,18 @@ fn wanted(backend: Backend, streamed: bool) -> Table {
                 ],
             ),
             (13, [district, None, None, None], [None, None, None]),
+            (
+                14,
+                [district, Some("sad"), Some("0.00"), Some("0.01")],
+                [
+                    Some(("-00:00:00.000001", "PT-0.000001S")),
+                    Some((
+                        "{\"line\nbreak\",\"tab\there\",😀}",
+                        r#"["line\nbreak","tab\there","😀"]"#,
+                    )),
+                    Some(("{0,7}", "[0,7]")),
+                ],
+            ),
         ]);
     } else {
         rows.extend([
@@ -251,7 +281,12 @@ async fn enum_domain_money_interval_and_array_columns_reach_three_district_datab
         SinkDb::create(Backend::Postgres).await.unwrap(),
         SinkDb::create(Backend::Mariadb).await.unwrap(),
         SinkDb::create(Backend::Sqlite).await.unwrap(),
+        // Districts that made the table themselves.
+        SinkDb::create(Backend::Postgres).await.unwrap(),
+        SinkDb::create(Backend::Mariadb).await.unwrap(),
     ];
+    sinks[3].execute(PG_OWN_TABLE).await.unwrap();
+    sinks[4].execute(MARIADB_OWN_TABLE).await.unwrap();
     let mut subscribers: Vec<Node> = sinks
         .iter()
         .map(|sink| {
@@ -286,6 +321,14 @@ async fn enum_domain_money_interval_and_array_columns_reach_three_district_datab
     ]
     .map(|(c, t)| (c.to_owned(), t.to_owned()));
     assert_eq!(pg_column_types(&sinks[0]).await, expect);
+    let mut own = expect.to_vec();
+    own[2].1 = "mood".to_owned();
+    own[3].1 = "amount".to_owned();
+    assert_eq!(
+        pg_column_types(&sinks[3]).await,
+        own,
+        "the district's table kept"
+    );
 
     // The stream.
     pg_connect(&db)
