@@ -7,7 +7,9 @@
 //! ISO 8601 duration and the JSON array text. Rows come through the
 //! snapshot and the stream (inserts, updates, a delete, a row moving into
 //! the district); a row with a two-dimensional array is dead-lettered by
-//! the feed, naming the column, and the rows after it apply.
+//! the feed, naming the column, and the rows after it apply. Two more
+//! districts made the table themselves (PostgreSQL with the enum and the
+//! domain, MariaDB with an ENUM) and must hold the same values.
 
 use std::time::{Duration, Instant};
 
