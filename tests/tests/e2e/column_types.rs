@@ -382,7 +382,7 @@ async fn enum_domain_money_interval_and_array_columns_reach_three_district_datab
     };
     let reason = String::from_utf8(dead.header("backflow.dlq.reason").unwrap().to_vec()).unwrap();
     assert!(
-        reason.contains("column ints") && reason.contains("dimensions"),
+        reason.contains("column ints") && reason.contains("dimensions") && !reason.contains("  "),
         "{reason}"
     );
     let body = String::from_utf8(dead.payload.clone().unwrap()).unwrap();
