@@ -253,7 +253,7 @@ async fn pg_column_types(sink: &SinkDb) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enum_domain_money_interval_and_array_columns_reach_three_district_databases() {
+async fn enum_domain_money_interval_and_array_columns_reach_every_sink_backend() {
     let started = Instant::now();
     let db = unique_name("bf_types");
     create_pg_database(&db)
