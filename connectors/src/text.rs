@@ -117,14 +117,14 @@ pub fn parse(sql_type: &SqlType, text: &str) -> Result<Datum, TextValueError> {
 pub fn parse_array(text: &str) -> Result<Vec<Option<String>>, String> {
     let t = text.trim();
     if t.starts_with('[') {
-        return Err("an array whose index has a lower bound other than 1 (printed as                     [lower:upper]={...}) cannot be shared: share the column through a view                     that re-bases it, e.g. array(SELECT unnest(column))"
+        return Err("an array whose index has a lower bound other than 1 (printed as [lower:upper]={...}) cannot be shared: share the column through a view that re-bases it, e.g. array(SELECT unnest(column))"
             .to_owned());
     }
     let inner = t
         .strip_prefix('{')
         .and_then(|rest| rest.strip_suffix('}'))
         .ok_or("not an array in PostgreSQL's text form {...}")?;
-    let multi = "an array of 2 or more dimensions cannot be shared (only one-dimensional                  arrays are): share the column through a view that flattens it, or one row                  per inner array";
+    let multi = "an array of 2 or more dimensions cannot be shared (only one-dimensional arrays are): share the column through a view that flattens it, or one row per inner array";
     let mut items = Vec::new();
     let mut chars = inner.chars().peekable();
     if inner.trim().is_empty() {
@@ -427,6 +427,7 @@ mod tests {
             let e = parse_array(text).unwrap_err();
             assert!(e.contains(reason), "{text}: {e}");
             assert!(!e.contains("secret") && !e.contains("1,2"), "{text}: {e}");
+            assert!(!e.contains("  "), "one space between words: {e}");
         }
     }
 

@@ -309,7 +309,7 @@ pub async fn describe_sources(
         .find(|(_, s)| s.money)
     {
         return Err(ConnectorError::definite(format!(
-            "table {qualified}: primary-key column {} is money, whose text form depends on the              server's locale; key the table by another column, or share it through a view that              casts the key to numeric",
+            "table {qualified}: primary-key column {} is money, whose text form depends on the server's locale; key the table by another column, or share it through a view that casts the key to numeric",
             c.name
         )));
     }

@@ -210,6 +210,12 @@ impl PostgresSink {
     /// modifier (`character varying`, `numeric`, `bpchar`) for casts: an
     /// explicit cast to `varchar(n)` truncates silently, while the
     /// assignment to the column refuses a value that does not fit.
+    ///
+    /// A column of a domain (or an array of one) is compared with the
+    /// dataset as the domain's base type, domains over domains followed: a
+    /// district's `amount` over `numeric(10,2)` takes `numeric(10,2)`
+    /// values. Values are still cast to the domain itself, so its checks
+    /// refuse a row that breaks them.
     async fn existing(
         &mut self,
         desc: &TableDesc,
@@ -218,11 +224,24 @@ impl PostgresSink {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, a.atthasdef,
-                        format_type(a.atttypid, NULL)
+                "SELECT a.attname::text,
+                        CASE WHEN dom.base IS NULL THEN format_type(a.atttypid, a.atttypmod)
+                             WHEN ty.typcategory = 'A' THEN format_type(dom.base, dom.mod) || '[]'
+                             ELSE format_type(dom.base, dom.mod) END,
+                        NOT a.attnotnull, a.atthasdef, format_type(a.atttypid, NULL)
                    FROM pg_attribute a
                    JOIN pg_class c ON c.oid = a.attrelid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_type ty ON ty.oid = a.atttypid
+                   LEFT JOIN LATERAL (
+                        WITH RECURSIVE d(base, mod, depth) AS (
+                            SELECT t.typbasetype, t.typtypmod, 1 FROM pg_type t
+                             WHERE t.typtype = 'd'
+                               AND t.oid = CASE WHEN ty.typcategory = 'A' THEN ty.typelem ELSE ty.oid END
+                            UNION ALL
+                            SELECT t.typbasetype, t.typtypmod, d.depth + 1
+                              FROM pg_type t JOIN d ON t.oid = d.base WHERE t.typtype = 'd')
+                        SELECT base, mod FROM d ORDER BY depth DESC LIMIT 1) dom ON true
                   WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
                     AND a.attnum > 0 AND NOT a.attisdropped
                   ORDER BY a.attnum",

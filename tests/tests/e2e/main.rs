@@ -13,6 +13,7 @@ mod cascade_bounds;
 mod catalog_trust;
 mod chaos;
 mod cluster_faults;
+mod column_types;
 mod control_plane;
 mod dashboard;
 mod database_tls;

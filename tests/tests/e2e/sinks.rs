@@ -390,3 +390,94 @@ async fn sink_scenario_on_mariadb() {
 async fn sink_scenario_on_sqlite() {
     scenario(Backend::Sqlite).await;
 }
+
+/// A district's own PostgreSQL table may declare the department's enum
+/// and domains itself: an enum column takes the label, a domain (over a
+/// domain, or as an array's element) takes values of its base type, and a
+/// value the domain's check refuses fails the batch as one bad record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_writes_into_a_district_table_of_enum_and_domain_columns() {
+    let db = SinkDb::create(Backend::Postgres)
+        .await
+        .expect("sink database");
+    db.execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE DOMAIN amount AS numeric(10,2) CHECK (VALUE >= 0);
+         CREATE DOMAIN wallet AS amount;
+         CREATE TABLE population (id bigint PRIMARY KEY, m mood, a amount, w wallet, list amount[])",
+    )
+    .await
+    .unwrap();
+    let money = SqlType::Decimal {
+        precision: Some(10),
+        scale: Some(2),
+    };
+    let mut s = Script {
+        table: table(
+            &db.namespace(),
+            vec![
+                ColumnDesc::new("id", SqlType::BigInt, false),
+                ColumnDesc::new("m", SqlType::Text, true),
+                ColumnDesc::new("a", money.clone(), true),
+                ColumnDesc::new("w", money.clone(), true),
+                ColumnDesc::new("list", SqlType::Array(Box::new(money)), true),
+            ],
+        ),
+        next_offset: 0,
+        model: BTreeMap::new(),
+    };
+    let cents =
+        |v: i64| Datum::Decimal(Decimal::parse(&format!("{}.{:02}", v / 100, v % 100), 2).unwrap());
+    let row = |id: i64, a: i64| {
+        Row(vec![
+            Datum::Long(id),
+            Datum::Text("ok".into()),
+            cents(a),
+            cents(5),
+            Datum::Array(vec![cents(150), Datum::Null]),
+        ])
+    };
+    let mut sink = db.sink("district");
+    let good = s.record(
+        1,
+        Some(Op::Read),
+        Some(row(1, 1250)),
+        "00000000/00001000",
+        None,
+    );
+    sink.apply_batch(&SinkBatch::of(vec![good]))
+        .await
+        .expect("a domain column takes its base type's values");
+    let read = [
+        ("m", Kind::Text),
+        ("a", Kind::Decimal),
+        ("w", Kind::Decimal),
+        ("list", Kind::Text),
+    ];
+    let held = db.rows(TABLE, "id", &read).await.unwrap().unwrap();
+    let text = |v: &[&str]| v.iter().map(|t| Some((*t).to_owned())).collect::<Vec<_>>();
+    assert_eq!(
+        held,
+        BTreeMap::from([(1, text(&["ok", "12.50", "0.05", "{1.50,NULL}"]))])
+    );
+
+    // The domain's check still holds: a negative amount is one bad record.
+    let mut negative = row(2, 0);
+    negative.0[2] = Datum::Decimal(Decimal::parse("-1.00", 2).unwrap());
+    let bad = s.record(
+        2,
+        Some(Op::Create),
+        Some(negative),
+        "00000000/00002000",
+        None,
+    );
+    let err = sink
+        .apply_batch(&SinkBatch::of(vec![bad]))
+        .await
+        .expect_err("amount's CHECK refuses -1");
+    assert_eq!(err.kind, ErrorKind::BadRecord, "{err}");
+    assert_eq!(db.rows(TABLE, "id", &read).await.unwrap().unwrap(), held);
+
+    sink.shutdown().await.unwrap();
+    db.drop_db().await.unwrap();
+}

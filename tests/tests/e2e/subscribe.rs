@@ -23,7 +23,7 @@ const READ: [(&str, Kind); 8] = [
     ("score", Kind::Double),
 ];
 
-type Table = BTreeMap<i64, Vec<Option<String>>>;
+pub(crate) type Table = BTreeMap<i64, Vec<Option<String>>>;
 
 struct Pipeline {
     broker: TestBroker,
@@ -105,11 +105,24 @@ async fn pipeline(rows: i64) -> Pipeline {
     }
 }
 
-/// Waits until the sink table equals `want`.
+/// Waits until the sink table `people` equals `want`.
 async fn until_equal(sink: &SinkDb, want: &Table, deadline: Duration, subscriber: &Node) {
+    until_table_equal(sink, "people", &READ, want, deadline, subscriber).await;
+}
+
+/// Waits until the sink's `table` (keyed by `id`), read as `columns`,
+/// equals `want`; fails with what differs and the subscriber's log.
+pub(crate) async fn until_table_equal(
+    sink: &SinkDb,
+    table: &str,
+    columns: &[(&str, Kind)],
+    want: &Table,
+    deadline: Duration,
+    subscriber: &Node,
+) {
     let until = Instant::now() + deadline;
     loop {
-        let got = sink.rows("people", "id", &READ).await.unwrap();
+        let got = sink.rows(table, "id", columns).await.unwrap();
         if got.as_ref() == Some(want) {
             return;
         }
@@ -124,7 +137,7 @@ async fn until_equal(sink: &SinkDb, want: &Table, deadline: Duration, subscriber
                 .map(|(k, v)| (k, v, &got[k]))
                 .collect();
             panic!(
-                "{:?} sink never matched the source: {missing} rows missing, {extra} extra, differing e.g. {differ:?}\nsubscriber log:\n{}",
+                "{:?} sink never held the wanted rows: {missing} rows missing, {extra} extra, differing e.g. {differ:?}\nsubscriber log:\n{}",
                 sink.backend,
                 subscriber.stderr()
             );
