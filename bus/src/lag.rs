@@ -1297,8 +1297,8 @@ pub async fn report(
 mod tests {
     use super::*;
 
-    /// A district writes its group's commit metadata itself: an origin time
-    /// of i64::MIN once made the lag monitor panic (and stop for everyone).
+    /// A feed's status from its samples (time, events read, lag seconds):
+    /// an idle feed sampled with a batch in flight is not stalled.
     #[test]
     fn an_idle_feed_caught_with_a_batch_in_flight_is_ok_and_one_stuck_is_stall() {
         const WIN: i64 = 60_000;
@@ -1334,6 +1334,8 @@ mod tests {
         );
     }
 
+    /// A district writes its group's commit metadata itself: an origin time
+    /// of i64::MIN once made the lag monitor panic (and stop for everyone).
     #[test]
     fn an_implausible_origin_time_is_not_believed_and_cannot_overflow() {
         let now = 1_700_000_000_000;

@@ -402,17 +402,7 @@ async fn enum_domain_money_interval_and_array_columns_reach_every_sink_backend()
         "{metrics}"
     );
 
-    for s in &mut subscribers {
-        s.signal("TERM").unwrap();
-        assert!(
-            s.wait(Duration::from_secs(20)).unwrap().success(),
-            "{}",
-            s.stderr()
-        );
-    }
-    for s in &sinks {
-        s.drop_db().await.unwrap();
-    }
+    crate::subscribe::stop_and_drop(&mut subscribers, &sinks).await;
     drop(node);
     // The walsender of the stopped node lets go of the slot shortly after.
     drop_pg_database(&db).await.unwrap();

@@ -42,6 +42,16 @@ async fn until(what: &str, deadline: Duration, nodes: &[&Node], mut ok: impl Asy
     }
 }
 
+/// The `[[feeds]]` section capturing the department's `people` table into
+/// `dataset`.
+fn feed_toml(source: &SinkDb, dataset: &str) -> String {
+    format!(
+        "\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
+        source.name.replace('_', "-"),
+        source.name,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_of_one_node_split_the_distributor_and_survive_a_sigkill() {
     let source = SinkDb::create(Backend::Postgres).await.unwrap();
@@ -63,11 +73,7 @@ async fn two_processes_of_one_node_split_the_distributor_and_survive_a_sigkill()
         broker.bootstrap(),
         reader.auth_toml(),
     );
-    let feed = format!(
-        "\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
-        source.name.replace('_', "-"),
-        source.name,
-    );
+    let feed = feed_toml(&source, &dataset);
     // Two processes of one node on one host: each its own replica name.
     let first = Node::start_with_config(
         &format!("{common}{feed}").replacen(
@@ -282,11 +288,7 @@ async fn a_subscription_approved_on_a_two_process_node_gets_every_change_once() 
         xihu.auth_toml(),
         binjiang.auth_toml(),
     );
-    let feed = format!(
-        "\n[[feeds]]\ntype = \"postgres\"\nname = \"{}\"\nuser = \"postgres\"\ndatabase = \"{}\"\ntables = [{{ table = \"public.people\", dataset = \"{dataset}\" }}]\n",
-        source.name.replace('_', "-"),
-        source.name,
-    );
+    let feed = feed_toml(&source, &dataset);
     let as_replica = |config: &str, r: &str| {
         config.replacen("[kafka]\n", &format!("[kafka]\nreplica = \"{r}\"\n"), 1)
     };

@@ -345,17 +345,7 @@ async fn subscribers_on_three_databases_equal_the_source_across_kill_9() {
         "{metrics}"
     );
 
-    for s in &mut subscribers {
-        s.signal("TERM").unwrap();
-        assert!(
-            s.wait(Duration::from_secs(20)).unwrap().success(),
-            "{}",
-            s.stderr()
-        );
-    }
-    for s in &sinks {
-        s.drop_db().await.unwrap();
-    }
+    crate::subscribe::stop_and_drop(&mut subscribers, &sinks).await;
     let Pipeline { node, source, .. } = p;
     drop(node);
     // The walsender of the killed node lets go of the slot shortly after.
@@ -458,4 +448,20 @@ async fn subscribe_without_a_registry_token_applies_nothing_until_given_one() {
     drop(node);
     tokio::time::sleep(Duration::from_secs(1)).await;
     source.drop_db().await.unwrap();
+}
+
+/// Stops each subscriber with SIGTERM (each must exit cleanly within 20 s)
+/// and drops the districts' databases.
+pub(crate) async fn stop_and_drop(subscribers: &mut [Node], sinks: &[SinkDb]) {
+    for s in subscribers.iter_mut() {
+        s.signal("TERM").unwrap();
+        assert!(
+            s.wait(Duration::from_secs(20)).unwrap().success(),
+            "{}",
+            s.stderr()
+        );
+    }
+    for s in sinks {
+        s.drop_db().await.unwrap();
+    }
 }
