@@ -41,6 +41,8 @@ pub fn share_of(sub: &Subscription, dataset: &Dataset) -> Option<ShareConfig> {
         secret_env: None,
         secret: Some(sub.secret.clone()),
         version: sub.policy_version,
+        catch_up: false,
+        granted: true,
     })
 }
 

@@ -20,6 +20,12 @@
 //! from the records before them: a crash replays, and the subscribers'
 //! version guard makes the replay harmless in their databases.
 //!
+//! A subscription activated while the node runs is backfilled first:
+//! in a transactional distributor, inside its transactions, partition by
+//! partition, by the process holding each raw partition ([`catchup`]);
+//! without transactions, by a reader beside the running distributor
+//! ([`backfill_and_join`], at least once).
+//!
 //! Every process serving a node is a member of the node's distributor
 //! consumer group (`<prefix>distributor.<node>`, cooperative-sticky): Kafka
 //! gives each raw partition to one process, so in steady state each change
@@ -29,6 +35,7 @@
 //! aborts its open transaction (or, without transactions, commits what it
 //! settled, so at most its batches in flight are delivered twice).
 
+mod catchup;
 pub mod ended;
 pub mod grant_check;
 pub mod retract;
@@ -54,6 +61,7 @@ use crate::registry::RegistryError;
 use crate::source::feed::FeedContext;
 use crate::state::audit::Auditor;
 use crate::state::catalog::{Catalog, Subscription, SubscriptionState};
+use catchup::{CatchUp, Known};
 use transaction::Transaction;
 
 /// Most raw records handled between two offset stores.
@@ -120,7 +128,8 @@ struct Share {
     topic: String,
     /// For a share that joined a running distributor after its backfill:
     /// per raw partition, the first offset delivered here (the backfill
-    /// delivered everything before it).
+    /// delivered everything before it); a partition it has not joined on
+    /// delivers nothing to it.
     from: Option<HashMap<i32, i64>>,
     /// `backflow_distributor_records_total` of this subscriber, per op,
     /// resolved once instead of per record.
@@ -129,6 +138,8 @@ struct Share {
     compatibility: Option<crate::registry::Level>,
     /// Stopped: nothing more is delivered to it in this run.
     failed: std::sync::atomic::AtomicBool,
+    /// Given by a catalog subscription ([`ShareConfig::granted`]).
+    granted: bool,
 }
 
 impl Share {
@@ -148,6 +159,7 @@ impl Share {
             records,
             compatibility: share.compatibility,
             failed: std::sync::atomic::AtomicBool::new(false),
+            granted: share.granted,
         }
     }
 
@@ -225,15 +237,36 @@ struct Version {
     shares: Vec<Option<ShareCodec>>,
 }
 
-/// Runs the distributor for `shares` until shutdown or an error.
-pub async fn run(
+/// What a run of the distributor is given besides its shares.
+struct RunInputs<'a> {
+    /// Backfilled shares asking to join (without transactions).
+    joins: &'a mut tokio::sync::mpsc::Receiver<JoinRequest>,
+    /// Shares added to a transactional run, to catch up ([`catchup`]).
+    adds: &'a mut tokio::sync::mpsc::Receiver<ShareConfig>,
+    /// The catalog's subscriptions when the run began.
+    known: Known,
+    /// The catalog, whose changes the run checks its granted shares
+    /// against before each batch.
+    catalog: Option<Catalog>,
+}
+
+/// Runs the distributor for `shares` until shutdown or an error. In a
+/// transactional run, a share marked `catch_up` gets the raw topic's
+/// records before the live ones ([`catchup`]).
+async fn run(
     shares: &[ShareConfig],
     ctx: &FeedContext,
     auditor: &Auditor,
-    joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+    inputs: RunInputs<'_>,
     failures: &Failures,
     shutdown: &CancellationToken,
 ) -> Result<(), DistributorError> {
+    let RunInputs {
+        joins,
+        adds,
+        known,
+        catalog,
+    } = inputs;
     let by_dataset = group(shares, &ctx.metrics);
     let mut specs: Vec<TopicSpec> = Vec::new();
     for (dataset, list) in &by_dataset {
@@ -299,6 +332,18 @@ pub async fn run(
         publisher: t.publisher().clone(),
         ..ctx.clone()
     });
+    let catchup = txn.as_ref().map(|_| {
+        let mut c = CatchUp::new(&ctx.settings, &group_id(&ctx.node), known);
+        for s in shares.iter().filter(|s| s.catch_up) {
+            if by_dataset.get(&s.dataset).is_some_and(|list| {
+                list.iter()
+                    .any(|l| l.policy.subscriber == s.subscriber.as_str())
+            }) {
+                c.gate(s);
+            }
+        }
+        c
+    });
     let mut state = RunState {
         ctx: txn_ctx.as_ref().unwrap_or(ctx),
         failures,
@@ -307,11 +352,17 @@ pub async fn run(
         versions: HashMap::new(),
         position,
         received: HashMap::new(),
+        catchup,
+        catalog: catalog.map(|c| {
+            let changes = c.changes();
+            (c, changes)
+        }),
     };
+    state.apply_gates();
     let outcome = match txn.as_mut() {
         Some(t) => {
             let outcome = state
-                .run_transactional(t, &consumer, auditor, joins, shutdown)
+                .run_transactional(t, &consumer, auditor, joins, adds, shutdown)
                 .await;
             if outcome.is_err() {
                 t.abort().await;
@@ -342,6 +393,10 @@ struct RunState<'a> {
     position: HashMap<(String, i32), i64>,
     /// The offset after the last record received, per raw partition.
     received: HashMap<(String, i32), i64>,
+    /// Shares catching up (a transactional run).
+    catchup: Option<CatchUp>,
+    /// The catalog and its changes (see [`RunState::withdraw`]).
+    catalog: Option<(Catalog, tokio::sync::watch::Receiver<u64>)>,
 }
 
 impl RunState<'_> {
@@ -393,38 +448,56 @@ impl RunState<'_> {
         Ok(())
     }
 
-    /// Exactly once: see [`transaction`].
+    /// Exactly once: see [`transaction`]; shares catch up in the same
+    /// transactions ([`catchup`]).
     async fn run_transactional(
         &mut self,
         txn: &mut Transaction,
         consumer: &Consumer,
         auditor: &Auditor,
         joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
+        adds: &mut tokio::sync::mpsc::Receiver<ShareConfig>,
         shutdown: &CancellationToken,
     ) -> Result<(), DistributorError> {
-        let ctx = self.ctx;
-        let metrics = &ctx.metrics;
         loop {
             // Partitions may have moved while the last receive waited.
             if let Some(again) = txn.aborted(consumer, &[])? {
                 self.read_again(again);
             }
+            self.follow_assignment(txn, consumer).await?;
             let due = txn.due();
+            let replay = self.catchup.as_ref().and_then(CatchUp::replay_consumer);
+            let catching_up = self.catchup.as_ref().is_some_and(CatchUp::any_gated);
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(join) = joins.recv() => {
                     self.take_join(join);
                     continue;
                 }
-                r = consumer.recv() => r?,
-                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                    txn.commit(consumer, auditor, metrics).await?;
+                Some(share) = adds.recv() => {
+                    self.add_gated(&share).await?;
                     continue;
                 }
-                _ = tokio::time::sleep(IDLE_STORE), if !self.received.is_empty() => {
+                r = consumer.recv() => r?,
+                r = recv_from(replay.as_deref()), if replay.is_some() => {
+                    self.open(txn)?;
+                    let (processed, full) = self.replay_batch(r?).await?;
+                    txn.hold(processed)?;
+                    self.commit_if_due(txn, consumer, auditor, full).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    self.commit(txn, consumer, auditor).await?;
+                    continue;
+                }
+                // Also while shares catch up: partitions newly held are
+                // followed (at the loop's top) with no record to wake it.
+                _ = tokio::time::sleep(IDLE_STORE), if !self.received.is_empty() || catching_up => {
                     if let Some(idle) = idle_store(consumer, &mut self.received, &self.ctx.publisher) {
+                        self.open(txn)?;
                         txn.hold(idle)?;
                     }
+                    self.replay_reached(txn)?;
                     continue;
                 }
             };
@@ -433,31 +506,325 @@ impl RunState<'_> {
                 self.read_again(again);
                 continue;
             }
-            txn.open()?;
+            // The batch may hold records of partitions assigned as it was
+            // received: where they start, and their backfills, first.
+            self.follow_assignment(txn, consumer).await?;
+            self.open(txn)?;
             let full = batch.len() >= BATCH;
             let processed = self.process(&batch, joins).await?;
             txn.hold(processed)?;
-            // Caught up (the batch was not full), the transaction commits
-            // when due; behind, it grows up to BACKLOG_SPAN intervals, so
-            // a backlog pays a commit's round trips less often.
-            let now = tokio::time::Instant::now();
-            if txn
-                .due()
-                .is_some_and(|at| at <= now && (!full || txn.span_past(BACKLOG_SPAN, now)))
-            {
-                txn.commit(consumer, auditor, metrics).await?;
-            }
+            self.commit_if_due(txn, consumer, auditor, full).await?;
         }
-        txn.commit(consumer, auditor, metrics).await?;
+        self.commit(txn, consumer, auditor).await?;
         Ok(())
     }
 
-    /// After an aborted transaction: reading goes on from `again`.
+    /// Caught up (the batch was not full), the transaction commits when
+    /// due; behind, it grows up to BACKLOG_SPAN intervals, so a backlog
+    /// pays a commit's round trips less often.
+    async fn commit_if_due(
+        &mut self,
+        txn: &mut Transaction,
+        consumer: &Consumer,
+        auditor: &Auditor,
+        full: bool,
+    ) -> Result<(), DistributorError> {
+        let now = tokio::time::Instant::now();
+        if txn
+            .due()
+            .is_some_and(|at| at <= now && (!full || txn.span_past(BACKLOG_SPAN, now)))
+        {
+            self.commit(txn, consumer, auditor).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction with the backfills' progress.
+    async fn commit(
+        &mut self,
+        txn: &mut Transaction,
+        consumer: &Consumer,
+        auditor: &Auditor,
+    ) -> Result<(), DistributorError> {
+        let plan = self
+            .catchup
+            .as_ref()
+            .map(|c| c.plan(&self.position))
+            .unwrap_or_default();
+        if txn
+            .commit(consumer, auditor, &self.ctx.metrics, &plan)
+            .await?
+        {
+            if let Some(c) = &mut self.catchup {
+                c.committed();
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a transaction unless one is open, noting first where the
+    /// backfills stand (what an abort goes back to).
+    fn open(&mut self, txn: &mut Transaction) -> Result<(), DistributorError> {
+        if !txn.is_open() {
+            if let Some(c) = &mut self.catchup {
+                c.begin();
+            }
+        }
+        txn.open()
+    }
+
+    /// Follows the partitions this process holds: reads where the live
+    /// flow and the backfills start on those newly held, and starts the
+    /// next backfill due.
+    async fn follow_assignment(
+        &mut self,
+        txn: &mut Transaction,
+        consumer: &Consumer,
+    ) -> Result<(), DistributorError> {
+        let Some(c) = &mut self.catchup else {
+            return Ok(());
+        };
+        if c.sync(consumer, &mut self.position).await? {
+            self.apply_gates();
+        }
+        loop {
+            let Some(c) = &self.catchup else {
+                return Ok(());
+            };
+            let Some((key, tp, from, config)) = c.next_replay() else {
+                return Ok(());
+            };
+            let live_at = self.position.get(&tp).copied().unwrap_or(0);
+            if from >= live_at {
+                // Nothing to read again (an empty partition, or one the
+                // live flow has not begun): joins at once.
+                self.open(txn)?;
+                let c = self.catchup.as_mut().expect("checked above");
+                c.joined_at_once(&key, &tp, live_at);
+                self.apply_gates();
+                continue;
+            }
+            let Ok(policy) = config.policy() else {
+                // Not in the run either (`group` logged why).
+                return Ok(());
+            };
+            let share = Share::new(&config, policy, None, &self.ctx.metrics);
+            let c = self.catchup.as_mut().expect("checked above");
+            c.start_replay(key, tp, from, share, config.dataset.clone())?;
+            return Ok(());
+        }
+    }
+
+    /// Gives each share catching up the partitions it joined on.
+    fn apply_gates(&mut self) {
+        let Some(c) = &self.catchup else { return };
+        for (dataset, list) in self.by_dataset.iter_mut() {
+            for s in list.iter_mut() {
+                let key = catchup::key_of(&s.policy.subscriber, dataset, s.policy.version);
+                if c.is_gated(&key) {
+                    s.from = Some(c.live_from(&key, dataset));
+                }
+            }
+        }
+    }
+
+    /// A share activated while the run goes on: delivered nothing live
+    /// until it caught up on each partition.
+    async fn add_gated(&mut self, share: &ShareConfig) -> Result<(), DistributorError> {
+        if self.catchup.is_none() {
+            return Ok(());
+        }
+        let policy = match share.policy() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(subscriber = %share.subscriber, dataset = %share.dataset, error = %e, "share policy unusable; skipped");
+                return Ok(());
+            }
+        };
+        let ctx = self.ctx;
+        ctx.admin
+            .ensure(&[TopicSpec::compacted(
+                topics::share(share.subscriber.as_str(), &share.dataset),
+                ctx.partitions,
+                ctx.replication_factor,
+            )])
+            .await?;
+        let Some(list) = self.by_dataset.get_mut(&share.dataset) else {
+            return Ok(());
+        };
+        if list
+            .iter()
+            .any(|s| s.policy.subscriber == share.subscriber.as_str())
+        {
+            return Ok(());
+        }
+        let Some(c) = &mut self.catchup else {
+            return Ok(());
+        };
+        c.gate(share);
+        list.push(Share::new(
+            share,
+            policy,
+            Some(HashMap::new()),
+            &self.ctx.metrics,
+        ));
+        // Cached versions hold one codec per share of the list.
+        self.versions.clear();
+        self.apply_gates();
+        tracing::info!(subscriber = %share.subscriber, dataset = %share.dataset, "share added to the running distributor; it is backfilled before its live changes");
+        Ok(())
+    }
+
+    /// Delivers a batch of the backfill under way, from `first` on: the
+    /// records before where the live flow stands on the partition; at the
+    /// first at or past it, the share joins the live flow there.
+    async fn replay_batch(
+        &mut self,
+        first: ConsumedRecord,
+    ) -> Result<(InFlight, bool), DistributorError> {
+        self.withdraw().await;
+        let ctx = self.ctx;
+        let c = self
+            .catchup
+            .as_mut()
+            .expect("a backfill runs in a transactional run");
+        let Some(r) = c.replay.as_mut() else {
+            // Its share was withdrawn meanwhile: nothing delivered.
+            return Ok((
+                InFlight {
+                    acks: ctx.publisher.batch().seal(),
+                    raw: RawRanges::new(),
+                    tallies: BTreeMap::new(),
+                    replay: true,
+                },
+                false,
+            ));
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match r.consumer.try_recv() {
+                Some(next) => batch.push(next?),
+                None => break,
+            }
+        }
+        let full = batch.len() >= BATCH;
+        let live_at = self.position.get(&r.tp).copied().unwrap_or(0);
+        let mut sent = ctx.publisher.batch();
+        let mut tallies = BTreeMap::new();
+        let mut delivered = 0;
+        for record in batch.iter().take_while(|r| r.offset < live_at) {
+            let mut out = Out {
+                sent: &mut sent,
+                tallies: &mut tallies,
+                failures: self.failures,
+            };
+            distribute(
+                record,
+                &r.dataset,
+                &r.share,
+                ctx,
+                &mut r.readers,
+                &mut r.versions,
+                &mut out,
+            )
+            .await?;
+            delivered += 1;
+        }
+        let failed = r.share.iter().any(Share::has_failed);
+        let reached = delivered < batch.len();
+        if failed {
+            c.drop_failed();
+        } else if reached {
+            c.join(live_at);
+        } else if let Some(last) = batch.last() {
+            c.advanced(last.offset + 1);
+        }
+        if reached && !failed {
+            self.apply_gates();
+        }
+        Ok((
+            InFlight {
+                acks: sent.seal(),
+                raw: raw_ranges(&batch[..delivered]),
+                tallies,
+                replay: true,
+            },
+            full,
+        ))
+    }
+
+    /// Stops delivering, from the next record on, to granted shares the
+    /// catalog no longer has active under their policy version (revoked,
+    /// narrowed, expired): the run restarts without them moments later,
+    /// but a change read after the owner's decision was applied here is
+    /// never delivered under the grant it replaced.
+    async fn withdraw(&mut self) {
+        let Some((catalog, changes)) = &mut self.catalog else {
+            return;
+        };
+        if !changes.has_changed().unwrap_or(false) {
+            return;
+        }
+        changes.borrow_and_update();
+        let st = catalog.state().await;
+        let in_force = |subscriber: &str, dataset: &str, version: u32| {
+            st.subscriptions
+                .get(&format!("{subscriber}:{dataset}"))
+                .is_some_and(|s| {
+                    s.state == SubscriptionState::Active && s.policy_version == version
+                })
+        };
+        for (dataset, list) in &self.by_dataset {
+            for s in list.iter().filter(|s| s.granted && !s.has_failed()) {
+                if !in_force(&s.policy.subscriber, dataset, s.policy.version) {
+                    s.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(subscriber = %s.policy.subscriber, %dataset, policy_version = s.policy.version, "grant withdrawn or changed: nothing more delivered under it");
+                }
+            }
+        }
+        if let Some(c) = &mut self.catchup {
+            c.withdraw(|key| {
+                self.by_dataset.iter().any(|(dataset, list)| {
+                    list.iter().any(|s| {
+                        s.has_failed()
+                            && catchup::key_of(&s.policy.subscriber, dataset, s.policy.version)
+                                == key
+                    })
+                })
+            });
+        }
+    }
+
+    /// While no record of the backfill comes: joins the share when the
+    /// backfill's reader passed where the live flow stands (the rest were
+    /// commit markers).
+    fn replay_reached(&mut self, txn: &mut Transaction) -> Result<(), DistributorError> {
+        let Some(live_at) = self
+            .catchup
+            .as_ref()
+            .and_then(|c| c.replay_reached(&self.position))
+        else {
+            return Ok(());
+        };
+        self.open(txn)?;
+        if let Some(c) = &mut self.catchup {
+            c.join(live_at);
+        }
+        self.apply_gates();
+        Ok(())
+    }
+
+    /// After an aborted transaction: reading goes on from `again`, and
+    /// the backfills from where the transaction began.
     fn read_again(&mut self, again: transaction::Offsets) {
         for (tp, offset) in again {
             self.position.insert(tp.clone(), offset);
             self.received.insert(tp, offset);
         }
+        if let Some(c) = &mut self.catchup {
+            c.aborted();
+        }
+        self.apply_gates();
     }
 
     fn take_join(&mut self, join: JoinRequest) {
@@ -476,6 +843,7 @@ impl RunState<'_> {
         batch: &[ConsumedRecord],
         joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
     ) -> Result<InFlight, DistributorError> {
+        self.withdraw().await;
         let ctx = self.ctx;
         let mut sent = ctx.publisher.batch();
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
@@ -517,7 +885,16 @@ impl RunState<'_> {
             acks: sent.seal(),
             raw: raw_ranges(batch),
             tallies,
+            replay: false,
         })
+    }
+}
+
+/// The next record of `consumer`; with none, never.
+async fn recv_from(consumer: Option<&Consumer>) -> Result<ConsumedRecord, KafkaError> {
+    match consumer {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -826,6 +1203,9 @@ struct InFlight {
     acks: Acks,
     raw: RawRanges,
     tallies: BTreeMap<String, Tally>,
+    /// A backfill's replay of raw records the live flow already passed:
+    /// its raw offsets are not the group's to commit.
+    replay: bool,
 }
 
 /// Feeds write raw topics in transactions, so a raw partition's last offset
@@ -853,6 +1233,7 @@ fn idle_store(
         acks: publisher.batch().seal(),
         raw,
         tallies: BTreeMap::new(),
+        replay: false,
     })
 }
 
@@ -1108,11 +1489,11 @@ async fn distribute(
         if s.has_failed() {
             continue;
         }
-        if s.from
-            .as_ref()
-            .is_some_and(|from| record.offset < from.get(&record.partition).copied().unwrap_or(0))
-        {
-            // Delivered by the share's backfill.
+        if s.from.as_ref().is_some_and(|from| {
+            from.get(&record.partition)
+                .is_none_or(|first| record.offset < *first)
+        }) {
+            // Delivered by the share's backfill, or still to be.
             continue;
         }
         if hops.split(',').any(|h| h == s.policy.subscriber) {
@@ -1355,6 +1736,28 @@ fn signature(shares: &[ShareConfig]) -> Vec<String> {
     sig
 }
 
+/// The shares of `now` a run delivering `running` can take while it goes
+/// on: `None` unless `now` only adds, to `running`, subscriptions to
+/// catch up on datasets the run already reads.
+fn additions(running: &[ShareConfig], now: &[ShareConfig]) -> Option<Vec<ShareConfig>> {
+    let before: HashSet<String> = signature(running).into_iter().collect();
+    let after: HashSet<String> = signature(now).into_iter().collect();
+    if !before.is_subset(&after) {
+        return None;
+    }
+    let new: Vec<ShareConfig> = now
+        .iter()
+        .filter(|s| !before.contains(&signature(std::slice::from_ref(*s))[0]))
+        .cloned()
+        .collect();
+    let fits = new.iter().all(|s| {
+        s.catch_up
+            && running.iter().any(|r| r.dataset == s.dataset)
+            && !running.iter().any(|r| same_share(r, s))
+    });
+    fits.then_some(new)
+}
+
 /// Whether two shares are the same subscriber's share of the same dataset.
 fn same_share(a: &ShareConfig, b: &ShareConfig) -> bool {
     a.subscriber == b.subscriber && a.dataset == b.dataset
@@ -1473,30 +1876,7 @@ impl Backfills {
         if how == Backfilled::Joined {
             self.joined.push(task.share);
         }
-        // Marked on the subscription as it is when written (one step under
-        // the catalog's writer), and only while it is still active under
-        // the policy the backfill delivered: a revocation or a new policy
-        // made meanwhile is never overwritten.
-        let version = task.subscription.policy_version;
-        let marked = catalog
-            .update(|st| match st.subscriptions.get(&id) {
-                Some(s) if s.state == SubscriptionState::Active && s.policy_version == version => {
-                    let mut s = s.clone();
-                    s.backfilled = true;
-                    Ok((crate::state::catalog::CatalogRecord::Subscription(s), ()))
-                }
-                _ => Err(()),
-            })
-            .await;
-        match marked {
-            Ok(Ok(())) => {}
-            Ok(Err(())) => {
-                tracing::info!(subscription = %id, "the subscription changed during its backfill; not marked backfilled")
-            }
-            Err(e) => {
-                tracing::error!(subscription = %id, error = %e, "cannot record the backfill in the catalog")
-            }
-        }
+        mark_backfilled(catalog, &id, task.subscription.policy_version).await;
     }
 
     /// The shares a run delivers: those in force plus those that joined.
@@ -1511,15 +1891,44 @@ impl Backfills {
     }
 }
 
+/// Marks subscription `id` backfilled, as it is when written (one step
+/// under the catalog's writer), and only while it is still active under
+/// the policy `version` the backfill delivered: a revocation or a new
+/// policy made meanwhile is never overwritten.
+async fn mark_backfilled(catalog: &Catalog, id: &str, version: u32) {
+    let marked = catalog
+        .update(|st| match st.subscriptions.get(id) {
+            Some(s) if s.state == SubscriptionState::Active && s.policy_version == version => {
+                let mut s = s.clone();
+                s.backfilled = true;
+                Ok((crate::state::catalog::CatalogRecord::Subscription(s), ()))
+            }
+            _ => Err(()),
+        })
+        .await;
+    match marked {
+        Ok(Ok(())) => {}
+        Ok(Err(())) => {
+            tracing::info!(subscription = %id, "the subscription changed during its backfill; not marked backfilled")
+        }
+        Err(e) => {
+            tracing::error!(subscription = %id, error = %e, "cannot record the backfill in the catalog")
+        }
+    }
+}
+
 /// Runs the distributor for the configured shares and the catalog's active
 /// subscriptions: restarts it when they change (a revocation stops delivery
 /// within moments), backfills each newly active subscription from the raw
 /// topic, and restarts with backoff after errors.
 ///
-/// A backfill runs beside the distributor, which goes on delivering to the
-/// other shares: once the backfill has read the raw topic up to where the
-/// distributor stands, the distributor takes the new share over from that
-/// offset ([`backfill_and_join`]), so the share topic gets each key's
+/// A transactional run takes a newly active subscription of a dataset it
+/// reads as it goes on, and backfills it inside its transactions
+/// ([`catchup`]). Without transactions a backfill runs beside the
+/// distributor, which goes on delivering to the other shares: once the
+/// backfill has read the raw topic up to where the distributor stands, the
+/// distributor takes the new share over from that offset
+/// ([`backfill_and_join`]). Either way the share topic gets each key's
 /// history and then its live changes, in order, and nobody else waits.
 pub async fn supervise(
     config_shares: Vec<ShareConfig>,
@@ -1576,8 +1985,7 @@ pub async fn supervise(
         crate::domain::restart::Restarts::new(crate::domain::restart::Policy::DEFAULT);
     while !deps.shutdown.is_cancelled() {
         let _ = deps.catalog.caught_up().await;
-        let (ready, pending) = deps.in_force(&state).await;
-        let shares = state.backfills.with_joined(&ready);
+        let (shares, pending) = deps.for_run(&state).await;
         state
             .backfills
             .follow(&pending, &shares, &deps.ctx, &deps.auditor, &deps.shutdown);
@@ -1665,10 +2073,87 @@ impl Deps {
         .await
     }
 
+    /// Whether backfills run inside the distributor's transactions
+    /// ([`catchup`]) rather than beside it.
+    fn catches_up(&self) -> bool {
+        self.ctx.distributor_transactions.is_some()
+    }
+
+    /// The shares a run delivers; and, without transactions, the
+    /// subscriptions to backfill beside it. In a transactional run a
+    /// subscription not yet backfilled is a share marked `catch_up`.
+    async fn for_run(
+        &self,
+        state: &Supervised,
+    ) -> (Vec<ShareConfig>, Vec<(ShareConfig, Subscription)>) {
+        let (ready, pending) = self.in_force(state).await;
+        if !self.catches_up() {
+            return (state.backfills.with_joined(&ready), pending);
+        }
+        let mut shares = ready;
+        shares.extend(pending.into_iter().map(|(mut share, _)| {
+            share.catch_up = true;
+            share
+        }));
+        (shares, Vec::new())
+    }
+
+    /// What the catalog says of every subscription, for a run to tell
+    /// the backfill progress of ended activations from that of new ones.
+    async fn known(&self) -> Known {
+        let mut known = Known::default();
+        for sub in self.catalog.state().await.subscriptions.values() {
+            known.note(
+                &sub.subscriber,
+                &sub.dataset,
+                sub.policy_version,
+                sub.state == SubscriptionState::Active,
+            );
+        }
+        known
+    }
+
     /// Whether the shares in force differ from `sig` (the running ones).
     async fn changed(&self, state: &Supervised, sig: &[String]) -> bool {
-        let (now, _) = self.in_force(state).await;
-        signature(&state.backfills.with_joined(&now)) != sig
+        let (now, _) = self.for_run(state).await;
+        signature(&now) != sig
+    }
+
+    /// Marks in the catalog the subscriptions of `running` whose backfill
+    /// joined the live flow on every partition of their raw topic (read
+    /// from the distributor group's commits); they are no longer marked
+    /// `catch_up` there.
+    async fn mark_caught_up(
+        &self,
+        running: &mut [ShareConfig],
+        offsets: &crate::kafka::GroupOffsets,
+    ) {
+        for share in running.iter_mut().filter(|s| s.catch_up) {
+            let topic = topics::raw(&share.dataset);
+            let Ok(n) = crate::kafka::partition_count(&self.ctx.settings, &topic).await else {
+                continue;
+            };
+            let parts: Vec<(String, i32)> = (0..n as i32).map(|p| (topic.clone(), p)).collect();
+            let Ok(commits) = offsets.positions(&group_id(&self.ctx.node), &parts).await else {
+                continue;
+            };
+            let key = catchup::key_of(share.subscriber.as_str(), &share.dataset, share.version);
+            let joined = commits.iter().all(|c| {
+                c.as_ref().is_some_and(|(_, metadata)| {
+                    matches!(
+                        catchup::parse(metadata).get(&key),
+                        Some(catchup::Mark::Live(_))
+                    )
+                })
+            });
+            if !joined {
+                continue;
+            }
+            let id = format!("{}:{}", share.subscriber, share.dataset);
+            tracing::info!(subscription = %id, "subscription backfilled");
+            mark_backfilled(&self.catalog, &id, share.version).await;
+            share.catch_up = false;
+        }
     }
 
     /// Runs the distributor over `shares` until it fails, the node stops,
@@ -1683,6 +2168,11 @@ impl Deps {
         join_requests: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
     ) -> Result<(), DistributorError> {
         let mut sig = signature(shares);
+        // What the run delivers: shares added to it while it goes on
+        // (a transactional run) join this list.
+        let mut running = shares.to_vec();
+        let known = self.known().await;
+        let (adds, mut added) = tokio::sync::mpsc::channel::<ShareConfig>(16);
         let child = self.shutdown.child_token();
         // The run is a task of its own, not a future polled by this loop:
         // a transactional run holds the audit chain from staging to
@@ -1692,20 +2182,32 @@ impl Deps {
         let (_, closed) = tokio::sync::mpsc::channel(1);
         let mut joins = std::mem::replace(join_requests, closed);
         let mut run_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
-            let (shares, ctx, auditor, failures, child) = (
+            let (shares, ctx, auditor, failures, child, catalog) = (
                 shares.to_vec(),
                 self.ctx.clone(),
                 self.auditor.clone(),
                 self.failures.clone(),
                 child.clone(),
+                self.catalog.clone(),
             );
             async move {
-                let ran = run(&shares, &ctx, &auditor, &mut joins, &failures, &child).await;
+                let inputs = RunInputs {
+                    joins: &mut joins,
+                    adds: &mut added,
+                    known,
+                    catalog: Some(catalog),
+                };
+                let ran = run(&shares, &ctx, &auditor, inputs, &failures, &child).await;
                 (ran, joins)
             }
         }));
+        let mut marking = tokio::time::interval(Duration::from_secs(2));
+        let commits = crate::kafka::GroupOffsets::new(&self.ctx.settings);
         loop {
             tokio::select! {
+                _ = marking.tick(), if running.iter().any(|s| s.catch_up) => {
+                    self.mark_caught_up(&mut running, &commits).await;
+                }
                 ended = &mut run_task => {
                     return match ended {
                         Ok((ran, joins)) => {
@@ -1757,11 +2259,27 @@ impl Deps {
                         continue;
                     }
                     let _ = self.catalog.caught_up().await;
-                    let (now, pending) = self.in_force(state).await;
+                    let (now, pending) = self.for_run(state).await;
                     state.backfills.follow(&pending, shares, &self.ctx, &self.auditor, &self.shutdown);
-                    if signature(&state.backfills.with_joined(&now)) != sig {
-                        tracing::info!("shares changed; restarting the distributor");
-                        child.cancel();
+                    if signature(&now) == sig {
+                        continue;
+                    }
+                    match additions(&running, &now) {
+                        // New subscriptions of datasets the run reads
+                        // join it and catch up there: nobody waits.
+                        Some(new) if self.catches_up() => {
+                            for share in new {
+                                if adds.send(share.clone()).await.is_err() {
+                                    break;
+                                }
+                                running.push(share);
+                            }
+                            sig = signature(&running);
+                        }
+                        _ => {
+                            tracing::info!("shares changed; restarting the distributor");
+                            child.cancel();
+                        }
                     }
                 }
             }
@@ -1992,7 +2510,43 @@ async fn record_failure(
 
 #[cfg(test)]
 mod tests {
-    use super::hops_after;
+    use super::{additions, hops_after, ShareConfig};
+
+    fn share(subscriber: &str, dataset: &str, version: u32, catch_up: bool) -> ShareConfig {
+        let mut s: ShareConfig = serde_json::from_value(serde_json::json!({
+            "subscriber": subscriber,
+            "dataset": dataset,
+            "all_rows": true,
+            "version": version,
+            "fields": {"id": "plain"},
+        }))
+        .expect("a share");
+        s.catch_up = catch_up;
+        s
+    }
+
+    #[test]
+    fn a_running_distributor_takes_only_new_subscriptions_of_datasets_it_reads() {
+        let running = vec![share("330106", "gongan.people", 1, false)];
+        let new = share("330108", "gongan.people", 1, true);
+        let now = vec![running[0].clone(), new.clone()];
+        assert_eq!(additions(&running, &now), Some(vec![new.clone()]));
+        // Nothing new: nothing to add.
+        assert_eq!(additions(&running, &running), Some(vec![]));
+        // A dataset the run does not read needs a run that reads it.
+        let other = vec![running[0].clone(), share("330108", "minzheng.aid", 1, true)];
+        assert_eq!(additions(&running, &other), None);
+        // A share gone, or its policy changed, restarts the run.
+        assert_eq!(additions(&running, std::slice::from_ref(&new)), None);
+        let narrowed = vec![share("330106", "gongan.people", 2, true)];
+        assert_eq!(additions(&running, &narrowed), None);
+        // A configured share (not catching up) is not added to a run.
+        let configured = vec![
+            running[0].clone(),
+            share("330108", "gongan.people", 1, false),
+        ];
+        assert_eq!(additions(&running, &configured), None);
+    }
 
     #[test]
     fn hops_name_each_node_once() {

@@ -64,6 +64,16 @@ pub struct ShareConfig {
     /// default) or `within_jurisdiction`.
     #[serde(default)]
     pub onward: crate::domain::policy::Onward,
+    /// A subscription activated and not yet backfilled: a transactional
+    /// distributor delivers it the raw topic's records before its live
+    /// ones. Set from the catalog.
+    #[serde(skip)]
+    pub catch_up: bool,
+    /// Given by a catalog subscription (not the configuration file): the
+    /// distributor delivers to it only while the catalog has it active
+    /// under this policy version.
+    #[serde(skip)]
+    pub granted: bool,
 }
 
 fn default_policy_version() -> u32 {

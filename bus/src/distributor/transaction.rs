@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::catchup::CommitPlan;
 use super::{delivery_records, DistributorError, InFlight};
 use crate::kafka::{
     Consumer, KafkaError, Publisher, RevokeHook, DISTRIBUTOR_TRANSACTION_STEP as TRANSACTION_STEP,
@@ -118,6 +119,11 @@ impl Transaction {
         })
     }
 
+    /// Whether a transaction is open.
+    pub(super) fn is_open(&self) -> bool {
+        self.open_since.is_some()
+    }
+
     /// When the open transaction is due to commit.
     pub(super) fn due(&self) -> Option<Instant> {
         self.open_since.map(|t| t + self.interval)
@@ -148,7 +154,9 @@ impl Transaction {
             return Ok(());
         }
         self.open()?;
-        for ((topic, partition), (first, _)) in &done.raw {
+        // A backfill's raw offsets are behind the live flow's, which an
+        // abort goes back to.
+        for ((topic, partition), (first, _)) in done.raw.iter().filter(|_| !done.replay) {
             self.start
                 .entry((topic.clone(), *partition))
                 .or_insert(*first);
@@ -185,7 +193,8 @@ impl Transaction {
 
     /// Commits the open transaction: waits for its records' deliveries,
     /// appends their delivery records to the audit trail inside it, adds
-    /// the raw offsets after them, commits. A failure aborts it (nothing of
+    /// the raw offsets after them (and those `plan` adds, each with its
+    /// partition's metadata), commits. A failure aborts it (nothing of
     /// it is ever visible) and fails the run, which restarts from the last
     /// committed offsets. Returns whether a transaction committed.
     pub(super) async fn commit(
@@ -193,6 +202,7 @@ impl Transaction {
         consumer: &Consumer,
         auditor: &Auditor,
         metrics: &crate::metrics::Metrics,
+        plan: &CommitPlan,
     ) -> Result<bool, DistributorError> {
         if self.open_since.is_none() {
             return Ok(false);
@@ -203,7 +213,7 @@ impl Transaction {
         if self.revoked.aborted.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let outcome = self.try_commit(consumer, auditor).await;
+        let outcome = self.try_commit(consumer, auditor, plan).await;
         self.open_since = None;
         self.start.clear();
         self.held.clear();
@@ -239,6 +249,7 @@ impl Transaction {
         &mut self,
         consumer: &Consumer,
         auditor: &Auditor,
+        plan: &CommitPlan,
     ) -> Result<(), DistributorError> {
         let mut deliveries = Vec::new();
         let mut next = Offsets::new();
@@ -248,10 +259,17 @@ impl Transaction {
                 &done.raw,
                 std::mem::take(&mut done.tallies),
             ));
+            if done.replay {
+                continue;
+            }
             for ((topic, partition), (_, last)) in &done.raw {
                 let at = next.entry((topic.clone(), *partition)).or_insert(last + 1);
                 *at = (*at).max(last + 1);
             }
+        }
+        for (tp, at) in &plan.extra {
+            let next_at = next.entry(tp.clone()).or_insert(*at);
+            *next_at = (*next_at).max(*at);
         }
         let staged = if deliveries.is_empty() {
             None
@@ -269,9 +287,12 @@ impl Transaction {
                 reason: "the distributor's consumer has no group metadata".to_owned(),
             })
         })?;
-        let offsets: Vec<(String, i32, i64)> = next
+        let offsets: Vec<(String, i32, i64, String)> = next
             .into_iter()
-            .map(|((topic, partition), at)| (topic, partition, at))
+            .map(|(tp, at)| {
+                let metadata = plan.metadata.get(&tp).cloned().unwrap_or_default();
+                (tp.0, tp.1, at, metadata)
+            })
             .collect();
         let publisher = self.publisher.clone();
         let committing = tokio::task::spawn_blocking(move || {

@@ -800,6 +800,19 @@ impl Consumer {
         self.inner.client().fatal_error()
     }
 
+    /// The partitions assigned to this member now.
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.inner
+            .assignment()
+            .map(|a| {
+                a.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether `partition` of `topic` is assigned to this member now.
     pub fn holds(&self, topic: &str, partition: i32) -> bool {
         self.inner

@@ -438,19 +438,25 @@ impl Publisher {
     /// Adds a consumer group's offsets to the open transaction: they are
     /// committed with its records, or not at all (Kafka's
     /// `sendOffsetsToTransaction`). `offsets`: topic, partition, the next
-    /// offset to read. `group`: the consuming member's metadata, so the
+    /// offset to read, and the commit metadata kept with it (empty: none).
+    /// `group`: the consuming member's metadata, so the
     /// brokers refuse the offsets of a member the group has moved on from.
     /// Blocks up to `timeout`; call it off the async workers.
     pub fn send_offsets_to_transaction(
         &self,
-        offsets: &[(String, i32, i64)],
+        offsets: &[(String, i32, i64, String)],
         group: &rdkafka::consumer::ConsumerGroupMetadata,
         timeout: Duration,
     ) -> Result<(), KafkaError> {
         let mut list = rdkafka::TopicPartitionList::new();
-        for (topic, partition, next) in offsets {
+        for (topic, partition, next, metadata) in offsets {
             list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*next))
                 .map_err(|source| self.transaction_error("offsets", source))?;
+            if !metadata.is_empty() {
+                if let Some(mut e) = list.find_partition(topic, *partition) {
+                    e.set_metadata(metadata.clone());
+                }
+            }
         }
         // A coordinator that moved (its broker died) is looked up again by
         // librdkafka; an attempt that timed out meanwhile is asked again.

@@ -326,11 +326,17 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         !cols.iter().any(|c| c == "id_number"),
         "narrowed at approval: {cols:?}"
     );
+    // The share joins the live flow once its backfill's reader passed
+    // where the live flow stands (within a second of its last record).
+    let until = Instant::now() + Duration::from_secs(30);
+    while !node
+        .stderr()
+        .contains("backfilled share joined the running distributor")
+    {
+        assert!(Instant::now() < until, "{}", node.stderr());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let log = node.stderr();
-    assert!(
-        log.contains("backfilled share joined the running distributor"),
-        "{log}"
-    );
     assert_eq!(
         log.matches("restarting the distributor").count(),
         restarts_before,
@@ -396,8 +402,9 @@ async fn conditional_dataset_flows_only_between_approval_and_revocation() {
         }
         assert!(
             Instant::now() < until,
-            "row 42 never arrived\n{}",
-            sub.stderr()
+            "row 42 never arrived\nsubscriber:\n{}\nnode:\n{}",
+            sub.stderr(),
+            node.stderr()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -60,7 +60,7 @@ async fn try_change(
         .await
 }
 
-async fn until_equal(source: &SinkDb, sink: &SinkDb, deadline: Duration, sub: &Node) {
+async fn until_equal(source: &SinkDb, sink: &SinkDb, deadline: Duration, logs: &[&Node]) {
     let until = Instant::now() + deadline;
     loop {
         let want: Table = source.rows("people", "id", &READ).await.unwrap().unwrap();
@@ -70,16 +70,32 @@ async fn until_equal(source: &SinkDb, sink: &SinkDb, deadline: Duration, sub: &N
         }
         if Instant::now() > until {
             let got = got.unwrap_or_default();
+            let missing: Vec<&i64> = want.keys().filter(|k| !got.contains_key(k)).collect();
+            let differ: Vec<&i64> = want
+                .iter()
+                .filter(|(k, v)| got.get(k).is_some_and(|g| g != *v))
+                .map(|(k, _)| k)
+                .collect();
+            let extra: Vec<&i64> = got.keys().filter(|k| !want.contains_key(k)).collect();
+            let tails: Vec<String> = logs.iter().map(|n| log_tail(&n.stderr(), 60)).collect();
             panic!(
-                "the district never caught up: {} rows wanted, {} held, {} missing\nsubscriber log:\n{}",
+                "the district never caught up: {} rows wanted, {} held; missing {:?}, different {:?}, extra {:?} (first 10 of each)\nthe processes' last log lines:\n{}",
                 want.len(),
                 got.len(),
-                want.keys().filter(|k| !got.contains_key(k)).count(),
-                sub.stderr()
+                &missing[..missing.len().min(10)],
+                &differ[..differ.len().min(10)],
+                &extra[..extra.len().min(10)],
+                tails.join("\n---\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The last `n` lines of a log.
+fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 struct Pipeline {
@@ -155,7 +171,7 @@ async fn pipeline(sink: SinkDb, user: &str) -> Pipeline {
             sink.name,
     );
     let sub = Node::subscribe_with_config(&sub_config, &[]).unwrap();
-    until_equal(&source, &sink, Duration::from_secs(60), &sub).await;
+    until_equal(&source, &sink, Duration::from_secs(60), &[&sub, &node]).await;
     Pipeline {
         source,
         sink,
@@ -186,7 +202,7 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
         source,
         sink,
         broker: _broker,
-        node: _node,
+        node,
         sub,
         ..
     } = pipeline(sink, &role).await;
@@ -215,7 +231,7 @@ async fn a_district_database_down_for_30_seconds_catches_up_and_loses_nothing() 
 
     // Back: it catches up, nothing lost.
     set_login(&role, true).await;
-    until_equal(&source, &sink, Duration::from_secs(120), &sub).await;
+    until_equal(&source, &sink, Duration::from_secs(120), &[&sub, &node]).await;
     let held = sink.rows("people", "id", &READ).await.unwrap().unwrap();
     assert!(held.contains_key(&(1000 + round - 1)), "the last insert");
     assert!(!held.contains_key(&100), "the first delete");
@@ -249,7 +265,7 @@ async fn the_broker_killed_and_restarted_mid_stream_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    until_equal(&source, &sink, Duration::from_secs(120), &sub).await;
+    until_equal(&source, &sink, Duration::from_secs(120), &[&sub, &node]).await;
     let (status, _) = node.get("/readyz").await.unwrap();
     assert_eq!(status, 200, "the node is ready again:\n{}", node.stderr());
     drop(sub);
@@ -313,7 +329,13 @@ async fn node_and_subscriber_killed_at_random_moments_lose_nothing() {
     stop.cancel();
     let rounds = writer.await.unwrap();
     println!("{rounds} department transactions during the kills");
-    until_equal(&p.source, &p.sink, Duration::from_secs(120), &p.sub).await;
+    until_equal(
+        &p.source,
+        &p.sink,
+        Duration::from_secs(120),
+        &[&p.sub, &p.node],
+    )
+    .await;
     println!("{mid_stream} of 6 kills landed with a committed change not yet applied");
     assert!(
         mid_stream > 0,
