@@ -391,6 +391,7 @@ impl CatchUp {
     /// entries changed) at the live flow's position.
     pub(super) fn plan(&self, position: &HashMap<Tp, i64>) -> CommitPlan {
         CommitPlan {
+            only_listed: true,
             metadata: self
                 .parts
                 .iter()
@@ -408,6 +409,9 @@ impl CatchUp {
 /// What a commit adds to the raw offsets of the records it holds.
 #[derive(Debug, Default)]
 pub(super) struct CommitPlan {
+    /// Commit only the partitions `metadata` lists (those held): a
+    /// partition lost meanwhile is not committed without its entries.
+    pub(super) only_listed: bool,
     /// The metadata of each partition (none: empty).
     pub(super) metadata: HashMap<Tp, String>,
     /// Partitions committed at this offset unless records move them on.

@@ -271,6 +271,9 @@ impl Transaction {
             let next_at = next.entry(tp.clone()).or_insert(*at);
             *next_at = (*next_at).max(*at);
         }
+        if plan.only_listed {
+            next.retain(|tp, _| plan.metadata.contains_key(tp));
+        }
         let staged = if deliveries.is_empty() {
             None
         } else {
