@@ -8,6 +8,10 @@
 //! ends equal to the department's table: nothing lost. Nothing doubled
 //! either: the killed process's open transaction never shows, so the share
 //! topic ends with exactly one record per raw record.
+//!
+//! A subscription approved while the node runs is backfilled inside the
+//! distributor's transactions: once per node even with two processes, and
+//! resumed from its last commit after a SIGKILL, each row once.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,22 @@ const PARTITIONS: i32 = 4;
 /// Records in the topic (a raw topic's commit markers left out).
 async fn records(bootstrap: &str, topic: &str) -> i64 {
     backflow_e2e::share_topic::count(bootstrap, topic).await
+}
+
+/// The sum of `topic`'s partitions' committed ends (last stable
+/// offsets): records and commit markers of committed transactions, read
+/// without waiting for the open one.
+async fn committed_end(bootstrap: &str, topic: &str) -> i64 {
+    let settings = backflow::kafka::KafkaSettings::new(bootstrap);
+    let Ok(n) = backflow::kafka::partition_count(&settings, topic).await else {
+        return 0;
+    };
+    let w = backflow::kafka::Watermarks::new(&settings).expect("a watermarks client");
+    let mut total = 0;
+    for p in 0..n as i32 {
+        total += w.high(topic, p).await.unwrap_or(0);
+    }
+    total
 }
 
 async fn partitions_held(node: &Node) -> i64 {
@@ -436,4 +456,149 @@ async fn a_subscription_approved_on_a_two_process_node_gets_every_change_once() 
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A node killed (SIGKILL) in the middle of a subscription's backfill
+/// resumes it from its last commit: part of the backfill was committed
+/// to the share topic before the kill, and at the end the share topic
+/// holds each of the district's rows exactly once, equal to the
+/// department's slice. Before the backfill ran in the distributor's
+/// transactions, a kill left what it had written and the next start
+/// backfilled again from the first record: every row written before the
+/// kill came twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_killed_midway_resumes_from_its_last_commit_and_writes_each_row_once() {
+    const ROWS: i64 = 30_000;
+    let source = SinkDb::create(Backend::Postgres).await.unwrap();
+    pg_connect(&source.name)
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, region_code char(6) NOT NULL);
+             INSERT INTO people SELECT g, 'p' || g, CASE WHEN g % 3 = 0 THEN '330106' ELSE '330108' END FROM generate_series(1, {ROWS}) g;"
+        ))
+        .await
+        .unwrap();
+    let broker = TestBroker::start();
+    let dataset = format!("t{}.people", source.name[8..].replace('_', ""));
+    let raw = format!("backflow.raw.{dataset}");
+    let share = format!("backflow.share.330108.{dataset}");
+    let admin = TestToken::new("admin");
+    let binjiang = TestToken::new("subscriber:330108");
+    // 330106 is shared from the configuration: the distributor reads the
+    // dataset when 330108's subscription arrives.
+    let config = format!(
+        "[node]\ncode = \"330100\"\n[kafka]\nbrokers = \"{}\"\npartitions = {PARTITIONS}\nreplica = \"a\"\ndistributor_transactions = true\n{}{}\n\
+         [[shares]]\nsubscriber = \"330106\"\ndataset = \"{dataset}\"\nregion_column = \"region_code\"\nfields = {{ id = \"plain\", name = \"plain\", region_code = \"plain\" }}\n{}",
+        broker.bootstrap(),
+        admin.auth_toml(),
+        binjiang.auth_toml(),
+        feed_toml(&source, &dataset),
+    );
+    let (mut node, _) = crate::exactly_once::ready_node(&config).await;
+    until(
+        "the department's snapshot in the raw topic",
+        Duration::from_secs(120),
+        &[&node],
+        async || records(broker.bootstrap(), &raw).await >= ROWS,
+    )
+    .await;
+    let (status, body) = node
+        .api(
+            "PUT",
+            &format!("/api/datasets/{dataset}"),
+            Some(admin.token()),
+            Some(serde_json::json!({"description": "residents", "sharing": "conditional", "region_column": "region_code", "fields": {"id": {}, "name": {}, "region_code": {}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = node
+        .api(
+            "POST",
+            "/api/subscriptions",
+            Some(binjiang.token()),
+            Some(serde_json::json!({"subscriber": "330108", "dataset": dataset, "purpose": "resident services", "fields": ["id", "name", "region_code"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    let (status, body) = node
+        .api(
+            "POST",
+            &format!("/api/subscriptions/{id}/approve"),
+            Some(admin.token()),
+            Some(serde_json::json!({"request_version": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Killed as soon as part of the backfill is committed.
+    let want = ROWS - ROWS / 3;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let n = committed_end(broker.bootstrap(), &share).await;
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing backfilled\n{}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    node.signal("KILL").unwrap();
+    node.wait(Duration::from_secs(10)).unwrap();
+    println!("killed with {at_kill} records and commit markers of {want} rows committed");
+    assert!(
+        at_kill < want,
+        "the backfill ended before the kill ({at_kill} records committed): the test proved nothing"
+    );
+    let (node, _) = crate::exactly_once::ready_node(&config).await;
+
+    // Each row once, the department's slice.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows =
+            backflow_e2e::share_topic::read(broker.bootstrap(), &share, &node.url, admin.token())
+                .await
+                .unwrap_or_default();
+        let mut per_key: std::collections::BTreeMap<i64, usize> = Default::default();
+        for r in &rows {
+            *per_key
+                .entry(r.key["id"].as_i64().expect("integer key"))
+                .or_default() += 1;
+        }
+        let twice: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(
+            twice.is_empty(),
+            "{share}: rows written more than once, e.g. {twice:?} ({} records, {at_kill} before the kill)",
+            rows.len()
+        );
+        let wrong = rows
+            .iter()
+            .filter(|r| {
+                r.value
+                    .as_ref()
+                    .is_some_and(|v| v["after"]["region_code"] != "330108")
+            })
+            .count();
+        assert_eq!(wrong, 0, "only 330108's rows");
+        if per_key.len() as i64 == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{share} holds {} of {want} rows\n{}",
+            per_key.len(),
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        node.stderr()
+            .contains("backfilling a share from the raw topic"),
+        "the restarted process went on with the backfill\n{}",
+        node.stderr()
+    );
 }
