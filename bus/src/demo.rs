@@ -38,6 +38,8 @@ pub const DISTRICTS: [(&str, &str); 2] = [("330106", "西湖区"), ("330108", "�
 /// and two districts of other cities (never leave the province).
 const REGIONS: [&str; 5] = ["330106", "330108", "330102", "330205", "330302"];
 const DATASET: &str = "gongan.people";
+/// The principal of the dataset's owner, the public security department.
+const OWNER: &str = "owner:gongan";
 /// Residents registered before the nodes start (the initial snapshot).
 const INITIAL: u32 = 300;
 
@@ -62,17 +64,25 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     let generator = Generator::create(&department)?;
     // One admin token for both dashboards, random per run; the
     // configurations hold only its SHA-256.
-    let token: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(32)
-        .collect();
+    let token = random_token();
+    // The department's data owner signs in at the province with a token
+    // of its own (random per run too), to decide requests.
+    let owner_token = random_token();
     // Each lower level reads its upper level's schema registry with the
     // token the upper level knows it by (random per run, in
-    // BACKFLOW_DEMO_TOKEN_<code>, set by `backflow demo`).
-    let auth = |subscribers: &[&str]| -> anyhow::Result<String> {
+    // BACKFLOW_DEMO_TOKEN_<code>, set by `backflow demo`); a district's
+    // clerk signs in at the city with the same token.
+    let auth = |subscribers: &[&str], owner: bool| -> anyhow::Result<String> {
         let mut tokens = vec![format!(
             "{{ principal = \"admin\", sha256 = \"{}\" }}",
             backflow::auth::token_hash(&token)
         )];
+        if owner {
+            tokens.push(format!(
+                "{{ principal = \"{OWNER}\", sha256 = \"{}\" }}",
+                backflow::auth::token_hash(&owner_token)
+            ));
+        }
         for code in subscribers {
             let var = token_var(code);
             let t = std::env::var(&var)
@@ -106,7 +116,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
          fields = {{ id = \"plain\", name = \"masked:name\", id_number = \"masked:keep(6,4)\", phone = \"plain\", region_code = \"plain\", updated_at = \"plain\" }}\n",
         port(0),
         department.display(),
-    ) + &auth(&[CITY])?;
+    ) + &auth(&[CITY], true)?;
     let province = start_node(
         dir,
         "province-330000",
@@ -128,7 +138,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         province.bootstrap,
         province.http,
         token_var(CITY),
-    ) + &auth(&districts_codes)?;
+    ) + &auth(&districts_codes, false)?;
     for (code, _) in DISTRICTS {
         city_toml.push_str(&format!(
             "\n[[shares]]\nsubscriber = \"{code}\"\ndataset = \"{DATASET}\"\nregion_column = \"region_code\"\n\
@@ -165,7 +175,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         districts.push((*code, *name, db, started));
     }
 
-    print_banner(&department, &token, &province, &city, &districts);
+    let tokens = Tokens {
+        admin: &token,
+        owner: &owner_token,
+    };
+    print_banner(&department, &tokens, &province, &city, &districts);
 
     let outcome = generate(generator, options.rate, &districts, &mut nodes, &shutdown).await;
     nodes.stop().await;
@@ -198,14 +212,28 @@ fn fresh_databases(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(department)
 }
 
+/// A token of 32 random letters and digits.
+fn random_token() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(32)
+        .collect()
+}
+
+/// The demo's sign-in tokens besides the districts' (in their variables).
+struct Tokens<'a> {
+    admin: &'a str,
+    owner: &'a str,
+}
+
 /// What runs where, printed once everything started.
 fn print_banner(
     department: &Path,
-    token: &str,
+    tokens: &Tokens<'_>,
     province: &Started,
     city: &Started,
     districts: &[District],
 ) {
+    let token = tokens.admin;
     println!();
     println!("backflow demo: province {PROVINCE} → city {CITY} → districts 330106, 330108, in this process,");
     println!("each level on its own embedded in-memory broker (nothing is kept when it stops).");
@@ -228,6 +256,20 @@ fn print_banner(
             db.display(),
             started.http
         );
+    }
+    println!();
+    println!("  sign in as each role (tokens random per run):");
+    println!(
+        "    {OWNER:<18} http://{}/#token={}   decides requests for {DATASET}",
+        province.http, tokens.owner
+    );
+    for (code, _, _, _) in districts {
+        if let Ok(t) = std::env::var(token_var(code)) {
+            println!(
+                "    subscriber:{code}  http://{}/#token={t}   requests and follows datasets",
+                city.http
+            );
+        }
     }
     println!();
     println!("  policies  province → city: residents of 3301xx; name and identity number masked; income withheld");

@@ -1,7 +1,8 @@
 //! `backflow demo`, as the README's first command runs it: 20 seconds of
 //! province → city → districts in one process, then Ctrl-C. Each district
 //! database must hold only its own residents, masked and hashed as the
-//! policies say; the dashboards answer while it runs; it stops cleanly.
+//! policies say; the dashboards answer while it runs, and the sign-in
+//! link printed for each role signs in as that role; it stops cleanly.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -62,6 +63,39 @@ async fn the_demo_fills_each_district_with_only_its_own_residents_and_stops_on_c
             .await
             .unwrap();
         assert_eq!(lag.status(), 200, "{url}");
+    }
+
+    // A sign-in link per role: each token stands for the principal it is
+    // printed beside.
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let links: Vec<(String, String)> = out
+        .lines()
+        .map(str::split_whitespace)
+        .filter_map(|mut words| Some((words.next()?.to_owned(), words.next()?.to_owned())))
+        .filter(|(who, url)| {
+            (who.starts_with("owner:") || who.starts_with("subscriber:"))
+                && url.contains("/#token=")
+        })
+        .collect();
+    let principals: Vec<&str> = links.iter().map(|(who, _)| who.as_str()).collect();
+    assert_eq!(
+        principals,
+        ["owner:gongan", "subscriber:330106", "subscriber:330108"],
+        "{}",
+        logs()
+    );
+    for (who, url) in &links {
+        let (base, token) = url.split_once("/#token=").expect("token in the address");
+        let me: serde_json::Value = reqwest::Client::new()
+            .get(format!("{base}/api/whoami"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["principal"], who.as_str(), "{url}");
     }
 
     tokio::time::sleep(Duration::from_secs(20)).await;
