@@ -129,7 +129,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     // City: re-publishes the province's share into its own bus and shares
     // on with its districts.
     let mut city_toml = format!(
-        "[node]\ncode = \"{CITY}\"\nname = \"杭州市 (demo)\"\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n\
+        "[node]\ncode = \"{CITY}\"\nname = \"杭州市 (demo)\"\nparent = \"{PROVINCE}\"\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n\
          [[subscriptions]]\nname = \"city-{CITY}-from-{PROVINCE}\"\n\
          upstream = {{ brokers = \"{}\", registry_url = \"http://{}\", registry_token_env = \"{}\" }}\n\
          sink = {{ type = \"kafka\" }}\n\

@@ -65,6 +65,26 @@ async fn the_demo_fills_each_district_with_only_its_own_residents_and_stops_on_c
         assert_eq!(lag.status(), 200, "{url}");
     }
 
+    // The city knows its place: the province above, the districts it
+    // shares with below (from its configuration's shares).
+    let (city, admin) = dashboards[1].split_once("/#token=").unwrap();
+    let node: serde_json::Value = reqwest::Client::new()
+        .get(format!("{city}/api/node"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(node["code"], "330100", "{node}");
+    assert_eq!(node["parent"], "330000", "{node}");
+    assert_eq!(
+        node["children"],
+        serde_json::json!(["330106", "330108"]),
+        "{node}"
+    );
+
     // A sign-in link per role: each token stands for the principal it is
     // printed beside.
     let out = std::fs::read_to_string(&out_path).unwrap();

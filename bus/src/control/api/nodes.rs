@@ -26,11 +26,14 @@ pub(super) fn routes() -> Router<ApiState> {
 async fn node_info(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     principal(&state, &headers).await?;
     let st = state.catalog.state().await;
+    // Active subscriptions and the configuration's shares: each is one
+    // active share with the child node it names.
     let active: Vec<&str> = st
         .subscriptions
         .values()
         .filter(|s| s.state == SubscriptionState::Active)
         .map(|s| s.subscriber.as_str())
+        .chain(state.config_shares.iter().map(|s| s.subscriber.as_str()))
         .collect();
     let registered: Vec<&crate::state::catalog::NodeRecord> =
         st.nodes.values().filter(|n| !n.deleted).collect();
