@@ -7,6 +7,21 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+/// GETs `path` of the node a printed sign-in link (`<base>/#token=<t>`)
+/// points to, with the link's token.
+async fn signed_in_get(link: &str, path: &str) -> serde_json::Value {
+    let (base, token) = link.split_once("/#token=").expect("token in the address");
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_fills_each_district_with_only_its_own_residents_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,16 +82,7 @@ async fn the_demo_fills_each_district_with_only_its_own_residents_and_stops_on_c
 
     // The city knows its place: the province above, the districts it
     // shares with below (from its configuration's shares).
-    let (city, admin) = dashboards[1].split_once("/#token=").unwrap();
-    let node: serde_json::Value = reqwest::Client::new()
-        .get(format!("{city}/api/node"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let node = signed_in_get(&dashboards[1], "/api/node").await;
     assert_eq!(node["code"], "330100", "{node}");
     assert_eq!(node["parent"], "330000", "{node}");
     assert_eq!(
@@ -105,16 +111,7 @@ async fn the_demo_fills_each_district_with_only_its_own_residents_and_stops_on_c
         logs()
     );
     for (who, url) in &links {
-        let (base, token) = url.split_once("/#token=").expect("token in the address");
-        let me: serde_json::Value = reqwest::Client::new()
-            .get(format!("{base}/api/whoami"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let me = signed_in_get(url, "/api/whoami").await;
         assert_eq!(me["principal"], who.as_str(), "{url}");
     }
 
