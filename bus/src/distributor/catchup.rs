@@ -156,8 +156,11 @@ pub(super) struct CatchUp {
     group: String,
     offsets: GroupOffsets,
     known: Known,
-    /// Shares that joined this run without their backfill: by key.
-    gated: BTreeMap<String, ShareConfig>,
+    /// The catalog's shares of this run, by key, with where one stands on
+    /// a partition whose commit has no entry of it: `At(0)` for a
+    /// subscription still to backfill, `Live(0)` for one backfilled
+    /// before its progress was kept in commits.
+    gated: BTreeMap<String, (ShareConfig, Mark)>,
     /// The partitions this process holds: their entries.
     parts: HashMap<Tp, BTreeMap<String, Mark>>,
     /// Partitions whose entries changed since the last commit.
@@ -182,16 +185,42 @@ impl CatchUp {
         }
     }
 
-    /// A share this run delivers only once caught up.
+    /// A catalog share of this run: delivered live on a partition only
+    /// where its entry says it joined (`share.catch_up`: a partition with
+    /// no entry of it is still to backfill; otherwise it was backfilled
+    /// before, and is live there).
     pub(super) fn gate(&mut self, share: &ShareConfig) {
         let key = share_key(share);
-        let raw = topics::raw(&share.dataset);
-        for ((topic, _), entries) in self.parts.iter_mut() {
-            if *topic == raw {
-                entries.entry(key.clone()).or_insert(Mark::At(0));
+        let missing = if share.catch_up {
+            Mark::At(0)
+        } else {
+            Mark::Live(0)
+        };
+        self.gated.insert(key, (share.clone(), missing));
+        self.fill_gated();
+    }
+
+    /// Gives each gated share an entry on each held partition of its raw
+    /// topic that has none.
+    fn fill_gated(&mut self) {
+        for (key, (share, missing)) in &self.gated {
+            let raw = topics::raw(&share.dataset);
+            for ((topic, _), entries) in self.parts.iter_mut() {
+                if *topic == raw {
+                    entries.entry(key.clone()).or_insert(*missing);
+                }
             }
         }
-        self.gated.insert(key, share.clone());
+    }
+
+    /// Stops gating (and backfilling) the shares `gone` names: withdrawn
+    /// by the catalog, failed, or unusable. The live flow delivers them
+    /// nothing more in this run.
+    pub(super) fn ungate(&mut self, gone: impl Fn(&str) -> bool) {
+        self.gated.retain(|key, _| !gone(key));
+        if self.replay.as_ref().is_some_and(|r| gone(&r.key)) {
+            self.replay = None;
+        }
     }
 
     /// Whether any share of this run is gated.
@@ -233,13 +262,18 @@ impl CatchUp {
             position.insert(tp.clone(), offset);
             let mut entries = parse(&metadata);
             entries.retain(|key, _| !self.known.is_dead(key));
-            for (key, share) in &self.gated {
-                if topics::raw(&share.dataset) == tp.0 {
-                    entries.entry(key.clone()).or_insert(Mark::At(0));
+            // A share another process joined here, which this run does
+            // not deliver (it does not know it yet): the records this run
+            // passes are its to backfill once it does.
+            for (key, mark) in entries.iter_mut() {
+                if matches!(mark, Mark::Live(_)) && !self.gated.contains_key(key) {
+                    *mark = Mark::At(offset);
+                    self.changed.insert(tp.clone());
                 }
             }
             self.parts.insert(tp, entries);
         }
+        self.fill_gated();
         Ok(true)
     }
 
@@ -277,7 +311,7 @@ impl CatchUp {
             .collect();
         due.sort();
         let (tp, key, at) = due.into_iter().next()?;
-        Some((key.clone(), tp.clone(), at, self.gated[key].clone()))
+        Some((key.clone(), tp.clone(), at, self.gated[key].0.clone()))
     }
 
     /// Starts reading `tp` again from `from` for the share of `key`.
@@ -338,14 +372,6 @@ impl CatchUp {
         tracing::info!(topic = %tp.0, partition = tp.1, from = live_at, "backfilled share joined the running distributor (nothing before it to read again)");
     }
 
-    /// Stops the replay whose share `withdrawn` says is withdrawn; it is
-    /// not read again in this run.
-    pub(super) fn withdraw(&mut self, withdrawn: impl Fn(&str) -> bool) {
-        if self.replay.as_ref().is_some_and(|r| withdrawn(&r.key)) {
-            self.drop_failed();
-        }
-    }
-
     /// The replay's share failed (reported to the supervision, which
     /// takes it out of the run): it is not read again in this run.
     pub(super) fn drop_failed(&mut self) {
@@ -383,6 +409,8 @@ impl CatchUp {
             self.parts = parts;
             self.changed = changed;
         }
+        // Shares gated after the transaction began.
+        self.fill_gated();
         self.replay = None;
     }
 

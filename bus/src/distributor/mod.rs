@@ -334,7 +334,10 @@ async fn run(
     });
     let catchup = txn.as_ref().map(|_| {
         let mut c = CatchUp::new(&ctx.settings, &group_id(&ctx.node), known);
-        for s in shares.iter().filter(|s| s.catch_up) {
+        // Every catalog share: its entries say where it stands on each
+        // partition (a subscription still to backfill, or one a process
+        // that did not know it passed over).
+        for s in shares.iter().filter(|s| s.granted) {
             if by_dataset.get(&s.dataset).is_some_and(|list| {
                 list.iter()
                     .any(|l| l.policy.subscriber == s.subscriber.as_str())
@@ -581,6 +584,8 @@ impl RunState<'_> {
         txn: &mut Transaction,
         consumer: &Consumer,
     ) -> Result<(), DistributorError> {
+        // A share that failed on the live flow is not backfilled either.
+        self.ungate_failed();
         let Some(c) = &mut self.catchup else {
             return Ok(());
         };
@@ -606,7 +611,9 @@ impl RunState<'_> {
             }
             let Ok(policy) = config.policy() else {
                 // Not in the run either (`group` logged why).
-                return Ok(());
+                let c = self.catchup.as_mut().expect("checked above");
+                c.ungate(|k| k == key);
+                continue;
             };
             let share = Share::new(&config, policy, None, &self.ctx.metrics);
             let c = self.catchup.as_mut().expect("checked above");
@@ -766,32 +773,42 @@ impl RunState<'_> {
             return;
         }
         changes.borrow_and_update();
-        let st = catalog.state().await;
-        let in_force = |subscriber: &str, dataset: &str, version: u32| {
-            st.subscriptions
-                .get(&format!("{subscriber}:{dataset}"))
-                .is_some_and(|s| {
-                    s.state == SubscriptionState::Active && s.policy_version == version
-                })
-        };
-        for (dataset, list) in &self.by_dataset {
-            for s in list.iter().filter(|s| s.granted && !s.has_failed()) {
-                if !in_force(&s.policy.subscriber, dataset, s.policy.version) {
-                    s.failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(subscriber = %s.policy.subscriber, %dataset, policy_version = s.policy.version, "grant withdrawn or changed: nothing more delivered under it");
+        {
+            let st = catalog.state().await;
+            let in_force = |subscriber: &str, dataset: &str, version: u32| {
+                st.subscriptions
+                    .get(&format!("{subscriber}:{dataset}"))
+                    .is_some_and(|s| {
+                        s.state == SubscriptionState::Active && s.policy_version == version
+                    })
+            };
+            for (dataset, list) in &self.by_dataset {
+                for s in list.iter().filter(|s| s.granted && !s.has_failed()) {
+                    if !in_force(&s.policy.subscriber, dataset, s.policy.version) {
+                        s.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(subscriber = %s.policy.subscriber, %dataset, policy_version = s.policy.version, "grant withdrawn or changed: nothing more delivered under it");
+                    }
                 }
             }
         }
-        if let Some(c) = &mut self.catchup {
-            c.withdraw(|key| {
-                self.by_dataset.iter().any(|(dataset, list)| {
-                    list.iter().any(|s| {
-                        s.has_failed()
-                            && catchup::key_of(&s.policy.subscriber, dataset, s.policy.version)
-                                == key
-                    })
-                })
-            });
+        self.ungate_failed();
+    }
+
+    /// Stops gating and backfilling the shares that failed or were
+    /// withdrawn in this run.
+    fn ungate_failed(&mut self) {
+        let Some(c) = &mut self.catchup else { return };
+        let failed: HashSet<String> = self
+            .by_dataset
+            .iter()
+            .flat_map(|(dataset, list)| {
+                list.iter()
+                    .filter(|s| s.has_failed())
+                    .map(|s| catchup::key_of(&s.policy.subscriber, dataset, s.policy.version))
+            })
+            .collect();
+        if !failed.is_empty() {
+            c.ungate(|key| failed.contains(key));
         }
     }
 

@@ -271,8 +271,16 @@ impl Transaction {
             let next_at = next.entry(tp.clone()).or_insert(*at);
             *next_at = (*next_at).max(*at);
         }
-        if plan.only_listed {
-            next.retain(|tp, _| plan.metadata.contains_key(tp));
+        // A partition not held any more whose records are in the
+        // transaction: it must not commit (its next owner resumes from
+        // the last commit), and its records with it.
+        if let Some(((topic, partition), _)) = next
+            .iter()
+            .find(|(tp, _)| plan.only_listed && !plan.metadata.contains_key(*tp))
+        {
+            return Err(DistributorError::Settle(format!(
+                "partition {partition} of {topic} was given up with records in the open transaction; aborted, read again from the last commit"
+            )));
         }
         let staged = if deliveries.is_empty() {
             None
