@@ -156,12 +156,12 @@ postgres_up() {
 
   local restart=0
   [ "$(pg_tcp -c 'show wal_level')" = logical ] || restart=1
-  [ "$(pg_tcp -c 'show max_replication_slots')" -ge 64 ] || restart=1
+  [ "$(pg_tcp -c 'show max_replication_slots')" -ge 128 ] || restart=1
   [ "$(pg_tcp -c 'show max_wal_senders')" -ge 64 ] || restart=1
   if [ $restart = 1 ]; then
-    log "setting wal_level=logical, max_replication_slots=64, max_wal_senders=64 and restarting PostgreSQL"
+    log "setting wal_level=logical, max_replication_slots=128, max_wal_senders=64 and restarting PostgreSQL"
     pg_tcp -c 'ALTER SYSTEM SET wal_level = logical' \
-      -c 'ALTER SYSTEM SET max_replication_slots = 64' \
+      -c 'ALTER SYSTEM SET max_replication_slots = 128' \
       -c 'ALTER SYSTEM SET max_wal_senders = 64' >/dev/null
     pg_ctlcluster --skip-systemctl-redirect "$ver" main restart
     wait_until "PostgreSQL" 60 pg_tcp -c 'select 1' || die "PostgreSQL did not come back after restart"

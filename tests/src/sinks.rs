@@ -56,7 +56,10 @@ pub fn canonical(d: &Datum) -> Option<String> {
     })
 }
 
-/// A fresh database of one backend, dropped by [`SinkDb::drop_db`].
+/// A fresh database of one backend, dropped by [`SinkDb::drop_db`] or, at
+/// the latest, when it goes out of scope (a failing test too): a
+/// PostgreSQL database left behind keeps its replication slots, and
+/// those hold WAL and fill `max_replication_slots` for every later test.
 pub struct SinkDb {
     pub backend: Backend,
     /// Database name (PostgreSQL, MariaDB).
@@ -64,6 +67,42 @@ pub struct SinkDb {
     /// Database file (SQLite).
     pub path: PathBuf,
     _dir: tempfile::TempDir,
+    dropped: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for SinkDb {
+    fn drop(&mut self) {
+        if self.backend == Backend::Sqlite || *self.dropped.get_mut() {
+            return;
+        }
+        // Dropped inside a test's runtime, which cannot be blocked on: the
+        // cleanup runs on a thread of its own, and its errors are ignored
+        // (a panic while a failed test unwinds would abort the process).
+        let (backend, name) = (self.backend, std::mem::take(&mut self.name));
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = match backend {
+                    Backend::Postgres => crate::drop_pg_database(&name).await,
+                    _ => drop_mariadb_database(&name).await,
+                };
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn drop_mariadb_database(name: &str) -> anyhow::Result<()> {
+    let mut conn = mariadb_connect(None).await?;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+        .await?;
+    conn.disconnect().await?;
+    Ok(())
 }
 
 /// Connects to MariaDB on 127.0.0.1:3306 as root.
@@ -115,6 +154,7 @@ impl SinkDb {
             name,
             path,
             _dir: dir,
+            dropped: Default::default(),
         })
     }
 
@@ -405,15 +445,12 @@ impl SinkDb {
     /// Drops the database (the SQLite file goes with its directory).
     pub async fn drop_db(&self) -> anyhow::Result<()> {
         match self.backend {
-            Backend::Postgres => crate::drop_pg_database(&self.name).await,
-            Backend::Mariadb => {
-                let mut conn = mariadb_connect(None).await?;
-                conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name))
-                    .await?;
-                conn.disconnect().await?;
-                Ok(())
-            }
-            Backend::Sqlite => Ok(()),
+            Backend::Postgres => crate::drop_pg_database(&self.name).await?,
+            Backend::Mariadb => drop_mariadb_database(&self.name).await?,
+            Backend::Sqlite => {}
         }
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }

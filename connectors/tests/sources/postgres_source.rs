@@ -4,23 +4,25 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::support::{pg_admin, pg_drop, pg_fresh_db, Target};
+use crate::support::{pg_admin, pg_drop, pg_fresh_db, PgDb, Target};
 use backflow_connectors::postgres::{PostgresSource, PostgresSourceConfig};
 use backflow_connectors::Source;
 use backflow_schemas::{Datum, Op, Snapshot};
 use tokio_postgres::NoTls;
 
-/// A fresh database `name`, without the slot a feed of it left.
-async fn fresh_db(name: &str) {
-    pg_drop(name, &format!("backflow_{name}")).await;
-    pg_fresh_db(name, "postgres").await;
+/// A fresh database `<prefix>_<pid>`, without the slot a feed of it left;
+/// dropped with its slots when the test ends.
+async fn fresh_db(prefix: &str) -> PgDb {
+    let name = format!("{prefix}_{}", std::process::id());
+    pg_drop(&name, &format!("backflow_{name}")).await;
+    pg_fresh_db(&name, "postgres").await;
+    PgDb(name)
 }
 
 /// A fresh database `<prefix>_<pid>` with table `items` holding rows
 /// 1..=rows; returns its name and a client.
-async fn items_db(prefix: &str, rows: i64) -> (String, tokio_postgres::Client) {
-    let db = format!("{prefix}_{}", std::process::id());
-    fresh_db(&db).await;
+async fn items_db(prefix: &str, rows: i64) -> (PgDb, tokio_postgres::Client) {
+    let db = fresh_db(prefix).await;
     let c = pg_admin(&db).await;
     c.batch_execute(&format!(
         "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
@@ -44,8 +46,7 @@ fn id_of(key: &backflow_schemas::Row) -> i64 {
 
 #[tokio::test]
 async fn postgres_source_snapshot_reads_every_row_once_then_streams() {
-    let db = format!("bf_src_{}", std::process::id());
-    fresh_db(&db).await;
+    let db = fresh_db("bf_src").await;
     let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
@@ -171,8 +172,7 @@ async fn postgres_source_crashed_mid_snapshot_takes_it_again() {
 #[tokio::test]
 async fn postgres_source_reads_every_type_exactly() {
     use backflow_schemas::Decimal;
-    let db = format!("bf_types_{}", std::process::id());
-    fresh_db(&db).await;
+    let db = fresh_db("bf_types").await;
     let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE items (
@@ -268,8 +268,7 @@ async fn postgres_source_reads_every_type_exactly() {
 /// the column and the reason, each once, and the feed goes on.
 #[tokio::test]
 async fn postgres_source_extreme_values_are_shared_or_dead_lettered_with_the_reason() {
-    let db = format!("bf_extreme_{}", std::process::id());
-    fresh_db(&db).await;
+    let db = fresh_db("bf_extreme").await;
     let c = pg_admin(&db).await;
     let rows = "(1, 'NaN', 'NaN', 'Infinity', NULL, NULL, NULL),
          (2, 'Infinity', '-Infinity', '-Infinity', NULL, NULL, NULL),
@@ -386,8 +385,7 @@ async fn postgres_source_extreme_values_are_shared_or_dead_lettered_with_the_rea
 /// the column and the way out.
 #[tokio::test]
 async fn postgres_source_enum_domain_money_interval_and_array_values_are_shared_exactly() {
-    let db = format!("bf_odd_types_{}", std::process::id());
-    fresh_db(&db).await;
+    let db = fresh_db("bf_odd_types").await;
     let c = pg_admin(&db).await;
     c.batch_execute(
         r#"CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy, "really"');
@@ -563,8 +561,7 @@ async fn postgres_source_enum_domain_money_interval_and_array_values_are_shared_
 /// before-images (the distributor needs them to take a moved row back).
 #[tokio::test]
 async fn postgres_source_captures_a_partitioned_table_through_its_root() {
-    let db = format!("bf_part_{}", std::process::id());
-    fresh_db(&db).await;
+    let db = fresh_db("bf_part").await;
     let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE people (id bigint, region_code char(6), name text NOT NULL, PRIMARY KEY (id, region_code)) PARTITION BY LIST (region_code);
@@ -829,8 +826,7 @@ async fn postgres_source_lost_slot_after_streaming_names_the_way_out() {
 
 #[tokio::test]
 async fn postgres_source_user_without_replication_says_how_to_fix_it() {
-    let db = format!("bf_norepl_{}", std::process::id());
-    fresh_db(&db).await;
+    let db = fresh_db("bf_norepl").await;
     let c = pg_admin(&db).await;
     let role = format!("bf_norepl_{}", std::process::id());
     let _ = c
@@ -914,8 +910,7 @@ async fn postgres_source_wal_level_replica_says_how_to_fix_it() {
 
 #[tokio::test]
 async fn postgres_source_idle_tables_let_the_slot_advance_while_the_database_is_busy() {
-    let db = format!("bf_idle_{}", std::process::id());
-    fresh_db(&db).await;
+    let db = fresh_db("bf_idle").await;
     let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));
@@ -949,10 +944,8 @@ async fn postgres_source_idle_tables_let_the_slot_advance_while_the_database_is_
 /// other database's WAL.
 #[tokio::test]
 async fn postgres_source_a_quiet_database_beside_a_busy_one_lets_the_slot_advance() {
-    let db = format!("bf_quiet_{}", std::process::id());
-    let other = format!("bf_busy_{}", std::process::id());
-    fresh_db(&db).await;
-    fresh_db(&other).await;
+    let db = fresh_db("bf_quiet").await;
+    let other = fresh_db("bf_busy").await;
     let c = pg_admin(&db).await;
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, amount numeric(10,2));",

@@ -76,22 +76,78 @@ pub async fn pg_items_db(name: &str, owner: &str) -> tokio_postgres::Client {
     c
 }
 
-/// Drops replication slot `slot` and database `name` where they exist
-/// (errors ignored: this is cleanup).
+/// Drops database `name` and every replication slot on it (`slot` among
+/// them), ending the walsenders that still hold one; gives up after 30 s.
+/// Errors are ignored: this is cleanup. A database left with a slot keeps
+/// the slot, which holds WAL and fills `max_replication_slots` for every
+/// later test.
 pub async fn pg_drop(name: &str, slot: &str) {
     let admin = pg_admin("postgres").await;
-    let _ = admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
-            pg_literal(slot)
-        ))
-        .await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                   WHERE (database = {db} OR slot_name = {slot}) AND active_pid IS NOT NULL; \
+                 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                   WHERE (database = {db} OR slot_name = {slot}) AND NOT active",
+                db = pg_literal(name),
+                slot = pg_literal(slot)
+            ))
+            .await;
+        let left = admin
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = $1 OR slot_name = $2",
+                &[&name, &slot],
+            )
+            .await
+            .map_or(0, |r| r.get::<_, i64>(0));
+        if left == 0 || std::time::Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = admin
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             pg_ident(name)
         ))
         .await;
+}
+
+/// A test database on the test PostgreSQL, dropped with its replication
+/// slots when it goes out of scope (a failing test too).
+#[must_use = "the database is dropped when this goes out of scope"]
+pub struct PgDb(pub String);
+
+impl std::ops::Deref for PgDb {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PgDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        // The test's runtime cannot be blocked on: the cleanup runs on a
+        // thread and a runtime of its own.
+        let name = std::mem::take(&mut self.0);
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(pg_drop(&name, &format!("backflow_{name}")));
+            }
+        });
+        let _ = cleanup.join();
+    }
 }
 
 /// A connection to the test MariaDB (127.0.0.1:3306) as `root`.
