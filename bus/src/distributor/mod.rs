@@ -54,7 +54,7 @@ use backflow_schemas::{
 use tokio_util::sync::CancellationToken;
 
 use crate::distributor::share::ShareConfig;
-use crate::domain::policy::{SharePolicy, ShareTable};
+use crate::domain::policy::{JurisdictionIndex, SharePolicy, ShareTable};
 use crate::domain::topics;
 use crate::kafka::{Acks, Batch, ConsumedRecord, Consumer, KafkaError, OutgoingRecord, TopicSpec};
 use crate::registry::RegistryError;
@@ -235,6 +235,8 @@ struct Version {
     /// Per share of the dataset (same order); `None` when the policy does
     /// not fit the table (logged once).
     shares: Vec<Option<ShareCodec>>,
+    /// Which of them a change can concern, by its region code.
+    index: JurisdictionIndex,
 }
 
 /// What a run of the distributor is given besides its shares.
@@ -1456,9 +1458,16 @@ async fn new_version(
             }
         });
     }
+    let index = JurisdictionIndex::new(
+        shares
+            .iter()
+            .zip(&list)
+            .map(|(s, c)| c.as_ref().map(|c| (&s.policy, &c.table))),
+    );
     Ok(Ok(Version {
         reader: source,
         shares: list,
+        index,
     }))
 }
 
@@ -1501,8 +1510,12 @@ async fn distribute(
     let hops = hops_after(record.header(HEADER_HOPS), &ctx.node);
     let origin = record.header(HEADER_ORIGIN).unwrap_or_default();
     let origin_ts = record.header(HEADER_ORIGIN_TS).unwrap_or_default();
-    for (s, codec) in shares.iter().zip(&version.shares) {
-        let Some(sc) = codec else { continue };
+    let mut candidates = Vec::new();
+    version.index.candidates(&event, &mut candidates);
+    for &i in &candidates {
+        let (s, Some(sc)) = (&shares[i], &version.shares[i]) else {
+            continue;
+        };
         if s.has_failed() {
             continue;
         }

@@ -15,7 +15,8 @@
 //! every non-key column is nullable (a later, narrower policy stops sending
 //! some; the subscriber's existing rows and table must still take rows).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use backflow_connectors::sink::values::pg_text;
@@ -409,7 +410,7 @@ impl SharePolicy {
     /// Whether a source row is in this subscriber's share.
     pub fn matches(&self, t: &ShareTable, row: &Row) -> bool {
         if let Some(i) = t.region {
-            match row.0.get(i).and_then(pg_text) {
+            match row.0.get(i).and_then(region_text) {
                 Some(code) if code.starts_with(&self.prefix) => {}
                 _ => return false,
             }
@@ -477,6 +478,87 @@ impl SharePolicy {
                 apply(&t.mac, rule, &key.0[at])
             })
             .collect())
+    }
+}
+
+/// A region column's value as the text its prefix is compared with
+/// (borrowed for text, the common case: this runs per share and event).
+fn region_text(d: &Datum) -> Option<Cow<'_, str>> {
+    match d {
+        Datum::Text(s) => Some(Cow::Borrowed(s)),
+        other => pg_text(other).map(Cow::Owned),
+    }
+}
+
+/// The shares a row can be in, found by its region code rather than by
+/// testing every share's row rule: a province node has a share per
+/// district and city of each dataset, and a change is in one or two of
+/// them. A share whose rule is a jurisdiction is filed under its prefix on
+/// its region column; a share of every row is a candidate for every row.
+/// Each candidate's own rule still decides
+/// ([`SharePolicy::share_event`]): the index only leaves out shares whose
+/// prefix neither image of the change starts with, which those shares'
+/// rules refuse anyway.
+#[derive(Debug, Default)]
+pub struct JurisdictionIndex {
+    /// Per region column: share positions by prefix, and the longest
+    /// prefix in bytes.
+    columns: Vec<(usize, HashMap<String, Vec<usize>>, usize)>,
+    /// Shares of every row.
+    every_row: Vec<usize>,
+}
+
+impl JurisdictionIndex {
+    /// Files each share by its position in `shares`; `None` is a share
+    /// that receives nothing (its policy does not fit the table).
+    pub fn new<'a>(
+        shares: impl IntoIterator<Item = Option<(&'a SharePolicy, &'a ShareTable)>>,
+    ) -> Self {
+        let mut index = Self::default();
+        for (i, share) in shares.into_iter().enumerate() {
+            let Some((policy, table)) = share else {
+                continue;
+            };
+            let Some(column) = table.region else {
+                index.every_row.push(i);
+                continue;
+            };
+            let at = match index.columns.iter().position(|(c, _, _)| *c == column) {
+                Some(at) => at,
+                None => {
+                    index.columns.push((column, HashMap::new(), 0));
+                    index.columns.len() - 1
+                }
+            };
+            let (_, by_prefix, longest) = &mut index.columns[at];
+            by_prefix.entry(policy.prefix.clone()).or_default().push(i);
+            *longest = (*longest).max(policy.prefix.len());
+        }
+        index
+    }
+
+    /// The positions of the shares `ev` can concern, ascending, into
+    /// `out` (cleared first).
+    pub fn candidates(&self, ev: &ChangeEvent, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend_from_slice(&self.every_row);
+        for (column, by_prefix, longest) in &self.columns {
+            for row in [&ev.before, &ev.after].into_iter().flatten() {
+                let Some(code) = row.0.get(*column).and_then(region_text) else {
+                    continue;
+                };
+                for len in 0..=code.len().min(*longest) {
+                    if !code.is_char_boundary(len) {
+                        continue;
+                    }
+                    if let Some(shares) = by_prefix.get(&code[..len]) {
+                        out.extend_from_slice(shares);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
     }
 }
 
@@ -604,6 +686,104 @@ mod tests {
             ts_ms: None,
             transaction: None,
         }
+    }
+
+    /// The jurisdiction index leaves out no share a change concerns: for
+    /// random shares (districts, cities, the province, every-row shares,
+    /// shares whose grant does not fit) and random inserts, updates that
+    /// move a row between regions, deletes and odd region codes, every
+    /// share `share_event` gives something is among the candidates, and
+    /// with 100 district shares a change has at most its district, its
+    /// city, the province and the every-row shares as candidates.
+    #[test]
+    fn jurisdiction_index_keeps_every_share_a_change_concerns() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let codes = [
+            "330106", "330108", "330100", "330000", "330206", "3301", "", "33010６", "990106",
+        ];
+        let table = source();
+        for round in 0..200 {
+            let shares: Vec<Option<(SharePolicy, ShareTable)>> = (0..rng.usize(1..40))
+                .map(|i| {
+                    let prefix = match rng.u8(0..4) {
+                        0 => "33".to_owned(),
+                        1 => format!("33{:02}", rng.u8(1..4)),
+                        _ => format!("33{:02}{:02}", rng.u8(1..4), rng.u8(0..9)),
+                    };
+                    let mut p = policy(&format!("{i:06}"), &prefix);
+                    match rng.u8(0..6) {
+                        0 => p.rows = crate::domain::policy::RowRule::All,
+                        1 => return None,
+                        _ => {}
+                    }
+                    let t = p.share_table(&table).unwrap();
+                    Some((p, t))
+                })
+                .collect();
+            let index =
+                JurisdictionIndex::new(shares.iter().map(|s| s.as_ref().map(|(p, t)| (p, t))));
+            let mut candidates = Vec::new();
+            for _ in 0..50 {
+                let (a, b) = (
+                    codes[rng.usize(..codes.len())],
+                    codes[rng.usize(..codes.len())],
+                );
+                let ev = match rng.u8(0..3) {
+                    0 => event(Op::Create, None, Some(person(1, a))),
+                    1 => event(Op::Update, Some(person(1, a)), Some(person(1, b))),
+                    _ => event(Op::Delete, Some(person(1, a)), None),
+                };
+                index.candidates(&ev, &mut candidates);
+                for (i, share) in shares.iter().enumerate() {
+                    let Some((p, t)) = share else { continue };
+                    if p.share_event(t, &ev).is_some() {
+                        assert!(
+                            candidates.contains(&i),
+                            "round {round}: share {i} (prefix {:?}) concerned by {ev:?} but not a candidate {candidates:?}",
+                            p.prefix
+                        );
+                    }
+                }
+            }
+        }
+
+        // The shape of a province: 100 districts, their 10 cities, itself.
+        let mut shares: Vec<(SharePolicy, ShareTable)> = Vec::new();
+        for city in 1..=10 {
+            for district in 1..=10 {
+                let p = policy("d", &format!("33{city:02}{district:02}"));
+                let t = p.share_table(&table).unwrap();
+                shares.push((p, t));
+            }
+            let p = policy("c", &format!("33{city:02}"));
+            let t = p.share_table(&table).unwrap();
+            shares.push((p, t));
+        }
+        let index = JurisdictionIndex::new(shares.iter().map(|(p, t)| Some((p, t))));
+        let mut candidates = Vec::new();
+        index.candidates(
+            &event(Op::Create, None, Some(person(1, "330703"))),
+            &mut candidates,
+        );
+        let mut prefixes: Vec<&str> = candidates
+            .iter()
+            .map(|i| shares[*i].0.prefix.as_str())
+            .collect();
+        prefixes.sort_unstable();
+        assert_eq!(prefixes, ["3307", "330703"]);
+        index.candidates(
+            &event(
+                Op::Update,
+                Some(person(1, "330703")),
+                Some(person(1, "330901")),
+            ),
+            &mut candidates,
+        );
+        assert_eq!(
+            candidates.len(),
+            4,
+            "a move concerns both districts and cities"
+        );
     }
 
     /// Enum labels and intervals arrive as text and money as a decimal,

@@ -259,6 +259,8 @@ fn cpu_only(events: i64) -> anyhow::Result<()> {
         out as f64 / secs
     );
 
+    province_shape(&input)?;
+
     // Reading the raw records: straight into rows (what the distributor
     // does with records backflow wrote), and through Avro's generic reader
     // (what it does with a foreign writer schema).
@@ -286,6 +288,109 @@ fn cpu_only(events: i64) -> anyhow::Result<()> {
             "decoding raw records {how}, one thread: {:.0} events/s ({:.2} µs each)",
             events as f64 / secs,
             secs * 1e6 / events as f64
+        );
+    }
+    Ok(())
+}
+
+/// The shape of a province, without Kafka, one thread: one dataset's
+/// shares of its districts (6-digit jurisdiction prefixes, ten per city)
+/// and cities (4 digits), each change in one district and its city. Events
+/// per second with 11 to 990 shares, finding the shares a change
+/// concerns through the jurisdiction index (what the distributor does) and
+/// by testing every share's row rule (what it did before), so that the
+/// cost per event is seen not to grow with the subscriptions.
+fn province_shape(input: &[ChangeEvent]) -> anyhow::Result<()> {
+    use backflow::domain::policy::{FieldRule, JurisdictionIndex, RowRule, SharePolicy};
+    let source = table(DATASET);
+    println!("province shape (one dataset; a change in one district and its city), one thread, without Kafka:");
+    println!("| shares of the dataset | events/s, index | events/s, every rule tested | share records per event |");
+    println!("|---:|---:|---:|---:|");
+    let mut first = None;
+    for n in [11usize, 110, 990] {
+        // n shares: per city 33cc, its ten districts 33ccdd and itself.
+        let shares: Vec<_> = (0..n)
+            .map(|i| {
+                let (city, district) = (1 + (i / 11) % 90, i % 11);
+                let prefix = if district == 10 {
+                    format!("33{city:02}")
+                } else {
+                    format!("33{city:02}{:02}", 1 + district)
+                };
+                let policy = SharePolicy {
+                    subscriber: format!("{:06}", 400_000 + i),
+                    dataset: DATASET.into(),
+                    rows: RowRule::Jurisdiction("region_code".into()),
+                    prefix,
+                    predicates: vec![],
+                    fields: [
+                        ("id", "plain"),
+                        ("name", "masked:name"),
+                        ("id_number", "masked:keep(6,4)"),
+                        ("phone", "hashed"),
+                        ("region_code", "plain"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), FieldRule::parse(v).unwrap()))
+                    .collect(),
+                    secret: b"bench-secret-0123456789".to_vec(),
+                    version: 1,
+                };
+                let t = policy.share_table(&source).unwrap();
+                let codec = TableCodec::new(t.desc.clone()).unwrap();
+                (policy, t, codec)
+            })
+            .collect();
+        let index = JurisdictionIndex::new(shares.iter().map(|(p, t, _)| Some((p, t))));
+        // The changes, spread over the districts that have a share: each
+        // is in one district and its city.
+        let districts: Vec<&str> = shares
+            .iter()
+            .map(|(p, _, _)| p.prefix.as_str())
+            .filter(|p| p.len() == 6)
+            .collect();
+        let input: Vec<ChangeEvent> = input
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut e = e.clone();
+                if let Some(row) = e.after.as_mut() {
+                    row.0[4] = Datum::Text(districts[i % districts.len()].to_owned());
+                }
+                e
+            })
+            .collect();
+        let mut candidates = Vec::new();
+        let mut rates = [0f64; 2];
+        let mut out = 0u64;
+        for (way, rate) in rates.iter_mut().enumerate() {
+            out = 0;
+            let started = Instant::now();
+            for e in &input {
+                if way == 0 {
+                    index.candidates(e, &mut candidates);
+                } else {
+                    candidates.clear();
+                    candidates.extend(0..shares.len());
+                }
+                for &i in &candidates {
+                    let (policy, t, codec) = &shares[i];
+                    if let Some(shared) = policy.share_event(t, e) {
+                        let (key, value) =
+                            codec.encode_framed_parts(1, 2, shared.with_provenance(e))?;
+                        out += (key.len() + value.len() > 0) as u64;
+                    }
+                }
+            }
+            *rate = input.len() as f64 / started.elapsed().as_secs_f64();
+        }
+        let base = *first.get_or_insert(rates[0]);
+        println!(
+            "| {n} | {:.0} ({:.2}× the figure with 11) | {:.0} | {:.1} |",
+            rates[0],
+            rates[0] / base,
+            rates[1],
+            out as f64 / input.len() as f64
         );
     }
     Ok(())

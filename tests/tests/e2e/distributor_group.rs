@@ -72,6 +72,56 @@ fn feed_toml(source: &SinkDb, dataset: &str) -> String {
     )
 }
 
+/// The owner (through `owner_side`) registers `dataset` as conditional
+/// with three fields, district 330108 requests them (through
+/// `requester_side`, once it knows the dataset: catalog writes reach the
+/// other process through Kafka) and the owner approves the request.
+async fn approve_binjiang(
+    owner_side: &Node,
+    requester_side: &Node,
+    admin: &TestToken,
+    binjiang: &TestToken,
+    dataset: &str,
+) {
+    let (status, body) = owner_side
+        .api(
+            "PUT",
+            &format!("/api/datasets/{dataset}"),
+            Some(admin.token()),
+            Some(serde_json::json!({"description": "residents", "sharing": "conditional", "region_column": "region_code", "fields": {"id": {}, "name": {}, "region_code": {}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let until_known = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let (status, body) = requester_side
+            .api(
+                "POST",
+                "/api/subscriptions",
+                Some(binjiang.token()),
+                Some(serde_json::json!({"subscriber": "330108", "dataset": dataset, "purpose": "resident services", "fields": ["id", "name", "region_code"]})),
+            )
+            .await;
+        if status == 201 {
+            break body["id"].as_str().expect("id").to_owned();
+        }
+        assert!(
+            Instant::now() < until_known,
+            "request refused: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (status, body) = requester_side
+        .api(
+            "POST",
+            &format!("/api/subscriptions/{id}/approve"),
+            Some(admin.token()),
+            Some(serde_json::json!({"request_version": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_of_one_node_split_the_distributor_and_survive_a_sigkill() {
     let source = SinkDb::create(Backend::Postgres).await.unwrap();
@@ -343,43 +393,7 @@ async fn a_subscription_approved_on_a_two_process_node_gets_every_change_once() 
             (r, pg)
         }
     });
-    let (status, body) = first
-        .api(
-            "PUT",
-            &format!("/api/datasets/{dataset}"),
-            Some(admin.token()),
-            Some(serde_json::json!({"description": "residents", "sharing": "conditional", "region_column": "region_code", "fields": {"id": {}, "name": {}, "region_code": {}}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let until_known = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let (status, body) = second
-            .api(
-                "POST",
-                "/api/subscriptions",
-                Some(binjiang.token()),
-                Some(serde_json::json!({"subscriber": "330108", "dataset": dataset, "purpose": "resident services", "fields": ["id", "name", "region_code"]})),
-            )
-            .await;
-        if status == 201 {
-            break body["id"].as_str().expect("id").to_owned();
-        }
-        assert!(
-            Instant::now() < until_known,
-            "request refused: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let (status, body) = second
-        .api(
-            "POST",
-            &format!("/api/subscriptions/{id}/approve"),
-            Some(admin.token()),
-            Some(serde_json::json!({"request_version": 1})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    approve_binjiang(&first, &second, &admin, &binjiang, &dataset).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     stop.cancel();
     let (rounds, pg) = writer.await.unwrap();
@@ -503,34 +517,7 @@ async fn a_backfill_killed_midway_resumes_from_its_last_commit_and_writes_each_r
         async || records(broker.bootstrap(), &raw).await >= ROWS,
     )
     .await;
-    let (status, body) = node
-        .api(
-            "PUT",
-            &format!("/api/datasets/{dataset}"),
-            Some(admin.token()),
-            Some(serde_json::json!({"description": "residents", "sharing": "conditional", "region_column": "region_code", "fields": {"id": {}, "name": {}, "region_code": {}}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = node
-        .api(
-            "POST",
-            "/api/subscriptions",
-            Some(binjiang.token()),
-            Some(serde_json::json!({"subscriber": "330108", "dataset": dataset, "purpose": "resident services", "fields": ["id", "name", "region_code"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let id = body["id"].as_str().expect("id").to_owned();
-    let (status, body) = node
-        .api(
-            "POST",
-            &format!("/api/subscriptions/{id}/approve"),
-            Some(admin.token()),
-            Some(serde_json::json!({"request_version": 1})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    approve_binjiang(&node, &node, &admin, &binjiang, &dataset).await;
 
     // Killed as soon as part of the backfill is committed.
     let want = ROWS - ROWS / 3;
