@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod mysql_bench;
+pub mod peers;
 pub mod pg_server;
 pub mod secure_broker;
 pub mod secure_node;

@@ -19,6 +19,15 @@
 //! 3. BIG rows inserted in one transaction (peak RSS shows that a large
 //!    transaction streams through bounded memory).
 //!
+//! With `BENCH_PEERS_MARIADB_LIBS` naming the jars of
+//! `scripts/peers/mariadb/pom.xml` (as `scripts/bench-peers.sh` does),
+//! Debezium's MariaDB connector (its MySQL connector refuses MariaDB) on a Kafka
+//! Connect standalone worker reads the same binlog range into the same
+//! broker, timed the same way (from the worker's start until the broker
+//! holds every change), JSON with schemas. It is started once before the
+//! workloads (`snapshot.mode = no_data`) and stopped once a marker row
+//! reached its topic, so that it has recorded a position.
+//!
 //! Run with `scripts/bench-mysql-source.sh [INSERTS [UPDATES [BIG]]]`
 //! (release build; defaults 1000000 200000 1000000). Needs the services of
 //! `scripts/services.sh up` (MariaDB with a ROW/FULL binlog on
@@ -31,9 +40,13 @@ use backflow_e2e::mysql_bench::{
     binlog_range, connect, drop_leftovers, insert_values, mariadb_binlog, master_status,
     small_transactions, write, COLUMNS, TX_ROWS,
 };
+use backflow_e2e::peers::ConnectWorker;
 use backflow_e2e::{Node, TestBroker};
 use mysql_async::prelude::Queryable;
 
+/// The Debezium of `scripts/peers/mariadb/pom.xml` (its MariaDB
+/// connector's newest release on Maven Central).
+const DEBEZIUM_VERSION: &str = "3.5.0";
 /// Longest a feed may take for one workload.
 const TIMEOUT: Duration = Duration::from_secs(1800);
 /// Longest a feed may publish nothing new before the benchmark gives up.
@@ -187,6 +200,105 @@ struct Figures {
     raw: f64,
     verbose: f64,
     rss: f64,
+    /// Debezium's rows/s and peak RSS, when it ran.
+    debezium: Option<(f64, f64)>,
+}
+
+/// Debezium's MariaDB connector on one database: its settings and state.
+struct Debezium {
+    libs: std::path::PathBuf,
+    state: tempfile::TempDir,
+    props: Vec<(&'static str, String)>,
+    topic: String,
+    records: i64,
+}
+
+impl Debezium {
+    fn new(libs: std::path::PathBuf, db: &str) -> anyhow::Result<Self> {
+        let state = tempfile::tempdir()?;
+        let props = vec![
+            ("name", "bench-debezium-mariadb".to_owned()),
+            (
+                "connector.class",
+                "io.debezium.connector.mariadb.MariaDbConnector".to_owned(),
+            ),
+            ("tasks.max", "1".to_owned()),
+            ("database.hostname", "127.0.0.1".to_owned()),
+            ("database.port", "3306".to_owned()),
+            ("database.user", "root".to_owned()),
+            ("database.server.id", "5701".to_owned()),
+            ("topic.prefix", "dbzmy".to_owned()),
+            ("database.include.list", db.to_owned()),
+            ("table.include.list", format!("{db}.t,{db}.marker")),
+            ("snapshot.mode", "no_data".to_owned()),
+            (
+                "schema.history.internal",
+                "io.debezium.storage.file.history.FileSchemaHistory".to_owned(),
+            ),
+            (
+                "schema.history.internal.file.filename",
+                state.path().join("history").display().to_string(),
+            ),
+            ("topic.creation.default.replication.factor", "1".to_owned()),
+            ("topic.creation.default.partitions", "1".to_owned()),
+        ];
+        Ok(Self {
+            libs,
+            topic: format!("dbzmy.{db}.t"),
+            state,
+            props,
+            records: 0,
+        })
+    }
+
+    fn start(&self, bootstrap: &str) -> anyhow::Result<ConnectWorker> {
+        ConnectWorker::start(&self.libs, bootstrap, self.state.path(), &self.props)
+    }
+
+    /// First start: until a marker row written after it reached Kafka.
+    async fn record_position(
+        &self,
+        bootstrap: &str,
+        db: &str,
+        c: &mut mysql_async::Conn,
+    ) -> anyhow::Result<()> {
+        let worker = self.start(bootstrap)?;
+        let marker = format!("dbzmy.{db}.marker");
+        let until = Instant::now() + Duration::from_secs(120);
+        let mut id = 0;
+        while backflow_e2e::share_topic::high_watermark(bootstrap, &marker).await < 1 {
+            if Instant::now() > until {
+                bail!(
+                    "Debezium did not capture the marker row:\n{}",
+                    worker.log_tail()
+                );
+            }
+            id += 1;
+            c.query_drop(format!("INSERT INTO marker VALUES ({id})"))
+                .await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        // Its offsets are flushed every second and on stop.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        worker.stop()
+    }
+
+    /// From the worker's start until the broker holds the `rows` more
+    /// changes: seconds, seconds from its first record, and the worker's
+    /// peak RSS in MB.
+    async fn run(&mut self, bootstrap: &str, rows: i64) -> anyhow::Result<(f64, f64, f64)> {
+        self.records += rows;
+        let started = Instant::now();
+        let mut worker = self.start(bootstrap)?;
+        let first = worker
+            .until_records(bootstrap, &self.topic, self.records, TIMEOUT)
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        let streaming = first.elapsed().as_secs_f64();
+        let rss = backflow_e2e::peak_rss_mb(worker.pid());
+        worker.stop()?;
+        Ok((secs, streaming, rss))
+    }
 }
 
 async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result<Vec<Figures>> {
@@ -221,6 +333,16 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
         node.signal("TERM")?;
         node.wait(Duration::from_secs(30))?;
     }
+    let mut debezium = match backflow_e2e::peers::peers_libs("BENCH_PEERS_MARIADB_LIBS") {
+        Some(libs) => {
+            c.query_drop("CREATE TABLE marker (id bigint PRIMARY KEY)")
+                .await?;
+            let d = Debezium::new(libs, db)?;
+            d.record_position(broker.bootstrap(), db, &mut c).await?;
+            Some(d)
+        }
+        None => None,
+    };
     let updated = updates.min(inserts);
     let workloads: Vec<(String, i64, &str, Vec<String>)> = vec![
         (
@@ -270,6 +392,10 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
         // mariadb-binlog: the same binlog range from the server, to /dev/null.
         let raw_secs = mariadb_binlog(false, &files, from.1, to.1)?;
         let verbose_secs = mariadb_binlog(true, &files, from.1, to.1)?;
+        let dbz = match debezium.as_mut() {
+            Some(d) => Some(d.run(broker.bootstrap(), rows).await?),
+            None => None,
+        };
 
         let ours = rows as f64 / t.secs;
         let raw = rows as f64 / raw_secs;
@@ -318,12 +444,23 @@ async fn bench(db: &str, inserts: i64, updates: i64, big: i64) -> anyhow::Result
         for w in t.warnings.iter().take(10) {
             println!("  log: {w}");
         }
+        let debezium = dbz.map(|(secs, streaming, rss)| {
+            let rate = rows as f64 / secs;
+            println!(
+                "  Debezium {DEBEZIUM_VERSION} MariaDB connector on Kafka Connect, its default settings (binlog -> JSON -> broker): {secs:.2} s, \
+                 {rate:.0} rows/s (includes JVM start; {:.0} rows/s from its first record on), peak RSS {rss:.0} MB; backflow / Debezium {:.2}",
+                rows as f64 / streaming.max(1e-3),
+                ours / rate
+            );
+            (rate, rss)
+        });
         results.push(Figures {
             name,
             ours,
             raw,
             verbose,
             rss: t.rss_mb,
+            debezium,
         });
     }
     Ok(results)
@@ -348,11 +485,15 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let results = results?;
     println!();
-    println!("| workload | backflow rows/s | mariadb-binlog rows/s | ratio | mariadb-binlog --verbose rows/s | ratio | peak RSS MB |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | backflow rows/s | mariadb-binlog rows/s | ratio | mariadb-binlog --verbose rows/s | ratio | peak RSS MB | Debezium rows/s | backflow / Debezium | Debezium peak RSS MB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
+        let debezium = match r.debezium {
+            Some((rate, rss)) => format!("{rate:.0} | {:.1} | {rss:.0}", r.ours / rate),
+            None => "not run | | ".to_owned(),
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {debezium} |",
             r.name,
             r.ours,
             r.raw,

@@ -11,6 +11,12 @@
 //! 3. BIG rows inserted in one transaction (peak RSS shows that a large
 //!    transaction streams through bounded memory).
 //!
+//! With `BENCH_PEERS_LIBS` naming the jars of `scripts/peers/pom.xml` (as
+//! `scripts/bench-peers.sh` does), Debezium's PostgreSQL connector on a
+//! Kafka Connect standalone worker reads the same WAL range from a slot of
+//! its own into the same broker, timed the same way (from the worker's
+//! start until the broker holds every change), JSON with schemas.
+//!
 //! Run with `scripts/bench-pg-source.sh [INSERTS [UPDATES [BIG]]]` (release
 //! build; defaults 1000000 200000 1000000). Needs the services of
 //! `scripts/services.sh up`.
@@ -21,6 +27,8 @@ use anyhow::bail;
 use backflow_e2e::{create_bench_department, drop_pg_database, unique_name, Node, TestBroker};
 
 const TX_ROWS: i64 = 10;
+/// The Debezium of `scripts/peers/pom.xml`.
+const DEBEZIUM_VERSION: &str = "3.6.1";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,6 +36,18 @@ async fn main() -> anyhow::Result<()> {
     let (inserts, updates, big) = (arg(1, 1_000_000)?, arg(2, 200_000)?, arg(3, 1_000_000)?);
     let db = unique_name("bf_bench");
     let client = create_bench_department(&db).await?;
+
+    let peers = backflow_e2e::peers::peers_libs("BENCH_PEERS_LIBS");
+    if peers.is_some() {
+        // Created with the other slots, before any workload is written.
+        client
+            .batch_execute(
+                "SELECT pg_create_logical_replication_slot('bench_dbz_' || current_database(), 'pgoutput')",
+            )
+            .await?;
+    }
+    let peers_state = tempfile::tempdir()?;
+    let mut debezium_records = 0;
 
     let broker = TestBroker::start_for_bench();
     let feed = db.replace('_', "-");
@@ -145,6 +165,55 @@ async fn main() -> anyhow::Result<()> {
 
         // pg_recvlogical: the same WAL, decoded by the server the same way, to /dev/null.
         let recv_secs = backflow_e2e::pg_recvlogical_secs(&db, &end_lsn)?;
+        // Debezium on Kafka Connect: the same WAL range, its own slot.
+        let debezium = match &peers {
+            Some(libs) => {
+                debezium_records += rows;
+                let props = [
+                    ("name", "bench-debezium-postgres".to_owned()),
+                    (
+                        "connector.class",
+                        "io.debezium.connector.postgresql.PostgresConnector".to_owned(),
+                    ),
+                    ("tasks.max", "1".to_owned()),
+                    ("database.hostname", "127.0.0.1".to_owned()),
+                    ("database.port", "5432".to_owned()),
+                    ("database.user", "postgres".to_owned()),
+                    ("database.dbname", db.clone()),
+                    ("topic.prefix", "dbz".to_owned()),
+                    ("plugin.name", "pgoutput".to_owned()),
+                    ("slot.name", format!("bench_dbz_{db}")),
+                    ("publication.name", "bench_pub".to_owned()),
+                    ("publication.autocreate.mode", "disabled".to_owned()),
+                    ("snapshot.mode", "no_data".to_owned()),
+                    ("table.include.list", "public.t".to_owned()),
+                    ("topic.creation.default.replication.factor", "1".to_owned()),
+                    ("topic.creation.default.partitions", "1".to_owned()),
+                ];
+                let started = Instant::now();
+                let mut worker = backflow_e2e::peers::ConnectWorker::start(
+                    libs,
+                    broker.bootstrap(),
+                    peers_state.path(),
+                    &props,
+                )?;
+                let first = worker
+                    .until_records(
+                        broker.bootstrap(),
+                        "dbz.public.t",
+                        debezium_records,
+                        Duration::from_secs(3600),
+                    )
+                    .await?;
+                let secs = started.elapsed().as_secs_f64();
+                let streaming = first.elapsed().as_secs_f64();
+                let rss = backflow_e2e::peak_rss_mb(worker.pid());
+                worker.stop()?;
+                Some((secs, streaming, rss))
+            }
+            None => None,
+        };
+
         let ours = rows as f64 / ours_secs;
         let theirs = rows as f64 / recv_secs;
         println!("{name} (written in {written:.1} s):");
@@ -154,15 +223,33 @@ async fn main() -> anyhow::Result<()> {
             "  ratio {:.2}, backflow peak RSS {rss:.0} MB",
             ours / theirs
         );
-        results.push((name, ours, theirs, rss));
+        let debezium = debezium.map(|(secs, streaming, rss)| {
+            let rate = rows as f64 / secs;
+            println!(
+                "  Debezium {DEBEZIUM_VERSION} on Kafka Connect, its default settings (WAL -> JSON -> broker): {secs:.2} s, {rate:.0} rows/s \
+                 (includes JVM start; {:.0} rows/s from its first record on), peak RSS {rss:.0} MB; backflow / Debezium {:.2}",
+                rows as f64 / streaming.max(1e-3),
+                ours / rate
+            );
+            (rate, rss)
+        });
+        results.push((name, ours, theirs, rss, debezium));
     }
     drop_pg_database(&db).await?;
     println!();
-    println!("| workload | backflow rows/s | pg_recvlogical rows/s | ratio | peak RSS MB |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, ours, theirs, rss) in results {
+    println!("| workload | backflow rows/s | pg_recvlogical rows/s | ratio | peak RSS MB | Debezium rows/s | backflow / Debezium | Debezium peak RSS MB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, ours, theirs, rss, debezium) in results {
+        let (dbz_rate, dbz_ratio, dbz_rss) = match debezium {
+            Some((rate, dbz_rss)) => (
+                format!("{rate:.0}"),
+                format!("{:.1}", ours / rate),
+                format!("{dbz_rss:.0}"),
+            ),
+            None => ("not run".into(), String::new(), String::new()),
+        };
         println!(
-            "| {name} | {ours:.0} | {theirs:.0} | {:.2} | {rss:.0} |",
+            "| {name} | {ours:.0} | {theirs:.0} | {:.2} | {rss:.0} | {dbz_rate} | {dbz_ratio} | {dbz_rss} |",
             ours / theirs
         );
     }
