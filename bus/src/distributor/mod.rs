@@ -362,6 +362,8 @@ async fn run(
             let changes = c.changes();
             (c, changes)
         }),
+        withdrawals: 0,
+        withdrawals_at_open: 0,
     };
     state.apply_gates();
     let outcome = match txn.as_mut() {
@@ -402,6 +404,10 @@ struct RunState<'a> {
     catchup: Option<CatchUp>,
     /// The catalog and its changes (see [`RunState::withdraw`]).
     catalog: Option<(Catalog, tokio::sync::watch::Receiver<u64>)>,
+    /// Grants withdrawn in this run so far, and the count when the open
+    /// transaction began (see [`RunState::commit`]).
+    withdrawals: u64,
+    withdrawals_at_open: u64,
 }
 
 impl RunState<'_> {
@@ -545,12 +551,31 @@ impl RunState<'_> {
     }
 
     /// Commits the open transaction with the backfills' progress.
+    ///
+    /// Every decision of an owner committed to the catalog before the
+    /// transaction's records become visible applies to them: the catalog
+    /// is first read to its end, and a grant withdrawn or changed while
+    /// the transaction was open (through another process of the node,
+    /// whose decision this process may learn after records under the old
+    /// grant were written) aborts it. The run then restarts and reads
+    /// those raw records again under the grants in force.
     async fn commit(
         &mut self,
         txn: &mut Transaction,
         consumer: &Consumer,
         auditor: &Auditor,
     ) -> Result<(), DistributorError> {
+        if txn.is_open() {
+            if let Some((catalog, _)) = &self.catalog {
+                catalog.caught_up().await?;
+            }
+            self.withdraw().await;
+            if self.withdrawals != self.withdrawals_at_open {
+                return Err(DistributorError::Settle(
+                    "a grant was withdrawn or changed while the distributor's transaction was open: aborted, its raw records are read again under the grants in force".to_owned(),
+                ));
+            }
+        }
         let plan = self
             .catchup
             .as_ref()
@@ -571,6 +596,7 @@ impl RunState<'_> {
     /// backfills stand (what an abort goes back to).
     fn open(&mut self, txn: &mut Transaction) -> Result<(), DistributorError> {
         if !txn.is_open() {
+            self.withdrawals_at_open = self.withdrawals;
             if let Some(c) = &mut self.catchup {
                 c.begin();
             }
@@ -788,6 +814,7 @@ impl RunState<'_> {
                 for s in list.iter().filter(|s| s.granted && !s.has_failed()) {
                     if !in_force(&s.policy.subscriber, dataset, s.policy.version) {
                         s.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.withdrawals += 1;
                         tracing::info!(subscriber = %s.policy.subscriber, %dataset, policy_version = s.policy.version, "grant withdrawn or changed: nothing more delivered under it");
                     }
                 }
