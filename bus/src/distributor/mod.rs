@@ -98,6 +98,12 @@ pub enum DistributorError {
     /// The task settling processed batches stopped abnormally.
     #[error("settling delivered batches failed: {0}")]
     Settle(String),
+    /// A grant was withdrawn or changed while records under it were not
+    /// settled yet: the run stops without them (an open transaction is
+    /// aborted, offsets are not stored) and restarts at once, reading
+    /// them again under the grants in force.
+    #[error("a grant was withdrawn or changed while records under it were in flight")]
+    GrantChanged,
     /// A share schema could not be registered.
     #[error("registering the schema of {topic} failed: {source}")]
     Schema {
@@ -113,9 +119,9 @@ impl crate::domain::restart::Kind for DistributorError {
             DistributorError::Kafka(e) => e.kind(),
             DistributorError::Schema { source, .. } => source.kind(),
             DistributorError::Fenced(_) => crate::domain::restart::ErrorKind::Definite,
-            DistributorError::Audit(_) | DistributorError::Settle(_) => {
-                crate::domain::restart::ErrorKind::Transient
-            }
+            DistributorError::Audit(_)
+            | DistributorError::Settle(_)
+            | DistributorError::GrantChanged => crate::domain::restart::ErrorKind::Transient,
         }
     }
 }
@@ -571,9 +577,7 @@ impl RunState<'_> {
             }
             self.withdraw().await;
             if self.withdrawals != self.withdrawals_at_open {
-                return Err(DistributorError::Settle(
-                    "a grant was withdrawn or changed while the distributor's transaction was open: aborted, its raw records are read again under the grants in force".to_owned(),
-                ));
+                return Err(DistributorError::GrantChanged);
             }
         }
         let plan = self
@@ -889,7 +893,14 @@ impl RunState<'_> {
         batch: &[ConsumedRecord],
         joins: &mut tokio::sync::mpsc::Receiver<JoinRequest>,
     ) -> Result<InFlight, DistributorError> {
+        let withdrawn = self.withdrawals;
         self.withdraw().await;
+        if self.withdrawals != withdrawn {
+            // The rest of the raw records would be skipped for the grant
+            // withdrawn and their offsets kept: the run restarts and
+            // reads them again under the grants in force instead.
+            return Err(DistributorError::GrantChanged);
+        }
         let ctx = self.ctx;
         let mut sent = ctx.publisher.batch();
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
@@ -2055,6 +2066,11 @@ pub async fn supervise(
             {
                 Ok(()) if deps.shutdown.is_cancelled() => break,
                 Ok(()) => {
+                    attempt.ended_well();
+                    continue;
+                }
+                Err(DistributorError::GrantChanged) => {
+                    tracing::info!("a grant changed under the running distributor; restarting it to read its records again under the grants in force");
                     attempt.ended_well();
                     continue;
                 }
