@@ -72,6 +72,19 @@ fn feed_toml(source: &SinkDb, dataset: &str) -> String {
     )
 }
 
+/// The two processes of one node on configuration `common` (its
+/// `[kafka]` section first), replicas "first" (with `feed`) and
+/// "second", each ready.
+async fn two_processes(common: &str, feed: &str) -> (Node, Node) {
+    let as_replica = |config: &str, r: &str| {
+        config.replacen("[kafka]\n", &format!("[kafka]\nreplica = \"{r}\"\n"), 1)
+    };
+    let (first, _) =
+        crate::exactly_once::ready_node(&as_replica(&format!("{common}{feed}"), "first")).await;
+    let (second, _) = crate::exactly_once::ready_node(&as_replica(common, "second")).await;
+    (first, second)
+}
+
 /// The owner (through `owner_side`) registers `dataset` as conditional
 /// with three fields, district 330108 requests them (through
 /// `requester_side`, once it knows the dataset: catalog writes reach the
@@ -358,13 +371,7 @@ async fn a_subscription_approved_on_a_two_process_node_gets_every_change_once() 
         xihu.auth_toml(),
         binjiang.auth_toml(),
     );
-    let feed = feed_toml(&source, &dataset);
-    let as_replica = |config: &str, r: &str| {
-        config.replacen("[kafka]\n", &format!("[kafka]\nreplica = \"{r}\"\n"), 1)
-    };
-    let (first, _) =
-        crate::exactly_once::ready_node(&as_replica(&format!("{common}{feed}"), "first")).await;
-    let (second, _) = crate::exactly_once::ready_node(&as_replica(&common, "second")).await;
+    let (first, second) = two_processes(&common, &feed_toml(&source, &dataset)).await;
     until(
         "a 2/2 split",
         Duration::from_secs(60),
@@ -632,13 +639,7 @@ async fn narrowing_on_a_two_process_node(transactions: bool) {
         admin.auth_toml(),
         binjiang.auth_toml(),
     );
-    let feed = feed_toml(&source, &dataset);
-    let as_replica = |config: &str, r: &str| {
-        config.replacen("[kafka]\n", &format!("[kafka]\nreplica = \"{r}\"\n"), 1)
-    };
-    let (first, _) =
-        crate::exactly_once::ready_node(&as_replica(&format!("{common}{feed}"), "first")).await;
-    let (second, _) = crate::exactly_once::ready_node(&as_replica(&common, "second")).await;
+    let (first, second) = two_processes(&common, &feed_toml(&source, &dataset)).await;
     let id = approve_binjiang(&first, &second, &admin, &binjiang, &dataset).await;
     until(
         "a 2/2 split and the backfill",
